@@ -1,0 +1,97 @@
+"""A pretrained backbone with a new classification head."""
+
+import keras
+
+from kft import backbones
+from kft.layers import Preprocess
+
+HEADS = ("linear", "mlp")
+POOLINGS = ("avg", "max", "flatten")
+
+
+def build_classifier(backbone="resnet50", num_classes=None, *,
+                     weights="imagenet", input_shape=None, head="linear",
+                     dropout=0.0, pooling="avg", hidden_units=512):
+    """Builds raw images -> preprocessing -> backbone -> pooling -> new head.
+
+    The model takes pixels in [0, 255] and returns logits (compile with
+    `from_logits=True`). Its layers are named so `kft.get_blocks` finds the
+    backbone's blocks and a `"head"` block: the backbone is the layer named
+    after its registry entry, head layers start with `head_`.
+
+    Args:
+        backbone: Registry name, see `kft.list_backbones()`. Defaults to
+            `"resnet50"`.
+        num_classes: Number of classes, at least 2.
+        weights: `"imagenet"`, `None` or a local weights file of the
+            backbone (see `kft.create_backbone`). Defaults to `"imagenet"`.
+        input_shape: `(height, width, 3)`. Defaults to the backbone's
+            default size.
+        head: `"linear"` (dropout, then one Dense layer) or `"mlp"` (the
+            seeds' head: Dense(hidden_units) -> BatchNorm -> ReLU -> Dropout
+            -> Dense). Defaults to `"linear"`.
+        dropout: Dropout rate before the last Dense layer, in [0, 1).
+            Defaults to `0.0`.
+        pooling: `"avg"`, `"max"` or `"flatten"`. Defaults to `"avg"`.
+        hidden_units: Width of the MLP head's hidden layer. Defaults to
+            `512`.
+
+    Returns:
+        A functional `keras.Model` named `kft_<backbone>`.
+
+    Raises:
+        ValueError: unknown backbone (lists the known ones), `num_classes`
+            below 2, or an unknown `head` / `pooling` / bad `dropout`.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=10,
+    ...                              weights=None, input_shape=(32, 32, 3))
+    >>> model.output.shape
+    (None, 10)
+    """
+    spec = backbones.get_backbone(backbone)
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or num_classes < 2
+    ):
+        raise ValueError(
+            "Argument `num_classes` must be an integer >= 2. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    if head not in HEADS:
+        raise ValueError(
+            f"Argument `head` must be one of {HEADS}. Received: head={head!r}"
+        )
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"Argument `pooling` must be one of {POOLINGS}. "
+            f"Received: pooling={pooling!r}"
+        )
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(
+            "Argument `dropout` must be a float in [0, 1). "
+            f"Received: dropout={dropout!r}"
+        )
+    if input_shape is None:
+        input_shape = (spec.default_size, spec.default_size, 3)
+    base = backbones.create_backbone(backbone, weights=weights,
+                                     input_shape=input_shape)
+    inputs = keras.Input(tuple(input_shape), name="image")
+    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    x = base(x)
+    if pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="head_pool")(x)
+    else:
+        x = keras.layers.Flatten(name="head_pool")(x)
+    if head == "mlp":
+        x = keras.layers.Dense(hidden_units, name="head_fc")(x)
+        x = keras.layers.BatchNormalization(name="head_bn")(x)
+        x = keras.layers.ReLU(name="head_relu")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, name="head_dense")(x)
+    return keras.Model(inputs, outputs, name=f"kft_{backbone}")

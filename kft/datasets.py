@@ -1,0 +1,116 @@
+"""Real data that ships inside installed packages, for demos and tests."""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferSplits:
+    """Arrays of a source task and a small target task.
+
+    Images are float32 in [0, 255], shape `(n, size, size, 3)`; labels are
+    int32 from 0 within each task (`source_classes[i]` -> `i`).
+    """
+
+    source: tuple
+    target_train: tuple
+    target_val: tuple
+    target_test: tuple
+    source_classes: tuple
+    target_classes: tuple
+
+
+def digits(image_size=32, source_classes=(0, 1, 2, 3, 4),
+           target_classes=(5, 6, 7, 8, 9), target_per_class=10,
+           val_per_class=10, test_fraction=0.5, seed=0):
+    """scikit-learn's handwritten digits (1,797 real 8x8 scans), as a
+    transfer task: a source task on some digits, a small labelled target
+    task on others, and a held-out target test split.
+
+    Args:
+        image_size: Side of the resized images. Defaults to `32`.
+        source_classes: Digits of the source task. Defaults to 0-4.
+        target_classes: Digits of the target task, disjoint from the source
+            ones. Defaults to 5-9.
+        target_per_class: Labelled target training images per class.
+            Defaults to `10`.
+        val_per_class: Target validation images per class. Defaults to `10`.
+        test_fraction: Fraction of each target class held out for testing,
+            drawn first. Defaults to `0.5`.
+        seed: Seed of the split. Defaults to `0`.
+
+    Returns:
+        A `TransferSplits`.
+
+    Example:
+    >>> import kft
+    >>> data = kft.datasets.digits(image_size=16, target_per_class=5)
+    >>> data.target_train[0].shape
+    (25, 16, 16, 3)
+    """
+    from sklearn.datasets import load_digits
+
+    source_classes, target_classes = tuple(source_classes), tuple(target_classes)
+    bad = [c for c in source_classes + target_classes if c not in range(10)]
+    if bad or set(source_classes) & set(target_classes):
+        raise ValueError(
+            "Arguments `source_classes` and `target_classes` must be disjoint "
+            f"digits 0-9. Received: source_classes={source_classes}, "
+            f"target_classes={target_classes}"
+        )
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(
+            "Argument `image_size` must be an integer >= 8. "
+            f"Received: image_size={image_size!r}"
+        )
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(
+            "Argument `test_fraction` must be in (0, 1). "
+            f"Received: test_fraction={test_fraction!r}"
+        )
+    raw = load_digits()
+    images = _resize(raw.images, image_size)
+    labels = raw.target
+    rng = np.random.default_rng(seed)
+
+    def task(classes, idx):
+        y = np.searchsorted(np.array(classes), labels[idx]).astype("int32")
+        return images[idx], y
+
+    src_idx = np.flatnonzero(np.isin(labels, source_classes))
+    train, val, test = [], [], []
+    for c in target_classes:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(test_fraction * len(idx)))
+        rest = idx[n_test:]
+        if target_per_class + val_per_class > len(rest):
+            raise ValueError(
+                f"Digit {c} has {len(rest)} images left after the test split; "
+                f"target_per_class + val_per_class = "
+                f"{target_per_class + val_per_class} is too many."
+            )
+        test.append(idx[:n_test])
+        train.append(rest[:target_per_class])
+        val.append(rest[target_per_class:target_per_class + val_per_class])
+    order = np.argsort(target_classes)
+    target_classes_sorted = tuple(np.array(target_classes)[order].tolist())
+    return TransferSplits(
+        source=task(tuple(sorted(source_classes)), rng.permutation(src_idx)),
+        target_train=task(target_classes_sorted, rng.permutation(np.concatenate(train))),
+        target_val=task(target_classes_sorted, np.concatenate(val)),
+        target_test=task(target_classes_sorted, np.concatenate(test)),
+        source_classes=tuple(sorted(source_classes)),
+        target_classes=target_classes_sorted,
+    )
+
+
+def _resize(images, size):
+    """(n, 8, 8) in [0, 16] -> (n, size, size, 3) float32 in [0, 255]."""
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, 3), "float32")
+    for i, image in enumerate(images):
+        pil = Image.fromarray((image * (255.0 / 16.0)).astype("float32"), "F")
+        out[i] = np.asarray(pil.resize((size, size), Image.BILINEAR))[..., None]
+    return np.clip(out, 0.0, 255.0)

@@ -1,0 +1,145 @@
+"""Freezing strategies and the BatchNorm policy, by `layer.trainable`."""
+
+import keras
+
+from kft.blocks import get_blocks, head_and_body
+from kft.training_state import changing_trainable
+
+STRATEGIES = ("feature_extraction", "partial", "full")
+BN_POLICIES = ("frozen", "train")
+
+
+def freeze(model, strategy="feature_extraction", n_blocks=None, bn="frozen",
+           patterns=None):
+    """Sets which blocks of `model` train.
+
+    - `"feature_extraction"`: only the head trains.
+    - `"partial"`: the top `n_blocks` blocks below the head, and the head.
+    - `"full"`: every block.
+
+    BatchNorm policy: with `bn="frozen"` every BatchNormalization layer
+    outside the head keeps `trainable=False`, which in Keras 3 also makes it
+    run in inference mode, so its moving statistics never change, even in
+    an unfrozen block (this is the flag `fit` respects; calling the backbone
+    with `training=False` is overridden by `fit`). `bn="train"` lets BN in
+    unfrozen blocks train and update its statistics.
+
+    Safe on a compiled model and inside callbacks of a running `fit`: the
+    optimizer keeps the state of variables that stay trainable and the next
+    step is compiled for the new trainable set (see `changing_trainable`).
+
+    Args:
+        model: A model from `kft.build_classifier`, or any model
+            `kft.get_blocks` can split.
+        strategy: One of `"feature_extraction"`, `"partial"`, `"full"`.
+            Defaults to `"feature_extraction"`.
+        n_blocks: For `"partial"`: how many blocks below the head train,
+            from 1 to the number of such blocks. Defaults to `None`.
+        bn: `"frozen"` or `"train"`. Defaults to `"frozen"`.
+        patterns: Block patterns passed to `kft.get_blocks`. Defaults to
+            `None`.
+
+    Returns:
+        The list of names of the blocks that now train.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...                              weights=None, input_shape=(32, 32, 3))
+    >>> kft.freeze(model, "partial", n_blocks=1)
+    ['block3', 'head']
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"Argument `strategy` must be one of {STRATEGIES}. "
+            f"Received: strategy={strategy!r}"
+        )
+    blocks = get_blocks(model, patterns)
+    head, body = head_and_body(blocks)
+    if strategy == "partial":
+        if not isinstance(n_blocks, int) or not 1 <= n_blocks <= len(body):
+            raise ValueError(
+                f"Argument `n_blocks` must be an integer from 1 to "
+                f"{len(body)} (the blocks below the head: {body}). "
+                f"Received: n_blocks={n_blocks!r}"
+            )
+        names = body[len(body) - n_blocks:]
+    elif n_blocks is not None:
+        raise ValueError(
+            f'Argument `n_blocks` is only used with strategy="partial". '
+            f"Received: n_blocks={n_blocks!r}, strategy={strategy!r}"
+        )
+    elif strategy == "full":
+        names = body
+    else:
+        names = []
+    if head is not None:
+        names = names + [head]
+    set_trainable_blocks(model, names, bn=bn, patterns=patterns)
+    return names
+
+
+def unfreeze_top(model, n_blocks, bn="frozen", patterns=None):
+    """Trains the head and the top `n_blocks` blocks below it: the same as
+    `freeze(model, "partial", n_blocks, bn)`.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...                              weights=None, input_shape=(32, 32, 3))
+    >>> kft.unfreeze_top(model, 2)
+    ['block2', 'block3', 'head']
+    """
+    return freeze(model, "partial", n_blocks=n_blocks, bn=bn,
+                  patterns=patterns)
+
+
+def set_trainable_blocks(model, names, bn="frozen", patterns=None):
+    """Makes exactly the blocks in `names` trainable, all others frozen.
+
+    The building block of the strategies and of gradual unfreezing.
+
+    Args:
+        model: A model `kft.get_blocks` can split.
+        names: Names of the blocks to train.
+        bn: BatchNorm policy, `"frozen"` or `"train"` (see `freeze`).
+            Defaults to `"frozen"`.
+        patterns: Block patterns for `kft.get_blocks`. Defaults to `None`.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...                              weights=None, input_shape=(32, 32, 3))
+    >>> kft.set_trainable_blocks(model, ["block3", "head"])
+    """
+    if bn not in BN_POLICIES:
+        raise ValueError(
+            f"Argument `bn` must be one of {BN_POLICIES}. Received: bn={bn!r}"
+        )
+    blocks = get_blocks(model, patterns)
+    unknown = [n for n in names if n not in blocks]
+    if unknown:
+        raise ValueError(
+            f"Unknown block(s) {unknown}. The model's blocks are "
+            f"{list(blocks)}."
+        )
+    head, _ = head_and_body(blocks)
+    with changing_trainable(model):
+        # Containers must be trainable for their layers' flags to count.
+        model.trainable = True
+        for name, layers in blocks.items():
+            train = name in names
+            for layer in layers:
+                layer.trainable = train
+                if train and bn == "frozen" and name != head:
+                    for bn_layer in batch_norm_layers(layer):
+                        bn_layer.trainable = False
+
+
+def batch_norm_layers(layer):
+    """The BatchNormalization layers in `layer` (itself included)."""
+    return [
+        sub
+        for sub in layer._flatten_layers(include_self=True, recursive=True)
+        if isinstance(sub, keras.layers.BatchNormalization)
+    ]

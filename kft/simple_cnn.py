@@ -1,0 +1,58 @@
+"""A small convolutional backbone for CPU demos and tests.
+
+It has the shape of the big ones (stem, stages of conv + BatchNorm, each
+halving the resolution) so that every strategy means the same thing, while
+compiling and training in seconds on two CPU cores. No pretrained weights
+exist for it: pretrain it on a source task (see `kft demo`).
+"""
+
+import keras
+
+BLOCKS = (
+    ("stem", r"^stem_"),
+    ("block1", r"^block1_"),
+    ("block2", r"^block2_"),
+    ("block3", r"^block3_"),
+)
+
+
+def SimpleCNN(include_top=False, weights=None, input_shape=None,
+              widths=(16, 32, 64)):
+    """Builds the backbone: a stem and three conv-BN-ReLU stages.
+
+    Args:
+        include_top: Must be `False`; kft adds its own head. Defaults to
+            `False`.
+        weights: Must be `None` (no published weights). Defaults to `None`.
+        input_shape: `(height, width, channels)`. Defaults to `(32, 32, 3)`.
+        widths: Filters of the three stages. Defaults to `(16, 32, 64)`.
+
+    Returns:
+        A functional `keras.Model` mapping images to a feature map.
+
+    Example:
+    >>> from kft.simple_cnn import SimpleCNN
+    >>> SimpleCNN(input_shape=(32, 32, 3)).output.shape
+    (None, 4, 4, 64)
+    """
+    if include_top:
+        raise ValueError(
+            "SimpleCNN has no classification top; build one with "
+            "kft.build_classifier. Received: include_top=True"
+        )
+    if weights is not None:
+        raise ValueError(
+            "SimpleCNN has no published weights: pass weights=None and "
+            f"pretrain it, or a local weights file. Received: weights={weights!r}"
+        )
+    inputs = keras.Input(input_shape or (32, 32, 3))
+    x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False,
+                            name="stem_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for i, width in enumerate(widths, 1):
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same",
+                                use_bias=False, name=f"block{i}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+    return keras.Model(inputs, x, name="simple_cnn")

@@ -1,0 +1,86 @@
+"""A per-block view of what trains."""
+
+import keras
+
+from kft.blocks import get_blocks
+from kft.freezing import batch_norm_layers
+
+
+def _count(variables):
+    return sum(_size(v.shape) for v in variables)
+
+
+def _size(shape):
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def trainable_summary(model, patterns=None, print_fn=print):
+    """Prints and returns a table of the model's blocks and what trains.
+
+    Columns: block, parameters, trainable parameters, state (`trainable`,
+    `frozen` or `partial`), BatchNorm mode (`frozen`: inference mode,
+    statistics fixed; `train`; `mixed`; `-` when the block has none). The
+    last line is the total, e.g. "Trainable: 529,162 / 23,528,522 (2.2%)".
+
+    Args:
+        model: A model `kft.get_blocks` can split.
+        patterns: Block patterns for `kft.get_blocks`. Defaults to `None`.
+        print_fn: Called with the text; `None` prints nothing. Defaults to
+            `print`.
+
+    Returns:
+        The table as a string.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...                              weights=None, input_shape=(32, 32, 3))
+    >>> _ = kft.freeze(model, "feature_extraction")
+    >>> text = kft.trainable_summary(model, print_fn=None)
+    >>> text.splitlines()[-1]
+    'Trainable: 195 / 24,003 (0.8%)'
+    """
+    rows = [("block", "params", "trainable", "state", "bn")]
+    for name, layers in get_blocks(model, patterns).items():
+        params = sum(_count(layer.weights) for layer in layers)
+        trainable = sum(_count(layer.trainable_weights) for layer in layers)
+        # State ignores BatchNorm, whose policy has its own column.
+        flags = {
+            sub.trainable
+            for layer in layers
+            for sub in layer._flatten_layers(include_self=True)
+            if sub._trainable_variables
+            and not isinstance(sub, keras.layers.BatchNormalization)
+            and not sub._layers
+        }
+        state = {frozenset({True}): "trainable",
+                 frozenset({False}): "frozen"}.get(frozenset(flags), "partial")
+        if trainable == 0:
+            state = "frozen"
+        bn_flags = {bn.trainable for layer in layers
+                    for bn in batch_norm_layers(layer)}
+        bn = {frozenset(): "-", frozenset({False}): "frozen",
+              frozenset({True}): "train"}.get(frozenset(bn_flags), "mixed")
+        rows.append((name, f"{params:,}", f"{trainable:,}", state, bn))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i in (0, 3, 4) else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    total = _count(model.weights)
+    trainable = _count(model.trainable_weights)
+    lines.append(
+        f"Trainable: {trainable:,} / {total:,} "
+        f"({100.0 * trainable / max(total, 1):.1f}%)"
+    )
+    text = "\n".join(lines)
+    if print_fn is not None:
+        print_fn(text)
+    return text

@@ -24,6 +24,20 @@ from kft.training_state import changing_trainable  # noqa: E402
 from kft.training_state import refresh_training_state  # noqa: E402
 from kft.training_state import retarget_optimizer  # noqa: E402
 
+# -- optimizers (issue 3) --
+from kft import optimizers  # noqa: E402
+from kft.optimizers import BlockwiseOptimizer  # noqa: E402
+from kft.optimizers import GroupOptimizer  # noqa: E402
+from kft.optimizers import layerwise_lr  # noqa: E402
+# -- callbacks and fine_tune recipe (issue 4) --
+# -- data pipelines (issue 5) --
+from kft import augmentation  # noqa: E402
+from kft import data  # noqa: E402
+# -- batch augmentation (issue 6) --
+from kft import augment  # noqa: E402
+from kft.models import BatchAugmentModel  # noqa: E402
+# -- feature caching (issue 7) --
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -46,4 +60,17 @@ __all__ = [
     "set_trainable_blocks",
     "trainable_summary",
     "unfreeze_top",
+    # -- optimizers (issue 3) --
+    "BlockwiseOptimizer",
+    "GroupOptimizer",
+    "layerwise_lr",
+    "optimizers",
+    # -- callbacks and fine_tune recipe (issue 4) --
+    # -- data pipelines (issue 5) --
+    "augmentation",
+    "data",
+    # -- batch augmentation (issue 6) --
+    "BatchAugmentModel",
+    "augment",
+    # -- feature caching (issue 7) --
 ]

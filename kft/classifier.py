@@ -11,7 +11,8 @@ POOLINGS = ("avg", "max", "flatten")
 
 def build_classifier(backbone="resnet50", num_classes=None, *,
                      weights="imagenet", input_shape=None, head="linear",
-                     dropout=0.0, pooling="avg", hidden_units=512):
+                     dropout=0.0, pooling="avg", hidden_units=512,
+                     batch_augment=None):
     """Builds raw images -> preprocessing -> backbone -> pooling -> new head.
 
     The model takes pixels in [0, 255] and returns logits (compile with
@@ -35,6 +36,11 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
         pooling: `"avg"`, `"max"` or `"flatten"`. Defaults to `"avg"`.
         hidden_units: Width of the MLP head's hidden layer. Defaults to
             `512`.
+        batch_augment: `None`, or a layer such as
+            `kft.layers.MixUpOrCutMix` that mixes each training batch inside
+            the compiled train step (a `kft.BatchAugmentModel` is returned;
+            compile it with a soft-label loss, see there). Defaults to
+            `None`.
 
     Returns:
         A functional `keras.Model` named `kft_<backbone>`.
@@ -94,4 +100,9 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="head_dense")(x)
+    if batch_augment is not None:
+        from kft.models import BatchAugmentModel
+
+        return BatchAugmentModel(inputs, outputs, name=f"kft_{backbone}",
+                                 batch_augment=batch_augment)
     return keras.Model(inputs, outputs, name=f"kft_{backbone}")

@@ -2,6 +2,10 @@
 
 import keras
 
+from kft.augment import CutMix  # noqa: F401  (re-exported, issue 6)
+from kft.augment import MixUp  # noqa: F401
+from kft.augment import MixUpOrCutMix  # noqa: F401
+
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 
 

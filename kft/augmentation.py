@@ -1,0 +1,154 @@
+"""Train-time augmentation presets and the eval transform, from `keras.layers`."""
+
+import keras
+
+PRESETS = ("none", "light", "standard", "strong")
+
+
+def _layers(preset, seed):
+    """The preset's layers; `seed + i` seeds the i-th random layer."""
+    layers = keras.layers
+    crop = layers.RandomZoom(
+        height_factor=(-0.1, 0.0), width_factor=(-0.1, 0.0),
+        fill_mode="reflect", seed=seed)
+    flip = layers.RandomFlip("horizontal", seed=seed + 1)
+    if preset == "none":
+        return []
+    if preset == "light":
+        return [crop, flip]
+    if preset == "standard":
+        # The seeds' torchvision list: RandomResizedCrop(scale=(0.8, 1)),
+        # flip, rotation 15 degrees, ColorJitter(.2, .2, .2, .1),
+        # RandomGrayscale(.1), GaussianBlur(3, (.1, 2)), RandomErasing(.2).
+        return [
+            crop,
+            flip,
+            layers.RandomRotation(15 / 360, fill_mode="reflect",
+                                  seed=seed + 2),
+            layers.RandomColorJitter(
+                value_range=(0, 255), brightness_factor=0.1,
+                contrast_factor=0.2, saturation_factor=(0.4, 0.6),
+                hue_factor=0.1, seed=seed + 3),
+            layers.RandomGrayscale(factor=0.1, seed=seed + 4),
+            layers.RandomGaussianBlur(factor=1.0, kernel_size=3,
+                                      sigma=(0.1, 2.0), seed=seed + 5),
+            layers.RandomErasing(factor=(0.2, 0.2), scale=(0.02, 0.15),
+                                 value_range=(0, 255), seed=seed + 6),
+        ]
+    return [
+        crop,
+        flip,
+        layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5,
+                           seed=seed + 2),
+        layers.RandomErasing(factor=(0.25, 0.25), scale=(0.02, 0.33),
+                             value_range=(0, 255), seed=seed + 3),
+    ]
+
+
+def augmentation(preset="standard", *, image_size=None, seed=0):
+    """Builds a train-time augmentation preset from `keras.layers`.
+
+    Presets: `"none"` (no layers), `"light"` (random resized crop via
+    `RandomZoom`, horizontal flip), `"standard"` (the seeds' list: crop,
+    flip, 15 degree rotation, color jitter, grayscale p=0.1, Gaussian
+    blur, random erasing p=0.2) and `"strong"` (crop, flip,
+    `RandAugment(num_ops=2)`, random erasing p=0.25). Inputs are pixels in
+    [0, 255], `(batch, height, width, 3)`; the layers are active only with
+    `training=True`.
+
+    Args:
+        preset: One of `kft.augmentation.PRESETS`. Defaults to
+            `"standard"`.
+        image_size: `(height, width)`: builds the model for that size, or
+            `None`. Defaults to `None`.
+        seed: Seeds the random layers (`seed`, `seed + 1`, ...). Defaults to
+            `0`.
+
+    Returns:
+        A `keras.Sequential` named `augment_<preset>`.
+
+    Raises:
+        ValueError: unknown `preset` or non-integer `seed`.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> aug = kft.augmentation.augmentation("light", seed=1)
+    >>> aug(np.zeros((2, 16, 16, 3)), training=True).shape
+    (2, 16, 16, 3)
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"Argument `preset` must be one of {PRESETS}. "
+                         f"Received: preset={preset!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"Argument `seed` must be an integer. "
+                         f"Received: seed={seed!r}")
+    model = keras.Sequential(_layers(preset, seed), name=f"augment_{preset}")
+    if image_size is not None and model.layers:
+        model.build((None, *image_size, 3))
+    return model
+
+
+def eval_transform(image_size, crop_fraction=0.875):
+    """Resize + center crop, the eval-time transform, as Keras layers.
+
+    Resizes (keeping the aspect ratio) to `image_size / crop_fraction`,
+    then takes the center `image_size` crop: `Resize(256)` +
+    `CenterCrop(224)` for the defaults. `kft.data` loaders apply the same
+    geometry while decoding, per image, before batching.
+
+    Args:
+        image_size: `(height, width)` or an int.
+        crop_fraction: Fraction kept by the center crop, in (0, 1].
+            Defaults to `0.875`.
+
+    Returns:
+        A `keras.Sequential` named `eval_transform`.
+
+    Raises:
+        ValueError: `crop_fraction` outside (0, 1].
+
+    Example:
+    >>> import numpy as np, kft
+    >>> t = kft.augmentation.eval_transform(16)
+    >>> t(np.zeros((1, 40, 30, 3))).shape
+    (1, 16, 16, 3)
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    if not 0 < crop_fraction <= 1:
+        raise ValueError("Argument `crop_fraction` must be in (0, 1]. "
+                         f"Received: crop_fraction={crop_fraction!r}")
+    height, width = image_size
+    return keras.Sequential([
+        keras.layers.Resizing(round(height / crop_fraction),
+                              round(width / crop_fraction),
+                              crop_to_aspect_ratio=True, antialias=True),
+        keras.layers.CenterCrop(height, width),
+    ], name="eval_transform")
+
+
+def attach(model, augmentation_layer):
+    """Puts augmentation in front of a model, so it runs on the device.
+
+    The augmentation runs inside the jitted train step (`training=True`)
+    and is the identity at inference.
+
+    Args:
+        model: A Keras model taking images in [0, 255].
+        augmentation_layer: A layer or a preset name.
+
+    Returns:
+        A functional model `augmented_<model name>` with the same input.
+
+    Example:
+    >>> import kft
+    >>> m = kft.build_classifier("simple_cnn", 3, weights=None,
+    ...                          input_shape=(16, 16, 3))
+    >>> kft.augmentation.attach(m, "light").output.shape
+    (None, 3)
+    """
+    if isinstance(augmentation_layer, str):
+        augmentation_layer = augmentation(augmentation_layer)
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    outputs = model(augmentation_layer(inputs))
+    return keras.Model(inputs, outputs, name=f"augmented_{model.name}")

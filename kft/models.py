@@ -1,0 +1,159 @@
+"""A functional classifier whose JAX train step mixes each batch."""
+
+import keras
+
+from kft import augment  # noqa: F401  (registers the layers by name)
+
+SPARSE_HINT = (
+    "With a `batch_augment` layer the targets are soft (batch, classes) "
+    "labels: compile with loss=keras.losses.CategoricalCrossentropy("
+    "from_logits=True) and metrics=['accuracy'] (or CategoricalAccuracy); "
+    "integer labels are one-hot encoded by the model."
+)
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class BatchAugmentModel(keras.Model):
+    """A functional model that mixes every training batch on device.
+
+    Built like a functional model, plus a `batch_augment` layer (e.g.
+    `kft.layers.MixUpOrCutMix`). Its JAX `train_step` runs the layer on
+    `(images, labels)` before the forward pass, inside the compiled step;
+    the layer's seed state is one of the model's non-trainable variables,
+    so each step draws anew, a `seed=` makes training reproducible, and
+    `evaluate` / `predict` never mix. Its layers are the functional graph's,
+    so `kft.get_blocks`, `kft.freeze` and `kft.changing_trainable` work as
+    on a plain model.
+
+    Labels may be integers or one-hot: the model one-hot encodes integer
+    labels (`num_classes` = its output width) for the loss and metrics in
+    training and evaluation. Compile with a soft-label loss,
+    `keras.losses.CategoricalCrossentropy(from_logits=True)`, and
+    `metrics=["accuracy"]` (resolved to categorical accuracy, an argmax
+    match); put label smoothing on the layer, not the loss. Sparse losses
+    and metrics raise in `compile`.
+
+    Args:
+        *args: `inputs` and `outputs`, as for `keras.Model`.
+        batch_augment: A `keras.layers.Layer` mapping `(images, labels)` to
+            `(images, soft labels)`, or its serialized config.
+        **kwargs: `name`, `trainable`, as for `keras.Model`.
+
+    Example:
+    >>> import keras, kft
+    >>> model = kft.build_classifier(
+    ...     "simple_cnn", num_classes=3, weights=None, input_shape=(16, 16, 3),
+    ...     batch_augment=kft.layers.MixUp(0.2, seed=0))
+    >>> model.compile("adam",
+    ...               keras.losses.CategoricalCrossentropy(from_logits=True),
+    ...               metrics=["accuracy"])
+    >>> type(model).__name__
+    'BatchAugmentModel'
+    """
+
+    def __init__(self, *args, batch_augment=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(batch_augment, dict):
+            batch_augment = keras.saving.deserialize_keras_object(
+                batch_augment)
+        if not isinstance(batch_augment, keras.layers.Layer):
+            raise TypeError(
+                "Argument `batch_augment` must be a Keras layer taking "
+                "(images, labels), e.g. kft.layers.MixUpOrCutMix(...). "
+                f"Received: batch_augment={batch_augment!r}"
+            )
+        if len(self.outputs) != 1 or len(self.inputs) != 1:
+            raise ValueError(
+                "A BatchAugmentModel must have one image input and one "
+                f"logits output. Received: {len(self.inputs)} inputs, "
+                f"{len(self.outputs)} outputs"
+            )
+        self.num_classes = self.outputs[0].shape[-1]
+        wanted = getattr(batch_augment, "num_classes", None)
+        if wanted is not None and wanted != self.num_classes:
+            raise ValueError(
+                f"The `batch_augment` layer has num_classes={wanted} but the "
+                f"model outputs {self.num_classes} classes."
+            )
+        self.batch_augment = batch_augment
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        for name, value in (("loss", loss),
+                            ("metrics", kwargs.get("metrics"))):
+            if _mentions_sparse(value):
+                raise ValueError(
+                    f"Argument `{name}` must take soft labels. {SPARSE_HINT} "
+                    f"Received: {name}={value!r}"
+                )
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(
+                "A BatchAugmentModel trains on (images, labels) batches. "
+                "Received a batch without labels."
+            )
+        key, images = _image_input(x)
+        variables = self.non_trainable_variables
+        with keras.StatelessScope(
+            state_mapping=list(zip(variables, non_trainable))
+        ) as scope:
+            images, y = self.batch_augment((images, self._as_targets(y)))
+        non_trainable = [scope.get_current_value(v) for v in variables]
+        x = images if key is None else {key: images}
+        return super().train_step(
+            (trainable, non_trainable, optimizer_vars, metrics_vars),
+            (x, y, sample_weight),
+        )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        return super().compute_loss(x, self._as_targets(y), y_pred,
+                                    sample_weight, training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, self._as_targets(y), y_pred,
+                                       sample_weight)
+
+    def _as_targets(self, y):
+        """Integer labels -> float one-hot; (batch, classes) unchanged."""
+        if y is None:
+            return y
+        if len(y.shape) == 1 or y.shape[-1] == 1:
+            y = keras.ops.reshape(keras.ops.cast(y, "int32"), (-1,))
+            return keras.ops.one_hot(y, self.num_classes, dtype="float32")
+        return y
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "batch_augment": keras.saving.serialize_keras_object(
+                self.batch_augment),
+        }
+
+
+def _image_input(x):
+    if isinstance(x, dict):
+        if len(x) != 1:
+            raise ValueError(
+                "A BatchAugmentModel takes one image input. Received input "
+                f"keys: {sorted(x)}"
+            )
+        (key, images), = x.items()
+        return key, images
+    return None, x
+
+
+def _mentions_sparse(value):
+    if isinstance(value, str):
+        return "sparse" in value.lower()
+    if isinstance(value, dict):
+        return any(_mentions_sparse(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_mentions_sparse(v) for v in value)
+    if value is None:
+        return False
+    name = getattr(value, "__name__", None) or type(value).__name__
+    return "sparse" in name.lower()

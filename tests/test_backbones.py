@@ -1,0 +1,126 @@
+import re
+
+import keras
+import numpy as np
+import pytest
+from keras.src.backend.common import global_state
+
+import kft
+
+
+def _skeleton(name, size):
+    """Builds a backbone without initialising its weights (initialisers
+    cost XLA compiles; block coverage only needs layers and shapes)."""
+    with keras.StatelessScope(initialize_variables=False):
+        model = kft.create_backbone(name, weights=None,
+                                    input_shape=(size, size, 3))
+    global_state.set_global_attribute("uninitialized_variables", [])
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", kft.list_backbones())
+def test_every_weighted_layer_is_in_exactly_one_block(name):
+    model = _skeleton(name, 32)
+    spec = kft.get_backbone(name)
+    blocks = kft.get_blocks(model)
+    assert list(blocks) == spec.block_names
+    assert all(blocks.values()), "every block has layers"
+    placed = [layer for layers in blocks.values() for layer in layers]
+    weighted = [layer for layer in model.layers if layer.weights]
+    assert len(placed) == len(set(map(id, placed))) == len(weighted)
+    assert {id(layer) for layer in placed} == {id(layer) for layer in weighted}
+    for layer in weighted:
+        hits = [n for n, rx in spec.blocks if re.search(rx, layer.name)]
+        assert len(hits) == 1, (layer.name, hits)
+
+
+def test_block_order_follows_the_network():
+    model = _skeleton("resnet50", 32)
+    assert list(kft.get_blocks(model)) == ["stem", "conv2", "conv3", "conv4",
+                                           "conv5"]
+    blocks = kft.get_blocks(model)
+    position = {id(layer): i for i, layer in enumerate(model.layers)}
+    starts = [position[id(layers[0])] for layers in blocks.values()]
+    assert starts == sorted(starts)
+
+
+def test_list_backbones_pattern():
+    assert kft.list_backbones("resnet*") == [
+        "resnet101", "resnet101v2", "resnet152", "resnet50", "resnet50v2"]
+    assert "efficientnetb7" in kft.list_backbones("efficientnetb*")
+    required = ["resnet50", "resnet101", "resnet50v2", "efficientnetv2b0",
+                "efficientnetv2s", "convnext_tiny", "convnext_small",
+                "convnext_base", "mobilenetv2", "mobilenetv3small",
+                "mobilenetv3large", "densenet121", "vgg16"]
+    required += [f"efficientnetb{i}" for i in range(8)]
+    assert set(required) <= set(kft.list_backbones())
+    assert kft.list_backbones("nothing*") == []
+
+
+def test_unknown_backbone_lists_known_ones():
+    with pytest.raises(ValueError, match="Unknown backbone: 'resnet9'.*resnet50"):
+        kft.get_backbone("resnet9")
+
+
+def test_bad_weights_argument():
+    with pytest.raises(ValueError, match="weights.*existing weights file"):
+        kft.create_backbone("simple_cnn", weights="/no/such/file.h5")
+    with pytest.raises(ValueError, match="weights.*Received: weights=3"):
+        kft.create_backbone("simple_cnn", weights=3)
+
+
+def test_local_weights_file_round_trip(tmp_path):
+    first = kft.create_backbone("simple_cnn", weights=None,
+                                input_shape=(16, 16, 3))
+    path = str(tmp_path / "backbone.weights.h5")
+    first.save_weights(path)
+    keras.utils.set_random_seed(1)
+    second = kft.create_backbone("simple_cnn", weights=path,
+                                 input_shape=(16, 16, 3))
+    x = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 3))
+    np.testing.assert_allclose(first.predict(x, verbose=0),
+                               second.predict(x, verbose=0), atol=1e-6)
+    keras.utils.set_random_seed(1)
+    fresh = kft.create_backbone("simple_cnn", weights=None,
+                                input_shape=(16, 16, 3))
+    assert not np.allclose(fresh.predict(x, verbose=0),
+                           second.predict(x, verbose=0))
+
+
+def test_imagenet_weights_go_through_keras_download_path(tmp_path,
+                                                         monkeypatch):
+    """weights="imagenet" uses Keras' own loader; only the download is
+    replaced by a local file (no network here)."""
+    reference = keras.applications.VGG16(include_top=False, weights=None,
+                                         input_shape=(32, 32, 3))
+    path = str(tmp_path / "vgg16_notop.h5")
+    reference.save_weights(path.replace(".h5", ".weights.h5"))
+    requested = []
+
+    def fake_get_file(fname=None, origin=None, **kwargs):
+        requested.append(origin)
+        return path.replace(".h5", ".weights.h5")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", fake_get_file)
+    model = kft.create_backbone("vgg16", weights="imagenet",
+                                input_shape=(32, 32, 3))
+    assert requested and "vgg16" in requested[0]
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3))
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               reference.predict(x, verbose=0), rtol=1e-5)
+
+
+def test_preprocess_modes_match_keras():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    for mode in ("caffe", "tf", "torch"):
+        expected = keras.applications.imagenet_utils.preprocess_input(
+            x.copy(), mode=mode)
+        np.testing.assert_allclose(kft.layers.Preprocess(mode)(x), expected,
+                                   rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(kft.layers.Preprocess("none")(x), x)
+    with pytest.raises(ValueError, match="mode.*Received: mode='bgr'"):
+        kft.layers.Preprocess("bgr")
+    layer = kft.layers.Preprocess("torch")
+    clone = kft.layers.Preprocess.from_config(layer.get_config())
+    assert clone.mode == "torch"

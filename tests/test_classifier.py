@@ -1,0 +1,73 @@
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+
+
+@pytest.mark.parametrize("head,pooling,dropout", [
+    ("linear", "avg", 0.0), ("mlp", "max", 0.3), ("linear", "flatten", 0.5)])
+def test_build_classifier_shapes(head, pooling, dropout):
+    model = kft.build_classifier("simple_cnn", num_classes=7, weights=None,
+                                 input_shape=(16, 16, 3), head=head,
+                                 pooling=pooling, dropout=dropout)
+    out = model.predict(np.zeros((2, 16, 16, 3)), verbose=0)
+    assert out.shape == (2, 7)
+    names = [layer.name for layer in model.layers]
+    assert names[:3] == ["image", "preprocess", "simple_cnn"]
+    assert ("head_fc" in names) == (head == "mlp")
+    assert ("head_dropout" in names) == bool(dropout)
+
+
+def test_registered_backbone_builds_and_runs():
+    model = kft.build_classifier("mobilenetv3small", num_classes=4,
+                                 weights=None, input_shape=(32, 32, 3))
+    assert model.predict(np.zeros((1, 32, 32, 3)), verbose=0).shape == (1, 4)
+    assert list(kft.get_blocks(model))[-2:] == ["top", "head"]
+
+
+def test_saved_classifier_reloads(tmp_path):
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3), head="mlp")
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3))
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               loaded.predict(x, verbose=0), atol=1e-5)
+    assert list(kft.get_blocks(loaded)) == list(kft.get_blocks(model))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_classes": 1}, r"num_classes.*>= 2.*Received: num_classes=1"),
+    ({"num_classes": 2.0}, r"Received: num_classes=2.0"),
+    ({"num_classes": None}, r"Received: num_classes=None"),
+    ({"num_classes": 3, "head": "deep"}, r"head.*Received: head='deep'"),
+    ({"num_classes": 3, "pooling": "sum"}, r"Received: pooling='sum'"),
+    ({"num_classes": 3, "dropout": 1.0}, r"Received: dropout=1.0"),
+])
+def test_bad_classifier_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kft.build_classifier("simple_cnn", weights=None,
+                             input_shape=(16, 16, 3), **kwargs)
+
+
+def test_unknown_backbone_in_builder():
+    with pytest.raises(ValueError, match="Unknown backbone: 'resnet5'.*vgg16"):
+        kft.build_classifier("resnet5", num_classes=3)
+
+
+def test_importing_kft_after_keras_on_another_backend_explains():
+    code = ("import os; os.environ['KERAS_BACKEND']='numpy'; import keras; "
+            "os.environ['KERAS_BACKEND']='jax'; import kft")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True)
+    assert result.returncode != 0
+    assert "imported with the 'numpy' backend before kft" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-c", "import kft"], capture_output=True, text=True,
+        env={"KERAS_BACKEND": "torch", "PATH": ""})
+    assert "KERAS_BACKEND='torch'" in result.stderr

@@ -1,0 +1,383 @@
+"""Tests of kft.data: folder layouts, bad files, arrays, TFDS, model.fit."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import kft
+from kft.data import _images
+
+SIZE = 16
+
+
+def _save(path, array, **kwargs):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return str(path)
+
+
+def _solid(value, shape=(24, 20)):
+    return np.full(shape + (3,), value, dtype=np.uint8)
+
+
+def _tree(root, splits=("train", "val"), per_class=3,
+          classes=(("dark", 20), ("bright", 230))):
+    """Class `dark` holds pixel value 20, `bright` 230: labels are checkable."""
+    for split in splits:
+        for name, value in classes:
+            for i in range(per_class):
+                _save(f"{root}/{split}/{name}/{i}.png", _solid(value))
+    return str(root)
+
+
+def _batches(dataset):
+    return [(np.asarray(x), np.asarray(y)) for x, y in dataset]
+
+
+def _truncated_jpeg(path):
+    rng = np.random.default_rng(0)
+    _save(path, rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+          quality=95)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+def test_train_val_layout_names_counts_and_labels(tmp_path):
+    root = _tree(tmp_path, per_class=3)
+    _save(f"{root}/train/dark/extra.jpg", _solid(20))
+    train, val = kft.data.from_directory(root, SIZE, batch_size=2,
+                                         augmentation="none")
+    assert train.class_names == ["bright", "dark"]
+    assert train.class_counts == {"bright": 3, "dark": 4}
+    assert val.class_counts == {"bright": 3, "dark": 3}
+    assert len(train) == 4 and train.num_examples == 7
+    batches = _batches(train)
+    assert sum(len(y) for _, y in batches) == 7
+    for x, y in batches:
+        assert x.shape[1:] == (SIZE, SIZE, 3) and x.dtype == np.float32
+        assert y.dtype == np.int32
+        for image, label in zip(x, y):
+            expected = 230 if label == 0 else 20
+            np.testing.assert_allclose(image.mean(), expected, atol=2)
+    assert train.skipped == ()
+
+
+def test_each_epoch_reshuffles_the_same_examples(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=8)
+    train, val = kft.data.from_directory(root, SIZE, batch_size=16,
+                                         augmentation="none", seed=3)
+    assert val is None
+    first = np.concatenate([y for _, y in _batches(train)])
+    second = np.concatenate([y for _, y in _batches(train)])
+    assert sorted(first) == sorted(second) == [0] * 8 + [1] * 8
+    assert not np.array_equal(first, second)
+
+
+def test_validation_split_is_stratified_and_disjoint(tmp_path):
+    root = _tree(tmp_path, splits=("all",), per_class=10)
+    train, val = kft.data.from_directory(f"{root}/all", SIZE,
+                                         validation_split=0.2,
+                                         augmentation="none")
+    assert train.class_counts == {"bright": 8, "dark": 8}
+    assert val.class_counts == {"bright": 2, "dark": 2}
+    train_paths, val_paths = set(train.paths), set(val.paths)
+    assert not train_paths & val_paths and len(train_paths | val_paths) == 20
+
+
+def _corrupt_png(path):
+    rng = np.random.default_rng(0)
+    _save(path, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    data = bytearray(open(path, "rb").read())
+    start = data.index(b"IDAT") + 20
+    data[start:start + 40] = bytes(40)
+    open(path, "wb").write(bytes(data))
+
+
+BAD_FILES = {
+    "truncated.jpg": (_truncated_jpeg, "truncated"),
+    "zero.jpg": (lambda p: open(p, "wb").close(), "zero-byte"),
+    "notes.png": (lambda p: open(p, "w").write("not an image\n" * 20),
+                  "not an image"),
+    "garbage.jpg": (lambda p: open(p, "wb").write(
+        b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4), "not an image"),
+    "corrupt.png": (_corrupt_png, "corrupt image"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_is_skipped_counted_and_named(tmp_path, name):
+    root = _tree(tmp_path, per_class=2)
+    write, reason = BAD_FILES[name]
+    bad = f"{root}/train/dark/{name}"
+    write(bad)
+    with pytest.warns(kft.data.SkippedFilesWarning,
+                      match=r"Skipped 1 of 9 image files(.|\n)*" + name):
+        train, val = kft.data.from_directory(root, SIZE, augmentation="none")
+    assert len(train.skipped) == 1
+    assert train.skipped[0].path == bad and reason in train.skipped[0].reason
+    assert train.class_counts == {"bright": 2, "dark": 2}
+    assert sum(len(y) for _, y in _batches(train)) == 4
+
+
+def test_bad_files_raise_when_asked(tmp_path):
+    root = _tree(tmp_path, per_class=2)
+    open(f"{root}/val/dark/zero.jpg", "wb").close()
+    with pytest.raises(ValueError, match=r"Found 1 bad image files(.|\n)*"
+                                         r"zero\.jpg: zero-byte file"):
+        kft.data.from_directory(root, SIZE, on_bad_file="raise")
+
+
+def test_file_failing_during_training_is_skipped_and_reported(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=2)
+    _truncated_jpeg(f"{root}/train/dark/late.jpg")
+    train, _ = kft.data.from_directory(root, SIZE, check="header",
+                                       augmentation="none")
+    assert train.skipped == () and train.num_examples == 5
+    with pytest.warns(kft.data.SkippedFilesWarning, match="late.jpg"):
+        seen = sum(len(y) for _, y in _batches(train))
+    assert seen == 4
+    assert [s.path for s in train.skipped] == [f"{root}/train/dark/late.jpg"]
+
+
+def _rgba():
+    image = np.zeros((8, 8, 4), np.uint8)
+    image[...] = (10, 20, 30, 0)
+    return Image.fromarray(image, "RGBA"), (10, 20, 30)
+
+
+def _palette():
+    image = Image.new("P", (8, 8), 1)
+    image.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    return image, (200, 100, 50)
+
+
+def _palette_transparent():
+    image, rgb = _palette()
+    image.info["transparency"] = 0
+    return image, rgb
+
+
+def _cmyk():
+    return Image.new("CMYK", (8, 8), (0, 255, 255, 0)), (255, 0, 0)
+
+
+def _sixteen_bit():
+    image = Image.fromarray(np.full((8, 8), 51400, np.uint16))
+    return image, (200, 200, 200)
+
+
+def _gray():
+    return Image.new("L", (8, 8), 100), (100, 100, 100)
+
+
+CONVERSIONS = {
+    "gray.png": _gray, "rgba.png": _rgba, "palette.png": _palette,
+    "palette_alpha.png": _palette_transparent, "cmyk.jpg": _cmyk,
+    "sixteen.png": _sixteen_bit,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSIONS))
+def test_image_modes_are_converted_to_rgb(tmp_path, name):
+    image, expected = CONVERSIONS[name]()
+    path = str(tmp_path / name)
+    image.save(path, **({"quality": 100} if name.endswith("jpg") else {}))
+    if name == "sixteen.png":
+        assert Image.open(path).mode.startswith("I")
+    loaded = kft.data.load_image(path, (4, 4))
+    assert loaded.shape == (4, 4, 3) and loaded.dtype == np.uint8
+    np.testing.assert_allclose(loaded.reshape(-1, 3).mean(0), expected,
+                               atol=2 if name.endswith("jpg") else 0)
+
+
+def test_folder_of_mixed_modes_loads_every_file(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=1)
+    for name, make in CONVERSIONS.items():
+        make()[0].save(f"{root}/train/dark/{name}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kft.data.SkippedFilesWarning)
+        train, _ = kft.data.from_directory(root, SIZE, augmentation="none")
+    assert train.class_counts == {"bright": 1, "dark": 7}
+    assert sum(len(y) for _, y in _batches(train)) == 8
+
+
+def test_empty_class_folder_raises(tmp_path):
+    root = _tree(tmp_path, per_class=1)
+    os.makedirs(f"{root}/train/empty")
+    with pytest.raises(ValueError, match=r"Class folders \['empty'\] .* have "
+                                         "no readable images"):
+        kft.data.from_directory(root, SIZE)
+
+
+def test_class_of_only_bad_files_raises(tmp_path):
+    root = _tree(tmp_path, per_class=1)
+    os.makedirs(f"{root}/train/broken")
+    open(f"{root}/train/broken/a.jpg", "wb").close()
+    with pytest.raises(ValueError, match=r"\['broken'\].*1 files skipped"):
+        kft.data.from_directory(root, SIZE)
+
+
+def test_class_only_in_val_raises(tmp_path):
+    root = _tree(tmp_path, per_class=1)
+    _save(f"{root}/val/ghost/a.png", _solid(5))
+    with pytest.raises(ValueError, match=r"Class folders \['ghost'\] are in "
+                                         ".*val.* but not in"):
+        kft.data.from_directory(root, SIZE)
+
+
+def test_very_large_image_is_decoded_and_resized(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=1)
+    big = np.zeros((3000, 4000, 3), np.uint8)
+    big[:, 2000:] = 255
+    _save(f"{root}/train/dark/big.jpg", big, quality=90)
+    train, _ = kft.data.from_directory(root, SIZE, augmentation="none",
+                                       shuffle=False)
+    images = np.concatenate([x for x, _ in _batches(train)])
+    big_image = images[-1]
+    assert big_image[:, :6].max() < 10 and big_image[:, -6:].min() > 245
+
+
+def test_image_above_max_pixels_is_skipped(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=1)
+    _save(f"{root}/train/dark/huge.png", np.zeros((50, 50, 3), np.uint8))
+    with pytest.warns(kft.data.SkippedFilesWarning, match="huge.png"):
+        train, _ = kft.data.from_directory(root, SIZE, max_pixels=2000)
+    assert "too large: 50x50" in train.skipped[0].reason
+
+
+def test_decompression_bomb_is_described():
+    reason = _images.describe_error(Image.DecompressionBombError("big"))
+    assert reason == "too large: big"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file_is_skipped(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=1)
+    path = _save(f"{root}/train/dark/locked.png", _solid(20))
+    os.chmod(path, 0)
+    with pytest.warns(kft.data.SkippedFilesWarning, match="locked.png"):
+        train, _ = kft.data.from_directory(root, SIZE)
+    assert train.skipped[0].reason == "unreadable: permission denied"
+
+
+def test_permission_error_is_skipped(tmp_path, monkeypatch):
+    root = _tree(tmp_path, splits=("train",), per_class=1)
+    locked = _save(f"{root}/train/dark/locked.png", _solid(20))
+    os.chmod(locked, 0)
+    real_open = Image.open
+
+    def open_as_unprivileged(path, *args, **kwargs):
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_as_unprivileged)
+    with pytest.warns(kft.data.SkippedFilesWarning, match="locked.png"):
+        train, _ = kft.data.from_directory(root, SIZE)
+    assert train.skipped == (
+        kft.data.SkippedFile(locked, "unreadable: permission denied"),)
+
+
+def test_eval_geometry_matches_keras_eval_transform(tmp_path):
+    rows, cols = np.mgrid[0:60, 0:90].astype(np.float32)
+    image = np.stack([rows * 4, cols * 2.5, rows + cols], -1)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    path = _save(f"{tmp_path}/g.png", image)
+    ours = kft.data.load_image(path, (SIZE, SIZE), geometry="center_crop")
+    keras_eval = kft.augmentation.eval_transform(SIZE)
+    theirs = np.asarray(keras_eval(image[None].astype(np.float32)))[0]
+    # A linear ramp resamples exactly up to rounding: only a different crop
+    # box would move these means by more than a pixel level.
+    np.testing.assert_allclose(ours.mean((0, 1)), theirs.mean((0, 1)),
+                               atol=1.5)
+    assert np.abs(ours - theirs).max() < 6
+
+
+ARG_ERRORS = [
+    ({"image_size": 0}, "Argument `image_size` must be a positive int"),
+    ({"on_bad_file": "ignore"}, "Argument `on_bad_file` must be one of"),
+    ({"check": "none"}, "Argument `check` must be one of"),
+    ({"validation_split": 1.5}, "Argument `validation_split` must be"),
+    ({"crop_fraction": 0}, "Argument `crop_fraction` must be in"),
+    ({"label_mode": "binary"}, "Argument `label_mode` must be one of"),
+    ({"augment_on": "gpu"}, "Argument `augment_on` must be one of"),
+    ({"batch_size": 0}, "Argument `batch_size` must be a positive integer"),
+    ({"augmentation": "heavy"}, "Argument `preset` must be one of"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", ARG_ERRORS)
+def test_from_directory_argument_errors(tmp_path, kwargs, message):
+    root = _tree(tmp_path, per_class=1)
+    kwargs = {"image_size": SIZE, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        kft.data.from_directory(root, **kwargs)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="Argument `path` must be an existing"):
+        kft.data.from_directory(tmp_path / "missing", SIZE)
+    os.makedirs(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="No class folders in"):
+        kft.data.from_directory(tmp_path / "nothing", SIZE)
+    root = _tree(tmp_path / "both", per_class=1)
+    with pytest.raises(ValueError, match="so `validation_split` must be None"):
+        kft.data.from_directory(root, SIZE, validation_split=0.5)
+
+
+def test_from_arrays_counts_labels_and_one_hot():
+    x = np.arange(6 * 4 * 4 * 3, dtype=np.float32).reshape(6, 4, 4, 3)
+    y = np.array([0, 2, 2, 1, 2, 0])
+    ds = kft.data.from_arrays(x, y, batch_size=4, class_names=["a", "b", "c"],
+                              label_mode="categorical", shuffle=False)
+    assert ds.class_counts == {"a": 2, "b": 1, "c": 3} and len(ds) == 2
+    (x0, y0), (x1, y1) = _batches(ds)
+    np.testing.assert_array_equal(np.concatenate([x0, x1]), x)
+    np.testing.assert_array_equal(np.concatenate([y0, y1]), np.eye(3)[y])
+
+
+@pytest.mark.parametrize("x,y,message", [
+    (np.zeros((4, 4, 4)), np.zeros(4, int), "Argument `x` must be images"),
+    (np.zeros((4, 4, 4, 3)), np.zeros(3, int), "Argument `y` must be 4"),
+    (np.zeros((4, 4, 4, 3)), np.zeros(4), "Argument `y` must be 4"),
+    (np.zeros((2, 4, 4, 3)), np.array([0, 5]), r"labels in \[0, 2\)"),
+])
+def test_from_arrays_errors(x, y, message):
+    with pytest.raises(ValueError, match=message):
+        kft.data.from_arrays(x, y, class_names=["a", "b"])
+
+
+def test_from_tfds_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=10):
+        ds = kft.data.from_tfds("mnist", "train", SIZE, batch_size=4)
+        assert ds.class_names == [str(i) for i in range(10)]
+        assert sum(ds.class_counts.values()) == 10
+        batches = _batches(ds)
+        with pytest.raises(ValueError, match="must name a ClassLabel"):
+            kft.data.from_tfds("mnist", "test", SIZE, label_key="image")
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    assert batches[0][0].shape == (4, SIZE, SIZE, 3)
+    labels = np.concatenate([y for _, y in batches])
+    assert np.bincount(labels, minlength=10).tolist() == list(
+        ds.class_counts.values())
+
+
+@pytest.mark.slow
+def test_model_fit_consumes_train_and_val(tmp_path):
+    root = _tree(tmp_path, per_class=4)
+    train, val = kft.data.from_directory(root, SIZE, batch_size=4,
+                                         augmentation="none")
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(SIZE, SIZE, 3))
+    model.compile(keras.optimizers.Adam(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        history = model.fit(train, validation_data=val, epochs=8, verbose=0)
+    assert history.history["val_accuracy"][-1] == 1.0

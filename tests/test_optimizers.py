@@ -1,0 +1,460 @@
+"""Tests for kft.optimizers: per-block learning rates (issue 3)."""
+
+import json
+import pathlib
+
+import kft  # noqa: F401  (selects the JAX backend before keras)
+import keras
+import numpy as np
+import pytest
+
+from kft.optimizers import BlockwiseOptimizer, GroupOptimizer, layerwise_lr
+
+REFERENCE = pathlib.Path(__file__).parent / "data" / (
+    "torch_reference_optimizers.npz")
+
+
+def _vars(**values):
+    return {name: keras.Variable(np.asarray(v, "float32"), name=name)
+            for name, v in values.items()}
+
+
+def _cnn(size=16):
+    return kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                input_shape=(size, size, 3))
+
+
+def _data(n=16, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+    return x, np.arange(n) % 3
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _slot(optimizer, fragment):
+    hits = [v for v in optimizer.variables if fragment in v.path]
+    assert len(hits) == 1, [v.path for v in optimizer.variables]
+    return np.array(hits[0].numpy())
+
+
+# -- layerwise_lr ----------------------------------------------------------
+
+def test_layerwise_lr_formula():
+    rates = layerwise_lr(_cnn(), 1e-3, 0.5)
+    assert list(rates) == ["stem", "block1", "block2", "block3", "head"]
+    for level, name in enumerate(rates):
+        assert rates[name] == pytest.approx(1e-3 * 0.5 ** (4 - level))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"base_lr": -1.0, "decay": 0.5}, "base_lr"),
+    ({"base_lr": 1e-3, "decay": 0.0}, "decay"),
+    ({"base_lr": 1e-3, "decay": "0.5"}, "decay"),
+])
+def test_layerwise_lr_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        layerwise_lr(_cnn(), **kwargs)
+
+
+# -- errors -----------------------------------------------------------------
+
+def test_pattern_matching_no_variable_raises():
+    with pytest.raises(ValueError, match="'nothere' matches no variable"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"nothere": 0.1},
+                           model=_cnn())
+
+
+def test_pattern_matching_no_variable_raises_at_build_without_model():
+    opt = BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"^zzz": 0.1})
+    with pytest.raises(ValueError, match="'\\^zzz' matches no variable"):
+        opt.build(list(_vars(a=[1.0]).values()))
+
+
+def test_variable_in_two_groups_raises_with_both_patterns():
+    with pytest.raises(ValueError, match="'head' and 'dense'"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1),
+                           {"head": 0.1, "dense": 0.2}, model=_cnn())
+
+
+def test_variable_in_two_regex_groups_raises_without_model():
+    opt = BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"^a": 0.1, "b$": 1})
+    with pytest.raises(ValueError, match="'\\^a' and 'b\\$'"):
+        opt.build(list(_vars(ab=[1.0]).values()))
+
+
+@pytest.mark.parametrize("rates, error, match", [
+    ({"head": -0.1}, ValueError, "must be >= 0"),
+    ({"head": "fast"}, TypeError, "must be a number"),
+    ({"head": None}, TypeError, "must be a number"),
+    ({"head": True}, TypeError, "must be a number"),
+])
+def test_bad_rates_raise(rates, error, match):
+    with pytest.raises(error, match=match):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), rates)
+
+
+def test_bad_default_and_base_raise():
+    with pytest.raises(ValueError, match="`default` must be >= 0"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), {}, default=-1.0)
+    with pytest.raises(ValueError, match="`base_learning_rate` must be > 0"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), {},
+                           base_learning_rate=0.0)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    with pytest.raises(ValueError, match="base_learning_rate=None"):
+        BlockwiseOptimizer(keras.optimizers.SGD(schedule), {})
+
+
+@pytest.mark.parametrize("inner, error, match", [
+    ("adam", TypeError, "must be a Keras optimizer"),
+    (keras.optimizers.Nadam(), TypeError, "shared per-step state"),
+    (keras.optimizers.SGD(0.1, clipnorm=1.0), ValueError, "`clipnorm`"),
+    (keras.optimizers.Adam(gradient_accumulation_steps=2), ValueError,
+     "`gradient_accumulation_steps`"),
+])
+def test_bad_inner_optimizer_raises(inner, error, match):
+    with pytest.raises(error, match=match):
+        BlockwiseOptimizer(inner, {})
+
+
+def test_built_inner_and_wrapper_weight_decay_raise():
+    inner = keras.optimizers.SGD(0.1)
+    inner.build(list(_vars(a=[1.0]).values()))
+    with pytest.raises(ValueError, match="unbuilt"):
+        BlockwiseOptimizer(inner, {})
+    with pytest.raises(ValueError, match="`weight_decay` is not supported"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), {}, weight_decay=0.1)
+    with pytest.raises(TypeError, match="`optimizers` must be a dict"):
+        GroupOptimizer([keras.optimizers.SGD()], default=keras.optimizers.SGD())
+
+
+# -- update rules -----------------------------------------------------------
+
+OPTIMIZERS = {
+    "sgd_momentum": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
+    "sgd_nesterov": lambda lr: keras.optimizers.SGD(lr, momentum=0.9,
+                                                    nesterov=True),
+    "adam": lambda lr: keras.optimizers.Adam(lr),
+    "adamw": lambda lr: keras.optimizers.AdamW(lr, weight_decay=0.1),
+    "rmsprop": lambda lr: keras.optimizers.RMSprop(lr, momentum=0.5),
+    "lion": lambda lr: keras.optimizers.Lion(lr),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_each_group_steps_like_its_own_plain_optimizer(name):
+    """Wrapped with rates 0.01 (`a`), 0.05 (`b`) and default 0.02 (`c`),
+    each variable follows a plain optimizer built at its group's rate."""
+    make = OPTIMIZERS[name]
+    rates = {"a": 0.01, "b": 0.05, "c": 0.02}
+    init = {k: np.linspace(-1, 1, 6).reshape(2, 3) + i
+            for i, k in enumerate(rates)}
+    wrapped = _vars(**init)
+    opt = BlockwiseOptimizer(make(0.02), {"^a$": 0.01, "^b$": 0.05})
+    plain = {k: (_vars(**{k: v})[k], make(rates[k])) for k, v in init.items()}
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        grads = {k: rng.standard_normal((2, 3)).astype("float32")
+                 for k in rates}
+        opt.apply([grads[k] for k in rates], list(wrapped.values()))
+        for k, (var, p) in plain.items():
+            p.apply([grads[k]], [var])
+    for k, (var, _) in plain.items():
+        np.testing.assert_allclose(wrapped[k].numpy(), var.numpy(),
+                                   rtol=1e-6, atol=1e-7)
+        assert not np.allclose(wrapped[k].numpy(), init[k])
+
+
+def test_global_clipnorm_clips_jointly_then_scales_per_group():
+    vs = _vars(a=[0.0, 0.0], b=[0.0, 0.0])
+    opt = BlockwiseOptimizer(keras.optimizers.SGD(1.0), {"^a$": 1.0,
+                                                         "^b$": 0.1},
+                             global_clipnorm=1.0)
+    opt.apply([np.array([3.0, 0.0]), np.array([0.0, 4.0])], list(vs.values()))
+    np.testing.assert_allclose(vs["a"].numpy(), [-0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(vs["b"].numpy(), [0.0, -0.08], rtol=1e-6)
+
+
+def test_clipnorm_clips_each_gradient():
+    vs = _vars(a=[0.0, 0.0], b=[0.0, 0.0])
+    opt = BlockwiseOptimizer(keras.optimizers.SGD(1.0), {"^b$": 0.5},
+                             clipnorm=1.0)
+    opt.apply([np.array([3.0, 4.0]), np.array([0.0, 0.5])], list(vs.values()))
+    np.testing.assert_allclose(vs["a"].numpy(), [-0.6, -0.8], rtol=1e-6)
+    np.testing.assert_allclose(vs["b"].numpy(), [0.0, -0.25], rtol=1e-6)
+
+
+def test_schedule_and_learning_rate_setter_keep_ratios():
+    schedule = keras.optimizers.schedules.ExponentialDecay(1.0, 1, 0.5)
+    vs = _vars(a=[0.0], b=[0.0])
+    opt = BlockwiseOptimizer(keras.optimizers.SGD(schedule), {"^b$": 0.1},
+                             base_learning_rate=1.0)
+    deltas = []
+    for _ in range(3):
+        before = [v.numpy().copy() for v in vs.values()]
+        opt.apply([np.ones(1), np.ones(1)], list(vs.values()))
+        deltas.append([float((b - v.numpy())[0])
+                       for b, v in zip(before, vs.values())])
+    np.testing.assert_allclose(deltas, [[1.0, 0.1], [0.5, 0.05],
+                                        [0.25, 0.025]], rtol=1e-6)
+    # A float rate set later (what ReduceLROnPlateau does) scales all groups.
+    opt2 = BlockwiseOptimizer(keras.optimizers.SGD(0.2), {"^b$": 0.02})
+    vs2 = _vars(a=[0.0], b=[0.0])
+    opt2.build(list(vs2.values()))
+    opt2.learning_rate = 0.1
+    opt2.apply([np.ones(1), np.ones(1)], list(vs2.values()))
+    np.testing.assert_allclose([vs2["a"].numpy()[0], vs2["b"].numpy()[0]],
+                               [-0.1, -0.01], rtol=1e-6)
+
+
+def test_weight_decay_per_group_and_bias_exclusion():
+    vs = _vars(a_kernel=[[1.0, 2.0]], a_bias=[1.0], b_kernel=[[1.0, 2.0]])
+    inner = keras.optimizers.SGD(0.1, weight_decay=0.5)
+    opt = BlockwiseOptimizer(inner, {"^b": 0.01}, exclude_bias_and_norm=True)
+    opt.apply([np.zeros((1, 2)), np.zeros(1), np.zeros((1, 2))],
+              list(vs.values()))
+    np.testing.assert_allclose(vs["a_kernel"].numpy(), [[0.95, 1.9]])
+    np.testing.assert_allclose(vs["a_bias"].numpy(), [1.0])
+    np.testing.assert_allclose(vs["b_kernel"].numpy(), [[0.995, 1.99]])
+
+
+# -- retarget and bias correction --------------------------------------------
+
+def test_retarget_keeps_slots_and_counts_steps_per_variable():
+    vs = _vars(a=[0.0, 0.0], b=[0.0, 0.0])
+    opt = BlockwiseOptimizer(keras.optimizers.Adam(0.01), {"^a$": 0.01},
+                             default=0.001)
+    opt.build([vs["a"]])
+    for _ in range(5):
+        opt.apply([np.array([1.0, -1.0])], [vs["a"]])
+    m_a = _slot(opt, "a_momentum")
+    kft.retarget_optimizer(opt, [vs["a"], vs["b"]])
+    np.testing.assert_array_equal(_slot(opt, "a_momentum"), m_a)
+    np.testing.assert_array_equal(_slot(opt, "b_momentum"), [0.0, 0.0])
+    np.testing.assert_array_equal(opt._start_steps.numpy(), [0, 5])
+    # Constant gradient, first Adam step of `b`: |update| == its rate (a
+    # shared step counter would give ~0.5x here and up to ~3x later).
+    opt.apply([np.array([1.0, -1.0]), np.array([2.0, -3.0])],
+              [vs["a"], vs["b"]])
+    np.testing.assert_allclose(vs["b"].numpy(), [-0.001, 0.001], rtol=1e-4)
+    kft.retarget_optimizer(opt, [vs["b"]])
+    assert not [v for v in opt.variables if "a_momentum" in v.path]
+    np.testing.assert_array_equal(opt._start_steps.numpy(), [5])
+
+
+class _UnfreezeAt(keras.callbacks.Callback):
+    """Unfreezes `block3` after batch `at`, recording what the test needs."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.seen = at, {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        model, opt = self.model, self.model.optimizer
+        kernel = model.get_layer("simple_cnn").get_layer("block3_conv")
+        if batch == self.at:
+            model.jax_state_sync()
+            self.seen["head_m"] = _slot(opt, "head_dense_kernel_momentum")
+            self.seen["head_v"] = _slot(opt, "head_dense_kernel_velocity")
+            kft.freeze(model, "partial", n_blocks=1)
+            self.seen["head_m_after"] = _slot(opt,
+                                              "head_dense_kernel_momentum")
+            self.seen["head_v_after"] = _slot(opt,
+                                              "head_dense_kernel_velocity")
+            self.seen["kernel"] = np.array(kernel.kernel.numpy())
+        elif batch == self.at + 1:
+            model.jax_state_sync()
+            self.seen["kernel_next"] = np.array(kernel.kernel.numpy())
+
+
+@pytest.mark.slow
+def test_block_unfrozen_mid_fit_updates_at_its_rate_head_moments_carry():
+    model = _cnn()
+    kft.freeze(model, "feature_extraction")
+    rates = layerwise_lr(model, 1e-2, 0.5)
+    opt = BlockwiseOptimizer(keras.optimizers.Adam(1e-2, epsilon=1e-12),
+                             rates, model=model)
+    model.compile(opt, _loss())
+    x, y = _data(32)
+    callback = _UnfreezeAt(at=2)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False,
+              callbacks=[callback])
+    seen = callback.seen
+    np.testing.assert_array_equal(seen["head_m"], seen["head_m_after"])
+    np.testing.assert_array_equal(seen["head_v"], seen["head_v_after"])
+    assert np.abs(seen["head_m"]).max() > 0
+    # First Adam step of the unfrozen kernel, bias-corrected from its own
+    # step 1: every entry moves by its block's rate (block3 = 5e-3).
+    step = np.abs(seen["kernel_next"] - seen["kernel"])
+    np.testing.assert_allclose(np.median(step), rates["block3"], rtol=1e-3)
+    assert step.max() <= rates["block3"] * (1 + 1e-3)
+    assert list(opt._start_steps.numpy()) == [3, 0, 0]
+    assert int(opt.iterations.numpy()) == 8
+
+
+# -- PyTorch parity -----------------------------------------------------------
+
+def _parity_model():
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dense(8, activation="relu", name="fc1")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="fc2")(h))
+
+
+_KERAS_KWARGS = {"eps": "epsilon"}
+
+
+@pytest.mark.parametrize("case_name", ["sgd", "sgd_nesterov", "adam", "adamw",
+                                       "adamw_no_bias_decay"])
+def test_parity_with_torch_param_groups(case_name):
+    ref = np.load(REFERENCE)
+    case = json.loads(str(ref["cases"]))[case_name]
+    groups = json.loads(str(ref["groups"]))
+    model = _parity_model()
+    for v in model.weights:
+        v.assign(ref[f"init/{v.path}"])
+    kwargs = {_KERAS_KWARGS.get(k, k): v for k, v in case["kwargs"].items()}
+    inner = getattr(keras.optimizers, case["optimizer"])(1e-3, **kwargs)
+    rates = {groups[g]: r for g, r in case["rates"].items()}
+    opt = BlockwiseOptimizer(inner, rates, model=model,
+                             exclude_bias_and_norm=case.get(
+                                 "exclude_bias_and_norm", False))
+    model.compile(opt, _loss())
+    model.fit(ref["x"], ref["y"], batch_size=8, epochs=1, shuffle=False,
+              verbose=0)
+    assert int(opt.iterations.numpy()) == 20
+    for v in model.weights:
+        expected, got = ref[f"{case_name}/{v.path}"], v.numpy()
+        moved = np.linalg.norm(expected - ref[f"init/{v.path}"])
+        assert moved > 1e-3, v.path
+        error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+        assert error <= 1e-5, (v.path, error)
+
+
+# -- GroupOptimizer ---------------------------------------------------------
+
+def test_group_optimizer_routes_and_survives_retarget():
+    vs = _vars(body=[0.0, 0.0], head=[0.0, 0.0], late=[0.0, 0.0])
+    opt = GroupOptimizer({"^head$": keras.optimizers.Adam(0.01)},
+                         default=keras.optimizers.SGD(0.1, momentum=0.9),
+                         learning_rate=0.5)
+    opt.build([vs["body"], vs["head"]])
+    opt.apply([np.array([1.0, 2.0]), np.array([3.0, -1.0])],
+              [vs["body"], vs["head"]])
+    np.testing.assert_allclose(vs["body"].numpy(), [-0.05, -0.1], rtol=1e-6)
+    np.testing.assert_allclose(vs["head"].numpy(), [-0.005, 0.005],
+                               rtol=1e-4)
+    m_head = _slot(opt, "head_momentum")
+    kft.retarget_optimizer(opt, [vs["body"], vs["head"], vs["late"]])
+    np.testing.assert_array_equal(_slot(opt, "head_momentum"), m_head)
+    opt.apply([np.zeros(2), np.zeros(2), np.array([1.0, 1.0])],
+              [vs["body"], vs["head"], vs["late"]])
+    # `late` goes to the default SGD at 0.5 * 0.1, with fresh momentum.
+    np.testing.assert_allclose(vs["late"].numpy(), [-0.05, -0.05], rtol=1e-6)
+
+
+# -- fit integration: mixed precision, callbacks ------------------------------
+
+@pytest.mark.slow
+def test_mixed_precision_and_unfreezing_in_fit():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _cnn()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    kft.freeze(model, "feature_extraction")
+    opt = GroupOptimizer({"head": keras.optimizers.AdamW(1e-3)},
+                         default=keras.optimizers.SGD(1e-2, momentum=0.9),
+                         model=model, global_clipnorm=1.0)
+    model.compile(opt, _loss())
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    x, y = _data(16)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    block3 = model.get_layer("simple_cnn").get_layer("block3_conv")
+    before = np.array(block3.kernel.numpy())
+    kft.freeze(model, "partial", n_blocks=1)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert not np.allclose(block3.kernel.numpy(), before)
+    assert all(np.isfinite(v.numpy()).all() for v in model.weights)
+    assert list(opt._start_steps.numpy()) == [2, 0, 0]
+
+
+@pytest.mark.slow
+def test_learning_rate_callbacks_scale_every_group():
+    x, y = _data(8)
+
+    def run(factor, callbacks):
+        keras.utils.set_random_seed(0)
+        model = _cnn()
+        kft.freeze(model, "partial", n_blocks=1)
+        opt = BlockwiseOptimizer(keras.optimizers.SGD(0.01),
+                                 {"block3": 0.001 * factor,
+                                  "head": 0.01 * factor},
+                                 model=model, base_learning_rate=0.01)
+        model.compile(opt, _loss())
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
+                  callbacks=callbacks)
+        return model, opt
+
+    scheduled, _ = run(1.0, [keras.callbacks.LearningRateScheduler(
+        lambda epoch, lr: 0.003)])
+    scaled, _ = run(0.3, [])
+    for a, b in zip(scheduled.trainable_variables, scaled.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=1e-7)
+    _, opt = run(1.0, [keras.callbacks.ReduceLROnPlateau(
+        monitor="loss", factor=0.5, patience=0, min_delta=1e9)])
+    # min_delta=1e9: epoch 1 improves on inf, epoch 2 cannot: one halving.
+    assert float(opt.learning_rate.numpy()) == pytest.approx(0.005)
+
+
+# -- serialization ------------------------------------------------------------
+
+def test_get_config_json_round_trip():
+    model = _cnn()
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, 100)
+    opts = [
+        BlockwiseOptimizer(keras.optimizers.AdamW(schedule, weight_decay=0.05),
+                           layerwise_lr(model, 1e-3, 0.7), model=model,
+                           base_learning_rate=1e-3, default=1e-5,
+                           exclude_bias_and_norm=True, global_clipnorm=1.0),
+        GroupOptimizer({"head": keras.optimizers.Adam(1e-3)},
+                       default=keras.optimizers.SGD(0.1, momentum=0.9),
+                       model=model, clipnorm=2.0),
+    ]
+    for opt in opts:
+        config = json.loads(json.dumps(keras.optimizers.serialize(opt)))
+        clone = keras.optimizers.deserialize(config)
+        assert type(clone) is type(opt)
+        assert clone.get_config() == opt.get_config()
+        assert clone._assignments["head_dense/kernel"] == "head"
+
+
+@pytest.mark.slow
+def test_model_save_load_round_trip_with_optimizer_state(tmp_path):
+    model = _cnn()
+    kft.freeze(model, "feature_extraction")
+    opt = BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
+                             layerwise_lr(model, 1e-3, 0.5), model=model)
+    model.compile(opt, _loss())
+    x, y = _data(16)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    kft.freeze(model, "partial", n_blocks=1)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    lopt = loaded.optimizer
+    assert isinstance(lopt, BlockwiseOptimizer)
+    assert [v.path for v in lopt.variables] == [v.path for v in opt.variables]
+    for a, b in zip(lopt.variables, opt.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert list(lopt._start_steps.numpy()) == [2, 0, 0]
+    for m in (model, loaded):
+        m.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=1e-7)

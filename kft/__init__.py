@@ -30,6 +30,7 @@ from kft.optimizers import BlockwiseOptimizer  # noqa: E402
 from kft.optimizers import GroupOptimizer  # noqa: E402
 from kft.optimizers import layerwise_lr  # noqa: E402
 # -- callbacks and fine_tune recipe (issue 4) --
+from kft import callbacks  # noqa: E402
 # -- data pipelines (issue 5) --
 from kft import augmentation  # noqa: E402
 from kft import data  # noqa: E402
@@ -66,6 +67,7 @@ __all__ = [
     "layerwise_lr",
     "optimizers",
     # -- callbacks and fine_tune recipe (issue 4) --
+    "callbacks",
     # -- data pipelines (issue 5) --
     "augmentation",
     "data",

@@ -95,7 +95,9 @@ def retarget_optimizer(optimizer, variables):
 
 
 def _set_tracked(optimizer, variables):
-    optimizer._trainable_variables = list(variables)
+    # Plain assignment would make Keras' tracker list the model's variables
+    # among the optimizer's own (and `fit` donate their buffers twice).
+    object.__setattr__(optimizer, "_trainable_variables", list(variables))
     optimizer._trainable_variables_indices = {
         optimizer._var_key(v): i for i, v in enumerate(variables)
     }

@@ -1,0 +1,230 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.callbacks import GradualUnfreezing
+
+SHAPE = (16, 16, 3)
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 255, (n,) + SHAPE).astype("float32"),
+            rng.integers(0, 3, n).astype("int32"))
+
+
+def _model():
+    return kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                input_shape=SHAPE)
+
+
+class Recorder(keras.callbacks.Callback):
+    """Snapshots weights after the stage switch and at epoch end, and the
+    loss of an eager forward pass on the (single) training batch."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+        self.begin, self.end, self.eager_loss, self.step_loss = [], [], [], []
+        self.trainable, self.slots_end, self.slots_begin = [], [], []
+
+    def _weights(self):
+        return {v.path: np.array(v.value) for v in self.model.weights}
+
+    def _slots(self):
+        return {v.path: np.array(v.value)
+                for v in self.model.optimizer.variables}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begin.append(self._weights())
+        self.slots_begin.append(self._slots())
+        self.trainable.append({v.path for v in self.model.trainable_variables})
+        logits = self.model(self.x, training=True)
+        self.eager_loss.append(float(LOSS(self.y, logits)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self.step_loss.append(float(logs["loss"]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.end.append(self._weights())
+        self.slots_end.append(self._slots())
+
+
+def test_stages_train_only_the_intended_weights_and_keep_slots():
+    x, y = _data()
+    model = _model()
+    model.compile(keras.optimizers.Adam(1e-2), LOSS)
+    recorder = Recorder(x, y)
+    history = model.fit(
+        x, y, epochs=4, batch_size=16, shuffle=False, verbose=0,
+        callbacks=[GradualUnfreezing(every=1, verbose=0), recorder])
+    assert history.history["unfrozen_blocks"] == [0, 1, 2, 3]
+    params = history.history["trainable_params"]
+    assert params == sorted(params) and len(set(params)) == 4
+    blocks = ["head", "block3", "block2", "block1"]
+    for epoch in range(4):
+        trainable = recorder.trainable[epoch]
+        prefixes = tuple(
+            {"head": "head_", "block3": "block3_", "block2": "block2_",
+             "block1": "block1_"}[b] for b in blocks[:epoch + 1])
+        expected = {p for p in recorder.begin[epoch]
+                    if p.startswith(prefixes) and "_bn/" not in p
+                    and p.rsplit("/", 1)[1] in ("kernel", "bias")}
+        assert trainable == expected
+        changed = {p for p, v in recorder.end[epoch].items()
+                   if not np.array_equal(v, recorder.begin[epoch][p])}
+        assert changed == expected, epoch
+        # The compiled step's loss is the eager loss of the same weights.
+        np.testing.assert_allclose(recorder.step_loss[epoch],
+                                   recorder.eager_loss[epoch], rtol=1e-5)
+    # Adam moments of the head carry over unchanged across each switch.
+    for epoch in range(1, 4):
+        before, after = recorder.slots_end[epoch - 1], recorder.slots_begin[epoch]
+        head_slots = [p for p in before if "head_dense" in p]
+        assert len(head_slots) == 4
+        for p in head_slots:
+            np.testing.assert_array_equal(before[p], after[p])
+        new = [p for p in after if p not in before]
+        assert new and all(not after[p].any() for p in new)
+    # evaluate uses the final weights.
+    eager = float(LOSS(y, model(x, training=False)))
+    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), eager,
+                               rtol=1e-5)
+
+
+def test_identical_shapes_inside_fit():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4, name="a")(inputs)
+    h = keras.layers.Dense(4, name="b")(h)
+    outputs = keras.layers.Dense(4, name="head_out")(h)
+    model = keras.Model(inputs, outputs)
+    patterns = {"a": "^a$", "b": "^b$", "head": "^head_"}
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError())
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 4))
+    recorder = Recorder(x, y)
+    recorder.on_epoch_begin = lambda epoch, logs=None: recorder.begin.append(
+        recorder._weights())
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[
+        GradualUnfreezing(every=1, patterns=patterns, verbose=0), recorder])
+    expected = [{"head_out"}, {"head_out", "b"}, {"head_out", "b", "a"}]
+    for epoch in range(3):
+        changed = {p.split("/")[0] for p, v in recorder.end[epoch].items()
+                   if not np.array_equal(v, recorder.begin[epoch][p])}
+        assert changed == expected[epoch]
+
+
+def test_milestones_and_validation_use_current_weights():
+    x, y = _data()
+    xv, yv = _data(8, seed=1)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.05), LOSS)
+
+    class ValCheck(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            eager = float(LOSS(yv, self.model(xv, training=False)))
+            np.testing.assert_allclose(logs["val_loss"], eager, rtol=1e-5)
+            self.checked = epoch + 1
+
+    check = ValCheck()
+    history = model.fit(x, y, validation_data=(xv, yv), epochs=4,
+                        batch_size=8, verbose=0, callbacks=[
+                            GradualUnfreezing(milestones=[1, 3], verbose=0),
+                            check])
+    assert history.history["unfrozen_blocks"] == [0, 1, 1, 2]
+    assert check.checked == 4
+
+
+def test_plateau_mode_unfreezes_after_patience():
+    class Fake(keras.callbacks.Callback):
+        values = [1.0, 0.5, 0.5, 0.5, 0.4, 0.4]
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["fake_loss"] = self.values[epoch]
+
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    callback = GradualUnfreezing(monitor="fake_loss", patience=2, verbose=0)
+    history = model.fit(x, y, epochs=6, batch_size=8, verbose=0,
+                        callbacks=[Fake(), callback])
+    # Best 0.5 at epoch 1; no improvement in epochs 2 and 3 -> stage 1 from
+    # epoch 4; the comparison restarts there.
+    assert history.history["unfrozen_blocks"] == [0, 0, 0, 0, 1, 1]
+    assert callback.stage_epochs == [4]
+
+
+def test_stage_log_is_printed(capsys):
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0,
+              callbacks=[GradualUnfreezing(every=1)])
+    out = capsys.readouterr().out
+    assert "epoch 1: stage 0, unfroze 'head'" in out
+    assert "epoch 2: stage 1, unfroze 'block3', trainable params" in out
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="exactly one of"):
+        GradualUnfreezing()
+    with pytest.raises(ValueError, match="exactly one of"):
+        GradualUnfreezing(every=1, milestones=[2])
+    with pytest.raises(ValueError, match="Received: every=0"):
+        GradualUnfreezing(every=0)
+    with pytest.raises(ValueError, match="milestones"):
+        GradualUnfreezing(milestones=[3, 2])
+    with pytest.raises(ValueError, match="Received: mode='up'"):
+        GradualUnfreezing(every=1, mode="up")
+    with pytest.raises(ValueError, match="block_lr_decay"):
+        GradualUnfreezing(every=1, block_lr_decay=2.0)
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    with pytest.raises(ValueError, match="'val_acc'.*not in the epoch logs"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[
+            GradualUnfreezing(monitor="val_acc", verbose=0)])
+    with pytest.raises(ValueError, match="per-block optimizer"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[
+            GradualUnfreezing(every=1, block_lr_decay=0.5, verbose=0)])
+
+
+def test_config_round_trip():
+    callback = GradualUnfreezing(milestones=[2, 4], bn="train",
+                                 block_lr_decay=0.5, verbose=0)
+    config = json.loads(json.dumps(callback.get_config()))
+    clone = GradualUnfreezing.from_config(config)
+    assert clone.get_config() == callback.get_config()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "resume_script.py")
+
+    def run(workdir, kill_at=None):
+        env = dict(os.environ, KFT_TEST_KILL_AT=str(kill_at or ""))
+        return subprocess.run([sys.executable, script, str(workdir)],
+                              env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    straight = run(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = run(tmp_path / "resumed", kill_at=3)  # SIGKILL in epoch 3
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (tmp_path / "resumed" / "final.npz").exists()
+    resumed = run(tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed at epoch 3 with 3 blocks unfrozen" in resumed.stdout
+    a = np.load(tmp_path / "straight" / "final.npz")
+    b = np.load(tmp_path / "resumed" / "final.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)

@@ -228,3 +228,20 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
         np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+
+
+def test_one_trace_per_stage_not_per_epoch():
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    traces = []
+    original = model.train_step
+
+    def counting_train_step(state, data):
+        traces.append(1)  # runs only while jax traces the step
+        return original(state, data)
+
+    model.train_step = counting_train_step
+    model.fit(x, y, epochs=6, batch_size=4, verbose=0,
+              callbacks=[GradualUnfreezing(every=2, verbose=0)])
+    assert len(traces) == 3

@@ -1,0 +1,110 @@
+"""Compile cost of gradual unfreezing: one trace + compile per stage.
+
+Runs `model.fit` with `kft.callbacks.GradualUnfreezing(every=1)` on a
+backbone (ResNet50 at 224x224 by default) for a few steps per stage and
+reports, per stage, the first step's time (trace + compile + run) and the
+median of the other steps, whose difference is the compile cost. Run it
+twice with the same `--cache-dir`: the second run loads the stage programs
+from JAX's persistent compilation cache.
+
+    python benchmarks/bench_unfreeze_compile.py --cache-dir /tmp/kft-cache \
+        --json benchmarks/results/unfreeze_compile_cold.json
+    python benchmarks/bench_unfreeze_compile.py --cache-dir /tmp/kft-cache \
+        --json benchmarks/results/unfreeze_compile_warm.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--stages", type=int, default=3,
+                        help="stages to run (head only, +1 block, ...)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="steps per stage (the first one compiles)")
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    os.environ["KFT_COMPILATION_CACHE"] = args.cache_dir
+    cached_before = len(os.listdir(args.cache_dir)) if os.path.isdir(
+        args.cache_dir) else 0
+
+    import kft  # first: selects the JAX backend  # isort: skip
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    model = kft.build_classifier(args.backbone, num_classes=10, weights=None,
+                                 input_shape=(args.size, args.size, 3))
+    model.compile(keras.optimizers.SGD(1e-3, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    n = args.batch * args.steps
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (n, args.size, args.size, 3)).astype("float32")
+    y = rng.integers(0, 10, n)
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps = {}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+            self.steps[epoch] = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # wait for the step to finish
+            self.steps[self.epoch].append(time.perf_counter() - self.t)
+
+    timer = Timer()
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=args.batch, epochs=args.stages, shuffle=False,
+              verbose=0, callbacks=[
+                  kft.callbacks.GradualUnfreezing(every=1, verbose=1), timer])
+    total = time.perf_counter() - started
+    names = ["head"] + list(reversed(
+        [b for b in kft.get_blocks(model) if b != "head"]))
+    rows = []
+    for stage, steps in timer.steps.items():
+        steady = statistics.median(steps[1:])
+        rows.append({"stage": stage, "unfroze": names[stage],
+                     "first_step_s": steps[0], "steady_step_s": steady,
+                     "compile_s": steps[0] - steady})
+    result = {
+        "backbone": args.backbone, "size": args.size, "batch": args.batch,
+        "cache_dir": args.cache_dir, "cache_entries_before": cached_before,
+        "fit_total_s": total, "stages": rows,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "loadavg": open("/proc/loadavg").read().split()[:3],
+        "versions": {"keras": keras.__version__,
+                     "jax": __import__("jax").__version__,
+                     "python": sys.version.split()[0]},
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    print(f"{'stage':>5}  {'unfroze':8}  {'first step':>10}  "
+          f"{'steady':>8}  {'compile':>8}")
+    for r in rows:
+        print(f"{r['stage']:>5}  {r['unfroze']:8}  {r['first_step_s']:>9.2f}s"
+              f"  {r['steady_step_s']:>7.2f}s  {r['compile_s']:>7.2f}s")
+    print(f"cache entries before the run: {cached_before}; fit total "
+          f"{total:.1f}s")
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

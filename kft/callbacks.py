@@ -29,9 +29,11 @@ class GradualUnfreezing(keras.callbacks.Callback):
     epoch's logs, hence the `History`, carry `unfrozen_blocks` and
     `trainable_params`.
 
-    With a `kft.optimizers` per-block optimizer, `block_lr_decay` gives each
-    newly unfrozen block the rate of the block above it times the decay
-    (depth d below the head: `head_rate * block_lr_decay ** d`).
+    Per-block learning rates: compile with a `kft.BlockwiseOptimizer`, e.g.
+    `kft.BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
+    kft.layerwise_lr(model, 1e-3, 0.5), model=model)`; each block then
+    trains at its own rate from the stage it is unfrozen in (rates falling
+    by the decay per depth below the head), with its own Adam step count.
 
     Resuming: pass `backup_dir` (the directory of your
     `keras.callbacks.BackupAndRestore`). The callback stores the epochs at
@@ -58,7 +60,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
             all of them.
         bn: BatchNorm policy of unfrozen blocks, `"frozen"` or `"train"`.
             Defaults to `"frozen"`.
-        block_lr_decay: See above. Defaults to `None`.
         patterns: Block patterns for `kft.get_blocks`. Defaults to `None`.
         backup_dir: Where the stage record is kept for resuming. Defaults to
             `None`.
@@ -79,8 +80,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     def __init__(self, every=None, milestones=None, monitor=None, patience=2,
                  min_delta=0.0, mode="auto", max_blocks=None, bn="frozen",
-                 block_lr_decay=None, patterns=None, backup_dir=None,
-                 verbose=1):
+                 patterns=None, backup_dir=None, verbose=1):
         super().__init__()
         given = [every is not None, milestones is not None,
                  monitor is not None]
@@ -109,11 +109,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 "Argument `mode` must be one of 'auto', 'min', 'max'. "
                 f"Received: mode={mode!r}"
             )
-        if block_lr_decay is not None and not 0.0 < block_lr_decay <= 1.0:
-            raise ValueError(
-                "Argument `block_lr_decay` must be in (0, 1]. Received: "
-                f"block_lr_decay={block_lr_decay!r}"
-            )
         self.every = every
         self.milestones = milestones
         self.monitor = monitor
@@ -122,7 +117,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.mode = mode
         self.max_blocks = max_blocks
         self.bn = bn
-        self.block_lr_decay = block_lr_decay
         self.patterns = patterns
         self.backup_dir = backup_dir
         self.verbose = verbose
@@ -148,7 +142,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
         unfrozen = body[len(body) - stage:] if stage else []
         set_trainable_blocks(self.model, unfrozen + [head], bn=self.bn,
                              patterns=self.patterns)
-        self._set_block_rates(head, unfrozen[::-1])
         params = sum(int(np.prod(v.shape))
                      for v in self.model.trainable_variables)
         if self.verbose:
@@ -158,21 +151,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 f"unfroze {newest!r}, trainable params {params:,}"
             )
         return params
-
-    def _set_block_rates(self, head, unfrozen_top_down):
-        optimizer = getattr(self.model, "optimizer", None)
-        if self.block_lr_decay is None:
-            return
-        if not hasattr(optimizer, "set_block_learning_rate"):
-            raise ValueError(
-                "`block_lr_decay` needs a per-block optimizer "
-                "(kft.optimizers.BlockwiseOptimizer); the model's optimizer "
-                f"is {type(optimizer).__name__}."
-            )
-        base = optimizer.block_learning_rate(head)
-        for depth, name in enumerate(unfrozen_top_down, 1):
-            optimizer.set_block_learning_rate(
-                name, base * self.block_lr_decay ** depth)
 
     def stage_at(self, epoch):
         """Number of blocks below the head unfrozen during `epoch`."""
@@ -267,7 +245,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
             "monitor": self.monitor, "patience": self.patience,
             "min_delta": self.min_delta, "mode": self.mode,
             "max_blocks": self.max_blocks, "bn": self.bn,
-            "block_lr_decay": self.block_lr_decay,
             "patterns": self.patterns, "backup_dir": self.backup_dir,
             "verbose": self.verbose,
         }

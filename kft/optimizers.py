@@ -80,9 +80,11 @@ class _RoutedOptimizer(keras.optimizers.Optimizer):
             _check_inner(key, inner)
         for key in ("weight_decay", "use_ema", "gradient_accumulation_steps"):
             if kwargs.get(key):
+                hint = ("; set it on the inner optimizer(s)"
+                        if key == "weight_decay" else "")
                 raise ValueError(
-                    f"Argument `{key}` is not supported on {type(self).__name__}"
-                    f"; set weight decay on the inner optimizer(s). "
+                    f"Argument `{key}` is not supported on "
+                    f"{type(self).__name__}{hint}. "
                     f"Received: {key}={kwargs[key]!r}")
             kwargs.pop(key, None)
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -110,7 +112,8 @@ class _RoutedOptimizer(keras.optimizers.Optimizer):
             if not hits:
                 raise ValueError(
                     f"Group {key!r} matches no variable of model "
-                    f"{model.name!r}: it is neither a block name {list(blocks)}"
+                    f"{model.name!r}: it is neither a block name "
+                    f"{list(blocks)}"
                     f" nor a regex matching a variable path (e.g. "
                     f"{candidates[0].path!r}).")
             for v in hits:
@@ -293,7 +296,8 @@ class BlockwiseOptimizer(_RoutedOptimizer):
         _check_rate("base_learning_rate", base_learning_rate)
         if base_learning_rate <= 0:
             raise ValueError("Argument `base_learning_rate` must be > 0; "
-                             f"Received: base_learning_rate={base_learning_rate}")
+                             "Received: base_learning_rate="
+                             f"{base_learning_rate}")
         learning_rates = dict(learning_rates or {})
         for key, rate in learning_rates.items():
             _check_rate(f"learning_rates[{key!r}]", rate)

@@ -184,22 +184,16 @@ def test_bad_arguments():
         GradualUnfreezing(milestones=[3, 2])
     with pytest.raises(ValueError, match="Received: mode='up'"):
         GradualUnfreezing(every=1, mode="up")
-    with pytest.raises(ValueError, match="block_lr_decay"):
-        GradualUnfreezing(every=1, block_lr_decay=2.0)
     x, y = _data(8)
     model = _model()
     model.compile(keras.optimizers.SGD(0.01), LOSS)
     with pytest.raises(ValueError, match="'val_acc'.*not in the epoch logs"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[
             GradualUnfreezing(monitor="val_acc", verbose=0)])
-    with pytest.raises(ValueError, match="per-block optimizer"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[
-            GradualUnfreezing(every=1, block_lr_decay=0.5, verbose=0)])
 
 
 def test_config_round_trip():
-    callback = GradualUnfreezing(milestones=[2, 4], bn="train",
-                                 block_lr_decay=0.5, verbose=0)
+    callback = GradualUnfreezing(milestones=[2, 4], bn="train", verbose=0)
     config = json.loads(json.dumps(callback.get_config()))
     clone = GradualUnfreezing.from_config(config)
     assert clone.get_config() == callback.get_config()
@@ -245,3 +239,47 @@ def test_one_trace_per_stage_not_per_epoch():
     model.fit(x, y, epochs=6, batch_size=4, verbose=0,
               callbacks=[GradualUnfreezing(every=2, verbose=0)])
     assert len(traces) == 3
+
+
+def test_newly_unfrozen_block_trains_at_its_own_rate():
+    """GradualUnfreezing + BlockwiseOptimizer(layerwise_lr): the block
+    unfrozen at epoch 1 takes SGD steps at its layer-wise rate."""
+    import jax
+
+    x, y = _data(8)
+    model = _model()
+    rates = kft.layerwise_lr(model, 0.1, 0.5)
+    assert rates["block3"] == pytest.approx(0.05)
+    model.compile(kft.BlockwiseOptimizer(keras.optimizers.SGD(0.1), rates,
+                                         model=model), LOSS)
+
+    class Check(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            tv = [v.value for v in self.model.trainable_variables]
+            ntv = [v.value for v in self.model.non_trainable_variables]
+
+            def loss(tv):
+                out, _ = self.model.stateless_call(tv, ntv, x, training=True)
+                return LOSS(y, out)
+
+            self.grads = dict(zip(
+                [v.path for v in self.model.trainable_variables],
+                jax.grad(loss)(tv)))
+            self.before = {v.path: np.array(v.value)
+                           for v in self.model.trainable_variables}
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch != 1:
+                return
+            for v in self.model.trainable_variables:
+                rate = rates["head"] if "head" in v.path else rates["block3"]
+                np.testing.assert_allclose(
+                    np.array(v.value) - self.before[v.path],
+                    -rate * np.array(self.grads[v.path]), rtol=1e-4,
+                    atol=1e-7)
+            self.checked = True
+
+    check = Check()
+    model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[GradualUnfreezing(every=1, verbose=0), check])
+    assert check.checked

@@ -126,8 +126,14 @@ def test_built_inner_and_wrapper_weight_decay_raise():
         BlockwiseOptimizer(inner, {})
     with pytest.raises(ValueError, match="`weight_decay` is not supported"):
         BlockwiseOptimizer(keras.optimizers.SGD(0.1), {}, weight_decay=0.1)
+    with pytest.raises(ValueError, match="`use_ema` is not supported"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), {}, use_ema=True)
+    with pytest.raises(ValueError, match="`gradient_accumulation_steps` is"):
+        GroupOptimizer({}, default=keras.optimizers.SGD(0.1),
+                       gradient_accumulation_steps=2)
     with pytest.raises(TypeError, match="`optimizers` must be a dict"):
-        GroupOptimizer([keras.optimizers.SGD()], default=keras.optimizers.SGD())
+        GroupOptimizer([keras.optimizers.SGD()],
+                       default=keras.optimizers.SGD())
 
 
 # -- update rules -----------------------------------------------------------
@@ -433,12 +439,23 @@ def test_get_config_json_round_trip():
         assert clone._assignments["head_dense/kernel"] == "head"
 
 
+def _blockwise(model):
+    return BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
+                              layerwise_lr(model, 1e-3, 0.5), model=model)
+
+
+def _grouped(model):
+    return GroupOptimizer({"head": keras.optimizers.AdamW(1e-3)},
+                          default=keras.optimizers.SGD(1e-2, momentum=0.9),
+                          model=model)
+
+
 @pytest.mark.slow
-def test_model_save_load_round_trip_with_optimizer_state(tmp_path):
+@pytest.mark.parametrize("make", [_blockwise, _grouped])
+def test_model_save_load_round_trip_with_optimizer_state(tmp_path, make):
     model = _cnn()
     kft.freeze(model, "feature_extraction")
-    opt = BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
-                             layerwise_lr(model, 1e-3, 0.5), model=model)
+    opt = make(model)
     model.compile(opt, _loss())
     x, y = _data(16)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -448,7 +465,7 @@ def test_model_save_load_round_trip_with_optimizer_state(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     lopt = loaded.optimizer
-    assert isinstance(lopt, BlockwiseOptimizer)
+    assert type(lopt) is type(opt)
     assert [v.path for v in lopt.variables] == [v.path for v in opt.variables]
     for a, b in zip(lopt.variables, opt.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

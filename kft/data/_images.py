@@ -79,7 +79,8 @@ def check_file(path, max_pixels=DEFAULT_MAX_PIXELS, full=True):
                 if image.format == "JPEG":
                     image.draft("RGB", (64, 64))
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    warnings.simplefilter("ignore",
+                                          Image.DecompressionBombWarning)
                     image.load()
             else:
                 image.verify()

@@ -1,0 +1,188 @@
+"""Loader throughput: kft.data.from_directory vs torchvision ImageFolder.
+
+Builds a folder of real JPEGs (random ~500x375 crops of the sample photos
+shipped with scikit-learn and scikit-image), then times images/s of
+224x224 batches with the "standard" augmentation for both loaders, with the
+same worker count. torchvision gets the seeds' transform list
+(RandomResizedCrop(scale=(0.8, 1)), flip, rotation 15, ColorJitter,
+RandomGrayscale, GaussianBlur, ToTensor, Normalize, RandomErasing).
+
+    python benchmarks/bench_loader.py --workers 2 --repeats 3
+
+`--placement` also times `model.fit` steps of a small model with the
+augmentation in the pipeline (host) and in the model (device).
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+from PIL import Image
+
+
+def sample_photos():
+    from sklearn.datasets import load_sample_images
+    import skimage.data
+
+    photos = list(load_sample_images().images)
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "retina",
+                 "hubble_deep_field", "immunohistochemistry"):
+        photos.append(np.asarray(getattr(skimage.data, name)())[..., :3])
+    return photos
+
+
+def build_folder(root, num_images, seed=0):
+    """Writes `num_images` JPEG crops, one class per source photo."""
+    rng = np.random.default_rng(seed)
+    photos = sample_photos()
+    for i in range(num_images):
+        label = i % len(photos)
+        image = Image.fromarray(photos[label])
+        width, height = (500, 375) if rng.random() < 0.7 else (375, 500)
+        scale = max(width / image.width, height / image.height, 1.0)
+        scale *= rng.uniform(1.0, 1.3)
+        image = image.resize((round(image.width * scale),
+                              round(image.height * scale)), Image.BICUBIC)
+        left = rng.integers(0, image.width - width + 1)
+        top = rng.integers(0, image.height - height + 1)
+        crop = image.crop((left, top, left + width, top + height))
+        folder = os.path.join(root, f"class_{label:02d}")
+        os.makedirs(folder, exist_ok=True)
+        crop.save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+
+
+def time_batches(iterable, num_images, batch_size):
+    """Seconds to draw `num_images` after the first batch (warm-up)."""
+    iterator = iter(iterable)
+    next(iterator)
+    seen, start = 0, time.perf_counter()
+    while seen < num_images:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            iterator = iter(iterable)
+            continue
+        seen += len(batch[1])
+    return seen / (time.perf_counter() - start)
+
+
+def kft_loader(root, args):
+    import kft
+
+    train, _ = kft.data.from_directory(
+        root, args.image_size, args.batch_size,
+        augmentation=args.augmentation, num_workers=args.workers)
+    return train
+
+
+def keras_grain_loader(root, args):
+    """Keras' own grain loader (no augmentation: it has no such option)."""
+    import kft  # noqa: F401  (selects the JAX backend)
+    import keras
+
+    return keras.utils.image_dataset_from_directory(
+        root, image_size=(args.image_size, args.image_size),
+        batch_size=args.batch_size, format="grain", verbose=False)
+
+
+def torchvision_loader(root, args):
+    import torch
+    from torchvision import datasets, transforms
+
+    torch.set_num_threads(1)
+    transform = transforms.Compose([
+        transforms.RandomResizedCrop(args.image_size, scale=(0.8, 1.0)),
+        transforms.RandomHorizontalFlip(p=0.5),
+        transforms.RandomRotation(15),
+        transforms.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2,
+                               hue=0.1),
+        transforms.RandomGrayscale(p=0.1),
+        transforms.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0)),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406],
+                             std=[0.229, 0.224, 0.225]),
+        transforms.RandomErasing(p=0.2, scale=(0.02, 0.15)),
+    ])
+    if args.augmentation == "none":
+        transform = transforms.Compose([
+            transforms.Resize((args.image_size, args.image_size)),
+            transforms.ToTensor()])
+    return torch.utils.data.DataLoader(
+        datasets.ImageFolder(root, transform), batch_size=args.batch_size,
+        shuffle=True, num_workers=args.workers, persistent_workers=True)
+
+
+def placement(root, args):
+    """Steps/s of model.fit with augmentation on host vs in the model."""
+    import kft  # selects the JAX backend before Keras loads
+    import keras
+
+    results = {}
+    for where in ("host", "model"):
+        train, _ = kft.data.from_directory(
+            root, args.image_size, args.batch_size,
+            augmentation=args.augmentation, augment_on=where,
+            num_workers=args.workers)
+        model = kft.build_classifier(
+            "simple_cnn", len(train.class_names), weights=None,
+            input_shape=(args.image_size, args.image_size, 3))
+        if where == "model":
+            model = kft.augmentation.attach(model, train.augmentation)
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True))
+        model.fit(train, epochs=1, verbose=0)  # compile + warm-up
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            model.fit(train, epochs=1, verbose=0)
+            times.append(train.num_examples / (time.perf_counter() - start))
+        results[where] = times
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/tmp/kft_bench_jpegs")
+    parser.add_argument("--num-images", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--images", type=int, default=512,
+                        help="images timed per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--augmentation", default="standard")
+    parser.add_argument("--loaders", default="kft,torchvision")
+    parser.add_argument("--placement", action="store_true")
+    args = parser.parse_args()
+    if not os.path.isdir(args.root):
+        build_folder(args.root, args.num_images)
+    print(f"folder {args.root}: {args.num_images} JPEGs, load "
+          f"{open('/proc/loadavg').read().split()[:3]}")
+    if args.placement:
+        for where, rates in placement(args.root, args).items():
+            print(f"fit, augment on {where}: median "
+                  f"{statistics.median(rates):.1f} img/s {rates}")
+        return
+    makers = {"kft": kft_loader, "torchvision": torchvision_loader,
+              "keras": keras_grain_loader}
+    names = args.loaders.split(",")
+    loaders = {name: makers[name](args.root, args) for name in names}
+    rates = {name: [] for name in names}
+    for _ in range(args.repeats):  # interleaved, so load drifts hit both
+        for name in names:
+            rates[name].append(time_batches(loaders[name], args.images,
+                                            args.batch_size))
+    for name in names:
+        print(f"{name}: median {statistics.median(rates[name]):.1f} img/s "
+              f"{[round(r, 1) for r in rates[name]]}")
+    for other in names[1:]:
+        ratio = statistics.median(rates[names[0]]) / statistics.median(
+            rates[other])
+        print(f"ratio {names[0]}/{other}: {ratio:.2f}x")
+    print(f"load after: {open('/proc/loadavg').read().split()[:3]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Tests of kft.augmentation presets, eval transform and host augmentation."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.data._dataset import HostAugmenter
+
+SIZE = 16
+
+
+def _images(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+EXPECTED_LAYERS = {
+    "none": [],
+    "light": ["RandomZoom", "RandomFlip"],
+    "standard": ["RandomZoom", "RandomFlip", "RandomRotation",
+                 "RandomColorJitter", "RandomGrayscale",
+                 "RandomGaussianBlur", "RandomErasing"],
+    "strong": ["RandomZoom", "RandomFlip", "RandAugment", "RandomErasing"],
+}
+
+
+@pytest.mark.parametrize("preset", kft.augmentation.PRESETS)
+def test_presets_are_keras_layers(preset):
+    model = kft.augmentation.augmentation(preset, image_size=(SIZE, SIZE))
+    assert model.name == f"augment_{preset}"
+    assert [type(layer).__name__ for layer in model.layers] == \
+        EXPECTED_LAYERS[preset]
+    for layer in model.layers:
+        assert type(layer).__module__.startswith("keras.")
+
+
+@pytest.mark.parametrize("preset", ["light", "standard"])
+def test_presets_are_identity_at_inference(preset):
+    x = _images()
+    model = kft.augmentation.augmentation(preset, image_size=(SIZE, SIZE))
+    np.testing.assert_allclose(model(x, training=False), x, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", kft.augmentation.PRESETS)
+def test_presets_round_trip_through_json(preset):
+    model = kft.augmentation.augmentation(preset, seed=7)
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
+    restored = keras.saving.deserialize_keras_object(config)
+    def configs(m):
+        return json.loads(json.dumps([la.get_config() for la in m.layers]))
+
+    assert configs(restored) == configs(model)
+    assert [type(la) for la in restored.layers] == \
+        [type(la) for la in model.layers]
+    if model.layers:
+        assert model.layers[0].get_config()["seed"] == 7
+
+
+def test_eval_transform_round_trips_through_json():
+    model = kft.augmentation.eval_transform((SIZE, 2 * SIZE), 0.5)
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
+    restored = keras.saving.deserialize_keras_object(config)
+    x = _images()
+    np.testing.assert_allclose(restored(x), model(x))
+
+
+def test_eval_transform_resizes_then_center_crops():
+    # Columns hold their own index: the crop's columns reveal the box.
+    image = np.broadcast_to(np.arange(64, dtype=np.float32)[None, :, None],
+                            (1, 32, 64, 3))
+    out = np.asarray(kft.augmentation.eval_transform(8, crop_fraction=0.5)(
+        image))
+    assert out.shape == (1, 8, 8, 3)
+    # Shorter side 32 -> 16, width 64 -> 32, center 8 columns of 32 are
+    # source columns 24..40 (the center half of the center square).
+    assert 23 < out[0, 0, 0, 0] < 27 and 37 < out[0, 0, -1, 0] < 41
+
+
+def test_standard_preset_in_host_pipeline_is_seeded():
+    x = np.repeat(_images(8), 1, axis=0)
+    y = np.arange(8) % 2
+
+    def first_batch(seed):
+        ds = kft.data.from_arrays(x, y, batch_size=8, shuffle=False,
+                                  augmentation="light", seed=seed)
+        return next(iter(ds))[0]
+
+    a, b, c = first_batch(1), first_batch(1), first_batch(2)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - x).mean() > 1.0 and np.abs(a - c).mean() > 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["standard", "strong"])
+def test_heavy_presets_change_images_within_range(preset):
+    x = _images(8)
+    model = kft.augmentation.augmentation(preset, image_size=(SIZE, SIZE),
+                                          seed=3)
+    out = np.asarray(model(x, training=True))
+    assert out.shape == x.shape
+    assert np.abs(out - x).mean() > 5.0
+    assert out.min() >= 0.0 and out.max() <= 255.0
+
+
+@pytest.mark.slow
+def test_host_augmenter_jits_standard_and_advances_its_seed():
+    augmenter = HostAugmenter(kft.augmentation.augmentation(
+        "standard", image_size=(SIZE, SIZE), seed=0))
+    x = _images()
+    first, second = augmenter(x), augmenter(x)
+    assert first.shape == x.shape and first.dtype == np.float32
+    assert np.abs(first - second).mean() > 1.0
+
+
+@pytest.mark.slow
+def test_attach_runs_augmentation_only_when_training():
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(SIZE, SIZE, 3))
+    augmented = kft.augmentation.attach(model, "light")
+    x = _images()
+    np.testing.assert_allclose(augmented(x, training=False),
+                               model(x, training=False), atol=1e-5)
+    assert augmented.name == f"augmented_{model.name}"
+
+
+def test_model_augment_on_leaves_batches_raw():
+    x, y = _images(), np.arange(4) % 2
+    ds = kft.data.from_arrays(x, y, batch_size=4, shuffle=False,
+                              augmentation="light", augment_on="model")
+    np.testing.assert_array_equal(next(iter(ds))[0], x)
+    assert [type(l).__name__ for l in ds.augmentation.layers] == \
+        EXPECTED_LAYERS["light"]
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: kft.augmentation.augmentation("heavy"),
+     "Argument `preset` must be one of"),
+    (lambda: kft.augmentation.augmentation("light", seed=1.5),
+     "Argument `seed` must be an integer"),
+    (lambda: kft.augmentation.eval_transform(SIZE, crop_fraction=1.5),
+     r"Argument `crop_fraction` must be in \(0, 1\]"),
+])
+def test_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

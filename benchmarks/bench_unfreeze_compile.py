@@ -2,10 +2,11 @@
 
 Runs `model.fit` with `kft.callbacks.GradualUnfreezing(every=1)` on a
 backbone (ResNet50 at 224x224 by default) for a few steps per stage and
-reports, per stage, the first step's time (trace + compile + run) and the
-median of the other steps, whose difference is the compile cost. Run it
-twice with the same `--cache-dir`: the second run loads the stage programs
-from JAX's persistent compilation cache.
+reports, per stage, JAX's own compile-time events (tracing, lowering to
+MLIR, XLA backend compile or persistent-cache load, and cache hits) next to
+the first and the median later step times. Run it twice with the same
+`--cache-dir`: the second run loads the stage programs from JAX's
+persistent compilation cache.
 
     python benchmarks/bench_unfreeze_compile.py --cache-dir /tmp/kft-cache \
         --json benchmarks/results/unfreeze_compile_cold.json
@@ -39,6 +40,7 @@ def main():
         args.cache_dir) else 0
 
     import kft  # first: selects the JAX backend  # isort: skip
+    import jax
     import keras
     import numpy as np
 
@@ -69,6 +71,24 @@ def main():
             self.steps[self.epoch].append(time.perf_counter() - self.t)
 
     timer = Timer()
+    events = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+              "/jax/core/compile/backend_compile_duration": "compile_s"}
+    spent = {}
+
+    def on_duration(event, duration, **kwargs):
+        if event in events and hasattr(timer, "epoch"):
+            key = (timer.epoch, events[event])
+            spent[key] = spent.get(key, 0.0) + duration
+
+    def on_event(event, **kwargs):
+        if event == "/jax/compilation_cache/cache_hits" and hasattr(
+                timer, "epoch"):
+            spent[(timer.epoch, "cache_hits")] = spent.get(
+                (timer.epoch, "cache_hits"), 0) + 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
     started = time.perf_counter()
     model.fit(x, y, batch_size=args.batch, epochs=args.stages, shuffle=False,
               verbose=0, callbacks=[
@@ -79,9 +99,11 @@ def main():
     rows = []
     for stage, steps in timer.steps.items():
         steady = statistics.median(steps[1:])
-        rows.append({"stage": stage, "unfroze": names[stage],
-                     "first_step_s": steps[0], "steady_step_s": steady,
-                     "compile_s": steps[0] - steady})
+        row = {"stage": stage, "unfroze": names[stage],
+               "first_step_s": steps[0], "steady_step_s": steady}
+        for key in ("trace_s", "lower_s", "compile_s", "cache_hits"):
+            row[key] = spent.get((stage, key), 0)
+        rows.append(row)
     result = {
         "backbone": args.backbone, "size": args.size, "batch": args.batch,
         "cache_dir": args.cache_dir, "cache_entries_before": cached_before,
@@ -93,11 +115,14 @@ def main():
                      "python": sys.version.split()[0]},
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    print(f"{'stage':>5}  {'unfroze':8}  {'first step':>10}  "
-          f"{'steady':>8}  {'compile':>8}")
+    print("| stage | unfroze | trace (s) | lower (s) | XLA compile or cache "
+          "load (s) | cache hits | first step (s) | later steps, median (s) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"{r['stage']:>5}  {r['unfroze']:8}  {r['first_step_s']:>9.2f}s"
-              f"  {r['steady_step_s']:>7.2f}s  {r['compile_s']:>7.2f}s")
+        print(f"| {r['stage']} | {r['unfroze']} | {r['trace_s']:.2f} | "
+              f"{r['lower_s']:.2f} | {r['compile_s']:.2f} | "
+              f"{r['cache_hits']} | {r['first_step_s']:.2f} | "
+              f"{r['steady_step_s']:.2f} |")
     print(f"cache entries before the run: {cached_before}; fit total "
           f"{total:.1f}s")
     if args.json:

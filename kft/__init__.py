@@ -1,8 +1,10 @@
 """kft: fine-tuning pretrained vision backbones with Keras 3 on JAX."""
 
+from kft._backend import enable_compilation_cache
 from kft._backend import ensure_jax_backend
 
 ensure_jax_backend()
+enable_compilation_cache()
 
 from kft import datasets  # noqa: E402
 from kft import layers  # noqa: E402
@@ -31,6 +33,8 @@ from kft.optimizers import GroupOptimizer  # noqa: E402
 from kft.optimizers import layerwise_lr  # noqa: E402
 # -- callbacks and fine_tune recipe (issue 4) --
 from kft import callbacks  # noqa: E402
+from kft.recipes import FineTuneResult  # noqa: E402
+from kft.recipes import fine_tune  # noqa: E402
 # -- data pipelines (issue 5) --
 from kft import augmentation  # noqa: E402
 from kft import data  # noqa: E402
@@ -49,6 +53,7 @@ __all__ = [
     "classification_report",
     "create_backbone",
     "datasets",
+    "enable_compilation_cache",
     "evaluate_classifier",
     "freeze",
     "get_backbone",
@@ -68,6 +73,8 @@ __all__ = [
     "optimizers",
     # -- callbacks and fine_tune recipe (issue 4) --
     "callbacks",
+    "FineTuneResult",
+    "fine_tune",
     # -- data pipelines (issue 5) --
     "augmentation",
     "data",

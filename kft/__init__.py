@@ -39,7 +39,7 @@ from kft.recipes import fine_tune  # noqa: E402
 from kft import augmentation  # noqa: E402
 from kft import data  # noqa: E402
 # -- batch augmentation (issue 6) --
-from kft import augment  # noqa: E402
+from kft import mixing  # noqa: E402
 from kft.models import BatchAugmentModel  # noqa: E402
 # -- feature caching (issue 7) --
 
@@ -80,6 +80,6 @@ __all__ = [
     "data",
     # -- batch augmentation (issue 6) --
     "BatchAugmentModel",
-    "augment",
+    "mixing",
     # -- feature caching (issue 7) --
 ]

@@ -4,6 +4,7 @@ import keras
 
 from kft import backbones
 from kft.layers import Preprocess
+from kft.models import BatchAugmentModel
 
 HEADS = ("linear", "mlp")
 POOLINGS = ("avg", "max", "flatten")
@@ -101,8 +102,6 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="head_dense")(x)
     if batch_augment is not None:
-        from kft.models import BatchAugmentModel
-
         return BatchAugmentModel(inputs, outputs, name=f"kft_{backbone}",
                                  batch_augment=batch_augment)
     return keras.Model(inputs, outputs, name=f"kft_{backbone}")

@@ -2,7 +2,7 @@
 
 import keras
 
-from kft import augment  # noqa: F401  (registers the layers by name)
+from kft import mixing  # noqa: F401  (registers the layers by name)
 
 SPARSE_HINT = (
     "With a `batch_augment` layer the targets are soft (batch, classes) "
@@ -90,11 +90,6 @@ class BatchAugmentModel(keras.Model):
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_vars, metrics_vars = state
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is None:
-            raise ValueError(
-                "A BatchAugmentModel trains on (images, labels) batches. "
-                "Received a batch without labels."
-            )
         key, images = _image_input(x)
         variables = self.non_trainable_variables
         with keras.StatelessScope(
@@ -120,7 +115,10 @@ class BatchAugmentModel(keras.Model):
     def _as_targets(self, y):
         """Integer labels -> float one-hot; (batch, classes) unchanged."""
         if y is None:
-            return y
+            raise ValueError(
+                "A BatchAugmentModel trains and evaluates on (images, labels) "
+                "batches. Received a batch without labels."
+            )
         if len(y.shape) == 1 or y.shape[-1] == 1:
             y = keras.ops.reshape(keras.ops.cast(y, "int32"), (-1,))
             return keras.ops.one_hot(y, self.num_classes, dtype="float32")
@@ -135,12 +133,8 @@ class BatchAugmentModel(keras.Model):
 
 
 def _image_input(x):
+    """(input name or None, images) of a batch's single image input."""
     if isinstance(x, dict):
-        if len(x) != 1:
-            raise ValueError(
-                "A BatchAugmentModel takes one image input. Received input "
-                f"keys: {sorted(x)}"
-            )
         (key, images), = x.items()
         return key, images
     return None, x

@@ -8,6 +8,7 @@ import keras
 from kft.blocks import get_blocks, head_and_body
 from kft.callbacks import GradualUnfreezing
 from kft.freezing import freeze
+from kft.models import BatchAugmentModel
 
 RECIPES = ("feature_extraction", "partial", "gradual", "full")
 
@@ -58,6 +59,14 @@ def _cosine(base, epochs):
     return lambda epoch: base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
+def _default_loss(model):
+    # A batch-mixing model trains on soft labels (it one-hot encodes
+    # integer ones itself); a plain model on integer labels.
+    if isinstance(model, BatchAugmentModel):
+        return keras.losses.CategoricalCrossentropy(from_logits=True)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
 def fine_tune(model, train_data, val_data=None, *, strategy="partial",
               n_blocks=1, head_epochs=3, epochs=10, head_learning_rate=1e-3,
               learning_rate=1e-4, weight_decay=1e-2, unfreeze_every=1,
@@ -98,7 +107,8 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
         unfreeze_every: Epochs per stage for `"gradual"`. Defaults to `1`.
         bn: BatchNorm policy, `"frozen"` or `"train"`. Defaults to
             `"frozen"`.
-        loss: Defaults to sparse categorical cross-entropy on logits.
+        loss: Defaults to categorical cross-entropy on logits (sparse for
+            integer labels, soft for a `kft.BatchAugmentModel`).
         metrics: Defaults to `("accuracy",)`.
         monitor: Metric that picks the best epoch. Defaults to
             `"val_loss"` with `val_data`, else `"loss"`.
@@ -149,8 +159,7 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
     def compile_with(rate):
         model.compile(
             optimizer=keras.optimizers.AdamW(rate, weight_decay=weight_decay),
-            loss=loss or keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True),
+            loss=loss or _default_loss(model),
             metrics=list(metrics),
         )
 

@@ -46,7 +46,8 @@ class _BatchMix(keras.layers.Layer):
                 )
         if mode not in MODES:
             raise ValueError(
-                f"Argument `mode` must be one of {MODES}. Received: mode={mode!r}"
+                f"Argument `mode` must be one of {MODES}. "
+                f"Received: mode={mode!r}"
             )
         if num_classes is not None and (
             isinstance(num_classes, bool)
@@ -266,7 +267,8 @@ class MixUpOrCutMix(_BatchMix):
     Example:
     >>> import numpy as np, kft
     >>> layer = kft.layers.MixUpOrCutMix(num_classes=3, seed=0)
-    >>> images, labels = layer((np.zeros((4, 8, 8, 3)), np.array([0, 1, 2, 0])))
+    >>> batch = (np.zeros((4, 8, 8, 3)), np.array([0, 1, 2, 0]))
+    >>> images, labels = layer(batch)
     >>> labels.shape
     (4, 3)
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import kft
 from kft.layers import CutMix, MixUp, MixUpOrCutMix
 
-SETTINGS = settings(max_examples=25, deadline=None)
+SETTINGS = settings(max_examples=20, deadline=None)
 MODES = ["batch", "sample"]
 
 
@@ -30,7 +30,16 @@ def _make(kind, batch, mode, seed, **kwargs):
                          label_smoothing=0.0, **kwargs)
 
 
-shapes = st.tuples(st.integers(2, 6), st.integers(1, 9), st.integers(1, 9))
+def _mix(kind, mode, seed, images, labels):
+    layer = _make(kind, images.shape[0], mode, seed)
+    mixed, targets = layer((images, labels))
+    return np.asarray(mixed)[..., 0], np.asarray(targets)
+
+
+# Shapes come from small pools: each new shape costs XLA compiles on CPU.
+# In "sample" mode each batch size compiles a Beta sampler (seconds).
+shapes = st.tuples(st.sampled_from([2, 5]), st.sampled_from([1, 3, 8]),
+                   st.sampled_from([1, 4, 7]))
 
 
 @SETTINGS
@@ -40,8 +49,7 @@ def test_images_are_the_label_weighted_mix_of_their_partners(shape, kind,
                                                              mode, seed):
     batch, height, width = shape
     images, labels = _constant_batch(batch, height, width)
-    mixed, targets = _make(kind, batch, mode, seed)((images, labels))
-    mixed, targets = np.asarray(mixed)[..., 0], np.asarray(targets)
+    mixed, targets = _mix(kind, mode, seed, images, labels)
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
     assert targets.min() >= 0.0 and targets.max() <= 1.0
     # Each target row holds lam on its own class and 1 - lam on its
@@ -63,9 +71,7 @@ def test_images_are_the_label_weighted_mix_of_their_partners(shape, kind,
 def test_cutmix_pastes_one_box_of_area_one_minus_lambda(shape, mode, seed):
     batch, height, width = shape
     images, labels = _constant_batch(batch, height, width)
-    mixed, targets = CutMix(1.0, num_classes=batch, mode=mode,
-                            seed=seed)((images, labels))
-    mixed, targets = np.asarray(mixed)[..., 0], np.asarray(targets)
+    mixed, targets = _mix("cutmix", mode, seed, images, labels)
     for i in range(batch):
         lam = targets[i, i]
         assert 0.0 <= lam <= 1.0
@@ -130,13 +136,13 @@ def test_one_hot_labels_match_integer_labels():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_batch_mode_shares_one_lambda_and_sample_mode_does_not(mode):
-    images, labels = _constant_batch(16, 4, 4)
-    _, targets = MixUp(1.0, num_classes=16, mode=mode,
+    images, labels = _constant_batch(5, 4, 4)
+    _, targets = MixUp(1.0, num_classes=5, mode=mode,
                        seed=0)((images, labels))
     targets = np.asarray(targets)
-    mixed = [i for i in range(16) if targets[i, i] < 1.0]
+    mixed = [i for i in range(5) if targets[i, i] < 1.0]
     lams = np.unique(np.round(targets[mixed, mixed], 6))
-    assert len(mixed) >= 8
+    assert len(mixed) >= 2
     if mode == "batch":
         assert len(lams) == 1
     else:
@@ -187,7 +193,7 @@ def test_layers_round_trip_through_json(layer):
     clone = keras.saving.deserialize_keras_object(config)
     assert type(clone) is type(layer)
     assert clone.get_config() == layer.get_config()
-    images, labels = _constant_batch(4, 6, 6)
+    images, labels = _constant_batch(5, 3, 4)
     labels = labels % 3
     for x, y in zip(layer((images, labels)), clone((images, labels))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -222,3 +228,170 @@ def test_bad_batches_raise():
         MixUp(num_classes=2)({"image": images, "label": np.array([0, 1])})
     with pytest.raises(TypeError, match="Received: tuple of length 3"):
         MixUp(num_classes=2)((images, np.array([0, 1]), None))
+
+
+# -- the model: mixing inside the compiled train step --------------------
+
+SIZE = 16
+
+
+def _data(n=16, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype("float32")
+    return images, rng.integers(0, classes, n)
+
+
+def _model(batch_augment, seed=0):
+    keras.utils.set_random_seed(seed)
+    return kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                input_shape=(SIZE, SIZE, 3),
+                                batch_augment=batch_augment)
+
+
+def _compile(model):
+    model.compile(keras.optimizers.SGD(0.05),
+                  keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def _weights(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+def _seed_state(model):
+    return np.asarray(model.batch_augment.seed_generator.state.value)
+
+
+@pytest.mark.slow
+def test_fit_mixes_inside_the_step_reproducibly():
+    x, y = _data()
+    fit = dict(batch_size=8, epochs=1, shuffle=False, verbose=0)
+    plain = _compile(_model(None))
+    plain.fit(x, np.eye(3, dtype="float32")[y], **fit)
+    # prob=0 and no smoothing: exactly the plain model's training.
+    unmixed = _compile(_model(MixUp(prob=0.0, seed=1)))
+    assert isinstance(unmixed, kft.BatchAugmentModel)
+    unmixed.fit(x, y, **fit)
+    for a, b in zip(_weights(plain), _weights(unmixed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    runs = []
+    for _ in range(2):
+        model = _compile(_model(MixUpOrCutMix(label_smoothing=0.0, seed=1)))
+        before = _seed_state(model)
+        model.fit(x, y, **fit)
+        # The seed state is model state: the fit wrote it back, advanced.
+        assert _seed_state(model)[1] > before[1]
+        runs.append(_weights(model))
+    moved = [not np.allclose(a, b) for a, b in zip(_weights(plain), runs[0])]
+    assert any(moved)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_never_mix_and_metrics_take_soft_labels():
+    x, y = _data(seed=1)
+    model = _compile(_model(MixUpOrCutMix(seed=3)))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    state = _seed_state(model)
+    logits = model.predict(x, verbose=0)
+    result = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    again = model.evaluate(x, np.eye(3)[y], batch_size=8, verbose=0,
+                           return_dict=True)
+    np.testing.assert_array_equal(_seed_state(model), state)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected_loss = -log_probs[np.arange(len(y)), y].mean()
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-4)
+    assert result["accuracy"] == pytest.approx(
+        (logits.argmax(axis=1) == y).mean())
+    assert again == pytest.approx(result, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_freezing_and_changing_trainable_mid_fit_on_an_augmented_model():
+    x, y = _data(seed=2)
+    model = _model(MixUpOrCutMix(seed=4))
+    assert list(kft.get_blocks(model)) == ["stem", "block1", "block2",
+                                           "block3", "head"]
+    kft.freeze(model, "feature_extraction")
+    _compile(model)
+    stem = model.get_layer("simple_cnn").get_layer("stem_conv")
+    block3 = model.get_layer("simple_cnn").get_layer("block3_conv")
+    start = {"stem": np.array(stem.kernel), "block3": np.array(block3.kernel)}
+    seen = {}
+
+    class Unfreeze(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                kft.freeze(self.model, "partial", n_blocks=1)
+                seen["block3"] = np.array(block3.kernel)
+                seen["seed"] = _seed_state(self.model)
+
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[Unfreeze()])
+    np.testing.assert_array_equal(seen["block3"], start["block3"])
+    np.testing.assert_array_equal(np.array(stem.kernel), start["stem"])
+    assert not np.allclose(np.array(block3.kernel), start["block3"])
+    assert _seed_state(model)[1] > seen["seed"][1] > 0
+
+
+def test_model_config_round_trips_through_json(tmp_path):
+    layer = MixUpOrCutMix(0.4, 1.0, switch_prob=0.25, num_classes=3, seed=9)
+    model = _model(layer)
+    config = json.loads(json.dumps(model.get_config()))
+    clone = kft.BatchAugmentModel.from_config(config)
+    assert isinstance(clone, kft.BatchAugmentModel)
+    assert clone.batch_augment.get_config() == layer.get_config()
+    assert [w.shape for w in clone.weights] == [w.shape for w in model.weights]
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, kft.BatchAugmentModel)
+    assert loaded.batch_augment.get_config() == layer.get_config()
+    for a, b in zip(_weights(model), _weights(loaded)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(loss="sparse_categorical_crossentropy"), "loss"),
+    (dict(loss=keras.losses.SparseCategoricalCrossentropy()), "loss"),
+    (dict(loss="categorical_crossentropy",
+          metrics=["sparse_categorical_accuracy"]), "metrics"),
+])
+def test_compile_rejects_sparse_losses_and_metrics(kwargs, name):
+    model = _model(MixUp(seed=0))
+    with pytest.raises(ValueError, match=f"Argument `{name}` must take soft "
+                                         "labels.*CategoricalCrossentropy"):
+        model.compile("sgd", **kwargs)
+
+
+def test_bad_batch_augment_arguments_raise():
+    with pytest.raises(TypeError, match="Argument `batch_augment` must be a "
+                                        "Keras layer"):
+        _model("mixup")
+    with pytest.raises(ValueError, match="has num_classes=5 but the model "
+                                         "outputs 3 classes"):
+        _model(MixUp(num_classes=5))
+    inputs = keras.Input((4, 4, 3))
+    outputs = [keras.layers.Dense(2)(inputs), keras.layers.Dense(2)(inputs)]
+    with pytest.raises(ValueError, match="one image input and one logits"):
+        kft.BatchAugmentModel(inputs, outputs, batch_augment=MixUp())
+
+
+def test_fit_without_labels_raises():
+    model = _compile(_model(MixUp(seed=0)))
+    with pytest.raises(ValueError, match="Received a batch without labels"):
+        model.fit(_data(n=4)[0], batch_size=4, epochs=1, verbose=0)
+
+
+@pytest.mark.slow
+def test_fine_tune_picks_a_soft_label_loss_for_an_augmented_model():
+    x, y = _data(n=12, seed=2)
+    model = _model(MixUpOrCutMix(seed=4))
+    result = kft.fine_tune(model, (x, y), (x, y), strategy="partial",
+                           head_epochs=1, epochs=1, batch_size=6, verbose=0)
+    assert isinstance(model.loss, keras.losses.CategoricalCrossentropy)
+    assert len(result.histories) == 2
+    # Validation ran on integer labels, one-hot encoded by the model.
+    assert 0.0 <= result.histories[1]["val_accuracy"][0] <= 1.0

@@ -42,6 +42,10 @@ from kft import data  # noqa: E402
 from kft import mixing  # noqa: E402
 from kft.models import BatchAugmentModel  # noqa: E402
 # -- feature caching (issue 7) --
+from kft import feature_cache  # noqa: E402
+from kft.feature_cache import FeatureCache  # noqa: E402
+from kft.feature_cache import cache_features  # noqa: E402
+from kft.feature_cache import fit_head  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -82,4 +86,8 @@ __all__ = [
     "BatchAugmentModel",
     "mixing",
     # -- feature caching (issue 7) --
+    "FeatureCache",
+    "cache_features",
+    "feature_cache",
+    "fit_head",
 ]

@@ -4,9 +4,15 @@ import dataclasses
 import math
 
 import keras
+import numpy as np
 
 from kft.blocks import get_blocks, head_and_body
 from kft.callbacks import GradualUnfreezing
+from kft.data._dataset import ImageDataset
+from kft.feature_cache import _check_cacheable
+from kft.feature_cache import cache_features
+from kft.feature_cache import fit_head
+from kft.feature_cache import split_head
 from kft.freezing import freeze
 from kft.models import BatchAugmentModel
 
@@ -36,9 +42,11 @@ class FineTuneResult:
 class _KeepBest(keras.callbacks.Callback):
     """Remembers the weights of the best epoch across several `fit` calls."""
 
-    def __init__(self, monitor, maximize):
+    def __init__(self, monitor, maximize, model):
         super().__init__()
         self.monitor, self.maximize = monitor, maximize
+        # Not `self.model`: in a cached head phase that is the head model.
+        self.target = model
         self.best, self.best_epoch, self.weights = None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -52,7 +60,40 @@ class _KeepBest(keras.callbacks.Callback):
         if self.best is None or (value > self.best if self.maximize
                                  else value < self.best):
             self.best, self.best_epoch = value, epoch
-            self.weights = self.model.get_weights()
+            self.weights = self.target.get_weights()
+
+
+def _head_caches(model, train_data, val_data, mode, batch_size, verbose):
+    """Feature caches of the train and validation data, or `None`."""
+    if mode not in ("auto", True, False):
+        raise ValueError(
+            "Argument `cache_features` must be 'auto', True or False. "
+            f"Received: cache_features={mode!r}"
+        )
+    if mode is False:
+        return None
+    if mode == "auto":
+        if not all(_plain_data(data) for data in (train_data, val_data)):
+            return None
+        try:
+            _check_cacheable(model, split_head(model)[0])
+        except ValueError:
+            return None
+    train = cache_features(model, train_data, batch_size=batch_size,
+                           verbose=verbose)
+    val = None if val_data is None else cache_features(
+        model, val_data, batch_size=batch_size, verbose=verbose)
+    return train, val
+
+
+def _plain_data(data):
+    """Whether `data` is known not to augment: arrays or a plain kft dataset."""
+    if data is None:
+        return True
+    if isinstance(data, tuple):
+        return len(data) == 2 and all(
+            isinstance(part, np.ndarray) for part in data)
+    return isinstance(data, ImageDataset) and data._augmenter is None
 
 
 def _cosine(base, epochs):
@@ -72,7 +113,7 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
               learning_rate=1e-4, weight_decay=1e-2, unfreeze_every=1,
               bn="frozen", loss=None, metrics=("accuracy",), monitor=None,
               early_stopping_patience=None, batch_size=32, callbacks=None,
-              verbose=1):
+              cache_features="auto", verbose=1):
     """Trains the head, then fine-tunes deeper, keeping the best weights.
 
     Phase 1 trains the head alone (backbone frozen) with AdamW at
@@ -115,6 +156,14 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
         early_stopping_patience: Defaults to `None` (no early stopping).
         batch_size: Used when `train_data` are arrays. Defaults to `32`.
         callbacks: Extra callbacks for both phases. Defaults to `None`.
+        cache_features: Phase 1 trains only the head, so kft can compute the
+            frozen backbone's features once and train the head on them
+            (`kft.cache_features`, `kft.fit_head`): `"auto"` does so for
+            arrays and `kft.data` datasets without augmentation when the
+            model allows it, `True` insists (and raises if it cannot),
+            `False` never does. Features are computed in inference mode
+            (a backbone's own dropout off). In a cached phase, callbacks
+            see the head model. Defaults to `"auto"`.
         verbose: Passed to `fit`. Defaults to `1`.
 
     Returns:
@@ -146,7 +195,7 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
             )
     monitor = monitor or ("val_loss" if val_data is not None else "loss")
     maximize = "acc" in monitor or "f1" in monitor
-    keep = _KeepBest(monitor, maximize)
+    keep = _KeepBest(monitor, maximize, model)
     extra = list(callbacks or [])
 
     def stopper():
@@ -178,7 +227,15 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
 
     freeze(model, "feature_extraction", bn=bn)
     compile_with(head_learning_rate)
-    histories = [fit(head_epochs, 0, [])]
+    caches = _head_caches(model, train_data, val_data, cache_features,
+                          batch_size, verbose)
+    if caches is None:
+        histories = [fit(head_epochs, 0, [])]
+    else:
+        histories = [fit_head(
+            model, caches[0], validation_data=caches[1],
+            batch_size=batch_size, epochs=head_epochs, verbose=verbose,
+            callbacks=[keep] + stopper() + extra).history]
     if strategy != "feature_extraction" and epochs:
         phase2 = [keras.callbacks.LearningRateScheduler(
             lambda epoch: _cosine(learning_rate, epochs)(epoch - head_epochs))]

@@ -1,0 +1,196 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft import recipes
+
+SIZE = 16
+
+
+def _data(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype("float32")
+    return x, rng.integers(0, 3, n)
+
+
+def _model(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    kwargs.setdefault("head", "mlp")
+    kwargs.setdefault("dropout", 0.3)
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(SIZE, SIZE, 3), hidden_units=16,
+                                 **kwargs)
+    kft.freeze(model, "feature_extraction")
+    return model
+
+
+def _compile(model):
+    # SGD, not Adam: the bias of the Dense before BatchNorm has a zero
+    # gradient up to float noise, which Adam would scale up to full steps.
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def _head_weights(model):
+    return {v.path: np.array(v.value) for v in model.trainable_variables}
+
+
+def test_head_trained_on_cached_features_matches_training_the_full_model():
+    # MLP head with BatchNorm and dropout, shuffled batches: the head model
+    # uses the same layers, seed generators and shuffle order.
+    x, y = _data()
+    full = _compile(_model())
+    keras.utils.set_random_seed(1)
+    full_history = full.fit(x, y, batch_size=8, epochs=3, verbose=0)
+
+    cached = _compile(_model())
+    cache = kft.cache_features(cached, (x, y), batch_size=8, verbose=0)
+    assert cache.path is None and cache.features.shape == (24, 64)
+    keras.utils.set_random_seed(1)
+    history = kft.fit_head(cached, cache, batch_size=8, epochs=3, verbose=0)
+
+    expected, got = _head_weights(full), _head_weights(cached)
+    assert set(expected) == set(got) and len(got) == 6
+    expected.update({v.path: np.array(v.value)
+                     for v in full.non_trainable_variables if "head" in v.path})
+    got.update({v.path: np.array(v.value)
+                for v in cached.non_trainable_variables if "head" in v.path})
+    for path in expected:
+        np.testing.assert_allclose(got[path], expected[path], rtol=1e-4,
+                                   atol=1e-5, err_msg=path)
+    np.testing.assert_allclose(history.history["loss"],
+                               full_history.history["loss"], rtol=1e-4)
+    # The full model holds the trained head: its predictions use it.
+    np.testing.assert_allclose(cached.predict(x, verbose=0),
+                               full.predict(x, verbose=0), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_features_over_the_memory_budget_go_to_a_memory_mapped_file(tmp_path):
+    x, y = _data(n=20)
+    model = _model()
+    in_memory = kft.cache_features(model, (x, y), batch_size=8, verbose=0)
+    on_disk = kft.cache_features(model, (x, y), batch_size=8,
+                                 memory_budget=1000, directory=str(tmp_path),
+                                 verbose=0)
+    assert isinstance(on_disk.features, np.memmap)
+    assert on_disk.path == os.path.join(str(tmp_path), "features.f32")
+    assert os.path.getsize(on_disk.path) == 20 * 64 * 4
+    np.testing.assert_array_equal(np.asarray(on_disk.features),
+                                  in_memory.features)
+    np.testing.assert_array_equal(on_disk.labels, y)
+    _compile(model)
+    history = kft.fit_head(model, on_disk, validation_data=in_memory,
+                           batch_size=8, epochs=2, verbose=0)
+    assert len(history.history["val_accuracy"]) == 2
+
+
+def test_datasets_are_cached_batch_by_batch():
+    x, y = _data(n=20)
+    model = _model()
+    dataset = kft.data.from_arrays(x, y, batch_size=8, shuffle=False)
+    from_dataset = kft.cache_features(model, dataset, verbose=0)
+    from_arrays = kft.cache_features(model, (x, y), verbose=0)
+    # Batches of 8 vs one of 20: XLA may sum in another order.
+    np.testing.assert_allclose(from_dataset.features, from_arrays.features,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(from_dataset.labels, y)
+
+
+def test_fine_tune_feature_extraction_uses_the_cache(monkeypatch):
+    x, y = _data()
+    calls = []
+    real = recipes.cache_features
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipes, "cache_features", spy)
+    results = {}
+    for mode in (False, "auto"):
+        model = _model(head="linear", dropout=0.0)  # AdamW: see _compile
+        keras.utils.set_random_seed(2)
+        results[mode] = (model, kft.fine_tune(
+            model, (x, y), (x[:9], y[:9]), strategy="feature_extraction",
+            head_epochs=2, batch_size=8, cache_features=mode, verbose=0))
+    assert len(calls) == 2  # train and validation data, only with "auto"
+    (plain, plain_result), (cached, cached_result) = results[False], results["auto"]
+    assert cached_result.best_epoch == plain_result.best_epoch
+    np.testing.assert_allclose(cached_result.histories[0]["val_loss"],
+                               plain_result.histories[0]["val_loss"],
+                               rtol=1e-4)
+    for a, b in zip(plain.get_weights(), cached.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_falls_back_and_true_insists_when_caching_is_impossible():
+    x, y = _data(n=12)
+    mixing = _model(batch_augment=kft.layers.MixUp(0.2, seed=0))
+    result = kft.fine_tune(mixing, (x, y), strategy="feature_extraction",
+                           head_epochs=1, batch_size=6, verbose=0)
+    assert len(result.histories[0]["loss"]) == 1
+    with pytest.raises(ValueError, match="mixes its training batches"):
+        kft.fine_tune(mixing, (x, y), strategy="feature_extraction",
+                      head_epochs=1, cache_features=True, verbose=0)
+    with pytest.raises(ValueError, match="`cache_features` must be 'auto', "
+                                         "True or False.*Received: "
+                                         "cache_features='yes'"):
+        kft.fine_tune(_model(), (x, y), cache_features="yes", verbose=0)
+
+
+def test_caching_refuses_what_would_give_wrong_features():
+    x, y = _data(n=8)
+    model = _model()
+    kft.freeze(model, "partial", n_blocks=1)
+    with pytest.raises(ValueError, match="frozen backbone, but layer "
+                                         "'block3_conv' has trainable"):
+        kft.cache_features(model, (x, y), verbose=0)
+    augmented = kft.data.from_arrays(x, y, batch_size=4,
+                                     augmentation="light")
+    with pytest.raises(ValueError, match="dataset augments its images"):
+        kft.cache_features(_model(), augmented, verbose=0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    flipped = keras.layers.RandomFlip(name="flip")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(flipped)
+    flipping = keras.Model(inputs, keras.layers.Dense(3, name="head_dense")(
+        pooled))
+    with pytest.raises(ValueError, match="Layer 'flip' augments images at "
+                                         "random"):
+        kft.cache_features(flipping, (x, y), verbose=0)
+    with pytest.raises(ValueError, match="Argument `batch_size` must be a "
+                                         "positive integer.*batch_size=0"):
+        kft.cache_features(_model(), (x, y), batch_size=0)
+    with pytest.raises(ValueError, match="at least one image"):
+        kft.cache_features(_model(), (x[:0], y[:0]), verbose=0)
+
+
+def test_fit_head_needs_a_compiled_model_and_labels():
+    x, y = _data(n=8)
+    model = _model()
+    cache = kft.cache_features(model, (x, y), verbose=0)
+    with pytest.raises(ValueError, match="Compile the model"):
+        kft.fit_head(model, cache)
+    _compile(model)
+    unlabelled = kft.cache_features(model, x, verbose=0)
+    with pytest.raises(ValueError, match="Argument `cache` must be a "
+                                         "FeatureCache with labels"):
+        kft.fit_head(model, unlabelled)
+
+
+def test_a_model_without_a_trainable_head_layer_is_refused():
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Activation("relu", name="head_act")(
+        keras.layers.Dense(3, name="body")(inputs))
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(ValueError, match="no head layer with weights.*"
+                                         r"Found head layers: \['head_act'\]"):
+        kft.feature_cache.split_head(model)
+    attached = kft.augmentation.attach(_model(), "light")
+    with pytest.raises(ValueError, match="no head layer with weights"):
+        kft.cache_features(attached, _data(n=4), verbose=0)

@@ -1,9 +1,11 @@
 """kft: fine-tuning pretrained vision backbones with Keras 3 on JAX."""
 
+from kft._backend import apply_cpu_xla_flags
 from kft._backend import enable_compilation_cache
 from kft._backend import ensure_jax_backend
 
 ensure_jax_backend()
+apply_cpu_xla_flags()
 enable_compilation_cache()
 
 from kft import datasets  # noqa: E402
@@ -51,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackboneSpec",
+    "apply_cpu_xla_flags",
     "ClassificationReport",
     "build_classifier",
     "changing_trainable",

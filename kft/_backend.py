@@ -66,3 +66,76 @@ def enable_compilation_cache(directory=None):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return directory
+
+
+# Opt-in XLA CPU flags (issue 7, measured in benchmarks/RESULTS.md): the
+# algebraic simplifier rewrites small-map 3x3 convolutions into slow loops,
+# and the YNNPACK fusion of single convolutions is slow for weight
+# gradients on CPU. Not a default: with `algsimp` disabled, XLA segfaulted
+# in 3 of 6 runs compiling VGG16 at 32x32 (jaxlib 0.10.2).
+CPU_XLA_FLAGS = (
+    "--xla_disable_hlo_passes=algsimp",
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+)
+_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin",
+                        "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu",
+                        "jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13")
+
+
+def apply_cpu_xla_flags():
+    """Adds kft's fast XLA CPU flags to `XLA_FLAGS` when asked to.
+
+    Called on `import kft`; does something only with
+    `KFT_XLA_CPU_FLAGS=1` set before that import. The flags made ResNet50
+    training steps about 3x faster on CPU with the same losses, but
+    disabling XLA's algebraic simplifier also made XLA crash (segfault) on
+    some programs (VGG16 at 32x32), so they are opt-in: try them on your
+    model first (`benchmarks/xla_cpu_flags.py`). They are added only when
+    JAX has not initialised a backend yet (XLA reads `XLA_FLAGS` once), JAX
+    will run on CPU only (`JAX_PLATFORMS=cpu`, or no GPU/TPU plugin
+    installed: disabling `algsimp` is not CPU-specific and GPU runs must
+    not change), and the user's `XLA_FLAGS` do not already set that flag.
+
+    Returns:
+        The flags added, as a tuple (empty when none were).
+
+    Example:
+    >>> import kft
+    >>> kft.apply_cpu_xla_flags()  # without KFT_XLA_CPU_FLAGS=1: nothing
+    ()
+    """
+    if os.environ.get("KFT_XLA_CPU_FLAGS", "0") != "1":
+        return ()
+    if not _cpu_only() or _jax_backends_initialised():
+        return ()
+    current = os.environ.get("XLA_FLAGS", "")
+    added = tuple(flag for flag in CPU_XLA_FLAGS
+                  if flag.split("=")[0] not in current)
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return added
+
+
+def _cpu_only():
+    import importlib.util
+
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms == "cpu"
+    for name in _ACCELERATOR_PLUGINS:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return False
+        except ModuleNotFoundError:
+            continue
+    return True
+
+
+def _jax_backends_initialised():
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+    except ImportError:  # pragma: no cover - private module moved
+        return True
+    return bool(getattr(xla_bridge, "_backends", None))

@@ -1,0 +1,97 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kft import _backend
+
+FLAGS = " ".join(_backend.CPU_XLA_FLAGS)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("XLA_FLAGS", "JAX_PLATFORMS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KFT_XLA_CPU_FLAGS", "1")
+    monkeypatch.setattr(_backend, "_jax_backends_initialised", lambda: False)
+    monkeypatch.setattr(_backend, "_cpu_only", lambda: True)
+    return monkeypatch
+
+
+def test_flags_are_added_on_cpu_when_asked(clean_env):
+    assert _backend.apply_cpu_xla_flags() == _backend.CPU_XLA_FLAGS
+    assert os.environ["XLA_FLAGS"] == FLAGS
+    # Applying twice adds nothing more.
+    assert _backend.apply_cpu_xla_flags() == ()
+    assert os.environ["XLA_FLAGS"] == FLAGS
+
+
+def test_user_flags_win(clean_env):
+    clean_env.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=fusion "
+                                  "--xla_cpu_use_thunk_runtime=true")
+    added = _backend.apply_cpu_xla_flags()
+    assert added == (_backend.CPU_XLA_FLAGS[1],)
+    assert os.environ["XLA_FLAGS"] == (
+        "--xla_disable_hlo_passes=fusion --xla_cpu_use_thunk_runtime=true "
+        + _backend.CPU_XLA_FLAGS[1])
+
+
+@pytest.mark.parametrize("setting", [
+    {"KFT_XLA_CPU_FLAGS": "0"},
+    {"KFT_XLA_CPU_FLAGS": None},
+    {"backends": True},
+    {"cpu_only": False},
+])
+def test_no_flags_when_off_too_late_or_not_cpu(clean_env, setting):
+    if "KFT_XLA_CPU_FLAGS" in setting:
+        if setting["KFT_XLA_CPU_FLAGS"] is None:
+            clean_env.delenv("KFT_XLA_CPU_FLAGS")
+        else:
+            clean_env.setenv("KFT_XLA_CPU_FLAGS", "0")
+    if "backends" in setting:
+        clean_env.setattr(_backend, "_jax_backends_initialised", lambda: True)
+    if "cpu_only" in setting:
+        clean_env.setattr(_backend, "_cpu_only", lambda: False)
+    assert _backend.apply_cpu_xla_flags() == ()
+    assert "XLA_FLAGS" not in os.environ
+
+
+@pytest.mark.parametrize("platforms,expected", [
+    ("cpu", True), ("cuda", False), ("cuda,cpu", False), ("tpu", False)])
+def test_jax_platforms_decides_cpu_only(monkeypatch, platforms, expected):
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    assert _backend._cpu_only() is expected
+
+
+def test_a_gpu_plugin_means_not_cpu_only(monkeypatch):
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: object() if name == "jax_cuda12_plugin"
+        else real(name, *a))
+    assert _backend._cpu_only() is False
+
+
+def _import_kft(env, code="import kft, os; print(os.environ.get('XLA_FLAGS'))"):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", "KFT_XLA_CPU_FLAGS")} | env
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_importing_kft_sets_the_flags_only_when_asked():
+    assert _import_kft({"KFT_XLA_CPU_FLAGS": "1"}) == FLAGS
+    assert _import_kft({}) == "None"
+
+
+def test_jax_initialised_before_kft_is_left_alone():
+    code = ("import jax; jax.devices(); import kft, os; "
+            "print(os.environ.get('XLA_FLAGS'))")
+    assert _import_kft({"KFT_XLA_CPU_FLAGS": "1"}, code) == "None"

@@ -1,8 +1,12 @@
 """Cost of each layer of an augmentation preset, jit-compiled, on one batch.
 
 Times every layer of `kft.augmentation` preset as the host pipeline runs it
-(`stateless_call` under `jax.jit`, one program per layer), median of 5 calls
-after a warm-up call, to show where the input pipeline's time goes.
+(`stateless_call` under `jax.jit`, one program per layer, on a device array
+as the layers pass on), median of `--repeats` calls after a warm-up call, to
+show where the input pipeline's time goes. The `keras` column times the
+stock `keras.layers` class with the same config, where kft subclasses it
+(`RandomErasing` there with Keras' default noise fill, since Keras 3.15
+fails on a colour).
 
     python benchmarks/bench_augment_layers.py --preset standard --size 224
 """
@@ -13,6 +17,7 @@ import time
 
 import kft  # noqa: I001  (selects the JAX backend before Keras loads)
 import jax
+import keras
 import numpy as np
 
 
@@ -22,33 +27,52 @@ def main():
                         choices=kft.augmentation.PRESETS)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
 
     shape = (args.batch_size, args.size, args.size, 3)
-    images = np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
+    images = jax.device_put(
+        np.random.default_rng(0).uniform(0, 255, shape).astype("float32"))
     preset = kft.augmentation.augmentation(args.preset,
                                            image_size=(args.size, args.size))
     print(f"preset {args.preset!r}, batch {shape}, load average "
           f"{open('/proc/loadavg').read().split()[:3]}")
-    total = 0.0
+    print(f"{'layer':22s} {'kft ms':>8s} {'keras ms':>9s}")
+    totals = {"kft": 0.0, "keras": 0.0}
     for layer in preset.layers:
-        state = [v.value for v in layer.non_trainable_variables]
-        apply = jax.jit(lambda s, x, layer=layer: layer.stateless_call(
-            [], s, x, training=True))
+        name = type(layer).__name__
+        stock = layer
+        if type(layer) is not getattr(keras.layers, name):
+            config = layer.get_config()
+            if name == "RandomErasing":
+                config["fill_value"] = None
+            stock = getattr(keras.layers, name).from_config(config)
+            stock.build(shape)
+        kft_ms = ms_per_batch(layer, images, args.repeats)
+        keras_ms = kft_ms if stock is layer else ms_per_batch(
+            stock, images, args.repeats)
+        totals["kft"] += kft_ms
+        totals["keras"] += keras_ms
+        print(f"{name:22s} {kft_ms:8.1f} {keras_ms:9.1f}")
+    print(f"{'all layers':22s} {totals['kft']:8.1f} {totals['keras']:9.1f}"
+          f"   img/s on augmentation alone: kft "
+          f"{1000 * args.batch_size / totals['kft']:.1f}, keras "
+          f"{1000 * args.batch_size / totals['keras']:.1f}")
+
+
+def ms_per_batch(layer, images, repeats):
+    state = [v.value for v in layer.non_trainable_variables]
+    apply = jax.jit(lambda s, x: layer.stateless_call([], s, x,
+                                                      training=True))
+    out, state = apply(state, images)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
         out, state = apply(state, images)
         jax.block_until_ready(out)
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            out, state = apply(state, images)
-            jax.block_until_ready(out)
-            times.append(time.perf_counter() - start)
-        median = statistics.median(times)
-        total += median
-        print(f"{type(layer).__name__:22s} {1000 * median:8.1f} ms per batch")
-    print(f"{'all layers':22s} {1000 * total:8.1f} ms per batch = "
-          f"{args.batch_size / total:.1f} img/s on augmentation alone")
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 if __name__ == "__main__":

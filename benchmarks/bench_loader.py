@@ -7,7 +7,11 @@ same worker count. torchvision gets the seeds' transform list
 (RandomResizedCrop(scale=(0.8, 1)), flip, rotation 15, ColorJitter,
 RandomGrayscale, GaussianBlur, ToTensor, Normalize, RandomErasing).
 
-    python benchmarks/bench_loader.py --workers 2 --repeats 3
+Each timing runs in a fresh process (loaders alternate, kft first), so no
+loader's background workers or prefetching run during another's timing;
+the first batch (start-up, kft's augmentation compile) is not timed.
+
+    python benchmarks/bench_loader.py --workers 2 --repeats 5
 
 `--placement` also times `model.fit` steps of a small model with the
 augmentation in the pipeline (host) and in the model (device).
@@ -16,6 +20,8 @@ augmentation in the pipeline (host) and in the model (device).
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -114,6 +120,10 @@ def torchvision_loader(root, args):
         shuffle=True, num_workers=args.workers, persistent_workers=True)
 
 
+LOADERS = {"kft": kft_loader, "torchvision": torchvision_loader,
+           "keras": keras_grain_loader}
+
+
 def placement(root, args):
     """Steps/s of model.fit with augmentation on host vs in the model."""
     import kft  # selects the JAX backend before Keras loads
@@ -149,13 +159,18 @@ def main():
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--images", type=int, default=512,
+    parser.add_argument("--images", type=int, default=1024,
                         help="images timed per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--augmentation", default="standard")
     parser.add_argument("--loaders", default="kft,torchvision")
     parser.add_argument("--placement", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:  # one timing in this fresh process; prints img/s last
+        loader = LOADERS[args.worker](args.root, args)
+        print(time_batches(loader, args.images, args.batch_size))
+        return
     if not os.path.isdir(args.root):
         build_folder(args.root, args.num_images)
     print(f"folder {args.root}: {args.num_images} JPEGs, load "
@@ -165,15 +180,14 @@ def main():
             print(f"fit, augment on {where}: median "
                   f"{statistics.median(rates):.1f} img/s {rates}")
         return
-    makers = {"kft": kft_loader, "torchvision": torchvision_loader,
-              "keras": keras_grain_loader}
     names = args.loaders.split(",")
-    loaders = {name: makers[name](args.root, args) for name in names}
     rates = {name: [] for name in names}
     for _ in range(args.repeats):  # interleaved, so load drifts hit both
         for name in names:
-            rates[name].append(time_batches(loaders[name], args.images,
-                                            args.batch_size))
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", name]
+                + sys.argv[1:], capture_output=True, text=True, check=True)
+            rates[name].append(float(out.stdout.split()[-1]))
     for name in names:
         print(f"{name}: median {statistics.median(rates[name]):.1f} img/s "
               f"{[round(r, 1) for r in rates[name]]}")

@@ -40,6 +40,7 @@ from kft.recipes import fine_tune  # noqa: E402
 # -- data pipelines (issue 5) --
 from kft import augmentation  # noqa: E402
 from kft import data  # noqa: E402
+from kft import image_ops  # noqa: E402
 # -- batch augmentation (issue 6) --
 from kft import mixing  # noqa: E402
 from kft.models import BatchAugmentModel  # noqa: E402
@@ -88,6 +89,7 @@ __all__ = [
     # -- data pipelines (issue 5) --
     "augmentation",
     "data",
+    "image_ops",
     # -- batch augmentation (issue 6) --
     "BatchAugmentModel",
     "mixing",

@@ -1,0 +1,215 @@
+"""Image operations of `keras.ops.image`, computed in a form XLA runs fast.
+
+Keras' JAX `affine_transform` interpolates with
+`jax.scipy.ndimage.map_coordinates` over (row, column, channel), so every
+output value costs 8 scalar gathers; its `gaussian_blur` is a depthwise
+convolution, which XLA's CPU backend runs as a generic loop (see
+`kft.cpu_convs`). Here the same results come from 4 gathers of whole pixels
+(or 2 row gathers when rows map to rows) and from shifted multiply-adds.
+`kft.augmentation`'s layers use them; `benchmarks/bench_augment_layers.py`
+measures the difference.
+"""
+
+from keras import ops
+
+FILL_MODES = ("constant", "nearest", "wrap", "mirror", "reflect")
+INTERPOLATIONS = ("nearest", "bilinear")
+
+
+def _fix_index(index, size, fill_mode):
+    """Maps indices outside `[0, size)` as `map_coordinates` does."""
+    if fill_mode == "nearest":
+        return ops.clip(index, 0, size - 1)
+    if fill_mode == "wrap":
+        return ops.mod(index, size)
+    if fill_mode == "mirror":
+        period = max(2 * (size - 1), 1)
+        return ops.abs(ops.mod(index + size - 1, period) - (size - 1))
+    if fill_mode == "reflect":
+        doubled = 2 * index + 1
+        period = 2 * size
+        return (ops.abs(ops.mod(doubled + 2 * size, 2 * period)
+                        - 2 * size) - 1) // 2
+    return index  # constant: out-of-range indices are masked by the caller
+
+
+def _nodes(coordinate, interpolation):
+    """`(index, weight)` pairs along one axis, as `map_coordinates`."""
+    if interpolation == "nearest":
+        # `lax.round` rounds half away from zero, like map_coordinates.
+        index = ops.cast(ops.sign(coordinate)
+                         * ops.floor(ops.abs(coordinate) + 0.5), "int32")
+        return [(index, None)]
+    lower = ops.floor(coordinate)
+    upper_weight = coordinate - lower
+    index = ops.cast(lower, "int32")
+    return [(index, 1 - upper_weight), (index + 1, upper_weight)]
+
+
+def affine_transform(images, transform, interpolation="bilinear",
+                     fill_mode="constant", fill_value=0, axis_aligned=False):
+    """`keras.ops.image.affine_transform` for channels-last batches.
+
+    Output pixel `(y, x)` takes the input at `(b0 x + b1 y + b2,
+    a0 x + a1 y + a2)` (row, column) for each transform
+    `[a0, a1, a2, b0, b1, b2, c0, c1]`, with `c0 = c1 = 0` (affine; Keras'
+    JAX backend applies `c0, c1` to the channel index, not projectively).
+    Same results as Keras up to float rounding; each output pixel is a
+    gather of whole pixels (all channels at once).
+
+    Args:
+        images: `(batch, height, width, channels)` floats.
+        transform: `(batch, 8)` or `(8,)` transforms.
+        interpolation: `"bilinear"` or `"nearest"`.
+        fill_mode: One of `FILL_MODES`.
+        fill_value: Value outside the input for `"constant"`.
+        axis_aligned: `True` promises `a1 = b0 = 0` (scale and shift only,
+            as `RandomZoom` and `RandomTranslation` make): the resampling
+            then runs along the rows, then the columns (2.5x faster).
+
+    Returns:
+        The transformed images, shape and dtype of `images`.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> shift = np.array([1, 0, 2, 0, 1, 0, 0, 0], "float32")  # x + 2
+    >>> image = np.arange(16, dtype="float32").reshape(1, 4, 4, 1)
+    >>> out = kft.image_ops.affine_transform(image, shift)
+    >>> np.asarray(out)[0, 0, :, 0].tolist()
+    [2.0, 3.0, 0.0, 0.0]
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"Argument `interpolation` must be one of "
+                         f"{INTERPOLATIONS}. Received: "
+                         f"interpolation={interpolation!r}")
+    if fill_mode not in FILL_MODES:
+        raise ValueError(f"Argument `fill_mode` must be one of {FILL_MODES}. "
+                         f"Received: fill_mode={fill_mode!r}")
+    images = ops.convert_to_tensor(images)
+    if len(images.shape) != 4:
+        raise ValueError("Expected images of shape (batch, height, width, "
+                         f"channels). Received: images.shape={images.shape}")
+    batch, height, width, channels = images.shape
+    transform = ops.cast(ops.convert_to_tensor(transform), "float32")
+    if len(transform.shape) == 1:
+        transform = ops.broadcast_to(transform[None], (batch, 8))
+    fill = ops.cast(fill_value, images.dtype)
+    if axis_aligned:
+        return _axis_aligned_transform(images, transform, interpolation,
+                                       fill_mode, fill)
+    a0, a1, a2, b0, b1, b2 = (transform[:, i, None, None] for i in range(6))
+    ys = ops.arange(height, dtype="float32")[None, :, None]
+    xs = ops.arange(width, dtype="float32")[None, None, :]
+    rows = ys * b1 + xs * b0 + b2
+    cols = ys * a1 + xs * a0 + a2
+    flat = ops.reshape(images, (-1, channels))
+    base = ops.arange(batch, dtype="int32")[:, None, None] * (height * width)
+    output = None
+    for row, row_weight in _nodes(rows, interpolation):
+        for col, col_weight in _nodes(cols, interpolation):
+            index = (base + _fix_index(row, height, fill_mode) * width
+                     + _fix_index(col, width, fill_mode))
+            if fill_mode == "constant":
+                valid = ((row >= 0) & (row < height)
+                         & (col >= 0) & (col < width))
+                index = ops.where(valid, index, 0)
+            values = ops.reshape(ops.take(flat, ops.reshape(index, (-1,)),
+                                          axis=0), images.shape)
+            if fill_mode == "constant":
+                values = ops.where(valid[..., None], values, fill)
+            if row_weight is not None:
+                values = values * ops.cast(row_weight * col_weight,
+                                           images.dtype)[..., None]
+            output = values if output is None else output + values
+    return output
+
+
+def _axis_aligned_transform(images, transform, interpolation, fill_mode,
+                            fill):
+    """`affine_transform` for `a1 = b0 = 0`, one axis after the other.
+
+    Exact for every fill mode: bilinear weights sum to 1, so a fill value
+    met in either pass contributes what it does in the 2-D sum.
+    """
+    batch, height, width, channels = images.shape
+    a0, a2, b1, b2 = (transform[:, i, None] for i in (0, 2, 4, 5))
+    rows = ops.arange(height, dtype="float32")[None] * b1 + b2
+    cols = ops.arange(width, dtype="float32")[None] * a0 + a2
+    flat = ops.reshape(images, (batch * height, width * channels))
+    base = ops.arange(batch, dtype="int32")[:, None] * height
+    output = None
+    for row, weight in _nodes(rows, interpolation):  # whole-row gathers
+        index = _fix_index(row, height, fill_mode)
+        if fill_mode == "constant":
+            valid = (row >= 0) & (row < height)
+            index = ops.where(valid, index, 0)
+        values = ops.reshape(ops.take(flat, ops.reshape(base + index, (-1,)),
+                                      axis=0), images.shape)
+        if fill_mode == "constant":
+            values = ops.where(valid[:, :, None, None], values, fill)
+        if weight is not None:
+            values = values * ops.cast(weight, images.dtype)[:, :, None, None]
+        output = values if output is None else output + values
+    images, output = output, None
+    for col, weight in _nodes(cols, interpolation):
+        index = _fix_index(col, width, fill_mode)
+        if fill_mode == "constant":
+            valid = (col >= 0) & (col < width)
+            index = ops.where(valid, index, 0)
+        values = ops.take_along_axis(images, index[:, None, :, None], axis=2)
+        if fill_mode == "constant":
+            values = ops.where(valid[:, None, :, None], values, fill)
+        if weight is not None:
+            values = values * ops.cast(weight, images.dtype)[:, None, :, None]
+        output = values if output is None else output + values
+    return output
+
+
+def gaussian_blur(images, kernel_size=(3, 3), sigma=(1.0, 1.0)):
+    """`keras.ops.image.gaussian_blur` for channels-last batches.
+
+    The 2-D Gaussian kernel is separable: a pass along the rows, then along
+    the columns, each as shifted multiply-adds with the zero padding of a
+    "same" convolution. Same results as Keras up to float rounding.
+
+    Args:
+        images: `(batch, height, width, channels)` floats.
+        kernel_size: `(kernel_width, kernel_height)`, as in Keras.
+        sigma: `(sigma_x, sigma_y)`, floats or scalar tensors.
+
+    Returns:
+        The blurred images.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> image = np.zeros((1, 5, 5, 1), "float32"); image[0, 2, 2] = 1
+    >>> out = kft.image_ops.gaussian_blur(image, (3, 3), (1.0, 1.0))
+    >>> round(float(np.asarray(out).sum()), 5)
+    1.0
+    """
+    images = ops.convert_to_tensor(images)
+    dtype = images.dtype
+
+    def taps(size, sigma):
+        x = ops.arange(size, dtype=dtype) - (size - 1) / 2
+        kernel = ops.exp(-0.5 * (x / ops.cast(sigma, dtype)) ** 2)
+        return kernel / ops.sum(kernel)
+
+    def blur(images, kernel, size, axis):
+        length = images.shape[axis]
+        pad = [(0, 0)] * 4
+        pad[axis] = ((size - 1) // 2, size // 2)
+        padded = ops.pad(images, pad)
+        out = None
+        for t in range(size):
+            start = [0] * 4
+            start[axis] = t
+            shape = list(images.shape)
+            shape[axis] = length
+            part = ops.slice(padded, start, shape) * kernel[t]
+            out = part if out is None else out + part
+        return out
+
+    (size_x, size_y), (sigma_x, sigma_y) = kernel_size, (sigma[0], sigma[1])
+    images = blur(images, taps(size_x, sigma_x), size_x, axis=2)
+    return blur(images, taps(size_y, sigma_y), size_y, axis=1)

@@ -13,9 +13,10 @@ persistent compilation cache is off, so first steps are real compiles):
   with the default `bn="frozen"`, compiled with
   `kft.BlockwiseOptimizer(SGD(momentum=0.9), {"head": 1e-2}, default=1e-3)`
   and sparse cross-entropy; the step is `model.train_on_batch`, i.e. the
-  compiled train function `model.fit` runs. Side `kft` runs with XLA's
-  defaults, side `kft-fast` with kft's opt-in CPU flags
-  (`KFT_XLA_CPU_FLAGS=1`, see `kft.apply_cpu_xla_flags`).
+  compiled train function `model.fit` runs. Side `kft` runs with kft's
+  default XLA CPU flag (YNNPACK convolutions off), side `kft-fast` also
+  with the opt-in one (`KFT_XLA_CPU_FLAGS=1`, see
+  `kft.apply_cpu_xla_flags`).
 - PyTorch: the torchvision model with its classifier replaced by one
   Linear layer on the pooled features (same head as kft), `requires_grad`
   freezing of the same blocks, every BatchNorm in eval mode with frozen
@@ -86,7 +87,7 @@ def _peak_rss_mib():
 
 def run_kft(cfg):
     os.environ["KFT_XLA_CPU_FLAGS"] = "1" if cfg["side"] == "kft-fast" \
-        else "0"
+        else "default"
     if cfg.get("xla_flags") is not None:  # an explicit set (xla_cpu_flags.py)
         os.environ["KFT_XLA_CPU_FLAGS"] = "0"
         os.environ["XLA_FLAGS"] = cfg["xla_flags"]

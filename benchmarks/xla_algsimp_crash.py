@@ -3,7 +3,8 @@
 Each run is a fresh process (no compilation cache) that builds
 `keras.applications.VGG16(include_top=False, input_shape=(32, 32, 3))` and
 predicts one image; a negative return code is a crash (-11: segfault).
-This is why kft's fast XLA CPU flags are opt-in.
+This is why kft's algsimp flag is opt-in (the YNN flag, kft's CPU default,
+never crashed here).
 
     python benchmarks/xla_algsimp_crash.py --runs 6
 """

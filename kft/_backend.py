@@ -68,48 +68,67 @@ def enable_compilation_cache(directory=None):
     return directory
 
 
-# Opt-in XLA CPU flags (issue 7, measured in benchmarks/RESULTS.md): the
-# algebraic simplifier rewrites small-map 3x3 convolutions into slow loops,
-# and the YNNPACK fusion of single convolutions is slow for weight
-# gradients on CPU. Not a default: with `algsimp` disabled, XLA segfaulted
-# compiling VGG16 at 32x32 in 3 and in 5 of 6 runs (jaxlib 0.10.2).
-CPU_XLA_FLAGS = (
-    "--xla_disable_hlo_passes=algsimp",
-    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
-)
+# XLA CPU flags (issue 7, measured in benchmarks/RESULTS.md). YNNPACK's
+# fusion of single convolutions is slow on CPU, for weight gradients most:
+# turning it off made 22 of 24 backbone x size x strategy training steps
+# faster (up to 1.8x) with the same losses, and never crashed, so it is the
+# default. Disabling the algebraic simplifier (which turns 3x3 convolutions
+# on maps smaller than the kernel into slow loops; `kft.cpu_convs` now
+# rewrites those) is opt-in only: XLA segfaulted compiling VGG16 at 32x32
+# with it in 5 of 6 runs (jaxlib 0.10.2).
+YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+ALGSIMP_OFF = "--xla_disable_hlo_passes=algsimp"
+CPU_XLA_FLAG_SETS = {
+    "default": (YNN_CONV_OFF,),
+    "1": (ALGSIMP_OFF, YNN_CONV_OFF),
+    "0": (),
+}
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin",
                         "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu",
                         "jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13")
 
 
 def apply_cpu_xla_flags():
-    """Adds kft's fast XLA CPU flags to `XLA_FLAGS` when asked to.
+    """Adds kft's XLA CPU flags to `XLA_FLAGS`; called on `import kft`.
 
-    Called on `import kft`; does something only with
-    `KFT_XLA_CPU_FLAGS=1` set before that import. The flags made ResNet50
-    training steps about 3x faster on CPU with the same losses, but
-    disabling XLA's algebraic simplifier also made XLA crash (segfault) on
-    some programs (VGG16 at 32x32), so they are opt-in: try them on your
-    model first (`benchmarks/xla_cpu_flags.py`). They are added only when
-    JAX has not initialised a backend yet (XLA reads `XLA_FLAGS` once), JAX
-    will run on CPU only (`JAX_PLATFORMS=cpu`, or no GPU/TPU plugin
-    installed: disabling `algsimp` is not CPU-specific and GPU runs must
-    not change), and the user's `XLA_FLAGS` do not already set that flag.
+    `KFT_XLA_CPU_FLAGS` (read at that import) picks the set:
+
+    - unset or `"default"`: `--xla_cpu_experimental_ynn_fusion_type=
+      -individual_convolution`, i.e. XLA's own convolution code instead of
+      YNNPACK's: measured faster for 22 of 24 backbone x size x strategy
+      training steps on CPU (up to 1.8x), same losses, no crash.
+    - `"1"`: also `--xla_disable_hlo_passes=algsimp` (faster for some
+      models, but XLA segfaulted compiling VGG16 at 32x32 with it).
+    - `"0"`: no flags.
+
+    Flags are added only when JAX has not initialised a backend yet (XLA
+    reads `XLA_FLAGS` once: import kft before using JAX), when JAX will run
+    on CPU only (`JAX_PLATFORMS=cpu`, or no GPU/TPU plugin installed: GPU
+    runs never change), and never over the user's own setting of the same
+    flag in `XLA_FLAGS`.
 
     Returns:
         The flags added, as a tuple (empty when none were).
 
+    Raises:
+        ValueError: `KFT_XLA_CPU_FLAGS` is not one of the values above.
+
     Example:
     >>> import kft
-    >>> kft.apply_cpu_xla_flags()  # without KFT_XLA_CPU_FLAGS=1: nothing
+    >>> kft.apply_cpu_xla_flags()  # applied on import already: nothing new
     ()
     """
-    if os.environ.get("KFT_XLA_CPU_FLAGS", "0") != "1":
-        return ()
-    if not _cpu_only() or _jax_backends_initialised():
+    setting = os.environ.get("KFT_XLA_CPU_FLAGS", "default").strip()
+    if setting not in CPU_XLA_FLAG_SETS:
+        raise ValueError(
+            "Environment variable KFT_XLA_CPU_FLAGS must be one of "
+            f"{tuple(CPU_XLA_FLAG_SETS)} (or unset). Received: "
+            f"KFT_XLA_CPU_FLAGS={setting!r}")
+    flags = CPU_XLA_FLAG_SETS[setting]
+    if not flags or not _cpu_only() or _jax_backends_initialised():
         return ()
     current = os.environ.get("XLA_FLAGS", "")
-    added = tuple(flag for flag in CPU_XLA_FLAGS
+    added = tuple(flag for flag in flags
                   if flag.split("=")[0] not in current)
     if added:
         os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()

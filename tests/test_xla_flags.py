@@ -6,7 +6,8 @@ import pytest
 
 from kft import _backend
 
-FLAGS = " ".join(_backend.CPU_XLA_FLAGS)
+FAST = _backend.CPU_XLA_FLAG_SETS["1"]
+FLAGS = " ".join(FAST)
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def clean_env(monkeypatch):
 
 
 def test_flags_are_added_on_cpu_when_asked(clean_env):
-    assert _backend.apply_cpu_xla_flags() == _backend.CPU_XLA_FLAGS
+    assert _backend.apply_cpu_xla_flags() == FAST
     assert os.environ["XLA_FLAGS"] == FLAGS
     # Applying twice adds nothing more.
     assert _backend.apply_cpu_xla_flags() == ()
@@ -31,24 +32,39 @@ def test_user_flags_win(clean_env):
     clean_env.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=fusion "
                                   "--xla_cpu_use_thunk_runtime=true")
     added = _backend.apply_cpu_xla_flags()
-    assert added == (_backend.CPU_XLA_FLAGS[1],)
+    assert added == (_backend.YNN_CONV_OFF,)
     assert os.environ["XLA_FLAGS"] == (
         "--xla_disable_hlo_passes=fusion --xla_cpu_use_thunk_runtime=true "
-        + _backend.CPU_XLA_FLAGS[1])
+        + _backend.YNN_CONV_OFF)
+
+
+def test_default_is_the_ynn_flag_alone(clean_env):
+    for setting in (None, "default", " default "):
+        clean_env.delenv("XLA_FLAGS", raising=False)
+        if setting is None:
+            clean_env.delenv("KFT_XLA_CPU_FLAGS")
+        else:
+            clean_env.setenv("KFT_XLA_CPU_FLAGS", setting)
+        assert _backend.apply_cpu_xla_flags() == (_backend.YNN_CONV_OFF,)
+        assert os.environ["XLA_FLAGS"] == _backend.YNN_CONV_OFF
+        assert "algsimp" not in os.environ["XLA_FLAGS"]
+
+
+def test_unknown_setting_is_refused(clean_env):
+    clean_env.setenv("KFT_XLA_CPU_FLAGS", "yes")
+    with pytest.raises(ValueError, match="KFT_XLA_CPU_FLAGS='yes'"):
+        _backend.apply_cpu_xla_flags()
+    assert "XLA_FLAGS" not in os.environ
 
 
 @pytest.mark.parametrize("setting", [
     {"KFT_XLA_CPU_FLAGS": "0"},
-    {"KFT_XLA_CPU_FLAGS": None},
     {"backends": True},
     {"cpu_only": False},
 ])
 def test_no_flags_when_off_too_late_or_not_cpu(clean_env, setting):
     if "KFT_XLA_CPU_FLAGS" in setting:
-        if setting["KFT_XLA_CPU_FLAGS"] is None:
-            clean_env.delenv("KFT_XLA_CPU_FLAGS")
-        else:
-            clean_env.setenv("KFT_XLA_CPU_FLAGS", "0")
+        clean_env.setenv("KFT_XLA_CPU_FLAGS", "0")
     if "backends" in setting:
         clean_env.setattr(_backend, "_jax_backends_initialised", lambda: True)
     if "cpu_only" in setting:
@@ -86,9 +102,10 @@ def _import_kft(env, code="import kft, os; print(os.environ.get('XLA_FLAGS'))"):
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_importing_kft_sets_the_flags_only_when_asked():
+def test_importing_kft_sets_the_chosen_flags():
     assert _import_kft({"KFT_XLA_CPU_FLAGS": "1"}) == FLAGS
-    assert _import_kft({}) == "None"
+    assert _import_kft({}) == _backend.YNN_CONV_OFF
+    assert _import_kft({"KFT_XLA_CPU_FLAGS": "0"}) == "None"
 
 
 def test_jax_initialised_before_kft_is_left_alone():

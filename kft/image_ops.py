@@ -5,12 +5,15 @@ Keras' JAX `affine_transform` interpolates with
 output value costs 8 scalar gathers; its `gaussian_blur` is a depthwise
 convolution, which XLA's CPU backend runs as a generic loop (see
 `kft.cpu_convs`). Here the same results come from 4 gathers of whole pixels
-(or 2 row gathers when rows map to rows) and from shifted multiply-adds.
+(or 2 row gathers when rows map to rows) and from `kft.cpu_convs`' shifted
+multiply-adds.
 `kft.augmentation`'s layers use them; `benchmarks/bench_augment_layers.py`
 measures the difference.
 """
 
 from keras import ops
+
+from kft.cpu_convs import shifted_depthwise_conv
 
 FILL_MODES = ("constant", "nearest", "wrap", "mirror", "reflect")
 INTERPOLATIONS = ("nearest", "bilinear")
@@ -168,9 +171,10 @@ def _axis_aligned_transform(images, transform, interpolation, fill_mode,
 def gaussian_blur(images, kernel_size=(3, 3), sigma=(1.0, 1.0)):
     """`keras.ops.image.gaussian_blur` for channels-last batches.
 
-    The 2-D Gaussian kernel is separable: a pass along the rows, then along
-    the columns, each as shifted multiply-adds with the zero padding of a
-    "same" convolution. Same results as Keras up to float rounding.
+    The same Gaussian kernel per channel, applied by
+    `kft.cpu_convs.shifted_depthwise_conv` (shifted multiply-adds with the
+    zero padding of a "same" convolution) instead of XLA's depthwise
+    convolution. Same results as Keras up to float rounding.
 
     Args:
         images: `(batch, height, width, channels)` floats.
@@ -195,21 +199,9 @@ def gaussian_blur(images, kernel_size=(3, 3), sigma=(1.0, 1.0)):
         kernel = ops.exp(-0.5 * (x / ops.cast(sigma, dtype)) ** 2)
         return kernel / ops.sum(kernel)
 
-    def blur(images, kernel, size, axis):
-        length = images.shape[axis]
-        pad = [(0, 0)] * 4
-        pad[axis] = ((size - 1) // 2, size // 2)
-        padded = ops.pad(images, pad)
-        out = None
-        for t in range(size):
-            start = [0] * 4
-            start[axis] = t
-            shape = list(images.shape)
-            shape[axis] = length
-            part = ops.slice(padded, start, shape) * kernel[t]
-            out = part if out is None else out + part
-        return out
-
-    (size_x, size_y), (sigma_x, sigma_y) = kernel_size, (sigma[0], sigma[1])
-    images = blur(images, taps(size_x, sigma_x), size_x, axis=2)
-    return blur(images, taps(size_y, sigma_y), size_y, axis=1)
+    (size_x, size_y), channels = kernel_size, images.shape[-1]
+    kernel = (taps(size_y, sigma[1])[:, None]
+              * taps(size_x, sigma[0])[None, :])
+    kernel = ops.broadcast_to(kernel[:, :, None, None],
+                              (size_y, size_x, channels, 1))
+    return shifted_depthwise_conv(images, kernel, padding="same")

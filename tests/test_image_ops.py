@@ -143,3 +143,17 @@ def test_presets_use_the_fast_layers():
              kft.augmentation.augmentation("standard").layers}
     assert {RandomZoom, RandomRotation, RandomGaussianBlur,
             RandomErasing} <= types
+
+
+@pytest.mark.parametrize("ours, theirs, kwargs", LAYERS[:5])
+def test_layers_compute_with_image_ops_on_batches(ours, theirs, kwargs,
+                                                  monkeypatch):
+    # Matching Keras alone would also hold if the layers fell back to it.
+    calls = []
+    for name in ("affine_transform", "gaussian_blur"):
+        real = getattr(image_ops, name)
+        monkeypatch.setattr(
+            image_ops, name,
+            lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    ours(seed=0, **kwargs)(IMAGES, training=True)
+    assert calls == [1]

@@ -2,7 +2,7 @@
 
 The zoom, rotation and blur layers of the presets are `keras.layers`
 subclasses that keep Keras' random draws and config and only compute the
-resampling and the blur with `kft.image_ops` (5-11x faster under XLA on
+resampling and the blur with `kft.image_ops` (5-34x faster under XLA on
 CPU, measured in `benchmarks/RESULTS.md`). They fall back to Keras' own
 computation outside the JAX backend (e.g. inside `tf.data`) and for
 channels-first or unbatched images.

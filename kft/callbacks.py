@@ -2,15 +2,25 @@
 
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
 from keras.src.utils import io_utils
 
+from kft._monitor import MODES
+from kft._monitor import improves
+from kft._monitor import logged_value
+from kft._monitor import monitor_mode
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import check_number
 from kft.blocks import get_blocks, head_and_body
 from kft.freezing import set_trainable_blocks
 
 _STATE_FILE = "gradual_unfreezing.json"
+# Written by `keras.callbacks.BackupAndRestore` in its `backup_dir`.
+_BACKUP_METADATA = "training_metadata.json"
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -29,6 +39,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
     epoch's logs, hence the `History`, carry `unfrozen_blocks` and
     `trainable_params`.
 
+    Compile with a `kft.BlockwiseOptimizer` (as in the example): each
+    variable then counts its own Adam steps from the stage it is unfrozen
+    in. A plain Keras Adam shares one step counter, so a block unfrozen
+    after many steps starts with a bias correction meant for late training
+    and a first update several times its learning rate.
+
     Per-block learning rates: compile with a `kft.BlockwiseOptimizer`, e.g.
     `kft.BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
     kft.layerwise_lr(model, 1e-3, 0.5), model=model)`; each block then
@@ -36,12 +52,16 @@ class GradualUnfreezing(keras.callbacks.Callback):
     by the decay per depth below the head), with its own Adam step count.
 
     Resuming: pass `backup_dir` (the directory of your
-    `keras.callbacks.BackupAndRestore`). The callback stores the epochs at
-    which stages began there and, in a restarted process, re-applies the
-    stage of the resumed epoch before `BackupAndRestore` loads the optimizer
-    state (in `set_model`, which `fit` calls before `on_train_begin` of any
-    callback), so the trainable set, the optimizer slots and the epoch all
-    line up.
+    `keras.callbacks.BackupAndRestore`). In a restarted process the callback
+    reads which epoch `BackupAndRestore`'s checkpoint was saved in and
+    re-applies that epoch's stage before the optimizer state is loaded (in
+    `set_model`, which `fit` calls before `on_train_begin` of any callback),
+    so the trainable set, the optimizer slots and the epoch line up in
+    either callback order, also after a kill between the two callbacks'
+    writes. Plateau state (stage starts, patience count, best value) is kept
+    in the same directory. If the optimizer state was nevertheless not
+    restored (a different schedule or directory), the first resumed epoch
+    raises instead of training on with fresh slots.
 
     Args:
         every: Unfreeze one more block every `every` epochs. Defaults to
@@ -54,8 +74,11 @@ class GradualUnfreezing(keras.callbacks.Callback):
             mode). Defaults to `2`.
         min_delta: Smallest change counted as an improvement. Defaults to
             `0.0`.
-        mode: `"min"`, `"max"` or `"auto"` (max for names containing "acc",
-            else min). Defaults to `"auto"`.
+        mode: `"min"`, `"max"` or `"auto"`: losses are minimised and a
+            compiled Keras metric follows the direction it declares (e.g.
+            accuracy, top-k accuracy and F1 are maximised); `"auto"` raises
+            for a quantity without a declared direction. Defaults to
+            `"auto"`.
         max_blocks: Stop after this many blocks below the head. Defaults to
             all of them.
         bn: BatchNorm policy of unfrozen blocks, `"frozen"` or `"train"`.
@@ -70,8 +93,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
     >>> data = kft.datasets.digits(image_size=16, target_per_class=4)
     >>> model = kft.build_classifier("simple_cnn", num_classes=5,
     ...                              weights=None, input_shape=(16, 16, 3))
-    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
-    ...     from_logits=True))
+    >>> model.compile(
+    ...     kft.BlockwiseOptimizer(keras.optimizers.Adam(1e-3), model=model),
+    ...     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> history = model.fit(*data.target_train, epochs=3, verbose=0,
     ...     callbacks=[kft.callbacks.GradualUnfreezing(every=1, verbose=0)])
     >>> history.history["unfrozen_blocks"]
@@ -90,13 +114,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 f"Received: every={every!r}, milestones={milestones!r}, "
                 f"monitor={monitor!r}"
             )
-        if every is not None and (not isinstance(every, int) or every < 1):
-            raise ValueError(
-                f"Argument `every` must be an integer >= 1. Received: "
-                f"every={every!r}"
-            )
+        if every is not None:
+            every = check_int("every", every, min_value=1)
         if milestones is not None:
-            milestones = [int(m) for m in milestones]
+            milestones = [check_int("milestones[i]", m) for m in milestones]
             if any(m < 1 for m in milestones) or milestones != sorted(
                 set(milestones)
             ):
@@ -104,11 +125,11 @@ class GradualUnfreezing(keras.callbacks.Callback):
                     "Argument `milestones` must be increasing epochs >= 1. "
                     f"Received: milestones={milestones!r}"
                 )
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(
-                "Argument `mode` must be one of 'auto', 'min', 'max'. "
-                f"Received: mode={mode!r}"
-            )
+        check_choice("mode", mode, MODES)
+        patience = check_int("patience", patience, min_value=1)
+        min_delta = check_number("min_delta", min_delta)
+        if max_blocks is not None:
+            max_blocks = check_int("max_blocks", max_blocks, min_value=0)
         self.every = every
         self.milestones = milestones
         self.monitor = monitor
@@ -124,8 +145,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.stage_epochs = []
         self._wait = 0
         self._best = None
+        self._direction = None
         self._stage = None
         self._restored = False
+        self._resumed_from = None
+        self._checked_resume = False
+        self._records = {}
 
     # -- stages -------------------------------------------------------------
 
@@ -137,7 +162,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         limit = len(body) if self.max_blocks is None else self.max_blocks
         return head, body, min(limit, len(body))
 
-    def _apply_stage(self, stage, epoch):
+    def _apply_stage(self, stage, epoch, resumed=False):
         head, body, _ = self._body()
         unfrozen = body[len(body) - stage:] if stage else []
         set_trainable_blocks(self.model, unfrozen + [head], bn=self.bn,
@@ -146,10 +171,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
                      for v in self.model.trainable_variables)
         if self.verbose:
             newest = unfrozen[0] if unfrozen else head
+            where = (f"resumed after epoch {epoch + 1} (training continues "
+                     f"at epoch {epoch + 2})" if resumed
+                     else f"epoch {epoch + 1}")
             io_utils.print_msg(
-                f"GradualUnfreezing: epoch {epoch + 1}: stage {stage}, "
-                f"unfroze {newest!r}, trainable params {params:,}"
-            )
+                f"GradualUnfreezing: {where}: stage {stage}, unfroze "
+                f"{newest!r}, trainable params {params:,}")
         return params
 
     def stage_at(self, epoch):
@@ -164,48 +191,108 @@ class GradualUnfreezing(keras.callbacks.Callback):
         return min(stage, limit)
 
     # -- persistence --------------------------------------------------------
+    #
+    # `BackupAndRestore` checkpoints the optimizer built for the trainable
+    # set of the epoch it saved in, so the stage to re-apply is derived from
+    # the epoch *its* metadata names, never from this callback's own file:
+    # the two are written one after the other and a kill between them must
+    # not pair a checkpoint with another stage's trainable set. The file here
+    # only carries plateau state (stage starts, wait, best), kept for the
+    # last two epochs so that it covers the checkpoint in either order.
 
     def _state_path(self):
         return os.path.join(self.backup_dir, _STATE_FILE)
 
-    def _save_state(self, next_epoch):
+    def _save_state(self, epoch):
         if self.backup_dir is None:
             return
         os.makedirs(self.backup_dir, exist_ok=True)
+        self._records[str(epoch)] = {
+            "stage_epochs": list(self.stage_epochs),
+            "wait": self._wait,
+            "best": self._best,
+        }
+        for key in sorted(self._records, key=int)[:-2]:
+            del self._records[key]
         tmp = self._state_path() + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"next_epoch": next_epoch,
-                       "stage_epochs": self.stage_epochs,
-                       "wait": self._wait, "best": self._best}, f)
+            json.dump({"records": self._records}, f)
         os.replace(tmp, self._state_path())
+
+    def _checkpoint_epoch(self):
+        """The epoch during which `BackupAndRestore` last saved, or None."""
+        path = os.path.join(self.backup_dir, _BACKUP_METADATA)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            meta = json.load(f)
+        # An end-of-epoch save records the next epoch and batch 0; a save
+        # within an epoch records that epoch and the batch it saved after.
+        epoch = int(meta["epoch"])
+        return epoch if int(meta.get("batch", 0)) > 0 else epoch - 1
 
     def set_model(self, model):
         super().set_model(model)
         if self._restored or self.backup_dir is None:
             return
         self._restored = True
-        if not os.path.exists(self._state_path()):
+        saved = self._checkpoint_epoch()
+        if saved is None or saved < 0:
             return
-        with open(self._state_path()) as f:
-            state = json.load(f)
-        self.stage_epochs = state["stage_epochs"]
-        self._wait, self._best = state["wait"], state["best"]
-        # The checkpoint holds the optimizer of the last finished epoch, so
-        # that epoch's stage must be in place before BackupAndRestore loads
-        # the slots (their number follows the trainable set); the resumed
-        # epoch then switches stage as the uninterrupted run did.
-        last = max(state["next_epoch"] - 1, 0)
-        self._stage = self.stage_at(last)
-        self._params = self._apply_stage(self._stage, last)
+        self._resumed_from = saved
+        records = {}
+        if os.path.exists(self._state_path()):
+            with open(self._state_path()) as f:
+                records = json.load(f).get("records", {})
+        self._records = records
+        record = records.get(str(saved))
+        if record is None and self.monitor is not None:
+            earlier = [int(k) for k in records if int(k) < saved]
+            if earlier:
+                record = records[str(max(earlier))]
+            warnings.warn(
+                "GradualUnfreezing: no plateau record for epoch "
+                f"{saved + 1}, the epoch the checkpoint was saved in; the "
+                "plateau count restarts from the epoch before it.",
+                stacklevel=2)
+        if record is not None:
+            self.stage_epochs = [e for e in record["stage_epochs"]
+                                 if e <= saved + 1]
+            self._wait, self._best = record["wait"], record["best"]
+        # The checkpoint's optimizer slots follow this trainable set, so it
+        # must be in place before BackupAndRestore loads them (`fit` calls
+        # `set_model` before any callback's `on_train_begin`).
+        self._stage = self.stage_at(saved)
+        self._params = self._apply_stage(self._stage, saved, resumed=True)
+
+    def on_train_begin(self, logs=None):
+        self._checked_resume = False
 
     # -- callback hooks -----------------------------------------------------
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._checked_resume:
+            self._checked_resume = True
+            self._check_optimizer_restored(epoch)
         stage = self.stage_at(epoch)
         if stage != self._stage:
             self._stage = stage
             self._params = self._apply_stage(stage, epoch)
-            self._save_state(epoch)
+
+    def _check_optimizer_restored(self, epoch):
+        # Keras only warns when a checkpoint's optimizer does not fit the
+        # optimizer it loads into, and trains on with fresh slots.
+        optimizer = self.model.optimizer
+        if (self._resumed_from is None or epoch == 0 or optimizer is None
+                or int(optimizer.iterations) > 0):
+            return
+        raise RuntimeError(
+            "GradualUnfreezing: resuming at epoch "
+            f"{epoch + 1} but the optimizer state was not restored from "
+            f"the checkpoint in {self.backup_dir!r} (its step count is 0). "
+            "Pass the same `backup_dir` as `keras.callbacks.BackupAndRestore`"
+            " and the same schedule as the interrupted run, or delete the "
+            "backup directory to start over.")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -214,22 +301,14 @@ class GradualUnfreezing(keras.callbacks.Callback):
         if self.monitor is not None and self._plateaued(logs):
             if self.stage_at(epoch + 1) < self._body()[2]:
                 self.stage_epochs.append(epoch + 1)
-        self._save_state(epoch + 1)
+        self._save_state(epoch)
 
     def _plateaued(self, logs):
-        value = logs.get(self.monitor)
-        if value is None:
-            raise ValueError(
-                f"GradualUnfreezing monitors {self.monitor!r}, which is not "
-                f"in the epoch logs. Available: {sorted(logs)}"
-            )
-        maximize = self.mode == "max" or (
-            self.mode == "auto" and "acc" in self.monitor)
-        value = float(value)
-        better = self._best is None or (
-            value > self._best + self.min_delta if maximize
-            else value < self._best - self.min_delta)
-        if better:
+        value = logged_value(logs, self.monitor, "GradualUnfreezing")
+        if self._direction is None:
+            self._direction = monitor_mode(self.model, self.monitor,
+                                           self.mode)
+        if improves(value, self._best, self._direction, self.min_delta):
             self._best, self._wait = value, 0
             return False
         self._wait += 1

@@ -5,7 +5,16 @@ import math
 
 import keras
 import numpy as np
+from keras.src.utils import io_utils
 
+from kft._monitor import MODES
+from kft._monitor import improves
+from kft._monitor import logged_value
+from kft._monitor import monitor_mode
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import check_labels
+from kft._validation import check_number
 from kft.blocks import get_blocks, head_and_body
 from kft.callbacks import GradualUnfreezing
 from kft.data._dataset import ImageDataset
@@ -15,6 +24,8 @@ from kft.feature_cache import fit_head
 from kft.feature_cache import split_head
 from kft.freezing import freeze
 from kft.models import BatchAugmentModel
+from kft.optimizers import BlockwiseOptimizer
+from kft.optimizers import layerwise_lr
 
 RECIPES = ("feature_extraction", "partial", "gradual", "full")
 
@@ -31,36 +42,81 @@ class FineTuneResult:
             holds at the end.
         best_value: The monitored value at that epoch.
         monitor: The monitored metric.
+        mode: `"min"` or `"max"`: how `monitor` improves.
     """
 
     histories: list
     best_epoch: int
     best_value: float
     monitor: str
+    mode: str = "min"
 
 
 class _KeepBest(keras.callbacks.Callback):
     """Remembers the weights of the best epoch across several `fit` calls."""
 
-    def __init__(self, monitor, maximize, model):
+    def __init__(self, monitor, mode, model):
         super().__init__()
-        self.monitor, self.maximize = monitor, maximize
+        self.monitor, self.mode = monitor, mode
         # Not `self.model`: in a cached head phase that is the head model.
         self.target = model
         self.best, self.best_epoch, self.weights = None, None, None
+        self.last_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            raise ValueError(
-                f"fine_tune monitors {self.monitor!r}, which is not in the "
-                f"epoch logs. Available: {sorted(logs or {})}"
-            )
-        value = float(value)
-        if self.best is None or (value > self.best if self.maximize
-                                 else value < self.best):
+        value = logged_value(logs, self.monitor, "fine_tune")
+        if self.mode == "auto":
+            # Resolved on the first epoch, when compiled metrics exist.
+            self.mode = monitor_mode(self.model, self.monitor, self.mode)
+        self.last_epoch = epoch
+        if improves(value, self.best, self.mode):
             self.best, self.best_epoch = value, epoch
             self.weights = self.target.get_weights()
+
+
+def _as_pair(data, name):
+    """`(x, y)` arrays from a tuple or list pair; anything else unchanged."""
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise ValueError(
+                f"Argument `{name}` must be an `(x, y)` pair or a dataset of "
+                f"(x, y) batches. Received: a {type(data).__name__} of "
+                f"length {len(data)}")
+        return np.asarray(data[0]), np.asarray(data[1])
+    return data
+
+
+def _check_data_labels(data, num_classes, name):
+    """Labels of arrays or a kft dataset must fit the model's classes."""
+    if isinstance(data, tuple):
+        _, y = data
+        if y.ndim == 2:
+            if y.shape[1] != num_classes:
+                raise ValueError(
+                    f"Argument `{name}` has one-hot labels of width "
+                    f"{y.shape[1]} for a model with {num_classes} classes.")
+        else:
+            check_labels(y, num_classes, name=f"{name}[1]")
+    elif isinstance(data, ImageDataset) and len(
+            data.class_names) > num_classes:
+        raise ValueError(
+            f"Argument `{name}` has {len(data.class_names)} classes "
+            f"({data.class_names}) but the model outputs {num_classes}.")
+
+
+def _one_hot_labels(data):
+    if isinstance(data, tuple):
+        return data[1].ndim == 2
+    return isinstance(data, ImageDataset) and data.label_mode == "categorical"
+
+
+def _plain_data(data):
+    """Whether `data` is known not to augment: arrays or a plain kft dataset."""
+    if data is None:
+        return True
+    if isinstance(data, tuple):
+        return all(isinstance(part, np.ndarray) for part in data)
+    return isinstance(data, ImageDataset) and data._augmenter is None
 
 
 def _head_caches(model, train_data, val_data, mode, batch_size, verbose):
@@ -86,34 +142,66 @@ def _head_caches(model, train_data, val_data, mode, batch_size, verbose):
     return train, val
 
 
-def _plain_data(data):
-    """Whether `data` is known not to augment: arrays or a plain kft dataset."""
-    if data is None:
-        return True
-    if isinstance(data, tuple):
-        return len(data) == 2 and all(
-            isinstance(part, np.ndarray) for part in data)
-    return isinstance(data, ImageDataset) and data._augmenter is None
-
-
 def _cosine(base, epochs):
     return lambda epoch: base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-def _default_loss(model):
+def _default_loss(model, train_data):
     # A batch-mixing model trains on soft labels (it one-hot encodes
-    # integer ones itself); a plain model on integer labels.
-    if isinstance(model, BatchAugmentModel):
+    # integer ones itself); a plain model on integer or one-hot labels.
+    if isinstance(model, BatchAugmentModel) or _one_hot_labels(train_data):
         return keras.losses.CategoricalCrossentropy(from_logits=True)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
+def _phase2_optimizer(model, learning_rate, weight_decay, layer_decay):
+    # Each variable counts its own AdamW steps from when it became
+    # trainable: with the shared counter of a plain AdamW, a block unfrozen
+    # late would take a first step several times its rate.
+    rates = (None if layer_decay is None
+             else layerwise_lr(model, learning_rate, layer_decay))
+    return BlockwiseOptimizer(
+        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
+        rates, model=model)
+
+
+def _check_arguments(strategy, head_epochs, epochs, unfreeze_every,
+                     learning_rates, layer_decay, mode):
+    check_choice("strategy", strategy, RECIPES)
+    check_choice("mode", mode, MODES)
+    head_epochs = check_int("head_epochs", head_epochs, min_value=1)
+    epochs = check_int("epochs", epochs, min_value=0)
+    unfreeze_every = check_int("unfreeze_every", unfreeze_every, min_value=1)
+    for name, value in learning_rates.items():
+        check_number(name, value, low=0.0, low_open=True)
+    if layer_decay is not None:
+        layer_decay = check_number("layer_decay", layer_decay, low=0.0,
+                                   high=1.0, low_open=True)
+    return head_epochs, epochs, unfreeze_every, layer_decay
+
+
+def _report_kept(keep, verbose):
+    if keep.best_epoch is None:
+        raise ValueError(
+            f"fine_tune: every epoch's {keep.monitor!r} was NaN; no weights "
+            "were kept. Lower the learning rates.")
+    later = keep.last_epoch - keep.best_epoch
+    if verbose:
+        io_utils.print_msg(
+            f"fine_tune: kept the weights of epoch {keep.best_epoch + 1} of "
+            f"{keep.last_epoch + 1}, the best {keep.monitor}="
+            f"{keep.best:.4g} ({keep.mode}imum)"
+            + (f"; the {later} epoch(s) after it did not improve on it."
+               if later else "."))
+
+
 def fine_tune(model, train_data, val_data=None, *, strategy="partial",
               n_blocks=1, head_epochs=3, epochs=10, head_learning_rate=1e-3,
-              learning_rate=1e-4, weight_decay=1e-2, unfreeze_every=1,
-              bn="frozen", loss=None, metrics=("accuracy",), monitor=None,
-              early_stopping_patience=None, batch_size=32, callbacks=None,
-              cache_features="auto", verbose=1):
+              learning_rate=1e-4, weight_decay=1e-2, layer_decay=None,
+              unfreeze_every=1, bn="frozen", loss=None, metrics=("accuracy",),
+              monitor=None, mode="auto", early_stopping_patience=None,
+              batch_size=32, callbacks=None, cache_features="auto",
+              verbose=1):
     """Trains the head, then fine-tunes deeper, keeping the best weights.
 
     Phase 1 trains the head alone (backbone frozen) with AdamW at
@@ -126,15 +214,23 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
     - `"gradual"`: one more block every `unfreeze_every` epochs
       (`kft.callbacks.GradualUnfreezing`).
 
+    Phase 2's AdamW is wrapped in a `kft.BlockwiseOptimizer`: every
+    variable counts its own steps from when it became trainable (a block
+    unfrozen late starts Adam's bias correction afresh) and, with
+    `layer_decay`, each block trains at `learning_rate * layer_decay**d`,
+    `d` its depth below the head.
+
     After both phases the model holds the weights of the best epoch by
-    `monitor`; with `early_stopping_patience`, each phase stops after that
-    many epochs without improvement.
+    `monitor` (printed at the end when `verbose`); with
+    `early_stopping_patience`, each phase stops after that many epochs
+    without improvement.
 
     Args:
         model: A model from `kft.build_classifier` (or one
             `kft.get_blocks` splits into blocks and a head).
-        train_data: `(x, y)` arrays, or anything `model.fit` takes as `x`
-            (a dataset yielding `(x, y)` batches).
+        train_data: `(x, y)` arrays (a tuple or list; `y` integer labels
+            or one-hot rows), or anything `model.fit` takes as `x` (a
+            dataset yielding `(x, y)` batches).
         val_data: Validation data in the same forms. Defaults to `None`.
         strategy: One of `"feature_extraction"`, `"partial"`, `"gradual"`,
             `"full"`. Defaults to `"partial"`.
@@ -143,16 +239,23 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
         head_epochs: Epochs of phase 1. Defaults to `3`.
         epochs: Epochs of phase 2. Defaults to `10`.
         head_learning_rate: Phase 1 rate. Defaults to `1e-3`.
-        learning_rate: Phase 2 starting rate. Defaults to `1e-4`.
+        learning_rate: Phase 2 starting rate (of the head). Defaults to
+            `1e-4`.
         weight_decay: AdamW weight decay. Defaults to `1e-2`.
+        layer_decay: Phase 2 rate factor per block below the head
+            (`kft.layerwise_lr`), in (0, 1]. Defaults to `None` (one rate).
         unfreeze_every: Epochs per stage for `"gradual"`. Defaults to `1`.
         bn: BatchNorm policy, `"frozen"` or `"train"`. Defaults to
             `"frozen"`.
-        loss: Defaults to categorical cross-entropy on logits (sparse for
-            integer labels, soft for a `kft.BatchAugmentModel`).
+        loss: Defaults to categorical cross-entropy on logits: sparse for
+            integer labels, on one-hot rows for one-hot labels or a
+            `kft.BatchAugmentModel`.
         metrics: Defaults to `("accuracy",)`.
         monitor: Metric that picks the best epoch. Defaults to
             `"val_loss"` with `val_data`, else `"loss"`.
+        mode: `"min"`, `"max"` or `"auto"`: losses are minimised and a
+            Keras metric follows the direction it declares; `"auto"` raises
+            for a quantity without one. Defaults to `"auto"`.
         early_stopping_patience: Defaults to `None` (no early stopping).
         batch_size: Used when `train_data` are arrays. Defaults to `32`.
         callbacks: Extra callbacks for both phases. Defaults to `None`.
@@ -164,10 +267,16 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
             `False` never does. Features are computed in inference mode
             (a backbone's own dropout off). In a cached phase, callbacks
             see the head model. Defaults to `"auto"`.
-        verbose: Passed to `fit`. Defaults to `1`.
+        verbose: Passed to `fit`; also prints which epoch was kept.
+            Defaults to `1`.
 
     Returns:
         A `FineTuneResult`.
+
+    Raises:
+        ValueError: an unknown strategy or mode, a non-positive epoch count
+            or rate, labels outside the model's classes, a monitored value
+            missing from the logs or without a direction in `"auto"` mode.
 
     Example:
     >>> import kft
@@ -176,41 +285,29 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
     ...                              weights=None, input_shape=(16, 16, 3))
     >>> result = kft.fine_tune(model, data.target_train, data.target_val,
     ...                        strategy="gradual", head_epochs=1, epochs=2,
-    ...                        verbose=0)
-    >>> len(result.histories)
-    2
+    ...                        layer_decay=0.7, verbose=0)
+    >>> len(result.histories), result.mode
+    (2, 'min')
     """
-    if strategy not in RECIPES:
-        raise ValueError(
-            f"Argument `strategy` must be one of {RECIPES}. "
-            f"Received: strategy={strategy!r}"
-        )
-    for name, value in (("head_epochs", head_epochs), ("epochs", epochs),
-                        ("unfreeze_every", unfreeze_every)):
-        if not isinstance(value, int) or value < (0 if name == "epochs"
-                                                  else 1):
-            raise ValueError(
-                f"Argument `{name}` must be a positive integer. "
-                f"Received: {name}={value!r}"
-            )
+    head_epochs, epochs, unfreeze_every, layer_decay = _check_arguments(
+        strategy, head_epochs, epochs, unfreeze_every,
+        {"head_learning_rate": head_learning_rate,
+         "learning_rate": learning_rate}, layer_decay, mode)
+    train_data = _as_pair(train_data, "train_data")
+    val_data = _as_pair(val_data, "val_data")
+    num_classes = model.outputs[0].shape[-1]
+    _check_data_labels(train_data, num_classes, "train_data")
+    _check_data_labels(val_data, num_classes, "val_data")
     monitor = monitor or ("val_loss" if val_data is not None else "loss")
-    maximize = "acc" in monitor or "f1" in monitor
-    keep = _KeepBest(monitor, maximize, model)
+    keep = _KeepBest(monitor, mode, model)
     extra = list(callbacks or [])
+    loss = loss or _default_loss(model, train_data)
 
     def stopper():
         if early_stopping_patience is None:
             return []
         return [keras.callbacks.EarlyStopping(
-            monitor, patience=early_stopping_patience,
-            mode="max" if maximize else "min")]
-
-    def compile_with(rate):
-        model.compile(
-            optimizer=keras.optimizers.AdamW(rate, weight_decay=weight_decay),
-            loss=loss or _default_loss(model),
-            metrics=list(metrics),
-        )
+            monitor, patience=early_stopping_patience, mode=keep.mode)]
 
     def fit(epochs, first_epoch, more_callbacks):
         kwargs = {}
@@ -226,7 +323,9 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
         return history.history
 
     freeze(model, "feature_extraction", bn=bn)
-    compile_with(head_learning_rate)
+    model.compile(optimizer=keras.optimizers.AdamW(
+        head_learning_rate, weight_decay=weight_decay), loss=loss,
+        metrics=list(metrics))
     caches = _head_caches(model, train_data, val_data, cache_features,
                           batch_size, verbose)
     if caches is None:
@@ -239,6 +338,12 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
     if strategy != "feature_extraction" and epochs:
         phase2 = [keras.callbacks.LearningRateScheduler(
             lambda epoch: _cosine(learning_rate, epochs)(epoch - head_epochs))]
+        # Compiled before the trainable set changes, so that the change
+        # builds the new optimizer instead of re-targeting phase 1's.
+        model.compile(
+            optimizer=_phase2_optimizer(model, learning_rate, weight_decay,
+                                        layer_decay),
+            loss=loss, metrics=list(metrics))
         if strategy == "gradual":
             _, body = head_and_body(get_blocks(model))
             phase2.insert(0, GradualUnfreezing(
@@ -248,8 +353,9 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
         else:
             freeze(model, strategy, n_blocks=n_blocks if strategy == "partial"
                    else None, bn=bn)
-        compile_with(learning_rate)
         histories.append(fit(epochs, head_epochs, phase2))
+    _report_kept(keep, verbose)
     model.set_weights(keep.weights)
     return FineTuneResult(histories=histories, best_epoch=keep.best_epoch,
-                          best_value=keep.best, monitor=monitor)
+                          best_value=keep.best, monitor=monitor,
+                          mode=keep.mode)

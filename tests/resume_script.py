@@ -1,5 +1,8 @@
 """Trains with GradualUnfreezing + BackupAndRestore; SIGKILLs itself in
-epoch KFT_TEST_KILL_AT (when set). Used by test_callbacks.py."""
+epoch KFT_TEST_KILL_AT (when set), or at the end of epoch
+KFT_TEST_KILL_AT_END between the two callbacks' writes (in the order
+KFT_TEST_ORDER, "unfreeze_first" or "backup_first"). Used by
+test_callbacks.py."""
 
 import os
 import signal
@@ -12,6 +15,8 @@ import keras
 
 workdir = sys.argv[1]
 kill_at = os.environ.get("KFT_TEST_KILL_AT")
+kill_at_end = os.environ.get("KFT_TEST_KILL_AT_END")
+order = os.environ.get("KFT_TEST_ORDER", "unfreeze_first")
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 x = rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32")
@@ -28,6 +33,10 @@ class Killer(keras.callbacks.Callback):
         if kill_at and self.epoch == int(kill_at) and batch == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def on_epoch_end(self, epoch, logs=None):
+        if kill_at_end and epoch == int(kill_at_end):
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         if epoch == self.model._initial_epoch and epoch > 0:
@@ -39,11 +48,13 @@ class Killer(keras.callbacks.Callback):
         return len(names & {"block1", "block2", "block3", "stem"})
 
 
-model.fit(x, y, epochs=5, batch_size=8, shuffle=False, verbose=0, callbacks=[
-    kft.callbacks.GradualUnfreezing(every=1, backup_dir=backup, verbose=0),
-    keras.callbacks.BackupAndRestore(backup),
-    Killer(),
-])
+unfreeze = kft.callbacks.GradualUnfreezing(every=1, backup_dir=backup,
+                                           verbose=0)
+restore = keras.callbacks.BackupAndRestore(backup)
+first, second = ((unfreeze, restore) if order == "unfreeze_first"
+                 else (restore, unfreeze))
+model.fit(x, y, epochs=5, batch_size=8, shuffle=False, verbose=0,
+          callbacks=[first, Killer(), second])
 os.makedirs(workdir, exist_ok=True)
 np.savez(os.path.join(workdir, "final.npz"),
          **{v.path: np.array(v.value) for v in model.weights},

@@ -199,29 +199,55 @@ def test_config_round_trip():
     assert clone.get_config() == callback.get_config()
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "resume_script.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
 
-    def run(workdir, kill_at=None):
-        env = dict(os.environ, KFT_TEST_KILL_AT=str(kill_at or ""))
-        return subprocess.run([sys.executable, script, str(workdir)],
-                              env=env, capture_output=True, text=True,
-                              timeout=600)
 
-    straight = run(tmp_path / "straight")
+def _run_script(workdir, **env):
+    env = dict(os.environ, **{k: str(v) for k, v in env.items()})
+    return subprocess.run([sys.executable, SCRIPT, str(workdir)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    straight = _run_script(workdir)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = run(tmp_path / "resumed", kill_at=3)  # SIGKILL in epoch 3
+    return np.load(workdir / "final.npz")
+
+
+def _assert_same_run(resumed_dir, uninterrupted):
+    resumed = np.load(resumed_dir / "final.npz")
+    assert sorted(resumed.files) == sorted(uninterrupted.files)
+    for key in uninterrupted.files:
+        np.testing.assert_allclose(resumed[key], uninterrupted[key],
+                                   atol=1e-6, rtol=0, err_msg=key)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path, uninterrupted):
+    killed = _run_script(tmp_path, KFT_TEST_KILL_AT=3)  # SIGKILL in epoch 3
     assert killed.returncode == -9, killed.stderr[-3000:]
-    assert not (tmp_path / "resumed" / "final.npz").exists()
-    resumed = run(tmp_path / "resumed")
+    assert not (tmp_path / "final.npz").exists()
+    resumed = _run_script(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed at epoch 3 with 3 blocks unfrozen" in resumed.stdout
-    a = np.load(tmp_path / "straight" / "final.npz")
-    b = np.load(tmp_path / "resumed" / "final.npz")
-    assert sorted(a.files) == sorted(b.files)
-    for key in a.files:
-        np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+    _assert_same_run(tmp_path, uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["unfreeze_first", "backup_first"])
+def test_kill_between_the_two_epoch_end_writes(tmp_path, uninterrupted,
+                                               order):
+    # Epoch 2 is the first epoch of stage 2: one callback has recorded its
+    # end, the other not, when the process dies.
+    killed = _run_script(tmp_path, KFT_TEST_KILL_AT_END=2,
+                         KFT_TEST_ORDER=order)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _run_script(tmp_path, KFT_TEST_ORDER=order)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Skipping variable loading for optimizer" not in resumed.stderr
+    _assert_same_run(tmp_path, uninterrupted)
 
 
 def test_one_trace_per_stage_not_per_epoch():
@@ -283,3 +309,51 @@ def test_newly_unfrozen_block_trains_at_its_own_rate():
     model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0,
               callbacks=[GradualUnfreezing(every=1, verbose=0), check])
     assert check.checked
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise KeyboardInterrupt
+
+
+def test_resume_with_another_schedule_raises_instead_of_fresh_slots(tmp_path):
+    x, y = _data(16)
+    backup = str(tmp_path / "backup")
+
+    def run(every, interrupt_at=None):
+        model = _model()
+        model.compile(keras.optimizers.Adam(1e-3), LOSS)
+        callbacks = [GradualUnfreezing(every=every, backup_dir=backup,
+                                       verbose=0),
+                     keras.callbacks.BackupAndRestore(backup)]
+        if interrupt_at is not None:
+            callbacks.append(_Interrupt(interrupt_at))
+        model.fit(x, y, epochs=4, batch_size=8, verbose=0,
+                  callbacks=callbacks)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(every=1, interrupt_at=2)
+    # The checkpoint's optimizer was built for stage 1; every=2 puts the
+    # resumed run in stage 0, so Keras would skip loading its slots.
+    with pytest.raises(RuntimeError, match="optimizer state was not restored"):
+        run(every=2)
+
+
+def test_plateau_direction_from_the_metric_object():
+    # "top2" is maximised: improving every epoch never plateaus.
+    x, y = _data(16)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.0), LOSS, metrics=[
+        keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")])
+    callback = GradualUnfreezing(monitor="top2", patience=1, verbose=0)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+    assert callback._direction == "max"
+    with pytest.raises(ValueError, match="Received: mode='up'"):
+        GradualUnfreezing(monitor="top2", mode="up")
+    with pytest.raises(ValueError, match="Received: patience=0"):
+        GradualUnfreezing(monitor="top2", patience=0)

@@ -80,3 +80,122 @@ def test_bad_arguments(data):
     with pytest.raises(ValueError, match="'val_f1'.*not in the epoch logs"):
         kft.fine_tune(_model(), data.target_train, data.target_val,
                       monitor="val_f1", head_epochs=1, epochs=0, verbose=0)
+
+
+def test_monitor_direction_comes_from_the_metric_object(data):
+    # "top2" has neither "acc" nor "f1" in its name; it must still be
+    # maximised, so the kept epoch is the one with the highest value.
+    model = _model()
+    result = kft.fine_tune(
+        model, data.target_train, data.target_val, strategy="full",
+        head_epochs=2, epochs=3, learning_rate=1e-3, verbose=0,
+        metrics=[keras.metrics.SparseTopKCategoricalAccuracy(k=2,
+                                                             name="top2")],
+        monitor="val_top2")
+    values = result.histories[0]["val_top2"] + result.histories[1]["val_top2"]
+    assert result.mode == "max"
+    assert result.best_value == pytest.approx(max(values))
+    assert result.best_epoch == int(np.argmax(values))
+
+
+def test_explicit_mode_and_unknown_direction(data):
+    model = _model()
+    result = kft.fine_tune(model, data.target_train, data.target_val,
+                           strategy="feature_extraction", head_epochs=2,
+                           monitor="val_loss", mode="max", verbose=0)
+    assert result.mode == "max"
+    assert result.best_value == pytest.approx(
+        max(result.histories[0]["val_loss"]))
+    with pytest.raises(ValueError, match="maximised or minimised.*mode="):
+        kft.fine_tune(_model(), data.target_train, data.target_val,
+                      strategy="feature_extraction", head_epochs=1,
+                      metrics=[keras.metrics.MeanMetricWrapper(
+                          lambda y, logits: keras.ops.max(logits, axis=-1),
+                          name="margin")],
+                      monitor="val_margin", verbose=0)
+    with pytest.raises(ValueError, match="Received: mode='best'"):
+        kft.fine_tune(_model(), data.target_train, mode="best")
+
+
+class _FirstUpdateOfNewBlocks(keras.callbacks.Callback):
+    """Ratio |first update| / learning rate of each block unfrozen later."""
+
+    def __init__(self):
+        super().__init__()
+        self.ratios, self._known, self._new = {}, None, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        trainable = {v.path: v for v in self.model.trainable_variables
+                     if v.path.endswith("kernel")}
+        if self._known is not None:
+            self._new = [(p, np.array(v.value)) for p, v in trainable.items()
+                         if p not in self._known]
+        self._known = set(trainable)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch != 0 or not self._new:
+            return
+        self.model.jax_state_sync()
+        rate = float(self.model.optimizer.learning_rate)
+        current = {v.path: v for v in self.model.trainable_variables}
+        for path, before in self._new:
+            step = np.abs(np.array(current[path].value) - before)
+            self.ratios[path] = float(np.median(step[step > 0]) / rate)
+        self._new = []
+
+
+def test_gradual_recipe_counts_adam_steps_per_block(data):
+    # Blocks unfrozen in phase 2's second and third epochs take their first
+    # AdamW step at the learning rate (bias correction of step 1), not at
+    # the shared counter's (0.5x at step 5 here, 2.5x after 1000 steps).
+    model = _model()
+    probe = _FirstUpdateOfNewBlocks()
+    result = kft.fine_tune(model, data.target_train, data.target_val,
+                           strategy="gradual", head_epochs=1, epochs=3,
+                           weight_decay=0.0, batch_size=8, verbose=0,
+                           callbacks=[probe])
+    assert isinstance(model.optimizer, kft.BlockwiseOptimizer)
+    assert result.histories[1]["unfrozen_blocks"] == [1, 2, 3]
+    assert set(probe.ratios) == {"block3_conv/kernel", "block2_conv/kernel",
+                                 "block1_conv/kernel"}
+    for path, ratio in probe.ratios.items():
+        assert ratio == pytest.approx(1.0, rel=0.02), path
+
+
+def test_layer_decay_scales_block_rates(data):
+    model = _model()
+    kft.fine_tune(model, data.target_train, strategy="full", head_epochs=1,
+                  epochs=1, layer_decay=0.5, verbose=0)
+    rates = model.optimizer.learning_rates
+    assert rates["head"] == pytest.approx(1e-4)
+    assert rates["block3"] == pytest.approx(5e-5)
+    with pytest.raises(ValueError, match="Received: layer_decay=1.5"):
+        kft.fine_tune(_model(), data.target_train, layer_decay=1.5)
+
+
+def test_data_forms_and_labels_that_do_not_fit(data):
+    x, y = data.target_train
+    # A list pair, numpy integer epoch counts.
+    result = kft.fine_tune(_model(), [x, y], list(data.target_val),
+                           strategy="feature_extraction",
+                           head_epochs=np.int64(1), verbose=0)
+    assert len(result.histories[0]["loss"]) == 1
+    # One-hot labels get the categorical loss by default.
+    one_hot = np.eye(5, dtype="float32")[y]
+    result = kft.fine_tune(_model(), (x, one_hot), strategy="partial",
+                           head_epochs=1, epochs=1, verbose=0)
+    assert np.isfinite(result.best_value)
+    with pytest.raises(ValueError, match=r"outside \[0, 5\).*: 5, 6"):
+        kft.fine_tune(_model(), (x, (y + 2) % 7), head_epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="one-hot labels of width 7"):
+        kft.fine_tune(_model(), (x, np.eye(7)[y]), head_epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="pair.*length 3"):
+        kft.fine_tune(_model(), [x, y, y], head_epochs=1, verbose=0)
+
+
+def test_says_which_epoch_was_kept(data, capsys):
+    kft.fine_tune(_model(), data.target_train, data.target_val,
+                  strategy="partial", head_epochs=1, epochs=2, verbose=1)
+    out = capsys.readouterr().out
+    assert "fine_tune: kept the weights of epoch" in out
+    assert "of 3, the best val_loss=" in out

@@ -1,0 +1,114 @@
+"""Argument checks with one message form.
+
+Every check raises `ValueError` (or `TypeError` for a value of the wrong
+kind) reading "Argument `name` must be <what>. Received: name=<value>", and
+returns the value normalised (a numpy integer becomes an `int`, a number a
+`float`).
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+
+def _fail(name, what, value, error=ValueError):
+    raise error(f"Argument `{name}` must be {what}. Received: {name}={value!r}")
+
+
+def check_int(name, value, *, min_value=None, max_value=None):
+    """Returns `value` as an `int`; numpy integers accepted, bools not.
+
+    >>> check_int("epochs", np.int64(3), min_value=0)
+    3
+    """
+    if min_value is not None and max_value is not None:
+        what = f"an integer in [{min_value}, {max_value}]"
+    elif min_value is not None:
+        what = f"an integer >= {min_value}"
+    elif max_value is not None:
+        what = f"an integer <= {max_value}"
+    else:
+        what = "an integer"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, numbers.Integral):
+        _fail(name, what, value)
+    value = int(value)
+    if (min_value is not None and value < min_value) or (
+            max_value is not None and value > max_value):
+        _fail(name, what, value)
+    return value
+
+
+def check_number(name, value, *, low=None, high=None, low_open=False,
+                 high_open=False):
+    """Returns `value` as a finite `float` within the given bounds.
+
+    `low_open` / `high_open` exclude the bound itself. NaN and infinities
+    are always rejected.
+
+    >>> check_number("alpha", 0.2, low=0.0)
+    0.2
+    """
+    if low is not None and high is not None:
+        what = (f"a finite number in {'(' if low_open else '['}{low}, "
+                f"{high}{')' if high_open else ']'}")
+    elif low is not None:
+        what = f"a finite number {'>' if low_open else '>='} {low}"
+    elif high is not None:
+        what = f"a finite number {'<' if high_open else '<='} {high}"
+    else:
+        what = "a finite number"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, numbers.Real):
+        _fail(name, what, value)
+    value = float(value)
+    if not math.isfinite(value):
+        _fail(name, what, value)
+    if low is not None and (value < low or (low_open and value == low)):
+        _fail(name, what, value)
+    if high is not None and (value > high or (high_open and value == high)):
+        _fail(name, what, value)
+    return value
+
+
+def check_choice(name, value, choices):
+    """Returns `value` if it is one of `choices`.
+
+    >>> check_choice("mode", "min", ("auto", "min", "max"))
+    'min'
+    """
+    if not isinstance(value, str) or value not in choices:
+        _fail(name, f"one of {tuple(choices)}", value)
+    return value
+
+
+def check_labels(labels, num_classes, *, name="y"):
+    """Checks integer class labels against a model's `num_classes`.
+
+    JAX does not bounds-check gathers, so a label >= `num_classes` would
+    train silently on garbage; this names the offending values instead.
+    Returns the labels as an integer numpy array.
+
+    >>> check_labels([0, 2, 1], 3).tolist()
+    [0, 2, 1]
+    """
+    array = np.asarray(labels)
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(
+                np.isfinite(array)) or np.any(array != np.round(array)):
+            raise ValueError(
+                f"Argument `{name}` must hold integer class labels in "
+                f"[0, {num_classes}). Received: {name} of dtype "
+                f"{array.dtype}")
+    array = array.astype(np.int64)
+    bad = np.unique(array[(array < 0) | (array >= num_classes)])
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:10])
+        more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+        raise ValueError(
+            f"Argument `{name}` holds labels outside [0, {num_classes}) for "
+            f"a model with {num_classes} classes: {shown}{more}. Labels must "
+            f"be integers 0..{num_classes - 1} (or one-hot rows of width "
+            f"{num_classes}).")
+    return array

@@ -16,6 +16,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 from kft.blocks import get_blocks, head_and_body
+from kft.compile_notice import CompileNotice  # noqa: F401  (public here)
 from kft.freezing import set_trainable_blocks
 
 _STATE_FILE = "gradual_unfreezing.json"

@@ -16,6 +16,7 @@ from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import check_number
 from kft.blocks import get_blocks, head_and_body
+from kft.compile_notice import CompileNotice
 from kft.callbacks import GradualUnfreezing
 from kft.data._dataset import ImageDataset
 from kft.feature_cache import _check_cacheable
@@ -300,7 +301,7 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
     _check_data_labels(val_data, num_classes, "val_data")
     monitor = monitor or ("val_loss" if val_data is not None else "loss")
     keep = _KeepBest(monitor, mode, model)
-    extra = list(callbacks or [])
+    extra = list(callbacks or []) + ([CompileNotice()] if verbose else [])
     loss = loss or _default_loss(model, train_data)
 
     def stopper():

@@ -357,3 +357,18 @@ def test_plateau_direction_from_the_metric_object():
         GradualUnfreezing(monitor="top2", mode="up")
     with pytest.raises(ValueError, match="Received: patience=0"):
         GradualUnfreezing(monitor="top2", patience=0)
+
+
+def test_compile_notice_on_new_steps_only(capsys):
+    x, y = _data(16)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    notice = kft.callbacks.CompileNotice(after=0.0)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[
+        GradualUnfreezing(milestones=[2], verbose=0), notice])
+    out = capsys.readouterr().out
+    # The first step, and the first step of stage 1 (epoch 3).
+    assert out.count("kft: compiling the train step") == 2, out
+    assert out.count("kft: compiled in") == 2, out
+    with pytest.raises(ValueError, match="Received: after=-1"):
+        kft.callbacks.CompileNotice(after=-1)

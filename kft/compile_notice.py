@@ -1,0 +1,76 @@
+"""Says so when a train step is being compiled for a long time."""
+
+import threading
+import time
+
+import keras
+from keras.src.utils import io_utils
+
+from kft._validation import check_number
+
+
+class CompileNotice(keras.callbacks.Callback):
+    """Prints a line when a new train step takes long to compile.
+
+    The first step of `fit`, and the first step after the trainable set
+    changed (`kft.changing_trainable`, a `GradualUnfreezing` stage), trace
+    and compile a new XLA program: 20-120 s for a large backbone on CPU,
+    during which the progress bar does not move. If such a step is still
+    running after `after` seconds this prints that it is compiling, and how
+    long it took once it is done. Steps that reuse the compiled program
+    start no timer. `kft.fine_tune` adds it when `verbose`.
+
+    Args:
+        after: Seconds a new step may take before the notice. Defaults to
+            `5.0`.
+
+    Example:
+    >>> import keras, numpy as np, kft
+    >>> model = kft.build_classifier("simple_cnn", 3, weights=None,
+    ...                              input_shape=(16, 16, 3))
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))
+    >>> x, y = np.zeros((8, 16, 16, 3), "float32"), np.arange(8) % 3
+    >>> _ = model.fit(x, y, epochs=1, verbose=0,
+    ...               callbacks=[kft.callbacks.CompileNotice(after=60)])
+    """
+
+    def __init__(self, after=5.0):
+        super().__init__()
+        self.after = check_number("after", after, low=0.0)
+        self._function = None
+        self._timer = None
+        self._started = None
+        self._noticed = False
+
+    def _notice(self):
+        self._noticed = True
+        io_utils.print_msg(
+            f"\nkft: compiling the train step for {self.model.name!r} "
+            f"({len(self.model.trainable_variables)} trainable variables); "
+            "the first step of a new trainable set takes a while...")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        function = self.model.train_function
+        if function is self._function:
+            return
+        self._function = function
+        self._started, self._noticed = time.perf_counter(), False
+        self._timer = threading.Timer(self.after, self._notice)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._timer is None:
+            return
+        self._timer.cancel()
+        self._timer = None
+        if self._noticed:
+            io_utils.print_msg(
+                "kft: compiled in "
+                f"{time.perf_counter() - self._started:.1f} s.")
+
+    def on_train_end(self, logs=None):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

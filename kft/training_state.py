@@ -12,8 +12,15 @@ functions, so the next step traces once for the new set.
 """
 
 import contextlib
+import math
+import warnings
+import weakref
 
 import keras
+from keras import ops
+
+# Optimizers already warned about their shared step counter.
+_WARNED_SHARED_STEPS = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -34,8 +41,12 @@ def changing_trainable(model):
     # back while the variable order still matches the state's.
     if getattr(model, "_jax_state", None) is not None:
         model.jax_state_sync()
-    yield
-    refresh_training_state(model)
+    try:
+        yield
+    finally:
+        # Also when the body raised: flags it changed before raising must
+        # not leave the optimizer and compiled step on the old set.
+        refresh_training_state(model)
 
 
 def refresh_training_state(model):
@@ -63,6 +74,10 @@ def retarget_optimizer(optimizer, variables):
 
     kft optimizers implement `retarget(variables)` themselves; any Keras
     optimizer is rebuilt in place, with its slots matched by variable path.
+    A Keras Adam, AdamW, Adamax or Nadam that has already stepped warns
+    (once) when variables are added: their bias correction reads the
+    shared step counter, so their first updates are mis-scaled (use
+    `kft.BlockwiseOptimizer`, which counts steps per variable).
     """
     if hasattr(optimizer, "retarget"):
         optimizer.retarget(variables)
@@ -71,6 +86,13 @@ def retarget_optimizer(optimizer, variables):
         retarget_optimizer(optimizer.inner_optimizer, variables)
         _set_tracked(optimizer, variables)
         return
+    _warn_shared_step_count(optimizer, variables)
+    rebuild_optimizer(optimizer, variables)
+
+
+def rebuild_optimizer(optimizer, variables):
+    """Rebuilds a built plain Keras optimizer for `variables` in place,
+    keeping the slots of the variables it already tracked (by path)."""
     if [id(v) for v in optimizer._trainable_variables] == [
         id(v) for v in variables
     ]:
@@ -83,7 +105,19 @@ def retarget_optimizer(optimizer, variables):
         for v in optimizer._variables
         if not any(v is o for o in own)
     }
+    # Shared state `build` creates under an auto-generated path (Nadam's
+    # `_u_product`) is carried over by attribute: a rebuilt one would
+    # restart from its initial value.
+    old_state = {
+        name: value.value
+        for name, value in vars(optimizer).items()
+        if isinstance(value, keras.Variable)
+        and not any(value is o for o in own)
+    }
     optimizer._variables[:] = own
+    # Forgets the dropped variables' ids too: a new variable reusing one
+    # would otherwise be taken as tracked and left out of `variables`.
+    optimizer._tracker.stored_ids["variables"] = {id(v) for v in own}
     optimizer._trainable_variables_indices = {}
     optimizer.built = False
     optimizer.build(list(variables))
@@ -92,6 +126,11 @@ def retarget_optimizer(optimizer, variables):
         old = old_slots.get(v.path)
         if old is not None and tuple(old.shape) == tuple(v.shape):
             v.assign(old)
+    for name, old in old_state.items():
+        new = getattr(optimizer, name, None)
+        if (isinstance(new, keras.Variable)
+                and tuple(old.shape) == tuple(new.shape)):
+            new.assign(old)
 
 
 def _set_tracked(optimizer, variables):
@@ -101,3 +140,61 @@ def _set_tracked(optimizer, variables):
     optimizer._trainable_variables_indices = {
         optimizer._var_key(v): i for i, v in enumerate(variables)
     }
+
+
+def _first_update_factor(optimizer, step):
+    """(|first update| / learning rate, formula or None) of an Adam, Adamax
+    or Nadam for a variable whose slots start at zero and whose first
+    update comes at global step `step` (1-based), epsilon neglected: the
+    same for any gradient, about 1 at step 1."""
+    b1, b2 = optimizer.beta_1, getattr(optimizer, "beta_2", None)
+    if isinstance(optimizer, keras.optimizers.Adam):  # AdamW included.
+        return ((1 - b1) * math.sqrt(1 - b2**step)
+                / ((1 - b1**step) * math.sqrt(1 - b2)),
+                "(1 - beta_1) * sqrt(1 - beta_2**t) / ((1 - beta_1**t) * "
+                "sqrt(1 - beta_2))")
+    if isinstance(optimizer, keras.optimizers.Adamax):
+        return (1 - b1) / (1 - b1**step), "(1 - beta_1) / (1 - beta_1**t)"
+    if isinstance(optimizer, keras.optimizers.Nadam):
+        u_t = b1 * (1 - 0.5 * 0.96**step)
+        u_next = b1 * (1 - 0.5 * 0.96 ** (step + 1))
+        product = u_t * float(
+            ops.convert_to_numpy(optimizer._u_product.value))
+        m_hat = (u_next * (1 - b1) / (1 - product * u_next)
+                 + (1 - u_t) / (1 - product))
+        return m_hat * math.sqrt((1 - b2**step) / (1 - b2)), None
+    raise TypeError(f"No first-update factor for {optimizer!r}")
+
+
+def _warn_shared_step_count(optimizer, variables):
+    """Warns once per optimizer that variables added after its first step
+    get the bias correction of the global step instead of their own."""
+    if not optimizer.built or optimizer in _WARNED_SHARED_STEPS:
+        return
+    if not isinstance(optimizer, (keras.optimizers.Adam,
+                                  keras.optimizers.Adamax,
+                                  keras.optimizers.Nadam)):
+        return
+    iterations = int(ops.convert_to_numpy(optimizer.iterations.value))
+    tracked = {id(v) for v in optimizer._trainable_variables}
+    added = [v for v in variables if id(v) not in tracked]
+    if iterations == 0 or not added:
+        return
+    _WARNED_SHARED_STEPS.add(optimizer)
+    step = iterations + 1
+    factor, formula = _first_update_factor(optimizer, step)
+    formula = f" = {formula} at t={step}" if formula else ""
+    name = type(optimizer).__name__
+    # Nadam keeps shared per-step state, which BlockwiseOptimizer rejects.
+    inner = "Adam" if isinstance(optimizer, keras.optimizers.Nadam) else name
+    warnings.warn(
+        f"{name} keeps one step counter for all its variables, so the "
+        f"{len(added)} variable(s) it starts updating now (e.g. "
+        f"{added[0].path!r}), after {iterations} steps, get the bias "
+        f"correction of step {step} instead of step 1: every entry of their "
+        f"first update will be {factor:.2f}x the learning rate{formula}, "
+        f"instead of about 1x (too {'large' if factor > 1 else 'small'}). "
+        f"kft.BlockwiseOptimizer counts steps per variable; compile with "
+        f"e.g. kft.BlockwiseOptimizer(keras.optimizers.{inner}(1e-3), "
+        f"kft.layerwise_lr(model, 1e-3, 0.7), model=model).",
+        UserWarning, stacklevel=3)

@@ -1,9 +1,11 @@
-"""Tests for kft.optimizers: per-block learning rates (issue 3)."""
+"""Tests for kft.optimizers: per-block learning rates."""
 
 import json
 import pathlib
+import re
 
 import kft  # noqa: F401  (selects the JAX backend before keras)
+import jax
 import keras
 import numpy as np
 import pytest
@@ -53,13 +55,53 @@ def test_layerwise_lr_formula():
     ({"base_lr": -1.0, "decay": 0.5}, "base_lr"),
     ({"base_lr": 1e-3, "decay": 0.0}, "decay"),
     ({"base_lr": 1e-3, "decay": "0.5"}, "decay"),
+    ({"base_lr": float("nan"), "decay": 0.5}, "base_lr=nan"),
+    ({"base_lr": 1e-3, "decay": float("nan")}, "decay=nan"),
 ])
 def test_layerwise_lr_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         layerwise_lr(_cnn(), **kwargs)
 
 
+def test_layerwise_lr_accepts_numpy_numbers():
+    rates = layerwise_lr(_cnn(), np.float32(0.5), np.float64(0.5))
+    assert rates["head"] == 0.5 and type(rates["head"]) is float
+
+
 # -- errors -----------------------------------------------------------------
+
+@pytest.mark.parametrize("rate, shown", [(-0.1, "-0.1"), (np.nan, "nan"),
+                                         (np.inf, "inf")])
+def test_bad_wrapped_rate_names_the_argument_the_user_passed(rate, shown):
+    """The wrapped optimizer's rate is reported as its `learning_rate`, as
+    passed (not the float32 -0.10000000149...), not as an argument the user
+    never gave (`base_learning_rate`)."""
+    with pytest.raises(ValueError) as info:
+        BlockwiseOptimizer(keras.optimizers.SGD(rate), {})
+    message = str(info.value)
+    assert message.startswith("Argument `learning_rate` must be a finite "
+                              "number > 0")
+    assert f"Received: learning_rate={shown} (from the wrapped SGD)" in (
+        message)
+    assert "base_learning_rate" not in message
+    with pytest.raises(ValueError, match=f"learning_rate={shown} "
+                       r"\(from optimizers\['x'\] \(SGD\)\)"):
+        GroupOptimizer({"x": keras.optimizers.SGD(rate)},
+                       default=keras.optimizers.SGD(0.1))
+
+
+def test_numpy_rates_are_accepted_and_stored_as_floats():
+    opt = BlockwiseOptimizer(keras.optimizers.SGD(0.1),
+                             {"^a$": np.float32(0.25)}, default=np.int64(0))
+    config = opt.get_config()
+    assert config["learning_rates"] == {"^a$": 0.25}
+    assert type(config["learning_rates"]["^a$"]) is float
+    json.dumps(config)
+    vs = _vars(a=[0.0], b=[0.0])
+    opt.apply([np.ones(1), np.ones(1)], list(vs.values()))
+    np.testing.assert_allclose([vs["a"].numpy()[0], vs["b"].numpy()[0]],
+                               [-0.25, 0.0], rtol=1e-6)
+
 
 def test_pattern_matching_no_variable_raises():
     with pytest.raises(ValueError, match="'nothere' matches no variable"):
@@ -86,7 +128,9 @@ def test_variable_in_two_regex_groups_raises_without_model():
 
 
 @pytest.mark.parametrize("rates, error, match", [
-    ({"head": -0.1}, ValueError, "must be >= 0"),
+    ({"head": -0.1}, ValueError, "must be a finite number >= 0"),
+    ({"head": float("nan")}, ValueError, "must be a finite number >= 0"),
+    ({"head": np.inf}, ValueError, "must be a finite number >= 0"),
     ({"head": "fast"}, TypeError, "must be a number"),
     ({"head": None}, TypeError, "must be a number"),
     ({"head": True}, TypeError, "must be a number"),
@@ -97,11 +141,17 @@ def test_bad_rates_raise(rates, error, match):
 
 
 def test_bad_default_and_base_raise():
-    with pytest.raises(ValueError, match="`default` must be >= 0"):
+    with pytest.raises(ValueError,
+                       match="`default` must be a finite number >= 0"):
         BlockwiseOptimizer(keras.optimizers.SGD(0.1), {}, default=-1.0)
-    with pytest.raises(ValueError, match="`base_learning_rate` must be > 0"):
+    with pytest.raises(
+            ValueError,
+            match="`base_learning_rate` must be a finite number > 0"):
         BlockwiseOptimizer(keras.optimizers.SGD(0.1), {},
                            base_learning_rate=0.0)
+    with pytest.raises(ValueError, match="base_learning_rate=inf"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), {},
+                           base_learning_rate=float("inf"))
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
     with pytest.raises(ValueError, match="base_learning_rate=None"):
         BlockwiseOptimizer(keras.optimizers.SGD(schedule), {})
@@ -475,3 +525,122 @@ def test_model_save_load_round_trip_with_optimizer_state(tmp_path, make):
     for a, b in zip(model.trainable_variables, loaded.trainable_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
                                    atol=1e-7)
+
+
+# -- custom block patterns --------------------------------------------------
+
+PATTERNS = {"lower": "^(stem|block1)_", "upper": "^block[23]_",
+            "head": "^head_"}
+
+
+def _block_of(path):
+    return next(n for n, r in PATTERNS.items() if re.search(r, path))
+
+
+def _grads(model, x, y):
+    """d loss / d trainable variables, computed outside the optimizer."""
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable):
+        logits, _ = model.stateless_call(trainable, frozen, x, training=True)
+        return _loss()(y, logits)
+
+    return [np.asarray(g) for g in jax.grad(loss)(
+        [v.value for v in model.trainable_variables])]
+
+
+@pytest.mark.slow
+def test_layerwise_lr_with_patterns_trains_each_block_at_its_rate():
+    """`layerwise_lr(..., patterns=P)` and `BlockwiseOptimizer(patterns=P)`:
+    one SGD step of `fit` moves every variable by -rate(block) * grad, also
+    for blocks unfrozen (retargeted) after the optimizer was built."""
+    model = _cnn()
+    kft.freeze(model, "feature_extraction", patterns=PATTERNS)
+    rates = layerwise_lr(model, 0.1, 0.5, patterns=PATTERNS)
+    assert rates == {"lower": 0.025, "upper": 0.05, "head": 0.1}
+    opt = BlockwiseOptimizer(keras.optimizers.SGD(0.1), rates, model=model,
+                             patterns=PATTERNS)
+    model.compile(opt, _loss())
+    x, y = _data(8)
+    model.train_on_batch(x, y)
+    kft.freeze(model, "full", patterns=PATTERNS)
+    for step in range(2):
+        grads = _grads(model, x, y)
+        before = [np.array(v.numpy()) for v in model.trainable_variables]
+        model.train_on_batch(x, y)
+        seen = set()
+        for v, b, g in zip(model.trainable_variables, before, grads):
+            block = _block_of(v.path)
+            seen.add(block)
+            assert np.abs(g).max() > 0, v.path
+            np.testing.assert_allclose(v.numpy() - b, -rates[block] * g,
+                                       rtol=1e-4, atol=1e-7,
+                                       err_msg=v.path)
+        assert seen == set(PATTERNS)
+    # The head trains from step 0, the blocks unfrozen after step 1.
+    starts = [0 if _block_of(v.path) == "head" else 1
+              for v in model.trainable_variables]
+    assert list(opt._start_steps.numpy()) == starts
+
+
+def test_group_optimizer_with_patterns_routes_blocks():
+    model = _cnn()
+    opt = GroupOptimizer({"lower": keras.optimizers.SGD(0.01),
+                          "upper": keras.optimizers.SGD(0.02)},
+                         default=keras.optimizers.SGD(0.1), model=model,
+                         patterns=PATTERNS)
+    variables = model.trainable_variables
+    before = [np.array(v.numpy()) for v in variables]
+    opt.apply([np.ones(v.shape, "float32") for v in variables], variables)
+    rates = {"lower": 0.01, "upper": 0.02, "head": 0.1}
+    for v, b in zip(variables, before):
+        np.testing.assert_allclose(b - v.numpy(), rates[_block_of(v.path)],
+                                   rtol=1e-5, err_msg=v.path)
+
+
+def test_block_names_need_the_patterns_that_made_them():
+    model = _cnn()
+    rates = layerwise_lr(model, 0.1, 0.5, patterns=PATTERNS)
+    with pytest.raises(ValueError, match="need the same `patterns=`"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), rates, model=model)
+    with pytest.raises(ValueError, match="`patterns` needs `model=`"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), rates,
+                           patterns=PATTERNS)
+
+
+def test_block_name_that_is_also_a_wider_regex_raises():
+    """`conv` names a block (stem + block1) of these patterns and, as a
+    regex, also matches block2/block3 kernels: neither reading is taken
+    silently. A regex that is not a block name stays a regex."""
+    model = _cnn()
+    patterns = {"conv": "^(stem|block1)_", "rest": "^(block[23]|head)_"}
+    with pytest.raises(ValueError, match="'conv' is ambiguous.*"
+                       "'block2_conv/kernel'"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"conv": 0.01},
+                           model=model, patterns=patterns)
+    with pytest.raises(ValueError, match="'conv' is ambiguous"):
+        GroupOptimizer({"conv": keras.optimizers.SGD(0.01)},
+                       default=keras.optimizers.SGD(0.1), model=model,
+                       patterns=patterns)
+    regex = BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"(?:conv)": 0.01},
+                               model=model, patterns=patterns)
+    assert sorted(p for p, g in regex._assignments.items() if g) == [
+        f"{b}_conv/kernel" for b in ("block1", "block2", "block3", "stem")]
+    block = BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"rest": 0.01},
+                               model=model, patterns=patterns)
+    assert {p.split("_")[0] for p in block._assignments} == {
+        "block2", "block3", "head"}
+
+
+def test_patterns_survive_config_round_trip():
+    model = _cnn()
+    pairs = [("lower", "^(stem|block1)_"), ("upper", "^block[23]_"),
+             ("head", "^head_")]
+    opt = BlockwiseOptimizer(keras.optimizers.SGD(0.1),
+                             layerwise_lr(model, 0.1, 0.5, patterns=pairs),
+                             model=model, patterns=pairs)
+    config = json.loads(json.dumps(keras.optimizers.serialize(opt)))
+    clone = keras.optimizers.deserialize(config)
+    assert clone.get_config() == opt.get_config()
+    assert clone.patterns == [list(p) for p in pairs]
+    assert clone._assignments["block1_conv/kernel"] == "lower"

@@ -1,0 +1,139 @@
+"""Tests for re-targeting plain Keras optimizers when the trainable set
+changes: the shared-step-counter warning, shared optimizer state, and
+`changing_trainable` when its body raises."""
+
+import math
+import warnings
+
+import kft  # noqa: F401  (selects the JAX backend before keras)
+import keras
+import numpy as np
+import pytest
+
+from kft.optimizers import BlockwiseOptimizer
+
+
+def _vars(*names):
+    return [keras.Variable(np.zeros(3, "float32"), name=n) for n in names]
+
+
+def _shared_step_warnings(record):
+    return [w for w in record if issubclass(w.category, UserWarning)
+            and "one step counter" in str(w.message)]
+
+
+def _stepped(optimizer, variables, steps):
+    optimizer.build(variables)
+    for _ in range(steps):
+        optimizer.apply([np.ones(3, "float32")] * len(variables), variables)
+    return optimizer
+
+
+def _adam_factor(t, b1=0.9, b2=0.999):
+    return (1 - b1) * math.sqrt(1 - b2**t) / ((1 - b1**t) * math.sqrt(1 - b2))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.optimizers.Adam(1e-3, epsilon=1e-12),
+    lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.0, epsilon=1e-12),
+    lambda: keras.optimizers.Adamax(1e-3, epsilon=1e-12),
+    lambda: keras.optimizers.Nadam(1e-3, epsilon=1e-12),
+], ids=["adam", "adamw", "adamax", "nadam"])
+def test_plain_adam_family_warns_once_with_the_true_first_update(make):
+    """Variables added after 1000 steps: one warning per optimizer, whose
+    factor is the measured size of their first update over the rate."""
+    a, b, c = _vars("a", "b", "c")
+    opt = _stepped(make(), [a], 3)
+    opt.iterations.assign(1000)  # Only the added variables' step matters.
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.retarget_optimizer(opt, [a, b])
+        kft.retarget_optimizer(opt, [a, b, c])
+    [warning] = _shared_step_warnings(record)
+    message = str(warning.message)
+    assert "kft.BlockwiseOptimizer(keras.optimizers." in message
+    assert "'b'" in message and "after 1000 steps" in message
+    factor = float(message.split("first update will be ")[1].split("x")[0])
+    opt.apply([np.ones(3, "float32"), np.array([1, -2, 3], "float32"),
+               np.ones(3, "float32")], [a, b, c])
+    np.testing.assert_allclose(np.abs(b.numpy()) / 1e-3, factor, rtol=5e-3)
+    if isinstance(opt, keras.optimizers.Adam):
+        assert factor == pytest.approx(_adam_factor(1001), abs=5e-3)
+        assert factor == pytest.approx(2.52, abs=5e-3)
+
+
+def test_adam_inside_loss_scale_optimizer_warns():
+    a, b = _vars("a", "b")
+    opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3))
+    opt.build([a])
+    opt.inner_optimizer.iterations.assign(2)  # As after two finite steps.
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.retarget_optimizer(opt, [a, b])
+    assert len(_shared_step_warnings(record)) == 1
+
+
+@pytest.mark.parametrize("case", ["sgd", "blockwise", "step_zero",
+                                  "removed_only"])
+def test_no_shared_step_warning(case):
+    a, b = _vars("a", "b")
+    if case == "sgd":
+        opt, old, new = keras.optimizers.SGD(0.1, momentum=0.9), [a], [a, b]
+    elif case == "blockwise":
+        opt = BlockwiseOptimizer(keras.optimizers.Adam(1e-3), {"^a$": 1e-4})
+        old, new = [a], [a, b]
+    elif case == "step_zero":
+        opt, old, new = keras.optimizers.Adam(1e-3), [a], [a, b]
+    else:
+        opt, old, new = keras.optimizers.Adam(1e-3), [a, b], [a]
+    _stepped(opt, old, 0 if case == "step_zero" else 2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.retarget_optimizer(opt, new)
+    assert not _shared_step_warnings(record)
+
+
+def test_retarget_keeps_nadam_shared_state_tracked():
+    """Nadam's `_u_product` (shared momentum-schedule product) keeps its
+    value and stays among the optimizer's variables (saved, and carried as
+    state through the compiled step)."""
+    a, b = _vars("a", "b")
+    opt = _stepped(keras.optimizers.Nadam(1e-3), [a], 3)
+    product = float(opt._u_product.numpy())
+    assert product < 0.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        kft.retarget_optimizer(opt, [a, b])
+    assert float(opt._u_product.numpy()) == pytest.approx(product)
+    assert any(v is opt._u_product for v in opt.variables)
+
+
+def test_changing_trainable_refreshes_when_body_raises():
+    """A flag flipped before the body raised still re-targets the optimizer
+    and the compiled step: the next step trains exactly the new set."""
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    model.compile(keras.optimizers.SGD(0.1),
+                  keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    y = np.arange(8) % 3
+    model.train_on_batch(x, y)
+    conv = model.get_layer("simple_cnn").get_layer("block3_conv")
+    with pytest.raises(RuntimeError, match="body failed"):
+        with kft.changing_trainable(model):
+            conv.trainable = False
+            raise RuntimeError("body failed")
+    tracked = model.optimizer._trainable_variables
+    assert [id(v) for v in tracked] == [
+        id(v) for v in model.trainable_variables]
+    assert id(conv.kernel) not in {id(v) for v in tracked}
+    frozen = np.array(conv.kernel.numpy())
+    before = [np.array(v.numpy()) for v in model.trainable_variables]
+    model.train_on_batch(x, y)
+    np.testing.assert_array_equal(conv.kernel.numpy(), frozen)
+    moved = [not np.array_equal(v.numpy(), b)
+             for v, b in zip(model.trainable_variables, before)]
+    assert all(moved), [v.path for v, m in zip(model.trainable_variables,
+                                                moved) if not m]

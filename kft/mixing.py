@@ -1,10 +1,19 @@
 """MixUp and CutMix as Keras layers that can run inside a compiled step.
 
-The layers mix a batch with a random permutation of itself and return soft
-labels. Every random draw comes from the layer's `keras.random.SeedGenerator`,
-so the layers are reproducible with `seed=` and, run through
-`layer.stateless_call` (or inside `kft.BatchAugmentModel.train_step`), their
-seed state is carried as state: a different draw on every compiled step.
+The layers mix each sample with its partner and return soft labels. As in
+timm (`x.flip(0)`), the partner of sample `i` of a batch of `B` is sample
+`B - 1 - i`: every sample of an even batch is mixed with another one, and in
+an odd batch the middle sample is its own partner, so it keeps its image and
+(smoothed) label. timm's `Mixup` requires an even batch; these layers accept
+any size.
+
+Every random draw comes from the layer's `keras.random.SeedGenerator`, so
+the layers are reproducible with `seed=`. Called eagerly, a layer advances
+its seed state on every call. Inside a traced JAX function (`jax.jit`,
+`jax.grad`, `jax.vmap`) the state can only advance if it is carried in and
+out: run the layer with `layer.stateless_call`, or let
+`kft.BatchAugmentModel.train_step` do it; a direct call there raises
+instead of drawing the same mix on every compiled call.
 
 All draws and the mixing are `keras.ops`, with no host round trip; the
 mixing is one fused elementwise op: `w * images + (1 - w) * partner`, where
@@ -12,10 +21,38 @@ the per-pixel weight `w` is `lam` for MixUp, 0 inside the CutMix box and 1
 outside it, and 1 for a sample left unmixed.
 """
 
+import jax
 import keras
 from keras import ops
+# Not exported by Keras: tells whether variables are read from and written
+# to a `keras.StatelessScope` (as in `stateless_call` and the trainers).
+from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import check_labels
+from kft._validation import check_number
 
 MODES = ("batch", "sample")
+
+TRACED_CALL_HINT = """\
+A {name} layer called directly inside a traced JAX function (jax.jit, \
+jax.grad, jax.vmap, ...) would bake its seed state into the trace: every \
+call would draw the same mix, and the layer would keep a leaked tracer as \
+its state. Carry the seed state through the function instead:
+
+    @jax.jit
+    def mix(state, images, labels):
+        (images, labels), state = layer.stateless_call(
+            [], state, (images, labels))
+        return images, labels, state
+
+    state = [v.value for v in layer.non_trainable_variables]
+    images, labels, state = mix(state, images, labels)  # new draw per call
+
+To go on eagerly from there, write the state back: `for v, s in \
+zip(layer.non_trainable_variables, state): v.assign(s)`. Or let the model \
+mix each training batch: kft.build_classifier(..., batch_augment=layer)."""
 
 
 class _BatchMix(keras.layers.Layer):
@@ -24,49 +61,29 @@ class _BatchMix(keras.layers.Layer):
     def __init__(self, *, mixup_alpha, cutmix_alpha, switch_prob, prob,
                  label_smoothing, mode, num_classes, seed, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("mixup_alpha", mixup_alpha),
-                            ("cutmix_alpha", cutmix_alpha)):
-            if not _is_number(value) or value < 0:
-                raise ValueError(
-                    f"Argument `{name}` must be a float >= 0. "
-                    f"Received: {name}={value!r}"
-                )
+        mixup_alpha = check_number("mixup_alpha", mixup_alpha, low=0.0)
+        cutmix_alpha = check_number("cutmix_alpha", cutmix_alpha, low=0.0)
         if mixup_alpha == 0 and cutmix_alpha == 0:
             raise ValueError(
                 "Arguments `mixup_alpha` and `cutmix_alpha` must not both be "
                 "0: one of them must be > 0 to mix. Received: "
                 f"mixup_alpha={mixup_alpha!r}, cutmix_alpha={cutmix_alpha!r}"
             )
-        for name, value in (("switch_prob", switch_prob), ("prob", prob),
-                            ("label_smoothing", label_smoothing)):
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"Argument `{name}` must be a float in [0, 1]. "
-                    f"Received: {name}={value!r}"
-                )
-        if mode not in MODES:
-            raise ValueError(
-                f"Argument `mode` must be one of {MODES}. "
-                f"Received: mode={mode!r}"
-            )
-        if num_classes is not None and (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, int)
-            or num_classes < 2
-        ):
-            raise ValueError(
-                "Argument `num_classes` must be None or an integer >= 2. "
-                f"Received: num_classes={num_classes!r}"
-            )
-        self._mixup_alpha = float(mixup_alpha)
-        self._cutmix_alpha = float(cutmix_alpha)
-        self._switch_prob = float(switch_prob)
-        self.prob = float(prob)
-        self.label_smoothing = float(label_smoothing)
-        self.mode = mode
+        self._mixup_alpha = mixup_alpha
+        self._cutmix_alpha = cutmix_alpha
+        self._switch_prob = check_number("switch_prob", switch_prob,
+                                         low=0.0, high=1.0)
+        self.prob = check_number("prob", prob, low=0.0, high=1.0)
+        self.label_smoothing = check_number("label_smoothing",
+                                            label_smoothing, low=0.0,
+                                            high=1.0)
+        self.mode = check_choice("mode", mode, MODES)
+        if num_classes is not None:
+            num_classes = check_int("num_classes", num_classes, min_value=2)
         self.num_classes = num_classes
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # `SeedGenerator` takes a Python int only.
+        self.seed = None if seed is None else check_int("seed", seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
         # No weights to create: lets `stateless_call` run before any call.
         self.built = True
 
@@ -74,11 +91,11 @@ class _BatchMix(keras.layers.Layer):
         images, labels, as_dict = _unpack(data)
         images = ops.convert_to_tensor(images)
         labels = ops.convert_to_tensor(labels)
-        if len(images.shape) != 4:
-            raise ValueError(
-                "The images must be a batch of shape (batch, height, width, "
-                f"channels). Received: images.shape={images.shape}"
-            )
+        # Before any draw: a draw would assign a tracer to the seed state.
+        if _is_traced(images, labels) and not in_stateless_scope():
+            raise RuntimeError(
+                TRACED_CALL_HINT.format(name=type(self).__name__))
+        _check_batch(images.shape, labels.shape)
         images = ops.cast(images, self.compute_dtype)
         targets = self._targets(labels)
         images, targets = self._mix(images, targets)
@@ -95,6 +112,11 @@ class _BatchMix(keras.layers.Layer):
                     "layer with num_classes=..., or pass one-hot labels. "
                     f"Received: labels.shape={labels.shape}, num_classes=None"
                 )
+            # Out-of-range labels one-hot to zero rows (NaN after mixing
+            # with smoothing off); values are only known outside a trace.
+            if not _is_traced(labels):
+                check_labels(ops.convert_to_numpy(labels), self.num_classes,
+                             name="labels")
             labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
             labels = ops.one_hot(labels, self.num_classes, dtype="float32")
         elif (self.num_classes is not None
@@ -115,7 +137,6 @@ class _BatchMix(keras.layers.Layer):
         batch = ops.shape(images)[0]
         height, width = images.shape[1], images.shape[2]
         draws = batch if self.mode == "sample" else 1
-        partner = keras.random.shuffle(ops.arange(batch), seed=seed)
         apply = keras.random.uniform((draws,), seed=seed) < self.prob
         if self._mixup_alpha > 0 and self._cutmix_alpha > 0:
             use_cutmix = (keras.random.uniform((draws,), seed=seed)
@@ -138,15 +159,15 @@ class _BatchMix(keras.layers.Layer):
         weight = ops.where(use_cutmix[:, None, None],
                            1.0 - ops.cast(box, "float32"), lam[:, None, None])
         weight = ops.cast(weight[..., None], images.dtype)
-        partner_images = ops.take(images, partner, axis=0)
-        mixed = weight * images + (1 - weight) * partner_images
+        # timm's pairing: sample i with sample batch - 1 - i.
+        mixed = weight * images + (1 - weight) * ops.flip(images, axis=0)
         lam = lam[:, None]
-        targets = lam * targets + (1.0 - lam) * ops.take(targets, partner,
-                                                         axis=0)
+        targets = lam * targets + (1.0 - lam) * ops.flip(targets, axis=0)
         return mixed, targets
 
     def compute_output_spec(self, data):
         images, labels, as_dict = _unpack(data)
+        _check_batch(images.shape, labels.shape)
         classes = self.num_classes
         if len(labels.shape) > 1 and labels.shape[-1] != 1:
             classes = labels.shape[-1]
@@ -166,15 +187,38 @@ class _BatchMix(keras.layers.Layer):
         }
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _is_traced(*tensors):
+    """Whether JAX is tracing: under `jit`, or with traced inputs (`grad`)."""
+    # Under `jit` every new array is a tracer, even without traced inputs.
+    probe = ops.zeros(())
+    return any(isinstance(t, jax.core.Tracer) for t in (probe, *tensors))
+
+
+def _check_batch(images_shape, labels_shape):
+    """Image batch of rank 4, one label (row) per image, where shapes are
+    static (always under JAX, traced or not)."""
+    if len(images_shape) != 4:
+        raise ValueError(
+            "The images must be a batch of shape (batch, height, width, "
+            f"channels). Received: images.shape={images_shape}"
+        )
+    if len(labels_shape) not in (1, 2):
+        raise ValueError(
+            "The labels must be integer class labels of shape (batch,) or "
+            "(batch, 1), or one-hot rows of shape (batch, classes). "
+            f"Received: labels.shape={labels_shape}"
+        )
+    images, labels = images_shape[0], labels_shape[0]
+    if images is not None and labels is not None and images != labels:
+        raise ValueError(
+            f"The batch has {images} images but {labels} labels: each image "
+            "needs one label (or one-hot row). Received: "
+            f"images.shape={images_shape}, labels.shape={labels_shape}"
+        )
 
 
 def _check_alpha(alpha):
-    if not _is_number(alpha) or alpha <= 0:
-        raise ValueError(
-            f"Argument `alpha` must be a float > 0. Received: alpha={alpha!r}"
-        )
+    check_number("alpha", alpha, low=0.0, low_open=True)
 
 
 def _beta(n, alpha, seed):
@@ -230,19 +274,23 @@ class MixUpOrCutMix(_BatchMix):
     """MixUp or CutMix on each batch, with timm's `Mixup` semantics.
 
     With probability `prob` a batch (or, in `"sample"` mode, a sample) is
-    mixed with a random permutation of the batch: by CutMix with probability
-    `switch_prob`, else by MixUp; otherwise it is left as is. Labels are
-    smoothed first, then mixed (timm's order); a sample left unmixed still
-    gets smoothed labels.
+    mixed with the batch in reverse order, as timm does (sample `i` with
+    sample `batch - 1 - i`; in an odd batch the middle sample is its own
+    partner and stays unmixed): by CutMix with probability `switch_prob`,
+    else by MixUp; otherwise it is left as is. Labels are smoothed first,
+    then mixed (timm's order); a sample left unmixed still gets smoothed
+    labels.
 
     `mode="batch"` (the default, as in timm and both papers) draws one
     lambda, one choice and one box per batch, so published `alpha` values
     carry over; `mode="sample"` draws them per sample, which lowers the
     variance between batches at the same cost on device.
 
-    The layer has no training switch: it always mixes. Inside `jax.jit` run
-    it with `layer.stateless_call` and carry its non-trainable variables
-    (its seed state), or let `kft.build_classifier(..., batch_augment=...)`
+    The layer has no training switch: it always mixes. Called directly
+    inside `jax.jit` (or another JAX transform) it raises, since its seed
+    state could not advance: run it with `layer.stateless_call` and carry
+    its non-trainable variables (its seed state) in and out, as in the
+    second example, or let `kft.build_classifier(..., batch_augment=...)`
     do it in the train step.
 
     Args:
@@ -271,6 +319,17 @@ class MixUpOrCutMix(_BatchMix):
     >>> images, labels = layer(batch)
     >>> labels.shape
     (4, 3)
+
+    Under `jax.jit`, with the seed state passed in and out:
+    >>> import jax
+    >>> @jax.jit
+    ... def mix(state, batch):
+    ...     return layer.stateless_call([], state, batch)
+    >>> state = [v.value for v in layer.non_trainable_variables]
+    >>> (_, first), state = mix(state, batch)
+    >>> (_, second), state = mix(state, batch)
+    >>> bool((first != second).any())  # a new draw on every call
+    True
 
     References:
         - [Zhang et al., mixup](https://arxiv.org/abs/1710.09412)

@@ -122,6 +122,13 @@ class BatchAugmentModel(keras.Model):
         if len(y.shape) == 1 or y.shape[-1] == 1:
             y = keras.ops.reshape(keras.ops.cast(y, "int32"), (-1,))
             return keras.ops.one_hot(y, self.num_classes, dtype="float32")
+        # Static under JAX; otherwise the loss fails on a broadcast.
+        if y.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"One-hot labels must have one column per class of the "
+                f"model ({self.num_classes}). Received: labels.shape="
+                f"{y.shape}"
+            )
         return y
 
     def get_config(self):

@@ -53,10 +53,10 @@ def test_images_are_the_label_weighted_mix_of_their_partners(shape, kind,
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
     assert targets.min() >= 0.0 and targets.max() <= 1.0
     # Each target row holds lam on its own class and 1 - lam on its
-    # partner's: at most two non-zeros, and the pixels agree with them.
+    # partner's (sample batch - 1 - i), and the pixels agree with them.
     values = np.arange(1, batch + 1)
     for i in range(batch):
-        assert np.count_nonzero(targets[i]) <= 2
+        assert set(np.flatnonzero(targets[i])) <= {i, batch - 1 - i}
         if kind == "mixup":
             np.testing.assert_allclose(mixed[i], targets[i] @ values,
                                        rtol=1e-5)
@@ -200,20 +200,56 @@ def test_layers_round_trip_through_json(layer):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: MixUp(0), "Argument `alpha` must be a float > 0"),
-    (lambda: CutMix(-1.0), "Argument `alpha` must be a float > 0"),
-    (lambda: MixUpOrCutMix(-0.1), "Argument `mixup_alpha` must be a float"),
+    (lambda: MixUp(0), r"Argument `alpha` must be a finite number > 0"),
+    (lambda: CutMix(-1.0), r"Argument `alpha` must be a finite number > 0"),
+    (lambda: MixUpOrCutMix(-0.1),
+     r"Argument `mixup_alpha` must be a finite number >= 0"),
     (lambda: MixUpOrCutMix(1.0, "x"), "Argument `cutmix_alpha` must be"),
     (lambda: MixUpOrCutMix(0.0, 0.0), "must not both be 0"),
     (lambda: MixUpOrCutMix(switch_prob=1.5), "Argument `switch_prob` must"),
-    (lambda: MixUp(prob=-0.1), "Argument `prob` must be a float in"),
+    (lambda: MixUp(prob=-0.1),
+     r"Argument `prob` must be a finite number in \[0.0, 1.0\]"),
     (lambda: CutMix(label_smoothing=2), "Argument `label_smoothing` must"),
     (lambda: MixUp(mode="elem"), "Argument `mode` must be one of"),
-    (lambda: MixUp(num_classes=1), "Argument `num_classes` must be None"),
+    (lambda: MixUp(num_classes=1),
+     "Argument `num_classes` must be an integer >= 2"),
+    (lambda: MixUp(num_classes=3.0), "Argument `num_classes` must be an int"),
+    (lambda: MixUp(num_classes=True), "Argument `num_classes` must be an int"),
 ])
 def test_bad_arguments_raise(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+NUMBER_ARGUMENTS = [
+    (MixUp, "alpha"), (MixUp, "prob"), (MixUp, "label_smoothing"),
+    (CutMix, "alpha"), (CutMix, "prob"), (CutMix, "label_smoothing"),
+    (MixUpOrCutMix, "mixup_alpha"), (MixUpOrCutMix, "cutmix_alpha"),
+    (MixUpOrCutMix, "switch_prob"), (MixUpOrCutMix, "prob"),
+    (MixUpOrCutMix, "label_smoothing"),
+]
+
+
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"),
+                                   float("nan")])
+@pytest.mark.parametrize("cls, name", NUMBER_ARGUMENTS)
+def test_non_finite_numbers_raise(cls, name, value):
+    # inf alpha used to give NaN images, nan alpha a layer that never mixes.
+    with pytest.raises(ValueError, match=f"Argument `{name}` must be a "
+                                         "finite number"):
+        cls(**{name: value}, num_classes=3)
+
+
+@pytest.mark.parametrize("cls", [MixUp, CutMix, MixUpOrCutMix])
+def test_numpy_integers_are_accepted_for_num_classes_and_seed(cls):
+    layer = cls(num_classes=np.int64(5), seed=np.int64(3))
+    assert type(layer.num_classes) is int and type(layer.seed) is int
+    json.dumps(layer.get_config())
+    images, labels = _constant_batch(4, 3, 3)
+    _, targets = layer((images, labels))
+    assert np.asarray(targets).shape == (4, 5)
+    same = cls(num_classes=5, seed=3)((images, labels))[1]
+    np.testing.assert_array_equal(np.asarray(targets), np.asarray(same))
 
 
 def test_bad_batches_raise():
@@ -228,6 +264,101 @@ def test_bad_batches_raise():
         MixUp(num_classes=2)({"image": images, "label": np.array([0, 1])})
     with pytest.raises(TypeError, match="Received: tuple of length 3"):
         MixUp(num_classes=2)((images, np.array([0, 1]), None))
+    with pytest.raises(ValueError, match=r"labels must be integer class"):
+        MixUp(num_classes=2)((images, np.zeros((2, 2, 1))))
+
+
+@pytest.mark.parametrize("labels", [
+    np.array([2]), np.arange(5) % 4, np.arange(7) % 4,
+    np.eye(4, dtype="float32")[np.arange(7) % 4],
+])
+def test_label_count_must_match_the_image_count(labels):
+    # One label used to broadcast into NaN rows, 5 or 7 into a Keras error.
+    images = np.zeros((6, 4, 4, 1), "float32")
+    layer = MixUp(0.4, num_classes=4, seed=0)
+    message = f"The batch has 6 images but {len(labels)} labels"
+    with pytest.raises(ValueError, match=message):
+        layer((images, labels))
+    # Shapes are static when traced too.
+    state = [v.value for v in layer.non_trainable_variables]
+    with pytest.raises(ValueError, match=message):
+        jax.jit(lambda s, x, y: layer.stateless_call([], s, (x, y)))(
+            state, images, labels)
+    with pytest.raises(ValueError, match=message):
+        layer.compute_output_spec((keras.KerasTensor(images.shape),
+                                   keras.KerasTensor(labels.shape)))
+
+
+@pytest.mark.parametrize("labels, shown", [
+    (np.array([0, 1, 4, 3, 2, 1]), ": 4"),
+    (np.array([[0], [1], [2], [3], [-1], [0]]), ": -1"),
+    (np.array([0.0, 1.0, 2.0, 3.0, 9.0, 0.0]), ": 9"),
+])
+def test_integer_labels_out_of_range_raise_when_concrete(labels, shown):
+    images = np.zeros((6, 4, 4, 1), "float32")
+    layer = MixUp(0.4, num_classes=4, seed=0)
+    with pytest.raises(ValueError, match=r"`labels` holds labels outside "
+                                         r"\[0, 4\).* classes" + shown):
+        layer((images, labels))
+    # Values of traced labels are unknown: no check, and no error.
+    state = [v.value for v in layer.non_trainable_variables]
+    (_, targets), _ = jax.jit(
+        lambda s, x, y: layer.stateless_call([], s, (x, y)))(
+            state, images, labels)
+    assert targets.shape == (6, 4)
+
+
+def test_one_hot_width_must_match_num_classes_under_jit_too():
+    images = np.zeros((6, 4, 4, 1), "float32")
+    layer = MixUp(0.4, num_classes=4, seed=0)
+    state = [v.value for v in layer.non_trainable_variables]
+    with pytest.raises(ValueError, match="must have num_classes=4 columns"):
+        jax.jit(lambda s, x, y: layer.stateless_call([], s, (x, y)))(
+            state, images, np.eye(5, dtype="float32")[np.arange(6) % 5])
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+@pytest.mark.parametrize("mode", MODES)
+def test_partner_is_the_mirrored_sample_as_in_timm(batch, mode):
+    # timm mixes with x.flip(0): sample i with sample batch - 1 - i. With a
+    # random permutation half of all batches of 2 went unmixed.
+    images, labels = _constant_batch(batch, 3, 3)
+    layer = MixUp(1.0, num_classes=batch, mode=mode, seed=0)
+    for _ in range(12):
+        mixed, targets = layer((images, labels))
+        mixed, targets = np.asarray(mixed)[:, 0, 0, 0], np.asarray(targets)
+        for i in range(batch):
+            j = batch - 1 - i
+            lam = targets[i, i]
+            if i == j:
+                # The middle of an odd batch is its own partner.
+                assert lam == 1.0
+                assert mixed[i] == pytest.approx(i + 1, rel=1e-6)
+                continue
+            assert 0.0 < lam < 1.0
+            expected = np.zeros(batch)
+            expected[[i, j]] = [lam, 1.0 - lam]
+            np.testing.assert_allclose(targets[i], expected, atol=1e-6)
+            assert mixed[i] == pytest.approx(lam * (i + 1)
+                                             + (1 - lam) * (j + 1), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cutmix_pastes_the_mirrored_sample(mode):
+    images, labels = _constant_batch(2, 8, 8)
+    layer = _make("cutmix", 2, mode, 0)
+    pasted = 0
+    for _ in range(8):
+        mixed, targets = layer((images, labels))
+        mixed, targets = np.asarray(mixed)[..., 0], np.asarray(targets)
+        for i, j in ((0, 1), (1, 0)):
+            assert set(np.unique(mixed[i])) <= {i + 1, j + 1}
+            share = (mixed[i] == j + 1).mean()
+            assert targets[i, j] == pytest.approx(share, abs=1e-6)
+            pasted += share > 0
+    # Only a box of under 2 pixels a side (lam > 0.94) leaves a sample
+    # as is; a random permutation left both as is in half of the calls.
+    assert pasted >= 12
 
 
 # -- the model: mixing inside the compiled train step --------------------
@@ -377,6 +508,16 @@ def test_bad_batch_augment_arguments_raise():
     outputs = [keras.layers.Dense(2)(inputs), keras.layers.Dense(2)(inputs)]
     with pytest.raises(ValueError, match="one image input and one logits"):
         kft.BatchAugmentModel(inputs, outputs, batch_augment=MixUp())
+
+
+def test_one_hot_labels_of_the_wrong_width_raise_in_the_model():
+    # The layer has no num_classes here; the model's output width decides.
+    model = _compile(_model(MixUp(seed=0)))
+    images = _data(n=4)[0]
+    with pytest.raises(ValueError, match=r"one column per class of the "
+                                         r"model \(3\).*\(4, 4\)"):
+        model.fit(images, np.eye(4, dtype="float32"), batch_size=4,
+                  epochs=1, verbose=0)
 
 
 def test_fit_without_labels_raises():

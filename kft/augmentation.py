@@ -11,6 +11,8 @@ channels-first or unbatched images.
 import keras
 
 from kft import image_ops
+from kft._validation import check_choice
+from kft._validation import check_int
 
 PRESETS = ("none", "light", "standard", "strong")
 # Erased boxes take the ImageNet mean colour: torchvision's RandomErasing
@@ -131,6 +133,9 @@ class RandomErasing(keras.layers.RandomErasing):
 def _layers(preset, seed):
     """The preset's layers; `seed + i` seeds the i-th random layer.
 
+    `"none"` is one `Identity` layer: a `Sequential` without layers cannot
+    be built or called, and the preset must work wherever the others do.
+
     Zoom only zooms in (a random resized crop of 81-100% of the area with
     +-10% aspect jitter), so its fill is never seen; rotation fills with
     zeros like torchvision's `RandomRotation`. `"constant"` fill is also
@@ -142,7 +147,7 @@ def _layers(preset, seed):
         fill_mode="constant", seed=seed)
     flip = layers.RandomFlip("horizontal", seed=seed + 1)
     if preset == "none":
-        return []
+        return [layers.Identity(name="identity")]
     if preset == "light":
         return [crop, flip]
     if preset == "standard":
@@ -179,7 +184,7 @@ def _layers(preset, seed):
 def augmentation(preset="standard", *, image_size=None, seed=0):
     """Builds a train-time augmentation preset from `keras.layers`.
 
-    Presets: `"none"` (no layers), `"light"` (random resized crop via
+    Presets: `"none"` (an `Identity` layer), `"light"` (random resized crop via
     `RandomZoom`, horizontal flip), `"standard"` (the seeds' list: crop,
     flip, 15 degree rotation, color jitter, grayscale p=0.1, Gaussian
     blur, random erasing p=0.2) and `"strong"` (crop, flip,
@@ -192,8 +197,8 @@ def augmentation(preset="standard", *, image_size=None, seed=0):
             `"standard"`.
         image_size: `(height, width)`: builds the model for that size, or
             `None`. Defaults to `None`.
-        seed: Seeds the random layers (`seed`, `seed + 1`, ...). Defaults to
-            `0`.
+        seed: Seeds the random layers (`seed`, `seed + 1`, ...); numpy
+            integers accepted. Defaults to `0`.
 
     Returns:
         A `keras.Sequential` named `augment_<preset>`.
@@ -206,15 +211,14 @@ def augmentation(preset="standard", *, image_size=None, seed=0):
     >>> aug = kft.augmentation.augmentation("light", seed=1)
     >>> aug(np.zeros((2, 16, 16, 3)), training=True).shape
     (2, 16, 16, 3)
+    >>> none = kft.augmentation.augmentation("none")
+    >>> none(np.ones((2, 16, 16, 3)), training=True).shape
+    (2, 16, 16, 3)
     """
-    if preset not in PRESETS:
-        raise ValueError(f"Argument `preset` must be one of {PRESETS}. "
-                         f"Received: preset={preset!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"Argument `seed` must be an integer. "
-                         f"Received: seed={seed!r}")
+    check_choice("preset", preset, PRESETS)
+    seed = check_int("seed", seed)
     model = keras.Sequential(_layers(preset, seed), name=f"augment_{preset}")
-    if image_size is not None and model.layers:
+    if image_size is not None:
         model.build((None, *image_size, 3))
     return model
 
@@ -276,6 +280,8 @@ def attach(model, augmentation_layer):
     >>> m = kft.build_classifier("simple_cnn", 3, weights=None,
     ...                          input_shape=(16, 16, 3))
     >>> kft.augmentation.attach(m, "light").output.shape
+    (None, 3)
+    >>> kft.augmentation.attach(m, "none").output.shape
     (None, 3)
     """
     if isinstance(augmentation_layer, str):

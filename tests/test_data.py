@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from PIL import ImageOps
 
 import kft
 from kft.data import _images
@@ -344,7 +345,8 @@ def test_from_arrays_counts_labels_and_one_hot():
     (np.zeros((4, 4, 4)), np.zeros(4, int), "Argument `x` must be images"),
     (np.zeros((4, 4, 4, 3)), np.zeros(3, int), "Argument `y` must be 4"),
     (np.zeros((4, 4, 4, 3)), np.zeros(4), "Argument `y` must be 4"),
-    (np.zeros((2, 4, 4, 3)), np.array([0, 5]), r"labels in \[0, 2\)"),
+    (np.zeros((2, 4, 4, 3)), np.array([0, 5]),
+     r"labels outside \[0, 2\) .*: 5\."),
 ])
 def test_from_arrays_errors(x, y, message):
     with pytest.raises(ValueError, match=message):
@@ -381,3 +383,259 @@ def test_model_fit_consumes_train_and_val(tmp_path):
         warnings.simplefilter("ignore", UserWarning)
         history = model.fit(train, validation_data=val, epochs=8, verbose=0)
     assert history.history["val_accuracy"][-1] == 1.0
+
+
+# -- model.fit sees a known number of steps and no spurious warnings ----
+
+
+def _tiny_model():
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)),
+                              keras.layers.Rescaling(1 / 255),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+KERAS_DATA_WARNINGS = ("was passed, but will be ignored", "ran out of data")
+
+
+def _keras_data_warnings(caught):
+    return [str(w.message) for w in caught
+            if any(text in str(w.message) for text in KERAS_DATA_WARNINGS)]
+
+
+def test_fit_knows_the_steps_and_does_not_warn(tmp_path, capsys):
+    root = _tree(tmp_path, per_class=5)
+    train, val = kft.data.from_directory(root, SIZE, batch_size=4,
+                                         augmentation="none")
+    assert len(train) == 3 and train.num_batches == 3
+    model = _tiny_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(train, validation_data=val, epochs=2, verbose=1)
+        model.evaluate(val, verbose=1)
+        predictions = model.predict(val, verbose=1)
+    assert _keras_data_warnings(caught) == []
+    assert len(history.history["loss"]) == 2
+    assert predictions.shape == (10, 2)
+    out = capsys.readouterr().out
+    assert "Unknown" not in out
+    assert "3/3" in out and "1/3" in out
+
+
+def test_header_check_keeps_the_steps_and_updates_the_counts(tmp_path,
+                                                             capsys):
+    root = _tree(tmp_path, splits=("train",), per_class=4)
+    late = f"{root}/train/dark/late.jpg"
+    _truncated_jpeg(late)
+    train, _ = kft.data.from_directory(root, SIZE, batch_size=3,
+                                       check="header", augmentation="none")
+    assert train.class_counts == {"bright": 4, "dark": 5}
+    assert train.num_examples == 9 and len(train) == 3
+    model = _tiny_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(train, epochs=3, verbose=1)
+    assert _keras_data_warnings(caught) == []
+    reported = [str(w.message) for w in caught
+                if issubclass(w.category, kft.data.SkippedFilesWarning)]
+    assert len(reported) == 1 and "late.jpg" in reported[0]
+    assert [s.path for s in train.skipped] == [late]
+    assert "truncated" in train.skipped[0].reason
+    # Counted out once found; the number of batches per pass is unchanged.
+    assert train.class_counts == {"bright": 4, "dark": 4}
+    assert train.num_examples == 8 and len(train) == 3
+    assert [len(y) for _, y in _batches(train)].count(3) == 2
+    assert sum(len(y) for _, y in _batches(train)) == 8
+    assert "Unknown" not in capsys.readouterr().out
+
+
+def test_header_check_batch_of_only_bad_files_is_left_out(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=2)
+    _truncated_jpeg(f"{root}/train/dark/late.jpg")
+    train, _ = kft.data.from_directory(root, SIZE, batch_size=1,
+                                       check="header", augmentation="none")
+    with pytest.warns(kft.data.SkippedFilesWarning, match="late.jpg"):
+        batches = _batches(train)
+    assert len(train) == 5 and [len(y) for _, y in batches] == [1] * 4
+
+
+# -- files that are not images of the dataset --------------------------
+
+
+def test_dangling_symlink_is_reported_as_broken_link(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=2)
+    link = f"{root}/train/dark/gone.png"
+    os.symlink(f"{root}/elsewhere/missing.png", link)
+    with pytest.warns(kft.data.SkippedFilesWarning,
+                      match="gone.png: broken symbolic link to .*missing"):
+        train, _ = kft.data.from_directory(root, SIZE, augmentation="none")
+    assert train.skipped == (kft.data.SkippedFile(
+        link, f"broken symbolic link to '{root}/elsewhere/missing.png'"),)
+    with pytest.raises(FileNotFoundError):
+        kft.data.load_image(link, SIZE)
+
+
+def test_os_metadata_files_and_folders_are_ignored(tmp_path):
+    root = _tree(tmp_path, splits=("train", "val"), per_class=2)
+    # What macOS and Windows leave next to images: AppleDouble twins
+    # ("._name", 4 KiB of resource fork), Finder and Explorer caches, and
+    # the __MACOSX folder of zip archives.
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00" + bytes(4088)
+    for split in ("train", "val"):
+        for name in ("dark", "bright"):
+            open(f"{root}/{split}/{name}/._0.png", "wb").write(apple_double)
+            open(f"{root}/{split}/{name}/.DS_Store", "wb").write(bytes(64))
+            open(f"{root}/{split}/{name}/Thumbs.db", "wb").write(bytes(64))
+        os.makedirs(f"{root}/{split}/__MACOSX/dark")
+        open(f"{root}/{split}/__MACOSX/dark/._0.png", "wb").write(
+            apple_double)
+    _save(f"{root}/train/dark/.hidden/0.png", _solid(20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kft.data.SkippedFilesWarning)
+        train, val = kft.data.from_directory(root, SIZE, augmentation="none")
+    assert train.class_names == ["bright", "dark"]
+    assert train.class_counts == val.class_counts == {"bright": 2, "dark": 2}
+    assert train.skipped == val.skipped == ()
+
+
+def test_symlink_to_a_parent_folder_is_walked_once(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=2)
+    os.symlink(f"{root}/train/dark", f"{root}/train/dark/again")
+    train, _ = kft.data.from_directory(root, SIZE, augmentation="none")
+    assert train.class_counts == {"bright": 2, "dark": 2}
+
+
+# -- EXIF orientation ---------------------------------------------------
+
+
+def _sideways_photo(path):
+    """Stored 24 wide x 12 high, dark top, bright bottom; EXIF says rotate
+    90 degrees clockwise to view, so upright it is bright left, dark right."""
+    stored = np.full((12, 24, 3), 230, np.uint8)
+    stored[:6] = 20
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(stored).save(path, exif=exif,
+                                 **({"quality": 95} if path.endswith("jpg")
+                                    else {}))
+    return path
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "photo.png"])
+def test_exif_orientation_is_applied(tmp_path, name):
+    path = _sideways_photo(str(tmp_path / name))
+    upright = kft.data.load_image(path, (8, 8)).mean(-1)
+    assert upright[:, :3].min() > 200 and upright[:, -3:].max() < 50
+    stored = kft.data.load_image(path, (8, 8), exif_transpose=False).mean(-1)
+    assert stored[:3].max() < 50 and stored[-3:].min() > 200
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).resize(
+        (8, 8), Image.BILINEAR))
+    np.testing.assert_allclose(kft.data.load_image(path, (8, 8)), expected,
+                               atol=2)
+
+
+def test_from_directory_applies_exif_orientation_unless_told_not_to(
+        tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=1)
+    _sideways_photo(f"{root}/train/dark/photo.jpg")
+    kwargs = dict(augmentation="none", shuffle=False, batch_size=8)
+    for exif_transpose, bright_side in ((True, np.s_[:, :4]),
+                                        (False, np.s_[8:, :])):
+        train, _ = kft.data.from_directory(
+            root, SIZE, exif_transpose=exif_transpose, **kwargs)
+        photo = train.paths.index(f"{root}/train/dark/photo.jpg")
+        image = np.concatenate([x for x, _ in _batches(train)])[photo]
+        assert image[bright_side].mean() > 200
+
+
+# -- from_arrays: one-hot labels, RGB images, labels checked -------------
+
+
+def test_from_arrays_accepts_one_hot_labels():
+    x = np.zeros((5, 4, 4, 3), np.uint8)
+    y = np.eye(3, dtype=np.float32)[[0, 2, 2, 1, 0]]
+    ds = kft.data.from_arrays(x, y, batch_size=5, shuffle=False)
+    assert ds.class_names == ["0", "1", "2"]
+    assert ds.class_counts == {"0": 2, "1": 1, "2": 2}
+    _, labels = next(iter(ds))
+    np.testing.assert_array_equal(labels, y)
+    as_int = kft.data.from_arrays(x, y, batch_size=5, shuffle=False,
+                                  label_mode="int")
+    np.testing.assert_array_equal(next(iter(as_int))[1], [0, 2, 2, 1, 0])
+    with pytest.raises(ValueError, match=r"rows \[1\] of y are not one-hot"):
+        kft.data.from_arrays(x[:2], np.array([[1.0, 0.0], [0.6, 0.4]]))
+    with pytest.raises(ValueError, match="one-hot rows of width 2"):
+        kft.data.from_arrays(x, y, class_names=["a", "b"])
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_from_arrays_yields_rgb_like_the_other_loaders(channels):
+    x = np.arange(2 * 4 * 4 * channels, dtype=np.uint8).reshape(
+        2, 4, 4, channels)
+    images, _ = next(iter(kft.data.from_arrays(x, [0, 1], shuffle=False)))
+    assert images.shape == (2, 4, 4, 3)
+    if channels == 1:
+        np.testing.assert_array_equal(images, np.repeat(x, 3, -1))
+    else:
+        np.testing.assert_array_equal(images, x[..., :3])
+    with pytest.raises(ValueError, match="with 1, 3 or 4 channels"):
+        kft.data.from_arrays(np.zeros((2, 4, 4, 2)), [0, 1])
+
+
+@pytest.mark.parametrize("kwargs,y,message", [
+    ({"num_classes": 3}, [0, 3, 1, 4], r"outside \[0, 3\) .*: 3, 4\."),
+    ({"class_names": ["a", "b"]}, [0, 1, 2, 1], r"outside \[0, 2\) .*: 2\."),
+    ({}, [0, -1, 1, 1], r"outside \[0, 2\) .*: -1\."),
+    ({"num_classes": 3, "class_names": ["a", "b"]}, [0, 1, 1, 0],
+     "`num_classes` must match the 2 class_names"),
+])
+def test_from_arrays_checks_labels_against_the_classes(kwargs, y, message):
+    with pytest.raises(ValueError, match=message):
+        kft.data.from_arrays(np.zeros((4, 4, 4, 3)), np.array(y), **kwargs)
+
+
+def test_from_arrays_num_classes_covers_classes_missing_from_y():
+    ds = kft.data.from_arrays(np.zeros((2, 4, 4, 3)), np.array([0, 1]),
+                              num_classes=np.int64(4),
+                              label_mode="categorical")
+    assert ds.class_counts == {"0": 1, "1": 1, "2": 0, "3": 0}
+    assert next(iter(ds))[1].shape == (2, 4)
+
+
+# -- arguments ------------------------------------------------------------
+
+
+def test_single_class_folder_raises(tmp_path):
+    root = _tree(tmp_path, classes=(("cats", 20),), per_class=2)
+    with pytest.raises(ValueError, match=r"Found one class folder, 'cats', "
+                                         r"in '.*train'; a classifier needs "
+                                         r"at least 2 classes"):
+        kft.data.from_directory(root, SIZE)
+
+
+def test_load_image_takes_an_int_size(tmp_path):
+    path = _save(f"{tmp_path}/a.png", _solid(50))
+    for size in (SIZE, np.int64(SIZE), (SIZE, np.int32(SIZE))):
+        assert kft.data.load_image(path, size).shape == (SIZE, SIZE, 3)
+    for size in (0, 2.5, (4,), True):
+        with pytest.raises(ValueError, match="Argument `size` must be a "
+                                             "positive int"):
+            kft.data.load_image(path, size)
+    with pytest.raises(ValueError, match="Argument `geometry` must be one of"):
+        kft.data.load_image(path, SIZE, geometry="crop")
+
+
+def test_numpy_integers_are_accepted(tmp_path):
+    root = _tree(tmp_path, per_class=2)
+    train, val = kft.data.from_directory(
+        root, np.int64(SIZE), batch_size=np.int64(3), seed=np.int64(1),
+        num_workers=np.int32(1), augmentation="light")
+    assert train.batch_size == 3 and type(train.batch_size) is int
+    assert next(iter(train))[0].shape == (3, SIZE, SIZE, 3)
+    ds = kft.data.from_arrays(np.zeros((4, 4, 4, 3)), np.arange(4) % 2,
+                              batch_size=np.int64(2), seed=np.int64(0))
+    assert len(ds) == 2

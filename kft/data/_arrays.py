@@ -7,33 +7,87 @@ import numpy as np
 from PIL import Image
 
 from kft import augmentation as augmentation_lib
+from kft._validation import check_int
+from kft._validation import check_labels
 from kft.data import _images
 from kft.data._dataset import ImageDataset
 
 
-def _class_names(class_names, num_classes):
-    if class_names is None:
-        return [str(i) for i in range(num_classes)]
-    return list(class_names)
+def to_rgb_array(pixels):
+    """One image array `(height, width, channels)` as 3 channels.
+
+    Gray (1 channel) is repeated, alpha (4 channels) dropped, as
+    `kft.data._images.to_rgb` does for files.
+    """
+    if pixels.shape[-1] == 1:
+        return np.repeat(pixels, 3, axis=-1)
+    if pixels.shape[-1] == 4:
+        return pixels[..., :3]
+    return pixels
 
 
-def from_arrays(x, y, batch_size=32, *, class_names=None,
+def _labels_and_classes(y, n, class_names, num_classes):
+    """Integer labels from 1-D or one-hot `y`, and the number of classes."""
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, min_value=1)
+    if class_names is not None:
+        if num_classes is not None and num_classes != len(class_names):
+            raise ValueError(
+                f"Argument `num_classes` must match the {len(class_names)} "
+                f"class_names. Received: num_classes={num_classes}")
+        num_classes = len(class_names)
+    if y.ndim == 2 and len(y) == n:
+        width = y.shape[1]
+        if num_classes is not None and width != num_classes:
+            raise ValueError(
+                f"Argument `y` must be one-hot rows of width {num_classes} "
+                f"(the number of classes). Received: y.shape={y.shape}")
+        one_hot = ((y == 0) | (y == 1)).all(axis=1) & (y.sum(axis=1) == 1)
+        if not one_hot.all():
+            rows = np.flatnonzero(~one_hot)
+            raise ValueError(
+                "Argument `y` must be integer labels (n,) or one-hot rows "
+                f"(n, classes). Received: rows {rows[:10].tolist()} of "
+                f"y are not one-hot, e.g. {y[rows[0]].tolist()}")
+        return y.argmax(axis=1).astype(np.int64), width
+    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"Argument `y` must be {n} integer labels, shape (n,), or one-hot "
+            f"rows, shape (n, classes). Received: y.shape={y.shape}, "
+            f"y.dtype={y.dtype}"
+        )
+    if num_classes is None:
+        num_classes = max(int(y.max()) + 1, 1) if len(y) else 0
+    return check_labels(y, num_classes), num_classes
+
+
+def from_arrays(x, y, batch_size=32, *, class_names=None, num_classes=None,
                 augmentation: str = "none",
                 augment_on: Literal["host", "model"] = "host",
-                label_mode: Literal["int", "categorical"] = "int",
+                label_mode: Literal["int", "categorical"] | None = None,
                 shuffle=True, seed=0):
     """Wraps image and label arrays as an `ImageDataset`.
 
+    Images with 1 channel (grayscale) are repeated to 3 and 4-channel
+    images lose their alpha channel, as `from_directory` and `from_tfds`
+    do, so every loader yields `(batch, height, width, 3)` images.
+
     Args:
-        x: Images `(n, height, width, channels)`, pixels in [0, 255].
-        y: Integer labels `(n,)` in `[0, len(class_names))`.
+        x: Images `(n, height, width, channels)`, pixels in [0, 255];
+            `channels` is 1, 3 or 4.
+        y: Integer labels `(n,)` or one-hot rows `(n, num_classes)`.
         batch_size: Examples per batch. Defaults to `32`.
         class_names: Names of the classes, or `None` for `"0"`, `"1"`, ...
-            up to the largest label. Defaults to `None`.
+            Defaults to `None`.
+        num_classes: Number of classes, or `None` for `len(class_names)`,
+            the width of one-hot `y`, or else the largest label + 1. Give
+            it when some classes may be missing from `y` (a small split).
+            Defaults to `None`.
         augmentation: Preset, see `kft.augmentation.PRESETS`. Defaults to
             `"none"`.
         augment_on: `"host"` or `"model"`. Defaults to `"host"`.
-        label_mode: `"int"` or `"categorical"`. Defaults to `"int"`.
+        label_mode: `"int"`, `"categorical"` (one-hot), or `None` for the
+            form of `y`. Defaults to `None`.
         shuffle: Reshuffle each epoch. Defaults to `True`.
         seed: Seed of shuffling and augmentation. Defaults to `0`.
 
@@ -41,8 +95,9 @@ def from_arrays(x, y, batch_size=32, *, class_names=None,
         A `kft.data.ImageDataset`.
 
     Raises:
-        ValueError: `x` not 4-D, `y` not 1-D integers of the same length,
-            or labels outside the class range.
+        ValueError: `x` not 4-D with 1, 3 or 4 channels, `y` not integer
+            labels or one-hot rows of the same length, or labels outside
+            `[0, num_classes)`.
 
     Example:
     >>> import numpy as np, kft
@@ -50,32 +105,31 @@ def from_arrays(x, y, batch_size=32, *, class_names=None,
     ...                           np.arange(10) % 2, batch_size=4)
     >>> ds.class_counts
     {'0': 5, '1': 5}
+    >>> one_hot = kft.data.from_arrays(np.zeros((4, 8, 8, 1)),
+    ...                                np.eye(3)[[0, 2, 2, 0]])
+    >>> images, labels = next(iter(one_hot))
+    >>> images.shape, labels.shape, one_hot.class_counts
+    ((4, 8, 8, 3), (4, 3), {'0': 2, '1': 0, '2': 2})
     """
     x = np.asarray(x)
     y = np.asarray(y)
-    if x.ndim != 4:
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
         raise ValueError(
             "Argument `x` must be images of shape (n, height, width, "
-            f"channels). Received: x.shape={x.shape}"
+            f"channels) with 1, 3 or 4 channels. Received: x.shape={x.shape}"
         )
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype,
-                                                            np.integer):
-        raise ValueError(
-            f"Argument `y` must be {len(x)} integer labels, shape (n,). "
-            f"Received: y.shape={y.shape}, y.dtype={y.dtype}"
-        )
-    num_classes = int(y.max()) + 1 if len(y) else 0
-    names = _class_names(class_names, num_classes)
-    if len(y) and (y.min() < 0 or y.max() >= len(names)):
-        raise ValueError(
-            f"Argument `y` must hold labels in [0, {len(names)}) for "
-            f"class_names={names}. Received: labels in [{y.min()}, {y.max()}]"
-        )
-    counts = np.bincount(y, minlength=len(names))
+    seed = check_int("seed", seed)
+    if label_mode is None:
+        label_mode = "categorical" if y.ndim == 2 else "int"
+    labels, num_classes = _labels_and_classes(y, len(x), class_names,
+                                              num_classes)
+    names = (list(class_names) if class_names is not None
+             else [str(i) for i in range(num_classes)])
+    counts = np.bincount(labels, minlength=len(names))
     source = grain.MapDataset.source(range(len(x))).map(
-        lambda i: (x[i], y[i]))
-    layer = augmentation_lib.augmentation(augmentation,
-                                          image_size=x.shape[1:3], seed=seed)
+        lambda i: (to_rgb_array(x[i]), labels[i]))
+    layer = augmentation_lib.augmentation(
+        augmentation, image_size=x.shape[1:3], seed=seed)
     return ImageDataset(
         source, class_names=names,
         class_counts={n: int(c) for n, c in zip(names, counts)},
@@ -115,6 +169,9 @@ def from_tfds(name, split, image_size, batch_size=32, *, data_dir=None,
     Reads through `tfds.data_source` (random access to the prepared
     ArrayRecord files), so TensorFlow is not needed; install the `tfds`
     extra (`pip install kft[tfds]`).
+
+    Images of any channel count (grayscale MNIST, RGBA) become 8-bit RGB,
+    as in `from_directory` and `from_arrays`.
 
     Args:
         name: TFDS name, e.g. `"tf_flowers"`.
@@ -159,8 +216,9 @@ def from_tfds(name, split, image_size, batch_size=32, *, data_dir=None,
             "kft.data.from_tfds needs tensorflow-datasets: "
             "pip install 'kft[tfds]'"
         ) from error
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
+    image_size = _images.image_size_pair(image_size)
+    seed = check_int("seed", seed)
+    num_workers = check_int("num_workers", num_workers, min_value=0)
     if train is None:
         train = split.startswith("train")
     builder = tfds.builder(name, data_dir=data_dir)

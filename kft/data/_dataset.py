@@ -1,15 +1,36 @@
 """The dataset object every `kft.data` loader returns."""
 
+import numbers
 import threading
 import warnings
 
 import grain
+import keras
 import numpy as np
 
+from kft._validation import check_choice
 from kft.data._images import SkippedFile
+
+try:
+    # A `DataAdapter` given as `x` is used by `fit` as it is: Keras then
+    # knows the steps per epoch, and does not warn that `shuffle=True` is
+    # ignored (this dataset shuffles itself). Keras' grain adapter reports
+    # no length, so every first epoch ends in "Your input ran out of data".
+    from keras.src.trainers.data_adapters.data_adapter import DataAdapter
+except ImportError:  # pragma: no cover: a Keras that moved it.
+    DataAdapter = object
 
 LABEL_MODES = ("int", "categorical")
 AUGMENT_ON = ("host", "model")
+
+
+def positive_int(name, value):
+    """Returns `value` as an `int` >= 1; numpy integers accepted."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, numbers.Integral) or value < 1:
+        raise ValueError(f"Argument `{name}` must be a positive integer. "
+                         f"Received: {name}={value!r}")
+    return int(value)
 
 
 class SkippedFilesWarning(UserWarning):
@@ -74,10 +95,36 @@ class HostAugmenter:
         return np.asarray(outputs)
 
 
-class ImageDataset(grain.IterDataset):
+def has_effect(augmentation):
+    """Whether an augmentation model has a layer other than `Identity`."""
+    return augmentation is not None and any(
+        not isinstance(layer, keras.layers.Identity)
+        for layer in augmentation.layers)
+
+
+def _collate(elements):
+    """Stacks the examples that loaded; `None` when none of them did.
+
+    Failed examples are dropped after batching, not before, so a pass
+    always has `len(dataset)` batches (the steps Keras was told about).
+    """
+    loaded = [element for element in elements if element is not None]
+    if not loaded:
+        return None
+    return (np.stack([image for image, _ in loaded]),
+            np.asarray([label for _, label in loaded]))
+
+
+class ImageDataset(grain.IterDataset, DataAdapter):
     """Batches of `(images, labels)` for `model.fit`, with class metadata.
 
     A `grain.IterDataset`, so `model.fit(dataset)` consumes it directly.
+    It is also its own Keras data adapter: `fit`, `evaluate` and `predict`
+    know `len(dataset)` steps per pass (progress bars show `3/29`, not
+    `3/Unknown`). `fit`'s `shuffle`, `class_weight` and `sample_weight`
+    do not apply to it: the dataset shuffles itself when built with
+    `shuffle=True`, and its batches carry no sample weights.
+
     Each pass (epoch) reshuffles with `seed + epoch`. Images are float32
     pixels in [0, 255], `(batch, height, width, 3)`; labels are int32
     class indices (`label_mode="int"`) or one-hot float32 rows.
@@ -85,16 +132,26 @@ class ImageDataset(grain.IterDataset):
 
     Attributes:
         class_names: Class names, index `i` is label `i`.
-        class_counts: `{class name: number of examples}`.
+        class_counts: `{class name: number of examples}`, without the
+            files found bad so far.
         skipped: Tuple of `kft.data.SkippedFile` left out by the loader
-            (bad files found while scanning or, rarely, while training).
+            (bad files found while scanning or, with
+            `check="header"`, while training).
         paths: Tuple of the files read, in unshuffled order, or `None`
             for data not read from files.
-        num_examples: Number of examples per pass.
+        num_examples: Number of examples per pass, without the files found
+            bad so far.
         batch_size: Examples per batch.
         augmentation: The Keras augmentation layer, or `None`.
         augment_on: `"host"` (applied in this pipeline) or `"model"`
             (left to the model, see `kft.augmentation.attach`).
+
+    Example:
+    >>> import numpy as np, kft
+    >>> ds = kft.data.from_arrays(np.zeros((10, 8, 8, 1)),
+    ...                           np.arange(10) % 2, batch_size=4)
+    >>> len(ds), ds.num_batches, [x.shape for x, _ in ds]
+    (3, 3, [(4, 8, 8, 3), (4, 8, 8, 3), (2, 8, 8, 3)])
     """
 
     def __init__(self, source, *, class_names, class_counts, batch_size,
@@ -102,26 +159,13 @@ class ImageDataset(grain.IterDataset):
                  augmentation=None, augment_on="host", drop_remainder=False,
                  skipped=(), paths=None):
         super().__init__()
-        if label_mode not in LABEL_MODES:
-            raise ValueError(
-                f"Argument `label_mode` must be one of {LABEL_MODES}. "
-                f"Received: label_mode={label_mode!r}"
-            )
-        if augment_on not in AUGMENT_ON:
-            raise ValueError(
-                f"Argument `augment_on` must be one of {AUGMENT_ON}. "
-                f"Received: augment_on={augment_on!r}"
-            )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-                or batch_size < 1:
-            raise ValueError(
-                "Argument `batch_size` must be a positive integer. "
-                f"Received: batch_size={batch_size!r}"
-            )
+        check_choice("label_mode", label_mode, LABEL_MODES)
+        check_choice("augment_on", augment_on, AUGMENT_ON)
+        self._batch_size = positive_int("batch_size", batch_size)
         self._source = source
         self.class_names = list(class_names)
         self._class_counts = class_counts
-        self.batch_size = batch_size
+        self._bad_labels = []
         self.shuffle = shuffle
         self._shuffle_seed = seed  # not `seed`: grain has a `seed()` method
         self.num_workers = num_workers
@@ -134,15 +178,23 @@ class ImageDataset(grain.IterDataset):
         self._epoch = 0
         self._lock = threading.Lock()
         self._augmenter = None
-        if augmentation is not None and augment_on == "host" \
-                and augmentation.layers:
+        # "none" is an `Identity` layer: nothing to run on the host.
+        if augment_on == "host" and has_effect(augmentation):
             self._augmenter = HostAugmenter(augmentation)
+
+    @property
+    def batch_size(self):
+        return self._batch_size
 
     @property
     def class_counts(self):
         if callable(self._class_counts):
             self._class_counts = self._class_counts()
-        return dict(self._class_counts)
+        counts = dict(self._class_counts)
+        with self._lock:
+            for label in self._bad_labels:
+                counts[self.class_names[label]] -= 1
+        return counts
 
     @property
     def skipped(self):
@@ -150,22 +202,64 @@ class ImageDataset(grain.IterDataset):
 
     @property
     def num_examples(self):
-        return len(self._source)
+        return len(self._source) - len(self._bad_labels)
 
     def __len__(self):
-        """Batches per pass, before any file fails while training."""
-        full, rest = divmod(self.num_examples, self.batch_size)
+        """Batches per pass.
+
+        Fixed when the dataset is made: a file that fails while training
+        makes its batch one example smaller, it does not change the number
+        of steps.
+        """
+        full, rest = divmod(len(self._source), self.batch_size)
         return full + (1 if rest and not self.drop_remainder else 0)
 
-    def _record_failure(self, path, reason):
+    def _record_failure(self, path, label, reason):
+        """Reports a file that failed while training; called once per file."""
         with self._lock:
             self._skipped.append(SkippedFile(str(path), reason))
+            self._bad_labels.append(int(label))
         warnings.warn(
-            f"Skipped {path} while training: {reason}. The full list is in "
-            "`dataset.skipped`.",
+            f"Skipped {path} while training: {reason}. It is left out of "
+            "later passes too; the full list is in `dataset.skipped`.",
             SkippedFilesWarning,
             stacklevel=2,
         )
+
+    # Keras `DataAdapter` interface: `fit(dataset)` uses the dataset itself.
+
+    @property
+    def num_batches(self):
+        return len(self)
+
+    @property
+    def has_partial_batch(self):
+        return not self.drop_remainder and \
+            len(self._source) % self.batch_size != 0
+
+    @property
+    def partial_batch_size(self):
+        if not self.has_partial_batch:
+            return None
+        return len(self._source) % self.batch_size
+
+    def get_numpy_iterator(self):
+        return self
+
+    def get_jax_iterator(self):
+        return self
+
+    def get_tf_dataset(self):
+        from keras.src.trainers.data_adapters import grain_dataset_adapter
+
+        adapter = grain_dataset_adapter.GrainDatasetAdapter(self)
+        return adapter.get_tf_dataset()
+
+    def get_torch_dataloader(self):
+        from keras.src.trainers.data_adapters import grain_dataset_adapter
+
+        adapter = grain_dataset_adapter.GrainDatasetAdapter(self)
+        return adapter.get_torch_dataloader()
 
     def _labels(self, labels):
         labels = np.asarray(labels, dtype=np.int32)
@@ -185,13 +279,14 @@ class ImageDataset(grain.IterDataset):
             with self._lock:
                 epoch, self._epoch = self._epoch, self._epoch + 1
             dataset = dataset.shuffle(seed=self._shuffle_seed + epoch)
-        dataset = dataset.filter(lambda element: element is not None)
         dataset = dataset.to_iter_dataset(grain.ReadOptions(
             num_threads=self.num_workers,
             prefetch_buffer_size=max(2 * self.batch_size, 16),
         ))
         dataset = dataset.batch(self.batch_size,
-                                drop_remainder=self.drop_remainder)
+                                drop_remainder=self.drop_remainder,
+                                batch_fn=_collate)
+        dataset = dataset.filter(lambda batch: batch is not None)
         dataset = dataset.map(self._finish_batch)
         if self.num_workers > 0:
             dataset = grain.experimental.ThreadPrefetchIterDataset(

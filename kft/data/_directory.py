@@ -2,19 +2,29 @@
 
 import concurrent.futures
 import os
+import threading
 from typing import Literal, NamedTuple
 
 import grain
 import numpy as np
 
 from kft import augmentation as augmentation_lib
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import check_number
 from kft.data import _images
+from kft.data._dataset import AUGMENT_ON
+from kft.data._dataset import LABEL_MODES
 from kft.data._dataset import ImageDataset
+from kft.data._dataset import positive_int
 from kft.data._dataset import warn_skipped
 
 VAL_FOLDERS = ("val", "validation", "valid")
 ON_BAD_FILE = ("skip", "raise")
 CHECKS = ("full", "header")
+# Folders of operating-system metadata, never classes or images: macOS
+# zip archives add `__MACOSX/` (full of `._*` AppleDouble files).
+METADATA_FOLDERS = ("__MACOSX",)
 
 
 class ImageSplits(NamedTuple):
@@ -25,43 +35,71 @@ class ImageSplits(NamedTuple):
 
 
 class FileLoader:
-    """Loads `(path, label)` records; a failure is reported, not raised."""
+    """Loads `(path, label)` records; a failure is reported, not raised.
 
-    def __init__(self, size, geometry, crop_fraction, max_pixels):
+    A file that failed is reported once (`on_failure(path, label,
+    reason)`) and not decoded again in later passes.
+    """
+
+    def __init__(self, size, geometry, crop_fraction, max_pixels,
+                 exif_transpose):
         self.size = size
         self.geometry = geometry
         self.crop_fraction = crop_fraction
         self.max_pixels = max_pixels
+        self.exif_transpose = exif_transpose
         self.on_failure = None
+        self._failed = set()
+        self._lock = threading.Lock()
 
     def __call__(self, record):
         path, label = record
+        if path in self._failed:
+            return None
         try:
-            image = _images.load_image(path, self.size, self.geometry,
-                                       self.crop_fraction, self.max_pixels)
+            with _images.open_image(path, self.max_pixels) as image:
+                pixels = _images.resize_image(
+                    image, self.size, self.geometry, self.crop_fraction,
+                    self.exif_transpose)
         except Exception as error:  # noqa: BLE001: reported, never raised.
             reason = (str(error) if isinstance(error, ValueError)
                       else _images.describe_error(error))
-            if self.on_failure is not None:
-                self.on_failure(path, reason)
+            with self._lock:
+                first = path not in self._failed
+                self._failed.add(path)
+            if first and self.on_failure is not None:
+                self.on_failure(path, label, reason)
             return None
-        return image, label
+        return pixels, label
+
+
+def _hidden(name):
+    # Dot-files include macOS' `._*` AppleDouble twins of real images and
+    # `.DS_Store`; Windows' `Thumbs.db` has no image extension.
+    return name.startswith(".") or name in METADATA_FOLDERS
 
 
 def _list_classes(folder):
     return sorted(
         entry.name for entry in os.scandir(folder)
-        if entry.is_dir() and not entry.name.startswith(".")
+        if entry.is_dir() and not _hidden(entry.name)
     )
 
 
 def _list_images(folder):
     found = []
+    seen = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        real = os.path.realpath(root)
+        if real in seen:  # a symbolic link back up the tree: walk it once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
         found.extend(
             os.path.join(root, name) for name in sorted(files)
-            if name.lower().endswith(_images.IMAGE_EXTENSIONS)
+            if not _hidden(name)
+            and name.lower().endswith(_images.IMAGE_EXTENSIONS)
         )
     return found
 
@@ -112,21 +150,31 @@ def from_directory(path, image_size, batch_size=32, *,
                    crop_fraction=0.875, shuffle=True, seed=0, num_workers=2,
                    on_bad_file: Literal["skip", "raise"] = "skip",
                    check: Literal["full", "header"] = "full",
-                   max_pixels=_images.DEFAULT_MAX_PIXELS):
+                   max_pixels=_images.DEFAULT_MAX_PIXELS,
+                   exif_transpose=True):
     """Loads an image-folder layout into train and val `ImageDataset`s.
 
     Layouts: `path/train/<class>/*.jpg` with `path/val/<class>/...` (also
     `validation/` or `valid/`), or `path/<class>/*.jpg` with
-    `validation_split`. Classes are the sorted train folder names.
-    Train images are resized to `image_size` and augmented; val images
-    get the eval transform (resize, then center crop of `crop_fraction`).
+    `validation_split`. Classes are the sorted train folder names; there
+    must be at least two. Hidden files and folders (names starting with
+    `.`, such as macOS' `._*` AppleDouble files and `.DS_Store`) and
+    `__MACOSX` folders are ignored, as are files without an image
+    extension (`Thumbs.db`). Train images are resized to `image_size` and
+    augmented; val images get the eval transform (resize, then center
+    crop of `crop_fraction`).
 
     Bad files are handled before training starts: zero-byte, non-image,
-    truncated or corrupt, unreadable and oversized files are skipped,
-    counted and listed (a `kft.data.SkippedFilesWarning` and
-    `dataset.skipped`); grayscale, RGBA, palette, CMYK and 16-bit images
-    are converted to 8-bit RGB. An empty train class folder (or one whose
-    files are all bad) and a class folder only in val raise `ValueError`.
+    truncated or corrupt, unreadable, missing (a symbolic link whose
+    target is gone) and oversized files are skipped, counted and listed (a
+    `kft.data.SkippedFilesWarning` and `dataset.skipped`), so
+    `class_counts` and `len(dataset)` count only files that load. With
+    `check="header"`, see below, truncated or corrupt pixel data is found
+    only during training. Grayscale, RGBA, palette, CMYK and 16-bit images
+    are converted to 8-bit RGB, and with `exif_transpose` photos are
+    turned upright as their EXIF orientation tag says. An empty train
+    class folder (or one whose files are all bad), a single class folder
+    and a class folder only in val raise `ValueError`.
 
     Args:
         path: Root folder.
@@ -148,19 +196,33 @@ def from_directory(path, image_size, batch_size=32, *,
         num_workers: Threads decoding images. Defaults to `2`.
         on_bad_file: `"skip"` (report and go on) or `"raise"`. Defaults to
             `"skip"`.
-        check: `"full"` decodes every file up front (catches truncated
-            files), `"header"` only reads headers (faster; a file failing
-            later is skipped and reported while training). Defaults to
-            `"full"`.
+        check: `"full"` decodes every file up front, so every bad file is
+            skipped before training. `"header"` (faster) only opens each
+            file and reads its header: zero-byte, non-image, unreadable,
+            missing and oversized files are still skipped up front, but a
+            file whose pixel data is truncated or corrupt may only be found
+            when it is decoded during training. Such a file is then left
+            out of its batch (one example smaller: a pass keeps
+            `len(dataset)` batches unless every file of a batch fails),
+            named once in a `SkippedFilesWarning`, added to
+            `dataset.skipped`, removed from `class_counts` and
+            `num_examples`, and not read again; `on_bad_file="raise"` does
+            not apply to it. Defaults to `"full"`.
         max_pixels: Images with more pixels are skipped. Defaults to
             Pillow's decompression-bomb limit (178,956,970).
+        exif_transpose: Rotate or flip each image as its EXIF orientation
+            tag says (`PIL.ImageOps.exif_transpose`), so photos taken
+            sideways train upright, as viewers show them. `False` reads
+            the stored pixels as they are, like Keras'
+            `image_dataset_from_directory` and torchvision's
+            `ImageFolder`. Defaults to `True`.
 
     Returns:
         `ImageSplits(train, val)`; `val` is `None` without val data.
 
     Raises:
-        ValueError: bad arguments, missing folder, no class folders, an
-            empty class, a val-only class, or bad files with
+        ValueError: bad arguments, missing folder, fewer than two class
+            folders, an empty class, a val-only class, or bad files with
             `on_bad_file="raise"`.
 
     Example:
@@ -168,29 +230,26 @@ def from_directory(path, image_size, batch_size=32, *,
     >>> train, val = kft.data.from_directory("data", 224)  # doctest: +SKIP
     >>> model.fit(train, validation_data=val)  # doctest: +SKIP
     """
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-            or not all(isinstance(s, int) and s > 0 for s in image_size)):
-        raise ValueError(
-            "Argument `image_size` must be a positive int or a (height, "
-            f"width) pair of them. Received: image_size={image_size!r}"
-        )
-    for name, value, allowed in (("on_bad_file", on_bad_file, ON_BAD_FILE),
-                                 ("check", check, CHECKS)):
-        if value not in allowed:
-            raise ValueError(f"Argument `{name}` must be one of {allowed}. "
-                             f"Received: {name}={value!r}")
-    if validation_split is not None and not 0 < validation_split < 1:
-        raise ValueError(
-            "Argument `validation_split` must be a float in (0, 1) or None. "
-            f"Received: validation_split={validation_split!r}"
-        )
+    image_size = _images.image_size_pair(image_size)
+    # Checked before the (slow) scan of the folders.
+    batch_size = positive_int("batch_size", batch_size)
+    check_choice("label_mode", label_mode, LABEL_MODES)
+    check_choice("augment_on", augment_on, AUGMENT_ON)
+    check_choice("on_bad_file", on_bad_file, ON_BAD_FILE)
+    check_choice("check", check, CHECKS)
+    if validation_split is not None:
+        validation_split = check_number(
+            "validation_split", validation_split, low=0, high=1,
+            low_open=True, high_open=True)
     if not 0 < crop_fraction <= 1:
         raise ValueError(
             "Argument `crop_fraction` must be in (0, 1]. "
             f"Received: crop_fraction={crop_fraction!r}"
         )
+    seed = check_int("seed", seed)
+    num_workers = check_int("num_workers", num_workers, min_value=0)
+    if max_pixels is not None:
+        max_pixels = check_int("max_pixels", max_pixels, min_value=1)
     if not os.path.isdir(path):
         raise ValueError(f"Argument `path` must be an existing folder. "
                          f"Received: path={path!r}")
@@ -209,6 +268,12 @@ def from_directory(path, image_size, batch_size=32, *,
     if not class_names:
         raise ValueError(f"No class folders in {train_dir!r}: expected "
                          f"{train_dir}/<class name>/<image files>.")
+    if len(class_names) == 1:
+        raise ValueError(
+            f"Found one class folder, {class_names[0]!r}, in {train_dir!r}; "
+            "a classifier needs at least 2 classes. Put each class's images "
+            f"in its own folder: {train_dir}/<class name>/<image files>."
+        )
     if val_dir is not None:
         only_val = sorted(set(_list_classes(val_dir)) - set(class_names))
         if only_val:
@@ -246,7 +311,7 @@ def from_directory(path, image_size, batch_size=32, *,
     def make(records, skipped, *, train):
         loader = FileLoader(
             image_size, "squash" if train else "center_crop", crop_fraction,
-            max_pixels)
+            max_pixels, exif_transpose)
         layer = None
         if train:
             layer = augmentation_lib.augmentation(

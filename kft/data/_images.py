@@ -1,11 +1,17 @@
 """Reading one image file into an RGB uint8 array, and saying why not."""
 
 import dataclasses
+import numbers
 import os
 import warnings
 
 import numpy as np
+from PIL import ExifTags
 from PIL import Image
+from PIL import ImageOps
+
+from kft._validation import check_choice
+from kft._validation import check_number
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp",
                     ".tif", ".tiff")
@@ -13,6 +19,24 @@ GEOMETRIES = ("squash", "center_crop")
 # Pillow refuses images above twice `Image.MAX_IMAGE_PIXELS` as
 # decompression bombs; we use the same limit unless told otherwise.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+
+def image_size_pair(value, name="image_size"):
+    """Returns `value` (an int or a `(height, width)` pair) as two ints.
+
+    Numpy integers are accepted; bools, floats and non-positive sides are
+    not.
+    """
+    sides = (value, value) if isinstance(value, numbers.Integral) else value
+    if (not isinstance(sides, (tuple, list)) or len(sides) != 2
+            or not all(isinstance(s, numbers.Integral)
+                       and not isinstance(s, (bool, np.bool_)) and s > 0
+                       for s in sides)):
+        raise ValueError(
+            f"Argument `{name}` must be a positive int or a (height, width) "
+            f"pair of them. Received: {name}={value!r}"
+        )
+    return int(sides[0]), int(sides[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +56,11 @@ def describe_error(error):
     """Turns an exception raised while reading an image into a reason."""
     if isinstance(error, PermissionError):
         return "unreadable: permission denied"
+    if isinstance(error, FileNotFoundError):
+        path = error.filename
+        if path is not None and os.path.islink(path):
+            return f"broken symbolic link to {os.readlink(path)!r}"
+        return "file not found (removed after the folder was listed?)"
     if isinstance(error, Image.DecompressionBombError):
         return f"too large: {error}"
     if isinstance(error, Image.UnidentifiedImageError):
@@ -47,6 +76,7 @@ def open_image(path, max_pixels=DEFAULT_MAX_PIXELS):
 
     Raises:
         OSError and subclasses (`PermissionError`, `FileNotFoundError`,
+        also for a symbolic link whose target is missing,
         `PIL.UnidentifiedImageError`) or `ValueError` for a zero-byte file
         or an image above `max_pixels`.
     """
@@ -122,7 +152,17 @@ def crop_box(width, height, size, crop_fraction):
     return (left, top, left + box_width, top + box_height)
 
 
-def resize_image(image, size, geometry="squash", crop_fraction=0.875):
+def exif_orientation(image):
+    """The EXIF orientation tag of a Pillow image, 1 (upright) if absent."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001: a malformed EXIF block means upright.
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def resize_image(image, size, geometry="squash", crop_fraction=0.875,
+                 exif_transpose=True):
     """Resizes a Pillow image to `size` = (height, width) as uint8 RGB.
 
     `"squash"` resizes the whole image to `size` (what Keras'
@@ -130,11 +170,21 @@ def resize_image(image, size, geometry="squash", crop_fraction=0.875):
     augmentation). `"center_crop"` is the eval transform: the centered
     region of `crop_fraction` of the shorter side, resized to `size` (the
     same geometry as `kft.augmentation.eval_transform`).
+
+    With `exif_transpose`, an EXIF orientation tag (how cameras and
+    phones mark a photo taken sideways) is applied first with
+    `PIL.ImageOps.exif_transpose`, so the pixels are upright as an image
+    viewer shows them.
     """
     height, width = size
+    orientation = exif_orientation(image) if exif_transpose else 1
     if image.format == "JPEG" and image.mode in ("RGB", "L", "YCbCr"):
-        # Decode at the smallest 1/2^k scale still larger than needed.
-        image.draft("RGB", (width, height))
+        # Decode at the smallest 1/2^k scale still larger than needed;
+        # orientations 5-8 swap the stored width and height.
+        draft = (height, width) if orientation >= 5 else (width, height)
+        image.draft("RGB", draft)
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
     image = to_rgb(image)
     box = None
     if geometry == "center_crop":
@@ -144,25 +194,45 @@ def resize_image(image, size, geometry="squash", crop_fraction=0.875):
 
 
 def load_image(path, size, geometry="squash", crop_fraction=0.875,
-               max_pixels=DEFAULT_MAX_PIXELS):
+               max_pixels=DEFAULT_MAX_PIXELS, exif_transpose=True):
     """Reads an image file into a `(height, width, 3)` uint8 array.
+
+    Any Pillow mode becomes 8-bit RGB (see `from_directory`).
 
     Args:
         path: Image file.
-        size: `(height, width)` of the result.
+        size: `(height, width)` of the result, or an int for a square.
         geometry: `"squash"` or `"center_crop"`, see `resize_image`.
             Defaults to `"squash"`.
         crop_fraction: Center-crop fraction for `"center_crop"`. Defaults
             to `0.875`.
         max_pixels: Larger images raise `ValueError`. Defaults to Pillow's
             decompression-bomb limit.
+        exif_transpose: Rotate or flip the image as its EXIF orientation
+            tag says, so it is upright as viewers show it. Defaults to
+            `True`.
 
     Returns:
         A uint8 array of shape `(height, width, 3)`.
 
     Raises:
-        ValueError: zero-byte or oversized file. `OSError`: unreadable,
-            not an image, truncated or corrupt.
+        ValueError: bad arguments, zero-byte or oversized file. `OSError`:
+            unreadable, missing (or a broken link), not an image, truncated
+            or corrupt.
+
+    Example:
+    >>> import os, tempfile, numpy as np, kft
+    >>> from PIL import Image
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.png")
+    >>> Image.new("L", (12, 9), 80).save(path)
+    >>> image = kft.data.load_image(path, 8)
+    >>> image.shape, image.dtype, int(image[0, 0, 2])
+    ((8, 8, 3), dtype('uint8'), 80)
     """
+    size = image_size_pair(size, "size")
+    check_choice("geometry", geometry, GEOMETRIES)
+    crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
+                                 high=1, low_open=True)
     with open_image(path, max_pixels) as image:
-        return resize_image(image, size, geometry, crop_fraction)
+        return resize_image(image, size, geometry, crop_fraction,
+                            exif_transpose)

@@ -12,13 +12,12 @@ fails on a colour).
 """
 
 import argparse
-import statistics
-import time
 
 import kft  # noqa: I001  (selects the JAX backend before Keras loads)
 import jax
 import keras
-import numpy as np
+
+import _harness
 
 
 def main():
@@ -28,17 +27,22 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--out", default=None,
+                        help="JSON file; default benchmarks/results/"
+                             "augment_layers_<preset>_<size>.json")
     args = parser.parse_args()
 
     shape = (args.batch_size, args.size, args.size, 3)
-    images = jax.device_put(
-        np.random.default_rng(0).uniform(0, 255, shape).astype("float32"))
+    images, _ = _harness.random_batch(args.batch_size, args.size,
+                                      num_classes=1)  # labels unused
+    images = jax.device_put(images)
     preset = kft.augmentation.augmentation(args.preset,
                                            image_size=(args.size, args.size))
     print(f"preset {args.preset!r}, batch {shape}, load average "
-          f"{open('/proc/loadavg').read().split()[:3]}")
+          f"{_harness.loadavg()}")
     print(f"{'layer':22s} {'kft ms':>8s} {'keras ms':>9s}")
     totals = {"kft": 0.0, "keras": 0.0}
+    rows = []
     for layer in preset.layers:
         name = type(layer).__name__
         stock = layer
@@ -53,26 +57,30 @@ def main():
             stock, images, args.repeats)
         totals["kft"] += kft_ms
         totals["keras"] += keras_ms
+        rows.append({"layer": name, "kft_ms": kft_ms, "keras_ms": keras_ms})
         print(f"{name:22s} {kft_ms:8.1f} {keras_ms:9.1f}")
     print(f"{'all layers':22s} {totals['kft']:8.1f} {totals['keras']:9.1f}"
           f"   img/s on augmentation alone: kft "
           f"{1000 * args.batch_size / totals['kft']:.1f}, keras "
           f"{1000 * args.batch_size / totals['keras']:.1f}")
+    out = args.out or _harness.results_path(
+        f"augment_layers_{args.preset}_{args.size}.json")
+    _harness.write_json(out, {"args": vars(args), "layers": rows,
+                              "total_ms": totals})
+    print(f"wrote {out}")
 
 
 def ms_per_batch(layer, images, repeats):
     state = [v.value for v in layer.non_trainable_variables]
     apply = jax.jit(lambda s, x: layer.stateless_call([], s, x,
                                                       training=True))
-    out, state = apply(state, images)
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def step():  # the layer's seed state moves on, as in the pipeline
+        nonlocal state
         out, state = apply(state, images)
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        return out
+
+    return 1000 * _harness.time_steps(step, repeats, warmup=1)["median_s"]
 
 
 if __name__ == "__main__":

@@ -15,15 +15,11 @@ float rounding).
 """
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_vs_torch  # noqa: E402
+import _harness
+import _vs_torch
 
 SHAPES = [  # kind, batch, side, channels, kernel
     ("depthwise", 16, 32, 96, 3), ("depthwise", 16, 16, 144, 5),
@@ -35,13 +31,7 @@ SHAPES = [  # kind, batch, side, channels, kernel
 
 
 def _median_ms(fn, repeats=20):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * _harness.time_steps(fn, repeats, warmup=1)["median_s"]
 
 
 def ops_table():
@@ -100,11 +90,11 @@ def ops_table():
             (out ** 2).sum().backward()
 
         cells = [
-            _median_ms(lambda: jax.block_until_ready(f_stock(x, w_xla))),
-            _median_ms(lambda: jax.block_until_ready(f_fast(x, w))),
+            _median_ms(lambda: f_stock(x, w_xla)),
+            _median_ms(lambda: f_fast(x, w)),
             _median_ms(torch_fwd),
-            _median_ms(lambda: jax.block_until_ready(g_stock(x, w_xla))),
-            _median_ms(lambda: jax.block_until_ready(g_fast(x, w))),
+            _median_ms(lambda: g_stock(x, w_xla)),
+            _median_ms(lambda: g_fast(x, w)),
             _median_ms(torch_grad),
         ]
         rows.append(f"| {kind} | {batch}x{side}x{side}x{channels}, {k}x{k} | "
@@ -127,7 +117,7 @@ def models_table(size, backbones, strategies, steps):
                      "size": size, "batch": 16 if size <= 64 else 4,
                      "steps": steps, "warmup": 1, "gpu": False,
                      "fast_cpu_convs": fast} for s in strategies]
-            for r in bench_vs_torch._run(cfgs, 900):
+            for r in _vs_torch.run_fresh(cfgs, 900):
                 runs[(r["strategy"], fast)] = r
                 results.append(r)
         for strategy in strategies:
@@ -156,25 +146,23 @@ def main():
     parser.add_argument("--backbones", nargs="+", default=[
         "efficientnetb0", "mobilenetv3large", "convnext_tiny", "resnet50"])
     parser.add_argument("--strategies", nargs="+",
-                        default=list(bench_vs_torch.STRATEGIES))
+                        default=list(_vs_torch.STRATEGIES))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--skip-ops", action="store_true")
+    parser.add_argument("--out-dir", default=_harness.RESULTS_DIR,
+                        help="where cpu_convs_<size>.{json,md} go "
+                             "(default: benchmarks/results)")
     args = parser.parse_args()
     begin = time.perf_counter()
     ops = "" if args.skip_ops else ops_table()
     models, results = models_table(args.size, args.backbones,
                                    args.strategies, args.steps)
-    header = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-              f"{platform.python_version()}, "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-              f"`{' '.join(sys.argv)}`, {time.perf_counter() - begin:.0f} s")
-    text = header + "\n\n" + (ops + "\n\n" if ops else "") + models + "\n"
+    text = (_harness.header(begin) + "\n\n" + (ops + "\n\n" if ops else "")
+            + models + "\n")
     print(text)
-    out_dir = os.path.join(bench_vs_torch.HERE, "results")
-    with open(os.path.join(out_dir, f"cpu_convs_{args.size}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(out_dir, f"cpu_convs_{args.size}.md"), "w") as f:
-        f.write(text)
+    name = os.path.join(args.out_dir, f"cpu_convs_{args.size}")
+    _harness.write_json(name + ".json", results)
+    _harness.write_text(name + ".md", text)
 
 
 if __name__ == "__main__":

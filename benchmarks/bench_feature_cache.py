@@ -10,18 +10,19 @@ later ones is compared.
 """
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 
 import kft  # noqa: I001  (selects the JAX backend before Keras loads)
 import keras
-import numpy as np
+
+import _harness
 
 
 class _EpochTimes(keras.callbacks.Callback):
+    """Seconds of each epoch of the last fit. No batch hooks: defining one
+    turns off Keras' asynchronous dispatch of steps."""
+
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
@@ -54,11 +55,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (args.images, args.size, args.size, 3)).astype(
-        "float32")
-    y = rng.integers(0, args.num_classes, args.images)
-    load = [open("/proc/loadavg").read().split()[:3]]
+    x, y = _harness.random_batch(args.images, args.size, args.num_classes)
+    load = [_harness.loadavg()]
 
     timer = _EpochTimes()
     plain = _model(args)
@@ -74,7 +72,7 @@ def main():
     kft.fit_head(cached, cache, batch_size=args.batch_size,
                  epochs=args.epochs, callbacks=[timer], verbose=0)
     head_times = timer.times
-    load.append(open("/proc/loadavg").read().split()[:3])
+    load.append(_harness.loadavg())
 
     plain_median = statistics.median(plain_times[1:])
     head_median = statistics.median(head_times[1:])
@@ -88,8 +86,6 @@ def main():
         "speedup_per_epoch": plain_median / head_median,
         "features": list(cache.features.shape),
         "loadavg_before_after": load,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "versions": {"keras": keras.__version__, "kft": kft.__version__},
     }
     print(f"frozen-backbone fit: first epoch {plain_times[0]:.2f} s, later "
           f"epochs median {plain_median:.3f} s")
@@ -98,11 +94,9 @@ def main():
           f"{head_median:.4f} s")
     print(f"speed-up per head epoch after the first: "
           f"{plain_median / head_median:.1f}x (target >= 20x)")
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results",
+    out = args.out or _harness.results_path(
         f"feature_cache_{args.backbone}_{args.size}.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    _harness.write_json(out, result)
     print(f"wrote {out}")
 
 

@@ -20,12 +20,11 @@ augmentation in the pipeline (host) and in the model (device).
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
 from PIL import Image
+
+import _harness
 
 
 def sample_photos():
@@ -59,19 +58,32 @@ def build_folder(root, num_images, seed=0):
         crop.save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
 
 
-def time_batches(iterable, num_images, batch_size):
-    """Seconds to draw `num_images` after the first batch (warm-up)."""
-    iterator = iter(iterable)
-    next(iterator)
-    seen, start = 0, time.perf_counter()
-    while seen < num_images:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            iterator = iter(iterable)
-            continue
-        seen += len(batch[1])
-    return seen / (time.perf_counter() - start)
+def time_batches(iterable, num_images):
+    """Images per second drawing `num_images` after the first batch, which
+    is left out (start-up, workers, kft's augmentation compile)."""
+
+    def endless():
+        while True:
+            yield from iterable
+
+    batches = endless()
+    next(batches)
+    seen = 0
+
+    def draw():
+        nonlocal seen
+        while seen < num_images:
+            seen += len(next(batches)[1])
+
+    seconds = _harness.time_steps(draw, 1, warmup=0)["median_s"]
+    return seen / seconds
+
+
+def loader_rate(spec):
+    """One timing in this fresh process: `spec` is the command line's
+    arguments and "loader", the name of the loader to time."""
+    args = argparse.Namespace(**spec)
+    return time_batches(LOADERS[args.loader](args.root, args), args.images)
 
 
 def kft_loader(root, args):
@@ -142,13 +154,10 @@ def placement(root, args):
             model = kft.augmentation.attach(model, train.augmentation)
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
             from_logits=True))
-        model.fit(train, epochs=1, verbose=0)  # compile + warm-up
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            model.fit(train, epochs=1, verbose=0)
-            times.append(train.num_examples / (time.perf_counter() - start))
-        results[where] = times
+        timing = _harness.time_steps(
+            lambda: model.fit(train, epochs=1, verbose=0), args.repeats,
+            warmup=1)  # the warm-up epoch compiles
+        results[where] = [train.num_examples / t for t in timing["times_s"]]
     return results
 
 
@@ -165,37 +174,46 @@ def main():
     parser.add_argument("--augmentation", default="standard")
     parser.add_argument("--loaders", default="kft,torchvision")
     parser.add_argument("--placement", action="store_true")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None,
+                        help="JSON file; default benchmarks/results/"
+                             "loader_<augmentation>[_placement].json")
     args = parser.parse_args()
-    if args.worker:  # one timing in this fresh process; prints img/s last
-        loader = LOADERS[args.worker](args.root, args)
-        print(time_batches(loader, args.images, args.batch_size))
-        return
+    out = args.out or _harness.results_path(
+        f"loader_{args.augmentation}"
+        + ("_placement" if args.placement else "") + ".json")
     if not os.path.isdir(args.root):
         build_folder(args.root, args.num_images)
+    record = {"args": vars(args), "loadavg_before": _harness.loadavg()}
     print(f"folder {args.root}: {args.num_images} JPEGs, load "
-          f"{open('/proc/loadavg').read().split()[:3]}")
+          f"{record['loadavg_before']}")
     if args.placement:
-        for where, rates in placement(args.root, args).items():
+        record["fit_images_per_s"] = placement(args.root, args)
+        for where, rates in record["fit_images_per_s"].items():
             print(f"fit, augment on {where}: median "
                   f"{statistics.median(rates):.1f} img/s {rates}")
-        return
-    names = args.loaders.split(",")
-    rates = {name: [] for name in names}
-    for _ in range(args.repeats):  # interleaved, so load drifts hit both
+    else:
+        names = args.loaders.split(",")
+        rates = {name: [] for name in names}
+        for _ in range(args.repeats):  # interleaved, so load drifts hit both
+            for name in names:
+                run = _harness.run_isolated(
+                    "bench_loader:loader_rate", {**vars(args), "loader": name})
+                if run.error:
+                    raise SystemExit(f"{name}: {run.error}")
+                rates[name].append(run.results[0])
         for name in names:
-            out = subprocess.run(
-                [sys.executable, __file__, "--worker", name]
-                + sys.argv[1:], capture_output=True, text=True, check=True)
-            rates[name].append(float(out.stdout.split()[-1]))
-    for name in names:
-        print(f"{name}: median {statistics.median(rates[name]):.1f} img/s "
-              f"{[round(r, 1) for r in rates[name]]}")
-    for other in names[1:]:
-        ratio = statistics.median(rates[names[0]]) / statistics.median(
-            rates[other])
-        print(f"ratio {names[0]}/{other}: {ratio:.2f}x")
-    print(f"load after: {open('/proc/loadavg').read().split()[:3]}")
+            print(f"{name}: median {statistics.median(rates[name]):.1f} "
+                  f"img/s {[round(r, 1) for r in rates[name]]}")
+        for other in names[1:]:
+            ratio = statistics.median(rates[names[0]]) / statistics.median(
+                rates[other])
+            print(f"ratio {names[0]}/{other}: {ratio:.2f}x")
+        record["images_per_s"] = rates
+        record["median_images_per_s"] = {
+            name: statistics.median(r) for name, r in rates.items()}
+        print(f"load after: {_harness.loadavg()}")
+    _harness.write_json(out, record)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

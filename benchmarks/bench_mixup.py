@@ -14,15 +14,12 @@ rotating) so that load from other processes hits every variant alike:
 """
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import time
 
 import kft  # noqa: I001  (selects the JAX backend before Keras loads)
 import keras
 import numpy as np
+
+import _harness
 
 
 def _model(args, batch_augment):
@@ -35,22 +32,6 @@ def _model(args, batch_augment):
                   keras.losses.CategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
-
-
-def _time_interleaved(steps, batches, warmup):
-    """Seconds of each timed step, per variant, steps interleaved."""
-    names = list(steps)
-    for name in names:
-        for x, y in batches[:warmup]:
-            steps[name](x, y)
-    times = {name: [] for name in names}
-    for i, (x, y) in enumerate(batches[warmup:]):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            steps[name](x, y)
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main():
@@ -68,17 +49,13 @@ def main():
                              "mixup_<backbone>_<size>.json")
     args = parser.parse_args()
     if args.out is None:
-        args.out = os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "results",
+        args.out = _harness.results_path(
             f"mixup_{args.backbone}_{args.image_size}.json")
 
     rng = np.random.default_rng(0)
-    shape = (args.batch_size, args.image_size, args.image_size, 3)
-    batches = [
-        (rng.uniform(0, 255, shape).astype("float32"),
-         rng.integers(0, args.num_classes, args.batch_size))
-        for _ in range(args.warmup + args.steps)
-    ]
+    batches = [_harness.random_batch(args.batch_size, args.image_size,
+                                     args.num_classes, rng)
+               for _ in range(args.warmup + args.steps)]
     eye = np.eye(args.num_classes, dtype="float32")
     steps = {}
     for variant in args.variants:
@@ -104,14 +81,16 @@ def main():
             raise ValueError(
                 "Argument `variants` must hold 'none', 'device' or 'host'. "
                 f"Received: {variant!r}")
-        steps[variant] = step
-    times = _time_interleaved(steps, batches, args.warmup)
+        # Every variant steps through the same batches, in order.
+        steps[variant] = lambda step=step, it=iter(batches): step(*next(it))
+    timings = _harness.time_interleaved(steps, args.steps, args.warmup,
+                                        rotate=True)
     results = {}
-    for variant, samples in times.items():
-        results[variant] = statistics.median(samples)
-        print(f"{variant:7s} median step {1000 * results[variant]:8.1f} ms "
-              f"(min {1000 * min(samples):.1f}, "
-              f"max {1000 * max(samples):.1f}, {len(samples)} steps)")
+    for variant, t in timings.items():
+        results[variant] = t["median_s"]
+        print(f"{variant:7s} median step {1000 * t['median_s']:8.1f} ms "
+              f"(min {1000 * t['min_s']:.1f}, "
+              f"max {1000 * t['max_s']:.1f}, {len(t['times_s'])} steps)")
     if "none" in results:
         for variant, median in results.items():
             print(f"{variant:7s} / none = {median / results['none']:.3f}")
@@ -120,15 +99,9 @@ def main():
         "median_s": results,
         "ratio_to_none": ({k: v / results["none"] for k, v in results.items()}
                           if "none" in results else None),
-        "machine": f"{platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cores",
-        "loadavg": open("/proc/loadavg").read().split()[:3]
-                   if os.path.exists("/proc/loadavg") else None,
-        "versions": {"keras": keras.__version__, "kft": kft.__version__},
+        "step_times_s": {k: t["times_s"] for k, t in timings.items()},
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
+    _harness.write_json(args.out, record)
     print(f"wrote {args.out}")
 
 

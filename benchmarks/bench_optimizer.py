@@ -9,16 +9,15 @@ median step time of each and their ratio.
 
 Usage:
     python benchmarks/bench_optimizer.py [--image-size 64] [--batch-size 8]
-        [--steps 15] [--warmup 3] [--optimizer adam]
+        [--steps 15] [--warmup 3] [--optimizer adam] [--out FILE]
 """
 
 import argparse
-import statistics
-import time
 
-import kft
+import kft  # noqa: I001  (selects the JAX backend before Keras loads)
 import keras
-import numpy as np
+
+import _harness
 
 OPTIMIZERS = {
     "adam": lambda: keras.optimizers.Adam(1e-3),
@@ -44,28 +43,28 @@ def main(args):
     keras.utils.set_random_seed(0)
     models = {"plain": build(args, False), "blockwise": build(args, True)}
     groups = list(models["blockwise"].optimizer.learning_rates)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (args.batch_size, args.image_size,
-                             args.image_size, 3)).astype("float32")
-    y = rng.integers(0, 10, args.batch_size)
-    times = {name: [] for name in models}
-    for step in range(args.warmup + args.steps):
-        for name, model in models.items():
-            start = time.perf_counter()
-            float(model.train_on_batch(x, y))  # float() waits for the step.
-            if step >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    x, y = _harness.random_batch(args.batch_size, args.image_size, 10)
+    timings = _harness.time_interleaved(
+        {name: lambda model=model: model.train_on_batch(x, y)
+         for name, model in models.items()}, args.steps, args.warmup)
+    medians = {name: t["median_s"] for name, t in timings.items()}
     print(f"groups: {len(groups)} {groups}")
     print(f"optimizer={args.optimizer} image_size={args.image_size} "
           f"batch_size={args.batch_size} steps={args.steps} "
           f"warmup={args.warmup}")
-    for name, median in medians.items():
-        print(f"{name:10s} median step {median * 1e3:8.1f} ms "
-              f"(min {min(times[name]) * 1e3:.1f}, "
-              f"max {max(times[name]) * 1e3:.1f})")
+    for name, t in timings.items():
+        print(f"{name:10s} median step {t['median_s'] * 1e3:8.1f} ms "
+              f"(min {t['min_s'] * 1e3:.1f}, "
+              f"max {t['max_s'] * 1e3:.1f})")
     ratio = medians["blockwise"] / medians["plain"]
     print(f"ratio blockwise/plain: {ratio:.3f}")
+    out = args.out or _harness.results_path(
+        f"optimizer_{args.optimizer}_{args.image_size}.json")
+    _harness.write_json(out, {
+        "args": vars(args), "groups": groups, "median_s": medians,
+        "ratio_blockwise_to_plain": ratio,
+        "step_times_s": {k: t["times_s"] for k, t in timings.items()}})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
@@ -76,4 +75,7 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                         default="adam")
+    parser.add_argument("--out", default=None,
+                        help="JSON file; default benchmarks/results/"
+                             "optimizer_<optimizer>_<image size>.json")
     main(parser.parse_args())

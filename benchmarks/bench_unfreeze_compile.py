@@ -15,12 +15,11 @@ persistent compilation cache.
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
+
+import _harness
 
 
 def main():
@@ -42,17 +41,13 @@ def main():
     import kft  # first: selects the JAX backend  # isort: skip
     import jax
     import keras
-    import numpy as np
 
     keras.utils.set_random_seed(0)
     model = kft.build_classifier(args.backbone, num_classes=10, weights=None,
                                  input_shape=(args.size, args.size, 3))
     model.compile(keras.optimizers.SGD(1e-3, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    n = args.batch * args.steps
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (n, args.size, args.size, 3)).astype("float32")
-    y = rng.integers(0, 10, n)
+    x, y = _harness.random_batch(args.batch * args.steps, args.size, 10)
 
     class Timer(keras.callbacks.Callback):
         def __init__(self):
@@ -67,7 +62,7 @@ def main():
             self.t = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
-            float(logs["loss"])  # wait for the step to finish
+            _harness.sync(logs["loss"])  # wait for the step to finish
             self.steps[self.epoch].append(time.perf_counter() - self.t)
 
     timer = Timer()
@@ -108,12 +103,6 @@ def main():
         "backbone": args.backbone, "size": args.size, "batch": args.batch,
         "cache_dir": args.cache_dir, "cache_entries_before": cached_before,
         "fit_total_s": total, "stages": rows,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "loadavg": open("/proc/loadavg").read().split()[:3],
-        "versions": {"keras": keras.__version__,
-                     "jax": __import__("jax").__version__,
-                     "python": sys.version.split()[0]},
-        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     print("| stage | unfroze | trace (s) | lower (s) | XLA compile or cache "
           "load (s) | cache hits | first step (s) | later steps, median (s) |")
@@ -126,9 +115,7 @@ def main():
     print(f"cache entries before the run: {cached_before}; fit total "
           f"{total:.1f}s")
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        _harness.write_json(args.json, result)
 
 
 if __name__ == "__main__":

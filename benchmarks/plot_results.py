@@ -13,10 +13,9 @@ import argparse
 import glob
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_vs_torch  # noqa: E402
+import _harness
+import _vs_torch
 
 
 def load(tags, directory):
@@ -33,18 +32,17 @@ def load(tags, directory):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tags", nargs="+", default=["cpu"])
-    parser.add_argument("--dir", default=os.path.join(
-        bench_vs_torch.HERE, "results", "vs_torch"))
+    parser.add_argument("--dir", default=_harness.results_path("vs_torch"))
     parser.add_argument("--out", default=None,
                         help="PNG path; default <dir>/<tags>_chart.png")
     args = parser.parse_args()
     results = load(args.tags, args.dir)
     if not results:
         raise SystemExit(f"no results for tags {args.tags} in {args.dir}")
-    sides = [s for s in bench_vs_torch.SIDES
+    sides = [s for s in _vs_torch.SIDES
              if any(r["side"] == s for r in results)]
-    print(bench_vs_torch._table(results, sides))
-    bench_vs_torch._chart(results, args.out or os.path.join(
+    print(_vs_torch.table(results, sides))
+    _vs_torch.chart(results, args.out or os.path.join(
         args.dir, "_".join(args.tags) + "_chart.png"))
 
 

@@ -1,47 +1,39 @@
 """Which XLA CPU flags make kft's training step faster, without changing it.
 
 For each backbone and input size, runs the same kft training step
-(`bench_vs_torch.py`'s kft worker: same model, weights, batch, optimizer)
-under each flag set in its own process, and reports the median step time
-and the largest relative difference of the 13 losses of the run (the same
-batch trained 13 times from the same weights: any difference in the
-forward pass or the gradients shows there) against plain XLA.
+(`bench_vs_torch.py`'s kft step, `_vs_torch.run_kft`: same model, weights,
+batch, optimizer) under each flag set in its own process, and reports the
+median step time and the largest relative difference of the 13 losses of
+the run (the same batch trained 13 times from the same weights: any
+difference in the forward pass or the gradients shows there) against
+plain XLA.
 
     python benchmarks/xla_cpu_flags.py --sizes 64 224 --strategy full
 """
 
 import argparse
-import json
 import os
-import platform
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_vs_torch  # noqa: E402
+import _harness
+import _vs_torch
 
-FLAG_SETS = {
-    "none": "",
-    "algsimp off": "--xla_disable_hlo_passes=algsimp",
-    "ynn conv off": "--xla_cpu_experimental_ynn_fusion_type="
-                    "-individual_convolution",
-    "both (KFT_XLA_CPU_FLAGS=1)": "--xla_disable_hlo_passes=algsimp "
-                          "--xla_cpu_experimental_ynn_fusion_type="
-                          "-individual_convolution",
-}
+FLAG_SETS = _vs_torch.XLA_FLAG_SETS
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     parser.add_argument("--backbones", nargs="+",
-                        default=list(bench_vs_torch.BACKBONES))
+                        default=list(_vs_torch.BACKBONES))
     parser.add_argument("--strategy", default="full")
     parser.add_argument("--sets", nargs="+", default=list(FLAG_SETS))
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out-dir",
+                        default=_harness.results_path("xla_flags"),
+                        help="where the JSON and table go (default: "
+                             "benchmarks/results/xla_flags)")
     args = parser.parse_args()
-    out_dir = os.path.join(bench_vs_torch.HERE, "results", "xla_flags")
-    os.makedirs(out_dir, exist_ok=True)
     rows = ["| size | backbone | " + " | ".join(
         f"{name}: ms/step (max rel loss diff)" for name in args.sets) + " |",
         "|---|---|" + "---|" * len(args.sets)]
@@ -55,12 +47,11 @@ def main():
                        "strategy": args.strategy, "size": size,
                        "batch": batch, "steps": args.steps, "warmup": 2,
                        "gpu": False, "xla_flags": FLAG_SETS[name]}
-                r = bench_vs_torch._run([cfg], 900)[0]
+                r = _vs_torch.run_fresh([cfg], 900)[0]
                 r["flag_set"] = name
                 slug = name.split(" ")[0]
                 name_json = f"{size}_{backbone}_{args.strategy}_{slug}.json"
-                with open(os.path.join(out_dir, name_json), "w") as f:
-                    json.dump(r, f, indent=1)
+                _harness.write_json(os.path.join(args.out_dir, name_json), r)
                 if "error" in r:
                     cells.append("error")
                     print(f"{size} {backbone} {name}: {r['error'][-300:]}")
@@ -75,16 +66,13 @@ def main():
                       f"{backbone} {name}: {1000 * r['median_step_s']:.0f} "
                       f"ms, max rel loss diff {diff:.1e}", flush=True)
             rows.append(f"| {size} | {backbone} | " + " | ".join(cells) + " |")
-    header = (f"{platform.machine()}, {os.cpu_count()} cores, strategy "
-              f"{args.strategy}, `{' '.join(sys.argv)}`, "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-              f"{time.perf_counter() - begin:.0f} s")
+    header = _harness.header(begin) + f", strategy {args.strategy}"
     table = "\n".join(rows)
     print(header + "\n" + table)
     sizes = "_".join(str(size) for size in args.sizes)
-    with open(os.path.join(out_dir, f"table_{sizes}_{args.strategy}.md"),
-              "w") as f:
-        f.write(header + "\n\n" + table + "\n")
+    _harness.write_text(
+        os.path.join(args.out_dir, f"table_{sizes}_{args.strategy}.md"),
+        header + "\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -1,59 +1,97 @@
 """kft: fine-tuning pretrained vision backbones with Keras 3 on JAX."""
 
+import importlib
+import os
+import sys
+
 from kft._backend import apply_cpu_xla_flags
 from kft._backend import enable_compilation_cache
 from kft._backend import ensure_jax_backend
 
 ensure_jax_backend()
 apply_cpu_xla_flags()
-enable_compilation_cache()
-
-from kft import datasets  # noqa: E402
-from kft import layers  # noqa: E402
-from kft.backbones import BackboneSpec  # noqa: E402
-from kft.backbones import create_backbone  # noqa: E402
-from kft.backbones import get_backbone  # noqa: E402
-from kft.backbones import list_backbones  # noqa: E402
-from kft.backbones import register_backbone  # noqa: E402
-from kft.blocks import get_blocks  # noqa: E402
-from kft.classifier import build_classifier  # noqa: E402
-from kft.evaluation import ClassificationReport  # noqa: E402
-from kft.evaluation import classification_report  # noqa: E402
-from kft.evaluation import evaluate_classifier  # noqa: E402
-from kft.freezing import freeze  # noqa: E402
-from kft.freezing import set_trainable_blocks  # noqa: E402
-from kft.freezing import unfreeze_top  # noqa: E402
-from kft.summary import trainable_summary  # noqa: E402
-from kft.training_state import changing_trainable  # noqa: E402
-from kft.training_state import refresh_training_state  # noqa: E402
-from kft.training_state import retarget_optimizer  # noqa: E402
-
-# -- optimizers (issue 3) --
-from kft import optimizers  # noqa: E402
-from kft.optimizers import BlockwiseOptimizer  # noqa: E402
-from kft.optimizers import GroupOptimizer  # noqa: E402
-from kft.optimizers import layerwise_lr  # noqa: E402
-# -- callbacks and fine_tune recipe (issue 4) --
-from kft import callbacks  # noqa: E402
-from kft.recipes import FineTuneResult  # noqa: E402
-from kft.recipes import fine_tune  # noqa: E402
-# -- data pipelines (issue 5) --
-from kft import augmentation  # noqa: E402
-from kft import data  # noqa: E402
-from kft import image_ops  # noqa: E402
-# -- batch augmentation (issue 6) --
-from kft import mixing  # noqa: E402
-from kft.models import BatchAugmentModel  # noqa: E402
-# -- feature caching (issue 7) --
-from kft import feature_cache  # noqa: E402
-from kft.feature_cache import FeatureCache  # noqa: E402
-from kft.feature_cache import cache_features  # noqa: E402
-from kft.feature_cache import fit_head  # noqa: E402
-# -- CPU speed: convolutions XLA runs slowly on CPU (issue 7) --
-from kft import cpu_convs  # noqa: E402
-from kft.cpu_convs import fast_cpu_convs  # noqa: E402
 
 __version__ = "0.1.0"
+
+# Public name -> the module defining it (a submodule maps to itself).
+_EXPORTS = {
+    "datasets": "kft.datasets",
+    "layers": "kft.layers",
+    "BackboneSpec": "kft.backbones",
+    "create_backbone": "kft.backbones",
+    "get_backbone": "kft.backbones",
+    "list_backbones": "kft.backbones",
+    "register_backbone": "kft.backbones",
+    "get_blocks": "kft.blocks",
+    "build_classifier": "kft.classifier",
+    "ClassificationReport": "kft.evaluation",
+    "classification_report": "kft.evaluation",
+    "evaluate_classifier": "kft.evaluation",
+    "freeze": "kft.freezing",
+    "set_trainable_blocks": "kft.freezing",
+    "unfreeze_top": "kft.freezing",
+    "trainable_summary": "kft.summary",
+    "changing_trainable": "kft.training_state",
+    "refresh_training_state": "kft.training_state",
+    "retarget_optimizer": "kft.training_state",
+    # -- optimizers (issue 3) --
+    "optimizers": "kft.optimizers",
+    "BlockwiseOptimizer": "kft.optimizers",
+    "GroupOptimizer": "kft.optimizers",
+    "layerwise_lr": "kft.optimizers",
+    # -- callbacks and fine_tune recipe (issue 4) --
+    "callbacks": "kft.callbacks",
+    "FineTuneResult": "kft.recipes",
+    "fine_tune": "kft.recipes",
+    # -- data pipelines (issue 5) --
+    "augmentation": "kft.augmentation",
+    "data": "kft.data",
+    "image_ops": "kft.image_ops",
+    # -- batch augmentation (issue 6) --
+    "mixing": "kft.mixing",
+    "BatchAugmentModel": "kft.models",
+    # -- feature caching (issue 7) --
+    "feature_cache": "kft.feature_cache",
+    "FeatureCache": "kft.feature_cache",
+    "cache_features": "kft.feature_cache",
+    "fit_head": "kft.feature_cache",
+    # -- CPU speed: convolutions XLA runs slowly on CPU (issue 7) --
+    "cpu_convs": "kft.cpu_convs",
+    "fast_cpu_convs": "kft.cpu_convs",
+}
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kft' has no attribute {name!r}")
+    value = importlib.import_module(module)
+    if module != f"kft.{name}":
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _run_as_command():
+    # The `kft` console script imports this package before `kft.cli`;
+    # `kft --help` must not wait seconds for Keras and JAX.
+    argv = getattr(sys, "argv", None) or [""]
+    name = os.path.splitext(os.path.basename(argv[0]))[0]
+    return name in ("kft", "kft-script")
+
+
+if not _run_as_command():
+    enable_compilation_cache()
+    # Importing every module registers kft's Keras classes, so
+    # `keras.models.load_model` finds them right after `import kft`. The
+    # `kft` command loads modules on first use instead (`__getattr__`).
+    for _name in _EXPORTS:
+        __getattr__(_name)
+    del _name
 
 __all__ = [
     "BackboneSpec",

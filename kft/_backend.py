@@ -1,17 +1,64 @@
 """Selects the JAX backend before Keras is imported."""
 
+import json
+import logging
 import os
 import sys
+
+logger = logging.getLogger("kft")
+
+# What Keras writes to keras.json on its first import when the file is
+# missing: its "tensorflow" default is nobody's choice.
+_KERAS_DEFAULT_CONFIG = {"floatx": "float32", "epsilon": 1e-07,
+                         "backend": "tensorflow",
+                         "image_data_format": "channels_last"}
+
+
+def _keras_config_backend():
+    """(backend the user chose in Keras' keras.json or None, its path).
+
+    Mirrors where Keras looks: `$KERAS_HOME`, else `~/.keras` (`/tmp/.keras`
+    when the home folder is not writable)."""
+    if "KERAS_HOME" in os.environ:
+        directory = os.environ["KERAS_HOME"]
+    else:
+        home = os.path.expanduser("~")
+        if not os.access(home, os.W_OK):
+            home = "/tmp"
+        directory = os.path.join(home, ".keras")
+    path = os.path.expanduser(os.path.join(directory, "keras.json"))
+    try:
+        with open(path) as file:
+            config = json.load(file)
+    except (OSError, ValueError):
+        return None, path
+    if not isinstance(config, dict) or config == _KERAS_DEFAULT_CONFIG:
+        return None, path
+    backend = config.get("backend")
+    return (backend if isinstance(backend, str) else None), path
 
 
 def ensure_jax_backend():
     """Makes Keras use JAX, or explains why it cannot.
 
-    Sets `KERAS_BACKEND=jax` when it is unset. Keras reads the variable once,
-    on its first import, so a Keras already imported with another backend
-    cannot be switched and we say so instead of running on the wrong engine.
+    Sets `KERAS_BACKEND=jax` when it is unset, and says so (one warning on
+    the `"kft"` logger) when Keras' `keras.json` names another backend,
+    which this overrides (not for the file Keras writes itself on its
+    first import, whose "tensorflow" is only Keras' default). Keras reads
+    the variable once, on its first import, so a Keras already imported
+    with another backend cannot be switched and we say so instead of
+    running on the wrong engine.
     """
-    requested = os.environ.setdefault("KERAS_BACKEND", "jax")
+    requested = os.environ.get("KERAS_BACKEND")
+    if requested is None:
+        os.environ["KERAS_BACKEND"] = requested = "jax"
+        configured, path = _keras_config_backend()
+        if configured not in (None, "jax") and "keras" not in sys.modules:
+            logger.warning(
+                "kft: %s selects the %r backend; kft runs Keras on JAX, so "
+                "it set KERAS_BACKEND=jax for this process. Set "
+                "KERAS_BACKEND=jax yourself to silence this.", path,
+                configured)
     if requested != "jax":
         raise ImportError(
             "kft runs on the JAX backend of Keras, but KERAS_BACKEND="
@@ -29,14 +76,31 @@ def ensure_jax_backend():
             )
 
 
+# JAX's own default; any other value was chosen by the user.
+_JAX_MIN_COMPILE_TIME_DEFAULT = 1.0
+
+
+def _set_by_user(jax, name, jax_default):
+    """Whether the user configured a JAX option, by environment variable
+    (JAX reads `JAX_<NAME>` on import) or by `jax.config.update`."""
+    return (name.upper() in os.environ
+            or getattr(jax.config, name) != jax_default)
+
+
 def enable_compilation_cache(directory=None):
     """Turns on JAX's persistent compilation cache.
 
     kft compiles one train step per trainable set (per stage of gradual
     unfreezing); with the cache a second run of the same recipe loads those
     programs from disk instead of compiling them again. kft calls this on
-    import unless `KFT_COMPILATION_CACHE=0`, or a cache directory is already
-    configured for JAX (`JAX_COMPILATION_CACHE_DIR`), which is then kept.
+    import unless `KFT_COMPILATION_CACHE=0`, and never over a cache
+    directory already configured for JAX (`JAX_COMPILATION_CACHE_DIR`, or
+    `jax.config.update("jax_compilation_cache_dir", ...)` before
+    `import kft`), which is then kept as it is. It also caches programs
+    that took over 0.5 s to compile (JAX: 1 s), unless
+    `jax_persistent_cache_min_compile_time_secs` was set by the user.
+    Called on import, it logs the directory it chose (INFO, `"kft"`
+    logger).
 
     Args:
         directory: Cache location. Defaults to `$KFT_COMPILATION_CACHE` if it
@@ -44,7 +108,7 @@ def enable_compilation_cache(directory=None):
             `~/.cache/kft/jax`).
 
     Returns:
-        The directory used, or `None` when the cache was left off.
+        The directory used, or `None` when kft left the cache setting alone.
 
     Example:
     >>> import kft
@@ -54,17 +118,24 @@ def enable_compilation_cache(directory=None):
     import jax
 
     setting = os.environ.get("KFT_COMPILATION_CACHE", "")
+    announce = directory is None
     if directory is None:
-        if setting == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        if setting == "0" or _set_by_user(jax, "jax_compilation_cache_dir",
+                                          None):
             return None
         directory = setting or os.path.join(
             os.environ.get("XDG_CACHE_HOME",
                            os.path.join(os.path.expanduser("~"), ".cache")),
             "kft", "jax")
+    directory = os.fspath(directory)
     jax.config.update("jax_compilation_cache_dir", directory)
-    # Cache every program that took over half a second to compile.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if not _set_by_user(jax, "jax_persistent_cache_min_compile_time_secs",
+                        _JAX_MIN_COMPILE_TIME_DEFAULT):
+        # Cache every program that took over half a second to compile.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if announce:
+        logger.info("kft: JAX compilation cache in %s "
+                    "(KFT_COMPILATION_CACHE=0 turns it off)", directory)
     return directory
 
 

@@ -6,11 +6,14 @@ the names of the backbone's own layers, ordered from the stem to the top.
 """
 
 import dataclasses
+import difflib
 import fnmatch
+import numbers
 import os
 from typing import Callable
 
 import keras
+import numpy as np
 
 from kft import simple_cnn
 
@@ -69,38 +72,131 @@ def list_backbones(pattern="*"):
     """Names of the registered backbones that match a shell-style pattern.
 
     Args:
-        pattern: `fnmatch` pattern, e.g. `"efficientnet*"`. Defaults to `"*"`.
+        pattern: `fnmatch` pattern, matched case-insensitively, e.g.
+            `"efficientnet*"`. Defaults to `"*"`.
 
     Returns:
         Sorted list of names.
 
     Example:
     >>> import kft
-    >>> kft.list_backbones("resnet*")
-    ['resnet101', 'resnet50', 'resnet50v2']
+    >>> kft.list_backbones("ResNet5*")
+    ['resnet50', 'resnet50v2']
     """
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    if not isinstance(pattern, str):
+        raise TypeError(
+            "Argument `pattern` must be a string such as 'resnet*'. "
+            f"Received: pattern={pattern!r}"
+        )
+    pattern = pattern.lower()
+    return sorted(n for n in _REGISTRY
+                  if fnmatch.fnmatchcase(n.lower(), pattern))
+
+
+def _canonical(name):
+    # "EfficientNet-B0", "efficientnet_b0" and "efficientnetb0" compare equal.
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def resolve_backbone_name(name):
+    """The registered name `name` refers to, or `None`.
+
+    An exact name wins; otherwise the match ignores case, then `_` and `-`,
+    as long as exactly one registered name is left.
+
+    Example:
+    >>> from kft.backbones import resolve_backbone_name
+    >>> resolve_backbone_name("EfficientNet_B0")
+    'efficientnetb0'
+    """
+    if not isinstance(name, str):
+        return None
+    if name in _REGISTRY:
+        return name
+    for key in (str.lower, _canonical):
+        hits = [n for n in _REGISTRY if key(n) == key(name)]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def close_backbone_names(name, n=3):
+    """Registered names that look like `name` (`difflib`, case, `_` and `-`
+    ignored); the suggestions of the unknown-backbone error.
+
+    Example:
+    >>> from kft.backbones import close_backbone_names
+    >>> close_backbone_names("resnet5")
+    ['resnet50', 'resnet152', 'resnet50v2']
+    """
+    text = _canonical(str(name).strip("*?[]"))
+    by_key = {}
+    for registered in sorted(_REGISTRY):
+        by_key.setdefault(_canonical(registered), []).append(registered)
+    matches = difflib.get_close_matches(text, list(by_key), n=n, cutoff=0.6)
+    return [registered for key in matches for registered in by_key[key]][:n]
+
+
+def _one_of(names):
+    quoted = [repr(n) for n in names]
+    return (", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1
+            else quoted[0])
 
 
 def get_backbone(name):
     """The `BackboneSpec` registered under `name`.
 
+    `name` may differ from the registered one in case, `_` and `-` when
+    that leaves one candidate: `"ResNet50"` and timm's `"efficientnet_b0"`
+    find `"resnet50"` and `"efficientnetb0"`.
+
     Raises:
-        ValueError: if `name` is not registered; the message lists the names.
+        ValueError: if `name` is not registered; the message suggests close
+            names and lists all of them.
+
+    Example:
+    >>> import kft
+    >>> kft.get_backbone("ResNet50").name
+    'resnet50'
     """
-    if name not in _REGISTRY:
+    resolved = resolve_backbone_name(name)
+    if resolved is None:
+        close = close_backbone_names(name)
+        hint = f" Did you mean {_one_of(close)}?" if close else ""
         raise ValueError(
-            f"Unknown backbone: {name!r}. Known backbones: "
+            f"Unknown backbone: {name!r}.{hint} Known backbones: "
             f"{', '.join(list_backbones())}."
         )
-    return _REGISTRY[name]
+    return _REGISTRY[resolved]
+
+
+def check_input_shape(input_shape):
+    """`input_shape` as a tuple of Python ints (or `None` sizes).
+
+    Sizes may come from numpy (`x.shape[1:]`, `np.int64(224)`).
+
+    >>> check_input_shape((np.int64(16), 16, 3))
+    (16, 16, 3)
+    """
+    if isinstance(input_shape, np.ndarray):
+        input_shape = input_shape.tolist()
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
+            or not all(d is None or (isinstance(d, numbers.Integral)
+                                     and not isinstance(d, bool) and d > 0)
+                       for d in input_shape)):
+        raise ValueError(
+            "Argument `input_shape` must be (height, width, channels) with "
+            f"positive integer sizes. Received: input_shape={input_shape!r}"
+        )
+    return tuple(None if d is None else int(d) for d in input_shape)
 
 
 def create_backbone(name, weights="imagenet", input_shape=None):
     """Builds a registered backbone without its classification top.
 
     Args:
-        name: Registry name, see `list_backbones()`.
+        name: Registry name, see `list_backbones()` (case, `_` and `-`
+            forgiven, see `get_backbone`).
         weights: `"imagenet"` (Keras' own download and cache), `None` (random
             initialisation) or the path of a local weights file saved from
             the same backbone (`.weights.h5`, or Keras' legacy `.h5`).
@@ -109,7 +205,7 @@ def create_backbone(name, weights="imagenet", input_shape=None):
             default size.
 
     Returns:
-        A `keras.Model` named `name`.
+        A `keras.Model` named after the registered backbone.
 
     Example:
     >>> import kft
@@ -121,6 +217,8 @@ def create_backbone(name, weights="imagenet", input_shape=None):
     spec = get_backbone(name)
     if input_shape is None:
         input_shape = (spec.default_size, spec.default_size, 3)
+    input_shape = check_input_shape(input_shape)
+    pretrained = weights is not None
     local_file = None
     if weights is not None and weights != "imagenet":
         if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(
@@ -132,11 +230,16 @@ def create_backbone(name, weights="imagenet", input_shape=None):
             )
         local_file, weights = os.fspath(weights), None
     model = spec.constructor(
-        include_top=False, weights=weights, input_shape=tuple(input_shape)
+        include_top=False, weights=weights, input_shape=input_shape
     )
-    model.name = name
+    # The registered name, not an alias: `kft.get_blocks` finds the
+    # backbone by it.
+    model.name = spec.name
     if local_file is not None:
         model.load_weights(local_file)
+    # Read by `kft.freeze`: frozen BatchNorm of a randomly initialised
+    # backbone keeps random-init statistics.
+    model._kft_pretrained = pretrained
     return model
 
 

@@ -4,6 +4,9 @@ import keras
 
 from kft import backbones
 from kft import cpu_convs
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import check_number
 from kft.layers import Preprocess
 from kft.models import BatchAugmentModel
 
@@ -23,9 +26,11 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
     after its registry entry, head layers start with `head_`.
 
     Args:
-        backbone: Registry name, see `kft.list_backbones()`. Defaults to
+        backbone: Registry name, see `kft.list_backbones()` (case, `_` and
+            `-` forgiven: `"ResNet50"`, `"efficientnet_b0"`). Defaults to
             `"resnet50"`.
-        num_classes: Number of classes, at least 2.
+        num_classes: Number of classes, an integer (Python or numpy) of at
+            least 2.
         weights: `"imagenet"`, `None` or a local weights file of the
             backbone (see `kft.create_backbone`). Defaults to `"imagenet"`.
         input_shape: `(height, width, 3)`. Defaults to the backbone's
@@ -50,11 +55,13 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
             CPU, same results up to float rounding. Defaults to `"auto"`.
 
     Returns:
-        A functional `keras.Model` named `kft_<backbone>`.
+        A functional `keras.Model` named `kft_<backbone>` (the registered
+        name).
 
     Raises:
-        ValueError: unknown backbone (lists the known ones), `num_classes`
-            below 2, or an unknown `head` / `pooling` / bad `dropout`.
+        ValueError: unknown backbone (suggests close names, lists the known
+            ones), `num_classes` below 2, or an unknown `head` / `pooling` /
+            bad `dropout`.
 
     Example:
     >>> import kft
@@ -64,29 +71,12 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
     (None, 10)
     """
     spec = backbones.get_backbone(backbone)
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or num_classes < 2
-    ):
-        raise ValueError(
-            "Argument `num_classes` must be an integer >= 2. "
-            f"Received: num_classes={num_classes!r}"
-        )
-    if head not in HEADS:
-        raise ValueError(
-            f"Argument `head` must be one of {HEADS}. Received: head={head!r}"
-        )
-    if pooling not in POOLINGS:
-        raise ValueError(
-            f"Argument `pooling` must be one of {POOLINGS}. "
-            f"Received: pooling={pooling!r}"
-        )
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(
-            "Argument `dropout` must be a float in [0, 1). "
-            f"Received: dropout={dropout!r}"
-        )
+    num_classes = check_int("num_classes", num_classes, min_value=2)
+    hidden_units = check_int("hidden_units", hidden_units, min_value=1)
+    check_choice("head", head, HEADS)
+    check_choice("pooling", pooling, POOLINGS)
+    dropout = check_number("dropout", dropout, low=0.0, high=1.0,
+                           high_open=True)
     if fast_cpu_convs not in ("auto", True, False):
         raise ValueError(
             'Argument `fast_cpu_convs` must be "auto", True or False. '
@@ -94,14 +84,17 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
         )
     if input_shape is None:
         input_shape = (spec.default_size, spec.default_size, 3)
-    base = backbones.create_backbone(backbone, weights=weights,
+    input_shape = backbones.check_input_shape(input_shape)
+    base = backbones.create_backbone(spec.name, weights=weights,
                                      input_shape=input_shape)
     if fast_cpu_convs == "auto":
         import jax
 
         fast_cpu_convs = jax.default_backend() == "cpu"
     if fast_cpu_convs:
+        pretrained = base._kft_pretrained
         base = cpu_convs.fast_cpu_convs(base)
+        base._kft_pretrained = pretrained
     inputs = keras.Input(tuple(input_shape), name="image")
     x = Preprocess(spec.preprocess, name="preprocess")(inputs)
     x = base(x)
@@ -119,6 +112,11 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="head_dense")(x)
     if batch_augment is not None:
-        return BatchAugmentModel(inputs, outputs, name=f"kft_{backbone}",
-                                 batch_augment=batch_augment)
-    return keras.Model(inputs, outputs, name=f"kft_{backbone}")
+        model = BatchAugmentModel(inputs, outputs, name=f"kft_{spec.name}",
+                                  batch_augment=batch_augment)
+    else:
+        model = keras.Model(inputs, outputs, name=f"kft_{spec.name}")
+    # Whether the backbone starts from trained weights; `kft.freeze` warns
+    # about frozen BatchNorm statistics of a random initialisation.
+    model._kft_pretrained = weights is not None
+    return model

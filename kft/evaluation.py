@@ -4,6 +4,9 @@ import dataclasses
 
 import numpy as np
 
+from kft._validation import check_int
+from kft._validation import check_labels
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationReport:
@@ -33,17 +36,44 @@ class ClassificationReport:
         return "\n".join(lines)
 
 
+def _check_class_names(class_names, num_classes):
+    if class_names is None:
+        return None
+    class_names = tuple(class_names)
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"Argument `class_names` must hold one name per class: "
+            f"{num_classes} names for {num_classes} classes. Received "
+            f"{len(class_names)} names: class_names={class_names!r}"
+        )
+    return class_names
+
+
+def _integer_labels(y, num_classes, name):
+    """Integer labels from integer labels or one-hot rows, range-checked."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
+        y = np.argmax(y, axis=-1)
+    return check_labels(y.reshape(-1), num_classes, name=name)
+
+
 def classification_report(y_true, y_pred, num_classes=None, class_names=None):
     """Metrics from integer labels and predictions.
 
     Args:
-        y_true: Integer labels, shape `(n,)`.
-        y_pred: Integer predictions, shape `(n,)`.
+        y_true: Integer labels, shape `(n,)`, in `[0, num_classes)`.
+        y_pred: Integer predictions, shape `(n,)`, in `[0, num_classes)`.
         num_classes: Defaults to `len(class_names)` or the largest label + 1.
-        class_names: Names of the classes. Defaults to `"0"`, `"1"`, ...
+        class_names: Names of the classes, one per class. Defaults to `"0"`,
+            `"1"`, ...
 
     Returns:
         A `ClassificationReport`.
+
+    Raises:
+        ValueError: labels or predictions outside `[0, num_classes)` (named),
+            not integers, of different lengths or empty, or `class_names`
+            not of length `num_classes`.
 
     Example:
     >>> from kft.evaluation import classification_report
@@ -52,17 +82,27 @@ def classification_report(y_true, y_pred, num_classes=None, class_names=None):
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    y_true = np.asarray(y_true).astype(int).reshape(-1)
-    y_pred = np.asarray(y_pred).astype(int).reshape(-1)
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(y_pred).reshape(-1)
     if y_true.shape != y_pred.shape or y_true.size == 0:
         raise ValueError(
             "`y_true` and `y_pred` must be non-empty and of one length. "
             f"Received lengths {y_true.size} and {y_pred.size}."
         )
-    if num_classes is None:
-        num_classes = (len(class_names) if class_names is not None
-                       else int(max(y_true.max(), y_pred.max())) + 1)
-    class_names = tuple(class_names or (str(i) for i in range(num_classes)))
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, min_value=1)
+    elif class_names is not None:
+        num_classes = len(class_names)
+    else:
+        both = np.concatenate([y_true, y_pred])
+        # Non-numbers get a class count of 1; `check_labels` then names them.
+        numeric = np.issubdtype(both.dtype, np.number) and np.all(
+            np.isfinite(both))
+        num_classes = max(int(both.max()) + 1, 1) if numeric else 1
+    class_names = _check_class_names(class_names, num_classes)
+    y_true = check_labels(y_true, num_classes, name="y_true")
+    y_pred = check_labels(y_pred, num_classes, name="y_pred")
+    class_names = class_names or tuple(str(i) for i in range(num_classes))
     labels = list(range(num_classes))
     p, r, f, s = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
@@ -82,8 +122,48 @@ def classification_report(y_true, y_pred, num_classes=None, class_names=None):
     )
 
 
-def evaluate_classifier(model, x, y, batch_size=64, class_names=None):
-    """Runs `model.predict` on `x` and reports against labels `y`.
+def _output_width(model):
+    """The model's number of classes, known before predicting, or `None`."""
+    try:
+        width = model.outputs[0].shape[-1]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return None if width is None else int(width)
+
+
+def _is_array(x):
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def evaluate_classifier(model, x, y=None, batch_size=64, class_names=None):
+    """Predicts with `model` and reports against the true labels.
+
+    Either arrays (`x` images and `y` labels, or `x=(images, labels)`) or
+    a labelled dataset: a `kft.data.ImageDataset`, or any iterable of
+    `(images, labels)` batches (a `tf.data.Dataset`, a generator, a list of
+    batches), streamed batch by batch with labels and predictions collected
+    together, so shuffling does not matter. Labels may be integers or
+    one-hot rows.
+
+    Args:
+        model: A classifier returning one score (logit or probability) per
+            class.
+        x: Images, an `(images, labels)` pair, or a labelled dataset (then
+            leave `y` out).
+        y: Integer labels in `[0, num_classes)` (or one-hot rows) when `x`
+            holds images. Defaults to `None`.
+        batch_size: Prediction batch size for arrays. Defaults to `64`.
+        class_names: One name per class of the model. Defaults to the
+            dataset's `class_names` if it has them, else `"0"`, `"1"`, ...
+
+    Returns:
+        A `ClassificationReport`.
+
+    Raises:
+        ValueError: labels outside `[0, num_classes)` (named), `y` missing
+            for arrays or given with a dataset, a batch that is not
+            `(images, labels)`, an empty dataset, or `class_names` of the
+            wrong length.
 
     Example:
     >>> import numpy as np, kft
@@ -93,9 +173,66 @@ def evaluate_classifier(model, x, y, batch_size=64, class_names=None):
     ...                                  np.array([0, 1, 0, 1]))
     >>> report.confusion_matrix.shape
     (2, 2)
+    >>> data = kft.data.from_arrays(np.zeros((4, 16, 16, 3)),
+    ...                             np.array([0, 1, 0, 1]), batch_size=2)
+    >>> kft.evaluate_classifier(model, data).class_names
+    ('0', '1')
     """
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    num_classes = _output_width(model)
+    if y is None and isinstance(x, tuple) and len(x) == 2 and all(
+            _is_array(part) for part in x):
+        x, y = x  # the `(x, y)` pair `kft.fine_tune` takes
+    if y is None:
+        if _is_array(x):
+            raise ValueError(
+                "Argument `y` (the labels) is required when `x` holds "
+                "images; leave it out only for a dataset of (images, labels) "
+                f"batches. Received: x of shape {tuple(x.shape)}, y=None"
+            )
+        if class_names is None:
+            class_names = getattr(x, "class_names", None)
+        return _evaluate_batches(model, x, num_classes, class_names)
+    if not _is_array(x) and not isinstance(x, (list, tuple)):
+        raise ValueError(
+            "Argument `y` must be left out when `x` is a dataset: its "
+            "batches carry the labels. Received: x of type "
+            f"{type(x).__name__} and y"
+        )
+    if num_classes is not None:
+        class_names = _check_class_names(class_names, num_classes)
+        y = _integer_labels(y, num_classes, "y")
     logits = model.predict(x, batch_size=batch_size, verbose=0)
+    num_classes = logits.shape[-1]
     return classification_report(
-        y, np.argmax(logits, axis=-1), num_classes=logits.shape[-1],
-        class_names=class_names,
+        _integer_labels(y, num_classes, "y"), np.argmax(logits, axis=-1),
+        num_classes=num_classes, class_names=class_names,
+    )
+
+
+def _evaluate_batches(model, dataset, num_classes, class_names):
+    if num_classes is not None:
+        class_names = _check_class_names(class_names, num_classes)
+    labels, predictions = [], []
+    for batch in dataset:
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            raise ValueError(
+                "Argument `x` must yield (images, labels) batches when `y` "
+                "is left out. Received a batch of type "
+                f"{type(batch).__name__}"
+                + (f" and length {len(batch)}"
+                   if isinstance(batch, (tuple, list)) else "")
+            )
+        logits = np.asarray(model.predict_on_batch(batch[0]))
+        num_classes = logits.shape[-1]
+        labels.append(_integer_labels(batch[1], num_classes, "y"))
+        predictions.append(np.argmax(logits, axis=-1))
+    if not labels:
+        raise ValueError(
+            "Argument `x` must yield at least one (images, labels) batch. "
+            "Received an empty dataset."
+        )
+    return classification_report(
+        np.concatenate(labels), np.concatenate(predictions),
+        num_classes=num_classes, class_names=class_names,
     )

@@ -1,12 +1,22 @@
 """Freezing strategies and the BatchNorm policy, by `layer.trainable`."""
 
-import keras
+import numbers
+import warnings
+import weakref
 
+import keras
+import numpy as np
+
+from kft import backbones
+from kft._validation import check_choice
 from kft.blocks import get_blocks, head_and_body
 from kft.training_state import changing_trainable
 
 STRATEGIES = ("feature_extraction", "partial", "full")
 BN_POLICIES = ("frozen", "train")
+
+# Models already warned about frozen BatchNorm of a random initialisation.
+_WARNED_RANDOM_BN = weakref.WeakSet()
 
 
 def freeze(model, strategy="feature_extraction", n_blocks=None, bn="frozen",
@@ -14,7 +24,8 @@ def freeze(model, strategy="feature_extraction", n_blocks=None, bn="frozen",
     """Sets which blocks of `model` train.
 
     - `"feature_extraction"`: only the head trains.
-    - `"partial"`: the top `n_blocks` blocks below the head, and the head.
+    - `"partial"`: the top `n_blocks` blocks below the head (1 unless
+      given), and the head.
     - `"full"`: every block.
 
     BatchNorm policy: with `bn="frozen"` every BatchNormalization layer
@@ -34,7 +45,8 @@ def freeze(model, strategy="feature_extraction", n_blocks=None, bn="frozen",
         strategy: One of `"feature_extraction"`, `"partial"`, `"full"`.
             Defaults to `"feature_extraction"`.
         n_blocks: For `"partial"`: how many blocks below the head train,
-            from 1 to the number of such blocks. Defaults to `None`.
+            from 1 to the number of such blocks; `None` means 1. Defaults
+            to `None`.
         bn: `"frozen"` or `"train"`. Defaults to `"frozen"`.
         patterns: Block patterns passed to `kft.get_blocks`. Defaults to
             `None`.
@@ -46,24 +58,26 @@ def freeze(model, strategy="feature_extraction", n_blocks=None, bn="frozen",
     >>> import kft
     >>> model = kft.build_classifier("simple_cnn", num_classes=3,
     ...                              weights=None, input_shape=(32, 32, 3))
-    >>> kft.freeze(model, "partial", n_blocks=1)
+    >>> kft.freeze(model, "partial")
     ['block3', 'head']
+    >>> kft.freeze(model, "partial", n_blocks=2)
+    ['block2', 'block3', 'head']
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"Argument `strategy` must be one of {STRATEGIES}. "
-            f"Received: strategy={strategy!r}"
-        )
+    check_choice("strategy", strategy, STRATEGIES)
     blocks = get_blocks(model, patterns)
     head, body = head_and_body(blocks)
     if strategy == "partial":
-        if not isinstance(n_blocks, int) or not 1 <= n_blocks <= len(body):
+        if n_blocks is None:
+            n_blocks = 1
+        if (isinstance(n_blocks, (bool, np.bool_))
+                or not isinstance(n_blocks, numbers.Integral)
+                or not 1 <= n_blocks <= len(body)):
             raise ValueError(
                 f"Argument `n_blocks` must be an integer from 1 to "
                 f"{len(body)} (the blocks below the head: {body}). "
                 f"Received: n_blocks={n_blocks!r}"
             )
-        names = body[len(body) - n_blocks:]
+        names = body[len(body) - int(n_blocks):]
     elif n_blocks is not None:
         raise ValueError(
             f'Argument `n_blocks` is only used with strategy="partial". '
@@ -112,10 +126,7 @@ def set_trainable_blocks(model, names, bn="frozen", patterns=None):
     ...                              weights=None, input_shape=(32, 32, 3))
     >>> kft.set_trainable_blocks(model, ["block3", "head"])
     """
-    if bn not in BN_POLICIES:
-        raise ValueError(
-            f"Argument `bn` must be one of {BN_POLICIES}. Received: bn={bn!r}"
-        )
+    check_choice("bn", bn, BN_POLICIES)
     blocks = get_blocks(model, patterns)
     unknown = [n for n in names if n not in blocks]
     if unknown:
@@ -124,6 +135,8 @@ def set_trainable_blocks(model, names, bn="frozen", patterns=None):
             f"{list(blocks)}."
         )
     head, _ = head_and_body(blocks)
+    if bn == "frozen":
+        _warn_if_random_batch_norm(model, blocks, names, head)
     with changing_trainable(model):
         # Containers must be trainable for their layers' flags to count.
         model.trainable = True
@@ -134,6 +147,38 @@ def set_trainable_blocks(model, names, bn="frozen", patterns=None):
                 if train and bn == "frozen" and name != head:
                     for bn_layer in batch_norm_layers(layer):
                         bn_layer.trainable = False
+
+
+def _pretrained(model):
+    """Whether `model`'s backbone started from trained weights; `None` when
+    unknown (a model not built by kft, or reloaded from a file)."""
+    flag = getattr(model, "_kft_pretrained", None)
+    if flag is not None:
+        return flag
+    for layer in getattr(model, "layers", ()):
+        if layer.name in backbones.list_backbones():
+            return getattr(layer, "_kft_pretrained", None)
+    return None
+
+
+def _warn_if_random_batch_norm(model, blocks, names, head):
+    # Only BN in a training block matters: a frozen block runs every layer
+    # in inference mode whatever the policy.
+    if model in _WARNED_RANDOM_BN or _pretrained(model) is not False:
+        return
+    if not any(batch_norm_layers(layer) for name in names if name != head
+               for layer in blocks[name]):
+        return
+    warnings.warn(
+        f"Model {model.name!r} was built with weights=None, so its "
+        "backbone's BatchNorm layers hold random-init statistics (mean 0, "
+        "variance 1); bn=\"frozen\" keeps them fixed in the blocks that "
+        "train, where they then do not normalise. Pass bn=\"train\" to "
+        "learn the statistics of your data.",
+        UserWarning,
+        stacklevel=4,
+    )
+    _WARNED_RANDOM_BN.add(model)
 
 
 def batch_norm_layers(layer):

@@ -41,7 +41,7 @@ def trainable_summary(model, patterns=None, print_fn=print):
     >>> _ = kft.freeze(model, "feature_extraction")
     >>> text = kft.trainable_summary(model, print_fn=None)
     >>> text.splitlines()[-1]
-    'Trainable: 195 / 24,003 (0.8%)'
+    'Trainable: 195 / 26,483 (0.7%)'
     """
     rows = [("block", "params", "trainable", "state", "bn")]
     for name, layers in get_blocks(model, patterns).items():

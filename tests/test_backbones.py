@@ -124,3 +124,44 @@ def test_preprocess_modes_match_keras():
     layer = kft.layers.Preprocess("torch")
     clone = kft.layers.Preprocess.from_config(layer.get_config())
     assert clone.mode == "torch"
+
+
+@pytest.mark.parametrize("alias,name", [
+    ("ResNet50", "resnet50"), ("efficientnet_b0", "efficientnetb0"),
+    ("EfficientNet-B0", "efficientnetb0"), ("ConvNeXt_Tiny", "convnext_tiny"),
+    ("mobilenet_v3_small", "mobilenetv3small"), ("SimpleCNN", "simple_cnn")])
+def test_backbone_names_forgive_case_and_separators(alias, name):
+    assert kft.get_backbone(alias).name == name
+
+
+def test_alias_builds_the_registered_backbone():
+    model = kft.create_backbone("Simple-CNN", weights=None,
+                                input_shape=(16, 16, 3))
+    assert model.name == "simple_cnn"
+    assert list(kft.get_blocks(model)) == ["stem", "block1", "block2",
+                                           "block3"]
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(ValueError, match=r"Unknown backbone: 'resnt50'\. "
+                       r"Did you mean 'resnet50'.*Known backbones: .*vgg19"):
+        kft.get_backbone("resnt50")
+    with pytest.raises(ValueError, match=r"Did you mean 'efficientnetv2s'"):
+        kft.get_backbone("efficientnet_v2_s2")
+    with pytest.raises(ValueError) as info:
+        kft.get_backbone("vit_base_patch16")
+    assert "Did you mean" not in str(info.value)
+
+
+def test_list_backbones_ignores_case():
+    assert kft.list_backbones("ResNet5*") == ["resnet50", "resnet50v2"]
+    assert kft.list_backbones("VGG*") == ["vgg16", "vgg19"]
+
+
+def test_numpy_sizes_are_accepted():
+    model = kft.create_backbone(
+        "simple_cnn", weights=None,
+        input_shape=(np.int64(16), np.int32(16), np.int64(3)))
+    assert model.input_shape == (None, 16, 16, 3)
+    with pytest.raises(ValueError, match=r"Received: input_shape=\(16, 16\)"):
+        kft.create_backbone("simple_cnn", weights=None, input_shape=(16, 16))

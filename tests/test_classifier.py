@@ -71,3 +71,23 @@ def test_importing_kft_after_keras_on_another_backend_explains():
         [sys.executable, "-c", "import kft"], capture_output=True, text=True,
         env={"KERAS_BACKEND": "torch", "PATH": ""})
     assert "KERAS_BACKEND='torch'" in result.stderr
+
+
+def test_numpy_integers_and_floats_are_accepted():
+    model = kft.build_classifier(
+        "simple_cnn", num_classes=np.int64(5), weights=None,
+        input_shape=np.array([16, 16, 3]), head="mlp",
+        hidden_units=np.int32(8), dropout=np.float32(0.25))
+    assert model.output.shape == (None, 5)
+    assert model.get_layer("head_fc").units == 8
+    with pytest.raises(ValueError,
+                       match=r"num_classes.*>= 2.*Received: num_classes=1"):
+        kft.build_classifier("simple_cnn", num_classes=np.int64(1),
+                             weights=None, input_shape=(16, 16, 3))
+
+
+def test_backbone_alias_in_builder_keeps_the_registered_name():
+    model = kft.build_classifier("Simple_CNN", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    assert model.name == "kft_simple_cnn"
+    assert list(kft.get_blocks(model))[-2:] == ["block3", "head"]

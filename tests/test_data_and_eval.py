@@ -63,3 +63,110 @@ def test_demo_runs_end_to_end(tmp_path):
     assert by["full"]["trainable"] == by["scratch"]["trainable"]
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_labels_outside_the_classes_are_named():
+    with pytest.raises(ValueError, match=r"`y_true` holds labels outside "
+                       r"\[0, 3\).*: 5, 7"):
+        kft.classification_report([0, 5, 7, 1], [0, 1, 1, 1], num_classes=3)
+    with pytest.raises(ValueError, match=r"`y_pred`.*outside \[0, 2\).*: 2"):
+        kft.classification_report([0, 1, 1], [0, 2, 1],
+                                  class_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"`y_true`.*outside.*: -1"):
+        kft.classification_report([0, -1, 1], [0, 1, 1])
+    model = _model(classes=2)
+    with pytest.raises(ValueError, match=r"`y`.*outside \[0, 2\).*: 4"):
+        kft.evaluate_classifier(model, np.zeros((3, 16, 16, 3)), [0, 4, 1])
+
+
+def test_class_names_must_match_the_classes():
+    model = _model(classes=2)
+    with pytest.raises(ValueError, match=r"2 names for 2 classes\. "
+                       r"Received 3 names"):
+        kft.evaluate_classifier(model, np.zeros((2, 16, 16, 3)), [0, 1],
+                                class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"3 names for 3 classes\. "
+                       r"Received 2 names"):
+        kft.classification_report([0, 1], [0, 1], num_classes=np.int64(3),
+                                  class_names=["a", "b"])
+
+
+def _model(classes=3):
+    return kft.build_classifier("simple_cnn", num_classes=classes,
+                                weights=None, input_shape=(16, 16, 3))
+
+
+def test_evaluate_classifier_streams_a_labelled_dataset():
+    model = _model()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (10, 16, 16, 3)).astype("float32")
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    expected = kft.evaluate_classifier(model, x, y, batch_size=np.int64(4))
+    dataset = kft.data.from_arrays(x, y, batch_size=3,
+                                   class_names=["a", "b", "c"], seed=1)
+    report = kft.evaluate_classifier(model, dataset)
+    assert report.class_names == ("a", "b", "c")
+    np.testing.assert_array_equal(report.confusion_matrix,
+                                  expected.confusion_matrix)
+    one_hot = np.eye(3)[y]
+    batches = [(x[:6], one_hot[:6]), (x[6:], one_hot[6:])]
+    for data in (batches, iter(batches), (x, y)):
+        report = kft.evaluate_classifier(model, data)
+        assert report.accuracy == expected.accuracy
+        np.testing.assert_array_equal(report.confusion_matrix,
+                                      expected.confusion_matrix)
+    with pytest.raises(ValueError, match="`y` .*required when `x` holds "
+                       "images"):
+        kft.evaluate_classifier(model, x)
+    with pytest.raises(ValueError, match="`y` must be left out"):
+        kft.evaluate_classifier(model, dataset, y)
+    with pytest.raises(ValueError, match=r"`y`.*outside \[0, 3\).*: 3"):
+        kft.evaluate_classifier(model, [(x, y + 1)])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"workdir": "/nonexistent/kft"}, r"workdir.*Received: "
+     r"workdir='/nonexistent/kft'"),
+    ({"target_per_class": 0}, r"target_per_class.*>= 1.*Received: "
+     r"target_per_class=0"),
+    ({"target_epochs": 1}, r"target_epochs.*>= 2"),
+])
+def test_demo_checks_arguments_before_training(kwargs, match, monkeypatch):
+    def no_training(*args, **kw):
+        raise AssertionError("the demo started before checking")
+
+    monkeypatch.setattr("kft.demo.digits", no_training)
+    with pytest.raises(ValueError, match=match):
+        run_demo(print_fn=None, **kwargs)
+
+
+@pytest.mark.slow
+def test_demo_goes_through_fine_tune_and_kft_data_and_cleans_up(
+        tmp_path, monkeypatch):
+    import tempfile
+
+    import kft.demo
+
+    strategies, datasets = [], []
+    from_arrays = kft.data.from_arrays
+
+    def spy_fine_tune(model, train, val, **kwargs):
+        strategies.append(kwargs["strategy"])
+        return kft.fine_tune(model, train, val, **kwargs)
+
+    def spy_from_arrays(x, y, **kwargs):
+        datasets.append(len(y))
+        return from_arrays(x, y, **kwargs)
+
+    monkeypatch.setattr(kft.demo, "fine_tune", spy_fine_tune)
+    monkeypatch.setattr(kft.demo.kft_data, "from_arrays", spy_from_arrays)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rows = run_demo(image_size=8, target_per_class=2, source_epochs=1,
+                    target_epochs=2, print_fn=None)
+    assert strategies == ["full", "feature_extraction", "partial", "full"]
+    splits = kft.datasets.digits(image_size=8, target_per_class=2)
+    # Source training, source evaluation and the test set.
+    assert sorted(datasets) == sorted([len(splits.source[1])] * 2
+                                      + [len(splits.target_test[1])])
+    assert [r["epochs"] for r in rows] == [2] * 4
+    assert list(tmp_path.iterdir()) == []  # the temporary workdir is gone

@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -167,3 +169,45 @@ def test_trainable_summary():
     # block3: conv kernel 3*3*32*64 trainable; BN gamma/beta/stats frozen.
     assert rows["block3"][1:3] == [f"{3 * 3 * 32 * 64 + 4 * 64:,}",
                                    f"{3 * 3 * 32 * 64:,}"]
+
+
+def test_partial_defaults_to_the_top_block():
+    model = _model()
+    assert kft.freeze(model, "partial") == ["block3", "head"]
+    assert kft.freeze(model, "partial", n_blocks=np.int64(2)) == [
+        "block2", "block3", "head"]
+
+
+def _bn_warnings(record):
+    return [w for w in record if issubclass(w.category, UserWarning)
+            and "weights=None" in str(w.message)]
+
+
+def test_frozen_batch_norm_of_a_random_backbone_warns_once():
+    model = _model()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.freeze(model, "feature_extraction")  # no BN trains: silent
+        kft.freeze(model, "partial", bn="train")
+        assert not _bn_warnings(record)
+        kft.freeze(model, "partial")
+        kft.freeze(model, "full")  # once per model
+    [warning] = _bn_warnings(record)
+    message = str(warning.message)
+    assert "'kft_simple_cnn'" in message and 'bn="train"' in message
+    assert warning.filename == __file__
+
+
+def test_pretrained_backbone_does_not_warn(tmp_path):
+    path = str(tmp_path / "backbone.weights.h5")
+    kft.create_backbone("simple_cnn", weights=None,
+                        input_shape=SHAPE).save_weights(path)
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=path,
+                                 input_shape=SHAPE)
+    bare = kft.create_backbone("simple_cnn", weights=None, input_shape=SHAPE)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.freeze(model, "full")
+        assert not _bn_warnings(record)
+        kft.freeze(bare, "full")  # a bare random backbone warns too
+    assert len(_bn_warnings(record)) == 1

@@ -1,0 +1,100 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+import kft
+from kft import cli
+
+
+def _exit_code(argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    return info.value.code
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "--target-per-class", "0"],
+     "argument --target-per-class: must be an integer >= 1. Received: '0'"),
+    (["demo", "--image-size", "big"],
+     "argument --image-size: must be an integer >= 8. Received: 'big'"),
+    (["demo", "--workdir", "/nonexistent"],
+     "argument --workdir: must be an existing directory. "
+     "Received: '/nonexistent'"),
+    (["demo", "--target-per-class", "200"],
+     "argument --target-per-class: Digit 5 has"),
+])
+def test_demo_rejects_bad_arguments_before_training(argv, message, capsys,
+                                                    monkeypatch):
+    def no_training(**kwargs):
+        raise AssertionError("the demo started")
+
+    monkeypatch.setattr("kft.demo.run_demo", no_training)
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: kft demo") and message in err
+    assert "Traceback" not in err
+
+
+def test_backbones_without_a_match_fails_with_suggestions(capsys):
+    assert cli.main(["backbones", "nosuch*"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "no backbone matches 'nosuch*'" in err
+    assert cli.main(["backbones", "efficientnet_b*"]) == 1
+    err = capsys.readouterr().err
+    assert "Did you mean: efficientnetb0, efficientnetb1," in err
+    assert cli.main(["backbones", "resnt50"]) == 1
+    assert "Did you mean: resnet50" in capsys.readouterr().err
+
+
+def test_backbones_lists_matches_and_spelt_names(capsys):
+    assert cli.main(["backbones", "ResNet5*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["resnet50", "resnet50v2"]
+    assert cli.main(["backbones", "EfficientNet_B0"]) == 0
+    assert capsys.readouterr().out.startswith("efficientnetb0 ")
+
+
+def _console_script():
+    path = os.path.join(os.path.dirname(sys.executable), "kft")
+    if not os.path.exists(path):
+        pytest.skip("the `kft` console script is not installed")
+    return path
+
+
+def test_help_imports_neither_keras_nor_jax():
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    result = subprocess.run([_console_script(), "--help"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "demo" in result.stdout and "backbones" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip()
+                for line in result.stderr.splitlines() if "|" in line}
+    assert "kft" in imported
+    assert not imported & {"keras", "jax", "numpy"}, sorted(
+        imported & {"keras", "jax", "numpy"})
+
+
+def test_import_kft_still_registers_its_keras_classes(tmp_path):
+    """`import kft` loads every module (only the `kft` command defers), so a
+    saved kft model loads right after it."""
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    code = ("import kft, keras; "
+            f"print(keras.models.load_model({path!r}).name)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "kft_simple_cnn"
+
+
+def test_every_public_name_is_importable():
+    for name in kft.__all__:
+        assert getattr(kft, name) is not None, name
+    assert set(kft.__all__) <= set(dir(kft))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        kft.nothing  # noqa: B018

@@ -283,6 +283,6 @@ def fast_cpu_convs(model):
     finally:
         random.setstate(rng_state)
     for old, new in replaced:
-        new.set_weights(old.get_weights())
+        new.set_weights([v.value for v in old.weights])
     fast.name = model.name
     return fast

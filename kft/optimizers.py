@@ -201,7 +201,7 @@ class _RoutedOptimizer(keras.optimizers.Optimizer):
         self._trainable_variables_indices = {
             self._var_key(v): i for i, v in enumerate(variables)}
         self._routes = [self._route(v) for v in variables]
-        now = int(ops.convert_to_numpy(self._iterations))
+        now = int(ops.convert_to_numpy(self._iterations.value))
         self._start_steps = self.add_variable(
             (len(variables),), initializer="zeros", dtype="int32",
             name="start_steps")
@@ -216,7 +216,7 @@ class _RoutedOptimizer(keras.optimizers.Optimizer):
         if [id(v) for v in variables] == [
                 id(v) for v in self._trainable_variables]:
             return
-        starts = ops.convert_to_numpy(self._start_steps)
+        starts = ops.convert_to_numpy(self._start_steps.value)
         old = {id(v): int(s)
                for v, s in zip(self._trainable_variables, starts)}
         self._track(variables, old)

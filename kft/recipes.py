@@ -72,7 +72,32 @@ class _KeepBest(keras.callbacks.Callback):
         self.last_epoch = epoch
         if improves(value, self.best, self.mode):
             self.best, self.best_epoch = value, epoch
-            self.weights = self.target.get_weights()
+            # Not `get_weights()`: numpy 2 warns on Keras variables'
+            # `__array__` (no `copy` argument); the values convert cleanly.
+            self.weights = [np.array(v.value) for v in self.target.weights]
+
+
+class _EpochCosine(keras.callbacks.Callback):
+    """Sets the rate of each phase-2 epoch on a cosine and logs it.
+
+    Keras' `LearningRateScheduler` would do the same, but reads the rate
+    back through numpy, which warns on every epoch with numpy 2.
+    """
+
+    def __init__(self, base, epochs, first_epoch):
+        super().__init__()
+        self.base, self.epochs, self.first_epoch = base, epochs, first_epoch
+
+    def rate(self, epoch):
+        progress = (epoch - self.first_epoch) / self.epochs
+        return self.base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.learning_rate = self.rate(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.rate(epoch)
 
 
 def _as_pair(data, name):
@@ -141,10 +166,6 @@ def _head_caches(model, train_data, val_data, mode, batch_size, verbose):
     val = None if val_data is None else cache_features(
         model, val_data, batch_size=batch_size, verbose=verbose)
     return train, val
-
-
-def _cosine(base, epochs):
-    return lambda epoch: base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
 def _default_loss(model, train_data):
@@ -337,8 +358,7 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
             batch_size=batch_size, epochs=head_epochs, verbose=verbose,
             callbacks=[keep] + stopper() + extra).history]
     if strategy != "feature_extraction" and epochs:
-        phase2 = [keras.callbacks.LearningRateScheduler(
-            lambda epoch: _cosine(learning_rate, epochs)(epoch - head_epochs))]
+        phase2 = [_EpochCosine(learning_rate, epochs, head_epochs)]
         # Compiled before the trainable set changes, so that the change
         # builds the new optimizer instead of re-targeting phase 1's.
         model.compile(

@@ -199,3 +199,14 @@ def test_says_which_epoch_was_kept(data, capsys):
     out = capsys.readouterr().out
     assert "fine_tune: kept the weights of epoch" in out
     assert "of 3, the best val_loss=" in out
+
+
+def test_no_numpy_array_copy_warnings(data):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kft.fine_tune(_model(), data.target_train, data.target_val,
+                      strategy="full", head_epochs=1, epochs=2, verbose=0)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "__array__" in m], messages

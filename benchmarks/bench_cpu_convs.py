@@ -40,8 +40,8 @@ def ops_table():
     import numpy as np
     import torch
 
-    from kft.cpu_convs import shifted_conv
-    from kft.cpu_convs import shifted_depthwise_conv
+    from kft.ops.cpu_convs import shifted_conv
+    from kft.ops.cpu_convs import shifted_depthwise_conv
 
     def grad_of(f):
         return jax.jit(jax.grad(lambda x, w: (f(x, w) ** 2).sum(), (0, 1)))

@@ -1,79 +1,103 @@
-"""kft: fine-tuning pretrained vision backbones with Keras 3 on JAX."""
+"""kft: fine-tuning pretrained vision backbones with Keras 3 on JAX.
+
+Subpackages:
+
+- `kft.models`: backbone registry with named blocks, `simple_cnn`, block
+  splitting, `build_classifier`, the batch-augmenting model.
+- `kft.training`: changing what trains on a compiled model (state,
+  freezing, summary), gradual unfreezing, `fine_tune`, feature caching.
+- `kft.optimizers`: per-block learning rates (`BlockwiseOptimizer`,
+  `GroupOptimizer`, `layerwise_lr`).
+- `kft.augmentation`: augmentation presets, fast augmentation layers,
+  Mixup/CutMix.
+- `kft.ops`: image resampling and blur, convolutions XLA runs slowly on
+  CPU.
+- `kft.data`: image folder, array and TFDS pipelines; the digits data.
+- `kft.evaluation`, `kft.cli`, `kft.demo`.
+
+Importing kft selects Keras' JAX backend and applies kft's CPU defaults
+(`kft._config` documents each and the variable that turns it off).
+"""
 
 import importlib
 import os
 import sys
 
-from kft._backend import apply_cpu_xla_flags
-from kft._backend import enable_compilation_cache
-from kft._backend import ensure_jax_backend
+from kft._config import apply_cpu_xla_flags
+from kft._config import enable_compilation_cache
+from kft._config import ensure_jax_backend
 
 ensure_jax_backend()
 apply_cpu_xla_flags()
 
 __version__ = "0.1.0"
 
-# Public name -> the module defining it (a submodule maps to itself).
-_EXPORTS = {
-    "datasets": "kft.datasets",
+# Public modules: name -> module.
+_MODULES = {
+    "augmentation": "kft.augmentation",
+    "callbacks": "kft.callbacks",
+    "cpu_convs": "kft.ops.cpu_convs",
+    "data": "kft.data",
+    "datasets": "kft.data.digits",
+    "feature_cache": "kft.training.feature_cache",
+    "image_ops": "kft.ops.image_ops",
     "layers": "kft.layers",
-    "BackboneSpec": "kft.backbones",
-    "create_backbone": "kft.backbones",
-    "get_backbone": "kft.backbones",
-    "list_backbones": "kft.backbones",
-    "register_backbone": "kft.backbones",
-    "get_blocks": "kft.blocks",
-    "build_classifier": "kft.classifier",
-    "ClassificationReport": "kft.evaluation",
-    "classification_report": "kft.evaluation",
-    "evaluate_classifier": "kft.evaluation",
-    "freeze": "kft.freezing",
-    "set_trainable_blocks": "kft.freezing",
-    "unfreeze_top": "kft.freezing",
-    "trainable_summary": "kft.summary",
-    "changing_trainable": "kft.training_state",
-    "refresh_training_state": "kft.training_state",
-    "retarget_optimizer": "kft.training_state",
-    # -- optimizers (issue 3) --
+    "mixing": "kft.augmentation.mixing",
     "optimizers": "kft.optimizers",
+}
+
+# Public names, by topic: name -> the module defining it.
+_NAMES = {
+    # Backbones, blocks and classifiers.
+    "BackboneSpec": "kft.models.backbones",
+    "create_backbone": "kft.models.backbones",
+    "get_backbone": "kft.models.backbones",
+    "list_backbones": "kft.models.backbones",
+    "register_backbone": "kft.models.backbones",
+    "get_blocks": "kft.models.blocks",
+    "build_classifier": "kft.models.classifier",
+    "BatchAugmentModel": "kft.models.batch_augment",
+    # What trains: freezing and changing the trainable set of a compiled
+    # model.
+    "freeze": "kft.training.freezing",
+    "set_trainable_blocks": "kft.training.freezing",
+    "unfreeze_top": "kft.training.freezing",
+    "trainable_summary": "kft.training.summary",
+    "changing_trainable": "kft.training.state",
+    "refresh_training_state": "kft.training.state",
+    "retarget_optimizer": "kft.training.state",
+    # Per-block learning rates.
     "BlockwiseOptimizer": "kft.optimizers",
     "GroupOptimizer": "kft.optimizers",
     "layerwise_lr": "kft.optimizers",
-    # -- callbacks and fine_tune recipe (issue 4) --
-    "callbacks": "kft.callbacks",
-    "FineTuneResult": "kft.recipes",
-    "fine_tune": "kft.recipes",
-    # -- data pipelines (issue 5) --
-    "augmentation": "kft.augmentation",
-    "data": "kft.data",
-    "image_ops": "kft.image_ops",
-    # -- batch augmentation (issue 6) --
-    "mixing": "kft.mixing",
-    "BatchAugmentModel": "kft.models",
-    # -- feature caching (issue 7) --
-    "feature_cache": "kft.feature_cache",
-    "FeatureCache": "kft.feature_cache",
-    "cache_features": "kft.feature_cache",
-    "fit_head": "kft.feature_cache",
-    # -- CPU speed: convolutions XLA runs slowly on CPU (issue 7) --
-    "cpu_convs": "kft.cpu_convs",
-    "fast_cpu_convs": "kft.cpu_convs",
+    # Recipes and feature caching.
+    "FineTuneResult": "kft.training.fine_tune",
+    "fine_tune": "kft.training.fine_tune",
+    "FeatureCache": "kft.training.feature_cache",
+    "cache_features": "kft.training.feature_cache",
+    "fit_head": "kft.training.feature_cache",
+    # CPU speed.
+    "fast_cpu_convs": "kft.ops.cpu_convs",
+    # Evaluation.
+    "ClassificationReport": "kft.evaluation",
+    "classification_report": "kft.evaluation",
+    "evaluate_classifier": "kft.evaluation",
 }
 
 
 def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    elif name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    else:
         raise AttributeError(f"module 'kft' has no attribute {name!r}")
-    value = importlib.import_module(module)
-    if module != f"kft.{name}":
-        value = getattr(value, name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_MODULES) | set(_NAMES))
 
 
 def _run_as_command():
@@ -89,54 +113,9 @@ if not _run_as_command():
     # Importing every module registers kft's Keras classes, so
     # `keras.models.load_model` finds them right after `import kft`. The
     # `kft` command loads modules on first use instead (`__getattr__`).
-    for _name in _EXPORTS:
+    for _name in (*_MODULES, *_NAMES):
         __getattr__(_name)
     del _name
 
-__all__ = [
-    "BackboneSpec",
-    "apply_cpu_xla_flags",
-    "ClassificationReport",
-    "build_classifier",
-    "changing_trainable",
-    "classification_report",
-    "create_backbone",
-    "datasets",
-    "enable_compilation_cache",
-    "evaluate_classifier",
-    "freeze",
-    "get_backbone",
-    "get_blocks",
-    "layers",
-    "list_backbones",
-    "refresh_training_state",
-    "register_backbone",
-    "retarget_optimizer",
-    "set_trainable_blocks",
-    "trainable_summary",
-    "unfreeze_top",
-    # -- optimizers (issue 3) --
-    "BlockwiseOptimizer",
-    "GroupOptimizer",
-    "layerwise_lr",
-    "optimizers",
-    # -- callbacks and fine_tune recipe (issue 4) --
-    "callbacks",
-    "FineTuneResult",
-    "fine_tune",
-    # -- data pipelines (issue 5) --
-    "augmentation",
-    "data",
-    "image_ops",
-    # -- batch augmentation (issue 6) --
-    "BatchAugmentModel",
-    "mixing",
-    # -- feature caching (issue 7) --
-    "FeatureCache",
-    "cache_features",
-    "feature_cache",
-    "fit_head",
-    # -- CPU speed: convolutions XLA runs slowly on CPU (issue 7) --
-    "cpu_convs",
-    "fast_cpu_convs",
-]
+__all__ = sorted(
+    ["apply_cpu_xla_flags", "enable_compilation_cache", *_MODULES, *_NAMES])

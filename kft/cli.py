@@ -63,15 +63,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "backbones":
         return _backbones(args.pattern)
-    from kft import datasets
+    from kft.data.digits import digits
 
     try:
         # Same split as the demo's, checked before a minute of training.
-        datasets.digits(image_size=8, target_per_class=args.target_per_class,
+        digits(image_size=8, target_per_class=args.target_per_class,
                         seed=args.seed)
     except ValueError as error:
         demo_parser.error(f"argument --target-per-class: {error}")
-    from kft._backend import enable_compilation_cache
+    from kft._config import enable_compilation_cache
     from kft.demo import run_demo
 
     enable_compilation_cache()
@@ -86,7 +86,7 @@ def main(argv=None):
 def _backbones(pattern):
     import fnmatch
 
-    from kft import backbones
+    from kft.models import backbones
 
     names = backbones.list_backbones(pattern)
     resolved = backbones.resolve_backbone_name(pattern)

@@ -17,10 +17,10 @@ import numpy as np
 
 from kft import data as kft_data
 from kft._validation import check_int
-from kft.classifier import build_classifier
-from kft.datasets import digits
+from kft.models.classifier import build_classifier
+from kft.data.digits import digits
 from kft.evaluation import evaluate_classifier
-from kft.recipes import fine_tune
+from kft.training.fine_tune import fine_tune
 
 STRATEGIES = ("scratch", "feature_extraction", "partial", "full")
 # Epochs of a two-phase transfer run spent on the head alone.

@@ -2,9 +2,9 @@
 
 import keras
 
-from kft.mixing import CutMix  # noqa: F401  (re-exported, issue 6)
-from kft.mixing import MixUp  # noqa: F401
-from kft.mixing import MixUpOrCutMix  # noqa: F401
+from kft.augmentation.mixing import CutMix  # noqa: F401  (re-exported, issue 6)
+from kft.augmentation.mixing import MixUp  # noqa: F401
+from kft.augmentation.mixing import MixUpOrCutMix  # noqa: F401
 
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kft
-from kft.callbacks import GradualUnfreezing
+from kft.training.unfreezing import GradualUnfreezing
 
 SHAPE = (16, 16, 3)
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import kft
-from kft.cpu_convs import Conv2D
-from kft.cpu_convs import DepthwiseConv2D
-from kft.cpu_convs import fast_cpu_convs
+from kft.ops.cpu_convs import Conv2D
+from kft.ops.cpu_convs import DepthwiseConv2D
+from kft.ops.cpu_convs import fast_cpu_convs
 
 CONFIGS = [
     # kernel, strides, padding, dilation, multiplier, height, width

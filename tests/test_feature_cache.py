@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kft
-from kft import recipes
+from kft.training import fine_tune as recipes
 
 SIZE = 16
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kft import _backend
+from kft import _config as _backend
 
 _CONFIG_VARIABLES = ("KERAS_BACKEND", "KERAS_HOME", "KFT_COMPILATION_CACHE",
                      "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME",

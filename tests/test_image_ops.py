@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kft
-from kft import image_ops
+from kft.ops import image_ops
 from kft.augmentation import RandomErasing
 from kft.augmentation import RandomGaussianBlur
 from kft.augmentation import RandomRotation

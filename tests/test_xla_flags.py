@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from kft import _backend
+from kft import _config as _backend
 
 FAST = _backend.CPU_XLA_FLAG_SETS["1"]
 FLAGS = " ".join(FAST)

@@ -7,24 +7,24 @@ import keras
 import numpy as np
 from keras.src.utils import io_utils
 
-from kft._monitor import MODES
-from kft._monitor import improves
-from kft._monitor import logged_value
-from kft._monitor import monitor_mode
+from kft.training.monitor import MODES
+from kft.training.monitor import improves
+from kft.training.monitor import logged_value
+from kft.training.monitor import monitor_mode
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import check_number
-from kft.blocks import get_blocks, head_and_body
-from kft.compile_notice import CompileNotice
-from kft.callbacks import GradualUnfreezing
+from kft.models.blocks import get_blocks, head_and_body
+from kft.training.compile_notice import CompileNotice
+from kft.training.unfreezing import GradualUnfreezing
 from kft.data._dataset import ImageDataset
-from kft.feature_cache import _check_cacheable
-from kft.feature_cache import cache_features
-from kft.feature_cache import fit_head
-from kft.feature_cache import split_head
-from kft.freezing import freeze
-from kft.models import BatchAugmentModel
+from kft.training.feature_cache import _check_cacheable
+from kft.training.feature_cache import cache_features
+from kft.training.feature_cache import fit_head
+from kft.training.feature_cache import split_head
+from kft.training.freezing import freeze
+from kft.models.batch_augment import BatchAugmentModel
 from kft.optimizers import BlockwiseOptimizer
 from kft.optimizers import layerwise_lr
 

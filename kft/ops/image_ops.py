@@ -13,7 +13,7 @@ measures the difference.
 
 from keras import ops
 
-from kft.cpu_convs import shifted_depthwise_conv
+from kft.ops.cpu_convs import shifted_depthwise_conv
 
 FILL_MODES = ("constant", "nearest", "wrap", "mirror", "reflect")
 INTERPOLATIONS = ("nearest", "bilinear")

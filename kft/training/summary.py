@@ -2,8 +2,8 @@
 
 import keras
 
-from kft.blocks import get_blocks
-from kft.freezing import batch_norm_layers
+from kft.models.blocks import get_blocks
+from kft.training.freezing import batch_norm_layers
 
 
 def _count(variables):

@@ -31,7 +31,7 @@ def SimpleCNN(include_top=False, weights=None, input_shape=None,
         A functional `keras.Model` mapping images to a feature map.
 
     Example:
-    >>> from kft.simple_cnn import SimpleCNN
+    >>> from kft.models.simple_cnn import SimpleCNN
     >>> SimpleCNN(input_shape=(32, 32, 3)).output.shape
     (None, 4, 4, 64)
     """

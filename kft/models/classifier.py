@@ -2,13 +2,13 @@
 
 import keras
 
-from kft import backbones
-from kft import cpu_convs
+from kft.models import backbones
+from kft.ops import cpu_convs
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 from kft.layers import Preprocess
-from kft.models import BatchAugmentModel
+from kft.models.batch_augment import BatchAugmentModel
 
 HEADS = ("linear", "mlp")
 POOLINGS = ("avg", "max", "flatten")

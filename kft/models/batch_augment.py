@@ -2,7 +2,7 @@
 
 import keras
 
-from kft import mixing  # noqa: F401  (registers the layers by name)
+from kft.augmentation import mixing  # noqa: F401  (registers the layers by name)
 
 SPARSE_HINT = (
     "With a `batch_augment` layer the targets are soft (batch, classes) "

@@ -17,7 +17,7 @@ from keras.src.layers.preprocessing.image_preprocessing import (
     base_image_preprocessing_layer,
 )
 
-from kft.blocks import get_blocks
+from kft.models.blocks import get_blocks
 
 _RANDOM_IMAGE_LAYER = base_image_preprocessing_layer.BaseImagePreprocessingLayer
 

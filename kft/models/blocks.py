@@ -4,7 +4,7 @@ import re
 
 import keras
 
-from kft import backbones
+from kft.models import backbones
 
 HEAD = "head"
 

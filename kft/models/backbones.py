@@ -15,7 +15,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from kft import simple_cnn
+from kft.models import simple_cnn
 
 A = keras.applications
 
@@ -105,7 +105,7 @@ def resolve_backbone_name(name):
     as long as exactly one registered name is left.
 
     Example:
-    >>> from kft.backbones import resolve_backbone_name
+    >>> from kft.models.backbones import resolve_backbone_name
     >>> resolve_backbone_name("EfficientNet_B0")
     'efficientnetb0'
     """
@@ -125,7 +125,7 @@ def close_backbone_names(name, n=3):
     ignored); the suggestions of the unknown-backbone error.
 
     Example:
-    >>> from kft.backbones import close_backbone_names
+    >>> from kft.models.backbones import close_backbone_names
     >>> close_backbone_names("resnet5")
     ['resnet50', 'resnet152', 'resnet50v2']
     """

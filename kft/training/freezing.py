@@ -7,10 +7,10 @@ import weakref
 import keras
 import numpy as np
 
-from kft import backbones
+from kft.models import backbones
 from kft._validation import check_choice
-from kft.blocks import get_blocks, head_and_body
-from kft.training_state import changing_trainable
+from kft.models.blocks import get_blocks, head_and_body
+from kft.training.state import changing_trainable
 
 STRATEGIES = ("feature_extraction", "partial", "full")
 BN_POLICIES = ("frozen", "train")

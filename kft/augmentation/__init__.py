@@ -1,0 +1,30 @@
+"""Image augmentation: presets from `keras.layers`, fast layers, Mixup/CutMix.
+
+- `presets`: `augmentation(preset)`, `eval_transform`, `attach`.
+- `layers`: Keras' zoom, rotation, blur and erasing layers computed with
+  `kft.ops.image_ops`.
+- `mixing`: `MixUp`, `CutMix`, `MixUpOrCutMix`, run inside the compiled
+  train step (also as `kft.layers`).
+"""
+
+from kft.augmentation.layers import IMAGENET_MEAN
+from kft.augmentation.layers import RandomErasing
+from kft.augmentation.layers import RandomGaussianBlur
+from kft.augmentation.layers import RandomRotation
+from kft.augmentation.layers import RandomZoom
+from kft.augmentation.presets import PRESETS
+from kft.augmentation.presets import attach
+from kft.augmentation.presets import augmentation
+from kft.augmentation.presets import eval_transform
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "PRESETS",
+    "RandomErasing",
+    "RandomGaussianBlur",
+    "RandomRotation",
+    "RandomZoom",
+    "attach",
+    "augmentation",
+    "eval_transform",
+]

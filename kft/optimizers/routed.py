@@ -1,0 +1,284 @@
+"""The routing base of kft's optimizers: each variable to an inner optimizer
+with a rate multiplier, per-variable step counts, re-targeting."""
+
+import contextlib
+import numbers
+import re
+
+import keras
+import numpy as np
+from keras import ops
+
+from kft._validation import check_number
+from kft.models.blocks import get_blocks
+from kft.training.state import rebuild_optimizer
+
+
+INNER_ONLY_DEFAULTS = {
+    "clipnorm": None, "global_clipnorm": None, "clipvalue": None,
+    "use_ema": False, "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+
+class RoutedOptimizer(keras.optimizers.Optimizer):
+    """Routes each variable to `(inner index, rate multiplier)` by group."""
+
+    def __init__(self, inners, routes, default_route, *, model, patterns,
+                 assignments, exclude_bias_and_norm, learning_rate,
+                 **kwargs):
+        for key, inner in inners:
+            check_inner(key, inner)
+        if patterns is not None and model is None and assignments is None:
+            raise ValueError(
+                "Argument `patterns` needs `model=`, the model whose blocks "
+                f"they define. Received: patterns={patterns!r}, model=None")
+        if (learning_rate is not None and not isinstance(
+                learning_rate,
+                keras.optimizers.schedules.LearningRateSchedule)):
+            learning_rate = check_rate("learning_rate", learning_rate)
+        for key in ("weight_decay", "use_ema", "gradient_accumulation_steps"):
+            if kwargs.get(key):
+                hint = ("; set it on the inner optimizer(s)"
+                        if key == "weight_decay" else "")
+                raise ValueError(
+                    f"Argument `{key}` is not supported on "
+                    f"{type(self).__name__}{hint}. "
+                    f"Received: {key}={kwargs[key]!r}")
+            kwargs.pop(key, None)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self._inners = [inner for _, inner in inners]
+        self._group_routes = dict(routes)
+        self._default_route = default_route
+        self.exclude_bias_and_norm = bool(exclude_bias_and_norm)
+        self.patterns = plain_patterns(patterns)
+        # A block name need not be a valid regex; only keys read as
+        # regexes must compile.
+        self._patterns = [(k, compile_pattern(k)) for k in self._group_routes]
+        self._assignments = dict(assignments) if assignments else None
+        if model is not None:
+            self._assignments = self._resolve(model)
+        elif self._assignments is None:
+            for key, regex in self._patterns:
+                if regex is None:
+                    re.compile(key)  # Raises, naming the regex error.
+        self._routes = []
+        self._start_steps = None
+
+    def _resolve(self, model):
+        blocks = get_blocks(model, self.patterns)
+        candidates = list(model.weights)
+        owner = {}
+        for key, regex in self._patterns:
+            if key in blocks:
+                ids = {id(v) for layer in blocks[key] for v in layer.weights}
+                hits = [v for v in candidates if id(v) in ids]
+                others = [v for v in candidates if id(v) not in ids
+                          and regex is not None and regex.search(v.path)]
+                if others:
+                    raise ValueError(
+                        f"Group {key!r} is ambiguous: it names a block of "
+                        f"model {model.name!r} and, read as a regex, also "
+                        f"matches variables outside that block (e.g. "
+                        f"{others[0].path!r}). For the block, rename it in "
+                        f"`patterns`; for the regex, write one that is not "
+                        f"a block name (e.g. {'(?:' + key + ')'!r}).")
+            elif regex is None:
+                raise ValueError(
+                    f"Group {key!r} is neither a block name {list(blocks)} "
+                    f"of model {model.name!r} nor a valid regex.")
+            else:
+                hits = [v for v in candidates if regex.search(v.path)]
+            if not hits:
+                raise ValueError(
+                    f"Group {key!r} matches no variable of model "
+                    f"{model.name!r}: it is neither a block name "
+                    f"{list(blocks)}"
+                    f" nor a regex matching a variable path (e.g. "
+                    f"{candidates[0].path!r}). Blocks of "
+                    f"`kft.get_blocks(model, patterns)` need the same "
+                    f"`patterns=` here.")
+            for v in hits:
+                if v.path in owner:
+                    raise ValueError(
+                        f"Variable {v.path!r} is matched by two groups: "
+                        f"{owner[v.path]!r} and {key!r}.")
+                owner[v.path] = key
+        return owner
+
+    def _route(self, variable):
+        if self._assignments is not None:
+            key = self._assignments.get(variable.path)
+            return self._group_routes[key] if key else self._default_route
+        hits = [k for k, r in self._patterns if r.search(variable.path)]
+        if len(hits) > 1:
+            raise ValueError(f"Variable {variable.path!r} is matched by two "
+                             f"groups: {hits[0]!r} and {hits[1]!r}.")
+        return self._group_routes[hits[0]] if hits else self._default_route
+
+    @property
+    def variables(self):
+        return self._variables[:] + [
+            v for inner in self._inners for v in inner.variables]
+
+    def build(self, variables):
+        variables = list(variables)
+        if self._assignments is None:
+            for key, regex in self._patterns:
+                if not any(regex.search(v.path) for v in variables):
+                    raise ValueError(
+                        f"Group {key!r} matches no variable path; pass "
+                        f"`model=` to use block names. First path: "
+                        f"{variables[0].path if variables else None!r}")
+        super().build(variables)
+        self._track(variables, {})
+        for i, inner in enumerate(self._inners):
+            inner.build([v for v, r in zip(variables, self._routes)
+                         if r[0] == i])
+
+    def _track(self, variables, old_starts):
+        """Points own state at `variables`; starts of new ones are now."""
+        if self._start_steps is not None:
+            self._variables[:] = [v for v in self._variables
+                                  if v is not self._start_steps]
+        # Bypasses Keras' tracking, which would list the model's variables
+        # among the optimizer's own.
+        object.__setattr__(self, "_trainable_variables", list(variables))
+        self._trainable_variables_indices = {
+            self._var_key(v): i for i, v in enumerate(variables)}
+        self._routes = [self._route(v) for v in variables]
+        now = int(ops.convert_to_numpy(self._iterations.value))
+        self._start_steps = self.add_variable(
+            (len(variables),), initializer="zeros", dtype="int32",
+            name="start_steps")
+        self._start_steps.assign(
+            [old_starts.get(id(v), now) for v in variables])
+
+    def retarget(self, variables):
+        """Points the built optimizer at `variables` (the new trainable
+        set): slots and step counts of variables already tracked are kept,
+        new variables get fresh ones and their group's rate."""
+        variables = list(variables)
+        if [id(v) for v in variables] == [
+                id(v) for v in self._trainable_variables]:
+            return
+        starts = ops.convert_to_numpy(self._start_steps.value)
+        old = {id(v): int(s)
+               for v, s in zip(self._trainable_variables, starts)}
+        self._track(variables, old)
+        for i, inner in enumerate(self._inners):
+            rebuild_optimizer(inner, [v for v, r in zip(variables,
+                                                        self._routes)
+                                      if r[0] == i])
+
+    def _apply_weight_decay(self, variables):
+        pass  # Done per group in `_backend_update_step`.
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        starts = ops.convert_to_tensor(self._start_steps)
+        for grad, var in zip(grads, trainable_variables):
+            i = self._get_variable_index(var)
+            inner_index, multiplier = self._routes[i]
+            inner = self._inners[inner_index]
+            lr = ops.cast(self._group_rate(inner, learning_rate) * multiplier,
+                          var.dtype)
+            if inner.weight_decay and self._decays(inner, var):
+                wd = ops.cast(inner.weight_decay, var.dtype)
+                var.assign(var - var * wd * lr)
+            with local_steps(inner, self._iterations - starts[i]):
+                inner.update_step(grad, var, lr)
+
+    def _group_rate(self, inner, learning_rate):
+        return learning_rate
+
+    def _decays(self, inner, var):
+        if self.exclude_bias_and_norm and len(var.shape) <= 1:
+            return False
+        return inner._use_weight_decay(var)
+
+    def _routed_config(self):
+        config = super().get_config()
+        config.update(exclude_bias_and_norm=self.exclude_bias_and_norm,
+                      patterns=self.patterns, assignments=self._assignments)
+        return config
+
+
+
+def deserialize_optimizer(optimizer):
+    if isinstance(optimizer, dict):
+        return keras.optimizers.deserialize(optimizer)
+    return optimizer
+
+
+def check_rate(name, value, *, positive=False, where=None):
+    """Returns `value` as a finite float >= 0 (> 0 if `positive`).
+
+    `where` names what the argument belongs to when the user did not pass
+    it to kft directly (the wrapped optimizer)."""
+    try:
+        if (not isinstance(value, numbers.Real)
+                or isinstance(value, (bool, np.bool_))):
+            raise TypeError(f"Argument `{name}` must be a number. "
+                            f"Received: {name}={value!r}")
+        return check_number(name, value, low=0.0, low_open=positive)
+    except (TypeError, ValueError) as error:
+        if where is None:
+            raise
+        raise type(error)(f"{error} (from {where})") from None
+
+
+def rate_as_passed(variable):
+    """The value a user passed for a float32 optimizer variable: the
+    shortest decimal that rounds to it (`-0.1`, not -0.10000000149...)."""
+    value = np.asarray(ops.convert_to_numpy(variable.value))
+    return float(str(value[()]))
+
+
+def compile_pattern(key):
+    try:
+        return re.compile(key)
+    except (re.error, TypeError):
+        return None
+
+
+def plain_patterns(patterns):
+    """`patterns` in a JSON-stable form (a dict, or a list of lists)."""
+    if patterns is None or isinstance(patterns, dict):
+        return patterns
+    if isinstance(patterns, (list, tuple)):
+        return [p if isinstance(p, str) else list(p) for p in patterns]
+    return patterns  # `get_blocks` rejects it, naming the argument.
+
+
+def check_inner(name, inner):
+    if (not isinstance(inner, keras.optimizers.Optimizer)
+            or isinstance(inner, (keras.optimizers.LossScaleOptimizer,
+                                  RoutedOptimizer))):
+        raise TypeError(f"Argument `{name}` must be a Keras optimizer "
+                        f"instance such as keras.optimizers.Adam(1e-3); "
+                        f"Received: {name}={inner!r}")
+    base = keras.optimizers.Optimizer._backend_update_step
+    if type(inner)._backend_update_step is not base:
+        raise TypeError(f"Argument `{name}` must update each variable on its "
+                        f"own; {type(inner).__name__} keeps shared per-step "
+                        f"state. Received: {name}={inner!r}")
+    for key, default in INNER_ONLY_DEFAULTS.items():
+        if getattr(inner, key, default) != default:
+            raise ValueError(
+                f"Argument `{name}` must not set `{key}`; set it on the "
+                f"wrapper instead. Received: {key}={getattr(inner, key)!r}")
+    if inner.built:
+        raise ValueError(f"Argument `{name}` must be an unbuilt optimizer; "
+                         f"Received a built {type(inner).__name__}.")
+
+
+@contextlib.contextmanager
+def local_steps(inner, steps):
+    """Makes `inner.iterations` read a variable's own step count."""
+    saved = inner._iterations
+    object.__setattr__(inner, "_iterations", steps)
+    try:
+        yield
+    finally:
+        object.__setattr__(inner, "_iterations", saved)

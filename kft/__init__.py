@@ -23,10 +23,12 @@ import importlib
 import os
 import sys
 
+from kft._compat import check_keras_version
 from kft._config import apply_cpu_xla_flags
 from kft._config import enable_compilation_cache
 from kft._config import ensure_jax_backend
 
+check_keras_version()
 ensure_jax_backend()
 apply_cpu_xla_flags()
 

@@ -5,6 +5,8 @@ import logging
 import os
 import sys
 
+from kft import _compat
+
 logger = logging.getLogger("kft")
 
 # What Keras writes to keras.json on its first import when the file is
@@ -196,7 +198,7 @@ def apply_cpu_xla_flags():
             f"{tuple(CPU_XLA_FLAG_SETS)} (or unset). Received: "
             f"KFT_XLA_CPU_FLAGS={setting!r}")
     flags = CPU_XLA_FLAG_SETS[setting]
-    if not flags or not _cpu_only() or _jax_backends_initialised():
+    if not flags or not _cpu_only() or _compat.jax_backends_initialised():
         return ()
     current = os.environ.get("XLA_FLAGS", "")
     added = tuple(flag for flag in flags
@@ -219,13 +221,3 @@ def _cpu_only():
         except ModuleNotFoundError:
             continue
     return True
-
-
-def _jax_backends_initialised():
-    if "jax" not in sys.modules:
-        return False
-    try:
-        from jax._src import xla_bridge
-    except ImportError:  # pragma: no cover - private module moved
-        return True
-    return bool(getattr(xla_bridge, "_backends", None))

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from kft import _compat
 from kft import _config as _backend
 
 FAST = _backend.CPU_XLA_FLAG_SETS["1"]
@@ -15,7 +16,7 @@ def clean_env(monkeypatch):
     for name in ("XLA_FLAGS", "JAX_PLATFORMS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KFT_XLA_CPU_FLAGS", "1")
-    monkeypatch.setattr(_backend, "_jax_backends_initialised", lambda: False)
+    monkeypatch.setattr(_compat, "jax_backends_initialised", lambda: False)
     monkeypatch.setattr(_backend, "_cpu_only", lambda: True)
     return monkeypatch
 
@@ -66,7 +67,7 @@ def test_no_flags_when_off_too_late_or_not_cpu(clean_env, setting):
     if "KFT_XLA_CPU_FLAGS" in setting:
         clean_env.setenv("KFT_XLA_CPU_FLAGS", "0")
     if "backends" in setting:
-        clean_env.setattr(_backend, "_jax_backends_initialised", lambda: True)
+        clean_env.setattr(_compat, "jax_backends_initialised", lambda: True)
     if "cpu_only" in setting:
         clean_env.setattr(_backend, "_cpu_only", lambda: False)
     assert _backend.apply_cpu_xla_flags() == ()

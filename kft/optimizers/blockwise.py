@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kft import _compat
 from kft._validation import check_number
 from kft.models.blocks import get_blocks
 from kft.optimizers.routed import RoutedOptimizer
@@ -124,7 +125,7 @@ class BlockwiseOptimizer(RoutedOptimizer):
         if isinstance(optimizer, dict):
             optimizer = keras.optimizers.deserialize(optimizer)
         check_inner("optimizer", optimizer)
-        inner_lr = optimizer._learning_rate
+        inner_lr = _compat.raw_learning_rate(optimizer)
         schedule = keras.optimizers.schedules.LearningRateSchedule
         # The learning rate that becomes the base must be > 0.
         positive = base_learning_rate is None

@@ -2,6 +2,7 @@
 
 import keras
 
+from kft import _compat
 from kft.optimizers.routed import RoutedOptimizer
 from kft.optimizers.routed import check_rate
 from kft.optimizers.routed import deserialize_optimizer
@@ -58,8 +59,10 @@ class GroupOptimizer(RoutedOptimizer):
         schedule = keras.optimizers.schedules.LearningRateSchedule
         for where, inner in inners:
             if (isinstance(inner, keras.optimizers.Optimizer)
-                    and not isinstance(inner._learning_rate, schedule)):
-                check_rate("learning_rate", rate_as_passed(inner._learning_rate),
+                    and not isinstance(_compat.raw_learning_rate(inner),
+                                       schedule)):
+                check_rate("learning_rate",
+                           rate_as_passed(_compat.raw_learning_rate(inner)),
                             where=f"{where} ({type(inner).__name__})")
         routes = {k: (i, 1.0) for i, k in enumerate(optimizers)}
         super().__init__(inners, routes, (len(optimizers), 1.0),
@@ -69,9 +72,9 @@ class GroupOptimizer(RoutedOptimizer):
                          learning_rate=learning_rate, **kwargs)
 
     def _group_rate(self, inner, learning_rate):
-        rate = inner._learning_rate
+        rate = _compat.raw_learning_rate(inner)
         if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-            rate = rate(self._iterations)
+            rate = rate(self.iterations)
         return learning_rate * rate
 
     def get_config(self):

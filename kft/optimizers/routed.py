@@ -1,7 +1,6 @@
 """The routing base of kft's optimizers: each variable to an inner optimizer
 with a rate multiplier, per-variable step counts, re-targeting."""
 
-import contextlib
 import numbers
 import re
 
@@ -9,9 +8,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from kft import _compat
 from kft._validation import check_number
 from kft.models.blocks import get_blocks
-from kft.training.state import rebuild_optimizer
 
 
 INNER_ONLY_DEFAULTS = {
@@ -22,7 +21,7 @@ INNER_ONLY_DEFAULTS = {
 
 
 
-class RoutedOptimizer(keras.optimizers.Optimizer):
+class RoutedOptimizer(_compat.per_variable_optimizer_base()):
     """Routes each variable to `(inner index, rate multiplier)` by group."""
 
     def __init__(self, inners, routes, default_route, *, model, patterns,
@@ -119,7 +118,7 @@ class RoutedOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables[:] + [
+        return _compat.own_variables(self)[:] + [
             v for inner in self._inners for v in inner.variables]
 
     def build(self, variables):
@@ -140,15 +139,11 @@ class RoutedOptimizer(keras.optimizers.Optimizer):
     def _track(self, variables, old_starts):
         """Points own state at `variables`; starts of new ones are now."""
         if self._start_steps is not None:
-            self._variables[:] = [v for v in self._variables
-                                  if v is not self._start_steps]
-        # Bypasses Keras' tracking, which would list the model's variables
-        # among the optimizer's own.
-        object.__setattr__(self, "_trainable_variables", list(variables))
-        self._trainable_variables_indices = {
-            self._var_key(v): i for i, v in enumerate(variables)}
+            own = _compat.own_variables(self)
+            own[:] = [v for v in own if v is not self._start_steps]
+        _compat.set_tracked(self, variables)
         self._routes = [self._route(v) for v in variables]
-        now = int(ops.convert_to_numpy(self._iterations.value))
+        now = int(ops.convert_to_numpy(self.iterations.value))
         self._start_steps = self.add_variable(
             (len(variables),), initializer="zeros", dtype="int32",
             name="start_steps")
@@ -161,24 +156,23 @@ class RoutedOptimizer(keras.optimizers.Optimizer):
         new variables get fresh ones and their group's rate."""
         variables = list(variables)
         if [id(v) for v in variables] == [
-                id(v) for v in self._trainable_variables]:
+                id(v) for v in _compat.tracked_variables(self)]:
             return
         starts = ops.convert_to_numpy(self._start_steps.value)
         old = {id(v): int(s)
-               for v, s in zip(self._trainable_variables, starts)}
+               for v, s in zip(_compat.tracked_variables(self), starts)}
         self._track(variables, old)
         for i, inner in enumerate(self._inners):
-            rebuild_optimizer(inner, [v for v, r in zip(variables,
+            _compat.rebuild_optimizer(inner, [v for v, r in zip(variables,
                                                         self._routes)
                                       if r[0] == i])
 
-    def _apply_weight_decay(self, variables):
-        pass  # Done per group in `_backend_update_step`.
-
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def update_variables(self, grads, variables, learning_rate):
+        # Weight decay per group, then the inner optimizer's step with the
+        # variable's own step count.
         starts = ops.convert_to_tensor(self._start_steps)
-        for grad, var in zip(grads, trainable_variables):
-            i = self._get_variable_index(var)
+        for grad, var in zip(grads, variables):
+            i = _compat.variable_index(self, var)
             inner_index, multiplier = self._routes[i]
             inner = self._inners[inner_index]
             lr = ops.cast(self._group_rate(inner, learning_rate) * multiplier,
@@ -186,7 +180,7 @@ class RoutedOptimizer(keras.optimizers.Optimizer):
             if inner.weight_decay and self._decays(inner, var):
                 wd = ops.cast(inner.weight_decay, var.dtype)
                 var.assign(var - var * wd * lr)
-            with local_steps(inner, self._iterations - starts[i]):
+            with _compat.local_iterations(inner, self.iterations - starts[i]):
                 inner.update_step(grad, var, lr)
 
     def _group_rate(self, inner, learning_rate):
@@ -195,7 +189,7 @@ class RoutedOptimizer(keras.optimizers.Optimizer):
     def _decays(self, inner, var):
         if self.exclude_bias_and_norm and len(var.shape) <= 1:
             return False
-        return inner._use_weight_decay(var)
+        return _compat.uses_weight_decay(inner, var)
 
     def _routed_config(self):
         config = super().get_config()
@@ -258,8 +252,7 @@ def check_inner(name, inner):
         raise TypeError(f"Argument `{name}` must be a Keras optimizer "
                         f"instance such as keras.optimizers.Adam(1e-3); "
                         f"Received: {name}={inner!r}")
-    base = keras.optimizers.Optimizer._backend_update_step
-    if type(inner)._backend_update_step is not base:
+    if not _compat.updates_variables_independently(inner):
         raise TypeError(f"Argument `{name}` must update each variable on its "
                         f"own; {type(inner).__name__} keeps shared per-step "
                         f"state. Received: {name}={inner!r}")
@@ -271,14 +264,3 @@ def check_inner(name, inner):
     if inner.built:
         raise ValueError(f"Argument `{name}` must be an unbuilt optimizer; "
                          f"Received a built {type(inner).__name__}.")
-
-
-@contextlib.contextmanager
-def local_steps(inner, steps):
-    """Makes `inner.iterations` read a variable's own step count."""
-    saved = inner._iterations
-    object.__setattr__(inner, "_iterations", steps)
-    try:
-        yield
-    finally:
-        object.__setattr__(inner, "_iterations", saved)

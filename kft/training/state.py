@@ -19,6 +19,8 @@ import weakref
 import keras
 from keras import ops
 
+from kft import _compat
+
 # Optimizers already warned about their shared step counter.
 _WARNED_SHARED_STEPS = weakref.WeakSet()
 
@@ -37,10 +39,9 @@ def changing_trainable(model):
     >>> with kft.changing_trainable(model):
     ...     model.get_layer("head_dense").trainable = False
     """
-    # Inside `fit` the newest values live in `model._jax_state`; write them
+    # Inside `fit` the newest values live in the step's state; write them
     # back while the variable order still matches the state's.
-    if getattr(model, "_jax_state", None) is not None:
-        model.jax_state_sync()
+    _compat.sync_fit_state(model)
     try:
         yield
     finally:
@@ -50,21 +51,38 @@ def changing_trainable(model):
 
 
 def refresh_training_state(model):
-    """Makes the next train/test/predict step use `model`'s current trainable
-    set. Called by `changing_trainable`; call it yourself after setting
-    `layer.trainable` by hand on a compiled model."""
+    """Makes the next train/test/predict step use `model`'s current
+    trainable set.
+
+    Called by `changing_trainable`. Call it yourself after setting
+    `layer.trainable` by hand on a compiled model: before `compile`,
+    between `fit` calls, or in a callback at an epoch boundary. Inside a
+    running `fit` between batches the step's state has not been written
+    back, so this raises: change flags there inside
+    `with kft.changing_trainable(model):`, which writes it back first.
+
+    Raises:
+        RuntimeError: called inside `fit` with the step's state pending.
+    """
+    if _compat.fit_state_pending(model):
+        raise RuntimeError(
+            "refresh_training_state was called inside a running `fit` "
+            "whose latest step has not been written back to the variables; "
+            "refreshing now would pair the step's values with the wrong "
+            "variables and drop optimizer slots. Change `trainable` inside "
+            "`with kft.changing_trainable(model):` instead.")
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and optimizer.built:
         retarget_optimizer(optimizer, model.trainable_variables)
     if not getattr(model, "compiled", False):
         return
+    _compat.record_trainable_state(model)
     model.test_function = None
     model.predict_function = None
     # A running `fit` calls `model.train_function` on every step, so it must
     # stay callable: a fresh jit wrapper, traced on its first call.
     model.make_train_function(force=True)
-    # Makes a running `fit` re-read the state lists before its next step.
-    model._jax_state_synced = True
+    _compat.reread_fit_state(model)
 
 
 def retarget_optimizer(optimizer, variables):
@@ -84,62 +102,10 @@ def retarget_optimizer(optimizer, variables):
         return
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         retarget_optimizer(optimizer.inner_optimizer, variables)
-        _set_tracked(optimizer, variables)
+        _compat.set_tracked(optimizer, variables)
         return
     _warn_shared_step_count(optimizer, variables)
-    rebuild_optimizer(optimizer, variables)
-
-
-def rebuild_optimizer(optimizer, variables):
-    """Rebuilds a built plain Keras optimizer for `variables` in place,
-    keeping the slots of the variables it already tracked (by path)."""
-    if [id(v) for v in optimizer._trainable_variables] == [
-        id(v) for v in variables
-    ]:
-        return
-    own = [optimizer._iterations]
-    if isinstance(optimizer._learning_rate, keras.Variable):
-        own.append(optimizer._learning_rate)
-    old_slots = {
-        v.path: v.value
-        for v in optimizer._variables
-        if not any(v is o for o in own)
-    }
-    # Shared state `build` creates under an auto-generated path (Nadam's
-    # `_u_product`) is carried over by attribute: a rebuilt one would
-    # restart from its initial value.
-    old_state = {
-        name: value.value
-        for name, value in vars(optimizer).items()
-        if isinstance(value, keras.Variable)
-        and not any(value is o for o in own)
-    }
-    optimizer._variables[:] = own
-    # Forgets the dropped variables' ids too: a new variable reusing one
-    # would otherwise be taken as tracked and left out of `variables`.
-    optimizer._tracker.stored_ids["variables"] = {id(v) for v in own}
-    optimizer._trainable_variables_indices = {}
-    optimizer.built = False
-    optimizer.build(list(variables))
-    optimizer.built = True
-    for v in optimizer._variables:
-        old = old_slots.get(v.path)
-        if old is not None and tuple(old.shape) == tuple(v.shape):
-            v.assign(old)
-    for name, old in old_state.items():
-        new = getattr(optimizer, name, None)
-        if (isinstance(new, keras.Variable)
-                and tuple(old.shape) == tuple(new.shape)):
-            new.assign(old)
-
-
-def _set_tracked(optimizer, variables):
-    # Plain assignment would make Keras' tracker list the model's variables
-    # among the optimizer's own (and `fit` donate their buffers twice).
-    object.__setattr__(optimizer, "_trainable_variables", list(variables))
-    optimizer._trainable_variables_indices = {
-        optimizer._var_key(v): i for i, v in enumerate(variables)
-    }
+    _compat.rebuild_optimizer(optimizer, variables)
 
 
 def _first_update_factor(optimizer, step):
@@ -159,7 +125,7 @@ def _first_update_factor(optimizer, step):
         u_t = b1 * (1 - 0.5 * 0.96**step)
         u_next = b1 * (1 - 0.5 * 0.96 ** (step + 1))
         product = u_t * float(
-            ops.convert_to_numpy(optimizer._u_product.value))
+            ops.convert_to_numpy(_compat.nadam_u_product(optimizer).value))
         m_hat = (u_next * (1 - b1) / (1 - product * u_next)
                  + (1 - u_t) / (1 - product))
         return m_hat * math.sqrt((1 - b2**step) / (1 - b2)), None
@@ -176,7 +142,7 @@ def _warn_shared_step_count(optimizer, variables):
                                   keras.optimizers.Nadam)):
         return
     iterations = int(ops.convert_to_numpy(optimizer.iterations.value))
-    tracked = {id(v) for v in optimizer._trainable_variables}
+    tracked = {id(v) for v in _compat.tracked_variables(optimizer)}
     added = [v for v in variables if id(v) not in tracked]
     if iterations == 0 or not added:
         return

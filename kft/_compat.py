@@ -1,0 +1,292 @@
+"""Every use of Keras' and JAX's private API in kft, in one place.
+
+kft changes what trains on a compiled Keras model, even inside a running
+`fit`, which public Keras API does not allow; for that and a few speed-ups
+it relies on internals of the Keras versions in `SUPPORTED_KERAS`. Each
+such access is a function or a small base class here, so a Keras upgrade
+is checked by reading this file (and `tests/test_compat.py`, which fails
+if another module touches a private Keras attribute). Importing kft with
+a Keras outside the supported range raises instead of silently bringing
+back the bugs kft exists to prevent.
+
+Held here: the JAX trainer's running state (`_jax_state`,
+`_jax_state_synced`, `jax_state_sync`, `_compiled_trainable_state`); the
+optimizer's variable lists and hooks (`_variables`, `_trainable_variables`,
+`_trainable_variables_indices`, `_var_key`, `_tracker`, `_iterations`,
+`_learning_rate`, `_get_variable_index`, `_use_weight_decay`,
+`_backend_update_step`, `_apply_weight_decay`, Nadam's `_u_product`);
+layer traversal (`_flatten_layers`, `_trainable_variables`, `_layers`);
+metric direction (`_direction`); the compile config (`_compile_config`);
+the preprocessing layers' hooks (`_transform_images`, `_get_zoom_matrix`,
+`_get_fill_value`, their transformation keys); `keras.src` imports
+(`io_utils`, `StatelessScope` detection, `DataAdapter`, the grain adapter,
+the base image preprocessing layer); JAX's `xla_bridge._backends`.
+"""
+
+import contextlib
+import importlib.metadata
+
+# [lowest, first unsupported) Keras version, as (major, minor).
+SUPPORTED_KERAS = ((3, 15), (3, 16))
+
+
+def check_keras_version(version=None):
+    """Raises `ImportError` for a Keras outside `SUPPORTED_KERAS`.
+
+    Reads the installed version without importing Keras.
+
+    >>> check_keras_version("3.15.1")
+    >>> check_keras_version("3.16.0")
+    Traceback (most recent call last):
+    ...
+    ImportError: kft supports Keras >=3.15,<3.16 (it relies on Keras internals that change between releases); found Keras 3.16.0. Install a supported version: pip install "keras>=3.15,<3.16"
+    """
+    if version is None:
+        version = importlib.metadata.version("keras")
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    low, high = SUPPORTED_KERAS
+    if not low <= parts < high:
+        spec = f">={low[0]}.{low[1]},<{high[0]}.{high[1]}"
+        raise ImportError(
+            f"kft supports Keras {spec} (it relies on Keras internals that "
+            f"change between releases); found Keras {version}. Install a "
+            f'supported version: pip install "keras{spec}"')
+
+
+# -- the JAX trainer's state during `fit` -----------------------------------
+
+
+def sync_fit_state(model):
+    """Writes the running `fit` step's state back to the variables.
+
+    Inside `fit` on JAX the newest values live in `model._jax_state`, in
+    the order of the trainable set the step was compiled for.
+    """
+    if getattr(model, "_jax_state", None) is not None:
+        model.jax_state_sync()
+
+
+def fit_state_pending(model):
+    """Whether a running `fit` holds step state not yet written back."""
+    return (getattr(model, "_jax_state", None) is not None
+            and not getattr(model, "_jax_state_synced", True))
+
+
+def reread_fit_state(model):
+    """Makes a running `fit` gather the state lists anew before its next
+    step (they follow the trainable set)."""
+    model._jax_state_synced = True
+
+
+def record_trainable_state(model):
+    """Records the current flags as those `compile` saw, so Keras does not
+    warn "please recompile" for a change kft has already applied."""
+    model._compiled_trainable_state = {
+        layer: layer.trainable for layer in model._flatten_layers()}
+
+
+def compile_config(model):
+    """The arguments `model.compile` was called with, as a dict."""
+    return model._compile_config.config
+
+
+# -- layers and metrics -------------------------------------------------------
+
+
+def flatten_layers(layer, include_self=True, recursive=True):
+    """`layer` and the layers inside it, depth first."""
+    return list(layer._flatten_layers(include_self=include_self,
+                                      recursive=recursive))
+
+
+def is_leaf_with_weights(layer):
+    """Whether `layer` creates trainable weights itself (not a container)."""
+    return bool(layer._trainable_variables) and not layer._layers
+
+
+def metric_direction(metric):
+    """`"up"`, `"down"` or `None`: which way a Keras metric improves."""
+    return getattr(metric, "_direction", None)
+
+
+def print_msg(message):
+    """Prints like Keras' progress output (also to absl logging when
+    Keras' interactive logging is off)."""
+    from keras.src.utils import io_utils
+
+    io_utils.print_msg(message)
+
+
+def in_stateless_scope():
+    """Whether Keras is tracing a stateless call (`stateless_call`, a
+    compiled train step), where layers may use state without assigning it."""
+    from keras.src.backend.common import stateless_scope
+
+    return stateless_scope.in_stateless_scope()
+
+
+def base_image_preprocessing_layer():
+    """The base class of Keras' random image preprocessing layers."""
+    from keras.src.layers.preprocessing.image_preprocessing import (
+        base_image_preprocessing_layer as base)
+
+    return base.BaseImagePreprocessingLayer
+
+
+# -- data ---------------------------------------------------------------------
+
+
+def data_adapter_class():
+    """Keras' `DataAdapter`: `fit` uses an instance given as `x` as it is
+    (its length known, no warnings about `shuffle`), or `object` on a Keras
+    without it."""
+    try:
+        from keras.src.trainers.data_adapters.data_adapter import DataAdapter
+    except ImportError:  # pragma: no cover: a Keras that moved it.
+        return object
+    return DataAdapter
+
+
+def grain_adapter(dataset):
+    """Keras' adapter for a grain dataset (for tf.data / torch loaders)."""
+    from keras.src.trainers.data_adapters import grain_dataset_adapter
+
+    return grain_dataset_adapter.GrainDatasetAdapter(dataset)
+
+
+# -- optimizers ---------------------------------------------------------------
+
+
+def tracked_variables(optimizer):
+    """The variables a built optimizer updates, in its order."""
+    return optimizer._trainable_variables
+
+
+def own_variables(optimizer):
+    """The optimizer's own variable list (slots, counters), mutable."""
+    return optimizer._variables
+
+
+def iterations_variable(optimizer):
+    return optimizer._iterations
+
+
+def raw_learning_rate(optimizer):
+    """The learning rate as given: a `keras.Variable` or a schedule."""
+    return optimizer._learning_rate
+
+
+def variable_index(optimizer, variable):
+    return optimizer._get_variable_index(variable)
+
+
+def uses_weight_decay(optimizer, variable):
+    return optimizer._use_weight_decay(variable)
+
+
+def nadam_u_product(optimizer):
+    return optimizer._u_product
+
+
+def updates_variables_independently(optimizer):
+    """Whether the optimizer updates each variable with `update_step` alone
+    (no shared per-step state in an overridden `_backend_update_step`)."""
+    import keras
+
+    base = keras.optimizers.Optimizer._backend_update_step
+    return type(optimizer)._backend_update_step is base
+
+
+def set_tracked(optimizer, variables):
+    """Points a built optimizer's variable list and index at `variables`."""
+    # Plain assignment would make Keras' tracker list the model's variables
+    # among the optimizer's own (and `fit` donate their buffers twice).
+    object.__setattr__(optimizer, "_trainable_variables", list(variables))
+    optimizer._trainable_variables_indices = {
+        optimizer._var_key(v): i for i, v in enumerate(variables)}
+
+
+@contextlib.contextmanager
+def local_iterations(optimizer, steps):
+    """Makes `optimizer.iterations` read `steps` (a per-variable count)."""
+    saved = optimizer._iterations
+    object.__setattr__(optimizer, "_iterations", steps)
+    try:
+        yield
+    finally:
+        object.__setattr__(optimizer, "_iterations", saved)
+
+
+def rebuild_optimizer(optimizer, variables):
+    """Rebuilds a built plain Keras optimizer for `variables` in place,
+    keeping the slots of the variables it already tracked (by path)."""
+    import keras
+
+    if [id(v) for v in optimizer._trainable_variables] == [
+            id(v) for v in variables]:
+        return
+    own = [optimizer._iterations]
+    if isinstance(optimizer._learning_rate, keras.Variable):
+        own.append(optimizer._learning_rate)
+    old_slots = {v.path: v.value for v in optimizer._variables
+                 if not any(v is o for o in own)}
+    # Shared state `build` creates under an auto-generated path (Nadam's
+    # `_u_product`) is carried over by attribute: a rebuilt one would
+    # restart from its initial value.
+    old_state = {name: value.value for name, value in vars(optimizer).items()
+                 if isinstance(value, keras.Variable)
+                 and not any(value is o for o in own)}
+    optimizer._variables[:] = own
+    # Forgets the dropped variables' ids too: a new variable reusing one
+    # would otherwise be taken as tracked and left out of `variables`.
+    optimizer._tracker.stored_ids["variables"] = {id(v) for v in own}
+    optimizer._trainable_variables_indices = {}
+    optimizer.built = False
+    optimizer.build(list(variables))
+    optimizer.built = True
+    for v in optimizer._variables:
+        old = old_slots.get(v.path)
+        if old is not None and tuple(old.shape) == tuple(v.shape):
+            v.assign(old)
+    for name, old in old_state.items():
+        new = getattr(optimizer, name, None)
+        if (isinstance(new, keras.Variable)
+                and tuple(old.shape) == tuple(new.shape)):
+            new.assign(old)
+
+
+def per_variable_optimizer_base():
+    """A `keras.optimizers.Optimizer` base whose subclass updates all
+    variables in `update_variables(grads, variables, learning_rate)`, weight
+    decay included (Keras' own decay pass is skipped)."""
+    import keras
+
+    class PerVariableOptimizer(keras.optimizers.Optimizer):
+        def _apply_weight_decay(self, variables):
+            pass  # Applied per variable in `update_variables`.
+
+        def _backend_update_step(self, grads, trainable_variables,
+                                 learning_rate):
+            self.update_variables(grads, trainable_variables, learning_rate)
+
+        def update_variables(self, grads, variables, learning_rate):
+            raise NotImplementedError
+
+    return PerVariableOptimizer
+
+
+# -- JAX ----------------------------------------------------------------------
+
+
+def jax_backends_initialised():
+    """Whether JAX has created its backends (after which XLA flags are
+    read no more)."""
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+    except ImportError:  # pragma: no cover - private module moved
+        return True
+    return bool(getattr(xla_bridge, "_backends", None))

@@ -1,0 +1,132 @@
+"""`refresh_training_state` and `changing_trainable` on every documented path."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+
+SHAPE = (16, 16, 3)
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _data(n=16):
+    rng = np.random.default_rng(0)
+    return (rng.uniform(0, 255, (n,) + SHAPE).astype("float32"),
+            rng.integers(0, 3, n).astype("int32"))
+
+
+def _model():
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=SHAPE)
+    kft.freeze(model, "feature_extraction", bn="train")
+    return model
+
+
+def _kernel(model, name):
+    return np.array(model.get_layer("simple_cnn").get_layer(name).kernel.value)
+
+
+def _moved(model, before, name):
+    return not np.array_equal(_kernel(model, name), before)
+
+
+def test_by_hand_before_compile():
+    model = _model()
+    model.get_layer("simple_cnn").get_layer("block3_conv").trainable = True
+    kft.refresh_training_state(model)
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    before = _kernel(model, "block3_conv")
+    model.fit(*_data(), epochs=1, batch_size=8, verbose=0)
+    assert _moved(model, before, "block3_conv")
+
+
+def test_by_hand_between_fits_trains_the_new_set_without_keras_warning():
+    x, y = _data()
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.get_layer("simple_cnn").get_layer("block3_conv").trainable = True
+    kft.refresh_training_state(model)
+    assert len(model.optimizer.variables) >= 1
+    before3, before2 = (_kernel(model, "block3_conv"),
+                        _kernel(model, "block2_conv"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert _moved(model, before3, "block3_conv")
+    assert not _moved(model, before2, "block2_conv")
+    assert not [w for w in caught if "Please recompile" in str(w.message)]
+
+
+class _ByHand(keras.callbacks.Callback):
+    def __init__(self, where):
+        super().__init__()
+        self.where, self.error = where, None
+
+    def _change(self):
+        try:
+            self.model.get_layer("simple_cnn").get_layer(
+                "block3_conv").trainable = True
+            kft.refresh_training_state(self.model)
+        except RuntimeError as error:
+            self.error = error
+            raise
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.where == "epoch" and epoch == 1:
+            self._change()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.where == "batch" and batch == 0:
+            self._change()
+
+
+def test_by_hand_in_a_callback_at_an_epoch_boundary():
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    before = _kernel(model, "block3_conv")
+    model.fit(*_data(), epochs=2, batch_size=8, verbose=0,
+              callbacks=[_ByHand("epoch")])
+    assert _moved(model, before, "block3_conv")
+
+
+def test_by_hand_between_batches_raises_and_points_to_the_context():
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    with pytest.raises(RuntimeError, match="changing_trainable"):
+        model.fit(*_data(), epochs=1, batch_size=8, verbose=0,
+                  callbacks=[_ByHand("batch")])
+
+
+def test_context_between_batches_trains_the_new_set():
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+
+    class Unfreeze(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                with kft.changing_trainable(self.model):
+                    self.model.get_layer("simple_cnn").get_layer(
+                        "block3_conv").trainable = True
+
+    before = _kernel(model, "block3_conv")
+    model.fit(*_data(), epochs=1, batch_size=8, verbose=0,
+              callbacks=[Unfreeze()])
+    assert _moved(model, before, "block3_conv")
+
+
+def test_context_after_an_exception_leaves_a_consistent_state():
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    model.fit(*_data(), epochs=1, batch_size=8, verbose=0)
+    with pytest.raises(KeyError):
+        with kft.changing_trainable(model):
+            model.get_layer("simple_cnn").get_layer(
+                "block3_conv").trainable = True
+            raise KeyError("boom")
+    before = _kernel(model, "block3_conv")
+    model.fit(*_data(), epochs=1, batch_size=8, verbose=0)
+    assert _moved(model, before, "block3_conv")

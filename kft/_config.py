@@ -1,4 +1,20 @@
-"""Selects the JAX backend before Keras is imported."""
+"""What `import kft` sets up, each never over a setting of the user's.
+
+- **Backend**: Keras on JAX. `KERAS_BACKEND` unset -> set to `jax` (a
+  `keras.json` naming another backend is overridden with one warning);
+  another value, or Keras already imported with another backend, raises.
+  Set `KERAS_BACKEND=jax` to make the choice explicit.
+- **XLA CPU flags** (`apply_cpu_xla_flags`): on CPU-only JAX, YNNPACK's
+  single-convolution fusion off (faster training steps, measured in
+  `benchmarks/RESULTS.md`). `KFT_XLA_CPU_FLAGS=0` turns it off, `=1` adds
+  the algebraic-simplifier flag; a flag already in `XLA_FLAGS` wins; never
+  applied once JAX has started or with a GPU/TPU plugin.
+- **Compilation cache** (`enable_compilation_cache`): JAX's persistent
+  cache in `~/.cache/kft/jax`, so a rerun loads compiled steps from disk.
+  `KFT_COMPILATION_CACHE=0` turns it off, `KFT_COMPILATION_CACHE=DIR`
+  moves it; a directory or minimum compile time set for JAX before
+  `import kft` is kept.
+"""
 
 import json
 import logging
@@ -141,14 +157,11 @@ def enable_compilation_cache(directory=None):
     return directory
 
 
-# XLA CPU flags (issue 7, measured in benchmarks/RESULTS.md). YNNPACK's
-# fusion of single convolutions is slow on CPU, for weight gradients most:
-# turning it off made 22 of 24 backbone x size x strategy training steps
-# faster (up to 1.8x) with the same losses, and never crashed, so it is the
+# XLA CPU flags (measured in benchmarks/RESULTS.md). YNNPACK's fusion of
+# single convolutions is slow on CPU, for weight gradients most: off is the
 # default. Disabling the algebraic simplifier (which turns 3x3 convolutions
-# on maps smaller than the kernel into slow loops; `kft.cpu_convs` now
-# rewrites those) is opt-in only: XLA segfaulted compiling VGG16 at 32x32
-# with it in 5 of 6 runs (jaxlib 0.10.2).
+# on maps smaller than the kernel into slow loops; `kft.cpu_convs` rewrites
+# those) is opt-in only: XLA can segfault compiling VGG16 with it.
 YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 ALGSIMP_OFF = "--xla_disable_hlo_passes=algsimp"
 CPU_XLA_FLAG_SETS = {

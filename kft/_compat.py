@@ -72,6 +72,30 @@ def fit_state_pending(model):
             and not getattr(model, "_jax_state_synced", True))
 
 
+def sync_fit_state_as_compiled(model):
+    """Writes a running `fit` step's state back after flags changed by hand.
+
+    The step's state lists follow the trainable set the step was compiled
+    for, which `_compiled_trainable_state` records (at `compile`, and at
+    every kft refresh). The flags are put back as recorded for the write,
+    then set again as they are now. Returns `False` if nothing was recorded.
+    """
+    if not fit_state_pending(model):
+        return True
+    recorded = getattr(model, "_compiled_trainable_state", None)
+    if recorded is None:
+        return False
+    # Flattened order is parents first: a parent's setter resets its
+    # children, which are then set to their own values.
+    current = {layer: layer.trainable for layer in model._flatten_layers()}
+    for layer, flag in recorded.items():
+        layer.trainable = flag
+    model.jax_state_sync()
+    for layer, flag in current.items():
+        layer.trainable = flag
+    return True
+
+
 def reread_fit_state(model):
     """Makes a running `fit` gather the state lists anew before its next
     step (they follow the trainable set)."""

@@ -1,6 +1,10 @@
 """Keras callbacks of kft."""
 
 from kft.training.compile_notice import CompileNotice
+from kft.training.unfreeze_schedules import Every
+from kft.training.unfreeze_schedules import Milestones
+from kft.training.unfreeze_schedules import Plateau
 from kft.training.unfreezing import GradualUnfreezing
 
-__all__ = ["CompileNotice", "GradualUnfreezing"]
+__all__ = ["CompileNotice", "Every", "GradualUnfreezing", "Milestones",
+           "Plateau"]

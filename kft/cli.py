@@ -58,7 +58,12 @@ def _parser():
     return parser, demo
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """Runs the `kft` command on `argv` (defaults to `sys.argv[1:]`).
+
+    Returns the exit status; bad arguments exit with status 2 through
+    `argparse`, before anything is trained.
+    """
     parser, demo_parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "backbones":
@@ -66,9 +71,9 @@ def main(argv=None):
     from kft.data.digits import digits
 
     try:
-        # Same split as the demo's, checked before a minute of training.
+        # The demo's own split, checked before any training starts.
         digits(image_size=8, target_per_class=args.target_per_class,
-                        seed=args.seed)
+               seed=args.seed)
     except ValueError as error:
         demo_parser.error(f"argument --target-per-class: {error}")
     from kft._config import enable_compilation_cache
@@ -84,31 +89,37 @@ def main(argv=None):
 
 
 def _backbones(pattern):
-    import fnmatch
+    from kft.models import registry
 
-    from kft.models import backbones
-
-    names = backbones.list_backbones(pattern)
-    resolved = backbones.resolve_backbone_name(pattern)
+    names = registry.list_backbones(pattern)
+    resolved = registry.resolve_backbone_name(pattern)
     if not names and resolved is not None:
         names = [resolved]  # a name spelt differently: "EfficientNet_B0"
     if not names:
-        # "efficientnet_b*": the pattern with `_` and `-` ignored, as for
-        # names; otherwise names close to it.
-        canonical = backbones._canonical(pattern)
-        close = ([n for n in backbones.list_backbones()
-                  if fnmatch.fnmatchcase(backbones._canonical(n), canonical)]
-                 if "[" not in pattern else [])
-        close = close or backbones.close_backbone_names(pattern)
+        close = _close_to_pattern(pattern)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"kft backbones: no backbone matches {pattern!r}.{hint} "
               "`kft backbones` lists them all.", file=sys.stderr)
         return 1
     for name in names:
-        spec = backbones.get_backbone(name)
+        spec = registry.get_backbone(name)
         print(f"{name:18} {spec.default_size:4d}px  "
               f"{' > '.join(spec.block_names)}")
     return 0
+
+
+def _close_to_pattern(pattern):
+    """Names matching `pattern` with `_` and `-` ignored ("efficientnet_b*"),
+    else names close to it."""
+    import fnmatch
+
+    from kft.models import registry
+
+    canonical = registry.canonical_name(pattern)
+    close = ([n for n in registry.list_backbones()
+              if fnmatch.fnmatchcase(registry.canonical_name(n), canonical)]
+             if "[" not in pattern else [])
+    return close or registry.close_backbone_names(pattern)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
 """Honest evaluation of a classifier: accuracy, macro P/R/F1, confusion."""
 
 import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kft._validation import _fail
 from kft._validation import check_int
 from kft._validation import check_labels
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +45,13 @@ class ClassificationReport:
 def _check_class_names(class_names, num_classes):
     if class_names is None:
         return None
+    if isinstance(class_names, str):
+        _fail("class_names", "a sequence of class names", class_names,
+              TypeError)
     class_names = tuple(class_names)
     if len(class_names) != num_classes:
-        raise ValueError(
-            f"Argument `class_names` must hold one name per class: "
-            f"{num_classes} names for {num_classes} classes. Received "
-            f"{len(class_names)} names: class_names={class_names!r}"
-        )
+        _fail("class_names", f"one name per class ({num_classes} names for "
+              f"{num_classes} classes)", class_names)
     return class_names
 
 
@@ -57,7 +63,9 @@ def _integer_labels(y, num_classes, name):
     return check_labels(y.reshape(-1), num_classes, name=name)
 
 
-def classification_report(y_true, y_pred, num_classes=None, class_names=None):
+def classification_report(y_true, y_pred, num_classes: int | None = None,
+                          class_names: Sequence[str] | None = None
+                          ) -> ClassificationReport:
     """Metrics from integer labels and predictions.
 
     Args:
@@ -80,14 +88,16 @@ def classification_report(y_true, y_pred, num_classes=None, class_names=None):
     >>> classification_report([0, 1, 1], [0, 1, 0]).accuracy
     0.6666666666666666
     """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import precision_recall_fscore_support
 
     y_true = np.asarray(y_true).reshape(-1)
     y_pred = np.asarray(y_pred).reshape(-1)
     if y_true.shape != y_pred.shape or y_true.size == 0:
         raise ValueError(
-            "`y_true` and `y_pred` must be non-empty and of one length. "
-            f"Received lengths {y_true.size} and {y_pred.size}."
+            "Arguments `y_true` and `y_pred` must be non-empty and of one "
+            f"length. Received: y_true of length {y_true.size}, y_pred of "
+            f"length {y_pred.size}"
         )
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, min_value=1)
@@ -135,7 +145,9 @@ def _is_array(x):
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
-def evaluate_classifier(model, x, y=None, batch_size=64, class_names=None):
+def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
+                        class_names: Sequence[str] | None = None
+                        ) -> ClassificationReport:
     """Predicts with `model` and reports against the true labels.
 
     Either arrays (`x` images and `y` labels, or `x=(images, labels)`) or
@@ -218,7 +230,7 @@ def _evaluate_batches(model, dataset, num_classes, class_names):
         if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
             raise ValueError(
                 "Argument `x` must yield (images, labels) batches when `y` "
-                "is left out. Received a batch of type "
+                "is left out. Received: a batch of type "
                 f"{type(batch).__name__}"
                 + (f" and length {len(batch)}"
                    if isinstance(batch, (tuple, list)) else "")
@@ -230,7 +242,7 @@ def _evaluate_batches(model, dataset, num_classes, class_names):
     if not labels:
         raise ValueError(
             "Argument `x` must yield at least one (images, labels) batch. "
-            "Received an empty dataset."
+            "Received: an empty dataset"
         )
     return classification_report(
         np.concatenate(labels), np.concatenate(predictions),

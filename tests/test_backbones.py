@@ -165,3 +165,52 @@ def test_numpy_sizes_are_accepted():
     assert model.input_shape == (None, 16, 16, 3)
     with pytest.raises(ValueError, match=r"Received: input_shape=\(16, 16\)"):
         kft.create_backbone("simple_cnn", weights=None, input_shape=(16, 16))
+
+
+def test_registry_arguments_are_checked_in_one_form():
+    with pytest.raises(TypeError, match=r"Argument `spec` must be a "
+                       r"kft\.BackboneSpec\. Received: spec='resnet50'"):
+        kft.register_backbone("resnet50")
+    with pytest.raises(TypeError, match=r"Argument `pattern` must be a "
+                       r"string.*Received: pattern=3"):
+        kft.list_backbones(3)
+    from kft.models.simple_cnn import BLOCKS, SimpleCNN
+    with pytest.raises(ValueError, match=r"Argument `preprocess` must be one "
+                       r"of .*Received: preprocess='bgr'"):
+        kft.BackboneSpec("tiny", SimpleCNN, "bgr", 32, BLOCKS)
+
+
+def test_registered_spec_builds_marked_backbones():
+    from kft.models.registry import unregister_backbone
+    from kft.models.simple_cnn import BLOCKS, SimpleCNN
+
+    spec = kft.register_backbone(kft.BackboneSpec("tiny_cnn", SimpleCNN, "tf",
+                                                  16, BLOCKS))
+    try:
+        assert kft.get_backbone("Tiny-CNN") is spec
+        model = kft.create_backbone("tiny_cnn", weights=None)
+        assert (model.name, model.kft_backbone) == ("tiny_cnn", "tiny_cnn")
+        assert model.input_shape == (None, 16, 16, 3)
+        assert list(kft.get_blocks(model)) == spec.block_names
+    finally:
+        unregister_backbone("tiny_cnn")
+    assert kft.list_backbones("tiny*") == []
+
+
+def test_simple_cnn_arguments():
+    from kft.models.simple_cnn import SimpleCNN
+
+    with pytest.raises(ValueError, match=r"Argument `include_top` must be "
+                       r"False.*Received: include_top=True"):
+        SimpleCNN(include_top=True)
+    with pytest.raises(ValueError, match=r"Argument `weights` must be None.*"
+                       r"Received: weights='imagenet'"):
+        kft.create_backbone("simple_cnn", weights="imagenet",
+                            input_shape=(16, 16, 3))
+    with pytest.raises(ValueError, match=r"Argument `widths` must be three "
+                       r"positive integers.*Received: widths=\(8, 16\)"):
+        SimpleCNN(widths=(8, 16))
+    with pytest.raises(ValueError, match=r"Received: input_shape=\(16, 16, "
+                       r"True\)"):
+        kft.create_backbone("simple_cnn", weights=None,
+                            input_shape=(16, 16, True))

@@ -56,3 +56,79 @@ def test_pattern_errors_name_the_culprits():
                                "ghost": "^zzz"})
     with pytest.raises(TypeError, match="patterns"):
         kft.get_blocks(model, "enc")
+
+
+def test_head_layers_is_the_head_block():
+    from kft.models.blocks import head_and_body, head_layers
+
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3), head="mlp",
+                                 dropout=0.1)
+    head = head_layers(model)
+    assert [l.name for l in head] == ["head_fc", "head_bn", "head_dense"]
+    blocks = kft.get_blocks(model)
+    assert head_and_body(blocks)[0] == "head"
+    assert [id(l) for l in head] == [id(l) for l in blocks["head"]]
+    # In model order, weightless head layers (pooling, ReLU, dropout) sit
+    # around them.
+    position = [model.layers.index(l) for l in head]
+    assert position == sorted(position)
+    assert model.layers[position[0] - 1].name == "head_pool"
+    # No kft backbone: no head, even with layers named `head_*`.
+    inputs = keras.Input((8,))
+    outputs = keras.layers.Dense(2, name="head_dense")(
+        keras.layers.Dense(4, name="body")(inputs))
+    plain = keras.Model(inputs, outputs)
+    assert head_layers(plain) == []
+    assert head_and_body(kft.get_blocks(plain)) == (None, ["body",
+                                                           "head_dense"])
+
+
+def test_backbone_is_found_by_its_marker_not_its_name():
+    from kft.models.backbones import as_backbone
+    from kft.models.simple_cnn import SimpleCNN
+
+    raw = SimpleCNN(input_shape=(16, 16, 3))  # named "simple_cnn", unmarked
+    assert raw.name == "simple_cnn"
+    assert list(kft.get_blocks(raw)) == ["stem_conv", "stem_bn",
+                                         "block1_conv", "block1_bn",
+                                         "block2_conv", "block2_bn",
+                                         "block3_conv", "block3_bn"]
+    inputs = keras.Input((16, 16, 3))
+    wrapped = keras.Model(inputs, keras.layers.Dense(2, name="out")(
+        keras.layers.GlobalAveragePooling2D()(raw(inputs))))
+    assert list(kft.get_blocks(wrapped)) == ["simple_cnn", "out"]
+    marked = as_backbone(raw, "SimpleCNN")
+    assert marked.kft_backbone == "simple_cnn"
+    assert list(kft.get_blocks(marked)) == ["stem", "block1", "block2",
+                                            "block3"]
+    # A kft backbone keeps its blocks under any layer name.
+    renamed = kft.create_backbone("simple_cnn", weights=None,
+                                  input_shape=(16, 16, 3))
+    renamed.name = "features"
+    assert list(kft.get_blocks(renamed)) == ["stem", "block1", "block2",
+                                             "block3"]
+    with pytest.raises(TypeError, match=r"Argument `model` must be a "
+                       r"functional keras.Model\. Received: model='x'"):
+        as_backbone("x", "simple_cnn")
+
+
+def test_clones_sharing_a_backbones_layers_keep_its_marker():
+    from kft.models.backbones import as_backbone
+
+    backbone = kft.create_backbone("simple_cnn", weights=None,
+                                   input_shape=(8, 8, 3))
+    # At 8x8 the last stage's kernel covers its map: that conv is replaced,
+    # the other layers are shared.
+    fast = kft.fast_cpu_convs(backbone)
+    assert fast is not backbone
+    assert fast.kft_backbone == "simple_cnn"
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(8, 8, 3), fast_cpu_convs=False)
+    fast_model = kft.fast_cpu_convs(model)
+    assert list(kft.get_blocks(fast_model)) == list(kft.get_blocks(model))
+    # Fresh copies of every layer share nothing: unmarked until marked.
+    copy = keras.models.clone_model(backbone)
+    assert copy.kft_backbone is None
+    assert list(kft.get_blocks(copy))[0] == "stem_conv"
+    assert list(kft.get_blocks(as_backbone(copy, "simple_cnn")))[0] == "stem"

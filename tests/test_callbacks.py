@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 import kft
+from kft.training.unfreeze_schedules import Every
+from kft.training.unfreeze_schedules import Milestones
+from kft.training.unfreeze_schedules import Plateau
 from kft.training.unfreezing import GradualUnfreezing
 
 SHAPE = (16, 16, 3)
@@ -159,7 +162,7 @@ def test_plateau_mode_unfreezes_after_patience():
     # Best 0.5 at epoch 1; no improvement in epochs 2 and 3 -> stage 1 from
     # epoch 4; the comparison restarts there.
     assert history.history["unfrozen_blocks"] == [0, 0, 0, 0, 1, 1]
-    assert callback.stage_epochs == [4]
+    assert callback.schedule.stage_epochs == [4]
 
 
 def test_stage_log_is_printed(capsys):
@@ -197,6 +200,150 @@ def test_config_round_trip():
     config = json.loads(json.dumps(callback.get_config()))
     clone = GradualUnfreezing.from_config(config)
     assert clone.get_config() == callback.get_config()
+
+
+@pytest.mark.parametrize("schedule", [
+    Every(3), Milestones([2, 5]),
+    Plateau("val_top2", patience=3, min_delta=0.01, mode="max"),
+])
+def test_config_round_trip_of_each_schedule(schedule):
+    callback = GradualUnfreezing(schedule=schedule, max_blocks=2,
+                                 patterns={"a": "^a$", "head": "^head_"},
+                                 backup_dir="ckpt", verbose=0)
+    config = json.loads(json.dumps(callback.get_config()))
+    clone = GradualUnfreezing.from_config(config)
+    assert clone.get_config() == callback.get_config()
+    assert type(clone.schedule) is type(schedule)
+    assert clone.schedule is not schedule
+    assert clone.schedule.get_config() == schedule.get_config()
+    assert [clone.schedule.stage_at(e) for e in range(8)] == [
+        schedule.stage_at(e) for e in range(8)]
+    assert (clone.max_blocks, clone.backup_dir) == (2, "ckpt")
+
+
+def test_arguments_build_the_schedule_objects():
+    every = GradualUnfreezing(every=2, verbose=0).schedule
+    assert isinstance(every, Every) and every.n == 2
+    milestones = GradualUnfreezing(milestones=[1, 3], verbose=0).schedule
+    assert isinstance(milestones, Milestones) and milestones.epochs == [1, 3]
+    plateau = GradualUnfreezing(monitor="val_loss", patience=3,
+                                min_delta=-0.1, mode="min").schedule
+    assert isinstance(plateau, Plateau)
+    assert plateau.get_config() == {"monitor": "val_loss", "patience": 3,
+                                    "min_delta": 0.1, "mode": "min"}
+    # A configuration in the argument form loads as well.
+    argument_form = GradualUnfreezing.from_config(
+        {"every": None, "milestones": None, "monitor": "loss",
+         "patience": 4, "min_delta": 0.0, "mode": "auto", "max_blocks": None,
+         "bn": "frozen", "patterns": None, "backup_dir": None, "verbose": 0})
+    assert isinstance(argument_form.schedule, Plateau)
+    assert argument_form.schedule.patience == 4
+
+
+def test_schedule_objects_bad_arguments():
+    with pytest.raises(ValueError, match="exactly one of.*schedule"):
+        GradualUnfreezing(every=1, schedule=Every(1))
+    with pytest.raises(TypeError, match="Received: schedule='every'"):
+        GradualUnfreezing(schedule="every")
+    with pytest.raises(ValueError, match="pass them to `Plateau`.*"
+                                         "Received: patience=5"):
+        GradualUnfreezing(schedule=Plateau("loss"), patience=5)
+    with pytest.raises(ValueError, match="Received: n=0"):
+        Every(0)
+    with pytest.raises(ValueError, match="Received: epochs=\\[2, 2\\]"):
+        Milestones([2, 2])
+    with pytest.raises(ValueError, match="Received: epochs=\\[0\\]"):
+        Milestones([0])
+    with pytest.raises(ValueError, match="Received: patience=0"):
+        Plateau("loss", patience=0)
+    with pytest.raises(ValueError, match="Received: mode='up'"):
+        Plateau("loss", mode="up")
+    with pytest.raises(ValueError, match="Received: monitor=None"):
+        Plateau(None)
+    with pytest.raises(ValueError, match="Received: bn='eval'"):
+        GradualUnfreezing(every=1, bn="eval")
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    (Every(2), [0, 0, 1, 1, 2]),
+    (Milestones([1, 4]), [0, 1, 1, 1, 2]),
+])
+def test_schedule_objects_drive_the_stages(schedule, expected):
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    callback = GradualUnfreezing(schedule=schedule, verbose=0)
+    history = model.fit(x, y, epochs=5, batch_size=8, verbose=0,
+                        callbacks=[callback])
+    assert history.history["unfrozen_blocks"] == expected
+    assert callback.schedule is schedule
+    # Capped at the blocks below the head (stem, block1-3), or `max_blocks`.
+    for max_blocks, cap in ((None, 4), (1, 1)):
+        capped = GradualUnfreezing(schedule=Every(1), max_blocks=max_blocks,
+                                   verbose=0)
+        capped.set_model(model)
+        assert capped.stage_at(100) == cap
+
+
+class _FakeLoss(keras.callbacks.Callback):
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["fake_loss"] = self.values[epoch]
+
+
+def test_plateau_schedule_object_and_its_state():
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    schedule = Plateau("fake_loss", patience=2, mode="min")
+    history = model.fit(x, y, epochs=6, batch_size=8, verbose=0, callbacks=[
+        _FakeLoss([1.0, 0.5, 0.5, 0.5, 0.4, 0.4]),
+        GradualUnfreezing(schedule=schedule, verbose=0)])
+    assert history.history["unfrozen_blocks"] == [0, 0, 0, 0, 1, 1]
+    assert schedule.state() == {"stage_epochs": [4], "wait": 1, "best": 0.4}
+    # Restoring keeps the stages up to the epoch after the saved one.
+    records = {"5": {"stage_epochs": [4, 7], "wait": 1, "best": 0.3}}
+    fresh = Plateau("fake_loss", patience=2)
+    fresh.restore(records, saved_epoch=5)
+    assert fresh.state() == {"stage_epochs": [4], "wait": 1, "best": 0.3}
+    # Without the saved epoch's record: the one before it, and a warning.
+    fresh = Plateau("fake_loss", patience=2)
+    with pytest.warns(UserWarning, match="no plateau record for epoch 7"):
+        fresh.restore(records, saved_epoch=6)
+    assert fresh.state() == {"stage_epochs": [4, 7], "wait": 1, "best": 0.3}
+
+
+def test_plateau_state_survives_a_restart(tmp_path):
+    # Best 0.5 at epoch 1; epochs 2-3 plateau -> stage 1 at epoch 4; best
+    # 0.4 at 4; epochs 5-6 plateau -> stage 2 at 7. The run stops before
+    # epoch 3, with one epoch of patience used: forgetting it would start
+    # stage 1 at epoch 7 instead.
+    values = [1.0, 0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.3]
+    x, y = _data(8)
+    backup = str(tmp_path / "backup")
+
+    def run(interrupt_at=None):
+        model = _model()
+        model.compile(keras.optimizers.Adam(1e-3), LOSS)
+        unfreeze = GradualUnfreezing(
+            schedule=Plateau("fake_loss", patience=2), backup_dir=backup,
+            verbose=0)
+        callbacks = [_FakeLoss(values), unfreeze,
+                     keras.callbacks.BackupAndRestore(backup)]
+        if interrupt_at is not None:
+            callbacks.append(_Interrupt(interrupt_at))
+        history = model.fit(x, y, epochs=8, batch_size=8, verbose=0,
+                            callbacks=callbacks)
+        return unfreeze.schedule, history.history["unfrozen_blocks"]
+
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupt_at=3)
+    schedule, stages = run()
+    assert schedule.stage_epochs == [4, 7]
+    assert stages == [0, 1, 1, 1, 2]  # epochs 3-7
 
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
@@ -352,7 +499,7 @@ def test_plateau_direction_from_the_metric_object():
         keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")])
     callback = GradualUnfreezing(monitor="top2", patience=1, verbose=0)
     model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
-    assert callback._direction == "max"
+    assert callback.schedule.direction == "max"
     with pytest.raises(ValueError, match="Received: mode='up'"):
         GradualUnfreezing(monitor="top2", mode="up")
     with pytest.raises(ValueError, match="Received: patience=0"):

@@ -91,3 +91,86 @@ def test_backbone_alias_in_builder_keeps_the_registered_name():
                                  input_shape=(16, 16, 3))
     assert model.name == "kft_simple_cnn"
     assert list(kft.get_blocks(model))[-2:] == ["block3", "head"]
+
+
+def test_backbone_marker_survives_save_and_load(tmp_path):
+    from kft.models.backbones import Backbone, find_backbone
+
+    # At 8x8 the last stage's kernel covers its map: fast_cpu_convs clones
+    # the backbone, and the clone is marked again.
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(8, 8, 3), head="mlp",
+                                 fast_cpu_convs=True)
+    assert any(isinstance(layer, kft.cpu_convs.Conv2D)
+               for layer in model.get_layer("simple_cnn").layers)
+    assert find_backbone(model).kft_backbone == "simple_cnn"
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    backbone = loaded.get_layer("simple_cnn")
+    assert isinstance(backbone, Backbone)
+    assert backbone.kft_backbone == "simple_cnn"
+    assert find_backbone(loaded) is backbone
+
+    def names(blocks):
+        return {name: [layer.name for layer in layers]
+                for name, layers in blocks.items()}
+
+    assert names(kft.get_blocks(loaded)) == names(kft.get_blocks(model))
+    # A backbone saved on its own reloads marked too.
+    path = str(tmp_path / "backbone.keras")
+    model.get_layer("simple_cnn").save(path)
+    alone = keras.models.load_model(path)
+    assert alone.kft_backbone == "simple_cnn"
+    assert list(kft.get_blocks(alone)) == ["stem", "block1", "block2",
+                                           "block3"]
+
+
+def test_unregistered_backbone_of_a_loaded_model_is_named(tmp_path):
+    from kft.models.registry import unregister_backbone
+    from kft.models.simple_cnn import BLOCKS, SimpleCNN
+
+    kft.register_backbone(kft.BackboneSpec("tiny_cnn", SimpleCNN, "tf", 16,
+                                           BLOCKS))
+    try:
+        model = kft.build_classifier("tiny_cnn", num_classes=2, weights=None)
+        assert list(kft.get_blocks(model))[-2:] == ["block3", "head"]
+        path = str(tmp_path / "model.keras")
+        model.save(path)
+    finally:
+        unregister_backbone("tiny_cnn")
+    loaded = keras.models.load_model(path)
+    with pytest.raises(ValueError, match="Unknown backbone: 'tiny_cnn'"):
+        kft.get_blocks(loaded)
+
+
+def test_bad_fast_cpu_convs_and_batch_augment_arguments():
+    with pytest.raises(ValueError, match=r"Argument `fast_cpu_convs` must be "
+                       r"\"auto\", True or False\. Received: "
+                       r"fast_cpu_convs='yes'"):
+        kft.build_classifier("simple_cnn", 2, weights=None,
+                             input_shape=(16, 16, 3), fast_cpu_convs="yes")
+    with pytest.raises(TypeError, match=r"Argument `batch_augment` must be a "
+                       r"Keras layer.*Received: batch_augment='mixup'"):
+        kft.build_classifier("simple_cnn", 2, weights=None,
+                             input_shape=(16, 16, 3), batch_augment="mixup")
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(loss=keras.losses.sparse_categorical_crossentropy), "loss"),
+    (dict(loss="categorical_crossentropy",
+          metrics=[keras.metrics.SparseCategoricalAccuracy()]), "metrics"),
+    (dict(loss="categorical_crossentropy", metrics={
+        "head_dense": [keras.metrics.sparse_top_k_categorical_accuracy]}),
+     "metrics"),
+])
+def test_batch_augment_classifier_rejects_sparse_objects(kwargs, name):
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3),
+                                 batch_augment=kft.layers.MixUp(seed=0))
+    with pytest.raises(ValueError, match=f"Argument `{name}` must take soft "
+                                         "labels"):
+        model.compile("sgd", **kwargs)
+    # Soft-label losses and metrics are accepted.
+    model.compile("sgd", keras.losses.CategoricalCrossentropy(
+        from_logits=True), metrics=[keras.metrics.CategoricalAccuracy()])

@@ -81,14 +81,23 @@ def test_labels_outside_the_classes_are_named():
 
 def test_class_names_must_match_the_classes():
     model = _model(classes=2)
-    with pytest.raises(ValueError, match=r"2 names for 2 classes\. "
-                       r"Received 3 names"):
+    with pytest.raises(ValueError, match=r"`class_names` must be one name "
+                       r"per class \(2 names for 2 classes\)\. Received: "
+                       r"class_names=\('a', 'b', 'c'\)"):
         kft.evaluate_classifier(model, np.zeros((2, 16, 16, 3)), [0, 1],
                                 class_names=["a", "b", "c"])
-    with pytest.raises(ValueError, match=r"3 names for 3 classes\. "
-                       r"Received 2 names"):
+    with pytest.raises(ValueError, match=r"\(3 names for 3 classes\)\. "
+                       r"Received: class_names=\('a', 'b'\)"):
         kft.classification_report([0, 1], [0, 1], num_classes=np.int64(3),
                                   class_names=["a", "b"])
+    with pytest.raises(TypeError, match=r"Argument `class_names` must be a "
+                       r"sequence of class names\. Received: "
+                       r"class_names='ab'"):
+        kft.classification_report([0, 1], [0, 1], class_names="ab")
+    with pytest.raises(ValueError, match=r"Arguments `y_true` and `y_pred` "
+                       r"must be non-empty and of one length\. Received: "
+                       r"y_true of length 0, y_pred of length 0"):
+        kft.classification_report([], [])
 
 
 def _model(classes=3):

@@ -129,6 +129,23 @@ def test_fine_tune_feature_extraction_uses_the_cache(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_auto_does_not_cache_augmented_datasets(monkeypatch):
+    x, y = _data(n=12)
+    calls = []
+    monkeypatch.setattr(recipes, "cache_features",
+                        lambda *args, **kwargs: calls.append(args))
+    augmented = kft.data.from_arrays(x, y, batch_size=6,
+                                     augmentation="light")
+    result = kft.fine_tune(_model(head="linear", dropout=0.0), augmented,
+                           strategy="feature_extraction", head_epochs=1,
+                           verbose=0)
+    assert calls == [] and len(result.histories[0]["loss"]) == 1
+    # Plain training data but augmented validation data: no cache either.
+    kft.fine_tune(_model(head="linear", dropout=0.0), (x, y), augmented,
+                  strategy="feature_extraction", head_epochs=1, verbose=0)
+    assert calls == []
+
+
 def test_auto_falls_back_and_true_insists_when_caching_is_impossible():
     x, y = _data(n=12)
     mixing = _model(batch_augment=kft.layers.MixUp(0.2, seed=0))
@@ -155,17 +172,26 @@ def test_caching_refuses_what_would_give_wrong_features():
                                      augmentation="light")
     with pytest.raises(ValueError, match="dataset augments its images"):
         kft.cache_features(_model(), augmented, verbose=0)
+    # A frozen kft backbone and a head, with random flips in front.
     inputs = keras.Input((SIZE, SIZE, 3))
     flipped = keras.layers.RandomFlip(name="flip")(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(flipped)
+    backbone = kft.create_backbone("simple_cnn", weights=None,
+                                   input_shape=(SIZE, SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(
+        backbone(flipped))
     flipping = keras.Model(inputs, keras.layers.Dense(3, name="head_dense")(
         pooled))
+    kft.freeze(flipping, "feature_extraction")
+    assert not kft.feature_cache.can_cache_features(flipping)[0]
     with pytest.raises(ValueError, match="Layer 'flip' augments images at "
                                          "random"):
         kft.cache_features(flipping, (x, y), verbose=0)
-    with pytest.raises(ValueError, match="Argument `batch_size` must be a "
-                                         "positive integer.*batch_size=0"):
+    with pytest.raises(ValueError, match="Argument `batch_size` must be an "
+                                         "integer >= 1.*batch_size=0"):
         kft.cache_features(_model(), (x, y), batch_size=0)
+    with pytest.raises(ValueError, match="Argument `memory_budget` must be "
+                                         "an integer >= 1.*memory_budget=0"):
+        kft.cache_features(_model(), (x, y), memory_budget=0)
     with pytest.raises(ValueError, match="at least one image"):
         kft.cache_features(_model(), (x[:0], y[:0]), verbose=0)
 
@@ -188,9 +214,12 @@ def test_a_model_without_a_trainable_head_layer_is_refused():
     outputs = keras.layers.Activation("relu", name="head_act")(
         keras.layers.Dense(3, name="body")(inputs))
     model = keras.Model(inputs, outputs)
+    # Named like head layers, but not after a kft backbone: no head.
     with pytest.raises(ValueError, match="no head layer with weights.*"
-                                         r"Found head layers: \['head_act'\]"):
+                                         r"layers: \[.*'body', 'head_act'\]"):
         kft.feature_cache.split_head(model)
+    reason = kft.feature_cache.can_cache_features(model)[1]
+    assert "no head layer with weights" in reason
     attached = kft.augmentation.attach(_model(), "light")
     with pytest.raises(ValueError, match="no head layer with weights"):
         kft.cache_features(attached, _data(n=4), verbose=0)

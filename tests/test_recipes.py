@@ -77,6 +77,14 @@ def test_bad_arguments(data):
         kft.fine_tune(_model(), data.target_train, strategy="all")
     with pytest.raises(ValueError, match="Received: head_epochs=0"):
         kft.fine_tune(_model(), data.target_train, head_epochs=0)
+    # Checked before any training, whatever phase uses them.
+    for name, value in (("n_blocks", 0), ("batch_size", 0),
+                        ("early_stopping_patience", -1),
+                        ("weight_decay", -0.1), ("learning_rate", 0.0)):
+        with pytest.raises(ValueError,
+                           match=f"Argument `{name}` must be .*Received: "
+                                 f"{name}={value}"):
+            kft.fine_tune(_model(), data.target_train, **{name: value})
     with pytest.raises(ValueError, match="'val_f1'.*not in the epoch logs"):
         kft.fine_tune(_model(), data.target_train, data.target_val,
                       monitor="val_f1", head_epochs=1, epochs=0, verbose=0)
@@ -210,3 +218,39 @@ def test_no_numpy_array_copy_warnings(data):
                       strategy="full", head_epochs=1, epochs=2, verbose=0)
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "__array__" in m], messages
+
+
+def test_gradual_stages_follow_unfreeze_every(data):
+    model = _model()
+    result = kft.fine_tune(model, data.target_train, strategy="gradual",
+                           head_epochs=1, epochs=4, unfreeze_every=2,
+                           verbose=0)
+    assert result.histories[1]["unfrozen_blocks"] == [1, 1, 2, 2]
+    with pytest.raises(ValueError, match="Received: unfreeze_every=0"):
+        kft.fine_tune(_model(), data.target_train, unfreeze_every=0)
+    with pytest.raises(ValueError, match="Received: bn='eval'"):
+        kft.fine_tune(_model(), data.target_train, bn="eval")
+
+
+def test_data_form_helpers():
+    from kft.training import fit_data
+
+    x, y = np.zeros((4, 16, 16, 3), "float32"), np.arange(4) % 2
+    plain = kft.data.from_arrays(x, y, batch_size=2)
+    augmented = kft.data.from_arrays(x, y, batch_size=2,
+                                     augmentation="light")
+    assert not fit_data.dataset_augments(plain)
+    assert fit_data.dataset_augments(augmented)
+    assert fit_data.plain_data(None) and fit_data.plain_data((x, y))
+    assert fit_data.plain_data(plain)
+    assert not fit_data.plain_data(augmented)
+    assert not fit_data.plain_data((x, [0, 1, 0, 1]))  # a list: unknown
+    assert not fit_data.plain_data(iter([(x, y)]))
+    assert fit_data.one_hot_labels((x, np.eye(2)[y]))
+    assert not fit_data.one_hot_labels((x, y))
+    assert fit_data.as_pair([x, list(y)], "d")[1].tolist() == [0, 1, 0, 1]
+    assert fit_data.num_examples((x, y)) == 4
+    assert fit_data.num_examples(plain) is None
+    assert [len(b) for b, _ in fit_data.batches((x, y), 3)] == [3, 1]
+    with pytest.raises(ValueError, match="dataset augments its images"):
+        next(fit_data.batches(augmented, 2))

@@ -62,15 +62,18 @@ def test_by_hand_between_fits_trains_the_new_set_without_keras_warning():
 
 
 class _ByHand(keras.callbacks.Callback):
-    def __init__(self, where):
+    """Changes a flag by hand on `target`, a direct reference to the model
+    (`Callback.model` would write the step's state back on access)."""
+
+    def __init__(self, where, target):
         super().__init__()
-        self.where, self.error = where, None
+        self.where, self.target, self.error = where, target, None
 
     def _change(self):
         try:
-            self.model.get_layer("simple_cnn").get_layer(
+            self.target.get_layer("simple_cnn").get_layer(
                 "block3_conv").trainable = True
-            kft.refresh_training_state(self.model)
+            kft.refresh_training_state(self.target)
         except RuntimeError as error:
             self.error = error
             raise
@@ -89,16 +92,30 @@ def test_by_hand_in_a_callback_at_an_epoch_boundary():
     model.compile(keras.optimizers.SGD(0.1), LOSS)
     before = _kernel(model, "block3_conv")
     model.fit(*_data(), epochs=2, batch_size=8, verbose=0,
-              callbacks=[_ByHand("epoch")])
+              callbacks=[_ByHand("epoch", model)])
     assert _moved(model, before, "block3_conv")
 
 
-def test_by_hand_between_batches_raises_and_points_to_the_context():
+def test_by_hand_between_batches_writes_the_step_back_first():
+    # The callback holds the model itself, so the step's state is pending
+    # when the flag changes; the refresh must not pair it with the new set.
+    x, y = _data()
     model = _model()
     model.compile(keras.optimizers.SGD(0.1), LOSS)
-    with pytest.raises(RuntimeError, match="changing_trainable"):
-        model.fit(*_data(), epochs=1, batch_size=8, verbose=0,
-                  callbacks=[_ByHand("batch")])
+    reference = _model()
+    reference.compile(keras.optimizers.SGD(0.1), LOSS)
+    reference.set_weights(model.get_weights())
+    model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[_ByHand("batch", model)])
+    # The same two steps: one on the head, one with block3 as well.
+    reference.fit(x[:8], y[:8], epochs=1, batch_size=8, verbose=0)
+    with kft.changing_trainable(reference):
+        reference.get_layer("simple_cnn").get_layer(
+            "block3_conv").trainable = True
+    reference.fit(x[8:], y[8:], epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(model.weights, reference.weights):
+        np.testing.assert_allclose(np.array(a.value), np.array(b.value),
+                                   atol=1e-5, err_msg=a.path)
 
 
 def test_context_between_batches_trains_the_new_set():

@@ -2,7 +2,9 @@
 
 import keras
 
-from kft.augmentation import mixing  # noqa: F401  (registers the layers by name)
+from kft._validation import _fail
+# Registers the mixing layers by name, for `batch_augment` configs.
+from kft.augmentation import mixing  # noqa: F401
 
 SPARSE_HINT = (
     "With a `batch_augment` layer the targets are soft (batch, classes) "
@@ -47,21 +49,21 @@ class BatchAugmentModel(keras.Model):
     >>> model.compile("adam",
     ...               keras.losses.CategoricalCrossentropy(from_logits=True),
     ...               metrics=["accuracy"])
-    >>> type(model).__name__
-    'BatchAugmentModel'
+    >>> isinstance(model, kft.BatchAugmentModel)
+    True
     """
 
-    def __init__(self, *args, batch_augment=None, **kwargs):
+    def __init__(self, *args,
+                 batch_augment: keras.layers.Layer | dict | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         if isinstance(batch_augment, dict):
             batch_augment = keras.saving.deserialize_keras_object(
                 batch_augment)
         if not isinstance(batch_augment, keras.layers.Layer):
-            raise TypeError(
-                "Argument `batch_augment` must be a Keras layer taking "
-                "(images, labels), e.g. kft.layers.MixUpOrCutMix(...). "
-                f"Received: batch_augment={batch_augment!r}"
-            )
+            _fail("batch_augment", "a Keras layer taking (images, labels), "
+                  "e.g. kft.layers.MixUpOrCutMix(...)", batch_augment,
+                  TypeError)
         if len(self.outputs) != 1 or len(self.inputs) != 1:
             raise ValueError(
                 "A BatchAugmentModel must have one image input and one "
@@ -147,14 +149,30 @@ def _image_input(x):
     return None, x
 
 
+# Keras' losses and metrics that take integer labels.
+_SPARSE_CLASSES = (
+    keras.losses.SparseCategoricalCrossentropy,
+    keras.metrics.SparseCategoricalAccuracy,
+    keras.metrics.SparseCategoricalCrossentropy,
+    keras.metrics.SparseTopKCategoricalAccuracy,
+)
+_SPARSE_FUNCTIONS = (
+    keras.losses.sparse_categorical_crossentropy,
+    keras.metrics.sparse_categorical_accuracy,
+    keras.metrics.sparse_categorical_crossentropy,
+    keras.metrics.sparse_top_k_categorical_accuracy,
+)
+
+
 def _mentions_sparse(value):
+    """Whether a `compile` loss or metrics value takes integer labels."""
     if isinstance(value, str):
+        # Keras resolves these identifiers to the sparse losses and metrics.
         return "sparse" in value.lower()
     if isinstance(value, dict):
         return any(_mentions_sparse(v) for v in value.values())
     if isinstance(value, (list, tuple)):
         return any(_mentions_sparse(v) for v in value)
-    if value is None:
-        return False
-    name = getattr(value, "__name__", None) or type(value).__name__
-    return "sparse" in name.lower()
+    if isinstance(value, _SPARSE_CLASSES):
+        return True
+    return callable(value) and any(value is f for f in _SPARSE_FUNCTIONS)

@@ -1,25 +1,42 @@
-"""Splitting a model into ordered named blocks, stem to head."""
+"""Splitting a model into ordered named blocks, stem to head.
+
+The head has one definition, used by every part of kft: the block named
+`"head"` of `get_blocks`. Without patterns, that is the top-level layers
+with weights that follow the model's kft backbone (`head_layers`).
+"""
 
 import re
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import keras
 
-from kft.models import backbones
+from kft._validation import _fail
+from kft.models.backbones import backbone_name
+from kft.models.backbones import get_backbone
 
 HEAD = "head"
 
 
-def get_blocks(model, patterns=None):
+# `None`, regexes, `(name, regex)` pairs or a `{name: regex}` dict.
+Patterns = Sequence[str | tuple[str, str]] | Mapping[str, str] | None
+
+
+def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
     """Splits `model` into ordered named blocks of layers, stem to head.
 
     Every layer that has weights lands in exactly one block:
 
-    - a model from `kft.build_classifier` (or any model holding a registered
-      backbone as a layer, or a registered backbone itself): the backbone's
-      registered blocks, then `"head"` for the layers after the backbone;
+    - a model holding a kft backbone as a top-level layer (a
+      `kft.build_classifier` model), or a kft backbone itself: the
+      backbone's registered blocks, then `"head"` for the layers after the
+      backbone. A kft backbone is a model whose `kft_backbone` attribute
+      names its registry entry (`kft.create_backbone` sets it, see
+      `kft.models.backbones.Backbone`); layer names do not count;
     - with `patterns`: a block per pattern, matched (`re.search`) against
       the names of the model's layers, nested models opened up;
-    - otherwise: one block per top-level layer with weights.
+    - otherwise: one block per top-level layer with weights, named after
+      the layer.
 
     Args:
         model: A built `keras.Model`.
@@ -33,50 +50,71 @@ def get_blocks(model, patterns=None):
     Raises:
         ValueError: a layer matched by no pattern or by two (both named), or
             a pattern that matches nothing.
+        TypeError: `patterns` of another kind.
 
     Example:
     >>> import kft
     >>> model = kft.build_classifier("simple_cnn", num_classes=3,
-    ...                              weights=None, input_shape=(32, 32, 3))
+    ...                              weights=None, input_shape=(16, 16, 3))
     >>> list(kft.get_blocks(model))
     ['stem', 'block1', 'block2', 'block3', 'head']
     """
     if patterns is not None:
         return _split(_leaf_units(model), _as_pairs(patterns), model.name)
-    if model.name in backbones.list_backbones():
-        spec = backbones.get_backbone(model.name)
-        return _split(_weighted(model.layers), spec.blocks, model.name)
+    if backbone_name(model) is not None:
+        return _backbone_blocks(model)
     blocks, head, found = {}, [], False
     for layer in _weighted(model.layers):
-        if (
-            isinstance(layer, keras.Model)
-            and layer.name in backbones.list_backbones()
-            and not found
-        ):
-            spec = backbones.get_backbone(layer.name)
-            blocks.update(_split(_weighted(layer.layers), spec.blocks,
-                                 layer.name))
+        if not found and backbone_name(layer) is not None:
+            blocks.update(_backbone_blocks(layer))
             found = True
         elif found:
             head.append(layer)
         else:
             blocks[layer.name] = [layer]
-    if not found:
-        return blocks
     if head:
         blocks[HEAD] = head
     return blocks
 
 
-def head_and_body(blocks):
-    """(head block name or None, ordered list of the other block names).
+def head_layers(model: keras.Model) -> list:
+    """The layers of `model`'s `"head"` block, in order; `[]` without one.
 
-    The head is the block named `"head"`; a model without one has none, so
-    every block counts as body."""
+    For a model holding a kft backbone (a `kft.build_classifier` model),
+    the top-level layers with weights after the backbone. Weightless layers
+    (pooling, activations, dropout) are in no block; in a functional model
+    they sit between these in `model.layers`.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...                              weights=None, input_shape=(16, 16, 3),
+    ...                              head="mlp")
+    >>> [layer.name for layer in head_layers(model)]
+    ['head_fc', 'head_bn', 'head_dense']
+    """
+    return list(get_blocks(model).get(HEAD, []))
+
+
+def head_and_body(blocks: dict) -> tuple:
+    """`(head block name or None, ordered list of the other block names)`.
+
+    The head is the block named `"head"` (see `head_layers`); a model
+    without one has none, so every block counts as body.
+
+    Example:
+    >>> head_and_body({"stem": [], "block1": [], "head": []})
+    ('head', ['stem', 'block1'])
+    """
     names = list(blocks)
     if HEAD in blocks:
         return HEAD, [n for n in names if n != HEAD]
     return None, names
+
+
+def _backbone_blocks(backbone):
+    spec = get_backbone(backbone_name(backbone))
+    return _split(_weighted(backbone.layers), spec.blocks, backbone.name)
 
 
 def _weighted(layers):
@@ -94,22 +132,19 @@ def _leaf_units(model):
 
 
 def _as_pairs(patterns):
+    what = ("a list of regexes, or a dict or list of (block name, regex) "
+            "pairs of strings")
     if isinstance(patterns, dict):
         pairs = list(patterns.items())
     elif isinstance(patterns, (list, tuple)):
-        pairs = [(p, p) if isinstance(p, str) else tuple(p) for p in patterns]
+        pairs = [(p, p) if isinstance(p, str) else p for p in patterns]
     else:
-        raise TypeError(
-            "Argument `patterns` must be a list of regexes or a dict of "
-            f"block name to regex. Received: patterns={patterns!r}"
-        )
+        _fail("patterns", what, patterns, TypeError)
     for pair in pairs:
-        if len(pair) != 2 or not all(isinstance(s, str) for s in pair):
-            raise TypeError(
-                "Each block pattern must be a regex string or a (name, "
-                f"regex) pair of strings. Received: {pair!r}"
-            )
-    return pairs
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(s, str) for s in pair)):
+            _fail("patterns", what, patterns, TypeError)
+    return [tuple(pair) for pair in pairs]
 
 
 def _split(layers, pairs, where):

@@ -1,29 +1,42 @@
 """A pretrained backbone with a new classification head."""
 
+from collections.abc import Sequence
+from typing import Literal
+
 import keras
 
-from kft.models import backbones
-from kft.ops import cpu_convs
+from kft._validation import _fail
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 from kft.layers import Preprocess
+from kft.models import backbones
 from kft.models.batch_augment import BatchAugmentModel
+from kft.ops import cpu_convs
 
 HEADS = ("linear", "mlp")
 POOLINGS = ("avg", "max", "flatten")
 
+Head = Literal["linear", "mlp"]
+Pooling = Literal["avg", "max", "flatten"]
 
-def build_classifier(backbone="resnet50", num_classes=None, *,
-                     weights="imagenet", input_shape=None, head="linear",
-                     dropout=0.0, pooling="avg", hidden_units=512,
-                     batch_augment=None, fast_cpu_convs="auto"):
+
+def build_classifier(
+        backbone: str = "resnet50", num_classes: int | None = None, *,
+        weights: backbones.Weights = "imagenet",
+        input_shape: Sequence | None = None, head: Head = "linear",
+        dropout: float = 0.0, pooling: Pooling = "avg",
+        hidden_units: int = 512,
+        batch_augment: keras.layers.Layer | None = None,
+        fast_cpu_convs: Literal["auto"] | bool = "auto",
+) -> keras.Model:
     """Builds raw images -> preprocessing -> backbone -> pooling -> new head.
 
     The model takes pixels in [0, 255] and returns logits (compile with
-    `from_logits=True`). Its layers are named so `kft.get_blocks` finds the
-    backbone's blocks and a `"head"` block: the backbone is the layer named
-    after its registry entry, head layers start with `head_`.
+    `from_logits=True`). `kft.get_blocks` finds the backbone's blocks and a
+    `"head"` block: the backbone is the layer created by
+    `kft.create_backbone` (its `kft_backbone` attribute names the registry
+    entry), the head the layers after it, named `head_*`.
 
     Args:
         backbone: Registry name, see `kft.list_backbones()` (case, `_` and
@@ -35,9 +48,9 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
             backbone (see `kft.create_backbone`). Defaults to `"imagenet"`.
         input_shape: `(height, width, 3)`. Defaults to the backbone's
             default size.
-        head: `"linear"` (dropout, then one Dense layer) or `"mlp"` (the
-            seeds' head: Dense(hidden_units) -> BatchNorm -> ReLU -> Dropout
-            -> Dense). Defaults to `"linear"`.
+        head: `"linear"` (dropout, then one Dense layer) or `"mlp"`
+            (Dense(hidden_units) -> BatchNorm -> ReLU -> Dropout -> Dense).
+            Defaults to `"linear"`.
         dropout: Dropout rate before the last Dense layer, in [0, 1).
             Defaults to `0.0`.
         pooling: `"avg"`, `"max"` or `"flatten"`. Defaults to `"avg"`.
@@ -66,9 +79,11 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
     Example:
     >>> import kft
     >>> model = kft.build_classifier("simple_cnn", num_classes=10,
-    ...                              weights=None, input_shape=(32, 32, 3))
+    ...                              weights=None, input_shape=(16, 16, 3))
     >>> model.output.shape
     (None, 10)
+    >>> [layer.name for layer in model.layers][:3]
+    ['image', 'preprocess', 'simple_cnn']
     """
     spec = backbones.get_backbone(backbone)
     num_classes = check_int("num_classes", num_classes, min_value=2)
@@ -78,13 +93,29 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
     dropout = check_number("dropout", dropout, low=0.0, high=1.0,
                            high_open=True)
     if fast_cpu_convs not in ("auto", True, False):
-        raise ValueError(
-            'Argument `fast_cpu_convs` must be "auto", True or False. '
-            f"Received: fast_cpu_convs={fast_cpu_convs!r}"
-        )
+        _fail("fast_cpu_convs", '"auto", True or False', fast_cpu_convs)
     if input_shape is None:
         input_shape = (spec.default_size, spec.default_size, 3)
     input_shape = backbones.check_input_shape(input_shape)
+    base = _backbone(spec, weights, input_shape, fast_cpu_convs)
+    inputs = keras.Input(input_shape, name="image")
+    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    x = _pooling(pooling)(base(x))
+    outputs = _head(x, head, hidden_units, dropout, num_classes)
+    name = f"kft_{spec.name}"
+    if batch_augment is not None:
+        model = BatchAugmentModel(inputs, outputs, name=name,
+                                  batch_augment=batch_augment)
+    else:
+        model = keras.Model(inputs, outputs, name=name)
+    # Whether the backbone starts from trained weights; `kft.freeze` warns
+    # about frozen BatchNorm statistics of a random initialisation.
+    model._kft_pretrained = weights is not None
+    return model
+
+
+def _backbone(spec, weights, input_shape, fast_cpu_convs):
+    """The marked backbone, its convolutions in CPU form if asked for."""
     base = backbones.create_backbone(spec.name, weights=weights,
                                      input_shape=input_shape)
     if fast_cpu_convs == "auto":
@@ -93,30 +124,27 @@ def build_classifier(backbone="resnet50", num_classes=None, *,
         fast_cpu_convs = jax.default_backend() == "cpu"
     if fast_cpu_convs:
         pretrained = base._kft_pretrained
+        # The clone shares the backbone's other layers, so it is marked
+        # like it (see `Backbone`); the pretrained flag is carried by hand.
         base = cpu_convs.fast_cpu_convs(base)
         base._kft_pretrained = pretrained
-    inputs = keras.Input(tuple(input_shape), name="image")
-    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
-    x = base(x)
+    return base
+
+
+def _pooling(pooling):
     if pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="head_pool")(x)
-    else:
-        x = keras.layers.Flatten(name="head_pool")(x)
+        return keras.layers.GlobalAveragePooling2D(name="head_pool")
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="head_pool")
+    return keras.layers.Flatten(name="head_pool")
+
+
+def _head(x, head, hidden_units, dropout, num_classes):
+    """Logits from pooled features: the `head_*` layers after pooling."""
     if head == "mlp":
         x = keras.layers.Dense(hidden_units, name="head_fc")(x)
         x = keras.layers.BatchNormalization(name="head_bn")(x)
         x = keras.layers.ReLU(name="head_relu")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, name="head_dense")(x)
-    if batch_augment is not None:
-        model = BatchAugmentModel(inputs, outputs, name=f"kft_{spec.name}",
-                                  batch_augment=batch_augment)
-    else:
-        model = keras.Model(inputs, outputs, name=f"kft_{spec.name}")
-    # Whether the backbone starts from trained weights; `kft.freeze` warns
-    # about frozen BatchNorm statistics of a random initialisation.
-    model._kft_pretrained = weights is not None
-    return model
+    return keras.layers.Dense(num_classes, name="head_dense")(x)

@@ -6,7 +6,11 @@ compiling and training in seconds on two CPU cores. No pretrained weights
 exist for it: pretrain it on a source task (see `kft demo`).
 """
 
+import numbers
+
 import keras
+
+from kft._validation import _fail
 
 BLOCKS = (
     ("stem", r"^stem_"),
@@ -16,8 +20,9 @@ BLOCKS = (
 )
 
 
-def SimpleCNN(include_top=False, weights=None, input_shape=None,
-              widths=(16, 32, 64)):
+def SimpleCNN(include_top: bool = False, weights: None = None,
+              input_shape: tuple | None = None,
+              widths: tuple = (16, 32, 64)) -> keras.Model:
     """Builds the backbone: a stem and three conv-BN-ReLU stages.
 
     Args:
@@ -25,7 +30,8 @@ def SimpleCNN(include_top=False, weights=None, input_shape=None,
             `False`.
         weights: Must be `None` (no published weights). Defaults to `None`.
         input_shape: `(height, width, channels)`. Defaults to `(32, 32, 3)`.
-        widths: Filters of the three stages. Defaults to `(16, 32, 64)`.
+        widths: Filters of the three stages, positive integers. Defaults
+            to `(16, 32, 64)`.
 
     Returns:
         A functional `keras.Model` mapping images to a feature map.
@@ -36,15 +42,15 @@ def SimpleCNN(include_top=False, weights=None, input_shape=None,
     (None, 4, 4, 64)
     """
     if include_top:
-        raise ValueError(
-            "SimpleCNN has no classification top; build one with "
-            "kft.build_classifier. Received: include_top=True"
-        )
+        _fail("include_top", "False: SimpleCNN has no classification top "
+              "(kft.build_classifier adds one)", include_top)
     if weights is not None:
-        raise ValueError(
-            "SimpleCNN has no published weights: pass weights=None and "
-            f"pretrain it, or a local weights file. Received: weights={weights!r}"
-        )
+        _fail("weights", "None: SimpleCNN has no published weights (pretrain "
+              "it, or load a local weights file)", weights)
+    if (not isinstance(widths, (tuple, list)) or len(widths) != len(BLOCKS) - 1
+            or not all(isinstance(w, numbers.Integral) and w > 0
+                       for w in widths)):
+        _fail("widths", "three positive integers, one per stage", widths)
     inputs = keras.Input(input_shape or (32, 32, 3))
     x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False,
                             name="stem_conv")(inputs)

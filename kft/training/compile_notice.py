@@ -4,8 +4,8 @@ import threading
 import time
 
 import keras
-from keras.src.utils import io_utils
 
+from kft import _compat
 from kft._validation import check_number
 
 
@@ -35,7 +35,7 @@ class CompileNotice(keras.callbacks.Callback):
     ...               callbacks=[kft.callbacks.CompileNotice(after=60)])
     """
 
-    def __init__(self, after=5.0):
+    def __init__(self, after: float = 5.0):
         super().__init__()
         self.after = check_number("after", after, low=0.0)
         self._function = None
@@ -45,7 +45,7 @@ class CompileNotice(keras.callbacks.Callback):
 
     def _notice(self):
         self._noticed = True
-        io_utils.print_msg(
+        _compat.print_msg(
             f"\nkft: compiling the train step for {self.model.name!r} "
             f"({len(self.model.trainable_variables)} trainable variables); "
             "the first step of a new trainable set takes a while...")
@@ -66,7 +66,7 @@ class CompileNotice(keras.callbacks.Callback):
         self._timer.cancel()
         self._timer = None
         if self._noticed:
-            io_utils.print_msg(
+            _compat.print_msg(
                 "kft: compiled in "
                 f"{time.perf_counter() - self._started:.1f} s.")
 

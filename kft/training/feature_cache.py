@@ -13,13 +13,18 @@ import tempfile
 
 import keras
 import numpy as np
-from keras.src.layers.preprocessing.image_preprocessing import (
-    base_image_preprocessing_layer,
-)
 
-from kft.models.blocks import get_blocks
+from kft import _compat
+from kft._validation import check_int
+from kft.models.batch_augment import BatchAugmentModel
+from kft.training.fit_data import batches
+from kft.training.fit_data import num_examples
+from kft.training.head import split_head
 
-_RANDOM_IMAGE_LAYER = base_image_preprocessing_layer.BaseImagePreprocessingLayer
+__all__ = ["FeatureCache", "cache_features", "can_cache_features",
+           "fit_head", "split_head"]
+
+_RANDOM_IMAGE_LAYER = _compat.base_image_preprocessing_layer()
 
 
 class FeatureCache:
@@ -47,86 +52,13 @@ class FeatureCache:
                 f"{self.features.nbytes / 2**20:.1f} MiB in {where})")
 
 
-def split_head(model):
-    """Splits a model into a feature model and a head model sharing layers.
-
-    The split is before the first head layer with weights: weightless head
-    layers in front of it (the pooling) go into the feature model, so the
-    cached features are as small as possible. The head must be a chain of
-    single-input layers (as `kft.build_classifier` builds it).
-
-    Args:
-        model: A functional model whose head is its top-level layers named
-            `head*` (as in a kft classifier).
-
-    Returns:
-        `(features_model, head_model)`. `head_model` uses the model's own
-        head layer objects and variables.
-
-    Raises:
-        ValueError: no head layer with weights, or a head that is not a
-            chain.
-
-    Example:
-    >>> import kft
-    >>> model = kft.build_classifier("simple_cnn", 3, weights=None,
-    ...                              input_shape=(16, 16, 3))
-    >>> features, head = kft.feature_cache.split_head(model)
-    >>> features.output.shape, head.output.shape
-    ((None, 64), (None, 3))
-    """
-    names = {layer.name for layer in get_blocks(model).get("head", [])}
-    ordered = [layer for layer in model.layers
-               if layer.name in names or layer.name.startswith("head")]
-    weighted = [i for i, layer in enumerate(ordered) if layer.weights]
-    if not weighted:
-        raise ValueError(
-            "The model has no head layer with weights to train on cached "
-            "features: kft looks for the top-level layers named `head*` "
-            "(as `kft.build_classifier` names them). Found head layers: "
-            f"{[layer.name for layer in ordered]}; top-level layers: "
-            f"{[layer.name for layer in model.layers]}"
-        )
-    # Weightless head layers before the first weighted one (pooling)
-    # belong to the features.
-    first = weighted[0]
-    chain = ordered[first:]
-    feature_output = chain[0].input
-    for previous, layer in zip(chain, chain[1:]):
-        if layer.input is not previous.output:
-            raise ValueError(
-                "kft can train only a head that is a chain of layers on "
-                f"cached features; layer {layer.name!r} does not take the "
-                f"output of {previous.name!r}."
-            )
-    if chain[-1].output is not model.outputs[0] or len(model.outputs) != 1:
-        raise ValueError(
-            "kft can train only a single-output head on cached features; "
-            f"the model's output is not the output of {chain[-1].name!r}."
-        )
-    features_model = keras.Model(model.inputs, feature_output,
-                                 name=f"{model.name}_features")
-    inputs = keras.Input(feature_output.shape[1:], name="features")
-    x = inputs
-    for layer in chain:
-        x = layer(x)
-    head_model = keras.Model(inputs, x, name=f"{model.name}_head")
-    return features_model, head_model
-
-
-def _check_cacheable(model, features_model):
-    """Raises unless the feature part is frozen and augmentation-free."""
-    if type(model).__name__ == "BatchAugmentModel":
-        raise ValueError(
-            "The model mixes its training batches (`batch_augment`), so its "
-            "inputs differ every step and features cannot be cached. Train "
-            "it with `fit`, or build it without `batch_augment`."
-        )
-    for layer in features_model._flatten_layers(include_self=False):
-        leaf = not list(layer._flatten_layers(include_self=False,
+def _uncacheable_layer(features_model):
+    """Why a layer of `features_model` rules caching out, or `None`."""
+    for layer in _compat.flatten_layers(features_model, include_self=False):
+        leaf = not list(_compat.flatten_layers(layer, include_self=False,
                                               recursive=False))
         if leaf and layer.trainable_weights:
-            raise ValueError(
+            return (
                 "Features can be cached only from a frozen backbone, but "
                 f"layer {layer.name!r} has trainable weights. Call "
                 "kft.freeze(model, 'feature_extraction') first."
@@ -134,40 +66,91 @@ def _check_cacheable(model, features_model):
         if isinstance(layer, _RANDOM_IMAGE_LAYER) and any(
                 isinstance(value, keras.random.SeedGenerator)
                 for value in vars(layer).values()):
-            raise ValueError(
+            return (
                 f"Layer {layer.name!r} augments images at random during "
                 "training; cached features would freeze one draw. Remove "
                 "the augmentation or train with `fit`."
             )
+    return None
 
 
-def _batches(data, batch_size):
-    """Yields `(x, y or None)` batches of arrays or of a dataset."""
-    if isinstance(data, tuple) and len(data) == 2:
-        x, y = data
-        for start in range(0, len(x), batch_size):
-            yield (x[start:start + batch_size],
-                   None if y is None else y[start:start + batch_size])
-        return
-    if isinstance(data, np.ndarray):
-        for start in range(0, len(data), batch_size):
-            yield data[start:start + batch_size], None
-        return
-    if getattr(data, "_augmenter", None) is not None:
-        raise ValueError(
-            "The dataset augments its images (augmentation="
-            f"{data.augmentation.name!r}); cached features would freeze "
-            "one draw. Load it with augmentation='none' to cache features."
+def _split_for_caching(model):
+    """`(features_model, None)`, or `(None, why caching cannot work)`."""
+    if isinstance(model, BatchAugmentModel):
+        return None, (
+            "The model mixes its training batches (`batch_augment`), so its "
+            "inputs differ every step and features cannot be cached. Train "
+            "it with `fit`, or build it without `batch_augment`."
         )
-    for batch in data:
-        if isinstance(batch, (tuple, list)):
-            yield batch[0], (batch[1] if len(batch) > 1 else None)
-        else:
-            yield batch, None
+    try:
+        features_model, _ = split_head(model)
+    except ValueError as error:
+        return None, str(error)
+    reason = _uncacheable_layer(features_model)
+    return (None, reason) if reason else (features_model, None)
 
 
-def cache_features(model, data, *, batch_size=32, memory_budget=2**30,
-                   directory=None, verbose=1):
+def can_cache_features(model) -> tuple[bool, str | None]:
+    """Whether `cache_features` can cache `model`'s features, and why not.
+
+    Caching needs a head `split_head` can split off, a frozen feature part
+    without random augmentation layers, and a model that does not mix its
+    training batches (a `kft.BatchAugmentModel`).
+
+    Returns:
+        `(True, None)`, or `(False, reason)` with the reason as a sentence
+        (the message `cache_features` raises).
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", 3, weights=None,
+    ...                              input_shape=(16, 16, 3))
+    >>> kft.feature_cache.can_cache_features(model)[0]
+    False
+    >>> _ = kft.freeze(model, "feature_extraction")
+    >>> kft.feature_cache.can_cache_features(model)
+    (True, None)
+    """
+    _, reason = _split_for_caching(model)
+    return reason is None, reason
+
+
+class _FeatureWriter:
+    """Collects feature batches in memory, then in a file past a budget."""
+
+    def __init__(self, memory_budget, directory):
+        self.memory_budget, self.directory = memory_budget, directory
+        self.in_memory, self.file, self.path = [], None, None
+        self.count, self.shape = 0, None
+
+    def add(self, out):
+        self.count += len(out)
+        self.shape = out.shape[1:]
+        if self.file is not None:
+            self.file.write(out.tobytes())
+            return
+        self.in_memory.append(out)
+        if self.count * out[0].nbytes > self.memory_budget:
+            directory = self.directory or tempfile.mkdtemp(prefix="kft-")
+            os.makedirs(directory, exist_ok=True)
+            self.path = os.path.join(directory, "features.f32")
+            self.file = open(self.path, "wb")
+            for part in self.in_memory:
+                self.file.write(part.tobytes())
+            self.in_memory = []
+
+    def features(self):
+        """All features: a read-only memmap of the file, or one array."""
+        if self.file is None:
+            return np.concatenate(self.in_memory)
+        self.file.close()
+        return np.memmap(self.path, np.float32, "r",
+                         shape=(self.count, *self.shape))
+
+
+def cache_features(model, data, *, batch_size: int = 32,
+                   memory_budget: int = 2**30, directory: str | None = None,
+                   verbose: int = 1) -> FeatureCache:
     """Computes the frozen backbone's features of `data` once.
 
     Runs everything before the head's first layer with weights (see
@@ -199,7 +182,7 @@ def cache_features(model, data, *, batch_size=32, memory_budget=2**30,
     Raises:
         ValueError: a trainable backbone layer, augmentation in the model
             or the dataset, a `batch_augment` model, no data, or a bad
-            `batch_size` / `memory_budget`.
+            `batch_size` / `memory_budget` (see `can_cache_features`).
 
     Example:
     >>> import numpy as np, kft
@@ -211,61 +194,36 @@ def cache_features(model, data, *, batch_size=32, memory_budget=2**30,
     >>> cache.features.shape
     (10, 64)
     """
-    for name, value in (("batch_size", batch_size),
-                        ("memory_budget", memory_budget)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"Argument `{name}` must be a positive integer. "
-                f"Received: {name}={value!r}"
-            )
-    features_model, _ = split_head(model)
-    _check_cacheable(model, features_model)
-    total = None
-    if isinstance(data, tuple) and len(data) == 2:
-        total = len(data[0])
-    elif isinstance(data, np.ndarray):
-        total = len(data)
-    progress = keras.utils.Progbar(total, unit_name="image",
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    memory_budget = check_int("memory_budget", memory_budget, min_value=1)
+    features_model, reason = _split_for_caching(model)
+    if reason is not None:
+        raise ValueError(reason)
+    progress = keras.utils.Progbar(num_examples(data), unit_name="image",
                                    verbose=verbose)
-    in_memory, labels, spilled, path, count = [], [], None, None, 0
-    for x, y in _batches(data, batch_size):
+    writer, labels = _FeatureWriter(memory_budget, directory), []
+    for x, y in batches(data, batch_size):
         out = np.asarray(features_model.predict_on_batch(x), np.float32)
         if y is not None:
             labels.append(np.asarray(y))
-        count += len(out)
-        if spilled is None:
-            in_memory.append(out)
-            if count * out[0].nbytes > memory_budget:
-                directory = directory or tempfile.mkdtemp(prefix="kft-")
-                os.makedirs(directory, exist_ok=True)
-                path = os.path.join(directory, "features.f32")
-                spilled = open(path, "wb")
-                for part in in_memory:
-                    spilled.write(part.tobytes())
-                in_memory = []
-        else:
-            spilled.write(out.tobytes())
+        writer.add(out)
         progress.add(len(out))
-        shape = out.shape[1:]
-    if count == 0:
+    if writer.count == 0:
         raise ValueError("Argument `data` must hold at least one image; it "
                          "yielded no batches.")
-    if spilled is not None:
-        spilled.close()
-        features = np.memmap(path, np.float32, "r", shape=(count, *shape))
-    else:
-        features = np.concatenate(in_memory)
+    features = writer.features()
     labels = np.concatenate(labels) if labels else None
-    if labels is not None and len(labels) != count:
+    if labels is not None and len(labels) != len(features):
         raise ValueError(
-            f"Got {len(labels)} labels for {count} images; every batch must "
-            "have labels, or none."
+            f"Got {len(labels)} labels for {len(features)} images; every "
+            "batch must have labels, or none."
         )
-    return FeatureCache(features, labels, path)
+    return FeatureCache(features, labels, writer.path)
 
 
-def fit_head(model, cache, *, validation_data=None, batch_size=32,
-             epochs=1, **fit_kwargs):
+def fit_head(model, cache: FeatureCache, *,
+             validation_data: FeatureCache | None = None,
+             batch_size: int = 32, epochs: int = 1, **fit_kwargs):
     """Trains the model's head on cached features with `fit`.
 
     The head model shares the model's head layers, so the model itself
@@ -314,7 +272,7 @@ def fit_head(model, cache, *, validation_data=None, batch_size=32,
                 f"{value!r}"
             )
     _, head = split_head(model)
-    config = model._compile_config.config
+    config = _compat.compile_config(model)
     head.compile(optimizer=model.optimizer, loss=config.get("loss"),
                  metrics=config.get("metrics"),
                  loss_weights=config.get("loss_weights"),

@@ -1,32 +1,33 @@
-"""`fine_tune`: the seeds' two-phase recipe in one call."""
+"""`fine_tune`: the two-phase recipe (head, then deeper) in one call."""
 
 import dataclasses
-import math
+from collections.abc import Sequence
+from typing import Literal
 
 import keras
-import numpy as np
-from keras.src.utils import io_utils
 
-from kft.training.monitor import MODES
-from kft.training.monitor import improves
-from kft.training.monitor import logged_value
-from kft.training.monitor import monitor_mode
 from kft._validation import check_choice
 from kft._validation import check_int
-from kft._validation import check_labels
 from kft._validation import check_number
-from kft.models.blocks import get_blocks, head_and_body
-from kft.training.compile_notice import CompileNotice
-from kft.training.unfreezing import GradualUnfreezing
-from kft.data._dataset import ImageDataset
-from kft.training.feature_cache import _check_cacheable
-from kft.training.feature_cache import cache_features
-from kft.training.feature_cache import fit_head
-from kft.training.feature_cache import split_head
-from kft.training.freezing import freeze
 from kft.models.batch_augment import BatchAugmentModel
+from kft.models.blocks import get_blocks, head_and_body
 from kft.optimizers import BlockwiseOptimizer
 from kft.optimizers import layerwise_lr
+from kft.training.feature_cache import cache_features
+from kft.training.feature_cache import can_cache_features
+from kft.training.feature_cache import fit_head
+from kft.training.fit_data import as_pair
+from kft.training.fit_data import check_data_labels
+from kft.training.fit_data import one_hot_labels
+from kft.training.fit_data import plain_data
+from kft.training.freezing import BN_POLICIES
+from kft.training.freezing import freeze
+from kft.training.monitor import MODES
+from kft.training.phases import EpochCosine
+from kft.training.phases import Phases
+from kft.training.phases import load_best
+from kft.training.unfreeze_schedules import Milestones
+from kft.training.unfreezing import GradualUnfreezing
 
 RECIPES = ("feature_extraction", "partial", "gradual", "full")
 
@@ -50,130 +51,73 @@ class FineTuneResult:
     best_epoch: int
     best_value: float
     monitor: str
-    mode: str = "min"
+    mode: Literal["min", "max"] = "min"
 
 
-class _KeepBest(keras.callbacks.Callback):
-    """Remembers the weights of the best epoch across several `fit` calls."""
+def _check_arguments(strategy, mode, cache_mode, bn, counts, rates,
+                     layer_decay):
+    """Checks them; returns `counts` (name -> integer) and `layer_decay`.
 
-    def __init__(self, monitor, mode, model):
-        super().__init__()
-        self.monitor, self.mode = monitor, mode
-        # Not `self.model`: in a cached head phase that is the head model.
-        self.target = model
-        self.best, self.best_epoch, self.weights = None, None, None
-        self.last_epoch = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = logged_value(logs, self.monitor, "fine_tune")
-        if self.mode == "auto":
-            # Resolved on the first epoch, when compiled metrics exist.
-            self.mode = monitor_mode(self.model, self.monitor, self.mode)
-        self.last_epoch = epoch
-        if improves(value, self.best, self.mode):
-            self.best, self.best_epoch = value, epoch
-            # Not `get_weights()`: numpy 2 warns on Keras variables'
-            # `__array__` (no `copy` argument); the values convert cleanly.
-            self.weights = [np.array(v.value) for v in self.target.weights]
-
-
-class _EpochCosine(keras.callbacks.Callback):
-    """Sets the rate of each phase-2 epoch on a cosine and logs it.
-
-    Keras' `LearningRateScheduler` would do the same, but reads the rate
-    back through numpy, which warns on every epoch with numpy 2.
+    `counts` maps a name to `(value, smallest allowed)`, `rates` a name to
+    a value that must be positive (`weight_decay`: at least 0).
     """
-
-    def __init__(self, base, epochs, first_epoch):
-        super().__init__()
-        self.base, self.epochs, self.first_epoch = base, epochs, first_epoch
-
-    def rate(self, epoch):
-        progress = (epoch - self.first_epoch) / self.epochs
-        return self.base * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.optimizer.learning_rate = self.rate(epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = self.rate(epoch)
-
-
-def _as_pair(data, name):
-    """`(x, y)` arrays from a tuple or list pair; anything else unchanged."""
-    if isinstance(data, (tuple, list)):
-        if len(data) != 2:
-            raise ValueError(
-                f"Argument `{name}` must be an `(x, y)` pair or a dataset of "
-                f"(x, y) batches. Received: a {type(data).__name__} of "
-                f"length {len(data)}")
-        return np.asarray(data[0]), np.asarray(data[1])
-    return data
-
-
-def _check_data_labels(data, num_classes, name):
-    """Labels of arrays or a kft dataset must fit the model's classes."""
-    if isinstance(data, tuple):
-        _, y = data
-        if y.ndim == 2:
-            if y.shape[1] != num_classes:
-                raise ValueError(
-                    f"Argument `{name}` has one-hot labels of width "
-                    f"{y.shape[1]} for a model with {num_classes} classes.")
-        else:
-            check_labels(y, num_classes, name=f"{name}[1]")
-    elif isinstance(data, ImageDataset) and len(
-            data.class_names) > num_classes:
-        raise ValueError(
-            f"Argument `{name}` has {len(data.class_names)} classes "
-            f"({data.class_names}) but the model outputs {num_classes}.")
-
-
-def _one_hot_labels(data):
-    if isinstance(data, tuple):
-        return data[1].ndim == 2
-    return isinstance(data, ImageDataset) and data.label_mode == "categorical"
-
-
-def _plain_data(data):
-    """Whether `data` is known not to augment: arrays or a plain kft dataset."""
-    if data is None:
-        return True
-    if isinstance(data, tuple):
-        return all(isinstance(part, np.ndarray) for part in data)
-    return isinstance(data, ImageDataset) and data._augmenter is None
-
-
-def _head_caches(model, train_data, val_data, mode, batch_size, verbose):
-    """Feature caches of the train and validation data, or `None`."""
-    if mode not in ("auto", True, False):
+    check_choice("strategy", strategy, RECIPES)
+    check_choice("mode", mode, MODES)
+    check_choice("bn", bn, BN_POLICIES)
+    if not (isinstance(cache_mode, bool) or (
+            isinstance(cache_mode, str) and cache_mode == "auto")):
         raise ValueError(
             "Argument `cache_features` must be 'auto', True or False. "
-            f"Received: cache_features={mode!r}"
+            f"Received: cache_features={cache_mode!r}"
         )
-    if mode is False:
-        return None
-    if mode == "auto":
-        if not all(_plain_data(data) for data in (train_data, val_data)):
-            return None
-        try:
-            _check_cacheable(model, split_head(model)[0])
-        except ValueError:
-            return None
-    train = cache_features(model, train_data, batch_size=batch_size,
-                           verbose=verbose)
-    val = None if val_data is None else cache_features(
-        model, val_data, batch_size=batch_size, verbose=verbose)
-    return train, val
+    counts = {name: check_int(name, value, min_value=minimum)
+              for name, (value, minimum) in counts.items()
+              if value is not None}
+    for name, value in rates.items():
+        check_number(name, value, low=0.0,
+                     low_open=name != "weight_decay")
+    if layer_decay is not None:
+        layer_decay = check_number("layer_decay", layer_decay, low=0.0,
+                                   high=1.0, low_open=True)
+    return counts, layer_decay
 
 
 def _default_loss(model, train_data):
     # A batch-mixing model trains on soft labels (it one-hot encodes
     # integer ones itself); a plain model on integer or one-hot labels.
-    if isinstance(model, BatchAugmentModel) or _one_hot_labels(train_data):
+    if isinstance(model, BatchAugmentModel) or one_hot_labels(train_data):
         return keras.losses.CategoricalCrossentropy(from_logits=True)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _head_caches(phases, mode):
+    """Feature caches of the train and validation data, or `None`."""
+    if mode is False:
+        return None
+    if mode == "auto" and not (
+            plain_data(phases.train_data) and plain_data(phases.val_data)
+            and can_cache_features(phases.model)[0]):
+        return None
+    # `True` insists: `cache_features` raises if the model cannot be cached.
+    kwargs = {"batch_size": phases.batch_size, "verbose": phases.verbose}
+    train = cache_features(phases.model, phases.train_data, **kwargs)
+    val = None if phases.val_data is None else cache_features(
+        phases.model, phases.val_data, **kwargs)
+    return train, val
+
+
+def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
+    """Phase 1: the head alone; its `History.history`."""
+    freeze(phases.model, "feature_extraction", bn=bn)
+    phases.compile(keras.optimizers.AdamW(learning_rate,
+                                          weight_decay=weight_decay))
+    caches = _head_caches(phases, cache_mode)
+    if caches is None:
+        return phases.fit(epochs, 0)
+    return fit_head(
+        phases.model, caches[0], validation_data=caches[1],
+        batch_size=phases.batch_size, epochs=epochs, verbose=phases.verbose,
+        callbacks=phases.callbacks()).history
 
 
 def _phase2_optimizer(model, learning_rate, weight_decay, layer_decay):
@@ -187,43 +131,42 @@ def _phase2_optimizer(model, learning_rate, weight_decay, layer_decay):
         rates, model=model)
 
 
-def _check_arguments(strategy, head_epochs, epochs, unfreeze_every,
-                     learning_rates, layer_decay, mode):
-    check_choice("strategy", strategy, RECIPES)
-    check_choice("mode", mode, MODES)
-    head_epochs = check_int("head_epochs", head_epochs, min_value=1)
-    epochs = check_int("epochs", epochs, min_value=0)
-    unfreeze_every = check_int("unfreeze_every", unfreeze_every, min_value=1)
-    for name, value in learning_rates.items():
-        check_number(name, value, low=0.0, low_open=True)
-    if layer_decay is not None:
-        layer_decay = check_number("layer_decay", layer_decay, low=0.0,
-                                   high=1.0, low_open=True)
-    return head_epochs, epochs, unfreeze_every, layer_decay
+def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
+                  weight_decay, layer_decay, n_blocks, unfreeze_every, bn):
+    """Phase 2: deeper blocks at the lower, cosine-decayed rate."""
+    model = phases.model
+    first = [EpochCosine(learning_rate, epochs, first_epoch)]
+    # Compiled before the trainable set changes, so that the change
+    # builds the new optimizer instead of re-targeting phase 1's.
+    phases.compile(_phase2_optimizer(model, learning_rate, weight_decay,
+                                     layer_decay))
+    if strategy == "gradual":
+        _, body = head_and_body(get_blocks(model))
+        schedule = Milestones([first_epoch + k * unfreeze_every
+                               for k in range(len(body))])
+        first.insert(0, GradualUnfreezing(schedule=schedule, bn=bn,
+                                          verbose=phases.verbose))
+    else:
+        freeze(model, strategy, bn=bn,
+               n_blocks=n_blocks if strategy == "partial" else None)
+    return phases.fit(epochs, first_epoch, first)
 
 
-def _report_kept(keep, verbose):
-    if keep.best_epoch is None:
-        raise ValueError(
-            f"fine_tune: every epoch's {keep.monitor!r} was NaN; no weights "
-            "were kept. Lower the learning rates.")
-    later = keep.last_epoch - keep.best_epoch
-    if verbose:
-        io_utils.print_msg(
-            f"fine_tune: kept the weights of epoch {keep.best_epoch + 1} of "
-            f"{keep.last_epoch + 1}, the best {keep.monitor}="
-            f"{keep.best:.4g} ({keep.mode}imum)"
-            + (f"; the {later} epoch(s) after it did not improve on it."
-               if later else "."))
-
-
-def fine_tune(model, train_data, val_data=None, *, strategy="partial",
-              n_blocks=1, head_epochs=3, epochs=10, head_learning_rate=1e-3,
-              learning_rate=1e-4, weight_decay=1e-2, layer_decay=None,
-              unfreeze_every=1, bn="frozen", loss=None, metrics=("accuracy",),
-              monitor=None, mode="auto", early_stopping_patience=None,
-              batch_size=32, callbacks=None, cache_features="auto",
-              verbose=1):
+def fine_tune(
+        model, train_data, val_data=None, *,
+        strategy: Literal["feature_extraction", "partial", "gradual",
+                          "full"] = "partial",
+        n_blocks: int = 1, head_epochs: int = 3, epochs: int = 10,
+        head_learning_rate: float = 1e-3, learning_rate: float = 1e-4,
+        weight_decay: float = 1e-2, layer_decay: float | None = None,
+        unfreeze_every: int = 1, bn: Literal["frozen", "train"] = "frozen",
+        loss=None, metrics: Sequence = ("accuracy",),
+        monitor: str | None = None,
+        mode: Literal["auto", "min", "max"] = "auto",
+        early_stopping_patience: int | None = None, batch_size: int = 32,
+        callbacks: Sequence[keras.callbacks.Callback] | None = None,
+        cache_features: Literal["auto"] | bool = "auto",
+        verbose: int = 1) -> FineTuneResult:
     """Trains the head, then fine-tunes deeper, keeping the best weights.
 
     Phase 1 trains the head alone (backbone frozen) with AdamW at
@@ -258,7 +201,7 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
             `"full"`. Defaults to `"partial"`.
         n_blocks: Blocks below the head trained in phase 2 of `"partial"`.
             Defaults to `1`.
-        head_epochs: Epochs of phase 1. Defaults to `3`.
+        head_epochs: Epochs of phase 1, at least 1. Defaults to `3`.
         epochs: Epochs of phase 2. Defaults to `10`.
         head_learning_rate: Phase 1 rate. Defaults to `1e-3`.
         learning_rate: Phase 2 starting rate (of the head). Defaults to
@@ -285,10 +228,11 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
             frozen backbone's features once and train the head on them
             (`kft.cache_features`, `kft.fit_head`): `"auto"` does so for
             arrays and `kft.data` datasets without augmentation when the
-            model allows it, `True` insists (and raises if it cannot),
-            `False` never does. Features are computed in inference mode
-            (a backbone's own dropout off). In a cached phase, callbacks
-            see the head model. Defaults to `"auto"`.
+            model allows it (`kft.feature_cache.can_cache_features`),
+            `True` insists (and raises if it cannot), `False` never does.
+            Features are computed in inference mode (a backbone's own
+            dropout off). In a cached phase, callbacks see the head model.
+            Defaults to `"auto"`.
         verbose: Passed to `fit`; also prints which epoch was kept.
             Defaults to `1`.
 
@@ -296,9 +240,11 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
         A `FineTuneResult`.
 
     Raises:
-        ValueError: an unknown strategy or mode, a non-positive epoch count
-            or rate, labels outside the model's classes, a monitored value
-            missing from the logs or without a direction in `"auto"` mode.
+        ValueError: an unknown strategy, mode or BatchNorm policy, a bad
+            count (epochs, blocks, batch size, patience), rate or decay,
+            labels outside the model's classes, a monitored value missing
+            from the logs or without a direction in `"auto"` mode. Arguments
+            are checked before anything trains.
 
     Example:
     >>> import kft
@@ -308,75 +254,42 @@ def fine_tune(model, train_data, val_data=None, *, strategy="partial",
     >>> result = kft.fine_tune(model, data.target_train, data.target_val,
     ...                        strategy="gradual", head_epochs=1, epochs=2,
     ...                        layer_decay=0.7, verbose=0)
-    >>> len(result.histories), result.mode
-    (2, 'min')
+    >>> len(result.histories), result.histories[1]["unfrozen_blocks"]
+    (2, [1, 2])
+    >>> result.monitor, result.mode
+    ('val_loss', 'min')
     """
-    head_epochs, epochs, unfreeze_every, layer_decay = _check_arguments(
-        strategy, head_epochs, epochs, unfreeze_every,
+    counts, layer_decay = _check_arguments(
+        strategy, mode, cache_features, bn,
+        {"head_epochs": (head_epochs, 1), "epochs": (epochs, 0),
+         "unfreeze_every": (unfreeze_every, 1), "n_blocks": (n_blocks, 1),
+         "batch_size": (batch_size, 1),
+         "early_stopping_patience": (early_stopping_patience, 0)},
         {"head_learning_rate": head_learning_rate,
-         "learning_rate": learning_rate}, layer_decay, mode)
-    train_data = _as_pair(train_data, "train_data")
-    val_data = _as_pair(val_data, "val_data")
+         "learning_rate": learning_rate, "weight_decay": weight_decay},
+        layer_decay)
+    train_data = as_pair(train_data, "train_data")
+    val_data = as_pair(val_data, "val_data")
     num_classes = model.outputs[0].shape[-1]
-    _check_data_labels(train_data, num_classes, "train_data")
-    _check_data_labels(val_data, num_classes, "val_data")
-    monitor = monitor or ("val_loss" if val_data is not None else "loss")
-    keep = _KeepBest(monitor, mode, model)
-    extra = list(callbacks or []) + ([CompileNotice()] if verbose else [])
-    loss = loss or _default_loss(model, train_data)
-
-    def stopper():
-        if early_stopping_patience is None:
-            return []
-        return [keras.callbacks.EarlyStopping(
-            monitor, patience=early_stopping_patience, mode=keep.mode)]
-
-    def fit(epochs, first_epoch, more_callbacks):
-        kwargs = {}
-        if isinstance(train_data, tuple):
-            x, y = train_data
-            kwargs = {"y": y, "batch_size": batch_size}
-        else:
-            x = train_data
-        history = model.fit(
-            x, epochs=first_epoch + epochs, initial_epoch=first_epoch,
-            validation_data=val_data, verbose=verbose,
-            callbacks=more_callbacks + [keep] + stopper() + extra, **kwargs)
-        return history.history
-
-    freeze(model, "feature_extraction", bn=bn)
-    model.compile(optimizer=keras.optimizers.AdamW(
-        head_learning_rate, weight_decay=weight_decay), loss=loss,
-        metrics=list(metrics))
-    caches = _head_caches(model, train_data, val_data, cache_features,
-                          batch_size, verbose)
-    if caches is None:
-        histories = [fit(head_epochs, 0, [])]
-    else:
-        histories = [fit_head(
-            model, caches[0], validation_data=caches[1],
-            batch_size=batch_size, epochs=head_epochs, verbose=verbose,
-            callbacks=[keep] + stopper() + extra).history]
-    if strategy != "feature_extraction" and epochs:
-        phase2 = [_EpochCosine(learning_rate, epochs, head_epochs)]
-        # Compiled before the trainable set changes, so that the change
-        # builds the new optimizer instead of re-targeting phase 1's.
-        model.compile(
-            optimizer=_phase2_optimizer(model, learning_rate, weight_decay,
-                                        layer_decay),
-            loss=loss, metrics=list(metrics))
-        if strategy == "gradual":
-            _, body = head_and_body(get_blocks(model))
-            phase2.insert(0, GradualUnfreezing(
-                milestones=[head_epochs + k * unfreeze_every
-                            for k in range(len(body))],
-                bn=bn, verbose=verbose))
-        else:
-            freeze(model, strategy, n_blocks=n_blocks if strategy == "partial"
-                   else None, bn=bn)
-        histories.append(fit(epochs, head_epochs, phase2))
-    _report_kept(keep, verbose)
-    model.set_weights(keep.weights)
+    check_data_labels(train_data, num_classes, "train_data")
+    check_data_labels(val_data, num_classes, "val_data")
+    phases = Phases(
+        model, train_data, val_data,
+        loss=loss or _default_loss(model, train_data), metrics=metrics,
+        monitor=monitor or ("val_loss" if val_data is not None else "loss"),
+        mode=mode, patience=counts.get("early_stopping_patience"),
+        batch_size=counts["batch_size"], callbacks=callbacks,
+        verbose=verbose)
+    histories = [_train_head(phases, counts["head_epochs"],
+                             head_learning_rate, weight_decay, bn,
+                             cache_features)]
+    if strategy != "feature_extraction" and counts["epochs"]:
+        histories.append(_train_deeper(
+            phases, strategy, counts["head_epochs"], counts["epochs"],
+            learning_rate, weight_decay, layer_decay, counts["n_blocks"],
+            counts["unfreeze_every"], bn))
+    load_best(phases)
+    keep = phases.keep
     return FineTuneResult(histories=histories, best_epoch=keep.best_epoch,
-                          best_value=keep.best, monitor=monitor,
+                          best_value=keep.best, monitor=keep.monitor,
                           mode=keep.mode)

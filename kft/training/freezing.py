@@ -3,10 +3,13 @@
 import numbers
 import warnings
 import weakref
+from collections.abc import Sequence
+from typing import Literal
 
 import keras
 import numpy as np
 
+from kft import _compat
 from kft.models import backbones
 from kft._validation import check_choice
 from kft.models.blocks import get_blocks, head_and_body
@@ -19,8 +22,12 @@ BN_POLICIES = ("frozen", "train")
 _WARNED_RANDOM_BN = weakref.WeakSet()
 
 
-def freeze(model, strategy="feature_extraction", n_blocks=None, bn="frozen",
-           patterns=None):
+def freeze(model: keras.Model,
+           strategy: Literal["feature_extraction", "partial",
+                             "full"] = "feature_extraction",
+           n_blocks: int | None = None,
+           bn: Literal["frozen", "train"] = "frozen",
+           patterns=None) -> list[str]:
     """Sets which blocks of `model` train.
 
     - `"feature_extraction"`: only the head trains.
@@ -93,7 +100,9 @@ def freeze(model, strategy="feature_extraction", n_blocks=None, bn="frozen",
     return names
 
 
-def unfreeze_top(model, n_blocks, bn="frozen", patterns=None):
+def unfreeze_top(model: keras.Model, n_blocks: int,
+                 bn: Literal["frozen", "train"] = "frozen",
+                 patterns=None) -> list[str]:
     """Trains the head and the top `n_blocks` blocks below it: the same as
     `freeze(model, "partial", n_blocks, bn)`.
 
@@ -108,7 +117,9 @@ def unfreeze_top(model, n_blocks, bn="frozen", patterns=None):
                   patterns=patterns)
 
 
-def set_trainable_blocks(model, names, bn="frozen", patterns=None):
+def set_trainable_blocks(model: keras.Model, names: Sequence[str],
+                         bn: Literal["frozen", "train"] = "frozen",
+                         patterns=None) -> None:
     """Makes exactly the blocks in `names` trainable, all others frozen.
 
     The building block of the strategies and of gradual unfreezing.
@@ -181,10 +192,10 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
     _WARNED_RANDOM_BN.add(model)
 
 
-def batch_norm_layers(layer):
+def batch_norm_layers(layer: keras.layers.Layer) -> list:
     """The BatchNormalization layers in `layer` (itself included)."""
     return [
         sub
-        for sub in layer._flatten_layers(include_self=True, recursive=True)
+        for sub in _compat.flatten_layers(layer)
         if isinstance(sub, keras.layers.BatchNormalization)
     ]

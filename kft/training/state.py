@@ -56,20 +56,19 @@ def refresh_training_state(model):
 
     Called by `changing_trainable`. Call it yourself after setting
     `layer.trainable` by hand on a compiled model: before `compile`,
-    between `fit` calls, or in a callback at an epoch boundary. Inside a
-    running `fit` between batches the step's state has not been written
-    back, so this raises: change flags there inside
-    `with kft.changing_trainable(model):`, which writes it back first.
+    between `fit` calls, or in a callback, also between batches of a
+    running `fit` (the step's state, compiled for the flags of the last
+    compile or refresh, is written back first).
 
     Raises:
-        RuntimeError: called inside `fit` with the step's state pending.
+        RuntimeError: inside `fit` with step state pending and no record of
+            the flags the step was compiled for.
     """
-    if _compat.fit_state_pending(model):
+    if not _compat.sync_fit_state_as_compiled(model):
         raise RuntimeError(
             "refresh_training_state was called inside a running `fit` "
-            "whose latest step has not been written back to the variables; "
-            "refreshing now would pair the step's values with the wrong "
-            "variables and drop optimizer slots. Change `trainable` inside "
+            "whose latest step has not been written back, and the flags it "
+            "was compiled for are unknown. Change `trainable` inside "
             "`with kft.changing_trainable(model):` instead.")
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and optimizer.built:

@@ -1,7 +1,10 @@
 """A per-block view of what trains."""
 
+from collections.abc import Callable
+
 import keras
 
+from kft import _compat
 from kft.models.blocks import get_blocks
 from kft.training.freezing import batch_norm_layers
 
@@ -17,7 +20,8 @@ def _size(shape):
     return n
 
 
-def trainable_summary(model, patterns=None, print_fn=print):
+def trainable_summary(model: keras.Model, patterns=None,
+                      print_fn: Callable[[str], object] | None = print) -> str:
     """Prints and returns a table of the model's blocks and what trains.
 
     Columns: block, parameters, trainable parameters, state (`trainable`,
@@ -51,10 +55,9 @@ def trainable_summary(model, patterns=None, print_fn=print):
         flags = {
             sub.trainable
             for layer in layers
-            for sub in layer._flatten_layers(include_self=True)
-            if sub._trainable_variables
+            for sub in _compat.flatten_layers(layer)
+            if _compat.is_leaf_with_weights(sub)
             and not isinstance(sub, keras.layers.BatchNormalization)
-            and not sub._layers
         }
         state = {frozenset({True}): "trainable",
                  frozenset({False}): "frozen"}.get(frozenset(flags), "partial")

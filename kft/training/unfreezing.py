@@ -1,39 +1,40 @@
 """Gradual unfreezing inside `model.fit`, correct on the JAX backend."""
 
-import json
-import os
-import warnings
+from collections.abc import Sequence
+from typing import Literal
 
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
-from kft.training.monitor import MODES
-from kft.training.monitor import improves
-from kft.training.monitor import logged_value
-from kft.training.monitor import monitor_mode
+from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
-from kft._validation import check_number
 from kft.models.blocks import get_blocks, head_and_body
+from kft.training import unfreeze_backup
+from kft.training.freezing import BN_POLICIES
 from kft.training.freezing import set_trainable_blocks
-
-_STATE_FILE = "gradual_unfreezing.json"
-# Written by `keras.callbacks.BackupAndRestore` in its `backup_dir`.
-_BACKUP_METADATA = "training_metadata.json"
+from kft.training.unfreeze_schedules import UnfreezeSchedule
+from kft.training.unfreeze_schedules import schedule_from_arguments
 
 
 @keras.saving.register_keras_serializable(package="kft")
 class GradualUnfreezing(keras.callbacks.Callback):
     """Starts with the head trainable and unfreezes blocks top-down.
 
-    A new block is unfrozen at the start of an epoch: every `every` epochs,
-    at the epochs listed in `milestones`, or once `monitor` has not improved
-    by `min_delta` for `patience` epochs. Each switch goes through
-    `kft.changing_trainable`: the running step's state is written back, the
-    optimizer keeps the slots of variables that stay trainable and makes
-    fresh ones for the new block, and the train step is re-traced once for
-    the stage (one compile per stage, none per epoch).
+    A new block is unfrozen at the start of an epoch, when the schedule
+    says so: every `n` epochs (`Every(n)`, or `every=n`), at listed epochs
+    (`Milestones([...])`, or `milestones=`), or once a metric has not
+    improved by `min_delta` for `patience` epochs (`Plateau(monitor, ...)`,
+    or `monitor=` with `patience`, `min_delta`, `mode`). The schedule
+    classes are in `kft.training.unfreeze_schedules`; give exactly one of
+    `every`, `milestones`, `monitor` and `schedule`. The callback keeps its
+    schedule object (`self.schedule`), whose state a `Plateau` updates.
+
+    Each switch goes through `kft.changing_trainable`: the running step's
+    state is written back, the optimizer keeps the slots of variables that
+    stay trainable and makes fresh ones for the new block, and the train
+    step is re-traced once for the stage (one compile per stage, none per
+    epoch).
 
     Each stage is printed (epoch, block, trainable parameters) and every
     epoch's logs, hence the `History`, carry `unfrozen_blocks` and
@@ -43,13 +44,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
     variable then counts its own Adam steps from the stage it is unfrozen
     in. A plain Keras Adam shares one step counter, so a block unfrozen
     after many steps starts with a bias correction meant for late training
-    and a first update several times its learning rate.
-
-    Per-block learning rates: compile with a `kft.BlockwiseOptimizer`, e.g.
-    `kft.BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
-    kft.layerwise_lr(model, 1e-3, 0.5), model=model)`; each block then
-    trains at its own rate from the stage it is unfrozen in (rates falling
-    by the decay per depth below the head), with its own Adam step count.
+    and a first update several times its learning rate. For per-block
+    learning rates give it `kft.layerwise_lr(model, rate, decay)`: each
+    block then trains at its own rate from the stage it is unfrozen in.
 
     Resuming: pass `backup_dir` (the directory of your
     `keras.callbacks.BackupAndRestore`). In a restarted process the callback
@@ -66,18 +63,18 @@ class GradualUnfreezing(keras.callbacks.Callback):
     Args:
         every: Unfreeze one more block every `every` epochs. Defaults to
             `None`.
-        milestones: Epochs (0-based) at which one more block unfreezes.
-            Defaults to `None`.
-        monitor: Metric for plateau mode, e.g. `"val_loss"`. Defaults to
-            `None`.
-        patience: Epochs without improvement before unfreezing (plateau
-            mode). Defaults to `2`.
-        min_delta: Smallest change counted as an improvement. Defaults to
-            `0.0`.
-        mode: `"min"`, `"max"` or `"auto"`: losses are minimised and a
-            compiled Keras metric follows the direction it declares (e.g.
-            accuracy, top-k accuracy and F1 are maximised); `"auto"` raises
-            for a quantity without a declared direction. Defaults to
+        milestones: Epochs (0-based, increasing, from 1) at which one more
+            block unfreezes. Defaults to `None`.
+        monitor: Metric of a plateau schedule, e.g. `"val_loss"`. Defaults
+            to `None`.
+        patience: Epochs without improvement before unfreezing (with
+            `monitor`). Defaults to `2`.
+        min_delta: Smallest change counted as an improvement (with
+            `monitor`). Defaults to `0.0`.
+        mode: `"min"`, `"max"` or `"auto"` (with `monitor`): losses are
+            minimised and a compiled Keras metric follows the direction it
+            declares (e.g. accuracy, top-k accuracy and F1 are maximised);
+            `"auto"` raises for a quantity without one. Defaults to
             `"auto"`.
         max_blocks: Stop after this many blocks below the head. Defaults to
             all of them.
@@ -87,9 +84,16 @@ class GradualUnfreezing(keras.callbacks.Callback):
         backup_dir: Where the stage record is kept for resuming. Defaults to
             `None`.
         verbose: Print each stage. Defaults to `1`.
+        schedule: An `Every`, `Milestones` or `Plateau` object, instead of
+            `every`, `milestones` or `monitor`. Defaults to `None`.
+
+    Raises:
+        ValueError: not exactly one way of giving the schedule, or a bad
+            argument.
 
     Example:
     >>> import keras, kft
+    >>> from kft.training.unfreeze_schedules import Milestones
     >>> data = kft.datasets.digits(image_size=16, target_per_class=4)
     >>> model = kft.build_classifier("simple_cnn", num_classes=5,
     ...                              weights=None, input_shape=(16, 16, 3))
@@ -100,53 +104,34 @@ class GradualUnfreezing(keras.callbacks.Callback):
     ...     callbacks=[kft.callbacks.GradualUnfreezing(every=1, verbose=0)])
     >>> history.history["unfrozen_blocks"]
     [0, 1, 2]
+    >>> callback = kft.callbacks.GradualUnfreezing(
+    ...     schedule=Milestones([2]), verbose=0)
+    >>> [callback.schedule.stage_at(epoch) for epoch in range(3)]
+    [0, 0, 1]
     """
 
-    def __init__(self, every=None, milestones=None, monitor=None, patience=2,
-                 min_delta=0.0, mode="auto", max_blocks=None, bn="frozen",
-                 patterns=None, backup_dir=None, verbose=1):
+    def __init__(self, every: int | None = None,
+                 milestones: Sequence[int] | None = None,
+                 monitor: str | None = None, patience: int = 2,
+                 min_delta: float = 0.0,
+                 mode: Literal["auto", "min", "max"] = "auto",
+                 max_blocks: int | None = None,
+                 bn: Literal["frozen", "train"] = "frozen",
+                 patterns=None, backup_dir: str | None = None,
+                 verbose: int = 1, *,
+                 schedule: UnfreezeSchedule | None = None):
         super().__init__()
-        given = [every is not None, milestones is not None,
-                 monitor is not None]
-        if sum(given) != 1:
-            raise ValueError(
-                "Pass exactly one of `every`, `milestones` or `monitor`. "
-                f"Received: every={every!r}, milestones={milestones!r}, "
-                f"monitor={monitor!r}"
-            )
-        if every is not None:
-            every = check_int("every", every, min_value=1)
-        if milestones is not None:
-            milestones = [check_int("milestones[i]", m) for m in milestones]
-            if any(m < 1 for m in milestones) or milestones != sorted(
-                set(milestones)
-            ):
-                raise ValueError(
-                    "Argument `milestones` must be increasing epochs >= 1. "
-                    f"Received: milestones={milestones!r}"
-                )
-        check_choice("mode", mode, MODES)
-        patience = check_int("patience", patience, min_value=1)
-        min_delta = check_number("min_delta", min_delta)
+        self.schedule = schedule_from_arguments(
+            every, milestones, monitor, patience, min_delta, mode, schedule)
         if max_blocks is not None:
             max_blocks = check_int("max_blocks", max_blocks, min_value=0)
-        self.every = every
-        self.milestones = milestones
-        self.monitor = monitor
-        self.patience = patience
-        self.min_delta = abs(min_delta)
-        self.mode = mode
         self.max_blocks = max_blocks
-        self.bn = bn
+        self.bn = check_choice("bn", bn, BN_POLICIES)
         self.patterns = patterns
         self.backup_dir = backup_dir
         self.verbose = verbose
-        # Epochs at which stage 1, 2, ... began: the whole schedule state.
-        self.stage_epochs = []
-        self._wait = 0
-        self._best = None
-        self._direction = None
         self._stage = None
+        self._params = None
         self._restored = False
         self._resumed_from = None
         self._checked_resume = False
@@ -174,110 +159,33 @@ class GradualUnfreezing(keras.callbacks.Callback):
             where = (f"resumed after epoch {epoch + 1} (training continues "
                      f"at epoch {epoch + 2})" if resumed
                      else f"epoch {epoch + 1}")
-            io_utils.print_msg(
+            _compat.print_msg(
                 f"GradualUnfreezing: {where}: stage {stage}, unfroze "
                 f"{newest!r}, trainable params {params:,}")
         return params
 
-    def stage_at(self, epoch):
+    def stage_at(self, epoch: int) -> int:
         """Number of blocks below the head unfrozen during `epoch`."""
-        _, _, limit = self._body()
-        if self.every is not None:
-            stage = epoch // self.every
-        elif self.milestones is not None:
-            stage = sum(m <= epoch for m in self.milestones)
-        else:
-            stage = sum(e <= epoch for e in self.stage_epochs)
-        return min(stage, limit)
+        return min(self.schedule.stage_at(epoch), self._body()[2])
 
-    # -- persistence --------------------------------------------------------
-    #
-    # `BackupAndRestore` checkpoints the optimizer built for the trainable
-    # set of the epoch it saved in, so the stage to re-apply is derived from
-    # the epoch *its* metadata names, never from this callback's own file:
-    # the two are written one after the other and a kill between them must
-    # not pair a checkpoint with another stage's trainable set. The file here
-    # only carries plateau state (stage starts, wait, best), kept for the
-    # last two epochs so that it covers the checkpoint in either order.
-
-    def _state_path(self):
-        return os.path.join(self.backup_dir, _STATE_FILE)
-
-    def _save_state(self, epoch):
-        if self.backup_dir is None:
-            return
-        os.makedirs(self.backup_dir, exist_ok=True)
-        self._records[str(epoch)] = {
-            "stage_epochs": list(self.stage_epochs),
-            "wait": self._wait,
-            "best": self._best,
-        }
-        for key in sorted(self._records, key=int)[:-2]:
-            del self._records[key]
-        tmp = self._state_path() + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"records": self._records}, f)
-        os.replace(tmp, self._state_path())
-
-    def _checkpoint_epoch(self):
-        """The epoch during which `BackupAndRestore` last saved, or None."""
-        path = os.path.join(self.backup_dir, _BACKUP_METADATA)
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            meta = json.load(f)
-        # An end-of-epoch save records the next epoch and batch 0; a save
-        # within an epoch records that epoch and the batch it saved after.
-        epoch = int(meta["epoch"])
-        return epoch if int(meta.get("batch", 0)) > 0 else epoch - 1
+    # -- resuming -----------------------------------------------------------
 
     def set_model(self, model):
         super().set_model(model)
         if self._restored or self.backup_dir is None:
             return
         self._restored = True
-        saved = self._checkpoint_epoch()
+        saved = unfreeze_backup.checkpoint_epoch(self.backup_dir)
         if saved is None or saved < 0:
             return
         self._resumed_from = saved
-        records = {}
-        if os.path.exists(self._state_path()):
-            with open(self._state_path()) as f:
-                records = json.load(f).get("records", {})
-        self._records = records
-        record = records.get(str(saved))
-        if record is None and self.monitor is not None:
-            earlier = [int(k) for k in records if int(k) < saved]
-            if earlier:
-                record = records[str(max(earlier))]
-            warnings.warn(
-                "GradualUnfreezing: no plateau record for epoch "
-                f"{saved + 1}, the epoch the checkpoint was saved in; the "
-                "plateau count restarts from the epoch before it.",
-                stacklevel=2)
-        if record is not None:
-            self.stage_epochs = [e for e in record["stage_epochs"]
-                                 if e <= saved + 1]
-            self._wait, self._best = record["wait"], record["best"]
+        self._records = unfreeze_backup.load_records(self.backup_dir)
+        self.schedule.restore(self._records, saved)
         # The checkpoint's optimizer slots follow this trainable set, so it
         # must be in place before BackupAndRestore loads them (`fit` calls
         # `set_model` before any callback's `on_train_begin`).
         self._stage = self.stage_at(saved)
         self._params = self._apply_stage(self._stage, saved, resumed=True)
-
-    def on_train_begin(self, logs=None):
-        self._checked_resume = False
-
-    # -- callback hooks -----------------------------------------------------
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self._checked_resume:
-            self._checked_resume = True
-            self._check_optimizer_restored(epoch)
-        stage = self.stage_at(epoch)
-        if stage != self._stage:
-            self._stage = stage
-            self._params = self._apply_stage(stage, epoch)
 
     def _check_optimizer_restored(self, epoch):
         # Keras only warns when a checkpoint's optimizer does not fit the
@@ -294,35 +202,34 @@ class GradualUnfreezing(keras.callbacks.Callback):
             " and the same schedule as the interrupted run, or delete the "
             "backup directory to start over.")
 
+    # -- callback hooks -----------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._checked_resume = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._checked_resume:
+            self._checked_resume = True
+            self._check_optimizer_restored(epoch)
+        stage = self.stage_at(epoch)
+        if stage != self._stage:
+            self._stage = stage
+            self._params = self._apply_stage(stage, epoch)
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         logs["unfrozen_blocks"] = self._stage
         logs["trainable_params"] = self._params
-        if self.monitor is not None and self._plateaued(logs):
-            if self.stage_at(epoch + 1) < self._body()[2]:
-                self.stage_epochs.append(epoch + 1)
-        self._save_state(epoch)
+        self.schedule.on_epoch_end(epoch, logs, self.model, self._body()[2])
+        if self.backup_dir is not None:
+            unfreeze_backup.save_record(self.backup_dir, self._records, epoch,
+                                        self.schedule.state())
 
-    def _plateaued(self, logs):
-        value = logged_value(logs, self.monitor, "GradualUnfreezing")
-        if self._direction is None:
-            self._direction = monitor_mode(self.model, self.monitor,
-                                           self.mode)
-        if improves(value, self._best, self._direction, self.min_delta):
-            self._best, self._wait = value, 0
-            return False
-        self._wait += 1
-        if self._wait < self.patience:
-            return False
-        # A new stage starts a new comparison.
-        self._wait, self._best = 0, None
-        return True
+    # -- serialization ------------------------------------------------------
 
     def get_config(self):
         return {
-            "every": self.every, "milestones": self.milestones,
-            "monitor": self.monitor, "patience": self.patience,
-            "min_delta": self.min_delta, "mode": self.mode,
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
             "max_blocks": self.max_blocks, "bn": self.bn,
             "patterns": self.patterns, "backup_dir": self.backup_dir,
             "verbose": self.verbose,
@@ -330,4 +237,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        schedule = config.pop("schedule", None)
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        return cls(schedule=schedule, **config)

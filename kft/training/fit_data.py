@@ -1,0 +1,165 @@
+"""The data forms `fine_tune` and `cache_features` take, and what they hold.
+
+Training data is either an `(x, y)` pair of arrays (a tuple; a list pair is
+turned into one by `as_pair`) or anything `model.fit` takes as `x`, such as
+a `kft.data` dataset yielding `(x, y)` batches.
+"""
+
+import numpy as np
+
+from kft._validation import check_labels
+from kft.data._dataset import ImageDataset
+
+
+def as_pair(data, name):
+    """`(x, y)` arrays from a tuple or list pair; anything else unchanged.
+
+    Args:
+        data: A tuple or list `(x, y)`, or any other data (returned as is).
+        name: The argument's name, for the error message.
+
+    Returns:
+        A tuple of two numpy arrays, or `data`.
+
+    Raises:
+        ValueError: a tuple or list that is not a pair.
+
+    Example:
+    >>> x, y = as_pair([[[0.0]], [1]], "train_data")
+    >>> x.shape, y.tolist()
+    ((1, 1), [1])
+    """
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise ValueError(
+                f"Argument `{name}` must be an `(x, y)` pair or a dataset of "
+                f"(x, y) batches. Received: a {type(data).__name__} of "
+                f"length {len(data)}")
+        return np.asarray(data[0]), np.asarray(data[1])
+    return data
+
+
+def check_data_labels(data, num_classes, name):
+    """Raises unless the labels of `data` fit a model with `num_classes`.
+
+    Checks the labels of an `(x, y)` pair (integer labels in range, or
+    one-hot rows of the model's width) and the class count of a `kft.data`
+    dataset; other data is not inspected.
+
+    Example:
+    >>> import numpy as np
+    >>> check_data_labels((np.zeros((2, 1)), np.eye(2)), 3, "data")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Argument `data` has one-hot labels of width 2 for a model ...
+    """
+    if isinstance(data, tuple):
+        _, y = data
+        if y.ndim == 2:
+            if y.shape[1] != num_classes:
+                raise ValueError(
+                    f"Argument `{name}` has one-hot labels of width "
+                    f"{y.shape[1]} for a model with {num_classes} classes.")
+        else:
+            check_labels(y, num_classes, name=f"{name}[1]")
+    elif isinstance(data, ImageDataset) and len(
+            data.class_names) > num_classes:
+        raise ValueError(
+            f"Argument `{name}` has {len(data.class_names)} classes "
+            f"({data.class_names}) but the model outputs {num_classes}.")
+
+
+def one_hot_labels(data):
+    """Whether `data` (a pair or a `kft.data` dataset) has one-hot labels.
+
+    Example:
+    >>> import numpy as np
+    >>> one_hot_labels((np.zeros((2, 1)), np.eye(2))), one_hot_labels(None)
+    (True, False)
+    """
+    if isinstance(data, tuple):
+        return data[1].ndim == 2
+    return isinstance(data, ImageDataset) and data.label_mode == "categorical"
+
+
+def dataset_augments(data):
+    """Whether `data` is a dataset that augments its images on the host.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> x, y = np.zeros((4, 16, 16, 3), "float32"), np.arange(4) % 2
+    >>> dataset_augments(kft.data.from_arrays(x, y, augmentation="light"))
+    True
+    """
+    augments = getattr(data, "augments", None)
+    if augments is None:
+        # Until `ImageDataset.augments` exists: the host augmenter it reports.
+        augments = getattr(data, "_augmenter", None) is not None
+    return bool(augments)
+
+
+def plain_data(data):
+    """Whether `data` is known not to augment: arrays or a plain kft dataset.
+
+    `None` (no validation data) counts as plain. A dataset of another kind
+    is not known to be plain, so this returns `False` for it.
+
+    Example:
+    >>> import numpy as np
+    >>> plain_data((np.zeros((2, 1)), np.zeros(2))), plain_data([1, 2])
+    (True, False)
+    """
+    if data is None:
+        return True
+    if isinstance(data, tuple):
+        return all(isinstance(part, np.ndarray) for part in data)
+    return isinstance(data, ImageDataset) and not dataset_augments(data)
+
+
+def batches(data, batch_size):
+    """Yields `(x, y or None)` batches of arrays or of a dataset.
+
+    Args:
+        data: `(x, y)` arrays (`y` may be `None`), an `x` array, or an
+            iterable of `(x, y)` or `x` batches.
+        batch_size: Batch size for arrays.
+
+    Raises:
+        ValueError: a dataset that augments its images (`dataset_augments`).
+
+    Example:
+    >>> import numpy as np
+    >>> [x.shape[0] for x, _ in batches(np.zeros((5, 2)), 2)]
+    [2, 2, 1]
+    """
+    if isinstance(data, tuple) and len(data) == 2:
+        x, y = data
+        for start in range(0, len(x), batch_size):
+            yield (x[start:start + batch_size],
+                   None if y is None else y[start:start + batch_size])
+        return
+    if isinstance(data, np.ndarray):
+        for start in range(0, len(data), batch_size):
+            yield data[start:start + batch_size], None
+        return
+    if dataset_augments(data):
+        raise ValueError(
+            "The dataset augments its images (augmentation="
+            f"{data.augmentation.name!r}); cached features would freeze "
+            "one draw. Load it with augmentation='none' to cache features."
+        )
+    for batch in data:
+        if isinstance(batch, (tuple, list)):
+            yield batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            yield batch, None
+
+
+def num_examples(data):
+    """The number of examples of arrays, or `None` for a dataset."""
+    if isinstance(data, tuple) and len(data) == 2:
+        return len(data[0])
+    if isinstance(data, np.ndarray):
+        return len(data)
+    return None

@@ -166,10 +166,9 @@ def _pretrained(model):
     flag = getattr(model, "_kft_pretrained", None)
     if flag is not None:
         return flag
-    for layer in getattr(model, "layers", ()):
-        if layer.name in backbones.list_backbones():
-            return getattr(layer, "_kft_pretrained", None)
-    return None
+    backbone = backbones.find_backbone(model)
+    return None if backbone is None else getattr(backbone, "_kft_pretrained",
+                                                 None)
 
 
 def _warn_if_random_batch_norm(model, blocks, names, head):

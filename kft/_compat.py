@@ -24,6 +24,7 @@ the base image preprocessing layer); JAX's `xla_bridge._backends`.
 """
 
 import contextlib
+import functools
 import importlib.metadata
 
 # [lowest, first unsupported) Keras version, as (major, minor).
@@ -155,6 +156,81 @@ def base_image_preprocessing_layer():
         base_image_preprocessing_layer as base)
 
     return base.BaseImagePreprocessingLayer
+
+
+# -- preprocessing layers' hooks ----------------------------------------------
+#
+# kft's fast zoom, rotation, blur and erasing layers subclass these bases
+# and implement `use_fast(images)` plus the computation; the bases hold the
+# override of Keras' private hook and the transformation's keys.
+
+
+@functools.cache
+def zoom_layer_base():
+    import keras
+
+    class ZoomBase(keras.layers.RandomZoom):
+        def _transform_images(self, images, transformation, interpolation):
+            if transformation is None or not self.use_fast(images):
+                return super()._transform_images(images, transformation,
+                                                 interpolation)
+            zooms = self.backend.cast(self.backend.numpy.concatenate(
+                [transformation["width_zoom"], transformation["height_zoom"]],
+                axis=1), "float32")
+            matrix = self._get_zoom_matrix(zooms, images.shape[1],
+                                           images.shape[2])
+            return self.resample(images, matrix, interpolation)
+
+    return ZoomBase
+
+
+@functools.cache
+def rotation_layer_base():
+    import keras
+
+    class RotationBase(keras.layers.RandomRotation):
+        def _transform_images(self, images, transformation, interpolation):
+            if not self.use_fast(images):
+                return super()._transform_images(images, transformation,
+                                                 interpolation)
+            return self.resample(images, transformation["rotation_matrix"],
+                                 interpolation)
+
+    return RotationBase
+
+
+@functools.cache
+def blur_layer_base():
+    import keras
+
+    class BlurBase(keras.layers.RandomGaussianBlur):
+        def transform_images(self, images, transformation=None,
+                             training=True):
+            if not (training and transformation is not None
+                    and self.use_fast(images)):
+                return super().transform_images(images, transformation,
+                                                training)
+            return self.blur(images, transformation["blur_factor"],
+                             transformation["should_apply_blur"])
+
+    return BlurBase
+
+
+@functools.cache
+def erasing_layer_base():
+    import keras
+
+    class ErasingBase(keras.layers.RandomErasing):
+        def _get_fill_value(self, images, images_shape, seed):
+            colour = self.fill_colour()
+            if colour is None:
+                return super()._get_fill_value(images, images_shape, seed)
+            return colour
+
+        def fill_colour(self):
+            return None
+
+    return ErasingBase
 
 
 # -- data ---------------------------------------------------------------------

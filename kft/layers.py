@@ -1,12 +1,24 @@
-"""Keras layers kft puts into the models it builds."""
+"""The Keras layers kft puts into the models it builds, in one namespace.
+
+`Preprocess` is defined here; `MixUp`, `CutMix` and `MixUpOrCutMix` come
+from `kft.augmentation.mixing`.
+"""
+
+from typing import Literal
+from typing import get_args
 
 import keras
 
-from kft.augmentation.mixing import CutMix  # noqa: F401  (re-exported, issue 6)
-from kft.augmentation.mixing import MixUp  # noqa: F401
-from kft.augmentation.mixing import MixUpOrCutMix  # noqa: F401
+from kft._validation import check_choice
+from kft.augmentation.mixing import CutMix
+from kft.augmentation.mixing import MixUp
+from kft.augmentation.mixing import MixUpOrCutMix
 
-PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+__all__ = ["PREPROCESS_MODES", "CutMix", "MixUp", "MixUpOrCutMix",
+           "Preprocess"]
+
+PreprocessMode = Literal["caffe", "tf", "torch", "none"]
+PREPROCESS_MODES = get_args(PreprocessMode)
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -29,14 +41,9 @@ class Preprocess(keras.layers.Layer):
     Array([1., 1., 1.], dtype=float32)
     """
 
-    def __init__(self, mode="none", **kwargs):
+    def __init__(self, mode: PreprocessMode = "none", **kwargs):
         super().__init__(**kwargs)
-        if mode not in PREPROCESS_MODES:
-            raise ValueError(
-                f"Argument `mode` must be one of {PREPROCESS_MODES}. "
-                f"Received: mode={mode!r}"
-            )
-        self.mode = mode
+        self.mode = check_choice("mode", mode, PREPROCESS_MODES)
 
     def call(self, inputs):
         inputs = keras.ops.cast(inputs, self.compute_dtype)

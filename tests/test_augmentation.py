@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kft
-from kft.data._dataset import HostAugmenter
+from kft.data._host_augment import HostAugmenter
 
 SIZE = 16
 
@@ -143,7 +143,14 @@ def test_model_augment_on_leaves_batches_raw():
     (lambda: kft.augmentation.augmentation("light", seed=1.5),
      "Argument `seed` must be an integer"),
     (lambda: kft.augmentation.eval_transform(SIZE, crop_fraction=1.5),
-     r"Argument `crop_fraction` must be in \(0, 1\]"),
+     r"Argument `crop_fraction` must be a finite number in \(0, 1\]"),
+    (lambda: kft.augmentation.eval_transform((SIZE, 0)),
+     r"Argument `image_size` must be a positive integer or a \(height, "
+     r"width\) pair of them. Received: image_size=\(16, 0\)"),
+    (lambda: kft.augmentation.eval_transform("16"),
+     "Argument `image_size` must be a positive integer"),
+    (lambda: kft.augmentation.augmentation("light", image_size=(SIZE,)),
+     "Argument `image_size` must be a positive integer"),
 ])
 def test_errors(call, message):
     with pytest.raises(ValueError, match=message):
@@ -208,11 +215,85 @@ def test_every_preset_from_directory(tmp_path, preset, augment_on):
     assert train.augmentation.name == f"augment_{preset}"
     # "none" runs nothing on the host: kft.fine_tune and cache_features
     # treat the dataset as unaugmented.
-    assert (train._augmenter is None) == (preset == "none"
-                                          or augment_on == "model")
+    assert train.augments == (preset != "none" and augment_on == "host")
+    assert train.augments == (train._augmenter is not None)
     images, labels = next(iter(train))
     assert images.shape == (4, SIZE, SIZE, 3) and labels.shape == (4,)
     if augment_on == "model":
         augmented = kft.augmentation.attach(_plain_model(),
                                             train.augmentation)
         assert np.asarray(augmented(images, training=True)).shape == (4, 2)
+
+
+# -- host augmentation runs on a CPU device -----------------------------
+
+
+def _on_cpu(arrays):
+    import jax
+
+    devices = {d for a in jax.tree_util.tree_leaves(arrays)
+               for d in a.devices()}
+    return bool(devices) and all(d.platform == "cpu" for d in devices)
+
+
+def test_host_augmenter_outputs_and_seed_state_are_on_a_cpu_device():
+    import jax
+
+    augmenter = HostAugmenter(kft.augmentation.augmentation(
+        "light", image_size=(SIZE, SIZE), seed=0))
+    x = _images()
+    out = augmenter.augment(x)
+    assert out.devices() == {augmenter.device} == {jax.devices("cpu")[0]}
+    assert _on_cpu(augmenter._states)
+    first, second = augmenter(x), augmenter(x)
+    assert isinstance(first, np.ndarray) and first.shape == x.shape
+    assert np.abs(first - second).mean() > 1.0  # the seed state advances
+
+
+def test_dataset_augments_property():
+    x, y = _images(), np.arange(4) % 2
+    host = kft.data.from_arrays(x, y, augmentation="light")
+    model = kft.data.from_arrays(x, y, augmentation="light",
+                                 augment_on="model")
+    none = kft.data.from_arrays(x, y, augmentation="none")
+    assert host.augments is True
+    assert model.augments is False and none.augments is False
+    next(iter(host))
+    assert _on_cpu(host._augmenter._states)
+
+
+_PINNED_SCRIPT = """
+import jax
+import numpy as np
+import kft
+
+cpu0, cpu1 = jax.devices("cpu")
+jax.config.update("jax_default_device", cpu1)
+x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype("float32")
+ds = kft.data.from_arrays(x, np.arange(4) % 2, batch_size=2,
+                          augmentation="light")
+images, _ = next(iter(ds))
+assert images.shape == (2, 8, 8, 3), images.shape
+assert ds._augmenter.augment(x).devices() == {cpu0}
+states = jax.tree_util.tree_leaves(ds._augmenter._states)
+assert {d for s in states for d in s.devices()} == {cpu0}
+print("pinned")
+"""
+
+
+@pytest.mark.slow
+def test_host_augmenter_ignores_the_default_device(tmp_path):
+    # Two CPU devices stand in for a host and an accelerator: with the
+    # second one as JAX's default, host augmentation still runs on the
+    # first CPU device.
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", KERAS_BACKEND="jax",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                          " --xla_force_host_platform_device_count=2"))
+    result = subprocess.run([sys.executable, "-c", _PINNED_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pinned" in result.stdout

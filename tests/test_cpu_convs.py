@@ -186,3 +186,30 @@ def test_fast_cpu_convs_reaches_into_nested_backbone():
     assert list(kft.get_blocks(fast)) == list(kft.get_blocks(stock))
     np.testing.assert_allclose(fast.predict(x, verbose=0), expected,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_shifted_convs_live_in_shifted_conv_and_are_re_exported():
+    import ast
+    import inspect
+
+    from kft.ops import image_ops
+    from kft.ops import shifted_conv
+
+    assert kft.cpu_convs.shifted_depthwise_conv is \
+        shifted_conv.shifted_depthwise_conv
+    assert kft.cpu_convs.shifted_conv is shifted_conv.shifted_conv
+    # Image ops need the pure functions, not the CPU layer module.
+    imported = {node.module for node in ast.walk(ast.parse(
+        inspect.getsource(image_ops))) if isinstance(node, ast.ImportFrom)}
+    assert "kft.ops.shifted_conv" in imported
+    assert "kft.ops.cpu_convs" not in imported
+
+
+def test_shifted_convs_check_the_padding():
+    x, k = np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 1))
+    with pytest.raises(ValueError, match="Argument `padding` must be one of "
+                                         r"\('valid', 'same'\). Received: "
+                                         "padding='full'"):
+        kft.cpu_convs.shifted_depthwise_conv(x, k, padding="full")
+    with pytest.raises(ValueError, match="Argument `padding` must be one of"):
+        kft.cpu_convs.shifted_conv(x, np.ones((3, 3, 2, 4)), padding="causal")

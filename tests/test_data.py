@@ -303,11 +303,15 @@ ARG_ERRORS = [
     ({"on_bad_file": "ignore"}, "Argument `on_bad_file` must be one of"),
     ({"check": "none"}, "Argument `check` must be one of"),
     ({"validation_split": 1.5}, "Argument `validation_split` must be"),
-    ({"crop_fraction": 0}, "Argument `crop_fraction` must be in"),
+    ({"crop_fraction": 0},
+     r"Argument `crop_fraction` must be a finite number in \(0, 1\]"),
     ({"label_mode": "binary"}, "Argument `label_mode` must be one of"),
     ({"augment_on": "gpu"}, "Argument `augment_on` must be one of"),
-    ({"batch_size": 0}, "Argument `batch_size` must be a positive integer"),
-    ({"augmentation": "heavy"}, "Argument `preset` must be one of"),
+    ({"batch_size": 0}, "Argument `batch_size` must be an integer >= 1"),
+    ({"augmentation": "heavy"}, "Argument `augmentation` must be one of"),
+    ({"seed": 1.5}, "Argument `seed` must be an integer"),
+    ({"num_workers": -1}, "Argument `num_workers` must be an integer >= 0"),
+    ({"max_pixels": 0}, "Argument `max_pixels` must be an integer >= 1"),
 ]
 
 
@@ -639,3 +643,35 @@ def test_numpy_integers_are_accepted(tmp_path):
     ds = kft.data.from_arrays(np.zeros((4, 4, 4, 3)), np.arange(4) % 2,
                               batch_size=np.int64(2), seed=np.int64(0))
     assert len(ds) == 2
+
+
+def test_from_arrays_checks_the_preset_before_building_anything():
+    with pytest.raises(ValueError,
+                       match="Argument `augmentation` must be one of"):
+        kft.data.from_arrays(np.zeros((2, 4, 4, 3)), [0, 1],
+                             augmentation="heavy")
+    with pytest.raises(ValueError, match="Argument `batch_size` must be an "
+                                         "integer >= 1. Received: "
+                                         "batch_size=0"):
+        kft.data.from_arrays(np.zeros((2, 4, 4, 3)), [0, 1], batch_size=0)
+
+
+def test_load_image_checks_max_pixels(tmp_path):
+    path = _save(f"{tmp_path}/a.png", _solid(10))
+    with pytest.raises(ValueError, match="Argument `max_pixels` must be an "
+                                         "integer >= 1"):
+        kft.data.load_image(path, SIZE, max_pixels=0)
+    assert kft.data.load_image(path, SIZE, max_pixels=None).shape == (
+        SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"crop_fraction": 1.5}, "Argument `crop_fraction` must be a finite "
+                             r"number in \(0, 1\]"),
+    ({"augmentation": "heavy"}, "Argument `augmentation` must be one of"),
+    ({"num_workers": -1}, "Argument `num_workers` must be an integer >= 0"),
+])
+def test_from_tfds_checks_arguments_before_reading(kwargs, message):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(ValueError, match=message):
+        kft.data.from_tfds("no_such_dataset", "train", SIZE, **kwargs)

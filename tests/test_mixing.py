@@ -234,7 +234,7 @@ NUMBER_ARGUMENTS = [
                                    float("nan")])
 @pytest.mark.parametrize("cls, name", NUMBER_ARGUMENTS)
 def test_non_finite_numbers_raise(cls, name, value):
-    # inf alpha used to give NaN images, nan alpha a layer that never mixes.
+    # An inf alpha would give NaN images, a nan alpha a layer never mixing.
     with pytest.raises(ValueError, match=f"Argument `{name}` must be a "
                                          "finite number"):
         cls(**{name: value}, num_classes=3)
@@ -273,7 +273,7 @@ def test_bad_batches_raise():
     np.eye(4, dtype="float32")[np.arange(7) % 4],
 ])
 def test_label_count_must_match_the_image_count(labels):
-    # One label used to broadcast into NaN rows, 5 or 7 into a Keras error.
+    # One label would broadcast into NaN rows, 5 or 7 into a Keras error.
     images = np.zeros((6, 4, 4, 1), "float32")
     layer = MixUp(0.4, num_classes=4, seed=0)
     message = f"The batch has 6 images but {len(labels)} labels"
@@ -536,3 +536,17 @@ def test_fine_tune_picks_a_soft_label_loss_for_an_augmented_model():
     assert len(result.histories) == 2
     # Validation ran on integer labels, one-hot encoded by the model.
     assert 0.0 <= result.histories[1]["val_accuracy"][0] <= 1.0
+
+
+def test_kft_layers_is_the_public_namespace_of_the_layers():
+    from kft.augmentation import mixing
+
+    for name in ("MixUp", "CutMix", "MixUpOrCutMix"):
+        assert getattr(kft.layers, name) is getattr(mixing, name)
+        assert name in kft.layers.__all__
+    assert "Preprocess" in kft.layers.__all__
+    assert kft.layers.PREPROCESS_MODES == ("caffe", "tf", "torch", "none")
+    with pytest.raises(ValueError, match="Argument `mode` must be one of "
+                                         r"\('caffe', 'tf', 'torch', "
+                                         r"'none'\). Received: mode='bgr'"):
+        kft.layers.Preprocess("bgr")

@@ -4,7 +4,8 @@
 - `layers`: Keras' zoom, rotation, blur and erasing layers computed with
   `kft.ops.image_ops`.
 - `mixing`: `MixUp`, `CutMix`, `MixUpOrCutMix`, run inside the compiled
-  train step (also as `kft.layers`).
+  train step (also as `kft.layers`); `_batch_mix` holds their shared
+  draws and mixing.
 """
 
 from kft.augmentation.layers import IMAGENET_MEAN

@@ -9,6 +9,7 @@ channels-first or unbatched images.
 
 import keras
 
+from kft import _compat
 from kft.ops import image_ops
 
 # Erased boxes take the ImageNet mean colour: torchvision's RandomErasing
@@ -18,12 +19,18 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 
 
 def _fast(layer, images):
-    return (layer.backend.name == "jax" and layer.data_format == "channels_last"
+    """Whether `kft.ops.image_ops` computes `layer` on `images`.
+
+    Only on the JAX backend (a layer runs on TensorFlow inside `tf.data`)
+    and for channels-last image batches, the layout the ops take.
+    """
+    return (layer.backend.name == "jax"
+            and layer.data_format == "channels_last"
             and len(images.shape) == 4)
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomZoom(keras.layers.RandomZoom):
+class RandomZoom(_compat.zoom_layer_base()):
     """`keras.layers.RandomZoom` resampling with `kft.image_ops`.
 
     Same arguments, random draws and results (up to float rounding).
@@ -35,22 +42,18 @@ class RandomZoom(keras.layers.RandomZoom):
     (2, 8, 8, 3)
     """
 
-    def _transform_images(self, images, transformation, interpolation):
-        if transformation is None or not _fast(self, images):
-            return super()._transform_images(images, transformation,
-                                             interpolation)
-        zooms = self.backend.cast(self.backend.numpy.concatenate(
-            [transformation["width_zoom"], transformation["height_zoom"]],
-            axis=1), "float32")
-        height, width = images.shape[1], images.shape[2]
+    def use_fast(self, images):
+        return _fast(self, images)
+
+    def resample(self, images, matrix, interpolation):
         return image_ops.affine_transform(
-            images, self._get_zoom_matrix(zooms, height, width),
-            interpolation=interpolation, fill_mode=self.fill_mode,
-            fill_value=self.fill_value, axis_aligned=True)
+            images, matrix, interpolation=interpolation,
+            fill_mode=self.fill_mode, fill_value=self.fill_value,
+            axis_aligned=True)
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomRotation(keras.layers.RandomRotation):
+class RandomRotation(_compat.rotation_layer_base()):
     """`keras.layers.RandomRotation` resampling with `kft.image_ops`.
 
     Same arguments, random draws and results (up to float rounding).
@@ -62,18 +65,17 @@ class RandomRotation(keras.layers.RandomRotation):
     (2, 8, 8, 3)
     """
 
-    def _transform_images(self, images, transformation, interpolation):
-        if not _fast(self, images):
-            return super()._transform_images(images, transformation,
-                                             interpolation)
+    def use_fast(self, images):
+        return _fast(self, images)
+
+    def resample(self, images, matrix, interpolation):
         return image_ops.affine_transform(
-            images, transformation["rotation_matrix"],
-            interpolation=interpolation, fill_mode=self.fill_mode,
-            fill_value=self.fill_value)
+            images, matrix, interpolation=interpolation,
+            fill_mode=self.fill_mode, fill_value=self.fill_value)
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomGaussianBlur(keras.layers.RandomGaussianBlur):
+class RandomGaussianBlur(_compat.blur_layer_base()):
     """`keras.layers.RandomGaussianBlur` blurring with `kft.image_ops`.
 
     Same arguments, random draws and results (up to float rounding).
@@ -85,23 +87,20 @@ class RandomGaussianBlur(keras.layers.RandomGaussianBlur):
     (2, 8, 8, 3)
     """
 
-    def transform_images(self, images, transformation=None, training=True):
-        if not (training and transformation is not None
-                and _fast(self, images)):
-            return super().transform_images(images, transformation, training)
+    def use_fast(self, images):
+        return _fast(self, images)
+
+    def blur(self, images, sigma, apply):
         ops = self.backend
         images = ops.cast(images, self.compute_dtype)
-        blurred = image_ops.gaussian_blur(
-            images, self.kernel_size, transformation["blur_factor"])
-        images = ops.numpy.where(
-            transformation["should_apply_blur"][:, None, None, None],
-            blurred, images)
+        blurred = image_ops.gaussian_blur(images, self.kernel_size, sigma)
+        images = ops.numpy.where(apply[:, None, None, None], blurred, images)
         images = ops.numpy.clip(images, *self.value_range)
         return ops.cast(images, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomErasing(keras.layers.RandomErasing):
+class RandomErasing(_compat.erasing_layer_base()):
     """`keras.layers.RandomErasing` that also takes a colour on JAX.
 
     Keras 3.15 documents `fill_value=(r, g, b)` but fails on it under JAX
@@ -115,10 +114,10 @@ class RandomErasing(keras.layers.RandomErasing):
     (2, 8, 8, 3)
     """
 
-    def _get_fill_value(self, images, images_shape, seed):
+    def fill_colour(self):
         fill_value = self.fill_value
         if not isinstance(fill_value, (tuple, list)) or len(fill_value) != 3:
-            return super()._get_fill_value(images, images_shape, seed)
+            return None
         ops = self.backend
         shape = (3,) if self.data_format == "channels_last" else (3, 1, 1)
         fill_value = ops.numpy.reshape(

@@ -1,16 +1,21 @@
-"""`from_arrays` and `from_tfds`: in-memory and TFDS data as `ImageDataset`s."""
+"""`from_arrays` and `from_tfds`: arrays and TFDS splits as `ImageDataset`s."""
 
-from typing import Literal
+from collections.abc import Sequence
 
 import grain
 import numpy as np
 from PIL import Image
 
 from kft import augmentation as augmentation_lib
+from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
+from kft._validation import check_number
+from kft.augmentation.presets import Preset
 from kft.data import _images
+from kft.data._dataset import AugmentOn
 from kft.data._dataset import ImageDataset
+from kft.data._dataset import LabelMode
 
 
 def to_rgb_array(pixels):
@@ -61,11 +66,13 @@ def _labels_and_classes(y, n, class_names, num_classes):
     return check_labels(y, num_classes), num_classes
 
 
-def from_arrays(x, y, batch_size=32, *, class_names=None, num_classes=None,
-                augmentation: str = "none",
-                augment_on: Literal["host", "model"] = "host",
-                label_mode: Literal["int", "categorical"] | None = None,
-                shuffle=True, seed=0):
+def from_arrays(x, y, batch_size: int = 32, *,
+                class_names: Sequence[str] | None = None,
+                num_classes: int | None = None,
+                augmentation: Preset = "none",
+                augment_on: AugmentOn = "host",
+                label_mode: LabelMode | None = None,
+                shuffle: bool = True, seed: int = 0) -> ImageDataset:
     """Wraps image and label arrays as an `ImageDataset`.
 
     Images with 1 channel (grayscale) are repeated to 3 and 4-channel
@@ -119,6 +126,7 @@ def from_arrays(x, y, batch_size=32, *, class_names=None, num_classes=None,
             f"channels) with 1, 3 or 4 channels. Received: x.shape={x.shape}"
         )
     seed = check_int("seed", seed)
+    check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
     if label_mode is None:
         label_mode = "categorical" if y.ndim == 2 else "int"
     labels, num_classes = _labels_and_classes(y, len(x), class_names,
@@ -157,13 +165,14 @@ class _TfdsLoader:
         return image, int(example[self.label_key])
 
 
-def from_tfds(name, split, image_size, batch_size=32, *, data_dir=None,
-              download=False, image_key="image", label_key="label",
-              augmentation: str = "none",
-              augment_on: Literal["host", "model"] = "host",
-              label_mode: Literal["int", "categorical"] = "int",
-              train=None, crop_fraction=0.875, shuffle=None, seed=0,
-              num_workers=2):
+def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
+              batch_size: int = 32, *, data_dir: str | None = None,
+              download: bool = False, image_key: str = "image",
+              label_key: str = "label", augmentation: Preset = "none",
+              augment_on: AugmentOn = "host", label_mode: LabelMode = "int",
+              train: bool | None = None, crop_fraction: float = 0.875,
+              shuffle: bool | None = None, seed: int = 0,
+              num_workers: int = 2) -> ImageDataset:
     """Loads a TFDS image-classification split as an `ImageDataset`.
 
     Reads through `tfds.data_source` (random access to the prepared
@@ -190,7 +199,8 @@ def from_tfds(name, split, image_size, batch_size=32, *, data_dir=None,
         train: Train transform (resize + augmentation, shuffled) or eval
             transform (resize + center crop). `None`: `split` starts with
             `"train"`. Defaults to `None`.
-        crop_fraction: Eval center-crop fraction. Defaults to `0.875`.
+        crop_fraction: Eval center-crop fraction in (0, 1]. Defaults to
+            `0.875`.
         shuffle: Reshuffle each epoch; `None` means `train`. Defaults to
             `None`.
         seed: Seed of shuffling and augmentation. Defaults to `0`.
@@ -202,7 +212,8 @@ def from_tfds(name, split, image_size, batch_size=32, *, data_dir=None,
 
     Raises:
         ImportError: tensorflow-datasets is not installed.
-        ValueError: `label_key` is not a `ClassLabel` feature.
+        ValueError: bad arguments, or `label_key` is not a `ClassLabel`
+            feature.
 
     Example:
     >>> import kft  # doctest: +SKIP
@@ -219,11 +230,14 @@ def from_tfds(name, split, image_size, batch_size=32, *, data_dir=None,
     image_size = _images.image_size_pair(image_size)
     seed = check_int("seed", seed)
     num_workers = check_int("num_workers", num_workers, min_value=0)
+    check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
+    crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
+                                 high=1, low_open=True)
     if train is None:
         train = split.startswith("train")
     builder = tfds.builder(name, data_dir=data_dir)
     feature = builder.info.features[label_key]
-    if not hasattr(feature, "names"):
+    if not isinstance(feature, tfds.features.ClassLabel):
         raise ValueError(
             f"Argument `label_key` must name a ClassLabel feature of {name}. "
             f"Received: label_key={label_key!r} ({type(feature).__name__})"

@@ -1,36 +1,39 @@
-"""The dataset object every `kft.data` loader returns."""
+"""`ImageDataset`, the dataset every `kft.data` loader returns.
 
-import numbers
+Also the warning about skipped files (`SkippedFilesWarning`) that the
+loaders and the dataset raise.
+"""
+
 import threading
 import warnings
+from typing import Literal
+from typing import get_args
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import grain
 import keras
 import numpy as np
 
+from kft import _compat
 from kft._validation import check_choice
+from kft._validation import check_int
+from kft.data._host_augment import HostAugmenter
+from kft.data._host_augment import has_effect
 from kft.data._images import SkippedFile
 
-try:
-    # A `DataAdapter` given as `x` is used by `fit` as it is: Keras then
-    # knows the steps per epoch, and does not warn that `shuffle=True` is
-    # ignored (this dataset shuffles itself). Keras' grain adapter reports
-    # no length, so every first epoch ends in "Your input ran out of data".
-    from keras.src.trainers.data_adapters.data_adapter import DataAdapter
-except ImportError:  # pragma: no cover: a Keras that moved it.
-    DataAdapter = object
+# A `DataAdapter` given as `x` is used by `fit` as it is: Keras then knows
+# the steps per epoch, and does not warn that `shuffle=True` is ignored
+# (this dataset shuffles itself). Keras' grain adapter reports no length,
+# so every first epoch ends in "Your input ran out of data".
+DataAdapter = _compat.data_adapter_class()
 
-LABEL_MODES = ("int", "categorical")
-AUGMENT_ON = ("host", "model")
-
-
-def positive_int(name, value):
-    """Returns `value` as an `int` >= 1; numpy integers accepted."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, numbers.Integral) or value < 1:
-        raise ValueError(f"Argument `{name}` must be a positive integer. "
-                         f"Received: {name}={value!r}")
-    return int(value)
+LabelMode = Literal["int", "categorical"]
+AugmentOn = Literal["host", "model"]
+LABEL_MODES = get_args(LabelMode)
+AUGMENT_ON = get_args(AugmentOn)
 
 
 class SkippedFilesWarning(UserWarning):
@@ -49,57 +52,6 @@ def warn_skipped(skipped, total, where):
         SkippedFilesWarning,
         stacklevel=3,
     )
-
-
-class HostAugmenter:
-    """Runs a Keras augmentation model on numpy batches, jit-compiled.
-
-    Each layer is compiled on its own and runs through `stateless_call`,
-    its seed state carried explicitly; a lock serializes pipeline threads.
-    One program for the whole "standard" preset ran 10x slower on CPU
-    (870-930 ms vs 76-93 ms per batch of 32 at 224x224, 2026-11-23): XLA
-    fuses a resampling layer's gathers into the next layer's loops.
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self._lock = threading.Lock()
-        self._states = None
-        self._functions = None
-
-    def _compile(self, shape):
-        import jax
-
-        if not self.model.built:
-            self.model.build((None,) + shape[1:])
-
-        def compiled(layer):
-            def apply(state, images):
-                # uint8 batches are cast here, on the device: 4x less to copy.
-                images = images.astype("float32")
-                return layer.stateless_call([], state, images, training=True)
-
-            return jax.jit(apply)
-
-        self._functions = [compiled(layer) for layer in self.model.layers]
-        self._states = [[v.value for v in layer.non_trainable_variables]
-                        for layer in self.model.layers]
-
-    def __call__(self, images):
-        with self._lock:
-            if self._functions is None:
-                self._compile(images.shape)
-            outputs = images
-            for i, function in enumerate(self._functions):
-                outputs, self._states[i] = function(self._states[i], outputs)
-        return np.asarray(outputs)
-
-
-def has_effect(augmentation):
-    """Whether an augmentation model has a layer other than `Identity`."""
-    return augmentation is not None and any(
-        not isinstance(layer, keras.layers.Identity)
-        for layer in augmentation.layers)
 
 
 def _collate(elements):
@@ -145,6 +97,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         augmentation: The Keras augmentation layer, or `None`.
         augment_on: `"host"` (applied in this pipeline) or `"model"`
             (left to the model, see `kft.augmentation.attach`).
+        augments: Whether this pipeline augments the batches (on a CPU
+            device): `augment_on="host"` with a preset other than
+            `"none"`.
 
     Example:
     >>> import numpy as np, kft
@@ -152,23 +107,33 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     ...                           np.arange(10) % 2, batch_size=4)
     >>> len(ds), ds.num_batches, [x.shape for x, _ in ds]
     (3, 3, [(4, 8, 8, 3), (4, 8, 8, 3), (2, 8, 8, 3)])
+    >>> ds.augments, kft.data.from_arrays(
+    ...     np.zeros((2, 8, 8, 3)), [0, 1], augmentation="light").augments
+    (False, True)
     """
 
-    def __init__(self, source, *, class_names, class_counts, batch_size,
-                 shuffle, seed, num_workers, label_mode="int",
-                 augmentation=None, augment_on="host", drop_remainder=False,
-                 skipped=(), paths=None):
+    def __init__(self, source: grain.MapDataset, *,
+                 class_names: Sequence[str],
+                 class_counts: Mapping[str, int] | Callable[[], Mapping],
+                 batch_size: int, shuffle: bool, seed: int,
+                 num_workers: int, label_mode: LabelMode = "int",
+                 augmentation: keras.Model | None = None,
+                 augment_on: AugmentOn = "host",
+                 drop_remainder: bool = False,
+                 skipped: Sequence[SkippedFile] = (),
+                 paths: Sequence[str] | None = None):
         super().__init__()
         check_choice("label_mode", label_mode, LABEL_MODES)
         check_choice("augment_on", augment_on, AUGMENT_ON)
-        self._batch_size = positive_int("batch_size", batch_size)
+        self._batch_size = check_int("batch_size", batch_size, min_value=1)
         self._source = source
         self.class_names = list(class_names)
         self._class_counts = class_counts
         self._bad_labels = []
         self.shuffle = shuffle
-        self._shuffle_seed = seed  # not `seed`: grain has a `seed()` method
-        self.num_workers = num_workers
+        # Not `seed`: `grain.IterDataset` has a `seed()` method.
+        self._shuffle_seed = check_int("seed", seed)
+        self.num_workers = check_int("num_workers", num_workers, min_value=0)
         self.label_mode = label_mode
         self.augmentation = augmentation
         self.augment_on = augment_on
@@ -183,11 +148,22 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             self._augmenter = HostAugmenter(augmentation)
 
     @property
-    def batch_size(self):
+    def batch_size(self) -> int:
         return self._batch_size
 
     @property
-    def class_counts(self):
+    def augments(self) -> bool:
+        """Whether the dataset augments its batches itself, on the host.
+
+        `True` when built with `augment_on="host"` and an augmentation
+        that changes images (not the `"none"` preset); `False` means the
+        batches are the decoded images as they are, so features computed
+        from them can be cached.
+        """
+        return self._augmenter is not None
+
+    @property
+    def class_counts(self) -> dict[str, int]:
         if callable(self._class_counts):
             self._class_counts = self._class_counts()
         counts = dict(self._class_counts)
@@ -197,14 +173,14 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return counts
 
     @property
-    def skipped(self):
+    def skipped(self) -> tuple[SkippedFile, ...]:
         return tuple(self._skipped)
 
     @property
-    def num_examples(self):
+    def num_examples(self) -> int:
         return len(self._source) - len(self._bad_labels)
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Batches per pass.
 
         Fixed when the dataset is made: a file that fails while training
@@ -229,16 +205,16 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     # Keras `DataAdapter` interface: `fit(dataset)` uses the dataset itself.
 
     @property
-    def num_batches(self):
+    def num_batches(self) -> int:
         return len(self)
 
     @property
-    def has_partial_batch(self):
+    def has_partial_batch(self) -> bool:
         return not self.drop_remainder and \
             len(self._source) % self.batch_size != 0
 
     @property
-    def partial_batch_size(self):
+    def partial_batch_size(self) -> int | None:
         if not self.has_partial_batch:
             return None
         return len(self._source) % self.batch_size
@@ -250,16 +226,10 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return self
 
     def get_tf_dataset(self):
-        from keras.src.trainers.data_adapters import grain_dataset_adapter
-
-        adapter = grain_dataset_adapter.GrainDatasetAdapter(self)
-        return adapter.get_tf_dataset()
+        return _compat.grain_adapter(self).get_tf_dataset()
 
     def get_torch_dataloader(self):
-        from keras.src.trainers.data_adapters import grain_dataset_adapter
-
-        adapter = grain_dataset_adapter.GrainDatasetAdapter(self)
-        return adapter.get_torch_dataloader()
+        return _compat.grain_adapter(self).get_torch_dataloader()
 
     def _labels(self, labels):
         labels = np.asarray(labels, dtype=np.int32)

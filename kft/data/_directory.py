@@ -1,30 +1,38 @@
-"""`from_directory`: an image-folder layout into `ImageDataset`s."""
+"""`from_directory`: an image-folder layout into `ImageDataset`s.
 
-import concurrent.futures
+The steps, in order: check the arguments, find the train and val folders
+and the classes, scan (and check) the files, split off val, then build one
+`ImageDataset` per split.
+"""
+
+import dataclasses
 import os
-import threading
-from typing import Literal, NamedTuple
+from typing import Literal
+from typing import NamedTuple
 
 import grain
-import numpy as np
 
 from kft import augmentation as augmentation_lib
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
+from kft.augmentation.presets import Preset
 from kft.data import _images
 from kft.data._dataset import AUGMENT_ON
 from kft.data._dataset import LABEL_MODES
+from kft.data._dataset import AugmentOn
 from kft.data._dataset import ImageDataset
-from kft.data._dataset import positive_int
+from kft.data._dataset import LabelMode
 from kft.data._dataset import warn_skipped
+from kft.data._files import FileLoader
+from kft.data._files import class_counts
+from kft.data._files import class_folders
+from kft.data._files import scan_splits
+from kft.data._files import split_folders
+from kft.data._files import stratified_split
 
-VAL_FOLDERS = ("val", "validation", "valid")
 ON_BAD_FILE = ("skip", "raise")
 CHECKS = ("full", "header")
-# Folders of operating-system metadata, never classes or images: macOS
-# zip archives add `__MACOSX/` (full of `._*` AppleDouble files).
-METADATA_FOLDERS = ("__MACOSX",)
 
 
 class ImageSplits(NamedTuple):
@@ -34,124 +42,84 @@ class ImageSplits(NamedTuple):
     val: ImageDataset | None
 
 
-class FileLoader:
-    """Loads `(path, label)` records; a failure is reported, not raised.
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """`from_directory`'s arguments, checked, as the steps use them."""
 
-    A file that failed is reported once (`on_failure(path, label,
-    reason)`) and not decoded again in later passes.
-    """
+    image_size: tuple[int, int]
+    batch_size: int
+    augmentation: str
+    augment_on: str
+    label_mode: str
+    crop_fraction: float
+    shuffle: bool
+    seed: int
+    num_workers: int
+    check: str
+    max_pixels: int | None
+    exif_transpose: bool
 
-    def __init__(self, size, geometry, crop_fraction, max_pixels,
-                 exif_transpose):
-        self.size = size
-        self.geometry = geometry
-        self.crop_fraction = crop_fraction
-        self.max_pixels = max_pixels
-        self.exif_transpose = exif_transpose
-        self.on_failure = None
-        self._failed = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, record):
-        path, label = record
-        if path in self._failed:
-            return None
-        try:
-            with _images.open_image(path, self.max_pixels) as image:
-                pixels = _images.resize_image(
-                    image, self.size, self.geometry, self.crop_fraction,
-                    self.exif_transpose)
-        except Exception as error:  # noqa: BLE001: reported, never raised.
-            reason = (str(error) if isinstance(error, ValueError)
-                      else _images.describe_error(error))
-            with self._lock:
-                first = path not in self._failed
-                self._failed.add(path)
-            if first and self.on_failure is not None:
-                self.on_failure(path, label, reason)
-            return None
-        return pixels, label
-
-
-def _hidden(name):
-    # Dot-files include macOS' `._*` AppleDouble twins of real images and
-    # `.DS_Store`; Windows' `Thumbs.db` has no image extension.
-    return name.startswith(".") or name in METADATA_FOLDERS
-
-
-def _list_classes(folder):
-    return sorted(
-        entry.name for entry in os.scandir(folder)
-        if entry.is_dir() and not _hidden(entry.name)
-    )
-
-
-def _list_images(folder):
-    found = []
-    seen = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:  # a symbolic link back up the tree: walk it once
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        found.extend(
-            os.path.join(root, name) for name in sorted(files)
-            if not _hidden(name)
-            and name.lower().endswith(_images.IMAGE_EXTENSIONS)
+    @classmethod
+    def checked(cls, *, image_size, batch_size, augmentation, augment_on,
+                label_mode, crop_fraction, shuffle, seed, num_workers,
+                check, max_pixels, exif_transpose):
+        """Checks every argument, before the (slow) scan of the folders."""
+        if max_pixels is not None:
+            max_pixels = check_int("max_pixels", max_pixels, min_value=1)
+        return cls(
+            image_size=_images.image_size_pair(image_size),
+            batch_size=check_int("batch_size", batch_size, min_value=1),
+            augmentation=check_choice("augmentation", augmentation,
+                                      augmentation_lib.PRESETS),
+            augment_on=check_choice("augment_on", augment_on, AUGMENT_ON),
+            label_mode=check_choice("label_mode", label_mode, LABEL_MODES),
+            crop_fraction=check_number("crop_fraction", crop_fraction, low=0,
+                                       high=1, low_open=True),
+            shuffle=bool(shuffle),
+            seed=check_int("seed", seed),
+            num_workers=check_int("num_workers", num_workers, min_value=0),
+            check=check_choice("check", check, CHECKS),
+            max_pixels=max_pixels,
+            exif_transpose=bool(exif_transpose),
         )
-    return found
 
 
-def scan_folder(folder, class_names, *, check, max_pixels, num_workers):
-    """Lists `(path, label)` records of good files and the skipped ones."""
-    candidates = [
-        (path, label) for label, name in enumerate(class_names)
-        for path in _list_images(os.path.join(folder, name))
-    ]
-    full = check == "full"
-    with concurrent.futures.ThreadPoolExecutor(max(num_workers, 1)) as pool:
-        reasons = list(pool.map(
-            lambda record: _images.check_file(record[0], max_pixels, full),
-            candidates,
-        ))
-    records = [rec for rec, why in zip(candidates, reasons) if why is None]
-    skipped = [_images.SkippedFile(rec[0], why)
-               for rec, why in zip(candidates, reasons) if why is not None]
-    return records, skipped, len(candidates)
+def _make_dataset(records, skipped, class_names, settings, *, train):
+    """One split's `ImageDataset`; train images are augmented, val cropped."""
+    loader = FileLoader(
+        settings.image_size, "squash" if train else "center_crop",
+        settings.crop_fraction, settings.max_pixels, settings.exif_transpose)
+    layer = None
+    if train:
+        layer = augmentation_lib.augmentation(
+            settings.augmentation, image_size=settings.image_size,
+            seed=settings.seed)
+    dataset = ImageDataset(
+        grain.MapDataset.source(records).map(loader),
+        class_names=class_names,
+        class_counts=class_counts(records, class_names),
+        batch_size=settings.batch_size, shuffle=settings.shuffle and train,
+        seed=settings.seed, num_workers=settings.num_workers,
+        label_mode=settings.label_mode, augmentation=layer,
+        augment_on=settings.augment_on, skipped=skipped,
+        paths=[p for p, _ in records])
+    loader.on_failure = dataset._record_failure
+    return dataset
 
 
-def _split(records, fraction, seed):
-    """Stratified split: `fraction` of each class, at least one, goes to val."""
-    rng = np.random.default_rng(seed)
-    labels = np.array([label for _, label in records])
-    val_index = []
-    for label in np.unique(labels):
-        index = rng.permutation(np.flatnonzero(labels == label))
-        val_index.extend(index[:max(1, round(fraction * len(index)))])
-    val_set = set(int(i) for i in val_index)
-    train = [r for i, r in enumerate(records) if i not in val_set]
-    val = [r for i, r in enumerate(records) if i in val_set]
-    return train, val
-
-
-def _counts(records, class_names):
-    counts = np.bincount([label for _, label in records],
-                         minlength=len(class_names))
-    return {name: int(c) for name, c in zip(class_names, counts)}
-
-
-def from_directory(path, image_size, batch_size=32, *,
-                   validation_split=None,
-                   augmentation: str = "standard",
-                   augment_on: Literal["host", "model"] = "host",
-                   label_mode: Literal["int", "categorical"] = "int",
-                   crop_fraction=0.875, shuffle=True, seed=0, num_workers=2,
+def from_directory(path: str | os.PathLike,
+                   image_size: int | tuple[int, int],
+                   batch_size: int = 32, *,
+                   validation_split: float | None = None,
+                   augmentation: Preset = "standard",
+                   augment_on: AugmentOn = "host",
+                   label_mode: LabelMode = "int",
+                   crop_fraction: float = 0.875, shuffle: bool = True,
+                   seed: int = 0, num_workers: int = 2,
                    on_bad_file: Literal["skip", "raise"] = "skip",
                    check: Literal["full", "header"] = "full",
-                   max_pixels=_images.DEFAULT_MAX_PIXELS,
-                   exif_transpose=True):
+                   max_pixels: int | None = _images.DEFAULT_MAX_PIXELS,
+                   exif_transpose: bool = True) -> ImageSplits:
     """Loads an image-folder layout into train and val `ImageDataset`s.
 
     Layouts: `path/train/<class>/*.jpg` with `path/val/<class>/...` (also
@@ -226,109 +194,47 @@ def from_directory(path, image_size, batch_size=32, *,
             `on_bad_file="raise"`.
 
     Example:
-    >>> import kft  # doctest: +SKIP
-    >>> train, val = kft.data.from_directory("data", 224)  # doctest: +SKIP
+    >>> import os, tempfile, kft
+    >>> from PIL import Image
+    >>> root = tempfile.mkdtemp()
+    >>> for name, value in (("cat", 40), ("dog", 200)):
+    ...     os.makedirs(os.path.join(root, name))
+    ...     for i in range(3):
+    ...         Image.new("RGB", (10, 12), (value,) * 3).save(
+    ...             os.path.join(root, name, f"{i}.png"))
+    >>> train, val = kft.data.from_directory(
+    ...     root, 8, batch_size=2, validation_split=0.3, augmentation="none")
+    >>> train.class_names, train.num_examples, val.num_examples
+    (['cat', 'dog'], 4, 2)
+    >>> next(iter(train))[0].shape
+    (2, 8, 8, 3)
     >>> model.fit(train, validation_data=val)  # doctest: +SKIP
     """
-    image_size = _images.image_size_pair(image_size)
-    # Checked before the (slow) scan of the folders.
-    batch_size = positive_int("batch_size", batch_size)
-    check_choice("label_mode", label_mode, LABEL_MODES)
-    check_choice("augment_on", augment_on, AUGMENT_ON)
+    settings = _Settings.checked(
+        image_size=image_size, batch_size=batch_size,
+        augmentation=augmentation, augment_on=augment_on,
+        label_mode=label_mode, crop_fraction=crop_fraction, shuffle=shuffle,
+        seed=seed, num_workers=num_workers, check=check,
+        max_pixels=max_pixels, exif_transpose=exif_transpose)
     check_choice("on_bad_file", on_bad_file, ON_BAD_FILE)
-    check_choice("check", check, CHECKS)
     if validation_split is not None:
         validation_split = check_number(
             "validation_split", validation_split, low=0, high=1,
             low_open=True, high_open=True)
-    if not 0 < crop_fraction <= 1:
-        raise ValueError(
-            "Argument `crop_fraction` must be in (0, 1]. "
-            f"Received: crop_fraction={crop_fraction!r}"
-        )
-    seed = check_int("seed", seed)
-    num_workers = check_int("num_workers", num_workers, min_value=0)
-    if max_pixels is not None:
-        max_pixels = check_int("max_pixels", max_pixels, min_value=1)
-    if not os.path.isdir(path):
-        raise ValueError(f"Argument `path` must be an existing folder. "
-                         f"Received: path={path!r}")
-    path = os.fspath(path)
-    train_dir, val_dir = path, None
-    if os.path.isdir(os.path.join(path, "train")):
-        train_dir = os.path.join(path, "train")
-        val_dir = next((os.path.join(path, v) for v in VAL_FOLDERS
-                        if os.path.isdir(os.path.join(path, v))), None)
-    if val_dir is not None and validation_split is not None:
-        raise ValueError(
-            f"Found a val folder {val_dir!r}, so `validation_split` must be "
-            f"None. Received: validation_split={validation_split!r}"
-        )
-    class_names = _list_classes(train_dir)
-    if not class_names:
-        raise ValueError(f"No class folders in {train_dir!r}: expected "
-                         f"{train_dir}/<class name>/<image files>.")
-    if len(class_names) == 1:
-        raise ValueError(
-            f"Found one class folder, {class_names[0]!r}, in {train_dir!r}; "
-            "a classifier needs at least 2 classes. Put each class's images "
-            f"in its own folder: {train_dir}/<class name>/<image files>."
-        )
-    if val_dir is not None:
-        only_val = sorted(set(_list_classes(val_dir)) - set(class_names))
-        if only_val:
-            raise ValueError(
-                f"Class folders {only_val} are in {val_dir!r} but not in "
-                f"{train_dir!r}; train classes: {class_names}. Add train "
-                "images for them or remove them from val."
-            )
-    options = dict(check=check, max_pixels=max_pixels,
-                   num_workers=num_workers)
-    records, skipped, total = scan_folder(train_dir, class_names, **options)
-    val_records, val_skipped, val_total = [], [], 0
-    if val_dir is not None:
-        val_records, val_skipped, val_total = scan_folder(
-            val_dir, class_names, **options)
-    all_skipped = skipped + val_skipped
-    if all_skipped and on_bad_file == "raise":
-        listed = "\n".join(f"  {s.path}: {s.reason}" for s in all_skipped)
-        raise ValueError(
-            f"Found {len(all_skipped)} bad image files (pass "
-            f"on_bad_file='skip' to leave them out):\n{listed}"
-        )
-    counts = _counts(records, class_names)
-    empty = [name for name, count in counts.items() if count == 0]
-    if empty:
-        raise ValueError(
-            f"Class folders {empty} in {train_dir!r} have no readable "
-            f"images ({len(skipped)} files skipped). Add images or remove "
-            "the folders."
-        )
+    train_dir, val_dir = split_folders(path, validation_split)
+    class_names = class_folders(train_dir, val_dir)
+    (records, skipped), (val_records, val_skipped), total = scan_splits(
+        train_dir, val_dir, class_names, check=settings.check,
+        max_pixels=settings.max_pixels, num_workers=settings.num_workers,
+        on_bad_file=on_bad_file)
     if validation_split is not None:
-        records, val_records = _split(records, validation_split, seed)
-    warn_skipped(all_skipped, total + val_total, path)
-
-    def make(records, skipped, *, train):
-        loader = FileLoader(
-            image_size, "squash" if train else "center_crop", crop_fraction,
-            max_pixels, exif_transpose)
-        layer = None
-        if train:
-            layer = augmentation_lib.augmentation(
-                augmentation, image_size=image_size, seed=seed)
-        dataset = ImageDataset(
-            grain.MapDataset.source(records).map(loader),
-            class_names=class_names,
-            class_counts=_counts(records, class_names),
-            batch_size=batch_size, shuffle=shuffle and train, seed=seed,
-            num_workers=num_workers, label_mode=label_mode,
-            augmentation=layer, augment_on=augment_on, skipped=skipped,
-            paths=[p for p, _ in records])
-        loader.on_failure = dataset._record_failure
-        return dataset
-
-    train = make(records, skipped, train=True)
+        records, val_records = stratified_split(records, validation_split,
+                                                settings.seed)
+    warn_skipped(skipped + val_skipped, total, os.fspath(path))
+    train = _make_dataset(records, skipped, class_names, settings,
+                          train=True)
     val = None
     if val_dir is not None or validation_split is not None:
-        val = make(val_records, val_skipped, train=False)
+        val = _make_dataset(val_records, val_skipped, class_names, settings,
+                            train=False)
     return ImageSplits(train, val)

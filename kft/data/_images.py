@@ -4,6 +4,8 @@ import dataclasses
 import numbers
 import os
 import warnings
+from typing import Literal
+from typing import get_args
 
 import numpy as np
 from PIL import ExifTags
@@ -11,11 +13,13 @@ from PIL import Image
 from PIL import ImageOps
 
 from kft._validation import check_choice
+from kft._validation import check_int
 from kft._validation import check_number
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp",
                     ".tif", ".tiff")
-GEOMETRIES = ("squash", "center_crop")
+Geometry = Literal["squash", "center_crop"]
+GEOMETRIES = get_args(Geometry)
 # Pillow refuses images above twice `Image.MAX_IMAGE_PIXELS` as
 # decompression bombs; we use the same limit unless told otherwise.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -144,7 +148,7 @@ def to_rgb(image):
 
 
 def crop_box(width, height, size, crop_fraction):
-    """The centered box with the aspect of `size`, shrunk by `crop_fraction`."""
+    """The centered box of `size`'s aspect, shrunk by `crop_fraction`."""
     target_height, target_width = size
     scale = min(width / target_width, height / target_height) * crop_fraction
     box_width, box_height = target_width * scale, target_height * scale
@@ -193,8 +197,10 @@ def resize_image(image, size, geometry="squash", crop_fraction=0.875,
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_image(path, size, geometry="squash", crop_fraction=0.875,
-               max_pixels=DEFAULT_MAX_PIXELS, exif_transpose=True):
+def load_image(path: str | os.PathLike, size: int | tuple[int, int],
+               geometry: Geometry = "squash", crop_fraction: float = 0.875,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               exif_transpose: bool = True) -> np.ndarray:
     """Reads an image file into a `(height, width, 3)` uint8 array.
 
     Any Pillow mode becomes 8-bit RGB (see `from_directory`).
@@ -206,8 +212,8 @@ def load_image(path, size, geometry="squash", crop_fraction=0.875,
             Defaults to `"squash"`.
         crop_fraction: Center-crop fraction for `"center_crop"`. Defaults
             to `0.875`.
-        max_pixels: Larger images raise `ValueError`. Defaults to Pillow's
-            decompression-bomb limit.
+        max_pixels: Larger images raise `ValueError`; `None` for no limit.
+            Defaults to Pillow's decompression-bomb limit.
         exif_transpose: Rotate or flip the image as its EXIF orientation
             tag says, so it is upright as viewers show it. Defaults to
             `True`.
@@ -233,6 +239,8 @@ def load_image(path, size, geometry="squash", crop_fraction=0.875,
     check_choice("geometry", geometry, GEOMETRIES)
     crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
                                  high=1, low_open=True)
+    if max_pixels is not None:
+        max_pixels = check_int("max_pixels", max_pixels, min_value=1)
     with open_image(path, max_pixels) as image:
         return resize_image(image, size, geometry, crop_fraction,
                             exif_transpose)

@@ -1,8 +1,12 @@
 """Real data that ships inside installed packages, for demos and tests."""
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
+
+from kft._validation import check_int
+from kft._validation import check_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +25,11 @@ class TransferSplits:
     target_classes: tuple
 
 
-def digits(image_size=32, source_classes=(0, 1, 2, 3, 4),
-           target_classes=(5, 6, 7, 8, 9), target_per_class=10,
-           val_per_class=10, test_fraction=0.5, seed=0):
+def digits(image_size: int = 32,
+           source_classes: Sequence[int] = (0, 1, 2, 3, 4),
+           target_classes: Sequence[int] = (5, 6, 7, 8, 9),
+           target_per_class: int = 10, val_per_class: int = 10,
+           test_fraction: float = 0.5, seed: int = 0) -> TransferSplits:
     """scikit-learn's handwritten digits (1,797 real 8x8 scans), as a
     transfer task: a source task on some digits, a small labelled target
     task on others, and a held-out target test split.
@@ -51,7 +57,43 @@ def digits(image_size=32, source_classes=(0, 1, 2, 3, 4),
     """
     from sklearn.datasets import load_digits
 
-    source_classes, target_classes = tuple(source_classes), tuple(target_classes)
+    source_classes, target_classes = _check_classes(source_classes,
+                                                    target_classes)
+    image_size = check_int("image_size", image_size, min_value=8)
+    target_per_class = check_int("target_per_class", target_per_class,
+                                 min_value=1)
+    val_per_class = check_int("val_per_class", val_per_class, min_value=0)
+    test_fraction = check_number("test_fraction", test_fraction, low=0.0,
+                                 high=1.0, low_open=True, high_open=True)
+    raw = load_digits()
+    images = _resize(raw.images, image_size)
+    labels = raw.target
+    rng = np.random.default_rng(check_int("seed", seed, min_value=0))
+
+    def task(classes, idx):
+        y = np.searchsorted(np.array(classes), labels[idx]).astype("int32")
+        return images[idx], y
+
+    src_idx = np.flatnonzero(np.isin(labels, source_classes))
+    train, val, test = _target_split(labels, target_classes, rng,
+                                     target_per_class, val_per_class,
+                                     test_fraction)
+    target_sorted = tuple(sorted(target_classes))
+    source_sorted = tuple(sorted(source_classes))
+    return TransferSplits(
+        source=task(source_sorted, rng.permutation(src_idx)),
+        target_train=task(target_sorted, rng.permutation(train)),
+        target_val=task(target_sorted, val),
+        target_test=task(target_sorted, test),
+        source_classes=source_sorted,
+        target_classes=target_sorted,
+    )
+
+
+def _check_classes(source_classes, target_classes):
+    """Both as tuples; they must be disjoint digits 0-9."""
+    source_classes, target_classes = tuple(source_classes), tuple(
+        target_classes)
     bad = [c for c in source_classes + target_classes if c not in range(10)]
     if bad or set(source_classes) & set(target_classes):
         raise ValueError(
@@ -59,50 +101,31 @@ def digits(image_size=32, source_classes=(0, 1, 2, 3, 4),
             f"digits 0-9. Received: source_classes={source_classes}, "
             f"target_classes={target_classes}"
         )
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(
-            "Argument `image_size` must be an integer >= 8. "
-            f"Received: image_size={image_size!r}"
-        )
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(
-            "Argument `test_fraction` must be in (0, 1). "
-            f"Received: test_fraction={test_fraction!r}"
-        )
-    raw = load_digits()
-    images = _resize(raw.images, image_size)
-    labels = raw.target
-    rng = np.random.default_rng(seed)
+    return source_classes, target_classes
 
-    def task(classes, idx):
-        y = np.searchsorted(np.array(classes), labels[idx]).astype("int32")
-        return images[idx], y
 
-    src_idx = np.flatnonzero(np.isin(labels, source_classes))
+def _target_split(labels, target_classes, rng, per_class, val_per_class,
+                  test_fraction):
+    """Train, val and test indices of the target classes.
+
+    The test images of each class are drawn first, so the test split does
+    not depend on `per_class` and `val_per_class`.
+    """
     train, val, test = [], [], []
     for c in target_classes:
         idx = rng.permutation(np.flatnonzero(labels == c))
         n_test = int(round(test_fraction * len(idx)))
         rest = idx[n_test:]
-        if target_per_class + val_per_class > len(rest):
+        if per_class + val_per_class > len(rest):
             raise ValueError(
-                f"Digit {c} has {len(rest)} images left after the test split; "
-                f"target_per_class + val_per_class = "
-                f"{target_per_class + val_per_class} is too many."
+                f"Digit {c} has {len(rest)} images left after the test "
+                f"split; target_per_class + val_per_class = "
+                f"{per_class + val_per_class} is too many."
             )
         test.append(idx[:n_test])
-        train.append(rest[:target_per_class])
-        val.append(rest[target_per_class:target_per_class + val_per_class])
-    order = np.argsort(target_classes)
-    target_classes_sorted = tuple(np.array(target_classes)[order].tolist())
-    return TransferSplits(
-        source=task(tuple(sorted(source_classes)), rng.permutation(src_idx)),
-        target_train=task(target_classes_sorted, rng.permutation(np.concatenate(train))),
-        target_val=task(target_classes_sorted, np.concatenate(val)),
-        target_test=task(target_classes_sorted, np.concatenate(test)),
-        source_classes=tuple(sorted(source_classes)),
-        target_classes=target_classes_sorted,
-    )
+        train.append(rest[:per_class])
+        val.append(rest[per_class:per_class + val_per_class])
+    return np.concatenate(train), np.concatenate(val), np.concatenate(test)
 
 
 def _resize(images, size):
@@ -112,5 +135,6 @@ def _resize(images, size):
     out = np.empty((len(images), size, size, 3), "float32")
     for i, image in enumerate(images):
         pil = Image.fromarray((image * (255.0 / 16.0)).astype("float32"), "F")
-        out[i] = np.asarray(pil.resize((size, size), Image.BILINEAR))[..., None]
+        resized = pil.resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(resized)[..., None]
     return np.clip(out, 0.0, 255.0)

@@ -1,6 +1,8 @@
 """Array operations XLA runs slowly on CPU, computed another way.
 
+- `shifted_conv`: depthwise and small-map convolutions as shifted slices
+  (pure functions of `keras.ops`).
 - `image_ops`: affine resampling by whole-pixel gathers, separable blur.
-- `cpu_convs`: depthwise and small-map convolutions as shifted slices, and
-  the Keras layers (`fast_cpu_convs`) that use them.
+- `cpu_convs`: the Keras convolution layers computed by `shifted_conv`,
+  and `fast_cpu_convs`, which puts them into a model.
 """

@@ -1,10 +1,9 @@
-"""Convolutions rewritten as shifted slices, for XLA's CPU backend.
+"""Keras convolution layers computed as shifted slices on XLA's CPU backend.
 
-Two kinds of convolution are slow under XLA on CPU (JAX 0.10.2):
+Two kinds of convolution are slow under XLA on CPU:
 
-- Depthwise (channel-grouped) convolutions go through a generic loop: a 5x5
-  depthwise convolution on a 16x16x144 batch of 16 took 24.5 ms forward,
-  against 0.44 ms in PyTorch and 1.3 ms written as 25 shifted
+- Depthwise (channel-grouped) convolutions go through a generic loop, an
+  order of magnitude slower than the same sums written as shifted
   multiply-adds, which XLA fuses into one loop. EfficientNet, MobileNet
   and ConvNeXt are built from them.
 - A convolution whose kernel covers more positions than its input has
@@ -12,10 +11,13 @@ Two kinds of convolution are slow under XLA on CPU (JAX 0.10.2):
   operands swapped by XLA's algebraic simplifier into a slow loop. As one
   matrix product per kernel position it stays on the fast matmul path.
 
-On CPU kft swaps such layers for the subclasses here (`fast_cpu_convs`):
-same weights, same config, same results up to float rounding (the sums run
-in another order); only the computation differs, and only where it helps.
-Measured in `benchmarks/RESULTS.md` (`benchmarks/bench_cpu_convs.py`).
+This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
+`kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a
+model: same weights, same config, same results up to float rounding (the
+sums run in another order); only the computation differs, and only where
+it helps. `shifted_depthwise_conv` and `shifted_conv` are re-exported
+here. `benchmarks/bench_cpu_convs.py` measures the difference
+(`benchmarks/RESULTS.md`).
 """
 
 import math
@@ -24,108 +26,11 @@ import random
 import keras
 from keras import ops
 
+from kft.ops.shifted_conv import shifted_conv
+from kft.ops.shifted_conv import shifted_depthwise_conv
 
-def _shifted_patches(inputs, kernel_size, strides, padding, dilation_rate):
-    """Yields `(i, j, patch)`: the input under kernel position `(i, j)`.
-
-    Each patch is `(batch, out_h, out_w, channels)`, with the "same"
-    padding split of XLA/TensorFlow.
-    """
-    (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, strides
-    rate_h, rate_w = dilation_rate
-    height, width = inputs.shape[1], inputs.shape[2]
-    span_h, span_w = (kernel_h - 1) * rate_h + 1, (kernel_w - 1) * rate_w + 1
-    if padding == "same":
-        out_h = math.ceil(height / stride_h)
-        out_w = math.ceil(width / stride_w)
-        pad_h = max((out_h - 1) * stride_h + span_h - height, 0)
-        pad_w = max((out_w - 1) * stride_w + span_w - width, 0)
-        inputs = ops.pad(inputs, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                                  (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-    else:
-        out_h = (height - span_h) // stride_h + 1
-        out_w = (width - span_w) // stride_w + 1
-    for i in range(kernel_h):
-        for j in range(kernel_w):
-            top, left = i * rate_h, j * rate_w
-            yield i, j, inputs[
-                :, top:top + (out_h - 1) * stride_h + 1:stride_h,
-                left:left + (out_w - 1) * stride_w + 1:stride_w, :]
-
-
-def shifted_depthwise_conv(inputs, kernel, strides=(1, 1), padding="valid",
-                           dilation_rate=(1, 1)):
-    """A channels-last depthwise 2D convolution as shifted multiply-adds.
-
-    Computes what `keras.ops.depthwise_conv` computes for `channels_last`
-    inputs.
-
-    Args:
-        inputs: `(batch, height, width, channels)`, static height and width.
-        kernel: `(kernel_h, kernel_w, channels, depth_multiplier)`.
-        strides: `(stride_h, stride_w)`.
-        padding: `"valid"` or `"same"`.
-        dilation_rate: `(rate_h, rate_w)`.
-
-    Returns:
-        `(batch, out_h, out_w, channels * depth_multiplier)`.
-
-    Example:
-    >>> import numpy as np, kft
-    >>> x, k = np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 1))
-    >>> kft.cpu_convs.shifted_depthwise_conv(x, k, padding="same")[0, :, :, 0]
-    Array([[4., 6., 6., 4.],
-           [6., 9., 9., 6.],
-           [6., 9., 9., 6.],
-           [4., 6., 6., 4.]], dtype=float32)
-    """
-    inputs = ops.convert_to_tensor(inputs)
-    kernel = ops.cast(kernel, inputs.dtype)
-    channels, multiplier = kernel.shape[2:]
-    outputs = None
-    for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
-                                        padding, dilation_rate):
-        if multiplier == 1:
-            term = patch * kernel[i, j, :, 0]
-        else:
-            term = ops.reshape(ops.expand_dims(patch, -1) * kernel[i, j],
-                               (-1, *patch.shape[1:3], channels * multiplier))
-        outputs = term if outputs is None else outputs + term
-    return outputs
-
-
-def shifted_conv(inputs, kernel, strides=(1, 1), padding="valid",
-                 dilation_rate=(1, 1)):
-    """A channels-last 2D convolution as one matrix product per position.
-
-    Computes what `keras.ops.conv` computes for `channels_last` inputs.
-
-    Args:
-        inputs: `(batch, height, width, in_channels)`, static height and
-            width.
-        kernel: `(kernel_h, kernel_w, in_channels, out_channels)`.
-        strides: `(stride_h, stride_w)`.
-        padding: `"valid"` or `"same"`.
-        dilation_rate: `(rate_h, rate_w)`.
-
-    Returns:
-        `(batch, out_h, out_w, out_channels)`.
-
-    Example:
-    >>> import numpy as np, kft
-    >>> x, k = np.ones((1, 2, 2, 3)), np.ones((3, 3, 3, 4))
-    >>> kft.cpu_convs.shifted_conv(x, k, padding="same")[0, :, :, 0]
-    Array([[12., 12.],
-           [12., 12.]], dtype=float32)
-    """
-    inputs = ops.convert_to_tensor(inputs)
-    kernel = ops.cast(kernel, inputs.dtype)
-    outputs = None
-    for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
-                                        padding, dilation_rate):
-        term = ops.matmul(patch, kernel[i, j])
-        outputs = term if outputs is None else outputs + term
-    return outputs
+__all__ = ["Conv2D", "DepthwiseConv2D", "fast_cpu_convs", "shifted_conv",
+           "shifted_depthwise_conv"]
 
 
 def _static_channels_last(layer, shape):
@@ -211,6 +116,11 @@ def _covers_input(layer):
 
 
 def _replacement(layer):
+    """kft's class for `layer`, or `None` to keep it.
+
+    Exact classes only: a subclass (kft's own layers, or a user's with its
+    own `call`) may compute something else, so it is never swapped.
+    """
     if type(layer) is keras.layers.DepthwiseConv2D:
         return DepthwiseConv2D
     if type(layer) is keras.layers.Conv2D and (
@@ -227,7 +137,7 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def fast_cpu_convs(model):
+def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
     Every `keras.layers.DepthwiseConv2D`, and every `keras.layers.Conv2D`

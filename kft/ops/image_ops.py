@@ -3,20 +3,25 @@
 Keras' JAX `affine_transform` interpolates with
 `jax.scipy.ndimage.map_coordinates` over (row, column, channel), so every
 output value costs 8 scalar gathers; its `gaussian_blur` is a depthwise
-convolution, which XLA's CPU backend runs as a generic loop (see
-`kft.cpu_convs`). Here the same results come from 4 gathers of whole pixels
-(or 2 row gathers when rows map to rows) and from `kft.cpu_convs`' shifted
-multiply-adds.
+convolution, which XLA's CPU backend runs as a generic loop. Here the same
+results come from 4 gathers of whole pixels (or 2 row gathers when rows
+map to rows) and from `kft.ops.shifted_conv`'s shifted multiply-adds.
 `kft.augmentation`'s layers use them; `benchmarks/bench_augment_layers.py`
 measures the difference.
 """
 
+from typing import Literal
+from typing import get_args
+
 from keras import ops
 
-from kft.ops.cpu_convs import shifted_depthwise_conv
+from kft._validation import check_choice
+from kft.ops.shifted_conv import shifted_depthwise_conv
 
-FILL_MODES = ("constant", "nearest", "wrap", "mirror", "reflect")
-INTERPOLATIONS = ("nearest", "bilinear")
+FillMode = Literal["constant", "nearest", "wrap", "mirror", "reflect"]
+Interpolation = Literal["nearest", "bilinear"]
+FILL_MODES = get_args(FillMode)
+INTERPOLATIONS = get_args(Interpolation)
 
 
 def _fix_index(index, size, fill_mode):
@@ -49,8 +54,11 @@ def _nodes(coordinate, interpolation):
     return [(index, 1 - upper_weight), (index + 1, upper_weight)]
 
 
-def affine_transform(images, transform, interpolation="bilinear",
-                     fill_mode="constant", fill_value=0, axis_aligned=False):
+def affine_transform(
+        images, transform,
+        interpolation: Interpolation = "bilinear",
+        fill_mode: FillMode = "constant",
+        fill_value: float = 0, axis_aligned: bool = False):
     """`keras.ops.image.affine_transform` for channels-last batches.
 
     Output pixel `(y, x)` takes the input at `(b0 x + b1 y + b2,
@@ -81,17 +89,13 @@ def affine_transform(images, transform, interpolation="bilinear",
     >>> np.asarray(out)[0, 0, :, 0].tolist()
     [2.0, 3.0, 0.0, 0.0]
     """
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"Argument `interpolation` must be one of "
-                         f"{INTERPOLATIONS}. Received: "
-                         f"interpolation={interpolation!r}")
-    if fill_mode not in FILL_MODES:
-        raise ValueError(f"Argument `fill_mode` must be one of {FILL_MODES}. "
-                         f"Received: fill_mode={fill_mode!r}")
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    check_choice("fill_mode", fill_mode, FILL_MODES)
     images = ops.convert_to_tensor(images)
     if len(images.shape) != 4:
-        raise ValueError("Expected images of shape (batch, height, width, "
-                         f"channels). Received: images.shape={images.shape}")
+        raise ValueError(
+            "Argument `images` must be a batch of shape (batch, height, "
+            f"width, channels). Received: images.shape={images.shape}")
     batch, height, width, channels = images.shape
     transform = ops.cast(ops.convert_to_tensor(transform), "float32")
     if len(transform.shape) == 1:
@@ -168,13 +172,14 @@ def _axis_aligned_transform(images, transform, interpolation, fill_mode,
     return output
 
 
-def gaussian_blur(images, kernel_size=(3, 3), sigma=(1.0, 1.0)):
+def gaussian_blur(images, kernel_size: tuple[int, int] = (3, 3),
+                  sigma: tuple[float, float] = (1.0, 1.0)):
     """`keras.ops.image.gaussian_blur` for channels-last batches.
 
     The same Gaussian kernel per channel, applied by
-    `kft.cpu_convs.shifted_depthwise_conv` (shifted multiply-adds with the
-    zero padding of a "same" convolution) instead of XLA's depthwise
-    convolution. Same results as Keras up to float rounding.
+    `kft.ops.shifted_conv.shifted_depthwise_conv` (shifted multiply-adds
+    with the zero padding of a "same" convolution) instead of XLA's
+    depthwise convolution. Same results as Keras up to float rounding.
 
     Args:
         images: `(batch, height, width, channels)` floats.

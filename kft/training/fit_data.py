@@ -92,11 +92,7 @@ def dataset_augments(data):
     >>> dataset_augments(kft.data.from_arrays(x, y, augmentation="light"))
     True
     """
-    augments = getattr(data, "augments", None)
-    if augments is None:
-        # Until `ImageDataset.augments` exists: the host augmenter it reports.
-        augments = getattr(data, "_augmenter", None) is not None
-    return bool(augments)
+    return bool(getattr(data, "augments", False))
 
 
 def plain_data(data):

@@ -1,0 +1,207 @@
+"""The class-folder layout: its folders, classes and image files.
+
+`split_folders` and `class_folders` find the train and val folders and
+the classes, `scan_splits` lists and checks their images, and
+`stratified_split` holds out val without a val folder. `FileLoader`
+decodes one `(path, label)` record for the pipeline, reporting a file that
+fails instead of raising.
+"""
+
+import concurrent.futures
+import os
+import threading
+
+import numpy as np
+
+from kft.data import _images
+
+# Folders of operating-system metadata, never classes or images: macOS
+# zip archives add `__MACOSX/` (full of `._*` AppleDouble files).
+METADATA_FOLDERS = ("__MACOSX",)
+VAL_FOLDERS = ("val", "validation", "valid")
+
+
+class FileLoader:
+    """Loads `(path, label)` records; a failure is reported, not raised.
+
+    A file that failed is reported once (`on_failure(path, label,
+    reason)`) and not decoded again in later passes.
+    """
+
+    def __init__(self, size, geometry, crop_fraction, max_pixels,
+                 exif_transpose):
+        self.size = size
+        self.geometry = geometry
+        self.crop_fraction = crop_fraction
+        self.max_pixels = max_pixels
+        self.exif_transpose = exif_transpose
+        self.on_failure = None
+        self._failed = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, record):
+        path, label = record
+        if path in self._failed:
+            return None
+        try:
+            with _images.open_image(path, self.max_pixels) as image:
+                pixels = _images.resize_image(
+                    image, self.size, self.geometry, self.crop_fraction,
+                    self.exif_transpose)
+        except Exception as error:  # noqa: BLE001: reported, never raised.
+            reason = (str(error) if isinstance(error, ValueError)
+                      else _images.describe_error(error))
+            with self._lock:
+                first = path not in self._failed
+                self._failed.add(path)
+            if first and self.on_failure is not None:
+                self.on_failure(path, label, reason)
+            return None
+        return pixels, label
+
+
+def _hidden(name):
+    """Whether a file or folder name is never an image or a class."""
+    # Dot-files include macOS' `._*` AppleDouble twins of real images and
+    # `.DS_Store`; Windows' `Thumbs.db` has no image extension.
+    return name.startswith(".") or name in METADATA_FOLDERS
+
+
+def _list_classes(folder):
+    """The sorted names of the class folders in `folder`."""
+    return sorted(
+        entry.name for entry in os.scandir(folder)
+        if entry.is_dir() and not _hidden(entry.name)
+    )
+
+
+def _list_images(folder):
+    """Image files under `folder`, sorted; symbolic links followed once."""
+    found = []
+    seen = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symbolic link back up the tree: walk it once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        found.extend(
+            os.path.join(root, name) for name in sorted(files)
+            if not _hidden(name)
+            and name.lower().endswith(_images.IMAGE_EXTENSIONS)
+        )
+    return found
+
+
+def scan_folder(folder, class_names, *, check, max_pixels, num_workers):
+    """Lists `(path, label)` records of good files and the skipped ones."""
+    candidates = [
+        (path, label) for label, name in enumerate(class_names)
+        for path in _list_images(os.path.join(folder, name))
+    ]
+    full = check == "full"
+    with concurrent.futures.ThreadPoolExecutor(max(num_workers, 1)) as pool:
+        reasons = list(pool.map(
+            lambda record: _images.check_file(record[0], max_pixels, full),
+            candidates,
+        ))
+    records = [rec for rec, why in zip(candidates, reasons) if why is None]
+    skipped = [_images.SkippedFile(rec[0], why)
+               for rec, why in zip(candidates, reasons) if why is not None]
+    return records, skipped, len(candidates)
+
+
+def split_folders(path, validation_split):
+    """`(train folder, val folder or None)` of the layout under `path`."""
+    if not os.path.isdir(path):
+        raise ValueError(f"Argument `path` must be an existing folder. "
+                         f"Received: path={path!r}")
+    path = os.fspath(path)
+    train_dir, val_dir = path, None
+    if os.path.isdir(os.path.join(path, "train")):
+        train_dir = os.path.join(path, "train")
+        val_dir = next((os.path.join(path, v) for v in VAL_FOLDERS
+                        if os.path.isdir(os.path.join(path, v))), None)
+    if val_dir is not None and validation_split is not None:
+        raise ValueError(
+            f"Found a val folder {val_dir!r}, so `validation_split` must be "
+            f"None. Received: validation_split={validation_split!r}"
+        )
+    return train_dir, val_dir
+
+
+def class_folders(train_dir, val_dir):
+    """The train class folders; at least two, and val has no others."""
+    class_names = _list_classes(train_dir)
+    if not class_names:
+        raise ValueError(f"No class folders in {train_dir!r}: expected "
+                         f"{train_dir}/<class name>/<image files>.")
+    if len(class_names) == 1:
+        raise ValueError(
+            f"Found one class folder, {class_names[0]!r}, in {train_dir!r}; "
+            "a classifier needs at least 2 classes. Put each class's images "
+            f"in its own folder: {train_dir}/<class name>/<image files>."
+        )
+    if val_dir is not None:
+        only_val = sorted(set(_list_classes(val_dir)) - set(class_names))
+        if only_val:
+            raise ValueError(
+                f"Class folders {only_val} are in {val_dir!r} but not in "
+                f"{train_dir!r}; train classes: {class_names}. Add train "
+                "images for them or remove them from val."
+            )
+    return class_names
+
+
+def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
+                num_workers, on_bad_file):
+    """Good `(path, label)` records of train and val, skipped files, total.
+
+    Raises `ValueError` for bad files with `on_bad_file="raise"`, and for a
+    train class left without a readable image.
+    """
+    options = dict(check=check, max_pixels=max_pixels,
+                   num_workers=num_workers)
+    records, skipped, total = scan_folder(train_dir, class_names, **options)
+    val_records, val_skipped, val_total = [], [], 0
+    if val_dir is not None:
+        val_records, val_skipped, val_total = scan_folder(
+            val_dir, class_names, **options)
+    all_skipped = skipped + val_skipped
+    if all_skipped and on_bad_file == "raise":
+        listed = "\n".join(f"  {s.path}: {s.reason}" for s in all_skipped)
+        raise ValueError(
+            f"Found {len(all_skipped)} bad image files (pass "
+            f"on_bad_file='skip' to leave them out):\n{listed}"
+        )
+    counts = class_counts(records, class_names)
+    empty = [name for name, count in counts.items() if count == 0]
+    if empty:
+        raise ValueError(
+            f"Class folders {empty} in {train_dir!r} have no readable "
+            f"images ({len(skipped)} files skipped). Add images or remove "
+            "the folders."
+        )
+    return (records, skipped), (val_records, val_skipped), total + val_total
+
+
+def stratified_split(records, fraction, seed):
+    """Holds out `fraction` of each class (at least one) for val."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([label for _, label in records])
+    val_index = []
+    for label in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == label))
+        val_index.extend(index[:max(1, round(fraction * len(index)))])
+    val_set = set(int(i) for i in val_index)
+    train = [r for i, r in enumerate(records) if i not in val_set]
+    val = [r for i, r in enumerate(records) if i in val_set]
+    return train, val
+
+
+def class_counts(records, class_names):
+    """`{class name: number of records}`, every class listed."""
+    counts = np.bincount([label for _, label in records],
+                         minlength=len(class_names))
+    return {name: int(c) for name, c in zip(class_names, counts)}

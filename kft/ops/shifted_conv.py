@@ -1,0 +1,127 @@
+"""Convolutions written as shifted slices of the input, for XLA on CPU.
+
+`shifted_depthwise_conv` sums one multiply per kernel position and
+`shifted_conv` one matrix product per kernel position; XLA fuses either
+into a few loops, where its CPU backend would run a depthwise convolution,
+or a convolution whose kernel covers more positions than its input has, as
+a slow generic loop. Pure functions of `keras.ops`: `kft.ops.image_ops`
+blurs with them and `kft.ops.cpu_convs` builds its layers on them.
+"""
+
+import math
+from typing import Literal
+
+from keras import ops
+
+from kft._validation import check_choice
+
+PADDINGS = ("valid", "same")
+
+
+def _shifted_patches(inputs, kernel_size, strides, padding, dilation_rate):
+    """Yields `(i, j, patch)`: the input under kernel position `(i, j)`.
+
+    Each patch is `(batch, out_h, out_w, channels)`, with the "same"
+    padding split of XLA/TensorFlow.
+    """
+    check_choice("padding", padding, PADDINGS)
+    (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, strides
+    rate_h, rate_w = dilation_rate
+    height, width = inputs.shape[1], inputs.shape[2]
+    span_h, span_w = (kernel_h - 1) * rate_h + 1, (kernel_w - 1) * rate_w + 1
+    if padding == "same":
+        out_h = math.ceil(height / stride_h)
+        out_w = math.ceil(width / stride_w)
+        pad_h = max((out_h - 1) * stride_h + span_h - height, 0)
+        pad_w = max((out_w - 1) * stride_w + span_w - width, 0)
+        inputs = ops.pad(inputs, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                                  (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    else:
+        out_h = (height - span_h) // stride_h + 1
+        out_w = (width - span_w) // stride_w + 1
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            top, left = i * rate_h, j * rate_w
+            yield i, j, inputs[
+                :, top:top + (out_h - 1) * stride_h + 1:stride_h,
+                left:left + (out_w - 1) * stride_w + 1:stride_w, :]
+
+
+def shifted_depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
+                           padding: Literal["valid", "same"] = "valid",
+                           dilation_rate: tuple[int, int] = (1, 1)):
+    """A channels-last depthwise 2D convolution as shifted multiply-adds.
+
+    Computes what `keras.ops.depthwise_conv` computes for `channels_last`
+    inputs. Also importable as `kft.cpu_convs.shifted_depthwise_conv`.
+
+    Args:
+        inputs: `(batch, height, width, channels)`, static height and width.
+        kernel: `(kernel_h, kernel_w, channels, depth_multiplier)`.
+        strides: `(stride_h, stride_w)`.
+        padding: `"valid"` or `"same"`.
+        dilation_rate: `(rate_h, rate_w)`.
+
+    Returns:
+        `(batch, out_h, out_w, channels * depth_multiplier)`.
+
+    Example:
+    >>> import numpy as np
+    >>> from kft.ops.shifted_conv import shifted_depthwise_conv
+    >>> x, k = np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 1))
+    >>> shifted_depthwise_conv(x, k, padding="same")[0, :, :, 0]
+    Array([[4., 6., 6., 4.],
+           [6., 9., 9., 6.],
+           [6., 9., 9., 6.],
+           [4., 6., 6., 4.]], dtype=float32)
+    """
+    inputs = ops.convert_to_tensor(inputs)
+    kernel = ops.cast(kernel, inputs.dtype)
+    channels, multiplier = kernel.shape[2:]
+    outputs = None
+    for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
+                                        padding, dilation_rate):
+        if multiplier == 1:
+            term = patch * kernel[i, j, :, 0]
+        else:
+            term = ops.reshape(ops.expand_dims(patch, -1) * kernel[i, j],
+                               (-1, *patch.shape[1:3], channels * multiplier))
+        outputs = term if outputs is None else outputs + term
+    return outputs
+
+
+def shifted_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
+                 padding: Literal["valid", "same"] = "valid",
+                 dilation_rate: tuple[int, int] = (1, 1)):
+    """A channels-last 2D convolution as one matrix product per position.
+
+    Computes what `keras.ops.conv` computes for `channels_last` inputs.
+    Also importable as `kft.cpu_convs.shifted_conv`.
+
+    Args:
+        inputs: `(batch, height, width, in_channels)`, static height and
+            width.
+        kernel: `(kernel_h, kernel_w, in_channels, out_channels)`.
+        strides: `(stride_h, stride_w)`.
+        padding: `"valid"` or `"same"`.
+        dilation_rate: `(rate_h, rate_w)`.
+
+    Returns:
+        `(batch, out_h, out_w, out_channels)`.
+
+    Example:
+    >>> import numpy as np
+    >>> from kft.ops.shifted_conv import shifted_conv
+    >>> x, k = np.ones((1, 2, 2, 3)), np.ones((3, 3, 3, 4))
+    >>> shifted_conv(x, k, padding="same")[0, :, :, 0]
+    Array([[12., 12.],
+           [12., 12.]], dtype=float32)
+    """
+    inputs = ops.convert_to_tensor(inputs)
+    kernel = ops.cast(kernel, inputs.dtype)
+    outputs = None
+    for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
+                                        padding, dilation_rate):
+        term = ops.matmul(patch, kernel[i, j])
+        outputs = term if outputs is None else outputs + term
+    return outputs

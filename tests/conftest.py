@@ -1,5 +1,9 @@
 import os
 
+# A script the resume tests run in a subprocess, not a test module (the
+# doctest collection would import and run it).
+collect_ignore = ["resume_script.py"]
+
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import keras  # noqa: E402

@@ -3,6 +3,7 @@ with a rate multiplier, per-variable step counts, re-targeting."""
 
 import numbers
 import re
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -12,6 +13,15 @@ from kft import _compat
 from kft._validation import check_number
 from kft.models.blocks import get_blocks
 
+
+
+
+class Route(NamedTuple):
+    """Where a variable's gradient goes: the inner optimizer's index and the
+    factor on the learning rate."""
+
+    inner: int
+    multiplier: float
 
 INNER_ONLY_DEFAULTS = {
     "clipnorm": None, "global_clipnorm": None, "clipvalue": None,
@@ -48,8 +58,8 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             kwargs.pop(key, None)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._inners = [inner for _, inner in inners]
-        self._group_routes = dict(routes)
-        self._default_route = default_route
+        self._group_routes = {k: Route(*r) for k, r in routes.items()}
+        self._default_route = Route(*default_route)
         self.exclude_bias_and_norm = bool(exclude_bias_and_norm)
         self.patterns = plain_patterns(patterns)
         # A block name need not be a valid regex; only keys read as
@@ -173,7 +183,7 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         starts = ops.convert_to_tensor(self._start_steps)
         for grad, var in zip(grads, variables):
             i = _compat.variable_index(self, var)
-            inner_index, multiplier = self._routes[i]
+            inner_index, multiplier = self._routes[i]  # a `Route`
             inner = self._inners[inner_index]
             lr = ops.cast(self._group_rate(inner, learning_rate) * multiplier,
                           var.dtype)

@@ -12,7 +12,9 @@ import numbers
 import numpy as np
 
 
-def _fail(name, what, value, error=ValueError):
+def fail_argument(name, what, value, error=ValueError):
+    """Raises `error` in the one message form, for checks the helpers below
+    do not cover."""
     raise error(f"Argument `{name}` must be {what}. Received: {name}={value!r}")
 
 
@@ -32,11 +34,11 @@ def check_int(name, value, *, min_value=None, max_value=None):
         what = "an integer"
     if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, numbers.Integral):
-        _fail(name, what, value)
+        fail_argument(name, what, value)
     value = int(value)
     if (min_value is not None and value < min_value) or (
             max_value is not None and value > max_value):
-        _fail(name, what, value)
+        fail_argument(name, what, value)
     return value
 
 
@@ -61,14 +63,14 @@ def check_number(name, value, *, low=None, high=None, low_open=False,
         what = "a finite number"
     if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, numbers.Real):
-        _fail(name, what, value)
+        fail_argument(name, what, value)
     value = float(value)
     if not math.isfinite(value):
-        _fail(name, what, value)
+        fail_argument(name, what, value)
     if low is not None and (value < low or (low_open and value == low)):
-        _fail(name, what, value)
+        fail_argument(name, what, value)
     if high is not None and (value > high or (high_open and value == high)):
-        _fail(name, what, value)
+        fail_argument(name, what, value)
     return value
 
 
@@ -79,7 +81,7 @@ def check_choice(name, value, choices):
     'min'
     """
     if not isinstance(value, str) or value not in choices:
-        _fail(name, f"one of {tuple(choices)}", value)
+        fail_argument(name, f"one of {tuple(choices)}", value)
     return value
 
 

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from kft import data as kft_data
-from kft._validation import _fail
+from kft._validation import fail_argument
 from kft._validation import check_int
 from kft.data.digits import digits
 from kft.evaluation import evaluate_classifier
@@ -107,7 +107,7 @@ def run_demo(image_size: int = 32, target_per_class: int = 10,
         seed=check_int("seed", seed, min_value=0),
     )
     if workdir is not None and not os.path.isdir(workdir):
-        _fail("workdir", "an existing directory", workdir)
+        fail_argument("workdir", "an existing directory", workdir)
     say = print_fn or (lambda *args: None)
     with contextlib.ExitStack() as stack:
         temporary = ""

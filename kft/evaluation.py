@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kft._validation import _fail
+from kft._validation import fail_argument
 from kft._validation import check_int
 from kft._validation import check_labels
 
@@ -46,11 +46,11 @@ def _check_class_names(class_names, num_classes):
     if class_names is None:
         return None
     if isinstance(class_names, str):
-        _fail("class_names", "a sequence of class names", class_names,
+        fail_argument("class_names", "a sequence of class names", class_names,
               TypeError)
     class_names = tuple(class_names)
     if len(class_names) != num_classes:
-        _fail("class_names", f"one name per class ({num_classes} names for "
+        fail_argument("class_names", f"one name per class ({num_classes} names for "
               f"{num_classes} classes)", class_names)
     return class_names
 

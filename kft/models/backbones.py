@@ -20,7 +20,7 @@ from typing import Literal
 import keras
 import numpy as np
 
-from kft._validation import _fail
+from kft._validation import fail_argument
 from kft.models.backbone_specs import BackboneSpec  # noqa: F401 (re-export)
 from kft.models.registry import close_backbone_names  # noqa: F401
 from kft.models.registry import get_backbone
@@ -75,7 +75,7 @@ class Backbone(keras.Model):
     def __init__(self, *args, kft_backbone: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if kft_backbone is not None and not isinstance(kft_backbone, str):
-            _fail("kft_backbone", "a registered backbone name or None",
+            fail_argument("kft_backbone", "a registered backbone name or None",
                   kft_backbone, TypeError)
         if kft_backbone is None:
             inherited = {_MARKED_LAYERS.get(layer) for layer in self.layers}
@@ -165,7 +165,7 @@ def as_backbone(model: keras.Model, name: str) -> Backbone:
         model.mark(spec.name)
         return model
     if not isinstance(model, keras.Model) or not hasattr(model, "outputs"):
-        _fail("model", "a functional keras.Model", model, TypeError)
+        fail_argument("model", "a functional keras.Model", model, TypeError)
     return Backbone(model.input, model.output, name=spec.name,
                     kft_backbone=spec.name)
 
@@ -183,7 +183,7 @@ def check_input_shape(input_shape: Sequence | np.ndarray) -> tuple:
         input_shape = input_shape.tolist()
     if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
             or not all(d is None or _positive_int(d) for d in input_shape)):
-        _fail("input_shape", "(height, width, channels) with positive "
+        fail_argument("input_shape", "(height, width, channels) with positive "
               "integer sizes", input_shape)
     return tuple(None if d is None else int(d) for d in input_shape)
 
@@ -199,7 +199,7 @@ def _local_weights_file(weights):
         return None, weights
     if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(
             weights):
-        _fail("weights", '"imagenet", None or the path of an existing '
+        fail_argument("weights", '"imagenet", None or the path of an existing '
               "weights file", weights)
     return os.fspath(weights), None
 

@@ -2,7 +2,7 @@
 
 import keras
 
-from kft._validation import _fail
+from kft._validation import fail_argument
 # Registers the mixing layers by name, for `batch_augment` configs.
 from kft.augmentation import mixing  # noqa: F401
 
@@ -61,7 +61,7 @@ class BatchAugmentModel(keras.Model):
             batch_augment = keras.saving.deserialize_keras_object(
                 batch_augment)
         if not isinstance(batch_augment, keras.layers.Layer):
-            _fail("batch_augment", "a Keras layer taking (images, labels), "
+            fail_argument("batch_augment", "a Keras layer taking (images, labels), "
                   "e.g. kft.layers.MixUpOrCutMix(...)", batch_augment,
                   TypeError)
         if len(self.outputs) != 1 or len(self.inputs) != 1:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import keras
 
-from kft._validation import _fail
+from kft._validation import fail_argument
 from kft.models.backbones import backbone_name
 from kft.models.backbones import get_backbone
 
@@ -139,11 +139,11 @@ def _as_pairs(patterns):
     elif isinstance(patterns, (list, tuple)):
         pairs = [(p, p) if isinstance(p, str) else p for p in patterns]
     else:
-        _fail("patterns", what, patterns, TypeError)
+        fail_argument("patterns", what, patterns, TypeError)
     for pair in pairs:
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                 or not all(isinstance(s, str) for s in pair)):
-            _fail("patterns", what, patterns, TypeError)
+            fail_argument("patterns", what, patterns, TypeError)
     return [tuple(pair) for pair in pairs]
 
 

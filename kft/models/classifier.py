@@ -5,7 +5,7 @@ from typing import Literal
 
 import keras
 
-from kft._validation import _fail
+from kft._validation import fail_argument
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
@@ -93,7 +93,7 @@ def build_classifier(
     dropout = check_number("dropout", dropout, low=0.0, high=1.0,
                            high_open=True)
     if fast_cpu_convs not in ("auto", True, False):
-        _fail("fast_cpu_convs", '"auto", True or False', fast_cpu_convs)
+        fail_argument("fast_cpu_convs", '"auto", True or False', fast_cpu_convs)
     if input_shape is None:
         input_shape = (spec.default_size, spec.default_size, 3)
     input_shape = backbones.check_input_shape(input_shape)

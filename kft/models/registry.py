@@ -7,7 +7,7 @@ case, then `_` and `-`, are ignored as long as one registered name is left.
 import difflib
 import fnmatch
 
-from kft._validation import _fail
+from kft._validation import fail_argument
 from kft.models.backbone_specs import BUILTIN_SPECS
 from kft.models.backbone_specs import BackboneSpec
 
@@ -30,7 +30,7 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     >>> unregister_backbone("tiny_cnn")
     """
     if not isinstance(spec, BackboneSpec):
-        _fail("spec", "a kft.BackboneSpec", spec, TypeError)
+        fail_argument("spec", "a kft.BackboneSpec", spec, TypeError)
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -56,7 +56,7 @@ def list_backbones(pattern: str = "*") -> list:
     ['resnet50', 'resnet50v2']
     """
     if not isinstance(pattern, str):
-        _fail("pattern", "a string such as 'resnet*'", pattern, TypeError)
+        fail_argument("pattern", "a string such as 'resnet*'", pattern, TypeError)
     pattern = pattern.lower()
     return sorted(n for n in _REGISTRY
                   if fnmatch.fnmatchcase(n.lower(), pattern))

@@ -10,7 +10,7 @@ import numbers
 
 import keras
 
-from kft._validation import _fail
+from kft._validation import fail_argument
 
 BLOCKS = (
     ("stem", r"^stem_"),
@@ -42,15 +42,15 @@ def SimpleCNN(include_top: bool = False, weights: None = None,
     (None, 4, 4, 64)
     """
     if include_top:
-        _fail("include_top", "False: SimpleCNN has no classification top "
+        fail_argument("include_top", "False: SimpleCNN has no classification top "
               "(kft.build_classifier adds one)", include_top)
     if weights is not None:
-        _fail("weights", "None: SimpleCNN has no published weights (pretrain "
+        fail_argument("weights", "None: SimpleCNN has no published weights (pretrain "
               "it, or load a local weights file)", weights)
     if (not isinstance(widths, (tuple, list)) or len(widths) != len(BLOCKS) - 1
             or not all(isinstance(w, numbers.Integral) and w > 0
                        for w in widths)):
-        _fail("widths", "three positive integers, one per stage", widths)
+        fail_argument("widths", "three positive integers, one per stage", widths)
     inputs = keras.Input(input_shape or (32, 32, 3))
     x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False,
                             name="stem_conv")(inputs)

@@ -1,0 +1,72 @@
+"""Matplotlib for kft's plots: an optional extra, always the Agg backend.
+
+Every plotting function in kft takes `path=None` and returns the Figure:
+
+>>> from kft._plotting import new_figure, finish
+>>> fig, ax = new_figure()
+>>> _ = ax.plot([0, 1], [1, 0])
+>>> finish(fig) is fig
+True
+"""
+
+import os
+
+_INSTALL = 'pip install "kft[plots]"'
+
+
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend (files, no window).
+
+    Raises:
+        ImportError: matplotlib is not installed; says how to install it.
+    """
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            f"kft's plots need matplotlib, an optional extra: {_INSTALL}"
+        ) from error
+    # Agg draws to files; set before pyplot is first imported, and only if
+    # nobody chose an interactive backend already.
+    if "matplotlib.pyplot" not in __import__("sys").modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def new_figure(nrows=1, ncols=1, *, figsize=None, **kwargs):
+    """`plt.subplots` on Agg; returns `(figure, axes)`."""
+    plt = pyplot()
+    return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
+
+
+def finish(fig, path=None, *, dpi=120):
+    """Lays out `fig`, saves it to `path` (format from the suffix: `.png`,
+    `.svg`, `.pdf`) when given, and returns it.
+
+    Raises:
+        ValueError: `path` has a suffix matplotlib cannot write.
+    """
+    fig.tight_layout()
+    if path is not None:
+        path = os.fspath(path)
+        suffix = os.path.splitext(path)[1].lower().lstrip(".")
+        supported = fig.canvas.get_supported_filetypes()
+        if suffix not in supported:
+            raise ValueError(
+                f"Argument `path` must end in one of "
+                f"{sorted('.' + s for s in supported)}. Received: "
+                f"path={path!r}")
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def thin_ticks(n, max_labels=25):
+    """Indices of `n` tick labels to show so that at most `max_labels`
+    appear (every k-th): readable on 100 classes."""
+    step = max(1, -(-n // max_labels))
+    return list(range(0, n, step))

@@ -3,11 +3,14 @@
 Pretrains `simple_cnn` on digits 0-4, saves its weights to a local file,
 then fine-tunes on a small labelled set of digits 5-9 from that file with
 each strategy (and from scratch) through `kft.fine_tune`, and reports test
-metrics. Source and test images go through `kft.data` datasets.
+metrics. Source and test images go through `kft.data` datasets. With
+`seeds`, `kft.compare_strategies` repeats every strategy over several seeds
+and reports means with confidence intervals and paired tests.
 """
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import tempfile
 import time
@@ -21,17 +24,26 @@ from kft import data as kft_data
 from kft._validation import fail_argument
 from kft._validation import check_int
 from kft.data.digits import digits
+from kft.evaluation import evaluate
 from kft.evaluation import evaluate_classifier
+from kft.evaluation.compare import compare_strategies
+from kft.evaluation.comparison import StrategyComparison
 from kft.models.classifier import build_classifier
 from kft.training.fine_tune import fine_tune
 
 STRATEGIES = ("scratch", "feature_extraction", "partial", "full")
+# With `seeds`: every kind of strategy `compare_strategies` knows, and
+# scratch as a training function.
+SEEDED_STRATEGIES = ("feature_extraction", "partial", "gradual", "full",
+                     "discriminative")
 # Epochs of a two-phase transfer run spent on the head alone.
 HEAD_EPOCHS = 10
 # One rate for both phases: the network is small and so is the data.
 LEARNING_RATE = 3e-3
 PRETRAIN_LEARNING_RATE = 3e-3
 WEIGHTS_FILE = "simple_cnn_digits04.weights.h5"
+_NO_PLOTS = ('Plots skipped: matplotlib, an optional extra, is not installed '
+             '(pip install "kft[plots]").')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +68,9 @@ def run_demo(image_size: int = 32, target_per_class: int = 10,
              source_epochs: int = 15, target_epochs: int = 30,
              batch_size: int = 32, seed: int = 0,
              workdir: str | os.PathLike | None = None,
-             print_fn: Callable | None = print) -> list:
+             print_fn: Callable | None = print, seeds: int | None = None,
+             output_dir: str | os.PathLike | None = None,
+             plots: bool = True) -> list | StrategyComparison:
     """Runs the transfer comparison and returns one result dict per strategy.
 
     Pretraining and testing read `kft.data.from_arrays` datasets. Each
@@ -66,6 +80,18 @@ def run_demo(image_size: int = 32, target_per_class: int = 10,
     extraction), then the top block (`"partial"`) or everything
     (`"full"`). `"scratch"` is `"full"` from random weights after one head
     epoch (a head on random features learns nothing).
+
+    With `seeds`, `kft.compare_strategies` runs feature extraction,
+    partial, gradual, full, discriminative (full with layer-wise rates,
+    decay 0.7) and scratch (a training function) once per seed `seed`,
+    `seed + 1`, ...; the data split stays that of `seed`. It prints the
+    table of means, 95% confidence intervals and paired t-tests against
+    the best strategy, and writes `comparison.json` and the chart.
+
+    Plots (matplotlib, an optional extra: skipped with a message when it
+    is missing) go to `output_dir`: the strategy chart `strategies.png`
+    and, in a folder named for the best strategy, its confusion matrices,
+    per-class F1, reliability diagram and learning curves.
 
     Args:
         image_size: Side of the digit images, at least 8. Defaults to `32`.
@@ -81,10 +107,18 @@ def run_demo(image_size: int = 32, target_per_class: int = 10,
             to. Defaults to a temporary directory, removed at the end.
         print_fn: Progress and table output; `None` for silence. Defaults
             to `print`.
+        seeds: Number of seeds (at least 2) for the comparison with
+            confidence intervals. Defaults to `None` (one run each).
+        output_dir: Directory for the plots and `comparison.json`, created
+            if missing. Defaults to `workdir` when given, else a new
+            `kft_demo_output_*` directory in the system's temporary
+            directory (kept; its path is printed).
+        plots: Whether to write the plots. Defaults to `True`.
 
     Returns:
         List of dicts with keys strategy, trainable, epochs, train_time,
-        accuracy, precision, recall, f1.
+        accuracy, precision, recall, f1; with `seeds`, the
+        `kft.StrategyComparison`.
 
     Raises:
         ValueError: an argument out of range or a `workdir` that is not an
@@ -106,20 +140,70 @@ def run_demo(image_size: int = 32, target_per_class: int = 10,
         batch_size=check_int("batch_size", batch_size, min_value=1),
         seed=check_int("seed", seed, min_value=0),
     )
+    if seeds is not None:
+        seeds = check_int("seeds", seeds, min_value=2)
     if workdir is not None and not os.path.isdir(workdir):
         fail_argument("workdir", "an existing directory", workdir)
+    if output_dir is not None and os.path.exists(output_dir) and not \
+            os.path.isdir(output_dir):
+        fail_argument("output_dir", "a directory (or a path to create one)",
+                      output_dir)
     say = print_fn or (lambda *args: None)
     with contextlib.ExitStack() as stack:
         temporary = ""
+        if output_dir is None and workdir is not None:
+            output_dir = workdir
         if workdir is None:
             workdir = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="kft_demo_"))
             temporary = " (a temporary directory, removed at the end)"
         weights_file = os.path.join(workdir, WEIGHTS_FILE)
-        return _run(settings, weights_file, temporary, say)
+        output = _Output(output_dir, plots, seeds is not None, say)
+        if seeds is None:
+            return _run(settings, weights_file, temporary, say, output)
+        return _run_seeds(settings, weights_file, temporary, say, output,
+                          seeds)
 
 
-def _run(settings, weights_file, temporary, say):
+class _Output:
+    """Where the demo's files go; the directory is made before training,
+    so that a path that cannot be made fails early."""
+
+    def __init__(self, directory, plots, writes_json, say):
+        self.directory, self.say = directory, say
+        self.plots = plots and _have_matplotlib()
+        if plots and not self.plots:
+            say(_NO_PLOTS)
+        if directory is None and (self.plots or writes_json):
+            self.directory = tempfile.mkdtemp(prefix="kft_demo_output_")
+        if self.directory is not None:
+            os.makedirs(self.directory, exist_ok=True)
+
+    def path(self, *names):
+        return os.path.join(self.directory, *names)
+
+    def write_plots(self, comparison, report, history, strategy):
+        """The strategy chart and the report plots of `strategy`."""
+        if not self.plots:
+            return
+        from kft._plotting import pyplot
+        from kft.evaluation.plots import save_report_plots
+
+        pyplot().close(comparison.plot(self.path("strategies.png")))
+        folder = self.path(strategy)
+        written = [os.path.relpath(path, self.directory) for path in
+                   save_report_plots(report, folder, history=history)]
+        self.say(f"Plots written to {self.directory}: strategies.png "
+                 f"(the comparison chart) and, for {strategy}, "
+                 f"{', '.join(written)}")
+
+
+def _have_matplotlib():
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _prepare(settings, weights_file, temporary, say):
+    """Splits the digits, pretrains; `(splits, test dataset)`."""
     keras.utils.set_random_seed(settings.seed)
     splits = digits(image_size=settings.image_size,
                     target_per_class=settings.target_per_class,
@@ -131,6 +215,11 @@ def _run(settings, weights_file, temporary, say):
         f"images, {len(splits.target_val[1])} validation images, "
         f"{len(splits.target_test[1])} test images.")
     _pretrain(settings, splits, weights_file, temporary, say)
+    return splits, test
+
+
+def _run(settings, weights_file, temporary, say, output):
+    splits, test = _prepare(settings, weights_file, temporary, say)
     transfer_head = min(HEAD_EPOCHS, settings.target_epochs - 1)
     say(f"Each strategy: kft.fine_tune on the labelled arrays, "
         f"{transfer_head} head epochs + "
@@ -138,16 +227,79 @@ def _run(settings, weights_file, temporary, say):
         f"(scratch: 1 + {settings.target_epochs - 1}; feature extraction: "
         f"{settings.target_epochs} head epochs), best epoch by validation "
         f"loss.")
-    rows = []
+    rows, best = [], None
     for strategy in STRATEGIES:
         head_epochs = {"scratch": 1,
                        "feature_extraction": settings.target_epochs}.get(
                            strategy, transfer_head)
-        rows.append(_transfer(settings, splits, test, strategy, head_epochs,
-                              weights_file))
+        row, model, result = _transfer(settings, splits, test, strategy,
+                                       head_epochs, weights_file)
+        rows.append(row)
+        if best is None or row["accuracy"] > best[0]["accuracy"]:
+            best = (row, model, result)
         say(f"  {strategy}: done in {rows[-1]['train_time']:.1f}s")
     say(format_table(rows))
+    if output.plots:
+        runs = [{"strategy": r["strategy"], "seed": settings.seed,
+                 "metrics": {"accuracy": r["accuracy"]},
+                 "trainable_params": r["trainable"],
+                 "train_time": r["train_time"]} for r in rows]
+        one_seed = StrategyComparison(runs, list(STRATEGIES),
+                                      [settings.seed], "accuracy")
+        output.write_plots(one_seed, evaluate(best[1], test),
+                           best[2], best[0]["strategy"])
     return rows
+
+
+def _run_seeds(settings, weights_file, temporary, say, output, count):
+    splits, _ = _prepare(settings, weights_file, temporary, say)
+    head = min(HEAD_EPOCHS, settings.target_epochs - 1)
+    classes = len(splits.target_classes)
+
+    def build():
+        return build_classifier("simple_cnn", classes, weights=weights_file,
+                                input_shape=settings.input_shape,
+                                dropout=0.2)
+
+    def scratch(model, train, val, seed):
+        fresh = build_classifier("simple_cnn", classes, weights=None,
+                                 input_shape=settings.input_shape,
+                                 dropout=0.2)
+        for variable, value in zip(model.weights, fresh.weights):
+            variable.assign(value.value)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Model .* was built "
+                                    "with weights=None", category=UserWarning)
+            return fine_tune(model, train, val, strategy="full",
+                             head_epochs=1,
+                             epochs=settings.target_epochs - 1,
+                             head_learning_rate=LEARNING_RATE,
+                             learning_rate=LEARNING_RATE,
+                             batch_size=settings.batch_size, verbose=0)
+
+    seeds = list(range(settings.seed, settings.seed + count))
+    say(f"Comparing {len(SEEDED_STRATEGIES) + 1} strategies over seeds "
+        f"{seeds}: {settings.target_epochs} epochs each ({head} on the head "
+        f"first; feature extraction: all on the head).")
+    comparison = compare_strategies(
+        build, splits.target_train, splits.target_val, splits.target_test,
+        strategies=[*SEEDED_STRATEGIES, scratch], seeds=seeds,
+        epochs=settings.target_epochs, head_epochs=head,
+        head_learning_rate=LEARNING_RATE, learning_rate=LEARNING_RATE,
+        batch_size=settings.batch_size, print_fn=say)
+    say(comparison.to_markdown())
+    comparison.save(output.path("comparison.json"))
+    say(f"Comparison saved to {output.path('comparison.json')} "
+        "(kft.StrategyComparison.load reads it back).")
+    if output.plots:
+        from kft.evaluation.report import EvaluationReport
+
+        best = comparison.best
+        run = next(r for r in comparison.runs if r["strategy"] == best)
+        output.write_plots(comparison,
+                           EvaluationReport.from_dict(run["report"]),
+                           run["histories"], best)
+    return comparison
 
 
 def _pretrain(settings, splits, weights_file, temporary, say):
@@ -170,7 +322,8 @@ def _pretrain(settings, splits, weights_file, temporary, say):
 
 
 def _transfer(settings, splits, test, strategy, head_epochs, weights_file):
-    """Fine-tunes a new classifier with one strategy; its result row."""
+    """Fine-tunes a new classifier with one strategy; its result row, the
+    model and the `FineTuneResult`."""
     keras.utils.set_random_seed(settings.seed)
     model = build_classifier(
         "simple_cnn", len(splits.target_classes),
@@ -187,7 +340,7 @@ def _transfer(settings, splits, test, strategy, head_epochs, weights_file):
             category=UserWarning)
         # Arrays, not datasets: with a couple of batches an epoch, a
         # pipeline's per-epoch start-up would dominate the training time.
-        fine_tune(
+        result = fine_tune(
             model, splits.target_train, splits.target_val,
             strategy="full" if strategy == "scratch" else strategy,
             n_blocks=1, head_epochs=head_epochs,
@@ -206,7 +359,7 @@ def _transfer(settings, splits, test, strategy, head_epochs, weights_file):
         "precision": report.precision,
         "recall": report.recall,
         "f1": report.f1,
-    }
+    }, model, result
 
 
 def format_table(rows: list) -> str:

@@ -52,11 +52,18 @@ def test_classification_report_matches_hand_computation():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
+    printed = []
     rows = run_demo(image_size=16, target_per_class=5, source_epochs=2,
-                    target_epochs=2, workdir=str(tmp_path), print_fn=None)
+                    target_epochs=2, workdir=str(tmp_path),
+                    print_fn=printed.append)
     assert [r["strategy"] for r in rows] == ["scratch", "feature_extraction",
                                             "partial", "full"]
     assert (tmp_path / "simple_cnn_digits04.weights.h5").exists()
+    # The plots go to the workdir, and the demo says so.
+    best = max(rows, key=lambda r: r["accuracy"])["strategy"]
+    assert (tmp_path / "strategies.png").exists()
+    assert (tmp_path / best / "learning_curves.png").exists()
+    assert printed[-1].startswith(f"Plots written to {tmp_path}: ")
     by = {r["strategy"]: r for r in rows}
     assert by["feature_extraction"]["trainable"] < by["partial"]["trainable"]
     assert by["partial"]["trainable"] < by["full"]["trainable"]
@@ -171,7 +178,7 @@ def test_demo_goes_through_fine_tune_and_kft_data_and_cleans_up(
     monkeypatch.setattr(kft.demo.kft_data, "from_arrays", spy_from_arrays)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rows = run_demo(image_size=8, target_per_class=2, source_epochs=1,
-                    target_epochs=2, print_fn=None)
+                    target_epochs=2, print_fn=None, plots=False)
     assert strategies == ["full", "feature_extraction", "partial", "full"]
     splits = kft.datasets.digits(image_size=8, target_per_class=2)
     # Source training, source evaluation and the test set.

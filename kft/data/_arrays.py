@@ -16,6 +16,7 @@ from kft.data import _images
 from kft.data._dataset import AugmentOn
 from kft.data._dataset import ImageDataset
 from kft.data._dataset import LabelMode
+from kft.data._dataset import Sampling
 
 
 def to_rgb_array(pixels):
@@ -72,7 +73,8 @@ def from_arrays(x, y, batch_size: int = 32, *,
                 augmentation: Preset = "none",
                 augment_on: AugmentOn = "host",
                 label_mode: LabelMode | None = None,
-                shuffle: bool = True, seed: int = 0) -> ImageDataset:
+                shuffle: bool = True, seed: int = 0,
+                sampling: Sampling = "all") -> ImageDataset:
     """Wraps image and label arrays as an `ImageDataset`.
 
     Images with 1 channel (grayscale) are repeated to 3 and 4-channel
@@ -96,7 +98,12 @@ def from_arrays(x, y, batch_size: int = 32, *,
         label_mode: `"int"`, `"categorical"` (one-hot), or `None` for the
             form of `y`. Defaults to `None`.
         shuffle: Reshuffle each epoch. Defaults to `True`.
-        seed: Seed of shuffling and augmentation. Defaults to `0`.
+        seed: Seed of shuffling, sampling and augmentation. Defaults to
+            `0`.
+        sampling: `"all"` (every example once per epoch) or `"balanced"`
+            (each epoch draws as many examples with replacement, every
+            class present equally likely; see `kft.data.ImageDataset`).
+            Defaults to `"all"`.
 
     Returns:
         A `kft.data.ImageDataset`.
@@ -142,7 +149,8 @@ def from_arrays(x, y, batch_size: int = 32, *,
         source, class_names=names,
         class_counts={n: int(c) for n, c in zip(names, counts)},
         batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=0,
-        label_mode=label_mode, augmentation=layer, augment_on=augment_on)
+        label_mode=label_mode, augmentation=layer, augment_on=augment_on,
+        labels=labels, sampling=sampling)
 
 
 class _TfdsLoader:
@@ -172,7 +180,8 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
               augment_on: AugmentOn = "host", label_mode: LabelMode = "int",
               train: bool | None = None, crop_fraction: float = 0.875,
               shuffle: bool | None = None, seed: int = 0,
-              num_workers: int = 2) -> ImageDataset:
+              num_workers: int = 2, sampling: Sampling = "all"
+              ) -> ImageDataset:
     """Loads a TFDS image-classification split as an `ImageDataset`.
 
     Reads through `tfds.data_source` (random access to the prepared
@@ -203,8 +212,12 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
             `0.875`.
         shuffle: Reshuffle each epoch; `None` means `train`. Defaults to
             `None`.
-        seed: Seed of shuffling and augmentation. Defaults to `0`.
+        seed: Seed of shuffling, sampling and augmentation. Defaults to
+            `0`.
         num_workers: Decoding threads. Defaults to `2`.
+        sampling: `"all"` or `"balanced"` (see `from_arrays`); balanced
+            sampling reads every example's label once, at the first epoch.
+            Defaults to `"all"`.
 
     Returns:
         A `kft.data.ImageDataset`; `class_counts` is computed on first use
@@ -248,9 +261,16 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
     loader = _TfdsLoader(source, image_key, label_key, image_size,
                          "squash" if train else "center_crop", crop_fraction)
 
+    read = []
+
+    def all_labels():
+        if not read:
+            read.append([int(source[i][label_key])
+                         for i in range(len(source))])
+        return read[0]
+
     def count_labels():
-        labels = [int(source[i][label_key]) for i in range(len(source))]
-        counts = np.bincount(labels, minlength=len(names))
+        counts = np.bincount(all_labels(), minlength=len(names))
         return {n: int(c) for n, c in zip(names, counts)}
 
     layer = None
@@ -262,4 +282,5 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
         class_names=names, class_counts=count_labels,
         batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
         seed=seed, num_workers=num_workers, label_mode=label_mode,
-        augmentation=layer, augment_on=augment_on)
+        augmentation=layer, augment_on=augment_on, labels=all_labels,
+        sampling=sampling)

@@ -4,6 +4,7 @@ Also the warning about skipped files (`SkippedFilesWarning`) that the
 loaders and the dataset raise.
 """
 
+import copy
 import threading
 import warnings
 from typing import Literal
@@ -23,6 +24,8 @@ from kft._validation import check_int
 from kft.data._host_augment import HostAugmenter
 from kft.data._host_augment import has_effect
 from kft.data._images import SkippedFile
+from kft.data._sampling import Resampled
+from kft.data._sampling import balanced_indices
 
 # A `DataAdapter` given as `x` is used by `fit` as it is: Keras then knows
 # the steps per epoch, and does not warn that `shuffle=True` is ignored
@@ -32,8 +35,10 @@ DataAdapter = _compat.data_adapter_class()
 
 LabelMode = Literal["int", "categorical"]
 AugmentOn = Literal["host", "model"]
+Sampling = Literal["all", "balanced"]
 LABEL_MODES = get_args(LabelMode)
 AUGMENT_ON = get_args(AugmentOn)
+SAMPLINGS = get_args(Sampling)
 
 
 class SkippedFilesWarning(UserWarning):
@@ -77,7 +82,12 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     do not apply to it: the dataset shuffles itself when built with
     `shuffle=True`, and its batches carry no sample weights.
 
-    Each pass (epoch) reshuffles with `seed + epoch`. Images are float32
+    Each pass (epoch) reshuffles with `seed + epoch`. With
+    `sampling="balanced"` each pass instead draws `num_examples` examples
+    with replacement, every class present equally likely (a class, then
+    an example of it), seeded by `seed` and the epoch: rare classes are
+    seen as often as common ones, some examples of common classes not at
+    all in a pass. `class_counts` stays the stored counts. Images are float32
     pixels in [0, 255], `(batch, height, width, 3)`; labels are int32
     class indices (`label_mode="int"`) or one-hot float32 rows.
     Loaders build it; you rarely construct one yourself.
@@ -100,6 +110,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         augments: Whether this pipeline augments the batches (on a CPU
             device): `augment_on="host"` with a preset other than
             `"none"`.
+        sampling: `"all"` (each example once per pass) or `"balanced"`.
+        class_weight: `{class index: weight}` when batches carry sample
+            weights (see `with_class_weight`), else `None`.
 
     Example:
     >>> import numpy as np, kft
@@ -121,9 +134,20 @@ class ImageDataset(grain.IterDataset, DataAdapter):
                  augment_on: AugmentOn = "host",
                  drop_remainder: bool = False,
                  skipped: Sequence[SkippedFile] = (),
-                 paths: Sequence[str] | None = None):
+                 paths: Sequence[str] | None = None,
+                 labels: Sequence[int] | Callable[[], Sequence[int]]
+                 | None = None,
+                 sampling: Sampling = "all"):
         super().__init__()
         check_choice("label_mode", label_mode, LABEL_MODES)
+        check_choice("sampling", sampling, SAMPLINGS)
+        if sampling == "balanced" and labels is None:
+            raise ValueError(
+                "Argument `labels` (each example's class) is required for "
+                "sampling='balanced'. Received: labels=None")
+        self.sampling = sampling
+        self._example_labels = labels
+        self.class_weight = None
         check_choice("augment_on", augment_on, AUGMENT_ON)
         self._batch_size = check_int("batch_size", batch_size, min_value=1)
         self._source = source
@@ -241,13 +265,76 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         images, labels = batch
         if self._augmenter is not None:
             images = self._augmenter(images)
-        return images.astype(np.float32, copy=False), self._labels(labels)
+        images = images.astype(np.float32, copy=False)
+        if self.class_weight is None:
+            return images, self._labels(labels)
+        weights = np.asarray([self.class_weight.get(int(label), 1.0)
+                              for label in labels], dtype=np.float32)
+        return images, self._labels(labels), weights
+
+    @property
+    def example_labels(self) -> np.ndarray | None:
+        """Each stored example's class index (in `paths` order), or `None`
+        when the loader did not record them."""
+        if callable(self._example_labels):
+            self._example_labels = self._example_labels()
+        if self._example_labels is None:
+            return None
+        return np.asarray(self._example_labels, dtype=np.int64)
+
+    def in_order(self) -> "ImageDataset":
+        """This dataset read in stored order, each example once.
+
+        Shares the examples (no copy): no shuffling and no balanced
+        sampling, so a second pass meets the examples in the same order,
+        as evaluation needs (`kft.evaluate` reads datasets this way).
+
+        >>> import numpy as np, kft
+        >>> ds = kft.data.from_arrays(np.zeros((3, 4, 4, 3)), [2, 0, 1],
+        ...                           sampling="balanced")
+        >>> next(iter(ds.in_order()))[1].tolist()
+        [2, 0, 1]
+        """
+        ordered = self._view()
+        ordered.shuffle, ordered.sampling = False, "all"
+        return ordered
+
+    def with_class_weight(self, class_weight: Mapping[int, float]
+                          ) -> "ImageDataset":
+        """This dataset with batches `(images, labels, sample_weights)`.
+
+        `model.fit` ignores its `class_weight` argument for an
+        `ImageDataset`; this puts the weights into the batches instead,
+        the weight of each example being its class' (1 for a class not in
+        `class_weight`). See `kft.training.class_weights`.
+
+        >>> import numpy as np, kft
+        >>> ds = kft.data.from_arrays(np.zeros((3, 4, 4, 3)), [0, 1, 1],
+        ...                           shuffle=False)
+        >>> next(iter(ds.with_class_weight({1: 0.5})))[2].tolist()
+        [1.0, 0.5, 0.5]
+        """
+        weighted = self._view()
+        weighted.class_weight = {int(k): float(v)
+                                 for k, v in dict(class_weight).items()}
+        return weighted
+
+    def _view(self):
+        view = copy.copy(self)
+        view._lock = threading.Lock()
+        view._epoch = 0
+        return view
 
     def __iter__(self):
         dataset = self._source
-        if self.shuffle:
-            with self._lock:
-                epoch, self._epoch = self._epoch, self._epoch + 1
+        with self._lock:
+            epoch, self._epoch = self._epoch, self._epoch + 1
+        if self.sampling == "balanced":
+            indices = balanced_indices(self.example_labels, len(dataset),
+                                       self._shuffle_seed, epoch)
+            dataset = grain.MapDataset.source(indices).map(
+                Resampled(dataset))
+        elif self.shuffle:
             dataset = dataset.shuffle(seed=self._shuffle_seed + epoch)
         dataset = dataset.to_iter_dataset(grain.ReadOptions(
             num_threads=self.num_workers,

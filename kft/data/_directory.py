@@ -23,6 +23,8 @@ from kft.data._dataset import LABEL_MODES
 from kft.data._dataset import AugmentOn
 from kft.data._dataset import ImageDataset
 from kft.data._dataset import LabelMode
+from kft.data._dataset import SAMPLINGS
+from kft.data._dataset import Sampling
 from kft.data._dataset import warn_skipped
 from kft.data._files import FileLoader
 from kft.data._files import class_counts
@@ -58,11 +60,12 @@ class _Settings:
     check: str
     max_pixels: int | None
     exif_transpose: bool
+    sampling: str = "all"
 
     @classmethod
     def checked(cls, *, image_size, batch_size, augmentation, augment_on,
                 label_mode, crop_fraction, shuffle, seed, num_workers,
-                check, max_pixels, exif_transpose):
+                check, max_pixels, exif_transpose, sampling="all"):
         """Checks every argument, before the (slow) scan of the folders."""
         if max_pixels is not None:
             max_pixels = check_int("max_pixels", max_pixels, min_value=1)
@@ -81,6 +84,7 @@ class _Settings:
             check=check_choice("check", check, CHECKS),
             max_pixels=max_pixels,
             exif_transpose=bool(exif_transpose),
+            sampling=check_choice("sampling", sampling, SAMPLINGS),
         )
 
 
@@ -102,7 +106,8 @@ def _make_dataset(records, skipped, class_names, settings, *, train):
         seed=settings.seed, num_workers=settings.num_workers,
         label_mode=settings.label_mode, augmentation=layer,
         augment_on=settings.augment_on, skipped=skipped,
-        paths=[p for p, _ in records])
+        paths=[p for p, _ in records], labels=[label for _, label in records],
+        sampling=settings.sampling if train else "all")
     loader.on_failure = dataset._record_failure
     return dataset
 
@@ -119,7 +124,8 @@ def from_directory(path: str | os.PathLike,
                    on_bad_file: Literal["skip", "raise"] = "skip",
                    check: Literal["full", "header"] = "full",
                    max_pixels: int | None = _images.DEFAULT_MAX_PIXELS,
-                   exif_transpose: bool = True) -> ImageSplits:
+                   exif_transpose: bool = True,
+                   sampling: Sampling = "all") -> ImageSplits:
     """Loads an image-folder layout into train and val `ImageDataset`s.
 
     Layouts: `path/train/<class>/*.jpg` with `path/val/<class>/...` (also
@@ -184,6 +190,11 @@ def from_directory(path: str | os.PathLike,
             the stored pixels as they are, like Keras'
             `image_dataset_from_directory` and torchvision's
             `ImageFolder`. Defaults to `True`.
+        sampling: Train sampling: `"all"` (every image once per epoch) or
+            `"balanced"` (each epoch draws as many images with
+            replacement, every class equally likely; see
+            `kft.data.ImageDataset`). Val is always read whole. Defaults
+            to `"all"`.
 
     Returns:
         `ImageSplits(train, val)`; `val` is `None` without val data.
@@ -215,7 +226,8 @@ def from_directory(path: str | os.PathLike,
         augmentation=augmentation, augment_on=augment_on,
         label_mode=label_mode, crop_fraction=crop_fraction, shuffle=shuffle,
         seed=seed, num_workers=num_workers, check=check,
-        max_pixels=max_pixels, exif_transpose=exif_transpose)
+        max_pixels=max_pixels, exif_transpose=exif_transpose,
+        sampling=sampling)
     check_choice("on_bad_file", on_bad_file, ON_BAD_FILE)
     if validation_split is not None:
         validation_split = check_number(

@@ -1,4 +1,8 @@
-"""Honest evaluation of a classifier: accuracy, macro P/R/F1, confusion."""
+"""The short report: accuracy, macro P/R/F1 and the confusion matrix.
+
+`kft.evaluate` (`kft.evaluation.report`) reports more: balanced and top-k
+accuracy, weighted averages, calibration and the worst mistakes.
+"""
 
 import dataclasses
 from collections.abc import Sequence
@@ -6,9 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kft._validation import fail_argument
 from kft._validation import check_int
 from kft._validation import check_labels
+from kft.evaluation._predict import check_class_names
+from kft.evaluation._predict import output_width
+from kft.evaluation._predict import predict_arrays
+from kft.evaluation._predict import predict_batches
+from kft.evaluation._predict import split_data
 
 if TYPE_CHECKING:
     import keras
@@ -40,27 +48,6 @@ class ClassificationReport:
                          f"recall {m['recall']:.3f} f1 {m['f1']:.3f} "
                          f"support {m['support']}")
         return "\n".join(lines)
-
-
-def _check_class_names(class_names, num_classes):
-    if class_names is None:
-        return None
-    if isinstance(class_names, str):
-        fail_argument("class_names", "a sequence of class names", class_names,
-              TypeError)
-    class_names = tuple(class_names)
-    if len(class_names) != num_classes:
-        fail_argument("class_names", f"one name per class ({num_classes} names for "
-              f"{num_classes} classes)", class_names)
-    return class_names
-
-
-def _integer_labels(y, num_classes, name):
-    """Integer labels from integer labels or one-hot rows, range-checked."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
-        y = np.argmax(y, axis=-1)
-    return check_labels(y.reshape(-1), num_classes, name=name)
 
 
 def classification_report(y_true, y_pred, num_classes: int | None = None,
@@ -109,7 +96,7 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
         numeric = np.issubdtype(both.dtype, np.number) and np.all(
             np.isfinite(both))
         num_classes = max(int(both.max()) + 1, 1) if numeric else 1
-    class_names = _check_class_names(class_names, num_classes)
+    class_names = check_class_names(class_names, num_classes)
     y_true = check_labels(y_true, num_classes, name="y_true")
     y_pred = check_labels(y_pred, num_classes, name="y_pred")
     class_names = class_names or tuple(str(i) for i in range(num_classes))
@@ -130,19 +117,6 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
         confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels),
         class_names=class_names,
     )
-
-
-def _output_width(model):
-    """The model's number of classes, known before predicting, or `None`."""
-    try:
-        width = model.outputs[0].shape[-1]
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-    return None if width is None else int(width)
-
-
-def _is_array(x):
-    return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
 def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
@@ -191,60 +165,16 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
     ('0', '1')
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    num_classes = _output_width(model)
-    if y is None and isinstance(x, tuple) and len(x) == 2 and all(
-            _is_array(part) for part in x):
-        x, y = x  # the `(x, y)` pair `kft.fine_tune` takes
-    if y is None:
-        if _is_array(x):
-            raise ValueError(
-                "Argument `y` (the labels) is required when `x` holds "
-                "images; leave it out only for a dataset of (images, labels) "
-                f"batches. Received: x of shape {tuple(x.shape)}, y=None"
-            )
+    num_classes = output_width(model)
+    if num_classes is not None:
+        class_names = check_class_names(class_names, num_classes)
+    images, labels, dataset = split_data(x, y)
+    if dataset is not None:
         if class_names is None:
-            class_names = getattr(x, "class_names", None)
-        return _evaluate_batches(model, x, num_classes, class_names)
-    if not _is_array(x) and not isinstance(x, (list, tuple)):
-        raise ValueError(
-            "Argument `y` must be left out when `x` is a dataset: its "
-            "batches carry the labels. Received: x of type "
-            f"{type(x).__name__} and y"
-        )
-    if num_classes is not None:
-        class_names = _check_class_names(class_names, num_classes)
-        y = _integer_labels(y, num_classes, "y")
-    logits = model.predict(x, batch_size=batch_size, verbose=0)
-    num_classes = logits.shape[-1]
+            class_names = getattr(dataset, "class_names", None)
+        labels, scores = predict_batches(model, dataset)
+    else:
+        labels, scores = predict_arrays(model, images, labels, batch_size)
     return classification_report(
-        _integer_labels(y, num_classes, "y"), np.argmax(logits, axis=-1),
-        num_classes=num_classes, class_names=class_names,
-    )
-
-
-def _evaluate_batches(model, dataset, num_classes, class_names):
-    if num_classes is not None:
-        class_names = _check_class_names(class_names, num_classes)
-    labels, predictions = [], []
-    for batch in dataset:
-        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-            raise ValueError(
-                "Argument `x` must yield (images, labels) batches when `y` "
-                "is left out. Received: a batch of type "
-                f"{type(batch).__name__}"
-                + (f" and length {len(batch)}"
-                   if isinstance(batch, (tuple, list)) else "")
-            )
-        logits = np.asarray(model.predict_on_batch(batch[0]))
-        num_classes = logits.shape[-1]
-        labels.append(_integer_labels(batch[1], num_classes, "y"))
-        predictions.append(np.argmax(logits, axis=-1))
-    if not labels:
-        raise ValueError(
-            "Argument `x` must yield at least one (images, labels) batch. "
-            "Received: an empty dataset"
-        )
-    return classification_report(
-        np.concatenate(labels), np.concatenate(predictions),
-        num_classes=num_classes, class_names=class_names,
-    )
+        labels, np.argmax(scores, axis=-1), num_classes=scores.shape[-1],
+        class_names=class_names)

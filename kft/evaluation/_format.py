@@ -1,0 +1,78 @@
+"""`EvaluationReport` as text: `str(report)` and `report.to_markdown()`."""
+
+import numpy as np
+
+
+def _summary_rows(report):
+    return [
+        ("examples", f"{report.num_examples}"),
+        ("accuracy", f"{report.accuracy:.4f}"),
+        ("balanced accuracy", f"{report.balanced_accuracy:.4f}"),
+        (f"top-{report.top_k} accuracy", f"{report.top_k_accuracy:.4f}"),
+        ("macro precision / recall / F1",
+         " / ".join(f"{report.macro[k]:.4f}"
+                    for k in ("precision", "recall", "f1"))),
+        ("weighted precision / recall / F1",
+         " / ".join(f"{report.weighted[k]:.4f}"
+                    for k in ("precision", "recall", "f1"))),
+        (f"expected calibration error ({len(report.bin_count)} bins)",
+         f"{report.expected_calibration_error:.4f}"),
+    ]
+
+
+def _class_order(report, max_classes):
+    """All classes in index order, or the `max_classes` of lowest F1."""
+    order = np.arange(report.num_classes)
+    if max_classes is not None and max_classes < report.num_classes:
+        order = np.argsort(report.f1, kind="stable")[:max_classes]
+    return order
+
+
+def _class_row(report, i):
+    flag = " (low support)" if report.class_names[i] in \
+        report.low_support else ""
+    return (f"{report.class_names[i]}{flag}", f"{report.precision[i]:.3f}",
+            f"{report.recall[i]:.3f}", f"{report.f1[i]:.3f}",
+            f"{int(report.support[i])}")
+
+
+def markdown(report, max_classes=None):
+    lines = ["| metric | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in
+              _summary_rows(report)]
+    order = _class_order(report, max_classes)
+    lines += ["", ("Per class" if len(order) == report.num_classes else
+                   f"The {len(order)} classes of lowest F1") + ":", "",
+              "| class | precision | recall | F1 | support |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    lines += ["| " + " | ".join(_class_row(report, i)) + " |" for i in order]
+    if report.mistakes:
+        lines += ["", "Most confident mistakes:", "",
+                  "| index | true | predicted | confidence |",
+                  "| ---: | --- | --- | ---: |"]
+        lines += [f"| {m.index} | {report.class_names[m.true]} | "
+                  f"{report.class_names[m.predicted]} | {m.confidence:.3f} |"
+                  for m in report.mistakes]
+    if report.notes:
+        lines += [""] + [f"- {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def text(report, max_classes=20):
+    lines = [f"{name}: {value}" for name, value in _summary_rows(report)]
+    order = _class_order(report, max_classes)
+    width = max(12, *(len(name) for name in report.class_names))
+    header = ("per class" if len(order) == report.num_classes else
+              f"the {len(order)} classes of lowest F1")
+    lines.append(f"{header}: precision recall f1 support")
+    for i in order:
+        name, p, r, f, s = _class_row(report, i)
+        lines.append(f"  {name:>{width}}  {p}  {r}  {f}  {s}")
+    if report.mistakes:
+        shown = ", ".join(
+            f"#{m.index} {report.class_names[m.true]}->"
+            f"{report.class_names[m.predicted]} ({m.confidence:.2f})"
+            for m in report.mistakes[:5])
+        lines.append(f"most confident mistakes: {shown}")
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)

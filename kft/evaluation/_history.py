@@ -1,0 +1,99 @@
+"""Training histories for plotting: phases merged, boundaries found."""
+
+import numpy as np
+
+from kft._validation import fail_argument
+
+# Logged values that are not curves of a metric.
+_BOOKKEEPING = ("unfrozen_blocks", "trainable_params")
+
+
+def _is_rate(key):
+    return key.startswith("learning_rate") or key.startswith("lr")
+
+
+def _phases(history):
+    """The list of `history` dicts in `history`."""
+    if hasattr(history, "histories"):  # a kft.FineTuneResult
+        return list(history.histories)
+    if hasattr(history, "history") and isinstance(history.history, dict):
+        return [history.history]  # a keras History
+    if isinstance(history, dict):
+        return [history]
+    if isinstance(history, (list, tuple)) and all(
+            isinstance(h, dict) for h in history):
+        return list(history)
+    fail_argument("history", "a keras History, its `history` dict, a "
+                  "kft.FineTuneResult or a list of `history` dicts",
+                  type(history).__name__, TypeError)
+
+
+def merge(history):
+    """`(curves, phase_starts)`: each key's values over all epochs (NaN
+    where a phase did not log it) and the 0-based first epoch of each
+    phase after the first.
+
+    >>> curves, starts = merge([{"loss": [2, 1]}, {"loss": [0.5],
+    ...                                           "learning_rate": [0.1]}])
+    >>> curves["learning_rate"].tolist(), starts
+    ([nan, nan, 0.1], [2])
+    """
+    phases = [h for h in _phases(history)]
+    lengths = [max((len(v) for v in h.values()), default=0) for h in phases]
+    if not sum(lengths):
+        fail_argument("history", "a history of at least one epoch",
+                      "an empty history")
+    keys = list(dict.fromkeys(k for h in phases for k in h))
+    curves = {}
+    for key in keys:
+        parts = []
+        for h, length in zip(phases, lengths):
+            values = np.asarray(h.get(key, []), dtype=np.float64)
+            parts.append(np.concatenate(
+                [values, np.full(length - len(values), np.nan)]))
+        curves[key] = np.concatenate(parts)
+    starts = list(np.cumsum(lengths)[:-1])
+    return curves, [int(s) for s in starts if 0 < s]
+
+
+def stage_starts(curves, phase_starts):
+    """0-based epochs where `unfrozen_blocks` grew within a phase.
+
+    >>> stage_starts({"unfrozen_blocks": np.array([np.nan, 1, 2, 2, 3])},
+    ...              [1])
+    [2, 4]
+    """
+    blocks = curves.get("unfrozen_blocks")
+    if blocks is None:
+        return []
+    starts = []
+    for epoch in range(1, len(blocks)):
+        before, now = blocks[epoch - 1], blocks[epoch]
+        if (np.isfinite(before) and np.isfinite(now) and now > before
+                and epoch not in phase_starts):
+            starts.append(epoch)
+    return starts
+
+
+def panels(curves, metrics=None):
+    """`[(title, keys, log_scale)]`: loss, each metric, learning rates."""
+    trained = [k for k in curves if not k.startswith("val_")
+               and not _is_rate(k) and k not in _BOOKKEEPING]
+    if metrics is None:
+        metrics = [k for k in trained if k != "loss"]
+    for name in metrics:
+        if name not in curves and f"val_{name}" not in curves:
+            fail_argument("metrics", f"names of logged metrics {trained}",
+                          list(metrics))
+    result = []
+    for name in (["loss"] if "loss" in curves or "val_loss" in curves
+                 else []) + list(metrics):
+        keys = [k for k in (name, f"val_{name}") if k in curves]
+        result.append((name, keys, False))
+    rates = [k for k in curves if _is_rate(k)]
+    if rates:
+        result.append(("learning rate", rates, True))
+    if not result:
+        fail_argument("history", "a history with a loss or metrics",
+                      sorted(curves))
+    return result

@@ -1,0 +1,130 @@
+"""A model's scores and the true labels, batch by batch.
+
+Images are never gathered: each batch is predicted and dropped, so only
+the labels and one row of scores per example are kept.
+"""
+
+import numpy as np
+
+from kft._validation import check_labels
+from kft._validation import fail_argument
+
+
+def output_width(model):
+    """The model's number of classes, known before predicting, or `None`."""
+    try:
+        width = model.outputs[0].shape[-1]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return None if width is None else int(width)
+
+
+def is_array(x):
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def integer_labels(y, num_classes, name):
+    """Integer labels from integer labels or one-hot rows, range-checked."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
+        y = np.argmax(y, axis=-1)
+    return check_labels(y.reshape(-1), num_classes, name=name)
+
+
+def check_class_names(class_names, num_classes):
+    if class_names is None:
+        return None
+    if isinstance(class_names, str):
+        fail_argument("class_names", "a sequence of class names", class_names,
+                      TypeError)
+    class_names = tuple(class_names)
+    if len(class_names) != num_classes:
+        fail_argument("class_names", f"one name per class ({num_classes} "
+                      f"names for {num_classes} classes)", class_names)
+    return class_names
+
+
+def split_data(x, y):
+    """`(images, labels, None)` for arrays, `(None, None, dataset)` else.
+
+    Accepts images with `y`, an `(images, labels)` pair, or a dataset of
+    `(images, labels)` batches with `y=None`.
+    """
+    if y is None and isinstance(x, tuple) and len(x) == 2 and all(
+            is_array(part) for part in x):
+        x, y = x  # the `(x, y)` pair `kft.fine_tune` takes
+    if y is None:
+        if is_array(x):
+            raise ValueError(
+                "Argument `y` (the labels) is required when `x` holds "
+                "images; leave it out only for a dataset of (images, labels) "
+                f"batches. Received: x of shape {tuple(x.shape)}, y=None"
+            )
+        return None, None, x
+    if not is_array(x) and not isinstance(x, (list, tuple)):
+        raise ValueError(
+            "Argument `y` must be left out when `x` is a dataset: its "
+            "batches carry the labels. Received: x of type "
+            f"{type(x).__name__} and y"
+        )
+    return x, y, None
+
+
+def ordered(dataset):
+    """A `kft.data.ImageDataset` in its stored order, each example once.
+
+    Indices of a report then name the same examples in a second pass
+    (`dataset.paths` order for image folders). Other data is returned as
+    it is: its own iteration order defines the indices.
+    """
+    in_order = getattr(dataset, "in_order", None)
+    return in_order() if callable(in_order) else dataset
+
+
+def predict_arrays(model, x, y, batch_size, name="x"):
+    """`(labels, scores)` of images and labels held in memory.
+
+    `name` is the argument named in errors: labels are `y` for `x` and
+    `data[1]` for a `data` pair.
+    """
+    label_name = "y" if name == "x" else f"{name}[1]"
+    num_classes = output_width(model)
+    if num_classes is not None:
+        y = integer_labels(y, num_classes, label_name)
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(
+            f"Argument `{name}` must hold at least one image and one label "
+            f"per image. Received: {len(x)} images and {len(y)} labels")
+    scores = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    return integer_labels(y, scores.shape[-1], label_name), scores
+
+
+def predict_batches(model, dataset, progress=None, name="x"):
+    """`(labels, scores)` of a dataset yielding `(images, labels)` batches.
+
+    `progress(done)` is called after each batch when given.
+    """
+    labels, scores = [], []
+    for batch in dataset:
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            raise ValueError(
+                f"Argument `{name}` must yield (images, labels) batches"
+                + (" when `y` is left out" if name == "x" else "")
+                + ". Received: a batch of type "
+                f"{type(batch).__name__}"
+                + (f" and length {len(batch)}"
+                   if isinstance(batch, (tuple, list)) else "")
+            )
+        batch_scores = np.asarray(model.predict_on_batch(batch[0]))
+        labels.append(integer_labels(batch[1], batch_scores.shape[-1],
+                                     "y" if name == "x" else "labels"))
+        scores.append(batch_scores)
+        if progress is not None:
+            progress(len(scores))
+    if not labels:
+        raise ValueError(
+            f"Argument `{name}` must yield at least one (images, labels) "
+            "batch. "
+            "Received: an empty dataset"
+        )
+    return np.concatenate(labels), np.concatenate(scores)

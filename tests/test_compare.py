@@ -1,0 +1,307 @@
+"""`kft.compare_strategies` and `kft.StrategyComparison`."""
+
+import json
+import math
+from unittest import mock
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import kft
+from kft.evaluation.comparison import mean_interval
+from kft.evaluation.comparison import paired_t_test
+
+SEEDS = [3, 7]
+STRATEGIES = ["feature_extraction", "partial:2"]
+CALLS = []
+
+
+def untrained(model, train, val, seed):
+    """A training function that records its call and trains nothing."""
+    CALLS.append((len(train[1]), seed))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return kft.datasets.digits(image_size=16, target_per_class=2,
+                               val_per_class=2, test_fraction=0.2)
+
+
+def _build():
+    return kft.build_classifier("simple_cnn", 5, weights=None,
+                                input_shape=(16, 16, 3))
+
+
+@pytest.fixture(scope="module")
+def comparison(data):
+    """2 strategies x 2 seeds, with `cache_features` counted per run, and
+    a training function as a third strategy."""
+    import kft.training.fine_tune as fine_tune_module
+
+    lines = []
+    real = fine_tune_module.cache_features
+    with mock.patch.object(fine_tune_module, "cache_features",
+                           wraps=real) as spy:
+        result = kft.compare_strategies(
+            lambda seed: _build(), data.target_train, data.target_val,
+            data.target_test, strategies=[*STRATEGIES, untrained],
+            seeds=SEEDS, epochs=2, head_epochs=1,
+            print_fn=lambda line: lines.append((line, spy.call_count)))
+    return result, lines
+
+
+@pytest.mark.slow
+def test_runs_are_recorded_per_strategy_and_seed(comparison, data):
+    result, lines = comparison
+    assert [(r["strategy"], r["seed"]) for r in result.runs] == [
+        (s, seed) for seed in SEEDS for s in [*STRATEGIES, "untrained"]]
+    assert CALLS == [(10, 3), (10, 7)]
+    assert result.runs[2]["histories"] == []
+    # Feature extraction trained the head on cached features: its run
+    # cached the train and the validation data.
+    assert lines[0][0].startswith("[1/6] feature_extraction seed 3: "
+                                  "accuracy ")
+    assert lines[0][1] == 2
+    by = {(r["strategy"], r["seed"]): r for r in result.runs}
+    head = by["feature_extraction", 3]["trainable_params"]
+    assert head == 64 * 5 + 5  # pooled features -> 5 logits
+    assert by["partial:2", 3]["trainable_params"] > head
+    for run in result.runs:
+        assert run["train_time"] > 0
+        assert run["peak_memory_mib"] is not None
+        report = result.report(run["strategy"], run["seed"])
+        assert report.accuracy == run["metrics"]["accuracy"]
+        assert report.num_examples == len(data.target_test[1])
+    # Epoch budget: 2 head epochs for feature extraction, 1 + 1 else.
+    assert [len(h["loss"]) for h in by["feature_extraction", 7][
+        "histories"]] == [2]
+    assert [len(h["loss"]) for h in by["partial:2", 7]["histories"]] == [
+        1, 1]
+
+
+@pytest.mark.slow
+def test_table_numbers_are_recomputed_from_the_runs(comparison):
+    result, _ = comparison
+    table = {row["strategy"]: row for row in result.table()}
+    names = [*STRATEGIES, "untrained"]
+    values = {s: [r["metrics"]["accuracy"] for seed in SEEDS
+                  for r in result.runs if r["strategy"] == s
+                  and r["seed"] == seed] for s in names}
+    best = max(names, key=lambda s: np.mean(values[s]))
+    assert result.best == best
+    for s in names:
+        row, v = table[s], np.array(values[s])
+        assert row["n"] == 2
+        assert row["mean"] == pytest.approx(v.mean())
+        assert row["std"] == pytest.approx(v.std(ddof=1))
+        half = stats.t.ppf(0.975, 1) * v.std(ddof=1) / math.sqrt(2)
+        assert row["ci_low"] == pytest.approx(v.mean() - half)
+        assert row["ci_high"] == pytest.approx(v.mean() + half)
+        assert row["trainable_params"] == pytest.approx(np.mean(
+            [r["trainable_params"] for r in result.runs
+             if r["strategy"] == s]))
+    assert table[best]["p"] is None and table[best]["difference"] == 0.0
+    others = [s for s in names if s != best]
+    for other in others:
+        diff = np.array(values[other]) - np.array(values[best])
+        assert table[other]["difference"] == pytest.approx(diff.mean())
+        assert table[other]["p"] == pytest.approx(
+            paired_t_test(values[other], values[best])[1])
+    # Holm: the smaller p times 2, the larger times 1, kept monotone.
+    ps = sorted((table[o]["p"], o) for o in others)
+    assert table[ps[0][1]]["p_holm"] == pytest.approx(min(1, 2 * ps[0][0]))
+    assert table[ps[1][1]]["p_holm"] == pytest.approx(
+        max(table[ps[0][1]]["p_holm"], ps[1][0]))
+    other = others[0]
+    markdown = result.to_markdown()
+    assert f"**{best}** (best)" in markdown and str(result) == markdown
+    assert f"{table[other]['mean']:.3f}" in markdown
+
+
+@pytest.mark.slow
+def test_json_round_trip_then_replot(comparison, tmp_path):
+    result, _ = comparison
+    path = tmp_path / "runs" / "comparison.json"
+    result.save(path)
+    loaded = kft.StrategyComparison.load(path)
+    assert loaded.to_dict() == json.loads(result.to_json())
+    assert loaded.table() == result.table()
+    fig = loaded.plot(path=tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").stat().st_size > 0
+    from matplotlib.container import BarContainer
+
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == 3
+    heights = [b.get_height() for b in bars]
+    np.testing.assert_allclose(heights, [r["mean"] for r in result.table()])
+    # Error bars span the confidence interval.
+    (segments,) = bars.errorbar.lines[2]
+    spans = [tuple(seg[:, 1]) for seg in segments.get_segments()]
+    np.testing.assert_allclose(spans, [(r["ci_low"], r["ci_high"])
+                                       for r in result.table()])
+    points = [line for line in ax.lines if line.get_marker() == "o"]
+    assert sum(len(line.get_ydata()) for line in points) == 6
+    assert ax.get_ylabel() == "test accuracy"
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        *STRATEGIES, "untrained"]
+    with pytest.raises(ValueError, match="format"):
+        kft.StrategyComparison.from_dict({"runs": []})
+
+
+def test_paired_test_and_interval_against_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.8, 0.05, 6), rng.normal(0.75, 0.05, 6)
+    t, p = paired_t_test(a, b)
+    expected = stats.ttest_rel(a, b)
+    assert (t, p) == pytest.approx((expected.statistic, expected.pvalue))
+    assert paired_t_test([0.5, 0.6], [0.5, 0.6]) == (0.0, 1.0)
+    assert paired_t_test([0.6, 0.7], [0.5, 0.6]) == (math.inf, 0.0)
+    assert paired_t_test([0.6], [0.5]) == (None, None)
+    low, high = stats.t.interval(0.9, 5, loc=a.mean(),
+                                 scale=stats.sem(a))
+    assert mean_interval(a, 0.9)[2:] == pytest.approx((low, high))
+    assert mean_interval([0.5]) == (0.5, None, None, None)
+
+
+def test_one_seed_has_no_interval_nor_test():
+    runs = [{"strategy": s, "seed": 0, "metrics": {"accuracy": a}}
+            for s, a in [("full", 0.8), ("partial", 0.7)]]
+    result = kft.StrategyComparison(runs, ["full", "partial"], [0],
+                                    "accuracy")
+    rows = result.table()
+    assert [r["std"] for r in rows] == [None, None]
+    assert rows[1]["p"] is None and rows[1]["difference"] == pytest.approx(
+        -0.1)
+    assert "| n/a |" in result.to_markdown()
+    with pytest.raises(ValueError, match=r"`strategy` must be one of "
+                       r"\('full', 'partial'\)\. Received: strategy='x'"):
+        result.values("x")
+
+
+def _never(*args):
+    raise AssertionError("a model was built before the arguments were "
+                         "checked")
+
+
+BAD_ARGUMENTS = [
+    ({"strategies": ["full", "fulll"]}, ValueError,
+     r"`strategies\[1\]` must be one of \('feature_extraction', 'partial', "
+     r"'gradual', 'full', 'discriminative'\).*Received: "
+     r"strategies\[1\]='fulll'"),
+    ({"strategies": ["partial:x"]}, ValueError,
+     r"\(blocks: an integer >= 1\)\. Received: "
+     r"strategies\[0\]='partial:x'"),
+    ({"strategies": ["discriminative:2"]}, ValueError,
+     r"decay: a number in \(0, 1\]"),
+    ({"strategies": [{"strategy": "full", "epochs": 3}]}, ValueError,
+     r"the budget is shared"),
+    ({"strategies": [lambda m, t, v, s: None]}, ValueError,
+     r"with a name.*Received: strategies\[0\]=<function"),
+    ({"strategies": ["full", {"name": "full", "strategy": "partial"}]},
+     ValueError, r"'full' appears 2 times"),
+    ({"strategies": []}, ValueError, r"`strategies` must be a non-empty"),
+    ({"seeds": []}, ValueError,
+     r"`seeds` must be a non-empty list of distinct integer seeds\. "
+     r"Received: seeds=\[\]"),
+    ({"seeds": [1, 3, 3]}, ValueError,
+     r"distinct seeds \(runs are paired by seed\); 3 appears 2 times\. "
+     r"Received: seeds=\[1, 3, 3\]"),
+    ({"seeds": [0, -1]}, ValueError, r"seeds\[1\]=-1"),
+    ({"metric": "acc"}, ValueError, r"`metric` must be one of \('accuracy',"),
+    ({"head_epochs": 3, "epochs": 3}, ValueError,
+     r"less than epochs=3.*Received: head_epochs=3"),
+    ({"strategy": "full"}, ValueError,
+     r"`strategy` must be left out.*Received: strategy='full'"),
+    ({"time_budget": 0}, ValueError, r"time_budget=0"),
+    ({"build_model": None}, TypeError, r"`build_model` must be a function"),
+]
+
+
+def test_bad_arguments_fail_before_training(data):
+    # One test for all: each case costs no training, but a test item's
+    # fresh Keras session does.
+    for kwargs, error, match in BAD_ARGUMENTS:
+        kwargs = {"build_model": _never, **kwargs}
+        with pytest.raises(error, match=match):
+            kft.compare_strategies(
+                train=data.target_train, val=data.target_val,
+                test=data.target_test, print_fn=None, **kwargs)
+
+
+def test_empty_data_is_named(data):
+    x, y = data.target_train
+    with pytest.raises(ValueError, match=r"`train` must hold at least one "
+                       r"example.*Received: train with 0 images"):
+        kft.compare_strategies(_never, (x[:0], y[:0]), data.target_val,
+                               data.target_test)
+    with pytest.raises(ValueError, match=r"`test` must hold.*3 images and "
+                       r"2 labels"):
+        kft.compare_strategies(_never, data.target_train, None,
+                               (x[:3], y[:2]))
+    empty = kft.data.from_arrays(x[:0], y[:0], batch_size=4)
+    with pytest.raises(ValueError, match=r"`test` must hold at least one "
+                       r"batch"):
+        kft.compare_strategies(_never, data.target_train, None, empty)
+
+
+def test_demo_with_seeds_writes_the_comparison_and_plots(tmp_path,
+                                                         monkeypatch):
+    """The wiring of `run_demo(seeds=...)`, with the training faked."""
+    import kft.demo
+
+    rng = np.random.default_rng(1)
+    labels = np.arange(20) % 5
+    report = kft.evaluation.report_from_predictions(
+        labels, rng.normal(size=(20, 5))).to_dict()
+    history = [{"loss": [1.0, 0.8], "val_loss": [1.1, 0.9]}]
+    asked = {}
+
+    def fake_compare(build, train, val, test, **kwargs):
+        asked.update(kwargs)
+        runs = [{"strategy": s, "seed": seed, "metrics": {
+            "accuracy": acc}, "trainable_params": 10, "train_time": 1.0,
+            "report": report, "histories": history}
+            for seed, accs in zip(kwargs["seeds"], [(0.5, 0.7), (0.6, 0.8)])
+            for s, acc in zip(["feature_extraction", "full"], accs)]
+        return kft.StrategyComparison(runs, ["feature_extraction", "full"],
+                                      kwargs["seeds"], "accuracy")
+
+    monkeypatch.setattr(kft.demo, "_pretrain", lambda *args: None)
+    monkeypatch.setattr(kft.demo, "compare_strategies", fake_compare)
+    printed = []
+    result = kft.demo.run_demo(image_size=8, target_per_class=2, seed=4,
+                               seeds=2, output_dir=str(tmp_path / "out"),
+                               print_fn=printed.append)
+    assert asked["seeds"] == [4, 5] and len(asked["strategies"]) == 6
+    assert result.best == "full"
+    out = tmp_path / "out"
+    assert kft.StrategyComparison.load(out / "comparison.json").to_dict() \
+        == result.to_dict()
+    assert (out / "strategies.png").exists()
+    assert (out / "full" / "confusion_matrix.png").exists()
+    assert (out / "full" / "learning_curves.png").exists()
+    assert result.to_markdown() in printed
+    assert any(line.startswith(f"Plots written to {out}") for line in printed)
+    with pytest.raises(ValueError, match=r"seeds.*>= 2.*Received: seeds=1"):
+        kft.demo.run_demo(seeds=1, print_fn=None)
+
+
+def test_time_budget_stops_training_after_the_batch_past_it():
+    import time
+
+    import keras
+
+    from kft.evaluation.compare import _TimeBudget
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    budget = _TimeBudget(1e-9, time.perf_counter())
+    seen = []
+    history = model.fit(
+        np.ones((64, 2)), np.ones(64), batch_size=8, epochs=3, verbose=0,
+        callbacks=[budget, keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: seen.append(batch))])
+    assert budget.spent and seen == [0]
+    assert len(history.history["loss"]) == 1

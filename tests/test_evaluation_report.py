@@ -1,0 +1,245 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+import kft
+from kft.evaluation import report_from_predictions
+
+# 4 classes: class 2 is never predicted, class 3 is absent from y_true but
+# predicted once.
+Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2, 2, 0, 1])
+PROBS = np.array([
+    [0.70, 0.10, 0.10, 0.10],
+    [0.40, 0.30, 0.20, 0.10],
+    [0.20, 0.50, 0.20, 0.10],   # 0 -> 1
+    [0.10, 0.80, 0.05, 0.05],
+    [0.30, 0.30, 0.20, 0.20],   # tie 0/1: argmax 0, mistake
+    [0.60, 0.10, 0.25, 0.05],   # 2 -> 0
+    [0.05, 0.55, 0.35, 0.05],   # 2 -> 1
+    [0.08, 0.07, 0.33, 0.52],   # 2 -> 3
+    [0.90, 0.05, 0.03, 0.02],
+    [0.20, 0.60, 0.10, 0.10],
+])
+Y_PRED = PROBS.argmax(axis=1)
+LABELS = list(range(4))
+
+
+@pytest.fixture(scope="module")
+def report():
+    return report_from_predictions(Y_TRUE, PROBS, top_k=2, min_support=4,
+                                   class_names=["a", "b", "c", "d"])
+
+
+def test_every_metric_matches_scikit_learn(report):
+    assert report.accuracy == pytest.approx(sk.accuracy_score(Y_TRUE, Y_PRED))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns of the absent class
+        balanced = sk.balanced_accuracy_score(Y_TRUE, Y_PRED)
+    assert report.balanced_accuracy == pytest.approx(balanced)
+    p, r, f, s = sk.precision_recall_fscore_support(
+        Y_TRUE, Y_PRED, labels=LABELS, zero_division=0)
+    np.testing.assert_allclose(report.precision, p)
+    np.testing.assert_allclose(report.recall, r)
+    np.testing.assert_allclose(report.f1, f)
+    np.testing.assert_array_equal(report.support, s)
+    assert report.precision[2] == 0 and report.recall[3] == 0
+    for average in ("macro", "weighted"):
+        p, r, f, _ = sk.precision_recall_fscore_support(
+            Y_TRUE, Y_PRED, average=average, zero_division=0)
+        got = getattr(report, average)
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx(
+            (p, r, f))
+    np.testing.assert_array_equal(
+        report.confusion_matrix,
+        sk.confusion_matrix(Y_TRUE, Y_PRED, labels=LABELS))
+    np.testing.assert_allclose(
+        report.normalized_confusion_matrix,
+        sk.confusion_matrix(Y_TRUE, Y_PRED, labels=LABELS, normalize="true"))
+    assert report.top_k == 2
+    # Row 2 ties classes 0 and 2 for second place: kft ranks the lower
+    # index first, scikit-learn the higher; on reversed classes they agree.
+    assert report.top_k_accuracy == pytest.approx(sk.top_k_accuracy_score(
+        3 - Y_TRUE, PROBS[:, ::-1], k=2, labels=LABELS)) == 1.0
+    assert sk.top_k_accuracy_score(Y_TRUE, PROBS, k=2, labels=LABELS) == 0.9
+    assert "NaN" not in json.dumps(report.to_dict())
+
+
+def test_a_class_in_neither_labels_nor_predictions_is_left_out_of_means():
+    y, probs = np.array([0, 1, 1]), np.eye(3)[[0, 1, 0]]
+    report = report_from_predictions(y, probs, min_support=0)
+    p, r, f, _ = sk.precision_recall_fscore_support(y, probs.argmax(1),
+                                                    average="macro",
+                                                    zero_division=0)
+    assert (report.macro["precision"], report.macro["recall"],
+            report.macro["f1"]) == pytest.approx((p, r, f))
+    assert any("neither in the labels nor predicted" in n and n.endswith(
+        "2.") for n in report.notes)
+
+
+def test_top_k_ties_go_to_the_lower_class_index():
+    probs = np.array([[0.25, 0.25, 0.25, 0.25], [0.1, 0.3, 0.3, 0.3],
+                      [0.5, 0.2, 0.2, 0.1], [0.4, 0.4, 0.1, 0.1]])
+    y = np.array([2, 3, 2, 1])
+    # Ranks with ties toward the lower index: row 0 -> 0,1,2,3 (y=2 is
+    # third); row 1 -> 1,2,3,0 (third); row 2 -> 0,1,2 (third); row 3 -> 0,1.
+    for k, expected in ((1, 0.0), (2, 0.25), (3, 1.0)):
+        report = report_from_predictions(y, probs, top_k=k, min_support=0)
+        assert report.top_k_accuracy == expected
+        # scikit-learn breaks ties toward the higher index: on reversed
+        # classes it must agree.
+        assert expected == pytest.approx(sk.top_k_accuracy_score(
+            3 - y, probs[:, ::-1], k=k, labels=LABELS))
+    one = report_from_predictions(y, probs, top_k=1, min_support=0)
+    assert one.top_k_accuracy == one.accuracy
+    big = report_from_predictions(y, probs, top_k=9, min_support=0)
+    assert big.top_k == 4 and big.top_k_accuracy == 1.0
+    assert any("top_k=9" in note for note in big.notes)
+
+
+def test_expected_calibration_error_by_hand():
+    # 4 bins of width 0.25. Confidences 0.9, 0.8 (bin 3), 0.6 (bin 2),
+    # 0.4 (bin 1); correct: yes, no, yes, no.
+    probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.2, 0.6, 0.2],
+                      [0.4, 0.3, 0.3]])
+    y = np.array([0, 1, 1, 1])
+    report = report_from_predictions(y, probs, num_bins=4, min_support=0)
+    assert report.bin_count.tolist() == [0, 1, 1, 2]
+    np.testing.assert_allclose(report.bin_confidence, [0, 0.4, 0.6, 0.85])
+    np.testing.assert_allclose(report.bin_accuracy, [0, 0, 1, 0.5])
+    expected = (1 * 0.4 + 1 * 0.4 + 2 * 0.35) / 4
+    assert report.expected_calibration_error == pytest.approx(expected)
+
+
+def test_logits_are_detected_and_softmaxed(report):
+    logits = np.log(PROBS) + 3.0
+    from_logits = report_from_predictions(Y_TRUE, logits, top_k=2,
+                                          min_support=4)
+    assert report.scores == "probabilities"
+    assert from_logits.scores == "logits"
+    assert from_logits.expected_calibration_error == pytest.approx(
+        report.expected_calibration_error)
+    assert [m[:3] for m in from_logits.mistakes] == [
+        m[:3] for m in report.mistakes]
+    np.testing.assert_allclose([m.confidence for m in from_logits.mistakes],
+                               [m.confidence for m in report.mistakes])
+    forced = report_from_predictions(Y_TRUE, PROBS, scores="logits")
+    assert forced.scores == "logits" and forced.bin_confidence.max() < 0.5
+
+
+def test_mistakes_notes_and_flags(report):
+    assert [m.index for m in report.mistakes] == [5, 6, 7, 2, 4]
+    assert report.mistakes[0] == (5, 2, 0, pytest.approx(0.6))
+    assert report.mistakes[1] == (6, 2, 1, pytest.approx(0.55))
+    assert report.low_support == ("b", "c", "d")
+    text = " ".join(report.notes)
+    assert "absent from the labels" in text and ": d." in text
+    assert "never predicted (precision set to 0): c." in text
+    assert "fewer than 4 examples" in text
+
+
+def test_round_trip_markdown_and_text(report, tmp_path):
+    path = tmp_path / "report.json"
+    report.to_json(path)
+    again = kft.EvaluationReport.load(path)
+    assert again.to_dict() == report.to_dict()
+    assert again.mistakes[0].predicted == 0
+    assert kft.EvaluationReport.from_json(report.to_json()).class_names == (
+        "a", "b", "c", "d")
+    markdown = report.to_markdown()
+    assert "| c (low support) | 0.000 | 0.000 | 0.000 | 3 |" in markdown
+    assert "| accuracy | 0.5000 |" in markdown
+    assert markdown.count("\n| ") >= 4 + 5 + 8
+    assert "The 2 classes of lowest F1" in report.to_markdown(max_classes=2)
+    # Recall of a, b, c: 3/4, 2/3, 0 (d is absent).
+    assert "balanced accuracy: 0.4722" in str(report)
+    with pytest.raises(ValueError, match=r"missing: \['num_examples', 'accuracy'"):
+        kft.EvaluationReport.from_dict({"class_names": ["a"]})
+
+
+@pytest.mark.parametrize("y,probs,match", [
+    ([], np.zeros((0, 3)), r"non-empty.*y_true of shape \(0,\)"),
+    ([0, 1], np.zeros((2,)), r"shape \(n, num_classes\).*shape \(2,\)"),
+    ([0, 1], np.zeros((3, 2)), r"one label per row.*\(2,\).*\(3, 2\)"),
+    ([0, 4], np.eye(3)[[0, 1]], r"`y_true` holds labels outside \[0, 3\)"
+     r".*: 4"),
+    ([0, 1], np.array([[np.nan, 1], [0, 1]]), r"finite.*rows \[0\]"),
+])
+def test_bad_predictions_are_named(y, probs, match):
+    with pytest.raises(ValueError, match=match):
+        report_from_predictions(y, probs)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"`scores`.*Received: scores='p'"):
+        report_from_predictions([0], np.eye(2)[[0]], scores="p")
+    with pytest.raises(ValueError, match=r"`top_k`.*Received: top_k=0"):
+        report_from_predictions([0], np.eye(2)[[0]], top_k=0)
+    with pytest.raises(ValueError, match=r"one name per class"):
+        report_from_predictions([0], np.eye(2)[[0]], class_names=["a"])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                input_shape=(16, 16, 3))
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (14, 16, 16, 3)).astype("float32")
+    return x, np.array([0, 1, 2] * 4 + [2, 2])
+
+
+def test_evaluate_arrays_and_datasets_agree(model, images):
+    x, y = images
+    logits = model.predict(x, batch_size=7, verbose=0)
+    expected = report_from_predictions(y, logits, min_support=5)
+    report = kft.evaluate(model, (x, y), batch_size=7, min_support=5)
+    assert report.scores == "logits"
+    np.testing.assert_array_equal(report.confusion_matrix,
+                                  expected.confusion_matrix)
+    assert [m[:3] for m in report.mistakes] == [
+        m[:3] for m in expected.mistakes]
+    for name in ("accuracy", "balanced_accuracy", "top_k_accuracy",
+                 "expected_calibration_error"):
+        assert getattr(report, name) == pytest.approx(
+            getattr(expected, name), abs=1e-6)
+    # A shuffled, balanced-sampling dataset is read in stored order.
+    dataset = kft.data.from_arrays(x, y, batch_size=7, seed=3,
+                                   class_names=["x", "y", "z"],
+                                   sampling="balanced")
+    streamed = kft.evaluate(model, dataset, min_support=5, verbose=1)
+    assert streamed.class_names == ("x", "y", "z")
+    np.testing.assert_array_equal(streamed.confusion_matrix,
+                                  report.confusion_matrix)
+    assert [m.index for m in streamed.mistakes] == [
+        m.index for m in report.mistakes]
+    assert streamed.expected_calibration_error == pytest.approx(
+        report.expected_calibration_error, abs=1e-6)
+    batches = [(x[:7], np.eye(3)[y[:7]]), (x[7:], np.eye(3)[y[7:]])]
+    assert kft.evaluate(model, batches).accuracy == report.accuracy
+
+
+def test_evaluate_bad_data_is_named(model, images):
+    x, y = images
+    with pytest.raises(ValueError, match=r"`data` must hold at least one "
+                       r"image.*Received: 0 images and 0 labels"):
+        kft.evaluate(model, (x[:0], y[:0]))
+    with pytest.raises(ValueError, match=r"`data` must yield at least one"):
+        kft.evaluate(model, [])
+    with pytest.raises(ValueError, match=r"`data\[1\]` holds labels outside "
+                       r"\[0, 3\).*: 7"):
+        kft.evaluate(model, (x[:2], np.array([0, 7])))
+    with pytest.raises(ValueError, match=r"`labels` holds labels outside "
+                       r"\[0, 3\).*: 3"):
+        kft.evaluate(model, [(x[:7], np.array([3, 0, 0, 1, 1, 2, 2]))])
+    with pytest.raises(ValueError, match=r"labels are missing.*shape "
+                       r"\(14, 16, 16, 3\)"):
+        kft.evaluate(model, x)
+    with pytest.raises(ValueError, match=r"one label per image.*14 images "
+                       r"and 3 labels"):
+        kft.evaluate(model, (x, y[:3]))

@@ -1,0 +1,160 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.utils.class_weight import compute_class_weight
+
+import kft
+from kft.training.class_weights import balanced_class_weight
+from kft.training.class_weights import count_labels
+from kft.training.class_weights import resolve_class_weight
+
+LABELS = np.array([0] * 6 + [1] * 3 + [3])  # class 2 absent
+
+
+def test_balanced_weights_match_scikit_learn():
+    weights = balanced_class_weight(LABELS, 4)
+    present = np.unique(LABELS)
+    expected = compute_class_weight("balanced", classes=present, y=LABELS)
+    np.testing.assert_allclose([weights[c] for c in present], expected)
+    assert weights[2] == 1.0  # absent: documented neutral weight
+    np.testing.assert_allclose(
+        list(balanced_class_weight(np.eye(4)[LABELS], 4).values()),
+        list(weights.values()))
+    with pytest.raises(ValueError, match=r"`labels` holds labels outside "
+                       r"\[0, 4\).*: 5"):
+        balanced_class_weight([0, 5], 4)
+    with pytest.raises(ValueError, match=r"at least one label"):
+        balanced_class_weight([], 4)
+
+
+def test_resolve_class_weight_for_every_data_form():
+    x = np.zeros((10, 4, 4, 3), "float32")
+    expected = balanced_class_weight(LABELS, 4)
+    dataset = kft.data.from_arrays(x, LABELS, batch_size=3, num_classes=4)
+    batches = [(x[:5], LABELS[:5]), (x[5:], np.eye(4)[LABELS[5:]])]
+    for data in ((x, LABELS), dataset, batches):
+        assert resolve_class_weight("balanced", data, 4) == expected
+    assert count_labels(iter(batches), 4).tolist() == [6, 3, 0, 1]
+    assert resolve_class_weight(None, None, 4) is None
+    assert resolve_class_weight({np.int64(1): 2}, None, 4) == {1: 2.0}
+
+
+@pytest.mark.parametrize("class_weight,match", [
+    ("auto", r"`class_weight` must be 'balanced'.*Received: "
+     r"class_weight='auto'"),
+    ({4: 1.0}, r"class indices in \[0, 4\).*Received: class_weight=\{4: "),
+    ({-1: 1.0}, r"class indices in \[0, 4\)"),
+    ({1: 0.0}, r"`class_weight\[1\]` must be a finite number > 0.*"
+     r"Received: class_weight\[1\]=0.0"),
+    ({1: float("nan")}, r"`class_weight\[1\]`"),
+    ([1.0, 2.0], r"`class_weight` must be"),
+])
+def test_bad_class_weights_are_named(class_weight, match):
+    error = TypeError if isinstance(class_weight, list) else ValueError
+    with pytest.raises(error, match=match):
+        resolve_class_weight(class_weight, (np.zeros((1, 1)), [0]), 4)
+    with pytest.raises(ValueError, match=r"`train_data\[1\]` holds labels "
+                       r"outside \[0, 2\)"):
+        resolve_class_weight("balanced", (np.zeros((2, 1)), [0, 2]), 2)
+
+
+def _labels_of(dataset):
+    return np.concatenate([labels for _, labels in dataset])
+
+
+def test_balanced_sampling_draws_classes_evenly_and_reproducibly():
+    y = np.array([0] * 90 + [1] * 10)
+    x = np.arange(100, dtype="float32")[:, None, None, None] * np.ones(
+        (1, 2, 2, 3), "float32")
+    dataset = kft.data.from_arrays(x, y, batch_size=32, seed=5,
+                                   sampling="balanced")
+    assert len(dataset) == 4 and dataset.class_counts == {"0": 90, "1": 10}
+    epochs = [_labels_of(dataset) for _ in range(20)]
+    assert all(len(labels) == 100 for labels in epochs)
+    share = np.mean(np.concatenate(epochs))
+    # 2000 draws of a fair coin: the share of class 1 is 0.5 +- 0.034
+    # (3 standard deviations); unbalanced it would be 0.1.
+    assert abs(share - 0.5) < 0.034
+    again = kft.data.from_arrays(x, y, batch_size=32, seed=5,
+                                 sampling="balanced")
+    np.testing.assert_array_equal(_labels_of(again), epochs[0])
+    assert not np.array_equal(epochs[0], epochs[1])
+    # Images follow their labels: pixel value = example index.
+    images, labels = next(iter(again))
+    np.testing.assert_array_equal(y[images[:, 0, 0, 0].astype(int)], labels)
+    np.testing.assert_array_equal(_labels_of(dataset.in_order()), y)
+    with pytest.raises(ValueError, match=r"`sampling` must be one of "
+                       r"\('all', 'balanced'\).*Received: sampling='even'"):
+        kft.data.from_arrays(x, y, sampling="even")
+
+
+def test_balanced_sampling_from_a_folder_applies_to_train_only(tmp_path):
+    for name, count in (("a", 6), ("b", 2)):
+        os.makedirs(tmp_path / name)
+        for i in range(count):
+            Image.new("RGB", (4, 4), (i * 10,) * 3).save(
+                tmp_path / name / f"{i}.png")
+    train, val = kft.data.from_directory(
+        tmp_path, 4, batch_size=4, validation_split=0.25,
+        augmentation="none", num_workers=0, sampling="balanced")
+    assert train.sampling == "balanced" and val.sampling == "all"
+    assert train.example_labels.tolist() == [0] * 4 + [1]
+    drawn = np.concatenate([_labels_of(train) for _ in range(40)])
+    assert len(drawn) == 200 and abs(drawn.mean() - 0.5) < 0.11
+
+
+def test_class_weight_in_batches_trains_like_keras_class_weight():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 2, 2, 3)).astype("float32")
+    y = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    weights = resolve_class_weight("balanced", (x, y), 2)
+
+    def trained(data, **kwargs):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2, 2, 3)),
+                                  keras.layers.Flatten(),
+                                  keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(1e-3),
+                      keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+        model.fit(data, epochs=1, verbose=0, shuffle=False, **kwargs)
+        return [np.array(v.value) for v in model.weights]
+
+    dataset = kft.data.from_arrays(x, y, batch_size=4, shuffle=False)
+    weighted = trained(dataset.with_class_weight(weights))
+    reference = trained(x, y=y, batch_size=4, class_weight=weights)
+    plain = trained(dataset)
+    for a, b in zip(weighted, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(weighted[0], plain[0])
+    assert dataset.class_weight is None
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_fine_tune_weights_the_loss_in_both_phases(as_dataset):
+    # Every class weighted 3: AdamW's steps barely change (it normalises
+    # the gradient's scale), so each logged training loss is ~3 times the
+    # unweighted run's, in the cached head phase and in phase 2; without
+    # the weights reaching `fit` the ratio would be 1.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (12, 16, 16, 3)).astype("float32")
+    y = np.arange(12) % 2
+
+    def run(class_weight):
+        keras.utils.set_random_seed(0)
+        model = kft.build_classifier("simple_cnn", num_classes=2,
+                                     weights=None, input_shape=(16, 16, 3))
+        data = (kft.data.from_arrays(x, y, batch_size=6, shuffle=False)
+                if as_dataset else (x, y))
+        result = kft.fine_tune(model, data, strategy="partial",
+                               head_epochs=1, epochs=1, batch_size=6,
+                               schedule="constant",
+                               class_weight=class_weight, verbose=0)
+        return [h["loss"][0] for h in result.histories]
+
+    plain = run(None)
+    weighted = run({0: 3.0, 1: 3.0})
+    np.testing.assert_allclose(np.array(weighted) / plain, 3.0, rtol=0.02)

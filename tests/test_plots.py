@@ -1,0 +1,153 @@
+import numpy as np
+import pytest
+
+import kft
+from kft.evaluation import plots
+from kft.evaluation import report_from_predictions
+
+pytest.importorskip("matplotlib")
+
+
+def _report(num_classes, n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, num_classes, n)
+    logits = rng.normal(size=(n, num_classes))
+    logits[np.arange(n), y] += 2.0
+    names = [f"class_{i}" for i in range(num_classes)]
+    return report_from_predictions(y, logits, class_names=names,
+                                   min_support=3)
+
+
+def _is_png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_confusion_matrix_heatmap(num_classes, tmp_path):
+    report = _report(num_classes)
+    fig = plots.plot_confusion_matrix(report, path=tmp_path / "cm.png")
+    ax = fig.axes[0]
+    assert _is_png(tmp_path / "cm.png")
+    assert ax.get_xlabel() == "predicted class"
+    assert ax.get_ylabel() == "true class"
+    (image,) = ax.get_images()
+    np.testing.assert_array_equal(image.get_array(), report.confusion_matrix)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "class_0" and len(labels) <= 25
+    # Values written in the cells only while they fit.
+    assert len(ax.texts) == (num_classes ** 2 if num_classes <= 20 else 0)
+    normalized = plots.plot_confusion_matrix(report, normalize=True,
+                                             path=tmp_path / "cm.svg")
+    np.testing.assert_allclose(normalized.axes[0].get_images()[0].get_array(),
+                               report.normalized_confusion_matrix)
+    assert (tmp_path / "cm.svg").read_text().lstrip().startswith("<?xml")
+    with pytest.raises(ValueError, match=r"square confusion matrix.*\(2, 3\)"):
+        plots.plot_confusion_matrix(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"`path` must end in one of"):
+        plots.plot_confusion_matrix(report, path=tmp_path / "cm.xyz")
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_per_class_f1_bars(num_classes, tmp_path):
+    report = _report(num_classes, n=300)
+    fig = plots.plot_per_class_f1(report, sort=True,
+                                  path=tmp_path / "f1.png")
+    ax = fig.axes[0]
+    assert _is_png(tmp_path / "f1.png") and ax.get_ylabel() == "F1"
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == num_classes
+    np.testing.assert_allclose(heights, np.sort(report.f1))
+    orange = sum(p.get_facecolor()[0] > 0.9 for p in ax.patches)
+    assert orange == len(report.low_support)
+    assert len(ax.get_xticklabels()) <= 25
+
+
+def test_reliability_diagram(tmp_path):
+    report = _report(10)
+    fig = plots.plot_reliability(report, path=tmp_path / "rel.png")
+    top, bottom = fig.axes
+    assert len(top.patches) == int(np.sum(report.bin_count > 0))
+    np.testing.assert_allclose([p.get_height() for p in top.patches],
+                               report.bin_accuracy[report.bin_count > 0])
+    assert len(bottom.patches) == len(report.bin_count)
+    assert "ECE" in top.get_title()
+    assert bottom.get_xlabel() == "confidence (top probability)"
+
+
+def _boundaries(ax, gid):
+    return sorted(line.get_xdata()[0] for line in ax.lines
+                  if line.get_gid() == gid)
+
+
+def test_learning_curves_mark_phases_and_stages():
+    phase1 = {"loss": [2.0, 1.5], "accuracy": [0.3, 0.5],
+              "val_loss": [2.1, 1.7], "val_accuracy": [0.3, 0.4]}
+    phase2 = {"loss": [1.2, 1.0, 0.9, 0.8], "accuracy": [0.6, 0.7, 0.7, 0.8],
+              "val_loss": [1.5, 1.4, 1.3, 1.3],
+              "val_accuracy": [0.5, 0.6, 0.6, 0.7],
+              "learning_rate": [1e-3, 8e-4, 5e-4, 2e-4],
+              "unfrozen_blocks": [1, 1, 2, 3], "trainable_params": [1] * 4}
+    result = kft.FineTuneResult(histories=[phase1, phase2], best_epoch=5,
+                                best_value=1.3, monitor="val_loss")
+    fig = plots.plot_learning_curves(result)
+    loss, accuracy, rate = fig.axes
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "loss", "accuracy", "learning rate"]
+    assert fig.axes[-1].get_xlabel() == "epoch"
+    # Phase 2 starts at epoch 3; blocks 2 and 3 at epochs 5 and 6.
+    for ax in fig.axes:
+        assert _boundaries(ax, "phase_boundary") == [2.5]
+        assert _boundaries(ax, "stage_boundary") == [4.5, 5.5]
+    curves = {line.get_label(): line for line in loss.lines
+              if line.get_gid() is None}
+    assert set(curves) == {"loss", "val_loss"}
+    np.testing.assert_array_equal(curves["loss"].get_xdata(), range(1, 7))
+    np.testing.assert_allclose(curves["val_loss"].get_ydata(),
+                               [2.1, 1.7, 1.5, 1.4, 1.3, 1.3])
+    (lr,) = [line for line in rate.lines if line.get_gid() is None]
+    assert np.isnan(lr.get_ydata()[:2]).all() and rate.get_yscale() == "log"
+    only = plots.plot_learning_curves(phase1, metrics=["accuracy"])
+    assert len(only.axes) == 2 and not _boundaries(only.axes[0],
+                                                   "phase_boundary")
+    with pytest.raises(ValueError, match=r"`metrics` must be names of "
+                       r"logged metrics.*Received: metrics=\['f1'\]"):
+        plots.plot_learning_curves(phase1, metrics=["f1"])
+    with pytest.raises(ValueError, match="at least one epoch"):
+        plots.plot_learning_curves({"loss": []})
+    with pytest.raises(TypeError, match=r"`history` must be a keras History"):
+        plots.plot_learning_curves(3)
+
+
+def test_worst_mistakes_grid_and_all_plots(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (12, 8, 8, 3)).astype("float32")
+    y = np.arange(12) % 3
+    logits = rng.normal(size=(12, 3))
+    report = report_from_predictions(y, logits, num_mistakes=5,
+                                     class_names=["cat", "dog", "fox"])
+    fig = plots.plot_worst_mistakes(report, (x, y), columns=3,
+                                    path=tmp_path / "m.png")
+    shown = [ax for ax in fig.axes if ax.get_images()]
+    assert len(shown) == len(report.mistakes) == 5
+    first = report.mistakes[0]
+    names = report.class_names
+    assert shown[0].get_title().startswith(
+        f"#{first.index} {names[first.true]} -> {names[first.predicted]}")
+    np.testing.assert_allclose(shown[0].get_images()[0].get_array(),
+                               x[first.index] / 255)
+    dataset = kft.data.from_arrays(x, y, batch_size=5, seed=2)
+    from_dataset = plots.plot_worst_mistakes(report, dataset, count=2)
+    np.testing.assert_allclose(
+        from_dataset.axes[1].get_images()[0].get_array(),
+        x[report.mistakes[1].index] / 255)
+    with pytest.raises(ValueError, match=r"no example with index"):
+        plots.plot_worst_mistakes(report, x[:2])
+    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}
+    written = report.save_plots(tmp_path / "all", data=x, history=history)
+    names = sorted(p.rsplit("/", 1)[-1] for p in written)
+    assert names == sorted(f"{n}.png" for n in (
+        "confusion_matrix", "confusion_matrix_normalized", "per_class_f1",
+        "reliability", "worst_mistakes", "learning_curves"))
+    assert all(_is_png(tmp_path / "all" / n) for n in names)
+    again = kft.EvaluationReport.from_json(report.to_json())
+    assert len(plots.save_report_plots(again, tmp_path / "re")) == 4

@@ -144,7 +144,11 @@ class _FirstUpdateOfNewBlocks(keras.callbacks.Callback):
         if batch != 0 or not self._new:
             return
         self.model.jax_state_sync()
-        rate = float(self.model.optimizer.learning_rate)
+        # The rate of the step just taken: phase 2's cosine changes it at
+        # every step, so it is the schedule at the step count before it.
+        optimizer = self.model.optimizer
+        step = int(np.asarray(optimizer.iterations.value)) - 1
+        rate = float(kft._compat.raw_learning_rate(optimizer)(step))
         current = {v.path: v for v in self.model.trainable_variables}
         for path, before in self._new:
             step = np.abs(np.array(current[path].value) - before)
@@ -254,3 +258,19 @@ def test_data_form_helpers():
     assert [len(b) for b, _ in fit_data.batches((x, y), 3)] == [3, 1]
     with pytest.raises(ValueError, match="dataset augments its images"):
         next(fit_data.batches(augmented, 2))
+
+
+def test_schedule_arguments_checked_before_training(data):
+    for kwargs, match in (
+            ({"schedule": "step"}, "Received: schedule='step'"),
+            ({"learning_rate": "auto"}, "Received: learning_rate='auto'"),
+            ({"learning_rate": -1e-3}, "Received: learning_rate=-0.001"),
+            ({"warmup": 1.0}, r"warmup.*\[0.0, 1.0\).*Received: warmup=1.0"),
+            ({"warmup": -0.1}, "Received: warmup=-0.1"),
+            ({"schedule": "one_cycle", "warmup": 0.2},
+             "one-cycle warms up itself.*Received: warmup=0.2")):
+        with pytest.raises(ValueError, match=match):
+            kft.fine_tune(_model(), data.target_train, verbose=0, **kwargs)
+    unsized = iter([data.target_train])
+    with pytest.raises(ValueError, match="number of batches is unknown"):
+        kft.fine_tune(_model(), unsized, schedule="cosine", verbose=0)

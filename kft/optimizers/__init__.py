@@ -24,11 +24,24 @@ added later. With a plain Keras Adam's shared counter, the first update of
 a variable added at step t is (1 - beta_1) * sqrt(1 - beta_2**t) /
 ((1 - beta_1**t) * sqrt(1 - beta_2)) times its rate, whatever the
 gradient: 2.5x at t=1000 and up to 3.2x with the default betas.
+
+Schedules (`kft.optimizers.schedules`): `OneCycle` (PyTorch's
+`OneCycleLR`, with its momentum cycle) and `Warmup`; they follow the
+optimizer's global step, so per-block ratios hold at every step and a
+block unfrozen at step `s` starts at the schedule's value at `s` times its
+ratio. Weight averaging: `use_ema=True` on the wrappers, evaluated with
+`averaged_weights(model)`.
 """
 
-
+from kft.optimizers import schedules
+from kft.optimizers.averaging import averaged_weights
 from kft.optimizers.blockwise import BlockwiseOptimizer
 from kft.optimizers.blockwise import layerwise_lr
 from kft.optimizers.group import GroupOptimizer
+from kft.optimizers.schedules import OneCycle
+from kft.optimizers.schedules import OneCycleMomentum
+from kft.optimizers.schedules import Warmup
 
-__all__ = ["BlockwiseOptimizer", "GroupOptimizer", "layerwise_lr"]
+__all__ = ["BlockwiseOptimizer", "GroupOptimizer", "OneCycle",
+           "OneCycleMomentum", "Warmup", "averaged_weights", "layerwise_lr",
+           "schedules"]

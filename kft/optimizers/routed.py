@@ -12,6 +12,8 @@ from keras import ops
 from kft import _compat
 from kft._validation import check_number
 from kft.models.blocks import get_blocks
+from kft.optimizers.momentum import momentum_attribute
+from kft.optimizers.momentum import scheduled_momentum
 
 
 
@@ -36,9 +38,21 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
 
     def __init__(self, inners, routes, default_route, *, model, patterns,
                  assignments, exclude_bias_and_norm, learning_rate,
+                 momentum_schedule=None, ema_overwrite_at_end=True,
                  **kwargs):
         for key, inner in inners:
             check_inner(key, inner)
+        if isinstance(momentum_schedule, dict):
+            momentum_schedule = keras.optimizers.schedules.deserialize(
+                momentum_schedule)
+        if momentum_schedule is not None and not isinstance(
+                momentum_schedule,
+                keras.optimizers.schedules.LearningRateSchedule):
+            raise TypeError(
+                "Argument `momentum_schedule` must be a keras.optimizers."
+                "schedules.LearningRateSchedule (e.g. kft.OneCycle(...)."
+                "momentum_schedule()) or None. Received: "
+                f"momentum_schedule={momentum_schedule!r}")
         if patterns is not None and model is None and assignments is None:
             raise ValueError(
                 "Argument `patterns` needs `model=`, the model whose blocks "
@@ -47,7 +61,7 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
                 learning_rate,
                 keras.optimizers.schedules.LearningRateSchedule)):
             learning_rate = check_rate("learning_rate", learning_rate)
-        for key in ("weight_decay", "use_ema", "gradient_accumulation_steps"):
+        for key in ("weight_decay", "gradient_accumulation_steps"):
             if kwargs.get(key):
                 hint = ("; set it on the inner optimizer(s)"
                         if key == "weight_decay" else "")
@@ -58,6 +72,11 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             kwargs.pop(key, None)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self._inners = [inner for _, inner in inners]
+        self.momentum_schedule = momentum_schedule
+        self._momentum_attributes = [
+            None if momentum_schedule is None
+            else momentum_attribute(key, inner) for key, inner in inners]
+        self.ema_overwrite_at_end = bool(ema_overwrite_at_end)
         self._group_routes = {k: Route(*r) for k, r in routes.items()}
         self._default_route = Route(*default_route)
         self.exclude_bias_and_norm = bool(exclude_bias_and_norm)
@@ -146,11 +165,13 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             inner.build([v for v, r in zip(variables, self._routes)
                          if r[0] == i])
 
-    def _track(self, variables, old_starts):
-        """Points own state at `variables`; starts of new ones are now."""
-        if self._start_steps is not None:
-            own = _compat.own_variables(self)
-            own[:] = [v for v in own if v is not self._start_steps]
+    def _track(self, variables, old_starts, old_averages=None):
+        """Points own state at `variables`; starts of new ones are now,
+        and (with `use_ema`) their averages start at their values."""
+        own = _compat.own_variables(self)
+        dropped = [self._start_steps] + (
+            list(_compat.moving_averages(self) or []) if self.use_ema else [])
+        own[:] = [v for v in own if not any(v is d for d in dropped)]
         _compat.set_tracked(self, variables)
         self._routes = [self._route(v) for v in variables]
         now = int(ops.convert_to_numpy(self.iterations.value))
@@ -159,6 +180,18 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             name="start_steps")
         self._start_steps.assign(
             [old_starts.get(id(v), now) for v in variables])
+        if self.use_ema:
+            # Keras' own averages would start at zero and rely on a first
+            # step at iteration 0; a variable unfrozen later starts at its
+            # value instead.
+            old_averages = old_averages or {}
+            averages = []
+            for v in variables:
+                average = self.add_variable_from_reference(v, "average")
+                # A copy: a shared buffer would be donated twice by `fit`.
+                average.assign(ops.copy(old_averages.get(id(v), v.value)))
+                averages.append(average)
+            _compat.set_moving_averages(self, averages)
 
     def retarget(self, variables):
         """Points the built optimizer at `variables` (the new trainable
@@ -169,9 +202,13 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
                 id(v) for v in _compat.tracked_variables(self)]:
             return
         starts = ops.convert_to_numpy(self._start_steps.value)
-        old = {id(v): int(s)
-               for v, s in zip(_compat.tracked_variables(self), starts)}
-        self._track(variables, old)
+        tracked = _compat.tracked_variables(self)
+        old = {id(v): int(s) for v, s in zip(tracked, starts)}
+        averages = {}
+        if self.use_ema:
+            averages = {id(v): a.value for v, a in zip(
+                tracked, _compat.moving_averages(self))}
+        self._track(variables, old, averages)
         for i, inner in enumerate(self._inners):
             _compat.rebuild_optimizer(inner, [v for v, r in zip(variables,
                                                         self._routes)
@@ -181,6 +218,8 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         # Weight decay per group, then the inner optimizer's step with the
         # variable's own step count.
         starts = ops.convert_to_tensor(self._start_steps)
+        momentum = (None if self.momentum_schedule is None
+                    else self.momentum_schedule(self.iterations))
         for grad, var in zip(grads, variables):
             i = _compat.variable_index(self, var)
             inner_index, multiplier = self._routes[i]  # a `Route`
@@ -190,8 +229,26 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             if inner.weight_decay and self._decays(inner, var):
                 wd = ops.cast(inner.weight_decay, var.dtype)
                 var.assign(var - var * wd * lr)
-            with _compat.local_iterations(inner, self.iterations - starts[i]):
+            with _compat.local_iterations(inner, self.iterations - starts[i]
+                                          ), scheduled_momentum(
+                    inner, self._momentum_attributes[inner_index], momentum):
                 inner.update_step(grad, var, lr)
+
+    def finalize_variable_values(self, var_list):
+        """At the end of `fit`: with `use_ema`, the model's trainable
+        weights become their averages (Keras' behaviour), unless
+        `ema_overwrite_at_end=False`."""
+        if not (self.use_ema and self.ema_overwrite_at_end):
+            return
+        averages = _compat.moving_averages(self)
+        if len(var_list) != len(averages):
+            raise ValueError(
+                f"finalize_variable_values got {len(var_list)} variables; "
+                f"the optimizer averages {len(averages)}.")
+        for variable, average in zip(var_list, averages):
+            # A copy: Keras' plain assignment shares the buffer, which the
+            # next `fit` step then donates twice.
+            variable.assign(ops.copy(average.value))
 
     def _group_rate(self, inner, learning_rate):
         return learning_rate
@@ -204,7 +261,11 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
     def _routed_config(self):
         config = super().get_config()
         config.update(exclude_bias_and_norm=self.exclude_bias_and_norm,
-                      patterns=self.patterns, assignments=self._assignments)
+                      patterns=self.patterns, assignments=self._assignments,
+                      ema_overwrite_at_end=self.ema_overwrite_at_end,
+                      momentum_schedule=None if self.momentum_schedule is None
+                      else keras.optimizers.schedules.serialize(
+                          self.momentum_schedule))
         return config
 
 

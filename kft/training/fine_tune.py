@@ -1,6 +1,8 @@
 """`fine_tune`: the two-phase recipe (head, then deeper) in one call."""
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Literal
 
@@ -9,12 +11,16 @@ import keras
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import fail_argument
 from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import get_blocks, head_and_body
 from kft.optimizers import BlockwiseOptimizer
 from kft.optimizers import layerwise_lr
+from kft.optimizers.schedules import OneCycle
+from kft.optimizers.schedules import Warmup
 from kft.training.feature_cache import cache_features
 from kft.training.feature_cache import can_cache_features
+from kft.training.class_weights import resolve_class_weight
 from kft.training.feature_cache import fit_head
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
@@ -23,13 +29,17 @@ from kft.training.fit_data import plain_data
 from kft.training.freezing import BN_POLICIES
 from kft.training.freezing import freeze
 from kft.training.monitor import MODES
-from kft.training.phases import EpochCosine
+from kft.training.lr_find import lr_find
+from kft.training.phases import EpochRate
 from kft.training.phases import Phases
 from kft.training.phases import load_best
 from kft.training.unfreeze_schedules import Milestones
 from kft.training.unfreezing import GradualUnfreezing
 
 RECIPES = ("feature_extraction", "partial", "gradual", "full")
+SCHEDULES = ("cosine", "one_cycle", "constant")
+# The `lr_find` suggestion `fine_tune(learning_rate="find")` trains with.
+FIND_SUGGESTION = "valley"
 
 
 @dataclasses.dataclass
@@ -45,6 +55,10 @@ class FineTuneResult:
         best_value: The monitored value at that epoch.
         monitor: The monitored metric.
         mode: `"min"` or `"max"`: how `monitor` improves.
+        learning_rate: Phase 2's learning rate as used (the `lr_find`
+            suggestion with `learning_rate="find"`).
+        lr_find: The `LRFinderResult` with `learning_rate="find"`, else
+            `None`.
     """
 
     histories: list
@@ -52,6 +66,8 @@ class FineTuneResult:
     best_value: float
     monitor: str
     mode: Literal["min", "max"] = "min"
+    learning_rate: float | None = None
+    lr_find: object = None
 
 
 def _check_arguments(strategy, mode, cache_mode, bn, counts, rates,
@@ -117,29 +133,96 @@ def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
     return fit_head(
         phases.model, caches[0], validation_data=caches[1],
         batch_size=phases.batch_size, epochs=epochs, verbose=phases.verbose,
+        class_weight=phases.class_weight,
         callbacks=phases.callbacks()).history
 
 
-def _phase2_optimizer(model, learning_rate, weight_decay, layer_decay):
+def _steps_per_epoch(phases):
+    """Batches per epoch of the training data, or `None` if unknown."""
+    data = phases.train_data
+    if isinstance(data, tuple):
+        return math.ceil(len(data[0]) / phases.batch_size)
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def _phase2_rate(schedule, learning_rate, warmup, total_steps):
+    """Phase 2's rate (a float or a schedule over `total_steps` steps) and
+    its momentum schedule (one-cycle's, else `None`)."""
+    warm = 0 if not warmup else max(1, round(warmup * total_steps))
+    momentum = None
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        rate = schedule
+    elif schedule == "constant":
+        rate = learning_rate
+    elif schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, total_steps - warm))
+    else:
+        rate = OneCycle(learning_rate, total_steps)
+        # fastai's fit_one_cycle: Adam's beta_1 cycles 0.95 -> 0.85 -> 0.95.
+        momentum = rate.momentum_schedule()
+    if warm:
+        rate = Warmup(rate, warm)
+    return rate, momentum
+
+
+def _phase2_optimizer(model, learning_rate, weight_decay, layer_decay,
+                      rate=None, momentum=None):
     # Each variable counts its own AdamW steps from when it became
     # trainable: with the shared counter of a plain AdamW, a block unfrozen
-    # late would take a first step several times its rate.
+    # late would take a first step several times its rate. A schedule
+    # follows the global step and scales every block's rate alike.
     rates = (None if layer_decay is None
              else layerwise_lr(model, learning_rate, layer_decay))
     return BlockwiseOptimizer(
         keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
-        rates, model=model)
+        rates, model=model, base_learning_rate=learning_rate,
+        learning_rate=learning_rate if rate is None else rate,
+        momentum_schedule=momentum)
+
+
+def _first_stage(phases, strategy, n_blocks, bn):
+    """Sets phase 2's first trainable set (gradual: head + top block)."""
+    if strategy == "gradual":
+        freeze(phases.model, "partial", n_blocks=1, bn=bn)
+    else:
+        freeze(phases.model, strategy, bn=bn,
+               n_blocks=n_blocks if strategy == "partial" else None)
+
+
+def _find_rate(phases, strategy, n_blocks, weight_decay, layer_decay, bn):
+    """Runs `lr_find` on phase 2's optimizer and first trainable set, then
+    puts phase 1's set back; returns the finder's result."""
+    phases.compile(_phase2_optimizer(phases.model, 1.0, weight_decay,
+                                     layer_decay))
+    _first_stage(phases, strategy, n_blocks, bn)
+    result = lr_find(phases.model, phases.train_data,
+                     batch_size=phases.batch_size, verbose=phases.verbose)
+    freeze(phases.model, "feature_extraction", bn=bn)
+    if FIND_SUGGESTION not in result.suggestions:
+        raise ValueError(
+            "fine_tune(learning_rate='find'): the range test diverged "
+            f"after {len(result.learning_rates)} steps, too few for a "
+            "suggestion; pass a learning rate.")
+    return result
 
 
 def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
-                  weight_decay, layer_decay, n_blocks, unfreeze_every, bn):
-    """Phase 2: deeper blocks at the lower, cosine-decayed rate."""
+                  plan, n_blocks, unfreeze_every, bn):
+    """Phase 2: deeper blocks at the lower, scheduled rate."""
     model = phases.model
-    first = [EpochCosine(learning_rate, epochs, first_epoch)]
+    total_steps = epochs * (plan["steps_per_epoch"] or 0)
+    rate, momentum = _phase2_rate(plan["schedule"], learning_rate,
+                                  plan["warmup"], total_steps)
+    first = [EpochRate()]
     # Compiled before the trainable set changes, so that the change
     # builds the new optimizer instead of re-targeting phase 1's.
-    phases.compile(_phase2_optimizer(model, learning_rate, weight_decay,
-                                     layer_decay))
+    phases.compile(_phase2_optimizer(model, learning_rate,
+                                     plan["weight_decay"],
+                                     plan["layer_decay"], rate, momentum))
     if strategy == "gradual":
         _, body = head_and_body(get_blocks(model))
         schedule = Milestones([first_epoch + k * unfreeze_every
@@ -147,9 +230,30 @@ def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
         first.insert(0, GradualUnfreezing(schedule=schedule, bn=bn,
                                           verbose=phases.verbose))
     else:
-        freeze(model, strategy, bn=bn,
-               n_blocks=n_blocks if strategy == "partial" else None)
+        _first_stage(phases, strategy, n_blocks, bn)
     return phases.fit(epochs, first_epoch, first)
+
+
+def _check_schedule(schedule, learning_rate, warmup, steps_per_epoch):
+    """Checks the phase 2 rate arguments before anything trains."""
+    if not isinstance(schedule,
+                      keras.optimizers.schedules.LearningRateSchedule):
+        check_choice("schedule", schedule, SCHEDULES)
+    if isinstance(learning_rate, str):
+        check_choice("learning_rate", learning_rate, ("find",))
+    else:
+        check_number("learning_rate", learning_rate, low=0.0, low_open=True)
+    warmup = check_number("warmup", warmup, low=0.0, high=1.0,
+                          high_open=True)
+    if warmup and schedule == "one_cycle":
+        fail_argument("warmup", "0 with schedule='one_cycle' (one-cycle "
+                      "warms up itself: its first 30% of steps)", warmup)
+    if steps_per_epoch is None and (warmup or schedule in ("cosine",
+                                                           "one_cycle")):
+        fail_argument("schedule", "'constant' or a LearningRateSchedule "
+                      "(without warm-up) for training data whose number of "
+                      "batches is unknown (no len())", schedule)
+    return warmup
 
 
 def fine_tune(
@@ -157,7 +261,11 @@ def fine_tune(
         strategy: Literal["feature_extraction", "partial", "gradual",
                           "full"] = "partial",
         n_blocks: int = 1, head_epochs: int = 3, epochs: int = 10,
-        head_learning_rate: float = 1e-3, learning_rate: float = 1e-4,
+        head_learning_rate: float = 1e-3,
+        learning_rate: float | Literal["find"] = 1e-4,
+        schedule: Literal["cosine", "one_cycle", "constant"]
+        | keras.optimizers.schedules.LearningRateSchedule = "cosine",
+        warmup: float = 0.0,
         weight_decay: float = 1e-2, layer_decay: float | None = None,
         unfreeze_every: int = 1, bn: Literal["frozen", "train"] = "frozen",
         loss=None, metrics: Sequence = ("accuracy",),
@@ -166,13 +274,15 @@ def fine_tune(
         early_stopping_patience: int | None = None, batch_size: int = 32,
         callbacks: Sequence[keras.callbacks.Callback] | None = None,
         cache_features: Literal["auto"] | bool = "auto",
+        class_weight: Literal["balanced"] | Mapping[int, float] | None = None,
         verbose: int = 1) -> FineTuneResult:
     """Trains the head, then fine-tunes deeper, keeping the best weights.
 
-    Phase 1 trains the head alone (backbone frozen) with AdamW at
-    `head_learning_rate`. Phase 2 (all strategies but feature extraction)
-    recompiles with AdamW at the lower `learning_rate`, decayed by a cosine
-    over its epochs, and trains
+    Phase 1 trains the head alone (backbone frozen) with AdamW at the
+    constant `head_learning_rate`. Phase 2 (all strategies but feature
+    extraction) recompiles with AdamW at the lower `learning_rate` on a
+    per-step `schedule` (by default a cosine from `learning_rate` to 0 over
+    all of phase 2's steps), and trains
 
     - `"partial"`: the top `n_blocks` blocks and the head;
     - `"full"`: everything;
@@ -183,7 +293,15 @@ def fine_tune(
     variable counts its own steps from when it became trainable (a block
     unfrozen late starts Adam's bias correction afresh) and, with
     `layer_decay`, each block trains at `learning_rate * layer_decay**d`,
-    `d` its depth below the head.
+    `d` its depth below the head. The schedule follows phase 2's global
+    step and scales every block's rate alike, so the ratios hold at every
+    step and a block unfrozen at step `s` starts at the schedule's value
+    at `s` times its ratio.
+
+    With `learning_rate="find"`, `kft.lr_find` runs after phase 1 on phase
+    2's optimizer and first trainable set (gradual: the head and the top
+    block), and phase 2 trains at its `"valley"` suggestion (fastai's
+    default); the model is restored exactly before phase 2 starts.
 
     After both phases the model holds the weights of the best epoch by
     `monitor` (printed at the end when `verbose`); with
@@ -204,8 +322,22 @@ def fine_tune(
         head_epochs: Epochs of phase 1, at least 1. Defaults to `3`.
         epochs: Epochs of phase 2. Defaults to `10`.
         head_learning_rate: Phase 1 rate. Defaults to `1e-3`.
-        learning_rate: Phase 2 starting rate (of the head). Defaults to
+        learning_rate: Phase 2's rate of the head (the peak rate with
+            `"one_cycle"`; the rate the `layer_decay` ratios refer to with
+            a schedule object), or `"find"` (see above). Defaults to
             `1e-4`.
+        schedule: Phase 2's rate per step: `"cosine"` (Keras'
+            `CosineDecay` from `learning_rate` to 0 over phase 2),
+            `"one_cycle"` (`kft.OneCycle` peaking at `learning_rate`, with
+            AdamW's `beta_1` cycled 0.95 -> 0.85 -> 0.95 as in fastai's
+            `fit_one_cycle`), `"constant"`, or a
+            `keras.optimizers.schedules.LearningRateSchedule` (its step 0 is
+            phase 2's first step). `"cosine"` and `"one_cycle"` need the
+            number of batches per epoch (arrays, or data with `len()`).
+            Defaults to `"cosine"`.
+        warmup: Fraction of phase 2's steps of linear warm-up
+            (`kft.Warmup`) before the schedule, in [0, 1); not with
+            `"one_cycle"`. Defaults to `0.0`.
         weight_decay: AdamW weight decay. Defaults to `1e-2`.
         layer_decay: Phase 2 rate factor per block below the head
             (`kft.layerwise_lr`), in (0, 1]. Defaults to `None` (one rate).
@@ -222,6 +354,7 @@ def fine_tune(
             Keras metric follows the direction it declares; `"auto"` raises
             for a quantity without one. Defaults to `"auto"`.
         early_stopping_patience: Defaults to `None` (no early stopping).
+            The schedule is laid out over all `epochs` all the same.
         batch_size: Used when `train_data` are arrays. Defaults to `32`.
         callbacks: Extra callbacks for both phases. Defaults to `None`.
         cache_features: Phase 1 trains only the head, so kft can compute the
@@ -233,15 +366,24 @@ def fine_tune(
             Features are computed in inference mode (a backbone's own
             dropout off). In a cached phase, callbacks see the head model.
             Defaults to `"auto"`.
+        class_weight: `"balanced"` (`kft.balanced_class_weight` of the
+            training labels), `{class index: weight}` or `None`: each
+            example's loss is multiplied by its class' weight in both phases
+            (a `kft.data` dataset carries the weights in its batches).
+            Defaults to `None`.
         verbose: Passed to `fit`; also prints which epoch was kept.
             Defaults to `1`.
 
     Returns:
         A `FineTuneResult`.
 
+    Each phase's History has `learning_rate`: the rate of each epoch's
+    first step.
+
     Raises:
-        ValueError: an unknown strategy, mode or BatchNorm policy, a bad
-            count (epochs, blocks, batch size, patience), rate or decay,
+        ValueError: an unknown strategy, schedule, mode or BatchNorm
+            policy, a bad count (epochs, blocks, batch size, patience), rate,
+            warm-up fraction or decay,
             labels outside the model's classes, a monitored value missing
             from the logs or without a direction in `"auto"` mode. Arguments
             are checked before anything trains.
@@ -266,30 +408,42 @@ def fine_tune(
          "batch_size": (batch_size, 1),
          "early_stopping_patience": (early_stopping_patience, 0)},
         {"head_learning_rate": head_learning_rate,
-         "learning_rate": learning_rate, "weight_decay": weight_decay},
+         "weight_decay": weight_decay},
         layer_decay)
     train_data = as_pair(train_data, "train_data")
     val_data = as_pair(val_data, "val_data")
     num_classes = model.outputs[0].shape[-1]
     check_data_labels(train_data, num_classes, "train_data")
     check_data_labels(val_data, num_classes, "val_data")
+    class_weight = resolve_class_weight(class_weight, train_data, num_classes)
     phases = Phases(
         model, train_data, val_data,
         loss=loss or _default_loss(model, train_data), metrics=metrics,
         monitor=monitor or ("val_loss" if val_data is not None else "loss"),
         mode=mode, patience=counts.get("early_stopping_patience"),
         batch_size=counts["batch_size"], callbacks=callbacks,
-        verbose=verbose)
+        verbose=verbose, class_weight=class_weight)
+    plan = {"schedule": schedule, "steps_per_epoch": _steps_per_epoch(phases),
+            "weight_decay": weight_decay, "layer_decay": layer_decay}
+    plan["warmup"] = _check_schedule(schedule, learning_rate, warmup,
+                                     plan["steps_per_epoch"])
     histories = [_train_head(phases, counts["head_epochs"],
                              head_learning_rate, weight_decay, bn,
                              cache_features)]
+    found = None
     if strategy != "feature_extraction" and counts["epochs"]:
+        if learning_rate == "find":
+            found = _find_rate(phases, strategy, counts["n_blocks"],
+                               weight_decay, layer_decay, bn)
+            learning_rate = found.suggestions[FIND_SUGGESTION].learning_rate
         histories.append(_train_deeper(
             phases, strategy, counts["head_epochs"], counts["epochs"],
-            learning_rate, weight_decay, layer_decay, counts["n_blocks"],
+            learning_rate, plan, counts["n_blocks"],
             counts["unfreeze_every"], bn))
     load_best(phases)
     keep = phases.keep
     return FineTuneResult(histories=histories, best_epoch=keep.best_epoch,
                           best_value=keep.best, monitor=keep.monitor,
-                          mode=keep.mode)
+                          mode=keep.mode,
+                          learning_rate=None if learning_rate == "find"
+                          else learning_rate, lr_find=found)

@@ -1,11 +1,10 @@
-"""`fine_tune`'s phases: what they share, keep-best and the cosine rate."""
-
-import math
+"""`fine_tune`'s phases: what they share, keep-best and the logged rate."""
 
 import keras
 import numpy as np
 
 from kft import _compat
+from kft.data._dataset import ImageDataset
 from kft.training.compile_notice import CompileNotice
 from kft.training.monitor import improves
 from kft.training.monitor import logged_value
@@ -58,38 +57,37 @@ class KeepBest(keras.callbacks.Callback):
             self.weights = [np.array(v.value) for v in self.target.weights]
 
 
-class EpochCosine(keras.callbacks.Callback):
-    """Sets the rate of each epoch on a cosine and logs it.
+class EpochRate(keras.callbacks.Callback):
+    """Logs `learning_rate`: the optimizer's rate at each epoch's first
+    step (a schedule evaluated at the step count then).
 
-    Keras' `LearningRateScheduler` would do the same, but reads the rate
-    back through numpy, which warns on every epoch with numpy 2.
-
-    Args:
-        base: The rate of `first_epoch`.
-        epochs: Epochs the cosine spans (down to 0 after the last).
-        first_epoch: The epoch the cosine starts at.
+    Keras' `LearningRateScheduler` reads the rate back through numpy, which
+    warns on every epoch with numpy 2.
 
     Example:
-    >>> cosine = EpochCosine(1.0, epochs=4, first_epoch=2)
-    >>> [round(cosine.rate(epoch), 3) for epoch in range(2, 6)]
-    [1.0, 0.854, 0.5, 0.146]
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(keras.optimizers.SGD(
+    ...     keras.optimizers.schedules.ExponentialDecay(1.0, 2, 0.5)), "mse")
+    >>> history = model.fit(np.ones((4, 2)), np.ones(4), batch_size=2,
+    ...                     epochs=3, verbose=0, callbacks=[EpochRate()])
+    >>> [round(rate, 3) for rate in history.history["learning_rate"]]
+    [1.0, 0.5, 0.25]
     """
 
-    def __init__(self, base, epochs, first_epoch):
+    def __init__(self):
         super().__init__()
-        self.base, self.epochs, self.first_epoch = base, epochs, first_epoch
-
-    def rate(self, epoch):
-        """The rate of `epoch`."""
-        progress = (epoch - self.first_epoch) / self.epochs
-        return self.base * 0.5 * (1.0 + math.cos(math.pi * progress))
+        self.rate = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.optimizer.learning_rate = self.rate(epoch)
+        # The step count lives in the running step's state until written
+        # back (Keras does so at epoch ends already).
+        _compat.sync_fit_state(self.model)
+        self.rate = float(np.asarray(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = self.rate(epoch)
+        if logs is not None and self.rate is not None:
+            logs["learning_rate"] = self.rate
 
 
 class Phases:
@@ -100,8 +98,10 @@ class Phases:
     """
 
     def __init__(self, model, train_data, val_data, *, loss, metrics,
-                 monitor, mode, patience, batch_size, callbacks, verbose):
+                 monitor, mode, patience, batch_size, callbacks, verbose,
+                 class_weight=None):
         self.model = model
+        self.class_weight = class_weight
         self.train_data, self.val_data = train_data, val_data
         self.loss, self.metrics = loss, list(metrics)
         self.keep = KeepBest(monitor, mode, model)
@@ -128,6 +128,13 @@ class Phases:
         if isinstance(x, tuple):
             x, y = x
             kwargs = {"y": y, "batch_size": self.batch_size}
+        if self.class_weight is not None:
+            # `fit` ignores `class_weight` for an `ImageDataset`: its
+            # batches carry the weights instead.
+            if isinstance(x, ImageDataset):
+                x = x.with_class_weight(self.class_weight)
+            else:
+                kwargs["class_weight"] = self.class_weight
         history = self.model.fit(
             x, epochs=first_epoch + epochs, initial_epoch=first_epoch,
             validation_data=self.val_data, verbose=self.verbose,

@@ -1,0 +1,112 @@
+"""kft.lr_find: the range test leaves the model exactly as it was."""
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(256, 8)).astype("float32")
+Y = (X @ RNG.normal(size=8)).astype("float32")
+
+
+def _state(model):
+    optimizer = model.optimizer
+    return ([np.array(v.value) for v in model.variables],
+            [np.array(v.value) for v in optimizer.variables],
+            [v.path for v in model.trainable_variables])
+
+
+def _classifier():
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(16, name="body")(inputs)
+    h = keras.layers.BatchNormalization(name="norm")(h)
+    h = keras.layers.Dropout(0.2, seed=1, name="drop")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    return model
+
+
+def test_restores_weights_optimizer_state_and_trainable_set_bitwise():
+    model = _classifier()
+    model.get_layer("norm").trainable = False
+    optimizer = kft.BlockwiseOptimizer(
+        keras.optimizers.AdamW(1e-3), {"body": 1e-4, "head": 1e-3},
+        model=model, patterns={"body": "^(body|norm)$", "head": "^head$"},
+        use_ema=True)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+    labels = (Y > 0).astype("int32") + (Y > 1)
+    model.fit(X, labels, batch_size=64, epochs=1, verbose=0)  # some state
+    before = _state(model)
+    result = kft.lr_find(model, (X, labels), start=1e-5, end=1.0, steps=12,
+                         batch_size=32, verbose=0)
+    after = _state(model)
+    for group_before, group_after in zip(before[:2], after[:2]):
+        assert len(group_before) == len(group_after)
+        for a, b in zip(group_before, group_after):
+            np.testing.assert_array_equal(a, b)
+    assert before[2] == after[2]
+    assert len(result.learning_rates) == 12 or result.stop_reason
+    # The ramp ran on the blocks with their ratios: it is exponential.
+    ratios = result.learning_rates[1:] / result.learning_rates[:-1]
+    np.testing.assert_allclose(ratios, (1.0 / 1e-5) ** (1 / 11), rtol=1e-9)
+    # The original rate is back.
+    assert model.train_function is None
+    assert float(np.asarray(model.optimizer.learning_rate)) == (
+        pytest.approx(1e-3))
+
+
+def test_suggestions_fall_in_the_known_good_range_of_a_quadratic():
+    # Full-batch SGD on mean squared error of a linear model: the loss is
+    # quadratic with Hessian H = 2 [x 1]^T [x 1] / n. A rate is good if
+    # SGD is stable (< 2 / lambda_max) and every direction shrinks by at
+    # least 2% per step (>= 0.02 / lambda_min).
+    design = np.hstack([X, np.ones((len(X), 1), "float32")]).astype(float)
+    eigenvalues = np.linalg.eigvalsh(2 * design.T @ design / len(X))
+    low, high = 0.02 / eigenvalues[0], 2 / eigenvalues[-1]
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(), "mse")
+    result = kft.lr_find(model, (X, Y), start=1e-4, end=10.0, steps=100,
+                         batch_size=len(X), verbose=0)
+    assert result.stop_reason is not None  # diverged above the range
+    for name in ("valley", "steep", "minimum"):
+        suggestion = result.suggestions[name]
+        assert low <= suggestion.learning_rate <= high, (name, low, high)
+        assert suggestion.rule == kft.training.lr_find.RULES[name]
+
+
+def test_plot_marks_the_suggestions(tmp_path):
+    pytest.importorskip("matplotlib")
+    rates = np.logspace(-5, 0, 40)
+    losses = np.concatenate([np.linspace(2, 0.5, 30), np.full(10, 9.0)])
+    result = kft.LRFinderResult(
+        rates, losses, losses,
+        kft.training.lr_find.suggest(rates, losses, 40))
+    fig = result.plot(tmp_path / "lr.png")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert [label.split(":")[0] for label in labels] == [
+        "smoothed loss", "valley", "steep", "minimum"]
+    assert (tmp_path / "lr.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"start": 0.0}, "Argument `start` must be .*Received: start=0.0"),
+    ({"end": -1.0}, "Received: end=-1.0"),
+    ({"start": 1.0, "end": 0.5}, "`end` must be greater than start=1.0.*"
+                                 "Received: end=0.5"),
+    ({"start": 1.0, "end": 1.0}, "Received: end=1.0"),
+    ({"steps": 9}, "integer >= 10. Received: steps=9"),
+    ({"smoothing": 1.0}, "Received: smoothing=1.0"),
+])
+def test_bad_arguments_name_the_value(kwargs, match):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=match):
+        kft.lr_find(model, (X, Y), verbose=0, **kwargs)
+
+
+def test_needs_a_compiled_model():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="needs a compiled model"):
+        kft.lr_find(model, (X, Y), verbose=0)

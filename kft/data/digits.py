@@ -138,3 +138,4 @@ def _resize(images, size):
         resized = pil.resize((size, size), Image.BILINEAR)
         out[i] = np.asarray(resized)[..., None]
     return np.clip(out, 0.0, 255.0)
+from kft.data.digits_m import digits_m  # noqa: E402,F401  (kft.datasets.digits_m)

@@ -1,0 +1,122 @@
+"""Target and source image data for the adaptation tools: forms, checks."""
+
+import numpy as np
+
+
+def _describe(data):
+    shape = getattr(data, "shape", None)
+    return f"array of shape {shape}" if shape is not None else type(
+        data).__name__
+
+
+def image_array(data, name, *, allow_labels=False):
+    """`data` as a float32 `(n, h, w, c)` array, or `None` for a dataset.
+
+    Args:
+        data: An image array, or an `(x, y)` pair (allowed only with
+            `allow_labels`; the labels are dropped), or a dataset.
+        name: The argument's name, for errors.
+        allow_labels: Whether an `(x, y)` pair is accepted.
+
+    Raises:
+        ValueError: labelled data where unlabelled images are needed, an
+            array that is not a batch of images, or no images.
+    """
+    if isinstance(data, (tuple, list)):
+        if len(data) == 2 and not allow_labels:
+            raise ValueError(
+                f"Argument `{name}` must be unlabelled target images, an "
+                "array (n, height, width, channels): domain adaptation does "
+                "not use target labels, and passing them risks training on "
+                f"them by mistake. Received: an (x, y) pair; pass `{name}[0]`"
+                " (keep the labels for evaluation).")
+        if len(data) == 2:
+            data = data[0]
+        else:
+            raise ValueError(
+                f"Argument `{name}` must be an image array or an (x, y) pair."
+                f" Received: a {type(data).__name__} of length {len(data)}")
+    if data is None:
+        raise ValueError(f"Argument `{name}` must hold images. Received: None")
+    if not hasattr(data, "shape"):
+        return None
+    array = np.asarray(data, "float32")
+    if array.ndim != 4:
+        raise ValueError(
+            f"Argument `{name}` must be images of shape (n, height, width, "
+            f"channels). Received: {name}.shape={array.shape}")
+    if len(array) == 0:
+        raise ValueError(
+            f"Argument `{name}` must hold at least one image. Received: an "
+            f"empty array of shape {array.shape}")
+    return array
+
+
+def dataset_arrays(data):
+    """`(images, labels)` arrays of a `kft.data.ImageDataset`, read once in
+    stored order (`in_order()`: no shuffling or balanced resampling), or
+    `None` when `data` is not one."""
+    from kft.data import ImageDataset
+
+    if not isinstance(data, ImageDataset):
+        return None
+    xs, ys = [], []
+    for batch in data.in_order():
+        xs.append(np.asarray(batch[0], "float32"))
+        ys.append(np.asarray(batch[1]))
+    if not xs:
+        return (np.zeros((0,) + (0,) * 3, "float32"), np.zeros((0,)))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def check_same_images(shape_a, shape_b, name_a, name_b):
+    """Raises unless two per-image shapes `(h, w, c)` agree."""
+    a, b = tuple(shape_a), tuple(shape_b)
+    if None in a or None in b:
+        known = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+        if all(x == y for x, y in known) and len(a) == len(b):
+            return
+    if a != b:
+        raise ValueError(
+            f"Images of `{name_a}` and `{name_b}` must have the same shape "
+            f"(height, width, channels). Received: {name_a} images {a}, "
+            f"{name_b} images {b}. Resize one domain to the other (e.g. "
+            "kft.datasets.digits_m(image_size=...)).")
+
+
+def image_batches(data, name, batch_size, *, expected_shape=None,
+                  allow_labels=True):
+    """Yields float32 image batches of arrays or of a dataset; raises if
+    there are none or their shape is not `expected_shape` (h, w, c)."""
+    array = image_array(data, name, allow_labels=allow_labels)
+    if array is not None:
+        if expected_shape is not None:
+            check_same_images(expected_shape, array.shape[1:], "the model's "
+                              "input", name)
+        for start in range(0, len(array), batch_size):
+            yield array[start:start + batch_size]
+        return
+    count = 0
+    for batch in data:
+        if isinstance(batch, dict):
+            raise ValueError(
+                f"Argument `{name}` must yield image batches or (images, "
+                "labels) batches. Received a batch that is a dict.")
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        batch = np.asarray(batch, "float32")
+        if batch.ndim != 4:
+            raise ValueError(
+                f"Argument `{name}` must yield images of shape (batch, "
+                f"height, width, channels). Received a batch of shape "
+                f"{batch.shape}")
+        if expected_shape is not None:
+            check_same_images(expected_shape, batch.shape[1:],
+                              "the model's input", name)
+        if len(batch):
+            count += len(batch)
+            yield batch
+    if count == 0:
+        raise ValueError(
+            f"Argument `{name}` must hold at least one image. Received: "
+            f"{_describe(data)} that yielded none")

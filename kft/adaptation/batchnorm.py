@@ -1,0 +1,143 @@
+"""AdaBN (Li et al., 2016): BatchNorm statistics re-estimated on target data.
+
+A network's BatchNorm layers store the mean and variance of their inputs on
+the training domain; on a shifted domain those no longer centre and scale
+the activations. AdaBN replaces them with the target data's, changing
+nothing else: no parameter is trained.
+"""
+
+import jax
+import keras
+import numpy as np
+
+from kft import _compat
+from kft._validation import check_int
+from kft.adaptation._data import image_batches
+from kft.training.freezing import batch_norm_layers
+
+
+def _model_image_shape(model):
+    shape = tuple(model.inputs[0].shape[1:]) if getattr(
+        model, "inputs", None) else None
+    return shape
+
+
+def batch_statistics(model, data, *, batch_size=64, name="target_data"):
+    """Per-channel mean and variance of every BatchNorm layer's input on
+    `data`, each layer seeing inputs normalised with its upstream layers'
+    batch statistics (as in training).
+
+    Returns:
+        `(bn_layers, means, variances)`: the layers of `model` (as
+        `kft.training.freezing.batch_norm_layers` lists them), and float64
+        arrays, one per layer. Pooled exactly over all images: per-batch
+        moments combined, not a moving average.
+    """
+    layers = batch_norm_layers(model)
+    if not layers:
+        raise ValueError(
+            f"Model {model.name!r} has no BatchNormalization layer: there "
+            "are no statistics to adapt or compare.")
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    # A copy whose BatchNorm layers train (and so use and report batch
+    # statistics) with momentum 0; the model itself is not touched.
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone_layers = batch_norm_layers(clone)
+    for layer in clone_layers:
+        layer.trainable = True
+        layer.momentum = 0.0
+    positions = []
+    for layer in clone_layers:
+        positions.append((
+            _index(clone.non_trainable_variables, layer.moving_mean),
+            _index(clone.non_trainable_variables, layer.moving_variance)))
+    trainable = [v.value for v in clone.trainable_variables]
+    non_trainable = [v.value for v in clone.non_trainable_variables]
+
+    # The weights are arguments, not constants baked into the program:
+    # the same architecture then compiles to the same program, which the
+    # persistent compilation cache can reuse across calls.
+    @jax.jit
+    def run(trainable, non_trainable, images):
+        _, updated = clone.stateless_call(trainable, non_trainable, images,
+                                          training=True)
+        return [(updated[m], updated[v]) for m, v in positions]
+
+    def step(images):
+        return run(trainable, non_trainable, images)
+
+    total = 0
+    sums = [0.0] * len(layers)
+    squares = [0.0] * len(layers)
+    for images in image_batches(data, name, batch_size,
+                                expected_shape=_model_image_shape(model)):
+        n = len(images)
+        for i, (mean, var) in enumerate(step(images)):
+            mean = np.asarray(mean, "float64")
+            var = np.asarray(var, "float64")
+            # E[x] and E[x^2] of the batch, weighted by its size.
+            sums[i] = sums[i] + n * mean
+            squares[i] = squares[i] + n * (var + mean * mean)
+        total += n
+    means = [s / total for s in sums]
+    variances = [np.maximum(q / total - m * m, 0.0)
+                 for q, m in zip(squares, means)]
+    return layers, means, variances
+
+
+def _index(variables, variable):
+    for i, v in enumerate(variables):
+        if v is variable:
+            return i
+    raise RuntimeError(f"Variable {variable.path} not found in the clone")
+
+
+def adapt_batchnorm(model: keras.Model, target_data, *,
+                    batch_size: int = 64) -> list[str]:
+    """AdaBN: sets every BatchNorm layer's moving statistics to those of
+    `target_data`.
+
+    One pass over the target images through a copy of the model whose
+    BatchNorm layers normalise with batch statistics (as PyTorch's AdaBN
+    recipe with `momentum=None`); each layer's input mean and variance
+    are pooled exactly over all images and written into the model's
+    `moving_mean` / `moving_variance`. Weights, trainable flags, the
+    optimizer and the compiled state are left alone; the next step of a
+    compiled model reads the new statistics. Use batches large enough for
+    per-batch statistics to be meaningful (>= 16).
+
+    Args:
+        model: A built Keras model with BatchNormalization layers (nested
+            backbones included).
+        target_data: Target images: an array `(n, h, w, c)` in the
+            model's pixel range, an `(x, y)` pair (labels unused), or a
+            dataset yielding image or `(images, labels)` batches.
+        batch_size: Batch size for arrays. Defaults to `64`.
+
+    Returns:
+        The names of the adapted layers.
+
+    Raises:
+        ValueError: no BatchNorm layer, no images, or images of another
+            shape than the model's input.
+
+    Example:
+    >>> import kft, numpy as np
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...                              weights=None, input_shape=(16, 16, 3))
+    >>> x = np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3))
+    >>> sorted(kft.adapt_batchnorm(model, x))
+    ['block1_bn', 'block2_bn', 'block3_bn', 'stem_bn']
+    """
+    layers, means, variances = batch_statistics(model, target_data,
+                                                batch_size=batch_size)
+    # Inside a running fit: write its step state back first, so the
+    # assignment is not overwritten, and make the next step read the
+    # variables again (no retrace: only values change).
+    _compat.sync_fit_state(model)
+    for layer, mean, var in zip(layers, means, variances):
+        layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign(var.astype(layer.moving_variance.dtype))
+    _compat.reread_fit_state(model)
+    return [layer.name for layer in layers]

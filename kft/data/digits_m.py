@@ -1,0 +1,194 @@
+"""digits-M: the MNIST-M recipe applied to scikit-learn's digits.
+
+MNIST-M (Ganin et al., 2016) blends each MNIST digit with a random colour
+patch of a real photograph, `|digit - patch|` per channel: the background
+becomes the photo, the strokes its inverse. digits-M does the same to the
+1,797 scans of `kft.datasets.digits`, with patches cut from photographs
+that ship inside installed packages (no download): scikit-learn's two
+sample images (`load_sample_images`: china, flower), always there, and
+scikit-image's colour photos (`skimage.data`: astronaut, chelsea, coffee,
+rocket) when scikit-image is installed (`photos="auto"`). Pass
+`photos="sklearn"` for the same images on every machine.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import check_number
+from kft.data.digits import TransferSplits
+from kft.data.digits import _check_classes
+from kft.data.digits import _resize
+from kft.data.digits import _target_split
+
+PHOTOS = ("auto", "sklearn", "skimage")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def digits_m(image_size: int = 32,
+             source_classes: Sequence[int] = (0, 1, 2, 3, 4),
+             target_classes: Sequence[int] = (5, 6, 7, 8, 9),
+             target_per_class: int = 10, val_per_class: int = 10,
+             test_fraction: float = 0.5, seed: int = 0,
+             photos: str = "auto") -> TransferSplits:
+    """scikit-learn's digits blended with photo patches (MNIST-M recipe),
+    with the splits of `kft.datasets.digits`.
+
+    Same arguments and the same splits as `kft.datasets.digits`: with the
+    same arguments, image `i` of every split is the same scan in both, only
+    blended here, so the two can be paired or split into disjoint domain
+    halves by index. The patch of each scan (photo, position) is drawn from
+    `seed` by scan, so it does not depend on the split sizes.
+
+    Args:
+        image_size: Side of the images. Defaults to `32`.
+        source_classes: Digits of the source task. Defaults to 0-4.
+        target_classes: Digits of the target task, disjoint from the source
+            ones. Defaults to 5-9.
+        target_per_class: Labelled target training images per class.
+            Defaults to `10`.
+        val_per_class: Target validation images per class. Defaults to `10`.
+        test_fraction: Fraction of each target class held out for testing.
+            Defaults to `0.5`.
+        seed: Seed of the split and of the patches. Defaults to `0`.
+        photos: Where patches come from: `"auto"` (scikit-learn's sample
+            images, plus scikit-image's colour photos when it is installed),
+            `"sklearn"` (only scikit-learn's: the same data everywhere) or
+            `"skimage"` (both; raises without scikit-image). Defaults to
+            `"auto"`.
+
+    Returns:
+        A `TransferSplits`: float32 images in [0, 255], int32 labels.
+
+    Raises:
+        ImportError: `photos="skimage"` without scikit-image installed.
+
+    Example:
+    >>> import kft, numpy as np
+    >>> m = kft.datasets.digits_m(image_size=16, target_per_class=5)
+    >>> m.target_train[0].shape
+    (25, 16, 16, 3)
+    >>> plain = kft.datasets.digits(image_size=16, target_per_class=5)
+    >>> bool(np.all(plain.target_train[1] == m.target_train[1]))
+    True
+    """
+    from sklearn.datasets import load_digits
+
+    source_classes, target_classes = _check_classes(source_classes,
+                                                    target_classes)
+    image_size = check_int("image_size", image_size, min_value=8)
+    target_per_class = check_int("target_per_class", target_per_class,
+                                 min_value=1)
+    val_per_class = check_int("val_per_class", val_per_class, min_value=0)
+    test_fraction = check_number("test_fraction", test_fraction, low=0.0,
+                                 high=1.0, low_open=True, high_open=True)
+    seed = check_int("seed", seed, min_value=0)
+    check_choice("photos", photos, PHOTOS)
+    raw = load_digits()
+    images = blend_with_photos(_resize(raw.images, image_size), seed=seed,
+                               photos=photos)
+    labels = raw.target
+    # The same draws, in the same order, as `kft.datasets.digits`.
+    rng = np.random.default_rng(seed)
+
+    def task(classes, idx):
+        y = np.searchsorted(np.array(classes), labels[idx]).astype("int32")
+        return images[idx], y
+
+    src_idx = np.flatnonzero(np.isin(labels, source_classes))
+    train, val, test = _target_split(labels, target_classes, rng,
+                                     target_per_class, val_per_class,
+                                     test_fraction)
+    target_sorted = tuple(sorted(target_classes))
+    source_sorted = tuple(sorted(source_classes))
+    return TransferSplits(
+        source=task(source_sorted, rng.permutation(src_idx)),
+        target_train=task(target_sorted, rng.permutation(train)),
+        target_val=task(target_sorted, val),
+        target_test=task(target_sorted, test),
+        source_classes=source_sorted,
+        target_classes=target_sorted,
+    )
+
+
+def blend_with_photos(images, *, seed: int = 0,
+                      photos: str = "auto") -> np.ndarray:
+    """`|image - patch|` per channel, one random photo patch per image.
+
+    Args:
+        images: `(n, h, w, 3)` (or `(n, h, w)` gray) values in [0, 255].
+        seed: Seed of the patch draws (image `i` always gets draw `i`).
+            Defaults to `0`.
+        photos: `"auto"`, `"sklearn"` or `"skimage"`, as in `digits_m`.
+            Defaults to `"auto"`.
+
+    Returns:
+        float32 `(n, h, w, 3)` in [0, 255].
+
+    Example:
+    >>> import numpy as np
+    >>> out = blend_with_photos(np.zeros((2, 8, 8, 3)), seed=1)
+    >>> out.shape, out.dtype, bool(out.max() <= 255)
+    ((2, 8, 8, 3), dtype('float32'), True)
+    """
+    check_choice("photos", photos, PHOTOS)
+    seed = check_int("seed", seed, min_value=0)
+    images = np.asarray(images, "float32")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            "Argument `images` must have shape (n, height, width[, 1 or 3]). "
+            f"Received: images.shape={images.shape}")
+    n, h, w = images.shape[:3]
+    sources = _photos(photos)
+    # Drawn per image index from their own stream: independent of splits.
+    rng = np.random.default_rng([seed, 0x4D])
+    which = rng.integers(0, len(sources), size=n)
+    fractions = rng.random((n, 2))
+    out = np.empty((n, h, w, 3), "float32")
+    for i in range(n):
+        photo = sources[which[i]]
+        top = int(fractions[i, 0] * (photo.shape[0] - h + 1))
+        left = int(fractions[i, 1] * (photo.shape[1] - w + 1))
+        patch = photo[top:top + h, left:left + w]
+        out[i] = np.abs(images[i] - patch)
+    return out
+
+
+def _photos(photos):
+    """The colour photos patches are cut from, float32 (H, W, 3)."""
+    found = list(_sklearn_photos())
+    if photos in ("auto", "skimage"):
+        found += _skimage_photos(required=photos == "skimage")
+    return found
+
+
+@functools.cache
+def _sklearn_photos():
+    from sklearn.datasets import load_sample_images
+
+    return tuple(_read_only(im) for im in load_sample_images().images)
+
+
+@functools.cache
+def _skimage_photos(required):
+    try:
+        import skimage.data
+    except ImportError as error:
+        if required:
+            raise ImportError(
+                'digits_m(photos="skimage") needs scikit-image: pip install '
+                'scikit-image (or use photos="sklearn")') from error
+        return ()
+    return tuple(_read_only(getattr(skimage.data, name)())
+                 for name in SKIMAGE_PHOTOS)
+
+
+def _read_only(image):
+    image = np.asarray(image, "float32")[..., :3]
+    image.setflags(write=False)
+    return image

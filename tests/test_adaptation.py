@@ -1,0 +1,335 @@
+"""Domain adaptation: gradient reversal, MMD/CORAL, AdaBN, the DANN
+trainer, the domain-shift diagnostic and the strategy recommendation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.adaptation import domain_pairs
+from kft.adaptation.diagnostic import DomainShiftReport
+from kft.adaptation.reversal import reversal_lambda
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """simple_cnn briefly trained on digits 0-4, BatchNorm statistics set to
+    the digits' (AdaBN on the training images), plus held-out data. Image
+    counts are multiples of the batch size: one compiled shape each."""
+    data = kft.datasets.digits(image_size=SIZE)
+    blended = kft.datasets.digits_m(image_size=SIZE, photos="sklearn")
+    x, y = data.source
+    keras.utils.set_random_seed(0)
+    model = kft.build_classifier("simple_cnn", num_classes=5, weights=None,
+                                 input_shape=(SIZE, SIZE, 3))
+    kft.freeze(model, "full", bn="train")
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:512], y[:512], batch_size=64, epochs=1, verbose=0)
+    kft.adapt_batchnorm(model, x[:512])
+    return model, (x[:512], y[:512]), x[640:768], blended.source[0][640:768]
+
+
+# -- gradient reversal ---------------------------------------------------------
+
+
+def test_gradient_reversal_identity_forward_reversed_backward():
+    layer = kft.GradientReversal(lambda_=0.7)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)), "float32")
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(4, 5)), "float32")
+    np.testing.assert_array_equal(np.asarray(layer(x)), np.asarray(x))
+    grad = jax.grad(lambda v: jnp.sum(w * layer(v)))(x)
+    np.testing.assert_allclose(np.asarray(grad), -0.7 * np.asarray(w),
+                               rtol=1e-6)
+    layer.lambda_.assign(0.0)
+    grad = jax.grad(lambda v: jnp.sum(w * layer(v)))(x)
+    assert not np.any(np.asarray(grad))
+    restored = kft.GradientReversal.from_config(layer.get_config())
+    assert restored.initial_lambda == 0.7
+
+
+def test_lambda_schedule_values():
+    assert reversal_lambda(0.0) == 0.0
+    assert reversal_lambda(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert reversal_lambda(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    assert reversal_lambda(0.1, gamma=5.0, max_value=0.5) == pytest.approx(
+        0.5 * (2 / (1 + math.exp(-0.5)) - 1))
+    p = np.linspace(0, 1, 5).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(reversal_lambda(jnp.asarray(p))),
+        [reversal_lambda(float(v)) for v in p], rtol=1e-6)
+
+
+# -- MMD and CORAL -----------------------------------------------------------
+
+
+def _numpy_mmd(a, b, bandwidth, kernel_num=5, kernel_mul=2.0):
+    def k(x, y):
+        d = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+        return sum(np.exp(-d / (bandwidth * kernel_mul ** (q - kernel_num // 2)))
+                   for q in range(kernel_num))
+    m, n = len(a), len(b)
+    kaa, kbb = k(a, a), k(b, b)
+    return ((kaa.sum() - np.trace(kaa)) / (m * (m - 1))
+            + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
+            - 2 * k(a, b).mean())
+
+
+def test_mmd_zero_for_one_distribution_grows_with_shift_matches_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(120, 3)), rng.normal(size=(100, 3))
+    values = [float(kft.mmd(a, b + s)) for s in (0.0, 0.5, 1.0, 2.0)]
+    # Sum of 5 kernels (each <= 1): ~0 for one distribution, growing with
+    # the mean shift.
+    assert abs(values[0]) < 0.05 and values[-1] > 1.0
+    assert values == sorted(values) and values[1] > 5 * abs(values[0])
+    np.testing.assert_allclose(float(kft.mmd(a, b + 0.5, bandwidth=2.0)),
+                               _numpy_mmd(a, b + 0.5, 2.0), rtol=1e-4)
+    pooled = np.concatenate([a, b + 0.5])
+    d = ((pooled[:, None] - pooled[None]) ** 2).sum(-1)
+    default = d.sum() / (len(pooled) ** 2 - len(pooled))
+    np.testing.assert_allclose(float(kft.mmd(a, b + 0.5)),
+                               _numpy_mmd(a, b + 0.5, default), rtol=1e-4)
+
+
+def test_coral_matches_numpy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(40, 4)), rng.normal(size=(30, 4)) * [1, 2, 3, 1]
+    expected = ((np.cov(a, rowvar=False) - np.cov(b, rowvar=False)) ** 2
+                ).sum() / (4 * 4 ** 2)
+    np.testing.assert_allclose(float(kft.coral(a, b)), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="feature width"):
+        kft.coral(a, b[:, :3])
+
+
+# -- AdaBN -------------------------------------------------------------------
+
+
+def test_adapt_batchnorm_changes_only_bn_statistics(digits_model):
+    model, _, _, target = digits_model
+    before = {v.path: np.array(v.numpy()) for v in model.variables}
+    stats = {v.path for layer in kft.training.freezing.batch_norm_layers(model)
+             for v in (layer.moving_mean, layer.moving_variance)}
+    names = kft.adapt_batchnorm(model, target[:128], batch_size=64)
+    assert "stem_bn" in names
+    after = {v.path: np.array(v.numpy()) for v in model.variables}
+    changed = {p for p in before if not np.array_equal(before[p], after[p])}
+    assert changed and changed <= stats
+    # The first BatchNorm sees the stem convolution of the images: its new
+    # statistics are exactly theirs.
+    backbone = model.get_layer("simple_cnn")
+    stem = keras.Model(backbone.inputs, backbone.get_layer("stem_conv").output)
+    act = np.asarray(stem(model.get_layer("preprocess")(target[:128])),
+                     "float64")
+    bn = backbone.get_layer("stem_bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), act.mean((0, 1, 2)),
+                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), act.var((0, 1, 2)),
+                               rtol=1e-3, atol=1e-4)
+    kft.adapt_batchnorm(model, digits_model[1][0])  # back to digits
+    after = {v.path: np.array(v.numpy()) for v in model.variables}
+    assert all(np.allclose(before[p], after[p], atol=1e-5) for p in before)
+
+
+# -- the DANN trainer ----------------------------------------------------------
+
+
+def _fit_dann(**kwargs):
+    # Two domains that differ in the blue channel only (+100), a label in
+    # the red one: alignable exactly (blue weights of the stem at 0).
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 120, (256, 8, 8, 3)).astype("float32")
+    ys = (xs[:, :4, :, 0].mean((1, 2)) > xs[:, 4:, :, 0].mean((1, 2)))
+    xt = rng.uniform(0, 120, (256, 8, 8, 3)).astype("float32")
+    xt[..., 2] += 100.0
+    keras.utils.set_random_seed(0)
+    clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                               input_shape=(8, 8, 3))
+    kft.freeze(clf, "full", bn="train")
+    model = kft.DomainAdaptationModel(clf, method="dann", hidden_units=(64,),
+                                      **kwargs)
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    traces = []
+    original = model.compute_loss_and_updates
+
+    def counting(*args, **kwargs):
+        traces.append(kwargs.get("training"))
+        return original(*args, **kwargs)
+
+    model.compute_loss_and_updates = counting
+    history = model.fit(domain_pairs((xs, ys.astype("int32")), xt,
+                                     batch_size=32),
+                        epochs=10, verbose=0).history
+    return model, traces, history
+
+
+def test_dann_compiles_once_and_domain_accuracy_goes_toward_chance():
+    model, traces, history = _fit_dann()  # adversary="confusion"
+    assert traces == [True]  # traced once for 80 steps
+    acc = history["domain_accuracy"]
+    # The discriminator first tells the domains apart (with lambda = 0 it
+    # reaches 0.99 here, issue 19 notes), then the features confuse it:
+    # toward chance from above, never flipped below it (with
+    # adversary="reversal" this problem gives 0.0-0.05 from epoch 3 on).
+    assert len(acc) == 10 and max(acc[:3]) > 0.7 and min(acc) > 0.45
+    assert np.mean(acc[-3:]) < max(acc[:3]) - 0.1
+    assert history["lambda"][0] < history["lambda"][-1]
+    # The schedule ran to the end of this fit.
+    assert float(model.reversal.lambda_.numpy()) == pytest.approx(
+        reversal_lambda(79 / 80), rel=1e-5)
+
+
+def _tiny_dann(**kwargs):
+    keras.utils.set_random_seed(0)
+    clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                               input_shape=(8, 8, 3))
+    return kft.DomainAdaptationModel(clf, hidden_units=(8,), **kwargs)
+
+
+def test_dann_composes_with_gradual_unfreezing_and_blockwise_rates():
+    rng = np.random.default_rng(1)
+    xs = rng.uniform(0, 255, (32, 8, 8, 3)).astype("float32")
+    ys = rng.integers(0, 2, 32)
+    xt = rng.uniform(0, 255, (32, 8, 8, 3)).astype("float32")
+    model = _tiny_dann()
+    opt = kft.BlockwiseOptimizer(keras.optimizers.Adam(1e-2),
+                                 {"block3": 1e-3}, model=model)
+    model.compile(opt, keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    watched = {"head": model.get_layer("head_dense").kernel,
+               "block3": model.get_layer("simple_cnn").get_layer(
+                   "block3_conv").kernel,
+               "block2": model.get_layer("simple_cnn").get_layer(
+                   "block2_conv").kernel,
+               "disc": model.discriminator.layers[0].kernel}
+    snapshots = [{k: np.array(v.numpy()) for k, v in watched.items()}]
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append({k: np.array(v.numpy())
+                              for k, v in watched.items()})
+
+    history = model.fit(
+        domain_pairs((xs, ys), xt, batch_size=8), epochs=2, verbose=0,
+        callbacks=[kft.callbacks.GradualUnfreezing(milestones=[1],
+                                                   verbose=0), Snapshot()])
+    assert history.history["unfrozen_blocks"] == [0, 1]
+    moved = [{k: not np.array_equal(a[k], b[k]) for k in watched}
+             for a, b in zip(snapshots, snapshots[1:])]
+    # Epoch 0: head and discriminator train, the backbone is frozen;
+    # epoch 1: block3 (the block below the head) unfreezes and trains.
+    assert moved[0] == {"head": True, "block3": False, "block2": False,
+                        "disc": True}
+    assert moved[1] == {"head": True, "block3": True, "block2": False,
+                        "disc": True}
+    assert "domain_accuracy" in history.history
+
+
+def test_dann_model_save_load_round_trip(tmp_path):
+    model = _tiny_dann(method="dann", adversary="reversal", weight=0.5)
+    x = np.random.default_rng(2).uniform(0, 255, (4, 8, 8, 3))
+    path = tmp_path / "dann.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, kft.DomainAdaptationModel)
+    assert (loaded.method, loaded.adversary, loaded.weight,
+            loaded.hidden_units) == ("dann", "reversal", 0.5, (8,))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               model.predict(x, verbose=0), rtol=1e-5,
+                               atol=1e-6)
+    for a, b in zip(loaded.discriminator.weights, model.discriminator.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_domain_pairs_reads_image_datasets():
+    x = np.arange(6 * 4 * 4 * 3, dtype="float32").reshape(6, 4, 4, 3) % 255
+    y = np.array([0, 1, 0, 1, 0, 1])
+    source = kft.data.from_arrays(x, y, batch_size=4, shuffle=False)
+    target = kft.data.from_arrays(x[:3], y[:3], batch_size=2)
+    pairs = domain_pairs(source, target, batch_size=3)
+    np.testing.assert_array_equal(np.sort(pairs.xs, axis=None),
+                                  np.sort(x, axis=None))
+    assert sorted(pairs.ys.tolist()) == sorted(y.tolist())
+    assert pairs.xt.shape == (3, 4, 4, 3)
+    with pytest.raises(TypeError, match="ImageDataset"):
+        domain_pairs((x, y), iter([x]), batch_size=3)
+    with pytest.raises(TypeError, match="ImageDataset"):
+        domain_pairs(x, x, batch_size=3)
+
+
+def test_domain_pairs_and_trainer_reject_bad_input():
+    x = np.zeros((8, 8, 8, 3), "float32")
+    y = np.zeros(8, "int32")
+    with pytest.raises(ValueError, match="unlabelled"):
+        domain_pairs((x, y), (x, y), batch_size=4)
+    with pytest.raises(ValueError, match="same shape"):
+        domain_pairs((x, y), np.zeros((8, 10, 10, 3)), batch_size=4)
+    with pytest.raises(ValueError, match="at least one image"):
+        domain_pairs((x, y), np.zeros((0, 8, 8, 3)), batch_size=4)
+    clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                               input_shape=(8, 8, 3))
+    with pytest.raises(ValueError, match="at least one image"):
+        kft.adapt_batchnorm(clf, np.zeros((0, 8, 8, 3)))
+    with pytest.raises(ValueError, match="same shape"):
+        kft.adapt_batchnorm(clf, np.zeros((4, 16, 16, 3)))
+    with pytest.raises(ValueError, match="method"):
+        kft.DomainAdaptationModel(clf, method="adda")
+
+
+# -- diagnostic and recommendation -------------------------------------------
+
+
+def test_domain_shift_ranks_digits_m_as_more_shifted(digits_model, tmp_path):
+    model, _, digits_test, digits_m_test = digits_model
+    same = kft.domain_shift(model, digits_test, source_data=digits_model[1][0])
+    shifted = kft.domain_shift(model, digits_m_test,
+                               source_data=digits_model[1][0])
+    assert list(shifted.blocks) == ["stem", "block1", "block2", "block3"]
+    assert np.mean(list(shifted.blocks.values())) > 3 * np.mean(
+        list(same.blocks.values()))
+    assert shifted.mmd > same.mmd
+    assert shifted.probe_accuracy > same.probe_accuracy
+    assert "block3" in str(shifted)
+    assert shifted.to_dict()["blocks"] == shifted.blocks
+    pytest.importorskip("matplotlib")
+    shifted.plot(path=tmp_path / "shift.png")
+    assert (tmp_path / "shift.png").stat().st_size > 0
+    print(same, shifted, sep="\n")
+    rec = kft.recommend_strategy(num_images=300, shift=shifted)
+    assert rec.shift is shifted and "Measured shift" in rec.reasons[1]
+
+
+def test_recommend_strategy_sizes_and_shift():
+    assert kft.recommend_strategy(num_images=100).strategy == (
+        "feature_extraction")
+    assert kft.recommend_strategy(num_images=700).strategy == "gradual"
+    assert kft.recommend_strategy(num_images=1200).strategy == "partial"
+    big = kft.recommend_strategy(num_images=6000)
+    assert (big.strategy, big.layer_decay) == ("full", 0.7)
+    assert kft.recommend_strategy(
+        data=(np.zeros((600, 2)), np.zeros(600))).strategy == "gradual"
+    deep = DomainShiftReport(blocks={"stem": 0.001, "block1": 0.001,
+                                     "block2": 0.002, "block3": 5.0},
+                             layers={}, block_of_layer={}, num_images=10)
+    rec = kft.recommend_strategy(num_images=100, shift=deep)
+    assert rec.strategy == "gradual" and rec.bn == "train"
+    assert rec.adaptation == ("adapt_batchnorm", "dann")
+    assert "block3" in str(rec)
+    shallow = DomainShiftReport(blocks={"stem": 5.0, "block1": 0.001,
+                                        "block2": 0.002, "block3": 0.001},
+                                layers={}, block_of_layer={}, num_images=10)
+    rec = kft.recommend_strategy(num_images=100, shift=shallow)
+    assert rec.strategy == "feature_extraction"
+    assert rec.adaptation == ("adapt_batchnorm",)
+    assert rec.to_dict()["shift"]["blocks"]["stem"] == 5.0
+    with pytest.raises(ValueError, match="num_images"):
+        kft.recommend_strategy()
+    with pytest.raises(ValueError, match="num_images"):
+        kft.recommend_strategy(num_images=-1)

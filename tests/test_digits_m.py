@@ -1,0 +1,58 @@
+"""digits-M: the MNIST-M recipe on scikit-learn's digits."""
+
+import numpy as np
+import pytest
+
+import kft
+from kft.data.digits_m import blend_with_photos
+
+
+@pytest.fixture(scope="module")
+def pair():
+    kwargs = dict(image_size=8, target_per_class=3, val_per_class=2)
+    return (kft.datasets.digits(**kwargs),
+            kft.datasets.digits_m(**kwargs, photos="sklearn"),
+            kft.datasets.digits_m(**kwargs, photos="sklearn"))
+
+
+def test_deterministic_by_seed(pair):
+    _, first, second = pair
+    for a, b in zip((first.source, first.target_test),
+                    (second.source, second.target_test)):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    other = kft.datasets.digits_m(image_size=8, target_per_class=3,
+                                  val_per_class=2, seed=1, photos="sklearn")
+    assert not np.array_equal(other.target_test[0], first.target_test[0])
+
+
+def test_same_splits_as_digits_blended(pair):
+    plain, blended, _ = pair
+    for name in ("source", "target_train", "target_val", "target_test"):
+        x, y = getattr(plain, name)
+        xm, ym = getattr(blended, name)
+        np.testing.assert_array_equal(y, ym)
+        assert xm.shape == x.shape and xm.dtype == np.float32
+        assert 0.0 <= xm.min() and xm.max() <= 255.0
+        # Coloured now: the channels differ, the gray scans' do not.
+        assert np.ptp(x, axis=-1).max() == 0.0
+        assert np.ptp(xm, axis=-1).mean() > 5.0
+    assert plain.target_classes == blended.target_classes
+
+
+def test_blend_is_abs_difference_with_a_patch():
+    digit = np.zeros((3, 8, 8, 3), "float32")
+    digit[:, 2:6, 3] = 255.0
+    out = blend_with_photos(digit, seed=3, photos="sklearn")
+    background = blend_with_photos(np.zeros_like(digit), seed=3,
+                                   photos="sklearn")
+    # Background pixels show the patch, stroke pixels its inverse.
+    np.testing.assert_allclose(out[:, 0, 0], background[:, 0, 0])
+    np.testing.assert_allclose(out[:, 2:6, 3], 255.0 - background[:, 2:6, 3])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="photos"):
+        kft.datasets.digits_m(image_size=8, photos="imagenet")
+    with pytest.raises(ValueError, match="images"):
+        blend_with_photos(np.zeros((2, 8)))

@@ -275,6 +275,7 @@ def fine_tune(
         callbacks: Sequence[keras.callbacks.Callback] | None = None,
         cache_features: Literal["auto"] | bool = "auto",
         class_weight: Literal["balanced"] | Mapping[int, float] | None = None,
+        regularizer=None,
         verbose: int = 1) -> FineTuneResult:
     """Trains the head, then fine-tunes deeper, keeping the best weights.
 
@@ -371,6 +372,12 @@ def fine_tune(
             example's loss is multiplied by its class' weight in both phases
             (a `kft.data` dataset carries the weights in its batches).
             Defaults to `None`.
+        regularizer: `None`, or a penalty against forgetting
+            (`kft.L2SP(...)`, `kft.EWC(...)`, or `kft.LwF(...)` for a
+            `kft.with_source_head` model), bound with `kft.regularize`
+            before phase 1, so its anchors are the weights `fine_tune`
+            starts from. It stays bound afterwards (`regularizer.save(path)`
+            writes its side file). Defaults to `None`.
         verbose: Passed to `fit`; also prints which epoch was kept.
             Defaults to `1`.
 
@@ -416,6 +423,11 @@ def fine_tune(
     check_data_labels(train_data, num_classes, "train_data")
     check_data_labels(val_data, num_classes, "val_data")
     class_weight = resolve_class_weight(class_weight, train_data, num_classes)
+    if regularizer is not None:
+        from kft.regularizers import regularize
+
+        # Anchors (theta_0) are the weights fine-tuning starts from.
+        regularize(model, regularizer)
     phases = Phases(
         model, train_data, val_data,
         loss=loss or _default_loss(model, train_data), metrics=metrics,

@@ -1,0 +1,188 @@
+"""Diagonal Fisher information from per-example gradients (`jax.vmap`)."""
+
+import dataclasses
+import time
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from kft import _compat
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import fail_argument
+
+KINDS = ("empirical", "true")
+
+
+@dataclasses.dataclass
+class FisherInformation:
+    """A diagonal Fisher: variable path -> float32 array of its shape.
+
+    Attributes:
+        values: dict, variable path -> array.
+        kind: `"empirical"` or `"true"`. Defaults to `"empirical"`.
+        num_samples: Examples averaged. Defaults to `0` (unknown).
+        normalize: The normalisation applied. Defaults to `None`.
+    """
+
+    values: dict
+    kind: str = "empirical"
+    num_samples: int = 0
+    normalize: str | None = None
+
+    def save(self, path):
+        """Writes an npz keyed by variable path; `FisherInformation.load`
+        reads it."""
+        meta = np.array(f"{self.kind}|{self.num_samples}|{self.normalize}")
+        with open(path, "wb") as f:
+            np.savez(f, __meta__=meta, **self.values)
+        return path
+
+    @classmethod
+    def load(cls, path):
+        with np.load(path, allow_pickle=False) as data:
+            values = {k: data[k] for k in data.files if k != "__meta__"}
+            kind, n, norm = (str(data["__meta__"]).split("|")
+                             if "__meta__" in data.files
+                             else ("empirical", "0", "None"))
+        return cls(values, kind, int(n), None if norm == "None" else norm)
+
+
+def estimate_fisher(model: keras.Model, source_data, *,
+                    kind: Literal["empirical", "true"] = "empirical",
+                    batch_size: int = 16, num_samples: int | None = None,
+                    normalize: Literal["mean", "max"] | None = None,
+                    seed: int = 0, verbose: int = 0) -> FisherInformation:
+    """Diagonal Fisher of `model`'s weights on source data.
+
+    `F_i = mean over examples of (d log p(y | x) / d w_i)^2`, the
+    per-example gradients computed with `jax.vmap` over each batch, the
+    model in inference mode (BatchNorm statistics fixed). `"empirical"`
+    uses the true labels; `"true"` samples each label from the model's
+    softmax (seeded). All weights are covered, frozen ones included. A
+    batch holds `batch_size` gradients of the whole model in memory.
+
+    Args:
+        model: A built classifier returning logits.
+        source_data: `(images, labels)` arrays, or `images` alone for
+            `kind="true"`.
+        kind: `"empirical"` or `"true"`. Defaults to `"empirical"`.
+        batch_size: Examples per vmapped batch. Defaults to `16`.
+        num_samples: Use the first `num_samples` examples. Defaults to
+            `None` (all).
+        normalize: `None`, `"mean"` (divide by the mean entry over all
+            weights) or `"max"` (by the largest). Defaults to `None`.
+        seed: Seed of the sampled labels. Defaults to `0`.
+        verbose: `1` prints progress per batch. Defaults to `0`.
+
+    Returns:
+        A `kft.FisherInformation`.
+
+    Raises:
+        ValueError: empty source data, labels missing for `"empirical"`,
+            images and labels of different lengths, bad options.
+
+    Example:
+    >>> import kft, keras, numpy as np
+    >>> inputs = keras.Input((4,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
+    >>> x = np.ones((3, 4), "float32"); y = np.array([0, 1, 2])
+    >>> f = kft.estimate_fisher(model, (x, y), batch_size=3)
+    >>> f.num_samples, sorted(f.values), f.values["fc/bias"].shape
+    (3, ['fc/bias', 'fc/kernel'], (3,))
+    """
+    check_choice("kind", kind, KINDS)
+    if normalize is not None:
+        check_choice("normalize", normalize, ("mean", "max"))
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    images, labels = _arrays(source_data, kind, num_samples)
+    weights = _compat.weight_variables(model)
+    ids = {id(v) for v in weights}
+    others = [v for v in model.variables if id(v) not in ids]
+    step = _batch_step(model, weights, others, kind)
+    w_vals = [v.value for v in weights]
+    o_vals = [v.value for v in others]
+    sums = [jnp.zeros(v.shape, "float32") for v in weights]
+    key = jax.random.PRNGKey(check_int("seed", seed, min_value=0))
+    n, start = len(images), time.perf_counter()
+    for i, begin in enumerate(range(0, n, batch_size)):
+        x, y, mask = _padded(images, labels, begin, batch_size)
+        key, sub = jax.random.split(key)
+        sums = step(sums, w_vals, o_vals, x, y, mask, sub)
+        if verbose:
+            _compat.print_msg(
+                f"estimate_fisher: {min(begin + batch_size, n)}/{n} examples"
+                f", {time.perf_counter() - start:.1f} s")
+    values = {v.path: np.asarray(s) / n for v, s in zip(weights, sums)}
+    if normalize is not None:
+        scale = (np.mean(np.concatenate([a.ravel() for a in values.values()]))
+                 if normalize == "mean"
+                 else max(float(a.max()) for a in values.values()))
+        if scale > 0:
+            values = {k: a / scale for k, a in values.items()}
+    return FisherInformation(values, kind, n, normalize)
+
+
+def _arrays(source_data, kind, num_samples):
+    if isinstance(source_data, (tuple, list)) and len(source_data) == 2:
+        images, labels = source_data
+    else:
+        images, labels = source_data, None
+    images = np.asarray(images)
+    if images.ndim < 2 or len(images) == 0:
+        fail_argument("source_data", "non-empty (images, labels) arrays",
+                      f"images of shape {images.shape}")
+    if labels is None:
+        if kind == "empirical":
+            fail_argument("source_data", '(images, labels) for kind='
+                          '"empirical" (images alone only for kind="true")',
+                          f"images of shape {images.shape}")
+        labels = np.zeros(len(images), "int32")
+    labels = np.asarray(labels).reshape(-1).astype("int32")
+    if len(labels) != len(images):
+        fail_argument("source_data", "images and labels of one length",
+                      f"{len(images)} images, {len(labels)} labels")
+    if num_samples is not None:
+        num_samples = check_int("num_samples", num_samples, min_value=1)
+        images, labels = images[:num_samples], labels[:num_samples]
+    return images, labels
+
+
+def _padded(images, labels, begin, batch_size):
+    """One batch padded to `batch_size` (one compiled shape), with a mask."""
+    x, y = images[begin:begin + batch_size], labels[begin:begin + batch_size]
+    mask = np.ones(batch_size, "float32")
+    if len(x) < batch_size:
+        pad = batch_size - len(x)
+        mask[len(x):] = 0.0
+        x = np.concatenate([x, np.repeat(x[:1], pad, 0)])
+        y = np.concatenate([y, np.repeat(y[:1], pad, 0)])
+    return x, y, mask
+
+
+def _batch_step(model, weights, others, kind):
+    def logits_of(w_vals, o_vals, x):
+        mapping = list(zip(weights, w_vals)) + list(zip(others, o_vals))
+        with keras.StatelessScope(state_mapping=mapping):
+            out = model(x, training=False)
+        return jnp.asarray(out, "float32")
+
+    def nll(w_vals, o_vals, x, y):
+        logits = logits_of(w_vals, o_vals, x[None])[0]
+        return -jax.nn.log_softmax(logits)[y]
+
+    per_example = jax.vmap(jax.grad(nll), in_axes=(None, None, 0, 0))
+
+    @jax.jit
+    def step(sums, w_vals, o_vals, x, y, mask, key):
+        if kind == "true":
+            logits = logits_of(w_vals, o_vals, x)
+            y = jax.random.categorical(key, jax.lax.stop_gradient(logits))
+        grads = per_example(w_vals, o_vals, x, y)
+        return [s + jnp.tensordot(mask, jnp.square(g.astype("float32")), 1)
+                for s, g in zip(sums, grads)]
+
+    return step

@@ -1,0 +1,188 @@
+"""What L2-SP, EWC and LwF share: anchors held as model state, per-variable
+terms run by Keras' weight-regularizer pass, and the side file.
+
+A penalty is bound to a model by `kft.regularize`. Its anchors (the
+weights at that moment, theta_0) and Fisher values become non-trainable
+variables of a `PenaltyState` layer attached to the model, so the compiled
+train step receives them as state (never as constants baked into the
+trace). Each penalised weight gets a `variable.regularizer`: Keras adds the
+regularizers of `model.trainable_weights` to the loss inside the traced
+step (`Layer.losses`), reading every variable's traced value. So the
+penalty covers exactly the weights that train now, and follows the
+trainable set whenever kft re-traces the step on a change.
+"""
+
+import json
+
+import keras
+import numpy as np
+from keras import ops
+
+from kft._validation import check_number
+from kft._validation import fail_argument
+
+# Attribute of the model holding the `PenaltyState` layer.
+STATE_ATTRIBUTE = "kft_penalty_state"
+_CONFIG_KEY = "__config__"
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class PenaltyState(keras.layers.Layer):
+    """Non-trainable anchors (and Fisher values) of a bound penalty.
+
+    Not part of the functional graph; `kft.freeze` never makes its
+    variables trainable (they are created non-trainable).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True
+
+    def add_copy(self, kind, index, values):
+        """A non-trainable float32 variable holding `values`."""
+        values = np.asarray(values, dtype="float32")
+        variable = self.add_weight(
+            shape=values.shape, initializer="zeros", trainable=False,
+            dtype="float32", name=f"{kind}_{index}")
+        variable.assign(values)
+        return variable
+
+    def call(self, inputs):
+        return inputs
+
+
+class VariableTerm:
+    """`variable.regularizer` of a penalised weight: the penalty's term for
+    it, plus any regularizer the weight had before (kept, not replaced)."""
+
+    def __init__(self, term, scale, anchor=None, fisher=None,
+                 previous=None):
+        self.term, self.scale = term, scale
+        self.anchor, self.fisher = anchor, fisher
+        self.previous = previous
+
+    def __call__(self, value):
+        # Inside the traced step, reading a variable returns its traced
+        # value (Keras' StatelessScope): the anchors and the strength are
+        # state, not constants (a new strength needs no new compilation).
+        anchor, fisher = (None if v is None else ops.convert_to_tensor(v)
+                          for v in (self.anchor, self.fisher))
+        value = ops.cast(value, "float32")
+        loss = ops.convert_to_tensor(self.scale) * self.term(
+            value, anchor, fisher)
+        if self.previous is not None:
+            loss = loss + ops.cast(self.previous(value), "float32")
+        return loss
+
+
+class Penalty:
+    """Base of kft's forgetting penalties (see `kft.regularize`).
+
+    Subclasses set `strength_names` and implement `bind(model, binding)`.
+    """
+
+    strength_names = ()
+
+    def __init__(self, **strengths):
+        for name, value in strengths.items():
+            check_number(name, value, low=0.0)
+        self._strengths = {k: float(v) for k, v in strengths.items()}
+        # Anchors / Fisher values read from a side file (`load_penalty`),
+        # by variable path; `None`: take the model's weights at binding.
+        self.saved_anchors = None
+        self.saved_fisher = None
+        self.bound = None
+
+    def get_config(self):
+        return dict(self._strengths)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- binding ------------------------------------------------------------
+
+    def bind(self, model, binding):
+        raise NotImplementedError
+
+    def anchors_for(self, variables):
+        """path -> float32 array: saved anchors (checked against
+        `variables`), else the variables' current values."""
+        if self.saved_anchors is None:
+            return {v.path: np.asarray(v.numpy(), "float32")
+                    for v in variables}
+        check_entries("anchors", self.saved_anchors, variables)
+        return {v.path: self.saved_anchors[v.path] for v in variables}
+
+    # -- side file ----------------------------------------------------------
+
+    def save(self, path):
+        """Writes the bound penalty's config, anchors and Fisher values
+        (npz keyed by variable path) to `path`; `kft.load_penalty` reads it.
+        """
+        if self.bound is None:
+            raise ValueError(
+                f"{self!r} is not bound to a model: call "
+                "kft.regularize(model, penalty) before penalty.save(path).")
+        arrays = {_CONFIG_KEY: np.array(json.dumps(
+            {"class": type(self).__name__, "config": self.get_config()}))}
+        for p, variable in self.bound.anchors.items():
+            arrays[f"anchor:{p}"] = variable.numpy()
+        for p, variable in self.bound.fisher.items():
+            arrays[f"fisher:{p}"] = variable.numpy()
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+        return path
+
+
+def check_entries(what, entries, variables):
+    """Raises naming the variables `entries` (path -> array) lacks and the
+    shapes that differ."""
+    missing = [v.path for v in variables if v.path not in entries]
+    wrong = [f"{v.path}: model {tuple(v.shape)}, {what} "
+             f"{tuple(np.shape(entries[v.path]))}" for v in variables
+             if v.path in entries
+             and tuple(np.shape(entries[v.path])) != tuple(v.shape)]
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing for {len(missing)} variable(s) of the "
+                         f"model: {missing[:8]}"
+                         + (" ..." if len(missing) > 8 else ""))
+        if wrong:
+            parts.append(f"shapes differ for {len(wrong)}: {wrong[:8]}")
+        raise ValueError(
+            f"The {what} do not fit this model (computed for another "
+            f"model?): {'; '.join(parts)}. The {what} hold "
+            f"{len(entries)} entries, e.g. {sorted(entries)[:4]}.")
+
+
+def load_penalty(path):
+    """Reads a penalty written by `penalty.save(path)`, with its anchors
+    and Fisher values; bind it with `kft.regularize(model, penalty)`.
+
+    Example:
+    >>> import kft, tempfile, os
+    >>> model = kft.build_classifier("simple_cnn", 3, weights=None,
+    ...                              input_shape=(16, 16, 3))
+    >>> path = os.path.join(tempfile.mkdtemp(), "l2sp.npz")
+    >>> _ = kft.regularize(model, kft.L2SP(0.01)).save(path)
+    >>> kft.load_penalty(path)
+    L2SP(alpha=0.01, beta=0.0)
+    """
+    from kft.regularizers import ewc, l2sp, lwf
+
+    classes = {"L2SP": l2sp.L2SP, "EWC": ewc.EWC, "LwF": lwf.LwF}
+    with np.load(path, allow_pickle=False) as data:
+        if _CONFIG_KEY not in data:
+            fail_argument("path", "a file written by penalty.save(path)",
+                          path)
+        head = json.loads(str(data[_CONFIG_KEY]))
+        anchors = {k[len("anchor:"):]: data[k] for k in data.files
+                   if k.startswith("anchor:")}
+        fisher = {k[len("fisher:"):]: data[k] for k in data.files
+                  if k.startswith("fisher:")}
+    cls = classes[head["class"]]
+    penalty = cls.from_saved(head["config"], fisher)
+    penalty.saved_anchors = anchors
+    return penalty

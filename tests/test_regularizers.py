@@ -1,0 +1,348 @@
+"""L2-SP, EWC and LwF: values and gradients by hand, inside the compiled
+step, following the trainable set, saved and loaded, with mixing."""
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+import kft
+
+SHAPE = (16, 16, 3)
+
+
+def _tiny(name="tiny"):
+    """Softmax regression: Fisher and gradients have closed forms."""
+    inputs = keras.Input((3,), name="x")
+    outputs = keras.layers.Dense(2, name="dense")(inputs)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _sparse_ce():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _cnn(classes=3, **kwargs):
+    return kft.build_classifier("simple_cnn", classes, weights=None,
+                                input_shape=SHAPE, **kwargs)
+
+
+def _batch(n=8, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 255, (n, *SHAPE)).astype("float32"),
+            rng.integers(0, classes, n).astype("int32"))
+
+
+def _shift(variables, scale=0.05, seed=1):
+    """Moves each variable by a random delta; returns the deltas."""
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for v in variables:
+        d = rng.normal(0, scale, v.shape).astype("float32")
+        v.assign(v.numpy() + d)
+        deltas.append(d)
+    return deltas
+
+
+# -- EWC by hand ----------------------------------------------------------
+
+
+def test_ewc_fisher_penalty_and_gradient_match_a_hand_computation():
+    model = _tiny()
+    kernel, bias = model.get_layer("dense").kernel, model.get_layer(
+        "dense").bias
+    kernel.assign(np.array([[0.5, -0.2], [0.1, 0.3], [-0.4, 0.2]], "float32"))
+    bias.assign(np.array([0.1, -0.1], "float32"))
+    x = np.array([[1.0, 2.0, 0.0], [0.0, -1.0, 1.0], [2.0, 0.5, -1.0]],
+                 "float32")
+    y = np.array([0, 1, 1])
+    # d(-log p_y)/dW = x (p - e_y)^T, d/db = p - e_y; F = mean of squares.
+    logits = x @ kernel.numpy() + bias.numpy()
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    err = p - np.eye(2)[y]
+    f_kernel = np.mean([np.outer(x[i], err[i]) ** 2 for i in range(3)], 0)
+    f_bias = np.mean(err**2, 0)
+    fisher = kft.estimate_fisher(model, (x, y), batch_size=2)  # one padded
+    np.testing.assert_allclose(fisher.values[kernel.path], f_kernel,
+                               rtol=1e-5)
+    np.testing.assert_allclose(fisher.values[bias.path], f_bias, rtol=1e-5)
+
+    lam = 3.0
+    kft.regularize(model, kft.EWC(lam, fisher))
+    theta_star = kernel.numpy(), bias.numpy()
+    (dk, db) = _shift([kernel, bias], scale=0.3)
+    expected = lam / 2 * ((f_kernel * dk**2).sum() + (f_bias * db**2).sum())
+    assert float(keras.ops.sum(model.losses)) == pytest.approx(expected,
+                                                               rel=1e-5)
+    grad = jax.grad(lambda w: kernel.regularizer(w))(kernel.value)
+    np.testing.assert_allclose(grad, lam * f_kernel * dk, rtol=1e-5,
+                               atol=1e-7)
+
+    # In the compiled step: SGD's update differs from an unregularised
+    # twin's by lr * lam * F * (theta - theta*).
+    twin = _tiny("twin")
+    twin.set_weights(model.get_weights()[:2])
+    for m in (model, twin):
+        m.compile(keras.optimizers.SGD(0.1), _sparse_ce())
+        m.train_on_batch(x, y)
+    diff = twin.get_layer("dense").kernel.numpy() - kernel.numpy()
+    np.testing.assert_allclose(diff, 0.1 * lam * f_kernel * dk, rtol=1e-4,
+                               atol=1e-7)
+    assert not np.allclose(kernel.numpy(), theta_star[0])
+
+
+def test_true_fisher_samples_labels_and_normalises():
+    model = _tiny()
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    f = kft.estimate_fisher(model, x, kind="true", normalize="max", seed=3)
+    assert f.kind == "true" and f.num_samples == 5
+    assert max(float(v.max()) for v in f.values.values()) == pytest.approx(1)
+    again = kft.estimate_fisher(model, x, kind="true", normalize="max",
+                                seed=3)
+    for k in f.values:
+        np.testing.assert_array_equal(f.values[k], again.values[k])
+
+
+# -- L2-SP ----------------------------------------------------------------
+
+
+def test_l2sp_is_zero_at_start_and_its_gradient_is_2_alpha_delta():
+    model = _cnn()
+    alpha, beta = 0.3, 0.02
+    kft.regularize(model, kft.L2SP(alpha, beta))
+    head = model.get_layer("head_dense").kernel
+    body = model.get_layer("simple_cnn").trainable_weights[0]
+    covered = [v for v in model.trainable_weights
+               if v.regularizer is not None]
+    assert len(covered) == len(model.trainable_weights)
+    assert float(body.regularizer(body.value)) == 0.0
+    (delta,) = _shift([body])
+    grad = jax.grad(lambda w: body.regularizer(w))(body.value)
+    np.testing.assert_allclose(grad, 2 * alpha * delta, rtol=1e-5, atol=1e-7)
+    head_grad = jax.grad(lambda w: head.regularizer(w))(head.value)
+    np.testing.assert_allclose(head_grad, 2 * beta * head.numpy(), rtol=1e-5)
+
+
+class CountingL2SP(kft.L2SP):
+    """Counts the terms traced (each runs once per trace of the step)."""
+
+    traced = 0
+
+    def anchored_term(self, value, anchor, fisher):
+        CountingL2SP.traced += 1
+        return super().anchored_term(value, anchor, fisher)
+
+
+class UnfreezeAt(keras.callbacks.Callback):
+    """Unfreezes `layers` at the start of epoch `epoch`, after moving their
+    weights by `deltas` (as if they had changed while frozen)."""
+
+    def __init__(self, layers, epoch, scale):
+        super().__init__()
+        self.layers, self.epoch, self.scale = layers, epoch, scale
+        self.counts, self.deltas, self.before = [], None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.counts.append(CountingL2SP.traced)
+        if epoch == self.epoch:
+            with kft.changing_trainable(self.model):
+                variables = [w for layer in self.layers
+                             for w in layer.weights if "moving" not in w.path]
+                self.deltas = _shift(variables, self.scale)
+                for layer in self.layers:
+                    layer.trainable = True
+            self.variables = variables
+            self.before = [v.numpy() for v in variables]
+
+
+def test_penalty_follows_the_trainable_set_and_traces_once_per_stage():
+    model = _cnn()
+    kft.freeze(model, "feature_extraction")
+    alpha, lr = 1e3, 1e-5
+    CountingL2SP.traced = 0
+    kft.regularize(model, CountingL2SP(alpha))
+    model.compile(keras.optimizers.SGD(lr), _sparse_ce())
+    block = kft.get_blocks(model)["block3"]
+    frozen = kft.get_blocks(model)["block2"]
+    frozen_before = [w.numpy() for layer in frozen for w in layer.weights]
+    callback = UnfreezeAt(block, epoch=2, scale=0.01)
+    x, y = _batch(16)
+    model.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[callback])
+    n_block = len(callback.variables)
+    # Stage 1 (head only): no backbone term traced over 2 epochs.
+    assert callback.counts[:3] == [0, 0, 0]
+    # Stage 2: each newly trainable weight traced once, for 4 steps.
+    assert CountingL2SP.traced == n_block
+    assert callback.counts[3] == n_block
+    # Frozen blocks did not move, so add nothing.
+    after = [w.numpy() for layer in frozen for w in layer.weights]
+    for a, b in zip(frozen_before, after):
+        np.testing.assert_array_equal(a, b)
+    # The unfrozen block is pulled to theta_0 (its value at `regularize`),
+    # not to its value at unfreezing: with a large alpha the first step is
+    # -lr * 2 * alpha * delta plus a small data gradient; 4 steps shrink
+    # delta by (1 - 2 lr alpha)^4.
+    shrink = (1 - 2 * lr * alpha) ** 4
+    for v, d, b in zip(callback.variables, callback.deltas, callback.before):
+        moved = v.numpy() - (b - d)
+        np.testing.assert_allclose(moved, shrink * d, rtol=0.05, atol=2e-4)
+
+
+# -- saving ---------------------------------------------------------------
+
+
+def test_save_and_load_continue_training_identically(tmp_path):
+    target_x, target_y = _batch(16)
+    model = _cnn()
+    rng = np.random.default_rng(0)
+    fisher = kft.FisherInformation(
+        {v.path: rng.uniform(0, 1, v.shape).astype("float32")
+         for v in model.trainable_weights}, num_samples=6)
+    penalty = kft.regularize(model, kft.EWC(50.0, fisher))
+    model.compile(keras.optimizers.Adam(1e-2), _sparse_ce())
+    model.fit(target_x, target_y, batch_size=8, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    penalty.save(tmp_path / "ewc.npz")
+    model.fit(target_x, target_y, batch_size=8, shuffle=False, verbose=0)
+
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    again = kft.load_penalty(tmp_path / "ewc.npz")
+    assert repr(again) == "EWC(lam=50.0)"
+    kft.regularize(loaded, again)
+    loaded.fit(target_x, target_y, batch_size=8, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    f = kft.FisherInformation.load(fisher.save(tmp_path / "f.npz"))
+    assert f.num_samples == 6 and set(f.values) == set(fisher.values)
+
+
+# -- composition ----------------------------------------------------------
+
+
+def test_lwf_runs_in_the_step_of_a_batch_augment_model():
+    # The variable terms (L2-SP, EWC) run in Keras' `compute_loss`, which
+    # `BatchAugmentModel` calls; LwF's term is added in the forward pass
+    # on the mixed images, checked here.
+    x, y = _batch(8)
+    losses = {}
+    for name in ("none", "lwf"):
+        keras.utils.set_random_seed(0)
+        base = _cnn(batch_augment=kft.layers.MixUp(0.4, seed=1))
+        model = kft.with_source_head(base, base.get_layer("head_dense"))
+        assert isinstance(model, kft.BatchAugmentModel)
+        if name == "lwf":
+            kft.regularize(model, kft.LwF(2.0, 1.0))
+        _shift(model.get_layer("simple_cnn").trainable_weights, 0.05)
+        model.compile(keras.optimizers.SGD(0.0),
+                      keras.losses.CategoricalCrossentropy(from_logits=True))
+        losses[name] = float(model.train_on_batch(x, y))
+    assert losses["lwf"] > losses["none"] + 1e-4
+
+
+def test_source_head_keeps_the_source_classifier_and_lwf_distils_it():
+    source = _cnn(4)
+    target = _cnn(3)
+    target.get_layer("simple_cnn").set_weights(
+        source.get_layer("simple_cnn").get_weights())
+    model = kft.with_source_head(target, source)
+    x, _ = _batch(4)
+    original = np.asarray(source(x, training=False))
+    np.testing.assert_allclose(
+        kft.source_classifier(model)(x, training=False), original,
+        rtol=1e-4, atol=1e-4)
+    # LwF's term by hand: T^2 * weight * KL(teacher || student) on the
+    # source head's logits, the teacher being the weights at binding.
+    t, weight = 2.0, 0.5
+    kft.regularize(model, kft.LwF(t, weight))
+    _shift(model.get_layer("simple_cnn").trainable_weights, 0.05)
+    student = np.asarray(kft.source_classifier(model)(x, training=False))
+    kept = model.get_layer("kept_source_head")
+    images = model.get_layer("preprocess")(x)
+    features = model.get_layer("head_pool")(
+        model.get_layer("simple_cnn")(images, training=False))
+
+    def log_softmax(z):
+        z = z / t
+        return z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(
+            1, keepdims=True)) - z.max(1, keepdims=True)
+
+    log_p, log_q = log_softmax(original), log_softmax(student)
+    expected = weight * t * t * np.mean(
+        (np.exp(log_p) * (log_p - log_q)).sum(1))
+    assert expected > 1e-6
+    assert float(kept.distillation(images, features)) == pytest.approx(
+        expected, rel=1e-3)
+    kept = model.get_layer("kept_source_head")
+    assert not kept.trainable_weights
+    config = kft.regularizers.KeptSourceHead.from_config(kept.get_config())
+    assert config.num_source_classes == 4
+
+
+# -- bad input ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: kft.L2SP(-0.1), "alpha"),
+    (lambda: kft.L2SP(0.1, beta=-1), "beta"),
+    (lambda: kft.EWC(-1.0, {}), "lam"),
+    (lambda: kft.LwF(2.0, weight=-1), "weight"),
+    (lambda: kft.LwF(0.0), "temperature"),
+])
+def test_negative_strengths_raise(make, name):
+    with pytest.raises(ValueError, match=f"Argument `{name}`"):
+        make()
+
+
+def test_fisher_of_another_model_names_the_variables():
+    model = _tiny()
+    fisher = kft.estimate_fisher(model, (np.ones((2, 3), "float32"),
+                                         np.array([0, 1])))
+    with pytest.raises(ValueError, match=r"missing for 12 variable\(s\) .*block3_conv/kernel"):
+        kft.regularize(_cnn(), kft.EWC(1.0, fisher))
+    kernel = model.get_layer("dense").kernel
+    bad = {**fisher.values, kernel.path: np.ones((4, 2), "float32")}
+    with pytest.raises(ValueError, match=r"shapes differ .*dense/kernel: "
+                                         r"model \(3, 2\), Fisher values "
+                                         r"\(4, 2\)"):
+        kft.regularize(_tiny(), kft.EWC(1.0, bad))
+
+
+def test_bad_source_data_and_misuse_raise():
+    model = _tiny()
+    with pytest.raises(ValueError, match="non-empty"):
+        kft.estimate_fisher(model, (np.zeros((0, 3)), np.zeros(0)))
+    with pytest.raises(ValueError, match="kind=\"empirical\""):
+        kft.estimate_fisher(model, np.ones((2, 3), "float32"))
+    with pytest.raises(ValueError, match="kft.with_source_head"):
+        kft.regularize(model, kft.LwF())
+    kft.regularize(model, kft.L2SP(0.1))
+    with pytest.raises(ValueError, match="already has a penalty"):
+        kft.regularize(model, kft.L2SP(0.1))
+    kft.regularize(model, None)
+    assert all(v.regularizer is None for v in model.weights)
+    with pytest.raises(TypeError, match="Argument `penalty`"):
+        kft.regularize(model, 0.1)
+
+
+def test_fine_tune_binds_the_penalty_to_its_starting_weights():
+    # A strong L2-SP holds the backbone near the weights fine_tune started
+    # from; without it the same full fine-tuning moves them.
+    x, y = _batch(n=12, classes=3)
+
+    def moved(regularizer):
+        keras.utils.set_random_seed(0)
+        model = _cnn()
+        kernels = [v for v in model.get_layer("simple_cnn").weights
+                   if v.path.endswith("kernel")]
+        start = [np.array(v.value) for v in kernels]
+        kft.fine_tune(model, (x, y), strategy="full", head_epochs=1,
+                      epochs=2, batch_size=6, learning_rate=1e-2,
+                      schedule="constant", regularizer=regularizer,
+                      verbose=0)
+        return max(float(np.abs(np.array(v.value) - s).max())
+                   for v, s in zip(kernels, start))
+
+    free = moved(None)
+    held = moved(kft.L2SP(alpha=1e4))
+    assert free > 1e-2 and held < free / 20, (free, held)

@@ -181,7 +181,7 @@ def main():
     parser.add_argument("--weight", type=float, default=1.0)
     parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024],
                         help="discriminator widths (DANN)")
-    parser.add_argument("--out", default="examples/out/domain_adaptation")
+    parser.add_argument("--out", default="examples/results/domain_adaptation")
     parser.add_argument("--no-diagnostic", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)

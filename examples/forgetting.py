@@ -8,7 +8,7 @@ source head. Prints a markdown table (mean over seeds), writes JSON and a
 trade-off plot (source vs target accuracy).
 
     nice -n 5 python examples/forgetting.py --seeds 0 1 2 \
-        --out-dir benchmarks/results/forgetting
+        --out-dir examples/results/forgetting
 """
 
 import argparse
@@ -134,7 +134,7 @@ def main():
     parser.add_argument("--lwf", type=float, nargs="*",
                         default=[0.3, 1.0, 3.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out-dir", default="/tmp/kft_forgetting")
+    parser.add_argument("--out-dir", default="examples/results/forgetting")
     args = parser.parse_args()
 
     begin = time.perf_counter()

@@ -9,7 +9,7 @@ report test accuracy (mean and standard deviation over seeds). Finally
 trainable set) and its curve is saved as a PNG.
 
 Usage:
-    python examples/schedules.py [--seeds 0 1 2] [--out examples/output]
+    python examples/schedules.py [--seeds 0 1 2] [--out examples/results/schedules]
 """
 
 import argparse
@@ -91,7 +91,7 @@ def main():
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--source-epochs", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--out", default=os.path.join("examples", "output"))
+    parser.add_argument("--out", default=os.path.join("examples", "results", "schedules"))
     args = parser.parse_args()
     start = time.perf_counter()
     weights, data = run(args)

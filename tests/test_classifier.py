@@ -174,3 +174,41 @@ def test_batch_augment_classifier_rejects_sparse_objects(kwargs, name):
     # Soft-label losses and metrics are accepted.
     model.compile("sgd", keras.losses.CategoricalCrossentropy(
         from_logits=True), metrics=[keras.metrics.CategoricalAccuracy()])
+
+
+@pytest.mark.parametrize("backbone,mode", [("simple_cnn", "tf")])
+def test_preprocess_is_stock_keras(backbone, mode):
+    model = kft.build_classifier(backbone, num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    layer = model.get_layer("preprocess")
+    assert type(layer).__module__.startswith("keras.")
+    assert all(type(inner).__module__.startswith("keras.")
+               for inner in layer.layers)
+    assert model.kft_metadata["preprocessing"] == mode
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3))
+    np.testing.assert_array_equal(layer(x), kft.layers.Preprocess(mode)(x))
+
+
+def test_class_names_give_num_classes_and_are_checked():
+    model = kft.build_classifier("simple_cnn", weights=None,
+                                 input_shape=(16, 16, 3),
+                                 class_names=["a", "b", "c"])
+    assert model.output.shape == (None, 3)
+    assert model.kft_metadata["class_names"] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="Argument `class_names` must be 2 "
+                       "names"):
+        kft.build_classifier("simple_cnn", 2, weights=None,
+                             input_shape=(16, 16, 3),
+                             class_names=["a", "b", "c"])
+    with pytest.raises(TypeError, match="Argument `class_names`"):
+        kft.build_classifier("simple_cnn", weights=None,
+                             input_shape=(16, 16, 3), class_names="abc")
+
+
+@pytest.mark.parametrize("mode", ["tf", "torch", "caffe", "none"])
+def test_stock_preprocessing_is_bit_exact(mode):
+    x = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3))
+    x[0, 0, 0] = [0.0, 255.0, 127.5]
+    stock = kft.layers.preprocessing(mode, (5, 7, 3))
+    np.testing.assert_array_equal(stock(x), kft.layers.Preprocess(mode)(x))
+    assert not stock.weights

@@ -9,7 +9,7 @@ from kft._validation import fail_argument
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
-from kft.layers import Preprocess
+from kft.layers import preprocessing
 from kft.models import backbones
 from kft.models.batch_augment import BatchAugmentModel
 from kft.ops import cpu_convs
@@ -29,11 +29,13 @@ def build_classifier(
         hidden_units: int = 512,
         batch_augment: keras.layers.Layer | None = None,
         fast_cpu_convs: Literal["auto"] | bool = "auto",
+        class_names: Sequence[str] | None = None,
 ) -> keras.Model:
     """Builds raw images -> preprocessing -> backbone -> pooling -> new head.
 
     The model takes pixels in [0, 255] and returns logits (compile with
-    `from_logits=True`). `kft.get_blocks` finds the backbone's blocks and a
+    `from_logits=True`). Its preprocessing is a layer named `"preprocess"`
+    built from stock Keras layers (`kft.layers.preprocessing`). `kft.get_blocks` finds the backbone's blocks and a
     `"head"` block: the backbone is the layer created by
     `kft.create_backbone` (its `kft_backbone` attribute names the registry
     entry), the head the layers after it, named `head_*`.
@@ -66,6 +68,10 @@ def build_classifier(
             convolutions on maps smaller than their kernel, as shifted
             slices (`kft.fast_cpu_convs`), several times faster under XLA on
             CPU, same results up to float rounding. Defaults to `"auto"`.
+        class_names: The label of each class, in class-index order, kept in
+            the model's `kft_metadata` (what `kft.export` and `kft.predict`
+            report). `num_classes` may then be left out. Defaults to
+            `None`.
 
     Returns:
         A functional `keras.Model` named `kft_<backbone>` (the registered
@@ -86,6 +92,9 @@ def build_classifier(
     ['image', 'preprocess', 'simple_cnn']
     """
     spec = backbones.get_backbone(backbone)
+    if class_names is not None:
+        class_names = _check_class_names(class_names, num_classes)
+        num_classes = len(class_names) if num_classes is None else num_classes
     num_classes = check_int("num_classes", num_classes, min_value=2)
     hidden_units = check_int("hidden_units", hidden_units, min_value=1)
     check_choice("head", head, HEADS)
@@ -99,7 +108,7 @@ def build_classifier(
     input_shape = backbones.check_input_shape(input_shape)
     base = _backbone(spec, weights, input_shape, fast_cpu_convs)
     inputs = keras.Input(input_shape, name="image")
-    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    x = preprocessing(spec.preprocess, input_shape, name="preprocess")(inputs)
     x = _pooling(pooling)(base(x))
     outputs = _head(x, head, hidden_units, dropout, num_classes)
     name = f"kft_{spec.name}"
@@ -111,7 +120,24 @@ def build_classifier(
     # Whether the backbone starts from trained weights; `kft.freeze` warns
     # about frozen BatchNorm statistics of a random initialisation.
     model._kft_pretrained = weights is not None
+    # What inference needs; `kft.export` writes it with the saved model.
+    model.kft_metadata = {
+        "backbone": spec.name, "input_shape": list(input_shape),
+        "preprocessing": spec.preprocess, "num_classes": num_classes,
+        "class_names": class_names}
     return model
+
+
+def _check_class_names(class_names, num_classes):
+    if isinstance(class_names, str) or not all(
+            isinstance(c, str) for c in class_names):
+        fail_argument("class_names", "a sequence of strings", class_names,
+                      TypeError)
+    class_names = list(class_names)
+    if num_classes is not None and len(class_names) != num_classes:
+        fail_argument("class_names", f"{num_classes} names (num_classes="
+                      f"{num_classes})", class_names)
+    return class_names
 
 
 def _backbone(spec, weights, input_shape, fast_cpu_convs):

@@ -1,0 +1,143 @@
+"""Turning what `kft.predict` is given into model-sized views.
+
+A file or a PIL image goes through kft's eval transform (the centered
+`crop_fraction` region, resized bilinearly: `kft.data.load_image(...,
+geometry="center_crop")`); an array already of the model's size is used as
+it is (it is taken to be preprocessed like `model.predict`'s input). With
+test-time augmentation each source gives several views: `"flip"` adds the
+mirror image, `"multi_crop"` the four corner crops of the same size as the
+center crop (five views).
+"""
+
+import os
+
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+
+from kft.data import _images
+
+TTA_MODES = ("flip", "multi_crop")
+
+
+def list_sources(images):
+    """`[(name, source)]`: a path, folder, PIL image, array or a list of
+    them; a folder's image files in sorted order (recursively)."""
+    if isinstance(images, (str, os.PathLike)):
+        path = os.fspath(images)
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(path) for name in names
+                if name.lower().endswith(_images.IMAGE_EXTENSIONS))
+            if not found:
+                raise ValueError(f"Folder {path!r} holds no image files "
+                                 f"({', '.join(_images.IMAGE_EXTENSIONS)}).")
+            return [(p, p) for p in found]
+        return [(path, path)]
+    if isinstance(images, Image.Image):
+        return [("image[0]", images)]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            return [("array[0]", images)]
+        if images.ndim == 4:
+            return [(f"array[{i}]", a) for i, a in enumerate(images)]
+    if isinstance(images, (list, tuple)):
+        sources = []
+        for i, item in enumerate(images):
+            if isinstance(item, (str, os.PathLike)):
+                sources.append((os.fspath(item), os.fspath(item)))
+            elif isinstance(item, (Image.Image, np.ndarray)):
+                sources.append((f"images[{i}]", item))
+            else:
+                raise TypeError(f"Argument `images` holds an item of type "
+                                f"{type(item).__name__} at index {i}; "
+                                "expected a path, PIL image or array.")
+        return sources
+    raise TypeError("Argument `images` must be an image file path, a folder, "
+                    "a PIL image, an array (height, width, 3) or (n, height, "
+                    f"width, 3), or a list of these. Received: {images!r:.80}")
+
+
+def _open(path, max_pixels):
+    """An upright RGB PIL image of `path`; errors name the file."""
+    try:
+        with _images.open_image(path, max_pixels) as image:
+            if _images.exif_orientation(image) != 1:
+                image = ImageOps.exif_transpose(image)
+            image = _images.to_rgb(image)
+            image.load()
+            return image
+    except (OSError, ValueError) as error:
+        raise OSError(f"Cannot read image file {path!r}: "
+                      f"{_images.describe_error(error)}") from error
+
+
+def _as_pil(name, array, size):
+    """A uint8 array as an RGB image, a float one of the model's size as
+    three float channels; a float array of another size is refused (its
+    resizing would be a guess)."""
+    if array.dtype == np.uint8:
+        return Image.fromarray(array, "RGB")
+    if tuple(array.shape[:2]) != tuple(size):
+        raise ValueError(
+            f"Image {name} is a {array.dtype} array of {array.shape[0]}x"
+            f"{array.shape[1]} pixels, but the model takes {size[0]}x"
+            f"{size[1]}. Pass float arrays at the model's size, or uint8 "
+            "arrays, PIL images or files, which are resized and "
+            "center-cropped as kft's eval transform does.")
+    return [Image.fromarray(np.asarray(array[..., c], np.float32), "F")
+            for c in range(3)]
+
+
+def _resize(image, size, box):
+    """`image` (RGB, or three float channels) cropped to `box`, resized."""
+    height, width = size
+    if isinstance(image, list):
+        return np.stack([np.asarray(c.resize((width, height),
+                                             Image.BILINEAR, box=box))
+                         for c in image], axis=-1)
+    return np.asarray(image.resize((width, height), Image.BILINEAR, box=box))
+
+
+def _boxes(width, height, size, tta, crop_fraction):
+    center = _images.crop_box(width, height, size, crop_fraction)
+    if tta != "multi_crop":
+        return [center]
+    box_w, box_h = center[2] - center[0], center[3] - center[1]
+    corners = [(0, 0), (width - box_w, 0), (0, height - box_h),
+               (width - box_w, height - box_h)]
+    return [center] + [(x, y, x + box_w, y + box_h) for x, y in corners]
+
+
+def make_views(name, source, size, tta, crop_fraction, max_pixels):
+    """float32 `(views, height, width, 3)` for one source."""
+    if isinstance(source, np.ndarray) and (source.ndim != 3
+                                           or source.shape[-1] != 3):
+        raise ValueError(f"Image {name} has shape {source.shape}; expected "
+                         "(height, width, 3) RGB pixels in [0, 255].")
+    as_is = (isinstance(source, np.ndarray)
+             and tuple(source.shape[:2]) == tuple(size))
+    if as_is and tta != "multi_crop":
+        views = [np.asarray(source, np.float32)]
+    elif isinstance(source, str) and tta != "multi_crop":
+        try:
+            views = [_images.load_image(source, size, "center_crop",
+                                        crop_fraction, max_pixels)]
+        except (OSError, ValueError) as error:
+            raise OSError(f"Cannot read image file {source!r}: "
+                          f"{_images.describe_error(error)}") from error
+    else:
+        if isinstance(source, str):
+            image = _open(source, max_pixels)
+        elif isinstance(source, Image.Image):
+            image = _images.to_rgb(source)
+        else:
+            image = _as_pil(name, source, size)
+        first = image[0] if isinstance(image, list) else image
+        views = [_resize(image, size, box) for box in _boxes(
+            first.width, first.height, size, tta, crop_fraction)]
+    views = np.stack([np.asarray(v, np.float32) for v in views])
+    if tta == "flip":
+        views = np.concatenate([views, views[:, :, ::-1]])
+    return views

@@ -1,0 +1,147 @@
+"""`kft.export`: a trained classifier as a file that runs without kft.
+
+Two formats:
+
+- `"onnx"`: the inference graph (preprocessing included: the model takes
+  [0, 255] pixels) converted by jax2onnx, with a static batch of 1 or a
+  dynamic batch, kft's metadata in `metadata_props`; runs in onnxruntime.
+- `"keras"`: the inference graph of stock Keras layers
+  (`kft.deploy.inference_model`) saved as `.keras`, which
+  `keras.saving.load_model(path)` loads in a process that never imported
+  kft, with `safe_mode=True`; kft's metadata travels in the archive.
+
+Both come from `inference_model`, which swaps kft's training-time layers
+(CPU convolutions, augmentation, batch mixing) for stock ones; for ONNX
+also the layers onnxruntime would reject (`kft.deploy.onnx_layers`).
+"""
+
+import json
+import os
+from typing import Literal
+
+import keras
+import numpy as np
+
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import fail_argument
+from kft.deploy._jax2onnx_speed import faster_jax2onnx
+from kft.deploy._onnx_io import require
+from kft.deploy.inference import OUTPUTS
+from kft.deploy.inference import check_built
+from kft.deploy.inference import inference_model
+from kft.deploy.metadata import add_to_keras_file
+from kft.deploy.metadata import model_metadata
+
+FORMATS = ("onnx", "keras")
+# Opset 18 (ONNX 1.13, onnxruntime >= 1.14): every op kft's backbones
+# need. jax2onnx writes some ops (ReduceMean's axes) in their opset-18 form,
+# so lower opsets are refused rather than written invalid.
+DEFAULT_OPSET = 18
+MIN_OPSET = 18
+INPUT_NAME = "image"
+
+
+def export(model: keras.Model, path: str | os.PathLike,
+           format: Literal["onnx", "keras"] = "onnx", *,
+           batch: Literal["dynamic"] | int = "dynamic",
+           opset: int = DEFAULT_OPSET,
+           output: Literal["logits", "probabilities"] = "logits",
+           class_names=None) -> str:
+    """Writes `model`'s inference graph as an ONNX or `.keras` file.
+
+    The file takes float32 pixels in [0, 255], shaped `(batch, height,
+    width, 3)` as the model's input (preprocessing is part of the graph),
+    and returns logits, or softmax probabilities with
+    `output="probabilities"`. Metadata (backbone, input shape,
+    preprocessing, class names, output, opset, batch) is stored with it;
+    `kft.deploy.read_metadata(path)` reads it, `kft.predict(path, ...)`
+    uses it.
+
+    Args:
+        model: A built single-input classifier, e.g. from
+            `kft.build_classifier` (a `Sequential` without an `Input` must
+            be built first; the error says how).
+        path: The file to write (`.onnx` / `.keras`).
+        format: `"onnx"` or `"keras"`. Defaults to `"onnx"`.
+        batch: ONNX only: `"dynamic"` (any batch size) or `1` (static
+            batch of one, what some runtimes and accelerators want).
+            Defaults to `"dynamic"`.
+        opset: ONNX only: the ONNX opset (18 or higher), recorded in the
+            file. Defaults to `18`.
+        output: `"logits"` or `"probabilities"`. Defaults to `"logits"`.
+        class_names: Names of the classes in index order; defaults to
+            those given to `kft.build_classifier`. Defaults to `None`.
+
+    Returns:
+        `path` as a string.
+
+    Raises:
+        ValueError: an unbuilt model (with how to build it), unknown
+            `format`/`output`, a model with unknown height or width (ONNX),
+            or a non-float32 model.
+        ImportError: ONNX export without `onnx`/`jax2onnx` installed; the
+            message says `pip install "kft[export]"`.
+
+    Example:
+    >>> import os, tempfile, kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=2,
+    ...     weights=None, input_shape=(16, 16, 3))
+    >>> path = kft.export(model, os.path.join(tempfile.mkdtemp(),
+    ...                                       "m.keras"), format="keras")
+    >>> path.endswith("m.keras")
+    True
+    """
+    check_choice("format", format, FORMATS)
+    check_choice("output", output, OUTPUTS)
+    check_built(model)
+    path = os.fspath(path)
+    meta = model_metadata(model, class_names, output)
+    if format == "keras":
+        if not path.endswith(".keras"):
+            fail_argument("path", 'a file name ending in ".keras"', path)
+        inference_model(model, output=output).save(path)
+        add_to_keras_file(path, meta)
+        return path
+    if batch != "dynamic":
+        batch = check_int("batch", batch, min_value=1, max_value=1)
+    opset = check_int("opset", opset, min_value=MIN_OPSET)
+    meta.update(opset=opset, batch=batch)
+    proto = onnx_proto(model, batch=batch, opset=opset, output=output)
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    require("onnx").save(proto, path)
+    return path
+
+
+def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET,
+               output="logits"):
+    """The `onnx.ModelProto` of `model`'s inference graph (no metadata)."""
+    jax2onnx = require("jax2onnx")
+    require("onnx")
+    import jax
+
+    shape = tuple(model.inputs[0].shape[1:])
+    if None in shape:
+        fail_argument("model", "a model with a static input height, width "
+                      "and channels for ONNX export (build it with "
+                      "input_shape=(height, width, 3))", shape)
+    stock = inference_model(model, output=output, onnx_compatible=True)
+    if stock.dtype_policy.name != "float32":
+        fail_argument("model", 'a float32 model for ONNX export (build it '
+                      'under keras.mixed_precision policy "float32")',
+                      stock.dtype_policy.name)
+    trainable = [v.value for v in stock.trainable_variables]
+    fixed = [v.value for v in stock.non_trainable_variables]
+
+    def forward(image):
+        return stock.stateless_call(trainable, fixed, image,
+                                    training=False)[0]
+
+    dims = ("batch" if batch == "dynamic" else batch, *shape)
+    with faster_jax2onnx():
+        return jax2onnx.to_onnx(
+            forward, inputs=[jax.ShapeDtypeStruct(dims, np.float32)],
+            opset=opset, input_names=[INPUT_NAME], output_names=[output],
+            model_name=model.name, return_mode="proto")

@@ -1,0 +1,162 @@
+"""A model's inference graph rebuilt from stock Keras layers.
+
+What `kft.export` saves or converts: the same weights (shared, not
+copied) in a plain functional model that needs no kft class to load,
+with kft's training-only machinery left out:
+
+- kft's CPU convolutions (`kft.cpu_convs.Conv2D`/`DepthwiseConv2D`) become
+  the Keras layers they subclass (same config, same weights);
+- kft's `Preprocess` layer becomes `kft.layers.preprocessing` (stock
+  layers, bit-for-bit the same);
+- random augmentation layers (identity at inference) are dropped;
+- a `kft.BatchAugmentModel` (its mixing runs only in the train step) and
+  the kft `Backbone` class become plain functional models;
+- optionally a `Softmax` named `"probabilities"` is appended.
+
+For ONNX (`onnx_compatible=True`) `MaxPooling2D` also becomes
+`SlicedMaxPooling2D`, which onnxruntime runs (see `kft.deploy.onnx_layers`).
+"""
+
+import random
+from typing import Literal
+
+import keras
+import numpy as np
+
+from kft._compat import base_image_preprocessing_layer
+from kft._validation import check_choice
+from kft._validation import fail_argument
+from kft.deploy.onnx_layers import SlicedMaxPooling2D
+from kft.layers import Preprocess
+from kft.layers import preprocessing
+from kft.ops import cpu_convs
+
+OUTPUTS = ("logits", "probabilities")
+Output = Literal["logits", "probabilities"]
+
+
+def check_built(model):
+    """Raises with the fix when `model` cannot be traced yet."""
+    if not isinstance(model, keras.Model):
+        fail_argument("model", "a keras.Model", model, TypeError)
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs or not model.built:
+        raise ValueError(
+            f"Model {model.name!r} has no defined input yet, so there is no "
+            "graph to export. Build it first: a functional model (or "
+            "`kft.build_classifier`) has one; a `Sequential` needs "
+            "`keras.Input(shape)` as its first layer, or call "
+            "`model.build((None, height, width, 3))`, or run it once on a "
+            "batch: `model(x[:1])`.")
+    if len(inputs) != 1 or len(model.outputs) != 1:
+        fail_argument("model", "a model with one image input and one output",
+                      f"{len(inputs)} inputs, {len(model.outputs)} outputs")
+
+
+def _is_random_augmentation(layer):
+    base = base_image_preprocessing_layer()
+    return (type(layer).__module__.startswith("kft.augmentation")
+            or isinstance(layer, base)
+            and type(layer).__name__.startswith("Random"))
+
+
+def _stock_leaf(layer, replaced, onnx_compatible):
+    """The stock (or ONNX-safe) layer standing in for `layer`, or itself."""
+    if type(layer) in (cpu_convs.Conv2D, cpu_convs.DepthwiseConv2D):
+        new = type(layer).__mro__[1].from_config(layer.get_config())
+        replaced.append((layer, new))
+        return new
+    if onnx_compatible and type(layer) is keras.layers.MaxPooling2D:
+        return SlicedMaxPooling2D.from_config(layer.get_config())
+    if type(layer) is Preprocess:
+        return preprocessing(layer.mode, layer.input.shape[1:],
+                             name=layer.name)
+    if _is_random_augmentation(layer):
+        return keras.layers.Identity(name=layer.name)
+    return layer
+
+
+def kft_layers(model: keras.Model) -> list:
+    """Names of the layers of `model` (nested ones too, the model itself
+    included) whose class comes from kft: what plain Keras cannot load.
+
+    Example:
+    >>> import kft
+    >>> kft_layers(kft.build_classifier("simple_cnn", num_classes=3,
+    ...     weights=None, input_shape=(16, 16, 3)))
+    ['simple_cnn']
+    """
+    found = []
+    stack = [model]
+    while stack:
+        layer = stack.pop(0)
+        if type(layer).__module__.split(".")[0] == "kft":
+            found.append(layer.name)
+        if isinstance(layer, keras.Model):
+            stack[:0] = list(layer.layers)
+    return found
+
+
+def _plain(model):
+    """`model`'s graph as a plain functional model over the same layers."""
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def inference_model(model: keras.Model, *, output: Output = "logits",
+                    onnx_compatible: bool = False) -> keras.Model:
+    """Returns `model`'s inference graph built from stock Keras layers.
+
+    Args:
+        model: A built functional model with one image input, e.g. from
+            `kft.build_classifier` (also after `kft.fast_cpu_convs`, or a
+            `kft.BatchAugmentModel`).
+        output: `"logits"` (the model's output) or `"probabilities"` (a
+            `Softmax` named `"probabilities"` appended). Defaults to
+            `"logits"`.
+        onnx_compatible: Also swap the layers whose ONNX conversion
+            onnxruntime rejects (`MaxPooling2D`); the result then holds a
+            kft layer, fine for conversion, not for saving. Defaults to
+            `False`.
+
+    Returns:
+        A functional `keras.Model` named like `model`, sharing its weights.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...     weights=None, input_shape=(16, 16, 3))
+    >>> kft_layers(model), kft_layers(inference_model(model))
+    (['simple_cnn'], [])
+    """
+    check_built(model)
+    check_choice("output", output, OUTPUTS)
+    replaced = []
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            inner = keras.models.clone_model(
+                _plain(layer), recursive=True,
+                clone_function=lambda leaf: _stock_leaf(
+                    leaf, replaced, onnx_compatible))
+            return _plain(inner)
+        return _stock_leaf(layer, replaced, onnx_compatible)
+
+    # New layers draw initializer seeds from Python's RNG; leave it as it
+    # was (see `kft.fast_cpu_convs`).
+    state = random.getstate()
+    try:
+        stock = keras.models.clone_model(_plain(model), clone_function=clone)
+        if output == "probabilities":
+            probabilities = keras.layers.Softmax(name="probabilities")(
+                stock.outputs[0])
+            stock = keras.Model(stock.inputs, probabilities, name=model.name)
+    finally:
+        random.setstate(state)
+    for old, new in replaced:
+        # Copies: `predict` donates variable buffers, so two variables must
+        # never hold the same array.
+        new.set_weights([np.array(v.value) for v in old.weights])
+    return stock

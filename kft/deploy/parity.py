@@ -1,0 +1,71 @@
+"""Checking an exported ONNX file against the Keras model it came from."""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from kft.deploy._onnx_io import ort_session
+
+# The tolerance: max |onnx - keras| <= RELATIVE * max(1, max |keras|).
+RELATIVE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Parity:
+    """How far onnxruntime's outputs are from `model.predict`'s.
+
+    Attributes:
+        max_abs_diff: max |onnxruntime - Keras| over all outputs.
+        max_abs_output: max |Keras output| (the scale).
+        relative_diff: `max_abs_diff / max_abs_output` (0 if both are 0).
+        tolerance: `RELATIVE * max(1, max_abs_output)`.
+        ok: `max_abs_diff <= tolerance`.
+    """
+
+    max_abs_diff: float
+    max_abs_output: float
+    relative_diff: float
+    tolerance: float
+    ok: bool
+
+
+def onnx_parity(model: keras.Model, onnx_file: str | os.PathLike | bytes,
+                images, batch_size: int = 32) -> Parity:
+    """Runs `images` through `model.predict` and the ONNX file on
+    onnxruntime's CPU provider and compares the outputs.
+
+    Args:
+        model: The Keras model the file was exported from.
+        onnx_file: Its path, or the serialized bytes.
+        images: float32 `(n, height, width, 3)` pixels in [0, 255].
+        batch_size: For `model.predict`. Defaults to `32`.
+
+    Returns:
+        A `Parity`.
+
+    Example:
+    >>> import os, tempfile, numpy as np, kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...     weights=None, input_shape=(16, 16, 3))
+    >>> path = kft.export(model, os.path.join(tempfile.mkdtemp(), "m.onnx"))
+    >>> x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3))
+    >>> onnx_parity(model, path, x.astype("float32")).ok
+    True
+    """
+    images = np.asarray(images, np.float32)
+    expected = np.asarray(model.predict(images, batch_size=batch_size,
+                                        verbose=0), np.float64)
+    session = ort_session(onnx_file)
+    name = session.get_inputs()[0].name
+    if session.get_inputs()[0].shape[0] == 1:
+        got = np.concatenate([session.run(None, {name: images[i:i + 1]})[0]
+                              for i in range(len(images))])
+    else:
+        got = session.run(None, {name: images})[0]
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+    scale = float(np.max(np.abs(expected)))
+    tolerance = RELATIVE * max(1.0, scale)
+    return Parity(diff, scale, diff / scale if scale else 0.0, tolerance,
+                  diff <= tolerance)

@@ -1,0 +1,228 @@
+"""`kft.predict`: top-k labels for images, from a model or a saved file.
+
+The model can be a Keras model in memory, a `.keras` file, or an `.onnx`
+file written by `kft.export` (run by onnxruntime; that path never calls
+JAX). Images go through kft's eval transform (`kft.deploy._views`).
+"""
+
+import dataclasses
+import os
+from typing import Literal
+
+import numpy as np
+
+from kft._validation import check_int
+from kft._validation import check_number
+from kft._validation import fail_argument
+from kft.data._images import DEFAULT_MAX_PIXELS
+from kft.deploy._onnx_io import ort_session
+from kft.deploy._views import TTA_MODES
+from kft.deploy._views import list_sources
+from kft.deploy._views import make_views
+from kft.deploy.metadata import read_metadata
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The top-k classes of one image.
+
+    Attributes:
+        source: The image's file path, or `"array[i]"` / `"images[i]"`.
+        labels: The top-k class names (the class indices as strings when
+            the model carries no names), most probable first.
+        indices: Their class indices.
+        probabilities: Their softmax probabilities (averaged over the
+            test-time augmentation views).
+    """
+
+    source: str
+    labels: list
+    indices: list
+    probabilities: list
+
+    @property
+    def label(self) -> str:
+        """The most probable class's name."""
+        return self.labels[0]
+
+
+def _softmax(logits):
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class _OnnxRunner:
+    def __init__(self, path):
+        self.session = ort_session(path)
+        self.meta = read_metadata(path)
+        spec = self.session.get_inputs()[0]
+        self.input_name = spec.name
+        if len(spec.shape) != 4 or not all(isinstance(d, int)
+                                           for d in spec.shape[1:]):
+            fail_argument("model_or_path", "an ONNX image classifier with a "
+                          "static (height, width, 3) input", spec.shape)
+        self.size = tuple(spec.shape[1:3])
+        self.static_batch = spec.shape[0] if isinstance(spec.shape[0],
+                                                        int) else None
+        recorded = self.meta.get("input_shape")
+        if recorded and tuple(recorded[:2]) != self.size:
+            raise ValueError(
+                f"ONNX file {path!r} takes {self.size[0]}x{self.size[1]} "
+                f"images, but its kft metadata says {recorded[0]}x"
+                f"{recorded[1]}: the file was changed after export.")
+
+    def __call__(self, x):
+        if self.static_batch == 1:
+            return np.concatenate([self.session.run(
+                None, {self.input_name: x[i:i + 1]})[0]
+                for i in range(len(x))])
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class _KerasRunner:
+    def __init__(self, model, meta, batch_size):
+        self.model, self.meta, self.batch_size = model, meta, batch_size
+        self.size = tuple(model.inputs[0].shape[1:3])
+        if None in self.size:
+            fail_argument("model_or_path", "a model with a static input "
+                          "height and width", model.inputs[0].shape)
+
+    def __call__(self, x):
+        return np.asarray(self.model.predict(x, batch_size=self.batch_size,
+                                             verbose=0))
+
+
+def _runner(model_or_path, batch_size):
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = os.fspath(model_or_path)
+        if not os.path.isfile(path):
+            fail_argument("model_or_path", "a Keras model or an existing "
+                          ".keras / .onnx file", path)
+        if path.endswith(".onnx"):
+            return _OnnxRunner(path)
+        import keras
+
+        model = keras.saving.load_model(path)
+        meta = {"output": _output_kind(model), **read_metadata(path)}
+        return _KerasRunner(model, meta, batch_size)
+    import keras
+
+    from kft.deploy.metadata import model_metadata
+
+    if not isinstance(model_or_path, keras.Model):
+        fail_argument("model_or_path", "a keras.Model or the path of a "
+                      ".keras / .onnx file", model_or_path, TypeError)
+    meta = model_metadata(model_or_path,
+                          output=_output_kind(model_or_path))
+    return _KerasRunner(model_or_path, meta, batch_size)
+
+
+def _output_kind(model):
+    """`"probabilities"` when the model ends in a softmax, else logits."""
+    import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax) or getattr(
+            last, "activation", None) is keras.activations.softmax:
+        return "probabilities"
+    return "logits"
+
+
+def predict(model_or_path, images, *, top_k: int = 5,
+            tta: Literal["flip", "multi_crop"] | None = None,
+            batch_size: int = 32, class_names=None,
+            crop_fraction: float = 0.875,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list:
+    """The top-k classes of each image, with their probabilities.
+
+    Files and PIL images go through kft's eval transform (the centered
+    `crop_fraction` region resized bilinearly to the model's input size,
+    as `kft.data` does for validation data); an array already of the
+    model's size is used as it is, a uint8 array of another size is
+    resized like a file. The model's outputs (logits, or probabilities for
+    a file exported with `output="probabilities"`) become softmax
+    probabilities; with `tta` they are averaged over the views: `"flip"`
+    (the image and its mirror), `"multi_crop"` (the center crop and the
+    four corner crops of the same size).
+
+    Args:
+        model_or_path: A Keras model taking [0, 255] pixels (e.g. from
+            `kft.build_classifier`), or a `.keras` / `.onnx` file from
+            `kft.export` (an ONNX file runs in onnxruntime, without JAX).
+        images: An image file path, a folder (its image files, recursively,
+            in sorted order), a PIL image, an array `(height, width, 3)` or
+            `(n, height, width, 3)` of pixels in [0, 255], or a list of
+            paths, PIL images and arrays.
+        top_k: How many classes per image (at most the number of classes).
+            Defaults to `5`.
+        tta: `None`, `"flip"` or `"multi_crop"`. Defaults to `None`.
+        batch_size: Images per model call. Defaults to `32`.
+        class_names: Class names in index order; defaults to the ones the
+            model or file carries. Defaults to `None`.
+        crop_fraction: The eval center crop, in (0, 1]. Defaults to
+            `0.875`.
+        max_pixels: Larger image files raise. Defaults to Pillow's
+            decompression-bomb limit.
+
+    Returns:
+        A list of `Prediction`, one per image, in input order.
+
+    Raises:
+        OSError: an image file that cannot be read (the message names the
+            file; nothing is skipped).
+        ValueError: bad arguments, a float array of another size than the
+            model's input, an empty folder.
+        ImportError: an `.onnx` file without onnxruntime installed (the
+            message says `pip install "kft[export]"`).
+
+    Example:
+    >>> import numpy as np, kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...     weights=None, input_shape=(16, 16, 3),
+    ...     class_names=["cat", "dog", "fox"])
+    >>> image = np.full((40, 30, 3), 128, np.uint8)
+    >>> result = kft.predict(model, image, top_k=2, tta="flip")
+    >>> len(result), len(result[0].labels), result[0].label in model.kft_metadata["class_names"]
+    (1, 2, True)
+    """
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    top_k = check_int("top_k", top_k, min_value=1)
+    crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
+                                 high=1, low_open=True)
+    if tta is not None and tta not in TTA_MODES:
+        fail_argument("tta", f"None or one of {TTA_MODES}", tta)
+    sources = list_sources(images)
+    runner = _runner(model_or_path, batch_size)
+    names = class_names if class_names is not None else runner.meta.get(
+        "class_names")
+    results = []
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start:start + batch_size]
+        views = [make_views(name, source, runner.size, tta, crop_fraction,
+                            max_pixels) for name, source in chunk]
+        outputs = np.concatenate([runner(v) for v in _batches(
+            np.concatenate(views), batch_size)])
+        if runner.meta.get("output", "logits") == "logits":
+            outputs = _softmax(outputs.astype(np.float64))
+        if names is not None and len(names) != outputs.shape[-1]:
+            fail_argument("class_names", f"{outputs.shape[-1]} names, one "
+                          "per model output", names)
+        offset = 0
+        for (name, _), v in zip(chunk, views):
+            mean = outputs[offset:offset + len(v)].mean(axis=0)
+            offset += len(v)
+            results.append(_prediction(name, mean, top_k, names))
+    return results
+
+
+def _batches(x, batch_size):
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size]
+
+
+def _prediction(source, probabilities, top_k, names):
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    labels = [names[i] if names is not None else str(i) for i in order]
+    return Prediction(source, labels, [int(i) for i in order],
+                      [float(probabilities[i]) for i in order])

@@ -1,0 +1,202 @@
+"""kft.export: ONNX parity with onnxruntime, .keras files plain Keras loads."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.deploy import inference_model
+from kft.deploy import kft_layers
+from kft.deploy import read_metadata
+from kft.deploy._onnx_io import require
+from kft.models.registry import unregister_backbone
+from kft.models.simple_cnn import BLOCKS
+from kft.models.simple_cnn import SimpleCNN
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("jax2onnx")
+
+
+def _inputs(size):
+    """Random pixels and real digits, float32 in [0, 255]."""
+    random = np.random.default_rng(1).uniform(0, 255, (4, size, size, 3))
+    digits = kft.datasets.digits(image_size=size, target_per_class=2)
+    return [random.astype("float32"),
+            digits.target_train[0][:4].astype("float32")]
+
+
+def _check_parity(model, path, size):
+    for x in _inputs(size):
+        parity = kft.onnx_parity(model, path, x)
+        assert parity.ok, parity
+        assert parity.max_abs_output > 0
+
+
+@pytest.fixture(scope="module")
+def simple(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = kft.build_classifier("simple_cnn", weights=None,
+                                 input_shape=(16, 16, 3), head="mlp",
+                                 class_names=["a", "b", "c"])
+    folder = tmp_path_factory.mktemp("export")
+    return model, folder
+
+
+def test_simple_cnn_dynamic_and_static_batch(simple):
+    model, folder = simple
+    dynamic = kft.export(model, folder / "dynamic.onnx")
+    static = kft.export(model, folder / "static.onnx", batch=1, opset=21)
+    for path, batch, opset in ((dynamic, "batch", 18), (static, 1, 21)):
+        proto = onnx.load(path)
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        first = dims[0].dim_param or dims[0].dim_value
+        assert first == batch
+        assert [d.dim_value for d in dims[1:]] == [16, 16, 3]
+        assert {o.domain: o.version for o in proto.opset_import}[""] == opset
+        meta = read_metadata(path)
+        assert meta["opset"] == opset
+        assert meta["class_names"] == ["a", "b", "c"]
+        assert meta["backbone"] == "simple_cnn"
+        assert meta["preprocessing"] == "tf"
+        assert meta["input_shape"] == [16, 16, 3]
+        assert meta["output"] == "logits"
+        _check_parity(model, path, 16)
+
+
+def test_probabilities_output(simple):
+    model, folder = simple
+    path = kft.export(model, folder / "probs.onnx", output="probabilities")
+    x = _inputs(16)[0]
+    session = kft.deploy._onnx_io.ort_session(path)
+    probs = session.run(None, {"image": x})[0]
+    logits = model.predict(x, verbose=0)
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert session.get_outputs()[0].name == "probabilities"
+
+
+@pytest.mark.parametrize("backbone", [
+    "mobilenetv3small",
+    pytest.param("efficientnetb0", marks=pytest.mark.slow),
+    pytest.param("resnet50", marks=pytest.mark.slow)])
+def test_backbone_parity(backbone, tmp_path):
+    # Built with kft's CPU convolutions (the default on CPU): the export
+    # must turn them back into Keras' layers. ResNet50 has the MaxPool
+    # onnxruntime rejects as jax2onnx writes it.
+    model = kft.build_classifier(backbone, num_classes=5, weights=None,
+                                 input_shape=(32, 32, 3), fast_cpu_convs=True)
+    start = time.perf_counter()
+    path = kft.export(model, tmp_path / f"{backbone}.onnx")
+    print(f"{backbone}: export {time.perf_counter() - start:.1f} s")
+    _check_parity(model, path, 32)
+
+
+def test_inference_model_is_stock_keras():
+    # Its outputs are checked by the parity tests (the export runs it).
+    model = kft.build_classifier("mobilenetv3small", num_classes=3,
+                                 weights=None, input_shape=(32, 32, 3),
+                                 fast_cpu_convs=True)
+    assert any(name.endswith("depthwise") for name in kft_layers(model))
+    stock = inference_model(model)
+    assert kft_layers(stock) == []
+    assert len(stock.weights) == len(model.weights)
+    replaced = stock.get_layer("mobilenetv3small").get_layer(
+        "expanded_conv_depthwise")
+    original = kft.models.backbones.find_backbone(model).get_layer(
+        "expanded_conv_depthwise")
+    assert type(replaced) is keras.layers.DepthwiseConv2D
+    np.testing.assert_array_equal(replaced.kernel, original.kernel)
+
+
+def test_batch_augment_and_old_preprocess_layer_stripped():
+    inputs = keras.Input((16, 16, 3))
+    x = kft.layers.Preprocess("caffe")(inputs)
+    x = keras.layers.RandomFlip()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3)(x)
+    model = kft.BatchAugmentModel(inputs, outputs,
+                                  batch_augment=kft.layers.MixUp(seed=0))
+    stock = inference_model(model, output="probabilities")
+    assert kft_layers(model) and kft_layers(stock) == []
+    assert type(stock) is keras.Model or type(stock).__name__ == "Functional"
+    x = _inputs(16)[0]
+    logits = model.predict(x, verbose=0)
+    np.testing.assert_allclose(stock.predict(x, verbose=0),
+                               keras.ops.softmax(logits), atol=1e-6)
+
+
+def test_unbuilt_model_says_how(tmp_path):
+    model = keras.Sequential([keras.layers.Conv2D(2, 3),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"model.build\(\(None, height"):
+        kft.export(model, tmp_path / "m.onnx")
+
+
+def test_bad_arguments(simple, tmp_path):
+    model, _ = simple
+    with pytest.raises(ValueError, match="Argument `format` must be one of"):
+        kft.export(model, tmp_path / "m.pt", format="torchscript")
+    with pytest.raises(ValueError, match="Argument `batch`"):
+        kft.export(model, tmp_path / "m.onnx", batch=8)
+    with pytest.raises(ValueError, match="Argument `opset`.*>= 18"):
+        kft.export(model, tmp_path / "m.onnx", opset=17)
+    with pytest.raises(ValueError, match="Argument `path`.*.keras"):
+        kft.export(model, tmp_path / "m.h5", format="keras")
+
+
+def test_missing_optional_package_names_the_extra():
+    with pytest.raises(ImportError, match=r'pip install "kft\[export\]"'):
+        require("kft_no_such_module")
+
+
+@pytest.fixture
+def caffe_backbone():
+    # SimpleCNN behind "caffe" preprocessing: the BGR flip of ResNet and
+    # VGG, on a backbone small enough for a subprocess.
+    kft.register_backbone(kft.BackboneSpec("test_caffe_cnn", SimpleCNN,
+                                           "caffe", 16, BLOCKS))
+    yield "test_caffe_cnn"
+    unregister_backbone("test_caffe_cnn")
+
+
+def test_keras_file_loads_in_plain_keras_with_safe_mode(caffe_backbone,
+                                                        tmp_path):
+    model = kft.build_classifier(caffe_backbone, num_classes=3,
+                                 weights=None, input_shape=(16, 16, 3),
+                                 class_names=["x", "y", "z"])
+    x = np.concatenate(_inputs(16))
+    path = kft.export(model, tmp_path / "model.keras", format="keras")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "logits.npy", model.predict(x, verbose=0))
+    script = textwrap.dedent(f"""
+        import json, sys, zipfile
+        import keras, numpy as np
+        model = keras.saving.load_model({path!r}, safe_mode=True)
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        diff = np.abs(model.predict(x, verbose=0)
+                      - np.load({str(tmp_path / 'logits.npy')!r})).max()
+        meta = json.loads(zipfile.ZipFile({path!r}).read(
+            "kft_metadata.json"))
+        print(json.dumps({{"diff": float(diff), "meta": meta,
+                          "kft": "kft" in sys.modules}}))
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["kft"] is False
+    assert result["diff"] == 0.0
+    assert result["meta"]["class_names"] == ["x", "y", "z"]
+    assert result["meta"]["backbone"] == caffe_backbone
+    assert result["meta"]["preprocessing"] == "caffe"
+    assert result["meta"]["input_shape"] == [16, 16, 3]

@@ -1,0 +1,119 @@
+"""kft.predict on files, folders, arrays; from a model, .keras and .onnx."""
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import kft
+from kft.data import load_image
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return kft.build_classifier("simple_cnn", weights=None,
+                                input_shape=(16, 16, 3),
+                                class_names=[f"digit{i}" for i in range(5)])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Real digits as PNG and JPEG files of 20x24 px (resized by predict)."""
+    folder = tmp_path_factory.mktemp("images")
+    data = kft.datasets.digits(image_size=24, target_per_class=2)
+    for i, image in enumerate(data.target_train[0][:6]):
+        pixels = np.clip(image, 0, 255).astype(np.uint8)[:, 2:22]
+        ext = "png" if i % 2 else "jpg"
+        Image.fromarray(pixels).save(folder / f"img{i}.{ext}")
+    return folder
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _expected(model, folder):
+    paths = sorted(str(p) for p in folder.iterdir())
+    x = np.stack([load_image(p, 16, "center_crop") for p in paths])
+    return paths, _softmax(model.predict(x.astype("float32"), verbose=0))
+
+
+def test_folder_matches_model_predict(model, folder):
+    paths, probs = _expected(model, folder)
+    results = kft.predict(model, folder, top_k=3, batch_size=4)
+    assert [r.source for r in results] == paths
+    for r, p in zip(results, probs):
+        assert r.indices[0] == int(np.argmax(p))
+        assert r.label == f"digit{r.indices[0]}"
+        np.testing.assert_allclose(r.probabilities, np.sort(p)[::-1][:3],
+                                   rtol=1e-5)
+
+
+def test_onnx_and_keras_files_give_the_same(model, folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax2onnx")
+    paths, probs = _expected(model, folder)
+    for path in (kft.export(model, tmp_path / "m.onnx", batch=1),
+                 kft.export(model, tmp_path / "m.keras", format="keras")):
+        results = kft.predict(path, [str(p) for p in paths], top_k=5)
+        for r, p in zip(results, probs):
+            assert r.labels[0] == f"digit{int(np.argmax(p))}"
+            np.testing.assert_allclose(r.probabilities, np.sort(p)[::-1],
+                                       rtol=1e-4, atol=1e-6)
+
+
+def test_onnx_file_refuses_float_arrays_of_another_size(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax2onnx")
+    path = kft.export(model, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"array\[0\].*32x32 pixels, but "
+                       r"the model takes 16x16"):
+        kft.predict(path, np.zeros((2, 32, 32, 3), np.float32))
+
+
+def test_arrays_of_model_size_used_as_given(model):
+    x = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3))
+    results = kft.predict(model, x.astype("float32"), top_k=1)
+    probs = _softmax(model.predict(x, verbose=0))
+    assert [r.indices[0] for r in results] == list(np.argmax(probs, -1))
+    assert [r.source for r in results] == ["array[0]", "array[1]",
+                                          "array[2]"]
+
+
+@pytest.mark.parametrize("tta", ["flip", "multi_crop"])
+def test_tta_changes_nothing_on_a_constant_image(model, tta):
+    image = Image.new("RGB", (30, 20), (90, 140, 200))
+    plain = kft.predict(model, image, top_k=5)[0]
+    augmented = kft.predict(model, image, top_k=5, tta=tta)[0]
+    assert augmented.indices == plain.indices
+    np.testing.assert_allclose(augmented.probabilities, plain.probabilities,
+                               rtol=1e-6)
+
+
+def test_tta_flip_averages_the_mirror(model):
+    x = np.random.default_rng(1).uniform(0, 255, (16, 16, 3))
+    got = kft.predict(model, x.astype("float32"), tta="flip", top_k=5)[0]
+    both = _softmax(model.predict(np.stack([x, x[:, ::-1]]), verbose=0))
+    mean = both.mean(0)
+    np.testing.assert_allclose(got.probabilities, np.sort(mean)[::-1],
+                               rtol=1e-5)
+
+
+def test_unreadable_file_is_named(model, folder, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(OSError, match="broken.png"):
+        kft.predict(model, [str(next(folder.iterdir())), str(bad)])
+
+
+def test_bad_arguments(model, tmp_path):
+    with pytest.raises(ValueError, match="Argument `tta`"):
+        kft.predict(model, np.zeros((16, 16, 3)), tta="rotate")
+    with pytest.raises(ValueError, match="Argument `top_k`"):
+        kft.predict(model, np.zeros((16, 16, 3)), top_k=0)
+    with pytest.raises(ValueError, match="holds no image files"):
+        kft.predict(model, tmp_path)
+    with pytest.raises(TypeError, match="Argument `images`"):
+        kft.predict(model, 3)

@@ -12,8 +12,13 @@ Subpackages:
   Mixup/CutMix.
 - `kft.ops`: image resampling and blur, convolutions XLA runs slowly on
   CPU.
-- `kft.data`: image folder, array and TFDS pipelines; the digits data.
-- `kft.evaluation`, `kft.cli`, `kft.demo`.
+- `kft.data`: image folder, array and TFDS pipelines; the digits and
+  digits-M data.
+- `kft.evaluation`: reports, plots, strategy comparison.
+- `kft.regularizers`: fine-tuning without forgetting (L2-SP, EWC, LwF).
+- `kft.adaptation`: domain adaptation and the domain-shift diagnostic.
+- `kft.deploy`: export (ONNX, plain Keras) and prediction from files.
+- `kft.runs`: run folders (`kft train`); `kft.cli`, `kft.demo`.
 
 Importing kft selects Keras' JAX backend and applies kft's CPU defaults
 (`kft._config` documents each and the variable that turns it off).
@@ -36,16 +41,20 @@ __version__ = "0.1.0"
 
 # Public modules: name -> module.
 _MODULES = {
+    "adaptation": "kft.adaptation",
     "augmentation": "kft.augmentation",
     "callbacks": "kft.callbacks",
     "cpu_convs": "kft.ops.cpu_convs",
     "data": "kft.data",
     "datasets": "kft.data.digits",
+    "deploy": "kft.deploy",
     "feature_cache": "kft.training.feature_cache",
     "image_ops": "kft.ops.image_ops",
     "layers": "kft.layers",
     "mixing": "kft.augmentation.mixing",
     "optimizers": "kft.optimizers",
+    "regularizers": "kft.regularizers",
+    "runs": "kft.runs",
 }
 
 # Public names, by topic: name -> the module defining it.
@@ -72,6 +81,11 @@ _NAMES = {
     "BlockwiseOptimizer": "kft.optimizers",
     "GroupOptimizer": "kft.optimizers",
     "layerwise_lr": "kft.optimizers",
+    # Learning-rate schedules, the range test, weight averaging.
+    "OneCycle": "kft.optimizers.schedules",
+    "Warmup": "kft.optimizers.schedules",
+    "lr_find": "kft.training.lr_find",
+    "LRFinderResult": "kft.training.lr_find",
     # Recipes and feature caching.
     "FineTuneResult": "kft.training.fine_tune",
     "fine_tune": "kft.training.fine_tune",
@@ -84,6 +98,40 @@ _NAMES = {
     "ClassificationReport": "kft.evaluation",
     "classification_report": "kft.evaluation",
     "evaluate_classifier": "kft.evaluation",
+    # Deployment: export and prediction from files.
+    "export": "kft.deploy.exporting",
+    "predict": "kft.deploy.prediction",
+    "Prediction": "kft.deploy.prediction",
+    "onnx_parity": "kft.deploy.parity",
+    # Fine-tuning without forgetting.
+    "L2SP": "kft.regularizers",
+    "EWC": "kft.regularizers",
+    "LwF": "kft.regularizers",
+    "FisherInformation": "kft.regularizers",
+    "estimate_fisher": "kft.regularizers",
+    "regularize": "kft.regularizers",
+    "load_penalty": "kft.regularizers",
+    "with_source_head": "kft.regularizers",
+    "source_classifier": "kft.regularizers",
+    "EvaluationReport": "kft.evaluation",
+    "evaluate": "kft.evaluation",
+    "report_from_predictions": "kft.evaluation",
+    "StrategyComparison": "kft.evaluation",
+    "compare_strategies": "kft.evaluation",
+    "balanced_class_weight": "kft.training.class_weights",
+    # Domain adaptation and strategy advice.
+    "adapt_batchnorm": "kft.adaptation.batchnorm",
+    "GradientReversal": "kft.adaptation.reversal",
+    "coral": "kft.adaptation.losses",
+    "mmd": "kft.adaptation.losses",
+    "DomainAdaptationModel": "kft.adaptation.dann",
+    "domain_shift": "kft.adaptation.diagnostic",
+    "recommend_strategy": "kft.adaptation.recommend",
+    # Run folders: `kft train` as a library call.
+    "TrainConfig": "kft.runs",
+    "TrainRunResult": "kft.runs",
+    "load_run": "kft.runs",
+    "train_run": "kft.runs",
 }
 
 

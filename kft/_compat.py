@@ -390,3 +390,57 @@ def jax_backends_initialised():
     except ImportError:  # pragma: no cover - private module moved
         return True
     return bool(getattr(xla_bridge, "_backends", None))
+
+
+# -- fit's starting epoch -----------------------------------------------------
+
+
+def reset_initial_epoch(model):
+    """Forgets the epoch a `BackupAndRestore` restored into `model`.
+
+    Keras keeps `model._initial_epoch` after `fit` returns, so a later
+    `fit(initial_epoch=...)` on the same model (the next phase of a
+    recipe) would start at the restored epoch instead.
+    """
+    model._initial_epoch = None
+
+
+# -- regularizers -------------------------------------------------------------
+
+
+def weight_variables(layer):
+    """The variables of `layer` and its sublayers created trainable (its
+    weights, whether frozen now or not), without duplicates, in order."""
+    seen, out = set(), []
+    for sub in layer._flatten_layers(include_self=True, recursive=True):
+        for v in sub._trainable_variables:
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+    return out
+
+
+# -- weight averages and the learning rate (schedules, LR finder) -------------
+
+
+def moving_averages(optimizer):
+    """The EMA variables of an optimizer with `use_ema`, in the order of
+    its tracked variables (`None` before it is built)."""
+    return getattr(optimizer, "_model_variables_moving_average", None)
+
+
+def set_moving_averages(optimizer, averages):
+    """Points a `use_ema` optimizer at `averages` (already tracked by it)."""
+    # Plain assignment would track the list a second time.
+    object.__setattr__(optimizer, "_model_variables_moving_average",
+                       list(averages))
+
+
+def swap_learning_rate(optimizer, rate):
+    """Sets the learning rate object (a schedule or a `keras.Variable`) as
+    it is, returning the previous one; unlike the public setter it leaves
+    the optimizer's variable list alone, so the old object can be put back
+    with all state intact."""
+    previous = optimizer._learning_rate
+    object.__setattr__(optimizer, "_learning_rate", rate)
+    return previous

@@ -98,3 +98,25 @@ def test_every_public_name_is_importable():
     assert set(kft.__all__) <= set(dir(kft))
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         kft.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export",
+                                     "lr-find", "compare", "demo",
+                                     "backbones"])
+def test_every_subcommand_help_has_an_example(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: kft {command}")
+    assert f"example:\n  kft {command} " in out
+
+
+def test_demo_passes_seeds_and_output_folder(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("kft.demo.run_demo",
+                        lambda **kwargs: calls.append(kwargs))
+    assert cli.main(["demo", "--seeds", "3", "--out", str(tmp_path),
+                     "--no-plots", "--target-epochs", "4"]) == 0
+    assert calls[0]["seeds"] == 3 and calls[0]["output_dir"] == str(tmp_path)
+    assert calls[0]["plots"] is False and calls[0]["target_epochs"] == 4

@@ -1,0 +1,298 @@
+"""`RunBackup`: resuming a multi-phase recipe such as `kft.fine_tune`.
+
+`keras.callbacks.BackupAndRestore` resumes one `fit` call. A recipe makes
+several (`fine_tune`: the head phase, then the deeper one), each with its
+own optimizer and trainable set, its epochs numbered on across calls.
+`RunBackup`, given to every call (`fine_tune(callbacks=[...])`), keeps
+one `BackupAndRestore` directory per call, never deleted when the call
+ends, so that in a restarted process:
+
+- a call that had finished restores its end state and runs no epoch;
+- the interrupted call restores the trainable set recorded for its
+  checkpoint's epoch before `BackupAndRestore` loads the optimizer slots
+  (which follow that set; the same order `GradualUnfreezing` uses), then
+  continues at the next epoch;
+- every epoch's logs and the best epoch's weights (by `monitor`) are kept
+  in the directory too, so the history and the kept weights cover the
+  epochs before the kill.
+
+Order of writes at an epoch end: the logs and best weights first, then the
+checkpoint. A resume drops logs of epochs at or after the one it restarts
+at, so an epoch whose checkpoint was lost is logged once, from its rerun.
+"""
+
+import json
+import math
+import os
+import shutil
+import warnings
+
+import keras
+
+from kft import _compat
+from kft.training.monitor import improves
+from kft.training.monitor import monitor_mode
+from kft.training.state import changing_trainable
+from kft.training.unfreeze_backup import checkpoint_epoch
+
+STATE_FILE = "run_state.json"
+BEST_WEIGHTS = "best.weights.h5"
+# `BackupAndRestore`'s files; with `double_checkpoint` it keeps the
+# previous pair as `<name>.bkp`.
+CHECKPOINT_FILES = ("latest.weights.h5", "training_metadata.json")
+
+
+def _readable(path):
+    try:
+        if path.removesuffix(".bkp").endswith(".json"):
+            with open(path) as f:
+                json.load(f)
+        else:
+            import h5py
+
+            with h5py.File(path, "r"):
+                pass
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def recover_checkpoint(directory) -> str | None:
+    """Repairs a `BackupAndRestore` directory a kill left half-written.
+
+    `save_weights` and the metadata file are not written atomically: a
+    kill during the write leaves a truncated file, which would fail every
+    resume. The previous checkpoint (`double_checkpoint=True` keeps it)
+    replaces the pair then; without one the pair is removed, so the call
+    starts again. Returns what was done, or `None` when nothing was
+    needed.
+
+    Example:
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "training_metadata.json"), "w") as f:
+    ...     _ = f.write('{"epoch": ')  # cut short
+    >>> recover_checkpoint(folder)
+    'removed a checkpoint cut short; the phase starts again'
+    """
+    paths = [os.path.join(directory, name) for name in CHECKPOINT_FILES]
+    present = [os.path.exists(p) for p in paths]
+    if not any(present) or (all(present) and all(map(_readable, paths))):
+        return None
+    previous = [p + ".bkp" for p in paths]
+    if all(os.path.exists(p) and _readable(p) for p in previous):
+        for old, path in zip(previous, paths):
+            shutil.copyfile(old, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        return "restored the previous checkpoint (the last was cut short)"
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+    return "removed a checkpoint cut short; the phase starts again"
+
+
+class RunBackup(keras.callbacks.Callback):
+    """Checkpoints every `fit` call of a recipe for resuming after a crash.
+
+    Args:
+        directory: Where the checkpoints, logs and best weights go (one
+            directory per run; reuse it to resume).
+        model: The model whose best weights are kept (in a phase trained
+            on cached features the callbacks see the head model instead).
+        monitor: Quantity that picks the best epoch. Defaults to
+            `"val_loss"`.
+        mode: `"min"`, `"max"` or `"auto"` (from the Keras metric).
+            Defaults to `"auto"`.
+        print_fn: Where resume and phase lines go, or `None`. Defaults to
+            Keras' `print_msg`.
+
+    Attributes:
+        history: `{epoch: logs}` of every epoch of the run so far.
+        best_epoch, best_value: The best epoch so far and its value.
+
+    Example:
+    >>> import tempfile, kft
+    >>> data = kft.datasets.digits(image_size=16, target_per_class=4)
+    >>> model = kft.build_classifier("simple_cnn", num_classes=5,
+    ...                              weights=None, input_shape=(16, 16, 3))
+    >>> backup = RunBackup(tempfile.mkdtemp(), model, print_fn=None)
+    >>> _ = kft.fine_tune(model, data.target_train, data.target_val,
+    ...                   head_epochs=1, epochs=1, verbose=0,
+    ...                   callbacks=[backup])
+    >>> sorted(backup.history), backup.phases_finished
+    ([0, 1], 2)
+    """
+
+    def __init__(self, directory, model, monitor="val_loss", mode="auto",
+                 print_fn=_compat.print_msg):
+        super().__init__()
+        self.directory = os.fspath(directory)
+        self.target = model
+        self.monitor, self.mode = monitor, mode
+        self.print_fn = print_fn
+        self.phase = -1
+        self.phases_finished = 0
+        self._inner = None
+        self._start_checked = False
+        state = self._read_state()
+        self.history = {int(k): v for k, v in state["history"].items()}
+        self._trainable = state["trainable"]
+        self.best_epoch = state["best_epoch"]
+        self.best_value = state["best_value"]
+        if state["mode"] in ("min", "max"):
+            self.mode = state["mode"]
+
+    # -- files --------------------------------------------------------------
+
+    def phase_dir(self, phase: int) -> str:
+        """The `BackupAndRestore` directory of call `phase` (0-based)."""
+        return os.path.join(self.directory, f"phase{phase}")
+
+    def resumable(self) -> bool:
+        """Whether the directory holds a checkpoint to resume from."""
+        return checkpoint_epoch(self.phase_dir(0)) is not None
+
+    @property
+    def best_weights_path(self) -> str:
+        return os.path.join(self.directory, BEST_WEIGHTS)
+
+    def _read_state(self):
+        path = os.path.join(self.directory, STATE_FILE)
+        state = {"history": {}, "trainable": {}, "best_epoch": None,
+                 "best_value": None, "mode": None}
+        if os.path.exists(path):
+            with open(path) as f:
+                state.update(json.load(f))
+        return state
+
+    def _write_state(self):
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, STATE_FILE)
+        state = {"history": {str(k): v for k, v in self.history.items()},
+                 "trainable": self._trainable, "best_epoch": self.best_epoch,
+                 "best_value": self.best_value, "mode": self.mode}
+        # Replaced atomically: a kill leaves the old file or the new one.
+        with open(path + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(path + ".tmp", path)
+
+    # -- trainable set ------------------------------------------------------
+
+    def _flat_layers(self):
+        return _compat.flatten_layers(self.model)
+
+    def _record_trainable(self, epoch):
+        # Per call, the last two epochs: the checkpoint's epoch is one of
+        # them whichever of the two end-of-epoch writes a kill followed.
+        records = self._trainable.setdefault(str(self.phase), {})
+        records[str(epoch)] = [
+            [layer.path, bool(layer.trainable)] for layer in self._flat_layers()]
+        for key in sorted(records, key=int)[:-2]:
+            del records[key]
+
+    def _restore_trainable(self, epoch):
+        flags = self._trainable.get(str(self.phase), {}).get(str(epoch))
+        if flags is None:
+            return False
+        layers = self._flat_layers()
+        if [layer.path for layer in layers] != [path for path, _ in flags]:
+            raise RuntimeError(
+                f"RunBackup: the model's layers differ from those recorded "
+                f"in {self.directory!r}; resume with the same model and "
+                "settings, or delete the directory to start over.")
+        # Depth first, containers before their layers: a container's flag
+        # sets its layers', then each layer gets its own.
+        with changing_trainable(self.model):
+            for layer, (_, flag) in zip(layers, flags):
+                layer.trainable = flag
+        return True
+
+    # -- callback hooks -----------------------------------------------------
+
+    def _say(self, message):
+        if self.print_fn is not None:
+            self.print_fn(message)
+
+    def on_train_begin(self, logs=None):
+        self.phase += 1
+        self._start_checked = False
+        repaired = recover_checkpoint(self.phase_dir(self.phase))
+        if repaired:
+            self._say(f"RunBackup: phase {self.phase + 1}: {repaired}.")
+        self._inner = keras.callbacks.BackupAndRestore(
+            self.phase_dir(self.phase), delete_checkpoint=False,
+            double_checkpoint=True)
+        self._inner.set_model(self.model)
+        self._inner.set_params(self.params)
+        saved = checkpoint_epoch(self.phase_dir(self.phase))
+        if saved is not None and saved >= 0:
+            self._restore_trainable(saved)
+        self._inner.on_train_begin(logs)
+        self._saved = saved
+        if saved is not None and saved >= 0:
+            optimizer = self.model.optimizer
+            if optimizer is not None and int(optimizer.iterations) == 0:
+                raise RuntimeError(
+                    f"RunBackup: the checkpoint in "
+                    f"{self.phase_dir(self.phase)!r} did not restore the "
+                    "optimizer state; resume with the same settings, or "
+                    "delete the directory to start over.")
+        # The model of this call: a phase trained on cached features
+        # trains the head model alone.
+        count = sum(int(math.prod(v.shape))
+                    for v in self.model.trainable_weights)
+        self._say(f"phase {self.phase + 1} starts: {count:,} trainable "
+                  f"parameters ({self.model.name})")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._start_checked:
+            return
+        self._start_checked = True
+        # Logs of this epoch on come from this attempt.
+        stale = [k for k in self.history if k >= epoch]
+        for key in stale:
+            del self.history[key]
+        if self._saved is not None and self._saved >= 0:
+            self._say(f"RunBackup: resumed phase {self.phase + 1} from its "
+                      f"checkpoint after epoch {self._saved + 1}; training "
+                      f"continues at epoch {epoch + 1}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.mode == "auto":
+            self.mode = monitor_mode(self.model, self.monitor, self.mode)
+        self.history[epoch] = {
+            "phase": self.phase + 1,
+            **{k: float(v) for k, v in logs.items()
+               if isinstance(v, (int, float)) or hasattr(v, "__float__")}}
+        value = logs.get(self.monitor)
+        if value is not None and improves(float(value), self.best_value,
+                                          self.mode):
+            self.best_epoch, self.best_value = epoch, float(value)
+            os.makedirs(self.directory, exist_ok=True)
+            tmp = self.best_weights_path.replace(".weights.h5",
+                                                 ".tmp.weights.h5")
+            self.target.save_weights(tmp)
+            os.replace(tmp, self.best_weights_path)
+        self._record_trainable(epoch)
+        self._write_state()
+        self._inner.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._inner.on_train_end(logs)
+        self.phases_finished += 1
+        # The next call of the recipe starts at its own `initial_epoch`.
+        _compat.reset_initial_epoch(self.model)
+
+    def load_best(self, model=None) -> bool:
+        """Loads the best epoch's weights into `model` (default: the
+        target); `False` when none were saved."""
+        if not os.path.exists(self.best_weights_path):
+            return False
+        with warnings.catch_warnings():
+            # The file holds the optimizer of its epoch's phase; a later
+            # phase's optimizer differs, and only the weights are wanted.
+            warnings.filterwarnings(
+                "ignore", message="Skipping variable loading for optimizer")
+            (model or self.target).load_weights(self.best_weights_path)
+        return True

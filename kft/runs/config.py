@@ -1,0 +1,209 @@
+"""`TrainConfig`: every setting of a `kft.train_run`, and its TOML file.
+
+A run folder's `config.toml` holds the config with every default
+resolved (backbone's image size, the strategy `"auto"` chose, the rate
+the finder found), so `kft train --config runs/x/config.toml` repeats the
+run. Only flat tables of strings, numbers and booleans are written, so the
+writer here is a few lines (reading uses the standard `tomllib`); a
+setting that is `None` is left out of the file and reads back as `None`.
+"""
+
+import dataclasses
+import json
+import os
+import tomllib
+
+from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import check_number
+from kft._validation import fail_argument
+
+STRATEGIES = ("feature_extraction", "partial", "gradual", "full", "auto")
+BN_POLICIES = ("frozen", "train")
+SCHEDULES = ("cosine", "constant", "one_cycle")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of one `kft.train_run`; `None` means "resolve a default".
+
+    Attributes:
+        data_dir: Image folder: `<class>/*.jpg`, or `train/` + `val/`.
+        val_dir: A separate validation folder (`<class>/*.jpg`).
+        val_split: Fraction of each class held out for validation when
+            there is no validation folder. Defaults to `0.2`.
+        backbone: Registry name (`kft backbones`). Defaults to
+            `"resnet50"`.
+        weights: `"imagenet"`, `"none"` (random) or a weights file.
+        strategy: `"feature_extraction"`, `"partial"`, `"gradual"`,
+            `"full"` or `"auto"` (`kft.recommend_strategy` by data size).
+        n_blocks: Blocks below the head trained by `"partial"`.
+        layer_decay: Per-block rate factor (`None`: one rate).
+        bn: BatchNorm policy, `"frozen"` or `"train"`.
+        image_size: Side in pixels (`None`: the backbone's default).
+        batch_size, epochs, head_epochs: As in `kft.fine_tune` (`epochs`
+            counts the fine-tuning phase after the head phase).
+        head_lr: Head-phase rate.
+        lr: Fine-tuning rate, or `"find"` (`kft.lr_find`).
+        schedule: Fine-tuning phase schedule, as
+            `kft.fine_tune(schedule=...)`: `"cosine"` (default),
+            `"one_cycle"` or `"constant"`.
+        weight_decay: AdamW weight decay.
+        unfreeze_every: Epochs per stage of `"gradual"`.
+        augment: `kft.augmentation` preset of the training images.
+        mixup, cutmix: Alphas of Mixup / CutMix in the train step (`0`:
+            off).
+        label_smoothing: Label smoothing (`0`: off).
+        dropout: Dropout before the classifier layer.
+        monitor: The quantity that picks the kept epoch.
+        early_stopping: Patience in epochs (`None`: off).
+        seed: Seeds Keras, NumPy, the split and augmentation.
+        plots: Write the report's plots (with matplotlib installed).
+        out: The run folder.
+
+    Example:
+    >>> config = TrainConfig(data_dir="photos", backbone="simple_cnn")
+    >>> text = config.to_toml()
+    >>> TrainConfig.from_toml(text) == config
+    True
+    """
+
+    data_dir: str | None = None
+    val_dir: str | None = None
+    val_split: float | None = 0.2
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    strategy: str = "auto"
+    n_blocks: int = 1
+    layer_decay: float | None = None
+    bn: str = "frozen"
+    image_size: int | None = None
+    batch_size: int = 32
+    epochs: int = 10
+    head_epochs: int = 3
+    head_lr: float = 1e-3
+    lr: float | str = 1e-4
+    schedule: str = "cosine"
+    weight_decay: float = 1e-2
+    unfreeze_every: int = 1
+    augment: str = "standard"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+    monitor: str = "val_loss"
+    early_stopping: int | None = None
+    seed: int = 0
+    plots: bool = True
+    out: str | None = None
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with `changes`; an unknown name raises `ValueError`."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown setting(s) {', '.join(unknown)}. Known settings: "
+                f"{', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> "TrainConfig":
+        """Checks every value (not the file system); returns `self`."""
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("bn", self.bn, BN_POLICIES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        for name, minimum in (("n_blocks", 1), ("batch_size", 1),
+                              ("epochs", 0), ("head_epochs", 1),
+                              ("unfreeze_every", 1), ("seed", 0)):
+            check_int(name, getattr(self, name), min_value=minimum)
+        if self.image_size is not None:
+            check_int("image_size", self.image_size, min_value=1)
+        if self.early_stopping is not None:
+            check_int("early_stopping", self.early_stopping, min_value=0)
+        if self.val_split is not None:
+            check_number("val_split", self.val_split, low=0, high=1,
+                         low_open=True, high_open=True)
+        if not (isinstance(self.lr, str) and self.lr == "find"):
+            if isinstance(self.lr, str):
+                fail_argument("lr", 'a positive number or "find"', self.lr)
+            check_number("lr", self.lr, low=0, low_open=True)
+        check_number("head_lr", self.head_lr, low=0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0)
+        if self.layer_decay is not None:
+            check_number("layer_decay", self.layer_decay, low=0, high=1,
+                         low_open=True)
+        for name in ("mixup", "cutmix"):
+            check_number(name, getattr(self, name), low=0)
+        check_number("label_smoothing", self.label_smoothing, low=0,
+                     high=1, high_open=True)
+        check_number("dropout", self.dropout, low=0, high=1, high_open=True)
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain values, `None` included."""
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The config as a TOML document (`None` values left out)."""
+        lines = ["# kft train: the settings of this run, every default "
+                 "resolved.", "# Repeat it: kft train --config config.toml "
+                 "--out runs/NEW", ""]
+        unset = []
+        for name, value in self.to_dict().items():
+            if value is None:
+                unset.append(name)
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+        if unset:
+            lines.append(f"# not set: {', '.join(unset)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text: str) -> "TrainConfig":
+        """Reads `to_toml`'s format (unknown keys raise `ValueError`)."""
+        values = tomllib.loads(text)
+        nested = [k for k, v in values.items() if isinstance(v, dict)]
+        if nested:
+            raise ValueError(
+                f"A kft config is one flat table; found table(s) "
+                f"{', '.join(nested)}")
+        return cls().replace(**values)
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Reads a `config.toml` written by `kft train` (or by hand).
+
+    Raises:
+        ValueError: a missing file, invalid TOML or an unknown setting,
+            the message naming the file.
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "config.toml")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write('backbone = "simple_cnn"\\nepochs = 2\\n')
+    >>> load_config(path).epochs
+    2
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Config file {path!r} does not exist.")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return TrainConfig.from_toml(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as error:
+        raise ValueError(f"Config file {path!r}: {error}") from error
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are valid TOML basic-string escapes.
+        return json.dumps(value)
+    raise TypeError(f"Cannot write {value!r} to TOML")

@@ -1,0 +1,124 @@
+"""`load_run`: the model and what inference needs, from a run folder or a
+`.keras` file."""
+
+import dataclasses
+import json
+import os
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained model and what is known about it.
+
+    Attributes:
+        model: The Keras model.
+        class_names: Class names in label order (`None` if unknown).
+        image_size: Input side in pixels.
+        path: The run folder, or the model file.
+        model_path: The `.keras` file.
+    """
+
+    model: object
+    class_names: list | None
+    image_size: int
+    path: str
+    model_path: str
+
+
+def load_run(path: str | os.PathLike) -> LoadedRun:
+    """Loads `path`: a `kft train` run folder or a `.keras` model file.
+
+    Class names come from the run folder's `run.json` (a `.keras` file
+    inside a run folder finds it too).
+
+    Raises:
+        ValueError: `path` is neither, or the run has no model yet.
+
+    Example:
+    >>> import os, tempfile, kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=2,
+    ...                              weights=None, input_shape=(16, 16, 3))
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
+    >>> model.save(path)
+    >>> run = load_run(path)
+    >>> run.image_size, run.class_names
+    (16, None)
+    """
+    import keras
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        model_path = os.path.join(path, "model.keras")
+        if not os.path.isfile(model_path):
+            raise ValueError(
+                f"{path!r} holds no model.keras: not a finished kft run "
+                "folder (resume it with `kft train --resume --out ...`).")
+        folder = path
+    elif os.path.isfile(path) and path.endswith(".keras"):
+        model_path, folder = path, os.path.dirname(path)
+    else:
+        raise ValueError(f"{path!r} is neither a kft run folder nor a "
+                         ".keras model file.")
+    model = keras.saving.load_model(model_path)
+    class_names = None
+    info_path = os.path.join(folder, "run.json")
+    if os.path.isfile(info_path):
+        with open(info_path) as f:
+            class_names = json.load(f).get("class_names")
+    if class_names is None:
+        class_names = getattr(model, "class_names", None)
+    return LoadedRun(model=model, class_names=class_names,
+                     image_size=int(model.inputs[0].shape[1]), path=path,
+                     model_path=model_path)
+
+
+def layout_dir(train_dir, val_dir) -> str:
+    """A temporary `train/` + `val/` layout of two folders (symbolic
+    links), so that `kft.data.from_directory` reads `val_dir` with the
+    eval transform and `train_dir`'s class order. The datasets read their
+    files lazily through it, so it lives until the process exits.
+
+    Example:
+    >>> import os, tempfile
+    >>> root = layout_dir(tempfile.mkdtemp(), tempfile.mkdtemp())
+    >>> sorted(os.listdir(root))
+    ['train', 'val']
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="kft_layout_")
+    atexit.register(shutil.rmtree, root, True)
+    os.symlink(os.path.abspath(train_dir), os.path.join(root, "train"))
+    os.symlink(os.path.abspath(val_dir), os.path.join(root, "val"))
+    return root
+
+
+def load_eval_folder(path, class_names, image_size, batch_size=32):
+    """A labelled folder (`<class>/<images>`) as a `kft.data` dataset with
+    the eval transform (resize, center crop), labels in the order of
+    `class_names`.
+
+    Raises:
+        ValueError: a missing folder, or class folders that are not
+            `class_names` (the message lists the differences).
+    """
+    from kft import data as kft_data
+
+    if not os.path.isdir(path):
+        raise ValueError(f"Data folder {path!r} does not exist.")
+    # Read as the val half of a train/ + val/ layout: the eval transform.
+    data = kft_data.from_directory(layout_dir(path, path), image_size,
+                                   batch_size=batch_size,
+                                   augmentation="none").val
+    if class_names is not None and list(data.class_names) != list(
+            class_names):
+        missing = sorted(set(class_names) - set(data.class_names))
+        extra = sorted(set(data.class_names) - set(class_names))
+        raise ValueError(
+            f"The class folders of {path!r} are not the model's classes"
+            + (f"; missing: {missing}" if missing else "")
+            + (f"; not in the model: {extra}" if extra else "")
+            + f". Model classes: {list(class_names)}.")
+    return data

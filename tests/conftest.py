@@ -2,7 +2,7 @@ import os
 
 # A script the resume tests run in a subprocess, not a test module (the
 # doctest collection would import and run it).
-collect_ignore = ["resume_script.py"]
+collect_ignore = ["resume_script.py", "data"]
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 

@@ -50,28 +50,6 @@ def test_classification_report_matches_hand_computation():
         kft.classification_report([0, 1], [0])
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
-    printed = []
-    rows = run_demo(image_size=16, target_per_class=5, source_epochs=2,
-                    target_epochs=2, workdir=str(tmp_path),
-                    print_fn=printed.append)
-    assert [r["strategy"] for r in rows] == ["scratch", "feature_extraction",
-                                            "partial", "full"]
-    assert (tmp_path / "simple_cnn_digits04.weights.h5").exists()
-    # The plots go to the workdir, and the demo says so.
-    best = max(rows, key=lambda r: r["accuracy"])["strategy"]
-    assert (tmp_path / "strategies.png").exists()
-    assert (tmp_path / best / "learning_curves.png").exists()
-    assert printed[-1].startswith(f"Plots written to {tmp_path}: ")
-    by = {r["strategy"]: r for r in rows}
-    assert by["feature_extraction"]["trainable"] < by["partial"]["trainable"]
-    assert by["partial"]["trainable"] < by["full"]["trainable"]
-    assert by["full"]["trainable"] == by["scratch"]["trainable"]
-    for r in rows:
-        assert 0.0 <= r["accuracy"] <= 1.0
-
-
 def test_labels_outside_the_classes_are_named():
     with pytest.raises(ValueError, match=r"`y_true` holds labels outside "
                        r"\[0, 3\).*: 5, 7"):
@@ -157,13 +135,15 @@ def test_demo_checks_arguments_before_training(kwargs, match, monkeypatch):
 
 
 @pytest.mark.slow
-def test_demo_goes_through_fine_tune_and_kft_data_and_cleans_up(
-        tmp_path, monkeypatch):
+def test_demo_end_to_end_through_fine_tune_and_kft_data(tmp_path,
+                                                        monkeypatch):
+    # One demo run (it is slow) checked for what it trains, the data it
+    # goes through, its table, its plots and its clean-up.
     import tempfile
 
     import kft.demo
 
-    strategies, datasets = [], []
+    strategies, datasets, printed = [], [], []
     from_arrays = kft.data.from_arrays
 
     def spy_fine_tune(model, train, val, **kwargs):
@@ -178,11 +158,26 @@ def test_demo_goes_through_fine_tune_and_kft_data_and_cleans_up(
     monkeypatch.setattr(kft.demo.kft_data, "from_arrays", spy_from_arrays)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rows = run_demo(image_size=8, target_per_class=2, source_epochs=1,
-                    target_epochs=2, print_fn=None, plots=False)
+                    target_epochs=2, print_fn=printed.append)
     assert strategies == ["full", "feature_extraction", "partial", "full"]
+    assert [r["strategy"] for r in rows] == ["scratch", "feature_extraction",
+                                            "partial", "full"]
     splits = kft.datasets.digits(image_size=8, target_per_class=2)
     # Source training, source evaluation and the test set.
     assert sorted(datasets) == sorted([len(splits.source[1])] * 2
                                       + [len(splits.target_test[1])])
     assert [r["epochs"] for r in rows] == [2] * 4
-    assert list(tmp_path.iterdir()) == []  # the temporary workdir is gone
+    by = {r["strategy"]: r for r in rows}
+    assert by["feature_extraction"]["trainable"] < by["partial"]["trainable"]
+    assert by["partial"]["trainable"] < by["full"]["trainable"]
+    assert by["full"]["trainable"] == by["scratch"]["trainable"]
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0
+    # The temporary workdir (pretrained weights) is gone; the plots stay in
+    # the output folder the demo names last.
+    (output,) = list(tmp_path.iterdir())
+    assert output.name.startswith("kft_demo_output_")
+    best = max(rows, key=lambda r: r["accuracy"])["strategy"]
+    assert (output / "strategies.png").exists()
+    assert (output / best / "learning_curves.png").exists()
+    assert printed[-1].startswith(f"Plots written to {output}: ")

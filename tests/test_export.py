@@ -175,6 +175,10 @@ def test_keras_file_loads_in_plain_keras_with_safe_mode(caffe_backbone,
                                  class_names=["x", "y", "z"])
     x = np.concatenate(_inputs(16))
     path = kft.export(model, tmp_path / "model.keras", format="keras")
+    # A plain `model.save` file holds kft classes: loading it without kft
+    # must say what to do.
+    saved = str(tmp_path / "saved.keras")
+    model.save(saved)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "logits.npy", model.predict(x, verbose=0))
     script = textwrap.dedent(f"""
@@ -186,8 +190,13 @@ def test_keras_file_loads_in_plain_keras_with_safe_mode(caffe_backbone,
                       - np.load({str(tmp_path / 'logits.npy')!r})).max()
         meta = json.loads(zipfile.ZipFile({path!r}).read(
             "kft_metadata.json"))
+        try:
+            keras.saving.load_model({saved!r}, safe_mode=True)
+            error = ""
+        except Exception as e:
+            error = str(e)
         print(json.dumps({{"diff": float(diff), "meta": meta,
-                          "kft": "kft" in sys.modules}}))
+                          "kft": "kft" in sys.modules, "error": error}}))
     """)
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True,
@@ -198,5 +207,6 @@ def test_keras_file_loads_in_plain_keras_with_safe_mode(caffe_backbone,
     assert result["diff"] == 0.0
     assert result["meta"]["class_names"] == ["x", "y", "z"]
     assert result["meta"]["backbone"] == caffe_backbone
+    assert "import kft first" in result["error"]
     assert result["meta"]["preprocessing"] == "caffe"
     assert result["meta"]["input_shape"] == [16, 16, 3]

@@ -110,3 +110,22 @@ def test_needs_a_compiled_model():
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="needs a compiled model"):
         kft.lr_find(model, (X, Y), verbose=0)
+
+
+def test_fine_tune_trains_phase_2_at_the_found_rate():
+    # The path `kft train --lr find` takes: the range test runs after the
+    # head phase and phase 2 starts at its "valley" rate (a constant
+    # schedule keeps that rate for the whole phase).
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    y = np.arange(16) % 2
+    model = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                                 input_shape=(16, 16, 3))
+    result = kft.fine_tune(model, (x, y), strategy="partial", head_epochs=1,
+                           epochs=1, batch_size=8, learning_rate="find",
+                           schedule="constant", verbose=0)
+    valley = result.lr_find.suggestions["valley"].learning_rate
+    assert result.learning_rate == valley
+    assert 1e-7 < valley < 10
+    np.testing.assert_allclose(result.histories[1]["learning_rate"][0],
+                               valley, rtol=1e-5)

@@ -31,6 +31,12 @@ from kft.models.registry import resolve_backbone_name  # noqa: F401
 # The attribute that marks a model as a kft backbone; its value is the
 # registered name.
 MARKER = "kft_backbone"
+# The first key of the config of kft's saved model classes: Keras prints
+# the config of a class it cannot find, so a user loading without kft
+# reads what to do at the start of that message.
+NEEDS_KFT = ("kft_requires", "import kft first: this model holds kft classes "
+             "(pip install kft). kft.export(model, path, format='keras') "
+             "writes a file plain Keras loads.")
 
 # `"imagenet"`, `None` (random initialisation) or a local weights file.
 Weights = Literal["imagenet"] | str | os.PathLike | None
@@ -73,6 +79,7 @@ class Backbone(keras.Model):
     """
 
     def __init__(self, *args, kft_backbone: str | None = None, **kwargs):
+        kwargs.pop(NEEDS_KFT[0], None)
         super().__init__(*args, **kwargs)
         if kft_backbone is not None and not isinstance(kft_backbone, str):
             fail_argument("kft_backbone", "a registered backbone name or None",
@@ -95,7 +102,8 @@ class Backbone(keras.Model):
                 _MARKED_LAYERS[layer] = kft_backbone
 
     def get_config(self):
-        return {**super().get_config(), MARKER: self.kft_backbone}
+        return {NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),
+                MARKER: self.kft_backbone}
 
 
 def backbone_name(layer: keras.layers.Layer) -> str | None:

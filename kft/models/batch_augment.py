@@ -3,6 +3,7 @@
 import keras
 
 from kft._validation import fail_argument
+from kft.models.backbones import NEEDS_KFT
 # Registers the mixing layers by name, for `batch_augment` configs.
 from kft.augmentation import mixing  # noqa: F401
 
@@ -56,6 +57,7 @@ class BatchAugmentModel(keras.Model):
     def __init__(self, *args,
                  batch_augment: keras.layers.Layer | dict | None = None,
                  **kwargs):
+        kwargs.pop(NEEDS_KFT[0], None)
         super().__init__(*args, **kwargs)
         if isinstance(batch_augment, dict):
             batch_augment = keras.saving.deserialize_keras_object(
@@ -135,7 +137,7 @@ class BatchAugmentModel(keras.Model):
 
     def get_config(self):
         return {
-            **super().get_config(),
+            NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),
             "batch_augment": keras.saving.serialize_keras_object(
                 self.batch_augment),
         }

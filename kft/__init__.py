@@ -98,6 +98,13 @@ _NAMES = {
     "ClassificationReport": "kft.evaluation",
     "classification_report": "kft.evaluation",
     "evaluate_classifier": "kft.evaluation",
+    "EvaluationReport": "kft.evaluation",
+    "evaluate": "kft.evaluation",
+    "report_from_predictions": "kft.evaluation",
+    "StrategyComparison": "kft.evaluation",
+    "compare_strategies": "kft.evaluation",
+    # Imbalanced data.
+    "balanced_class_weight": "kft.training.class_weights",
     # Deployment: export and prediction from files.
     "export": "kft.deploy.exporting",
     "predict": "kft.deploy.prediction",
@@ -113,12 +120,6 @@ _NAMES = {
     "load_penalty": "kft.regularizers",
     "with_source_head": "kft.regularizers",
     "source_classifier": "kft.regularizers",
-    "EvaluationReport": "kft.evaluation",
-    "evaluate": "kft.evaluation",
-    "report_from_predictions": "kft.evaluation",
-    "StrategyComparison": "kft.evaluation",
-    "compare_strategies": "kft.evaluation",
-    "balanced_class_weight": "kft.training.class_weights",
     # Domain adaptation and strategy advice.
     "adapt_batchnorm": "kft.adaptation.batchnorm",
     "GradientReversal": "kft.adaptation.reversal",

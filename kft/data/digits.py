@@ -66,9 +66,18 @@ def digits(image_size: int = 32,
     test_fraction = check_number("test_fraction", test_fraction, low=0.0,
                                  high=1.0, low_open=True, high_open=True)
     raw = load_digits()
-    images = _resize(raw.images, image_size)
-    labels = raw.target
-    rng = np.random.default_rng(check_int("seed", seed, min_value=0))
+    return transfer_splits(_resize(raw.images, image_size), raw.target,
+                           source_classes, target_classes, target_per_class,
+                           val_per_class, test_fraction,
+                           check_int("seed", seed, min_value=0))
+
+
+def transfer_splits(images, labels, source_classes, target_classes,
+                    target_per_class, val_per_class, test_fraction, seed):
+    """The `TransferSplits` of `images` (checked arguments): the draws
+    `digits` and `digits_m` share, so both put the same scan at the same
+    index."""
+    rng = np.random.default_rng(seed)
 
     def task(classes, idx):
         y = np.searchsorted(np.array(classes), labels[idx]).astype("int32")

@@ -22,7 +22,7 @@ from kft._validation import check_number
 from kft.data.digits import TransferSplits
 from kft.data.digits import _check_classes
 from kft.data.digits import _resize
-from kft.data.digits import _target_split
+from kft.data.digits import transfer_splits
 
 PHOTOS = ("auto", "sklearn", "skimage")
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -90,28 +90,10 @@ def digits_m(image_size: int = 32,
     raw = load_digits()
     images = blend_with_photos(_resize(raw.images, image_size), seed=seed,
                                photos=photos)
-    labels = raw.target
     # The same draws, in the same order, as `kft.datasets.digits`.
-    rng = np.random.default_rng(seed)
-
-    def task(classes, idx):
-        y = np.searchsorted(np.array(classes), labels[idx]).astype("int32")
-        return images[idx], y
-
-    src_idx = np.flatnonzero(np.isin(labels, source_classes))
-    train, val, test = _target_split(labels, target_classes, rng,
-                                     target_per_class, val_per_class,
-                                     test_fraction)
-    target_sorted = tuple(sorted(target_classes))
-    source_sorted = tuple(sorted(source_classes))
-    return TransferSplits(
-        source=task(source_sorted, rng.permutation(src_idx)),
-        target_train=task(target_sorted, rng.permutation(train)),
-        target_val=task(target_sorted, val),
-        target_test=task(target_sorted, test),
-        source_classes=source_sorted,
-        target_classes=target_sorted,
-    )
+    return transfer_splits(images, raw.target, source_classes,
+                           target_classes, target_per_class, val_per_class,
+                           test_fraction, seed)
 
 
 def blend_with_photos(images, *, seed: int = 0,

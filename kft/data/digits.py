@@ -55,6 +55,17 @@ def digits(image_size: int = 32,
     >>> data.target_train[0].shape
     (25, 16, 16, 3)
     """
+    return load_splits(image_size, source_classes, target_classes,
+                       target_per_class, val_per_class, test_fraction, seed)
+
+
+def load_splits(image_size, source_classes, target_classes,
+                target_per_class, val_per_class, test_fraction, seed,
+                transform=None):
+    """`digits`' arguments checked, the scans loaded and resized, passed
+    through `transform(images)` if given (`digits_m` blends them), and
+    split: the same draws for `digits` and `digits_m`, so both put the same
+    scan at the same index."""
     from sklearn.datasets import load_digits
 
     source_classes, target_classes = _check_classes(source_classes,
@@ -65,18 +76,19 @@ def digits(image_size: int = 32,
     val_per_class = check_int("val_per_class", val_per_class, min_value=0)
     test_fraction = check_number("test_fraction", test_fraction, low=0.0,
                                  high=1.0, low_open=True, high_open=True)
+    seed = check_int("seed", seed, min_value=0)
     raw = load_digits()
-    return transfer_splits(_resize(raw.images, image_size), raw.target,
-                           source_classes, target_classes, target_per_class,
-                           val_per_class, test_fraction,
-                           check_int("seed", seed, min_value=0))
+    images = _resize(raw.images, image_size)
+    if transform is not None:
+        images = transform(images)
+    return _transfer_splits(images, raw.target, source_classes,
+                            target_classes, target_per_class, val_per_class,
+                            test_fraction, seed)
 
 
-def transfer_splits(images, labels, source_classes, target_classes,
-                    target_per_class, val_per_class, test_fraction, seed):
-    """The `TransferSplits` of `images` (checked arguments): the draws
-    `digits` and `digits_m` share, so both put the same scan at the same
-    index."""
+def _transfer_splits(images, labels, source_classes, target_classes,
+                     target_per_class, val_per_class, test_fraction, seed):
+    """The `TransferSplits` of `images`, arguments already checked."""
     rng = np.random.default_rng(seed)
 
     def task(classes, idx):

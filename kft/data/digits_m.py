@@ -18,11 +18,8 @@ import numpy as np
 
 from kft._validation import check_choice
 from kft._validation import check_int
-from kft._validation import check_number
 from kft.data.digits import TransferSplits
-from kft.data.digits import _check_classes
-from kft.data.digits import _resize
-from kft.data.digits import transfer_splits
+from kft.data.digits import load_splits
 
 PHOTOS = ("auto", "sklearn", "skimage")
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -75,25 +72,13 @@ def digits_m(image_size: int = 32,
     >>> bool(np.all(plain.target_train[1] == m.target_train[1]))
     True
     """
-    from sklearn.datasets import load_digits
-
-    source_classes, target_classes = _check_classes(source_classes,
-                                                    target_classes)
-    image_size = check_int("image_size", image_size, min_value=8)
-    target_per_class = check_int("target_per_class", target_per_class,
-                                 min_value=1)
-    val_per_class = check_int("val_per_class", val_per_class, min_value=0)
-    test_fraction = check_number("test_fraction", test_fraction, low=0.0,
-                                 high=1.0, low_open=True, high_open=True)
-    seed = check_int("seed", seed, min_value=0)
     check_choice("photos", photos, PHOTOS)
-    raw = load_digits()
-    images = blend_with_photos(_resize(raw.images, image_size), seed=seed,
-                               photos=photos)
-    # The same draws, in the same order, as `kft.datasets.digits`.
-    return transfer_splits(images, raw.target, source_classes,
-                           target_classes, target_per_class, val_per_class,
-                           test_fraction, seed)
+    # `load_splits` checks `seed` before calling the blend.
+    return load_splits(
+        image_size, source_classes, target_classes, target_per_class,
+        val_per_class, test_fraction, seed,
+        transform=lambda images: blend_with_photos(images, seed=seed,
+                                                   photos=photos))
 
 
 def blend_with_photos(images, *, seed: int = 0,

@@ -130,6 +130,12 @@ def peak_rss_mib():
     return int(kib.split()[0]) / 1024
 
 
+def rss_mib():
+    """The process's current RSS (Linux), in MiB, or None elsewhere."""
+    kib = _proc_value("/proc/self/status", "VmRSS:")
+    return None if kib is None else int(kib.split()[0]) / 1024
+
+
 def _proc_value(path, key):
     """What follows `key` on its line of a /proc file, or None."""
     try:

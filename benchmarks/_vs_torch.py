@@ -30,7 +30,13 @@ XLA_FLAG_SETS = {
 }
 
 
-def run_kft(cfg):
+def build_kft(cfg):
+    """The compiled kft model of `cfg` and its batch: `(model, x, y)`.
+
+    Sets the XLA flags of `cfg`'s side first (they are read when JAX
+    starts, so only the first call in a process can choose them).
+    `profile_step.py` builds its step here too, so it profiles this step.
+    """
     os.environ["KFT_XLA_CPU_FLAGS"] = "1" if cfg["side"] == "kft-fast" \
         else "default"
     if cfg.get("xla_flags") is not None:  # an explicit set (xla_cpu_flags.py)
@@ -55,6 +61,11 @@ def run_kft(cfg):
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(
         from_logits=True))
     x, y = _harness.random_batch(cfg["batch"], size, NUM_CLASSES)
+    return model, x, y
+
+
+def run_kft(cfg):
+    model, x, y = build_kft(cfg)
 
     def step():
         return float(model.train_on_batch(x, y))
@@ -155,11 +166,17 @@ def run_torch(cfg):
 
 def _time(step, cfg):
     """The first step (compile / warm-up) apart, then `cfg["warmup"]`
-    untimed steps, then `cfg["steps"]` timed ones; every loss is kept."""
+    untimed steps, then `cfg["steps"]` timed ones; every loss is kept.
+    The RSS before and right after the first step tells the compile's
+    share of the peak from the steps' own."""
     losses = []
+    rss = {"rss_before_first_step_mib": _harness.rss_mib()}
 
     def recorded():
         losses.append(step())
+        if len(losses) == 1:
+            rss["rss_after_first_step_mib"] = _harness.rss_mib()
+            rss["peak_rss_first_step_mib"] = _harness.peak_rss_mib()
         return losses[-1]
 
     timing = _harness.time_steps(recorded, cfg["steps"],
@@ -171,6 +188,8 @@ def _time(step, cfg):
         "step_times_s": timing["times_s"],
         "losses": losses,
         "peak_rss_mib": _harness.peak_rss_mib(),
+        "rss_end_mib": _harness.rss_mib(),
+        **rss,
     }
 
 

@@ -3,7 +3,8 @@
 Part 1 times one convolution (forward, and forward + gradients) at shapes
 found in EfficientNet, MobileNet and ConvNeXt (depthwise) and in ResNet50
 at 64x64 (3x3 on 2x2 maps): `jax.lax.conv_general_dilated` (what Keras
-runs), kft's `shifted_depthwise_conv` / `shifted_conv` and
+runs), kft's `conv_grads.depthwise_conv` / `conv_grads.conv` (shifted
+forward, hand-written gradients) and
 `torch.nn.functional.conv2d`; median of 20 calls. Part 2 runs the training
 step of `bench_vs_torch.py` (same model, batch, optimizer; one fresh
 process per backbone and setting) with
@@ -11,7 +12,15 @@ process per backbone and setting) with
 losses of the two runs (same weights and batch, so they must agree up to
 float rounding).
 
+Part 3 (`--backbone-shapes`) times forward + both gradients of every
+distinct convolution of the four benchmark backbones (batch 16 at 64 px,
+4 at 224 px): Keras' layer as is (XLA's gradients) vs the layer
+`fast_cpu_convs` puts in its place (kft's gradients) vs PyTorch; "swapped"
+says whether `fast_cpu_convs` replaces it.
+
     python benchmarks/bench_cpu_convs.py --size 64
+    python benchmarks/bench_cpu_convs.py --backbone-shapes --size 64 \
+        --skip-ops --backbones resnet50
 """
 
 import argparse
@@ -40,8 +49,8 @@ def ops_table():
     import numpy as np
     import torch
 
-    from kft.ops.cpu_convs import shifted_conv
-    from kft.ops.cpu_convs import shifted_depthwise_conv
+    from kft.ops.conv_grads import conv
+    from kft.ops.conv_grads import depthwise_conv
 
     def grad_of(f):
         return jax.jit(jax.grad(lambda x, w: (f(x, w) ** 2).sum(), (0, 1)))
@@ -67,9 +76,10 @@ def ops_table():
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 feature_group_count=groups)
 
-        def shifted(x, w):
-            op = shifted_depthwise_conv if depthwise else shifted_conv
-            return op(x, w, padding="same")
+        def shifted(x, w):  # shifted forward, kft's gradients
+            if depthwise:
+                return depthwise_conv(x, w, padding="same")
+            return conv(x, w, padding="same", shifted=True)
 
         f_stock, f_fast = jax.jit(stock), jax.jit(shifted)
         g_stock, g_fast = grad_of(stock), grad_of(shifted)
@@ -102,6 +112,98 @@ def ops_table():
                     + f" | {diff:.1e} |")
         print(rows[-1], flush=True)
     return "\n".join(rows)
+
+
+def _conv_layers(model):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _conv_layers(layer)
+        elif type(layer) in (keras.layers.Conv2D,
+                             keras.layers.DepthwiseConv2D):
+            yield layer
+
+
+def shapes_table(size, backbones, repeats=5):
+    """Forward + both gradients of each distinct conv of `backbones`."""
+    import kft
+    import jax
+    import keras
+    import numpy as np
+    import torch
+
+    from kft.ops import cpu_convs
+
+    batch = 16 if size <= 64 else 4
+    rows = ["| backbone | input | layer | swapped | Keras/XLA fwd+grad ms "
+            "| kft fwd+grad ms | torch fwd+grad ms |",
+            "|---|---|---|---|---:|---:|---:|"]
+    seen = set()
+    for name in backbones:
+        base = kft.create_backbone(name, weights=None,
+                                   input_shape=(size, size, 3))
+        for layer in _conv_layers(base):
+            config = layer.get_config()
+            shape = (batch, *layer.input.shape[1:])
+            key = (type(layer).__name__, shape, config["kernel_size"],
+                   config["strides"], config["padding"],
+                   config.get("filters"), config.get("groups"),
+                   config.get("depth_multiplier"))
+            if key in seen:
+                continue
+            seen.add(key)
+            cls = cpu_convs._replacement(layer)
+            x = np.random.default_rng(0).normal(size=shape).astype("float32")
+            times = []
+            for variant in (type(layer), cls):
+                if variant is None:
+                    times.append(float("nan"))
+                    continue
+                copy = variant.from_config(config)
+                copy.build(shape)
+
+                def loss(values, x, copy=copy):
+                    out, _ = copy.stateless_call(values, [], x)
+                    return (out ** 2).sum()
+
+                grad = jax.jit(jax.grad(loss, (0, 1)))
+                values = [v.value for v in copy.trainable_variables]
+                times.append(_median_ms(lambda: grad(values, x), repeats))
+            times.append(_torch_ms(layer, shape, repeats))
+            rows.append(
+                f"| {name} | {'x'.join(map(str, shape))} | "
+                f"{type(layer).__name__} {config['kernel_size']}"
+                f"/{config['strides'][0]} {config['padding']} "
+                f"-> {layer.output.shape[-1]} | {'yes' if cls else 'no'} | "
+                + " | ".join(f"{t:.2f}" for t in times) + " |")
+            print(rows[-1], flush=True)
+        keras.backend.clear_session()
+    del torch
+    return "\n".join(rows)
+
+
+def _torch_ms(layer, shape, repeats):
+    import keras
+    import torch
+
+    groups = (shape[-1] if type(layer) is keras.layers.DepthwiseConv2D
+              else layer.groups)
+    (kh, kw), out = layer.kernel_size, layer.output.shape[-1]
+    conv = torch.nn.Conv2d(shape[-1], out, (kh, kw), layer.strides,
+                           padding=0 if layer.padding == "valid" else
+                           (kh // 2, kw // 2) if layer.strides == (1, 1)
+                           else 0, dilation=layer.dilation_rate,
+                           groups=groups, bias=layer.use_bias)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(shape[0], shape[3], shape[1], shape[2]).to(
+        memory_format=torch.channels_last).requires_grad_()
+
+    def step():
+        conv.zero_grad()
+        (conv(x) ** 2).sum().backward()
+
+    return _median_ms(step, repeats)
 
 
 def models_table(size, backbones, strategies, steps):
@@ -149,18 +251,26 @@ def main():
                         default=list(_vs_torch.STRATEGIES))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--skip-ops", action="store_true")
+    parser.add_argument("--backbone-shapes", action="store_true",
+                        help="time every distinct conv of --backbones "
+                             "(part 3) instead of whole steps (part 2)")
     parser.add_argument("--out-dir", default=_harness.RESULTS_DIR,
                         help="where cpu_convs_<size>.{json,md} go "
                              "(default: benchmarks/results)")
     args = parser.parse_args()
     begin = time.perf_counter()
     ops = "" if args.skip_ops else ops_table()
-    models, results = models_table(args.size, args.backbones,
-                                   args.strategies, args.steps)
+    if args.backbone_shapes:
+        models, results = shapes_table(args.size, args.backbones), []
+    else:
+        models, results = models_table(args.size, args.backbones,
+                                       args.strategies, args.steps)
     text = (_harness.header(begin) + "\n\n" + (ops + "\n\n" if ops else "")
             + models + "\n")
     print(text)
-    name = os.path.join(args.out_dir, f"cpu_convs_{args.size}")
+    name = os.path.join(args.out_dir, ("cpu_conv_shapes_" if
+                                       args.backbone_shapes else
+                                       "cpu_convs_") + str(args.size))
     _harness.write_json(name + ".json", results)
     _harness.write_text(name + ".md", text)
 

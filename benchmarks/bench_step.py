@@ -4,8 +4,10 @@ Builds `kft.build_classifier(backbone, 10, weights=None)`, freezes it with
 `kft.freeze(model, strategy)`, compiles it with SGD (momentum 0.9) and
 sparse cross-entropy, and times `model.train_on_batch` on one random
 batch: `--warmup` untimed steps (the first compiles), then `--steps` timed
-ones. Only that public kft API is used, so the same command measures the
-code before and after a change to kft's internals.
+ones; prints the times, the peak RSS of the process (`VmHWM`, reset just
+before the first step) and the load average. Only that public kft API is
+used, so the same command measures the code before and after a change to
+kft's internals.
 
     python benchmarks/bench_step.py --backbone resnet50 --size 64 \
         --batch 16 --strategy full --steps 10
@@ -44,18 +46,22 @@ def main():
     model.compile(keras.optimizers.SGD(1e-3, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = _harness.random_batch(args.batch, args.size, NUM_CLASSES)
+    _harness.reset_peak_rss()
     timing = _harness.time_steps(lambda: model.train_on_batch(x, y),
                                  args.steps, warmup=args.warmup)
 
+    peak, load = _harness.peak_rss_mib(), _harness.loadavg()
     first = f", first step {timing['warmup_s'][0]:.1f} s" \
         if timing["warmup_s"] else ""
     print(f"{args.backbone} {args.size}px batch {args.batch} "
           f"{args.strategy}: median {1000 * timing['median_s']:.1f} ms, "
           f"min {1000 * timing['min_s']:.1f} ms, "
-          f"max {1000 * timing['max_s']:.1f} ms ({args.steps} steps{first})")
+          f"max {1000 * timing['max_s']:.1f} ms ({args.steps} steps{first}), "
+          f"peak RSS {peak:.0f} MiB, load {' '.join(load or ['?'])}")
     out = args.out or _harness.results_path(
         f"step_{args.backbone}_{args.size}_{args.strategy}.json")
-    _harness.write_json(out, {"args": vars(args), **timing})
+    _harness.write_json(out, {"args": vars(args), **timing,
+                                "peak_rss_mib": peak, "loadavg": load})
     print(f"wrote {out}")
 
 

@@ -1,10 +1,11 @@
 """The same fine-tuning step in kft (Keras/JAX) and in PyTorch, side by side.
 
 For each backbone x strategy x input size, one training step on the same
-batch shape with the same optimizer, timed on both sides. Each side,
-size and backbone runs in a fresh subprocess (its strategies one after the
-other; the peak RSS is reset before each, so each reports its own; kft's
-persistent compilation cache is off, so first steps are real compiles):
+batch shape with the same optimizer, timed on both sides. Each row (side,
+size, backbone, strategy) runs in a fresh subprocess, so its peak RSS is
+its own and not what earlier rows left allocated (`--share-process` runs
+a side's strategies one after the other in one process, as before); kft's
+persistent compilation cache is off, so first steps are real compiles:
 
 - kft: `kft.build_classifier(backbone, 10, weights=None)` (preprocessing,
   backbone, average pooling, Dense head; on CPU the convolutions XLA runs
@@ -71,6 +72,10 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--share-process", action="store_true",
+                        help="run a side's strategies in one process (the "
+                             "peak RSS of later rows then includes what "
+                             "earlier rows left allocated)")
     parser.add_argument("--gpu", action="store_true",
                         help="GPU matrix: bf16 mixed precision both sides")
     parser.add_argument("--tag", default=None)
@@ -96,7 +101,10 @@ def main():
                          "strategy": strategy, "size": size, "batch": batch,
                          "steps": args.steps, "warmup": args.warmup,
                          "gpu": args.gpu} for strategy in args.strategies]
-                for result in _vs_torch.run_fresh(cfgs, args.timeout):
+                groups = [cfgs] if args.share_process else [
+                    [cfg] for cfg in cfgs]
+                for result in (r for group in groups for r in
+                               _vs_torch.run_fresh(group, args.timeout)):
                     results.append(result)
                     name = (f"{tag}_{size}_{backbone}_{result['strategy']}"
                             f"_{side}.json")

@@ -19,6 +19,8 @@ Subpackages:
 - `kft.adaptation`: domain adaptation and the domain-shift diagnostic.
 - `kft.deploy`: export (ONNX, plain Keras) and prediction from files.
 - `kft.runs`: run folders (`kft train`); `kft.cli`, `kft.demo`.
+- `kft.distributed`: data and model parallel over devices, several
+  processes (`python -m kft.distributed`), what a step all-reduces.
 
 Importing kft selects Keras' JAX backend and applies kft's CPU defaults
 (`kft._config` documents each and the variable that turns it off).
@@ -44,10 +46,12 @@ _MODULES = {
     "adaptation": "kft.adaptation",
     "augmentation": "kft.augmentation",
     "callbacks": "kft.callbacks",
+    "conv_grads": "kft.ops.conv_grads",
     "cpu_convs": "kft.ops.cpu_convs",
     "data": "kft.data",
     "datasets": "kft.data.digits",
     "deploy": "kft.deploy",
+    "distributed": "kft.distributed",
     "feature_cache": "kft.training.feature_cache",
     "image_ops": "kft.ops.image_ops",
     "layers": "kft.layers",
@@ -133,6 +137,13 @@ _NAMES = {
     "TrainRunResult": "kft.runs",
     "load_run": "kft.runs",
     "train_run": "kft.runs",
+    # Data parallel over the devices of one process.
+    "data_parallel": "kft.distributed.data_parallel",
+    # Model parallel: layout maps and meshes.
+    "device_mesh": "kft.distributed.layouts",
+    "layout_map": "kft.distributed.layouts",
+    # Several processes: who writes files.
+    "is_primary": "kft.distributed.processes",
 }
 
 

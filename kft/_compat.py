@@ -10,7 +10,8 @@ a Keras outside the supported range raises instead of silently bringing
 back the bugs kft exists to prevent.
 
 Held here: the JAX trainer's running state (`_jax_state`,
-`_jax_state_synced`, `jax_state_sync`, `_compiled_trainable_state`); the
+`_jax_state_synced`, `jax_state_sync`, `_get_jax_state`,
+`_compiled_trainable_state`); the
 optimizer's variable lists and hooks (`_variables`, `_trainable_variables`,
 `_trainable_variables_indices`, `_var_key`, `_tracker`, `_iterations`,
 `_learning_rate`, `_get_variable_index`, `_use_weight_decay`,
@@ -444,3 +445,25 @@ def swap_learning_rate(optimizer, rate):
     previous = optimizer._learning_rate
     object.__setattr__(optimizer, "_learning_rate", rate)
     return previous
+
+
+# -- the JAX trainer's compiled train function, called directly --------------
+
+_STATE_NAMES = ("trainable_variables", "non_trainable_variables",
+                "optimizer_variables", "metrics_variables")
+
+
+def train_state(model):
+    """The state tuple `model.train_function(state, iterator)` takes, built
+    from the variables as `fit` builds it (the call donates its buffers:
+    write the returned state back with `set_train_state`)."""
+    return model._get_jax_state(**{name: True for name in _STATE_NAMES})
+
+
+def set_train_state(model, state):
+    """Writes a state tuple returned by `model.train_function` back to the
+    model's variables, as `fit` does when it ends."""
+    model._jax_state = dict(zip(_STATE_NAMES, state))
+    model._jax_state_synced = False
+    model.jax_state_sync()
+    model._jax_state = None

@@ -1,8 +1,8 @@
 import os
 
-# A script the resume tests run in a subprocess, not a test module (the
+# Scripts the resume and multi-process tests run in a subprocess, not a test module (the
 # doctest collection would import and run it).
-collect_ignore = ["resume_script.py", "data"]
+collect_ignore = ["resume_script.py", "multiprocess_script.py", "data"]
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 

@@ -74,7 +74,7 @@ def from_arrays(x, y, batch_size: int = 32, *,
                 augment_on: AugmentOn = "host",
                 label_mode: LabelMode | None = None,
                 shuffle: bool = True, seed: int = 0,
-                sampling: Sampling = "all") -> ImageDataset:
+                sampling: Sampling = "all", shard="auto") -> ImageDataset:
     """Wraps image and label arrays as an `ImageDataset`.
 
     Images with 1 channel (grayscale) are repeated to 3 and 4-channel
@@ -104,6 +104,10 @@ def from_arrays(x, y, batch_size: int = 32, *,
             (each epoch draws as many examples with replacement, every
             class present equally likely; see `kft.data.ImageDataset`).
             Defaults to `"all"`.
+        shard: Which slice of each global batch this process loads:
+            `"auto"` (its JAX process' slice when several processes train
+            together, see `kft.distributed`), `None` (all) or
+            `(index, count)`. Defaults to `"auto"`.
 
     Returns:
         A `kft.data.ImageDataset`.
@@ -150,7 +154,7 @@ def from_arrays(x, y, batch_size: int = 32, *,
         class_counts={n: int(c) for n, c in zip(names, counts)},
         batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=0,
         label_mode=label_mode, augmentation=layer, augment_on=augment_on,
-        labels=labels, sampling=sampling)
+        labels=labels, sampling=sampling, shard=shard)
 
 
 class _TfdsLoader:

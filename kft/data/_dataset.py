@@ -24,6 +24,7 @@ from kft._validation import check_int
 from kft.data._host_augment import HostAugmenter
 from kft.data._host_augment import has_effect
 from kft.data._images import SkippedFile
+from kft.data import _sharding
 from kft.data._sampling import Resampled
 from kft.data._sampling import balanced_indices
 
@@ -87,7 +88,13 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     with replacement, every class present equally likely (a class, then
     an example of it), seeded by `seed` and the epoch: rare classes are
     seen as often as common ones, some examples of common classes not at
-    all in a pass. `class_counts` stays the stored counts. Images are float32
+    all in a pass. `class_counts` stays the stored counts.
+
+    With several JAX processes (`kft.distributed`) `batch_size` is the
+    global batch and each process yields its slice of every global batch
+    (`shard`, see `kft.data._sharding`): the processes together train on
+    the batches one process would. `len(dataset)` is the number of global
+    batches, the same in every process. Images are float32
     pixels in [0, 255], `(batch, height, width, 3)`; labels are int32
     class indices (`label_mode="int"`) or one-hot float32 rows.
     Loaders build it; you rarely construct one yourself.
@@ -137,8 +144,14 @@ class ImageDataset(grain.IterDataset, DataAdapter):
                  paths: Sequence[str] | None = None,
                  labels: Sequence[int] | Callable[[], Sequence[int]]
                  | None = None,
-                 sampling: Sampling = "all"):
+                 sampling: Sampling = "all",
+                 shard="auto"):
         super().__init__()
+        if shard != "auto":
+            from kft.distributed.processes import data_shard
+
+            shard = data_shard(shard)
+        self._shard = shard
         check_choice("label_mode", label_mode, LABEL_MODES)
         check_choice("sampling", sampling, SAMPLINGS)
         if sampling == "balanced" and labels is None:
@@ -211,8 +224,44 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         makes its batch one example smaller, it does not change the number
         of steps.
         """
+        index, count = self.shard
+        if count > 1:
+            full, last, _ = self._shard_sizes(count)
+            return full + (1 if last else 0)
         full, rest = divmod(len(self._source), self.batch_size)
         return full + (1 if rest and not self.drop_remainder else 0)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """`(index, count)`: which slice of each global batch this
+        process loads; `(0, 1)` in a single process."""
+        from kft.distributed.processes import data_shard
+
+        return data_shard(self._shard)
+
+    def _shard_sizes(self, count):
+        _sharding.local_batch_size(self.batch_size, count)
+        return _sharding.shard_sizes(len(self._source), self.batch_size,
+                                     count, self.drop_remainder)
+
+    def with_shard(self, shard) -> "ImageDataset":
+        """This dataset loading slice `shard` of each global batch.
+
+        `shard` is `"auto"` (the JAX process; the default of every
+        loader), `None` (everything) or `(index, count)`.
+
+        >>> import numpy as np, kft
+        >>> ds = kft.data.from_arrays(np.arange(10.0).reshape(10, 1, 1, 1),
+        ...                           np.zeros(10, int), batch_size=4,
+        ...                           shuffle=False)
+        >>> [x[..., 0].ravel().tolist() for x, _ in ds.with_shard((1, 2))]
+        [[2.0, 3.0], [6.0, 7.0], [9.0]]
+        """
+        from kft.distributed.processes import data_shard
+
+        view = self._view()
+        view._shard = shard if shard == "auto" else data_shard(shard)
+        return view
 
     def _record_failure(self, path, label, reason):
         """Reports a file that failed while training; called once per file."""
@@ -234,11 +283,15 @@ class ImageDataset(grain.IterDataset, DataAdapter):
 
     @property
     def has_partial_batch(self) -> bool:
+        if self.shard[1] > 1:
+            return self.partial_batch_size is not None
         return not self.drop_remainder and \
             len(self._source) % self.batch_size != 0
 
     @property
     def partial_batch_size(self) -> int | None:
+        if self.shard[1] > 1:
+            return self._shard_sizes(self.shard[1])[1] or None
         if not self.has_partial_batch:
             return None
         return len(self._source) % self.batch_size
@@ -336,11 +389,18 @@ class ImageDataset(grain.IterDataset, DataAdapter):
                 Resampled(dataset))
         elif self.shuffle:
             dataset = dataset.shuffle(seed=self._shuffle_seed + epoch)
+        index, count = self.shard
+        batch_size = self.batch_size
+        if count > 1:
+            # Same seed, same order in every process: each takes its
+            # slice of every global batch.
+            dataset, batch_size = self._local_part(dataset, index, count,
+                                                   epoch)
         dataset = dataset.to_iter_dataset(grain.ReadOptions(
             num_threads=self.num_workers,
             prefetch_buffer_size=max(2 * self.batch_size, 16),
         ))
-        dataset = dataset.batch(self.batch_size,
+        dataset = dataset.batch(batch_size,
                                 drop_remainder=self.drop_remainder,
                                 batch_fn=_collate)
         dataset = dataset.filter(lambda batch: batch is not None)
@@ -349,6 +409,20 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             dataset = grain.experimental.ThreadPrefetchIterDataset(
                 dataset, prefetch_buffer_size=2)
         return iter(dataset)
+
+    def _local_part(self, dataset, index, count, epoch):
+        _, _, left_out = self._shard_sizes(count)
+        if left_out and not self.drop_remainder and epoch == 0:
+            warnings.warn(
+                f"{left_out} of the {len(dataset)} examples are left out of "
+                f"each pass: the last global batch must split evenly over "
+                f"the {count} processes (batch_size={self.batch_size}). "
+                "Which ones changes every pass when the dataset shuffles.",
+                stacklevel=3)
+        positions = _sharding.shard_positions(
+            len(dataset), self.batch_size, index, count, self.drop_remainder)
+        local = grain.MapDataset.source(positions).map(Resampled(dataset))
+        return local, _sharding.local_batch_size(self.batch_size, count)
 
     def __str__(self):
         counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())

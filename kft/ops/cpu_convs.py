@@ -16,16 +16,22 @@ This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
 model: same weights, same config, same results up to float rounding (the
 sums run in another order); only the computation differs, and only where
 it helps. `shifted_depthwise_conv` and `shifted_conv` are re-exported
-here. `benchmarks/bench_cpu_convs.py` measures the difference
-(`benchmarks/RESULTS.md`).
+here. Their gradients come from `kft.ops.conv_grads` (kernel gradients as
+reductions / one GEMM, only input and kernel kept for the backward pass);
+the environment variable `KFT_CONV_GRADS=0`, read when a layer is traced,
+falls back to plain autodiff of the shifted forms, for before/after
+measurements. `benchmarks/bench_cpu_convs.py` measures the
+difference (`benchmarks/RESULTS.md`).
 """
 
 import math
+import os
 import random
 
 import keras
 from keras import ops
 
+from kft.ops import conv_grads
 from kft.ops.shifted_conv import shifted_conv
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
@@ -41,6 +47,10 @@ def _static_channels_last(layer, shape):
 def _kernel_covers_map(kernel_size, shape):
     """Where XLA swaps a convolution's operands: more taps than positions."""
     return math.prod(kernel_size) > shape[1] * shape[2]
+
+
+def _custom_gradients():
+    return os.environ.get("KFT_CONV_GRADS", "1") != "0"
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -60,9 +70,10 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     def call(self, inputs):
         if not _static_channels_last(self, inputs.shape):
             return super().call(inputs)
-        outputs = shifted_depthwise_conv(
-            inputs, self.kernel, self.strides, self.padding,
-            self.dilation_rate)
+        depthwise = conv_grads.depthwise_conv if _custom_gradients() \
+            else shifted_depthwise_conv
+        outputs = depthwise(inputs, ops.cast(self.kernel, inputs.dtype),
+                            self.strides, self.padding, self.dilation_rate)
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:
@@ -90,23 +101,34 @@ class Conv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         shape = inputs.shape
-        if _static_channels_last(self, shape):
-            kernel_h, kernel_w, group_channels = kernel.shape[:3]
-            if self.groups == shape[-1] and group_channels == 1:
-                kernel = ops.reshape(kernel, (kernel_h, kernel_w, shape[-1],
-                                              self.filters // shape[-1]))
-                return shifted_depthwise_conv(inputs, kernel, self.strides,
-                                              self.padding,
-                                              self.dilation_rate)
-            if self.groups == 1 and _kernel_covers_map((kernel_h, kernel_w),
-                                                       shape):
-                return shifted_conv(inputs, kernel, self.strides,
-                                    self.padding, self.dilation_rate)
+        if not _static_channels_last(self, shape):
+            return super().convolution_op(inputs, kernel)
+        custom = _custom_gradients()
+        kernel = ops.cast(kernel, inputs.dtype)
+        args = (self.strides, self.padding, self.dilation_rate)
+        kernel_h, kernel_w, group_channels = kernel.shape[:3]
+        if self.groups == shape[-1] and group_channels == 1:
+            kernel = ops.reshape(kernel, (kernel_h, kernel_w, shape[-1],
+                                          self.filters // shape[-1]))
+            if custom:
+                return conv_grads.depthwise_conv(inputs, kernel, *args)
+            return shifted_depthwise_conv(inputs, kernel, *args)
+        if self.groups != 1:
+            return super().convolution_op(inputs, kernel)
+        if _kernel_covers_map((kernel_h, kernel_w), shape):
+            if custom:
+                return conv_grads.conv(inputs, kernel, *args, shifted=True)
+            return shifted_conv(inputs, kernel, *args)
         return super().convolution_op(inputs, kernel)
 
 
 def _covers_input(layer):
-    """Whether the kernel covers more positions than the input map has."""
+    """Whether the kernel covers more positions than the input map has.
+
+    Only there is a dense convolution swapped: elsewhere kft's GEMM kernel
+    gradient (`conv_grads.conv`) measured no faster than XLA's
+    (`benchmarks/bench_cpu_convs.py --backbone-shapes`).
+    """
     try:
         shape = layer.input.shape
     except (AttributeError, ValueError):  # not called exactly once

@@ -30,6 +30,9 @@ import warnings
 import keras
 
 from kft import _compat
+from kft.distributed.backup import BackupAndRestore
+from kft.distributed.processes import is_primary
+from kft.distributed.processes import primary_path
 from kft.training.monitor import improves
 from kft.training.monitor import monitor_mode
 from kft.training.state import changing_trainable
@@ -166,6 +169,8 @@ class RunBackup(keras.callbacks.Callback):
         return state
 
     def _write_state(self):
+        if not is_primary():  # several processes: process 0 writes
+            return
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, STATE_FILE)
         state = {"history": {str(k): v for k, v in self.history.items()},
@@ -219,7 +224,7 @@ class RunBackup(keras.callbacks.Callback):
         repaired = recover_checkpoint(self.phase_dir(self.phase))
         if repaired:
             self._say(f"RunBackup: phase {self.phase + 1}: {repaired}.")
-        self._inner = keras.callbacks.BackupAndRestore(
+        self._inner = BackupAndRestore(
             self.phase_dir(self.phase), delete_checkpoint=False,
             double_checkpoint=True)
         self._inner.set_model(self.model)
@@ -269,11 +274,15 @@ class RunBackup(keras.callbacks.Callback):
         if value is not None and improves(float(value), self.best_value,
                                           self.mode):
             self.best_epoch, self.best_value = epoch, float(value)
-            os.makedirs(self.directory, exist_ok=True)
-            tmp = self.best_weights_path.replace(".weights.h5",
-                                                 ".tmp.weights.h5")
+        if value is not None and self.best_epoch == epoch:
+            # Saving is a collective: every process saves, process 0 into
+            # the run folder (`primary_path`).
+            if is_primary():
+                os.makedirs(self.directory, exist_ok=True)
+            best = primary_path(self.best_weights_path)
+            tmp = best.replace(".weights.h5", ".tmp.weights.h5")
             self.target.save_weights(tmp)
-            os.replace(tmp, self.best_weights_path)
+            os.replace(tmp, best)
         self._record_trainable(epoch)
         self._write_state()
         self._inner.on_epoch_end(epoch, logs)

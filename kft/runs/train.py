@@ -28,6 +28,9 @@ import sys
 import time
 from typing import Callable
 
+from kft.distributed.processes import barrier
+from kft.distributed.processes import is_primary
+from kft.distributed.processes import primary_path
 from kft.runs.config import TrainConfig
 from kft.runs.config import load_config
 
@@ -306,6 +309,8 @@ def environment() -> dict:
 
 
 def _write_json(path, value):
+    if not is_primary():  # several processes: process 0 writes
+        return
     with open(path + ".tmp", "w") as f:
         json.dump(value, f, indent=2, default=str)
         f.write("\n")
@@ -326,6 +331,9 @@ def _write_history(out, rows):
     for row in rows:
         keys += [k for k in row if k not in keys]
     path = os.path.join(out, "history.csv")
+    files["history.csv"] = path
+    if not is_primary():
+        return files
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
@@ -357,6 +365,8 @@ def write_evaluation(model, data, class_names, out, *, history=None,
 
     report = evaluate(model, data, class_names=class_names, top_k=top_k)
     files = {}
+    if not is_primary():  # all processes evaluate, process 0 writes
+        return report, files
     path = os.path.join(out, f"{prefix}.json")
     report.to_json(path)
     files[f"{prefix}.json"] = path
@@ -429,6 +439,8 @@ def _prepare_out(config, resume, say):
         saved = load_config(os.path.join(out, "config.toml"))
         info = _read_json(status_path) if os.path.exists(status_path) else {}
         return saved, info, True
+    if not is_primary():  # process 0 checks and makes the folder
+        return config, {}, False
     if os.path.exists(out) and os.listdir(out):
         raise ValueError(
             f"Run folder {out!r} exists and is not empty: continue it with "
@@ -531,7 +543,7 @@ def _train(config, info, resumed, verbose, say, command):
     kwargs = _fine_tune_kwargs(config)
     env = environment()
     files = {}
-    if not resumed:
+    if not resumed and is_primary():
         path = os.path.join(out, "config.toml")
         with open(path, "w") as f:
             f.write(config.to_toml())
@@ -559,13 +571,15 @@ def _train(config, info, resumed, verbose, say, command):
         # The rate the finder chose, so that the config repeats the run.
         say(f"lr find -> {tuned.learning_rate:.3g}")
         config = config.replace(lr=float(tuned.learning_rate))
-        with open(os.path.join(out, "config.toml"), "w") as f:
-            f.write(config.to_toml())
+        if is_primary():
+            with open(os.path.join(out, "config.toml"), "w") as f:
+                f.write(config.to_toml())
     train_time = time.perf_counter() - start
+    barrier("kft-train-run-fitted")  # process 0's last writes are done
     # The best epoch over the whole run, epochs before a resume included.
     backup.load_best(model)
     model_path = os.path.join(out, "model.keras")
-    model.save(model_path)
+    model.save(primary_path(model_path))  # a collective: every process
     files["model.keras"] = model_path
     history = [dict(epoch=epoch + 1, **backup.history[epoch])
                for epoch in sorted(backup.history)]
@@ -586,9 +600,10 @@ def _train(config, info, resumed, verbose, say, command):
         resumed=resumed, train_time=train_time)
     path = os.path.join(out, "summary.md")
     files["summary.md"] = path
-    with open(path, "w") as f:
-        f.write(_summary(result, env, requested))
-    shutil.rmtree(os.path.join(out, CHECKPOINTS), ignore_errors=True)
+    if is_primary():
+        with open(path, "w") as f:
+            f.write(_summary(result, env, requested))
+        shutil.rmtree(os.path.join(out, CHECKPOINTS), ignore_errors=True)
     run_info.update(
         status="complete", best_epoch=backup.best_epoch,
         best_value=backup.best_value, monitor=config.monitor,

@@ -16,6 +16,8 @@ import numpy as np
 
 from kft import _compat
 from kft._validation import check_int
+from kft.distributed.data_parallel import batch_shards
+from kft.distributed.data_parallel import check_batch_size
 from kft.models.batch_augment import BatchAugmentModel
 from kft.training.fit_data import batches
 from kft.training.fit_data import num_examples
@@ -164,6 +166,11 @@ def cache_features(model, data, *, batch_size: int = 32,
     full model would apply them, so there the two differ; for backbones
     without dropout they are the same.
 
+    Under data parallel (`kft.data_parallel`) each batch is split over the
+    devices; a batch that does not split evenly (the last one) is padded
+    with copies of an image whose features are then dropped, which is
+    exact since inference computes each example alone.
+
     Args:
         model: A model whose backbone is frozen (`kft.freeze(model,
             "feature_extraction")`).
@@ -202,8 +209,9 @@ def cache_features(model, data, *, batch_size: int = 32,
     progress = keras.utils.Progbar(num_examples(data), unit_name="image",
                                    verbose=verbose)
     writer, labels = _FeatureWriter(memory_budget, directory), []
+    shards = batch_shards()
     for x, y in batches(data, batch_size):
-        out = np.asarray(features_model.predict_on_batch(x), np.float32)
+        out = _features_of(features_model, x, shards)
         if y is not None:
             labels.append(np.asarray(y))
         writer.add(out)
@@ -221,6 +229,20 @@ def cache_features(model, data, *, batch_size: int = 32,
     return FeatureCache(features, labels, writer.path)
 
 
+def _features_of(features_model, x, shards):
+    """Features of one batch. Under data parallel a batch that does not
+    split over the devices is padded with copies of its first image and
+    the padding's features dropped: inference mode computes each example's
+    features alone (BatchNorm uses its moving statistics), so this is
+    exact."""
+    count = len(x)
+    pad = -count % shards
+    if pad:
+        x = np.asarray(x)
+        x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
+    return np.asarray(features_model.predict_on_batch(x), np.float32)[:count]
+
+
 def fit_head(model, cache: FeatureCache, *,
              validation_data: FeatureCache | None = None,
              batch_size: int = 32, epochs: int = 1, **fit_kwargs):
@@ -228,7 +250,9 @@ def fit_head(model, cache: FeatureCache, *,
 
     The head model shares the model's head layers, so the model itself
     ends up trained. It is compiled like the model (same optimizer object,
-    loss and metrics), which must therefore be compiled.
+    loss and metrics), which must therefore be compiled. Under data
+    parallel (`kft.data_parallel`) the head trains sharded like the model:
+    `batch_size` and the last batch must split over the devices.
 
     Args:
         model: The compiled model the cache was made from.
@@ -271,6 +295,12 @@ def fit_head(model, cache: FeatureCache, *,
                 f"kft.cache_features(model, (x, y))). Received: {name}="
                 f"{value!r}"
             )
+    # Under data parallel the head trains sharded like the model: every
+    # batch, the last included, must split over the devices.
+    check_batch_size(batch_size, len(cache.features), data_name="`cache`")
+    if validation_data is not None:
+        check_batch_size(batch_size, len(validation_data.features),
+                         data_name="`validation_data`")
     _, head = split_head(model)
     config = _compat.compile_config(model)
     head.compile(optimizer=model.optimizer, loss=config.get("loss"),

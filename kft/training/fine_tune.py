@@ -22,6 +22,7 @@ from kft.training.feature_cache import cache_features
 from kft.training.feature_cache import can_cache_features
 from kft.training.class_weights import resolve_class_weight
 from kft.training.feature_cache import fit_head
+from kft.distributed.data_parallel import check_data_batches
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
 from kft.training.fit_data import one_hot_labels
@@ -422,6 +423,9 @@ def fine_tune(
     num_classes = model.outputs[0].shape[-1]
     check_data_labels(train_data, num_classes, "train_data")
     check_data_labels(val_data, num_classes, "val_data")
+    # Under data parallel, before anything trains.
+    check_data_batches(train_data, counts["batch_size"], name="train_data")
+    check_data_batches(val_data, counts["batch_size"], name="val_data")
     class_weight = resolve_class_weight(class_weight, train_data, num_classes)
     if regularizer is not None:
         from kft.regularizers import regularize

@@ -78,9 +78,15 @@ def refresh_training_state(model):
     _compat.record_trainable_state(model)
     model.test_function = None
     model.predict_function = None
-    # A running `fit` calls `model.train_function` on every step, so it must
-    # stay callable: a fresh jit wrapper, traced on its first call.
-    model.make_train_function(force=True)
+    if optimizer is not None and not optimizer.built:
+        # Not inside `fit` (which builds the optimizer first): let `fit`
+        # make the step. Made now, under a `keras.distribution` it would
+        # fix its output shardings to the unbuilt optimizer's variables.
+        model.train_function = None
+    else:
+        # A running `fit` calls `model.train_function` on every step, so it
+        # must stay callable: a fresh jit wrapper, traced on its first call.
+        model.make_train_function(force=True)
     _compat.reread_fit_state(model)
 
 

@@ -13,6 +13,8 @@ covers the checkpoint's epoch whichever callback wrote first.
 import json
 import os
 
+from kft.distributed.processes import is_primary
+
 STATE_FILE = "gradual_unfreezing.json"
 # Written by `keras.callbacks.BackupAndRestore` in its `backup_dir`.
 BACKUP_METADATA = "training_metadata.json"
@@ -47,11 +49,15 @@ def save_record(backup_dir, records, epoch, state):
 
     Only the last `_KEPT` epochs stay. The file is replaced atomically, so
     a kill leaves the previous file or the new one, never half of one.
+    With several processes only the primary one writes (all keep
+    `records`).
     """
-    os.makedirs(backup_dir, exist_ok=True)
     records[str(epoch)] = state
     for key in sorted(records, key=int)[:-_KEPT]:
         del records[key]
+    if not is_primary():
+        return
+    os.makedirs(backup_dir, exist_ok=True)
     path = os.path.join(backup_dir, STATE_FILE)
     with open(path + ".tmp", "w") as f:
         json.dump({"records": records}, f)

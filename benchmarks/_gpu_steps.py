@@ -1,0 +1,346 @@
+"""The steps `bench_gpu.py` times, each side in its own process.
+
+`check_side` (what a side imports and which devices it sees), `run_kft`
+and `run_torch` (one backbone's rows, strategy after strategy, yielded as
+they are measured so that a timeout keeps what was done). They run in the
+processes `_harness.run_isolated` starts; kft, Keras, JAX and torch are
+imported inside the functions, so a torch process never loads JAX.
+"""
+
+import gc
+import itertools
+import math
+import os
+import sys
+import time
+
+import _harness
+
+# `check_side` imports Keras before kft, which would choose this itself.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+NUM_CLASSES = 10
+
+# Modules each side's process needs, with the package that brings each.
+JAX_MODULES = (("jax", "jax"), ("optax", "optax"), ("numpy", "numpy"),
+               ("namex", "namex"), ("optree", "optree"),
+               ("ml_dtypes", "ml_dtypes"), ("h5py", "h5py"),
+               ("rich", "rich"), ("absl", "absl-py"),
+               ("portpicker", "portpicker"),
+               ("array_record", "array_record"), ("grain", "grain"),
+               ("PIL", "pillow"), ("sklearn", "scikit-learn"),
+               ("keras", "keras"), ("kft", "kft"))
+TORCH_MODULES = (("torch", "torch"), ("torchvision", "torchvision"))
+
+
+def check_side(arg):
+    """Imports a side's modules; reports what is missing and its devices."""
+    modules = JAX_MODULES if arg["side"] == "jax" else TORCH_MODULES
+    missing = []
+    for module, package in modules:
+        try:
+            __import__(module)
+        except Exception as e:  # any failure makes the side unusable
+            missing.append(f"{package} (import {module}: "
+                           f"{type(e).__name__}: {e})")
+    if missing:
+        return {"missing": missing}
+    if arg["side"] == "jax":
+        import jax
+
+        return {"missing": [], "platform": jax.default_backend(),
+                "devices": [d.device_kind for d in jax.devices()],
+                "versions": {m: sys.modules[m].__version__
+                             for m in ("jax", "keras")}}
+    import torch
+
+    return {"missing": [], "cuda": torch.cuda.is_available(),
+            "devices": [torch.cuda.get_device_name(i)
+                        for i in range(torch.cuda.device_count())],
+            "versions": {"torch": torch.__version__}}
+
+
+def run_kft(cfg):
+    """kft's rows for one backbone, strategy after strategy (a generator)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    for strategy in cfg["strategies"]:
+        yield from _kft_rows(cfg, strategy)
+        gc.collect()
+
+
+def _kft_model(cfg, strategy):
+    import keras
+
+    import kft
+
+    keras.utils.set_random_seed(0)
+    size = cfg["size"]
+    model = kft.build_classifier(cfg["backbone"], NUM_CLASSES, weights=None,
+                                 input_shape=(size, size, 3))
+    kft.freeze(model, strategy)
+    model.compile(
+        kft.BlockwiseOptimizer(keras.optimizers.SGD(1e-2, momentum=0.9),
+                               {"head": 1e-2}, default=1e-3, model=model),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=cfg["steps_per_execution"])
+    return model
+
+
+def _kft_rows(cfg, strategy):
+    import jax
+
+    from kft import _compat
+
+    k = cfg["steps_per_execution"]
+    model = _kft_model(cfg, strategy)
+    x_host, y_host = _harness.random_batch(cfg["batch"], cfg["size"],
+                                           NUM_CLASSES)
+    y_host = y_host.astype("int32")  # int64 labels would trace once more
+    # Placed as Keras places a batch (default device, not committed to
+    # it): a committed batch makes the step compile again once the state
+    # is the step's own output.
+    x, y = jax.device_put((x_host, y_host))
+    batches = _device_batches(x, y)
+    row = {**row_base(cfg, strategy), "device": jax.devices()[0].device_kind,
+           "trainable_params": int(sum(
+               math.prod(v.shape) for v in model.trainable_variables))}
+    steps = max(1, cfg["steps"] // k) * k
+
+    def fit(steps):
+        history = model.fit(batches(steps), epochs=1, verbose=0)
+        jax.block_until_ready([v.value for v in model.variables])
+        return history.history["loss"][-1]
+
+    # The first fit builds the loss and optimizer and compiles the step.
+    start = time.perf_counter()
+    fit(k)
+    compile_s = time.perf_counter() - start
+
+    state = _compat.train_state(model)
+    step_data = itertools.repeat((x, y))
+
+    def direct():
+        nonlocal state
+        for _ in range(steps // k):
+            logs, state = model.train_function(state, step_data)
+        jax.block_until_ready(state)
+        return logs["loss"]
+
+    timed = _windows(direct, cfg["windows"], steps, warmup=1)
+    _compat.set_train_state(model, state)
+    yield _kft_row(row, f"kft K={k}", k, compile_s, timed)
+    timed = _windows(lambda: fit(steps), cfg["windows"], steps, warmup=1)
+    yield _kft_row(row, f"kft fit K={k}", k, compile_s, timed)
+
+    model.steps_per_execution = 1  # a new step function: traced again
+    model.make_train_function(force=True)
+    start = time.perf_counter()
+    fit(1)
+    first_s = time.perf_counter() - start
+    timed = _windows(lambda: fit(steps), cfg["windows"], steps, warmup=1)
+    yield _kft_row(row, "kft fit K=1", 1, first_s, timed)
+
+    def host():
+        for _ in range(cfg["host_steps"]):
+            loss = model.train_on_batch(x_host, y_host)
+        return loss
+
+    timed = _windows(host, 1, cfg["host_steps"], warmup=1)
+    yield _kft_row(row, "kft train_on_batch", 1, None, timed)
+
+
+def _device_batches(x, y):
+    """`steps -> data adapter` handing out `(x, y)` as they are (on the
+    device) `steps` times, so `fit` copies nothing from the host."""
+    from kft import _compat
+
+    class DeviceBatches(_compat.data_adapter_class()):
+        def __init__(self, steps):
+            self.steps = steps
+
+        def get_jax_iterator(self):
+            return itertools.repeat((x, y), self.steps)
+
+        get_numpy_iterator = get_jax_iterator
+
+        @property
+        def num_batches(self):
+            return self.steps
+
+        @property
+        def batch_size(self):
+            return int(x.shape[0])
+
+        @property
+        def has_partial_batch(self):
+            return False
+
+        @property
+        def partial_batch_size(self):
+            return None
+
+    return DeviceBatches
+
+
+def _kft_row(row, variant, k, compile_s, timed):
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return {**row, **timed, "side": "kft", "variant": variant,
+            "steps_per_execution": k, "compile_s": compile_s,
+            "peak_device_mib": None if peak is None else peak / 2**20,
+            "peak_scope": "process so far"}
+
+
+def _windows(run, windows, steps, warmup=0):
+    """Times `windows` calls of `run` (each `steps` steps, ending in a
+    device sync) after `warmup` untimed ones (their seconds are kept: a
+    slow one would show a step compiled again); the loss it returned
+    last."""
+    warmup_s = []
+    for _ in range(warmup):
+        start = time.perf_counter()
+        run()
+        warmup_s.append(time.perf_counter() - start)
+    times = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        loss = run()
+        times.append(time.perf_counter() - start)
+    ms = sorted(1000 * t / steps for t in times)
+    median = ms[len(ms) // 2] if len(ms) % 2 else (
+        ms[len(ms) // 2 - 1] + ms[len(ms) // 2]) / 2
+    return {"ms_per_step": median, "window_ms_per_step": ms,
+            "steps_per_window": steps, "warmup_s": warmup_s,
+            "loss": float(loss)}
+
+
+def row_base(cfg, strategy):
+    return {"backbone": cfg["backbone"], "strategy": strategy,
+            "size": cfg["size"], "batch": cfg["batch"],
+            "dtype": "mixed_bfloat16", "dry_run": cfg["dry_run"]}
+
+
+def torch_model(name):
+    """A torchvision model (or the twin of kft's `simple_cnn`) with a Linear
+    head: (model, head)."""
+    from torch import nn
+
+    if name == "simple_cnn":
+        layers, width = [], 3
+        for i, out in enumerate((16, 16, 32, 64)):
+            layers += [nn.Conv2d(width, out, 3, stride=1 if i == 0 else 2,
+                                 padding=1, bias=False),
+                       nn.BatchNorm2d(out), nn.ReLU()]
+            width = out
+        head = nn.Linear(64, NUM_CLASSES)
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             head), head
+    if name == "mobilenetv3small":
+        from torchvision import models
+
+        model = models.mobilenet_v3_small(weights=None)
+        model.classifier = nn.Linear(576, NUM_CLASSES)
+        return model, model.classifier
+    import _vs_torch
+
+    model, head, _ = _vs_torch.torch_model(name)
+    return model, head
+
+
+def run_torch(cfg):
+    """One PyTorch side's rows for one backbone (a generator)."""
+    import torch
+
+    # cuDNN picks its fastest convolution algorithms, as XLA's autotuner
+    # does for kft.
+    torch.backends.cudnn.benchmark = True
+    for strategy in cfg["strategies"]:
+        yield from _torch_rows(cfg, strategy)
+        gc.collect()
+        if cfg["side"] != "torch-eager":
+            torch._dynamo.reset()
+        if not cfg["dry_run"]:
+            torch.cuda.empty_cache()
+
+
+def _torch_rows(cfg, strategy):
+    import torch
+    from torch import nn
+
+    gpu = not cfg["dry_run"]
+    device = "cuda" if gpu else "cpu"
+    mode = {"torch-compile": "default",
+            "torch-max-autotune": "max-autotune"}.get(cfg["side"])
+    torch.manual_seed(0)
+    model, head = torch_model(cfg["backbone"])
+    _freeze_torch(model, head, strategy)
+    model = model.to(device, memory_format=torch.channels_last)
+    x, y = _harness.random_batch(cfg["batch"], cfg["size"], NUM_CLASSES)
+    x = torch.from_numpy(x).permute(0, 3, 1, 2).to(
+        device, memory_format=torch.channels_last)
+    y = torch.from_numpy(y).to(device)
+    head_ids = {id(p) for p in head.parameters()}
+    rest = [p for p in model.parameters()
+            if p.requires_grad and id(p) not in head_ids]
+    groups = [{"params": list(head.parameters()), "lr": 1e-2}]
+    if rest:
+        groups.append({"params": rest, "lr": 1e-3})
+    optimizer = torch.optim.SGD(groups, lr=1e-3, momentum=0.9)
+    forward = model if mode is None else torch.compile(model, mode=mode)
+    loss_fn = nn.CrossEntropyLoss()
+    mark_step = (torch.compiler.cudagraph_mark_step_begin
+                 if mode == "max-autotune" and gpu else lambda: None)
+
+    def step():
+        mark_step()  # CUDA graphs: a new iteration, old outputs free
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = loss_fn(forward(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    def window(steps):
+        for _ in range(steps):
+            loss = step()
+        if gpu:
+            torch.cuda.synchronize()
+        return loss.item()
+
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    window(1)
+    compile_s = time.perf_counter() - start
+    timed = _windows(lambda: window(cfg["steps"]), cfg["windows"],
+                     cfg["steps"], warmup=1)
+    yield {**row_base(cfg, strategy), **timed, "side": cfg["side"],
+           "variant": cfg["side"], "compile_s": compile_s,
+           "device": torch.cuda.get_device_name() if gpu else "cpu",
+           "peak_device_mib": (torch.cuda.max_memory_allocated() / 2**20
+                               if gpu else None),
+           "peak_scope": "strategy" if gpu else None,
+           "trainable_params": sum(p.numel() for p in model.parameters()
+                                   if p.requires_grad),
+           "threads": torch.get_num_threads(),
+           "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
+def _freeze_torch(model, head, strategy):
+    """`requires_grad` as kft's `freeze(strategy)` with `bn="frozen"`."""
+    from torch import nn
+
+    full = strategy == "full"
+    for p in model.parameters():
+        p.requires_grad_(full)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)

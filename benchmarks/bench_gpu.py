@@ -1,0 +1,304 @@
+"""The 224 px bf16 training-step matrix on one GPU: kft vs PyTorch.
+
+Run it through `benchmarks/gpu_check.sh` (which installs the carried
+wheels and checks the environment first); `--dry-run` runs the same path
+on CPU with tiny sizes. For each backbone x strategy (feature extraction,
+full fine-tuning), batch 128 of 224 px images in bf16 mixed precision,
+random weights, one synthetic batch kept on the device by both sides:
+
+- kft: `kft.build_classifier(backbone, 10, weights=None)`,
+  `kft.freeze(model, strategy)`, policy "mixed_bfloat16", compiled with
+  `BlockwiseOptimizer(SGD(momentum=0.9), {"head": 1e-2}, default=1e-3)`
+  and `steps_per_execution=K`. Rows: `kft K=<K>` (the compiled train
+  function called directly, K steps a call, no host work between steps:
+  the floor), `kft fit K=<K>` and `kft fit K=1` (`model.fit` on a data
+  adapter that hands out the device-resident batch), and
+  `kft train_on_batch` (a host numpy batch every step, the old `--gpu`
+  path of `bench_vs_torch.py`, a few steps only).
+- PyTorch: the torchvision model with a Linear head, the same blocks
+  frozen, BatchNorm frozen (kft's `bn="frozen"`), SGD with two parameter
+  groups; channels_last model and batch, `torch.autocast(bfloat16)`,
+  `torch.backends.cudnn.benchmark` on (XLA autotunes its convolutions).
+  Sides: `torch-eager`, `torch-compile` (default mode) and
+  `torch-max-autotune` (`mode="max-autotune"`).
+
+A window of steps ends with a device sync (`jax.block_until_ready`,
+`torch.cuda.synchronize`); ms/step is the median window over its steps.
+"compile s" is the first call (trace, compile and its K steps, or the
+first PyTorch step). Peak device memory: `torch.cuda.max_memory_allocated`
+(reset per strategy); JAX's `peak_bytes_in_use`, which cannot be reset, so
+a kft row shows its process's peak so far (strategies run lightest first).
+
+Each backbone and side runs in a fresh process with its own timeout, cut
+from a time budget (`--budget`) so that a slow one cannot lose the rest:
+kft and eager PyTorch first, then `torch.compile`, then max-autotune with
+what is left; a row that did not fit says "timeout" or "skipped".
+Results: `matrix.json` (rewritten after every process) and `table.md`
+under `--out-dir` (default `benchmarks/results/gpu/`). The steps
+themselves are in `_gpu_steps.py`.
+
+    bash benchmarks/gpu_check.sh                      # on the GPU machine
+    bash benchmarks/gpu_check.sh --dry-run --out-dir /tmp/gpu_dry  # CPU
+"""
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import _gpu_steps
+import _harness
+
+BACKBONES = ("resnet50", "efficientnetb0", "convnext_tiny",
+             "mobilenetv3large")
+DRY_BACKBONES = ("simple_cnn", "mobilenetv3small")
+STRATEGIES = ("feature_extraction", "partial", "full")
+TORCH_SIDES = ("torch-eager", "torch-compile", "torch-max-autotune")
+SIDES = ("kft",) + TORCH_SIDES
+# Phases run in order, each until its fraction of `--budget` has passed
+# (time a phase leaves goes to the next). In a phase a process may use what
+# is left but the seconds promised to the phase's later processes, so a
+# slow first backbone neither loses its rows nor takes the others' time.
+PHASES = ((("kft", "torch-eager"), 0.75), (("torch-compile",), 0.95),
+          (("torch-max-autotune",), 1.0))
+PROMISED = {"kft": 40, "torch-eager": 15, "torch-compile": 40,
+            "torch-max-autotune": 60}
+GPU_DEFAULTS = {"backbones": list(BACKBONES), "size": 224, "batch": 128,
+                "steps": 30, "windows": 3, "steps_per_execution": 10,
+                "host_steps": 5, "budget": 450, "min_timeout": 20}
+DRY_DEFAULTS = {"backbones": ["simple_cnn"], "size": 32, "batch": 4,
+                "steps": 2, "windows": 1, "steps_per_execution": 2,
+                "host_steps": 2, "budget": 600, "min_timeout": 5}
+
+
+class CheckFailed(Exception):
+    """The environment cannot run the matrix; the message says why."""
+
+
+def check_environment(dry_run, sides, timeout=180):
+    """Checks both sides' imports and GPUs, each in a fresh process;
+    returns the sides that can run and what was found.
+
+    Raises `CheckFailed` naming what is missing. A dry run checks only
+    whether torch is installed (the side processes import the rest
+    themselves) and drops the PyTorch sides, with a line saying so, when
+    it is not.
+    """
+    if dry_run:
+        torch_sides = [s for s in sides if s in TORCH_SIDES]
+        if torch_sides and importlib.util.find_spec("torch") is None:
+            print("gpu_check: torch is not installed here: skipping the "
+                  f"PyTorch sides ({', '.join(torch_sides)})", flush=True)
+            sides = [s for s in sides if s not in TORCH_SIDES]
+        return sides, {}
+    found = {}
+    needed = ["jax"] + (["torch"] if set(sides) & set(TORCH_SIDES) else [])
+    for name in needed:
+        run = _harness.run_isolated("_gpu_steps:check_side", {"side": name},
+                                    timeout=timeout)
+        if run.error or not run.results:
+            raise CheckFailed(f"the {name} check process failed: "
+                              f"{run.error or 'no result'}")
+        found[name] = result = run.results[0]
+        if result["missing"]:
+            raise CheckFailed(
+                f"cannot import what the {name} side needs: "
+                + "; ".join(result["missing"]) + ". Bring missing packages "
+                "as wheels in .whl (DEVELOPERS.md, 'Benchmarks on a lent GPU "
+                "machine') and run from the repository root.")
+    if found["jax"]["platform"] != "gpu":
+        raise CheckFailed(
+            f"JAX sees no GPU (platform {found['jax']['platform']!r}, "
+            f"devices {found['jax']['devices']}): is jax's CUDA plugin "
+            "installed and a GPU visible (nvidia-smi)? Use --dry-run to try "
+            "the script on CPU.")
+    if "torch" in found and not found["torch"]["cuda"]:
+        raise CheckFailed(
+            "PyTorch sees no GPU (torch.cuda.is_available() is False, torch "
+            f"{found['torch']['versions']['torch']}). Use --dry-run to try "
+            "the script on CPU.")
+    return sides, found
+
+
+def schedule(backbones, sides):
+    """The processes in running order, by phase: (phase end, side,
+    backbone)."""
+    return [(end, side, backbone) for phase_sides, end in PHASES
+            for side in phase_sides if side in sides
+            for backbone in backbones]
+
+
+def run_matrix(args, sides, write):
+    """Runs every (side, backbone) process within the budget; `write` is
+    called with the rows after each."""
+    rows = []
+    plan = schedule(args.backbones, sides)
+    begin = time.perf_counter()
+    for i, (end, side, backbone) in enumerate(plan):
+        phase_left = begin + end * args.budget - time.perf_counter()
+        promised = sum(args.min_timeout if args.dry_run else PROMISED[s]
+                       for e, s, _ in plan[i + 1:] if e == end)
+        timeout = min(args.timeout, phase_left - promised)
+        cfg = {"side": side, "backbone": backbone,
+               "strategies": args.strategies, "size": args.size,
+               "batch": args.batch, "steps": args.steps,
+               "windows": args.windows, "dry_run": args.dry_run,
+               "steps_per_execution": args.steps_per_execution,
+               "host_steps": args.host_steps}
+        if timeout < args.min_timeout:
+            new = [_missing(cfg, s, "skipped",
+                            f"skipped: {phase_left:.0f} s left in its phase "
+                            f"of --budget, {promised:.0f} s promised to "
+                            "later processes")
+                   for s in args.strategies]
+        else:
+            print(f"[{time.perf_counter() - begin:5.0f} s] {backbone} "
+                  f"{side}: up to {timeout:.0f} s", flush=True)
+            target = "_gpu_steps:run_kft" if side == "kft" else \
+                "_gpu_steps:run_torch"
+            run = _harness.run_isolated(target, cfg, timeout=timeout,
+                                        env={"KFT_COMPILATION_CACHE":
+                                             args.jax_cache})
+            new = list(run.results)
+            done = {r["strategy"] for r in new}
+            status = "timeout" if run.returncode is None else "error"
+            new += [_missing(cfg, s, status, run.error or "no result")
+                    for s in args.strategies if s not in done]
+        for row in new:
+            print("   " + _row_line(row), flush=True)
+        rows += new
+        write(rows)
+    return rows
+
+
+def _missing(cfg, strategy, status, why):
+    return {**_gpu_steps.row_base(cfg, strategy), "side": cfg["side"],
+            "variant": cfg["side"], "status": status, "error": why}
+
+
+def _row_line(row):
+    if "error" in row:
+        return (f"{row['strategy']} {row['variant']}: {row['status']}: "
+                f"{row['error'][-400:]}")
+    return (f"{row['strategy']} {row['variant']}: "
+            f"{row['ms_per_step']:.2f} ms/step, loss {row['loss']:.3f}")
+
+
+def table(rows):
+    """Markdown: per backbone and strategy, every variant's speed, first
+    call and peak device memory, and its speed relative to the fastest
+    PyTorch side (above 1: faster than it)."""
+    lines = ["| backbone | strategy | side | img/s | ms/step | compile s | "
+             "peak MiB | speed vs best torch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for backbone, strategy in dict.fromkeys(
+            (r["backbone"], r["strategy"]) for r in rows):
+        group = [r for r in rows if (r["backbone"], r["strategy"])
+                 == (backbone, strategy)]
+        torch_ms = [r["ms_per_step"] for r in group
+                    if r["side"] in TORCH_SIDES and "error" not in r]
+        for r in group:
+            if "error" in r:
+                cells = [r["status"], "-", "-", "-", "-"]
+            else:
+                peak = r.get("peak_device_mib")
+                cells = [f"{1000 * r['batch'] / r['ms_per_step']:.0f}",
+                         f"{r['ms_per_step']:.2f}",
+                         "-" if r["compile_s"] is None
+                         else f"{r['compile_s']:.1f}",
+                         "-" if peak is None else f"{peak:.0f}",
+                         f"{min(torch_ms) / r['ms_per_step']:.2f}x"
+                         if torch_ms else "-"]
+            lines.append(f"| {backbone} | {strategy} | {r['variant']} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="CPU, tiny sizes (simple_cnn, 32 px, batch 4, "
+                             "2 steps, K=2); PyTorch sides skipped when torch "
+                             "is missing")
+    parser.add_argument("--out-dir", default=_harness.results_path("gpu"))
+    parser.add_argument("--backbones", nargs="+", default=None,
+                        choices=BACKBONES + DRY_BACKBONES,
+                        help="default: the four benchmark backbones "
+                             "(dry run: simple_cnn)")
+    parser.add_argument("--strategies", nargs="+",
+                        default=["feature_extraction", "full"],
+                        choices=STRATEGIES)
+    parser.add_argument("--sides", nargs="+", default=list(SIDES),
+                        choices=SIDES)
+    for name, kind, text in (
+            ("size", int, "image size (224; dry run 32)"),
+            ("batch", int, "batch size (128; dry run 4)"),
+            ("steps", int, "steps per timed window (30; dry run 2)"),
+            ("windows", int, "timed windows, median reported (3; dry run 1)"),
+            ("steps-per-execution", int, "kft's K (10; dry run 2)"),
+            ("host-steps", int, "kft train_on_batch steps (5; dry run 2)"),
+            ("budget", float, "seconds for the whole matrix (450; dry run "
+                              "600)"),
+            ("min-timeout", float, "a process with less time left is "
+                                   "skipped (20; dry run 5)")):
+        parser.add_argument("--" + name, type=kind, default=None, help=text)
+    parser.add_argument("--timeout", type=float, default=300,
+                        help="most seconds for one backbone and side")
+    parser.add_argument("--jax-cache", default=None,
+                        help="JAX compilation cache of this run (default: a "
+                             "fresh temporary folder, so first compiles are "
+                             "real)")
+    args = parser.parse_args(argv)
+    defaults = DRY_DEFAULTS if args.dry_run else GPU_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    # Lightest strategy first: JAX's peak memory cannot be reset.
+    args.strategies = sorted(set(args.strategies), key=STRATEGIES.index)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    begin = time.perf_counter()
+    own_cache = args.jax_cache is None
+    if own_cache:
+        args.jax_cache = tempfile.mkdtemp(prefix="kft_gpu_check_jax_cache_")
+    try:
+        return _run(args, begin)
+    except CheckFailed as e:
+        print(f"gpu_check: {e}", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        if own_cache:
+            shutil.rmtree(args.jax_cache, ignore_errors=True)
+
+
+def _run(args, begin):
+    sides, found = check_environment(args.dry_run, args.sides)
+    for name, result in found.items():
+        print(f"gpu_check: {name} sees {result['devices']} "
+              f"({result['versions']})", flush=True)
+    json_path = os.path.join(args.out_dir, "matrix.json")
+
+    def write(rows):
+        _harness.write_json(json_path, rows)
+
+    args.budget -= time.perf_counter() - begin  # the checks count too
+    rows = run_matrix(args, sides, write)
+    text = table(rows)
+    header = _harness.header(begin)
+    print(header)
+    print(text)
+    _harness.write_text(os.path.join(args.out_dir, "table.md"),
+                        header + "\n\n" + text + "\n")
+    print(f"gpu_check: wrote {json_path} and table.md", flush=True)
+    failed = [r for r in rows if r.get("status") == "error"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`BackupAndRestore` whose files only the primary process writes.
+
+With several JAX processes, saving the model's variables is a
+collective: every process must take part (JAX checks that the values
+agree), and a process that skipped it would block the others. Keras'
+`BackupAndRestore` given to every process would, however, have them all
+write the same files at once and delete the folder at the end. This one
+has process 0 save into `backup_dir` and the others into a scratch
+folder of their own (removed at the end), and every process restore from
+`backup_dir`, which must be one folder all of them see (on several hosts,
+a shared file system).
+
+JAX runs steps asynchronously: process 0 reaches an epoch's end, and
+Keras truncates the checkpoint file to write it anew, before the epoch's
+steps have run. If another process died meanwhile, the save fails with
+the file half-written. So before saving, this waits for the model's
+variables (a dead peer fails there, the files untouched), and it keeps
+the previous checkpoint (`double_checkpoint=True` by default), which
+Keras restores from when the latest one does not load.
+"""
+
+import shutil
+import tempfile
+
+import keras
+
+from kft.distributed.processes import is_primary
+from kft.distributed.processes import process_count
+
+
+class BackupAndRestore(keras.callbacks.Callback):
+    """`keras.callbacks.BackupAndRestore` for one or several processes.
+
+    Same arguments, files and behaviour as Keras' callback. In a single
+    process it is Keras' callback. With several processes
+    (`kft.distributed`) all of them restore from `backup_dir`; process 0
+    (`kft.is_primary()`) writes and deletes it, the others save the same
+    state to a scratch folder of their own.
+
+    Args:
+        backup_dir: Folder of the checkpoint, shared by all processes.
+        double_checkpoint: Keep the previous checkpoint too. Defaults to
+            `True` (Keras: `False`).
+        **kwargs: `save_freq`, `delete_checkpoint` of
+            `keras.callbacks.BackupAndRestore`.
+
+    Example:
+    >>> import tempfile, kft
+    >>> backup = kft.distributed.BackupAndRestore(tempfile.mkdtemp())
+    >>> backup.backup_dir == backup.restore_from.backup_dir
+    True
+    """
+
+    def __init__(self, backup_dir, *, double_checkpoint=True, **kwargs):
+        super().__init__()
+        self.backup_dir = backup_dir
+        kwargs["double_checkpoint"] = double_checkpoint
+        self._kwargs = kwargs
+        self.restore_from = keras.callbacks.BackupAndRestore(backup_dir,
+                                                             **kwargs)
+        self._writer = None
+        self._scratch = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.restore_from.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self.restore_from.on_train_begin(logs)
+        if is_primary():
+            self._writer = self.restore_from
+        else:
+            self._scratch = tempfile.mkdtemp(prefix="kft-backup-")
+            self._writer = keras.callbacks.BackupAndRestore(self._scratch,
+                                                            **self._kwargs)
+            self._writer.set_model(self.model)
+
+    def _settle(self):
+        if process_count() > 1:
+            import jax
+
+            jax.block_until_ready([v.value for v in self.model.variables])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._settle()
+        self._writer.on_epoch_end(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._kwargs.get("save_freq", "epoch") != "epoch":
+            self._settle()
+        self._writer.on_train_batch_end(batch, logs)
+
+    def on_train_end(self, logs=None):
+        self._writer.on_train_end(logs)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None

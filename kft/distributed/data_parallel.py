@@ -1,0 +1,249 @@
+"""One process, N devices: data parallel training with `keras.distribution`.
+
+Keras does the work: under `keras.distribution.set_distribution(
+DataParallel(...))` every variable (weights, optimizer slots, metrics) is
+replicated on all devices, each batch is split along its first axis, and
+the jitted train step all-reduces the gradients (XLA inserts the
+collectives). kft adds what Keras leaves to the user: checking the device
+list and mesh before anything is built, and naming the batch size and the
+device count when a batch cannot be split evenly (JAX would report an
+`IndivisibleError` about array shapes and tiling factors).
+
+Everything kft does to a compiled model works unchanged under it: the
+trainable set changes (`kft.changing_trainable`, `GradualUnfreezing`),
+optimizer re-targeting, penalties and `BatchAugmentModel` run in the same
+one SPMD program. A `MixUp`/`CutMix` layer in the step mixes the *global*
+batch (sample `i` with sample `batch - 1 - i`, one draw per global
+position), exactly as on one device: the same seed gives the same mixed
+batch on 1 and on N devices (to float rounding). Training BatchNorm layers
+normalise with the global batch's statistics (synchronized BatchNorm).
+`kft.cache_features` computes features sharded and `kft.fit_head` trains
+the head sharded, under the same distribution.
+"""
+
+from collections.abc import Sequence
+
+import keras
+
+from kft._validation import check_int
+from kft._validation import fail_argument
+
+
+def data_parallel(devices: int | Sequence | None = None, *,
+                  device_mesh: keras.distribution.DeviceMesh | None = None,
+                  ) -> keras.distribution.DataParallel:
+    """Sets and returns a `keras.distribution.DataParallel` over devices.
+
+    Call it before building the model: Keras places each variable when it
+    is created, and a step mixing variables made before (on one device)
+    and after (on all) fails to compile. Weights and optimizer state are
+    replicated, batches split over the devices, gradients all-reduced; use
+    global batch sizes divisible by the device count. To stop, call
+    `keras.distribution.set_distribution(None)` (variables already made
+    stay where they are).
+
+    Args:
+        devices: `None` (all devices of the default kind, as
+            `keras.distribution.list_devices()`), a number `n` (the first
+            `n` of them), or a list of devices (`"cpu:0"` strings, or JAX
+            devices). Defaults to `None`.
+        device_mesh: A 1-D `keras.distribution.DeviceMesh` instead of
+            `devices`. Defaults to `None`.
+
+    Returns:
+        The `keras.distribution.DataParallel`, now Keras' global
+        distribution.
+
+    Raises:
+        ValueError: more devices asked for than exist, an unknown or
+            repeated device, a mesh that is not 1-D or names devices that
+            do not exist, or both `devices` and `device_mesh`.
+        TypeError: a `device_mesh` that is not a `DeviceMesh`.
+
+    Example:
+    >>> import keras, kft
+    >>> dist = kft.data_parallel(1)
+    >>> dist.device_mesh.shape, keras.distribution.distribution() is dist
+    ((1,), True)
+    >>> keras.distribution.set_distribution(None)
+    """
+    available = keras.distribution.list_devices()
+    if device_mesh is not None:
+        if devices is not None:
+            raise ValueError(
+                "Give `devices` or `device_mesh`, not both. Received: "
+                f"devices={devices!r}, device_mesh={device_mesh!r}")
+        dist = keras.distribution.DataParallel(
+            device_mesh=_checked_mesh(device_mesh, available))
+    else:
+        dist = keras.distribution.DataParallel(
+            devices=_checked_devices(devices, available))
+    keras.distribution.set_distribution(dist)
+    return dist
+
+
+def _device_name(device):
+    # Keras names devices "platform:id"; JAX devices are accepted too.
+    if hasattr(device, "platform") and hasattr(device, "id"):
+        return f"{device.platform}:{device.id}"
+    name = str(device).lower()
+    return name if ":" in name else f"{name}:0"
+
+
+def _checked_devices(devices, available):
+    """The device names to use, checked against `available`."""
+    if devices is None:
+        return list(available)
+    if not isinstance(devices, (str, bytes)) and not isinstance(
+            devices, Sequence):
+        count = check_int("devices", devices, min_value=1)
+        if count > len(available):
+            raise ValueError(
+                f"Argument `devices` asks for {count} devices but only "
+                f"{len(available)} are available ({', '.join(available)}). "
+                "On CPU, set XLA_FLAGS=--xla_force_host_platform_device_"
+                f"count={count} before importing kft to simulate more.")
+        return list(available[:count])
+    if isinstance(devices, (str, bytes)) or not devices:
+        fail_argument("devices", "None, a number of devices, or a non-empty "
+                      "list of devices such as ['cpu:0', 'cpu:1']", devices)
+    names = [_device_name(d) for d in devices]
+    _check_known(names, available, "devices")
+    return names
+
+
+def _checked_mesh(mesh, available):
+    if not isinstance(mesh, keras.distribution.DeviceMesh):
+        fail_argument("device_mesh", "a keras.distribution.DeviceMesh", mesh,
+                      TypeError)
+    if len(mesh.shape) != 1:
+        raise ValueError(
+            "Argument `device_mesh` must be 1-D for data parallel training "
+            f"(one batch axis). Received: shape={tuple(mesh.shape)}, "
+            f"axis_names={list(mesh.axis_names)}. For a model axis use "
+            "keras.distribution.ModelParallel with a LayoutMap.")
+    _check_known([_device_name(d) for d in mesh.devices.flat], available,
+                 "device_mesh")
+    return mesh
+
+
+def _check_known(names, available, argument):
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(
+            f"Argument `{argument}` names devices that do not exist here: "
+            f"{unknown}. Available: {available}.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"Argument `{argument}` lists devices more than once: "
+            f"{repeated}. Each device can hold one shard of the batch.")
+
+
+def batch_shards() -> int:
+    """How many parts this process splits each batch into.
+
+    The size of the current `keras.distribution` mesh's batch axis,
+    divided by the number of JAX processes (each feeds its own part of the
+    global batch); `1` without a distribution.
+
+    Example:
+    >>> import kft
+    >>> kft.distributed.batch_shards()
+    1
+    """
+    dist = keras.distribution.distribution()
+    if dist is None:
+        return 1
+    mesh = dist.device_mesh
+    axis = getattr(dist, "batch_dim_name", None) or mesh.axis_names[0]
+    size = mesh.shape[list(mesh.axis_names).index(axis)]
+    import jax
+
+    return max(1, size // jax.process_count())
+
+
+def check_batch_size(batch_size: int, num_examples: int | None = None, *,
+                     name: str = "batch_size",
+                     data_name: str = "the data") -> int:
+    """Raises unless every batch splits evenly over the current devices.
+
+    Without a distribution (or on one device) any batch size passes. With
+    `num_examples`, the last, smaller batch (`num_examples % batch_size`
+    examples) must split evenly too.
+
+    Args:
+        batch_size: The batch size this process feeds.
+        num_examples: Examples per epoch, or `None` to check only
+            `batch_size`. Defaults to `None`.
+        name: The batch size's argument name, for the message. Defaults
+            to `"batch_size"`.
+        data_name: What holds the examples, for the message. Defaults to
+            `"the data"`.
+
+    Returns:
+        `batch_size`, as an `int`.
+
+    Raises:
+        ValueError: a batch that is not a multiple of the device count.
+
+    Example:
+    >>> import kft
+    >>> kft.distributed.check_batch_size(12, num_examples=100)
+    12
+    """
+    batch_size = check_int(name, batch_size, min_value=1)
+    shards = batch_shards()
+    if batch_size % shards:
+        raise ValueError(
+            f"Argument `{name}` must be a multiple of the {shards} devices "
+            "each batch is split over (keras.distribution data parallel). "
+            f"Received: {name}={batch_size}, not divisible by {shards}; use "
+            f"e.g. {name}={max(shards, batch_size // shards * shards)}.")
+    rest = 0 if num_examples is None else num_examples % batch_size
+    if rest % shards:
+        raise ValueError(
+            f"The last batch of {data_name} ({num_examples} examples at "
+            f"{name}={batch_size}) holds {rest} examples, not divisible by "
+            f"the {shards} devices each batch is split over. Use a number "
+            f"of examples that leaves a multiple of {shards} (or none) in "
+            "the last batch, or drop it (a kft.data dataset built with "
+            "drop_remainder=True).")
+    return batch_size
+
+
+def check_data_batches(data, batch_size: int | None, *, name: str) -> None:
+    """`check_batch_size` for the data forms kft takes.
+
+    `(x, y)` arrays are checked at `batch_size`; a dataset with
+    `batch_size` and `num_examples` attributes (a `kft.data` dataset)
+    at its own batch size; other data is not inspected (Keras raises on a
+    batch that does not split). No-op without a distribution.
+
+    Args:
+        data: `(x, y)` arrays, a dataset, or `None`.
+        batch_size: The batch size used for arrays.
+        name: The data's argument name, for the message.
+
+    Raises:
+        ValueError: a batch that is not a multiple of the device count.
+
+    Example:
+    >>> import numpy as np
+    >>> from kft.distributed.data_parallel import check_data_batches
+    >>> check_data_batches((np.zeros((10, 2)), np.zeros(10)), 4, name="x")
+    """
+    if data is None or batch_shards() == 1:
+        return
+    if isinstance(data, tuple) and len(data) == 2:
+        check_batch_size(batch_size, len(data[0]),
+                         data_name=f"`{name}`")
+        return
+    size = getattr(data, "batch_size", None)
+    count = getattr(data, "num_examples", None)
+    if isinstance(size, int):
+        if getattr(data, "drop_remainder", False) or not isinstance(
+                count, int):
+            count = None
+        check_batch_size(size, count, name=f"{name}.batch_size",
+                         data_name=f"`{name}`")

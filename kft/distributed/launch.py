@@ -1,0 +1,174 @@
+"""Starting N processes of one script, and failing them together.
+
+`python -m kft.distributed --processes N script.py args...` starts N
+local copies of `script.py`, each with the variables
+`kft.distributed.initialize()` reads (`KFT_COORDINATOR` on a free
+loopback port, `KFT_NUM_PROCESSES`, `KFT_PROCESS_ID`), prints their output
+line by line prefixed with `[i]`, and returns when all have exited.
+JAX processes wait for each other inside every collective, so when one
+dies (an error, `kill -9`, out of memory) the others would wait until
+JAX's heartbeat timeout: the launcher ends them at once and exits
+non-zero, naming the process and its exit code or signal.
+
+On several hosts run one launcher per host with `--coordinator
+HOST:PORT --num-processes N --process-id I` (one process each); the
+launcher then only sets the variables and watches its one process.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from kft._validation import check_int
+from kft._validation import check_number
+from kft.distributed import processes as _processes
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now.
+
+    >>> 1024 <= free_port() < 65536
+    True
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _describe(returncode):
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+class ProcessFailed(RuntimeError):
+    """A launched process failed; the others were stopped."""
+
+    def __init__(self, index, returncode):
+        self.index = index
+        self.returncode = returncode
+        super().__init__(
+            f"kft.distributed: process {index} {_describe(returncode)}; "
+            "stopped the other processes")
+
+
+def _stream(index, pipe, out, lock):
+    for line in iter(pipe.readline, ""):
+        with lock:
+            out.write(f"[{index}] {line}")
+            out.flush()
+    pipe.close()
+
+
+def _stop(children, grace):
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def launch_command(command: Sequence[str], processes: int = 2, *,
+                   coordinator: str | None = None,
+                   num_processes: int | None = None,
+                   first_process_id: int = 0, env=None,
+                   out=None, grace: float = 5.0) -> int:
+    """Runs `processes` copies of `command` as one JAX job; returns 0.
+
+    Args:
+        command: The program and its arguments, e.g.
+            `[sys.executable, "train.py"]`.
+        processes: Processes to start on this host. Defaults to `2`.
+        coordinator: `host:port` of process 0's coordinator, or `None` for
+            a free port on 127.0.0.1 (all processes on this host).
+            Defaults to `None`.
+        num_processes: Processes of the whole job (all hosts), or `None`
+            for `processes`. Defaults to `None`.
+        first_process_id: Index of this host's first process. Defaults to
+            `0`.
+        env: Environment of the processes, or `None` for this one's.
+            Defaults to `None`.
+        out: Stream for their prefixed output. Defaults to `sys.stdout`.
+        grace: Seconds the others get to exit after one failed, before
+            they are killed. Defaults to `5.0`.
+
+    Returns:
+        0 when every process exited with code 0.
+
+    Raises:
+        ProcessFailed: a process exited non-zero or was killed; the
+            others were stopped first.
+
+    Example:
+    >>> import sys
+    >>> launch_command([sys.executable, "-c", "import os; print("
+    ...                 "os.environ['KFT_PROCESS_ID'], 'of', "
+    ...                 "os.environ['KFT_NUM_PROCESSES'])"], processes=1)
+    [0] 0 of 1
+    0
+    """
+    processes_here = check_int("processes", processes, min_value=1)
+    total = check_int("num_processes",
+                      processes_here if num_processes is None
+                      else num_processes, min_value=processes_here)
+    first = check_int("first_process_id", first_process_id, min_value=0,
+                      max_value=total - processes_here)
+    grace = check_number("grace", grace, low=0)
+    out = sys.stdout if out is None else out
+    if coordinator is None:
+        coordinator = f"127.0.0.1:{free_port()}"
+    base = dict(os.environ if env is None else env)
+    base.update({_processes.COORDINATOR_ENV: coordinator,
+                 _processes.NUM_PROCESSES_ENV: str(total),
+                 "PYTHONUNBUFFERED": "1"})
+    children, threads, lock = [], [], threading.Lock()
+    try:
+        for offset in range(processes_here):
+            child_env = dict(base)
+            child_env[_processes.PROCESS_ID_ENV] = str(first + offset)
+            child = subprocess.Popen(
+                list(command), env=child_env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, bufsize=1)
+            children.append(child)
+            thread = threading.Thread(
+                target=_stream, args=(first + offset, child.stdout, out,
+                                      lock), daemon=True)
+            thread.start()
+            threads.append(thread)
+        failed = _wait(children)
+    finally:
+        _stop(children, grace)
+        for thread in threads:
+            thread.join(timeout=5)
+    if failed is not None:
+        raise ProcessFailed(first + failed, children[failed].returncode)
+    return 0
+
+
+def _wait(children):
+    """Index of the first child to fail, or `None` once all succeeded."""
+    while True:
+        running = False
+        for i, child in enumerate(children):
+            code = child.poll()
+            if code is None:
+                running = True
+            elif code != 0:
+                return i
+        if not running:
+            return None
+        time.sleep(0.1)

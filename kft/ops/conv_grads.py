@@ -1,0 +1,244 @@
+"""Convolutions with hand-written gradients for XLA on CPU.
+
+XLA's CPU backend computes a convolution's kernel gradient as another
+convolution, one whose "kernel" is the whole output-gradient map: a slow
+generic loop for depthwise convolutions and for dense ones on large maps.
+Written as one reduction (depthwise) or one matrix product (dense) per
+kernel position, the same sums run on XLA's fused loops and its GEMM.
+
+Under plain autodiff, the shifted-slice forward of `kft.ops.shifted_conv`
+also keeps every shifted patch alive until the backward pass (k*k copies
+of the input per convolution). The `jax.custom_vjp` functions here keep
+only the input and the kernel and slice the patches again when the
+gradient is taken.
+
+- `depthwise_conv`: forward `shifted_depthwise_conv`; kernel gradient one
+  per-channel multiply-add reduced over batch and space per position;
+  input gradient the transposed shifted form (the output gradient dilated
+  by the strides, padded, correlated with the flipped kernel).
+- `conv`: forward XLA's convolution or `shifted_conv`; kernel gradient one
+  GEMM over all positions at once (im2col of the shifted patches); input
+  gradient XLA's transposed convolution or the transposed shifted form.
+
+Both take and return channels-last arrays of one float dtype (float32,
+bfloat16 or float16); sums of the kernel gradient run in float32.
+"""
+
+import functools
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from kft._validation import check_choice
+from kft.ops.shifted_conv import PADDINGS
+from kft.ops.shifted_conv import _shifted_patches
+from kft.ops.shifted_conv import shifted_conv
+from kft.ops.shifted_conv import shifted_depthwise_conv
+
+__all__ = ["conv", "depthwise_conv"]
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _pads(size, kernel, stride, rate, padding):
+    """`(out, low)`: output size and top/left padding of one axis."""
+    span = (kernel - 1) * rate + 1
+    if padding == "same":
+        out = math.ceil(size / stride)
+        return out, max((out - 1) * stride + span - size, 0) // 2
+    return (size - span) // stride + 1, 0
+
+
+def _transposed_input(grads, input_hw, kernel_hw, strides, padding,
+                      dilation_rate):
+    """The output gradient laid out for the input gradient.
+
+    Dilated by the strides and padded (or cropped) so that a stride-1
+    "valid" correlation with the flipped kernel gives one value per input
+    position: `dx[p] = sum_i g_dilated[p + lo - i * rate] * k[i]`.
+    """
+    config = [(0, 0, 0)]
+    for size, kernel, stride, rate in zip(input_hw, kernel_hw, strides,
+                                          dilation_rate):
+        out, low = _pads(size, kernel, stride, rate, padding)
+        before = (kernel - 1) * rate - low
+        after = size + low - (out - 1) * stride - 1
+        config.append((before, after, stride - 1))
+    config += [(0, 0, 0)] * (grads.ndim - 3)
+    return lax.pad(grads, jnp.zeros((), grads.dtype), config)
+
+
+def _flipped_patches(grads, kernel_hw, dilation_rate):
+    """Yields `(i, j, patch)` with `i, j` indices of the flipped kernel."""
+    kernel_h, kernel_w = kernel_hw
+    for i, j, patch in _shifted_patches(grads, kernel_hw, (1, 1), "valid",
+                                        dilation_rate):
+        yield kernel_h - 1 - i, kernel_w - 1 - j, patch
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise(inputs, kernel, strides, padding, dilation_rate):
+    return shifted_depthwise_conv(inputs, kernel, strides, padding,
+                                  dilation_rate)
+
+
+def _depthwise_fwd(inputs, kernel, strides, padding, dilation_rate):
+    return (_depthwise(inputs, kernel, strides, padding, dilation_rate),
+            (inputs, kernel))
+
+
+def _depthwise_bwd(strides, padding, dilation_rate, residuals, grads):
+    inputs, kernel = residuals
+    channels, multiplier = kernel.shape[2:]
+    grads = jnp.reshape(grads, (*grads.shape[:3], channels, multiplier))
+    taps = {}
+    for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
+                                        padding, dilation_rate):
+        taps[i, j] = jnp.sum(patch[..., None] * grads, axis=(0, 1, 2),
+                             dtype=jnp.float32)
+    kernel_grad = jnp.stack([jnp.stack([taps[i, j]
+                                        for j in range(kernel.shape[1])])
+                             for i in range(kernel.shape[0])])
+    padded = _transposed_input(grads, inputs.shape[1:3], kernel.shape[:2],
+                               strides, padding, dilation_rate)
+    input_grad = None
+    for i, j, patch in _flipped_patches(padded, kernel.shape[:2],
+                                        dilation_rate):
+        term = patch * kernel[i, j]
+        term = term[..., 0] if multiplier == 1 else jnp.sum(term, axis=-1)
+        input_grad = term if input_grad is None else input_grad + term
+    return input_grad, kernel_grad.astype(kernel.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
+                   padding: Literal["valid", "same"] = "valid",
+                   dilation_rate: tuple[int, int] = (1, 1)):
+    """`shifted_depthwise_conv` with gradients that are fast on XLA's CPU.
+
+    Same arguments and result as
+    `kft.ops.shifted_conv.shifted_depthwise_conv`; under `jax.grad` it
+    keeps only `inputs` and `kernel` for the backward pass.
+
+    Args:
+        inputs: `(batch, height, width, channels)`, static height and width.
+        kernel: `(kernel_h, kernel_w, channels, depth_multiplier)`, cast to
+            the dtype of `inputs`.
+        strides: `(stride_h, stride_w)`. Defaults to `(1, 1)`.
+        padding: `"valid"` or `"same"`. Defaults to `"valid"`.
+        dilation_rate: `(rate_h, rate_w)`. Defaults to `(1, 1)`.
+
+    Returns:
+        `(batch, out_h, out_w, channels * depth_multiplier)`.
+
+    Example:
+    >>> import jax, numpy as np
+    >>> from kft.ops.conv_grads import depthwise_conv
+    >>> x, k = np.ones((1, 4, 4, 2), "float32"), np.ones((3, 3, 2, 1))
+    >>> jax.grad(lambda k: depthwise_conv(x, k, padding="same").sum())(
+    ...     k)[:, :, 0, 0]
+    Array([[ 9., 12.,  9.],
+           [12., 16., 12.],
+           [ 9., 12.,  9.]], dtype=float32)
+    """
+    check_choice("padding", padding, PADDINGS)
+    inputs = jnp.asarray(inputs)
+    kernel = jnp.asarray(kernel).astype(inputs.dtype)
+    return _depthwise(inputs, kernel, tuple(strides), padding,
+                      tuple(dilation_rate))
+
+
+def _xla_conv(inputs, kernel, strides, padding, dilation_rate):
+    return lax.conv_general_dilated(
+        inputs, kernel, strides, padding.upper(),
+        rhs_dilation=dilation_rate, dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(inputs, kernel, strides, padding, dilation_rate, shifted):
+    if shifted:
+        return shifted_conv(inputs, kernel, strides, padding, dilation_rate)
+    return _xla_conv(inputs, kernel, strides, padding, dilation_rate)
+
+
+def _conv_fwd(inputs, kernel, strides, padding, dilation_rate, shifted):
+    return (_conv(inputs, kernel, strides, padding, dilation_rate, shifted),
+            (inputs, kernel))
+
+
+def _conv_bwd(strides, padding, dilation_rate, shifted, residuals, grads):
+    inputs, kernel = residuals
+    kernel_h, kernel_w, in_channels, out_channels = kernel.shape
+    # im2col: one GEMM over all positions, (k*k*in, rows) x (rows, out).
+    patches = [patch for _, _, patch in _shifted_patches(
+        inputs, (kernel_h, kernel_w), strides, padding, dilation_rate)]
+    columns = patches[0] if len(patches) == 1 else jnp.concatenate(
+        patches, axis=-1)
+    columns = jnp.reshape(columns, (-1, columns.shape[-1]))
+    kernel_grad = lax.dot_general(
+        columns, jnp.reshape(grads, (-1, out_channels)), (((0,), (0,)),
+                                                          ((), ())),
+        preferred_element_type=jnp.float32)
+    kernel_grad = jnp.reshape(kernel_grad, kernel.shape).astype(kernel.dtype)
+    if not shifted:
+        # XLA's own input gradient (a transposed convolution) is fast.
+        _, transpose = jax.vjp(
+            lambda x: _xla_conv(x, kernel, strides, padding, dilation_rate),
+            inputs)
+        return transpose(grads)[0], kernel_grad
+    padded = _transposed_input(grads, inputs.shape[1:3], (kernel_h, kernel_w),
+                               strides, padding, dilation_rate)
+    input_grad = None
+    for i, j, patch in _flipped_patches(padded, (kernel_h, kernel_w),
+                                        dilation_rate):
+        term = lax.dot_general(patch, kernel[i, j], (((3,), (1,)), ((), ())))
+        input_grad = term if input_grad is None else input_grad + term
+    return input_grad, kernel_grad
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
+         padding: Literal["valid", "same"] = "valid",
+         dilation_rate: tuple[int, int] = (1, 1), *, shifted: bool = False):
+    """A dense 2D convolution whose kernel gradient is one GEMM (im2col).
+
+    Computes what `keras.ops.conv` computes for `channels_last` inputs;
+    under `jax.grad` it keeps only `inputs` and `kernel` for the backward
+    pass.
+
+    Args:
+        inputs: `(batch, height, width, in_channels)`, static height and
+            width.
+        kernel: `(kernel_h, kernel_w, in_channels, out_channels)`, cast to
+            the dtype of `inputs`.
+        strides: `(stride_h, stride_w)`. Defaults to `(1, 1)`.
+        padding: `"valid"` or `"same"`. Defaults to `"valid"`.
+        dilation_rate: `(rate_h, rate_w)`. Defaults to `(1, 1)`.
+        shifted: Forward and input gradient as one matrix product per
+            kernel position (`shifted_conv`) instead of XLA's convolution:
+            faster where the kernel covers more positions than the map
+            has. Defaults to `False`.
+
+    Returns:
+        `(batch, out_h, out_w, out_channels)`.
+
+    Example:
+    >>> import jax, numpy as np
+    >>> from kft.ops.conv_grads import conv
+    >>> x, k = np.ones((1, 2, 2, 3), "float32"), np.ones((3, 3, 3, 4))
+    >>> jax.grad(lambda x: conv(x, k, padding="same").sum())(x)[0, :, :, 0]
+    Array([[16., 16.],
+           [16., 16.]], dtype=float32)
+    """
+    check_choice("padding", padding, PADDINGS)
+    inputs = jnp.asarray(inputs)
+    kernel = jnp.asarray(kernel).astype(inputs.dtype)
+    return _conv(inputs, kernel, tuple(strides), padding,
+                 tuple(dilation_rate), bool(shifted))

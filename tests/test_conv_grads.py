@@ -1,0 +1,205 @@
+"""kft.ops.conv_grads: outputs and both gradients equal to Keras' layers."""
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.ops import conv_grads
+from kft.ops.cpu_convs import Conv2D
+from kft.ops.cpu_convs import DepthwiseConv2D
+from kft.ops.cpu_convs import fast_cpu_convs
+
+
+def _rel(got, expected):
+    got, expected = np.asarray(got, "float64"), np.asarray(expected,
+                                                           "float64")
+    return np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30)
+
+
+def _loss_and_grads(layer, x):
+    """Jitted outputs and gradients (inputs, kernel) of a squared loss."""
+    kernel = layer.kernel.value
+
+    def loss(x, kernel):
+        variables = [kernel if v is layer.kernel else v.value
+                     for v in layer.trainable_variables]
+        outputs, _ = layer.stateless_call(variables, [], x)
+        return (outputs ** 2).sum() + outputs.sum(), outputs
+
+    (_, outputs), grads = jax.jit(jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True))(x, kernel)
+    return outputs, *grads
+
+
+def _assert_matches(stock, cls, x):
+    """`cls` from `stock`'s config and weights: same outputs and grads."""
+    fast = cls.from_config(stock.get_config())
+    if not stock.built:
+        stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights(stock.get_weights())
+    # The hand-written gradients are the ones taken.
+    assert "custom_vjp_call" in str(jax.make_jaxpr(fast)(x))
+    got = _loss_and_grads(fast, x)
+    expected = _loss_and_grads(stock, x)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        assert _rel(a, b) <= 1e-5, _rel(a, b)
+
+
+DEPTHWISE = [
+    # kernel, strides, padding, dilation, multiplier, height, width
+    (3, 1, "same", 1, 1, 8, 8),
+    (3, 2, "same", 1, 1, 9, 8),
+    (5, 2, "same", 1, 1, 7, 10),
+    (7, 1, "same", 1, 1, 1, 1),
+    (3, 2, "same", 1, 1, 1, 1),
+    (3, 1, "valid", 1, 2, 6, 7),
+    (3, 2, "valid", 1, 3, 9, 9),
+    (3, 1, "same", 2, 1, 8, 8),
+    (3, 1, "valid", (2, 3), 2, 9, 11),
+    ((3, 5), (1, 2), "same", 1, 3, 6, 9),
+]
+
+
+@pytest.mark.parametrize("config", DEPTHWISE)
+def test_depthwise_grads_match_keras(config):
+    kernel, strides, padding, dilation, multiplier, h, w = config
+    x = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype("float32")
+    stock = keras.layers.DepthwiseConv2D(
+        kernel, strides=strides, padding=padding, dilation_rate=dilation,
+        depth_multiplier=multiplier, bias_initializer="random_normal")
+    _assert_matches(stock, DepthwiseConv2D, x)
+
+
+@pytest.mark.parametrize("filters,kernel,strides", [
+    (4, 7, 1), (8, 7, 1), (4, 3, 2)])
+def test_channelwise_grouped_grads_match_keras(filters, kernel, strides):
+    x = np.random.default_rng(1).normal(size=(2, 7, 6, 4)).astype("float32")
+    stock = keras.layers.Conv2D(filters, kernel, strides=strides,
+                                padding="same", groups=4,
+                                bias_initializer="random_normal")
+    _assert_matches(stock, Conv2D, x)
+
+
+DENSE = [
+    # kernel, strides, padding, dilation, height, width: XLA's forward
+    (3, 1, "same", 1, 8, 8),
+    (3, 2, "same", 1, 9, 8),
+    (7, 2, "same", 1, 11, 10),
+    (3, 2, "valid", 1, 9, 9),
+    (3, 1, "same", 2, 8, 8),
+    ((2, 3), 2, "valid", 1, 8, 7),
+    # the kernel covers the map: what `fast_cpu_convs` swaps
+    (3, 1, "same", 1, 2, 2),
+    (3, 1, "same", 1, 1, 1),
+    (3, 2, "same", 1, 2, 3),
+    (3, 1, "same", 2, 2, 2),
+]
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("config", DENSE)
+def test_dense_grads_match_keras(config, shifted):
+    kernel, strides, padding, dilation, h, w = config
+    x = np.random.default_rng(2).normal(size=(2, h, w, 5)).astype("float32")
+    stock = keras.layers.Conv2D(6, kernel, strides=strides, padding=padding,
+                                dilation_rate=dilation,
+                                bias_initializer="random_normal")
+    stock.build(x.shape)
+    expected = _loss_and_grads(stock, x)
+
+    def loss(x, kernel):
+        outputs = conv_grads.conv(x, kernel, stock.strides, stock.padding,
+                                  stock.dilation_rate, shifted=shifted)
+        outputs = outputs + stock.bias.value
+        return (outputs ** 2).sum() + outputs.sum(), outputs
+
+    (_, outputs), grads = jax.jit(jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True))(x, stock.kernel.value)
+    for a, b in zip((outputs, *grads), expected):
+        assert a.shape == b.shape
+        assert _rel(a, b) <= 1e-5, _rel(a, b)
+    if np.prod(stock.kernel_size) > h * w:  # the layer swaps these in
+        _assert_matches(stock, Conv2D, x)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_grads_close_to_float32(dtype):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 9, 9, 4)).astype("float32")
+    dw = rng.normal(size=(3, 3, 4, 2)).astype("float32")
+    dense = rng.normal(size=(3, 3, 8, 5)).astype("float32")
+
+    def loss(x, dw, dense, cast):
+        y = conv_grads.depthwise_conv(x.astype(cast), dw, (2, 2), "same")
+        y = conv_grads.conv(y, dense.astype(cast), padding="same")
+        return (y.astype("float32") ** 2).sum()
+
+    grad = jax.jit(jax.grad(loss, (0, 1, 2)), static_argnums=3)
+    low, high = grad(x, dw, dense, dtype), grad(x, dw, dense, "float32")
+    for a, b in zip(low, high):
+        assert a.dtype == jnp.float32  # cotangents of the float32 inputs
+        assert _rel(a, b) <= 3e-2, _rel(a, b)
+
+
+def test_residuals_are_input_and_kernel_only():
+    x = jnp.ones((2, 8, 8, 4))
+    k = jnp.ones((5, 5, 4, 1))
+    _, residuals = jax.vjp(
+        lambda x, k: conv_grads.depthwise_conv(x, k, padding="same"), x, k)
+    kept = jax.tree.leaves(residuals)
+    # Plain autodiff of the shifted form would keep 25 shifted patches.
+    assert sum(a.size for a in kept) <= x.size + k.size
+
+
+def test_bad_padding_is_rejected():
+    with pytest.raises(ValueError, match="Argument `padding` must be one of"):
+        conv_grads.conv(np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 2)),
+                        padding="full")
+
+
+def _randomize_statistics(model):
+    # Non-trivial BatchNorm statistics and scales; ConvNeXt's layer scales
+    # start at 1e-6, which would hide its depthwise branches.
+    rng = np.random.default_rng(0)
+    for v in model.weights:
+        if any(k in v.path for k in ("gamma", "moving_variance",
+                                     "layer_scale")):
+            v.assign(rng.uniform(0.5, 1.5, v.shape))
+
+
+def _backbone_grads(model, x):
+    def loss(values, x):
+        outputs, _ = model.stateless_call(
+            values, [v.value for v in model.non_trainable_variables], x)
+        return (outputs ** 2).mean()
+
+    return jax.jit(jax.grad(loss))(
+        [v.value for v in model.trainable_variables], x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnetb0", "mobilenetv3large",
+                                  "convnext_tiny", "resnet50"])
+def test_backbone_gradients_match_keras(name):
+    base = kft.create_backbone(name, weights=None, input_shape=(32, 32, 3))
+    _randomize_statistics(base)
+    fast = fast_cpu_convs(base)
+    assert any(type(layer) in (Conv2D, DepthwiseConv2D)
+               for layer in fast.layers)
+    x = np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)).astype(
+        "float32")
+    expected = _backbone_grads(base, x)
+    got = _backbone_grads(fast, x)
+    worst = max(np.abs(np.asarray(a) - np.asarray(b)).max()
+                for a, b in zip(got, expected))
+    scale = max(np.abs(np.asarray(b)).max() for b in expected)
+    # Float32 sums in another order through ~50-150 layers: rounding
+    # differences of ~1e-7 relative per op grow with depth; 1e-4 of the
+    # largest gradient is far below any real mistake (a wrong tap or
+    # stride changes gradients by O(1) relative).
+    assert worst <= 1e-4 * scale, (worst, scale)

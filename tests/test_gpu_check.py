@@ -1,0 +1,239 @@
+"""benchmarks/gpu_check.sh and bench_gpu.py: the CPU dry run, the wheel
+check, and how the matrix reports missing GPUs, timeouts and budgets."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPT = BENCHMARKS / "gpu_check.sh"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+KFT_VARIANTS = {"kft K=2", "kft fit K=2", "kft fit K=1", "kft train_on_batch"}
+WHEELS = ("keras-3.15.1-py3-none-any.whl", "namex-0.1.0-py3-none-any.whl",
+          "optree-0.20.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+          "grain-0.2.18-cp312-cp312-manylinux_2_28_x86_64.whl",
+          "array_record-0.8.6-cp312-cp312-manylinux_2_17_x86_64.whl",
+          "portpicker-1.6.0-py3-none-any.whl")
+
+
+def run_script(*args, timeout):
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True,
+        text=True, timeout=timeout, env={**os.environ,
+                                         "PYTHON": sys.executable})
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_dry")
+    # One strategy and no torch.compile keep it short (torch.compile takes
+    # minutes on CPU); the sides run the same code as on the GPU.
+    proc = run_script("--dry-run", "--out-dir", str(out), "--strategies",
+                      "feature_extraction", "--sides", "kft", "torch-eager",
+                      timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, out
+
+
+def test_dry_run_writes_the_table_and_json(dry_run):
+    proc, out = dry_run
+    rows = json.loads((out / "matrix.json").read_text())
+    variants = {row["variant"] for row in rows}
+    assert KFT_VARIANTS <= variants
+    assert ("torch-eager" in variants) == HAS_TORCH
+    for row in rows:
+        assert (row["backbone"], row["strategy"], row["batch"]) == (
+            "simple_cnn", "feature_extraction", 4)
+        assert "error" not in row and "commit" in row and row["date"]
+        assert row["ms_per_step"] > 0 and all(
+            ms > 0 for ms in row["window_ms_per_step"])
+        assert math.isfinite(row["loss"]) and row["loss"] > 0
+    kft_rows = [row for row in rows if row["side"] == "kft"]
+    assert all(row["compile_s"] > 0 for row in kft_rows
+               if row["variant"] != "kft train_on_batch")
+    assert [row["steps_per_execution"] for row in kft_rows] == [2, 2, 1, 1]
+    table = (out / "table.md").read_text()
+    assert table.split("\n\n", 1)[1] in proc.stdout  # printed, and written
+    for variant in variants:
+        lines = [line for line in table.splitlines()
+                 if f"| {variant} |" in line]
+        assert len(lines) == 1
+        images_per_s, ms_per_step, compile_s = lines[0].split("|")[4:7]
+        assert float(images_per_s) > 0 and float(ms_per_step) > 0
+        assert compile_s.strip() == "-" if variant == "kft train_on_batch" \
+            else float(compile_s) > 0
+
+
+def test_dry_run_says_when_it_skips_torch(dry_run):
+    proc, _ = dry_run
+    skipped = ("torch is not installed here: skipping the PyTorch sides "
+               "(torch-eager)") in proc.stdout
+    assert skipped != HAS_TORCH
+
+
+def make_wheels(folder, names):
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_missing_wheels_stop_at_once_naming_them(tmp_path):
+    start = time.perf_counter()
+    proc = run_script("--wheels", str(make_wheels(tmp_path / "w", [])),
+                      timeout=60)
+    assert proc.returncode == 2
+    assert ("missing wheel(s) in " + str(tmp_path / "w") + ": keras namex "
+            "optree grain array_record portpicker.") in proc.stderr
+    assert "pip download" in proc.stderr and "keras==3.15.1" in proc.stderr
+    assert time.perf_counter() - start < 10
+
+
+def test_one_missing_wheel_is_named_alone(tmp_path):
+    wheels = make_wheels(tmp_path / "w", [w for w in WHEELS
+                                          if not w.startswith("optree")])
+    proc = run_script("--wheels", str(wheels), timeout=60)
+    assert proc.returncode == 2
+    assert f"missing wheel(s) in {wheels}: optree." in proc.stderr
+    assert "-d .whl optree==0.20.0" in proc.stderr
+
+
+def test_two_versions_of_a_wheel_stop_it(tmp_path):
+    wheels = make_wheels(tmp_path / "w",
+                         WHEELS + ("keras-3.15.0-py3-none-any.whl",))
+    proc = run_script("--wheels", str(wheels), timeout=60)
+    assert proc.returncode == 2
+    assert "2 wheels of keras" in proc.stderr
+    assert "keep one version" in proc.stderr
+
+
+def test_a_broken_wheel_fails_the_install(tmp_path):
+    proc = run_script("--wheels", str(make_wheels(tmp_path / "w", WHEELS)),
+                      "--install-only", timeout=120)
+    assert proc.returncode == 2
+    assert "pip could not install the wheels" in proc.stderr
+
+
+@pytest.fixture
+def bench_gpu(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _harness
+    import bench_gpu
+
+    calls = []
+
+    def run_isolated(target, arg=None, env=None, timeout=None):
+        calls.append((target, arg, timeout))
+        return bench_gpu.FAKE(target, arg)
+
+    monkeypatch.setattr(_harness, "run_isolated", run_isolated)
+    bench_gpu.calls = calls
+    yield bench_gpu
+    del bench_gpu.calls
+    bench_gpu.__dict__.pop("FAKE", None)
+
+
+def checks(jax=None, torch=None):
+    import _harness
+
+    found = {"jax": {"missing": [], "platform": "gpu", "devices": ["H200"]},
+             "torch": {"missing": [], "cuda": True, "devices": ["H200"],
+                       "versions": {"torch": "2.11"}}}
+    found["jax"].update(jax or {})
+    found["torch"].update(torch or {})
+    return lambda target, arg: _harness.Isolated([found[arg["side"]]], 0,
+                                                 None)
+
+
+@pytest.mark.parametrize("jax, torch, dry_run, message", [
+    ({"platform": "cpu", "devices": ["cpu"]}, None, False,
+     "JAX sees no GPU (platform 'cpu'"),
+    (None, {"cuda": False}, False,
+     "PyTorch sees no GPU (torch.cuda.is_available() is False"),
+    ({"missing": ["keras (import keras: ModuleNotFoundError: x)"]}, None,
+     False, "cannot import what the jax side needs: keras (import keras"),
+    (None, {"missing": ["torch (import torch: ModuleNotFoundError: x)"]},
+     False, "cannot import what the torch side needs: torch"),
+])
+def test_environment_checks_say_what_is_wrong(bench_gpu, jax, torch,
+                                              dry_run, message):
+    bench_gpu.FAKE = checks(jax, torch)
+    with pytest.raises(bench_gpu.CheckFailed, match=re.escape(message)):
+        bench_gpu.check_environment(dry_run, list(bench_gpu.SIDES))
+
+
+def test_a_dry_run_without_torch_keeps_the_kft_side(bench_gpu, capsys,
+                                                     monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: (
+        None if name == "torch" else real(name)))
+    sides, _ = bench_gpu.check_environment(True, list(bench_gpu.SIDES))
+    assert sides == ["kft"] and bench_gpu.calls == []
+    assert "skipping the PyTorch sides (torch-eager, torch-compile, " \
+           "torch-max-autotune)" in capsys.readouterr().out
+
+
+def fake_rows(cfg, strategies):
+    return [{"backbone": cfg["backbone"], "strategy": s, "side": cfg["side"],
+             "variant": cfg["side"], "batch": cfg["batch"],
+             "ms_per_step": 10.0, "compile_s": 1.0, "peak_device_mib": 100.0,
+             "loss": 2.3} for s in strategies]
+
+
+def test_a_timeout_keeps_the_rows_before_it_and_the_rest(bench_gpu):
+    import _harness
+
+    def fake(target, cfg):
+        if cfg["side"] == "torch-compile" and cfg["backbone"] == "resnet50":
+            return _harness.Isolated(
+                fake_rows(cfg, ["feature_extraction"]), None,
+                "timed out after 9 s")
+        return _harness.Isolated(fake_rows(cfg, cfg["strategies"]), 0, None)
+
+    bench_gpu.FAKE = fake
+    args = bench_gpu.parse_args(["--backbones", "resnet50", "convnext_tiny",
+                                 "--sides", "kft", "torch-compile"])
+    written = []
+    rows = bench_gpu.run_matrix(args, args.sides, written.append)
+    assert len(rows) == 8 and len(written) == 4
+    timeout, = [r for r in rows if "error" in r]
+    assert (timeout["backbone"], timeout["side"], timeout["strategy"],
+            timeout["status"]) == ("resnet50", "torch-compile", "full",
+                                   "timeout")
+    # kft and eager PyTorch first, each process with its own share.
+    assert [(c[1]["side"], c[1]["backbone"]) for c in bench_gpu.calls] == [
+        ("kft", "resnet50"), ("kft", "convnext_tiny"),
+        ("torch-compile", "resnet50"), ("torch-compile", "convnext_tiny")]
+    # A process may use its phase's time but what is promised to later ones.
+    assert bench_gpu.calls[0][2] == pytest.approx(
+        min(args.timeout, 0.75 * args.budget - bench_gpu.PROMISED["kft"]),
+        abs=1)
+    assert all(args.min_timeout <= c[2] <= args.timeout
+               for c in bench_gpu.calls)
+    table = bench_gpu.table(rows)
+    assert "| resnet50 | full | torch-compile | timeout | - |" in table
+    assert ("| resnet50 | feature_extraction | kft | 12800 | 10.00 | 1.0 | "
+            "100 | 1.00x |") in table
+    assert "| resnet50 | full | kft | 12800 | 10.00 | 1.0 | 100 | - |" \
+        in table
+
+
+def test_a_spent_budget_skips_what_is_left(bench_gpu):
+    import _harness
+
+    bench_gpu.FAKE = lambda target, cfg: _harness.Isolated(
+        fake_rows(cfg, cfg["strategies"]), 0, None)
+    args = bench_gpu.parse_args(["--budget", "10", "--backbones", "resnet50",
+                                 "--strategies", "full"])
+    rows = bench_gpu.run_matrix(args, args.sides, lambda rows: None)
+    assert [r["status"] for r in rows] == ["skipped"] * 4
+    assert bench_gpu.calls == []

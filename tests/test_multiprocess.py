@@ -1,0 +1,162 @@
+"""Several JAX processes on localhost training one model data-parallel.
+
+One module fixture runs `tests/multiprocess_script.py` as 2 processes
+with the launcher twice: in the first, process 1 SIGKILLs itself as the
+second of two epochs begins; the second run resumes from the backup. The
+tests read the processes' prefixed output.
+"""
+
+import io
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.distributed import ProcessFailed
+from kft.distributed import launch_command
+from kft.distributed.__main__ import main as launcher_main
+
+sys.path.insert(0, os.path.dirname(__file__))
+import multiprocess_script as script  # noqa: E402
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess_script.py")
+EPOCHS = 2
+KILL_EPOCH = 1
+
+
+def _launch(out, *extra):
+    buffer = io.StringIO()
+    error = None
+    try:
+        launch_command([sys.executable, SCRIPT, str(out), "--epochs",
+                        str(EPOCHS), *extra], 2, out=buffer)
+    except ProcessFailed as failed:
+        error = failed
+    return buffer.getvalue(), error, time.time()
+
+
+def _printed(output, key):
+    """`{process index: value}` of the lines `[i] KEY value`."""
+    found = {}
+    for line in output.splitlines():
+        prefix, _, rest = line.partition(" ")
+        if rest.startswith(key + " "):
+            found[int(prefix.strip("[]"))] = rest[len(key) + 1:]
+    return found
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multiprocess")
+    killed, error, ended = _launch(out, "--kill-epoch", str(KILL_EPOCH))
+    resumed, resume_error, _ = _launch(out)
+    return {"out": out, "killed": killed, "error": error, "ended": ended,
+            "resumed": resumed, "resume_error": resume_error}
+
+
+@pytest.mark.slow
+def test_kill_fails_the_job_cleanly(runs):
+    error = runs["error"]
+    assert error is not None, runs["killed"][-3000:]
+    assert (error.index, error.returncode) == (1, -9)
+    assert "process 1 was killed by SIGKILL" in str(error)
+    killed_at = float(_printed(runs["killed"], "KILLING")[1])
+    # The survivor blocks in a collective: the launcher ends it (5 s grace).
+    assert runs["ended"] - killed_at < 30
+
+
+@pytest.mark.slow
+def test_restart_resumes_from_the_backup(runs):
+    assert runs["resume_error"] is None, runs["resumed"][-3000:]
+    epochs = _printed(runs["resumed"], "EPOCHS")
+    assert {k: json.loads(v) for k, v in epochs.items()} == {
+        0: [KILL_EPOCH], 1: [KILL_EPOCH]}
+
+
+@pytest.mark.slow
+def test_processes_end_equal_to_one_process(runs):
+    digests = _printed(runs["resumed"], "WEIGHTS")
+    assert len(digests) == 2 and digests[0] == digests[1]
+    x, y = script.make_data()
+    model = script.make_model()
+    model.fit(kft.data.from_arrays(x, y, batch_size=8, shuffle=False),
+              epochs=EPOCHS, verbose=0)
+    one = np.concatenate([np.ravel(w) for w in model.get_weights()])
+    two = np.load(runs["out"] / "final.npy")
+    # Same batches, same seed: only the order of float32 sums differs
+    # (gradients all-reduced over the processes).
+    print("max |2 processes - 1 process| =", np.abs(two - one).max())
+    np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-5)
+    start = np.concatenate([np.ravel(w)
+                            for w in script.make_model().get_weights()])
+    assert np.abs(one - start).max() > 1e-2  # training moved the weights
+
+
+@pytest.mark.slow
+def test_shards_are_disjoint_slices_of_the_global_batches(runs):
+    shards = {k: json.loads(v)
+              for k, v in _printed(runs["killed"], "SHARD").items()}
+    assert set(shards) == {0, 1}
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == list(range(44))
+    x, y = script.make_data()
+    one = [int(v) for images, _ in kft.data.from_arrays(
+        x, y, batch_size=8, shuffle=True, seed=3) for v in images[:, 0, 0, 0]]
+    together = []
+    for start in range(0, 44, 4):
+        together += shards[0][start:start + 4] + shards[1][start:start + 4]
+    assert together == one
+
+
+@pytest.mark.slow
+def test_only_process_0_writes(runs):
+    for output in (runs["killed"], runs["resumed"]):
+        writes = {k: json.loads(v)
+                  for k, v in _printed(output, "WRITES").items()}
+        assert writes.get(1, []) == []
+    final = {k: json.loads(v)
+             for k, v in _printed(runs["resumed"], "WRITES").items()}
+    written = {os.path.basename(path) for _, path in final[0]}
+    assert {"training_metadata.json", "backup", "final.npy"} <= written
+
+
+def test_launcher_stops_the_others_and_names_the_failure(tmp_path, capsys):
+    program = tmp_path / "fail.py"
+    program.write_text(
+        "import os, sys, time\n"
+        "if os.environ['KFT_PROCESS_ID'] == '1':\n"
+        "    print('bye'); sys.exit(3)\n"
+        "time.sleep(60)\n")
+    start = time.monotonic()
+    assert launcher_main(["--processes", "2", str(program)]) == 1
+    assert time.monotonic() - start < 20
+    captured = capsys.readouterr()
+    assert "[1] bye" in captured.out
+    assert "process 1 exited with code 3" in captured.err
+
+
+def test_global_batch_must_split_over_the_processes():
+    data = kft.data.from_arrays(np.zeros((14, 4, 4, 3)), np.arange(14) % 2,
+                                batch_size=6, shuffle=False)
+    with pytest.raises(ValueError, match="divisible by the 4 processes.*"
+                                         "batch_size=6"):
+        len(data.with_shard((1, 4)))
+    third = data.with_shard((2, 3))
+    assert len(third) == 2
+    with pytest.warns(UserWarning, match="2 of the 14 examples are left"):
+        assert [len(labels) for _, labels in third] == [2, 2]
+
+
+def test_launched_settings_errors():
+    from kft.distributed.processes import launched_settings
+
+    with pytest.raises(ValueError, match="KFT_NUM_PROCESSES must be"):
+        launched_settings({"KFT_COORDINATOR": "127.0.0.1:1"})
+    with pytest.raises(ValueError, match="KFT_PROCESS_ID=2"):
+        launched_settings({"KFT_COORDINATOR": "h:1", "KFT_NUM_PROCESSES": "2",
+                           "KFT_PROCESS_ID": "2"})

@@ -13,6 +13,30 @@ from kft.ops.cpu_convs import DepthwiseConv2D
 from kft.ops.cpu_convs import fast_cpu_convs
 
 
+@pytest.fixture(autouse=True)
+def _always_custom_gradients(monkeypatch):
+    # Every swapped layer takes the hand-written gradients here, also the
+    # 7x7 kernels that "auto" leaves to autodiff (tested below).
+    monkeypatch.setenv("KFT_CONV_GRADS", "1")
+
+
+def test_auto_takes_custom_gradients_for_small_kernels_on_small_maps(monkeypatch):
+    small, large = np.ones((1, 8, 8, 4), "float32"), np.ones((1, 40, 40, 4),
+                                                          "float32")
+    for mode, kernel, x, custom in [
+            ("auto", 5, small, True), ("auto", 7, small, False),
+            ("auto", 3, large, False), ("1", 7, large, True),
+            ("0", 3, small, False)]:
+        monkeypatch.setenv("KFT_CONV_GRADS", mode)
+        for layer in (DepthwiseConv2D(kernel, padding="same"),
+                      Conv2D(4, kernel, padding="same", groups=4)):
+            jaxpr = str(jax.make_jaxpr(layer)(x))
+            assert ("custom_vjp_call" in jaxpr) == custom, (mode, kernel)
+    monkeypatch.setenv("KFT_CONV_GRADS", "yes")
+    with pytest.raises(ValueError, match="KFT_CONV_GRADS.*yes"):
+        DepthwiseConv2D(3)(small)
+
+
 def _rel(got, expected):
     got, expected = np.asarray(got, "float64"), np.asarray(expected,
                                                            "float64")

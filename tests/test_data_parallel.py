@@ -87,6 +87,22 @@ def run_partial_l2sp(info):
     return start, _weights(model)
 
 
+def run_shuffled_dataset(info):
+    """`model.fit` on a shuffling kft.data dataset: every epoch's order
+    must be the same on 8 devices as on 1."""
+    import keras
+    import kft
+
+    x, y = _data()
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    start = _weights(model)
+    model.fit(kft.data.from_arrays(x, y, batch_size=BATCH, shuffle=True,
+                                   seed=5), epochs=3, verbose=0)
+    return start, _weights(model)
+
+
 def _gradual_model():
     import keras
     import kft
@@ -232,6 +248,12 @@ def bad_batches(info):
         from_logits=True))
     cache = kft.FeatureCache(np.zeros((20, 64), "float32"), y[:20])
     attempts["fit_head"] = lambda: kft.fit_head(model, cache, batch_size=8)
+    # The user's own fit / predict on a kft.data dataset.
+    odd = kft.data.from_arrays(x[:20], y[:20], batch_size=BATCH)
+    attempts["own_fit"] = lambda: model.fit(odd, epochs=1, verbose=0)
+    attempts["own_predict"] = lambda: model.predict(odd, verbose=0)
+    attempts["own_fit_batch"] = lambda: model.fit(
+        kft.data.from_arrays(x, y, batch_size=12), epochs=1, verbose=0)
     for name, attempt in attempts.items():
         try:
             attempt()
@@ -250,7 +272,8 @@ def main(devices, out):
     info["distribution"] = repr(keras.distribution.distribution())
     arrays = {}
     runs = {"partial_l2sp": run_partial_l2sp, "gradual": run_gradual,
-            "mixup": run_mixup, "fine_tune": run_fine_tune}
+            "mixup": run_mixup, "fine_tune": run_fine_tune,
+            "shuffled_dataset": run_shuffled_dataset}
     if devices > 1:
         runs["gradual_resumed"] = lambda info: run_gradual_resumed(
             info, out + ".backup")
@@ -338,7 +361,7 @@ def test_runs_used_the_devices(runs):
 
 
 @pytest.mark.parametrize("name", ["partial_l2sp", "gradual", "mixup",
-                                  "fine_tune"])
+                                  "fine_tune", "shuffled_dataset"])
 def test_8_devices_train_like_1(runs, name):
     # Same initial weights: Keras draws them, then places them.
     one, eight = runs[1][0], runs[8][0]
@@ -389,6 +412,9 @@ def test_cached_features_padded_batch_matches(runs):
     ("last_batch", ("28 examples", "holds 12", "8 devices")),
     ("dataset", ("20 examples", "holds 4", "8 devices")),
     ("fit_head", ("20 examples", "batch_size=8", "holds 4", "8 devices")),
+    ("own_fit", ("20 examples", "holds 4", "8 devices")),
+    ("own_predict", ("20 examples", "holds 4", "8 devices")),
+    ("own_fit_batch", ("dataset.batch_size=12", "8 devices")),
 ])
 def test_batches_that_do_not_split_raise(runs, name, numbers):
     message = runs[8][1][f"error_{name}"]

@@ -29,12 +29,12 @@ EPOCHS = 2
 KILL_EPOCH = 1
 
 
-def _launch(out, *extra):
+def _launch(out, *extra, processes=2):
     buffer = io.StringIO()
     error = None
     try:
         launch_command([sys.executable, SCRIPT, str(out), "--epochs",
-                        str(EPOCHS), *extra], 2, out=buffer)
+                        str(EPOCHS), *extra], processes, out=buffer)
     except ProcessFailed as failed:
         error = failed
     return buffer.getvalue(), error, time.time()
@@ -59,6 +59,28 @@ def runs(tmp_path_factory):
             "resumed": resumed, "resume_error": resume_error}
 
 
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    """The same training as 4 processes, uninterrupted."""
+    out = tmp_path_factory.mktemp("four_processes")
+    output, error, _ = _launch(out, processes=4)
+    assert error is None, output[-3000:]
+    return {"out": out, "output": output}
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    """The final weights of the same training in this process."""
+    x, y = script.make_data()
+    model = script.make_model()
+    start = np.concatenate([np.ravel(w) for w in model.get_weights()])
+    model.fit(kft.data.from_arrays(x, y, batch_size=8, shuffle=False),
+              epochs=EPOCHS, verbose=0)
+    one = np.concatenate([np.ravel(w) for w in model.get_weights()])
+    assert np.abs(one - start).max() > 1e-2  # training moved the weights
+    return one
+
+
 @pytest.mark.slow
 def test_kill_fails_the_job_cleanly(runs):
     error = runs["error"]
@@ -78,47 +100,62 @@ def test_restart_resumes_from_the_backup(runs):
         0: [KILL_EPOCH], 1: [KILL_EPOCH]}
 
 
-@pytest.mark.slow
-def test_processes_end_equal_to_one_process(runs):
-    digests = _printed(runs["resumed"], "WEIGHTS")
-    assert len(digests) == 2 and digests[0] == digests[1]
-    x, y = script.make_data()
-    model = script.make_model()
-    model.fit(kft.data.from_arrays(x, y, batch_size=8, shuffle=False),
-              epochs=EPOCHS, verbose=0)
-    one = np.concatenate([np.ravel(w) for w in model.get_weights()])
-    two = np.load(runs["out"] / "final.npy")
+def _check_equal_to_one_process(output, out, one, processes):
+    digests = _printed(output, "WEIGHTS")
+    assert len(digests) == processes and len(set(digests.values())) == 1
+    many = np.load(out / "final.npy")
     # Same batches, same seed: only the order of float32 sums differs
     # (gradients all-reduced over the processes).
-    print("max |2 processes - 1 process| =", np.abs(two - one).max())
-    np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-5)
-    start = np.concatenate([np.ravel(w)
-                            for w in script.make_model().get_weights()])
-    assert np.abs(one - start).max() > 1e-2  # training moved the weights
+    print(f"max |{processes} processes - 1 process| =",
+          np.abs(many - one).max())
+    np.testing.assert_allclose(many, one, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_shards_are_disjoint_slices_of_the_global_batches(runs):
-    shards = {k: json.loads(v)
-              for k, v in _printed(runs["killed"], "SHARD").items()}
-    assert set(shards) == {0, 1}
-    assert not set(shards[0]) & set(shards[1])
-    assert sorted(shards[0] + shards[1]) == list(range(44))
+def _check_shards(output, processes):
+    """Each process' shuffled pass: disjoint slices that, put together in
+    process order, are the global batches of one process."""
+    shards = {k: json.loads(v) for k, v in _printed(output, "SHARD").items()}
+    assert set(shards) == set(range(processes))
+    seen = [v for shard in shards.values() for v in shard]
+    assert sorted(seen) == list(range(44))  # disjoint and covering
     x, y = script.make_data()
     one = [int(v) for images, _ in kft.data.from_arrays(
         x, y, batch_size=8, shuffle=True, seed=3) for v in images[:, 0, 0, 0]]
+    local, last = 8 // processes, 4 // processes
     together = []
-    for start in range(0, 44, 4):
-        together += shards[0][start:start + 4] + shards[1][start:start + 4]
+    for batch in range(5):
+        for index in range(processes):
+            together += shards[index][batch * local:(batch + 1) * local]
+    for index in range(processes):
+        together += shards[index][5 * local:5 * local + last]
     assert together == one
 
 
 @pytest.mark.slow
-def test_only_process_0_writes(runs):
-    for output in (runs["killed"], runs["resumed"]):
+def test_processes_end_equal_to_one_process(runs, one_process):
+    _check_equal_to_one_process(runs["resumed"], runs["out"], one_process, 2)
+
+
+@pytest.mark.slow
+def test_4_processes_end_equal_to_one_process(four, one_process):
+    _check_equal_to_one_process(four["output"], four["out"], one_process, 4)
+
+
+@pytest.mark.slow
+def test_shards_are_disjoint_slices_of_the_global_batches(runs, four):
+    _check_shards(runs["killed"], 2)
+    _check_shards(four["output"], 4)
+
+
+@pytest.mark.slow
+def test_only_process_0_writes(runs, four):
+    for output in (runs["killed"], runs["resumed"], four["output"]):
         writes = {k: json.loads(v)
                   for k, v in _printed(output, "WRITES").items()}
-        assert writes.get(1, []) == []
+        assert all(writes.get(i, []) == [] for i in (1, 2, 3))
+    writes = {k: json.loads(v)
+              for k, v in _printed(four["output"], "WRITES").items()}
+    assert set(writes) == {0, 1, 2, 3}
     final = {k: json.loads(v)
              for k, v in _printed(runs["resumed"], "WRITES").items()}
     written = {os.path.basename(path) for _, path in final[0]}

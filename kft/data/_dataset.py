@@ -73,6 +73,29 @@ def _collate(elements):
             np.asarray([label for _, label in loaded]))
 
 
+class _Pass(grain.DatasetIterator):
+    """One pass over an `ImageDataset`, numbered and begun at its first
+    batch."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self._dataset = dataset
+        self._batches = None
+
+    def __next__(self):
+        if self._batches is None:
+            self._batches = self._dataset._start_pass()
+        return next(self._batches)
+
+    def get_state(self):
+        return {} if self._batches is None else self._batches.get_state()
+
+    def set_state(self, state):
+        raise NotImplementedError(
+            "An ImageDataset pass cannot be restored mid-way; a resumed "
+            "fit starts a new pass.")
+
+
 class ImageDataset(grain.IterDataset, DataAdapter):
     """Batches of `(images, labels)` for `model.fit`, with class metadata.
 
@@ -83,7 +106,12 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     do not apply to it: the dataset shuffles itself when built with
     `shuffle=True`, and its batches carry no sample weights.
 
-    Each pass (epoch) reshuffles with `seed + epoch`. With
+    Each pass (epoch) reshuffles with `seed + n`, `n` counting the passes
+    read so far (a pass counts from its first batch, so the orders are the
+    same on one device and under `kft.data_parallel`). A process that
+    resumes a run (`BackupAndRestore`) counts from 0 again: its epochs
+    still see each example once, in other orders than the uninterrupted
+    run's. With
     `sampling="balanced"` each pass instead draws `num_examples` examples
     with replacement, every class present equally likely (a class, then
     an example of it), seeded by `seed` and the epoch: rare classes are
@@ -300,6 +328,11 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return self
 
     def get_jax_iterator(self):
+        # Under a data-parallel distribution a batch that does not split
+        # over the devices would fail deep in JAX (IndivisibleError).
+        from kft.distributed.data_parallel import check_data_batches
+
+        check_data_batches(self, None, name="dataset")
         return self
 
     def get_tf_dataset(self):
@@ -379,9 +412,17 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return view
 
     def __iter__(self):
-        dataset = self._source
+        # A pass is numbered (its order drawn) at its first batch, not when
+        # the iterator is made: without a distribution Keras' `fit` makes
+        # one more iterator at each epoch's end that it never reads (with
+        # one it does not), so counting iterators would shuffle epoch 2 on
+        # 1 device unlike on N devices. Unread iterators load nothing.
+        return _Pass(self)
+
+    def _start_pass(self):
         with self._lock:
             epoch, self._epoch = self._epoch, self._epoch + 1
+        dataset = self._source
         if self.sampling == "balanced":
             indices = balanced_indices(self.example_labels, len(dataset),
                                        self._shuffle_seed, epoch)

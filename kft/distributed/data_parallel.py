@@ -193,23 +193,31 @@ def check_batch_size(batch_size: int, num_examples: int | None = None, *,
     12
     """
     batch_size = check_int(name, batch_size, min_value=1)
+    rest = None if num_examples is None else num_examples % batch_size
+    _check_split(batch_size, rest, batch_name=f"{name}={batch_size}",
+                 name=name,
+                 last_name=f"{data_name} ({num_examples} examples at "
+                           f"{name}={batch_size})")
+    return batch_size
+
+
+def _check_split(batch, last, *, batch_name, name, last_name):
+    """Raises unless `batch` and the last batch (`last` examples, `None`
+    or 0 for none) split over `batch_shards()`."""
     shards = batch_shards()
-    if batch_size % shards:
+    if batch % shards:
         raise ValueError(
             f"Argument `{name}` must be a multiple of the {shards} devices "
             "each batch is split over (keras.distribution data parallel). "
-            f"Received: {name}={batch_size}, not divisible by {shards}; use "
-            f"e.g. {name}={max(shards, batch_size // shards * shards)}.")
-    rest = 0 if num_examples is None else num_examples % batch_size
-    if rest % shards:
+            f"Received: {batch_name}, not divisible by {shards}; use "
+            f"e.g. {name}={max(shards, batch // shards * shards)}.")
+    if last and last % shards:
         raise ValueError(
-            f"The last batch of {data_name} ({num_examples} examples at "
-            f"{name}={batch_size}) holds {rest} examples, not divisible by "
-            f"the {shards} devices each batch is split over. Use a number "
-            f"of examples that leaves a multiple of {shards} (or none) in "
-            "the last batch, or drop it (a kft.data dataset built with "
-            "drop_remainder=True).")
-    return batch_size
+            f"The last batch of {last_name} holds {last} examples, not "
+            f"divisible by the {shards} devices each batch is split over. "
+            f"Use a number of examples that leaves a multiple of {shards} "
+            "(or none) in the last batch, or drop it (a kft.data dataset "
+            "built with drop_remainder=True).")
 
 
 def check_data_batches(data, batch_size: int | None, *, name: str) -> None:
@@ -240,10 +248,18 @@ def check_data_batches(data, batch_size: int | None, *, name: str) -> None:
                          data_name=f"`{name}`")
         return
     size = getattr(data, "batch_size", None)
+    if not isinstance(size, int):
+        return
+    # A kft.data dataset in one of several processes yields its part of
+    # each global batch: that part is what this process' devices split.
+    _, processes = getattr(data, "shard", (0, 1))
+    local = size // processes
+    last = (data.partial_batch_size
+            if getattr(data, "has_partial_batch", False) else None)
+    part = (f"{name}.batch_size={size}" if processes == 1 else
+            f"{name}.batch_size={size} ({local} examples in each of "
+            f"{processes} processes)")
     count = getattr(data, "num_examples", None)
-    if isinstance(size, int):
-        if getattr(data, "drop_remainder", False) or not isinstance(
-                count, int):
-            count = None
-        check_batch_size(size, count, name=f"{name}.batch_size",
-                         data_name=f"`{name}`")
+    _check_split(local, last, batch_name=part, name=f"{name}.batch_size",
+                 last_name=f"`{name}` ({count} examples at batch_size="
+                           f"{size})")

@@ -5,7 +5,7 @@ Builds `kft.build_classifier(backbone, 10, weights=None)`, freezes it with
 sparse cross-entropy, and times `model.train_on_batch` on one random
 batch: `--warmup` untimed steps (the first compiles), then `--steps` timed
 ones; prints the times, the peak RSS of the process (`VmHWM`, reset just
-before the first step) and the load average. Only that public kft API is
+before the first step), the RSS after the steps and the load average. Only that public kft API is
 used, so the same command measures the code before and after a change to
 kft's internals.
 
@@ -51,17 +51,20 @@ def main():
                                  args.steps, warmup=args.warmup)
 
     peak, load = _harness.peak_rss_mib(), _harness.loadavg()
+    end = _harness.rss_mib()
     first = f", first step {timing['warmup_s'][0]:.1f} s" \
         if timing["warmup_s"] else ""
     print(f"{args.backbone} {args.size}px batch {args.batch} "
           f"{args.strategy}: median {1000 * timing['median_s']:.1f} ms, "
           f"min {1000 * timing['min_s']:.1f} ms, "
           f"max {1000 * timing['max_s']:.1f} ms ({args.steps} steps{first}), "
-          f"peak RSS {peak:.0f} MiB, load {' '.join(load or ['?'])}")
+          f"peak RSS {peak:.0f} MiB, RSS after the steps {end:.0f} MiB, "
+          f"load {' '.join(load or ['?'])}")
     out = args.out or _harness.results_path(
         f"step_{args.backbone}_{args.size}_{args.strategy}.json")
     _harness.write_json(out, {"args": vars(args), **timing,
-                                "peak_rss_mib": peak, "loadavg": load})
+                                "peak_rss_mib": peak, "rss_end_mib": end,
+                                "loadavg": load})
     print(f"wrote {out}")
 
 

@@ -34,6 +34,7 @@ from kft._compat import check_keras_version
 from kft._config import apply_cpu_xla_flags
 from kft._config import enable_compilation_cache
 from kft._config import ensure_jax_backend
+from kft._config import release_heap_after_compiles
 
 check_keras_version()
 ensure_jax_backend()
@@ -172,6 +173,7 @@ def _run_as_command():
 
 if not _run_as_command():
     enable_compilation_cache()
+    release_heap_after_compiles()
     # Importing every module registers kft's Keras classes, so
     # `keras.models.load_model` finds them right after `import kft`. The
     # `kft` command loads modules on first use instead (`__getattr__`).
@@ -180,4 +182,5 @@ if not _run_as_command():
     del _name
 
 __all__ = sorted(
-    ["apply_cpu_xla_flags", "enable_compilation_cache", *_MODULES, *_NAMES])
+    ["apply_cpu_xla_flags", "enable_compilation_cache",
+     "release_heap_after_compiles", *_MODULES, *_NAMES])

@@ -393,6 +393,27 @@ def jax_backends_initialised():
     return bool(getattr(xla_bridge, "_backends", None))
 
 
+def backend_compile_event():
+    """The `jax.monitoring` duration event recorded after each XLA
+    compile."""
+    try:
+        from jax._src import dispatch
+    except ImportError:  # pragma: no cover - private module moved
+        return "/jax/core/compile/backend_compile_duration"
+    return getattr(dispatch, "BACKEND_COMPILE_EVENT",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+def malloc_trim_function():
+    """glibc's `malloc_trim`, or `None` without glibc."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 # -- fit's starting epoch -----------------------------------------------------
 
 

@@ -78,6 +78,26 @@ def test_each_epoch_reshuffles_the_same_examples(tmp_path):
     assert not np.array_equal(first, second)
 
 
+def test_a_pass_counts_from_its_first_batch():
+    """Iterators made but never read (Keras' `fit` makes one at each
+    epoch's end without a distribution) do not move the shuffle on."""
+    x = np.arange(12.0).reshape(12, 1, 1, 1)
+
+    def order(ds, unread):
+        for _ in range(unread):
+            iter(ds)
+        return [v for images, _ in ds for v in images[:, 0, 0, 0]]
+
+    def passes(unread):
+        ds = kft.data.from_arrays(x, np.zeros(12, int), batch_size=4,
+                                  shuffle=True, seed=7)
+        return [order(ds, unread) for _ in range(3)]
+
+    plain = passes(0)
+    assert passes(2) == plain
+    assert plain[0] != plain[1] and sorted(plain[1]) == list(range(12))
+
+
 def test_validation_split_is_stratified_and_disjoint(tmp_path):
     root = _tree(tmp_path, splits=("all",), per_class=10)
     train, val = kft.data.from_directory(f"{root}/all", SIZE,

@@ -276,7 +276,10 @@ def _torch_rows(cfg, strategy):
             "torch-max-autotune": "max-autotune"}.get(cfg["side"])
     torch.manual_seed(0)
     model, head = torch_model(cfg["backbone"])
-    _freeze_torch(model, head, strategy)
+    import _vs_torch
+
+    # Only feature_extraction and full here: no `top` block needed.
+    _vs_torch.freeze_torch(model, head, None, strategy)
     model = model.to(device, memory_format=torch.channels_last)
     x, y = _harness.random_batch(cfg["batch"], cfg["size"], NUM_CLASSES)
     x = torch.from_numpy(x).permute(0, 3, 1, 2).to(
@@ -327,20 +330,3 @@ def _torch_rows(cfg, strategy):
                                    if p.requires_grad),
            "threads": torch.get_num_threads(),
            "cudnn_benchmark": torch.backends.cudnn.benchmark}
-
-
-def _freeze_torch(model, head, strategy):
-    """`requires_grad` as kft's `freeze(strategy)` with `bn="frozen"`."""
-    from torch import nn
-
-    full = strategy == "full"
-    for p in model.parameters():
-        p.requires_grad_(full)
-    for p in head.parameters():
-        p.requires_grad_(True)
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-            for p in module.parameters():
-                p.requires_grad_(False)

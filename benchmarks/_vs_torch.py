@@ -107,17 +107,16 @@ def torch_model(name):
     raise ValueError(f"Unknown backbone {name!r}; known: {BACKBONES}")
 
 
-def run_torch(cfg):
-    import torch
+def freeze_torch(model, head, top, strategy):
+    """`requires_grad` as kft's `freeze(strategy)` with `bn="frozen"`:
+    the head (`feature_extraction`), head + `top` (`partial`) or all
+    (`full`) trains; BatchNorm layers in eval mode, their weights frozen."""
     from torch import nn
 
-    torch.manual_seed(0)
-    device = "cuda" if cfg["gpu"] else "cpu"
-    model, head, top = torch_model(cfg["backbone"])
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = {"feature_extraction": [head], "partial": [head, top],
-                 "full": [model]}[cfg["strategy"]]
+                 "full": [model]}[strategy]
     for module in trainable:
         for p in module.parameters():
             p.requires_grad_(True)
@@ -127,6 +126,16 @@ def run_torch(cfg):
             module.eval()
             for p in module.parameters():
                 p.requires_grad_(False)
+
+
+def run_torch(cfg):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    device = "cuda" if cfg["gpu"] else "cpu"
+    model, head, top = torch_model(cfg["backbone"])
+    freeze_torch(model, head, top, cfg["strategy"])
     model.to(device)
     head_params = [p for p in head.parameters() if p.requires_grad]
     head_ids = {id(p) for p in head_params}

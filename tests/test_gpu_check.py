@@ -69,8 +69,9 @@ def test_dry_run_writes_the_table_and_json(dry_run):
         assert len(lines) == 1
         images_per_s, ms_per_step, compile_s = lines[0].split("|")[4:7]
         assert float(images_per_s) > 0 and float(ms_per_step) > 0
+        # The table rounds to 0.1 s: a tiny eager first step prints 0.0.
         assert compile_s.strip() == "-" if variant == "kft train_on_batch" \
-            else float(compile_s) > 0
+            else float(compile_s) >= 0
 
 
 def test_dry_run_says_when_it_skips_torch(dry_run):

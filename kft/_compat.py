@@ -20,8 +20,9 @@ layer traversal (`_flatten_layers`, `_trainable_variables`, `_layers`);
 metric direction (`_direction`); the compile config (`_compile_config`);
 the preprocessing layers' hooks (`_transform_images`, `_get_zoom_matrix`,
 `_get_fill_value`, their transformation keys); `keras.src` imports
-(`io_utils`, `StatelessScope` detection, `DataAdapter`, the grain adapter,
-the base image preprocessing layer); JAX's `xla_bridge._backends`.
+(`io_utils`, the JAX random backend, `StatelessScope` detection,
+`DataAdapter`, the grain adapter, the base image preprocessing layer);
+JAX's `xla_bridge._backends`.
 """
 
 import contextlib
@@ -402,6 +403,16 @@ def backend_compile_event():
         return "/jax/core/compile/backend_compile_duration"
     return getattr(dispatch, "BACKEND_COMPILE_EVENT",
                    "/jax/core/compile/backend_compile_duration")
+
+
+def keras_jax_random():
+    """Keras' JAX random backend (`keras.src.backend.jax.random`): the
+    module whose `normal` / `uniform` / `truncated_normal` every Keras
+    random initializer reaches, looked up at call time, and its
+    `jax_draw_seed` (an int, a `SeedGenerator` or a key -> a key)."""
+    from keras.src.backend.jax import random
+
+    return random
 
 
 def malloc_trim_function():

@@ -578,7 +578,10 @@ def _export(args, argv):
 
     from kft.deploy.exporting import export
 
-    model = keras.saving.load_model(model_path)
+    from kft.models.init_draws import bucketed_draws
+
+    with bucketed_draws():  # the draws are replaced by the saved weights
+        model = keras.saving.load_model(model_path)
     try:
         path = export(model, out, format=args.format,
                       batch="dynamic" if args.batch == "dynamic" else 1,

@@ -13,6 +13,7 @@ import numpy as np
 from kft import _compat
 from kft._validation import check_int
 from kft.adaptation._data import image_batches
+from kft.models.init_draws import bucketed_draws
 from kft.training.freezing import batch_norm_layers
 
 
@@ -41,7 +42,8 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data"):
     batch_size = check_int("batch_size", batch_size, min_value=1)
     # A copy whose BatchNorm layers train (and so use and report batch
     # statistics) with momentum 0; the model itself is not touched.
-    clone = keras.models.clone_model(model)
+    with bucketed_draws():  # replaced by the model's weights
+        clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     clone_layers = batch_norm_layers(clone)
     for layer in clone_layers:

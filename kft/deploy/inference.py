@@ -29,6 +29,7 @@ from kft._validation import fail_argument
 from kft.deploy.onnx_layers import SlicedMaxPooling2D
 from kft.layers import Preprocess
 from kft.layers import preprocessing
+from kft.models.init_draws import bucketed_draws
 from kft.ops import cpu_convs
 
 OUTPUTS = ("logits", "probabilities")
@@ -148,7 +149,9 @@ def inference_model(model: keras.Model, *, output: Output = "logits",
     # was (see `kft.fast_cpu_convs`).
     state = random.getstate()
     try:
-        stock = keras.models.clone_model(_plain(model), clone_function=clone)
+        with bucketed_draws():  # replaced by the model's weights
+            stock = keras.models.clone_model(_plain(model),
+                                             clone_function=clone)
         if output == "probabilities":
             probabilities = keras.layers.Softmax(name="probabilities")(
                 stock.outputs[0])

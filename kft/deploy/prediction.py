@@ -20,6 +20,7 @@ from kft.deploy._views import TTA_MODES
 from kft.deploy._views import list_sources
 from kft.deploy._views import make_views
 from kft.deploy.metadata import read_metadata
+from kft.models.init_draws import bucketed_draws
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +104,8 @@ def _runner(model_or_path, batch_size):
             return _OnnxRunner(path)
         import keras
 
-        model = keras.saving.load_model(path)
+        with bucketed_draws():  # replaced by the saved weights
+            model = keras.saving.load_model(path)
         meta = {"output": _output_kind(model), **read_metadata(path)}
         return _KerasRunner(model, meta, batch_size)
     import keras

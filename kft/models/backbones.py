@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from kft._validation import fail_argument
+from kft.models import init_draws
 from kft.models.backbone_specs import BackboneSpec  # noqa: F401 (re-export)
 from kft.models.registry import close_backbone_names  # noqa: F401
 from kft.models.registry import get_backbone
@@ -242,8 +243,10 @@ def create_backbone(name: str, weights: Weights = "imagenet",
         input_shape = (spec.default_size, spec.default_size, 3)
     input_shape = check_input_shape(input_shape)
     local_file, constructor_weights = _local_weights_file(weights)
-    built = spec.constructor(include_top=False, weights=constructor_weights,
-                             input_shape=input_shape)
+    with init_draws.bucketed_draws():
+        built = spec.constructor(include_top=False,
+                                 weights=constructor_weights,
+                                 input_shape=input_shape)
     model = as_backbone(built, spec.name)
     if local_file is not None:
         model.load_weights(local_file)

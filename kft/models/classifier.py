@@ -11,6 +11,7 @@ from kft._validation import check_int
 from kft._validation import check_number
 from kft.layers import preprocessing
 from kft.models import backbones
+from kft.models import init_draws
 from kft.models.batch_augment import BatchAugmentModel
 from kft.ops import cpu_convs
 
@@ -106,11 +107,13 @@ def build_classifier(
     if input_shape is None:
         input_shape = (spec.default_size, spec.default_size, 3)
     input_shape = backbones.check_input_shape(input_shape)
-    base = _backbone(spec, weights, input_shape, fast_cpu_convs)
-    inputs = keras.Input(input_shape, name="image")
-    x = preprocessing(spec.preprocess, input_shape, name="preprocess")(inputs)
-    x = _pooling(pooling)(base(x))
-    outputs = _head(x, head, hidden_units, dropout, num_classes)
+    with init_draws.bucketed_draws():
+        base = _backbone(spec, weights, input_shape, fast_cpu_convs)
+        inputs = keras.Input(input_shape, name="image")
+        x = preprocessing(spec.preprocess, input_shape,
+                          name="preprocess")(inputs)
+        x = _pooling(pooling)(base(x))
+        outputs = _head(x, head, hidden_units, dropout, num_classes)
     name = f"kft_{spec.name}"
     if batch_augment is not None:
         model = BatchAugmentModel(inputs, outputs, name=name,

@@ -34,6 +34,7 @@ import keras
 from keras import ops
 
 from kft._validation import check_choice
+from kft.models.init_draws import bucketed_draws
 from kft.ops import conv_grads
 from kft.ops.shifted_conv import shifted_conv
 from kft.ops.shifted_conv import shifted_depthwise_conv
@@ -233,8 +234,9 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     # with and without this call.
     rng_state = random.getstate()
     try:
-        fast = keras.models.clone_model(model, clone_function=clone,
-                                        recursive=True)
+        with bucketed_draws():  # the draws are replaced by the weights below
+            fast = keras.models.clone_model(model, clone_function=clone,
+                                            recursive=True)
     finally:
         random.setstate(rng_state)
     for old, new in replaced:

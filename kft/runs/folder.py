@@ -5,6 +5,8 @@ import dataclasses
 import json
 import os
 
+from kft.models.init_draws import bucketed_draws
+
 
 @dataclasses.dataclass
 class LoadedRun:
@@ -59,7 +61,8 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     else:
         raise ValueError(f"{path!r} is neither a kft run folder nor a "
                          ".keras model file.")
-    model = keras.saving.load_model(model_path)
+    with bucketed_draws():  # replaced by the saved weights
+        model = keras.saving.load_model(model_path)
     class_names = None
     info_path = os.path.join(folder, "run.json")
     if os.path.isfile(info_path):

@@ -10,6 +10,7 @@ import kft
 from kft import _compat
 from kft.models import init_draws
 
+
 def _initializers():
     """Every random initializer kind, seeded and not (then from Python's
     random, which `set_random_seed` fixes)."""

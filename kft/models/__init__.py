@@ -7,8 +7,8 @@
 - `backbones`: `create_backbone` and the `Backbone` model, marked with its
   registered name (`kft_backbone`) so kft finds it inside any model; the
   registry's names re-exported.
-- `init_draws`: random initial weights with a dozen compiles per model
-  instead of one per weight shape (bit-identical to Keras').
+- `init_draws`: random initial weights compiled once per length bucket
+  instead of once per weight shape (bit-identical to Keras').
 - `simple_cnn`: kft's small CNN for CPU work and tests.
 - `blocks`: `get_blocks`, the ordered named blocks of any model, and
   `head_layers`, the one definition of a classifier's head.

@@ -1,4 +1,4 @@
-"""Random initial weights with a dozen compiles per model, not one per shape.
+"""Random initial weights compiled once per length bucket, not once per shape.
 
 Keras draws every random initial weight through `jax.random` under `jit`,
 the weight's shape static: each distinct kernel shape compiles its own XLA
@@ -10,9 +10,11 @@ process pays again.
 With JAX's partitionable threefry (its default) the i-th value of a draw
 depends only on the key and i, so a draw of shape `s` is the first
 `prod(s)` values of a flat draw of any greater length. `bucketed_draws`
-makes Keras' draws flat, their lengths rounded up to a power of two: a whole
-backbone then compiles a dozen programs, shared by every model built in the
-process, and gets bit-for-bit the weights Keras' own draws give (tested).
+makes Keras' draws flat, their lengths rounded up to a power of two: a
+backbone then compiles one program per distribution and length bucket
+(EfficientNetB0: 38 compiles in all, Keras' eager zeros/ones included,
+instead of 163), shared by every model built in the process, and gets
+bit-for-bit the weights Keras' own draws give (tested).
 """
 
 import contextlib

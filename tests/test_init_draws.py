@@ -25,8 +25,10 @@ def _initializers():
             i.Orthogonal(seed=8)]
 
 
-# Below and above the shortest bucket (1,024), odd sizes, a 1x1 kernel.
-SHAPES = [(7,), (1, 1, 96, 24), (1280, 10), (5, 5, 1, 33)]
+# Below and above the shortest bucket (1,024), odd sizes, a 1x1 kernel, a
+# list of numpy ints.
+SHAPES = [(7,), (1, 1, 96, 24), (1280, 10), (5, 5, 1, 33),
+          [np.int64(3), 3, np.int32(8), 16]]
 
 
 def _draws(bucketed):

@@ -86,7 +86,7 @@ def _bucketed(name, original, module):
         shape, seed = params.pop("shape"), params.pop("seed")
         dtype = params.pop("dtype") or keras.config.floatx()
         # Left: minval / maxval (uniform) or mean / stddev.
-        size = math.prod(shape) if _static_shape(shape) else 0
+        size = int(math.prod(shape)) if _static_shape(shape) else 0
         if (size == 0 or dtype != "float32" or _tracing(jax)
                 or not all(isinstance(v, (int, float))
                            for v in params.values())):

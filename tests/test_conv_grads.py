@@ -13,20 +13,13 @@ from kft.ops.cpu_convs import DepthwiseConv2D
 from kft.ops.cpu_convs import fast_cpu_convs
 
 
-@pytest.fixture(autouse=True)
-def _always_custom_gradients(monkeypatch):
-    # Every swapped layer takes the hand-written gradients here, also the
-    # 7x7 kernels that "auto" leaves to autodiff (tested below).
-    monkeypatch.setenv("KFT_CONV_GRADS", "1")
-
-
-def test_auto_takes_custom_gradients_for_small_kernels_on_small_maps(monkeypatch):
+def test_custom_gradients_unless_kft_conv_grads_is_zero(monkeypatch):
     small, large = np.ones((1, 8, 8, 4), "float32"), np.ones((1, 40, 40, 4),
                                                           "float32")
     for mode, kernel, x, custom in [
-            ("auto", 5, small, True), ("auto", 7, small, False),
-            ("auto", 3, large, False), ("1", 7, large, True),
-            ("0", 3, small, False)]:
+            ("auto", 5, small, True), ("auto", 7, large, True),
+            ("1", 3, large, True), ("0", 3, small, False),
+            ("0", 7, large, False)]:
         monkeypatch.setenv("KFT_CONV_GRADS", mode)
         for layer in (DepthwiseConv2D(kernel, padding="same"),
                       Conv2D(4, kernel, padding="same", groups=4)):
@@ -97,6 +90,60 @@ def test_depthwise_grads_match_keras(config):
         kernel, strides=strides, padding=padding, dilation_rate=dilation,
         depth_multiplier=multiplier, bias_initializer="random_normal")
     _assert_matches(stock, DepthwiseConv2D, x)
+
+
+def _kernel_grad(op, kernel, grads):
+    _, vjp = jax.vjp(op, kernel)
+    return vjp(grads)[0]
+
+
+# About the bytes of one example (input + output gradient, 16 x 13 x 3
+# floats each): budgets for the direct sums, blocks of examples, blocks of
+# several rows and of single rows.
+_EXAMPLE_BYTES = 2 * 16 * 13 * 3 * 4
+
+
+@pytest.mark.parametrize("budget", [2**30, 2 * _EXAMPLE_BYTES,
+                                    _EXAMPLE_BYTES * 7 // 10, 1])
+@pytest.mark.parametrize("config", [
+    # kernel, strides, padding, dilation, multiplier
+    ((3, 3), (1, 1), "same", (1, 1), 1),
+    ((3, 3), (2, 2), "valid", (1, 1), 2),
+    ((5, 5), (2, 2), "same", (1, 1), 1),
+    ((3, 5), (1, 2), "same", (1, 1), 3),
+    ((3, 3), (1, 1), "same", (2, 2), 1),
+    ((7, 7), (1, 1), "same", (1, 1), 1),
+])
+def test_blocked_kernel_gradient_matches_keras(monkeypatch, budget, config):
+    # The sums run in blocks of whole examples, or of rows of all examples,
+    # when the arrays pass the budget (about 2 MiB; set small here).
+    monkeypatch.setattr(conv_grads, "_BLOCK_BYTES", budget)
+    kernel_size, strides, padding, dilation, multiplier = config
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4, 16, 13, 3)).astype("float32")
+    kernel = rng.normal(size=(*kernel_size, 3, multiplier)).astype("float32")
+
+    def stock(k):
+        return keras.ops.depthwise_conv(x, k, strides, padding,
+                                        dilation_rate=dilation)
+
+    grads = rng.normal(size=stock(kernel).shape).astype("float32")
+    got = _kernel_grad(lambda k: conv_grads.depthwise_conv(
+        x, k, strides, padding, dilation), kernel, grads)
+    expected = _kernel_grad(stock, kernel, grads)
+    assert _rel(got, expected) <= 1e-5, _rel(got, expected)
+
+
+def test_depthwise_kernel_gradient_sums_stay_off_ynnpack():
+    # YNNPACK ran these sums 2-5x slower than XLA's own loops; the
+    # two-operand reduction keeps them off it (if XLA ever folds it back
+    # into a plain sum, this fails).
+    x, k = jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 1))
+    grad = jax.jit(jax.grad(
+        lambda k: conv_grads.depthwise_conv(x, k, padding="same").sum()))
+    hlo = grad.lower(k).compile().as_text()
+    assert " reduce(" in hlo
+    assert "ynn_fusion" not in hlo
 
 
 @pytest.mark.parametrize("filters,kernel,strides", [

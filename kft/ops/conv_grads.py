@@ -13,8 +13,9 @@ only the input and the kernel and slice the patches again when the
 gradient is taken.
 
 - `depthwise_conv`: forward `shifted_depthwise_conv`; kernel gradient one
-  per-channel multiply-add reduced over batch and space per position;
-  input gradient the transposed shifted form (the output gradient dilated
+  per-channel multiply-add reduced over batch and space per position, on
+  XLA's own loops (not YNNPACK's) and in cache-sized blocks of examples or
+  rows; input gradient the transposed shifted form (the output gradient dilated
   by the strides, padded, correlated with the flipped kernel).
 - `conv`: forward XLA's convolution or `shifted_conv`; kernel gradient one
   GEMM over all positions at once (im2col of the shifted patches); input
@@ -90,18 +91,94 @@ def _depthwise_fwd(inputs, kernel, strides, padding, dilation_rate):
             (inputs, kernel))
 
 
+# The depthwise kernel gradient reads the input and the output gradient
+# once per kernel position. Arrays larger than the CPU's caches are summed
+# in blocks of about this many bytes (whole examples, else rows of all
+# examples), so that each block stays in cache for all positions: 2-5x
+# faster sums of EfficientNet's larger maps in isolation.
+_BLOCK_BYTES = 2 * 2**20
+
+
+def _depthwise_taps(padded, grads, kernel_hw, strides, dilation_rate):
+    """Kernel gradient `(kh, kw, channels, multiplier)` in float32 of an
+    explicitly padded ("valid") input."""
+    taps = {}
+    for i, j, patch in _shifted_patches(padded, kernel_hw, strides, "valid",
+                                        dilation_rate):
+        taps[i, j] = _sum_rows(patch[..., None] * grads)
+    return jnp.stack([jnp.stack([taps[i, j] for j in range(kernel_hw[1])])
+                      for i in range(kernel_hw[0])])
+
+
+def _sum_rows(values):
+    """Float32 sums over the first three axes, on XLA's own loops.
+
+    YNNPACK takes plain float32 sums and ran these about 4x slower than
+    XLA's loops (EfficientNetB0's 224 px full step: 1008 ms of them, 61%
+    of the step, vs 251 ms). It does not take a two-operand reduction; the
+    second sum (a count, times 0 in the result so that XLA keeps it) costs
+    one add per element.
+    """
+    values = values.astype(jnp.float32)
+    zero = jnp.zeros((), jnp.float32)
+    total, count = lax.reduce((values, jnp.ones_like(values)), (zero, zero),
+                              lambda a, b: (a[0] + b[0], a[1] + b[1]),
+                              (0, 1, 2))
+    return total + 0.0 * count
+
+
+def _largest_divisor(n, limit):
+    return max(d for d in range(1, n + 1)
+               if n % d == 0 and d <= max(limit, 1))
+
+
+def _depthwise_kernel_grad(inputs, grads, kernel_hw, strides, padding,
+                           dilation_rate):
+    """Sums over batch and space of input patch x output gradient, per
+    kernel position; `grads` is `(batch, out_h, out_w, channels, mult)`."""
+    config = [(0, 0)]
+    for axis, (kernel, stride, rate) in enumerate(
+            zip(kernel_hw, strides, dilation_rate)):
+        size, out = inputs.shape[1 + axis], grads.shape[1 + axis]
+        low = _pads(size, kernel, stride, rate, padding)[1]
+        high = (out - 1) * stride + (kernel - 1) * rate + 1 - size - low
+        config.append((low, max(high, 0)))
+    padded = jnp.pad(inputs, config + [(0, 0)])
+    batch, out_h = grads.shape[:2]
+    per_example = (math.prod(padded.shape[1:]) * padded.dtype.itemsize
+                   + math.prod(grads.shape[1:]) * grads.dtype.itemsize)
+    args = (kernel_hw, strides, dilation_rate)
+    zeros = jnp.zeros((*kernel_hw, *grads.shape[3:]), jnp.float32)
+    if batch * per_example <= _BLOCK_BYTES:
+        return _depthwise_taps(padded, grads, *args)
+    if per_example <= _BLOCK_BYTES:
+        size = _largest_divisor(batch, _BLOCK_BYTES // per_example)
+        blocks = (jnp.reshape(padded, (-1, size, *padded.shape[1:])),
+                  jnp.reshape(grads, (-1, size, *grads.shape[1:])))
+        return lax.scan(
+            lambda total, block: (total + _depthwise_taps(*block, *args),
+                                  None), zeros, blocks)[0]
+    # Rows of every example: output rows [r, r + rows) read input rows
+    # [r * stride, (r + rows - 1) * stride + span).
+    stride_h, span_h = strides[0], (kernel_hw[0] - 1) * dilation_rate[0] + 1
+    rows = _largest_divisor(out_h, _BLOCK_BYTES * out_h // (
+        batch * per_example))
+    in_rows = (rows - 1) * stride_h + span_h
+
+    def block(total, start):
+        x = lax.dynamic_slice_in_dim(padded, start * stride_h, in_rows, 1)
+        g = lax.dynamic_slice_in_dim(grads, start, rows, 1)
+        return total + _depthwise_taps(x, g, *args), None
+
+    return lax.scan(block, zeros, jnp.arange(0, out_h, rows))[0]
+
+
 def _depthwise_bwd(strides, padding, dilation_rate, residuals, grads):
     inputs, kernel = residuals
     channels, multiplier = kernel.shape[2:]
     grads = jnp.reshape(grads, (*grads.shape[:3], channels, multiplier))
-    taps = {}
-    for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
-                                        padding, dilation_rate):
-        taps[i, j] = jnp.sum(patch[..., None] * grads, axis=(0, 1, 2),
-                             dtype=jnp.float32)
-    kernel_grad = jnp.stack([jnp.stack([taps[i, j]
-                                        for j in range(kernel.shape[1])])
-                             for i in range(kernel.shape[0])])
+    kernel_grad = _depthwise_kernel_grad(inputs, grads, kernel.shape[:2],
+                                         strides, padding, dilation_rate)
     padded = _transposed_input(grads, inputs.shape[1:3], kernel.shape[:2],
                                strides, padding, dilation_rate)
     input_grad = None

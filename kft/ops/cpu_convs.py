@@ -17,13 +17,10 @@ model: same weights, same config, same results up to float rounding (the
 sums run in another order); only the computation differs, and only where
 it helps. `shifted_depthwise_conv` and `shifted_conv` are re-exported
 here. Their gradients come from `kft.ops.conv_grads` (kernel gradients as
-reductions / one GEMM, only input and kernel kept for the backward pass);
-they are taken for kernels of at most 25 positions on maps of at most
-32x32 (7x7 kernels and larger maps measured faster with plain autodiff of
-the shifted forms); the environment variable
-`KFT_CONV_GRADS` (`0` never, `1` always), read when a layer is traced,
-overrides that, for before/after measurements. `benchmarks/bench_cpu_convs.py` measures the
-difference (`benchmarks/RESULTS.md`).
+blocked reductions / one GEMM, only input and kernel kept for the backward
+pass); `KFT_CONV_GRADS=0`, read when a layer is traced, takes autodiff of
+the shifted forms instead, for before/after measurements
+(`benchmarks/bench_step.py`, `benchmarks/RESULTS.md`).
 """
 
 import math
@@ -53,27 +50,17 @@ def _kernel_covers_map(kernel_size, shape):
     return math.prod(kernel_size) > shape[1] * shape[2]
 
 
-# Measured (benchmarks/RESULTS.md): the hand-written gradients speed up
-# the 3x3 / 5x5 depthwise steps of EfficientNet and MobileNet on small maps
-# (64 px input), and slow down ConvNeXt's 7x7 ones (49 per-position
-# reductions) and the large maps of 224 px inputs, which keep autodiff.
-_CUSTOM_GRADIENT_MAX_POSITIONS = 25
-_CUSTOM_GRADIENT_MAX_MAP = 32 * 32
+def _custom_gradients():
+    """Whether to take `kft.ops.conv_grads`' gradients.
 
-
-def _custom_gradients(kernel_size, shape):
-    """Whether to take `kft.ops.conv_grads`' gradients for this layer.
-
-    `KFT_CONV_GRADS` (read when a layer is traced): unset or `"auto"`, for
-    kernels of at most 25 positions on input maps of at most 32x32; `"1"`
-    always; `"0"` never.
+    `KFT_CONV_GRADS` (read when a layer is traced): unset, `"auto"` or
+    `"1"`, yes (measured faster for every kernel and map size of the four
+    benchmark backbones, benchmarks/RESULTS.md); `"0"`, autodiff of the
+    shifted forms (for before/after measurements).
     """
     mode = os.environ.get("KFT_CONV_GRADS", "auto")
     check_choice("KFT_CONV_GRADS", mode, ("auto", "0", "1"))
-    if mode == "auto":
-        return (math.prod(kernel_size) <= _CUSTOM_GRADIENT_MAX_POSITIONS
-                and shape[1] * shape[2] <= _CUSTOM_GRADIENT_MAX_MAP)
-    return mode == "1"
+    return mode != "0"
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -94,7 +81,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if not _static_channels_last(self, inputs.shape):
             return super().call(inputs)
         depthwise = (conv_grads.depthwise_conv
-                     if _custom_gradients(self.kernel_size, inputs.shape)
+                     if _custom_gradients()
                      else shifted_depthwise_conv)
         outputs = depthwise(inputs, ops.cast(self.kernel, inputs.dtype),
                             self.strides, self.padding, self.dilation_rate)
@@ -130,7 +117,7 @@ class Conv2D(keras.layers.Conv2D):
         kernel = ops.cast(kernel, inputs.dtype)
         args = (self.strides, self.padding, self.dilation_rate)
         kernel_h, kernel_w, group_channels = kernel.shape[:3]
-        custom = _custom_gradients((kernel_h, kernel_w), shape)
+        custom = _custom_gradients()
         if self.groups == shape[-1] and group_channels == 1:
             kernel = ops.reshape(kernel, (kernel_h, kernel_w, shape[-1],
                                           self.filters // shape[-1]))

@@ -13,10 +13,11 @@ only the input and the kernel and slice the patches again when the
 gradient is taken.
 
 - `depthwise_conv`: forward `shifted_depthwise_conv`; kernel gradient one
-  per-channel multiply-add reduced over batch and space per position, on
-  XLA's own loops (not YNNPACK's) and in cache-sized blocks of examples or
-  rows; input gradient the transposed shifted form (the output gradient dilated
-  by the strides, padded, correlated with the flipped kernel).
+  per-channel multiply-add summed over batch and space per position by a
+  product with a vector of ones (a vectorised GEMV), in cache-sized blocks
+  of examples or rows; input gradient the transposed shifted form (the
+  output gradient dilated by the strides, padded, correlated with the
+  flipped kernel).
 - `conv`: forward XLA's convolution or `shifted_conv`; kernel gradient one
   GEMM over all positions at once (im2col of the shifted patches); input
   gradient XLA's transposed convolution or the transposed shifted form.
@@ -111,20 +112,21 @@ def _depthwise_taps(padded, grads, kernel_hw, strides, dilation_rate):
 
 
 def _sum_rows(values):
-    """Float32 sums over the first three axes, on XLA's own loops.
+    """Float32 sums over the first three axes, as one matrix-vector product.
 
-    YNNPACK takes plain float32 sums and ran these about 4x slower than
-    XLA's loops (EfficientNetB0's 224 px full step: 1008 ms of them, 61%
-    of the step, vs 251 ms). It does not take a two-operand reduction; the
-    second sum (a count, times 0 in the result so that XLA keeps it) costs
-    one add per element.
+    XLA's CPU loops do not vectorise a reduction whose kept axis is the
+    innermost one (no reordering of float sums), and YNNPACK, which takes
+    plain float32 sums, ran them slower still; a product with a vector of
+    ones runs on Eigen's vectorised GEMV (measured in benchmarks/RESULTS.md:
+    EfficientNetB0's depthwise kernel gradients 1008 ms per 224 px step as
+    YNNPACK sums, 251 ms as XLA's loops, BLOCK_PLACEHOLDER as products).
     """
     values = values.astype(jnp.float32)
-    zero = jnp.zeros((), jnp.float32)
-    total, count = lax.reduce((values, jnp.ones_like(values)), (zero, zero),
-                              lambda a, b: (a[0] + b[0], a[1] + b[1]),
-                              (0, 1, 2))
-    return total + 0.0 * count
+    rows = math.prod(values.shape[:3])
+    ones = jnp.ones((rows,), jnp.float32)
+    total = jnp.dot(ones, jnp.reshape(values, (rows, -1)),
+                    preferred_element_type=jnp.float32)
+    return jnp.reshape(total, values.shape[3:])
 
 
 def _largest_divisor(n, limit):

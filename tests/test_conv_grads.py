@@ -116,7 +116,7 @@ _EXAMPLE_BYTES = 2 * 16 * 13 * 3 * 4
 ])
 def test_blocked_kernel_gradient_matches_keras(monkeypatch, budget, config):
     # The sums run in blocks of whole examples, or of rows of all examples,
-    # when the arrays pass the budget (about 2 MiB; set small here).
+    # when the arrays pass the budget (0.5 MiB; set small here).
     monkeypatch.setattr(conv_grads, "_BLOCK_BYTES", budget)
     kernel_size, strides, padding, dilation, multiplier = config
     rng = np.random.default_rng(5)

@@ -96,8 +96,9 @@ def _depthwise_fwd(inputs, kernel, strides, padding, dilation_rate):
 # once per kernel position. Arrays larger than the CPU's caches are summed
 # in blocks of about this many bytes (whole examples, else rows of all
 # examples), so that each block stays in cache for all positions: 2-5x
-# faster sums of EfficientNet's larger maps in isolation.
-_BLOCK_BYTES = 2 * 2**20
+# faster sums of EfficientNet's larger maps in isolation. 0.5 MiB was the
+# fastest of 0.25-2 MiB in whole steps (benchmarks/RESULTS.md).
+_BLOCK_BYTES = 2**19
 
 
 def _depthwise_taps(padded, grads, kernel_hw, strides, dilation_rate):

@@ -289,8 +289,10 @@ class Classifier:
         elif phase == "forward":
             group = "forward"
         elif phase == "backward":
-            group = ("weight gradients" if _WEIGHTED.search(cls)
-                     and self._is_weight_grad(main) else "input gradients")
+            # kft.ops.conv_grads names its kernel gradients' ops.
+            group = ("weight gradients" if _WEIGHTED.search(cls) and (
+                "kernel_gradient" in op_name.split("/")
+                or self._is_weight_grad(main)) else "input gradients")
         elif phase == "update" and self.optimizer_name and any(
                 part == self.optimizer_name
                 for part in op_name.split("/")):

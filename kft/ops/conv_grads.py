@@ -180,8 +180,11 @@ def _depthwise_bwd(strides, padding, dilation_rate, residuals, grads):
     inputs, kernel = residuals
     channels, multiplier = kernel.shape[2:]
     grads = jnp.reshape(grads, (*grads.shape[:3], channels, multiplier))
-    kernel_grad = _depthwise_kernel_grad(inputs, grads, kernel.shape[:2],
-                                         strides, padding, dilation_rate)
+    # The name scope lets profiles (benchmarks/profile_step.py) tell the
+    # kernel gradient's ops from the input gradient's.
+    with jax.named_scope("kernel_gradient"):
+        kernel_grad = _depthwise_kernel_grad(
+            inputs, grads, kernel.shape[:2], strides, padding, dilation_rate)
     padded = _transposed_input(grads, inputs.shape[1:3], kernel.shape[:2],
                                strides, padding, dilation_rate)
     input_grad = None
@@ -255,16 +258,17 @@ def _conv_bwd(strides, padding, dilation_rate, shifted, residuals, grads):
     inputs, kernel = residuals
     kernel_h, kernel_w, in_channels, out_channels = kernel.shape
     # im2col: one GEMM over all positions, (k*k*in, rows) x (rows, out).
-    patches = [patch for _, _, patch in _shifted_patches(
-        inputs, (kernel_h, kernel_w), strides, padding, dilation_rate)]
-    columns = patches[0] if len(patches) == 1 else jnp.concatenate(
-        patches, axis=-1)
-    columns = jnp.reshape(columns, (-1, columns.shape[-1]))
-    kernel_grad = lax.dot_general(
-        columns, jnp.reshape(grads, (-1, out_channels)), (((0,), (0,)),
-                                                          ((), ())),
-        preferred_element_type=jnp.float32)
-    kernel_grad = jnp.reshape(kernel_grad, kernel.shape).astype(kernel.dtype)
+    with jax.named_scope("kernel_gradient"):
+        patches = [patch for _, _, patch in _shifted_patches(
+            inputs, (kernel_h, kernel_w), strides, padding, dilation_rate)]
+        columns = patches[0] if len(patches) == 1 else jnp.concatenate(
+            patches, axis=-1)
+        columns = jnp.reshape(columns, (-1, columns.shape[-1]))
+        kernel_grad = lax.dot_general(
+            columns, jnp.reshape(grads, (-1, out_channels)),
+            (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        kernel_grad = jnp.reshape(kernel_grad,
+                                  kernel.shape).astype(kernel.dtype)
     if not shifted:
         # XLA's own input gradient (a transposed convolution) is fast.
         _, transpose = jax.vjp(

@@ -170,6 +170,11 @@ DENSE = [
     (3, 1, "same", 1, 1, 1),
     (3, 2, "same", 1, 2, 3),
     (3, 1, "same", 2, 2, 2),
+    # 1x1 kernels: also swapped (the kernel gradient as one matrix product)
+    (1, 1, "valid", 1, 8, 8),
+    (1, 2, "valid", 1, 9, 8),
+    (1, 2, "same", 1, 7, 7),
+    (1, 1, "same", 1, 1, 1),
 ]
 
 
@@ -195,7 +200,8 @@ def test_dense_grads_match_keras(config, shifted):
     for a, b in zip((outputs, *grads), expected):
         assert a.shape == b.shape
         assert _rel(a, b) <= 1e-5, _rel(a, b)
-    if np.prod(stock.kernel_size) > h * w:  # the layer swaps these in
+    # The layer swaps these in.
+    if np.prod(stock.kernel_size) > h * w or stock.kernel_size == (1, 1):
         _assert_matches(stock, Conv2D, x)
 
 

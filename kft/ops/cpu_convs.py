@@ -11,6 +11,12 @@ Two kinds of convolution are slow under XLA on CPU:
   operands swapped by XLA's algebraic simplifier into a slow loop. As one
   matrix product per kernel position it stays on the fast matmul path.
 
+And one gradient is slow: XLA takes the kernel gradient of a 1x1
+convolution as a convolution over a features-first copy of its input and
+output gradient (two transposed copies per layer, 500 ms of ResNet50's
+1.1 s 224 px full step); as one matrix product of the input and the output
+gradient it needs no copy.
+
 This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
 `kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a
 model: same weights, same config, same results up to float rounding (the
@@ -100,8 +106,9 @@ class Conv2D(keras.layers.Conv2D):
     channel per group (ConvNeXt's 7x7 convolutions) it computes
     `shifted_depthwise_conv`; ungrouped, with a kernel that covers more
     positions than the input map has (where XLA would swap the operands),
-    `shifted_conv`; otherwise, and for channels-first inputs or unknown
-    spatial sizes, Keras' own op.
+    `shifted_conv`; otherwise Keras' own op, for a 1x1 kernel with the
+    kernel gradient as one matrix product (`kft.ops.conv_grads.conv`). For
+    channels-first inputs or unknown spatial sizes, Keras' own op.
 
     Example:
     >>> import numpy as np, kft
@@ -130,15 +137,18 @@ class Conv2D(keras.layers.Conv2D):
             if custom:
                 return conv_grads.conv(inputs, kernel, *args, shifted=True)
             return shifted_conv(inputs, kernel, *args)
+        if custom and (kernel_h, kernel_w) == (1, 1):
+            return conv_grads.conv(inputs, kernel, *args, shifted=False)
         return super().convolution_op(inputs, kernel)
 
 
 def _covers_input(layer):
     """Whether the kernel covers more positions than the input map has.
 
-    Only there is a dense convolution swapped: elsewhere kft's GEMM kernel
-    gradient (`conv_grads.conv`) measured no faster than XLA's
-    (`benchmarks/bench_cpu_convs.py --backbone-shapes`).
+    Only there, and for 1x1 kernels, is a dense convolution swapped: for
+    larger kernels kft's im2col kernel gradient (`conv_grads.conv`) made
+    ResNet50's 224 px full step slower (985 vs 893 ms with 1x1 only,
+    benchmarks/RESULTS.md).
     """
     try:
         shape = layer.input.shape
@@ -158,7 +168,10 @@ def _replacement(layer):
         return DepthwiseConv2D
     if type(layer) is keras.layers.Conv2D and (
             layer.groups > 1 and layer.kernel.shape[2] == 1
-            or layer.groups == 1 and _covers_input(layer)):
+            or layer.groups == 1 and (
+                tuple(layer.kernel_size) == (1, 1)
+                and layer.data_format == "channels_last"
+                or _covers_input(layer))):
         return Conv2D
     return None
 
@@ -173,18 +186,18 @@ def _all_layers(model):
 def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
-    Every `keras.layers.DepthwiseConv2D`, and every `keras.layers.Conv2D`
-    with one input channel per group or with a kernel that covers more
-    positions than its input map has, also inside nested models (a
-    backbone inside a classifier), is replaced by
+    Every `keras.layers.DepthwiseConv2D`, and every channels-last
+    `keras.layers.Conv2D` with one input channel per group, a 1x1 kernel,
+    or a kernel that covers more positions than its input map has, also
+    inside nested models (a backbone inside a classifier), is replaced by
     `kft.cpu_convs.DepthwiseConv2D` / `kft.cpu_convs.Conv2D` holding the
     same weights; all other layers are shared with `model`, not copied. The
     results are the same up to float rounding (about 1e-6 relative); on CPU
     the training steps of EfficientNet, MobileNet, ConvNeXt and, at small
-    input sizes, ResNet get several times faster (measured in
-    `benchmarks/RESULTS.md`). `kft.build_classifier` does this by itself
-    when JAX runs on CPU (`fast_cpu_convs="auto"`). Use the returned model,
-    not `model`.
+    input sizes, ResNet get several times faster, ResNet's full training
+    at 224 px about 1.2x (measured in `benchmarks/RESULTS.md`).
+    `kft.build_classifier` does this by itself when JAX runs on CPU
+    (`fast_cpu_convs="auto"`). Use the returned model, not `model`.
 
     Args:
         model: A functional or `Sequential` Keras model, built. A compiled

@@ -35,10 +35,12 @@ from kft._config import apply_cpu_xla_flags
 from kft._config import enable_compilation_cache
 from kft._config import ensure_jax_backend
 from kft._config import release_heap_after_compiles
+from kft._config import reuse_freed_memory
 
 check_keras_version()
 ensure_jax_backend()
 apply_cpu_xla_flags()
+reuse_freed_memory()  # before JAX starts its threads
 
 __version__ = "0.1.0"
 
@@ -183,4 +185,5 @@ if not _run_as_command():
 
 __all__ = sorted(
     ["apply_cpu_xla_flags", "enable_compilation_cache",
-     "release_heap_after_compiles", *_MODULES, *_NAMES])
+     "release_heap_after_compiles", "reuse_freed_memory", *_MODULES,
+     *_NAMES])

@@ -425,6 +425,16 @@ def malloc_trim_function():
         return None
 
 
+def mallopt_function():
+    """glibc's `mallopt`, or `None` without glibc."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
 # -- fit's starting epoch -----------------------------------------------------
 
 

@@ -14,6 +14,11 @@
   `KFT_COMPILATION_CACHE=0` turns it off, `KFT_COMPILATION_CACHE=DIR`
   moves it; a directory or minimum compile time set for JAX before
   `import kft` is kept.
+- **Step memory kept for reuse** (`reuse_freed_memory`): on CPU-only JAX,
+  glibc keeps the memory a training step frees for the next step instead
+  of unmapping it and faulting it in again (about 20% of a step).
+  `KFT_MALLOC_REUSE=0` turns it off; never applied once JAX has started or
+  with a GPU/TPU plugin.
 - **Heap release after compiles** (`release_heap_after_compiles`): after
   each XLA compile of a second or more, glibc's free heap goes back to the
   OS (`malloc_trim`): the compiler's ~1 GiB of scratch memory would
@@ -239,6 +244,60 @@ def _cpu_only():
         except ModuleNotFoundError:
             continue
     return True
+
+
+# glibc's `mallopt` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_KEPT_FREE_BYTES = 2**30
+_reuse_state = {"applied": False}
+
+
+def reuse_freed_memory():
+    """Keeps the memory a training step frees for the next step, on CPU.
+
+    XLA's CPU runtime allocates a step's temporary buffers at every step
+    (322 MiB for EfficientNetB0's 224 px full-training step, batch 4) and
+    frees them at its end. glibc serves blocks that large from its worker
+    threads' arenas with a fresh `mmap` and unmaps them when freed, so each
+    step page-faults all of it in again: 83,000 faults per step, 20-25% of
+    that step's time (`benchmarks/RESULTS.md`). This sets glibc's
+    `mallopt` so that the next step reuses the same pages: one arena
+    (`M_ARENA_MAX=1`; other arenas map large blocks whatever the settings),
+    no `mmap` for large blocks (`M_MMAP_MAX=0`), and up to 1 GiB of free
+    memory kept at the top of the heap (`M_TRIM_THRESHOLD`).
+    `release_heap_after_compiles` still hands the compiler's scratch memory
+    back after each compile.
+
+    Called on `import kft`, and applied only when JAX will run on CPU only
+    (as `apply_cpu_xla_flags` decides) and has not started a backend yet
+    (threads that already hold an arena keep it: import kft before using
+    JAX). `KFT_MALLOC_REUSE=0` (read then) turns it off. Without glibc
+    (macOS, Windows, musl) it does nothing. It is process-wide: every
+    thread allocates from the one arena.
+
+    Returns:
+        `True` when applied (now or before).
+
+    Example:
+    >>> import kft
+    >>> kft.reuse_freed_memory() in (True, False)
+    True
+    """
+    if _reuse_state["applied"]:
+        return True
+    if os.environ.get("KFT_MALLOC_REUSE", "1").strip() == "0":
+        return False
+    if not _cpu_only() or _compat.jax_backends_initialised():
+        return False
+    mallopt = _compat.mallopt_function()
+    if mallopt is None:
+        return False
+    # mallopt returns 1 on success.
+    _reuse_state["applied"] = all(
+        mallopt(param, value) == 1 for param, value in (
+            (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
+            (_M_TRIM_THRESHOLD, _KEPT_FREE_BYTES)))
+    return _reuse_state["applied"]
 
 
 # Compiles shorter than this (Keras' eager ops while a model is built) free

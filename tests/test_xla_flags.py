@@ -182,3 +182,118 @@ def test_a_real_compile_reports_the_event_kft_listens_to():
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert _compat.backend_compile_event() in seen
+
+
+# -- freed memory kept for the next step --------------------------------------
+
+
+@pytest.fixture
+def fresh_reuse(clean_env):
+    """`reuse_freed_memory` as on a first import on CPU, with a recording
+    `mallopt` (the real one would change this test process)."""
+    calls = []
+
+    def mallopt(param, value):
+        calls.append((param, value))
+        return 1
+
+    clean_env.setattr(_compat, "mallopt_function", lambda: mallopt)
+    clean_env.setattr(_backend, "_reuse_state", {"applied": False})
+    clean_env.delenv("KFT_MALLOC_REUSE", raising=False)
+    return calls, clean_env
+
+
+def test_freed_memory_is_kept_on_cpu(fresh_reuse):
+    calls, _ = fresh_reuse
+    assert _backend.reuse_freed_memory()
+    assert sorted(calls) == sorted([(-8, 1), (-4, 0), (-1, 2**30)])
+    assert _backend.reuse_freed_memory()  # once only
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("case", ["turned off", "gpu", "jax started",
+                                  "mallopt refuses", "no glibc"])
+def test_freed_memory_is_left_alone(fresh_reuse, case):
+    calls, monkeypatch = fresh_reuse
+    if case == "turned off":
+        monkeypatch.setenv("KFT_MALLOC_REUSE", "0")
+    elif case == "gpu":
+        monkeypatch.setattr(_backend, "_cpu_only", lambda: False)
+    elif case == "jax started":
+        monkeypatch.setattr(_compat, "jax_backends_initialised",
+                            lambda: True)
+    elif case == "mallopt refuses":
+        monkeypatch.setattr(_compat, "mallopt_function",
+                            lambda: lambda param, value: 0)
+    else:
+        monkeypatch.setattr(_compat, "mallopt_function", lambda: None)
+    assert not _backend.reuse_freed_memory()
+    assert calls == []
+
+
+_FAULTS = """
+import resource
+import kft, keras, numpy as np
+# A training step whose activations are XLA temporaries of ~100 MiB.
+model = keras.Sequential([
+    keras.Input((64, 64, 3)),
+    keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+    keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+    keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+    from_logits=True))
+x = np.random.default_rng(0).normal(size=(64, 64, 64, 3)).astype("float32")
+y = np.arange(64) % 2
+model.train_on_batch(x, y)
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    model.train_on_batch(x, y)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults))
+"""
+import resource
+import kft, jax, jax.numpy as jnp, numpy as np
+# The product is a 64 MiB temporary buffer XLA allocates at every call.
+f = jax.jit(lambda x, w: jnp.tanh(x @ w).sum())
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.normal(size=(8192, 256)), "float32")
+w = jnp.asarray(rng.normal(size=(256, 2048)), "float32")
+f(x, w).block_until_ready()
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x, w).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults))
+"""
+import resource
+import kft, jax, jax.numpy as jnp, numpy as np
+# Two sorts: XLA allocates a 64 MiB temporary buffer at every call.
+f = jax.jit(lambda x: jnp.sort(jnp.sort(x * 2, axis=1) + 1, axis=0).sum())
+x = np.random.default_rng(0).normal(size=(4096, 4096)).astype("float32")
+f(x).block_until_ready()
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults))
+"""
+
+
+@pytest.mark.skipif(_compat.mallopt_function() is None, reason="no glibc")
+def test_steps_reuse_their_memory_instead_of_faulting_it_in():
+    # A process boundary is the point: mallopt applies to the whole process
+    # and only before JAX starts its threads.
+    def faults(**env):
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS], capture_output=True, text=True,
+            timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                              "KFT_COMPILATION_CACHE": "0", **env})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+
+    pages = 64 * 2**20 // 4096
+    assert faults(KFT_MALLOC_REUSE="0") >= pages  # the buffers, again
+    assert faults() <= pages // 20

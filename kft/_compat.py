@@ -415,24 +415,23 @@ def keras_jax_random():
     return random
 
 
-def malloc_trim_function():
-    """glibc's `malloc_trim`, or `None` without glibc."""
+def _glibc_function(name):
     import ctypes
 
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
         return None
+
+
+def malloc_trim_function():
+    """glibc's `malloc_trim`, or `None` without glibc."""
+    return _glibc_function("malloc_trim")
 
 
 def mallopt_function():
     """glibc's `mallopt`, or `None` without glibc."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return None
+    return _glibc_function("mallopt")
 
 
 # -- fit's starting epoch -----------------------------------------------------

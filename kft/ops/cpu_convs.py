@@ -147,7 +147,7 @@ def _covers_input(layer):
 
     Only there, and for 1x1 kernels, is a dense convolution swapped: for
     larger kernels kft's im2col kernel gradient (`conv_grads.conv`) made
-    ResNet50's 224 px full step slower (985 vs 893 ms with 1x1 only,
+    ResNet50's 224 px full step slower (986 vs 895 ms with 1x1 only,
     benchmarks/RESULTS.md).
     """
     try:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import kft
+from kft.ops.cpu_convs import Activation
 from kft.ops.cpu_convs import Conv2D
 from kft.ops.cpu_convs import DepthwiseConv2D
 from kft.ops.cpu_convs import fast_cpu_convs
@@ -214,3 +215,39 @@ def test_shifted_convs_check_the_padding():
         kft.cpu_convs.shifted_depthwise_conv(x, k, padding="full")
     with pytest.raises(ValueError, match="Argument `padding` must be one of"):
         kft.cpu_convs.shifted_conv(x, np.ones((3, 3, 2, 4)), padding="causal")
+
+
+def test_gelu_matches_keras_and_pytorch_form():
+    x = np.linspace(-10, 10, 2001).astype("float32")
+    stock = keras.layers.Activation("gelu")
+    fast = Activation.from_config(stock.get_config())
+
+    def values_and_grads(layer):
+        return jax.jit(jax.value_and_grad(
+            lambda x: (layer(x) * jax.numpy.cos(x)).sum()))(x)
+
+    (_, got), (_, expected) = values_and_grads(fast), values_and_grads(stock)
+    np.testing.assert_allclose(fast(x), stock(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # The erf form itself, as PyTorch and TensorFlow write it (float64).
+    from math import erf, sqrt
+    reference = np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in
+                          x.astype("float64")])
+    np.testing.assert_allclose(fast(x), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_only_gelu_activations_are_swapped_and_export_gives_them_back():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8)(inputs)
+    x = keras.layers.Activation("gelu", name="g")(x)
+    x = keras.layers.Activation("relu", name="r")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    fast = fast_cpu_convs(model)
+    assert type(fast.get_layer("g")) is Activation
+    assert fast.get_layer("r") is model.get_layer("r")
+    data = np.random.default_rng(9).normal(size=(4, 6)).astype("float32")
+    np.testing.assert_allclose(fast.predict(data, verbose=0),
+                               model.predict(data, verbose=0), atol=1e-5)
+    plain = kft.deploy.inference_model(fast)
+    assert type(plain.get_layer("g")) is keras.layers.Activation
+    assert not kft.deploy.kft_layers(plain)

@@ -17,6 +17,11 @@ output gradient (two transposed copies per layer, 500 ms of ResNet50's
 1.1 s 224 px full step); as one matrix product of the input and the output
 gradient it needs no copy.
 
+And one activation: JAX computes the exact GELU through `erfc`, which XLA
+expands into selects and exponentials (forward + gradient 24 ms for one of
+ConvNeXt-tiny's 4x56x56x384 maps); `0.5 x (1 + erf(x / sqrt 2))`, what
+PyTorch and TensorFlow compute for it, takes 5-6 ms (`Activation`).
+
 This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
 `kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a
 model: same weights, same config, same results up to float rounding (the
@@ -42,8 +47,8 @@ from kft.ops import conv_grads
 from kft.ops.shifted_conv import shifted_conv
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
-__all__ = ["Conv2D", "DepthwiseConv2D", "fast_cpu_convs", "shifted_conv",
-           "shifted_depthwise_conv"]
+__all__ = ["Activation", "Conv2D", "DepthwiseConv2D", "fast_cpu_convs",
+           "shifted_conv", "shifted_depthwise_conv"]
 
 
 def _static_channels_last(layer, shape):
@@ -142,6 +147,45 @@ class Conv2D(keras.layers.Conv2D):
         return super().convolution_op(inputs, kernel)
 
 
+def gelu(x):
+    """Exact GELU as `0.5 x (1 + erf(x / sqrt 2))`.
+
+    What PyTorch's and TensorFlow's exact GELU compute; JAX's `erfc` form
+    (Keras' `gelu` on JAX) differs by at most ~1e-6 absolute, more
+    accurate only in relative terms for x below about -4, where GELU is
+    below 1e-4 in size.
+
+    Example:
+    >>> import numpy as np
+    >>> from kft.ops.cpu_convs import gelu
+    >>> np.round(np.asarray(gelu(np.array([-1.0, 0.0, 2.0]))), 4)
+    array([-0.1587,  0.    ,  1.9545], dtype=float32)
+    """
+    x = ops.convert_to_tensor(x)
+    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class Activation(keras.layers.Activation):
+    """`keras.layers.Activation("gelu")` computed by `gelu` (the `erf`
+    form) instead of JAX's slower `erfc` form.
+
+    Same config as the Keras layer; `KFT_CONV_GRADS=0` uses Keras' own.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.cpu_convs.Activation("gelu")
+    >>> layer(np.zeros((1, 3))).shape
+    (1, 3)
+    """
+
+    def call(self, inputs):
+        if self.activation is keras.activations.gelu and \
+                _custom_gradients():
+            return gelu(inputs)
+        return super().call(inputs)
+
+
 def _covers_input(layer):
     """Whether the kernel covers more positions than the input map has.
 
@@ -166,6 +210,9 @@ def _replacement(layer):
     """
     if type(layer) is keras.layers.DepthwiseConv2D:
         return DepthwiseConv2D
+    if type(layer) is keras.layers.Activation and (
+            layer.activation is keras.activations.gelu):
+        return Activation
     if type(layer) is keras.layers.Conv2D and (
             layer.groups > 1 and layer.kernel.shape[2] == 1
             or layer.groups == 1 and (
@@ -186,12 +233,12 @@ def _all_layers(model):
 def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
-    Every `keras.layers.DepthwiseConv2D`, and every channels-last
-    `keras.layers.Conv2D` with one input channel per group, a 1x1 kernel,
-    or a kernel that covers more positions than its input map has, also
-    inside nested models (a backbone inside a classifier), is replaced by
-    `kft.cpu_convs.DepthwiseConv2D` / `kft.cpu_convs.Conv2D` holding the
-    same weights; all other layers are shared with `model`, not copied. The
+    Every `keras.layers.DepthwiseConv2D`, every `Activation("gelu")`, and
+    every channels-last `keras.layers.Conv2D` with one input channel per
+    group, a 1x1 kernel, or a kernel that covers more positions than its
+    input map has, also inside nested models (a backbone inside a
+    classifier), is replaced by `kft.cpu_convs.DepthwiseConv2D` /
+    `Activation` / `Conv2D` holding the same weights; all other layers are shared with `model`, not copied. The
     results are the same up to float rounding (about 1e-6 relative); on CPU
     the training steps of EfficientNet, MobileNet, ConvNeXt and, at small
     input sizes, ResNet get several times faster, ResNet's full training

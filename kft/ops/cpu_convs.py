@@ -62,12 +62,13 @@ def _kernel_covers_map(kernel_size, shape):
 
 
 def _custom_gradients():
-    """Whether to take `kft.ops.conv_grads`' gradients.
+    """Whether to take `kft.ops.conv_grads`' gradients (and `gelu`).
 
     `KFT_CONV_GRADS` (read when a layer is traced): unset, `"auto"` or
     `"1"`, yes (measured faster for every kernel and map size of the four
     benchmark backbones, benchmarks/RESULTS.md); `"0"`, autodiff of the
-    shifted forms (for before/after measurements).
+    shifted forms and Keras' own ops elsewhere (for before/after
+    measurements).
     """
     mode = os.environ.get("KFT_CONV_GRADS", "auto")
     check_choice("KFT_CONV_GRADS", mode, ("auto", "0", "1"))

@@ -169,13 +169,18 @@ def enable_compilation_cache(directory=None):
 
 # XLA CPU flags (measured in benchmarks/RESULTS.md). YNNPACK's fusion of
 # single convolutions is slow on CPU, for weight gradients most: off is the
-# default. Disabling the algebraic simplifier (which turns 3x3 convolutions
-# on maps smaller than the kernel into slow loops; `kft.cpu_convs` rewrites
-# those) is opt-in only: XLA can segfault compiling VGG16 with it.
+# default. So is the pass that turns `lax.optimization_barrier`s into
+# scheduling constraints before fusion: kept, a barrier stops XLA from
+# fusing (and so recomputing) a shifted-slice convolution into each of its
+# consumers (`kft.ops.conv_grads`). Disabling the algebraic simplifier
+# (which turns 3x3 convolutions on maps smaller than the kernel into slow
+# loops; `kft.cpu_convs` rewrites those) is opt-in only: XLA can segfault
+# compiling VGG16 with it.
 YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-ALGSIMP_OFF = "--xla_disable_hlo_passes=algsimp"
+BARRIERS_KEPT = "--xla_disable_hlo_passes=cse_barrier_expander"
+ALGSIMP_OFF = "--xla_disable_hlo_passes=algsimp,cse_barrier_expander"
 CPU_XLA_FLAG_SETS = {
-    "default": (YNN_CONV_OFF,),
+    "default": (YNN_CONV_OFF, BARRIERS_KEPT),
     "1": (ALGSIMP_OFF, YNN_CONV_OFF),
     "0": (),
 }
@@ -192,9 +197,15 @@ def apply_cpu_xla_flags():
     - unset or `"default"`: `--xla_cpu_experimental_ynn_fusion_type=
       -individual_convolution`, i.e. XLA's own convolution code instead of
       YNNPACK's: measured faster for 22 of 24 backbone x size x strategy
-      training steps on CPU (up to 1.8x), same losses, no crash.
-    - `"1"`: also `--xla_disable_hlo_passes=algsimp` (faster for some
-      models, but XLA segfaulted compiling VGG16 at 32x32 with it).
+      training steps on CPU (up to 1.8x), same losses, no crash; and
+      `--xla_disable_hlo_passes=cse_barrier_expander`, which keeps
+      `lax.optimization_barrier` as an op until code generation, so that
+      the barriers of `kft.ops.conv_grads` stop XLA from fusing a
+      shifted-slice convolution into (and recomputing it in) each of its
+      consumers (ConvNeXt-tiny's 224 px full step about 1.2x faster,
+      benchmarks/RESULTS.md).
+    - `"1"`: also disables `algsimp` (faster for some models, but XLA
+      segfaulted compiling VGG16 at 32x32 with it).
     - `"0"`: no flags.
 
     Flags are added only when JAX has not initialised a backend yet (XLA

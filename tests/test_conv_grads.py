@@ -1,5 +1,8 @@
 """kft.ops.conv_grads: outputs and both gradients equal to Keras' layers."""
 
+import functools
+import os
+
 import jax
 import jax.numpy as jnp
 import keras
@@ -281,3 +284,32 @@ def test_backbone_gradients_match_keras(name):
     # largest gradient is far below any real mistake (a wrong tap or
     # stride changes gradients by O(1) relative).
     assert worst <= 1e-4 * scale, (worst, scale)
+
+
+def test_shifted_sums_are_computed_once_not_fused_into_consumers():
+    # kft's default CPU flags keep `optimization_barrier` until code
+    # generation (`kft._config.BARRIERS_KEPT`), so the barriers around the
+    # forward and the input gradient keep XLA from recomputing those
+    # k*k-term sums inside every consumer (a normalization reads its
+    # input three times; ConvNeXt-tiny's step was ~1.2x slower).
+    from kft import _config
+
+    assert _config.BARRIERS_KEPT in os.environ.get("XLA_FLAGS", "")
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
+    k = np.random.default_rng(1).normal(size=(3, 3, 4, 1)).astype("float32")
+
+    def loss(depthwise, x, k):
+        y = depthwise(x, k)
+        y = (y - y.mean(-1, keepdims=True)) / (y.std(-1, keepdims=True) + 1)
+        return (y ** 2).sum()
+
+    ours = jax.jit(jax.grad(functools.partial(
+        loss, lambda x, k: conv_grads.depthwise_conv(x, k, padding="same")),
+        argnums=(0, 1)))
+    assert ours.lower(x, k).compile().as_text().count("opt-barrier") == 2
+    stock = jax.grad(functools.partial(
+        loss, lambda x, k: keras.ops.depthwise_conv(x, k, 1, "same")),
+        argnums=(0, 1))
+    for got, want in zip(ours(x, k), stock(x, k)):
+        np.testing.assert_allclose(got, want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())

@@ -125,6 +125,24 @@ def test_fast_cpu_convs_model_same_predictions(name, cls, count):
     assert fast.get_layer(base.layers[1].name) is base.layers[1]
 
 
+def test_original_model_still_works_after_the_fast_one_trains():
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(8, 1)(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    before = [np.array(w) for w in model.get_weights()]
+    fast = fast_cpu_convs(model)
+    data = np.random.default_rng(5).normal(size=(4, 6, 6, 3))
+    fast.compile("sgd", "mse")
+    fast.fit(data, np.ones((4, 8)), epochs=1, verbose=0)
+    fast.predict(data, verbose=0)
+    # Keras donates variable buffers to its steps: the swapped layers'
+    # weights must not share buffers with the original's.
+    model.predict(data, verbose=0)
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_fast_cpu_convs_leaves_other_models_alone():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 9 < 64 positions

@@ -9,6 +9,7 @@ from kft import _config as _backend
 
 FAST = _backend.CPU_XLA_FLAG_SETS["1"]
 FLAGS = " ".join(FAST)
+DEFAULT = (_backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT)
 
 
 @pytest.fixture
@@ -39,15 +40,15 @@ def test_user_flags_win(clean_env):
         + _backend.YNN_CONV_OFF)
 
 
-def test_default_is_the_ynn_flag_alone(clean_env):
+def test_default_is_ynn_off_and_barriers_kept(clean_env):
     for setting in (None, "default", " default "):
         clean_env.delenv("XLA_FLAGS", raising=False)
         if setting is None:
             clean_env.delenv("KFT_XLA_CPU_FLAGS")
         else:
             clean_env.setenv("KFT_XLA_CPU_FLAGS", setting)
-        assert _backend.apply_cpu_xla_flags() == (_backend.YNN_CONV_OFF,)
-        assert os.environ["XLA_FLAGS"] == _backend.YNN_CONV_OFF
+        assert _backend.apply_cpu_xla_flags() == DEFAULT
+        assert os.environ["XLA_FLAGS"] == " ".join(DEFAULT)
         assert "algsimp" not in os.environ["XLA_FLAGS"]
 
 
@@ -105,7 +106,7 @@ def _import_kft(env, code="import kft, os; print(os.environ.get('XLA_FLAGS'))"):
 
 def test_importing_kft_sets_the_chosen_flags():
     assert _import_kft({"KFT_XLA_CPU_FLAGS": "1"}) == FLAGS
-    assert _import_kft({}) == _backend.YNN_CONV_OFF
+    assert _import_kft({}) == " ".join(DEFAULT)
     assert _import_kft({"KFT_XLA_CPU_FLAGS": "0"}) == "None"
 
 

@@ -68,7 +68,8 @@ def _is_random_augmentation(layer):
 def _stock_leaf(layer, replaced, onnx_compatible):
     """The stock (or ONNX-safe) layer standing in for `layer`, or itself."""
     if type(layer) in (cpu_convs.Activation, cpu_convs.Conv2D,
-                       cpu_convs.DepthwiseConv2D):
+                       cpu_convs.DepthwiseConv2D,
+                       cpu_convs.LayerNormalization):
         new = type(layer).__mro__[1].from_config(layer.get_config())
         replaced.append((layer, new))
         return new

@@ -73,6 +73,16 @@ def _transposed_input(grads, input_hw, kernel_hw, strides, padding,
     return lax.pad(grads, jnp.zeros((), grads.dtype), config)
 
 
+def _computed_once(values):
+    """`values`, computed into a buffer of its own.
+
+    A shifted-slice convolution is one loop of k*k multiply-adds, and XLA
+    fuses such a loop into each of its consumers: a normalization that
+    reads it three times (mean, variance, output) computed it three times.
+    """
+    return lax.optimization_barrier(values)
+
+
 def _flipped_patches(grads, kernel_hw, dilation_rate):
     """Yields `(i, j, patch)` with `i, j` indices of the flipped kernel."""
     kernel_h, kernel_w = kernel_hw
@@ -83,8 +93,8 @@ def _flipped_patches(grads, kernel_hw, dilation_rate):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _depthwise(inputs, kernel, strides, padding, dilation_rate):
-    return shifted_depthwise_conv(inputs, kernel, strides, padding,
-                                  dilation_rate)
+    return _computed_once(shifted_depthwise_conv(
+        inputs, kernel, strides, padding, dilation_rate))
 
 
 def _depthwise_fwd(inputs, kernel, strides, padding, dilation_rate):
@@ -193,7 +203,7 @@ def _depthwise_bwd(strides, padding, dilation_rate, residuals, grads):
         term = patch * kernel[i, j]
         term = term[..., 0] if multiplier == 1 else jnp.sum(term, axis=-1)
         input_grad = term if input_grad is None else input_grad + term
-    return input_grad, kernel_grad.astype(kernel.dtype)
+    return _computed_once(input_grad), kernel_grad.astype(kernel.dtype)
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)

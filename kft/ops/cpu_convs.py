@@ -44,11 +44,12 @@ from keras import ops
 from kft._validation import check_choice
 from kft.models.init_draws import bucketed_draws
 from kft.ops import conv_grads
+from kft.ops.layer_norm import layer_norm
 from kft.ops.shifted_conv import shifted_conv
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
-__all__ = ["Activation", "Conv2D", "DepthwiseConv2D", "fast_cpu_convs",
-           "shifted_conv", "shifted_depthwise_conv"]
+__all__ = ["Activation", "Conv2D", "DepthwiseConv2D", "LayerNormalization",
+           "fast_cpu_convs", "shifted_conv", "shifted_depthwise_conv"]
 
 
 def _static_channels_last(layer, shape):
@@ -187,6 +188,33 @@ class Activation(keras.layers.Activation):
         return super().call(inputs)
 
 
+@keras.saving.register_keras_serializable(package="kft")
+class LayerNormalization(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` over the last axis computed by
+    `kft.ops.layer_norm.layer_norm` (a hand-written gradient that keeps
+    less and sums faster on CPU).
+
+    Same arguments, weights and config as the Keras layer; other axes,
+    `rms_scaling` or `KFT_CONV_GRADS=0` use Keras' own op.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.cpu_convs.LayerNormalization(epsilon=1e-6)
+    >>> layer(np.ones((1, 4, 4, 8))).shape
+    (1, 4, 4, 8)
+    """
+
+    def call(self, inputs):
+        last = len(inputs.shape) - 1
+        if (self.axis not in ([-1], [last]) or self.rms_scaling
+                or not _custom_gradients()):
+            return super().call(inputs)
+        gamma, beta = (None if v is None else ops.convert_to_tensor(v)
+                       for v in (self.gamma, self.beta))
+        outputs = layer_norm(inputs, gamma, beta, self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
+
+
 def _covers_input(layer):
     """Whether the kernel covers more positions than the input map has.
 
@@ -214,6 +242,8 @@ def _replacement(layer):
     if type(layer) is keras.layers.Activation and (
             layer.activation is keras.activations.gelu):
         return Activation
+    if type(layer) is keras.layers.LayerNormalization:
+        return LayerNormalization
     if type(layer) is keras.layers.Conv2D and (
             layer.groups > 1 and layer.kernel.shape[2] == 1
             or layer.groups == 1 and (
@@ -288,6 +318,8 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     finally:
         random.setstate(rng_state)
     for old, new in replaced:
-        new.set_weights([v.value for v in old.weights])
+        # Copies: Keras' JAX steps donate variable buffers, so a buffer
+        # shared by two variables would be deleted under the other model.
+        new.set_weights([ops.copy(v.value) for v in old.weights])
     fast.name = model.name
     return fast

@@ -73,13 +73,25 @@ def _transposed_input(grads, input_hw, kernel_hw, strides, padding,
     return lax.pad(grads, jnp.zeros((), grads.dtype), config)
 
 
-def _computed_once(values):
-    """`values`, computed into a buffer of its own.
+# Kernels of at least this many positions get their forward and input
+# gradient computed into buffers of their own (`_computed_once`).
+_OWN_BUFFER_TAPS = 49
 
-    A shifted-slice convolution is one loop of k*k multiply-adds, and XLA
-    fuses such a loop into each of its consumers: a normalization that
-    reads it three times (mean, variance, output) computed it three times.
+
+def _computed_once(values, kernel_hw):
+    """`values`, a shifted-slice sum over a `kernel_hw` kernel, computed
+    into a buffer of its own when the kernel is large.
+
+    XLA fuses such a sum (one loop of k*k multiply-adds) into each of its
+    consumers: a normalization that reads it three times (mean, variance,
+    output) computed it three times. The barrier stops that, with kft's
+    CPU flags (`kft._config.BARRIERS_KEPT`; without them XLA drops it
+    before fusing). Measured, full training steps (benchmarks/RESULTS.md):
+    ConvNeXt-tiny's 7x7 kernels 224 px ~1.2x faster; MobileNetV3Large's
+    3x3 and 5x5 at 64 px ~6% slower with it, so smaller kernels go without.
     """
+    if math.prod(kernel_hw) < _OWN_BUFFER_TAPS:
+        return values
     return lax.optimization_barrier(values)
 
 
@@ -94,7 +106,7 @@ def _flipped_patches(grads, kernel_hw, dilation_rate):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _depthwise(inputs, kernel, strides, padding, dilation_rate):
     return _computed_once(shifted_depthwise_conv(
-        inputs, kernel, strides, padding, dilation_rate))
+        inputs, kernel, strides, padding, dilation_rate), kernel.shape[:2])
 
 
 def _depthwise_fwd(inputs, kernel, strides, padding, dilation_rate):
@@ -203,7 +215,8 @@ def _depthwise_bwd(strides, padding, dilation_rate, residuals, grads):
         term = patch * kernel[i, j]
         term = term[..., 0] if multiplier == 1 else jnp.sum(term, axis=-1)
         input_grad = term if input_grad is None else input_grad + term
-    return _computed_once(input_grad), kernel_grad.astype(kernel.dtype)
+    return (_computed_once(input_grad, kernel.shape[:2]),
+            kernel_grad.astype(kernel.dtype))
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)

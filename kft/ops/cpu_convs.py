@@ -21,6 +21,8 @@ And one activation: JAX computes the exact GELU through `erfc`, which XLA
 expands into selects and exponentials (forward + gradient 24 ms for one of
 ConvNeXt-tiny's 4x56x56x384 maps); `0.5 x (1 + erf(x / sqrt 2))`, what
 PyTorch and TensorFlow compute for it, takes 5-6 ms (`Activation`).
+And layer normalization (`LayerNormalization`): a hand-written gradient
+(`kft.ops.layer_norm`) keeps less for the backward pass and sums faster.
 
 This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
 `kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a
@@ -63,7 +65,8 @@ def _kernel_covers_map(kernel_size, shape):
 
 
 def _custom_gradients():
-    """Whether to take `kft.ops.conv_grads`' gradients (and `gelu`).
+    """Whether to take `kft.ops.conv_grads`' gradients (and `gelu`, and
+    `kft.ops.layer_norm`).
 
     `KFT_CONV_GRADS` (read when a layer is traced): unset, `"auto"` or
     `"1"`, yes (measured faster for every kernel and map size of the four
@@ -264,12 +267,13 @@ def _all_layers(model):
 def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
-    Every `keras.layers.DepthwiseConv2D`, every `Activation("gelu")`, and
-    every channels-last `keras.layers.Conv2D` with one input channel per
-    group, a 1x1 kernel, or a kernel that covers more positions than its
-    input map has, also inside nested models (a backbone inside a
-    classifier), is replaced by `kft.cpu_convs.DepthwiseConv2D` /
-    `Activation` / `Conv2D` holding the same weights; all other layers are shared with `model`, not copied. The
+    Every `keras.layers.DepthwiseConv2D`, every `Activation("gelu")`,
+    every `LayerNormalization`, and every channels-last
+    `keras.layers.Conv2D` with one input channel per group, a 1x1 kernel,
+    or a kernel that covers more positions than its input map has, also
+    inside nested models (a backbone inside a classifier), is replaced by
+    `kft.cpu_convs.DepthwiseConv2D` / `Activation` / `LayerNormalization`
+    / `Conv2D` holding copies of the same weights; all other layers are shared with `model`, not copied. The
     results are the same up to float rounding (about 1e-6 relative); on CPU
     the training steps of EfficientNet, MobileNet, ConvNeXt and, at small
     input sizes, ResNet get several times faster, ResNet's full training

@@ -5,8 +5,8 @@ copied) in a plain functional model that needs no kft class to load,
 with kft's training-only machinery left out:
 
 - kft's CPU layers (`kft.cpu_convs.Conv2D`/`DepthwiseConv2D`/
-  `Activation`) become the Keras layers they subclass (same config, same
-  weights);
+  `Activation`/`LayerNormalization`) become the Keras layers they subclass
+  (same config, same weights);
 - kft's `Preprocess` layer becomes `kft.layers.preprocessing` (stock
   layers, bit-for-bit the same);
 - random augmentation layers (identity at inference) are dropped;

@@ -134,8 +134,9 @@ def _depthwise_taps(padded, grads, kernel_hw, strides, dilation_rate):
                       for i in range(kernel_hw[0])])
 
 
-def _sum_rows(values):
-    """Float32 sums over the first three axes, as one matrix-vector product.
+def _sum_rows(values, leading=3):
+    """Float32 sums over the first `leading` axes, as one matrix-vector
+    product (also `kft.ops.layer_norm`'s scale and offset gradients).
 
     XLA's CPU loops do not vectorise a reduction whose kept axis is the
     innermost one (no reordering of float sums), and YNNPACK, which takes
@@ -145,11 +146,11 @@ def _sum_rows(values):
     XLA's loops vs 52 ms as products; whole step 414 -> 320 ms).
     """
     values = values.astype(jnp.float32)
-    rows = math.prod(values.shape[:3])
+    rows = math.prod(values.shape[:leading])
     ones = jnp.ones((rows,), jnp.float32)
     total = jnp.dot(ones, jnp.reshape(values, (rows, -1)),
                     preferred_element_type=jnp.float32)
-    return jnp.reshape(total, values.shape[3:])
+    return jnp.reshape(total, values.shape[leading:])
 
 
 def _largest_divisor(n, limit):

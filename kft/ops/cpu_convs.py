@@ -273,8 +273,9 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     or a kernel that covers more positions than its input map has, also
     inside nested models (a backbone inside a classifier), is replaced by
     `kft.cpu_convs.DepthwiseConv2D` / `Activation` / `LayerNormalization`
-    / `Conv2D` holding copies of the same weights; all other layers are shared with `model`, not copied. The
-    results are the same up to float rounding (about 1e-6 relative); on CPU
+    / `Conv2D` holding copies of the same weights; all other layers are
+    shared with `model`, not copied. The results are the same up to float
+    rounding (about 1e-6 relative); on CPU
     the training steps of EfficientNet, MobileNet, ConvNeXt and, at small
     input sizes, ResNet get several times faster, ResNet's full training
     at 224 px about 1.2x (measured in `benchmarks/RESULTS.md`).

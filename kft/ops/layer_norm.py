@@ -13,6 +13,8 @@ training step about 8% faster, peak memory 0.14 GiB lower
 import jax
 import jax.numpy as jnp
 
+from kft.ops.conv_grads import _sum_rows
+
 __all__ = ["layer_norm"]
 
 
@@ -20,14 +22,6 @@ def _row_means(values):
     """Means over the last axis, keepdims, in float32 (XLA's row
     reductions; as GEMVs they measured slower in whole steps)."""
     return jnp.mean(values.astype(jnp.float32), axis=-1, keepdims=True)
-
-
-def _column_sums(values):
-    """Sums over every axis but the last, as one vector-matrix product."""
-    channels = values.shape[-1]
-    rows = jnp.reshape(values, (-1, channels))
-    return jnp.dot(jnp.ones((rows.shape[0],), rows.dtype), rows,
-                   preferred_element_type=jnp.float32)
 
 
 def _forward(x, gamma, beta, epsilon):
@@ -62,9 +56,11 @@ def _layer_norm_bwd(epsilon, residuals, grads):
     # and its projection on the normalized row taken out.
     grad_x = inverse * (scaled - _row_means(scaled)
                         - normalized * _row_means(scaled * normalized))
-    grad_gamma = (None if gamma is None
-                  else _column_sums(grads * normalized).astype(gamma.dtype))
-    grad_beta = None if beta is None else _column_sums(grads).astype(beta.dtype)
+    rows = grads.ndim - 1  # scale and offset: sums over all but channels
+    grad_gamma = (None if gamma is None else
+                  _sum_rows(grads * normalized, rows).astype(gamma.dtype))
+    grad_beta = (None if beta is None else
+                 _sum_rows(grads, rows).astype(beta.dtype))
     return grad_x.astype(zero.dtype), grad_gamma, grad_beta
 
 

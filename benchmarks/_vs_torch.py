@@ -27,6 +27,15 @@ XLA_FLAG_SETS = {
     "both (KFT_XLA_CPU_FLAGS=1)": "--xla_disable_hlo_passes=algsimp "
                           "--xla_cpu_experimental_ynn_fusion_type="
                           "-individual_convolution",
+    # kft's default before and after the legacy fusion emitters were added
+    # (kft._config; spelled out here: importing kft would set its flags).
+    "ynn off + barriers": "--xla_cpu_experimental_ynn_fusion_type="
+                          "-individual_convolution "
+                          "--xla_disable_hlo_passes=cse_barrier_expander",
+    "ynn off + barriers + legacy emitters":
+        "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution "
+        "--xla_disable_hlo_passes=cse_barrier_expander "
+        "--xla_cpu_use_fusion_emitters=false",
 }
 
 

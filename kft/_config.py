@@ -178,10 +178,11 @@ def enable_compilation_cache(directory=None):
 # compiling VGG16 with it.
 YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 BARRIERS_KEPT = "--xla_disable_hlo_passes=cse_barrier_expander"
+LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 ALGSIMP_OFF = "--xla_disable_hlo_passes=algsimp,cse_barrier_expander"
 CPU_XLA_FLAG_SETS = {
-    "default": (YNN_CONV_OFF, BARRIERS_KEPT),
-    "1": (ALGSIMP_OFF, YNN_CONV_OFF),
+    "default": (YNN_CONV_OFF, BARRIERS_KEPT, LEGACY_EMITTERS),
+    "1": (ALGSIMP_OFF, YNN_CONV_OFF, LEGACY_EMITTERS),
     "0": (),
 }
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin",

@@ -628,6 +628,9 @@ def main():
     parser.add_argument("--malloc-trim", action="store_true",
                         help="after compiling, return freed heap to the OS "
                              "and record the RSS (rss_trimmed_mib)")
+    parser.add_argument("--xla-flags", default=None,
+                        help="run with exactly these XLA_FLAGS instead of "
+                             "kft's default CPU flags")
     parser.add_argument("--hlo-dir", default=None,
                         help="also write each compiled HLO module here")
     parser.add_argument("--out-dir",
@@ -657,6 +660,8 @@ def main():
                    "steps": args.steps, "warmup": args.warmup,
                    "profile_steps": args.profile_steps, "top": args.top,
                    "gpu": False, "malloc_trim": args.malloc_trim}
+            if args.xla_flags is not None:
+                cfg["xla_flags"] = args.xla_flags
             if args.hlo_dir:
                 cfg["hlo_out"] = os.path.join(
                     args.hlo_dir, f"{args.tag}_{size}_{backbone}.hlo.txt")

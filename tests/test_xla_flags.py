@@ -9,8 +9,7 @@ from kft import _config as _backend
 
 FAST = _backend.CPU_XLA_FLAG_SETS["1"]
 FLAGS = " ".join(FAST)
-DEFAULT = (_backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT,
-           _backend.LEGACY_EMITTERS)
+DEFAULT = (_backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT)
 
 
 @pytest.fixture
@@ -35,13 +34,13 @@ def test_user_flags_win(clean_env):
     clean_env.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=fusion "
                                   "--xla_cpu_use_thunk_runtime=true")
     added = _backend.apply_cpu_xla_flags()
-    assert added == (_backend.YNN_CONV_OFF, _backend.LEGACY_EMITTERS)
+    assert added == (_backend.YNN_CONV_OFF,)
     assert os.environ["XLA_FLAGS"] == (
         "--xla_disable_hlo_passes=fusion --xla_cpu_use_thunk_runtime=true "
-        + _backend.YNN_CONV_OFF + " " + _backend.LEGACY_EMITTERS)
+        + _backend.YNN_CONV_OFF)
 
 
-def test_default_is_ynn_off_barriers_kept_and_legacy_emitters(clean_env):
+def test_default_is_ynn_off_and_barriers_kept(clean_env):
     for setting in (None, "default", " default "):
         clean_env.delenv("XLA_FLAGS", raising=False)
         if setting is None:
@@ -51,6 +50,14 @@ def test_default_is_ynn_off_barriers_kept_and_legacy_emitters(clean_env):
         assert _backend.apply_cpu_xla_flags() == DEFAULT
         assert os.environ["XLA_FLAGS"] == " ".join(DEFAULT)
         assert "algsimp" not in os.environ["XLA_FLAGS"]
+
+
+def test_legacy_emitters_are_opt_in(clean_env):
+    clean_env.setenv("KFT_XLA_CPU_FLAGS", "legacy_emitters")
+    assert _backend.apply_cpu_xla_flags() == (
+        *DEFAULT, "--xla_cpu_use_fusion_emitters=false")
+    assert "fusion_emitters" not in " ".join(
+        _backend.CPU_XLA_FLAG_SETS["default"])
 
 
 def test_unknown_setting_is_refused(clean_env):
@@ -109,6 +116,8 @@ def test_importing_kft_sets_the_chosen_flags():
     assert _import_kft({"KFT_XLA_CPU_FLAGS": "1"}) == FLAGS
     assert _import_kft({}) == " ".join(DEFAULT)
     assert _import_kft({"KFT_XLA_CPU_FLAGS": "0"}) == "None"
+    assert _import_kft({"KFT_XLA_CPU_FLAGS": "legacy_emitters"}) == " ".join(
+        [*DEFAULT, _backend.LEGACY_EMITTERS])
 
 
 def test_jax_initialised_before_kft_is_left_alone():

@@ -27,8 +27,9 @@ XLA_FLAG_SETS = {
     "both (KFT_XLA_CPU_FLAGS=1)": "--xla_disable_hlo_passes=algsimp "
                           "--xla_cpu_experimental_ynn_fusion_type="
                           "-individual_convolution",
-    # kft's default before and after the legacy fusion emitters were added
-    # (kft._config; spelled out here: importing kft would set its flags).
+    # kft's default flags, and them with the opt-in legacy fusion emitters
+    # (KFT_XLA_CPU_FLAGS=legacy_emitters); spelled out, not read from
+    # kft._config: importing kft here would set its flags in the parent.
     "ynn off + barriers": "--xla_cpu_experimental_ynn_fusion_type="
                           "-individual_convolution "
                           "--xla_disable_hlo_passes=cse_barrier_expander",

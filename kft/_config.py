@@ -8,8 +8,9 @@
   single-convolution fusion off and optimization barriers kept (faster
   training steps, measured in `benchmarks/RESULTS.md`);
   `KFT_XLA_CPU_FLAGS=legacy_emitters` adds XLA's older fusion emitters,
-  `=1` the algebraic-simplifier flag, `=0` none; a flag already in `XLA_FLAGS` wins; never
-  applied once JAX has started or with a GPU/TPU plugin.
+  `=1` the algebraic-simplifier flag, `=0` none; a flag already in
+  `XLA_FLAGS` wins; never applied once JAX has started or with a GPU/TPU
+  plugin.
 - **Compilation cache** (`enable_compilation_cache`): JAX's persistent
   cache in `~/.cache/kft/jax`, so a rerun loads compiled steps from disk.
   `KFT_COMPILATION_CACHE=0` turns it off, `KFT_COMPILATION_CACHE=DIR`

@@ -275,10 +275,10 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     `kft.cpu_convs.DepthwiseConv2D` / `Activation` / `LayerNormalization`
     / `Conv2D` holding copies of the same weights; all other layers are
     shared with `model`, not copied. The results are the same up to float
-    rounding (about 1e-6 relative); on CPU
-    the training steps of EfficientNet, MobileNet, ConvNeXt and, at small
-    input sizes, ResNet get several times faster, ResNet's full training
-    at 224 px about 1.2x (measured in `benchmarks/RESULTS.md`).
+    rounding (about 1e-6 relative); on CPU the training steps of
+    EfficientNet, MobileNet, ConvNeXt and, at small input sizes, ResNet get
+    several times faster, ResNet's full training at 224 px about 1.2x
+    (measured in `benchmarks/RESULTS.md`).
     `kft.build_classifier` does this by itself when JAX runs on CPU
     (`fast_cpu_convs="auto"`). Use the returned model, not `model`.
 

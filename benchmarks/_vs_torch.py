@@ -27,9 +27,10 @@ XLA_FLAG_SETS = {
     "both (KFT_XLA_CPU_FLAGS=1)": "--xla_disable_hlo_passes=algsimp "
                           "--xla_cpu_experimental_ynn_fusion_type="
                           "-individual_convolution",
-    # kft's default flags, and them with the opt-in legacy fusion emitters
-    # (KFT_XLA_CPU_FLAGS=legacy_emitters); spelled out, not read from
-    # kft._config: importing kft here would set its flags in the parent.
+    # kft's default flags (older fusion emitters), and them with XLA's MLIR
+    # emitters (KFT_XLA_CPU_FLAGS=mlir_emitters, the default until
+    # 2026-12-03); spelled out, not read from kft._config: importing kft
+    # here would set its flags in the parent.
     "ynn off + barriers": "--xla_cpu_experimental_ynn_fusion_type="
                           "-individual_convolution "
                           "--xla_disable_hlo_passes=cse_barrier_expander",

@@ -5,10 +5,11 @@
   another value, or Keras already imported with another backend, raises.
   Set `KERAS_BACKEND=jax` to make the choice explicit.
 - **XLA CPU flags** (`apply_cpu_xla_flags`): on CPU-only JAX, YNNPACK's
-  single-convolution fusion off and optimization barriers kept (faster
-  training steps, measured in `benchmarks/RESULTS.md`);
-  `KFT_XLA_CPU_FLAGS=legacy_emitters` adds XLA's older fusion emitters,
-  `=1` the algebraic-simplifier flag, `=0` none; a flag already in
+  single-convolution fusion off, optimization barriers kept and XLA's
+  older fusion emitters (faster training steps, less compile memory,
+  measured in `benchmarks/RESULTS.md`); `KFT_XLA_CPU_FLAGS=mlir_emitters`
+  keeps XLA's newer emitters, `=1` adds the algebraic-simplifier flag,
+  `=0` sets none; a flag already in
   `XLA_FLAGS` wins; never applied once JAX has started or with a GPU/TPU
   plugin.
 - **Compilation cache** (`enable_compilation_cache`): JAX's persistent
@@ -175,21 +176,22 @@ def enable_compilation_cache(directory=None):
 # scheduling constraints before fusion: kept, a barrier stops XLA from
 # fusing (and so recomputing) a shifted-slice convolution into each of its
 # consumers (`kft.ops.conv_grads`). XLA's older LLVM fusion emitters
-# (instead of its MLIR ones) are opt-in: they compile EfficientNet and
-# MobileNet full steps with ~0.6 GiB less memory and run them faster, but
-# EfficientNetB0's feature-extraction step 2x slower and ConvNeXt's compile
-# 1.5-1.8x longer. Disabling the algebraic simplifier
-# (which turns 3x3 convolutions on maps smaller than the kernel into slow
-# loops; `kft.cpu_convs` rewrites those) is opt-in only: XLA can segfault
-# compiling VGG16 with it.
+# instead of its MLIR ones: with those barriers, full steps of EfficientNet
+# and MobileNet run 1.2-2x faster and compile with ~0.6 GiB less memory
+# (ConvNeXt-tiny's compile takes 1.5-1.8x longer). Disabling the algebraic
+# simplifier (which turns 3x3 convolutions on maps smaller than the kernel
+# into slow loops; `kft.cpu_convs` rewrites those) is opt-in only: XLA can
+# segfault compiling VGG16 with it.
 YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 BARRIERS_KEPT = "--xla_disable_hlo_passes=cse_barrier_expander"
 LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 ALGSIMP_OFF = "--xla_disable_hlo_passes=algsimp,cse_barrier_expander"
 CPU_XLA_FLAG_SETS = {
-    "default": (YNN_CONV_OFF, BARRIERS_KEPT),
+    "default": (YNN_CONV_OFF, BARRIERS_KEPT, LEGACY_EMITTERS),
+    # The default's name while it was opt-in; kept for scripts that set it.
     "legacy_emitters": (YNN_CONV_OFF, BARRIERS_KEPT, LEGACY_EMITTERS),
-    "1": (ALGSIMP_OFF, YNN_CONV_OFF),
+    "mlir_emitters": (YNN_CONV_OFF, BARRIERS_KEPT),
+    "1": (ALGSIMP_OFF, YNN_CONV_OFF, LEGACY_EMITTERS),
     "0": (),
 }
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin",
@@ -205,20 +207,19 @@ def apply_cpu_xla_flags():
     - unset or `"default"`: `--xla_cpu_experimental_ynn_fusion_type=
       -individual_convolution`, i.e. XLA's own convolution code instead of
       YNNPACK's: measured faster for 22 of 24 backbone x size x strategy
-      training steps on CPU (up to 1.8x), same losses, no crash; and
+      training steps on CPU (up to 1.8x), same losses, no crash;
       `--xla_disable_hlo_passes=cse_barrier_expander`, which keeps
       `lax.optimization_barrier` as an op until code generation, so that
       the barriers of `kft.ops.conv_grads` stop XLA from fusing a
       shifted-slice convolution into (and recomputing it in) each of its
-      consumers (ConvNeXt-tiny's 224 px full step about 1.2x faster,
-      benchmarks/RESULTS.md).
-    - `"legacy_emitters"`: the default set and
+      consumers (ConvNeXt-tiny's 224 px full step about 1.2x faster); and
       `--xla_cpu_use_fusion_emitters=false`, XLA's older LLVM fusion
-      emitters instead of its MLIR ones. For full fine-tuning of
-      EfficientNet / MobileNet: peak RSS 0.5-0.6 GiB lower (the compile's),
-      steps up to 1.8x faster, same losses; but EfficientNetB0's 224 px
-      feature-extraction step 2x slower and ConvNeXt-tiny's compile
-      1.5-1.8x longer (benchmarks/RESULTS.md), so not the default.
+      emitters instead of its MLIR ones: EfficientNet / MobileNet full
+      steps 1.2-2x faster with peak RSS 0.5-0.7 GiB lower (the compile's),
+      same losses; ConvNeXt-tiny compiles 1.5-1.8x longer
+      (benchmarks/RESULTS.md). `"legacy_emitters"` is the same set.
+    - `"mlir_emitters"`: the default without the last flag (XLA's MLIR
+      fusion emitters; the default before 2026-12-03).
     - `"1"`: also disables `algsimp` (faster for some models, but XLA
       segfaulted compiling VGG16 at 32x32 with it).
     - `"0"`: no flags.

@@ -10,7 +10,8 @@ from kft import _config as _backend
 
 FAST = _backend.CPU_XLA_FLAG_SETS["1"]
 FLAGS = " ".join(FAST)
-DEFAULT = (_backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT)
+DEFAULT = (_backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT,
+           _backend.LEGACY_EMITTERS)
 
 
 @pytest.fixture
@@ -35,13 +36,13 @@ def test_user_flags_win(clean_env):
     clean_env.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=fusion "
                                   "--xla_cpu_use_thunk_runtime=true")
     added = _backend.apply_cpu_xla_flags()
-    assert added == (_backend.YNN_CONV_OFF,)
+    assert added == (_backend.YNN_CONV_OFF, _backend.LEGACY_EMITTERS)
     assert os.environ["XLA_FLAGS"] == (
         "--xla_disable_hlo_passes=fusion --xla_cpu_use_thunk_runtime=true "
-        + _backend.YNN_CONV_OFF)
+        + _backend.YNN_CONV_OFF + " " + _backend.LEGACY_EMITTERS)
 
 
-def test_default_is_ynn_off_and_barriers_kept(clean_env):
+def test_default_is_ynn_off_barriers_kept_and_older_emitters(clean_env):
     for setting in (None, "default", " default "):
         clean_env.delenv("XLA_FLAGS", raising=False)
         if setting is None:
@@ -53,12 +54,15 @@ def test_default_is_ynn_off_and_barriers_kept(clean_env):
         assert "algsimp" not in os.environ["XLA_FLAGS"]
 
 
-def test_legacy_emitters_are_opt_in(clean_env):
-    clean_env.setenv("KFT_XLA_CPU_FLAGS", "legacy_emitters")
+def test_mlir_emitters_are_the_default_without_the_older_ones(clean_env):
+    assert "--xla_cpu_use_fusion_emitters=false" in DEFAULT
+    clean_env.setenv("KFT_XLA_CPU_FLAGS", "mlir_emitters")
     assert _backend.apply_cpu_xla_flags() == (
-        *DEFAULT, "--xla_cpu_use_fusion_emitters=false")
-    assert "fusion_emitters" not in " ".join(
-        _backend.CPU_XLA_FLAG_SETS["default"])
+        _backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT)
+    # The default's earlier name, when it was opt-in, still works.
+    clean_env.delenv("XLA_FLAGS")
+    clean_env.setenv("KFT_XLA_CPU_FLAGS", "legacy_emitters")
+    assert _backend.apply_cpu_xla_flags() == DEFAULT
 
 
 def test_unknown_setting_is_refused(clean_env):
@@ -117,8 +121,8 @@ def test_importing_kft_sets_the_chosen_flags():
     assert _import_kft({"KFT_XLA_CPU_FLAGS": "1"}) == FLAGS
     assert _import_kft({}) == " ".join(DEFAULT)
     assert _import_kft({"KFT_XLA_CPU_FLAGS": "0"}) == "None"
-    assert _import_kft({"KFT_XLA_CPU_FLAGS": "legacy_emitters"}) == " ".join(
-        [*DEFAULT, _backend.LEGACY_EMITTERS])
+    assert _import_kft({"KFT_XLA_CPU_FLAGS": "mlir_emitters"}) == " ".join(
+        DEFAULT[:2])
 
 
 _TRAIN = """
@@ -135,17 +139,18 @@ print(*[float(model.train_on_batch(x, y)) for _ in range(3)])
 """
 
 
-def test_legacy_emitters_train_the_same_model_to_the_same_losses():
-    # The opt-in set, used: a depthwise backbone (kft's shifted-slice
-    # convolutions, BatchNorm, hard-swish) trained a few steps under both
-    # sets gives the same losses to float rounding (the emitters' math
-    # functions differ in the last bits: 1.2e-5 relative after 3 steps).
+def test_both_emitters_train_the_same_model_to_the_same_losses():
+    # A depthwise backbone (kft's shifted-slice convolutions, BatchNorm,
+    # hard-swish) trained a few steps under the default (older emitters)
+    # and the opt-out gives the same losses to float rounding (the
+    # emitters' math functions differ in the last bits: 1.2e-5 relative
+    # after 3 steps).
     default = [float(v) for v in _import_kft({}, _TRAIN).split()]
-    legacy = [float(v) for v in _import_kft(
-        {"KFT_XLA_CPU_FLAGS": "legacy_emitters",
+    mlir = [float(v) for v in _import_kft(
+        {"KFT_XLA_CPU_FLAGS": "mlir_emitters",
          "KFT_COMPILATION_CACHE": "0"}, _TRAIN).split()]
     assert len(default) == 3 and default[0] != default[2]
-    np.testing.assert_allclose(legacy, default, rtol=1e-4)
+    np.testing.assert_allclose(mlir, default, rtol=1e-4)
 
 
 def test_jax_initialised_before_kft_is_left_alone():

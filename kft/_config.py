@@ -177,8 +177,8 @@ def enable_compilation_cache(directory=None):
 # fusing (and so recomputing) a shifted-slice convolution into each of its
 # consumers (`kft.ops.conv_grads`). XLA's older LLVM fusion emitters
 # instead of its MLIR ones: with those barriers, full steps of EfficientNet
-# and MobileNet run 1.2-2x faster and compile with ~0.6 GiB less memory
-# (ConvNeXt-tiny's compile takes 1.5-1.8x longer). Disabling the algebraic
+# and MobileNet run 1.1-2x faster and compile with 0.4-0.7 GiB less memory
+# (ConvNeXt-tiny's compile takes 1.2-1.6x longer). Disabling the algebraic
 # simplifier (which turns 3x3 convolutions on maps smaller than the kernel
 # into slow loops; `kft.cpu_convs` rewrites those) is opt-in only: XLA can
 # segfault compiling VGG16 with it.
@@ -215,8 +215,8 @@ def apply_cpu_xla_flags():
       consumers (ConvNeXt-tiny's 224 px full step about 1.2x faster); and
       `--xla_cpu_use_fusion_emitters=false`, XLA's older LLVM fusion
       emitters instead of its MLIR ones: EfficientNet / MobileNet full
-      steps 1.2-2x faster with peak RSS 0.5-0.7 GiB lower (the compile's),
-      same losses; ConvNeXt-tiny compiles 1.5-1.8x longer
+      steps 1.1-2x faster with peak RSS 0.4-0.7 GiB lower (the compile's),
+      same losses; ConvNeXt-tiny compiles 1.2-1.6x longer
       (benchmarks/RESULTS.md). `"legacy_emitters"` is the same set.
     - `"mlir_emitters"`: the default without the last flag (XLA's MLIR
       fusion emitters; the default before 2026-12-03).

@@ -27,10 +27,10 @@ XLA_FLAG_SETS = {
     "both (KFT_XLA_CPU_FLAGS=1)": "--xla_disable_hlo_passes=algsimp "
                           "--xla_cpu_experimental_ynn_fusion_type="
                           "-individual_convolution",
-    # kft's default flags (older fusion emitters), and them with XLA's MLIR
-    # emitters (KFT_XLA_CPU_FLAGS=mlir_emitters, the default until
-    # 2026-12-03); spelled out, not read from kft._config: importing kft
-    # here would set its flags in the parent.
+    # KFT_XLA_CPU_FLAGS=mlir_emitters (kft's default until 2026-12-03),
+    # then kft's default (the same with XLA's older fusion emitters);
+    # spelled out, not read from kft._config: importing kft here would set
+    # its flags in the parent.
     "ynn off + barriers": "--xla_cpu_experimental_ynn_fusion_type="
                           "-individual_convolution "
                           "--xla_disable_hlo_passes=cse_barrier_expander",

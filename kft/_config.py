@@ -9,9 +9,8 @@
   older fusion emitters (faster training steps, less compile memory,
   measured in `benchmarks/RESULTS.md`); `KFT_XLA_CPU_FLAGS=mlir_emitters`
   keeps XLA's newer emitters, `=1` adds the algebraic-simplifier flag,
-  `=0` sets none; a flag already in
-  `XLA_FLAGS` wins; never applied once JAX has started or with a GPU/TPU
-  plugin.
+  `=0` sets none; a flag already in `XLA_FLAGS` wins; never applied once
+  JAX has started or with a GPU/TPU plugin.
 - **Compilation cache** (`enable_compilation_cache`): JAX's persistent
   cache in `~/.cache/kft/jax`, so a rerun loads compiled steps from disk.
   `KFT_COMPILATION_CACHE=0` turns it off, `KFT_COMPILATION_CACHE=DIR`
@@ -186,10 +185,11 @@ YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 BARRIERS_KEPT = "--xla_disable_hlo_passes=cse_barrier_expander"
 LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 ALGSIMP_OFF = "--xla_disable_hlo_passes=algsimp,cse_barrier_expander"
+_DEFAULT_CPU_FLAGS = (YNN_CONV_OFF, BARRIERS_KEPT, LEGACY_EMITTERS)
 CPU_XLA_FLAG_SETS = {
-    "default": (YNN_CONV_OFF, BARRIERS_KEPT, LEGACY_EMITTERS),
+    "default": _DEFAULT_CPU_FLAGS,
     # The default's name while it was opt-in; kept for scripts that set it.
-    "legacy_emitters": (YNN_CONV_OFF, BARRIERS_KEPT, LEGACY_EMITTERS),
+    "legacy_emitters": _DEFAULT_CPU_FLAGS,
     "mlir_emitters": (YNN_CONV_OFF, BARRIERS_KEPT),
     "1": (ALGSIMP_OFF, YNN_CONV_OFF, LEGACY_EMITTERS),
     "0": (),

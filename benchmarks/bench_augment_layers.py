@@ -3,7 +3,8 @@
 Times every layer of `kft.augmentation` preset as the host pipeline runs it
 (`stateless_call` under `jax.jit`, one program per layer, on a device array
 as the layers pass on), median of `--repeats` calls after a warm-up call, to
-show where the input pipeline's time goes. The `keras` column times the
+show where the input pipeline's time goes; also the first call (compile +
+one run). The `keras` column times the
 stock `keras.layers` class with the same config, where kft subclasses it
 (`RandomErasing` there with Keras' default noise fill, since Keras 3.15
 fails on a colour).
@@ -12,6 +13,7 @@ fails on a colour).
 """
 
 import argparse
+import os
 
 import kft  # noqa: I001  (selects the JAX backend before Keras loads)
 import jax
@@ -40,7 +42,8 @@ def main():
                                            image_size=(args.size, args.size))
     print(f"preset {args.preset!r}, batch {shape}, load average "
           f"{_harness.loadavg()}")
-    print(f"{'layer':22s} {'kft ms':>8s} {'keras ms':>9s}")
+    print(f"{'layer':22s} {'kft ms':>8s} {'keras ms':>9s} "
+          f"{'kft first s':>12s} {'keras first s':>14s}")
     totals = {"kft": 0.0, "keras": 0.0}
     rows = []
     for layer in preset.layers:
@@ -52,13 +55,15 @@ def main():
                 config["fill_value"] = None
             stock = getattr(keras.layers, name).from_config(config)
             stock.build(shape)
-        kft_ms = ms_per_batch(layer, images, args.repeats)
-        keras_ms = kft_ms if stock is layer else ms_per_batch(
-            stock, images, args.repeats)
+        kft_ms, kft_first = ms_per_batch(layer, images, args.repeats)
+        keras_ms, keras_first = (kft_ms, kft_first) if stock is layer \
+            else ms_per_batch(stock, images, args.repeats)
         totals["kft"] += kft_ms
         totals["keras"] += keras_ms
-        rows.append({"layer": name, "kft_ms": kft_ms, "keras_ms": keras_ms})
-        print(f"{name:22s} {kft_ms:8.1f} {keras_ms:9.1f}")
+        rows.append({"layer": name, "kft_ms": kft_ms, "keras_ms": keras_ms,
+                     "kft_first_s": kft_first, "keras_first_s": keras_first})
+        print(f"{name:22s} {kft_ms:8.1f} {keras_ms:9.1f} {kft_first:12.1f} "
+              f"{keras_first:14.1f}", flush=True)
     print(f"{'all layers':22s} {totals['kft']:8.1f} {totals['keras']:9.1f}"
           f"   img/s on augmentation alone: kft "
           f"{1000 * args.batch_size / totals['kft']:.1f}, keras "
@@ -66,7 +71,8 @@ def main():
     out = args.out or _harness.results_path(
         f"augment_layers_{args.preset}_{args.size}.json")
     _harness.write_json(out, {"args": vars(args), "layers": rows,
-                              "total_ms": totals})
+                              "total_ms": totals,
+                              "xla_flags": os.environ.get("XLA_FLAGS")})
     print(f"wrote {out}")
 
 
@@ -80,7 +86,8 @@ def ms_per_batch(layer, images, repeats):
         out, state = apply(state, images)
         return out
 
-    return 1000 * _harness.time_steps(step, repeats, warmup=1)["median_s"]
+    times = _harness.time_steps(step, repeats, warmup=1)
+    return 1000 * times["median_s"], times["warmup_s"][0]
 
 
 if __name__ == "__main__":

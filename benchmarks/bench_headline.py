@@ -416,8 +416,11 @@ def main(argv=None):
           f"load average {_harness.loadavg()}", flush=True)
     rows = []
     for backbone in args.backbones:
-        cache_dir = args.cache_dir or tempfile.mkdtemp(
-            prefix="kft-headline-cache-")
+        # A cache of our own is removed after the backbone's runs; one the
+        # caller named is kept.
+        scratch = (None if args.cache_dir else
+                   tempfile.TemporaryDirectory(prefix="kft-headline-cache-"))
+        cache_dir = args.cache_dir or scratch.name
         for side in sides:
             cfg = {"side": side, "backbone": backbone, "size": args.size,
                    "images": args.images, "epochs": args.epochs,
@@ -429,6 +432,8 @@ def main(argv=None):
                   f"  {row['wall_s']:.1f} s, test accuracy "
                   f"{row['test_accuracy']:.3f}, {row['images_used']} images "
                   f"used, load {row['loadavg_after']}", flush=True)
+        if scratch is not None:
+            scratch.cleanup()
     print(_harness.header(begin))
     print(table(rows))
     tag = f"{args.size}_{args.images}_{args.epochs}ep"

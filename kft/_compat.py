@@ -235,6 +235,68 @@ def erasing_layer_base():
     return ErasingBase
 
 
+@functools.cache
+def equalization_layer_base():
+    import keras
+
+    class EqualizationBase(keras.layers.Equalization):
+        def _custom_histogram_fixed_width(self, values, value_range, nbins):
+            if not self.use_fast(values):
+                return super()._custom_histogram_fixed_width(
+                    values, value_range, nbins)
+            # Keras' binning, then one count instead of its loop of one
+            # reduction per bin.
+            ops = self.backend
+            values = ops.cast(values, "float32")
+            low, high = (ops.cast(v, "float32") for v in value_range)
+            scaled = (values - low) * (nbins - 1) / (high - low)
+            indices = ops.numpy.clip(ops.cast(scaled, "int32"), 0, nbins - 1)
+            return self.count(ops.numpy.reshape(indices, [-1]), nbins)
+
+    return EqualizationBase
+
+
+@functools.cache
+def rand_augment_layer_base():
+    import keras
+
+    class RandAugmentBase(keras.layers.RandAugment):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stock = self.equalization
+            self._tracker.untrack(stock)
+            self.equalization = self.equalization_class().from_config(
+                stock.get_config())
+
+        def transform_images(self, images, transformation, training=True):
+            if not (training and self.use_fast(images)):
+                return super().transform_images(images, transformation,
+                                                training)
+            ops = self.backend
+            # The branches in Keras' order: `layer_idxes` index them.
+            branches = [self._branch(getattr(self, name), value)
+                        for name, value in
+                        transformation["transforms"].items()]
+            images = ops.cast(images, self.compute_dtype)
+            for i in range(self.num_ops):
+                images = self.switch(transformation["layer_idxes"][i],
+                                     branches, images)
+            return images
+
+        def _branch(self, layer, transformation):
+            def apply(images):
+                return self.backend.cast(
+                    layer.transform_images(images, transformation),
+                    self.compute_dtype)
+
+            return apply
+
+        def equalization_class(self):
+            return keras.layers.Equalization
+
+    return RandAugmentBase
+
+
 # -- data ---------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -44,10 +45,13 @@ def test_torch_side_loads_the_same_arrays_as_kft(headline):
         assert ours[1].dtype == theirs[1].dtype
 
 
-def test_smoke_run_writes_rows(headline, tmp_path, capsys):
+def test_smoke_run_writes_rows(headline, tmp_path, capsys, monkeypatch):
     # In this process (--in-process): a fresh Python per side would cost
     # a kft import each; the isolated path is the one real runs take.
     out = tmp_path / "headline.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     headline.main(["--backbones", "simple_cnn", "--size", "16", "--images",
                    "60", "--epochs", "2", "--sides", "kft", "torch",
                    "--in-process", "--out", str(out)])
@@ -65,6 +69,8 @@ def test_smoke_run_writes_rows(headline, tmp_path, capsys):
         assert row["wall_s"] >= row["forward_s"] + row["head_s"] > 0
         assert row["peak_rss_mib"] > 0 and "loadavg" in row
     assert "| simple_cnn | kft | 60 (40/10/10) |" in printed
+    # The feature cache of its own is removed after the run.
+    assert not list(scratch.glob("kft-headline-cache-*"))
     if HAS_TORCH:
         wall, cpu = headline.ratios(rows)[("simple_cnn", "kft")]
         assert wall == pytest.approx(rows[1]["wall_s"] / rows[0]["wall_s"])

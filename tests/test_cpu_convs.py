@@ -102,6 +102,7 @@ def test_other_grouping_matches_keras():
     ("convnext_tiny", Conv2D, 18),
     # the 3x3 convolutions on 2x2 and 1x1 maps, and the 36 1x1 ones
     ("resnet50", Conv2D, 45),
+    ("resnet50", Activation, 49),  # every ReLU
 ])
 def test_fast_cpu_convs_model_same_predictions(name, cls, count):
     base = kft.create_backbone(name, weights=None, input_shape=(32, 32, 3))
@@ -254,18 +255,57 @@ def test_gelu_matches_keras_and_pytorch_form():
     np.testing.assert_allclose(fast(x), reference, rtol=1e-5, atol=1e-6)
 
 
-def test_only_gelu_activations_are_swapped_and_export_gives_them_back():
+def test_gelu_and_relu_activations_are_swapped_and_export_gives_them_back():
     inputs = keras.Input((6,))
     x = keras.layers.Dense(8)(inputs)
     x = keras.layers.Activation("gelu", name="g")(x)
     x = keras.layers.Activation("relu", name="r")(x)
+    x = keras.layers.Activation("tanh", name="t")(x)
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
     fast = fast_cpu_convs(model)
     assert type(fast.get_layer("g")) is Activation
-    assert fast.get_layer("r") is model.get_layer("r")
+    assert type(fast.get_layer("r")) is Activation
+    assert fast.get_layer("t") is model.get_layer("t")
     data = np.random.default_rng(9).normal(size=(4, 6)).astype("float32")
     np.testing.assert_allclose(fast.predict(data, verbose=0),
                                model.predict(data, verbose=0), atol=1e-5)
     plain = kft.deploy.inference_model(fast)
-    assert type(plain.get_layer("g")) is keras.layers.Activation
+    for name in "gr":
+        assert type(plain.get_layer(name)) is keras.layers.Activation
     assert not kft.deploy.kft_layers(plain)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_relu_matches_keras_values_and_gradients(dtype):
+    x = np.concatenate([np.linspace(-3, 3, 61), [0.0, -0.0, np.nan, np.inf,
+                                                 -np.inf]])
+    x = jax.numpy.asarray(x, dtype)
+    stock = keras.layers.Activation("relu", dtype=dtype)
+    fast = Activation.from_config(stock.get_config())
+
+    def values_and_grads(layer):
+        return jax.jit(jax.value_and_grad(
+            lambda x: (layer(x) * jax.numpy.cos(x)).astype("float32").sum(
+                where=jax.numpy.isfinite(x))))(x)
+
+    np.testing.assert_array_equal(np.asarray(fast(x), "float32"),
+                                  np.asarray(stock(x), "float32"))
+    got, expected = values_and_grads(fast)[1], values_and_grads(stock)[1]
+    assert got.dtype == expected.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(got, "float32"),
+                                  np.asarray(expected, "float32"))
+
+
+def test_relu_keeps_its_output_for_the_gradient_not_its_input():
+    # The point of kft's ReLU: the backward mask reads the output (kept by
+    # the next layer anyway), so XLA need not keep or recompute the input.
+    from kft.ops.activations import relu
+    x = jax.numpy.asarray(np.random.default_rng(2).normal(size=(3, 5)),
+                          "float32")
+    outputs, pullback = jax.vjp(relu, x)
+    kept = jax.tree_util.tree_leaves(pullback)
+    assert len(kept) == 1
+    np.testing.assert_array_equal(kept[0], outputs)
+    hlo = jax.jit(jax.grad(lambda x: relu(x * 2.0).sum())).lower(
+        x).compile().as_text()
+    assert hlo.count("opt-barrier") == 1

@@ -2,13 +2,15 @@
 
 - `presets`: `augmentation(preset)`, `eval_transform`, `attach`.
 - `layers`: Keras' zoom, rotation, blur and erasing layers computed with
-  `kft.ops.image_ops`.
+  `kft.ops.image_ops`; equalization and RandAugment that compile fast.
 - `mixing`: `MixUp`, `CutMix`, `MixUpOrCutMix`, run inside the compiled
   train step (also as `kft.layers`); `_batch_mix` holds their shared
   draws and mixing.
 """
 
 from kft.augmentation.layers import IMAGENET_MEAN
+from kft.augmentation.layers import Equalization
+from kft.augmentation.layers import RandAugment
 from kft.augmentation.layers import RandomErasing
 from kft.augmentation.layers import RandomGaussianBlur
 from kft.augmentation.layers import RandomRotation
@@ -20,7 +22,9 @@ from kft.augmentation.presets import eval_transform
 
 __all__ = [
     "IMAGENET_MEAN",
+    "Equalization",
     "PRESETS",
+    "RandAugment",
     "RandomErasing",
     "RandomGaussianBlur",
     "RandomRotation",

@@ -1,7 +1,7 @@
 """Train-time augmentation presets and the eval transform, from `keras.layers`.
 
-The presets use the fast zoom, rotation, blur and erasing layers of
-`kft.augmentation.layers`.
+The presets use the fast zoom, rotation, blur, erasing and RandAugment
+layers of `kft.augmentation.layers`.
 """
 
 import numbers
@@ -14,6 +14,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 from kft.augmentation.layers import IMAGENET_MEAN
+from kft.augmentation.layers import RandAugment
 from kft.augmentation.layers import RandomErasing
 from kft.augmentation.layers import RandomGaussianBlur
 from kft.augmentation.layers import RandomRotation
@@ -66,8 +67,8 @@ def _layers(preset, seed):
     return [
         crop,
         flip,
-        layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5,
-                           seed=seed + 2),
+        RandAugment(value_range=(0, 255), num_ops=2, factor=0.5,
+                    seed=seed + 2),
         RandomErasing(factor=(0.25, 0.25), scale=(0.02, 0.33),
                       fill_value=IMAGENET_MEAN,
                       value_range=(0, 255), seed=seed + 3),

@@ -14,10 +14,10 @@ gradient is taken.
 
 - `depthwise_conv`: forward `shifted_depthwise_conv`; kernel gradient one
   per-channel multiply-add summed over batch and space per position by a
-  product with a vector of ones (a vectorised GEMV), in cache-sized blocks
-  of examples or rows; input gradient the transposed shifted form (the
-  output gradient dilated by the strides, padded, correlated with the
-  flipped kernel).
+  product with a vector of ones (a vectorised GEMV), in a loop over
+  positions and cache-sized blocks of examples or rows; input gradient
+  the transposed shifted form (the output gradient dilated by the
+  strides, padded, correlated with the flipped kernel).
 - `conv`: forward XLA's convolution or `shifted_conv`; kernel gradient one
   GEMM over all positions at once (im2col of the shifted patches); input
   gradient XLA's transposed convolution or the transposed shifted form.
@@ -129,13 +129,27 @@ _BLOCK_BYTES = 2**19
 
 def _depthwise_taps(padded, grads, kernel_hw, strides, dilation_rate):
     """Kernel gradient `(kh, kw, channels, multiplier)` in float32 of an
-    explicitly padded ("valid") input."""
-    taps = {}
-    for i, j, patch in _shifted_patches(padded, kernel_hw, strides, "valid",
-                                        dilation_rate):
-        taps[i, j] = _sum_rows(patch[..., None] * grads)
-    return jnp.stack([jnp.stack([taps[i, j] for j in range(kernel_hw[1])])
-                      for i in range(kernel_hw[0])])
+    explicitly padded ("valid") input.
+
+    The positions run in a `lax.map` loop rather than unrolled: XLA's CPU
+    backend compiles each product (a GEMV) as a module of its own, and
+    ConvNeXt-tiny's 18 layers x 49 positions took most of its compile
+    (224 px full step 97 -> 28 s; steps within noise,
+    benchmarks/RESULTS.md).
+    """
+    (kernel_h, kernel_w), (stride_h, stride_w) = kernel_hw, strides
+    out_h, out_w = grads.shape[1:3]
+    size = (padded.shape[0], (out_h - 1) * stride_h + 1,
+            (out_w - 1) * stride_w + 1, padded.shape[3])
+
+    def tap(position):
+        i, j = position // kernel_w, position % kernel_w
+        patch = lax.dynamic_slice(
+            padded, (0, i * dilation_rate[0], j * dilation_rate[1], 0), size)
+        return _sum_rows(patch[:, ::stride_h, ::stride_w, :, None] * grads)
+
+    taps = lax.map(tap, jnp.arange(kernel_h * kernel_w))
+    return jnp.reshape(taps, (kernel_h, kernel_w, *taps.shape[1:]))
 
 
 def _sum_rows(values, leading=3):
@@ -297,6 +311,13 @@ def _conv_bwd(strides, padding, dilation_rate, shifted, residuals, grads):
             (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         kernel_grad = jnp.reshape(kernel_grad,
                                   kernel.shape).astype(kernel.dtype)
+    if (kernel_h, kernel_w) == (1, 1):
+        # `grads @ kernel^T`, spread back over the strided positions: XLA's
+        # transposed convolution first copied the kernel transposed (8 ms
+        # for one of ResNet50's 2048x1024 kernels); a dot reads it as is.
+        term = lax.dot_general(grads, kernel[0, 0], (((3,), (1,)), ((), ())))
+        return (_transposed_input(term, inputs.shape[1:3], (1, 1), strides,
+                                  padding, dilation_rate), kernel_grad)
     if not shifted:
         # XLA's own input gradient (a transposed convolution) is fast.
         _, transpose = jax.vjp(

@@ -17,12 +17,16 @@ output gradient (two transposed copies per layer, 500 ms of ResNet50's
 1.1 s 224 px full step); as one matrix product of the input and the output
 gradient it needs no copy.
 
-And one activation: JAX computes the exact GELU through `erfc`, which XLA
-expands into selects and exponentials (forward + gradient 24 ms for one of
-ConvNeXt-tiny's 4x56x56x384 maps); `0.5 x (1 + erf(x / sqrt 2))`, what
-PyTorch and TensorFlow compute for it, takes 5-6 ms (`Activation`).
-And layer normalization (`LayerNormalization`): a hand-written gradient
-(`kft.ops.layer_norm`) keeps less for the backward pass and sums faster.
+And two activations (`Activation`): JAX computes the exact GELU through
+`erfc`, which XLA expands into selects and exponentials (forward +
+gradient 24 ms for one of ConvNeXt-tiny's 4x56x56x384 maps);
+`0.5 x (1 + erf(x / sqrt 2))`, what PyTorch and TensorFlow compute for it,
+takes 5-6 ms. JAX takes ReLU's gradient from its input, which in a
+residual network XLA recomputed (a stage's whole chain of BatchNorms and
+additions) for every backward mask; `kft.ops.activations.relu` takes it
+from the output. And layer normalization (`LayerNormalization`): a
+hand-written gradient (`kft.ops.layer_norm`) keeps less for the backward
+pass and sums faster.
 
 This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
 `kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a
@@ -46,6 +50,7 @@ from keras import ops
 from kft._validation import check_choice
 from kft.models.init_draws import bucketed_draws
 from kft.ops import conv_grads
+from kft.ops.activations import relu
 from kft.ops.layer_norm import layer_norm
 from kft.ops.shifted_conv import shifted_conv
 from kft.ops.shifted_conv import shifted_depthwise_conv
@@ -65,8 +70,8 @@ def _kernel_covers_map(kernel_size, shape):
 
 
 def _custom_gradients():
-    """Whether to take `kft.ops.conv_grads`' gradients (and `gelu`, and
-    `kft.ops.layer_norm`).
+    """Whether to take `kft.ops.conv_grads`' gradients (and `gelu`,
+    `kft.ops.activations.relu` and `kft.ops.layer_norm`).
 
     `KFT_CONV_GRADS` (read when a layer is traced): unset, `"auto"` or
     `"1"`, yes (measured faster for every kernel and map size of the four
@@ -173,7 +178,9 @@ def gelu(x):
 @keras.saving.register_keras_serializable(package="kft")
 class Activation(keras.layers.Activation):
     """`keras.layers.Activation("gelu")` computed by `gelu` (the `erf`
-    form) instead of JAX's slower `erfc` form.
+    form) instead of JAX's slower `erfc` form, and `Activation("relu")` by
+    `kft.ops.activations.relu` (its gradient from the output: ResNet50's
+    224 px full step keeps 220 MiB less, partial 1.3x faster).
 
     Same config as the Keras layer; `KFT_CONV_GRADS=0` uses Keras' own.
 
@@ -188,6 +195,9 @@ class Activation(keras.layers.Activation):
         if self.activation is keras.activations.gelu and \
                 _custom_gradients():
             return gelu(inputs)
+        if self.activation is keras.activations.relu and \
+                _custom_gradients():
+            return relu(inputs)
         return super().call(inputs)
 
 
@@ -243,7 +253,8 @@ def _replacement(layer):
     if type(layer) is keras.layers.DepthwiseConv2D:
         return DepthwiseConv2D
     if type(layer) is keras.layers.Activation and (
-            layer.activation is keras.activations.gelu):
+            layer.activation in (keras.activations.gelu,
+                                 keras.activations.relu)):
         return Activation
     if type(layer) is keras.layers.LayerNormalization:
         return LayerNormalization
@@ -267,18 +278,18 @@ def _all_layers(model):
 def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
-    Every `keras.layers.DepthwiseConv2D`, every `Activation("gelu")`,
-    every `LayerNormalization`, and every channels-last
-    `keras.layers.Conv2D` with one input channel per group, a 1x1 kernel,
-    or a kernel that covers more positions than its input map has, also
-    inside nested models (a backbone inside a classifier), is replaced by
-    `kft.cpu_convs.DepthwiseConv2D` / `Activation` / `LayerNormalization`
-    / `Conv2D` holding copies of the same weights; all other layers are
-    shared with `model`, not copied. The results are the same up to float
-    rounding (about 1e-6 relative); on CPU the training steps of
-    EfficientNet, MobileNet, ConvNeXt and, at small input sizes, ResNet get
-    several times faster, ResNet's full training at 224 px about 1.2x
-    (measured in `benchmarks/RESULTS.md`).
+    Every `keras.layers.DepthwiseConv2D`, every `Activation("gelu")` and
+    `Activation("relu")`, every `LayerNormalization`, and every
+    channels-last `keras.layers.Conv2D` with one input channel per group,
+    a 1x1 kernel, or a kernel that covers more positions than its input
+    map has, also inside nested models (a backbone inside a classifier),
+    is replaced by `kft.cpu_convs.DepthwiseConv2D` / `Activation` /
+    `LayerNormalization` / `Conv2D` holding copies of the same weights;
+    all other layers are shared with `model`, not copied. The results are
+    the same up to float rounding (about 1e-6 relative); on CPU the
+    training steps of EfficientNet, MobileNet, ConvNeXt and, at small
+    input sizes, ResNet get several times faster, ResNet's full training
+    at 224 px about 1.2x (measured in `benchmarks/RESULTS.md`).
     `kft.build_classifier` does this by itself when JAX runs on CPU
     (`fast_cpu_convs="auto"`). Use the returned model, not `model`.
 

@@ -4,10 +4,9 @@ Times every layer of `kft.augmentation` preset as the host pipeline runs it
 (`stateless_call` under `jax.jit`, one program per layer, on a device array
 as the layers pass on), median of `--repeats` calls after a warm-up call, to
 show where the input pipeline's time goes; also the first call (compile +
-one run). The `keras` column times the
-stock `keras.layers` class with the same config, where kft subclasses it
-(`RandomErasing` there with Keras' default noise fill, since Keras 3.15
-fails on a colour).
+one run). The `keras` column times the stock `keras.layers` class with the
+same config, where kft subclasses it (`RandomErasing` there with Keras'
+default noise fill, since Keras 3.15 fails on a colour).
 
     python benchmarks/bench_augment_layers.py --preset standard --size 224
 """

@@ -177,10 +177,11 @@ def enable_compilation_cache(directory=None):
 # consumers (`kft.ops.conv_grads`). XLA's older LLVM fusion emitters
 # instead of its MLIR ones: with those barriers, full steps of EfficientNet
 # and MobileNet run 1.1-2x faster and compile with 0.4-0.7 GiB less memory
-# (ConvNeXt-tiny's compile takes 1.2-1.6x longer). Disabling the algebraic
-# simplifier (which turns 3x3 convolutions on maps smaller than the kernel
-# into slow loops; `kft.cpu_convs` rewrites those) is opt-in only: XLA can
-# segfault compiling VGG16 with it.
+# (ConvNeXt-tiny's compile took 1.2-1.6x longer with them, measured before
+# `kft.ops.conv_grads` looped over kernel positions; 16-30 s now).
+# Disabling the algebraic simplifier (which turns 3x3 convolutions on maps
+# smaller than the kernel into slow loops; `kft.cpu_convs` rewrites those)
+# is opt-in only: XLA can segfault compiling VGG16 with it.
 YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 BARRIERS_KEPT = "--xla_disable_hlo_passes=cse_barrier_expander"
 LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
@@ -216,7 +217,8 @@ def apply_cpu_xla_flags():
       `--xla_cpu_use_fusion_emitters=false`, XLA's older LLVM fusion
       emitters instead of its MLIR ones: EfficientNet / MobileNet full
       steps 1.1-2x faster with peak RSS 0.4-0.7 GiB lower (the compile's),
-      same losses; ConvNeXt-tiny compiles 1.2-1.6x longer
+      same losses; ConvNeXt-tiny compiled 1.2-1.6x longer, measured
+      before kft looped over depthwise kernel positions
       (benchmarks/RESULTS.md). `"legacy_emitters"` is the same set.
     - `"mlir_emitters"`: the default without the last flag (XLA's MLIR
       fusion emitters; the default before 2026-12-03).

@@ -163,9 +163,13 @@ def test_equalization_matches_keras_and_counts_in_one_op(value_range):
     expected = keras.layers.Equalization(value_range=value_range)(images)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected),
                                atol=1e-4 * value_range[1])
-    # Keras' JAX histogram is one reduction per bin: 768 for RGB, and
-    # 22-28 s to compile one layer on CPU.
-    hlo = jax.jit(Equalization()).lower(IMAGES).compile().as_text()
+    # Compiled too; Keras' JAX histogram is one reduction per bin: 768 for
+    # RGB, and 22-28 s to compile one layer on CPU.
+    jitted = jax.jit(Equalization(value_range=value_range))
+    np.testing.assert_allclose(np.asarray(jitted(images)),
+                               np.asarray(expected),
+                               atol=1e-4 * value_range[1])
+    hlo = jitted.lower(images).compile().as_text()
     assert hlo.count(" reduce(") < 20
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import kft
 from kft.ops import conv_grads
+from kft.ops import depthwise_grads
 from kft.ops.cpu_convs import Conv2D
 from kft.ops.cpu_convs import DepthwiseConv2D
 from kft.ops.cpu_convs import fast_cpu_convs
@@ -31,6 +32,12 @@ def test_custom_gradients_unless_kft_conv_grads_is_zero(monkeypatch):
     monkeypatch.setenv("KFT_CONV_GRADS", "yes")
     with pytest.raises(ValueError, match="KFT_CONV_GRADS.*yes"):
         DepthwiseConv2D(3)(small)
+
+
+def test_depthwise_conv_lives_in_depthwise_grads_and_in_the_public_module():
+    assert kft.conv_grads.depthwise_conv is depthwise_grads.depthwise_conv
+    assert kft.conv_grads.conv is conv_grads.conv
+    assert set(conv_grads.__all__) == {"conv", "depthwise_conv"}
 
 
 def _rel(got, expected):
@@ -120,7 +127,7 @@ _EXAMPLE_BYTES = 2 * 16 * 13 * 3 * 4
 def test_blocked_kernel_gradient_matches_keras(monkeypatch, budget, config):
     # The sums run in blocks of whole examples, or of rows of all examples,
     # when the arrays pass the budget (0.5 MiB; set small here).
-    monkeypatch.setattr(conv_grads, "_BLOCK_BYTES", budget)
+    monkeypatch.setattr(depthwise_grads, "_BLOCK_BYTES", budget)
     kernel_size, strides, padding, dilation, multiplier = config
     rng = np.random.default_rng(5)
     x = rng.normal(size=(4, 16, 13, 3)).astype("float32")

@@ -1,4 +1,10 @@
-"""Activations whose gradient keeps less for the backward pass.
+"""Activations computed faster, or kept smaller for the backward pass, on
+XLA's CPU backend.
+
+`gelu`: JAX computes the exact GELU through `erfc`, which XLA expands into
+selects and exponentials (forward + gradient 24 ms for one of
+ConvNeXt-tiny's 4x56x56x384 maps); `0.5 x (1 + erf(x / sqrt 2))`, what
+PyTorch and TensorFlow compute, takes 5-6 ms.
 
 `relu`: JAX's ReLU takes its gradient from the input (`x > 0`). In a
 residual network the input of a block's ReLU is `BatchNorm(conv) +
@@ -10,11 +16,14 @@ mask: `y = max(x, 0)` is positive exactly where `x` is) reads one map the
 next layer keeps anyway, as PyTorch's in-place ReLU does.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from keras import ops
 
-__all__ = ["relu"]
+__all__ = ["gelu", "relu"]
 
 
 @jax.custom_vjp
@@ -45,3 +54,21 @@ def _relu_bwd(outputs, grads):
 
 
 relu.defvjp(_relu_fwd, _relu_bwd)
+
+
+def gelu(x):
+    """Exact GELU as `0.5 x (1 + erf(x / sqrt 2))`.
+
+    What PyTorch's and TensorFlow's exact GELU compute; JAX's `erfc` form
+    (Keras' `gelu` on JAX) differs by at most ~1e-6 absolute, more
+    accurate only in relative terms for x below about -4, where GELU is
+    below 1e-4 in size.
+
+    Example:
+    >>> import numpy as np
+    >>> from kft.ops.activations import gelu
+    >>> np.round(np.asarray(gelu(np.array([-1.0, 0.0, 2.0]))), 4)
+    array([-0.1587,  0.    ,  1.9545], dtype=float32)
+    """
+    x = ops.convert_to_tensor(x)
+    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))

@@ -1,33 +1,25 @@
 """Convolutions with hand-written gradients for XLA on CPU.
 
 XLA's CPU backend computes a convolution's kernel gradient as another
-convolution, one whose "kernel" is the whole output-gradient map: a slow
-generic loop for depthwise convolutions and for dense ones on large maps.
-Written as one reduction (depthwise) or one matrix product (dense) per
-kernel position, the same sums run on XLA's fused loops and its GEMM.
+convolution, one whose "kernel" is the whole output-gradient map: slow for
+dense convolutions on large maps, and a generic loop for depthwise ones.
+Written as one matrix product (dense) or one reduction per kernel position
+(depthwise), the same sums run on XLA's GEMM and its fused loops. The
+`jax.custom_vjp` functions keep only the input and the kernel for the
+backward pass (plain autodiff of a shifted-slice forward keeps every
+shifted patch).
 
-Under plain autodiff, the shifted-slice forward of `kft.ops.shifted_conv`
-also keeps every shifted patch alive until the backward pass (k*k copies
-of the input per convolution). The `jax.custom_vjp` functions here keep
-only the input and the kernel and slice the patches again when the
-gradient is taken.
-
-- `depthwise_conv`: forward `shifted_depthwise_conv`; kernel gradient one
-  per-channel multiply-add summed over batch and space per position by a
-  product with a vector of ones (a vectorised GEMV), in a loop over
-  positions and cache-sized blocks of examples or rows; input gradient
-  the transposed shifted form (the output gradient dilated by the
-  strides, padded, correlated with the flipped kernel).
 - `conv`: forward XLA's convolution or `shifted_conv`; kernel gradient one
   GEMM over all positions at once (im2col of the shifted patches); input
-  gradient XLA's transposed convolution or the transposed shifted form.
+  gradient XLA's transposed convolution, one product with the kernel as
+  it is (1x1), or the transposed shifted form.
+- `depthwise_conv`: defined in `kft.ops.depthwise_grads`.
 
 Both take and return channels-last arrays of one float dtype (float32,
 bfloat16 or float16); sums of the kernel gradient run in float32.
 """
 
 import functools
-import math
 from typing import Literal
 
 import jax
@@ -35,247 +27,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from kft._validation import check_choice
+from kft.ops.depthwise_grads import depthwise_conv
 from kft.ops.shifted_conv import PADDINGS
+from kft.ops.shifted_conv import _flipped_patches
 from kft.ops.shifted_conv import _shifted_patches
+from kft.ops.shifted_conv import _transposed_input
 from kft.ops.shifted_conv import shifted_conv
-from kft.ops.shifted_conv import shifted_depthwise_conv
 
 __all__ = ["conv", "depthwise_conv"]
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-
-
-def _pads(size, kernel, stride, rate, padding):
-    """`(out, low)`: output size and top/left padding of one axis."""
-    span = (kernel - 1) * rate + 1
-    if padding == "same":
-        out = math.ceil(size / stride)
-        return out, max((out - 1) * stride + span - size, 0) // 2
-    return (size - span) // stride + 1, 0
-
-
-def _transposed_input(grads, input_hw, kernel_hw, strides, padding,
-                      dilation_rate):
-    """The output gradient laid out for the input gradient.
-
-    Dilated by the strides and padded (or cropped) so that a stride-1
-    "valid" correlation with the flipped kernel gives one value per input
-    position: `dx[p] = sum_i g_dilated[p + lo - i * rate] * k[i]`.
-    """
-    config = [(0, 0, 0)]
-    for size, kernel, stride, rate in zip(input_hw, kernel_hw, strides,
-                                          dilation_rate):
-        out, low = _pads(size, kernel, stride, rate, padding)
-        before = (kernel - 1) * rate - low
-        after = size + low - (out - 1) * stride - 1
-        config.append((before, after, stride - 1))
-    config += [(0, 0, 0)] * (grads.ndim - 3)
-    return lax.pad(grads, jnp.zeros((), grads.dtype), config)
-
-
-def _computed_once(values):
-    """`values`, a shifted-slice sum, computed into a buffer of its own.
-
-    XLA fuses such a sum (one loop of k*k multiply-adds) into each of its
-    consumers: a normalization that reads it three times (mean, variance,
-    output) computed it three times. The barrier stops that, with kft's
-    CPU flags (`kft._config.BARRIERS_KEPT`; without them XLA drops it
-    before fusing). Measured, full training steps (benchmarks/RESULTS.md):
-    ConvNeXt-tiny's 7x7 kernels 224 px ~1.2x faster; with XLA's older
-    fusion emitters (kft's default) EfficientNetB0 / MobileNetV3Large's
-    3x3 and 5x5 kernels too (224 px full steps 1.2-1.6x faster).
-    """
-    return lax.optimization_barrier(values)
-
-
-def _flipped_patches(grads, kernel_hw, dilation_rate):
-    """Yields `(i, j, patch)` with `i, j` indices of the flipped kernel."""
-    kernel_h, kernel_w = kernel_hw
-    for i, j, patch in _shifted_patches(grads, kernel_hw, (1, 1), "valid",
-                                        dilation_rate):
-        yield kernel_h - 1 - i, kernel_w - 1 - j, patch
-
-
-def _forward(inputs, kernel, strides, padding, dilation_rate):
-    return _computed_once(shifted_depthwise_conv(
-        inputs, kernel, strides, padding, dilation_rate))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _depthwise(inputs, kernel, strides, padding, dilation_rate):
-    # Called without gradients (a frozen layer, inference). Its input is
-    # then often an elementwise chain (frozen BatchNorm + activation) that
-    # XLA would fuse into, and recompute for, each of the k*k slices: made
-    # into a buffer first (EfficientNetB0's 224 px feature extraction 1.5x
-    # faster with the older emitters). Under `jax.grad` the input is kept
-    # for the backward pass anyway, and `_depthwise_fwd` does without.
-    return _forward(lax.optimization_barrier(inputs), kernel, strides,
-                    padding, dilation_rate)
-
-
-def _depthwise_fwd(inputs, kernel, strides, padding, dilation_rate):
-    return (_forward(inputs, kernel, strides, padding, dilation_rate),
-            (inputs, kernel))
-
-
-# The depthwise kernel gradient reads the input and the output gradient
-# once per kernel position. Arrays larger than the CPU's caches are summed
-# in blocks of about this many bytes (whole examples, else rows of all
-# examples), so that each block stays in cache for all positions: 2-5x
-# faster sums of EfficientNet's larger maps in isolation. 0.5 MiB was the
-# fastest of 0.25-2 MiB in whole steps (benchmarks/RESULTS.md).
-_BLOCK_BYTES = 2**19
-
-
-def _depthwise_taps(padded, grads, kernel_hw, strides, dilation_rate):
-    """Kernel gradient `(kh, kw, channels, multiplier)` in float32 of an
-    explicitly padded ("valid") input.
-
-    The positions run in a `lax.map` loop rather than unrolled: XLA's CPU
-    backend compiles each product (a GEMV) as a module of its own, and
-    ConvNeXt-tiny's 18 layers x 49 positions took most of its compile
-    (224 px full step 97 -> 28 s; steps within noise,
-    benchmarks/RESULTS.md).
-    """
-    (kernel_h, kernel_w), (stride_h, stride_w) = kernel_hw, strides
-    out_h, out_w = grads.shape[1:3]
-    size = (padded.shape[0], (out_h - 1) * stride_h + 1,
-            (out_w - 1) * stride_w + 1, padded.shape[3])
-
-    def tap(position):
-        i, j = position // kernel_w, position % kernel_w
-        patch = lax.dynamic_slice(
-            padded, (0, i * dilation_rate[0], j * dilation_rate[1], 0), size)
-        return _sum_rows(patch[:, ::stride_h, ::stride_w, :, None] * grads)
-
-    taps = lax.map(tap, jnp.arange(kernel_h * kernel_w))
-    return jnp.reshape(taps, (kernel_h, kernel_w, *taps.shape[1:]))
-
-
-def _sum_rows(values, leading=3):
-    """Float32 sums over the first `leading` axes, as one matrix-vector
-    product (also `kft.ops.layer_norm`'s scale and offset gradients).
-
-    XLA's CPU loops do not vectorise a reduction whose kept axis is the
-    innermost one (no reordering of float sums), and YNNPACK, which takes
-    plain float32 sums, ran them slower still; a product with a vector of
-    ones runs on Eigen's vectorised GEMV (benchmarks/RESULTS.md:
-    EfficientNetB0's depthwise kernel gradients per 224 px step, 202 ms on
-    XLA's loops vs 52 ms as products; whole step 414 -> 320 ms).
-    """
-    values = values.astype(jnp.float32)
-    rows = math.prod(values.shape[:leading])
-    ones = jnp.ones((rows,), jnp.float32)
-    total = jnp.dot(ones, jnp.reshape(values, (rows, -1)),
-                    preferred_element_type=jnp.float32)
-    return jnp.reshape(total, values.shape[leading:])
-
-
-def _largest_divisor(n, limit):
-    return max(d for d in range(1, n + 1)
-               if n % d == 0 and d <= max(limit, 1))
-
-
-def _depthwise_kernel_grad(inputs, grads, kernel_hw, strides, padding,
-                           dilation_rate):
-    """Sums over batch and space of input patch x output gradient, per
-    kernel position; `grads` is `(batch, out_h, out_w, channels, mult)`."""
-    config = [(0, 0)]
-    for axis, (kernel, stride, rate) in enumerate(
-            zip(kernel_hw, strides, dilation_rate)):
-        size, out = inputs.shape[1 + axis], grads.shape[1 + axis]
-        low = _pads(size, kernel, stride, rate, padding)[1]
-        high = (out - 1) * stride + (kernel - 1) * rate + 1 - size - low
-        config.append((low, max(high, 0)))
-    padded = jnp.pad(inputs, config + [(0, 0)])
-    batch, out_h = grads.shape[:2]
-    per_example = (math.prod(padded.shape[1:]) * padded.dtype.itemsize
-                   + math.prod(grads.shape[1:]) * grads.dtype.itemsize)
-    args = (kernel_hw, strides, dilation_rate)
-    zeros = jnp.zeros((*kernel_hw, *grads.shape[3:]), jnp.float32)
-    if batch * per_example <= _BLOCK_BYTES:
-        return _depthwise_taps(padded, grads, *args)
-    if per_example <= _BLOCK_BYTES:
-        size = _largest_divisor(batch, _BLOCK_BYTES // per_example)
-        blocks = (jnp.reshape(padded, (-1, size, *padded.shape[1:])),
-                  jnp.reshape(grads, (-1, size, *grads.shape[1:])))
-        return lax.scan(
-            lambda total, block: (total + _depthwise_taps(*block, *args),
-                                  None), zeros, blocks)[0]
-    # Rows of every example: output rows [r, r + rows) read input rows
-    # [r * stride, (r + rows - 1) * stride + span).
-    stride_h, span_h = strides[0], (kernel_hw[0] - 1) * dilation_rate[0] + 1
-    rows = _largest_divisor(out_h, _BLOCK_BYTES * out_h // (
-        batch * per_example))
-    in_rows = (rows - 1) * stride_h + span_h
-
-    def block(total, start):
-        x = lax.dynamic_slice_in_dim(padded, start * stride_h, in_rows, 1)
-        g = lax.dynamic_slice_in_dim(grads, start, rows, 1)
-        return total + _depthwise_taps(x, g, *args), None
-
-    return lax.scan(block, zeros, jnp.arange(0, out_h, rows))[0]
-
-
-def _depthwise_bwd(strides, padding, dilation_rate, residuals, grads):
-    inputs, kernel = residuals
-    channels, multiplier = kernel.shape[2:]
-    grads = jnp.reshape(grads, (*grads.shape[:3], channels, multiplier))
-    # The name scope lets profiles (benchmarks/profile_step.py) tell the
-    # kernel gradient's ops from the input gradient's.
-    with jax.named_scope("kernel_gradient"):
-        kernel_grad = _depthwise_kernel_grad(
-            inputs, grads, kernel.shape[:2], strides, padding, dilation_rate)
-    padded = _transposed_input(grads, inputs.shape[1:3], kernel.shape[:2],
-                               strides, padding, dilation_rate)
-    input_grad = None
-    for i, j, patch in _flipped_patches(padded, kernel.shape[:2],
-                                        dilation_rate):
-        term = patch * kernel[i, j]
-        term = term[..., 0] if multiplier == 1 else jnp.sum(term, axis=-1)
-        input_grad = term if input_grad is None else input_grad + term
-    return (_computed_once(input_grad),
-            kernel_grad.astype(kernel.dtype))
-
-
-_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
-
-
-def depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
-                   padding: Literal["valid", "same"] = "valid",
-                   dilation_rate: tuple[int, int] = (1, 1)):
-    """`shifted_depthwise_conv` with gradients that are fast on XLA's CPU.
-
-    Same arguments and result as
-    `kft.ops.shifted_conv.shifted_depthwise_conv`; under `jax.grad` it
-    keeps only `inputs` and `kernel` for the backward pass.
-
-    Args:
-        inputs: `(batch, height, width, channels)`, static height and width.
-        kernel: `(kernel_h, kernel_w, channels, depth_multiplier)`, cast to
-            the dtype of `inputs`.
-        strides: `(stride_h, stride_w)`. Defaults to `(1, 1)`.
-        padding: `"valid"` or `"same"`. Defaults to `"valid"`.
-        dilation_rate: `(rate_h, rate_w)`. Defaults to `(1, 1)`.
-
-    Returns:
-        `(batch, out_h, out_w, channels * depth_multiplier)`.
-
-    Example:
-    >>> import jax, numpy as np
-    >>> from kft.ops.conv_grads import depthwise_conv
-    >>> x, k = np.ones((1, 4, 4, 2), "float32"), np.ones((3, 3, 2, 1))
-    >>> jax.grad(lambda k: depthwise_conv(x, k, padding="same").sum())(
-    ...     k)[:, :, 0, 0]
-    Array([[ 9., 12.,  9.],
-           [12., 16., 12.],
-           [ 9., 12.,  9.]], dtype=float32)
-    """
-    check_choice("padding", padding, PADDINGS)
-    inputs = jnp.asarray(inputs)
-    kernel = jnp.asarray(kernel).astype(inputs.dtype)
-    return _depthwise(inputs, kernel, tuple(strides), padding,
-                      tuple(dilation_rate))
 
 
 def _xla_conv(inputs, kernel, strides, padding, dilation_rate):

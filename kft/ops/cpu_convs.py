@@ -17,27 +17,23 @@ output gradient (two transposed copies per layer, 500 ms of ResNet50's
 1.1 s 224 px full step); as one matrix product of the input and the output
 gradient it needs no copy.
 
-And two activations (`Activation`): JAX computes the exact GELU through
-`erfc`, which XLA expands into selects and exponentials (forward +
-gradient 24 ms for one of ConvNeXt-tiny's 4x56x56x384 maps);
-`0.5 x (1 + erf(x / sqrt 2))`, what PyTorch and TensorFlow compute for it,
-takes 5-6 ms. JAX takes ReLU's gradient from its input, which in a
-residual network XLA recomputed (a stage's whole chain of BatchNorms and
-additions) for every backward mask; `kft.ops.activations.relu` takes it
-from the output. And layer normalization (`LayerNormalization`): a
-hand-written gradient (`kft.ops.layer_norm`) keeps less for the backward
-pass and sums faster.
+And two activations (`Activation`, computed by `kft.ops.activations`):
+JAX's exact GELU through `erfc` is slow on CPU, and its ReLU takes the
+gradient from the input, which XLA recomputes in residual networks. And
+layer normalization (`LayerNormalization`): a hand-written gradient
+(`kft.ops.layer_norm`) keeps less for the backward pass and sums faster.
 
 This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
 `kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a
 model: same weights, same config, same results up to float rounding (the
 sums run in another order); only the computation differs, and only where
 it helps. `shifted_depthwise_conv` and `shifted_conv` are re-exported
-here. Their gradients come from `kft.ops.conv_grads` (kernel gradients as
-blocked reductions / one GEMM, only input and kernel kept for the backward
-pass); `KFT_CONV_GRADS=0`, read when a layer is traced, takes autodiff of
-the shifted forms instead, for before/after measurements
-(`benchmarks/bench_step.py`, `benchmarks/RESULTS.md`).
+here. Their gradients come from `kft.ops.depthwise_grads` and
+`kft.ops.conv_grads` (kernel gradients as blocked reductions / one GEMM,
+only input and kernel kept for the backward pass); `KFT_CONV_GRADS=0`,
+read when a layer is traced, takes autodiff of the shifted forms instead,
+for before/after measurements (`benchmarks/bench_step.py`,
+`benchmarks/RESULTS.md`).
 """
 
 import math
@@ -50,6 +46,8 @@ from keras import ops
 from kft._validation import check_choice
 from kft.models.init_draws import bucketed_draws
 from kft.ops import conv_grads
+from kft.ops import depthwise_grads
+from kft.ops.activations import gelu
 from kft.ops.activations import relu
 from kft.ops.layer_norm import layer_norm
 from kft.ops.shifted_conv import shifted_conv
@@ -70,8 +68,9 @@ def _kernel_covers_map(kernel_size, shape):
 
 
 def _custom_gradients():
-    """Whether to take `kft.ops.conv_grads`' gradients (and `gelu`,
-    `kft.ops.activations.relu` and `kft.ops.layer_norm`).
+    """Whether to take the gradients of `kft.ops.conv_grads`,
+    `kft.ops.depthwise_grads`, `kft.ops.activations` and
+    `kft.ops.layer_norm` (and `gelu`'s `erf` form).
 
     `KFT_CONV_GRADS` (read when a layer is traced): unset, `"auto"` or
     `"1"`, yes (measured faster for every kernel and map size of the four
@@ -101,7 +100,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     def call(self, inputs):
         if not _static_channels_last(self, inputs.shape):
             return super().call(inputs)
-        depthwise = (conv_grads.depthwise_conv
+        depthwise = (depthwise_grads.depthwise_conv
                      if _custom_gradients()
                      else shifted_depthwise_conv)
         outputs = depthwise(inputs, ops.cast(self.kernel, inputs.dtype),
@@ -144,7 +143,7 @@ class Conv2D(keras.layers.Conv2D):
             kernel = ops.reshape(kernel, (kernel_h, kernel_w, shape[-1],
                                           self.filters // shape[-1]))
             if custom:
-                return conv_grads.depthwise_conv(inputs, kernel, *args)
+                return depthwise_grads.depthwise_conv(inputs, kernel, *args)
             return shifted_depthwise_conv(inputs, kernel, *args)
         if self.groups != 1:
             return super().convolution_op(inputs, kernel)
@@ -157,28 +156,10 @@ class Conv2D(keras.layers.Conv2D):
         return super().convolution_op(inputs, kernel)
 
 
-def gelu(x):
-    """Exact GELU as `0.5 x (1 + erf(x / sqrt 2))`.
-
-    What PyTorch's and TensorFlow's exact GELU compute; JAX's `erfc` form
-    (Keras' `gelu` on JAX) differs by at most ~1e-6 absolute, more
-    accurate only in relative terms for x below about -4, where GELU is
-    below 1e-4 in size.
-
-    Example:
-    >>> import numpy as np
-    >>> from kft.ops.cpu_convs import gelu
-    >>> np.round(np.asarray(gelu(np.array([-1.0, 0.0, 2.0]))), 4)
-    array([-0.1587,  0.    ,  1.9545], dtype=float32)
-    """
-    x = ops.convert_to_tensor(x)
-    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
-
-
 @keras.saving.register_keras_serializable(package="kft")
 class Activation(keras.layers.Activation):
-    """`keras.layers.Activation("gelu")` computed by `gelu` (the `erf`
-    form) instead of JAX's slower `erfc` form, and `Activation("relu")` by
+    """`keras.layers.Activation("gelu")` computed by
+    `kft.ops.activations.gelu` (the `erf` form) instead of JAX's slower `erfc` form, and `Activation("relu")` by
     `kft.ops.activations.relu` (its gradient from the output: ResNet50's
     224 px full step keeps 220 MiB less, partial 1.3x faster).
 

@@ -5,17 +5,30 @@
 into a few loops, where its CPU backend would run a depthwise convolution,
 or a convolution whose kernel covers more positions than its input has, as
 a slow generic loop. Pure functions of `keras.ops`: `kft.ops.image_ops`
-blurs with them and `kft.ops.cpu_convs` builds its layers on them.
+blurs with them and `kft.ops.cpu_convs` builds its layers on them. The
+private helpers below them lay out the transposed (input-gradient) form
+for the gradients of `kft.ops.conv_grads` and `kft.ops.depthwise_grads`.
 """
 
 import math
 from typing import Literal
 
+import jax.numpy as jnp
+from jax import lax
 from keras import ops
 
 from kft._validation import check_choice
 
 PADDINGS = ("valid", "same")
+
+
+def _pads(size, kernel, stride, rate, padding):
+    """`(out, low)`: output size and top/left padding of one axis."""
+    span = (kernel - 1) * rate + 1
+    if padding == "same":
+        out = math.ceil(size / stride)
+        return out, max((out - 1) * stride + span - size, 0) // 2
+    return (size - span) // stride + 1, 0
 
 
 def _shifted_patches(inputs, kernel_size, strides, padding, dilation_rate):
@@ -125,3 +138,30 @@ def shifted_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
         term = ops.matmul(patch, kernel[i, j])
         outputs = term if outputs is None else outputs + term
     return outputs
+
+
+def _transposed_input(grads, input_hw, kernel_hw, strides, padding,
+                      dilation_rate):
+    """The output gradient laid out for the input gradient.
+
+    Dilated by the strides and padded (or cropped) so that a stride-1
+    "valid" correlation with the flipped kernel gives one value per input
+    position: `dx[p] = sum_i g_dilated[p + lo - i * rate] * k[i]`.
+    """
+    config = [(0, 0, 0)]
+    for size, kernel, stride, rate in zip(input_hw, kernel_hw, strides,
+                                          dilation_rate):
+        out, low = _pads(size, kernel, stride, rate, padding)
+        before = (kernel - 1) * rate - low
+        after = size + low - (out - 1) * stride - 1
+        config.append((before, after, stride - 1))
+    config += [(0, 0, 0)] * (grads.ndim - 3)
+    return lax.pad(grads, jnp.zeros((), grads.dtype), config)
+
+
+def _flipped_patches(grads, kernel_hw, dilation_rate):
+    """Yields `(i, j, patch)` with `i, j` indices of the flipped kernel."""
+    kernel_h, kernel_w = kernel_hw
+    for i, j, patch in _shifted_patches(grads, kernel_hw, (1, 1), "valid",
+                                        dilation_rate):
+        yield kernel_h - 1 - i, kernel_w - 1 - j, patch

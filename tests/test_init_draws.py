@@ -95,7 +95,9 @@ def test_one_compile_per_length_bucket():
 
 def test_traced_and_unusual_draws_take_keras_path():
     init = keras.initializers.HeNormal(seed=9)
-    expected = np.asarray(init((3, 3, 4, 8)))
+    # Compiled outside as inside: a traced draw and an eager one may round
+    # differently (their last bit, at XLA's optimisation level 0).
+    expected = np.asarray(jax.jit(lambda: init((3, 3, 4, 8)))())
     mean = jax.numpy.asarray(1.0)
     with init_draws.bucketed_draws():
         # Traced (a compiled step, a sharded variable's jitted initializer).

@@ -118,11 +118,10 @@ def _import_kft(env, code="import kft, os; print(os.environ.get('XLA_FLAGS'))"):
 
 
 def test_importing_kft_sets_the_chosen_flags():
+    # The import reads the setting (each setting's flags are checked in
+    # this process above; a fresh process costs 4-5 s).
     assert _import_kft({"KFT_XLA_CPU_FLAGS": "1"}) == FLAGS
     assert _import_kft({}) == " ".join(DEFAULT)
-    assert _import_kft({"KFT_XLA_CPU_FLAGS": "0"}) == "None"
-    assert _import_kft({"KFT_XLA_CPU_FLAGS": "mlir_emitters"}) == " ".join(
-        DEFAULT[:2])
 
 
 _TRAIN = """
@@ -157,10 +156,11 @@ def test_both_emitters_train_the_same_model_to_the_same_losses():
     # under the default (older emitters) and the opt-out gives the same
     # losses to float rounding (the emitters' math functions differ in
     # the last bits: 1.2e-5 relative after 3 MobileNetV3Small steps).
-    default = [float(v) for v in _import_kft({}, _TRAIN).split()]
+    quick = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}  # conftest
+    default = [float(v) for v in _import_kft(quick, _TRAIN).split()]
     mlir = [float(v) for v in _import_kft(
-        {"KFT_XLA_CPU_FLAGS": "mlir_emitters",
-         "KFT_COMPILATION_CACHE": "0"}, _TRAIN).split()]
+        {"KFT_XLA_CPU_FLAGS": "mlir_emitters", "KFT_COMPILATION_CACHE": "0",
+         **quick}, _TRAIN).split()]
     assert len(default) == 3 and default[0] != default[2]
     np.testing.assert_allclose(mlir, default, rtol=1e-4)
 

@@ -13,8 +13,13 @@ persistent compilation cache is off, so first steps are real compiles:
   `kft.freeze(model, strategy)`
   with the default `bn="frozen"`, compiled with
   `kft.BlockwiseOptimizer(SGD(momentum=0.9), {"head": 1e-2}, default=1e-3)`
-  and sparse cross-entropy; the step is `model.train_on_batch`, i.e. the
-  compiled train function `model.fit` runs. Side `kft` runs with kft's
+  and sparse cross-entropy. The step is timed inside `model.fit` (a
+  generator handing it the same host batch; `(T(2n) - T(n)) / n` over fits
+  of n and 2n steps), the loop users train in; `model.train_on_batch`,
+  the same compiled function plus Keras' per-call assignment of every
+  variable back to the model, is timed first and reported too
+  (`train_on_batch_median_s`; `--kft-loop train_on_batch` makes it the
+  step, as before 2026-12-03). Side `kft` runs with kft's
   default XLA CPU flag (YNNPACK convolutions off), side `kft-fast` also
   with the opt-in one (`KFT_XLA_CPU_FLAGS=1`, see
   `kft.apply_cpu_xla_flags`).
@@ -72,6 +77,10 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--kft-loop", choices=("fit", "train_on_batch"),
+                        default="fit",
+                        help="the kft step: inside model.fit (default) or "
+                             "one train_on_batch call")
     parser.add_argument("--share-process", action="store_true",
                         help="run a side's strategies in one process (the "
                              "peak RSS of later rows then includes what "
@@ -100,7 +109,8 @@ def main():
                 cfgs = [{"side": side, "backbone": backbone,
                          "strategy": strategy, "size": size, "batch": batch,
                          "steps": args.steps, "warmup": args.warmup,
-                         "gpu": args.gpu} for strategy in args.strategies]
+                         "gpu": args.gpu, "kft_loop": args.kft_loop}
+                        for strategy in args.strategies]
                 groups = [cfgs] if args.share_process else [
                     [cfg] for cfg in cfgs]
                 for result in (r for group in groups for r in

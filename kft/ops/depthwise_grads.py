@@ -30,6 +30,7 @@ from kft._validation import check_choice
 from kft.ops.shifted_conv import PADDINGS
 from kft.ops.shifted_conv import _flipped_patches
 from kft.ops.shifted_conv import _pads
+from kft.ops.shifted_conv import _same_padded
 from kft.ops.shifted_conv import _transposed_input
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
@@ -64,8 +65,14 @@ def _depthwise(inputs, kernel, strides, padding, dilation_rate):
     # into a buffer first (EfficientNetB0's 224 px feature extraction 1.5x
     # faster with the older emitters). Under `jax.grad` the input is kept
     # for the backward pass anyway, and `_depthwise_fwd` does without.
+    # Padded before the barrier: the padding then joins that chain's loop
+    # instead of copying the buffer once more (EfficientNetB0's 224 px
+    # feature extraction: 4 ms of 43 in copies of stride-1 inputs).
+    if padding == "same":
+        inputs = _same_padded(inputs, kernel.shape[:2], strides,
+                              dilation_rate)
     return _forward(lax.optimization_barrier(inputs), kernel, strides,
-                    padding, dilation_rate)
+                    "valid", dilation_rate)
 
 
 def _depthwise_fwd(inputs, kernel, strides, padding, dilation_rate):

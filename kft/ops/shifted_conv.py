@@ -31,6 +31,19 @@ def _pads(size, kernel, stride, rate, padding):
     return (size - span) // stride + 1, 0
 
 
+def _same_padded(inputs, kernel_size, strides, dilation_rate):
+    """`inputs` zero-padded for "same", split as XLA/TensorFlow split it
+    (the odd pixel at the bottom / right): a "valid" convolution of the
+    result is the "same" convolution of `inputs`."""
+    pads = [(0, 0)]
+    for size, kernel, stride, rate in zip(inputs.shape[1:3], kernel_size,
+                                          strides, dilation_rate):
+        out = math.ceil(size / stride)
+        total = max((out - 1) * stride + (kernel - 1) * rate + 1 - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return ops.pad(inputs, pads + [(0, 0)])
+
+
 def _shifted_patches(inputs, kernel_size, strides, padding, dilation_rate):
     """Yields `(i, j, patch)`: the input under kernel position `(i, j)`.
 
@@ -40,18 +53,11 @@ def _shifted_patches(inputs, kernel_size, strides, padding, dilation_rate):
     check_choice("padding", padding, PADDINGS)
     (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, strides
     rate_h, rate_w = dilation_rate
-    height, width = inputs.shape[1], inputs.shape[2]
-    span_h, span_w = (kernel_h - 1) * rate_h + 1, (kernel_w - 1) * rate_w + 1
     if padding == "same":
-        out_h = math.ceil(height / stride_h)
-        out_w = math.ceil(width / stride_w)
-        pad_h = max((out_h - 1) * stride_h + span_h - height, 0)
-        pad_w = max((out_w - 1) * stride_w + span_w - width, 0)
-        inputs = ops.pad(inputs, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                                  (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-    else:
-        out_h = (height - span_h) // stride_h + 1
-        out_w = (width - span_w) // stride_w + 1
+        inputs = _same_padded(inputs, kernel_size, strides, dilation_rate)
+    span_h, span_w = (kernel_h - 1) * rate_h + 1, (kernel_w - 1) * rate_w + 1
+    out_h = (inputs.shape[1] - span_h) // stride_h + 1
+    out_w = (inputs.shape[2] - span_w) // stride_w + 1
     for i in range(kernel_h):
         for j in range(kernel_w):
             top, left = i * rate_h, j * rate_w

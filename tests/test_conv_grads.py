@@ -371,3 +371,26 @@ def test_a_frozen_depthwise_makes_its_input_a_buffer_first():
     want = keras.ops.depthwise_conv(jax.nn.swish(x * 1.5 + 0.25), k, 2,
                                     "same")
     np.testing.assert_allclose(forward(x, k), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_frozen_depthwise_pads_inside_the_loop_that_computes_its_input():
+    # The "same" padding comes before the input's barrier, so the loop that
+    # computes the input (here BatchNorm-like scale + swish) writes the
+    # padded buffer: no pad of its own copying the buffer again
+    # (EfficientNetB0's stride-1 depthwise inputs, 4 ms of a 43 ms 224 px
+    # feature-extraction step).
+    x = np.random.default_rng(0).normal(size=(2, 9, 9, 4)).astype("float32")
+    k = np.random.default_rng(1).normal(size=(3, 3, 4, 1)).astype("float32")
+
+    def frozen(x, k):
+        h = jax.nn.swish(x * 1.5 + 0.25)
+        return conv_grads.depthwise_conv(h, k, (1, 1), "same")
+
+    text = jax.jit(frozen).lower(x, k).compile().as_text()
+    entry = text[text.index("ENTRY"):]
+    assert " pad(" not in entry, entry
+    assert "pad(" in text  # inside a fusion
+    np.testing.assert_allclose(
+        jax.jit(frozen)(x, k),
+        keras.ops.depthwise_conv(jax.nn.swish(x * 1.5 + 0.25), k, 1, "same"),
+        rtol=1e-5, atol=1e-5)

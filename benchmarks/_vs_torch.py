@@ -76,20 +76,27 @@ def build_kft(cfg):
     return model, x, y
 
 
-def fit_step_s(model, x, y, steps, rounds=2):
-    """Seconds per step of `model.fit`, the loop users train in.
+def _time_fit(model, x, y, cfg):
+    """`_time` for the step inside `model.fit`, the loop users train in.
 
-    `train_on_batch` (the first timing) adds per call what `fit` pays once
-    per epoch: Keras assigns every variable back to the model (275 for
-    MobileNetV3Large) and re-reads the training state, 9-12 ms per step
-    at 224 px feature extraction (benchmarks/RESULTS.md). Here a generator
-    hands `fit` the same host batch every step (a copy to the device each
-    step, as from a data pipeline; no extra copies held) and the step is
-    `(T(2n) - T(n)) / n` for fits of n and 2n steps (each ends with its
-    losses on the host), which leaves out the once-per-fit costs; the
-    median over `rounds`. Reuses the train function already compiled.
+    `train_on_batch` adds per call what `fit` pays once per epoch: Keras
+    assigns every variable back to the model (275 for MobileNetV3Large)
+    and re-reads the training state (10-20 ms per step at 224 px feature
+    extraction, benchmarks/RESULTS.md); and a process that ran both would
+    compile the step twice (`fit` hands the step another input structure),
+    which adds that compile's memory to the peak. So only `fit` runs here:
+    a generator hands it the same host batch every step (copied to the
+    device each step, as from a data pipeline; no extra copies held). The
+    first fit (1 step) is the compile; then `cfg["warmup"]` steps; the step
+    time is `(T(2n) - T(n)) / n` for fits of n and 2n steps
+    (`n = cfg["steps"]`; each fit ends with its loss on the host), which
+    leaves out the once-per-fit costs; the median of two such rounds
+    (`step_times_s` holds both). `losses`: each fit's mean loss.
     """
     import numpy as np
+
+    losses = []
+    rss = {"rss_before_first_step_mib": _harness.rss_mib()}
 
     def batches():
         while True:
@@ -97,33 +104,42 @@ def fit_step_s(model, x, y, steps, rounds=2):
 
     def timed(n):
         begin = time.perf_counter()
-        model.fit(batches(), steps_per_epoch=n, epochs=1, verbose=0)
-        return time.perf_counter() - begin
+        history = model.fit(batches(), steps_per_epoch=n, epochs=1,
+                            verbose=0)
+        seconds = time.perf_counter() - begin
+        losses.append(float(history.history["loss"][-1]))
+        return seconds
 
-    timed(1)  # the generator adapter's first use
-    per_step = [(timed(2 * steps) - timed(steps)) / steps
-                for _ in range(rounds)]
-    return float(np.median(per_step)), per_step
+    first = timed(1)
+    rss["rss_after_first_step_mib"] = _harness.rss_mib()
+    rss["peak_rss_first_step_mib"] = _harness.peak_rss_mib()
+    if cfg["warmup"]:
+        timed(cfg["warmup"])
+    n = cfg["steps"]
+    per_step = [(timed(2 * n) - timed(n)) / n for _ in range(2)]
+    median = float(np.median(per_step))
+    return {
+        "first_step_s": first,
+        "median_step_s": median,
+        "images_per_s": cfg["batch"] / median,
+        "step_times_s": per_step,
+        "losses": losses,
+        "peak_rss_mib": _harness.peak_rss_mib(),
+        "rss_end_mib": _harness.rss_mib(),
+        **rss,
+    }
 
 
 def run_kft(cfg):
-    """The kft side: `train_on_batch` timed as `_time` times a step, then,
-    with `cfg["kft_loop"] == "fit"`, the step inside `model.fit`
-    (`fit_step_s`), which becomes `median_step_s`."""
+    """The kft side: the step inside `model.fit` (`_time_fit`) with
+    `cfg["kft_loop"] == "fit"`, else one `train_on_batch` call (`_time`)."""
     model, x, y = build_kft(cfg)
-
-    def step():
-        return float(model.train_on_batch(x, y))
-
-    result = _time(step, cfg)
-    result["train_on_batch_median_s"] = result["median_step_s"]
-    result["kft_loop"] = cfg.get("kft_loop", "train_on_batch")
-    if result["kft_loop"] == "fit":
-        median, rounds = fit_step_s(model, x, y, cfg["steps"])
-        result.update(median_step_s=median, fit_round_step_s=rounds,
-                      images_per_s=cfg["batch"] / median,
-                      peak_rss_mib=_harness.peak_rss_mib(),
-                      rss_end_mib=_harness.rss_mib())
+    loop = cfg.get("kft_loop", "train_on_batch")
+    if loop == "fit":
+        result = _time_fit(model, x, y, cfg)
+    else:
+        result = _time(lambda: float(model.train_on_batch(x, y)), cfg)
+    result["kft_loop"] = loop
     result["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     result["trainable_params"] = int(sum(
         v.numpy().size for v in model.trainable_variables))
@@ -288,17 +304,14 @@ def run_fresh(cfgs, timeout):
 
 
 def table(results, sides):
-    """Markdown table: ms per step (first step s) per side, and ratios.
-
-    kft's step is the one inside `model.fit` unless run with
-    `kft_loop="train_on_batch"`; the `train_on_batch` figure of fit-timed
-    rows has a column of its own."""
+    """Markdown table: ms per step (first step s) per side, and ratios
+    (kft's step as its results' `kft_loop` says: inside `model.fit` or one
+    `train_on_batch` call)."""
     ratios = [("kft", "torch"), ("kft-fast", "torch")]
     rows = ["| size | backbone | strategy | " + " | ".join(
         f"{s} ms (first s)" for s in sides) + " | " + " | ".join(
-        f"{a} / {b}" for a, b in ratios) + " | kft train_on_batch ms | "
-        "best kft / best torch |",
-        "|" + "---|" * (5 + len(sides) + len(ratios))]
+        f"{a} / {b}" for a, b in ratios) + " | best kft / best torch |",
+        "|" + "---|" * (4 + len(sides) + len(ratios))]
     keyed = {(r["size"], r["backbone"], r["strategy"], r["side"]): r
              for r in results}
     for size, backbone, strategy in sorted({k[:3] for k in keyed}):
@@ -316,11 +329,6 @@ def table(results, sides):
         for a, b in ratios:
             cells.append(f"{medians[a] / medians[b]:.2f}"
                          if a in medians and b in medians else "-")
-        loops = [keyed[(size, backbone, strategy, s)] for s in sides
-                 if s.startswith("kft") and s in medians]
-        cells.append(" / ".join(f"{1000 * r['train_on_batch_median_s']:.0f}"
-                                for r in loops
-                                if r.get("kft_loop") == "fit") or "-")
         kft_best = [v for s, v in medians.items() if s.startswith("kft")]
         torch_best = [v for s, v in medians.items() if s.startswith("torch")]
         cells.append(f"{min(kft_best) / min(torch_best):.2f}"

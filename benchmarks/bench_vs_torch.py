@@ -13,14 +13,14 @@ persistent compilation cache is off, so first steps are real compiles:
   `kft.freeze(model, strategy)`
   with the default `bn="frozen"`, compiled with
   `kft.BlockwiseOptimizer(SGD(momentum=0.9), {"head": 1e-2}, default=1e-3)`
-  and sparse cross-entropy. The step is timed inside `model.fit` (a
-  generator handing it the same host batch; `(T(2n) - T(n)) / n` over fits
-  of n and 2n steps), the loop users train in; `model.train_on_batch`,
-  the same compiled function plus Keras' per-call assignment of every
-  variable back to the model, is timed first and reported too
-  (`train_on_batch_median_s`; `--kft-loop train_on_batch` makes it the
-  step, as before 2026-12-03). Side `kft` runs with kft's
-  default XLA CPU flag (YNNPACK convolutions off), side `kft-fast` also
+  and sparse cross-entropy. The step is timed inside `model.fit`, the
+  loop users train in (a generator handing it the same host batch;
+  `(T(2n) - T(n)) / n` over fits of n and 2n steps; first step = the
+  first fit of one step, compile included); `--kft-loop train_on_batch`
+  times one `model.train_on_batch` call per step instead (as before
+  2026-12-03: the same compiled step plus Keras' per-call assignment of
+  every variable back to the model). Side `kft` runs with kft's
+  default XLA CPU flags, side `kft-fast` also
   with the opt-in one (`KFT_XLA_CPU_FLAGS=1`, see
   `kft.apply_cpu_xla_flags`).
 - PyTorch: the torchvision model with its classifier replaced by one

@@ -14,7 +14,8 @@ persistent compilation cache is off, so first steps are real compiles:
   with the default `bn="frozen"`, compiled with
   `kft.BlockwiseOptimizer(SGD(momentum=0.9), {"head": 1e-2}, default=1e-3)`
   and sparse cross-entropy. The step is timed inside `model.fit`, the
-  loop users train in (a generator handing it the same host batch;
+  loop users train in (a generator handing it the same host batch, each
+  step's loss read before the next, as with fit's default progress bar;
   `(T(2n) - T(n)) / n` over fits of n and 2n steps; first step = the
   first fit of one step, compile included); `--kft-loop train_on_batch`
   times one `model.train_on_batch` call per step instead (as before

@@ -304,7 +304,11 @@ def reuse_freed_memory():
     (macOS, Windows, musl) it does nothing. It is process-wide: every
     thread allocates from the one arena. The cost is memory: the pages stay
     in the process, and some models (ConvNeXt-tiny, ResNet50) peaked
-    17-40% higher in RSS, about one more copy of a step's buffers.
+    17-40% higher in RSS per `train_on_batch` call, about one more copy of
+    a step's buffers; inside `model.fit`, whose allocations fragment the
+    arena more, up to 2x (224 px full steps, on / off: EfficientNetB0
+    158 ms, 1480 MiB / 230 ms, 1165 MiB; ConvNeXt-tiny 925 ms, 3657 MiB /
+    1102 ms, 1744 MiB; benchmarks/RESULTS.md).
 
     Returns:
         `True` when applied (now or before).

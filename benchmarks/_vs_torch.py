@@ -111,7 +111,7 @@ def _time_fit(model, x, y, cfg):
         one step at a time, as PyTorch's `loss.item()`. With no per-batch
         callback (verbose=0) it reads them on a thread and the loop runs
         ahead of the device, several steps' buffers alive at once
-        (ConvNeXt-tiny 224 px full: 3.6 GiB peak vs 2.3,
+        (ConvNeXt-tiny 224 px full: 3.6 GiB peak vs 3.0,
         benchmarks/RESULTS.md)."""
 
         def on_train_batch_end(self, batch, logs=None):
@@ -120,7 +120,8 @@ def _time_fit(model, x, y, cfg):
     def timed(n):
         begin = time.perf_counter()
         history = model.fit(batches(), steps_per_epoch=n, epochs=1,
-                            verbose=0, callbacks=[EachStep()])
+                            shuffle=False, verbose=0,
+                            callbacks=[EachStep()])
         seconds = time.perf_counter() - begin
         losses.append(float(history.history["loss"][-1]))
         return seconds
@@ -131,13 +132,15 @@ def _time_fit(model, x, y, cfg):
     if cfg["warmup"]:
         timed(cfg["warmup"])
     n = cfg["steps"]
-    per_step = [(timed(2 * n) - timed(n)) / n for _ in range(2)]
+    fits = [(timed(n), timed(2 * n)) for _ in range(2)]
+    per_step = [(long - short) / n for short, long in fits]
     median = float(np.median(per_step))
     return {
         "first_step_s": first,
         "median_step_s": median,
         "images_per_s": cfg["batch"] / median,
         "step_times_s": per_step,
+        "fit_times_s": fits,
         "losses": losses,
         "peak_rss_mib": _harness.peak_rss_mib(),
         "rss_end_mib": _harness.rss_mib(),

@@ -176,3 +176,36 @@ def test_profile_of_a_real_step_covers_every_group(profile_step, cfg,
     assert len(record["losses"]) == 1 + cfg["steps"] + cfg["profile_steps"]
     assert "| 16 | simple_cnn | full | 2 |" in \
         profile_step.summary_table([{**cfg, **record}])
+
+
+def test_vs_torch_times_the_kft_step_inside_fit(profile_step, cfg,
+                                                vs_torch_env):
+    import jax
+    import jax.monitoring
+
+    compiles = []
+
+    def listener(event, duration, fun_name="", **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration" and \
+                "train_step" in fun_name:
+            compiles.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        result = profile_step._vs_torch.run_kft(
+            {**cfg, "steps": 2, "warmup": 1, "kft_loop": "fit"})
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert result["kft_loop"] == "fit"
+    # Two rounds of fits of n and 2n steps; the step is their difference.
+    fits = result["fit_times_s"]
+    assert len(fits) == 2
+    assert result["step_times_s"] == [(b - a) / 2 for a, b in fits]
+    assert result["median_step_s"] == pytest.approx(
+        np.median(result["step_times_s"]))
+    # One loss per fit: the first (compile), the warm-up, 2 x 2 timed.
+    assert len(result["losses"]) == 6
+    assert np.all(np.isfinite(result["losses"]))
+    # Only fit ran: the train step compiled once, not once more for
+    # train_on_batch.
+    assert len(compiles) == 1, compiles

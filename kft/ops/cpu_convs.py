@@ -159,9 +159,10 @@ class Conv2D(keras.layers.Conv2D):
 @keras.saving.register_keras_serializable(package="kft")
 class Activation(keras.layers.Activation):
     """`keras.layers.Activation("gelu")` computed by
-    `kft.ops.activations.gelu` (the `erf` form) instead of JAX's slower `erfc` form, and `Activation("relu")` by
-    `kft.ops.activations.relu` (its gradient from the output: ResNet50's
-    224 px full step keeps 220 MiB less, partial 1.3x faster).
+    `kft.ops.activations.gelu` (the `erf` form) instead of JAX's slower
+    `erfc` form, and `Activation("relu")` by `kft.ops.activations.relu`
+    (its gradient from the output: ResNet50's 224 px full step keeps 220
+    MiB less, partial 1.3x faster).
 
     Same config as the Keras layer; `KFT_CONV_GRADS=0` uses Keras' own.
 

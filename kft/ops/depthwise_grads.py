@@ -29,7 +29,6 @@ from jax import lax
 from kft._validation import check_choice
 from kft.ops.shifted_conv import PADDINGS
 from kft.ops.shifted_conv import _flipped_patches
-from kft.ops.shifted_conv import _pads
 from kft.ops.shifted_conv import _same_padded
 from kft.ops.shifted_conv import _transposed_input
 from kft.ops.shifted_conv import shifted_depthwise_conv
@@ -142,14 +141,8 @@ def _depthwise_kernel_grad(inputs, grads, kernel_hw, strides, padding,
                            dilation_rate):
     """Sums over batch and space of input patch x output gradient, per
     kernel position; `grads` is `(batch, out_h, out_w, channels, mult)`."""
-    config = [(0, 0)]
-    for axis, (kernel, stride, rate) in enumerate(
-            zip(kernel_hw, strides, dilation_rate)):
-        size, out = inputs.shape[1 + axis], grads.shape[1 + axis]
-        low = _pads(size, kernel, stride, rate, padding)[1]
-        high = (out - 1) * stride + (kernel - 1) * rate + 1 - size - low
-        config.append((low, max(high, 0)))
-    padded = jnp.pad(inputs, config + [(0, 0)])
+    padded = (_same_padded(inputs, kernel_hw, strides, dilation_rate)
+              if padding == "same" else inputs)
     batch, out_h = grads.shape[:2]
     per_example = (math.prod(padded.shape[1:]) * padded.dtype.itemsize
                    + math.prod(grads.shape[1:]) * grads.dtype.itemsize)

@@ -23,25 +23,24 @@ PADDINGS = ("valid", "same")
 
 
 def _pads(size, kernel, stride, rate, padding):
-    """`(out, low)`: output size and top/left padding of one axis."""
+    """`(out, low, high)` of one axis: output size and the padding before
+    and after it, split for "same" as XLA/TensorFlow split it (the odd
+    pixel after)."""
     span = (kernel - 1) * rate + 1
     if padding == "same":
         out = math.ceil(size / stride)
-        return out, max((out - 1) * stride + span - size, 0) // 2
-    return (size - span) // stride + 1, 0
+        total = max((out - 1) * stride + span - size, 0)
+        return out, total // 2, total - total // 2
+    return (size - span) // stride + 1, 0, 0
 
 
 def _same_padded(inputs, kernel_size, strides, dilation_rate):
-    """`inputs` zero-padded for "same", split as XLA/TensorFlow split it
-    (the odd pixel at the bottom / right): a "valid" convolution of the
+    """`inputs` zero-padded for "same": a "valid" convolution of the
     result is the "same" convolution of `inputs`."""
-    pads = [(0, 0)]
-    for size, kernel, stride, rate in zip(inputs.shape[1:3], kernel_size,
-                                          strides, dilation_rate):
-        out = math.ceil(size / stride)
-        total = max((out - 1) * stride + (kernel - 1) * rate + 1 - size, 0)
-        pads.append((total // 2, total - total // 2))
-    return ops.pad(inputs, pads + [(0, 0)])
+    pads = [_pads(size, kernel, stride, rate, "same")[1:] for
+            size, kernel, stride, rate in zip(inputs.shape[1:3], kernel_size,
+                                              strides, dilation_rate)]
+    return ops.pad(inputs, [(0, 0), *pads, (0, 0)])
 
 
 def _shifted_patches(inputs, kernel_size, strides, padding, dilation_rate):
@@ -157,7 +156,7 @@ def _transposed_input(grads, input_hw, kernel_hw, strides, padding,
     config = [(0, 0, 0)]
     for size, kernel, stride, rate in zip(input_hw, kernel_hw, strides,
                                           dilation_rate):
-        out, low = _pads(size, kernel, stride, rate, padding)
+        out, low, _ = _pads(size, kernel, stride, rate, padding)
         before = (kernel - 1) * rate - low
         after = size + low - (out - 1) * stride - 1
         config.append((before, after, stride - 1))

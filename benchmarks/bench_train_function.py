@@ -1,10 +1,10 @@
 """Time of kft's compiled training step alone, without Keras' per-call work.
 
 Builds the kft side of `bench_vs_torch.py` (`_vs_torch.build_kft`: same
-model, freezing, optimizer and batch), runs `train_on_batch` three times
-(the first compiles), then calls the compiled train function Keras built
-(`model.train_function`) directly on the training state and a batch
-already on the device, `--steps` times, waiting for each step's outputs:
+model, freezing, optimizer and batch), jits Keras' train step as
+`train_on_batch` does (`profile_step.make_step`) and calls it on the
+training state with a batch already on the device, `--steps` times after
+two untimed calls (the first compiles), waiting for each step's outputs:
 the XLA program's own time, for before/after checks of changes to it
 (`train_on_batch` adds 10-20 ms of Keras' bookkeeping per call at 224 px,
 which hides a few ms of difference in the program).
@@ -39,24 +39,16 @@ def main():
     import jax
     import numpy as np
 
-    begin = time.perf_counter()
-    model.train_on_batch(x, y)
-    first_s = time.perf_counter() - begin
-    for _ in range(2):
-        model.train_on_batch(x, y)
-    state = model._get_jax_state(
-        trainable_variables=True, non_trainable_variables=True,
-        optimizer_variables=True, metrics_variables=True,
-        purge_model_variables=False)
-    data = (jax.device_put(x), jax.device_put(y.astype("int32")), None)
-    logs, state = model.train_function(state, iter([data]))
-    jax.block_until_ready(logs)
+    from profile_step import make_step
+
+    step, state, data = make_step(model, x, y)
     times = []
-    for _ in range(args.steps):
+    for _ in range(2 + args.steps):
         begin = time.perf_counter()
-        logs, state = model.train_function(state, iter([data]))
+        logs, state = step(state, data)
         jax.block_until_ready(logs)
         times.append(time.perf_counter() - begin)
+    first_s, times = times[0], times[2:]
     result = {**cfg, "first_step_s": first_s,
               "median_s": float(np.median(times)),
               "p25_s": float(np.percentile(times, 25)), "times_s": times,

@@ -303,12 +303,13 @@ def reuse_freed_memory():
     JAX). `KFT_MALLOC_REUSE=0` (read then) turns it off. Without glibc
     (macOS, Windows, musl) it does nothing. It is process-wide: every
     thread allocates from the one arena. The cost is memory: the pages stay
-    in the process, and some models (ConvNeXt-tiny, ResNet50) peaked
-    17-40% higher in RSS per `train_on_batch` call, about one more copy of
-    a step's buffers; inside `model.fit`, whose allocations fragment the
-    arena more, up to 2x (224 px full steps, on / off: EfficientNetB0
-    158 ms, 1480 MiB / 230 ms, 1165 MiB; ConvNeXt-tiny 925 ms, 3657 MiB /
-    1102 ms, 1744 MiB; benchmarks/RESULTS.md).
+    in the process, and about one more copy of a step's buffers with them:
+    XLA allocates them as one aligned block, and when it is freed under a
+    longer-lived allocation, glibc (2.36) cannot align the next step's
+    block of the same size in that hole, which stays resident (224 px full
+    steps inside `model.fit`, on / off: EfficientNetB0 158 ms, 1480 MiB /
+    230 ms, 1165 MiB; ConvNeXt-tiny 925 ms, 3657 MiB / 1102 ms, 1744 MiB;
+    benchmarks/RESULTS.md).
 
     Returns:
         `True` when applied (now or before).

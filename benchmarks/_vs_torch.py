@@ -17,7 +17,7 @@ import _harness
 
 BACKBONES = ("resnet50", "efficientnetb0", "convnext_tiny", "mobilenetv3large")
 STRATEGIES = ("feature_extraction", "partial", "full")
-SIDES = ("kft", "kft-fast", "torch", "torch-cl", "torch-compile")
+SIDES = ("kft", "kft-fast", "kft-thp", "torch", "torch-cl", "torch-compile")
 NUM_CLASSES = 10
 # XLA CPU flag sets that `xla_cpu_flags.py` and `xla_algsimp_crash.py` try.
 XLA_FLAG_SETS = {
@@ -152,6 +152,8 @@ def run_kft(cfg):
     """The kft side: the step inside `model.fit` (`_time_fit`) with
     `cfg["kft_loop"] == "fit"`, else one `train_on_batch` call (`_time`)."""
     model, x, y = build_kft(cfg)
+    import kft
+
     loop = cfg.get("kft_loop", "train_on_batch")
     if loop == "fit":
         result = _time_fit(model, x, y, cfg)
@@ -159,6 +161,8 @@ def run_kft(cfg):
         result = _time(lambda: float(model.train_on_batch(x, y)), cfg)
     result["kft_loop"] = loop
     result["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    result["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
+    result["malloc_reuse"] = kft.reuse_freed_memory()
     result["trainable_params"] = int(sum(
         v.numpy().size for v in model.trainable_variables))
     if cfg["gpu"]:
@@ -311,11 +315,16 @@ def run_fresh(cfgs, timeout):
     Returns a result per config; those the process did not reach carry
     an "error". kft's persistent compilation cache is off there, so first
     steps are real compiles, and `XLA_FLAGS` is unset, so each side gets
-    its own defaults.
+    its own defaults; `GLIBC_TUNABLES` is unset, except
+    `glibc.malloc.hugetlb=1` for side kft-thp.
     """
     run = _harness.run_isolated(
         "_vs_torch:run_configs", cfgs, timeout=timeout * len(cfgs),
-        env={"XLA_FLAGS": None, "KFT_COMPILATION_CACHE": "0"})
+        env={"XLA_FLAGS": None, "KFT_COMPILATION_CACHE": "0",
+             # Side kft-thp: glibc maps large blocks with huge pages (read
+             # at process start), and kft leaves its reuse off then.
+             "GLIBC_TUNABLES": ("glibc.malloc.hugetlb=1"
+                                if cfgs[0]["side"] == "kft-thp" else None)})
     error = run.error or "no result"
     return run.results + [{**cfg, "error": error}
                           for cfg in cfgs[len(run.results):]]
@@ -325,7 +334,7 @@ def table(results, sides):
     """Markdown table: ms per step (first step s) per side, and ratios
     (kft's step as its results' `kft_loop` says: inside `model.fit` or one
     `train_on_batch` call)."""
-    ratios = [("kft", "torch"), ("kft-fast", "torch")]
+    ratios = [("kft", "torch"), ("kft-fast", "torch"), ("kft-thp", "torch")]
     rows = ["| size | backbone | strategy | " + " | ".join(
         f"{s} ms (first s)" for s in sides) + " | " + " | ".join(
         f"{a} / {b}" for a, b in ratios) + " | best kft / best torch |",

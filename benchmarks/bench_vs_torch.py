@@ -23,7 +23,9 @@ persistent compilation cache is off, so first steps are real compiles:
   every variable back to the model). Side `kft` runs with kft's
   default XLA CPU flags, side `kft-fast` also
   with the opt-in one (`KFT_XLA_CPU_FLAGS=1`, see
-  `kft.apply_cpu_xla_flags`).
+  `kft.apply_cpu_xla_flags`), side `kft-thp` in a process started with
+  `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc maps large blocks with
+  transparent huge pages; kft then leaves `reuse_freed_memory` off).
 - PyTorch: the torchvision model with its classifier replaced by one
   Linear layer on the pooled features (same head as kft), `requires_grad`
   freezing of the same blocks, every BatchNorm in eval mode with frozen

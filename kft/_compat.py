@@ -22,12 +22,14 @@ the preprocessing layers' hooks (`_transform_images`, `_get_zoom_matrix`,
 `_get_fill_value`, their transformation keys); `keras.src` imports
 (`io_utils`, the JAX random backend, `StatelessScope` detection,
 `DataAdapter`, the grain adapter, the base image preprocessing layer);
-JAX's `xla_bridge._backends`.
+JAX's `xla_bridge._backends`, its compile-event names and its cache of
+compiled single operations (`dispatch.xla_primitive_callable`).
 """
 
 import contextlib
 import functools
 import importlib.metadata
+import os
 
 # [lowest, first unsupported) Keras version, as (major, minor).
 SUPPORTED_KERAS = ((3, 15), (3, 16))
@@ -467,6 +469,32 @@ def backend_compile_event():
                    "/jax/core/compile/backend_compile_duration")
 
 
+def clear_eager_op_executables():
+    """Drops JAX's cache of compiled single-operation programs.
+
+    Every eager `jnp`/`lax` call on a new shape or dtype compiles one small
+    XLA program, which JAX keeps for the life of the process (about 100
+    MiB of them after building an EfficientNetB0). Returns whether it
+    could (the cache is private to JAX).
+    """
+    try:
+        from jax._src import dispatch
+    except ImportError:  # pragma: no cover - private module moved
+        return False
+    clear = getattr(getattr(dispatch, "xla_primitive_callable", None),
+                    "cache_clear", None)
+    if clear is None:  # pragma: no cover - private API changed
+        return False
+    clear()
+    return True
+
+
+def cache_hit_event():
+    """The `jax.monitoring` duration event recorded when a compiled program
+    is loaded from the persistent cache (the compile time saved)."""
+    return "/jax/compilation_cache/compile_time_saved_sec"
+
+
 def keras_jax_random():
     """Keras' JAX random backend (`keras.src.backend.jax.random`): the
     module whose `normal` / `uniform` / `truncated_normal` every Keras
@@ -494,6 +522,33 @@ def malloc_trim_function():
 def mallopt_function():
     """glibc's `mallopt`, or `None` without glibc."""
     return _glibc_function("mallopt")
+
+
+_THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def glibc_maps_huge_pages(environ=None, thp_enabled_path=_THP_ENABLED):
+    """Whether this process's glibc backs its large blocks with huge pages.
+
+    True when the process started with `GLIBC_TUNABLES` holding
+    `glibc.malloc.hugetlb=1` (glibc 2.35+ then asks the kernel for
+    transparent huge pages on the memory it maps) and the kernel has them
+    on (`always` or `madvise` in `transparent_hugepage/enabled`). Without
+    glibc, or with the tunable unset, False.
+    """
+    environ = os.environ if environ is None else environ
+    tunables = dict(item.partition("=")[::2] for item in
+                    environ.get("GLIBC_TUNABLES", "").split(":") if item)
+    if tunables.get("glibc.malloc.hugetlb", "").strip() != "1":
+        return False
+    if mallopt_function() is None:
+        return False
+    try:
+        with open(thp_enabled_path) as f:
+            modes = f.read()
+    except OSError:
+        return False
+    return "[always]" in modes or "[madvise]" in modes
 
 
 # -- fit's starting epoch -----------------------------------------------------

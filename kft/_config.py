@@ -20,12 +20,17 @@
   glibc keeps the memory a training step frees for the next step instead
   of unmapping it and faulting it in again (about 20% of a step).
   `KFT_MALLOC_REUSE=0` turns it off; never applied once JAX has started or
-  with a GPU/TPU plugin.
+  with a GPU/TPU plugin, nor when the process started with
+  `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (then a fresh step block costs
+  a few hundred huge-page faults and goes back to the OS after the step:
+  as fast, far less memory).
 - **Heap release after compiles** (`release_heap_after_compiles`): after
-  each XLA compile of a second or more, glibc's free heap goes back to the
-  OS (`malloc_trim`): the compiler's ~1 GiB of scratch memory would
-  otherwise stay in the process for good. `KFT_MALLOC_TRIM=0` turns it
-  off.
+  each XLA compile (or persistent-cache load) of a second or more, JAX's
+  cache of compiled single operations is dropped and glibc's free heap
+  goes back to the OS (`malloc_trim`): the compiler's ~1 GiB of scratch
+  memory and the ~100 MiB of eager-op programs that building a model
+  compiles would otherwise stay in the process for good.
+  `KFT_MALLOC_TRIM=0` turns it off.
 """
 
 import json
@@ -305,11 +310,21 @@ def reuse_freed_memory():
     thread allocates from the one arena. The cost is memory: the pages stay
     in the process, and about one more copy of a step's buffers with them:
     XLA allocates them as one aligned block, and when it is freed under a
-    longer-lived allocation, glibc (2.36) cannot align the next step's
-    block of the same size in that hole, which stays resident (224 px full
-    steps inside `model.fit`, on / off: EfficientNetB0 158 ms, 1480 MiB /
-    230 ms, 1165 MiB; ConvNeXt-tiny 925 ms, 3657 MiB / 1102 ms, 1744 MiB;
-    benchmarks/RESULTS.md).
+    longer-lived allocation (the next batch, or a small chunk glibc keeps
+    in its per-thread cache right above it), glibc (2.36) cannot align the
+    next step's block of the same size in that hole, which stays resident
+    (224 px full steps inside `model.fit`, on / off: EfficientNetB0 158
+    ms, 1480 MiB / 230 ms, 1165 MiB; ConvNeXt-tiny 925 ms, 3657 MiB / 1102
+    ms, 1744 MiB; benchmarks/RESULTS.md).
+
+    The better trade needs one setting before Python starts:
+    `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py`. glibc then
+    maps large blocks with transparent huge pages, so a fresh step block
+    costs a few hundred faults instead of tens of thousands and is
+    unmapped after the step: step times as with reuse, peak memory below
+    PyTorch's for most backbones (benchmarks/RESULTS.md). This function
+    sees the tunable (with the kernel's huge pages on) and leaves glibc
+    alone then.
 
     Returns:
         `True` when applied (now or before).
@@ -324,6 +339,8 @@ def reuse_freed_memory():
     if os.environ.get("KFT_MALLOC_REUSE", "1").strip() == "0":
         return False
     if not _cpu_only() or _compat.jax_backends_initialised():
+        return False
+    if _compat.glibc_maps_huge_pages():
         return False
     mallopt = _compat.mallopt_function()
     if mallopt is None:
@@ -351,9 +368,16 @@ def release_heap_after_compiles():
     stays that large for the rest of its life. This registers a
     `jax.monitoring` listener that calls glibc's `malloc_trim(0)` after
     each backend compile of at least one second, which hands the free
-    pages back (measured in `benchmarks/RESULTS.md`). Called on
-    `import kft`; `KFT_MALLOC_TRIM=0` (read then) turns it off. Without
-    glibc (macOS, Windows, musl) it does nothing.
+    pages back (measured in `benchmarks/RESULTS.md`). Before the trim it
+    drops JAX's cache of compiled single operations: each eager op on a
+    new shape compiles a small program that JAX keeps for good, and
+    building a model runs a hundred of them (EfficientNetB0: 96 programs,
+    ~100 MiB); a later eager op on such a shape compiles again (tens of
+    milliseconds).
+    A persistent-cache load of a program that took a second or more to
+    compile counts as a compile. Called on `import kft`;
+    `KFT_MALLOC_TRIM=0` (read then) turns it off. Without glibc (macOS,
+    Windows, musl) it does nothing.
 
     Returns:
         `True` when the listener is registered (now or before).
@@ -372,11 +396,12 @@ def release_heap_after_compiles():
         return False
     from jax import monitoring
 
-    event_name = _compat.backend_compile_event()
+    events = (_compat.backend_compile_event(), _compat.cache_hit_event())
     state = _trim_state
 
     def listener(event, duration, **kwargs):
-        if event == event_name and duration >= _TRIM_AFTER_COMPILE_S:
+        if event in events and duration >= _TRIM_AFTER_COMPILE_S:
+            _compat.clear_eager_op_executables()
             trim(0)
             state["trims"] += 1
 

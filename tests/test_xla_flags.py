@@ -211,6 +211,31 @@ def test_heap_is_trimmed_after_long_compiles_only(fresh_trim, monkeypatch):
     assert calls == [0] and config._trim_state["trims"] == 1
 
 
+def test_a_long_compile_drops_the_compiled_eager_ops(fresh_trim,
+                                                     monkeypatch):
+    """Eager ops leave compiled programs in JAX's cache; a long compile or
+    a persistent-cache load of one drops them (with the trim), and eager
+    ops still work after (they compile again)."""
+    import jax.monitoring
+    import jax.numpy as jnp
+    from jax._src import dispatch
+
+    from kft import _compat
+
+    calls, config = fresh_trim
+    monkeypatch.delenv("KFT_MALLOC_TRIM", raising=False)
+    assert config.release_heap_after_compiles()
+    np.testing.assert_array_equal(jnp.zeros((3, 5)) + 1, np.ones((3, 5)))
+    cached = dispatch.xla_primitive_callable.cache_info
+    assert cached().currsize > 0
+    jax.monitoring.record_event_duration_secs(_compat.cache_hit_event(), 0.5)
+    assert calls == [] and cached().currsize > 0  # a short program: kept
+    jax.monitoring.record_event_duration_secs(_compat.cache_hit_event(), 4.0)
+    assert calls == [0] and cached().currsize == 0
+    np.testing.assert_array_equal(jnp.zeros((3, 5)) + 2, np.full((3, 5), 2))
+    assert cached().currsize > 0
+
+
 def test_heap_release_can_be_turned_off(fresh_trim, monkeypatch):
     calls, config = fresh_trim
     monkeypatch.setenv("KFT_MALLOC_TRIM", "0")
@@ -268,7 +293,8 @@ def test_freed_memory_is_kept_on_cpu(fresh_reuse):
 
 
 @pytest.mark.parametrize("case", ["turned off", "gpu", "jax started",
-                                  "mallopt refuses", "no glibc"])
+                                  "mallopt refuses", "no glibc",
+                                  "huge pages"])
 def test_freed_memory_is_left_alone(fresh_reuse, case):
     calls, monkeypatch = fresh_reuse
     if case == "turned off":
@@ -278,6 +304,8 @@ def test_freed_memory_is_left_alone(fresh_reuse, case):
     elif case == "jax started":
         monkeypatch.setattr(_compat, "jax_backends_initialised",
                             lambda: True)
+    elif case == "huge pages":
+        monkeypatch.setattr(_compat, "glibc_maps_huge_pages", lambda: True)
     elif case == "mallopt refuses":
         monkeypatch.setattr(_compat, "mallopt_function",
                             lambda: lambda param, value: 0)
@@ -285,6 +313,28 @@ def test_freed_memory_is_left_alone(fresh_reuse, case):
         monkeypatch.setattr(_compat, "mallopt_function", lambda: None)
     assert not _backend.reuse_freed_memory()
     assert calls == []
+
+
+@pytest.mark.parametrize("tunables, thp, expected", [
+    ("glibc.malloc.hugetlb=1", "always [madvise] never", True),
+    ("glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=1",
+     "[always] madvise never", True),
+    ("glibc.malloc.hugetlb=1", "always madvise [never]", False),
+    ("glibc.malloc.hugetlb=0", "always [madvise] never", False),
+    ("glibc.malloc.hugetlb=2", "always [madvise] never", False),
+    ("", "always [madvise] never", False),
+    ("glibc.malloc.hugetlb=1", None, False),  # no such file: no THP
+])
+def test_huge_page_mappings_need_the_tunable_and_the_kernel(
+        tmp_path, tunables, thp, expected):
+    if _compat.mallopt_function() is None:
+        pytest.skip("no glibc")
+    path = tmp_path / "enabled"
+    if thp is not None:
+        path.write_text(thp + "\n")
+    assert _compat.glibc_maps_huge_pages(
+        {"GLIBC_TUNABLES": tunables} if tunables else {},
+        thp_enabled_path=str(path)) is expected
 
 
 _FAULTS = """
@@ -309,7 +359,7 @@ for _ in range(7):
 # The median: on a loaded machine the odd step faults all its pages in even
 # with reuse on (seen with and without kft's flags), a step without reuse
 # always does.
-print(sorted(faults)[3])
+print(kft._config._reuse_state["applied"], sorted(faults)[3])
 """
 
 
@@ -320,11 +370,21 @@ def test_steps_reuse_their_memory_instead_of_faulting_it_in():
     def faults(**env):
         out = subprocess.run(
             [sys.executable, "-c", _FAULTS], capture_output=True, text=True,
-            timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu",
+            timeout=300, env={**{k: v for k, v in os.environ.items()
+                                 if k != "GLIBC_TUNABLES"},
+                              "JAX_PLATFORMS": "cpu",
                               "KFT_COMPILATION_CACHE": "0", **env})
         assert out.returncode == 0, out.stderr[-2000:]
-        return int(out.stdout.split()[-1])
+        applied, count = out.stdout.split()[-2:]
+        return applied == "True", int(count)
 
     pages = 64 * 2**20 // 4096
-    assert faults(KFT_MALLOC_REUSE="0") >= pages  # the buffers, again
-    assert faults() <= pages // 20
+    applied, count = faults(KFT_MALLOC_REUSE="0")
+    assert not applied and count >= pages  # the buffers, again
+    applied, count = faults()
+    assert applied and count <= pages // 20
+    if _compat.glibc_maps_huge_pages(
+            {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}):
+        # Huge pages: the buffers are mapped afresh each step, 2 MiB a fault.
+        applied, count = faults(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
+        assert not applied and count <= pages // 20

@@ -23,7 +23,7 @@
   with a GPU/TPU plugin, nor when the process started with
   `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (then a fresh step block costs
   a few hundred huge-page faults and goes back to the OS after the step:
-  as fast, far less memory).
+  about as fast, far less memory).
 - **Heap release after compiles** (`release_heap_after_compiles`): after
   each XLA compile (or persistent-cache load) of a second or more, JAX's
   cache of compiled single operations is dropped and glibc's free heap
@@ -321,8 +321,10 @@ def reuse_freed_memory():
     `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py`. glibc then
     maps large blocks with transparent huge pages, so a fresh step block
     costs a few hundred faults instead of tens of thousands and is
-    unmapped after the step: step times as with reuse, peak memory below
-    PyTorch's for most backbones (benchmarks/RESULTS.md). This function
+    unmapped after the step: step times about as with reuse (ConvNeXt-tiny
+    at 224 px 1.2x slower: it takes 656 MiB of fresh pages a step), peak
+    memory below PyTorch's for three of the four benchmark backbones
+    (benchmarks/RESULTS.md). This function
     sees the tunable (with the kernel's huge pages on) and leaves glibc
     alone then.
 

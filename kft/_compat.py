@@ -524,6 +524,21 @@ def mallopt_function():
     return _glibc_function("mallopt")
 
 
+def glibc_version():
+    """glibc's version as `(major, minor)`, or `None` without glibc."""
+    version = _glibc_function("gnu_get_libc_version")
+    if version is None:
+        return None
+    import ctypes
+
+    version.restype = ctypes.c_char_p
+    try:
+        major, minor = version().decode().split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:  # pragma: no cover - a glibc with an odd version
+        return None
+
+
 _THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -534,14 +549,14 @@ def glibc_maps_huge_pages(environ=None, thp_enabled_path=_THP_ENABLED):
     `glibc.malloc.hugetlb=1` (glibc 2.35+ then asks the kernel for
     transparent huge pages on the memory it maps) and the kernel has them
     on (`always` or `madvise` in `transparent_hugepage/enabled`). Without
-    glibc, or with the tunable unset, False.
+    glibc, before glibc 2.35, or with the tunable unset, False.
     """
     environ = os.environ if environ is None else environ
     tunables = dict(item.partition("=")[::2] for item in
                     environ.get("GLIBC_TUNABLES", "").split(":") if item)
     if tunables.get("glibc.malloc.hugetlb", "").strip() != "1":
         return False
-    if mallopt_function() is None:
+    if (glibc_version() or (0, 0)) < (2, 35):  # no such tunable before
         return False
     try:
         with open(thp_enabled_path) as f:

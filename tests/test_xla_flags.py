@@ -326,15 +326,27 @@ def test_freed_memory_is_left_alone(fresh_reuse, case):
     ("glibc.malloc.hugetlb=1", None, False),  # no such file: no THP
 ])
 def test_huge_page_mappings_need_the_tunable_and_the_kernel(
-        tmp_path, tunables, thp, expected):
-    if _compat.mallopt_function() is None:
-        pytest.skip("no glibc")
+        tmp_path, monkeypatch, tunables, thp, expected):
+    monkeypatch.setattr(_compat, "glibc_version", lambda: (2, 36))
     path = tmp_path / "enabled"
     if thp is not None:
         path.write_text(thp + "\n")
+    environ = {"GLIBC_TUNABLES": tunables} if tunables else {}
     assert _compat.glibc_maps_huge_pages(
-        {"GLIBC_TUNABLES": tunables} if tunables else {},
-        thp_enabled_path=str(path)) is expected
+        environ, thp_enabled_path=str(path)) is expected
+    # glibc before 2.35 has no such tunable; without glibc, no tunables.
+    for version in ((2, 34), None):
+        monkeypatch.setattr(_compat, "glibc_version", lambda: version)
+        assert not _compat.glibc_maps_huge_pages(
+            environ, thp_enabled_path=str(path))
+
+
+def test_glibc_version_is_read_where_there_is_glibc():
+    version = _compat.glibc_version()
+    if _compat.mallopt_function() is None:
+        assert version is None
+    else:
+        assert version >= (2, 17)
 
 
 _FAULTS = """

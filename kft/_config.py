@@ -322,8 +322,8 @@ def reuse_freed_memory():
     maps large blocks with transparent huge pages, so a fresh step block
     costs a few hundred faults instead of tens of thousands and is
     unmapped after the step: step times about as with reuse (ConvNeXt-tiny
-    at 224 px 1.2x slower: it takes 656 MiB of fresh pages a step), peak
-    memory below PyTorch's for three of the four benchmark backbones
+    at 224 px 0.9-1.2x, taking 656 MiB of fresh pages a step), peak
+    memory below PyTorch's in 7 of the 8 full-training benchmark rows
     (benchmarks/RESULTS.md). This function
     sees the tunable (with the kernel's huge pages on) and leaves glibc
     alone then.

@@ -8,6 +8,7 @@ import pytest
 import kft
 from kft.ops.cpu_convs import Activation
 from kft.ops.cpu_convs import Conv2D
+from kft.ops.cpu_convs import Dense
 from kft.ops.cpu_convs import DepthwiseConv2D
 from kft.ops.cpu_convs import fast_cpu_convs
 
@@ -100,6 +101,7 @@ def test_other_grouping_matches_keras():
 @pytest.mark.parametrize("name,cls,count", [
     ("mobilenetv3small", DepthwiseConv2D, 11),
     ("convnext_tiny", Conv2D, 18),
+    ("convnext_tiny", Dense, 18),  # every pointwise_conv_2, after a GELU
     # the 3x3 convolutions on 2x2 and 1x1 maps, and the 36 1x1 ones
     ("resnet50", Conv2D, 45),
     ("resnet50", Activation, 49),  # every ReLU
@@ -309,3 +311,109 @@ def test_relu_keeps_its_output_for_the_gradient_not_its_input():
     hlo = jax.jit(jax.grad(lambda x: relu(x * 2.0).sum())).lower(
         x).compile().as_text()
     assert hlo.count("opt-barrier") == 1
+
+
+@pytest.mark.parametrize("shape", [(5, 8), (2, 3, 4, 8), (1, 1, 1, 8)])
+def test_gelu_dense_matches_gelu_then_matmul(shape):
+    from kft.ops.activations import gelu
+    from kft.ops.activations import gelu_dense
+
+    rng = np.random.default_rng(5)
+    x = jax.numpy.asarray(rng.normal(0, 2, shape), "float32")
+    kernel = jax.numpy.asarray(rng.normal(size=(8, 3)), "float32")
+    weights = jax.numpy.asarray(rng.normal(size=shape[:-1] + (3,)),
+                                "float32")
+
+    def values_and_grads(f):
+        return jax.jit(jax.value_and_grad(
+            lambda x, k: (f(x, k) * weights).sum(), argnums=(0, 1)))(
+                x, kernel)
+
+    np.testing.assert_allclose(gelu_dense(x, kernel), gelu(x) @ kernel,
+                               rtol=1e-5, atol=1e-6)
+    (_, got), (_, expected) = (values_and_grads(gelu_dense),
+                               values_and_grads(lambda x, k: gelu(x) @ k))
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5,
+                                   atol=1e-6 * np.abs(b).max())
+
+
+def _gelu_mlp(blocks=2, second_reader=False):
+    """ConvNeXt's pointwise MLP: Dense(4C), GELU, Dense(C), residual."""
+    inputs = keras.Input((5, 5, 8))
+    x = inputs
+    for i in range(blocks):
+        h = keras.layers.Dense(32, name=f"pw1_{i}")(x)
+        g = keras.layers.Activation("gelu", name=f"gelu_{i}")(h)
+        y = keras.layers.Dense(8, name=f"pw2_{i}")(g)
+        if second_reader:  # the GELU's output read by another layer too
+            y = y + keras.layers.Dense(8, name=f"other_{i}")(
+                keras.layers.Activation("tanh")(g))
+        x = keras.layers.Add()([x, y])
+    x = keras.layers.Activation("relu")(x)
+    outputs = keras.layers.Dense(3, name="head")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _model_grads(model, x):
+    def loss(values, x):
+        outputs, _ = model.stateless_call(values, [], x)
+        return (outputs * np.arange(1.0, 4.0)).sum()
+
+    return jax.jit(jax.value_and_grad(loss))(
+        [v.value for v in model.trainable_variables], x)
+
+
+@pytest.mark.parametrize("second_reader", [False, True])
+def test_dense_after_gelu_is_swapped_and_matches_keras(second_reader):
+    model = _gelu_mlp(second_reader=second_reader)
+    fast = fast_cpu_convs(model)
+    swapped = {layer.name for layer in fast.layers if type(layer) is Dense}
+    # Only the layers reading a GELU; the head reads a ReLU.
+    assert swapped == {"pw2_0", "pw2_1"}
+    x = np.random.default_rng(6).normal(0, 2, (4, 5, 5, 8)).astype(
+        "float32")
+    np.testing.assert_allclose(fast.predict(x, verbose=0),
+                               model.predict(x, verbose=0), rtol=1e-5,
+                               atol=1e-5)
+    (loss, got), (expected_loss, expected) = (_model_grads(fast, x),
+                                              _model_grads(model, x))
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5,
+                                   atol=1e-5 * np.abs(b).max())
+    plain = kft.deploy.inference_model(fast)
+    assert type(plain.get_layer("pw2_0")) is keras.layers.Dense
+    assert not kft.deploy.kft_layers(plain)
+
+
+def test_dense_after_gelu_backward_keeps_only_the_gelu_input():
+    # The point of `gelu_dense`: per block the backward pass keeps the
+    # GELU's input, not also its output (ConvNeXt-tiny's 224 px step: 657
+    # -> 402 MiB of XLA temp). Without the optimization barrier on the
+    # incoming gradient, XLA merges or hoists the recomputed GELU into the
+    # forward pass and the temp stays as large as without the fusion.
+    from kft.ops.activations import gelu
+    from kft.ops.activations import gelu_dense
+
+    rng = np.random.default_rng(7)
+    x = jax.numpy.asarray(rng.normal(size=(8, 16, 16, 16)), "float32")
+    kernels = [(jax.numpy.asarray(rng.normal(0, 0.1, (16, 64)), "float32"),
+                jax.numpy.asarray(rng.normal(0, 0.1, (64, 16)), "float32"))
+               for _ in range(4)]
+
+    def temp_bytes(mlp):
+        def loss(kernels, x):
+            for k1, k2 in kernels:
+                x = x + mlp(x @ k1, k2)
+            return (x ** 2).sum()
+
+        compiled = jax.jit(jax.grad(loss)).lower(kernels, x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    fused = temp_bytes(gelu_dense)
+    separate = temp_bytes(lambda h, k: gelu(h) @ k)
+    hidden_map = 8 * 16 * 16 * 64 * 4
+    # Four blocks: three hidden maps fewer at least (one is recomputed
+    # at a time).
+    assert fused <= separate - 3 * hidden_map, (fused, separate)

@@ -152,3 +152,32 @@ def test_swapped_into_models_and_given_back_for_export():
     plain = kft.deploy.inference_model(fast)
     assert type(plain.get_layer("ln")) is keras.layers.LayerNormalization
     assert not kft.deploy.kft_layers(plain)
+
+
+def test_backward_pass_keeps_no_broadcast_maps(monkeypatch):
+    # The backward pass is tied to the incoming gradient by an optimization
+    # barrier; without it XLA hoists the broadcasts of the inverse
+    # deviations and of the scale into the forward pass and keeps them
+    # (ConvNeXt-tiny's 224 px step: 402 -> 334 MiB of XLA temp with this
+    # and gelu_dense's tie to the kernel).
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(4, 28, 28, 96)), "float32")
+    weights = [(jnp.asarray(rng.uniform(0.5, 1.5, (96,)), "float32"),
+                jnp.asarray(rng.normal(size=(96,)), "float32"),
+                jnp.asarray(rng.normal(0, 0.1, (96, 96)), "float32"))
+               for _ in range(6)]
+
+    def temp_bytes():
+        def loss(weights, x):
+            for gamma, beta, kernel in weights:
+                x = x + layer_norm(x, gamma, beta, 1e-6) @ kernel
+            return (x ** 2).sum()
+
+        compiled = jax.jit(jax.grad(loss)).lower(weights, x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    tied = temp_bytes()
+    monkeypatch.setattr(jax.lax, "optimization_barrier", lambda v: v)
+    untied = temp_bytes()
+    # Six layers: 3.1 maps less measured; at least two.
+    assert tied <= untied - 2 * x.nbytes, (tied, untied)

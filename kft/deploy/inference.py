@@ -4,8 +4,9 @@ What `kft.export` saves or converts: the same weights (shared, not
 copied) in a plain functional model that needs no kft class to load,
 with kft's training-only machinery left out:
 
-- kft's CPU layers (`kft.cpu_convs.Conv2D`/`DepthwiseConv2D`/
-  `Activation`/`LayerNormalization`) become the Keras layers they subclass
+- kft's CPU layers (`kft.cpu_convs.LAYER_CLASSES`: `Conv2D`,
+  `DepthwiseConv2D`, `Activation`, `Dense`, `LayerNormalization`) become
+  the Keras layers they subclass
   (same config, same weights);
 - kft's `Preprocess` layer becomes `kft.layers.preprocessing` (stock
   layers, bit-for-bit the same);
@@ -67,9 +68,7 @@ def _is_random_augmentation(layer):
 
 def _stock_leaf(layer, replaced, onnx_compatible):
     """The stock (or ONNX-safe) layer standing in for `layer`, or itself."""
-    if type(layer) in (cpu_convs.Activation, cpu_convs.Conv2D,
-                       cpu_convs.DepthwiseConv2D,
-                       cpu_convs.LayerNormalization):
+    if type(layer) in cpu_convs.LAYER_CLASSES:
         new = type(layer).__mro__[1].from_config(layer.get_config())
         replaced.append((layer, new))
         return new

@@ -49,6 +49,10 @@ def _layer_norm_fwd(x, gamma, beta, epsilon):
 
 
 def _layer_norm_bwd(epsilon, residuals, grads):
+    # Ties the backward pass to the incoming gradient: otherwise XLA
+    # hoists the broadcasts of `inverse` and `gamma` into the forward pass
+    # and keeps them, two maps as large as `x` per layer.
+    residuals, grads = jax.lax.optimization_barrier((residuals, grads))
     normalized, inverse, gamma, beta, zero = residuals
     grads = grads.astype(jnp.float32)
     scaled = grads if gamma is None else grads * gamma.astype(jnp.float32)

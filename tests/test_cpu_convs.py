@@ -403,6 +403,37 @@ def test_dense_after_gelu_is_swapped_and_matches_keras(second_reader,
     assert not kft.deploy.kft_layers(plain)
 
 
+def test_fused_dense_trains_in_fit_and_round_trips(tmp_path, monkeypatch):
+    # The path a user takes: `fit` (Keras' jitted train step), save, load;
+    # the loaded model still hands the GELU's input to its Dense layers.
+    keras.utils.set_random_seed(3)
+    fast = fast_cpu_convs(_gelu_mlp())
+    stock = _gelu_mlp()
+    stock.set_weights(fast.get_weights())
+    x = np.random.default_rng(8).normal(0, 2, (8, 5, 5, 8)).astype(
+        "float32")
+    y = np.random.default_rng(9).integers(0, 3, (8, 5, 5))
+    for model in (fast, stock):
+        model.compile(keras.optimizers.SGD(0.05),
+                      keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+    fused = _count_fused(monkeypatch)
+    fast.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    assert fused  # traced into the train step
+    stock.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(fast.get_weights(), stock.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    path = str(tmp_path / "mlp.keras")
+    fast.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.get_layer("pw2_1")) is Dense
+    fused.clear()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               fast.predict(x, verbose=0), rtol=1e-5,
+                               atol=1e-5)
+    assert fused
+
+
 def test_dense_after_gelu_in_mixed_precision_adds_no_error(monkeypatch):
     # bfloat16 sums round differently in every order: the fused layers are
     # compared with the float32 model, next to the same fast model with

@@ -102,7 +102,7 @@ def test_other_grouping_matches_keras():
 @pytest.mark.parametrize("name,cls,count", [
     ("mobilenetv3small", DepthwiseConv2D, 11),
     ("convnext_tiny", Conv2D, 18),
-    ("convnext_tiny", Dense, 18),  # every pointwise_conv_2, after a GELU
+    ("convnext_tiny", Dense, 36),  # every pointwise layer (on maps)
     # the 3x3 convolutions on 2x2 and 1x1 maps, and the 36 1x1 ones
     ("resnet50", Conv2D, 45),
     ("resnet50", Activation, 49),  # every ReLU
@@ -269,6 +269,9 @@ def test_gelu_and_relu_activations_are_swapped_and_export_gives_them_back():
     assert type(fast.get_layer("g")) is Activation
     assert type(fast.get_layer("r")) is Activation
     assert fast.get_layer("t") is model.get_layer("t")
+    # Dense layers on 2-D inputs (a GELU's too) keep Keras' own op.
+    assert fast.layers[1] is model.layers[1]
+    assert fast.layers[-1] is model.layers[-1]
     data = np.random.default_rng(9).normal(size=(4, 6)).astype("float32")
     np.testing.assert_allclose(fast.predict(data, verbose=0),
                                model.predict(data, verbose=0), atol=1e-5)
@@ -339,6 +342,36 @@ def test_gelu_dense_matches_gelu_then_matmul(shape):
                                    atol=1e-6 * np.abs(b).max())
 
 
+@pytest.mark.parametrize("shape", [(3, 7, 16), (4, 14, 14, 16)])
+def test_dense_on_maps_matches_matmul_without_a_transposed_copy(shape):
+    from kft.ops.dense_grads import dense
+
+    rng = np.random.default_rng(11)
+    x = jax.numpy.asarray(rng.normal(size=shape), "float32")
+    kernel = jax.numpy.asarray(rng.normal(size=(16, 64)), "float32")
+    weights = jax.numpy.asarray(rng.normal(size=shape[:-1] + (64,)),
+                                "float32")
+
+    def grads(f):
+        return jax.jit(jax.grad(lambda x, k: (f(x, k) * jax.numpy.tanh(
+            weights)).sum(), argnums=(0, 1)))
+
+    np.testing.assert_allclose(dense(x, kernel), x @ kernel, rtol=1e-5,
+                               atol=1e-5)
+    for a, b in zip(grads(dense)(x, kernel),
+                    grads(jax.numpy.matmul)(x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-5,
+                                   atol=1e-5 * np.abs(b).max())
+    # XLA's CPU backend copies the output gradient transposed for the
+    # kernel gradient of autodiff's form, not for kft's.
+    rows = int(np.prod(shape[:-1]))
+    transposed = f"f32[64,{rows}]"
+    assert transposed not in grads(dense).lower(
+        x, kernel).compile().as_text()
+    assert transposed in grads(jax.numpy.matmul).lower(
+        x, kernel).compile().as_text()
+
+
 def _gelu_mlp(blocks=2, second_reader=False):
     """ConvNeXt's pointwise MLP: Dense(4C), GELU, Dense(C), residual."""
     inputs = keras.Input((5, 5, 8))
@@ -381,8 +414,9 @@ def test_dense_after_gelu_is_swapped_and_matches_keras(second_reader,
     model = _gelu_mlp(second_reader=second_reader)
     fast = fast_cpu_convs(model)
     swapped = {layer.name for layer in fast.layers if type(layer) is Dense}
-    # Only the layers reading a GELU; the head reads a ReLU.
-    assert swapped == {"pw2_0", "pw2_1"}
+    # Every Dense here runs on feature maps; only pw2_* read a GELU.
+    assert swapped == {layer.name for layer in model.layers
+                       if type(layer) is keras.layers.Dense}
     fused = _count_fused(monkeypatch)
     x = np.random.default_rng(6).normal(0, 2, (4, 5, 5, 8)).astype(
         "float32")
@@ -391,9 +425,9 @@ def test_dense_after_gelu_is_swapped_and_matches_keras(second_reader,
                                atol=1e-5)
     (loss, got), (expected_loss, expected) = (_model_grads(fast, x),
                                               _model_grads(model, x))
-    # Both swapped layers took the GELU's input, in the forward passes of
+    # pw2_0 and pw2_1 took the GELU's input, in the forward passes of
     # `predict` and of the gradient.
-    assert len(fused) >= 4
+    assert len(fused) >= 4 and len(fused) % 2 == 0
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5,

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 from jax import lax
 from keras import ops
 
+from kft.ops import dense_grads
+
 __all__ = ["gelu", "gelu_dense", "relu"]
 
 
@@ -114,13 +116,9 @@ def _gelu_dense_bwd(residuals, grads):
     # subexpressions), or schedules it right after the forward pass, and
     # keeps its output after all (and the kernel's transpose).
     (x, kernel), grads = lax.optimization_barrier((residuals, grads))
-    activated = gelu(x)
-    # The kernel gradient sums over every leading axis: one matrix product.
-    kernel_grad = jnp.matmul(
-        activated.reshape(-1, x.shape[-1]).T,
-        grads.reshape(-1, grads.shape[-1]))
     x_grad = jnp.matmul(grads, kernel.T) * _gelu_grad(x)
-    return x_grad.astype(x.dtype), kernel_grad.astype(kernel.dtype)
+    return (x_grad.astype(x.dtype),
+            dense_grads.kernel_grad(gelu(x), grads).astype(kernel.dtype))
 
 
 gelu_dense.defvjp(_gelu_dense_fwd, _gelu_dense_bwd)

@@ -20,8 +20,10 @@ gradient it needs no copy.
 And two activations (`Activation`, computed by `kft.ops.activations`):
 JAX's exact GELU through `erfc` is slow on CPU, and its ReLU takes the
 gradient from the input, which XLA recomputes in residual networks. A
-`Dense` layer after a GELU computes both from the GELU's input, so the
-backward pass keeps one map, not two (`kft.ops.activations.gelu_dense`). And
+`Dense` layer on feature maps takes its kernel gradient as one matrix
+product of 2-D views (`kft.ops.dense_grads`), and after a GELU computes
+both from the GELU's input, so the backward pass keeps one map, not two
+(`kft.ops.activations.gelu_dense`). And
 layer normalization (`LayerNormalization`): a hand-written gradient
 (`kft.ops.layer_norm`) keeps less for the backward pass and sums faster.
 
@@ -49,6 +51,7 @@ from keras import ops
 from kft._validation import check_choice
 from kft.models.init_draws import bucketed_draws
 from kft.ops import conv_grads
+from kft.ops import dense_grads
 from kft.ops import depthwise_grads
 from kft.ops.activations import gelu
 from kft.ops.activations import gelu_dense
@@ -196,31 +199,37 @@ class Activation(keras.layers.Activation):
 
 @keras.saving.register_keras_serializable(package="kft")
 class Dense(keras.layers.Dense):
-    """`keras.layers.Dense` that, reading the output of kft's GELU
-    `Activation` (ConvNeXt's pointwise MLP), computes
-    `kft.ops.activations.gelu_dense` from the GELU's input: the backward
-    pass keeps the GELU's input only, not its output too (ConvNeXt-tiny's
-    224 px full step: 131 MiB less at batch 4).
+    """`keras.layers.Dense` on feature maps, its kernel gradient as one
+    matrix product (`kft.ops.dense_grads.dense`: XLA's own takes a
+    transposed copy of the output gradient first); reading the output of
+    kft's GELU `Activation` (ConvNeXt's pointwise MLP), it computes
+    `kft.ops.activations.gelu_dense` from the GELU's input, so the
+    backward pass keeps the GELU's input only, not its output too.
 
-    Same arguments, weights and config as the Keras layer; other inputs,
+    Same arguments, weights and config as the Keras layer; 2-D inputs,
     LoRA, quantized kernels or `KFT_CONV_GRADS=0` use Keras' own op. The
     GELU layer's output is still computed for any other layer reading it.
 
     Example:
     >>> import numpy as np, kft
     >>> layer = kft.cpu_convs.Dense(3)
-    >>> layer(np.ones((2, 4))).shape
-    (2, 3)
+    >>> layer(np.ones((2, 4, 4, 8))).shape
+    (2, 4, 4, 3)
     """
 
     def call(self, inputs, training=None):
         pair = getattr(_last_gelu, "pair", None)
-        if (pair is None or pair[0] is not inputs or self.lora_enabled
-                or self.quantization_mode is not None
+        if (self.lora_enabled or self.quantization_mode is not None
                 or not _custom_gradients()):
             return super().call(inputs, training=training)
-        _last_gelu.pair = None  # one reader; and no map kept past the call
-        outputs = gelu_dense(pair[1], ops.cast(self.kernel, inputs.dtype))
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        if pair is not None and pair[0] is inputs:
+            _last_gelu.pair = None  # one reader; no map kept past the call
+            outputs = gelu_dense(pair[1], kernel)
+        elif len(inputs.shape) > 2:
+            outputs = dense_grads.dense(inputs, kernel)
+        else:
+            return super().call(inputs, training=training)
         if self.bias is not None:
             outputs = ops.add(outputs, self.bias)
         if self.activation is not None:
@@ -287,6 +296,14 @@ def _reads_gelu(layer):
             and source.activation is keras.activations.gelu)
 
 
+def _on_feature_maps(layer):
+    """Whether `layer` is called once, on inputs of more than two axes."""
+    try:
+        return len(layer.input.shape) > 2
+    except (AttributeError, ValueError):  # not called exactly once
+        return False
+
+
 def _replacement(layer):
     """kft's class for `layer`, or `None` to keep it.
 
@@ -301,7 +318,8 @@ def _replacement(layer):
         return Activation
     if type(layer) is keras.layers.LayerNormalization:
         return LayerNormalization
-    if type(layer) is keras.layers.Dense and _reads_gelu(layer):
+    if type(layer) is keras.layers.Dense and (
+            _reads_gelu(layer) or _on_feature_maps(layer)):
         return Dense
     if type(layer) is keras.layers.Conv2D and (
             layer.groups > 1 and layer.kernel.shape[2] == 1
@@ -327,8 +345,8 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     `Activation("relu")`, every `LayerNormalization`, and every
     channels-last `keras.layers.Conv2D` with one input channel per group,
     a 1x1 kernel, or a kernel that covers more positions than its input
-    map has, and every `keras.layers.Dense` called on a GELU's output,
-    also inside nested models (a backbone inside a classifier), is
+    map has, and every `keras.layers.Dense` called on a GELU's output or
+    on feature maps (more than two axes), also inside nested models (a backbone inside a classifier), is
     replaced by `kft.cpu_convs.DepthwiseConv2D` / `Activation` /
     `LayerNormalization` / `Conv2D` / `Dense` holding copies of the same
     weights;

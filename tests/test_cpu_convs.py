@@ -269,7 +269,7 @@ def test_gelu_and_relu_activations_are_swapped_and_export_gives_them_back():
     assert type(fast.get_layer("g")) is Activation
     assert type(fast.get_layer("r")) is Activation
     assert fast.get_layer("t") is model.get_layer("t")
-    # Dense layers on 2-D inputs (a GELU's too) keep Keras' own op.
+    # Dense layers on 2-D inputs that do not read a GELU keep Keras' op.
     assert fast.layers[1] is model.layers[1]
     assert fast.layers[-1] is model.layers[-1]
     data = np.random.default_rng(9).normal(size=(4, 6)).astype("float32")
@@ -533,3 +533,14 @@ def test_dense_after_gelu_backward_keeps_only_the_gelu_input():
     # Four blocks: three hidden maps fewer at least (one is recomputed
     # at a time).
     assert fused <= separate - 3 * hidden_map, (fused, separate)
+
+
+def test_dense_layer_on_integer_maps_matches_keras():
+    stock = keras.layers.Dense(3)
+    x = jax.numpy.arange(2 * 4 * 4 * 8, dtype="int32").reshape(2, 4, 4, 8)
+    expected = np.asarray(stock(x))
+    fast = Dense.from_config(stock.get_config())
+    fast.build(x.shape)
+    fast.set_weights(stock.get_weights())
+    np.testing.assert_allclose(np.asarray(jax.jit(fast)(x)), expected,
+                               rtol=1e-5)

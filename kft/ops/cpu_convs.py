@@ -206,8 +206,9 @@ class Dense(keras.layers.Dense):
     `kft.ops.activations.gelu_dense` from the GELU's input, so the
     backward pass keeps the GELU's input only, not its output too.
 
-    Same arguments, weights and config as the Keras layer; 2-D inputs,
-    LoRA, quantized kernels or `KFT_CONV_GRADS=0` use Keras' own op. The
+    Same arguments, weights and config as the Keras layer; other 2-D or
+    non-float inputs, LoRA, quantized kernels or `KFT_CONV_GRADS=0` use
+    Keras' own op. The
     GELU layer's output is still computed for any other layer reading it.
 
     Example:
@@ -220,6 +221,7 @@ class Dense(keras.layers.Dense):
     def call(self, inputs, training=None):
         pair = getattr(_last_gelu, "pair", None)
         if (self.lora_enabled or self.quantization_mode is not None
+                or not keras.backend.is_float_dtype(inputs.dtype)
                 or not _custom_gradients()):
             return super().call(inputs, training=training)
         kernel = ops.cast(self.kernel, inputs.dtype)
@@ -346,12 +348,12 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     channels-last `keras.layers.Conv2D` with one input channel per group,
     a 1x1 kernel, or a kernel that covers more positions than its input
     map has, and every `keras.layers.Dense` called on a GELU's output or
-    on feature maps (more than two axes), also inside nested models (a backbone inside a classifier), is
-    replaced by `kft.cpu_convs.DepthwiseConv2D` / `Activation` /
-    `LayerNormalization` / `Conv2D` / `Dense` holding copies of the same
-    weights;
-    all other layers are shared with `model`, not copied. The results are
-    the same up to float rounding (about 1e-6 relative); on CPU the
+    on feature maps (more than two axes), also inside nested models (a
+    backbone inside a classifier), is replaced by
+    `kft.cpu_convs.DepthwiseConv2D` / `Activation` / `LayerNormalization`
+    / `Conv2D` / `Dense` holding copies of the same weights; all other
+    layers are shared with `model`, not copied. The results are the same
+    up to float rounding (about 1e-6 relative); on CPU the
     training steps of EfficientNet, MobileNet, ConvNeXt and, at small
     input sizes, ResNet get several times faster, ResNet's full training
     at 224 px about 1.2x (measured in `benchmarks/RESULTS.md`).

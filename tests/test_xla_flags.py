@@ -371,7 +371,11 @@ for _ in range(7):
 # The median: on a loaded machine the odd step faults all its pages in even
 # with reuse on (seen with and without kft's flags), a step without reuse
 # always does.
-print(kft._config._reuse_state["applied"], sorted(faults)[3])
+# The kernel may back only part of the memory with huge pages (fragmented
+# or busy machine): say how much it did.
+huge_kb = sum(int(line.split()[1]) for line in open("/proc/self/smaps")
+              if line.startswith("AnonHugePages:"))
+print(kft._config._reuse_state["applied"], sorted(faults)[3], huge_kb)
 """
 
 
@@ -387,16 +391,22 @@ def test_steps_reuse_their_memory_instead_of_faulting_it_in():
                               "JAX_PLATFORMS": "cpu",
                               "KFT_COMPILATION_CACHE": "0", **env})
         assert out.returncode == 0, out.stderr[-2000:]
-        applied, count = out.stdout.split()[-2:]
-        return applied == "True", int(count)
+        applied, count, huge_kb = out.stdout.split()[-3:]
+        return applied == "True", int(count), int(huge_kb)
 
     pages = 64 * 2**20 // 4096
-    applied, count = faults(KFT_MALLOC_REUSE="0")
-    assert not applied and count >= pages  # the buffers, again
-    applied, count = faults()
+    applied, unreused, _ = faults(KFT_MALLOC_REUSE="0")
+    assert not applied and unreused >= pages  # the buffers, again
+    applied, count, _ = faults()
     assert applied and count <= pages // 20
     if _compat.glibc_maps_huge_pages(
             {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}):
-        # Huge pages: the buffers are mapped afresh each step, 2 MiB a fault.
-        applied, count = faults(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
-        assert not applied and count <= pages // 20
+        # Huge pages: kft leaves reuse off, since the buffers, mapped afresh
+        # each step, fault 2 MiB at a time. How much of them the kernel backs
+        # with huge pages is its call (350-870 faults a step seen, against
+        # 32 if all were huge), so the bound is against 4 KiB faulting.
+        applied, count, huge_kb = faults(
+            GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
+        assert not applied
+        if huge_kb:
+            assert count <= unreused // 4, (count, unreused, huge_kb)

@@ -63,6 +63,7 @@ def test_dry_run_writes_the_table_and_json(dry_run):
     assert [row["steps_per_execution"] for row in kft_rows] == [2, 2, 1, 1]
     table = (out / "table.md").read_text()
     assert table.split("\n\n", 1)[1] in proc.stdout  # printed, and written
+    assert "Up to 2 processes at once" in table  # the dry run's slots
     for variant in variants:
         lines = [line for line in table.splitlines()
                  if f"| {variant} |" in line]
@@ -133,7 +134,7 @@ def bench_gpu(monkeypatch):
     calls = []
 
     def run_isolated(target, arg=None, env=None, timeout=None):
-        calls.append((target, arg, timeout))
+        calls.append((target, arg, timeout, env))
         return bench_gpu.FAKE(target, arg)
 
     monkeypatch.setattr(_harness, "run_isolated", run_isolated)
@@ -194,7 +195,8 @@ def test_a_timeout_keeps_the_rows_before_it_and_the_rest(bench_gpu):
     import _harness
 
     def fake(target, cfg):
-        if cfg["side"] == "torch-compile" and cfg["backbone"] == "resnet50":
+        if cfg["side"] == "torch-max-autotune" and \
+                cfg["backbone"] == "resnet50":
             return _harness.Isolated(
                 fake_rows(cfg, ["feature_extraction"]), None,
                 "timed out after 9 s")
@@ -202,26 +204,32 @@ def test_a_timeout_keeps_the_rows_before_it_and_the_rest(bench_gpu):
 
     bench_gpu.FAKE = fake
     args = bench_gpu.parse_args(["--backbones", "resnet50", "convnext_tiny",
-                                 "--sides", "kft", "torch-compile"])
+                                 "--sides", "kft", "torch-max-autotune",
+                                 "--parallel", "1"])
     written = []
     rows = bench_gpu.run_matrix(args, args.sides, written.append)
     assert len(rows) == 8 and len(written) == 4
     timeout, = [r for r in rows if "error" in r]
     assert (timeout["backbone"], timeout["side"], timeout["strategy"],
-            timeout["status"]) == ("resnet50", "torch-compile", "full",
+            timeout["status"]) == ("resnet50", "torch-max-autotune", "full",
                                    "timeout")
-    # kft and eager PyTorch first, each process with its own share.
+    # kft first, max-autotune with what is left, each with its own share.
     assert [(c[1]["side"], c[1]["backbone"]) for c in bench_gpu.calls] == [
         ("kft", "resnet50"), ("kft", "convnext_tiny"),
-        ("torch-compile", "resnet50"), ("torch-compile", "convnext_tiny")]
+        ("torch-max-autotune", "resnet50"),
+        ("torch-max-autotune", "convnext_tiny")]
     # A process may use its phase's time but what is promised to later ones.
     assert bench_gpu.calls[0][2] == pytest.approx(
-        min(args.timeout, 0.75 * args.budget - bench_gpu.PROMISED["kft"]),
+        min(args.timeout, 0.7 * args.budget - bench_gpu.PROMISED["kft"]),
         abs=1)
+    # One process at a time: no GPU lock, JAX's memory left as it is.
+    assert all(c[1]["gpu_lock"] is None for c in bench_gpu.calls)
+    assert all("XLA_PYTHON_CLIENT_MEM_FRACTION" not in c[3]
+               for c in bench_gpu.calls)
     assert all(args.min_timeout <= c[2] <= args.timeout
                for c in bench_gpu.calls)
     table = bench_gpu.table(rows)
-    assert "| resnet50 | full | torch-compile | timeout | - |" in table
+    assert "| resnet50 | full | torch-max-autotune | timeout | - |" in table
     assert ("| resnet50 | feature_extraction | kft | 12800 | 10.00 | 1.0 | "
             "100 | 1.00x |") in table
     assert "| resnet50 | full | kft | 12800 | 10.00 | 1.0 | 100 | - |" \
@@ -238,3 +246,93 @@ def test_a_spent_budget_skips_what_is_left(bench_gpu):
     rows = bench_gpu.run_matrix(args, args.sides, lambda rows: None)
     assert [r["status"] for r in rows] == ["skipped"] * 4
     assert bench_gpu.calls == []
+
+
+def test_parallel_slots_overlap_processes_and_keep_plan_order(bench_gpu):
+    import threading
+
+    import _harness
+
+    running, most = set(), [0]
+    guard = threading.Lock()
+
+    def fake(target, cfg):
+        with guard:
+            running.add((cfg["side"], cfg["backbone"]))
+            most[0] = max(most[0], len(running))
+        time.sleep(0.3)
+        with guard:
+            running.discard((cfg["side"], cfg["backbone"]))
+        return _harness.Isolated(fake_rows(cfg, cfg["strategies"]), 0, None)
+
+    bench_gpu.FAKE = fake
+    args = bench_gpu.parse_args(["--backbones", "resnet50", "convnext_tiny",
+                                 "--sides", "kft", "torch-eager",
+                                 "--strategies", "full"])
+    assert args.parallel == 3  # the GPU default
+    written = []
+    rows = bench_gpu.run_matrix(args, args.sides, written.append)
+    assert most[0] == 3
+    # Rows in plan order whatever order the processes finished in.
+    assert [(r["side"], r["backbone"]) for r in rows] == [
+        ("kft", "resnet50"), ("kft", "convnext_tiny"),
+        ("torch-eager", "resnet50"), ("torch-eager", "convnext_tiny")]
+    assert all(r["parallel"] == 3 for r in rows) and len(written) == 4
+    locks = {c[1]["gpu_lock"] for c in bench_gpu.calls}
+    assert len(locks) == 1 and None not in locks
+    assert not os.path.exists(locks.pop())  # removed afterwards
+    # JAX would take 75 % of the GPU at start; three at once must fit.
+    for _, cfg, _, env in bench_gpu.calls:
+        assert (env.get("XLA_PYTHON_CLIENT_MEM_FRACTION") == "0.27") == (
+            cfg["side"] == "kft")
+
+
+def test_parallel_must_be_positive(bench_gpu, capsys):
+    with pytest.raises(SystemExit):
+        bench_gpu.parse_args(["--parallel", "0"])
+    assert "--parallel must be 1 or more, not 0" in capsys.readouterr().err
+
+
+def test_timed_windows_have_the_gpu_alone(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _gpu_steps
+
+    cfg = {"gpu_lock": str(tmp_path / "gpu.lock")}
+    events = []
+
+    def section(name, exclusive, hold, ready=None):
+        with _gpu_steps.gpu_section(cfg, exclusive) as waited:
+            events.append((name, "in", time.perf_counter()))
+            if ready:
+                ready.set()
+            time.sleep(hold)
+            events.append((name, "out", time.perf_counter()))
+        return waited
+
+    # Two first calls share the GPU: the second does not wait.
+    first = threading.Event()
+    thread = threading.Thread(target=section,
+                              args=("compile1", False, 0.5, first))
+    thread.start()
+    first.wait()
+    assert section("compile2", False, 0.0)["wait_s"] < 0.3
+    # A timed window waits until the first call is done ...
+    waited = section("timed", True, 0.5, None)
+    thread.join()
+    assert waited["wait_s"] > 0.1
+    compile_out = [t for n, e, t in events if (n, e) == ("compile1", "out")]
+    timed_in = [t for n, e, t in events if (n, e) == ("timed", "in")]
+    assert timed_in[0] >= compile_out[0]
+    # ... and a first call waits for a timed window.
+    started = threading.Event()
+    thread = threading.Thread(target=section,
+                              args=("timed2", True, 0.5, started))
+    thread.start()
+    started.wait()
+    assert section("compile3", False, 0.0)["wait_s"] > 0.1
+    thread.join()
+    # Without a lock file (one process at a time) nothing is held.
+    with _gpu_steps.gpu_section({}, True) as waited:
+        assert waited["wait_s"] == 0.0

@@ -232,7 +232,7 @@ def _kft_row(row, variant, k, compile_s, timed):
     return {**row, **timed, "side": "kft", "variant": variant,
             "steps_per_execution": k, "compile_s": compile_s,
             "peak_device_mib": None if peak is None else peak / 2**20,
-            "peak_scope": "process so far"}
+            "peak_scope": "strategy"}
 
 
 def _windows(run, windows, steps, warmup=0):

@@ -26,10 +26,11 @@ A window of steps ends with a device sync (`jax.block_until_ready`,
 `torch.cuda.synchronize`); ms/step is the median window over its steps.
 "compile s" is the first call (trace, compile and its K steps, or the
 first PyTorch step). Peak device memory: `torch.cuda.max_memory_allocated`
-(reset per strategy); JAX's `peak_bytes_in_use`, which cannot be reset, so
-a kft row shows its process's peak so far (strategies run lightest first).
+or JAX's `peak_bytes_in_use` (which cannot be reset: the process's, that
+is the strategy's, covering all of kft's rows of it).
 
-Each backbone and side runs in a fresh process with its own timeout, cut
+Each backbone, side and strategy runs in a fresh process with its own
+timeout, cut
 from a time budget (`--budget`) so that a slow one cannot lose the rest:
 kft, eager PyTorch and `torch.compile` first, then max-autotune with what
 is left; a row that did not fit says "timeout" or "skipped". Up to
@@ -64,16 +65,17 @@ DRY_BACKBONES = ("simple_cnn", "mobilenetv3small")
 STRATEGIES = ("feature_extraction", "partial", "full")
 TORCH_SIDES = ("torch-eager", "torch-compile", "torch-max-autotune")
 SIDES = ("kft",) + TORCH_SIDES
-# Processes start in plan order, `--parallel` at a time; a phase's process
-# may start until its fraction of `--budget` has passed. It may use what is
-# left of its phase but the seconds promised to the phase's later processes
-# (shared among the slots), so a slow first backbone neither loses its rows
-# nor takes the others' time. On the H200 one process at a time did not
-# get past eager PyTorch in 450 s (first calls: 5-63 s each), hence the
-# slots, and torch.compile in the first phase.
+# One process per backbone, side and strategy. Processes start in plan
+# order, `--parallel` at a time, a phase's until its fraction of `--budget`
+# has passed. One may use what is left of its phase but the seconds
+# promised to the phase's later processes (shared among the slots), so a
+# slow first backbone neither loses its rows nor takes the others' time.
+# On the H200 one process per backbone and side, one at a time, did not get
+# past eager PyTorch in 450 s (first calls: 5-63 s each), hence the slots,
+# the smaller processes and torch.compile in the first phase.
 PHASES = ((("kft", "torch-eager", "torch-compile"), 0.7),
           (("torch-max-autotune",), 1.0))
-PROMISED = {"kft": 40, "torch-eager": 15, "torch-compile": 40,
+PROMISED = {"kft": 25, "torch-eager": 15, "torch-compile": 30,
             "torch-max-autotune": 60}
 GPU_DEFAULTS = {"backbones": list(BACKBONES), "size": 224, "batch": 128,
                 "steps": 30, "windows": 3, "steps_per_execution": 10,
@@ -134,19 +136,19 @@ def check_environment(dry_run, sides, timeout=180):
     return sides, found
 
 
-def schedule(backbones, sides):
+def schedule(backbones, sides, strategies):
     """The processes in running order, by phase: (phase end, side,
-    backbone)."""
-    return [(end, side, backbone) for phase_sides, end in PHASES
+    backbone, strategy)."""
+    return [(end, side, backbone, strategy) for phase_sides, end in PHASES
             for side in phase_sides if side in sides
-            for backbone in backbones]
+            for backbone in backbones for strategy in strategies]
 
 
 def run_matrix(args, sides, write):
-    """Runs every (side, backbone) process within the budget, up to
-    `args.parallel` at once; `write` is called with the rows, in plan
+    """Runs every (side, backbone, strategy) process within the budget, up
+    to `args.parallel` at once; `write` is called with the rows, in plan
     order, after each."""
-    plan = schedule(args.backbones, sides)
+    plan = schedule(args.backbones, sides, args.strategies)
     done = [None] * len(plan)
     order = iter(range(len(plan)))
     lock = threading.Lock()  # the plan, `done`, printing and `write`
@@ -160,33 +162,32 @@ def run_matrix(args, sides, write):
             i = next(order, None)
             if i is None:
                 return None
-            end, side, backbone = plan[i]
+            end = plan[i][0]
             phase_left = begin + end * args.budget - time.perf_counter()
             # The phase's later processes share `parallel` slots.
             promised = sum(args.min_timeout if args.dry_run else PROMISED[s]
-                           for e, s, _ in plan[i + 1:] if e == end)
+                           for e, s, _, _ in plan[i + 1:] if e == end)
             return i, min(args.timeout,
                           phase_left - promised / args.parallel), phase_left, \
                 promised
 
     def run_one(i, timeout, phase_left, promised):
-        _, side, backbone = plan[i]
+        _, side, backbone, strategy = plan[i]
         cfg = {"side": side, "backbone": backbone,
-               "strategies": args.strategies, "size": args.size,
+               "strategies": [strategy], "size": args.size,
                "batch": args.batch, "steps": args.steps,
                "windows": args.windows, "dry_run": args.dry_run,
                "steps_per_execution": args.steps_per_execution,
                "host_steps": args.host_steps, "gpu_lock": gpu_lock,
                "parallel": args.parallel}
         if timeout < args.min_timeout:
-            return [_missing(cfg, s, "skipped",
+            return [_missing(cfg, strategy, "skipped",
                              f"skipped: {phase_left:.0f} s left in its phase "
                              f"of --budget, {promised:.0f} s promised to "
-                             "later processes")
-                    for s in args.strategies]
+                             "later processes")]
         with lock:
             print(f"[{time.perf_counter() - begin:5.0f} s] {backbone} "
-                  f"{side}: up to {timeout:.0f} s", flush=True)
+                  f"{strategy} {side}: up to {timeout:.0f} s", flush=True)
         target = "_gpu_steps:run_kft" if side == "kft" else \
             "_gpu_steps:run_torch"
         env = {"KFT_COMPILATION_CACHE": args.jax_cache}
@@ -197,16 +198,18 @@ def run_matrix(args, sides, write):
                 f"{min(0.75, 0.8 / args.parallel):.2f}"
         run = _harness.run_isolated(target, cfg, timeout=timeout, env=env)
         new = [{**r, "parallel": args.parallel} for r in run.results]
-        measured = {r["strategy"] for r in new}
+        if new and run.error is None:
+            return new
+        # kft's process yields its rows one by one: keep the ones measured.
         status = "timeout" if run.returncode is None else "error"
-        return new + [_missing(cfg, s, status, run.error or "no result")
-                      for s in args.strategies if s not in measured]
+        return new + [_missing(cfg, strategy, status,
+                               run.error or "no result")]
 
     def slot():
         while (job := take()) is not None:
             new = run_one(*job)
             with lock:
-                _, side, backbone = plan[job[0]]
+                backbone = plan[job[0]][2]
                 for row in new:
                     print(f"   {backbone} {_row_line(row)}", flush=True)
                 done[job[0]] = new
@@ -313,7 +316,7 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if args.parallel < 1:
         parser.error(f"--parallel must be 1 or more, not {args.parallel}")
-    # Lightest strategy first: JAX's peak memory cannot be reset.
+    # Each once, in the order of STRATEGIES.
     args.strategies = sorted(set(args.strategies), key=STRATEGIES.index)
     return args
 

@@ -195,11 +195,13 @@ def test_a_timeout_keeps_the_rows_before_it_and_the_rest(bench_gpu):
     import _harness
 
     def fake(target, cfg):
-        if cfg["side"] == "torch-max-autotune" and \
-                cfg["backbone"] == "resnet50":
-            return _harness.Isolated(
-                fake_rows(cfg, ["feature_extraction"]), None,
-                "timed out after 9 s")
+        key = (cfg["side"], cfg["backbone"], cfg["strategies"])
+        if key == ("kft", "resnet50", ["full"]):  # one row, then cut off
+            row, = fake_rows(cfg, ["full"])
+            return _harness.Isolated([{**row, "variant": "kft K=10"}], None,
+                                     "timed out after 9 s")
+        if key == ("torch-max-autotune", "resnet50", ["full"]):
+            return _harness.Isolated([], None, "timed out after 9 s")
         return _harness.Isolated(fake_rows(cfg, cfg["strategies"]), 0, None)
 
     bench_gpu.FAKE = fake
@@ -208,19 +210,22 @@ def test_a_timeout_keeps_the_rows_before_it_and_the_rest(bench_gpu):
                                  "--parallel", "1"])
     written = []
     rows = bench_gpu.run_matrix(args, args.sides, written.append)
-    assert len(rows) == 8 and len(written) == 4
-    timeout, = [r for r in rows if "error" in r]
-    assert (timeout["backbone"], timeout["side"], timeout["strategy"],
-            timeout["status"]) == ("resnet50", "torch-max-autotune", "full",
-                                   "timeout")
-    # kft first, max-autotune with what is left, each with its own share.
-    assert [(c[1]["side"], c[1]["backbone"]) for c in bench_gpu.calls] == [
-        ("kft", "resnet50"), ("kft", "convnext_tiny"),
-        ("torch-max-autotune", "resnet50"),
-        ("torch-max-autotune", "convnext_tiny")]
+    assert len(rows) == 9 and len(written) == 8
+    timeouts = [(r["backbone"], r["side"], r["strategy"], r["status"])
+                for r in rows if "error" in r]
+    assert timeouts == [("resnet50", "kft", "full", "timeout"),
+                        ("resnet50", "torch-max-autotune", "full", "timeout")]
+    # One process per backbone, side and strategy: kft first, max-autotune
+    # with what is left, each with its own share.
+    assert [(c[1]["side"], c[1]["backbone"], c[1]["strategies"])
+            for c in bench_gpu.calls] == [
+        (side, backbone, [strategy])
+        for side in ("kft", "torch-max-autotune")
+        for backbone in ("resnet50", "convnext_tiny")
+        for strategy in ("feature_extraction", "full")]
     # A process may use its phase's time but what is promised to later ones.
     assert bench_gpu.calls[0][2] == pytest.approx(
-        min(args.timeout, 0.7 * args.budget - bench_gpu.PROMISED["kft"]),
+        min(args.timeout, 0.7 * args.budget - 3 * bench_gpu.PROMISED["kft"]),
         abs=1)
     # One process at a time: no GPU lock, JAX's memory left as it is.
     assert all(c[1]["gpu_lock"] is None for c in bench_gpu.calls)
@@ -230,10 +235,11 @@ def test_a_timeout_keeps_the_rows_before_it_and_the_rest(bench_gpu):
                for c in bench_gpu.calls)
     table = bench_gpu.table(rows)
     assert "| resnet50 | full | torch-max-autotune | timeout | - |" in table
+    assert "| resnet50 | full | kft | timeout | - |" in table
+    assert "| resnet50 | full | kft K=10 | 12800 | 10.00 | 1.0 | 100 | - |" \
+        in table  # measured before the cut
     assert ("| resnet50 | feature_extraction | kft | 12800 | 10.00 | 1.0 | "
             "100 | 1.00x |") in table
-    assert "| resnet50 | full | kft | 12800 | 10.00 | 1.0 | 100 | - |" \
-        in table
 
 
 def test_a_spent_budget_skips_what_is_left(bench_gpu):

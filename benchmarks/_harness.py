@@ -26,6 +26,7 @@ import os
 import platform
 import resource
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -171,17 +172,29 @@ def run_isolated(target, arg=None, env=None, timeout=None):
             child_env[key] = value
     command = [sys.executable, os.path.join(HERE, "_harness.py"), target,
                json.dumps(arg)]
+    # Its own process group: a timeout kills what it started too
+    # (torch.compile's compile workers), which would otherwise run on.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=child_env,
+                            start_new_session=True)
     try:
-        out = subprocess.run(command, capture_output=True, text=True,
-                             timeout=timeout, env=child_env)
-        stdout, returncode = out.stdout, out.returncode
+        stdout, stderr = proc.communicate(timeout=timeout)
+        returncode = proc.returncode
         error = None if returncode == 0 else (
-            f"exit code {returncode}: "
-            + (out.stderr or out.stdout)[-2000:])
+            f"exit code {returncode}: " + (stderr or stdout)[-2000:])
     except subprocess.TimeoutExpired as e:
-        # `e.stdout` is bytes even with text=True on some Pythons.
-        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) \
-            else e.stdout or ""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            stdout, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired as again:
+            # Something outside the group holds the pipe: what was read.
+            stdout = again.stdout or e.stdout or ""
+        # `stdout` is bytes even with text=True on some Pythons.
+        if isinstance(stdout, bytes):
+            stdout = stdout.decode(errors="replace")
         returncode, error = None, f"timed out after {timeout} s"
     results = [json.loads(line[len(_RESULT):])
                for line in stdout.splitlines() if line.startswith(_RESULT)]

@@ -342,3 +342,36 @@ def test_timed_windows_have_the_gpu_alone(tmp_path, monkeypatch):
     # Without a lock file (one process at a time) nothing is held.
     with _gpu_steps.gpu_section({}, True) as waited:
         assert waited["wait_s"] == 0.0
+
+
+def test_a_timeout_kills_what_the_process_started(tmp_path, monkeypatch):
+    # torch.compile's compile workers would otherwise run on (holding CPU,
+    # and any lock they inherited) after their process is cut off.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _harness
+
+    (tmp_path / "spawner.py").write_text(
+        "import subprocess, sys, time\n"
+        "def run(arg):\n"
+        "    child = subprocess.Popen([sys.executable, '-c',\n"
+        "                              'import time; time.sleep(120)'])\n"
+        "    yield {'grandchild': child.pid}\n"
+        "    time.sleep(120)\n")
+    start = time.perf_counter()
+    run = _harness.run_isolated("spawner:run", {}, timeout=8,
+                                env={"PYTHONPATH": str(tmp_path)})
+    assert time.perf_counter() - start < 60
+    assert run.returncode is None and run.error == "timed out after 8 s"
+    pid = run.results[0]["grandchild"]  # the row made before the cut
+
+    def alive():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.perf_counter() + 10
+    while alive() and time.perf_counter() < deadline:
+        time.sleep(0.1)
+    assert not alive()

@@ -146,13 +146,13 @@ def _kft_rows(cfg, strategy):
     # it): a committed batch makes the step compile again once the state
     # is the step's own output.
     x, y = jax.device_put((x_host, y_host))
-    batches = _device_batches(x, y)
+    batches = _repeated_batches(x, y)
     row = {**row_base(cfg, strategy), "device": jax.devices()[0].device_kind,
            "trainable_params": int(sum(
                math.prod(v.shape) for v in model.trainable_variables))}
     steps = max(1, cfg["steps"] // k) * k
 
-    def fit(steps):
+    def fit(steps, batches=batches):
         history = model.fit(batches(steps), epochs=1, verbose=0)
         jax.block_until_ready([v.value for v in model.variables])
         return history.history["loss"][-1]
@@ -182,6 +182,19 @@ def _kft_rows(cfg, strategy):
     timed = _timed(cfg, lambda: fit(steps), cfg["windows"], steps)
     yield _kft_row(row, "kft fit K=1", 1, first_s, timed)
 
+    # What a host input pipeline costs: `fit` on numpy batches, which Keras
+    # copies to the device one batch ahead of the step. kft's loaders yield
+    # float32 pixels; uint8 would copy 4x less (a new input dtype: the step
+    # is traced again).
+    x_u8 = x_host.astype("uint8")  # random_batch's pixels are in [0, 255)
+    for variant, images in (("kft fit host f32", x_host),
+                            ("kft fit host u8", x_u8)):
+        host_batches = _repeated_batches(images, y_host)
+        first_s = _first_call(cfg, lambda: fit(1, host_batches))
+        timed = _timed(cfg, lambda: fit(steps, host_batches),
+                       cfg["windows"], steps)
+        yield _kft_row(row, variant, 1, first_s, timed)
+
     def host():
         for _ in range(cfg["host_steps"]):
             loss = model.train_on_batch(x_host, y_host)
@@ -191,12 +204,13 @@ def _kft_rows(cfg, strategy):
     yield _kft_row(row, "kft train_on_batch", 1, None, timed)
 
 
-def _device_batches(x, y):
-    """`steps -> data adapter` handing out `(x, y)` as they are (on the
-    device) `steps` times, so `fit` copies nothing from the host."""
+def _repeated_batches(x, y):
+    """`steps -> data adapter` handing out `(x, y)` as they are `steps`
+    times: device arrays (`fit` copies nothing from the host) or numpy
+    ones (Keras copies each to the device, one batch ahead on a GPU)."""
     from kft import _compat
 
-    class DeviceBatches(_compat.data_adapter_class()):
+    class RepeatedBatches(_compat.data_adapter_class()):
         def __init__(self, steps):
             self.steps = steps
 
@@ -221,7 +235,7 @@ def _device_batches(x, y):
         def partial_batch_size(self):
             return None
 
-    return DeviceBatches
+    return RepeatedBatches
 
 
 def _kft_row(row, variant, k, compile_s, timed):

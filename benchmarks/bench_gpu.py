@@ -12,9 +12,11 @@ random weights, one synthetic batch kept on the device by both sides:
   and `steps_per_execution=K`. Rows: `kft K=<K>` (the compiled train
   function called directly, K steps a call, no host work between steps:
   the floor), `kft fit K=<K>` and `kft fit K=1` (`model.fit` on a data
-  adapter that hands out the device-resident batch), and
-  `kft train_on_batch` (a host numpy batch every step, the old `--gpu`
-  path of `bench_vs_torch.py`, a few steps only).
+  adapter that hands out the device-resident batch), `kft fit host f32`
+  and `kft fit host u8` (`fit` on numpy batches, float32 as kft's loaders
+  yield them or uint8, which Keras copies to the device one batch ahead),
+  and `kft train_on_batch` (a host numpy batch every step, the old
+  `--gpu` path of `bench_vs_torch.py`, a few steps only).
 - PyTorch: the torchvision model with a Linear head, the same blocks
   frozen, BatchNorm frozen (kft's `bn="frozen"`), SGD with two parameter
   groups; channels_last model and batch, `torch.autocast(bfloat16)`,

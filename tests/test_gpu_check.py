@@ -17,7 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_check.sh"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-KFT_VARIANTS = {"kft K=2", "kft fit K=2", "kft fit K=1", "kft train_on_batch"}
+KFT_VARIANTS = {"kft K=2", "kft fit K=2", "kft fit K=1", "kft fit host f32",
+                "kft fit host u8", "kft train_on_batch"}
 WHEELS = ("keras-3.15.1-py3-none-any.whl", "namex-0.1.0-py3-none-any.whl",
           "optree-0.20.0-cp312-cp312-manylinux_2_28_x86_64.whl",
           "grain-0.2.18-cp312-cp312-manylinux_2_28_x86_64.whl",
@@ -60,7 +61,8 @@ def test_dry_run_writes_the_table_and_json(dry_run):
     kft_rows = [row for row in rows if row["side"] == "kft"]
     assert all(row["compile_s"] > 0 for row in kft_rows
                if row["variant"] != "kft train_on_batch")
-    assert [row["steps_per_execution"] for row in kft_rows] == [2, 2, 1, 1]
+    assert [row["steps_per_execution"] for row in kft_rows] == [
+        2, 2, 1, 1, 1, 1]
     table = (out / "table.md").read_text()
     assert table.split("\n\n", 1)[1] in proc.stdout  # printed, and written
     assert "Up to 2 processes at once" in table  # the dry run's slots

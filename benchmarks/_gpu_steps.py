@@ -20,6 +20,7 @@ import itertools
 import math
 import os
 import sys
+import tempfile
 import time
 
 import _harness
@@ -95,6 +96,30 @@ def _timed(cfg, run, windows, steps, warmup=1):
     return {**timed, "gpu_wait_s": waited["wait_s"]}
 
 
+def _top_ops(cfg, run, steps, top=15):
+    """Where `run()` (`steps` steps) spends its time, from JAX's profiler:
+    `{"top_ops": [[op, its kernels, ms per step], ...], "traced_ms_per_step":
+    all ops' ms per step, "traced_steps": steps}`, or `{"trace_error": why}`
+    (the trace is extra: a profiler that cannot run loses no row)."""
+    import jax
+    import profile_step
+
+    kernels = {}
+    try:
+        with gpu_section(cfg, exclusive=True), \
+                tempfile.TemporaryDirectory() as trace_dir:
+            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                run()
+            totals = profile_step.thunk_times(trace_dir, kernels=kernels)
+    except Exception as e:  # noqa: BLE001 - reported in the row
+        return {"trace_error": f"{type(e).__name__}: {e}"[-500:]}
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:top]
+    return {"top_ops": [[op, sorted(kernels[op])[:3], 1000 * t / steps]
+                        for op, t in ranked],
+            "traced_ms_per_step": 1000 * sum(totals.values()) / steps,
+            "traced_steps": steps}
+
+
 def _first_call(cfg, run):
     """Seconds of `run()` (a first call: trace, compile, autotune, run),
     sharing the GPU with other processes' first calls."""
@@ -163,14 +188,17 @@ def _kft_rows(cfg, strategy):
     state = _compat.train_state(model)
     step_data = itertools.repeat((x, y))
 
-    def direct():
+    def direct(calls=steps // k):
         nonlocal state
-        for _ in range(steps // k):
+        for _ in range(calls):
             logs, state = model.train_function(state, step_data)
         jax.block_until_ready(state)
         return logs["loss"]
 
     timed = _timed(cfg, direct, cfg["windows"], steps)
+    if cfg.get("trace_steps"):
+        calls = max(1, cfg["trace_steps"] // k)
+        timed.update(_top_ops(cfg, lambda: direct(calls), calls * k))
     _compat.set_train_state(model, state)
     yield _kft_row(row, f"kft K={k}", k, compile_s, timed)
     timed = _timed(cfg, lambda: fit(steps), cfg["windows"], steps)

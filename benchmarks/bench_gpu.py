@@ -82,11 +82,11 @@ PROMISED = {"kft": 25, "torch-eager": 15, "torch-compile": 30,
 GPU_DEFAULTS = {"backbones": list(BACKBONES), "size": 224, "batch": 128,
                 "steps": 30, "windows": 3, "steps_per_execution": 10,
                 "host_steps": 5, "budget": 450, "min_timeout": 20,
-                "parallel": 3}
+                "parallel": 3, "trace_steps": 10}
 DRY_DEFAULTS = {"backbones": ["simple_cnn"], "size": 32, "batch": 4,
                 "steps": 2, "windows": 1, "steps_per_execution": 2,
                 "host_steps": 2, "budget": 600, "min_timeout": 5,
-                "parallel": 2}
+                "parallel": 2, "trace_steps": 2}
 
 
 class CheckFailed(Exception):
@@ -181,6 +181,7 @@ def run_matrix(args, sides, write):
                "windows": args.windows, "dry_run": args.dry_run,
                "steps_per_execution": args.steps_per_execution,
                "host_steps": args.host_steps, "gpu_lock": gpu_lock,
+               "trace_steps": args.trace_steps,
                "parallel": args.parallel}
         if timeout < args.min_timeout:
             return [_missing(cfg, strategy, "skipped",
@@ -272,6 +273,26 @@ def table(rows):
     return "\n".join(lines)
 
 
+def top_ops_text(rows, top=8):
+    """Markdown: the ops taking the most time in kft's traced steps."""
+    lines = []
+    for r in rows:
+        if r.get("trace_error"):
+            lines.append(f"- {r['backbone']} {r['strategy']}: no trace "
+                         f"({r['trace_error']})")
+        elif r.get("top_ops"):
+            ops = "; ".join(f"`{op}` {ms:.2f}" + (
+                f" ({', '.join(kernels)})" if kernels != [op] else "")
+                for op, kernels, ms in r["top_ops"][:top])
+            lines.append(f"- {r['backbone']} {r['strategy']} ({r['variant']},"
+                         f" {r['traced_steps']} steps traced, ops sum "
+                         f"{r['traced_ms_per_step']:.2f} ms/step): {ops}")
+    if not lines:
+        return ""
+    return ("Top ops of kft's step, ms per step (JAX's profiler; an op's "
+            "kernels in brackets):\n\n" + "\n".join(lines))
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true",
@@ -295,6 +316,8 @@ def parse_args(argv=None):
             ("windows", int, "timed windows, median reported (3; dry run 1)"),
             ("steps-per-execution", int, "kft's K (10; dry run 2)"),
             ("host-steps", int, "kft train_on_batch steps (5; dry run 2)"),
+            ("trace-steps", int, "kft steps traced with JAX's profiler for "
+                                 "the top ops (10; dry run 2; 0: none)"),
             ("budget", float, "seconds for the whole matrix (450; dry run "
                               "600)"),
             ("min-timeout", float, "a process with less time left is "
@@ -352,6 +375,9 @@ def _run(args, begin):
     args.budget -= time.perf_counter() - begin  # the checks count too
     rows = run_matrix(args, sides, write)
     text = table(rows)
+    ops = top_ops_text(rows)
+    if ops:
+        text += "\n\n" + ops
     header = _harness.header(begin)
     if args.parallel > 1:
         header += (f"\n\nUp to {args.parallel} processes at once: first "

@@ -361,8 +361,11 @@ class Classifier:
 
 # Profiler trace.
 
-def thunk_times(trace_dir, module):
-    """`{op name: total seconds}` of `module`'s op events in a trace."""
+def thunk_times(trace_dir, module=None, kernels=None):
+    """`{op name: total seconds}` of `module`'s (None: every module's) op
+    events in a trace. A GPU trace also has the host's events for the ops
+    it launches: only the device's are counted then. `kernels`, a dict of
+    sets, gets each op's event names (a GPU op's kernels)."""
     paths = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json*"),
                       recursive=True)
     if not paths:
@@ -371,13 +374,21 @@ def thunk_times(trace_dir, module):
     with opener(paths[0], "rt") as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    devices = {event.get("pid") for event in events
+               if event.get("ph") == "M" and event.get("name") ==
+               "process_name" and re.search(
+                   r"GPU|/device:", str((event.get("args") or {})
+                                        .get("name", "")))}
     totals = collections.Counter()
     for event in events:
         args = event.get("args") or {}
-        if (event.get("ph") == "X" and args.get("hlo_module") == module
-                and "hlo_op" in args
+        if (event.get("ph") == "X" and "hlo_op" in args
+                and module in (None, args.get("hlo_module"))
+                and (not devices or event.get("pid") in devices)
                 and not event.get("name", "").startswith("end: ")):
             totals[args["hlo_op"]] += event.get("dur", 0) / 1e6
+            if kernels is not None:
+                kernels.setdefault(args["hlo_op"], set()).add(event["name"])
     return totals
 
 

@@ -63,9 +63,16 @@ def test_dry_run_writes_the_table_and_json(dry_run):
                if row["variant"] != "kft train_on_batch")
     assert [row["steps_per_execution"] for row in kft_rows] == [
         2, 2, 1, 1, 1, 1]
+    # The floor row carries the profiler's top ops of 2 traced steps.
+    traced, = [row for row in kft_rows if "top_ops" in row]
+    assert traced["variant"] == "kft K=2" and traced["traced_steps"] == 2
+    assert 0 < traced["top_ops"][0][2] <= traced["traced_ms_per_step"]
+    assert "trace_error" not in traced
     table = (out / "table.md").read_text()
     assert table.split("\n\n", 1)[1] in proc.stdout  # printed, and written
     assert "Up to 2 processes at once" in table  # the dry run's slots
+    assert "Top ops of kft's step" in table and (
+        f"`{traced['top_ops'][0][0]}`" in table)
     for variant in variants:
         lines = [line for line in table.splitlines()
                  if f"| {variant} |" in line]
@@ -377,3 +384,19 @@ def test_a_timeout_kills_what_the_process_started(tmp_path, monkeypatch):
     while alive() and time.perf_counter() < deadline:
         time.sleep(0.1)
     assert not alive()
+
+
+def test_top_ops_text_says_when_the_profiler_failed(bench_gpu):
+    rows = [{"backbone": "resnet50", "strategy": "full", "variant": "kft K=10",
+             "top_ops": [["fusion.1", ["sm90_conv"], 2.5],
+                         ["dot.2", ["dot.2"], 1.0]],
+             "traced_ms_per_step": 4.0, "traced_steps": 10},
+            {"backbone": "convnext_tiny", "strategy": "full",
+             "variant": "kft K=10", "trace_error": "RuntimeError: no CUPTI"},
+            {"backbone": "convnext_tiny", "strategy": "full",
+             "variant": "torch-eager"}]
+    text = bench_gpu.top_ops_text(rows)
+    assert ("- resnet50 full (kft K=10, 10 steps traced, ops sum 4.00 "
+            "ms/step): `fusion.1` 2.50 (sm90_conv); `dot.2` 1.00") in text
+    assert "- convnext_tiny full: no trace (RuntimeError: no CUPTI)" in text
+    assert bench_gpu.top_ops_text(rows[2:]) == ""

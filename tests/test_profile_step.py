@@ -128,6 +128,32 @@ def test_group_times_sums_the_trace_events_per_step(profile_step, classifier,
     assert sum(groups.values()) == 3.25
 
 
+def test_a_gpu_trace_counts_the_device_events_only(profile_step, tmp_path):
+    # The host's launch events name the ops too; their time is not the
+    # ops' time on the GPU.
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1,
+         "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 7,
+         "args": {"name": "/device:GPU:0"}},
+        {"ph": "X", "pid": 7, "name": "conv", "dur": 4000,
+         "args": {"hlo_module": "jit_train_step", "hlo_op": "conv"}},
+        {"ph": "X", "pid": 1, "name": "conv", "dur": 50,
+         "args": {"hlo_module": "jit_train_step", "hlo_op": "conv"}},
+        {"ph": "X", "pid": 7, "name": "add", "dur": 1000,
+         "args": {"hlo_module": "jit_other", "hlo_op": "add"}}]
+    folder = tmp_path / "plugins" / "profile" / "run"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    assert profile_step.thunk_times(str(tmp_path)) == {
+        "conv": 0.004, "add": 0.001}
+    kernels = {}
+    assert profile_step.thunk_times(str(tmp_path), "jit_train_step",
+                                    kernels) == {"conv": 0.004}
+    assert kernels == {"conv": {"conv"}}
+
+
 @pytest.fixture(scope="module")
 def cfg():
     return {"side": "kft", "backbone": "simple_cnn", "strategy": "full",

@@ -17,6 +17,8 @@ random weights, one synthetic batch kept on the device by both sides:
   yield them or uint8, which Keras copies to the device one batch ahead),
   and `kft train_on_batch` (a host numpy batch every step, the old
   `--gpu` path of `bench_vs_torch.py`, a few steps only).
+  `--trace-steps` more steps of the floor row run under JAX's profiler:
+  its top ops (and their GPU kernels) are printed under the table.
 - PyTorch: the torchvision model with a Linear head, the same blocks
   frozen, BatchNorm frozen (kft's `bn="frozen"`), SGD with two parameter
   groups; channels_last model and batch, `torch.autocast(bfloat16)`,

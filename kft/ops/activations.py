@@ -15,6 +15,12 @@ loop over 4-6 maps). The gradient taken from the output (`y > 0`, the same
 mask: `y = max(x, 0)` is positive exactly where `x` is) reads one map the
 next layer keeps anyway, as PyTorch's in-place ReLU does.
 
+`silu`: `x * sigmoid(x)` (Keras' "swish"/"silu", EfficientNet's
+activation) keeping only `x` for the backward pass. Behind a frozen
+BatchNorm (kft's default for full fine-tuning) autodiff keeps the sigmoid
+too, a second map of the layer's size: EfficientNetB0's 224 px full step
+(batch 4) takes 242 instead of 335 MiB of XLA temp.
+
 `gelu_dense`: `gelu(h) @ kernel` that keeps only `h` for the backward pass
 and recomputes the GELU there. A dense layer after a GELU (ConvNeXt's
 pointwise MLP) otherwise keeps both `h` (for the GELU's gradient) and
@@ -31,7 +37,7 @@ from keras import ops
 
 from kft.ops import dense_grads
 
-__all__ = ["gelu", "gelu_dense", "relu"]
+__all__ = ["gelu", "gelu_dense", "relu", "silu"]
 
 
 @jax.custom_vjp
@@ -62,6 +68,39 @@ def _relu_bwd(outputs, grads):
 
 
 relu.defvjp(_relu_fwd, _relu_bwd)
+
+
+@jax.custom_vjp
+def silu(x):
+    """`x * sigmoid(x)` (Keras' "silu"/"swish"), keeping only `x` for the
+    gradient: the sigmoid is computed again in the backward pass.
+
+    Same values as `jax.nn.silu`, gradients equal to float rounding.
+
+    Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from kft.ops.activations import silu
+    >>> x = jnp.array([-1.0, 0.0, 2.0])
+    >>> bool(jnp.allclose(jax.grad(lambda x: silu(x).sum())(x),
+    ...                   jax.grad(lambda x: jax.nn.silu(x).sum())(x)))
+    True
+    """
+    return jax.nn.silu(x)
+
+
+def _silu_fwd(x):
+    return silu(x), x
+
+
+def _silu_bwd(x, grads):
+    # Tied to the incoming gradient, as in `gelu_dense`: otherwise XLA may
+    # share the forward pass's sigmoid and keep it after all.
+    x, grads = lax.optimization_barrier((x, grads))
+    s = jax.nn.sigmoid(x)
+    return (grads * (s * (1 + x * (1 - s))),)
+
+
+silu.defvjp(_silu_fwd, _silu_bwd)
 
 
 def gelu(x):

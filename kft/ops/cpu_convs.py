@@ -17,14 +17,14 @@ output gradient (two transposed copies per layer, 500 ms of ResNet50's
 1.1 s 224 px full step); as one matrix product of the input and the output
 gradient it needs no copy.
 
-And two activations (`Activation`, computed by `kft.ops.activations`):
-JAX's exact GELU through `erfc` is slow on CPU, and its ReLU takes the
-gradient from the input, which XLA recomputes in residual networks. A
-`Dense` layer on feature maps takes its kernel gradient as one matrix
-product of 2-D views (`kft.ops.dense_grads`), and after a GELU computes
-both from the GELU's input, so the backward pass keeps one map, not two
-(`kft.ops.activations.gelu_dense`). And
-layer normalization (`LayerNormalization`): a hand-written gradient
+And three activations (`Activation`, computed by `kft.ops.activations`):
+JAX's exact GELU through `erfc` is slow on CPU, its ReLU takes the
+gradient from the input, which XLA recomputes in residual networks, and
+its SiLU ("swish") keeps the sigmoid for the gradient as well as the
+input. A `Dense` layer on feature maps takes its kernel gradient as one
+matrix product of 2-D views (`kft.ops.dense_grads`), and after a GELU
+computes both from the GELU's input, so the backward pass keeps one map,
+not two (`kft.ops.activations.gelu_dense`). And layer normalization (`LayerNormalization`): a hand-written gradient
 (`kft.ops.layer_norm`) keeps less for the backward pass and sums faster.
 
 This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
@@ -56,6 +56,7 @@ from kft.ops import depthwise_grads
 from kft.ops.activations import gelu
 from kft.ops.activations import gelu_dense
 from kft.ops.activations import relu
+from kft.ops.activations import silu
 from kft.ops.layer_norm import layer_norm
 from kft.ops.shifted_conv import shifted_conv
 from kft.ops.shifted_conv import shifted_depthwise_conv
@@ -172,9 +173,12 @@ class Conv2D(keras.layers.Conv2D):
 class Activation(keras.layers.Activation):
     """`keras.layers.Activation("gelu")` computed by
     `kft.ops.activations.gelu` (the `erf` form) instead of JAX's slower
-    `erfc` form, and `Activation("relu")` by `kft.ops.activations.relu`
+    `erfc` form, `Activation("relu")` by `kft.ops.activations.relu`
     (its gradient from the output: ResNet50's 224 px full step keeps 220
-    MiB less, partial 1.3x faster).
+    MiB less, partial 1.3x faster), and `Activation("silu")` /
+    `Activation("swish")` by `kft.ops.activations.silu` (only its input
+    kept for the gradient: EfficientNetB0's 224 px full step keeps 93 MiB
+    less).
 
     Same config as the Keras layer; `KFT_CONV_GRADS=0` uses Keras' own.
 
@@ -194,6 +198,9 @@ class Activation(keras.layers.Activation):
         if self.activation is keras.activations.relu and \
                 _custom_gradients():
             return relu(inputs)
+        if self.activation is keras.activations.silu and \
+                _custom_gradients():
+            return silu(inputs)
         return super().call(inputs)
 
 
@@ -316,7 +323,8 @@ def _replacement(layer):
         return DepthwiseConv2D
     if type(layer) is keras.layers.Activation and (
             layer.activation in (keras.activations.gelu,
-                                 keras.activations.relu)):
+                                 keras.activations.relu,
+                                 keras.activations.silu)):
         return Activation
     if type(layer) is keras.layers.LayerNormalization:
         return LayerNormalization
@@ -343,8 +351,9 @@ def _all_layers(model):
 def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
-    Every `keras.layers.DepthwiseConv2D`, every `Activation("gelu")` and
-    `Activation("relu")`, every `LayerNormalization`, and every
+    Every `keras.layers.DepthwiseConv2D`, every `Activation("gelu")`,
+    `Activation("relu")` and `Activation("silu")` (`"swish"`), every
+    `LayerNormalization`, and every
     channels-last `keras.layers.Conv2D` with one input channel per group,
     a 1x1 kernel, or a kernel that covers more positions than its input
     map has, and every `keras.layers.Dense` called on a GELU's output or

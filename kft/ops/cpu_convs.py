@@ -24,8 +24,9 @@ its SiLU ("swish") keeps the sigmoid for the gradient as well as the
 input. A `Dense` layer on feature maps takes its kernel gradient as one
 matrix product of 2-D views (`kft.ops.dense_grads`), and after a GELU
 computes both from the GELU's input, so the backward pass keeps one map,
-not two (`kft.ops.activations.gelu_dense`). And layer normalization (`LayerNormalization`): a hand-written gradient
-(`kft.ops.layer_norm`) keeps less for the backward pass and sums faster.
+not two (`kft.ops.activations.gelu_dense`). And layer normalization
+(`LayerNormalization`): a hand-written gradient (`kft.ops.layer_norm`)
+keeps less for the backward pass and sums faster.
 
 This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
 `kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a

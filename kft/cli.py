@@ -96,6 +96,22 @@ def _writable_directory(text):
     return text
 
 
+def _check_out_folder(path, flag="--out"):
+    """A folder to write results into: existing, or a path to create."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise _Usage(f"{flag} {path!r} is a file, not a folder; pass a "
+                     "folder (it is created if missing)")
+
+
+def _make_out_folder(path, flag="--out"):
+    _check_out_folder(path, flag)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise _Usage(f"{flag} {path!r}: cannot create the folder "
+                     f"({error.strerror or error})") from error
+
+
 def _output_flags(parser):
     parser.add_argument("--quiet", action="store_true",
                         help="no progress output, only the final lines")
@@ -114,7 +130,8 @@ def _train_parser(sub):
                  "(DATA_DIR/<class>/*.jpg) and write a run folder")
     s = argparse.SUPPRESS  # only flags given on the command line override
     train.add_argument("data_dir", nargs="?", default=s, metavar="DATA_DIR",
-                       help="<class>/<images>, or train/ and val/ folders")
+                       help="<class>/<images> (a test/ folder there is "
+                       "not a class), or train/ and val/ folders")
     data = train.add_argument_group("data")
     data.add_argument("--val-dir", default=s, help="separate validation "
                       "folder (<class>/<images>)")
@@ -166,7 +183,8 @@ def _train_parser(sub):
     recipe.add_argument("--label-smoothing", type=_float_at_least(0.0),
                         default=s)
     recipe.add_argument("--monitor", default=s,
-                        help="picks the kept epoch (default val_loss)")
+                        help="picks the kept epoch: val_loss (default), "
+                        "val_accuracy, loss or accuracy")
     recipe.add_argument("--early-stopping", type=_int_at_least(0),
                         default=s, metavar="PATIENCE")
     recipe.add_argument("--seed", type=_int_at_least(0), default=s)
@@ -263,7 +281,9 @@ def _parser():
     parsers["lr-find"] = finder
     compare = _add(sub, "compare", "compare fine-tuning strategies over "
                    "seeds on an image folder (kft.compare_strategies)")
-    compare.add_argument("data_dir", metavar="DATA_DIR")
+    compare.add_argument("data_dir", metavar="DATA_DIR", help="<class>/"
+                         "<images> or train/ + val/, as kft train reads "
+                         "them, with an optional test/")
     compare.add_argument("--strategies", nargs="+", default=[
         "feature_extraction", "partial", "gradual", "full"],
         help="strategy names as kft.compare_strategies takes them "
@@ -412,6 +432,8 @@ def _train(args, argv):
                              (config.val_dir, "Val")):
             if folder is not None and not os.path.isdir(folder):
                 raise _Usage(f"{what} folder {folder!r} does not exist.")
+        if config.out is not None:
+            _check_out_folder(config.out)
     _start_library()
     from kft.runs.train import RunSetupError
     from kft.runs.train import train_run
@@ -438,7 +460,7 @@ def _flag_names(message):
     for name in ("image_size", "batch_size", "head_epochs", "head_lr",
                  "val_split", "val_dir", "layer_decay", "weight_decay",
                  "unfreeze_every", "label_smoothing", "early_stopping",
-                 "n_blocks"):
+                 "n_blocks", "monitor"):
         message = message.replace(f"`{name}`", f"--{name.replace('_', '-')}")
     return message
 
@@ -482,6 +504,8 @@ def _eval(args, argv):
                        (args.data_dir, "DATA_DIR")):
         if not os.path.exists(path):
             raise _Usage(f"{what} {path!r} does not exist")
+    if args.out is not None:
+        _check_out_folder(args.out)
     _start_library(models=True)
     from kft.runs.folder import load_eval_folder
     from kft.runs.folder import load_run
@@ -497,7 +521,7 @@ def _eval(args, argv):
         os.path.abspath(run.path))
     out = args.out or os.path.join(
         base, "eval-" + os.path.basename(os.path.abspath(args.data_dir)))
-    os.makedirs(out, exist_ok=True)
+    _make_out_folder(out, "--out" if args.out else "the default --out")
     report, files = write_evaluation(run.model, data, run.class_names, out,
                                      top_k=args.top_k, plots=args.plots)
     if args.json:
@@ -573,15 +597,26 @@ def _export(args, argv):
         os.path.abspath(args.run))
     out = args.out or os.path.join(folder, "model.onnx" if args.format ==
                                    "onnx" else "model_inference.keras")
+    if os.path.isdir(out):
+        raise _Usage(f"--out {out!r} is a folder; pass the file to write, "
+                     f"e.g. {os.path.join(out, 'model.' + args.format)!r}")
+    if args.format == "keras" and not out.endswith(".keras"):
+        raise _Usage(f"--out {out!r}: --format keras writes a file whose "
+                     "name ends in .keras")
+    # Its folder is created if missing, as eval and compare create theirs.
+    _make_out_folder(os.path.dirname(os.path.abspath(out)),
+                     "the folder of --out")
     _start_library(models=True)
     import keras
 
     from kft.deploy.exporting import export
-
+    from kft.deploy.metadata import read_metadata
     from kft.models.init_draws import bucketed_draws
 
     with bucketed_draws():  # the draws are replaced by the saved weights
         model = keras.saving.load_model(model_path)
+    if names is None:  # a file `kft.export` wrote carries them
+        names = read_metadata(model_path).get("class_names")
     try:
         path = export(model, out, format=args.format,
                       batch="dynamic" if args.batch == "dynamic" else 1,
@@ -658,6 +693,8 @@ def _compare(args, argv):
         test_dir = os.path.join(args.data_dir, "test")
     if test_dir is not None and not os.path.isdir(test_dir):
         raise _Usage(f"--test-dir {test_dir!r} does not exist")
+    if args.out is not None:
+        _check_out_folder(args.out)
     _start_library()
     from kft.evaluation.compare import compare_strategies
     from kft.runs.config import TrainConfig
@@ -666,6 +703,7 @@ def _compare(args, argv):
     from kft.runs.train import load_folder_data
     from kft.runs.train import resolve_config
 
+    _check_strategies(args.strategies, args.epochs, args.head_epochs)
     try:
         config = resolve_config(TrainConfig(
             data_dir=args.data_dir, val_split=args.val_split or None,
@@ -687,6 +725,8 @@ def _compare(args, argv):
         build_run_model(config, num_classes)  # checks the image size
     except ValueError as error:
         raise _Usage(_flag_names(str(error))) from error
+    # Before training: the results are written after every run.
+    _make_out_folder(config.out)
     say = None if (args.quiet or args.json) else print
     if say and test_dir is None:
         say("kft compare: no test folder: runs are scored on the "
@@ -697,7 +737,6 @@ def _compare(args, argv):
         strategies=list(args.strategies), seeds=list(range(args.seeds)),
         epochs=args.epochs, head_epochs=args.head_epochs,
         batch_size=args.batch_size, print_fn=say)
-    os.makedirs(config.out, exist_ok=True)
     files = {"comparison.json": os.path.join(config.out, "comparison.json")}
     result.to_json(files["comparison.json"])
     files["comparison.md"] = os.path.join(config.out, "comparison.md")
@@ -719,6 +758,32 @@ def _compare(args, argv):
     return 0
 
 
+def _check_strategies(strategies, epochs, head_epochs):
+    """`--strategies` and the budget, as `kft.compare_strategies` checks
+    them, in the flags' names."""
+    from kft.evaluation._strategies import STRATEGY_NAMES
+    from kft.evaluation._strategies import parse_strategies
+
+    for spec in strategies:
+        try:
+            parse_strategies([spec])
+        except ValueError as error:
+            raise _Usage(
+                f"argument --strategies: invalid strategy {spec!r}; "
+                f"choose from {', '.join(STRATEGY_NAMES)}, partial:<blocks> "
+                "(an integer >= 1) or discriminative:<decay> (a number in "
+                "(0, 1])") from error
+        if strategies.count(spec) > 1:
+            raise _Usage(f"argument --strategies: {spec!r} is given "
+                         f"{strategies.count(spec)} times")
+    two_phase = [s for s in strategies if s != "feature_extraction"]
+    if two_phase and head_epochs >= epochs:
+        raise _Usage(
+            f"--head-epochs ({head_epochs}) must be less than --epochs "
+            f"({epochs}, head phase included) for the two-phase "
+            f"strategies ({', '.join(two_phase)})")
+
+
 # -- demo -----------------------------------------------------------------------
 
 
@@ -731,6 +796,8 @@ def _demo(args, argv):
                seed=args.seed)
     except ValueError as error:
         raise _Usage(f"argument --target-per-class: {error}") from error
+    if args.out is not None:
+        _check_out_folder(args.out)
     _start_library()
     from kft.demo import run_demo
 

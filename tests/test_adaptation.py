@@ -333,3 +333,65 @@ def test_recommend_strategy_sizes_and_shift():
         kft.recommend_strategy()
     with pytest.raises(ValueError, match="num_images"):
         kft.recommend_strategy(num_images=-1)
+
+
+def test_dann_checks_source_labels_and_keeps_class_names():
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    ys = np.array([0, 1] * 4)
+    clf = kft.build_classifier("simple_cnn", weights=None,
+                               input_shape=(8, 8, 3), class_names=["a", "b"])
+    model = kft.DomainAdaptationModel(clf, method="coral")
+    # What kft.export and kft.predict read.
+    assert model.kft_metadata["class_names"] == ["a", "b"]
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    start = [w.numpy().copy() for w in model.trainable_weights]
+    for labels, shown in ((ys + 5, "5, 6"), (ys - 1, "-1")):
+        with pytest.raises(ValueError, match=r"`source\[1\]` holds labels "
+                           rf"outside \[0, 2\) .*: {shown}\."):
+            model.fit(domain_pairs((xs, labels), xs, batch_size=4),
+                      verbose=0)
+    with pytest.raises(ValueError, match="one-hot labels of width 3"):
+        model.fit(domain_pairs((xs, np.eye(3)[ys]), xs, batch_size=4),
+                  verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data\[1\]` holds "
+                                         r"labels outside \[0, 2\)"):
+        model.fit(domain_pairs((xs, ys), xs, batch_size=4), verbose=0,
+                  validation_data=(xs, ys + 2))
+    # Nothing trained on the refused data.
+    for w, s in zip(model.trainable_weights, start):
+        np.testing.assert_array_equal(w.numpy(), s)
+
+
+def test_domain_shift_counts_the_images_of_a_dataset():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (12, 8, 8, 3)).astype("float32")
+    model = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                                 input_shape=(8, 8, 3))
+    data = kft.data.from_arrays(x, np.arange(12) % 2, batch_size=4,
+                                shuffle=False, augmentation="none")
+    report = kft.domain_shift(model, data, batch_size=4)
+    assert report.num_images == 12
+    assert str(report).startswith("Domain shift on 12 images")
+
+
+def test_recommend_strategy_names_only_existing_kft_symbols():
+    import re
+
+    reports = [DomainShiftReport(blocks=dict(zip(
+        ["stem", "block1", "block2", "block3"], scores)), layers={},
+        block_of_layer={}, num_images=10)
+        for scores in ((0, 0, 0, 0), (5, 0, 0, 0), (0, 0, 0, 5))]
+    texts = []
+    for n in (100, 700, 1200, 6000):
+        for shift in (None, *reports):
+            texts.append(str(kft.recommend_strategy(num_images=n,
+                                                    shift=shift)))
+    names = set(re.findall(r"\bkft\.([A-Za-z_][\w.]*\w)", "\n".join(texts)))
+    assert "DomainAdaptationModel" in names and "adapt_batchnorm" in names
+    for name in names:
+        obj = kft
+        for part in name.split("."):
+            assert hasattr(obj, part), f"kft.{name} does not exist"
+            obj = getattr(obj, part)

@@ -7,12 +7,14 @@ the installed command).
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 import tomllib
+import warnings
 
 import numpy as np
 import pytest
@@ -181,6 +183,17 @@ def test_export_onnx_and_predict_from_it(run, folder, tmp_path, capsys):
     # The class names travel in the file's metadata.
     assert {r["labels"][0] for r in printed} <= {"class0", "class1",
                                                  "class2"}
+    # ... and through a second export from an exported .keras file.
+    keras_file = str(tmp_path / "inference.keras")
+    assert cli.main(["export", run, "--format", "keras", "--out",
+                     keras_file, "--json"]) == 0
+    again = str(tmp_path / "again.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert cli.main(["export", keras_file, "--out", again,
+                         "--json"]) == 0
+    assert kft.deploy.read_metadata(again)["class_names"] == [
+        "class0", "class1", "class2"]
 
 
 def test_lr_find_suggests_rates_and_plots(folder, tmp_path, capsys):
@@ -364,3 +377,227 @@ def test_installed_command_exit_status(run, folder, tmp_path):
         timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["report"]["num_examples"] == 18
+
+
+def test_config_keeps_settings_that_are_none():
+    """TOML has no null: `None` settings are listed in `unset`, so a run
+    that trained on every image (`--val-split 0`) or on a `val/` folder
+    repeats and resumes without the 0.2 default split."""
+    config = kft.runs.TrainConfig(data_dir="photos", val_split=None,
+                                  early_stopping=3)
+    text = config.to_toml()
+    assert tomllib.loads(text)["unset"] == [
+        "val_dir", "val_split", "layer_decay", "image_size", "out"]
+    assert kft.runs.TrainConfig.from_toml(text) == config
+    # A hand-written file without `unset` takes the defaults.
+    assert kft.runs.TrainConfig.from_toml("epochs = 2").val_split == 0.2
+    with pytest.raises(ValueError, match="both given and listed"):
+        kft.runs.TrainConfig.from_toml('val_split = 0.3\nunset = ["val_split"]')
+    with pytest.raises(ValueError, match="Unknown setting.*bogus"):
+        kft.runs.TrainConfig.from_toml('unset = ["bogus"]')
+    with pytest.raises(ValueError, match="list of setting names"):
+        kft.runs.TrainConfig.from_toml('unset = "val_split"')
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_of_a_find_run_on_a_val_folder(tmp_path, monkeypatch):
+    """A run on `train/` + `val/` with `lr="find"` stopped in phase 2:
+    the resume reads `val_split` back as `None` and trains on at the rate
+    found before the stop, without a second range test."""
+    from kft.runs import backup as backup_module
+    from kft.training import fine_tune as fine_tune_module
+
+    data = tmp_path / "data"
+    _write_folder(data / "train", classes=2, per_class=6)
+    _write_folder(data / "val", classes=2, per_class=2, seed=1)
+    out = str(tmp_path / "run")
+    finds = []
+    real_find = fine_tune_module._find_rate
+    monkeypatch.setattr(fine_tune_module, "_find_rate",
+                        lambda *a: finds.append(1) or real_find(*a))
+    real_end = backup_module.RunBackup.on_epoch_end
+
+    def stop_in_phase_2(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        if epoch == 1:  # phase 2's first epoch, checkpointed
+            raise _Interrupted
+
+    monkeypatch.setattr(backup_module.RunBackup, "on_epoch_end",
+                        stop_in_phase_2)
+    settings = dict(data_dir=str(data), backbone="simple_cnn",
+                    weights="none", image_size=16, strategy="full",
+                    epochs=3, head_epochs=1, batch_size=4, lr="find",
+                    plots=False, out=out, verbose=0, print_fn=None)
+    with pytest.raises(_Interrupted):
+        kft.train_run(**settings)
+    assert len(finds) == 1
+    assert kft.runs.load_config(os.path.join(out, "config.toml")).val_split \
+        is None
+    with open(os.path.join(out, "checkpoints", "run_state.json")) as f:
+        found = json.load(f)["values"]["fine_tune_found_learning_rate"]
+    monkeypatch.setattr(backup_module.RunBackup, "on_epoch_end", real_end)
+    result = kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    assert result.resumed and len(finds) == 1  # no second range test
+    assert result.config.lr == pytest.approx(found)
+    assert result.metrics["num_examples"] == 4  # the val/ folder
+    rates = [row["learning_rate"] for row in result.history[1:]]
+    # One cosine from the found rate over phase 2's 3 epochs (3 steps).
+    assert rates[0] == pytest.approx(found, rel=1e-5)
+    assert rates[1:] == pytest.approx(
+        [found * (1 + math.cos(math.pi * k / 3)) / 2 for k in (1, 2)],
+        rel=1e-4)
+
+
+def _refuse(what):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} ran before the usage error")
+
+    return refuse
+
+
+def test_out_and_compare_options_are_usage_errors_before_training(
+        folder, run, tmp_path, capsys, monkeypatch):
+    """A file as --out, a bad --strategies, --head-epochs >= --epochs:
+    exit 2 naming the flag, before anything trains (or is written)."""
+    monkeypatch.setattr("kft.training.fine_tune.fine_tune",
+                        _refuse("fine_tune"))
+    monkeypatch.setattr("kft.evaluation.compare.compare_strategies",
+                        _refuse("compare_strategies"))
+    monkeypatch.setattr("kft.runs.train.write_evaluation",
+                        _refuse("the evaluation"))
+    monkeypatch.setattr("kft.demo.run_demo", _refuse("the demo"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    is_file = f"--out '{afile}' is a file, not a folder"
+    compare = ["compare", folder, "--backbone", "simple_cnn", "--weights",
+               "none", "--image-size", "16", "--epochs", "2",
+               "--head-epochs", "1", "--seeds", "2"]
+    cases = [
+        (["train", folder, *FAST, "--out", str(afile)], is_file),
+        (["eval", run, folder, "--out", str(afile)], is_file),
+        (["demo", "--out", str(afile)], is_file),
+        ([*compare, "--strategies", "full", "--out", str(afile)], is_file),
+        ([*compare, "--strategies", "partial", "fulll"],
+         "argument --strategies: invalid strategy 'fulll'; choose from "
+         "feature_extraction, partial, gradual, full, discriminative"),
+        ([*compare, "--strategies", "partial:0"],
+         "invalid strategy 'partial:0'"),
+        ([*compare, "--strategies", "full", "full"],
+         "argument --strategies: 'full' is given 2 times"),
+        ([*compare, "--strategies", "full", "--head-epochs", "2"],
+         "--head-epochs (2) must be less than --epochs (2, head phase "
+         "included) for the two-phase strategies (full)"),
+        (["export", run, "--out", str(tmp_path)], "is a folder; pass the "
+         "file to write"),
+        (["export", run, "--format", "keras", "--out",
+          str(tmp_path / "m.onnx")], "writes a file whose name ends in "
+         ".keras"),
+    ]
+    for argv, message in cases:
+        code, err = _usage_error(argv, capsys)
+        assert code == 2 and message in err, (argv, err)
+        assert err.startswith(f"usage: kft {argv[0]}"), err
+        assert "strategies[" not in err and "`head_epochs`" not in err
+    assert afile.read_text() == "x"
+    assert not os.path.exists(os.path.join("runs", "compare-" +
+                                           os.path.basename(folder)))
+    # The library says the same for a run folder that is a file or lies
+    # under one (not an OS error).
+    settings = dict(data_dir=folder, backbone="simple_cnn", weights="none",
+                    image_size=16, verbose=0, print_fn=None)
+    for out, message in ((afile, "is a file"),
+                         (afile / "run", "cannot be created")):
+        with pytest.raises(kft.runs.RunSetupError, match=message):
+            kft.train_run(out=str(out), **settings)
+    # export creates the folder its file goes in, as eval and compare do.
+    target = tmp_path / "new" / "folder" / "m.keras"
+    assert cli.main(["export", run, "--format", "keras", "--out",
+                     str(target), "--quiet"]) == 0
+    assert target.stat().st_size > 0
+
+
+def test_monitor_never_logged_is_a_usage_error_and_leaves_no_run(
+        folder, tmp_path, capsys, monkeypatch):
+    """--monitor is checked against what each epoch logs before the run
+    folder is written; a run that fails before its first epoch ends
+    removes what it wrote, so the same --out takes the corrected run."""
+    from kft.training import fine_tune as fine_tune_module
+
+    calls = []
+    real_fine_tune = fine_tune_module.fine_tune
+    monkeypatch.setattr(fine_tune_module, "fine_tune",
+                        lambda *a, **k: calls.append(k) or real_fine_tune(
+                            *a, **k))
+    out = tmp_path / "run"
+    argv = ["train", folder, *FAST, "--strategy", "feature_extraction",
+            "--epochs", "0", "--out", str(out)]
+    code, err = _usage_error([*argv, "--monitor", "val_acc"], capsys)
+    assert code == 2 and "usage: kft train" in err
+    assert ("Argument --monitor must be a quantity each epoch logs, one of "
+            "('loss', 'accuracy', 'val_loss', 'val_accuracy'). Received: "
+            "monitor='val_acc'") in err
+    # Without validation data a val_ name monitors the training value.
+    code, err = _usage_error([*argv, "--val-split", "0", "--monitor",
+                              "val_top5"], capsys)
+    assert code == 2 and "one of ('loss', 'accuracy')" in err
+    assert not calls and not out.exists()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    for existed in (False, True):
+        if existed:
+            out.mkdir()
+        monkeypatch.setattr(fine_tune_module, "fine_tune", broken)
+        assert cli.main([*argv, "--quiet"]) == 1
+        assert "RuntimeError: out of memory" in capsys.readouterr().err
+        # Nothing trained: nothing to resume, and an empty folder stays.
+        assert os.listdir(out) == [] if existed else not out.exists()
+    monkeypatch.setattr(fine_tune_module, "fine_tune", real_fine_tune)
+    assert cli.main([*argv, "--monitor", "val_accuracy", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["monitor"] == "val_accuracy"
+
+
+def test_a_test_folder_beside_the_classes_is_not_a_class(tmp_path,
+                                                         capsys,
+                                                         monkeypatch):
+    """`<class>/` + `test/`: kft train and kft compare train on the class
+    folders; compare scores on test/."""
+    data = _write_folder(tmp_path / "data", classes=2, per_class=5)
+    _write_folder(tmp_path / "data" / "test", classes=2, per_class=2, seed=1)
+    config = kft.runs.resolve_config(kft.runs.TrainConfig(
+        data_dir=data, backbone="simple_cnn", image_size=16, batch_size=4,
+        out=str(tmp_path / "run")))
+    train, val = kft.runs.load_folder_data(config)
+    assert train.class_names == ["class0", "class1"]
+    assert train.num_examples + val.num_examples == 10
+    val_dir = _write_folder(tmp_path / "val", classes=2, per_class=1)
+    train, val = kft.runs.load_folder_data(config.replace(
+        val_dir=val_dir, val_split=None))
+    assert train.class_names == ["class0", "class1"]
+    assert (train.num_examples, val.num_examples) == (10, 2)
+    seen = {}
+
+    def record(build, train, val, test, **kwargs):
+        seen.update(classes=train.class_names, test=test.num_examples,
+                    strategies=kwargs["strategies"])
+        raise _Interrupted
+
+    monkeypatch.setattr("kft.evaluation.compare.compare_strategies", record)
+    assert cli.main(["compare", data, "--strategies", "full", "--seeds",
+                     "2", "--epochs", "2", "--head-epochs", "1",
+                     "--backbone", "simple_cnn", "--weights", "none",
+                     "--image-size", "16", "--quiet",
+                     "--out", str(tmp_path / "compare")]) == 1
+    assert seen == {"classes": ["class0", "class1"], "test": 4,
+                    "strategies": ["full"]}
+    # The results' folder exists before anything trains.
+    assert os.path.isdir(tmp_path / "compare")
+    # Errors name the user's folder, not the links read in its place.
+    os.makedirs(tmp_path / "data" / "class2")
+    with pytest.raises(ValueError, match=f"in '{data}' have no readable"):
+        kft.runs.load_folder_data(config)

@@ -368,7 +368,7 @@ def test_from_arrays_counts_labels_and_one_hot():
 @pytest.mark.parametrize("x,y,message", [
     (np.zeros((4, 4, 4)), np.zeros(4, int), "Argument `x` must be images"),
     (np.zeros((4, 4, 4, 3)), np.zeros(3, int), "Argument `y` must be 4"),
-    (np.zeros((4, 4, 4, 3)), np.zeros(4), "Argument `y` must be 4"),
+    (np.zeros((4, 4, 4, 3)), np.full(4, 0.5), "Argument `y` must be 4"),
     (np.zeros((2, 4, 4, 3)), np.array([0, 5]),
      r"labels outside \[0, 2\) .*: 5\."),
 ])

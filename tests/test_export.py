@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -151,6 +153,15 @@ def test_bad_arguments(simple, tmp_path):
         kft.export(model, tmp_path / "m.onnx", opset=17)
     with pytest.raises(ValueError, match="Argument `path`.*.keras"):
         kft.export(model, tmp_path / "m.h5", format="keras")
+    # The default format is ONNX: ONNX bytes under a .keras name would be
+    # misread later ("File not found" from kft.predict).
+    with pytest.raises(ValueError, match=r'ending in "\.onnx" for format='
+                                         r'"onnx" \(for a \.keras file pass '
+                                         r'format="keras"\)'):
+        kft.export(model, tmp_path / "m.keras")
+    with pytest.raises(ValueError, match=r'ending in "\.keras"'):
+        kft.export(model, tmp_path / "m.onnx", format="keras")
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_optional_package_names_the_extra():
@@ -210,3 +221,69 @@ def test_keras_file_loads_in_plain_keras_with_safe_mode(caffe_backbone,
     assert "import kft first" in result["error"]
     assert result["meta"]["preprocessing"] == "caffe"
     assert result["meta"]["input_shape"] == [16, 16, 3]
+
+
+def test_source_head_dropped_and_class_names_kept(tmp_path):
+    # An LwF model's kept source head serves training only: the .keras file
+    # must hold stock Keras layers alone, and the class names.
+    model = kft.build_classifier("simple_cnn", weights=None,
+                                 input_shape=(16, 16, 3),
+                                 class_names=["a", "b", "c"])
+    lwf = kft.with_source_head(model, model.get_layer("head_dense"))
+    kft.regularize(lwf, kft.LwF())
+    assert kft_layers(lwf)[-1:] == ["kept_source_head"]
+    assert kft_layers(inference_model(lwf)) == []
+    path = kft.export(lwf, tmp_path / "lwf.keras", format="keras")
+    with zipfile.ZipFile(path) as archive:
+        config = archive.read("config.json").decode()
+    assert '"module": "kft' not in config and '"kft>' not in config
+    assert read_metadata(path)["class_names"] == ["a", "b", "c"]
+    x = _inputs(16)[0]
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-6)
+    run = kft.load_run(path)
+    assert run.class_names == ["a", "b", "c"]
+    assert run.model.kft_metadata["class_names"] == ["a", "b", "c"]
+
+
+def test_missing_class_names_warn_once_naming_the_argument(tmp_path):
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(16, 16, 3))
+    with pytest.warns(UserWarning, match=r"no class names.*class_names="):
+        kft.export(model, tmp_path / "a.keras", format="keras")
+    assert kft.load_run(tmp_path / "a.keras").class_names is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kft.export(model, tmp_path / "b.keras", format="keras",
+                   class_names=["x", "y"])
+    assert not [w for w in caught if "class names" in str(w.message)]
+    assert kft.load_run(tmp_path / "b.keras").class_names == ["x", "y"]
+
+
+def test_mixed_precision_model_exports_in_float32(tmp_path):
+    rng = np.random.default_rng(0)
+    reference = kft.build_classifier("simple_cnn", 3, weights=None,
+                                     input_shape=(16, 16, 3))
+    # Random weights and BatchNorm statistics, so a misplaced weight shows.
+    reference.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                           for w in reference.get_weights()])
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = kft.build_classifier("simple_cnn", 3, weights=None,
+                                     input_shape=(16, 16, 3))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    mixed.set_weights(reference.get_weights())
+    assert mixed.dtype_policy.name == "mixed_float16"
+    # onnxruntime refused the float16/float32 mix the layers traced to.
+    path = kft.export(mixed, tmp_path / "mixed.onnx", class_names="abc")
+    x = _inputs(16)[0] / 255.0
+    session = kft.deploy._onnx_io.ort_session(path)
+    logits = session.run(None, {"image": x})[0]
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, reference.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-4)
+    assert [w.dtype for w in mixed.weights] == [
+        w.dtype for w in reference.weights]

@@ -52,6 +52,36 @@ def test_affine_transform_matches_keras(fill_mode, interpolation, transform,
         assert np.mean(np.abs(got - expected) > 1e-3) < 0.002
 
 
+@pytest.mark.parametrize("fill_mode", image_ops.FILL_MODES)
+def test_affine_transform_compiled_at_integer_coordinates(fill_mode):
+    # Output pixel (y=5, x=4) reads row 1.1 * 5 - 0.2 * 4 - 0.7 = 4.0,
+    # which float32 rounds to 3.9999998, or to 4.0000005 with an FMA: the
+    # row's index and weight must come from the same one.
+    general = np.array([[0.9, 0.1, 1.3, -0.2, 1.1, -0.7, 0, 0]], "float32")
+    aligned = np.array([[0.9, 0, 1.3, 0, 1.1, -0.7, 0, 0]], "float32")
+    for channels, transform, axis_aligned in ((1, general, False),
+                                              (3, general, False),
+                                              (3, aligned, True)):
+        images = IMAGES[:1, :9, :7, :channels]
+
+        def run(images, transform, axis_aligned=axis_aligned):
+            return image_ops.affine_transform(
+                images, transform, "bilinear", fill_mode,
+                axis_aligned=axis_aligned)
+
+        expected = np.asarray(keras.ops.image.affine_transform(
+            images, transform, "bilinear", fill_mode))
+        np.testing.assert_allclose(np.asarray(run(images, transform)),
+                                   expected, atol=1e-3)
+        # Compiled as users compile: kft's CPU flags and XLA's default
+        # optimization level (the suite's level 0 makes no FMAs).
+        compiled = jax.jit(run).lower(images, transform).compile(
+            compiler_options={"xla_backend_optimization_level": 3})
+        np.testing.assert_allclose(
+            np.asarray(compiled(images, transform)), expected, atol=1e-3,
+            err_msg=f"jit, {channels} channels")
+
+
 def test_affine_transform_takes_one_transform_for_the_batch():
     got = image_ops.affine_transform(IMAGES, GENERAL[1])
     expected = keras.ops.image.affine_transform(

@@ -117,3 +117,23 @@ def test_bad_arguments(model, tmp_path):
         kft.predict(model, tmp_path)
     with pytest.raises(TypeError, match="Argument `images`"):
         kft.predict(model, 3)
+
+
+def test_sources_are_named_as_documented_and_bad_files_say_so(model,
+                                                               tmp_path):
+    image = np.full((16, 16, 3), 128, np.uint8)
+    named = {"array[0]": image, "array[1]": np.stack([image, image]),
+             "image[0]": Image.fromarray(image),
+             "images[1]": [image, Image.fromarray(image)]}
+    for source, images in named.items():
+        assert kft.predict(model, images, top_k=1)[-1].source == source
+        assert f'`"{source[:-2]}' in kft.Prediction.__doc__
+    # ONNX bytes (or anything else) under a .keras name.
+    fake = tmp_path / "m.keras"
+    fake.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=r"`model_or_path` must be a "
+                                         r"\.keras file \(a zip archive\)"):
+        kft.predict(str(fake), image)
+    # Class names travel through kft.with_source_head.
+    kept = kft.with_source_head(model, model.get_layer("head_dense"))
+    assert kft.predict(kept, image, top_k=1)[0].label.startswith("digit")

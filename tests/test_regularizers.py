@@ -346,3 +346,28 @@ def test_fine_tune_binds_the_penalty_to_its_starting_weights():
     free = moved(None)
     held = moved(kft.L2SP(alpha=1e4))
     assert free > 1e-2 and held < free / 20, (free, held)
+
+
+def test_fisher_checks_labels_against_the_model_and_takes_one_hot():
+    # JAX does not bounds-check the log-likelihood's gather: labels outside
+    # the classes gave another Fisher without an error.
+    model = _tiny()
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    y = np.array([0, 1, 1, 0])
+    ref = kft.estimate_fisher(model, (x, y), batch_size=4).values
+    for bad, shown in ((y + 1, "2"), (y - 1, "-1")):
+        with pytest.raises(ValueError, match=r"`source_data\[1\]` holds "
+                           rf"labels outside \[0, 2\) .*: {shown}\."):
+            kft.estimate_fisher(model, (x, bad))
+    with pytest.raises(ValueError, match="integer class labels"):
+        kft.estimate_fisher(model, (x, y + 0.5))
+    one_hot = kft.estimate_fisher(model, (x, np.eye(2)[y]), batch_size=4)
+    column = kft.estimate_fisher(model, (x, y[:, None]), batch_size=4)
+    for values in (one_hot.values, column.values):
+        for key in ref:
+            np.testing.assert_array_equal(values[key], ref[key])
+    with pytest.raises(ValueError, match=r"one-hot rows of width 2.*"
+                                         r"\(4, 3\)"):
+        kft.estimate_fisher(model, (x, np.eye(3)[y]))
+    with pytest.raises(ValueError, match="soft labels"):
+        kft.estimate_fisher(model, (x, np.full((4, 2), 0.5)))

@@ -29,10 +29,10 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data"):
     batch statistics (as in training).
 
     Returns:
-        `(bn_layers, means, variances)`: the layers of `model` (as
-        `kft.training.freezing.batch_norm_layers` lists them), and float64
-        arrays, one per layer. Pooled exactly over all images: per-batch
-        moments combined, not a moving average.
+        `(bn_layers, means, variances, num_images)`: the layers of `model`
+        (as `kft.training.freezing.batch_norm_layers` lists them), float64
+        arrays, one per layer, and the images measured. Pooled exactly over
+        all images: per-batch moments combined, not a moving average.
     """
     layers = batch_norm_layers(model)
     if not layers:
@@ -85,7 +85,7 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data"):
     means = [s / total for s in sums]
     variances = [np.maximum(q / total - m * m, 0.0)
                  for q, m in zip(squares, means)]
-    return layers, means, variances
+    return layers, means, variances, total
 
 
 def _index(variables, variable):
@@ -132,8 +132,8 @@ def adapt_batchnorm(model: keras.Model, target_data, *,
     >>> sorted(kft.adapt_batchnorm(model, x))
     ['block1_bn', 'block2_bn', 'block3_bn', 'stem_bn']
     """
-    layers, means, variances = batch_statistics(model, target_data,
-                                                batch_size=batch_size)
+    layers, means, variances, _ = batch_statistics(model, target_data,
+                                                   batch_size=batch_size)
     # Inside a running fit: write its step state back first, so the
     # assignment is not overwritten, and make the next step read the
     # variables again (no retrace: only values change).

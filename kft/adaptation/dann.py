@@ -28,6 +28,7 @@ from kft.adaptation.losses import coral
 from kft.adaptation.losses import mmd
 from kft.adaptation.reversal import GradientReversal
 from kft.adaptation.reversal import reversal_lambda
+from kft.training.fit_data import check_data_labels
 from kft.training.head import split_head
 
 METHODS = ("dann", "mmd", "coral")
@@ -77,7 +78,8 @@ class DomainAdaptationModel(keras.Model):
     Args:
         classifier: A `kft.build_classifier` model (a functional model
             with a kft backbone and a chain head, see
-            `kft.feature_cache.split_head`). Its layers are shared.
+            `kft.feature_cache.split_head`). Its layers are shared, its
+            `kft_metadata` (class names for `kft.export`) copied.
         method: `"dann"`, `"mmd"` or `"coral"`. Defaults to `"dann"`.
         weight: Weight of the domain term. Defaults to `1.0`.
         gamma: Steepness of the lambda schedule; `None` keeps lambda at
@@ -156,6 +158,9 @@ class DomainAdaptationModel(keras.Model):
             name="domain_accuracy", threshold=0.0)
         self.alignment_tracker = keras.metrics.Mean(name="alignment")
         self.lambda_tracker = keras.metrics.Mean(name="lambda")
+        if getattr(classifier, "kft_metadata", None) is not None:
+            # What `kft.export` and `kft.predict` read (class names).
+            self.kft_metadata = dict(classifier.kft_metadata)
 
     def __call__(self, inputs, *args, **kwargs):
         # A {"source", "target"} training batch (which `fit` also uses to
@@ -167,6 +172,15 @@ class DomainAdaptationModel(keras.Model):
     # -- fit: adds the schedule --------------------------------------------
 
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        # JAX does not bounds-check the loss's gather: labels outside the
+        # classes would train on garbage without an error.
+        num_classes = int(self.outputs[0].shape[-1])
+        if isinstance(x, DomainPairs):
+            check_data_labels((x.xs, x.ys), num_classes, "source")
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, (tuple, list)) and len(validation) == 2:
+            check_data_labels(tuple(np.asarray(v) for v in validation),
+                              num_classes, "validation_data")
         callbacks = list(callbacks or [])
         if not any(isinstance(c, _ScheduleProgress) for c in callbacks):
             callbacks.append(_ScheduleProgress())
@@ -422,6 +436,9 @@ def domain_pairs(source, target, *, batch_size: int = 32,
 
     Returns:
         A `keras.utils.PyDataset` with `len()` steps per epoch.
+        `DomainAdaptationModel.fit` checks its labels against the model's
+        classes (integers in `[0, num_classes)` or one-hot rows of that
+        width).
 
     Raises:
         ValueError: labelled (`(x, y)`) or empty target, image shapes that

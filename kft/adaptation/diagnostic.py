@@ -46,7 +46,8 @@ class DomainShiftReport:
             (blocks without BatchNorm are left out), stem to head.
         layers: BatchNorm layer name -> mean symmetric KL over channels.
         block_of_layer: BatchNorm layer name -> its block.
-        num_images: Images measured.
+        num_images: Images measured (all of a dataset's, at most
+            `max_images` of arrays).
         mmd: `kft.mmd` of source and target pooled features, when source
             data was given.
         probe_accuracy: Cross-validated accuracy of a logistic-regression
@@ -143,10 +144,8 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
     array = image_array(data, "data", allow_labels=True)
     if array is not None:
         data = array[:max_images]
-    layers, means, variances = batch_statistics(model, data,
-                                                batch_size=batch_size,
-                                                name="data")
-    num_images = len(data) if array is not None else None
+    layers, means, variances, num_images = batch_statistics(
+        model, data, batch_size=batch_size, name="data")
     block_of = {}
     for block, members in get_blocks(model).items():
         for member in members:
@@ -169,8 +168,6 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
     if source_data is not None:
         mmd_value, probe = _feature_scores(model, data, source_data,
                                            batch_size, max_images)
-    if num_images is None:
-        num_images = -1
     return DomainShiftReport(
         blocks=blocks, layers=per_layer,
         block_of_layer={layer.name: block_of.get(id(layer), layer.name)

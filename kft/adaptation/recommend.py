@@ -262,6 +262,7 @@ def _by_shift(report, strategy, n_blocks, n, large):
             f"trains with the {strategy} strategy.")
     reasons.append(
         "With unlabelled target images, add adversarial adaptation "
-        "(kft.DANNModel, gradient reversal) or a feature-alignment loss "
-        "(MMD, CORAL) to align source and target features.")
+        "(kft.DomainAdaptationModel, method='dann') or a feature-alignment "
+        "loss (method='mmd' or 'coral') to align source and target "
+        "features.")
     return strategy, n_blocks, bn, adaptation, reasons

@@ -32,8 +32,18 @@ def to_rgb_array(pixels):
     return pixels
 
 
+def _integral(y):
+    """Whether `y` holds whole numbers: integers, or integer-valued floats
+    (as `kft.evaluate` accepts them)."""
+    if np.issubdtype(y.dtype, np.integer):
+        return True
+    return bool(np.issubdtype(y.dtype, np.floating) and np.all(
+        np.isfinite(y)) and np.all(y == np.round(y)))
+
+
 def _labels_and_classes(y, n, class_names, num_classes):
-    """Integer labels from 1-D or one-hot `y`, and the number of classes."""
+    """Integer labels from `(n,)`, `(n, 1)` or one-hot `y`, and the number
+    of classes."""
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, min_value=1)
     if class_names is not None:
@@ -42,6 +52,10 @@ def _labels_and_classes(y, n, class_names, num_classes):
                 f"Argument `num_classes` must match the {len(class_names)} "
                 f"class_names. Received: num_classes={num_classes}")
         num_classes = len(class_names)
+    if y.ndim == 2 and y.shape[1] == 1:
+        # A column of integer labels, as keras.datasets return them: a
+        # one-hot row of width 1 would say nothing.
+        y = y[:, 0]
     if y.ndim == 2 and len(y) == n:
         width = y.shape[1]
         if num_classes is not None and width != num_classes:
@@ -52,15 +66,16 @@ def _labels_and_classes(y, n, class_names, num_classes):
         if not one_hot.all():
             rows = np.flatnonzero(~one_hot)
             raise ValueError(
-                "Argument `y` must be integer labels (n,) or one-hot rows "
-                f"(n, classes). Received: rows {rows[:10].tolist()} of "
-                f"y are not one-hot, e.g. {y[rows[0]].tolist()}")
+                "Argument `y` must be integer labels (n,) or (n, 1), or "
+                "one-hot rows (n, classes). Received: rows "
+                f"{rows[:10].tolist()} of y are not one-hot, e.g. "
+                f"{y[rows[0]].tolist()}")
         return y.argmax(axis=1).astype(np.int64), width
-    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
+    if y.ndim != 1 or len(y) != n or not _integral(y):
         raise ValueError(
-            f"Argument `y` must be {n} integer labels, shape (n,), or one-hot "
-            f"rows, shape (n, classes). Received: y.shape={y.shape}, "
-            f"y.dtype={y.dtype}"
+            f"Argument `y` must be {n} integer labels, shape (n,) or (n, 1), "
+            "or one-hot rows, shape (n, classes). Received: "
+            f"y.shape={y.shape}, y.dtype={y.dtype}"
         )
     if num_classes is None:
         num_classes = max(int(y.max()) + 1, 1) if len(y) else 0
@@ -84,7 +99,9 @@ def from_arrays(x, y, batch_size: int = 32, *,
     Args:
         x: Images `(n, height, width, channels)`, pixels in [0, 255];
             `channels` is 1, 3 or 4.
-        y: Integer labels `(n,)` or one-hot rows `(n, num_classes)`.
+        y: Integer labels, shaped `(n,)` or `(n, 1)` (as
+            `keras.datasets` return them; integer-valued floats count), or
+            one-hot rows `(n, num_classes)`.
         batch_size: Examples per batch. Defaults to `32`.
         class_names: Names of the classes, or `None` for `"0"`, `"1"`, ...
             Defaults to `None`.
@@ -139,7 +156,8 @@ def from_arrays(x, y, batch_size: int = 32, *,
     seed = check_int("seed", seed)
     check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
     if label_mode is None:
-        label_mode = "categorical" if y.ndim == 2 else "int"
+        label_mode = ("categorical" if y.ndim == 2 and y.shape[1] != 1
+                      else "int")
     labels, num_classes = _labels_and_classes(y, len(x), class_names,
                                               num_classes)
     names = (list(class_names) if class_names is not None

@@ -7,6 +7,7 @@ and the classes, scan (and check) the files, split off val, then build one
 
 import dataclasses
 import os
+import warnings
 from typing import Literal
 from typing import NamedTuple
 
@@ -112,6 +113,18 @@ def _make_dataset(records, skipped, class_names, settings, *, train):
     return dataset
 
 
+def _warn_unvalidated(val_records, class_names, validation_split):
+    """Warns of classes `stratified_split` left out of val (one image)."""
+    alone = [name for name, count in class_counts(
+        val_records, class_names).items() if count == 0]
+    if alone:
+        warnings.warn(
+            f"validation_split={validation_split} left classes {alone} "
+            "without val images: each has a single image, kept for "
+            "training, so val metrics do not cover them. Add images to "
+            "them for a val set that does.", UserWarning, stacklevel=3)
+
+
 def from_directory(path: str | os.PathLike,
                    image_size: int | tuple[int, int],
                    batch_size: int = 32, *,
@@ -146,16 +159,22 @@ def from_directory(path: str | os.PathLike,
     `check="header"`, see below, truncated or corrupt pixel data is found
     only during training. Grayscale, RGBA, palette, CMYK and 16-bit images
     are converted to 8-bit RGB, and with `exif_transpose` photos are
-    turned upright as their EXIF orientation tag says. An empty train
-    class folder (or one whose files are all bad), a single class folder
-    and a class folder only in val raise `ValueError`.
+    turned upright as their EXIF orientation tag says; float images are
+    scaled to 8 bits (as `kft.data.load_image` says). An empty train class
+    folder (or one whose files are all bad), a val folder without a
+    readable image, a single class folder and a class folder only in val
+    raise `ValueError`.
 
     Args:
         path: Root folder.
         image_size: `(height, width)` or an int for square images.
         batch_size: Examples per batch. Defaults to `32`.
         validation_split: Fraction of each class held out for val when
-            there is no val folder, or `None`. Defaults to `None`.
+            there is no val folder, or `None`. Each class holds out the
+            rounded fraction of its images, at least one and at most all
+            but one, so every class keeps a train image; a class of a
+            single image is kept for training only, with a warning that
+            val does not cover it. Defaults to `None`.
         augmentation: Train preset, see `kft.augmentation.PRESETS`.
             Defaults to `"standard"`.
         augment_on: `"host"` (in the input pipeline) or `"model"` (put
@@ -201,8 +220,8 @@ def from_directory(path: str | os.PathLike,
 
     Raises:
         ValueError: bad arguments, missing folder, fewer than two class
-            folders, an empty class, a val-only class, or bad files with
-            `on_bad_file="raise"`.
+            folders, an empty train class, an empty val folder, a
+            val-only class, or bad files with `on_bad_file="raise"`.
 
     Example:
     >>> import os, tempfile, kft
@@ -242,6 +261,7 @@ def from_directory(path: str | os.PathLike,
     if validation_split is not None:
         records, val_records = stratified_split(records, validation_split,
                                                 settings.seed)
+        _warn_unvalidated(val_records, class_names, validation_split)
     warn_skipped(skipped + val_skipped, total, os.fspath(path))
     train = _make_dataset(records, skipped, class_names, settings,
                           train=True)

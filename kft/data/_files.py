@@ -154,12 +154,19 @@ def class_folders(train_dir, val_dir):
     return class_names
 
 
+def _shown(folder):
+    """`folder` as errors name it: a symbolic link's target (the layout
+    `kft.runs.load_eval_folder` builds links to the user's folder)."""
+    return os.path.realpath(folder) if os.path.islink(folder) else folder
+
+
 def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
                 num_workers, on_bad_file):
     """Good `(path, label)` records of train and val, skipped files, total.
 
-    Raises `ValueError` for bad files with `on_bad_file="raise"`, and for a
-    train class left without a readable image.
+    Raises `ValueError` for bad files with `on_bad_file="raise"`, for a
+    train class left without a readable image, and for a val folder
+    without one.
     """
     options = dict(check=check, max_pixels=max_pixels,
                    num_workers=num_workers)
@@ -179,21 +186,32 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
     empty = [name for name, count in counts.items() if count == 0]
     if empty:
         raise ValueError(
-            f"Class folders {empty} in {train_dir!r} have no readable "
-            f"images ({len(skipped)} files skipped). Add images or remove "
-            "the folders."
+            f"Class folders {empty} in {_shown(train_dir)!r} have no "
+            f"readable images ({len(skipped)} files skipped). Add images or "
+            "remove the folders."
+        )
+    # An empty val would only fail later, at the first evaluation.
+    if val_dir is not None and not val_records:
+        raise ValueError(
+            f"The val folder {_shown(val_dir)!r} has no readable images "
+            f"(searched its folders {class_names}; {len(val_skipped)} files "
+            "skipped). Add images to it, or remove it (and pass "
+            "`validation_split` to hold out train images instead)."
         )
     return (records, skipped), (val_records, val_skipped), total + val_total
 
 
 def stratified_split(records, fraction, seed):
-    """Holds out `fraction` of each class (at least one) for val."""
+    """Holds out `fraction` of each class for val: rounded, at least one
+    image and at most all but one, so every class keeps a train image. A
+    class of one image has none to spare: it stays in train only."""
     rng = np.random.default_rng(seed)
     labels = np.array([label for _, label in records])
     val_index = []
     for label in np.unique(labels):
         index = rng.permutation(np.flatnonzero(labels == label))
-        val_index.extend(index[:max(1, round(fraction * len(index)))])
+        held = min(max(1, round(fraction * len(index))), len(index) - 1)
+        val_index.extend(index[:held])
     val_set = set(int(i) for i in val_index)
     train = [r for i, r in enumerate(records) if i not in val_set]
     val = [r for i, r in enumerate(records) if i in val_set]

@@ -125,13 +125,41 @@ def check_file(path, max_pixels=DEFAULT_MAX_PIXELS, full=True):
     return None
 
 
+def float_to_8bit(values):
+    """8-bit gray values of a float (`F` mode) image, whose range no file
+    format fixes.
+
+    All values in [0, 1] (the usual float convention) are scaled by 255;
+    all in [0, 255] are kept; any other range (negative values, or 16-bit
+    or raw sensor counts above 255) is stretched linearly from its minimum
+    and maximum onto [0, 255], where clipping at 255 would saturate it.
+    Values are rounded; NaN and infinite values become 0 first.
+
+    >>> float_to_8bit(np.array([[0.0, 0.5, 1.0]])).tolist()
+    [[0, 128, 255]]
+    >>> float_to_8bit(np.array([[0.0, 80.0, 200.0]])).tolist()
+    [[0, 80, 200]]
+    >>> float_to_8bit(np.array([[0.0, 1000.0, 4000.0]])).tolist()
+    [[0, 64, 255]]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = np.where(np.isfinite(values), values, 0.0)
+    if values.size:
+        low, high = values.min(), values.max()
+        if low >= 0 and high <= 1:
+            values = values * 255.0
+        elif (low < 0 or high > 255) and high > low:
+            values = (values - low) * (255.0 / (high - low))
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
 def to_rgb(image):
     """Converts any Pillow mode to RGB.
 
     Grayscale, palette (with or without transparency), CMYK and RGBA are
     converted by Pillow (alpha is dropped, as torchvision's loader does);
-    16-bit (`I;16*`, `I`) and float (`F`) images are scaled to 8 bits
-    first instead of being clipped at 255.
+    16-bit (`I;16*`, `I`) images are scaled to 8 bits first instead of
+    being clipped at 255, and float (`F`) ones as `float_to_8bit` says.
     """
     if image.mode == "RGB":
         return image
@@ -140,8 +168,7 @@ def to_rgb(image):
         values = np.clip(values, 0, 65535) >> 8
         image = Image.fromarray(values.astype(np.uint8), mode="L")
     elif image.mode == "F":
-        values = np.clip(np.asarray(image), 0, 255)
-        image = Image.fromarray(values.astype(np.uint8), mode="L")
+        image = Image.fromarray(float_to_8bit(np.asarray(image)), mode="L")
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
@@ -203,7 +230,10 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int],
                exif_transpose: bool = True) -> np.ndarray:
     """Reads an image file into a `(height, width, 3)` uint8 array.
 
-    Any Pillow mode becomes 8-bit RGB (see `from_directory`).
+    Any Pillow mode becomes 8-bit RGB (see `from_directory`). Float
+    images (`F` mode, such as float TIFFs) have no fixed range: values
+    all in [0, 1] are scaled by 255, all in [0, 255] kept, and any other
+    range stretched from its minimum and maximum onto [0, 255].
 
     Args:
         path: Image file.

@@ -1,12 +1,14 @@
 """Real data that ships inside installed packages, for demos and tests."""
 
 import dataclasses
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import fail_argument
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +38,10 @@ def digits(image_size: int = 32,
 
     Args:
         image_size: Side of the resized images. Defaults to `32`.
-        source_classes: Digits of the source task. Defaults to 0-4.
-        target_classes: Digits of the target task, disjoint from the source
-            ones. Defaults to 5-9.
+        source_classes: Distinct digits of the source task; may be empty
+            (no source task). Defaults to 0-4.
+        target_classes: At least two distinct digits of the target task,
+            disjoint from the source ones. Defaults to 5-9.
         target_per_class: Labelled target training images per class.
             Defaults to `10`.
         val_per_class: Target validation images per class. Defaults to `10`.
@@ -48,6 +51,11 @@ def digits(image_size: int = 32,
 
     Returns:
         A `TransferSplits`.
+
+    Raises:
+        ValueError: bad arguments: classes that are not distinct digits
+            0-9, fewer than two target classes, classes in both tasks, or
+            more train and val images per class than a digit has.
 
     Example:
     >>> import kft
@@ -111,15 +119,33 @@ def _transfer_splits(images, labels, source_classes, target_classes,
     )
 
 
+def _digit_tuple(name, classes):
+    """`classes` as a tuple of distinct digits 0-9."""
+    what = "a sequence of distinct digits 0-9"
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        fail_argument(name, what, classes, TypeError)
+    classes = tuple(classes)
+    if any(isinstance(c, (bool, np.bool_)) or not isinstance(
+            c, numbers.Integral) or not 0 <= c <= 9 for c in classes) or len(
+            set(classes)) < len(classes):
+        fail_argument(name, what, classes)
+    return tuple(int(c) for c in classes)
+
+
 def _check_classes(source_classes, target_classes):
-    """Both as tuples; they must be disjoint digits 0-9."""
-    source_classes, target_classes = tuple(source_classes), tuple(
-        target_classes)
-    bad = [c for c in source_classes + target_classes if c not in range(10)]
-    if bad or set(source_classes) & set(target_classes):
+    """Both as tuples of distinct digits 0-9, disjoint, and at least two
+    target classes (the source task may be empty)."""
+    source_classes = _digit_tuple("source_classes", source_classes)
+    target_classes = _digit_tuple("target_classes", target_classes)
+    if len(target_classes) < 2:
+        fail_argument("target_classes", "at least 2 digits (a classifier "
+                      "needs two classes)", target_classes)
+    shared = sorted(set(source_classes) & set(target_classes))
+    if shared:
         raise ValueError(
-            "Arguments `source_classes` and `target_classes` must be disjoint "
-            f"digits 0-9. Received: source_classes={source_classes}, "
+            "Arguments `source_classes` and `target_classes` must be "
+            f"disjoint; both hold {shared}. Received: "
+            f"source_classes={source_classes}, "
             f"target_classes={target_classes}"
         )
     return source_classes, target_classes

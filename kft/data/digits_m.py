@@ -42,9 +42,10 @@ def digits_m(image_size: int = 32,
 
     Args:
         image_size: Side of the images. Defaults to `32`.
-        source_classes: Digits of the source task. Defaults to 0-4.
-        target_classes: Digits of the target task, disjoint from the source
-            ones. Defaults to 5-9.
+        source_classes: Distinct digits of the source task; may be empty
+            (no source task). Defaults to 0-4.
+        target_classes: At least two distinct digits of the target task,
+            disjoint from the source ones. Defaults to 5-9.
         target_per_class: Labelled target training images per class.
             Defaults to `10`.
         val_per_class: Target validation images per class. Defaults to `10`.
@@ -61,6 +62,7 @@ def digits_m(image_size: int = 32,
         A `TransferSplits`: float32 images in [0, 255], int32 labels.
 
     Raises:
+        ValueError: bad arguments, as for `kft.datasets.digits`.
         ImportError: `photos="skimage"` without scikit-image installed.
 
     Example:

@@ -17,6 +17,7 @@ also the layers onnxruntime would reject (`kft.deploy.onnx_layers`).
 
 import json
 import os
+import warnings
 from typing import Literal
 
 import keras
@@ -32,6 +33,7 @@ from kft.deploy.inference import check_built
 from kft.deploy.inference import inference_model
 from kft.deploy.metadata import add_to_keras_file
 from kft.deploy.metadata import model_metadata
+from kft.models.init_draws import bucketed_draws
 
 FORMATS = ("onnx", "keras")
 # Opset 18 (ONNX 1.13, onnxruntime >= 1.14): every op kft's backbones
@@ -56,13 +58,15 @@ def export(model: keras.Model, path: str | os.PathLike,
     `output="probabilities"`. Metadata (backbone, input shape,
     preprocessing, class names, output, opset, batch) is stored with it;
     `kft.deploy.read_metadata(path)` reads it, `kft.predict(path, ...)`
-    uses it.
+    uses it. An ONNX file computes in float32, also for a mixed-precision
+    model (a float32 copy of its layers, with its weights).
 
     Args:
         model: A built single-input classifier, e.g. from
             `kft.build_classifier` (a `Sequential` without an `Input` must
             be built first; the error says how).
-        path: The file to write (`.onnx` / `.keras`).
+        path: The file to write, its name ending in the format's suffix:
+            `.onnx` or `.keras`.
         format: `"onnx"` or `"keras"`. Defaults to `"onnx"`.
         batch: ONNX only: `"dynamic"` (any batch size) or `1` (static
             batch of one, what some runtimes and accelerators want).
@@ -71,7 +75,9 @@ def export(model: keras.Model, path: str | os.PathLike,
             file. Defaults to `18`.
         output: `"logits"` or `"probabilities"`. Defaults to `"logits"`.
         class_names: Names of the classes in index order; defaults to
-            those given to `kft.build_classifier`. Defaults to `None`.
+            those given to `kft.build_classifier`. Without any the file
+            names classes by index, and a `UserWarning` says so. Defaults
+            to `None`.
 
     Returns:
         `path` as a string.
@@ -79,14 +85,15 @@ def export(model: keras.Model, path: str | os.PathLike,
     Raises:
         ValueError: an unbuilt model (with how to build it), unknown
             `format`/`output`, a model with unknown height or width (ONNX),
-            or a non-float32 model.
+            a `path` whose suffix is not the format's.
         ImportError: ONNX export without `onnx`/`jax2onnx` installed; the
             message says `pip install "kft[export]"`.
 
     Example:
     >>> import os, tempfile, kft
     >>> model = kft.build_classifier("simple_cnn", num_classes=2,
-    ...     weights=None, input_shape=(16, 16, 3))
+    ...     weights=None, input_shape=(16, 16, 3),
+    ...     class_names=["cat", "dog"])
     >>> path = kft.export(model, os.path.join(tempfile.mkdtemp(),
     ...                                       "m.keras"), format="keras")
     >>> path.endswith("m.keras")
@@ -94,18 +101,24 @@ def export(model: keras.Model, path: str | os.PathLike,
     """
     check_choice("format", format, FORMATS)
     check_choice("output", output, OUTPUTS)
-    check_built(model)
     path = os.fspath(path)
+    _check_suffix(path, format)
+    if format == "onnx":
+        if batch != "dynamic":
+            batch = check_int("batch", batch, min_value=1, max_value=1)
+        opset = check_int("opset", opset, min_value=MIN_OPSET)
+    check_built(model)
     meta = model_metadata(model, class_names, output)
+    if meta["class_names"] is None:
+        warnings.warn(
+            f"kft.export: model {model.name!r} carries no class names, so "
+            f"predictions from {os.path.basename(path)!r} will name classes "
+            "by index ('0', '1', ...). Pass class_names=[...] (in class-"
+            "index order) to store them in the file.", stacklevel=2)
     if format == "keras":
-        if not path.endswith(".keras"):
-            fail_argument("path", 'a file name ending in ".keras"', path)
         inference_model(model, output=output).save(path)
         add_to_keras_file(path, meta)
         return path
-    if batch != "dynamic":
-        batch = check_int("batch", batch, min_value=1, max_value=1)
-    opset = check_int("opset", opset, min_value=MIN_OPSET)
     meta.update(opset=opset, batch=batch)
     proto = onnx_proto(model, batch=batch, opset=opset, output=output)
     for key, value in meta.items():
@@ -113,6 +126,17 @@ def export(model: keras.Model, path: str | os.PathLike,
         entry.key, entry.value = key, json.dumps(value)
     require("onnx").save(proto, path)
     return path
+
+
+def _check_suffix(path, format):
+    """A file named for the other format would be misread later (kft.predict
+    and kft.deploy.read_metadata go by the suffix)."""
+    suffix = f".{format}"
+    if not path.endswith(suffix):
+        other = "keras" if format == "onnx" else "onnx"
+        fail_argument("path", f'a file name ending in "{suffix}" for '
+                      f'format="{format}" (for a .{other} file pass '
+                      f'format="{other}")', path)
 
 
 def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET,
@@ -128,10 +152,8 @@ def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET,
                       "and channels for ONNX export (build it with "
                       "input_shape=(height, width, 3))", shape)
     stock = inference_model(model, output=output, onnx_compatible=True)
-    if stock.dtype_policy.name != "float32":
-        fail_argument("model", 'a float32 model for ONNX export (build it '
-                      'under keras.mixed_precision policy "float32")',
-                      stock.dtype_policy.name)
+    if _compute_dtypes(stock) != {"float32"}:
+        stock = _float32_copy(stock)
     trainable = [v.value for v in stock.trainable_variables]
     fixed = [v.value for v in stock.non_trainable_variables]
 
@@ -145,3 +167,29 @@ def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET,
             forward, inputs=[jax.ShapeDtypeStruct(dims, np.float32)],
             opset=opset, input_names=[INPUT_NAME], output_names=[output],
             model_name=model.name, return_mode="proto")
+
+
+def _compute_dtypes(model):
+    """The compute dtypes of `model` and its layers, nested ones too (a
+    mixed-precision model's wrapper can be float32 while they are not)."""
+    dtypes, stack = set(), [model]
+    while stack:
+        layer = stack.pop()
+        dtypes.add(layer.compute_dtype)
+        if isinstance(layer, keras.Model):
+            stack += layer.layers
+    return dtypes
+
+
+def _float32_copy(model):
+    """`model` with float32 layers and its weights: onnxruntime refuses the
+    float16/float32 mix a mixed-precision graph traces to."""
+    def clone(layer):
+        return type(layer).from_config({**layer.get_config(),
+                                        "dtype": "float32"})
+
+    with bucketed_draws():  # replaced by the model's weights
+        copy = keras.models.clone_model(model, clone_function=clone,
+                                        recursive=True)
+    copy.set_weights([np.asarray(v.value, "float32") for v in model.weights])
+    return copy

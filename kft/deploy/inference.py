@@ -10,7 +10,9 @@ with kft's training-only machinery left out:
   (same config, same weights);
 - kft's `Preprocess` layer becomes `kft.layers.preprocessing` (stock
   layers, bit-for-bit the same);
-- random augmentation layers (identity at inference) are dropped;
+- random augmentation layers (identity at inference) are dropped, and
+  so is the source head `kft.with_source_head` keeps for `kft.LwF` (its
+  layer passes the features through);
 - a `kft.BatchAugmentModel` (its mixing runs only in the train step) and
   the kft `Backbone` class become plain functional models;
 - optionally a `Softmax` named `"probabilities"` is appended.
@@ -33,6 +35,7 @@ from kft.layers import Preprocess
 from kft.layers import preprocessing
 from kft.models.init_draws import bucketed_draws
 from kft.ops import cpu_convs
+from kft.regularizers.source_head import KeptSourceHead
 
 OUTPUTS = ("logits", "probabilities")
 Output = Literal["logits", "probabilities"]
@@ -82,6 +85,15 @@ def _stock_leaf(layer, replaced, onnx_compatible):
     return layer
 
 
+def _skip_training_only(layer, *args, **kwargs):
+    """Calls `layer`, except a kept source head: its features go on as
+    they are (it returns them unchanged; its head serves training only)."""
+    if isinstance(layer, KeptSourceHead):
+        _, features = args[0]
+        return features
+    return layer(*args, **kwargs)
+
+
 def kft_layers(model: keras.Model) -> list:
     """Names of the layers of `model` (nested ones too, the model itself
     included) whose class comes from kft: what plain Keras cannot load.
@@ -114,8 +126,8 @@ def inference_model(model: keras.Model, *, output: Output = "logits",
 
     Args:
         model: A built functional model with one image input, e.g. from
-            `kft.build_classifier` (also after `kft.fast_cpu_convs`, or a
-            `kft.BatchAugmentModel`).
+            `kft.build_classifier` (also after `kft.fast_cpu_convs`,
+            `kft.with_source_head`, or a `kft.BatchAugmentModel`).
         output: `"logits"` (the model's output) or `"probabilities"` (a
             `Softmax` named `"probabilities"` appended). Defaults to
             `"logits"`.
@@ -152,8 +164,9 @@ def inference_model(model: keras.Model, *, output: Output = "logits",
     state = random.getstate()
     try:
         with bucketed_draws():  # replaced by the model's weights
-            stock = keras.models.clone_model(_plain(model),
-                                             clone_function=clone)
+            stock = keras.models.clone_model(
+                _plain(model), clone_function=clone,
+                call_function=_skip_training_only)
         if output == "probabilities":
             probabilities = keras.layers.Softmax(name="probabilities")(
                 stock.outputs[0])

@@ -7,6 +7,7 @@ JAX). Images go through kft's eval transform (`kft.deploy._views`).
 
 import dataclasses
 import os
+import zipfile
 from typing import Literal
 
 import numpy as np
@@ -28,7 +29,10 @@ class Prediction:
     """The top-k classes of one image.
 
     Attributes:
-        source: The image's file path, or `"array[i]"` / `"images[i]"`.
+        source: The image's file path; else `"array[i]"` for the i-th
+            image of an array (`"array[0]"` for a single one),
+            `"image[0]"` for a single PIL image, `"images[i]"` for the
+            i-th item of a list.
         labels: The top-k class names (the class indices as strings when
             the model carries no names), most probable first.
         indices: Their class indices.
@@ -102,6 +106,10 @@ def _runner(model_or_path, batch_size):
                           ".keras / .onnx file", path)
         if path.endswith(".onnx"):
             return _OnnxRunner(path)
+        if path.endswith(".keras") and not zipfile.is_zipfile(path):
+            # Keras would call this existing file "not found".
+            fail_argument("model_or_path", "a .keras file (a zip archive) "
+                          "or an .onnx file", path)
         import keras
 
         with bucketed_draws():  # replaced by the saved weights

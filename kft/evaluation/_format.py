@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from kft._validation import check_int
+
 
 def _summary_rows(report):
     return [
@@ -37,6 +39,8 @@ def _class_row(report, i):
 
 
 def markdown(report, max_classes=None):
+    if max_classes is not None:
+        max_classes = check_int("max_classes", max_classes, min_value=1)
     lines = ["| metric | value |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in
               _summary_rows(report)]

@@ -24,11 +24,37 @@ def is_array(x):
 
 
 def integer_labels(y, num_classes, name):
-    """Integer labels from integer labels or one-hot rows, range-checked."""
+    """Integer labels from integer labels or one-hot rows, range-checked.
+
+    Rows of another width than the model's `num_classes` are an error:
+    flattened, they would read as `width` labels per image.
+    """
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
         y = np.argmax(y, axis=-1)
+    elif y.ndim == 2 and y.shape[1] != 1 or y.ndim > 2:
+        raise ValueError(
+            f"Argument `{name}` must hold integer labels or one-hot rows of "
+            f"width {num_classes}, one column per class of the model. "
+            f"Received: {name} of shape {y.shape} (rows of width "
+            f"{y.shape[-1]}) for a model with {num_classes} classes")
     return check_labels(y.reshape(-1), num_classes, name=name)
+
+
+def data_class_names(data, num_classes, name="data"):
+    """The `class_names` of a dataset (or `None`), checked against the
+    model's classes: the dataset's own, so the error is about the data."""
+    names = getattr(data, "class_names", None)
+    if names is None or num_classes is None or isinstance(names, str):
+        return names
+    names = tuple(names)
+    if len(names) != num_classes:
+        raise ValueError(
+            f"Argument `{name}` has {len(names)} classes but the model has "
+            f"{num_classes}: its labels would not name the model's classes. "
+            f"Evaluate data of the model's classes (or a model built for "
+            f"these). Received: {name} with class_names {list(names)}")
+    return names
 
 
 def check_class_names(class_names, num_classes):

@@ -197,8 +197,9 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
 
     Raises:
         ValueError: empty data, labels outside the model's classes
-            (named), batches that are not `(images, labels)`, or a bad
-            argument.
+            (named), one-hot rows of another width, a dataset whose
+            `class_names` are not one per class of the model, batches
+            that are not `(images, labels)`, or a bad argument.
 
     Example:
     >>> import numpy as np, kft
@@ -221,12 +222,16 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             "of (images, labels) batches; the labels are missing. "
             f"Received: data of shape {tuple(data.shape)}")
     else:
-        if class_names is None:
-            class_names = getattr(data, "class_names", None)
+        from_data = class_names is None
+        if from_data:  # checked before predicting when the width is known
+            class_names = _predict.data_class_names(
+                data, _predict.output_width(model))
         dataset = _predict.ordered(data)
         labels, raw = _predict.predict_batches(
             model, dataset, _progress(dataset) if verbose else None,
             name="data")
+        if from_data:
+            class_names = _predict.data_class_names(data, raw.shape[-1])
     return report_from_predictions(
         labels, raw, class_names=class_names, top_k=top_k,
         num_bins=num_bins, min_support=min_support,

@@ -12,7 +12,9 @@ import numpy as np
 
 from kft._validation import check_int
 from kft._validation import check_labels
+from kft._validation import fail_argument
 from kft.evaluation._predict import check_class_names
+from kft.evaluation._predict import data_class_names
 from kft.evaluation._predict import output_width
 from kft.evaluation._predict import predict_arrays
 from kft.evaluation._predict import predict_batches
@@ -50,15 +52,37 @@ class ClassificationReport:
         return "\n".join(lines)
 
 
+def _rows_to_labels(values, name):
+    """`(labels, width)`: 1-D labels as they are (`width` None), a column
+    `(n, 1)` flattened, and `(n, k)` rows (one-hot labels or per-class
+    scores) reduced to their `argmax`, with `width` k."""
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1 or values.ndim == 0:
+        return values.reshape(-1), None
+    if values.ndim == 1:
+        return values, None
+    if values.ndim != 2 or not np.issubdtype(values.dtype, np.number):
+        raise ValueError(
+            f"Argument `{name}` must be integer labels of shape (n,) or "
+            "numeric rows of shape (n, num_classes) (one-hot labels or "
+            f"class scores). Received: {name} of shape {values.shape} and "
+            f"dtype {values.dtype}")
+    return np.argmax(values, axis=-1), values.shape[1]
+
+
 def classification_report(y_true, y_pred, num_classes: int | None = None,
                           class_names: Sequence[str] | None = None
                           ) -> ClassificationReport:
-    """Metrics from integer labels and predictions.
+    """Metrics from labels and predictions.
 
     Args:
-        y_true: Integer labels, shape `(n,)`, in `[0, num_classes)`.
-        y_pred: Integer predictions, shape `(n,)`, in `[0, num_classes)`.
-        num_classes: Defaults to `len(class_names)` or the largest label + 1.
+        y_true: Integer labels `(n,)` in `[0, num_classes)`, or one-hot
+            rows `(n, num_classes)`.
+        y_pred: Integer predictions `(n,)` in `[0, num_classes)`, or rows
+            of class scores `(n, num_classes)` (probabilities, logits or
+            one-hot), reduced to their `argmax`.
+        num_classes: Defaults to the width of the rows, else
+            `len(class_names)`, else the largest label + 1.
         class_names: Names of the classes, one per class. Defaults to `"0"`,
             `"1"`, ...
 
@@ -67,27 +91,45 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
 
     Raises:
         ValueError: labels or predictions outside `[0, num_classes)` (named),
-            not integers, of different lengths or empty, or `class_names`
-            not of length `num_classes`.
+            not integers, of different lengths or empty, rows whose width
+            is not `num_classes`, or `class_names` not of length
+            `num_classes`.
 
     Example:
+    >>> import numpy as np
     >>> from kft.evaluation import classification_report
     >>> classification_report([0, 1, 1], [0, 1, 0]).accuracy
     0.6666666666666666
+    >>> classification_report(np.eye(3)[[0, 1, 2]],
+    ...                       [[0.8, 0.1, 0.1], [0.1, 0.2, 0.7],
+    ...                        [0.2, 0.2, 0.6]]).confusion_matrix.tolist()
+    [[1, 0, 0], [0, 0, 1], [0, 0, 1]]
     """
     from sklearn.metrics import confusion_matrix
     from sklearn.metrics import precision_recall_fscore_support
 
-    y_true = np.asarray(y_true).reshape(-1)
-    y_pred = np.asarray(y_pred).reshape(-1)
+    shapes = (f"Received: y_true of shape {np.shape(y_true)}, y_pred of "
+              f"shape {np.shape(y_pred)}")
+    y_true, true_width = _rows_to_labels(y_true, "y_true")
+    y_pred, pred_width = _rows_to_labels(y_pred, "y_pred")
     if y_true.shape != y_pred.shape or y_true.size == 0:
         raise ValueError(
             "Arguments `y_true` and `y_pred` must be non-empty and of one "
             f"length. Received: y_true of length {y_true.size}, y_pred of "
-            f"length {y_pred.size}"
-        )
+            f"length {y_pred.size}")
+    widths = {w for w in (true_width, pred_width) if w is not None}
+    if len(widths) > 1:
+        raise ValueError(
+            "Arguments `y_true` and `y_pred` must have rows of one width, "
+            f"one column per class. {shapes}")
+    width = widths.pop() if widths else None
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, min_value=1)
+        if width is not None and width != num_classes:
+            fail_argument("num_classes", f"{width}, the width of the "
+                          "rows of `y_true` / `y_pred`", num_classes)
+    elif width is not None:
+        num_classes = width
     elif class_names is not None:
         num_classes = len(class_names)
     else:
@@ -170,9 +212,12 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
         class_names = check_class_names(class_names, num_classes)
     images, labels, dataset = split_data(x, y)
     if dataset is not None:
-        if class_names is None:
-            class_names = getattr(dataset, "class_names", None)
+        from_data = class_names is None
+        if from_data:  # checked before predicting when the width is known
+            class_names = data_class_names(dataset, num_classes, "x")
         labels, scores = predict_batches(model, dataset)
+        if from_data:
+            class_names = data_class_names(dataset, scores.shape[-1], "x")
     else:
         labels, scores = predict_arrays(model, images, labels, batch_size)
     return classification_report(

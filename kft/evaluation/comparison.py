@@ -131,10 +131,19 @@ class StrategyComparison:
         return [by_seed[s] for s in self.seeds if s in by_seed]
 
     def values(self, strategy, metric=None):
-        """Per-seed test values of `strategy`, in `seeds` order."""
+        """Per-seed test values of `strategy`, in `seeds` order.
+
+        Raises:
+            ValueError: `metric` was not recorded for every run of
+                `strategy` (the recorded metrics are listed).
+        """
         metric = metric or self.metric
-        return np.array([r["metrics"][metric]
-                         for r in self._runs_of(strategy)], dtype=float)
+        runs = self._runs_of(strategy)
+        if any(metric not in r["metrics"] for r in runs):
+            recorded = sorted({k for r in self.runs for k in r["metrics"]})
+            fail_argument("metric", f"a metric recorded for every run of "
+                          f"{strategy!r}; recorded: {recorded}", metric)
+        return np.array([r["metrics"][metric] for r in runs], dtype=float)
 
     def report(self, strategy, seed):
         """The `kft.EvaluationReport` of one run on the test data."""
@@ -261,6 +270,9 @@ class StrategyComparison:
 
         Returns:
             The matplotlib Figure (saved to `path` when given).
+
+        Raises:
+            ValueError: `metric` was not recorded (see `values`).
         """
         metric = metric or self.metric
         view = dataclasses.replace(self, metric=metric)

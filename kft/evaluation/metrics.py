@@ -10,6 +10,7 @@ and `kft.evaluation.EvaluationReport` says so in its notes.
 import numpy as np
 
 from kft._validation import check_int
+from kft._validation import check_labels
 
 # Rows of non-negative scores summing to 1 within this are probabilities.
 _PROBABILITY_TOLERANCE = 1e-3
@@ -52,12 +53,23 @@ def to_probabilities(scores, kind="auto"):
 def confusion_matrix(y_true, y_pred, num_classes):
     """Counts: row `i`, column `j` is how often class `i` was predicted `j`.
 
+    Raises:
+        ValueError: `y_true` or `y_pred` not 1-D integer labels in
+            `[0, num_classes)` (the bad values named), or of two lengths.
+
+    Example:
     >>> confusion_matrix([0, 1, 1], [0, 0, 1], 3).tolist()
     [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
     """
     num_classes = check_int("num_classes", num_classes, min_value=1)
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
+    # Unchecked, a label >= num_classes would count in the next row.
+    y_true = check_labels(y_true, num_classes, name="y_true")
+    y_pred = check_labels(y_pred, num_classes, name="y_pred")
+    if y_true.ndim != 1 or y_true.shape != y_pred.shape:
+        raise ValueError(
+            "Arguments `y_true` and `y_pred` must be 1-D integer labels of "
+            f"one length. Received: y_true of shape {y_true.shape}, y_pred "
+            f"of shape {y_pred.shape}")
     flat = np.bincount(y_true * num_classes + y_pred,
                        minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes)
@@ -152,6 +164,24 @@ def balanced_accuracy(confusion):
     return float(np.mean(np.diag(confusion)[present] / support[present]))
 
 
+def _labels_and_scores(y_true, probabilities):
+    """`(labels, scores)` checked: one row of class scores per label, the
+    labels in range (unchecked, a gather past the last class would
+    raise an IndexError or count another class)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2:
+        raise ValueError(
+            "Argument `probabilities` must be one row of class scores per "
+            f"example (2-D). Received: shape {probabilities.shape}")
+    y_true = check_labels(y_true, probabilities.shape[1], name="y_true")
+    if y_true.shape != probabilities.shape[:1]:
+        raise ValueError(
+            "Argument `y_true` must be one integer label per row of "
+            f"`probabilities`. Received: y_true of shape {y_true.shape}, "
+            f"probabilities of shape {probabilities.shape}")
+    return y_true, probabilities
+
+
 def top_k_accuracy(y_true, probabilities, k):
     """Fraction of examples whose true class is among the `k` top scores.
 
@@ -166,8 +196,7 @@ def top_k_accuracy(y_true, probabilities, k):
     0.5
     """
     k = check_int("k", k, min_value=1)
-    probabilities = np.asarray(probabilities)
-    y_true = np.asarray(y_true, dtype=np.int64)
+    y_true, probabilities = _labels_and_scores(y_true, probabilities)
     true_score = probabilities[np.arange(len(y_true)), y_true][:, None]
     classes = np.arange(probabilities.shape[1])[None, :]
     # Classes ranked before the true one: higher score, or the same score
@@ -195,9 +224,10 @@ def calibration_bins(y_true, probabilities, num_bins=15):
     ([0, 2], [0.0, 0.5])
     """
     num_bins = check_int("num_bins", num_bins, min_value=1)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
+    y_true, probabilities = _labels_and_scores(y_true, probabilities)
+    probabilities = probabilities.astype(np.float64)
     confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == np.asarray(y_true)
+    correct = probabilities.argmax(axis=1) == y_true
     which = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1,
                     0, num_bins - 1)
     count = np.bincount(which, minlength=num_bins)

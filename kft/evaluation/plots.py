@@ -318,8 +318,27 @@ def plot_worst_mistakes(report, data, *, count: int | None = None,
     return _plotting.finish(fig, path)
 
 
+def _check_formats(formats):
+    """`formats` as a tuple of suffixes without dots; one string is one
+    suffix (not its letters)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if isinstance(formats, str):
+        formats = (formats,)
+    supported = FigureCanvasBase.get_supported_filetypes()
+    what = (f"a file suffix or a non-empty sequence of them, each one of "
+            f"{sorted(supported)}")
+    try:
+        suffixes = tuple(f.lstrip(".").lower() for f in formats)
+    except (TypeError, AttributeError):
+        fail_argument("formats", what, formats)
+    if not suffixes or any(s not in supported for s in suffixes):
+        fail_argument("formats", what, formats)
+    return suffixes
+
+
 def save_report_plots(report, folder, *, data=None, history=None,
-                      formats: Sequence[str] = ("png",)) -> list:
+                      formats: str | Sequence[str] = ("png",)) -> list:
     """Writes every standard plot of a report into `folder`.
 
     Writes `confusion_matrix`, `confusion_matrix_normalized`,
@@ -333,7 +352,8 @@ def save_report_plots(report, folder, *, data=None, history=None,
         data: The evaluated data, for the mistakes grid. Defaults to
             `None`.
         history: A history for `plot_learning_curves`. Defaults to `None`.
-        formats: File suffixes. Defaults to `("png",)`.
+        formats: A file suffix matplotlib writes (`"png"`, `"pdf"`,
+            `"svg"`, ...) or a sequence of them. Defaults to `("png",)`.
 
     Returns:
         The paths written, in the order above.
@@ -346,6 +366,7 @@ def save_report_plots(report, folder, *, data=None, history=None,
     ['confusion_matrix.png', 'confusion_matrix_normalized.png']
     """
     plt = _plotting.pyplot()
+    formats = _check_formats(formats)
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     jobs = [

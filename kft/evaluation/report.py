@@ -7,6 +7,7 @@
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -177,11 +178,12 @@ class EvaluationReport:
 
     def to_markdown(self, max_classes: int | None = None) -> str:
         """Summary, notes and a per-class table (the `max_classes` classes
-        with the lowest F1 when given; all by default) in Markdown."""
+        with the lowest F1 when given, an integer >= 1; all by default) in
+        Markdown."""
         return _format.markdown(self, max_classes)
 
     def save_plots(self, folder, data=None, history=None, *,
-                   formats=("png",)) -> list:
+                   formats: str | Sequence[str] = ("png",)) -> list:
         """Writes the standard plots to `folder`; see
         `kft.evaluation.plots.save_report_plots`."""
         from kft.evaluation.plots import save_report_plots

@@ -13,6 +13,8 @@ measures the difference.
 from typing import Literal
 from typing import get_args
 
+from jax import lax
+from jax import numpy as jnp
 from keras import ops
 
 from kft._validation import check_choice
@@ -41,8 +43,43 @@ def _fix_index(index, size, fill_mode):
     return index  # constant: out-of-range indices are masked by the caller
 
 
+def _coordinates(points, transform, axes):
+    """Input coordinates of output pixels, computed once and stored.
+
+    A pixel's index (`floor`) and its interpolation weight must come from
+    one coordinate value. Written as multiply-adds, the coordinate is
+    recomputed by XLA in each fusion that uses it and may round differently
+    in each (contracted to an FMA in one and not in another): at an integer
+    coordinate the index then came from `floor(4.0000005)` and the weight
+    from `3.9999998 - 3`, a whole pixel off under `jit`. As in Keras, the
+    linear part is a matrix product, which XLA computes once, and the shift
+    a separate add (no multiply to contract); the barrier also keeps the
+    sum whole where barriers reach code generation (kft's CPU flags).
+
+    Args:
+        points: `(..., 2)` output positions `(y, x)`.
+        transform: `(batch, 8)` transforms.
+        axes: Which input coordinates: `"rows"`, `"cols"` or both.
+
+    Returns:
+        `(batch, len(axes), ...)` float32 coordinates.
+    """
+    # (y, x) coefficients and shift of the input row and column.
+    terms = {"rows": (4, 3, 5), "cols": (1, 0, 2)}
+    linear = transform[:, [terms[axis][:2] for axis in axes]]
+    shift = transform[:, [terms[axis][2] for axis in axes]]
+    # HIGHEST: float32 products on GPUs too (not TF32).
+    coordinates = jnp.einsum("...k,bak->ba...", points, linear,
+                             precision=lax.Precision.HIGHEST)
+    shift = ops.reshape(shift, shift.shape + (1,) * (points.ndim - 1))
+    return lax.optimization_barrier(coordinates + shift)
+
+
 def _nodes(coordinate, interpolation):
-    """`(index, weight)` pairs along one axis, as `map_coordinates`."""
+    """`(index, weight)` pairs along one axis, as `map_coordinates`.
+
+    `coordinate` must be one stored value (see `_coordinates`).
+    """
     if interpolation == "nearest":
         # `lax.round` rounds half away from zero, like map_coordinates.
         index = ops.cast(ops.sign(coordinate)
@@ -104,11 +141,11 @@ def affine_transform(
     if axis_aligned:
         return _axis_aligned_transform(images, transform, interpolation,
                                        fill_mode, fill)
-    a0, a1, a2, b0, b1, b2 = (transform[:, i, None, None] for i in range(6))
-    ys = ops.arange(height, dtype="float32")[None, :, None]
-    xs = ops.arange(width, dtype="float32")[None, None, :]
-    rows = ys * b1 + xs * b0 + b2
-    cols = ys * a1 + xs * a0 + a2
+    points = jnp.stack(jnp.meshgrid(jnp.arange(height, dtype="float32"),
+                                    jnp.arange(width, dtype="float32"),
+                                    indexing="ij"), axis=-1)
+    rows, cols = ops.unstack(
+        _coordinates(points, transform, ("rows", "cols")), axis=1)
     flat = ops.reshape(images, (-1, channels))
     base = ops.arange(batch, dtype="int32")[:, None, None] * (height * width)
     output = None
@@ -139,9 +176,12 @@ def _axis_aligned_transform(images, transform, interpolation, fill_mode,
     met in either pass contributes what it does in the 2-D sum.
     """
     batch, height, width, channels = images.shape
-    a0, a2, b1, b2 = (transform[:, i, None] for i in (0, 2, 4, 5))
-    rows = ops.arange(height, dtype="float32")[None] * b1 + b2
-    cols = ops.arange(width, dtype="float32")[None] * a0 + a2
+    ys = jnp.arange(height, dtype="float32")
+    xs = jnp.arange(width, dtype="float32")
+    # (y, 0) and (0, x): a contraction of one term would become a multiply.
+    rows = _coordinates(jnp.stack([ys, 0 * ys], -1), transform, ("rows",))
+    cols = _coordinates(jnp.stack([0 * xs, xs], -1), transform, ("cols",))
+    rows, cols = rows[:, 0], cols[:, 0]
     flat = ops.reshape(images, (batch * height, width * channels))
     base = ops.arange(batch, dtype="int32")[:, None] * height
     output = None

@@ -1,10 +1,13 @@
 """`BlockwiseOptimizer` and `layerwise_lr`: a learning rate per block."""
 
+from collections.abc import Mapping
+
 import keras
 from keras import ops
 
 from kft import _compat
 from kft._validation import check_number
+from kft._validation import fail_argument
 from kft.models.blocks import get_blocks
 from kft.optimizers.routed import RoutedOptimizer
 from kft.optimizers.routed import check_inner
@@ -98,7 +101,8 @@ class BlockwiseOptimizer(RoutedOptimizer):
         ValueError: a negative or non-finite rate, a group matching no
             variable, a variable matched by two groups (both named), an
             ambiguous group, an unsupported inner option.
-        TypeError: a non-numeric rate, or `optimizer` not a Keras optimizer.
+        TypeError: a non-numeric rate, `learning_rates` not a dict of
+            strings to rates, or `optimizer` not a Keras optimizer.
 
     Example:
     >>> import keras, kft
@@ -149,6 +153,13 @@ class BlockwiseOptimizer(RoutedOptimizer):
             base_learning_rate = learning_rate
         base_learning_rate = check_rate("base_learning_rate",
                                          base_learning_rate, positive=True)
+        if learning_rates is not None and (
+                not isinstance(learning_rates, Mapping)
+                or not all(isinstance(key, str) for key in learning_rates)):
+            fail_argument(
+                "learning_rates", "a dict of group (a block name or a regex "
+                "of variable paths) to rate, e.g. kft.layerwise_lr(model, "
+                "1e-3, 0.7), or None", learning_rates, TypeError)
         learning_rates = {
             key: check_rate(f"learning_rates[{key!r}]", rate)
             for key, rate in dict(learning_rates or {}).items()}

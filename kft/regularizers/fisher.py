@@ -12,6 +12,7 @@ import numpy as np
 from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
+from kft._validation import check_labels
 from kft._validation import fail_argument
 
 KINDS = ("empirical", "true")
@@ -68,7 +69,8 @@ def estimate_fisher(model: keras.Model, source_data, *,
     Args:
         model: A built classifier returning logits.
         source_data: `(images, labels)` arrays, or `images` alone for
-            `kind="true"`.
+            `kind="true"`. Labels are class indices in `[0, num_classes)`
+            or one-hot rows of the model's width.
         kind: `"empirical"` or `"true"`. Defaults to `"empirical"`.
         batch_size: Examples per vmapped batch. Defaults to `16`.
         num_samples: Use the first `num_samples` examples. Defaults to
@@ -83,7 +85,9 @@ def estimate_fisher(model: keras.Model, source_data, *,
 
     Raises:
         ValueError: empty source data, labels missing for `"empirical"`,
-            images and labels of different lengths, bad options.
+            images and labels of different lengths, labels that do not fit
+            the model's classes (out of range, fractional, soft or one-hot
+            rows of another width), bad options.
 
     Example:
     >>> import kft, keras, numpy as np
@@ -98,7 +102,7 @@ def estimate_fisher(model: keras.Model, source_data, *,
     if normalize is not None:
         check_choice("normalize", normalize, ("mean", "max"))
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    images, labels = _arrays(source_data, kind, num_samples)
+    images, labels = _arrays(model, source_data, kind, num_samples)
     weights = _compat.weight_variables(model)
     ids = {id(v) for v in weights}
     others = [v for v in model.variables if id(v) not in ids]
@@ -126,7 +130,7 @@ def estimate_fisher(model: keras.Model, source_data, *,
     return FisherInformation(values, kind, n, normalize)
 
 
-def _arrays(source_data, kind, num_samples):
+def _arrays(model, source_data, kind, num_samples):
     if isinstance(source_data, (tuple, list)) and len(source_data) == 2:
         images, labels = source_data
     else:
@@ -141,7 +145,8 @@ def _arrays(source_data, kind, num_samples):
                           '"empirical" (images alone only for kind="true")',
                           f"images of shape {images.shape}")
         labels = np.zeros(len(images), "int32")
-    labels = np.asarray(labels).reshape(-1).astype("int32")
+    else:
+        labels = _class_indices(labels, _num_classes(model, images))
     if len(labels) != len(images):
         fail_argument("source_data", "images and labels of one length",
                       f"{len(images)} images, {len(labels)} labels")
@@ -149,6 +154,42 @@ def _arrays(source_data, kind, num_samples):
         num_samples = check_int("num_samples", num_samples, min_value=1)
         images, labels = images[:num_samples], labels[:num_samples]
     return images, labels
+
+
+def _num_classes(model, images):
+    try:
+        outputs = model.outputs
+    except AttributeError:  # a subclassed model
+        outputs = [model.compute_output_spec(
+            keras.KerasTensor((None, *images.shape[1:])))]
+    return int(outputs[0].shape[-1])
+
+
+def _class_indices(labels, num_classes):
+    """Integer labels in `[0, num_classes)` from integer or one-hot labels.
+
+    A label outside the model's classes would index past its logits (JAX
+    does not bounds-check) and give a wrong Fisher without an error.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim == 2:
+        one_hot = labels.shape[1] == num_classes and np.all(
+            (labels == 0) | (labels == 1)) and np.all(labels.sum(1) == 1)
+        if not one_hot:
+            raise ValueError(
+                "Argument `source_data[1]` must hold class indices or "
+                f"one-hot rows of width {num_classes} (the model's classes). "
+                f"Received: labels of shape {labels.shape} that are not "
+                "one-hot rows of that width (soft labels have no single "
+                "class whose log-likelihood the Fisher could use).")
+        labels = labels.argmax(1)
+    elif labels.ndim != 1:
+        fail_argument("source_data[1]", "class indices (n,) or one-hot rows "
+                      f"(n, {num_classes})", f"labels of shape {labels.shape}")
+    return check_labels(labels, num_classes,
+                        name="source_data[1]").astype("int32")
 
 
 def _padded(images, labels, begin, batch_size):

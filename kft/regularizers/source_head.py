@@ -74,7 +74,8 @@ def with_source_head(model: keras.Model, source_head) -> keras.Model:
     """The classifier `model` with a source head kept beside its new head.
 
     The returned model shares `model`'s layers and weights and outputs the
-    same target logits; it also holds the source head (a copy, frozen) on
+    same target logits, and carries its `kft_metadata` (class names for
+    `kft.export`); it also holds the source head (a copy, frozen) on
     the pooled backbone features, so `source_classifier(model)` measures
     the source task after fine-tuning, and `kft.LwF` can distil it.
 
@@ -149,6 +150,9 @@ def with_source_head(model: keras.Model, source_head) -> keras.Model:
         new = keras.Model(inputs, x, name=model.name)
     if hasattr(model, "_kft_pretrained"):
         setattr(new, "_kft_pretrained", getattr(model, "_kft_pretrained"))
+    if getattr(model, "kft_metadata", None) is not None:
+        # What `kft.export` and `kft.predict` read (class names, backbone).
+        new.kft_metadata = dict(model.kft_metadata)
     return new
 
 

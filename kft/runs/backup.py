@@ -142,6 +142,7 @@ class RunBackup(keras.callbacks.Callback):
         self._trainable = state["trainable"]
         self.best_epoch = state["best_epoch"]
         self.best_value = state["best_value"]
+        self._values = state["values"]
         if state["mode"] in ("min", "max"):
             self.mode = state["mode"]
 
@@ -162,7 +163,7 @@ class RunBackup(keras.callbacks.Callback):
     def _read_state(self):
         path = os.path.join(self.directory, STATE_FILE)
         state = {"history": {}, "trainable": {}, "best_epoch": None,
-                 "best_value": None, "mode": None}
+                 "best_value": None, "mode": None, "values": {}}
         if os.path.exists(path):
             with open(path) as f:
                 state.update(json.load(f))
@@ -175,11 +176,24 @@ class RunBackup(keras.callbacks.Callback):
         path = os.path.join(self.directory, STATE_FILE)
         state = {"history": {str(k): v for k, v in self.history.items()},
                  "trainable": self._trainable, "best_epoch": self.best_epoch,
-                 "best_value": self.best_value, "mode": self.mode}
+                 "best_value": self.best_value, "mode": self.mode,
+                 "values": self._values}
         # Replaced atomically: a kill leaves the old file or the new one.
         with open(path + ".tmp", "w") as f:
             json.dump(state, f)
         os.replace(path + ".tmp", path)
+
+    def record(self, key: str, value):
+        """Keeps a value a recipe computed once (a JSON value) for the
+        attempts after a restart: `fine_tune(learning_rate="find")` records
+        the rate it found, so that a resumed run trains on at that rate
+        instead of running the range test again."""
+        self._values[key] = value
+        self._write_state()
+
+    def recall(self, key: str):
+        """The value `record` kept under `key`, or `None`."""
+        return self._values.get(key)
 
     # -- trainable set ------------------------------------------------------
 
@@ -191,7 +205,8 @@ class RunBackup(keras.callbacks.Callback):
         # them whichever of the two end-of-epoch writes a kill followed.
         records = self._trainable.setdefault(str(self.phase), {})
         records[str(epoch)] = [
-            [layer.path, bool(layer.trainable)] for layer in self._flat_layers()]
+            [layer.path, bool(layer.trainable), type(layer).__name__]
+            for layer in self._flat_layers()]
         for key in sorted(records, key=int)[:-2]:
             del records[key]
 
@@ -200,7 +215,13 @@ class RunBackup(keras.callbacks.Callback):
         if flags is None:
             return False
         layers = self._flat_layers()
-        if [layer.path for layer in layers] != [path for path, _ in flags]:
+        # Layer classes, not paths: a model built again in the same process
+        # (a notebook resuming after an interrupt) gets other automatic
+        # names ("rescaling_1") for the same layers.
+        classes = [type(layer).__name__ for layer in layers]
+        recorded = [record[2] if len(record) > 2 else name  # older files
+                    for record, name in zip(flags, classes)]
+        if len(layers) != len(flags) or classes != recorded:
             raise RuntimeError(
                 f"RunBackup: the model's layers differ from those recorded "
                 f"in {self.directory!r}; resume with the same model and "
@@ -208,8 +229,8 @@ class RunBackup(keras.callbacks.Callback):
         # Depth first, containers before their layers: a container's flag
         # sets its layers', then each layer gets its own.
         with changing_trainable(self.model):
-            for layer, (_, flag) in zip(layers, flags):
-                layer.trainable = flag
+            for layer, record in zip(layers, flags):
+                layer.trainable = record[1]
         return True
 
     # -- callback hooks -----------------------------------------------------

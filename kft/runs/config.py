@@ -4,8 +4,9 @@ A run folder's `config.toml` holds the config with every default
 resolved (backbone's image size, the strategy `"auto"` chose, the rate
 the finder found), so `kft train --config runs/x/config.toml` repeats the
 run. Only flat tables of strings, numbers and booleans are written, so the
-writer here is a few lines (reading uses the standard `tomllib`); a
-setting that is `None` is left out of the file and reads back as `None`.
+writer here is a few lines (reading uses the standard `tomllib`). TOML
+has no null: settings that are `None` are listed in `unset = [...]` and
+read back as `None` (a setting missing from the file takes its default).
 """
 
 import dataclasses
@@ -21,6 +22,8 @@ from kft._validation import fail_argument
 STRATEGIES = ("feature_extraction", "partial", "gradual", "full", "auto")
 BN_POLICIES = ("frozen", "train")
 SCHEDULES = ("cosine", "constant", "one_cycle")
+# The key listing the settings that are `None`.
+UNSET = "unset"
 
 
 @dataclasses.dataclass
@@ -28,7 +31,8 @@ class TrainConfig:
     """Settings of one `kft.train_run`; `None` means "resolve a default".
 
     Attributes:
-        data_dir: Image folder: `<class>/*.jpg`, or `train/` + `val/`.
+        data_dir: Image folder: `<class>/*.jpg` (a `test/` folder beside
+            them is held out, not a class), or `train/` + `val/`.
         val_dir: A separate validation folder (`<class>/*.jpg`).
         val_split: Fraction of each class held out for validation when
             there is no validation folder. Defaults to `0.2`.
@@ -55,7 +59,8 @@ class TrainConfig:
             off).
         label_smoothing: Label smoothing (`0`: off).
         dropout: Dropout before the classifier layer.
-        monitor: The quantity that picks the kept epoch.
+        monitor: The quantity that picks the kept epoch: `"loss"`,
+            `"accuracy"`, or either with `val_` (validation data).
         early_stopping: Patience in epochs (`None`: off).
         seed: Seeds Keras, NumPy, the split and augmentation.
         plots: Write the report's plots (with matplotlib installed).
@@ -65,6 +70,9 @@ class TrainConfig:
     >>> config = TrainConfig(data_dir="photos", backbone="simple_cnn")
     >>> text = config.to_toml()
     >>> TrainConfig.from_toml(text) == config
+    True
+    >>> no_split = config.replace(val_split=None)  # train on every image
+    >>> TrainConfig.from_toml(no_split.to_toml()).val_split is None
     True
     """
 
@@ -144,7 +152,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        """The config as a TOML document (`None` values left out)."""
+        """The config as a TOML document (`None` values named in
+        `unset`)."""
         lines = ["# kft train: the settings of this run, every default "
                  "resolved.", "# Repeat it: kft train --config config.toml "
                  "--out runs/NEW", ""]
@@ -155,7 +164,8 @@ class TrainConfig:
             else:
                 lines.append(f"{name} = {_toml_value(value)}")
         if unset:
-            lines.append(f"# not set: {', '.join(unset)}")
+            lines.append("# settings that are None (TOML has no null)")
+            lines.append(f"{UNSET} = {_toml_value(unset)}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -167,7 +177,18 @@ class TrainConfig:
             raise ValueError(
                 f"A kft config is one flat table; found table(s) "
                 f"{', '.join(nested)}")
-        return cls().replace(**values)
+        unset = values.pop(UNSET, [])
+        if not (isinstance(unset, list)
+                and all(isinstance(name, str) for name in unset)):
+            raise ValueError(
+                f"{UNSET} must be a list of setting names; received "
+                f"{unset!r}")
+        both = sorted(set(unset) & set(values))
+        if both:
+            raise ValueError(
+                f"Setting(s) {', '.join(both)} both given and listed in "
+                f"{UNSET}")
+        return cls().replace(**values, **dict.fromkeys(unset))
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
@@ -206,4 +227,6 @@ def _toml_value(value):
     if isinstance(value, str):
         # JSON string escapes are valid TOML basic-string escapes.
         return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
     raise TypeError(f"Cannot write {value!r} to TOML")

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 
+from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
 
 
@@ -31,7 +32,10 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     """Loads `path`: a `kft train` run folder or a `.keras` model file.
 
     Class names come from the run folder's `run.json` (a `.keras` file
-    inside a run folder finds it too).
+    inside a run folder finds it too), else from the metadata of a file
+    `kft.export` wrote (`kft.deploy.read_metadata`). The loaded model
+    carries them in its `kft_metadata`, so `kft.export` and `kft.predict`
+    of it name the classes.
 
     Raises:
         ValueError: `path` is neither, or the run has no model yet.
@@ -68,8 +72,12 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     if os.path.isfile(info_path):
         with open(info_path) as f:
             class_names = json.load(f).get("class_names")
+    meta = read_metadata(model_path)  # a `kft.export`ed file carries some
     if class_names is None:
-        class_names = getattr(model, "class_names", None)
+        class_names = meta.get("class_names")
+    if meta or class_names is not None:
+        # `kft.export` / `kft.predict` of the loaded model read them there.
+        model.kft_metadata = {**meta, "class_names": class_names}
     return LoadedRun(model=model, class_names=class_names,
                      image_size=int(model.inputs[0].shape[1]), path=path,
                      model_path=model_path)

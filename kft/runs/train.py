@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Callable
 
+from kft._validation import fail_argument
 from kft.distributed.processes import barrier
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
@@ -36,6 +37,10 @@ from kft.runs.config import load_config
 
 CHECKPOINTS = "checkpoints"
 VAL_FOLDERS = ("val", "validation", "valid")
+# Held-out images next to the class folders: never a class.
+TEST_FOLDER = "test"
+# What `fine_tune` compiles: with `loss`, the names an epoch logs.
+METRICS = ("accuracy",)
 
 
 class RunSetupError(ValueError):
@@ -96,14 +101,17 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     """Checks `config` and fills in what depends on the data and backbone.
 
     Resolved: the backbone's registered name and default image size, no
-    `val_split` with a val folder (or `val_dir`), the monitor `"loss"`
-    without validation data, the run folder
+    `val_split` with a val folder (or `val_dir`), the monitor without its
+    `val_` prefix without validation data (checked against what each
+    epoch logs: `loss`, `accuracy`, and `val_` of each with validation
+    data), the run folder
     (`runs/<data folder>-<backbone>[-N]`). `strategy="auto"` and
     `lr="find"` need the data and the model: `train_run` resolves them.
 
     Raises:
-        ValueError: a bad value, a missing folder or weights file, or an
-            unknown backbone (with close names suggested).
+        ValueError: a bad value, a missing folder or weights file, a
+            monitor that is never logged, or an unknown backbone (with
+            close names suggested).
 
     Example:
     >>> import tempfile
@@ -136,8 +144,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         changes["val_split"] = None
     has_val = (config.val_dir is not None or _layout(config.data_dir)
                or config.val_split is not None)
-    if not has_val and config.monitor.startswith("val_"):
-        changes["monitor"] = config.monitor[len("val_"):]
+    monitor = config.monitor
+    if not has_val and monitor.startswith("val_"):
+        changes["monitor"] = monitor = monitor[len("val_"):]
+    logged = ("loss", *METRICS)
+    if has_val:
+        logged += tuple(f"val_{name}" for name in logged)
+    if monitor not in logged:  # found at the first epoch's end otherwise
+        fail_argument("monitor", f"a quantity each epoch logs, one of "
+                      f"{logged}", config.monitor)
     if config.out is None:
         base = os.path.join("runs", f"{os.path.basename(os.path.abspath(config.data_dir))}-{spec.name}")
         out, n = base, 2
@@ -150,9 +165,36 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 # -- data and model -------------------------------------------------------------
 
 
+def _test_beside_classes(data_dir) -> bool:
+    """Whether `data_dir` holds `<class>/` folders and a `test/` folder
+    (not a class: `load_folder_data` leaves it out)."""
+    return not os.path.isdir(os.path.join(data_dir, "train")) and \
+        os.path.isdir(os.path.join(data_dir, TEST_FOLDER))
+
+
+def _classes_without_test(data_dir):
+    """`data_dir`, or for `<class>/` folders next to a `test/` folder a
+    temporary folder linking the class folders alone (symbolic links, as
+    `kft.runs.folder.layout_dir`; it lives until the process exits)."""
+    import atexit
+    import tempfile
+
+    if not _test_beside_classes(data_dir):
+        return data_dir
+    root = os.path.realpath(tempfile.mkdtemp(prefix="kft_classes_"))
+    atexit.register(shutil.rmtree, root, True)
+    for entry in os.scandir(data_dir):
+        if entry.is_dir() and entry.name != TEST_FOLDER:
+            os.symlink(os.path.abspath(entry.path),
+                       os.path.join(root, entry.name))
+    return root
+
+
 def load_folder_data(config: TrainConfig):
     """`(train, val)` `kft.data` datasets of a resolved config.
 
+    A `test/` folder next to the class folders is not a class: it holds
+    held-out images (`kft compare` scores on it, `kft eval` takes it).
     With `val_dir`, the two folders are read as one `train/` + `val/`
     layout (`kft.runs.folder.layout_dir`), so val images get the eval
     transform and the class order of the train folder.
@@ -161,13 +203,21 @@ def load_folder_data(config: TrainConfig):
 
     kwargs = dict(image_size=config.image_size, batch_size=config.batch_size,
                   augmentation=config.augment, seed=config.seed)
-    if config.val_dir is None:
-        return kft_data.from_directory(
-            config.data_dir, validation_split=config.val_split, **kwargs)
-    from kft.runs.folder import layout_dir
+    classes = _classes_without_test(config.data_dir)
+    try:
+        if config.val_dir is None:
+            return kft_data.from_directory(
+                classes, validation_split=config.val_split, **kwargs)
+        from kft.runs.folder import layout_dir
 
-    return kft_data.from_directory(
-        layout_dir(config.data_dir, config.val_dir), **kwargs)
+        return kft_data.from_directory(layout_dir(classes, config.val_dir),
+                                       **kwargs)
+    except ValueError as error:
+        if classes == config.data_dir:
+            raise
+        # Messages name the user's folder, not the links.
+        raise ValueError(str(error).replace(
+            classes, config.data_dir)) from error
 
 
 def _batch_augment(config, num_classes):
@@ -245,7 +295,7 @@ def _fine_tune_kwargs(config):
         head_learning_rate=config.head_lr, learning_rate=config.lr,
         weight_decay=config.weight_decay, layer_decay=config.layer_decay,
         unfreeze_every=config.unfreeze_every, bn=config.bn,
-        monitor=config.monitor,
+        metrics=METRICS, monitor=config.monitor,
         early_stopping_patience=config.early_stopping,
         batch_size=config.batch_size, schedule=config.schedule)
 
@@ -428,7 +478,8 @@ def _summary(result, env, requested):
 
 
 def _prepare_out(config, resume, say):
-    """`(config, run_info, resumed)`: the folder made, or read to resume."""
+    """`(config, run_info, resumed, created)`: the folder made (`created`:
+    by this call), or read to resume."""
     out = config.out
     status_path = os.path.join(out, "run.json")
     if resume:
@@ -438,15 +489,41 @@ def _prepare_out(config, resume, say):
                 "the run without --resume.")
         saved = load_config(os.path.join(out, "config.toml"))
         info = _read_json(status_path) if os.path.exists(status_path) else {}
-        return saved, info, True
+        return saved, info, True, False
     if not is_primary():  # process 0 checks and makes the folder
-        return config, {}, False
+        return config, {}, False, False
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"Run folder {out!r} is a file; pass another "
+                         "--out (a folder to create, or an empty one).")
     if os.path.exists(out) and os.listdir(out):
         raise ValueError(
             f"Run folder {out!r} exists and is not empty: continue it with "
             "--resume, or pass another --out.")
-    os.makedirs(out, exist_ok=True)
-    return config, {}, False
+    created = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Run folder {out!r} cannot be created "
+                         f"({error.strerror or error}); pass another "
+                         "--out.") from error
+    return config, {}, False, created
+
+
+def _discard_unstarted(out, created):
+    """Removes what a new run wrote before its first epoch ended (nothing
+    to resume), so that the same `out` takes a corrected run."""
+    from kft.runs.backup import STATE_FILE
+
+    if not is_primary() or os.path.exists(
+            os.path.join(out, CHECKPOINTS, STATE_FILE)):
+        return
+    shutil.rmtree(os.path.join(out, CHECKPOINTS), ignore_errors=True)
+    for name in ("config.toml", "environment.json", "run.json"):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            os.remove(path)
+    if created and not os.listdir(out):
+        os.rmdir(out)
 
 
 def train_run(config: TrainConfig | None = None, *, resume: bool = False,
@@ -466,7 +543,9 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
     epoch checkpointed, with its weights, optimizer state, trainable set
     and history; a run that completed is reported and not retrained. The
     data order after a resume is not the uninterrupted run's (the input
-    pipeline starts anew).
+    pipeline starts anew). A new run that fails (or is interrupted) before
+    its first epoch ends removes what it wrote, so `out` takes the
+    corrected run without `resume`.
 
     Args:
         config: A `TrainConfig`. Defaults to `TrainConfig()`.
@@ -482,9 +561,10 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
         A `TrainRunResult`.
 
     Raises:
-        ValueError: a bad setting, missing folder, fewer than two classes,
-            unknown backbone, an image size the backbone cannot take, or a
-            run folder that exists (without `resume`).
+        ValueError: a bad setting (a `monitor` no epoch logs included),
+            missing folder, fewer than two classes, unknown backbone, an
+            image size the backbone cannot take, or a run folder that
+            exists (without `resume`) or cannot be created (a file).
 
     Example (trains; see tests/test_cli_train.py):
     >>> import kft
@@ -501,13 +581,18 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
             raise ValueError("resume needs the run folder: pass out=.")
         if not resume:
             config = resolve_config(config)
-        config, info, resumed = _prepare_out(config, resume, say)
+        config, info, resumed, created = _prepare_out(config, resume, say)
     except ValueError as error:
         raise RunSetupError(str(error)) from error
     if resumed and info.get("status") == "complete":
         say(f"Run {config.out!r} is complete; nothing to resume.")
         return _completed_result(config, info)
-    return _train(config, info, resumed, verbose, say, command)
+    try:
+        return _train(config, info, resumed, verbose, say, command)
+    except BaseException:
+        if not resumed:
+            _discard_unstarted(config.out, created)
+        raise
 
 
 def _setup(config, info, say):
@@ -521,7 +606,10 @@ def _setup(config, info, say):
         say(f"data: {train.num_examples} training images in "
             f"{len(train.class_names)} classes"
             + (f", {val.num_examples} validation images" if val else "")
-            + f" ({config.data_dir}); image size {config.image_size}")
+            + f" ({config.data_dir}"
+            + (f"; {TEST_FOLDER}/ is held out, not a class"
+               if _test_beside_classes(config.data_dir) else "")
+            + f"); image size {config.image_size}")
         config, reasons = _choose_strategy(config, train, say)
         model = build_run_model(config, len(train.class_names),
                                 class_names=list(train.class_names))

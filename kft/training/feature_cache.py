@@ -10,6 +10,7 @@ the full model's head: there is nothing to copy back.
 
 import os
 import tempfile
+import weakref
 
 import keras
 import numpy as np
@@ -19,6 +20,7 @@ from kft._validation import check_int
 from kft.distributed.data_parallel import batch_shards
 from kft.distributed.data_parallel import check_batch_size
 from kft.models.batch_augment import BatchAugmentModel
+from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches
 from kft.training.fit_data import num_examples
 from kft.training.head import split_head
@@ -37,7 +39,8 @@ class FeatureCache:
     Attributes:
         features: `(n, ...)` float32 array (`numpy.memmap` when on disk).
         labels: `(n,)` or `(n, classes)` labels, or `None`.
-        path: The memory-mapped file, or `None` when in memory.
+        path: The memory-mapped file (deleted once `features` is
+            garbage-collected), or `None` when in memory.
     """
 
     def __init__(self, features, labels, path=None):
@@ -133,10 +136,13 @@ class _FeatureWriter:
             return
         self.in_memory.append(out)
         if self.count * out[0].nbytes > self.memory_budget:
-            directory = self.directory or tempfile.mkdtemp(prefix="kft-")
-            os.makedirs(directory, exist_ok=True)
-            self.path = os.path.join(directory, "features.f32")
-            self.file = open(self.path, "wb")
+            if self.directory is not None:
+                os.makedirs(self.directory, exist_ok=True)
+            # A file of its own: caches made in one directory (train and
+            # validation) must not write over each other.
+            handle, self.path = tempfile.mkstemp(
+                suffix=".f32", prefix="kft-features-", dir=self.directory)
+            self.file = os.fdopen(handle, "wb")
             for part in self.in_memory:
                 self.file.write(part.tobytes())
             self.in_memory = []
@@ -146,8 +152,19 @@ class _FeatureWriter:
         if self.file is None:
             return np.concatenate(self.in_memory)
         self.file.close()
-        return np.memmap(self.path, np.float32, "r",
-                         shape=(self.count, *self.shape))
+        features = np.memmap(self.path, np.float32, "r",
+                             shape=(self.count, *self.shape))
+        # Views of the memmap keep it alive, so the file goes with the last.
+        weakref.finalize(features, _remove_file, self.path)
+        return features
+
+
+def _remove_file(path):
+    try:
+        os.remove(path)
+    except OSError:
+        # Already gone, or still mapped where that forbids removal.
+        pass
 
 
 def cache_features(model, data, *, batch_size: int = 32,
@@ -174,12 +191,15 @@ def cache_features(model, data, *, batch_size: int = 32,
     Args:
         model: A model whose backbone is frozen (`kft.freeze(model,
             "feature_extraction")`).
-        data: `(x, y)` arrays, an `x` array, or a dataset yielding `(x, y)`
-            batches without augmentation (e.g. `kft.data.from_arrays`).
+        data: `(x, y)` arrays (a tuple or list), an `x` array, or a
+            dataset yielding `(x, y)` batches without augmentation (e.g.
+            `kft.data.from_arrays`).
         batch_size: Batch size for arrays. Defaults to `32`.
         memory_budget: Bytes kept in memory before spilling to a file.
             Defaults to `2**30` (1 GiB).
-        directory: Where the memory-mapped file goes. Defaults to a new
+        directory: Where the memory-mapped file goes (a new file of its
+            own, `kft-features-*.f32`, deleted once the cache's features
+            are garbage-collected). Defaults to `None`: the system's
             temporary directory.
         verbose: `1` shows a progress bar. Defaults to `1`.
 
@@ -206,6 +226,11 @@ def cache_features(model, data, *, batch_size: int = 32,
     features_model, reason = _split_for_caching(model)
     if reason is not None:
         raise ValueError(reason)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and (
+            data[1] is None):
+        data = (np.asarray(data[0]), None)
+    else:
+        data = as_pair(data, "data")
     progress = keras.utils.Progbar(num_examples(data), unit_name="image",
                                    verbose=verbose)
     writer, labels = _FeatureWriter(memory_budget, directory), []

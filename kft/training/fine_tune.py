@@ -8,6 +8,7 @@ from typing import Literal
 
 import keras
 
+from kft._compat import print_msg
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
@@ -25,6 +26,7 @@ from kft.training.feature_cache import fit_head
 from kft.distributed.data_parallel import check_data_batches
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
+from kft.training.fit_data import check_label_forms
 from kft.training.fit_data import one_hot_labels
 from kft.training.fit_data import plain_data
 from kft.training.freezing import BN_POLICIES
@@ -99,6 +101,31 @@ def _check_arguments(strategy, mode, cache_mode, bn, counts, rates,
     return counts, layer_decay
 
 
+def _check_model(model, strategy, n_blocks, learning_rate, epochs):
+    """Checks what the phases need of `model`, before anything trains."""
+    head, body = head_and_body(get_blocks(model))
+    if head is None:
+        raise ValueError(
+            "Argument `model` must have a \"head\" block: phase 1 trains "
+            f"the head alone, and kft.get_blocks finds the blocks {body} "
+            "and no head. kft's head is the layers with weights after a kft "
+            "backbone: build the model with kft.build_classifier, or put a "
+            "kft backbone (kft.create_backbone) before your head layers. "
+            f"Received: model={model.name!r}")
+    if strategy == "partial" and n_blocks > len(body):
+        fail_argument("n_blocks", f"an integer from 1 to {len(body)} (the "
+                      f"blocks below the head: {body})", n_blocks)
+    if (learning_rate == "find" and strategy != "feature_extraction"
+            and epochs and model.dtype_policy.name == "mixed_float16"):
+        # Keras wraps the optimizer in a LossScaleOptimizer, whose skipped
+        # steps (non-finite gradients) would shift the rate ramp.
+        fail_argument(
+            "learning_rate", "a number under the 'mixed_float16' dtype "
+            "policy: the range test cannot run on the loss-scaled optimizer "
+            "Keras compiles then. Pass a rate, or build the model under "
+            "'mixed_bfloat16' or 'float32' to use 'find'", learning_rate)
+
+
 def _default_loss(model, train_data):
     # A batch-mixing model trains on soft labels (it one-hot encodes
     # integer ones itself); a plain model on integer or one-hot labels.
@@ -130,12 +157,12 @@ def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
                                           weight_decay=weight_decay))
     caches = _head_caches(phases, cache_mode)
     if caches is None:
-        return phases.fit(epochs, 0)
+        return phases.fit(epochs, 0, [EpochRate()])
     return fit_head(
         phases.model, caches[0], validation_data=caches[1],
         batch_size=phases.batch_size, epochs=epochs, verbose=phases.verbose,
         class_weight=phases.class_weight,
-        callbacks=phases.callbacks()).history
+        callbacks=phases.callbacks([EpochRate()])).history
 
 
 def _steps_per_epoch(phases):
@@ -211,6 +238,27 @@ def _find_rate(phases, strategy, n_blocks, weight_decay, layer_decay, bn):
     return result
 
 
+# Where a `RunBackup` among the callbacks keeps the rate found.
+_FOUND_RATE_KEY = "fine_tune_found_learning_rate"
+
+
+def _recall(callbacks, key):
+    """The value a callback with `recall` (`kft.runs.RunBackup`) kept from
+    an earlier attempt of the run, or `None`."""
+    for callback in callbacks:
+        if callable(getattr(callback, "recall", None)):
+            value = callback.recall(key)
+            if value is not None:
+                return value
+    return None
+
+
+def _record(callbacks, key, value):
+    for callback in callbacks:
+        if callable(getattr(callback, "record", None)):
+            callback.record(key, value)
+
+
 def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
                   plan, n_blocks, unfreeze_every, bn):
     """Phase 2: deeper blocks at the lower, scheduled rate."""
@@ -235,8 +283,15 @@ def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
     return phases.fit(epochs, first_epoch, first)
 
 
-def _check_schedule(schedule, learning_rate, warmup, steps_per_epoch):
-    """Checks the phase 2 rate arguments before anything trains."""
+# Fewest steps of `kft.OneCycle`'s default cycle: its rise (pct_start=0.3
+# of the steps) must last more than one step.
+ONE_CYCLE_MIN_STEPS = 4
+
+
+def _check_schedule(schedule, learning_rate, warmup, steps_per_epoch,
+                    epochs):
+    """Checks the phase 2 rate arguments before anything trains; `epochs`
+    is phase 2's count (0 without a phase 2)."""
     if not isinstance(schedule,
                       keras.optimizers.schedules.LearningRateSchedule):
         check_choice("schedule", schedule, SCHEDULES)
@@ -254,6 +309,13 @@ def _check_schedule(schedule, learning_rate, warmup, steps_per_epoch):
         fail_argument("schedule", "'constant' or a LearningRateSchedule "
                       "(without warm-up) for training data whose number of "
                       "batches is unknown (no len())", schedule)
+    total = epochs * (steps_per_epoch or 0)
+    if schedule == "one_cycle" and epochs and total < ONE_CYCLE_MIN_STEPS:
+        fail_argument(
+            "schedule", f"'cosine' or 'constant' for a phase 2 of {total} "
+            f"steps (epochs={epochs} x {steps_per_epoch} batches per epoch): "
+            f"'one_cycle' needs at least {ONE_CYCLE_MIN_STEPS}; raise "
+            "`epochs` or lower `batch_size`", schedule)
     return warmup
 
 
@@ -303,7 +365,9 @@ def fine_tune(
     With `learning_rate="find"`, `kft.lr_find` runs after phase 1 on phase
     2's optimizer and first trainable set (gradual: the head and the top
     block), and phase 2 trains at its `"valley"` suggestion (fastai's
-    default); the model is restored exactly before phase 2 starts.
+    default); the model is restored exactly before phase 2 starts. A
+    `kft.runs.RunBackup` among the callbacks records that rate, so that a
+    run resumed after a restart trains on at it instead of testing again.
 
     After both phases the model holds the weights of the best epoch by
     `monitor` (printed at the end when `verbose`); with
@@ -313,10 +377,11 @@ def fine_tune(
     Args:
         model: A model from `kft.build_classifier` (or one
             `kft.get_blocks` splits into blocks and a head).
-        train_data: `(x, y)` arrays (a tuple or list; `y` integer labels
-            or one-hot rows), or anything `model.fit` takes as `x` (a
-            dataset yielding `(x, y)` batches).
-        val_data: Validation data in the same forms. Defaults to `None`.
+        train_data: `(x, y)` arrays (a tuple or list; `y` integer labels,
+            shaped `(n,)` or `(n, 1)`, or one-hot rows), or anything
+            `model.fit` takes as `x` (a dataset yielding `(x, y)` batches).
+        val_data: Validation data in the same forms, its labels in the
+            form of `train_data`'s. Defaults to `None`.
         strategy: One of `"feature_extraction"`, `"partial"`, `"gradual"`,
             `"full"`. Defaults to `"partial"`.
         n_blocks: Blocks below the head trained in phase 2 of `"partial"`.
@@ -335,7 +400,8 @@ def fine_tune(
             `fit_one_cycle`), `"constant"`, or a
             `keras.optimizers.schedules.LearningRateSchedule` (its step 0 is
             phase 2's first step). `"cosine"` and `"one_cycle"` need the
-            number of batches per epoch (arrays, or data with `len()`).
+            number of batches per epoch (arrays, or data with `len()`);
+            `"one_cycle"` needs at least 4 steps in phase 2.
             Defaults to `"cosine"`.
         warmup: Fraction of phase 2's steps of linear warm-up
             (`kft.Warmup`) before the schedule, in [0, 1); not with
@@ -391,10 +457,13 @@ def fine_tune(
     Raises:
         ValueError: an unknown strategy, schedule, mode or BatchNorm
             policy, a bad count (epochs, blocks, batch size, patience), rate,
-            warm-up fraction or decay,
-            labels outside the model's classes, a monitored value missing
-            from the logs or without a direction in `"auto"` mode. Arguments
-            are checked before anything trains.
+            warm-up fraction or decay, a model without a head block,
+            `"one_cycle"` over fewer than 4 steps, `learning_rate="find"`
+            under the `"mixed_float16"` policy, labels outside the model's
+            classes or in different forms (integer, one-hot) in
+            `train_data` and `val_data`, a monitored value missing from the
+            logs or without a direction in `"auto"` mode. Arguments are
+            checked before anything trains.
 
     Example:
     >>> import kft
@@ -423,6 +492,11 @@ def fine_tune(
     num_classes = model.outputs[0].shape[-1]
     check_data_labels(train_data, num_classes, "train_data")
     check_data_labels(val_data, num_classes, "val_data")
+    if not isinstance(model, BatchAugmentModel):
+        # It turns integer labels into one-hot rows itself.
+        check_label_forms(train_data, val_data)
+    _check_model(model, strategy, counts["n_blocks"], learning_rate,
+                 counts["epochs"])
     # Under data parallel, before anything trains.
     check_data_batches(train_data, counts["batch_size"], name="train_data")
     check_data_batches(val_data, counts["batch_size"], name="val_data")
@@ -441,17 +515,26 @@ def fine_tune(
         verbose=verbose, class_weight=class_weight)
     plan = {"schedule": schedule, "steps_per_epoch": _steps_per_epoch(phases),
             "weight_decay": weight_decay, "layer_decay": layer_decay}
-    plan["warmup"] = _check_schedule(schedule, learning_rate, warmup,
-                                     plan["steps_per_epoch"])
+    plan["warmup"] = _check_schedule(
+        schedule, learning_rate, warmup, plan["steps_per_epoch"],
+        0 if strategy == "feature_extraction" else counts["epochs"])
     histories = [_train_head(phases, counts["head_epochs"],
                              head_learning_rate, weight_decay, bn,
                              cache_features)]
     found = None
     if strategy != "feature_extraction" and counts["epochs"]:
         if learning_rate == "find":
-            found = _find_rate(phases, strategy, counts["n_blocks"],
-                               weight_decay, layer_decay, bn)
-            learning_rate = found.suggestions[FIND_SUGGESTION].learning_rate
+            learning_rate = _recall(phases.extra, _FOUND_RATE_KEY)
+            if learning_rate is None:
+                found = _find_rate(phases, strategy, counts["n_blocks"],
+                                   weight_decay, layer_decay, bn)
+                learning_rate = found.suggestions[
+                    FIND_SUGGESTION].learning_rate
+                _record(phases.extra, _FOUND_RATE_KEY, float(learning_rate))
+            elif phases.verbose:
+                print_msg(f"fine_tune(learning_rate='find'): "
+                          f"{learning_rate:.3g}, the rate found before the "
+                          "restart (RunBackup)")
         histories.append(_train_deeper(
             phases, strategy, counts["head_epochs"], counts["epochs"],
             learning_rate, plan, counts["n_blocks"],

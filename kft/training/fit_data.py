@@ -39,12 +39,25 @@ def as_pair(data, name):
     return data
 
 
+def integer_labels(y):
+    """Whether label array `y` holds integer labels rather than one-hot
+    rows: `(n,)`, or `(n, 1)` as `keras.datasets` return them (a one-hot
+    row of width 1 would say nothing).
+
+    Example:
+    >>> import numpy as np
+    >>> integer_labels(np.zeros((4, 1))), integer_labels(np.eye(3))
+    (True, False)
+    """
+    return y.ndim < 2 or (y.ndim == 2 and y.shape[1] == 1)
+
+
 def check_data_labels(data, num_classes, name):
     """Raises unless the labels of `data` fit a model with `num_classes`.
 
-    Checks the labels of an `(x, y)` pair (integer labels in range, or
-    one-hot rows of the model's width) and the class count of a `kft.data`
-    dataset; other data is not inspected.
+    Checks the labels of an `(x, y)` pair (integer labels in range, shaped
+    `(n,)` or `(n, 1)`, or one-hot rows of the model's width) and the class
+    count of a `kft.data` dataset; other data is not inspected.
 
     Example:
     >>> import numpy as np
@@ -53,16 +66,21 @@ def check_data_labels(data, num_classes, name):
     Traceback (most recent call last):
     ...
     ValueError: Argument `data` has one-hot labels of width 2 for a model ...
+    >>> check_data_labels((np.zeros((2, 1)), np.array([[0], [2]])), 3, "data")
     """
     if isinstance(data, tuple):
         _, y = data
-        if y.ndim == 2:
-            if y.shape[1] != num_classes:
-                raise ValueError(
-                    f"Argument `{name}` has one-hot labels of width "
-                    f"{y.shape[1]} for a model with {num_classes} classes.")
-        else:
-            check_labels(y, num_classes, name=f"{name}[1]")
+        if not integer_labels(y) and (y.ndim != 2
+                                      or y.shape[1] != num_classes):
+            what = (f"one-hot labels of width {y.shape[1]}" if y.ndim == 2
+                    else f"labels of shape {y.shape}")
+            raise ValueError(
+                f"Argument `{name}` has {what} for a model with "
+                f"{num_classes} classes. Labels must be integers 0.."
+                f"{num_classes - 1}, shaped (n,) or (n, 1), or one-hot rows "
+                f"of width {num_classes}.")
+        if integer_labels(y):
+            check_labels(y.reshape(-1), num_classes, name=f"{name}[1]")
     elif isinstance(data, ImageDataset) and len(
             data.class_names) > num_classes:
         raise ValueError(
@@ -71,7 +89,8 @@ def check_data_labels(data, num_classes, name):
 
 
 def one_hot_labels(data):
-    """Whether `data` (a pair or a `kft.data` dataset) has one-hot labels.
+    """Whether `data` (a pair or a `kft.data` dataset) has one-hot labels
+    (`(n, 1)` labels are integer labels, see `integer_labels`).
 
     Example:
     >>> import numpy as np
@@ -79,8 +98,43 @@ def one_hot_labels(data):
     (True, False)
     """
     if isinstance(data, tuple):
-        return data[1].ndim == 2
+        return not integer_labels(data[1])
     return isinstance(data, ImageDataset) and data.label_mode == "categorical"
+
+
+def check_label_forms(train_data, val_data):
+    """Raises if the training and validation labels differ in form.
+
+    One loss serves both, so integer labels with one-hot validation rows
+    (or the reverse) would fail only at the first validation. Data whose
+    form is unknown (a dataset not from `kft.data`) is not checked.
+
+    Example:
+    >>> import numpy as np
+    >>> check_label_forms((np.zeros((2, 1)), np.arange(2)),
+    ...                   (np.zeros((2, 1)), np.eye(2)))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Arguments `train_data` and `val_data` must have labels ...
+    """
+    forms = [_label_form(data) for data in (train_data, val_data)]
+    if None in forms or forms[0] == forms[1]:
+        return
+    raise ValueError(
+        "Arguments `train_data` and `val_data` must have labels in the same "
+        f"form: one loss serves both. Received: train_data with {forms[0]} "
+        f"labels, val_data with {forms[1]} labels. Convert one, e.g. "
+        "`y.argmax(axis=-1)` for integer labels or "
+        "`keras.utils.to_categorical(y, num_classes)` for one-hot rows.")
+
+
+def _label_form(data):
+    """`"integer"` or `"one-hot"` for a pair or a `kft.data` dataset, else
+    `None`."""
+    if not isinstance(data, (tuple, ImageDataset)):
+        return None
+    return "one-hot" if one_hot_labels(data) else "integer"
 
 
 def dataset_augments(data):

@@ -30,7 +30,8 @@ def freeze(model: keras.Model,
            patterns=None) -> list[str]:
     """Sets which blocks of `model` train.
 
-    - `"feature_extraction"`: only the head trains.
+    - `"feature_extraction"`: only the head trains (the block named
+      `"head"` of `kft.get_blocks`; a model without one raises).
     - `"partial"`: the top `n_blocks` blocks below the head (1 unless
       given), and the head.
     - `"full"`: every block.
@@ -60,6 +61,11 @@ def freeze(model: keras.Model,
 
     Returns:
         The list of names of the blocks that now train.
+
+    Raises:
+        ValueError: an unknown strategy or BatchNorm policy, a bad
+            `n_blocks`, or `"feature_extraction"` for a model without a
+            head block.
 
     Example:
     >>> import kft
@@ -92,6 +98,16 @@ def freeze(model: keras.Model,
         )
     elif strategy == "full":
         names = body
+    elif head is None:
+        raise ValueError(
+            'Argument `strategy` must not be "feature_extraction" for a '
+            'model without a "head" block: only the head would train, and '
+            f"kft.get_blocks finds the blocks {body} and no head. kft's "
+            "head is the layers with weights after a kft backbone (as in "
+            "a kft.build_classifier model), or a block named \"head\" in "
+            "`patterns`, e.g. patterns={\"body\": \"^conv\", "
+            "\"head\": \"^dense\"}. Received: "
+            "strategy='feature_extraction'")
     else:
         names = []
     if head is not None:

@@ -23,6 +23,7 @@ from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import fail_argument
 from kft.training.fit_data import as_pair
+from kft.training.fit_data import check_data_labels
 from kft.training.state import changing_trainable
 
 # Where fastai's `lr_find` looks for suggestions: without the first tenth
@@ -120,7 +121,7 @@ class _ExponentialRamp(keras.optimizers.schedules.LearningRateSchedule):
                 "offset": self.offset}
 
 
-def _batches(data, batch_size, seed):
+def _batches(data, batch_size, seed, steps):
     """Endless `(x, y)` batches: shuffled array batches, or a dataset's
     batches, again and again."""
     if isinstance(data, tuple):
@@ -131,13 +132,27 @@ def _batches(data, batch_size, seed):
             for first in range(0, len(x), batch_size):
                 index = order[first:first + batch_size]
                 yield x[index], y[index]
+    seen = 0
     while True:
-        empty = True
+        count = 0
         for batch in data:
-            empty = False
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError(
+                    "Argument `data` must yield (images, labels) batches. "
+                    f"Received: a batch of type {type(batch).__name__}")
+            count += 1
             yield batch[0], batch[1]
-        if empty:
-            raise ValueError("lr_find: the data yielded no batches.")
+        if not count:
+            if not seen:
+                raise ValueError("Argument `data` must yield at least one "
+                                 "batch; it yielded none.")
+            raise ValueError(
+                f"Argument `data` yielded {seen} batches, then none when "
+                "iterated again (a one-shot iterator or generator?), fewer "
+                f"than steps={steps}. Pass (x, y) arrays, a dataset that "
+                "can be iterated again (e.g. kft.data.from_arrays), or an "
+                f"iterator of at least {steps} batches.")
+        seen += count
 
 
 def _snapshot(model):
@@ -167,6 +182,46 @@ def _restore(model, snapshot):
     model.train_function = None
 
 
+def _check_data(model, data):
+    """`data` as `(x, y)` arrays or a dataset; raises for images alone, no
+    examples or labels outside a classifier's classes."""
+    data = as_pair(data, "data")
+    if isinstance(data, np.ndarray) or keras.ops.is_tensor(data):
+        raise ValueError(
+            "Argument `data` must be (images, labels) arrays or a dataset "
+            "of (images, labels) batches: the range test trains on the "
+            "loss. Received: an array of shape "
+            f"{tuple(data.shape)} without labels")
+    if isinstance(data, tuple):
+        x, y = data
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError(
+                "Argument `data` must hold at least one image and a label "
+                f"per image. Received: {len(x)} images, {len(y)} labels")
+    num_classes = _classes(model)
+    if num_classes is not None:
+        check_data_labels(data, num_classes, "data")
+    return data
+
+
+# Losses of a classifier over `model.outputs[0].shape[-1]` classes, whose
+# labels are checked: JAX gathers a label past the last class silently.
+_CLASSIFIER_LOSSES = ("sparse_categorical_crossentropy",
+                      "categorical_crossentropy")
+
+
+def _classes(model):
+    """The number of classes of a model compiled with a classification
+    loss, else `None`."""
+    loss = model.loss
+    name = loss if isinstance(loss, str) else getattr(
+        loss, "name", getattr(loss, "__name__", None))
+    outputs = getattr(model, "outputs", None)
+    if name not in _CLASSIFIER_LOSSES or not outputs or len(outputs) != 1:
+        return None
+    return outputs[0].shape[-1]
+
+
 def _check(model, start, end, steps, smoothing, divergence, batch_size):
     start = check_number("start", start, low=0.0, low_open=True)
     end = check_number("end", end, low=0.0, low_open=True)
@@ -186,8 +241,13 @@ def _check(model, start, end, steps, smoothing, divergence, batch_size):
             "AdamW(1e-3)), keras.losses.SparseCategoricalCrossentropy("
             "from_logits=True)).")
     if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
-        raise TypeError("lr_find does not support a LossScaleOptimizer; "
-                        "compile with the optimizer it wraps.")
+        # Its skipped steps (non-finite gradients) would shift the ramp.
+        raise TypeError(
+            "lr_find does not support a LossScaleOptimizer, which Keras "
+            "also wraps around the optimizer of a model under the "
+            "'mixed_float16' dtype policy. Compile with the optimizer it "
+            "wraps, or build the model under 'mixed_bfloat16' or "
+            "'float32'.")
     if _compat.fit_state_pending(model):
         raise RuntimeError("lr_find cannot run inside a running `fit`.")
     return start, end, steps, smoothing, divergence, batch_size
@@ -222,7 +282,8 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
         model: A compiled model (the optimizer and loss you will train
             with); the first call traces one train step for the ramp.
         data: `(x, y)` arrays, or a dataset of `(x, y)` batches (repeated
-            if shorter than `steps`).
+            if shorter than `steps`, so a one-shot iterator must yield
+            `steps` batches).
         start: The first rate, > 0. Defaults to `1e-7`.
         end: The last rate, > `start`. Defaults to `10.0`.
         steps: Steps of the ramp, >= 10. Defaults to `100`.
@@ -239,7 +300,11 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
 
     Raises:
         ValueError: a non-positive rate, `end <= start`, `steps < 10`, a
-            bad `smoothing` / `divergence`, or a model not compiled.
+            bad `smoothing` / `divergence`, a model not compiled, data
+            without labels or examples (or a one-shot iterator shorter
+            than `steps`), or, with a (sparse) categorical cross-entropy
+            loss, labels outside the model's classes.
+        TypeError: a `LossScaleOptimizer` (the `"mixed_float16"` policy).
 
     Example:
     >>> import keras, kft, numpy as np
@@ -253,7 +318,7 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     """
     start, end, steps, smoothing, divergence, batch_size = _check(
         model, start, end, steps, smoothing, divergence, batch_size)
-    data = as_pair(data, "data")
+    data = _check_data(model, data)
     snapshot = _snapshot(model)
     optimizer = model.optimizer
     ramp = _ExponentialRamp(start, end, steps, int(ops.convert_to_numpy(
@@ -263,7 +328,7 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     rates, raw, smooth = [], [], []
     average, best, reason = 0.0, math.inf, None
     try:
-        batches = _batches(data, batch_size, seed)
+        batches = _batches(data, batch_size, seed, steps)
         for k in range(steps):
             x, y = next(batches)
             logs = model.train_on_batch(x, y, return_dict=True)

@@ -1,0 +1,242 @@
+"""Inputs of kft.data and kft.evaluation that used to give silent wrong
+results or misleading errors: small classes under `validation_split`, an
+empty val folder, float TIFFs, digits' class arguments, one-hot and
+probability labels, unrecorded metrics and report options."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kft
+from kft.evaluation import metrics
+from kft.evaluation.comparison import StrategyComparison
+
+
+def _folder(root, counts):
+    """`root/<class>/<i>.png`, tiny solid images, `counts` per class."""
+    for name, count in counts.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(count):
+            Image.new("RGB", (4, 4), (i * 20,) * 3).save(
+                os.path.join(root, name, f"{i}.png"))
+    return str(root)
+
+
+def _load(root, **kwargs):
+    return kft.data.from_directory(root, 4, batch_size=4, num_workers=0,
+                                   augmentation="none", **kwargs)
+
+
+def test_validation_split_leaves_every_class_a_train_image(tmp_path):
+    root = _folder(tmp_path / "one", {"a": 5, "b": 1})
+    with pytest.warns(UserWarning, match=r"validation_split=0.2 left "
+                      r"classes \['b'\] without val images"):
+        train, val = _load(root, validation_split=0.2)
+    assert train.class_counts == {"a": 4, "b": 1}
+    assert val.class_counts == {"a": 1, "b": 0}
+    # A large fraction holds out at most all but one image of a class.
+    root = _folder(tmp_path / "two", {"a": 10, "b": 2})
+    train, val = _load(root, validation_split=0.9)
+    assert train.class_counts == {"a": 1, "b": 1}
+    assert val.class_counts == {"a": 9, "b": 1}
+    assert not set(train.paths) & set(val.paths)
+
+
+def test_a_val_or_test_folder_without_images_is_named(tmp_path):
+    root = _folder(tmp_path / "data" / "train", {"a": 2, "b": 2})
+    os.makedirs(tmp_path / "data" / "val" / "a")
+    os.makedirs(tmp_path / "data" / "val" / "b")
+    val_dir = os.path.join(tmp_path, "data", "val")
+    with pytest.raises(ValueError, match=rf"val folder '{val_dir}' has no "
+                       r"readable images.*0 files skipped"):
+        _load(os.path.dirname(root))
+    open(os.path.join(val_dir, "a", "empty.png"), "wb").close()
+    with pytest.raises(ValueError, match=r"no readable images.*1 files "
+                       r"skipped"):
+        _load(os.path.dirname(root), on_bad_file="skip")
+    # A test folder is read as the val half of a linked layout: the error
+    # names the user's folder, not the link.
+    test_dir = os.path.realpath(tmp_path / "test")
+    os.makedirs(os.path.join(test_dir, "a"))
+    os.makedirs(os.path.join(test_dir, "b"))
+    with pytest.raises(ValueError, match=rf"in '{test_dir}' have no "
+                       r"readable images"):
+        kft.runs.load_eval_folder(test_dir, ["a", "b"], 4)
+
+
+def test_float_tiffs_are_scaled_to_8_bits(tmp_path):
+    def loaded(values):
+        path = os.path.join(tmp_path, f"{len(os.listdir(tmp_path))}.tif")
+        Image.fromarray(np.asarray(values, np.float32)).save(path)
+        assert Image.open(path).mode == "F"
+        return kft.data.load_image(path, 8)[..., 0]
+
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)
+    unit = loaded(ramp)  # [0, 1]: scaled by 255, not left nearly black
+    assert unit.min() == 0 and unit.max() == 255
+    np.testing.assert_allclose(unit, np.round(ramp * 255), atol=1)
+    counts = loaded(ramp * 4000)  # beyond 255: stretched, not saturated
+    assert counts.min() == 0 and counts.max() == 255
+    assert (counts == 255).sum() == 1
+    assert np.all(np.diff(counts.reshape(-1).astype(int)) >= 0)
+    assert np.all(loaded(np.full((8, 8), 80.0)) == 80)  # [0, 255]: kept
+    signed = loaded(ramp * 2 - 1)  # negative: stretched from the minimum
+    assert signed.min() == 0 and signed.max() == 255
+
+
+def test_digits_class_arguments_are_checked():
+    cases = [
+        (dict(target_classes=[]), r"`target_classes` must be at least 2"),
+        (dict(target_classes=[5]), r"`target_classes` must be at least 2"),
+        (dict(source_classes=[0, 0, 1]), r"`source_classes` must be a "
+         r"sequence of distinct digits 0-9\. Received: "
+         r"source_classes=\(0, 0, 1\)"),
+        (dict(target_classes=[5, 10]), r"`target_classes`.*distinct digits"),
+        (dict(target_classes=[5, 6.0]), r"`target_classes`.*distinct"),
+        (dict(source_classes=[0, 5]), r"disjoint; both hold \[5\]"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            kft.datasets.digits(image_size=8, **kwargs)
+        with pytest.raises(ValueError, match=match):
+            kft.datasets.digits_m(image_size=8, **kwargs)
+    with pytest.raises(TypeError, match=r"`source_classes`.*Received: "
+                       r"source_classes=3"):
+        kft.datasets.digits(image_size=8, source_classes=3)
+    # No source task is allowed (the headline benchmark uses one).
+    data = kft.datasets.digits(image_size=8, source_classes=(),
+                               target_classes=(3, 1), target_per_class=2,
+                               val_per_class=1)
+    assert data.source[0].shape == (0, 8, 8, 3)
+    assert data.target_classes == (1, 3)
+    assert sorted(data.target_train[1].tolist()) == [0, 0, 1, 1]
+
+
+def test_classification_report_reads_one_hot_and_score_rows():
+    y_true, y_pred = np.array([0, 1, 2, 2]), np.array([0, 2, 1, 2])
+    expected = kft.classification_report(y_true, y_pred)
+    probs = np.array([[.8, .1, .1], [.1, .2, .7], [.1, .6, .3],
+                      [.2, .2, .6]])
+    for true, pred in [(np.eye(3)[y_true], np.eye(3)[y_pred]),
+                       (y_true, probs), (np.eye(3)[y_true], probs),
+                       (y_true[:, None], y_pred)]:
+        report = kft.classification_report(true, pred)
+        assert report.accuracy == 0.5
+        assert report.class_names == ("0", "1", "2")
+        np.testing.assert_array_equal(report.confusion_matrix,
+                                      expected.confusion_matrix)
+    # The width of the rows is the class count, even for unseen classes.
+    wide = kft.classification_report([0, 1], np.eye(4)[[0, 1]])
+    assert wide.confusion_matrix.shape == (4, 4)
+    with pytest.raises(ValueError, match=r"rows of one width.*y_true of "
+                       r"shape \(4, 3\), y_pred of shape \(4, 4\)"):
+        kft.classification_report(np.eye(3)[y_true], np.eye(4)[y_pred])
+    with pytest.raises(ValueError, match=r"`num_classes` must be 3, the "
+                       r"width of the rows.*Received: num_classes=4"):
+        kft.classification_report(y_true, probs, num_classes=4)
+    with pytest.raises(ValueError, match=r"`y_pred` must be integer labels "
+                       r"of shape \(n,\).*shape \(4, 3, 1\)"):
+        kft.classification_report(y_true, probs[..., None])
+
+
+def test_confusion_matrix_checks_its_labels():
+    assert metrics.confusion_matrix([0., 2.], [1, 2], 3).tolist() == [
+        [0, 1, 0], [0, 0, 0], [0, 0, 1]]
+    cases = [
+        (([0, 1], [3, 1]), r"`y_pred` holds labels outside \[0, 3\).*: 3"),
+        (([0, -1], [0, 1]), r"`y_true` holds labels outside.*: -1"),
+        (([0.0, 1.5], [0, 1]), r"`y_true` must hold integer class labels"),
+        (([0, 1], [0]), r"one length.*shape \(2,\).*shape \(1,\)"),
+        (([[0, 1]], [[0, 1]]), r"1-D integer labels"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            metrics.confusion_matrix(*args, 3)
+
+
+@pytest.fixture(scope="module")
+def model3():
+    return kft.build_classifier("simple_cnn", 3, weights=None,
+                                input_shape=(16, 16, 3))
+
+
+def test_labels_of_the_wrong_width_or_classes_are_named(model3):
+    x, y2 = np.zeros((4, 16, 16, 3)), np.eye(2)[[0, 1, 0, 1]]
+    rows = r"one-hot rows of width 3.*shape \(4, 2\).*model with 3 classes"
+    with pytest.raises(ValueError, match=r"`data\[1\]` must .*" + rows):
+        kft.evaluate(model3, (x, y2))
+    with pytest.raises(ValueError, match=r"`labels` must .*" + rows):
+        kft.evaluate(model3, [(x, y2)])
+    with pytest.raises(ValueError, match=r"`y` must .*" + rows):
+        kft.evaluate_classifier(model3, [(x, y2)])
+    with pytest.raises(ValueError, match=r"`y` must .*" + rows):
+        kft.evaluate_classifier(model3, x, y2)
+    data = kft.data.from_arrays(x, [0, 1, 0, 1], class_names=["cat", "dog"],
+                                batch_size=2)
+    with pytest.raises(ValueError, match=r"`data` has 2 classes but the "
+                       r"model has 3.*\['cat', 'dog'\]"):
+        kft.evaluate(model3, data)
+    with pytest.raises(ValueError, match=r"`x` has 2 classes but the "
+                       r"model has 3"):
+        kft.evaluate_classifier(model3, data)
+
+
+def _comparison():
+    runs = [{"strategy": s, "seed": seed, "metrics": {"accuracy": a},
+             "trainable_params": 1, "train_time": 1.0}
+            for s, seed, a in [("full", 0, .9), ("full", 1, .8),
+                               ("partial", 0, .7), ("partial", 1, .6)]]
+    return StrategyComparison(runs, ["full", "partial"], [0, 1], "accuracy")
+
+
+def test_an_unrecorded_metric_is_named():
+    comparison = _comparison()
+    match = (r"`metric` must be a metric recorded for every run of 'full'; "
+             r"recorded: \['accuracy'\]\. Received: metric='{}'")
+    with pytest.raises(ValueError, match=match.format("acc")):
+        comparison.values("full", metric="acc")
+    with pytest.raises(ValueError, match=match.format("macro_f1")):
+        comparison.plot(metric="macro_f1")
+    assert comparison.values("partial", "accuracy").tolist() == [.7, .6]
+
+
+def test_report_options_are_checked(tmp_path):
+    report = kft.report_from_predictions(
+        [0, 1, 2, 0], np.eye(3)[[0, 1, 1, 0]], class_names=["a", "b", "c"])
+    for bad in (-1, 0, True, 1.5):
+        with pytest.raises(ValueError, match=r"`max_classes` must be an "
+                           r"integer >= 1"):
+            report.to_markdown(max_classes=bad)
+    table = report.to_markdown(max_classes=1)
+    assert "| c (low support) | 0.000" in table and "| a " not in table
+    for bad in ((), "xyz", ("png", "p")):
+        with pytest.raises(ValueError, match=r"`formats` must be a file "
+                           r"suffix"):
+            report.save_plots(tmp_path / "bad", formats=bad)
+    written = report.save_plots(tmp_path, formats=".PDF")
+    assert [os.path.basename(p) for p in written] == [
+        "confusion_matrix.pdf", "confusion_matrix_normalized.pdf",
+        "per_class_f1.pdf", "reliability.pdf"]
+    assert all(os.path.getsize(p) > 0 for p in written)
+
+
+def test_top_k_and_calibration_check_their_labels():
+    from kft.evaluation import metrics
+
+    scores = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
+    assert metrics.top_k_accuracy([0, 2], scores, 1) == 0.5
+    # Confidences 0.6 and 0.5: bins (0, 0.5] and (0.5, 1].
+    assert metrics.calibration_bins([0, 1], scores, 2)["count"].tolist() == [
+        1, 1]
+    for call in (lambda y: metrics.top_k_accuracy(y, scores, 2),
+                 lambda y: metrics.calibration_bins(y, scores)):
+        with pytest.raises(ValueError, match=r"outside \[0, 3\).*: 3"):
+            call([0, 3])
+        with pytest.raises(ValueError, match="must hold integer"):
+            call([0, 1.5])
+        with pytest.raises(ValueError, match="one integer label per row"):
+            call([0, 1, 2])
+    with pytest.raises(ValueError, match="2-D"):
+        metrics.top_k_accuracy([0], scores[0], 1)

@@ -1,0 +1,203 @@
+"""What `fine_tune`, `lr_find`, `cache_features` and `from_arrays` accept,
+and what they reject before anything trains."""
+
+import gc
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.training import fine_tune as recipes
+from kft.training.fit_data import check_data_labels
+from kft.training.fit_data import one_hot_labels
+
+SHAPE = (16, 16, 3)
+
+
+def _data(n=16, classes=3):
+    x = np.random.default_rng(0).random((n, *SHAPE)).astype("float32")
+    return x, np.arange(n) % classes
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    return kft.build_classifier("simple_cnn", 3, weights=None,
+                                input_shape=SHAPE)
+
+
+def _weights(model):
+    return [np.array(v.value) for v in model.weights]
+
+
+def _unchanged(model, before):
+    return all(np.array_equal(a, b) for a, b in zip(before, _weights(model)))
+
+
+def test_caches_in_one_directory_keep_their_own_files(tmp_path):
+    x, y = _data()
+    model = _model()
+    kft.freeze(model, "feature_extraction")
+    reference = kft.cache_features(model, (x, y), verbose=0).features
+    train = kft.cache_features(model, (x, y), memory_budget=1,
+                               directory=str(tmp_path), verbose=0)
+    val = kft.cache_features(model, [np.ones_like(x[:8]), y[:8]],
+                             memory_budget=1, directory=str(tmp_path),
+                             verbose=0)
+    assert train.path != val.path
+    assert {os.path.dirname(c.path) for c in (train, val)} == {str(tmp_path)}
+    # The second cache did not write over the first one's file.
+    np.testing.assert_array_equal(np.array(train.features), reference)
+    assert not np.allclose(np.array(val.features), reference[:8])
+    # A list pair is a pair (labels kept), as in fine_tune.
+    np.testing.assert_array_equal(val.labels, y[:8])
+    paths = [train.path, val.path]
+    del train, val
+    gc.collect()
+    assert not any(os.path.exists(path) for path in paths)
+
+
+def test_a_model_without_a_head_block_is_refused():
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential([
+        keras.Input(SHAPE), keras.layers.Conv2D(4, 3, name="c1"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, name="out")])
+    with pytest.raises(ValueError, match='without a "head" block.*'
+                                         r"\['c1', 'out'\]"):
+        kft.freeze(plain, "feature_extraction")
+    before = _weights(plain)
+    with pytest.raises(ValueError, match='Argument `model` must have a '
+                                         '"head" block'):
+        kft.fine_tune(plain, (x, y), strategy="feature_extraction",
+                      verbose=0)
+    assert _unchanged(plain, before)
+    # A head named in `patterns` trains alone.
+    names = kft.freeze(plain, "feature_extraction",
+                       patterns={"body": "^c1$", "head": "^out$"})
+    assert names == ["head"]
+    assert {v.path.split("/")[-2] for v in plain.trainable_variables} == {
+        "out"}
+
+
+def test_fine_tune_checks_its_arguments_before_training():
+    x, y = _data()
+    model = _model()
+    before = _weights(model)
+    cases = [
+        (dict(strategy="partial", n_blocks=5),
+         r"`n_blocks` must be an integer from 1 to 4 .*n_blocks=5"),
+        # 16 images in batches of 8, one epoch: 2 steps.
+        (dict(schedule="one_cycle", batch_size=8, epochs=1),
+         r"phase 2 of 2 steps \(epochs=1 x 2 batches per epoch\): "
+         "'one_cycle' needs at least 4"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            kft.fine_tune(model, (x, y), verbose=0, **kwargs)
+    for train, val in [((x, y), (x, np.eye(3)[y])),
+                       ((x, np.eye(3)[y]), (x, y))]:
+        with pytest.raises(ValueError, match="labels in the same form"):
+            kft.fine_tune(model, train, val, verbose=0)
+    assert _unchanged(model, before)
+    # The cycle's shortest length is kft.OneCycle's own.
+    kft.OneCycle(1.0, recipes.ONE_CYCLE_MIN_STEPS)
+    with pytest.raises(ValueError, match="pct_start"):
+        kft.OneCycle(1.0, recipes.ONE_CYCLE_MIN_STEPS - 1)
+
+
+def test_find_is_refused_up_front_under_mixed_float16():
+    x, y = _data()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _model()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    before = _weights(model)
+    with pytest.raises(ValueError, match="`learning_rate` must be a number "
+                                         "under the 'mixed_float16'"):
+        kft.fine_tune(model, (x, y), learning_rate="find", verbose=0)
+    assert _unchanged(model, before)
+
+
+def test_column_labels_are_integer_labels_and_phase_1_logs_its_rate():
+    x, y = _data()
+    assert not one_hot_labels((x, y[:, None]))
+    check_data_labels((x, y[:, None]), 3, "train_data")
+    with pytest.raises(ValueError, match=r"outside \[0, 3\).*: 3\."):
+        check_data_labels((x, y[:, None] + 1), 3, "train_data")
+    results = [kft.fine_tune(_model(), (x, labels), strategy=
+                             "feature_extraction", head_epochs=2,
+                             head_learning_rate=0.01, batch_size=8,
+                             cache_features=cache, verbose=0)
+               for labels, cache in ((y, False), (y[:, None], False),
+                                     (y[:, None], True))]
+    losses = [r.histories[0]["loss"] for r in results]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-4)
+    # Phase 1, cached or not, logs the rate of each epoch as phase 2 does.
+    for result in results:
+        assert result.histories[0]["learning_rate"] == pytest.approx(
+            [0.01, 0.01])
+
+
+def test_from_arrays_takes_column_and_whole_float_labels():
+    x = np.zeros((6, 4, 4, 3), "uint8")
+    y = np.array([0, 1, 2, 0, 1, 2])
+    reference = kft.data.from_arrays(x, y, shuffle=False)
+    for labels in (y[:, None], y.astype("float32"),
+                   y[:, None].astype("float64")):
+        dataset = kft.data.from_arrays(x, labels, shuffle=False)
+        assert dataset.label_mode == "int"
+        assert dataset.class_counts == reference.class_counts
+        np.testing.assert_array_equal(next(iter(dataset))[1], y)
+    with pytest.raises(ValueError, match=r"shape \(n,\) or \(n, 1\)"):
+        kft.data.from_arrays(x, y + 0.5)
+
+
+def _compiled_classifier():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_lr_find_rejects_what_it_cannot_test_on():
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = np.arange(16) % 3
+    model = _compiled_classifier()
+    before = _weights(model)
+
+    def one_shot():
+        yield x[:8], y[:8]
+        yield x[8:], y[8:]
+
+    cases = [
+        ((x[:0], y[:0]), "at least one image.*0 images, 0 labels"),
+        (x, r"\(images, labels\) arrays.*shape \(16, 4\) without labels"),
+        ((x, y + 5), r"`data\[1\]` holds labels outside \[0, 3\).*5, 6, 7"),
+        (one_shot(), "yielded 2 batches, then none when iterated again.*"
+                     "steps=10"),
+        (iter([]), "yielded none"),
+    ]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            kft.lr_find(model, data, steps=10, verbose=0)
+    assert _unchanged(model, before)
+    # Column labels are integer labels there too.
+    plain = kft.lr_find(model, (x, y), steps=10, batch_size=8, verbose=0)
+    column = kft.lr_find(model, (x, y[:, None]), steps=10, batch_size=8,
+                         verbose=0)
+    np.testing.assert_allclose(column.raw_losses, plain.raw_losses,
+                               rtol=1e-6)
+    assert np.all(plain.raw_losses > 0.1)
+
+
+def test_blockwise_learning_rates_must_be_a_dict():
+    for value in ([0.1], {1: 0.1}):
+        with pytest.raises(TypeError, match="Argument `learning_rates` must "
+                                            "be a dict of group"):
+            kft.BlockwiseOptimizer(keras.optimizers.SGD(0.1), value)

@@ -579,6 +579,16 @@ def reset_initial_epoch(model):
     model._initial_epoch = None
 
 
+def set_backup_epoch(callback, epoch):
+    """Tells a `keras.callbacks.BackupAndRestore` the epoch that runs.
+
+    Keras' callback learns it only in `on_epoch_end`, so in a resumed run
+    its saves within the first epoch (an integer `save_freq`) would record
+    epoch 0, and the next resume would start over from epoch 0.
+    """
+    callback._current_epoch = epoch
+
+
 # -- regularizers -------------------------------------------------------------
 
 

@@ -112,15 +112,20 @@ def preprocessing(mode: PreprocessMode = "none",
 
     Args:
         mode: One of `PREPROCESS_MODES`. Defaults to `"none"`.
-        input_shape: `(height, width, 3)`. Needed for `"tf"`, `"torch"`
-            and `"caffe"`; `"caffe"` with an unknown height or width falls
-            back to the kft layer `Preprocess` (the channel flip needs
-            static sizes). Defaults to `None`.
+        input_shape: `(height, width, channels)`. Needed for `"tf"`,
+            `"torch"` and `"caffe"` (the last two: 3 channels only);
+            `"caffe"` with an unknown height or width falls back to the kft
+            layer `Preprocess` (the channel flip needs static sizes).
+            Defaults to `None`.
         name: The layer's name. Defaults to `"preprocess"`.
 
     Returns:
         A layer taking pixels in [0, 255]: an `Identity` for `"none"`,
         else a functional `keras.Model` named `name`.
+
+    Raises:
+        ValueError: an unknown `mode`, no `input_shape` where one is
+            needed, or not 3 channels for `"torch"` / `"caffe"`.
 
     Example:
     >>> import numpy as np, kft
@@ -136,6 +141,12 @@ def preprocessing(mode: PreprocessMode = "none",
         fail_argument("input_shape", f"(height, width, 3) for mode={mode!r}",
                       input_shape)
     height, width = input_shape[:2]
+    if mode in ("torch", "caffe") and input_shape[-1] != 3:
+        # ImageNet's per-channel statistics: broadcasting them would fail,
+        # or (the `Preprocess` fallback) turn the images into RGB ones.
+        fail_argument("input_shape", f"(height, width, 3) for mode={mode!r} "
+                      "(it uses ImageNet's per-channel RGB statistics)",
+                      input_shape)
     if mode == "caffe" and (height is None or width is None):
         return Preprocess(mode, name=name)
     inputs = keras.Input(tuple(input_shape), name=f"{name}_input")

@@ -485,10 +485,11 @@ def test_resume_with_another_schedule_raises_instead_of_fresh_slots(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(every=1, interrupt_at=2)
-    # The checkpoint's optimizer was built for stage 1; every=2 puts the
-    # resumed run in stage 0, so Keras would skip loading its slots.
+    # The checkpoint's optimizer was built for stage 1; every=3 puts the
+    # resumed run in stage 0 (after epoch 2 and within epoch 3), so Keras
+    # would skip loading its slots.
     with pytest.raises(RuntimeError, match="optimizer state was not restored"):
-        run(every=2)
+        run(every=3)
 
 
 def test_plateau_direction_from_the_metric_object():

@@ -240,3 +240,18 @@ def test_top_k_and_calibration_check_their_labels():
             call([0, 1, 2])
     with pytest.raises(ValueError, match="2-D"):
         metrics.top_k_accuracy([0], scores[0], 1)
+
+
+def test_a_split_folder_beside_class_folders_is_not_a_class(tmp_path):
+    """`<class>/` next to `val/<class>/` (no `train/`): `val` would be one
+    more class holding every class's images."""
+    root = _folder(tmp_path / "mixed", {"a": 2, "b": 2})
+    _folder(tmp_path / "mixed" / "val", {"a": 1, "b": 1})
+    with pytest.raises(ValueError, match=r"split folder .*val.* beside the "
+                       r"class folders.*train/<class>/ \+ val/<class>/"):
+        _load(root)
+    # A class that happens to be named "test" (images, no subfolders) is
+    # still a class.
+    root = _folder(tmp_path / "named", {"a": 2, "test": 2})
+    assert _load(root, validation_split=None).train.class_names == [
+        "a", "test"]

@@ -109,7 +109,9 @@ class RandomErasing(_compat.erasing_layer_base()):
     """`keras.layers.RandomErasing` that also takes a colour on JAX.
 
     Keras 3.15 documents `fill_value=(r, g, b)` but fails on it under JAX
-    (`jnp.full_like` rejects a tuple); here the colour is broadcast.
+    (`jnp.full_like` rejects a tuple); here the colour is broadcast. A
+    colour fills RGB images only: on images with another number of
+    channels it raises (use a single number there).
 
     Example:
     >>> import numpy as np, kft
@@ -118,6 +120,19 @@ class RandomErasing(_compat.erasing_layer_base()):
     >>> layer(np.zeros((2, 8, 8, 3)), training=True).shape
     (2, 8, 8, 3)
     """
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        images = data["images"] if isinstance(data, dict) else data
+        channels = images.shape[
+            -1 if self.data_format == "channels_last" else -3]
+        if training and self.fill_colour() is not None and channels != 3:
+            # Broadcasting would turn the images into RGB ones silently.
+            raise ValueError(
+                "Argument `fill_value` must be a single number for images "
+                f"with {channels} channel(s); an (r, g, b) colour fills RGB "
+                f"images only. Received: fill_value={self.fill_value!r}, "
+                f"images.shape={tuple(images.shape)}")
+        return super().get_random_transformation(data, training, seed)
 
     def fill_colour(self):
         fill_value = self.fill_value

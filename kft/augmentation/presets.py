@@ -11,6 +11,7 @@ from typing import get_args
 import keras
 
 from kft._validation import check_choice
+from kft._validation import fail_argument
 from kft._validation import check_int
 from kft._validation import check_number
 from kft.augmentation.layers import IMAGENET_MEAN
@@ -22,6 +23,8 @@ from kft.augmentation.layers import RandomZoom
 
 Preset = Literal["none", "light", "standard", "strong"]
 PRESETS = get_args(Preset)
+# The presets whose colour layers take RGB images only.
+RGB_PRESETS = ("standard", "strong")
 
 
 def _layers(preset, seed):
@@ -85,8 +88,9 @@ def augmentation(preset: Preset = "standard", *,
     rotation, color jitter, grayscale p=0.1, Gaussian blur, random
     erasing p=0.2, a common torchvision recipe) and `"strong"` (crop, flip,
     `RandAugment(num_ops=2)`, random erasing p=0.25). Inputs are pixels in
-    [0, 255], `(batch, height, width, 3)`; the layers are active only with
-    `training=True`.
+    [0, 255], `(batch, height, width, 3)` (`"none"` and `"light"` take
+    any number of channels; the others raise on non-RGB images); the layers
+    are active only with `training=True`.
 
     Args:
         preset: One of `kft.augmentation.PRESETS`. Defaults to
@@ -182,7 +186,13 @@ def attach(model: keras.Model,
 
     Args:
         model: A Keras model taking images in [0, 255].
-        augmentation_layer: A layer or a preset name.
+        augmentation_layer: A layer or a preset name; `"standard"` and
+            `"strong"` need RGB images (a model with 3 input channels).
+
+    Raises:
+        ValueError: an unknown preset, or an RGB-only preset for a model
+            whose images do not have 3 channels.
+        TypeError: `augmentation_layer` neither a layer nor a preset name.
 
     Returns:
         A functional model `augmented_<model name>` with the same input.
@@ -196,8 +206,21 @@ def attach(model: keras.Model,
     >>> kft.augmentation.attach(m, "none").output.shape
     (None, 3)
     """
+    channels = model.input_shape[-1]
     if isinstance(augmentation_layer, str):
+        check_choice("preset", augmentation_layer, PRESETS)
+        if channels != 3 and augmentation_layer in RGB_PRESETS:
+            # Colour jitter fails on them and RandomErasing's colour fill
+            # would need three channels.
+            fail_argument(
+                "augmentation_layer", f"'none', 'light' or a layer of your "
+                f"own for a model taking {channels}-channel images (the "
+                f"{RGB_PRESETS} presets work on RGB images)",
+                augmentation_layer)
         augmentation_layer = augmentation(augmentation_layer)
+    elif not callable(augmentation_layer):
+        fail_argument("augmentation_layer", "a Keras layer or one of "
+                      f"{PRESETS}", augmentation_layer, TypeError)
     inputs = keras.Input(model.input_shape[1:], name="image")
     outputs = model(augmentation_layer(inputs))
     return keras.Model(inputs, outputs, name=f"augmented_{model.name}")

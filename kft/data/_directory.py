@@ -162,8 +162,9 @@ def from_directory(path: str | os.PathLike,
     turned upright as their EXIF orientation tag says; float images are
     scaled to 8 bits (as `kft.data.load_image` says). An empty train class
     folder (or one whose files are all bad), a val folder without a
-    readable image, a single class folder and a class folder only in val
-    raise `ValueError`.
+    readable image, a single class folder, a class folder only in val, and
+    a `val/` (or `test/`) folder of class folders beside the class folders
+    without `train/` (it would be read as a class) raise `ValueError`.
 
     Args:
         path: Root folder.

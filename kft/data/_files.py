@@ -19,6 +19,8 @@ from kft.data import _images
 # zip archives add `__MACOSX/` (full of `._*` AppleDouble files).
 METADATA_FOLDERS = ("__MACOSX",)
 VAL_FOLDERS = ("val", "validation", "valid")
+# Held-out images: never a class (`kft.runs` leaves it out of training).
+TEST_FOLDER = "test"
 
 
 class FileLoader:
@@ -119,6 +121,21 @@ def split_folders(path, validation_split):
                          f"Received: path={path!r}")
     path = os.fspath(path)
     train_dir, val_dir = path, None
+    if not os.path.isdir(os.path.join(path, "train")):
+        # `path/<class>/` next to `path/val/<class>/`: the split folder
+        # would be read as one more class holding every class's images.
+        for name in (*VAL_FOLDERS, TEST_FOLDER):
+            split = os.path.join(path, name)
+            if os.path.isdir(split) and any(
+                    entry.is_dir() for entry in os.scandir(split)):
+                raise ValueError(
+                    f"Found the split folder {_shown(split)!r} (it holds "
+                    f"class folders) beside the class folders of "
+                    f"{_shown(path)!r}, where it would be read as a class. "
+                    f"Move the training class folders into "
+                    f"{os.path.join(_shown(path), 'train')!r} (layout "
+                    f"train/<class>/ + {name}/<class>/), or move {name}/ "
+                    "out of the folder.")
     if os.path.isdir(os.path.join(path, "train")):
         train_dir = os.path.join(path, "train")
         val_dir = next((os.path.join(path, v) for v in VAL_FOLDERS

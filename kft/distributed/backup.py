@@ -24,6 +24,7 @@ import tempfile
 
 import keras
 
+from kft import _compat
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import process_count
 
@@ -31,8 +32,10 @@ from kft.distributed.processes import process_count
 class BackupAndRestore(keras.callbacks.Callback):
     """`keras.callbacks.BackupAndRestore` for one or several processes.
 
-    Same arguments, files and behaviour as Keras' callback. In a single
-    process it is Keras' callback. With several processes
+    Same arguments, files and behaviour as Keras' callback, except that a
+    save within an epoch (an integer `save_freq`) records that epoch also
+    in the first epoch of a resumed run (Keras' records epoch 0 there, and
+    the next resume would start over). With several processes
     (`kft.distributed`) all of them restore from `backup_dir`; process 0
     (`kft.is_primary()`) writes and deletes it, the others save the same
     state to a scratch folder of their own.
@@ -74,6 +77,10 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._writer = keras.callbacks.BackupAndRestore(self._scratch,
                                                             **self._kwargs)
             self._writer.set_model(self.model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._writer is not None:  # see `set_backup_epoch`
+            _compat.set_backup_epoch(self._writer, epoch)
 
     def _settle(self):
         if process_count() > 1:

@@ -1,7 +1,9 @@
 """A functional classifier whose JAX train step mixes each batch."""
 
 import keras
+import numpy as np
 
+from kft._validation import check_labels
 from kft._validation import fail_argument
 from kft.models.backbones import NEEDS_KFT
 # Registers the mixing layers by name, for `batch_augment` configs.
@@ -34,7 +36,9 @@ class BatchAugmentModel(keras.Model):
     `keras.losses.CategoricalCrossentropy(from_logits=True)`, and
     `metrics=["accuracy"]` (resolved to categorical accuracy, an argmax
     match); put label smoothing on the layer, not the loss. Sparse losses
-    and metrics raise in `compile`.
+    and metrics raise in `compile`. A compiled model saved with
+    `model.save` loads compiled, its optimizer state restored (the layer's
+    seed state restarts, as for Keras' own random layers).
 
     Args:
         *args: `inputs` and `outputs`, as for `keras.Model`.
@@ -90,6 +94,28 @@ class BatchAugmentModel(keras.Model):
                     f"Received: {name}={value!r}"
                 )
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips `compile` on load when a model overrides it, leaving
+        # a loaded model that `fit` fails on; ours only adds checks, so the
+        # saved arguments are replayed as Keras does for a plain model.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        # Inside the compiled step an integer label >= num_classes one-hot
+        # encodes to a row of zeros: a finite loss on nothing. Host arrays
+        # are checked here (datasets: `kft.fine_tune` checks them).
+        validation = kwargs.get("validation_data")
+        if not (isinstance(validation, tuple) and len(validation) >= 2):
+            validation = (None, None)
+        for name, labels in (("y", y), ("validation_data[1]", validation[1])):
+            if isinstance(labels, np.ndarray) and (
+                    labels.ndim == 1 or labels.shape[-1:] == (1,)):
+                check_labels(labels.reshape(-1), self.num_classes, name=name)
+        return super().fit(x, y, *args, **kwargs)
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_vars, metrics_vars = state

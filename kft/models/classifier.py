@@ -49,14 +49,17 @@ def build_classifier(
             least 2.
         weights: `"imagenet"`, `None` or a local weights file of the
             backbone (see `kft.create_backbone`). Defaults to `"imagenet"`.
-        input_shape: `(height, width, 3)`. Defaults to the backbone's
-            default size.
+        input_shape: `(height, width, 3)`; height and width may be
+            `None`. Other channel counts only for a backbone whose
+            preprocessing is `"tf"` or `"none"` (e.g. `"simple_cnn"`,
+            `weights=None`). Defaults to the backbone's default size.
         head: `"linear"` (dropout, then one Dense layer) or `"mlp"`
             (Dense(hidden_units) -> BatchNorm -> ReLU -> Dropout -> Dense).
             Defaults to `"linear"`.
         dropout: Dropout rate before the last Dense layer, in [0, 1).
             Defaults to `0.0`.
-        pooling: `"avg"`, `"max"` or `"flatten"`. Defaults to `"avg"`.
+        pooling: `"avg"`, `"max"` or `"flatten"` (needs a known height
+            and width). Defaults to `"avg"`.
         hidden_units: Width of the MLP head's hidden layer. Defaults to
             `512`.
         batch_augment: `None`, or a layer such as
@@ -69,9 +72,9 @@ def build_classifier(
             convolutions on maps smaller than their kernel, as shifted
             slices (`kft.fast_cpu_convs`), several times faster under XLA on
             CPU, same results up to float rounding. Defaults to `"auto"`.
-        class_names: The label of each class, in class-index order, kept in
-            the model's `kft_metadata` (what `kft.export` and `kft.predict`
-            report). `num_classes` may then be left out. Defaults to
+        class_names: The distinct label of each class, in class-index
+            order, kept in the model's `kft_metadata` (what `kft.export`
+            and `kft.predict` report). `num_classes` may then be left out. Defaults to
             `None`.
 
     Returns:
@@ -80,8 +83,9 @@ def build_classifier(
 
     Raises:
         ValueError: unknown backbone (suggests close names, lists the known
-            ones), `num_classes` below 2, or an unknown `head` / `pooling` /
-            bad `dropout`.
+            ones), `num_classes` below 2, an unknown `head` / `pooling` /
+            bad `dropout`, `pooling="flatten"` with unknown sizes, or
+            repeated `class_names`.
 
     Example:
     >>> import kft
@@ -107,6 +111,10 @@ def build_classifier(
     if input_shape is None:
         input_shape = (spec.default_size, spec.default_size, 3)
     input_shape = backbones.check_input_shape(input_shape)
+    if pooling == "flatten" and None in input_shape[:2]:
+        # The head's Dense layer needs the flattened feature length.
+        fail_argument("pooling", f'"avg" or "max" for an input_shape with '
+                      f"unknown sizes ({input_shape})", pooling)
     with init_draws.bucketed_draws():
         base = _backbone(spec, weights, input_shape, fast_cpu_convs)
         inputs = keras.Input(input_shape, name="image")
@@ -137,6 +145,11 @@ def _check_class_names(class_names, num_classes):
         fail_argument("class_names", "a sequence of strings", class_names,
                       TypeError)
     class_names = list(class_names)
+    if len(set(class_names)) != len(class_names):
+        repeated = sorted({c for c in class_names
+                           if class_names.count(c) > 1})
+        fail_argument("class_names", f"distinct names (repeated: {repeated})",
+                      class_names)
     if num_classes is not None and len(class_names) != num_classes:
         fail_argument("class_names", f"{num_classes} names (num_classes="
                       f"{num_classes})", class_names)

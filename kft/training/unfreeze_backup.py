@@ -8,31 +8,92 @@ writes must not pair a checkpoint with another stage's trainable set. The
 callback's file only carries the schedule's state (`Plateau`'s stage
 starts, wait and best value), kept for the last two epochs so that it
 covers the checkpoint's epoch whichever callback wrote first.
+
+The metadata is ambiguous in one case: an end-of-epoch save records the
+next epoch and batch 0, and so does a save right after the first batch of
+that epoch (an integer `save_freq`). `optimizer_state_loads` tells the two
+apart by the trainable set the checkpoint's optimizer state fits.
 """
 
 import json
 import os
+import warnings
 
 from kft.distributed.processes import is_primary
 
 STATE_FILE = "gradual_unfreezing.json"
 # Written by `keras.callbacks.BackupAndRestore` in its `backup_dir`.
 BACKUP_METADATA = "training_metadata.json"
+BACKUP_WEIGHTS = "latest.weights.h5"
 # Epochs of schedule state kept: the checkpoint's epoch and the one after.
 _KEPT = 2
 
 
-def checkpoint_epoch(backup_dir):
-    """The epoch during which `BackupAndRestore` last saved, or `None`."""
+def checkpoint_position(backup_dir):
+    """`(epoch, batch)` of `BackupAndRestore`'s metadata, or `None`.
+
+    A save at the end of epoch `e` records `(e + 1, 0)`; a save after
+    batch `b` of epoch `e` (an integer `save_freq`) records `(e, b)`.
+    """
     path = os.path.join(backup_dir, BACKUP_METADATA)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         meta = json.load(f)
-    # An end-of-epoch save records the next epoch and batch 0; a save
-    # within an epoch records that epoch and the batch it saved after.
-    epoch = int(meta["epoch"])
-    return epoch if int(meta.get("batch", 0)) > 0 else epoch - 1
+    return int(meta["epoch"]), int(meta.get("batch", 0))
+
+
+def optimizer_state_loads(model, backup_dir):
+    """Whether the checkpoint's optimizer state loads into `model`'s
+    optimizer built for the current trainable set.
+
+    Loads the checkpoint (as `BackupAndRestore` is about to): Keras skips,
+    with a warning, an optimizer state whose variables do not match, which
+    leaves the step count at the sentinel set here.
+    """
+    path = os.path.join(backup_dir, BACKUP_WEIGHTS)
+    optimizer = model.optimizer
+    if optimizer is None or not os.path.exists(path):
+        return False
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    before = optimizer.iterations.value
+    optimizer.iterations.assign(-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # The skip warning of a miss.
+        model.load_weights(path)
+    if int(optimizer.iterations.value) >= 0:
+        return True
+    optimizer.iterations.assign(before)
+    return False
+
+
+def checkpoint_epoch(backup_dir):
+    """The epoch during which `BackupAndRestore` last saved, or `None`.
+
+    Reads batch 0 as an end-of-epoch save (see `checkpoint_position`).
+    """
+    position = checkpoint_position(backup_dir)
+    if position is None:
+        return None
+    epoch, batch = position
+    return epoch if batch > 0 else epoch - 1
+
+
+def check_records_fit(backup_dir, records, epoch):
+    """Raises if `records` show an epoch after `epoch`, the checkpoint's,
+    had ended: the checkpoint's metadata is wrong."""
+    ended = max((int(k) for k in records), default=-1)
+    if ended <= epoch:
+        return
+    raise RuntimeError(
+        f"GradualUnfreezing: the checkpoint in {backup_dir!r} says it was "
+        f"saved in epoch {epoch + 1}, but epoch {ended + 1} had already "
+        "ended. `keras.callbacks.BackupAndRestore` with an integer "
+        "`save_freq` records epoch 1 for the saves in the first epoch of a "
+        "resumed run, so Keras would train again from epoch 1. Use "
+        "`kft.callbacks.BackupAndRestore`, which records the epoch it saves "
+        "in; delete the backup directory to start over.")
 
 
 def load_records(backup_dir):

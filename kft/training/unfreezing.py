@@ -1,5 +1,6 @@
 """Gradual unfreezing inside `model.fit`, correct on the JAX backend."""
 
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -9,12 +10,30 @@ import numpy as np
 from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
+from kft._validation import fail_argument
 from kft.models.blocks import get_blocks, head_and_body
 from kft.training import unfreeze_backup
 from kft.training.freezing import BN_POLICIES
 from kft.training.freezing import set_trainable_blocks
+from kft.training.unfreeze_schedules import Plateau
 from kft.training.unfreeze_schedules import UnfreezeSchedule
 from kft.training.unfreeze_schedules import schedule_from_arguments
+
+
+def _check_unused_plateau_options(built, given, patience, min_delta, mode):
+    """Plateau options next to `every` or `milestones` would be ignored
+    (`schedule_from_arguments` checks them next to `schedule=`)."""
+    if given is not None or isinstance(built, Plateau):
+        return
+    changed = {name: value for name, value, default in (
+        ("patience", patience, 2), ("min_delta", min_delta, 0.0),
+        ("mode", mode, "auto")) if value != default}
+    if changed:
+        shown = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        raise ValueError(
+            "Arguments `patience`, `min_delta` and `mode` belong to the "
+            "plateau schedule (`monitor=`); `every` and `milestones` do not "
+            f"use them. Received: {shown}")
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -55,10 +74,14 @@ class GradualUnfreezing(keras.callbacks.Callback):
     `set_model`, which `fit` calls before `on_train_begin` of any callback),
     so the trainable set, the optimizer slots and the epoch line up in
     either callback order, also after a kill between the two callbacks'
-    writes. Plateau state (stage starts, patience count, best value) is kept
-    in the same directory. If the optimizer state was nevertheless not
-    restored (a different schedule or directory), the first resumed epoch
-    raises instead of training on with fresh slots.
+    writes. Checkpoints within an epoch (an integer `save_freq`) resume
+    with that epoch's stage; give `kft.callbacks.BackupAndRestore` then,
+    since Keras' callback records epoch 0 for such saves in the first
+    epoch of a resumed run (the next resume raises on that). Plateau state
+    (stage starts, patience count, best value) is kept in the same
+    directory. If the optimizer state was nevertheless not restored (a
+    different schedule or directory), the first resumed epoch raises
+    instead of training on with fresh slots.
 
     Args:
         every: Unfreeze one more block every `every` epochs. Defaults to
@@ -81,15 +104,18 @@ class GradualUnfreezing(keras.callbacks.Callback):
         bn: BatchNorm policy of unfrozen blocks, `"frozen"` or `"train"`.
             Defaults to `"frozen"`.
         patterns: Block patterns for `kft.get_blocks`. Defaults to `None`.
-        backup_dir: Where the stage record is kept for resuming. Defaults to
-            `None`.
-        verbose: Print each stage. Defaults to `1`.
+        backup_dir: Where the stage record is kept for resuming: the
+            `backup_dir` of the `BackupAndRestore`. Defaults to `None`.
+        verbose: Print each stage (`0`/`False`: no). Defaults to `1`.
         schedule: An `Every`, `Milestones` or `Plateau` object, instead of
             `every`, `milestones` or `monitor`. Defaults to `None`.
 
     Raises:
-        ValueError: not exactly one way of giving the schedule, or a bad
-            argument.
+        ValueError: not exactly one way of giving the schedule, plateau
+            options (`patience`, `min_delta`, `mode`) without `monitor`, or
+            a bad argument.
+        RuntimeError: when resuming, a checkpoint whose optimizer state or
+            epoch does not fit this callback's schedule and records.
 
     Example:
     >>> import keras, kft
@@ -121,14 +147,28 @@ class GradualUnfreezing(keras.callbacks.Callback):
                  verbose: int = 1, *,
                  schedule: UnfreezeSchedule | None = None):
         super().__init__()
+        if milestones is not None and (
+                isinstance(milestones, (str, bytes))
+                or not isinstance(milestones, Sequence)):
+            fail_argument("milestones", "a list of increasing epochs >= 1",
+                          milestones)
         self.schedule = schedule_from_arguments(
             every, milestones, monitor, patience, min_delta, mode, schedule)
+        _check_unused_plateau_options(self.schedule, schedule, patience,
+                                      min_delta, mode)
         if max_blocks is not None:
             max_blocks = check_int("max_blocks", max_blocks, min_value=0)
         self.max_blocks = max_blocks
         self.bn = check_choice("bn", bn, BN_POLICIES)
         self.patterns = patterns
+        if backup_dir is not None:
+            if not isinstance(backup_dir, (str, os.PathLike)):
+                fail_argument("backup_dir", "a directory path or `None`",
+                              backup_dir, TypeError)
+            backup_dir = os.fspath(backup_dir)
         self.backup_dir = backup_dir
+        if not isinstance(verbose, bool):
+            check_int("verbose", verbose, min_value=0)
         self.verbose = verbose
         self._stage = None
         self._params = None
@@ -147,22 +187,31 @@ class GradualUnfreezing(keras.callbacks.Callback):
         limit = len(body) if self.max_blocks is None else self.max_blocks
         return head, body, min(limit, len(body))
 
-    def _apply_stage(self, stage, epoch, resumed=False):
-        head, body, _ = self._body()
-        unfrozen = body[len(body) - stage:] if stage else []
-        set_trainable_blocks(self.model, unfrozen + [head], bn=self.bn,
-                             patterns=self.patterns)
-        params = sum(int(np.prod(v.shape))
-                     for v in self.model.trainable_variables)
+    def _apply_stage(self, stage, epoch, resumed=None):
+        """Sets `stage`'s trainable set and prints it; `resumed` is
+        `"after"` or `"within"` when `epoch` is a checkpoint's."""
+        params = self._set_stage(stage)
         if self.verbose:
-            newest = unfrozen[0] if unfrozen else head
-            where = (f"resumed after epoch {epoch + 1} (training continues "
-                     f"at epoch {epoch + 2})" if resumed
-                     else f"epoch {epoch + 1}")
+            head, body, _ = self._body()
+            newest = body[len(body) - stage] if stage else head
+            where = {
+                None: f"epoch {epoch + 1}",
+                "after": f"resumed after epoch {epoch + 1} (training "
+                         f"continues at epoch {epoch + 2})",
+                "within": f"resumed within epoch {epoch + 1} (training "
+                          "reruns it from its first batch)"}[resumed]
             _compat.print_msg(
                 f"GradualUnfreezing: {where}: stage {stage}, unfroze "
                 f"{newest!r}, trainable params {params:,}")
         return params
+
+    def _set_stage(self, stage):
+        head, body, _ = self._body()
+        unfrozen = body[len(body) - stage:] if stage else []
+        set_trainable_blocks(self.model, unfrozen + [head], bn=self.bn,
+                             patterns=self.patterns)
+        return sum(int(np.prod(v.shape))
+                   for v in self.model.trainable_variables)
 
     def stage_at(self, epoch: int) -> int:
         """Number of blocks below the head unfrozen during `epoch`."""
@@ -175,23 +224,49 @@ class GradualUnfreezing(keras.callbacks.Callback):
         if self._restored or self.backup_dir is None:
             return
         self._restored = True
-        saved = unfreeze_backup.checkpoint_epoch(self.backup_dir)
-        if saved is None or saved < 0:
+        position = unfreeze_backup.checkpoint_position(self.backup_dir)
+        if position is None:
             return
-        self._resumed_from = saved
+        epoch, batch = position
         self._records = unfreeze_backup.load_records(self.backup_dir)
-        self.schedule.restore(self._records, saved)
+        unfreeze_backup.check_records_fit(self.backup_dir, self._records,
+                                          epoch)
+        if epoch > 0:
+            # A checkpoint after epoch `epoch - 1` or within `epoch` both
+            # follow the schedule's state at the end of `epoch - 1`.
+            self.schedule.restore(self._records, epoch - 1)
         # The checkpoint's optimizer slots follow this trainable set, so it
         # must be in place before BackupAndRestore loads them (`fit` calls
         # `set_model` before any callback's `on_train_begin`).
-        self._stage = self.stage_at(saved)
-        self._params = self._apply_stage(self._stage, saved, resumed=True)
+        self._stage, within = self._checkpoint_stage(epoch, batch)
+        self._resumed_from = epoch if within else epoch - 1
+        self._params = self._apply_stage(
+            self._stage, self._resumed_from,
+            resumed="within" if within else "after")
+
+    def _checkpoint_stage(self, epoch, batch):
+        """(stage, saved within `epoch`?) of the checkpoint at `(epoch,
+        batch)`: batch 0 is an end-of-epoch save or one after the first
+        batch of `epoch` (an integer `save_freq`); where their stages
+        differ, the optimizer state that loads tells which."""
+        within = self.stage_at(epoch)
+        if batch > 0 or epoch == 0:
+            return within, True
+        after = self.stage_at(epoch - 1)
+        if after != within:
+            for stage, is_within in ((after, False), (within, True)):
+                self._set_stage(stage)
+                if unfreeze_backup.optimizer_state_loads(self.model,
+                                                         self.backup_dir):
+                    return stage, is_within
+        # Neither loads: the first epoch's check raises.
+        return after, False
 
     def _check_optimizer_restored(self, epoch):
         # Keras only warns when a checkpoint's optimizer does not fit the
         # optimizer it loads into, and trains on with fresh slots.
         optimizer = self.model.optimizer
-        if (self._resumed_from is None or epoch == 0 or optimizer is None
+        if (self._resumed_from is None or optimizer is None
                 or int(optimizer.iterations) > 0):
             return
         raise RuntimeError(

@@ -1,0 +1,157 @@
+"""GradualUnfreezing on the paths around a resume: checkpoints within an
+epoch (`save_freq` an integer), and its argument checks."""
+
+import json
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.training.unfreeze_schedules import Plateau
+from kft.training.unfreezing import GradualUnfreezing
+
+SHAPE = (16, 16, 3)
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+RNG = np.random.default_rng(0)
+X = RNG.uniform(0, 255, (16,) + SHAPE).astype("float32")
+Y = RNG.integers(0, 3, 16).astype("int32")
+
+
+def _slot(variable):
+    # Without the optimizer's name ("adam_1/..."), which differs per model.
+    return variable.path.split("/", 1)[1]
+
+
+class _Stop(keras.callbacks.Callback):
+    """Interrupts after batch `batch` of `epoch`, keeping the optimizer
+    state and trainable set then (what a checkpoint saved there holds)."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at, self.slots, self.trainable = (epoch, batch), None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            self.slots = {_slot(v): np.array(v.value)
+                          for v in self.model.optimizer.variables}
+            self.trainable = {v.path for v in self.model.trainable_variables}
+            raise KeyboardInterrupt
+
+
+class _Start(keras.callbacks.Callback):
+    """The first epoch's number, optimizer state and trainable set."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not hasattr(self, "epoch"):
+            self.epoch = epoch
+            self.slots = {_slot(v): np.array(v.value)
+                          for v in self.model.optimizer.variables}
+            self.trainable = {v.path for v in self.model.trainable_variables}
+
+
+def _fit(backup, unfreeze, last, backup_class=keras.callbacks.BackupAndRestore,
+         first=()):
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=SHAPE)
+    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    return model.fit(X, Y, epochs=4, batch_size=8, shuffle=False,
+                     verbose=0, callbacks=[
+                         *first, unfreeze, backup_class(backup, save_freq=1),
+                         last])
+
+
+def _fake_loss(values):
+    class FakeLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["fake_loss"] = values[epoch]
+    return FakeLoss()
+
+
+def test_resume_from_saves_within_an_epoch(tmp_path, capsys):
+    # fake_loss does not improve in epoch 1: stage 1 from epoch 2. A save
+    # after batch 0 of epoch 2 records (epoch 2, batch 0), as an
+    # end-of-epoch save of epoch 1 (stage 0) does; after batch 1 it
+    # records (2, 1) while the plateau record is epoch 1's.
+    values = [1.0, 1.0, 0.5, 0.4]
+    for batch in (0, 1):
+        backup = str(tmp_path / f"backup{batch}")
+
+        def unfreeze():
+            return GradualUnfreezing(schedule=Plateau("fake_loss", 1),
+                                     backup_dir=backup)
+
+        stop = _Stop(2, batch)
+        with pytest.raises(KeyboardInterrupt):
+            _fit(backup, unfreeze(), stop, first=[_fake_loss(values)])
+        with open(os.path.join(backup, "training_metadata.json")) as f:
+            assert json.load(f) == {"epoch": 2, "batch": batch}
+        start, callback = _Start(), unfreeze()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = _fit(backup, callback, start,
+                           first=[_fake_loss(values)])
+        messages = [str(w.message) for w in caught]
+        assert not [m for m in messages if "plateau record" in m
+                    or "Skipping variable loading" in m], messages
+        assert "resumed within epoch 3 (training reruns it" in (
+            capsys.readouterr().out)
+        assert start.epoch == 2 and start.trainable == stop.trainable
+        assert len(stop.trainable) == 3  # head kernel, bias; block3 conv
+        assert start.slots.keys() == stop.slots.keys()
+        for path, value in stop.slots.items():
+            np.testing.assert_array_equal(start.slots[path], value, path)
+        assert history.history["unfrozen_blocks"] == [1, 1]
+        assert callback.schedule.stage_epochs == [2]
+
+
+def test_second_resume_within_an_epoch(tmp_path):
+    # Interrupted within epoch 2, resumed, interrupted within epoch 2
+    # again: the checkpoint must still say epoch 2.
+    for backup_class in (kft.callbacks.BackupAndRestore,
+                         keras.callbacks.BackupAndRestore):
+        backup = str(tmp_path / backup_class.__module__)
+        for batch in (0, 1):
+            with pytest.raises(KeyboardInterrupt):
+                _fit(backup, GradualUnfreezing(every=1, backup_dir=backup,
+                                               verbose=0),
+                     _Stop(2, batch), backup_class)
+        with open(os.path.join(backup, "training_metadata.json")) as f:
+            meta = json.load(f)
+        if backup_class is kft.callbacks.BackupAndRestore:
+            assert meta == {"epoch": 2, "batch": 1}
+            continue
+        # Keras' own callback records epoch 0 there; restarting from epoch
+        # 0 with epoch 2's weights must not pass silently.
+        assert meta == {"epoch": 0, "batch": 1}
+        with pytest.raises(RuntimeError, match="saved in epoch 1, but epoch "
+                                               "2 had already ended.*"
+                                               "kft.callbacks.Backup"):
+            _fit(backup, GradualUnfreezing(every=1, backup_dir=backup,
+                                           verbose=0), _Start(), backup_class)
+
+
+def test_argument_errors_name_the_value():
+    cases = [
+        (dict(milestones=2), "Argument `milestones` must be a list of "
+                             "increasing epochs >= 1. Received: milestones=2"),
+        (dict(milestones="12"), "Received: milestones='12'"),
+        (dict(every=1, patience=3), "belong to the plateau schedule.*"
+                                    "Received: patience=3"),
+        (dict(milestones=[2], mode="max", min_delta=0.1),
+         "Received: min_delta=0.1, mode='max'"),
+        (dict(every=1, verbose="yes"), "Received: verbose='yes'"),
+        (dict(every=1, backup_dir=3), "Received: backup_dir=3"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            GradualUnfreezing(**kwargs)
+    # Still accepted: booleans for `verbose`, paths for `backup_dir`.
+    callback = GradualUnfreezing(every=1, verbose=False,
+                                 backup_dir=os.path.join("a", "b"))
+    assert callback.backup_dir == os.path.join("a", "b")

@@ -14,7 +14,7 @@
 - **Compilation cache** (`enable_compilation_cache`): JAX's persistent
   cache in `~/.cache/kft/jax`, so a rerun loads compiled steps from disk.
   `KFT_COMPILATION_CACHE=0` turns it off, `KFT_COMPILATION_CACHE=DIR`
-  moves it; a directory or minimum compile time set for JAX before
+  moves it (`1`: the default directory); a directory or minimum compile time set for JAX before
   `import kft` is kept.
 - **Step memory kept for reuse** (`reuse_freed_memory`): on CPU-only JAX,
   glibc keeps the memory a training step frees for the next step instead
@@ -41,6 +41,23 @@ import sys
 from kft import _compat
 
 logger = logging.getLogger("kft")
+
+# Spellings of an on/off environment variable (compared lower-case).
+_OFF, _ON = ("0", "false", "off", "no"), ("1", "true", "on", "yes")
+
+
+def _switch(name):
+    """`$name` as on (unset, empty or `_ON`) / off (`_OFF`); anything
+    else raises, so that a misspelt "off" does not leave the setting on."""
+    value = os.environ.get(name, "").strip()
+    if value.lower() in _OFF:
+        return False
+    if value == "" or value.lower() in _ON:
+        return True
+    raise ValueError(
+        f"Environment variable {name} must be 0 (off) or 1 (on), or unset; "
+        f"also accepted: {', '.join(_OFF[1:] + _ON[1:])}. Received: "
+        f"{name}={value!r}")
 
 # What Keras writes to keras.json on its first import when the file is
 # missing: its "tensorflow" default is nobody's choice.
@@ -137,10 +154,14 @@ def enable_compilation_cache(directory=None):
     Called on import, it logs the directory it chose (INFO, `"kft"`
     logger).
 
+    `KFT_COMPILATION_CACHE`: unset, empty or `1`, the default directory;
+    `0`, off (`false`, `off`, `no` too; `true`, `on`, `yes` mean `1`); any
+    other value names the directory.
+
     Args:
-        directory: Cache location. Defaults to `$KFT_COMPILATION_CACHE` if it
-            names a directory, else `$XDG_CACHE_HOME/kft/jax` (by default
-            `~/.cache/kft/jax`).
+        directory: Cache location (`~` expanded, made absolute). Defaults
+            to `$KFT_COMPILATION_CACHE` if it names a directory, else
+            `$XDG_CACHE_HOME/kft/jax` (by default `~/.cache/kft/jax`).
 
     Returns:
         The directory used, or `None` when kft left the cache setting alone.
@@ -152,17 +173,20 @@ def enable_compilation_cache(directory=None):
     """
     import jax
 
-    setting = os.environ.get("KFT_COMPILATION_CACHE", "")
+    setting = os.environ.get("KFT_COMPILATION_CACHE", "").strip()
     announce = directory is None
     if directory is None:
-        if setting == "0" or _set_by_user(jax, "jax_compilation_cache_dir",
-                                          None):
+        if setting.lower() in _OFF or _set_by_user(
+                jax, "jax_compilation_cache_dir", None):
             return None
-        directory = setting or os.path.join(
+        directory = setting if setting.lower() not in _ON else ""
+        directory = directory or os.path.join(
             os.environ.get("XDG_CACHE_HOME",
                            os.path.join(os.path.expanduser("~"), ".cache")),
             "kft", "jax")
-    directory = os.fspath(directory)
+    # "~/..." from a quoted or .env value, which no shell expanded; and
+    # absolute, so that a later `os.chdir` does not move the cache.
+    directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
     jax.config.update("jax_compilation_cache_dir", directory)
     if not _set_by_user(jax, "jax_persistent_cache_min_compile_time_secs",
                         _JAX_MIN_COMPILE_TIME_DEFAULT):
@@ -331,6 +355,10 @@ def reuse_freed_memory():
     Returns:
         `True` when applied (now or before).
 
+    Raises:
+        ValueError: `KFT_MALLOC_REUSE` is not `0`/`1` (or `false`/`true`,
+            `off`/`on`, `no`/`yes`).
+
     Example:
     >>> import kft
     >>> kft.reuse_freed_memory() in (True, False)
@@ -338,7 +366,7 @@ def reuse_freed_memory():
     """
     if _reuse_state["applied"]:
         return True
-    if os.environ.get("KFT_MALLOC_REUSE", "1").strip() == "0":
+    if not _switch("KFT_MALLOC_REUSE"):
         return False
     if not _cpu_only() or _compat.jax_backends_initialised():
         return False
@@ -384,6 +412,10 @@ def release_heap_after_compiles():
     Returns:
         `True` when the listener is registered (now or before).
 
+    Raises:
+        ValueError: `KFT_MALLOC_TRIM` is not `0`/`1` (or `false`/`true`,
+            `off`/`on`, `no`/`yes`).
+
     Example:
     >>> import kft
     >>> kft.release_heap_after_compiles() in (True, False)
@@ -391,7 +423,7 @@ def release_heap_after_compiles():
     """
     if _trim_state["listener"] is not None:
         return True
-    if os.environ.get("KFT_MALLOC_TRIM", "1").strip() == "0":
+    if not _switch("KFT_MALLOC_TRIM"):
         return False
     trim = _compat.malloc_trim_function()
     if trim is None:

@@ -690,6 +690,10 @@ def test_load_image_checks_max_pixels(tmp_path):
                              r"number in \(0, 1\]"),
     ({"augmentation": "heavy"}, "Argument `augmentation` must be one of"),
     ({"num_workers": -1}, "Argument `num_workers` must be an integer >= 0"),
+    ({"label_mode": "binary"}, "Argument `label_mode` must be one of"),
+    ({"sampling": "even"}, "Argument `sampling` must be one of"),
+    ({"augment_on": "gpu"}, "Argument `augment_on` must be one of"),
+    ({"batch_size": 0}, "Argument `batch_size` must be an integer >= 1"),
 ])
 def test_from_tfds_checks_arguments_before_reading(kwargs, message):
     pytest.importorskip("tensorflow_datasets")

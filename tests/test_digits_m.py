@@ -56,3 +56,17 @@ def test_bad_arguments():
         kft.datasets.digits_m(image_size=8, photos="imagenet")
     with pytest.raises(ValueError, match="images"):
         blend_with_photos(np.zeros((2, 8)))
+
+
+def test_images_larger_than_a_photo_get_an_enlarged_patch():
+    # scikit-learn's photos are 427 x 640: taller images were a broadcast
+    # error (scikit-image's chelsea, 300 high, failed from 301 pixels).
+    digit = np.zeros((2, 430, 16, 3), "float32")
+    digit[:, :, 8:] = 255.0
+    out = blend_with_photos(digit, seed=1, photos="sklearn")
+    background = blend_with_photos(np.zeros_like(digit), seed=1,
+                                   photos="sklearn")
+    assert out.shape == (2, 430, 16, 3)
+    assert 0 <= background.min() < background.max() <= 255
+    np.testing.assert_allclose(out[:, :, :8], background[:, :, :8])
+    np.testing.assert_allclose(out[:, :, 8:], 255.0 - background[:, :, 8:])

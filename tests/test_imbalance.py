@@ -158,3 +158,52 @@ def test_fine_tune_weights_the_loss_in_both_phases(as_dataset):
     plain = run(None)
     weighted = run({0: 3.0, 1: 3.0})
     np.testing.assert_allclose(np.array(weighted) / plain, 3.0, rtol=0.02)
+
+
+def test_two_dimensional_labels_must_be_one_hot_rows_of_the_classes():
+    # Flattened, one-hot rows of width 3 for 5 classes were 0/1 labels:
+    # silently wrong weights and counts (18 labels for 6 examples).
+    one_hot = np.eye(3)[[0, 0, 0, 1, 2, 2]]
+    for bad in (one_hot, np.array([[0, 0, 2], [1, 2, 2]])):
+        num_classes = 5 if bad is one_hot else 3
+        with pytest.raises(ValueError, match=r"Argument `labels` must be "
+                           r"integer labels.*one-hot rows of width "
+                           rf"{num_classes}.*Received: labels of shape "):
+            balanced_class_weight(bad, num_classes)
+    with pytest.raises(ValueError, match=r"`train_data\[1\]` must be .*"
+                       r"width 5.*shape \(6, 3\)"):
+        count_labels((np.zeros((6, 2)), one_hot), 5)
+    with pytest.raises(ValueError, match=r"`train_data labels` must be"):
+        count_labels([(np.zeros((6, 2)), one_hot)], 5)
+    assert balanced_class_weight(one_hot, 3) == {0: 2 / 3, 1: 2.0, 2: 1.0}
+    assert balanced_class_weight([[0], [0], [1]], 2) == {0: 0.75, 1: 1.5}
+
+
+def test_with_class_weight_checks_weights_and_counts_passes_on():
+    x = np.arange(8, dtype="float32")[:, None, None, None] * np.ones(
+        (1, 1, 1, 3), "float32")
+    y = np.arange(8) % 2
+
+    def order(dataset):
+        return np.concatenate([b[0][:, 0, 0, 0] for b in dataset]).tolist()
+
+    reference = kft.data.from_arrays(x, y, batch_size=3, seed=4)
+    expected = [order(reference) for _ in range(3)]
+    dataset = kft.data.from_arrays(x, y, batch_size=3, seed=4)
+    # One view per fine_tune phase: phase 2 must not replay phase 1.
+    assert order(dataset.with_class_weight({1: 2.0})) == expected[0]
+    assert order(dataset.with_class_weight({1: 2.0})) == expected[1]
+    assert order(dataset) == expected[2]
+    # A class the model has but the data lacks weighs no example.
+    weights = next(iter(dataset.with_class_weight({1: 2, 5: 1})))[2]
+    assert sorted(set(weights.tolist())) == [1.0, 2.0]
+    for bad, error, match in [
+            ({0: -1.0}, ValueError, r"`class_weight\[0\]` must be a finite "
+             r"number > 0. Received: class_weight\[0\]=-1.0"),
+            ({0: float("nan")}, ValueError, r"class_weight\[0\]=nan"),
+            ({-1: 1.0}, ValueError, r"class index >= 0.*\{-1: 1.0\}"),
+            ({"0": 1.0}, ValueError, r"class index >= 0"),
+            ("balanced", TypeError, r"`class_weight` must be a dict.*"
+             r"kft.balanced_class_weight.*Received: class_weight='balanced'")]:
+        with pytest.raises(error, match=match):
+            dataset.with_class_weight(bad)

@@ -201,3 +201,16 @@ def test_blockwise_learning_rates_must_be_a_dict():
         with pytest.raises(TypeError, match="Argument `learning_rates` must "
                                             "be a dict of group"):
             kft.BlockwiseOptimizer(keras.optimizers.SGD(0.1), value)
+
+
+def test_one_hot_dataset_must_match_the_model_width():
+    x = np.zeros((4, 8, 8, 3), "float32")
+    two = kft.data.from_arrays(x, np.array([0, 1, 0, 1]), batch_size=2,
+                               label_mode="categorical")
+    with pytest.raises(ValueError, match=r"2 classes .*one-hot rows\) but "
+                                         r"the model outputs 3"):
+        check_data_labels(two, 3, "train_data")
+    # Integer labels of fewer classes fit a wider model.
+    check_data_labels(kft.data.from_arrays(x, np.array([0, 1, 0, 1]),
+                                           batch_size=2), 3, "train_data")
+    check_data_labels(two, 2, "train_data")

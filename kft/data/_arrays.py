@@ -13,6 +13,9 @@ from kft._validation import check_labels
 from kft._validation import check_number
 from kft.augmentation.presets import Preset
 from kft.data import _images
+from kft.data._dataset import AUGMENT_ON
+from kft.data._dataset import LABEL_MODES
+from kft.data._dataset import SAMPLINGS
 from kft.data._dataset import AugmentOn
 from kft.data._dataset import ImageDataset
 from kft.data._dataset import LabelMode
@@ -262,10 +265,15 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
             "kft.data.from_tfds needs tensorflow-datasets: "
             "pip install 'kft[tfds]'"
         ) from error
+    # Every argument is checked before TFDS reads (or downloads) anything.
     image_size = _images.image_size_pair(image_size)
+    batch_size = check_int("batch_size", batch_size, min_value=1)
     seed = check_int("seed", seed)
     num_workers = check_int("num_workers", num_workers, min_value=0)
     check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
+    check_choice("augment_on", augment_on, AUGMENT_ON)
+    check_choice("label_mode", label_mode, LABEL_MODES)
+    check_choice("sampling", sampling, SAMPLINGS)
     crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
                                  high=1, low_open=True)
     if train is None:

@@ -5,6 +5,7 @@ loaders and the dataset raise.
 """
 
 import copy
+import numbers
 import threading
 import warnings
 from typing import Literal
@@ -21,6 +22,8 @@ import numpy as np
 from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
+from kft._validation import check_number
+from kft._validation import fail_argument
 from kft.data._host_augment import HostAugmenter
 from kft.data._host_augment import has_effect
 from kft.data._images import SkippedFile
@@ -71,6 +74,19 @@ def _collate(elements):
         return None
     return (np.stack([image for image, _ in loaded]),
             np.asarray([label for _, label in loaded]))
+
+
+class _PassCounter:
+    """Numbers the passes of a dataset and of the views that share it."""
+
+    def __init__(self):
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self):
+        with self._lock:
+            number, self._next = self._next, self._next + 1
+        return number
 
 
 class _Pass(grain.DatasetIterator):
@@ -205,7 +221,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         self.drop_remainder = drop_remainder
         self._skipped = list(skipped)
         self.paths = None if paths is None else tuple(paths)
-        self._epoch = 0
+        self._passes = _PassCounter()
         self._lock = threading.Lock()
         self._augmenter = None
         # "none" is an `Identity` layer: nothing to run on the host.
@@ -392,7 +408,24 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         `model.fit` ignores its `class_weight` argument for an
         `ImageDataset`; this puts the weights into the batches instead,
         the weight of each example being its class' (1 for a class not in
-        `class_weight`). See `kft.training.class_weights`.
+        `class_weight`). See `kft.training.class_weights`; for weights
+        from the class counts, pass
+        `kft.balanced_class_weight(ds.example_labels, len(ds.class_names))`.
+
+        The view counts its passes together with this dataset, so a
+        shuffled pass through either takes the next order (`fine_tune`
+        makes one view per phase; its phase 2 does not replay phase 1's
+        orders).
+
+        Args:
+            class_weight: `{class index: weight}`, weights finite and > 0.
+                An index without examples here (a model may have more
+                classes than the data) weighs nothing.
+
+        Raises:
+            TypeError: `class_weight` is not a mapping.
+            ValueError: a key that is not an integer >= 0, or a weight
+                that is not a finite number > 0.
 
         >>> import numpy as np, kft
         >>> ds = kft.data.from_arrays(np.zeros((3, 4, 4, 3)), [0, 1, 1],
@@ -400,15 +433,30 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         >>> next(iter(ds.with_class_weight({1: 0.5})))[2].tolist()
         [1.0, 0.5, 0.5]
         """
-        weighted = self._view()
-        weighted.class_weight = {int(k): float(v)
-                                 for k, v in dict(class_weight).items()}
+        weighted = self._view(share_passes=True)
+        weighted.class_weight = self._checked_weights(class_weight)
         return weighted
 
-    def _view(self):
+    def _checked_weights(self, class_weight):
+        what = ("a dict {class index >= 0: weight > 0} (e.g. "
+                "kft.balanced_class_weight(ds.example_labels, "
+                "len(ds.class_names)))")
+        if not isinstance(class_weight, Mapping):
+            fail_argument("class_weight", what, class_weight, TypeError)
+        weights = {}
+        for key, value in class_weight.items():
+            if isinstance(key, (bool, np.bool_)) or not isinstance(
+                    key, numbers.Integral) or key < 0:
+                fail_argument("class_weight", what, dict(class_weight))
+            weights[int(key)] = check_number(
+                f"class_weight[{key}]", value, low=0, low_open=True)
+        return weights
+
+    def _view(self, share_passes=False):
         view = copy.copy(self)
         view._lock = threading.Lock()
-        view._epoch = 0
+        if not share_passes:
+            view._passes = _PassCounter()
         return view
 
     def __iter__(self):
@@ -420,8 +468,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return _Pass(self)
 
     def _start_pass(self):
-        with self._lock:
-            epoch, self._epoch = self._epoch, self._epoch + 1
+        epoch = self._passes.take()
         dataset = self._source
         if self.sampling == "balanced":
             indices = balanced_indices(self.example_labels, len(dataset),

@@ -87,6 +87,9 @@ def blend_with_photos(images, *, seed: int = 0,
                       photos: str = "auto") -> np.ndarray:
     """`|image - patch|` per channel, one random photo patch per image.
 
+    A photo smaller than the images (scikit-image's chelsea is 300
+    pixels high) is enlarged to cover them first.
+
     Args:
         images: `(n, h, w, 3)` (or `(n, h, w)` gray) values in [0, 255].
         seed: Seed of the patch draws (image `i` always gets draw `i`).
@@ -113,7 +116,7 @@ def blend_with_photos(images, *, seed: int = 0,
             "Argument `images` must have shape (n, height, width[, 1 or 3]). "
             f"Received: images.shape={images.shape}")
     n, h, w = images.shape[:3]
-    sources = _photos(photos)
+    sources = [_covering(photo, h, w) for photo in _photos(photos)]
     # Drawn per image index from their own stream: independent of splits.
     rng = np.random.default_rng([seed, 0x4D])
     which = rng.integers(0, len(sources), size=n)
@@ -126,6 +129,21 @@ def blend_with_photos(images, *, seed: int = 0,
         patch = photo[top:top + h, left:left + w]
         out[i] = np.abs(images[i] - patch)
     return out
+
+
+def _covering(photo, height, width):
+    """`photo`, enlarged (aspect kept) where it is smaller than a
+    `height` x `width` patch; else as it is."""
+    scale = max(height / photo.shape[0], width / photo.shape[1])
+    if scale <= 1:
+        return photo
+    from PIL import Image
+
+    size = (max(width, round(photo.shape[1] * scale)),
+            max(height, round(photo.shape[0] * scale)))
+    channels = [Image.fromarray(photo[..., c], "F").resize(
+        size, Image.BILINEAR) for c in range(3)]
+    return np.stack([np.asarray(c) for c in channels], axis=-1)
 
 
 def _photos(photos):

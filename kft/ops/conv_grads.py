@@ -31,6 +31,7 @@ from kft.ops.depthwise_grads import depthwise_conv
 from kft.ops.shifted_conv import PADDINGS
 from kft.ops.shifted_conv import _flipped_patches
 from kft.ops.shifted_conv import _shifted_patches
+from kft.ops.shifted_conv import _summed_dtype
 from kft.ops.shifted_conv import _transposed_input
 from kft.ops.shifted_conv import shifted_conv
 
@@ -93,9 +94,11 @@ def _conv_bwd(strides, padding, dilation_rate, shifted, residuals, grads):
     input_grad = None
     for i, j, patch in _flipped_patches(padded, (kernel_h, kernel_w),
                                         dilation_rate):
-        term = lax.dot_general(patch, kernel[i, j], (((3,), (1,)), ((), ())))
+        term = lax.dot_general(patch, kernel[i, j], (((3,), (1,)), ((), ())),
+                               preferred_element_type=_summed_dtype(
+                                   grads.dtype))  # 16-bit: float32 sums
         input_grad = term if input_grad is None else input_grad + term
-    return input_grad, kernel_grad
+    return input_grad.astype(inputs.dtype), kernel_grad
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -30,6 +30,7 @@ from kft._validation import check_choice
 from kft.ops.shifted_conv import PADDINGS
 from kft.ops.shifted_conv import _flipped_patches
 from kft.ops.shifted_conv import _same_padded
+from kft.ops.shifted_conv import _summed_dtype
 from kft.ops.shifted_conv import _transposed_input
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
@@ -186,13 +187,15 @@ def _depthwise_bwd(strides, padding, dilation_rate, residuals, grads):
             inputs, grads, kernel.shape[:2], strides, padding, dilation_rate)
     padded = _transposed_input(grads, inputs.shape[1:3], kernel.shape[:2],
                                strides, padding, dilation_rate)
+    summed = _summed_dtype(grads.dtype)  # 16-bit terms summed in float32
+    padded, summed_kernel = padded.astype(summed), kernel.astype(summed)
     input_grad = None
     for i, j, patch in _flipped_patches(padded, kernel.shape[:2],
                                         dilation_rate):
-        term = patch * kernel[i, j]
+        term = patch * summed_kernel[i, j]
         term = term[..., 0] if multiplier == 1 else jnp.sum(term, axis=-1)
         input_grad = term if input_grad is None else input_grad + term
-    return (_computed_once(input_grad),
+    return (_computed_once(input_grad.astype(inputs.dtype)),
             kernel_grad.astype(kernel.dtype))
 
 

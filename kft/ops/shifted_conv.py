@@ -22,6 +22,14 @@ from kft._validation import check_choice
 PADDINGS = ("valid", "same")
 
 
+def _summed_dtype(dtype):
+    """float32 for 16-bit floats: the k*k terms of a shifted convolution
+    are summed in float32 and rounded once, as XLA's own convolution does
+    (summed in bfloat16, a 7x7 depthwise sum was off by 2.4% relative vs
+    Keras' 0.4%)."""
+    return "float32" if str(dtype) in ("float16", "bfloat16") else dtype
+
+
 def _pads(size, kernel, stride, rate, padding):
     """`(out, low, high)` of one axis: output size and the padding before
     and after it, split for "same" as XLA/TensorFlow split it (the odd
@@ -94,7 +102,9 @@ def shifted_depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
            [4., 6., 6., 4.]], dtype=float32)
     """
     inputs = ops.convert_to_tensor(inputs)
-    kernel = ops.cast(kernel, inputs.dtype)
+    dtype = inputs.dtype
+    inputs = ops.cast(inputs, _summed_dtype(dtype))
+    kernel = ops.cast(ops.cast(kernel, dtype), inputs.dtype)
     channels, multiplier = kernel.shape[2:]
     outputs = None
     for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
@@ -105,7 +115,7 @@ def shifted_depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
             term = ops.reshape(ops.expand_dims(patch, -1) * kernel[i, j],
                                (-1, *patch.shape[1:3], channels * multiplier))
         outputs = term if outputs is None else outputs + term
-    return outputs
+    return ops.cast(outputs, dtype)
 
 
 def shifted_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
@@ -137,12 +147,14 @@ def shifted_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
     """
     inputs = ops.convert_to_tensor(inputs)
     kernel = ops.cast(kernel, inputs.dtype)
+    summed = _summed_dtype(inputs.dtype)
     outputs = None
     for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
                                         padding, dilation_rate):
-        term = ops.matmul(patch, kernel[i, j])
+        term = lax.dot_general(patch, kernel[i, j], (((3,), (0,)), ((), ())),
+                               preferred_element_type=summed)
         outputs = term if outputs is None else outputs + term
-    return outputs
+    return ops.cast(outputs, inputs.dtype)
 
 
 def _transposed_input(grads, input_hw, kernel_hw, strides, padding,

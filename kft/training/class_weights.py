@@ -35,18 +35,16 @@ def balanced_class_weight(labels, num_classes: int) -> dict[int, float]:
         `{class index: weight}` for every class.
 
     Raises:
-        ValueError: no labels, or labels outside `[0, num_classes)`
-            (named).
+        ValueError: no labels, labels outside `[0, num_classes)` (named),
+            or 2-D labels that are not one-hot rows of width
+            `num_classes`.
 
     Example:
     >>> balanced_class_weight([0, 0, 0, 1], 3)
     {0: 0.6666666666666666, 1: 2.0, 2: 1.0}
     """
     num_classes = check_int("num_classes", num_classes, min_value=1)
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == num_classes:
-        labels = labels.argmax(axis=1)
-    labels = check_labels(labels.reshape(-1), num_classes, name="labels")
+    labels = class_indices(labels, num_classes, "labels")
     if not labels.size:
         fail_argument("labels", "at least one label", labels.tolist())
     counts = np.bincount(labels, minlength=num_classes)
@@ -89,11 +87,38 @@ def count_labels(data, num_classes: int) -> np.ndarray:
 
 
 def _bincount(y, num_classes, name):
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == num_classes:
-        y = y.argmax(axis=1)
-    return np.bincount(check_labels(y.reshape(-1), num_classes, name=name),
+    return np.bincount(class_indices(y, num_classes, name),
                        minlength=num_classes)
+
+
+def class_indices(labels, num_classes, name):
+    """Checked integer labels `(n,)` from integer labels `(n,)` or
+    `(n, 1)`, or one-hot rows `(n, num_classes)`.
+
+    Other 2-D labels raise rather than being flattened: one-hot rows of
+    another width would count every 0 and 1 as a label.
+
+    >>> class_indices(np.eye(3)[[2, 0]], 3, "y").tolist()
+    [2, 0]
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    elif labels.ndim == 2:
+        one_hot = labels.shape[1] == num_classes and bool(np.all(
+            (labels == 0) | (labels == 1)) and np.all(labels.sum(axis=1) == 1))
+        if not one_hot:
+            raise ValueError(
+                f"Argument `{name}` must be integer labels, shaped (n,) or "
+                f"(n, 1), or one-hot rows of width {num_classes} (the number "
+                f"of classes). Received: {name} of shape {labels.shape}")
+        labels = labels.argmax(axis=1)
+    elif labels.ndim > 2:
+        raise ValueError(
+            f"Argument `{name}` must be integer labels, shaped (n,) or "
+            f"(n, 1), or one-hot rows of width {num_classes}. Received: "
+            f"{name} of shape {labels.shape}")
+    return check_labels(labels.reshape(-1), num_classes, name=name)
 
 
 def resolve_class_weight(

@@ -81,11 +81,16 @@ def check_data_labels(data, num_classes, name):
                 f"of width {num_classes}.")
         if integer_labels(y):
             check_labels(y.reshape(-1), num_classes, name=f"{name}[1]")
-    elif isinstance(data, ImageDataset) and len(
-            data.class_names) > num_classes:
+    elif isinstance(data, ImageDataset) and (
+            len(data.class_names) > num_classes or (
+                data.label_mode == "categorical"
+                and len(data.class_names) != num_classes)):
+        # Fewer integer classes fit; one-hot rows must be the model's width.
         raise ValueError(
             f"Argument `{name}` has {len(data.class_names)} classes "
-            f"({data.class_names}) but the model outputs {num_classes}.")
+            f"({data.class_names}"
+            + (", one-hot rows" if data.label_mode == "categorical" else "")
+            + f") but the model outputs {num_classes}.")
 
 
 def one_hot_labels(data):

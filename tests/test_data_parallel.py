@@ -224,7 +224,10 @@ def cached_features():
     kft.freeze(model, "feature_extraction")
     x, y = _data(20)
     cache = kft.cache_features(model, (x, y), batch_size=BATCH, verbose=0)
-    return {"features": np.asarray(cache.features)}
+    # kft.predict pads each call's batch to split over the devices.
+    predictions = kft.predict(model, x[:5], batch_size=3, top_k=3)
+    return {"features": np.asarray(cache.features),
+            "predicted": np.array([p.probabilities for p in predictions])}
 
 
 def bad_batches(info):
@@ -254,6 +257,8 @@ def bad_batches(info):
     attempts["own_predict"] = lambda: model.predict(odd, verbose=0)
     attempts["own_fit_batch"] = lambda: model.fit(
         kft.data.from_arrays(x, y, batch_size=12), epochs=1, verbose=0)
+    attempts["evaluate"] = lambda: kft.evaluate(model, (x[:20], y[:20]),
+                                                batch_size=BATCH)
     for name, attempt in attempts.items():
         try:
             attempt()
@@ -405,6 +410,9 @@ def test_cached_features_padded_batch_matches(runs):
     one, eight = runs[1][0]["features"], runs[8][0]["features"]
     assert one.shape == eight.shape == (20, 64)
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-4)
+    one, eight = runs[1][0]["predicted"], runs[8][0]["predicted"]
+    assert one.shape == eight.shape == (5, 3)
+    np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, numbers", [
@@ -415,6 +423,7 @@ def test_cached_features_padded_batch_matches(runs):
     ("own_fit", ("20 examples", "holds 4", "8 devices")),
     ("own_predict", ("20 examples", "holds 4", "8 devices")),
     ("own_fit_batch", ("dataset.batch_size=12", "8 devices")),
+    ("evaluate", ("20 examples", "holds 4", "8 devices")),
 ])
 def test_batches_that_do_not_split_raise(runs, name, numbers):
     message = runs[8][1][f"error_{name}"]

@@ -224,3 +224,24 @@ def test_a_model_without_a_trainable_head_layer_is_refused():
     attached = kft.augmentation.attach(_model(), "light")
     with pytest.raises(ValueError, match="no head layer with weights"):
         kft.cache_features(attached, _data(n=4), verbose=0)
+
+
+def test_a_linear_heads_dropout_stays_on_when_training_on_the_cache():
+    # The linear head's `head_dropout` lies before its first layer with
+    # weights; it used to go into the features model and so be off (the
+    # cache is computed in inference mode) while the head trained.
+    x, y = _data(n=8)
+    full = _compile(_model(head="linear", dropout=0.5))
+    keras.utils.set_random_seed(1)
+    full.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+
+    cached = _compile(_model(head="linear", dropout=0.5))
+    cache = kft.cache_features(cached, (x, y), batch_size=8, verbose=0)
+    keras.utils.set_random_seed(1)
+    kft.fit_head(cached, cache, batch_size=8, epochs=1, verbose=0,
+                 shuffle=False)
+    expected, got = _head_weights(full), _head_weights(cached)
+    assert set(got) == set(expected) and len(got) == 2
+    for path in expected:
+        np.testing.assert_allclose(got[path], expected[path], atol=1e-5,
+                                   err_msg=path)

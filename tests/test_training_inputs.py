@@ -96,7 +96,11 @@ def test_fine_tune_checks_its_arguments_before_training():
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
-            kft.fine_tune(model, (x, y), verbose=0, **kwargs)
+            # A penalty is bound only once every check passed: the
+            # corrected call must not find one already there.
+            kft.fine_tune(model, (x, y), verbose=0,
+                          regularizer=kft.L2SP(alpha=0.01), **kwargs)
+        assert not model.losses
     for train, val in [((x, y), (x, np.eye(3)[y])),
                        ((x, np.eye(3)[y]), (x, y))]:
         with pytest.raises(ValueError, match="labels in the same form"):

@@ -21,6 +21,8 @@ from kft.deploy._views import TTA_MODES
 from kft.deploy._views import list_sources
 from kft.deploy._views import make_views
 from kft.deploy.metadata import read_metadata
+from kft.distributed.data_parallel import batch_shards
+from kft.evaluation._predict import check_width
 from kft.models.init_draws import bucketed_draws
 
 
@@ -94,8 +96,14 @@ class _KerasRunner:
                           "height and width", model.inputs[0].shape)
 
     def __call__(self, x):
-        return np.asarray(self.model.predict(x, batch_size=self.batch_size,
-                                             verbose=0))
+        # Under data parallel each call's batch must split over the
+        # devices: pad with copies of the last image, drop their outputs.
+        pad = -len(x) % batch_shards()
+        if pad:
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+        out = np.asarray(self.model.predict(
+            x, batch_size=self.batch_size + pad, verbose=0))
+        return out[:len(out) - pad]
 
 
 def _runner(model_or_path, batch_size):
@@ -182,7 +190,9 @@ def predict(model_or_path, images, *, top_k: int = 5,
         OSError: an image file that cannot be read (the message names the
             file; nothing is skipped).
         ValueError: bad arguments, a float array of another size than the
-            model's input, an empty folder.
+            model's input, an empty folder, a model with a single output
+            column (a sigmoid binary head: build it with `num_classes=2`).
+        TypeError: `class_names` given as one string.
         ImportError: an `.onnx` file without onnxruntime installed (the
             message says `pip install "kft[export]"`).
 
@@ -202,6 +212,10 @@ def predict(model_or_path, images, *, top_k: int = 5,
                                  high=1, low_open=True)
     if tta is not None and tta not in TTA_MODES:
         fail_argument("tta", f"None or one of {TTA_MODES}", tta)
+    if isinstance(class_names, (str, bytes)):
+        # A string would name one class per character.
+        fail_argument("class_names", "a sequence of class names",
+                      class_names, TypeError)
     sources = list_sources(images)
     runner = _runner(model_or_path, batch_size)
     names = class_names if class_names is not None else runner.meta.get(
@@ -213,6 +227,7 @@ def predict(model_or_path, images, *, top_k: int = 5,
                             max_pixels) for name, source in chunk]
         outputs = np.concatenate([runner(v) for v in _batches(
             np.concatenate(views), batch_size)])
+        check_width(outputs.shape[-1], "model_or_path")
         if runner.meta.get("output", "logits") == "logits":
             outputs = _softmax(outputs.astype(np.float64))
         if names is not None and len(names) != outputs.shape[-1]:

@@ -19,6 +19,20 @@ def output_width(model):
     return None if width is None else int(width)
 
 
+def check_width(width, name="model"):
+    """Refuses a single score per example (a one-unit sigmoid binary head):
+    a softmax over one column is always 1, so every metric would read
+    class 0 as certain and labels 1 as out of range."""
+    if width is not None and width < 2:
+        raise ValueError(
+            f"Argument `{name}` must give one score per class, at least 2 "
+            "columns: a single output unit (a sigmoid binary classifier) "
+            "is not supported. Build the classifier with num_classes=2 "
+            "(a softmax over the two classes). Received: "
+            f"{width} score column per example")
+    return width
+
+
 def is_array(x):
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
@@ -114,7 +128,7 @@ def predict_arrays(model, x, y, batch_size, name="x"):
     `data[1]` for a `data` pair.
     """
     label_name = "y" if name == "x" else f"{name}[1]"
-    num_classes = output_width(model)
+    num_classes = check_width(output_width(model))
     if num_classes is not None:
         y = integer_labels(y, num_classes, label_name)
     if len(x) == 0 or len(x) != len(y):
@@ -122,6 +136,7 @@ def predict_arrays(model, x, y, batch_size, name="x"):
             f"Argument `{name}` must hold at least one image and one label "
             f"per image. Received: {len(x)} images and {len(y)} labels")
     scores = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    check_width(scores.shape[-1])
     return integer_labels(y, scores.shape[-1], label_name), scores
 
 
@@ -142,6 +157,7 @@ def predict_batches(model, dataset, progress=None, name="x"):
                    if isinstance(batch, (tuple, list)) else "")
             )
         batch_scores = np.asarray(model.predict_on_batch(batch[0]))
+        check_width(batch_scores.shape[-1])
         labels.append(integer_labels(batch[1], batch_scores.shape[-1],
                                      "y" if name == "x" else "labels"))
         scores.append(batch_scores)

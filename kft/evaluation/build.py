@@ -9,6 +9,7 @@ import numpy as np
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
+from kft.distributed.data_parallel import check_data_batches
 from kft.evaluation import _predict
 from kft.evaluation import metrics
 from kft.evaluation.report import EvaluationReport
@@ -36,7 +37,7 @@ def _check_scores(y_true, scores, class_names):
         raise ValueError(
             "Argument `probabilities` must be finite. Received: NaN or "
             f"infinite scores in rows {rows[:10].tolist()}")
-    num_classes = scores.shape[1]
+    num_classes = _predict.check_width(scores.shape[1], "probabilities")
     class_names = _predict.check_class_names(class_names, num_classes)
     return (check_labels(y_true, num_classes, name="y_true"), scores,
             class_names or tuple(str(i) for i in range(num_classes)))
@@ -115,8 +116,11 @@ def report_from_predictions(
 
     Raises:
         ValueError: empty input, labels outside `[0, num_classes)`
-            (named), scores not of shape `(n, num_classes)` or not finite,
-            `class_names` of the wrong length, or a bad count.
+            (named), scores not of shape `(n, num_classes)` with at least
+            2 classes (a one-column sigmoid output is not supported) or
+            not finite, `scores="probabilities"` for rows that are not
+            probabilities, `class_names` of the wrong length, or a bad
+            count.
 
     Example:
     >>> import numpy as np
@@ -197,7 +201,10 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
 
     Raises:
         ValueError: empty data, labels outside the model's classes
-            (named), one-hot rows of another width, a dataset whose
+            (named), one-hot rows of another width, a model with a single
+            output column (a sigmoid binary head: build it with
+            `num_classes=2`), scores that are not probabilities with
+            `scores="probabilities"`, a dataset whose
             `class_names` are not one per class of the model, batches
             that are not `(images, labels)`, or a bad argument.
 
@@ -212,6 +219,11 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
     verbose = check_int("verbose", verbose, min_value=0)
+    _predict.check_width(_predict.output_width(model))
+    # Under data parallel: a batch that does not split, named (not JAX's
+    # sharding error from inside `predict`).
+    check_data_batches(tuple(data) if isinstance(data, list) else data,
+                       batch_size, name="data")
     if isinstance(data, (tuple, list)) and len(data) == 2 and \
             _predict.is_array(data[0]):
         labels, raw = _predict.predict_arrays(

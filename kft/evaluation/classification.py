@@ -14,6 +14,7 @@ from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import fail_argument
 from kft.evaluation._predict import check_class_names
+from kft.evaluation._predict import check_width
 from kft.evaluation._predict import data_class_names
 from kft.evaluation._predict import output_width
 from kft.evaluation._predict import predict_arrays
@@ -188,7 +189,9 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
         A `ClassificationReport`.
 
     Raises:
-        ValueError: labels outside `[0, num_classes)` (named), `y` missing
+        ValueError: a model with a single output column (a sigmoid
+            binary head: build it with `num_classes=2`), labels outside
+            `[0, num_classes)` (named), `y` missing
             for arrays or given with a dataset, a batch that is not
             `(images, labels)`, an empty dataset, or `class_names` of the
             wrong length.
@@ -207,7 +210,7 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
     ('0', '1')
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    num_classes = output_width(model)
+    num_classes = check_width(output_width(model))
     if num_classes is not None:
         class_names = check_class_names(class_names, num_classes)
     images, labels, dataset = split_data(x, y)

@@ -14,6 +14,9 @@ from kft._validation import check_labels
 
 # Rows of non-negative scores summing to 1 within this are probabilities.
 _PROBABILITY_TOLERANCE = 1e-3
+# Rows given as probabilities may drift more (a float16 softmax); they are
+# renormalized.
+_EXPLICIT_TOLERANCE = 1e-2
 
 
 def to_probabilities(scores, kind="auto"):
@@ -22,7 +25,8 @@ def to_probabilities(scores, kind="auto"):
     kft classifiers return logits; Keras models ending in a softmax return
     probabilities. `kind="auto"` takes the scores as probabilities when
     every row is non-negative and sums to 1 (within 1e-3), and applies a
-    softmax otherwise.
+    softmax otherwise. `kind="probabilities"` renormalizes rows that sum
+    to 1 within 1e-2 and refuses any other row.
 
     Args:
         scores: `(n, num_classes)` logits or probabilities.
@@ -32,6 +36,10 @@ def to_probabilities(scores, kind="auto"):
     Returns:
         `(probabilities, kind)`: float64 rows summing to 1, and
         `"logits"` or `"probabilities"`.
+
+    Raises:
+        ValueError: `kind="probabilities"` with a negative row or one not
+            summing to 1 (within 1e-2).
 
     Example:
     >>> p, kind = to_probabilities(np.array([[0.0, 0.0], [2.0, 0.0]]))
@@ -45,9 +53,26 @@ def to_probabilities(scores, kind="auto"):
             np.abs(sums - 1.0) <= _PROBABILITY_TOLERANCE))
         kind = "probabilities" if is_probability else "logits"
     if kind == "probabilities":
+        _check_probabilities(scores)
         return scores / scores.sum(axis=-1, keepdims=True), kind
     shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True), kind
+
+
+def _check_probabilities(scores):
+    """Refuses rows that are not probabilities: normalizing logits by
+    their sum would give "probabilities" above 1 or below 0 (and an ECE
+    above 1) without a word."""
+    sums = scores.sum(axis=-1)
+    bad = np.flatnonzero(np.any(scores < 0, axis=-1) | ~(
+        np.abs(sums - 1.0) <= _EXPLICIT_TOLERANCE))
+    if bad.size:
+        raise ValueError(
+            'Argument `scores="probabilities"` needs rows of non-negative '
+            "scores summing to 1 (a model ending in a softmax); pass "
+            '`scores="logits"` (or "auto") for logits. Received: row '
+            f"{int(bad[0])} = {np.round(scores[bad[0]], 4).tolist()} (sum "
+            f"{sums[bad[0]]:.4g}); {bad.size} such rows")
 
 
 def confusion_matrix(y_true, y_pred, num_classes):

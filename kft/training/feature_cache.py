@@ -79,6 +79,42 @@ def _uncacheable_layer(features_model):
     return None
 
 
+def _random_weightless(layer):
+    """A layer without weights that draws at random in training (a
+    `Dropout`): it holds a seed generator."""
+    return (not isinstance(layer, keras.Model) and not layer.weights
+            and any(isinstance(value, keras.random.SeedGenerator)
+                    for value in vars(layer).values()))
+
+
+def _split(model):
+    """`split_head`, with the random weightless layers right in front of
+    the head's first layer with weights (a linear head's `head_dropout`)
+    moved into the head model: in the features model they would run in
+    inference mode, i.e. be off while the head trains on the cache."""
+    features_model, head_model = split_head(model)
+    layers, chain = list(model.layers), head_model.layers[1:]
+    first = [id(layer) for layer in layers].index(id(chain[0]))
+    start = first
+    while start > 1 and _random_weightless(layers[start - 1]):
+        try:
+            # Only a chain can move: each layer takes the one before.
+            if layers[start - 1].input is not layers[start - 2].output:
+                break
+        except (AttributeError, ValueError):
+            break
+        start -= 1
+    if start == first:
+        return features_model, head_model
+    feature_output = layers[start].input
+    features_model = keras.Model(model.inputs, feature_output,
+                                 name=f"{model.name}_features")
+    x = inputs = keras.Input(feature_output.shape[1:], name="features")
+    for layer in layers[start:first] + chain:
+        x = layer(x)
+    return features_model, keras.Model(inputs, x, name=f"{model.name}_head")
+
+
 def _split_for_caching(model):
     """`(features_model, None)`, or `(None, why caching cannot work)`."""
     if isinstance(model, BatchAugmentModel):
@@ -88,7 +124,7 @@ def _split_for_caching(model):
             "it with `fit`, or build it without `batch_augment`."
         )
     try:
-        features_model, _ = split_head(model)
+        features_model, _ = _split(model)
     except ValueError as error:
         return None, str(error)
     reason = _uncacheable_layer(features_model)
@@ -174,7 +210,9 @@ def cache_features(model, data, *, batch_size: int = 32,
 
     Runs everything before the head's first layer with weights (see
     `split_head`) in inference mode, batch by batch through one compiled
-    predict step. Features are kept in memory until they pass
+    predict step; a dropout layer right before that layer (a linear
+    head's `head_dropout`) is left to the head, so it stays on in
+    `fit_head`. Features are kept in memory until they pass
     `memory_budget` bytes; then they go to a memory-mapped file, so a
     dataset larger than RAM can be cached.
 
@@ -326,7 +364,7 @@ def fit_head(model, cache: FeatureCache, *,
     if validation_data is not None:
         check_batch_size(batch_size, len(validation_data.features),
                          data_name="`validation_data`")
-    _, head = split_head(model)
+    _, head = _split(model)
     config = _compat.compile_config(model)
     head.compile(optimizer=model.optimizer, loss=config.get("loss"),
                  metrics=config.get("metrics"),

@@ -501,11 +501,6 @@ def fine_tune(
     check_data_batches(train_data, counts["batch_size"], name="train_data")
     check_data_batches(val_data, counts["batch_size"], name="val_data")
     class_weight = resolve_class_weight(class_weight, train_data, num_classes)
-    if regularizer is not None:
-        from kft.regularizers import regularize
-
-        # Anchors (theta_0) are the weights fine-tuning starts from.
-        regularize(model, regularizer)
     phases = Phases(
         model, train_data, val_data,
         loss=loss or _default_loss(model, train_data), metrics=metrics,
@@ -518,6 +513,11 @@ def fine_tune(
     plan["warmup"] = _check_schedule(
         schedule, learning_rate, warmup, plan["steps_per_epoch"],
         0 if strategy == "feature_extraction" else counts["epochs"])
+    if regularizer is not None:  # after every check: a bound penalty stays
+        from kft.regularizers import regularize
+
+        # Anchors (theta_0) are the weights fine-tuning starts from.
+        regularize(model, regularizer)
     histories = [_train_head(phases, counts["head_epochs"],
                              head_learning_rate, weight_decay, bn,
                              cache_features)]

@@ -1,0 +1,59 @@
+"""User paths of evaluation and prediction that other tests leave out:
+explicit `scores="probabilities"`, single-output binary models and
+`class_names` given as one string."""
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.evaluation import metrics
+from kft.evaluation import report_from_predictions
+
+
+def test_scores_probabilities_refuses_logits_and_renormalizes_drift():
+    logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, -3.0]])
+    # Normalized by their sums these gave "probabilities" outside [0, 1]
+    # and an ECE above 1, silently.
+    with pytest.raises(ValueError, match=r'scores="probabilities".*row 0'):
+        report_from_predictions([0, 1], logits, scores="probabilities")
+    with pytest.raises(ValueError, match="sum 1.1"):
+        metrics.to_probabilities(np.array([[0.6, 0.5]]), "probabilities")
+    drift = np.array([[0.704, 0.3], [0.2, 0.8]])  # float16-like drift
+    probs, kind = metrics.to_probabilities(drift, "probabilities")
+    assert kind == "probabilities"
+    np.testing.assert_allclose(probs[0], drift[0] / 1.004)
+    report = report_from_predictions([0, 0], drift, scores="probabilities")
+    assert report.accuracy == 0.5
+    assert 0 <= report.expected_calibration_error <= 1
+
+
+def test_single_output_binary_models_are_refused_clearly(tmp_path):
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.GlobalAveragePooling2D()(inputs))
+    binary = keras.Model(inputs, outputs)
+    x, y = np.zeros((4, 16, 16, 3), np.float32), np.array([0, 1, 0, 1])
+    message = r"one score per class, at least 2.*num_classes=2"
+    with pytest.raises(ValueError, match=message):
+        kft.evaluate(binary, (x, y))
+    with pytest.raises(ValueError, match=message):
+        kft.evaluate(binary, kft.data.from_arrays(x, y, batch_size=2))
+    with pytest.raises(ValueError, match=message):
+        kft.evaluate_classifier(binary, x, y)
+    with pytest.raises(ValueError, match=message):
+        report_from_predictions([0, 1], np.array([[0.2], [0.9]]))
+    # Was: every image "class 0 with probability 1.0".
+    with pytest.raises(ValueError, match=r"`model_or_path`.*at least 2"):
+        kft.predict(binary, x[:1])
+
+
+def test_predict_refuses_class_names_as_one_string():
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3))
+    image = np.zeros((16, 16, 3), np.uint8)
+    # Was: labels 'x', 'y', 'z' (one class per character).
+    with pytest.raises(TypeError, match=r"class_names.*sequence.*'xyz'"):
+        kft.predict(model, image, class_names="xyz")
+    assert kft.predict(model, image, top_k=1,
+                       class_names=("x", "y", "z"))[0].label in "xyz"

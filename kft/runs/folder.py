@@ -95,14 +95,20 @@ def layout_dir(train_dir, val_dir) -> str:
     >>> sorted(os.listdir(root))
     ['train', 'val']
     """
+    return linked_dir({"train": train_dir, "val": val_dir})
+
+
+def linked_dir(links) -> str:
+    """A temporary folder of symbolic links, `{name: target folder}`,
+    removed (the links, not their targets) when the process exits."""
     import atexit
     import shutil
     import tempfile
 
-    root = tempfile.mkdtemp(prefix="kft_layout_")
+    root = os.path.realpath(tempfile.mkdtemp(prefix="kft_layout_"))
     atexit.register(shutil.rmtree, root, True)
-    os.symlink(os.path.abspath(train_dir), os.path.join(root, "train"))
-    os.symlink(os.path.abspath(val_dir), os.path.join(root, "val"))
+    for name, target in links.items():
+        os.symlink(os.path.abspath(target), os.path.join(root, name))
     return root
 
 

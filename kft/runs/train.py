@@ -174,20 +174,15 @@ def _test_beside_classes(data_dir) -> bool:
 
 def _classes_without_test(data_dir):
     """`data_dir`, or for `<class>/` folders next to a `test/` folder a
-    temporary folder linking the class folders alone (symbolic links, as
-    `kft.runs.folder.layout_dir`; it lives until the process exits)."""
-    import atexit
-    import tempfile
+    temporary folder linking the class folders alone
+    (`kft.runs.folder.linked_dir`)."""
+    from kft.runs.folder import linked_dir
 
     if not _test_beside_classes(data_dir):
         return data_dir
-    root = os.path.realpath(tempfile.mkdtemp(prefix="kft_classes_"))
-    atexit.register(shutil.rmtree, root, True)
-    for entry in os.scandir(data_dir):
-        if entry.is_dir() and entry.name != TEST_FOLDER:
-            os.symlink(os.path.abspath(entry.path),
-                       os.path.join(root, entry.name))
-    return root
+    return linked_dir({entry.name: entry.path
+                       for entry in os.scandir(data_dir)
+                       if entry.is_dir() and entry.name != TEST_FOLDER})
 
 
 def load_folder_data(config: TrainConfig):

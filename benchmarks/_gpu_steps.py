@@ -6,11 +6,13 @@ they are measured so that a timeout keeps what was done). They run in the
 processes `_harness.run_isolated` starts; kft, Keras, JAX and torch are
 imported inside the functions, so a torch process never loads JAX.
 
-When `bench_gpu.py` runs several processes at once (`--parallel`), they
-share the GPU through `gpu_section`: first calls (trace, compile and the
-autotuners' trial runs) hold it shared, so compiles overlap each other;
-timed windows hold it alone, so no other process runs anything on the GPU
-while one is timed.
+When `bench_gpu.py` runs several processes at once (`--parallel`), first
+calls (trace, compile and the autotuners' trial runs) run side by side,
+and a timed window takes the machine to itself through `timed_section`:
+a file lock keeps other windows out, and every other benchmark process is
+stopped (SIGSTOP) until the window ends, so that neither their GPU work
+nor their compiles on the CPU (which slow eager PyTorch's kernel
+launches) fall into it.
 """
 
 import contextlib
@@ -19,6 +21,7 @@ import gc
 import itertools
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -28,6 +31,8 @@ import _harness
 # `check_side` imports Keras before kft, which would choose this itself.
 os.environ.setdefault("KERAS_BACKEND", "jax")
 NUM_CLASSES = 10
+# The timed windows' log in a parallel run's process folder (`timed_section`).
+PAUSES = "pauses"
 
 # Modules each side's process needs, with the package that brings each.
 JAX_MODULES = (("jax", "jax"), ("optax", "optax"), ("numpy", "numpy"),
@@ -69,11 +74,19 @@ def check_side(arg):
 
 
 @contextlib.contextmanager
-def gpu_section(cfg, exclusive):
-    """Holds `cfg["gpu_lock"]` (a file) shared or `exclusive` while the
-    block runs; yields a dict whose "wait_s" is the seconds spent waiting
-    for it. Without a lock file (one process at a time), holds nothing."""
-    waited = {"wait_s": 0.0}
+def timed_section(cfg):
+    """The machine to this process while the block runs; yields a dict
+    whose "wait_s" is the seconds spent waiting for it and "paused" the
+    number of processes stopped.
+
+    Holds `cfg["gpu_lock"]` (a file) exclusively, so no other timed window
+    runs, and stops the process groups registered in `cfg["proc_dir"]`
+    (one file per running benchmark process, named by its process group,
+    written by `bench_gpu.py`) but its own until the block ends. Work they
+    queued on the GPU before they stopped drains in the untimed step each
+    window starts with. Without a lock file (one process at a time) it
+    holds nothing."""
+    waited = {"wait_s": 0.0, "paused": 0}
     path = cfg.get("gpu_lock")
     if not path:
         yield waited
@@ -81,19 +94,65 @@ def gpu_section(cfg, exclusive):
     # flock locks belong to the open file: each section opens its own.
     with open(path, "a") as f:
         start = time.perf_counter()
-        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        fcntl.flock(f, fcntl.LOCK_EX)
         waited["wait_s"] = time.perf_counter() - start
+        proc_dir = cfg.get("proc_dir")
+        begin = time.time()
         try:
+            waited["paused"] = signal_others(proc_dir, signal.SIGSTOP)
             yield waited
+        finally:
+            # All of them, not only those stopped here: one whose window
+            # was cut off by its timeout could not continue the others.
+            signal_others(proc_dir, signal.SIGCONT)
+            if proc_dir and waited["paused"]:
+                # For the first calls that were stopped: see `_first_call`.
+                with open(os.path.join(proc_dir, PAUSES), "a") as log:
+                    log.write(f"{begin} {time.time()}\n")
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def signal_others(proc_dir, signum):
+    """Sends `signum` to the process groups registered in `proc_dir` but
+    this process's own; returns how many it reached."""
+    if not proc_dir:
+        return 0
+    own, reached = os.getpgid(0), 0
+    for name in os.listdir(proc_dir):  # PAUSES is not a number
+        if name.isdigit() and int(name) != own:
+            try:
+                os.killpg(int(name), signum)
+                reached += 1
+            except (ProcessLookupError, PermissionError):
+                pass  # ended since it was listed
+    return reached
+
+
+def continue_all(cfg):
+    """Continues every registered process unless a timed window runs (its
+    end continues them): for a process that ended inside its own window,
+    killed by its timeout, with the others stopped."""
+    path = cfg.get("gpu_lock")
+    if not path or not os.path.exists(path):
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        try:
+            signal_others(cfg.get("proc_dir"), signal.SIGCONT)
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _timed(cfg, run, windows, steps, warmup=1):
-    """`_windows` with the GPU to itself; the wait for it is kept."""
-    with gpu_section(cfg, exclusive=True) as waited:
+    """`_windows` with the machine to itself; the wait for it and the
+    number of processes stopped meanwhile are kept."""
+    with timed_section(cfg) as waited:
         timed = _windows(run, windows, steps, warmup=warmup)
-    return {**timed, "gpu_wait_s": waited["wait_s"]}
+    return {**timed, "gpu_wait_s": waited["wait_s"],
+            "paused_processes": waited["paused"]}
 
 
 def _top_ops(cfg, run, steps, top=15):
@@ -106,7 +165,7 @@ def _top_ops(cfg, run, steps, top=15):
 
     kernels = {}
     try:
-        with gpu_section(cfg, exclusive=True), \
+        with timed_section(cfg), \
                 tempfile.TemporaryDirectory() as trace_dir:
             with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
                 run()
@@ -122,11 +181,23 @@ def _top_ops(cfg, run, steps, top=15):
 
 def _first_call(cfg, run):
     """Seconds of `run()` (a first call: trace, compile, autotune, run),
-    sharing the GPU with other processes' first calls."""
-    with gpu_section(cfg, exclusive=False):
-        start = time.perf_counter()
-        run()
-        return time.perf_counter() - start
+    less the time other processes' timed windows kept it stopped. Other
+    processes' first calls may overlap it (longer than alone)."""
+    start = time.time()  # the wall clock: the windows' log is in it too
+    run()
+    end = time.time()
+    return end - start - paused_seconds(cfg.get("proc_dir"), start, end)
+
+
+def paused_seconds(proc_dir, start, end):
+    """Seconds of [start, end] (`time.time()`) inside the timed windows
+    logged in `proc_dir`, during which this process was stopped."""
+    try:
+        with open(os.path.join(proc_dir or "", PAUSES)) as log:
+            windows = [tuple(map(float, line.split())) for line in log]
+    except FileNotFoundError:
+        return 0.0
+    return sum(max(0.0, min(end, b) - max(start, a)) for a, b in windows)
 
 
 def run_kft(cfg):

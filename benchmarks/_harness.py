@@ -154,13 +154,15 @@ def _proc_value(path, key):
 Isolated = collections.namedtuple("Isolated", "results returncode error")
 
 
-def run_isolated(target, arg=None, env=None, timeout=None):
+def run_isolated(target, arg=None, env=None, timeout=None, on_start=None):
     """Calls `target` ("module:function" in this folder) in a fresh Python.
 
     The function gets `arg` (JSON round-tripped) and returns one JSON
     value, or yields several: each is sent back as soon as it is made, so
     a timeout or crash keeps what was done before it. `env` updates the
     child's environment; a value of None removes that variable.
+    `on_start(pid)` is called once the process has started (its process
+    group has the same number).
     Returns `Isolated(results, returncode, error)`: `returncode` is None on
     a timeout, `error` None when the process exited with 0, else why not.
     """
@@ -177,6 +179,8 @@ def run_isolated(target, arg=None, env=None, timeout=None):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=child_env,
                             start_new_session=True)
+    if on_start is not None:
+        on_start(proc.pid)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
         returncode = proc.returncode

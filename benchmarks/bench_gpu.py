@@ -39,10 +39,18 @@ from a time budget (`--budget`) so that a slow one cannot lose the rest:
 kft, eager PyTorch and `torch.compile` first, then max-autotune with what
 is left; a row that did not fit says "timeout" or "skipped". Up to
 `--parallel` processes run at once: their first calls (trace, compile,
-the autotuners' trial runs) overlap, a timed window has the GPU to itself
-(a file lock; `gpu_wait_s` in the JSON is the wait for it). Overlapping
-first calls make "compile s" longer than alone and the autotuners' trials
-noisier; `--parallel 1` runs one process at a time.
+the autotuners' trial runs) overlap, and a timed window has the machine
+to itself: a file lock keeps other windows out and every other benchmark
+process is stopped while it runs (`gpu_wait_s` in the JSON is the wait
+for the lock, `paused_processes` how many were stopped). A lock alone
+was not enough on the H200: with first calls holding it shared, timed
+windows waited up to 68 s each, and eager PyTorch's launch-bound
+feature-extraction steps were 1.28-1.50x slower with 4 processes at once
+than one at a time (the others' CPU work, not held by the lock, is the
+likely cause).
+Overlapping first calls make "compile s" (net of the time stopped) longer
+than alone and the autotuners' trials noisier; `--parallel 1` runs one
+process at a time.
 Results: `matrix.json` (rewritten after every process) and `table.md`
 under `--out-dir` (default `benchmarks/results/gpu/`). The steps
 themselves are in `_gpu_steps.py`.
@@ -52,6 +60,7 @@ themselves are in `_gpu_steps.py`.
 """
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -76,7 +85,10 @@ SIDES = ("kft",) + TORCH_SIDES
 # slow first backbone neither loses its rows nor takes the others' time.
 # On the H200 one process per backbone and side, one at a time, did not get
 # past eager PyTorch in 450 s (first calls: 5-63 s each), hence the slots,
-# the smaller processes and torch.compile in the first phase.
+# the smaller processes and torch.compile in the first phase; with 4 slots
+# and a lock shared by first calls, timed windows waited for it (113 s of
+# one process's 176 s), hence first calls without it and timed windows
+# that stop the others.
 PHASES = ((("kft", "torch-eager", "torch-compile"), 0.7),
           (("torch-max-autotune",), 1.0))
 PROMISED = {"kft": 25, "torch-eager": 15, "torch-compile": 30,
@@ -158,8 +170,13 @@ def run_matrix(args, sides, write):
     lock = threading.Lock()  # the plan, `done`, printing and `write`
     begin = time.perf_counter()
     lock_dir = tempfile.mkdtemp(prefix="kft_gpu_lock_")
-    gpu_lock = os.path.join(lock_dir, "gpu.lock") if args.parallel > 1 \
-        else None
+    # Several at once: a timed window takes the lock and stops the
+    # processes registered in proc_dir (`_gpu_steps.timed_section`).
+    shared = {"gpu_lock": None, "proc_dir": None}
+    if args.parallel > 1:
+        shared = {"gpu_lock": os.path.join(lock_dir, "gpu.lock"),
+                  "proc_dir": os.path.join(lock_dir, "procs")}
+        os.mkdir(shared["proc_dir"])
 
     def take():  # the next process and its timeout, or None when done
         with lock:
@@ -182,7 +199,7 @@ def run_matrix(args, sides, write):
                "batch": args.batch, "steps": args.steps,
                "windows": args.windows, "dry_run": args.dry_run,
                "steps_per_execution": args.steps_per_execution,
-               "host_steps": args.host_steps, "gpu_lock": gpu_lock,
+               "host_steps": args.host_steps, **shared,
                "trace_steps": args.trace_steps,
                "parallel": args.parallel}
         if timeout < args.min_timeout:
@@ -201,7 +218,23 @@ def run_matrix(args, sides, write):
             # the other processes.
             env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = \
                 f"{min(0.75, 0.8 / args.parallel):.2f}"
-        run = _harness.run_isolated(target, cfg, timeout=timeout, env=env)
+        pids = []
+
+        def register(pid):
+            pids.append(pid)
+            if shared["proc_dir"]:
+                open(os.path.join(shared["proc_dir"], str(pid)), "w").close()
+
+        try:
+            run = _harness.run_isolated(target, cfg, timeout=timeout,
+                                        env=env, on_start=register)
+        finally:
+            for pid in pids:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(shared["proc_dir"] or "",
+                                           str(pid)))
+            # Cut off inside its own window, it left the others stopped.
+            _gpu_steps.continue_all(shared)
         new = [{**r, "parallel": args.parallel} for r in run.results]
         if new and run.error is None:
             return new

@@ -142,7 +142,8 @@ def bench_gpu(monkeypatch):
 
     calls = []
 
-    def run_isolated(target, arg=None, env=None, timeout=None):
+    def run_isolated(target, arg=None, env=None, timeout=None,
+                     on_start=None):
         calls.append((target, arg, timeout, env))
         return bench_gpu.FAKE(target, arg)
 
@@ -308,49 +309,103 @@ def test_parallel_must_be_positive(bench_gpu, capsys):
     assert "--parallel must be 1 or more, not 0" in capsys.readouterr().err
 
 
-def test_timed_windows_have_the_gpu_alone(tmp_path, monkeypatch):
+TICKER = """\
+import os, time
+def tick(arg):
+    # Appends the time every 10 ms until told to stop: what a process
+    # compiling beside a timed window would do with the CPU.
+    with open(arg["log"], "a") as log:
+        while not os.path.exists(arg["stop"]):
+            log.write(f"{time.time()}\\n")
+            log.flush()
+            time.sleep(0.01)
+    return {"pgid": os.getpgid(0)}
+"""
+
+
+def test_a_timed_window_stops_the_other_processes(tmp_path, monkeypatch):
+    import fcntl
+    import signal
     import threading
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import _gpu_steps
+    import _harness
 
-    cfg = {"gpu_lock": str(tmp_path / "gpu.lock")}
-    events = []
+    (tmp_path / "ticker.py").write_text(TICKER)
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    cfg = {"gpu_lock": str(tmp_path / "gpu.lock"), "proc_dir": str(procs)}
+    log, stop = tmp_path / "ticks.log", tmp_path / "stop"
+    runs = []
 
-    def section(name, exclusive, hold, ready=None):
-        with _gpu_steps.gpu_section(cfg, exclusive) as waited:
-            events.append((name, "in", time.perf_counter()))
-            if ready:
-                ready.set()
-            time.sleep(hold)
-            events.append((name, "out", time.perf_counter()))
-        return waited
+    def register(pid):
+        (procs / str(pid)).touch()
 
-    # Two first calls share the GPU: the second does not wait.
-    first = threading.Event()
-    thread = threading.Thread(target=section,
-                              args=("compile1", False, 0.5, first))
+    thread = threading.Thread(target=lambda: runs.append(
+        _harness.run_isolated("ticker:tick", {"log": str(log),
+                                              "stop": str(stop)},
+                              env={"PYTHONPATH": str(tmp_path)}, timeout=60,
+                              on_start=register)))
     thread.start()
-    first.wait()
-    assert section("compile2", False, 0.0)["wait_s"] < 0.3
-    # A timed window waits until the first call is done ...
-    waited = section("timed", True, 0.5, None)
+    deadline = time.perf_counter() + 30
+    while (not log.exists() or not log.read_text()) and \
+            time.perf_counter() < deadline:
+        time.sleep(0.05)
+    # This process is registered too: a window never stops its own group.
+    (procs / str(os.getpgid(0))).touch()
+    (procs / "999999999").touch()  # ended since: skipped
+    with _gpu_steps.timed_section(cfg) as held:
+        begin = time.time()
+        time.sleep(0.6)
+        end = time.time()
+    assert held["paused"] == 1 and held["wait_s"] < 0.5
+    time.sleep(0.3)  # continued: it ticks again
+    stop.touch()
     thread.join()
-    assert waited["wait_s"] > 0.1
-    compile_out = [t for n, e, t in events if (n, e) == ("compile1", "out")]
-    timed_in = [t for n, e, t in events if (n, e) == ("timed", "in")]
-    assert timed_in[0] >= compile_out[0]
-    # ... and a first call waits for a timed window.
-    started = threading.Event()
-    thread = threading.Thread(target=section,
-                              args=("timed2", True, 0.5, started))
-    thread.start()
-    started.wait()
-    assert section("compile3", False, 0.0)["wait_s"] > 0.1
-    thread.join()
+    run, = runs
+    assert run.error is None, run.error
+    ticks = [float(t) for t in log.read_text().split()]
+    assert not [t for t in ticks if begin + 0.05 < t < end]
+    assert [t for t in ticks if t > end]
+    # First calls count the time they were stopped out of "compile s".
+    assert _gpu_steps.paused_seconds(str(procs), begin - 1, end + 1) == \
+        pytest.approx(end - begin, abs=0.05)
+    assert _gpu_steps.paused_seconds(str(procs), end + 1, end + 2) == 0
+    assert _gpu_steps.paused_seconds(None, begin, end) == 0
+
+    # Another window waits for the lock; a process that died inside its
+    # window (its timeout) left the others stopped: `continue_all` sends
+    # them on unless a window is running.
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        start_new_session=True)
+    try:
+        register(sleeper.pid)
+        os.killpg(sleeper.pid, signal.SIGSTOP)
+        with open(cfg["gpu_lock"]) as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # a window elsewhere
+            _gpu_steps.continue_all(cfg)
+            time.sleep(0.2)
+            assert process_state(sleeper.pid) == "T"
+            fcntl.flock(f, fcntl.LOCK_UN)
+        _gpu_steps.continue_all(cfg)
+        deadline = time.perf_counter() + 5
+        while process_state(sleeper.pid) == "T" and \
+                time.perf_counter() < deadline:
+            time.sleep(0.05)
+        assert process_state(sleeper.pid) != "T"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     # Without a lock file (one process at a time) nothing is held.
-    with _gpu_steps.gpu_section({}, True) as waited:
-        assert waited["wait_s"] == 0.0
+    with _gpu_steps.timed_section({}) as held:
+        assert held == {"wait_s": 0.0, "paused": 0}
+
+
+def process_state(pid):  # "T" when stopped
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_timeout_kills_what_the_process_started(tmp_path, monkeypatch):

@@ -417,7 +417,8 @@ def _run(args, begin):
     if args.parallel > 1:
         header += (f"\n\nUp to {args.parallel} processes at once: first "
                    "calls overlapped (compile s is longer than alone), "
-                   "each timed window had the GPU to itself.")
+                   "each timed window had the machine to itself (the "
+                   "other processes stopped).")
     print(header + "\n\n" + text)
     _harness.write_text(os.path.join(args.out_dir, "table.md"),
                         header + "\n\n" + text + "\n")

@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/gpu_check.sh [--dry-run] [--out-dir DIR] [--backbones ...]
 #                                [--wheels DIR] [--install-only]
-#                                [--wheel-python X.Y] [other bench_gpu.py options]
+#                                [--wheel-python X.Y] [--run SCRIPT]
+#                                [other bench_gpu.py options]
 #
 # 1. Unless --dry-run: checks that the wheels kft needs beyond the GPU
 #    image (WHEEL_PINS) are in --wheels (default .whl, or $KFT_WHEELS),
@@ -16,6 +17,8 @@
 #    the matrix, each backbone and side in its own process and timeout.
 # --install-only stops after step 1; --wheel-python 3.12 installs wheels
 # built for another Python (to try step 1 on a machine with another one).
+# --run SCRIPT runs benchmarks/SCRIPT (e.g. bench_gpu_depthwise.py) with
+# the other options instead of bench_gpu.py, after the same step 1.
 # The Python used is $PYTHON (default python3). Exit codes: 2 wheels or
 # install, 3 environment (imports, GPU), 1 a row failed, 0 otherwise.
 set -euo pipefail
@@ -29,6 +32,7 @@ WHEELS="${KFT_WHEELS:-$REPO/.whl}"
 DRY_RUN=0
 INSTALL_ONLY=0
 WHEEL_PYTHON=""
+SCRIPT="bench_gpu.py"
 ARGS=()
 
 fail() {  # fail CODE MESSAGE...
@@ -46,7 +50,10 @@ while [ $# -gt 0 ]; do
                   WHEELS="$2"; shift ;;
         --wheel-python) [ $# -ge 2 ] || fail 2 "--wheel-python needs X.Y"
                         WHEEL_PYTHON="$2"; shift ;;
-        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        --run) [ $# -ge 2 ] || fail 2 "--run needs a script in benchmarks/"
+               SCRIPT="$2"; shift ;;
+        -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, "");
+                                                       print}' "${BASH_SOURCE[0]}"
                    exec "$PYTHON" "$REPO/benchmarks/bench_gpu.py" --help ;;
         *) ARGS+=("$1") ;;
     esac
@@ -104,6 +111,11 @@ install_wheels() {
 }
 
 cd "$REPO"
+case "$SCRIPT" in
+    */*|.*|"") fail 2 "--run takes a file name in benchmarks/, not '$SCRIPT'" ;;
+esac
+[ -f "benchmarks/$SCRIPT" ] || fail 2 "--run: no benchmarks/$SCRIPT" \
+    "(there are: $(cd benchmarks && ls bench_gpu*.py | tr '\n' ' '))"
 if [ "$DRY_RUN" -eq 0 ] || [ "$INSTALL_ONLY" -eq 1 ]; then
     install_wheels
 else
@@ -116,6 +128,6 @@ if [ "$INSTALL_ONLY" -eq 1 ]; then
 fi
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 status=0
-"$PYTHON" benchmarks/bench_gpu.py ${ARGS[@]+"${ARGS[@]}"} || status=$?
+"$PYTHON" "benchmarks/$SCRIPT" ${ARGS[@]+"${ARGS[@]}"} || status=$?
 [ -z "${SITE:-}" ] || rm -rf "$SITE"
 exit "$status"

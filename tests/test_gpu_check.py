@@ -98,6 +98,43 @@ def make_wheels(folder, names):
     return folder
 
 
+def test_run_takes_the_depthwise_benchmark(tmp_path):
+    # The same wheels and checks, another script: EfficientNetB0's first
+    # two depthwise layers, each variant's output and gradients checked
+    # against Keras' convolution (float32 in the dry run).
+    out = tmp_path / "dw"
+    proc = run_script("--dry-run", "--run", "bench_gpu_depthwise.py",
+                      "--backbones", "efficientnetb0", "--limit", "2",
+                      "--out-dir", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((out / "depthwise.json").read_text())
+    assert [(r["input"], r["kernel"], r["strides"], r["count"])
+            for r in rows] == [([2, 16, 16, 32], [3, 3], [1, 1], 1),
+                               ([2, 17, 17, 96], [3, 3], [2, 2], 1)]
+    for row in rows:
+        for variant in ("xla", "shifted", "kft_vjp"):
+            assert row[f"{variant}_train_ms"] > 0
+            assert row[f"{variant}_train_max_rel_diff"] < 1e-5
+        for variant in ("xla", "shifted"):
+            assert row[f"{variant}_forward_ms"] > 0
+            assert row[f"{variant}_max_rel_diff"] < 1e-5
+        assert "kft_vjp_forward_ms" not in row and row["commit"]
+    table = (out / "table.md").read_text()
+    assert "| efficientnetb0 | 17x17x96 | 3x3, 2 | 1 |" in table
+    assert "| efficientnetb0 | all, weighted by layers | | 2 |" in table
+
+
+@pytest.mark.parametrize("script, message", [
+    ("../bench.py", "--run takes a file name in benchmarks/, not "
+                    "'../bench.py'"),
+    ("nope.py", "--run: no benchmarks/nope.py (there are: bench_gpu.py "
+                "bench_gpu_depthwise.py"),
+])
+def test_run_names_a_script_that_is_not_there(script, message):
+    proc = run_script("--dry-run", "--run", script, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
 def test_missing_wheels_stop_at_once_naming_them(tmp_path):
     start = time.perf_counter()
     proc = run_script("--wheels", str(make_wheels(tmp_path / "w", [])),

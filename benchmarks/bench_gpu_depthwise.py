@@ -1,0 +1,282 @@
+"""Depthwise convolutions on one GPU: XLA's (cuDNN) vs kft's shifted form.
+
+The second H200 run of `bench_gpu.py` (benchmarks/RESULTS.md) found one
+depthwise convolution (cuDNN's `conv2d_grouped_direct_kernel`) taking
+2.63 ms of EfficientNetB0's 6.76 ms feature-extraction step at 224 px,
+batch 128, bf16, and a grouped kernel gradient 0.93 ms of its full step.
+Depthwise convolutions are memory-bound; a shifted-slice sum (k*k
+multiply-adds over slices of the input, which XLA fuses into one loop)
+reads the input once. This times, for every distinct depthwise layer of
+the chosen backbones (shape, kernel, strides), on random bf16 data:
+
+- `xla`: `keras.ops.depthwise_conv`, what Keras' `DepthwiseConv2D` runs
+  (a grouped convolution, given to cuDNN on a GPU);
+- `shifted`: `kft.ops.shifted_conv.shifted_depthwise_conv`, gradients by
+  autodiff;
+- `kft_vjp`: `kft.ops.depthwise_grads.depthwise_conv` (the CPU path's
+  hand-written backward pass), training only.
+
+"forward" is the layer's output; "train" the input and kernel gradients
+of `sum(output * g)` with the forward (what full fine-tuning needs; a
+frozen layer needs the input gradient only, not timed apart). ms are the
+median of `--windows` windows of `--calls` calls, each window ending with
+`block_until_ready`; a layer's row also gives how many layers of the
+backbone share it, and the totals weigh rows by it. The largest
+difference of each variant's output and gradients from `xla`'s, relative
+to the largest of `xla`'s, is in the JSON (`*_max_rel_diff`; bf16
+rounding: ~1e-2). Nothing here changes what kft's models run on a GPU.
+
+    bash benchmarks/gpu_check.sh --run bench_gpu_depthwise.py --out-dir $OUT/dw
+    python benchmarks/bench_gpu_depthwise.py --dry-run --out-dir /tmp/dw  # CPU
+"""
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import _harness  # noqa: E402
+
+BACKBONES = ("efficientnetb0", "mobilenetv3large")
+VARIANTS = ("xla", "shifted", "kft_vjp")
+GPU_DEFAULTS = {"size": 224, "batch": 128, "calls": 20, "windows": 3,
+                "dtype": "bfloat16"}
+DRY_DEFAULTS = {"size": 32, "batch": 2, "calls": 2, "windows": 1,
+                "dtype": "float32"}
+
+
+def depthwise_layers(backbone, size):
+    """The distinct depthwise layers of `backbone` at `size` px:
+    `{(input_hw, channels, kernel_hw, strides, padding, multiplier,
+    dilation): [layer names]}`, in model order."""
+    import keras
+
+    import kft
+
+    model = kft.build_classifier(backbone, 10, weights=None,
+                                 input_shape=(size, size, 3))
+    found = collections.OrderedDict()
+    todo = list(model.layers)
+    while todo:
+        layer = todo.pop(0)
+        if isinstance(layer, keras.Model):
+            todo[:0] = layer.layers
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, h, w, c = layer.input.shape
+            key = ((h, w), c, tuple(layer.kernel_size), tuple(layer.strides),
+                   layer.padding, layer.depth_multiplier,
+                   tuple(layer.dilation_rate))
+            found.setdefault(key, []).append(layer.name)
+    if not found:
+        raise ValueError(f"{backbone!r} has no DepthwiseConv2D layer")
+    return found
+
+
+def _functions(key):
+    """`{variant: (forward, train)}` jitted functions of `(x, k[, g])`."""
+    import jax
+    import keras
+
+    from kft.ops.depthwise_grads import depthwise_conv
+    from kft.ops.shifted_conv import shifted_depthwise_conv
+
+    _, _, _, strides, padding, _, dilation = key
+
+    def xla(x, k):
+        return keras.ops.depthwise_conv(x, k, strides, padding,
+                                        "channels_last", dilation)
+
+    def shifted(x, k):
+        return shifted_depthwise_conv(x, k, strides, padding, dilation)
+
+    def kft_vjp(x, k):
+        return depthwise_conv(x, k, strides, padding, dilation)
+
+    def train(forward):
+        def grads(x, k, g):
+            return jax.grad(lambda x, k: (forward(x, k) * g).astype(
+                "float32").sum(), argnums=(0, 1))(x, k)
+        return jax.jit(grads)
+
+    return {"xla": (jax.jit(xla), train(xla)),
+            "shifted": (jax.jit(shifted), train(shifted)),
+            "kft_vjp": (None, train(kft_vjp))}
+
+
+def _time(run, calls, windows):
+    """First call's seconds, then the median window's ms per call."""
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = run()
+        jax.block_until_ready(out)
+        times.append(1000 * (time.perf_counter() - start) / calls)
+    return first_s, statistics.median(times), times
+
+
+def measure(backbone, args, log=print):
+    """One row per distinct depthwise layer of `backbone`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rows = []
+    layers = list(depthwise_layers(backbone, args.size).items())
+    for i, (key, names) in enumerate(layers[:args.limit]):
+        (h, w), c, kernel_hw, strides, padding, multiplier, _ = key
+        rng = np.random.default_rng(i)
+        x = jnp.asarray(rng.standard_normal((args.batch, h, w, c)),
+                        args.dtype)
+        k = jnp.asarray(rng.standard_normal((*kernel_hw, c, multiplier))
+                        / np.prod(kernel_hw), args.dtype)
+        functions = _functions(key)
+        reference = np.asarray(functions["xla"][0](x, k), "float32")
+        g = jnp.asarray(rng.standard_normal(reference.shape), args.dtype)
+        reference_grads = [np.asarray(a, "float32")
+                           for a in functions["xla"][1](x, k, g)]
+        row = {"backbone": backbone, "layers": names, "count": len(names),
+               "input": [args.batch, h, w, c], "kernel": list(kernel_hw),
+               "strides": list(strides), "padding": padding,
+               "multiplier": multiplier, "dtype": args.dtype}
+        scale = float(np.abs(reference).max()) or 1.0
+        for variant in args.variants:
+            forward, train = functions[variant]
+            if forward is not None:
+                out = np.asarray(forward(x, k), "float32")
+                row[f"{variant}_max_rel_diff"] = float(
+                    np.abs(out - reference).max() / scale)
+                first, ms, times = _time(lambda: forward(x, k), args.calls,
+                                         args.windows)
+                row[f"{variant}_forward_ms"] = ms
+                row[f"{variant}_forward_first_s"] = first
+                row[f"{variant}_forward_windows_ms"] = times
+            row[f"{variant}_train_max_rel_diff"] = max(
+                float(np.abs(np.asarray(a, "float32") - b).max()
+                      / (np.abs(b).max() or 1.0))
+                for a, b in zip(train(x, k, g), reference_grads))
+            first, ms, times = _time(lambda: train(x, k, g), args.calls,
+                                     args.windows)
+            row[f"{variant}_train_ms"] = ms
+            row[f"{variant}_train_first_s"] = first
+            row[f"{variant}_train_windows_ms"] = times
+        rows.append(row)
+        log(f"   {backbone} {_row_label(row)}: " + ", ".join(
+            f"{name} {row[name]:.3f}" for name in _ms_columns(args.variants)
+            if name in row), flush=True)
+        jax.clear_caches()  # the executables of earlier layers need not stay
+    return rows
+
+
+def _ms_columns(variants):
+    return [f"{v}_{mode}_ms" for mode in ("forward", "train")
+            for v in variants if not (v == "kft_vjp" and mode == "forward")]
+
+
+def _row_label(row):
+    b, h, w, c = row["input"]
+    return (f"{h}x{w}x{c} k{row['kernel'][0]}x{row['kernel'][1]} "
+            f"s{row['strides'][0]}")
+
+
+def table(rows, variants):
+    columns = _ms_columns(variants)
+    lines = ["| backbone | input (h x w x c) | kernel, stride | layers | "
+             + " | ".join(c.replace("_ms", " ms").replace("_", " ")
+                          for c in columns) + " |",
+             "|---|---|---|---|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append(
+            f"| {row['backbone']} | {_row_label(row).split(' ')[0]} | "
+            f"{row['kernel'][0]}x{row['kernel'][1]}, {row['strides'][0]} | "
+            f"{row['count']} | " + " | ".join(
+                f"{row[c]:.3f}" if c in row else "-" for c in columns) + " |")
+    for backbone in dict.fromkeys(r["backbone"] for r in rows):
+        mine = [r for r in rows if r["backbone"] == backbone]
+        lines.append(
+            f"| {backbone} | all, weighted by layers | | "
+            f"{sum(r['count'] for r in mine)} | " + " | ".join(
+                f"{sum(r[c] * r['count'] for r in mine):.3f}"
+                if all(c in r for r in mine) else "-" for c in columns)
+            + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="CPU, float32, tiny sizes (32 px, batch 2, "
+                             "2 calls, 1 window)")
+    parser.add_argument("--out-dir",
+                        default=_harness.results_path("gpu_depthwise"))
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES),
+                        choices=BACKBONES)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        choices=VARIANTS)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first LIMIT distinct layers of each "
+                             "backbone (default: all)")
+    for name, kind, text in (
+            ("size", int, "image size (224; dry run 32)"),
+            ("batch", int, "batch size (128; dry run 2)"),
+            ("calls", int, "calls per timed window (20; dry run 2)"),
+            ("windows", int, "timed windows, median reported (3; dry run "
+                             "1)"),
+            ("dtype", str, "bfloat16 (dry run float32)")):
+        parser.add_argument(f"--{name}", type=kind, default=None, help=text)
+    args = parser.parse_args(argv)
+    defaults = DRY_DEFAULTS if args.dry_run else GPU_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("size", "batch", "calls", "windows", "limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be 1 or more, not "
+                         f"{getattr(args, name)}")
+    if args.dtype not in ("bfloat16", "float16", "float32"):
+        parser.error(f"--dtype must be bfloat16, float16 or float32, not "
+                     f"{args.dtype!r}")
+    if "xla" not in args.variants:
+        args.variants.insert(0, "xla")  # the reference of the differences
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    begin = time.perf_counter()
+    import jax
+
+    platform = jax.default_backend()
+    if platform != "gpu" and not args.dry_run:
+        print(f"bench_gpu_depthwise: JAX sees no GPU (platform "
+              f"{platform!r}); use --dry-run to try it on CPU",
+              file=sys.stderr)
+        return 3
+    print(f"bench_gpu_depthwise: {jax.devices()[0].device_kind}, "
+          f"{args.dtype}, batch {args.batch}, {args.size} px", flush=True)
+    rows = []
+    for backbone in args.backbones:
+        rows += measure(backbone, args)
+        _harness.write_json(os.path.join(args.out_dir, "depthwise.json"),
+                            rows)
+    text = (_harness.header(begin) + "\n\n"
+            + f"{jax.devices()[0].device_kind}, {args.dtype}, batch "
+              f"{args.batch}, {args.size} px, ms per call (median of "
+              f"{args.windows} windows of {args.calls} calls)\n\n"
+            + table(rows, args.variants) + "\n")
+    print(text)
+    _harness.write_text(os.path.join(args.out_dir, "table.md"), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,14 +3,18 @@
 The second H200 run of `bench_gpu.py` (benchmarks/RESULTS.md) found one
 depthwise convolution (cuDNN's `conv2d_grouped_direct_kernel`) taking
 2.63 ms of EfficientNetB0's 6.76 ms feature-extraction step at 224 px,
-batch 128, bf16, and a grouped kernel gradient 0.93 ms of its full step.
+batch 128, bf16, and a grouped kernel gradient 0.93 ms of its full step;
+the first run found ConvNeXt-tiny's feature extraction at 0.46x
+`torch.compile`'s speed, unprofiled (its 7x7 convolutions are grouped
+`Conv2D`s with one group per channel: depthwise, timed here as such).
 Depthwise convolutions are memory-bound; a shifted-slice sum (k*k
 multiply-adds over slices of the input, which XLA fuses into one loop)
 reads the input once. This times, for every distinct depthwise layer of
 the chosen backbones (shape, kernel, strides), on random bf16 data:
 
 - `xla`: `keras.ops.depthwise_conv`, what Keras' `DepthwiseConv2D` runs
-  (a grouped convolution, given to cuDNN on a GPU);
+  (a grouped convolution, given to cuDNN on a GPU; the same XLA
+  convolution as ConvNeXt's grouped `Conv2D`);
 - `shifted`: `kft.ops.shifted_conv.shifted_depthwise_conv`, gradients by
   autodiff;
 - `kft_vjp`: `kft.ops.depthwise_grads.depthwise_conv` (the CPU path's
@@ -41,7 +45,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import _harness  # noqa: E402
 
-BACKBONES = ("efficientnetb0", "mobilenetv3large")
+BACKBONES = ("efficientnetb0", "mobilenetv3large", "convnext_tiny")
 VARIANTS = ("xla", "shifted", "kft_vjp")
 GPU_DEFAULTS = {"size": 224, "batch": 128, "calls": 20, "windows": 3,
                 "dtype": "bfloat16"}
@@ -65,10 +69,14 @@ def depthwise_layers(backbone, size):
         layer = todo.pop(0)
         if isinstance(layer, keras.Model):
             todo[:0] = layer.layers
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+        elif isinstance(layer, keras.layers.DepthwiseConv2D) or (
+                # ConvNeXt's: a Conv2D with one group per channel.
+                isinstance(layer, keras.layers.Conv2D)
+                and layer.groups == layer.filters
+                == layer.input.shape[-1] > 1):
             _, h, w, c = layer.input.shape
             key = ((h, w), c, tuple(layer.kernel_size), tuple(layer.strides),
-                   layer.padding, layer.depth_multiplier,
+                   layer.padding, getattr(layer, "depth_multiplier", 1),
                    tuple(layer.dilation_rate))
             found.setdefault(key, []).append(layer.name)
     if not found:

@@ -7,9 +7,10 @@ Every subcommand is a thin layer over a library function (`kft.train_run`,
 `kft.evaluate`, `kft.compare_strategies`, ...).
 
 Exit status: 0 done; 2 the command line or its inputs are wrong (bad
-option, missing folder, fewer than two classes, unknown backbone, an image
-size the backbone cannot take), found before any training; 1 a failure
-while working.
+option, missing folder, unreadable image file, fewer than two classes,
+unknown backbone, an image size the backbone cannot take, a file to write
+that exists without `--overwrite`), found before any training; 1 a
+failure while working.
 """
 
 import argparse
@@ -220,6 +221,8 @@ def _parser():
                           help="skip the plots (faster)")
     evaluate.add_argument("--out", default=None, help="folder for the report "
                           "(default: RUN/eval-<DATA_DIR name>)")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace a report already in the folder")
     _output_flags(evaluate)
     parsers["eval"] = evaluate
     predict = _add(sub, "predict", "top-k classes of images with a run, a "
@@ -242,12 +245,16 @@ def _parser():
     export.add_argument("--format", choices=("onnx", "keras"),
                         default="onnx")
     export.add_argument("--output", choices=("logits", "probabilities"),
-                        default="logits", help="what the graph returns")
+                        default=None, help="what the graph returns "
+                        "(default: what the model returns: probabilities "
+                        "if it ends in a softmax, else logits)")
     export.add_argument("--batch", choices=("dynamic", "1"),
                         default="dynamic", help="ONNX batch dimension")
     export.add_argument("--out", default=None, help="file to write "
                         "(default: RUN/model.onnx, RUN/model_inference"
                         ".keras)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace the --out file if it exists")
     _output_flags(export)
     parsers["export"] = export
     finder = _add(sub, "lr-find", "learning-rate range test on an image "
@@ -504,8 +511,19 @@ def _eval(args, argv):
                        (args.data_dir, "DATA_DIR")):
         if not os.path.exists(path):
             raise _Usage(f"{what} {path!r} does not exist")
-    if args.out is not None:
-        _check_out_folder(args.out)
+    base = args.run if os.path.isdir(args.run) else os.path.dirname(
+        os.path.abspath(args.run))
+    out = args.out or os.path.join(
+        base, "eval-" + os.path.basename(os.path.abspath(args.data_dir)))
+    flag = "--out" if args.out else "the default --out"
+    _check_out_folder(out, flag)
+    # A run folder holds its own validation report under the same names.
+    kept = [name for name in ("evaluation.json", "evaluation.md")
+            if os.path.isfile(os.path.join(out, name))]
+    if kept and not args.overwrite:
+        raise _Usage(f"{flag} {out!r} already holds a report "
+                     f"({', '.join(kept)}); pass --overwrite to replace it, "
+                     "or another --out")
     _start_library(models=True)
     from kft.runs.folder import load_eval_folder
     from kft.runs.folder import load_run
@@ -517,11 +535,7 @@ def _eval(args, argv):
                                 run.image_size, batch_size=args.batch_size)
     except ValueError as error:
         raise _Usage(str(error)) from error
-    base = run.path if os.path.isdir(run.path) else os.path.dirname(
-        os.path.abspath(run.path))
-    out = args.out or os.path.join(
-        base, "eval-" + os.path.basename(os.path.abspath(args.data_dir)))
-    _make_out_folder(out, "--out" if args.out else "the default --out")
+    _make_out_folder(out, flag)
     report, files = write_evaluation(run.model, data, run.class_names, out,
                                      top_k=args.top_k, plots=args.plots)
     if args.json:
@@ -538,7 +552,8 @@ def _eval(args, argv):
 
 
 def _model_file(path, what="RUN_OR_MODEL"):
-    """`(model file, class names or None)` of a run folder or a file."""
+    """The model file of a run folder, or `path`, a .keras / .onnx file
+    (`kft.runs.load_run` finds a run's class names beside its file)."""
     if not os.path.exists(path):
         raise _Usage(f"{what} {path!r} does not exist")
     if os.path.isdir(path):
@@ -547,34 +562,27 @@ def _model_file(path, what="RUN_OR_MODEL"):
             raise _Usage(f"{path!r} holds no model.keras: not a finished "
                          "kft run folder (resume it with `kft train "
                          "--resume --out ...`)")
-        info = os.path.join(path, "run.json")
-        names = None
-        if os.path.isfile(info):
-            with open(info) as f:
-                names = json.load(f).get("class_names")
-        return model_path, names
+        return model_path
     if not path.endswith((".keras", ".onnx")):
         raise _Usage(f"{what} {path!r} is neither a run folder nor a "
                      ".keras / .onnx file")
-    return path, None
+    return path
 
 
 def _predict(args, argv):
-    model_path, names = _model_file(args.run)
+    model_path = _model_file(args.run)
     for path in args.images:
         if not os.path.exists(path):
             raise _Usage(f"IMAGES_OR_DIR {path!r} does not exist")
     _start_library(models=True)
     from kft.deploy.prediction import predict
 
-    results = []
-    for path in args.images:
-        try:
-            results += predict(model_path, path, top_k=args.top_k,
-                               tta=args.tta, batch_size=args.batch_size,
-                               class_names=names)
-        except ValueError as error:
-            raise _Usage(str(error)) from error
+    try:
+        # One call: the model is loaded once for all the arguments.
+        results = predict(model_path, list(args.images), top_k=args.top_k,
+                          tta=args.tta, batch_size=args.batch_size)
+    except (ValueError, OSError) as error:  # bad model or image files
+        raise _Usage(str(error)) from error
     if args.json:
         print(json.dumps([{
             "source": r.source, "labels": list(r.labels),
@@ -589,10 +597,11 @@ def _predict(args, argv):
     return 0
 
 
-def _export(args, argv):
-    model_path, names = _model_file(args.run)
-    if model_path.endswith(".onnx"):
-        raise _Usage(f"RUN_OR_MODEL {args.run!r} is already an ONNX file")
+def _export_target(args, model_path):
+    """The file `kft export` writes, checked before the model loads."""
+    if args.format == "keras" and args.batch != "dynamic":
+        raise _Usage(f"--batch {args.batch} applies to --format onnx only "
+                     "(a .keras file takes any batch size); drop --batch")
     folder = args.run if os.path.isdir(args.run) else os.path.dirname(
         os.path.abspath(args.run))
     out = args.out or os.path.join(folder, "model.onnx" if args.format ==
@@ -603,24 +612,34 @@ def _export(args, argv):
     if args.format == "keras" and not out.endswith(".keras"):
         raise _Usage(f"--out {out!r}: --format keras writes a file whose "
                      "name ends in .keras")
+    if os.path.exists(out) and os.path.samefile(out, model_path):
+        raise _Usage(f"--out {out!r} is the model file being exported; "
+                     "pass another --out (the trained model would be "
+                     "replaced by its inference graph)")
+    if os.path.exists(out) and not args.overwrite:
+        raise _Usage(f"--out {out!r} already exists; pass --overwrite to "
+                     "replace it, or another --out")
+    return out
+
+
+def _export(args, argv):
+    model_path = _model_file(args.run)
+    if model_path.endswith(".onnx"):
+        raise _Usage(f"RUN_OR_MODEL {args.run!r} is already an ONNX file")
+    out = _export_target(args, model_path)
     # Its folder is created if missing, as eval and compare create theirs.
     _make_out_folder(os.path.dirname(os.path.abspath(out)),
                      "the folder of --out")
     _start_library(models=True)
-    import keras
-
     from kft.deploy.exporting import export
-    from kft.deploy.metadata import read_metadata
-    from kft.models.init_draws import bucketed_draws
+    from kft.runs.folder import load_run
 
-    with bucketed_draws():  # the draws are replaced by the saved weights
-        model = keras.saving.load_model(model_path)
-    if names is None:  # a file `kft.export` wrote carries them
-        names = read_metadata(model_path).get("class_names")
     try:
-        path = export(model, out, format=args.format,
+        # With the class names of the run.json beside a run's model.keras.
+        run = load_run(model_path)
+        path = export(run.model, out, format=args.format,
                       batch="dynamic" if args.batch == "dynamic" else 1,
-                      output=args.output, class_names=names)
+                      output=args.output, class_names=run.class_names)
     except ValueError as error:
         raise _Usage(str(error)) from error
     if args.json:

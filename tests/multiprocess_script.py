@@ -4,7 +4,8 @@ Run by tests/test_multiprocess.py through `kft.distributed.launch_command`
 (`python -m kft.distributed --processes 2 tests/multiprocess_script.py
 OUT --epochs 3`). Prints, for the test to read: the example ids its data
 shard yields in one shuffled pass (`SHARD`), the epochs it trained
-(`EPOCHS`), a digest of its final weights (`WEIGHTS`) and the files it
+(`EPOCHS`), a digest of its final weights (`WEIGHTS`), what it computes
+from a whole dataset with them (`RESULTS`) and the files it
 wrote, created, renamed or removed under OUT (`WRITES`, from Python's
 audit hooks). Process 0 also saves the final weights to OUT/final.npy.
 `--kill-epoch E` makes process 1 SIGKILL itself as epoch E (0-based)
@@ -70,7 +71,39 @@ def main():
           flush=True)
     if kft.is_primary():
         np.save(os.path.join(args.out, "final.npy"), weights)
+    print("RESULTS", json.dumps(whole_data_results(model, x, y)), flush=True)
     print("WRITES", json.dumps(writes), flush=True)
+
+
+def whole_data_results(model, x, y):
+    """What kft computes from a whole dataset: every process must get what
+    one process gets. 43 examples: the last global batch of 3 does not
+    split over 2 or 4 processes."""
+    x, y = x[:43], y[:43]
+    data = kft.data.from_arrays(x, y, batch_size=8, shuffle=False)
+    report = kft.evaluate(model, data)
+    arrays = kft.evaluate(model, (x, y), batch_size=8)
+    predicted = kft.predict(model, x[:5], batch_size=4)
+    fisher = kft.estimate_fisher(model, (x, y), batch_size=8)
+    from kft.adaptation.batchnorm import batch_statistics
+
+    _, means, variances, seen = batch_statistics(model, data, batch_size=8)
+    kft.freeze(model, "feature_extraction")
+    cache = kft.cache_features(model, data, verbose=0)
+    return {"accuracy": report.accuracy,
+            "confusion": report.confusion_matrix.tolist(),
+            "mistakes": [m.index for m in report.mistakes],
+            "arrays_confusion": arrays.confusion_matrix.tolist(),
+            "cache_shape": list(cache.features.shape),
+            "cache_labels": cache.labels.tolist(),
+            "cache_sum": round(float(cache.features.astype("float64").sum()),
+                               3),
+            "fisher_sum": float(sum(v.sum() for v in fisher.values.values())),
+            "predicted": [np.asarray(p.probabilities).tolist()
+                          for p in predicted],
+            "bn_images": int(seen),
+            "bn_sum": float(sum(m.sum() + v.sum()
+                                for m, v in zip(means, variances)))}
 
 
 def record_writes(root):

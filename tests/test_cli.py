@@ -120,3 +120,108 @@ def test_demo_passes_seeds_and_output_folder(tmp_path, monkeypatch):
                      "--no-plots", "--target-epochs", "4"]) == 0
     assert calls[0]["seeds"] == 3 and calls[0]["output_dir"] == str(tmp_path)
     assert calls[0]["plots"] is False and calls[0]["target_epochs"] == 4
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A run folder as `kft train` leaves it: model.keras without class
+    names, run.json with them; and a labelled folder of its classes."""
+    import json
+
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cli")
+    run = root / "run"
+    run.mkdir()
+    kft.build_classifier("simple_cnn", 2, weights=None,
+                         input_shape=(16, 16, 3)).save(run / "model.keras")
+    (run / "run.json").write_text(json.dumps({"class_names": ["ant",
+                                                             "bee"]}))
+    for name in ("ant", "bee"):
+        (root / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (20, 18), (60 * i, 90, 200)).save(
+                root / "data" / name / f"{i}.png")
+    return run, root / "data"
+
+
+def test_export_never_writes_over_the_model_or_an_existing_file(
+        run_folder, tmp_path, capsys):
+    import shutil
+
+    run = shutil.copytree(run_folder[0], tmp_path / "run")
+    model = run / "model.keras"
+    before = model.read_bytes()
+    for overwrite in ([], ["--overwrite"]):
+        assert _exit_code(["export", str(run), "--format", "keras", "--out",
+                           str(model), *overwrite]) == 2
+        assert "is the model file being exported" in capsys.readouterr().err
+        assert model.read_bytes() == before
+    out = tmp_path / "m.keras"
+    out.write_bytes(b"keep me")
+    assert _exit_code(["export", str(run), "--format", "keras", "--out",
+                       str(out)]) == 2
+    assert (f"--out {str(out)!r} already exists; pass --overwrite"
+            in capsys.readouterr().err)
+    assert out.read_bytes() == b"keep me"
+    assert cli.main(["export", str(run), "--format", "keras", "--out",
+                     str(out), "--overwrite", "--quiet"]) == 0
+    assert kft.deploy.read_metadata(out)["class_names"] == ["ant", "bee"]
+
+
+def test_export_of_a_run_model_file_names_its_classes(run_folder, tmp_path):
+    run, _ = run_folder
+    out = tmp_path / "m.keras"
+    assert cli.main(["export", str(run / "model.keras"), "--format",
+                     "keras", "--out", str(out), "--quiet"]) == 0
+    assert kft.deploy.read_metadata(out)["class_names"] == ["ant", "bee"]
+
+
+def test_export_refuses_a_batch_for_keras_files(run_folder, tmp_path,
+                                                capsys):
+    run, _ = run_folder
+    assert _exit_code(["export", str(run), "--format", "keras", "--batch",
+                       "1", "--out", str(tmp_path / "m.keras")]) == 2
+    assert ("--batch 1 applies to --format onnx only"
+            in capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_eval_keeps_an_existing_report_unless_told(run_folder, tmp_path,
+                                                   capsys):
+    run, data = run_folder
+    (tmp_path / "evaluation.json").write_text("{}")
+    argv = ["eval", str(run), str(data), "--out", str(tmp_path),
+            "--no-plots", "--quiet"]
+    assert _exit_code(argv) == 2
+    assert ("already holds a report (evaluation.json); pass --overwrite"
+            in capsys.readouterr().err)
+    assert (tmp_path / "evaluation.json").read_text() == "{}"
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert "accuracy" in (tmp_path / "evaluation.json").read_text()
+
+
+def test_predict_loads_the_model_once(run_folder, capsys, monkeypatch):
+    import keras
+
+    run, data = run_folder
+    loads = []
+    load = keras.saving.load_model
+    monkeypatch.setattr(keras.saving, "load_model",
+                        lambda *a, **k: loads.append(a) or load(*a, **k))
+    assert cli.main(["predict", str(run / "model.keras"),
+                     str(data / "ant"), str(data / "bee" / "0.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(loads) == 1 and len(lines) == 3
+    # The class names of the run.json beside the file.
+    assert all(line.split("\t")[1].split()[0] in ("ant", "bee")
+               for line in lines)
+
+
+def test_predict_of_a_bad_image_file_exits_2(run_folder, tmp_path, capsys):
+    run, _ = run_folder
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    assert _exit_code(["predict", str(run), str(bad)]) == 2
+    assert (f"Cannot read image file {str(bad)!r}: not an image"
+            in capsys.readouterr().err)

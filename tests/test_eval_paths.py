@@ -57,3 +57,27 @@ def test_predict_refuses_class_names_as_one_string():
         kft.predict(model, image, class_names="xyz")
     assert kft.predict(model, image, top_k=1,
                        class_names=("x", "y", "z"))[0].label in "xyz"
+
+
+@pytest.mark.parametrize("names, message", [
+    (["dog", "fox", "wolf"], r"missing: \['cat'\]; not in the model: "
+                             r"\['wolf'\]"),
+    (["dog", "cat", "fox"], "the same classes in another order"),
+])
+def test_datasets_of_other_classes_than_the_models_are_refused(names,
+                                                               message):
+    # Only the number of classes was compared: labels of the dataset's
+    # classes were scored against the model's columns (accuracy 0.0 for a
+    # perfect model), silently.
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3),
+                                 class_names=["cat", "dog", "fox"])
+    x, y = np.zeros((6, 16, 16, 3), np.float32), np.arange(6) % 3
+    data = kft.data.from_arrays(x, y, batch_size=4, class_names=names)
+    with pytest.raises(ValueError, match=message):
+        kft.evaluate(model, data)
+    with pytest.raises(ValueError, match=message):
+        kft.evaluation.evaluate_classifier(model, data)
+    same = kft.data.from_arrays(x, y, batch_size=4,
+                                class_names=["cat", "dog", "fox"])
+    assert kft.evaluate(model, same).class_names == ("cat", "dog", "fox")

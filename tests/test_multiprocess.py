@@ -147,6 +147,49 @@ def test_shards_are_disjoint_slices_of_the_global_batches(runs, four):
     _check_shards(four["output"], 4)
 
 
+def _one_process_results(out):
+    """`whole_data_results` in this process, with the weights the
+    processes trained."""
+    model = script.make_model()
+    flat, weights = np.load(out / "final.npy"), []
+    for w in model.get_weights():
+        weights.append(flat[:w.size].reshape(w.shape))
+        flat = flat[w.size:]
+    model.set_weights(weights)
+    return script.whole_data_results(model, *script.make_data())
+
+
+@pytest.mark.slow
+def test_whole_data_results_are_one_process_results(runs, four):
+    # kft.evaluate and cache_features read each process' slice of a
+    # kft.data dataset: each process reported on its own part (accuracy
+    # 0.9 and 0.6 for one process' 0.75), the head trained on two
+    # different caches, and kft.evaluate on arrays and kft.predict raised
+    # a JAX error.
+    # Fisher and BatchNorm statistics: the same in every process too.
+    for output, out, processes in ((runs["resumed"], runs["out"], 2),
+                                   (four["output"], four["out"], 4)):
+        results = {k: json.loads(v)
+                   for k, v in _printed(output, "RESULTS").items()}
+        assert set(results) == set(range(processes)), output[-3000:]
+        one = _one_process_results(out)
+        assert one["cache_shape"][0] == 43
+        assert sum(map(sum, one["confusion"])) == 43
+        for got in results.values():
+            assert got["confusion"] == one["confusion"]
+            assert got["arrays_confusion"] == one["confusion"]
+            assert got["mistakes"] == one["mistakes"]
+            assert got["cache_shape"] == one["cache_shape"]
+            assert got["cache_labels"] == one["cache_labels"]
+            assert got["cache_sum"] == pytest.approx(one["cache_sum"],
+                                                     rel=1e-5)
+            np.testing.assert_allclose(got["predicted"], one["predicted"],
+                                       rtol=1e-5, atol=1e-6)
+            assert got["bn_images"] == one["bn_images"] == 43
+            for key in ("fisher_sum", "bn_sum"):
+                assert got[key] == pytest.approx(one[key], rel=1e-5), key
+
+
 @pytest.mark.slow
 def test_only_process_0_writes(runs, four):
     for output in (runs["killed"], runs["resumed"], four["output"]):
@@ -197,3 +240,22 @@ def test_launched_settings_errors():
     with pytest.raises(ValueError, match="KFT_PROCESS_ID=2"):
         launched_settings({"KFT_COORDINATOR": "h:1", "KFT_NUM_PROCESSES": "2",
                            "KFT_PROCESS_ID": "2"})
+
+
+def test_last_batch_error_names_each_process_share(monkeypatch):
+    # 2 processes x 2 devices, 18 examples at batch 8: the last global
+    # batch of 2 leaves 1 example in each process, which its 2 devices
+    # cannot split. The message said "holds 1 examples" (the share, not
+    # the batch) and suggested a drop_remainder no loader takes.
+    from kft.distributed import data_parallel
+
+    monkeypatch.setattr(data_parallel, "batch_shards", lambda: 2)
+    data = kft.data.from_arrays(np.zeros((18, 4, 4, 3)), np.arange(18) % 2,
+                                batch_size=8, shuffle=False)
+    with pytest.raises(ValueError) as raised:
+        data_parallel.check_data_batches(data.with_shard((0, 2)), None,
+                                         name="x")
+    message = str(raised.value)
+    assert "holds 1 examples in each of the 2 processes" in message
+    assert "leaves a multiple of 4 (or none)" in message
+    assert "drop_remainder" not in message

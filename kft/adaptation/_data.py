@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from kft.distributed.processes import every_example
+
 
 def _describe(data):
     shape = getattr(data, "shape", None)
@@ -97,7 +99,7 @@ def image_batches(data, name, batch_size, *, expected_shape=None,
             yield array[start:start + batch_size]
         return
     count = 0
-    for batch in data:
+    for batch in every_example(data):
         if isinstance(batch, dict):
             raise ValueError(
                 f"Argument `{name}` must yield image batches or (images, "

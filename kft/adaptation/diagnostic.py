@@ -17,6 +17,7 @@ from kft._validation import check_int
 from kft.adaptation._data import check_same_images
 from kft.adaptation._data import image_array
 from kft.adaptation.batchnorm import batch_statistics
+from kft.evaluation._predict import predict_numpy
 from kft.models.blocks import get_blocks
 from kft.training.freezing import batch_norm_layers
 
@@ -192,8 +193,8 @@ def _feature_scores(model, data, source_data, batch_size, max_images):
                       "data")
     features, _ = split_head(model)
     n = min(len(source), len(target), max_images)
-    fs = features.predict(source[:n], batch_size=batch_size, verbose=0)
-    ft = features.predict(target[:n], batch_size=batch_size, verbose=0)
+    fs = predict_numpy(features, source[:n], batch_size)
+    ft = predict_numpy(features, target[:n], batch_size)
     fs, ft = fs.reshape(n, -1), ft.reshape(n, -1)
     value = float(mmd(fs[:500], ft[:500]))
     x = np.concatenate([fs, ft])

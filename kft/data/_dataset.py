@@ -389,7 +389,11 @@ class ImageDataset(grain.IterDataset, DataAdapter):
 
         Shares the examples (no copy): no shuffling and no balanced
         sampling, so a second pass meets the examples in the same order,
-        as evaluation needs (`kft.evaluate` reads datasets this way).
+        as evaluation needs (`kft.evaluate` reads datasets this way). With
+        several JAX processes each one reads every example (not its slice
+        of each global batch): what is computed from the whole dataset
+        (a report, statistics, a Fisher) is the same in every process and
+        the same as in one.
 
         >>> import numpy as np, kft
         >>> ds = kft.data.from_arrays(np.zeros((3, 4, 4, 3)), [2, 0, 1],
@@ -399,6 +403,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         """
         ordered = self._view()
         ordered.shuffle, ordered.sampling = False, "all"
+        ordered._shard = (0, 1)
         return ordered
 
     def with_class_weight(self, class_weight: Mapping[int, float]

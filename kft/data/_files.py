@@ -77,8 +77,10 @@ def _list_classes(folder):
     )
 
 
-def _list_images(folder):
-    """Image files under `folder`, sorted; symbolic links followed once."""
+def list_images(folder):
+    """Image files under `folder`, sorted; symbolic links followed once,
+    hidden files and folders left out (`kft.predict` lists folders so too).
+    """
     found = []
     seen = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -100,7 +102,7 @@ def scan_folder(folder, class_names, *, check, max_pixels, num_workers):
     """Lists `(path, label)` records of good files and the skipped ones."""
     candidates = [
         (path, label) for label, name in enumerate(class_names)
-        for path in _list_images(os.path.join(folder, name))
+        for path in list_images(os.path.join(folder, name))
     ]
     full = check == "full"
     with concurrent.futures.ThreadPoolExecutor(max(num_workers, 1)) as pool:

@@ -192,6 +192,17 @@ def exif_orientation(image):
     return orientation if orientation in range(1, 9) else 1
 
 
+def draft_for(image, size, orientation):
+    """Makes an unloaded JPEG decode at the smallest 1/2^k scale still
+    larger than `size` = (height, width) (orientations 5-8 swap the
+    stored width and height); other images are left as they are. Every
+    path that should see the same pixels as `resize_image` calls it."""
+    if image.format == "JPEG" and image.mode in ("RGB", "L", "YCbCr"):
+        height, width = size
+        image.draft("RGB", (height, width) if orientation >= 5
+                    else (width, height))
+
+
 def resize_image(image, size, geometry="squash", crop_fraction=0.875,
                  exif_transpose=True):
     """Resizes a Pillow image to `size` = (height, width) as uint8 RGB.
@@ -209,11 +220,7 @@ def resize_image(image, size, geometry="squash", crop_fraction=0.875,
     """
     height, width = size
     orientation = exif_orientation(image) if exif_transpose else 1
-    if image.format == "JPEG" and image.mode in ("RGB", "L", "YCbCr"):
-        # Decode at the smallest 1/2^k scale still larger than needed;
-        # orientations 5-8 swap the stored width and height.
-        draft = (height, width) if orientation >= 5 else (width, height)
-        image.draft("RGB", draft)
+    draft_for(image, size, orientation)
     if orientation != 1:
         image = ImageOps.exif_transpose(image)
     image = to_rgb(image)

@@ -4,9 +4,11 @@ A file or a PIL image goes through kft's eval transform (the centered
 `crop_fraction` region, resized bilinearly: `kft.data.load_image(...,
 geometry="center_crop")`); an array already of the model's size is used as
 it is (it is taken to be preprocessed like `model.predict`'s input). With
-test-time augmentation each source gives several views: `"flip"` adds the
-mirror image, `"multi_crop"` the four corner crops of the same size as the
-center crop (five views).
+test-time augmentation each source gives several views, the first being
+the one without: `"flip"` adds the mirror image, `"multi_crop"` the four
+corner crops of the same size as the center crop (five views; an array
+used as it is is its own center view, and its corner crops are
+`crop_fraction` of it, resized to the model's size).
 """
 
 import os
@@ -16,20 +18,19 @@ from PIL import Image
 from PIL import ImageOps
 
 from kft.data import _images
+from kft.data._files import list_images
 
 TTA_MODES = ("flip", "multi_crop")
 
 
 def list_sources(images):
     """`[(name, source)]`: a path, folder, PIL image, array or a list of
-    them; a folder's image files in sorted order (recursively)."""
+    them; a folder's image files in sorted order (recursively), listed as
+    training lists a class folder (`kft.data._files.list_images`)."""
     if isinstance(images, (str, os.PathLike)):
         path = os.fspath(images)
         if os.path.isdir(path):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(path) for name in names
-                if name.lower().endswith(_images.IMAGE_EXTENSIONS))
+            found = sorted(list_images(path))
             if not found:
                 raise ValueError(f"Folder {path!r} holds no image files "
                                  f"({', '.join(_images.IMAGE_EXTENSIONS)}).")
@@ -46,7 +47,7 @@ def list_sources(images):
         sources = []
         for i, item in enumerate(images):
             if isinstance(item, (str, os.PathLike)):
-                sources.append((os.fspath(item), os.fspath(item)))
+                sources += list_sources(item)
             elif isinstance(item, (Image.Image, np.ndarray)):
                 sources.append((f"images[{i}]", item))
             else:
@@ -59,11 +60,16 @@ def list_sources(images):
                     f"width, 3), or a list of these. Received: {images!r:.80}")
 
 
-def _open(path, max_pixels):
-    """An upright RGB PIL image of `path`; errors name the file."""
+def _open(path, size, max_pixels):
+    """An upright RGB PIL image of `path`, decoded as `kft.data.load_image`
+    decodes it for `size`; errors name the file."""
     try:
         with _images.open_image(path, max_pixels) as image:
-            if _images.exif_orientation(image) != 1:
+            orientation = _images.exif_orientation(image)
+            # As `resize_image` decodes: else the center view would differ
+            # from the one prediction without TTA uses.
+            _images.draft_for(image, size, orientation)
+            if orientation != 1:
                 image = ImageOps.exif_transpose(image)
             image = _images.to_rgb(image)
             image.load()
@@ -111,7 +117,8 @@ def _boxes(width, height, size, tta, crop_fraction):
 
 
 def make_views(name, source, size, tta, crop_fraction, max_pixels):
-    """float32 `(views, height, width, 3)` for one source."""
+    """float32 `(views, height, width, 3)` for one source; the first view
+    is the one prediction without `tta` uses."""
     if isinstance(source, np.ndarray) and (source.ndim != 3
                                            or source.shape[-1] != 3):
         raise ValueError(f"Image {name} has shape {source.shape}; expected "
@@ -129,7 +136,7 @@ def make_views(name, source, size, tta, crop_fraction, max_pixels):
                           f"{_images.describe_error(error)}") from error
     else:
         if isinstance(source, str):
-            image = _open(source, max_pixels)
+            image = _open(source, size, max_pixels)
         elif isinstance(source, Image.Image):
             image = _images.to_rgb(source)
         else:
@@ -137,6 +144,9 @@ def make_views(name, source, size, tta, crop_fraction, max_pixels):
         first = image[0] if isinstance(image, list) else image
         views = [_resize(image, size, box) for box in _boxes(
             first.width, first.height, size, tta, crop_fraction)]
+        if as_is:
+            # Used as it is, also as multi_crop's center view.
+            views[0] = np.asarray(source, np.float32)
     views = np.stack([np.asarray(v, np.float32) for v in views])
     if tta == "flip":
         views = np.concatenate([views, views[:, :, ::-1]])

@@ -31,6 +31,7 @@ from kft.deploy._onnx_io import require
 from kft.deploy.inference import OUTPUTS
 from kft.deploy.inference import check_built
 from kft.deploy.inference import inference_model
+from kft.deploy.inference import resolve_output
 from kft.deploy.metadata import add_to_keras_file
 from kft.deploy.metadata import model_metadata
 from kft.models.init_draws import bucketed_draws
@@ -48,14 +49,16 @@ def export(model: keras.Model, path: str | os.PathLike,
            format: Literal["onnx", "keras"] = "onnx", *,
            batch: Literal["dynamic"] | int = "dynamic",
            opset: int = DEFAULT_OPSET,
-           output: Literal["logits", "probabilities"] = "logits",
+           output: Literal["logits", "probabilities"] | None = None,
            class_names=None) -> str:
     """Writes `model`'s inference graph as an ONNX or `.keras` file.
 
     The file takes float32 pixels in [0, 255], shaped `(batch, height,
     width, 3)` as the model's input (preprocessing is part of the graph),
     and returns logits, or softmax probabilities with
-    `output="probabilities"`. Metadata (backbone, input shape,
+    `output="probabilities"` (a model that already ends in a softmax, such
+    as a file exported with `output="probabilities"`, returns probabilities
+    and gets no second one). Metadata (backbone, input shape,
     preprocessing, class names, output, opset, batch) is stored with it;
     `kft.deploy.read_metadata(path)` reads it, `kft.predict(path, ...)`
     uses it. An ONNX file computes in float32, also for a mixed-precision
@@ -73,7 +76,9 @@ def export(model: keras.Model, path: str | os.PathLike,
             Defaults to `"dynamic"`.
         opset: ONNX only: the ONNX opset (18 or higher), recorded in the
             file. Defaults to `18`.
-        output: `"logits"` or `"probabilities"`. Defaults to `"logits"`.
+        output: `"logits"`, `"probabilities"` or `None` (what the model
+            returns: probabilities for a model ending in a softmax, else
+            logits), recorded in the metadata. Defaults to `None`.
         class_names: Names of the classes in index order; defaults to
             those given to `kft.build_classifier`. Without any the file
             names classes by index, and a `UserWarning` says so. Defaults
@@ -84,8 +89,10 @@ def export(model: keras.Model, path: str | os.PathLike,
 
     Raises:
         ValueError: an unbuilt model (with how to build it), unknown
-            `format`/`output`, a model with unknown height or width (ONNX),
-            a `path` whose suffix is not the format's.
+            `format`/`output`, `output="logits"` for a model that ends in
+            a softmax (its logits cannot be recovered), a model with
+            unknown height or width (ONNX), a `path` whose suffix is not
+            the format's.
         ImportError: ONNX export without `onnx`/`jax2onnx` installed; the
             message says `pip install "kft[export]"`.
 
@@ -100,7 +107,8 @@ def export(model: keras.Model, path: str | os.PathLike,
     True
     """
     check_choice("format", format, FORMATS)
-    check_choice("output", output, OUTPUTS)
+    if output is not None:
+        check_choice("output", output, OUTPUTS)
     path = os.fspath(path)
     _check_suffix(path, format)
     if format == "onnx":
@@ -108,6 +116,7 @@ def export(model: keras.Model, path: str | os.PathLike,
             batch = check_int("batch", batch, min_value=1, max_value=1)
         opset = check_int("opset", opset, min_value=MIN_OPSET)
     check_built(model)
+    output = resolve_output(model, output)
     meta = model_metadata(model, class_names, output)
     if meta["class_names"] is None:
         warnings.warn(
@@ -139,9 +148,9 @@ def _check_suffix(path, format):
                       f'format="{other}")', path)
 
 
-def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET,
-               output="logits"):
-    """The `onnx.ModelProto` of `model`'s inference graph (no metadata)."""
+def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET, output=None):
+    """The `onnx.ModelProto` of `model`'s inference graph (no metadata);
+    `output` as `inference_model` takes it."""
     jax2onnx = require("jax2onnx")
     require("onnx")
     import jax
@@ -151,6 +160,7 @@ def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET,
         fail_argument("model", "a model with a static input height, width "
                       "and channels for ONNX export (build it with "
                       "input_shape=(height, width, 3))", shape)
+    output = resolve_output(model, output)
     stock = inference_model(model, output=output, onnx_compatible=True)
     if _compute_dtypes(stock) != {"float32"}:
         stock = _float32_copy(stock)

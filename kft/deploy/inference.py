@@ -15,7 +15,8 @@ with kft's training-only machinery left out:
   layer passes the features through);
 - a `kft.BatchAugmentModel` (its mixing runs only in the train step) and
   the kft `Backbone` class become plain functional models;
-- optionally a `Softmax` named `"probabilities"` is appended.
+- optionally a `Softmax` named `"probabilities"` is appended (never to a
+  model that already ends in a softmax: `output_kind`).
 
 For ONNX (`onnx_compatible=True`) `MaxPooling2D` also becomes
 `SlicedMaxPooling2D`, which onnxruntime runs (see `kft.deploy.onnx_layers`).
@@ -60,6 +61,43 @@ def check_built(model):
     if len(inputs) != 1 or len(model.outputs) != 1:
         fail_argument("model", "a model with one image input and one output",
                       f"{len(inputs)} inputs, {len(model.outputs)} outputs")
+
+
+def output_kind(model: keras.Model) -> str:
+    """`"probabilities"` when `model` ends in a softmax (a `Softmax` layer,
+    or a layer with a softmax activation, such as a file `kft.export` wrote
+    with `output="probabilities"`), else `"logits"`.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...     weights=None, input_shape=(16, 16, 3))
+    >>> output_kind(model), output_kind(inference_model(
+    ...     model, output="probabilities"))
+    ('logits', 'probabilities')
+    """
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax) or getattr(
+            last, "activation", None) is keras.activations.softmax:
+        return "probabilities"
+    return "logits"
+
+
+def resolve_output(model, output):
+    """What `model`'s inference graph returns for `output` (`None`: what
+    the model returns). A softmax is never applied twice, and logits
+    cannot be recovered from a model that ends in one."""
+    if output is not None:
+        check_choice("output", output, OUTPUTS)
+    kind = output_kind(model)
+    if output is None:
+        return kind
+    if output == "logits" and kind == "probabilities":
+        raise ValueError(
+            f"Argument `output` must be \"probabilities\" or None for model "
+            f"{model.name!r}: it already ends in a softmax, so its logits "
+            "cannot be recovered. Received: output='logits'")
+    return output
 
 
 def _is_random_augmentation(layer):
@@ -120,7 +158,7 @@ def _plain(model):
     return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
-def inference_model(model: keras.Model, *, output: Output = "logits",
+def inference_model(model: keras.Model, *, output: Output | None = None,
                     onnx_compatible: bool = False) -> keras.Model:
     """Returns `model`'s inference graph built from stock Keras layers.
 
@@ -128,9 +166,11 @@ def inference_model(model: keras.Model, *, output: Output = "logits",
         model: A built functional model with one image input, e.g. from
             `kft.build_classifier` (also after `kft.fast_cpu_convs`,
             `kft.with_source_head`, or a `kft.BatchAugmentModel`).
-        output: `"logits"` (the model's output) or `"probabilities"` (a
-            `Softmax` named `"probabilities"` appended). Defaults to
-            `"logits"`.
+        output: `"logits"`, `"probabilities"` (a `Softmax` named
+            `"probabilities"` appended, unless the model already ends in a
+            softmax) or `None` (what the model returns, see
+            `output_kind`). `"logits"` from a model that ends in a softmax
+            raises `ValueError`. Defaults to `None`.
         onnx_compatible: Also swap the layers whose ONNX conversion
             onnxruntime rejects (`MaxPooling2D`); the result then holds a
             kft layer, fine for conversion, not for saving. Defaults to
@@ -147,7 +187,8 @@ def inference_model(model: keras.Model, *, output: Output = "logits",
     (['simple_cnn'], [])
     """
     check_built(model)
-    check_choice("output", output, OUTPUTS)
+    append_softmax = (resolve_output(model, output) == "probabilities"
+                      and output_kind(model) == "logits")
     replaced = []
 
     def clone(layer):
@@ -167,7 +208,7 @@ def inference_model(model: keras.Model, *, output: Output = "logits",
             stock = keras.models.clone_model(
                 _plain(model), clone_function=clone,
                 call_function=_skip_training_only)
-        if output == "probabilities":
+        if append_softmax:
             probabilities = keras.layers.Softmax(name="probabilities")(
                 stock.outputs[0])
             stock = keras.Model(stock.inputs, probabilities, name=model.name)

@@ -24,7 +24,7 @@ KEYS = ("backbone", "input_shape", "preprocessing", "num_classes",
 
 
 def model_metadata(model: keras.Model, class_names=None,
-                   output: str = "logits") -> dict:
+                   output: str | None = None) -> dict:
     """The metadata of `model`: what `kft.build_classifier` recorded in its
     `kft_metadata` attribute, completed from the model itself.
 
@@ -32,7 +32,10 @@ def model_metadata(model: keras.Model, class_names=None,
         model: A built Keras model.
         class_names: Names of the classes in index order, overriding the
             recorded ones. Defaults to `None`.
-        output: `"logits"` or `"probabilities"`. Defaults to `"logits"`.
+        output: What the model's inference graph returns: `"logits"`,
+            `"probabilities"`, or `None` for what the model returns
+            (`"probabilities"` when it ends in a softmax; see
+            `kft.deploy.inference.resolve_output`). Defaults to `None`.
 
     Returns:
         A dict with `backbone`, `input_shape`, `preprocessing`,
@@ -47,6 +50,7 @@ def model_metadata(model: keras.Model, class_names=None,
     ('simple_cnn', [16, 16, 3], ['a', 'b'])
     """
     import kft
+    from kft.deploy.inference import resolve_output
 
     meta = dict(getattr(model, "kft_metadata", None) or {})
     backbone = find_backbone(model)
@@ -65,7 +69,9 @@ def model_metadata(model: keras.Model, class_names=None,
     meta.setdefault("class_names", None)
     meta.setdefault("backbone", None)
     meta.setdefault("preprocessing", None)
-    meta["output"] = output
+    # From the graph, never from a recorded value alone: a model loaded
+    # from a probabilities file carries that file's metadata.
+    meta["output"] = resolve_output(model, output)
     meta["kft_version"] = kft.__version__
     return meta
 

@@ -20,10 +20,11 @@ from kft.deploy._onnx_io import ort_session
 from kft.deploy._views import TTA_MODES
 from kft.deploy._views import list_sources
 from kft.deploy._views import make_views
+from kft.deploy.metadata import model_metadata
 from kft.deploy.metadata import read_metadata
 from kft.distributed.data_parallel import batch_shards
 from kft.evaluation._predict import check_width
-from kft.models.init_draws import bucketed_draws
+from kft.evaluation._predict import predict_numpy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +102,7 @@ class _KerasRunner:
         pad = -len(x) % batch_shards()
         if pad:
             x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-        out = np.asarray(self.model.predict(
-            x, batch_size=self.batch_size + pad, verbose=0))
+        out = predict_numpy(self.model, x, self.batch_size + pad)
         return out[:len(out) - pad]
 
 
@@ -118,33 +118,20 @@ def _runner(model_or_path, batch_size):
             # Keras would call this existing file "not found".
             fail_argument("model_or_path", "a .keras file (a zip archive) "
                           "or an .onnx file", path)
-        import keras
+        from kft.runs.folder import load_run
 
-        with bucketed_draws():  # replaced by the saved weights
-            model = keras.saving.load_model(path)
-        meta = {"output": _output_kind(model), **read_metadata(path)}
-        return _KerasRunner(model, meta, batch_size)
+        # The class names of a run folder's model.keras are in the run.json
+        # beside it, as `kft eval` finds them; the output kind comes from
+        # the graph, which a file's recorded metadata cannot contradict.
+        model = load_run(path).model
+        return _KerasRunner(model, model_metadata(model), batch_size)
     import keras
-
-    from kft.deploy.metadata import model_metadata
 
     if not isinstance(model_or_path, keras.Model):
         fail_argument("model_or_path", "a keras.Model or the path of a "
                       ".keras / .onnx file", model_or_path, TypeError)
-    meta = model_metadata(model_or_path,
-                          output=_output_kind(model_or_path))
-    return _KerasRunner(model_or_path, meta, batch_size)
-
-
-def _output_kind(model):
-    """`"probabilities"` when the model ends in a softmax, else logits."""
-    import keras
-
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax) or getattr(
-            last, "activation", None) is keras.activations.softmax:
-        return "probabilities"
-    return "logits"
+    return _KerasRunner(model_or_path, model_metadata(model_or_path),
+                        batch_size)
 
 
 def predict(model_or_path, images, *, top_k: int = 5,
@@ -159,19 +146,26 @@ def predict(model_or_path, images, *, top_k: int = 5,
     as `kft.data` does for validation data); an array already of the
     model's size is used as it is, a uint8 array of another size is
     resized like a file. The model's outputs (logits, or probabilities for
-    a file exported with `output="probabilities"`) become softmax
-    probabilities; with `tta` they are averaged over the views: `"flip"`
-    (the image and its mirror), `"multi_crop"` (the center crop and the
-    four corner crops of the same size).
+    a model that ends in a softmax, such as a file exported with
+    `output="probabilities"`) become softmax probabilities; with `tta`
+    they are averaged over the views, the first of which is the one
+    prediction without `tta` uses: `"flip"` (the image and its mirror),
+    `"multi_crop"` (the center crop and the four corner crops of the same
+    size; an array used as it is is its own center view, its corner crops
+    `crop_fraction` of it).
 
     Args:
         model_or_path: A Keras model taking [0, 255] pixels (e.g. from
             `kft.build_classifier`), or a `.keras` / `.onnx` file from
-            `kft.export` (an ONNX file runs in onnxruntime, without JAX).
+            `kft.export` (an ONNX file runs in onnxruntime, without JAX),
+            or a run folder's `model.keras` (class names from the
+            `run.json` beside it, as `kft.runs.load_run` reads them).
         images: An image file path, a folder (its image files, recursively,
-            in sorted order), a PIL image, an array `(height, width, 3)` or
-            `(n, height, width, 3)` of pixels in [0, 255], or a list of
-            paths, PIL images and arrays.
+            in sorted order; hidden files and folders left out and
+            symbolic links followed, as `kft.data.from_directory` lists
+            them), a PIL image, an array `(height, width, 3)` or `(n,
+            height, width, 3)` of pixels in [0, 255], or a list of paths
+            (files or folders), PIL images and arrays.
         top_k: How many classes per image (at most the number of classes).
             Defaults to `5`.
         tta: `None`, `"flip"` or `"multi_crop"`. Defaults to `None`.

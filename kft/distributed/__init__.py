@@ -16,6 +16,7 @@ from kft.distributed.layouts import layout_map  # noqa: F401
 from kft.distributed.launch import ProcessFailed  # noqa: F401
 from kft.distributed.launch import launch_command  # noqa: F401
 from kft.distributed.processes import data_shard  # noqa: F401
+from kft.distributed.processes import every_example  # noqa: F401
 from kft.distributed.processes import initialize  # noqa: F401
 from kft.distributed.processes import is_primary  # noqa: F401
 from kft.distributed.processes import process_count  # noqa: F401

@@ -201,9 +201,11 @@ def check_batch_size(batch_size: int, num_examples: int | None = None, *,
     return batch_size
 
 
-def _check_split(batch, last, *, batch_name, name, last_name):
+def _check_split(batch, last, *, batch_name, name, last_name,
+                 processes=1):
     """Raises unless `batch` and the last batch (`last` examples, `None`
-    or 0 for none) split over `batch_shards()`."""
+    or 0 for none; this process' part of it among `processes`) split over
+    `batch_shards()`."""
     shards = batch_shards()
     if batch % shards:
         raise ValueError(
@@ -212,12 +214,15 @@ def _check_split(batch, last, *, batch_name, name, last_name):
             f"Received: {batch_name}, not divisible by {shards}; use "
             f"e.g. {name}={max(shards, batch // shards * shards)}.")
     if last and last % shards:
+        whole = shards * processes
+        where = ("" if processes == 1 else
+                 f" in each of the {processes} processes")
         raise ValueError(
-            f"The last batch of {last_name} holds {last} examples, not "
-            f"divisible by the {shards} devices each batch is split over. "
-            f"Use a number of examples that leaves a multiple of {shards} "
-            "(or none) in the last batch, or drop it (a kft.data dataset "
-            "built with drop_remainder=True).")
+            f"The last batch of {last_name} holds {last} examples{where}, "
+            f"not divisible by the {shards} devices each process splits "
+            f"a batch over. Use a number of examples that leaves a "
+            f"multiple of {whole} (or none) in the last batch, or a "
+            "batch size that divides the number of examples.")
 
 
 def check_data_batches(data, batch_size: int | None, *, name: str) -> None:
@@ -262,4 +267,4 @@ def check_data_batches(data, batch_size: int | None, *, name: str) -> None:
     count = getattr(data, "num_examples", None)
     _check_split(local, last, batch_name=part, name=f"{name}.batch_size",
                  last_name=f"`{name}` ({count} examples at batch_size="
-                           f"{size})")
+                           f"{size})", processes=processes)

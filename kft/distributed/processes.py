@@ -12,7 +12,8 @@ compiled step spans all of them (`keras.distribution.DataParallel` over
   process (index 0) writes checkpoints, run folders, reports and plots;
   every process reads them.
 - `data_shard()`: which part of each global batch this process loads
-  (`kft.data` datasets shard themselves with it).
+  (`kft.data` datasets shard themselves with it); `every_example()`: a
+  dataset each process reads whole, for results computed from all of it.
 
 None of these start JAX's backend when it is not running yet: in a
 single process they answer "process 0 of 1" without touching JAX, so
@@ -151,6 +152,25 @@ def data_shard(shard="auto") -> tuple[int, int]:
     index = check_int("shard[0]", shard[0], min_value=0,
                       max_value=count - 1)
     return index, count
+
+
+def every_example(data):
+    """`data` read whole in every process: a `kft.data` dataset that loads
+    every example rather than this process' slice of each global batch
+    (same order in every process); other data is returned as it is.
+
+    For results computed from a whole dataset (a report, cached features,
+    statistics): each process computes all of them, so every process gets
+    what one process would.
+
+    >>> import numpy as np, kft
+    >>> ds = kft.data.from_arrays(np.zeros((3, 2, 2, 3)), [0, 1, 0])
+    >>> every_example(ds).num_examples
+    3
+    """
+    if process_count() > 1 and callable(getattr(data, "with_shard", None)):
+        return data.with_shard(None)
+    return data
 
 
 def launched_settings(environ=None):

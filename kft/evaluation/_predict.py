@@ -8,6 +8,8 @@ import numpy as np
 
 from kft._validation import check_labels
 from kft._validation import fail_argument
+from kft.distributed.processes import every_example
+from kft.distributed.processes import process_count
 
 
 def output_width(model):
@@ -55,9 +57,11 @@ def integer_labels(y, num_classes, name):
     return check_labels(y.reshape(-1), num_classes, name=name)
 
 
-def data_class_names(data, num_classes, name="data"):
+def data_class_names(data, num_classes, name="data", model=None):
     """The `class_names` of a dataset (or `None`), checked against the
-    model's classes: the dataset's own, so the error is about the data."""
+    model's classes: their number, and the names themselves when `model`
+    carries them (`kft_metadata`, a kft classifier's). The dataset's own,
+    so the error is about the data."""
     names = getattr(data, "class_names", None)
     if names is None or num_classes is None or isinstance(names, str):
         return names
@@ -68,7 +72,29 @@ def data_class_names(data, num_classes, name="data"):
             f"{num_classes}: its labels would not name the model's classes. "
             f"Evaluate data of the model's classes (or a model built for "
             f"these). Received: {name} with class_names {list(names)}")
+    known = (getattr(model, "kft_metadata", None) or {}).get("class_names")
+    if known is not None and tuple(known) != names:
+        # Label i names the dataset's class i, the model's column i its
+        # own: scoring one against the other is wrong without an error.
+        raise ValueError(
+            f"Argument `{name}` has classes that are not the model's"
+            + class_difference(known, names)
+            + f". Model classes: {list(known)}. Received: {name} with "
+            f"class_names {list(names)}. Evaluate data of the model's "
+            "classes, labelled in its order (kft.data.from_directory "
+            "sorts class folders by name, as it did for training).")
     return names
+
+
+def class_difference(model_names, data_names):
+    """"; missing: [...]; not in the model: [...]" (the parts that apply),
+    or "; the same classes in another order"."""
+    missing = sorted(set(model_names) - set(data_names))
+    extra = sorted(set(data_names) - set(model_names))
+    if not missing and not extra:
+        return "; the same classes in another order"
+    return ((f"; missing: {missing}" if missing else "")
+            + (f"; not in the model: {extra}" if extra else ""))
 
 
 def check_class_names(class_names, num_classes):
@@ -135,16 +161,34 @@ def predict_arrays(model, x, y, batch_size, name="x"):
         raise ValueError(
             f"Argument `{name}` must hold at least one image and one label "
             f"per image. Received: {len(x)} images and {len(y)} labels")
-    scores = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    scores = predict_numpy(model, x, batch_size)
     check_width(scores.shape[-1])
     return integer_labels(y, scores.shape[-1], label_name), scores
+
+
+def predict_numpy(model, x, batch_size):
+    """`model.predict(x)` as a numpy array, in every JAX process.
+
+    With several processes Keras' `predict` returns arrays spread over
+    them, which numpy cannot read; there each process runs every batch
+    itself (`predict_on_batch` computes a process's own input on its own
+    devices), so every process gets every row, as one process would (and
+    no faster).
+    """
+    if process_count() == 1:
+        return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    return np.concatenate([np.asarray(model.predict_on_batch(
+        x[start:start + batch_size])) for start in range(0, len(x),
+                                                         batch_size)])
 
 
 def predict_batches(model, dataset, progress=None, name="x"):
     """`(labels, scores)` of a dataset yielding `(images, labels)` batches.
 
-    `progress(done)` is called after each batch when given.
+    `progress(done)` is called after each batch when given. A `kft.data`
+    dataset is read whole in every JAX process (see `predict_numpy`).
     """
+    dataset = every_example(dataset)
     labels, scores = [], []
     for batch in dataset:
         if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):

@@ -205,7 +205,9 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             output column (a sigmoid binary head: build it with
             `num_classes=2`), scores that are not probabilities with
             `scores="probabilities"`, a dataset whose
-            `class_names` are not one per class of the model, batches
+            `class_names` are not one per class of the model (or, for a
+            model that carries its class names, not those names in the
+            model's order), batches
             that are not `(images, labels)`, or a bad argument.
 
     Example:
@@ -222,8 +224,9 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
     _predict.check_width(_predict.output_width(model))
     # Under data parallel: a batch that does not split, named (not JAX's
     # sharding error from inside `predict`).
-    check_data_batches(tuple(data) if isinstance(data, list) else data,
-                       batch_size, name="data")
+    # What is read: every example, in every process (see `ordered`).
+    check_data_batches(tuple(data) if isinstance(data, list)
+                       else _predict.ordered(data), batch_size, name="data")
     if isinstance(data, (tuple, list)) and len(data) == 2 and \
             _predict.is_array(data[0]):
         labels, raw = _predict.predict_arrays(
@@ -237,13 +240,14 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
         from_data = class_names is None
         if from_data:  # checked before predicting when the width is known
             class_names = _predict.data_class_names(
-                data, _predict.output_width(model))
+                data, _predict.output_width(model), model=model)
         dataset = _predict.ordered(data)
         labels, raw = _predict.predict_batches(
             model, dataset, _progress(dataset) if verbose else None,
             name="data")
         if from_data:
-            class_names = _predict.data_class_names(data, raw.shape[-1])
+            class_names = _predict.data_class_names(data, raw.shape[-1],
+                                                    model=model)
     return report_from_predictions(
         labels, raw, class_names=class_names, top_k=top_k,
         num_bins=num_bins, min_support=min_support,

@@ -217,10 +217,12 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
     if dataset is not None:
         from_data = class_names is None
         if from_data:  # checked before predicting when the width is known
-            class_names = data_class_names(dataset, num_classes, "x")
+            class_names = data_class_names(dataset, num_classes, "x",
+                                           model=model)
         labels, scores = predict_batches(model, dataset)
         if from_data:
-            class_names = data_class_names(dataset, scores.shape[-1], "x")
+            class_names = data_class_names(dataset, scores.shape[-1], "x",
+                                           model=model)
     else:
         labels, scores = predict_arrays(model, images, labels, batch_size)
     return classification_report(

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 
+from kft.data import _images
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
 
@@ -115,27 +116,41 @@ def linked_dir(links) -> str:
 def load_eval_folder(path, class_names, image_size, batch_size=32):
     """A labelled folder (`<class>/<images>`) as a `kft.data` dataset with
     the eval transform (resize, center crop), labels in the order of
-    `class_names`.
+    `class_names`. Bad files are skipped and reported once
+    (`kft.data.SkippedFilesWarning`), named by their paths in `path`.
 
     Raises:
-        ValueError: a missing folder, or class folders that are not
+        ValueError: a missing folder, fewer than two class folders, a class
+            folder without a readable image, or class folders that are not
             `class_names` (the message lists the differences).
     """
-    from kft import data as kft_data
+    from kft.data import _directory
+    from kft.data._dataset import warn_skipped
+    from kft.data._files import class_folders
+    from kft.data._files import scan_splits
 
+    path = os.fspath(path)
     if not os.path.isdir(path):
         raise ValueError(f"Data folder {path!r} does not exist.")
-    # Read as the val half of a train/ + val/ layout: the eval transform.
-    data = kft_data.from_directory(layout_dir(path, path), image_size,
-                                   batch_size=batch_size,
-                                   augmentation="none").val
-    if class_names is not None and list(data.class_names) != list(
-            class_names):
-        missing = sorted(set(class_names) - set(data.class_names))
-        extra = sorted(set(data.class_names) - set(class_names))
+    # `from_directory`'s val half read straight from `path` (no layout of
+    # links): its messages name the user's files, each checked once.
+    settings = _directory._Settings.checked(
+        image_size=image_size, batch_size=batch_size, augmentation="none",
+        augment_on="host", label_mode="int", crop_fraction=0.875,
+        shuffle=False, seed=0, num_workers=2, check="full",
+        max_pixels=_images.DEFAULT_MAX_PIXELS, exif_transpose=True)
+    found = class_folders(path, None)
+    if class_names is not None and found != list(class_names):
+        from kft.evaluation._predict import class_difference
+
         raise ValueError(
             f"The class folders of {path!r} are not the model's classes"
-            + (f"; missing: {missing}" if missing else "")
-            + (f"; not in the model: {extra}" if extra else "")
+            + class_difference(class_names, found)
             + f". Model classes: {list(class_names)}.")
-    return data
+    (records, skipped), _, total = scan_splits(
+        path, None, found, check=settings.check,
+        max_pixels=settings.max_pixels, num_workers=settings.num_workers,
+        on_bad_file="skip")
+    warn_skipped(skipped, total, path)
+    return _directory._make_dataset(records, skipped, found, settings,
+                                    train=False)

@@ -19,6 +19,7 @@ from kft import _compat
 from kft._validation import check_int
 from kft.distributed.data_parallel import batch_shards
 from kft.distributed.data_parallel import check_batch_size
+from kft.distributed.processes import every_example
 from kft.models.batch_augment import BatchAugmentModel
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches
@@ -269,6 +270,9 @@ def cache_features(model, data, *, batch_size: int = 32,
         data = (np.asarray(data[0]), None)
     else:
         data = as_pair(data, "data")
+    # Every process caches every example: the head then trains on the
+    # same arrays everywhere, as in one process.
+    data = every_example(data)
     progress = keras.utils.Progbar(num_examples(data), unit_name="image",
                                    verbose=verbose)
     writer, labels = _FeatureWriter(memory_budget, directory), []

@@ -1,0 +1,213 @@
+"""kft.predict / kft.export on the files a run leaves: probabilities files,
+a run's model.keras, folders as training lists them, multi_crop views;
+and `kft.runs.load_eval_folder`'s messages."""
+
+import json
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import kft
+from kft.data._files import list_images
+from kft.deploy import read_metadata
+from kft.deploy._views import make_views
+
+NAMES = ["ant", "bee", "cow"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return kft.build_classifier("simple_cnn", weights=None,
+                                input_shape=(16, 16, 3), class_names=NAMES)
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def probabilities_file(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("probs") / "p.keras"
+    return kft.export(model, path, format="keras", output="probabilities")
+
+
+@pytest.mark.parametrize("output", [{}, {"output": "probabilities"}])
+def test_export_of_a_probabilities_file_adds_no_second_softmax(
+        model, pixels, probabilities_file, tmp_path, output):
+    expected = _softmax(model.predict(pixels, verbose=0))
+    loaded = kft.load_run(probabilities_file).model
+    # Its last layer is the Softmax named "probabilities": a second one
+    # would clash with it.
+    path = kft.export(loaded, tmp_path / "again.keras", format="keras",
+                      **output)
+    assert read_metadata(path)["output"] == "probabilities"
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(again.predict(pixels, verbose=0), expected,
+                               atol=1e-6)
+    got = kft.predict(path, pixels, top_k=3)
+    np.testing.assert_allclose([r.probabilities for r in got],
+                               np.sort(expected, -1)[:, ::-1], atol=1e-6)
+    assert got[0].label in NAMES
+
+
+def test_probabilities_file_to_onnx(model, pixels, probabilities_file,
+                                    tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax2onnx")
+    loaded = kft.load_run(probabilities_file).model
+    path = kft.export(loaded, tmp_path / "p.onnx")
+    assert read_metadata(path)["output"] == "probabilities"
+    session = kft.deploy._onnx_io.ort_session(path)
+    np.testing.assert_allclose(session.run(None, {"image": pixels})[0],
+                               _softmax(model.predict(pixels, verbose=0)),
+                               atol=1e-6)
+
+
+def test_logits_of_a_probabilities_model_are_refused(probabilities_file,
+                                                     tmp_path):
+    loaded = kft.load_run(probabilities_file).model
+    message = (r'Argument `output` must be "probabilities" or None for model '
+               r"'kft_simple_cnn': it already ends in a softmax, so its "
+               r"logits cannot be recovered. Received: output='logits'")
+    with pytest.raises(ValueError, match=message):
+        kft.export(loaded, tmp_path / "l.keras", format="keras",
+                   output="logits")
+    with pytest.raises(ValueError, match=message):
+        kft.deploy.inference_model(loaded, output="logits")
+    assert not list(tmp_path.iterdir())
+
+
+def test_keras_file_of_a_run_folder_names_its_classes(tmp_path, pixels):
+    # `kft train` records the class names in run.json beside model.keras.
+    plain = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3))
+    plain.save(tmp_path / "model.keras")
+    (tmp_path / "run.json").write_text(json.dumps({"class_names": NAMES}))
+    results = kft.predict(str(tmp_path / "model.keras"), pixels, top_k=3)
+    assert all(sorted(r.labels) == NAMES for r in results)
+
+
+@pytest.fixture
+def mac_folder(tmp_path):
+    """A folder with a macOS AppleDouble twin, a notebook checkpoint
+    folder and a symbolic link to a folder of images."""
+    folder = tmp_path / "photos"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    image = Image.new("RGB", (20, 24), (90, 140, 200))
+    image.save(folder / "a.jpg")
+    image.save(folder / ".ipynb_checkpoints" / "a-checkpoint.jpg")
+    image.save(tmp_path / "elsewhere" / "b.png")
+    (folder / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    os.symlink(tmp_path / "elsewhere", folder / "linked")
+    return folder
+
+
+def test_folder_is_listed_as_training_lists_it(model, mac_folder):
+    expected = [str(mac_folder / "a.jpg"),
+                str(mac_folder / "linked" / "b.png")]
+    assert sorted(list_images(str(mac_folder))) == expected
+    results = kft.predict(model, mac_folder, top_k=1)
+    assert [r.source for r in results] == expected
+    # A folder in a list is expanded the same way.
+    results = kft.predict(model, [str(mac_folder), expected[0]], top_k=1)
+    assert [r.source for r in results] == expected + expected[:1]
+
+
+def _jpeg(tmp_path):
+    rng = np.random.default_rng(3)
+    path = str(tmp_path / "big.jpg")
+    # At least twice the model's size: decoded at a reduced scale.
+    Image.fromarray(rng.integers(0, 255, (90, 70, 3), np.uint8)).save(
+        path, quality=90)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png", "uint8", "float32",
+                                  "pil"])
+def test_multi_crop_center_view_is_the_plain_view(kind, tmp_path):
+    rng = np.random.default_rng(4)
+    if kind == "jpeg":
+        source = _jpeg(tmp_path)
+    elif kind == "png":
+        source = str(tmp_path / "a.png")
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), np.uint8)).save(
+            source)
+    elif kind == "pil":
+        source = Image.fromarray(rng.integers(0, 255, (40, 30, 3), np.uint8))
+    else:  # of the model's size: used as it is
+        source = rng.integers(0, 255, (16, 16, 3)).astype(kind)
+    plain = make_views("x", source, (16, 16), None, 0.875, None)
+    multi = make_views("x", source, (16, 16), "multi_crop", 0.875, None)
+    assert plain.shape == (1, 16, 16, 3) and multi.shape == (5, 16, 16, 3)
+    np.testing.assert_array_equal(multi[0], plain[0])
+    if kind in ("uint8", "float32"):
+        np.testing.assert_array_equal(plain[0], source)
+    # The corners are other views.
+    assert all(np.abs(multi[i] - multi[0]).max() > 0 for i in range(1, 5))
+
+
+def _class_folder(root, classes, bad=None):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (12, 10), (40 * i, 90, 200)).save(
+                root / name / f"{i}.png")
+    if bad:
+        (root / classes[0] / bad).write_bytes(b"not an image")
+    return root
+
+
+def test_eval_folder_messages_name_the_users_paths(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (12, 10)).save(flat / "a.png")
+    with pytest.raises(ValueError, match=(
+            f"No class folders in {str(flat)!r}: expected {flat}/<class")):
+        kft.runs.load_eval_folder(str(flat), ["a", "b"], 8)
+    data = _class_folder(tmp_path / "data", ["a", "b"], bad="bad.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = kft.runs.load_eval_folder(str(data), ["a", "b"], 8)
+    messages = [str(w.message) for w in caught
+                if issubclass(w.category, kft.data.SkippedFilesWarning)]
+    assert len(messages) == 1
+    assert messages[0].startswith(f"Skipped 1 of 5 image files in {data}:")
+    assert messages[0].count("bad.jpg") == 1
+    assert str(data / "a" / "bad.jpg") in messages[0]
+    assert [s.path for s in dataset.skipped] == [str(data / "a" / "bad.jpg")]
+    assert dataset.num_examples == 4
+    assert dataset.class_counts == {"a": 2, "b": 2}
+    empty = _class_folder(tmp_path / "empty", ["a", "b"])
+    for path in (empty / "b").iterdir():
+        path.unlink()
+    with pytest.raises(ValueError, match=(
+            rf"Class folders \['b'\] in {str(empty)!r} have no readable")):
+        kft.runs.load_eval_folder(str(empty), ["a", "b"], 8)
+
+
+def test_eval_folder_reads_with_the_eval_transform(tmp_path):
+    data = _class_folder(tmp_path / "data", ["a", "b"])
+    dataset = kft.runs.load_eval_folder(str(data), ["a", "b"], 8,
+                                        batch_size=4)
+    images, labels = next(iter(dataset.in_order()))
+    paths = sorted(str(p) for p in data.glob("*/*.png"))
+    expected = np.stack([kft.data.load_image(p, 8, "center_crop")
+                         for p in paths])
+    np.testing.assert_array_equal(np.asarray(images), expected)
+    assert list(np.asarray(labels)) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"missing: \['c'\]"):
+        kft.runs.load_eval_folder(str(data), ["a", "b", "c"], 8)
+

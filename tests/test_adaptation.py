@@ -395,3 +395,49 @@ def test_recommend_strategy_names_only_existing_kft_symbols():
         for part in name.split("."):
             assert hasattr(obj, part), f"kft.{name} does not exist"
             obj = getattr(obj, part)
+
+
+def test_batchnorm_tools_see_the_classifier_of_wrapped_models():
+    # adapt_batchnorm ran the whole model in training mode: an attached
+    # augmentation changed the statistics it measured; domain_shift saw
+    # one block in an attached model; a BatchAugmentModel and a
+    # DomainAdaptationModel could not be copied (obscure errors).
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, SIZE, SIZE, 3)).astype("float32")
+    source = rng.uniform(0, 120, (32, SIZE, SIZE, 3)).astype("float32")
+
+    def classifier(**kwargs):
+        keras.utils.set_random_seed(0)
+        return kft.build_classifier("simple_cnn", num_classes=3,
+                                    weights=None,
+                                    input_shape=(SIZE, SIZE, 3), **kwargs)
+
+    def statistics(model):
+        kft.adapt_batchnorm(model, x, batch_size=16)
+        return {layer.name: np.array(layer.moving_variance.numpy())
+                for layer in kft.training.freezing.batch_norm_layers(model)}
+
+    plain = classifier()
+    expected = statistics(plain)
+    shift = kft.domain_shift(plain, x, source_data=source,
+                             max_images=32).block_scores()
+    assert list(shift) == ["stem", "block1", "block2", "block3"]
+    wrapped = {
+        "attached": kft.augmentation.attach(classifier(), "standard"),
+        "batch_augment": classifier(batch_augment=kft.layers.MixUp(
+            0.2, num_classes=3, seed=0)),
+        "domain_adaptation": kft.DomainAdaptationModel(
+            classifier(), hidden_units=(8,)),
+    }
+    for name, model in wrapped.items():
+        got = statistics(model)
+        assert set(got) >= set(expected), name
+        for layer, variance in expected.items():
+            np.testing.assert_allclose(got[layer], variance, rtol=1e-5,
+                                       atol=1e-6, err_msg=name)
+        again = kft.domain_shift(model, x, source_data=source,
+                                 max_images=32).block_scores()
+        assert again == pytest.approx(shift, rel=1e-5), name
+    with pytest.raises(TypeError, match="`shift` must be a kft.domain_shift"
+                                        " report.*Received: shift='x'"):
+        kft.recommend_strategy(num_images=100, shift="x")

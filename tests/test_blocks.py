@@ -132,3 +132,20 @@ def test_clones_sharing_a_backbones_layers_keep_its_marker():
     assert copy.kft_backbone is None
     assert list(kft.get_blocks(copy))[0] == "stem_conv"
     assert list(kft.get_blocks(as_backbone(copy, "simple_cnn")))[0] == "stem"
+
+
+def test_an_attached_model_has_its_classifiers_blocks():
+    # attach wraps the classifier in a model of one weighted layer: its
+    # blocks were that one layer, so freezing "the last block" trained
+    # the whole classifier.
+    import kft
+
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3))
+    attached = kft.augmentation.attach(model, "light")
+    assert list(kft.get_blocks(attached)) == list(kft.get_blocks(model))
+    kft.freeze(attached, "partial", n_blocks=1)
+    trainable = {layer.name for layer in model.get_layer("simple_cnn").layers
+                 if layer.trainable_weights}
+    assert trainable and trainable <= {
+        layer.name for layer in kft.get_blocks(model)["block3"]}

@@ -386,6 +386,12 @@ def test_from_tfds_with_mock_data():
         batches = _batches(ds)
         with pytest.raises(ValueError, match="must name a ClassLabel"):
             kft.data.from_tfds("mnist", "test", SIZE, label_key="image")
+        # A bare KeyError, or for the image only at the first batch.
+        for key in ("label_key", "image_key"):
+            with pytest.raises(ValueError, match=rf"`{key}` must be a "
+                               r"feature of mnist \(one of \['image', "
+                               r"'label'\]\). Received: .*'nope'"):
+                kft.data.from_tfds("mnist", "train", SIZE, **{key: "nope"})
     assert [len(y) for _, y in batches] == [4, 4, 2]
     assert batches[0][0].shape == (4, SIZE, SIZE, 3)
     labels = np.concatenate([y for _, y in batches])
@@ -699,3 +705,19 @@ def test_from_tfds_checks_arguments_before_reading(kwargs, message):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(ValueError, match=message):
         kft.data.from_tfds("no_such_dataset", "train", SIZE, **kwargs)
+
+
+def test_in_order_reads_the_images_without_host_augmentation():
+    # in_order kept the dataset's random host augmentation: kft.evaluate
+    # scored augmented images, two passes differed, and domain_pairs froze
+    # one random draw of each source image.
+    x = np.random.default_rng(0).uniform(0, 255, (12, SIZE, SIZE, 3))
+    x = x.astype("float32")
+    ds = kft.data.from_arrays(x, np.arange(12) % 3, batch_size=5,
+                              augmentation="standard", seed=1)
+    assert ds.augments and not ds.in_order().augments
+    first = np.concatenate([images for images, _ in ds.in_order()])
+    np.testing.assert_array_equal(first, x)
+    pairs = kft.adaptation.domain_pairs(ds, x, batch_size=4)
+    np.testing.assert_array_equal(pairs.xs, x)
+    assert not np.array_equal(np.concatenate([b for b, _ in ds]), x)

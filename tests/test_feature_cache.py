@@ -221,8 +221,11 @@ def test_a_model_without_a_trainable_head_layer_is_refused():
         kft.feature_cache.split_head(model)
     reason = kft.feature_cache.can_cache_features(model)[1]
     assert "no head layer with weights" in reason
+    # An attached classifier has its classifier's head; its augmentation
+    # rules caching out.
     attached = kft.augmentation.attach(_model(), "light")
-    with pytest.raises(ValueError, match="no head layer with weights"):
+    kft.freeze(attached, "feature_extraction")
+    with pytest.raises(ValueError, match="augments images at random"):
         kft.cache_features(attached, _data(n=4), verbose=0)
 
 

@@ -34,23 +34,18 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data"):
         arrays, one per layer, and the images measured. Pooled exactly over
         all images: per-batch moments combined, not a moving average.
     """
-    layers = batch_norm_layers(model)
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    clone, copies = _statistics_model(model)
+    # The model's own layers, those of its classifier graph (not, say, a
+    # domain discriminator's).
+    layers = [layer for layer in batch_norm_layers(model)
+              if id(layer) in copies]
     if not layers:
         raise ValueError(
             f"Model {model.name!r} has no BatchNormalization layer: there "
             "are no statistics to adapt or compare.")
-    batch_size = check_int("batch_size", batch_size, min_value=1)
-    # A copy whose BatchNorm layers train (and so use and report batch
-    # statistics) with momentum 0; the model itself is not touched.
-    with bucketed_draws():  # replaced by the model's weights
-        clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    clone_layers = batch_norm_layers(clone)
-    for layer in clone_layers:
-        layer.trainable = True
-        layer.momentum = 0.0
     positions = []
-    for layer in clone_layers:
+    for layer in (copies[id(layer)] for layer in layers):
         positions.append((
             _index(clone.non_trainable_variables, layer.moving_mean),
             _index(clone.non_trainable_variables, layer.moving_variance)))
@@ -63,7 +58,7 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data"):
     @jax.jit
     def run(trainable, non_trainable, images):
         _, updated = clone.stateless_call(trainable, non_trainable, images,
-                                          training=True)
+                                          training=False)
         return [(updated[m], updated[v]) for m, v in positions]
 
     def step(images):
@@ -86,6 +81,45 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data"):
     variances = [np.maximum(q / total - m * m, 0.0)
                  for q, m in zip(squares, means)]
     return layers, means, variances, total
+
+
+class _BatchStatistics(keras.layers.BatchNormalization):
+    """A BatchNormalization that normalises with its batch's statistics
+    whatever `training` says, recording them in its moving statistics
+    (momentum 0): AdaBN's pass, with the rest of the model in inference
+    mode (augmentation and dropout off)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=True, mask=mask)
+
+
+def _statistics_model(model):
+    """`(copy, {id(BatchNorm layer of model): its _BatchStatistics})`.
+
+    The copy is `model`'s inference graph (`kft.deploy.inference_model`: a
+    plain functional model without random augmentation, also for an
+    `attach`ed model, a `BatchAugmentModel` or a `DomainAdaptationModel`)
+    with each BatchNormalization replaced by a `_BatchStatistics` holding
+    copies of its weights; the model itself is not touched.
+    """
+    from kft.deploy.inference import inference_model
+
+    copies = {}
+
+    def swap(layer):
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            return layer
+        new = _BatchStatistics.from_config(
+            {**layer.get_config(), "momentum": 0.0, "trainable": True})
+        copies[id(layer)] = (layer, new)
+        return new
+
+    with bucketed_draws():  # replaced by the model's weights
+        clone = keras.models.clone_model(inference_model(model),
+                                         clone_function=swap, recursive=True)
+    for old, new in copies.values():
+        new.set_weights([np.array(v.value) for v in old.weights])
+    return clone, {key: new for key, (_, new) in copies.items()}
 
 
 def _index(variables, variable):

@@ -146,6 +146,7 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
         ValueError: no way to know the dataset size (no `num_images` and
             no array data), a negative size, or `data` without `model`
             for the shift.
+        TypeError: `shift` that is not a `kft.domain_shift` report.
 
     Example:
     >>> import kft
@@ -168,6 +169,10 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
                                                        numbers.Integral):
         fail_argument("num_images", "a non-negative integer", num_images)
     num_images = check_int("num_images", num_images, min_value=0)
+    if shift is not None and not callable(getattr(shift, "block_scores",
+                                                  None)):
+        fail_argument("shift", "a kft.domain_shift report (or None)", shift,
+                      TypeError)
     if shift is None and data is not None and model is not None:
         from kft.adaptation.diagnostic import domain_shift
 

@@ -11,6 +11,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import check_number
+from kft._validation import fail_argument
 from kft.augmentation.presets import Preset
 from kft.data import _images
 from kft.data._dataset import AUGMENT_ON
@@ -279,7 +280,14 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
     if train is None:
         train = split.startswith("train")
     builder = tfds.builder(name, data_dir=data_dir)
-    feature = builder.info.features[label_key]
+    features = builder.info.features
+    for argument, key in (("image_key", image_key), ("label_key", label_key)):
+        if key not in features:
+            # Else a bare KeyError here, or for the image only at the
+            # first batch, inside the input pipeline.
+            fail_argument(argument, f"a feature of {name} (one of "
+                          f"{sorted(features.keys())})", key)
+    feature = features[label_key]
     if not isinstance(feature, tfds.features.ClassLabel):
         raise ValueError(
             f"Argument `label_key` must name a ClassLabel feature of {name}. "

@@ -387,9 +387,10 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     def in_order(self) -> "ImageDataset":
         """This dataset read in stored order, each example once.
 
-        Shares the examples (no copy): no shuffling and no balanced
-        sampling, so a second pass meets the examples in the same order,
-        as evaluation needs (`kft.evaluate` reads datasets this way). With
+        Shares the examples (no copy): no shuffling, no balanced
+        sampling and no host augmentation, so a second pass meets the same
+        examples in the same order, as evaluation needs (`kft.evaluate`
+        reads datasets this way). With
         several JAX processes each one reads every example (not its slice
         of each global batch): what is computed from the whole dataset
         (a report, statistics, a Fisher) is the same in every process and
@@ -404,6 +405,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         ordered = self._view()
         ordered.shuffle, ordered.sampling = False, "all"
         ordered._shard = (0, 1)
+        ordered._augmenter = None  # random draws would differ every pass
         return ordered
 
     def with_class_weight(self, class_weight: Mapping[int, float]

@@ -35,6 +35,9 @@ def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
       `kft.models.backbones.Backbone`); layer names do not count;
     - with `patterns`: a block per pattern, matched (`re.search`) against
       the names of the model's layers, nested models opened up;
+    - a model whose only top-level layer with weights is another model
+      (such as `kft.augmentation.attach`'s wrapper, see `wrapped_model`):
+      that model's blocks;
     - otherwise: one block per top-level layer with weights, named after
       the layer.
 
@@ -63,6 +66,11 @@ def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
         return _split(_leaf_units(model), _as_pairs(patterns), model.name)
     if backbone_name(model) is not None:
         return _backbone_blocks(model)
+    inner = wrapped_model(model)
+    if inner is not None:
+        # Freezing "the last 2 blocks" of an attached model means its
+        # classifier's.
+        return get_blocks(inner)
     blocks, head, found = {}, [], False
     for layer in _weighted(model.layers):
         if not found and backbone_name(layer) is not None:
@@ -75,6 +83,25 @@ def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
     if head:
         blocks[HEAD] = head
     return blocks
+
+
+def wrapped_model(model: keras.Model):
+    """The model inside `model` when `model` only adds weightless layers
+    around it, called once (`kft.augmentation.attach`'s wrapper), else
+    `None`.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=3,
+    ...                              weights=None, input_shape=(16, 16, 3))
+    >>> wrapped_model(kft.augmentation.attach(model, "light")) is model
+    True
+    """
+    weighted = _weighted(model.layers)
+    if len(weighted) == 1 and isinstance(weighted[0], keras.Model) and len(
+            weighted[0]._inbound_nodes) == 1:
+        return weighted[0]
+    return None
 
 
 def head_layers(model: keras.Model) -> list:

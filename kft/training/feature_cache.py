@@ -21,10 +21,12 @@ from kft.distributed.data_parallel import batch_shards
 from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
 from kft.models.batch_augment import BatchAugmentModel
+from kft.models.blocks import wrapped_model
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches
 from kft.training.fit_data import num_examples
 from kft.training.head import split_head
+from kft.training.head import wrapper_features
 
 __all__ = ["FeatureCache", "cache_features", "can_cache_features",
            "fit_head", "split_head"]
@@ -93,6 +95,10 @@ def _split(model):
     the head's first layer with weights (a linear head's `head_dropout`)
     moved into the head model: in the features model they would run in
     inference mode, i.e. be off while the head trains on the cache."""
+    inner = wrapped_model(model)
+    if inner is not None:
+        features_model, head_model = _split(inner)
+        return wrapper_features(model, inner, features_model), head_model
     features_model, head_model = split_head(model)
     layers, chain = list(model.layers), head_model.layers[1:]
     first = [id(layer) for layer in layers].index(id(chain[0]))

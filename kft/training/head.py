@@ -7,6 +7,7 @@ head_layers`): the layers with weights after the model's kft backbone.
 import keras
 
 from kft.models.blocks import head_layers
+from kft.models.blocks import wrapped_model
 
 
 def _first_head_layer(model):
@@ -24,6 +25,16 @@ def _first_head_layer(model):
     return layers[0]
 
 
+def wrapper_features(model, inner, features_model):
+    """`features_model` (of `inner`, the model `model` wraps: see
+    `kft.models.blocks.wrapped_model`) fed from `model`'s input, through
+    the wrapper's weightless layers: the head is the wrapped classifier's.
+    """
+    called_on = inner._inbound_nodes[0].input_tensors[0]
+    return keras.Model(model.inputs, features_model(called_on),
+                       name=f"{model.name}_features")
+
+
 def split_head(model):
     """Splits a model into a feature model and a head model sharing layers.
 
@@ -35,7 +46,8 @@ def split_head(model):
 
     Args:
         model: A functional model with a head (see the module docstring),
-            such as a `kft.build_classifier` model.
+            such as a `kft.build_classifier` model, or a wrapper of one
+            (`kft.models.blocks.wrapped_model`).
 
     Returns:
         `(features_model, head_model)`. `head_model` uses the model's own
@@ -53,6 +65,10 @@ def split_head(model):
     >>> features.output.shape, head.output.shape
     ((None, 64), (None, 3))
     """
+    inner = wrapped_model(model)
+    if inner is not None:
+        features, head = split_head(inner)
+        return wrapper_features(model, inner, features), head
     first = _first_head_layer(model)
     layers = list(model.layers)
     chain = layers[[id(layer) for layer in layers].index(id(first)):]

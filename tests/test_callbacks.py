@@ -520,3 +520,20 @@ def test_compile_notice_on_new_steps_only(capsys):
     assert out.count("kft: compiled in") == 2, out
     with pytest.raises(ValueError, match="Received: after=-1"):
         kft.callbacks.CompileNotice(after=-1)
+
+
+def test_plateau_on_validation_skips_epochs_without_it():
+    # With validation_freq=2, epochs without val_loss raised "not in the
+    # epoch logs"; Keras' EarlyStopping skips them.
+    schedule = Plateau("val_loss", patience=1, mode="min")
+    with pytest.warns(UserWarning, match="epochs without it do not count"):
+        for epoch, logs in enumerate([{"loss": 1.0}, {"loss": 0.9,
+                                                      "val_loss": 1.0},
+                                      {"loss": 0.8}, {"loss": 0.7,
+                                                      "val_loss": 1.1}]):
+            schedule.on_epoch_end(epoch, logs, None, limit=3)
+    assert schedule.stage_epochs == [4]
+    with pytest.raises(ValueError, match="'val_loss', which is not in the "
+                                         "epoch logs"):
+        Plateau("val_loss", patience=1, mode="min").on_epoch_end(
+            0, {"loss": 1.0, "val_acc": 0.5}, None, limit=3)

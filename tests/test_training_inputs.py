@@ -218,3 +218,91 @@ def test_one_hot_dataset_must_match_the_model_width():
     check_data_labels(kft.data.from_arrays(x, np.array([0, 1, 0, 1]),
                                            batch_size=2), 3, "train_data")
     check_data_labels(two, 2, "train_data")
+
+
+def test_fine_tune_refuses_what_it_would_ignore_or_crash_on_later():
+    x, y = _data()
+    model = _model()
+    before = _weights(model)
+    cases = [
+        # Dropped silently (only "partial" reads it).
+        (dict(strategy="full", n_blocks=3), ValueError,
+         r"`n_blocks` must be left out \(1\) with strategy='full'"),
+        # Keras raised in phase 2: a schedule's rate cannot be set.
+        (dict(callbacks=[keras.callbacks.ReduceLROnPlateau()]), ValueError,
+         r"ReduceLROnPlateau would.*schedule='constant' and warmup=0"),
+        (dict(schedule="constant", warmup=0.1, callbacks=[
+            keras.callbacks.LearningRateScheduler(lambda e, r: r)]),
+         ValueError, "LearningRateScheduler would"),
+        (dict(callbacks=keras.callbacks.EarlyStopping()), TypeError,
+         "`callbacks` must be a list of Keras callbacks"),
+        (dict(regularizer="l2sp"), TypeError,
+         r"`regularizer` must be kft.L2SP\(...\).*Received: "
+         "regularizer='l2sp'"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            kft.fine_tune(model, (x, y), epochs=1, batch_size=8, verbose=0,
+                          **kwargs)
+    assert _unchanged(model, before)
+    # With a constant rate they may set it.
+    kft.fine_tune(model, (x, y), head_epochs=1, epochs=1, batch_size=8,
+                  schedule="constant", verbose=0,
+                  callbacks=[keras.callbacks.ReduceLROnPlateau()])
+
+
+def test_cached_head_phase_trains_on_the_datasets_batches():
+    # The cached phase trained with fine_tune's batch_size (32, for arrays)
+    # instead of the dataset's: 2 steps in 2 epochs instead of 10.
+    x, y = _data(n=30)
+    steps = {}
+    for cache in (True, False):
+        model = _model()
+        counter = _StepCounter()
+        kft.fine_tune(model, kft.data.from_arrays(x, y, batch_size=6),
+                      strategy="feature_extraction", head_epochs=2,
+                      cache_features=cache, verbose=0, callbacks=[counter])
+        steps[cache] = counter.steps
+    assert steps == {True: 10, False: 10}
+
+
+def test_balanced_sampling_is_not_cached():
+    # A cache froze one balanced draw (16 distinct of 30 images) for every
+    # epoch of the head phase.
+    x, y = _data(n=30)
+    y = np.array([0] * 23 + [1] * 3 + [2] * 4)
+    balanced = kft.data.from_arrays(x, y, batch_size=6, sampling="balanced")
+    model = _model()
+    kft.freeze(model, "feature_extraction")
+    with pytest.raises(ValueError, match="sampling='balanced'.*freeze one "
+                                         r"draw.*dataset.in_order\(\)"):
+        kft.cache_features(model, balanced, verbose=0)
+    counter = _StepCounter()
+    kft.fine_tune(_model(), balanced, strategy="feature_extraction",
+                  head_epochs=1, verbose=0, callbacks=[counter])
+    assert counter.head_model_calls == 0  # "auto" trained with fit
+    with pytest.raises(ValueError, match="sampling='balanced'"):
+        kft.fine_tune(_model(), balanced, strategy="feature_extraction",
+                      head_epochs=1, cache_features=True, verbose=0)
+
+
+class _StepCounter(keras.callbacks.Callback):
+    """Training batches seen, and how many of them on a head model (a
+    cached phase: callbacks see the head model there)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = self.head_model_calls = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        self.head_model_calls += self.model.name.endswith("_head")
+
+
+def test_lr_find_needs_trainable_weights():
+    model = _compiled_classifier()
+    model.trainable = False
+    model.compile(keras.optimizers.SGD(), "mse")
+    x = np.zeros((16, 4), "float32")
+    with pytest.raises(ValueError, match="no trainable weights"):
+        kft.lr_find(model, (x, np.zeros(16)), steps=10, verbose=0)

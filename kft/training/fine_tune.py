@@ -13,6 +13,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import fail_argument
+from kft.data import ImageDataset
 from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import get_blocks, head_and_body
 from kft.optimizers import BlockwiseOptimizer
@@ -115,6 +116,11 @@ def _check_model(model, strategy, n_blocks, learning_rate, epochs):
     if strategy == "partial" and n_blocks > len(body):
         fail_argument("n_blocks", f"an integer from 1 to {len(body)} (the "
                       f"blocks below the head: {body})", n_blocks)
+    if strategy != "partial" and n_blocks != 1:
+        # Only "partial" reads it; dropping it would ignore the request.
+        fail_argument("n_blocks", f"left out (1) with strategy={strategy!r} "
+                      "(the blocks trained in phase 2 of 'partial')",
+                      n_blocks)
     if (learning_rate == "find" and strategy != "feature_extraction"
             and epochs and model.dtype_policy.name == "mixed_float16"):
         # Keras wraps the optimizer in a LossScaleOptimizer, whose skipped
@@ -158,10 +164,15 @@ def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
     caches = _head_caches(phases, cache_mode)
     if caches is None:
         return phases.fit(epochs, 0, [EpochRate()])
+    # The batches `fit` would make: a kft dataset's own size and shuffling
+    # (`batch_size` is for arrays).
+    data = phases.train_data
+    own = isinstance(data, ImageDataset)
     return fit_head(
         phases.model, caches[0], validation_data=caches[1],
-        batch_size=phases.batch_size, epochs=epochs, verbose=phases.verbose,
-        class_weight=phases.class_weight,
+        batch_size=data.batch_size if own else phases.batch_size,
+        shuffle=data.shuffle if own else True, epochs=epochs,
+        verbose=phases.verbose, class_weight=phases.class_weight,
         callbacks=phases.callbacks([EpochRate()])).history
 
 
@@ -286,6 +297,35 @@ def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
 # Fewest steps of `kft.OneCycle`'s default cycle: its rise (pct_start=0.3
 # of the steps) must last more than one step.
 ONE_CYCLE_MIN_STEPS = 4
+
+
+def _check_extras(callbacks, regularizer):
+    """Checks the forms of `callbacks` and `regularizer`."""
+    if callbacks is not None and (
+            isinstance(callbacks, keras.callbacks.Callback)
+            or not isinstance(callbacks, Sequence)):
+        fail_argument("callbacks", "a list of Keras callbacks (or None)",
+                      callbacks, TypeError)
+    if regularizer is not None:
+        from kft.regularizers import Penalty
+
+        if not isinstance(regularizer, Penalty):
+            fail_argument("regularizer", "kft.L2SP(...), kft.EWC(...), "
+                          "kft.LwF(...) or None", regularizer, TypeError)
+
+
+def _check_rate_setters(callbacks, scheduled):
+    """Refuses callbacks that set the rate when phase 2 runs on a
+    `LearningRateSchedule` (`scheduled`): Keras would raise mid-run."""
+    setters = [type(c).__name__ for c in callbacks or () if isinstance(
+        c, (keras.callbacks.ReduceLROnPlateau,
+            keras.callbacks.LearningRateScheduler))]
+    if setters and scheduled:
+        fail_argument(
+            "callbacks", "callbacks that do not set the learning rate with "
+            f"a phase 2 schedule ({', '.join(setters)} would, and Keras "
+            "cannot set the rate of a LearningRateSchedule); pass "
+            "schedule='constant' and warmup=0 to use them", setters)
 
 
 def _check_schedule(schedule, learning_rate, warmup, steps_per_epoch,
@@ -428,12 +468,14 @@ def fine_tune(
         cache_features: Phase 1 trains only the head, so kft can compute the
             frozen backbone's features once and train the head on them
             (`kft.cache_features`, `kft.fit_head`): `"auto"` does so for
-            arrays and `kft.data` datasets without augmentation when the
-            model allows it (`kft.feature_cache.can_cache_features`),
-            `True` insists (and raises if it cannot), `False` never does.
-            Features are computed in inference mode (a backbone's own
-            dropout off). In a cached phase, callbacks see the head model.
-            Defaults to `"auto"`.
+            arrays and `kft.data` datasets without augmentation or
+            balanced sampling when the model allows it
+            (`kft.feature_cache.can_cache_features`), `True` insists (and
+            raises if it cannot), `False` never does. The head then trains
+            on batches as `fit` would make them (a `kft.data` dataset's
+            own batch size and shuffling). Features are computed in
+            inference mode (a backbone's own dropout off). In a cached
+            phase, callbacks see the head model. Defaults to `"auto"`.
         class_weight: `"balanced"` (`kft.balanced_class_weight` of the
             training labels), `{class index: weight}` or `None`: each
             example's loss is multiplied by its class' weight in both phases
@@ -459,11 +501,18 @@ def fine_tune(
             policy, a bad count (epochs, blocks, batch size, patience), rate,
             warm-up fraction or decay, a model without a head block,
             `"one_cycle"` over fewer than 4 steps, `learning_rate="find"`
-            under the `"mixed_float16"` policy, labels outside the model's
-            classes or in different forms (integer, one-hot) in
-            `train_data` and `val_data`, a monitored value missing from the
-            logs or without a direction in `"auto"` mode. Arguments are
-            checked before anything trains.
+            under the `"mixed_float16"` policy, `n_blocks` with another
+            strategy than `"partial"`, `ReduceLROnPlateau` or
+            `LearningRateScheduler` among the callbacks with a phase 2
+            schedule, labels outside the model's classes (arrays and
+            `kft.data` datasets: other datasets are not read ahead) or in
+            different forms (integer, one-hot) in `train_data` and
+            `val_data`, `cache_features=True` for a dataset that augments
+            or resamples (`sampling="balanced"`), a monitored value missing
+            from the logs or without a direction in `"auto"` mode.
+            Arguments are checked before anything trains.
+        TypeError: `callbacks` that is not a list, a `regularizer` that
+            is not a kft penalty.
 
     Example:
     >>> import kft
@@ -497,6 +546,7 @@ def fine_tune(
         check_label_forms(train_data, val_data)
     _check_model(model, strategy, counts["n_blocks"], learning_rate,
                  counts["epochs"])
+    _check_extras(callbacks, regularizer)
     # Under data parallel, before anything trains.
     check_data_batches(train_data, counts["batch_size"], name="train_data")
     check_data_batches(val_data, counts["batch_size"], name="val_data")
@@ -510,9 +560,11 @@ def fine_tune(
         verbose=verbose, class_weight=class_weight)
     plan = {"schedule": schedule, "steps_per_epoch": _steps_per_epoch(phases),
             "weight_decay": weight_decay, "layer_decay": layer_decay}
+    phase2 = 0 if strategy == "feature_extraction" else counts["epochs"]
     plan["warmup"] = _check_schedule(
-        schedule, learning_rate, warmup, plan["steps_per_epoch"],
-        0 if strategy == "feature_extraction" else counts["epochs"])
+        schedule, learning_rate, warmup, plan["steps_per_epoch"], phase2)
+    _check_rate_setters(callbacks, phase2 and (schedule != "constant"
+                                                or plan["warmup"]))
     if regularizer is not None:  # after every check: a bound penalty stays
         from kft.regularizers import regularize
 

@@ -155,7 +155,8 @@ def dataset_augments(data):
 
 
 def plain_data(data):
-    """Whether `data` is known not to augment: arrays or a plain kft dataset.
+    """Whether `data` is known to yield the same examples every pass:
+    arrays, or a kft dataset without augmentation or balanced sampling.
 
     `None` (no validation data) counts as plain. A dataset of another kind
     is not known to be plain, so this returns `False` for it.
@@ -169,7 +170,8 @@ def plain_data(data):
         return True
     if isinstance(data, tuple):
         return all(isinstance(part, np.ndarray) for part in data)
-    return isinstance(data, ImageDataset) and not dataset_augments(data)
+    return (isinstance(data, ImageDataset) and not dataset_augments(data)
+            and data.sampling == "all")
 
 
 def batches(data, batch_size):
@@ -181,7 +183,8 @@ def batches(data, batch_size):
         batch_size: Batch size for arrays.
 
     Raises:
-        ValueError: a dataset that augments its images (`dataset_augments`).
+        ValueError: a dataset that augments its images (`dataset_augments`)
+            or resamples them every pass (`sampling="balanced"`).
 
     Example:
     >>> import numpy as np
@@ -204,6 +207,12 @@ def batches(data, batch_size):
             f"{data.augmentation.name!r}); cached features would freeze "
             "one draw. Load it with augmentation='none' to cache features."
         )
+    if getattr(data, "sampling", "all") == "balanced":
+        raise ValueError(
+            "The dataset resamples its examples every pass (sampling="
+            "'balanced'); cached features would freeze one draw. Cache "
+            "dataset.in_order() and train with class_weight='balanced', "
+            "or train with fit (fine_tune(..., cache_features=False)).")
     for batch in data:
         if isinstance(batch, (tuple, list)):
             yield batch[0], (batch[1] if len(batch) > 1 else None)

@@ -300,7 +300,8 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
 
     Raises:
         ValueError: a non-positive rate, `end <= start`, `steps < 10`, a
-            bad `smoothing` / `divergence`, a model not compiled, data
+            bad `smoothing` / `divergence`, a model not compiled or without
+            trainable weights, data
             without labels or examples (or a one-shot iterator shorter
             than `steps`), or, with a (sparse) categorical cross-entropy
             loss, labels outside the model's classes.
@@ -318,6 +319,12 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     """
     start, end, steps, smoothing, divergence, batch_size = _check(
         model, start, end, steps, smoothing, divergence, batch_size)
+    if not model.trainable_variables:
+        # The loss would stay flat at every rate: suggestions of nothing.
+        raise ValueError(
+            f"Model {model.name!r} has no trainable weights: the range test "
+            "needs some to train (kft.freeze(model, 'feature_extraction') "
+            "leaves the head trainable).")
     data = _check_data(model, data)
     snapshot = _snapshot(model)
     optimizer = model.optimizer

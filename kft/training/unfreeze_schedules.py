@@ -167,6 +167,7 @@ class Plateau(UnfreezeSchedule):
         self.stage_epochs = []
         self.wait = 0
         self.best = None
+        self._skipped = False  # warned of an epoch without validation
 
     def stage_at(self, epoch):
         return sum(e <= epoch for e in self.stage_epochs)
@@ -176,6 +177,18 @@ class Plateau(UnfreezeSchedule):
             self.stage_epochs.append(epoch + 1)
 
     def _plateaued(self, logs, model):
+        if self.monitor.startswith("val_") and not any(
+                key.startswith("val_") for key in logs or {}):
+            # No validation this epoch (`validation_freq` > 1): not an
+            # epoch without improvement, as for Keras' EarlyStopping.
+            if not self._skipped:
+                warnings.warn(
+                    f"GradualUnfreezing monitors {self.monitor!r}, which "
+                    "is not logged at every epoch (validation_freq > 1, or "
+                    "no validation data): epochs without it do not count "
+                    "towards `patience`.", stacklevel=3)
+            self._skipped = True
+            return False
         value = logged_value(logs, self.monitor, "GradualUnfreezing")
         if self.direction is None:
             self.direction = monitor_mode(model, self.monitor, self.mode)

@@ -91,7 +91,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
         monitor: Metric of a plateau schedule, e.g. `"val_loss"`. Defaults
             to `None`.
         patience: Epochs without improvement before unfreezing (with
-            `monitor`). Defaults to `2`.
+            `monitor`; an epoch without a monitored `val_` value, under
+            `validation_freq` > 1, does not count, with a warning).
+            Defaults to `2`.
         min_delta: Smallest change counted as an improvement (with
             `monitor`). Defaults to `0.0`.
         mode: `"min"`, `"max"` or `"auto"` (with `monitor`): losses are

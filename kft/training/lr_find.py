@@ -265,7 +265,8 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     debiased: `avg / (1 - smoothing**(k + 1))`), stops when it exceeds
     `divergence` times its minimum (or is not finite), then puts
     everything back: weights and BatchNorm statistics, optimizer slots and
-    step count, metrics and the trainable flags are bit for bit as before.
+    step count, metrics and the trainable flags are bit for bit as before,
+    and a `kft.data` dataset's next pass has the order it would have had.
     Only the trainable set as it is now trains.
 
     The ramped rate is the optimizer's `learning_rate`: with a
@@ -326,6 +327,10 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
             "needs some to train (kft.freeze(model, 'feature_extraction') "
             "leaves the head trainable).")
     data = _check_data(model, data)
+    if callable(getattr(data, "with_shard", None)):
+        # A view with passes of its own: the test must not use up the
+        # dataset's shuffle orders (fit after it would see other ones).
+        data = data.with_shard(data.shard)
     snapshot = _snapshot(model)
     optimizer = model.optimizer
     ramp = _ExponentialRamp(start, end, steps, int(ops.convert_to_numpy(

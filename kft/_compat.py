@@ -128,6 +128,12 @@ def flatten_layers(layer, include_self=True, recursive=True):
                                       recursive=recursive))
 
 
+def call_inputs(layer):
+    """The input tensors of each call of `layer` in the functional graphs
+    it is part of, one list per call."""
+    return [list(node.input_tensors) for node in layer._inbound_nodes]
+
+
 def is_leaf_with_weights(layer):
     """Whether `layer` creates trainable weights itself (not a container)."""
     return bool(layer._trainable_variables) and not layer._layers

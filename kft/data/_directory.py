@@ -271,3 +271,26 @@ def from_directory(path: str | os.PathLike,
         val = _make_dataset(val_records, val_skipped, class_names, settings,
                             train=False)
     return ImageSplits(train, val)
+
+
+def eval_folder(path, image_size, batch_size=32, *, check_classes=None):
+    """A folder of class folders read whole with the eval transform (as
+    `from_directory`'s validation half), bad files skipped and named once
+    by their paths in `path`; `check_classes(class names found)` runs
+    before any image is read. For evaluating a trained model
+    (`kft eval`, `kft.runs.load_eval_folder`)."""
+    settings = _Settings.checked(
+        image_size=image_size, batch_size=batch_size, augmentation="none",
+        augment_on="host", label_mode="int", crop_fraction=0.875,
+        shuffle=False, seed=0, num_workers=2, check="full",
+        max_pixels=_images.DEFAULT_MAX_PIXELS, exif_transpose=True)
+    class_names = class_folders(path, None)
+    if check_classes is not None:
+        check_classes(class_names)
+    (records, skipped), _, total = scan_splits(
+        path, None, class_names, check=settings.check,
+        max_pixels=settings.max_pixels, num_workers=settings.num_workers,
+        on_bad_file="skip")
+    warn_skipped(skipped, total, os.fspath(path))
+    return _make_dataset(records, skipped, class_names, settings,
+                         train=False)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import keras
 
+from kft import _compat
 from kft._validation import fail_argument
 from kft.models.backbones import backbone_name
 from kft.models.backbones import get_backbone
@@ -99,7 +100,7 @@ def wrapped_model(model: keras.Model):
     """
     weighted = _weighted(model.layers)
     if len(weighted) == 1 and isinstance(weighted[0], keras.Model) and len(
-            weighted[0]._inbound_nodes) == 1:
+            _compat.call_inputs(weighted[0])) == 1:
         return weighted[0]
     return None
 

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import os
 
-from kft.data import _images
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
 
@@ -124,33 +123,22 @@ def load_eval_folder(path, class_names, image_size, batch_size=32):
             folder without a readable image, or class folders that are not
             `class_names` (the message lists the differences).
     """
-    from kft.data import _directory
-    from kft.data._dataset import warn_skipped
-    from kft.data._files import class_folders
-    from kft.data._files import scan_splits
+    from kft.data._directory import eval_folder
 
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise ValueError(f"Data folder {path!r} does not exist.")
-    # `from_directory`'s val half read straight from `path` (no layout of
-    # links): its messages name the user's files, each checked once.
-    settings = _directory._Settings.checked(
-        image_size=image_size, batch_size=batch_size, augmentation="none",
-        augment_on="host", label_mode="int", crop_fraction=0.875,
-        shuffle=False, seed=0, num_workers=2, check="full",
-        max_pixels=_images.DEFAULT_MAX_PIXELS, exif_transpose=True)
-    found = class_folders(path, None)
-    if class_names is not None and found != list(class_names):
-        from kft.evaluation._predict import class_difference
 
-        raise ValueError(
-            f"The class folders of {path!r} are not the model's classes"
-            + class_difference(class_names, found)
-            + f". Model classes: {list(class_names)}.")
-    (records, skipped), _, total = scan_splits(
-        path, None, found, check=settings.check,
-        max_pixels=settings.max_pixels, num_workers=settings.num_workers,
-        on_bad_file="skip")
-    warn_skipped(skipped, total, path)
-    return _directory._make_dataset(records, skipped, found, settings,
-                                    train=False)
+    def check_classes(found):  # before any file is read
+        if class_names is not None and found != list(class_names):
+            from kft.evaluation._predict import class_difference
+
+            raise ValueError(
+                f"The class folders of {path!r} are not the model's classes"
+                + class_difference(class_names, found)
+                + f". Model classes: {list(class_names)}.")
+
+    # Straight from `path` (no layout of links): messages name the user's
+    # files, each checked once.
+    return eval_folder(path, image_size, batch_size,
+                       check_classes=check_classes)

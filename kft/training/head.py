@@ -6,6 +6,7 @@ head_layers`): the layers with weights after the model's kft backbone.
 
 import keras
 
+from kft import _compat
 from kft.models.blocks import head_layers
 from kft.models.blocks import wrapped_model
 
@@ -30,7 +31,7 @@ def wrapper_features(model, inner, features_model):
     `kft.models.blocks.wrapped_model`) fed from `model`'s input, through
     the wrapper's weightless layers: the head is the wrapped classifier's.
     """
-    called_on = inner._inbound_nodes[0].input_tensors[0]
+    called_on = _compat.call_inputs(inner)[0][0]
     return keras.Model(model.inputs, features_model(called_on),
                        name=f"{model.name}_features")
 

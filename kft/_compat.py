@@ -416,10 +416,22 @@ def rebuild_optimizer(optimizer, variables):
     optimizer.built = False
     optimizer.build(list(variables))
     optimizer.built = True
+    restored = set()
     for v in optimizer._variables:
         old = old_slots.get(v.path)
         if old is not None and tuple(old.shape) == tuple(v.shape):
             v.assign(old)
+            restored.add(id(v))
+    if optimizer.use_ema:
+        # `build` starts every average at zero, and after the first step
+        # Keras only blends into it: a variable tracked from now on would
+        # end `fit` (which writes the averages into the model) shrunk
+        # towards zero. Its average starts at (a copy of: the step donates
+        # both) its value instead.
+        for variable, average in zip(
+                variables, optimizer._model_variables_moving_average):
+            if id(average) not in restored:
+                average.assign(keras.ops.copy(variable.value))
     for name, old in old_state.items():
         new = getattr(optimizer, name, None)
         if (isinstance(new, keras.Variable)

@@ -137,3 +137,42 @@ def test_changing_trainable_refreshes_when_body_raises():
              for v, b in zip(model.trainable_variables, before)]
     assert all(moved), [v.path for v, m in zip(model.trainable_variables,
                                                 moved) if not m]
+
+
+def test_plain_optimizer_with_ema_averages_added_variables_from_their_value():
+    """A plain Keras optimizer with `use_ema` re-targeted after steps:
+    an added variable's average starts at its value (Keras' `build`
+    starts it at zero and then only blends into it, so `fit`'s final
+    write of the averages shrank a block unfrozen mid-fit by
+    1 - momentum**steps); the kept averages stay as they were."""
+    a = keras.Variable(np.full(3, 2.0, "float32"), name="a")
+    b = keras.Variable(np.array([1.0, -2.0, 3.0], "float32"), name="b")
+    opt = keras.optimizers.SGD(1e-12, use_ema=True, ema_momentum=0.9)
+    _stepped(opt, [a], 4)
+    kept = opt._model_variables_moving_average[0].numpy().copy()
+    kft.retarget_optimizer(opt, [a, b])
+    averages = opt._model_variables_moving_average
+    np.testing.assert_array_equal(averages[0].numpy(), kept)
+    np.testing.assert_array_equal(averages[1].numpy(), b.numpy())
+    for _ in range(4):
+        opt.apply([np.zeros(3, "float32")] * 2, [a, b])
+    opt.finalize_variable_values([a, b])
+    np.testing.assert_allclose(b.numpy(), [1.0, -2.0, 3.0], rtol=1e-6)
+
+
+def test_plain_ema_optimizer_keeps_a_block_unfrozen_inside_fit():
+    """The user's path: `GradualUnfreezing` in `fit` with a plain
+    optimizer with `use_ema`, a rate too small to move weights."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 3, 4)
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    kernel = model.get_layer("simple_cnn").get_layer("block3_conv").kernel
+    before = kernel.numpy().copy()
+    model.compile(keras.optimizers.SGD(1e-12, use_ema=True, ema_momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=2, epochs=2, verbose=0, shuffle=False,
+              callbacks=[kft.callbacks.GradualUnfreezing(every=1, verbose=0)])
+    assert kernel.trainable
+    np.testing.assert_allclose(kernel.numpy(), before, rtol=1e-5, atol=1e-7)

@@ -30,6 +30,7 @@ from kft.evaluation.compare import compare_strategies
 from kft.evaluation.comparison import StrategyComparison
 from kft.models.classifier import build_classifier
 from kft.training.fine_tune import fine_tune
+from kft.training.fine_tune import phase2_arguments
 
 STRATEGIES = ("scratch", "feature_extraction", "partial", "full")
 # With `seeds`: every kind of strategy `compare_strategies` knows, and
@@ -340,13 +341,14 @@ def _transfer(settings, splits, test, strategy, head_epochs, weights_file):
             category=UserWarning)
         # Arrays, not datasets: with a couple of batches an epoch, a
         # pipeline's per-epoch start-up would dominate the training time.
+        recipe = "full" if strategy == "scratch" else strategy
         result = fine_tune(
-            model, splits.target_train, splits.target_val,
-            strategy="full" if strategy == "scratch" else strategy,
-            n_blocks=1, head_epochs=head_epochs,
-            epochs=settings.target_epochs - head_epochs,
-            head_learning_rate=LEARNING_RATE, learning_rate=LEARNING_RATE,
-            batch_size=settings.batch_size, verbose=0)
+            model, splits.target_train, splits.target_val, strategy=recipe,
+            head_epochs=head_epochs, head_learning_rate=LEARNING_RATE,
+            batch_size=settings.batch_size, verbose=0,
+            **phase2_arguments(recipe, {
+                "epochs": settings.target_epochs - head_epochs,
+                "learning_rate": LEARNING_RATE}))
     train_time = time.perf_counter() - start
     report = evaluate_classifier(model, test)
     return {

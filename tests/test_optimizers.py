@@ -646,3 +646,15 @@ def test_patterns_survive_config_round_trip():
     assert clone.get_config() == opt.get_config()
     assert clone.patterns == [list(p) for p in pairs]
     assert clone._assignments["block1_conv/kernel"] == "lower"
+
+
+@pytest.mark.parametrize("make", [
+    lambda opt: kft.BlockwiseOptimizer(opt),
+    lambda opt: kft.GroupOptimizer({}, default=opt),
+], ids=["blockwise", "group"])
+def test_wrapped_optimizer_with_a_callable_rate_is_refused_clearly(make):
+    # Keras takes a callable rate; reading its value raised AttributeError.
+    with pytest.raises(TypeError, match=r"`learning_rate` of .*SGD.* must "
+                       r"be a number or a keras.optimizers.schedules.*"
+                       r"Received: learning_rate=.*<lambda>"):
+        make(keras.optimizers.SGD(learning_rate=lambda: 0.1))

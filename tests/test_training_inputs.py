@@ -227,7 +227,26 @@ def test_fine_tune_refuses_what_it_would_ignore_or_crash_on_later():
     cases = [
         # Dropped silently (only "partial" reads it).
         (dict(strategy="full", n_blocks=3), ValueError,
-         r"`n_blocks` must be left out \(1\) with strategy='full'"),
+         r"`n_blocks` must be left at its default \(1\) with "
+         r"strategy='full': only strategy='partial' reads it"),
+        (dict(strategy="partial", unfreeze_every=3), ValueError,
+         r"`unfreeze_every` must be .* only strategy='gradual' reads it"),
+        (dict(strategy="feature_extraction", epochs=20), ValueError,
+         r"`epochs` must be left at its default \(10\) with "
+         r"strategy='feature_extraction': feature extraction has no phase "
+         r"2 .*`head_epochs`.*Received: epochs=20"),
+        (dict(strategy="feature_extraction", layer_decay=0.7), ValueError,
+         "`layer_decay` must be left at its default"),
+        (dict(strategy="feature_extraction", learning_rate="find"),
+         ValueError, "`learning_rate` must be left at its default"),
+        (dict(strategy="feature_extraction", warmup=0.1), ValueError,
+         "`warmup` must be left at its default"),
+        (dict(strategy="feature_extraction", schedule="one_cycle"),
+         ValueError, "`schedule` must be left at its default"),
+        # The rate found was reported, the schedule's own rates trained.
+        (dict(learning_rate="find", schedule=keras.optimizers.schedules.
+              ExponentialDecay(0.5, 10, 0.9)), ValueError,
+         r"`learning_rate` must be a number with a LearningRateSchedule"),
         # Keras raised in phase 2: a schedule's rate cannot be set.
         (dict(callbacks=[keras.callbacks.ReduceLROnPlateau()]), ValueError,
          r"ReduceLROnPlateau would.*schedule='constant' and warmup=0"),
@@ -241,9 +260,11 @@ def test_fine_tune_refuses_what_it_would_ignore_or_crash_on_later():
          "regularizer='l2sp'"),
     ]
     for kwargs, error, message in cases:
+        # No phase 2 for feature extraction: epochs=0 says so.
+        kwargs = {"epochs": int(kwargs.get("strategy")
+                                != "feature_extraction"), **kwargs}
         with pytest.raises(error, match=message):
-            kft.fine_tune(model, (x, y), epochs=1, batch_size=8, verbose=0,
-                          **kwargs)
+            kft.fine_tune(model, (x, y), batch_size=8, verbose=0, **kwargs)
     assert _unchanged(model, before)
     # With a constant rate they may set it.
     kft.fine_tune(model, (x, y), head_epochs=1, epochs=1, batch_size=8,

@@ -29,6 +29,7 @@ from kft.evaluation._strategies import check_seeds
 from kft.evaluation._strategies import parse_strategies
 from kft.evaluation.comparison import StrategyComparison
 from kft.training.fine_tune import fine_tune
+from kft.training.fine_tune import phase2_arguments
 
 
 def _build(build_model, seed):
@@ -157,7 +158,10 @@ def _train(model, strategy, train, val, seed, budget):
         result = train_fn(model, train, val, seed)
         return _history_dicts(result), getattr(result, "best_epoch",
                                                None), False
-    kwargs = {**budget["fine_tune_kwargs"], **overrides}
+    # The shared keywords a strategy reads (feature extraction has no
+    # phase 2 for a `layer_decay` to apply to), then its own.
+    kwargs = {**phase2_arguments(overrides["strategy"],
+                                 budget["fine_tune_kwargs"]), **overrides}
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + (
         [timer] if timer else [])
     head = budget["head_epochs"]

@@ -135,9 +135,9 @@ class BlockwiseOptimizer(RoutedOptimizer):
         positive = base_learning_rate is None
         if learning_rate is None:
             if not isinstance(inner_lr, schedule):
-                check_rate("learning_rate", rate_as_passed(inner_lr),
-                            positive=positive,
-                            where=f"the wrapped {type(optimizer).__name__}")
+                where = f"the wrapped {type(optimizer).__name__}"
+                check_rate("learning_rate", rate_as_passed(inner_lr, where),
+                           positive=positive, where=where)
                 learning_rate = float(ops.convert_to_numpy(inner_lr.value))
             else:
                 learning_rate = inner_lr

@@ -61,9 +61,9 @@ class GroupOptimizer(RoutedOptimizer):
             if (isinstance(inner, keras.optimizers.Optimizer)
                     and not isinstance(_compat.raw_learning_rate(inner),
                                        schedule)):
-                check_rate("learning_rate",
-                           rate_as_passed(_compat.raw_learning_rate(inner)),
-                            where=f"{where} ({type(inner).__name__})")
+                where = f"{where} ({type(inner).__name__})"
+                check_rate("learning_rate", rate_as_passed(
+                    _compat.raw_learning_rate(inner), where), where=where)
         routes = {k: (i, 1.0) for i, k in enumerate(optimizers)}
         super().__init__(inners, routes, (len(optimizers), 1.0),
                          model=model, patterns=patterns,

@@ -293,9 +293,17 @@ def check_rate(name, value, *, positive=False, where=None):
         raise type(error)(f"{error} (from {where})") from None
 
 
-def rate_as_passed(variable):
+def rate_as_passed(variable, where):
     """The value a user passed for a float32 optimizer variable: the
-    shortest decimal that rounds to it (`-0.1`, not -0.10000000149...)."""
+    shortest decimal that rounds to it (`-0.1`, not -0.10000000149...).
+    Refuses a callable rate (Keras takes one; the per-block rates are
+    scaled from a number or a schedule)."""
+    if not isinstance(variable, keras.Variable):
+        raise TypeError(
+            f"Argument `learning_rate` of {where} must be a number or a "
+            "keras.optimizers.schedules.LearningRateSchedule: kft scales "
+            "it per block. Received: learning_rate="
+            f"{getattr(variable, '__qualname__', None) or repr(variable)}")
     value = np.asarray(ops.convert_to_numpy(variable.value))
     return float(str(value[()]))
 

@@ -281,7 +281,11 @@ def _choose_strategy(config, train, say):
 
 
 def _fine_tune_kwargs(config):
-    return dict(
+    from kft.training.fine_tune import phase2_arguments
+
+    # A config holds every setting; `fine_tune` refuses those the strategy
+    # does not read (phase 2's for feature extraction).
+    return phase2_arguments(config.strategy, dict(
         strategy=config.strategy, n_blocks=config.n_blocks,
         # Feature extraction is the head phase alone: it gets every epoch.
         head_epochs=config.head_epochs + (
@@ -292,7 +296,7 @@ def _fine_tune_kwargs(config):
         unfreeze_every=config.unfreeze_every, bn=config.bn,
         metrics=METRICS, monitor=config.monitor,
         early_stopping_patience=config.early_stopping,
-        batch_size=config.batch_size, schedule=config.schedule)
+        batch_size=config.batch_size, schedule=config.schedule))
 
 
 def _describe_recipe(config, model):

@@ -1,6 +1,7 @@
 """`fine_tune`: the two-phase recipe (head, then deeper) in one call."""
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -41,6 +42,13 @@ from kft.training.unfreeze_schedules import Milestones
 from kft.training.unfreezing import GradualUnfreezing
 
 RECIPES = ("feature_extraction", "partial", "gradual", "full")
+# Arguments only phase 2 reads, and the strategies that read each: given
+# to another strategy they would be dropped, so `fine_tune` refuses them.
+PHASE2_ARGUMENTS = {
+    "epochs": RECIPES[1:], "learning_rate": RECIPES[1:],
+    "schedule": RECIPES[1:], "warmup": RECIPES[1:],
+    "layer_decay": RECIPES[1:], "n_blocks": ("partial",),
+    "unfreeze_every": ("gradual",)}
 SCHEDULES = ("cosine", "one_cycle", "constant")
 # The `lr_find` suggestion `fine_tune(learning_rate="find")` trains with.
 FIND_SUGGESTION = "valley"
@@ -102,6 +110,43 @@ def _check_arguments(strategy, mode, cache_mode, bn, counts, rates,
     return counts, layer_decay
 
 
+def phase2_arguments(strategy, arguments: Mapping) -> dict:
+    """The entries of `arguments` (`fine_tune` keywords) that `strategy`
+    reads: the others, phase 2's, are dropped (feature extraction has no
+    phase 2; only "partial" reads `n_blocks`, only "gradual"
+    `unfreeze_every`).
+
+    Example:
+    >>> phase2_arguments("full", {"n_blocks": 2, "layer_decay": 0.7,
+    ...                           "head_epochs": 3})
+    {'layer_decay': 0.7, 'head_epochs': 3}
+    >>> phase2_arguments("feature_extraction", {"epochs": 5, "bn": "train"})
+    {'bn': 'train'}
+    """
+    check_choice("strategy", strategy, RECIPES)
+    return {name: value for name, value in arguments.items()
+            if strategy in PHASE2_ARGUMENTS.get(name, RECIPES)}
+
+
+def _check_phase2_arguments(strategy, given):
+    """Refuses a phase 2 argument other than its default for a strategy
+    that does not read it: dropping it would ignore the request."""
+    for name, value in given.items():
+        default = _PHASE2_DEFAULTS[name]
+        if (strategy in PHASE2_ARGUMENTS[name] or value == default
+                or (name == "epochs" and value == 0)):
+            continue
+        if strategy == "feature_extraction":
+            hint = ("feature extraction has no phase 2 (it trains the "
+                    "head alone: its epochs are `head_epochs` and its rate "
+                    "`head_learning_rate`)")
+        else:
+            hint = (f"only strategy={PHASE2_ARGUMENTS[name][0]!r} reads it")
+        fail_argument(name, f"left at its default "
+                      f"({default!r}) with strategy="
+                      f"{strategy!r}: {hint}", value)
+
+
 def _check_model(model, strategy, n_blocks, learning_rate, epochs):
     """Checks what the phases need of `model`, before anything trains."""
     head, body = head_and_body(get_blocks(model))
@@ -116,11 +161,6 @@ def _check_model(model, strategy, n_blocks, learning_rate, epochs):
     if strategy == "partial" and n_blocks > len(body):
         fail_argument("n_blocks", f"an integer from 1 to {len(body)} (the "
                       f"blocks below the head: {body})", n_blocks)
-    if strategy != "partial" and n_blocks != 1:
-        # Only "partial" reads it; dropping it would ignore the request.
-        fail_argument("n_blocks", f"left out (1) with strategy={strategy!r} "
-                      "(the blocks trained in phase 2 of 'partial')",
-                      n_blocks)
     if (learning_rate == "find" and strategy != "feature_extraction"
             and epochs and model.dtype_policy.name == "mixed_float16"):
         # Keras wraps the optimizer in a LossScaleOptimizer, whose skipped
@@ -337,6 +377,15 @@ def _check_schedule(schedule, learning_rate, warmup, steps_per_epoch,
         check_choice("schedule", schedule, SCHEDULES)
     if isinstance(learning_rate, str):
         check_choice("learning_rate", learning_rate, ("find",))
+        if epochs and isinstance(
+                schedule, keras.optimizers.schedules.LearningRateSchedule):
+            # The schedule's own values are phase 2's rates: a rate found
+            # would be reported and never used.
+            fail_argument(
+                "learning_rate", "a number with a LearningRateSchedule as "
+                "`schedule` (the schedule sets phase 2's rates itself); "
+                "pass schedule='cosine', 'one_cycle' or 'constant' to "
+                "train at the rate 'find' finds", learning_rate)
     else:
         check_number("learning_rate", learning_rate, low=0.0, low_open=True)
     warmup = check_number("warmup", warmup, low=0.0, high=1.0,
@@ -536,6 +585,10 @@ def fine_tune(
         {"head_learning_rate": head_learning_rate,
          "weight_decay": weight_decay},
         layer_decay)
+    _check_phase2_arguments(strategy, {
+        "epochs": epochs, "learning_rate": learning_rate,
+        "schedule": schedule, "warmup": warmup, "layer_decay": layer_decay,
+        "n_blocks": n_blocks, "unfreeze_every": unfreeze_every})
     train_data = as_pair(train_data, "train_data")
     val_data = as_pair(val_data, "val_data")
     num_classes = model.outputs[0].shape[-1]
@@ -598,3 +651,7 @@ def fine_tune(
                           mode=keep.mode,
                           learning_rate=None if learning_rate == "find"
                           else learning_rate, lr_find=found)
+
+
+_PHASE2_DEFAULTS = {name: inspect.signature(fine_tune).parameters[name].default
+                    for name in PHASE2_ARGUMENTS}

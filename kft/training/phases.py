@@ -142,9 +142,36 @@ class Phases:
         return history.history
 
 
-def load_best(phases):
-    """Loads the best epoch's weights and says which epoch that was."""
+def _earlier_best(phases):
+    """A callback that kept a better epoch than this attempt's (a
+    `kft.runs.RunBackup` of a run resumed after a restart: the epochs
+    before the restart ran in another process), or `None`."""
     keep = phases.keep
+    for callback in phases.extra:
+        if not callable(getattr(callback, "load_best", None)) or getattr(
+                callback, "best_epoch", None) is None:
+            continue
+        mode = getattr(callback, "mode", None)
+        if (getattr(callback, "monitor", None) != keep.monitor
+                or mode not in ("min", "max")
+                or keep.mode not in (mode, "auto")):
+            continue  # it chose by another quantity or direction
+        if keep.best_epoch is None or improves(
+                callback.best_value, keep.best, mode):
+            return callback
+    return None
+
+
+def load_best(phases):
+    """Loads the best epoch's weights and says which epoch that was: this
+    attempt's, or one a `RunBackup` kept before a restart."""
+    keep = phases.keep
+    earlier = _earlier_best(phases)
+    if earlier is not None and earlier.load_best(phases.model):
+        keep.mode = earlier.mode
+        keep.best, keep.best_epoch = earlier.best_value, earlier.best_epoch
+        keep.weights = [np.array(v.value) for v in phases.model.weights]
+        keep.last_epoch = max([keep.last_epoch or 0, *earlier.history])
     if keep.best_epoch is None:
         raise ValueError(
             f"fine_tune: every epoch's {keep.monitor!r} was NaN; no weights "

@@ -1,0 +1,68 @@
+"""`kft.fine_tune` with a `kft.runs.RunBackup`, resumed in a new model
+after a crash: the weights kept are the best of the whole run, the epochs
+before the crash included."""
+
+import kft
+import keras
+import numpy as np
+import pytest
+
+from kft.runs import RunBackup
+
+
+class _Crash(keras.callbacks.Callback):
+    """Raises inside phase 2's epoch `epoch` (a crash mid-run)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.crash_epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.crash_epoch:
+            raise RuntimeError("crash")
+
+
+def _run(directory, extra=()):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (12, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 3, 12)
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    backup = RunBackup(directory, model, monitor="loss", print_fn=None)
+    # A rate this high makes phase 2 worse than the head phase: the best
+    # epoch is epoch 0, before the crash.
+    result = kft.fine_tune(
+        model, kft.data.from_arrays(x, y, batch_size=4, shuffle=False),
+        strategy="full", head_epochs=1, epochs=3, learning_rate=3.0,
+        schedule="constant", monitor="loss", verbose=0,
+        callbacks=[backup, *extra])
+    return result, [np.array(v.value) for v in model.weights], backup
+
+
+def test_a_resumed_run_keeps_the_best_epoch_from_before_the_crash(tmp_path):
+    whole, whole_weights, _ = _run(tmp_path / "whole")
+    assert whole.best_epoch == 0
+    assert min(whole.histories[1]["loss"]) > whole.best_value
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(tmp_path / "crashed", [_Crash(2)])
+    # Resumed in a fresh model: epoch 2 and 3 run here, epoch 0 ran before.
+    resumed, weights, backup = _run(tmp_path / "crashed")
+    assert sorted(backup.history) == [0, 1, 2, 3]
+    assert (resumed.best_epoch, resumed.best_value) == (
+        whole.best_epoch, whole.best_value)
+    for got, want in zip(weights, whole_weights):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_run_resumed_after_its_last_checkpoint_keeps_its_best(tmp_path):
+    # Killed after the last epoch's checkpoint (e.g. while the report was
+    # written): nothing is left to train, and the run's best is loaded
+    # (it raised "every epoch's 'loss' was NaN").
+    whole, whole_weights, _ = _run(tmp_path)
+    again, weights, _ = _run(tmp_path)
+    assert again.histories[0] == {} or not again.histories[0].get("loss")
+    assert (again.best_epoch, again.best_value) == (
+        whole.best_epoch, whole.best_value)
+    for got, want in zip(weights, whole_weights):
+        np.testing.assert_array_equal(got, want)

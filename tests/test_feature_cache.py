@@ -248,3 +248,28 @@ def test_a_linear_heads_dropout_stays_on_when_training_on_the_cache():
     for path in expected:
         np.testing.assert_allclose(got[path], expected[path], atol=1e-5,
                                    err_msg=path)
+
+
+def test_reading_a_shuffled_dataset_whole_leaves_its_next_pass_alone():
+    """`cache_features` and AdaBN read a `kft.data` dataset whole through
+    a view with its own passes: the training after them draws the same
+    shuffle orders as without them. (The read used up pass 0 in one
+    process but not in several, whose view counted its own passes: a
+    `fine_tune` in 2 processes trained on other orders than in one.)"""
+    _, y = _data(n=16)
+    model = _model()
+
+    def dataset():
+        return kft.data.from_arrays(np.arange(16.0).reshape(16, 1, 1, 1)
+                                    * np.ones((1, 16, 16, 3)), y,
+                                    batch_size=4, seed=3)
+
+    def first_order(ds):
+        return [int(v) for batch, _ in ds for v in batch[:, 0, 0, 0]]
+
+    fresh = first_order(dataset())
+    for read in (lambda ds: kft.cache_features(model, ds, verbose=0),
+                 lambda ds: kft.adapt_batchnorm(model, ds)):
+        ds = dataset()
+        read(ds)
+        assert first_order(ds) == fresh

@@ -80,6 +80,20 @@ def test_layout_map_from_name_matches_classifier():
     # By name, the MLP head's first layer is covered too.
     assert sorted(by_name) == sorted([*by_model, "head_fc/kernel"])
     assert all(by_name[p].axes == by_model[p].axes for p in by_model)
+    # An MLP head of 50 hidden units: head_dense's input does not split 4
+    # ways (the map by name split it, and the build in the scope raised
+    # JAX's IndivisibleError); by model it is replicated too.
+    mlp = dict(head="mlp", hidden_units=50)
+    by_model = kft.layout_map(kft.build_classifier(
+        "simple_cnn", num_classes=CLASSES, weights=None,
+        input_shape=(SIZE, SIZE, 3), **mlp), _fake_mesh(), min_size=4000)
+    by_name = kft.layout_map("simple_cnn", _fake_mesh(), min_size=4000,
+                             hidden_units=50)
+    assert "head_dense/kernel" not in sorted(by_name)
+    assert sorted(by_name) == sorted(by_model)
+    assert all(by_name[p].axes == by_model[p].axes for p in by_model)
+    with pytest.raises(ValueError, match="hidden_units"):
+        kft.layout_map("simple_cnn", _fake_mesh(), hidden_units=0)
 
 
 def test_device_mesh_errors(small_model):

@@ -92,6 +92,7 @@ def layout_map(model: keras.Model | str,
                mesh: keras.distribution.DeviceMesh | Sequence[int], *,
                model_axis: str = "model",
                min_size: int = DEFAULT_MIN_SIZE,
+               hidden_units: int = 512,
                ) -> keras.distribution.LayoutMap:
     """A `LayoutMap` that shards a model's widest kernels over `model_axis`.
 
@@ -107,14 +108,19 @@ def layout_map(model: keras.Model | str,
         model: A built model (a template: the variables are only read), or
             a registry name, for which the backbone is built once without
             weights and the head's kernels (`head_fc`, `head_dense`) are
-            split along their input features when the backbone's width
-            allows it.
+            split along their input features when both the backbone's
+            width and `hidden_units` allow it (the map then fits a linear
+            head and an MLP head alike).
         mesh: A `keras.distribution.DeviceMesh`, or a shape for
             `kft.device_mesh` with axes `("batch", model_axis)`.
         model_axis: The mesh axis that kernels are split over. Defaults to
             `"model"`.
         min_size: Smallest kernel (in elements) that is split. Defaults to
             `16384`.
+        hidden_units: With a registry name: the `hidden_units` of the
+            MLP head the model will have (`head="mlp"`), whose width is the
+            input of its `head_dense`. Defaults to `512`, as
+            `kft.build_classifier`'s.
 
     Returns:
         A `keras.distribution.LayoutMap` on `mesh`, keyed by exact
@@ -165,8 +171,12 @@ def layout_map(model: keras.Model | str,
             axes[axis] = model_axis
             result[re.escape(kernel.path)] = tuple(axes)
     if head_width is not None and head_width % parts == 0:
-        for name in ("head_fc", "head_dense"):
-            result[re.escape(f"{name}/kernel")] = (model_axis, None)
+        # `head_fc`'s input is the pooled backbone (with "flatten" pooling
+        # a multiple of the width); `head_dense`'s is the same for a linear
+        # head, `hidden_units` for an MLP head.
+        result[re.escape("head_fc/kernel")] = (model_axis, None)
+        if check_int("hidden_units", hidden_units, min_value=1) % parts == 0:
+            result[re.escape("head_dense/kernel")] = (model_axis, None)
     return result
 
 

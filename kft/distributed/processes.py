@@ -161,14 +161,17 @@ def every_example(data):
 
     For results computed from a whole dataset (a report, cached features,
     statistics): each process computes all of them, so every process gets
-    what one process would.
+    what one process would. The dataset returned counts its own passes
+    (in one process too): reading it leaves the shuffle order of the
+    dataset's next pass as it was, so a `fit` after it draws the same
+    orders with any number of processes.
 
     >>> import numpy as np, kft
     >>> ds = kft.data.from_arrays(np.zeros((3, 2, 2, 3)), [0, 1, 0])
     >>> every_example(ds).num_examples
     3
     """
-    if process_count() > 1 and callable(getattr(data, "with_shard", None)):
+    if callable(getattr(data, "with_shard", None)):
         return data.with_shard(None)
     return data
 

@@ -345,3 +345,21 @@ def test_lr_find_leaves_a_datasets_shuffle_orders_alone():
     kft.lr_find(model, used, steps=10, verbose=0)
     assert [b[1].tolist() for b in used] == [b[1].tolist()
                                              for b in dataset()]
+
+
+def test_a_failed_fine_tune_unbinds_its_regularizer():
+    # cache_features=True on a model it cannot cache (an LwF model: the
+    # source head) raised after binding the penalty; every retry then
+    # failed with "already has a penalty".
+    x, y = _data()
+    model = _model()
+    model = kft.with_source_head(model, model.get_layer("head_dense"))
+    penalty = kft.LwF(2.0, 1.0)
+    with pytest.raises(ValueError, match="cache"):
+        kft.fine_tune(model, (x, y), strategy="full", head_epochs=1,
+                      epochs=1, batch_size=8, verbose=0, regularizer=penalty,
+                      cache_features=True)
+    assert penalty.bound is None and not model.losses
+    kft.fine_tune(model, (x, y), strategy="full", head_epochs=1, epochs=1,
+                  batch_size=8, verbose=0, regularizer=penalty)
+    assert penalty.bound is not None

@@ -1,5 +1,6 @@
 """`fine_tune`: the two-phase recipe (head, then deeper) in one call."""
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -535,7 +536,9 @@ def fine_tune(
             `kft.with_source_head` model), bound with `kft.regularize`
             before phase 1, so its anchors are the weights `fine_tune`
             starts from. It stays bound afterwards (`regularizer.save(path)`
-            writes its side file). Defaults to `None`.
+            writes its side file), unless `fine_tune` raises: then it is
+            unbound again, so that a corrected call can bind it. Defaults
+            to `None`.
         verbose: Passed to `fit`; also prints which epoch was kept.
             Defaults to `1`.
 
@@ -618,11 +621,42 @@ def fine_tune(
         schedule, learning_rate, warmup, plan["steps_per_epoch"], phase2)
     _check_rate_setters(callbacks, phase2 and (schedule != "constant"
                                                 or plan["warmup"]))
-    if regularizer is not None:  # after every check: a bound penalty stays
-        from kft.regularizers import regularize
+    with _bound(model, regularizer):
+        histories, found, learning_rate = _run_phases(
+            phases, strategy, counts, plan, learning_rate, head_learning_rate,
+            weight_decay, layer_decay, bn, cache_features)
+    keep = phases.keep
+    return FineTuneResult(histories=histories, best_epoch=keep.best_epoch,
+                          best_value=keep.best, monitor=keep.monitor,
+                          mode=keep.mode,
+                          learning_rate=None if learning_rate == "find"
+                          else learning_rate, lr_find=found)
 
-        # Anchors (theta_0) are the weights fine-tuning starts from.
-        regularize(model, regularizer)
+
+@contextlib.contextmanager
+def _bound(model, regularizer):
+    """`regularizer` bound to `model` for the run (after every check), and
+    unbound again if the run fails: a corrected call can then bind it (a
+    bound penalty is refused a second time)."""
+    if regularizer is None:
+        yield
+        return
+    from kft.regularizers import regularize
+
+    # Anchors (theta_0) are the weights fine-tuning starts from.
+    regularize(model, regularizer)
+    try:
+        yield
+    except BaseException:
+        regularize(model, None)
+        raise
+
+
+def _run_phases(phases, strategy, counts, plan, learning_rate,
+                head_learning_rate, weight_decay, layer_decay, bn,
+                cache_features):
+    """Both phases and the best epoch's weights: `(histories, lr_find
+    result or None, phase 2's rate)`."""
     histories = [_train_head(phases, counts["head_epochs"],
                              head_learning_rate, weight_decay, bn,
                              cache_features)]
@@ -645,12 +679,7 @@ def fine_tune(
             learning_rate, plan, counts["n_blocks"],
             counts["unfreeze_every"], bn))
     load_best(phases)
-    keep = phases.keep
-    return FineTuneResult(histories=histories, best_epoch=keep.best_epoch,
-                          best_value=keep.best, monitor=keep.monitor,
-                          mode=keep.mode,
-                          learning_rate=None if learning_rate == "find"
-                          else learning_rate, lr_find=found)
+    return histories, found, learning_rate
 
 
 _PHASE2_DEFAULTS = {name: inspect.signature(fine_tune).parameters[name].default

@@ -263,21 +263,63 @@ def build_run_model(config: TrainConfig, num_classes: int,
 # -- strategy and learning rate -------------------------------------------------
 
 
+# `TrainConfig` fields that only phase 2 reads, as `fine_tune` names them
+# (feature extraction's `epochs` go to its head phase).
+_PHASE2_FIELDS = {"n_blocks": "n_blocks", "lr": "learning_rate",
+                  "schedule": "schedule", "layer_decay": "layer_decay",
+                  "unfreeze_every": "unfreeze_every"}
+
+
+def _unused_settings(config):
+    """Fields set to other than their defaults that `config.strategy`
+    does not read."""
+    from kft.training.fine_tune import PHASE2_ARGUMENTS
+
+    defaults = TrainConfig()
+    return [field for field, name in _PHASE2_FIELDS.items()
+            if config.strategy not in PHASE2_ARGUMENTS[name]
+            and getattr(config, field) != getattr(defaults, field)]
+
+
+def _setting_list(config, fields):
+    return ", ".join(f"`{field}` {getattr(config, field)!r}"
+                     for field in fields)
+
+
 def _choose_strategy(config, train, say):
     if config.strategy != "auto":
+        unused = _unused_settings(config)
+        if unused:
+            raise ValueError(
+                f"strategy {config.strategy!r} does not read "
+                f"{_setting_list(config, unused)}: drop "
+                f"{'it' if len(unused) == 1 else 'them'}, or choose a "
+                "strategy that uses "
+                f"{'it' if len(unused) == 1 else 'them'}.")
         return config, []
     from kft.adaptation.recommend import recommend_strategy
 
     rec = recommend_strategy(num_images=int(train.num_examples))
     kwargs = rec.fine_tune_kwargs()
-    changes = {"strategy": kwargs["strategy"], "bn": kwargs["bn"]}
-    if "n_blocks" in kwargs:
-        changes["n_blocks"] = kwargs["n_blocks"]
-    if "layer_decay" in kwargs and config.layer_decay is None:
-        changes["layer_decay"] = kwargs["layer_decay"]
+    # The recommendation fills in what the settings leave at its default;
+    # what the user set stays.
+    defaults = TrainConfig()
+    changes = {"strategy": kwargs["strategy"]}
+    for field in ("bn", "n_blocks", "layer_decay"):
+        if field in kwargs and getattr(config, field) == getattr(
+                defaults, field):
+            changes[field] = kwargs[field]
     reasons = list(rec.reasons)
     say(f"strategy auto -> {changes['strategy']}: " + " ".join(reasons))
-    return config.replace(**changes), reasons
+    config = config.replace(**changes)
+    unused = _unused_settings(config)
+    if unused:
+        # The config written records what ran.
+        say(f"not used by {config.strategy}: "
+            f"{_setting_list(config, unused)} (reset to the defaults).")
+        config = config.replace(**{field: getattr(defaults, field)
+                                   for field in unused})
+    return config, reasons
 
 
 def _fine_tune_kwargs(config):
@@ -612,7 +654,12 @@ def _setup(config, info, say):
         config, reasons = _choose_strategy(config, train, say)
         model = build_run_model(config, len(train.class_names),
                                 class_names=list(train.class_names))
-        _fine_tune_kwargs(config)
+        # fine_tune's own checks, before the run folder is written: a
+        # bad setting is a usage error, not a failed run.
+        from kft.training.fine_tune import check_fine_tune_arguments
+
+        check_fine_tune_arguments(model, train, val,
+                                  **_fine_tune_kwargs(config))
     except ValueError as error:
         raise RunSetupError(str(error)) from error
     return config, train, val, model, reasons or info.get("reasons", [])

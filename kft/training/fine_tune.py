@@ -553,8 +553,13 @@ def fine_tune(
             policy, a bad count (epochs, blocks, batch size, patience), rate,
             warm-up fraction or decay, a model without a head block,
             `"one_cycle"` over fewer than 4 steps, `learning_rate="find"`
-            under the `"mixed_float16"` policy, `n_blocks` with another
-            strategy than `"partial"`, `ReduceLROnPlateau` or
+            under the `"mixed_float16"` policy or with a
+            `LearningRateSchedule`, an argument the strategy does not read
+            set to other than its default (`n_blocks` without
+            `"partial"`, `unfreeze_every` without `"gradual"`, phase 2's
+            `epochs`, rate, schedule, warm-up or `layer_decay` with
+            `"feature_extraction"`: see `phase2_arguments`),
+            `ReduceLROnPlateau` or
             `LearningRateScheduler` among the callbacks with a phase 2
             schedule, labels outside the model's classes (arrays and
             `kft.data` datasets: other datasets are not read ahead) or in
@@ -579,6 +584,26 @@ def fine_tune(
     >>> result.monitor, result.mode
     ('val_loss', 'min')
     """
+    # Every argument, checked before anything trains.
+    phases, counts, plan, layer_decay = _prepare(**locals())
+    with _bound(model, regularizer):
+        histories, found, learning_rate = _run_phases(
+            phases, strategy, counts, plan, learning_rate, head_learning_rate,
+            weight_decay, layer_decay, bn, cache_features)
+    keep = phases.keep
+    return FineTuneResult(histories=histories, best_epoch=keep.best_epoch,
+                          best_value=keep.best, monitor=keep.monitor,
+                          mode=keep.mode,
+                          learning_rate=None if learning_rate == "find"
+                          else learning_rate, lr_find=found)
+
+
+def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
+             epochs, head_learning_rate, learning_rate, schedule, warmup,
+             weight_decay, layer_decay, unfreeze_every, bn, loss, metrics,
+             monitor, mode, early_stopping_patience, batch_size, callbacks,
+             cache_features, class_weight, regularizer, verbose):
+    """`fine_tune`'s checks: `(phases, counts, plan, layer_decay)`."""
     counts, layer_decay = _check_arguments(
         strategy, mode, cache_features, bn,
         {"head_epochs": (head_epochs, 1), "epochs": (epochs, 0),
@@ -621,16 +646,28 @@ def fine_tune(
         schedule, learning_rate, warmup, plan["steps_per_epoch"], phase2)
     _check_rate_setters(callbacks, phase2 and (schedule != "constant"
                                                 or plan["warmup"]))
-    with _bound(model, regularizer):
-        histories, found, learning_rate = _run_phases(
-            phases, strategy, counts, plan, learning_rate, head_learning_rate,
-            weight_decay, layer_decay, bn, cache_features)
-    keep = phases.keep
-    return FineTuneResult(histories=histories, best_epoch=keep.best_epoch,
-                          best_value=keep.best, monitor=keep.monitor,
-                          mode=keep.mode,
-                          learning_rate=None if learning_rate == "find"
-                          else learning_rate, lr_find=found)
+    return phases, counts, plan, layer_decay
+
+
+def check_fine_tune_arguments(model, train_data, val_data=None, **kwargs):
+    """Raises what `fine_tune(model, train_data, val_data, **kwargs)` would
+    raise before training, and trains nothing (the `kft train` command
+    checks a run's settings with it before writing the run folder).
+
+    Example:
+    >>> import numpy as np, kft
+    >>> model = kft.build_classifier("simple_cnn", num_classes=2,
+    ...                              weights=None, input_shape=(16, 16, 3))
+    >>> data = (np.zeros((4, 16, 16, 3)), np.array([0, 1, 0, 1]))
+    >>> check_fine_tune_arguments(model, data, n_blocks=9)
+    Traceback (most recent call last):
+    ...
+    ValueError: Argument `n_blocks` must be an integer from 1 to 4 ...
+    """
+    arguments = inspect.signature(fine_tune).bind(
+        model, train_data, val_data, **kwargs)
+    arguments.apply_defaults()
+    _prepare(**arguments.arguments)
 
 
 @contextlib.contextmanager

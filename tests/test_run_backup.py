@@ -66,3 +66,29 @@ def test_a_run_resumed_after_its_last_checkpoint_keeps_its_best(tmp_path):
         whole.best_epoch, whole.best_value)
     for got, want in zip(weights, whole_weights):
         np.testing.assert_array_equal(got, want)
+
+
+def test_phase_start_counts_the_first_stage_of_gradual_unfreezing(tmp_path):
+    # It counted before GradualUnfreezing's first stage: the head alone.
+    lines = []
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    backup = RunBackup(tmp_path, model, monitor="loss", print_fn=lines.append)
+    seen = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(sum(int(np.prod(v.shape))
+                            for v in self.model.trainable_weights))
+
+    kft.fine_tune(model, (x, rng.integers(0, 3, 8)), strategy="gradual",
+                  head_epochs=1, epochs=1, batch_size=4, monitor="loss",
+                  cache_features=False, verbose=0,
+                  callbacks=[backup, Count()])
+    starts = [line for line in lines if "starts:" in line]
+    assert starts == [f"phase {i + 1} starts: {n:,} trainable parameters "
+                      f"({model.name})" for i, n in enumerate(seen)]
+    assert seen[1] > seen[0]

@@ -263,17 +263,18 @@ class RunBackup(keras.callbacks.Callback):
                     f"{self.phase_dir(self.phase)!r} did not restore the "
                     "optimizer state; resume with the same settings, or "
                     "delete the directory to start over.")
-        # The model of this call: a phase trained on cached features
-        # trains the head model alone.
-        count = sum(int(math.prod(v.shape))
-                    for v in self.model.trainable_weights)
-        self._say(f"phase {self.phase + 1} starts: {count:,} trainable "
-                  f"parameters ({self.model.name})")
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._start_checked:
             return
         self._start_checked = True
+        # Counted at the first epoch, after the callbacks before this one
+        # set it (gradual unfreezing's first stage), in the model of this
+        # call: a phase trained on cached features trains the head alone.
+        count = sum(int(math.prod(v.shape))
+                    for v in self.model.trainable_weights)
+        self._say(f"phase {self.phase + 1} starts: {count:,} trainable "
+                  f"parameters ({self.model.name})")
         # Logs of this epoch on come from this attempt.
         stale = [k for k in self.history if k >= epoch]
         for key in stale:

@@ -441,3 +441,14 @@ def test_batchnorm_tools_see_the_classifier_of_wrapped_models():
     with pytest.raises(TypeError, match="`shift` must be a kft.domain_shift"
                                         " report.*Received: shift='x'"):
         kft.recommend_strategy(num_images=100, shift="x")
+
+
+@pytest.mark.parametrize("n, strategy, span", [
+    (499, "feature_extraction", "(< 500)"), (500, "gradual", "(500-999)"),
+    (999, "gradual", "(500-999)"), (1000, "partial", "(1,000-5,000)"),
+    (5000, "partial", "(1,000-5,000)"), (5001, "full", "(> 5,000)")])
+def test_size_rule_reasons_name_the_range_that_applied(n, strategy, span):
+    # The gradual and partial reasons both said "(500-5,000)".
+    rec = kft.recommend_strategy(num_images=n)
+    assert rec.strategy == strategy
+    assert rec.reasons[0].startswith(f"{n} training images {span}:")

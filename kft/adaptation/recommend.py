@@ -154,7 +154,7 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
     >>> rec.strategy, rec.n_blocks
     ('partial', 1)
     >>> print(rec.reasons[0])
-    1200 training images (500-5,000): partial fine-tuning of the top block; the decision guide says partial fine-tuning or gradual unfreezing, the comparison table puts partial at 1K-10K.
+    1200 training images (1,000-5,000): partial fine-tuning of the top block; the decision guide says partial fine-tuning or gradual unfreezing, the comparison table puts partial at 1K-10K.
     """
     large_shift = check_number("large_shift", large_shift, low=0.0,
                                low_open=True)
@@ -208,22 +208,23 @@ def _count(data):
 def _by_size(n):
     if n < SMALL:
         return "feature_extraction", None, None, [
-            f"{n} training images (< 500): feature extraction, frozen "
+            f"{n} training images (< {SMALL:,}): feature extraction, frozen "
             "backbone and a trained head (decision guide); more trainable "
             "weights would overfit."]
     if n < GRADUAL_MAX:
         return "gradual", None, None, [
-            f"{n} training images (500-5,000): gradual unfreezing, head "
-            "first then one block more per stage; the comparison table "
-            "puts gradual unfreezing at 500-5K and partial at 1K-10K."]
+            f"{n} training images ({SMALL:,}-{GRADUAL_MAX - 1:,}): gradual "
+            "unfreezing, head first then one block more per stage; the "
+            "comparison table puts gradual unfreezing at 500-5K and "
+            "partial at 1K-10K."]
     if n <= LARGE:
         return "partial", 1, None, [
-            f"{n} training images (500-5,000): partial fine-tuning of the "
-            "top block; the decision guide says partial fine-tuning or "
-            "gradual unfreezing, the comparison table puts partial at "
-            "1K-10K."]
+            f"{n} training images ({GRADUAL_MAX:,}-{LARGE:,}): partial "
+            "fine-tuning of the top block; the decision guide says partial "
+            "fine-tuning or gradual unfreezing, the comparison table puts "
+            "partial at 1K-10K."]
     return "full", None, 0.7, [
-        f"{n} training images (> 5,000): full fine-tuning with layer-wise "
+        f"{n} training images (> {LARGE:,}): full fine-tuning with layer-wise "
         "learning rates (layer_decay=0.7: each block below trains at 0.7x "
         "the rate of the one above)."]
 

@@ -668,3 +668,21 @@ def set_train_state(model, state):
     model._jax_state_synced = False
     model.jax_state_sync()
     model._jax_state = None
+
+
+# -- attaching state to a built model (the bound penalty's) -------------------
+
+
+def set_tracked_attribute(layer, name, value):
+    """`setattr(layer, name, value)`, tracked (a sublayer's variables join
+    the layer's), also on a built layer: Keras locks a built subclassed
+    layer's tracker, and unlocking it is how Keras itself adds state late
+    (`Layer._untrack_variable`)."""
+    tracker = layer._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        setattr(layer, name, value)
+    finally:
+        if locked:
+            tracker.lock()

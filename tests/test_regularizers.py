@@ -1,6 +1,8 @@
 """L2-SP, EWC and LwF: values and gradients by hand, inside the compiled
 step, following the trainable set, saved and loaded, with mixing."""
 
+import warnings
+
 import jax
 import keras
 import numpy as np
@@ -371,3 +373,157 @@ def test_fisher_checks_labels_against_the_model_and_takes_one_hot():
         kft.estimate_fisher(model, (x, np.eye(3)[y]))
     with pytest.raises(ValueError, match="soft labels"):
         kft.estimate_fisher(model, (x, np.full((4, 2), 0.5)))
+
+
+# -- models of other forms --------------------------------------------------
+
+
+def _plain(head_name):
+    """A functional model without a kft backbone; its last layer is kft's
+    head block only when named "head"."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name=head_name)(x))
+
+
+def test_l2sp_without_a_head_block_refuses_beta_and_warns_about_alpha():
+    # beta used to apply to nothing and alpha to anchor the new classifier,
+    # both silently.
+    model = _plain("classifier")
+    with pytest.raises(ValueError, match=(
+            r"Argument `beta` must be 0 for a model without a \"head\" "
+            r"block: kft.get_blocks\(model\) finds \['conv', 'classifier'\]"
+            r"\. The head is .*kft.build_classifier.* a top-level layer "
+            r"with weights named \"head\" .*Received: beta=0.5$")):
+        kft.regularize(model, kft.L2SP(alpha=0.1, beta=0.5))
+    assert getattr(model, "kft_penalty", None) is None
+    assert all(v.regularizer is None for v in model.weights)
+    with pytest.warns(UserWarning, match=(
+            r"L2SP\(alpha=0.1, beta=0.0\) on a model without a \"head\" "
+            r"block .*alpha anchors every weight, the new classifier's "
+            r"included")):
+        kft.regularize(model, kft.L2SP(alpha=0.1))
+    classifier = model.get_layer("classifier").kernel
+    assert classifier.regularizer.term.__name__ == "anchored_term"
+
+    # With a layer named "head", beta is its L2 and alpha leaves it alone.
+    model = _plain("head")
+    alpha, beta = 0.1, 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        kft.regularize(model, kft.L2SP(alpha, beta))
+    head = model.get_layer("head")
+    (delta,) = _shift([model.get_layer("conv").kernel])
+    expected = alpha * (delta**2).sum() + beta * sum(
+        (w.numpy() ** 2).sum() for w in head.weights)
+    assert float(keras.ops.sum(model.losses)) == pytest.approx(expected,
+                                                               rel=1e-5)
+
+
+def test_trainable_summary_total_leaves_out_the_penalty_copies():
+    model = _cnn()
+    kft.freeze(model, "partial", n_blocks=1, bn="train")
+    before = kft.trainable_summary(model, print_fn=None)
+    rng = np.random.default_rng(0)
+    fisher = {v.path: rng.uniform(0, 1, v.shape).astype("float32")
+              for v in model.weights}
+    for penalty in (kft.L2SP(0.1), kft.EWC(1.0, fisher)):
+        kft.regularize(model, penalty)
+        assert kft.trainable_summary(model, print_fn=None) == before
+        kft.regularize(model, None)
+    assert before.splitlines()[-1] == "Trainable: 18,755 / 26,483 (70.8%)"
+
+
+class _Net(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, name="conv")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(3, name="head")
+
+    def call(self, x):
+        return self.head(self.pool(self.conv(x)))
+
+
+def test_regularize_binds_to_a_built_subclassed_model_and_trains():
+    # Keras locks a built subclassed model's state; binding used to fail.
+    x = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype(
+        "float32")
+    y = np.arange(8) % 3
+    model, twin = _Net(), _Net()
+    for m in (model, twin):
+        m(x[:1])
+    for name in ("conv", "head"):
+        twin.get_layer(name).set_weights(model.get_layer(name).get_weights())
+    alpha, beta, lr = 2.0, 0.5, 0.1
+    kft.regularize(model, kft.L2SP(alpha, beta))
+    assert list(kft.get_blocks(model)) == ["conv", "head"]
+    assert kft.trainable_summary(model, print_fn=None).splitlines()[-1] == (
+        "Trainable: 127 / 127 (100.0%)")
+    kernels = [m.get_layer("conv").kernel for m in (model, twin)]
+    (delta,) = _shift([kernels[0]])
+    kernels[1].assign(kernels[0].numpy())
+    head = model.get_layer("head").kernel.numpy()
+    penalty = alpha * (delta**2).sum() + beta * (
+        (head**2).sum() + (model.get_layer("head").bias.numpy()**2).sum())
+    assert float(keras.ops.sum(model.losses)) == pytest.approx(penalty,
+                                                               rel=1e-5)
+    losses = []
+    for m in (model, twin):
+        m.compile(keras.optimizers.SGD(lr), _sparse_ce())
+        losses.append(float(m.train_on_batch(x, y)))
+    assert losses[0] - losses[1] == pytest.approx(penalty, rel=1e-4)
+    # SGD's step differs from the twin's by lr times the penalty's gradient.
+    np.testing.assert_allclose(kernels[1].numpy() - kernels[0].numpy(),
+                               lr * 2 * alpha * delta, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        twin.get_layer("head").kernel.numpy()
+        - model.get_layer("head").kernel.numpy(),
+        lr * 2 * beta * head, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_cpu_convs_refuses_a_model_with_a_bound_penalty():
+    # Its new model's swapped layers had no term and no anchors.
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    outer_inputs = keras.Input((8, 8, 3))
+    outer = keras.Model(outer_inputs, model(outer_inputs))
+    kft.regularize(model, kft.L2SP(0.1))
+    for m in (model, outer):
+        with pytest.raises(ValueError, match=(
+                r"Argument `model` must be a model without a bound penalty"
+                r": .*Call kft.fast_cpu_convs\(model\) before "
+                r"kft.regularize\(model, penalty\). Received: model=")):
+            kft.fast_cpu_convs(m)
+    kft.regularize(model, None)
+    fast = kft.fast_cpu_convs(model)
+    assert isinstance(fast.get_layer("depthwise"),
+                      kft.cpu_convs.DepthwiseConv2D)
+
+
+def test_load_weights_written_without_a_penalty_keeps_the_anchors(tmp_path):
+    # The penalty's state layer refused a file without its entry.
+    source = _cnn()
+    source.save_weights(tmp_path / "plain.weights.h5")
+    model = _cnn()
+    penalty = kft.regularize(model, kft.L2SP(0.1))
+    anchors = {p: v.numpy() for p, v in penalty.bound.anchors.items()}
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(source.get_weights(), model.get_weights()))
+    with pytest.warns(UserWarning, match="holds no anchors .* load them "
+                                         "before kft.regularize"):
+        model.load_weights(tmp_path / "plain.weights.h5")
+    for a, b in zip(source.weights, model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for p, v in penalty.bound.anchors.items():
+        np.testing.assert_array_equal(v.numpy(), anchors[p])
+    # A file with the penalty's state loads it.
+    model.save_weights(tmp_path / "penalised.weights.h5")
+    other = _cnn()
+    again = kft.regularize(other, kft.L2SP(0.1))
+    other.load_weights(tmp_path / "penalised.weights.h5")
+    for p, v in again.bound.anchors.items():
+        np.testing.assert_array_equal(v.numpy(), anchors[p])

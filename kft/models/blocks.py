@@ -146,7 +146,13 @@ def _backbone_blocks(backbone):
 
 
 def _weighted(layers):
-    return [layer for layer in layers if layer.weights]
+    # A bound penalty's anchors are no block; a subclassed model lists
+    # their layer (`kft.regularize`'s) among its own. Imported here:
+    # kft.regularizers imports this module.
+    from kft.regularizers.penalty import PenaltyState
+
+    return [layer for layer in layers
+            if layer.weights and not isinstance(layer, PenaltyState)]
 
 
 def _leaf_units(model):

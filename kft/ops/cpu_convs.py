@@ -50,6 +50,7 @@ import keras
 from keras import ops
 
 from kft._validation import check_choice
+from kft._validation import fail_argument
 from kft.models.init_draws import bucketed_draws
 from kft.ops import conv_grads
 from kft.ops import dense_grads
@@ -379,6 +380,10 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
         The new model, named like `model`, or `model` itself when it has
         nothing to replace.
 
+    Raises:
+        ValueError: a model with a penalty bound by `kft.regularize` (or
+            holding one): call `kft.fast_cpu_convs` first.
+
     Example:
     >>> import kft
     >>> base = kft.create_backbone("mobilenetv3small", weights=None,
@@ -388,6 +393,19 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     ...     for layer in fast.layers)
     11
     """
+    # Here, not at the top: kft.regularizers imports kft.models.
+    from kft.regularizers.attach import PENALTY_ATTRIBUTE
+
+    # The swapped layers' new variables would have no term, and the clone
+    # no anchors as state: the penalty would silently cover part.
+    if any(getattr(m, PENALTY_ATTRIBUTE, None) is not None
+           for m in (model, *_all_layers(model))):
+        fail_argument(
+            "model", "a model without a bound penalty: fast_cpu_convs "
+            "returns a new model, with new variables for the layers it "
+            "swaps, which the penalty does not cover. Call "
+            "kft.fast_cpu_convs(model) before kft.regularize(model, "
+            "penalty)", model)
     replaced = []
 
     def clone(layer):

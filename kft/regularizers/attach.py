@@ -78,7 +78,9 @@ def regularize(model: keras.Model, penalty: Penalty | None) -> Penalty | None:
     Saving: `model.save` keeps the weights, not the penalty. Write the
     penalty's anchors and Fisher values with `penalty.save(path)` and
     bind them again after loading with
-    `kft.regularize(model, kft.load_penalty(path))`.
+    `kft.regularize(model, kft.load_penalty(path))`. `model.load_weights`
+    of a file written without a penalty keeps the anchors (and warns):
+    load weights meant as theta_0 before binding.
 
     Args:
         model: A built `keras.Model` (a `kft.build_classifier` model: its
@@ -93,13 +95,17 @@ def regularize(model: keras.Model, penalty: Penalty | None) -> Penalty | None:
     Raises:
         TypeError: not a model, or not a penalty.
         ValueError: an unbuilt model, a model that already has a penalty,
-            a penalty bound to another model, or anchors / Fisher values
-            that do not fit the model (their variables named).
+            a penalty bound to another model, anchors / Fisher values
+            that do not fit the model (their variables named), or
+            `kft.L2SP` with `beta > 0` on a model without a `"head"`
+            block.
 
     Example:
     >>> import kft, keras
     >>> inputs = keras.Input((4,))
-    >>> model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
+    >>> features = keras.layers.Dense(8, name="fc")(inputs)
+    >>> outputs = keras.layers.Dense(3, name="head")(features)
+    >>> model = keras.Model(inputs, outputs)
     >>> penalty = kft.regularize(model, kft.L2SP(alpha=0.01))
     >>> float(keras.ops.sum(model.losses))   # theta == theta_0
     0.0
@@ -133,7 +139,8 @@ def regularize(model: keras.Model, penalty: Penalty | None) -> Penalty | None:
     state = getattr(model, STATE_ATTRIBUTE, None)
     if state is None:
         state = PenaltyState(name=STATE_ATTRIBUTE)
-        setattr(model, STATE_ATTRIBUTE, state)
+        # A built subclassed model refuses new state unless let in.
+        _compat.set_tracked_attribute(model, STATE_ATTRIBUTE, state)
     binding = Binding(model, state)
     try:
         penalty.bind(model, binding)

@@ -1,9 +1,18 @@
 """L2-SP: weights pulled toward their pretrained values."""
 
+import warnings
+
 from keras import ops
 
+from kft._validation import fail_argument
+from kft.models.blocks import get_blocks
 from kft.regularizers.attach import split_weights
 from kft.regularizers.penalty import Penalty
+
+# How a model gets the "head" block of `kft.get_blocks`.
+_HEAD_HOW = ('The head is the layers after the backbone of a '
+             'kft.build_classifier model, or else a top-level layer with '
+             'weights named "head" (e.g. keras.layers.Dense(3, name="head"))')
 
 
 class L2SP(Penalty):
@@ -19,6 +28,12 @@ class L2SP(Penalty):
         alpha: Strength toward the starting point, >= 0.
         beta: Plain L2 strength on the head (kft's `"head"` block),
             >= 0. Defaults to `0.0`.
+
+    Raises:
+        ValueError: a negative strength; at binding, `beta > 0` on a model
+            without a `"head"` block (`kft.get_blocks`). With `beta == 0`
+            such a model gets a `UserWarning`: alpha then anchors every
+            weight, the new classifier's included.
 
     Example:
     >>> import kft
@@ -41,6 +56,21 @@ class L2SP(Penalty):
 
     def bind(self, model, binding):
         body, head = split_weights(model)
+        if not head:
+            # Else beta would apply to nothing and alpha would anchor the
+            # new classifier, both silently.
+            blocks = list(get_blocks(model))
+            if self._strengths["beta"]:
+                fail_argument(
+                    "beta", f'0 for a model without a "head" block: '
+                    f"kft.get_blocks(model) finds {blocks}. {_HEAD_HOW}",
+                    self._strengths["beta"])
+            if self._strengths["alpha"]:
+                warnings.warn(
+                    f'{self!r} on a model without a "head" block '
+                    f"(kft.get_blocks(model) finds {blocks}): alpha anchors "
+                    f"every weight, the new classifier's included. "
+                    f"{_HEAD_HOW}.", UserWarning, stacklevel=3)
         anchors = self.anchors_for(body)
         alpha = binding.strength("alpha", self._strengths["alpha"])
         for v in body:

@@ -13,6 +13,7 @@ trainable set whenever kft re-traces the step on a change.
 """
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -31,7 +32,8 @@ class PenaltyState(keras.layers.Layer):
     """Non-trainable anchors (and Fisher values) of a bound penalty.
 
     Not part of the functional graph; `kft.freeze` never makes its
-    variables trainable (they are created non-trainable).
+    variables trainable (they are created non-trainable). Loading weights
+    written without a penalty keeps them (with a warning).
     """
 
     def __init__(self, **kwargs):
@@ -46,6 +48,19 @@ class PenaltyState(keras.layers.Layer):
             dtype="float32", name=f"{kind}_{index}")
         variable.assign(values)
         return variable
+
+    def load_own_variables(self, store):
+        # A weights file written without a penalty has no entry for this
+        # layer; refusing it would stop the model's own weights loading.
+        if self.weights and not len(store.keys()):
+            warnings.warn(
+                "The weights file holds no anchors for the model's bound "
+                "penalty (written without one): its anchors stay the "
+                "weights at kft.regularize, not the loaded ones. To anchor "
+                "at these, load them before kft.regularize.", UserWarning,
+                stacklevel=2)
+            return
+        super().load_own_variables(store)
 
     def call(self, inputs):
         return inputs

@@ -6,6 +6,7 @@ import keras
 
 from kft import _compat
 from kft.models.blocks import get_blocks
+from kft.regularizers.penalty import PenaltyState
 from kft.training.freezing import batch_norm_layers
 
 
@@ -27,7 +28,8 @@ def trainable_summary(model: keras.Model, patterns=None,
     Columns: block, parameters, trainable parameters, state (`trainable`,
     `frozen` or `partial`), BatchNorm mode (`frozen`: inference mode,
     statistics fixed; `train`; `mixed`; `-` when the block has none). The
-    last line is the total, e.g. "Trainable: 529,162 / 23,528,522 (2.2%)".
+    last line is the total, e.g. "Trainable: 529,162 / 23,528,522 (2.2%)",
+    without a bound penalty's anchors and Fisher values (`kft.regularize`).
 
     Args:
         model: A model `kft.get_blocks` can split.
@@ -77,7 +79,11 @@ def trainable_summary(model: keras.Model, patterns=None,
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    total = _count(model.weights)
+    # A bound penalty's anchors and Fisher values are copies, not
+    # parameters of the model.
+    copies = {id(v) for layer in _compat.flatten_layers(model)
+              if isinstance(layer, PenaltyState) for v in layer.weights}
+    total = _count(v for v in model.weights if id(v) not in copies)
     trainable = _count(model.trainable_weights)
     lines.append(
         f"Trainable: {trainable:,} / {total:,} "

@@ -258,9 +258,11 @@ def _run_seeds(settings, weights_file, temporary, say, output, count):
     classes = len(splits.target_classes)
 
     def build():
+        # Named by their digits: reports and plots say "5", not "0".
         return build_classifier("simple_cnn", classes, weights=weights_file,
                                 input_shape=settings.input_shape,
-                                dropout=0.2)
+                                dropout=0.2, class_names=[
+                                    str(c) for c in splits.target_classes])
 
     def scratch(model, train, val, seed):
         fresh = build_classifier("simple_cnn", classes, weights=None,
@@ -330,6 +332,7 @@ def _transfer(settings, splits, test, strategy, head_epochs, weights_file):
         "simple_cnn", len(splits.target_classes),
         weights=None if strategy == "scratch" else weights_file,
         input_shape=settings.input_shape, dropout=0.2,
+        class_names=[str(c) for c in splits.target_classes],
     )
     start = time.perf_counter()
     with warnings.catch_warnings():

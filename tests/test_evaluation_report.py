@@ -243,3 +243,130 @@ def test_evaluate_bad_data_is_named(model, images):
     with pytest.raises(ValueError, match=r"one label per image.*14 images "
                        r"and 3 labels"):
         kft.evaluate(model, (x, y[:3]))
+
+
+def test_16_bit_scores_are_read_with_a_16_bit_tolerance():
+    # bfloat16 rows were refused as "not numeric" (kft.evaluate of a
+    # mixed_bfloat16 model failed); cast, a bf16 softmax (rows 5e-3 off 1)
+    # was taken for logits and softmaxed again.
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (200, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    bf16 = probs.astype(ml_dtypes.bfloat16)
+    assert np.abs(bf16.astype(np.float64).sum(1) - 1).max() > 1e-3
+    y = rng.integers(0, 3, 200)
+    report = kft.report_from_predictions(y, bf16, min_support=0)
+    exact = kft.report_from_predictions(y, probs, min_support=0)
+    assert report.scores == "probabilities"
+    assert report.accuracy == exact.accuracy
+    assert abs(report.expected_calibration_error
+               - exact.expected_calibration_error) < 0.01
+    # float32 rows keep the tight tolerance: 5e-3 off is not a softmax.
+    off = np.array([[0.5, 0.505], [0.2, 0.805]], "float32")
+    assert kft.report_from_predictions([0, 1], off).scores == "logits"
+
+
+def test_evaluate_a_mixed_bfloat16_model():
+    import keras
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                     input_shape=(16, 16, 3))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    x = np.random.default_rng(0).random((6, 16, 16, 3)).astype("float32")
+    y = np.array([0, 1, 2, 0, 1, 2])
+    report = kft.evaluate(model, (x, y), top_k=2)
+    short = kft.evaluate_classifier(model, x, y)
+    assert report.accuracy == short.accuracy
+    assert report.scores == "logits"
+
+
+def test_short_report_macro_averages_the_classes_that_occur():
+    # A 4-class model on data of classes 0 and 1: the short report
+    # averaged in classes 2 and 3 at 0 (macro F1 0.41 vs 0.83).
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_true = np.array([0, 0, 1, 1, 1, 0])
+    y_pred = np.array([0, 0, 1, 1, 0, 0])
+    scores = np.eye(4)[y_pred] * 0.9 + 0.025
+    short = kft.classification_report(y_true, scores)
+    full = kft.report_from_predictions(y_true, scores, min_support=0)
+    want = precision_recall_fscore_support(y_true, y_pred, average="macro",
+                                           zero_division=0)[:3]
+    np.testing.assert_allclose(
+        [short.precision, short.recall, short.f1], want)
+    np.testing.assert_allclose(
+        [full.macro[k] for k in ("precision", "recall", "f1")], want)
+    # A class in the labels but never predicted still counts (P = 0).
+    never = kft.classification_report([0, 1, 2], [0, 1, 1], num_classes=4)
+    assert never.precision == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_reports_on_arrays_name_the_models_classes():
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3),
+                                 class_names=["five", "six", "seven"])
+    x, y = np.zeros((3, 16, 16, 3)), np.array([0, 1, 2])
+    assert kft.evaluate(model, (x, y)).class_names == (
+        "five", "six", "seven")
+    assert kft.evaluate_classifier(model, x, y).class_names == (
+        "five", "six", "seven")
+    assert kft.evaluate(model, (x, y), class_names=list("abc")
+                        ).class_names == ("a", "b", "c")
+
+
+def test_repeated_class_names_are_refused():
+    # Reports key classes by name: class 0 was overwritten by class 2.
+    with pytest.raises(ValueError, match=r"distinct names \(repeated: "
+                       r"\['cat'\]\)"):
+        kft.classification_report([0, 1, 2], [0, 1, 2],
+                                  class_names=["cat", "dog", "cat"])
+    with pytest.raises(ValueError, match="distinct names"):
+        kft.report_from_predictions([0, 1, 2], np.eye(3),
+                                    class_names=["cat", "dog", "cat"])
+
+
+def test_top_k_ranks_logits_a_softmax_would_round_to_a_tie():
+    # Logits [0, -900, -800]: both small ones are probability 0 in
+    # float64, and the tie went to the lower index (class 1 ranked 2nd).
+    logits = np.array([[0.0, -900.0, -800.0]] * 2)
+    report = kft.report_from_predictions([2, 2], logits, top_k=2,
+                                         min_support=0)
+    assert report.top_k_accuracy == 1.0
+    assert kft.report_from_predictions([1, 1], logits, top_k=2,
+                                       min_support=0).top_k_accuracy == 0.0
+    assert report.scores == "logits"
+
+
+def test_text_report_columns_line_up_with_low_support_rows():
+    report = kft.report_from_predictions(
+        [0, 0, 1], np.eye(2)[[0, 0, 1]], min_support=2)
+    rows = [line for line in str(report).splitlines()
+            if line.strip().startswith(("0", "1"))]
+    assert len(rows) == 2 and "(low support)" in rows[1]
+    assert len({row.index("1.000") for row in rows}) == 1
+
+
+def test_curves_place_validation_logged_every_kth_epoch():
+    # fit(validation_freq=2) logs val_loss after epochs 2 and 4: it was
+    # drawn at epochs 1 and 2.
+    from kft.evaluation._history import merge
+
+    with pytest.warns(UserWarning, match=r"'val_loss' was logged in 2 of 4 "
+                      r"epochs: plotted after every 2 epochs"):
+        curves, _ = merge({"loss": [4, 3, 2, 1], "val_loss": [3.5, 1.5]})
+    np.testing.assert_array_equal(curves["val_loss"],
+                                  [np.nan, 3.5, np.nan, 1.5])
+    # 1 of 5 epochs: validation_freq 3, 4 or 5; the epoch is unknown.
+    with pytest.warns(UserWarning, match="not plotted"):
+        curves, _ = merge({"loss": [5, 4, 3, 2, 1], "val_loss": [2.5]})
+    assert np.isnan(curves["val_loss"]).all()
+    # A phase that did not log a key at all stays NaN without a word.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        curves, _ = merge([{"loss": [2, 1]}, {"loss": [1], "lr": [0.1]}])
+    assert np.isnan(curves["lr"][:2]).all()

@@ -65,7 +65,7 @@ def markdown(report, max_classes=None):
 def text(report, max_classes=20):
     lines = [f"{name}: {value}" for name, value in _summary_rows(report)]
     order = _class_order(report, max_classes)
-    width = max(12, *(len(name) for name in report.class_names))
+    width = max(12, *(len(_class_row(report, i)[0]) for i in order))
     header = ("per class" if len(order) == report.num_classes else
               f"the {len(order)} classes of lowest F1")
     lines.append(f"{header}: precision recall f1 support")

@@ -1,5 +1,7 @@
 """Training histories for plotting: phases merged, boundaries found."""
 
+import warnings
+
 import numpy as np
 
 from kft._validation import fail_argument
@@ -46,14 +48,38 @@ def merge(history):
     keys = list(dict.fromkeys(k for h in phases for k in h))
     curves = {}
     for key in keys:
-        parts = []
-        for h, length in zip(phases, lengths):
-            values = np.asarray(h.get(key, []), dtype=np.float64)
-            parts.append(np.concatenate(
-                [values, np.full(length - len(values), np.nan)]))
-        curves[key] = np.concatenate(parts)
+        curves[key] = np.concatenate([
+            _at_epochs(np.asarray(h.get(key, []), dtype=np.float64), length,
+                       key) for h, length in zip(phases, lengths)])
     starts = list(np.cumsum(lengths)[:-1])
     return curves, [int(s) for s in starts if 0 < s]
+
+
+def _at_epochs(values, length, key):
+    """`values` of one phase of `length` epochs, NaN where not logged.
+
+    A key logged in fewer epochs than its phase (validation with `fit`'s
+    `validation_freq=k` logs after epochs k, 2k, ...) is placed at every
+    k-th epoch when one `k` fits its count, with a warning saying so;
+    otherwise its epochs are unknown and it is left out (warned).
+    """
+    if not len(values) or len(values) == length:
+        return np.concatenate([values, np.full(length - len(values), np.nan)])
+    out = np.full(length, np.nan)
+    fits = [k for k in range(2, length + 1) if length // k == len(values)]
+    if len(fits) == 1:
+        out[fits[0] - 1::fits[0]] = values
+        warnings.warn(
+            f"{key!r} was logged in {len(values)} of {length} epochs: "
+            f"plotted after every {fits[0]} epochs, as fit's "
+            f"validation_freq={fits[0]} logs it.", UserWarning,
+            stacklevel=4)
+    else:
+        warnings.warn(
+            f"{key!r} was logged in {len(values)} of {length} epochs, at "
+            "epochs the history does not record (fit's validation_freq?): "
+            "not plotted.", UserWarning, stacklevel=4)
+    return out
 
 
 def stage_starts(curves, phase_starts):

@@ -57,13 +57,25 @@ def integer_labels(y, num_classes, name):
     return check_labels(y.reshape(-1), num_classes, name=name)
 
 
+def model_class_names(model, num_classes=None):
+    """The class names `model` carries (`kft_metadata`, a kft
+    classifier's), or `None` (also when they do not fit `num_classes`)."""
+    known = (getattr(model, "kft_metadata", None) or {}).get("class_names")
+    if known is None or (num_classes is not None
+                         and len(known) != num_classes):
+        return None
+    return tuple(str(n) for n in known)
+
+
 def data_class_names(data, num_classes, name="data", model=None):
-    """The `class_names` of a dataset (or `None`), checked against the
-    model's classes: their number, and the names themselves when `model`
-    carries them (`kft_metadata`, a kft classifier's). The dataset's own,
-    so the error is about the data."""
+    """The `class_names` of a dataset, checked against the model's
+    classes: their number, and the names themselves when `model` carries
+    them (`kft_metadata`, a kft classifier's). The dataset's own, so the
+    error is about the data; without any, the model's (or `None`)."""
     names = getattr(data, "class_names", None)
-    if names is None or num_classes is None or isinstance(names, str):
+    if names is None:
+        return model_class_names(model, num_classes)
+    if num_classes is None or isinstance(names, str):
         return names
     names = tuple(names)
     if len(names) != num_classes:
@@ -107,6 +119,12 @@ def check_class_names(class_names, num_classes):
     if len(class_names) != num_classes:
         fail_argument("class_names", f"one name per class ({num_classes} "
                       f"names for {num_classes} classes)", class_names)
+    repeated = sorted({str(n) for n in class_names
+                       if class_names.count(n) > 1})
+    if repeated:
+        # Reports key classes by name: one would hide the other.
+        fail_argument("class_names", f"distinct names (repeated: "
+                      f"{repeated})", class_names)
     return class_names
 
 

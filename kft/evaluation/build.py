@@ -19,21 +19,30 @@ SCORE_KINDS = ("auto", "logits", "probabilities")
 
 
 def _check_scores(y_true, scores, class_names):
+    """`(labels, scores, class names)` checked; the scores keep their
+    dtype (a 16-bit model's rows sum to 1 more loosely)."""
     scores = np.asarray(scores)
-    if scores.ndim != 2 or scores.shape[1] < 1 or not np.issubdtype(
-            scores.dtype, np.number):
+    values = None
+    # bfloat16 (ml_dtypes, kind "V") is no numpy number, but converts.
+    if scores.dtype.kind in "iufV":
+        try:
+            values = scores.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if scores.ndim != 2 or scores.shape[1] < 1 or values is None:
         raise ValueError(
             "Argument `probabilities` must be a numeric array of shape "
             "(n, num_classes), one row of class scores per example. "
-            f"Received: probabilities of shape {scores.shape}")
+            f"Received: probabilities of shape {scores.shape} and dtype "
+            f"{scores.dtype}")
     y_true = np.asarray(y_true)
     if y_true.ndim != 1 or len(y_true) != len(scores) or not len(y_true):
         raise ValueError(
             "Arguments `y_true` and `probabilities` must be non-empty with "
             "one label per row of scores. Received: y_true of shape "
             f"{y_true.shape}, probabilities of shape {scores.shape}")
-    if not np.all(np.isfinite(scores)):
-        rows = np.flatnonzero(~np.all(np.isfinite(scores), axis=1))
+    if not np.all(np.isfinite(values)):
+        rows = np.flatnonzero(~np.all(np.isfinite(values), axis=1))
         raise ValueError(
             "Argument `probabilities` must be finite. Received: NaN or "
             f"infinite scores in rows {rows[:10].tolist()}")
@@ -153,7 +162,11 @@ def report_from_predictions(
         class_names=tuple(class_names), num_examples=len(y_true),
         accuracy=float(np.mean(y_true == y_pred)),
         balanced_accuracy=metrics.balanced_accuracy(confusion),
-        top_k=k, top_k_accuracy=metrics.top_k_accuracy(y_true, probs, k),
+        # Ranked on the logits themselves: a softmax can round small
+        # probabilities to the same 0 and tie classes that are not tied.
+        top_k=k, top_k_accuracy=metrics.top_k_accuracy(
+            y_true, probs if kind == "probabilities"
+            else raw.astype(np.float64), k),
         **per_class, macro=means["macro"], weighted=means["weighted"],
         confusion_matrix=confusion,
         expected_calibration_error=metrics.expected_calibration_error(bins),
@@ -188,7 +201,8 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             sampling), so `report.mistakes` indices name the same
             examples in `data` again.
         class_names: One name per class. Defaults to the dataset's
-            `class_names`, else `"0"`, `"1"`, ...
+            `class_names`, else the model's (a kft classifier built with
+            `class_names`), else `"0"`, `"1"`, ...
         batch_size: Prediction batch size for arrays. Defaults to `32`.
         top_k, num_bins, min_support, num_mistakes, scores: See
             `kft.evaluation.report_from_predictions`. Defaults to `5`,
@@ -231,6 +245,8 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             _predict.is_array(data[0]):
         labels, raw = _predict.predict_arrays(
             model, data[0], data[1], batch_size, name="data")
+        if class_names is None:
+            class_names = _predict.model_class_names(model, raw.shape[-1])
     elif _predict.is_array(data):
         raise ValueError(
             "Argument `data` must be an (images, labels) pair or a dataset "

@@ -16,6 +16,7 @@ from kft._validation import fail_argument
 from kft.evaluation._predict import check_class_names
 from kft.evaluation._predict import check_width
 from kft.evaluation._predict import data_class_names
+from kft.evaluation._predict import model_class_names
 from kft.evaluation._predict import output_width
 from kft.evaluation._predict import predict_arrays
 from kft.evaluation._predict import predict_batches
@@ -29,9 +30,11 @@ if TYPE_CHECKING:
 class ClassificationReport:
     """Metrics of a classifier on one labelled set.
 
-    Macro averages weight every class equally; a class never predicted has
-    precision 0 (not skipped), so the averages cannot flatter a model that
-    ignores a class.
+    Macro averages weight every class in the labels or the predictions
+    equally (scikit-learn's default, and `kft.evaluate`'s); a class never
+    predicted has precision 0 (not skipped), so the averages cannot
+    flatter a model that ignores a class. A class in neither has no scores
+    to average.
     """
 
     accuracy: float
@@ -147,11 +150,14 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
     p, r, f, s = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
+    # The classes that occur: a class in neither the labels nor the
+    # predictions would pull every mean down by a 0 it did not earn.
+    used = np.isin(labels, np.concatenate([y_true, y_pred]))
     return ClassificationReport(
         accuracy=float(np.mean(y_true == y_pred)),
-        precision=float(np.mean(p)),
-        recall=float(np.mean(r)),
-        f1=float(np.mean(f)),
+        precision=float(np.mean(p[used])),
+        recall=float(np.mean(r[used])),
+        f1=float(np.mean(f[used])),
         per_class={
             name: {"precision": float(p[i]), "recall": float(r[i]),
                    "f1": float(f[i]), "support": int(s[i])}
@@ -183,7 +189,9 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
             holds images. Defaults to `None`.
         batch_size: Prediction batch size for arrays. Defaults to `64`.
         class_names: One name per class of the model. Defaults to the
-            dataset's `class_names` if it has them, else `"0"`, `"1"`, ...
+            dataset's `class_names` if it has them, else the model's (a
+            kft classifier built with `class_names`), else `"0"`, `"1"`,
+            ...
 
     Returns:
         A `ClassificationReport`.
@@ -225,6 +233,8 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
                                            model=model)
     else:
         labels, scores = predict_arrays(model, images, labels, batch_size)
+        if class_names is None:
+            class_names = model_class_names(model, scores.shape[-1])
     return classification_report(
         labels, np.argmax(scores, axis=-1), num_classes=scores.shape[-1],
         class_names=class_names)

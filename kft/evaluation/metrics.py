@@ -12,7 +12,9 @@ import numpy as np
 from kft._validation import check_int
 from kft._validation import check_labels
 
-# Rows of non-negative scores summing to 1 within this are probabilities.
+# Rows of non-negative scores summing to 1 within this are probabilities
+# (within the explicit tolerance for 16-bit scores: a bfloat16 softmax
+# drifts by up to ~5e-3).
 _PROBABILITY_TOLERANCE = 1e-3
 # Rows given as probabilities may drift more (a float16 softmax); they are
 # renormalized.
@@ -24,8 +26,8 @@ def to_probabilities(scores, kind="auto"):
 
     kft classifiers return logits; Keras models ending in a softmax return
     probabilities. `kind="auto"` takes the scores as probabilities when
-    every row is non-negative and sums to 1 (within 1e-3), and applies a
-    softmax otherwise. `kind="probabilities"` renormalizes rows that sum
+    every row is non-negative and sums to 1 (within 1e-3; 1e-2 for 16-bit
+    scores), and applies a softmax otherwise. `kind="probabilities"` renormalizes rows that sum
     to 1 within 1e-2 and refuses any other row.
 
     Args:
@@ -46,11 +48,14 @@ def to_probabilities(scores, kind="auto"):
     >>> kind, p.round(3).tolist()
     ('logits', [[0.5, 0.5], [0.881, 0.119]])
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    tolerance = (_EXPLICIT_TOLERANCE if scores.dtype.itemsize <= 2
+                 else _PROBABILITY_TOLERANCE)
+    scores = scores.astype(np.float64)
     if kind == "auto":
         sums = scores.sum(axis=-1)
         is_probability = bool(np.all(scores >= 0) and np.all(
-            np.abs(sums - 1.0) <= _PROBABILITY_TOLERANCE))
+            np.abs(sums - 1.0) <= tolerance))
         kind = "probabilities" if is_probability else "logits"
     if kind == "probabilities":
         _check_probabilities(scores)

@@ -313,6 +313,8 @@ def _parser():
     compare.add_argument("--out", default=None, help="folder for "
                          "comparison.json/.md/.png (default: runs/compare-"
                          "<DATA_DIR name>)")
+    compare.add_argument("--overwrite", action="store_true",
+                         help="replace a comparison already in the folder")
     _output_flags(compare)
     parsers["compare"] = compare
     demo = _add(sub, "demo", "transfer on real handwritten digits: "
@@ -332,7 +334,9 @@ def _parser():
                       help="existing directory for the pretrained weights "
                       "file (default: a temporary one, removed at the end)")
     demo.add_argument("--out", default=None, help="folder for the plots "
-                      "and comparison.json (default: none written)")
+                      "and comparison.json (default: --workdir if given, "
+                      "else a new kft_demo_output_* folder in the system's "
+                      "temporary folder, kept; its path is printed)")
     demo.add_argument("--no-plots", action="store_true")
     parsers["demo"] = demo
     listing = _add(sub, "backbones", "list registered backbones (default "
@@ -463,12 +467,21 @@ def _train(args, argv):
 
 
 def _flag_names(message):
-    """Library argument names as the flags that set them."""
-    for name in ("image_size", "batch_size", "head_epochs", "head_lr",
-                 "val_split", "val_dir", "layer_decay", "weight_decay",
-                 "unfreeze_every", "label_smoothing", "early_stopping",
-                 "n_blocks", "monitor"):
-        message = message.replace(f"`{name}`", f"--{name.replace('_', '-')}")
+    """Library argument names (`TrainConfig` settings, the arguments of
+    `kft.data.from_directory` and `kft.fine_tune` they become) as the
+    flags that set them: "`dropout`" reads "--dropout"."""
+    import dataclasses
+
+    from kft.runs.config import TrainConfig
+
+    flags = {f.name: "--" + f.name.replace("_", "-")
+             for f in dataclasses.fields(TrainConfig)}
+    flags.update(data_dir="DATA_DIR", plots="--no-plots",
+                 augmentation="--augment", validation_split="--val-split",
+                 learning_rate="--lr", head_learning_rate="--head-lr",
+                 early_stopping_patience="--early-stopping")
+    for name, flag in flags.items():
+        message = message.replace(f"`{name}`", flag)
     return message
 
 
@@ -689,15 +702,45 @@ def _lr_find(args, argv):
                           "steps": len(result.learning_rates),
                           "stop_reason": result.stop_reason, "plot": plot}))
         return 0
-    flag = "--head-lr" if args.phase == "head" else "--lr"
     for name, s in result.suggestions.items():
         print(f"{name:8} {s.learning_rate:.3g}")
     if "valley" in suggestions:
-        print(f"next: kft train {args.data_dir} --backbone {config.backbone}"
-              f" {flag} {suggestions['valley']:.2g}")
+        print("next: " + _train_command(args, argv, suggestions["valley"]))
     if plot:
         print(f"wrote {plot}")
     return 0
+
+
+# A value no flag parses to: what a flag not given keeps.
+_NOT_GIVEN = object()
+
+
+def _train_command(args, argv, rate):
+    """The `kft train` command of what `kft lr-find` measured: every flag
+    given that `kft train` takes, the strategy, and `rate` for the phase
+    measured."""
+    import dataclasses
+    import shlex
+
+    from kft.runs.config import TrainConfig
+
+    # Parsed again over placeholders: a flag the placeholder survives was
+    # not given (its value is lr-find's default).
+    given = argparse.Namespace(**dict.fromkeys(vars(args), _NOT_GIVEN))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _parser()[1]["lr-find"].parse_args(
+        argv[argv.index(args.command) + 1:], given)
+    settings = {f.name for f in dataclasses.fields(TrainConfig)}
+    words = ["kft", "train", args.data_dir]
+    for name, value in vars(given).items():
+        if name in settings and name != "data_dir" and (
+                value is not _NOT_GIVEN or name == "strategy"):
+            words += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    # The head alone was measured (`--phase head`, or feature extraction,
+    # which trains nothing else): its rate is --head-lr.
+    head = args.phase == "head" or args.strategy == "feature_extraction"
+    words += ["--head-lr" if head else "--lr", f"{rate:.2g}"]
+    return " ".join(map(shlex.quote, words))
 
 
 # -- compare --------------------------------------------------------------------
@@ -712,8 +755,18 @@ def _compare(args, argv):
         test_dir = os.path.join(args.data_dir, "test")
     if test_dir is not None and not os.path.isdir(test_dir):
         raise _Usage(f"--test-dir {test_dir!r} does not exist")
-    if args.out is not None:
-        _check_out_folder(args.out)
+    out = args.out or os.path.join("runs", "compare-" + os.path.basename(
+        os.path.abspath(args.data_dir)))
+    flag = "--out" if args.out else "the default --out"
+    _check_out_folder(out, flag)
+    # Before training, as `kft eval` and `kft export` keep their files.
+    kept = [name for name in ("comparison.json", "comparison.md",
+                              "comparison.png")
+            if os.path.isfile(os.path.join(out, name))]
+    if kept and not args.overwrite:
+        raise _Usage(f"{flag} {out!r} already holds a comparison "
+                     f"({', '.join(kept)}); pass --overwrite to replace it, "
+                     "or another --out")
     _start_library()
     from kft.evaluation.compare import compare_strategies
     from kft.runs.config import TrainConfig
@@ -728,9 +781,7 @@ def _compare(args, argv):
             data_dir=args.data_dir, val_split=args.val_split or None,
             backbone=args.backbone, weights=args.weights,
             image_size=args.image_size, batch_size=args.batch_size,
-            augment=args.augment, strategy="full",
-            out=args.out or os.path.join("runs", "compare-" + os.path.basename(
-                os.path.abspath(args.data_dir)))))
+            augment=args.augment, strategy="full", out=out))
         train, val = load_folder_data(config)
         if val is None and test_dir is None:
             raise ValueError("compare needs held-out data: a validation "

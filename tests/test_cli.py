@@ -225,3 +225,45 @@ def test_predict_of_a_bad_image_file_exits_2(run_folder, tmp_path, capsys):
     assert _exit_code(["predict", str(run), str(bad)]) == 2
     assert (f"Cannot read image file {str(bad)!r}: not an image"
             in capsys.readouterr().err)
+
+
+def test_demo_help_says_where_the_plots_go(capsys):
+    """Without --out the demo writes its plots to --workdir, else to a
+    kft_demo_output_* folder (`kft.run_demo`'s `output_dir`)."""
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "none written" not in help_text
+    assert ("(default: --workdir if given, else a new kft_demo_output_* "
+            "folder in the system's temporary folder, kept; its path is "
+            "printed)") in help_text
+    from kft.demo import run_demo
+
+    # What the library does:
+    assert ("Defaults to `workdir` when given, else a new "
+            "`kft_demo_output_*` directory in the system's temporary "
+            "directory (kept; its path is printed)") in " ".join(
+                run_demo.__doc__.split())
+
+
+def test_flag_names_name_every_setting_by_its_train_flag():
+    """Library messages name settings in backticks; the CLI shows the
+    flag that sets each (a positional DATA_DIR for data_dir)."""
+    import dataclasses
+
+    train = cli._parser()[1]["train"]
+    flags = set(train._option_string_actions)
+    for field in dataclasses.fields(kft.runs.TrainConfig):
+        shown = cli._flag_names(f"Argument `{field.name}` must be ...")
+        assert "`" not in shown, field.name
+        flag = shown.split()[1]
+        assert flag in flags or (field.name, flag) == ("data_dir",
+                                                       "DATA_DIR"), shown
+    assert cli._flag_names("Argument `dropout` must be a finite number in "
+                           "[0, 1).") == ("Argument --dropout must be a "
+                                          "finite number in [0, 1).")
+    # The names of kft.data.from_directory and kft.fine_tune too.
+    assert cli._flag_names("`augmentation`, `validation_split`, "
+                           "`learning_rate`, `head_learning_rate`, "
+                           "`early_stopping_patience`") == (
+        "--augment, --val-split, --lr, --head-lr, --early-stopping")

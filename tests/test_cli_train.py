@@ -601,3 +601,245 @@ def test_a_test_folder_beside_the_classes_is_not_a_class(tmp_path,
     os.makedirs(tmp_path / "data" / "class2")
     with pytest.raises(ValueError, match=f"in '{data}' have no readable"):
         kft.runs.load_folder_data(config)
+
+
+def test_layouts_of_links_name_the_users_folders(tmp_path, capsys,
+                                                 monkeypatch):
+    """`<class>/` + `test/` and `--val-dir` are read through temporary
+    folders of links: messages, skipped files and the datasets' paths name
+    the user's files, and a DATA_DIR that has its own val/ refuses
+    --val-dir (its train/ and val/ would be read as two classes)."""
+    data = _write_folder(tmp_path / "data", classes=2, per_class=4)
+    _write_folder(tmp_path / "data" / "test", classes=2, per_class=1, seed=1)
+    bad = os.path.realpath(os.path.join(data, "class0", "bad.png"))
+    with open(bad, "w") as f:
+        f.write("garbage")
+    val_dir = _write_folder(tmp_path / "val", classes=2, per_class=1, seed=2)
+    config = kft.runs.resolve_config(kft.runs.TrainConfig(
+        data_dir=data, backbone="simple_cnn", image_size=16, batch_size=4,
+        out=str(tmp_path / "run")))
+    for settings, total, where in (
+            ({}, 9, os.path.realpath(data)),
+            ({"val_dir": val_dir, "val_split": None}, 11,
+             f"{os.path.realpath(data)} and {os.path.realpath(val_dir)}")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train, val = kft.runs.load_folder_data(config.replace(
+                **settings))
+        messages = [str(w.message) for w in caught if issubclass(
+            w.category, kft.data.SkippedFilesWarning)]
+        assert len(messages) == 1, messages
+        assert messages[0].startswith(f"Skipped 1 of {total} image files in "
+                                      f"{where}:\n  {bad}: not an image")
+        assert [s.path for s in train.skipped] == [bad]
+        assert not any("kft_layout_" in path
+                       for path in train.paths + val.paths)
+    os.makedirs(os.path.join(val_dir, "class9"))
+    Image.new("RGB", (16, 16)).save(os.path.join(val_dir, "class9", "0.png"))
+    with pytest.raises(ValueError) as info:
+        kft.runs.load_folder_data(config.replace(val_dir=val_dir,
+                                                 val_split=None))
+    assert str(info.value).startswith(
+        f"Class folders ['class9'] are in {os.path.realpath(val_dir)!r} but "
+        f"not in {data!r}; train classes: ['class0', 'class1']")
+    layout = tmp_path / "layout"
+    _write_folder(layout / "train", classes=2, per_class=2)
+    _write_folder(layout / "val", classes=2, per_class=1)
+    monkeypatch.setattr("kft.training.fine_tune.fine_tune",
+                        _refuse("fine_tune"))
+    code, err = _usage_error(["train", str(layout), *FAST, "--val-dir",
+                              data, "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.startswith("usage: kft train")
+    assert (f"Data folder {str(layout)!r} already has a val folder "
+            f"({str(layout / 'val')!r}): drop --val-dir ({data!r}), or pass "
+            f"{str(layout / 'train')!r} as the data folder to validate on "
+            "--val-dir instead.") in err
+    # train/ alone, or <class>/ + val/: never read as classes either.
+    os.rename(layout / "val", tmp_path / "v")
+    code, err = _usage_error(["train", str(layout), *FAST, "--val-dir",
+                              data, "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and (f"Data folder {str(layout)!r} has a train/ "
+                          f"folder: pass {str(layout / 'train')!r} as the "
+                          "data folder to validate on --val-dir.") in err
+    os.rename(tmp_path / "v", os.path.join(data, "val"))
+    code, err = _usage_error(["train", data, *FAST, "--val-dir", val_dir,
+                              "--out", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert (f"Data folder {data!r} already has a val folder "
+            f"({os.path.join(data, 'val')!r}): drop --val-dir "
+            f"({val_dir!r}).") in err
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_a_run_resumes_and_repeats_from_another_folder(tmp_path, capsys,
+                                                       monkeypatch):
+    """config.toml names the data folder and a weights file by absolute
+    paths: `--resume` and `--config` work from any folder, the resumed run
+    stays in --out, and a data folder gone since is a usage error."""
+    from kft.runs import backup as backup_module
+
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    _write_folder(start / "data", classes=2, per_class=4)
+    elsewhere.mkdir()
+    (start / "backbone.weights.h5").write_bytes(b"")
+    monkeypatch.chdir(start)
+    config = kft.runs.resolve_config(kft.runs.TrainConfig(
+        data_dir="data", val_dir="data", weights="backbone.weights.h5",
+        backbone="simple_cnn"))
+    assert (config.data_dir, config.val_dir, config.weights) == (
+        str(start / "data"), str(start / "data"),
+        str(start / "backbone.weights.h5"))
+    real_end = backup_module.RunBackup.on_epoch_end
+
+    def stop_after_the_head_phase(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        raise _Interrupted
+
+    monkeypatch.setattr(backup_module.RunBackup, "on_epoch_end",
+                        stop_after_the_head_phase)
+    assert cli.main(["train", "data", *FAST, "--strategy", "partial",
+                     "--epochs", "1", "--out", "runs/r", "--quiet"]) == 1
+    out = start / "runs" / "r"
+    saved = kft.runs.load_config(out / "config.toml")
+    assert saved.data_dir == str(start / "data") and saved.out == "runs/r"
+    monkeypatch.setattr(backup_module.RunBackup, "on_epoch_end", real_end)
+    monkeypatch.chdir(elsewhere)
+    os.rename(start / "data", start / "moved")
+    code, err = _usage_error(["train", "--resume", "--out", str(out)],
+                             capsys)
+    assert code == 2 and (
+        f"Data folder {str(start / 'data')!r} does not exist (named in "
+        f"{str(out / 'config.toml')!r})") in err
+    os.rename(start / "moved", start / "data")
+    assert cli.main(["train", "--resume", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["resumed"] and printed["out"] == str(out)
+    with open(out / "history.json") as f:
+        assert [row["phase"] for row in json.load(f)] == [1, 2]
+    assert os.listdir(elsewhere) == []  # nothing written here
+    assert cli.main(["train", "--config", str(out / "config.toml"),
+                     "--strategy", "feature_extraction", "--epochs", "0",
+                     "--out", "again", "--quiet"]) == 0
+    assert os.listdir(elsewhere / "again")
+
+
+def test_compare_keeps_an_earlier_comparison_unless_told(
+        folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("kft.evaluation.compare.compare_strategies",
+                        _refuse("compare_strategies"))
+    out = tmp_path / "compare"
+    out.mkdir()
+    (out / "comparison.json").write_text("{}")
+    compare = ["compare", folder, "--strategies", "full", "--seeds", "2",
+               "--epochs", "2", "--head-epochs", "1", "--backbone",
+               "simple_cnn", "--weights", "none", "--image-size", "16",
+               "--quiet"]
+    code, err = _usage_error([*compare, "--out", str(out)], capsys)
+    assert code == 2 and err.startswith("usage: kft compare")
+    assert (f"--out {str(out)!r} already holds a comparison "
+            "(comparison.json); pass --overwrite to replace it, or another "
+            "--out") in err
+    monkeypatch.chdir(tmp_path)
+    default = os.path.join("runs", "compare-" + os.path.basename(folder))
+    os.makedirs(default)
+    for name in ("comparison.md", "comparison.png"):
+        with open(os.path.join(default, name), "w") as f:
+            f.write("x")
+    code, err = _usage_error(compare, capsys)
+    assert code == 2 and (f"the default --out {default!r} already holds a "
+                          "comparison (comparison.md, comparison.png)") in err
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(1)
+        raise _Interrupted
+
+    monkeypatch.setattr("kft.evaluation.compare.compare_strategies", record)
+    assert cli.main([*compare, "--out", str(out), "--overwrite"]) == 1
+    assert seen == [1]
+
+
+def test_lr_find_next_command_repeats_what_was_measured(tmp_path, capsys,
+                                                        monkeypatch):
+    """The `kft train` line lr-find prints: every flag given that kft train
+    takes, the strategy measured, --head-lr where the head's rate was
+    measured; paths quoted."""
+    import shlex
+    import types
+
+    def find_rate(config, **kwargs):
+        return config, types.SimpleNamespace(
+            suggestions={"valley": types.SimpleNamespace(
+                learning_rate=3.1e-4)}, learning_rates=[0.0] * 12,
+            stop_reason="end", plot=lambda path: None)
+
+    monkeypatch.setattr("kft.runs.lr.find_rate", find_rate)
+    data = str(tmp_path / "my photos")
+    os.makedirs(data)
+    measured = ["--strategy", "partial", "--n-blocks", "2", "--backbone",
+                "simple_cnn", "--weights", "w file.h5", "--image-size", "16",
+                "--batch-size", "8", "--augment", "none", "--head-epochs",
+                "1", "--weight-decay", "0.001", "--seed", "3"]
+    quoted = shlex.quote(data)
+    for argv, expected in (
+            ([*measured, "--phase", "fine_tune", "--steps", "12", "--start",
+              "1e-5", "--plot", str(tmp_path / "lr.png")],
+             f"kft train {quoted} {' '.join(map(shlex.quote, measured))} "
+             "--lr 0.00031"),
+            (["--phase", "fine_tune", "--strategy", "feature_extraction"],
+             f"kft train {quoted} --strategy feature_extraction --head-lr "
+             "0.00031"),
+            ([], f"kft train {quoted} --strategy full --head-lr 0.00031")):
+        assert cli.main(["lr-find", data, *argv]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        line = next(x for x in lines if x.startswith("next: "))
+        assert line == "next: " + expected, line
+        # It is a kft train command line, with the values measured.
+        words = shlex.split(line[len("next: "):])
+        train = cli._parser()[0].parse_args(words[1:])
+        assert train.data_dir == data
+        if "--n-blocks" in argv:
+            assert (train.n_blocks, train.weights, train.weight_decay) == (
+                2, "w file.h5", 0.001)
+
+
+def test_val_split_beside_val_folders_and_dropout_are_usage_errors(
+        folder, tmp_path, capsys, monkeypatch):
+    """A --val-split that a val folder would replace, --val-dir beside the
+    data folder's val/, --dropout out of range: exit 2 naming the flags,
+    before anything trains or is written."""
+    monkeypatch.setattr("kft.training.fine_tune.fine_tune",
+                        _refuse("fine_tune"))
+    monkeypatch.setattr("kft.evaluation.compare.compare_strategies",
+                        _refuse("compare_strategies"))
+    layout = tmp_path / "layout"
+    _write_folder(layout / "train", classes=2, per_class=2)
+    _write_folder(layout / "val", classes=2, per_class=1)
+    val_dir = _write_folder(tmp_path / "val", classes=3, per_class=1)
+    out = str(tmp_path / "out")
+    layout_split = (f"--val-split (0.3) holds out training images, but "
+                    f"{str(layout)!r} has a val folder "
+                    f"({str(layout / 'val')!r}) that gives the validation "
+                    "images; drop --val-split")
+    cases = [
+        (["train", str(layout), *FAST, "--val-split", "0.3", "--out", out],
+         layout_split),
+        (["train", folder, *FAST, "--val-dir", val_dir, "--val-split", "0.3",
+          "--out", out], f"Both --val-split (0.3) and --val-dir "
+         f"({val_dir!r}) give validation images; pass one of them"),
+        (["compare", str(layout), "--strategies", "full", "--seeds", "2",
+          "--epochs", "2", "--head-epochs", "1", "--backbone", "simple_cnn",
+          "--weights", "none", "--image-size", "16", "--val-split", "0.3",
+          "--out", out], layout_split),
+        (["train", folder, *FAST, "--dropout", "1", "--out", out],
+         "Argument --dropout must be a finite number in [0, 1)"),
+    ]
+    for argv, message in cases:
+        code, err = _usage_error(argv, capsys)
+        assert code == 2 and message in err, (argv, err)
+        assert err.startswith(f"usage: kft {argv[0]}"), err
+    assert not os.path.exists(out)
+    # The default split is the one val/ replaces quietly.
+    config = kft.runs.resolve_config(kft.runs.TrainConfig(
+        data_dir=str(layout), backbone="simple_cnn"))
+    assert config.val_split is None

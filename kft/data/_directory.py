@@ -31,6 +31,7 @@ from kft.data._files import FileLoader
 from kft.data._files import class_counts
 from kft.data._files import class_folders
 from kft.data._files import scan_splits
+from kft.data._files import shown_root
 from kft.data._files import split_folders
 from kft.data._files import stratified_split
 
@@ -263,7 +264,8 @@ def from_directory(path: str | os.PathLike,
         records, val_records = stratified_split(records, validation_split,
                                                 settings.seed)
         _warn_unvalidated(val_records, class_names, validation_split)
-    warn_skipped(skipped + val_skipped, total, os.fspath(path))
+    warn_skipped(skipped + val_skipped, total,
+                 shown_root(path, train_dir, val_dir, class_names))
     train = _make_dataset(records, skipped, class_names, settings,
                           train=True)
     val = None

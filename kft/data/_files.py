@@ -99,10 +99,11 @@ def list_images(folder):
 
 
 def scan_folder(folder, class_names, *, check, max_pixels, num_workers):
-    """Lists `(path, label)` records of good files and the skipped ones."""
+    """Lists `(path, label)` records of good files and the skipped ones,
+    each class read from its `class_folder`."""
     candidates = [
         (path, label) for label, name in enumerate(class_names)
-        for path in list_images(os.path.join(folder, name))
+        for path in list_images(class_folder(folder, name))
     ]
     full = check == "full"
     with concurrent.futures.ThreadPoolExecutor(max(num_workers, 1)) as pool:
@@ -144,8 +145,8 @@ def split_folders(path, validation_split):
                         if os.path.isdir(os.path.join(path, v))), None)
     if val_dir is not None and validation_split is not None:
         raise ValueError(
-            f"Found a val folder {val_dir!r}, so `validation_split` must be "
-            f"None. Received: validation_split={validation_split!r}"
+            f"Found a val folder {_shown(val_dir)!r}, so `validation_split` "
+            f"must be None. Received: validation_split={validation_split!r}"
         )
     return train_dir, val_dir
 
@@ -153,30 +154,54 @@ def split_folders(path, validation_split):
 def class_folders(train_dir, val_dir):
     """The train class folders; at least two, and val has no others."""
     class_names = _list_classes(train_dir)
+    shown = _shown(train_dir)
     if not class_names:
-        raise ValueError(f"No class folders in {train_dir!r}: expected "
-                         f"{train_dir}/<class name>/<image files>.")
+        raise ValueError(f"No class folders in {shown!r}: expected "
+                         f"{shown}/<class name>/<image files>.")
     if len(class_names) == 1:
         raise ValueError(
-            f"Found one class folder, {class_names[0]!r}, in {train_dir!r}; "
+            f"Found one class folder, {class_names[0]!r}, in {shown!r}; "
             "a classifier needs at least 2 classes. Put each class's images "
-            f"in its own folder: {train_dir}/<class name>/<image files>."
+            f"in its own folder: {shown}/<class name>/<image files>."
         )
     if val_dir is not None:
         only_val = sorted(set(_list_classes(val_dir)) - set(class_names))
         if only_val:
             raise ValueError(
-                f"Class folders {only_val} are in {val_dir!r} but not in "
-                f"{train_dir!r}; train classes: {class_names}. Add train "
+                f"Class folders {only_val} are in {_shown(val_dir)!r} but "
+                f"not in {shown!r}; train classes: {class_names}. Add train "
                 "images for them or remove them from val."
             )
     return class_names
 
 
 def _shown(folder):
-    """`folder` as errors name it: a symbolic link's target (the layout
-    `kft.runs.load_eval_folder` builds links to the user's folder)."""
+    """`folder` as errors name it: a symbolic link's target (the layouts
+    `kft.runs` builds are folders of links to the user's folders)."""
     return os.path.realpath(folder) if os.path.islink(folder) else folder
+
+
+def class_folder(folder, name):
+    """The class folder `name` of `folder`, read through symbolic links
+    (a linked train or val folder, a linked class folder), so that the
+    records, the skipped files and the messages name the user's files, not
+    the links of a layout `kft.runs` builds in a temporary folder."""
+    return _shown(os.path.join(_shown(folder), name))
+
+
+def shown_root(path, train_dir, val_dir, class_names):
+    """`path` as messages name it: the folders the class folders were read
+    from (`class_folder`) when links led elsewhere."""
+    read, linked = [], False
+    for folder in (train_dir, val_dir):
+        if folder is None:
+            continue
+        for name in class_names:
+            parent = os.path.dirname(class_folder(folder, name))
+            if parent not in read:
+                read.append(parent)
+            linked |= parent != os.path.dirname(os.path.join(folder, name))
+    return " and ".join(read) if linked else os.fspath(path)
 
 
 def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,

@@ -2,8 +2,9 @@
 
 A run folder's `config.toml` holds the config with every default
 resolved (backbone's image size, the strategy `"auto"` chose, the rate
-the finder found), so `kft train --config runs/x/config.toml` repeats the
-run. Only flat tables of strings, numbers and booleans are written, so the
+the finder found) and its folders and weights file as absolute paths, so
+`kft train --config runs/x/config.toml` repeats the run from any folder.
+Only flat tables of strings, numbers and booleans are written, so the
 writer here is a few lines (reading uses the standard `tomllib`). TOML
 has no null: settings that are `None` are listed in `unset = [...]` and
 read back as `None` (a setting missing from the file takes its default).

@@ -86,8 +86,9 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
 def layout_dir(train_dir, val_dir) -> str:
     """A temporary `train/` + `val/` layout of two folders (symbolic
     links), so that `kft.data.from_directory` reads `val_dir` with the
-    eval transform and `train_dir`'s class order. The datasets read their
-    files lazily through it, so it lives until the process exits.
+    eval transform and `train_dir`'s class order. The datasets record
+    their files by the links' targets (the user's folders, named so in
+    messages); the layout lives until the process exits.
 
     Example:
     >>> import os, tempfile

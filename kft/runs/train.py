@@ -100,8 +100,10 @@ def _layout(data_dir):
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Checks `config` and fills in what depends on the data and backbone.
 
-    Resolved: the backbone's registered name and default image size, no
-    `val_split` with a val folder (or `val_dir`), the monitor without its
+    Resolved: the backbone's registered name and default image size,
+    `data_dir`, `val_dir` and a weights file as absolute paths (a run's
+    config.toml then reads the same from any folder), no `val_split` with
+    a val folder (or `val_dir`), the monitor without its
     `val_` prefix without validation data (checked against what each
     epoch logs: `loss`, `accuracy`, and `val_` of each with validation
     data), the run folder
@@ -110,8 +112,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
     Raises:
         ValueError: a bad value, a missing folder or weights file, a
-            monitor that is never logged, or an unknown backbone (with
-            close names suggested).
+            `val_split` other than the default with a val folder, a
+            `val_dir` beside a data folder's own val folder, a monitor
+            that is never logged, or an unknown backbone (with close names
+            suggested).
 
     Example:
     >>> import tempfile
@@ -126,20 +130,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if config.data_dir is None:
         raise ValueError("No data folder given: pass DATA_DIR (a folder of "
                          "<class>/<image files>).")
-    for name in ("data_dir", "val_dir"):
-        folder = getattr(config, name)
-        if folder is not None and not os.path.isdir(folder):
-            raise ValueError(f"{'Data' if name == 'data_dir' else 'Val'} "
-                             f"folder {folder!r} does not exist.")
+    _check_paths(config)
     spec = registry.get_backbone(config.backbone)
-    changes = {"backbone": spec.name}
+    changes = {"backbone": spec.name, **_absolute_paths(config)}
     if config.image_size is None:
         changes["image_size"] = spec.default_size
-    if config.weights not in ("imagenet", "none") and not os.path.isfile(
-            config.weights):
-        raise ValueError(
-            f"Weights {config.weights!r}: not 'imagenet', 'none' or an "
-            "existing weights file.")
+    _check_validation(config)
     if config.val_dir is not None or _layout(config.data_dir):
         changes["val_split"] = None
     has_val = (config.val_dir is not None or _layout(config.data_dir)
@@ -160,6 +156,70 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             out, n = f"{base}-{n}", n + 1
         changes["out"] = out
     return config.replace(**changes)
+
+
+def _check_paths(config, named_in=None):
+    """The folders and the weights file of `config` exist (`named_in`: the
+    config file that names them, for the message)."""
+    where = f" (named in {named_in!r})" if named_in else ""
+    for name in ("data_dir", "val_dir"):
+        folder = getattr(config, name)
+        if folder is not None and not os.path.isdir(folder):
+            raise ValueError(f"{'Data' if name == 'data_dir' else 'Val'} "
+                             f"folder {folder!r} does not exist{where}.")
+    if config.weights not in ("imagenet", "none") and not os.path.isfile(
+            config.weights):
+        raise ValueError(
+            f"Weights {config.weights!r}{where}: not 'imagenet', 'none' or "
+            "an existing weights file.")
+
+
+def _absolute_paths(config):
+    """`data_dir`, `val_dir` and a weights file as absolute paths: a run's
+    config.toml is read again from other folders (`--resume`, `--config`)."""
+    changes = {name: os.path.abspath(getattr(config, name))
+               for name in ("data_dir", "val_dir")
+               if getattr(config, name) is not None}
+    if config.weights not in ("imagenet", "none"):
+        changes["weights"] = os.path.abspath(config.weights)
+    return changes
+
+
+def _check_validation(config):
+    """One source of validation images: `val_dir` is refused beside the
+    data folder's own val folder, and a `val_split` other than the default
+    beside either (which would replace it)."""
+    val = next((os.path.join(config.data_dir, v) for v in VAL_FOLDERS
+                if os.path.isdir(os.path.join(config.data_dir, v))), None)
+    train = os.path.join(config.data_dir, "train")
+    # A val folder of class folders, not a class named "valid".
+    split = val is not None and (os.path.isdir(train) or any(
+        entry.is_dir() for entry in os.scandir(val)))
+    if config.val_dir is not None and (split or os.path.isdir(train)):
+        # With `val_dir` the data folder is read as the class folders:
+        # its train/ and val/ would be classes.
+        fix = (f"pass {train!r} as the data folder to validate on "
+               "`val_dir`" if os.path.isdir(train) else "")
+        if split:
+            raise ValueError(
+                f"Data folder {config.data_dir!r} already has a val folder "
+                f"({val!r}): drop `val_dir` ({config.val_dir!r})"
+                + (f", or {fix} instead." if fix else "."))
+        raise ValueError(f"Data folder {config.data_dir!r} has a train/ "
+                         f"folder: {fix}.")
+    # The default split is dropped quietly: it is not asked for.
+    if config.val_split in (None, TrainConfig().val_split):
+        return
+    if config.val_dir is not None:
+        raise ValueError(
+            f"Both `val_split` ({config.val_split:g}) and `val_dir` "
+            f"({config.val_dir!r}) give validation images; pass one of "
+            "them.")
+    if _layout(config.data_dir):
+        raise ValueError(
+            f"`val_split` ({config.val_split:g}) holds out training images, "
+            f"but {config.data_dir!r} has a val folder ({val!r}) that gives "
+            "the validation images; drop `val_split`.")
 
 
 # -- data and model -------------------------------------------------------------
@@ -192,7 +252,9 @@ def load_folder_data(config: TrainConfig):
     held-out images (`kft compare` scores on it, `kft eval` takes it).
     With `val_dir`, the two folders are read as one `train/` + `val/`
     layout (`kft.runs.folder.layout_dir`), so val images get the eval
-    transform and the class order of the train folder.
+    transform and the class order of the train folder. `kft.data` reads a
+    linked folder through its target: messages, skipped files and the
+    datasets' paths name the user's files, not the links.
     """
     from kft import data as kft_data
 
@@ -528,8 +590,13 @@ def _prepare_out(config, resume, say):
             raise ValueError(
                 f"Nothing to resume in {out!r}: no config.toml there. Start "
                 "the run without --resume.")
-        saved = load_config(os.path.join(out, "config.toml"))
+        path = os.path.join(out, "config.toml")
+        # The run continues in `out` wherever it is now, not in the folder
+        # its config names (relative to where it started).
+        saved = load_config(path).replace(out=out)
         info = _read_json(status_path) if os.path.exists(status_path) else {}
+        if info.get("status") != "complete":
+            _check_paths(saved, named_in=path)
         return saved, info, True, False
     if not is_primary():  # process 0 checks and makes the folder
         return config, {}, False, False

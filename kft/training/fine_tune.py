@@ -664,8 +664,7 @@ def check_fine_tune_arguments(model, train_data, val_data=None, **kwargs):
     ...
     ValueError: Argument `n_blocks` must be an integer from 1 to 4 ...
     """
-    arguments = inspect.signature(fine_tune).bind(
-        model, train_data, val_data, **kwargs)
+    arguments = _SIGNATURE.bind(model, train_data, val_data, **kwargs)
     arguments.apply_defaults()
     _prepare(**arguments.arguments)
 
@@ -719,5 +718,7 @@ def _run_phases(phases, strategy, counts, plan, learning_rate,
     return histories, found, learning_rate
 
 
-_PHASE2_DEFAULTS = {name: inspect.signature(fine_tune).parameters[name].default
+# Read once: the module's `fine_tune` may be wrapped later (tests do).
+_SIGNATURE = inspect.signature(fine_tune)
+_PHASE2_DEFAULTS = {name: _SIGNATURE.parameters[name].default
                     for name in PHASE2_ARGUMENTS}

@@ -78,3 +78,27 @@ def test_settings_a_run_cannot_use_exit_2_before_the_run_folder(
     assert any(re.search(message, line)
                for line in capsys.readouterr().err.splitlines()), message
     assert not os.path.exists(out)
+
+
+def test_the_run_folder_lists_the_images_it_skipped(folder, tmp_path):
+    # Only the loader's warning said so: the run folder kept no trace.
+    import json
+    import shutil
+    import warnings
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    (data / "class1" / "broken.png").write_bytes(b"not an image")
+    out = str(tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["train", str(data), *TINY, "--strategy",
+                         "feature_extraction", "--out", out,
+                         "--quiet"]) == 0
+    with open(os.path.join(out, "run.json")) as f:
+        skipped = json.load(f)["skipped_files"]
+    assert [os.path.basename(s["path"]) for s in skipped] == ["broken.png"]
+    assert skipped[0]["reason"]
+    with open(os.path.join(out, "summary.md")) as f:
+        summary = f.read()
+    assert "Skipped 1 image file(s)" in summary and "broken.png" in summary

@@ -6,8 +6,9 @@ The run folder (`out`):
   with `kft train --config`);
 - `environment.json`: library versions, Python, platform, JAX devices;
 - `run.json`: status (`running` / `complete`), what was asked for and
-  what was resolved (`strategy="auto"`, `lr="find"`), class names, best
-  epoch, timings, the files written;
+  what was resolved (`strategy="auto"`, `lr="find"`), class names, the
+  image files the loader skipped (`skipped_files`), best epoch, timings,
+  the files written;
 - `checkpoints/`: `kft.runs.RunBackup`'s state while training (what
   `--resume` continues from), removed when the run completes;
 - `model.keras`: the model with the kept (best) epoch's weights;
@@ -540,7 +541,13 @@ def write_evaluation(model, data, class_names, out, *, history=None,
     return report, files
 
 
-def _summary(result, env, requested):
+def _skipped_files(*datasets):
+    """`[{"path", "reason"}]` of the image files the loaders left out."""
+    return [{"path": s.path, "reason": s.reason} for data in datasets
+            if data is not None for s in getattr(data, "skipped", ())]
+
+
+def _summary(result, env, requested, skipped=()):
     config = result.config
     lines = [f"# kft run: {os.path.basename(os.path.abspath(result.out))}",
              "",
@@ -567,6 +574,13 @@ def _summary(result, env, requested):
             f"{metrics['balanced_accuracy']:.4f}, macro F1 "
             f"{metrics['macro']['f1']:.4f}, top-{metrics['top_k']} "
             f"{metrics['top_k_accuracy']:.4f} (`evaluation.md`).")
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} image file(s) the loader "
+                  "could not use (all listed in `run.json`, "
+                  "`skipped_files`):", ""]
+        lines += [f"- `{s['path']}`: {s['reason']}" for s in skipped[:10]]
+        if len(skipped) > 10:
+            lines.append(f"- ... and {len(skipped) - 10} more")
     lines += ["", "Files:", ""]
     lines += [f"- `{name}`" for name in sorted(result.files)]
     lines += ["", f"kft {env['kft']}, Keras {env['keras']}, JAX {env['jax']}"
@@ -756,6 +770,9 @@ def _train(config, info, resumed, verbose, say, command):
                 "reasons": reasons, "class_names": class_names,
                 "image_size": config.image_size, "backbone": config.backbone,
                 "command": command or info.get("command"),
+                # The run folder says which files did not train (the
+                # loader's warning scrolls by).
+                "skipped_files": _skipped_files(train, val),
                 "started": info.get("started")
                 or datetime.datetime.now().isoformat(timespec="seconds")}
     _write_json(os.path.join(out, "run.json"), run_info)
@@ -803,7 +820,8 @@ def _train(config, info, resumed, verbose, say, command):
     files["summary.md"] = path
     if is_primary():
         with open(path, "w") as f:
-            f.write(_summary(result, env, requested))
+            f.write(_summary(result, env, requested,
+                             run_info["skipped_files"]))
         shutil.rmtree(os.path.join(out, CHECKPOINTS), ignore_errors=True)
     run_info.update(
         status="complete", best_epoch=backup.best_epoch,

@@ -99,7 +99,10 @@ def image_batches(data, name, batch_size, *, expected_shape=None,
             yield array[start:start + batch_size]
         return
     count = 0
-    for batch in every_example(data):
+    # Every example once, as stored: the dataset's host augmentation,
+    # shuffling and balanced sampling would change what is measured.
+    in_order = getattr(data, "in_order", None)
+    for batch in every_example(in_order() if callable(in_order) else data):
         if isinstance(batch, dict):
             raise ValueError(
                 f"Argument `{name}` must yield image batches or (images, "

@@ -297,3 +297,38 @@ def test_host_augmenter_ignores_the_default_device(tmp_path):
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pinned" in result.stdout
+
+
+def test_attach_keeps_the_models_mixing_and_class_names():
+    # attach() returned a plain Model: Mixup/CutMix and label smoothing no
+    # longer ran (the loss was on hard labels) and the class names were
+    # gone (kft.predict said "0" for "cat").
+    mixing = kft.layers.MixUp(1.0, label_smoothing=0.3, num_classes=2,
+                              seed=0)
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(16, 16, 3),
+                                 batch_augment=mixing,
+                                 class_names=["cat", "dog"])
+    attached = kft.augmentation.attach(model, "none")
+    assert isinstance(attached, kft.BatchAugmentModel)
+    assert attached.batch_augment is mixing
+    assert attached.kft_metadata["class_names"] == ["cat", "dog"]
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3))
+    y = np.arange(8) % 2
+    attached.compile(keras.optimizers.SGD(0.0),
+                     keras.losses.CategoricalCrossentropy(from_logits=True))
+    loss = attached.fit(x.astype("float32"), y, batch_size=8, epochs=1,
+                        shuffle=False, verbose=0).history["loss"][0]
+    hard = float(keras.losses.CategoricalCrossentropy(from_logits=True)(
+        np.eye(2)[y], attached.predict(x, verbose=0)))
+    assert abs(loss - hard) > 1e-3  # mixed and smoothed: not the hard loss
+
+
+def test_standard_preset_blurs_every_image():
+    # factor=1.0 is Keras' probability range (0, 1): half the images.
+    blur = next(layer for layer in kft.augmentation.augmentation(
+        "standard").layers if "blur" in type(layer).__name__.lower())
+    images = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3))
+    out = np.asarray(blur(images.astype("float32"), training=True))
+    changed = np.abs(out - images).max(axis=(1, 2, 3)) > 1e-2
+    assert changed.all(), changed.mean()

@@ -61,8 +61,10 @@ def _layers(preset, seed):
                 contrast_factor=0.2, saturation_factor=(0.4, 0.6),
                 hue_factor=0.1, seed=seed + 3),
             layers.RandomGrayscale(factor=0.1, seed=seed + 4),
-            RandomGaussianBlur(factor=1.0, kernel_size=3, sigma=(0.1, 2.0),
-                               seed=seed + 5),
+            # Every image, as torchvision's (a factor of 1.0 is Keras'
+            # range (0, 1) of probabilities: half of the images).
+            RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=3,
+                               sigma=(0.1, 2.0), seed=seed + 5),
             RandomErasing(factor=(0.2, 0.2), scale=(0.02, 0.15),
                           fill_value=IMAGENET_MEAN,
                           value_range=(0, 255), seed=seed + 6),
@@ -221,6 +223,19 @@ def attach(model: keras.Model,
     elif not callable(augmentation_layer):
         fail_argument("augmentation_layer", "a Keras layer or one of "
                       f"{PRESETS}", augmentation_layer, TypeError)
+    from kft.models.batch_augment import BatchAugmentModel  # imports this
+
     inputs = keras.Input(model.input_shape[1:], name="image")
     outputs = model(augmentation_layer(inputs))
-    return keras.Model(inputs, outputs, name=f"augmented_{model.name}")
+    name = f"augmented_{model.name}"
+    if isinstance(model, BatchAugmentModel):
+        # Its Mixup/CutMix (and label smoothing) live in its train step.
+        wrapper = BatchAugmentModel(inputs, outputs, name=name,
+                                    batch_augment=model.batch_augment)
+    else:
+        wrapper = keras.Model(inputs, outputs, name=name)
+    for attribute in ("kft_metadata", "_kft_pretrained"):
+        # Class names for kft.predict / kft.export, as other wrappers keep.
+        if getattr(model, attribute, None) is not None:
+            setattr(wrapper, attribute, getattr(model, attribute))
+    return wrapper

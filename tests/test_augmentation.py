@@ -332,3 +332,21 @@ def test_standard_preset_blurs_every_image():
     out = np.asarray(blur(images.astype("float32"), training=True))
     changed = np.abs(out - images).max(axis=(1, 2, 3)) > 1e-2
     assert changed.all(), changed.mean()
+
+
+def test_processes_augment_their_slices_with_draws_of_their_own():
+    # Every process drew the same transforms for its k-th example: a
+    # global batch of 2 processes held each random transform twice.
+    ramp = np.tile(np.linspace(0, 255, 16, dtype="float32")[None, :, None],
+                   (16, 1, 3))
+    x, y = np.stack([ramp] * 16), np.arange(16) % 2
+
+    def first_batch(shard):
+        data = kft.data.from_arrays(x, y, batch_size=8, augmentation="light",
+                                    seed=0, shuffle=False, shard=shard)
+        return np.asarray(next(iter(data))[0])
+
+    one = first_batch(None)
+    both = np.concatenate([first_batch((0, 2)), first_batch((1, 2))])
+    assert len({image.tobytes() for image in one}) == 8
+    assert len({image.tobytes() for image in both}) == 8

@@ -137,7 +137,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     With several JAX processes (`kft.distributed`) `batch_size` is the
     global batch and each process yields its slice of every global batch
     (`shard`, see `kft.data._sharding`): the processes together train on
-    the batches one process would. `len(dataset)` is the number of global
+    the batches one process would (host augmentation aside: each process
+    draws its own transforms for its slice, so the draws differ from one
+    process's). `len(dataset)` is the number of global
     batches, the same in every process. Images are float32
     pixels in [0, 255], `(batch, height, width, 3)`; labels are int32
     class indices (`label_mode="int"`) or one-hot float32 rows.
@@ -366,7 +368,11 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     def _finish_batch(self, batch):
         images, labels = batch
         if self._augmenter is not None:
-            images = self._augmenter(images)
+            from kft.distributed.processes import data_shard
+
+            # Each process augments its slice of a global batch with its
+            # own draws (the same draws would repeat in every slice).
+            images = self._augmenter(images, data_shard(self._shard)[0])
         images = images.astype(np.float32, copy=False)
         if self.class_weight is None:
             return images, self._labels(labels)

@@ -49,7 +49,7 @@ class HostAugmenter:
         self.model = model
         self.device = jax.devices("cpu")[0]
         self._lock = threading.Lock()
-        self._states = None
+        self._states = {}
         self._functions = None
 
     def _compile(self, shape):
@@ -57,22 +57,45 @@ class HostAugmenter:
             self.model.build((None,) + shape[1:])
         self._functions = [jax.jit(_stateless_apply(layer))
                            for layer in self.model.layers]
+
+    def _initial_states(self, stream):
         # The seed states were created on the default device; committed to
         # the CPU device, they keep every compiled call there.
-        self._states = jax.device_put(
+        states = jax.device_put(
             [[v.value for v in layer.non_trainable_variables]
              for layer in self.model.layers], self.device)
+        if stream:
+            # Another seed per stream: processes reading their slices of
+            # each global batch must not repeat each other's draws.
+            states = [[_offset_seed(state, stream) for state in layer]
+                      for layer in states]
+        return states
 
-    def augment(self, images):
-        """Augments a batch; returns a JAX array on `self.device`."""
+    def augment(self, images, stream=0):
+        """Augments a batch; returns a JAX array on `self.device`.
+
+        `stream` (a process' shard index) draws from a seed of its own.
+        """
         with self._lock, jax.default_device(self.device):
             if self._functions is None:
                 self._compile(images.shape)
+            if stream not in self._states:
+                self._states[stream] = self._initial_states(stream)
+            states = self._states[stream]
             outputs = jax.device_put(images, self.device)
             for i, function in enumerate(self._functions):
-                outputs, self._states[i] = function(self._states[i], outputs)
+                outputs, states[i] = function(states[i], outputs)
         return outputs
 
-    def __call__(self, images):
+    def __call__(self, images, stream=0):
         """Augments a numpy batch; returns a numpy array."""
-        return np.asarray(self.augment(images))
+        return np.asarray(self.augment(images, stream))
+
+
+def _offset_seed(state, stream):
+    """A Keras `SeedGenerator` state (`[seed, counter]`, uint32) with its
+    seed moved by `stream`; other state as it is."""
+    if state.dtype != np.uint32 or state.shape != (2,):
+        return state
+    # A large odd step: streams of nearby seeds do not meet.
+    return state.at[0].add(np.uint32((stream * 0x9E3779B1) & 0xFFFFFFFF))

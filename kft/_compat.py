@@ -587,6 +587,12 @@ def glibc_maps_huge_pages(environ=None, thp_enabled_path=_THP_ENABLED):
 # -- fit's starting epoch -----------------------------------------------------
 
 
+def restored_initial_epoch(model):
+    """The epoch a `BackupAndRestore` resumes `fit` at (set in its
+    `on_train_begin`), or `None`."""
+    return getattr(model, "_initial_epoch", None)
+
+
 def reset_initial_epoch(model):
     """Forgets the epoch a `BackupAndRestore` restored into `model`.
 

@@ -474,3 +474,55 @@ def test_adabn_reads_a_dataset_as_stored_not_augmented_or_resampled():
         got = stem(kft.data.from_arrays(x, y, batch_size=8, **options))
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_schedule_goes_on_from_initial_epoch():
+    # fit(epochs=10, initial_epoch=9) ran its 4 steps at progress 0..3/40
+    # (lambda 0.18) instead of 36..39/40 (1.0): the total counted every
+    # epoch, the step started at 0.
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (32, 8, 8, 3)).astype("float32")
+    xt = rng.uniform(0, 255, (32, 8, 8, 3)).astype("float32")
+    model = _tiny_dann(method="mmd")
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pairs = domain_pairs((xs, np.arange(32) % 2), xt, batch_size=8)
+    history = model.fit(pairs, epochs=10, initial_epoch=9, verbose=0).history
+    want = np.mean([reversal_lambda((36 + k) / 40) for k in range(4)])
+    assert history["lambda"] == [pytest.approx(want, rel=1e-5)]
+    # A fit from epoch 0 starts the schedule at 0 again.
+    history = model.fit(pairs, epochs=1, verbose=0).history
+    assert history["lambda"] == [pytest.approx(np.mean(
+        [reversal_lambda(k / 4) for k in range(4)]), rel=1e-5)]
+
+
+def test_domain_adaptation_refuses_a_mixing_classifier():
+    # Its Mixup ran in its own train step, which the domain adaptation
+    # step replaces: the loss was the unmixed one, without a word.
+    clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                               input_shape=(8, 8, 3),
+                               batch_augment=kft.layers.MixUp(
+                                   1.0, num_classes=2, seed=0))
+    with pytest.raises(TypeError, match="without batch_augment"):
+        kft.DomainAdaptationModel(clf, hidden_units=(8,))
+
+
+def test_domain_shift_scores_a_dataset_against_source_arrays():
+    # A kft.data dataset with source_data raised "need data and
+    # source_data as arrays", after the whole BatchNorm pass.
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (24, 8, 8, 3)).astype("float32")
+    xt = rng.uniform(0, 255, (24, 8, 8, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                               input_shape=(8, 8, 3))
+    on_arrays = kft.domain_shift(clf, xt, source_data=xs, batch_size=8)
+    dataset = kft.data.from_arrays(xt, np.arange(24) % 2, batch_size=8,
+                                   seed=1)
+    on_dataset = kft.domain_shift(clf, dataset, source_data=xs,
+                                  batch_size=8)
+    assert on_dataset.mmd == pytest.approx(on_arrays.mmd, rel=1e-5)
+    assert on_dataset.probe_accuracy == on_arrays.probe_accuracy
+    with pytest.raises(ValueError, match="kft.data dataset for "
+                       "domain_shift's MMD"):
+        kft.domain_shift(clf, xt, source_data=iter([xs]), batch_size=8)

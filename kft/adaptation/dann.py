@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
@@ -127,6 +128,15 @@ class DomainAdaptationModel(keras.Model):
                 classifier, "inputs", None):
             fail_argument("classifier", "a functional Keras classifier "
                           "(kft.build_classifier)", classifier, TypeError)
+        from kft.models.batch_augment import BatchAugmentModel
+
+        if isinstance(classifier, BatchAugmentModel):
+            # Its mixing runs in its own train step, which this model's
+            # step replaces: it would be dropped without a word.
+            fail_argument(
+                "classifier", "a classifier without batch_augment (Mixup/"
+                "CutMix does not run in the domain adaptation step): build "
+                "it without batch_augment", classifier, TypeError)
         super().__init__(classifier.inputs, classifier.outputs,
                          name=kwargs.pop("name", "domain_adaptation"),
                          **kwargs)
@@ -183,7 +193,9 @@ class DomainAdaptationModel(keras.Model):
                               num_classes, "validation_data")
         callbacks = list(callbacks or [])
         if not any(isinstance(c, _ScheduleProgress) for c in callbacks):
-            callbacks.append(_ScheduleProgress())
+            # Last: after a BackupAndRestore has set the epoch to resume at.
+            callbacks.append(_ScheduleProgress(
+                kwargs.get("initial_epoch") or 0))
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     def current_lambda(self, step, total):
@@ -354,13 +366,22 @@ def _check_widths(hidden_units):
 
 
 class _ScheduleProgress(keras.callbacks.Callback):
-    """Resets the lambda schedule at the start of each `fit`: step 0 of
-    epochs x steps. Assigned before the first step reads the variables."""
+    """Sets the lambda schedule at the start of each `fit`: step
+    `initial_epoch x steps` of `epochs x steps` (`epochs` is the last
+    epoch, as in `fit`), so a fit resumed at an epoch (`initial_epoch=`, or
+    a `BackupAndRestore` before this callback) goes on where the schedule
+    was. Assigned before the first step reads the variables."""
+
+    def __init__(self, initial_epoch=0):
+        super().__init__()
+        self.initial_epoch = initial_epoch
 
     def on_train_begin(self, logs=None):
         steps = self.params.get("steps") or 0
         epochs = self.params.get("epochs") or 0
-        self.model.schedule_step.assign(0.0)
+        first = (_compat.restored_initial_epoch(self.model)
+                 or self.initial_epoch)
+        self.model.schedule_step.assign(float(steps * first))
         self.model.schedule_total.assign(float(steps * epochs))
 
 

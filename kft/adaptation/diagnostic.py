@@ -15,6 +15,7 @@ import numpy as np
 
 from kft._validation import check_int
 from kft.adaptation._data import check_same_images
+from kft.adaptation._data import dataset_arrays
 from kft.adaptation._data import image_array
 from kft.adaptation.batchnorm import batch_statistics
 from kft.evaluation._predict import predict_numpy
@@ -116,9 +117,10 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
             model you trained). `kft.get_blocks` names the blocks.
         data: Images: an array `(n, h, w, c)`, an `(x, y)` pair (labels
             unused) or a dataset of batches.
-        source_data: Optional source images (array or pair) for the MMD
-            and linear-probe scores on pooled features (needs a model
-            `kft.feature_cache.split_head` can split).
+        source_data: Optional source images (array, pair or `kft.data`
+            dataset) for the MMD and linear-probe scores on pooled features
+            (needs a model `kft.feature_cache.split_head` can split; `data`
+            then an array, pair or `kft.data` dataset too).
         batch_size: Batch size. Defaults to `64`.
         max_images: At most this many images of arrays are measured (the
             first ones). Defaults to `2000`.
@@ -129,7 +131,8 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
 
     Raises:
         ValueError: no BatchNorm layers, no images, image shapes that
-            differ from the model's input or between the domains.
+            differ from the model's input or between the domains, or
+            another kind of dataset with `source_data`.
 
     Example:
     >>> import kft, numpy as np
@@ -142,6 +145,13 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
     """
     batch_size = check_int("batch_size", batch_size, min_value=2)
     max_images = check_int("max_images", max_images, min_value=2)
+    arrays = None
+    if source_data is not None:
+        # Read (and checked) before the BatchNorm pass.
+        arrays = (_feature_images(source_data, "source_data"),
+                  _feature_images(data, "data"))
+        check_same_images(arrays[0].shape[1:], arrays[1].shape[1:],
+                          "source_data", "data")
     array = image_array(data, "data", allow_labels=True)
     if array is not None:
         data = array[:max_images]
@@ -166,9 +176,9 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
     order += [b for b in per_block_lists if b not in order]
     blocks = {b: float(np.mean(per_block_lists[b])) for b in order}
     mmd_value = probe = None
-    if source_data is not None:
-        mmd_value, probe = _feature_scores(model, data, source_data,
-                                           batch_size, max_images)
+    if arrays is not None:
+        mmd_value, probe = _feature_scores(model, *arrays, batch_size,
+                                           max_images)
     return DomainShiftReport(
         blocks=blocks, layers=per_layer,
         block_of_layer={layer.name: block_of.get(id(layer), layer.name)
@@ -176,21 +186,29 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
         num_images=num_images, mmd=mmd_value, probe_accuracy=probe)
 
 
-def _feature_scores(model, data, source_data, batch_size, max_images):
+def _feature_images(data, name):
+    """The images of arrays, a pair or a `kft.data` dataset (stored
+    order) for the feature scores."""
+    images = image_array(data, name, allow_labels=True)
+    if images is None:
+        read = dataset_arrays(data)
+        if read is None:
+            raise ValueError(
+                f"Argument `{name}` must be images (an array or an (x, y) "
+                "pair) or a kft.data dataset for domain_shift's MMD and "
+                "probe scores with `source_data`. Received: a "
+                f"{type(data).__name__}")
+        images = read[0]
+    return images
+
+
+def _feature_scores(model, source, target, batch_size, max_images):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
     from kft.adaptation.losses import mmd
     from kft.training.head import split_head
 
-    source = image_array(source_data, "source_data", allow_labels=True)
-    target = image_array(data, "data", allow_labels=True)
-    if source is None or target is None:
-        raise ValueError(
-            "domain_shift's MMD and probe scores need `data` and "
-            "`source_data` as arrays.")
-    check_same_images(source.shape[1:], target.shape[1:], "source_data",
-                      "data")
     features, _ = split_head(model)
     n = min(len(source), len(target), max_images)
     fs = predict_numpy(features, source[:n], batch_size)

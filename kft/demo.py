@@ -60,9 +60,10 @@ class _Settings:
     def input_shape(self):
         return (self.image_size, self.image_size, 3)
 
-    def dataset(self, arrays, shuffle=True):
+    def dataset(self, arrays, shuffle=True, class_names=None):
         return kft_data.from_arrays(*arrays, batch_size=self.batch_size,
-                                    shuffle=shuffle, seed=self.seed)
+                                    shuffle=shuffle, seed=self.seed,
+                                    class_names=class_names)
 
 
 def run_demo(image_size: int = 32, target_per_class: int = 10,
@@ -209,7 +210,9 @@ def _prepare(settings, weights_file, temporary, say):
     splits = digits(image_size=settings.image_size,
                     target_per_class=settings.target_per_class,
                     seed=settings.seed)
-    test = settings.dataset(splits.target_test, shuffle=False)
+    # Named by their digits, as the models' classes are.
+    test = settings.dataset(splits.target_test, shuffle=False, class_names=[
+        str(c) for c in splits.target_classes])
     say(f"Source task: digits {splits.source_classes}, "
         f"{len(splits.source[1])} images. Target task: digits "
         f"{splits.target_classes}, {len(splits.target_train[1])} labelled "

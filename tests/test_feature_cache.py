@@ -273,3 +273,29 @@ def test_reading_a_shuffled_dataset_whole_leaves_its_next_pass_alone():
         ds = dataset()
         read(ds)
         assert first_order(ds) == fresh
+
+
+def test_a_dataset_carrying_class_weights_is_not_cached_without_them():
+    # fine_tune's cached head phase (cache_features="auto") trained
+    # without the weights of a with_class_weight dataset: the same model
+    # as with no weights at all.
+    x, y = _data(n=24)
+    y = np.r_[np.zeros(20, int), np.ones(4, int)]
+    weights = {0: 0.1, 1: 10.0}
+
+    def trained(data, **kwargs):
+        model = _model(head="linear", dropout=0.0)
+        kft.fine_tune(model, data, None, strategy="feature_extraction",
+                      head_epochs=2, verbose=0, **kwargs)
+        return model.predict(x, verbose=0)
+
+    def dataset():
+        return kft.data.from_arrays(x, y, batch_size=8, shuffle=False)
+
+    own = trained(dataset().with_class_weight(weights))
+    given = trained(dataset(), class_weight=weights, cache_features=False)
+    unweighted = trained(dataset(), cache_features=False)
+    np.testing.assert_allclose(own, given, atol=1e-5)
+    assert np.abs(own - unweighted).max() > 1e-3
+    with pytest.raises(ValueError, match="carries class weights"):
+        kft.cache_features(_model(), dataset().with_class_weight(weights))

@@ -170,8 +170,10 @@ def plain_data(data):
         return True
     if isinstance(data, tuple):
         return all(isinstance(part, np.ndarray) for part in data)
+    # A dataset carrying class weights (`with_class_weight`) is not: a
+    # feature cache keeps features and labels only.
     return (isinstance(data, ImageDataset) and not dataset_augments(data)
-            and data.sampling == "all")
+            and data.sampling == "all" and data.class_weight is None)
 
 
 def batches(data, batch_size):
@@ -183,8 +185,9 @@ def batches(data, batch_size):
         batch_size: Batch size for arrays.
 
     Raises:
-        ValueError: a dataset that augments its images (`dataset_augments`)
-            or resamples them every pass (`sampling="balanced"`).
+        ValueError: a dataset that augments its images (`dataset_augments`),
+            resamples them every pass (`sampling="balanced"`) or carries
+            class weights (`with_class_weight`).
 
     Example:
     >>> import numpy as np
@@ -207,6 +210,13 @@ def batches(data, batch_size):
             f"{data.augmentation.name!r}); cached features would freeze "
             "one draw. Load it with augmentation='none' to cache features."
         )
+    if getattr(data, "class_weight", None) is not None:
+        raise ValueError(
+            "The dataset carries class weights in its batches (made with "
+            "with_class_weight); a feature cache keeps features and labels "
+            "only, so they would be dropped. Cache the dataset it was made "
+            "from and pass the weights to fit_head(..., class_weight=...) "
+            "(fine_tune(..., class_weight=...) does so).")
     if getattr(data, "sampling", "all") == "balanced":
         raise ValueError(
             "The dataset resamples its examples every pass (sampling="

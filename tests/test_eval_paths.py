@@ -1,3 +1,4 @@
+import os
 """User paths of evaluation and prediction that other tests leave out:
 explicit `scores="probabilities"`, single-output binary models and
 `class_names` given as one string."""
@@ -81,3 +82,44 @@ def test_datasets_of_other_classes_than_the_models_are_refused(names,
     same = kft.data.from_arrays(x, y, batch_size=4,
                                 class_names=["cat", "dog", "fox"])
     assert kft.evaluate(model, same).class_names == ("cat", "dog", "fox")
+
+
+def test_mistake_indices_name_paths_when_a_file_fails_while_read(tmp_path):
+    # check="header": a file whose pixel data is cut fails while read, is
+    # left out of its batch, and every later row shifted (a mistake named
+    # the file before the misclassified one).
+    import warnings
+
+    import keras
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "val" / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "train" / name / "t.png")
+    for i in range(6):
+        value = 250 if i == 3 else 10  # a/img3 is bright: called "b"
+        Image.new("RGB", (64, 64), (value,) * 3).save(
+            tmp_path / "val" / "a" / f"img{i}.jpg", quality=95)
+    for i in range(3):
+        Image.new("RGB", (64, 64), (250,) * 3).save(
+            tmp_path / "val" / "b" / f"img{i}.jpg", quality=95)
+    noise = np.random.default_rng(0).integers(0, 20, (64, 64, 3), np.uint8)
+    cut = tmp_path / "val" / "a" / "img1.jpg"
+    Image.fromarray(noise).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, val = kft.data.from_directory(tmp_path, 16, batch_size=4,
+                                         check="header")
+        inputs = keras.Input((16, 16, 3))
+        mean = keras.layers.GlobalAveragePooling2D()(inputs)
+        mean = keras.layers.Lambda(
+            lambda t: keras.ops.mean(t, axis=-1, keepdims=True))(mean)
+        outputs = keras.layers.Dense(
+            2, kernel_initializer=keras.initializers.Constant([[-0.1, 0.1]]),
+            bias_initializer=keras.initializers.Constant([12.8, -12.8]))(mean)
+        report = kft.evaluate(keras.Model(inputs, outputs), val)
+    assert report.num_examples == 8 and len(val.paths) == 9
+    [mistake] = report.mistakes
+    assert val.paths[mistake.index].endswith(os.path.join("a", "img3.jpg"))

@@ -165,6 +165,20 @@ def ordered(dataset):
     return in_order() if callable(in_order) else dataset
 
 
+def stored_indices(data, count):
+    """Positions in `data.paths` of the `count` examples a pass of a
+    `kft.data` dataset of files read, or `None` when they are `0..count-1`
+    (or unknown). A file that fails to load while read is left out of the
+    pass (and recorded in `data.skipped`): the rows after it are not their
+    files' positions."""
+    paths = getattr(data, "paths", None)
+    if paths is None or len(paths) == count:
+        return None
+    failed = {s.path for s in getattr(data, "skipped", ())}
+    kept = [i for i, path in enumerate(paths) if path not in failed]
+    return np.asarray(kept) if len(kept) == count else None
+
+
 def predict_arrays(model, x, y, batch_size, name="x"):
     """`(labels, scores)` of images and labels held in memory.
 

@@ -241,6 +241,7 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
     # What is read: every example, in every process (see `ordered`).
     check_data_batches(tuple(data) if isinstance(data, list)
                        else _predict.ordered(data), batch_size, name="data")
+    indices = None
     if isinstance(data, (tuple, list)) and len(data) == 2 and \
             _predict.is_array(data[0]):
         labels, raw = _predict.predict_arrays(
@@ -264,10 +265,13 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
         if from_data:
             class_names = _predict.data_class_names(data, raw.shape[-1],
                                                     model=model)
+        # Mistakes name positions in `data.paths`, files that failed to
+        # load during the pass left out.
+        indices = _predict.stored_indices(data, len(labels))
     return report_from_predictions(
         labels, raw, class_names=class_names, top_k=top_k,
         num_bins=num_bins, min_support=min_support,
-        num_mistakes=num_mistakes, scores=scores)
+        num_mistakes=num_mistakes, scores=scores, indices=indices)
 
 
 def _progress(dataset):

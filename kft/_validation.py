@@ -114,3 +114,14 @@ def check_labels(labels, num_classes, *, name="y"):
             f"be integers 0..{num_classes - 1} (or one-hot rows of width "
             f"{num_classes}).")
     return array
+
+
+def check_seed(value, name="seed"):
+    """A seed for kft's data pipelines: an integer in [0, 2**32 - 1]
+    (Keras' `SeedGenerator` and NumPy's shuffles take 32-bit seeds; out of
+    range, JAX failed deep inside with an OverflowError).
+
+    >>> check_seed(7)
+    7
+    """
+    return check_int(name, value, min_value=0, max_value=2**32 - 1)

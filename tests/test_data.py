@@ -721,3 +721,42 @@ def test_in_order_reads_the_images_without_host_augmentation():
     pairs = kft.adaptation.domain_pairs(ds, x, batch_size=4)
     np.testing.assert_array_equal(pairs.xs, x)
     assert not np.array_equal(np.concatenate([b for b, _ in ds]), x)
+
+
+def _pngs(folder, count, value=100):
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (8, 8), (value,) * 3).save(
+            os.path.join(folder, f"{i}.png"))
+
+
+def test_a_link_up_to_the_data_folder_is_not_walked(tmp_path):
+    # class b holding a link to its parent read every other class's
+    # images as b's: counts {'a': 2, 'b': 9, 'c': 3}.
+    for name, count in (("a", 2), ("b", 4), ("c", 3)):
+        _pngs(tmp_path / name, count)
+    os.symlink("..", tmp_path / "b" / "up")
+    train, _ = kft.data.from_directory(tmp_path, 8, validation_split=None)
+    assert dict(train.class_counts) == {"a": 2, "b": 4, "c": 3}
+
+
+def test_split_folders_are_found_in_any_case(tmp_path):
+    # Train/ + Val/ were read as two classes holding every image.
+    for split, count in (("Train", 3), ("Val", 2)):
+        for name in ("cat", "dog"):
+            _pngs(tmp_path / split / name, count)
+    train, val = kft.data.from_directory(tmp_path, 8)
+    assert train.class_names == val.class_names == ["cat", "dog"]
+    assert (train.num_examples, val.num_examples) == (6, 4)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_out_of_32_bits_is_refused_by_name(tmp_path, seed):
+    # It failed inside Keras' SeedGenerator with an OverflowError.
+    _pngs(tmp_path / "a", 2)
+    _pngs(tmp_path / "b", 2)
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in "
+                       r"\[0, 4294967295\]"):
+        kft.data.from_directory(tmp_path, 8, seed=seed)
+    with pytest.raises(ValueError, match="`seed`"):
+        kft.data.from_arrays(np.zeros((2, 8, 8, 3)), [0, 1], seed=seed)

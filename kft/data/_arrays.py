@@ -9,6 +9,7 @@ from PIL import Image
 from kft import augmentation as augmentation_lib
 from kft._validation import check_choice
 from kft._validation import check_int
+from kft._validation import check_seed
 from kft._validation import check_labels
 from kft._validation import check_number
 from kft._validation import fail_argument
@@ -157,7 +158,7 @@ def from_arrays(x, y, batch_size: int = 32, *,
             "Argument `x` must be images of shape (n, height, width, "
             f"channels) with 1, 3 or 4 channels. Received: x.shape={x.shape}"
         )
-    seed = check_int("seed", seed)
+    seed = check_seed(seed)
     check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
     if label_mode is None:
         label_mode = ("categorical" if y.ndim == 2 and y.shape[1] != 1
@@ -269,7 +270,7 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
     # Every argument is checked before TFDS reads (or downloads) anything.
     image_size = _images.image_size_pair(image_size)
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    seed = check_int("seed", seed)
+    seed = check_seed(seed)
     num_workers = check_int("num_workers", num_workers, min_value=0)
     check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
     check_choice("augment_on", augment_on, AUGMENT_ON)

@@ -22,6 +22,7 @@ import numpy as np
 from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
+from kft._validation import check_seed
 from kft._validation import check_number
 from kft._validation import fail_argument
 from kft.data._host_augment import HostAugmenter
@@ -215,7 +216,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         self._bad_labels = []
         self.shuffle = shuffle
         # Not `seed`: `grain.IterDataset` has a `seed()` method.
-        self._shuffle_seed = check_int("seed", seed)
+        self._shuffle_seed = check_seed(seed)
         self.num_workers = check_int("num_workers", num_workers, min_value=0)
         self.label_mode = label_mode
         self.augmentation = augmentation

@@ -16,6 +16,7 @@ import grain
 from kft import augmentation as augmentation_lib
 from kft._validation import check_choice
 from kft._validation import check_int
+from kft._validation import check_seed
 from kft._validation import check_number
 from kft.augmentation.presets import Preset
 from kft.data import _images
@@ -81,7 +82,7 @@ class _Settings:
             crop_fraction=check_number("crop_fraction", crop_fraction, low=0,
                                        high=1, low_open=True),
             shuffle=bool(shuffle),
-            seed=check_int("seed", seed),
+            seed=check_seed(seed),
             num_workers=check_int("num_workers", num_workers, min_value=0),
             check=check_choice("check", check, CHECKS),
             max_pixels=max_pixels,

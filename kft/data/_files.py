@@ -83,9 +83,13 @@ def list_images(folder):
     """
     found = []
     seen = set()
+    top = os.path.realpath(folder)
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
-        if real in seen:  # a symbolic link back up the tree: walk it once
+        # A symbolic link back to a folder already walked, or up to one
+        # holding `folder` (its parent: every other class's images too).
+        if real in seen or (real != top and os.path.commonpath(
+                [real, top]) == real):
             dirs[:] = []
             continue
         seen.add(real)
@@ -117,6 +121,17 @@ def scan_folder(folder, class_names, *, check, max_pixels, num_workers):
     return records, skipped, len(candidates)
 
 
+def split_folder(path, names):
+    """The folder in `path` named one of `names` in any case (`Train/`,
+    `Val/`: a case-sensitive match read them as two classes), or `None`."""
+    for name in names:
+        for entry in sorted(os.listdir(path)):
+            if entry.lower() == name and os.path.isdir(
+                    os.path.join(path, entry)):
+                return os.path.join(path, entry)
+    return None
+
+
 def split_folders(path, validation_split):
     """`(train folder, val folder or None)` of the layout under `path`."""
     if not os.path.isdir(path):
@@ -124,13 +139,15 @@ def split_folders(path, validation_split):
                          f"Received: path={path!r}")
     path = os.fspath(path)
     train_dir, val_dir = path, None
-    if not os.path.isdir(os.path.join(path, "train")):
+    train = split_folder(path, ("train",))
+    if train is None:
         # `path/<class>/` next to `path/val/<class>/`: the split folder
         # would be read as one more class holding every class's images.
         for name in (*VAL_FOLDERS, TEST_FOLDER):
-            split = os.path.join(path, name)
-            if os.path.isdir(split) and any(
+            split = split_folder(path, (name,))
+            if split is not None and any(
                     entry.is_dir() for entry in os.scandir(split)):
+                name = os.path.basename(split)
                 raise ValueError(
                     f"Found the split folder {_shown(split)!r} (it holds "
                     f"class folders) beside the class folders of "
@@ -139,10 +156,9 @@ def split_folders(path, validation_split):
                     f"{os.path.join(_shown(path), 'train')!r} (layout "
                     f"train/<class>/ + {name}/<class>/), or move {name}/ "
                     "out of the folder.")
-    if os.path.isdir(os.path.join(path, "train")):
-        train_dir = os.path.join(path, "train")
-        val_dir = next((os.path.join(path, v) for v in VAL_FOLDERS
-                        if os.path.isdir(os.path.join(path, v))), None)
+    if train is not None:
+        train_dir = train
+        val_dir = split_folder(path, VAL_FOLDERS)
     if val_dir is not None and validation_split is not None:
         raise ValueError(
             f"Found a val folder {_shown(val_dir)!r}, so `validation_split` "

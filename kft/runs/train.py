@@ -33,13 +33,13 @@ from kft._validation import fail_argument
 from kft.distributed.processes import barrier
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
+from kft.data._files import TEST_FOLDER
+from kft.data._files import VAL_FOLDERS
+from kft.data._files import split_folder
 from kft.runs.config import TrainConfig
 from kft.runs.config import load_config
 
 CHECKPOINTS = "checkpoints"
-VAL_FOLDERS = ("val", "validation", "valid")
-# Held-out images next to the class folders: never a class.
-TEST_FOLDER = "test"
 # What `fine_tune` compiles: with `loss`, the names an epoch logs.
 METRICS = ("accuracy",)
 
@@ -93,9 +93,10 @@ def _say_with(print_fn):
 
 
 def _layout(data_dir):
-    """Whether `data_dir` holds `train/` and a val folder."""
-    return os.path.isdir(os.path.join(data_dir, "train")) and any(
-        os.path.isdir(os.path.join(data_dir, v)) for v in VAL_FOLDERS)
+    """Whether `data_dir` holds `train/` and a val folder (any case, as
+    `kft.data.from_directory` finds them)."""
+    return (split_folder(data_dir, ("train",)) is not None
+            and split_folder(data_dir, VAL_FOLDERS) is not None)
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -190,17 +191,16 @@ def _check_validation(config):
     """One source of validation images: `val_dir` is refused beside the
     data folder's own val folder, and a `val_split` other than the default
     beside either (which would replace it)."""
-    val = next((os.path.join(config.data_dir, v) for v in VAL_FOLDERS
-                if os.path.isdir(os.path.join(config.data_dir, v))), None)
-    train = os.path.join(config.data_dir, "train")
+    val = split_folder(config.data_dir, VAL_FOLDERS)
+    train = split_folder(config.data_dir, ("train",))
     # A val folder of class folders, not a class named "valid".
-    split = val is not None and (os.path.isdir(train) or any(
+    split = val is not None and (train is not None or any(
         entry.is_dir() for entry in os.scandir(val)))
-    if config.val_dir is not None and (split or os.path.isdir(train)):
+    if config.val_dir is not None and (split or train is not None):
         # With `val_dir` the data folder is read as the class folders:
         # its train/ and val/ would be classes.
         fix = (f"pass {train!r} as the data folder to validate on "
-               "`val_dir`" if os.path.isdir(train) else "")
+               "`val_dir`" if train is not None else "")
         if split:
             raise ValueError(
                 f"Data folder {config.data_dir!r} already has a val folder "
@@ -229,8 +229,8 @@ def _check_validation(config):
 def _test_beside_classes(data_dir) -> bool:
     """Whether `data_dir` holds `<class>/` folders and a `test/` folder
     (not a class: `load_folder_data` leaves it out)."""
-    return not os.path.isdir(os.path.join(data_dir, "train")) and \
-        os.path.isdir(os.path.join(data_dir, TEST_FOLDER))
+    return (split_folder(data_dir, ("train",)) is None
+            and split_folder(data_dir, (TEST_FOLDER,)) is not None)
 
 
 def _classes_without_test(data_dir):
@@ -243,7 +243,8 @@ def _classes_without_test(data_dir):
         return data_dir
     return linked_dir({entry.name: entry.path
                        for entry in os.scandir(data_dir)
-                       if entry.is_dir() and entry.name != TEST_FOLDER})
+                       if entry.is_dir()
+                       and entry.name.lower() != TEST_FOLDER})
 
 
 def load_folder_data(config: TrainConfig):

@@ -3,6 +3,7 @@ epoch (`save_freq` an integer), and its argument checks."""
 
 import json
 import os
+import shutil
 import warnings
 
 import keras
@@ -155,3 +156,62 @@ def test_argument_errors_name_the_value():
     callback = GradualUnfreezing(every=1, verbose=False,
                                  backup_dir=os.path.join("a", "b"))
     assert callback.backup_dir == os.path.join("a", "b")
+
+
+class _StopAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.stop_epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.stop_epoch:
+            raise KeyboardInterrupt
+
+
+def _fit_every_epoch(backup, unfreeze_dir, extra=()):
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=SHAPE)
+    model.compile(kft.BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
+                                         model=model), LOSS)
+    return model.fit(X, Y, epochs=4, batch_size=8, shuffle=False, verbose=0,
+                     callbacks=[GradualUnfreezing(every=1,
+                                                  backup_dir=unfreeze_dir,
+                                                  verbose=0),
+                                kft.callbacks.BackupAndRestore(backup),
+                                *extra])
+
+
+@pytest.mark.parametrize("unfreeze_dir", ["other", None])
+def test_resume_without_the_checkpoints_backup_dir_raises(tmp_path,
+                                                          unfreeze_dir):
+    # BackupAndRestore resumed the weights, but without this callback's
+    # backup_dir the stage was not set first, the optimizer state was
+    # skipped (a Keras warning) and training went on with fresh slots.
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        _fit_every_epoch(backup, backup, [_StopAtEpoch(2)])
+    other = None if unfreeze_dir is None else str(tmp_path / unfreeze_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="resuming at epoch 3 but the "
+                           "optimizer state was not restored from the "
+                           "BackupAndRestore checkpoint"):
+            _fit_every_epoch(backup, other)
+
+
+def test_resume_from_a_checkpoint_cut_short_uses_the_previous(tmp_path):
+    # A kill while the end-of-epoch save wrote latest.weights.h5: Keras
+    # falls back to the .bkp pair, and GradualUnfreezing crashed reading
+    # the cut file (OSError: truncated file).
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        _fit_every_epoch(backup, backup, [_StopAtEpoch(2)])
+    # The .bkp pair was written, the metadata not yet: it names the
+    # previous checkpoint, as the .bkp one does.
+    shutil.copy(os.path.join(backup, "training_metadata.json.bkp"),
+                os.path.join(backup, "training_metadata.json"))
+    with open(os.path.join(backup, "latest.weights.h5"), "r+b") as f:
+        f.truncate(1000)
+    history = _fit_every_epoch(backup, backup).history
+    # The previous checkpoint is after epoch 1: epochs 2-4 run again.
+    assert history["unfrozen_blocks"] == [1, 2, 3]

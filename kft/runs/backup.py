@@ -24,7 +24,6 @@ at, so an epoch whose checkpoint was lost is logged once, from its rerun.
 import json
 import math
 import os
-import shutil
 import warnings
 
 import keras
@@ -37,63 +36,10 @@ from kft.training.monitor import improves
 from kft.training.monitor import monitor_mode
 from kft.training.state import changing_trainable
 from kft.training.unfreeze_backup import checkpoint_epoch
+from kft.training.unfreeze_backup import recover_checkpoint
 
 STATE_FILE = "run_state.json"
 BEST_WEIGHTS = "best.weights.h5"
-# `BackupAndRestore`'s files; with `double_checkpoint` it keeps the
-# previous pair as `<name>.bkp`.
-CHECKPOINT_FILES = ("latest.weights.h5", "training_metadata.json")
-
-
-def _readable(path):
-    try:
-        if path.removesuffix(".bkp").endswith(".json"):
-            with open(path) as f:
-                json.load(f)
-        else:
-            import h5py
-
-            with h5py.File(path, "r"):
-                pass
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def recover_checkpoint(directory) -> str | None:
-    """Repairs a `BackupAndRestore` directory a kill left half-written.
-
-    `save_weights` and the metadata file are not written atomically: a
-    kill during the write leaves a truncated file, which would fail every
-    resume. The previous checkpoint (`double_checkpoint=True` keeps it)
-    replaces the pair then; without one the pair is removed, so the call
-    starts again. Returns what was done, or `None` when nothing was
-    needed.
-
-    Example:
-    >>> import os, tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> with open(os.path.join(folder, "training_metadata.json"), "w") as f:
-    ...     _ = f.write('{"epoch": ')  # cut short
-    >>> recover_checkpoint(folder)
-    'removed a checkpoint cut short; the phase starts again'
-    """
-    paths = [os.path.join(directory, name) for name in CHECKPOINT_FILES]
-    present = [os.path.exists(p) for p in paths]
-    if not any(present) or (all(present) and all(map(_readable, paths))):
-        return None
-    previous = [p + ".bkp" for p in paths]
-    if all(os.path.exists(p) and _readable(p) for p in previous):
-        for old, path in zip(previous, paths):
-            shutil.copyfile(old, path + ".tmp")
-            os.replace(path + ".tmp", path)
-        return "restored the previous checkpoint (the last was cut short)"
-    for path in paths:
-        if os.path.exists(path):
-            os.remove(path)
-    return "removed a checkpoint cut short; the phase starts again"
-
-
 class RunBackup(keras.callbacks.Callback):
     """Checkpoints every `fit` call of a recipe for resuming after a crash.
 

@@ -17,6 +17,7 @@ apart by the trainable set the checkpoint's optimizer state fits.
 
 import json
 import os
+import shutil
 import warnings
 
 from kft.distributed.processes import is_primary
@@ -61,7 +62,10 @@ def optimizer_state_loads(model, backup_dir):
     optimizer.iterations.assign(-1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # The skip warning of a miss.
-        model.load_weights(path)
+        try:
+            model.load_weights(path)
+        except (OSError, ValueError):  # a file cut short: no state loads
+            pass
     if int(optimizer.iterations.value) >= 0:
         return True
     optimizer.iterations.assign(before)
@@ -123,3 +127,57 @@ def save_record(backup_dir, records, epoch, state):
     with open(path + ".tmp", "w") as f:
         json.dump({"records": records}, f)
     os.replace(path + ".tmp", path)
+
+
+# `BackupAndRestore`'s files; with `double_checkpoint` it keeps the
+# previous pair as `<name>.bkp`.
+CHECKPOINT_FILES = (BACKUP_WEIGHTS, BACKUP_METADATA)
+
+
+def _readable(path):
+    try:
+        if path.removesuffix(".bkp").endswith(".json"):
+            with open(path) as f:
+                json.load(f)
+        else:
+            import h5py
+
+            with h5py.File(path, "r"):
+                pass
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def recover_checkpoint(directory) -> str | None:
+    """Repairs a `BackupAndRestore` directory a kill left half-written.
+
+    `save_weights` and the metadata file are not written atomically: a
+    kill during the write leaves a truncated file, which would fail every
+    resume. The previous checkpoint (`double_checkpoint=True` keeps it)
+    replaces the pair then; without one the pair is removed, so the call
+    starts again. Returns what was done, or `None` when nothing was
+    needed.
+
+    Example:
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "training_metadata.json"), "w") as f:
+    ...     _ = f.write('{"epoch": ')  # cut short
+    >>> recover_checkpoint(folder)
+    'removed a checkpoint cut short; the phase starts again'
+    """
+    paths = [os.path.join(directory, name) for name in CHECKPOINT_FILES]
+    present = [os.path.exists(p) for p in paths]
+    if not any(present) or (all(present) and all(map(_readable, paths))):
+        return None
+    previous = [p + ".bkp" for p in paths]
+    if all(os.path.exists(p) and _readable(p) for p in previous):
+        for old, path in zip(previous, paths):
+            shutil.copyfile(old, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        return "restored the previous checkpoint (the last was cut short)"
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+    return "removed a checkpoint cut short; the phase starts again"

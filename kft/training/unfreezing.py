@@ -226,6 +226,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
         if self._restored or self.backup_dir is None:
             return
         self._restored = True
+        # A checkpoint cut short by a kill is replaced by the previous one
+        # first, as BackupAndRestore would restore it: the stage must be
+        # the one of the checkpoint that loads.
+        unfreeze_backup.recover_checkpoint(self.backup_dir)
         position = unfreeze_backup.checkpoint_position(self.backup_dir)
         if position is None:
             return
@@ -268,13 +272,25 @@ class GradualUnfreezing(keras.callbacks.Callback):
         # Keras only warns when a checkpoint's optimizer does not fit the
         # optimizer it loads into, and trains on with fresh slots.
         optimizer = self.model.optimizer
-        if (self._resumed_from is None or optimizer is None
-                or int(optimizer.iterations) > 0):
+        # A BackupAndRestore resumed the run (it sets the epoch `fit`
+        # starts at) without this callback's checkpoint: `backup_dir`
+        # missing or another directory. The stage was not restored first,
+        # so the checkpoint's optimizer slots did not load either.
+        keras_resumed = (epoch > 0 and self._resumed_from is None
+                         and _compat.restored_initial_epoch(self.model))
+        if ((self._resumed_from is None and not keras_resumed)
+                or optimizer is None or int(optimizer.iterations) > 0):
             return
+        where = ("the checkpoint in " + repr(self.backup_dir)
+                 if self._resumed_from is not None else
+                 "the BackupAndRestore checkpoint: this GradualUnfreezing "
+                 "has " + ("no `backup_dir`" if self.backup_dir is None
+                           else f"`backup_dir` {self.backup_dir!r}, which "
+                           "holds no checkpoint"))
         raise RuntimeError(
             "GradualUnfreezing: resuming at epoch "
             f"{epoch + 1} but the optimizer state was not restored from "
-            f"the checkpoint in {self.backup_dir!r} (its step count is 0). "
+            f"{where} (its step count is 0). "
             "Pass the same `backup_dir` as `keras.callbacks.BackupAndRestore`"
             " and the same schedule as the interrupted run, or delete the "
             "backup directory to start over.")

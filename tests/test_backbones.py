@@ -214,3 +214,26 @@ def test_simple_cnn_arguments():
                        r"True\)"):
         kft.create_backbone("simple_cnn", weights=None,
                             input_shape=(16, 16, True))
+
+
+def test_a_weights_file_of_another_model_names_the_file(tmp_path):
+    # A whole classifier's weights (what `kft train` leaves) or a broken
+    # file: Keras' "Layer 'stem_conv' expected 1 variables" or h5py's
+    # OSError, naming neither the argument nor the file.
+    classifier = kft.build_classifier("simple_cnn", 3, weights=None,
+                                      input_shape=(16, 16, 3))
+    whole = str(tmp_path / "model.weights.h5")
+    classifier.save_weights(whole)
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not hdf5")
+    for path in (whole, str(broken)):
+        with pytest.raises(ValueError, match=r"`weights` must be a weights "
+                           r"file of the simple_cnn backbone alone.*"
+                           + path.split("/")[-1]):
+            kft.create_backbone("simple_cnn", weights=path,
+                                input_shape=(16, 16, 3))
+    backbone = kft.create_backbone("simple_cnn", weights=None,
+                                   input_shape=(16, 16, 3))
+    own = str(tmp_path / "backbone.weights.h5")
+    backbone.save_weights(own)
+    kft.create_backbone("simple_cnn", weights=own, input_shape=(16, 16, 3))

@@ -543,3 +543,23 @@ def test_plateau_on_validation_skips_epochs_without_it():
                                          "epoch logs"):
         Plateau("val_loss", patience=1, mode="min").on_epoch_end(
             0, {"loss": 1.0, "val_acc": 0.5}, None, limit=3)
+
+
+def test_compile_notice_times_a_partial_last_batch():
+    # 20 examples in batches of 8: the last batch of 4 compiles a program
+    # of its own under the same train function; it was never timed.
+    x, y = _data(20)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    notice = kft.callbacks.CompileNotice(after=0.0)
+    started = []
+    original = notice._notice
+
+    def recording(message):
+        started.append(notice._started)
+        original(message)
+
+    notice._notice = recording
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[notice])
+    # The first step and the first partial last batch; not epoch 2's.
+    assert len(started) == 2

@@ -212,3 +212,20 @@ def test_stock_preprocessing_is_bit_exact(mode):
     stock = kft.layers.preprocessing(mode, (5, 7, 3))
     np.testing.assert_array_equal(stock(x), kft.layers.Preprocess(mode)(x))
     assert not stock.weights
+
+
+def test_hidden_units_without_an_mlp_head_is_refused():
+    # It was dropped: a linear head has no hidden layer.
+    with pytest.raises(ValueError, match=r"`hidden_units` must be left at "
+                       r"its default \(512\) with head='linear'.*Received: "
+                       r"hidden_units=64"):
+        kft.build_classifier("simple_cnn", 3, weights=None,
+                             input_shape=(16, 16, 3), hidden_units=64)
+
+
+def test_class_names_from_a_generator():
+    # The generator was used up by the type check: "class_names=[]".
+    model = kft.build_classifier("simple_cnn", weights=None,
+                                 input_shape=(16, 16, 3),
+                                 class_names=(n for n in ["a", "b"]))
+    assert model.kft_metadata["class_names"] == ["a", "b"]

@@ -20,9 +20,10 @@ def _model(seed=0, **kwargs):
     keras.utils.set_random_seed(seed)
     kwargs.setdefault("head", "mlp")
     kwargs.setdefault("dropout", 0.3)
+    if kwargs["head"] == "mlp":
+        kwargs.setdefault("hidden_units", 16)
     model = kft.build_classifier("simple_cnn", 3, weights=None,
-                                 input_shape=(SIZE, SIZE, 3), hidden_units=16,
-                                 **kwargs)
+                                 input_shape=(SIZE, SIZE, 3), **kwargs)
     kft.freeze(model, "feature_extraction")
     return model
 

@@ -215,3 +215,19 @@ def test_resume_from_a_checkpoint_cut_short_uses_the_previous(tmp_path):
     history = _fit_every_epoch(backup, backup).history
     # The previous checkpoint is after epoch 1: epochs 2-4 run again.
     assert history["unfrozen_blocks"] == [1, 2, 3]
+
+
+def test_small_argument_slips_get_clear_answers():
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=SHAPE)
+    # A bare string was read as its letters: blocks 'h', 'e', 'a', 'd'.
+    with pytest.raises(TypeError, match=r"a list of block names \(e.g. "
+                       r"\['head'\]\)"):
+        kft.set_trainable_blocks(model, "head")
+    # An array of milestones was refused; Milestones(array) was not.
+    callback = GradualUnfreezing(milestones=np.array([1, 3]), verbose=0)
+    # Before fit: AttributeError 'NoneType' object has no attribute.
+    with pytest.raises(ValueError, match="needs the model"):
+        callback.stage_at(2)
+    callback.set_model(model)
+    assert [callback.stage_at(e) for e in range(4)] == [0, 1, 1, 2]

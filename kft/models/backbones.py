@@ -249,7 +249,18 @@ def create_backbone(name: str, weights: Weights = "imagenet",
                                  input_shape=input_shape)
     model = as_backbone(built, spec.name)
     if local_file is not None:
-        model.load_weights(local_file)
+        try:
+            model.load_weights(local_file)
+        except (OSError, ValueError) as error:
+            # Keras names its own objects ("Layer 'stem_conv' expected 1
+            # variables"); the user needs to know which file is wrong.
+            raise ValueError(
+                f"Argument `weights` must be a weights file of the "
+                f"{spec.name} backbone alone (saved with "
+                f"backbone.save_weights(...), not a whole classifier's "
+                f"model.keras or model.save_weights). Received: "
+                f"weights={os.fspath(weights)!r}, which does not load "
+                f"({type(error).__name__}: {str(error)[:200]})") from error
     # Read by `kft.freeze`: frozen BatchNorm of a randomly initialised
     # backbone keeps random-init statistics.
     model._kft_pretrained = weights is not None

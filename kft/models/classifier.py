@@ -103,6 +103,12 @@ def build_classifier(
     num_classes = check_int("num_classes", num_classes, min_value=2)
     hidden_units = check_int("hidden_units", hidden_units, min_value=1)
     check_choice("head", head, HEADS)
+    if head != "mlp" and hidden_units != 512:
+        # Only the MLP head has a hidden layer: dropping it would ignore
+        # the request.
+        fail_argument("hidden_units", f'left at its default (512) with '
+                      f'head={head!r} (only head="mlp" has a hidden layer)',
+                      hidden_units)
     check_choice("pooling", pooling, POOLINGS)
     dropout = check_number("dropout", dropout, low=0.0, high=1.0,
                            high_open=True)
@@ -140,6 +146,9 @@ def build_classifier(
 
 
 def _check_class_names(class_names, num_classes):
+    if not isinstance(class_names, str) and not isinstance(
+            class_names, (list, tuple)) and hasattr(class_names, "__iter__"):
+        class_names = list(class_names)  # a generator is read once
     if isinstance(class_names, str) or not all(
             isinstance(c, str) for c in class_names):
         fail_argument("class_names", "a sequence of strings", class_names,

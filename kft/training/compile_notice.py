@@ -18,7 +18,9 @@ class CompileNotice(keras.callbacks.Callback):
     during which the progress bar does not move. If such a step is still
     running after `after` seconds this prints that it is compiling, and how
     long it took once it is done. Steps that reuse the compiled program
-    start no timer. `kft.fine_tune` adds it when `verbose`.
+    start no timer; an epoch's last batch is timed the first time too (a
+    partial batch compiles a program of its own). `kft.fine_tune` adds it
+    when `verbose`.
 
     Args:
         after: Seconds a new step may take before the notice. Defaults to
@@ -39,29 +41,50 @@ class CompileNotice(keras.callbacks.Callback):
         super().__init__()
         self.after = check_number("after", after, low=0.0)
         self._function = None
+        self._last_timed = False
+        self._step = None
+        self._batch_start = 0.0
         self._timer = None
         self._started = None
         self._noticed = False
 
-    def _notice(self):
+    def _notice(self, message):
+        # The timer's thread only prints: reading the model from it, while
+        # a step runs, raced Keras' state sync (donated buffers deleted).
         self._noticed = True
-        _compat.print_msg(
-            f"\nkft: compiling the train step for {self.model.name!r} "
-            f"({len(self.model.trainable_variables)} trainable variables); "
-            "the first step of a new trainable set takes a while...")
+        _compat.print_msg(message)
 
     def on_train_batch_begin(self, batch, logs=None):
         function = self.model.train_function
-        if function is self._function:
+        self._batch_start = time.perf_counter()
+        # An epoch's last batch, if partial, compiles another program
+        # under the same function: timed the first time too, its notice
+        # past `after` plus three of the steps before it (a full last
+        # batch is one more such step).
+        last = batch == (self.params or {}).get("steps", 0) - 1
+        if function is not self._function:
+            self._function, self._last_timed, self._step = function, last, None
+            delay = self.after
+        elif last and not self._last_timed and self._step is not None:
+            self._last_timed = True
+            delay = self.after + 3 * self._step
+        else:
             return
-        self._function = function
         self._started, self._noticed = time.perf_counter(), False
-        self._timer = threading.Timer(self.after, self._notice)
+        message = (
+            f"\nkft: compiling the train step for {self.model.name!r} "
+            f"({len(self.model.trainable_variables)} trainable variables); "
+            "the first step of a new trainable set takes a while...")
+        self._timer = threading.Timer(delay, self._notice, (message,))
         self._timer.daemon = True
         self._timer.start()
 
     def on_train_batch_end(self, batch, logs=None):
         if self._timer is None:
+            # A step that compiled nothing: how long steps take.
+            step = time.perf_counter() - self._batch_start
+            self._step = step if self._step is None else min(self._step,
+                                                             step)
             return
         self._timer.cancel()
         self._timer = None

@@ -12,6 +12,7 @@ import numpy as np
 from kft import _compat
 from kft.models import backbones
 from kft._validation import check_choice
+from kft._validation import fail_argument
 from kft.models.blocks import get_blocks, head_and_body
 from kft.training.state import changing_trainable
 
@@ -154,6 +155,10 @@ def set_trainable_blocks(model: keras.Model, names: Sequence[str],
     >>> kft.set_trainable_blocks(model, ["block3", "head"])
     """
     check_choice("bn", bn, BN_POLICIES)
+    if isinstance(names, str):
+        # Read as its letters, it named blocks 'h', 'e', 'a', 'd'.
+        fail_argument("names", f"a list of block names (e.g. [{names!r}])",
+                      names, TypeError)
     blocks = get_blocks(model, patterns)
     unknown = [n for n in names if n not in blocks]
     if unknown:

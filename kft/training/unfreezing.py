@@ -149,6 +149,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
                  verbose: int = 1, *,
                  schedule: UnfreezeSchedule | None = None):
         super().__init__()
+        if isinstance(milestones, np.ndarray):
+            milestones = milestones.tolist()  # as `Milestones` takes one
         if milestones is not None and (
                 isinstance(milestones, (str, bytes))
                 or not isinstance(milestones, Sequence)):
@@ -216,7 +218,13 @@ class GradualUnfreezing(keras.callbacks.Callback):
                    for v in self.model.trainable_variables)
 
     def stage_at(self, epoch: int) -> int:
-        """Number of blocks below the head unfrozen during `epoch`."""
+        """Number of blocks below the head unfrozen during `epoch` (the
+        callback needs its model: after `fit` starts, or `set_model`)."""
+        if self.model is None:
+            raise ValueError(
+                "GradualUnfreezing.stage_at needs the model, whose blocks "
+                "cap the stages: call it once fit has started, or after "
+                "callback.set_model(model).")
         return min(self.schedule.stage_at(epoch), self._body()[2])
 
     # -- resuming -----------------------------------------------------------

@@ -87,6 +87,13 @@ def _subtract(mean):
 
 def _bgr_flip(height, width):
     """RGB -> BGR with weightless stock layers (exact: slices and a concat)."""
+    if height is None or width is None:
+        # Read as channels-first, a (batch, height, width, 3) tensor's last
+        # two axes are cropped: one channel each, with no static size.
+        channel = [keras.layers.Cropping2D(((0, 0), (i, 2 - i)),
+                                           data_format="channels_first")
+                   for i in (2, 1, 0)]
+        return [channel, keras.layers.Concatenate(axis=3)]
     channel = [keras.layers.Cropping3D(((0, 0), (0, 0), (i, 2 - i)))
                for i in (2, 1, 0)]
     return [keras.layers.Reshape((height, width, 3, 1)), channel,
@@ -100,9 +107,10 @@ def preprocessing(mode: PreprocessMode = "none",
     """A backbone's preprocessing built from stock Keras layers.
 
     Computes exactly what `Preprocess(mode)` computes (bit for bit, in
-    float32) from `Normalization`, `Rescaling`, `Cropping3D`, `Reshape`
-    and `Concatenate` layers with no weights, so a model holding it loads
-    with plain Keras (`safe_mode=True`, no `import kft`):
+    float32) from `Normalization`, `Rescaling`, `Cropping3D` (or, with an
+    unknown height or width, `Cropping2D`), `Reshape` and `Concatenate`
+    layers with no weights, so a model holding it loads with plain Keras
+    (`safe_mode=True`, no `import kft`), also for a dynamic input size:
 
     - `"tf"`: `x / 127.5 - 1`;
     - `"torch"`: `(x / 255 - mean) / std` with ImageNet's mean and std;
@@ -112,11 +120,9 @@ def preprocessing(mode: PreprocessMode = "none",
 
     Args:
         mode: One of `PREPROCESS_MODES`. Defaults to `"none"`.
-        input_shape: `(height, width, channels)`. Needed for `"tf"`,
-            `"torch"` and `"caffe"` (the last two: 3 channels only);
-            `"caffe"` with an unknown height or width falls back to the kft
-            layer `Preprocess` (the channel flip needs static sizes).
-            Defaults to `None`.
+        input_shape: `(height, width, channels)`, height and width
+            possibly `None`. Needed for `"tf"`, `"torch"` and `"caffe"`
+            (the last two: 3 channels only). Defaults to `None`.
         name: The layer's name. Defaults to `"preprocess"`.
 
     Returns:
@@ -142,13 +148,10 @@ def preprocessing(mode: PreprocessMode = "none",
                       input_shape)
     height, width = input_shape[:2]
     if mode in ("torch", "caffe") and input_shape[-1] != 3:
-        # ImageNet's per-channel statistics: broadcasting them would fail,
-        # or (the `Preprocess` fallback) turn the images into RGB ones.
+        # ImageNet's per-channel statistics: broadcasting them would fail.
         fail_argument("input_shape", f"(height, width, 3) for mode={mode!r} "
                       "(it uses ImageNet's per-channel RGB statistics)",
                       input_shape)
-    if mode == "caffe" and (height is None or width is None):
-        return Preprocess(mode, name=name)
     inputs = keras.Input(tuple(input_shape), name=f"{name}_input")
     if mode == "tf":
         steps = [_divide_by(127.5), keras.layers.Rescaling(1.0, offset=-1.0)]

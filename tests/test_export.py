@@ -287,3 +287,87 @@ def test_mixed_precision_model_exports_in_float32(tmp_path):
                                rtol=1e-4, atol=1e-4)
     assert [w.dtype for w in mixed.weights] == [
         w.dtype for w in reference.weights]
+
+
+def test_mixed_precision_mobilenetv3_exports_in_float32(tmp_path):
+    # MobileNetV3's hard sigmoid puts raw Keras ops (Add, Multiply) into
+    # the graph, which the float32 copy must keep as they are.
+    reference = kft.build_classifier("mobilenetv3small", 3, weights=None,
+                                     input_shape=(32, 32, 3))
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = kft.build_classifier("mobilenetv3small", 3, weights=None,
+                                     input_shape=(32, 32, 3))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    mixed.set_weights(reference.get_weights())
+    path = kft.export(mixed, tmp_path / "mixed.onnx",
+                      class_names=list("abc"))
+    x = _inputs(32)[0]
+    logits = kft.deploy._onnx_io.ort_session(path).run(None, {"image": x})[0]
+    expected = reference.predict(x, verbose=0)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_caffe_keras_file_of_dynamic_size_loads_in_plain_keras(
+        caffe_backbone, tmp_path):
+    # Caffe's RGB->BGR flip with no static height or width: still stock
+    # layers, equal to Keras' own caffe preprocessing.
+    x = _inputs(16)[0][:2, :12]
+    layer = kft.layers.preprocessing("caffe", (None, None, 3))
+    np.testing.assert_array_equal(
+        layer(x), keras.applications.imagenet_utils.preprocess_input(
+            x.copy(), mode="caffe"))
+    model = kft.build_classifier(caffe_backbone, num_classes=3,
+                                 weights=None, input_shape=(None, None, 3),
+                                 class_names=["x", "y", "z"])
+    assert kft_layers(inference_model(model)) == []
+    path = kft.export(model, tmp_path / "dynamic.keras", format="keras")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "logits.npy", model.predict(x, verbose=0))
+    script = textwrap.dedent(f"""
+        import json, sys
+        import keras, numpy as np
+        model = keras.saving.load_model({path!r}, safe_mode=True)
+        diff = np.abs(model.predict(np.load({str(tmp_path / 'x.npy')!r}),
+                                    verbose=0)
+                      - np.load({str(tmp_path / 'logits.npy')!r})).max()
+        print(json.dumps({{"diff": float(diff),
+                          "kft": "kft" in sys.modules}}))
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"diff": 0.0, "kft": False}
+
+
+def test_parity_of_a_probabilities_file(simple):
+    # The file returns probabilities, the model logits: the parity compares
+    # the file with their softmax, also for the file's bytes.
+    model, folder = simple
+    path = kft.export(model, folder / "parity_probs.onnx",
+                      output="probabilities")
+    x = _inputs(16)[0]
+    with open(path, "rb") as f:
+        serialized = f.read()
+    for onnx_file in (path, serialized):
+        parity = kft.onnx_parity(model, onnx_file, x)
+        assert parity.ok, parity
+        assert 0 < parity.max_abs_output <= 1
+
+
+def test_onnx_only_arguments_refused_for_keras_files(simple, tmp_path):
+    model, _ = simple
+    with pytest.raises(ValueError, match=r'Argument `batch` must be '
+                       r'"dynamic".*format="keras".*Received: batch=1'):
+        kft.export(model, tmp_path / "m.keras", format="keras", batch=1)
+    with pytest.raises(ValueError, match=r"Argument `opset` must be 18.*"
+                       r'format="keras".*Received: opset=21'):
+        kft.export(model, tmp_path / "m.keras", format="keras", opset=21)
+    assert not list(tmp_path.iterdir())
+    kft.export(model, tmp_path / "m.keras", format="keras",
+               batch="dynamic", opset=18)

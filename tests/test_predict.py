@@ -137,3 +137,50 @@ def test_sources_are_named_as_documented_and_bad_files_say_so(model,
     # Class names travel through kft.with_source_head.
     kept = kft.with_source_head(model, model.get_layer("head_dense"))
     assert kft.predict(kept, image, top_k=1)[0].label.startswith("digit")
+
+
+def test_pil_image_is_turned_as_its_exif_orientation_says(model, tmp_path):
+    # A photo taken sideways: stored rotated, with an orientation tag.
+    from kft.deploy._views import make_views
+
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = str(tmp_path / "sideways.png")
+    image.save(path, exif=exif)
+    upright = load_image(path, 16, "center_crop")
+    assert not np.array_equal(upright, load_image(path, 16, "center_crop",
+                                                  exif_transpose=False))
+    for tta in (None, "multi_crop"):
+        with Image.open(path) as opened:
+            views = make_views("image[0]", opened, (16, 16), tta, 0.875,
+                               None)
+        np.testing.assert_array_equal(views, make_views(
+            path, path, (16, 16), tta, 0.875, None))
+        np.testing.assert_array_equal(views[0], upright)
+    with Image.open(path) as opened:
+        from_pil = kft.predict(model, opened, top_k=5)[0]
+    assert from_pil.probabilities == kft.predict(model, path,
+                                                 top_k=5)[0].probabilities
+
+
+def test_model_not_taking_rgb_is_refused_before_any_call(tmp_path):
+    # kft.predict feeds RGB views: a 1-channel model must fail with a clear
+    # message, and without a call that leaves the model broken.
+    from importlib.util import find_spec
+
+    keras.utils.set_random_seed(0)
+    gray = kft.build_classifier("simple_cnn", 3, weights=None,
+                                input_shape=(16, 16, 1),
+                                class_names=list("abc"))
+    image = np.full((20, 20, 3), 100, np.uint8)
+    sources = [gray]
+    if find_spec("jax2onnx") and find_spec("onnxruntime"):
+        sources.append(kft.export(gray, tmp_path / "gray.onnx"))
+    for source in sources:
+        with pytest.raises(ValueError, match=r"Argument `model_or_path` must "
+                           r"be a model taking RGB images.*takes 1 channel"):
+            kft.predict(source, image)
+    x = np.zeros((1, 16, 16, 1), np.float32)
+    assert gray.predict(x, verbose=0).shape == (1, 3)

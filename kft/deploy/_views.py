@@ -1,14 +1,15 @@
 """Turning what `kft.predict` is given into model-sized views.
 
-A file or a PIL image goes through kft's eval transform (the centered
-`crop_fraction` region, resized bilinearly: `kft.data.load_image(...,
-geometry="center_crop")`); an array already of the model's size is used as
-it is (it is taken to be preprocessed like `model.predict`'s input). With
-test-time augmentation each source gives several views, the first being
-the one without: `"flip"` adds the mirror image, `"multi_crop"` the four
-corner crops of the same size as the center crop (five views; an array
-used as it is is its own center view, and its corner crops are
-`crop_fraction` of it, resized to the model's size).
+A file or a PIL image goes through kft's eval transform (turned upright as
+its EXIF orientation tag says, the centered `crop_fraction` region, resized
+bilinearly: `kft.data.load_image(..., geometry="center_crop")`); an array
+already of the model's size is used as it is (it is taken to be
+preprocessed like `model.predict`'s input). With test-time augmentation
+each source gives several views, the first being the one without: `"flip"`
+adds the mirror image, `"multi_crop"` the four corner crops of the same
+size as the center crop (five views; an array used as it is is its own
+center view, and its corner crops are `crop_fraction` of it, resized to the
+model's size).
 """
 
 import os
@@ -79,6 +80,14 @@ def _open(path, size, max_pixels):
                       f"{_images.describe_error(error)}") from error
 
 
+def _upright(image):
+    """A PIL image turned as its EXIF orientation says, as a file is (a new
+    image: the caller's stays as it is; one already turned has no tag)."""
+    if _images.exif_orientation(image) != 1:
+        return ImageOps.exif_transpose(image)
+    return image
+
+
 def _as_pil(name, array, size):
     """A uint8 array as an RGB image, a float one of the model's size as
     three float channels; a float array of another size is refused (its
@@ -138,7 +147,7 @@ def make_views(name, source, size, tta, crop_fraction, max_pixels):
         if isinstance(source, str):
             image = _open(source, size, max_pixels)
         elif isinstance(source, Image.Image):
-            image = _images.to_rgb(source)
+            image = _images.to_rgb(_upright(source))
         else:
             image = _as_pil(name, source, size)
         first = image[0] if isinstance(image, list) else image

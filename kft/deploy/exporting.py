@@ -71,11 +71,12 @@ def export(model: keras.Model, path: str | os.PathLike,
         path: The file to write, its name ending in the format's suffix:
             `.onnx` or `.keras`.
         format: `"onnx"` or `"keras"`. Defaults to `"onnx"`.
-        batch: ONNX only: `"dynamic"` (any batch size) or `1` (static
-            batch of one, what some runtimes and accelerators want).
-            Defaults to `"dynamic"`.
-        opset: ONNX only: the ONNX opset (18 or higher), recorded in the
-            file. Defaults to `18`.
+        batch: ONNX only (`format="keras"` accepts the default alone):
+            `"dynamic"` (any batch size) or `1` (static batch of one, what
+            some runtimes and accelerators want). Defaults to `"dynamic"`.
+        opset: ONNX only (`format="keras"` accepts the default alone): the
+            ONNX opset (18 or higher), recorded in the file. Defaults to
+            `18`.
         output: `"logits"`, `"probabilities"` or `None` (what the model
             returns: probabilities for a model ending in a softmax, else
             logits), recorded in the metadata. Defaults to `None`.
@@ -92,7 +93,8 @@ def export(model: keras.Model, path: str | os.PathLike,
             `format`/`output`, `output="logits"` for a model that ends in
             a softmax (its logits cannot be recovered), a model with
             unknown height or width (ONNX), a `path` whose suffix is not
-            the format's.
+            the format's, `batch` or `opset` other than the default with
+            `format="keras"`.
         ImportError: ONNX export without `onnx`/`jax2onnx` installed; the
             message says `pip install "kft[export]"`.
 
@@ -115,6 +117,16 @@ def export(model: keras.Model, path: str | os.PathLike,
         if batch != "dynamic":
             batch = check_int("batch", batch, min_value=1, max_value=1)
         opset = check_int("opset", opset, min_value=MIN_OPSET)
+    else:
+        # Refused rather than ignored: the file would not be what was asked.
+        if batch != "dynamic":
+            fail_argument("batch", '"dynamic" (the default) for format='
+                          '"keras": a .keras file takes any batch size '
+                          '(batch applies to format="onnx" only)', batch)
+        if opset != DEFAULT_OPSET:
+            fail_argument("opset", f"{DEFAULT_OPSET} (the default) for "
+                          'format="keras": a .keras file has no ONNX opset '
+                          '(opset applies to format="onnx" only)', opset)
     check_built(model)
     output = resolve_output(model, output)
     meta = model_metadata(model, class_names, output)
@@ -195,6 +207,11 @@ def _float32_copy(model):
     """`model` with float32 layers and its weights: onnxruntime refuses the
     float16/float32 mix a mixed-precision graph traces to."""
     def clone(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            # A Keras op in the graph (MobileNetV3's hard sigmoid adds and
+            # multiplies): weightless, it computes in its inputs' dtype,
+            # and its config takes no `dtype`.
+            return layer
         return type(layer).from_config({**layer.get_config(),
                                         "dtype": "float32"})
 

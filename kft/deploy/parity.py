@@ -1,12 +1,14 @@
 """Checking an exported ONNX file against the Keras model it came from."""
 
 import dataclasses
+import json
 import os
 
 import keras
 import numpy as np
 
 from kft.deploy._onnx_io import ort_session
+from kft.deploy.inference import output_kind
 
 # The tolerance: max |onnx - keras| <= RELATIVE * max(1, max |keras|).
 RELATIVE = 1e-4
@@ -36,6 +38,10 @@ def onnx_parity(model: keras.Model, onnx_file: str | os.PathLike | bytes,
     """Runs `images` through `model.predict` and the ONNX file on
     onnxruntime's CPU provider and compares the outputs.
 
+    A file that returns probabilities (its metadata says
+    `output="probabilities"`, as `kft.export` records it) is compared with
+    the softmax of a model that returns logits.
+
     Args:
         model: The Keras model the file was exported from.
         onnx_file: Its path, or the serialized bytes.
@@ -58,6 +64,14 @@ def onnx_parity(model: keras.Model, onnx_file: str | os.PathLike | bytes,
     expected = np.asarray(model.predict(images, batch_size=batch_size,
                                         verbose=0), np.float64)
     session = ort_session(onnx_file)
+    # The metadata as `read_metadata` reads it, also for serialized bytes.
+    recorded = session.get_modelmeta().custom_metadata_map.get("output")
+    if (recorded and json.loads(recorded) == "probabilities"
+            and output_kind(model) == "logits"):
+        # A file exported with output="probabilities" from a model
+        # returning logits.
+        expected = np.exp(expected - expected.max(axis=-1, keepdims=True))
+        expected /= expected.sum(axis=-1, keepdims=True)
     name = session.get_inputs()[0].name
     if session.get_inputs()[0].shape[0] == 1:
         got = np.concatenate([session.run(None, {name: images[i:i + 1]})[0]

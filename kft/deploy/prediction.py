@@ -60,6 +60,19 @@ def _softmax(logits):
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def _check_rgb(input_shape):
+    """Fails before the first model call: Keras and onnxruntime would fail
+    inside it, and an interrupted `predict` leaves a Keras model broken."""
+    channels = input_shape[-1]
+    if channels not in (3, None):
+        takes = "1 channel" if channels == 1 else f"{channels} channels"
+        fail_argument(
+            "model_or_path", "a model taking RGB images, shaped (height, "
+            f"width, 3), as kft.predict feeds them (this one takes {takes}: "
+            "convert the images and call its predict yourself)",
+            tuple(input_shape))
+
+
 class _OnnxRunner:
     def __init__(self, path):
         self.session = ort_session(path)
@@ -70,6 +83,7 @@ class _OnnxRunner:
                                            for d in spec.shape[1:]):
             fail_argument("model_or_path", "an ONNX image classifier with a "
                           "static (height, width, 3) input", spec.shape)
+        _check_rgb(spec.shape)
         self.size = tuple(spec.shape[1:3])
         self.static_batch = spec.shape[0] if isinstance(spec.shape[0],
                                                         int) else None
@@ -95,6 +109,7 @@ class _KerasRunner:
         if None in self.size:
             fail_argument("model_or_path", "a model with a static input "
                           "height and width", model.inputs[0].shape)
+        _check_rgb(model.inputs[0].shape)
 
     def __call__(self, x):
         # Under data parallel each call's batch must split over the
@@ -141,21 +156,21 @@ def predict(model_or_path, images, *, top_k: int = 5,
             max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list:
     """The top-k classes of each image, with their probabilities.
 
-    Files and PIL images go through kft's eval transform (the centered
-    `crop_fraction` region resized bilinearly to the model's input size,
-    as `kft.data` does for validation data); an array already of the
-    model's size is used as it is, a uint8 array of another size is
-    resized like a file. The model's outputs (logits, or probabilities for
-    a model that ends in a softmax, such as a file exported with
-    `output="probabilities"`) become softmax probabilities; with `tta`
-    they are averaged over the views, the first of which is the one
-    prediction without `tta` uses: `"flip"` (the image and its mirror),
-    `"multi_crop"` (the center crop and the four corner crops of the same
-    size; an array used as it is is its own center view, its corner crops
-    `crop_fraction` of it).
+    Files and PIL images go through kft's eval transform (turned upright as
+    their EXIF orientation tag says, the centered `crop_fraction` region
+    resized bilinearly to the model's input size, as `kft.data` does for
+    validation data); an array already of the model's size is used as it is,
+    a uint8 array of another size is resized like a file. The model's
+    outputs (logits, or probabilities for a model that ends in a softmax,
+    such as a file exported with `output="probabilities"`) become softmax
+    probabilities; with `tta` they are averaged over the views, the first of
+    which is the one prediction without `tta` uses: `"flip"` (the image and
+    its mirror), `"multi_crop"` (the center crop and the four corner crops
+    of the same size; an array used as it is is its own center view, its
+    corner crops `crop_fraction` of it).
 
     Args:
-        model_or_path: A Keras model taking [0, 255] pixels (e.g. from
+        model_or_path: A Keras model taking RGB [0, 255] pixels (e.g. from
             `kft.build_classifier`), or a `.keras` / `.onnx` file from
             `kft.export` (an ONNX file runs in onnxruntime, without JAX),
             or a run folder's `model.keras` (class names from the
@@ -185,7 +200,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
             file; nothing is skipped).
         ValueError: bad arguments, a float array of another size than the
             model's input, an empty folder, a model with a single output
-            column (a sigmoid binary head: build it with `num_classes=2`).
+            column (a sigmoid binary head: build it with `num_classes=2`),
+            a model that does not take 3-channel (RGB) images.
         TypeError: `class_names` given as one string.
         ImportError: an `.onnx` file without onnxruntime installed (the
             message says `pip install "kft[export]"`).

@@ -42,7 +42,11 @@ def freeze(model: keras.Model,
     run in inference mode, so its moving statistics never change, even in
     an unfrozen block (this is the flag `fit` respects; calling the backbone
     with `training=False` is overridden by `fit`). `bn="train"` lets BN in
-    unfrozen blocks train and update its statistics.
+    unfrozen blocks train and update its statistics. Layers without
+    weights are not frozen by `trainable`: a frozen block's Dropout (such
+    as EfficientNet's stochastic depth, `block*_drop`) still drops in
+    `fit`, as in Keras (cached features, computed in inference mode, do
+    not).
 
     Safe on a compiled model and inside callbacks of a running `fit`: the
     optimizer keeps the state of variables that stay trainable and the next
@@ -193,8 +197,9 @@ def _pretrained(model):
 
 
 def _warn_if_random_batch_norm(model, blocks, names, head):
-    # Only BN in a training block matters: a frozen block runs every layer
-    # in inference mode whatever the policy.
+    # Only BN in a training block matters: a frozen block's BN runs in
+    # inference mode whatever the policy (its weightless random layers,
+    # such as EfficientNet's stochastic depth, still run in training).
     if model in _WARNED_RANDOM_BN or _pretrained(model) is not False:
         return
     if not any(batch_norm_layers(layer) for name in names if name != head

@@ -211,3 +211,21 @@ def test_pretrained_backbone_does_not_warn(tmp_path):
         assert not _bn_warnings(record)
         kft.freeze(bare, "full")  # a bare random backbone warns too
     assert len(_bn_warnings(record)) == 1
+
+
+def test_summary_calls_a_trainable_batchnorm_block_trainable():
+    # A model split by its top-level layers can have a block of one
+    # BatchNormalization layer: fully trainable, it read "partial".
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
+        keras.layers.BatchNormalization(name="bn1"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, name="head")])
+    kft.freeze(model, "full", bn="train")
+    rows = {line.split()[0]: line.split()[3] for line in
+            kft.trainable_summary(model, print_fn=None).splitlines()[2:-1]}
+    assert rows["bn1"] == "trainable", rows
+    kft.freeze(model, "full")
+    rows = {line.split()[0]: line.split()[3] for line in
+            kft.trainable_summary(model, print_fn=None).splitlines()[2:-1]}
+    assert rows["bn1"] == "frozen", rows

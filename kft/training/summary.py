@@ -63,10 +63,13 @@ def trainable_summary(model: keras.Model, patterns=None,
         }
         state = {frozenset({True}): "trainable",
                  frozenset({False}): "frozen"}.get(frozenset(flags), "partial")
-        if trainable == 0:
-            state = "frozen"
         bn_flags = {bn.trainable for layer in layers
                     for bn in batch_norm_layers(layer)}
+        if trainable == 0:
+            state = "frozen"
+        elif not flags and bn_flags == {True}:
+            # A block of BatchNorm layers alone, all training.
+            state = "trainable"
         bn = {frozenset(): "-", frozenset({False}): "frozen",
               frozenset({True}): "train"}.get(frozenset(bn_flags), "mixed")
         rows.append((name, f"{params:,}", f"{trainable:,}", state, bn))

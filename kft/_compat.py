@@ -134,6 +134,22 @@ def call_inputs(layer):
     return [list(node.input_tensors) for node in layer._inbound_nodes]
 
 
+def output_operation(model):
+    """The layer or Keras op (`keras.ops.softmax` called in a functional
+    graph is an op, not a layer) that makes `model`'s first output, or
+    `None` for a model without a graph."""
+    try:
+        return model.outputs[0]._keras_history.operation
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def is_softmax_op(operation):
+    """Whether `operation` is Keras' functional softmax op."""
+    return (type(operation).__name__ == "Softmax"
+            and type(operation).__module__.startswith("keras.src.ops"))
+
+
 def is_leaf_with_weights(layer):
     """Whether `layer` creates trainable weights itself (not a container)."""
     return bool(layer._trainable_variables) and not layer._layers

@@ -211,3 +211,30 @@ def test_eval_folder_reads_with_the_eval_transform(tmp_path):
     with pytest.raises(ValueError, match=r"missing: \['c'\]"):
         kft.runs.load_eval_folder(str(data), ["a", "b", "c"], 8)
 
+
+
+def test_probabilities_are_recognised_however_the_softmax_is_written():
+    # keras.ops.softmax in the graph (an op, not a layer) and a softmax
+    # model wrapped by attach were taken for logits: kft.predict applied
+    # a second softmax, export(output="probabilities") a second one too.
+    import keras
+
+    from kft.deploy.inference import output_kind
+
+    inputs = keras.Input((8, 8, 3))
+    logits = keras.layers.Dense(3, name="head")(
+        keras.layers.GlobalAveragePooling2D()(inputs))
+    as_op = keras.Model(inputs, keras.ops.softmax(logits))
+    as_layer = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, activation="softmax", name="head")])
+    attached = kft.augmentation.attach(as_layer, "none")
+    assert [output_kind(m) for m in (as_op, as_layer, attached)] == [
+        "probabilities"] * 3
+    assert output_kind(keras.Model(inputs, logits)) == "logits"
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3))
+    for model in (as_op, attached):
+        result = kft.predict(model, x.astype("float32"), top_k=3)[0]
+        want = model.predict(x[:1], verbose=0)[0]
+        np.testing.assert_allclose(result.probabilities,
+                                   want[result.indices], atol=1e-6)

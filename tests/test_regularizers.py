@@ -527,3 +527,21 @@ def test_load_weights_written_without_a_penalty_keeps_the_anchors(tmp_path):
     other.load_weights(tmp_path / "penalised.weights.h5")
     for p, v in again.bound.anchors.items():
         np.testing.assert_array_equal(v.numpy(), anchors[p])
+
+
+def test_fisher_of_a_softmax_model_equals_its_logits_twin():
+    # log_softmax was applied to the probabilities: 85x too small.
+    inputs = keras.Input((8, 8, 3))
+    logits = keras.layers.Dense(3, name="head")(
+        keras.layers.GlobalAveragePooling2D()(inputs))
+    twin = keras.Model(inputs, logits)
+    softmax = keras.Model(inputs, keras.layers.Softmax()(logits))
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(0, 1, (12, 8, 8, 3)).astype("float32"),
+            rng.integers(0, 3, 12))
+    want = kft.estimate_fisher(twin, data, batch_size=4, verbose=0)
+    got = kft.estimate_fisher(softmax, data, batch_size=4, verbose=0)
+    assert sorted(got.values) == sorted(want.values)
+    for path, value in want.values.items():
+        np.testing.assert_allclose(got.values[path], value, rtol=1e-4,
+                                   atol=1e-9)

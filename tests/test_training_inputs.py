@@ -363,3 +363,18 @@ def test_a_failed_fine_tune_unbinds_its_regularizer():
     kft.fine_tune(model, (x, y), strategy="full", head_epochs=1, epochs=1,
                   batch_size=8, verbose=0, regularizer=penalty)
     assert penalty.bound is not None
+
+
+def test_fine_tune_default_loss_on_a_softmax_model_reads_probabilities():
+    # It compiled from_logits=True on probabilities: losses wrong in value
+    # (0.97 for 0.77), and so the best epoch picked by val_loss.
+    x, y = _data()
+    base = _model()
+    probs = keras.layers.Softmax(name="probabilities")(base.output)
+    model = keras.Model(base.input, probs)
+    result = kft.fine_tune(model, (x, y), (x, y), strategy="full",
+                           head_epochs=1, epochs=1, batch_size=8, verbose=0)
+    want = float(keras.losses.SparseCategoricalCrossentropy()(
+        y, model.predict(x, verbose=0)))
+    assert result.histories[1]["val_loss"][-1] == pytest.approx(want,
+                                                                rel=1e-4)

@@ -28,6 +28,7 @@ from typing import Literal
 import keras
 import numpy as np
 
+from kft import _compat
 from kft._compat import base_image_preprocessing_layer
 from kft._validation import check_choice
 from kft._validation import fail_argument
@@ -65,8 +66,9 @@ def check_built(model):
 
 def output_kind(model: keras.Model) -> str:
     """`"probabilities"` when `model` ends in a softmax (a `Softmax` layer,
-    or a layer with a softmax activation, such as a file `kft.export` wrote
-    with `output="probabilities"`), else `"logits"`.
+    a layer with a softmax activation, such as a file `kft.export` wrote
+    with `output="probabilities"`, `keras.ops.softmax` called in the
+    graph, or a nested model that ends in one), else `"logits"`.
 
     Example:
     >>> import kft
@@ -76,9 +78,14 @@ def output_kind(model: keras.Model) -> str:
     ...     model, output="probabilities"))
     ('logits', 'probabilities')
     """
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax) or getattr(
-            last, "activation", None) is keras.activations.softmax:
+    last = _compat.output_operation(model)
+    if last is None:  # no graph (a subclassed model): its last layer
+        last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.Model):
+        return output_kind(last)  # e.g. a model `attach` wrapped
+    if (isinstance(last, keras.layers.Softmax) or _compat.is_softmax_op(last)
+            or getattr(last, "activation", None)
+            is keras.activations.softmax):
         return "probabilities"
     return "logits"
 

@@ -67,7 +67,8 @@ def estimate_fisher(model: keras.Model, source_data, *,
     batch holds `batch_size` gradients of the whole model in memory.
 
     Args:
-        model: A built classifier returning logits.
+        model: A built classifier returning logits (or probabilities,
+            ending in a softmax).
         source_data: `(images, labels)` arrays, or `images` alone for
             `kind="true"`. Labels are class indices in `[0, num_classes)`
             or one-hot rows of the model's width.
@@ -205,15 +206,25 @@ def _padded(images, labels, begin, batch_size):
 
 
 def _batch_step(model, weights, others, kind):
+    from kft.deploy.inference import output_kind
+
+    # A model ending in a softmax: log p are its logits (log_softmax of
+    # them is log p again); a softmax of p would flatten them (the Fisher
+    # came out 85x too small).
+    probabilities = output_kind(model) == "probabilities"
+
     def logits_of(w_vals, o_vals, x):
         mapping = list(zip(weights, w_vals)) + list(zip(others, o_vals))
         with keras.StatelessScope(state_mapping=mapping):
             out = model(x, training=False)
-        return jnp.asarray(out, "float32")
+        out = jnp.asarray(out, "float32")
+        return jnp.log(jnp.maximum(out, 1e-30)) if probabilities else out
 
     def nll(w_vals, o_vals, x, y):
         logits = logits_of(w_vals, o_vals, x[None])[0]
         return -jax.nn.log_softmax(logits)[y]
+
+
 
     per_example = jax.vmap(jax.grad(nll), in_axes=(None, None, 0, 0))
 

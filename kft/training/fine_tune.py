@@ -176,9 +176,15 @@ def _check_model(model, strategy, n_blocks, learning_rate, epochs):
 def _default_loss(model, train_data):
     # A batch-mixing model trains on soft labels (it one-hot encodes
     # integer ones itself); a plain model on integer or one-hot labels.
+    from kft.deploy.inference import output_kind
+
+    # A model ending in a softmax returns probabilities: a logits loss on
+    # them is wrong in value (and so in the epoch it keeps).
+    from_logits = output_kind(model) == "logits"
     if isinstance(model, BatchAugmentModel) or one_hot_labels(train_data):
-        return keras.losses.CategoricalCrossentropy(from_logits=True)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=from_logits)
 
 
 def _head_caches(phases, mode):
@@ -502,7 +508,8 @@ def fine_tune(
         unfreeze_every: Epochs per stage for `"gradual"`. Defaults to `1`.
         bn: BatchNorm policy, `"frozen"` or `"train"`. Defaults to
             `"frozen"`.
-        loss: Defaults to categorical cross-entropy on logits: sparse for
+        loss: Defaults to categorical cross-entropy on logits (on
+            probabilities for a model that ends in a softmax): sparse for
             integer labels, on one-hot rows for one-hot labels or a
             `kft.BatchAugmentModel`.
         metrics: Defaults to `("accuracy",)`.

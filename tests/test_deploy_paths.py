@@ -238,3 +238,25 @@ def test_probabilities_are_recognised_however_the_softmax_is_written():
         want = model.predict(x[:1], verbose=0)[0]
         np.testing.assert_allclose(result.probabilities,
                                    want[result.indices], atol=1e-6)
+
+
+def test_a_two_output_model_is_refused_clearly():
+    # numpy's "inhomogeneous shape" from inside kft (or, with outputs of
+    # one width, misleading shape errors much later); fine_tune failed in
+    # Keras' compile on the metrics.
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(3, name="head")(pooled),
+                                 keras.layers.Dense(3, name="aux")(pooled)])
+    x = np.zeros((4, 8, 8, 3), "float32")
+    y = np.array([0, 1, 2, 0])
+    for call in (lambda: kft.predict(model, x),
+                 lambda: kft.evaluate(model, (x, y)),
+                 lambda: kft.evaluate_classifier(model, x, y)):
+        with pytest.raises(ValueError, match="one output .*Received: "
+                           "model='a model with 2 outputs'"):
+            call()
+    with pytest.raises(TypeError, match="one output"):
+        kft.fine_tune(model, (x, y), verbose=0)

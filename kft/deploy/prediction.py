@@ -23,6 +23,7 @@ from kft.deploy._views import make_views
 from kft.deploy.metadata import model_metadata
 from kft.deploy.metadata import read_metadata
 from kft.distributed.data_parallel import batch_shards
+from kft.evaluation._predict import output_width
 from kft.evaluation._predict import check_width
 from kft.evaluation._predict import predict_numpy
 
@@ -105,6 +106,7 @@ class _OnnxRunner:
 class _KerasRunner:
     def __init__(self, model, meta, batch_size):
         self.model, self.meta, self.batch_size = model, meta, batch_size
+        output_width(model)  # one output, or a clear error
         self.size = tuple(model.inputs[0].shape[1:3])
         if None in self.size:
             fail_argument("model_or_path", "a model with a static input "

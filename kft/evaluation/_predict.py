@@ -13,11 +13,19 @@ from kft.distributed.processes import process_count
 
 
 def output_width(model):
-    """The model's number of classes, known before predicting, or `None`."""
+    """The model's number of classes, known before predicting, or `None`.
+
+    Raises for a model with several outputs: their scores would be
+    stacked into one array and read as one (numpy's "inhomogeneous shape"
+    or misleading shape errors much later)."""
     try:
-        width = model.outputs[0].shape[-1]
+        outputs = model.outputs
+        width = outputs[0].shape[-1]
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
+    if len(outputs) != 1:
+        fail_argument("model", "a classifier with one output (its class "
+                      "scores)", f"a model with {len(outputs)} outputs")
     return None if width is None else int(width)
 
 

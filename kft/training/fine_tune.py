@@ -626,6 +626,10 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
         "n_blocks": n_blocks, "unfreeze_every": unfreeze_every})
     train_data = as_pair(train_data, "train_data")
     val_data = as_pair(val_data, "val_data")
+    if len(model.outputs) != 1:  # Keras' compile failed on the metrics
+        fail_argument("model", "a classifier with one output (its class "
+                      "scores)", f"a model with {len(model.outputs)} "
+                      "outputs", TypeError)
     num_classes = model.outputs[0].shape[-1]
     check_data_labels(train_data, num_classes, "train_data")
     check_data_labels(val_data, num_classes, "val_data")

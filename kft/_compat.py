@@ -144,6 +144,15 @@ def output_operation(model):
         return None
 
 
+def is_graph_model(model):
+    """Whether `model` is functional or Sequential (kft's own functional
+    subclasses included), not a subclassed model without a graph."""
+    import keras
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, (Functional, keras.Sequential))
+
+
 def is_softmax_op(operation):
     """Whether `operation` is Keras' functional softmax op."""
     return (type(operation).__name__ == "Softmax"

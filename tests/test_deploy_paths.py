@@ -255,8 +255,37 @@ def test_a_two_output_model_is_refused_clearly():
     for call in (lambda: kft.predict(model, x),
                  lambda: kft.evaluate(model, (x, y)),
                  lambda: kft.evaluate_classifier(model, x, y)):
-        with pytest.raises(ValueError, match="one output .*Received: "
-                           "model='a model with 2 outputs'"):
+        with pytest.raises(ValueError, match=r"one (image input and one )?"
+                           r"output.*Received: model='(a model with 2 "
+                           r"outputs|1 inputs, 2 outputs)'"):
             call()
     with pytest.raises(TypeError, match="one output"):
         kft.fine_tune(model, (x, y), verbose=0)
+
+
+def test_a_subclassed_model_is_told_to_wrap_itself():
+    # AttributeError 'inputs' / 'input_shape' from inside kft, and
+    # export's advice to call the model once (which gives it no graph).
+    import keras
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.pool = keras.layers.GlobalAveragePooling2D()
+            self.head = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.head(self.pool(x))
+
+    net = Net()
+    x = np.zeros((2, 8, 8, 3), "float32")
+    net(x)
+    for call in (lambda: kft.predict(net, x),
+                 lambda: kft.augmentation.attach(net, "light"),
+                 lambda: kft.export(net, "unused.onnx")):
+        with pytest.raises(ValueError, match="subclassed model .*wrap it in "
+                           "a functional model"):
+            call()
+    inputs = keras.Input((8, 8, 3))
+    wrapped = keras.Model(inputs, net(inputs))
+    assert len(kft.predict(wrapped, x)) == 2

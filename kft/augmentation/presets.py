@@ -208,6 +208,9 @@ def attach(model: keras.Model,
     >>> kft.augmentation.attach(m, "none").output.shape
     (None, 3)
     """
+    from kft.deploy.inference import check_built
+
+    check_built(model)  # its input shape comes from the graph
     channels = model.input_shape[-1]
     if isinstance(augmentation_layer, str):
         check_choice("preset", augmentation_layer, PRESETS)

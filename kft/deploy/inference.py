@@ -51,6 +51,13 @@ def check_built(model):
         inputs = model.inputs
     except (AttributeError, ValueError):
         inputs = None
+    if not inputs and not _compat.is_graph_model(model):
+        # A subclassed model has no graph, built or not.
+        raise ValueError(
+            f"Model {model.name!r} is a subclassed model ("
+            f"{type(model).__name__}), which has no graph to read: wrap it "
+            "in a functional model first, e.g. `inputs = keras.Input((h, "
+            "w, 3)); model = keras.Model(inputs, subclassed(inputs))`.")
     if not inputs or not model.built:
         raise ValueError(
             f"Model {model.name!r} has no defined input yet, so there is no "

@@ -147,6 +147,9 @@ def _runner(model_or_path, batch_size):
     if not isinstance(model_or_path, keras.Model):
         fail_argument("model_or_path", "a keras.Model or the path of a "
                       ".keras / .onnx file", model_or_path, TypeError)
+    from kft.deploy.inference import check_built
+
+    check_built(model_or_path)  # its input size is read from the graph
     return _KerasRunner(model_or_path, model_metadata(model_or_path),
                         batch_size)
 

@@ -1,4 +1,5 @@
 import keras
+import numpy as np
 import pytest
 
 import kft
@@ -90,10 +91,12 @@ def test_backbone_is_found_by_its_marker_not_its_name():
 
     raw = SimpleCNN(input_shape=(16, 16, 3))  # named "simple_cnn", unmarked
     assert raw.name == "simple_cnn"
-    assert list(kft.get_blocks(raw)) == ["stem_conv", "stem_bn",
-                                         "block1_conv", "block1_bn",
-                                         "block2_conv", "block2_bn",
-                                         "block3_conv", "block3_bn"]
+    # One block per weighted layer, BatchNorm with the layer before it.
+    blocks = kft.get_blocks(raw)
+    assert list(blocks) == ["stem_conv", "block1_conv", "block2_conv",
+                            "block3_conv"]
+    assert [layer.name for layer in blocks["block1_conv"]] == [
+        "block1_conv", "block1_bn"]
     inputs = keras.Input((16, 16, 3))
     wrapped = keras.Model(inputs, keras.layers.Dense(2, name="out")(
         keras.layers.GlobalAveragePooling2D()(raw(inputs))))
@@ -149,3 +152,31 @@ def test_an_attached_model_has_its_classifiers_blocks():
                  if layer.trainable_weights}
     assert trainable and trainable <= {
         layer.name for layer in kft.get_blocks(model)["block3"]}
+
+
+def test_plain_models_keep_batchnorm_with_its_layer_and_a_named_head():
+    # Each BatchNormalization was a block of its own: under bn="frozen",
+    # partial (n_blocks=1) trained what feature extraction trains, and
+    # gradual spent every other stage on nothing. Layers after a layer
+    # named "head" were body blocks: feature extraction froze the final
+    # classifier.
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
+        keras.layers.BatchNormalization(name="bn1"),
+        keras.layers.Conv2D(4, 3, name="c2"),
+        keras.layers.BatchNormalization(name="bn2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(8, name="head"), keras.layers.Dense(3, name="out")])
+    blocks = kft.get_blocks(model)
+    assert {name: [layer.name for layer in layers]
+            for name, layers in blocks.items()} == {
+        "c1": ["c1", "bn1"], "c2": ["c2", "bn2"], "head": ["head", "out"]}
+
+    def trainable():
+        return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+    kft.freeze(model, "feature_extraction")
+    head_only = trainable()
+    assert model.get_layer("out").trainable and head_only == 8 * 4 + 8 + 27
+    kft.freeze(model, "partial", n_blocks=1)
+    assert trainable() > head_only

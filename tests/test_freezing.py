@@ -214,11 +214,12 @@ def test_pretrained_backbone_does_not_warn(tmp_path):
 
 
 def test_summary_calls_a_trainable_batchnorm_block_trainable():
-    # A model split by its top-level layers can have a block of one
-    # BatchNormalization layer: fully trainable, it read "partial".
+    # A model split by its top-level layers whose first weighted layer is
+    # a BatchNormalization has a block of it alone: fully trainable, it
+    # read "partial".
     model = keras.Sequential([
-        keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1"),
-        keras.layers.BatchNormalization(name="bn1"),
+        keras.Input((8, 8, 3)), keras.layers.BatchNormalization(name="bn1"),
+        keras.layers.Conv2D(4, 3, name="c1"),
         keras.layers.GlobalAveragePooling2D(),
         keras.layers.Dense(3, name="head")])
     kft.freeze(model, "full", bn="train")

@@ -40,7 +40,8 @@ def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
       (such as `kft.augmentation.attach`'s wrapper, see `wrapped_model`):
       that model's blocks;
     - otherwise: one block per top-level layer with weights, named after
-      the layer.
+      the layer; a BatchNormalization joins the block of the layer before
+      it, and a layer named "head" and the layers after it form the head.
 
     Args:
         model: A built `keras.Model`.
@@ -72,15 +73,24 @@ def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
         # Freezing "the last 2 blocks" of an attached model means its
         # classifier's.
         return get_blocks(inner)
-    blocks, head, found = {}, [], False
+    blocks, head, found, previous = {}, [], False, None
     for layer in _weighted(model.layers):
         if not found and backbone_name(layer) is not None:
             blocks.update(_backbone_blocks(layer))
             found = True
-        elif found:
+        elif found or head or layer.name == HEAD:
+            # A layer named "head" and every layer after it: the head (a
+            # classifier after it was frozen with the body).
             head.append(layer)
+        elif previous is not None and isinstance(
+                layer, keras.layers.BatchNormalization):
+            # It normalises the layer before it: alone, under bn="frozen",
+            # its block would train nothing (a partial or gradual stage
+            # spent on it).
+            blocks[previous].append(layer)
         else:
             blocks[layer.name] = [layer]
+            previous = layer.name
     if head:
         blocks[HEAD] = head
     return blocks

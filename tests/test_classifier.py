@@ -229,3 +229,18 @@ def test_class_names_from_a_generator():
                                  input_shape=(16, 16, 3),
                                  class_names=(n for n in ["a", "b"]))
     assert model.kft_metadata["class_names"] == ["a", "b"]
+
+
+def test_mixed_precision_classifier_returns_float32_logits():
+    # head_dense followed the policy: bfloat16 logits tie and flip classes.
+    import keras
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                     input_shape=(16, 16, 3))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.get_layer("simple_cnn").compute_dtype == "bfloat16"
+    out = model(np.zeros((1, 16, 16, 3), "float32"))
+    assert str(out.dtype) == "float32"

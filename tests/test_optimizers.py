@@ -658,3 +658,21 @@ def test_wrapped_optimizer_with_a_callable_rate_is_refused_clearly(make):
                        r"be a number or a keras.optimizers.schedules.*"
                        r"Received: learning_rate=.*<lambda>"):
         make(keras.optimizers.SGD(learning_rate=lambda: 0.1))
+
+
+def test_averaged_weights_under_mixed_float16():
+    # Keras wraps the optimizer in a LossScaleOptimizer, whose own
+    # use_ema is False: averaged_weights refused every such model.
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(BlockwiseOptimizer(keras.optimizers.SGD(0.1), use_ema=True,
+                                     ema_overwrite_at_end=False), "mse")
+    model.fit(np.ones((4, 2)), np.ones(4), epochs=3, verbose=0)
+    raw = model.get_weights()[0].copy()
+    with kft.optimizers.averaged_weights(model):
+        averaged = model.get_weights()[0].copy()
+    assert not np.allclose(averaged, raw)
+    np.testing.assert_array_equal(model.get_weights()[0], raw)

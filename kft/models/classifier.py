@@ -198,4 +198,7 @@ def _head(x, head, hidden_units, dropout, num_classes):
         x = keras.layers.ReLU(name="head_relu")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    return keras.layers.Dense(num_classes, name="head_dense")(x)
+    # float32 logits under a mixed policy, as Keras advises: 16-bit logits
+    # tie and flip classes (bf16: 0.04 off at |logit| ~ 15).
+    return keras.layers.Dense(num_classes, name="head_dense",
+                              dtype="float32")(x)

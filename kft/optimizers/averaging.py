@@ -2,6 +2,7 @@
 
 import contextlib
 
+import keras
 import numpy as np
 
 from kft import _compat
@@ -42,6 +43,9 @@ def averaged_weights(model):
     (True, True)
     """
     optimizer = getattr(model, "optimizer", None)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # Keras wraps it under "mixed_float16"; the averages are inside.
+        optimizer = optimizer.inner_optimizer
     if optimizer is None or not getattr(optimizer, "use_ema", False):
         raise ValueError(
             "averaged_weights needs a model compiled with an optimizer that "

@@ -169,19 +169,29 @@ def kept_source_head(model):
 
 def source_classifier(model: keras.Model) -> keras.Model:
     """The source task's classifier inside a `with_source_head` model:
-    same input, backbone and weights, the kept source head's logits.
+    same input, backbone and weights, the kept source head's logits;
+    compiled for `evaluate` (integer labels, accuracy).
 
     Example:
-    >>> import kft
+    >>> import kft, numpy as np
     >>> base = kft.build_classifier("simple_cnn", 3, weights=None,
     ...                             input_shape=(16, 16, 3))
     >>> model = kft.with_source_head(base, base.get_layer("head_dense"))
-    >>> kft.source_classifier(model).output.shape
+    >>> source = kft.source_classifier(model)
+    >>> source.output.shape
     (None, 3)
+    >>> loss, accuracy = source.evaluate(np.zeros((2, 16, 16, 3)),
+    ...                                  np.array([0, 1]),
+    ...                                  verbose=0)
     """
     kept = kept_source_head(model)
-    return keras.Model(model.inputs, SourceLogits(kept)(kept.output),
-                       name=f"{model.name}_source")
+    source = keras.Model(model.inputs, SourceLogits(kept)(kept.output),
+                         name=f"{model.name}_source")
+    # What it is for: the old task's scores after fine-tuning.
+    source.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    return source
 
 
 def _source_dense(source_head):

@@ -62,19 +62,22 @@ class CompileNotice(keras.callbacks.Callback):
         # past `after` plus three of the steps before it (a full last
         # batch is one more such step).
         last = batch == (self.params or {}).get("steps", 0) - 1
+        why = "the first step of a new trainable set takes a while..."
         if function is not self._function:
             self._function, self._last_timed, self._step = function, last, None
             delay = self.after
         elif last and not self._last_timed and self._step is not None:
             self._last_timed = True
             delay = self.after + 3 * self._step
+            why = ("a last batch of another size is another program; once "
+                   "per trainable set...")
         else:
             return
         self._started, self._noticed = time.perf_counter(), False
         message = (
             f"\nkft: compiling the train step for {self.model.name!r} "
             f"({len(self.model.trainable_variables)} trainable variables); "
-            "the first step of a new trainable set takes a while...")
+            + why)
         self._timer = threading.Timer(delay, self._notice, (message,))
         self._timer.daemon = True
         self._timer.start()

@@ -244,10 +244,9 @@ def _check(model, start, end, steps, smoothing, divergence, batch_size):
         # Its skipped steps (non-finite gradients) would shift the ramp.
         raise TypeError(
             "lr_find does not support a LossScaleOptimizer, which Keras "
-            "also wraps around the optimizer of a model under the "
-            "'mixed_float16' dtype policy. Compile with the optimizer it "
-            "wraps, or build the model under 'mixed_bfloat16' or "
-            "'float32'.")
+            "wraps around any optimizer of a model under the "
+            "'mixed_float16' dtype policy: build the model under "
+            "'mixed_bfloat16' or 'float32' to run it.")
     if _compat.fit_state_pending(model):
         raise RuntimeError("lr_find cannot run inside a running `fit`.")
     return start, end, steps, smoothing, divergence, batch_size

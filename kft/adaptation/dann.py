@@ -27,6 +27,7 @@ from kft.adaptation._data import dataset_arrays
 from kft.adaptation._data import image_array
 from kft.adaptation.losses import coral
 from kft.adaptation.losses import mmd
+from kft.models.classifier import carry_over
 from kft.adaptation.reversal import GradientReversal
 from kft.adaptation.reversal import reversal_lambda
 from kft.training.fit_data import check_data_labels
@@ -168,9 +169,8 @@ class DomainAdaptationModel(keras.Model):
             name="domain_accuracy", threshold=0.0)
         self.alignment_tracker = keras.metrics.Mean(name="alignment")
         self.lambda_tracker = keras.metrics.Mean(name="lambda")
-        if getattr(classifier, "kft_metadata", None) is not None:
-            # What `kft.export` and `kft.predict` read (class names).
-            self.kft_metadata = dict(classifier.kft_metadata)
+        # Class names for kft.export / kft.predict, the dtype policy.
+        carry_over(classifier, self)
 
     def __call__(self, inputs, *args, **kwargs):
         # A {"source", "target"} training batch (which `fit` also uses to

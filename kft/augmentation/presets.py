@@ -227,6 +227,7 @@ def attach(model: keras.Model,
         fail_argument("augmentation_layer", "a Keras layer or one of "
                       f"{PRESETS}", augmentation_layer, TypeError)
     from kft.models.batch_augment import BatchAugmentModel  # imports this
+    from kft.models.classifier import carry_over
 
     inputs = keras.Input(model.input_shape[1:], name="image")
     outputs = model(augmentation_layer(inputs))
@@ -237,8 +238,4 @@ def attach(model: keras.Model,
                                     batch_augment=model.batch_augment)
     else:
         wrapper = keras.Model(inputs, outputs, name=name)
-    for attribute in ("kft_metadata", "_kft_pretrained"):
-        # Class names for kft.predict / kft.export, as other wrappers keep.
-        if getattr(model, attribute, None) is not None:
-            setattr(wrapper, attribute, getattr(model, attribute))
-    return wrapper
+    return carry_over(model, wrapper)

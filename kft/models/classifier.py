@@ -202,3 +202,17 @@ def _head(x, head, hidden_units, dropout, num_classes):
     # tie and flip classes (bf16: 0.04 off at |logit| ~ 15).
     return keras.layers.Dense(num_classes, name="head_dense",
                               dtype="float32")(x)
+
+
+def carry_over(model, wrapper):
+    """Gives `wrapper`, a model built around `model`, what kft reads from
+    `model`: its class names and backbone (`kft_metadata`, for
+    `kft.predict` / `kft.export`), whether it was pretrained, and its
+    dtype policy (a wrapper built after the global policy was reset would
+    compile without `mixed_float16`'s loss scaling). Returns `wrapper`."""
+    if getattr(model, "kft_metadata", None) is not None:
+        wrapper.kft_metadata = dict(model.kft_metadata)
+    if getattr(model, "_kft_pretrained", None) is not None:
+        wrapper._kft_pretrained = model._kft_pretrained
+    wrapper.dtype_policy = model.dtype_policy
+    return wrapper

@@ -8,6 +8,7 @@ from kft._validation import fail_argument
 from kft.models.backbones import backbone_name
 from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import head_layers
+from kft.models.classifier import carry_over
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -148,12 +149,7 @@ def with_source_head(model: keras.Model, source_head) -> keras.Model:
                                 batch_augment=model.batch_augment)
     else:
         new = keras.Model(inputs, x, name=model.name)
-    if hasattr(model, "_kft_pretrained"):
-        setattr(new, "_kft_pretrained", getattr(model, "_kft_pretrained"))
-    if getattr(model, "kft_metadata", None) is not None:
-        # What `kft.export` and `kft.predict` read (class names, backbone).
-        new.kft_metadata = dict(model.kft_metadata)
-    return new
+    return carry_over(model, new)
 
 
 def kept_source_head(model):

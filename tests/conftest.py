@@ -15,10 +15,27 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         [os.environ.get("XLA_FLAGS", ""),
          "--xla_backend_optimization_level=0"]).strip()
 
+import contextlib  # noqa: E402
 import gc  # noqa: E402
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture
+def dtype_policy():
+    """Builds under a dtype policy: `with dtype_policy("mixed_bfloat16"):`;
+    the global policy is float32 again after the block (and the test)."""
+    @contextlib.contextmanager
+    def use(name):
+        keras.config.set_dtype_policy(name)
+        try:
+            yield
+        finally:
+            keras.config.set_dtype_policy("float32")
+
+    yield use
+    keras.config.set_dtype_policy("float32")
 
 
 @pytest.fixture(autouse=True)

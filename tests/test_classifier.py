@@ -231,34 +231,26 @@ def test_class_names_from_a_generator():
     assert model.kft_metadata["class_names"] == ["a", "b"]
 
 
-def test_mixed_precision_classifier_returns_float32_logits():
+def test_mixed_precision_classifier_returns_float32_logits(dtype_policy):
     # head_dense followed the policy: bfloat16 logits tie and flip classes.
-    import keras
-
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
+    with dtype_policy("mixed_bfloat16"):
         model = kft.build_classifier("simple_cnn", 3, weights=None,
                                      input_shape=(16, 16, 3))
-    finally:
-        keras.config.set_dtype_policy("float32")
     assert model.get_layer("simple_cnn").compute_dtype == "bfloat16"
     out = model(np.zeros((1, 16, 16, 3), "float32"))
     assert str(out.dtype) == "float32"
 
 
-def test_wrappers_keep_the_classifiers_mixed_float16_policy():
+def test_wrappers_keep_the_classifiers_mixed_float16_policy(dtype_policy):
     # attach, with_source_head and DomainAdaptationModel built after the
     # policy was reset compiled without a LossScaleOptimizer (fp16
     # gradients underflowing to zero without loss scaling).
     import keras
 
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
+    with dtype_policy("mixed_float16"):
         model = kft.build_classifier("simple_cnn", 3, weights=None,
                                      input_shape=(16, 16, 3),
                                      class_names=["a", "b", "c"])
-    finally:
-        keras.config.set_dtype_policy("float32")
     for wrapper in (kft.augmentation.attach(model, "none"),
                     kft.with_source_head(model, model.get_layer("head_dense")),
                     kft.DomainAdaptationModel(model, hidden_units=(8,))):

@@ -268,15 +268,10 @@ def test_16_bit_scores_are_read_with_a_16_bit_tolerance():
     assert kft.report_from_predictions([0, 1], off).scores == "logits"
 
 
-def test_evaluate_a_mixed_bfloat16_model():
-    import keras
-
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
+def test_evaluate_a_mixed_bfloat16_model(dtype_policy):
+    with dtype_policy("mixed_bfloat16"):
         model = kft.build_classifier("simple_cnn", 3, weights=None,
                                      input_shape=(16, 16, 3))
-    finally:
-        keras.config.set_dtype_policy("float32")
     x = np.random.default_rng(0).random((6, 16, 16, 3)).astype("float32")
     y = np.array([0, 1, 2, 0, 1, 2])
     report = kft.evaluate(model, (x, y), top_k=2)

@@ -374,17 +374,12 @@ def test_onnx_only_arguments_refused_for_keras_files(simple, tmp_path):
 
 
 def test_parity_of_a_mixed_precision_model_compares_float32_with_float32(
-        tmp_path):
+        tmp_path, dtype_policy):
     # The file computes in float32 (export converts the model); parity
     # compared it with the 16-bit model's outputs and failed (6.6e-4).
-    import keras
-
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
+    with dtype_policy("mixed_bfloat16"):
         model = kft.build_classifier("simple_cnn", 3, weights=None,
                                      input_shape=(16, 16, 3))
-    finally:
-        keras.config.set_dtype_policy("float32")
     path = kft.export(model, str(tmp_path / "m.onnx"))
     x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3))
     assert kft.onnx_parity(model, path, x.astype("float32")).ok

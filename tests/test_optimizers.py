@@ -417,12 +417,9 @@ def test_group_optimizer_routes_and_survives_retarget():
 # -- fit integration: mixed precision, callbacks ------------------------------
 
 @pytest.mark.slow
-def test_mixed_precision_and_unfreezing_in_fit():
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
+def test_mixed_precision_and_unfreezing_in_fit(dtype_policy):
+    with dtype_policy("mixed_float16"):
         model = _cnn()
-    finally:
-        keras.config.set_dtype_policy("float32")
     kft.freeze(model, "feature_extraction")
     opt = GroupOptimizer({"head": keras.optimizers.AdamW(1e-3)},
                          default=keras.optimizers.SGD(1e-2, momentum=0.9),
@@ -660,14 +657,11 @@ def test_wrapped_optimizer_with_a_callable_rate_is_refused_clearly(make):
         make(keras.optimizers.SGD(learning_rate=lambda: 0.1))
 
 
-def test_averaged_weights_under_mixed_float16():
+def test_averaged_weights_under_mixed_float16(dtype_policy):
     # Keras wraps the optimizer in a LossScaleOptimizer, whose own
     # use_ema is False: averaged_weights refused every such model.
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
+    with dtype_policy("mixed_float16"):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    finally:
-        keras.config.set_dtype_policy("float32")
     model.compile(BlockwiseOptimizer(keras.optimizers.SGD(0.1), use_ema=True,
                                      ema_overwrite_at_end=False), "mse")
     model.fit(np.ones((4, 2)), np.ones(4), epochs=3, verbose=0)

@@ -259,3 +259,32 @@ def test_last_batch_error_names_each_process_share(monkeypatch):
     assert "holds 1 examples in each of the 2 processes" in message
     assert "leaves a multiple of 4 (or none)" in message
     assert "drop_remainder" not in message
+
+
+def test_secondary_scratch_folder_goes_when_fit_raises(tmp_path, monkeypatch):
+    # Keras' `fit` skips `on_train_end` when it raises: a secondary
+    # process's scratch checkpoints stayed in the temp folder for good.
+    from kft.distributed import backup as backup_module
+
+    monkeypatch.setattr(backup_module, "is_primary", lambda: False)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("stop")
+
+    callback = kft.distributed.BackupAndRestore(str(tmp_path / "shared"))
+    scratches = []
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="stop"):
+            model.fit(x, y, epochs=2, verbose=0, callbacks=[callback, Stop()])
+        scratches.append(callback._writer.backup_dir)
+        assert os.listdir(scratches[-1])  # the epoch's checkpoint is there
+    assert not os.path.exists(scratches[0])  # removed by the next `fit`
+    del callback
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(scratches[1])  # removed with the callback

@@ -21,6 +21,7 @@ Keras restores from when the latest one does not load.
 
 import shutil
 import tempfile
+import weakref
 
 import keras
 
@@ -62,7 +63,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.restore_from = keras.callbacks.BackupAndRestore(backup_dir,
                                                              **kwargs)
         self._writer = None
-        self._scratch = None
+        self._scratch = None  # a `weakref.finalize` removing the folder
 
     def set_model(self, model):
         super().set_model(model)
@@ -73,8 +74,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         if is_primary():
             self._writer = self.restore_from
         else:
-            self._scratch = tempfile.mkdtemp(prefix="kft-backup-")
-            self._writer = keras.callbacks.BackupAndRestore(self._scratch,
+            # `fit` skips `on_train_end` when it raises: the folder goes
+            # at the next `fit`, when the callback is collected, or at exit.
+            self._remove_scratch()
+            scratch = tempfile.mkdtemp(prefix="kft-backup-")
+            self._scratch = weakref.finalize(self, shutil.rmtree, scratch,
+                                             ignore_errors=True)
+            self._writer = keras.callbacks.BackupAndRestore(scratch,
                                                             **self._kwargs)
             self._writer.set_model(self.model)
 
@@ -99,6 +105,9 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._writer.on_train_end(logs)
+        self._remove_scratch()
+
+    def _remove_scratch(self):
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch()
             self._scratch = None

@@ -6,6 +6,7 @@ import pytest
 
 import kft
 from kft import cli
+from kft.cli._checks import flag_names
 
 
 def _exit_code(argv):
@@ -251,19 +252,19 @@ def test_flag_names_name_every_setting_by_its_train_flag():
     flag that sets each (a positional DATA_DIR for data_dir)."""
     import dataclasses
 
-    train = cli._parser()[1]["train"]
+    train = cli.build_parser()[1]["train"]
     flags = set(train._option_string_actions)
     for field in dataclasses.fields(kft.runs.TrainConfig):
-        shown = cli._flag_names(f"Argument `{field.name}` must be ...")
+        shown = flag_names(f"Argument `{field.name}` must be ...")
         assert "`" not in shown, field.name
         flag = shown.split()[1]
         assert flag in flags or (field.name, flag) == ("data_dir",
                                                        "DATA_DIR"), shown
-    assert cli._flag_names("Argument `dropout` must be a finite number in "
+    assert flag_names("Argument `dropout` must be a finite number in "
                            "[0, 1).") == ("Argument --dropout must be a "
                                           "finite number in [0, 1).")
     # The names of kft.data.from_directory and kft.fine_tune too.
-    assert cli._flag_names("`augmentation`, `validation_split`, "
+    assert flag_names("`augmentation`, `validation_split`, "
                            "`learning_rate`, `head_learning_rate`, "
                            "`early_stopping_patience`") == (
         "--augment, --val-split, --lr, --head-lr, --early-stopping")

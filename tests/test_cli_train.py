@@ -796,7 +796,7 @@ def test_lr_find_next_command_repeats_what_was_measured(tmp_path, capsys,
         assert line == "next: " + expected, line
         # It is a kft train command line, with the values measured.
         words = shlex.split(line[len("next: "):])
-        train = cli._parser()[0].parse_args(words[1:])
+        train = cli.build_parser()[0].parse_args(words[1:])
         assert train.data_dir == data
         if "--n-blocks" in argv:
             assert (train.n_blocks, train.weights, train.weight_decay) == (

@@ -114,7 +114,7 @@ COMMANDS = _command_lines()
 
 
 def _subparsers():
-    parser, _ = cli._parser()
+    parser, _ = cli.build_parser()
     action = next(a for a in parser._actions
                   if isinstance(a, argparse._SubParsersAction))
     return parser, action.choices

@@ -1,0 +1,67 @@
+"""Command line: `kft train`, `eval`, `predict`, `export`, `compare`,
+`lr-find`, `backbones`, `demo`.
+
+Only the standard library is imported here: each subcommand imports the
+parts of kft it needs, so `kft --help` does not wait for Keras and JAX.
+Every subcommand is a thin layer over a library function (`kft.train_run`,
+`kft.evaluate`, `kft.compare_strategies`, ...).
+
+Exit status: 0 done; 2 the command line or its inputs are wrong (bad
+option, missing folder, unreadable image file, fewer than two classes,
+unknown backbone, an image size the backbone cannot take, a file to write
+that exists without `--overwrite`), found before any training; 1 a
+failure while working.
+"""
+
+import sys
+
+from kft.cli._checks import Usage
+from kft.cli._deploy import eval_command
+from kft.cli._deploy import export_command
+from kft.cli._deploy import predict_command
+from kft.cli._explore import backbones_command
+from kft.cli._explore import compare_command
+from kft.cli._explore import demo_command
+from kft.cli._explore import lr_find_command
+from kft.cli._parser import build_parser
+from kft.cli._train import train_command
+
+
+def _fail(parser, message):
+    """Exits with status 2 and a usage line, as argparse does."""
+    parser.error(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the `kft` command on `argv` (defaults to `sys.argv[1:]`).
+
+    Returns the exit status (0 done, 1 a failure while working); a bad
+    command line or bad inputs exit with status 2 (`SystemExit`), before
+    anything is trained.
+
+    Example:
+    >>> main(["backbones", "simple_cnn"])  # doctest: +NORMALIZE_WHITESPACE
+    simple_cnn 32px stem > block1 > block2 > block3
+    0
+    """
+    parser, parsers = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command
+    if command == "backbones":
+        return backbones_command(args.pattern, args.params)
+    handler = {"train": train_command, "eval": eval_command,
+               "predict": predict_command, "export": export_command,
+               "lr-find": lr_find_command, "compare": compare_command,
+               "demo": demo_command}[command]
+    try:
+        return handler(args, argv)
+    except Usage as error:
+        _fail(parsers[command], str(error))
+    except KeyboardInterrupt:
+        print(f"kft {command}: interrupted.", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - the command's failure
+        print(f"kft {command}: error: {type(error).__name__}: {error}",
+              file=sys.stderr)
+        return 1
+    return 0

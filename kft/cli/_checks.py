@@ -1,0 +1,112 @@
+"""Argument types and checks of the `kft` command, and what every
+subcommand shares: the usage error (exit status 2), output folders, the
+library started on first use, and library names read as flags."""
+
+import argparse
+import os
+
+
+class Usage(Exception):
+    """A problem with the command line or its inputs: exit status 2."""
+
+
+def int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer >= {minimum}. Received: {text!r}")
+        return value
+
+    return parse
+
+
+def float_at_least(minimum, *, above=False):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < minimum or (
+                above and value == minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be a number {'>' if above else '>='} {minimum}. "
+                f"Received: {text!r}")
+        return value
+
+    return parse
+
+
+def rate_or_find(text):
+    if text == "find":
+        return text
+    return float_at_least(0.0, above=True)(text)
+
+
+def fraction(text):
+    value = float_at_least(0.0)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(
+            f"must be in [0, 1) (0: no validation split). Received: {text!r}")
+    return value
+
+
+def writable_directory(text):
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(
+            f"must be an existing directory. Received: {text!r}")
+    if not os.access(text, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(
+            f"must be a directory you can write to. Received: {text!r}")
+    return text
+
+
+def check_out_folder(path, flag="--out"):
+    """A folder to write results into: existing, or a path to create."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise Usage(f"{flag} {path!r} is a file, not a folder; pass a "
+                     "folder (it is created if missing)")
+
+
+def make_out_folder(path, flag="--out"):
+    check_out_folder(path, flag)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise Usage(f"{flag} {path!r}: cannot create the folder "
+                     f"({error.strerror or error})") from error
+
+
+def start_library(models=False):
+    from kft._config import enable_compilation_cache
+
+    enable_compilation_cache()
+    if models:
+        # The `kft` command loads kft's modules on first use; a saved kft
+        # model needs every kft Keras class registered before it loads.
+        import kft
+
+        for name in kft.__all__:
+            getattr(kft, name)
+
+
+def flag_names(message):
+    """Library argument names (`TrainConfig` settings, the arguments of
+    `kft.data.from_directory` and `kft.fine_tune` they become) as the
+    flags that set them: "`dropout`" reads "--dropout"."""
+    import dataclasses
+
+    from kft.runs.config import TrainConfig
+
+    flags = {f.name: "--" + f.name.replace("_", "-")
+             for f in dataclasses.fields(TrainConfig)}
+    flags.update(data_dir="DATA_DIR", plots="--no-plots",
+                 augmentation="--augment", validation_split="--val-split",
+                 learning_rate="--lr", head_learning_rate="--head-lr",
+                 early_stopping_patience="--early-stopping")
+    for name, flag in flags.items():
+        message = message.replace(f"`{name}`", flag)
+    return message

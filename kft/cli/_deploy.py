@@ -1,0 +1,153 @@
+"""`kft eval`, `kft predict`, `kft export`: what a trained run's model
+does after training."""
+
+import json
+import os
+
+from kft.cli._checks import Usage
+from kft.cli._checks import check_out_folder
+from kft.cli._checks import make_out_folder
+from kft.cli._checks import start_library
+
+
+def eval_command(args, argv):
+    for path, what in ((args.run, "RUN_OR_MODEL"),
+                       (args.data_dir, "DATA_DIR")):
+        if not os.path.exists(path):
+            raise Usage(f"{what} {path!r} does not exist")
+    base = args.run if os.path.isdir(args.run) else os.path.dirname(
+        os.path.abspath(args.run))
+    out = args.out or os.path.join(
+        base, "eval-" + os.path.basename(os.path.abspath(args.data_dir)))
+    flag = "--out" if args.out else "the default --out"
+    check_out_folder(out, flag)
+    # A run folder holds its own validation report under the same names.
+    kept = [name for name in ("evaluation.json", "evaluation.md")
+            if os.path.isfile(os.path.join(out, name))]
+    if kept and not args.overwrite:
+        raise Usage(f"{flag} {out!r} already holds a report "
+                     f"({', '.join(kept)}); pass --overwrite to replace it, "
+                     "or another --out")
+    start_library(models=True)
+    from kft.runs.folder import load_eval_folder
+    from kft.runs.folder import load_run
+    from kft.runs.train import write_evaluation
+
+    try:
+        run = load_run(args.run)
+        data = load_eval_folder(args.data_dir, run.class_names,
+                                run.image_size, batch_size=args.batch_size)
+    except ValueError as error:
+        raise Usage(str(error)) from error
+    make_out_folder(out, flag)
+    report, files = write_evaluation(run.model, data, run.class_names, out,
+                                     top_k=args.top_k, plots=args.plots)
+    if args.json:
+        print(json.dumps({"out": out, "files": files,
+                          "report": report.to_dict()}))
+    else:
+        if not args.quiet:
+            print(report.to_markdown())
+        print(f"wrote: {', '.join(sorted(files))} in {out}")
+    return 0
+
+
+
+def model_file(path, what="RUN_OR_MODEL"):
+    """The model file of a run folder, or `path`, a .keras / .onnx file
+    (`kft.runs.load_run` finds a run's class names beside its file)."""
+    if not os.path.exists(path):
+        raise Usage(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        model_path = os.path.join(path, "model.keras")
+        if not os.path.isfile(model_path):
+            raise Usage(f"{path!r} holds no model.keras: not a finished "
+                         "kft run folder (resume it with `kft train "
+                         "--resume --out ...`)")
+        return model_path
+    if not path.endswith((".keras", ".onnx")):
+        raise Usage(f"{what} {path!r} is neither a run folder nor a "
+                     ".keras / .onnx file")
+    return path
+
+
+def predict_command(args, argv):
+    model_path = model_file(args.run)
+    for path in args.images:
+        if not os.path.exists(path):
+            raise Usage(f"IMAGES_OR_DIR {path!r} does not exist")
+    start_library(models=True)
+    from kft.deploy.prediction import predict
+
+    try:
+        # One call: the model is loaded once for all the arguments.
+        results = predict(model_path, list(args.images), top_k=args.top_k,
+                          tta=args.tta, batch_size=args.batch_size)
+    except (ValueError, OSError) as error:  # bad model or image files
+        raise Usage(str(error)) from error
+    if args.json:
+        print(json.dumps([{
+            "source": r.source, "labels": list(r.labels),
+            "indices": [int(i) for i in r.indices],
+            "probabilities": [float(p) for p in r.probabilities]}
+            for r in results]))
+        return 0
+    for r in results:
+        guesses = ", ".join(f"{label} {p:.3f}" for label, p in zip(
+            r.labels, r.probabilities))
+        print(f"{r.source}\t{guesses}")
+    return 0
+
+
+def export_target(args, model_path):
+    """The file `kft export` writes, checked before the model loads."""
+    if args.format == "keras" and args.batch != "dynamic":
+        raise Usage(f"--batch {args.batch} applies to --format onnx only "
+                     "(a .keras file takes any batch size); drop --batch")
+    folder = args.run if os.path.isdir(args.run) else os.path.dirname(
+        os.path.abspath(args.run))
+    out = args.out or os.path.join(folder, "model.onnx" if args.format ==
+                                   "onnx" else "model_inference.keras")
+    if os.path.isdir(out):
+        raise Usage(f"--out {out!r} is a folder; pass the file to write, "
+                     f"e.g. {os.path.join(out, 'model.' + args.format)!r}")
+    if args.format == "keras" and not out.endswith(".keras"):
+        raise Usage(f"--out {out!r}: --format keras writes a file whose "
+                     "name ends in .keras")
+    if os.path.exists(out) and os.path.samefile(out, model_path):
+        raise Usage(f"--out {out!r} is the model file being exported; "
+                     "pass another --out (the trained model would be "
+                     "replaced by its inference graph)")
+    if os.path.exists(out) and not args.overwrite:
+        raise Usage(f"--out {out!r} already exists; pass --overwrite to "
+                     "replace it, or another --out")
+    return out
+
+
+def export_command(args, argv):
+    model_path = model_file(args.run)
+    if model_path.endswith(".onnx"):
+        raise Usage(f"RUN_OR_MODEL {args.run!r} is already an ONNX file")
+    out = export_target(args, model_path)
+    # Its folder is created if missing, as eval and compare create theirs.
+    make_out_folder(os.path.dirname(os.path.abspath(out)),
+                     "the folder of --out")
+    start_library(models=True)
+    from kft.deploy.exporting import export
+    from kft.runs.folder import load_run
+
+    try:
+        # With the class names of the run.json beside a run's model.keras.
+        run = load_run(model_path)
+        path = export(run.model, out, format=args.format,
+                      batch="dynamic" if args.batch == "dynamic" else 1,
+                      output=args.output, class_names=run.class_names)
+    except ValueError as error:
+        raise Usage(str(error)) from error
+    if args.json:
+        print(json.dumps({"out": path, "format": args.format,
+                          "bytes": os.path.getsize(path)}))
+    else:
+        print(f"wrote {path} ({os.path.getsize(path):,} bytes); check it: "
+              f"kft predict {path} IMAGES")
+    return 0

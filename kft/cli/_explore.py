@@ -1,0 +1,269 @@
+"""`kft lr-find`, `kft compare`, `kft demo`, `kft backbones`: the
+commands that explore before (or instead of) a training run."""
+
+import argparse
+import json
+import os
+import sys
+
+from kft.cli._checks import Usage
+from kft.cli._checks import check_out_folder
+from kft.cli._checks import flag_names
+from kft.cli._checks import make_out_folder
+from kft.cli._checks import start_library
+from kft.cli._parser import build_parser
+
+
+def lr_find_command(args, argv):
+    if not os.path.isdir(args.data_dir):
+        raise Usage(f"DATA_DIR {args.data_dir!r} does not exist")
+    if args.end <= args.start:
+        raise Usage(f"--end ({args.end:g}) must be above --start "
+                     f"({args.start:g})")
+    start_library()
+    from kft.runs.config import TrainConfig
+    from kft.runs.lr import find_rate
+
+    quiet = args.quiet or args.json
+    config = TrainConfig(
+        data_dir=args.data_dir, backbone=args.backbone, weights=args.weights,
+        image_size=args.image_size, batch_size=args.batch_size,
+        augment=args.augment, strategy=args.strategy,
+        n_blocks=args.n_blocks, head_epochs=args.head_epochs,
+        weight_decay=args.weight_decay, seed=args.seed)
+    try:
+        config, result = find_rate(
+            config, phase=args.phase, steps=args.steps, start=args.start,
+            end=args.end, verbose=0 if quiet else 1,
+            print_fn=None if quiet else print)
+    except ValueError as error:
+        raise Usage(flag_names(str(error))) from error
+    plot = None
+    if args.plot:
+        result.plot(path=args.plot)
+        plot = args.plot
+    suggestions = {name: s.learning_rate
+                   for name, s in result.suggestions.items()}
+    if args.json:
+        print(json.dumps({"suggestions": suggestions,
+                          "steps": len(result.learning_rates),
+                          "stop_reason": result.stop_reason, "plot": plot}))
+        return 0
+    for name, s in result.suggestions.items():
+        print(f"{name:8} {s.learning_rate:.3g}")
+    if "valley" in suggestions:
+        print("next: " + train_command_line(args, argv, suggestions["valley"]))
+    if plot:
+        print(f"wrote {plot}")
+    return 0
+
+
+# A value no flag parses to: what a flag not given keeps.
+_NOT_GIVEN = object()
+
+
+def train_command_line(args, argv, rate):
+    """The `kft train` command of what `kft lr-find` measured: every flag
+    given that `kft train` takes, the strategy, and `rate` for the phase
+    measured."""
+    import dataclasses
+    import shlex
+
+    from kft.runs.config import TrainConfig
+
+    # Parsed again over placeholders: a flag the placeholder survives was
+    # not given (its value is lr-find's default).
+    given = argparse.Namespace(**dict.fromkeys(vars(args), _NOT_GIVEN))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    build_parser()[1]["lr-find"].parse_args(
+        argv[argv.index(args.command) + 1:], given)
+    settings = {f.name for f in dataclasses.fields(TrainConfig)}
+    words = ["kft", "train", args.data_dir]
+    for name, value in vars(given).items():
+        if name in settings and name != "data_dir" and (
+                value is not _NOT_GIVEN or name == "strategy"):
+            words += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    # The head alone was measured (`--phase head`, or feature extraction,
+    # which trains nothing else): its rate is --head-lr.
+    head = args.phase == "head" or args.strategy == "feature_extraction"
+    words += ["--head-lr" if head else "--lr", f"{rate:.2g}"]
+    return " ".join(map(shlex.quote, words))
+
+
+
+def compare_command(args, argv):
+    if not os.path.isdir(args.data_dir):
+        raise Usage(f"DATA_DIR {args.data_dir!r} does not exist")
+    test_dir = args.test_dir
+    if test_dir is None and os.path.isdir(os.path.join(args.data_dir,
+                                                       "test")):
+        test_dir = os.path.join(args.data_dir, "test")
+    if test_dir is not None and not os.path.isdir(test_dir):
+        raise Usage(f"--test-dir {test_dir!r} does not exist")
+    out = args.out or os.path.join("runs", "compare-" + os.path.basename(
+        os.path.abspath(args.data_dir)))
+    flag = "--out" if args.out else "the default --out"
+    check_out_folder(out, flag)
+    # Before training, as `kft eval` and `kft export` keep their files.
+    kept = [name for name in ("comparison.json", "comparison.md",
+                              "comparison.png")
+            if os.path.isfile(os.path.join(out, name))]
+    if kept and not args.overwrite:
+        raise Usage(f"{flag} {out!r} already holds a comparison "
+                     f"({', '.join(kept)}); pass --overwrite to replace it, "
+                     "or another --out")
+    start_library()
+    from kft.evaluation.compare import compare_strategies
+    from kft.runs.config import TrainConfig
+    from kft.runs.folder import load_eval_folder
+    from kft.runs.train import build_run_model
+    from kft.runs.train import load_folder_data
+    from kft.runs.train import resolve_config
+
+    check_strategies(args.strategies, args.epochs, args.head_epochs)
+    try:
+        config = resolve_config(TrainConfig(
+            data_dir=args.data_dir, val_split=args.val_split or None,
+            backbone=args.backbone, weights=args.weights,
+            image_size=args.image_size, batch_size=args.batch_size,
+            augment=args.augment, strategy="full", out=out))
+        train, val = load_folder_data(config)
+        if val is None and test_dir is None:
+            raise ValueError("compare needs held-out data: a validation "
+                             "split (--val-split > 0), val/ or test/")
+        test = val
+        if test_dir is not None:
+            test = load_eval_folder(test_dir, train.class_names,
+                                    config.image_size,
+                                    batch_size=config.batch_size)
+        num_classes = len(train.class_names)
+        build_run_model(config, num_classes)  # checks the image size
+    except ValueError as error:
+        raise Usage(flag_names(str(error))) from error
+    # Before training: the results are written after every run.
+    make_out_folder(config.out)
+    say = None if (args.quiet or args.json) else print
+    if say and test_dir is None:
+        say("kft compare: no test folder: runs are scored on the "
+            "validation split that also picks their best epoch (optimistic"
+            "; pass --test-dir for a held-out score).")
+    result = compare_strategies(
+        lambda: build_run_model(config, num_classes), train, val, test,
+        strategies=list(args.strategies), seeds=list(range(args.seeds)),
+        epochs=args.epochs, head_epochs=args.head_epochs,
+        batch_size=args.batch_size, print_fn=say)
+    files = {"comparison.json": os.path.join(config.out, "comparison.json")}
+    result.to_json(files["comparison.json"])
+    files["comparison.md"] = os.path.join(config.out, "comparison.md")
+    with open(files["comparison.md"], "w") as f:
+        f.write(result.to_markdown() + "\n")
+    try:
+        import matplotlib  # noqa: F401
+
+        files["comparison.png"] = os.path.join(config.out, "comparison.png")
+        result.plot(path=files["comparison.png"])
+    except ImportError:
+        pass
+    if args.json:
+        print(json.dumps({"out": config.out, "files": files,
+                          "table": result.table()}, default=str))
+    else:
+        print(result.to_markdown())
+        print(f"wrote: {', '.join(sorted(files))} in {config.out}")
+    return 0
+
+
+def check_strategies(strategies, epochs, head_epochs):
+    """`--strategies` and the budget, as `kft.compare_strategies` checks
+    them, in the flags' names."""
+    from kft.evaluation._strategies import STRATEGY_NAMES
+    from kft.evaluation._strategies import parse_strategies
+
+    for spec in strategies:
+        try:
+            parse_strategies([spec])
+        except ValueError as error:
+            raise Usage(
+                f"argument --strategies: invalid strategy {spec!r}; "
+                f"choose from {', '.join(STRATEGY_NAMES)}, partial:<blocks> "
+                "(an integer >= 1) or discriminative:<decay> (a number in "
+                "(0, 1])") from error
+        if strategies.count(spec) > 1:
+            raise Usage(f"argument --strategies: {spec!r} is given "
+                         f"{strategies.count(spec)} times")
+    two_phase = [s for s in strategies if s != "feature_extraction"]
+    if two_phase and head_epochs >= epochs:
+        raise Usage(
+            f"--head-epochs ({head_epochs}) must be less than --epochs "
+            f"({epochs}, head phase included) for the two-phase "
+            f"strategies ({', '.join(two_phase)})")
+
+
+
+def demo_command(args, argv):
+    from kft.data.digits import digits
+
+    try:
+        # The demo's own split, checked before any training starts.
+        digits(image_size=8, target_per_class=args.target_per_class,
+               seed=args.seed)
+    except ValueError as error:
+        raise Usage(f"argument --target-per-class: {error}") from error
+    if args.out is not None:
+        check_out_folder(args.out)
+    start_library()
+    from kft.demo import run_demo
+
+    run_demo(image_size=args.image_size,
+             target_per_class=args.target_per_class,
+             source_epochs=args.source_epochs,
+             target_epochs=args.target_epochs, seed=args.seed,
+             workdir=args.workdir, output_dir=args.out,
+             plots=not args.no_plots, seeds=args.seeds)
+    return 0
+
+
+def backbones_command(pattern, params=False):
+    from kft.models import registry
+
+    names = registry.list_backbones(pattern)
+    resolved = registry.resolve_backbone_name(pattern)
+    if not names and resolved is not None:
+        names = [resolved]  # a name spelt differently: "EfficientNet_B0"
+    if not names:
+        close = _close_to_pattern(pattern)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        print(f"kft backbones: no backbone matches {pattern!r}.{hint} "
+              "`kft backbones` lists them all.", file=sys.stderr)
+        return 1
+    for name in names:
+        spec = registry.get_backbone(name)
+        count = ""
+        if params:
+            count = f"{_count_params(spec):>12,}  "
+        print(f"{name:18} {spec.default_size:4d}px  {count}"
+              f"{' > '.join(spec.block_names)}")
+    return 0
+
+
+def _count_params(spec):
+    """Parameters of the backbone (no head) at its default size."""
+    from kft.models.backbones import create_backbone
+
+    start_library()
+    backbone = create_backbone(spec.name, weights=None)
+    return int(backbone.count_params())
+
+
+def _close_to_pattern(pattern):
+    """Names matching `pattern` with `_` and `-` ignored ("efficientnet_b*"),
+    else names close to it."""
+    import fnmatch
+
+    from kft.models import registry
+
+    canonical = registry.canonical_name(pattern)
+    close = ([n for n in registry.list_backbones()
+              if fnmatch.fnmatchcase(registry.canonical_name(n), canonical)]
+             if "[" not in pattern else [])
+    return close or registry.close_backbone_names(pattern)

@@ -1,0 +1,100 @@
+"""`kft train`: a run folder from an image folder (`kft.train_run`)."""
+
+import json
+import os
+import sys
+
+from kft.cli._checks import Usage
+from kft.cli._checks import check_out_folder
+from kft.cli._checks import flag_names
+from kft.cli._checks import start_library
+
+
+def train_command(args, argv):
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("command", "config", "resume", "quiet", "json")}
+    if "val_split" in given and given["val_split"] == 0:
+        given["val_split"] = None
+    from kft.runs.config import TrainConfig
+    from kft.runs.config import load_config
+
+    if args.resume:
+        extra = sorted(set(given) - {"out"})
+        if "out" not in given:
+            raise Usage("--resume needs --out, the run folder to continue")
+        if extra or args.config:
+            raise Usage(
+                "--resume continues the run as its config.toml says; drop "
+                + ", ".join("--" + ("no-plots" if k == "plots" else
+                                    k.replace("_", "-")) for k in extra
+                            + (["config"] if args.config else []))
+                + " (or start a new run with another --out)")
+    try:
+        config = load_config(args.config) if args.config else TrainConfig()
+        config = config.replace(**given)
+        if not args.resume:
+            config.check()
+    except ValueError as error:
+        raise Usage(flag_names(str(error))) from error
+    if not args.resume and config.data_dir is None:
+        raise Usage("the following arguments are required: DATA_DIR (or "
+                     "data_dir in --config)")
+    if not args.resume:
+        # Before Keras loads: a typo should not wait for it. (The same
+        # check as `kft.runs.resolve_config`.)
+        for folder, what in ((config.data_dir, "Data"),
+                             (config.val_dir, "Val")):
+            if folder is not None and not os.path.isdir(folder):
+                raise Usage(f"{what} folder {folder!r} does not exist.")
+        if config.out is not None:
+            check_out_folder(config.out)
+    start_library()
+    from kft.runs.train import RunSetupError
+    from kft.runs.train import train_run
+
+    quiet = args.quiet or args.json
+    say = None if args.json else print
+    try:
+        result = train_run(config, resume=args.resume,
+                           verbose=0 if quiet else 1,
+                           print_fn=None if quiet else say,
+                           command=["kft"] + list(
+                               argv if argv is not None else sys.argv[1:]))
+    except RunSetupError as error:
+        raise Usage(flag_names(str(error))) from error
+    if args.json:
+        print(json.dumps(_train_summary(result), default=str))
+    else:
+        print(_train_text(result))
+    return 0
+
+
+def _train_summary(result):
+    return {"out": result.out, "best_epoch": None if result.best_epoch is None
+            else result.best_epoch + 1, "monitor": result.config.monitor,
+            "best_value": result.best_value,
+            "strategy": result.config.strategy, "reasons": result.reasons,
+            "val": {k: result.metrics.get(k) for k in (
+                "accuracy", "balanced_accuracy", "top_k_accuracy")}
+            if result.metrics else {},
+            "train_time_s": round(result.train_time, 2),
+            "resumed": result.resumed,
+            "files": {k: v for k, v in sorted(result.files.items())}}
+
+
+def _train_text(result):
+    lines = [f"Done: {result.out}"]
+    if result.best_epoch is not None:
+        lines.append(f"  best epoch {result.best_epoch + 1} of "
+                     f"{len(result.history)}: {result.config.monitor} "
+                     f"{result.best_value:.4g}")
+    m = result.metrics
+    if m:
+        lines.append(f"  validation ({m['num_examples']} images): accuracy "
+                     f"{m['accuracy']:.4f}, balanced accuracy "
+                     f"{m['balanced_accuracy']:.4f}, macro F1 "
+                     f"{m['macro']['f1']:.4f}")
+    lines.append(f"  training time {result.train_time:.1f} s")
+    lines.append(f"  wrote: {', '.join(sorted(result.files))}")
+    lines.append(f"  next: kft eval {result.out} DATA_DIR")
+    return "\n".join(lines)

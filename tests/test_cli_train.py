@@ -466,7 +466,7 @@ def test_out_and_compare_options_are_usage_errors_before_training(
                         _refuse("fine_tune"))
     monkeypatch.setattr("kft.evaluation.compare.compare_strategies",
                         _refuse("compare_strategies"))
-    monkeypatch.setattr("kft.runs.train.write_evaluation",
+    monkeypatch.setattr("kft.runs.report.write_evaluation",
                         _refuse("the evaluation"))
     monkeypatch.setattr("kft.demo.run_demo", _refuse("the demo"))
     afile = tmp_path / "afile"

@@ -31,7 +31,7 @@ def eval_command(args, argv):
     start_library(models=True)
     from kft.runs.folder import load_eval_folder
     from kft.runs.folder import load_run
-    from kft.runs.train import write_evaluation
+    from kft.runs.report import write_evaluation
 
     try:
         run = load_run(args.run)

@@ -116,9 +116,9 @@ def compare_command(args, argv):
     from kft.evaluation.compare import compare_strategies
     from kft.runs.config import TrainConfig
     from kft.runs.folder import load_eval_folder
-    from kft.runs.train import build_run_model
-    from kft.runs.train import load_folder_data
-    from kft.runs.train import resolve_config
+    from kft.runs.recipe import build_run_model
+    from kft.runs.recipe import load_folder_data
+    from kft.runs.resolve import resolve_config
 
     check_strategies(args.strategies, args.epochs, args.head_epochs)
     try:

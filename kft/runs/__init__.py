@@ -19,9 +19,9 @@ _NAMES = {
     "find_rate": "kft.runs.lr",
     "RunSetupError": "kft.runs.train",
     "TrainRunResult": "kft.runs.train",
-    "environment": "kft.runs.train",
-    "load_folder_data": "kft.runs.train",
-    "resolve_config": "kft.runs.train",
+    "environment": "kft.runs.report",
+    "load_folder_data": "kft.runs.recipe",
+    "resolve_config": "kft.runs.resolve",
     "train_run": "kft.runs.train",
 }
 

@@ -50,9 +50,9 @@ def find_rate(config: TrainConfig, *, phase: str = "head", steps: int = 100,
 
     from kft._validation import check_choice
     from kft.models.batch_augment import BatchAugmentModel
-    from kft.runs.train import build_run_model
-    from kft.runs.train import load_folder_data
-    from kft.runs.train import resolve_config
+    from kft.runs.recipe import build_run_model
+    from kft.runs.recipe import load_folder_data
+    from kft.runs.resolve import resolve_config
     from kft.training.fine_tune import fine_tune
     from kft.training.freezing import freeze
     from kft.training.lr_find import lr_find

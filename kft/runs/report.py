@@ -1,0 +1,168 @@
+"""What a run folder holds besides the model: the environment, the
+history, the evaluation report and plots, `summary.md`. Only process 0
+writes (several processes: `kft.distributed`)."""
+
+import csv
+import json
+import os
+import platform
+import sys
+
+from kft.distributed.processes import is_primary
+
+
+def environment() -> dict:
+    """Versions of Python, kft, Keras, JAX, NumPy; platform; JAX devices.
+
+    Example:
+    >>> sorted(environment())[:3]
+    ['devices', 'jax', 'jaxlib']
+    """
+    import jax
+    import keras
+    import numpy
+
+    import kft
+
+    try:
+        import jaxlib
+
+        jaxlib_version = jaxlib.__version__
+    except (ImportError, AttributeError):
+        jaxlib_version = None
+    return {
+        "kft": kft.__version__, "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(), "jax": jax.__version__,
+        "jaxlib": jaxlib_version, "numpy": numpy.__version__,
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def write_json(path, value):
+    if not is_primary():  # several processes: process 0 writes
+        return
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_history(out, rows):
+    files = {}
+    path = os.path.join(out, "history.json")
+    write_json(path, rows)
+    files["history.json"] = path
+    keys = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    path = os.path.join(out, "history.csv")
+    files["history.csv"] = path
+    if not is_primary():
+        return files
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    files["history.csv"] = path
+    return files
+
+
+def phase_histories(history: list) -> list:
+    """`history.json` rows as one `History.history` dict per phase (what
+    `kft.evaluation.plots.plot_learning_curves` takes)."""
+    phases = {}
+    for row in history:
+        logs = phases.setdefault(row.get("phase", 1), {})
+        for key, value in row.items():
+            if key not in ("epoch", "phase"):
+                logs.setdefault(key, []).append(value)
+    return [phases[k] for k in sorted(phases)]
+
+
+def write_evaluation(model, data, class_names, out, *, history=None,
+                     prefix="evaluation", top_k=5, plots=True):
+    """Evaluates `model` on `data` (`kft.evaluate`) and writes the report
+    (`<prefix>.json`, `<prefix>.md`) and, with matplotlib, its plots
+    (`kft.evaluation.plots.save_report_plots`: confusion matrix, per-class
+    F1, reliability, worst mistakes, learning curves from `history` rows)
+    into `out` unless `plots=False`. Returns `(report, {name: path})`."""
+    from kft.evaluation import evaluate
+
+    report = evaluate(model, data, class_names=class_names, top_k=top_k)
+    files = {}
+    if not is_primary():  # all processes evaluate, process 0 writes
+        return report, files
+    path = os.path.join(out, f"{prefix}.json")
+    report.to_json(path)
+    files[f"{prefix}.json"] = path
+    path = os.path.join(out, f"{prefix}.md")
+    with open(path, "w") as f:
+        f.write(report.to_markdown())
+    files[f"{prefix}.md"] = path
+    if not plots:
+        return report, files
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return report, files
+    written = report.save_plots(
+        out, data=data,
+        history=phase_histories(history) if history else None)
+    files.update({os.path.basename(p): p for p in written})
+    return report, files
+
+
+def skipped_files(*datasets):
+    """`[{"path", "reason"}]` of the image files the loaders left out."""
+    return [{"path": s.path, "reason": s.reason} for data in datasets
+            if data is not None for s in getattr(data, "skipped", ())]
+
+
+def run_summary(result, env, requested, skipped=()):
+    config = result.config
+    lines = [f"# kft run: {os.path.basename(os.path.abspath(result.out))}",
+             "",
+             f"Fine-tuned `{config.backbone}` ("
+             + ("random-init" if config.weights == "none"
+                else f"{config.weights}") + " weights) on "
+             f"`{config.data_dir}` ({len(result.class_names)} classes) at "
+             f"{config.image_size}x{config.image_size}, strategy "
+             f"`{config.strategy}`"
+             + (" (chosen by `auto`)" if requested.get("strategy") == "auto"
+                else "") + ".", ""]
+    if result.reasons:
+        lines += ["Why this strategy:", ""]
+        lines += [f"- {r}" for r in result.reasons] + [""]
+    if result.best_epoch is not None:
+        lines.append(f"Kept epoch {result.best_epoch + 1} of "
+                     f"{len(result.history)} ({config.monitor} = "
+                     f"{result.best_value:.4g}).")
+    metrics = result.metrics
+    if metrics:
+        lines.append(
+            f"Validation ({metrics['num_examples']} images): accuracy "
+            f"{metrics['accuracy']:.4f}, balanced accuracy "
+            f"{metrics['balanced_accuracy']:.4f}, macro F1 "
+            f"{metrics['macro']['f1']:.4f}, top-{metrics['top_k']} "
+            f"{metrics['top_k_accuracy']:.4f} (`evaluation.md`).")
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} image file(s) the loader "
+                  "could not use (all listed in `run.json`, "
+                  "`skipped_files`):", ""]
+        lines += [f"- `{s['path']}`: {s['reason']}" for s in skipped[:10]]
+        if len(skipped) > 10:
+            lines.append(f"- ... and {len(skipped) - 10} more")
+    lines += ["", "Files:", ""]
+    lines += [f"- `{name}`" for name in sorted(result.files)]
+    lines += ["", f"kft {env['kft']}, Keras {env['keras']}, JAX {env['jax']}"
+              f", devices {', '.join(env['devices'])}.", "",
+              "Repeat: `kft train --config config.toml --out runs/NEW`; "
+              "evaluate: `kft eval <this folder> DATA_DIR`; predict: "
+              "`kft predict <this folder> IMAGES`.", ""]
+    return "\n".join(lines)

@@ -30,7 +30,7 @@ from kft.evaluation.compare import compare_strategies
 from kft.evaluation.comparison import StrategyComparison
 from kft.models.classifier import build_classifier
 from kft.training.fine_tune import fine_tune
-from kft.training.fine_tune import phase2_arguments
+from kft.training.fine_tune_checks import phase2_arguments
 
 STRATEGIES = ("scratch", "feature_extraction", "partial", "full")
 # With `seeds`: every kind of strategy `compare_strategies` knows, and

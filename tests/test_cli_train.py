@@ -408,15 +408,15 @@ def test_resume_of_a_find_run_on_a_val_folder(tmp_path, monkeypatch):
     the resume reads `val_split` back as `None` and trains on at the rate
     found before the stop, without a second range test."""
     from kft.runs import backup as backup_module
-    from kft.training import fine_tune as fine_tune_module
+    from kft.training import fine_tune_phases
 
     data = tmp_path / "data"
     _write_folder(data / "train", classes=2, per_class=6)
     _write_folder(data / "val", classes=2, per_class=2, seed=1)
     out = str(tmp_path / "run")
     finds = []
-    real_find = fine_tune_module._find_rate
-    monkeypatch.setattr(fine_tune_module, "_find_rate",
+    real_find = fine_tune_phases.find_rate
+    monkeypatch.setattr(fine_tune_phases, "find_rate",
                         lambda *a: finds.append(1) or real_find(*a))
     real_end = backup_module.RunBackup.on_epoch_end
 

@@ -37,7 +37,7 @@ def _build():
 def comparison(data):
     """2 strategies x 2 seeds, with `cache_features` counted per run, and
     a training function as a third strategy."""
-    import kft.training.fine_tune as fine_tune_module
+    import kft.training.fine_tune_phases as fine_tune_module
 
     lines = []
     real = fine_tune_module.cache_features

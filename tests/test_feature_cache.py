@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kft
-from kft.training import fine_tune as recipes
+from kft.training import fine_tune_phases as recipes
 
 SIZE = 16
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kft
-from kft.training import fine_tune as recipes
+from kft.training import fine_tune_checks as recipes
 from kft.training.fit_data import check_data_labels
 from kft.training.fit_data import one_hot_labels
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from kft._validation import check_int
 from kft._validation import fail_argument
-from kft.training.fine_tune import RECIPES
+from kft.training.fine_tune_checks import RECIPES
 
 # Strategy names `compare_strategies` takes; "partial" and "discriminative"
 # also take a count or a decay after a colon ("partial:2").

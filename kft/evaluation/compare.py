@@ -29,7 +29,7 @@ from kft.evaluation._strategies import check_seeds
 from kft.evaluation._strategies import parse_strategies
 from kft.evaluation.comparison import StrategyComparison
 from kft.training.fine_tune import fine_tune
-from kft.training.fine_tune import phase2_arguments
+from kft.training.fine_tune_checks import phase2_arguments
 
 
 def _build(build_model, seed):

@@ -118,7 +118,7 @@ _PHASE2_FIELDS = {"n_blocks": "n_blocks", "lr": "learning_rate",
 def _unused_settings(config):
     """Fields set to other than their defaults that `config.strategy`
     does not read."""
-    from kft.training.fine_tune import PHASE2_ARGUMENTS
+    from kft.training.fine_tune_checks import PHASE2_ARGUMENTS
 
     defaults = TrainConfig()
     return [field for field, name in _PHASE2_FIELDS.items()
@@ -168,7 +168,7 @@ def choose_strategy(config, train, say):
 
 
 def fine_tune_kwargs(config):
-    from kft.training.fine_tune import phase2_arguments
+    from kft.training.fine_tune_checks import phase2_arguments
 
     # A config holds every setting; `fine_tune` refuses those the strategy
     # does not read (phase 2's for feature extraction).

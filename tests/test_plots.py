@@ -151,3 +151,22 @@ def test_worst_mistakes_grid_and_all_plots(tmp_path):
     assert all(_is_png(tmp_path / "all" / n) for n in names)
     again = kft.EvaluationReport.from_json(report.to_json())
     assert len(plots.save_report_plots(again, tmp_path / "re")) == 4
+
+
+def test_learning_curves_of_per_class_and_single_name_metrics():
+    # keras.metrics.F1Score() logs one value per class each epoch: numpy
+    # failed to concatenate its 2-D curve with the 1-D ones.
+    history = {"loss": [1.0, 0.8], "f1_score": [np.array([0.2, 0.4, 0.6]),
+                                                np.array([0.5, 0.5, 0.8])],
+               "val_f1_score": [np.array([0.1, 0.2, 0.3]),
+                                np.array([0.4, 0.4, 0.4])]}
+    with pytest.warns(UserWarning, match="'f1_score' logs 3 values per "
+                      "epoch.*their mean"):
+        fig = plots.plot_learning_curves(history)
+    curves = {line.get_label(): line.get_ydata() for line in fig.axes[1].lines
+              if line.get_gid() is None}
+    np.testing.assert_allclose(curves["f1_score"], [0.4, 0.6])
+    np.testing.assert_allclose(curves["val_f1_score"], [0.2, 0.4])
+    # A single name, not its letters.
+    one = plots.plot_learning_curves(history, metrics="f1_score")
+    assert [ax.get_ylabel() for ax in one.axes] == ["loss", "f1_score"]

@@ -49,10 +49,25 @@ def merge(history):
     curves = {}
     for key in keys:
         curves[key] = np.concatenate([
-            _at_epochs(np.asarray(h.get(key, []), dtype=np.float64), length,
-                       key) for h, length in zip(phases, lengths)])
+            _at_epochs(_per_epoch(h.get(key, []), key), length, key)
+            for h, length in zip(phases, lengths)])
     starts = list(np.cumsum(lengths)[:-1])
     return curves, [int(s) for s in starts if 0 < s]
+
+
+def _per_epoch(values, key):
+    """One float per epoch: a metric logging several values an epoch (one
+    per class: `keras.metrics.F1Score()`'s default `average=None`) is
+    plotted as their mean (for F1 per class, the macro F1), warned."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim <= 1:
+        return values
+    values = values.reshape(len(values), -1)
+    warnings.warn(
+        f"{key!r} logs {values.shape[1]} values per epoch (one per class?): "
+        "plotted as their mean (for F1 per class, the macro F1).",
+        UserWarning, stacklevel=4)
+    return values.mean(axis=1)
 
 
 def _at_epochs(values, length, key):
@@ -107,6 +122,8 @@ def panels(curves, metrics=None):
                and not _is_rate(k) and k not in _BOOKKEEPING]
     if metrics is None:
         metrics = [k for k in trained if k != "loss"]
+    elif isinstance(metrics, str):
+        metrics = [metrics]  # one name, not its letters
     for name in metrics:
         if name not in curves and f"val_{name}" not in curves:
             fail_argument("metrics", f"names of logged metrics {trained}",

@@ -76,6 +76,27 @@ def test_suggestions_fall_in_the_known_good_range_of_a_quadratic():
         assert suggestion.rule == kft.training.lr_find.RULES[name]
 
 
+def test_valley_of_a_rising_curve_is_not_its_highest_rate():
+    # A curve that rises from the start but for one dip between the
+    # window's first two points: fastai's start index (one before the
+    # stretch) made the valley index -1, the highest rate tried.
+    from kft.training.lr_find import suggest
+
+    rates = np.logspace(-4, 1, 100)
+    losses = np.linspace(1.0, 3.9, 100)
+    losses[10], losses[11] = 1.05, 1.04
+    valley = suggest(rates, losses, 100)["valley"]
+    assert valley.learning_rate == pytest.approx(rates[10])
+    # A decreasing curve: halfway down its longest decreasing stretch, as
+    # the rule says.
+    losses = np.linspace(3.0, 1.0, 60)
+    rates = np.logspace(-5, 0, 60)
+    index = int(np.argmin(abs(rates - suggest(rates, losses, 60)[
+        "valley"].learning_rate)))
+    assert 0.4 <= (index - 6) / (54 - 6) <= 0.6
+    assert "halfway" in kft.training.lr_find.RULES["valley"]
+
+
 def test_plot_marks_the_suggestions(tmp_path):
     pytest.importorskip("matplotlib")
     rates = np.logspace(-5, 0, 40)
@@ -129,3 +150,43 @@ def test_fine_tune_trains_phase_2_at_the_found_rate():
     assert 1e-7 < valley < 10
     np.testing.assert_allclose(result.histories[1]["learning_rate"][0],
                                valley, rtol=1e-5)
+
+
+def test_losses_are_weighted_as_training_weighs_them():
+    # The batches' sample weights (and `class_weight`) were dropped: the
+    # curve measured the unweighted loss.
+    labels = (np.arange(32) % 3).astype("int32")
+    x = X[:32]
+
+    def model():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+        m.compile(keras.optimizers.SGD(),
+                  keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+        return m
+
+    class Weighted:
+        def __iter__(self):
+            return iter([(x[i:i + 8], labels[i:i + 8],
+                          np.zeros(8, "float32")) for i in range(0, 32, 8)])
+
+    kwargs = dict(steps=10, start=1e-6, end=1e-5, verbose=0)
+    zero = kft.lr_find(model(), Weighted(), **kwargs)
+    np.testing.assert_array_equal(zero.raw_losses, 0.0)
+    ds = kft.data.from_arrays(x[:, :, None, None].repeat(3, -1), labels,
+                              batch_size=8, shuffle=False)
+    m = keras.Sequential([keras.Input((8, 1, 3)), keras.layers.Flatten(),
+                          keras.layers.Dense(3)])
+    m.compile(keras.optimizers.SGD(),
+              keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain = kft.lr_find(m, ds, **kwargs)
+    weighted = kft.lr_find(m, ds.with_class_weight({0: 2.0, 1: 2.0, 2: 2.0}),
+                           **kwargs)
+    by_argument = kft.lr_find(m, ds, class_weight={0: 2.0, 1: 2.0, 2: 2.0},
+                              **kwargs)
+    # Twice the loss (the doubled steps move the weights 1e-5 apart).
+    np.testing.assert_allclose(weighted.raw_losses, 2 * plain.raw_losses,
+                               rtol=1e-3)
+    np.testing.assert_allclose(by_argument.raw_losses, weighted.raw_losses,
+                               rtol=1e-6)

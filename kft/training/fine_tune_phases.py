@@ -127,7 +127,9 @@ def find_rate(phases, strategy, n_blocks, weight_decay, layer_decay, bn):
                                      layer_decay))
     _first_stage(phases, strategy, n_blocks, bn)
     result = lr_find(phases.model, phases.train_data,
-                     batch_size=phases.batch_size, verbose=phases.verbose)
+                     batch_size=phases.batch_size,
+                     class_weight=phases.class_weight,
+                     verbose=phases.verbose)
     freeze(phases.model, "feature_extraction", bn=bn)
     if FIND_SUGGESTION not in result.suggestions:
         raise ValueError(

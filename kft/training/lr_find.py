@@ -22,6 +22,7 @@ from kft._plotting import new_figure
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import fail_argument
+from kft.training.class_weights import resolve_class_weight
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
 from kft.training.state import changing_trainable
@@ -41,7 +42,7 @@ class Suggestion(NamedTuple):
 
 RULES = {
     "valley": "fastai's valley: the longest stretch over which the smoothed "
-              "loss keeps decreasing; 2/3 of the way down it",
+              "loss keeps decreasing; halfway down it",
     "steep": "steepest descent: where the smoothed loss falls fastest per "
              "log-step of the rate",
     "minimum": "minimum/10: a tenth of the rate at the lowest smoothed loss",
@@ -121,9 +122,19 @@ class _ExponentialRamp(keras.optimizers.schedules.LearningRateSchedule):
                 "offset": self.offset}
 
 
+def _class_weights_of(y, class_weight):
+    """Each example's class weight (1 for a class not in `class_weight`),
+    read from integer or one-hot labels as `model.fit` reads them."""
+    y = np.asarray(y)
+    labels = (np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1
+              else y.reshape(len(y)))
+    return np.array([class_weight.get(int(label), 1.0) for label in labels],
+                    dtype="float32")
+
+
 def _batches(data, batch_size, seed, steps):
-    """Endless `(x, y)` batches: shuffled array batches, or a dataset's
-    batches, again and again."""
+    """Endless `(x, y, sample weights or None)` batches: shuffled array
+    batches, or a dataset's batches, again and again."""
     if isinstance(data, tuple):
         x, y = data
         rng = np.random.default_rng(seed)
@@ -131,7 +142,7 @@ def _batches(data, batch_size, seed, steps):
             order = rng.permutation(len(x))
             for first in range(0, len(x), batch_size):
                 index = order[first:first + batch_size]
-                yield x[index], y[index]
+                yield x[index], y[index], None
     seen = 0
     while True:
         count = 0
@@ -141,7 +152,8 @@ def _batches(data, batch_size, seed, steps):
                     "Argument `data` must yield (images, labels) batches. "
                     f"Received: a batch of type {type(batch).__name__}")
             count += 1
-            yield batch[0], batch[1]
+            yield batch[0], batch[1], (batch[2] if len(batch) > 2
+                                       else None)
         if not count:
             if not seen:
                 raise ValueError("Argument `data` must yield at least one "
@@ -255,7 +267,7 @@ def _check(model, start, end, steps, smoothing, divergence, batch_size):
 def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
             steps: int = 100, batch_size: int = 32, smoothing: float = 0.98,
             divergence: float = 4.0, seed: int = 0,
-            verbose: int = 1) -> LRFinderResult:
+            class_weight=None, verbose: int = 1) -> LRFinderResult:
     """The learning-rate range test (Smith; fastai's `lr_find`).
 
     Trains `model` for up to `steps` steps with the rate of its compiled
@@ -292,6 +304,11 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
         divergence: Stop when the smoothed loss exceeds this many times its
             minimum, > 1. Defaults to `4.0`.
         seed: Seed of the batch order of arrays. Defaults to `0`.
+        class_weight: As `model.fit`'s (or `"balanced"`): the loss of
+            each example weighted by its class', as training will weigh
+            it. A dataset's own sample weights (a third batch element, as
+            `ImageDataset.with_class_weight` adds) are used as they are.
+            Defaults to `None`.
         verbose: Print where it stopped and the suggestions. Defaults to
             `1`.
 
@@ -326,6 +343,9 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
             "needs some to train (kft.freeze(model, 'feature_extraction') "
             "leaves the head trainable).")
     data = _check_data(model, data)
+    if class_weight is not None:
+        class_weight = resolve_class_weight(class_weight, data,
+                                            model.outputs[0].shape[-1])
     if callable(getattr(data, "with_shard", None)):
         # A view with passes of its own: the test must not use up the
         # dataset's shuffle orders (fit after it would see other ones).
@@ -341,8 +361,11 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     try:
         batches = _batches(data, batch_size, seed, steps)
         for k in range(steps):
-            x, y = next(batches)
-            logs = model.train_on_batch(x, y, return_dict=True)
+            x, y, weights = next(batches)
+            if weights is None and class_weight is not None:
+                weights = _class_weights_of(y, class_weight)
+            logs = model.train_on_batch(x, y, sample_weight=weights,
+                                        return_dict=True)
             loss = float(logs["loss"])
             average = smoothing * average + (1 - smoothing) * loss
             smoothed = average / (1 - smoothing ** (k + 1))
@@ -421,4 +444,6 @@ def _valley_index(losses):
                 max_end = i
                 max_start = max_end - lengths[max_end]
     sections = (max_end - max_start) / 3
-    return max_start + int(sections) + int(sections / 2)
+    # fastai's start is one before the stretch: for one that starts at
+    # the first point, its index could be -1, the last (highest) rate.
+    return max(0, max_start + int(sections) + int(sections / 2))

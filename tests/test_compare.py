@@ -305,3 +305,29 @@ def test_time_budget_stops_training_after_the_batch_past_it():
             on_train_batch_end=lambda batch, logs: seen.append(batch))])
     assert budget.spent and seen == [0]
     assert len(history.history["loss"]) == 1
+
+
+def test_runs_of_a_seed_read_the_same_dataset_batches(data):
+    # A shuffled, augmenting kft.data dataset was read on from where the
+    # previous run left it: the same strategy and seed scored differently
+    # with other strategies before it, and "paired by seed" paired nothing.
+    x, y = data.target_train
+    train = kft.data.from_arrays(x, y, batch_size=4, augmentation="light",
+                                 seed=0)
+
+    def compare(strategies):
+        result = kft.compare_strategies(
+            _build, train, data.target_val, data.target_test,
+            strategies=strategies, seeds=[0, 1], epochs=2, head_epochs=1,
+            batch_size=4, print_fn=None, cache_features=False)
+        return {(r["strategy"], r["seed"]): r["histories"][0]["loss"]
+                for r in result.runs}
+
+    losses = compare(["partial", "full"])
+    for seed in (0, 1):  # the head phase is the same code for both
+        np.testing.assert_allclose(losses["partial", seed],
+                                   losses["full", seed], rtol=1e-6)
+    assert losses["full", 0] != losses["full", 1]
+    alone = compare(["full"])
+    np.testing.assert_allclose(alone["full", 1], losses["full", 1],
+                               rtol=1e-6)

@@ -45,12 +45,27 @@ class HostAugmenter:
         model: A Keras model of augmentation layers (a preset).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, seed=None):
         self.model = model
         self.device = jax.devices("cpu")[0]
         self._lock = threading.Lock()
         self._states = {}
         self._functions = None
+        self._seed = seed
+
+    def fork(self, seed=None):
+        """Another augmenter of the same model (its compiled layers
+        shared) that draws on without moving this one's seed states: from
+        where this one is, or, given `seed`, from the model's initial
+        states moved by `seed` (the same draws whatever ran before)."""
+        with self._lock:
+            other = HostAugmenter(self.model, seed)
+            other._functions = self._functions
+            if seed is None:
+                other._seed = self._seed
+                other._states = {stream: list(states) for stream, states
+                                 in self._states.items()}
+        return other
 
     def _compile(self, shape):
         if not self.model.built:
@@ -69,6 +84,9 @@ class HostAugmenter:
             # each global batch must not repeat each other's draws.
             states = [[_offset_seed(state, stream) for state in layer]
                       for layer in states]
+        if self._seed is not None:
+            states = [[_offset_seed(state, self._seed, _SEED_STEP)
+                       for state in layer] for layer in states]
         return states
 
     def augment(self, images, stream=0):
@@ -92,10 +110,15 @@ class HostAugmenter:
         return np.asarray(self.augment(images, stream))
 
 
-def _offset_seed(state, stream):
+# Large odd steps: streams of nearby seeds do not meet, and a stream's
+# offset is not another seed's.
+_STREAM_STEP = 0x9E3779B1
+_SEED_STEP = 0x85EBCA6B
+
+
+def _offset_seed(state, stream, step=_STREAM_STEP):
     """A Keras `SeedGenerator` state (`[seed, counter]`, uint32) with its
-    seed moved by `stream`; other state as it is."""
+    seed moved by `stream` steps; other state as it is."""
     if state.dtype != np.uint32 or state.shape != (2,):
         return state
-    # A large odd step: streams of nearby seeds do not meet.
-    return state.at[0].add(np.uint32((stream * 0x9E3779B1) & 0xFFFFFFFF))
+    return state.at[0].add(np.uint32((stream * step) & 0xFFFFFFFF))

@@ -173,8 +173,16 @@ def _train(model, strategy, train, val, seed, budget):
             bool(timer and timer.spent))
 
 
+def _seeded(data, seed):
+    """A `kft.data` dataset read from its first pass with `seed`: every
+    run of a seed gets the same batches, whatever ran before it."""
+    with_seed = getattr(data, "with_seed", None)
+    return with_seed(seed) if callable(with_seed) else data
+
+
 def _one_run(build_model, strategy, seed, data, budget):
     train, val, test = data
+    train, val = _seeded(train, seed), _seeded(val, seed)
     keras.utils.set_random_seed(seed)
     model = _build(build_model, seed)
     gc.collect()
@@ -209,7 +217,11 @@ def compare_strategies(
     builds a fresh model from `build_model` (the same pretrained weights
     every time; the seed only changes the new head and the data order),
     trains it and evaluates it on `test`. Runs are paired by seed, so
-    `StrategyComparison.table` can test each strategy against the best.
+    `StrategyComparison.table` can test each strategy against the best:
+    `kft.data` datasets are read with `dataset.with_seed(seed)` (the same
+    shuffled order and augmentation for every strategy at a seed; arrays
+    are shuffled by the seeded `fit`). Other iterables keep their own
+    order, which then differs between runs.
 
     Strategies:
 

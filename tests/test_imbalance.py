@@ -207,3 +207,22 @@ def test_with_class_weight_checks_weights_and_counts_passes_on():
              r"kft.balanced_class_weight.*Received: class_weight='balanced'")]:
         with pytest.raises(error, match=match):
             dataset.with_class_weight(bad)
+
+
+def test_weights_for_a_dataset_that_balances_already_are_refused():
+    # Accepted silently: balanced sampling then weights counted rare
+    # classes about 4x; a with_class_weight dataset's weights were replaced.
+    x, y = np.zeros((14, 4, 4, 3), "float32"), np.array([0] * 2 + [1] * 12)
+    balanced = kft.data.from_arrays(x, y, batch_size=4, sampling="balanced")
+    with pytest.raises(ValueError, match="sampling='balanced'.*twice"):
+        resolve_class_weight("balanced", balanced, 2)
+    weighted = kft.data.from_arrays(x, y, batch_size=4).with_class_weight(
+        {0: 100.0})
+    with pytest.raises(ValueError, match=r"carry class weights already.*"
+                       r"\{0: 100.0\}.*Received: class_weight='balanced'"):
+        resolve_class_weight("balanced", weighted, 2)
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(4, 4, 3))
+    with pytest.raises(ValueError, match="sampling='balanced'"):
+        kft.fine_tune(model, balanced, class_weight={0: 2.0}, verbose=0)
+    assert resolve_class_weight(None, balanced, 2) is None

@@ -139,7 +139,10 @@ def resolve_class_weight(
         `{class index: weight}`, or `None` for `None`.
 
     Raises:
-        ValueError: an unknown string, a key outside `[0, num_classes)`,
+        ValueError: weights for a `kft.data` dataset that balances its
+            classes already (`sampling="balanced"`, or
+            `with_class_weight`), an unknown string, a key outside
+            `[0, num_classes)`,
             a weight that is not a positive finite number (each named), or
             training data without any label.
 
@@ -154,6 +157,18 @@ def resolve_class_weight(
     num_classes = check_int("num_classes", num_classes, min_value=1)
     if class_weight is None:
         return None
+    # Weights on top of a dataset that balances already would count rare
+    # classes twice (or drop the dataset's own weights).
+    if getattr(train_data, "sampling", None) == "balanced":
+        fail_argument("class_weight", "None for a dataset with "
+                      "sampling='balanced' (it draws every class equally "
+                      "often already: weights would count rare classes "
+                      "twice); pass one of the two", class_weight)
+    if getattr(train_data, "class_weight", None) is not None:
+        fail_argument("class_weight", "None for a dataset whose batches "
+                      "carry class weights already (with_class_weight: "
+                      f"{train_data.class_weight}); pass one of the two",
+                      class_weight)
     if isinstance(class_weight, str):
         if class_weight != "balanced":
             fail_argument("class_weight", "'balanced', a dict {class index: "

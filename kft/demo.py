@@ -297,11 +297,12 @@ def _run_seeds(settings, weights_file, temporary, say, output, count):
     comparison.save(output.path("comparison.json"))
     say(f"Comparison saved to {output.path('comparison.json')} "
         "(kft.StrategyComparison.load reads it back).")
-    if output.plots:
+    best = comparison.best
+    if output.plots and best is not None:
         from kft.evaluation.report import EvaluationReport
 
-        best = comparison.best
-        run = next(r for r in comparison.runs if r["strategy"] == best)
+        run = next(r for r in comparison.runs
+                   if r["strategy"] == best and "error" not in r)
         output.write_plots(comparison,
                            EvaluationReport.from_dict(run["report"]),
                            run["histories"], best)

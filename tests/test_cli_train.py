@@ -458,6 +458,23 @@ def _refuse(what):
     return refuse
 
 
+def test_compare_checks_each_strategy_before_the_first_trains(
+        folder, tmp_path, capsys, monkeypatch):
+    # `partial:9` failed (exit 1) after feature extraction had trained.
+    monkeypatch.setattr("kft.evaluation.compare.fine_tune",
+                        _refuse("fine_tune"))
+    out = tmp_path / "cmp"
+    code, err = _usage_error(
+        ["compare", folder, "--backbone", "simple_cnn", "--weights", "none",
+         "--image-size", "16", "--epochs", "2", "--head-epochs", "1",
+         "--seeds", "2", "--strategies", "feature_extraction", "partial:9",
+         "--out", str(out)], capsys)
+    assert code == 2 and ("argument --strategies: Strategy 'partial:9': "
+                          "Argument `n_blocks` must be an integer from 1 "
+                          "to 4") in err, err
+    assert not out.exists()
+
+
 def test_out_and_compare_options_are_usage_errors_before_training(
         folder, run, tmp_path, capsys, monkeypatch):
     """A file as --out, a bad --strategies, --head-epochs >= --epochs:

@@ -1,5 +1,6 @@
 """`kft.compare_strategies` and `kft.StrategyComparison`."""
 
+import dataclasses
 import json
 import math
 from unittest import mock
@@ -157,7 +158,9 @@ def test_paired_test_and_interval_against_scipy():
     expected = stats.ttest_rel(a, b)
     assert (t, p) == pytest.approx((expected.statistic, expected.pvalue))
     assert paired_t_test([0.5, 0.6], [0.5, 0.6]) == (0.0, 1.0)
-    assert paired_t_test([0.6, 0.7], [0.5, 0.6]) == (math.inf, 0.0)
+    # Equal differences other than 0: not testable (p was 0, "<0.001", and
+    # t infinite, written as -Infinity in JSON).
+    assert paired_t_test([0.6, 0.7], [0.5, 0.6]) == (None, None)
     assert paired_t_test([0.6], [0.5]) == (None, None)
     low, high = stats.t.interval(0.9, 5, loc=a.mean(),
                                  scale=stats.sem(a))
@@ -331,3 +334,76 @@ def test_runs_of_a_seed_read_the_same_dataset_batches(data):
     alone = compare(["full"])
     np.testing.assert_allclose(alone["full", 1], losses["full", 1],
                                rtol=1e-6)
+
+
+def test_a_run_that_raises_is_recorded_and_the_others_count(data, tmp_path):
+    # One failing run raised out of compare_strategies: every finished
+    # run was lost (and `kft compare` wrote nothing).
+    def flaky(model, train, val, seed):
+        if seed == 1:
+            raise RuntimeError("out of memory")
+
+    result = kft.compare_strategies(
+        lambda: _build(), data.target_train, data.target_val,
+        data.target_test, strategies=["feature_extraction", flaky],
+        seeds=[0, 1], epochs=1, print_fn=None)
+    assert [(r["strategy"], r["seed"]) for r in result.failures()] == [
+        ("flaky", 1)]
+    assert result.failures()[0]["error"] == "RuntimeError: out of memory"
+    rows = {r["strategy"]: r for r in result.table()}
+    assert (rows["flaky"]["n"], rows["flaky"]["failed"]) == (1, 1)
+    assert (rows["feature_extraction"]["n"],
+            rows["feature_extraction"]["failed"]) == (2, 0)
+    np.testing.assert_array_equal(result.values("flaky"),
+                                  [result.runs[1]["metrics"]["accuracy"]])
+    assert "flaky, seed 1: RuntimeError: out of memory" in (
+        result.to_markdown())
+    result.save(tmp_path / "c.json")
+    loaded = kft.StrategyComparison.load(tmp_path / "c.json")
+    assert loaded.failures() == result.failures()
+
+
+def test_comparison_json_is_strict_and_untestable_pairs_say_so(tmp_path):
+    # Two seeds, each one test image apart: p was 0 ("<0.001") and the
+    # JSON held -Infinity, which strict parsers reject.
+    runs = [{"strategy": s, "seed": seed, "metrics": {"accuracy": a,
+                                                      "ece": math.nan}}
+            for s, seed, a in [("full", 0, 10 / 12), ("full", 1, 9 / 12),
+                               ("partial", 0, 9 / 12),
+                               ("partial", 1, 8 / 12)]]
+    result = kft.StrategyComparison(runs, ["full", "partial"], [0, 1],
+                                    "accuracy")
+    row = result.table()[1]
+    assert row["p"] is None and row["t"] is None
+    assert "| n/a | n/a |" in result.to_markdown()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in JSON")
+
+    saved = json.loads(result.to_json(), parse_constant=refuse)
+    assert saved["runs"][0]["metrics"]["ece"] is None
+    # A NaN metric is not the best.
+    assert dataclasses.replace(result, metric="ece").best is None
+
+
+def test_strategy_arguments_are_checked_before_any_run(data):
+    calls = []
+
+    def first(model, train, val, seed):
+        calls.append(seed)
+
+    for strategies, error, match in [
+            (["partial:9"], ValueError,
+             r"Strategy 'partial:9': Argument `n_blocks` must be an "
+             r"integer from 1 to 4"),
+            ([{"name": "typo", "strategy": "partial", "n_block": 2}],
+             TypeError, r"Strategy 'typo':.*n_block"),
+            ([{"name": "fe_rate", "strategy": "feature_extraction",
+               "learning_rate": 1e-2}], ValueError,
+             r"Strategy 'fe_rate':.*learning_rate")]:
+        with pytest.raises(error, match=match):
+            kft.compare_strategies(
+                lambda: _build(), data.target_train, data.target_val,
+                data.target_test, strategies=[first, *strategies],
+                seeds=[0, 1], epochs=2, head_epochs=1, print_fn=None)
+    assert calls == []  # nothing trained

@@ -140,18 +140,27 @@ def compare_command(args, argv):
         build_run_model(config, num_classes)  # checks the image size
     except ValueError as error:
         raise Usage(flag_names(str(error))) from error
-    # Before training: the results are written after every run.
+    # Before training: a folder that cannot be made fails now, not after
+    # hours of runs.
+    created = not os.path.exists(config.out)
     make_out_folder(config.out)
     say = None if (args.quiet or args.json) else print
     if say and test_dir is None:
         say("kft compare: no test folder: runs are scored on the "
             "validation split that also picks their best epoch (optimistic"
             "; pass --test-dir for a held-out score).")
-    result = compare_strategies(
-        lambda: build_run_model(config, num_classes), train, val, test,
-        strategies=list(args.strategies), seeds=list(range(args.seeds)),
-        epochs=args.epochs, head_epochs=args.head_epochs,
-        batch_size=args.batch_size, print_fn=say)
+    try:
+        result = compare_strategies(
+            lambda: build_run_model(config, num_classes), train, val, test,
+            strategies=list(args.strategies), seeds=list(range(args.seeds)),
+            epochs=args.epochs, head_epochs=args.head_epochs,
+            batch_size=args.batch_size, print_fn=say)
+    except (TypeError, ValueError) as error:
+        # A run that raises is recorded in the comparison: what escapes is
+        # a strategy's arguments, refused before any run trained.
+        if created and not os.listdir(config.out):
+            os.rmdir(config.out)
+        raise Usage(f"argument --strategies: {error}") from error
     files = {"comparison.json": os.path.join(config.out, "comparison.json")}
     result.to_json(files["comparison.json"])
     files["comparison.md"] = os.path.join(config.out, "comparison.md")
@@ -160,17 +169,26 @@ def compare_command(args, argv):
     try:
         import matplotlib  # noqa: F401
 
-        files["comparison.png"] = os.path.join(config.out, "comparison.png")
-        result.plot(path=files["comparison.png"])
+        if result.best is not None:  # some run finished
+            files["comparison.png"] = os.path.join(config.out,
+                                                   "comparison.png")
+            result.plot(path=files["comparison.png"])
     except ImportError:
         pass
     if args.json:
-        print(json.dumps({"out": config.out, "files": files,
-                          "table": result.table()}, default=str))
+        from kft.evaluation.comparison import finite_or_none
+
+        print(json.dumps(finite_or_none(
+            {"out": config.out, "files": files, "table": result.table(),
+             "failures": result.failures()}), default=str, allow_nan=False))
     else:
         print(result.to_markdown())
         print(f"wrote: {', '.join(sorted(files))} in {config.out}")
-    return 0
+    failures = result.failures()
+    if failures:
+        print(f"kft compare: {len(failures)} of {len(result.runs)} runs "
+              "raised (listed in comparison.md).", file=sys.stderr)
+    return 1 if result.best is None else 0
 
 
 def check_strategies(strategies, epochs, head_epochs):

@@ -158,19 +158,48 @@ def _train(model, strategy, train, val, seed, budget):
         result = train_fn(model, train, val, seed)
         return _history_dicts(result), getattr(result, "best_epoch",
                                                None), False
-    # The shared keywords a strategy reads (feature extraction has no
-    # phase 2 for a `layer_decay` to apply to), then its own.
-    kwargs = {**phase2_arguments(overrides["strategy"],
-                                 budget["fine_tune_kwargs"]), **overrides}
+    kwargs = _fine_tune_arguments(overrides, budget)
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + (
         [timer] if timer else [])
+    result = fine_tune(model, train, val, **kwargs)
+    return (_history_dicts(result), result.best_epoch,
+            bool(timer and timer.spent))
+
+
+def _fine_tune_arguments(overrides, budget):
+    """The `fine_tune` keywords of a strategy's run: the shared ones it
+    reads (feature extraction has no phase 2 for a `layer_decay` to apply
+    to), its own, and its share of the epoch budget."""
+    kwargs = {**phase2_arguments(overrides["strategy"],
+                                 budget["fine_tune_kwargs"]), **overrides}
     head = budget["head_epochs"]
     if kwargs["strategy"] == "feature_extraction":
         head = budget["epochs"]  # the whole budget on the head
-    result = fine_tune(model, train, val, head_epochs=head,
-                       epochs=budget["epochs"] - head, verbose=0, **kwargs)
-    return (_history_dicts(result), result.best_epoch,
-            bool(timer and timer.spent))
+    return {**kwargs, "head_epochs": head, "epochs": budget["epochs"] - head,
+            "verbose": 0}
+
+
+def _check_runs(build_model, parsed, seed, data, budget):
+    """`fine_tune`'s own checks of every strategy's arguments (blocks the
+    model has, keywords it takes, arguments the strategy reads) on one
+    model, before any run trains."""
+    from kft.training.fine_tune import check_fine_tune_arguments
+
+    specs = [(label, overrides) for label, overrides, train_fn in parsed
+             if train_fn is None]
+    if not specs:
+        return
+    train, val, _ = data
+    model = _build(build_model, seed)
+    for label, overrides in specs:
+        try:
+            check_fine_tune_arguments(model, train, val,
+                                      **_fine_tune_arguments(overrides,
+                                                             budget))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"Strategy {label!r}: {error}") from error
+    del model
+    gc.collect()
 
 
 def _seeded(data, seed):
@@ -270,11 +299,18 @@ def compare_strategies(
     Returns:
         A `kft.StrategyComparison`.
 
+    A run that raises (a diverged loss, a training function's error) is
+    recorded with its error and the comparison goes on; its statistics
+    leave it out (`StrategyComparison.failures` lists it).
+
     Raises:
         ValueError: an unknown or malformed strategy (the accepted forms
             are listed), repeated strategy names, no seeds or a repeated
-            seed, empty data, a bad budget, or a `fine_tune_kwargs` key
-            that this function sets itself; before anything trains.
+            seed, empty data, a bad budget, a `fine_tune_kwargs` key
+            that this function sets itself, or a strategy's arguments
+            that `kft.fine_tune` refuses (e.g. `"partial:9"` for a model
+            of 5 blocks); before anything trains.
+        TypeError: a keyword `kft.fine_tune` does not take.
 
     Example:
     >>> import kft
@@ -315,13 +351,24 @@ def compare_strategies(
               "batch_size": check_int("batch_size", batch_size, min_value=1),
               "fine_tune_kwargs": {**fine_tune_kwargs,
                                    "batch_size": batch_size}}
+    _check_runs(build_model, parsed, seeds[0], (train, val, test), budget)
     say = print_fn or (lambda *args: None)
     runs, total = [], len(parsed) * len(seeds)
     for seed in seeds:  # seed-major: an interrupted run has whole pairs
         for strategy in parsed:
-            runs.append(_one_run(build_model, strategy, seed,
-                                 (train, val, test), budget))
-            run = runs[-1]
+            try:
+                run = _one_run(build_model, strategy, seed,
+                               (train, val, test), budget)
+            except Exception as error:  # noqa: BLE001 - recorded, go on
+                # A run that diverges (or a training function that
+                # raises) is a result: the other runs still count.
+                run = {"strategy": strategy[0], "seed": seed,
+                       "error": f"{type(error).__name__}: {error}"}
+                runs.append(run)
+                say(f"[{len(runs)}/{total}] {strategy[0]} seed {seed}: "
+                    f"failed: {run['error']}")
+                continue
+            runs.append(run)
             say(f"[{len(runs)}/{total}] {run['strategy']} seed {seed}: "
                 f"{metric} {run['metrics'][metric]:.4f}, trained in "
                 f"{run['train_time']:.1f}s")

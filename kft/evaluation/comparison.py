@@ -47,8 +47,10 @@ def paired_t_test(a, b):
     """`(t, two-sided p)` of the paired t-test of `a - b`; `(None, None)`
     for fewer than two pairs.
 
-    Equal differences give no variance: p is 1 when they are all 0, else
-    0 (t infinite), where `scipy.stats.ttest_rel` returns NaN.
+    Equal differences give no variance: p is 1 (t 0) when they are all 0;
+    equal differences other than 0 are not testable, `(None, None)`: the
+    t statistic is infinite, and a p of 0 would call two seeds that moved
+    one test image each a certain difference.
 
     >>> t, p = paired_t_test([0.9, 0.8, 0.85], [0.7, 0.75, 0.7])
     >>> round(t, 3), round(p, 4)
@@ -61,10 +63,21 @@ def paired_t_test(a, b):
         return None, None
     sd = float(d.std(ddof=1))
     if sd == 0.0:
-        return (0.0, 1.0) if not d.any() else (math.copysign(
-            math.inf, d.mean()), 0.0)
+        return (0.0, 1.0) if not d.any() else (None, None)
     t = float(d.mean() / (sd / math.sqrt(d.size)))
     return t, float(2.0 * stats.t.sf(abs(t), d.size - 1))
+
+
+def finite_or_none(value):
+    """`value` with every non-finite float as `None` (JSON has neither
+    NaN nor infinity)."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _summary_of(runs, key, how):
@@ -92,7 +105,9 @@ class StrategyComparison:
             `time_budget_spent`, `best_epoch`, `histories` (the
             `History.history` dict of each phase) and `report` (the
             `kft.EvaluationReport` on the test data, as a dict: `report`
-            returns it as a report).
+            returns it as a report). A run that raised has `strategy`,
+            `seed`, `error` (its type and message) and `train_time`
+            instead: statistics leave it out, `failures` lists it.
         strategies: Strategy names, in the order given.
         seeds: The seeds, in run order.
         metric: The compared test metric.
@@ -127,8 +142,12 @@ class StrategyComparison:
             fail_argument("strategy", f"one of {tuple(self.strategies)}",
                           strategy)
         by_seed = {r["seed"]: r for r in self.runs
-                   if r["strategy"] == strategy}
+                   if r["strategy"] == strategy and "error" not in r}
         return [by_seed[s] for s in self.seeds if s in by_seed]
+
+    def failures(self):
+        """The runs that raised: dicts of `strategy`, `seed`, `error`."""
+        return [r for r in self.runs if "error" in r]
 
     def values(self, strategy, metric=None):
         """Per-seed test values of `strategy`, in `seeds` order.
@@ -158,13 +177,21 @@ class StrategyComparison:
 
     @property
     def best(self):
-        """The strategy with the best mean `metric`."""
-        means = [self.values(s).mean() for s in self.strategies]
-        pick = np.argmin if self.lower_is_better else np.argmax
-        return self.strategies[int(pick(means))]
+        """The strategy with the best mean `metric` (runs that raised, and
+        non-finite values, left out), or `None` when none has one."""
+        means = {}
+        for strategy in self.strategies:
+            values = self.values(strategy)
+            if values.size and np.isfinite(values).all():
+                means[strategy] = values.mean()
+        if not means:
+            return None
+        pick = min if self.lower_is_better else max
+        return pick(means, key=means.get)
 
     def table(self, confidence=0.95):
-        """One dict per strategy: `n`, `mean`, `std`, `ci_low`, `ci_high`,
+        """One dict per strategy: `n` (runs that finished), `failed` (runs
+        that raised), `mean`, `std`, `ci_low`, `ci_high`,
         `difference` from the best (paired, same seeds), paired `t` and
         `p`, `p_holm` (Holm-adjusted over the strategies tested), the mean
         `trainable_params`, the median `train_time` (the first run of a
@@ -179,14 +206,18 @@ class StrategyComparison:
                                   high=1.0, low_open=True, high_open=True)
         best = self.best
         rows = []
+        failed = [r["strategy"] for r in self.failures()]
         for strategy in self.strategies:
             runs = self._runs_of(strategy)
             values = self.values(strategy)
-            mean, std, low, high = mean_interval(values, confidence)
-            row = {"strategy": strategy, "n": len(values), "mean": mean,
+            mean, std, low, high = (mean_interval(values, confidence)
+                                    if values.size else (None,) * 4)
+            row = {"strategy": strategy, "n": len(values),
+                   "failed": failed.count(strategy), "mean": mean,
                    "std": std, "ci_low": low, "ci_high": high,
-                   "difference": 0.0, "t": None, "p": None, "p_holm": None}
-            if strategy != best:
+                   "difference": 0.0 if strategy == best else None,
+                   "t": None, "p": None, "p_holm": None}
+            if best is not None and strategy != best and values.size:
                 seeds = [r["seed"] for r in runs]
                 ref = {r["seed"]: r["metrics"][self.metric]
                        for r in self._runs_of(best)}
@@ -215,13 +246,21 @@ class StrategyComparison:
                 else r["strategy"]
             ci = ("n/a" if r["ci_low"] is None
                   else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+            seeds = str(r["n"]) + (f" ({r['failed']} failed)"
+                                   if r["failed"] else "")
             lines.append(
-                f"| {name} | {r['n']} | {r['mean']:.3f} | {_num(r['std'])} |"
+                f"| {name} | {seeds} | {_num(r['mean'])} | {_num(r['std'])} |"
                 f" {ci} | {'' if r['strategy'] == best else _signed(r)} | "
                 f"{_p(r['p'])} | {_p(r['p_holm'])} | "
                 f"{_num(r['trainable_params'], ',.0f')} | "
                 f"{_num(r['train_time'], '.1f')} | "
                 f"{_num(r['peak_memory_mib'], '.0f')} |")
+        failures = self.failures()
+        if failures:
+            lines += ["", f"{len(failures)} run(s) raised (left out of the "
+                      "statistics):", ""]
+            lines += [f"- {r['strategy']}, seed {r['seed']}: {r['error']}"
+                      for r in failures]
         return "\n".join(lines)
 
     def __str__(self):
@@ -229,10 +268,10 @@ class StrategyComparison:
 
     def to_dict(self):
         """A JSON-ready dict; `from_dict` reads it back."""
-        return {"format": _FORMAT, "metric": self.metric,
-                "strategies": list(self.strategies),
-                "seeds": list(self.seeds), "settings": self.settings,
-                "runs": self.runs}
+        return finite_or_none({
+            "format": _FORMAT, "metric": self.metric,
+            "strategies": list(self.strategies), "seeds": list(self.seeds),
+            "settings": self.settings, "runs": self.runs})
 
     @classmethod
     def from_dict(cls, data):
@@ -247,7 +286,7 @@ class StrategyComparison:
 
     def to_json(self, path=None):
         """The JSON text; also written to `path` when given."""
-        text = json.dumps(self.to_dict(), indent=1)
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
             directory = os.path.dirname(os.fspath(path))
             if directory:
@@ -276,7 +315,8 @@ class StrategyComparison:
         """
         metric = metric or self.metric
         view = dataclasses.replace(self, metric=metric)
-        rows = view.table(confidence)
+        # Strategies whose every run raised have no bar.
+        rows = [r for r in view.table(confidence) if r["mean"] is not None]
         fig, ax = new_figure(figsize=(1.3 * len(rows) + 2.5, 4.2))
         x = np.arange(len(rows))
         means = np.array([r["mean"] for r in rows])
@@ -294,9 +334,12 @@ class StrategyComparison:
                 values) > 1 else np.zeros(1)
             ax.plot(x[i] + offsets, values, "o", color="black", ms=4,
                     label="one seed" if i == 0 else None)
-            if r["p"] is not None:
+            if r["p_holm"] is not None:
+                # The table's Holm-adjusted p: several strategies are
+                # tested against the same best one.
                 top = max(values.max(), r["ci_high"] or r["mean"])
-                p = "p<0.001" if r["p"] < 0.001 else f"p={r['p']:.3f}"
+                p = ("p<0.001" if r["p_holm"] < 0.001
+                     else f"p={r['p_holm']:.3f}")
                 ax.annotate(f"{r['difference']:+.3f}\n{p}",
                             (x[i], top), xytext=(0, 4),
                             textcoords="offset points", ha="center",
@@ -307,7 +350,7 @@ class StrategyComparison:
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"{len(self.seeds)} seeds per strategy; dark: best "
                      "mean; above a bar: mean paired difference from the "
-                     "best and its t-test p", fontsize=9)
+                     "best and its t-test p (Holm)", fontsize=9)
         ax.margins(y=0.12)
         ax.legend(loc="best", fontsize=8)
         return finish(fig, path)
@@ -333,4 +376,5 @@ def _p(value):
 
 
 def _signed(row):
-    return f"{row['difference']:+.3f}"
+    return ("n/a" if row["difference"] is None
+            else f"{row['difference']:+.3f}")

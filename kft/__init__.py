@@ -74,6 +74,7 @@ _NAMES = {
     "register_backbone": "kft.models.backbones",
     "get_blocks": "kft.models.blocks",
     "build_classifier": "kft.models.classifier",
+    "Classifier": "kft.models.classifier_model",
     "BatchAugmentModel": "kft.models.batch_augment",
     # What trains: freezing and changing the trainable set of a compiled
     # model.

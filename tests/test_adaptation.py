@@ -526,3 +526,26 @@ def test_domain_shift_scores_a_dataset_against_source_arrays():
     with pytest.raises(ValueError, match="kft.data dataset for "
                        "domain_shift's MMD"):
         kft.domain_shift(clf, xt, source_data=iter([xs]), batch_size=8)
+
+
+def test_an_unbuilt_discriminator_of_the_user_trains_and_saves(tmp_path):
+    # Its weights were created inside the traced step: tracers that never
+    # trained, a later epoch failed (18 vs 14 variables), save failed.
+    discriminator = keras.Sequential([keras.layers.Dense(4,
+                                                         activation="relu"),
+                                      keras.layers.Dense(1)])
+    model = _tiny_dann(method="dann", discriminator=discriminator)
+    assert discriminator.built
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    pairs = domain_pairs((xs, np.arange(16) % 2), xs + 10.0, batch_size=8)
+    before = [np.array(w) for w in discriminator.weights]
+    model.fit(pairs, epochs=2, verbose=0)
+    assert any(not np.array_equal(a, np.asarray(b))
+               for a, b in zip(before, discriminator.weights))
+    model.save(tmp_path / "d.keras")
+    with pytest.raises(TypeError, match="`discriminator` must be a Keras "
+                       "layer or model"):
+        _tiny_dann(discriminator="mlp")

@@ -259,3 +259,47 @@ def test_wrappers_keep_the_classifiers_mixed_float16_policy(dtype_policy):
         assert isinstance(wrapper.optimizer,
                           keras.optimizers.LossScaleOptimizer), wrapper
         assert wrapper.kft_metadata["class_names"] == ["a", "b", "c"]
+
+
+def test_class_names_and_pretrained_flag_survive_save_and_fast_convs(
+        tmp_path):
+    # `model.save` dropped kft_metadata and the pretrained flag: a loaded
+    # model predicted "0"/"1", evaluated a folder of other classes without
+    # a word, and froze random BatchNorm statistics without a warning.
+    names = ["cat", "dog", "fox"]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+    for mixing in (None, kft.layers.MixUp(0.2, seed=0)):
+        model = kft.build_classifier(
+            "mobilenetv3small", 3, weights=None, input_shape=(32, 32, 3),
+            class_names=names, batch_augment=mixing, fast_cpu_convs=False)
+        path = tmp_path / "m.keras"
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        assert loaded.kft_metadata["class_names"] == names
+        assert type(loaded) is type(model)
+        labels = [r.labels[0] for r in kft.predict(loaded, x, top_k=1)]
+        assert labels == [r.labels[0] for r in kft.predict(model, x,
+                                                           top_k=1)]
+        assert set(labels) <= set(names)
+        with pytest.warns(UserWarning, match="random"):
+            kft.freeze(loaded, "partial", bn="frozen")
+        other = kft.data.from_arrays(
+            x, [0, 1], batch_size=2, class_names=["apple", "cat", "dog"])
+        with pytest.raises(ValueError, match=r"not the model's; missing: "
+                           r"\['fox'\]; not in the model: \['apple'\]"):
+            kft.evaluate(loaded, other)
+        # A copied model.keras (no run.json beside it) keeps them too.
+        assert kft.runs.load_run(str(path)).class_names == names
+        # fast_cpu_convs keeps them, and a mixing model stays one.
+        fast = kft.fast_cpu_convs(loaded)
+        assert fast is not loaded
+        assert fast.kft_metadata["class_names"] == names
+        assert fast._kft_pretrained is False
+        if mixing is not None:
+            assert isinstance(fast, kft.BatchAugmentModel)
+            assert fast.batch_augment is not loaded.batch_augment
+            assert fast.batch_augment.get_config() == (
+                loaded.batch_augment.get_config())
+        np.testing.assert_allclose(fast.predict(x, verbose=0),
+                                   loaded.predict(x, verbose=0), rtol=1e-4,
+                                   atol=1e-4)

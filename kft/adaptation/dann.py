@@ -158,6 +158,14 @@ class DomainAdaptationModel(keras.Model):
         if discriminator is None:
             discriminator = build_discriminator(width, self.hidden_units,
                                                 self.seed)
+        if not isinstance(discriminator, keras.layers.Layer):
+            fail_argument("discriminator", "a Keras layer or model mapping "
+                          f"(batch, {width}) features to (batch, 1) logits, "
+                          "or None", discriminator, TypeError)
+        if not discriminator.built:
+            # Its weights must exist before the step is traced: built
+            # inside it, they were tracers, never trained nor saved.
+            discriminator.build((None, width))
         self.discriminator = discriminator
         # Progress of the lambda schedule, carried as step state.
         self.schedule_step = keras.Variable(0.0, trainable=False,

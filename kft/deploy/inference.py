@@ -154,7 +154,7 @@ def kft_layers(model: keras.Model) -> list:
     >>> import kft
     >>> kft_layers(kft.build_classifier("simple_cnn", num_classes=3,
     ...     weights=None, input_shape=(16, 16, 3)))
-    ['simple_cnn']
+    ['kft_simple_cnn', 'simple_cnn']
     """
     found = []
     stack = [model]
@@ -198,7 +198,7 @@ def inference_model(model: keras.Model, *, output: Output | None = None,
     >>> model = kft.build_classifier("simple_cnn", num_classes=3,
     ...     weights=None, input_shape=(16, 16, 3))
     >>> kft_layers(model), kft_layers(inference_model(model))
-    (['simple_cnn'], [])
+    (['kft_simple_cnn', 'simple_cnn'], [])
     """
     check_built(model)
     append_softmax = (resolve_output(model, output) == "probabilities"

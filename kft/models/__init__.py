@@ -13,5 +13,7 @@
 - `blocks`: `get_blocks`, the ordered named blocks of any model, and
   `head_layers`, the one definition of a classifier's head.
 - `classifier`: `build_classifier`, a backbone with a new head.
+- `classifier_model`: `Classifier`, the model it returns, whose config
+  keeps class names and the pretrained flag through `model.save`.
 - `batch_augment`: `BatchAugmentModel`, whose train step mixes batches.
 """

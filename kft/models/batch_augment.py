@@ -5,7 +5,7 @@ import numpy as np
 
 from kft._validation import check_labels
 from kft._validation import fail_argument
-from kft.models.backbones import NEEDS_KFT
+from kft.models.classifier_model import Classifier
 # Registers the mixing layers by name, for `batch_augment` configs.
 from kft.augmentation import mixing  # noqa: F401
 
@@ -18,7 +18,7 @@ SPARSE_HINT = (
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class BatchAugmentModel(keras.Model):
+class BatchAugmentModel(Classifier):
     """A functional model that mixes every training batch on device.
 
     Built like a functional model, plus a `batch_augment` layer (e.g.
@@ -44,7 +44,8 @@ class BatchAugmentModel(keras.Model):
         *args: `inputs` and `outputs`, as for `keras.Model`.
         batch_augment: A `keras.layers.Layer` mapping `(images, labels)` to
             `(images, soft labels)`, or its serialized config.
-        **kwargs: `name`, `trainable`, as for `keras.Model`.
+        **kwargs: `name`, `trainable`, as for `keras.Model`; the metadata
+            of `kft.Classifier`.
 
     Example:
     >>> import keras, kft
@@ -61,7 +62,6 @@ class BatchAugmentModel(keras.Model):
     def __init__(self, *args,
                  batch_augment: keras.layers.Layer | dict | None = None,
                  **kwargs):
-        kwargs.pop(NEEDS_KFT[0], None)
         super().__init__(*args, **kwargs)
         if isinstance(batch_augment, dict):
             batch_augment = keras.saving.deserialize_keras_object(
@@ -162,11 +162,9 @@ class BatchAugmentModel(keras.Model):
         return y
 
     def get_config(self):
-        return {
-            NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),
-            "batch_augment": keras.saving.serialize_keras_object(
-                self.batch_augment),
-        }
+        return {**super().get_config(),
+                "batch_augment": keras.saving.serialize_keras_object(
+                    self.batch_augment)}
 
 
 def _image_input(x):

@@ -13,6 +13,7 @@ from kft.layers import preprocessing
 from kft.models import backbones
 from kft.models import init_draws
 from kft.models.batch_augment import BatchAugmentModel
+from kft.models.classifier_model import Classifier
 from kft.ops import cpu_convs
 
 HEADS = ("linear", "mlp")
@@ -133,7 +134,7 @@ def build_classifier(
         model = BatchAugmentModel(inputs, outputs, name=name,
                                   batch_augment=batch_augment)
     else:
-        model = keras.Model(inputs, outputs, name=name)
+        model = Classifier(inputs, outputs, name=name)
     # Whether the backbone starts from trained weights; `kft.freeze` warns
     # about frozen BatchNorm statistics of a random initialisation.
     model._kft_pretrained = weights is not None

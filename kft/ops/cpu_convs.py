@@ -393,7 +393,9 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     ...     for layer in fast.layers)
     11
     """
-    # Here, not at the top: kft.regularizers imports kft.models.
+    # Here, not at the top: kft.regularizers and kft.models import this.
+    from kft.models.batch_augment import BatchAugmentModel
+    from kft.models.classifier import carry_over
     from kft.regularizers.attach import PENALTY_ATTRIBUTE
 
     # The swapped layers' new variables would have no term, and the clone
@@ -422,12 +424,27 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     # the layers built afterwards (a new head) get the same initial weights
     # with and without this call.
     rng_state = random.getstate()
+    mixing = isinstance(model, BatchAugmentModel)
+    # Keras clones a model by calling its class with inputs and outputs
+    # alone: a BatchAugmentModel's graph is cloned as a plain one and
+    # wrapped again with (a copy of) its mixing layer.
+    source = (keras.Model(model.inputs, model.outputs, name=model.name)
+              if mixing else model)
     try:
         with bucketed_draws():  # the draws are replaced by the weights below
-            fast = keras.models.clone_model(model, clone_function=clone,
+            fast = keras.models.clone_model(source, clone_function=clone,
                                             recursive=True)
     finally:
         random.setstate(rng_state)
+    if mixing:
+        layer = model.batch_augment
+        fast = BatchAugmentModel(fast.inputs, fast.outputs, name=model.name,
+                                 batch_augment=layer.__class__.from_config(
+                                     layer.get_config()))
+        if model.compiled:
+            fast.compile_from_config(model.get_compile_config())
+    # Class names, the pretrained flag and the dtype policy, as the model's.
+    carry_over(model, fast)
     for old, new in replaced:
         # Copies: Keras' JAX steps donate variable buffers, so a buffer
         # shared by two variables would be deleted under the other model.

@@ -33,7 +33,8 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
 
     Class names come from the run folder's `run.json` (a `.keras` file
     inside a run folder finds it too), else from the metadata of a file
-    `kft.export` wrote (`kft.deploy.read_metadata`). The loaded model
+    `kft.export` wrote (`kft.deploy.read_metadata`), else from the model
+    (a `kft.Classifier` keeps them in its config). The loaded model
     carries them in its `kft_metadata`, so `kft.export` and `kft.predict`
     of it name the classes.
 
@@ -73,11 +74,13 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
         with open(info_path) as f:
             class_names = json.load(f).get("class_names")
     meta = read_metadata(model_path)  # a `kft.export`ed file carries some
+    # A `kft.Classifier` carries its own (in its saved config).
+    own = dict(getattr(model, "kft_metadata", None) or {})
     if class_names is None:
-        class_names = meta.get("class_names")
-    if meta or class_names is not None:
+        class_names = meta.get("class_names") or own.get("class_names")
+    if meta or own or class_names is not None:
         # `kft.export` / `kft.predict` of the loaded model read them there.
-        model.kft_metadata = {**meta, "class_names": class_names}
+        model.kft_metadata = {**own, **meta, "class_names": class_names}
     return LoadedRun(model=model, class_names=class_names,
                      image_size=int(model.inputs[0].shape[1]), path=path,
                      model_path=model_path)

@@ -1,0 +1,60 @@
+"""`Classifier`: the functional model `kft.build_classifier` returns, whose
+config keeps what kft reads from it (class names, backbone, whether it was
+pretrained), so `model.save` / `keras.models.load_model` keep it too."""
+
+import keras
+
+from kft.models.backbones import NEEDS_KFT
+
+
+def _plain(value):
+    """`value` with Keras' tracked containers as plain lists and dicts."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class Classifier(keras.Model):
+    """A functional classifier that carries kft's metadata.
+
+    A `keras.Model` built from inputs and outputs (`kft.Classifier`), plus two attributes
+    kft reads: `kft_metadata` (backbone, input shape, preprocessing,
+    number of classes and `class_names`, which `kft.predict`,
+    `kft.evaluate` and `kft.export` use) and whether the backbone started
+    from pretrained weights (`kft.freeze` warns about frozen BatchNorm
+    statistics of a random initialisation). Both are in its config: a
+    model saved with `model.save` loads with them.
+
+    Args:
+        *args: `inputs` and `outputs`, as for `keras.Model`.
+        kft_metadata: The metadata dict, or `None`.
+        kft_pretrained: Whether the backbone was pretrained, or `None`.
+        **kwargs: `name`, `trainable`, as for `keras.Model`.
+
+    Example:
+    >>> import os, tempfile, keras, kft
+    >>> model = kft.build_classifier("simple_cnn", 2, weights=None,
+    ...                              input_shape=(16, 16, 3),
+    ...                              class_names=["cat", "dog"])
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    >>> model.save(path)
+    >>> keras.models.load_model(path).kft_metadata["class_names"]
+    ['cat', 'dog']
+    """
+
+    def __init__(self, *args, kft_metadata: dict | None = None,
+                 kft_pretrained: bool | None = None, **kwargs):
+        kwargs.pop(NEEDS_KFT[0], None)
+        super().__init__(*args, **kwargs)
+        if kft_metadata is not None:
+            self.kft_metadata = dict(kft_metadata)
+        if kft_pretrained is not None:
+            self._kft_pretrained = bool(kft_pretrained)
+
+    def get_config(self):
+        return {NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),
+                "kft_metadata": _plain(getattr(self, "kft_metadata", None)),
+                "kft_pretrained": getattr(self, "_kft_pretrained", None)}

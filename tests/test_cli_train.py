@@ -210,6 +210,20 @@ def test_lr_find_suggests_rates_and_plots(folder, tmp_path, capsys):
     assert plot.stat().st_size > 0
 
 
+def test_lr_find_after_the_head_phase_measures_a_fresh_optimizer(
+        folder, capsys, recwarn):
+    # The head phase's stepped AdamW was re-targeted to the strategy's
+    # set, with a warning about its step counter that did not apply.
+    assert cli.main(["lr-find", folder, "--backbone", "simple_cnn",
+                     "--weights", "none", "--image-size", "16",
+                     "--batch-size", "8", "--augment", "none", "--steps",
+                     "10", "--phase", "fine_tune", "--strategy", "gradual",
+                     "--head-epochs", "1", "--json"]) == 0
+    assert not [w for w in recwarn if "step counter" in str(w.message)]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])[
+        "suggestions"]
+
+
 def test_compare_two_strategies_two_seeds(folder, tmp_path, capsys):
     out = str(tmp_path / "compare")
     code = cli.main(["compare", folder, "--strategies", "feature_extraction",

@@ -75,6 +75,17 @@ def find_rate(config: TrainConfig, *, phase: str = "head", steps: int = 100,
                   head_epochs=config.head_epochs, epochs=0,
                   head_learning_rate=config.head_lr, monitor="loss",
                   batch_size=config.batch_size, verbose=verbose)
+    # Mixup / CutMix models train on soft labels, as in `kft.fine_tune`.
+    loss = (keras.losses.CategoricalCrossentropy(from_logits=True)
+            if isinstance(model, BatchAugmentModel)
+            else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # A new optimizer before the trainable set changes (as `fine_tune`
+    # does): the change builds it, instead of re-targeting the head
+    # phase's, stepped optimizer.
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1.0,
+                                         weight_decay=config.weight_decay),
+        loss=loss, metrics=["accuracy"])
     if phase == "head" or strategy in ("feature_extraction", "auto"):
         freeze(model, "feature_extraction", bn=config.bn)
         trains = "the head"
@@ -86,14 +97,6 @@ def find_rate(config: TrainConfig, *, phase: str = "head", steps: int = 100,
                if strategy == "partial" else None)
         trains = f"the {strategy} set"
     say(f"range test on {trains}: {steps} steps from {start:g} to {end:g}")
-    # Mixup / CutMix models train on soft labels, as in `kft.fine_tune`.
-    loss = (keras.losses.CategoricalCrossentropy(from_logits=True)
-            if isinstance(model, BatchAugmentModel)
-            else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.compile(
-        optimizer=keras.optimizers.AdamW(1.0,
-                                         weight_decay=config.weight_decay),
-        loss=loss, metrics=["accuracy"])
     result = lr_find(model, train, start=start, end=end, steps=steps,
                      batch_size=config.batch_size, seed=config.seed,
                      verbose=verbose)

@@ -618,6 +618,14 @@ def restored_initial_epoch(model):
     return getattr(model, "_initial_epoch", None)
 
 
+def skip_remaining_epochs(model, epochs):
+    """Makes the `fit` call whose callbacks run `on_train_begin` now start
+    at `epochs`, its end: it runs no epoch (a resumed call that had
+    stopped early). Keras reads `model._initial_epoch` right after
+    `on_train_begin`, where `BackupAndRestore` sets it."""
+    model._initial_epoch = epochs
+
+
 def reset_initial_epoch(model):
     """Forgets the epoch a `BackupAndRestore` restored into `model`.
 

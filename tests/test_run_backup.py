@@ -22,7 +22,7 @@ class _Crash(keras.callbacks.Callback):
             raise RuntimeError("crash")
 
 
-def _run(directory, extra=()):
+def _run(directory, extra=(), **kwargs):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (12, 16, 16, 3)).astype("float32")
@@ -34,9 +34,9 @@ def _run(directory, extra=()):
     # epoch is epoch 0, before the crash.
     result = kft.fine_tune(
         model, kft.data.from_arrays(x, y, batch_size=4, shuffle=False),
-        strategy="full", head_epochs=1, epochs=3, learning_rate=3.0,
-        schedule="constant", monitor="loss", verbose=0,
-        callbacks=[backup, *extra])
+        **{"strategy": "full", "head_epochs": 1, "epochs": 3,
+           "learning_rate": 3.0, "schedule": "constant", "monitor": "loss",
+           "verbose": 0, "callbacks": [backup, *extra], **kwargs})
     return result, [np.array(v.value) for v in model.weights], backup
 
 
@@ -92,3 +92,29 @@ def test_phase_start_counts_the_first_stage_of_gradual_unfreezing(tmp_path):
     assert starts == [f"phase {i + 1} starts: {n:,} trainable parameters "
                       f"({model.name})" for i, n in enumerate(seen)]
     assert seen[1] > seen[0]
+
+
+@pytest.mark.parametrize("stopped", ["head phase", "phase 2"])
+def test_a_run_that_stopped_early_resumes_finished(tmp_path, stopped):
+    # Resumed after its end (killed while the report was written), a run
+    # that early stopping had ended trained the epochs it cut off, kept
+    # another epoch, and (head phase) dropped phase 2's logs.
+    # Phase 2's losses at rate 3: 9e9, 6e7, 1.41, 0.865, 1.07 (stops), ...
+    kwargs = {"early_stopping_patience": 0, "epochs": 6}
+    if stopped == "head phase":
+        kwargs.update(early_stopping_patience=1, epochs=4, head_epochs=4,
+                      head_learning_rate=3.0, learning_rate=1e-3)
+    whole, whole_weights, backup = _run(tmp_path, **kwargs)
+    epochs = sorted(backup.history)
+    phase_of = {k: v["phase"] for k, v in backup.history.items()}
+    stopped_phase = 1 if stopped == "head phase" else 2
+    planned = {1: kwargs.get("head_epochs", 1), 2: kwargs["epochs"]}[
+        stopped_phase]
+    assert sum(p == stopped_phase for p in phase_of.values()) < planned
+    again, weights, backup = _run(tmp_path, **kwargs)
+    assert sorted(backup.history) == epochs
+    assert {k: v["phase"] for k, v in backup.history.items()} == phase_of
+    assert (again.best_epoch, again.best_value) == (
+        whole.best_epoch, whole.best_value)
+    for got, want in zip(weights, whole_weights):
+        np.testing.assert_array_equal(got, want)

@@ -17,8 +17,10 @@ ends, so that in a restarted process:
   epochs before the kill.
 
 Order of writes at an epoch end: the logs and best weights first, then the
-checkpoint. A resume drops logs of epochs at or after the one it restarts
-at, so an epoch whose checkpoint was lost is logged once, from its rerun.
+checkpoint. A resume drops logs of the call's epochs at or after the one it
+restarts at, so an epoch whose checkpoint was lost is logged once, from its
+rerun. A call that stopped early (`EarlyStopping`, or any callback setting
+`model.stop_training`) is recorded as such, and resumes as finished.
 """
 
 import json
@@ -89,6 +91,8 @@ class RunBackup(keras.callbacks.Callback):
         self.best_epoch = state["best_epoch"]
         self.best_value = state["best_value"]
         self._values = state["values"]
+        # Call -> the epoch after which it stopped early.
+        self._stopped = state["stopped"]
         if state["mode"] in ("min", "max"):
             self.mode = state["mode"]
 
@@ -109,7 +113,8 @@ class RunBackup(keras.callbacks.Callback):
     def _read_state(self):
         path = os.path.join(self.directory, STATE_FILE)
         state = {"history": {}, "trainable": {}, "best_epoch": None,
-                 "best_value": None, "mode": None, "values": {}}
+                 "best_value": None, "mode": None, "values": {},
+                 "stopped": {}}
         if os.path.exists(path):
             with open(path) as f:
                 state.update(json.load(f))
@@ -123,7 +128,7 @@ class RunBackup(keras.callbacks.Callback):
         state = {"history": {str(k): v for k, v in self.history.items()},
                  "trainable": self._trainable, "best_epoch": self.best_epoch,
                  "best_value": self.best_value, "mode": self.mode,
-                 "values": self._values}
+                 "values": self._values, "stopped": self._stopped}
         # Replaced atomically: a kill leaves the old file or the new one.
         with open(path + ".tmp", "w") as f:
             json.dump(state, f)
@@ -201,6 +206,12 @@ class RunBackup(keras.callbacks.Callback):
             self._restore_trainable(saved)
         self._inner.on_train_begin(logs)
         self._saved = saved
+        if saved is not None and self._stopped.get(str(self.phase)) == saved:
+            # Early stopping ended this call before the kill: training on
+            # would run the epochs it cut off (and keep another epoch).
+            _compat.skip_remaining_epochs(self.model, self.params["epochs"])
+            self._say(f"RunBackup: phase {self.phase + 1} had stopped early "
+                      f"after epoch {saved + 1}; nothing left to train.")
         if saved is not None and saved >= 0:
             optimizer = self.model.optimizer
             if optimizer is not None and int(optimizer.iterations) == 0:
@@ -221,10 +232,15 @@ class RunBackup(keras.callbacks.Callback):
                     for v in self.model.trainable_weights)
         self._say(f"phase {self.phase + 1} starts: {count:,} trainable "
                   f"parameters ({self.model.name})")
-        # Logs of this epoch on come from this attempt.
-        stale = [k for k in self.history if k >= epoch]
+        # Logs of this call's epochs from this one on come from this
+        # attempt (another call's are its own).
+        stale = [k for k, logs in self.history.items()
+                 if k >= epoch and logs.get("phase") == self.phase + 1]
         for key in stale:
             del self.history[key]
+        if self._stopped.get(str(self.phase), -1) >= epoch:
+            # Its epoch is rerun (its checkpoint was lost): not stopped.
+            del self._stopped[str(self.phase)]
         if self._saved is not None and self._saved >= 0:
             self._say(f"RunBackup: resumed phase {self.phase + 1} from its "
                       f"checkpoint after epoch {self._saved + 1}; training "
@@ -252,11 +268,22 @@ class RunBackup(keras.callbacks.Callback):
             self.target.save_weights(tmp)
             os.replace(tmp, best)
         self._record_trainable(epoch)
+        if self.model.stop_training:
+            # Set by a callback before this one (`fine_tune` puts its
+            # `EarlyStopping` there); written before the checkpoint.
+            self._stopped[str(self.phase)] = epoch
         self._write_state()
         self._inner.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
         self._inner.on_train_end(logs)
+        last = max((k for k, logs in self.history.items()
+                    if logs.get("phase") == self.phase + 1), default=None)
+        if (self.model.stop_training and last is not None
+                and self._stopped.get(str(self.phase)) != last):
+            # A callback after this one stopped the call.
+            self._stopped[str(self.phase)] = last
+            self._write_state()
         self.phases_finished += 1
         # The next call of the recipe starts at its own `initial_epoch`.
         _compat.reset_initial_epoch(self.model)

@@ -259,3 +259,19 @@ if __name__ == "__main__":
     warnings.simplefilter("ignore")  # random-init BatchNorm warnings
     keras.utils.set_random_seed(0)
     _main()
+
+
+def test_layout_map_never_splits_a_convolution_window():
+    # With a model axis of 3 no channel count of a 3x3 kernel divides:
+    # its height was split, and compiled steps on a (2, 3) mesh gave wrong
+    # numbers (2x logits).
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(8, 3, strides=2, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(9, 3, name="ok")(x))
+    layouts = kft.layout_map(model, _fake_mesh((2, 3)), min_size=1)
+    assert layouts["conv/kernel"] is None
+    assert layouts["ok/kernel"].axes == (None, None, None, "model")
+    resnet = kft.layout_map("resnet50", _fake_mesh((2, 3)))
+    for path in resnet:
+        axes = resnet[path].axes
+        assert axes[:-2] == (None,) * (len(axes) - 2), (path, axes)

@@ -100,8 +100,9 @@ def layout_map(model: keras.Model | str,
     which the model axis size must divide: the output channels of
     convolution and dense kernels, the channels of depthwise kernels, the
     input features of the head's (`head_*`) kernels; when that dimension
-    is not divisible, the largest divisible one; when none is, the kernel
-    is replicated. The rest of the model is replicated. Give the map to
+    is not divisible, the other channel (or feature) dimension; when
+    neither is, the kernel is replicated (a convolution's window is never
+    split). The rest of the model is replicated. Give the map to
     `keras.distribution.ModelParallel` and build the model in its scope.
 
     Args:
@@ -190,7 +191,11 @@ def _split_axis(layer, shape, parts, head):
         preferred = len(shape) - 1
     if shape[preferred] % parts == 0:
         return preferred
-    divisible = [i for i, n in enumerate(shape) if n % parts == 0 and n > 1]
+    # Channel or feature dimensions only (a kernel's last two): a split of
+    # a convolution's spatial window gave wrong results under JAX's SPMD
+    # partitioning on CPU (JAX 0.10.2, strided 3x3 kernels 3 ways).
+    divisible = [i for i in range(max(0, len(shape) - 2), len(shape))
+                 if shape[i] % parts == 0 and shape[i] > 1]
     return max(divisible, key=lambda i: shape[i]) if divisible else None
 
 

@@ -288,3 +288,26 @@ def test_secondary_scratch_folder_goes_when_fit_raises(tmp_path, monkeypatch):
 
     gc.collect()
     assert not os.path.exists(scratches[1])  # removed with the callback
+
+
+def test_scratch_folders_of_processes_that_are_gone_are_removed():
+    # A failed multi-process job ends its processes by an abort: their
+    # scratch checkpoints stayed in the temp folder, one pair per attempt.
+    import subprocess
+    import tempfile
+
+    from kft.distributed.processes import scratch_dir
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    temp = tempfile.gettempdir()
+    stale = tempfile.mkdtemp(prefix=f"kft-backup-{gone.pid}-", dir=temp)
+    open(os.path.join(stale, "latest.weights.h5"), "w").close()
+    live = tempfile.mkdtemp(prefix=f"kft-backup-{os.getpid()}-", dir=temp)
+    made = scratch_dir("kft-backup-")
+    try:
+        assert not os.path.exists(stale)
+        assert os.path.isdir(live) and os.path.isdir(made)
+    finally:
+        os.rmdir(live)
+        os.rmdir(made)

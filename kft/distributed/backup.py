@@ -20,7 +20,6 @@ Keras restores from when the latest one does not load.
 """
 
 import shutil
-import tempfile
 import weakref
 
 import keras
@@ -28,6 +27,7 @@ import keras
 from kft import _compat
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import process_count
+from kft.distributed.processes import scratch_dir
 
 
 class BackupAndRestore(keras.callbacks.Callback):
@@ -75,9 +75,10 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._writer = self.restore_from
         else:
             # `fit` skips `on_train_end` when it raises: the folder goes
-            # at the next `fit`, when the callback is collected, or at exit.
+            # at the next `fit`, when the callback is collected, or at exit
+            # (after an abort: when a later process makes its own).
             self._remove_scratch()
-            scratch = tempfile.mkdtemp(prefix="kft-backup-")
+            scratch = scratch_dir("kft-backup-")
             self._scratch = weakref.finalize(self, shutil.rmtree, scratch,
                                              ignore_errors=True)
             self._writer = keras.callbacks.BackupAndRestore(scratch,

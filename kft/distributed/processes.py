@@ -104,11 +104,45 @@ def primary_path(path):
     if not _scratch:
         import atexit
         import shutil
-        import tempfile
 
-        _scratch.append(tempfile.mkdtemp(prefix="kft-scratch-"))
+        _scratch.append(scratch_dir("kft-scratch-"))
         atexit.register(shutil.rmtree, _scratch[0], ignore_errors=True)
     return os.path.join(_scratch[0], os.path.basename(os.fspath(path)))
+
+
+def scratch_dir(prefix: str) -> str:
+    """A new temporary folder `<prefix><pid>-<random>`, after removing the
+    folders of `prefix` left by processes that are gone: a job that fails
+    with several processes ends them by an abort (JAX's distributed
+    service), where no exit handler runs, and each attempt would leave
+    its copies of the checkpoints.
+
+    >>> import os
+    >>> path = scratch_dir("kft-doc-")
+    >>> os.path.basename(path).startswith(f"kft-doc-{os.getpid()}-")
+    True
+    >>> os.rmdir(path)
+    """
+    import glob
+    import shutil
+    import tempfile
+
+    for old in glob.glob(os.path.join(tempfile.gettempdir(),
+                                      glob.escape(prefix) + "*-*")):
+        pid = os.path.basename(old)[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def barrier(name: str) -> None:

@@ -874,3 +874,22 @@ def test_val_split_beside_val_folders_and_dropout_are_usage_errors(
     config = kft.runs.resolve_config(kft.runs.TrainConfig(
         data_dir=str(layout), backbone="simple_cnn"))
     assert config.val_split is None
+
+
+def test_an_interrupted_run_says_how_to_continue(folder, tmp_path, capsys,
+                                                 monkeypatch):
+    from kft.runs import backup as backup_module
+
+    real = backup_module.RunBackup.on_epoch_end
+
+    def interrupt(self, epoch, logs=None):
+        real(self, epoch, logs)  # the epoch's checkpoint, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backup_module.RunBackup, "on_epoch_end", interrupt)
+    out = tmp_path / "run"
+    assert cli.main(["train", folder, *FAST, "--out", str(out),
+                     "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"continue the run with: kft train --resume --out {out}" in err
+    assert "kft train: interrupted." in err

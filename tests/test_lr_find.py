@@ -190,3 +190,18 @@ def test_losses_are_weighted_as_training_weighs_them():
                                rtol=1e-3)
     np.testing.assert_allclose(by_argument.raw_losses, weighted.raw_losses,
                                rtol=1e-6)
+
+
+def test_stop_on_a_nan_loss_and_an_unbuilt_model_say_so():
+    # "the smoothed loss nan exceeded 4 x its minimum inf"; an unbuilt
+    # model was said to have "no trainable weights".
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(), "mse")
+    x = X.copy()
+    x[:] = np.nan
+    result = kft.lr_find(model, (x, Y), steps=10, verbose=0)
+    assert result.stop_reason.startswith("the loss was nan at rate")
+    unbuilt = keras.Sequential([keras.layers.Dense(1)])
+    unbuilt.compile(keras.optimizers.SGD(), "mse")
+    with pytest.raises(ValueError, match="is not built.*keras.Input"):
+        kft.lr_find(unbuilt, (X, Y), steps=10, verbose=0)

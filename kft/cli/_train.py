@@ -49,9 +49,17 @@ def train_command(args, argv):
         if config.out is not None:
             check_out_folder(config.out)
     start_library()
+    from kft.runs.backup import STATE_FILE
+    from kft.runs.resolve import resolve_config
+    from kft.runs.train import CHECKPOINTS
     from kft.runs.train import RunSetupError
     from kft.runs.train import train_run
 
+    if not args.resume:
+        try:
+            config = resolve_config(config)  # the run folder, named below
+        except ValueError as error:
+            raise Usage(flag_names(str(error))) from error
     quiet = args.quiet or args.json
     say = None if args.json else print
     try:
@@ -62,6 +70,13 @@ def train_command(args, argv):
                                argv if argv is not None else sys.argv[1:]))
     except RunSetupError as error:
         raise Usage(flag_names(str(error))) from error
+    except KeyboardInterrupt:
+        if os.path.exists(os.path.join(config.out, CHECKPOINTS, STATE_FILE)):
+            import shlex
+
+            print("kft train: continue the run with: kft train --resume "
+                  f"--out {shlex.quote(config.out)}", file=sys.stderr)
+        raise
     if args.json:
         print(json.dumps(_train_summary(result), default=str))
     else:

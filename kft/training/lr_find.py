@@ -336,6 +336,11 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     """
     start, end, steps, smoothing, divergence, batch_size = _check(
         model, start, end, steps, smoothing, divergence, batch_size)
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built, so it has no weights yet: "
+            "give it a keras.Input (or call it on a batch) before the "
+            "range test.")
     if not model.trainable_variables:
         # The loss would stay flat at every rate: suggestions of nothing.
         raise ValueError(
@@ -373,7 +378,11 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
             raw.append(loss)
             smooth.append(smoothed)
             best = min(best, smoothed)
-            if not math.isfinite(smoothed) or smoothed > divergence * best:
+            if not math.isfinite(smoothed):
+                reason = (f"the loss was {loss:.4g} at rate {rates[-1]:.3g} "
+                          f"(step {k + 1} of {steps})")
+                break
+            if smoothed > divergence * best:
                 reason = (f"the smoothed loss {smoothed:.4g} exceeded "
                           f"{divergence:g} x its minimum {best:.4g} at rate "
                           f"{rates[-1]:.3g} (step {k + 1} of {steps})")

@@ -407,3 +407,40 @@ def test_strategy_arguments_are_checked_before_any_run(data):
                 data.target_test, strategies=[first, *strategies],
                 seeds=[0, 1], epochs=2, head_epochs=1, print_fn=None)
     assert calls == []  # nothing trained
+
+
+def test_a_penalty_is_bound_to_each_run_in_turn(data):
+    # The one L2SP object stayed bound to the first run's model: every
+    # later run failed ("bound to a model already") and a best was named
+    # from one run.
+    result = kft.compare_strategies(
+        lambda: _build(), data.target_train, data.target_val,
+        data.target_test, strategies=["partial"], seeds=[0, 1], epochs=2,
+        head_epochs=1, print_fn=None, regularizer=kft.L2SP(alpha=0.01))
+    assert result.failures() == [] and result.table()[0]["n"] == 2
+
+
+def test_failed_runs_do_not_make_a_strategy_best_nor_skew_holm():
+    def run(strategy, seed, value=None, ece=0.1):
+        if value is None:
+            return {"strategy": strategy, "seed": seed, "error": "E: x"}
+        return {"strategy": strategy, "seed": seed,
+                "metrics": {"accuracy": value,
+                            "expected_calibration_error": ece}}
+
+    # a: one finished run (0.95), two failed; b: three runs of 0.90.
+    runs = [run("a", 0, 0.95), run("a", 1), run("a", 2),
+            *(run("b", s, 0.9) for s in range(3))]
+    result = kft.StrategyComparison(runs, ["a", "b"], [0, 1, 2], "accuracy")
+    assert result.best == "b"
+    # NaN values: not testable, and no effect on the others' Holm p.
+    runs = [run(s, seed, 0.9, ece) for s, vals in (
+        ("a", [0.10, 0.11, 0.12]), ("b", [math.nan, 0.2, 0.3]),
+        ("c", [0.30, 0.32, 0.35])) for seed, ece in enumerate(vals)]
+    holm = {}
+    for order in (["a", "b", "c"], ["a", "c", "b"]):
+        rows = kft.StrategyComparison(
+            runs, order, [0, 1, 2], "expected_calibration_error").table()
+        holm[tuple(order)] = {r["strategy"]: r["p_holm"] for r in rows}
+    assert holm[("a", "b", "c")] == holm[("a", "c", "b")]
+    assert holm[("a", "b", "c")]["b"] is None

@@ -162,6 +162,13 @@ def _train(model, strategy, train, val, seed, budget):
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + (
         [timer] if timer else [])
     result = fine_tune(model, train, val, **kwargs)
+    if kwargs.get("regularizer") is not None:
+        from kft.regularizers import regularize
+
+        # One penalty for every run: bound to this run's model by
+        # `fine_tune`, freed for the next run's (its anchors are taken
+        # again from each fresh model).
+        regularize(model, None)
     return (_history_dicts(result), result.best_epoch,
             bool(timer and timer.spent))
 

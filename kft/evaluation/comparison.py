@@ -45,7 +45,7 @@ def mean_interval(values, confidence=0.95):
 
 def paired_t_test(a, b):
     """`(t, two-sided p)` of the paired t-test of `a - b`; `(None, None)`
-    for fewer than two pairs.
+    for fewer than two pairs or a value that is not finite.
 
     Equal differences give no variance: p is 1 (t 0) when they are all 0;
     equal differences other than 0 are not testable, `(None, None)`: the
@@ -59,7 +59,7 @@ def paired_t_test(a, b):
     from scipy import stats
 
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.size < 2:
+    if d.size < 2 or not np.isfinite(d).all():
         return None, None
     sd = float(d.std(ddof=1))
     if sd == 0.0:
@@ -106,8 +106,8 @@ class StrategyComparison:
             `History.history` dict of each phase) and `report` (the
             `kft.EvaluationReport` on the test data, as a dict: `report`
             returns it as a report). A run that raised has `strategy`,
-            `seed`, `error` (its type and message) and `train_time`
-            instead: statistics leave it out, `failures` lists it.
+            `seed` and `error` (its type and message) instead:
+            statistics leave it out, `failures` lists it.
         strategies: Strategy names, in the order given.
         seeds: The seeds, in run order.
         metric: The compared test metric.
@@ -177,15 +177,20 @@ class StrategyComparison:
 
     @property
     def best(self):
-        """The strategy with the best mean `metric` (runs that raised, and
-        non-finite values, left out), or `None` when none has one."""
-        means = {}
+        """The strategy with the best mean `metric` among those with the
+        most finished runs (a strategy whose runs raised is not picked
+        over one that finished on more seeds) and finite values, or `None`
+        when none has one."""
+        means, finished = {}, {}
         for strategy in self.strategies:
             values = self.values(strategy)
             if values.size and np.isfinite(values).all():
                 means[strategy] = values.mean()
+                finished[strategy] = values.size
         if not means:
             return None
+        most = max(finished.values())
+        means = {s: m for s, m in means.items() if finished[s] == most}
         pick = min if self.lower_is_better else max
         return pick(means, key=means.get)
 
@@ -222,10 +227,11 @@ class StrategyComparison:
                 ref = {r["seed"]: r["metrics"][self.metric]
                        for r in self._runs_of(best)}
                 paired = [s for s in seeds if s in ref]
-                mine = values[[seeds.index(s) for s in paired]]
-                theirs = [ref[s] for s in paired]
-                row["difference"] = float(np.mean(mine - theirs))
-                row["t"], row["p"] = paired_t_test(mine, theirs)
+                if paired:  # seeds both finished
+                    mine = values[[seeds.index(s) for s in paired]]
+                    theirs = [ref[s] for s in paired]
+                    row["difference"] = float(np.mean(mine - theirs))
+                    row["t"], row["p"] = paired_t_test(mine, theirs)
             for key, how in _COSTS:
                 row[key] = _summary_of(runs, key, how)
             rows.append(row)

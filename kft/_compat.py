@@ -153,6 +153,14 @@ def is_graph_model(model):
     return isinstance(model, (Functional, keras.Sequential))
 
 
+def functional_like_constructor(cls):
+    """Whether `cls(inputs, outputs, name=...)` builds a model of `cls`
+    (what `keras.models.clone_model` checks before calling it)."""
+    from keras.src.models.functional import functional_like_constructor
+
+    return functional_like_constructor(cls)
+
+
 def is_softmax_op(operation):
     """Whether `operation` is Keras' functional softmax op."""
     return (type(operation).__name__ == "Softmax"

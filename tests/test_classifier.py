@@ -303,3 +303,54 @@ def test_class_names_and_pretrained_flag_survive_save_and_fast_convs(
         np.testing.assert_allclose(fast.predict(x, verbose=0),
                                    loaded.predict(x, verbose=0), rtol=1e-4,
                                    atol=1e-4)
+
+
+def test_wrappers_keep_class_names_through_save(tmp_path):
+    # attach (no mixing), with_source_head and DomainAdaptationModel saved
+    # plain keras.Model graphs: loaded, they predicted "0"/"2".
+    names = ["cat", "dog", "fox"]
+    kw = dict(weights=None, input_shape=(16, 16, 3), class_names=names)
+    source = kft.build_classifier("simple_cnn", 5, weights=None,
+                                  input_shape=(16, 16, 3))
+    wrappers = {
+        "attach": kft.augmentation.attach(
+            kft.build_classifier("simple_cnn", 3, **kw), "light"),
+        "source_head": kft.with_source_head(
+            kft.build_classifier("simple_cnn", 3, **kw), source),
+        "dann": kft.DomainAdaptationModel(
+            kft.build_classifier("simple_cnn", 3, **kw), hidden_units=(4,)),
+    }
+    for name, model in wrappers.items():
+        model.save(tmp_path / f"{name}.keras")
+        loaded = keras.models.load_model(tmp_path / f"{name}.keras")
+        assert (loaded.kft_metadata or {}).get("class_names") == names, name
+        assert loaded._kft_pretrained is False, name
+
+
+def test_fast_convs_of_nested_mixing_and_mixed_float16_models(dtype_policy,
+                                                             tmp_path):
+    # A mixing model inside another (attach) crashed ("batch_augment=
+    # None"); a compiled mixed_float16 model's copy compiled without loss
+    # scaling once the global policy was reset.
+    kw = dict(weights=None, input_shape=(32, 32, 3), fast_cpu_convs=False)
+    mixing = kft.build_classifier("mobilenetv3small", 3,
+                                  batch_augment=kft.layers.MixUp(0.2, seed=0),
+                                  **kw)
+    fast = kft.fast_cpu_convs(kft.augmentation.attach(mixing, "light"))
+    inner = [layer for layer in fast.layers
+             if isinstance(layer, kft.BatchAugmentModel)]
+    assert isinstance(fast, kft.BatchAugmentModel) and len(inner) == 1
+    assert inner[0].batch_augment.get_config() == (
+        mixing.batch_augment.get_config())
+    fast.save(tmp_path / "fast.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+    np.testing.assert_allclose(
+        keras.models.load_model(tmp_path / "fast.keras").predict(
+            x, verbose=0), fast.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    with dtype_policy("mixed_float16"):
+        model = kft.build_classifier("mobilenetv3small", 3, **kw)
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True))
+    fast = kft.fast_cpu_convs(model)
+    assert fast.dtype_policy.name == "mixed_float16"
+    assert type(fast.optimizer).__name__ == "LossScaleOptimizer"

@@ -298,16 +298,24 @@ def test_scratch_folders_of_processes_that_are_gone_are_removed():
 
     from kft.distributed.processes import scratch_dir
 
+    import socket
+
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    temp = tempfile.gettempdir()
-    stale = tempfile.mkdtemp(prefix=f"kft-backup-{gone.pid}-", dir=temp)
+    temp, host = tempfile.gettempdir(), socket.gethostname()
+    stale = tempfile.mkdtemp(prefix=f"kft-backup-{host}.{gone.pid}-",
+                             dir=temp)
     open(os.path.join(stale, "latest.weights.h5"), "w").close()
-    live = tempfile.mkdtemp(prefix=f"kft-backup-{os.getpid()}-", dir=temp)
+    live = tempfile.mkdtemp(prefix=f"kft-backup-{host}.{os.getpid()}-",
+                            dir=temp)
+    # Another host's folder (a shared temporary folder): its PID means
+    # nothing here.
+    other = tempfile.mkdtemp(prefix=f"kft-backup-otherhost.{gone.pid}-",
+                             dir=temp)
     made = scratch_dir("kft-backup-")
     try:
         assert not os.path.exists(stale)
-        assert os.path.isdir(live) and os.path.isdir(made)
+        assert all(os.path.isdir(p) for p in (live, other, made))
     finally:
-        os.rmdir(live)
-        os.rmdir(made)
+        for path in (live, other, made):
+            os.rmdir(path)

@@ -28,6 +28,7 @@ from kft.adaptation._data import image_array
 from kft.adaptation.losses import coral
 from kft.adaptation.losses import mmd
 from kft.models.classifier import carry_over
+from kft.models.classifier_model import Classifier
 from kft.adaptation.reversal import GradientReversal
 from kft.adaptation.reversal import reversal_lambda
 from kft.training.fit_data import check_data_labels
@@ -321,7 +322,10 @@ class DomainAdaptationModel(keras.Model):
     def get_config(self):
         # The classifier's graph, as a functional model over the shared
         # layers (the same layers, so saved weights line up on loading).
-        graph = keras.Model(self.inputs, self.outputs, name=self.name)
+        # A `kft.Classifier`: its config keeps the class names and the
+        # pretrained flag, which the loaded model takes back.
+        graph = carry_over(self, Classifier(self.inputs, self.outputs,
+                                            name=self.name))
         return {
             "name": self.name,
             "classifier": keras.saving.serialize_keras_object(graph),

@@ -228,6 +228,7 @@ def attach(model: keras.Model,
                       f"{PRESETS}", augmentation_layer, TypeError)
     from kft.models.batch_augment import BatchAugmentModel  # imports this
     from kft.models.classifier import carry_over
+    from kft.models.classifier_model import Classifier
 
     inputs = keras.Input(model.input_shape[1:], name="image")
     outputs = model(augmentation_layer(inputs))
@@ -237,5 +238,6 @@ def attach(model: keras.Model,
         wrapper = BatchAugmentModel(inputs, outputs, name=name,
                                     batch_augment=model.batch_augment)
     else:
-        wrapper = keras.Model(inputs, outputs, name=name)
+        # Its config keeps the class names through `model.save`.
+        wrapper = Classifier(inputs, outputs, name=name)
     return carry_over(model, wrapper)

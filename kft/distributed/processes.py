@@ -111,28 +111,32 @@ def primary_path(path):
 
 
 def scratch_dir(prefix: str) -> str:
-    """A new temporary folder `<prefix><pid>-<random>`, after removing the
-    folders of `prefix` left by processes that are gone: a job that fails
-    with several processes ends them by an abort (JAX's distributed
-    service), where no exit handler runs, and each attempt would leave
-    its copies of the checkpoints.
+    """A new temporary folder `<prefix><host>.<pid>-<random>`, after
+    removing the folders of `prefix` left on this host by processes that
+    are gone: a job that fails with several processes ends them by an
+    abort (JAX's distributed service), where no exit handler runs, and
+    each attempt would leave its copies of the checkpoints. (Folders of
+    other hosts, on a shared temporary folder, are left alone.)
 
-    >>> import os
+    >>> import os, socket
     >>> path = scratch_dir("kft-doc-")
-    >>> os.path.basename(path).startswith(f"kft-doc-{os.getpid()}-")
+    >>> os.path.basename(path).startswith(
+    ...     f"kft-doc-{socket.gethostname()}.{os.getpid()}-")
     True
     >>> os.rmdir(path)
     """
     import glob
     import shutil
+    import socket
     import tempfile
 
+    mine = f"{prefix}{socket.gethostname()}."
     for old in glob.glob(os.path.join(tempfile.gettempdir(),
-                                      glob.escape(prefix) + "*-*")):
-        pid = os.path.basename(old)[len(prefix):].split("-", 1)[0]
+                                      glob.escape(mine) + "*-*")):
+        pid = os.path.basename(old)[len(mine):].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+    return tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-")
 
 
 def _alive(pid):

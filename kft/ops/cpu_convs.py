@@ -49,6 +49,7 @@ import threading
 import keras
 from keras import ops
 
+from kft import _compat
 from kft._validation import check_choice
 from kft._validation import fail_argument
 from kft.models.init_draws import bucketed_draws
@@ -350,6 +351,44 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
+def _clone_graph(model, clone_layer):
+    """`model` (functional or Sequential) with `clone_layer` applied to its
+    layers: of its class, with what kft reads from it, compiled as it was.
+
+    Keras clones a functional model by calling its class with inputs and
+    outputs alone (a `kft.BatchAugmentModel` then has no mixing layer, at
+    any depth) and compiles the clone before anything can give it the
+    model's dtype policy (a `mixed_float16` model's clone compiled without
+    loss scaling). Here the graph is cloned as a plain one and wrapped in
+    the model's class (with a copy of its mixing layer), then given the
+    model's metadata and policy (`carry_over`), then compiled.
+    """
+    from kft.models.batch_augment import BatchAugmentModel
+    from kft.models.classifier import carry_over
+
+    if isinstance(model, keras.Sequential):
+        return keras.models.clone_model(model, clone_function=clone_layer)
+    # `input` / `output`: the structures the model was built with (a
+    # tensor, not a list of one, which nested calls would pass on).
+    graph = keras.models.clone_model(
+        keras.Model(model.input, model.output, name=model.name),
+        clone_function=clone_layer)
+    if isinstance(model, BatchAugmentModel):
+        layer = model.batch_augment
+        new = BatchAugmentModel(graph.input, graph.output, name=model.name,
+                                batch_augment=layer.__class__.from_config(
+                                    layer.get_config()))
+    elif (type(model) is not type(graph)
+          and _compat.functional_like_constructor(type(model))):
+        new = type(model)(graph.input, graph.output, name=model.name)
+    else:
+        new = graph
+    carry_over(model, new)  # class names, pretrained flag, dtype policy
+    if model.compiled:
+        new.compile_from_config(model.get_compile_config())
+    return new
+
+
 def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
@@ -393,9 +432,7 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     ...     for layer in fast.layers)
     11
     """
-    # Here, not at the top: kft.regularizers and kft.models import this.
-    from kft.models.batch_augment import BatchAugmentModel
-    from kft.models.classifier import carry_over
+    # Here, not at the top: kft.regularizers imports kft.models.
     from kft.regularizers.attach import PENALTY_ATTRIBUTE
 
     # The swapped layers' new variables would have no term, and the clone
@@ -411,6 +448,8 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     replaced = []
 
     def clone(layer):
+        if _compat.is_graph_model(layer):  # a nested model, by these rules
+            return _clone_graph(layer, clone)
         cls = _replacement(layer)
         if cls is None:
             return layer
@@ -424,27 +463,11 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     # the layers built afterwards (a new head) get the same initial weights
     # with and without this call.
     rng_state = random.getstate()
-    mixing = isinstance(model, BatchAugmentModel)
-    # Keras clones a model by calling its class with inputs and outputs
-    # alone: a BatchAugmentModel's graph is cloned as a plain one and
-    # wrapped again with (a copy of) its mixing layer.
-    source = (keras.Model(model.inputs, model.outputs, name=model.name)
-              if mixing else model)
     try:
         with bucketed_draws():  # the draws are replaced by the weights below
-            fast = keras.models.clone_model(source, clone_function=clone,
-                                            recursive=True)
+            fast = _clone_graph(model, clone)
     finally:
         random.setstate(rng_state)
-    if mixing:
-        layer = model.batch_augment
-        fast = BatchAugmentModel(fast.inputs, fast.outputs, name=model.name,
-                                 batch_augment=layer.__class__.from_config(
-                                     layer.get_config()))
-        if model.compiled:
-            fast.compile_from_config(model.get_compile_config())
-    # Class names, the pretrained flag and the dtype policy, as the model's.
-    carry_over(model, fast)
     for old, new in replaced:
         # Copies: Keras' JAX steps donate variable buffers, so a buffer
         # shared by two variables would be deleted under the other model.

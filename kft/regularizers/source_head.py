@@ -9,6 +9,7 @@ from kft.models.backbones import backbone_name
 from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import head_layers
 from kft.models.classifier import carry_over
+from kft.models.classifier_model import Classifier
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -148,7 +149,8 @@ def with_source_head(model: keras.Model, source_head) -> keras.Model:
         new = BatchAugmentModel(inputs, x, name=model.name,
                                 batch_augment=model.batch_augment)
     else:
-        new = keras.Model(inputs, x, name=model.name)
+        # Its config keeps the class names through `model.save`.
+        new = Classifier(inputs, x, name=model.name)
     return carry_over(model, new)
 
 

@@ -20,12 +20,16 @@ def _images(n=4, seed=0):
 
 EXPECTED_LAYERS = {
     "none": ["Identity"],
-    "light": ["RandomZoom", "RandomFlip"],
-    "standard": ["RandomZoom", "RandomFlip", "RandomRotation",
-                 "RandomColorJitter", "RandomGrayscale",
-                 "RandomGaussianBlur", "RandomErasing"],
-    "strong": ["RandomZoom", "RandomFlip", "RandAugment", "RandomErasing"],
+    "light": ["RandomResizedCrop", "RandomFlip"],
+    "standard": ["RandomResizedCrop", "RandomFlip", "RandomRotation",
+                 "RandomBrightnessScale", "RandomContrast",
+                 "RandomSaturation", "RandomHue", "RandomGrayscale",
+                 "GaussianBlur", "RandomErasing"],
+    "strong": ["RandomResizedCrop", "RandomFlip", "RandAugment",
+               "RandomErasing"],
 }
+# kft's layers with torchvision's draws, where Keras' layers differ.
+TORCH_STYLE = ("RandomResizedCrop", "RandomBrightnessScale", "GaussianBlur")
 
 
 @pytest.mark.parametrize("preset", kft.augmentation.PRESETS)
@@ -35,7 +39,9 @@ def test_presets_are_keras_layers(preset):
     assert [type(layer).__name__ for layer in model.layers] == \
         EXPECTED_LAYERS[preset]
     for layer in model.layers:  # Keras' layers, or kft's subclasses of them
-        keras_class = getattr(keras.layers, type(layer).__name__)
+        name = type(layer).__name__
+        keras_class = (getattr(kft.augmentation, name) if name in TORCH_STYLE
+                       else getattr(keras.layers, name))
         assert isinstance(layer, keras_class)
 
 
@@ -324,14 +330,49 @@ def test_attach_keeps_the_models_mixing_and_class_names():
     assert abs(loss - hard) > 1e-3  # mixed and smoothed: not the hard loss
 
 
-def test_standard_preset_blurs_every_image():
-    # factor=1.0 is Keras' probability range (0, 1): half the images.
-    blur = next(layer for layer in kft.augmentation.augmentation(
-        "standard").layers if "blur" in type(layer).__name__.lower())
-    images = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3))
-    out = np.asarray(blur(images.astype("float32"), training=True))
-    changed = np.abs(out - images).max(axis=(1, 2, 3)) > 1e-2
-    assert changed.all(), changed.mean()
+def test_standard_preset_draws_as_the_seeds_torchvision_recipe():
+    # It zoomed about the centre (no crop position), added brightness,
+    # scaled saturation by 0.67-1.5, shifted hue by +-0.05, and blurred a
+    # whole batch with one anisotropic sigma pair.
+    layers = {type(layer).__name__: layer for layer in
+              kft.augmentation.augmentation("standard", seed=0).layers}
+    n = 1000
+    image = np.zeros((n, 2, 2, 3), "float32")
+    image[...] = (200.0, 80.0, 40.0)
+    hsv_in = np.asarray(keras.ops.image.rgb_to_hsv(image[:1] / 255.0))[
+        0, 0, 0]
+
+    def hsv(layer):
+        out = np.asarray(layers[layer](image, training=True)) / 255.0
+        return np.asarray(keras.ops.image.rgb_to_hsv(out))[:, 0, 0]
+
+    shift = (hsv("RandomHue")[:, 0] - hsv_in[0] + 0.5) % 1 - 0.5
+    assert -0.1 <= shift.min() < -0.09 and 0.09 < shift.max() <= 0.1
+    saturation = hsv("RandomSaturation")[:, 1] / hsv_in[1]
+    assert 0.79 <= saturation.min() < 0.82 and 1.18 < saturation.max() <= 1.21
+    bright = np.asarray(layers["RandomBrightnessScale"](
+        np.full((n, 1, 1, 3), 100.0, "float32"), training=True))
+    assert 80 <= bright.min() < 82 and 118 < bright.max() <= 120
+    # RandomResizedCrop(scale=(0.8, 1)): the crop moves (torchvision's
+    # centre column on a 64 px ramp: std 1.8, range 25-38).
+    ramp = np.tile(np.arange(64, dtype="float32")[None, :, None],
+                   (64, 1, 3))[None].repeat(300, 0)
+    centre = np.asarray(layers["RandomResizedCrop"](ramp, training=True))[
+        :, 32, :, 0].mean(axis=1)
+    assert 1.2 < centre.std() < 2.4 and centre.min() < 28 < 35 < centre.max()
+    # GaussianBlur: every image its own isotropic sigma in (0.1, 2).
+    delta = np.zeros((64, 9, 9, 1), "float32")
+    delta[:, 4, 4] = 1.0
+    out = np.asarray(layers["GaussianBlur"](delta, training=True))
+    np.testing.assert_allclose(out[:, 4, 3], out[:, 3, 4], rtol=1e-5)
+    centre_weight = out[:, 4, 4, 0]
+    # One draw per image (sigmas near 0.1 all leave the centre at 1.0).
+    assert len(np.unique(np.round(centre_weight, 6))) > 56
+    # Centre tap of a 3x3 Gaussian: (1 / (1 + 2 e^(-1 / 2s^2)))^2.
+    low, high = [(1 / (1 + 2 * np.exp(-1 / (2 * s * s)))) ** 2
+                 for s in (2.0, 0.1)]
+    assert low - 1e-6 <= centre_weight.min() < centre_weight.max() <= (
+        high + 1e-6)
 
 
 def test_processes_augment_their_slices_with_draws_of_their_own():

@@ -3,6 +3,8 @@
 - `presets`: `augmentation(preset)`, `eval_transform`, `attach`.
 - `layers`: Keras' zoom, rotation, blur and erasing layers computed with
   `kft.ops.image_ops`; equalization and RandAugment that compile fast.
+- `torch_style`: `RandomResizedCrop`, `RandomBrightnessScale` and
+  `GaussianBlur`, where torchvision's draws differ from Keras' layers.
 - `mixing`: `MixUp`, `CutMix`, `MixUpOrCutMix`, run inside the compiled
   train step (also as `kft.layers`); `_batch_mix` holds their shared
   draws and mixing.
@@ -19,14 +21,20 @@ from kft.augmentation.presets import PRESETS
 from kft.augmentation.presets import attach
 from kft.augmentation.presets import augmentation
 from kft.augmentation.presets import eval_transform
+from kft.augmentation.torch_style import GaussianBlur
+from kft.augmentation.torch_style import RandomBrightnessScale
+from kft.augmentation.torch_style import RandomResizedCrop
 
 __all__ = [
     "IMAGENET_MEAN",
     "Equalization",
+    "GaussianBlur",
     "PRESETS",
     "RandAugment",
+    "RandomBrightnessScale",
     "RandomErasing",
     "RandomGaussianBlur",
+    "RandomResizedCrop",
     "RandomRotation",
     "RandomZoom",
     "attach",

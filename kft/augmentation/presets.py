@@ -1,7 +1,9 @@
 """Train-time augmentation presets and the eval transform, from `keras.layers`.
 
-The presets use the fast zoom, rotation, blur, erasing and RandAugment
-layers of `kft.augmentation.layers`.
+The presets use the fast rotation, erasing and RandAugment layers of
+`kft.augmentation.layers`, and the layers of
+`kft.augmentation.torch_style` where the seeds' torchvision transforms draw
+otherwise than Keras' (crop, brightness, blur).
 """
 
 import numbers
@@ -17,9 +19,10 @@ from kft._validation import check_number
 from kft.augmentation.layers import IMAGENET_MEAN
 from kft.augmentation.layers import RandAugment
 from kft.augmentation.layers import RandomErasing
-from kft.augmentation.layers import RandomGaussianBlur
 from kft.augmentation.layers import RandomRotation
-from kft.augmentation.layers import RandomZoom
+from kft.augmentation.torch_style import GaussianBlur
+from kft.augmentation.torch_style import RandomBrightnessScale
+from kft.augmentation.torch_style import RandomResizedCrop
 
 Preset = Literal["none", "light", "standard", "strong"]
 PRESETS = get_args(Preset)
@@ -33,38 +36,40 @@ def _layers(preset, seed):
     `"none"` is one `Identity` layer: a `Sequential` without layers cannot
     be built or called, and the preset must work wherever the others do.
 
-    Zoom only zooms in (a random resized crop of 81-100% of the area with
-    +-10% aspect jitter), so its fill is never seen; rotation fills with
-    zeros like torchvision's `RandomRotation`. `"constant"` fill is also
-    cheaper than `"reflect"` under XLA on CPU.
+    The crop is torchvision's `RandomResizedCrop(scale=(0.8, 1))` (area,
+    aspect ratio 3/4-4/3 and position drawn per image), so no fill is
+    seen; rotation fills with zeros like torchvision's `RandomRotation`
+    (`"constant"` fill is also cheaper than `"reflect"` under XLA on CPU).
     """
     layers = keras.layers
-    crop = RandomZoom(
-        height_factor=(-0.1, 0.0), width_factor=(-0.1, 0.0),
-        fill_mode="constant", seed=seed)
+    crop = RandomResizedCrop(scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3),
+                             seed=seed)
     flip = layers.RandomFlip("horizontal", seed=seed + 1)
     if preset == "none":
         return [layers.Identity(name="identity")]
     if preset == "light":
         return [crop, flip]
     if preset == "standard":
-        # Keras layers for a common torchvision recipe:
-        # RandomResizedCrop(scale=(0.8, 1)), flip, rotation 15 degrees,
-        # ColorJitter(.2, .2, .2, .1), RandomGrayscale(.1),
-        # GaussianBlur(3, (.1, 2)), RandomErasing(.2).
+        # The seeds' torchvision recipe: RandomResizedCrop(scale=(0.8, 1)),
+        # flip, rotation 15 degrees, ColorJitter(.2, .2, .2, .1),
+        # RandomGrayscale(.1), GaussianBlur(3, (.1, 2)), RandomErasing(.2).
         return [
             crop,
             flip,
             RandomRotation(15 / 360, fill_mode="constant", seed=seed + 2),
-            layers.RandomColorJitter(
-                value_range=(0, 255), brightness_factor=0.1,
-                contrast_factor=0.2, saturation_factor=(0.4, 0.6),
-                hue_factor=0.1, seed=seed + 3),
+            # ColorJitter's four, in a fixed order (torchvision shuffles
+            # them): brightness and contrast as factors in [0.8, 1.2];
+            # Keras' saturation factor f scales by f / (1 - f), so 4/9 and
+            # 6/11 give [0.8, 1.2]; Keras' hue shift is half its factor, so
+            # 0.2 gives torchvision's +-0.1 of the colour circle.
+            RandomBrightnessScale(0.2, value_range=(0, 255), seed=seed + 3),
+            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 7),
+            layers.RandomSaturation((4 / 9, 6 / 11), value_range=(0, 255),
+                                    seed=seed + 8),
+            layers.RandomHue(0.2, value_range=(0, 255), seed=seed + 9),
             layers.RandomGrayscale(factor=0.1, seed=seed + 4),
-            # Every image, as torchvision's (a factor of 1.0 is Keras'
-            # range (0, 1) of probabilities: half of the images).
-            RandomGaussianBlur(factor=(1.0, 1.0), kernel_size=3,
-                               sigma=(0.1, 2.0), seed=seed + 5),
+            # Every image, one sigma each, as torchvision's.
+            GaussianBlur(3, sigma=(0.1, 2.0), seed=seed + 5),
             RandomErasing(factor=(0.2, 0.2), scale=(0.02, 0.15),
                           fill_value=IMAGENET_MEAN,
                           value_range=(0, 255), seed=seed + 6),
@@ -85,10 +90,11 @@ def augmentation(preset: Preset = "standard", *,
                  seed: int = 0) -> keras.Sequential:
     """Builds a train-time augmentation preset from `keras.layers`.
 
-    Presets: `"none"` (an `Identity` layer), `"light"` (random resized crop via
-    `RandomZoom`, horizontal flip), `"standard"` (crop, flip, 15 degree
-    rotation, color jitter, grayscale p=0.1, Gaussian blur, random
-    erasing p=0.2, a common torchvision recipe) and `"strong"` (crop, flip,
+    Presets: `"none"` (an `Identity` layer), `"light"` (random resized crop
+    of 80-100% of the area, horizontal flip), `"standard"` (crop, flip, 15
+    degree rotation, colour jitter 0.2/0.2/0.2/0.1, grayscale p=0.1,
+    Gaussian blur, random erasing p=0.2: the seeds' torchvision recipe,
+    drawn as torchvision draws) and `"strong"` (crop, flip,
     `RandAugment(num_ops=2)`, random erasing p=0.25). Inputs are pixels in
     [0, 255], `(batch, height, width, 3)` (`"none"` and `"light"` take
     any number of channels; the others raise on non-RGB images); the layers

@@ -1,0 +1,227 @@
+"""Augmentation layers with torchvision's semantics, where Keras' differ.
+
+The "standard" preset is the seeds' torchvision recipe; three of its
+transforms have no Keras layer that draws the same way:
+
+- `RandomResizedCrop`: a crop of random area, aspect ratio and position
+  per image, resized back (Keras' `RandomZoom` zooms about the centre);
+- `RandomBrightnessScale`: brightness as a factor (torchvision's
+  `ColorJitter(brightness=b)`), where Keras' `RandomBrightness` adds;
+- `GaussianBlur`: one isotropic sigma per image (Keras' layer draws one
+  `(sigma_x, sigma_y)` pair per batch).
+
+Each draws from its own `SeedGenerator` (its state is the layer's one
+variable, so the host pipeline runs it statelessly) and is active only with
+`training=True`.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from kft._validation import check_int
+from kft._validation import check_number
+from kft.ops import image_ops
+
+
+def _range(name, value, low, high=None):
+    """A `(min, max)` pair of numbers in [low, high], min <= max."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"Argument `{name}` must be a (min, max) pair. "
+                         f"Received: {name}={value!r}")
+    first = check_number(f"{name}[0]", value[0], low=low, high=high)
+    second = check_number(f"{name}[1]", value[1], low=low, high=high)
+    if first > second:
+        raise ValueError(f"Argument `{name}` must be a (min, max) pair with "
+                         f"min <= max. Received: {name}={tuple(value)!r}")
+    return first, second
+
+
+class _Random(keras.layers.Layer):
+    """A random layer: a seed generator, identity outside training."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+
+    def uniform(self, batch, low=0.0, high=1.0):
+        return keras.random.uniform((batch,), low, high,
+                                    seed=self.generator)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        images = ops.cast(images, self.compute_dtype)
+        return self.transform(images, ops.shape(images)[0])
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class RandomResizedCrop(_Random):
+    """torchvision's `RandomResizedCrop` at the images' own size.
+
+    Per image: an area fraction from `scale`, an aspect ratio from `ratio`
+    (uniform in its logarithm), redrawn up to 10 times until the crop fits
+    in the image (else the whole image), at a uniformly random position,
+    resized back to the image size with bilinear interpolation.
+
+    Args:
+        scale: `(min, max)` fraction of the image area. Defaults to
+            `(0.08, 1.0)`, as torchvision's.
+        ratio: `(min, max)` width / height. Defaults to `(3/4, 4/3)`.
+        seed: Seed of the draws.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.augmentation.RandomResizedCrop((0.8, 1.0), seed=0)
+    >>> layer(np.ones((2, 8, 8, 3)), training=True).shape
+    (2, 8, 8, 3)
+    """
+
+    def __init__(self, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None,
+                 **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.scale = _range("scale", scale, 0.0, 1.0)
+        if self.scale[1] <= 0:
+            raise ValueError("Argument `scale` must allow an area above 0. "
+                             f"Received: scale={tuple(scale)!r}")
+        self.ratio = _range("ratio", ratio, 1e-6)
+
+    def transform(self, images, batch):
+        height, width = images.shape[1], images.shape[2]
+        # torchvision's 10 tries: the first area and ratio whose crop fits
+        # in the image, else the whole image.
+        tries = (batch, 10)
+        area = keras.random.uniform(tries, *self.scale, seed=self.generator)
+        ratio = ops.exp(keras.random.uniform(
+            tries, math.log(self.ratio[0]), math.log(self.ratio[1]),
+            seed=self.generator))
+        # Crop sides as fractions of the image's (in pixels, so a
+        # non-square image's ratio is the crop's width / height in pixels);
+        # the crop spans [x0, x0 + w] of the image's [0, 1].
+        w = ops.sqrt(area * ratio * height / width)
+        h = ops.sqrt(area / ratio * width / height)
+        fits = ops.logical_and(w <= 1.0, h <= 1.0)
+        first = ops.expand_dims(ops.argmax(ops.cast(fits, "int32"), axis=1),
+                                1)
+        found = ops.any(fits, axis=1)
+        w = ops.where(found, ops.take_along_axis(w, first, axis=1)[:, 0], 1.0)
+        h = ops.where(found, ops.take_along_axis(h, first, axis=1)[:, 0], 1.0)
+        x0 = self.uniform(batch) * (1.0 - w)
+        y0 = self.uniform(batch) * (1.0 - h)
+        zeros = ops.zeros_like(w)
+        # Output pixel centre (x + 0.5) reads the image at x0 W + (x +
+        # 0.5) w, pixel centre coordinates: column = w x + (x0 W + w/2 -
+        # 1/2).
+        transform = ops.stack(
+            [w, zeros, x0 * width + 0.5 * w - 0.5,
+             zeros, h, y0 * height + 0.5 * h - 0.5, zeros, zeros], axis=-1)
+        if keras.backend.backend() == "jax":
+            return image_ops.affine_transform(
+                images, transform, interpolation="bilinear",
+                fill_mode="nearest", axis_aligned=True)
+        return ops.image.affine_transform(
+            images, transform, interpolation="bilinear", fill_mode="nearest")
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale,
+                "ratio": self.ratio}
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class RandomBrightnessScale(_Random):
+    """Brightness as torchvision's `ColorJitter(brightness=factor)`:
+    every pixel times one factor per image, drawn in
+    `[1 - factor, 1 + factor]`, clipped to `value_range`.
+
+    Args:
+        factor: The factor's spread, in [0, 1]. Defaults to `0.2`.
+        value_range: The pixels' `(min, max)`. Defaults to `(0, 255)`.
+        seed: Seed of the draws.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.augmentation.RandomBrightnessScale(0.2, seed=0)
+    >>> out = np.asarray(layer(np.full((4, 2, 2, 3), 100.0), training=True))
+    >>> bool(((out >= 80) & (out <= 120)).all())
+    True
+    """
+
+    def __init__(self, factor=0.2, value_range=(0, 255), seed=None,
+                 **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.factor = check_number("factor", factor, low=0.0, high=1.0)
+        self.value_range = _range("value_range", value_range, -math.inf)
+
+    def transform(self, images, batch):
+        scale = self.uniform(batch, 1.0 - self.factor, 1.0 + self.factor)
+        scale = ops.cast(ops.reshape(scale, (-1, 1, 1, 1)), images.dtype)
+        return ops.clip(images * scale, *self.value_range)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor,
+                "value_range": self.value_range}
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class GaussianBlur(_Random):
+    """torchvision's `GaussianBlur`: every image blurred by a Gaussian of
+    `kernel_size` taps whose sigma is drawn per image from `sigma`, the
+    same in both directions, with reflected borders.
+
+    Args:
+        kernel_size: Taps, an odd integer. Defaults to `3`.
+        sigma: `(min, max)` of the sigma, > 0. Defaults to `(0.1, 2.0)`.
+        seed: Seed of the draws.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> image = np.zeros((1, 5, 5, 1), "float32"); image[0, 2, 2] = 1
+    >>> out = kft.augmentation.GaussianBlur(3, seed=0)(image, training=True)
+    >>> round(float(np.asarray(out).sum()), 5)
+    1.0
+    """
+
+    def __init__(self, kernel_size=3, sigma=(0.1, 2.0), seed=None,
+                 **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.kernel_size = check_int("kernel_size", kernel_size, min_value=1)
+        if self.kernel_size % 2 == 0:
+            raise ValueError("Argument `kernel_size` must be odd. Received: "
+                             f"kernel_size={kernel_size!r}")
+        self.sigma = _range("sigma", sigma, 1e-6)
+
+    def transform(self, images, batch):
+        radius = self.kernel_size // 2
+        if radius == 0:
+            return images
+        sigma = self.uniform(batch, *self.sigma)
+        offsets = ops.arange(-radius, radius + 1, dtype="float32")
+        taps = ops.exp(-(offsets[None, :] ** 2)
+                       / (2.0 * sigma[:, None] ** 2))
+        taps = ops.cast(taps / ops.sum(taps, axis=1, keepdims=True),
+                        images.dtype)
+        for axis in (1, 2):  # rows, then columns: separable
+            pad = [[0, 0]] * 4
+            pad[axis] = [radius, radius]
+            padded = ops.pad(images, pad, mode="reflect")
+            size = images.shape[axis]
+            blurred = 0.0
+            for i in range(self.kernel_size):
+                part = (padded[:, i:i + size] if axis == 1
+                        else padded[:, :, i:i + size])
+                blurred = blurred + taps[:, i, None, None, None] * part
+            images = blurred
+        return images
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size,
+                "sigma": self.sigma}

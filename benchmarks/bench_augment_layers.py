@@ -48,7 +48,10 @@ def main():
     for layer in preset.layers:
         name = type(layer).__name__
         stock = layer
-        if type(layer) is not getattr(keras.layers, name):
+        # kft's torchvision-style layers (`kft.augmentation.torch_style`)
+        # have no Keras counterpart: timed once, in both columns.
+        if (hasattr(keras.layers, name)
+                and type(layer) is not getattr(keras.layers, name)):
             config = layer.get_config()
             if name == "RandomErasing":
                 config["fill_value"] = None

@@ -22,6 +22,7 @@ from keras import ops
 
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import check_seed
 from kft.ops import image_ops
 
 
@@ -43,8 +44,9 @@ class _Random(keras.layers.Layer):
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.seed = seed
-        self.generator = keras.random.SeedGenerator(seed)
+        # NumPy integers too (Keras' SeedGenerator takes Python ints only).
+        self.seed = None if seed is None else check_seed(seed)
+        self.generator = keras.random.SeedGenerator(self.seed)
         self.supports_masking = False
 
     def uniform(self, batch, low=0.0, high=1.0):

@@ -118,3 +118,22 @@ def test_a_run_that_stopped_early_resumes_finished(tmp_path, stopped):
         whole.best_epoch, whole.best_value)
     for got, want in zip(weights, whole_weights):
         np.testing.assert_array_equal(got, want)
+
+
+def test_early_stopping_counts_the_epochs_before_a_restart(tmp_path):
+    # Phase 2's losses at rate 3: 9e9, 6e7, 1.41, 0.865, 1.07, 0.920: with
+    # patience 2 the run stops after epoch 6. Killed at epoch 6's start,
+    # the resumed call counted its patience anew (epoch 6 "improved" on
+    # nothing) and trained epochs the whole run did not.
+    kwargs = {"early_stopping_patience": 2, "epochs": 10}
+    whole, whole_weights, backup = _run(tmp_path / "whole", **kwargs)
+    epochs = sorted(backup.history)
+    assert epochs[-1] < 10
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(tmp_path / "crashed", [_Crash(epochs[-1])], **kwargs)
+    resumed, weights, backup = _run(tmp_path / "crashed", **kwargs)
+    assert sorted(backup.history) == epochs
+    assert (resumed.best_epoch, resumed.best_value) == (
+        whole.best_epoch, whole.best_value)
+    for got, want in zip(weights, whole_weights):
+        np.testing.assert_array_equal(got, want)

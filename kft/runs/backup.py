@@ -20,7 +20,9 @@ Order of writes at an epoch end: the logs and best weights first, then the
 checkpoint. A resume drops logs of the call's epochs at or after the one it
 restarts at, so an epoch whose checkpoint was lost is logged once, from its
 rerun. A call that stopped early (`EarlyStopping`, or any callback setting
-`model.stop_training`) is recorded as such, and resumes as finished.
+`model.stop_training`) is recorded as such, and resumes as finished; in
+a call resumed mid-way, `fine_tune`'s early stopping counts its patience
+on from the epochs before the restart (`call_logs`).
 """
 
 import json
@@ -145,6 +147,14 @@ class RunBackup(keras.callbacks.Callback):
     def recall(self, key: str):
         """The value `record` kept under `key`, or `None`."""
         return self._values.get(key)
+
+    def call_logs(self, before: int):
+        """`[(epoch, logs)]` of the running call's epochs before `before`,
+        in order: those a restarted call ran before the restart
+        (`kft.fine_tune`'s early stopping counts its patience on from
+        them)."""
+        return sorted((epoch, logs) for epoch, logs in self.history.items()
+                      if epoch < before and logs.get("phase") == self.phase + 1)
 
     # -- trainable set ------------------------------------------------------
 

@@ -90,6 +90,52 @@ class EpochRate(keras.callbacks.Callback):
             logs["learning_rate"] = self.rate
 
 
+class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' `EarlyStopping` that also counts a call's epochs from before
+    a restart.
+
+    Keras' callback starts counting at each `fit`: a phase resumed by a
+    `kft.runs.RunBackup` after a kill would wait `patience` epochs again,
+    and train epochs the uninterrupted run did not. Before its first
+    epoch this one replays the monitored values that callbacks with a
+    `call_logs` method (`RunBackup`) recorded for the call.
+
+    Args:
+        *args, **kwargs: Those of `keras.callbacks.EarlyStopping`.
+        earlier: Callbacks to take the earlier epochs' logs from.
+
+    Example:
+    >>> import keras, numpy as np
+    >>> class Past(keras.callbacks.Callback):
+    ...     def call_logs(self, before):
+    ...         return [(0, {"loss": 0.5}), (1, {"loss": 0.9})]
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> stop = ResumedEarlyStopping("loss", patience=2, earlier=[Past()])
+    >>> history = model.fit(np.ones((4, 2)), np.ones(4) * 9, epochs=6,
+    ...                     initial_epoch=2, verbose=0, callbacks=[stop])
+    >>> len(history.history["loss"])  # epoch 1 waited already
+    1
+    """
+
+    def __init__(self, *args, earlier=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.earlier = list(earlier)
+        self._replayed = False
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._replayed = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._replayed:
+            return
+        self._replayed = True
+        for callback in self.earlier:
+            for past, past_logs in callback.call_logs(before=epoch):
+                super().on_epoch_end(past, past_logs)
+
+
 class Phases:
     """What both phases share: data, loss, metrics and callbacks.
 
@@ -116,10 +162,12 @@ class Phases:
 
     def callbacks(self, first=()):
         """`first`, then keep-best, early stopping and the user's."""
+        # A `RunBackup` restarted mid-call holds the call's earlier epochs.
+        earlier = [callback for callback in self.extra
+                   if callable(getattr(callback, "call_logs", None))]
         stop = [] if self.patience is None else [
-            keras.callbacks.EarlyStopping(self.keep.monitor,
-                                          patience=self.patience,
-                                          mode=self.keep.mode)]
+            ResumedEarlyStopping(self.keep.monitor, patience=self.patience,
+                                 mode=self.keep.mode, earlier=earlier)]
         return list(first) + [self.keep] + stop + self.extra
 
     def fit(self, epochs, first_epoch, first_callbacks=()):

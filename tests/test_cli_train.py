@@ -151,6 +151,44 @@ def test_eval_matches_the_library(run, folder, capsys):
     assert os.path.isfile(os.path.join(printed["out"], "evaluation.json"))
 
 
+def test_eval_on_a_folder_without_some_classes(run, folder, tmp_path,
+                                              capsys):
+    # A test folder lacking class1 was refused as "not the model's
+    # classes"; with class1 left empty, as "no readable images ... remove
+    # the folders", which the first refusal then answered.
+    import shutil
+
+    part = tmp_path / "part"
+    shutil.copytree(os.path.join(folder, "class2"), part / "class2")
+    loaded = kft.load_run(run)
+    expected = kft.evaluate(
+        loaded.model, kft.runs.load_eval_folder(folder, loaded.class_names,
+                                                loaded.image_size))
+    for empty in (False, True):
+        if empty:
+            (part / "class1").mkdir()
+        out = str(tmp_path / f"eval{int(empty)}")
+        assert cli.main(["eval", run, str(part), "--no-plots", "--json",
+                         "--out", out]) == 0
+        report = json.loads(capsys.readouterr().out)["report"]
+        assert report["num_examples"] == 6
+        assert dict(zip(report["class_names"], report["support"])) == {
+            "class0": 0, "class1": 0, "class2": 6}
+    # Labelled in the model's order: class2's predictions are those of
+    # class2's images in the whole folder.
+    data = kft.runs.load_eval_folder(str(part), loaded.class_names,
+                                     loaded.image_size)
+    assert data.class_names == list(loaded.class_names)
+    assert set(data.example_labels.tolist()) == {2}
+    whole = expected.confusion_matrix[2]
+    assert kft.evaluate(loaded.model, data).confusion_matrix[2].tolist() == (
+        whole.tolist())
+    (part / "dogs").mkdir()
+    Image.new("RGB", (16, 16)).save(part / "dogs" / "a.png")
+    code, err = _usage_error(["eval", run, str(part)], capsys)
+    assert code == 2 and "['dogs']" in err
+
+
 def _top1(results):
     return [(r["source"], r["indices"][0]) for r in results]
 

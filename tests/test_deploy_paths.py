@@ -193,8 +193,14 @@ def test_eval_folder_messages_name_the_users_paths(tmp_path):
     empty = _class_folder(tmp_path / "empty", ["a", "b"])
     for path in (empty / "b").iterdir():
         path.unlink()
+    # A class without a readable image has no examples (support 0 in a
+    # report); a folder without any image is refused.
+    dataset = kft.runs.load_eval_folder(str(empty), ["a", "b"], 8)
+    assert dataset.class_counts == {"a": 2, "b": 0}
+    for path in (empty / "a").iterdir():
+        path.unlink()
     with pytest.raises(ValueError, match=(
-            rf"Class folders \['b'\] in {str(empty)!r} have no readable")):
+            rf"{str(empty)!r} has no readable images")):
         kft.runs.load_eval_folder(str(empty), ["a", "b"], 8)
 
 
@@ -208,8 +214,13 @@ def test_eval_folder_reads_with_the_eval_transform(tmp_path):
                          for p in paths])
     np.testing.assert_array_equal(np.asarray(images), expected)
     assert list(np.asarray(labels)) == [0, 0, 1, 1]
-    with pytest.raises(ValueError, match=r"missing: \['c'\]"):
-        kft.runs.load_eval_folder(str(data), ["a", "b", "c"], 8)
+    # Labels follow the model's classes, of which the folder holds some.
+    dataset = kft.runs.load_eval_folder(str(data), ["c", "b", "a"], 8)
+    assert dataset.class_counts == {"c": 0, "b": 2, "a": 2}
+    _, labels = next(iter(dataset.in_order()))
+    assert list(np.asarray(labels)) == [1, 1, 2, 2]  # b, then a
+    with pytest.raises(ValueError, match=r"folders \['b'\] .* not among"):
+        kft.runs.load_eval_folder(str(data), ["a", "c"], 8)
 
 
 

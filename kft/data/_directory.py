@@ -276,24 +276,30 @@ def from_directory(path: str | os.PathLike,
     return ImageSplits(train, val)
 
 
-def eval_folder(path, image_size, batch_size=32, *, check_classes=None):
+def eval_folder(path, image_size, batch_size=32, *, class_names=None,
+                check_classes=None):
     """A folder of class folders read whole with the eval transform (as
     `from_directory`'s validation half), bad files skipped and named once
     by their paths in `path`; `check_classes(class names found)` runs
     before any image is read. For evaluating a trained model
-    (`kft eval`, `kft.runs.load_eval_folder`)."""
+    (`kft eval`, `kft.runs.load_eval_folder`): given the model's
+    `class_names`, labels follow their order, and a class without a
+    folder or without a readable image has no examples (a test set need
+    not hold every class)."""
     settings = _Settings.checked(
         image_size=image_size, batch_size=batch_size, augmentation="none",
         augment_on="host", label_mode="int", crop_fraction=0.875,
         shuffle=False, seed=0, num_workers=2, check="full",
         max_pixels=_images.DEFAULT_MAX_PIXELS, exif_transpose=True)
-    class_names = class_folders(path, None)
+    found = class_folders(path, None,
+                          minimum=2 if class_names is None else 1)
     if check_classes is not None:
-        check_classes(class_names)
+        check_classes(found)
+    class_names = found if class_names is None else list(class_names)
     (records, skipped), _, total = scan_splits(
         path, None, class_names, check=settings.check,
         max_pixels=settings.max_pixels, num_workers=settings.num_workers,
-        on_bad_file="skip")
+        on_bad_file="skip", empty_classes=True)
     warn_skipped(skipped, total, os.fspath(path))
     return _make_dataset(records, skipped, class_names, settings,
                          train=False)

@@ -167,14 +167,15 @@ def split_folders(path, validation_split):
     return train_dir, val_dir
 
 
-def class_folders(train_dir, val_dir):
-    """The train class folders; at least two, and val has no others."""
+def class_folders(train_dir, val_dir, minimum=2):
+    """The train class folders; at least `minimum` (a classifier trains on
+    two or more), and val has no others."""
     class_names = _list_classes(train_dir)
     shown = _shown(train_dir)
     if not class_names:
         raise ValueError(f"No class folders in {shown!r}: expected "
                          f"{shown}/<class name>/<image files>.")
-    if len(class_names) == 1:
+    if len(class_names) < minimum:
         raise ValueError(
             f"Found one class folder, {class_names[0]!r}, in {shown!r}; "
             "a classifier needs at least 2 classes. Put each class's images "
@@ -221,12 +222,14 @@ def shown_root(path, train_dir, val_dir, class_names):
 
 
 def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
-                num_workers, on_bad_file):
+                num_workers, on_bad_file, empty_classes=False):
     """Good `(path, label)` records of train and val, skipped files, total.
 
     Raises `ValueError` for bad files with `on_bad_file="raise"`, for a
-    train class left without a readable image, and for a val folder
-    without one.
+    train class left without a readable image (unless `empty_classes`:
+    data to evaluate a model on need not hold every class; its folders
+    are read by name, a missing one as empty), and for no readable image
+    at all.
     """
     options = dict(check=check, max_pixels=max_pixels,
                    num_workers=num_workers)
@@ -244,6 +247,12 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
         )
     counts = class_counts(records, class_names)
     empty = [name for name, count in counts.items() if count == 0]
+    if empty_classes and records:
+        empty = []
+    if empty and empty_classes:
+        raise ValueError(
+            f"{_shown(train_dir)!r} has no readable images (searched its "
+            f"class folders; {len(skipped)} files skipped).")
     if empty:
         raise ValueError(
             f"Class folders {empty} in {_shown(train_dir)!r} have no "

@@ -119,13 +119,15 @@ def linked_dir(links) -> str:
 def load_eval_folder(path, class_names, image_size, batch_size=32):
     """A labelled folder (`<class>/<images>`) as a `kft.data` dataset with
     the eval transform (resize, center crop), labels in the order of
-    `class_names`. Bad files are skipped and reported once
+    `class_names`. Classes without a folder, or without a readable image,
+    have no examples (`kft.evaluate` gives them recall 0 and says so).
+    Bad files are skipped and reported once
     (`kft.data.SkippedFilesWarning`), named by their paths in `path`.
 
     Raises:
-        ValueError: a missing folder, fewer than two class folders, a class
-            folder without a readable image, or class folders that are not
-            `class_names` (the message lists the differences).
+        ValueError: a missing folder, no class folder or no readable image,
+            or class folders that are not among `class_names` (the message
+            names them).
     """
     from kft.data._directory import eval_folder
 
@@ -134,15 +136,14 @@ def load_eval_folder(path, class_names, image_size, batch_size=32):
         raise ValueError(f"Data folder {path!r} does not exist.")
 
     def check_classes(found):  # before any file is read
-        if class_names is not None and found != list(class_names):
-            from kft.evaluation._predict import class_difference
-
+        extra = sorted(set(found) - set(class_names or found))
+        if extra:
             raise ValueError(
-                f"The class folders of {path!r} are not the model's classes"
-                + class_difference(class_names, found)
-                + f". Model classes: {list(class_names)}.")
+                f"The class folders {extra} of {path!r} are not among the "
+                f"model's classes: {list(class_names)}. Evaluate folders of "
+                "the model's classes (a subset is fine).")
 
     # Straight from `path` (no layout of links): messages name the user's
     # files, each checked once.
     return eval_folder(path, image_size, batch_size,
-                       check_classes=check_classes)
+                       class_names=class_names, check_classes=check_classes)

@@ -84,6 +84,32 @@ def test_datasets_of_other_classes_than_the_models_are_refused(names,
     assert kft.evaluate(model, same).class_names == ("cat", "dog", "fox")
 
 
+def test_arrays_without_class_names_take_the_models():
+    # from_arrays without class_names numbers the classes "0", "1", ...:
+    # evaluating a named model on it was refused as other classes (and
+    # compare_strategies lost every trained run at the test evaluation).
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3),
+                                 class_names=["cat", "dog", "fox"])
+    x = np.random.default_rng(0).uniform(0, 255, (6, 16, 16, 3))
+    y = np.arange(6) % 3
+    data = kft.data.from_arrays(x, y, batch_size=4)
+    assert data.numbered_classes and data.with_seed(1).numbered_classes
+    report = kft.evaluate(model, data)
+    assert report.class_names == ("cat", "dog", "fox")
+    named = kft.data.from_arrays(x, y, batch_size=4,
+                                 class_names=["cat", "dog", "fox"])
+    assert not named.numbered_classes
+    assert report.accuracy == kft.evaluate(model, named).accuracy
+    assert kft.evaluation.evaluate_classifier(model, data).class_names == (
+        "cat", "dog", "fox")
+    # Named classes of its own are still compared with the model's.
+    numbers = kft.data.from_arrays(x, y, batch_size=4,
+                                   class_names=["0", "1", "2"])
+    with pytest.raises(ValueError, match="not in the model"):
+        kft.evaluate(model, numbers)
+
+
 def test_mistake_indices_name_paths_when_a_file_fails_while_read(tmp_path):
     # check="header": a file whose pixel data is cut fails while read, is
     # left out of its batch, and every later row shifted (a mistake named

@@ -177,7 +177,8 @@ def from_arrays(x, y, batch_size: int = 32, *,
         class_counts={n: int(c) for n, c in zip(names, counts)},
         batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=0,
         label_mode=label_mode, augmentation=layer, augment_on=augment_on,
-        labels=labels, sampling=sampling, shard=shard)
+        labels=labels, sampling=sampling, shard=shard,
+        numbered_classes=class_names is None)
 
 
 class _TfdsLoader:

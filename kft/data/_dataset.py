@@ -148,6 +148,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
 
     Attributes:
         class_names: Class names, index `i` is label `i`.
+        numbered_classes: Whether `class_names` are `"0"`, `"1"`, ...
+            made up by the loader (`from_arrays` without `class_names`):
+            evaluating a model then names the classes as the model does.
         class_counts: `{class name: number of examples}`, without the
             files found bad so far.
         skipped: Tuple of `kft.data.SkippedFile` left out by the loader
@@ -192,8 +195,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
                  labels: Sequence[int] | Callable[[], Sequence[int]]
                  | None = None,
                  sampling: Sampling = "all",
-                 shard="auto"):
+                 shard="auto", numbered_classes: bool = False):
         super().__init__()
+        self.numbered_classes = bool(numbered_classes)
         if shard != "auto":
             from kft.distributed.processes import data_shard
 

@@ -79,7 +79,8 @@ def data_class_names(data, num_classes, name="data", model=None):
     """The `class_names` of a dataset, checked against the model's
     classes: their number, and the names themselves when `model` carries
     them (`kft_metadata`, a kft classifier's). The dataset's own, so the
-    error is about the data; without any, the model's (or `None`)."""
+    error is about the data; without any (or only numbers a loader made
+    up), the model's (or `None`)."""
     names = getattr(data, "class_names", None)
     if names is None:
         return model_class_names(model, num_classes)
@@ -93,6 +94,8 @@ def data_class_names(data, num_classes, name="data", model=None):
             f"Evaluate data of the model's classes (or a model built for "
             f"these). Received: {name} with class_names {list(names)}")
     known = (getattr(model, "kft_metadata", None) or {}).get("class_names")
+    if known is not None and getattr(data, "numbered_classes", False):
+        return tuple(str(n) for n in known)  # no names of its own
     if known is not None and tuple(known) != names:
         # Label i names the dataset's class i, the model's column i its
         # own: scoring one against the other is wrong without an error.

@@ -144,6 +144,17 @@ def output_operation(model):
         return None
 
 
+def tensor_source(tensor):
+    """`(operation, its input tensors)` that made `tensor` in a functional
+    graph, or `(None, [])`."""
+    try:
+        history = tensor._keras_history
+        node = history.operation._inbound_nodes[history.node_index]
+        return history.operation, list(node.input_tensors)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None, []
+
+
 def is_graph_model(model):
     """Whether `model` is functional or Sequential (kft's own functional
     subclasses included), not a subclassed model without a graph."""

@@ -251,6 +251,48 @@ def test_probabilities_are_recognised_however_the_softmax_is_written():
                                    want[result.indices], atol=1e-6)
 
 
+def test_probabilities_behind_a_cast_or_inside_a_lambda(tmp_path):
+    # A softmax followed by a float32 Activation("linear") (the mixed
+    # precision guides' output layer), by Identity, or inside a Lambda
+    # was taken for logits: kft.predict and export(output=
+    # "probabilities") applied a second softmax (top probability 0.475
+    # for the model's 0.99999), onnx_parity said ok, and fine_tune's
+    # default loss took the probabilities for logits.
+    import keras
+
+    from kft.deploy.inference import output_kind
+    from kft.training.fine_tune import _default_loss
+
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.GlobalAveragePooling2D()(inputs)
+    logits = keras.layers.Dense(
+        3, kernel_initializer=keras.initializers.Constant(0.3))(features)
+    cast = keras.Model(inputs, keras.layers.Activation(
+        "linear", dtype="float32")(keras.layers.Softmax()(logits)))
+    identity = keras.Model(inputs, keras.layers.Identity()(
+        keras.layers.Dropout(0.2)(keras.ops.softmax(logits))))
+    lam = keras.Model(inputs, keras.layers.Lambda(keras.ops.softmax)(logits))
+    scaled = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(logits))
+    assert [output_kind(m) for m in (cast, identity, lam, scaled)] == [
+        "probabilities"] * 3 + ["logits"]
+    x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(
+        "float32")
+    for model in (cast, lam):
+        want = model.predict(x, verbose=0)
+        got = kft.predict(model, x, top_k=3)
+        for row, result in zip(want, got):
+            np.testing.assert_allclose(result.probabilities,
+                                       row[result.indices], atol=1e-6)
+        path = kft.export(model, str(tmp_path / f"{model.name}.keras"),
+                          format="keras", output="probabilities")
+        np.testing.assert_allclose(
+            keras.models.load_model(path).predict(x, verbose=0), want,
+            atol=1e-6)
+        assert not _default_loss(model, (x, np.zeros(2))).get_config()[
+            "from_logits"]
+    assert _default_loss(scaled, (x, np.zeros(2))).get_config()["from_logits"]
+
+
 def test_a_two_output_model_is_refused_clearly():
     # numpy's "inhomogeneous shape" from inside kft (or, with outputs of
     # one width, misleading shape errors much later); fine_tune failed in

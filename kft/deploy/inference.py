@@ -71,11 +71,60 @@ def check_built(model):
                       f"{len(inputs)} inputs, {len(model.outputs)} outputs")
 
 
+# Layers that pass their input on unchanged at inference (a float32
+# `Activation("linear")` after a softmax, as mixed-precision guides put it).
+_PASS_THROUGH = (keras.layers.Identity, keras.layers.Dropout,
+                 keras.layers.GaussianNoise, keras.layers.GaussianDropout,
+                 keras.layers.AlphaDropout, keras.layers.ActivityRegularization)
+
+
+def _passes_through(operation):
+    return isinstance(operation, _PASS_THROUGH) or (
+        isinstance(operation, keras.layers.Activation)
+        and operation.activation is keras.activations.linear)
+
+
+def _is_softmax(operation):
+    return (isinstance(operation, keras.layers.Softmax)
+            or _compat.is_softmax_op(operation)
+            or getattr(operation, "activation", None)
+            is keras.activations.softmax)
+
+
+def _is_opaque(operation):
+    """Whether what `operation` computes is not known from its class: a
+    `Lambda`, or a layer of neither Keras nor kft."""
+    module = type(operation).__module__
+    return isinstance(operation, keras.layers.Lambda) or not (
+        module.startswith(("keras.", "kft.")))
+
+
+def _probes_as_probabilities(model):
+    """Whether `model`'s rows on two random images are probabilities
+    (non-negative, summing to 1), as `kft.evaluate` tells them apart."""
+    from kft.evaluation.metrics import to_probabilities
+
+    spec = model.inputs[0]
+    shape = [2] + [size or 32 for size in spec.shape[1:]]
+    x = np.random.default_rng(0).uniform(0, 255, shape).astype(
+        keras.backend.standardize_dtype(spec.dtype))
+    try:
+        scores = keras.ops.convert_to_numpy(model(x, training=False))
+    except Exception:  # noqa: BLE001 - a heuristic: the graph's answer holds
+        return False
+    return scores.ndim == 2 and to_probabilities(scores)[1] == (
+        "probabilities")
+
+
 def output_kind(model: keras.Model) -> str:
     """`"probabilities"` when `model` ends in a softmax (a `Softmax` layer,
     a layer with a softmax activation, such as a file `kft.export` wrote
     with `output="probabilities"`, `keras.ops.softmax` called in the
-    graph, or a nested model that ends in one), else `"logits"`.
+    graph, or a nested model that ends in one), also when layers that
+    pass values through (`Activation("linear")`, `Dropout`, `Identity`)
+    follow it, else `"logits"`. A model ending in a `Lambda` or a layer of
+    your own is run on two random images: rows that are non-negative and
+    sum to 1 are probabilities.
 
     Example:
     >>> import kft
@@ -88,11 +137,17 @@ def output_kind(model: keras.Model) -> str:
     last = _compat.output_operation(model)
     if last is None:  # no graph (a subclassed model): its last layer
         last = model.layers[-1] if model.layers else None
+    else:
+        operation, inputs = _compat.tensor_source(model.outputs[0])
+        while _passes_through(operation) and len(inputs) == 1:
+            operation, inputs = _compat.tensor_source(inputs[0])
+        last = operation if operation is not None else last
     if isinstance(last, keras.Model):
         return output_kind(last)  # e.g. a model `attach` wrapped
-    if (isinstance(last, keras.layers.Softmax) or _compat.is_softmax_op(last)
-            or getattr(last, "activation", None)
-            is keras.activations.softmax):
+    if _is_softmax(last):
+        return "probabilities"
+    if (last is not None and _is_opaque(last) and len(model.inputs) == 1
+            and len(model.outputs) == 1 and _probes_as_probabilities(model)):
         return "probabilities"
     return "logits"
 

@@ -149,3 +149,12 @@ def test_mistake_indices_name_paths_when_a_file_fails_while_read(tmp_path):
     assert report.num_examples == 8 and len(val.paths) == 9
     [mistake] = report.mistakes
     assert val.paths[mistake.index].endswith(os.path.join("a", "img3.jpg"))
+    # The worst-mistakes plot shows that file (it showed the next one, and
+    # raised for the last index).
+    from kft.evaluation.plots import _images_at
+
+    last = len(val.paths) - 1
+    images = _images_at(val, [mistake.index, last])
+    assert images[mistake.index].mean() > 200  # img3, the bright one
+    np.testing.assert_array_equal(
+        images[last], kft.data.load_image(val.paths[last], 16, "center_crop"))

@@ -239,14 +239,23 @@ def _images_at(data, wanted):
         data = data[0]
     if _predict.is_array(data):
         return {i: np.asarray(data[i]) for i in wanted if i < len(data)}
+    # Indices name files (`data.paths`) of a `kft.data` dataset; a pass
+    # leaves out those that failed to load (`_predict.stored_indices`).
+    position = {i: i for i in wanted}
+    paths = getattr(data, "paths", None)
+    if paths is not None:
+        failed = {s.path for s in getattr(data, "skipped", ())}
+        kept = [i for i, path in enumerate(paths) if path not in failed]
+        where = {index: row for row, index in enumerate(kept)}
+        position = {i: where[i] for i in wanted if i in where}
     found, seen = {}, 0
     for batch in _predict.ordered(data):
         images = np.asarray(batch[0])
-        for i in wanted:
-            if seen <= i < seen + len(images):
-                found[i] = images[i - seen]
+        for i, row in position.items():
+            if seen <= row < seen + len(images):
+                found[i] = images[row - seen]
         seen += len(images)
-        if len(found) == len(wanted):
+        if len(found) == len(position):
             break
     return found
 

@@ -204,6 +204,16 @@ def in_stateless_scope():
     return stateless_scope.in_stateless_scope()
 
 
+def is_traced(*tensors):
+    """Whether JAX is tracing: under `jit`, or with traced inputs (`grad`)."""
+    import jax
+    from keras import ops
+
+    # Under `jit` every new array is a tracer, even without traced inputs.
+    probe = ops.zeros(())
+    return any(isinstance(t, jax.core.Tracer) for t in (probe, *tensors))
+
+
 def base_image_preprocessing_layer():
     """The base class of Keras' random image preprocessing layers."""
     from keras.src.layers.preprocessing.image_preprocessing import (

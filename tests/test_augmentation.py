@@ -350,6 +350,13 @@ def test_standard_preset_draws_as_the_seeds_torchvision_recipe():
     assert -0.1 <= shift.min() < -0.09 and 0.09 < shift.max() <= 0.1
     saturation = hsv("RandomSaturation")[:, 1] / hsv_in[1]
     assert 0.79 <= saturation.min() < 0.82 and 1.18 < saturation.max() <= 1.21
+    # Contrast by a factor in [0.8, 1.2] (Keras read a scalar 0.2 as
+    # (0, 0.2): factors in [1, 1.2], never lowered).
+    pair = np.zeros((n, 1, 2, 3), "float32")
+    pair[:, 0, 0], pair[:, 0, 1] = 100.0, 140.0
+    out = np.asarray(layers["RandomContrast"](pair, training=True))
+    contrast = (out[:, 0, 1, 0] - out[:, 0, 0, 0]) / 40.0
+    assert 0.8 <= contrast.min() < 0.82 and 1.18 < contrast.max() <= 1.2
     bright = np.asarray(layers["RandomBrightnessScale"](
         np.full((n, 1, 1, 3), 100.0, "float32"), training=True))
     assert 80 <= bright.min() < 82 and 118 < bright.max() <= 120
@@ -397,7 +404,8 @@ def test_processes_augment_their_slices_with_draws_of_their_own():
                                   "GaussianBlur"])
 def test_torch_style_layers_direct_jit_numpy_seed_and_config(name):
     # A NumPy integer seed failed in Keras' SeedGenerator; the layers are
-    # called directly and under jax.jit, and round-trip their config.
+    # called directly, on one image, and under jax.jit, and round-trip
+    # their config.
     import jax
 
     cls = getattr(kft.augmentation, name)
@@ -405,9 +413,29 @@ def test_torch_style_layers_direct_jit_numpy_seed_and_config(name):
     assert layer.seed == 3 and isinstance(layer.seed, int)
     x = _images()
     eager = np.asarray(layer(x, training=True))
-    jitted = np.asarray(jax.jit(lambda a: layer(a, training=True))(x))
-    assert eager.shape == jitted.shape == x.shape
-    assert not np.array_equal(eager, x) and not np.array_equal(jitted, x)
+    assert eager.shape == x.shape and not np.array_equal(eager, x)
+    # One image (RandomBrightnessScale returned 12 scaled copies of a
+    # 12-row image; the others raised).
+    one = np.asarray(layer(x[0, :, :5], training=True))
+    assert one.shape == x[0, :, :5].shape
+    with pytest.raises(ValueError, match=r"images.shape=\(4, 3\)"):
+        layer(np.zeros((4, 3)), training=True)
+    # Called directly under jit it drew the same transform every call and
+    # left a tracer as its seed state (the next eager call raised).
+    with pytest.raises(RuntimeError, match="stateless_call"):
+        jax.jit(lambda a: layer(a, training=True))(x)
+    fresh = cls(seed=3)  # stateless_call before any eager call
+
+    @jax.jit
+    def augment(state, images):
+        return fresh.stateless_call([], state, images, training=True)
+
+    state = [v.value for v in fresh.non_trainable_variables]
+    first, state = augment(state, x)
+    second, _ = augment(state, x)
+    assert not np.array_equal(np.asarray(first), np.asarray(second))
+    np.testing.assert_array_equal(np.asarray(layer(x, training=True)).shape,
+                                  x.shape)  # still usable eagerly
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
     again = cls.from_config(layer.get_config())
     assert again.get_config() == layer.get_config()

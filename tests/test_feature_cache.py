@@ -228,6 +228,16 @@ def test_a_model_without_a_trainable_head_layer_is_refused():
     kft.freeze(attached, "feature_extraction")
     with pytest.raises(ValueError, match="augments images at random"):
         kft.cache_features(attached, _data(n=4), verbose=0)
+    # So does each of kft's torchvision-style layers alone (not Keras'
+    # preprocessing layers: they were cached, one draw frozen, and
+    # fine_tune's head phase trained without augmentation).
+    for name in ("RandomResizedCrop", "RandomBrightnessScale",
+                 "GaussianBlur"):
+        alone = kft.augmentation.attach(
+            _model(), getattr(kft.augmentation, name)(seed=0))
+        kft.freeze(alone, "feature_extraction")
+        assert "augments images at random" in (
+            kft.feature_cache.can_cache_features(alone)[1] or "")
 
 
 def test_a_linear_heads_dropout_stays_on_when_training_on_the_cache():

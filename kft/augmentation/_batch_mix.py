@@ -14,7 +14,6 @@ left unmixed. The partner of sample `i` of a batch of `B` is sample
 from typing import Literal
 from typing import get_args
 
-import jax
 import keras
 from keras import ops
 # Not exported by Keras: tells whether variables are read from and written
@@ -92,7 +91,7 @@ class BatchMix(keras.layers.Layer):
         images = ops.convert_to_tensor(images)
         labels = ops.convert_to_tensor(labels)
         # Before any draw: a draw would assign a tracer to the seed state.
-        if _is_traced(images, labels) and not _compat.in_stateless_scope():
+        if _compat.is_traced(images, labels) and not _compat.in_stateless_scope():
             raise RuntimeError(
                 TRACED_CALL_HINT.format(name=type(self).__name__))
         _check_batch(images.shape, labels.shape)
@@ -114,7 +113,7 @@ class BatchMix(keras.layers.Layer):
                 )
             # Out-of-range labels one-hot to zero rows (NaN after mixing
             # with smoothing off); values are only known outside a trace.
-            if not _is_traced(labels):
+            if not _compat.is_traced(labels):
                 check_labels(ops.convert_to_numpy(labels), self.num_classes,
                              name="labels")
             labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
@@ -192,13 +191,6 @@ class BatchMix(keras.layers.Layer):
             "num_classes": self.num_classes,
             "seed": self.seed,
         }
-
-
-def _is_traced(*tensors):
-    """Whether JAX is tracing: under `jit`, or with traced inputs (`grad`)."""
-    # Under `jit` every new array is a tracer, even without traced inputs.
-    probe = ops.zeros(())
-    return any(isinstance(t, jax.core.Tracer) for t in (probe, *tensors))
 
 
 def _check_batch(images_shape, labels_shape):

@@ -63,7 +63,9 @@ def _layers(preset, seed):
             # 6/11 give [0.8, 1.2]; Keras' hue shift is half its factor, so
             # 0.2 gives torchvision's +-0.1 of the colour circle.
             RandomBrightnessScale(0.2, value_range=(0, 255), seed=seed + 3),
-            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 7),
+            # A scalar 0.2 is Keras' (0, 0.2): factors in [1, 1.2] only.
+            layers.RandomContrast((0.2, 0.2), value_range=(0, 255),
+                                  seed=seed + 7),
             layers.RandomSaturation((4 / 9, 6 / 11), value_range=(0, 255),
                                     seed=seed + 8),
             layers.RandomHue(0.2, value_range=(0, 255), seed=seed + 9),

@@ -12,7 +12,7 @@ transforms have no Keras layer that draws the same way:
 
 Each draws from its own `SeedGenerator` (its state is the layer's one
 variable, so the host pipeline runs it statelessly) and is active only with
-`training=True`.
+`training=True`. Like Keras' random layers they take a batch or one image.
 """
 
 import math
@@ -20,6 +20,7 @@ import math
 import keras
 from keras import ops
 
+from kft import _compat
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import check_seed
@@ -39,8 +40,26 @@ def _range(name, value, low, high=None):
     return first, second
 
 
-class _Random(keras.layers.Layer):
-    """A random layer: a seed generator, identity outside training."""
+TRACED_CALL_HINT = """\
+A {name} layer called directly inside a traced JAX function (jax.jit, \
+jax.grad, ...) would bake its seed state into the trace: every call would \
+draw the same transform, and the layer would keep a leaked tracer as its \
+state. Carry the seed state through the function instead:
+
+    @jax.jit
+    def augment(state, images):
+        return layer.stateless_call([], state, images, training=True)
+
+    state = [v.value for v in layer.non_trainable_variables]
+    images, state = augment(state, images)  # a new draw per call
+
+or put the layer in the model (kft.augmentation.attach), where `fit` \
+carries the state."""
+
+
+class RandomLayer(keras.layers.Layer):
+    """Base of the layers here: a seed generator, identity outside
+    training, a batch or one image."""
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -48,6 +67,8 @@ class _Random(keras.layers.Layer):
         self.seed = None if seed is None else check_seed(seed)
         self.generator = keras.random.SeedGenerator(self.seed)
         self.supports_masking = False
+        # No weights to create: `stateless_call` works before any call.
+        self.built = True
 
     def uniform(self, batch, low=0.0, high=1.0):
         return keras.random.uniform((batch,), low, high,
@@ -56,7 +77,18 @@ class _Random(keras.layers.Layer):
     def call(self, images, training=True):
         if not training:
             return images
+        # Before any draw: a draw would assign a tracer to the seed state.
+        if _compat.is_traced() and not _compat.in_stateless_scope():
+            raise RuntimeError(TRACED_CALL_HINT.format(
+                name=type(self).__name__))
         images = ops.cast(images, self.compute_dtype)
+        if len(images.shape) == 3:  # one image
+            return self.transform(images[None], 1)[0]
+        if len(images.shape) != 4:
+            raise ValueError(
+                f"{type(self).__name__} takes images of shape (batch, "
+                "height, width, channels) or (height, width, channels). "
+                f"Received: images.shape={tuple(images.shape)}")
         return self.transform(images, ops.shape(images)[0])
 
     def compute_output_shape(self, input_shape):
@@ -67,7 +99,7 @@ class _Random(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomResizedCrop(_Random):
+class RandomResizedCrop(RandomLayer):
     """torchvision's `RandomResizedCrop` at the images' own size.
 
     Per image: an area fraction from `scale`, an aspect ratio from `ratio`
@@ -139,7 +171,7 @@ class RandomResizedCrop(_Random):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomBrightnessScale(_Random):
+class RandomBrightnessScale(RandomLayer):
     """Brightness as torchvision's `ColorJitter(brightness=factor)`:
     every pixel times one factor per image, drawn in
     `[1 - factor, 1 + factor]`, clipped to `value_range`.
@@ -174,7 +206,7 @@ class RandomBrightnessScale(_Random):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class GaussianBlur(_Random):
+class GaussianBlur(RandomLayer):
     """torchvision's `GaussianBlur`: every image blurred by a Gaussian of
     `kernel_size` taps whose sigma is drawn per image from `sigma`, the
     same in both directions, with reflected borders.

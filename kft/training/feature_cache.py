@@ -17,6 +17,7 @@ import numpy as np
 
 from kft import _compat
 from kft._validation import check_int
+from kft.augmentation.torch_style import RandomLayer
 from kft.distributed.data_parallel import batch_shards
 from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
@@ -31,7 +32,8 @@ from kft.training.head import wrapper_features
 __all__ = ["FeatureCache", "cache_features", "can_cache_features",
            "fit_head", "split_head"]
 
-_RANDOM_IMAGE_LAYER = _compat.base_image_preprocessing_layer()
+# Keras' random image layers and kft's torchvision-style ones.
+_RANDOM_IMAGE_LAYERS = (_compat.base_image_preprocessing_layer(), RandomLayer)
 
 
 class FeatureCache:
@@ -71,7 +73,7 @@ def _uncacheable_layer(features_model):
                 f"layer {layer.name!r} has trainable weights. Call "
                 "kft.freeze(model, 'feature_extraction') first."
             )
-        if isinstance(layer, _RANDOM_IMAGE_LAYER) and any(
+        if isinstance(layer, _RANDOM_IMAGE_LAYERS) and any(
                 isinstance(value, keras.random.SeedGenerator)
                 for value in vars(layer).values()):
             return (

@@ -123,6 +123,31 @@ def test_host_augmenter_jits_standard_and_advances_its_seed():
     assert np.abs(first - second).mean() > 1.0
 
 
+def test_each_pass_draws_the_same_whatever_earlier_passes_read():
+    # One running seed state for all passes: a pass read in part (Keras'
+    # fit reads one batch to build a model; the prefetch thread of
+    # num_workers > 0 augments a timing-dependent few more) moved every
+    # later pass's draws, so the same seed trained differently.
+    x = np.random.default_rng(0).uniform(0, 255, (32, 8, 8, 3))
+
+    def second_pass(read_first):
+        data = kft.data.from_arrays(x, np.arange(32) % 2, batch_size=4,
+                                    augmentation="light", seed=0,
+                                    shuffle=False)
+        passes = iter(data)
+        for _ in range(read_first):
+            next(passes)
+        return np.concatenate([images for images, _ in data])
+
+    whole = second_pass(8)
+    np.testing.assert_array_equal(second_pass(1), whole)
+    np.testing.assert_array_equal(second_pass(3), whole)
+    # Passes still draw anew.
+    data = kft.data.from_arrays(x, np.arange(32) % 2, batch_size=32,
+                                augmentation="light", seed=0, shuffle=False)
+    assert not np.array_equal(next(iter(data))[0], next(iter(data))[0])
+
+
 @pytest.mark.slow
 def test_attach_runs_augmentation_only_when_training():
     model = kft.build_classifier("simple_cnn", 3, weights=None,
@@ -264,8 +289,9 @@ def test_dataset_augments_property():
     none = kft.data.from_arrays(x, y, augmentation="none")
     assert host.augments is True
     assert model.augments is False and none.augments is False
-    next(iter(host))
-    assert _on_cpu(host._augmenter._states)
+    states = HostAugmenter.pass_states(0)  # what a pass holds
+    host._augmenter(x, 0, states)
+    assert _on_cpu(dict(states))
 
 
 _PINNED_SCRIPT = """

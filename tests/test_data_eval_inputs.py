@@ -61,7 +61,7 @@ def test_a_val_or_test_folder_without_images_is_named(tmp_path):
     test_dir = os.path.realpath(tmp_path / "test")
     os.makedirs(os.path.join(test_dir, "a"))
     os.makedirs(os.path.join(test_dir, "b"))
-    with pytest.raises(ValueError, match=rf"in '{test_dir}' have no "
+    with pytest.raises(ValueError, match=rf"'{test_dir}' has no "
                        r"readable images"):
         kft.runs.load_eval_folder(test_dir, ["a", "b"], 4)
 

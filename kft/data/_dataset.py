@@ -5,6 +5,7 @@ loaders and the dataset raise.
 """
 
 import copy
+import functools
 import numbers
 import threading
 import warnings
@@ -370,14 +371,15 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             return np.eye(len(self.class_names), dtype=np.float32)[labels]
         return labels
 
-    def _finish_batch(self, batch):
+    def _finish_batch(self, batch, pass_states=None):
         images, labels = batch
         if self._augmenter is not None:
             from kft.distributed.processes import data_shard
 
             # Each process augments its slice of a global batch with its
             # own draws (the same draws would repeat in every slice).
-            images = self._augmenter(images, data_shard(self._shard)[0])
+            images = self._augmenter(images, data_shard(self._shard)[0],
+                                     pass_states)
         images = images.astype(np.float32, copy=False)
         if self.class_weight is None:
             return images, self._labels(labels)
@@ -542,7 +544,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
                                 drop_remainder=self.drop_remainder,
                                 batch_fn=_collate)
         dataset = dataset.filter(lambda batch: batch is not None)
-        dataset = dataset.map(self._finish_batch)
+        # Each pass draws its augmentation from states of its own.
+        dataset = dataset.map(functools.partial(
+            self._finish_batch, pass_states=HostAugmenter.pass_states(epoch)))
         if self.num_workers > 0:
             dataset = grain.experimental.ThreadPrefetchIterDataset(
                 dataset, prefetch_buffer_size=2)

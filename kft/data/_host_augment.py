@@ -89,31 +89,57 @@ class HostAugmenter:
                        for state in layer] for layer in states]
         return states
 
-    def augment(self, images, stream=0):
+    def augment(self, images, stream=0, pass_states=None):
         """Augments a batch; returns a JAX array on `self.device`.
 
         `stream` (a process' shard index) draws from a seed of its own.
+        `pass_states` (from `pass_states`) holds the seed states of one pass
+        over a dataset; without it the draws go on from the last call's.
         """
         with self._lock, jax.default_device(self.device):
             if self._functions is None:
                 self._compile(images.shape)
-            if stream not in self._states:
-                self._states[stream] = self._initial_states(stream)
-            states = self._states[stream]
+            running = self._states if pass_states is None else pass_states
+            if stream not in running:
+                running[stream] = self._initial_states(stream)
+                if pass_states is not None:
+                    running[stream] = [
+                        [_offset_seed(state, pass_states.number, _PASS_STEP)
+                         for state in layer] for layer in running[stream]]
+            states = running[stream]
             outputs = jax.device_put(images, self.device)
             for i, function in enumerate(self._functions):
                 outputs, states[i] = function(states[i], outputs)
         return outputs
 
-    def __call__(self, images, stream=0):
+    def __call__(self, images, stream=0, pass_states=None):
         """Augments a numpy batch; returns a numpy array."""
-        return np.asarray(self.augment(images, stream))
+        return np.asarray(self.augment(images, stream, pass_states))
+
+    @staticmethod
+    def pass_states(number):
+        """Seed states of pass `number` over a dataset, made at its first
+        batch: a pass draws the same transforms whatever earlier passes
+        read. Keras' `fit` reads a batch of a pass to build the model and
+        drops it; the pipeline's prefetch thread augments a few more by
+        then, how many depending on timing. With one running state those
+        draws moved every later pass's."""
+        return _PassStates(number)
+
+
+class _PassStates(dict):
+    """`{stream: seed states}` of one pass, and the pass' number."""
+
+    def __init__(self, number):
+        super().__init__()
+        self.number = number
 
 
 # Large odd steps: streams of nearby seeds do not meet, and a stream's
 # offset is not another seed's.
 _STREAM_STEP = 0x9E3779B1
 _SEED_STEP = 0x85EBCA6B
+_PASS_STEP = 0xC2B2AE35
 
 
 def _offset_seed(state, stream, step=_STREAM_STEP):

@@ -85,7 +85,8 @@ def test_bad_arguments(data):
                            match=f"Argument `{name}` must be .*Received: "
                                  f"{name}={value}"):
             kft.fine_tune(_model(), data.target_train, **{name: value})
-    with pytest.raises(ValueError, match="'val_f1'.*not in the epoch logs"):
+    with pytest.raises(ValueError, match=r"`monitor` must be a quantity each "
+                       r"epoch logs.*Received: monitor='val_f1'"):
         kft.fine_tune(_model(), data.target_train, data.target_val,
                       monitor="val_f1", head_epochs=1, epochs=0, verbose=0)
 

@@ -105,6 +105,28 @@ def test_fine_tune_checks_its_arguments_before_training():
                        ((x, np.eye(3)[y]), (x, y))]:
         with pytest.raises(ValueError, match="labels in the same form"):
             kft.fine_tune(model, train, val, verbose=0)
+    # A monitor never logged, metrics or a loss Keras cannot read: found
+    # after the head phase had trained a batch (or at compile), the model
+    # frozen; metrics="accuracy" failed as the metric "a".
+    trainable = len(model.trainable_weights)
+    for kwargs, message in [
+            (dict(monitor="val_acc"), r"one of \['loss', 'accuracy', "
+             r"'val_loss', 'val_accuracy'\].*monitor='val_acc'"),
+            (dict(metrics=["acc"], monitor="val_accuracy"),
+             r"\['loss', 'acc', 'val_loss', 'val_acc'\]"),
+            (dict(monitor="val_loss", val=False), r"\['loss', 'accuracy'\]"),
+            (dict(metrics=["accuracy", "nope"]), r"metrics.*'nope'"),
+            (dict(loss="nope"), r"`loss` must be a Keras loss.*'nope'")]:
+        val = (x, y) if kwargs.pop("val", True) else None
+        with pytest.raises(ValueError, match=message):
+            kft.fine_tune(model, (x, y), val, verbose=0, **kwargs)
+    assert getattr(model, "optimizer", None) is None
+    assert len(model.trainable_weights) == trainable
+    # One metric name alone is read as a list of one.
+    from kft.training.fine_tune import check_fine_tune_arguments
+
+    check_fine_tune_arguments(model, (x, y), (x, y), metrics="accuracy",
+                              monitor="val_accuracy")
     assert _unchanged(model, before)
     # The cycle's shortest length is kft.OneCycle's own.
     kft.OneCycle(1.0, recipes.ONE_CYCLE_MIN_STEPS)

@@ -20,6 +20,7 @@ from kft.training.fit_data import one_hot_labels
 from kft.training.fine_tune_checks import PHASE2_ARGUMENTS
 from kft.training.fine_tune_checks import check_arguments
 from kft.training.fine_tune_checks import check_extras
+from kft.training.fine_tune_checks import check_metrics
 from kft.training.fine_tune_checks import check_model
 from kft.training.fine_tune_checks import check_phase2_arguments
 from kft.training.fine_tune_checks import check_rate_setters
@@ -168,8 +169,11 @@ def fine_tune(
             probabilities for a model that ends in a softmax): sparse for
             integer labels, on one-hot rows for one-hot labels or a
             `kft.BatchAugmentModel`.
-        metrics: Defaults to `("accuracy",)`.
-        monitor: Metric that picks the best epoch. Defaults to
+        metrics: Keras metrics (names, objects or functions), or one
+            name. Defaults to `("accuracy",)`.
+        monitor: Logged quantity that picks the best epoch: `"loss"` or a
+            metric's name (as Keras logs it: `"acc"` for `"acc"`), with
+            `"val_"` for `val_data`'s. Checked before training. Defaults to
             `"val_loss"` with `val_data`, else `"loss"`.
         mode: `"min"`, `"max"` or `"auto"`: losses are minimised and a
             Keras metric follows the direction it declares; `"auto"` raises
@@ -300,10 +304,13 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
     check_data_batches(train_data, counts["batch_size"], name="train_data")
     check_data_batches(val_data, counts["batch_size"], name="val_data")
     class_weight = resolve_class_weight(class_weight, train_data, num_classes)
+    monitor = monitor or ("val_loss" if val_data is not None else "loss")
+    metrics = check_metrics(model, loss, metrics, monitor,
+                            val_data is not None)
     phases = Phases(
         model, train_data, val_data,
         loss=loss or _default_loss(model, train_data), metrics=metrics,
-        monitor=monitor or ("val_loss" if val_data is not None else "loss"),
+        monitor=monitor,
         mode=mode, patience=counts.get("early_stopping_patience"),
         batch_size=counts["batch_size"], callbacks=callbacks,
         verbose=verbose, class_weight=class_weight)

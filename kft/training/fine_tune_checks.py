@@ -136,6 +136,61 @@ def check_extras(callbacks, regularizer):
                           "kft.LwF(...) or None", regularizer, TypeError)
 
 
+# Logged by kft's callbacks that run before the one keeping the best
+# epoch (the learning rate, gradual unfreezing's stage).
+_CALLBACK_LOGS = ("learning_rate", "unfrozen_blocks", "trainable_params")
+
+
+def _metric_name(metric):
+    """The name `compile` logs `metric` under, or `None` when unknown."""
+    if isinstance(metric, str):
+        if metric.lower() not in ("accuracy", "acc"):
+            try:
+                keras.metrics.get(metric)
+            except ValueError:
+                fail_argument("metrics", "Keras metric names or objects, "
+                              "e.g. ['accuracy']", metric)
+        return metric  # Keras logs a string metric under the string
+    if isinstance(metric, keras.metrics.Metric):
+        return metric.name
+    if not callable(metric):
+        fail_argument("metrics", "Keras metric names, objects or functions",
+                      metric, TypeError)
+    return None  # a function: Keras derives a name
+
+
+def check_metrics(model, loss, metrics, monitor, has_val):
+    """`metrics` as a list, the loss and the monitor checked against what
+    the epochs will log (Keras found a bad one at compile, after the
+    head was frozen; an unlogged monitor at the first epoch's end): the
+    loss, the metrics, and what the model tracks itself (a
+    `DomainAdaptationModel`'s `domain_loss`)."""
+    if isinstance(metrics, (str, keras.metrics.Metric)):
+        metrics = [metrics]  # Keras' `compile` wants a list
+    if isinstance(metrics, Mapping) or not isinstance(metrics, Sequence):
+        fail_argument("metrics", "a list of Keras metrics, e.g. "
+                      "['accuracy']", metrics, TypeError)
+    metrics = list(metrics)
+    if isinstance(loss, str) and loss.lower() not in ("crossentropy", "ce"):
+        try:
+            keras.losses.get(loss)
+        except ValueError:
+            fail_argument("loss", "a Keras loss name, object or function "
+                          "(or None for kft's cross-entropy)", loss)
+    names = [_metric_name(metric) for metric in metrics]
+    if None in names:
+        return metrics  # a metric function's name is Keras' to choose
+    logged = ["loss", *names]
+    logged += [metric.name for metric in getattr(model, "metrics", None)
+               or [] if metric.name not in logged]
+    if has_val:
+        logged += [f"val_{name}" for name in logged]
+    if monitor not in (*logged, *_CALLBACK_LOGS):
+        fail_argument("monitor", f"a quantity each epoch logs, one of "
+                      f"{logged}", monitor)
+    return metrics
+
+
 def check_rate_setters(callbacks, scheduled):
     """Refuses callbacks that set the rate when phase 2 runs on a
     `LearningRateSchedule` (`scheduled`): Keras would raise mid-run."""

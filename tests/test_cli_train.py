@@ -321,6 +321,9 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
         (["export", str(tmp_path), "--format", "onnx"],
          "holds no model.keras"),
         (["lr-find", str(tmp_path / "missing")], "does not exist"),
+        # Its `next:` line was a `kft train` command that train refused.
+        (["lr-find", folder, *TINY, "--strategy", "full", "--n-blocks",
+          "2"], "strategy 'full' does not read --n-blocks 2"),
     ]
     for argv, message in cases:
         code, err = _usage_error(argv, capsys)
@@ -441,6 +444,8 @@ def test_config_keeps_settings_that_are_none():
     assert tomllib.loads(text)["unset"] == [
         "val_dir", "val_split", "layer_decay", "image_size", "out"]
     assert kft.runs.TrainConfig.from_toml(text) == config
+    # `val_split = 0` means no split, as `--val-split 0` (it was refused).
+    assert kft.runs.TrainConfig.from_toml("val_split = 0").val_split is None
     # A hand-written file without `unset` takes the defaults.
     assert kft.runs.TrainConfig.from_toml("epochs = 2").val_split == 0.2
     with pytest.raises(ValueError, match="both given and listed"):
@@ -449,6 +454,13 @@ def test_config_keeps_settings_that_are_none():
         kft.runs.TrainConfig.from_toml('unset = ["bogus"]')
     with pytest.raises(ValueError, match="list of setting names"):
         kft.runs.TrainConfig.from_toml('unset = "val_split"')
+    # Strings and the plots switch are checked too: `out = 5` failed in
+    # os.path without naming the key, `plots = "no"` wrote the plots.
+    for text, message in (("out = 5", "`out` must be a string"),
+                          ('plots = "no"', "`plots` must be true or false"),
+                          ("backbone = 50", "`backbone` must be a string")):
+        with pytest.raises(ValueError, match=message):
+            kft.runs.TrainConfig.from_toml(text).check()
 
 
 class _Interrupted(Exception):

@@ -172,7 +172,8 @@ def test_caching_refuses_what_would_give_wrong_features():
         kft.cache_features(model, (x, y), verbose=0)
     augmented = kft.data.from_arrays(x, y, batch_size=4,
                                      augmentation="light")
-    with pytest.raises(ValueError, match="dataset augments its images"):
+    with pytest.raises(ValueError, match=r"dataset augments its images "
+                       r"\(augmentation=.light.\)"):
         kft.cache_features(_model(), augmented, verbose=0)
     # A frozen kft backbone and a head, with random flips in front.
     inputs = keras.Input((SIZE, SIZE, 3))

@@ -122,6 +122,11 @@ def test_fine_tune_checks_its_arguments_before_training():
             kft.fine_tune(model, (x, y), val, verbose=0, **kwargs)
     assert getattr(model, "optimizer", None) is None
     assert len(model.trainable_weights) == trainable
+    # Images without labels: an AttributeError on None's shape.
+    for train, val in [(x, None), ((x, y), x)]:
+        with pytest.raises(ValueError, match=r"an array has no labels.*"
+                           r"shape \(16, 16, 16, 3\)"):
+            kft.fine_tune(model, train, val, verbose=0)
     # One metric name alone is read as a list of one.
     from kft.training.fine_tune import check_fine_tune_arguments
 

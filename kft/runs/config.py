@@ -118,6 +118,13 @@ class TrainConfig:
 
     def check(self) -> "TrainConfig":
         """Checks every value (not the file system); returns `self`."""
+        for name in ("data_dir", "val_dir", "backbone", "weights",
+                     "augment", "monitor", "out"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                fail_argument(name, "a string", value)
+        if not isinstance(self.plots, bool):
+            fail_argument("plots", "true or false", self.plots)
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("bn", self.bn, BN_POLICIES)
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -189,6 +196,8 @@ class TrainConfig:
             raise ValueError(
                 f"Setting(s) {', '.join(both)} both given and listed in "
                 f"{UNSET}")
+        if values.get("val_split") == 0:
+            values["val_split"] = None  # as `--val-split 0`: no split
         return cls().replace(**values, **dict.fromkeys(unset))
 
 

@@ -38,7 +38,8 @@ def find_rate(config: TrainConfig, *, phase: str = "head", steps: int = 100,
         `(config, result)`: the resolved config and the `LRFinderResult`.
 
     Raises:
-        ValueError: as `kft.runs.resolve_config`, or a bad `phase`.
+        ValueError: as `kft.runs.resolve_config`, a bad `phase`, or
+            settings `config.strategy` does not read (as `kft train`).
 
     Example (trains; see tests/test_cli_train.py):
     >>> config, result = find_rate(TrainConfig(data_dir="photos",
@@ -51,6 +52,7 @@ def find_rate(config: TrainConfig, *, phase: str = "head", steps: int = 100,
     from kft._validation import check_choice
     from kft.models.batch_augment import BatchAugmentModel
     from kft.runs.recipe import build_run_model
+    from kft.runs.recipe import check_strategy_settings
     from kft.runs.recipe import load_folder_data
     from kft.runs.resolve import resolve_config
     from kft.training.fine_tune import fine_tune
@@ -61,6 +63,7 @@ def find_rate(config: TrainConfig, *, phase: str = "head", steps: int = 100,
     say = print_fn or (lambda *a, **k: None)
     # The run folder is not written: `out` only needs a value.
     config = resolve_config(config.replace(out=config.out or os.devnull))
+    check_strategy_settings(config)
     keras.utils.set_random_seed(config.seed)
     train, _ = load_folder_data(config.replace(val_split=None))
     model = build_run_model(config, len(train.class_names),

@@ -131,16 +131,22 @@ def _setting_list(config, fields):
                      for field in fields)
 
 
+def check_strategy_settings(config):
+    """Refuses settings a chosen strategy would not read (`kft train`,
+    and `kft lr-find`, whose `next:` line repeats them)."""
+    unused = [] if config.strategy == "auto" else _unused_settings(config)
+    if unused:
+        raise ValueError(
+            f"strategy {config.strategy!r} does not read "
+            f"{_setting_list(config, unused)}: drop "
+            f"{'it' if len(unused) == 1 else 'them'}, or choose a "
+            "strategy that uses "
+            f"{'it' if len(unused) == 1 else 'them'}.")
+
+
 def choose_strategy(config, train, say):
     if config.strategy != "auto":
-        unused = _unused_settings(config)
-        if unused:
-            raise ValueError(
-                f"strategy {config.strategy!r} does not read "
-                f"{_setting_list(config, unused)}: drop "
-                f"{'it' if len(unused) == 1 else 'them'}, or choose a "
-                "strategy that uses "
-                f"{'it' if len(unused) == 1 else 'them'}.")
+        check_strategy_settings(config)
         return config, []
     from kft.adaptation.recommend import recommend_strategy
 

@@ -7,7 +7,9 @@ The run folder (`out`):
 - `environment.json`: library versions, Python, platform, JAX devices;
 - `run.json`: status (`running` / `complete`), what was asked for and
   what was resolved (`strategy="auto"`, `lr="find"`), class names, the
-  image files the loader skipped (`skipped_files`), best epoch, timings,
+  image files the loader skipped (`skipped_files`), best epoch (0-based,
+  as `RunResult.best_epoch`; `summary.md` and `kft train --json` count
+  from 1, as the logs print epochs), timings,
   the files written;
 - `checkpoints/`: `kft.runs.RunBackup`'s state while training (what
   `--resume` continues from), removed when the run completes;

@@ -285,8 +285,8 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
         "schedule": schedule, "warmup": warmup, "layer_decay": layer_decay,
         "n_blocks": n_blocks, "unfreeze_every": unfreeze_every},
         _PHASE2_DEFAULTS)
-    train_data = as_pair(train_data, "train_data")
-    val_data = as_pair(val_data, "val_data")
+    train_data = as_pair(train_data, "train_data", need_labels=True)
+    val_data = as_pair(val_data, "val_data", need_labels=True)
     if len(model.outputs) != 1:  # Keras' compile failed on the metrics
         fail_argument("model", "a classifier with one output (its class "
                       "scores)", f"a model with {len(model.outputs)} "

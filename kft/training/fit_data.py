@@ -11,18 +11,20 @@ from kft._validation import check_labels
 from kft.data._dataset import ImageDataset
 
 
-def as_pair(data, name):
+def as_pair(data, name, need_labels=False):
     """`(x, y)` arrays from a tuple or list pair; anything else unchanged.
 
     Args:
         data: A tuple or list `(x, y)`, or any other data (returned as is).
         name: The argument's name, for the error message.
+        need_labels: Refuse an array (images without labels).
 
     Returns:
         A tuple of two numpy arrays, or `data`.
 
     Raises:
-        ValueError: a tuple or list that is not a pair.
+        ValueError: a tuple or list that is not a pair, or an array
+            with `need_labels`.
 
     Example:
     >>> x, y = as_pair([[[0.0]], [1]], "train_data")
@@ -36,6 +38,12 @@ def as_pair(data, name):
                 f"(x, y) batches. Received: a {type(data).__name__} of "
                 f"length {len(data)}")
         return np.asarray(data[0]), np.asarray(data[1])
+    if need_labels and hasattr(data, "shape") and hasattr(data, "dtype"):
+        # An array: images without their labels.
+        raise ValueError(
+            f"Argument `{name}` must be an `(x, y)` pair or a dataset of "
+            f"(x, y) batches; an array has no labels. Received: an array "
+            f"of shape {tuple(data.shape)}")
     return data
 
 
@@ -207,7 +215,8 @@ def batches(data, batch_size):
     if dataset_augments(data):
         raise ValueError(
             "The dataset augments its images (augmentation="
-            f"{data.augmentation.name!r}); cached features would freeze "
+            f"{data.augmentation.name.removeprefix('augment_')!r}); cached "
+            "features would freeze "
             "one draw. Load it with augmentation='none' to cache features."
         )
     if getattr(data, "class_weight", None) is not None:

@@ -292,6 +292,25 @@ def test_probabilities_behind_a_cast_or_inside_a_lambda(tmp_path):
             "from_logits"]
     assert _default_loss(scaled, (x, np.zeros(2))).get_config()["from_logits"]
 
+    # No graph to read (subclassed, or a Sequential not built): logits, as
+    # before (reading their inputs raised AttributeError / ValueError).
+    class Halve(keras.layers.Layer):
+        def call(self, t):
+            return t / 2.0
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense, self.halve = keras.layers.Dense(3), Halve()
+
+        def call(self, t):
+            return self.halve(self.dense(keras.ops.mean(t, axis=(1, 2))))
+
+    sub = Sub()
+    sub(x)
+    unbuilt = keras.Sequential([keras.layers.Dense(3), Halve()])
+    assert output_kind(sub) == output_kind(unbuilt) == "logits"
+
 
 def test_a_two_output_model_is_refused_clearly():
     # numpy's "inhomogeneous shape" from inside kft (or, with outputs of

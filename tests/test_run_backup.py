@@ -137,3 +137,39 @@ def test_early_stopping_counts_the_epochs_before_a_restart(tmp_path):
         whole.best_epoch, whole.best_value)
     for got, want in zip(weights, whole_weights):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_tie_keeps_the_earlier_epoch_after_a_restart(tmp_path):
+    # val_accuracy on 6 images ties often: the run never restarted keeps
+    # the first epoch of a tie, a resumed one kept its own later epoch
+    # over the one RunBackup recorded before the restart.
+    def run(directory, extra=()):
+        keras.utils.set_random_seed(0)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 255, (12, 16, 16, 3)).astype("float32")
+        y = rng.integers(0, 3, 12)
+        val = (rng.uniform(0, 255, (6, 16, 16, 3)).astype("float32"),
+               rng.integers(0, 3, 6))
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=(16, 16, 3))
+        backup = RunBackup(directory, model, monitor="val_accuracy",
+                           mode="max", print_fn=None)
+        result = kft.fine_tune(
+            model, kft.data.from_arrays(x, y, batch_size=4, shuffle=False),
+            val, strategy="full", head_epochs=1, epochs=2,
+            learning_rate=1e-3, schedule="constant",
+            monitor="val_accuracy", mode="max", verbose=0,
+            callbacks=[backup, *extra])
+        history = [value for h in result.histories
+                   for value in h.get("val_accuracy", [])]
+        return result, history, [np.array(v.value) for v in model.weights]
+
+    whole, values, whole_weights = run(tmp_path / "whole")
+    assert values.count(whole.best_value) > 1  # a tie, the first kept
+    assert whole.best_epoch == values.index(whole.best_value)
+    with pytest.raises(RuntimeError, match="crash"):
+        run(tmp_path / "crashed", [_Crash(whole.best_epoch + 1)])
+    resumed, _, weights = run(tmp_path / "crashed")
+    assert resumed.best_epoch == whole.best_epoch
+    for got, want in zip(weights, whole_weights):
+        np.testing.assert_array_equal(got, want)

@@ -146,8 +146,12 @@ def output_kind(model: keras.Model) -> str:
         return output_kind(last)  # e.g. a model `attach` wrapped
     if _is_softmax(last):
         return "probabilities"
-    if (last is not None and _is_opaque(last) and len(model.inputs) == 1
-            and len(model.outputs) == 1 and _probes_as_probabilities(model)):
+    try:
+        ends = (len(model.inputs), len(model.outputs))
+    except (AttributeError, ValueError):  # subclassed or not built
+        ends = None
+    if (last is not None and _is_opaque(last) and ends == (1, 1)
+            and _probes_as_probabilities(model)):
         return "probabilities"
     return "logits"
 

@@ -204,8 +204,11 @@ def _earlier_best(phases):
                 or mode not in ("min", "max")
                 or keep.mode not in (mode, "auto")):
             continue  # it chose by another quantity or direction
+        # On a tie the earlier epoch wins, as in a run never restarted.
         if keep.best_epoch is None or improves(
-                callback.best_value, keep.best, mode):
+                callback.best_value, keep.best, mode) or (
+                callback.best_value == keep.best
+                and callback.best_epoch < keep.best_epoch):
             return callback
     return None
 

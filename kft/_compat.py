@@ -738,6 +738,50 @@ def set_train_state(model, state):
     model._jax_state = None
 
 
+# A step's state: the variable groups each kind of step takes, in order.
+_STEP_STATE = {"train": _STATE_NAMES, "test": (
+    "trainable_variables", "non_trainable_variables", "metrics_variables"),
+    "predict": ("trainable_variables", "non_trainable_variables")}
+
+
+def keep_state_on_error(model, function, kind):
+    """`function`, a step Keras' JAX trainer made (`kind`: `"train"`,
+    `"test"` or `"predict"`), which, when it raises, puts the state it was
+    given back into the model's variables.
+
+    The trainer empties the variables before a loop's first step (they
+    would hold a second copy) and refills them only from a step that
+    returned: a step that raised at its first call (a bad batch found
+    while tracing) left every variable without a value, the model and the
+    models sharing its layers unusable (`TypeError: 'NoneType' object is
+    not callable`). Buffers a step already donated are gone: only those
+    left are put back.
+    """
+    if function is None or getattr(function, "_kft_keeps_state", False):
+        return function
+    import jax
+
+    def step(state, data):
+        try:
+            return function(state, data)
+        except BaseException:
+            for name, values in zip(_STEP_STATE[kind], state):
+                variables = (model.optimizer.variables
+                             if name == "optimizer_variables"
+                             else getattr(model, name))
+                if len(variables) != len(values):
+                    continue
+                for variable, value in zip(variables, values):
+                    if (variable._value is None
+                            and isinstance(value, jax.Array)
+                            and not value.is_deleted()):
+                        variable._value = value
+            raise
+
+    step._kft_keeps_state = True
+    return step
+
+
 # -- attaching state to a built model (the bound penalty's) -------------------
 
 

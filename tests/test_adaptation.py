@@ -549,3 +549,57 @@ def test_an_unbuilt_discriminator_of_the_user_trains_and_saves(tmp_path):
     with pytest.raises(TypeError, match="`discriminator` must be a Keras "
                        "layer or model"):
         _tiny_dann(discriminator="mlp")
+    # Discriminators that fail inside the first step were accepted (two
+    # logits, another feature width) or trained with the wrong loss (a
+    # sigmoid into the loss on logits).
+    width = model.features_model.output.shape[-1]
+    for bad, message in [
+            (keras.layers.Dense(2), r"to \(batch, 1\) logits.*giving "
+                                    r"\(None, 2\)"),
+            (keras.Sequential([keras.Input((width + 3,)),
+                               keras.layers.Dense(1)]),
+             rf"fails on \(None, {width}\) features"),
+            (keras.layers.Dense(1, activation="sigmoid"),
+             "ending in a sigmoid")]:
+        with pytest.raises(ValueError, match=message):
+            _tiny_dann(discriminator=bad)
+
+
+def test_a_step_that_raises_leaves_the_weights(tmp_path):
+    # Keras' JAX trainer empties the variables before the first step and
+    # refills them from a step that returned: plain (x, y) arrays, found
+    # inside the traced step, left the DANN model and the classifier it
+    # wraps without weights ("'NoneType' object is not callable" for the
+    # corrected fit, predict and save).
+    model = _tiny_dann(method="dann")
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    ys = np.arange(16) % 2
+    # (fit sets the lambda schedule's length before the step.)
+    kept = [w for w in model.weights if "schedule" not in w.path]
+    before = [np.array(w) for w in kept]
+    with pytest.raises(ValueError, match="domain_pairs"):
+        model.fit(xs, ys, batch_size=8, epochs=1, verbose=0)
+    for got, want in zip(kept, before):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    classifier = model.features_model  # shares the classifier's layers
+    assert classifier.predict(xs, verbose=0).shape[0] == 16
+    model.fit(domain_pairs((xs, ys), xs + 10.0, batch_size=8), epochs=1,
+              verbose=0)
+    model.save(tmp_path / "after.keras")
+    # A kft classifier too: a loss that raises while traced.
+    clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                               input_shape=(8, 8, 3))
+
+    def broken(y_true, y_pred):
+        raise RuntimeError("broken loss")
+
+    clf.compile("adam", broken)
+    before = [np.array(w) for w in clf.weights]
+    with pytest.raises(RuntimeError, match="broken loss"):
+        clf.fit(xs, ys, batch_size=8, verbose=0)
+    for got, want in zip(clf.weights, before):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert clf.predict(xs, verbose=0).shape == (16, 2)

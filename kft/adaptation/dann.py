@@ -29,6 +29,7 @@ from kft.adaptation.losses import coral
 from kft.adaptation.losses import mmd
 from kft.models.classifier import carry_over
 from kft.models.classifier_model import Classifier
+from kft.models.classifier_model import KeepsStateOnError
 from kft.adaptation.reversal import GradientReversal
 from kft.adaptation.reversal import reversal_lambda
 from kft.training.fit_data import check_data_labels
@@ -41,7 +42,7 @@ _LOGGED_ONLY_IN_TRAINING = ("domain_loss", "domain_accuracy", "alignment",
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class DomainAdaptationModel(keras.Model):
+class DomainAdaptationModel(KeepsStateOnError, keras.Model):
     """A kft classifier trained on labelled source and unlabelled target
     batches: task loss on the source, plus a domain term on both.
 
@@ -167,6 +168,7 @@ class DomainAdaptationModel(keras.Model):
             # Its weights must exist before the step is traced: built
             # inside it, they were tracers, never trained nor saved.
             discriminator.build((None, width))
+        _check_discriminator(discriminator, width)
         self.discriminator = discriminator
         # Progress of the lambda schedule, carried as step state.
         self.schedule_step = keras.Variable(0.0, trainable=False,
@@ -375,6 +377,31 @@ def _check_widths(hidden_units):
         return tuple(check_int(f"hidden_units[{i}]", u, min_value=1)
                      for i, u in enumerate(hidden_units))
     return (check_int("hidden_units", hidden_units, min_value=1),)
+
+
+def _check_discriminator(discriminator, width):
+    """Refuses a discriminator that does not map `(batch, width)` features
+    to one logit each (found inside the first train step otherwise)."""
+    expected = f"a Keras layer or model mapping (batch, {width}) features " \
+        "to (batch, 1) logits"
+    try:
+        out = discriminator.compute_output_spec(
+            keras.KerasTensor((None, width)))
+    except Exception as error:  # noqa: BLE001 - Keras' own, named below
+        fail_argument("discriminator", expected,
+                      f"{discriminator.name!r}, which fails on (None, "
+                      f"{width}) features: {error}")
+    if not hasattr(out, "shape") or tuple(out.shape[1:]) != (1,):
+        fail_argument("discriminator", expected,
+                      f"{discriminator.name!r} giving "
+                      f"{getattr(out, 'shape', type(out).__name__)}")
+    last = (_compat.output_operation(discriminator)
+            if isinstance(discriminator, keras.Model) else discriminator)
+    if getattr(last, "activation", None) is keras.activations.sigmoid:
+        # Its loss is binary cross-entropy on logits.
+        fail_argument("discriminator", expected + " (no sigmoid: the loss "
+                      "applies it)", f"{discriminator.name!r} ending in "
+                      "a sigmoid")
 
 
 class _ScheduleProgress(keras.callbacks.Callback):

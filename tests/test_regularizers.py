@@ -310,6 +310,47 @@ def test_fisher_of_another_model_names_the_variables():
         kft.regularize(_tiny(), kft.EWC(1.0, bad))
 
 
+def test_penalties_bind_to_convnext_built_again_in_the_process(tmp_path):
+    # ConvNeXt's layer scales and one LayerNormalization are named by the
+    # process' counters (`variable_35`, `layer_normalization_1`): a Fisher
+    # or saved anchors of one ConvNeXt did not fit a second one ("missing
+    # for 20 variable(s)"), the README's EWC and save/load flows.
+    def convnext():
+        return kft.build_classifier("convnext_tiny", 3, weights=None,
+                                    input_shape=(32, 32, 3))
+
+    source, target = convnext(), convnext()
+    renamed = [v.path for v in target.weights
+               if v.path not in {w.path for w in source.weights}]
+    assert any("variable_" in path for path in renamed)
+    rng = np.random.default_rng(0)
+    fisher = {v.path: rng.uniform(0, 1, v.shape).astype("float32")
+              for v in source.trainable_weights}
+    penalty = kft.regularize(target, kft.EWC(1.0, fisher))
+    # Each variable got the Fisher values of its twin in the source.
+    for src, dst in zip(source.trainable_weights, target.trainable_weights):
+        if dst.path in penalty.bound.fisher:
+            np.testing.assert_array_equal(
+                penalty.bound.fisher[dst.path].numpy(), fisher[src.path])
+    saved = kft.regularize(source, kft.L2SP(0.01)).save(tmp_path / "p.npz")
+    kft.regularize(target, None)
+    loaded = kft.regularize(target, kft.load_penalty(saved))
+    for src, dst in zip(source.weights, target.weights):
+        if dst.path in loaded.bound.anchors:
+            np.testing.assert_array_equal(
+                loaded.bound.anchors[dst.path].numpy(), src.numpy())
+
+
+def test_fisher_values_must_be_finite_and_not_negative():
+    # A NaN Fisher made every weight NaN; a negative one rewarded moving
+    # away from the anchors.
+    for bad, count in ((np.nan, "1 non-finite"), (-1.0, "1 negative")):
+        values = {"dense/kernel": np.array([[1.0, bad]], "float32")}
+        with pytest.raises(ValueError, match=rf"'dense/kernel' hold.*"
+                                             rf"{count}"):
+            kft.EWC(1.0, values)
+
+
 def test_bad_source_data_and_misuse_raise():
     model = _tiny()
     with pytest.raises(ValueError, match="non-empty"):

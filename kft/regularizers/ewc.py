@@ -6,7 +6,7 @@ from kft._validation import fail_argument
 from kft.regularizers.attach import split_weights
 from kft.regularizers.fisher import FisherInformation
 from kft.regularizers.penalty import Penalty
-from kft.regularizers.penalty import check_entries
+from kft.regularizers.penalty import entries_for
 
 
 class EWC(Penalty):
@@ -53,12 +53,12 @@ class EWC(Penalty):
 
     def bind(self, model, binding):
         body, _ = split_weights(model)
-        check_entries("Fisher values", self.fisher.values, body)
+        values = entries_for("Fisher values", self.fisher.values, body)
         anchors = self.anchors_for(body)
         half_lam = binding.strength("half_lam", 0.5 * self._strengths["lam"])
         for v in body:
             anchor = binding.copy("anchor", v, anchors[v.path])
-            fisher = binding.copy("fisher", v, self.fisher.values[v.path])
+            fisher = binding.copy("fisher", v, values[v.path])
             if self._strengths["lam"]:
                 binding.add_term(v, self.anchored_term, half_lam,
                                  anchor=anchor, fisher=fisher)

@@ -34,6 +34,19 @@ class FisherInformation:
     num_samples: int = 0
     normalize: str | None = None
 
+    def __post_init__(self):
+        # A NaN turns every weight NaN; a negative value rewards moving
+        # away from the anchor.
+        for path, value in self.values.items():
+            value = np.asarray(value)
+            if not np.all(np.isfinite(value)) or np.any(value < 0):
+                raise ValueError(
+                    f"Fisher values must be finite and >= 0; those of "
+                    f"{path!r} hold {int(np.sum(~np.isfinite(value)))} "
+                    f"non-finite and {int(np.sum(value < 0))} negative "
+                    "entries. Estimate them again (kft.estimate_fisher) "
+                    "on a model whose loss is finite.")
+
     def save(self, path):
         """Writes an npz keyed by variable path; `FisherInformation.load`
         reads it."""

@@ -13,6 +13,7 @@ trainable set whenever kft re-traces the step on a change.
 """
 
 import json
+import re
 import warnings
 
 import keras
@@ -126,8 +127,7 @@ class Penalty:
         if self.saved_anchors is None:
             return {v.path: np.asarray(v.numpy(), "float32")
                     for v in variables}
-        check_entries("anchors", self.saved_anchors, variables)
-        return {v.path: self.saved_anchors[v.path] for v in variables}
+        return entries_for("anchors", self.saved_anchors, variables)
 
     # -- side file ----------------------------------------------------------
 
@@ -148,6 +148,51 @@ class Penalty:
         with open(path, "wb") as f:
             np.savez(f, **arrays)
         return path
+
+
+def _stable_keys(paths):
+    """A key per variable path that another model of the same architecture
+    gives its variable too: each path segment without the number Keras
+    appends to automatic names (`layer_normalization_1`, `variable_35`:
+    counters of the process, which differ between two models built in one
+    process, or before and after `load_model`), then the path's rank among
+    those with that name, by those numbers (counters grow in the order
+    layers are made, the same in both models)."""
+    def parts(path):
+        return [re.fullmatch(r"(.*?)(?:_(\d+))?", part).groups()
+                for part in path.split("/")]
+
+    names = ["/".join(name for name, _ in parts(path)) for path in paths]
+    numbers = [tuple(-1 if n is None else int(n) for _, n in parts(path))
+               for path in paths]
+    keys = []
+    for name, number in zip(names, numbers):
+        rank = sum(other == name and earlier < number
+                   for other, earlier in zip(names, numbers))
+        keys.append(f"{name}#{rank}")
+    return keys
+
+
+def entries_for(what, entries, variables):
+    """`{variable path: array}` of `entries` (path -> array, from another
+    model of the same architecture or a file) for `variables`: by path,
+    or, where paths hold automatic numbers that differ (ConvNeXt's layer
+    scales), by their stable keys. Raises as `check_entries` when neither
+    fits."""
+    if all(v.path in entries and np.shape(entries[v.path]) == tuple(v.shape)
+           for v in variables):
+        return {v.path: entries[v.path] for v in variables}
+    # Stable keys of all the model's variables (as `entries` was written),
+    # not only of those asked for.
+    model_keys = dict(zip((v.path for v in variables),
+                          _stable_keys([v.path for v in variables])))
+    by_key = dict(zip(_stable_keys(list(entries)), entries.values()))
+    found = {v.path: by_key.get(model_keys[v.path]) for v in variables}
+    if all(value is not None and np.shape(value) == tuple(v.shape)
+           for v, value in zip(variables, found.values())):
+        return found
+    check_entries(what, entries, variables)
+    return {v.path: entries[v.path] for v in variables}
 
 
 def check_entries(what, entries, variables):

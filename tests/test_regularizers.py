@@ -366,6 +366,17 @@ def test_bad_source_data_and_misuse_raise():
     assert all(v.regularizer is None for v in model.weights)
     with pytest.raises(TypeError, match="Argument `penalty`"):
         kft.regularize(model, 0.1)
+    # Source heads that are not one linear layer with a bias: Keras'
+    # AttributeError / shape errors, or a ReLU silently dropped.
+    built = keras.layers.Dense(4, activation="relu")
+    built.build((None, 32))
+    no_bias = keras.layers.Dense(4, use_bias=False)
+    no_bias.build((None, 32))
+    for head, why in ((keras.layers.Dense(4), "is not built"),
+                      (no_bias, "has no bias"),
+                      (built, "has activation 'relu'")):
+        with pytest.raises(ValueError, match=f"`source_head`.*{why}"):
+            kft.with_source_head(_cnn(3), head)
 
 
 def test_fine_tune_binds_the_penalty_to_its_starting_weights():

@@ -199,4 +199,14 @@ def _source_dense(source_head):
     if not isinstance(source_head, keras.layers.Dense):
         fail_argument("source_head", "a Dense layer or a kft classifier "
                       "whose head ends with one", source_head, TypeError)
+    # The kept head is one linear layer with a bias: logits.
+    problem = (
+        "is not built (it holds no weights yet)" if not source_head.built
+        else "has no bias (use_bias=False)" if source_head.bias is None
+        else f"has activation {source_head.activation.__name__!r}"
+        if source_head.activation is not keras.activations.linear else None)
+    if problem:
+        fail_argument("source_head", "a built Dense layer with a bias and "
+                      "no activation (the source task's logits)",
+                      f"{source_head.name!r}, which {problem}")
     return source_head

@@ -4,7 +4,7 @@ import json
 import pathlib
 import re
 
-import kft  # noqa: F401  (selects the JAX backend before keras)
+import kft  # selects the JAX backend before keras
 import jax
 import keras
 import numpy as np
@@ -125,6 +125,25 @@ def test_variable_in_two_regex_groups_raises_without_model():
     opt = BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"^a": 0.1, "b$": 1})
     with pytest.raises(ValueError, match="'\\^a' and 'b\\$'"):
         opt.build(list(_vars(ab=[1.0]).values()))
+
+
+def test_bad_group_keys_and_a_shared_group_optimizer_are_named():
+    # A bad regex raised re.error without the key; one optimizer object
+    # for two groups was accepted, then a bare KeyError at the first step.
+    with pytest.raises(ValueError, match=r"Group key 'head\[' is not a "
+                                         "regular expression"):
+        BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"head[": 1e-3})
+    sgd = keras.optimizers.SGD(0.1)
+    with pytest.raises(ValueError, match=r"default is the same optimizer "
+                                         r"object as optimizers\['head'\]"):
+        kft.GroupOptimizer({"head": sgd}, default=sgd)
+    with pytest.raises(ValueError, match=r"optimizers\['mid'\] is the same"):
+        kft.GroupOptimizer({"low": sgd, "mid": sgd},
+                           default=keras.optimizers.Adam())
+    with pytest.raises(ValueError, match="num_examples.*-3"):
+        kft.distributed.check_batch_size(8, -3)
+    with pytest.raises((TypeError, ValueError), match="num_examples.*10.5"):
+        kft.distributed.check_batch_size(8, 10.5)
 
 
 @pytest.mark.parametrize("rates, error, match", [

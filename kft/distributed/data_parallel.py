@@ -193,6 +193,8 @@ def check_batch_size(batch_size: int, num_examples: int | None = None, *,
     12
     """
     batch_size = check_int(name, batch_size, min_value=1)
+    if num_examples is not None:
+        num_examples = check_int("num_examples", num_examples, min_value=0)
     rest = None if num_examples is None else num_examples % batch_size
     _check_split(batch_size, rest, batch_name=f"{name}={batch_size}",
                  name=name,

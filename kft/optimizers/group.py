@@ -56,6 +56,18 @@ class GroupOptimizer(RoutedOptimizer):
         default = deserialize_optimizer(default)
         inners = [(f"optimizers[{k!r}]", o) for k, o in optimizers.items()]
         inners.append(("default", default))
+        # One object per group: built twice, the second build dropped the
+        # first group's slots (a KeyError at the first step).
+        first = {}
+        for where, inner in inners:
+            if id(inner) in first:
+                raise ValueError(
+                    f"Argument {where} is the same optimizer object as "
+                    f"{first[id(inner)]}: give each group its own optimizer "
+                    "(e.g. keras.optimizers.SGD(...) for each), or use "
+                    "kft.BlockwiseOptimizer for one optimizer at "
+                    "per-group rates.")
+            first[id(inner)] = where
         schedule = keras.optimizers.schedules.LearningRateSchedule
         for where, inner in inners:
             if (isinstance(inner, keras.optimizers.Optimizer)

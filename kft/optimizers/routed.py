@@ -90,7 +90,15 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         elif self._assignments is None:
             for key, regex in self._patterns:
                 if regex is None:
-                    re.compile(key)  # Raises, naming the regex error.
+                    try:
+                        re.compile(key)
+                    except (re.error, TypeError) as error:
+                        raise ValueError(
+                            f"Group key {key!r} is not a regular expression "
+                            f"over variable paths ({error}); without "
+                            "`model=` the keys are read as such. Fix the "
+                            "pattern, or pass model= to name blocks."
+                        ) from None
         self._routes = []
         self._start_steps = None
 

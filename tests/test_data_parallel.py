@@ -224,10 +224,18 @@ def cached_features():
     kft.freeze(model, "feature_extraction")
     x, y = _data(20)
     cache = kft.cache_features(model, (x, y), batch_size=BATCH, verbose=0)
-    # kft.predict pads each call's batch to split over the devices.
+    # kft.predict and kft.evaluate pad each batch to split over the
+    # devices (evaluate refused 20 examples in batches of 8 on 8 devices).
     predictions = kft.predict(model, x[:5], batch_size=3, top_k=3)
+    arrays = kft.evaluate(model, (x[:20], y[:20]), batch_size=BATCH)
+    dataset = kft.evaluate(model, kft.data.from_arrays(
+        x[:20], y[:20], batch_size=BATCH, shuffle=False))
     return {"features": np.asarray(cache.features),
-            "predicted": np.array([p.probabilities for p in predictions])}
+            "predicted": np.array([p.probabilities for p in predictions]),
+            "evaluated": np.array([arrays.expected_calibration_error,
+                                   dataset.expected_calibration_error,
+                                   arrays.num_examples,
+                                   dataset.num_examples])}
 
 
 def bad_batches(info):
@@ -257,8 +265,6 @@ def bad_batches(info):
     attempts["own_predict"] = lambda: model.predict(odd, verbose=0)
     attempts["own_fit_batch"] = lambda: model.fit(
         kft.data.from_arrays(x, y, batch_size=12), epochs=1, verbose=0)
-    attempts["evaluate"] = lambda: kft.evaluate(model, (x[:20], y[:20]),
-                                                batch_size=BATCH)
     for name, attempt in attempts.items():
         try:
             attempt()
@@ -413,6 +419,9 @@ def test_cached_features_padded_batch_matches(runs):
     one, eight = runs[1][0]["predicted"], runs[8][0]["predicted"]
     assert one.shape == eight.shape == (5, 3)
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
+    one, eight = runs[1][0]["evaluated"], runs[8][0]["evaluated"]
+    assert list(eight[2:]) == [20, 20] and one[0] == one[1]
+    np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, numbers", [
@@ -423,7 +432,6 @@ def test_cached_features_padded_batch_matches(runs):
     ("own_fit", ("20 examples", "holds 4", "8 devices")),
     ("own_predict", ("20 examples", "holds 4", "8 devices")),
     ("own_fit_batch", ("dataset.batch_size=12", "8 devices")),
-    ("evaluate", ("20 examples", "holds 4", "8 devices")),
 ])
 def test_batches_that_do_not_split_raise(runs, name, numbers):
     message = runs[8][1][f"error_{name}"]

@@ -22,7 +22,6 @@ from kft.deploy._views import list_sources
 from kft.deploy._views import make_views
 from kft.deploy.metadata import model_metadata
 from kft.deploy.metadata import read_metadata
-from kft.distributed.data_parallel import batch_shards
 from kft.evaluation._predict import output_width
 from kft.evaluation._predict import check_width
 from kft.evaluation._predict import predict_numpy
@@ -114,13 +113,9 @@ class _KerasRunner:
         _check_rgb(model.inputs[0].shape)
 
     def __call__(self, x):
-        # Under data parallel each call's batch must split over the
-        # devices: pad with copies of the last image, drop their outputs.
-        pad = -len(x) % batch_shards()
-        if pad:
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-        out = predict_numpy(self.model, x, self.batch_size + pad)
-        return out[:len(out) - pad]
+        # Under data parallel each batch is padded to split over the
+        # devices (`predict_numpy`).
+        return predict_numpy(self.model, x, self.batch_size)
 
 
 def _runner(model_or_path, batch_size):

@@ -9,7 +9,6 @@ import numpy as np
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
-from kft.distributed.data_parallel import check_data_batches
 from kft.evaluation import _predict
 from kft.evaluation import metrics
 from kft.evaluation.report import EvaluationReport
@@ -236,11 +235,8 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
     batch_size = check_int("batch_size", batch_size, min_value=1)
     verbose = check_int("verbose", verbose, min_value=0)
     _predict.check_width(_predict.output_width(model))
-    # Under data parallel: a batch that does not split, named (not JAX's
-    # sharding error from inside `predict`).
-    # What is read: every example, in every process (see `ordered`).
-    check_data_batches(tuple(data) if isinstance(data, list)
-                       else _predict.ordered(data), batch_size, name="data")
+    # Under data parallel each batch is padded to split over the devices
+    # (`_predict.predict_rows`): any number of examples is evaluated.
     indices = None
     if isinstance(data, (tuple, list)) and len(data) == 2 and \
             _predict.is_array(data[0]):

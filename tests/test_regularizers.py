@@ -310,28 +310,62 @@ def test_fisher_of_another_model_names_the_variables():
         kft.regularize(_tiny(), kft.EWC(1.0, bad))
 
 
-def test_penalties_bind_to_convnext_built_again_in_the_process(tmp_path):
-    # ConvNeXt's layer scales and one LayerNormalization are named by the
-    # process' counters (`variable_35`, `layer_normalization_1`): a Fisher
-    # or saved anchors of one ConvNeXt did not fit a second one ("missing
-    # for 20 variable(s)"), the README's EWC and save/load flows.
-    def convnext():
-        return kft.build_classifier("convnext_tiny", 3, weights=None,
-                                    input_shape=(32, 32, 3))
+class _Scale(keras.layers.Layer):
+    """ConvNeXt's LayerScale: a weight created without a name."""
 
-    source, target = convnext(), convnext()
+    def build(self, shape):
+        self.gamma = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.gamma
+
+
+def _auto_named(include_top=False, weights=None, input_shape=None):
+    # Named as ConvNeXt's layer scales and its one unnamed LayerNorm.
+    inputs = keras.Input(input_shape or (16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, name="stem_conv")(inputs)
+    x = keras.layers.LayerNormalization()(x)
+    x = keras.layers.Conv2D(4, 3, name="block1_conv")(x)
+    x = _Scale(name="block1_scale")(x)
+    return keras.Model(inputs, x, name="auto_named")
+
+
+def test_penalties_bind_to_a_model_built_again_in_the_process(tmp_path):
+    # Keras numbers automatic names by process counters (ConvNeXt's
+    # `..._layer_scale/variable_35`, `layer_normalization_1`): a Fisher or
+    # saved anchors of one ConvNeXt did not fit a second one ("missing for
+    # 20 variable(s)"), the README's EWC and save/load flows.
+    from kft.models.registry import unregister_backbone
+
+    kft.register_backbone(kft.BackboneSpec(
+        "auto_named", _auto_named, "tf", 16,
+        (("stem", r"^stem_|^layer_normalization"), ("block1", r"^block1_"))))
+    try:
+        _bind_across_models(tmp_path)
+    finally:
+        unregister_backbone("auto_named")
+
+
+def _bind_across_models(tmp_path):
+    source, target = [kft.build_classifier("auto_named", 3, weights=None)
+                      for _ in range(2)]
     renamed = [v.path for v in target.weights
                if v.path not in {w.path for w in source.weights}]
     assert any("variable_" in path for path in renamed)
+    assert any("layer_normalization_" in path for path in renamed)
     rng = np.random.default_rng(0)
     fisher = {v.path: rng.uniform(0, 1, v.shape).astype("float32")
               for v in source.trainable_weights}
     penalty = kft.regularize(target, kft.EWC(1.0, fisher))
     # Each variable got the Fisher values of its twin in the source.
-    for src, dst in zip(source.trainable_weights, target.trainable_weights):
+    pairs = list(zip(source.trainable_weights, target.trainable_weights))
+    assert sum(dst.path in penalty.bound.fisher for _, dst in pairs) == 7
+    for src, dst in pairs:
         if dst.path in penalty.bound.fisher:
             np.testing.assert_array_equal(
                 penalty.bound.fisher[dst.path].numpy(), fisher[src.path])
+    for v in source.weights:
+        v.assign(rng.normal(size=v.shape).astype(v.dtype))
     saved = kft.regularize(source, kft.L2SP(0.01)).save(tmp_path / "p.npz")
     kft.regularize(target, None)
     loaded = kft.regularize(target, kft.load_penalty(saved))

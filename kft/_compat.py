@@ -738,48 +738,77 @@ def set_train_state(model, state):
     model._jax_state = None
 
 
-# A step's state: the variable groups each kind of step takes, in order.
-_STEP_STATE = {"train": _STATE_NAMES, "test": (
+# A step's state: the variable groups each kind of step takes, by length.
+_STEP_STATE = {4: _STATE_NAMES, 3: (
     "trainable_variables", "non_trainable_variables", "metrics_variables"),
-    "predict": ("trainable_variables", "non_trainable_variables")}
+    2: ("trainable_variables", "non_trainable_variables")}
 
 
-def keep_state_on_error(model, function, kind):
-    """`function`, a step Keras' JAX trainer made (`kind`: `"train"`,
-    `"test"` or `"predict"`), which, when it raises, puts the state it was
-    given back into the model's variables.
-
-    The trainer empties the variables before a loop's first step (they
-    would hold a second copy) and refills them only from a step that
-    returned: a step that raised at its first call (a bad batch found
-    while tracing) left every variable without a value, the model and the
-    models sharing its layers unusable (`TypeError: 'NoneType' object is
-    not callable`). Buffers a step already donated are gone: only those
-    left are put back.
-    """
-    if function is None or getattr(function, "_kft_keeps_state", False):
-        return function
+def _refill(model, state):
+    """Puts `state`'s arrays back into those of `model`'s variables left
+    without a value; `False` when some were gone (donated)."""
     import jax
 
-    def step(state, data):
-        try:
-            return function(state, data)
-        except BaseException:
-            for name, values in zip(_STEP_STATE[kind], state):
-                variables = (model.optimizer.variables
-                             if name == "optimizer_variables"
-                             else getattr(model, name))
-                if len(variables) != len(values):
-                    continue
-                for variable, value in zip(variables, values):
-                    if (variable._value is None
-                            and isinstance(value, jax.Array)
-                            and not value.is_deleted()):
-                        variable._value = value
-            raise
+    complete = True
+    for name, values in zip(_STEP_STATE.get(len(state), ()), state):
+        variables = (model.optimizer.variables
+                     if name == "optimizer_variables" else getattr(model, name))
+        if len(variables) != len(values):
+            continue
+        for variable, value in zip(variables, values):
+            if variable._value is not None and not (
+                    isinstance(variable._value, jax.Array)
+                    and variable._value.is_deleted()):
+                continue
+            if isinstance(value, jax.Array) and not value.is_deleted():
+                variable._value = value
+            else:
+                complete = False
+    return complete
 
-    step._kft_keeps_state = True
-    return step
+
+class KeepsStateOnError:
+    """A `keras.Model` mixin: a train, test or predict step that raises
+    leaves the model's weights as they were before it.
+
+    Keras' JAX trainer empties the variables before a loop's first step
+    (they would hold a second copy) and refills them only from a step that
+    returned, and each compiled step donates the state it is given: a step
+    that raised (a bad batch found while tracing, also the second step of
+    a `steps_per_execution` call) left every variable without a value or
+    holding a deleted array, the model and the models sharing its layers
+    unusable (`TypeError: 'NoneType' object is not callable`). The state
+    the failing step was given is put back. A step that fails while it
+    runs, after JAX took its buffers, cannot be undone: the error says so.
+    """
+
+    def _make_function(self, step_function, concatenate_outputs=False):
+        given = []  # the state the running step was given
+
+        def step(state, data):
+            given[:] = [state]
+            return step_function(state, data)
+
+        function = super()._make_function(step, concatenate_outputs)
+
+        def run(state, iterator):
+            try:
+                return function(state, iterator)
+            except BaseException as error:
+                complete = _refill(self, given[0] if given else state)
+                # The trainer's record of the last state returned holds
+                # arrays this call donated: it must not be written back.
+                self._jax_state, self._jax_state_synced = None, True
+                if not complete:
+                    error.add_note(
+                        "kft: the step failed after JAX had taken its state "
+                        "(donated buffers): the model's weights are lost. "
+                        "Load them again (a checkpoint, the best weights).")
+                raise
+            finally:
+                given.clear()  # no reference kept between calls
+
+        return run
 
 
 # -- attaching state to a built model (the bound penalty's) -------------------

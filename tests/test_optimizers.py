@@ -140,6 +140,9 @@ def test_bad_group_keys_and_a_shared_group_optimizer_are_named():
     with pytest.raises(ValueError, match=r"optimizers\['mid'\] is the same"):
         kft.GroupOptimizer({"low": sgd, "mid": sgd},
                            default=keras.optimizers.Adam())
+    # One string for two groups is a wrong type, not a shared object.
+    with pytest.raises(TypeError, match="Keras optimizer"):
+        kft.GroupOptimizer({"head": "sgd"}, default="sgd")
     with pytest.raises(ValueError, match="num_examples.*-3"):
         kft.distributed.check_batch_size(8, -3)
     with pytest.raises((TypeError, ValueError), match="num_examples.*10.5"):

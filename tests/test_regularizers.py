@@ -308,6 +308,19 @@ def test_fisher_of_another_model_names_the_variables():
                                          r"model \(3, 2\), Fisher values "
                                          r"\(4, 2\)"):
         kft.regularize(_tiny(), kft.EWC(1.0, bad))
+    # A deeper model of the family holds every path of this one, and more
+    # (an EfficientNetB1's Fisher bound to a B0 without a word); its head's
+    # entries aside.
+    cnn = _cnn()
+    values = {v.path: np.ones(v.shape, "float32")
+              for v in cnn.trainable_weights}
+    kft.regularize(_cnn(), kft.EWC(1.0, values))
+    deeper = {**values, "block4_conv/kernel": np.ones((3, 3, 8, 8))}
+    with pytest.raises(ValueError, match=r"1 entries for variables this "
+                       r"model does not have, e.g. \['block4_conv/kernel'\]"):
+        kft.regularize(_cnn(), kft.EWC(1.0, deeper))
+    kft.regularize(_cnn(), kft.EWC(1.0, {
+        **values, "head_fc/kernel": np.ones((8, 8), "float32")}))
 
 
 class _Scale(keras.layers.Layer):

@@ -29,7 +29,6 @@ from kft.adaptation.losses import coral
 from kft.adaptation.losses import mmd
 from kft.models.classifier import carry_over
 from kft.models.classifier_model import Classifier
-from kft.models.classifier_model import KeepsStateOnError
 from kft.adaptation.reversal import GradientReversal
 from kft.adaptation.reversal import reversal_lambda
 from kft.training.fit_data import check_data_labels
@@ -42,7 +41,7 @@ _LOGGED_ONLY_IN_TRAINING = ("domain_loss", "domain_accuracy", "alignment",
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class DomainAdaptationModel(KeepsStateOnError, keras.Model):
+class DomainAdaptationModel(_compat.KeepsStateOnError, keras.Model):
     """A kft classifier trained on labelled source and unlabelled target
     batches: task loss on the source, plus a domain term on both.
 

@@ -4,7 +4,7 @@ pretrained), so `model.save` / `keras.models.load_model` keep it too."""
 
 import keras
 
-from kft import _compat
+from kft._compat import KeepsStateOnError
 from kft.models.backbones import NEEDS_KFT
 
 
@@ -15,30 +15,6 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-class KeepsStateOnError:
-    """A `keras.Model` mixin: a train, test or predict step that raises
-    leaves the model's weights as they were (Keras' JAX trainer left them
-    empty, see `kft._compat.keep_state_on_error`)."""
-
-    def make_train_function(self, force=False):
-        super().make_train_function(force)
-        self.train_function = _compat.keep_state_on_error(
-            self, self.train_function, "train")
-        return self.train_function
-
-    def make_test_function(self, force=False):
-        super().make_test_function(force)
-        self.test_function = _compat.keep_state_on_error(
-            self, self.test_function, "test")
-        return self.test_function
-
-    def make_predict_function(self, force=False):
-        super().make_predict_function(force)
-        self.predict_function = _compat.keep_state_on_error(
-            self, self.predict_function, "predict")
-        return self.predict_function
 
 
 @keras.saving.register_keras_serializable(package="kft")

@@ -60,6 +60,8 @@ class GroupOptimizer(RoutedOptimizer):
         # first group's slots (a KeyError at the first step).
         first = {}
         for where, inner in inners:
+            if not isinstance(inner, keras.optimizers.Optimizer):
+                continue  # refused by type below, naming the argument
             if id(inner) in first:
                 raise ValueError(
                     f"Argument {where} is the same optimizer object as "

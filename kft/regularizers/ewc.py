@@ -53,8 +53,9 @@ class EWC(Penalty):
 
     def bind(self, model, binding):
         body, _ = split_weights(model)
-        values = entries_for("Fisher values", self.fisher.values, body)
-        anchors = self.anchors_for(body)
+        values = entries_for("Fisher values", self.fisher.values, body,
+                             model)
+        anchors = self.anchors_for(body, model)
         half_lam = binding.strength("half_lam", 0.5 * self._strengths["lam"])
         for v in body:
             anchor = binding.copy("anchor", v, anchors[v.path])

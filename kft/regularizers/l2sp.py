@@ -71,7 +71,7 @@ class L2SP(Penalty):
                     f"(kft.get_blocks(model) finds {blocks}): alpha anchors "
                     f"every weight, the new classifier's included. "
                     f"{_HEAD_HOW}.", UserWarning, stacklevel=3)
-        anchors = self.anchors_for(body)
+        anchors = self.anchors_for(body, model)
         alpha = binding.strength("alpha", self._strengths["alpha"])
         for v in body:
             anchor = binding.copy("anchor", v, anchors[v.path])

@@ -56,7 +56,7 @@ class LwF(Penalty):
         backbone, pooling = layers[b], layers[b + 1]
         variables = [v for v in backbone.variables
                      if "float" in str(v.dtype)]
-        values = self.anchors_for(variables)
+        values = self.anchors_for(variables, model)
         anchors = [binding.copy("anchor", v, values[v.path])
                    for v in variables]
         weight = binding.strength("weight", self._strengths["weight"])

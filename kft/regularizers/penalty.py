@@ -121,13 +121,13 @@ class Penalty:
     def bind(self, model, binding):
         raise NotImplementedError
 
-    def anchors_for(self, variables):
+    def anchors_for(self, variables, model):
         """path -> float32 array: saved anchors (checked against
         `variables`), else the variables' current values."""
         if self.saved_anchors is None:
             return {v.path: np.asarray(v.numpy(), "float32")
                     for v in variables}
-        return entries_for("anchors", self.saved_anchors, variables)
+        return entries_for("anchors", self.saved_anchors, variables, model)
 
     # -- side file ----------------------------------------------------------
 
@@ -173,26 +173,48 @@ def _stable_keys(paths):
     return keys
 
 
-def entries_for(what, entries, variables):
+def entries_for(what, entries, variables, model):
     """`{variable path: array}` of `entries` (path -> array, from another
     model of the same architecture or a file) for `variables`: by path,
     or, where paths hold automatic numbers that differ (ConvNeXt's layer
     scales), by their stable keys. Raises as `check_entries` when neither
-    fits."""
+    fits, and when `entries` hold variables `model` has no counterpart of
+    (a head's aside)."""
     if all(v.path in entries and np.shape(entries[v.path]) == tuple(v.shape)
            for v in variables):
+        _check_unused(what, entries, model)
         return {v.path: entries[v.path] for v in variables}
     # Stable keys of all the model's variables (as `entries` was written),
     # not only of those asked for.
     model_keys = dict(zip((v.path for v in variables),
                           _stable_keys([v.path for v in variables])))
-    by_key = dict(zip(_stable_keys(list(entries)), entries.values()))
-    found = {v.path: by_key.get(model_keys[v.path]) for v in variables}
-    if all(value is not None and np.shape(value) == tuple(v.shape)
-           for v, value in zip(variables, found.values())):
-        return found
+    entry_keys = dict(zip(_stable_keys(list(entries)), entries))
+    found = {v.path: entry_keys.get(model_keys[v.path]) for v in variables}
+    if all(path is not None and np.shape(entries[path]) == tuple(v.shape)
+           for v, path in zip(variables, found.values())):
+        _check_unused(what, entries, model)
+        return {key: entries[path] for key, path in found.items()}
     check_entries(what, entries, variables)
     return {v.path: entries[v.path] for v in variables}
+
+
+def _check_unused(what, entries, model):
+    """Refuses entries for variables `model` has no counterpart of (by
+    path or stable key), a head's aside (the source task's head, kft's
+    `head_*` layers, a kept source head): those of a deeper model of the
+    same family (an EfficientNetB1's Fisher holds every path of a B0's)."""
+    paths = [v.path for v in model.variables]
+    known = set(paths) | set(_stable_keys(paths))
+    foreign = [path for path, key in zip(entries, _stable_keys(list(entries)))
+               if path not in known and key not in known
+               and not path.split("/")[0].startswith("head")
+               and "source_head" not in path]
+    if foreign:
+        raise ValueError(
+            f"The {what} hold {len(foreign)} entries for variables this "
+            f"model does not have, e.g. {foreign[:4]}: computed for another "
+            "(deeper) model? Compute them on the pretrained model of this "
+            "architecture.")
 
 
 def check_entries(what, entries, variables):

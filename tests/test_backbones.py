@@ -111,6 +111,56 @@ def test_imagenet_weights_go_through_keras_download_path(tmp_path,
                                reference.predict(x, verbose=0), rtol=1e-5)
 
 
+def test_imagenet_weights_offline_say_what_to_pass(monkeypatch):
+    # Keras' bare Exception("URL fetch failure ...") gave no advice.
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage/x.h5: None")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
+    with pytest.raises(ValueError, match=r"weights='imagenet' for "
+                       r"'mobilenetv3small'.*URL fetch failure.*weights=None"):
+        kft.create_backbone("mobilenetv3small", weights="imagenet",
+                            input_shape=(32, 32, 3))
+
+
+def test_an_efficientnet_imagenet_file_normalises_as_keras_imagenet(
+        tmp_path):
+    # Keras adds `Rescaling(1 / sqrt(std))` to EfficientNet only for
+    # weights="imagenet" (its files hold the std as the Normalization
+    # variance, a known bug), so its ImageNet model computes
+    # (x / 255 - mean) / std. The same file given as weights=<file> gave
+    # (x / 255 - mean) / sqrt(std): stem features 1.2-2.9 apart, for
+    # Keras' file and for one saved from kft's ImageNet backbone.
+    source = keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_shape=(32, 32, 3))
+    norm = next(layer for layer in source.layers
+                if isinstance(layer, keras.layers.Normalization))
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224,
+                                                            0.225])
+    norm.adapt_mean.assign(mean.astype("float32"))
+    norm.adapt_variance.assign(std.astype("float32"))
+    norm.finalize_state()
+    path = str(tmp_path / "efficientnetb0_notop.weights.h5")
+    source.save_weights(path)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+
+    def normalised(model):
+        layer = next(layer for layer in model.layers
+                     if isinstance(layer, keras.layers.Normalization))
+        return np.asarray(keras.Model(model.inputs, layer.output)(x))
+
+    from_file = kft.create_backbone("efficientnetb0", weights=path,
+                                    input_shape=(32, 32, 3))
+    want = (x / 255.0 - mean) / std
+    np.testing.assert_allclose(normalised(from_file), want, atol=1e-4)
+    # Saved and built again: the same backbone (not divided twice).
+    again_path = str(tmp_path / "again.weights.h5")
+    from_file.save_weights(again_path)
+    again = kft.create_backbone("efficientnetb0", weights=again_path,
+                                input_shape=(32, 32, 3))
+    np.testing.assert_allclose(normalised(again), want, atol=1e-4)
+
+
 def test_preprocess_modes_match_keras():
     x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
     for mode in ("caffe", "tf", "torch"):
@@ -195,6 +245,41 @@ def test_registered_spec_builds_marked_backbones():
     finally:
         unregister_backbone("tiny_cnn")
     assert kft.list_backbones("tiny*") == []
+
+
+def test_backbone_specs_are_checked_and_sequential_constructors_build():
+    from kft.models.registry import unregister_backbone
+    from kft.models.simple_cnn import BLOCKS, SimpleCNN
+
+    # A "head" block was replaced by kft's head (its layers in no block,
+    # trained by feature extraction); a dict or default_size="32" failed
+    # later without naming the argument.
+    for blocks, message in [
+            ((("stem", "^stem_"), ("head", "^block")), "other than 'head'"),
+            ({"stem": "^stem_"}, "sequence of \\(block name, regex\\)"),
+            ((("stem", "^s"), ("stem", "^b")), "distinct block names")]:
+        with pytest.raises((TypeError, ValueError), match=message):
+            kft.BackboneSpec("bad", SimpleCNN, "tf", 16, blocks)
+    with pytest.raises((TypeError, ValueError), match="default_size"):
+        kft.BackboneSpec("bad", SimpleCNN, "tf", "32", BLOCKS)
+
+    # A constructor returning a keras.Sequential failed inside Keras ("has
+    # never been called").
+    def sequential(include_top=False, weights=None, input_shape=None):
+        return keras.Sequential([
+            keras.Input(input_shape),
+            keras.layers.Conv2D(4, 3, name="s_conv"),
+            keras.layers.Conv2D(4, 3, name="b1_conv")])
+
+    kft.register_backbone(kft.BackboneSpec(
+        "seq_net", sequential, "tf", 16, (("stem", "^s_"), ("b1", "^b1_"))))
+    try:
+        model = kft.build_classifier("seq_net", 3, weights=None)
+        assert list(kft.get_blocks(model)) == ["stem", "b1", "head"]
+        assert model.predict(np.zeros((1, 16, 16, 3)), verbose=0).shape == (
+            1, 3)
+    finally:
+        unregister_backbone("seq_net")
 
 
 def test_simple_cnn_arguments():

@@ -151,6 +151,13 @@ def test_bad_arguments_are_explained():
         kft.freeze(model, "full", bn="eval")
     with pytest.raises(ValueError, match=r"Unknown block\(s\) \['conv9'\]"):
         kft.set_trainable_blocks(model, ["conv9"])
+    # A generator of names was read up by the check: nothing trained.
+    kft.set_trainable_blocks(model, (n for n in kft.get_blocks(model)
+                                     if n != "stem"))
+    as_list = [v.path for v in model.trainable_weights]
+    kft.set_trainable_blocks(model, [n for n in kft.get_blocks(model)
+                                     if n != "stem"])
+    assert as_list and as_list == [v.path for v in model.trainable_weights]
 
 
 def test_trainable_summary():

@@ -14,6 +14,8 @@ from typing import Literal
 import keras
 
 from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import fail_argument
 from kft.layers import PREPROCESS_MODES
 from kft.layers import Preprocess
 from kft.models import simple_cnn
@@ -56,6 +58,26 @@ class BackboneSpec:
 
     def __post_init__(self):
         check_choice("preprocess", self.preprocess, PREPROCESS_MODES)
+        if not callable(self.constructor):
+            fail_argument("constructor", "a callable (a keras.applications "
+                          "function or one with its arguments)",
+                          self.constructor, TypeError)
+        check_int("default_size", self.default_size, min_value=1)
+        pairs = self.blocks
+        if (isinstance(pairs, (str, dict)) or not isinstance(
+                pairs, (tuple, list)) or not pairs or not all(
+                isinstance(p, (tuple, list)) and len(p) == 2
+                and all(isinstance(part, str) for part in p)
+                for p in pairs)):
+            fail_argument("blocks", "a non-empty sequence of (block name, "
+                          "regex) pairs, stem first", pairs, TypeError)
+        names = [name for name, _ in pairs]
+        if "head" in names:
+            # kft's own head block (the classifier's new layers).
+            fail_argument("blocks", "block names other than 'head' (kft's "
+                          "name for the classifier's new head)", names)
+        if len(set(names)) != len(names):
+            fail_argument("blocks", "distinct block names", names)
 
     @property
     def block_names(self) -> list:

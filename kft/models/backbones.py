@@ -20,6 +20,7 @@ from typing import Literal
 import keras
 import numpy as np
 
+from kft import _compat
 from kft._validation import fail_argument
 from kft.models import init_draws
 from kft.models.backbone_specs import BackboneSpec  # noqa: F401 (re-export)
@@ -175,7 +176,14 @@ def as_backbone(model: keras.Model, name: str) -> Backbone:
         return model
     if not isinstance(model, keras.Model) or not hasattr(model, "outputs"):
         fail_argument("model", "a functional keras.Model", model, TypeError)
-    return Backbone(model.input, model.output, name=spec.name,
+    # `inputs` / `outputs`: a built `keras.Sequential` has them too (its
+    # `input` raised "never been called").
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        fail_argument("model", "a backbone with one image input and one "
+                      "feature-map output", f"{model.name!r} with "
+                      f"{len(model.inputs)} inputs, {len(model.outputs)} "
+                      "outputs")
+    return Backbone(model.inputs[0], model.outputs[0], name=spec.name,
                     kft_backbone=spec.name)
 
 
@@ -243,10 +251,21 @@ def create_backbone(name: str, weights: Weights = "imagenet",
         input_shape = (spec.default_size, spec.default_size, 3)
     input_shape = check_input_shape(input_shape)
     local_file, constructor_weights = _local_weights_file(weights)
-    with init_draws.bucketed_draws():
-        built = spec.constructor(include_top=False,
-                                 weights=constructor_weights,
-                                 input_shape=input_shape)
+    try:
+        with init_draws.bucketed_draws():
+            built = spec.constructor(include_top=False,
+                                     weights=constructor_weights,
+                                     input_shape=input_shape)
+    except Exception as error:
+        # Keras' download raises a bare `Exception` ("URL fetch failure").
+        if constructor_weights != "imagenet" or "fetch" not in str(error):
+            raise
+        raise ValueError(
+            f"weights='imagenet' for {spec.name!r}: Keras could not "
+            f"download the weights ({str(error)[:200]}). Without network, "
+            "pass weights=None (random initialisation) or the path of a "
+            "weights file of this backbone (saved with "
+            "backbone.save_weights, or Keras' *_notop.h5).") from error
     model = as_backbone(built, spec.name)
     if local_file is not None:
         try:
@@ -261,7 +280,40 @@ def create_backbone(name: str, weights: Weights = "imagenet",
                 f"model.keras or model.save_weights). Received: "
                 f"weights={os.fspath(weights)!r}, which does not load "
                 f"({type(error).__name__}: {str(error)[:200]})") from error
+        _match_imagenet_normalization(model)
     # Read by `kft.freeze`: frozen BatchNorm of a randomly initialised
     # backbone keeps random-init statistics.
     model._kft_pretrained = weights is not None
     return model
+
+
+# Keras' EfficientNet (B0-B7) ImageNet files store these standard
+# deviations as the variance of its `Normalization` layer (a known bug),
+# and Keras, for `weights="imagenet"` only, divides by their square root
+# once more in an extra `Rescaling` layer.
+_EFFICIENTNET_FILE_VARIANCE = (0.229, 0.224, 0.225)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+def _match_imagenet_normalization(model):
+    """Gives a backbone built for a weights file what Keras builds for
+    `weights="imagenet"`: an EfficientNet whose file holds ImageNet's
+    statistics (Keras' file, or one saved from such a backbone) is
+    normalised as Keras' ImageNet model is, `(x - mean) / std`; built
+    without the extra `Rescaling` its features were `(x - mean) /
+    sqrt(std)` (2.9 apart at the stem). The variance becomes `std ** 2`,
+    the same division, so a file saved from this backbone loads as is."""
+    for layer in _compat.flatten_layers(model, include_self=False):
+        # Layers adapted (or loaded), not given constants: ConvNeXt's.
+        if not (isinstance(layer, keras.layers.Normalization)
+                and hasattr(layer, "adapt_variance")):
+            continue
+        mean = np.ravel(np.asarray(layer.adapt_mean))
+        variance = np.ravel(np.asarray(layer.adapt_variance))
+        if (variance.shape == (3,) and mean.shape == (3,)
+                and np.allclose(variance, _EFFICIENTNET_FILE_VARIANCE,
+                                atol=1e-6)
+                and np.allclose(mean, _IMAGENET_MEAN, atol=1e-6)):
+            layer.adapt_variance.assign(np.reshape(
+                variance ** 2, layer.adapt_variance.shape))
+            layer.finalize_state()

@@ -163,6 +163,7 @@ def set_trainable_blocks(model: keras.Model, names: Sequence[str],
         # Read as its letters, it named blocks 'h', 'e', 'a', 'd'.
         fail_argument("names", f"a list of block names (e.g. [{names!r}])",
                       names, TypeError)
+    names = list(names)  # a generator read twice was empty the second time
     blocks = get_blocks(model, patterns)
     unknown = [n for n in names if n not in blocks]
     if unknown:

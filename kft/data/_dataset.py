@@ -4,11 +4,13 @@ Also the warning about skipped files (`SkippedFilesWarning`) that the
 loaders and the dataset raise.
 """
 
+import atexit
 import copy
 import functools
 import numbers
 import threading
 import warnings
+import weakref
 from typing import Literal
 from typing import get_args
 
@@ -112,6 +114,33 @@ class _Pass(grain.DatasetIterator):
         raise NotImplementedError(
             "An ImageDataset pass cannot be restored mid-way; a resumed "
             "fit starts a new pass.")
+
+
+# Passes whose prefetch thread may still run. A script that stops reading
+# a pass (`next(iter(data))`, an error in `fit`) and ends left the thread
+# running JAX (host augmentation) while Python shut down: the process
+# aborted ("terminate called without an active exception", exit 134).
+# They are closed, their threads joined, before the interpreter finalizes.
+_PREFETCHING = weakref.WeakSet()
+
+
+def _close_prefetching():
+    for iterator in list(_PREFETCHING):
+        try:
+            iterator.close()
+            # grain closes it again from `__del__` while the interpreter
+            # finalizes, when its module globals are gone (a printed
+            # AttributeError): once is enough.
+            iterator.close = _closed
+        except Exception:  # noqa: BLE001 - exiting: close what can be
+            pass
+
+
+def _closed():
+    pass
+
+
+atexit.register(_close_prefetching)
 
 
 class ImageDataset(grain.IterDataset, DataAdapter):
@@ -550,7 +579,10 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         if self.num_workers > 0:
             dataset = grain.experimental.ThreadPrefetchIterDataset(
                 dataset, prefetch_buffer_size=2)
-        return iter(dataset)
+        iterator = iter(dataset)
+        if self.num_workers > 0:
+            _PREFETCHING.add(iterator)
+        return iterator
 
     def _local_part(self, dataset, index, count, epoch):
         _, _, left_out = self._shard_sizes(count)

@@ -39,15 +39,19 @@ def test_demo_rejects_bad_arguments_before_training(argv, message, capsys,
 
 
 def test_backbones_without_a_match_fails_with_suggestions(capsys):
-    assert cli.main(["backbones", "nosuch*"]) == 1
+    # A pattern matching nothing is bad input: exit 2, as the README says
+    # (it was 1, a failure while working).
+    assert cli.main(["backbones", "nosuch*"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert "no backbone matches 'nosuch*'" in err
-    assert cli.main(["backbones", "efficientnet_b*"]) == 1
-    err = capsys.readouterr().err
-    assert "Did you mean: efficientnetb0, efficientnetb1," in err
-    assert cli.main(["backbones", "resnt50"]) == 1
+    assert cli.main(["backbones", "resnt50"]) == 2
     assert "Did you mean: resnet50" in capsys.readouterr().err
+    # Patterns match as names do: "efficientnet_b*" found nothing.
+    assert cli.main(["backbones", "efficientnet_b*"]) == 0
+    assert capsys.readouterr().out.startswith("efficientnetb0 ")
+    assert kft.list_backbones("efficientnet_b*")[:2] == [
+        "efficientnetb0", "efficientnetb1"]
 
 
 def test_backbones_lists_matches_and_spelt_names(capsys):

@@ -253,7 +253,7 @@ def backbones_command(pattern, params=False):
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"kft backbones: no backbone matches {pattern!r}.{hint} "
               "`kft backbones` lists them all.", file=sys.stderr)
-        return 1
+        return 2  # bad input
     for name in names:
         spec = registry.get_backbone(name)
         count = ""

@@ -44,8 +44,9 @@ def list_backbones(pattern: str = "*") -> list:
     """Names of the registered backbones that match a shell-style pattern.
 
     Args:
-        pattern: `fnmatch` pattern, matched case-insensitively, e.g.
-            `"efficientnet*"`. Defaults to `"*"`.
+        pattern: `fnmatch` pattern, matched as names are (case, `_` and
+            `-` aside), e.g. `"efficientnet*"` or `"efficientnet_b*"`.
+            Defaults to `"*"`.
 
     Returns:
         Sorted list of names.
@@ -57,9 +58,11 @@ def list_backbones(pattern: str = "*") -> list:
     """
     if not isinstance(pattern, str):
         fail_argument("pattern", "a string such as 'resnet*'", pattern, TypeError)
-    pattern = pattern.lower()
+    # As names match: case, `_` and `-` aside ("efficientnet_b*").
     return sorted(n for n in _REGISTRY
-                  if fnmatch.fnmatchcase(n.lower(), pattern))
+                  if fnmatch.fnmatchcase(n.lower(), pattern.lower())
+                  or fnmatch.fnmatchcase(canonical_name(n),
+                                         canonical_name(pattern)))
 
 
 def canonical_name(name: str) -> str:

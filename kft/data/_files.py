@@ -247,13 +247,11 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
         )
     counts = class_counts(records, class_names)
     empty = [name for name, count in counts.items() if count == 0]
-    if empty_classes and records:
-        empty = []
-    if empty and empty_classes:
+    if empty_classes and not records:
         raise ValueError(
             f"{_shown(train_dir)!r} has no readable images (searched its "
             f"class folders; {len(skipped)} files skipped).")
-    if empty:
+    if empty and not empty_classes:
         raise ValueError(
             f"Class folders {empty} in {_shown(train_dir)!r} have no "
             f"readable images ({len(skipped)} files skipped). Add images or "

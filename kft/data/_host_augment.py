@@ -73,20 +73,21 @@ class HostAugmenter:
         self._functions = [jax.jit(_stateless_apply(layer))
                            for layer in self.model.layers]
 
-    def _initial_states(self, stream):
+    def _initial_states(self, stream, pass_number=0):
         # The seed states were created on the default device; committed to
         # the CPU device, they keep every compiled call there.
         states = jax.device_put(
             [[v.value for v in layer.non_trainable_variables]
              for layer in self.model.layers], self.device)
-        if stream:
-            # Another seed per stream: processes reading their slices of
-            # each global batch must not repeat each other's draws.
-            states = [[_offset_seed(state, stream) for state in layer]
-                      for layer in states]
-        if self._seed is not None:
-            states = [[_offset_seed(state, self._seed, _SEED_STEP)
-                       for state in layer] for layer in states]
+        # Another seed per stream (processes reading their slices of each
+        # global batch must not repeat each other's draws), per `with_seed`
+        # seed, and per pass.
+        for amount, step in ((stream, _STREAM_STEP),
+                             (self._seed or 0, _SEED_STEP),
+                             (pass_number, _PASS_STEP)):
+            if amount:
+                states = [[_offset_seed(state, amount, step)
+                           for state in layer] for layer in states]
         return states
 
     def augment(self, images, stream=0, pass_states=None):
@@ -101,11 +102,8 @@ class HostAugmenter:
                 self._compile(images.shape)
             running = self._states if pass_states is None else pass_states
             if stream not in running:
-                running[stream] = self._initial_states(stream)
-                if pass_states is not None:
-                    running[stream] = [
-                        [_offset_seed(state, pass_states.number, _PASS_STEP)
-                         for state in layer] for layer in running[stream]]
+                running[stream] = self._initial_states(
+                    stream, getattr(pass_states, "number", 0))
             states = running[stream]
             outputs = jax.device_put(images, self.device)
             for i, function in enumerate(self._functions):

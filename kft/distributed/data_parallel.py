@@ -163,6 +163,28 @@ def batch_shards() -> int:
     return max(1, size // jax.process_count())
 
 
+def predict_padded(model, x):
+    """`model.predict_on_batch(x)` as a numpy array, for any batch size:
+    under data parallel `x` is padded with copies of its last row to split
+    over the devices, and their outputs dropped (inference computes each
+    row alone, so this is exact).
+
+    Example:
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> predict_padded(model, np.ones((3, 2))).shape
+    (3, 1)
+    """
+    import numpy as np
+
+    pad = -len(x) % batch_shards()
+    if pad:
+        x = np.asarray(x)
+        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    out = np.asarray(model.predict_on_batch(x))
+    return out[:len(out) - pad]
+
+
 def check_batch_size(batch_size: int, num_examples: int | None = None, *,
                      name: str = "batch_size",
                      data_name: str = "the data") -> int:

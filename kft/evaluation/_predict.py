@@ -9,6 +9,7 @@ import numpy as np
 from kft._validation import check_labels
 from kft._validation import fail_argument
 from kft.distributed.data_parallel import batch_shards
+from kft.distributed.data_parallel import predict_padded
 from kft.distributed.processes import every_example
 from kft.distributed.processes import process_count
 
@@ -221,20 +222,8 @@ def predict_numpy(model, x, batch_size):
     """
     if process_count() == 1 and batch_shards() == 1:
         return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    return np.concatenate([predict_rows(model, x[start:start + batch_size])
+    return np.concatenate([predict_padded(model, x[start:start + batch_size])
                            for start in range(0, len(x), batch_size)])
-
-
-def predict_rows(model, x):
-    """`model.predict_on_batch(x)` as a numpy array. Under data parallel a
-    batch must split over the devices: `x` is padded with copies of its
-    last row to do so, and their outputs dropped."""
-    pad = -len(x) % batch_shards()
-    if pad:
-        x = np.asarray(x)
-        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-    out = np.asarray(model.predict_on_batch(x))
-    return out[:len(out) - pad]
 
 
 def predict_batches(model, dataset, progress=None, name="x"):
@@ -255,7 +244,7 @@ def predict_batches(model, dataset, progress=None, name="x"):
                 + (f" and length {len(batch)}"
                    if isinstance(batch, (tuple, list)) else "")
             )
-        batch_scores = predict_rows(model, batch[0])
+        batch_scores = predict_padded(model, batch[0])
         check_width(batch_scores.shape[-1])
         labels.append(integer_labels(batch[1], batch_scores.shape[-1],
                                      "y" if name == "x" else "labels"))

@@ -236,7 +236,7 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
     verbose = check_int("verbose", verbose, min_value=0)
     _predict.check_width(_predict.output_width(model))
     # Under data parallel each batch is padded to split over the devices
-    # (`_predict.predict_rows`): any number of examples is evaluated.
+    # (`kft.distributed.data_parallel.predict_padded`): any number of examples is evaluated.
     indices = None
     if isinstance(data, (tuple, list)) and len(data) == 2 and \
             _predict.is_array(data[0]):

@@ -18,7 +18,7 @@ import numpy as np
 from kft import _compat
 from kft._validation import check_int
 from kft.augmentation.torch_style import RandomLayer
-from kft.distributed.data_parallel import batch_shards
+from kft.distributed.data_parallel import predict_padded
 from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
 from kft.models.batch_augment import BatchAugmentModel
@@ -284,9 +284,10 @@ def cache_features(model, data, *, batch_size: int = 32,
     progress = keras.utils.Progbar(num_examples(data), unit_name="image",
                                    verbose=verbose)
     writer, labels = _FeatureWriter(memory_budget, directory), []
-    shards = batch_shards()
     for x, y in batches(data, batch_size):
-        out = _features_of(features_model, x, shards)
+        # Under data parallel a batch that does not split is padded.
+        out = predict_padded(features_model, x).astype(np.float32,
+                                                         copy=False)
         if y is not None:
             labels.append(np.asarray(y))
         writer.add(out)
@@ -302,20 +303,6 @@ def cache_features(model, data, *, batch_size: int = 32,
             "batch must have labels, or none."
         )
     return FeatureCache(features, labels, writer.path)
-
-
-def _features_of(features_model, x, shards):
-    """Features of one batch. Under data parallel a batch that does not
-    split over the devices is padded with copies of its first image and
-    the padding's features dropped: inference mode computes each example's
-    features alone (BatchNorm uses its moving statistics), so this is
-    exact."""
-    count = len(x)
-    pad = -count % shards
-    if pad:
-        x = np.asarray(x)
-        x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
-    return np.asarray(features_model.predict_on_batch(x), np.float32)[:count]
 
 
 def fit_head(model, cache: FeatureCache, *,

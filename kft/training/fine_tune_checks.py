@@ -181,8 +181,8 @@ def check_metrics(model, loss, metrics, monitor, has_val):
     if None in names:
         return metrics  # a metric function's name is Keras' to choose
     logged = ["loss", *names]
-    logged += [metric.name for metric in getattr(model, "metrics", None)
-               or [] if metric.name not in logged]
+    tracked = [metric.name for metric in getattr(model, "metrics", [])]
+    logged += [name for name in tracked if name not in logged]
     if has_val:
         logged += [f"val_{name}" for name in logged]
     if monitor not in (*logged, *_CALLBACK_LOGS):

@@ -18,6 +18,18 @@ def fail_argument(name, what, value, error=ValueError):
     raise error(f"Argument `{name}` must be {what}. Received: {name}={value!r}")
 
 
+def check_bool(name, value):
+    """Returns `value` as a `bool`; numpy bools accepted, strings not ("False"
+    would read as true).
+
+    >>> check_bool("shuffle", np.bool_(False))
+    False
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        fail_argument(name, "True or False", value, TypeError)
+    return bool(value)
+
+
 def check_int(name, value, *, min_value=None, max_value=None):
     """Returns `value` as an `int`; numpy integers accepted, bools not.
 

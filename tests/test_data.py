@@ -829,3 +829,22 @@ def test_a_script_that_stops_reading_exits_cleanly(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "read" in done.stdout
     assert "Exception ignored" not in done.stderr, done.stderr[-2000:]
+
+
+def test_switches_refuse_strings_and_label_mode_names_none(tmp_path):
+    # shuffle="False" read as true: the stored order was reshuffled.
+    x = np.zeros((6, SIZE, SIZE, 3), "float32")
+    with pytest.raises(TypeError, match=r"`shuffle` must be True or False"
+                       r".*Received: shuffle='False'"):
+        kft.data.from_arrays(x, np.arange(6) % 2, shuffle="False")
+    root = _tree(tmp_path, per_class=1)
+    for name in ("shuffle", "exif_transpose"):
+        with pytest.raises(TypeError, match=f"`{name}` must be True or "
+                           f"False.*Received: {name}='no'"):
+            kft.data.from_directory(root, image_size=SIZE, **{name: "no"})
+    ds = kft.data.from_arrays(x, np.arange(6) % 2, shuffle=np.bool_(False))
+    assert ds.shuffle is False
+    # None (follow the form of y) is accepted, so the message names it.
+    with pytest.raises(ValueError, match=r"one of \('int', 'categorical', "
+                       r"None\).*Received: label_mode='onehot'"):
+        kft.data.from_arrays(x, np.arange(6) % 2, label_mode="onehot")

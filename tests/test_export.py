@@ -362,6 +362,11 @@ def test_parity_of_a_probabilities_file(simple):
 
 def test_onnx_only_arguments_refused_for_keras_files(simple, tmp_path):
     model, _ = simple
+    # The message named only 1 ("an integer in [1, 1]"), not the default.
+    for batch in ("static", 2, True):
+        with pytest.raises(ValueError, match=r'`batch` must be "dynamic" '
+                           r"\(the default.*or 1 .*Received: batch="):
+            kft.export(model, tmp_path / "m.onnx", batch=batch)
     with pytest.raises(ValueError, match=r'Argument `batch` must be '
                        r'"dynamic".*format="keras".*Received: batch=1'):
         kft.export(model, tmp_path / "m.keras", format="keras", batch=1)

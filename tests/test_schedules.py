@@ -290,3 +290,17 @@ def test_ema_overwrites_at_fit_end_by_default_and_needs_use_ema():
     with pytest.raises(ValueError, match="use_ema=True"):
         with kft.optimizers.averaged_weights(plain):
             pass
+
+
+def test_switches_refuse_strings():
+    # three_phase="False" gave the three-phase cycle (step 5 of 10 at
+    # 0.036 instead of 0.611), exclude_bias_and_norm="False" excluded.
+    with pytest.raises(TypeError, match=r"`three_phase` must be True or "
+                       r"False.*Received: three_phase='False'"):
+        kft.OneCycle(1.0, 10, three_phase="False")
+    assert kft.OneCycle(1.0, 10, three_phase=np.bool_(True)).three_phase
+    inner = keras.optimizers.SGD(0.1)
+    for name in ("exclude_bias_and_norm", "ema_overwrite_at_end"):
+        with pytest.raises(TypeError, match=f"`{name}` must be True or "
+                           f"False.*Received: {name}='False'"):
+            kft.BlockwiseOptimizer(inner, {"^b": 0.01}, **{name: "False"})

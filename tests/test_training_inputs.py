@@ -27,6 +27,11 @@ def _model():
                                 input_shape=SHAPE)
 
 
+def _peak(y_true, y_pred):
+    """A metric function: Keras logs it under its name, no direction."""
+    return keras.ops.max(y_pred, axis=-1)
+
+
 def _weights(model):
     return [np.array(v.value) for v in model.weights]
 
@@ -116,7 +121,18 @@ def test_fine_tune_checks_its_arguments_before_training():
              r"\['loss', 'acc', 'val_loss', 'val_acc'\]"),
             (dict(monitor="val_loss", val=False), r"\['loss', 'accuracy'\]"),
             (dict(metrics=["accuracy", "nope"]), r"metrics.*'nope'"),
-            (dict(loss="nope"), r"`loss` must be a Keras loss.*'nope'")]:
+            (dict(loss="nope"), r"`loss` must be a Keras loss.*'nope'"),
+            # Logged in phase 2 only (gradual unfreezing's stage).
+            (dict(monitor="unfrozen_blocks", strategy="gradual"),
+             r"monitor='unfrozen_blocks'"),
+            # A metric function named as Keras names it: the check ran.
+            (dict(metrics=["accuracy", _peak], monitor="val_acuracy"),
+             r"'val_accuracy', 'val__peak'\].*monitor='val_acuracy'"),
+            # No direction for "auto": found at the first epoch's end.
+            (dict(metrics=[_peak], monitor="val__peak"),
+             r"`mode` must be 'max' or 'min' for monitor='val__peak'"),
+            (dict(monitor="learning_rate"), r"monitor='learning_rate'.*"
+             r"Received: mode='auto'")]:
         val = (x, y) if kwargs.pop("val", True) else None
         with pytest.raises(ValueError, match=message):
             kft.fine_tune(model, (x, y), val, verbose=0, **kwargs)
@@ -132,6 +148,10 @@ def test_fine_tune_checks_its_arguments_before_training():
 
     check_fine_tune_arguments(model, (x, y), (x, y), metrics="accuracy",
                               monitor="val_accuracy")
+    check_fine_tune_arguments(model, (x, y), (x, y), metrics=[_peak],
+                              monitor="val__peak", mode="max")
+    check_fine_tune_arguments(model, (x, y), (x, y), monitor="learning_rate",
+                              mode="min")
     assert _unchanged(model, before)
     # The cycle's shortest length is kft.OneCycle's own.
     kft.OneCycle(1.0, recipes.ONE_CYCLE_MIN_STEPS)

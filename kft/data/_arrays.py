@@ -163,6 +163,8 @@ def from_arrays(x, y, batch_size: int = 32, *,
     if label_mode is None:
         label_mode = ("categorical" if y.ndim == 2 and y.shape[1] != 1
                       else "int")
+    else:  # named with None, which follows the form of `y`
+        check_choice("label_mode", label_mode, (*LABEL_MODES, None))
     labels, num_classes = _labels_and_classes(y, len(x), class_names,
                                               num_classes)
     names = (list(class_names) if class_names is not None

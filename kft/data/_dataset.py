@@ -23,10 +23,11 @@ import keras
 import numpy as np
 
 from kft import _compat
+from kft._validation import check_bool
 from kft._validation import check_choice
 from kft._validation import check_int
-from kft._validation import check_seed
 from kft._validation import check_number
+from kft._validation import check_seed
 from kft._validation import fail_argument
 from kft.data._host_augment import HostAugmenter
 from kft.data._host_augment import has_effect
@@ -248,7 +249,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         self.class_names = list(class_names)
         self._class_counts = class_counts
         self._bad_labels = []
-        self.shuffle = shuffle
+        self.shuffle = check_bool("shuffle", shuffle)
         # Not `seed`: `grain.IterDataset` has a `seed()` method.
         self._shuffle_seed = check_seed(seed)
         self.num_workers = check_int("num_workers", num_workers, min_value=0)

@@ -14,10 +14,11 @@ from typing import NamedTuple
 import grain
 
 from kft import augmentation as augmentation_lib
+from kft._validation import check_bool
 from kft._validation import check_choice
 from kft._validation import check_int
-from kft._validation import check_seed
 from kft._validation import check_number
+from kft._validation import check_seed
 from kft.augmentation.presets import Preset
 from kft.data import _images
 from kft.data._dataset import AUGMENT_ON
@@ -81,12 +82,12 @@ class _Settings:
             label_mode=check_choice("label_mode", label_mode, LABEL_MODES),
             crop_fraction=check_number("crop_fraction", crop_fraction, low=0,
                                        high=1, low_open=True),
-            shuffle=bool(shuffle),
+            shuffle=check_bool("shuffle", shuffle),
             seed=check_seed(seed),
             num_workers=check_int("num_workers", num_workers, min_value=0),
             check=check_choice("check", check, CHECKS),
             max_pixels=max_pixels,
-            exif_transpose=bool(exif_transpose),
+            exif_transpose=check_bool("exif_transpose", exif_transpose),
             sampling=check_choice("sampling", sampling, SAMPLINGS),
         )
 

@@ -114,8 +114,12 @@ def export(model: keras.Model, path: str | os.PathLike,
     path = os.fspath(path)
     _check_suffix(path, format)
     if format == "onnx":
-        if batch != "dynamic":
-            batch = check_int("batch", batch, min_value=1, max_value=1)
+        if not (isinstance(batch, str) and batch == "dynamic"):
+            try:
+                batch = check_int("batch", batch, min_value=1, max_value=1)
+            except ValueError:
+                fail_argument("batch", '"dynamic" (the default: any batch '
+                              'size) or 1 (a fixed batch of one)', batch)
         opset = check_int("opset", opset, min_value=MIN_OPSET)
     else:
         # Refused rather than ignored: the file would not be what was asked.

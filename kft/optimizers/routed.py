@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 
 from kft import _compat
+from kft._validation import check_bool
 from kft._validation import check_number
 from kft.models.blocks import get_blocks
 from kft.optimizers.momentum import momentum_attribute
@@ -76,10 +77,12 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         self._momentum_attributes = [
             None if momentum_schedule is None
             else momentum_attribute(key, inner) for key, inner in inners]
-        self.ema_overwrite_at_end = bool(ema_overwrite_at_end)
+        self.ema_overwrite_at_end = check_bool("ema_overwrite_at_end",
+                                               ema_overwrite_at_end)
         self._group_routes = {k: Route(*r) for k, r in routes.items()}
         self._default_route = Route(*default_route)
-        self.exclude_bias_and_norm = bool(exclude_bias_and_norm)
+        self.exclude_bias_and_norm = check_bool("exclude_bias_and_norm",
+                                                exclude_bias_and_norm)
         self.patterns = plain_patterns(patterns)
         # A block name need not be a valid regex; only keys read as
         # regexes must compile.

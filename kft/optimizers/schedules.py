@@ -17,6 +17,7 @@ import math
 import keras
 from keras import ops
 
+from kft._validation import check_bool
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
@@ -96,7 +97,7 @@ class _OneCycleShape(keras.optimizers.schedules.LearningRateSchedule):
         self.anneal_strategy = check_choice("anneal_strategy",
                                             anneal_strategy,
                                             ANNEAL_STRATEGIES)
-        self.three_phase = bool(three_phase)
+        self.three_phase = check_bool("three_phase", three_phase)
         self.name = name
         self._ends = _phase_ends(self.total_steps, self.pct_start,
                                  self.three_phase)

@@ -306,7 +306,7 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
     class_weight = resolve_class_weight(class_weight, train_data, num_classes)
     monitor = monitor or ("val_loss" if val_data is not None else "loss")
     metrics = check_metrics(model, loss, metrics, monitor,
-                            val_data is not None)
+                            val_data is not None, mode)
     phases = Phases(
         model, train_data, val_data,
         loss=loss or _default_loss(model, train_data), metrics=metrics,

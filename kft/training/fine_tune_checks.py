@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
+from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
@@ -136,34 +137,50 @@ def check_extras(callbacks, regularizer):
                           "kft.LwF(...) or None", regularizer, TypeError)
 
 
-# Logged by kft's callbacks that run before the one keeping the best
-# epoch (the learning rate, gradual unfreezing's stage).
-_CALLBACK_LOGS = ("learning_rate", "unfrozen_blocks", "trainable_params")
+# Logged by kft's callbacks in both phases, before the one keeping the
+# best epoch runs (gradual unfreezing's stage is logged in phase 2 only).
+_CALLBACK_LOGS = ("learning_rate",)
 
 
-def _metric_name(metric):
-    """The name `compile` logs `metric` under, or `None` when unknown."""
+def _metric_name_and_direction(metric):
+    """The name `compile` logs `metric` under and the direction its Keras
+    metric declares (`"up"`, `"down"` or `None`)."""
     if isinstance(metric, str):
-        if metric.lower() not in ("accuracy", "acc"):
-            try:
-                keras.metrics.get(metric)
-            except ValueError:
-                fail_argument("metrics", "Keras metric names or objects, "
-                              "e.g. ['accuracy']", metric)
-        return metric  # Keras logs a string metric under the string
+        if metric.lower() in ("accuracy", "acc"):
+            return metric, "up"  # Keras picks the accuracy for the labels
+        try:
+            found = keras.metrics.get(metric)
+        except ValueError:
+            fail_argument("metrics", "Keras metric names or objects, "
+                          "e.g. ['accuracy']", metric)
+        # Keras logs a string metric under the string.
+        return metric, _direction(found)
     if isinstance(metric, keras.metrics.Metric):
-        return metric.name
+        return metric.name, _compat.metric_direction(metric)
     if not callable(metric):
         fail_argument("metrics", "Keras metric names, objects or functions",
                       metric, TypeError)
-    return None  # a function: Keras derives a name
+    # Keras wraps a function in a `MeanMetricWrapper` named after it.
+    return getattr(metric, "__name__", None), _direction(metric)
 
 
-def check_metrics(model, loss, metrics, monitor, has_val):
+def _direction(found):
+    if isinstance(found, type):
+        try:
+            found = found()
+        except TypeError:  # needs arguments (Keras' compile fails too)
+            return None
+    if not isinstance(found, keras.metrics.Metric):
+        found = keras.metrics.MeanMetricWrapper(found)
+    return _compat.metric_direction(found)
+
+
+def check_metrics(model, loss, metrics, monitor, has_val, mode="auto"):
     """`metrics` as a list, the loss and the monitor checked against what
     the epochs will log (Keras found a bad one at compile, after the
-    head was frozen; an unlogged monitor at the first epoch's end): the
-    loss, the metrics, and what the model tracks itself (a
+    head was frozen; an unlogged monitor, or one without a direction
+    under `mode="auto"`, at the first epoch's end): the loss, the
+    metrics, and what the model tracks itself (a
     `DomainAdaptationModel`'s `domain_loss`)."""
     if isinstance(metrics, (str, keras.metrics.Metric)):
         metrics = [metrics]  # Keras' `compile` wants a list
@@ -177,17 +194,26 @@ def check_metrics(model, loss, metrics, monitor, has_val):
         except ValueError:
             fail_argument("loss", "a Keras loss name, object or function "
                           "(or None for kft's cross-entropy)", loss)
-    names = [_metric_name(metric) for metric in metrics]
-    if None in names:
-        return metrics  # a metric function's name is Keras' to choose
-    logged = ["loss", *names]
-    tracked = [metric.name for metric in getattr(model, "metrics", [])]
-    logged += [name for name in tracked if name not in logged]
+    directions = {"loss": "down"}
+    for metric in [*metrics, *getattr(model, "metrics", [])]:
+        name, direction = _metric_name_and_direction(metric)
+        directions.setdefault(name, direction)
+    if None in directions:
+        return metrics  # a callable without a name: Keras names it
+    logged = list(directions)
     if has_val:
         logged += [f"val_{name}" for name in logged]
     if monitor not in (*logged, *_CALLBACK_LOGS):
         fail_argument("monitor", f"a quantity each epoch logs, one of "
                       f"{logged}", monitor)
+    name = monitor.removeprefix("val_") if has_val else monitor
+    is_loss = name == "loss" or name.endswith("_loss")
+    if mode == "auto" and not is_loss and directions.get(name) is None:
+        fail_argument(
+            "mode", f"'max' or 'min' for monitor={monitor!r}: it declares "
+            "no direction (a metric function, a Keras metric without one, "
+            "or the logged learning rate), so 'auto' cannot tell whether "
+            "it is maximised or minimised", mode)
     return metrics
 
 

@@ -119,6 +119,22 @@ def compile_config(model):
     return model._compile_config.config
 
 
+def clone_uncompiled(model, clone_function):
+    """`keras.models.clone_model(model, clone_function=...)`, not compiled.
+
+    Keras compiles the clone of a compiled model from its serialized
+    compile config, which fails for a loss or metric whose function or
+    class is not registered with Keras."""
+    import keras
+
+    compiled = model.compiled
+    model.compiled = False
+    try:
+        return keras.models.clone_model(model, clone_function=clone_function)
+    finally:
+        model.compiled = compiled
+
+
 # -- layers and metrics -------------------------------------------------------
 
 

@@ -634,3 +634,86 @@ def test_dense_layer_on_integer_maps_matches_keras():
     fast.set_weights(stock.get_weights())
     np.testing.assert_allclose(np.asarray(jax.jit(fast)(x)), expected,
                                rtol=1e-5)
+
+
+def _every_swap(sequential=False):
+    """A small model with a layer of each class fast_cpu_convs swaps."""
+    layers = [keras.layers.DepthwiseConv2D(3, padding="same"),
+              keras.layers.Conv2D(6, 1), keras.layers.Activation("silu"),
+              keras.layers.LayerNormalization(),
+              keras.layers.Dense(8), keras.layers.Activation("gelu"),
+              keras.layers.Dense(4), keras.layers.GlobalAveragePooling2D(),
+              keras.layers.Dense(3)]
+    if sequential:
+        return keras.Sequential([keras.Input((6, 6, 4)), *layers])
+    x = inputs = keras.Input((6, 6, 4))
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+def test_forward_mode_says_what_works(monkeypatch):
+    # JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp
+    # function" named neither kft nor a way out.
+    stock = _every_swap()
+    fast = fast_cpu_convs(stock)
+    assert sum(type(layer).__module__ == "kft.ops.cpu_convs"
+               for layer in fast.layers) == 7
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 4)).astype("float32")
+    tangent = np.ones_like(x)
+
+    def jvp(model):
+        values = ([v.value for v in model.trainable_variables],
+                  [v.value for v in model.non_trainable_variables])
+        return jax.jvp(lambda x: model.stateless_call(*values, x)[0],
+                       (x,), (tangent,))[1]
+
+    with pytest.raises(TypeError, match=r"forward mode \(jax.jvp.*"
+                       r"KFT_CONV_GRADS'\] = '0'.*fast_cpu_convs=False"):
+        jvp(fast)
+    # The way out it names: autodiff of the same computation.
+    monkeypatch.setenv("KFT_CONV_GRADS", "0")
+    np.testing.assert_allclose(jvp(fast), jvp(stock), rtol=1e-5, atol=1e-6)
+
+
+def _my_loss(y_true, y_pred):  # not registered with Keras
+    return keras.ops.mean(keras.ops.square(y_pred), axis=-1)
+
+
+def _my_metric(y_true, y_pred):
+    return keras.ops.max(y_pred, axis=-1)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_model_compiled_with_unregistered_functions_keeps_them(
+        sequential):
+    # The swap recompiled from the serialized compile config: "Could not
+    # locate function '_my_loss'", before anything was swapped.
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _every_swap(sequential)
+        model.compile(keras.optimizers.Adam(0.01), _my_loss,
+                      metrics=[_my_metric])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    fast = fast_cpu_convs(model)
+    assert type(fast) is type(model)
+    # The Sequential lost its policy and with it the loss scaling.
+    assert fast.dtype_policy.name == "mixed_float16"
+    assert isinstance(fast.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert fast.optimizer.inner_optimizer is not model.optimizer
+    assert fast.loss is _my_loss
+    x = np.random.default_rng(1).normal(size=(4, 6, 6, 4))
+    history = fast.fit(x, np.zeros((4, 3)), epochs=1, verbose=0)
+    assert set(history.history) == {"loss", "_my_metric"}
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_a_frozen_nested_model_stays_frozen():
+    inner = _every_swap()
+    inner.trainable = False
+    outer = keras.Sequential([keras.Input((6, 6, 4)), inner,
+                              keras.layers.Dense(2)])
+    fast = fast_cpu_convs(outer)
+    assert fast.layers[0] is not inner and not fast.layers[0].trainable
+    assert len(fast.trainable_weights) == len(outer.trainable_weights) == 2

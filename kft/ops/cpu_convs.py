@@ -41,6 +41,7 @@ for before/after measurements (`benchmarks/bench_step.py`,
 `benchmarks/RESULTS.md`).
 """
 
+import functools
 import math
 import os
 import random
@@ -83,6 +84,33 @@ def _kernel_covers_map(kernel_size, shape):
     return math.prod(kernel_size) > shape[1] * shape[2]
 
 
+FORWARD_MODE_HINT = (
+    "kft's CPU layers (kft.fast_cpu_convs; kft.build_classifier swaps them "
+    "in on CPU by default) have hand-written reverse-mode gradients: "
+    "jax.grad and jax.vjp work, forward mode (jax.jvp, jax.jacfwd, "
+    "jax.hessian, jvp of grad) does not. Set os.environ['KFT_CONV_GRADS'] "
+    "= '0' before tracing (autodiff of the same computation), or build the "
+    "model with fast_cpu_convs=False")
+
+
+def _reverse_mode_only(cls):
+    """Class decorator: JAX's error for forward-mode autodiff through a
+    `jax.custom_vjp` names neither kft nor a way out; this one does."""
+    call = cls.call
+
+    @functools.wraps(call)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return call(self, *args, **kwargs)
+        except TypeError as error:
+            if "forward-mode autodiff" not in str(error):
+                raise
+            raise TypeError(FORWARD_MODE_HINT) from error
+
+    cls.call = wrapped
+    return cls
+
+
 def _custom_gradients():
     """Whether to take the gradients of `kft.ops.conv_grads`,
     `kft.ops.depthwise_grads`, `kft.ops.activations` and
@@ -100,6 +128,7 @@ def _custom_gradients():
 
 
 @keras.saving.register_keras_serializable(package="kft")
+@_reverse_mode_only
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` computed by `shifted_depthwise_conv`.
 
@@ -129,6 +158,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
 
 @keras.saving.register_keras_serializable(package="kft")
+@_reverse_mode_only
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` that avoids XLA's slow CPU paths.
 
@@ -173,6 +203,7 @@ class Conv2D(keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="kft")
+@_reverse_mode_only
 class Activation(keras.layers.Activation):
     """`keras.layers.Activation("gelu")` computed by
     `kft.ops.activations.gelu` (the `erf` form) instead of JAX's slower
@@ -208,6 +239,7 @@ class Activation(keras.layers.Activation):
 
 
 @keras.saving.register_keras_serializable(package="kft")
+@_reverse_mode_only
 class Dense(keras.layers.Dense):
     """`keras.layers.Dense` on feature maps, its kernel gradient as one
     matrix product (`kft.ops.dense_grads.dense`: XLA's own takes a
@@ -250,6 +282,7 @@ class Dense(keras.layers.Dense):
 
 
 @keras.saving.register_keras_serializable(package="kft")
+@_reverse_mode_only
 class LayerNormalization(keras.layers.LayerNormalization):
     """`keras.layers.LayerNormalization` over the last axis computed by
     `kft.ops.layer_norm.layer_norm` (a hand-written gradient that keeps
@@ -367,12 +400,17 @@ def _clone_graph(model, clone_layer):
     from kft.models.classifier import carry_over
 
     if isinstance(model, keras.Sequential):
-        return keras.models.clone_model(model, clone_function=clone_layer)
+        new = _compat.clone_uncompiled(model, clone_layer)
+        carry_over(model, new)
+        _compile_like(model, new)
+        return new
     # `input` / `output`: the structures the model was built with (a
     # tensor, not a list of one, which nested calls would pass on).
     graph = keras.models.clone_model(
         keras.Model(model.input, model.output, name=model.name),
         clone_function=clone_layer)
+    if not model.trainable:  # its layers are frozen already
+        graph.trainable = False
     if isinstance(model, BatchAugmentModel):
         layer = model.batch_augment
         new = BatchAugmentModel(graph.input, graph.output, name=model.name,
@@ -384,9 +422,26 @@ def _clone_graph(model, clone_layer):
     else:
         new = graph
     carry_over(model, new)  # class names, pretrained flag, dtype policy
-    if model.compiled:
-        new.compile_from_config(model.get_compile_config())
+    _compile_like(model, new)
     return new
+
+
+def _compile_like(model, new):
+    """Compiles `new` as `model` was compiled, if it was: with the same
+    loss and metric objects (a round trip through the compile config, as
+    Keras' `clone_model` makes, fails for a user's unregistered function
+    or class) and a new optimizer of the same config (the old one is
+    built for `model`'s variables)."""
+    if not model.compiled:
+        return
+    arguments = dict(_compat.compile_config(model))
+    optimizer = arguments["optimizer"]
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        arguments["optimizer"] = type(optimizer).from_config(
+            optimizer.get_config())
+    new.compile(**arguments)
+    if new.built:  # as `compile_from_config` does
+        new.optimizer.build(new.trainable_variables)
 
 
 def fast_cpu_convs(model: keras.Model) -> keras.Model:
@@ -412,8 +467,8 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
 
     Args:
         model: A functional or `Sequential` Keras model, built. A compiled
-            model comes back compiled from its compile config (a new
-            optimizer).
+            model comes back compiled with the same loss and metrics and
+            a new optimizer of the same config.
 
     Returns:
         The new model, named like `model`, or `model` itself when it has

@@ -9,6 +9,8 @@ tests read the processes' prefixed output.
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -218,6 +220,67 @@ def test_launcher_stops_the_others_and_names_the_failure(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "[1] bye" in captured.out
     assert "process 1 exited with code 3" in captured.err
+
+
+@pytest.mark.slow
+def test_an_uncaught_error_fails_the_job_while_the_others_wait(tmp_path):
+    # The failing process printed its traceback and then hung in JAX's
+    # exit handler, waiting for the other, which waited in a collective
+    # for it: the job never ended. Each process' start takes ~5 s.
+    program = tmp_path / "fail.py"
+    program.write_text(
+        "import kft\n"
+        "kft.distributed.initialize()\n"
+        "if kft.distributed.process_index() == 1:\n"
+        "    raise ValueError('bad value in process 1')\n"
+        "kft.distributed.barrier('after')\n"
+        "print('passed the barrier')\n")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "kft.distributed", "--processes", "2",
+         "--grace", "2", str(program)], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = launcher.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        pytest.fail("the job hung: " + launcher.communicate()[0][-2000:])
+    assert launcher.returncode == 1, output[-2000:]
+    assert "process 1 exited with code 1" in output
+    assert "[1] ValueError: bad value in process 1" in output
+    assert "passed the barrier" not in output
+
+
+def test_sigterm_to_the_launcher_ends_its_processes(tmp_path):
+    # Python's default SIGTERM skipped the launcher's cleanup: both
+    # processes kept running, re-parented to init.
+    program = tmp_path / "sleep.py"
+    program.write_text("import os, time\nprint('PID', os.getpid())\n"
+                       "time.sleep(60)\n")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "kft.distributed", "--processes", "2",
+         "--grace", "1", str(program)], stdout=subprocess.PIPE, text=True)
+    pids = []
+    for line in launcher.stdout:
+        if " PID " in line:
+            pids.append(int(line.split()[-1]))
+        if len(pids) == 2:
+            break
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in pids)
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child reaped by the launcher is gone; a zombie would still count.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[-1][0] != "Z"
 
 
 def test_global_batch_must_split_over_the_processes():

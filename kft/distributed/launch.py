@@ -16,6 +16,7 @@ launcher then only sets the variables and watches its one process.
 """
 
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -136,6 +137,14 @@ def launch_command(command: Sequence[str], processes: int = 2, *,
                  _processes.NUM_PROCESSES_ENV: str(total),
                  "PYTHONUNBUFFERED": "1"})
     children, threads, lock = [], [], threading.Lock()
+    # `kill` (SIGTERM) of the launcher ends its processes too (Python's
+    # default would exit without the `finally`, leaving them running).
+    # The handler only queues it: an exception raised in a handler can
+    # land in a garbage-collection callback, which ignores it.
+    ended, previous = queue.Queue(), None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(
+            signal.SIGTERM, lambda signum, frame: ended.put((None, signum)))
     try:
         for offset in range(processes_here):
             child_env = dict(base)
@@ -149,26 +158,39 @@ def launch_command(command: Sequence[str], processes: int = 2, *,
                                       lock), daemon=True)
             thread.start()
             threads.append(thread)
-        failed = _wait(children)
+        failed = _wait(children, ended)
     finally:
         _stop(children, grace)
         for thread in threads:
             thread.join(timeout=5)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if failed is not None:
         raise ProcessFailed(first + failed, children[failed].returncode)
     return 0
 
 
-def _wait(children):
-    """Index of the first child to fail, or `None` once all succeeded."""
-    while True:
-        running = False
-        for i, child in enumerate(children):
-            code = child.poll()
-            if code is None:
-                running = True
-            elif code != 0:
-                return i
-        if not running:
-            return None
-        time.sleep(0.1)
+def _wait(children, ended):
+    """Index of the first child to fail, or `None` once all succeeded;
+    `SystemExit` when `ended` gets `(None, signal number)` first.
+
+    One thread per child waits for it and puts `(index, exit code)` in
+    `ended`, so failures come in the order they happened: after one
+    process fails the others fail too, in a collective, and polling them
+    in turn named the wrong one.
+    """
+    for index, child in enumerate(children):
+        threading.Thread(target=lambda i=index, c=child: ended.put(
+            (i, c.wait())), daemon=True).start()
+    for _ in children:
+        while True:
+            try:  # a timeout keeps Ctrl-C handled
+                index, code = ended.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+        if index is None:
+            raise SystemExit(128 + code)
+        if code != 0:
+            return index
+    return None

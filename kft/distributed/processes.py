@@ -21,6 +21,7 @@ single process they answer "process 0 of 1" without touching JAX, so
 """
 
 import os
+import sys
 
 from kft._validation import check_int
 from kft._validation import fail_argument
@@ -300,7 +301,28 @@ def initialize(*, data_parallel: bool = True) -> bool:
                 "right after `import kft`.")
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         keras.distribution.initialize(address, count, index)
+        _exit_at_uncaught_errors()
     if data_parallel and keras.distribution.distribution() is None:
         keras.distribution.set_distribution(keras.distribution.DataParallel(
             devices=jax.devices(), auto_shard_dataset=False))
     return True
+
+
+def _exit_at_uncaught_errors():
+    """Makes an uncaught exception end this process at once, exit code 1,
+    after printing it. Python's normal exit runs JAX's exit handler
+    (`jax.distributed.shutdown`), which waits for every process, while the
+    others wait in a collective for this one: the job hung instead of
+    failing (the launcher stops the others once this one has exited)."""
+    if getattr(sys.excepthook, "_kft_exits", False):
+        return
+    previous = sys.excepthook
+
+    def print_and_exit(kind, value, traceback):
+        previous(kind, value, traceback)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    print_and_exit._kft_exits = True
+    sys.excepthook = print_and_exit

@@ -848,3 +848,66 @@ def test_switches_refuse_strings_and_label_mode_names_none(tmp_path):
     with pytest.raises(ValueError, match=r"one of \('int', 'categorical', "
                        r"None\).*Received: label_mode='onehot'"):
         kft.data.from_arrays(x, np.arange(6) % 2, label_mode="onehot")
+
+
+def _tiny_tfds_builder():
+    """A TFDS builder of 10 gray 6x5 images whose pixel is 20 x their id
+    (3 classes), prepared without a download."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class KftTinyGray(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(6, 5, 1)),
+                    "label": tfds.features.ClassLabel(names=list("abc"))}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(10):
+                # A PIL image: TFDS encodes arrays with TensorFlow.
+                image = Image.fromarray(np.full((6, 5), 20 * i, np.uint8))
+                yield str(i), {"image": image, "label": i % 3}
+
+    return KftTinyGray
+
+
+def test_from_tfds_prepares_in_its_data_dir(tmp_path):
+    # With data_dir=, TFDS prepared TFRecord files (which need TensorFlow:
+    # "No module named 'tensorflow'") and, not prepared, claimed it was
+    # "already prepared ... in the TFRECORD format".
+    _tiny_tfds_builder()
+    with pytest.raises(FileNotFoundError, match=r"'kft_tiny_gray' is not "
+                       r"prepared in .*download=True"):
+        kft.data.from_tfds("kft_tiny_gray", "train", 4, data_dir=tmp_path)
+    ds = kft.data.from_tfds("kft_tiny_gray", "train[:80%]", 4,
+                            data_dir=tmp_path, download=True, shuffle=False)
+    assert list(tmp_path.glob("kft_tiny_gray/1.0.0/*.array_record*"))
+    held_out = kft.data.from_tfds("kft_tiny_gray", "train[80%:]", 4,
+                                  data_dir=tmp_path, train=False)
+    assert held_out.num_examples == 2 and not held_out.augments
+
+    def ids(data):  # each image is one gray level: 20 x its id
+        return np.concatenate([x[:, 1, 1, 0] for x, _ in data]) / 20
+
+    assert len(ids(ds)) == 8
+    assert sorted([*ids(ds), *ids(held_out)]) == list(range(10))
+
+
+def test_from_tfds_prepares_in_process_0_while_the_others_wait(monkeypatch):
+    from kft.data import _arrays
+    from kft.distributed import processes
+
+    calls = []
+    fake = type("tfds", (), {"data_source": staticmethod(
+        lambda *args, **kwargs: calls.append("prepare"))})
+    monkeypatch.setattr(processes, "process_count", lambda: 2)
+    monkeypatch.setattr(processes, "barrier", calls.append)
+    for primary in (True, False):
+        monkeypatch.setattr(processes, "is_primary", lambda: primary)
+        _arrays._prepare_once(fake, "x", None, {})
+    assert calls == ["prepare", "kft-from-tfds-x", "kft-from-tfds-x"]

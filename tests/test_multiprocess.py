@@ -324,6 +324,39 @@ def test_last_batch_error_names_each_process_share(monkeypatch):
     assert "drop_remainder" not in message
 
 
+def test_validation_and_range_test_batches_are_checked_before_training(
+        monkeypatch):
+    # Keras reads the validation data after the first training epoch: a
+    # batch that did not split over the processes (or devices) failed
+    # there, naming `batch_size`; lr_find failed at its last batch with
+    # JAX's IndivisibleError.
+    from kft.distributed import data_parallel
+
+    monkeypatch.setattr(data_parallel, "batch_shards", lambda: 2)
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(8, 8, 3))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    before = [np.array(v.value) for v in model.weights]
+    x, y = np.zeros((9, 8, 8, 3)), np.arange(9) % 2
+    val = kft.data.from_arrays(x, y, batch_size=3, shuffle=False)
+    for validation, message in [
+            (val.with_shard((0, 2)), r"`validation_data.batch_size` \(the "
+             r"global batch\) must be divisible by the 2 processes"),
+            ((x, y), r"last batch of `validation_data` \(9 examples at "
+             r"batch_size=4\) holds 1 examples"),
+            ((x, y, np.ones(9)), r"last batch of `validation_data`")]:
+        with pytest.raises(ValueError, match=message):
+            model.fit(x[:8], y[:8], batch_size=4, validation_data=validation,
+                      validation_batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match=r"last batch of `data`.*holds 1"):
+        kft.lr_find(model, (x, y), batch_size=4, steps=10)
+    assert all(np.array_equal(a, np.array(v.value))
+               for a, v in zip(before, model.weights))
+    data_parallel.check_fit_validation(
+        (x[:8], y[:8]), {"validation_data": (x[:8], y[:8])})
+
+
 def test_secondary_scratch_folder_goes_when_fit_raises(tmp_path, monkeypatch):
     # Keras' `fit` skips `on_train_end` when it raises: a secondary
     # process's scratch checkpoints stayed in the temp folder for good.

@@ -203,6 +203,22 @@ class _TfdsLoader:
         return image, int(example[self.label_key])
 
 
+def _prepare_once(tfds, name, data_dir, builder_kwargs):
+    """Downloads and prepares `name` in process 0 while the others wait:
+    several processes preparing one folder at once broke each other's
+    files."""
+    from kft.distributed.processes import barrier
+    from kft.distributed.processes import is_primary
+    from kft.distributed.processes import process_count
+
+    if process_count() == 1:
+        return  # `tfds.data_source` prepares it
+    if is_primary():
+        tfds.data_source(name, data_dir=data_dir, download=True,
+                         builder_kwargs=builder_kwargs)
+    barrier(f"kft-from-tfds-{name}")
+
+
 def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
               batch_size: int = 32, *, data_dir: str | None = None,
               download: bool = False, image_key: str = "image",
@@ -228,8 +244,9 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
         batch_size: Examples per batch. Defaults to `32`.
         data_dir: TFDS data folder, or `None` for TFDS' default. Defaults to
             `None`.
-        download: Download and prepare the dataset if missing. Defaults to
-            `False`.
+        download: Download and prepare the dataset if missing (as
+            ArrayRecord files; with several processes, process 0 prepares
+            it while the others wait). Defaults to `False`.
         image_key: Feature holding the image. Defaults to `"image"`.
         label_key: `ClassLabel` feature. Defaults to `"label"`.
         augmentation: Preset used when `train`. Defaults to `"none"`.
@@ -237,7 +254,9 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
         label_mode: `"int"` or `"categorical"`. Defaults to `"int"`.
         train: Train transform (resize + augmentation, shuffled) or eval
             transform (resize + center crop). `None`: `split` starts with
-            `"train"`. Defaults to `None`.
+            `"train"`; pass `train=False` for a slice of the train split
+            held out for validation (`"train[80%:]"`). Defaults to
+            `None`.
         crop_fraction: Eval center-crop fraction in (0, 1]. Defaults to
             `0.875`.
         shuffle: Reshuffle each epoch; `None` means `train`. Defaults to
@@ -255,6 +274,8 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
 
     Raises:
         ImportError: tensorflow-datasets is not installed.
+        FileNotFoundError: the dataset is not prepared and `download` is
+            `False`.
         ValueError: bad arguments, or `label_key` is not a `ClassLabel`
             feature.
 
@@ -283,7 +304,11 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
                                  high=1, low_open=True)
     if train is None:
         train = split.startswith("train")
-    builder = tfds.builder(name, data_dir=data_dir)
+    # TFDS picks ArrayRecord (random access, no TensorFlow) itself only
+    # without a `data_dir`; with one it prepared TFRecord files, which need
+    # TensorFlow to write and cannot be read by index.
+    file_format = {"file_format": "array_record"}
+    builder = tfds.builder(name, data_dir=data_dir, **file_format)
     features = builder.info.features
     for argument, key in (("image_key", image_key), ("label_key", label_key)):
         if key not in features:
@@ -298,8 +323,20 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
             f"Received: label_key={label_key!r} ({type(feature).__name__})"
         )
     names = list(feature.names)
-    source = tfds.data_source(name, split=split, data_dir=data_dir,
-                              download=download)
+    if download:
+        _prepare_once(tfds, name, data_dir, file_format)
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir,
+                                  download=download,
+                                  builder_kwargs=file_format)
+    except Exception as error:
+        if download or builder.is_prepared():
+            raise
+        # TFDS' own: a KeyError ("`splits` is empty").
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. "
+            "Pass download=True to download and prepare it there, or "
+            "data_dir= the folder that holds it.") from error
     loader = _TfdsLoader(source, image_key, label_key, image_size,
                          "squash" if train else "center_crop", crop_fraction)
 

@@ -14,17 +14,18 @@ dataset shuffles.
 import numpy as np
 
 
-def local_batch_size(batch_size, count):
-    """Examples per process of a global batch of `batch_size`.
+def local_batch_size(batch_size, count, name="batch_size"):
+    """Examples per process of a global batch of `batch_size` (the
+    argument `name`, for the message).
 
     >>> local_batch_size(32, 4)
     8
     """
     if batch_size % count:
         raise ValueError(
-            f"Argument `batch_size` (the global batch) must be divisible by "
+            f"Argument `{name}` (the global batch) must be divisible by "
             f"the {count} processes that share it. Received: "
-            f"batch_size={batch_size}")
+            f"{name}={batch_size}")
     return batch_size // count
 
 

@@ -21,12 +21,14 @@ normalise with the global batch's statistics (synchronized BatchNorm).
 the head sharded, under the same distribution.
 """
 
+import inspect
 from collections.abc import Sequence
 
 import keras
 
 from kft._validation import check_int
 from kft._validation import fail_argument
+from kft.data._sharding import local_batch_size
 
 
 def data_parallel(devices: int | Sequence | None = None, *,
@@ -225,6 +227,31 @@ def check_batch_size(batch_size: int, num_examples: int | None = None, *,
     return batch_size
 
 
+def check_fit_validation(fit_args, fit_kwargs) -> None:
+    """`check_data_batches` for the validation data of a
+    `model.fit(*fit_args, **fit_kwargs)` call, before it trains: Keras
+    reads them after the first training epoch, where a batch that does not
+    split over the devices (or processes) failed. No-op without a
+    distribution.
+
+    Example:
+    >>> import numpy as np
+    >>> check_fit_validation((np.zeros((4, 2)),), {"validation_data": (
+    ...     np.zeros((3, 2)), np.zeros(3))})
+    """
+    if batch_shards() == 1:
+        return
+    bound = inspect.signature(keras.Model.fit).bind(None, *fit_args,
+                                                    **fit_kwargs)
+    arguments = bound.arguments
+    data = arguments.get("validation_data")
+    if isinstance(data, tuple) and len(data) == 3:
+        data = data[:2]  # sample weights split with the images
+    size = (arguments.get("validation_batch_size")
+            or arguments.get("batch_size") or 32)  # Keras' default
+    check_data_batches(data, size, name="validation_data")
+
+
 def _check_split(batch, last, *, batch_name, name, last_name,
                  processes=1):
     """Raises unless `batch` and the last batch (`last` examples, `None`
@@ -282,7 +309,7 @@ def check_data_batches(data, batch_size: int | None, *, name: str) -> None:
     # A kft.data dataset in one of several processes yields its part of
     # each global batch: that part is what this process' devices split.
     _, processes = getattr(data, "shard", (0, 1))
-    local = size // processes
+    local = local_batch_size(size, processes, name=f"{name}.batch_size")
     last = (data.partial_batch_size
             if getattr(data, "has_partial_batch", False) else None)
     part = (f"{name}.batch_size={size}" if processes == 1 else

@@ -5,6 +5,7 @@ pretrained), so `model.save` / `keras.models.load_model` keep it too."""
 import keras
 
 from kft._compat import KeepsStateOnError
+from kft.distributed.data_parallel import check_fit_validation
 from kft.models.backbones import NEEDS_KFT
 
 
@@ -54,6 +55,10 @@ class Classifier(KeepsStateOnError, keras.Model):
             self.kft_metadata = dict(kft_metadata)
         if kft_pretrained is not None:
             self._kft_pretrained = bool(kft_pretrained)
+
+    def fit(self, *args, **kwargs):
+        check_fit_validation(args, kwargs)
+        return super().fit(*args, **kwargs)
 
     def get_config(self):
         return {NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),

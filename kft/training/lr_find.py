@@ -22,6 +22,7 @@ from kft._plotting import new_figure
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import fail_argument
+from kft.distributed.data_parallel import check_data_batches
 from kft.training.class_weights import resolve_class_weight
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
@@ -348,6 +349,8 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
             "needs some to train (kft.freeze(model, 'feature_extraction') "
             "leaves the head trainable).")
     data = _check_data(model, data)
+    # Under data parallel, before a step fails deep in JAX.
+    check_data_batches(data, batch_size, name="data")
     if class_weight is not None:
         class_weight = resolve_class_weight(class_weight, data,
                                             model.outputs[0].shape[-1])

@@ -9,6 +9,7 @@ the installed command).
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 import tomllib
 import warnings
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -356,6 +358,81 @@ def test_a_checkpoint_cut_short_falls_back_to_the_previous(tmp_path):
     (tmp_path / "training_metadata.json").write_text('{"epoch": ')
     assert "starts again" in recover_checkpoint(tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_kill_between_a_saves_two_files_falls_back_to_the_previous(
+        tmp_path):
+    # Keras writes the weights, then the metadata: a kill between the two
+    # left epoch e's weights (and optimizer state) named epoch e - 1, both
+    # readable; a resume trained epoch e again from them, or failed on
+    # another stage's optimizer state.
+    import h5py
+
+    from kft.distributed import BackupAndRestore
+    from kft.runs.backup import recover_checkpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((4, 2)), np.ones(4)
+    model.fit(x, y, epochs=2, verbose=0,
+              callbacks=[BackupAndRestore(str(tmp_path),
+                                          delete_checkpoint=False)])
+    weights = tmp_path / "latest.weights.h5"
+    with h5py.File(weights, "r") as f:  # the metadata's (epoch, batch)
+        assert list(f.attrs["kft_checkpoint_position"]) == [2, 0]
+    assert recover_checkpoint(tmp_path) is None
+    saved = np.array(model.weights[0].value)
+    model.fit(x, y, epochs=1, verbose=0)
+    # The next save as Keras makes it, killed after its weights: the pair
+    # kept as the previous one, the new weights, no new metadata.
+    for name in ("latest.weights.h5", "training_metadata.json"):
+        shutil.copyfile(tmp_path / name, tmp_path / (name + ".bkp"))
+    model.save_weights(weights)
+    assert not np.array_equal(model.weights[0].value, saved)
+    assert "previous checkpoint" in recover_checkpoint(tmp_path)
+    assert json.loads((tmp_path / "training_metadata.json").read_text(
+    )) == {"epoch": 2, "batch": 0}
+    model.load_weights(weights)
+    np.testing.assert_array_equal(model.weights[0].value, saved)
+    assert recover_checkpoint(tmp_path) is None
+
+
+def test_a_kill_while_the_checkpoints_go_leaves_a_complete_run(
+        folder, tmp_path, monkeypatch):
+    # The checkpoints went before run.json said "complete": a kill between
+    # the two resumed a finished run from nothing (or failed on what was
+    # left) and trained it again.
+    from kft.runs import train as train_module
+
+    removed, rmtree = [], shutil.rmtree
+
+    def killed_part_way(path, *args, **kwargs):
+        if os.path.basename(path) != "checkpoints":
+            return rmtree(path, *args, **kwargs)
+        # As os.scandir ordered them here: phase0/, then the run state.
+        rmtree(os.path.join(path, "phase0"))
+        os.remove(os.path.join(path, "run_state.json"))
+        removed.append(path)
+        raise _Interrupted
+
+    out = str(tmp_path / "run")
+    settings = dict(data_dir=folder, backbone="simple_cnn", weights="none",
+                    image_size=16, strategy="feature_extraction",
+                    head_epochs=1, batch_size=4, plots=False, out=out,
+                    verbose=0, print_fn=None)
+    monkeypatch.setattr(train_module.shutil, "rmtree", killed_part_way)
+    with pytest.raises(_Interrupted):
+        kft.train_run(**settings)
+    assert removed
+    with open(os.path.join(out, "run.json")) as f:
+        assert json.load(f)["status"] == "complete"
+    monkeypatch.undo()
+    said = []
+    result = kft.train_run(out=out, resume=True, verbose=0,
+                           print_fn=said.append)
+    assert result.resumed and result.train_time == 0.0
+    assert any("is complete" in line for line in said)
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
 
 
 def _console_script():

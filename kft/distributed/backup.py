@@ -19,6 +19,7 @@ the previous checkpoint (`double_checkpoint=True` by default), which
 Keras restores from when the latest one does not load.
 """
 
+import os
 import shutil
 import weakref
 
@@ -28,6 +29,8 @@ from kft import _compat
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import process_count
 from kft.distributed.processes import scratch_dir
+from kft.training.unfreeze_backup import BACKUP_METADATA
+from kft.training.unfreeze_backup import stamp_checkpoint
 
 
 class BackupAndRestore(keras.callbacks.Callback):
@@ -63,6 +66,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.restore_from = keras.callbacks.BackupAndRestore(backup_dir,
                                                              **kwargs)
         self._writer = None
+        self._stamped = None  # the metadata's mtime when last stamped
         self._scratch = None  # a `weakref.finalize` removing the folder
 
     def set_model(self, model):
@@ -98,11 +102,26 @@ class BackupAndRestore(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._settle()
         self._writer.on_epoch_end(epoch, logs)
+        self._stamp()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._kwargs.get("save_freq", "epoch") != "epoch":
+        by_batch = self._kwargs.get("save_freq", "epoch") != "epoch"
+        if by_batch:
             self._settle()
         self._writer.on_train_batch_end(batch, logs)
+        if by_batch:
+            self._stamp()
+
+    def _stamp(self):
+        """Marks the weights just saved with their metadata's position
+        (`recover_checkpoint` then finds a pair a kill split)."""
+        path = os.path.join(self.backup_dir, BACKUP_METADATA)
+        if self._writer is not self.restore_from or not os.path.exists(path):
+            return
+        written = os.stat(path).st_mtime_ns
+        if written != self._stamped:  # a save since the last stamp
+            stamp_checkpoint(self.backup_dir)
+            self._stamped = written
 
     def on_train_end(self, logs=None):
         self._writer.on_train_end(logs)

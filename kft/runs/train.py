@@ -134,14 +134,20 @@ def _prepare_out(config, resume, say):
     return config, {}, False, created
 
 
+def _complete(out):
+    path = os.path.join(out, "run.json")
+    return os.path.exists(path) and read_json(path).get(
+        "status") == "complete"
+
+
 def _discard_unstarted(out, created):
     """Removes what a new run wrote before its first epoch ended (nothing
     to resume), so that the same `out` takes a corrected run."""
     from kft.runs.backup import STATE_FILE
 
     if not is_primary() or os.path.exists(
-            os.path.join(out, CHECKPOINTS, STATE_FILE)):
-        return
+            os.path.join(out, CHECKPOINTS, STATE_FILE)) or _complete(out):
+        return  # something to resume, or a run that finished
     shutil.rmtree(os.path.join(out, CHECKPOINTS), ignore_errors=True)
     for name in ("config.toml", "environment.json", "run.json"):
         path = os.path.join(out, name)
@@ -325,7 +331,6 @@ def _train(config, info, resumed, verbose, say, command):
         with open(path, "w") as f:
             f.write(run_summary(result, env, requested,
                              run_info["skipped_files"]))
-        shutil.rmtree(os.path.join(out, CHECKPOINTS), ignore_errors=True)
     run_info.update(
         status="complete", best_epoch=backup.best_epoch,
         best_value=backup.best_value, monitor=config.monitor,
@@ -333,11 +338,20 @@ def _train(config, info, resumed, verbose, say, command):
         files=sorted(files),
         finished=datetime.datetime.now().isoformat(timespec="seconds"))
     write_json(os.path.join(out, "run.json"), run_info)
+    # After the run is marked complete: a kill while the checkpoints went
+    # read as a run with nothing saved (or a broken one) and trained again.
+    _remove_checkpoints(out)
     return result
+
+
+def _remove_checkpoints(out):
+    if is_primary():
+        shutil.rmtree(os.path.join(out, CHECKPOINTS), ignore_errors=True)
 
 
 def _completed_result(config, info):
     out = config.out
+    _remove_checkpoints(out)  # what a kill at the very end left
     history_path = os.path.join(out, "history.json")
     history = read_json(history_path) if os.path.exists(
         history_path) else []

@@ -39,7 +39,11 @@ def checkpoint_position(backup_dir):
     path = os.path.join(backup_dir, BACKUP_METADATA)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
+    return _position(path)
+
+
+def _position(metadata_path):
+    with open(metadata_path) as f:
         meta = json.load(f)
     return int(meta["epoch"]), int(meta.get("batch", 0))
 
@@ -134,6 +138,53 @@ def save_record(backup_dir, records, epoch, state):
 CHECKPOINT_FILES = (BACKUP_WEIGHTS, BACKUP_METADATA)
 
 
+# Attribute of the weights file: the `(epoch, batch)` of the metadata
+# written with it (`stamp_checkpoint`).
+STAMP = "kft_checkpoint_position"
+
+
+def stamp_checkpoint(backup_dir):
+    """Writes the metadata's `(epoch, batch)` into the weights file.
+
+    `BackupAndRestore` writes the weights, then the metadata: a kill
+    between the two left the new weights with the previous epoch's
+    metadata, both readable, and a resume trained an epoch again from the
+    later weights (or failed on another stage's optimizer state).
+    `recover_checkpoint` compares the two.
+    """
+    import h5py
+
+    position = checkpoint_position(backup_dir)
+    path = os.path.join(backup_dir, BACKUP_WEIGHTS)
+    if position is None or not os.path.exists(path):
+        return
+    with h5py.File(path, "a") as f:
+        f.attrs[STAMP] = list(position)
+
+
+def _stamp(path):
+    """The weights file's `stamp_checkpoint` position, or `None`."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            stamp = f.attrs.get(STAMP)
+    except (OSError, ValueError):
+        return None
+    return None if stamp is None else tuple(int(v) for v in stamp)
+
+
+def _paired(weights, metadata):
+    """Whether a readable weights file and metadata file were written
+    together: the stamp names the metadata's position (an unstamped pair
+    is taken as it is, unless the previous weights were stamped: then the
+    save stopped before its stamp)."""
+    stamp = _stamp(weights)
+    if stamp is None:
+        return _stamp(weights + ".bkp") is None
+    return stamp == _position(metadata)
+
+
 def _readable(path):
     try:
         if path.removesuffix(".bkp").endswith(".json"):
@@ -154,9 +205,10 @@ def recover_checkpoint(directory) -> str | None:
 
     `save_weights` and the metadata file are not written atomically: a
     kill during the write leaves a truncated file, which would fail every
-    resume. The previous checkpoint (`double_checkpoint=True` keeps it)
-    replaces the pair then; without one the pair is removed, so the call
-    starts again. Returns what was done, or `None` when nothing was
+    resume, and a kill between the two writes leaves weights whose stamp
+    (`stamp_checkpoint`) is not the metadata's position. The previous
+    checkpoint (`double_checkpoint=True` keeps it) replaces the pair then;
+    without one the pair is removed, so the call starts again. Returns what was done, or `None` when nothing was
     needed.
 
     Example:
@@ -169,10 +221,13 @@ def recover_checkpoint(directory) -> str | None:
     """
     paths = [os.path.join(directory, name) for name in CHECKPOINT_FILES]
     present = [os.path.exists(p) for p in paths]
-    if not any(present) or (all(present) and all(map(_readable, paths))):
+    if not any(present) or (all(present) and all(map(_readable, paths))
+                            and _paired(*paths)):
         return None
     previous = [p + ".bkp" for p in paths]
-    if all(os.path.exists(p) and _readable(p) for p in previous):
+    if all(os.path.exists(p) and _readable(p) for p in previous) and (
+            _stamp(previous[0]) is None
+            or _stamp(previous[0]) == _position(previous[1])):
         for old, path in zip(previous, paths):
             shutil.copyfile(old, path + ".tmp")
             os.replace(path + ".tmp", path)

@@ -622,3 +622,27 @@ def test_a_step_that_raises_leaves_the_weights(tmp_path):
     # A failed fit keeps the weights its first step trained.
     assert any(not np.array_equal(np.asarray(got), want)
                for got, want in zip(clf.trainable_weights, before))
+
+
+def test_a_penalty_on_the_adaptation_model_covers_its_classifier_only():
+    # The discriminator (an attribute, not in the classifier's graph)
+    # counted as backbone: L2-SP pulled its fresh weights back to their
+    # random start, and EWC refused a Fisher of the source classifier
+    # ("missing for 5 variable(s)").
+    keras.utils.set_random_seed(0)
+    clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                               input_shape=(8, 8, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3))
+    fisher = kft.estimate_fisher(clf, (x, np.arange(4) % 2))
+    model = kft.DomainAdaptationModel(clf, hidden_units=(8,))
+    classifier = {id(v) for v in clf.trainable_weights}
+    head = {id(v) for v in clf.get_layer("head_dense").trainable_weights}
+    assert {id(v) for v in model.discriminator.trainable_weights}
+    # L2-SP: the backbone and (beta) the head; EWC: the backbone.
+    for penalty, expected in ((kft.L2SP(alpha=0.1, beta=0.01), classifier),
+                              (kft.EWC(1.0, fisher), classifier - head)):
+        kft.regularize(model, penalty)
+        covered = {id(v) for v in model.trainable_weights
+                   if v.regularizer is not None}
+        assert covered == expected
+        kft.regularize(model, None)

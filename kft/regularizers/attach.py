@@ -52,11 +52,15 @@ class Binding:
 
 def split_weights(model):
     """(backbone weights, head weights) of `model`: the head is kft's
-    `"head"` block (`kft.get_blocks`), the backbone every other weight;
-    frozen weights included."""
+    `"head"` block (`kft.get_blocks`), the backbone every other weight of
+    its graph (a `kft.DomainAdaptationModel`'s discriminator, which is
+    not, is no part of the classifier kept close to theta_0); frozen
+    weights included."""
     head = {id(v) for layer in head_layers(model)
             for v in _compat.weight_variables(layer)}
-    weights = _compat.weight_variables(model)
+    layers = model.layers if _compat.is_graph_model(model) else [model]
+    weights = list({id(v): v for layer in layers
+                    for v in _compat.weight_variables(layer)}.values())
     return ([v for v in weights if id(v) not in head],
             [v for v in weights if id(v) in head])
 

@@ -59,8 +59,9 @@ def split_weights(model):
     head = {id(v) for layer in head_layers(model)
             for v in _compat.weight_variables(layer)}
     layers = model.layers if _compat.is_graph_model(model) else [model]
-    weights = list({id(v): v for layer in layers
-                    for v in _compat.weight_variables(layer)}.values())
+    graph = {id(v) for layer in layers
+             for v in _compat.weight_variables(layer)}
+    weights = [v for v in _compat.weight_variables(model) if id(v) in graph]
     return ([v for v in weights if id(v) not in head],
             [v for v in weights if id(v) in head])
 

@@ -199,6 +199,14 @@ def is_leaf_with_weights(layer):
     return bool(layer._trainable_variables) and not layer._layers
 
 
+def metric_name(metric):
+    """The name `compile` logs a metric object or function under (Keras'
+    `get_object_name`: a function's name in snake case)."""
+    from keras.src.utils import naming
+
+    return naming.get_object_name(metric)
+
+
 def metric_direction(metric):
     """`"up"`, `"down"` or `None`: which way a Keras metric improves."""
     return getattr(metric, "_direction", None)

@@ -646,3 +646,26 @@ def test_a_penalty_on_the_adaptation_model_covers_its_classifier_only():
                    if v.regularizer is not None}
         assert covered == expected
         kft.regularize(model, None)
+
+
+def test_fine_tune_checks_a_monitor_by_what_the_adaptation_model_logs():
+    # Its own metrics are logged in training only, and only those of its
+    # method: val_domain_loss (or domain_loss under "mmd") passed the
+    # check and failed after the head epoch had trained.
+    from kft.training.fine_tune import check_fine_tune_arguments
+
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    xt = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    pairs = kft.adaptation.domain_pairs((xs, np.arange(8) % 2), xt,
+                                        batch_size=4)
+    for method, monitor in (("dann", "val_domain_loss"),
+                            ("dann", "val_domain_accuracy"),
+                            ("mmd", "domain_loss")):
+        with pytest.raises(ValueError, match=f"Received: monitor='"
+                                             f"{monitor}'"):
+            check_fine_tune_arguments(
+                _tiny_dann(method=method), pairs, (xs, np.arange(8) % 2),
+                monitor=monitor)
+    check_fine_tune_arguments(_tiny_dann(), pairs, (xs, np.arange(8) % 2),
+                              monitor="domain_loss")

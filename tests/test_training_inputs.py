@@ -32,6 +32,10 @@ def _peak(y_true, y_pred):
     return keras.ops.max(y_pred, axis=-1)
 
 
+def F1(y_true, y_pred):  # noqa: N802 (a name Keras logs as "f1")
+    return keras.ops.max(y_pred, axis=-1)
+
+
 def _weights(model):
     return [np.array(v.value) for v in model.weights]
 
@@ -150,6 +154,12 @@ def test_fine_tune_checks_its_arguments_before_training():
                               monitor="val_accuracy")
     check_fine_tune_arguments(model, (x, y), (x, y), metrics=[_peak],
                               monitor="val__peak", mode="max")
+    # Keras logs a function as its name in snake case: F1 as "f1".
+    check_fine_tune_arguments(model, (x, y), (x, y), metrics=[F1],
+                              monitor="val_f1", mode="max")
+    with pytest.raises(ValueError, match="monitor='val_F1'"):
+        check_fine_tune_arguments(model, (x, y), (x, y), metrics=[F1],
+                                  monitor="val_F1", mode="max")
     check_fine_tune_arguments(model, (x, y), (x, y), monitor="learning_rate",
                               mode="min")
     assert _unchanged(model, before)

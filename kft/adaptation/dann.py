@@ -308,10 +308,19 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, keras.Model):
             from_logits=True))
         return domain_logits, domain_loss, confusion
 
+    def _unused_metrics(self):
+        return ("alignment",) if self.method == "dann" else (
+            "domain_loss", "domain_accuracy")
+
+    def logged_metrics(self):
+        """`(names in the training logs, names in the validation logs)` of
+        this model's own metrics (`fine_tune` checks `monitor` by them)."""
+        unused = self._unused_metrics()
+        return [n for n in _LOGGED_ONLY_IN_TRAINING if n not in unused], []
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         logs = super().compute_metrics(x, y, y_pred, sample_weight)
-        unused = ("alignment",) if self.method == "dann" else (
-            "domain_loss", "domain_accuracy")
+        unused = self._unused_metrics()
         return {k: v for k, v in logs.items() if k not in unused}
 
     def test_step(self, *args, **kwargs):

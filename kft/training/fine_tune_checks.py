@@ -161,7 +161,7 @@ def _metric_name_and_direction(metric):
         fail_argument("metrics", "Keras metric names, objects or functions",
                       metric, TypeError)
     # Keras wraps a function in a `MeanMetricWrapper` named after it.
-    return getattr(metric, "__name__", None), _direction(metric)
+    return _compat.metric_name(metric), _direction(metric)
 
 
 def _direction(found):
@@ -195,14 +195,22 @@ def check_metrics(model, loss, metrics, monitor, has_val, mode="auto"):
             fail_argument("loss", "a Keras loss name, object or function "
                           "(or None for kft's cross-entropy)", loss)
     directions = {"loss": "down"}
-    for metric in [*metrics, *getattr(model, "metrics", [])]:
+    for metric in metrics:
         name, direction = _metric_name_and_direction(metric)
         directions.setdefault(name, direction)
-    if None in directions:
-        return metrics  # a callable without a name: Keras names it
-    logged = list(directions)
+    compiled = list(directions)  # in the training and validation logs
+    # The model's own metrics (a DomainAdaptationModel's domain_loss),
+    # which it may log in training only, or only some of.
+    tracked = {m.name: _compat.metric_direction(m)
+               for m in getattr(model, "metrics", [])}
+    own = getattr(model, "logged_metrics", None)
+    own_train, own_val = own() if callable(own) else (tracked, tracked)
+    for name in own_train:
+        directions.setdefault(name, tracked.get(name))
+    logged = [*compiled, *(n for n in own_train if n not in compiled)]
     if has_val:
-        logged += [f"val_{name}" for name in logged]
+        logged += [f"val_{name}" for name in (
+            *compiled, *(n for n in own_val if n not in compiled))]
     if monitor not in (*logged, *_CALLBACK_LOGS):
         fail_argument("monitor", f"a quantity each epoch logs, one of "
                       f"{logged}", monitor)

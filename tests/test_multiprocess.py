@@ -345,10 +345,16 @@ def test_validation_and_range_test_batches_are_checked_before_training(
              r"global batch\) must be divisible by the 2 processes"),
             ((x, y), r"last batch of `validation_data` \(9 examples at "
              r"batch_size=4\) holds 1 examples"),
-            ((x, y, np.ones(9)), r"last batch of `validation_data`")]:
+            ((x, y, np.ones(9)), r"last batch of `validation_data`"),
+            ([x, y], r"last batch of `validation_data`")]:  # a list too
         with pytest.raises(ValueError, match=message):
             model.fit(x[:8], y[:8], batch_size=4, validation_data=validation,
                       validation_batch_size=4, verbose=0)
+    # 21 examples at 1/3: Keras validates on the last 7, batches 4 + 3.
+    with pytest.raises(ValueError, match=r"validation_split=0.33.* part "
+                       r"\(7 examples at batch_size=4\) holds 3"):
+        model.fit(np.zeros((21, 8, 8, 3)), np.arange(21) % 2, batch_size=4,
+                  validation_split=1 / 3, verbose=0)
     with pytest.raises(ValueError, match=r"last batch of `data`.*holds 1"):
         kft.lr_find(model, (x, y), batch_size=4, steps=10)
     assert all(np.array_equal(a, np.array(v.value))

@@ -22,6 +22,7 @@ the head sharded, under the same distribution.
 """
 
 import inspect
+import math
 from collections.abc import Sequence
 
 import keras
@@ -245,10 +246,20 @@ def check_fit_validation(fit_args, fit_kwargs) -> None:
                                                     **fit_kwargs)
     arguments = bound.arguments
     data = arguments.get("validation_data")
+    if isinstance(data, list):
+        data = tuple(data)  # Keras takes a list as the tuple
     if isinstance(data, tuple) and len(data) == 3:
         data = data[:2]  # sample weights split with the images
     size = (arguments.get("validation_batch_size")
             or arguments.get("batch_size") or 32)  # Keras' default
+    split = arguments.get("validation_split") or 0.0
+    x = arguments.get("x")
+    if data is None and split and hasattr(x, "shape") and len(x.shape):
+        # Keras' split (`train_validation_split`): the arrays' last part.
+        count = len(x) - int(math.floor(len(x) * (1.0 - split)))
+        check_batch_size(size, count, name="batch_size",
+                         data_name=f"the validation_split={split} part")
+        return
     check_data_batches(data, size, name="validation_data")
 
 

@@ -46,7 +46,9 @@ def main(argv=None) -> int:
         count = 1 if args.num_processes else 2
     try:
         return launch_command(
-            [sys.executable, args.script, *args.args], count,
+            # Through `_script`: a process that fails exits at once.
+            [sys.executable, "-m", "kft.distributed._script", args.script,
+             *args.args], count,
             coordinator=args.coordinator, num_processes=args.num_processes,
             first_process_id=args.process_id, grace=args.grace)
     except ProcessFailed as error:

@@ -68,7 +68,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
     block then trains at its own rate from the stage it is unfrozen in.
 
     Resuming: pass `backup_dir` (the directory of your
-    `keras.callbacks.BackupAndRestore`). In a restarted process the callback
+    `kft.callbacks.BackupAndRestore`; Keras' own works too, but a kill
+    between its weights and metadata writes goes unnoticed there and the
+    epoch trains again from its end). In a restarted process the callback
     reads which epoch `BackupAndRestore`'s checkpoint was saved in and
     re-applies that epoch's stage before the optimizer state is loaded (in
     `set_model`, which `fit` calls before `on_train_begin` of any callback),

@@ -322,3 +322,41 @@ def test_a_weights_file_of_another_model_names_the_file(tmp_path):
     own = str(tmp_path / "backbone.weights.h5")
     backbone.save_weights(own)
     kft.create_backbone("simple_cnn", weights=own, input_shape=(16, 16, 3))
+
+
+@pytest.mark.slow
+def test_convnext_normalises_pooled_features_as_keras_pooling_does():
+    # kft pooled after Keras' final LayerNorm (applied per position, as
+    # Keras builds it with pooling=None): with trained LayerNorm weights
+    # the head's features were 0.46 (relative) off Keras' pooling="avg"
+    # model and the original ConvNeXt (LN of the pooled vector). At 32 px
+    # the map is 1x1 and the two agree: 64 px gives a 2x2 map.
+    model = kft.build_classifier("convnext_tiny", 3, weights=None,
+                                 input_shape=(64, 64, 3),
+                                 fast_cpu_convs=False)
+    base = model.get_layer("convnext_tiny")
+    norm = base.layers[-1]
+    assert isinstance(norm, keras.layers.LayerNormalization)
+    rng = np.random.default_rng(0)
+    norm.gamma.assign(rng.uniform(0.5, 2.0, norm.gamma.shape))
+    norm.beta.assign(rng.normal(size=norm.beta.shape))
+    keras_model = keras.applications.ConvNeXtTiny(
+        include_top=False, weights=None, input_shape=(64, 64, 3),
+        pooling="avg")
+    keras_model.set_weights(base.get_weights())
+    x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    features, _ = kft.feature_cache.split_head(model)
+    np.testing.assert_allclose(features.predict(x, verbose=0),
+                               keras_model.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-4)
+    assert "head_pool" not in [layer.name for layer in model.layers]
+
+
+def test_create_backbone_pools_when_asked():
+    for pooling in ("avg", "max"):
+        base = kft.create_backbone("simple_cnn", weights=None,
+                                   input_shape=(16, 16, 3), pooling=pooling)
+        assert base.output.shape == (None, 64)
+    with pytest.raises(ValueError, match="Received: pooling='flatten'"):
+        kft.create_backbone("simple_cnn", weights=None,
+                            input_shape=(16, 16, 3), pooling="flatten")

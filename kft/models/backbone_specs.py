@@ -41,6 +41,11 @@ class BackboneSpec:
         default_size: Input side length the weights were trained at.
         blocks: Ordered `(block_name, regex)` pairs, stem first. Every layer
             of the backbone that has weights matches exactly one regex.
+        norm_after_pooling: The backbone ends in a normalization the
+            original model applies to pooled features (ConvNeXt's
+            LayerNorm): `kft.build_classifier` has the constructor pool
+            (Keras' `pooling=`) instead of pooling its output. Defaults to
+            `False`.
 
     Example:
     >>> from kft.models.backbone_specs import BackboneSpec
@@ -55,6 +60,7 @@ class BackboneSpec:
     preprocess: PreprocessMode
     default_size: int
     blocks: tuple
+    norm_after_pooling: bool = False
 
     def __post_init__(self):
         check_choice("preprocess", self.preprocess, PREPROCESS_MODES)
@@ -188,11 +194,11 @@ BUILTIN_SPECS = (
     BackboneSpec("efficientnetv2m", A.EfficientNetV2M, "none", 480,
                  _efficientnet(7)),
     BackboneSpec("convnext_tiny", A.ConvNeXtTiny, "none", 224,
-                 _convnext("tiny")),
+                 _convnext("tiny"), norm_after_pooling=True),
     BackboneSpec("convnext_small", A.ConvNeXtSmall, "none", 224,
-                 _convnext("small")),
+                 _convnext("small"), norm_after_pooling=True),
     BackboneSpec("convnext_base", A.ConvNeXtBase, "none", 224,
-                 _convnext("base")),
+                 _convnext("base"), norm_after_pooling=True),
     BackboneSpec("mobilenetv2", A.MobileNetV2, "tf", 224,
                  _mobilenetv2([[1, 2], [3, 4, 5], [6, 7, 8, 9], [10, 11, 12],
                                [13, 14, 15], [16]])),

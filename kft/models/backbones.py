@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from kft import _compat
+from kft._validation import check_choice
 from kft._validation import fail_argument
 from kft.models import init_draws
 from kft.models.backbone_specs import BackboneSpec  # noqa: F401 (re-export)
@@ -222,7 +223,8 @@ def _local_weights_file(weights):
 
 
 def create_backbone(name: str, weights: Weights = "imagenet",
-                    input_shape: Sequence | None = None) -> Backbone:
+                    input_shape: Sequence | None = None,
+                    pooling: str | None = None) -> Backbone:
     """Builds a registered backbone without its classification top.
 
     Args:
@@ -234,6 +236,10 @@ def create_backbone(name: str, weights: Weights = "imagenet",
             Defaults to `"imagenet"`.
         input_shape: `(height, width, 3)`. Defaults to the backbone's
             default size.
+        pooling: `None` (the feature map), `"avg"` or `"max"`: the
+            constructor's own pooling (Keras' `pooling=`; ConvNeXt's final
+            LayerNorm then normalises the pooled vector, as the original
+            model does, not each position). Defaults to `None`.
 
     Returns:
         A `Backbone` named after the registered backbone, its
@@ -251,11 +257,14 @@ def create_backbone(name: str, weights: Weights = "imagenet",
         input_shape = (spec.default_size, spec.default_size, 3)
     input_shape = check_input_shape(input_shape)
     local_file, constructor_weights = _local_weights_file(weights)
+    extra = {}
+    if pooling is not None:
+        extra["pooling"] = check_choice("pooling", pooling, ("avg", "max"))
     try:
         with init_draws.bucketed_draws():
             built = spec.constructor(include_top=False,
                                      weights=constructor_weights,
-                                     input_shape=input_shape)
+                                     input_shape=input_shape, **extra)
     except Exception as error:
         # Keras' download raises a bare `Exception` ("URL fetch failure").
         if constructor_weights != "imagenet" or "fetch" not in str(error):

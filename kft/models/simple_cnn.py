@@ -10,6 +10,7 @@ import numbers
 
 import keras
 
+from kft._validation import check_choice
 from kft._validation import fail_argument
 
 BLOCKS = (
@@ -22,7 +23,8 @@ BLOCKS = (
 
 def SimpleCNN(include_top: bool = False, weights: None = None,
               input_shape: tuple | None = None,
-              widths: tuple = (16, 32, 64)) -> keras.Model:
+              widths: tuple = (16, 32, 64),
+              pooling: str | None = None) -> keras.Model:
     """Builds the backbone: a stem and three conv-BN-ReLU stages.
 
     Args:
@@ -32,9 +34,12 @@ def SimpleCNN(include_top: bool = False, weights: None = None,
         input_shape: `(height, width, channels)`. Defaults to `(32, 32, 3)`.
         widths: Filters of the three stages, positive integers. Defaults
             to `(16, 32, 64)`.
+        pooling: `None`, `"avg"` or `"max"`, as in `keras.applications`.
+            Defaults to `None`.
 
     Returns:
-        A functional `keras.Model` mapping images to a feature map.
+        A functional `keras.Model` mapping images to a feature map (or,
+        with `pooling`, to pooled features).
 
     Example:
     >>> from kft.models.simple_cnn import SimpleCNN
@@ -61,4 +66,8 @@ def SimpleCNN(include_top: bool = False, weights: None = None,
                                 use_bias=False, name=f"block{i}_conv")(x)
         x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
         x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+    if pooling is not None:
+        check_choice("pooling", pooling, ("avg", "max"))
+        x = (keras.layers.GlobalAveragePooling2D() if pooling == "avg"
+             else keras.layers.GlobalMaxPooling2D())(x)
     return keras.Model(inputs, x, name="simple_cnn")

@@ -719,33 +719,26 @@ def test_a_frozen_nested_model_stays_frozen():
     assert len(fast.trainable_weights) == len(outer.trainable_weights) == 2
 
 
-def test_64_bit_mode_keeps_keras_gradients():
-    # With jax_enable_x64 on, MobileNetV2's gradient through the shifted
-    # convolutions was 8e-2 (relative) off Keras' own; Keras' ops run there.
-    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
-    grads = {}
+def test_64_bit_mode_computes_convolutions_as_keras_does():
+    # With jax_enable_x64 on, MobileNetV2's whole-model gradient through
+    # the shifted convolutions was 8e-2 to 1.7e-1 (relative) off Keras'
+    # own (each layer alone matched; /tmp/audit4/backbones/diag4.py, 15 s
+    # for the two models, too slow for the suite): in 64-bit mode the
+    # swapped convolutions run Keras' ops.
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
+    layers = [DepthwiseConv2D(3, strides=2, padding="same"),
+              Conv2D(4, 7, padding="same", groups=4), Conv2D(6, 1)]
+
+    for layer in layers:
+        layer(x)  # built outside the traces
+
+    def convolutions(layer):
+        jaxpr = jax.make_jaxpr(lambda x: layer(x))(x)
+        return str(jaxpr).count("conv_general_dilated")
+
+    assert [convolutions(layer) for layer in layers] == [0, 0, 1]
     jax.config.update("jax_enable_x64", True)
     try:
-        for fast in (True, False):
-            keras.utils.set_random_seed(0)
-            model = kft.build_classifier("mobilenetv2", 3, weights=None,
-                                         input_shape=(32, 32, 3),
-                                         fast_cpu_convs=fast, dropout=0.0)
-            kft.freeze(model, "full", bn="train")
-            values = [v.value for v in model.trainable_variables]
-            state = [v.value for v in model.non_trainable_variables]
-
-            def loss(values, model=model, state=state):
-                out, _ = model.stateless_call(values, state,
-                                              x.astype("float32"),
-                                              training=True)
-                return keras.losses.sparse_categorical_crossentropy(
-                    np.array([0, 1]), out, from_logits=True).mean()
-
-            grads[fast] = jax.jit(jax.grad(loss))(values)
+        assert [convolutions(layer) for layer in layers] == [1, 1, 1]
     finally:
         jax.config.update("jax_enable_x64", False)
-    difference = sum(float(np.sum((np.asarray(a) - np.asarray(b)) ** 2))
-                     for a, b in zip(grads[True], grads[False]))
-    norm = sum(float(np.sum(np.asarray(b) ** 2)) for b in grads[False])
-    assert np.sqrt(difference / norm) < 1e-4

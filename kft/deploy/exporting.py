@@ -16,6 +16,7 @@ also the layers onnxruntime would reject (`kft.deploy.onnx_layers`).
 """
 
 import json
+import numbers
 import os
 import warnings
 from typing import Literal
@@ -115,11 +116,11 @@ def export(model: keras.Model, path: str | os.PathLike,
     _check_suffix(path, format)
     if format == "onnx":
         if not (isinstance(batch, str) and batch == "dynamic"):
-            try:
-                batch = check_int("batch", batch, min_value=1, max_value=1)
-            except ValueError:
+            if (isinstance(batch, (bool, np.bool_))
+                    or not isinstance(batch, numbers.Integral) or batch != 1):
                 fail_argument("batch", '"dynamic" (the default: any batch '
                               'size) or 1 (a fixed batch of one)', batch)
+            batch = 1
         opset = check_int("opset", opset, min_value=MIN_OPSET)
     else:
         # Refused rather than ignored: the file would not be what was asked.

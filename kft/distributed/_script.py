@@ -11,6 +11,8 @@ reaches; the launcher (`python -m kft.distributed`) runs scripts through
 this module for that.
 """
 
+# Nothing from kft here: the script may set its environment (XLA_FLAGS,
+# KERAS_BACKEND) before it imports kft, JAX or Keras.
 import os
 import runpy
 import sys

@@ -208,8 +208,8 @@ def recover_checkpoint(directory) -> str | None:
     resume, and a kill between the two writes leaves weights whose stamp
     (`stamp_checkpoint`) is not the metadata's position. The previous
     checkpoint (`double_checkpoint=True` keeps it) replaces the pair then;
-    without one the pair is removed, so the call starts again. Returns what was done, or `None` when nothing was
-    needed.
+    without one the pair is removed, so the call starts again. Returns
+    what was done, or `None` when nothing was needed.
 
     Example:
     >>> import os, tempfile
@@ -226,8 +226,7 @@ def recover_checkpoint(directory) -> str | None:
         return None
     previous = [p + ".bkp" for p in paths]
     if all(os.path.exists(p) and _readable(p) for p in previous) and (
-            _stamp(previous[0]) is None
-            or _stamp(previous[0]) == _position(previous[1])):
+            _paired(*previous)):
         for old, path in zip(previous, paths):
             shutil.copyfile(old, path + ".tmp")
             os.replace(path + ".tmp", path)

@@ -286,7 +286,35 @@ def apply_cpu_xla_flags():
                   if flag.split("=")[0] not in current)
     if added:
         os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+        _flag_state["added"] += added
     return added
+
+
+_flag_state = {"added": ()}
+
+
+def environ_without_kft_flags(environ) -> dict:
+    """A copy of `environ` without the XLA flags `import kft` added to
+    this process' `XLA_FLAGS`: the environment of a child process, which
+    decides on them itself when it imports kft (its own
+    `KFT_XLA_CPU_FLAGS`; inherited, kft's flags would count as the
+    user's).
+
+    Example:
+    >>> from kft import _config
+    >>> _config.environ_without_kft_flags({"XLA_FLAGS": "--a=1"})
+    {'XLA_FLAGS': '--a=1'}
+    """
+    environ = dict(environ)
+    flags = environ.get("XLA_FLAGS")
+    if flags is not None and _flag_state["added"]:
+        kept = [flag for flag in flags.split()
+                if flag not in _flag_state["added"]]
+        if kept:
+            environ["XLA_FLAGS"] = " ".join(kept)
+        else:
+            del environ["XLA_FLAGS"]
+    return environ
 
 
 def _cpu_only():

@@ -222,6 +222,30 @@ def test_launcher_stops_the_others_and_names_the_failure(tmp_path, capsys):
     assert "process 1 exited with code 3" in captured.err
 
 
+def test_launched_scripts_start_before_kft_and_without_its_flags(
+        tmp_path, capsys, monkeypatch):
+    # Each process ran its script through `python -m
+    # kft.distributed._script`, which imported kft (so Keras and JAX)
+    # first, and inherited the XLA flags `import kft` had added to the
+    # launcher's XLA_FLAGS: a script that set KFT_XLA_CPU_FLAGS (or its
+    # own XLA_FLAGS) before importing kft could not turn them off.
+    from kft import _config
+
+    monkeypatch.setitem(_config._flag_state, "added", ("--kft_added=1",))
+    monkeypatch.setenv("XLA_FLAGS", "--user_flag=2 --kft_added=1")
+    program = tmp_path / "probe.py"
+    program.write_text(
+        "import os, sys\n"
+        "print('IMPORTED', sorted({'kft', 'keras', 'jax'}\n"
+        "                         & set(sys.modules)))\n"
+        "print('FLAGS', os.environ.get('XLA_FLAGS'))\n")
+    assert launcher_main(["--processes", "2", str(program)]) == 0
+    out = capsys.readouterr().out
+    for index in (0, 1):
+        assert f"[{index}] IMPORTED []" in out, out
+        assert f"[{index}] FLAGS --user_flag=2\n" in out, out
+
+
 @pytest.mark.slow
 def test_a_failing_process_fails_the_job_while_the_others_wait(tmp_path):
     # The failing process (an uncaught exception, or sys.exit with a
@@ -325,12 +349,13 @@ def test_last_batch_error_names_each_process_share(monkeypatch):
     assert "drop_remainder" not in message
 
 
-def test_validation_and_range_test_batches_are_checked_before_training(
+def test_training_and_validation_batches_are_checked_before_training(
         monkeypatch):
-    # Keras reads the validation data after the first training epoch: a
-    # batch that did not split over the processes (or devices) failed
-    # there, naming `batch_size`; lr_find failed at its last batch with
-    # JAX's IndivisibleError.
+    # Keras reads the validation data after the first training epoch, and
+    # an array's last training batch at its end: a batch that did not
+    # split over the processes (or devices) failed there, naming
+    # `batch_size`; lr_find failed at its last batch with JAX's
+    # IndivisibleError.
     from kft.distributed import data_parallel
 
     monkeypatch.setattr(data_parallel, "batch_shards", lambda: 2)
@@ -358,9 +383,19 @@ def test_validation_and_range_test_batches_are_checked_before_training(
                   validation_split=1 / 3, verbose=0)
     with pytest.raises(ValueError, match=r"last batch of `data`.*holds 1"):
         kft.lr_find(model, (x, y), batch_size=4, steps=10)
+    # The last training batch failed at the end of the first epoch.
+    with pytest.raises(ValueError, match=r"last batch of `x` \(9 examples "
+                       r"at batch_size=4\) holds 1"):
+        model.fit(x, y, batch_size=4, verbose=0)
+    # 20 examples at 0.25: Keras trains on the first 15 (batches 4 x 3 + 3).
+    with pytest.raises(ValueError, match=r"training part of `x` \("
+                       r"validation_split=0.25\) \(15 examples at "
+                       r"batch_size=4\) holds 3"):
+        model.fit(np.zeros((20, 8, 8, 3)), np.arange(20) % 2, batch_size=4,
+                  validation_split=0.25, verbose=0)
     assert all(np.array_equal(a, np.array(v.value))
                for a, v in zip(before, model.weights))
-    data_parallel.check_fit_validation(
+    data_parallel.check_fit_data(
         (x[:8], y[:8]), {"validation_data": (x[:8], y[:8])})
 
 

@@ -13,6 +13,7 @@ others are stopped and the exit code is 1.
 import argparse
 import sys
 
+from kft.distributed import _script
 from kft.distributed.launch import ProcessFailed
 from kft.distributed.launch import launch_command
 
@@ -46,9 +47,11 @@ def main(argv=None) -> int:
         count = 1 if args.num_processes else 2
     try:
         return launch_command(
-            # Through `_script`: a process that fails exits at once.
-            [sys.executable, "-m", "kft.distributed._script", args.script,
-             *args.args], count,
+            # Through `_script`: a process that fails exits at once. By
+            # its path, not `-m`, which would import kft (and Keras, JAX)
+            # before the script could set its environment.
+            [sys.executable, _script.__file__, args.script, *args.args],
+            count,
             coordinator=args.coordinator, num_processes=args.num_processes,
             first_process_id=args.process_id, grace=args.grace)
     except ProcessFailed as error:

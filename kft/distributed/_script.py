@@ -1,4 +1,4 @@
-"""`python -m kft.distributed._script script.py args...`: runs a launched
+"""`python .../kft/distributed/_script.py script.py args...`: runs a launched
 script as `python script.py args...` would, except that a failure (an
 uncaught exception, `sys.exit` with a non-zero code) ends the process at
 once.
@@ -11,8 +11,9 @@ reaches; the launcher (`python -m kft.distributed`) runs scripts through
 this module for that.
 """
 
-# Nothing from kft here: the script may set its environment (XLA_FLAGS,
-# KERAS_BACKEND) before it imports kft, JAX or Keras.
+# Nothing from kft here, and run by its path (`-m` would import the kft
+# package first): the script may set its environment (XLA_FLAGS,
+# KFT_XLA_CPU_FLAGS, KERAS_BACKEND) before it imports kft, JAX or Keras.
 import os
 import runpy
 import sys

@@ -228,38 +228,47 @@ def check_batch_size(batch_size: int, num_examples: int | None = None, *,
     return batch_size
 
 
-def check_fit_validation(fit_args, fit_kwargs) -> None:
-    """`check_data_batches` for the validation data of a
-    `model.fit(*fit_args, **fit_kwargs)` call, before it trains: Keras
-    reads them after the first training epoch, where a batch that does not
-    split over the devices (or processes) failed. No-op without a
-    distribution.
+def check_fit_data(fit_args, fit_kwargs) -> None:
+    """`check_data_batches` for the training and validation data of a
+    `model.fit(*fit_args, **fit_kwargs)` call, before it trains: a batch
+    that does not split over the devices (or processes) failed only where
+    Keras reached it, the last training batch at the end of the first
+    epoch and the validation data after it. No-op without a distribution.
 
     Example:
     >>> import numpy as np
-    >>> check_fit_validation((np.zeros((4, 2)),), {"validation_data": (
-    ...     np.zeros((3, 2)), np.zeros(3))})
+    >>> check_fit_data((np.zeros((4, 2)), np.zeros(4)), {
+    ...     "validation_data": (np.zeros((3, 2)), np.zeros(3))})
     """
     if batch_shards() == 1:
         return
     bound = inspect.signature(keras.Model.fit).bind(None, *fit_args,
                                                     **fit_kwargs)
     arguments = bound.arguments
+    size = arguments.get("batch_size") or 32  # Keras' default
+    split = arguments.get("validation_split") or 0.0
+    x = arguments.get("x")
     data = arguments.get("validation_data")
+    arrays = hasattr(x, "shape") and len(x.shape) > 0
+    if arrays:
+        # Keras' split (`train_validation_split`): the arrays' last part
+        # validates, the first `floor(n * (1 - split))` train.
+        train = (int(math.floor(len(x) * (1.0 - split))) if data is None
+                 else len(x))
+        check_batch_size(size, train, name="batch_size",
+                         data_name="`x`" if train == len(x) else
+                         f"the training part of `x` (validation_split="
+                         f"{split})")
+    # A kft.data dataset checks itself as `fit` starts reading it.
+    size = arguments.get("validation_batch_size") or size
+    if data is None and split and arrays:
+        check_batch_size(size, len(x) - train, name="batch_size",
+                         data_name=f"the validation_split={split} part")
+        return
     if isinstance(data, list):
         data = tuple(data)  # Keras takes a list as the tuple
     if isinstance(data, tuple) and len(data) == 3:
         data = data[:2]  # sample weights split with the images
-    size = (arguments.get("validation_batch_size")
-            or arguments.get("batch_size") or 32)  # Keras' default
-    split = arguments.get("validation_split") or 0.0
-    x = arguments.get("x")
-    if data is None and split and hasattr(x, "shape") and len(x.shape):
-        # Keras' split (`train_validation_split`): the arrays' last part.
-        count = len(x) - int(math.floor(len(x) * (1.0 - split)))
-        check_batch_size(size, count, name="batch_size",
-                         data_name=f"the validation_split={split} part")
-        return
     check_data_batches(data, size, name="validation_data")
 
 

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from kft import _config
 from kft._validation import check_int
 from kft._validation import check_number
 from kft.distributed import processes as _processes
@@ -132,7 +133,10 @@ def launch_command(command: Sequence[str], processes: int = 2, *,
     out = sys.stdout if out is None else out
     if coordinator is None:
         coordinator = f"127.0.0.1:{free_port()}"
-    base = dict(os.environ if env is None else env)
+    # Without the XLA flags kft added here: each process' own import of
+    # kft decides (a script may set KFT_XLA_CPU_FLAGS before it).
+    base = _config.environ_without_kft_flags(os.environ if env is None
+                                             else env)
     base.update({_processes.COORDINATOR_ENV: coordinator,
                  _processes.NUM_PROCESSES_ENV: str(total),
                  "PYTHONUNBUFFERED": "1"})

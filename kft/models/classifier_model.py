@@ -5,7 +5,7 @@ pretrained), so `model.save` / `keras.models.load_model` keep it too."""
 import keras
 
 from kft._compat import KeepsStateOnError
-from kft.distributed.data_parallel import check_fit_validation
+from kft.distributed.data_parallel import check_fit_data
 from kft.models.backbones import NEEDS_KFT
 
 
@@ -57,7 +57,7 @@ class Classifier(KeepsStateOnError, keras.Model):
             self._kft_pretrained = bool(kft_pretrained)
 
     def fit(self, *args, **kwargs):
-        check_fit_validation(args, kwargs)
+        check_fit_data(args, kwargs)
         return super().fit(*args, **kwargs)
 
     def get_config(self):

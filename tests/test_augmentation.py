@@ -467,3 +467,40 @@ def test_torch_style_layers_direct_jit_numpy_seed_and_config(name):
     assert again.get_config() == layer.get_config()
     with pytest.raises(ValueError, match="seed"):
         cls(seed=-1)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("RandomZoom", {"height_factor": 0.3}),
+    ("RandomRotation", {"factor": 0.2}),
+    ("RandomGaussianBlur", {"factor": 1.0}),
+    ("RandomErasing", {"factor": 1.0}),
+    ("RandAugment", {"num_ops": 1})])
+def test_keras_based_random_layers_refuse_a_direct_jit_call(name, kwargs):
+    # Like Keras' own, they drew the same transform on every call of a
+    # jitted function and kept a leaked tracer as their seed state (the
+    # next eager call raised UnexpectedTracerError); kft's other random
+    # layers refused with the stateless_call recipe.
+    import jax
+
+    layer = getattr(kft.augmentation, name)(**kwargs, seed=0)
+    x = _images()
+    with pytest.raises(RuntimeError, match=rf"(?s){name} layer.*"
+                       "stateless_call"):
+        jax.jit(lambda a: layer(a, training=True))(x)
+    assert np.asarray(layer(x, training=True)).shape == x.shape
+    # The recipe the message gives: a new draw per call.
+
+    @jax.jit
+    def augment(state, images):
+        return layer.stateless_call([], state, images, training=True)
+
+    state = [v.value for v in layer.non_trainable_variables]
+    draws = []
+    for _ in range(3):
+        images, state = augment(state, x)
+        draws.append(np.asarray(images))
+    assert any(not np.array_equal(draws[0], d) for d in draws[1:])
+    # Inference under jit is the identity, as eagerly.
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(lambda a: layer(a, training=False))(x)),
+        np.asarray(layer(x, training=False)))

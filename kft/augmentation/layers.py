@@ -15,6 +15,7 @@ from jax import lax
 from jax import numpy as jnp
 
 from kft import _compat
+from kft.augmentation.torch_style import TRACED_CALL_HINT
 from kft.ops import image_ops
 
 # Erased boxes take the ImageNet mean colour: torchvision's RandomErasing
@@ -34,8 +35,22 @@ def _fast(layer, images):
             and len(images.shape) == 4)
 
 
+class _NotTracedDirectly:
+    """Refuses a training call traced outside a stateless scope, before
+    any draw: Keras' random layers bake their seed state into the trace
+    there (every call drew the same transform) and keep a leaked tracer as
+    their state (the next eager call failed)."""
+
+    def call(self, data, training=True):
+        if (training and _compat.is_traced()
+                and not _compat.in_stateless_scope()):
+            raise RuntimeError(TRACED_CALL_HINT.format(
+                name=type(self).__name__))
+        return super().call(data, training=training)
+
+
 @keras.saving.register_keras_serializable(package="kft")
-class RandomZoom(_compat.zoom_layer_base()):
+class RandomZoom(_NotTracedDirectly, _compat.zoom_layer_base()):
     """`keras.layers.RandomZoom` resampling with `kft.image_ops`.
 
     Same arguments, random draws and results (up to float rounding).
@@ -58,7 +73,7 @@ class RandomZoom(_compat.zoom_layer_base()):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomRotation(_compat.rotation_layer_base()):
+class RandomRotation(_NotTracedDirectly, _compat.rotation_layer_base()):
     """`keras.layers.RandomRotation` resampling with `kft.image_ops`.
 
     Same arguments, random draws and results (up to float rounding).
@@ -80,7 +95,7 @@ class RandomRotation(_compat.rotation_layer_base()):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomGaussianBlur(_compat.blur_layer_base()):
+class RandomGaussianBlur(_NotTracedDirectly, _compat.blur_layer_base()):
     """`keras.layers.RandomGaussianBlur` blurring with `kft.image_ops`.
 
     Same arguments, random draws and results (up to float rounding).
@@ -105,7 +120,7 @@ class RandomGaussianBlur(_compat.blur_layer_base()):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandomErasing(_compat.erasing_layer_base()):
+class RandomErasing(_NotTracedDirectly, _compat.erasing_layer_base()):
     """`keras.layers.RandomErasing` that also takes a colour on JAX.
 
     Keras 3.15 documents `fill_value=(r, g, b)` but fails on it under JAX
@@ -170,7 +185,7 @@ class Equalization(_compat.equalization_layer_base()):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class RandAugment(_compat.rand_augment_layer_base()):
+class RandAugment(_NotTracedDirectly, _compat.rand_augment_layer_base()):
     """`keras.layers.RandAugment` that runs only the operations it draws.
 
     Keras' layer computes all 11 operations `num_ops` times and keeps the

@@ -520,6 +520,31 @@ def test_one_hot_labels_of_the_wrong_width_raise_in_the_model():
                   epochs=1, verbose=0)
 
 
+def test_out_of_range_integer_labels_are_refused_at_every_entry_point():
+    # Only `fit` checked: evaluate, train_on_batch and test_on_batch one-hot
+    # encoded label 7 to a row of zeros (a loss of 0 for that sample, no
+    # error), as did `fit` with the labels in a list.
+    model = _compile(_model(MixUp(seed=0)))
+    images = _data(n=3)[0]
+    bad = np.array([0, 1, 7])
+    before = [np.array(w) for w in model.get_weights()]
+    for call in (lambda: model.evaluate(images, bad, verbose=0),
+                 lambda: model.train_on_batch(images, bad),
+                 lambda: model.test_on_batch(images, bad),
+                 lambda: model.fit(images, bad.tolist(), verbose=0),
+                 lambda: model.fit(images, bad[:, None], verbose=0)):
+        with pytest.raises(ValueError, match=r"`y` holds labels outside "
+                                             r"\[0, 3\).*: 7"):
+            call()
+    with pytest.raises(ValueError, match=r"`validation_data\[1\]` holds"):
+        model.fit(images, bad[:2].tolist() + [2], verbose=0,
+                  validation_data=[images, [0, 1, -1]])
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    assert np.isfinite(model.evaluate(images, np.array([0, 1, 2]),
+                                      verbose=0)[0])
+
+
 def test_fit_without_labels_raises():
     model = _compile(_model(MixUp(seed=0)))
     with pytest.raises(ValueError, match="Received a batch without labels"):

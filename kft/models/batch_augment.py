@@ -104,18 +104,38 @@ class BatchAugmentModel(Classifier):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    # Inside the compiled step an integer label >= num_classes one-hot
+    # encodes to a row of zeros: a finite loss on nothing (Keras' sparse
+    # losses do not check either). Host arrays are checked before each
+    # entry point runs (datasets: `kft.fine_tune` and `kft.evaluate` check
+    # them).
+    def _check_labels(self, labels, name):
+        if isinstance(labels, (list, tuple)):
+            labels = np.asarray(labels)
+        if isinstance(labels, np.ndarray) and labels.ndim and (
+                labels.ndim == 1 or labels.shape[-1:] == (1,)):
+            check_labels(labels.reshape(-1), self.num_classes, name=name)
+
     def fit(self, x=None, y=None, *args, **kwargs):
-        # Inside the compiled step an integer label >= num_classes one-hot
-        # encodes to a row of zeros: a finite loss on nothing. Host arrays
-        # are checked here (datasets: `kft.fine_tune` checks them).
         validation = kwargs.get("validation_data")
-        if not (isinstance(validation, tuple) and len(validation) >= 2):
+        if not (isinstance(validation, (tuple, list))
+                and len(validation) >= 2):
             validation = (None, None)
-        for name, labels in (("y", y), ("validation_data[1]", validation[1])):
-            if isinstance(labels, np.ndarray) and (
-                    labels.ndim == 1 or labels.shape[-1:] == (1,)):
-                check_labels(labels.reshape(-1), self.num_classes, name=name)
+        self._check_labels(y, "y")
+        self._check_labels(validation[1], "validation_data[1]")
         return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_labels(y, "y")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        self._check_labels(y, "y")
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        self._check_labels(y, "y")
+        return super().test_on_batch(x, y, *args, **kwargs)
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_vars, metrics_vars = state

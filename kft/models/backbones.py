@@ -13,6 +13,7 @@ backbones in `kft.models.backbone_specs`; both are re-exported here.
 
 import numbers
 import os
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Literal
@@ -277,9 +278,14 @@ def create_backbone(name: str, weights: Weights = "imagenet",
             "backbone.save_weights, or Keras' *_notop.h5).") from error
     model = as_backbone(built, spec.name)
     if local_file is not None:
-        try:
-            model.load_weights(local_file)
-        except (OSError, ValueError) as error:
+        # Keras warns once per nested container it skips (8 for simple_cnn,
+        # 120 for a ResNet50V2 file given to ResNet101V2) before a wrong
+        # file fails: kept for a load that succeeds, dropped for the error
+        # below, which says what is wrong.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            error = _load_weights(model, local_file)
+        if error is not None:
             # Keras names its own objects ("Layer 'stem_conv' expected 1
             # variables"); the user needs to know which file is wrong.
             raise ValueError(
@@ -289,11 +295,24 @@ def create_backbone(name: str, weights: Weights = "imagenet",
                 f"model.keras or model.save_weights). Received: "
                 f"weights={os.fspath(weights)!r}, which does not load "
                 f"({type(error).__name__}: {str(error)[:200]})") from error
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category,
+                                   warning.filename, warning.lineno)
         _match_imagenet_normalization(model)
     # Read by `kft.freeze`: frozen BatchNorm of a randomly initialised
     # backbone keeps random-init statistics.
     model._kft_pretrained = weights is not None
     return model
+
+
+def _load_weights(model, path):
+    """`model.load_weights(path)`; the error it raises for a file that
+    does not fit (`None` when it loads)."""
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError) as error:
+        return error
+    return None
 
 
 # Keras' EfficientNet (B0-B7) ImageNet files store these standard

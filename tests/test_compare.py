@@ -161,6 +161,13 @@ def test_paired_test_and_interval_against_scipy():
     # Equal differences other than 0: not testable (p was 0, "<0.001", and
     # t infinite, written as -Infinity in JSON).
     assert paired_t_test([0.6, 0.7], [0.5, 0.6]) == (None, None)
+    # One test image of 10 ahead on every seed: the differences agree up
+    # to rounding (0.1 + 1e-16, 0.1 - 1e-17), which gave t 2.7e15 and p
+    # 1e-31 ("<0.001"); small real differences stay testable.
+    assert paired_t_test([0.8, 0.9, 0.7], [0.7, 0.8, 0.6]) == (None, None)
+    t, p = paired_t_test([1e-12, 2e-12, 3e-12], [0.0, 0.0, 0.0])
+    assert (t, p) == pytest.approx(tuple(stats.ttest_rel(
+        [1e-12, 2e-12, 3e-12], [0.0, 0.0, 0.0])))
     assert paired_t_test([0.6], [0.5]) == (None, None)
     low, high = stats.t.interval(0.9, 5, loc=a.mean(),
                                  scale=stats.sem(a))

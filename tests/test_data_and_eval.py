@@ -102,6 +102,13 @@ def test_evaluate_classifier_streams_a_labelled_dataset():
     assert report.class_names == ("a", "b", "c")
     np.testing.assert_array_equal(report.confusion_matrix,
                                   expected.confusion_matrix)
+    # A balanced-sampling (or augmenting) dataset is read as stored, as
+    # kft.evaluate reads it: supports were the resampled draw's.
+    balanced = kft.data.from_arrays(x, y, batch_size=3, seed=1,
+                                    sampling="balanced")
+    np.testing.assert_array_equal(
+        kft.evaluate_classifier(model, balanced).confusion_matrix,
+        expected.confusion_matrix)
     one_hot = np.eye(3)[y]
     batches = [(x[:6], one_hot[:6]), (x[6:], one_hot[6:])]
     for data in (batches, iter(batches), (x, y)):

@@ -337,6 +337,36 @@ def test_top_k_ranks_logits_a_softmax_would_round_to_a_tie():
     assert report.scores == "logits"
 
 
+def test_top_1_accuracy_is_the_accuracy_where_a_softmax_ties():
+    # Logits [0, 1e-17]: softmax gives [0.5, 0.5] and the argmax class 0,
+    # while top-1 ranked the logits (class 1): accuracy 0, top-1 1.
+    report = kft.report_from_predictions([1], np.array([[0.0, 1e-17]]),
+                                         top_k=1, min_support=0)
+    assert report.accuracy == report.top_k_accuracy == 1.0
+
+
+def test_class_names_and_indices_are_checked():
+    # Integer names crashed joining the low-support note ("sequence item
+    # 0: expected str instance"); a short `indices` raised a bare
+    # IndexError only when a mistake fell past its end, a long one passed.
+    probs = np.eye(2)[[0, 1, 1]]
+    with pytest.raises(TypeError, match=r"`class_names` must be a sequence "
+                       r"of strings.*\(3, 4\)"):
+        kft.report_from_predictions([0, 1, 0], probs, class_names=[3, 4])
+    with pytest.raises(TypeError, match="`class_names` must be a sequence "
+                       "of strings"):
+        kft.classification_report([0, 1], [0, 1], class_names=[0, 1])
+    for indices in ([7, 8], [7, 8, 9, 10]):
+        with pytest.raises(ValueError, match=r"`indices` must be one index "
+                           r"per example \(3\)"):
+            kft.report_from_predictions([0, 1, 0], probs, indices=indices)
+    report = kft.report_from_predictions([0, 1, 0], probs,
+                                         indices=[7, 8, 9],
+                                         class_names=np.array(["a", "b"]))
+    assert [m.index for m in report.mistakes] == [9]
+    assert report.class_names == ("a", "b")
+
+
 def test_text_report_columns_line_up_with_low_support_rows():
     report = kft.report_from_predictions(
         [0, 0, 1], np.eye(2)[[0, 0, 1]], min_support=2)

@@ -45,6 +45,16 @@ def test_confusion_matrix_heatmap(num_classes, tmp_path):
         plots.plot_confusion_matrix(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"`path` must end in one of"):
         plots.plot_confusion_matrix(report, path=tmp_path / "cm.xyz")
+    # Names for a bare matrix: an array of them raised ("truth value of an
+    # array is ambiguous"); a wrong count mislabelled the ticks silently.
+    names = np.array([f"c{i}" for i in range(num_classes)])
+    fig = plots.plot_confusion_matrix(report.confusion_matrix,
+                                      class_names=names)
+    assert fig.axes[0].get_xticklabels()[0].get_text() == "c0"
+    with pytest.raises(ValueError, match=rf"one name per class "
+                       rf"\({num_classes} names"):
+        plots.plot_confusion_matrix(report.confusion_matrix,
+                                    class_names=["a"])
 
 
 @pytest.mark.parametrize("num_classes", [10, 100])

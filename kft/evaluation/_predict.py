@@ -129,6 +129,10 @@ def check_class_names(class_names, num_classes):
         fail_argument("class_names", "a sequence of class names", class_names,
                       TypeError)
     class_names = tuple(class_names)
+    if not all(isinstance(name, str) for name in class_names):
+        # As `build_classifier` takes them: reports key and print by name.
+        fail_argument("class_names", "a sequence of strings", class_names,
+                      TypeError)
     if len(class_names) != num_classes:
         fail_argument("class_names", f"one name per class ({num_classes} "
                       f"names for {num_classes} classes)", class_names)
@@ -230,9 +234,11 @@ def predict_batches(model, dataset, progress=None, name="x"):
     """`(labels, scores)` of a dataset yielding `(images, labels)` batches.
 
     `progress(done)` is called after each batch when given. A `kft.data`
-    dataset is read whole in every JAX process (see `predict_numpy`).
+    dataset is read whole in every JAX process (see `predict_numpy`), in
+    its stored order without balanced sampling or host augmentation
+    (`ordered`).
     """
-    dataset = every_example(dataset)
+    dataset = every_example(ordered(dataset))
     labels, scores = [], []
     for batch in dataset:
         if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):

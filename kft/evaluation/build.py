@@ -9,6 +9,7 @@ import numpy as np
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
+from kft._validation import fail_argument
 from kft.evaluation import _predict
 from kft.evaluation import metrics
 from kft.evaluation.report import EvaluationReport
@@ -148,8 +149,15 @@ def report_from_predictions(
     probs, kind = metrics.to_probabilities(raw, scores)
     indices = (np.arange(len(y_true)) if indices is None
                else np.asarray(indices))
+    if indices.shape != (len(y_true),):
+        fail_argument("indices", f"one index per example ({len(y_true)})",
+                      f"an array of shape {indices.shape}")
     num_classes = probs.shape[1]
-    y_pred = probs.argmax(axis=1)
+    # Ranked on the logits themselves: a softmax can round small
+    # probabilities to the same value and tie classes that are not tied
+    # (top-1 accuracy then differed from accuracy).
+    ranked = probs if kind == "probabilities" else raw.astype(np.float64)
+    y_pred = ranked.argmax(axis=1)
     confusion = metrics.confusion_matrix(y_true, y_pred, num_classes)
     per_class = metrics.per_class_scores(confusion)
     means = metrics.averages(per_class)
@@ -161,11 +169,7 @@ def report_from_predictions(
         class_names=tuple(class_names), num_examples=len(y_true),
         accuracy=float(np.mean(y_true == y_pred)),
         balanced_accuracy=metrics.balanced_accuracy(confusion),
-        # Ranked on the logits themselves: a softmax can round small
-        # probabilities to the same 0 and tie classes that are not tied.
-        top_k=k, top_k_accuracy=metrics.top_k_accuracy(
-            y_true, probs if kind == "probabilities"
-            else raw.astype(np.float64), k),
+        top_k=k, top_k_accuracy=metrics.top_k_accuracy(y_true, ranked, k),
         **per_class, macro=means["macro"], weighted=means["weighted"],
         confusion_matrix=confusion,
         expected_calibration_error=metrics.expected_calibration_error(bins),

@@ -59,8 +59,10 @@ def plot_confusion_matrix(report, *, normalize: bool = False,
         fail_argument("report", "a report or a square confusion matrix",
                       f"an array of shape {matrix.shape}")
     n = matrix.shape[0]
-    names = tuple(class_names or getattr(report, "class_names", None)
-                  or (str(i) for i in range(n)))
+    if class_names is None:
+        class_names = getattr(report, "class_names", None)
+    names = (tuple(str(i) for i in range(n)) if class_names is None
+             else _predict.check_class_names(class_names, n))
     values = normalize_rows(matrix) if normalize else matrix
     size = min(4 + 0.45 * n, 16)
     fig, ax = _plotting.new_figure(figsize=(size + 1.5, size))

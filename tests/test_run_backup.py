@@ -22,18 +22,21 @@ class _Crash(keras.callbacks.Callback):
             raise RuntimeError("crash")
 
 
-def _run(directory, extra=(), **kwargs):
+def _run(directory, extra=(), data_options=None, **kwargs):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (12, 16, 16, 3)).astype("float32")
     y = rng.integers(0, 3, 12)
     model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
                                  input_shape=(16, 16, 3))
-    backup = RunBackup(directory, model, monitor="loss", print_fn=None)
+    data = kft.data.from_arrays(x, y, batch_size=4,
+                                **(data_options or {"shuffle": False}))
+    backup = RunBackup(directory, model, monitor="loss", print_fn=None,
+                       data=data)
     # A rate this high makes phase 2 worse than the head phase: the best
     # epoch is epoch 0, before the crash.
     result = kft.fine_tune(
-        model, kft.data.from_arrays(x, y, batch_size=4, shuffle=False),
+        model, data,
         **{"strategy": "full", "head_epochs": 1, "epochs": 3,
            "learning_rate": 3.0, "schedule": "constant", "monitor": "loss",
            "verbose": 0, "callbacks": [backup, *extra], **kwargs})
@@ -53,6 +56,26 @@ def test_a_resumed_run_keeps_the_best_epoch_from_before_the_crash(tmp_path):
         whole.best_epoch, whole.best_value)
     for got, want in zip(weights, whole_weights):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("options", [
+    {"shuffle": True, "seed": 5},
+    {"sampling": "balanced", "seed": 5},
+    {"shuffle": True, "seed": 5, "augmentation": "light"}])
+def test_a_resumed_run_reads_the_passes_the_whole_run_read(tmp_path,
+                                                           options):
+    # Passes were numbered from 0 again after a restart: the resumed
+    # epochs repeated the first epochs' shuffled orders (balanced draws,
+    # augmentation), and the run ended elsewhere than the uninterrupted
+    # one (`kft train --resume`: epoch 7's loss 0.7659 for 0.8205).
+    settings = {"learning_rate": 0.05, "data_options": options}
+    whole, whole_weights, _ = _run(tmp_path / "whole", **settings)
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(tmp_path / "crashed", [_Crash(2)], **settings)
+    resumed, weights, _ = _run(tmp_path / "crashed", **settings)
+    assert resumed.histories[1]["loss"] == whole.histories[1]["loss"][1:]
+    for got, want in zip(weights, whole_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_a_run_resumed_after_its_last_checkpoint_keeps_its_best(tmp_path):

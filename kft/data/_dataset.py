@@ -93,6 +93,15 @@ class _PassCounter:
             number, self._next = self._next, self._next + 1
         return number
 
+    def begun(self):
+        """Passes numbered so far: the next pass's number."""
+        with self._lock:
+            return self._next
+
+    def continue_at(self, number):
+        with self._lock:
+            self._next = number
+
 
 class _Pass(grain.DatasetIterator):
     """One pass over an `ImageDataset`, numbered and begun at its first

@@ -58,6 +58,12 @@ class RunBackup(keras.callbacks.Callback):
             Defaults to `"auto"`.
         print_fn: Where resume and phase lines go, or `None`. Defaults to
             Keras' `print_msg`.
+        data: The `kft.data` dataset the recipe trains on, or `None`.
+            Given, a resumed run reads the passes (shuffled orders,
+            balanced draws, host augmentation) the uninterrupted run would
+            have read after the checkpoint, so it continues the same run;
+            without it the passes start again from the first. Defaults to
+            `None`.
 
     Attributes:
         history: `{epoch: logs}` of every epoch of the run so far.
@@ -77,10 +83,12 @@ class RunBackup(keras.callbacks.Callback):
     """
 
     def __init__(self, directory, model, monitor="val_loss", mode="auto",
-                 print_fn=_compat.print_msg):
+                 print_fn=_compat.print_msg, data=None):
         super().__init__()
         self.directory = os.fspath(directory)
         self.target = model
+        # Its passes are numbered on from where the checkpoint was taken.
+        self._passes = getattr(data, "_passes", None)
         self.monitor, self.mode = monitor, mode
         self.print_fn = print_fn
         self.phase = -1
@@ -93,6 +101,8 @@ class RunBackup(keras.callbacks.Callback):
         self.best_epoch = state["best_epoch"]
         self.best_value = state["best_value"]
         self._values = state["values"]
+        # Epoch -> passes of `data` begun by its end.
+        self._passes_at = state["passes"]
         # Call -> the epoch after which it stopped early.
         self._stopped = state["stopped"]
         if state["mode"] in ("min", "max"):
@@ -116,7 +126,7 @@ class RunBackup(keras.callbacks.Callback):
         path = os.path.join(self.directory, STATE_FILE)
         state = {"history": {}, "trainable": {}, "best_epoch": None,
                  "best_value": None, "mode": None, "values": {},
-                 "stopped": {}}
+                 "stopped": {}, "passes": {}}
         if os.path.exists(path):
             with open(path) as f:
                 state.update(json.load(f))
@@ -130,7 +140,8 @@ class RunBackup(keras.callbacks.Callback):
         state = {"history": {str(k): v for k, v in self.history.items()},
                  "trainable": self._trainable, "best_epoch": self.best_epoch,
                  "best_value": self.best_value, "mode": self.mode,
-                 "values": self._values, "stopped": self._stopped}
+                 "values": self._values, "stopped": self._stopped,
+                 "passes": self._passes_at}
         # Replaced atomically: a kill leaves the old file or the new one.
         with open(path + ".tmp", "w") as f:
             json.dump(state, f)
@@ -214,6 +225,12 @@ class RunBackup(keras.callbacks.Callback):
         saved = checkpoint_epoch(self.phase_dir(self.phase))
         if saved is not None and saved >= 0:
             self._restore_trainable(saved)
+            passes = self._passes_at.get(str(saved))
+            if self._passes is not None and passes is not None:
+                # The next epoch reads (shuffles, samples, augments) the
+                # pass the uninterrupted run read; numbered from 0 again,
+                # a resumed run repeated the first epochs' orders.
+                self._passes.continue_at(passes)
         self._inner.on_train_begin(logs)
         self._saved = saved
         if saved is not None and self._stopped.get(str(self.phase)) == saved:
@@ -278,6 +295,8 @@ class RunBackup(keras.callbacks.Callback):
             self.target.save_weights(tmp)
             os.replace(tmp, best)
         self._record_trainable(epoch)
+        if self._passes is not None:
+            self._passes_at[str(epoch)] = self._passes.begun()
         if self.model.stop_training:
             # Set by a callback before this one (`fine_tune` puts its
             # `EarlyStopping` there); written before the checkpoint.

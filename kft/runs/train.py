@@ -172,9 +172,10 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
     Resuming: `resume=True` with the same `out` reads the folder's
     `config.toml` (other settings are ignored) and continues from the last
     epoch checkpointed, with its weights, optimizer state, trainable set
-    and history; a run that completed is reported and not retrained. The
-    data order after a resume is not the uninterrupted run's (the input
-    pipeline starts anew). A new run that fails (or is interrupted) before
+    and history, and its training data go on with the passes (shuffled
+    orders, augmentation draws) the uninterrupted run would have read; a
+    run that completed is reported and not retrained. A new run that
+    fails (or is interrupted) before
     its first epoch ends removes what it wrote, so `out` takes the
     corrected run without `resume`.
 
@@ -288,7 +289,7 @@ def _train(config, info, resumed, verbose, say, command):
     say(describe_recipe(config, model))
     backup = RunBackup(os.path.join(out, CHECKPOINTS), model,
                        monitor=config.monitor,
-                       print_fn=say)
+                       print_fn=say, data=train)
     if resumed and not backup.resumable():
         say("no checkpoint yet: starting the run from its first epoch.")
     start = time.perf_counter()

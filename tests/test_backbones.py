@@ -1,5 +1,6 @@
 import re
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -323,11 +324,47 @@ def test_a_weights_file_of_another_model_names_the_file(tmp_path):
             kft.create_backbone("simple_cnn", weights=path,
                                 input_shape=(16, 16, 3))
         assert not [w for w in caught if "container" in str(w.message)]
+    # A .keras archive without its weights inside (a raw KeyError).
+    junk = tmp_path / "junk.keras"
+    with zipfile.ZipFile(junk, "w") as archive:
+        archive.writestr("config.json", "{}")
+    with pytest.raises(ValueError, match=r"`weights` must be a weights "
+                       r"file.*junk.keras.*KeyError"):
+        kft.create_backbone("simple_cnn", weights=str(junk),
+                            input_shape=(16, 16, 3))
     backbone = kft.create_backbone("simple_cnn", weights=None,
                                    input_shape=(16, 16, 3))
     own = str(tmp_path / "backbone.weights.h5")
     backbone.save_weights(own)
     kft.create_backbone("simple_cnn", weights=own, input_shape=(16, 16, 3))
+
+
+def test_warnings_of_a_weights_file_that_loads_are_shown(tmp_path,
+                                                         monkeypatch):
+    # Held back while the file loads (a file that fails drops them), then
+    # shown as the user's filters say: once per place under "default",
+    # never under "ignore".
+    from kft.models import backbones
+
+    backbone = kft.create_backbone("simple_cnn", weights=None,
+                                   input_shape=(16, 16, 3))
+    own = str(tmp_path / "backbone.weights.h5")
+    backbone.save_weights(own)
+    load = backbones._load_weights
+
+    def warning_load(model, path):
+        warnings.warn("a warning of the load", UserWarning)
+        return load(model, path)
+
+    monkeypatch.setattr(backbones, "_load_weights", warning_load)
+    for action, shown in (("default", 1), ("ignore", 0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter(action)
+            for _ in range(3):
+                kft.create_backbone("simple_cnn", weights=own,
+                                    input_shape=(16, 16, 3))
+        assert len([w for w in caught if "of the load" in str(w.message)]
+                   ) == shown
 
 
 @pytest.mark.slow

@@ -356,6 +356,12 @@ def test_class_names_and_indices_are_checked():
     with pytest.raises(TypeError, match="`class_names` must be a sequence "
                        "of strings"):
         kft.classification_report([0, 1], [0, 1], class_names=[0, 1])
+    # A dataset's names are checked where they are given (kft.evaluate
+    # named a `class_names` argument the user never passed).
+    with pytest.raises(TypeError, match="`class_names` must be a sequence "
+                       "of strings"):
+        kft.data.from_arrays(np.zeros((2, 4, 4, 3)), [0, 1],
+                             class_names=[0, 1])
     for indices in ([7, 8], [7, 8, 9, 10]):
         with pytest.raises(ValueError, match=r"`indices` must be one index "
                            r"per example \(3\)"):

@@ -532,6 +532,8 @@ def test_out_of_range_integer_labels_are_refused_at_every_entry_point():
                  lambda: model.train_on_batch(images, bad),
                  lambda: model.test_on_batch(images, bad),
                  lambda: model.fit(images, bad.tolist(), verbose=0),
+                 lambda: model.evaluate(images, jax.numpy.asarray(bad),
+                                        verbose=0),
                  lambda: model.fit(images, bad[:, None], verbose=0)):
         with pytest.raises(ValueError, match=r"`y` holds labels outside "
                                              r"\[0, 3\).*: 7"):

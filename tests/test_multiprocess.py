@@ -244,6 +244,11 @@ def test_launched_scripts_start_before_kft_and_without_its_flags(
     for index in (0, 1):
         assert f"[{index}] IMPORTED []" in out, out
         assert f"[{index}] FLAGS --user_flag=2\n" in out, out
+    # An environment given to launch_command is taken as it is.
+    buffer = io.StringIO()
+    launch_command([sys.executable, str(program)], 1, out=buffer,
+                   env={**os.environ, "XLA_FLAGS": "--kft_added=1"})
+    assert "[0] FLAGS --kft_added=1\n" in buffer.getvalue()
 
 
 @pytest.mark.slow
@@ -387,6 +392,12 @@ def test_training_and_validation_batches_are_checked_before_training(
     with pytest.raises(ValueError, match=r"last batch of `x` \(9 examples "
                        r"at batch_size=4\) holds 1"):
         model.fit(x, y, batch_size=4, verbose=0)
+    # Inputs given as a dict or a list are the same arrays.
+    with pytest.raises(ValueError, match=r"last batch of `x` \(9 examples "
+                       r"at batch_size=4\) holds 1"):
+        model.fit({model.inputs[0].name: x}, y, batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match=r"last batch of `x`"):
+        model.fit([x], y, batch_size=4, verbose=0)
     # 20 examples at 0.25: Keras trains on the first 15 (batches 4 x 3 + 3).
     with pytest.raises(ValueError, match=r"training part of `x` \("
                        r"validation_split=0.25\) \(15 examples at "
@@ -395,6 +406,9 @@ def test_training_and_validation_batches_are_checked_before_training(
                   validation_split=0.25, verbose=0)
     assert all(np.array_equal(a, np.array(v.value))
                for a, v in zip(before, model.weights))
+    # With steps_per_epoch Keras may never reach the last batch (2 of its 3
+    # here): refused before, though it trained.
+    model.fit(x, y, batch_size=4, steps_per_epoch=2, epochs=1, verbose=0)
     data_parallel.check_fit_data(
         (x[:8], y[:8]), {"validation_data": (x[:8], y[:8])})
 

@@ -52,6 +52,11 @@ def _labels_and_classes(y, n, class_names, num_classes):
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, min_value=1)
     if class_names is not None:
+        if isinstance(class_names, str) or not all(
+                isinstance(name, str) for name in class_names):
+            # As `build_classifier` and the reports take them.
+            fail_argument("class_names", "a sequence of strings",
+                          class_names, TypeError)
         if num_classes is not None and num_classes != len(class_names):
             raise ValueError(
                 f"Argument `num_classes` must match the {len(class_names)} "

@@ -249,20 +249,28 @@ def check_fit_data(fit_args, fit_kwargs) -> None:
     split = arguments.get("validation_split") or 0.0
     x = arguments.get("x")
     data = arguments.get("validation_data")
-    arrays = hasattr(x, "shape") and len(x.shape) > 0
-    if arrays:
+    first = x  # one input's array: a dict or list holds one per input
+    if isinstance(x, dict) and x:
+        first = next(iter(x.values()))
+    elif isinstance(x, (list, tuple)) and x:
+        first = x[0]
+    arrays = hasattr(first, "shape") and len(first.shape) > 0
+    train = len(first) if arrays else 0
+    if arrays and data is None and split:
         # Keras' split (`train_validation_split`): the arrays' last part
         # validates, the first `floor(n * (1 - split))` train.
-        train = (int(math.floor(len(x) * (1.0 - split))) if data is None
-                 else len(x))
+        train = int(math.floor(train * (1.0 - split)))
+    # With `steps_per_epoch` Keras may never reach the last batch: left to
+    # it.
+    if arrays and arguments.get("steps_per_epoch") is None:
         check_batch_size(size, train, name="batch_size",
-                         data_name="`x`" if train == len(x) else
+                         data_name="`x`" if train == len(first) else
                          f"the training part of `x` (validation_split="
                          f"{split})")
     # A kft.data dataset checks itself as `fit` starts reading it.
     size = arguments.get("validation_batch_size") or size
     if data is None and split and arrays:
-        check_batch_size(size, len(x) - train, name="batch_size",
+        check_batch_size(size, len(first) - train, name="batch_size",
                          data_name=f"the validation_split={split} part")
         return
     if isinstance(data, list):

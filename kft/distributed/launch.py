@@ -133,10 +133,11 @@ def launch_command(command: Sequence[str], processes: int = 2, *,
     out = sys.stdout if out is None else out
     if coordinator is None:
         coordinator = f"127.0.0.1:{free_port()}"
-    # Without the XLA flags kft added here: each process' own import of
-    # kft decides (a script may set KFT_XLA_CPU_FLAGS before it).
-    base = _config.environ_without_kft_flags(os.environ if env is None
-                                             else env)
+    # This process' environment without the XLA flags its import of kft
+    # added: each process' own import decides (a script may set
+    # KFT_XLA_CPU_FLAGS before it). An `env` given is taken as it is.
+    base = (_config.environ_without_kft_flags(os.environ) if env is None
+            else dict(env))
     base.update({_processes.COORDINATOR_ENV: coordinator,
                  _processes.NUM_PROCESSES_ENV: str(total),
                  "PYTHONUNBUFFERED": "1"})

@@ -282,9 +282,15 @@ def create_backbone(name: str, weights: Weights = "imagenet",
         # 120 for a ResNet50V2 file given to ResNet101V2) before a wrong
         # file fails: kept for a load that succeeds, dropped for the error
         # below, which says what is wrong.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        # Held back after the user's filters (and once-per-location
+        # registries, which `catch_warnings` would reset) chose to show
+        # them; shown as they would have been.
+        caught, show = [], warnings.showwarning
+        warnings.showwarning = lambda *shown: caught.append(shown)
+        try:
             error = _load_weights(model, local_file)
+        finally:
+            warnings.showwarning = show
         if error is not None:
             # Keras names its own objects ("Layer 'stem_conv' expected 1
             # variables"); the user needs to know which file is wrong.
@@ -295,9 +301,8 @@ def create_backbone(name: str, weights: Weights = "imagenet",
                 f"model.keras or model.save_weights). Received: "
                 f"weights={os.fspath(weights)!r}, which does not load "
                 f"({type(error).__name__}: {str(error)[:200]})") from error
-        for warning in caught:
-            warnings.warn_explicit(warning.message, warning.category,
-                                   warning.filename, warning.lineno)
+        for shown in caught:
+            warnings.showwarning(*shown)
         _match_imagenet_normalization(model)
     # Read by `kft.freeze`: frozen BatchNorm of a randomly initialised
     # backbone keeps random-init statistics.
@@ -310,7 +315,8 @@ def _load_weights(model, path):
     does not fit (`None` when it loads)."""
     try:
         model.load_weights(path)
-    except (OSError, ValueError) as error:
+    # KeyError: a .keras archive without its weights file inside.
+    except (OSError, ValueError, KeyError) as error:
         return error
     return None
 

@@ -110,8 +110,9 @@ class BatchAugmentModel(Classifier):
     # entry point runs (datasets: `kft.fine_tune` and `kft.evaluate` check
     # them).
     def _check_labels(self, labels, name):
-        if isinstance(labels, (list, tuple)):
-            labels = np.asarray(labels)
+        if isinstance(labels, (list, tuple)) or (
+                hasattr(labels, "__array__") and hasattr(labels, "shape")):
+            labels = np.asarray(labels)  # JAX arrays too (concrete here)
         if isinstance(labels, np.ndarray) and labels.ndim and (
                 labels.ndim == 1 or labels.shape[-1:] == (1,)):
             check_labels(labels.reshape(-1), self.num_classes, name=name)

@@ -41,6 +41,22 @@ def new_figure(nrows=1, ncols=1, *, figsize=None, **kwargs):
     return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
 
 
+def check_path(path, name="path"):
+    """`path` as a string; raises unless its suffix is a format matplotlib
+    writes (`.png`, `.svg`, `.pdf`, ...), naming the argument `name`."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in supported:
+        raise ValueError(
+            f"Argument `{name}` must end in one of "
+            f"{sorted('.' + s for s in supported)}. Received: "
+            f"{name}={path!r}")
+    return path
+
+
 def finish(fig, path=None, *, dpi=120):
     """Lays out `fig`, saves it to `path` (format from the suffix: `.png`,
     `.svg`, `.pdf`) when given, and returns it.
@@ -50,14 +66,7 @@ def finish(fig, path=None, *, dpi=120):
     """
     fig.tight_layout()
     if path is not None:
-        path = os.fspath(path)
-        suffix = os.path.splitext(path)[1].lower().lstrip(".")
-        supported = fig.canvas.get_supported_filetypes()
-        if suffix not in supported:
-            raise ValueError(
-                f"Argument `path` must end in one of "
-                f"{sorted('.' + s for s in supported)}. Received: "
-                f"path={path!r}")
+        path = check_path(path)
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)

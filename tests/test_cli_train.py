@@ -287,7 +287,8 @@ def _usage_error(argv, capsys):
 
 
 def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
-                                                    capsys):
+                                                    capsys, monkeypatch):
+    before = sorted(os.listdir(folder))
     single = tmp_path / "single" / "only"
     single.mkdir(parents=True)
     Image.new("RGB", (16, 16)).save(single / "a.png")
@@ -326,12 +327,28 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
         # Its `next:` line was a `kft train` command that train refused.
         (["lr-find", folder, *TINY, "--strategy", "full", "--n-blocks",
           "2"], "strategy 'full' does not read --n-blocks 2"),
+        # A run folder in the images: `runs` was read as a class ("no
+        # readable images") and stayed, breaking every later run.
+        (["train", folder, *TINY, "--out", os.path.join(folder, "runs",
+                                                        "r")],
+         "is inside DATA_DIR"),
+        (["train", folder, *TINY, "--val-dir", folder, "--out",
+          os.path.join(folder, "r")], "is inside DATA_DIR"),
+        # Checked after the whole range test, exit 1, naming `path`.
+        (["lr-find", folder, *TINY, "--plot", str(tmp_path / "lr.txt")],
+         "--plot must end in one of ["),
     ]
     for argv, message in cases:
         code, err = _usage_error(argv, capsys)
         assert code == 2 and message in err, (argv, err)
         assert err.startswith(f"usage: kft {argv[0]}"), err
     assert not os.path.exists(tmp_path / "r2" / "config.toml")
+    assert sorted(os.listdir(folder)) == before
+    # Started inside the image folder, the default --out lands there.
+    monkeypatch.chdir(folder)
+    code, err = _usage_error(["train", ".", *TINY], capsys)
+    assert code == 2 and "is inside DATA_DIR" in err, err
+    assert sorted(os.listdir(folder)) == before
 
 
 def test_a_checkpoint_cut_short_falls_back_to_the_previous(tmp_path):

@@ -20,6 +20,15 @@ def lr_find_command(args, argv):
     if args.end <= args.start:
         raise Usage(f"--end ({args.end:g}) must be above --start "
                      f"({args.start:g})")
+    if args.plot:
+        # Before the range test (it wrote nothing after minutes of work).
+        from kft import _plotting
+
+        try:
+            _plotting.check_path(args.plot, "--plot")
+        except ValueError as error:
+            raise Usage(str(error).replace("Argument `--plot`", "--plot"
+                                           ).replace("--plot=", "--plot "))
     start_library()
     from kft.runs.config import TrainConfig
     from kft.runs.lr import find_rate

@@ -115,6 +115,15 @@ def _prepare_out(config, resume, say):
         if info.get("status") != "complete":
             check_paths(saved, named_in=path)
         return saved, info, True, False
+    for flag, folder in (("DATA_DIR", config.data_dir),
+                         ("--val-dir", config.val_dir)):
+        if folder and _inside(out, folder):
+            # Its files (and the folders above them, made here) would be
+            # read as a class by this run and every later one.
+            raise ValueError(
+                f"Run folder {out!r} is inside {flag} {folder!r}, where it "
+                "would be read as a class folder; pass an --out outside "
+                "the image folders.")
     if not is_primary():  # process 0 checks and makes the folder
         return config, {}, False, False
     if os.path.exists(out) and not os.path.isdir(out):
@@ -132,6 +141,11 @@ def _prepare_out(config, resume, say):
                          f"({error.strerror or error}); pass another "
                          "--out.") from error
     return config, {}, False, created
+
+
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _complete(out):

@@ -108,20 +108,38 @@ def test_a_gpu_plugin_means_not_cpu_only(monkeypatch):
 
 
 def _import_kft(env, code="import kft, os; print(os.environ.get('XLA_FLAGS'))"):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", "KFT_XLA_CPU_FLAGS")} | env
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    out = subprocess.run([sys.executable, "-c", code], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout.strip().splitlines()[-1]
+    return _import_kft_at_once([env], code)[0]
+
+
+def _import_kft_at_once(envs, code="import kft, os; "
+                                   "print(os.environ.get('XLA_FLAGS'))"):
+    """The last line `code` prints in a fresh process per environment,
+    the processes run at once (a fresh process costs 4-5 s)."""
+    processes = []
+    for env in envs:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("XLA_FLAGS", "KFT_XLA_CPU_FLAGS")} | env
+        env.setdefault("JAX_PLATFORMS", "cpu")
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    lines = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr[-2000:]
+            lines.append(stdout.strip().splitlines()[-1])
+    finally:
+        for process in processes:
+            process.kill()
+    return lines
 
 
 def test_importing_kft_sets_the_chosen_flags():
     # The import reads the setting (each setting's flags are checked in
     # this process above; a fresh process costs 4-5 s).
-    assert _import_kft({"KFT_XLA_CPU_FLAGS": "1"}) == FLAGS
-    assert _import_kft({}) == " ".join(DEFAULT)
+    assert _import_kft_at_once([{"KFT_XLA_CPU_FLAGS": "1"}, {}]) == [
+        FLAGS, " ".join(DEFAULT)]
 
 
 _TRAIN = """
@@ -157,10 +175,11 @@ def test_both_emitters_train_the_same_model_to_the_same_losses():
     # losses to float rounding (the emitters' math functions differ in
     # the last bits: 1.2e-5 relative after 3 MobileNetV3Small steps).
     quick = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}  # conftest
-    default = [float(v) for v in _import_kft(quick, _TRAIN).split()]
-    mlir = [float(v) for v in _import_kft(
-        {"KFT_XLA_CPU_FLAGS": "mlir_emitters", "KFT_COMPILATION_CACHE": "0",
-         **quick}, _TRAIN).split()]
+    default, mlir = ([float(v) for v in line.split()]
+                     for line in _import_kft_at_once(
+                         [quick, {"KFT_XLA_CPU_FLAGS": "mlir_emitters",
+                                  "KFT_COMPILATION_CACHE": "0", **quick}],
+                         _TRAIN))
     assert len(default) == 3 and default[0] != default[2]
     np.testing.assert_allclose(mlir, default, rtol=1e-4)
 

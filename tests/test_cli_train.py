@@ -24,6 +24,9 @@ from PIL import Image
 
 import kft
 from kft import cli
+from kft.runs.config import TrainConfig
+from kft.runs.resolve import monitor_change
+from kft.runs.resolve import resolve_config
 
 TINY = ["--backbone", "simple_cnn", "--weights", "none", "--image-size",
         "16", "--batch-size", "8", "--head-epochs", "1", "--augment", "none"]
@@ -735,6 +738,23 @@ def test_monitor_never_logged_is_a_usage_error_and_leaves_no_run(
     assert cli.main([*argv, "--monitor", "val_accuracy", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["monitor"] == "val_accuracy"
+    # A val_ monitor given without validation data is said to change (it
+    # became `accuracy` silently); the default `val_loss` changes quietly.
+    argv[-1] = str(tmp_path / "no val")
+    assert cli.main([*argv, "--val-split", "0", "--monitor",
+                     "val_accuracy"]) == 0
+    printed = capsys.readouterr().out
+    assert ("--monitor 'val_accuracy': no validation data (no val folder, "
+            "--val-split None); the run monitors 'accuracy'.") in printed
+    # The next command copies as one (quoted) folder argument.
+    assert f"next: kft eval '{tmp_path / 'no val'}' DATA_DIR" in printed
+    # Through the Python API too.
+    given = TrainConfig(data_dir=folder, backbone="simple_cnn",
+                        val_split=None, monitor="val_accuracy")
+    resolved = resolve_config(given)
+    assert "the run monitors 'accuracy'" in monitor_change(given, resolved)
+    assert monitor_change(given.replace(monitor="val_loss"), resolve_config(
+        given.replace(monitor="val_loss"))) is None
 
 
 def test_a_test_folder_beside_the_classes_is_not_a_class(tmp_path,

@@ -3,6 +3,7 @@ does after training."""
 
 import json
 import os
+import shlex
 
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
@@ -149,5 +150,5 @@ def export_command(args, argv):
                           "bytes": os.path.getsize(path)}))
     else:
         print(f"wrote {path} ({os.path.getsize(path):,} bytes); check it: "
-              f"kft predict {path} IMAGES")
+              f"kft predict {shlex.quote(path)} IMAGES")
     return 0

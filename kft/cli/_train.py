@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import sys
 
 from kft.cli._checks import Usage
@@ -50,17 +51,21 @@ def train_command(args, argv):
             check_out_folder(config.out)
     start_library()
     from kft.runs.backup import STATE_FILE
+    from kft.runs.resolve import monitor_change
     from kft.runs.resolve import resolve_config
     from kft.runs.train import CHECKPOINTS
     from kft.runs.train import RunSetupError
     from kft.runs.train import train_run
 
+    quiet = args.quiet or args.json
     if not args.resume:
+        given = config
         try:
             config = resolve_config(config)  # the run folder, named below
         except ValueError as error:
             raise Usage(flag_names(str(error))) from error
-    quiet = args.quiet or args.json
+        if monitor_change(given, config) and not quiet:
+            print(flag_names(monitor_change(given, config)))
     say = None if args.json else print
     try:
         result = train_run(config, resume=args.resume,
@@ -72,8 +77,6 @@ def train_command(args, argv):
         raise Usage(flag_names(str(error))) from error
     except KeyboardInterrupt:
         if os.path.exists(os.path.join(config.out, CHECKPOINTS, STATE_FILE)):
-            import shlex
-
             print("kft train: continue the run with: kft train --resume "
                   f"--out {shlex.quote(config.out)}", file=sys.stderr)
         raise
@@ -111,5 +114,6 @@ def _train_text(result):
                      f"{m['macro']['f1']:.4f}")
     lines.append(f"  training time {result.train_time:.1f} s")
     lines.append(f"  wrote: {', '.join(sorted(result.files))}")
-    lines.append(f"  next: kft eval {result.out} DATA_DIR")
+    # Quoted: a path with spaces must copy as one argument.
+    lines.append(f"  next: kft eval {shlex.quote(result.out)} DATA_DIR")
     return "\n".join(lines)

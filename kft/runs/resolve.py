@@ -81,6 +81,18 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     return config.replace(**changes)
 
 
+def monitor_change(given: TrainConfig, resolved: TrainConfig):
+    """The line that says a `val_` monitor given without validation data
+    became the training value (`None` when it did not, or when it was the
+    default `val_loss`, which changes quietly)."""
+    if (resolved.monitor == given.monitor
+            or given.monitor == TrainConfig().monitor):
+        return None
+    return (f"`monitor` {given.monitor!r}: no validation data (no val "
+            f"folder, `val_split` {given.val_split}); the run monitors "
+            f"{resolved.monitor!r}.")
+
+
 def check_paths(config, named_in=None):
     """The folders and the weights file of `config` exist (`named_in`: the
     config file that names them, for the message)."""

@@ -47,6 +47,7 @@ from kft.runs.report import write_evaluation
 from kft.runs.report import write_history
 from kft.runs.report import write_json
 from kft.runs.resolve import check_paths
+from kft.runs.resolve import monitor_change
 from kft.runs.resolve import resolve_config
 
 CHECKPOINTS = "checkpoints"
@@ -226,7 +227,10 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
         if resume and config.out is None:
             raise ValueError("resume needs the run folder: pass out=.")
         if not resume:
+            given = config
             config = resolve_config(config)
+            if monitor_change(given, config):
+                say(monitor_change(given, config))
         config, info, resumed, created = _prepare_out(config, resume, say)
     except ValueError as error:
         raise RunSetupError(str(error)) from error

@@ -15,7 +15,7 @@ from jax import lax
 from jax import numpy as jnp
 
 from kft import _compat
-from kft.augmentation.torch_style import TRACED_CALL_HINT
+from kft.augmentation.torch_style import refuse_direct_trace
 from kft.ops import image_ops
 
 # Erased boxes take the ImageNet mean colour: torchvision's RandomErasing
@@ -42,10 +42,8 @@ class _NotTracedDirectly:
     their state (the next eager call failed)."""
 
     def call(self, data, training=True):
-        if (training and _compat.is_traced()
-                and not _compat.in_stateless_scope()):
-            raise RuntimeError(TRACED_CALL_HINT.format(
-                name=type(self).__name__))
+        if training:
+            refuse_direct_trace(self)
         return super().call(data, training=training)
 
 

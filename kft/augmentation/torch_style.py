@@ -57,6 +57,14 @@ or put the layer in the model (kft.augmentation.attach), where `fit` \
 carries the state."""
 
 
+def refuse_direct_trace(layer):
+    """Raises `TRACED_CALL_HINT` for `layer` when it is called inside a
+    traced function outside a stateless scope; called before any draw (a
+    draw would assign a tracer to the seed state)."""
+    if _compat.is_traced() and not _compat.in_stateless_scope():
+        raise RuntimeError(TRACED_CALL_HINT.format(name=type(layer).__name__))
+
+
 class RandomLayer(keras.layers.Layer):
     """Base of the layers here: a seed generator, identity outside
     training, a batch or one image."""
@@ -77,10 +85,7 @@ class RandomLayer(keras.layers.Layer):
     def call(self, images, training=True):
         if not training:
             return images
-        # Before any draw: a draw would assign a tracer to the seed state.
-        if _compat.is_traced() and not _compat.in_stateless_scope():
-            raise RuntimeError(TRACED_CALL_HINT.format(
-                name=type(self).__name__))
+        refuse_direct_trace(self)
         images = ops.cast(images, self.compute_dtype)
         if len(images.shape) == 3:  # one image
             return self.transform(images[None], 1)[0]

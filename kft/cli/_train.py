@@ -64,8 +64,9 @@ def train_command(args, argv):
             config = resolve_config(config)  # the run folder, named below
         except ValueError as error:
             raise Usage(flag_names(str(error))) from error
-        if monitor_change(given, config) and not quiet:
-            print(flag_names(monitor_change(given, config)))
+        notice = monitor_change(given, config)
+        if notice and not quiet:
+            print(flag_names(notice))
     say = None if args.json else print
     try:
         result = train_run(config, resume=args.resume,

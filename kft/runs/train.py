@@ -229,8 +229,9 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
         if not resume:
             given = config
             config = resolve_config(config)
-            if monitor_change(given, config):
-                say(monitor_change(given, config))
+            notice = monitor_change(given, config)
+            if notice:
+                say(notice)
         config, info, resumed, created = _prepare_out(config, resume, say)
     except ValueError as error:
         raise RunSetupError(str(error)) from error

@@ -1,6 +1,7 @@
 """Tests of kft.data: folder layouts, bad files, arrays, TFDS, model.fit."""
 
 import os
+import shutil
 import warnings
 
 import keras
@@ -482,14 +483,56 @@ def test_header_check_keeps_the_steps_and_updates_the_counts(tmp_path,
     assert "Unknown" not in capsys.readouterr().out
 
 
-def test_header_check_batch_of_only_bad_files_is_left_out(tmp_path):
+def test_header_check_batch_of_only_bad_files(tmp_path):
     root = _tree(tmp_path, splits=("train",), per_class=2)
-    _truncated_jpeg(f"{root}/train/dark/late.jpg")
+    late = f"{root}/train/dark/late.jpg"
+    _truncated_jpeg(late)
     train, _ = kft.data.from_directory(root, SIZE, batch_size=1,
                                        check="header", augmentation="none")
-    with pytest.warns(kft.data.SkippedFilesWarning, match="late.jpg"):
+    assert len(train) == 5
+    # Training (shuffled): a loaded batch is repeated in its place, so the
+    # pass has the steps Keras was told (it warned "ran out of data" and
+    # cut each epoch short; processes would differ in steps).
+    model = _tiny_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(train, epochs=2, verbose=0)
+    assert _keras_data_warnings(caught) == []
+    assert len(history.history["loss"]) == 2
+    assert [s.path for s in train.skipped] == [late]
+    batches = _batches(train)
+    assert len(batches) == 5
+    seen = sorted(float(x[0, 0, 0, 0]) for x, _ in batches)
+    assert len(set(seen)) == 2 and len(seen) == 5  # 4 images, one twice
+    # In order (as evaluation reads): left out, never counted twice.
+    assert [len(y) for _, y in _batches(train.in_order())] == [1] * 4
+
+
+def test_header_check_pass_short_of_batches(tmp_path):
+    root = _tree(tmp_path, splits=("train",), per_class=1)
+    bad = [f"{root}/train/dark/{i}.jpg" for i in range(4)]
+    for path in bad:
+        _truncated_jpeg(path)
+    train, _ = kft.data.from_directory(root, SIZE, batch_size=2, seed=1,
+                                       check="header", augmentation="none")
+    with pytest.warns(kft.data.SkippedFilesWarning):
         batches = _batches(train)
-    assert len(train) == 5 and [len(y) for _, y in batches] == [1] * 4
+    # 2 of 6 files decode: one batch, repeated for the 2 steps left.
+    assert len(batches) == len(train) == 3
+    for x, y in batches[1:]:
+        np.testing.assert_array_equal(x, batches[0][0])
+    assert sorted(batches[0][1].tolist()) == [0, 1]
+    assert len(_batches(train.in_order())) == 1
+    # Nothing decodes: said, not an empty pass.
+    only_bad = tmp_path / "only_bad"
+    for i, path in enumerate(bad):
+        os.makedirs(only_bad / "train" / f"c{i % 2}", exist_ok=True)
+        shutil.copy(path, only_bad / "train" / f"c{i % 2}" / f"{i}.jpg")
+    train, _ = kft.data.from_directory(str(only_bad), SIZE, batch_size=2,
+                                       check="header", augmentation="none")
+    with pytest.warns(kft.data.SkippedFilesWarning):
+        with pytest.raises(ValueError, match="No image of this pass"):
+            _batches(train)
 
 
 # -- files that are not images of the dataset --------------------------

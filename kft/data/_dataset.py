@@ -69,11 +69,7 @@ def warn_skipped(skipped, total, where):
 
 
 def _collate(elements):
-    """Stacks the examples that loaded; `None` when none of them did.
-
-    Failed examples are dropped after batching, not before, so a pass
-    always has `len(dataset)` batches (the steps Keras was told about).
-    """
+    """Stacks the examples of a batch that loaded; `None` if none did."""
     loaded = [element for element in elements if element is not None]
     if not loaded:
         return None
@@ -111,11 +107,31 @@ class _Pass(grain.DatasetIterator):
         super().__init__()
         self._dataset = dataset
         self._batches = None
+        # Files that fail to decode while read (`check="header"`) leave the
+        # pass (grain drops them before batching): when enough fail, it
+        # runs out a batch early. A training pass (shuffled or resampled)
+        # then repeats its last batch, keeping the `len(dataset)` steps
+        # Keras counts on (and every JAX process the same number); an
+        # ordered pass, as evaluation reads, ends short: a repeat would
+        # count examples twice.
+        self._fill = dataset.shuffle or dataset.sampling == "balanced"
+        self._left = len(dataset)
+        self._last = None
 
     def __next__(self):
         if self._batches is None:
             self._batches = self._dataset._start_pass()
-        return next(self._batches)
+        try:
+            self._last = next(self._batches)
+        except StopIteration:
+            if not (self._fill and self._left > 0):
+                raise
+            if self._last is None:
+                raise ValueError(
+                    "No image of this pass could be decoded; the files are "
+                    "listed in `dataset.skipped`.") from None
+        self._left -= 1
+        return self._last
 
     def get_state(self):
         return {} if self._batches is None else self._batches.get_state()
@@ -312,8 +328,8 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         """Batches per pass.
 
         Fixed when the dataset is made: a file that fails while training
-        makes its batch one example smaller, it does not change the number
-        of steps.
+        leaves its pass one example shorter; a shuffled pass left a batch
+        short repeats its last batch, so the number of steps is kept.
         """
         index, count = self.shard
         if count > 1:

@@ -838,6 +838,13 @@ class KeepsStateOnError:
 # -- attaching state to a built model (the bound penalty's) -------------------
 
 
+def untrack_variables(layer, variables):
+    """Removes `variables` from `layer`'s weights (Keras'
+    `Layer._untrack_variable`, which has no public form)."""
+    for variable in variables:
+        layer._untrack_variable(variable)
+
+
 def set_tracked_attribute(layer, name, value):
     """`setattr(layer, name, value)`, tracked (a sublayer's variables join
     the layer's), also on a built layer: Keras locks a built subclassed

@@ -628,6 +628,45 @@ def test_load_weights_written_without_a_penalty_keeps_the_anchors(tmp_path):
         np.testing.assert_array_equal(v.numpy(), anchors[p])
 
 
+def test_removed_penalty_takes_its_stored_values_with_it(tmp_path):
+    # Kept, every binding added a copy of the weights, and a file saved
+    # after a rebinding (fine_tune and compare_strategies unbind and bind
+    # again) or under another penalty failed to load: "Layer
+    # 'kft_penalty_state' expected 13 variables, but received 26".
+    model = _cnn()
+    count = len(model.weights)
+    kft.regularize(model, kft.L2SP(0.1))
+    stored = len(model.weights) - count
+    assert stored > 0
+    kft.regularize(model, None)
+    assert len(model.weights) == count
+    penalty = kft.regularize(model, kft.L2SP(0.1))
+    assert len(model.weights) == count + stored
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(*_batch(), epochs=1, verbose=0)  # traced with its state
+    model.save_weights(tmp_path / "rebound.weights.h5")
+    other = _cnn()
+    again = kft.regularize(other, kft.L2SP(0.1))
+    other.load_weights(tmp_path / "rebound.weights.h5")
+    for p, v in again.bound.anchors.items():
+        np.testing.assert_array_equal(v.numpy(),
+                                      penalty.bound.anchors[p].numpy())
+    # Written under EWC (anchors and Fisher values): the model's own
+    # weights load; the L2SP anchors stay, with a warning.
+    ewc_model = _cnn()
+    fisher = kft.estimate_fisher(ewc_model, _batch(), batch_size=4)
+    kft.regularize(ewc_model, kft.EWC(1.0, fisher))
+    ewc_model.save_weights(tmp_path / "ewc.weights.h5")
+    anchors = {p: v.numpy() for p, v in again.bound.anchors.items()}
+    with pytest.warns(UserWarning, match=r"holds no anchors .*written with "
+                      r"another: \d+ stored values, not \d+"):
+        other.load_weights(tmp_path / "ewc.weights.h5")
+    for a, b in zip(ewc_model.get_weights()[:3], other.get_weights()[:3]):
+        np.testing.assert_array_equal(a, b)
+    for p, v in again.bound.anchors.items():
+        np.testing.assert_array_equal(v.numpy(), anchors[p])
+
+
 def test_fisher_of_a_softmax_model_equals_its_logits_twin():
     # log_softmax was applied to the probabilities: 85x too small.
     inputs = keras.Input((8, 8, 3))

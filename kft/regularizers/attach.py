@@ -47,6 +47,13 @@ class Binding:
             variable.regularizer = wrapped.previous
         for cleanup in self.cleanups:
             cleanup()
+        # The stored copies go too: kept, every later binding added its
+        # own (a copy of the weights each time) and a weights file saved
+        # then no longer loaded into a model with one penalty.
+        _compat.untrack_variables(self.state, [
+            *self.anchors.values(), *self.fisher.values(),
+            *self.strengths.values()])
+        self.anchors, self.fisher, self.strengths = {}, {}, {}
         self.terms, self.cleanups = {}, []
 
 
@@ -91,8 +98,7 @@ def regularize(model: keras.Model, penalty: Penalty | None) -> Penalty | None:
         model: A built `keras.Model` (a `kft.build_classifier` model: its
             `"head"` block is the new head).
         penalty: `kft.L2SP`, `kft.EWC` or `kft.LwF`, or `None` to remove
-            the bound penalty's terms (its anchors stay in the model's
-            state until the model is rebuilt).
+            the bound penalty (its terms and the anchors it stored).
 
     Returns:
         `penalty`, bound (its `save` works from now on).

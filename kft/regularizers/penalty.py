@@ -51,15 +51,21 @@ class PenaltyState(keras.layers.Layer):
         return variable
 
     def load_own_variables(self, store):
-        # A weights file written without a penalty has no entry for this
-        # layer; refusing it would stop the model's own weights loading.
-        if self.weights and not len(store.keys()):
-            warnings.warn(
-                "The weights file holds no anchors for the model's bound "
-                "penalty (written without one): its anchors stay the "
-                "weights at kft.regularize, not the loaded ones. To anchor "
-                "at these, load them before kft.regularize.", UserWarning,
-                stacklevel=2)
+        # A weights file written without a penalty, or with another one,
+        # has no entry or other entries for this layer; refusing it would
+        # stop the model's own weights loading.
+        stored = len(store.keys())
+        if stored != len(self.weights):
+            if self.weights:
+                written = ("without one" if not stored else
+                           f"with another: {stored} stored values, not "
+                           f"{len(self.weights)}")
+                warnings.warn(
+                    "The weights file holds no anchors for the model's "
+                    f"bound penalty (written {written}): its anchors stay "
+                    "the weights at kft.regularize, not the loaded ones. To "
+                    "anchor at these, load them before kft.regularize.",
+                    UserWarning, stacklevel=2)
             return
         super().load_own_variables(store)
 

@@ -97,12 +97,13 @@ def check_choice(name, value, choices):
     return value
 
 
-def check_labels(labels, num_classes, *, name="y"):
+def check_labels(labels, num_classes, *, name="y", classes_of=None):
     """Checks integer class labels against a model's `num_classes`.
 
     JAX does not bounds-check gathers, so a label >= `num_classes` would
     train silently on garbage; this names the offending values instead.
-    Returns the labels as an integer numpy array.
+    `classes_of` says where the number of classes came from (default: "a
+    model with N classes"). Returns the labels as an integer numpy array.
 
     >>> check_labels([0, 2, 1], 3).tolist()
     [0, 2, 1]
@@ -120,12 +121,45 @@ def check_labels(labels, num_classes, *, name="y"):
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:10])
         more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+        classes_of = classes_of or f"a model with {num_classes} classes"
         raise ValueError(
             f"Argument `{name}` holds labels outside [0, {num_classes}) for "
-            f"a model with {num_classes} classes: {shown}{more}. Labels must "
+            f"{classes_of}: {shown}{more}. Labels must "
             f"be integers 0..{num_classes - 1} (or one-hot rows of width "
             f"{num_classes}).")
     return array
+
+
+def check_class_names(class_names, num_classes=None):
+    """Class names in index order: distinct strings, one per class when
+    `num_classes` is given. Returns them as a tuple (`None` stays `None`).
+
+    A string is refused, not read as one name per character; names are
+    strings because reports key and print classes by name.
+
+    >>> check_class_names(["cat", "dog"], 2)
+    ('cat', 'dog')
+    """
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, bytes)) or not hasattr(
+            class_names, "__iter__"):
+        fail_argument("class_names", "a sequence of strings", class_names,
+                      TypeError)
+    class_names = tuple(class_names)  # a generator is read once
+    if not all(isinstance(name, str) for name in class_names):
+        fail_argument("class_names", "a sequence of strings", class_names,
+                      TypeError)
+    class_names = tuple(str(name) for name in class_names)  # numpy's str_
+    repeated = sorted({n for n in class_names if class_names.count(n) > 1})
+    if repeated:
+        # One class would hide the other in reports keyed by name.
+        fail_argument("class_names", f"distinct names (repeated: "
+                      f"{repeated})", class_names)
+    if num_classes is not None and len(class_names) != num_classes:
+        fail_argument("class_names", f"one name per class ({num_classes} "
+                      f"names for {num_classes} classes)", class_names)
+    return class_names
 
 
 def check_seed(value, name="seed"):

@@ -195,8 +195,8 @@ def test_class_names_give_num_classes_and_are_checked():
                                  class_names=["a", "b", "c"])
     assert model.output.shape == (None, 3)
     assert model.kft_metadata["class_names"] == ["a", "b", "c"]
-    with pytest.raises(ValueError, match="Argument `class_names` must be 2 "
-                       "names"):
+    with pytest.raises(ValueError, match=r"Argument `class_names` must be one "
+                       r"name per class \(2 names for 2 classes\)"):
         kft.build_classifier("simple_cnn", 2, weights=None,
                              input_shape=(16, 16, 3),
                              class_names=["a", "b", "c"])

@@ -250,7 +250,9 @@ def test_empty_data_is_named(data):
                        r"2 labels"):
         kft.compare_strategies(_never, data.target_train, None,
                                (x[:3], y[:2]))
-    empty = kft.data.from_arrays(x[:0], y[:0], batch_size=4)
+    # One example, and this process' slice of it is empty.
+    empty = kft.data.from_arrays(x[:1], y[:1], batch_size=4).with_shard(
+        (1, 2))
     with pytest.raises(ValueError, match=r"`test` must hold at least one "
                        r"batch"):
         kft.compare_strategies(_never, data.target_train, None, empty)

@@ -216,6 +216,21 @@ def test_image_modes_are_converted_to_rgb(tmp_path, name):
                                atol=2 if name.endswith("jpg") else 0)
 
 
+@pytest.mark.parametrize("values,expected", [
+    ([200, 200], 200),  # 8-bit values: were shifted as 16-bit, to black
+    ([40000, 40000], 40000 >> 8),  # 16-bit values
+    ([-100, 100], 127.5),  # no fixed range: stretched onto [0, 255]
+])
+def test_32_bit_integer_images_by_their_range(tmp_path, values, expected):
+    pixels = np.repeat(np.asarray(values, np.int32), 8).reshape(4, 4)
+    path = str(tmp_path / "int32.tif")
+    Image.fromarray(pixels).save(path)
+    assert Image.open(path).mode == "I"
+    loaded = kft.data.load_image(path, (4, 4))
+    assert loaded.dtype == np.uint8
+    np.testing.assert_allclose(loaded.mean(), expected, atol=0.5)
+
+
 def test_folder_of_mixed_modes_loads_every_file(tmp_path):
     root = _tree(tmp_path, splits=("train",), per_class=1)
     for name, make in CONVERSIONS.items():
@@ -387,6 +402,16 @@ def test_from_tfds_with_mock_data():
         batches = _batches(ds)
         with pytest.raises(ValueError, match="must name a ClassLabel"):
             kft.data.from_tfds("mnist", "test", SIZE, label_key="image")
+        # It failed at the first batch, inside the pipeline.
+        with pytest.raises(ValueError, match=r"`image_key` must name an "
+                           r"Image feature of mnist\. Received: "
+                           r"image_key='label' \(ClassLabel\)"):
+            kft.data.from_tfds("mnist", "test", SIZE, image_key="label")
+        # AttributeErrors ('list' object has no attribute 'startswith').
+        for split in (None, ["train", "test"], " "):
+            with pytest.raises(TypeError, match=r"`split` must be one split "
+                               r"as a string.*'train\+test'"):
+                kft.data.from_tfds("mnist", split, SIZE)
         # A bare KeyError, or for the image only at the first batch.
         for key in ("label_key", "image_key"):
             with pytest.raises(ValueError, match=rf"`{key}` must be a "
@@ -659,10 +684,34 @@ def test_from_arrays_yields_rgb_like_the_other_loaders(channels):
         kft.data.from_arrays(np.zeros((2, 4, 4, 2)), [0, 1])
 
 
+def test_from_arrays_refuses_no_images_and_warns_off_range_pixels():
+    # Empty, `fit` died with a bare StopIteration; pixels in [0, 1] or
+    # normalised trained on near-black inputs without a word.
+    with pytest.raises(ValueError, match=r"`x` must hold at least one "
+                       r"image\. Received: x\.shape=\(0, 4, 4, 3\)"):
+        kft.data.from_arrays(np.zeros((0, 4, 4, 3)), np.zeros(0, int))
+    x = np.random.default_rng(0).uniform(0, 1, (4, 4, 4, 3))
+    y = [0, 1, 0, 1]
+    with pytest.warns(UserWarning, match=r"pixel values in \[0\.\d+, "
+                      r"0\.\d+\] \(scaled to \[0, 1\]\? multiply by 255\)"):
+        kft.data.from_arrays(x, y)
+    for off in (x - 0.5, x * 1000):
+        with pytest.warns(UserWarning, match=r"take pixels in \[0, 255\]"):
+            kft.data.from_arrays(off, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fine in (x * 255, (x * 255).astype("uint8"), np.zeros_like(x)):
+            kft.data.from_arrays(fine, y)
+
+
 @pytest.mark.parametrize("kwargs,y,message", [
-    ({"num_classes": 3}, [0, 3, 1, 4], r"outside \[0, 3\) .*: 3, 4\."),
-    ({"class_names": ["a", "b"]}, [0, 1, 2, 1], r"outside \[0, 2\) .*: 2\."),
-    ({}, [0, -1, 1, 1], r"outside \[0, 2\) .*: -1\."),
+    ({"num_classes": 3}, [0, 3, 1, 4],
+     r"outside \[0, 3\) for num_classes=3: 3, 4\."),
+    # Named for where the classes came from (was "a model with 2 classes").
+    ({"class_names": ["a", "b"]}, [0, 1, 2, 1],
+     r"outside \[0, 2\) for the 2 class_names: 2\."),
+    ({}, [0, -1, 1, 1],
+     r"outside \[0, 2\) for the 2 classes its labels count: -1\."),
     ({"num_classes": 3, "class_names": ["a", "b"]}, [0, 1, 1, 0],
      "`num_classes` must match the 2 class_names"),
 ])
@@ -939,6 +988,11 @@ def test_from_tfds_prepares_in_its_data_dir(tmp_path):
 
     assert len(ids(ds)) == 8
     assert sorted([*ids(ds), *ids(held_out)]) == list(range(10))
+    # "__len__() should return >= 0" for an empty slice.
+    for empty in ("train[5:3]", "train[100%:]"):
+        with pytest.raises(ValueError, match=r"`split` must be a split of "
+                           rf"kft_tiny_gray with examples.*{empty[6:-1]}"):
+            kft.data.from_tfds("kft_tiny_gray", empty, 4, data_dir=tmp_path)
 
 
 def test_from_tfds_prepares_in_process_0_while_the_others_wait(monkeypatch):

@@ -76,7 +76,7 @@ def test_class_names_must_match_the_classes():
         kft.classification_report([0, 1], [0, 1], num_classes=np.int64(3),
                                   class_names=["a", "b"])
     with pytest.raises(TypeError, match=r"Argument `class_names` must be a "
-                       r"sequence of class names\. Received: "
+                       r"sequence of strings\. Received: "
                        r"class_names='ab'"):
         kft.classification_report([0, 1], [0, 1], class_names="ab")
     with pytest.raises(ValueError, match=r"Arguments `y_true` and `y_pred` "
@@ -88,6 +88,24 @@ def test_class_names_must_match_the_classes():
 def _model(classes=3):
     return kft.build_classifier("simple_cnn", num_classes=classes,
                                 weights=None, input_shape=(16, 16, 3))
+
+
+def test_numbered_dataset_missing_the_last_classes_evaluates_as_arrays():
+    # A small test split without class 2: from_arrays counts 2 classes
+    # from its labels; evaluate_classifier refused it though it took the
+    # same arrays.
+    model = _model(classes=3)
+    x = np.random.default_rng(1).uniform(0, 255, (4, 16, 16, 3))
+    y = np.array([0, 1, 0, 1])
+    expected = kft.evaluate_classifier(model, x, y)
+    got = kft.evaluate_classifier(model, kft.data.from_arrays(x, y))
+    assert got.class_names == expected.class_names
+    assert got.confusion_matrix.shape == (3, 3)
+    np.testing.assert_array_equal(got.confusion_matrix,
+                                  expected.confusion_matrix)
+    report = kft.evaluate(model, kft.data.from_arrays(x, y))
+    np.testing.assert_array_equal(report.confusion_matrix,
+                                  expected.confusion_matrix)
 
 
 def test_evaluate_classifier_streams_a_labelled_dataset():

@@ -259,6 +259,16 @@ def test_missing_class_names_warn_once_naming_the_argument(tmp_path):
                    class_names=["x", "y"])
     assert not [w for w in caught if "class names" in str(w.message)]
     assert kft.load_run(tmp_path / "b.keras").class_names == ["x", "y"]
+    # A string was stored as one name per character; a repeated name
+    # hides a class in reports keyed by name.
+    with pytest.raises(TypeError, match=r"`class_names` must be a sequence "
+                       r"of strings\. Received: class_names='xy'"):
+        kft.export(model, tmp_path / "c.keras", format="keras",
+                   class_names="xy")
+    with pytest.raises(ValueError, match=r"repeated: \['x'\]"):
+        kft.export(model, tmp_path / "c.keras", format="keras",
+                   class_names=["x", "x"])
+    assert not (tmp_path / "c.keras").exists()
 
 
 def test_mixed_precision_model_exports_in_float32(tmp_path):
@@ -278,7 +288,8 @@ def test_mixed_precision_model_exports_in_float32(tmp_path):
     mixed.set_weights(reference.get_weights())
     assert mixed.dtype_policy.name == "mixed_float16"
     # onnxruntime refused the float16/float32 mix the layers traced to.
-    path = kft.export(mixed, tmp_path / "mixed.onnx", class_names="abc")
+    path = kft.export(mixed, tmp_path / "mixed.onnx",
+                      class_names=list("abc"))
     x = _inputs(16)[0] / 255.0
     session = kft.deploy._onnx_io.ort_session(path)
     logits = session.run(None, {"image": x})[0]

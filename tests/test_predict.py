@@ -117,6 +117,14 @@ def test_bad_arguments(model, tmp_path):
         kft.predict(model, tmp_path)
     with pytest.raises(TypeError, match="Argument `images`"):
         kft.predict(model, 3)
+    with pytest.raises(TypeError, match=r"`class_names` must be a sequence "
+                       r"of strings\. Received: class_names='ab'"):
+        kft.predict(model, np.zeros((16, 16, 3)), class_names="ab")
+    # Said "no graph to export" to a user predicting.
+    unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"no defined input yet, so its "
+                       r"input size and output are unknown\. Build it"):
+        kft.predict(unbuilt, np.zeros((16, 16, 3)))
 
 
 def test_sources_are_named_as_documented_and_bad_files_say_so(model,

@@ -1,5 +1,6 @@
 """`from_arrays` and `from_tfds`: arrays and TFDS splits as `ImageDataset`s."""
 
+import warnings
 from collections.abc import Sequence
 
 import grain
@@ -8,6 +9,7 @@ from PIL import Image
 
 from kft import augmentation as augmentation_lib
 from kft._validation import check_choice
+from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import check_seed
 from kft._validation import check_labels
@@ -52,11 +54,7 @@ def _labels_and_classes(y, n, class_names, num_classes):
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, min_value=1)
     if class_names is not None:
-        if isinstance(class_names, str) or not all(
-                isinstance(name, str) for name in class_names):
-            # As `build_classifier` and the reports take them.
-            fail_argument("class_names", "a sequence of strings",
-                          class_names, TypeError)
+        class_names = check_class_names(class_names)
         if num_classes is not None and num_classes != len(class_names):
             raise ValueError(
                 f"Argument `num_classes` must match the {len(class_names)} "
@@ -87,9 +85,31 @@ def _labels_and_classes(y, n, class_names, num_classes):
             "or one-hot rows, shape (n, classes). Received: "
             f"y.shape={y.shape}, y.dtype={y.dtype}"
         )
-    if num_classes is None:
+    if class_names is not None:
+        classes_of = f"the {num_classes} class_names"
+    elif num_classes is not None:
+        classes_of = f"num_classes={num_classes}"
+    else:
         num_classes = max(int(y.max()) + 1, 1) if len(y) else 0
-    return check_labels(y, num_classes), num_classes
+        classes_of = f"the {num_classes} classes its labels count"
+    return check_labels(y, num_classes, classes_of=classes_of), num_classes
+
+
+def _warn_outside_pixel_range(x):
+    """Warns when float images are not in [0, 255], the range kft's models
+    preprocess from (images scaled to [0, 1] or normalised would train on
+    nearly black inputs, without an error)."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    low, high = float(np.nanmin(x)), float(np.nanmax(x))
+    if low >= 0 and 1 < high <= 255 or high == low == 0:
+        return
+    hint = (" (scaled to [0, 1]? multiply by 255)" if low >= 0 and high <= 1
+            else "")
+    warnings.warn(
+        f"Images `x` hold pixel values in [{low:g}, {high:g}]{hint}; kft's "
+        "models take pixels in [0, 255] and preprocess them as their "
+        "backbone needs.", stacklevel=3)
 
 
 def from_arrays(x, y, batch_size: int = 32, *,
@@ -163,6 +183,11 @@ def from_arrays(x, y, batch_size: int = 32, *,
             "Argument `x` must be images of shape (n, height, width, "
             f"channels) with 1, 3 or 4 channels. Received: x.shape={x.shape}"
         )
+    if not len(x):
+        # Keras' fit over it died with a bare StopIteration.
+        raise ValueError("Argument `x` must hold at least one image. "
+                         f"Received: x.shape={x.shape}")
+    _warn_outside_pixel_range(x)
     seed = check_seed(seed)
     check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
     if label_mode is None:
@@ -307,6 +332,9 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
     check_choice("sampling", sampling, SAMPLINGS)
     crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
                                  high=1, low_open=True)
+    if not isinstance(split, str) or not split.strip():
+        fail_argument("split", "one split as a string, e.g. 'train', "
+                      "'train[:80%]' or 'train+test'", split, TypeError)
     if train is None:
         train = split.startswith("train")
     # TFDS picks ArrayRecord (random access, no TensorFlow) itself only
@@ -321,6 +349,12 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
             # first batch, inside the input pipeline.
             fail_argument(argument, f"a feature of {name} (one of "
                           f"{sorted(features.keys())})", key)
+    if not isinstance(features[image_key], tfds.features.Image):
+        # It failed at the first batch, inside the input pipeline.
+        raise ValueError(
+            f"Argument `image_key` must name an Image feature of {name}. "
+            f"Received: image_key={image_key!r} "
+            f"({type(features[image_key]).__name__})")
     feature = features[label_key]
     if not isinstance(feature, tfds.features.ClassLabel):
         raise ValueError(
@@ -330,6 +364,14 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
     names = list(feature.names)
     if download:
         _prepare_once(tfds, name, data_dir, file_format)
+    try:
+        selected = builder.info.splits[split].num_examples
+    except Exception:  # noqa: BLE001: not prepared, or TFDS' own error next
+        selected = None
+    if selected is not None and selected <= 0:
+        # TFDS failed reading it ("Paths sequence can not be of 0 length",
+        # "__len__() should return >= 0").
+        fail_argument("split", f"a split of {name} with examples", split)
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir,
                                   download=download,

@@ -13,6 +13,7 @@ import zipfile
 
 import keras
 
+from kft._validation import check_class_names
 from kft._validation import fail_argument
 from kft.models.backbones import backbone_name
 from kft.models.backbones import find_backbone
@@ -61,11 +62,8 @@ def model_metadata(model: keras.Model, class_names=None,
     meta["input_shape"] = list(model.inputs[0].shape[1:])
     meta["num_classes"] = int(model.outputs[0].shape[-1])
     if class_names is not None:
-        class_names = [str(c) for c in class_names]
-        if len(class_names) != meta["num_classes"]:
-            fail_argument("class_names", f"{meta['num_classes']} names, one "
-                          "per model output", class_names)
-        meta["class_names"] = class_names
+        meta["class_names"] = list(check_class_names(class_names,
+                                                     meta["num_classes"]))
     meta.setdefault("class_names", None)
     meta.setdefault("backbone", None)
     meta.setdefault("preprocessing", None)

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import fail_argument
@@ -159,7 +160,10 @@ def predict(model_or_path, images, *, top_k: int = 5,
     Files and PIL images go through kft's eval transform (turned upright as
     their EXIF orientation tag says, the centered `crop_fraction` region
     resized bilinearly to the model's input size, as `kft.data` does for
-    validation data); an array already of the model's size is used as it is,
+    validation data; a JPEG file much larger than the input is decoded at
+    a reduced scale, as `kft.data` reads it, which a PIL image already
+    opened is not, so the two may differ by a pixel level or so); an array
+    already of the model's size is used as it is,
     a uint8 array of another size is resized like a file. The model's
     outputs (logits, or probabilities for a model that ends in a softmax,
     such as a file exported with `output="probabilities"`) become softmax
@@ -222,10 +226,7 @@ def predict(model_or_path, images, *, top_k: int = 5,
                                  high=1, low_open=True)
     if tta is not None and tta not in TTA_MODES:
         fail_argument("tta", f"None or one of {TTA_MODES}", tta)
-    if isinstance(class_names, (str, bytes)):
-        # A string would name one class per character.
-        fail_argument("class_names", "a sequence of class names",
-                      class_names, TypeError)
+    class_names = check_class_names(class_names)
     sources = list_sources(images)
     runner = _runner(model_or_path, batch_size)
     names = class_names if class_names is not None else runner.meta.get(

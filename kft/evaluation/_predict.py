@@ -89,6 +89,11 @@ def data_class_names(data, num_classes, name="data", model=None):
     if num_classes is None or isinstance(names, str):
         return names
     names = tuple(names)
+    numbered = getattr(data, "numbered_classes", False)
+    if numbered and len(names) < num_classes:
+        # Numbers a loader counted from labels that miss the last classes
+        # (a small test split): the labels are the model's, as arrays are.
+        return model_class_names(model, num_classes)
     if len(names) != num_classes:
         raise ValueError(
             f"Argument `{name}` has {len(names)} classes but the model has "
@@ -96,7 +101,7 @@ def data_class_names(data, num_classes, name="data", model=None):
             f"Evaluate data of the model's classes (or a model built for "
             f"these). Received: {name} with class_names {list(names)}")
     known = (getattr(model, "kft_metadata", None) or {}).get("class_names")
-    if known is not None and getattr(data, "numbered_classes", False):
+    if known is not None and numbered:
         return tuple(str(n) for n in known)  # no names of its own
     if known is not None and tuple(known) != names:
         # Label i names the dataset's class i, the model's column i its
@@ -120,29 +125,6 @@ def class_difference(model_names, data_names):
         return "; the same classes in another order"
     return ((f"; missing: {missing}" if missing else "")
             + (f"; not in the model: {extra}" if extra else ""))
-
-
-def check_class_names(class_names, num_classes):
-    if class_names is None:
-        return None
-    if isinstance(class_names, str):
-        fail_argument("class_names", "a sequence of class names", class_names,
-                      TypeError)
-    class_names = tuple(class_names)
-    if not all(isinstance(name, str) for name in class_names):
-        # As `build_classifier` takes them: reports key and print by name.
-        fail_argument("class_names", "a sequence of strings", class_names,
-                      TypeError)
-    if len(class_names) != num_classes:
-        fail_argument("class_names", f"one name per class ({num_classes} "
-                      f"names for {num_classes} classes)", class_names)
-    repeated = sorted({str(n) for n in class_names
-                       if class_names.count(n) > 1})
-    if repeated:
-        # Reports key classes by name: one would hide the other.
-        fail_argument("class_names", f"distinct names (repeated: "
-                      f"{repeated})", class_names)
-    return class_names
 
 
 def split_data(x, y):

@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 
 from kft._validation import check_choice
+from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import fail_argument
@@ -47,7 +48,7 @@ def _check_scores(y_true, scores, class_names):
             "Argument `probabilities` must be finite. Received: NaN or "
             f"infinite scores in rows {rows[:10].tolist()}")
     num_classes = _predict.check_width(scores.shape[1], "probabilities")
-    class_names = _predict.check_class_names(class_names, num_classes)
+    class_names = check_class_names(class_names, num_classes)
     return (check_labels(y_true, num_classes, name="y_true"), scores,
             class_names or tuple(str(i) for i in range(num_classes)))
 

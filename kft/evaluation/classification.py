@@ -13,7 +13,7 @@ import numpy as np
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import fail_argument
-from kft.evaluation._predict import check_class_names
+from kft._validation import check_class_names
 from kft.evaluation._predict import check_width
 from kft.evaluation._predict import data_class_names
 from kft.evaluation._predict import model_class_names

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kft import _plotting
+from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import fail_argument
 from kft.evaluation import _history
@@ -62,7 +63,7 @@ def plot_confusion_matrix(report, *, normalize: bool = False,
     if class_names is None:
         class_names = getattr(report, "class_names", None)
     names = (tuple(str(i) for i in range(n)) if class_names is None
-             else _predict.check_class_names(class_names, n))
+             else check_class_names(class_names, n))
     values = normalize_rows(matrix) if normalize else matrix
     size = min(4 + 0.45 * n, 16)
     fig, ax = _plotting.new_figure(figsize=(size + 1.5, size))

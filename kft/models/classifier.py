@@ -7,6 +7,7 @@ import keras
 
 from kft._validation import fail_argument
 from kft._validation import check_choice
+from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import check_number
 from kft.layers import preprocessing
@@ -101,7 +102,7 @@ def build_classifier(
     """
     spec = backbones.get_backbone(backbone)
     if class_names is not None:
-        class_names = _check_class_names(class_names, num_classes)
+        class_names = list(check_class_names(class_names, num_classes))
         num_classes = len(class_names) if num_classes is None else num_classes
     num_classes = check_int("num_classes", num_classes, min_value=2)
     hidden_units = check_int("hidden_units", hidden_units, min_value=1)
@@ -153,26 +154,6 @@ def build_classifier(
         "preprocessing": spec.preprocess, "num_classes": num_classes,
         "class_names": class_names}
     return model
-
-
-def _check_class_names(class_names, num_classes):
-    if not isinstance(class_names, str) and not isinstance(
-            class_names, (list, tuple)) and hasattr(class_names, "__iter__"):
-        class_names = list(class_names)  # a generator is read once
-    if isinstance(class_names, str) or not all(
-            isinstance(c, str) for c in class_names):
-        fail_argument("class_names", "a sequence of strings", class_names,
-                      TypeError)
-    class_names = list(class_names)
-    if len(set(class_names)) != len(class_names):
-        repeated = sorted({c for c in class_names
-                           if class_names.count(c) > 1})
-        fail_argument("class_names", f"distinct names (repeated: {repeated})",
-                      class_names)
-    if num_classes is not None and len(class_names) != num_classes:
-        fail_argument("class_names", f"{num_classes} names (num_classes="
-                      f"{num_classes})", class_names)
-    return class_names
 
 
 def _backbone(spec, weights, input_shape, fast_cpu_convs, pooling=None):

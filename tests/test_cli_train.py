@@ -153,6 +153,10 @@ def test_eval_matches_the_library(run, folder, capsys):
                           class_names=loaded.class_names)
     assert printed["report"]["accuracy"] == pytest.approx(report.accuracy)
     assert printed["report"]["num_examples"] == 18
+    # The default K is at most the classes: 5 on 3 classes added a note
+    # that top-5 accuracy is 1, unasked.
+    assert printed["report"]["top_k"] == len(loaded.class_names) == 3
+    assert not [n for n in printed["report"]["notes"] if "top_k" in n]
     assert os.path.isfile(os.path.join(printed["out"], "evaluation.json"))
 
 
@@ -673,6 +677,10 @@ def test_out_and_compare_options_are_usage_errors_before_training(
         (["export", run, "--format", "keras", "--out",
           str(tmp_path / "m.onnx")], "writes a file whose name ends in "
          ".keras"),
+        # Said by kft.export after loading, naming `path` and format="onnx".
+        (["export", run, "--out", str(tmp_path / "m.bin")], "--out "
+         f"{str(tmp_path / 'm.bin')!r}: --format onnx writes a file whose "
+         "name ends in .onnx (for a .keras file pass --format keras)"),
     ]
     for argv, message in cases:
         code, err = _usage_error(argv, capsys)

@@ -87,6 +87,18 @@ def test_bn_frozen_keeps_moving_statistics_and_train_moves_them():
         assert moved == should_move, bn
 
 
+def test_random_init_batch_norm_kept_frozen_is_warned_once():
+    model = _model()  # weights=None
+    with pytest.warns(UserWarning, match=r"built with weights=None.*Pass "
+                      r"bn=\"train\" \(`kft train --bn train`\)"):
+        kft.freeze(model, "full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kft.freeze(model, "full")  # once per model
+        kft.freeze(_model(), "full", bn="train")
+        kft.freeze(_model(), "feature_extraction")  # no BN trains
+
+
 def test_freeze_after_compile_takes_effect():
     model = _model()
     kft.freeze(model, "feature_extraction")

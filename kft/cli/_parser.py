@@ -132,7 +132,9 @@ def build_parser():
     evaluate.add_argument("data_dir", metavar="DATA_DIR",
                           help="<class>/<images> with the run's classes")
     evaluate.add_argument("--batch-size", type=int_at_least(1), default=32)
-    evaluate.add_argument("--top-k", type=int_at_least(1), default=5)
+    evaluate.add_argument("--top-k", type=int_at_least(1), default=None,
+                          help="K of the top-k accuracy (default: 5, or "
+                          "the number of classes when fewer)")
     evaluate.add_argument("--no-plots", dest="plots", action="store_false",
                           help="skip the plots (faster)")
     evaluate.add_argument("--out", default=None, help="folder for the report "

@@ -62,7 +62,8 @@ def warn_skipped(skipped, total, where):
     more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
     warnings.warn(
         f"Skipped {len(skipped)} of {total} image files in {where}:\n"
-        f"{shown}{more}\nThe full list is in `dataset.skipped`.",
+        f"{shown}{more}\nThe full list is in `dataset.skipped` (and in "
+        "run.json's `skipped_files` of a `kft train` run).",
         SkippedFilesWarning,
         stacklevel=3,
     )

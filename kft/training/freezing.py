@@ -210,8 +210,8 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
         f"Model {model.name!r} was built with weights=None, so its "
         "backbone's BatchNorm layers hold random-init statistics (mean 0, "
         "variance 1); bn=\"frozen\" keeps them fixed in the blocks that "
-        "train, where they then do not normalise. Pass bn=\"train\" to "
-        "learn the statistics of your data.",
+        "train, where they then do not normalise. Pass bn=\"train\" "
+        "(`kft train --bn train`) to learn the statistics of your data.",
         UserWarning,
         stacklevel=4,
     )

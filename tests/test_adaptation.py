@@ -281,6 +281,21 @@ def test_domain_pairs_and_trainer_reject_bad_input():
         kft.adapt_batchnorm(clf, np.zeros((4, 16, 16, 3)))
     with pytest.raises(ValueError, match="method"):
         kft.DomainAdaptationModel(clf, method="adda")
+    # A folder's path was read as a dataset of characters: "could not
+    # convert string to float: '/'".
+    for tool, name in ((kft.adapt_batchnorm, "target_data"),
+                       (kft.domain_shift, "data")):
+        with pytest.raises(TypeError, match=rf"`{name}` must be images: .*"
+                           r"kft\.data\.from_directory\(path, image_size\)"
+                           rf"\[0\]` for a folder\. Received: {name}='/x'"):
+            tool(clf, "/x")
+    # Plain arrays to fit: the message named a JAX tracer type.
+    model = kft.DomainAdaptationModel(clf)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
+    with pytest.raises(ValueError, match=r"domain_pairs\(\(x_source, "
+                       r"y_source\), x_target\)\. Received: x of type "
+                       r"ndarray$"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
 
 
 # -- diagnostic and recommendation -------------------------------------------
@@ -526,6 +541,10 @@ def test_domain_shift_scores_a_dataset_against_source_arrays():
     with pytest.raises(ValueError, match="kft.data dataset for "
                        "domain_shift's MMD"):
         kft.domain_shift(clf, xt, source_data=iter([xs]), batch_size=8)
+    # Said after the BatchNorm pass, naming kft.mmd's `source`.
+    with pytest.raises(ValueError, match=r"`source_data` must hold at least "
+                       r"2 images for the MMD .*Received: 1$"):
+        kft.domain_shift(clf, xt, source_data=xs[:1], batch_size=8)
 
 
 def test_an_unbuilt_discriminator_of_the_user_trains_and_saves(tmp_path):

@@ -40,6 +40,14 @@ def image_array(data, name, *, allow_labels=False):
                 f" Received: a {type(data).__name__} of length {len(data)}")
     if data is None:
         raise ValueError(f"Argument `{name}` must hold images. Received: None")
+    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        # Read as a dataset, its characters were the batches ("could not
+        # convert string to float: '/'").
+        raise TypeError(
+            f"Argument `{name}` must be images: an array (n, height, width, "
+            "channels), an (x, y) pair or a dataset, e.g. "
+            "`kft.data.from_directory(path, image_size)[0]` for a folder. "
+            f"Received: {name}={data!r}")
     if not hasattr(data, "shape"):
         return None
     array = np.asarray(data, "float32")

@@ -195,6 +195,11 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, keras.Model):
         # JAX does not bounds-check the loss's gather: labels outside the
         # classes would train on garbage without an error.
         num_classes = int(self.outputs[0].shape[-1])
+        from kft.data import ImageDataset
+
+        if hasattr(x, "shape") or isinstance(x, ImageDataset):
+            # Found in the traced step, the message named a JAX tracer.
+            _split_batch(x, y)
         if isinstance(x, DomainPairs):
             check_data_labels((x.xs, x.ys), num_classes, "source")
         validation = kwargs.get("validation_data")
@@ -432,13 +437,19 @@ class _ScheduleProgress(keras.callbacks.Callback):
         self.model.schedule_total.assign(float(steps * epochs))
 
 
+def _kind(x):
+    name = type(x).__name__
+    # In the traced step an array batch is a JAX tracer.
+    return "batches of arrays" if "Tracer" in name else f"of type {name}"
+
+
 def _split_batch(x, y):
     if not isinstance(x, dict) or set(x) != {"source", "target"}:
         raise ValueError(
             "A DomainAdaptationModel trains on ({'source': images, "
             "'target': images}, source_labels) batches: make them with "
             "kft.adaptation.domain_pairs((x_source, y_source), x_target). "
-            f"Received: x of type {type(x).__name__}"
+            f"Received: x {_kind(x)}"
             + (f" with keys {sorted(x)}" if isinstance(x, dict) else ""))
     if y is None:
         raise ValueError("A DomainAdaptationModel needs source labels: "

@@ -152,6 +152,13 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
                   _feature_images(data, "data"))
         check_same_images(arrays[0].shape[1:], arrays[1].shape[1:],
                           "source_data", "data")
+        for name, images in zip(("source_data", "data"), arrays):
+            if len(images) < 2:
+                # Else after the BatchNorm pass, naming MMD's `source`.
+                raise ValueError(
+                    f"Argument `{name}` must hold at least 2 images for "
+                    "the MMD and probe scores (they compare the domains' "
+                    f"feature distributions). Received: {len(images)}")
     array = image_array(data, "data", allow_labels=True)
     if array is not None:
         data = array[:max_images]

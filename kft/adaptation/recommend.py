@@ -115,8 +115,8 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
     `large_shift` counts as shifted. Any shifted block adds
     `"adapt_batchnorm"` (AdaBN) to the advice. A shifted block in the top
     half of the backbone (deep features no longer fit) moves training
-    deeper: feature extraction and partial become `"gradual"` (partial
-    becomes gradual only below 5,000 images), BatchNorm trains
+    deeper: feature extraction and partial become `"gradual"`, BatchNorm
+    trains
     (`bn="train"`), and `"dann"` (with unlabelled target images, or
     `"mmd"` / `"coral"`) is advised, as the guide says for a domain
     mismatch.
@@ -144,8 +144,9 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
 
     Raises:
         ValueError: no way to know the dataset size (no `num_images` and
-            no array data), a negative size, or `data` without `model`
-            for the shift.
+            no array data), a negative size, or `model` without `data`
+            to measure the shift on (`data` without `model` only counts
+            the images).
         TypeError: `shift` that is not a `kft.domain_shift` report.
 
     Example:

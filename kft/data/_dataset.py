@@ -453,6 +453,32 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             return None
         return np.asarray(self._example_labels, dtype=np.int64)
 
+    @property
+    def passes_begun(self) -> int:
+        """Passes begun so far over this dataset (and the views that share
+        its passes): the next pass is number `passes_begun`, which decides
+        its shuffle order, balanced draws and host augmentation."""
+        return self._passes.begun()
+
+    def continue_passes_at(self, number: int) -> None:
+        """Makes the next pass number `number`, as in a run that had read
+        `number` passes: a resumed run then reads the passes (orders,
+        draws, augmentation) the uninterrupted run would have read
+        (`kft.runs.RunBackup(data=...)` does this).
+
+        >>> import numpy as np, kft
+        >>> ds = kft.data.from_arrays(np.arange(6.0).reshape(6, 1, 1, 1),
+        ...                           np.zeros(6, int), batch_size=6, seed=1)
+        >>> first = [x.ravel().tolist() for x, _ in ds]
+        >>> second = [x.ravel().tolist() for x, _ in ds]
+        >>> ds.passes_begun
+        2
+        >>> ds.continue_passes_at(1)
+        >>> [x.ravel().tolist() for x, _ in ds] == second
+        True
+        """
+        self._passes.continue_at(check_int("number", number, min_value=0))
+
     def in_order(self) -> "ImageDataset":
         """This dataset read in stored order, each example once.
 

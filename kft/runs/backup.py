@@ -88,7 +88,7 @@ class RunBackup(keras.callbacks.Callback):
         self.directory = os.fspath(directory)
         self.target = model
         # Its passes are numbered on from where the checkpoint was taken.
-        self._passes = getattr(data, "_passes", None)
+        self._data = data if hasattr(data, "continue_passes_at") else None
         self.monitor, self.mode = monitor, mode
         self.print_fn = print_fn
         self.phase = -1
@@ -226,11 +226,11 @@ class RunBackup(keras.callbacks.Callback):
         if saved is not None and saved >= 0:
             self._restore_trainable(saved)
             passes = self._passes_at.get(str(saved))
-            if self._passes is not None and passes is not None:
+            if self._data is not None and passes is not None:
                 # The next epoch reads (shuffles, samples, augments) the
                 # pass the uninterrupted run read; numbered from 0 again,
                 # a resumed run repeated the first epochs' orders.
-                self._passes.continue_at(passes)
+                self._data.continue_passes_at(passes)
         self._inner.on_train_begin(logs)
         self._saved = saved
         if saved is not None and self._stopped.get(str(self.phase)) == saved:
@@ -295,8 +295,8 @@ class RunBackup(keras.callbacks.Callback):
             self.target.save_weights(tmp)
             os.replace(tmp, best)
         self._record_trainable(epoch)
-        if self._passes is not None:
-            self._passes_at[str(epoch)] = self._passes.begun()
+        if self._data is not None:
+            self._passes_at[str(epoch)] = self._data.passes_begun
         if self.model.stop_training:
             # Set by a callback before this one (`fine_tune` puts its
             # `EarlyStopping` there); written before the checkpoint.

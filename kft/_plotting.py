@@ -41,18 +41,21 @@ def new_figure(nrows=1, ncols=1, *, figsize=None, **kwargs):
     return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
 
 
-def check_path(path, name="path"):
-    """`path` as a string; raises unless its suffix is a format matplotlib
-    writes (`.png`, `.svg`, `.pdf`, ...), naming the argument `name`."""
+def plot_suffixes():
+    """The file suffixes matplotlib writes (`.png`, `.svg`, `.pdf`, ...)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
+    return sorted("." + s for s in FigureCanvasBase.get_supported_filetypes())
+
+
+def check_path(path, name="path"):
+    """`path` as a string; raises unless its suffix is a format matplotlib
+    writes (`plot_suffixes()`), naming the argument `name`."""
     path = os.fspath(path)
-    suffix = os.path.splitext(path)[1].lower().lstrip(".")
-    supported = FigureCanvasBase.get_supported_filetypes()
-    if suffix not in supported:
+    supported = plot_suffixes()
+    if os.path.splitext(path)[1].lower() not in supported:
         raise ValueError(
-            f"Argument `{name}` must end in one of "
-            f"{sorted('.' + s for s in supported)}. Received: "
+            f"Argument `{name}` must end in one of {supported}. Received: "
             f"{name}={path!r}")
     return path
 

@@ -22,13 +22,12 @@ def lr_find_command(args, argv):
                      f"({args.start:g})")
     if args.plot:
         # Before the range test (it wrote nothing after minutes of work).
-        from kft import _plotting
+        from kft._plotting import plot_suffixes
 
-        try:
-            _plotting.check_path(args.plot, "--plot")
-        except ValueError as error:
-            raise Usage(str(error).replace("Argument `--plot`", "--plot"
-                                           ).replace("--plot=", "--plot "))
+        supported = plot_suffixes()
+        if os.path.splitext(args.plot)[1].lower() not in supported:
+            raise Usage(f"--plot must end in one of {supported}. Received: "
+                        f"--plot {args.plot!r}")
     start_library()
     from kft.runs.config import TrainConfig
     from kft.runs.lr import find_rate

@@ -252,7 +252,8 @@ def build_parser():
                       help="existing directory for the pretrained weights "
                       "file (default: a temporary one, removed at the end)")
     demo.add_argument("--out", default=None, help="folder for the plots "
-                      "and comparison.json (default: --workdir if given, "
+                      "(and comparison.json with --seeds; default: "
+                      "--workdir if given, "
                       "else a new kft_demo_output_* folder in the system's "
                       "temporary folder, kept; its path is printed)")
     demo.add_argument("--no-plots", action="store_true")

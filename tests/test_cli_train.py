@@ -299,7 +299,15 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
     single = tmp_path / "single" / "only"
     single.mkdir(parents=True)
     Image.new("RGB", (16, 16)).save(single / "a.png")
+    config = tmp_path / "bad.toml"
+    config.write_text('epochs = "two"\nhead_epochs = 1\n')
     cases = [
+        # A bad value from the config file: the message named a flag the
+        # user never gave, not the file.
+        (["train", folder, "--config", str(config)],
+         f"Received: epochs='two' (set in config file {str(config)!r})"),
+        (["train", folder, "--config", str(config), "--epochs", "x"],
+         "argument --epochs: must be an integer"),
         (["train", str(tmp_path / "missing"), *TINY],
          f"Data folder '{tmp_path / 'missing'}' does not exist"),
         (["train", str(tmp_path / "single"), *TINY, "--out",

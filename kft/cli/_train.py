@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import shlex
 import sys
+import tomllib
 
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
@@ -36,7 +38,9 @@ def train_command(args, argv):
         if not args.resume:
             config.check()
     except ValueError as error:
-        raise Usage(flag_names(str(error))) from error
+        raise Usage(flag_names(str(error))
+                    + _from_config_file(args.config, given, str(error))
+                    ) from error
     if not args.resume and config.data_dir is None:
         raise Usage("the following arguments are required: DATA_DIR (or "
                      "data_dir in --config)")
@@ -118,3 +122,18 @@ def _train_text(result):
     # Quoted: a path with spaces must copy as one argument.
     lines.append(f"  next: kft eval {shlex.quote(result.out)} DATA_DIR")
     return "\n".join(lines)
+
+
+def _from_config_file(path, given, message):
+    """" (set in config file PATH)" when a setting the message names came
+    from `--config` (the message names the flag, which was not given)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            keys = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""  # the message names the file already
+    named = [k for k in keys if k not in given
+             and re.search(rf"\b{re.escape(k)}=", message)]
+    return f" (set in config file {path!r})" if named else ""

@@ -130,6 +130,10 @@ def check_labels(labels, num_classes, *, name="y", classes_of=None):
     return array
 
 
+def _is_iterator(value):
+    return iter(value) is value
+
+
 def check_class_names(class_names, num_classes=None):
     """Class names in index order: distinct strings, one per class when
     `num_classes` is given. Returns them as a tuple (`None` stays `None`).
@@ -146,9 +150,11 @@ def check_class_names(class_names, num_classes=None):
             class_names, "__iter__"):
         fail_argument("class_names", "a sequence of strings", class_names,
                       TypeError)
+    given = class_names
     class_names = tuple(class_names)  # a generator is read once
     if not all(isinstance(name, str) for name in class_names):
-        fail_argument("class_names", "a sequence of strings", class_names,
+        fail_argument("class_names", "a sequence of strings",
+                      class_names if _is_iterator(given) else given,
                       TypeError)
     class_names = tuple(str(name) for name in class_names)  # numpy's str_
     repeated = sorted({n for n in class_names if class_names.count(n) > 1})

@@ -515,22 +515,33 @@ def test_header_check_batch_of_only_bad_files(tmp_path):
     train, _ = kft.data.from_directory(root, SIZE, batch_size=1,
                                        check="header", augmentation="none")
     assert len(train) == 5
-    # Training (shuffled): a loaded batch is repeated in its place, so the
-    # pass has the steps Keras was told (it warned "ran out of data" and
-    # cut each epoch short; processes would differ in steps).
-    model = _tiny_model()
+    # The training data of a kft model's fit: a loaded batch is repeated
+    # in its place, so the pass has the steps Keras was told (it warned
+    # "ran out of data" and cut each epoch short; processes would differ
+    # in steps).
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(SIZE, SIZE, 3))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True),
+                  metrics=["accuracy"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(train, epochs=2, verbose=0)
     assert _keras_data_warnings(caught) == []
     assert len(history.history["loss"]) == 2
     assert [s.path for s in train.skipped] == [late]
-    batches = _batches(train)
-    assert len(batches) == 5
+    batches = _batches(train.for_fit())
     seen = sorted(float(x[0, 0, 0, 0]) for x, _ in batches)
-    assert len(set(seen)) == 2 and len(seen) == 5  # 4 images, one twice
-    # In order (as evaluation reads): left out, never counted twice.
+    assert len(seen) == 5 and len(set(seen)) == 2  # 4 images, one twice
+    # Read otherwise (evaluation, caching), the pass ends short: a repeat
+    # counted examples twice (model.evaluate(train) scored 8 of 6).
+    assert [len(y) for _, y in _batches(train)] == [1] * 4
     assert [len(y) for _, y in _batches(train.in_order())] == [1] * 4
+    kft.freeze(model, "feature_extraction")
+    assert len(kft.cache_features(model, train, verbose=0).labels) == 4
+    predicted = np.argmax(model.predict(train.in_order(), verbose=0), -1)
+    labels = np.concatenate([y for _, y in _batches(train.in_order())])
+    score = model.evaluate(train, verbose=0, return_dict=True)
+    assert score["accuracy"] == pytest.approx(np.mean(predicted == labels))
 
 
 def test_header_check_pass_short_of_batches(tmp_path):
@@ -539,15 +550,16 @@ def test_header_check_pass_short_of_batches(tmp_path):
     for path in bad:
         _truncated_jpeg(path)
     train, _ = kft.data.from_directory(root, SIZE, batch_size=2, seed=1,
-                                       check="header", augmentation="none")
+                                       check="header", augmentation="none",
+                                       shuffle=False)
     with pytest.warns(kft.data.SkippedFilesWarning):
-        batches = _batches(train)
+        batches = _batches(train.for_fit())
     # 2 of 6 files decode: one batch, repeated for the 2 steps left.
     assert len(batches) == len(train) == 3
     for x, y in batches[1:]:
         np.testing.assert_array_equal(x, batches[0][0])
     assert sorted(batches[0][1].tolist()) == [0, 1]
-    assert len(_batches(train.in_order())) == 1
+    assert len(_batches(train)) == 1
     # Nothing decodes: said, not an empty pass.
     only_bad = tmp_path / "only_bad"
     for i, path in enumerate(bad):
@@ -557,7 +569,7 @@ def test_header_check_pass_short_of_batches(tmp_path):
                                        check="header", augmentation="none")
     with pytest.warns(kft.data.SkippedFilesWarning):
         with pytest.raises(ValueError, match="No image of this pass"):
-            _batches(train)
+            _batches(train.for_fit())
 
 
 # -- files that are not images of the dataset --------------------------
@@ -682,6 +694,20 @@ def test_from_arrays_yields_rgb_like_the_other_loaders(channels):
         np.testing.assert_array_equal(images, x[..., :3])
     with pytest.raises(ValueError, match="with 1, 3 or 4 channels"):
         kft.data.from_arrays(np.zeros((2, 4, 4, 2)), [0, 1])
+
+
+def test_from_arrays_reads_class_names_once_as_strings():
+    # A generator was used up by the check: class_names [] and an
+    # IndexError at the first categorical batch.
+    x, y = np.zeros((3, 4, 4, 3)), [0, 1, 2]
+    ds = kft.data.from_arrays(x, y, label_mode="categorical",
+                              class_names=(n for n in ["cat", "dog", "ox"]))
+    assert ds.class_names == ["cat", "dog", "ox"]
+    assert next(iter(ds))[1].shape == (3, 3)
+    names = kft.data.from_arrays(x, y, class_names=np.array(
+        ["cat", "dog", "ox"])).class_names
+    assert names == ["cat", "dog", "ox"]
+    assert all(type(n) is str for n in names)
 
 
 def test_from_arrays_refuses_no_images_and_warns_off_range_pixels():

@@ -97,6 +97,14 @@ def test_top_k_ties_go_to_the_lower_class_index():
     big = report_from_predictions(y, probs, top_k=9, min_support=0)
     assert big.top_k == 4 and big.top_k_accuracy == 1.0
     assert any("top_k=9" in note for note in big.notes)
+    # The default K is 5, or the classes when fewer, without a note (kft
+    # train, kft eval and compare_strategies noted "top_k=5 is more than
+    # the 4 classes" unasked).
+    default = report_from_predictions(y, probs, min_support=0)
+    assert default.top_k == 4 and not [n for n in default.notes
+                                       if "top_k" in n]
+    six = np.eye(6)[[0, 1, 2, 3, 4, 5, 0]]
+    assert report_from_predictions(np.arange(7) % 6, six).top_k == 5
 
 
 def test_expected_calibration_error_by_hand():
@@ -351,7 +359,7 @@ def test_class_names_and_indices_are_checked():
     # IndexError only when a mistake fell past its end, a long one passed.
     probs = np.eye(2)[[0, 1, 1]]
     with pytest.raises(TypeError, match=r"`class_names` must be a sequence "
-                       r"of strings.*\(3, 4\)"):
+                       r"of strings.*\[3, 4\]"):
         kft.report_from_predictions([0, 1, 0], probs, class_names=[3, 4])
     with pytest.raises(TypeError, match="`class_names` must be a sequence "
                        "of strings"):

@@ -265,6 +265,10 @@ def test_missing_class_names_warn_once_naming_the_argument(tmp_path):
                        r"of strings\. Received: class_names='xy'"):
         kft.export(model, tmp_path / "c.keras", format="keras",
                    class_names="xy")
+    with pytest.raises(TypeError, match=r"sequence of strings\. Received: "
+                       r"class_names=\[0, 1\]$"):
+        kft.export(model, tmp_path / "c.keras", format="keras",
+                   class_names=[0, 1])
     with pytest.raises(ValueError, match=r"repeated: \['x'\]"):
         kft.export(model, tmp_path / "c.keras", format="keras",
                    class_names=["x", "x"])

@@ -41,10 +41,8 @@ def eval_command(args, argv):
     except ValueError as error:
         raise Usage(str(error)) from error
     make_out_folder(out, flag)
-    # Unasked, 5 on a 3-class model added a note that top-5 is 1.
-    top_k = args.top_k or min(5, int(run.model.outputs[0].shape[-1]))
     report, files = write_evaluation(run.model, data, run.class_names, out,
-                                     top_k=top_k, plots=args.plots)
+                                     top_k=args.top_k, plots=args.plots)
     if args.json:
         print(json.dumps({"out": out, "files": files,
                           "report": report.to_dict()}))

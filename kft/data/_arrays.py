@@ -54,7 +54,6 @@ def _labels_and_classes(y, n, class_names, num_classes):
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, min_value=1)
     if class_names is not None:
-        class_names = check_class_names(class_names)
         if num_classes is not None and num_classes != len(class_names):
             raise ValueError(
                 f"Argument `num_classes` must match the {len(class_names)} "
@@ -195,6 +194,8 @@ def from_arrays(x, y, batch_size: int = 32, *,
                       else "int")
     else:  # named with None, which follows the form of `y`
         check_choice("label_mode", label_mode, (*LABEL_MODES, None))
+    # Checked once, where they are read (a generator is read once).
+    class_names = check_class_names(class_names)
     labels, num_classes = _labels_and_classes(y, len(x), class_names,
                                               num_classes)
     names = (list(class_names) if class_names is not None

@@ -110,12 +110,12 @@ class _Pass(grain.DatasetIterator):
         self._batches = None
         # Files that fail to decode while read (`check="header"`) leave the
         # pass (grain drops them before batching): when enough fail, it
-        # runs out a batch early. A training pass (shuffled or resampled)
-        # then repeats its last batch, keeping the `len(dataset)` steps
-        # Keras counts on (and every JAX process the same number); an
-        # ordered pass, as evaluation reads, ends short: a repeat would
-        # count examples twice.
-        self._fill = dataset.shuffle or dataset.sampling == "balanced"
+        # runs out a batch early. The training data of a kft model's `fit`
+        # (`for_fit`) then repeats its last batch, keeping the
+        # `len(dataset)` steps Keras counts on (and every JAX process the
+        # same number); any other read (evaluation, caching) ends short: a
+        # repeat would count examples twice.
+        self._fill = dataset._fills_short_passes
         self._left = len(dataset)
         self._last = None
 
@@ -287,6 +287,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         self.paths = None if paths is None else tuple(paths)
         self._passes = _PassCounter()
         self._lock = threading.Lock()
+        self._fills_short_passes = False
         self._augmenter = None
         # "none" is an `Identity` layer: nothing to run on the host.
         if augment_on == "host" and has_effect(augmentation):
@@ -329,8 +330,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         """Batches per pass.
 
         Fixed when the dataset is made: a file that fails while training
-        leaves its pass one example shorter; a shuffled pass left a batch
-        short repeats its last batch, so the number of steps is kept.
+        leaves its pass one example shorter; in a kft model's `fit` a pass
+        left a batch short repeats its last batch (`for_fit`), so the
+        number of steps is kept.
         """
         index, count = self.shard
         if count > 1:
@@ -479,6 +481,18 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         """
         self._passes.continue_at(check_int("number", number, min_value=0))
 
+    def for_fit(self) -> "ImageDataset":
+        """This dataset as the training data of a `fit`: a pass that files
+        failing while read (`check="header"`) left a batch short repeats
+        its last batch, so every pass has the `len(dataset)` steps Keras
+        counts on. kft's models (`kft.build_classifier`) read their
+        training data this way by themselves; elsewhere (evaluation,
+        `kft.cache_features`) a pass ends short instead, as a repeat would
+        count examples twice. Shares this dataset's passes."""
+        view = self._view(share_passes=True)
+        view._fills_short_passes = True
+        return view
+
     def in_order(self) -> "ImageDataset":
         """This dataset read in stored order, each example once.
 
@@ -498,6 +512,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         [2, 0, 1]
         """
         ordered = self._view()
+        ordered._fills_short_passes = False
         ordered.shuffle, ordered.sampling = False, "all"
         ordered._shard = (0, 1)
         ordered._augmenter = None  # random draws would differ every pass

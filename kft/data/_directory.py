@@ -199,9 +199,9 @@ def from_directory(path: str | os.PathLike,
             missing and oversized files are still skipped up front, but a
             file whose pixel data is truncated or corrupt may only be found
             when it is decoded during training. Such a file is then left
-            out of its pass (one example fewer; a shuffled pass left a
-            batch short repeats its last batch, so a training pass keeps
-            `len(dataset)` steps),
+            out of its pass (one example fewer; as the training data of a
+            kft model's `fit`, a pass left a batch short repeats its last
+            batch, keeping `len(dataset)` steps: `ImageDataset.for_fit`),
             named once in a `SkippedFilesWarning`, added to
             `dataset.skipped`, removed from `class_counts` and
             `num_examples`, and not read again; `on_bad_file="raise"` does

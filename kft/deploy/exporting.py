@@ -95,7 +95,10 @@ def export(model: keras.Model, path: str | os.PathLike,
             a softmax (its logits cannot be recovered), a model with
             unknown height or width (ONNX), a `path` whose suffix is not
             the format's, `batch` or `opset` other than the default with
-            `format="keras"`.
+            `format="keras"`; `class_names` repeated or not one per
+            class.
+        TypeError: `class_names` that are not a sequence of strings (one
+            string, or numbers).
         ImportError: ONNX export without `onnx`/`jax2onnx` installed; the
             message says `pip install "kft[export]"`.
 

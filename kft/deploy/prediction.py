@@ -206,7 +206,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
             model's input, an empty folder, a model with a single output
             column (a sigmoid binary head: build it with `num_classes=2`),
             a model that does not take 3-channel (RGB) images.
-        TypeError: `class_names` given as one string.
+        TypeError: `class_names` that are not a sequence of strings (one
+            string, or numbers).
         ImportError: an `.onnx` file without onnxruntime installed (the
             message says `pip install "kft[export]"`).
 

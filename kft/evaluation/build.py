@@ -88,7 +88,7 @@ def _notes(names, scores, top_k, requested_k, low_support, min_support):
             f"are noisy): {', '.join(low_support[:10])}"
             + (f" and {len(low_support) - 10} more." if len(low_support) > 10
                else "."))
-    if top_k < requested_k:
+    if requested_k is not None and top_k < requested_k:
         notes.append(f"top_k={requested_k} is more than the {top_k} "
                      f"classes; top-{top_k} accuracy is 1 by definition.")
     return tuple(notes)
@@ -96,7 +96,7 @@ def _notes(names, scores, top_k, requested_k, low_support, min_support):
 
 def report_from_predictions(
         y_true, probabilities, *, class_names: Sequence[str] | None = None,
-        top_k: int = 5, num_bins: int = 15, min_support: int = 10,
+        top_k: int | None = None, num_bins: int = 15, min_support: int = 10,
         num_mistakes: int = 16,
         scores: Literal["auto", "logits", "probabilities"] = "auto",
         indices=None) -> EvaluationReport:
@@ -108,7 +108,8 @@ def report_from_predictions(
             (see `scores`).
         class_names: One name per class. Defaults to `"0"`, `"1"`, ...
         top_k: The `k` of top-k accuracy; capped at the number of classes
-            (and noted). Defaults to `5`.
+            (and noted). Defaults to `None`: 5, or the number of classes
+            when fewer (without a note).
         num_bins: Equal-width confidence bins of the calibration error.
             Defaults to `15`.
         min_support: Classes with fewer true examples are flagged in
@@ -142,7 +143,8 @@ def report_from_predictions(
     """
     y_true, raw, class_names = _check_scores(y_true, probabilities,
                                              class_names)
-    requested_k = check_int("top_k", top_k, min_value=1)
+    requested_k = (None if top_k is None
+                   else check_int("top_k", top_k, min_value=1))
     num_bins = check_int("num_bins", num_bins, min_value=1)
     min_support = check_int("min_support", min_support, min_value=0)
     num_mistakes = check_int("num_mistakes", num_mistakes, min_value=0)
@@ -163,7 +165,7 @@ def report_from_predictions(
     per_class = metrics.per_class_scores(confusion)
     means = metrics.averages(per_class)
     bins = metrics.calibration_bins(y_true, probs, num_bins)
-    k = min(requested_k, num_classes)
+    k = min(5 if requested_k is None else requested_k, num_classes)
     low = tuple(name for name, s in zip(class_names, per_class["support"])
                 if s < min_support)
     return EvaluationReport(
@@ -184,7 +186,8 @@ def report_from_predictions(
 
 
 def evaluate(model, data, *, class_names: Sequence[str] | None = None,
-             batch_size: int = 32, top_k: int = 5, num_bins: int = 15,
+             batch_size: int = 32, top_k: int | None = None,
+             num_bins: int = 15,
              min_support: int = 10, num_mistakes: int = 16,
              scores: Literal["auto", "logits", "probabilities"] = "auto",
              verbose: int = 0) -> EvaluationReport:
@@ -209,8 +212,9 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             `class_names`), else `"0"`, `"1"`, ...
         batch_size: Prediction batch size for arrays. Defaults to `32`.
         top_k, num_bins, min_support, num_mistakes, scores: See
-            `kft.evaluation.report_from_predictions`. Defaults to `5`,
-            `15`, `10`, `16` and `"auto"`.
+            `kft.evaluation.report_from_predictions`. Defaults to `None`
+            (5, or the number of classes when fewer), `15`, `10`, `16`
+            and `"auto"`.
         verbose: `1` shows a progress bar over a dataset's batches.
             Defaults to `0`.
 

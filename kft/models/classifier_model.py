@@ -58,6 +58,12 @@ class Classifier(KeepsStateOnError, keras.Model):
 
     def fit(self, *args, **kwargs):
         check_fit_data(args, kwargs)
+        # A kft.data dataset keeps its steps per pass when files fail
+        # while read (`ImageDataset.for_fit`).
+        if args and hasattr(args[0], "for_fit"):
+            args = (args[0].for_fit(), *args[1:])
+        elif hasattr(kwargs.get("x"), "for_fit"):
+            kwargs["x"] = kwargs["x"].for_fit()
         return super().fit(*args, **kwargs)
 
     def get_config(self):

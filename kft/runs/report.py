@@ -86,7 +86,7 @@ def phase_histories(history: list) -> list:
 
 
 def write_evaluation(model, data, class_names, out, *, history=None,
-                     prefix="evaluation", top_k=5, plots=True):
+                     prefix="evaluation", top_k=None, plots=True):
     """Evaluates `model` on `data` (`kft.evaluate`) and writes the report
     (`<prefix>.json`, `<prefix>.md`) and, with matplotlib, its plots
     (`kft.evaluation.plots.save_report_plots`: confusion matrix, per-class

@@ -232,6 +232,33 @@ def test_dann_composes_with_gradual_unfreezing_and_blockwise_rates():
     assert "domain_accuracy" in history.history
 
 
+def test_freezing_keeps_the_users_discriminator_flag_and_no_cache():
+    model = _tiny_dann()
+    # kft.freeze set every layer trainable first, the discriminator too.
+    model.discriminator.trainable = False
+    kft.freeze(model, "feature_extraction")
+    assert not model.discriminator.trainable
+    assert not [v for v in model.trainable_weights
+                if v.path.startswith("domain_discriminator")]
+    model.discriminator.trainable = True
+    kft.freeze(model, "partial", n_blocks=1)
+    assert model.discriminator.trainable
+    # The summary's rows add up to its total (the discriminator and the
+    # schedule state had no row).
+    text = kft.trainable_summary(model, print_fn=None)
+    rows = [line.split() for line in text.splitlines()[2:-1]]
+    assert rows[-1][0] == "(other)"
+    total = text.splitlines()[-1].split()
+    assert sum(int(r[1].replace(",", "")) for r in rows) == int(
+        total[3].replace(",", ""))
+    assert sum(int(r[2].replace(",", "")) for r in rows) == int(
+        total[1].replace(",", ""))
+    # A head trained on cached source features would drop the domain
+    # term: refused in words (was a Keras input-structure error).
+    ok, reason = kft.feature_cache.can_cache_features(model)
+    assert not ok and "DomainAdaptationModel" in reason
+
+
 def test_dann_model_save_load_round_trip(tmp_path):
     model = _tiny_dann(method="dann", adversary="reversal", weight=0.5)
     x = np.random.default_rng(2).uniform(0, 255, (4, 8, 8, 3))

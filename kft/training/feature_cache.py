@@ -132,6 +132,17 @@ def _split_for_caching(model):
             "inputs differ every step and features cannot be cached. Train "
             "it with `fit`, or build it without `batch_augment`."
         )
+    from kft.adaptation.dann import DomainAdaptationModel
+
+    if isinstance(model, DomainAdaptationModel):
+        # Its step also aligns the two domains' features: a head trained
+        # on cached source features alone would drop that term.
+        return None, (
+            "A DomainAdaptationModel trains on source and target batches "
+            "together (its loss aligns their features), so its head cannot "
+            "train on cached features. Train it with `fit` on "
+            "kft.adaptation.domain_pairs(...), or pass "
+            "cache_features=False.")
     try:
         features_model, _ = _split(model)
     except ValueError as error:

@@ -175,8 +175,13 @@ def set_trainable_blocks(model: keras.Model, names: Sequence[str],
     if bn == "frozen":
         _warn_if_random_batch_norm(model, blocks, names, head)
     with changing_trainable(model):
-        # Containers must be trainable for their layers' flags to count.
+        # Containers must be trainable for their layers' flags to count;
+        # that sets every layer's flag, so layers outside the blocks (a
+        # DomainAdaptationModel's discriminator) get theirs back.
+        outside = _outside_blocks(model, blocks)
         model.trainable = True
+        for layer, flag in outside:
+            layer.trainable = flag
         for name, layers in blocks.items():
             train = name in names
             for layer in layers:
@@ -184,6 +189,27 @@ def set_trainable_blocks(model: keras.Model, names: Sequence[str],
                 if train and bn == "frozen" and name != head:
                     for bn_layer in batch_norm_layers(layer):
                         bn_layer.trainable = False
+
+
+def _outside_blocks(model, blocks):
+    """`(layer, trainable)` of the outermost layers of `model` with
+    weights that neither hold nor are inside a block's layer."""
+    inside = {id(sub) for layers in blocks.values() for layer in layers
+              for sub in _compat.flatten_layers(layer)}
+    found = []
+
+    def visit(layer):
+        for sub in _compat.flatten_layers(layer, include_self=False,
+                                          recursive=False):
+            if id(sub) in inside or not sub.weights:
+                continue
+            if any(id(s) in inside for s in _compat.flatten_layers(sub)):
+                visit(sub)  # a container of block layers (the backbone)
+            else:
+                found.append((sub, sub.trainable))
+
+    visit(model)
+    return found
 
 
 def _pretrained(model):

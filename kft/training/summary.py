@@ -50,7 +50,8 @@ def trainable_summary(model: keras.Model, patterns=None,
     'Trainable: 195 / 26,483 (0.7%)'
     """
     rows = [("block", "params", "trainable", "state", "bn")]
-    for name, layers in get_blocks(model, patterns).items():
+    blocks = get_blocks(model, patterns)
+    for name, layers in blocks.items():
         params = sum(_count(layer.weights) for layer in layers)
         trainable = sum(_count(layer.trainable_weights) for layer in layers)
         # State ignores BatchNorm, whose policy has its own column.
@@ -73,6 +74,21 @@ def trainable_summary(model: keras.Model, patterns=None,
         bn = {frozenset(): "-", frozenset({False}): "frozen",
               frozenset({True}): "train"}.get(frozenset(bn_flags), "mixed")
         rows.append((name, f"{params:,}", f"{trainable:,}", state, bn))
+    # A bound penalty's anchors and Fisher values are copies, not
+    # parameters of the model.
+    copies = {id(v) for layer in _compat.flatten_layers(model)
+              if isinstance(layer, PenaltyState) for v in layer.weights}
+    in_blocks = {id(v) for layers in blocks.values() for layer in layers
+                 for v in layer.weights}
+    # Weights outside the blocks (a DomainAdaptationModel's discriminator
+    # and schedule state), so that the rows add up to the total.
+    other = [v for v in model.weights
+             if id(v) not in in_blocks and id(v) not in copies]
+    if other:
+        training = {id(v) for v in model.trainable_weights}
+        trainable_other = [v for v in other if id(v) in training]
+        rows.append(("(other)", f"{_count(other):,}",
+                     f"{_count(trainable_other):,}", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [
         "  ".join(
@@ -82,10 +98,6 @@ def trainable_summary(model: keras.Model, patterns=None,
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    # A bound penalty's anchors and Fisher values are copies, not
-    # parameters of the model.
-    copies = {id(v) for layer in _compat.flatten_layers(model)
-              if isinstance(layer, PenaltyState) for v in layer.weights}
     total = _count(v for v in model.weights if id(v) not in copies)
     trainable = _count(model.trainable_weights)
     lines.append(

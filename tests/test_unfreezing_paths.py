@@ -231,3 +231,73 @@ def test_small_argument_slips_get_clear_answers():
         callback.stage_at(2)
     callback.set_model(model)
     assert [callback.stage_at(e) for e in range(4)] == [0, 1, 1, 2]
+
+
+class _StopBefore(keras.callbacks.Callback):
+    """Raises as epoch `epoch` begins (a kill there, in-process)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("stopped")
+
+
+def _resumed_weights(tmp_path, make_model, make_data, data_arg):
+    """Final weights of an uninterrupted 3-epoch fit, and of one stopped
+    before epoch 2 and resumed in a fresh model and data object (as a new
+    process would have)."""
+    def fit(data, backup, extra=()):
+        model = make_model()
+        model.fit(data, epochs=3, verbose=0, shuffle=False, callbacks=[
+            kft.callbacks.BackupAndRestore(
+                backup, data=data if data_arg else None), *extra])
+        return model
+
+    whole = fit(make_data(), tmp_path / "whole").get_weights()
+    with pytest.raises(RuntimeError, match="stopped"):
+        fit(make_data(), tmp_path / "cut", [_StopBefore(2)])
+    resumed = fit(make_data(), tmp_path / "cut").get_weights()
+    return whole, resumed
+
+
+def _assert_same(a, b):
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["kft.data", "domain_pairs"])
+def test_backup_with_data_resumes_the_passes_of_the_uninterrupted_fit(
+        tmp_path, kind):
+    # Without `data`, the fresh data object numbered its passes from 0:
+    # the resumed epoch repeated epoch 0's shuffled order.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    y = np.arange(16) % 2
+
+    def make_model():
+        keras.utils.set_random_seed(0)
+        model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                     input_shape=(8, 8, 3))
+        if kind == "domain_pairs":
+            model = kft.DomainAdaptationModel(model, hidden_units=(4,))
+        model.compile(keras.optimizers.SGD(0.1),
+                      keras.losses.SparseCategoricalCrossentropy(True))
+        return model
+
+    def make_data():
+        if kind == "domain_pairs":
+            return kft.adaptation.domain_pairs((x, y), x[::-1], batch_size=4,
+                                               seed=3)
+        return kft.data.from_arrays(x, y, batch_size=4, seed=3)
+
+    whole, resumed = _resumed_weights(tmp_path, make_model, make_data, True)
+    _assert_same(whole, resumed)
+    whole, resumed = _resumed_weights(tmp_path / "no_data", make_model,
+                                      make_data, False)
+    assert max(np.abs(a - b).max() for a, b in zip(whole, resumed)) > 1e-4
+    with pytest.raises(TypeError, match=r"`data` must be the training "
+                       r"data .*Received: data='ndarray'"):
+        kft.callbacks.BackupAndRestore(tmp_path / "x", data=x)

@@ -468,19 +468,34 @@ class DomainPairs(keras.utils.PyDataset):
         self.xs, self.ys = source
         self.xt = target
         self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
-        self.on_epoch_end()
+        self.seed = seed
+        self.continue_passes_at(0)
 
     def __len__(self):
         return len(self.xs) // self.batch_size
 
-    def on_epoch_end(self):
-        self.source_order = self.rng.permutation(len(self.xs))
+    @property
+    def passes_begun(self) -> int:
+        """Epochs begun: the next epoch reads pass number `passes_begun`
+        (its shuffles depend on `seed` and that number only)."""
+        return self._pass
+
+    def continue_passes_at(self, number: int) -> None:
+        """Makes the next epoch read pass `number`, as a run that had
+        trained `number` epochs would: a resumed `fit`
+        (`kft.callbacks.BackupAndRestore(..., data=pairs)`) then sees the
+        batches the uninterrupted one saw."""
+        self._pass = check_int("number", number, min_value=0)
+        rng = np.random.default_rng((self.seed, self._pass))
+        self.source_order = rng.permutation(len(self.xs))
         # Enough target indices for one epoch, cycling through the target.
         need = len(self) * self.batch_size
         reps = -(-need // len(self.xt))
         self.target_order = np.concatenate(
-            [self.rng.permutation(len(self.xt)) for _ in range(reps)])[:need]
+            [rng.permutation(len(self.xt)) for _ in range(reps)])[:need]
+
+    def on_epoch_end(self):
+        self.continue_passes_at(self._pass + 1)
 
     def __getitem__(self, index):
         part = slice(index * self.batch_size, (index + 1) * self.batch_size)
@@ -496,7 +511,10 @@ def domain_pairs(source, target, *, batch_size: int = 32,
     Each epoch is one shuffled pass over the source (the last partial
     batch is dropped, so every step has the same shapes and the step
     compiles once); target images are drawn in shuffled passes, as many as
-    needed. Equal source and target batch sizes, as in DANN.
+    needed. Equal source and target batch sizes, as in DANN. Epoch `e`'s
+    shuffles depend on `seed` and `e` only, so a resumed `fit` (with
+    `kft.callbacks.BackupAndRestore(..., data=pairs)` and
+    `shuffle=False`) reads the batches the uninterrupted one read.
 
     Args:
         source: `(x, y)` arrays: images `(n, h, w, c)` and labels; or a

@@ -19,6 +19,7 @@ the previous checkpoint (`double_checkpoint=True` by default), which
 Keras restores from when the latest one does not load.
 """
 
+import json
 import os
 import shutil
 import weakref
@@ -26,11 +27,16 @@ import weakref
 import keras
 
 from kft import _compat
+from kft._validation import fail_argument
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import process_count
 from kft.distributed.processes import scratch_dir
 from kft.training.unfreeze_backup import BACKUP_METADATA
 from kft.training.unfreeze_backup import stamp_checkpoint
+
+
+# Next to Keras' checkpoint: the training data's passes per epoch.
+PASSES_FILE = "kft_data_passes.json"
 
 
 class BackupAndRestore(keras.callbacks.Callback):
@@ -44,10 +50,22 @@ class BackupAndRestore(keras.callbacks.Callback):
     (`kft.is_primary()`) writes and deletes it, the others save the same
     state to a scratch folder of their own.
 
+    With `data`, the training data's pass count is checkpointed with the
+    epochs, and a resumed `fit` reads the passes (shuffled orders,
+    balanced draws, host augmentation) the uninterrupted run would have
+    read: it ends on the same weights. Without it a `kft.data` dataset or
+    `domain_pairs` numbers its passes from 0 again in the new process, and
+    the resumed epochs repeat the first epochs' orders. (`domain_pairs`
+    shuffles itself: give `fit` `shuffle=False`, or Keras also shuffles
+    its batch order, with Python's `random`, which no checkpoint holds.)
+
     Args:
         backup_dir: Folder of the checkpoint, shared by all processes.
         double_checkpoint: Keep the previous checkpoint too. Defaults to
             `True` (Keras: `False`).
+        data: The training data given to `fit`, when it is a `kft.data`
+            dataset or `kft.adaptation.domain_pairs(...)` (anything with
+            `passes_begun` and `continue_passes_at`). Defaults to `None`.
         **kwargs: `save_freq`, `delete_checkpoint` of
             `keras.callbacks.BackupAndRestore`.
 
@@ -58,8 +76,14 @@ class BackupAndRestore(keras.callbacks.Callback):
     True
     """
 
-    def __init__(self, backup_dir, *, double_checkpoint=True, **kwargs):
+    def __init__(self, backup_dir, *, double_checkpoint=True, data=None,
+                 **kwargs):
         super().__init__()
+        if data is not None and not hasattr(data, "continue_passes_at"):
+            fail_argument("data", "the training data when it is a kft.data "
+                          "dataset or kft.adaptation.domain_pairs(...) (or "
+                          "None)", type(data).__name__, TypeError)
+        self.data = data
         self.backup_dir = backup_dir
         kwargs["double_checkpoint"] = double_checkpoint
         self._kwargs = kwargs
@@ -75,6 +99,13 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.restore_from.on_train_begin(logs)
+        first = _compat.restored_initial_epoch(self.model)
+        if self.data is not None and first:
+            # Resumed at epoch `first`: it reads the pass that began after
+            # epoch `first - 1` ended.
+            passes = self._passes().get(str(first - 1))
+            if passes is not None:
+                self.data.continue_passes_at(passes)
         if is_primary():
             self._writer = self.restore_from
         else:
@@ -101,8 +132,27 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._settle()
+        if self.data is not None and is_primary():
+            # Before the checkpoint: a kill between the two leaves a
+            # record the checkpoint's epoch finds (one epoch ahead of it
+            # does no harm).
+            passes = self._passes()
+            passes[str(epoch)] = self.data.passes_begun
+            path = os.path.join(self.backup_dir, PASSES_FILE)
+            os.makedirs(self.backup_dir, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(passes, f)
+            os.replace(path + ".tmp", path)
         self._writer.on_epoch_end(epoch, logs)
         self._stamp()
+
+    def _passes(self):
+        """`{epoch: passes of data begun by its end}` of the checkpoint."""
+        try:
+            with open(os.path.join(self.backup_dir, PASSES_FILE)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
 
     def on_train_batch_end(self, batch, logs=None):
         by_batch = self._kwargs.get("save_freq", "epoch") != "epoch"

@@ -59,8 +59,12 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, keras.Model):
       outpace the discriminator they flip it (domain accuracy well below
       0.5) instead of confusing it; the confusion objective is smallest
       at chance, so the domain accuracy stays at or above 0.5.
-      lambda follows `reversal_lambda(p, gamma)` over the `fit` (p = step
-      / total steps of this `fit`).
+      lambda follows `reversal_lambda(p, gamma)` over the `fit`: p = step
+      / (`epochs` x steps), the step counted from epoch 0, so a `fit`
+      from `initial_epoch` (a resume, or `kft.fine_tune`'s phase 2,
+      which goes on from phase 1's epochs) starts at p =
+      `initial_epoch / epochs`; `fine_tune`'s phase 1 ramps lambda over
+      its head epochs alone.
     - `method="mmd"` / `"coral"`: task + lambda * `weight` * `kft.mmd` /
       `kft.coral` of the source and target features (same schedule).
 

@@ -160,18 +160,22 @@ def to_rgb(image):
     converted by Pillow (alpha is dropped, as torchvision's loader does);
     16-bit (`I;16*`) images are scaled to 8 bits first instead of being
     clipped at 255, and float (`F`) ones as `float_to_8bit` says. 32-bit
-    integer (`I`) images, whose range no format fixes, are kept when all
-    values are in [0, 255], scaled as 16-bit ones when in [0, 65535], and
-    stretched from their minimum and maximum otherwise.
+    integer (`I`) images are 16-bit ones from PNG and PNM files (older
+    Pillow opens 16-bit PNGs so); from elsewhere (TIFF, arrays) their
+    range is not fixed: kept when all values are in [0, 255], scaled as
+    16-bit when in [0, 65535], stretched from their minimum and maximum
+    otherwise.
     """
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image).astype(np.int64)
         low, high = (values.min(), values.max()) if values.size else (0, 0)
-        if image.mode == "I" and (low < 0 or high > 65535):
+        sixteen = image.mode.startswith("I;16") or image.format in (
+            "PNG", "PPM")
+        if not sixteen and (low < 0 or high > 65535):
             values = float_to_8bit(values)
-        elif image.mode.startswith("I;16") or high > 255:
+        elif sixteen or high > 255:
             values = np.clip(values, 0, 65535) >> 8
         # ...else 8-bit values in 32-bit integers (`Image.fromarray` of an
         # int32 array), which the shift made black.

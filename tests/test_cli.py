@@ -239,7 +239,8 @@ def test_demo_help_says_where_the_plots_go(capsys):
         cli.main(["demo", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "none written" not in help_text
-    assert ("(default: --workdir if given, else a new kft_demo_output_* "
+    assert ("folder for the plots (and comparison.json with --seeds; "
+            "default: --workdir if given, else a new kft_demo_output_* "
             "folder in the system's temporary folder, kept; its path is "
             "printed)") in help_text
     from kft.demo import run_demo

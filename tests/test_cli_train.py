@@ -9,6 +9,7 @@ the installed command).
 import json
 import math
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -570,6 +571,31 @@ def test_config_keeps_settings_that_are_none():
                           ("backbone = 50", "`backbone` must be a string")):
         with pytest.raises(ValueError, match=message):
             kft.runs.TrainConfig.from_toml(text).check()
+
+
+def test_config_round_trips_any_text_and_checks_what_the_run_reads(
+        tmp_path):
+    # An emoji was written as a JSON surrogate pair, which TOML refuses:
+    # the run's config.toml could be neither repeated nor resumed.
+    odd = "/data/\U0001F4F7 photos \u00e9 \"q\" \\ \t\x7f end"
+    config = kft.runs.TrainConfig(data_dir=odd, out=pathlib.Path("runs/r"))
+    text = config.to_toml()
+    back = kft.runs.TrainConfig.from_toml(text)
+    assert back.data_dir == odd and back.out == "runs/r"
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    assert kft.runs.load_config(path).data_dir == odd
+    # Refused by name before the run (they failed inside it: os.path on
+    # None, NumPy's seed range, kft.data naming `augmentation`).
+    for changes, message in (
+            ({"weights": None}, r"`weights` must be a string \('imagenet', "
+                                r"'none' or a weights file\)"),
+            ({"seed": 2**32}, r"`seed` must be an integer in "),
+            ({"augment": "strong!"}, r"`augment` must be one of \('none', "
+                                     r"'light', 'standard', 'strong'\)")):
+        with pytest.raises(ValueError, match=message):
+            kft.runs.TrainConfig(**changes).check()
+    assert kft.runs.config.AUGMENTS == kft.augmentation.PRESETS
 
 
 class _Interrupted(Exception):

@@ -18,11 +18,15 @@ import tomllib
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import check_seed
 from kft._validation import fail_argument
 
 STRATEGIES = ("feature_extraction", "partial", "gradual", "full", "auto")
 BN_POLICIES = ("frozen", "train")
 SCHEDULES = ("cosine", "constant", "one_cycle")
+# `kft.augmentation.PRESETS`, here without importing Keras (the CLI checks
+# a config before Keras loads).
+AUGMENTS = ("none", "light", "standard", "strong")
 # The key listing the settings that are `None`.
 UNSET = "unset"
 
@@ -121,8 +125,15 @@ class TrainConfig:
         for name in ("data_dir", "val_dir", "backbone", "weights",
                      "augment", "monitor", "out"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, (str, os.PathLike)):
-                fail_argument(name, "a string", value)
+            optional = name in ("data_dir", "val_dir", "out")
+            if (value is not None or not optional) and not isinstance(
+                    value, (str, os.PathLike)):
+                # `weights=None` failed in os.path.isfile.
+                fail_argument(name, "a string" + (
+                    " ('imagenet', 'none' or a weights file)"
+                    if name == "weights" else ""), value)
+        # Checked by kft.data at the run's start, as `augmentation`.
+        check_choice("augment", self.augment, AUGMENTS)
         if not isinstance(self.plots, bool):
             fail_argument("plots", "true or false", self.plots)
         check_choice("strategy", self.strategy, STRATEGIES)
@@ -130,8 +141,9 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         for name, minimum in (("n_blocks", 1), ("batch_size", 1),
                               ("epochs", 0), ("head_epochs", 1),
-                              ("unfreeze_every", 1), ("seed", 0)):
+                              ("unfreeze_every", 1)):
             check_int(name, getattr(self, name), min_value=minimum)
+        check_seed(self.seed)  # NumPy's range, [0, 2**32 - 1]
         if self.image_size is not None:
             check_int("image_size", self.image_size, min_value=1)
         if self.early_stopping is not None:
@@ -234,9 +246,15 @@ def _toml_value(value):
         return str(value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if isinstance(value, str):
-        # JSON string escapes are valid TOML basic-string escapes.
-        return json.dumps(value)
+        # JSON string escapes are valid TOML basic-string escapes, but not
+        # its surrogate pairs (an emoji in a path made the file
+        # unreadable): other characters are written as they are, DEL
+        # escaped as TOML requires.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f",
+                                                             "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(map(_toml_value, value)) + "]"
     raise TypeError(f"Cannot write {value!r} to TOML")

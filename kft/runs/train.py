@@ -289,7 +289,7 @@ def _train(config, info, resumed, verbose, say, command):
     files = {}
     if not resumed and is_primary():
         path = os.path.join(out, "config.toml")
-        with open(path, "w") as f:
+        with open(path, "w", encoding="utf-8") as f:
             f.write(config.to_toml())
         files["config.toml"] = path
         path = os.path.join(out, "environment.json")
@@ -319,7 +319,8 @@ def _train(config, info, resumed, verbose, say, command):
         say(f"lr find -> {tuned.learning_rate:.3g}")
         config = config.replace(lr=float(tuned.learning_rate))
         if is_primary():
-            with open(os.path.join(out, "config.toml"), "w") as f:
+            with open(os.path.join(out, "config.toml"), "w",
+                      encoding="utf-8") as f:
                 f.write(config.to_toml())
     train_time = time.perf_counter() - start
     barrier("kft-train-run-fitted")  # process 0's last writes are done

@@ -110,12 +110,19 @@ def check_labels(labels, num_classes, *, name="y", classes_of=None):
     """
     array = np.asarray(labels)
     if array.size and not np.issubdtype(array.dtype, np.integer):
-        if not np.issubdtype(array.dtype, np.floating) or not np.all(
-                np.isfinite(array)) or np.any(array != np.round(array)):
+        if not np.issubdtype(array.dtype, np.floating):
             raise ValueError(
                 f"Argument `{name}` must hold integer class labels in "
                 f"[0, {num_classes}). Received: {name} of dtype "
                 f"{array.dtype}")
+        bad = array[~np.isfinite(array) | (array != np.round(array))]
+        if bad.size:
+            # Integer-valued floats pass: the value is what is wrong.
+            shown = ", ".join(f"{v:g}" for v in np.unique(bad)[:10])
+            raise ValueError(
+                f"Argument `{name}` must hold integer class labels in "
+                f"[0, {num_classes}). Received: {name} holding non-integer "
+                f"values {shown}")
     array = array.astype(np.int64)
     bad = np.unique(array[(array < 0) | (array >= num_classes)])
     if bad.size:

@@ -408,6 +408,28 @@ def test_standard_preset_draws_as_the_seeds_torchvision_recipe():
         high + 1e-6)
 
 
+def test_resized_crop_falls_back_to_torchvisions_centre_crop():
+    # No draw of scale=(1, 1) fits a 32x48 image at ratios 3/4-4/3:
+    # torchvision then crops the centre at the nearest allowed ratio (4/3,
+    # 42.7 x 32 px); kft took the whole 1.5:1 image.
+    ramp = np.tile(np.arange(48, dtype="float32")[None, :, None],
+                   (32, 1, 3))[None].repeat(4, 0)
+    layer = kft.augmentation.RandomResizedCrop((1.0, 1.0), seed=0)
+    out = np.asarray(layer(ramp, training=True))
+    w = 32 * 4 / 3 / 48
+    expected = w * np.arange(48) + (1 - w) / 2 * 48 + w / 2 - 0.5
+    np.testing.assert_allclose(out[:, 16, :, 0], np.broadcast_to(
+        expected, (4, 48)), atol=1e-3)
+    # Tall images keep their width; an image of an allowed ratio is whole.
+    tall = np.transpose(ramp, (0, 2, 1, 3))
+    out = np.asarray(layer(tall, training=True))
+    np.testing.assert_allclose(out[:, :, 16, 0], np.broadcast_to(
+        expected, (4, 48)), atol=1e-3)
+    square = ramp[:, :, :32]
+    np.testing.assert_allclose(np.asarray(layer(square, training=True)),
+                               square, atol=1e-4)
+
+
 def test_processes_augment_their_slices_with_draws_of_their_own():
     # Every process drew the same transforms for its k-th example: a
     # global batch of 2 processes held each random transform twice.

@@ -147,7 +147,10 @@ def test_confusion_matrix_checks_its_labels():
     cases = [
         (([0, 1], [3, 1]), r"`y_pred` holds labels outside \[0, 3\).*: 3"),
         (([0, -1], [0, 1]), r"`y_true` holds labels outside.*: -1"),
-        (([0.0, 1.5], [0, 1]), r"`y_true` must hold integer class labels"),
+        # The value, not the dtype, is wrong (floats like 1.0 pass).
+        (([0.0, 1.5], [0, 1]), r"`y_true` must hold integer class labels "
+                               r"in \[0, 3\)\. Received: y_true holding "
+                               r"non-integer values 1\.5$"),
         (([0, 1], [0]), r"one length.*shape \(2,\).*shape \(1,\)"),
         (([[0, 1]], [[0, 1]]), r"1-D integer labels"),
     ]

@@ -109,8 +109,10 @@ class RandomResizedCrop(RandomLayer):
 
     Per image: an area fraction from `scale`, an aspect ratio from `ratio`
     (uniform in its logarithm), redrawn up to 10 times until the crop fits
-    in the image (else the whole image), at a uniformly random position,
-    resized back to the image size with bilinear interpolation.
+    in the image, at a uniformly random position (else, as torchvision,
+    the largest centred crop whose aspect ratio is within `ratio`: the
+    whole image when its own is), resized back to the image size with
+    bilinear interpolation.
 
     Args:
         scale: `(min, max)` fraction of the image area. Defaults to
@@ -137,7 +139,8 @@ class RandomResizedCrop(RandomLayer):
     def transform(self, images, batch):
         height, width = images.shape[1], images.shape[2]
         # torchvision's 10 tries: the first area and ratio whose crop fits
-        # in the image, else the whole image.
+        # in the image, else the centred crop of the whole image's
+        # ratio clipped to `ratio`.
         tries = (batch, 10)
         area = keras.random.uniform(tries, *self.scale, seed=self.generator)
         ratio = ops.exp(keras.random.uniform(
@@ -152,10 +155,18 @@ class RandomResizedCrop(RandomLayer):
         first = ops.expand_dims(ops.argmax(ops.cast(fits, "int32"), axis=1),
                                 1)
         found = ops.any(fits, axis=1)
-        w = ops.where(found, ops.take_along_axis(w, first, axis=1)[:, 0], 1.0)
-        h = ops.where(found, ops.take_along_axis(h, first, axis=1)[:, 0], 1.0)
-        x0 = self.uniform(batch) * (1.0 - w)
-        y0 = self.uniform(batch) * (1.0 - h)
+        own = width / height
+        low, high = self.ratio
+        fallback_w = min(1.0, high / own)  # a wider image: cut its sides
+        fallback_h = min(1.0, own / low)  # a taller one: its top and bottom
+        w = ops.where(found, ops.take_along_axis(w, first, axis=1)[:, 0],
+                      fallback_w)
+        h = ops.where(found, ops.take_along_axis(h, first, axis=1)[:, 0],
+                      fallback_h)
+        x0 = ops.where(found, self.uniform(batch) * (1.0 - w),
+                       (1.0 - w) / 2)
+        y0 = ops.where(found, self.uniform(batch) * (1.0 - h),
+                       (1.0 - h) / 2)
         zeros = ops.zeros_like(w)
         # Output pixel centre (x + 0.5) reads the image at x0 W + (x +
         # 0.5) w, pixel centre coordinates: column = w x + (x0 W + w/2 -

@@ -159,19 +159,19 @@ def check_class_names(class_names, num_classes=None):
                       TypeError)
     given = class_names
     class_names = tuple(class_names)  # a generator is read once
+    shown = class_names if _is_iterator(given) else given
     if not all(isinstance(name, str) for name in class_names):
-        fail_argument("class_names", "a sequence of strings",
-                      class_names if _is_iterator(given) else given,
+        fail_argument("class_names", "a sequence of strings", shown,
                       TypeError)
     class_names = tuple(str(name) for name in class_names)  # numpy's str_
     repeated = sorted({n for n in class_names if class_names.count(n) > 1})
     if repeated:
         # One class would hide the other in reports keyed by name.
         fail_argument("class_names", f"distinct names (repeated: "
-                      f"{repeated})", class_names)
+                      f"{repeated})", shown)
     if num_classes is not None and len(class_names) != num_classes:
         fail_argument("class_names", f"one name per class ({num_classes} "
-                      f"names for {num_classes} classes)", class_names)
+                      f"names for {num_classes} classes)", shown)
     return class_names
 
 

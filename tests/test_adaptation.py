@@ -243,6 +243,10 @@ def test_freezing_keeps_the_users_discriminator_flag_and_no_cache():
     model.discriminator.trainable = True
     kft.freeze(model, "partial", n_blocks=1)
     assert model.discriminator.trainable
+    # Keras' "freeze all, then unfreeze": the discriminator trains again.
+    model.trainable = False
+    kft.freeze(model, "full")
+    assert model.discriminator.trainable
     # The summary's rows add up to its total (the discriminator and the
     # schedule state had no row).
     text = kft.trainable_summary(model, print_fn=None)

@@ -302,7 +302,11 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
     Image.new("RGB", (16, 16)).save(single / "a.png")
     config = tmp_path / "bad.toml"
     config.write_text('epochs = "two"\nhead_epochs = 1\n')
+    unset = tmp_path / "unset.toml"
+    unset.write_text('unset = ["weights"]\n')
     cases = [
+        (["train", folder, "--config", str(unset)],
+         f"Received: weights=None (set in config file {str(unset)!r})"),
         # A bad value from the config file: the message named a flag the
         # user never gave, not the file.
         (["train", folder, "--config", str(config)],
@@ -592,7 +596,11 @@ def test_config_round_trips_any_text_and_checks_what_the_run_reads(
                                 r"'none' or a weights file\)"),
             ({"seed": 2**32}, r"`seed` must be an integer in "),
             ({"augment": "strong!"}, r"`augment` must be one of \('none', "
-                                     r"'light', 'standard', 'strong'\)")):
+                                     r"'light', 'standard', 'strong'\)"),
+            # Bytes that are not UTF-8 in a folder name (os.fsdecode's
+            # surrogates): a bare UnicodeEncodeError writing config.toml.
+            ({"data_dir": os.fsdecode(b"/d/caf\xe9")},
+             r"`data_dir` must be text a config file can hold")):
         with pytest.raises(ValueError, match=message):
             kft.runs.TrainConfig(**changes).check()
     assert kft.runs.config.AUGMENTS == kft.augmentation.PRESETS

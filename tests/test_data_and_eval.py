@@ -68,11 +68,11 @@ def test_class_names_must_match_the_classes():
     model = _model(classes=2)
     with pytest.raises(ValueError, match=r"`class_names` must be one name "
                        r"per class \(2 names for 2 classes\)\. Received: "
-                       r"class_names=\('a', 'b', 'c'\)"):
+                       r"class_names=\['a', 'b', 'c'\]"):
         kft.evaluate_classifier(model, np.zeros((2, 16, 16, 3)), [0, 1],
                                 class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match=r"\(3 names for 3 classes\)\. "
-                       r"Received: class_names=\('a', 'b'\)"):
+                       r"Received: class_names=\['a', 'b'\]"):
         kft.classification_report([0, 1], [0, 1], num_classes=np.int64(3),
                                   class_names=["a", "b"])
     with pytest.raises(TypeError, match=r"Argument `class_names` must be a "

@@ -134,6 +134,8 @@ def _from_config_file(path, given, message):
             keys = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError):
         return ""  # the message names the file already
-    named = [k for k in keys if k not in given
+    unset = keys.get("unset", [])
+    keys = [*keys, *(unset if isinstance(unset, list) else [])]
+    named = [k for k in keys if isinstance(k, str) and k not in given
              and re.search(rf"\b{re.escape(k)}=", message)]
     return f" (set in config file {path!r})" if named else ""

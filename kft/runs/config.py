@@ -132,6 +132,12 @@ class TrainConfig:
                 fail_argument(name, "a string" + (
                     " ('imagenet', 'none' or a weights file)"
                     if name == "weights" else ""), value)
+            if value is not None and not _utf8(os.fspath(value)):
+                # A file name of bytes that are not UTF-8 (os.fsdecode's
+                # surrogates): config.toml, UTF-8 text, cannot hold it.
+                fail_argument(name, "text a config file can hold (its "
+                              "name has bytes that are not UTF-8: rename "
+                              "it)", value)
         # Checked by kft.data at the run's start, as `augmentation`.
         check_choice("augment", self.augment, AUGMENTS)
         if not isinstance(self.plots, bool):
@@ -237,6 +243,14 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         return TrainConfig.from_toml(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as error:
         raise ValueError(f"Config file {path!r}: {error}") from error
+
+
+def _utf8(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _toml_value(value):

@@ -177,8 +177,10 @@ def set_trainable_blocks(model: keras.Model, names: Sequence[str],
     with changing_trainable(model):
         # Containers must be trainable for their layers' flags to count;
         # that sets every layer's flag, so layers outside the blocks (a
-        # DomainAdaptationModel's discriminator) get theirs back.
-        outside = _outside_blocks(model, blocks)
+        # DomainAdaptationModel's discriminator) get theirs back: a flag
+        # the user set, not one `model.trainable = False` set (Keras'
+        # "freeze all, then unfreeze" trains them again, as before).
+        outside = _outside_blocks(model, blocks) if model.trainable else []
         model.trainable = True
         for layer, flag in outside:
             layer.trainable = flag

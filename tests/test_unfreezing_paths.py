@@ -289,3 +289,26 @@ def test_backup_with_data_resumes_the_passes_of_the_uninterrupted_fit(
     with pytest.raises(TypeError, match=r"`data` must be the training "
                        r"data .*Received: data='ndarray'"):
         kft.callbacks.BackupAndRestore(tmp_path / "x", data=x)
+
+
+def test_a_plateau_callback_reused_for_a_new_fit_starts_over():
+    # Kept from the first fit, its plateau unfroze a block in the second
+    # one, where the loss improved every epoch (stage_epochs [2, 1]); a
+    # fit that goes on from a later epoch keeps the schedule's state.
+    callback = GradualUnfreezing(schedule=Plateau("fake_loss", 1))
+
+    def fit(values, **kwargs):
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=SHAPE)
+        model.compile(keras.optimizers.SGD(1e-3), LOSS)
+        return model, model.fit(X, Y, batch_size=8, verbose=0, callbacks=[
+            _fake_loss(values), callback], **kwargs)
+
+    _, first = fit([1.0, 2.0, 1.5], epochs=3)
+    assert first.history["unfrozen_blocks"] == [0, 0, 1]
+    _, second = fit([1.4, 1.0, 0.5], epochs=3)
+    assert second.history["unfrozen_blocks"] == [0, 0, 0]
+    assert callback.schedule.stage_epochs == []
+    model, third = fit({0: 9.0, 1: 9.0, 2: 9.0, 3: 9.0}, epochs=4,
+                       initial_epoch=2)
+    assert third.history["unfrozen_blocks"] == [0, 1]

@@ -32,8 +32,8 @@ class UnfreezeSchedule:
     """Base of the schedules: stages from the epoch alone, no state.
 
     Subclasses implement `stage_at` and `get_config`; a schedule that
-    decides during training also overrides `on_epoch_end`, `state` and
-    `restore`.
+    decides during training also overrides `on_epoch_end`, `state`,
+    `restore` and `reset`.
     """
 
     def stage_at(self, epoch: int) -> int:
@@ -54,6 +54,9 @@ class UnfreezeSchedule:
             records: `{str(epoch): state()}` of the last epochs saved.
             saved_epoch: The epoch the training checkpoint was saved in.
         """
+
+    def reset(self):
+        """Forgets what earlier training decided (a new run from epoch 0)."""
 
     def get_config(self) -> dict:
         raise NotImplementedError
@@ -205,6 +208,11 @@ class Plateau(UnfreezeSchedule):
     def state(self):
         return {"stage_epochs": list(self.stage_epochs), "wait": self.wait,
                 "best": self.best}
+
+    def reset(self):
+        self.stage_epochs, self.wait, self.best = [], 0, None
+        self.direction = None if self.mode == "auto" else self.mode
+        self._skipped = False
 
     def restore(self, records, saved_epoch):
         record = records.get(str(saved_epoch))

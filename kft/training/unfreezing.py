@@ -313,6 +313,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if not self._checked_resume:
             self._checked_resume = True
+            if epoch == 0 and self._stage is not None:
+                # Another `fit` from epoch 0 with this callback: a new run
+                # (a plateau of the last one unfroze blocks in this one,
+                # and its best value was compared with this run's). A fit
+                # from a later epoch (`initial_epoch`, a resume) goes on.
+                self.schedule.reset()
             self._check_optimizer_restored(epoch)
         stage = self.stage_at(epoch)
         if stage != self._stage:

@@ -226,9 +226,17 @@ def test_momentum_cycle_reaches_sgd_inside_the_compiled_step():
 
 def test_momentum_schedule_needs_an_optimizer_with_momentum():
     cycle = kft.OneCycle(0.1, 10)
-    with pytest.raises(ValueError, match="momentum > 0.*Received: "
-                                         "momentum_schedule=0.0"):
+    # The messages named the optimizer's momentum (or class) as the
+    # schedule received: "...; optimizer is a. Received:
+    # momentum_schedule='Adagrad'".
+    with pytest.raises(ValueError, match=r"needs momentum slots to "
+                       r"schedule; got optimizer: SGD\(momentum=0\.0\)\. "
+                       r"Create it with momentum > 0"):
         kft.BlockwiseOptimizer(keras.optimizers.SGD(0.1),
+                               momentum_schedule=cycle.momentum_schedule())
+    with pytest.raises(TypeError, match=r"needs optimizers with a `beta_1` "
+                       r"or `momentum` .*; got optimizer: Adagrad\.$"):
+        kft.BlockwiseOptimizer(keras.optimizers.Adagrad(0.1),
                                momentum_schedule=cycle.momentum_schedule())
     with pytest.raises(TypeError, match="Received: momentum_schedule=0.9"):
         kft.BlockwiseOptimizer(keras.optimizers.Adam(0.1),

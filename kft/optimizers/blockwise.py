@@ -111,7 +111,8 @@ class BlockwiseOptimizer(RoutedOptimizer):
     >>> opt = kft.BlockwiseOptimizer(
     ...     keras.optimizers.Adam(1e-3),
     ...     kft.layerwise_lr(model, 1e-3, 0.5), model=model)
-    >>> model.compile(opt, "sparse_categorical_crossentropy")
+    >>> model.compile(opt, keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))  # kft's classifiers output logits
 
     With your own blocks, pass the same `patterns` to both:
     >>> patterns = {"lower": "^(stem|block1)_", "upper": "^block[23]_",

@@ -43,7 +43,8 @@ class GroupOptimizer(RoutedOptimizer):
     >>> opt = kft.GroupOptimizer(
     ...     {"head": keras.optimizers.AdamW(1e-3)},
     ...     default=keras.optimizers.SGD(1e-2, momentum=0.9), model=model)
-    >>> model.compile(opt, "sparse_categorical_crossentropy")
+    >>> model.compile(opt, keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))  # kft's classifiers output logits
     """
 
     def __init__(self, optimizers, *, default, model=None, patterns=None,

@@ -10,7 +10,6 @@ import contextlib
 
 import keras
 
-from kft._validation import fail_argument
 
 
 class _Scheduled:
@@ -41,16 +40,19 @@ def momentum_attribute(name, inner):
     `inner`; raises for an optimizer without either."""
     if hasattr(inner, "beta_1"):
         return "beta_1"
+    kind = type(inner).__name__
     if isinstance(inner, (keras.optimizers.SGD, keras.optimizers.RMSprop)):
         if not inner.momentum:
-            fail_argument(
-                "momentum_schedule", f"used with a {type(inner).__name__} "
-                f"created with momentum > 0 (it has no momentum slots "
-                f"otherwise); {name} has momentum", inner.momentum)
+            raise ValueError(
+                "Argument `momentum_schedule` needs momentum slots to "
+                f"schedule; got {name}: {kind}(momentum={inner.momentum!r})"
+                ". Create it with momentum > 0, or drop "
+                "`momentum_schedule`.")
         return "momentum"
-    fail_argument("momentum_schedule", "used with optimizers that have a "
-                  "`beta_1` or `momentum` (Adam, AdamW, Adamax, Lion, SGD, "
-                  f"RMSprop); {name} is a", type(inner).__name__, TypeError)
+    raise TypeError(
+        "Argument `momentum_schedule` needs optimizers with a `beta_1` or "
+        "`momentum` (Adam, AdamW, Adamax, Lion, SGD, RMSprop with momentum "
+        f"> 0); got {name}: {kind}.")
 
 
 @contextlib.contextmanager

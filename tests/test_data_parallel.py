@@ -265,6 +265,11 @@ def bad_batches(info):
     attempts["own_predict"] = lambda: model.predict(odd, verbose=0)
     attempts["own_fit_batch"] = lambda: model.fit(
         kft.data.from_arrays(x, y, batch_size=12), epochs=1, verbose=0)
+    # On arrays: JAX's IndivisibleError, naming no batch.
+    attempts["own_predict_arrays"] = lambda: model.predict(
+        x[:20], batch_size=BATCH, verbose=0)
+    attempts["own_evaluate_arrays"] = lambda: model.evaluate(
+        x[:20], y[:20], batch_size=BATCH, verbose=0)
     for name, attempt in attempts.items():
         try:
             attempt()
@@ -432,6 +437,10 @@ def test_cached_features_padded_batch_matches(runs):
     ("own_fit", ("20 examples", "holds 4", "8 devices")),
     ("own_predict", ("20 examples", "holds 4", "8 devices")),
     ("own_fit_batch", ("dataset.batch_size=12", "8 devices")),
+    ("own_predict_arrays", ("20 examples", "holds 4", "8 devices",
+                            "kft.predict pads")),
+    ("own_evaluate_arrays", ("20 examples", "holds 4", "8 devices",
+                             "kft.evaluate pads")),
 ])
 def test_batches_that_do_not_split_raise(runs, name, numbers):
     message = runs[8][1][f"error_{name}"]

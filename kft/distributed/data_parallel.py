@@ -228,6 +228,39 @@ def check_batch_size(batch_size: int, num_examples: int | None = None, *,
     return batch_size
 
 
+def _first_array(x):
+    """One input's array of `x` (a dict or list holds one per input), or
+    `None` when `x` is not arrays."""
+    first = x
+    if isinstance(x, dict) and x:
+        first = next(iter(x.values()))
+    elif isinstance(x, (list, tuple)) and x:
+        first = x[0]
+    return first if hasattr(first, "shape") and len(first.shape) else None
+
+
+def check_eval_data(method: str, call_args, call_kwargs) -> None:
+    """`check_fit_data` for `model.evaluate` / `model.predict` on arrays
+    (`method`): JAX's `IndivisibleError` instead named the last batch.
+    No-op without a distribution, for datasets (they check themselves)
+    and with `steps`."""
+    if batch_shards() == 1:
+        return
+    arguments = inspect.signature(getattr(keras.Model, method)).bind(
+        None, *call_args, **call_kwargs).arguments
+    first = _first_array(arguments.get("x"))
+    if first is None or arguments.get("steps") is not None:
+        return
+    try:
+        check_batch_size(arguments.get("batch_size") or 32, len(first),
+                         data_name="`x`")
+    except ValueError as error:
+        raise ValueError(
+            f"{error} kft.{'evaluate' if method == 'evaluate' else 'predict'}"
+            " pads the last batch and takes any number of examples."
+        ) from None
+
+
 def check_fit_data(fit_args, fit_kwargs) -> None:
     """`check_data_batches` for the training and validation data of a
     `model.fit(*fit_args, **fit_kwargs)` call, before it trains: a batch
@@ -249,12 +282,8 @@ def check_fit_data(fit_args, fit_kwargs) -> None:
     split = arguments.get("validation_split") or 0.0
     x = arguments.get("x")
     data = arguments.get("validation_data")
-    first = x  # one input's array: a dict or list holds one per input
-    if isinstance(x, dict) and x:
-        first = next(iter(x.values()))
-    elif isinstance(x, (list, tuple)) and x:
-        first = x[0]
-    arrays = hasattr(first, "shape") and len(first.shape) > 0
+    first = _first_array(x)
+    arrays = first is not None
     train = len(first) if arrays else 0
     if arrays and data is None and split:
         # Keras' split (`train_validation_split`): the arrays' last part

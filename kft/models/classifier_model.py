@@ -5,6 +5,7 @@ pretrained), so `model.save` / `keras.models.load_model` keep it too."""
 import keras
 
 from kft._compat import KeepsStateOnError
+from kft.distributed.data_parallel import check_eval_data
 from kft.distributed.data_parallel import check_fit_data
 from kft.models.backbones import NEEDS_KFT
 
@@ -65,6 +66,14 @@ class Classifier(KeepsStateOnError, keras.Model):
         elif hasattr(kwargs.get("x"), "for_fit"):
             kwargs["x"] = kwargs["x"].for_fit()
         return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        check_eval_data("evaluate", args, kwargs)
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        check_eval_data("predict", args, kwargs)
+        return super().predict(*args, **kwargs)
 
     def get_config(self):
         return {NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),

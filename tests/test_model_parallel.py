@@ -108,6 +108,12 @@ def test_device_mesh_errors(small_model):
         kft.device_mesh((1, 1), axis_names=("batch",))
     with pytest.raises(TypeError, match="shape"):
         kft.device_mesh(4)
+    # A device count: "'int' object is not iterable"; a NumPy shape was
+    # refused as not a sequence.
+    with pytest.raises(TypeError, match=r"`devices` must be a list of "
+                       r"devices .*Received: devices=2"):
+        kft.device_mesh((1, 1), devices=2)
+    assert kft.device_mesh(np.array([1, 1])).shape == (1, 1)
     with pytest.raises(ValueError, match=r"model_axis.*\('batch', 'model'\)"
                        r".*model_axis='tensor'"):
         kft.layout_map(small_model, _fake_mesh(), model_axis="tensor")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kft
+from kft.training.unfreeze_schedules import Milestones
 from kft.training.unfreeze_schedules import Plateau
 from kft.training.unfreezing import GradualUnfreezing
 
@@ -138,6 +139,15 @@ def test_second_resume_within_an_epoch(tmp_path):
 
 
 def test_argument_errors_name_the_value():
+    # The schedule object itself: "'int' object is not iterable", a
+    # string read as its characters, "epochs[i]" for every element.
+    for epochs in (3, "12", None):
+        with pytest.raises(TypeError, match=r"`epochs` must be a list of "
+                           rf"increasing epochs >= 1, .*epochs={epochs!r}"):
+            Milestones(epochs)
+    with pytest.raises(ValueError, match=r"`epochs\[1\]` must be an "
+                       r"integer.*'x'"):
+        Milestones([1, "x"])
     cases = [
         (dict(milestones=2), "Argument `milestones` must be a list of "
                              "increasing epochs >= 1. Received: milestones=2"),

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from kft import _compat
 from kft._validation import check_int
@@ -65,6 +66,8 @@ def device_mesh(shape: Sequence[int],
     ...
     ValueError: Argument `shape` must be a mesh of as many devices as there are (1: cpu:0). Received: shape=(2, 4) (8 devices). For 8 simulated CPU devices, set XLA_FLAGS=--xla_force_host_platform_device_count=8 before JAX starts.
     """
+    if isinstance(shape, np.ndarray):
+        shape = shape.tolist()
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
         fail_argument("shape", "a sequence of positive integers", shape,
                       TypeError)
@@ -75,6 +78,11 @@ def device_mesh(shape: Sequence[int],
                       f"axis of shape={shape}", axis_names)
     if devices is None:
         devices = keras.distribution.list_devices()
+    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
+        # A count: "'int' object is not iterable".
+        fail_argument("devices", "a list of devices (e.g. "
+                      "keras.distribution.list_devices()[:2]) or None",
+                      devices, TypeError)
     devices = list(devices)
     needed = math.prod(shape)
     if needed != len(devices):

@@ -22,6 +22,7 @@ import keras
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import fail_argument
 from kft.training.monitor import MODES
 from kft.training.monitor import improves
 from kft.training.monitor import logged_value
@@ -93,7 +94,13 @@ class Every(UnfreezeSchedule):
 
 
 def _check_milestones(name, epochs):
-    epochs = [check_int(f"{name}[i]", m) for m in epochs]
+    if isinstance(epochs, (str, bytes)) or not hasattr(epochs, "__iter__"):
+        # A string was read as its characters; a number raised
+        # "'int' object is not iterable".
+        fail_argument(name, "a list of increasing epochs >= 1, e.g. [2, 4]",
+                      epochs, TypeError)
+    epochs = list(epochs)
+    epochs = [check_int(f"{name}[{i}]", m) for i, m in enumerate(epochs)]
     if any(m < 1 for m in epochs) or epochs != sorted(set(epochs)):
         raise ValueError(
             f"Argument `{name}` must be increasing epochs >= 1. "

@@ -53,6 +53,7 @@ _MODULES = {
     "cpu_convs": "kft.ops.cpu_convs",
     "data": "kft.data",
     "datasets": "kft.data.digits",
+    "demo": "kft.demo",
     "deploy": "kft.deploy",
     "distributed": "kft.distributed",
     "feature_cache": "kft.training.feature_cache",

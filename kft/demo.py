@@ -150,6 +150,9 @@ def run_demo(image_size: int = 32, target_per_class: int = 10,
             os.path.isdir(output_dir):
         fail_argument("output_dir", "a directory (or a path to create one)",
                       output_dir)
+    if print_fn is not None and not callable(print_fn):
+        fail_argument("print_fn", "a function such as print, or None",
+                      print_fn, TypeError)
     say = print_fn or (lambda *args: None)
     with contextlib.ExitStack() as stack:
         temporary = ""

@@ -33,6 +33,20 @@ def test_digits_bad_arguments():
         kft.datasets.digits(image_size=4)
     with pytest.raises(ValueError, match="too many"):
         kft.datasets.digits(target_per_class=200)
+    # An empty test split failed later, in kft.data.
+    with pytest.raises(ValueError, match=r"`test_fraction` must leave at "
+                       r"least one test image per class.*0\.001"):
+        kft.datasets.digits(image_size=8, test_fraction=0.001)
+    # The same classes in another order drew other splits.
+    a = kft.datasets.digits(image_size=8, target_classes=(9, 5))
+    b = kft.datasets.digits(image_size=8, target_classes=(5, 9))
+    for x, y in zip(a.target_train + a.target_test,
+                    b.target_train + b.target_test):
+        np.testing.assert_array_equal(x, y)
+    # Listed in kft's docstring as kft.demo, but not an attribute.
+    with pytest.raises(TypeError, match=r"`print_fn` must be a function.*"
+                       r"print_fn='quiet'"):
+        kft.demo.run_demo(print_fn="quiet")
 
 
 def test_classification_report_matches_hand_computation():

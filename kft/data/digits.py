@@ -159,9 +159,16 @@ def _target_split(labels, target_classes, rng, per_class, val_per_class,
     not depend on `per_class` and `val_per_class`.
     """
     train, val, test = [], [], []
-    for c in target_classes:
+    # In label order: the same classes in another order drew other splits.
+    for c in sorted(target_classes):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n_test = int(round(test_fraction * len(idx)))
+        if n_test == 0:
+            # An empty test split failed later, in kft.data.
+            raise ValueError(
+                f"Argument `test_fraction` must leave at least one test "
+                f"image per class: digit {c} has {len(idx)} images. "
+                f"Received: test_fraction={test_fraction}")
         rest = idx[n_test:]
         if per_class + val_per_class > len(rest):
             raise ValueError(

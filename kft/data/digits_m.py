@@ -92,8 +92,10 @@ def blend_with_photos(images, *, seed: int = 0,
 
     Args:
         images: `(n, h, w, 3)` (or `(n, h, w)` gray) values in [0, 255].
-        seed: Seed of the patch draws (image `i` always gets draw `i`).
-            Defaults to `0`.
+        seed: Seed of the patch draws: the same seed and number of images
+            give the same patches (image `i` gets draw `i` of the `n`
+            drawn; `digits_m` blends all scans at once, so its patches do
+            not depend on the splits). Defaults to `0`.
         photos: `"auto"`, `"sklearn"` or `"skimage"`, as in `digits_m`.
             Defaults to `"auto"`.
 

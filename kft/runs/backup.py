@@ -87,7 +87,8 @@ class RunBackup(keras.callbacks.Callback):
         super().__init__()
         self.directory = os.fspath(directory)
         self.target = model
-        # Its passes are numbered on from where the checkpoint was taken.
+        # Its passes are numbered on from where the checkpoint was taken
+        # (by each call's BackupAndRestore).
         self._data = data if hasattr(data, "continue_passes_at") else None
         self.monitor, self.mode = monitor, mode
         self.print_fn = print_fn
@@ -101,8 +102,6 @@ class RunBackup(keras.callbacks.Callback):
         self.best_epoch = state["best_epoch"]
         self.best_value = state["best_value"]
         self._values = state["values"]
-        # Epoch -> passes of `data` begun by its end.
-        self._passes_at = state["passes"]
         # Call -> the epoch after which it stopped early.
         self._stopped = state["stopped"]
         if state["mode"] in ("min", "max"):
@@ -126,7 +125,7 @@ class RunBackup(keras.callbacks.Callback):
         path = os.path.join(self.directory, STATE_FILE)
         state = {"history": {}, "trainable": {}, "best_epoch": None,
                  "best_value": None, "mode": None, "values": {},
-                 "stopped": {}, "passes": {}}
+                 "stopped": {}}
         if os.path.exists(path):
             with open(path) as f:
                 state.update(json.load(f))
@@ -140,8 +139,7 @@ class RunBackup(keras.callbacks.Callback):
         state = {"history": {str(k): v for k, v in self.history.items()},
                  "trainable": self._trainable, "best_epoch": self.best_epoch,
                  "best_value": self.best_value, "mode": self.mode,
-                 "values": self._values, "stopped": self._stopped,
-                 "passes": self._passes_at}
+                 "values": self._values, "stopped": self._stopped}
         # Replaced atomically: a kill leaves the old file or the new one.
         with open(path + ".tmp", "w") as f:
             json.dump(state, f)
@@ -219,18 +217,12 @@ class RunBackup(keras.callbacks.Callback):
             self._say(f"RunBackup: phase {self.phase + 1}: {repaired}.")
         self._inner = BackupAndRestore(
             self.phase_dir(self.phase), delete_checkpoint=False,
-            double_checkpoint=True)
+            double_checkpoint=True, data=self._data)
         self._inner.set_model(self.model)
         self._inner.set_params(self.params)
         saved = checkpoint_epoch(self.phase_dir(self.phase))
         if saved is not None and saved >= 0:
             self._restore_trainable(saved)
-            passes = self._passes_at.get(str(saved))
-            if self._data is not None and passes is not None:
-                # The next epoch reads (shuffles, samples, augments) the
-                # pass the uninterrupted run read; numbered from 0 again,
-                # a resumed run repeated the first epochs' orders.
-                self._data.continue_passes_at(passes)
         self._inner.on_train_begin(logs)
         self._saved = saved
         if saved is not None and self._stopped.get(str(self.phase)) == saved:
@@ -295,8 +287,6 @@ class RunBackup(keras.callbacks.Callback):
             self.target.save_weights(tmp)
             os.replace(tmp, best)
         self._record_trainable(epoch)
-        if self._data is not None:
-            self._passes_at[str(epoch)] = self._data.passes_begun
         if self.model.stop_training:
             # Set by a callback before this one (`fine_tune` puts its
             # `EarlyStopping` there); written before the checkpoint.

@@ -70,12 +70,11 @@ def warn_skipped(skipped, total, where):
 
 
 def _collate(elements):
-    """Stacks the examples of a batch that loaded; `None` if none did."""
-    loaded = [element for element in elements if element is not None]
-    if not loaded:
-        return None
-    return (np.stack([image for image, _ in loaded]),
-            np.asarray([label for _, label in loaded]))
+    """Stacks the examples of a batch (files that failed to load are not
+    among them: grain drops the `None` a loader returns before
+    batching)."""
+    return (np.stack([image for image, _ in elements]),
+            np.asarray([label for _, label in elements]))
 
 
 class _PassCounter:
@@ -640,7 +639,6 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         dataset = dataset.batch(batch_size,
                                 drop_remainder=self.drop_remainder,
                                 batch_fn=_collate)
-        dataset = dataset.filter(lambda batch: batch is not None)
         # Each pass draws its augmentation from states of its own.
         dataset = dataset.map(functools.partial(
             self._finish_batch, pass_states=HostAugmenter.pass_states(epoch)))

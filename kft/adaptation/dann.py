@@ -12,6 +12,7 @@ strategy touches them. Its JAX train step takes `({"source": images,
 "target": images}, source_labels)` batches, which `domain_pairs` makes.
 """
 
+import jax
 import keras
 import numpy as np
 from keras import ops
@@ -442,9 +443,10 @@ class _ScheduleProgress(keras.callbacks.Callback):
 
 
 def _kind(x):
-    name = type(x).__name__
     # In the traced step an array batch is a JAX tracer.
-    return "batches of arrays" if "Tracer" in name else f"of type {name}"
+    if isinstance(x, jax.core.Tracer):
+        return "batches of arrays"
+    return f"of type {type(x).__name__}"
 
 
 def _split_batch(x, y):

@@ -61,8 +61,8 @@ def check_built(model):
     if not inputs or not model.built:
         raise ValueError(
             f"Model {model.name!r} has no defined input yet, so its input "
-            "size and output are unknown. Build it first: a functional model (or "
-            "`kft.build_classifier`) has one; a `Sequential` needs "
+            "size and output are unknown. Build it first: a functional "
+            "model (or `kft.build_classifier`) has one; a `Sequential` needs "
             "`keras.Input(shape)` as its first layer, or call "
             "`model.build((None, height, width, 3))`, or run it once on a "
             "batch: `model(x[:1])`.")

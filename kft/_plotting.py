@@ -60,9 +60,13 @@ def check_path(path, name="path"):
     return path
 
 
-def finish(fig, path=None, *, dpi=120):
+def finish(fig, path=None, *, dpi=120, close=True):
     """Lays out `fig`, saves it to `path` (format from the suffix: `.png`,
     `.svg`, `.pdf`) when given, and returns it.
+
+    A saved figure is closed in pyplot (it stays usable: `savefig`, a
+    notebook shows it): plots saved in a loop do not pile up open figures.
+    `close=False` keeps it open (a figure of the caller's own axes).
 
     Raises:
         ValueError: `path` has a suffix matplotlib cannot write.
@@ -74,11 +78,31 @@ def finish(fig, path=None, *, dpi=120):
         if directory:
             os.makedirs(directory, exist_ok=True)
         fig.savefig(path, dpi=dpi)
+    if path is not None and close:
+        pyplot().close(fig)
+        # Closing leaves a bare canvas; an Agg one keeps the figure
+        # drawable (`canvas.get_renderer()`, `canvas.draw()`) as before.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
     return fig
+
+
+def wrap_title(ax, title, fontsize):
+    """Sets `title` on `ax`, broken into lines that fit 80% of the
+    figure's width (about 0.6 em per character)."""
+    import textwrap
+
+    width_pt = 0.8 * ax.figure.get_figwidth() * 72
+    chars = max(20, int(width_pt / (0.6 * fontsize)))
+    ax.set_title(textwrap.fill(title, chars), fontsize=fontsize)
 
 
 def thin_ticks(n, max_labels=25):
     """Indices of `n` tick labels to show so that at most `max_labels`
     appear (every k-th): readable on 100 classes."""
+    from kft._validation import check_int
+
+    max_labels = check_int("max_labels", max_labels, min_value=1)
     step = max(1, -(-n // max_labels))
     return list(range(0, n, step))

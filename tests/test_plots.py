@@ -180,3 +180,89 @@ def test_learning_curves_of_per_class_and_single_name_metrics():
     # A single name, not its letters.
     one = plots.plot_learning_curves(history, metrics="f1_score")
     assert [ax.get_ylabel() for ax in one.axes] == ["loss", "f1_score"]
+
+
+def _inside(fig):
+    """Everything drawn (titles, tick labels, colour bars) lies inside
+    the figure."""
+    fig.canvas.draw()
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    width, height = fig.get_size_inches()
+    return (box.x0 >= -0.01 and box.y0 >= -0.01 and box.x1 <= width + 0.01
+            and box.y1 <= height + 0.01), (box.bounds, (width, height))
+
+
+@pytest.mark.parametrize("num_classes,name_length", [(2, 40), (3, 60),
+                                                     (120, 40)])
+def test_long_class_names_stay_inside_the_figure(num_classes, name_length):
+    # The names had a fixed 4-inch height (F1) or a size set by the class
+    # count alone (confusion matrix): long ones were cut at the edge.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, num_classes, 200)
+    names = [f"c{i}_".ljust(name_length, "x") for i in range(num_classes)]
+    report = report_from_predictions(y, rng.normal(size=(200, num_classes)),
+                                     class_names=names, min_support=3)
+    for fig in (plots.plot_confusion_matrix(report),
+                plots.plot_confusion_matrix(report, normalize=True),
+                plots.plot_per_class_f1(report)):
+        inside, sizes = _inside(fig)
+        assert inside, sizes
+
+
+@pytest.mark.parametrize("strategies", [1, 2, 6])
+def test_comparison_title_stays_inside_the_figure(strategies):
+    # One line of ~110 characters over a 3.8-6.4 inch figure was cut on
+    # both sides; it is wrapped to the figure's width.
+    names = [f"strategy_{i}" for i in range(strategies)]
+    runs = [{"strategy": s, "seed": i, "metrics": {"accuracy": .5 + .01 * j
+                                                   + .02 * i}}
+            for j, s in enumerate(names) for i in range(3)]
+    fig = kft.StrategyComparison(runs, names, [0, 1, 2], "accuracy").plot()
+    inside, sizes = _inside(fig)
+    assert inside, sizes
+    assert "Holm" in fig.axes[0].get_title()
+
+
+def test_domain_shift_title_stays_inside_the_figure():
+    from kft.adaptation.diagnostic import DomainShiftReport
+
+    shift = DomainShiftReport(blocks={"stem": 0.1, "block_1": 0.5},
+                              layers={}, block_of_layer={}, num_images=4)
+    inside, sizes = _inside(shift.plot())
+    assert inside, sizes
+
+
+def test_saved_figures_are_closed_and_stay_drawable(tmp_path):
+    import matplotlib.pyplot as plt
+
+    report = _report(3)
+    open_before = plt.get_fignums()
+    figs = [plots.plot_confusion_matrix(report, path=tmp_path / "c.png"),
+            plots.plot_per_class_f1(report, path=tmp_path / "f.png"),
+            plots.plot_reliability(report, path=tmp_path / "r.png")]
+    # 20 saved plots warned "More than 20 figures have been opened".
+    assert plt.get_fignums() == open_before
+    for fig in figs:
+        fig.canvas.get_renderer()
+        fig.savefig(tmp_path / "again.png")
+        assert _is_png(tmp_path / "again.png")
+    shown = plots.plot_confusion_matrix(report)  # not saved: kept open
+    assert shown.number in plt.get_fignums()
+    plt.close(shown)
+    # Your own axes' figure stays open even when saved.
+    from kft.adaptation.diagnostic import DomainShiftReport
+
+    fig, ax = plt.subplots()
+    DomainShiftReport(blocks={"stem": 0.1}, layers={}, block_of_layer={},
+                      num_images=4).plot(tmp_path / "s.png", ax=ax)
+    assert fig.number in plt.get_fignums()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("max_labels", [0, -1, 2.5])
+def test_max_labels_must_be_a_positive_integer(max_labels):
+    report = _report(3)
+    for plot in (plots.plot_confusion_matrix, plots.plot_per_class_f1):
+        with pytest.raises(ValueError, match=r"`max_labels` must be an "
+                           rf"integer >= 1\. Received: max_labels={max_labels}"):
+            plot(report, max_labels=max_labels)

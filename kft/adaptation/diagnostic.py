@@ -93,17 +93,19 @@ class DomainShiftReport:
 
     def plot(self, path=None, *, ax=None):
         """Bar chart of the per-block scores; returns the Figure."""
-        from kft._plotting import finish, new_figure
+        from kft._plotting import finish, new_figure, wrap_title
 
-        if ax is None:
+        own = ax is None
+        if own:
             fig, ax = new_figure(figsize=(max(4, len(self.blocks)), 3))
         else:
             fig = ax.figure
         names = list(self.blocks)
         ax.bar(names, [self.blocks[n] for n in names], color="tab:orange")
         ax.set_ylabel("mean symmetric KL")
-        ax.set_title("Domain shift per block (BatchNorm statistics)")
-        return finish(fig, path)
+        wrap_title(ax, "Domain shift per block (BatchNorm statistics)", 12)
+        # Your own axes' figure stays open for more drawing.
+        return finish(fig, path, close=own)
 
 
 def domain_shift(model, data, source_data=None, *, batch_size: int = 64,

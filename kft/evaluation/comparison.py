@@ -15,7 +15,9 @@ import numpy as np
 
 from kft._plotting import finish
 from kft._plotting import new_figure
+from kft._plotting import wrap_title
 from kft._validation import check_number
+from kft.evaluation._format import markdown_cell
 from kft._validation import fail_argument
 
 _FORMAT = "kft.StrategyComparison/1"
@@ -252,8 +254,9 @@ class StrategyComparison:
             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         best = self.best
         for r in self.table(confidence):
-            name = f"**{r['strategy']}** (best)" if r["strategy"] == best \
-                else r["strategy"]
+            name = markdown_cell(r["strategy"])
+            if r["strategy"] == best:
+                name = f"**{name}** (best)"
             ci = ("n/a" if r["ci_low"] is None
                   else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
             seeds = str(r["n"]) + (f" ({r['failed']} failed)"
@@ -358,9 +361,9 @@ class StrategyComparison:
                       rotation=20 if len(rows) > 4 else 0, ha="right"
                       if len(rows) > 4 else "center")
         ax.set_ylabel(f"test {metric}")
-        ax.set_title(f"{len(self.seeds)} seeds per strategy; dark: best "
-                     "mean; above a bar: mean paired difference from the "
-                     "best and its t-test p (Holm)", fontsize=9)
+        wrap_title(ax, f"{len(self.seeds)} seeds per strategy; dark: "
+                   "best mean; above a bar: mean paired difference from "
+                   "the best and its t-test p (Holm)", fontsize=9)
         ax.margins(y=0.12)
         ax.legend(loc="best", fontsize=8)
         return finish(fig, path)

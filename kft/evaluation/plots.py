@@ -31,6 +31,13 @@ from kft.evaluation.metrics import normalize_rows
 _ANNOTATE_UP_TO = 20
 
 
+def _longest_label(names, max_labels):
+    """Characters in the longest tick label shown; a character takes
+    about 0.09 inch at the default font size."""
+    return max(len(str(names[i]))
+               for i in _plotting.thin_ticks(len(names), max_labels))
+
+
 def _label_ticks(axis_setter, names, max_labels):
     shown = _plotting.thin_ticks(len(names), max_labels)
     axis_setter(shown, [str(names[i]) for i in shown])
@@ -66,7 +73,10 @@ def plot_confusion_matrix(report, *, normalize: bool = False,
              else check_class_names(class_names, n))
     values = normalize_rows(matrix) if normalize else matrix
     size = min(4 + 0.45 * n, 16)
-    fig, ax = _plotting.new_figure(figsize=(size + 1.5, size))
+    # Room for the names shown (down the x axis, across the y axis).
+    names_in = 0.09 * _longest_label(names, max_labels)
+    fig, ax = _plotting.new_figure(figsize=(size + 1.5 + names_in,
+                                            size + names_in))
     image = ax.imshow(values, cmap="Blues", vmin=0,
                       vmax=1 if normalize else max(values.max(), 1))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
@@ -113,7 +123,10 @@ def plot_per_class_f1(report, *, sort: bool = False, max_labels: int = 25,
     names = [report.class_names[i] for i in order]
     low = set(report.low_support)
     colors = ["tab:orange" if name in low else "tab:blue" for name in names]
-    fig, ax = _plotting.new_figure(figsize=(min(4 + 0.25 * len(f1), 16), 4))
+    # Names run down under the bars: the figure grows with the longest.
+    fig, ax = _plotting.new_figure(figsize=(
+        min(4 + 0.25 * len(f1), 16),
+        min(max(4, 3 + 0.09 * _longest_label(names, max_labels)), 12)))
     ax.bar(np.arange(len(f1)), f1[order], color=colors)
     ax.axhline(report.macro["f1"], color="black", linestyle="--",
                linewidth=1, label=f"macro F1 {report.macro['f1']:.3f}")

@@ -240,6 +240,35 @@ def test_bad_arguments_fail_before_training(data):
                 test=data.target_test, print_fn=None, **kwargs)
 
 
+def test_a_built_model_is_refused_as_build_model(data):
+    # A model is callable too (the `callable` check passed and inspect
+    # failed on its signature); each run needs a fresh one.
+    with pytest.raises(TypeError, match=r"`build_model` must be a function "
+                       r"returning a fresh model .*not a model\. Received: "
+                       r"build_model=\"the Classifier 'kft_simple_cnn"):
+        kft.compare_strategies(_build(), data.target_train, data.target_val,
+                               data.target_test, print_fn=None)
+
+
+def test_markdown_tables_escape_a_bar_in_names():
+    names = ["dog|wolf", "cat"]
+    report = kft.report_from_predictions([0, 1, 0], np.eye(2)[[0, 1, 1]],
+                                         class_names=names, min_support=0)
+    rows = [line for line in report.to_markdown().splitlines()
+            if "wolf" in line]
+    assert len(rows) == 2  # the per-class table and a mistake
+    for row in rows:  # as many cells as its table's header
+        cells = row.replace("\\|", "").count("|")
+        assert cells in (6, 5), row
+    assert r"| dog\|wolf | 1.000 | 0.500 |" in report.to_markdown()
+    runs = [{"strategy": s, "seed": i, "metrics": {"accuracy": a}}
+            for s, a in (("a|b", 0.5), ("c", 0.6)) for i in range(2)]
+    markdown = kft.StrategyComparison(runs, ["a|b", "c"], [0, 1],
+                                      "accuracy").to_markdown()
+    (row,) = [line for line in markdown.splitlines() if "a\\|b" in line]
+    assert row.replace("\\|", "").count("|") == 12
+
+
 def test_empty_data_is_named(data):
     x, y = data.target_train
     with pytest.raises(ValueError, match=r"`train` must hold at least one "

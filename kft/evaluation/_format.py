@@ -5,6 +5,12 @@ import numpy as np
 from kft._validation import check_int
 
 
+def markdown_cell(text):
+    """`text` safe inside a Markdown table cell: a `|` would start a new
+    cell and a line break end the row."""
+    return " ".join(str(text).split("\n")).replace("|", "\\|")
+
+
 def _summary_rows(report):
     return [
         ("examples", f"{report.num_examples}"),
@@ -30,10 +36,11 @@ def _class_order(report, max_classes):
     return order
 
 
-def _class_row(report, i):
+def _class_row(report, i, cell=str):
     flag = " (low support)" if report.class_names[i] in \
         report.low_support else ""
-    return (f"{report.class_names[i]}{flag}", f"{report.precision[i]:.3f}",
+    return (f"{cell(report.class_names[i])}{flag}",
+            f"{report.precision[i]:.3f}",
             f"{report.recall[i]:.3f}", f"{report.f1[i]:.3f}",
             f"{int(report.support[i])}")
 
@@ -49,13 +56,15 @@ def markdown(report, max_classes=None):
                    f"The {len(order)} classes of lowest F1") + ":", "",
               "| class | precision | recall | F1 | support |",
               "| --- | ---: | ---: | ---: | ---: |"]
-    lines += ["| " + " | ".join(_class_row(report, i)) + " |" for i in order]
+    lines += ["| " + " | ".join(_class_row(report, i, markdown_cell)) + " |"
+              for i in order]
     if report.mistakes:
         lines += ["", "Most confident mistakes:", "",
                   "| index | true | predicted | confidence |",
                   "| ---: | --- | --- | ---: |"]
-        lines += [f"| {m.index} | {report.class_names[m.true]} | "
-                  f"{report.class_names[m.predicted]} | {m.confidence:.3f} |"
+        names = [markdown_cell(name) for name in report.class_names]
+        lines += [f"| {m.index} | {names[m.true]} | "
+                  f"{names[m.predicted]} | {m.confidence:.3f} |"
                   for m in report.mistakes]
     if report.notes:
         lines += [""] + [f"- {note}" for note in report.notes]

@@ -331,9 +331,14 @@ def compare_strategies(
     >>> [row["strategy"] for row in result.table()]  # doctest: +SKIP
     ['feature_extraction', 'partial:2']
     """
-    if not callable(build_model):
-        fail_argument("build_model", "a function returning a fresh model",
-                      build_model, TypeError)
+    # A built model is callable too: each run needs a fresh one.
+    if not callable(build_model) or isinstance(build_model, keras.Layer):
+        fail_argument("build_model", "a function returning a fresh model "
+                      "(called once per run, e.g. `lambda: kft."
+                      "build_classifier(...)`), not a model",
+                      build_model if not isinstance(build_model, keras.Layer)
+                      else f"the {type(build_model).__name__} "
+                      f"{build_model.name!r}", TypeError)
     parsed = parse_strategies(strategies)
     seeds = check_seeds(seeds)
     check_choice("metric", metric, METRICS)

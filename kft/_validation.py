@@ -97,6 +97,26 @@ def check_choice(name, value, choices):
     return value
 
 
+def integer_values(values, name, accepted="integer class labels"):
+    """`values` as an int64 array; raises naming `name` and what is
+    `accepted` unless every value is an integer (integer-valued floats
+    pass: non-finite or fractional values are named)."""
+    array = np.asarray(values)
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(
+                f"Argument `{name}` must hold {accepted}. Received: {name} "
+                f"of dtype {array.dtype}")
+        bad = array[~np.isfinite(array) | (array != np.round(array))]
+        if bad.size:
+            # Integer-valued floats pass: the value is what is wrong.
+            shown = ", ".join(f"{v:g}" for v in np.unique(bad)[:10])
+            raise ValueError(
+                f"Argument `{name}` must hold {accepted}. Received: {name} "
+                f"holding non-integer values {shown}")
+    return array.astype(np.int64)
+
+
 def check_labels(labels, num_classes, *, name="y", classes_of=None):
     """Checks integer class labels against a model's `num_classes`.
 
@@ -108,22 +128,8 @@ def check_labels(labels, num_classes, *, name="y", classes_of=None):
     >>> check_labels([0, 2, 1], 3).tolist()
     [0, 2, 1]
     """
-    array = np.asarray(labels)
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(
-                f"Argument `{name}` must hold integer class labels in "
-                f"[0, {num_classes}). Received: {name} of dtype "
-                f"{array.dtype}")
-        bad = array[~np.isfinite(array) | (array != np.round(array))]
-        if bad.size:
-            # Integer-valued floats pass: the value is what is wrong.
-            shown = ", ".join(f"{v:g}" for v in np.unique(bad)[:10])
-            raise ValueError(
-                f"Argument `{name}` must hold integer class labels in "
-                f"[0, {num_classes}). Received: {name} holding non-integer "
-                f"values {shown}")
-    array = array.astype(np.int64)
+    array = integer_values(labels, name,
+                           f"integer class labels in [0, {num_classes})")
     bad = np.unique(array[(array < 0) | (array >= num_classes)])
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:10])

@@ -73,9 +73,61 @@ def test_labels_outside_the_classes_are_named():
                                   class_names=["a", "b"])
     with pytest.raises(ValueError, match=r"`y_true`.*outside.*: -1"):
         kft.classification_report([0, -1, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match=r"outside \[0, 2\) for 2 classes "
+                       r"\(the largest label \+ 1\): -1"):
+        kft.classification_report([0, -1, 1], [0, 1, 1])
+    # Without a class count, a bad value is named in the array holding it:
+    # a NaN prediction was reported as a bad `y_true` label 1 "for a model
+    # with 1 classes".
+    with pytest.raises(ValueError, match=r"`y_pred` must hold integer class "
+                       r"labels, or rows of class scores.*non-integer values "
+                       r"nan"):
+        kft.classification_report([0, 1], [0, np.nan])
+    with pytest.raises(ValueError, match=r"`y_true` must hold integer class "
+                       r"labels, or rows.*Received: y_true of dtype bool"):
+        kft.classification_report([True, False], [1, 1])
     model = _model(classes=2)
     with pytest.raises(ValueError, match=r"`y`.*outside \[0, 2\).*: 4"):
         kft.evaluate_classifier(model, np.zeros((3, 16, 16, 3)), [0, 4, 1])
+
+
+def test_report_from_predictions_reads_one_hot_labels():
+    scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
+    one_hot = kft.report_from_predictions(np.eye(3)[[0, 1, 2]], scores,
+                                          min_support=0)
+    plain = kft.report_from_predictions([0, 1, 2], scores, min_support=0)
+    np.testing.assert_array_equal(one_hot.confusion_matrix,
+                                  plain.confusion_matrix)
+    column = kft.report_from_predictions([[0], [1], [2]], scores,
+                                         min_support=0)
+    assert column.accuracy == plain.accuracy == 2 / 3
+    with pytest.raises(ValueError, match=r"one label per row of scores\. "
+                       r"Received: y_true of shape \(3, 2\)"):
+        kft.report_from_predictions(np.eye(2)[[0, 1, 1]], scores)
+
+
+def test_sample_weights_in_batches_are_said_to_be_ignored():
+    # (images, labels, weights) batches were scored unweighted without a
+    # word; Keras' evaluate weights them.
+    model = _model(classes=2)
+    x = np.zeros((4, 16, 16, 3), "float32")
+    batches = [(x[:2], np.array([0, 1]), np.array([1.0, 0.0])),
+               (x[2:], np.array([1, 1]), np.array([0.0, 1.0]))]
+    for evaluate in (kft.evaluate, kft.evaluate_classifier):
+        with pytest.warns(UserWarning, match=r"carry sample weights \(a "
+                          r"third element\); kft's reports count every "
+                          r"example once"):
+            report = evaluate(model, batches)
+        assert np.sum(report.confusion_matrix) == 4
+    # A kft dataset's class weights are for training: no warning.
+    weighted = kft.data.from_arrays(x, [0, 1, 1, 1], batch_size=2,
+                                    shuffle=False).with_class_weight(
+                                        {0: 2.0, 1: 1.0})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert kft.evaluate(model, weighted).num_examples == 4
 
 
 def test_class_names_must_match_the_classes():

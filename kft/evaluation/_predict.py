@@ -4,6 +4,8 @@ Images are never gathered: each batch is predicted and dropped, so only
 the labels and one row of scores per example are kept.
 """
 
+import warnings
+
 import numpy as np
 
 from kft._validation import check_labels
@@ -220,6 +222,9 @@ def predict_batches(model, dataset, progress=None, name="x"):
     its stored order without balanced sampling or host augmentation
     (`ordered`).
     """
+    # A kft dataset's class weights are for training: evaluation counts
+    # examples, so only weights of the user's own batches are worth a word.
+    weights_named = getattr(dataset, "class_weight", None) is not None
     dataset = every_example(ordered(dataset))
     labels, scores = [], []
     for batch in dataset:
@@ -232,6 +237,12 @@ def predict_batches(model, dataset, progress=None, name="x"):
                 + (f" and length {len(batch)}"
                    if isinstance(batch, (tuple, list)) else "")
             )
+        if len(batch) == 3 and not weights_named:
+            weights_named = True
+            warnings.warn(
+                f"The batches of `{name}` carry sample weights (a third "
+                "element); kft's reports count every example once and do "
+                "not weight them.", stacklevel=3)
         batch_scores = predict_padded(model, batch[0])
         check_width(batch_scores.shape[-1])
         labels.append(integer_labels(batch[1], batch_scores.shape[-1],

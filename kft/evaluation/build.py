@@ -37,6 +37,11 @@ def _check_scores(y_true, scores, class_names):
             f"Received: probabilities of shape {scores.shape} and dtype "
             f"{scores.dtype}")
     y_true = np.asarray(y_true)
+    if y_true.ndim == 2 and y_true.shape[1] in (1, scores.shape[1]):
+        # A column, or one-hot rows as `kft.evaluate` takes them.
+        y_true = (y_true[:, 0] if y_true.shape[1] == 1
+                  else _predict.integer_labels(y_true, scores.shape[1],
+                                               "y_true"))
     if y_true.ndim != 1 or len(y_true) != len(scores) or not len(y_true):
         raise ValueError(
             "Arguments `y_true` and `probabilities` must be non-empty with "
@@ -103,7 +108,8 @@ def report_from_predictions(
     """An `EvaluationReport` from true labels and a model's class scores.
 
     Args:
-        y_true: Integer labels `(n,)` in `[0, num_classes)`.
+        y_true: Integer labels `(n,)` in `[0, num_classes)`, or one-hot
+            rows `(n, num_classes)`.
         probabilities: Scores `(n, num_classes)`: probabilities or logits
             (see `scores`).
         class_names: One name per class. Defaults to `"0"`, `"1"`, ...
@@ -206,7 +212,11 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             or one-hot rows. A `kft.data` dataset is read in its stored
             order, each example once (no shuffling, no balanced
             sampling), so `report.mistakes` indices name the same
-            examples in `data` again.
+            examples in `data` again. Batches may carry weights as a
+            third element (`(images, labels, weights)`, e.g. a dataset
+            `with_class_weight`); the report counts every example once
+            (a warning says so for weights that are not a `kft.data`
+            dataset's class weights).
         class_names: One name per class. Defaults to the dataset's
             `class_names`, else the model's (a kft classifier built with
             `class_names`), else `"0"`, `"1"`, ...

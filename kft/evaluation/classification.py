@@ -13,6 +13,7 @@ import numpy as np
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import fail_argument
+from kft._validation import integer_values
 from kft._validation import check_class_names
 from kft.evaluation._predict import check_width
 from kft.evaluation._predict import data_class_names
@@ -132,19 +133,27 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
         if width is not None and width != num_classes:
             fail_argument("num_classes", f"{width}, the width of the "
                           "rows of `y_true` / `y_pred`", num_classes)
+        classes_of = f"num_classes={num_classes}"
     elif width is not None:
         num_classes = width
+        classes_of = f"rows of {width} class scores"
     elif class_names is not None:
         num_classes = len(class_names)
+        classes_of = f"{num_classes} class names"
     else:
-        both = np.concatenate([y_true, y_pred])
-        # Non-numbers get a class count of 1; `check_labels` then names them.
-        numeric = np.issubdtype(both.dtype, np.number) and np.all(
-            np.isfinite(both))
-        num_classes = max(int(both.max()) + 1, 1) if numeric else 1
+        # Each array checked on its own first, so a bad value is named
+        # where it is, not as a label outside a count made up from it.
+        accepted = ("integer class labels, or rows of class scores "
+                    "(n, num_classes)")
+        y_true = integer_values(y_true, "y_true", accepted)
+        y_pred = integer_values(y_pred, "y_pred", accepted)
+        num_classes = max(int(max(y_true.max(), y_pred.max())) + 1, 1)
+        classes_of = f"{num_classes} classes (the largest label + 1)"
     class_names = check_class_names(class_names, num_classes)
-    y_true = check_labels(y_true, num_classes, name="y_true")
-    y_pred = check_labels(y_pred, num_classes, name="y_pred")
+    y_true = check_labels(y_true, num_classes, name="y_true",
+                          classes_of=classes_of)
+    y_pred = check_labels(y_pred, num_classes, name="y_pred",
+                          classes_of=classes_of)
     class_names = class_names or tuple(str(i) for i in range(num_classes))
     labels = list(range(num_classes))
     p, r, f, s = precision_recall_fscore_support(

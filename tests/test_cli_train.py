@@ -272,17 +272,22 @@ def test_lr_find_after_the_head_phase_measures_a_fresh_optimizer(
         "suggestions"]
 
 
-def test_compare_two_strategies_two_seeds(folder, tmp_path, capsys):
+def test_compare_two_strategies_two_seeds(folder, tmp_path, capsys,
+                                         recwarn):
     out = str(tmp_path / "compare")
     code = cli.main(["compare", folder, "--strategies", "feature_extraction",
                      "partial", "--seeds", "2", "--backbone", "simple_cnn",
                      "--weights", "none", "--image-size", "16",
                      "--batch-size", "8", "--epochs", "2", "--head-epochs",
-                     "1", "--augment", "none", "--out", out, "--json"])
+                     "1", "--augment", "none", "--bn", "train", "--out",
+                     out, "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sorted(row["strategy"] for row in printed["table"]) == [
         "feature_extraction", "partial"]
+    # --bn reaches every run: random-init BatchNorm statistics are learned,
+    # so the warning that advises `--bn train` is not given.
+    assert not [w for w in recwarn if "random-init" in str(w.message)]
     assert os.path.isfile(os.path.join(out, "comparison.json"))
 
 
@@ -604,6 +609,16 @@ def test_config_round_trips_any_text_and_checks_what_the_run_reads(
         with pytest.raises(ValueError, match=message):
             kft.runs.TrainConfig(**changes).check()
     assert kft.runs.config.AUGMENTS == kft.augmentation.PRESETS
+    # In the settings' spelling ('none'): `kft train` said "--weights must
+    # be None", SimpleCNN's.
+    from kft.runs.recipe import build_run_model
+
+    with pytest.raises(ValueError, match=r"`weights` must be 'none' or a "
+                       r"weights file for backbone 'simple_cnn' \(it has no "
+                       r"published ImageNet weights\)\. Received: "
+                       r"weights='imagenet'"):
+        build_run_model(kft.runs.TrainConfig(backbone="simple_cnn",
+                                             image_size=16), 2)
 
 
 class _Interrupted(Exception):

@@ -90,7 +90,7 @@ def test_bn_frozen_keeps_moving_statistics_and_train_moves_them():
 def test_random_init_batch_norm_kept_frozen_is_warned_once():
     model = _model()  # weights=None
     with pytest.warns(UserWarning, match=r"built with weights=None.*Pass "
-                      r"bn=\"train\" \(`kft train --bn train`\)"):
+                      r"bn=\"train\" \(`--bn train` of `kft train`"):
         kft.freeze(model, "full")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

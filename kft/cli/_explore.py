@@ -162,7 +162,7 @@ def compare_command(args, argv):
             lambda: build_run_model(config, num_classes), train, val, test,
             strategies=list(args.strategies), seeds=list(range(args.seeds)),
             epochs=args.epochs, head_epochs=args.head_epochs,
-            batch_size=args.batch_size, print_fn=say)
+            batch_size=args.batch_size, bn=args.bn, print_fn=say)
     except (TypeError, ValueError) as error:
         # A run that raises is recorded in the comparison: what escapes is
         # a strategy's arguments, refused before any run trained.

@@ -226,6 +226,10 @@ def build_parser():
     compare.add_argument("--epochs", type=int_at_least(2), default=10,
                          help="epochs per run, head phase included")
     compare.add_argument("--head-epochs", type=int_at_least(1), default=3)
+    compare.add_argument("--bn", choices=("frozen", "train"),
+                         default="frozen", help="BatchNorm in the blocks "
+                         "that train (default frozen; train with --weights "
+                         "none)")
     compare.add_argument("--augment", default="standard",
                          choices=("none", "light", "standard", "strong"))
     compare.add_argument("--out", default=None, help="folder for "

@@ -4,6 +4,7 @@ image folders read, the classifier built, the strategy chosen
 
 import os
 
+from kft._validation import fail_argument
 from kft.data._files import TEST_FOLDER
 from kft.data._files import split_folder
 from kft.runs.config import TrainConfig
@@ -84,12 +85,19 @@ def build_run_model(config: TrainConfig, num_classes: int,
 
     Raises:
         ValueError: the backbone cannot take `config.image_size` (the
-            message names the size and the backbone's default).
+            message names the size and the backbone's default), or
+            `weights="imagenet"` for `simple_cnn`.
     """
     from kft.models import registry
     from kft.models.classifier import build_classifier
 
     spec = registry.get_backbone(config.backbone)
+    if config.weights == "imagenet" and spec.name == "simple_cnn":
+        # kft's own small CNN, the backbone without them; said in the
+        # settings' spelling ('none'), not SimpleCNN's (None).
+        fail_argument("weights", "'none' or a weights file for backbone "
+                      "'simple_cnn' (it has no published ImageNet weights)",
+                      config.weights)
     weights = None if config.weights == "none" else config.weights
     size = config.image_size
     try:

@@ -239,7 +239,8 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
         "backbone's BatchNorm layers hold random-init statistics (mean 0, "
         "variance 1); bn=\"frozen\" keeps them fixed in the blocks that "
         "train, where they then do not normalise. Pass bn=\"train\" "
-        "(`kft train --bn train`) to learn the statistics of your data.",
+        "(`--bn train` of `kft train` / `kft compare`) to learn the "
+        "statistics of your data.",
         UserWarning,
         stacklevel=4,
     )

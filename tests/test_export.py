@@ -223,6 +223,34 @@ def test_keras_file_loads_in_plain_keras_with_safe_mode(caffe_backbone,
     assert result["meta"]["input_shape"] == [16, 16, 3]
 
 
+def test_models_attach_wrapped_export_stock_keras(tmp_path):
+    # `attach` nests the classifier a level down: the Backbone inside it
+    # stayed a kft class in the .keras file (plain Keras could not load
+    # it) and a kept source head stayed in the graph.
+    model = kft.build_classifier("simple_cnn", weights=None,
+                                 input_shape=(16, 16, 3),
+                                 class_names=["a", "b", "c"])
+    lwf = kft.with_source_head(model, model.get_layer("head_dense"))
+    mixing = kft.build_classifier(
+        "simple_cnn", 3, weights=None, input_shape=(16, 16, 3),
+        batch_augment=kft.layers.MixUp(num_classes=3, seed=0))
+    x = _inputs(16)[0]
+    for inner in (model, lwf, mixing):
+        wrapped = kft.augmentation.attach(inner, "light")
+        stock = inference_model(wrapped)
+        assert kft_layers(stock) == [], inner.name
+        np.testing.assert_allclose(stock.predict(x, verbose=0),
+                                   model.predict(x, verbose=0)
+                                   if inner is not mixing
+                                   else mixing.predict(x, verbose=0),
+                                   atol=1e-6)
+    path = kft.export(kft.augmentation.attach(model, "light"),
+                      tmp_path / "attached.keras", format="keras")
+    with zipfile.ZipFile(path) as archive:
+        config = archive.read("config.json").decode()
+    assert '"module": "kft' not in config and '"kft>' not in config
+
+
 def test_source_head_dropped_and_class_names_kept(tmp_path):
     # An LwF model's kept source head serves training only: the .keras file
     # must hold stock Keras layers alone, and the class names.

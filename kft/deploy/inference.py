@@ -10,7 +10,9 @@ with kft's training-only machinery left out:
   (same config, same weights);
 - kft's `Preprocess` layer becomes `kft.layers.preprocessing` (stock
   layers, bit-for-bit the same);
-- random augmentation layers (identity at inference) are dropped, and
+- kft's augmentation layers and Keras' `Random*` ones (identity at
+  inference) are dropped (Keras' others, such as `RandAugment`, stay:
+  stock layers, identity at inference), and
   so is the source head `kft.with_source_head` keeps for `kft.LwF` (its
   layer passes the features through);
 - a `kft.BatchAugmentModel` (its mixing runs only in the train step) and
@@ -266,11 +268,12 @@ def inference_model(model: keras.Model, *, output: Output | None = None,
 
     def clone(layer):
         if isinstance(layer, keras.Model):
-            inner = keras.models.clone_model(
-                _plain(layer), recursive=True,
-                clone_function=lambda leaf: _stock_leaf(
-                    leaf, replaced, onnx_compatible))
-            return _plain(inner)
+            # Recursing here, not with `clone_model(recursive=True)`:
+            # Keras rebuilds a nested model with its own class, so a kft
+            # Backbone two levels down (a model `attach` wrapped) stayed.
+            return _plain(keras.models.clone_model(
+                _plain(layer), clone_function=clone,
+                call_function=_skip_training_only))
         return _stock_leaf(layer, replaced, onnx_compatible)
 
     # New layers draw initializer seeds from Python's RNG; leave it as it

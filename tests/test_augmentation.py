@@ -168,6 +168,43 @@ def test_model_augment_on_leaves_batches_raw():
         EXPECTED_LAYERS["light"]
 
 
+def test_augmentation_left_to_a_model_without_it_is_warned():
+    # augment_on="model" yields raw batches: a model not wrapped by
+    # `attach` trained on never-augmented images without a word.
+    import warnings
+
+    x, y = _images(), np.arange(4) % 2
+    ds = kft.data.from_arrays(x, y, batch_size=4, augmentation="light",
+                              augment_on="model")
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=x.shape[1:])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    message = (r"leaves its augmentation \('augment_light'\) to the model "
+               r"\(augment_on=\"model\"\), but model 'kft_simple_cnn' has no "
+               r"random augmentation layer.*kft\.augmentation\.attach\(model, "
+               r"data\.augmentation\)")
+    with pytest.warns(UserWarning, match=message):
+        model.fit(ds, epochs=1, verbose=0)
+    # A plain Keras model through fine_tune: its `fit` is Keras' own.
+    built = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=x.shape[1:])
+    other = keras.Model(built.inputs, built.outputs, name="plain")
+    with pytest.warns(UserWarning, match=message.replace("kft_simple_cnn",
+                                                         "plain")):
+        kft.fine_tune(other, ds, strategy="full", head_epochs=1, epochs=2,
+                      cache_features=False)
+    attached = kft.augmentation.attach(model, ds.augmentation)
+    attached.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attached.fit(ds, epochs=1, verbose=0)
+        # Host augmentation, or none: nothing to say.
+        model.fit(kft.data.from_arrays(x, y, batch_size=4,
+                                       augmentation="light"), verbose=0)
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda: kft.augmentation.augmentation("heavy"),
      "Argument `preset` must be one of"),

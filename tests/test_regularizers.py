@@ -404,6 +404,12 @@ def test_bad_source_data_and_misuse_raise():
         kft.estimate_fisher(model, (np.zeros((0, 3)), np.zeros(0)))
     with pytest.raises(ValueError, match="kind=\"empirical\""):
         kft.estimate_fisher(model, np.ones((2, 3), "float32"))
+    # None (the default) is accepted too: the message lists it.
+    with pytest.raises(ValueError, match=r"`normalize` must be one of "
+                       r"\('mean', 'max'\) or None\. Received: "
+                       r"normalize='avg'"):
+        kft.estimate_fisher(model, np.ones((2, 3), "float32"), kind="true",
+                            normalize="avg")
     with pytest.raises(ValueError, match="kft.with_source_head"):
         kft.regularize(model, kft.LwF())
     kft.regularize(model, kft.L2SP(0.1))

@@ -140,7 +140,11 @@ def from_arrays(x, y, batch_size: int = 32, *,
             Defaults to `None`.
         augmentation: Preset, see `kft.augmentation.PRESETS`. Defaults to
             `"none"`.
-        augment_on: `"host"` or `"model"`. Defaults to `"host"`.
+        augment_on: `"host"` (in the input pipeline) or `"model"` (put
+            `dataset.augmentation` in the model with
+            `kft.augmentation.attach`; a kft model's `fit` and
+            `kft.fine_tune` warn when the model has no random augmentation
+            layer). Defaults to `"host"`.
         label_mode: `"int"`, `"categorical"` (one-hot), or `None` for the
             form of `y`. Defaults to `None`.
         shuffle: Reshuffle each epoch. Defaults to `True`.
@@ -281,7 +285,11 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
         image_key: Feature holding the image. Defaults to `"image"`.
         label_key: `ClassLabel` feature. Defaults to `"label"`.
         augmentation: Preset used when `train`. Defaults to `"none"`.
-        augment_on: `"host"` or `"model"`. Defaults to `"host"`.
+        augment_on: `"host"` (in the input pipeline) or `"model"` (put
+            `dataset.augmentation` in the model with
+            `kft.augmentation.attach`; a kft model's `fit` and
+            `kft.fine_tune` warn when the model has no random augmentation
+            layer). Defaults to `"host"`.
         label_mode: `"int"` or `"categorical"`. Defaults to `"int"`.
         train: Train transform (resize + augmentation, shuffled) or eval
             transform (resize + center crop). `None`: `split` starts with

@@ -183,7 +183,9 @@ def from_directory(path: str | os.PathLike,
             Defaults to `"standard"`.
         augment_on: `"host"` (in the input pipeline) or `"model"` (put
             `dataset.augmentation` in the model with
-            `kft.augmentation.attach`). Defaults to `"host"`.
+            `kft.augmentation.attach`; a kft model's `fit` and
+            `kft.fine_tune` warn when the model has no random augmentation
+            layer). Defaults to `"host"`.
         label_mode: `"int"` or `"categorical"` (one-hot). Defaults to
             `"int"`.
         crop_fraction: Eval center-crop fraction in (0, 1]. Defaults to

@@ -58,7 +58,11 @@ class Classifier(KeepsStateOnError, keras.Model):
             self._kft_pretrained = bool(kft_pretrained)
 
     def fit(self, *args, **kwargs):
+        from kft.training.fit_data import warn_if_augmentation_unapplied
+
         check_fit_data(args, kwargs)
+        warn_if_augmentation_unapplied(self, args[0] if args
+                                       else kwargs.get("x"))
         # A kft.data dataset keeps its steps per pass when files fail
         # while read (`ImageDataset.for_fit`).
         if args and hasattr(args[0], "for_fit"):

@@ -113,8 +113,9 @@ def estimate_fisher(model: keras.Model, source_data, *,
     (3, ['fc/bias', 'fc/kernel'], (3,))
     """
     check_choice("kind", kind, KINDS)
-    if normalize is not None:
-        check_choice("normalize", normalize, ("mean", "max"))
+    if normalize is not None and normalize not in ("mean", "max"):
+        fail_argument("normalize", "one of ('mean', 'max') or None",
+                      normalize)
     batch_size = check_int("batch_size", batch_size, min_value=1)
     images, labels = _arrays(model, source_data, kind, num_samples)
     weights = _compat.weight_variables(model)

@@ -17,7 +17,6 @@ import numpy as np
 
 from kft import _compat
 from kft._validation import check_int
-from kft.augmentation.torch_style import RandomLayer
 from kft.distributed.data_parallel import predict_padded
 from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
@@ -25,16 +24,13 @@ from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import wrapped_model
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches
+from kft.training.fit_data import is_random_image_layer
 from kft.training.fit_data import num_examples
 from kft.training.head import split_head
 from kft.training.head import wrapper_features
 
 __all__ = ["FeatureCache", "cache_features", "can_cache_features",
            "fit_head", "split_head"]
-
-# Keras' random image layers and kft's torchvision-style ones.
-_RANDOM_IMAGE_LAYERS = (_compat.base_image_preprocessing_layer(), RandomLayer)
-
 
 class FeatureCache:
     """Backbone features of a dataset, in memory or in a memory-mapped file.
@@ -73,9 +69,7 @@ def _uncacheable_layer(features_model):
                 f"layer {layer.name!r} has trainable weights. Call "
                 "kft.freeze(model, 'feature_extraction') first."
             )
-        if isinstance(layer, _RANDOM_IMAGE_LAYERS) and any(
-                isinstance(value, keras.random.SeedGenerator)
-                for value in vars(layer).values()):
+        if is_random_image_layer(layer):
             return (
                 f"Layer {layer.name!r} augments images at random during "
                 "training; cached features would freeze one draw. Remove "

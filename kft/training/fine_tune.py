@@ -17,6 +17,7 @@ from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
 from kft.training.fit_data import check_label_forms
 from kft.training.fit_data import one_hot_labels
+from kft.training.fit_data import warn_if_augmentation_unapplied
 from kft.training.fine_tune_checks import PHASE2_ARGUMENTS
 from kft.training.fine_tune_checks import check_arguments
 from kft.training.fine_tune_checks import check_extras
@@ -300,6 +301,7 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
     check_model(model, strategy, counts["n_blocks"], learning_rate,
                  counts["epochs"])
     check_extras(callbacks, regularizer)
+    warn_if_augmentation_unapplied(model, train_data)
     # Under data parallel, before anything trains.
     check_data_batches(train_data, counts["batch_size"], name="train_data")
     check_data_batches(val_data, counts["batch_size"], name="val_data")

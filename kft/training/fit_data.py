@@ -5,10 +5,14 @@ turned into one by `as_pair`) or anything `model.fit` takes as `x`, such as
 a `kft.data` dataset yielding `(x, y)` batches.
 """
 
+import warnings
+import weakref
+
 import numpy as np
 
 from kft._validation import check_labels
 from kft.data._dataset import ImageDataset
+from kft.data._host_augment import has_effect
 
 
 def as_pair(data, name, need_labels=False):
@@ -160,6 +164,61 @@ def dataset_augments(data):
     True
     """
     return bool(getattr(data, "augments", False))
+
+
+def random_image_layers(model):
+    """The layers of `model` (nested ones too) that augment images at
+    random in training: Keras' random image layers and kft's, each holding
+    a seed generator.
+
+    Example:
+    >>> import kft
+    >>> m = kft.build_classifier("simple_cnn", 2, weights=None,
+    ...                          input_shape=(16, 16, 3))
+    >>> random_image_layers(m), len(random_image_layers(
+    ...     kft.augmentation.attach(m, "light")))
+    ([], 2)
+    """
+    from kft import _compat
+
+    return [layer for layer in _compat.flatten_layers(model)
+            if is_random_image_layer(layer)]
+
+
+def is_random_image_layer(layer):
+    """Whether `layer` is one of Keras' random image layers or kft's
+    and holds a seed generator (draws in training)."""
+    import keras
+
+    from kft import _compat
+    from kft.augmentation.torch_style import RandomLayer
+
+    return isinstance(layer, (_compat.base_image_preprocessing_layer(),
+                              RandomLayer)) and any(
+        isinstance(value, keras.random.SeedGenerator)
+        for value in vars(layer).values())
+
+
+_WARNED_UNAPPLIED = weakref.WeakSet()
+
+
+def warn_if_augmentation_unapplied(model, data):
+    """Warns (once per model) when `data` leaves its augmentation to the
+    model (`augment_on="model"`) and `model` has no random image layer:
+    it would train on images that are never augmented."""
+    augmentation = getattr(data, "augmentation", None)
+    if (getattr(data, "augment_on", None) != "model"
+            or not has_effect(augmentation) or model in _WARNED_UNAPPLIED
+            or random_image_layers(model)):
+        return
+    _WARNED_UNAPPLIED.add(model)
+    warnings.warn(
+        f"The training data leaves its augmentation ({augmentation.name!r}) "
+        f"to the model (augment_on=\"model\"), but model {model.name!r} "
+        "has no random augmentation layer: it trains on images that are "
+        "never augmented. Put it in the model first: `model = "
+        "kft.augmentation.attach(model, data.augmentation)` (or build the "
+        "data with augment_on=\"host\").", UserWarning, stacklevel=3)
 
 
 def plain_data(data):

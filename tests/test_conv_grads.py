@@ -272,6 +272,37 @@ def test_bad_padding_is_rejected():
                         padding="full")
 
 
+def test_int_strides_and_empty_outputs_as_keras():
+    # An int stride or rate is (n, n), as keras.ops.conv takes it (it
+    # raised "'int' object is not iterable"); a "valid" kernel wider than
+    # the input is refused (depthwise raised a broadcasting error, conv
+    # returned an empty array).
+    from kft.ops.shifted_conv import shifted_conv
+    from kft.ops.shifted_conv import shifted_depthwise_conv
+
+    x = np.random.default_rng(0).normal(size=(1, 7, 7, 3)).astype("f4")
+    kernel, depthwise = np.ones((3, 3, 3, 2), "f4"), np.ones((3, 3, 3, 1),
+                                                             "f4")
+    for ours, theirs, k in (
+            (conv_grads.conv, keras.ops.conv, kernel),
+            (shifted_conv, keras.ops.conv, kernel),
+            (conv_grads.depthwise_conv, keras.ops.depthwise_conv, depthwise),
+            (shifted_depthwise_conv, keras.ops.depthwise_conv, depthwise)):
+        for kwargs in ({"strides": 2}, {"dilation_rate": 2}):
+            np.testing.assert_allclose(ours(x, k, **kwargs),
+                                       theirs(x, k, **kwargs), atol=1e-5)
+        with pytest.raises(ValueError, match=r"A \"valid\" convolution of a "
+                           r"\(3, 3\) kernel \(dilation \(4, 4\): spans "
+                           r"\(9, 9\)\) over \(7, 7\) inputs has an empty "
+                           r"output"):
+            ours(x, k, dilation_rate=4)
+        for bad in ((2, 0), (1, 2, 3), "2"):
+            with pytest.raises(ValueError, match=r"`strides` must be a "
+                               r"positive integer or a \(height, width\) "
+                               r"pair of them"):
+                ours(x, k, strides=bad)
+
+
 def test_shifted_sums_are_computed_once_not_fused_into_consumers():
     # kft's default CPU flags keep `optimization_barrier` until code
     # generation (`kft._config.BARRIERS_KEPT`), so the barriers around the

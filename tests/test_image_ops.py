@@ -102,6 +102,14 @@ def test_affine_transform_errors(kwargs, message):
     with pytest.raises(ValueError, match=r"Argument `images` must be a batch"
                                          r".*images.shape=\(13, 17, 3\)"):
         image_ops.affine_transform(IMAGES[0], GENERAL)
+    # Integer pixels: the weights cast to uint8 were 0 or 1 (mean 0.18 for
+    # Keras' 108.7); refused by dtype.
+    for op in (lambda x: image_ops.affine_transform(x, GENERAL),
+               image_ops.gaussian_blur):
+        with pytest.raises(ValueError, match=r"`images` must hold floats; "
+                           r"cast integer images first.*Received: images of "
+                           r"dtype uint8"):
+            op(IMAGES.astype("uint8"))
 
 
 @pytest.mark.parametrize("kernel_size", [(3, 3), (4, 5), (1, 3)])

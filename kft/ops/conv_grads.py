@@ -26,13 +26,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kft._validation import check_choice
 from kft.ops.depthwise_grads import depthwise_conv
-from kft.ops.shifted_conv import PADDINGS
 from kft.ops.shifted_conv import _flipped_patches
 from kft.ops.shifted_conv import _shifted_patches
 from kft.ops.shifted_conv import _summed_dtype
 from kft.ops.shifted_conv import _transposed_input
+from kft.ops.shifted_conv import conv_settings
 from kft.ops.shifted_conv import shifted_conv
 
 __all__ = ["conv", "depthwise_conv"]
@@ -137,8 +136,9 @@ def conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
     Array([[16., 16.],
            [16., 16.]], dtype=float32)
     """
-    check_choice("padding", padding, PADDINGS)
     inputs = jnp.asarray(inputs)
     kernel = jnp.asarray(kernel).astype(inputs.dtype)
-    return _conv(inputs, kernel, tuple(strides), padding,
-                 tuple(dilation_rate), bool(shifted))
+    strides, dilation_rate = conv_settings(inputs.shape, kernel.shape,
+                                           strides, padding, dilation_rate)
+    return _conv(inputs, kernel, strides, padding,
+                 dilation_rate, bool(shifted))

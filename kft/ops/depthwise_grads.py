@@ -26,12 +26,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kft._validation import check_choice
-from kft.ops.shifted_conv import PADDINGS
 from kft.ops.shifted_conv import _flipped_patches
 from kft.ops.shifted_conv import _same_padded
 from kft.ops.shifted_conv import _summed_dtype
 from kft.ops.shifted_conv import _transposed_input
+from kft.ops.shifted_conv import conv_settings
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
 __all__ = ["depthwise_conv"]
@@ -232,8 +231,9 @@ def depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
            [12., 16., 12.],
            [ 9., 12.,  9.]], dtype=float32)
     """
-    check_choice("padding", padding, PADDINGS)
     inputs = jnp.asarray(inputs)
     kernel = jnp.asarray(kernel).astype(inputs.dtype)
-    return _depthwise(inputs, kernel, tuple(strides), padding,
-                      tuple(dilation_rate))
+    strides, dilation_rate = conv_settings(inputs.shape, kernel.shape,
+                                           strides, padding, dilation_rate)
+    return _depthwise(inputs, kernel, strides, padding,
+                      dilation_rate)

@@ -26,6 +26,22 @@ FILL_MODES = get_args(FillMode)
 INTERPOLATIONS = get_args(Interpolation)
 
 
+def _float_batch(images):
+    """`images` as a tensor, checked: a 4-D batch of floats (interpolation
+    weights and Gaussian taps cast to integer pixels would be 0 or 1)."""
+    images = ops.convert_to_tensor(images)
+    if len(images.shape) != 4:
+        raise ValueError(
+            "Argument `images` must be a batch of shape (batch, height, "
+            f"width, channels). Received: images.shape={images.shape}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            "Argument `images` must hold floats; cast integer images first, "
+            "e.g. `keras.ops.cast(images, \"float32\")`. Received: images "
+            f"of dtype {images.dtype}")
+    return images
+
+
 def _fix_index(index, size, fill_mode):
     """Maps indices outside `[0, size)` as `map_coordinates` does."""
     if fill_mode == "nearest":
@@ -128,11 +144,7 @@ def affine_transform(
     """
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     check_choice("fill_mode", fill_mode, FILL_MODES)
-    images = ops.convert_to_tensor(images)
-    if len(images.shape) != 4:
-        raise ValueError(
-            "Argument `images` must be a batch of shape (batch, height, "
-            f"width, channels). Received: images.shape={images.shape}")
+    images = _float_batch(images)
     batch, height, width, channels = images.shape
     transform = ops.cast(ops.convert_to_tensor(transform), "float32")
     if len(transform.shape) == 1:
@@ -236,7 +248,7 @@ def gaussian_blur(images, kernel_size: tuple[int, int] = (3, 3),
     >>> round(float(np.asarray(out).sum()), 5)
     1.0
     """
-    images = ops.convert_to_tensor(images)
+    images = _float_batch(images)
     dtype = images.dtype
 
     def taps(size, sigma):

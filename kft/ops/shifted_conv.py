@@ -11,6 +11,7 @@ for the gradients of `kft.ops.conv_grads` and `kft.ops.depthwise_grads`.
 """
 
 import math
+import numbers
 from typing import Literal
 
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ from jax import lax
 from keras import ops
 
 from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import fail_argument
 
 PADDINGS = ("valid", "same")
 
@@ -40,6 +43,38 @@ def _pads(size, kernel, stride, rate, padding):
         total = max((out - 1) * stride + span - size, 0)
         return out, total // 2, total - total // 2
     return (size - span) // stride + 1, 0, 0
+
+
+def conv_settings(input_shape, kernel_shape, strides, padding,
+                  dilation_rate):
+    """`(strides, dilation_rate)` as pairs of ints (an int `n` is `(n, n)`,
+    as `keras.ops.conv` takes it), checked; raises for an unknown
+    `padding` or a "valid" kernel span larger than the input (an empty
+    output, refused as Keras refuses it)."""
+    check_choice("padding", padding, PADDINGS)
+    pairs = []
+    for name, value in (("strides", strides),
+                        ("dilation_rate", dilation_rate)):
+        if isinstance(value, numbers.Integral):
+            value = (value, value)
+        try:
+            pair = tuple(check_int(name, v, min_value=1) for v in value)
+        except (TypeError, ValueError):
+            pair = ()
+        if len(pair) != 2:
+            fail_argument(name, "a positive integer or a (height, width) "
+                          "pair of them", value)
+        pairs.append(pair)
+    (strides, dilation_rate), spans = pairs, [
+        (k - 1) * r + 1 for k, r in zip(kernel_shape[:2], pairs[1])]
+    if padding == "valid" and any(
+            span > size for span, size in zip(spans, input_shape[1:3])):
+        raise ValueError(
+            f"A \"valid\" convolution of a {tuple(kernel_shape[:2])} kernel "
+            f"(dilation {dilation_rate}: spans {tuple(spans)}) over "
+            f"{tuple(input_shape[1:3])} inputs has an empty output. Use "
+            "padding=\"same\", a smaller kernel or larger inputs.")
+    return strides, dilation_rate
 
 
 def _same_padded(inputs, kernel_size, strides, dilation_rate):
@@ -105,6 +140,8 @@ def shifted_depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
     dtype = inputs.dtype
     inputs = ops.cast(inputs, _summed_dtype(dtype))
     kernel = ops.cast(ops.cast(kernel, dtype), inputs.dtype)
+    strides, dilation_rate = conv_settings(inputs.shape, kernel.shape,
+                                           strides, padding, dilation_rate)
     channels, multiplier = kernel.shape[2:]
     outputs = None
     for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
@@ -147,6 +184,8 @@ def shifted_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
     """
     inputs = ops.convert_to_tensor(inputs)
     kernel = ops.cast(kernel, inputs.dtype)
+    strides, dilation_rate = conv_settings(inputs.shape, kernel.shape,
+                                           strides, padding, dilation_rate)
     summed = _summed_dtype(inputs.dtype)
     outputs = None
     for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,

@@ -543,6 +543,13 @@ def test_installed_command_exit_status(run, folder, tmp_path):
          "simple_cnn"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "does not exist" in result.stderr and not result.stdout
+    # `python -m kft`, where the script is not on PATH, is the same command.
+    result = subprocess.run(
+        [sys.executable, "-m", "kft", "train", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "usage: kft train" in result.stderr
+    assert "does not exist" in result.stderr and not result.stdout
     # The command imports kft's modules lazily: loading a saved model
     # needs its Keras classes registered all the same.
     result = subprocess.run(

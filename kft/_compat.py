@@ -467,9 +467,25 @@ def local_iterations(optimizer, steps):
         object.__setattr__(optimizer, "_iterations", saved)
 
 
+def _slot_lists(optimizer):
+    """`{attribute: slots}` of a built Keras optimizer's per-variable
+    state: every list of variables parallel to `_trainable_variables`
+    (Adam's `_momentums`, SGD's `momentums`, the EMA averages, ...)."""
+    import keras
+
+    count = len(optimizer._trainable_variables)
+    return {name: value for name, value in vars(optimizer).items()
+            if isinstance(value, list) and count and len(value) == count
+            and all(isinstance(v, keras.Variable) for v in value)}
+
+
 def rebuild_optimizer(optimizer, variables):
     """Rebuilds a built plain Keras optimizer for `variables` in place,
-    keeping the slots of the variables it already tracked (by path)."""
+    keeping the slots of the variables it already tracked.
+
+    Slots are matched by the model variable they belong to (its position
+    in Keras' per-variable lists), not by path: two `keras.applications`
+    backbones in one model hold variables of the same paths."""
     import keras
 
     if [id(v) for v in optimizer._trainable_variables] == [
@@ -478,8 +494,10 @@ def rebuild_optimizer(optimizer, variables):
     own = [optimizer._iterations]
     if isinstance(optimizer._learning_rate, keras.Variable):
         own.append(optimizer._learning_rate)
-    old_slots = {v.path: v.value for v in optimizer._variables
-                 if not any(v is o for o in own)}
+    old_slots = {(name, id(variable)): slot.value
+                 for name, slots in _slot_lists(optimizer).items()
+                 for variable, slot in zip(optimizer._trainable_variables,
+                                           slots)}
     # Shared state `build` creates under an auto-generated path (Nadam's
     # `_u_product`) is carried over by attribute: a rebuilt one would
     # restart from its initial value.
@@ -495,11 +513,12 @@ def rebuild_optimizer(optimizer, variables):
     optimizer.build(list(variables))
     optimizer.built = True
     restored = set()
-    for v in optimizer._variables:
-        old = old_slots.get(v.path)
-        if old is not None and tuple(old.shape) == tuple(v.shape):
-            v.assign(old)
-            restored.add(id(v))
+    for name, slots in _slot_lists(optimizer).items():
+        for variable, slot in zip(optimizer._trainable_variables, slots):
+            old = old_slots.get((name, id(variable)))
+            if old is not None and tuple(old.shape) == tuple(slot.shape):
+                slot.assign(old)
+                restored.add(id(slot))
     if optimizer.use_ema:
         # `build` starts every average at zero, and after the first step
         # Keras only blends into it: a variable tracked from now on would

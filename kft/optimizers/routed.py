@@ -3,6 +3,7 @@ with a rate multiplier, per-variable step counts, re-targeting."""
 
 import numbers
 import re
+import warnings
 from typing import NamedTuple
 
 import keras
@@ -88,8 +89,21 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         # regexes must compile.
         self._patterns = [(k, compile_pattern(k)) for k in self._group_routes]
         self._assignments = dict(assignments) if assignments else None
+        # The groups of `model`'s variables by identity: two
+        # `keras.applications` backbones in one model hold variables of
+        # the same paths (`_assignments`, by path, is what a config keeps).
+        self._owners, self._ambiguous = {}, []
         if model is not None:
-            self._assignments = self._resolve(model)
+            self._owners = self._resolve(model)
+            groups = {}
+            for v in model.weights:
+                groups.setdefault(v.path, set()).add(
+                    self._owners.get(id(v)))
+            self._ambiguous = sorted(p for p, g in groups.items()
+                                     if len(g) > 1)
+            self._assignments = {
+                v.path: self._owners[id(v)] for v in reversed(model.weights)
+                if id(v) in self._owners}
         elif self._assignments is None:
             for key, regex in self._patterns:
                 if regex is None:
@@ -139,16 +153,19 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
                     f"`kft.get_blocks(model, patterns)` need the same "
                     f"`patterns=` here.")
             for v in hits:
-                if v.path in owner:
+                if id(v) in owner:
                     raise ValueError(
                         f"Variable {v.path!r} is matched by two groups: "
-                        f"{owner[v.path]!r} and {key!r}.")
-                owner[v.path] = key
+                        f"{owner[id(v)]!r} and {key!r}.")
+                owner[id(v)] = key
         return owner
 
     def _route(self, variable):
         if self._assignments is not None:
-            key = self._assignments.get(variable.path)
+            # By identity where known; by path for other variables (a
+            # model's layers swapped after, `kft.fast_cpu_convs`).
+            key = self._owners.get(id(variable),
+                                   self._assignments.get(variable.path))
             return self._group_routes[key] if key else self._default_route
         hits = [k for k, r in self._patterns if r.search(variable.path)]
         if len(hits) > 1:
@@ -270,6 +287,15 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         return _compat.uses_weight_decay(inner, var)
 
     def _routed_config(self):
+        if self._ambiguous:
+            warnings.warn(
+                f"{type(self).__name__}: variables of one path are in "
+                f"different groups ({len(self._ambiguous)} paths, e.g. "
+                f"{self._ambiguous[0]!r}: backbones built with the same layer "
+                "names); the config keeps groups by path, so a copy loaded "
+                "from it routes each such path to one group. Build each "
+                "backbone inside its own `keras.name_scope` for distinct "
+                "paths.", UserWarning, stacklevel=2)
         config = super().get_config()
         config.update(exclude_bias_and_norm=self.exclude_bias_and_norm,
                       patterns=self.patterns, assignments=self._assignments,

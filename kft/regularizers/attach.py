@@ -9,6 +9,7 @@ from kft.regularizers.penalty import STATE_ATTRIBUTE
 from kft.regularizers.penalty import Penalty
 from kft.regularizers.penalty import PenaltyState
 from kft.regularizers.penalty import VariableTerm
+from kft.regularizers.penalty import check_unique_paths
 
 # Attribute of the model holding its bound penalty.
 PENALTY_ATTRIBUTE = "kft_penalty"
@@ -146,6 +147,7 @@ def regularize(model: keras.Model, penalty: Penalty | None) -> Penalty | None:
         raise ValueError(
             f"{penalty!r} is bound to a model already; create another "
             "penalty object for this one.")
+    check_unique_paths(model, f"kft.regularize({penalty!r})")
     _compat.sync_fit_state(model)
     state = getattr(model, STATE_ATTRIBUTE, None)
     if state is None:

@@ -14,6 +14,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import fail_argument
+from kft.regularizers.penalty import check_unique_paths
 
 KINDS = ("empirical", "true")
 
@@ -117,6 +118,7 @@ def estimate_fisher(model: keras.Model, source_data, *,
         fail_argument("normalize", "one of ('mean', 'max') or None",
                       normalize)
     batch_size = check_int("batch_size", batch_size, min_value=1)
+    check_unique_paths(model, "estimate_fisher")
     images, labels = _arrays(model, source_data, kind, num_samples)
     weights = _compat.weight_variables(model)
     ids = {id(v) for v in weights}

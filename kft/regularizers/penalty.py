@@ -12,6 +12,7 @@ penalty covers exactly the weights that train now, and follows the
 trainable set whenever kft re-traces the step on a change.
 """
 
+import collections
 import json
 import re
 import warnings
@@ -20,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kft import _compat
 from kft._validation import check_number
 from kft._validation import fail_argument
 
@@ -154,6 +156,25 @@ class Penalty:
         with open(path, "wb") as f:
             np.savez(f, **arrays)
         return path
+
+
+def check_unique_paths(model, what):
+    """Raises unless `model`'s weights have distinct paths: anchors and
+    Fisher values are kept (and saved) by path, and two
+    `keras.applications` backbones built in one model share theirs (one
+    would be anchored to the other's weights)."""
+    counts = collections.Counter(
+        v.path for v in _compat.weight_variables(model))
+    repeated = [path for path, n in counts.items() if n > 1]
+    if repeated:
+        raise ValueError(
+            f"{what} keeps its values by variable path, but model "
+            f"{model.name!r} has {len(repeated)} paths held by several "
+            f"variables (e.g. {repeated[:3]}): backbones built with the "
+            "same layer names (keras.applications). Build each one inside "
+            "its own name scope, e.g. `with keras.name_scope(\"rgb\"): "
+            "keras.applications.MobileNetV3Small(..., name=\"rgb\")`, so "
+            "their variables get distinct paths.")
 
 
 def _stable_keys(paths):

@@ -249,3 +249,22 @@ def test_summary_calls_a_trainable_batchnorm_block_trainable():
     rows = {line.split()[0]: line.split()[3] for line in
             kft.trainable_summary(model, print_fn=None).splitlines()[2:-1]}
     assert rows["bn1"] == "frozen", rows
+
+
+def test_feature_extraction_without_a_head_gives_a_hint_that_works():
+    # The hint was patterns={"body": "^conv", "head": "^dense"}, which
+    # fails on a nested backbone ("matches no block pattern").
+    def model(head_name):
+        image = keras.Input((16, 16, 3))
+        inner = keras.Model(image, keras.layers.GlobalAveragePooling2D()(
+            keras.layers.Conv2D(4, 3, name="conv")(image)), name="backbone")
+        outer = keras.Input((16, 16, 3))
+        return keras.Model(outer, keras.layers.Dense(2, name=head_name)(
+            inner(outer)))
+
+    with pytest.raises(ValueError, match=r"finds the blocks \['backbone', "
+                       r"'dense'\] and no head\. .*a top-level layer with "
+                       r"weights named \"head\" \(e\.g\. keras\.layers\.Dense"
+                       r"\(3, name=\"head\"\)\)"):
+        kft.freeze(model("dense"), "feature_extraction")
+    assert kft.freeze(model("head"), "feature_extraction") == ["head"]

@@ -17,6 +17,10 @@ from kft.models.backbones import backbone_name
 from kft.models.backbones import get_backbone
 
 HEAD = "head"
+# How a model gets a "head" block, for messages.
+HEAD_HOW = ('The head is the layers after the backbone of a '
+            'kft.build_classifier model, or else a top-level layer with '
+            'weights named "head" (e.g. keras.layers.Dense(3, name="head"))')
 
 
 # `None`, regexes, `(name, regex)` pairs or a `{name: regex}` dict.

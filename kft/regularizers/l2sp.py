@@ -5,14 +5,12 @@ import warnings
 from keras import ops
 
 from kft._validation import fail_argument
+from kft.models.blocks import HEAD_HOW
 from kft.models.blocks import get_blocks
 from kft.regularizers.attach import split_weights
 from kft.regularizers.penalty import Penalty
 
 # How a model gets the "head" block of `kft.get_blocks`.
-_HEAD_HOW = ('The head is the layers after the backbone of a '
-             'kft.build_classifier model, or else a top-level layer with '
-             'weights named "head" (e.g. keras.layers.Dense(3, name="head"))')
 
 
 class L2SP(Penalty):
@@ -63,14 +61,14 @@ class L2SP(Penalty):
             if self._strengths["beta"]:
                 fail_argument(
                     "beta", f'0 for a model without a "head" block: '
-                    f"kft.get_blocks(model) finds {blocks}. {_HEAD_HOW}",
+                    f"kft.get_blocks(model) finds {blocks}. {HEAD_HOW}",
                     self._strengths["beta"])
             if self._strengths["alpha"]:
                 warnings.warn(
                     f'{self!r} on a model without a "head" block '
                     f"(kft.get_blocks(model) finds {blocks}): alpha anchors "
                     f"every weight, the new classifier's included. "
-                    f"{_HEAD_HOW}.", UserWarning, stacklevel=3)
+                    f"{HEAD_HOW}.", UserWarning, stacklevel=3)
         anchors = self.anchors_for(body, model)
         alpha = binding.strength("alpha", self._strengths["alpha"])
         for v in body:

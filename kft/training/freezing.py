@@ -13,7 +13,9 @@ from kft import _compat
 from kft.models import backbones
 from kft._validation import check_choice
 from kft._validation import fail_argument
-from kft.models.blocks import get_blocks, head_and_body
+from kft.models.blocks import HEAD_HOW
+from kft.models.blocks import get_blocks
+from kft.models.blocks import head_and_body
 from kft.training.state import changing_trainable
 
 STRATEGIES = ("feature_extraction", "partial", "full")
@@ -34,7 +36,9 @@ def freeze(model: keras.Model,
     - `"feature_extraction"`: only the head trains (the block named
       `"head"` of `kft.get_blocks`; a model without one raises).
     - `"partial"`: the top `n_blocks` blocks below the head (1 unless
-      given), and the head.
+      given), and the head. Without a head block: the top `n_blocks`
+      blocks (`GradualUnfreezing` lets the last block play the head
+      there: its stage k trains the top k + 1 blocks).
     - `"full"`: every block.
 
     BatchNorm policy: with `bn="frozen"` every BatchNormalization layer
@@ -107,12 +111,9 @@ def freeze(model: keras.Model,
         raise ValueError(
             'Argument `strategy` must not be "feature_extraction" for a '
             'model without a "head" block: only the head would train, and '
-            f"kft.get_blocks finds the blocks {body} and no head. kft's "
-            "head is the layers with weights after a kft backbone (as in "
-            "a kft.build_classifier model), or a block named \"head\" in "
-            "`patterns`, e.g. patterns={\"body\": \"^conv\", "
-            "\"head\": \"^dense\"}. Received: "
-            "strategy='feature_extraction'")
+            f"kft.get_blocks finds the blocks {body} and no head. "
+            f"{HEAD_HOW}; or a block named \"head\" in `patterns`. "
+            "Received: strategy='feature_extraction'")
     else:
         names = []
     if head is not None:

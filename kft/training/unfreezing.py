@@ -40,6 +40,10 @@ def _check_unused_plateau_options(built, given, patience, min_delta, mode):
 class GradualUnfreezing(keras.callbacks.Callback):
     """Starts with the head trainable and unfreezes blocks top-down.
 
+    The head is `kft.get_blocks`' block named `"head"`; in a model without
+    one, the last block plays the head (stage k trains the top k + 1
+    blocks).
+
     A new block is unfrozen at the start of an epoch, when the schedule
     says so: every `n` epochs (`Every(n)`, or `every=n`), at listed epochs
     (`Milestones([...])`, or `milestones=`), or once a metric has not

@@ -22,9 +22,11 @@ Keras restores from when the latest one does not load.
 import json
 import os
 import shutil
+import warnings
 import weakref
 
 import keras
+import numpy as np
 
 from kft import _compat
 from kft._validation import fail_argument
@@ -35,8 +37,18 @@ from kft.training.unfreeze_backup import BACKUP_METADATA
 from kft.training.unfreeze_backup import stamp_checkpoint
 
 
-# Next to Keras' checkpoint: the training data's passes per epoch.
+# Next to Keras' checkpoint: the training data's passes per epoch, and
+# the model's random-layer seed states (Mixup/CutMix, dropout, in-model
+# augmentation) per epoch, which Keras' weights file does not hold.
 PASSES_FILE = "kft_data_passes.json"
+SEEDS_FILE = "kft_seed_states.json"
+
+
+def seed_states(model):
+    """The state variables of `model`'s seed generators: its variables
+    that are not weights (`save_weights` leaves them out)."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.non_trainable_variables if id(v) not in weights]
 
 
 class BackupAndRestore(keras.callbacks.Callback):
@@ -49,6 +61,11 @@ class BackupAndRestore(keras.callbacks.Callback):
     (`kft.distributed`) all of them restore from `backup_dir`; process 0
     (`kft.is_primary()`) writes and deletes it, the others save the same
     state to a scratch folder of their own.
+
+    The model's seed generator states (Mixup/CutMix draws, dropout masks,
+    augmentation inside the model), which Keras' checkpoint leaves out,
+    are checkpointed with each epoch: a resumed `fit` draws what the
+    uninterrupted one would have.
 
     With `data`, the training data's pass count is checkpointed with the
     epochs, and a resumed `fit` reads the passes (shuffled orders,
@@ -103,9 +120,11 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self.data is not None and first:
             # Resumed at epoch `first`: it reads the pass that began after
             # epoch `first - 1` ended.
-            passes = self._passes().get(str(first - 1))
+            passes = self._record(PASSES_FILE).get(str(first - 1))
             if passes is not None:
                 self.data.continue_passes_at(passes)
+        if first:
+            self._restore_seeds(self._record(SEEDS_FILE).get(str(first - 1)))
         if is_primary():
             self._writer = self.restore_from
         else:
@@ -132,27 +151,51 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._settle()
-        if self.data is not None and is_primary():
+        if is_primary():
             # Before the checkpoint: a kill between the two leaves a
             # record the checkpoint's epoch finds (one epoch ahead of it
             # does no harm).
-            passes = self._passes()
-            passes[str(epoch)] = self.data.passes_begun
-            path = os.path.join(self.backup_dir, PASSES_FILE)
-            os.makedirs(self.backup_dir, exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                json.dump(passes, f)
-            os.replace(path + ".tmp", path)
+            if self.data is not None:
+                self._add_record(PASSES_FILE, epoch, self.data.passes_begun)
+            states = seed_states(self.model)
+            if states:
+                self._add_record(SEEDS_FILE, epoch, [
+                    np.asarray(v.value).tolist() for v in states])
         self._writer.on_epoch_end(epoch, logs)
         self._stamp()
 
-    def _passes(self):
-        """`{epoch: passes of data begun by its end}` of the checkpoint."""
+    def _record(self, name):
+        """`{epoch: value at its end}` of the checkpoint's file `name`."""
         try:
-            with open(os.path.join(self.backup_dir, PASSES_FILE)) as f:
+            with open(os.path.join(self.backup_dir, name)) as f:
                 return json.load(f)
         except (OSError, ValueError):
             return {}
+
+    def _add_record(self, name, epoch, value):
+        record = self._record(name)
+        record[str(epoch)] = value
+        path = os.path.join(self.backup_dir, name)
+        os.makedirs(self.backup_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+
+    def _restore_seeds(self, saved):
+        states = seed_states(self.model)
+        if saved is None or not states:
+            return
+        if len(saved) != len(states) or any(
+                np.shape(s) != tuple(v.shape) for s, v in zip(saved, states)):
+            warnings.warn(
+                f"The checkpoint in {self.backup_dir!r} holds "
+                f"{len(saved)} seed states for model {self.model.name!r}'s "
+                f"{len(states)}: its random layers (Mixup/CutMix, dropout) "
+                "start their draws afresh instead of where the interrupted "
+                "run left them.", UserWarning, stacklevel=2)
+            return
+        for value, variable in zip(saved, states):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
 
     def on_train_batch_end(self, batch, logs=None):
         by_batch = self._kwargs.get("save_freq", "epoch") != "epoch"

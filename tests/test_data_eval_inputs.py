@@ -44,6 +44,25 @@ def test_validation_split_leaves_every_class_a_train_image(tmp_path):
     assert not set(train.paths) & set(val.paths)
 
 
+def test_a_val_folder_missing_classes_is_warned(tmp_path):
+    # kft train --val-dir with one class of three trained, kept an epoch
+    # by that class's val loss, and said so only in evaluation.json.
+    _folder(tmp_path / "data" / "train", {"a": 2, "b": 2, "c": 2})
+    _folder(tmp_path / "data" / "val", {"a": 2})
+    os.makedirs(tmp_path / "data" / "val" / "b")  # a folder, no image
+    with pytest.warns(UserWarning, match=r"The val folder '.*val' holds no "
+                      r"readable image of 2 of the 3 classes \(\['b', 'c'\]\)"
+                      r": val metrics, and an epoch kept by them, do not"):
+        _, val = _load(str(tmp_path / "data"))
+    assert val.class_counts == {"a": 2, "b": 0, "c": 0}
+    import warnings
+
+    _folder(tmp_path / "data" / "val", {"b": 1, "c": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _load(str(tmp_path / "data"))
+
+
 def test_a_val_or_test_folder_without_images_is_named(tmp_path):
     root = _folder(tmp_path / "data" / "train", {"a": 2, "b": 2})
     os.makedirs(tmp_path / "data" / "val" / "a")

@@ -33,6 +33,7 @@ from kft.data._files import FileLoader
 from kft.data._files import class_counts
 from kft.data._files import class_folders
 from kft.data._files import scan_splits
+from kft.data._files import shown
 from kft.data._files import shown_root
 from kft.data._files import split_folders
 from kft.data._files import stratified_split
@@ -126,6 +127,19 @@ def _warn_unvalidated(val_records, class_names, validation_split):
             "without val images: each has a single image, kept for "
             "training, so val metrics do not cover them. Add images to "
             "them for a val set that does.", UserWarning, stacklevel=3)
+
+
+def _warn_val_folder_gaps(val_records, class_names, val_dir):
+    """Warns of classes the val folder holds no readable image of."""
+    missing = [name for name, count in class_counts(
+        val_records, class_names).items() if count == 0]
+    if missing:
+        warnings.warn(
+            f"The val folder {shown(val_dir)!r} holds no readable image "
+            f"of {len(missing)} of the {len(class_names)} classes "
+            f"({missing[:10]}): val metrics, and an epoch kept by them, do "
+            "not cover those classes. Add images of them to val.",
+            UserWarning, stacklevel=3)
 
 
 def from_directory(path: str | os.PathLike,
@@ -269,6 +283,8 @@ def from_directory(path: str | os.PathLike,
         records, val_records = stratified_split(records, validation_split,
                                                 settings.seed)
         _warn_unvalidated(val_records, class_names, validation_split)
+    elif val_dir is not None:
+        _warn_val_folder_gaps(val_records, class_names, val_dir)
     warn_skipped(skipped + val_skipped, total,
                  shown_root(path, train_dir, val_dir, class_names))
     train = _make_dataset(records, skipped, class_names, settings,

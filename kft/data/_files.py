@@ -149,11 +149,11 @@ def split_folders(path, validation_split):
                     entry.is_dir() for entry in os.scandir(split)):
                 name = os.path.basename(split)
                 raise ValueError(
-                    f"Found the split folder {_shown(split)!r} (it holds "
+                    f"Found the split folder {shown(split)!r} (it holds "
                     f"class folders) beside the class folders of "
-                    f"{_shown(path)!r}, where it would be read as a class. "
+                    f"{shown(path)!r}, where it would be read as a class. "
                     f"Move the training class folders into "
-                    f"{os.path.join(_shown(path), 'train')!r} (layout "
+                    f"{os.path.join(shown(path), 'train')!r} (layout "
                     f"train/<class>/ + {name}/<class>/), or move {name}/ "
                     "out of the folder.")
     if train is not None:
@@ -161,7 +161,7 @@ def split_folders(path, validation_split):
         val_dir = split_folder(path, VAL_FOLDERS)
     if val_dir is not None and validation_split is not None:
         raise ValueError(
-            f"Found a val folder {_shown(val_dir)!r}, so `validation_split` "
+            f"Found a val folder {shown(val_dir)!r}, so `validation_split` "
             f"must be None. Received: validation_split={validation_split!r}"
         )
     return train_dir, val_dir
@@ -171,28 +171,28 @@ def class_folders(train_dir, val_dir, minimum=2):
     """The train class folders; at least `minimum` (a classifier trains on
     two or more), and val has no others."""
     class_names = _list_classes(train_dir)
-    shown = _shown(train_dir)
+    root = shown(train_dir)
     if not class_names:
-        raise ValueError(f"No class folders in {shown!r}: expected "
-                         f"{shown}/<class name>/<image files>.")
+        raise ValueError(f"No class folders in {root!r}: expected "
+                         f"{root}/<class name>/<image files>.")
     if len(class_names) < minimum:
         raise ValueError(
-            f"Found one class folder, {class_names[0]!r}, in {shown!r}; "
+            f"Found one class folder, {class_names[0]!r}, in {root!r}; "
             "a classifier needs at least 2 classes. Put each class's images "
-            f"in its own folder: {shown}/<class name>/<image files>."
+            f"in its own folder: {root}/<class name>/<image files>."
         )
     if val_dir is not None:
         only_val = sorted(set(_list_classes(val_dir)) - set(class_names))
         if only_val:
             raise ValueError(
-                f"Class folders {only_val} are in {_shown(val_dir)!r} but "
-                f"not in {shown!r}; train classes: {class_names}. Add train "
+                f"Class folders {only_val} are in {shown(val_dir)!r} but "
+                f"not in {root!r}; train classes: {class_names}. Add train "
                 "images for them or remove them from val."
             )
     return class_names
 
 
-def _shown(folder):
+def shown(folder):
     """`folder` as errors name it: a symbolic link's target (the layouts
     `kft.runs` builds are folders of links to the user's folders)."""
     return os.path.realpath(folder) if os.path.islink(folder) else folder
@@ -203,7 +203,7 @@ def class_folder(folder, name):
     (a linked train or val folder, a linked class folder), so that the
     records, the skipped files and the messages name the user's files, not
     the links of a layout `kft.runs` builds in a temporary folder."""
-    return _shown(os.path.join(_shown(folder), name))
+    return shown(os.path.join(shown(folder), name))
 
 
 def shown_root(path, train_dir, val_dir, class_names):
@@ -249,18 +249,18 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
     empty = [name for name, count in counts.items() if count == 0]
     if empty_classes and not records:
         raise ValueError(
-            f"{_shown(train_dir)!r} has no readable images (searched its "
+            f"{shown(train_dir)!r} has no readable images (searched its "
             f"class folders; {len(skipped)} files skipped).")
     if empty and not empty_classes:
         raise ValueError(
-            f"Class folders {empty} in {_shown(train_dir)!r} have no "
+            f"Class folders {empty} in {shown(train_dir)!r} have no "
             f"readable images ({len(skipped)} files skipped). Add images or "
             "remove the folders."
         )
     # An empty val would only fail later, at the first evaluation.
     if val_dir is not None and not val_records:
         raise ValueError(
-            f"The val folder {_shown(val_dir)!r} has no readable images "
+            f"The val folder {shown(val_dir)!r} has no readable images "
             f"(searched its folders {class_names}; {len(val_skipped)} files "
             "skipped). Add images to it, or remove it (and pass "
             "`validation_split` to hold out train images instead)."

@@ -117,29 +117,25 @@ def _make_dataset(records, skipped, class_names, settings, *, train):
     return dataset
 
 
-def _warn_unvalidated(val_records, class_names, validation_split):
-    """Warns of classes `stratified_split` left out of val (one image)."""
-    alone = [name for name, count in class_counts(
-        val_records, class_names).items() if count == 0]
-    if alone:
-        warnings.warn(
-            f"validation_split={validation_split} left classes {alone} "
-            "without val images: each has a single image, kept for "
-            "training, so val metrics do not cover them. Add images to "
-            "them for a val set that does.", UserWarning, stacklevel=3)
-
-
-def _warn_val_folder_gaps(val_records, class_names, val_dir):
-    """Warns of classes the val folder holds no readable image of."""
+def _warn_val_gaps(val_records, class_names, validation_split, val_dir):
+    """Warns of classes without val images: left out by `stratified_split`
+    (one image each), or absent from the val folder."""
     missing = [name for name, count in class_counts(
         val_records, class_names).items() if count == 0]
-    if missing:
-        warnings.warn(
-            f"The val folder {shown(val_dir)!r} holds no readable image "
-            f"of {len(missing)} of the {len(class_names)} classes "
-            f"({missing[:10]}): val metrics, and an epoch kept by them, do "
-            "not cover those classes. Add images of them to val.",
-            UserWarning, stacklevel=3)
+    if not missing:
+        return
+    if validation_split is not None:
+        message = (f"validation_split={validation_split} left classes "
+                   f"{missing} without val images: each has a single image, "
+                   "kept for training, so val metrics do not cover them. Add "
+                   "images to them for a val set that does.")
+    else:
+        message = (f"The val folder {shown(val_dir)!r} holds no readable "
+                   f"image of {len(missing)} of the {len(class_names)} "
+                   f"classes ({missing[:10]}): val metrics, and an epoch "
+                   "kept by them, do not cover those classes. Add images of "
+                   "them to val.")
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def from_directory(path: str | os.PathLike,
@@ -282,9 +278,8 @@ def from_directory(path: str | os.PathLike,
     if validation_split is not None:
         records, val_records = stratified_split(records, validation_split,
                                                 settings.seed)
-        _warn_unvalidated(val_records, class_names, validation_split)
-    elif val_dir is not None:
-        _warn_val_folder_gaps(val_records, class_names, val_dir)
+    if val_dir is not None or validation_split is not None:
+        _warn_val_gaps(val_records, class_names, validation_split, val_dir)
     warn_skipped(skipped + val_skipped, total,
                  shown_root(path, train_dir, val_dir, class_names))
     train = _make_dataset(records, skipped, class_names, settings,

@@ -158,6 +158,15 @@ def test_eval_matches_the_library(run, folder, capsys):
     # that top-5 accuracy is 1, unasked.
     assert printed["report"]["top_k"] == len(loaded.class_names) == 3
     assert not [n for n in printed["report"]["notes"] if "top_k" in n]
+    # --overwrite replaces the whole report: --no-plots left the earlier
+    # report's plots beside the new one's numbers.
+    out = printed["out"]
+    for name in ("confusion_matrix.png", "reliability.png"):
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(b"old")
+    assert cli.main(["eval", run, folder, "--no-plots", "--json",
+                     "--overwrite"]) == 0
+    assert not [n for n in os.listdir(out) if n.endswith(".png")]
     assert os.path.isfile(os.path.join(printed["out"], "evaluation.json"))
 
 

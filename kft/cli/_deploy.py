@@ -41,6 +41,13 @@ def eval_command(args, argv):
     except ValueError as error:
         raise Usage(str(error)) from error
     make_out_folder(out, flag)
+    if kept:  # --overwrite: the old report's plots go with it
+        from kft.evaluation.plots import REPORT_PLOTS
+
+        for name in REPORT_PLOTS:
+            path = os.path.join(out, f"{name}.png")
+            if os.path.isfile(path):
+                os.remove(path)
     report, files = write_evaluation(run.model, data, run.class_names, out,
                                      top_k=args.top_k, plots=args.plots)
     if args.json:

@@ -29,6 +29,10 @@ from kft.evaluation.metrics import normalize_rows
 
 # Cells get their value written in them up to this many classes.
 _ANNOTATE_UP_TO = 20
+# The files `save_report_plots` writes from a report (learning curves
+# need a history).
+REPORT_PLOTS = ("confusion_matrix", "confusion_matrix_normalized",
+                "per_class_f1", "reliability", "worst_mistakes")
 
 
 def _longest_label(names, max_labels):
@@ -394,15 +398,13 @@ def save_report_plots(report, folder, *, data=None, history=None,
     formats = _check_formats(formats)
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    jobs = [
-        ("confusion_matrix", lambda: plot_confusion_matrix(report)),
-        ("confusion_matrix_normalized",
-         lambda: plot_confusion_matrix(report, normalize=True)),
-        ("per_class_f1", lambda: plot_per_class_f1(report)),
-        ("reliability", lambda: plot_reliability(report)),
-    ]
+    jobs = list(zip(REPORT_PLOTS, [
+        lambda: plot_confusion_matrix(report),
+        lambda: plot_confusion_matrix(report, normalize=True),
+        lambda: plot_per_class_f1(report),
+        lambda: plot_reliability(report)]))
     if data is not None and report.mistakes:
-        jobs.append(("worst_mistakes",
+        jobs.append((REPORT_PLOTS[4],
                      lambda: plot_worst_mistakes(report, data)))
     if history is not None:
         jobs.append(("learning_curves",

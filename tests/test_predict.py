@@ -139,8 +139,16 @@ def test_sources_are_named_as_documented_and_bad_files_say_so(model,
     # ONNX bytes (or anything else) under a .keras name.
     fake = tmp_path / "m.keras"
     fake.write_bytes(b"not a zip archive")
-    with pytest.raises(ValueError, match=r"`model_or_path` must be a "
-                                         r"\.keras file \(a zip archive\)"):
+    # Keras called it "File not found" (kft eval printed that).
+    for load in (lambda: kft.predict(str(fake), image),
+                 lambda: kft.load_run(str(fake))):
+        with pytest.raises(ValueError, match=r"m\.keras' is not a readable "
+                           r"\.keras file \(a zip archive\): corrupt"):
+            load()
+    fake = tmp_path / "m.onnx"  # was onnxruntime's InvalidProtobuf
+    fake.write_bytes(b"not a protobuf")
+    with pytest.raises(ValueError, match=r"m\.onnx' is not a readable ONNX "
+                       r"model \(corrupt, or not an ONNX file\)"):
         kft.predict(str(fake), image)
     # Class names travel through kft.with_source_head.
     kept = kft.with_source_head(model, model.get_layer("head_dense"))

@@ -7,7 +7,6 @@ JAX). Images go through kft's eval transform (`kft.deploy._views`).
 
 import dataclasses
 import os
-import zipfile
 from typing import Literal
 
 import numpy as np
@@ -76,7 +75,14 @@ def _check_rgb(input_shape):
 
 class _OnnxRunner:
     def __init__(self, path):
-        self.session = ort_session(path)
+        try:
+            self.session = ort_session(path)
+        except Exception as error:  # onnxruntime's own error classes
+            if type(error).__module__.split(".")[0] != "onnxruntime":
+                raise
+            raise ValueError(
+                f"{path!r} is not a readable ONNX model (corrupt, or not an "
+                f"ONNX file): {error}") from error
         self.meta = read_metadata(path)
         spec = self.session.get_inputs()[0]
         self.input_name = spec.name
@@ -127,10 +133,6 @@ def _runner(model_or_path, batch_size):
                           ".keras / .onnx file", path)
         if path.endswith(".onnx"):
             return _OnnxRunner(path)
-        if path.endswith(".keras") and not zipfile.is_zipfile(path):
-            # Keras would call this existing file "not found".
-            fail_argument("model_or_path", "a .keras file (a zip archive) "
-                          "or an .onnx file", path)
         from kft.runs.folder import load_run
 
         # The class names of a run folder's model.keras are in the run.json

@@ -4,6 +4,7 @@
 import dataclasses
 import json
 import os
+import zipfile
 
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
@@ -66,6 +67,10 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     else:
         raise ValueError(f"{path!r} is neither a kft run folder nor a "
                          ".keras model file.")
+    if not zipfile.is_zipfile(model_path):
+        # Keras calls an existing file it cannot open "not found".
+        raise ValueError(f"{model_path!r} is not a readable .keras file (a "
+                         "zip archive): corrupt, or not a Keras model.")
     with bucketed_draws():  # replaced by the saved weights
         model = keras.saving.load_model(model_path)
     class_names = None

@@ -467,16 +467,27 @@ def local_iterations(optimizer, steps):
         object.__setattr__(optimizer, "_iterations", saved)
 
 
-def _slot_lists(optimizer):
+def _slot_lists(optimizer, own):
     """`{attribute: slots}` of a built Keras optimizer's per-variable
-    state: every list of variables parallel to `_trainable_variables`
-    (Adam's `_momentums`, SGD's `momentums`, the EMA averages, ...)."""
+    state: every list parallel to `_trainable_variables` holding slot
+    variables (Adam's `_momentums`, SGD's `momentums`, the EMA averages,
+    ...; `None` where a variable has none, as Muon's `adam_velocities`),
+    not the optimizer's own lists of all or of the model's variables."""
     import keras
 
-    count = len(optimizer._trainable_variables)
-    return {name: value for name, value in vars(optimizer).items()
-            if isinstance(value, list) and count and len(value) == count
-            and all(isinstance(v, keras.Variable) for v in value)}
+    tracked = optimizer._trainable_variables
+    excluded = {id(v) for v in tracked} | {id(v) for v in own}
+    lists = {}
+    for name, value in vars(optimizer).items():
+        if (not isinstance(value, list) or value is tracked
+                or value is optimizer._variables
+                or len(value) != len(tracked) or not tracked):
+            continue
+        slots = [v for v in value if v is not None]
+        if slots and all(isinstance(v, keras.Variable)
+                         and id(v) not in excluded for v in slots):
+            lists[name] = value
+    return lists
 
 
 def rebuild_optimizer(optimizer, variables):
@@ -495,9 +506,9 @@ def rebuild_optimizer(optimizer, variables):
     if isinstance(optimizer._learning_rate, keras.Variable):
         own.append(optimizer._learning_rate)
     old_slots = {(name, id(variable)): slot.value
-                 for name, slots in _slot_lists(optimizer).items()
+                 for name, slots in _slot_lists(optimizer, own).items()
                  for variable, slot in zip(optimizer._trainable_variables,
-                                           slots)}
+                                           slots) if slot is not None}
     # Shared state `build` creates under an auto-generated path (Nadam's
     # `_u_product`) is carried over by attribute: a rebuilt one would
     # restart from its initial value.
@@ -513,10 +524,11 @@ def rebuild_optimizer(optimizer, variables):
     optimizer.build(list(variables))
     optimizer.built = True
     restored = set()
-    for name, slots in _slot_lists(optimizer).items():
+    for name, slots in _slot_lists(optimizer, own).items():
         for variable, slot in zip(optimizer._trainable_variables, slots):
             old = old_slots.get((name, id(variable)))
-            if old is not None and tuple(old.shape) == tuple(slot.shape):
+            if (slot is not None and old is not None
+                    and tuple(old.shape) == tuple(slot.shape)):
                 slot.assign(old)
                 restored.add(id(slot))
     if optimizer.use_ema:

@@ -211,17 +211,18 @@ def test_two_streams_of_one_path_train_at_their_own_rates_and_slots():
     plain, routed = _two_streams(), _two_streams()
     routed.set_weights(plain.get_weights())
     assert [v.path for v in _kernels(plain)][:2] == ["conv/kernel"] * 2
-    rates = {"rgb": 0.1, "depth": 0.01, "head": 1.0}
+    # depth takes the default: it fell back to its path, rgb's group.
+    rates = {"rgb": 0.1, "head": 1.0}
     for model, optimizer in (
             (plain, keras.optimizers.SGD(1.0)),
             (routed, BlockwiseOptimizer(keras.optimizers.SGD(1.0), rates,
-                                        model=routed))):
+                                        default=0.01, model=routed))):
         kft.freeze(model, "full")
         model.compile(optimizer, loss)
     before = [np.array(v) for v in _kernels(plain)]
     plain.train_on_batch(x, y)
     routed.train_on_batch(x, y)
-    for rate, start, a, b in zip(rates.values(), before, _kernels(plain),
+    for rate, start, a, b in zip((0.1, 0.01, 1.0), before, _kernels(plain),
                                  _kernels(routed)):
         np.testing.assert_allclose(np.array(b) - start,
                                    rate * (np.array(a) - start),
@@ -245,6 +246,62 @@ def test_two_streams_of_one_path_train_at_their_own_rates_and_slots():
     for v in _kernels(model):
         np.testing.assert_array_equal(
             adam._momentums[adam._get_variable_index(v)], moments[id(v)])
+
+
+@pytest.mark.parametrize("make,add", [
+    # Its own 2 variables and 2 tracked, reordered.
+    (lambda: keras.optimizers.SGD(0.01), False),
+    (lambda: keras.optimizers.SGD(0.01, momentum=0.9), True),
+    (lambda: keras.optimizers.Muon(0.01), True),  # None in adam_velocities
+    (lambda: keras.optimizers.Adam(0.01, gradient_accumulation_steps=2),
+     True)])
+def test_retarget_keeps_slots_and_the_optimizers_own_state(make, add):
+    # A list of the optimizer's own variables as long as the tracked ones
+    # was taken for slots (SGD's rate became its step count, 5.0); Muon's
+    # list with None entries was dropped (its Adam velocities reset); an
+    # Adam accumulating gradients crashed reading its step count. Kept
+    # variables step on as if nothing had been added.
+    from kft.training.state import retarget_optimizer
+
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=s).astype("float32") for s in ((3,), (3, 3))]
+             for _ in range(10)]
+
+    def run(retarget):
+        bias = keras.Variable(np.ones(3, "float32"), name="bias")
+        kernel = keras.Variable(np.ones((3, 3), "float32"), name="kernel")
+        optimizer = make()
+        tracked = [bias, kernel]
+        optimizer.build(tracked)
+        for step, grad in enumerate(grads):
+            if retarget and step == 4:
+                added = keras.Variable(np.ones(3, "float32"), name="bias")
+                tracked = [kernel, added, bias] if add else [kernel, bias]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Adam's step counter
+                    retarget_optimizer(optimizer, tracked)
+            values = {id(bias): grad[0], id(kernel): grad[1]}
+            optimizer.apply([values.get(id(v), np.zeros(v.shape, "float32"))
+                             for v in tracked], tracked)
+        return optimizer, np.array(bias), np.array(kernel)
+
+    (optimizer, *kept), (_, *reference) = run(True), run(False)
+    for got, want in zip(kept, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_freeze_after_fit_with_gradient_accumulation():
+    # AttributeError: 'ArrayImpl' object has no attribute 'value' (the
+    # step count is an array under gradient accumulation).
+    model = _two_streams()
+    kft.freeze(model, "partial", n_blocks=1)
+    model.compile(keras.optimizers.Adam(1e-2, gradient_accumulation_steps=2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(np.zeros((8, 8, 8, 3)), np.arange(8) % 2, batch_size=2,
+              verbose=0)
+    with pytest.warns(UserWarning, match="one step counter"):
+        assert kft.freeze(model, "full") == ["rgb", "depth", "head"]
 
 
 def test_penalties_refuse_repeated_paths_and_say_how_to_fix():

@@ -94,16 +94,17 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         # the same paths (`_assignments`, by path, is what a config keeps).
         self._owners, self._ambiguous = {}, []
         if model is not None:
-            self._owners = self._resolve(model)
-            groups = {}
+            groups = self._resolve(model)
+            # Every variable of the model: None for the default group.
+            self._owners = {id(v): groups.get(id(v)) for v in model.weights}
+            keys = {}
             for v in model.weights:
-                groups.setdefault(v.path, set()).add(
-                    self._owners.get(id(v)))
-            self._ambiguous = sorted(p for p, g in groups.items()
-                                     if len(g) > 1)
+                keys.setdefault(v.path, set()).add(self._owners[id(v)])
+            self._ambiguous = sorted(p for p, k in keys.items()
+                                     if len(k) > 1)
             self._assignments = {
-                v.path: self._owners[id(v)] for v in reversed(model.weights)
-                if id(v) in self._owners}
+                v.path: groups[id(v)] for v in reversed(model.weights)
+                if id(v) in groups}
         elif self._assignments is None:
             for key, regex in self._patterns:
                 if regex is None:
@@ -164,8 +165,8 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         if self._assignments is not None:
             # By identity where known; by path for other variables (a
             # model's layers swapped after, `kft.fast_cpu_convs`).
-            key = self._owners.get(id(variable),
-                                   self._assignments.get(variable.path))
+            key = (self._owners[id(variable)] if id(variable) in self._owners
+                   else self._assignments.get(variable.path))
             return self._group_routes[key] if key else self._default_route
         hits = [k for k, r in self._patterns if r.search(variable.path)]
         if len(hits) > 1:

@@ -96,7 +96,8 @@ def retarget_optimizer(optimizer, variables):
     ones for new variables.
 
     kft optimizers implement `retarget(variables)` themselves; any Keras
-    optimizer is rebuilt in place, with its slots matched by variable path.
+    optimizer is rebuilt in place, its slots following their variables
+    (not their paths, which two backbones in one model can share).
     A Keras Adam, AdamW, Adamax or Nadam that has already stepped warns
     (once) when variables are added: their bias correction reads the
     shared step counter, so their first updates are mis-scaled (use
@@ -146,7 +147,9 @@ def _warn_shared_step_count(optimizer, variables):
                                   keras.optimizers.Adamax,
                                   keras.optimizers.Nadam)):
         return
-    iterations = int(ops.convert_to_numpy(optimizer.iterations.value))
+    # A plain array under gradient accumulation (the Variable's count
+    # over the steps per update).
+    iterations = int(ops.convert_to_numpy(optimizer.iterations))
     tracked = {id(v) for v in _compat.tracked_variables(optimizer)}
     added = [v for v in variables if id(v) not in tracked]
     if iterations == 0 or not added:

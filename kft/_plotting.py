@@ -64,8 +64,10 @@ def finish(fig, path=None, *, dpi=120, close=True):
     """Lays out `fig`, saves it to `path` (format from the suffix: `.png`,
     `.svg`, `.pdf`) when given, and returns it.
 
-    A saved figure is closed in pyplot (it stays usable: `savefig`, a
-    notebook shows it): plots saved in a loop do not pile up open figures.
+    On a non-interactive backend (Agg, kft's default) a saved figure is
+    closed in pyplot, and stays usable (`savefig`, `canvas.draw()`):
+    plots saved in a loop do not pile up open figures. An interactive or
+    notebook backend keeps it open, to be shown as any pyplot figure.
     `close=False` keeps it open (a figure of the caller's own axes).
 
     Raises:
@@ -78,7 +80,7 @@ def finish(fig, path=None, *, dpi=120, close=True):
         if directory:
             os.makedirs(directory, exist_ok=True)
         fig.savefig(path, dpi=dpi)
-    if path is not None and close:
+    if path is not None and close and not _interactive():
         pyplot().close(fig)
         # Closing leaves a bare canvas; an Agg one keeps the figure
         # drawable (`canvas.get_renderer()`, `canvas.draw()`) as before.
@@ -86,6 +88,16 @@ def finish(fig, path=None, *, dpi=120, close=True):
 
         FigureCanvasAgg(fig)
     return fig
+
+
+def _interactive():
+    """Whether pyplot shows figures (an interactive or notebook backend),
+    rather than only writing files (Agg, pdf, svg, ...)."""
+    import matplotlib
+
+    backend = matplotlib.get_backend().lower()
+    return backend not in ("agg", "pdf", "svg", "ps", "cairo", "pgf",
+                           "template")
 
 
 def wrap_title(ax, title, fontsize):

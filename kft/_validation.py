@@ -18,6 +18,20 @@ def fail_argument(name, what, value, error=ValueError):
     raise error(f"Argument `{name}` must be {what}. Received: {name}={value!r}")
 
 
+def user_stacklevel():
+    """The `stacklevel` for `warnings.warn` that names the first caller
+    outside kft (a warning raised deep inside kft, reached by several
+    paths, then points at the user's line)."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def check_bool(name, value):
     """Returns `value` as a `bool`; numpy bools accepted, strings not ("False"
     would read as true).

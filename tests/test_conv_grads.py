@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -296,10 +297,11 @@ def test_int_strides_and_empty_outputs_as_keras():
                            r"\(9, 9\)\) over \(7, 7\) inputs has an empty "
                            r"output"):
             ours(x, k, dilation_rate=4)
-        for bad in ((2, 0), (1, 2, 3), "2"):
+        for bad in ((2, 0), (1, 2, 3), "2", 0):  # named as given
             with pytest.raises(ValueError, match=r"`strides` must be a "
                                r"positive integer or a \(height, width\) "
-                               r"pair of them"):
+                               r"pair of them\. Received: strides="
+                               + re.escape(repr(bad))):
                 ours(x, k, strides=bad)
 
 

@@ -119,6 +119,10 @@ def test_sample_weights_in_batches_are_said_to_be_ignored():
                           r"example once"):
             report = evaluate(model, batches)
         assert np.sum(report.confusion_matrix) == 4
+    with pytest.raises(ValueError, match=r"`data` must be an \(images, "
+                       r"labels\) pair: a report counts every example once, "
+                       r"so sample weights \(the third array\) are not used"):
+        kft.evaluate(model, (x, np.array([0, 1, 1, 1]), np.ones(4)))
     # A kft dataset's class weights are for training: no warning.
     weighted = kft.data.from_arrays(x, [0, 1, 1, 1], batch_size=2,
                                     shuffle=False).with_class_weight(

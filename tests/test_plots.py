@@ -232,7 +232,8 @@ def test_domain_shift_title_stays_inside_the_figure():
     assert inside, sizes
 
 
-def test_saved_figures_are_closed_and_stay_drawable(tmp_path):
+def test_saved_figures_are_closed_and_stay_drawable(tmp_path, monkeypatch):
+    import matplotlib
     import matplotlib.pyplot as plt
 
     report = _report(3)
@@ -257,6 +258,12 @@ def test_saved_figures_are_closed_and_stay_drawable(tmp_path):
                       num_images=4).plot(tmp_path / "s.png", ax=ax)
     assert fig.number in plt.get_fignums()
     plt.close(fig)
+    # A notebook's backend shows pyplot's open figures: saved ones stay.
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: (
+        "module://matplotlib_inline.backend_inline"))
+    shown = plots.plot_reliability(report, path=tmp_path / "r.png")
+    assert shown.number in plt.get_fignums()
+    plt.close(shown)
 
 
 @pytest.mark.parametrize("max_labels", [0, -1, 2.5])

@@ -268,6 +268,14 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             "Argument `data` must be an (images, labels) pair or a dataset "
             "of (images, labels) batches; the labels are missing. "
             f"Received: data of shape {tuple(data.shape)}")
+    elif isinstance(data, (tuple, list)) and len(data) == 3 and all(
+            _predict.is_array(part) for part in data):
+        # Read as three batches, it failed on "a batch of type ndarray".
+        raise ValueError(
+            "Argument `data` must be an (images, labels) pair: a report "
+            "counts every example once, so sample weights (the third "
+            f"array) are not used. Received: a {type(data).__name__} of 3 "
+            "arrays")
     else:
         from_data = class_names is None
         if from_data:  # checked before predicting when the width is known

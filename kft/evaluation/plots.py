@@ -78,7 +78,7 @@ def plot_confusion_matrix(report, *, normalize: bool = False,
     values = normalize_rows(matrix) if normalize else matrix
     size = min(4 + 0.45 * n, 16)
     # Room for the names shown (down the x axis, across the y axis).
-    names_in = 0.09 * _longest_label(names, max_labels)
+    names_in = min(0.09 * _longest_label(names, max_labels), 8)
     fig, ax = _plotting.new_figure(figsize=(size + 1.5 + names_in,
                                             size + names_in))
     image = ax.imshow(values, cmap="Blues", vmin=0,

@@ -53,17 +53,17 @@ def conv_settings(input_shape, kernel_shape, strides, padding,
     output, refused as Keras refuses it)."""
     check_choice("padding", padding, PADDINGS)
     pairs = []
-    for name, value in (("strides", strides),
+    for name, given in (("strides", strides),
                         ("dilation_rate", dilation_rate)):
-        if isinstance(value, numbers.Integral):
-            value = (value, value)
+        value = ((given, given) if isinstance(given, numbers.Integral)
+                 else given)
         try:
             pair = tuple(check_int(name, v, min_value=1) for v in value)
         except (TypeError, ValueError):
             pair = ()
         if len(pair) != 2:
             fail_argument(name, "a positive integer or a (height, width) "
-                          "pair of them", value)
+                          "pair of them", given)
         pairs.append(pair)
     (strides, dilation_rate), spans = pairs, [
         (k - 1) * r + 1 for k, r in zip(kernel_shape[:2], pairs[1])]

@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 
 from kft._validation import check_labels
+from kft._validation import user_stacklevel
 from kft.data._dataset import ImageDataset
 from kft.data._host_augment import has_effect
 
@@ -218,7 +219,8 @@ def warn_if_augmentation_unapplied(model, data):
         "has no random augmentation layer: it trains on images that are "
         "never augmented. Put it in the model first: `model = "
         "kft.augmentation.attach(model, data.augmentation)` (or build the "
-        "data with augment_on=\"host\").", UserWarning, stacklevel=3)
+        "data with augment_on=\"host\").", UserWarning,
+        stacklevel=user_stacklevel())
 
 
 def plain_data(data):

@@ -251,6 +251,17 @@ def test_export_onnx_and_predict_from_it(run, folder, tmp_path, capsys):
                          "--json"]) == 0
     assert kft.deploy.read_metadata(again)["class_names"] == [
         "class0", "class1", "class2"]
+    # A file exported with probabilities has no logits to give: said by
+    # the flag (it read "Argument `output`").
+    probabilities = str(tmp_path / "probabilities.keras")
+    assert cli.main(["export", run, "--format", "keras", "--output",
+                     "probabilities", "--out", probabilities]) == 0
+    code, err = _usage_error(["export", probabilities, "--output", "logits",
+                              "--out", str(tmp_path / "l.onnx")], capsys)
+    assert code == 2
+    assert ("--output logits: " + repr(probabilities) + " ends in a softmax"
+            ", so its logits cannot be recovered; pass --output "
+            "probabilities") in err
 
 
 def test_lr_find_suggests_rates_and_plots(folder, tmp_path, capsys):
@@ -825,8 +836,8 @@ def test_monitor_never_logged_is_a_usage_error_and_leaves_no_run(
     assert cli.main([*argv, "--val-split", "0", "--monitor",
                      "val_accuracy"]) == 0
     printed = capsys.readouterr().out
-    assert ("--monitor 'val_accuracy': no validation data (no val folder, "
-            "--val-split None); the run monitors 'accuracy'.") in printed
+    assert ("--monitor 'val_accuracy': no validation data (no val folder "
+            "and no --val-split); the run monitors 'accuracy'.") in printed
     # The next command copies as one (quoted) folder argument.
     assert f"next: kft eval '{tmp_path / 'no val'}' DATA_DIR" in printed
     # Through the Python API too.

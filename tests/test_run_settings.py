@@ -46,8 +46,9 @@ def test_auto_keeps_what_the_user_set_and_resets_what_it_does_not_use(
                      "0.1", "--out", out]) == 0
     printed = capsys.readouterr().out
     assert "strategy auto -> feature_extraction" in printed
-    assert ("not used by feature_extraction: `lr` 1000.0, `schedule` "
-            "'one_cycle', `layer_decay` 0.1 (reset to the defaults)"
+    # Named as the flags (they read `lr`, the library's names).
+    assert ("not used by feature_extraction: --lr 1000.0, --schedule "
+            "'one_cycle', --layer-decay 0.1 (reset to the defaults)"
             in printed)
     config = _config(out)
     assert config["strategy"] == "feature_extraction"

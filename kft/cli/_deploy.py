@@ -147,11 +147,17 @@ def export_command(args, argv):
                      "the folder of --out")
     start_library(models=True)
     from kft.deploy.exporting import export
+    from kft.deploy.inference import output_kind
     from kft.runs.folder import load_run
 
     try:
         # With the class names of the run.json beside a run's model.keras.
         run = load_run(model_path)
+        if args.output == "logits" and output_kind(run.model) == \
+                "probabilities":
+            raise Usage(f"--output logits: {model_path!r} ends in a "
+                        "softmax, so its logits cannot be recovered; pass "
+                        "--output probabilities (or leave --output out)")
         path = export(run.model, out, format=args.format,
                       batch="dynamic" if args.batch == "dynamic" else 1,
                       output=args.output, class_names=run.class_names)

@@ -75,7 +75,9 @@ def train_command(args, argv):
     try:
         result = train_run(config, resume=args.resume,
                            verbose=0 if quiet else 1,
-                           print_fn=None if quiet else say,
+                           # Setting names as the flags that set them.
+                           print_fn=None if quiet else (
+                               lambda line: say(flag_names(line))),
                            command=["kft"] + list(
                                argv if argv is not None else sys.argv[1:]))
     except RunSetupError as error:

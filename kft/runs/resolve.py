@@ -89,7 +89,7 @@ def monitor_change(given: TrainConfig, resolved: TrainConfig):
             or given.monitor == TrainConfig().monitor):
         return None
     return (f"`monitor` {given.monitor!r}: no validation data (no val "
-            f"folder, `val_split` {given.val_split}); the run monitors "
+            "folder and no `val_split`); the run monitors "
             f"{resolved.monitor!r}.")
 
 

@@ -20,14 +20,20 @@ def fail_argument(name, what, value, error=ValueError):
 
 def user_stacklevel():
     """The `stacklevel` for `warnings.warn` that names the first caller
-    outside kft (a warning raised deep inside kft, reached by several
-    paths, then points at the user's line)."""
+    outside kft and Keras (a warning raised deep inside kft, reached by
+    several paths or from a callback `fit` runs, then points at the
+    user's line)."""
     import os
     import sys
 
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    import keras
+
+    packages = tuple(os.path.dirname(os.path.abspath(module.__file__))
+                     + os.sep for module in (sys.modules[__package__],
+                                             keras))
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(package):
+    while frame is not None and frame.f_code.co_filename.startswith(
+            packages):
         frame, level = frame.f_back, level + 1
     return level
 

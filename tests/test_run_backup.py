@@ -90,6 +90,30 @@ def test_a_resumed_run_reads_and_draws_what_the_whole_run_did(tmp_path,
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
+def test_seed_states_of_another_model_are_left_with_a_warning(tmp_path):
+    x = np.zeros((8, 16, 16, 3), "float32")
+    y = np.arange(8) % 3
+
+    def fit(options, extra=()):
+        model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                     input_shape=(16, 16, 3), **options)
+        loss = (keras.losses.CategoricalCrossentropy
+                if "batch_augment" in options
+                else keras.losses.SparseCategoricalCrossentropy)
+        model.compile("sgd", loss(from_logits=True))
+        model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[
+            kft.callbacks.BackupAndRestore(tmp_path / "backup"), *extra])
+
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(_mix_and_dropout(), [_Crash(2)])
+    with pytest.warns(UserWarning, match=r"holds 2 seed states where model "
+                      r"'kft_simple_cnn\w*' has 1: its random layers") as seen:
+        fit({"dropout": 0.3})
+    # Said at the user's line, not inside kft.
+    assert {w.filename for w in seen if "seed states" in str(w.message)} \
+        == {__file__}
+
+
 def test_a_run_resumed_after_its_last_checkpoint_keeps_its_best(tmp_path):
     # Killed after the last epoch's checkpoint (e.g. while the report was
     # written): nothing is left to train, and the run's best is loaded

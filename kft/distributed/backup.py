@@ -30,6 +30,7 @@ import numpy as np
 
 from kft import _compat
 from kft._validation import fail_argument
+from kft._validation import user_stacklevel
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import process_count
 from kft.distributed.processes import scratch_dir
@@ -64,8 +65,10 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     The model's seed generator states (Mixup/CutMix draws, dropout masks,
     augmentation inside the model), which Keras' checkpoint leaves out,
-    are checkpointed with each epoch: a resumed `fit` draws what the
-    uninterrupted one would have.
+    are checkpointed with each epoch: a `fit` resumed at an epoch's start
+    draws what the uninterrupted one would have. (With an integer
+    `save_freq`, Keras reruns the interrupted epoch from its first batch
+    on weights saved within it, so that epoch differs anyway.)
 
     With `data`, the training data's pass count is checkpointed with the
     epochs, and a resumed `fit` reads the passes (shuffled orders,
@@ -189,10 +192,11 @@ class BackupAndRestore(keras.callbacks.Callback):
                 np.shape(s) != tuple(v.shape) for s, v in zip(saved, states)):
             warnings.warn(
                 f"The checkpoint in {self.backup_dir!r} holds "
-                f"{len(saved)} seed states for model {self.model.name!r}'s "
-                f"{len(states)}: its random layers (Mixup/CutMix, dropout) "
-                "start their draws afresh instead of where the interrupted "
-                "run left them.", UserWarning, stacklevel=2)
+                f"{len(saved)} seed states where model {self.model.name!r} "
+                f"has {len(states)}: its random layers (Mixup/CutMix, "
+                "dropout) start their draws afresh instead of where the "
+                "interrupted run left them.", UserWarning,
+                stacklevel=user_stacklevel())
             return
         for value, variable in zip(saved, states):
             variable.assign(np.asarray(value, dtype=variable.dtype))

@@ -455,6 +455,12 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return np.asarray(self._example_labels, dtype=np.int64)
 
     @property
+    def shuffle_seed(self) -> int:
+        """The seed of the passes' shuffles (pass k: `shuffle_seed + k`),
+        balanced draws and host augmentation (`with_seed` sets it)."""
+        return self._shuffle_seed
+
+    @property
     def passes_begun(self) -> int:
         """Passes begun so far over this dataset (and the views that share
         its passes): the next pass is number `passes_begun`, which decides

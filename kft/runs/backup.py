@@ -62,9 +62,8 @@ class RunBackup(keras.callbacks.Callback):
             Given, a resumed run reads the passes (shuffled orders,
             balanced draws, host augmentation) the uninterrupted run would
             have read after the checkpoint, so it continues the same run;
-            without it the passes start again from the first. (A phase 1
-            on cached features is shuffled by Keras, see `kft.fine_tune`'s
-            `cache_features`.) Defaults to `None`.
+            without it the passes start again from the first. Defaults to
+            `None`.
 
     Attributes:
         history: `{epoch: logs}` of every epoch of the run so far.

@@ -190,11 +190,10 @@ def fine_tune(
             balanced sampling when the model allows it
             (`kft.feature_cache.can_cache_features`), `True` insists (and
             raises if it cannot), `False` never does. The head then trains
-            on batches of the dataset's batch size, shuffled (when the
-            dataset shuffles) by Keras' own draw, not the dataset's seed
-            and passes: a run resumed inside a cached phase 1 sees other
-            orders than the uninterrupted one (`False` for an exact
-            resume). Features are computed in
+            on batches of a `kft.data` dataset's batch size, shuffled (when
+            the dataset shuffles) in an order fixed by its seed and the
+            epoch, so a run resumed inside phase 1 reads the orders the
+            uninterrupted one read. Features are computed in
             inference mode (a backbone's own dropout off). In a cached
             phase, callbacks see the head model. Defaults to `"auto"`.
         class_weight: `"balanced"` (`kft.balanced_class_weight` of the

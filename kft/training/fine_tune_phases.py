@@ -5,6 +5,7 @@ where it can), then deeper blocks at a lower, scheduled rate (found by
 import math
 
 import keras
+import numpy as np
 
 from kft._compat import print_msg
 from kft.data import ImageDataset
@@ -56,12 +57,47 @@ def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
     # (`batch_size` is for arrays).
     data = phases.train_data
     own = isinstance(data, ImageDataset)
+    first = [EpochRate()]
+    if own and data.shuffle:
+        first.append(EpochSeededShuffle(data.shuffle_seed))
     return fit_head(
         phases.model, caches[0], validation_data=caches[1],
         batch_size=data.batch_size if own else phases.batch_size,
         shuffle=data.shuffle if own else True, epochs=epochs,
         verbose=phases.verbose, class_weight=phases.class_weight,
-        callbacks=phases.callbacks([EpochRate()])).history
+        callbacks=phases.callbacks(first)).history
+
+
+class EpochSeededShuffle(keras.callbacks.Callback):
+    """Makes Keras' shuffled order of in-memory arrays a function of
+    `(seed, epoch)`.
+
+    Keras draws an epoch's order from NumPy's global generator when the
+    epoch's first batch is read; seeded from the dataset's seed and the
+    epoch for that draw (its state put back after the first batch), a fit
+    resumed at epoch k reads the orders the uninterrupted fit read.
+    """
+
+    def __init__(self, seed):
+        super().__init__()
+        self.seed = seed
+        self._saved = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._saved = np.random.get_state()
+        np.random.seed(np.random.SeedSequence(
+            [self.seed, epoch]).generate_state(1)[0])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._restore()
+
+    def on_train_end(self, logs=None):
+        self._restore()
+
+    def _restore(self):
+        if self._saved is not None:
+            np.random.set_state(self._saved)
+            self._saved = None
 
 
 def steps_per_epoch(phases):

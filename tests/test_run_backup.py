@@ -77,32 +77,27 @@ def _mix_and_dropout():
     # Mixup's and dropout's seed states are no weights: Keras' checkpoint
     # left them out, and a resumed `kft train --mixup` drew the first
     # epochs' lambdas and masks again (epoch 5's loss 0.817 for 0.768).
-    {"model_options": _mix_and_dropout}])
+    {"model_options": _mix_and_dropout},
+    # A crash in phase 1, which trains on cached features shuffled by
+    # Keras from NumPy's global generator: the resumed process drew the
+    # first epoch's order again (weights 0.167 apart).
+    {"data_options": {"shuffle": True, "seed": 5}, "head_epochs": 3,
+     "epochs": 4, "crash": 1, "phase": 0}])
 def test_a_resumed_run_reads_and_draws_what_the_whole_run_did(tmp_path,
                                                               settings):
     settings = {"learning_rate": 0.05, **settings}
+    crash, phase = settings.pop("crash", 2), settings.pop("phase", 1)
     whole, whole_weights, _ = _run(tmp_path / "whole", **settings)
     with pytest.raises(RuntimeError, match="crash"):
-        _run(tmp_path / "crashed", [_Crash(2)], **settings)
+        _run(tmp_path / "crashed", [_Crash(crash)], **settings)
     resumed, weights, _ = _run(tmp_path / "crashed", **settings)
-    assert resumed.histories[1]["loss"] == whole.histories[1]["loss"][1:]
+    assert resumed.histories[phase]["loss"] == \
+        whole.histories[phase]["loss"][1:]
     for got, want in zip(weights, whole_weights):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_a_run_resumed_inside_a_cached_shuffled_head_phase(tmp_path):
-    # Phase 1 trains on cached features, shuffled by Keras from NumPy's
-    # global generator: a resumed process drew the first epoch's order
-    # again (review: weights 0.167 apart from the uninterrupted run).
-    settings = {"data_options": {"shuffle": True, "seed": 5},
-                "head_epochs": 3, "epochs": 4, "learning_rate": 0.05}
-    whole, whole_weights, _ = _run(tmp_path / "whole", **settings)
-    with pytest.raises(RuntimeError, match="crash"):
-        _run(tmp_path / "crashed", [_Crash(1)], **settings)
-    resumed, weights, _ = _run(tmp_path / "crashed", **settings)
-    assert resumed.histories[0]["loss"] == whole.histories[0]["loss"][1:]
-    for got, want in zip(weights, whole_weights):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+def test_the_cached_phase_order_is_seeded_by_epoch_and_numpy_given_back():
     # The order is a function of (seed, epoch), and NumPy's global
     # generator is the user's again after the epoch's first batch.
     from kft.training.fine_tune_phases import EpochSeededShuffle

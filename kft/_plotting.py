@@ -11,6 +11,8 @@ True
 
 import os
 
+from kft._validation import check_int
+
 _INSTALL = 'pip install "kft[plots]"'
 
 
@@ -113,8 +115,6 @@ def wrap_title(ax, title, fontsize):
 def thin_ticks(n, max_labels=25):
     """Indices of `n` tick labels to show so that at most `max_labels`
     appear (every k-th): readable on 100 classes."""
-    from kft._validation import check_int
-
     max_labels = check_int("max_labels", max_labels, min_value=1)
     step = max(1, -(-n // max_labels))
     return list(range(0, n, step))

@@ -17,8 +17,8 @@ from kft._plotting import finish
 from kft._plotting import new_figure
 from kft._plotting import wrap_title
 from kft._validation import check_number
-from kft.evaluation._format import markdown_cell
 from kft._validation import fail_argument
+from kft.evaluation._format import markdown_cell
 
 _FORMAT = "kft.StrategyComparison/1"
 # Metrics where lower is better; every other report metric is a score.

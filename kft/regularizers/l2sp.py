@@ -10,8 +10,6 @@ from kft.models.blocks import get_blocks
 from kft.regularizers.attach import split_weights
 from kft.regularizers.penalty import Penalty
 
-# How a model gets the "head" block of `kft.get_blocks`.
-
 
 class L2SP(Penalty):
     """L2-SP penalty: `alpha * ||w - w_0||^2` on the backbone's weights,

@@ -273,7 +273,7 @@ def test_bad_padding_is_rejected():
                         padding="full")
 
 
-def test_int_strides_and_empty_outputs_as_keras():
+def test_int_strides_case_and_empty_outputs_as_keras():
     # An int stride or rate is (n, n), as keras.ops.conv takes it (it
     # raised "'int' object is not iterable"); a "valid" kernel wider than
     # the input is refused (depthwise raised a broadcasting error, conv
@@ -289,7 +289,9 @@ def test_int_strides_and_empty_outputs_as_keras():
             (shifted_conv, keras.ops.conv, kernel),
             (conv_grads.depthwise_conv, keras.ops.depthwise_conv, depthwise),
             (shifted_depthwise_conv, keras.ops.depthwise_conv, depthwise)):
-        for kwargs in ({"strides": 2}, {"dilation_rate": 2}):
+        # Upper-case padding too (it was refused: "must be one of").
+        for kwargs in ({"strides": 2}, {"dilation_rate": 2},
+                       {"padding": "SAME"}, {"padding": "Valid"}):
             np.testing.assert_allclose(ours(x, k, **kwargs),
                                        theirs(x, k, **kwargs), atol=1e-5)
         with pytest.raises(ValueError, match=r"A \"valid\" convolution of a "

@@ -233,7 +233,7 @@ def depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
     """
     inputs = jnp.asarray(inputs)
     kernel = jnp.asarray(kernel).astype(inputs.dtype)
-    strides, dilation_rate = conv_settings(inputs.shape, kernel.shape,
-                                           strides, padding, dilation_rate)
+    strides, padding, dilation_rate = conv_settings(
+        inputs.shape, kernel.shape, strides, padding, dilation_rate)
     return _depthwise(inputs, kernel, strides, padding,
                       dilation_rate)

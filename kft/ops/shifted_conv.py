@@ -47,10 +47,13 @@ def _pads(size, kernel, stride, rate, padding):
 
 def conv_settings(input_shape, kernel_shape, strides, padding,
                   dilation_rate):
-    """`(strides, dilation_rate)` as pairs of ints (an int `n` is `(n, n)`,
-    as `keras.ops.conv` takes it), checked; raises for an unknown
-    `padding` or a "valid" kernel span larger than the input (an empty
-    output, refused as Keras refuses it)."""
+    """`(strides, padding, dilation_rate)` checked: strides and rates as
+    pairs of ints (an int `n` is `(n, n)`) and padding lower-case, as
+    `keras.ops.conv` takes them; raises for an unknown `padding` or a
+    "valid" kernel span larger than the input (an empty output, refused
+    as Keras refuses it)."""
+    if isinstance(padding, str):
+        padding = padding.lower()
     check_choice("padding", padding, PADDINGS)
     pairs = []
     for name, given in (("strides", strides),
@@ -74,7 +77,7 @@ def conv_settings(input_shape, kernel_shape, strides, padding,
             f"(dilation {dilation_rate}: spans {tuple(spans)}) over "
             f"{tuple(input_shape[1:3])} inputs has an empty output. Use "
             "padding=\"same\", a smaller kernel or larger inputs.")
-    return strides, dilation_rate
+    return strides, padding, dilation_rate
 
 
 def _same_padded(inputs, kernel_size, strides, dilation_rate):
@@ -140,8 +143,8 @@ def shifted_depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
     dtype = inputs.dtype
     inputs = ops.cast(inputs, _summed_dtype(dtype))
     kernel = ops.cast(ops.cast(kernel, dtype), inputs.dtype)
-    strides, dilation_rate = conv_settings(inputs.shape, kernel.shape,
-                                           strides, padding, dilation_rate)
+    strides, padding, dilation_rate = conv_settings(
+        inputs.shape, kernel.shape, strides, padding, dilation_rate)
     channels, multiplier = kernel.shape[2:]
     outputs = None
     for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,
@@ -184,8 +187,8 @@ def shifted_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
     """
     inputs = ops.convert_to_tensor(inputs)
     kernel = ops.cast(kernel, inputs.dtype)
-    strides, dilation_rate = conv_settings(inputs.shape, kernel.shape,
-                                           strides, padding, dilation_rate)
+    strides, padding, dilation_rate = conv_settings(
+        inputs.shape, kernel.shape, strides, padding, dilation_rate)
     summed = _summed_dtype(inputs.dtype)
     outputs = None
     for i, j, patch in _shifted_patches(inputs, kernel.shape[:2], strides,

@@ -1053,8 +1053,8 @@ def test_compare_keeps_an_earlier_comparison_unless_told(
 def test_lr_find_next_command_repeats_what_was_measured(tmp_path, capsys,
                                                         monkeypatch):
     """The `kft train` line lr-find prints: every flag given that kft train
-    takes, the strategy measured, --head-lr where the head's rate was
-    measured; paths quoted."""
+    takes, the strategy measured (given, or the fine-tuning phase's),
+    --head-lr where the head's rate was measured; paths quoted."""
     import shlex
     import types
 
@@ -1080,7 +1080,11 @@ def test_lr_find_next_command_repeats_what_was_measured(tmp_path, capsys,
             (["--phase", "fine_tune", "--strategy", "feature_extraction"],
              f"kft train {quoted} --strategy feature_extraction --head-lr "
              "0.00031"),
-            ([], f"kft train {quoted} --strategy full --head-lr 0.00031")):
+            # The head's rate, whatever the strategy: kft train keeps its
+            # own default (auto; lr-find's full was pinned on it).
+            ([], f"kft train {quoted} --head-lr 0.00031"),
+            (["--phase", "fine_tune"],
+             f"kft train {quoted} --strategy full --lr 0.00031")):
         assert cli.main(["lr-find", data, *argv]) == 0
         lines = capsys.readouterr().out.splitlines()
         line = next(x for x in lines if x.startswith("next: "))

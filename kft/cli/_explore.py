@@ -87,13 +87,16 @@ def train_command_line(args, argv, rate):
         argv[argv.index(args.command) + 1:], given)
     settings = {f.name for f in dataclasses.fields(TrainConfig)}
     words = ["kft", "train", args.data_dir]
+    # The head alone was measured (`--phase head`, or feature extraction,
+    # which trains nothing else): its rate is --head-lr, whatever the
+    # strategy, which is named only when given (`kft train`'s default,
+    # auto, picks one by data size; lr-find's is full). A rate measured
+    # for a strategy's set goes with that strategy.
+    head = args.phase == "head" or args.strategy == "feature_extraction"
     for name, value in vars(given).items():
         if name in settings and name != "data_dir" and (
-                value is not _NOT_GIVEN or name == "strategy"):
+                value is not _NOT_GIVEN or name == "strategy" and not head):
             words += ["--" + name.replace("_", "-"), str(getattr(args, name))]
-    # The head alone was measured (`--phase head`, or feature extraction,
-    # which trains nothing else): its rate is --head-lr.
-    head = args.phase == "head" or args.strategy == "feature_extraction"
     words += ["--head-lr" if head else "--lr", f"{rate:.2g}"]
     return " ".join(map(shlex.quote, words))
 

@@ -21,7 +21,8 @@ metric direction (`_direction`); the compile config (`_compile_config`);
 the preprocessing layers' hooks (`_transform_images`, `_get_zoom_matrix`,
 `_get_fill_value`, their transformation keys); `keras.src` imports
 (`io_utils`, the JAX random backend, `StatelessScope` detection,
-`DataAdapter`, the grain adapter, the base image preprocessing layer);
+`DataAdapter`, the grain adapter, the base image preprocessing layer,
+the code of `Trainer._symbolic_build`);
 JAX's `xla_bridge._backends`, its compile-event names and its cache of
 compiled single operations (`dispatch.xla_primitive_callable`).
 """
@@ -30,6 +31,7 @@ import contextlib
 import functools
 import importlib.metadata
 import os
+import sys
 
 # [lowest, first unsupported) Keras version, as (major, minor).
 SUPPORTED_KERAS = ((3, 15), (3, 16))
@@ -395,6 +397,31 @@ def data_adapter_class():
     except ImportError:  # pragma: no cover: a Keras that moved it.
         return object
     return DataAdapter
+
+
+@functools.cache
+def _symbolic_build_code():
+    from keras.src.trainers.trainer import Trainer
+
+    return getattr(Trainer._symbolic_build, "__code__", None)
+
+
+def read_by_symbolic_build(depth=12):
+    """Whether Keras' `Trainer._symbolic_build` is up the call stack
+    (within `depth` frames): `fit` and `evaluate` read one batch there,
+    for its shapes only, while the model's compiled loss or metrics are
+    unbuilt, i.e. on a model's first `fit`/`evaluate` but not after one;
+    a dataset that counts that read as a pass would shuffle the same
+    run's epochs differently depending on what ran before."""
+    code = _symbolic_build_code()
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def grain_adapter(dataset):

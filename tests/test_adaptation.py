@@ -409,6 +409,11 @@ def test_dann_checks_source_labels_and_keeps_class_names():
     with pytest.raises(ValueError, match="one-hot labels of width 3"):
         model.fit(domain_pairs((xs, np.eye(3)[ys]), xs, batch_size=4),
                   verbose=0)
+    # {"source", "target"} arrays and labels trained without a word.
+    with pytest.raises(ValueError, match=r"`y` holds labels outside "
+                       r"\[0, 2\) .*: 5, 6\."):
+        model.fit({"source": xs, "target": xs}, list(ys + 5), batch_size=4,
+                  verbose=0)
     with pytest.raises(ValueError, match=r"`validation_data\[1\]` holds "
                                          r"labels outside \[0, 2\)"):
         model.fit(domain_pairs((xs, ys), xs, batch_size=4), verbose=0,

@@ -99,6 +99,35 @@ def test_a_pass_counts_from_its_first_batch():
     assert plain[0] != plain[1] and sorted(plain[1]) == list(range(12))
 
 
+def test_fit_reads_the_same_passes_whatever_built_the_model():
+    """Keras' first `fit` of a model reads one batch for its shapes (only
+    while the compiled loss is unbuilt): that read took pass 0, so the
+    epochs read passes 1, 2 on a fresh model but 0, 1 after an `evaluate`
+    or `kft.lr_find` (weights 0.01 apart for the same seed)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (12, 4, 4, 3)).astype("float32")
+    y = np.arange(12) % 3
+
+    def run(first):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4, 4, 3)),
+                                  keras.layers.Rescaling(1 / 255),
+                                  keras.layers.Flatten(),
+                                  keras.layers.Dense(3)])
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True))
+        data = kft.data.from_arrays(x, y, batch_size=4, seed=1)
+        if first:
+            model.evaluate(x[:4], y[:4], verbose=0)
+        model.fit(data, epochs=2, verbose=0)
+        return data.passes_begun, model.get_weights()
+
+    (plain, weights), (after, weights_after) = run(False), run(True)
+    assert plain == after == 2
+    for a, b in zip(weights, weights_after):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_validation_split_is_stratified_and_disjoint(tmp_path):
     root = _tree(tmp_path, splits=("all",), per_class=10)
     train, val = kft.data.from_directory(f"{root}/all", SIZE,
@@ -618,6 +647,33 @@ def test_os_metadata_files_and_folders_are_ignored(tmp_path):
     assert train.skipped == val.skipped == ()
 
 
+def test_other_image_formats_load_and_unread_files_are_named(tmp_path):
+    # .jfif/.ppm/.pgm photos Pillow reads were left out without a word;
+    # files not named as images are now warned of, and counted when a
+    # folder has no image at all.
+    root = _tree(tmp_path, splits=("train",), per_class=1)
+    _save(f"{root}/train/bright/x.jfif", _solid(230), format="JPEG")
+    _save(f"{root}/train/bright/x.ppm", _solid(230))
+    _save(f"{root}/train/bright/x.pgm", _solid(230)[..., 0])
+    open(f"{root}/train/dark/notes.txt", "w").write("not an image")
+    open(f"{root}/train/dark/Thumbs.db", "wb").write(bytes(64))
+    with pytest.warns(UserWarning, match=r"Left out 1 files of the class "
+                      r"folders not named as images \(\.txt: 1; e\.g\. "
+                      r".*notes\.txt\)\. kft reads \.jpg .*\.pgm"):
+        train, _ = kft.data.from_directory(root, SIZE, augmentation="none")
+    assert train.class_counts == {"bright": 4, "dark": 1}
+    assert train.skipped == ()
+    images, labels = _batches(train)[0]
+    np.testing.assert_allclose(images[labels == 0].mean(axis=(1, 2, 3)),
+                               230, atol=2)
+    os.remove(f"{root}/train/dark/0.png")
+    with pytest.warns(UserWarning, match="Left out 1 files"):
+        with pytest.raises(ValueError, match=r"\['dark'\] .* have no "
+                           r"readable images \(0 files skipped; 1 files "
+                           r"not named as images\)"):
+            kft.data.from_directory(root, SIZE, augmentation="none")
+
+
 def test_symlink_to_a_parent_folder_is_walked_once(tmp_path):
     root = _tree(tmp_path, splits=("train",), per_class=2)
     os.symlink(f"{root}/train/dark", f"{root}/train/dark/again")
@@ -717,7 +773,7 @@ def test_from_arrays_reads_class_names_once_as_strings():
     assert all(type(n) is str for n in names)
 
 
-def test_from_arrays_refuses_no_images_and_warns_off_range_pixels():
+def test_from_arrays_refuses_no_images_or_nan_and_warns_off_range_pixels():
     # Empty, `fit` died with a bare StopIteration; pixels in [0, 1] or
     # normalised trained on near-black inputs without a word.
     with pytest.raises(ValueError, match=r"`x` must hold at least one "
@@ -728,9 +784,20 @@ def test_from_arrays_refuses_no_images_and_warns_off_range_pixels():
     with pytest.warns(UserWarning, match=r"pixel values in \[0\.\d+, "
                       r"0\.\d+\] \(scaled to \[0, 1\]\? multiply by 255\)"):
         kft.data.from_arrays(x, y)
-    for off in (x - 0.5, x * 1000):
+    # Integer images too (16-bit scans trained silently), and NaN pixels
+    # are refused (nanmin/nanmax passed them on to the batches).
+    for off in (x - 0.5, x * 1000, (x * 4000).astype("int32") - 99):
         with pytest.warns(UserWarning, match=r"take pixels in \[0, 255\]"):
             kft.data.from_arrays(off, y)
+    with pytest.warns(UserWarning, match=r"\[\d+, 3\d{3}\] \(16-bit images\? "
+                      r"`x >> 8` maps them to 8 bits"):
+        kft.data.from_arrays((x * 4000).astype("uint16"), y)
+    for value in (np.nan, np.inf):
+        bad = x * 255
+        bad[2, 1, 1, 0] = value
+        with pytest.raises(ValueError, match=r"`x` holds 1 NaN or infinite "
+                           r"pixel values \(first in image 2\)"):
+            kft.data.from_arrays(bad, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for fine in (x * 255, (x * 255).astype("uint8"), np.zeros_like(x)):

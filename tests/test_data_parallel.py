@@ -270,6 +270,17 @@ def bad_batches(info):
         x[:20], batch_size=BATCH, verbose=0)
     attempts["own_evaluate_arrays"] = lambda: model.evaluate(
         x[:20], y[:20], batch_size=BATCH, verbose=0)
+    # A DomainAdaptationModel's own data: JAX's IndivisibleError in the
+    # first step, naming no batch.
+    adapted = kft.DomainAdaptationModel(_model(), hidden_units=(8,))
+    adapted.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    attempts["dann_pairs"] = lambda: adapted.fit(
+        kft.adaptation.domain_pairs((x, y), x, batch_size=12), verbose=0)
+    attempts["dann_arrays"] = lambda: adapted.fit(
+        {"source": x, "target": x}, y, batch_size=12, verbose=0)
+    attempts["dann_evaluate"] = lambda: adapted.evaluate(
+        x[:20], y[:20], batch_size=BATCH, verbose=0)
     for name, attempt in attempts.items():
         try:
             attempt()
@@ -441,6 +452,9 @@ def test_cached_features_padded_batch_matches(runs):
                             "kft.predict pads")),
     ("own_evaluate_arrays", ("20 examples", "holds 4", "8 devices",
                              "kft.evaluate pads")),
+    ("dann_pairs", ("domain_pairs.batch_size=12", "8 devices")),
+    ("dann_arrays", ("batch_size=12", "8 devices")),
+    ("dann_evaluate", ("20 examples", "holds 4", "8 devices")),
 ])
 def test_batches_that_do_not_split_raise(runs, name, numbers):
     message = runs[8][1][f"error_{name}"]

@@ -32,6 +32,9 @@ from kft.models.classifier import carry_over
 from kft.models.classifier_model import Classifier
 from kft.adaptation.reversal import GradientReversal
 from kft.adaptation.reversal import reversal_lambda
+from kft.distributed.data_parallel import ChecksEvalBatches
+from kft.distributed.data_parallel import check_data_batches
+from kft.distributed.data_parallel import check_fit_data
 from kft.training.fit_data import check_data_labels
 from kft.training.head import split_head
 
@@ -42,7 +45,8 @@ _LOGGED_ONLY_IN_TRAINING = ("domain_loss", "domain_accuracy", "alignment",
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class DomainAdaptationModel(_compat.KeepsStateOnError, keras.Model):
+class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
+                            keras.Model):
     """A kft classifier trained on labelled source and unlabelled target
     batches: task loss on the source, plus a domain term on both.
 
@@ -207,6 +211,12 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, keras.Model):
             _split_batch(x, y)
         if isinstance(x, DomainPairs):
             check_data_labels((x.xs, x.ys), num_classes, "source")
+            check_data_batches(x, None, name="domain_pairs")
+        elif isinstance(x, dict) and y is not None:
+            check_data_labels((x.get("source"), np.asarray(y)), num_classes,
+                              "y", labels_name="y")
+        # A batch that does not split over the devices failed in JAX.
+        check_fit_data((x, y, *args), kwargs)
         validation = kwargs.get("validation_data")
         if isinstance(validation, (tuple, list)) and len(validation) == 2:
             check_data_labels(tuple(np.asarray(v) for v in validation),

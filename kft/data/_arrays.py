@@ -94,17 +94,30 @@ def _labels_and_classes(y, n, class_names, num_classes):
     return check_labels(y, num_classes, classes_of=classes_of), num_classes
 
 
-def _warn_outside_pixel_range(x):
-    """Warns when float images are not in [0, 255], the range kft's models
-    preprocess from (images scaled to [0, 1] or normalised would train on
-    nearly black inputs, without an error)."""
-    if not np.issubdtype(x.dtype, np.floating):
+def _check_pixels(x):
+    """Refuses NaN or infinite pixels; warns when pixels are not in
+    [0, 255], the range kft's models preprocess from (images scaled to
+    [0, 1], normalised or 16-bit would train on wrong inputs without an
+    error)."""
+    integer = np.issubdtype(x.dtype, np.integer)
+    if not (integer or np.issubdtype(x.dtype, np.floating)):
         return
-    low, high = float(np.nanmin(x)), float(np.nanmax(x))
+    low, high = float(x.min()), float(x.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = ~np.isfinite(x)
+        raise ValueError(
+            f"Argument `x` holds {int(bad.sum())} NaN or infinite pixel "
+            "values (first in image "
+            f"{int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))}); "
+            "images must be finite pixels in [0, 255].")
     if low >= 0 and 1 < high <= 255 or high == low == 0:
         return
-    hint = (" (scaled to [0, 1]? multiply by 255)" if low >= 0 and high <= 1
-            else "")
+    hint = ""
+    if low >= 0 and high <= 1:
+        hint = " (scaled to [0, 1]? multiply by 255)"
+    elif integer and low >= 0 and high <= 65535:
+        hint = (" (16-bit images? `x >> 8` maps them to 8 bits, as "
+                "`from_directory` reads 16-bit files)")
     warnings.warn(
         f"Images `x` hold pixel values in [{low:g}, {high:g}]{hint}; kft's "
         "models take pixels in [0, 255] and preprocess them as their "
@@ -190,7 +203,7 @@ def from_arrays(x, y, batch_size: int = 32, *,
         # Keras' fit over it died with a bare StopIteration.
         raise ValueError("Argument `x` must hold at least one image. "
                          f"Received: x.shape={x.shape}")
-    _warn_outside_pixel_range(x)
+    _check_pixels(x)
     seed = check_seed(seed)
     check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
     if label_mode is None:

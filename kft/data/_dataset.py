@@ -120,7 +120,12 @@ class _Pass(grain.DatasetIterator):
 
     def __next__(self):
         if self._batches is None:
-            self._batches = self._dataset._start_pass()
+            # Keras' first `fit`/`evaluate` of a model reads one batch for
+            # its shapes: that read takes no pass number, so a model's
+            # epochs read the same passes whether or not anything built
+            # its compiled loss before (an `evaluate`, `kft.lr_find`).
+            self._batches = self._dataset._start_pass(
+                peek=_compat.read_by_symbolic_build())
         try:
             self._last = next(self._batches)
         except StopIteration:
@@ -177,14 +182,18 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     know `len(dataset)` steps per pass (progress bars show `3/29`, not
     `3/Unknown`). `fit`'s `shuffle`, `class_weight` and `sample_weight`
     do not apply to it: the dataset shuffles itself when built with
-    `shuffle=True`, and its batches carry no sample weights.
+    `shuffle=True`, and its batches carry no sample weights unless made
+    with `with_class_weight` (which a kft model's `fit` calls for a
+    `class_weight` given; it refuses `sample_weight`).
 
     Each pass (epoch) reshuffles with `seed + n`, `n` counting the passes
-    read so far (a pass counts from its first batch, so the orders are the
-    same on one device and under `kft.data_parallel`). A process that
-    resumes a run (`BackupAndRestore`) counts from 0 again: its epochs
-    still see each example once, in other orders than the uninterrupted
-    run's. With
+    read so far (a pass counts from its first batch, and the batch
+    Keras reads for the shapes on a model's first `fit` or `evaluate`
+    counts as none: the orders are the same on one device and under
+    `kft.data_parallel`, whatever ran on the model before). A process that
+    resumes a run counts from 0 again, in other orders than the
+    uninterrupted run's, unless `kft.callbacks.BackupAndRestore(...,
+    data=dataset)` continues the count. With
     `sampling="balanced"` each pass instead draws `num_examples` examples
     with replacement, every class present equally likely (a class, then
     an example of it), seeded by `seed` and the epoch: rare classes are
@@ -621,8 +630,8 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         # 1 device unlike on N devices. Unread iterators load nothing.
         return _Pass(self)
 
-    def _start_pass(self):
-        epoch = self._passes.take()
+    def _start_pass(self, peek=False):
+        epoch = self._passes.begun() if peek else self._passes.take()
         dataset = self._source
         if self.sampling == "balanced":
             indices = balanced_indices(self.example_labels, len(dataset),

@@ -10,14 +10,18 @@ fails instead of raising.
 import concurrent.futures
 import os
 import threading
+import warnings
 
 import numpy as np
 
+from kft._validation import user_stacklevel
 from kft.data import _images
 
 # Folders of operating-system metadata, never classes or images: macOS
 # zip archives add `__MACOSX/` (full of `._*` AppleDouble files).
 METADATA_FOLDERS = ("__MACOSX",)
+# Windows' folder metadata: not hidden by name, never an image.
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")
 VAL_FOLDERS = ("val", "validation", "valid")
 # Held-out images: never a class (`kft.runs` leaves it out of training).
 TEST_FOLDER = "test"
@@ -77,9 +81,11 @@ def _list_classes(folder):
     )
 
 
-def list_images(folder):
+def list_images(folder, others=None):
     """Image files under `folder`, sorted; symbolic links followed once,
     hidden files and folders left out (`kft.predict` lists folders so too).
+    The other files (not named as images; Windows' folder metadata
+    aside) are appended to the list `others` when one is given.
     """
     found = []
     seen = set()
@@ -94,20 +100,43 @@ def list_images(folder):
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        found.extend(
-            os.path.join(root, name) for name in sorted(files)
-            if not _hidden(name)
-            and name.lower().endswith(_images.IMAGE_EXTENSIONS)
-        )
+        for name in sorted(files):
+            if _hidden(name):
+                continue
+            if name.lower().endswith(_images.IMAGE_EXTENSIONS):
+                found.append(os.path.join(root, name))
+            elif others is not None and name.lower() not in SYSTEM_FILES:
+                others.append(os.path.join(root, name))
     return found
 
 
-def scan_folder(folder, class_names, *, check, max_pixels, num_workers):
+def warn_unread(others):
+    """Warns of files in class folders that were not read, not being
+    named as images (no silent loss of, e.g., `.heic` photos)."""
+    if not others:
+        return
+    counts = {}
+    for path in others:
+        extension = os.path.splitext(path)[1].lower() or "no extension"
+        counts[extension] = counts.get(extension, 0) + 1
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(
+        counts.items(), key=lambda item: -item[1]))
+    warnings.warn(
+        f"Left out {len(others)} files of the class folders not named as "
+        f"images ({kinds}; e.g. {others[0]}). kft reads "
+        f"{' '.join(_images.IMAGE_EXTENSIONS)} (any case): convert images "
+        "in other formats to one of them to train on them.",
+        UserWarning, stacklevel=user_stacklevel())
+
+
+def scan_folder(folder, class_names, others, *, check, max_pixels,
+                num_workers):
     """Lists `(path, label)` records of good files and the skipped ones,
-    each class read from its `class_folder`."""
+    each class read from its `class_folder`; files not named as images
+    are appended to `others`."""
     candidates = [
         (path, label) for label, name in enumerate(class_names)
-        for path in list_images(class_folder(folder, name))
+        for path in list_images(class_folder(folder, name), others)
     ]
     full = check == "full"
     with concurrent.futures.ThreadPoolExecutor(max(num_workers, 1)) as pool:
@@ -233,11 +262,16 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
     """
     options = dict(check=check, max_pixels=max_pixels,
                    num_workers=num_workers)
-    records, skipped, total = scan_folder(train_dir, class_names, **options)
+    others = []
+    records, skipped, total = scan_folder(train_dir, class_names, others,
+                                          **options)
     val_records, val_skipped, val_total = [], [], 0
     if val_dir is not None:
         val_records, val_skipped, val_total = scan_folder(
-            val_dir, class_names, **options)
+            val_dir, class_names, others, **options)
+    warn_unread(others)
+    unread = (f"; {len(others)} files not named as images" if others
+              else "")
     all_skipped = skipped + val_skipped
     if all_skipped and on_bad_file == "raise":
         listed = "\n".join(f"  {s.path}: {s.reason}" for s in all_skipped)
@@ -250,11 +284,12 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
     if empty_classes and not records:
         raise ValueError(
             f"{shown(train_dir)!r} has no readable images (searched its "
-            f"class folders; {len(skipped)} files skipped).")
+            f"class folders; {len(skipped)} files skipped{unread}).")
     if empty and not empty_classes:
         raise ValueError(
             f"Class folders {empty} in {shown(train_dir)!r} have no "
-            f"readable images ({len(skipped)} files skipped). Add images or "
+            f"readable images ({len(skipped)} files skipped{unread}). Add "
+            "images or "
             "remove the folders."
         )
     # An empty val would only fail later, at the first evaluation.
@@ -262,7 +297,7 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
         raise ValueError(
             f"The val folder {shown(val_dir)!r} has no readable images "
             f"(searched its folders {class_names}; {len(val_skipped)} files "
-            "skipped). Add images to it, or remove it (and pass "
+            f"skipped{unread}). Add images to it, or remove it (and pass "
             "`validation_split` to hold out train images instead)."
         )
     return (records, skipped), (val_records, val_skipped), total + val_total

@@ -16,8 +16,9 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp",
-                    ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp",
+                    ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                    ".pbm", ".pnm")
 Geometry = Literal["squash", "center_crop"]
 GEOMETRIES = get_args(Geometry)
 # Pillow refuses images above twice `Image.MAX_IMAGE_PIXELS` as

@@ -261,6 +261,20 @@ def check_eval_data(method: str, call_args, call_kwargs) -> None:
         ) from None
 
 
+class ChecksEvalBatches:
+    """Mixin for a `keras.Model`: `evaluate` and `predict` on arrays
+    refuse, before running, a batch that does not split over the devices
+    (`check_eval_data`)."""
+
+    def evaluate(self, *args, **kwargs):
+        check_eval_data("evaluate", args, kwargs)
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        check_eval_data("predict", args, kwargs)
+        return super().predict(*args, **kwargs)
+
+
 def check_fit_data(fit_args, fit_kwargs) -> None:
     """`check_data_batches` for the training and validation data of a
     `model.fit(*fit_args, **fit_kwargs)` call, before it trains: a batch

@@ -5,7 +5,7 @@ pretrained), so `model.save` / `keras.models.load_model` keep it too."""
 import keras
 
 from kft._compat import KeepsStateOnError
-from kft.distributed.data_parallel import check_eval_data
+from kft.distributed.data_parallel import ChecksEvalBatches
 from kft.distributed.data_parallel import check_fit_data
 from kft.models.backbones import NEEDS_KFT
 
@@ -20,7 +20,7 @@ def _plain(value):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class Classifier(KeepsStateOnError, keras.Model):
+class Classifier(KeepsStateOnError, ChecksEvalBatches, keras.Model):
     """A functional classifier that carries kft's metadata.
 
     A `keras.Model` built from inputs and outputs (`kft.Classifier`), plus two attributes
@@ -58,26 +58,13 @@ class Classifier(KeepsStateOnError, keras.Model):
             self._kft_pretrained = bool(kft_pretrained)
 
     def fit(self, *args, **kwargs):
+        from kft.training.fit_data import fit_arguments
         from kft.training.fit_data import warn_if_augmentation_unapplied
 
         check_fit_data(args, kwargs)
-        warn_if_augmentation_unapplied(self, args[0] if args
-                                       else kwargs.get("x"))
-        # A kft.data dataset keeps its steps per pass when files fail
-        # while read (`ImageDataset.for_fit`).
-        if args and hasattr(args[0], "for_fit"):
-            args = (args[0].for_fit(), *args[1:])
-        elif hasattr(kwargs.get("x"), "for_fit"):
-            kwargs["x"] = kwargs["x"].for_fit()
-        return super().fit(*args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        check_eval_data("evaluate", args, kwargs)
-        return super().evaluate(*args, **kwargs)
-
-    def predict(self, *args, **kwargs):
-        check_eval_data("predict", args, kwargs)
-        return super().predict(*args, **kwargs)
+        arguments = fit_arguments(args, kwargs)
+        warn_if_augmentation_unapplied(self, arguments.get("x"))
+        return super().fit(**arguments)
 
     def get_config(self):
         return {NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),

@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 
 from kft._validation import check_labels
+from kft._validation import fail_argument
 from kft._validation import user_stacklevel
 from kft.data._dataset import ImageDataset
 from kft.data._host_augment import has_effect
@@ -65,12 +66,13 @@ def integer_labels(y):
     return y.ndim < 2 or (y.ndim == 2 and y.shape[1] == 1)
 
 
-def check_data_labels(data, num_classes, name):
+def check_data_labels(data, num_classes, name, labels_name=None):
     """Raises unless the labels of `data` fit a model with `num_classes`.
 
     Checks the labels of an `(x, y)` pair (integer labels in range, shaped
     `(n,)` or `(n, 1)`, or one-hot rows of the model's width) and the class
-    count of a `kft.data` dataset; other data is not inspected.
+    count of a `kft.data` dataset; other data is not inspected. Labels
+    out of range are named `labels_name` (default `name[1]`).
 
     Example:
     >>> import numpy as np
@@ -93,7 +95,8 @@ def check_data_labels(data, num_classes, name):
                 f"{num_classes - 1}, shaped (n,) or (n, 1), or one-hot rows "
                 f"of width {num_classes}.")
         if integer_labels(y):
-            check_labels(y.reshape(-1), num_classes, name=f"{name}[1]")
+            check_labels(y.reshape(-1), num_classes,
+                         name=labels_name or f"{name}[1]")
     elif isinstance(data, ImageDataset) and (
             len(data.class_names) > num_classes or (
                 data.label_mode == "categorical"
@@ -221,6 +224,49 @@ def warn_if_augmentation_unapplied(model, data):
         "kft.augmentation.attach(model, data.augmentation)` (or build the "
         "data with augment_on=\"host\").", UserWarning,
         stacklevel=user_stacklevel())
+
+
+def fit_arguments(model_fit_args, fit_kwargs):
+    """`model.fit`'s arguments by name, a kft dataset given as `x` made
+    what a kft model trains on: `class_weight` put into its batches
+    (Keras ignores `fit`'s for a data adapter: the run was silently
+    unweighted), `sample_weight` refused (same), and short passes filled
+    (`ImageDataset.for_fit`).
+
+    Example:
+    >>> import numpy as np, kft
+    >>> ds = kft.data.from_arrays(np.zeros((2, 4, 4, 3)), [0, 1])
+    >>> fit_arguments((ds,), {"class_weight": {1: 2.0}})["x"].class_weight
+    {1: 2.0}
+    """
+    import inspect
+
+    import keras
+
+    arguments = inspect.signature(keras.Model.fit).bind(
+        None, *model_fit_args, **fit_kwargs).arguments
+    arguments.pop("self")
+    arguments.update(arguments.pop("kwargs", {}))
+    data = arguments.get("x")
+    if not isinstance(data, ImageDataset):
+        return arguments
+    if arguments.get("sample_weight") is not None:
+        raise ValueError(
+            "Argument `sample_weight` does not apply to a kft.data "
+            "dataset (Keras ignores it for a dataset, whose batches carry "
+            "any weights): use `dataset.with_class_weight(...)` for class "
+            "weights, or arrays `fit(x, y, sample_weight=...)`. Received: "
+            f"sample_weight of type {type(arguments['sample_weight']).__name__}")
+    class_weight = arguments.pop("class_weight", None)
+    if class_weight is not None:
+        if data.class_weight is not None:
+            fail_argument("class_weight", "None for a dataset whose batches "
+                          "carry class weights already (with_class_weight: "
+                          f"{data.class_weight}); pass one of the two",
+                          class_weight)
+        data = data.with_class_weight(class_weight)
+    arguments["x"] = data.for_fit()
+    return arguments
 
 
 def plain_data(data):

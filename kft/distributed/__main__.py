@@ -11,6 +11,7 @@ others are stopped and the exit code is 1.
 """
 
 import argparse
+import re
 import sys
 
 from kft.distributed import _script
@@ -58,7 +59,21 @@ def main(argv=None) -> int:
         print(error, file=sys.stderr, flush=True)
         return 1
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(_flag_names(str(error)))
+
+
+# `launch_command`'s arguments as the flags that set them.
+_FLAGS = {"first_process_id": "--process-id",
+          "num_processes": "--num-processes", "processes": "--processes",
+          "grace": "--grace"}
+
+
+def _flag_names(message):
+    """`message` naming flags, not `launch_command`'s arguments."""
+    for name, flag in _FLAGS.items():
+        message = message.replace(f"`{name}`", flag)
+        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
+    return message
 
 
 if __name__ == "__main__":

@@ -20,17 +20,18 @@ def fail_argument(name, what, value, error=ValueError):
 
 def user_stacklevel():
     """The `stacklevel` for `warnings.warn` that names the first caller
-    outside kft and Keras (a warning raised deep inside kft, reached by
-    several paths or from a callback `fit` runs, then points at the
-    user's line)."""
+    outside kft, Keras and grain (a warning raised deep inside kft,
+    reached by several paths, from a callback `fit` runs or from reading a
+    dataset, then points at the user's line)."""
     import os
     import sys
 
+    import grain
     import keras
 
     packages = tuple(os.path.dirname(os.path.abspath(module.__file__))
                      + os.sep for module in (sys.modules[__package__],
-                                             keras))
+                                             keras, grain))
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(
             packages):

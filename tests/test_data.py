@@ -551,10 +551,10 @@ def test_header_check_batch_of_only_bad_files(tmp_path):
     train, _ = kft.data.from_directory(root, SIZE, batch_size=1,
                                        check="header", augmentation="none")
     assert len(train) == 5
-    # The training data of a kft model's fit: a loaded batch is repeated
-    # in its place, so the pass has the steps Keras was told (it warned
-    # "ran out of data" and cut each epoch short; processes would differ
-    # in steps).
+    # The training data of a kft model's fit: the next image that loads
+    # takes the bad one's place, so the pass has the steps Keras was told
+    # (it warned "ran out of data" and cut each epoch short; processes
+    # would differ in steps).
     model = kft.build_classifier("simple_cnn", 2, weights=None,
                                  input_shape=(SIZE, SIZE, 3))
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True),
@@ -590,12 +590,15 @@ def test_header_check_pass_short_of_batches(tmp_path):
                                        shuffle=False)
     with pytest.warns(kft.data.SkippedFilesWarning):
         batches = _batches(train.for_fit())
-    # 2 of 6 files decode: one batch, repeated for the 2 steps left.
-    assert len(batches) == len(train) == 3
-    for x, y in batches[1:]:
-        np.testing.assert_array_equal(x, batches[0][0])
-    assert sorted(batches[0][1].tolist()) == [0, 1]
-    assert len(_batches(train)) == 1
+    # 2 of 6 files decode (bright/0.png, dark/0.png): each bad one's place
+    # is taken by the next that decodes (in pass order, wrapping round),
+    # every batch keeping its 2 examples.
+    assert len(batches) == len(train.for_fit()) == 3
+    assert [y.tolist() for _, y in batches] == [[0, 1], [1, 0], [0, 0]]
+    for x, y in batches:
+        np.testing.assert_allclose(x.mean(axis=(1, 2, 3)),
+                                   np.where(y == 0, 230, 20), atol=2)
+    assert len(_batches(train)) == len(train) == 1  # evaluation's count
     # Nothing decodes: said, not an empty pass.
     only_bad = tmp_path / "only_bad"
     for i, path in enumerate(bad):
@@ -606,6 +609,54 @@ def test_header_check_pass_short_of_batches(tmp_path):
     with pytest.warns(kft.data.SkippedFilesWarning):
         with pytest.raises(ValueError, match="No image of this pass"):
             _batches(train.for_fit())
+
+
+def test_header_check_keeps_each_process_share_and_refuses_short_eval(
+        tmp_path):
+    # Two processes (shards) reading one dataset, a file failing in one of
+    # them: its training batches were one example short at the end (2, 2,
+    # 1 vs 2, 2, 2), so the processes' global batches differed and their
+    # weights went apart without an error; an evaluation read cannot
+    # replace it and says so (JAX's IndivisibleError under data parallel).
+    root = _tree(tmp_path, splits=("train",), per_class=4)
+    os.remove(f"{root}/train/dark/3.png")
+    _truncated_jpeg(f"{root}/train/dark/late.jpg")  # the 8th, in shard 1
+    train, _ = kft.data.from_directory(root, SIZE, batch_size=4,
+                                       check="header", augmentation="none",
+                                       shuffle=False)
+    shards = [train.with_shard((i, 2)) for i in range(2)]
+    with pytest.warns(kft.data.SkippedFilesWarning, match="late.jpg"):
+        sizes = [[len(y) for _, y in _batches(shard.for_fit())]
+                 for shard in shards]
+    assert sizes == [[2, 2]] * 2
+    # Keras' steps refuse it (`get_jax_iterator`); kft.evaluate pads.
+    assert len(_batches(shards[1])) == 2
+    with pytest.raises(ValueError, match=r"Files of this dataset failed to "
+                       r"decode while read by several devices or processes"
+                       r".* batch 2 of 2 holds 1 examples, not the 2 "
+                       r"planned \(the last file skipped: .*late\.jpg; "
+                       r"`dataset.skipped` lists all 1\)\. Build the "
+                       r"dataset with check=\"full\""):
+        _batches(shards[1].get_jax_iterator())
+
+
+def test_header_check_evaluation_counts_the_batches_left(tmp_path):
+    # Found while evaluating, a bad file left `len(val)` one batch too
+    # many: Keras warned "ran out of data; interrupting training" at every
+    # later validation and evaluate.
+    root = _tree(tmp_path, splits=("train", "val"), per_class=3)
+    _truncated_jpeg(f"{root}/val/dark/late.jpg")
+    _, val = kft.data.from_directory(root, SIZE, batch_size=2,
+                                     check="header", augmentation="none")
+    assert len(val) == 4
+    model = _tiny_model()
+    with pytest.warns(kft.data.SkippedFilesWarning, match="late.jpg"):
+        model.evaluate(val, verbose=0)
+    assert len(val) == 3 and val.num_examples == 6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.evaluate(val, verbose=0)
+    assert _keras_data_warnings(caught) == []
 
 
 # -- files that are not images of the dataset --------------------------

@@ -222,6 +222,23 @@ def test_launcher_stops_the_others_and_names_the_failure(tmp_path, capsys):
     assert "process 1 exited with code 3" in captured.err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--num-processes", "2", "--process-id", "2"],
+     "Argument --process-id must be an integer in [0, 1]. Received: "
+     "--process-id 2"),
+    (["--processes", "3", "--num-processes", "2"],
+     "Argument --num-processes must be an integer >= 3. Received: "
+     "--num-processes 2"),
+    (["--processes", "0"], "Argument --processes must be"),
+])
+def test_launcher_errors_name_its_flags(argv, message, capsys):
+    # They named launch_command's arguments (`first_process_id`).
+    with pytest.raises(SystemExit) as exit_:
+        launcher_main([*argv, "x.py"])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_launched_scripts_start_before_kft_and_without_its_flags(
         tmp_path, capsys, monkeypatch):
     # Each process ran its script through `python -m
@@ -321,8 +338,13 @@ def test_global_batch_must_split_over_the_processes():
         len(data.with_shard((1, 4)))
     third = data.with_shard((2, 3))
     assert len(third) == 2
-    with pytest.warns(UserWarning, match="2 of the 14 examples are left"):
+    with pytest.warns(UserWarning, match="2 of the 14 examples are left") \
+            as caught:
         assert [len(labels) for _, labels in third] == [2, 2]
+        assert [len(labels) for _, labels in third] == [2, 2]
+    # Once, at the user's line (it named kft's file, and came again).
+    assert [w.filename for w in caught
+            if "are left" in str(w.message)] == [__file__]
 
 
 def test_launched_settings_errors():

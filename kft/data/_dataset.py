@@ -29,6 +29,7 @@ from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import check_seed
 from kft._validation import fail_argument
+from kft._validation import user_stacklevel
 from kft.data._host_augment import HostAugmenter
 from kft.data._host_augment import has_effect
 from kft.data._images import SkippedFile
@@ -71,8 +72,8 @@ def warn_skipped(skipped, total, where):
 
 def _collate(elements):
     """Stacks the examples of a batch (files that failed to load are not
-    among them: grain drops the `None` a loader returns before
-    batching)."""
+    among them: grain drops the `None` a loader returns before batching,
+    or `_Substituted` replaced them)."""
     return (np.stack([image for image, _ in elements]),
             np.asarray([label for _, label in elements]))
 
@@ -82,6 +83,7 @@ class _PassCounter:
 
     def __init__(self):
         self._next = 0
+        self._said = False
         self._lock = threading.Lock()
 
     def take(self):
@@ -98,6 +100,33 @@ class _PassCounter:
         with self._lock:
             self._next = number
 
+    def first_word(self):
+        """True once: a warning about every pass is given at the first."""
+        with self._lock:
+            first, self._said = not self._said, True
+        return first
+
+
+class _Substituted:
+    """Element `i` of `source`, or where its file fails to decode (grain
+    would drop it, shortening its batch) the next one that decodes, in
+    pass order: the training reads (`ImageDataset.for_fit`) keep every
+    batch's size, so every JAX process and device its share, and every
+    pass its `len(dataset)` steps (picklable)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, index):
+        n = len(self.source)
+        for step in range(n):
+            element = self.source[(int(index) + step) % n]
+            if element is not None:
+                return element
+        raise ValueError(
+            "No image of this pass could be decoded; the files are listed "
+            "in `dataset.skipped`.")
+
 
 class _Pass(grain.DatasetIterator):
     """One pass over an `ImageDataset`, numbered and begun at its first
@@ -107,16 +136,8 @@ class _Pass(grain.DatasetIterator):
         super().__init__()
         self._dataset = dataset
         self._batches = None
-        # Files that fail to decode while read (`check="header"`) leave the
-        # pass (grain drops them before batching): when enough fail, it
-        # runs out a batch early. The training data of a kft model's `fit`
-        # (`for_fit`) then repeats its last batch, keeping the
-        # `len(dataset)` steps Keras counts on (and every JAX process the
-        # same number); any other read (evaluation, caching) ends short: a
-        # repeat would count examples twice.
-        self._fill = dataset._fills_short_passes
-        self._left = len(dataset)
-        self._last = None
+        self._plan = None
+        self._position = 0
 
     def __next__(self):
         if self._batches is None:
@@ -124,19 +145,40 @@ class _Pass(grain.DatasetIterator):
             # its shapes: that read takes no pass number, so a model's
             # epochs read the same passes whether or not anything built
             # its compiled loss before (an `evaluate`, `kft.lr_find`).
+            self._plan = self._dataset._plan()
             self._batches = self._dataset._start_pass(
                 peek=_compat.read_by_symbolic_build())
         try:
-            self._last = next(self._batches)
+            batch = next(self._batches)
         except StopIteration:
-            if not (self._fill and self._left > 0):
-                raise
-            if self._last is None:
-                raise ValueError(
-                    "No image of this pass could be decoded; the files are "
-                    "listed in `dataset.skipped`.") from None
-        self._left -= 1
-        return self._last
+            self._check(None)
+            raise
+        self._check(len(batch[1]))
+        self._position += 1
+        return batch
+
+    def _check(self, size):
+        """Refuses a batch (`size` examples, `None` for the pass' end)
+        other than planned under several devices or processes: files that
+        failed while read (`check="header"`) shortened an evaluation
+        pass, and each device and process must get its share of every
+        batch (JAX raised `IndivisibleError`, or processes went apart)."""
+        if self._plan is None:
+            return
+        length, full, last = self._plan
+        planned = (None if self._position >= length else
+                   last if self._position == length - 1 else full)
+        if size == planned:
+            return
+        skipped = self._dataset.skipped
+        raise ValueError(
+            "Files of this dataset failed to decode while read by several "
+            "devices or processes, which each need their share of every "
+            f"batch: batch {self._position + 1} of {length} holds "
+            f"{size or 0} examples, not the {planned or 0} planned (the "
+            f"last file skipped: {skipped[-1].path if skipped else 'none'}; "
+            f"`dataset.skipped` lists all {len(skipped)}). Build the dataset "
+            "with check=\"full\" to leave bad files out before training.")
 
     def get_state(self):
         return {} if self._batches is None else self._batches.get_state()
@@ -296,6 +338,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         self._passes = _PassCounter()
         self._lock = threading.Lock()
         self._fills_short_passes = False
+        self._feeds_devices = False
         self._augmenter = None
         # "none" is an `Identity` layer: nothing to run on the host.
         if augment_on == "host" and has_effect(augmentation):
@@ -337,17 +380,36 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     def __len__(self) -> int:
         """Batches per pass.
 
-        Fixed when the dataset is made: a file that fails while training
-        leaves its pass one example shorter; in a kft model's `fit` a pass
-        left a batch short repeats its last batch (`for_fit`), so the
-        number of steps is kept.
+        A file that fails to decode while read (`check="header"`) leaves
+        the passes of evaluation one example shorter, counted from the
+        pass after (in one process); the training data of a kft model's
+        `fit` (`for_fit`) keeps its batches whole instead, so its number
+        of steps is fixed when the dataset is made.
         """
         index, count = self.shard
         if count > 1:
             full, last, _ = self._shard_sizes(count)
             return full + (1 if last else 0)
-        full, rest = divmod(len(self._source), self.batch_size)
+        full, rest = divmod(self._examples_read(), self.batch_size)
         return full + (1 if rest and not self.drop_remainder else 0)
+
+    def _examples_read(self):
+        """Examples a single process's pass yields: those not known to
+        fail, unless failed ones are replaced (`for_fit`)."""
+        return (len(self._source) if self._fills_short_passes
+                else self.num_examples)
+
+    def _plan(self):
+        """`(batches, examples per batch, in the last)` of a pass in this
+        process read by Keras' steps (`get_jax_iterator`), or `None` with
+        one device in one process or for another read."""
+        from kft.distributed.data_parallel import batch_shards
+
+        _, count = self.shard
+        if not self._feeds_devices or count == 1 and batch_shards() == 1:
+            return None
+        full = _sharding.local_batch_size(self.batch_size, count)
+        return len(self), full, self.partial_batch_size or full
 
     @property
     def shard(self) -> tuple[int, int]:
@@ -382,12 +444,12 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return view
 
     def _record_failure(self, path, label, reason):
-        """Reports a file that failed while training; called once per file."""
+        """Reports a file that failed while read; called once per file."""
         with self._lock:
             self._skipped.append(SkippedFile(str(path), reason))
             self._bad_labels.append(int(label))
         warnings.warn(
-            f"Skipped {path} while training: {reason}. It is left out of "
+            f"Skipped {path} while reading it: {reason}. It is left out of "
             "later passes too; the full list is in `dataset.skipped`.",
             SkippedFilesWarning,
             stacklevel=2,
@@ -404,7 +466,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         if self.shard[1] > 1:
             return self.partial_batch_size is not None
         return not self.drop_remainder and \
-            len(self._source) % self.batch_size != 0
+            self._examples_read() % self.batch_size != 0
 
     @property
     def partial_batch_size(self) -> int | None:
@@ -412,7 +474,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             return self._shard_sizes(self.shard[1])[1] or None
         if not self.has_partial_batch:
             return None
-        return len(self._source) % self.batch_size
+        return self._examples_read() % self.batch_size
 
     def get_numpy_iterator(self):
         return self
@@ -423,7 +485,12 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         from kft.distributed.data_parallel import check_data_batches
 
         check_data_batches(self, None, name="dataset")
-        return self
+        # Keras' steps feed the devices: a pass shortened by a file that
+        # failed while read is refused there (`_Pass._check`); kft's own
+        # reads (`kft.evaluate`) pad their batches instead.
+        view = self._view(share_passes=True)
+        view._feeds_devices = True
+        return view
 
     def get_tf_dataset(self):
         return _compat.grain_adapter(self).get_tf_dataset()
@@ -496,13 +563,15 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         self._passes.continue_at(check_int("number", number, min_value=0))
 
     def for_fit(self) -> "ImageDataset":
-        """This dataset as the training data of a `fit`: a pass that files
-        failing while read (`check="header"`) left a batch short repeats
-        its last batch, so every pass has the `len(dataset)` steps Keras
-        counts on. kft's models (`kft.build_classifier`) read their
-        training data this way by themselves; elsewhere (evaluation,
-        `kft.cache_features`) a pass ends short instead, as a repeat would
-        count examples twice. Shares this dataset's passes."""
+        """This dataset as the training data of a `fit`: an example whose
+        file fails to decode while read (`check="header"`) is replaced by
+        the next example of the pass that decodes, so every batch keeps
+        its size (every device and JAX process its share) and every pass
+        the `len(dataset)` steps Keras counts on. kft's models
+        (`kft.build_classifier`) read their training data this way by
+        themselves; elsewhere (evaluation, `kft.cache_features`) the
+        example is left out instead, as a copy would count twice. Shares
+        this dataset's passes."""
         view = self._view(share_passes=True)
         view._fills_short_passes = True
         return view
@@ -647,6 +716,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             # slice of every global batch.
             dataset, batch_size = self._local_part(dataset, index, count,
                                                    epoch)
+        if self._fills_short_passes:
+            dataset = grain.MapDataset.range(len(dataset)).map(
+                _Substituted(dataset))
         dataset = dataset.to_iter_dataset(grain.ReadOptions(
             num_threads=self.num_workers,
             prefetch_buffer_size=max(2 * self.batch_size, 16),
@@ -667,13 +739,13 @@ class ImageDataset(grain.IterDataset, DataAdapter):
 
     def _local_part(self, dataset, index, count, epoch):
         _, _, left_out = self._shard_sizes(count)
-        if left_out and not self.drop_remainder and epoch == 0:
+        if left_out and not self.drop_remainder and self._passes.first_word():
             warnings.warn(
                 f"{left_out} of the {len(dataset)} examples are left out of "
                 f"each pass: the last global batch must split evenly over "
                 f"the {count} processes (batch_size={self.batch_size}). "
                 "Which ones changes every pass when the dataset shuffles.",
-                stacklevel=3)
+                stacklevel=user_stacklevel())
         positions = _sharding.shard_positions(
             len(dataset), self.batch_size, index, count, self.drop_remainder)
         local = grain.MapDataset.source(positions).map(Resampled(dataset))

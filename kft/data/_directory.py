@@ -212,12 +212,15 @@ def from_directory(path: str | os.PathLike,
             file whose pixel data is truncated or corrupt may only be found
             when it is decoded during training. Such a file is then left
             out of its pass (one example fewer; as the training data of a
-            kft model's `fit`, a pass left a batch short repeats its last
-            batch, keeping `len(dataset)` steps: `ImageDataset.for_fit`),
-            named once in a `SkippedFilesWarning`, added to
-            `dataset.skipped`, removed from `class_counts` and
-            `num_examples`, and not read again; `on_bad_file="raise"` does
-            not apply to it. Defaults to `"full"`.
+            kft model's `fit` its place is taken by the next example of
+            the pass that decodes, keeping every batch's size and
+            `len(dataset)` steps: `ImageDataset.for_fit`), named once in a
+            `SkippedFilesWarning`, added to `dataset.skipped`, removed
+            from `class_counts` and `num_examples`, and not read again;
+            `on_bad_file="raise"` does not apply to it. Evaluation data
+            read by several devices or processes cannot lose an example
+            (each needs its share of every batch): that read raises,
+            asking for `"full"`. Defaults to `"full"`.
         max_pixels: Images with more pixels are skipped. Defaults to
             Pillow's decompression-bomb limit (178,956,970).
         exif_transpose: Rotate or flip each image as its EXIF orientation

@@ -247,6 +247,13 @@ def test_registered_spec_builds_marked_backbones():
     finally:
         unregister_backbone("tiny_cnn")
     assert kft.list_backbones("tiny*") == []
+    # As loaded in a process that did not register it: "Unknown backbone:
+    # 'tiny_cnn'" for a name the user never gave.
+    with pytest.raises(ValueError, match=r"Backbone 'tiny_cnn' of this "
+                       r"model was built from backbone 'tiny_cnn', which is "
+                       r"not registered in this process .* call "
+                       r"kft\.register_backbone"):
+        kft.get_blocks(model)
 
 
 def test_backbone_specs_are_checked_and_sequential_constructors_build():
@@ -337,6 +344,15 @@ def test_a_weights_file_of_another_model_names_the_file(tmp_path):
     own = str(tmp_path / "backbone.weights.h5")
     backbone.save_weights(own)
     kft.create_backbone("simple_cnn", weights=own, input_shape=(16, 16, 3))
+    # This backbone's file for 3 channels into a 1-channel build: blamed
+    # on the kind of file, Keras' shapes cut off at 200 characters.
+    with pytest.raises(ValueError, match=r"weights file of the simple_cnn "
+                       r"backbone built for input_shape=\(16, 16, 1\): "
+                       r"variable .*kernel has shape \(3, 3, 3, \d+\) in the "
+                       r"file but \(3, 3, 1, \d+\) here: a file of another "
+                       r"backbone, or of this one built for another number "
+                       r"of input channels\. Received: weights=.*backbone"):
+        kft.create_backbone("simple_cnn", weights=own, input_shape=(16, 16, 1))
 
 
 def test_warnings_of_a_weights_file_that_loads_are_shown(tmp_path,

@@ -57,6 +57,10 @@ def test_pattern_errors_name_the_culprits():
                                "ghost": "^zzz"})
     with pytest.raises(TypeError, match="patterns"):
         kft.get_blocks(model, "enc")
+    # Was a bare re.error ("missing ), unterminated subpattern").
+    with pytest.raises(ValueError, match=r"regex that does not compile, "
+                       r"'\^\(enc' \(block 'enc'\): missing \)"):
+        kft.get_blocks(model, {"enc": "^(enc", "out": "out"})
 
 
 def test_head_layers_is_the_head_block():

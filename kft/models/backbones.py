@@ -13,6 +13,7 @@ backbones in `kft.models.backbone_specs`; both are re-exported here.
 
 import numbers
 import os
+import re
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -292,15 +293,8 @@ def create_backbone(name: str, weights: Weights = "imagenet",
         finally:
             warnings.showwarning = show
         if error is not None:
-            # Keras names its own objects ("Layer 'stem_conv' expected 1
-            # variables"); the user needs to know which file is wrong.
-            raise ValueError(
-                f"Argument `weights` must be a weights file of the "
-                f"{spec.name} backbone alone (saved with "
-                f"backbone.save_weights(...), not a whole classifier's "
-                f"model.keras or model.save_weights). Received: "
-                f"weights={os.fspath(weights)!r}, which does not load "
-                f"({type(error).__name__}: {str(error)[:200]})") from error
+            raise ValueError(_file_error(spec.name, weights, input_shape,
+                                         error)) from error
         for shown in caught:
             warnings.showwarning(*shown)
         _match_imagenet_normalization(model)
@@ -308,6 +302,30 @@ def create_backbone(name: str, weights: Weights = "imagenet",
     # backbone keeps random-init statistics.
     model._kft_pretrained = weights is not None
     return model
+
+
+def _file_error(name, weights, input_shape, error):
+    """Why weights file `weights` does not load into backbone `name`.
+
+    Keras names its own objects ("Layer 'stem_conv' expected 1
+    variables"); the user needs to know which file is wrong, or, for a
+    file of this backbone whose variables have other shapes, which."""
+    received = f"Received: weights={os.fspath(weights)!r}"
+    shapes = re.search(r"variable\.shape=(\(.*?\)), Received: "
+                       r"value\.shape=(\(.*?\))\. Target variable: "
+                       r"<Variable path=([^,]+),", str(error))
+    if shapes:
+        here, saved, path = shapes.groups()
+        return (f"Argument `weights` must be a weights file of the {name} "
+                f"backbone built for input_shape={tuple(input_shape)}: "
+                f"variable {path} has shape {saved} in the file but {here} "
+                "here: a file of another backbone, or of this one built "
+                f"for another number of input channels. {received}")
+    return (f"Argument `weights` must be a weights file of the {name} "
+            "backbone alone (saved with backbone.save_weights(...), not a "
+            "whole classifier's model.keras or model.save_weights). "
+            f"{received}, which does not load ({type(error).__name__}: "
+            f"{str(error)[:200]})")
 
 
 def _load_weights(model, path):

@@ -15,6 +15,7 @@ from kft import _compat
 from kft._validation import fail_argument
 from kft.models.backbones import backbone_name
 from kft.models.backbones import get_backbone
+from kft.models.registry import resolve_backbone_name
 
 HEAD = "head"
 # How a model gets a "head" block, for messages.
@@ -155,7 +156,18 @@ def head_and_body(blocks: dict) -> tuple:
 
 
 def _backbone_blocks(backbone):
-    spec = get_backbone(backbone_name(backbone))
+    name = backbone_name(backbone)
+    if resolve_backbone_name(name) is None:
+        # A model saved with a backbone of the user's registry, loaded in
+        # a process that did not register it ("Unknown backbone", for a
+        # name the user never gave).
+        raise ValueError(
+            f"Backbone {backbone.name!r} of this model was built from "
+            f"backbone {name!r}, which is not registered in this process "
+            "(a saved model keeps the name, not the spec): call "
+            "kft.register_backbone(...) with its spec first, or pass "
+            "`patterns=` naming the blocks.")
+    spec = get_backbone(name)
     return _split(_weighted(backbone.layers), spec.blocks, backbone.name)
 
 
@@ -192,6 +204,14 @@ def _as_pairs(patterns):
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                 or not all(isinstance(s, str) for s in pair)):
             fail_argument("patterns", what, patterns, TypeError)
+        try:
+            re.compile(pair[1])
+        except re.error as error:
+            raise ValueError(
+                f"Argument `patterns` holds a regex that does not compile, "
+                f"{pair[1]!r} (block {pair[0]!r}): {error}. Patterns are "
+                "Python regexes searched in layer names (re.search); "
+                "re.escape a literal name.") from None
     return [tuple(pair) for pair in pairs]
 
 

@@ -202,9 +202,15 @@ def test_built_inner_and_wrapper_weight_decay_raise():
     with pytest.raises(ValueError, match="must not set `use_ema`; set it on "
                                          "the wrapper"):
         BlockwiseOptimizer(keras.optimizers.SGD(0.1, use_ema=True), {})
-    with pytest.raises(ValueError, match="`gradient_accumulation_steps` is"):
-        GroupOptimizer({}, default=keras.optimizers.SGD(0.1),
-                       gradient_accumulation_steps=2)
+    # Each said to set it on the other ("set it on the wrapper instead").
+    for make in (lambda: GroupOptimizer({}, default=keras.optimizers.SGD(
+                     0.1), gradient_accumulation_steps=2),
+                 lambda: BlockwiseOptimizer(keras.optimizers.SGD(
+                     0.1, gradient_accumulation_steps=2), {})):
+        with pytest.raises(ValueError, match="`gradient_accumulation_steps`"
+                           "[^;]*; per-group optimizers do not accumulate "
+                           "gradients, neither the wrapper nor"):
+            make()
     with pytest.raises(TypeError, match="`optimizers` must be a dict"):
         GroupOptimizer([keras.optimizers.SGD()],
                        default=keras.optimizers.SGD())
@@ -298,6 +304,49 @@ def test_weight_decay_per_group_and_bias_exclusion():
     np.testing.assert_allclose(vs["a_kernel"].numpy(), [[0.95, 1.9]])
     np.testing.assert_allclose(vs["a_bias"].numpy(), [1.0])
     np.testing.assert_allclose(vs["b_kernel"].numpy(), [[0.995, 1.99]])
+    # Excluded on the wrapper, the optimizer given to compile (ignored).
+    for by_name in (False, True):
+        vs = _vars(a_kernel=[[1.0, 2.0]], b_kernel=[[1.0, 2.0]])
+        exclude = ({"var_names": ["b_k"]} if by_name
+                   else {"var_list": [vs["b_kernel"]]})
+        opt = GroupOptimizer({"^b": keras.optimizers.SGD(
+            0.1, weight_decay=0.5)}, default=keras.optimizers.SGD(
+                0.1, weight_decay=0.5))
+        opt.exclude_from_weight_decay(**exclude)
+        opt.apply([np.zeros((1, 2))] * 2, list(vs.values()))
+        np.testing.assert_allclose(vs["a_kernel"].numpy(), [[0.95, 1.9]])
+        np.testing.assert_allclose(vs["b_kernel"].numpy(), [[1.0, 2.0]])
+
+
+def test_groups_survive_keras_renaming_a_loaded_sequential(tmp_path):
+    # Built, a Sequential's variables are `sequential/d1/kernel`; loaded
+    # (or another instance, `sequential_1/...`) `d1/kernel`: the groups,
+    # saved by path, no longer matched and every variable silently took
+    # the default rate (and GroupOptimizer dropped its saved state).
+    def sequential():
+        return keras.Sequential([keras.Input((4,)),
+                                 keras.layers.Dense(3, name="d1"),
+                                 keras.layers.Dense(1, name="d2")])
+
+    x, y = np.ones((4, 4), "float32"), np.ones((4, 1), "float32")
+    model = sequential()
+    model.compile(BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"d1": 0.01},
+                                     model=model), "mse")
+    model.train_on_batch(x, y)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.trainable_variables[0].path == "d1/kernel"
+    for other in (loaded, sequential()):
+        if other is not loaded:
+            other.compile(keras.optimizers.deserialize(
+                keras.optimizers.serialize(model.optimizer)), "mse")
+            other.set_weights(model.get_weights())
+        other.train_on_batch(x, y)
+        assert [r.multiplier for r in other.optimizer._routes] == \
+            pytest.approx([0.1, 0.1, 1.0, 1.0])
+    model.train_on_batch(x, y)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 # -- retarget and bias correction --------------------------------------------
@@ -649,8 +698,8 @@ def test_block_name_that_is_also_a_wider_regex_raises():
         f"{b}_conv/kernel" for b in ("block1", "block2", "block3", "stem")]
     block = BlockwiseOptimizer(keras.optimizers.SGD(0.1), {"rest": 0.01},
                                model=model, patterns=patterns)
-    assert {p.split("_")[0] for p in block._assignments} == {
-        "block2", "block3", "head"}
+    assert {p.split("_")[0] for p, g in block._assignments.items()
+            if g} == {"block2", "block3", "head"}
 
 
 def test_patterns_survive_config_round_trip():

@@ -142,6 +142,22 @@ def test_seed_states_of_another_model_are_left_with_a_warning(tmp_path):
         == {__file__}
 
 
+def test_backups_refuse_data_whose_passes_they_cannot_continue(tmp_path):
+    # RunBackup dropped arrays silently (kft.callbacks.BackupAndRestore
+    # refused them): a resumed fine_tune on arrays read other orders
+    # (2e-3 from the uninterrupted run) while the user thought otherwise.
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3))
+    arrays = (np.zeros((4, 16, 16, 3)), np.zeros(4, int))
+    for make in (lambda: RunBackup(tmp_path, model, data=arrays),
+                 lambda: kft.callbacks.BackupAndRestore(tmp_path,
+                                                        data=arrays)):
+        with pytest.raises(TypeError, match=r"`data` must be the training "
+                           r"data when it is a kft\.data dataset .* "
+                           r"Received: data='tuple'"):
+            make()
+
+
 def test_a_run_resumed_after_its_last_checkpoint_keeps_its_best(tmp_path):
     # Killed after the last epoch's checkpoint (e.g. while the report was
     # written): nothing is left to train, and the run's best is loaded

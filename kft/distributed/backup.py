@@ -52,6 +52,18 @@ def seed_states(model):
     return [v for v in model.non_trainable_variables if id(v) not in weights]
 
 
+def check_backup_data(data):
+    """`data` if a resumed run can continue its passes (a `kft.data`
+    dataset or `kft.adaptation.domain_pairs`) or `None`; raises for other
+    data (arrays: Keras reshuffles them from a fresh generator, so a
+    resume reads other orders whatever is checkpointed)."""
+    if data is not None and not hasattr(data, "continue_passes_at"):
+        fail_argument("data", "the training data when it is a kft.data "
+                      "dataset or kft.adaptation.domain_pairs(...) (or "
+                      "None)", type(data).__name__, TypeError)
+    return data
+
+
 class BackupAndRestore(keras.callbacks.Callback):
     """`keras.callbacks.BackupAndRestore` for one or several processes.
 
@@ -99,11 +111,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     def __init__(self, backup_dir, *, double_checkpoint=True, data=None,
                  **kwargs):
         super().__init__()
-        if data is not None and not hasattr(data, "continue_passes_at"):
-            fail_argument("data", "the training data when it is a kft.data "
-                          "dataset or kft.adaptation.domain_pairs(...) (or "
-                          "None)", type(data).__name__, TypeError)
-        self.data = data
+        self.data = check_backup_data(data)
         self.backup_dir = backup_dir
         kwargs["double_checkpoint"] = double_checkpoint
         self._kwargs = kwargs

@@ -32,6 +32,10 @@ INNER_ONLY_DEFAULTS = {
     "use_ema": False, "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
 }
+NO_ACCUMULATION = ("per-group optimizers do not accumulate gradients, "
+                   "neither the wrapper nor its inner optimizers: use a "
+                   "larger batch, or one plain Keras optimizer with "
+                   "gradient_accumulation_steps")
 
 
 
@@ -66,7 +70,7 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         for key in ("weight_decay", "gradient_accumulation_steps"):
             if kwargs.get(key):
                 hint = ("; set it on the inner optimizer(s)"
-                        if key == "weight_decay" else "")
+                        if key == "weight_decay" else "; " + NO_ACCUMULATION)
                 raise ValueError(
                     f"Argument `{key}` is not supported on "
                     f"{type(self).__name__}{hint}. "
@@ -102,9 +106,10 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
                 keys.setdefault(v.path, set()).add(self._owners[id(v)])
             self._ambiguous = sorted(p for p, k in keys.items()
                                      if len(k) > 1)
+            # Every path, the default group's too (`None`): a loaded model
+            # may name them otherwise (`_assigned`).
             self._assignments = {
-                v.path: groups[id(v)] for v in reversed(model.weights)
-                if id(v) in groups}
+                v.path: groups.get(id(v)) for v in reversed(model.weights)}
         elif self._assignments is None:
             for key, regex in self._patterns:
                 if regex is None:
@@ -166,13 +171,45 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             # By identity where known; by path for other variables (a
             # model's layers swapped after, `kft.fast_cpu_convs`).
             key = (self._owners[id(variable)] if id(variable) in self._owners
-                   else self._assignments.get(variable.path))
+                   else self._assigned(variable.path))
             return self._group_routes[key] if key else self._default_route
         hits = [k for k, r in self._patterns if r.search(variable.path)]
         if len(hits) > 1:
             raise ValueError(f"Variable {variable.path!r} is matched by two "
                              f"groups: {hits[0]!r} and {hits[1]!r}.")
         return self._group_routes[hits[0]] if hits else self._default_route
+
+    def _assigned(self, path):
+        """The group saved for `path`, or for the saved path it renames.
+
+        Keras names a Sequential's variables after the model when it is
+        built (`sequential/d1/kernel`), not when loaded (`d1/kernel`), and
+        another instance's `sequential_1/...`: without a match every
+        variable of a loaded model fell silently into the default group.
+        The saved paths sharing the most trailing names with `path` (at
+        least the layer's and the variable's) decide, when they name one
+        group."""
+        if path in self._assignments:
+            return self._assignments[path]
+        names = path.split("/")[::-1]
+        best, keys = 2, set()
+        for saved, key in self._assignments.items():
+            shared = 0
+            for mine, theirs in zip(names, saved.split("/")[::-1]):
+                if mine != theirs:
+                    break
+                shared += 1
+            if shared > best:
+                best, keys = shared, {key}
+            elif shared == best:
+                keys.add(key)
+        if len(keys) > 1:
+            warnings.warn(
+                f"{type(self).__name__}: variable {path!r} is not among the "
+                f"saved paths and ends like saved paths of several groups "
+                f"{sorted(map(str, keys))}; it is routed to the default "
+                "group.", UserWarning, stacklevel=2)
+        return keys.pop() if len(keys) == 1 else None
 
     @property
     def variables(self):
@@ -285,7 +322,10 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
     def _decays(self, inner, var):
         if self.exclude_bias_and_norm and len(var.shape) <= 1:
             return False
-        return _compat.uses_weight_decay(inner, var)
+        # `exclude_from_weight_decay` called on the wrapper (the optimizer
+        # given to `compile`) counts as on each inner optimizer.
+        return (_compat.uses_weight_decay(inner, var)
+                and _compat.uses_weight_decay(self, var))
 
     def _routed_config(self):
         if self._ambiguous:
@@ -375,9 +415,11 @@ def check_inner(name, inner):
                         f"state. Received: {name}={inner!r}")
     for key, default in INNER_ONLY_DEFAULTS.items():
         if getattr(inner, key, default) != default:
+            where = (NO_ACCUMULATION if key == "gradient_accumulation_steps"
+                     else "set it on the wrapper instead")
             raise ValueError(
-                f"Argument `{name}` must not set `{key}`; set it on the "
-                f"wrapper instead. Received: {key}={getattr(inner, key)!r}")
+                f"Argument `{name}` must not set `{key}`; {where}. "
+                f"Received: {key}={getattr(inner, key)!r}")
     if inner.built:
         raise ValueError(f"Argument `{name}` must be an unbuilt optimizer; "
                          f"Received a built {type(inner).__name__}.")

@@ -73,7 +73,8 @@ def _cycle(step, ends, values, strategy):
     """The value at `step` of a cycle going through `values` (one more than
     phases), annealed in each phase, in the first phase whose last step is
     >= `step` (or the last phase); after the last step it stays at the last
-    value (PyTorch raises there)."""
+    value (PyTorch extrapolates the last phase at `total_steps` and
+    raises after)."""
     step = ops.minimum(ops.cast(step, "float32"), ends[-1])
     result = None
     for i in reversed(range(len(ends))):
@@ -127,7 +128,8 @@ class OneCycle(_OneCycleShape):
     first, then to the minimum). Step `k` (0-based, the optimizer's
     `iterations`) has PyTorch's rate after `k` calls of
     `scheduler.step()`; from `total_steps` on the rate stays at the
-    minimum (PyTorch raises there).
+    minimum (PyTorch extrapolates the last phase at `total_steps`, below
+    the minimum for "linear", and raises after).
 
     The inverse momentum cycle (`max_momentum` down to `base_momentum`
     while the rate rises, and back) is `momentum_schedule()`: pass it as

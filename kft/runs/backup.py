@@ -34,6 +34,7 @@ import keras
 
 from kft import _compat
 from kft.distributed.backup import BackupAndRestore
+from kft.distributed.backup import check_backup_data
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
 from kft.training.monitor import improves
@@ -89,7 +90,7 @@ class RunBackup(keras.callbacks.Callback):
         self.target = model
         # Its passes are numbered on from where the checkpoint was taken
         # (by each call's BackupAndRestore).
-        self._data = data if hasattr(data, "continue_passes_at") else None
+        self._data = check_backup_data(data)
         self.monitor, self.mode = monitor, mode
         self.print_fn = print_fn
         self.phase = -1

@@ -598,7 +598,11 @@ def test_header_check_pass_short_of_batches(tmp_path):
     for x, y in batches:
         np.testing.assert_allclose(x.mean(axis=(1, 2, 3)),
                                    np.where(y == 0, 230, 20), atol=2)
-    assert len(_batches(train)) == len(train) == 1  # evaluation's count
+    # Evaluation reads count them out (the steps Keras runs); len() stays
+    # the training steps, which fine_tune and a OneCycle's total plan on
+    # (a cosine schedule was cut to 2 of 3 steps per epoch).
+    assert len(_batches(train)) == train.num_batches == 1
+    assert len(train) == len(train.for_fit()) == 3
     # Nothing decodes: said, not an empty pass.
     only_bad = tmp_path / "only_bad"
     for i, path in enumerate(bad):
@@ -641,9 +645,9 @@ def test_header_check_keeps_each_process_share_and_refuses_short_eval(
 
 
 def test_header_check_evaluation_counts_the_batches_left(tmp_path):
-    # Found while evaluating, a bad file left `len(val)` one batch too
-    # many: Keras warned "ran out of data; interrupting training" at every
-    # later validation and evaluate.
+    # Found while evaluating, a bad file left `val.num_batches` one batch
+    # too many: Keras warned "ran out of data; interrupting training" at
+    # every later validation and evaluate.
     root = _tree(tmp_path, splits=("train", "val"), per_class=3)
     _truncated_jpeg(f"{root}/val/dark/late.jpg")
     _, val = kft.data.from_directory(root, SIZE, batch_size=2,
@@ -652,7 +656,7 @@ def test_header_check_evaluation_counts_the_batches_left(tmp_path):
     model = _tiny_model()
     with pytest.warns(kft.data.SkippedFilesWarning, match="late.jpg"):
         model.evaluate(val, verbose=0)
-    assert len(val) == 3 and val.num_examples == 6
+    assert (len(val), val.num_batches, val.num_examples) == (4, 3, 6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.evaluate(val, verbose=0)
@@ -840,8 +844,12 @@ def test_from_arrays_refuses_no_images_or_nan_and_warns_off_range_pixels():
     for off in (x - 0.5, x * 1000, (x * 4000).astype("int32") - 99):
         with pytest.warns(UserWarning, match=r"take pixels in \[0, 255\]"):
             kft.data.from_arrays(off, y)
-    with pytest.warns(UserWarning, match=r"\[\d+, 3\d{3}\] \(16-bit images\? "
-                      r"`x >> 8` maps them to 8 bits"):
+    with pytest.warns(UserWarning, match=r"\[\d+, [45]\d{4}\] \(16-bit "
+                      r"images\? `x >> 8` maps them to 8 bits"):
+        kft.data.from_arrays((x * 60000).astype("uint16"), y)
+    # Not for [0, 299] or 12-bit images: `x >> 8` made them black.
+    with pytest.warns(UserWarning, match=r"\[\d+, 3\d{3}\] \(another bit "
+                      r"depth\? scale them to \[0, 255\]"):
         kft.data.from_arrays((x * 4000).astype("uint16"), y)
     for value in (np.nan, np.inf):
         bad = x * 255

@@ -47,8 +47,8 @@ def test_resolve_class_weight_for_every_data_form():
      r"class_weight='auto'"),
     ({4: 1.0}, r"class indices in \[0, 4\).*Received: class_weight=\{4: "),
     ({-1: 1.0}, r"class indices in \[0, 4\)"),
-    ({1: 0.0}, r"`class_weight\[1\]` must be a finite number > 0.*"
-     r"Received: class_weight\[1\]=0.0"),
+    ({1: -0.5}, r"`class_weight\[1\]` must be a finite number >= 0.*"
+     r"Received: class_weight\[1\]=-0.5"),
     ({1: float("nan")}, r"`class_weight\[1\]`"),
     ([1.0, 2.0], r"`class_weight` must be"),
 ])
@@ -131,6 +131,11 @@ def test_class_weight_in_batches_trains_like_keras_class_weight():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not np.allclose(weighted[0], plain[0])
     assert dataset.class_weight is None
+    # 0 leaves a class out, as Keras' class_weight does (it was refused).
+    zero = {0: 0.0}
+    for a, b in zip(trained(dataset.with_class_weight(zero)),
+                    trained(x, y=y, batch_size=4, class_weight=zero)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_kft_model_fit_applies_class_weight_to_a_dataset():
@@ -162,6 +167,9 @@ def test_kft_model_fit_applies_class_weight_to_a_dataset():
                        r"to a kft\.data dataset .* Received: sample_weight "
                        r"of type ndarray"):
         model.fit(dataset, sample_weight=np.ones(8), verbose=0)
+    with pytest.raises(TypeError, match=r"^fit\(\) got an unexpected "
+                       r"keyword argument 'foo'"):
+        model.fit(dataset, foo=1)
     with pytest.raises(ValueError, match=r"None for a dataset whose batches "
                        r"carry class weights already"):
         model.fit(dataset.with_class_weight(weights), class_weight=weights,
@@ -234,7 +242,7 @@ def test_with_class_weight_checks_weights_and_counts_passes_on():
     assert sorted(set(weights.tolist())) == [1.0, 2.0]
     for bad, error, match in [
             ({0: -1.0}, ValueError, r"`class_weight\[0\]` must be a finite "
-             r"number > 0. Received: class_weight\[0\]=-1.0"),
+             r"number >= 0. Received: class_weight\[0\]=-1.0"),
             ({0: float("nan")}, ValueError, r"class_weight\[0\]=nan"),
             ({-1: 1.0}, ValueError, r"class index >= 0.*\{-1: 1.0\}"),
             ({"0": 1.0}, ValueError, r"class index >= 0"),

@@ -230,6 +230,9 @@ def test_launcher_stops_the_others_and_names_the_failure(tmp_path, capsys):
      "Argument --num-processes must be an integer >= 3. Received: "
      "--num-processes 2"),
     (["--processes", "0"], "Argument --processes must be"),
+    # 0 read as "not given": ">= 2", from the default --processes.
+    (["--num-processes", "0"], "Argument --num-processes must be an "
+     "integer >= 1. Received: --num-processes 0"),
 ])
 def test_launcher_errors_name_its_flags(argv, message, capsys):
     # They named launch_command's arguments (`first_process_id`).

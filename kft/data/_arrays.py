@@ -115,9 +115,12 @@ def _check_pixels(x):
     hint = ""
     if low >= 0 and high <= 1:
         hint = " (scaled to [0, 1]? multiply by 255)"
-    elif integer and low >= 0 and high <= 65535:
+    elif integer and low >= 0 and 4095 < high <= 65535:
         hint = (" (16-bit images? `x >> 8` maps them to 8 bits, as "
                 "`from_directory` reads 16-bit files)")
+    elif integer and low >= 0:
+        hint = (" (another bit depth? scale them to [0, 255] by their "
+                "full range, e.g. 4095 for 12-bit images)")
     warnings.warn(
         f"Images `x` hold pixel values in [{low:g}, {high:g}]{hint}; kft's "
         "models take pixels in [0, 255] and preprocess them as their "

@@ -378,19 +378,21 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return len(self._source) - len(self._bad_labels)
 
     def __len__(self) -> int:
-        """Batches per pass.
-
-        A file that fails to decode while read (`check="header"`) leaves
-        the passes of evaluation one example shorter, counted from the
-        pass after (in one process); the training data of a kft model's
-        `fit` (`for_fit`) keeps its batches whole instead, so its number
-        of steps is fixed when the dataset is made.
+        """Batches per pass, fixed when the dataset is made: the steps of
+        an epoch of a kft model's `fit`, which keeps its batches whole
+        when files fail to decode while read (`check="header"`,
+        `for_fit`). Such a file leaves evaluation reads one example
+        shorter: `num_batches`, the steps Keras runs over them, counts it
+        out from the pass after (in one process).
         """
+        return self._batches_of(len(self._source))
+
+    def _batches_of(self, examples):
         index, count = self.shard
         if count > 1:
             full, last, _ = self._shard_sizes(count)
             return full + (1 if last else 0)
-        full, rest = divmod(self._examples_read(), self.batch_size)
+        full, rest = divmod(examples, self.batch_size)
         return full + (1 if rest and not self.drop_remainder else 0)
 
     def _examples_read(self):
@@ -409,7 +411,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         if not self._feeds_devices or count == 1 and batch_shards() == 1:
             return None
         full = _sharding.local_batch_size(self.batch_size, count)
-        return len(self), full, self.partial_batch_size or full
+        return self.num_batches, full, self.partial_batch_size or full
 
     @property
     def shard(self) -> tuple[int, int]:
@@ -459,7 +461,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
 
     @property
     def num_batches(self) -> int:
-        return len(self)
+        return self._batches_of(self._examples_read())
 
     @property
     def has_partial_batch(self) -> bool:
@@ -618,14 +620,15 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         orders).
 
         Args:
-            class_weight: `{class index: weight}`, weights finite and > 0.
+            class_weight: `{class index: weight}`, weights finite and >= 0
+                (0 leaves the class out of the loss).
                 An index without examples here (a model may have more
                 classes than the data) weighs nothing.
 
         Raises:
             TypeError: `class_weight` is not a mapping.
             ValueError: a key that is not an integer >= 0, or a weight
-                that is not a finite number > 0.
+                that is not a finite number >= 0.
 
         >>> import numpy as np, kft
         >>> ds = kft.data.from_arrays(np.zeros((3, 4, 4, 3)), [0, 1, 1],
@@ -638,7 +641,7 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return weighted
 
     def _checked_weights(self, class_weight):
-        what = ("a dict {class index >= 0: weight > 0} (e.g. "
+        what = ("a dict {class index >= 0: weight >= 0} (e.g. "
                 "kft.balanced_class_weight(ds.example_labels, "
                 "len(ds.class_names)))")
         if not isinstance(class_weight, Mapping):
@@ -648,8 +651,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             if isinstance(key, (bool, np.bool_)) or not isinstance(
                     key, numbers.Integral) or key < 0:
                 fail_argument("class_weight", what, dict(class_weight))
-            weights[int(key)] = check_number(
-                f"class_weight[{key}]", value, low=0, low_open=True)
+            # 0 leaves a class out of the loss, as Keras' class_weight.
+            weights[int(key)] = check_number(f"class_weight[{key}]", value,
+                                             low=0)
         return weights
 
     def with_seed(self, seed: int) -> "ImageDataset":

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     count = args.processes
     if count is None:
-        count = 1 if args.num_processes else 2
+        count = 1 if args.num_processes is not None else 2
     try:
         return launch_command(
             # Through `_script`: a process that fails exits at once. By

@@ -165,8 +165,9 @@ def _backbone_blocks(backbone):
             f"Backbone {backbone.name!r} of this model was built from "
             f"backbone {name!r}, which is not registered in this process "
             "(a saved model keeps the name, not the spec): call "
-            "kft.register_backbone(...) with its spec first, or pass "
-            "`patterns=` naming the blocks.")
+            "kft.register_backbone(...) with its spec first (or give "
+            "kft.get_blocks and kft.freeze `patterns=` naming the "
+            "blocks).")
     spec = get_backbone(name)
     return _split(_weighted(backbone.layers), spec.blocks, backbone.name)
 

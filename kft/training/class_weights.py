@@ -129,7 +129,8 @@ def resolve_class_weight(
     Args:
         class_weight: `"balanced"` (`balanced_class_weight` of the
             training labels, counted as `count_labels` does), a dict
-            `{class index: positive weight}` (classes left out weigh 1),
+            `{class index: weight >= 0}` (classes left out weigh 1; 0
+            leaves a class out of the loss),
             or `None`.
         train_data: The training data: an `(x, y)` pair or a dataset of
             `(x, y)` batches. Only read for `"balanced"`.
@@ -143,7 +144,7 @@ def resolve_class_weight(
             classes already (`sampling="balanced"`, or
             `with_class_weight`), an unknown string, a key outside
             `[0, num_classes)`,
-            a weight that is not a positive finite number (each named), or
+            a weight that is not a finite number >= 0 (each named), or
             training data without any label.
 
     Example:
@@ -188,6 +189,7 @@ def resolve_class_weight(
                 key, (int, np.integer)) or not 0 <= key < num_classes:
             fail_argument("class_weight", f"keyed by class indices in "
                           f"[0, {num_classes})", dict(class_weight))
+        # 0 leaves a class out of the loss, as Keras' class_weight.
         result[int(key)] = check_number(f"class_weight[{key}]", value,
-                                        low=0.0, low_open=True)
+                                        low=0.0)
     return result

@@ -10,6 +10,8 @@ from typing import Literal
 import keras
 
 from kft._validation import fail_argument
+from kft.data._dataset import ImageDataset
+from kft.models.classifier_model import Classifier
 from kft.models.batch_augment import BatchAugmentModel
 from kft.training.class_weights import resolve_class_weight
 from kft.distributed.data_parallel import check_data_batches
@@ -304,8 +306,11 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
                  counts["epochs"])
     check_extras(callbacks, regularizer)
     warn_if_augmentation_unapplied(model, train_data)
-    # Under data parallel, before anything trains.
-    check_data_batches(train_data, counts["batch_size"], name="train_data")
+    # Under data parallel, before anything trains; a kft model's `fit`
+    # reads a kft dataset whole (`ImageDataset.for_fit`).
+    check_data_batches(train_data.for_fit() if isinstance(
+        train_data, ImageDataset) and isinstance(model, Classifier)
+        else train_data, counts["batch_size"], name="train_data")
     check_data_batches(val_data, counts["batch_size"], name="val_data")
     class_weight = resolve_class_weight(class_weight, train_data, num_classes)
     monitor = monitor or ("val_loss" if val_data is not None else "loss")

@@ -243,8 +243,11 @@ def fit_arguments(model_fit_args, fit_kwargs):
 
     import keras
 
-    arguments = inspect.signature(keras.Model.fit).bind(
-        None, *model_fit_args, **fit_kwargs).arguments
+    try:
+        arguments = inspect.signature(keras.Model.fit).bind(
+            None, *model_fit_args, **fit_kwargs).arguments
+    except TypeError as error:  # as Python names a call's bad arguments
+        raise TypeError(f"fit() {error}") from None
     arguments.pop("self")
     arguments.update(arguments.pop("kwargs", {}))
     data = arguments.get("x")

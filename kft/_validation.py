@@ -20,9 +20,11 @@ def fail_argument(name, what, value, error=ValueError):
 
 def user_stacklevel():
     """The `stacklevel` for `warnings.warn` that names the first caller
-    outside kft, Keras and grain (a warning raised deep inside kft,
-    reached by several paths, from a callback `fit` runs or from reading a
-    dataset, then points at the user's line)."""
+    outside kft, Keras, grain and `contextlib` (a warning raised deep
+    inside kft, reached by several paths, from a callback `fit` runs, from
+    reading a dataset or as a `with` block ends, then points at the
+    user's line)."""
+    import contextlib
     import os
     import sys
 
@@ -31,7 +33,8 @@ def user_stacklevel():
 
     packages = tuple(os.path.dirname(os.path.abspath(module.__file__))
                      + os.sep for module in (sys.modules[__package__],
-                                             keras, grain))
+                                             keras, grain)) + (
+        contextlib.__file__,)
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(
             packages):

@@ -193,9 +193,13 @@ def test_bad_arguments():
     # No validation data: said once (validation_freq > 1 looks the same
     # at a single epoch end), as Keras' EarlyStopping does.
     with pytest.warns(UserWarning, match="'val_acc', which is not logged "
-                                         "at every epoch.*no validation"):
+                                         "at every epoch.*no validation") \
+            as caught:
         model.fit(x, y, epochs=1, verbose=0, callbacks=[
             GradualUnfreezing(monitor="val_acc", verbose=0)])
+    # At the user's fit, not inside kft.
+    assert {w.filename for w in caught if "val_acc" in str(w.message)} == {
+        __file__}
     with pytest.raises(ValueError, match="'acc'.*not in the epoch logs"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[
             GradualUnfreezing(monitor="acc", verbose=0)])

@@ -134,7 +134,10 @@ def test_each_strategy(strategy, folder, tmp_path, capsys, monkeypatch):
         assert calls[0]["strategy"] == "feature_extraction"
         return
     summary = json.loads(printed.strip().splitlines()[-1])
-    assert summary["out"] == out and summary["best_epoch"] >= 1
+    # From 0, as run.json (it counted from 1 under the same key).
+    with open(os.path.join(out, "run.json")) as f:
+        assert summary["best_epoch"] == json.load(f)["best_epoch"] >= 0
+    assert summary["out"] == out
     assert summary["strategy"] == strategy == calls[0]["strategy"]
     if strategy == "gradual":
         assert [row.get("unfrozen_blocks") for row in history] == [
@@ -1096,6 +1099,11 @@ def test_lr_find_next_command_repeats_what_was_measured(tmp_path, capsys,
         if "--n-blocks" in argv:
             assert (train.n_blocks, train.weights, train.weight_decay) == (
                 2, "w file.h5", 0.001)
+        # kft.lr_find printed the suggestions (it is given print_fn): not
+        # again as a table.
+        assert "valley   0.00031" not in lines
+    assert cli.main(["lr-find", data, "--quiet"]) == 0
+    assert "valley   0.00031" in capsys.readouterr().out.splitlines()
 
 
 def test_val_split_beside_val_folders_and_dropout_are_usage_errors(

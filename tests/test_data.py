@@ -729,6 +729,20 @@ def test_other_image_formats_load_and_unread_files_are_named(tmp_path):
             kft.data.from_directory(root, SIZE, augmentation="none")
 
 
+def test_reading_images_keeps_warnings_shown_once(tmp_path):
+    # Each image opened reset Python's once-per-location memory
+    # (`warnings.catch_warnings`): a user's or Keras' warning came back
+    # after every pass (EarlyStopping's missing monitor, at every epoch).
+    root = _tree(tmp_path, splits=("train",), per_class=2)
+    train, _ = kft.data.from_directory(root, SIZE, augmentation="none")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            _batches(train)
+            warnings.warn("once per location")
+    assert [str(w.message) for w in caught] == ["once per location"]
+
+
 def test_symlink_to_a_parent_folder_is_walked_once(tmp_path):
     root = _tree(tmp_path, splits=("train",), per_class=2)
     os.symlink(f"{root}/train/dark", f"{root}/train/dark/again")

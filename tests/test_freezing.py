@@ -215,6 +215,13 @@ def test_frozen_batch_norm_of_a_random_backbone_warns_once():
     message = str(warning.message)
     assert "'kft_simple_cnn'" in message and 'bn="train"' in message
     assert warning.filename == __file__
+    # Through fine_tune too (it named kft/training/fine_tune_phases.py).
+    model = _model()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.fine_tune(model, _data(4), strategy="partial", head_epochs=1,
+                      epochs=1, batch_size=4, verbose=0)
+    assert [w.filename for w in _bn_warnings(record)] == [__file__]
 
 
 def test_pretrained_backbone_does_not_warn(tmp_path):

@@ -1,5 +1,8 @@
 """kft.lr_find: the range test leaves the model exactly as it was."""
 
+import contextlib
+import io
+
 import keras
 import numpy as np
 import pytest
@@ -201,6 +204,15 @@ def test_stop_on_a_nan_loss_and_an_unbuilt_model_say_so():
     x[:] = np.nan
     result = kft.lr_find(model, (x, Y), steps=10, verbose=0)
     assert result.stop_reason.startswith("the loss was nan at rate")
+    # verbose=1 shows its steps as they run (nothing until the summary
+    # after up to 100 steps), the bar's line ended also when it stops.
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        kft.lr_find(model, (X, Y), steps=10, verbose=1)
+        kft.lr_find(model, (x, Y), steps=10, verbose=1)
+    shown = output.getvalue()
+    assert shown.count("10/10") == 1 and "1/10" in shown
+    assert " lr: " in shown and shown.count("\nlr_find: ") == 2
     unbuilt = keras.Sequential([keras.layers.Dense(1)])
     unbuilt.compile(keras.optimizers.SGD(), "mse")
     with pytest.raises(ValueError, match="is not built.*keras.Input"):

@@ -50,6 +50,7 @@ def test_plain_adam_family_warns_once_with_the_true_first_update(make):
         kft.retarget_optimizer(opt, [a, b])
         kft.retarget_optimizer(opt, [a, b, c])
     [warning] = _shared_step_warnings(record)
+    assert warning.filename == __file__  # was kft/training/state.py
     message = str(warning.message)
     assert "kft.BlockwiseOptimizer(keras.optimizers." in message
     assert "'b'" in message and "after 1000 steps" in message
@@ -300,8 +301,10 @@ def test_freeze_after_fit_with_gradient_accumulation():
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(np.zeros((8, 8, 8, 3)), np.arange(8) % 2, batch_size=2,
               verbose=0)
-    with pytest.warns(UserWarning, match="one step counter"):
+    with pytest.warns(UserWarning, match="one step counter") as caught:
         assert kft.freeze(model, "full") == ["rgb", "depth", "head"]
+    # At the user's freeze (it named kft/training/state.py).
+    assert [w.filename for w in _shared_step_warnings(caught)] == [__file__]
 
 
 def test_penalties_refuse_repeated_paths_and_say_how_to_fix():

@@ -57,8 +57,9 @@ def lr_find_command(args, argv):
                           "steps": len(result.learning_rates),
                           "stop_reason": result.stop_reason, "plot": plot}))
         return 0
-    for name, s in result.suggestions.items():
-        print(f"{name:8} {s.learning_rate:.3g}")
+    if quiet:  # otherwise kft.lr_find printed them, with what each means
+        for name, s in result.suggestions.items():
+            print(f"{name:8} {s.learning_rate:.3g}")
     if "valley" in suggestions:
         print("next: " + train_command_line(args, argv, suggestions["valley"]))
     if plot:

@@ -95,12 +95,14 @@ def train_command(args, argv):
 
 
 def _train_summary(result):
-    return {"out": result.out, "best_epoch": None if result.best_epoch is None
-            else result.best_epoch + 1, "monitor": result.config.monitor,
+    # Counted from 0, as run.json and `RunResult` (one key, one meaning);
+    # the text output counts from 1, as the logs print epochs.
+    return {"out": result.out, "best_epoch": result.best_epoch,
+            "monitor": result.config.monitor,
             "best_value": result.best_value,
             "strategy": result.config.strategy, "reasons": result.reasons,
             "val": {k: result.metrics.get(k) for k in (
-                "accuracy", "balanced_accuracy", "top_k_accuracy")}
+                "accuracy", "balanced_accuracy", "top_k", "top_k_accuracy")}
             if result.metrics else {},
             "train_time_s": round(result.train_time, 2),
             "resumed": result.resumed,

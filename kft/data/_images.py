@@ -3,7 +3,6 @@
 import dataclasses
 import numbers
 import os
-import warnings
 from typing import Literal
 from typing import get_args
 
@@ -87,9 +86,12 @@ def open_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     """
     if os.path.getsize(path) == 0:
         raise ValueError("zero-byte file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(path)
+    # Pillow warns of images above `Image.MAX_IMAGE_PIXELS` (half the
+    # default `max_pixels`), once per process by default. Not silenced
+    # here: `warnings.catch_warnings` per image reset every warning's
+    # once-only memory (a user's warning came back at every epoch) and is
+    # not thread-safe (images are read in threads).
+    image = Image.open(path)
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         image.close()
@@ -113,10 +115,7 @@ def check_file(path, max_pixels=DEFAULT_MAX_PIXELS, full=True):
             if full:
                 if image.format == "JPEG":
                     image.draft("RGB", (64, 64))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore",
-                                          Image.DecompressionBombWarning)
-                    image.load()
+                image.load()
             else:
                 image.verify()
     except ValueError as error:

@@ -133,7 +133,8 @@ class Penalty:
         """path -> float32 array: saved anchors (checked against
         `variables`), else the variables' current values."""
         if self.saved_anchors is None:
-            return {v.path: np.asarray(v.numpy(), "float32")
+            # `.value`: Keras' `numpy()` warns under NumPy 2 (per variable).
+            return {v.path: np.asarray(v.value, "float32")
                     for v in variables}
         return entries_for("anchors", self.saved_anchors, variables, model)
 

@@ -149,8 +149,11 @@ def run_summary(result, env, requested, skipped=()):
             f"Validation ({metrics['num_examples']} images): accuracy "
             f"{metrics['accuracy']:.4f}, balanced accuracy "
             f"{metrics['balanced_accuracy']:.4f}, macro F1 "
-            f"{metrics['macro']['f1']:.4f}, top-{metrics['top_k']} "
-            f"{metrics['top_k_accuracy']:.4f} (`evaluation.md`).")
+            f"{metrics['macro']['f1']:.4f}"
+            # 1 by definition when k covers every class: not shown.
+            + (f", top-{metrics['top_k']} {metrics['top_k_accuracy']:.4f}"
+               if metrics["top_k"] < len(metrics["class_names"]) else "")
+            + " (`evaluation.md`).")
     if skipped:
         lines += ["", f"Skipped {len(skipped)} image file(s) the loader "
                   "could not use (all listed in `run.json`, "

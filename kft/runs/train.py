@@ -8,8 +8,8 @@ The run folder (`out`):
 - `run.json`: status (`running` / `complete`), what was asked for and
   what was resolved (`strategy="auto"`, `lr="find"`), class names, the
   image files the loader skipped (`skipped_files`), best epoch (0-based,
-  as `RunResult.best_epoch`; `summary.md` and `kft train --json` count
-  from 1, as the logs print epochs), timings,
+  as `RunResult.best_epoch` and `kft train --json`; `summary.md` and the
+  console count from 1, as the logs print epochs), timings,
   the files written;
 - `checkpoints/`: `kft.runs.RunBackup`'s state while training (what
   `--resume` continues from), removed when the run completes;

@@ -13,6 +13,7 @@ from kft import _compat
 from kft.models import backbones
 from kft._validation import check_choice
 from kft._validation import fail_argument
+from kft._validation import user_stacklevel
 from kft.models.blocks import HEAD_HOW
 from kft.models.blocks import get_blocks
 from kft.models.blocks import head_and_body
@@ -243,7 +244,7 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
         "(`--bn train` of `kft train` / `kft compare`) to learn the "
         "statistics of your data.",
         UserWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),
     )
     _WARNED_RANDOM_BN.add(model)
 

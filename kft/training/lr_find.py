@@ -310,8 +310,9 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
             it. A dataset's own sample weights (a third batch element, as
             `ImageDataset.with_class_weight` adds) are used as they are.
             Defaults to `None`.
-        verbose: Print where it stopped and the suggestions. Defaults to
-            `1`.
+        verbose: Show the steps as they run (a progress bar of the rate
+            and smoothed loss), then where it stopped and the suggestions.
+            Defaults to `1`.
 
     Returns:
         An `LRFinderResult`.
@@ -366,6 +367,9 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     model.train_function = None
     rates, raw, smooth = [], [], []
     average, best, reason = 0.0, math.inf, None
+    # Up to `steps` training steps: shown as they run.
+    bar = (keras.utils.Progbar(steps, stateful_metrics=["lr", "loss"])
+           if verbose else None)
     try:
         batches = _batches(data, batch_size, seed, steps)
         for k in range(steps):
@@ -381,6 +385,9 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
             raw.append(loss)
             smooth.append(smoothed)
             best = min(best, smoothed)
+            if bar is not None:
+                bar.update(k + 1, [("lr", rates[-1]), ("loss", smoothed)],
+                           finalize=False)
             if not math.isfinite(smoothed):
                 reason = (f"the loss was {loss:.4g} at rate {rates[-1]:.3g} "
                           f"(step {k + 1} of {steps})")
@@ -393,6 +400,9 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     finally:
         _compat.swap_learning_rate(optimizer, previous)
         _restore(model, snapshot)
+    if bar is not None and rates:  # ends the line, also when it stopped
+        bar.update(len(rates), [("lr", rates[-1]), ("loss", smooth[-1])],
+                   finalize=True)
     result = LRFinderResult(np.array(rates), np.array(smooth), np.array(raw),
                             suggest(np.array(rates), np.array(smooth),
                                     steps), reason)

@@ -17,9 +17,11 @@ import warnings
 import weakref
 
 import keras
+import numpy as np
 from keras import ops
 
 from kft import _compat
+from kft._validation import user_stacklevel
 
 # Optimizers already warned about their shared step counter.
 _WARNED_SHARED_STEPS = weakref.WeakSet()
@@ -149,7 +151,8 @@ def _warn_shared_step_count(optimizer, variables):
         return
     # A plain array under gradient accumulation (the Variable's count
     # over the steps per update).
-    iterations = int(ops.convert_to_numpy(optimizer.iterations))
+    iterations = optimizer.iterations
+    iterations = int(np.asarray(getattr(iterations, "value", iterations)))
     tracked = {id(v) for v in _compat.tracked_variables(optimizer)}
     added = [v for v in variables if id(v) not in tracked]
     if iterations == 0 or not added:
@@ -171,4 +174,4 @@ def _warn_shared_step_count(optimizer, variables):
         f"kft.BlockwiseOptimizer counts steps per variable; compile with "
         f"e.g. kft.BlockwiseOptimizer(keras.optimizers.{inner}(1e-3), "
         f"kft.layerwise_lr(model, 1e-3, 0.7), model=model).",
-        UserWarning, stacklevel=3)
+        UserWarning, stacklevel=user_stacklevel())

@@ -23,6 +23,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import fail_argument
+from kft._validation import user_stacklevel
 from kft.training.monitor import MODES
 from kft.training.monitor import improves
 from kft.training.monitor import logged_value
@@ -196,7 +197,7 @@ class Plateau(UnfreezeSchedule):
                     f"GradualUnfreezing monitors {self.monitor!r}, which "
                     "is not logged at every epoch (validation_freq > 1, or "
                     "no validation data): epochs without it do not count "
-                    "towards `patience`.", stacklevel=3)
+                    "towards `patience`.", stacklevel=user_stacklevel())
             self._skipped = True
             return False
         value = logged_value(logs, self.monitor, "GradualUnfreezing")

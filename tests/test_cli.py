@@ -82,6 +82,22 @@ def test_help_imports_neither_keras_nor_jax():
         imported & {"keras", "jax", "numpy"})
 
 
+def test_warnings_print_as_the_commands_lines():
+    # They printed a kft file and line (or the `kft` script's: "bin/kft:8")
+    # and its source, e.g. "kft/runs/recipe.py:57: SkippedFilesWarning:".
+    program = ("import warnings, kft.cli as cli\n"
+               "cli.demo_command = lambda args, argv: warnings.warn('x') or 0"
+               "\n"
+               "print(cli.main(['demo']))\n"
+               "warnings.warn('after')\n")
+    result = subprocess.run([sys.executable, "-c", program],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout == "0\n"
+    lines = result.stderr.splitlines()
+    assert lines[0] == "kft demo: UserWarning: x"
+    assert "<string>:4: UserWarning: after" in lines[1]  # put back
+
+
 def test_import_kft_still_registers_its_keras_classes(tmp_path):
     """`import kft` loads every module (only the `kft` command defers), so a
     saved kft model loads right after it."""

@@ -1,5 +1,7 @@
 """Tests of kft.data: folder layouts, bad files, arrays, TFDS, model.fit."""
 
+import contextlib
+import io
 import os
 import shutil
 import warnings
@@ -324,6 +326,9 @@ def test_image_above_max_pixels_is_skipped(tmp_path):
 
 def test_decompression_bomb_is_described():
     reason = _images.describe_error(Image.DecompressionBombError("big"))
+    assert reason == "too large: big"
+    # Pillow's warning, raised under `-W error` (was "corrupt image").
+    reason = _images.describe_error(Image.DecompressionBombWarning("big"))
     assert reason == "too large: big"
 
 
@@ -661,6 +666,11 @@ def test_header_check_evaluation_counts_the_batches_left(tmp_path):
         warnings.simplefilter("always")
         model.evaluate(val, verbose=0)
     assert _keras_data_warnings(caught) == []
+    # kft.evaluate's bar counts the batches left (it stopped at 3/4).
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        kft.evaluate(model, val, verbose=1)
+    assert "3/3" in output.getvalue() and "/4" not in output.getvalue()
 
 
 # -- files that are not images of the dataset --------------------------

@@ -164,11 +164,12 @@ def test_round_trip_markdown_and_text(report, tmp_path):
     # Recall of a, b, c: 3/4, 2/3, 0 (d is absent).
     assert "balanced accuracy: 0.4722" in str(report)
     assert "top-2 accuracy: 1.0000" in str(report)
-    # Top-k over every class is 1 by definition: not shown ("top-5
-    # accuracy 1.0000" on 5 classes).
+    # Top-k over every class is 1 by definition, and says so ("top-5
+    # accuracy 1.0000" on 5 classes read as a result).
     every = report_from_predictions(Y_TRUE, PROBS, min_support=4)
     assert every.top_k == 4
-    assert "top-4" not in str(every) and "top-4" not in every.to_markdown()
+    said = "top-4 accuracy: 1.0000 (k covers all 4 classes: 1 by definition)"
+    assert said in str(every)
     with pytest.raises(ValueError, match=r"missing: \['num_examples', 'accuracy'"):
         kft.EvaluationReport.from_dict({"class_names": ["a"]})
 

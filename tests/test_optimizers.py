@@ -347,6 +347,25 @@ def test_groups_survive_keras_renaming_a_loaded_sequential(tmp_path):
     model.train_on_batch(x, y)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+    # Nested models reusing a layer name load as two `fc/kernel`: taken in
+    # model order (the backbone's `fc` trained at the default rate).
+    nested = keras.Sequential([
+        keras.Input((4,)),
+        keras.Sequential([keras.layers.Dense(3, name="fc"),
+                          keras.layers.Dense(3, name="fc2")],
+                         name="backbone"),
+        keras.Sequential([keras.layers.Dense(1, name="fc")], name="head")])
+    nested.compile(BlockwiseOptimizer(keras.optimizers.SGD(0.1),
+                                      {"backbone": 0.01}, model=nested),
+                   "mse")
+    nested.train_on_batch(x, y)
+    nested.save(tmp_path / "nested.keras")
+    loaded = keras.models.load_model(tmp_path / "nested.keras")
+    loaded.train_on_batch(x, y)
+    assert [v.path for v in loaded.trainable_variables][::2] == [
+        "fc/kernel", "fc2/kernel", "fc/kernel"]
+    assert [r.multiplier for r in loaded.optimizer._routes] == \
+        pytest.approx([0.1] * 4 + [1.0] * 2)
 
 
 # -- retarget and bias correction --------------------------------------------

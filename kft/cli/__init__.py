@@ -14,6 +14,7 @@ failure while working.
 """
 
 import sys
+import warnings
 
 from kft.cli._checks import Usage
 from kft.cli._deploy import eval_command
@@ -53,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                "predict": predict_command, "export": export_command,
                "lr-find": lr_find_command, "compare": compare_command,
                "demo": demo_command}[command]
+    # Warnings as the command's lines: "kft train: UserWarning: ...", not
+    # a file and line of kft's (or of the `kft` script) and its source.
+    format_warning = warnings.formatwarning
+    warnings.formatwarning = (
+        lambda message, category, *_, **__:
+        f"kft {command}: {category.__name__}: {message}\n")
     try:
         return handler(args, argv)
     except Usage as error:
@@ -64,4 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kft {command}: error: {type(error).__name__}: {error}",
               file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = format_warning
     return 0

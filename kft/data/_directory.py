@@ -222,7 +222,8 @@ def from_directory(path: str | os.PathLike,
             (each needs its share of every batch): that read raises,
             asking for `"full"`. Defaults to `"full"`.
         max_pixels: Images with more pixels are skipped. Defaults to
-            Pillow's decompression-bomb limit (178,956,970).
+            Pillow's decompression-bomb limit (178,956,970); Pillow itself
+            warns (once per process) of an image above half of it.
         exif_transpose: Rotate or flip each image as its EXIF orientation
             tag says (`PIL.ImageOps.exif_transpose`), so photos taken
             sideways train upright, as viewers show them. `False` reads

@@ -65,7 +65,9 @@ def describe_error(error):
         if path is not None and os.path.islink(path):
             return f"broken symbolic link to {os.readlink(path)!r}"
         return "file not found (removed after the folder was listed?)"
-    if isinstance(error, Image.DecompressionBombError):
+    # The warning too: raised as an error under `-W error`.
+    if isinstance(error, (Image.DecompressionBombError,
+                          Image.DecompressionBombWarning)):
         return f"too large: {error}"
     if isinstance(error, Image.UnidentifiedImageError):
         return "not an image (Pillow cannot identify it)"

@@ -11,16 +11,19 @@ def markdown_cell(text):
     return " ".join(str(text).split("\n")).replace("|", "\\|")
 
 
+def every_class(k, num_classes):
+    """What a top-k accuracy over every class is: 1 by definition."""
+    return (f" (k covers all {num_classes} classes: 1 by definition)"
+            if k >= num_classes else "")
+
+
 def _summary_rows(report):
-    # Top-k over k >= the number of classes is 1 by definition: not shown.
-    top_k = ([(f"top-{report.top_k} accuracy",
-               f"{report.top_k_accuracy:.4f}")]
-             if report.top_k < len(report.class_names) else [])
     return [
         ("examples", f"{report.num_examples}"),
         ("accuracy", f"{report.accuracy:.4f}"),
         ("balanced accuracy", f"{report.balanced_accuracy:.4f}"),
-        *top_k,
+        (f"top-{report.top_k} accuracy", f"{report.top_k_accuracy:.4f}"
+         + every_class(report.top_k, len(report.class_names))),
         ("macro precision / recall / F1",
          " / ".join(f"{report.macro[k]:.4f}"
                     for k in ("precision", "recall", "f1"))),

@@ -300,9 +300,13 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
 def _progress(dataset):
     import keras
 
-    try:
-        total = len(dataset)
-    except TypeError:
-        total = None
+    # A kft dataset's `num_batches` leaves out files found bad while read
+    # (`check="header"`); its len() counts the training steps.
+    total = getattr(dataset, "num_batches", None)
+    if total is None:
+        try:
+            total = len(dataset)
+        except TypeError:
+            total = None
     bar = keras.utils.Progbar(total, unit_name="batch")
     return bar.update

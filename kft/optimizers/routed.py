@@ -12,6 +12,7 @@ from keras import ops
 
 from kft import _compat
 from kft._validation import check_bool
+from kft._validation import user_stacklevel
 from kft._validation import check_number
 from kft.models.blocks import get_blocks
 from kft.optimizers.momentum import momentum_attribute
@@ -106,10 +107,12 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
                 keys.setdefault(v.path, set()).add(self._owners[id(v)])
             self._ambiguous = sorted(p for p, k in keys.items()
                                      if len(k) > 1)
-            # Every path, the default group's too (`None`): a loaded model
-            # may name them otherwise (`_assigned`).
-            self._assignments = {
-                v.path: groups.get(id(v)) for v in reversed(model.weights)}
+            # Every path in model order, the default group's too (`None`):
+            # a loaded model may name them otherwise (`_renamed`). The
+            # first variable of a repeated path decides it.
+            self._assignments = {}
+            for v in model.weights:
+                self._assignments.setdefault(v.path, groups.get(id(v)))
         elif self._assignments is None:
             for key, regex in self._patterns:
                 if regex is None:
@@ -166,12 +169,17 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
                 owner[id(v)] = key
         return owner
 
-    def _route(self, variable):
+    def _route(self, variable, renamed):
         if self._assignments is not None:
             # By identity where known; by path for other variables (a
-            # model's layers swapped after, `kft.fast_cpu_convs`).
-            key = (self._owners[id(variable)] if id(variable) in self._owners
-                   else self._assigned(variable.path))
+            # model's layers swapped after, `kft.fast_cpu_convs`, or a
+            # loaded model).
+            if id(variable) in self._owners:
+                key = self._owners[id(variable)]
+            elif variable.path in self._assignments:
+                key = self._assignments[variable.path]
+            else:
+                key = renamed.get(id(variable))
             return self._group_routes[key] if key else self._default_route
         hits = [k for k, r in self._patterns if r.search(variable.path)]
         if len(hits) > 1:
@@ -179,37 +187,62 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
                              f"groups: {hits[0]!r} and {hits[1]!r}.")
         return self._group_routes[hits[0]] if hits else self._default_route
 
-    def _assigned(self, path):
-        """The group saved for `path`, or for the saved path it renames.
+    def _renamed(self, variables):
+        """`{id: group}` of `variables` whose paths were not saved.
 
         Keras names a Sequential's variables after the model when it is
         built (`sequential/d1/kernel`), not when loaded (`d1/kernel`), and
         another instance's `sequential_1/...`: without a match every
         variable of a loaded model fell silently into the default group.
-        The saved paths sharing the most trailing names with `path` (at
-        least the layer's and the variable's) decide, when they name one
-        group."""
-        if path in self._assignments:
-            return self._assignments[path]
-        names = path.split("/")[::-1]
-        best, keys = 2, set()
-        for saved, key in self._assignments.items():
-            shared = 0
-            for mine, theirs in zip(names, saved.split("/")[::-1]):
-                if mine != theirs:
-                    break
-                shared += 1
-            if shared > best:
-                best, keys = shared, {key}
-            elif shared == best:
-                keys.add(key)
-        if len(keys) > 1:
+        A variable takes the group of the saved paths (of no variable
+        here) sharing the most trailing names with its path (at least the
+        layer's and the variable's); variables of one path tied between
+        groups take them in model order when as many are built as tie
+        (nested models reusing layer names), else the default group, with
+        a warning. Only for configs that list the default group's paths
+        too: an older one lists grouped paths only, so an unlisted path
+        is the default group's."""
+        if not self._assignments or None not in self._assignments.values():
+            return {}
+        missing = {}
+        for v in variables:
+            if id(v) not in self._owners and v.path not in self._assignments:
+                missing.setdefault(v.path, []).append(v)
+        if not missing:
+            return {}
+        built = {v.path for v in variables}
+        saved = [p for p in self._assignments if p not in built]
+        renamed, unsure = {}, []
+        for path, group in missing.items():
+            names = path.split("/")[::-1]
+            best, candidates = 2, []
+            for other in saved:
+                shared = 0
+                for mine, theirs in zip(names, other.split("/")[::-1]):
+                    if mine != theirs:
+                        break
+                    shared += 1
+                if shared > best:
+                    best, candidates = shared, [other]
+                elif shared == best:
+                    candidates.append(other)
+            keys = {self._assignments[c] for c in candidates}
+            if len(keys) == 1:
+                renamed.update((id(v), keys.pop()) for v in group)
+            elif len(candidates) == len(group):
+                renamed.update((id(v), self._assignments[c])
+                               for v, c in zip(group, candidates))
+            elif candidates:
+                unsure.append(path)
+        if unsure:
             warnings.warn(
-                f"{type(self).__name__}: variable {path!r} is not among the "
-                f"saved paths and ends like saved paths of several groups "
-                f"{sorted(map(str, keys))}; it is routed to the default "
-                "group.", UserWarning, stacklevel=2)
-        return keys.pop() if len(keys) == 1 else None
+                f"{type(self).__name__}: {len(unsure)} variable path(s) not "
+                f"among the saved ones (e.g. {unsure[0]!r}) end like saved "
+                "paths of different groups; they train in the default "
+                "group. Give the layers distinct names, or build the "
+                "optimizer again with model=.", UserWarning,
+                stacklevel=user_stacklevel())
+        return renamed
 
     @property
     def variables(self):
@@ -239,7 +272,8 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             list(_compat.moving_averages(self) or []) if self.use_ema else [])
         own[:] = [v for v in own if not any(v is d for d in dropped)]
         _compat.set_tracked(self, variables)
-        self._routes = [self._route(v) for v in variables]
+        renamed = self._renamed(variables)
+        self._routes = [self._route(v, renamed) for v in variables]
         now = int(ops.convert_to_numpy(self.iterations.value))
         self._start_steps = self.add_variable(
             (len(variables),), initializer="zeros", dtype="int32",

@@ -9,6 +9,7 @@ import platform
 import sys
 
 from kft.distributed.processes import is_primary
+from kft.evaluation._format import every_class
 
 
 def environment() -> dict:
@@ -149,10 +150,9 @@ def run_summary(result, env, requested, skipped=()):
             f"Validation ({metrics['num_examples']} images): accuracy "
             f"{metrics['accuracy']:.4f}, balanced accuracy "
             f"{metrics['balanced_accuracy']:.4f}, macro F1 "
-            f"{metrics['macro']['f1']:.4f}"
-            # 1 by definition when k covers every class: not shown.
-            + (f", top-{metrics['top_k']} {metrics['top_k_accuracy']:.4f}"
-               if metrics["top_k"] < len(metrics["class_names"]) else "")
+            f"{metrics['macro']['f1']:.4f}, top-{metrics['top_k']} "
+            f"{metrics['top_k_accuracy']:.4f}"
+            + every_class(metrics["top_k"], len(metrics["class_names"]))
             + " (`evaluation.md`).")
     if skipped:
         lines += ["", f"Skipped {len(skipped)} image file(s) the loader "

@@ -131,6 +131,18 @@ def test_fine_tune_feature_extraction_uses_the_cache(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_fine_tune_says_what_its_caching_bars_count(capsys):
+    # Two bare bars ("40/40 - 0s - 2ms/image", then "20/20 ...").
+    x, y = _data(8)
+    kft.fine_tune(_model(head="linear", dropout=0.0), (x, y), (x[:4], y[:4]),
+                  strategy="feature_extraction", head_epochs=1,
+                  batch_size=8, verbose=2)
+    out = capsys.readouterr().out
+    said = "fine_tune: caching the frozen backbone's features of {}"
+    assert out.index(said.format("train_data")) < out.index(
+        said.format("val_data"))
+
+
 def test_auto_does_not_cache_augmented_datasets(monkeypatch):
     x, y = _data(n=12)
     calls = []

@@ -39,10 +39,17 @@ def _head_caches(phases, mode):
         return None
     # `True` insists: `cache_features` raises if the model cannot be cached.
     kwargs = {"batch_size": phases.batch_size, "verbose": phases.verbose}
-    train = cache_features(phases.model, phases.train_data, **kwargs)
-    val = None if phases.val_data is None else cache_features(
-        phases.model, phases.val_data, **kwargs)
-    return train, val
+    caches = []
+    for name, data in (("train_data", phases.train_data),
+                       ("val_data", phases.val_data)):
+        if data is None:
+            caches.append(None)
+            continue
+        if phases.verbose:  # the bars alone did not say what they count
+            print_msg(f"fine_tune: caching the frozen backbone's features "
+                      f"of {name} (phase 1 trains the head on them)")
+        caches.append(cache_features(phases.model, data, **kwargs))
+    return tuple(caches)
 
 
 def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):

@@ -366,6 +366,26 @@ def test_groups_survive_keras_renaming_a_loaded_sequential(tmp_path):
         "fc/kernel", "fc2/kernel", "fc/kernel"]
     assert [r.multiplier for r in loaded.optimizer._routes] == \
         pytest.approx([0.1] * 4 + [1.0] * 2)
+    # Groups covering every variable (layerwise_lr) were read as an older
+    # config (all at the base rate); a nested model's `d1` loads with the
+    # path of a top-level `d1`, which took the top-level's group.
+    image = keras.Input((4,))
+    block = keras.Sequential([keras.layers.Dense(3, name="d1")],
+                             name="block")
+    hidden = keras.layers.Dense(3, name="d1")(block(image))
+    functional = keras.Model(image, keras.layers.Dense(1, name="out")(hidden))
+    for model, rates in ((sequential(), {"d1": 0.05, "d2": 0.1}),
+                         (functional, {"block/": 0.01})):
+        model.compile(BlockwiseOptimizer(keras.optimizers.SGD(0.1), rates,
+                                         model=model), "mse")
+        model.train_on_batch(x, y)
+        before = [r.multiplier for r in model.optimizer._routes]
+        model.save(tmp_path / "again.keras")
+        loaded = keras.models.load_model(tmp_path / "again.keras")
+        loaded.train_on_batch(x, y)
+        assert [r.multiplier for r in loaded.optimizer._routes] == \
+            pytest.approx(before)
+        assert len(set(before)) == 2
 
 
 # -- retarget and bias correction --------------------------------------------

@@ -46,6 +46,7 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
     def __init__(self, inners, routes, default_route, *, model, patterns,
                  assignments, exclude_bias_and_norm, learning_rate,
                  momentum_schedule=None, ema_overwrite_at_end=True,
+                 assignments_complete=False,
                  **kwargs):
         for key, inner in inners:
             check_inner(key, inner)
@@ -94,6 +95,10 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         # regexes must compile.
         self._patterns = [(k, compile_pattern(k)) for k in self._group_routes]
         self._assignments = dict(assignments) if assignments else None
+        # Whether `assignments` lists every path, the default group's too
+        # (saved by this version; an older one listed grouped paths only).
+        self._complete = check_bool("assignments_complete",
+                                    assignments_complete)
         # The groups of `model`'s variables by identity: two
         # `keras.applications` backbones in one model hold variables of
         # the same paths (`_assignments`, by path, is what a config keeps).
@@ -113,6 +118,7 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             self._assignments = {}
             for v in model.weights:
                 self._assignments.setdefault(v.path, groups.get(id(v)))
+            self._complete = True
         elif self._assignments is None:
             for key, regex in self._patterns:
                 if regex is None:
@@ -176,10 +182,10 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             # loaded model).
             if id(variable) in self._owners:
                 key = self._owners[id(variable)]
-            elif variable.path in self._assignments:
-                key = self._assignments[variable.path]
+            elif id(variable) in renamed:
+                key = renamed[id(variable)]
             else:
-                key = renamed.get(id(variable))
+                key = self._assignments.get(variable.path)
             return self._group_routes[key] if key else self._default_route
         hits = [k for k, r in self._patterns if r.search(variable.path)]
         if len(hits) > 1:
@@ -188,44 +194,41 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         return self._group_routes[hits[0]] if hits else self._default_route
 
     def _renamed(self, variables):
-        """`{id: group}` of `variables` whose paths were not saved.
+        """`{id: group}` of `variables` whose saved paths Keras renamed.
 
-        Keras names a Sequential's variables after the model when it is
-        built (`sequential/d1/kernel`), not when loaded (`d1/kernel`), and
-        another instance's `sequential_1/...`: without a match every
-        variable of a loaded model fell silently into the default group.
-        A variable takes the group of the saved paths (of no variable
-        here) sharing the most trailing names with its path (at least the
-        layer's and the variable's); variables of one path tied between
-        groups take them in model order when as many are built as tie
-        (nested models reusing layer names), else the default group, with
-        a warning. Only for configs that list the default group's paths
-        too: an older one lists grouped paths only, so an unlisted path
-        is the default group's."""
-        if not self._assignments or None not in self._assignments.values():
+        Keras names a nested Sequential's variables after the model when
+        it is built (`sequential/d1/kernel`), not when loaded (`d1/kernel`,
+        maybe twice: nested models reusing a layer name), and another
+        instance's `sequential_1/...`: a loaded model's variables fell
+        into the default group, or another layer's. A path several
+        variables share takes, in model order, the saved paths ending in
+        it when as many were saved; a path not saved takes the group of
+        the saved paths (of no variable here) sharing the most trailing
+        names with it (the layer's and the variable's at least), or, tied
+        between groups, takes them in model order when as many are built
+        (else the default group, with a warning). Only for configs that
+        list every path (`assignments_complete`): an older one lists
+        grouped paths only, so an unlisted path is the default group's.
+        """
+        if not self._assignments or not self._complete:
             return {}
-        missing = {}
+        by_path = {}
         for v in variables:
-            if id(v) not in self._owners and v.path not in self._assignments:
-                missing.setdefault(v.path, []).append(v)
-        if not missing:
-            return {}
+            if id(v) not in self._owners:
+                by_path.setdefault(v.path, []).append(v)
         built = {v.path for v in variables}
-        saved = [p for p in self._assignments if p not in built]
+        unbuilt = [p for p in self._assignments if p not in built]
         renamed, unsure = {}, []
-        for path, group in missing.items():
-            names = path.split("/")[::-1]
-            best, candidates = 2, []
-            for other in saved:
-                shared = 0
-                for mine, theirs in zip(names, other.split("/")[::-1]):
-                    if mine != theirs:
-                        break
-                    shared += 1
-                if shared > best:
-                    best, candidates = shared, [other]
-                elif shared == best:
-                    candidates.append(other)
+        for path, group in by_path.items():
+            if path in self._assignments:
+                if len(group) > 1:  # as many saved paths end in it: theirs
+                    ends = [p for p in self._assignments
+                            if p == path or p.endswith("/" + path)]
+                    if len(ends) == len(group):
+                        renamed.update((id(v), self._assignments[p])
+                                       for v, p in zip(group, ends))
+                continue
+            candidates = _closest(path, unbuilt)
             keys = {self._assignments[c] for c in candidates}
             if len(keys) == 1:
                 renamed.update((id(v), keys.pop()) for v in group)
@@ -374,12 +377,31 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
         config = super().get_config()
         config.update(exclude_bias_and_norm=self.exclude_bias_and_norm,
                       patterns=self.patterns, assignments=self._assignments,
+                      assignments_complete=self._complete,
                       ema_overwrite_at_end=self.ema_overwrite_at_end,
                       momentum_schedule=None if self.momentum_schedule is None
                       else keras.optimizers.schedules.serialize(
                           self.momentum_schedule))
         return config
 
+
+
+def _closest(path, saved):
+    """The paths of `saved` sharing the most trailing names with `path`
+    (at least two: the layer's and the variable's), in `saved` order."""
+    names = path.split("/")[::-1]
+    best, closest = 2, []
+    for other in saved:
+        shared = 0
+        for mine, theirs in zip(names, other.split("/")[::-1]):
+            if mine != theirs:
+                break
+            shared += 1
+        if shared > best:
+            best, closest = shared, [other]
+        elif shared == best:
+            closest.append(other)
+    return closest
 
 
 def deserialize_optimizer(optimizer):

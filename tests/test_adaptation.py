@@ -336,6 +336,16 @@ def test_domain_pairs_and_trainer_reject_bad_input():
                        match=r"Received: x batches of arrays(\n|$)"):
         model.fit(batches(), steps_per_epoch=1, epochs=1, verbose=0)
 
+    # A batch of no target image: DANN trained its discriminator on the
+    # source alone without a word.
+    def no_target():
+        while True:
+            yield {"source": x[:4], "target": x[:0]}, y[:4]
+
+    with pytest.raises(ValueError, match=r"needs source and target images\. "
+                       r"Received: a batch of 4 source and 0 target"):
+        model.fit(no_target(), steps_per_epoch=1, epochs=1, verbose=0)
+
 
 # -- diagnostic and recommendation -------------------------------------------
 

@@ -472,6 +472,13 @@ def _split_batch(x, y):
                          "batches ({'source', 'target'}, y_source).")
     source, target = x["source"], x["target"]
     check_same_images(source.shape[1:], target.shape[1:], "source", "target")
+    if target.shape[0] == 0 or source.shape[0] == 0:
+        # The domain loss then saw one domain only (DANN trained without a
+        # word; MMD and CORAL refused "at least 2 samples").
+        raise ValueError(
+            "A DomainAdaptationModel batch needs source and target images. "
+            f"Received: a batch of {source.shape[0]} source and "
+            f"{target.shape[0]} target images")
     return source, target
 
 

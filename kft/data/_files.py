@@ -7,6 +7,7 @@ decodes one `(path, label)` record for the pipeline, reporting a file that
 fails instead of raising.
 """
 
+import collections
 import concurrent.futures
 import os
 import threading
@@ -115,12 +116,11 @@ def warn_unread(others):
     named as images (no silent loss of, e.g., `.heic` photos)."""
     if not others:
         return
-    counts = {}
-    for path in others:
-        extension = os.path.splitext(path)[1].lower() or "no extension"
-        counts[extension] = counts.get(extension, 0) + 1
-    kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(
-        counts.items(), key=lambda item: -item[1]))
+    counts = collections.Counter(
+        os.path.splitext(path)[1].lower() or "no extension"
+        for path in others)
+    kinds = ", ".join(f"{kind}: {count}"
+                      for kind, count in counts.most_common())
     warnings.warn(
         f"Left out {len(others)} files of the class folders not named as "
         f"images ({kinds}; e.g. {others[0]}). kft reads "

@@ -62,7 +62,7 @@ class Classifier(KeepsStateOnError, ChecksEvalBatches, keras.Model):
         from kft.training.fit_data import warn_if_augmentation_unapplied
 
         check_fit_data(args, kwargs)
-        arguments = fit_arguments(args, kwargs)
+        arguments = fit_arguments(args, kwargs, self.outputs[0].shape[-1])
         warn_if_augmentation_unapplied(self, arguments.get("x"))
         return super().fit(**arguments)
 

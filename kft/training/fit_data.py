@@ -11,7 +11,6 @@ import weakref
 import numpy as np
 
 from kft._validation import check_labels
-from kft._validation import fail_argument
 from kft._validation import user_stacklevel
 from kft.data._dataset import ImageDataset
 from kft.data._host_augment import has_effect
@@ -226,19 +225,22 @@ def warn_if_augmentation_unapplied(model, data):
         stacklevel=user_stacklevel())
 
 
-def fit_arguments(model_fit_args, fit_kwargs):
+def fit_arguments(model_fit_args, fit_kwargs, num_classes):
     """`model.fit`'s arguments by name, a kft dataset given as `x` made
-    what a kft model trains on: `class_weight` put into its batches
-    (Keras ignores `fit`'s for a data adapter: the run was silently
-    unweighted), `sample_weight` refused (same), and short passes filled
+    what a kft model of `num_classes` classes trains on: `class_weight`
+    (checked as `fine_tune` checks it) put into its batches (Keras
+    ignores `fit`'s for a data adapter: the run was silently unweighted),
+    `sample_weight` refused (same), and short passes filled
     (`ImageDataset.for_fit`).
 
     Example:
     >>> import numpy as np, kft
     >>> ds = kft.data.from_arrays(np.zeros((2, 4, 4, 3)), [0, 1])
-    >>> fit_arguments((ds,), {"class_weight": {1: 2.0}})["x"].class_weight
+    >>> fit_arguments((ds,), {"class_weight": {1: 2.0}}, 2)["x"].class_weight
     {1: 2.0}
     """
+    from kft.training.class_weights import resolve_class_weight
+
     import inspect
 
     import keras
@@ -260,13 +262,9 @@ def fit_arguments(model_fit_args, fit_kwargs):
             "any weights): use `dataset.with_class_weight(...)` for class "
             "weights, or arrays `fit(x, y, sample_weight=...)`. Received: "
             f"sample_weight of type {type(arguments['sample_weight']).__name__}")
-    class_weight = arguments.pop("class_weight", None)
+    class_weight = resolve_class_weight(arguments.pop("class_weight", None),
+                                        data, num_classes)
     if class_weight is not None:
-        if data.class_weight is not None:
-            fail_argument("class_weight", "None for a dataset whose batches "
-                          "carry class weights already (with_class_weight: "
-                          f"{data.class_weight}); pass one of the two",
-                          class_weight)
         data = data.with_class_weight(class_weight)
     arguments["x"] = data.for_fit()
     return arguments

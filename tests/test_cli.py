@@ -220,6 +220,13 @@ def test_eval_keeps_an_existing_report_unless_told(run_folder, tmp_path,
     assert (tmp_path / "evaluation.json").read_text() == "{}"
     assert cli.main(argv + ["--overwrite"]) == 0
     assert "accuracy" in (tmp_path / "evaluation.json").read_text()
+    assert capsys.readouterr().err == ""  # --quiet: no progress bar
+    # Without --quiet a progress bar over the batches, on stderr; the
+    # report on stdout.
+    assert cli.main(argv[:-1] + ["--overwrite"]) == 0
+    printed = capsys.readouterr()
+    assert "batch" in printed.err and "batch" not in printed.out
+    assert "accuracy" in printed.out
 
 
 def test_predict_loads_the_model_once(run_folder, capsys, monkeypatch):
@@ -232,8 +239,11 @@ def test_predict_loads_the_model_once(run_folder, capsys, monkeypatch):
                         lambda *a, **k: loads.append(a) or load(*a, **k))
     assert cli.main(["predict", str(run / "model.keras"),
                      str(data / "ant"), str(data / "bee" / "0.png")]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
     assert len(loads) == 1 and len(lines) == 3
+    # Progress goes to stderr: stdout keeps one line per image.
+    assert "3/3" in printed.err and "3/3" not in printed.out
     # The class names of the run.json beside the file.
     assert all(line.split("\t")[1].split()[0] in ("ant", "bee")
                for line in lines)

@@ -51,6 +51,18 @@ def test_folder_matches_model_predict(model, folder):
                                    rtol=1e-5)
 
 
+def test_verbose_shows_a_progress_bar_over_the_images(model, folder,
+                                                      capsys):
+    quiet = kft.predict(model, folder, batch_size=4)
+    assert capsys.readouterr().out == ""
+    shown = kft.predict(model, folder, batch_size=4, verbose=1)
+    assert "6/6" in capsys.readouterr().out
+    assert [r.probabilities for r in shown] == [r.probabilities
+                                                 for r in quiet]
+    with pytest.raises(ValueError, match="verbose"):
+        kft.predict(model, folder, verbose=-1)
+
+
 def test_onnx_and_keras_files_give_the_same(model, folder, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("jax2onnx")

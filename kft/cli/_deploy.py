@@ -1,9 +1,11 @@
 """`kft eval`, `kft predict`, `kft export`: what a trained run's model
 does after training."""
 
+import contextlib
 import json
 import os
 import shlex
+import sys
 
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
@@ -48,8 +50,10 @@ def eval_command(args, argv):
             path = os.path.join(out, f"{name}.png")
             if os.path.isfile(path):
                 os.remove(path)
-    report, files = write_evaluation(run.model, data, run.class_names, out,
-                                     top_k=args.top_k, plots=args.plots)
+    with progress_on_stderr():
+        report, files = write_evaluation(
+            run.model, data, run.class_names, out, top_k=args.top_k,
+            plots=args.plots, verbose=0 if args.quiet or args.json else 1)
     if args.json:
         print(json.dumps({"out": out, "files": files,
                           "report": report.to_dict()}))
@@ -59,6 +63,14 @@ def eval_command(args, argv):
         print(f"wrote: {', '.join(sorted(files))} in {out}")
     return 0
 
+
+
+@contextlib.contextmanager
+def progress_on_stderr():
+    """Keras' progress bars write to stdout, which `kft predict` and `kft
+    eval` keep for their results (piped to a file, or read as --json)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def model_file(path, what="RUN_OR_MODEL"):
@@ -89,8 +101,11 @@ def predict_command(args, argv):
 
     try:
         # One call: the model is loaded once for all the arguments.
-        results = predict(model_path, list(args.images), top_k=args.top_k,
-                          tta=args.tta, batch_size=args.batch_size)
+        with progress_on_stderr():
+            results = predict(model_path, list(args.images),
+                              top_k=args.top_k, tta=args.tta,
+                              batch_size=args.batch_size,
+                              verbose=0 if args.quiet or args.json else 1)
     except (ValueError, OSError) as error:  # bad model or image files
         raise Usage(str(error)) from error
     if args.json:

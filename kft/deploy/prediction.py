@@ -156,7 +156,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
             tta: Literal["flip", "multi_crop"] | None = None,
             batch_size: int = 32, class_names=None,
             crop_fraction: float = 0.875,
-            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list:
+            max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            verbose: int = 0) -> list:
     """The top-k classes of each image, with their probabilities.
 
     Files and PIL images go through kft's eval transform (turned upright as
@@ -197,6 +198,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
             `0.875`.
         max_pixels: Larger image files raise. Defaults to Pillow's
             decompression-bomb limit.
+        verbose: `1` shows a progress bar over the images (read, predicted)
+            as `kft.evaluate` does over batches. Defaults to `0`.
 
     Returns:
         A list of `Prediction`, one per image, in input order.
@@ -225,6 +228,7 @@ def predict(model_or_path, images, *, top_k: int = 5,
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
     top_k = check_int("top_k", top_k, min_value=1)
+    verbose = check_int("verbose", verbose, min_value=0)
     crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
                                  high=1, low_open=True)
     if tta is not None and tta not in TTA_MODES:
@@ -235,6 +239,7 @@ def predict(model_or_path, images, *, top_k: int = 5,
     names = class_names if class_names is not None else runner.meta.get(
         "class_names")
     results = []
+    progress = _progress(len(sources)) if verbose else None
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
         views = [make_views(name, source, runner.size, tta, crop_fraction,
@@ -252,7 +257,15 @@ def predict(model_or_path, images, *, top_k: int = 5,
             mean = outputs[offset:offset + len(v)].mean(axis=0)
             offset += len(v)
             results.append(_prediction(name, mean, top_k, names))
+        if progress is not None:
+            progress(len(results))
     return results
+
+
+def _progress(total):
+    import keras
+
+    return keras.utils.Progbar(total, unit_name="image").update
 
 
 def _batches(x, batch_size):

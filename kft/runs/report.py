@@ -87,15 +87,17 @@ def phase_histories(history: list) -> list:
 
 
 def write_evaluation(model, data, class_names, out, *, history=None,
-                     prefix="evaluation", top_k=None, plots=True):
+                     prefix="evaluation", top_k=None, plots=True, verbose=0):
     """Evaluates `model` on `data` (`kft.evaluate`) and writes the report
     (`<prefix>.json`, `<prefix>.md`) and, with matplotlib, its plots
     (`kft.evaluation.plots.save_report_plots`: confusion matrix, per-class
     F1, reliability, worst mistakes, learning curves from `history` rows)
-    into `out` unless `plots=False`. Returns `(report, {name: path})`."""
+    into `out` unless `plots=False`; `verbose=1` shows `kft.evaluate`'s
+    progress bar. Returns `(report, {name: path})`."""
     from kft.evaluation import evaluate
 
-    report = evaluate(model, data, class_names=class_names, top_k=top_k)
+    report = evaluate(model, data, class_names=class_names, top_k=top_k,
+                      verbose=verbose)
     files = {}
     if not is_primary():  # all processes evaluate, process 0 writes
         return report, files

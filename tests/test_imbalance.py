@@ -176,6 +176,58 @@ def test_kft_model_fit_applies_class_weight_to_a_dataset():
                   verbose=0)
 
 
+def test_kft_model_fit_checks_class_weight_for_arrays_and_iterables():
+    # On arrays Keras failed inside its adapter on "balanced" ('str'
+    # object has no attribute 'get') and took weights for classes the
+    # model lacks, or negative ones, without a word.
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 2])
+
+    def trained(*data, loss=keras.losses.SparseCategoricalCrossentropy,
+                **kwargs):
+        keras.utils.set_random_seed(0)
+        model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                     input_shape=(16, 16, 3))
+        model.compile(keras.optimizers.SGD(1e-2), loss(from_logits=True))
+        model.fit(*data, batch_size=8, epochs=1, verbose=0, shuffle=False,
+                  **kwargs)
+        return model, [np.array(v.value) for v in model.weights]
+
+    model, balanced = trained(x, y, class_weight="balanced")
+    _, given = trained(x, y, class_weight=balanced_class_weight(y, 3))
+    _, one_hot = trained(x, np.eye(3)[y], class_weight="balanced",
+                         loss=keras.losses.CategoricalCrossentropy)
+    for a, b, c in zip(balanced, given, one_hot):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, atol=1e-6)
+    for bad, match in (({0: 1.0, 7: 2.0}, r"keyed by class indices in "
+                        r"\[0, 3\)"),
+                       ({0: -1.0}, r"class_weight\[0\]` must be a finite "
+                        r"number >= 0"),
+                       ("balance", r"'balanced', a dict")):
+        with pytest.raises(ValueError, match=match):
+            model.fit(x, y, class_weight=bad, verbose=0)
+    # "balanced" counted from a PyDataset's batches, as from arrays.
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return x, y
+
+    keras.utils.set_random_seed(0)
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3))
+    model.compile(keras.optimizers.SGD(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(Batches(), class_weight="balanced", verbose=0, shuffle=False)
+    for a, b in zip(model.weights, balanced):
+        np.testing.assert_allclose(np.array(a.value), b, atol=1e-6)
+    with pytest.raises(ValueError, match=r"keyed by class indices"):
+        model.fit(Batches(), class_weight={5: 1.0}, verbose=0)
+
+
 @pytest.mark.parametrize("as_dataset", [False, True])
 def test_fine_tune_weights_the_loss_in_both_phases(as_dataset):
     # Every class weighted 3: AdamW's steps barely change (it normalises

@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 
 from kft._validation import check_labels
+from kft._validation import fail_argument
 from kft._validation import user_stacklevel
 from kft.data._dataset import ImageDataset
 from kft.data._host_augment import has_effect
@@ -254,6 +255,12 @@ def fit_arguments(model_fit_args, fit_kwargs, num_classes):
     arguments.update(arguments.pop("kwargs", {}))
     data = arguments.get("x")
     if not isinstance(data, ImageDataset):
+        if arguments.get("class_weight") is not None:
+            # Keras would take any dict (negative weights, classes the
+            # model lacks) and fail on "balanced" inside its adapter.
+            arguments["class_weight"] = _checked_class_weight(
+                arguments["class_weight"], data, arguments.get("y"),
+                num_classes)
         return arguments
     if arguments.get("sample_weight") is not None:
         raise ValueError(
@@ -268,6 +275,25 @@ def fit_arguments(model_fit_args, fit_kwargs, num_classes):
         data = data.with_class_weight(class_weight)
     arguments["x"] = data.for_fit()
     return arguments
+
+
+def _checked_class_weight(class_weight, x, y, num_classes):
+    """`fit`'s `class_weight` for data other than a kft dataset, checked
+    as `fine_tune` checks it (`"balanced"` counted from `y`, or from the
+    batches of a `tf.data.Dataset` or `keras.utils.PyDataset`, read once
+    more). Keras refuses class weights for the other kinds of data
+    (generators, grain and torch loaders) in its own words."""
+    from kft.training.class_weights import resolve_class_weight
+
+    import keras
+
+    if y is not None:
+        return resolve_class_weight(class_weight, (x, y), num_classes)
+    if isinstance(x, keras.utils.PyDataset) or (
+            type(x).__module__.startswith("tensorflow") and
+            hasattr(x, "element_spec")):
+        return resolve_class_weight(class_weight, x, num_classes)
+    return class_weight
 
 
 def plain_data(data):

@@ -563,3 +563,12 @@ def test_keras_based_random_layers_refuse_a_direct_jit_call(name, kwargs):
     np.testing.assert_array_equal(
         np.asarray(jax.jit(lambda a: layer(a, training=False))(x)),
         np.asarray(layer(x, training=False)))
+    # The recipe works on a layer never called (it raised "must be
+    # built"), drawing what an eager call of its twin draws.
+    fresh, twin = (getattr(kft.augmentation, name)(**kwargs, seed=1)
+                   for _ in range(2))
+    state = [v.value for v in fresh.non_trainable_variables]
+    drawn, _ = jax.jit(lambda s, a: fresh.stateless_call(
+        [], s, a, training=True))(state, x)
+    np.testing.assert_allclose(np.asarray(drawn),
+                               np.asarray(twin(x, training=True)), atol=1e-3)

@@ -41,6 +41,12 @@ class _NotTracedDirectly:
     there (every call drew the same transform) and keep a leaked tracer as
     their state (the next eager call failed)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # No weights to create: `stateless_call` (the recipe the refusal
+        # gives) works before any call, as on kft's own random layers.
+        self.built = True
+
     def call(self, data, training=True):
         if training:
             refuse_direct_trace(self)

@@ -11,7 +11,6 @@ import weakref
 import numpy as np
 
 from kft._validation import check_labels
-from kft._validation import fail_argument
 from kft._validation import user_stacklevel
 from kft.data._dataset import ImageDataset
 from kft.data._host_augment import has_effect

@@ -64,6 +64,16 @@ def test_lambda_schedule_values():
     np.testing.assert_allclose(
         np.asarray(reversal_lambda(jnp.asarray(p))),
         [reversal_lambda(float(v)) for v in p], rtol=1e-6)
+    # A negative lambda turned the reversal around without a word.
+    for kwargs, name in (({"gamma": -1.0}, "gamma"), ({"gamma": 0}, "gamma"),
+                         ({"max_value": -3.0}, "max_value")):
+        with pytest.raises(ValueError, match=rf"`{name}`.*Received"):
+            reversal_lambda(0.5, **kwargs)
+    with pytest.raises(ValueError, match=r"`progress` must be a finite "
+                       r"number in \[0.0, 1.0\]"):
+        reversal_lambda(2.0)
+    assert reversal_lambda(np.float32(0.5)) == pytest.approx(
+        reversal_lambda(0.5))
 
 
 # -- MMD and CORAL -----------------------------------------------------------

@@ -48,6 +48,11 @@ def test_saved_classifier_reloads(tmp_path):
     ({"num_classes": 3, "head": "deep"}, r"head.*Received: head='deep'"),
     ({"num_classes": 3, "pooling": "sum"}, r"Received: pooling='sum'"),
     ({"num_classes": 3, "dropout": 1.0}, r"Received: dropout=1.0"),
+    # It named num_classes, which the user never gave.
+    ({"class_names": []}, r"class_names.*at least 2 names.*Received: "
+     r"class_names=\[\]"),
+    ({"class_names": ["cat"]}, r"class_names.*Received: "
+     r"class_names=\['cat'\]"),
 ])
 def test_bad_classifier_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -163,6 +163,12 @@ def test_bad_arguments_are_explained():
         kft.freeze(model, "full", bn="eval")
     with pytest.raises(ValueError, match=r"Unknown block\(s\) \['conv9'\]"):
         kft.set_trainable_blocks(model, ["conv9"])
+    # None reached `model.layers` (AttributeError).
+    for call in (kft.trainable_summary, kft.get_blocks,
+                 lambda m: kft.freeze(m, "full")):
+        with pytest.raises(TypeError, match=r"`model` must be a "
+                           r"keras.Model. Received: model=None"):
+            call(None)
     # A generator of names was read up by the check: nothing trained.
     kft.set_trainable_blocks(model, (n for n in kft.get_blocks(model)
                                      if n != "stem"))

@@ -156,6 +156,13 @@ def test_backups_refuse_data_whose_passes_they_cannot_continue(tmp_path):
                            r"data when it is a kft\.data dataset .* "
                            r"Received: data='tuple'"):
             make()
+    # A folder that is not a path failed in os.path.join's words.
+    with pytest.raises(TypeError, match=r"`backup_dir` must be a folder "
+                       r"path .* Received: backup_dir=3"):
+        kft.callbacks.BackupAndRestore(3)
+    with pytest.raises(ValueError, match=r"not empty"):
+        kft.callbacks.BackupAndRestore("")
+    assert kft.callbacks.BackupAndRestore(tmp_path).backup_dir == tmp_path
 
 
 def test_a_run_resumed_after_its_last_checkpoint_keeps_its_best(tmp_path):

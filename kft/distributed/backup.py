@@ -111,6 +111,12 @@ class BackupAndRestore(keras.callbacks.Callback):
     def __init__(self, backup_dir, *, double_checkpoint=True, data=None,
                  **kwargs):
         super().__init__()
+        if not isinstance(backup_dir, (str, os.PathLike)):
+            fail_argument("backup_dir", "a folder path (str or os.PathLike)",
+                          backup_dir, TypeError)
+        if not os.fspath(backup_dir):
+            fail_argument("backup_dir", "a folder path, not empty",
+                          backup_dir)
         self.data = check_backup_data(data)
         self.backup_dir = backup_dir
         kwargs["double_checkpoint"] = double_checkpoint

@@ -60,7 +60,8 @@ def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
     Raises:
         ValueError: a layer matched by no pattern or by two (both named), or
             a pattern that matches nothing.
-        TypeError: `patterns` of another kind.
+        TypeError: `patterns` of another kind, or a `model` that is not a
+            `keras.Model`.
 
     Example:
     >>> import kft
@@ -69,6 +70,9 @@ def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
     >>> list(kft.get_blocks(model))
     ['stem', 'block1', 'block2', 'block3', 'head']
     """
+    if not isinstance(model, keras.Model):
+        # Every freezing and summary function starts here.
+        fail_argument("model", "a keras.Model", model, TypeError)
     if patterns is not None:
         return _split(_leaf_units(model), _as_pairs(patterns), model.name)
     if backbone_name(model) is not None:

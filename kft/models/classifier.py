@@ -103,6 +103,10 @@ def build_classifier(
     spec = backbones.get_backbone(backbone)
     if class_names is not None:
         class_names = list(check_class_names(class_names, num_classes))
+        if num_classes is None and len(class_names) < 2:
+            fail_argument("class_names", "at least 2 names, one per class "
+                          "(a classifier tells 2 classes or more apart)",
+                          class_names)
         num_classes = len(class_names) if num_classes is None else num_classes
     num_classes = check_int("num_classes", num_classes, min_value=2)
     hidden_units = check_int("hidden_units", hidden_units, min_value=1)

@@ -222,6 +222,23 @@ def test_fit_head_needs_a_compiled_model_and_labels():
     with pytest.raises(ValueError, match="Argument `cache` must be a "
                                          "FeatureCache with labels"):
         kft.fit_head(model, unlabelled)
+    # Labels past the last class trained at loss 0 without a word (JAX
+    # gathers them silently); fine_tune and lr_find refused them.
+    bad = kft.cache_features(model, (x, y + 5), verbose=0)
+    for kwargs, name in (({"cache": bad}, "cache"),
+                         ({"cache": cache, "validation_data": bad},
+                          "validation_data")):
+        with pytest.raises(ValueError, match=rf"`{name}.labels` holds "
+                           r"labels outside \[0, 3\) for a model with 3 "
+                           r"classes"):
+            kft.fit_head(model, **kwargs)
+    one_hot = kft.cache_features(model, (x, np.eye(4)[y]), verbose=0)
+    with pytest.raises(ValueError, match=r"one-hot labels of width 4"):
+        kft.fit_head(model, one_hot)
+    with pytest.raises(TypeError, match=r"`model` must be a keras.Model"):
+        kft.cache_features(None, (x, y))
+    with pytest.raises(ValueError, match=r"`verbose`"):
+        kft.cache_features(model, (x, y), verbose=-1)
 
 
 def test_a_model_without_a_trainable_head_layer_is_refused():

@@ -281,6 +281,22 @@ def test_source_head_keeps_the_source_classifier_and_lwf_distils_it():
     assert config.num_source_classes == 4
 
 
+
+def test_the_source_classifier_saves_and_loads(tmp_path):
+    # SourceLogits' config left out its KeptSourceHead: `save` raised
+    # NotImplementedError (and from_config could not rebuild it).
+    model = kft.with_source_head(_cnn(3), _cnn(4))
+    source = kft.source_classifier(model)
+    path = str(tmp_path / "source.keras")
+    source.save(path)
+    loaded = keras.saving.load_model(path)
+    x, _ = _batch(4)
+    np.testing.assert_array_equal(np.asarray(loaded(x, training=False)),
+                                  np.asarray(source(x, training=False)))
+    with pytest.raises(TypeError, match=r"`kept` must be a KeptSourceHead"):
+        kft.regularizers.source_head.SourceLogits(None)
+
+
 # -- bad input ------------------------------------------------------------
 
 

@@ -63,13 +63,32 @@ class KeptSourceHead(keras.layers.Layer):
 class SourceLogits(keras.layers.Layer):
     """Applies a `KeptSourceHead`'s source head (for `source_classifier`)."""
 
-    def __init__(self, kept: KeptSourceHead | None = None, **kwargs):
+    def __init__(self, kept: KeptSourceHead, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        if not isinstance(kept, KeptSourceHead):
+            fail_argument("kept", "a KeptSourceHead (the layer "
+                          "kft.with_source_head adds)", kept, TypeError)
         self.kept = kept
+
+    def build(self, input_shape):
+        # A loaded `source_classifier` model holds a new, unbuilt copy.
+        if not self.kept.built:
+            self.kept.build((None, input_shape))
 
     def call(self, features):
         return self.kept.logits(features)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "kept": keras.saving.serialize_keras_object(self.kept)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["kept"] = keras.saving.deserialize_keras_object(
+            config["kept"])
+        return cls(**config)
 
 
 def with_source_head(model: keras.Model, source_head) -> keras.Model:

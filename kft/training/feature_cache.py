@@ -17,6 +17,7 @@ import numpy as np
 
 from kft import _compat
 from kft._validation import check_int
+from kft._validation import fail_argument
 from kft.distributed.data_parallel import predict_padded
 from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
@@ -24,6 +25,8 @@ from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import wrapped_model
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches
+from kft.training.fit_data import check_data_labels
+from kft.training.fit_data import classifier_classes
 from kft.training.fit_data import is_random_image_layer
 from kft.training.fit_data import num_examples
 from kft.training.head import split_head
@@ -273,8 +276,11 @@ def cache_features(model, data, *, batch_size: int = 32,
     >>> cache.features.shape
     (10, 64)
     """
+    if not isinstance(model, keras.Model):
+        fail_argument("model", "a keras.Model", model, TypeError)
     batch_size = check_int("batch_size", batch_size, min_value=1)
     memory_budget = check_int("memory_budget", memory_budget, min_value=1)
+    verbose = check_int("verbose", verbose, min_value=0)
     features_model, reason = _split_for_caching(model)
     if reason is not None:
         raise ValueError(reason)
@@ -362,6 +368,14 @@ def fit_head(model, cache: FeatureCache, *,
                 f"kft.cache_features(model, (x, y))). Received: {name}="
                 f"{value!r}"
             )
+    num_classes = classifier_classes(model)
+    if num_classes is not None:
+        # JAX gathers a label past the last class silently (loss 0).
+        for name, value in (("cache", cache),
+                            ("validation_data", validation_data)):
+            if value is not None:
+                check_data_labels((value.features, value.labels),
+                                  num_classes, name, f"{name}.labels")
     # Under data parallel the head trains sharded like the model: every
     # batch, the last included, must split over the devices.
     check_batch_size(batch_size, len(cache.features), data_name="`cache`")

@@ -65,6 +65,24 @@ def integer_labels(y):
     return y.ndim < 2 or (y.ndim == 2 and y.shape[1] == 1)
 
 
+# Losses of a classifier over `model.outputs[0].shape[-1]` classes, whose
+# labels are checked: JAX gathers a label past the last class silently.
+_CLASSIFIER_LOSSES = ("sparse_categorical_crossentropy",
+                      "categorical_crossentropy")
+
+
+def classifier_classes(model):
+    """The number of classes of a model compiled with a classification
+    loss, else `None` (its labels are then not checked)."""
+    loss = model.loss
+    name = loss if isinstance(loss, str) else getattr(
+        loss, "name", getattr(loss, "__name__", None))
+    outputs = getattr(model, "outputs", None)
+    if name not in _CLASSIFIER_LOSSES or not outputs or len(outputs) != 1:
+        return None
+    return outputs[0].shape[-1]
+
+
 def check_data_labels(data, num_classes, name, labels_name=None):
     """Raises unless the labels of `data` fit a model with `num_classes`.
 

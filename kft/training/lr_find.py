@@ -26,6 +26,7 @@ from kft.distributed.data_parallel import check_data_batches
 from kft.training.class_weights import resolve_class_weight
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
+from kft.training.fit_data import classifier_classes
 from kft.training.state import changing_trainable
 
 # Where fastai's `lr_find` looks for suggestions: without the first tenth
@@ -211,28 +212,10 @@ def _check_data(model, data):
             raise ValueError(
                 "Argument `data` must hold at least one image and a label "
                 f"per image. Received: {len(x)} images, {len(y)} labels")
-    num_classes = _classes(model)
+    num_classes = classifier_classes(model)
     if num_classes is not None:
         check_data_labels(data, num_classes, "data")
     return data
-
-
-# Losses of a classifier over `model.outputs[0].shape[-1]` classes, whose
-# labels are checked: JAX gathers a label past the last class silently.
-_CLASSIFIER_LOSSES = ("sparse_categorical_crossentropy",
-                      "categorical_crossentropy")
-
-
-def _classes(model):
-    """The number of classes of a model compiled with a classification
-    loss, else `None`."""
-    loss = model.loss
-    name = loss if isinstance(loss, str) else getattr(
-        loss, "name", getattr(loss, "__name__", None))
-    outputs = getattr(model, "outputs", None)
-    if name not in _CLASSIFIER_LOSSES or not outputs or len(outputs) != 1:
-        return None
-    return outputs[0].shape[-1]
 
 
 def _check(model, start, end, steps, smoothing, divergence, batch_size):

@@ -205,6 +205,29 @@ def check_class_names(class_names, num_classes=None):
     return class_names
 
 
+def labels_from_one_hot(rows, name):
+    """Integer labels from one-hot rows `(n, k)`.
+
+    Raises naming the rows that are not one-hot (soft, smoothed or mixed
+    labels, all-zero padding rows, NaN): their argmax would be counted as
+    a label.
+
+    >>> labels_from_one_hot(np.eye(3)[[2, 0]], "y").tolist()
+    [2, 0]
+    """
+    rows = np.asarray(rows)
+    one_hot = ((rows == 0) | (rows == 1)).all(axis=1) & (
+        rows.sum(axis=1) == 1)
+    if not one_hot.all():
+        bad = np.flatnonzero(~one_hot)
+        raise ValueError(
+            f"Argument `{name}` must be integer labels or one-hot rows (a "
+            "single 1 per row, 0 elsewhere). Received: rows "
+            f"{bad[:10].tolist()} of {name} are not one-hot, e.g. "
+            f"{rows[bad[0]].tolist()}")
+    return rows.argmax(axis=1)
+
+
 def check_seed(value, name="seed"):
     """A seed for kft's data pipelines: an integer in [0, 2**32 - 1]
     (Keras' `SeedGenerator` and NumPy's shuffles take 32-bit seeds; out of
@@ -214,3 +237,16 @@ def check_seed(value, name="seed"):
     7
     """
     return check_int(name, value, min_value=0, max_value=2**32 - 1)
+
+
+def offset_seed(seed, offset):
+    """`seed + offset` wrapped into the 32-bit seeds `check_seed` takes:
+    the seeds derived from one (a preset's layers, a pass's shuffle) stay
+    valid for a seed near 2**32 - 1 (they overflowed there, at build or
+    at a later epoch). Seeds below 2**32 stay as they were.
+
+    >>> offset_seed(2**32 - 1, 2)
+    1
+    """
+    total = seed + offset
+    return total % 2**32 if total >= 2**32 else total

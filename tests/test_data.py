@@ -1070,6 +1070,26 @@ def test_a_seed_out_of_32_bits_is_refused_by_name(tmp_path, seed):
         kft.data.from_arrays(np.zeros((2, 8, 8, 3)), [0, 1], seed=seed)
 
 
+def test_the_largest_seeds_work_through_later_passes():
+    # Seeds derived from the largest accepted ones (a preset's layers at
+    # seed + i, pass k's shuffle at seed + k) overflowed: at build, or at
+    # epoch 2-4 of a fit.
+    x, y = np.zeros((8, 4, 4, 3)), np.arange(8) % 2
+    for seed, preset in ((2**32 - 1, "light"), (2**32 - 3, "standard")):
+        data = kft.data.from_arrays(x, y, seed=seed, augmentation=preset,
+                                    batch_size=4)
+        orders = [np.concatenate([b[1] for b in data]) for _ in range(4)]
+        assert all(sorted(o) == sorted(y) for o in orders)
+    # Seeds below 2**32 are as they were.
+    from kft._validation import offset_seed
+
+    assert offset_seed(7, 3) == 10 and offset_seed(2**32 - 1, 2) == 1
+    model = kft.adaptation.DomainAdaptationModel(
+        kft.build_classifier("simple_cnn", 2, weights=None,
+                             input_shape=(8, 8, 3)), seed=2**32 - 1)
+    assert model.seed == 2**32 - 1
+
+
 _PARTIAL_READ_SCRIPT = """
 import sys
 import kft

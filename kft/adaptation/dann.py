@@ -21,6 +21,8 @@ from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import check_seed
+from kft._validation import offset_seed
 from kft._validation import fail_argument
 from kft.adaptation._data import _describe
 from kft.adaptation._data import check_same_images
@@ -157,7 +159,7 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
             "gamma", gamma, low=0.0, low_open=True)
         self.max_lambda = check_number("max_lambda", max_lambda, low=0.0)
         self.hidden_units = _check_widths(hidden_units)
-        self.seed = check_int("seed", seed, min_value=0)
+        self.seed = check_seed(seed)
         self.adversary = check_choice("adversary", adversary, ADVERSARIES)
         self.features_model, self.head_model = split_head(self)
         width = self.features_model.output.shape[-1]
@@ -390,13 +392,13 @@ def build_discriminator(width, hidden_units=(1024, 1024), seed=0):
         layers += [
             keras.layers.Dense(units, use_bias=False,
                                kernel_initializer=keras.initializers
-                               .GlorotUniform(seed=seed + i)),
+                               .GlorotUniform(seed=offset_seed(seed, i))),
             keras.layers.BatchNormalization(),
             keras.layers.ReLU(),
         ]
     layers.append(keras.layers.Dense(
         1, kernel_initializer=keras.initializers.GlorotUniform(
-            seed=seed + len(widths))))
+            seed=offset_seed(seed, len(widths)))))
     return keras.Sequential(layers, name="domain_discriminator")
 
 

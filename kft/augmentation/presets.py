@@ -16,6 +16,7 @@ from kft._validation import check_choice
 from kft._validation import fail_argument
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import offset_seed
 from kft.augmentation.layers import IMAGENET_MEAN
 from kft.augmentation.layers import RandAugment
 from kft.augmentation.layers import RandomErasing
@@ -44,7 +45,7 @@ def _layers(preset, seed):
     layers = keras.layers
     crop = RandomResizedCrop(scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3),
                              seed=seed)
-    flip = layers.RandomFlip("horizontal", seed=seed + 1)
+    flip = layers.RandomFlip("horizontal", seed=offset_seed(seed, 1))
     if preset == "none":
         return [layers.Identity(name="identity")]
     if preset == "light":
@@ -56,34 +57,34 @@ def _layers(preset, seed):
         return [
             crop,
             flip,
-            RandomRotation(15 / 360, fill_mode="constant", seed=seed + 2),
+            RandomRotation(15 / 360, fill_mode="constant", seed=offset_seed(seed, 2)),
             # ColorJitter's four, in a fixed order (torchvision shuffles
             # them): brightness and contrast as factors in [0.8, 1.2];
             # Keras' saturation factor f scales by f / (1 - f), so 4/9 and
             # 6/11 give [0.8, 1.2]; Keras' hue shift is half its factor, so
             # 0.2 gives torchvision's +-0.1 of the colour circle.
-            RandomBrightnessScale(0.2, value_range=(0, 255), seed=seed + 3),
+            RandomBrightnessScale(0.2, value_range=(0, 255), seed=offset_seed(seed, 3)),
             # A scalar 0.2 is Keras' (0, 0.2): factors in [1, 1.2] only.
             layers.RandomContrast((0.2, 0.2), value_range=(0, 255),
-                                  seed=seed + 7),
+                                  seed=offset_seed(seed, 7)),
             layers.RandomSaturation((4 / 9, 6 / 11), value_range=(0, 255),
-                                    seed=seed + 8),
-            layers.RandomHue(0.2, value_range=(0, 255), seed=seed + 9),
-            layers.RandomGrayscale(factor=0.1, seed=seed + 4),
+                                    seed=offset_seed(seed, 8)),
+            layers.RandomHue(0.2, value_range=(0, 255), seed=offset_seed(seed, 9)),
+            layers.RandomGrayscale(factor=0.1, seed=offset_seed(seed, 4)),
             # Every image, one sigma each, as torchvision's.
-            GaussianBlur(3, sigma=(0.1, 2.0), seed=seed + 5),
+            GaussianBlur(3, sigma=(0.1, 2.0), seed=offset_seed(seed, 5)),
             RandomErasing(factor=(0.2, 0.2), scale=(0.02, 0.15),
                           fill_value=IMAGENET_MEAN,
-                          value_range=(0, 255), seed=seed + 6),
+                          value_range=(0, 255), seed=offset_seed(seed, 6)),
         ]
     return [
         crop,
         flip,
         RandAugment(value_range=(0, 255), num_ops=2, factor=0.5,
-                    seed=seed + 2),
+                    seed=offset_seed(seed, 2)),
         RandomErasing(factor=(0.25, 0.25), scale=(0.02, 0.33),
                       fill_value=IMAGENET_MEAN,
-                      value_range=(0, 255), seed=seed + 3),
+                      value_range=(0, 255), seed=offset_seed(seed, 3)),
     ]
 
 
@@ -111,8 +112,8 @@ def augmentation(preset: Preset = "standard", *,
             `"standard"`.
         image_size: `(height, width)` or an int: builds the model for that
             size, or `None`. Defaults to `None`.
-        seed: Seeds the random layers (`seed`, `seed + 1`, ...); numpy
-            integers accepted. Defaults to `0`.
+        seed: Seeds the random layers (`seed`, `seed + 1`, ..., modulo
+            2**32); numpy integers accepted. Defaults to `0`.
 
     Returns:
         A `keras.Sequential` named `augment_<preset>`.

@@ -29,6 +29,7 @@ from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import check_seed
 from kft._validation import fail_argument
+from kft._validation import offset_seed
 from kft._validation import user_stacklevel
 from kft.data._host_augment import HostAugmenter
 from kft.data._host_augment import has_effect
@@ -712,7 +713,8 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             dataset = grain.MapDataset.source(indices).map(
                 Resampled(dataset))
         elif self.shuffle:
-            dataset = dataset.shuffle(seed=self._shuffle_seed + epoch)
+            dataset = dataset.shuffle(
+                seed=offset_seed(self._shuffle_seed, epoch))
         index, count = self.shard
         batch_size = self.batch_size
         if count > 1:

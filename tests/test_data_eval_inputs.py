@@ -158,6 +158,20 @@ def test_classification_report_reads_one_hot_and_score_rows():
     with pytest.raises(ValueError, match=r"`y_pred` must be integer labels "
                        r"of shape \(n,\).*shape \(4, 3, 1\)"):
         kft.classification_report(y_true, probs[..., None])
+    # Soft, smoothed or all-zero label rows were argmaxed into labels
+    # (accuracy 0.75 from rows like [0.5, 0.5]), NaN score rows counted as
+    # class 0 (a diverged model "predicted class 0").
+    soft = np.array([[.5, .5, 0], [0, 0, 0], [.9, .05, .05], [0, 0, 1]])
+    for call in (lambda: kft.classification_report(soft, probs),
+                 lambda: kft.evaluation.report_from_predictions(soft, probs)):
+        with pytest.raises(ValueError, match=r"rows \[0, 1, 2\] of y_true "
+                           r"are not one-hot, e.g. \[0.5, 0.5, 0.0\]"):
+            call()
+    nan = probs.copy()
+    nan[[1, 3]] = np.nan
+    with pytest.raises(ValueError, match=r"`y_pred` must hold finite "
+                       r"scores.*rows \[1, 3\]"):
+        kft.classification_report(y_true, nan)
 
 
 def test_confusion_matrix_checks_its_labels():
@@ -182,6 +196,17 @@ def test_confusion_matrix_checks_its_labels():
 def model3():
     return kft.build_classifier("simple_cnn", 3, weights=None,
                                 input_shape=(16, 16, 3))
+
+
+def test_a_model_returning_nan_is_not_read_as_predicting_class_0():
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3))
+    kernel = model.get_layer("head_dense").kernel
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    with pytest.raises(ValueError, match=r"returned NaN or infinite scores "
+                       r"for examples \[0, 1, 2, 3\]"):
+        kft.evaluate_classifier(model, np.zeros((4, 16, 16, 3)),
+                                np.array([0, 0, 1, 2]))
 
 
 def test_labels_of_the_wrong_width_or_classes_are_named(model3):

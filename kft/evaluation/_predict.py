@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from kft._validation import check_labels
+from kft._validation import labels_from_one_hot
 from kft._validation import fail_argument
 from kft.distributed.data_parallel import batch_shards
 from kft.distributed.data_parallel import predict_padded
@@ -59,7 +60,7 @@ def integer_labels(y, num_classes, name):
     """
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
-        y = np.argmax(y, axis=-1)
+        y = labels_from_one_hot(y, name)
     elif y.ndim == 2 and y.shape[1] != 1 or y.ndim > 2:
         raise ValueError(
             f"Argument `{name}` must hold integer labels or one-hot rows of "

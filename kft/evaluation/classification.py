@@ -14,6 +14,7 @@ from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import fail_argument
 from kft._validation import integer_values
+from kft._validation import labels_from_one_hot
 from kft._validation import check_class_names
 from kft.evaluation._predict import check_width
 from kft.evaluation._predict import data_class_names
@@ -57,10 +58,11 @@ class ClassificationReport:
         return "\n".join(lines)
 
 
-def _rows_to_labels(values, name):
+def _rows_to_labels(values, name, scores):
     """`(labels, width)`: 1-D labels as they are (`width` None), a column
-    `(n, 1)` flattened, and `(n, k)` rows (one-hot labels or per-class
-    scores) reduced to their `argmax`, with `width` k."""
+    `(n, 1)` flattened, and `(n, k)` rows reduced to their `argmax`, with
+    `width` k: one-hot labels, or per-class `scores` (finite: the argmax
+    of a NaN row, a diverged model's, is class 0)."""
     values = np.asarray(values)
     if values.ndim == 2 and values.shape[1] == 1 or values.ndim == 0:
         return values.reshape(-1), None
@@ -72,6 +74,15 @@ def _rows_to_labels(values, name):
             "numeric rows of shape (n, num_classes) (one-hot labels or "
             f"class scores). Received: {name} of shape {values.shape} and "
             f"dtype {values.dtype}")
+    if not scores:
+        return labels_from_one_hot(values, name), values.shape[1]
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise ValueError(
+            f"Argument `{name}` must hold finite scores. Received: NaN or "
+            f"infinite scores in rows {rows[:10].tolist()} (a model that "
+            "diverged?)")
     return np.argmax(values, axis=-1), values.shape[1]
 
 
@@ -97,8 +108,9 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
     Raises:
         ValueError: labels or predictions outside `[0, num_classes)` (named),
             not integers, of different lengths or empty, rows whose width
-            is not `num_classes`, or `class_names` not of length
-            `num_classes`.
+            is not `num_classes`, `y_true` rows that are not one-hot (soft
+            or mixed labels), NaN or infinite score rows, or `class_names`
+            not of length `num_classes`.
 
     Example:
     >>> import numpy as np
@@ -115,8 +127,8 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
 
     shapes = (f"Received: y_true of shape {np.shape(y_true)}, y_pred of "
               f"shape {np.shape(y_pred)}")
-    y_true, true_width = _rows_to_labels(y_true, "y_true")
-    y_pred, pred_width = _rows_to_labels(y_pred, "y_pred")
+    y_true, true_width = _rows_to_labels(y_true, "y_true", scores=False)
+    y_pred, pred_width = _rows_to_labels(y_pred, "y_pred", scores=True)
     if y_true.shape != y_pred.shape or y_true.size == 0:
         raise ValueError(
             "Arguments `y_true` and `y_pred` must be non-empty and of one "
@@ -207,7 +219,8 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
 
     Raises:
         ValueError: a model with a single output column (a sigmoid
-            binary head: build it with `num_classes=2`), labels outside
+            binary head: build it with `num_classes=2`), a model returning
+            NaN or infinite scores, labels outside
             `[0, num_classes)` (named), `y` missing
             for arrays or given with a dataset, a batch that is not
             `(images, labels)`, an empty dataset, or `class_names` of the
@@ -244,6 +257,13 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
         labels, scores = predict_arrays(model, images, labels, batch_size)
         if class_names is None:
             class_names = model_class_names(model, scores.shape[-1])
-    return classification_report(
-        labels, np.argmax(scores, axis=-1), num_classes=scores.shape[-1],
-        class_names=class_names)
+    finite = np.isfinite(scores).all(axis=1)
+    if not finite.all():
+        # Their argmax is class 0: a diverged model read as one that
+        # predicts class 0.
+        raise ValueError(
+            f"Model {model.name!r} returned NaN or infinite scores for "
+            f"examples {np.flatnonzero(~finite)[:10].tolist()} (did "
+            "training diverge?): no metric can be computed from them.")
+    return classification_report(labels, scores, num_classes=scores.shape[-1],
+                                 class_names=class_names)

@@ -14,6 +14,7 @@ import numpy as np
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import check_number
+from kft._validation import labels_from_one_hot
 from kft._validation import fail_argument
 
 
@@ -105,14 +106,12 @@ def class_indices(labels, num_classes, name):
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     elif labels.ndim == 2:
-        one_hot = labels.shape[1] == num_classes and bool(np.all(
-            (labels == 0) | (labels == 1)) and np.all(labels.sum(axis=1) == 1))
-        if not one_hot:
+        if labels.shape[1] != num_classes:
             raise ValueError(
                 f"Argument `{name}` must be integer labels, shaped (n,) or "
                 f"(n, 1), or one-hot rows of width {num_classes} (the number "
                 f"of classes). Received: {name} of shape {labels.shape}")
-        labels = labels.argmax(axis=1)
+        labels = labels_from_one_hot(labels, name)
     elif labels.ndim > 2:
         raise ValueError(
             f"Argument `{name}` must be integer labels, shaped (n,) or "

@@ -164,6 +164,42 @@ def test_bad_arguments(simple, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+
+def test_read_metadata_of_a_file_that_is_not_onnx_says_so(tmp_path):
+    pytest.importorskip("onnx")
+    # Protobuf's DecodeError without the path, or {} (what an ONNX file
+    # without kft metadata gives) when the bytes happened to parse.
+    for text in ("hi", "hi, not a model"):
+        path = tmp_path / "bad.onnx"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"bad.onnx' is not a readable "
+                           r"ONNX model"):
+            read_metadata(path)
+
+
+def test_parity_names_bad_images_and_a_file_of_another_model(simple,
+                                                             tmp_path):
+    pytest.importorskip("onnxruntime")
+    model, _ = simple
+    path = kft.export(model, tmp_path / "m.onnx")
+    x = np.zeros((2, 16, 16, 3), "float32")
+    # These raised NumPy's broadcast error, an UnboundLocalError inside
+    # Keras' predict, or shape errors of Keras or onnxruntime.
+    other = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(16, 16, 3))
+    with pytest.raises(ValueError, match=r"returns outputs of shape \(3,\) "
+                       r"per batch and the model \(2,\).*not an export of"):
+        kft.onnx_parity(other, path, x)
+    for images, shape in ((x[:0], r"\(0, 16, 16, 3\)"),
+                          (x[0], r"\(16, 16, 3\)"),
+                          (np.zeros((2, 8, 8, 3)), r"\(2, 8, 8, 3\)")):
+        with pytest.raises(ValueError, match=rf"`images` must be .*"
+                           rf"Received: images='an array of shape {shape}'"):
+            kft.onnx_parity(model, path, images)
+    with pytest.raises(TypeError, match=r"`model` must be a keras.Model"):
+        kft.onnx_parity(None, path, x)
+
+
 def test_missing_optional_package_names_the_extra():
     with pytest.raises(ImportError, match=r'pip install "kft\[export\]"'):
         require("kft_no_such_module")

@@ -123,6 +123,19 @@ def test_unreadable_file_is_named(model, folder, tmp_path):
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="Argument `tta`"):
         kft.predict(model, np.zeros((16, 16, 3)), tta="rotate")
+    # max_pixels was checked inside the reader ("Cannot read image file
+    # ...: corrupt image"), and not at all for arrays or multi_crop.
+    for bad in (0, -5, 1.5):
+        with pytest.raises(ValueError, match=r"^Argument `max_pixels`"):
+            kft.predict(model, np.zeros((16, 16, 3)), max_pixels=bad)
+    # Arrays that are not [0, 255] pixels were read as if they were.
+    for array, match in ((np.full((16, 16, 3), 4000, np.uint16),
+                          r"integer pixels in \[4000, 4000\].*16-bit"),
+                         (np.ones((16, 16, 3), bool), r"dtype bool"),
+                         (np.full((16, 16, 3), np.nan), r"NaN")):
+        with pytest.raises(ValueError, match=match):
+            kft.predict(model, array)
+    assert kft.predict(model, np.full((16, 16, 3), 255, np.uint16))
     with pytest.raises(ValueError, match="Argument `top_k`"):
         kft.predict(model, np.zeros((16, 16, 3)), top_k=0)
     with pytest.raises(ValueError, match="holds no image files"):

@@ -125,6 +125,23 @@ def _boxes(width, height, size, tta, crop_fraction):
     return [center] + [(x, y, x + box_w, y + box_h) for x, y in corners]
 
 
+def _check_pixels(name, array):
+    """Refuses arrays that are not [0, 255] pixels: a bool mask, integers
+    out of range (a 16-bit image was read as 8-bit pixels), NaN or inf."""
+    kind = array.dtype.kind
+    if kind not in "uif":
+        raise ValueError(f"Image {name} has dtype {array.dtype}; expected "
+                         "RGB pixels in [0, 255] (uint8, or float).")
+    if kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"Image {name} holds NaN or infinite pixels.")
+    if kind in "ui" and array.size and (array.min() < 0
+                                        or array.max() > 255):
+        raise ValueError(
+            f"Image {name} holds integer pixels in [{array.min()}, "
+            f"{array.max()}]; expected [0, 255] (for a 16-bit image pass "
+            "`(image >> 8).astype('uint8')`).")
+
+
 def make_views(name, source, size, tta, crop_fraction, max_pixels):
     """float32 `(views, height, width, 3)` for one source; the first view
     is the one prediction without `tta` uses."""
@@ -132,6 +149,8 @@ def make_views(name, source, size, tta, crop_fraction, max_pixels):
                                            or source.shape[-1] != 3):
         raise ValueError(f"Image {name} has shape {source.shape}; expected "
                          "(height, width, 3) RGB pixels in [0, 255].")
+    if isinstance(source, np.ndarray):
+        _check_pixels(name, source)
     as_is = (isinstance(source, np.ndarray)
              and tuple(source.shape[:2]) == tuple(size))
     if as_is and tta != "multi_crop":

@@ -101,8 +101,22 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if path.endswith(".onnx"):
         from kft.deploy._onnx_io import load_onnx_proto
 
-        props = load_onnx_proto(path, load_weights=False).metadata_props
-        return {p.key: json.loads(p.value) for p in props if p.key in KEYS}
+        try:
+            proto = load_onnx_proto(path, load_weights=False)
+        except Exception as error:  # onnx's and protobuf's own errors
+            if type(error).__module__.split(".")[0] not in ("onnx",
+                                                            "google"):
+                raise
+            proto = error
+        # Protobuf parses some other bytes as an empty model: `{}` would
+        # say "an ONNX file without kft metadata".
+        if isinstance(proto, Exception) or not proto.ir_version or not (
+                proto.graph.node):
+            reason = f": {proto}" if isinstance(proto, Exception) else ""
+            raise ValueError(f"{path!r} is not a readable ONNX model "
+                             f"(corrupt, or not an ONNX file){reason}")
+        return {p.key: json.loads(p.value) for p in proto.metadata_props
+                if p.key in KEYS}
     if not zipfile.is_zipfile(path):
         fail_argument("path", "a .keras (zip) or .onnx file", path)
     with zipfile.ZipFile(path) as archive:

@@ -7,6 +7,8 @@ import os
 import keras
 import numpy as np
 
+from kft._validation import check_int
+from kft._validation import fail_argument
 from kft.deploy._onnx_io import ort_session
 from kft.deploy.inference import output_kind
 
@@ -60,7 +62,21 @@ def onnx_parity(model: keras.Model, onnx_file: str | os.PathLike | bytes,
     >>> onnx_parity(model, path, x.astype("float32")).ok
     True
     """
+    if not isinstance(model, keras.Model):
+        fail_argument("model", "a keras.Model", model, TypeError)
+    batch_size = check_int("batch_size", batch_size, min_value=1)
     images = np.asarray(images, np.float32)
+    if images.ndim != 4 or len(images) == 0:
+        fail_argument("images", "a non-empty batch (n, height, width, "
+                      "channels) of pixels", f"an array of shape "
+                      f"{images.shape}")
+    expected_shape = tuple(model.inputs[0].shape[1:]) if getattr(
+        model, "inputs", None) else None
+    if expected_shape and any(want is not None and want != got for want, got
+                              in zip(expected_shape, images.shape[1:])):
+        fail_argument("images", f"images shaped like the model's input "
+                      f"{expected_shape}", f"an array of shape "
+                      f"{images.shape}")
     # The file computes in float32, also for a mixed-precision model
     # (`kft.export` converts it): compare with the same float32 model,
     # not with 16-bit outputs 1e-3 away.
@@ -82,6 +98,11 @@ def onnx_parity(model: keras.Model, onnx_file: str | os.PathLike | bytes,
                               for i in range(len(images))])
     else:
         got = session.run(None, {name: images})[0]
+    if got.shape != expected.shape:
+        raise ValueError(
+            f"The ONNX file returns outputs of shape {got.shape[1:]} per "
+            f"batch and the model {expected.shape[1:]}: `onnx_file` is not "
+            f"an export of model {model.name!r}.")
     diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
     scale = float(np.max(np.abs(expected)))
     tolerance = RELATIVE * max(1.0, scale)

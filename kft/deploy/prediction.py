@@ -188,8 +188,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
             them), a PIL image, an array `(height, width, 3)` or `(n,
             height, width, 3)` of pixels in [0, 255], or a list of paths
             (files or folders), PIL images and arrays.
-        top_k: How many classes per image (at most the number of classes).
-            Defaults to `5`.
+        top_k: How many classes per image (all of them for a model with
+            fewer classes). Defaults to `5`.
         tta: `None`, `"flip"` or `"multi_crop"`. Defaults to `None`.
         batch_size: Images per model call. Defaults to `32`.
         class_names: Class names in index order; defaults to the ones the
@@ -208,7 +208,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
         OSError: an image file that cannot be read (the message names the
             file; nothing is skipped).
         ValueError: bad arguments, a float array of another size than the
-            model's input, an empty folder, a model with a single output
+            model's input, an array that is not [0, 255] pixels (bool,
+            integers out of range, NaN or inf), an empty folder, a model with a single output
             column (a sigmoid binary head: build it with `num_classes=2`),
             a model that does not take 3-channel (RGB) images.
         TypeError: `class_names` that are not a sequence of strings (one
@@ -229,6 +230,9 @@ def predict(model_or_path, images, *, top_k: int = 5,
     batch_size = check_int("batch_size", batch_size, min_value=1)
     top_k = check_int("top_k", top_k, min_value=1)
     verbose = check_int("verbose", verbose, min_value=0)
+    if max_pixels is not None:
+        # Checked here: inside the reader it read as a broken file.
+        max_pixels = check_int("max_pixels", max_pixels, min_value=1)
     crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
                                  high=1, low_open=True)
     if tta is not None and tta not in TTA_MODES:

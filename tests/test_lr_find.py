@@ -122,6 +122,8 @@ def test_plot_marks_the_suggestions(tmp_path):
     ({"start": 1.0, "end": 1.0}, "Received: end=1.0"),
     ({"steps": 9}, "integer >= 10. Received: steps=9"),
     ({"smoothing": 1.0}, "Received: smoothing=1.0"),
+    # NumPy's "expected non-negative integer" / SeedSequence errors.
+    ({"seed": -1}, r"`seed` must be an integer in \[0, 4294967295\]"),
 ])
 def test_bad_arguments_name_the_value(kwargs, match):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])

@@ -200,7 +200,8 @@ def test_save_and_load_continue_training_identically(tmp_path):
     rng = np.random.default_rng(0)
     fisher = kft.FisherInformation(
         {v.path: rng.uniform(0, 1, v.shape).astype("float32")
-         for v in model.trainable_weights}, num_samples=6)
+         for v in model.trainable_weights}, kind="true", num_samples=6,
+        normalize="max")
     penalty = kft.regularize(model, kft.EWC(50.0, fisher))
     model.compile(keras.optimizers.Adam(1e-2), _sparse_ce())
     model.fit(target_x, target_y, batch_size=8, shuffle=False, verbose=0)
@@ -211,6 +212,10 @@ def test_save_and_load_continue_training_identically(tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras")
     again = kft.load_penalty(tmp_path / "ewc.npz")
     assert repr(again) == "EWC(lam=50.0)"
+    # The side file kept the values only: kind, count and normalisation
+    # came back as "empirical", 0 and None.
+    assert (again.fisher.kind, again.fisher.num_samples,
+            again.fisher.normalize) == ("true", 6, "max")
     kft.regularize(loaded, again)
     loaded.fit(target_x, target_y, batch_size=8, shuffle=False, verbose=0)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
@@ -426,6 +431,24 @@ def test_bad_source_data_and_misuse_raise():
                        r"normalize='avg'"):
         kft.estimate_fisher(model, np.ones((2, 3), "float32"), kind="true",
                             normalize="avg")
+    # Accepted, or Python's AttributeError / NumPy's seed errors.
+    values = {"fc/kernel": np.ones((3, 2))}
+    for kwargs, error, name in (({"kind": "bogus"}, ValueError, "kind"),
+                                ({"num_samples": -3}, ValueError,
+                                 "num_samples"),
+                                ({"normalize": "median"}, ValueError,
+                                 "normalize")):
+        with pytest.raises(error, match=rf"Argument `{name}`"):
+            kft.FisherInformation(values, **kwargs)
+    with pytest.raises(TypeError, match=r"Argument `values` must be a dict"):
+        kft.FisherInformation([np.ones(3)])
+    with pytest.raises(TypeError, match=r"Argument `model` must be a "
+                       r"keras.Model. Received: model=None"):
+        kft.estimate_fisher(None, (np.ones((2, 3)), np.zeros(2)))
+    with pytest.raises(ValueError, match=r"Argument `seed` must be an "
+                       r"integer in \[0, 4294967295\]"):
+        kft.estimate_fisher(model, np.ones((2, 3), "float32"), kind="true",
+                            seed=-1)
     with pytest.raises(ValueError, match="kft.with_source_head"):
         kft.regularize(model, kft.LwF())
     kft.regularize(model, kft.L2SP(0.1))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Literal
 
 import jax
@@ -13,10 +14,12 @@ from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
+from kft._validation import check_seed
 from kft._validation import fail_argument
 from kft.regularizers.penalty import check_unique_paths
 
 KINDS = ("empirical", "true")
+NORMALIZATIONS = ("mean", "max")
 
 
 @dataclasses.dataclass
@@ -36,6 +39,15 @@ class FisherInformation:
     normalize: str | None = None
 
     def __post_init__(self):
+        if not isinstance(self.values, Mapping):
+            fail_argument("values", "a dict: variable path -> array (from "
+                          "kft.estimate_fisher)", type(self.values).__name__,
+                          TypeError)
+        check_choice("kind", self.kind, KINDS)
+        self.num_samples = check_int("num_samples", self.num_samples,
+                                     min_value=0)
+        if self.normalize is not None:
+            check_choice("normalize", self.normalize, NORMALIZATIONS)
         # A NaN turns every weight NaN; a negative value rewards moving
         # away from the anchor.
         for path, value in self.values.items():
@@ -113,11 +125,15 @@ def estimate_fisher(model: keras.Model, source_data, *,
     >>> f.num_samples, sorted(f.values), f.values["fc/bias"].shape
     (3, ['fc/bias', 'fc/kernel'], (3,))
     """
+    if not isinstance(model, keras.Model):
+        fail_argument("model", "a keras.Model", model, TypeError)
     check_choice("kind", kind, KINDS)
-    if normalize is not None and normalize not in ("mean", "max"):
-        fail_argument("normalize", "one of ('mean', 'max') or None",
+    if normalize is not None and normalize not in NORMALIZATIONS:
+        fail_argument("normalize", f"one of {NORMALIZATIONS} or None",
                       normalize)
     batch_size = check_int("batch_size", batch_size, min_value=1)
+    seed = check_seed(seed)
+    verbose = check_int("verbose", verbose, min_value=0)
     check_unique_paths(model, "estimate_fisher")
     images, labels = _arrays(model, source_data, kind, num_samples)
     weights = _compat.weight_variables(model)
@@ -127,7 +143,7 @@ def estimate_fisher(model: keras.Model, source_data, *,
     w_vals = [v.value for v in weights]
     o_vals = [v.value for v in others]
     sums = [jnp.zeros(v.shape, "float32") for v in weights]
-    key = jax.random.PRNGKey(check_int("seed", seed, min_value=0))
+    key = jax.random.PRNGKey(seed)
     n, start = len(images), time.perf_counter()
     for i, begin in enumerate(range(0, n, batch_size)):
         x, y, mask = _padded(images, labels, begin, batch_size)

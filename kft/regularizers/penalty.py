@@ -148,8 +148,13 @@ class Penalty:
             raise ValueError(
                 f"{self!r} is not bound to a model: call "
                 "kft.regularize(model, penalty) before penalty.save(path).")
-        arrays = {_CONFIG_KEY: np.array(json.dumps(
-            {"class": type(self).__name__, "config": self.get_config()}))}
+        head = {"class": type(self).__name__, "config": self.get_config()}
+        fisher = getattr(self, "fisher", None)
+        if fisher is not None:  # EWC's: what its values are, beside them
+            head["fisher"] = {"kind": fisher.kind,
+                              "num_samples": fisher.num_samples,
+                              "normalize": fisher.normalize}
+        arrays = {_CONFIG_KEY: np.array(json.dumps(head))}
         for p, variable in self.bound.anchors.items():
             arrays[f"anchor:{p}"] = variable.numpy()
         for p, variable in self.bound.fisher.items():
@@ -293,6 +298,10 @@ def load_penalty(path):
         fisher = {k[len("fisher:"):]: data[k] for k in data.files
                   if k.startswith("fisher:")}
     cls = classes[head["class"]]
+    if "fisher" in head:
+        from kft.regularizers.fisher import FisherInformation
+
+        fisher = FisherInformation(fisher, **head["fisher"])
     penalty = cls.from_saved(head["config"], fisher)
     penalty.saved_anchors = anchors
     return penalty

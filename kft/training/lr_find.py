@@ -21,6 +21,7 @@ from kft._plotting import finish
 from kft._plotting import new_figure
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import check_seed
 from kft._validation import fail_argument
 from kft.distributed.data_parallel import check_data_batches
 from kft.training.class_weights import resolve_class_weight
@@ -223,6 +224,8 @@ def _check(model, start, end, steps, smoothing, divergence, batch_size):
     end = check_number("end", end, low=0.0, low_open=True)
     if end <= start:
         fail_argument("end", f"greater than start={start!r}", end)
+    if not isinstance(model, keras.Model):
+        fail_argument("model", "a compiled keras.Model", model, TypeError)
     steps = check_int("steps", steps, min_value=10)
     smoothing = check_number("smoothing", smoothing, low=0.0, high=1.0,
                              high_open=True)
@@ -321,6 +324,7 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     """
     start, end, steps, smoothing, divergence, batch_size = _check(
         model, start, end, steps, smoothing, divergence, batch_size)
+    seed = check_seed(seed)
     if not model.built:
         raise ValueError(
             f"Model {model.name!r} is not built, so it has no weights yet: "

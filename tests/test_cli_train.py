@@ -501,6 +501,26 @@ def test_a_kill_while_the_checkpoints_go_leaves_a_complete_run(
     assert not os.path.exists(os.path.join(out, "checkpoints"))
 
 
+def test_path_objects_give_a_run_of_text_paths(folder, tmp_path):
+    # `out=Path(...)` stayed a Path in the result: to_dict() was not
+    # JSON, and the config read back from config.toml differed.
+    import pathlib
+
+    out = tmp_path / "run"
+    result = kft.train_run(data_dir=pathlib.Path(folder), out=out,
+                           backbone="simple_cnn", weights="none",
+                           image_size=16, strategy="feature_extraction",
+                           head_epochs=1, batch_size=4, plots=False,
+                           verbose=0, print_fn=None)
+    assert result.out == str(out) and result.config.data_dir == str(folder)
+    json.dumps(result.to_dict())
+    assert kft.runs.load_config(out / "config.toml") == result.config
+    with pytest.raises(kft.runs.RunSetupError, match=r"`verbose` must be "
+                       r"0, 1 or 2. Received: verbose=5"):
+        kft.train_run(data_dir=folder, out=tmp_path / "run5", verbose=5)
+    assert not (tmp_path / "run5").exists()
+
+
 def _console_script():
     path = os.path.join(os.path.dirname(sys.executable), "kft")
     if not os.path.exists(path):

@@ -4,6 +4,7 @@ empty val folder, float TIFFs, digits' class arguments, one-hot and
 probability labels, unrecorded metrics and report options."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -196,6 +197,23 @@ def test_confusion_matrix_checks_its_labels():
 def model3():
     return kft.build_classifier("simple_cnn", 3, weights=None,
                                 input_shape=(16, 16, 3))
+
+
+def test_none_for_data_is_named(model3):
+    # Python's "'NoneType' object is not iterable" / os.stat's error.
+    with pytest.raises(TypeError, match=r"`data` must be .*Received: "
+                       r"data=None"):
+        kft.evaluate(model3, None)
+    with pytest.raises(TypeError, match=r"`x` must be .*Received: x=None"):
+        kft.evaluate_classifier(model3, None)
+    with pytest.raises(TypeError, match=r"`path` must be a folder path"):
+        kft.data.from_directory(None, 8)
+    # A one-class report said scikit-learn's "use the 'labels' parameter",
+    # which the user cannot pass.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = kft.classification_report([0, 0], [0, 0])
+    assert report.confusion_matrix.tolist() == [[2]] and report.f1 == 1.0
 
 
 def test_a_model_returning_nan_is_not_read_as_predicting_class_0():

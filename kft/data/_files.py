@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from kft._validation import fail_argument
 from kft._validation import user_stacklevel
 from kft.data import _images
 
@@ -163,6 +164,10 @@ def split_folder(path, names):
 
 def split_folders(path, validation_split):
     """`(train folder, val folder or None)` of the layout under `path`."""
+    if not isinstance(path, (str, os.PathLike)):
+        # os.stat's "path should be string, bytes, os.PathLike or integer".
+        fail_argument("path", "a folder path (str or os.PathLike)", path,
+                      TypeError)
     if not os.path.isdir(path):
         raise ValueError(f"Argument `path` must be an existing folder. "
                          f"Received: path={path!r}")

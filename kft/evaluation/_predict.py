@@ -136,6 +136,9 @@ def split_data(x, y):
     Accepts images with `y`, an `(images, labels)` pair, or a dataset of
     `(images, labels)` batches with `y=None`.
     """
+    if x is None:
+        fail_argument("x", "images (with `y`), an (images, labels) pair or "
+                      "a dataset of (images, labels) batches", x, TypeError)
     if y is None and isinstance(x, tuple) and len(x) == 2 and all(
             is_array(part) for part in x):
         x, y = x  # the `(x, y)` pair `kft.fine_tune` takes

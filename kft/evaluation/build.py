@@ -253,6 +253,9 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
     verbose = check_int("verbose", verbose, min_value=0)
+    if data is None:  # Python's "'NoneType' object is not iterable"
+        fail_argument("data", "an (images, labels) pair of arrays or a "
+                      "dataset of (images, labels) batches", data, TypeError)
     _predict.check_width(_predict.output_width(model))
     # Under data parallel each batch is padded to split over the devices
     # (`kft.distributed.data_parallel.predict_padded`): any number of examples is evaluated.

@@ -16,6 +16,7 @@ from kft._validation import fail_argument
 from kft._validation import integer_values
 from kft._validation import labels_from_one_hot
 from kft._validation import check_class_names
+from kft.evaluation import metrics
 from kft.evaluation._predict import check_width
 from kft.evaluation._predict import data_class_names
 from kft.evaluation._predict import model_class_names
@@ -122,9 +123,6 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
     ...                        [0.2, 0.2, 0.6]]).confusion_matrix.tolist()
     [[1, 0, 0], [0, 0, 1], [0, 0, 1]]
     """
-    from sklearn.metrics import confusion_matrix
-    from sklearn.metrics import precision_recall_fscore_support
-
     shapes = (f"Received: y_true of shape {np.shape(y_true)}, y_pred of "
               f"shape {np.shape(y_pred)}")
     y_true, true_width = _rows_to_labels(y_true, "y_true", scores=False)
@@ -167,24 +165,23 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
     y_pred = check_labels(y_pred, num_classes, name="y_pred",
                           classes_of=classes_of)
     class_names = class_names or tuple(str(i) for i in range(num_classes))
-    labels = list(range(num_classes))
-    p, r, f, s = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    # The classes that occur: a class in neither the labels nor the
-    # predictions would pull every mean down by a 0 it did not earn.
-    used = np.isin(labels, np.concatenate([y_true, y_pred]))
+    # kft's metrics, as `kft.evaluate` reports them (scikit-learn's warned
+    # of "a single label" for a one-class report).
+    confusion = metrics.confusion_matrix(y_true, y_pred, num_classes)
+    scores = metrics.per_class_scores(confusion)
+    macro = metrics.averages(scores)["macro"]
     return ClassificationReport(
         accuracy=float(np.mean(y_true == y_pred)),
-        precision=float(np.mean(p[used])),
-        recall=float(np.mean(r[used])),
-        f1=float(np.mean(f[used])),
+        precision=macro["precision"], recall=macro["recall"],
+        f1=macro["f1"],
         per_class={
-            name: {"precision": float(p[i]), "recall": float(r[i]),
-                   "f1": float(f[i]), "support": int(s[i])}
+            name: {"precision": float(scores["precision"][i]),
+                   "recall": float(scores["recall"][i]),
+                   "f1": float(scores["f1"][i]),
+                   "support": int(scores["support"][i])}
             for i, name in enumerate(class_names)
         },
-        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels),
+        confusion_matrix=confusion,
         class_names=class_names,
     )
 

@@ -27,6 +27,7 @@ import shutil
 import time
 from typing import Callable
 
+from kft._validation import fail_argument
 from kft.distributed.processes import barrier
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
@@ -223,7 +224,16 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
     """
     say = _say_with(print_fn)
     try:
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            # Keras' fit takes 5 as 2 without a word.
+            fail_argument("verbose", "0, 1 or 2", verbose)
         config = (config or TrainConfig()).replace(**settings)
+        # Paths as text: the result (`to_dict`, JSON) and config.toml hold
+        # strings, and a config read back must equal the run's.
+        config = config.replace(**{
+            name: os.fspath(getattr(config, name))
+            for name in ("data_dir", "val_dir", "weights", "out")
+            if isinstance(getattr(config, name), os.PathLike)})
         if resume and config.out is None:
             raise ValueError("resume needs the run folder: pass out=.")
         if not resume:

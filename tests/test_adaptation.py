@@ -70,8 +70,10 @@ def test_lambda_schedule_values():
         with pytest.raises(ValueError, match=rf"`{name}`.*Received"):
             reversal_lambda(0.5, **kwargs)
     with pytest.raises(ValueError, match=r"`progress` must be a finite "
-                       r"number in \[0.0, 1.0\]"):
-        reversal_lambda(2.0)
+                       r"number"):
+        reversal_lambda(float("nan"))
+    # Just past the end (step / total) is the end, as DANN clips it.
+    assert reversal_lambda(1.000000000001) == reversal_lambda(1.0)
     assert reversal_lambda(np.float32(0.5)) == pytest.approx(
         reversal_lambda(0.5))
 

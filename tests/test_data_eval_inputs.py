@@ -6,6 +6,7 @@ probability labels, unrecorded metrics and report options."""
 import os
 import warnings
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -170,9 +171,21 @@ def test_classification_report_reads_one_hot_and_score_rows():
             call()
     nan = probs.copy()
     nan[[1, 3]] = np.nan
-    with pytest.raises(ValueError, match=r"`y_pred` must hold finite "
-                       r"scores.*rows \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"`y_pred` must hold scores that "
+                       r"are not NaN.*rows \[1, 3\]"):
         kft.classification_report(y_true, nan)
+    # -inf is a score (a log of 0); bool one-hot rows and bfloat16 scores
+    # are rows like the others.
+    import ml_dtypes
+
+    logs = np.where(probs > 0.5, -np.inf, np.log(probs))
+    assert kft.classification_report(y_true, logs).confusion_matrix.tolist(
+        ) == kft.classification_report(y_true, np.argmax(
+            logs, 1)).confusion_matrix.tolist()
+    same = kft.classification_report(np.eye(3, dtype=bool)[y_true],
+                                     probs.astype(ml_dtypes.bfloat16))
+    np.testing.assert_array_equal(same.confusion_matrix,
+                                  expected.confusion_matrix)
 
 
 def test_confusion_matrix_checks_its_labels():
@@ -221,10 +234,17 @@ def test_a_model_returning_nan_is_not_read_as_predicting_class_0():
                                  input_shape=(16, 16, 3))
     kernel = model.get_layer("head_dense").kernel
     kernel.assign(np.full(kernel.shape, np.nan, "float32"))
-    with pytest.raises(ValueError, match=r"returned NaN or infinite scores "
-                       r"for examples \[0, 1, 2, 3\]"):
+    with pytest.raises(ValueError, match=r"returned NaN scores for "
+                       r"examples \[0, 1, 2, 3\]"):
         kft.evaluate_classifier(model, np.zeros((4, 16, 16, 3)),
                                 np.array([0, 0, 1, 2]))
+    # A model ending in bfloat16 outputs is evaluated (its scores were
+    # refused as rows of dtype bfloat16).
+    bf16 = keras.Sequential([keras.Input((4,)),
+                             keras.layers.Dense(3, dtype="bfloat16")])
+    report = kft.evaluate_classifier(bf16, np.ones((6, 4)),
+                                     np.array([0, 1, 2, 0, 1, 2]))
+    assert report.confusion_matrix.sum() == 6
 
 
 def test_labels_of_the_wrong_width_or_classes_are_named(model3):

@@ -237,8 +237,9 @@ def test_fit_head_needs_a_compiled_model_and_labels():
         kft.fit_head(model, one_hot)
     with pytest.raises(TypeError, match=r"`model` must be a keras.Model"):
         kft.cache_features(None, (x, y))
-    with pytest.raises(ValueError, match=r"`verbose`"):
-        kft.cache_features(model, (x, y), verbose=-1)
+    # Keras' verbose values, as fine_tune passes them on (True, "auto").
+    for verbose in (True, "auto"):
+        kft.cache_features(model, (x, y), verbose=verbose)
 
 
 def test_a_model_without_a_trainable_head_layer_is_refused():

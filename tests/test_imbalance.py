@@ -227,6 +227,23 @@ def test_kft_model_fit_checks_class_weight_for_arrays_and_iterables():
     with pytest.raises(ValueError, match=r"keyed by class indices"):
         model.fit(Batches(), class_weight={5: 1.0}, verbose=0)
 
+    # A PyDataset of no known end: counting its labels never finished.
+    class Endless(Batches):
+        @property
+        def num_batches(self):
+            return None
+
+    with pytest.raises(ValueError, match=r"no known end"):
+        model.fit(Endless(), class_weight="balanced", steps_per_epoch=1,
+                  verbose=0)
+    # "balanced" counts the labels Keras trains on, not the held-out tail
+    # of validation_split (class 2 is only there).
+    _, split = trained(x, y, class_weight="balanced", validation_split=0.25)
+    _, first = trained(x[:6], y[:6], class_weight=balanced_class_weight(
+        y[:6], 3))
+    for a, b in zip(split, first):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
 
 @pytest.mark.parametrize("as_dataset", [False, True])
 def test_fine_tune_weights_the_loss_in_both_phases(as_dataset):

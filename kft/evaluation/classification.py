@@ -62,9 +62,16 @@ class ClassificationReport:
 def _rows_to_labels(values, name, scores):
     """`(labels, width)`: 1-D labels as they are (`width` None), a column
     `(n, 1)` flattened, and `(n, k)` rows reduced to their `argmax`, with
-    `width` k: one-hot labels, or per-class `scores` (finite: the argmax
-    of a NaN row, a diverged model's, is class 0)."""
+    `width` k: one-hot labels, or per-class `scores` (not NaN: the argmax
+    of a NaN row, a diverged model's, is class 0; -inf, a log of 0, is a
+    score)."""
     values = np.asarray(values)
+    if values.ndim == 2 and values.dtype.kind in "bV":
+        # bool one-hot rows, bfloat16 scores (ml_dtypes, kind "V").
+        try:
+            values = values.astype(np.float32)
+        except (TypeError, ValueError):
+            pass  # refused below, its dtype named
     if values.ndim == 2 and values.shape[1] == 1 or values.ndim == 0:
         return values.reshape(-1), None
     if values.ndim == 1:
@@ -77,13 +84,12 @@ def _rows_to_labels(values, name, scores):
             f"dtype {values.dtype}")
     if not scores:
         return labels_from_one_hot(values, name), values.shape[1]
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        rows = np.flatnonzero(~finite)
+    nan = np.isnan(values).any(axis=1)
+    if nan.any():
         raise ValueError(
-            f"Argument `{name}` must hold finite scores. Received: NaN or "
-            f"infinite scores in rows {rows[:10].tolist()} (a model that "
-            "diverged?)")
+            f"Argument `{name}` must hold scores that are not NaN. "
+            f"Received: NaN in rows {np.flatnonzero(nan)[:10].tolist()} (a "
+            "model that diverged?)")
     return np.argmax(values, axis=-1), values.shape[1]
 
 
@@ -110,7 +116,7 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
         ValueError: labels or predictions outside `[0, num_classes)` (named),
             not integers, of different lengths or empty, rows whose width
             is not `num_classes`, `y_true` rows that are not one-hot (soft
-            or mixed labels), NaN or infinite score rows, or `class_names`
+            or mixed labels), NaN score rows, or `class_names`
             not of length `num_classes`.
 
     Example:
@@ -217,7 +223,7 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
     Raises:
         ValueError: a model with a single output column (a sigmoid
             binary head: build it with `num_classes=2`), a model returning
-            NaN or infinite scores, labels outside
+            NaN scores, labels outside
             `[0, num_classes)` (named), `y` missing
             for arrays or given with a dataset, a batch that is not
             `(images, labels)`, an empty dataset, or `class_names` of the
@@ -254,13 +260,14 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
         labels, scores = predict_arrays(model, images, labels, batch_size)
         if class_names is None:
             class_names = model_class_names(model, scores.shape[-1])
-    finite = np.isfinite(scores).all(axis=1)
-    if not finite.all():
+    scores = np.asarray(scores, np.float32)  # bfloat16 outputs too
+    nan = np.isnan(scores).any(axis=1)
+    if nan.any():
         # Their argmax is class 0: a diverged model read as one that
         # predicts class 0.
         raise ValueError(
-            f"Model {model.name!r} returned NaN or infinite scores for "
-            f"examples {np.flatnonzero(~finite)[:10].tolist()} (did "
-            "training diverge?): no metric can be computed from them.")
+            f"Model {model.name!r} returned NaN scores for examples "
+            f"{np.flatnonzero(nan)[:10].tolist()} (did training "
+            "diverge?): no metric can be computed from them.")
     return classification_report(labels, scores, num_classes=scores.shape[-1],
                                  class_names=class_names)

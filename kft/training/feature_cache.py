@@ -280,7 +280,6 @@ def cache_features(model, data, *, batch_size: int = 32,
         fail_argument("model", "a keras.Model", model, TypeError)
     batch_size = check_int("batch_size", batch_size, min_value=1)
     memory_budget = check_int("memory_budget", memory_budget, min_value=1)
-    verbose = check_int("verbose", verbose, min_value=0)
     features_model, reason = _split_for_caching(model)
     if reason is not None:
         raise ValueError(reason)

@@ -5,12 +5,14 @@ turned into one by `as_pair`) or anything `model.fit` takes as `x`, such as
 a `kft.data` dataset yielding `(x, y)` batches.
 """
 
+import math
 import warnings
 import weakref
 
 import numpy as np
 
 from kft._validation import check_labels
+from kft._validation import fail_argument
 from kft._validation import user_stacklevel
 from kft.data._dataset import ImageDataset
 from kft.data._host_augment import has_effect
@@ -277,7 +279,7 @@ def fit_arguments(model_fit_args, fit_kwargs, num_classes):
             # model lacks) and fail on "balanced" inside its adapter.
             arguments["class_weight"] = _checked_class_weight(
                 arguments["class_weight"], data, arguments.get("y"),
-                num_classes)
+                num_classes, arguments.get("validation_split"))
         return arguments
     if arguments.get("sample_weight") is not None:
         raise ValueError(
@@ -294,23 +296,37 @@ def fit_arguments(model_fit_args, fit_kwargs, num_classes):
     return arguments
 
 
-def _checked_class_weight(class_weight, x, y, num_classes):
+def _checked_class_weight(class_weight, x, y, num_classes,
+                          validation_split=None):
     """`fit`'s `class_weight` for data other than a kft dataset, checked
-    as `fine_tune` checks it (`"balanced"` counted from `y`, or from the
-    batches of a `tf.data.Dataset` or `keras.utils.PyDataset`, read once
-    more). Keras refuses class weights for the other kinds of data
+    as `fine_tune` checks it: `"balanced"` counted from the labels Keras
+    trains on (`y` before its `validation_split` tail), or from the
+    batches of a finite `tf.data.Dataset` or `keras.utils.PyDataset`, read
+    once more. Keras refuses class weights for the other kinds of data
     (generators, grain and torch loaders) in its own words."""
     from kft.training.class_weights import resolve_class_weight
 
     import keras
 
     if y is not None:
+        if validation_split and isinstance(class_weight, str):
+            # Keras validates on the last `validation_split` of the arrays.
+            y = y[:int(math.floor(len(y) * (1.0 - validation_split)))]
         return resolve_class_weight(class_weight, (x, y), num_classes)
-    if isinstance(x, keras.utils.PyDataset) or (
-            type(x).__module__.startswith("tensorflow") and
-            hasattr(x, "element_spec")):
-        return resolve_class_weight(class_weight, x, num_classes)
-    return class_weight
+    py_dataset = isinstance(x, keras.utils.PyDataset)
+    if not py_dataset and not (type(x).__module__.startswith("tensorflow")
+                               and hasattr(x, "element_spec")):
+        return class_weight
+    if isinstance(class_weight, str):
+        endless = (x.num_batches is None if py_dataset
+                   else int(x.cardinality()) < 0)  # infinite or unknown
+        if endless:
+            fail_argument(
+                "class_weight", "a dict {class index: weight} for data of "
+                "no known end (counting its labels would never finish), "
+                "e.g. kft.balanced_class_weight(labels, num_classes)",
+                class_weight)
+    return resolve_class_weight(class_weight, x, num_classes)
 
 
 def plain_data(data):

@@ -316,6 +316,28 @@ def test_short_report_macro_averages_the_classes_that_occur():
     assert never.precision == pytest.approx((1 + 0.5 + 0) / 3)
 
 
+def test_short_report_matches_scikit_learn_on_random_labels():
+    # classification_report computes with kft's metrics (scikit-learn's
+    # own warned of "a single label" on one-class reports).
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        k = int(rng.integers(1, 6))
+        y_true, y_pred = rng.integers(0, k, (2, int(rng.integers(1, 30))))
+        report = kft.classification_report(y_true, y_pred, num_classes=k)
+        p, r, f, s = sk.precision_recall_fscore_support(
+            y_true, y_pred, labels=list(range(k)), zero_division=0)
+        used = np.isin(range(k), np.concatenate([y_true, y_pred]))
+        assert (report.precision, report.recall, report.f1) == (
+            pytest.approx((p[used].mean(), r[used].mean(), f[used].mean())))
+        assert [report.per_class[str(i)]["f1"] for i in range(k)] == (
+            pytest.approx(f.tolist()))
+        assert [report.per_class[str(i)]["support"] for i in range(k)] == (
+            s.tolist())
+        np.testing.assert_array_equal(
+            report.confusion_matrix,
+            sk.confusion_matrix(y_true, y_pred, labels=list(range(k))))
+
+
 def test_reports_on_arrays_name_the_models_classes():
     model = kft.build_classifier("simple_cnn", 3, weights=None,
                                  input_shape=(16, 16, 3),

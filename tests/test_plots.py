@@ -126,6 +126,32 @@ def test_learning_curves_mark_phases_and_stages():
         plots.plot_learning_curves({"loss": []})
     with pytest.raises(TypeError, match=r"`history` must be a keras History"):
         plots.plot_learning_curves(3)
+    # A run folder's history.json rows (one dict per epoch) raised
+    # "object of type 'int' has no len()".
+    rows = [{"epoch": e, "phase": p, **{k: v[i] for k, v in h.items()}}
+            for e, (p, h, i) in enumerate(
+                [(1, phase1, i) for i in range(2)]
+                + [(2, phase2, i) for i in range(4)])]
+    from_rows = plots.plot_learning_curves(rows)
+    for ax, want in zip(from_rows.axes, fig.axes):
+        assert _boundaries(ax, "phase_boundary") == [2.5]
+        assert _boundaries(ax, "stage_boundary") == [4.5, 5.5]
+        for got, line in zip(ax.lines, want.lines):
+            np.testing.assert_array_equal(got.get_ydata(), line.get_ydata())
+
+
+def test_plots_name_what_they_cannot_draw():
+    # Python's and NumPy's errors: "len() of unsized object", "'NoneType'
+    # object is not iterable", "cannot convert float NaN to integer".
+    with pytest.raises(TypeError, match=r"`report` must be an "
+                       r"EvaluationReport.*Received: "
+                       r"report='ClassificationReport'"):
+        plots.plot_per_class_f1(kft.classification_report([0, 1], [0, 0]))
+    with pytest.raises(TypeError, match=r"`data` must be the data the "
+                       r"report was made from"):
+        plots.plot_worst_mistakes(_report(3), None)
+    with pytest.raises(ValueError, match=r"finite counts"):
+        plots.plot_confusion_matrix(np.full((2, 2), np.nan))
 
 
 def test_worst_mistakes_grid_and_all_plots(tmp_path):

@@ -24,10 +24,30 @@ def _phases(history):
         return [history]
     if isinstance(history, (list, tuple)) and all(
             isinstance(h, dict) for h in history):
+        if history and all(np.ndim(v) == 0 for h in history
+                           for v in h.values()):
+            return phase_histories(history)  # a run's history.json rows
         return list(history)
     fail_argument("history", "a keras History, its `history` dict, a "
                   "kft.FineTuneResult or a list of `history` dicts",
                   type(history).__name__, TypeError)
+
+
+def phase_histories(rows):
+    """A run folder's `history.json` rows (one dict of numbers per epoch,
+    with its `phase`) as one `History.history` dict per phase.
+
+    >>> phase_histories([{"epoch": 0, "phase": 1, "loss": 2.0},
+    ...                  {"epoch": 1, "phase": 2, "loss": 1.0}])
+    [{'loss': [2.0]}, {'loss': [1.0]}]
+    """
+    phases = {}
+    for row in rows:
+        logs = phases.setdefault(row.get("phase", 1), {})
+        for key, value in row.items():
+            if key not in ("epoch", "phase"):
+                logs.setdefault(key, []).append(value)
+    return [phases[k] for k in sorted(phases)]
 
 
 def merge(history):

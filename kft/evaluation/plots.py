@@ -70,6 +70,9 @@ def plot_confusion_matrix(report, *, normalize: bool = False,
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         fail_argument("report", "a report or a square confusion matrix",
                       f"an array of shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        fail_argument("report", "a confusion matrix of finite counts",
+                      "a matrix holding NaN or infinite values")
     n = matrix.shape[0]
     if class_names is None:
         class_names = getattr(report, "class_names", None)
@@ -122,6 +125,11 @@ def plot_per_class_f1(report, *, sort: bool = False, max_labels: int = 25,
     >>> len(plot_per_class_f1(report).axes[0].patches)
     2
     """
+    if not hasattr(report, "low_support"):
+        # A ClassificationReport's f1 is one macro number.
+        fail_argument("report", "an EvaluationReport (kft.evaluate or "
+                      "kft.report_from_predictions), which holds F1 per "
+                      "class", type(report).__name__, TypeError)
     f1 = np.asarray(report.f1)
     order = np.argsort(f1, kind="stable") if sort else np.arange(len(f1))
     names = [report.class_names[i] for i in order]
@@ -205,7 +213,9 @@ def plot_learning_curves(history, *, metrics: Sequence[str] | None = None,
 
     Args:
         history: A `keras.callbacks.History`, its `history` dict, a
-            `kft.FineTuneResult`, or a list of `history` dicts (phases).
+            `kft.FineTuneResult`, a list of `history` dicts (phases), or
+            a run folder's `history.json` rows as `json.load` reads them
+            (one dict of numbers per epoch, with its `phase`).
         metrics: Metrics to draw besides the loss. Defaults to every
             logged one (with its `val_` twin on the same panel).
         path: File to save to, or `None`. Defaults to `None`.
@@ -319,6 +329,10 @@ def plot_worst_mistakes(report, data, *, count: int | None = None,
     '#0 0 -> 1\\n(1.00)'
     """
     columns = check_int("columns", columns, min_value=1)
+    if data is None:  # "'NoneType' object is not iterable"
+        fail_argument("data", "the data the report was made from (images, "
+                      "an (images, labels) pair or a dataset)", data,
+                      TypeError)
     mistakes = list(report.mistakes)
     if count is not None:
         mistakes = mistakes[:check_int("count", count, min_value=1)]

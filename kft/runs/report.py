@@ -74,18 +74,6 @@ def write_history(out, rows):
     return files
 
 
-def phase_histories(history: list) -> list:
-    """`history.json` rows as one `History.history` dict per phase (what
-    `kft.evaluation.plots.plot_learning_curves` takes)."""
-    phases = {}
-    for row in history:
-        logs = phases.setdefault(row.get("phase", 1), {})
-        for key, value in row.items():
-            if key not in ("epoch", "phase"):
-                logs.setdefault(key, []).append(value)
-    return [phases[k] for k in sorted(phases)]
-
-
 def write_evaluation(model, data, class_names, out, *, history=None,
                      prefix="evaluation", top_k=None, plots=True, verbose=0):
     """Evaluates `model` on `data` (`kft.evaluate`) and writes the report
@@ -116,7 +104,7 @@ def write_evaluation(model, data, class_names, out, *, history=None,
         return report, files
     written = report.save_plots(
         out, data=data,
-        history=phase_histories(history) if history else None)
+        history=history or None)
     files.update({os.path.basename(p): p for p in written})
     return report, files
 

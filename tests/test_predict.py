@@ -161,6 +161,14 @@ def test_sources_are_named_as_documented_and_bad_files_say_so(model,
     for source, images in named.items():
         assert kft.predict(model, images, top_k=1)[-1].source == source
         assert f'`"{source[:-2]}' in kft.Prediction.__doc__
+    # A batch inside a list was refused ("has shape (2, 16, 16, 3)").
+    batch = np.stack([image, image * 0])
+    listed = kft.predict(model, [image, batch], top_k=1)
+    assert [r.source for r in listed] == ["images[0]", "images[1][0]",
+                                          "images[1][1]"]
+    assert '`"images[i][j]"`' in kft.Prediction.__doc__
+    assert [r.probabilities for r in listed[1:]] == [
+        r.probabilities for r in kft.predict(model, batch, top_k=1)]
     # ONNX bytes (or anything else) under a .keras name.
     fake = tmp_path / "m.keras"
     fake.write_bytes(b"not a zip archive")

@@ -49,6 +49,10 @@ def list_sources(images):
         for i, item in enumerate(images):
             if isinstance(item, (str, os.PathLike)):
                 sources += list_sources(item)
+            elif isinstance(item, np.ndarray) and item.ndim == 4:
+                # A batch inside the list, as it is taken alone.
+                sources += [(f"images[{i}][{j}]", a)
+                            for j, a in enumerate(item)]
             elif isinstance(item, (Image.Image, np.ndarray)):
                 sources.append((f"images[{i}]", item))
             else:

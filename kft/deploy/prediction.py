@@ -35,7 +35,8 @@ class Prediction:
         source: The image's file path; else `"array[i]"` for the i-th
             image of an array (`"array[0]"` for a single one),
             `"image[0]"` for a single PIL image, `"images[i]"` for the
-            i-th item of a list.
+            i-th item of a list (`"images[i][j]"` for the j-th image of an
+            `(n, height, width, 3)` array there).
         labels: The top-k class names (the class indices as strings when
             the model carries no names), most probable first.
         indices: Their class indices.

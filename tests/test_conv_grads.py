@@ -271,6 +271,11 @@ def test_bad_padding_is_rejected():
     with pytest.raises(ValueError, match="Argument `padding` must be one of"):
         conv_grads.conv(np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 2)),
                         padding="full")
+    # Integer inputs truncated the kernel cast to them (0.5 became 0).
+    with pytest.raises(ValueError, match=r"`inputs` must hold floats.*"
+                       r"dtype int32"):
+        conv_grads.conv(np.ones((1, 4, 4, 2), "int32"),
+                        np.full((3, 3, 2, 2), 0.5))
 
 
 def test_int_strides_case_and_empty_outputs_as_keras():

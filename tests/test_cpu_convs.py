@@ -227,6 +227,28 @@ def test_build_classifier_rejects_bad_fast_cpu_convs():
                              input_shape=(16, 16, 3), fast_cpu_convs="yes")
 
 
+def test_fast_cpu_convs_names_what_it_cannot_rebuild():
+    # AttributeError on None; "has never been called" of a subclassed
+    # model that had been.
+    with pytest.raises(TypeError, match=r"`model` must be a keras.Model. "
+                       r"Received: model=None"):
+        kft.fast_cpu_convs(None)
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.DepthwiseConv2D(3)
+
+        def call(self, x):
+            return self.conv(x)
+
+    sub = Sub()
+    sub(np.zeros((1, 8, 8, 3)))
+    with pytest.raises(TypeError, match=r"a functional or Sequential "
+                       r"model.*Received: model='Sub'"):
+        kft.fast_cpu_convs(sub)
+
+
 def test_fast_cpu_convs_reaches_into_nested_backbone():
     stock = kft.build_classifier("mobilenetv3small", 3, weights=None,
                                  input_shape=(32, 32, 3),

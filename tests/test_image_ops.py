@@ -110,6 +110,19 @@ def test_affine_transform_errors(kwargs, message):
                            r"cast integer images first.*Received: images of "
                            r"dtype uint8"):
             op(IMAGES.astype("uint8"))
+    # Shapes and values that gave JAX's broadcasting / reshape errors, or
+    # NaN images (sigma 0) without a word.
+    with pytest.raises(ValueError, match=r"`transform` must be shaped \(8,\)"
+                       r" or \(batch, 8\).*shape \(6,\)"):
+        image_ops.affine_transform(IMAGES, np.zeros(6))
+    for kwargs, match in (({"kernel_size": 3}, r"`kernel_size` must be a "
+                           r"\(width, height\) pair"),
+                          ({"kernel_size": (0, 3)}, r"`kernel_size`"),
+                          ({"sigma": 1.0}, r"`sigma` must be a \(width, "
+                           r"height\) pair"),
+                          ({"sigma": (0.0, 0.0)}, r"`sigma` must be")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            image_ops.gaussian_blur(IMAGES, **kwargs)
 
 
 @pytest.mark.parametrize("kernel_size", [(3, 3), (4, 5), (1, 3)])

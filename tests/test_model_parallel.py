@@ -121,6 +121,10 @@ def test_device_mesh_errors(small_model):
         kft.layout_map(small_model, _fake_mesh(), min_size=0)
     with pytest.raises(TypeError, match="model"):
         kft.layout_map(3, _fake_mesh())
+    # An unbuilt model gave an empty map without a word.
+    unbuilt = keras.Sequential([keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match=r"`model` must be a built model"):
+        kft.layout_map(unbuilt, _fake_mesh())
 
 
 def test_collective_bytes_parses_hlo():

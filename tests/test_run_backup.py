@@ -163,6 +163,9 @@ def test_backups_refuse_data_whose_passes_they_cannot_continue(tmp_path):
     with pytest.raises(ValueError, match=r"not empty"):
         kft.callbacks.BackupAndRestore("")
     assert kft.callbacks.BackupAndRestore(tmp_path).backup_dir == tmp_path
+    with pytest.raises(TypeError, match=r"`double_checkpoint` must be True "
+                       r"or False. Received: double_checkpoint='no'"):
+        kft.callbacks.BackupAndRestore(tmp_path, double_checkpoint="no")
 
 
 def test_a_run_resumed_after_its_last_checkpoint_keeps_its_best(tmp_path):

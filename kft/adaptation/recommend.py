@@ -144,7 +144,7 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
 
     Raises:
         ValueError: no way to know the dataset size (no `num_images` and
-            no array data), a negative size, or `model` without `data`
+            no array data), a size below 1, or `model` without `data`
             to measure the shift on (`data` without `model` only counts
             the images).
         TypeError: `shift` that is not a `kft.domain_shift` report.
@@ -159,6 +159,10 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
     """
     large_shift = check_number("large_shift", large_shift, low=0.0,
                                low_open=True)
+    if isinstance(model, numbers.Number):
+        # recommend_strategy(500): the count in the `model` slot.
+        fail_argument("model", f"a model (for the count, pass "
+                      f"num_images={model!r})", model, TypeError)
     if num_images is None:
         num_images = _count(data)
     if num_images is None:
@@ -168,8 +172,9 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
             f"Received: num_images=None, data of type {type(data).__name__}")
     if isinstance(num_images, bool) or not isinstance(num_images,
                                                        numbers.Integral):
-        fail_argument("num_images", "a non-negative integer", num_images)
-    num_images = check_int("num_images", num_images, min_value=0)
+        fail_argument("num_images", "a positive integer", num_images)
+    # No training images: no strategy trains anything.
+    num_images = check_int("num_images", num_images, min_value=1)
     if shift is not None and not callable(getattr(shift, "block_scores",
                                                   None)):
         fail_argument("shift", "a kft.domain_shift report (or None)", shift,

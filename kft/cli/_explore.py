@@ -45,7 +45,14 @@ def lr_find_command(args, argv):
             end=args.end, verbose=0 if quiet else 1,
             print_fn=None if quiet else print)
     except ValueError as error:
-        raise Usage(flag_names(str(error))) from error
+        message = flag_names(str(error))
+        if message.startswith("strategy 'full' does not read") and not any(
+                word.split("=")[0] == "--strategy"
+                for word in (argv or sys.argv[1:])):
+            # The user gave no strategy: say whose it is.
+            message += (" (full is kft lr-find's default --strategy; "
+                        "--n-blocks goes with --strategy partial)")
+        raise Usage(message) from error
     plot = None
     if args.plot:
         result.plot(path=args.plot)

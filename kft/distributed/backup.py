@@ -117,6 +117,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         if not os.fspath(backup_dir):
             fail_argument("backup_dir", "a folder path, not empty",
                           backup_dir)
+        if not isinstance(double_checkpoint, bool):
+            # Keras takes any truthy value ("no" kept two checkpoints).
+            fail_argument("double_checkpoint", "True or False",
+                          double_checkpoint, TypeError)
         self.data = check_backup_data(data)
         self.backup_dir = backup_dir
         kwargs["double_checkpoint"] = double_checkpoint

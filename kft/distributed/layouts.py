@@ -162,6 +162,10 @@ def layout_map(model: keras.Model | str,
     if isinstance(model, str):
         model, head_width = _template(model)
     elif isinstance(model, keras.Model):
+        if not model.built:
+            # Its kernels do not exist yet: the map would be empty.
+            fail_argument("model", "a built model (give it a keras.Input, "
+                          "or call it on a batch)", model.name)
         head_width = None
     else:
         fail_argument("model", "a keras.Model or a registry name", model,

@@ -137,6 +137,11 @@ def conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
            [16., 16.]], dtype=float32)
     """
     inputs = jnp.asarray(inputs)
+    if not jnp.issubdtype(inputs.dtype, jnp.floating):
+        # The kernel, cast to it, would be truncated (0.5 became 0).
+        raise ValueError("Argument `inputs` must hold floats; cast integer "
+                         f"inputs first. Received: inputs of dtype "
+                         f"{inputs.dtype}")
     kernel = jnp.asarray(kernel).astype(inputs.dtype)
     strides, padding, dilation_rate = conv_settings(
         inputs.shape, kernel.shape, strides, padding, dilation_rate)

@@ -498,6 +498,9 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     # Here, not at the top: kft.regularizers imports kft.models.
     from kft.regularizers.attach import PENALTY_ATTRIBUTE
 
+    if not isinstance(model, keras.Model):
+        fail_argument("model", "a keras.Model", model, TypeError)
+
     # The swapped layers' new variables would have no term, and the clone
     # no anchors as state: the penalty would silently cover part.
     if any(getattr(m, PENALTY_ATTRIBUTE, None) is not None
@@ -522,6 +525,12 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
 
     if not any(_replacement(layer) for layer in _all_layers(model)):
         return model
+    if not _compat.is_graph_model(model):
+        # Keras said "has never been called", of a model that had been.
+        fail_argument("model", "a functional or Sequential model: "
+                      "fast_cpu_convs rebuilds its graph, which a "
+                      "subclassed model does not have", type(model).__name__,
+                      TypeError)
     # New layers draw initializer seeds from Python's RNG; restore it, so
     # the layers built afterwards (a new head) get the same initial weights
     # with and without this call.

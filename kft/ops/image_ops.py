@@ -10,6 +10,7 @@ map to rows) and from `kft.ops.shifted_conv`'s shifted multiply-adds.
 measures the difference.
 """
 
+import numbers
 from typing import Literal
 from typing import get_args
 
@@ -18,6 +19,9 @@ from jax import numpy as jnp
 from keras import ops
 
 from kft._validation import check_choice
+from kft._validation import check_int
+from kft._validation import check_number
+from kft._validation import fail_argument
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
 FillMode = Literal["constant", "nearest", "wrap", "mirror", "reflect"]
@@ -147,6 +151,10 @@ def affine_transform(
     images = _float_batch(images)
     batch, height, width, channels = images.shape
     transform = ops.cast(ops.convert_to_tensor(transform), "float32")
+    if tuple(transform.shape) not in ((8,), (batch, 8)):
+        fail_argument("transform", f"shaped (8,) or (batch, 8) = "
+                      f"({batch}, 8)", f"a tensor of shape "
+                      f"{tuple(transform.shape)}")
     if len(transform.shape) == 1:
         transform = ops.broadcast_to(transform[None], (batch, 8))
     fill = ops.cast(fill_value, images.dtype)
@@ -250,6 +258,16 @@ def gaussian_blur(images, kernel_size: tuple[int, int] = (3, 3),
     """
     images = _float_batch(images)
     dtype = images.dtype
+    for name, pair in (("kernel_size", kernel_size), ("sigma", sigma)):
+        if isinstance(pair, (str, numbers.Number)) or not hasattr(
+                pair, "__len__") or len(pair) != 2:
+            fail_argument(name, "a (width, height) pair", pair, TypeError)
+    kernel_size = tuple(check_int("kernel_size", k, min_value=1)
+                        for k in kernel_size)
+    for value in sigma:
+        if isinstance(value, numbers.Real):
+            # A sigma of 0 divided by 0: NaN images without a word.
+            check_number("sigma", value, low=0.0, low_open=True)
 
     def taps(size, sigma):
         x = ops.arange(size, dtype=dtype) - (size - 1) / 2

@@ -69,9 +69,10 @@ def test_lambda_schedule_values():
                          ({"max_value": -3.0}, "max_value")):
         with pytest.raises(ValueError, match=rf"`{name}`.*Received"):
             reversal_lambda(0.5, **kwargs)
-    with pytest.raises(ValueError, match=r"`progress` must be a finite "
-                       r"number"):
-        reversal_lambda(float("nan"))
+    for progress in (float("nan"), 100.0, -0.5):
+        with pytest.raises(ValueError, match=r"`progress` must be a finite "
+                           r"number"):
+            reversal_lambda(progress)
     # Just past the end (step / total) is the end, as DANN clips it.
     assert reversal_lambda(1.000000000001) == reversal_lambda(1.0)
     assert reversal_lambda(np.float32(0.5)) == pytest.approx(
@@ -409,6 +410,13 @@ def test_recommend_strategy_sizes_and_shift():
         kft.recommend_strategy()
     with pytest.raises(ValueError, match="num_images"):
         kft.recommend_strategy(num_images=-1)
+    # No images got "feature_extraction"; a count in the model slot was
+    # reported as "num_images=None".
+    with pytest.raises(ValueError, match=r"`num_images` must be an integer "
+                       r">= 1. Received: num_images=0"):
+        kft.recommend_strategy(num_images=0)
+    with pytest.raises(TypeError, match=r"pass num_images=500"):
+        kft.recommend_strategy(500)
 
 
 def test_dann_checks_source_labels_and_keeps_class_names():

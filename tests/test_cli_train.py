@@ -280,6 +280,14 @@ def test_lr_find_suggests_rates_and_plots(folder, tmp_path, capsys):
     # "minimum" is a tenth of a rate on the ramp: it may be below --start.
     assert all(0 < rate <= 1 for rate in printed["suggestions"].values())
     assert plot.stat().st_size > 0
+    # The strategy refused was lr-find's default, which the user never
+    # gave: the message says so.
+    argv = ["lr-find", folder, "--backbone", "simple_cnn", "--weights",
+            "none", "--n-blocks", "2"]
+    code, err = _usage_error(argv, capsys)
+    assert code == 2 and "full is kft lr-find's default --strategy" in err
+    code, err = _usage_error(argv + ["--strategy", "full"], capsys)
+    assert code == 2 and "default" not in err
 
 
 def test_lr_find_after_the_head_phase_measures_a_fresh_optimizer(
@@ -516,7 +524,7 @@ def test_path_objects_give_a_run_of_text_paths(folder, tmp_path):
     json.dumps(result.to_dict())
     assert kft.runs.load_config(out / "config.toml") == result.config
     with pytest.raises(kft.runs.RunSetupError, match=r"`verbose` must be "
-                       r"0, 1 or 2. Received: verbose=5"):
+                       r"0, 1, 2 or 'auto'.*Received: verbose=5"):
         kft.train_run(data_dir=folder, out=tmp_path / "run5", verbose=5)
     assert not (tmp_path / "run5").exists()
 

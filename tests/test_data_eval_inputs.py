@@ -171,9 +171,13 @@ def test_classification_report_reads_one_hot_and_score_rows():
             call()
     nan = probs.copy()
     nan[[1, 3]] = np.nan
-    with pytest.raises(ValueError, match=r"`y_pred` must hold scores that "
-                       r"are not NaN.*rows \[1, 3\]"):
-        kft.classification_report(y_true, nan)
+    for value in (np.nan, np.inf):
+        bad = probs.copy()
+        bad[[1, 3], 1] = value
+        bad[2] = -np.inf  # -inf everywhere: nothing to rank
+        with pytest.raises(ValueError, match=r"`y_pred` must hold scores "
+                           r"to rank.*rows \[1, 2, 3\]"):
+            kft.classification_report(y_true, bad)
     # -inf is a score (a log of 0); bool one-hot rows and bfloat16 scores
     # are rows like the others.
     import ml_dtypes
@@ -234,8 +238,8 @@ def test_a_model_returning_nan_is_not_read_as_predicting_class_0():
                                  input_shape=(16, 16, 3))
     kernel = model.get_layer("head_dense").kernel
     kernel.assign(np.full(kernel.shape, np.nan, "float32"))
-    with pytest.raises(ValueError, match=r"returned NaN scores for "
-                       r"examples \[0, 1, 2, 3\]"):
+    with pytest.raises(ValueError, match=r"returned NaN or infinite scores "
+                       r"for examples \[0, 1, 2, 3\]"):
         kft.evaluate_classifier(model, np.zeros((4, 16, 16, 3)),
                                 np.array([0, 0, 1, 2]))
     # A model ending in bfloat16 outputs is evaluated (its scores were

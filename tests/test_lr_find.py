@@ -132,6 +132,13 @@ def test_bad_arguments_name_the_value(kwargs, match):
         kft.lr_find(model, (X, Y), verbose=0, **kwargs)
 
 
+def test_seed_none_draws_a_fresh_order():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    result = kft.lr_find(model, (X, Y), seed=None, steps=10, verbose=0)
+    assert len(result.learning_rates) == 10
+
+
 def test_needs_a_compiled_model():
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="needs a compiled model"):

@@ -136,6 +136,12 @@ def test_bad_arguments(model, tmp_path):
         with pytest.raises(ValueError, match=match):
             kft.predict(model, array)
     assert kft.predict(model, np.full((16, 16, 3), 255, np.uint16))
+    # Other float types are pixels too.
+    import ml_dtypes
+
+    half = np.full((16, 16, 3), 128, ml_dtypes.bfloat16)
+    assert kft.predict(model, half)[0].probabilities == kft.predict(
+        model, np.full((16, 16, 3), 128.0))[0].probabilities
     with pytest.raises(ValueError, match="Argument `top_k`"):
         kft.predict(model, np.zeros((16, 16, 3)), top_k=0)
     with pytest.raises(ValueError, match="holds no image files"):

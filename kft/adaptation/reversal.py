@@ -17,15 +17,15 @@ def reversal_lambda(progress, gamma: float = 10.0, max_value: float = 1.0):
     Works on floats and on tensors (inside a compiled step).
 
     Args:
-        progress: Training progress `p`, clipped to [0, 1] when a
-            number (a tensor is used as it is).
+        progress: Training progress `p` in [0, 1] (a number within
+            1e-6 of it is clipped into it; a tensor is used as it is).
         gamma: Steepness, > 0. Defaults to `10.0` (the paper's).
         max_value: The limit, >= 0. Defaults to `1.0`.
 
     Raises:
         ValueError: `gamma` <= 0 or `max_value` < 0 (a negative lambda
-            would turn the reversal around), or a NaN or infinite
-            `progress`.
+            would turn the reversal around), or a number `progress`
+            outside [0, 1].
 
     Example:
     >>> round(reversal_lambda(0.0), 6), round(reversal_lambda(0.5), 4)
@@ -36,8 +36,10 @@ def reversal_lambda(progress, gamma: float = 10.0, max_value: float = 1.0):
     if isinstance(max_value, numbers.Real):
         max_value = check_number("max_value", max_value, low=0.0)
     if isinstance(progress, numbers.Real):
-        # Clipped as DANN clips it: `step / total` just past the end.
-        progress = min(max(check_number("progress", progress), 0.0), 1.0)
+        # Rounding just past an end (`step / total`) is that end; further
+        # out is a mistake (an epoch count passed as the progress).
+        progress = min(max(check_number("progress", progress, low=-1e-6,
+                                        high=1.0 + 1e-6), 0.0), 1.0)
         return max_value * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
     return max_value * (2.0 / (1.0 + ops.exp(-gamma * progress)) - 1.0)
 

@@ -130,20 +130,29 @@ def _boxes(width, height, size, tta, crop_fraction):
 
 
 def _check_pixels(name, array):
-    """Refuses arrays that are not [0, 255] pixels: a bool mask, integers
-    out of range (a 16-bit image was read as 8-bit pixels), NaN or inf."""
+    """`array` as pixels: refuses a bool mask, integers out of [0, 255]
+    (a 16-bit image read as 8-bit pixels), NaN or inf; other float types
+    (bfloat16) and numeric object arrays become float32."""
+    if array.dtype.kind == "b":
+        raise ValueError(f"Image {name} has dtype bool; expected RGB pixels "
+                         "in [0, 255].")
+    if array.dtype.kind not in "uif":
+        try:
+            array = array.astype(np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"Image {name} has dtype {array.dtype}; "
+                             "expected RGB pixels in [0, 255].") from None
     kind = array.dtype.kind
-    if kind not in "uif":
-        raise ValueError(f"Image {name} has dtype {array.dtype}; expected "
-                         "RGB pixels in [0, 255] (uint8, or float).")
     if kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"Image {name} holds NaN or infinite pixels.")
     if kind in "ui" and array.size and (array.min() < 0
                                         or array.max() > 255):
+        hint = (" (for a 16-bit image pass `(image >> 8).astype('uint8')`)"
+                if 0 <= array.min() and array.max() <= 65535 else "")
         raise ValueError(
             f"Image {name} holds integer pixels in [{array.min()}, "
-            f"{array.max()}]; expected [0, 255] (for a 16-bit image pass "
-            "`(image >> 8).astype('uint8')`).")
+            f"{array.max()}]; expected [0, 255]{hint}.")
+    return array
 
 
 def make_views(name, source, size, tta, crop_fraction, max_pixels):
@@ -154,7 +163,7 @@ def make_views(name, source, size, tta, crop_fraction, max_pixels):
         raise ValueError(f"Image {name} has shape {source.shape}; expected "
                          "(height, width, 3) RGB pixels in [0, 255].")
     if isinstance(source, np.ndarray):
-        _check_pixels(name, source)
+        source = _check_pixels(name, source)
     as_is = (isinstance(source, np.ndarray)
              and tuple(source.shape[:2]) == tuple(size))
     if as_is and tta != "multi_crop":

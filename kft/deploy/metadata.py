@@ -108,10 +108,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
                                                             "google"):
                 raise
             proto = error
-        # Protobuf parses some other bytes as an empty model: `{}` would
-        # say "an ONNX file without kft metadata".
-        if isinstance(proto, Exception) or not proto.ir_version or not (
-                proto.graph.node):
+        # Protobuf parses some other bytes as an empty model (no IR
+        # version, which every ONNX file states): `{}` would say "an ONNX
+        # file without kft metadata".
+        if isinstance(proto, Exception) or not proto.ir_version:
             reason = f": {proto}" if isinstance(proto, Exception) else ""
             raise ValueError(f"{path!r} is not a readable ONNX model "
                              f"(corrupt, or not an ONNX file){reason}")

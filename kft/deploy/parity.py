@@ -67,16 +67,16 @@ def onnx_parity(model: keras.Model, onnx_file: str | os.PathLike | bytes,
     batch_size = check_int("batch_size", batch_size, min_value=1)
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or len(images) == 0:
-        fail_argument("images", "a non-empty batch (n, height, width, "
-                      "channels) of pixels", f"an array of shape "
-                      f"{images.shape}")
+        raise ValueError("Argument `images` must be a non-empty batch (n, "
+                         "height, width, channels) of pixels. Received: "
+                         f"images of shape {images.shape}")
     expected_shape = tuple(model.inputs[0].shape[1:]) if getattr(
         model, "inputs", None) else None
     if expected_shape and any(want is not None and want != got for want, got
                               in zip(expected_shape, images.shape[1:])):
-        fail_argument("images", f"images shaped like the model's input "
-                      f"{expected_shape}", f"an array of shape "
-                      f"{images.shape}")
+        raise ValueError(f"Argument `images` must be images shaped like "
+                         f"the model's input {expected_shape}. Received: "
+                         f"images of shape {images.shape}")
     # The file computes in float32, also for a mixed-precision model
     # (`kft.export` converts it): compare with the same float32 model,
     # not with 16-bit outputs 1e-3 away.
@@ -101,7 +101,7 @@ def onnx_parity(model: keras.Model, onnx_file: str | os.PathLike | bytes,
     if got.shape != expected.shape:
         raise ValueError(
             f"The ONNX file returns outputs of shape {got.shape[1:]} per "
-            f"batch and the model {expected.shape[1:]}: `onnx_file` is not "
+            f"image and the model {expected.shape[1:]}: `onnx_file` is not "
             f"an export of model {model.name!r}.")
     diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
     scale = float(np.max(np.abs(expected)))

@@ -62,9 +62,8 @@ class ClassificationReport:
 def _rows_to_labels(values, name, scores):
     """`(labels, width)`: 1-D labels as they are (`width` None), a column
     `(n, 1)` flattened, and `(n, k)` rows reduced to their `argmax`, with
-    `width` k: one-hot labels, or per-class `scores` (not NaN: the argmax
-    of a NaN row, a diverged model's, is class 0; -inf, a log of 0, is a
-    score)."""
+    `width` k: one-hot labels, or per-class `scores` (`unusable_scores`
+    refused; -inf, a log of 0, is a score)."""
     values = np.asarray(values)
     if values.ndim == 2 and values.dtype.kind in "bV":
         # bool one-hot rows, bfloat16 scores (ml_dtypes, kind "V").
@@ -84,13 +83,23 @@ def _rows_to_labels(values, name, scores):
             f"dtype {values.dtype}")
     if not scores:
         return labels_from_one_hot(values, name), values.shape[1]
-    nan = np.isnan(values).any(axis=1)
-    if nan.any():
+    bad = unusable_scores(values)
+    if bad.any():
         raise ValueError(
-            f"Argument `{name}` must hold scores that are not NaN. "
-            f"Received: NaN in rows {np.flatnonzero(nan)[:10].tolist()} (a "
-            "model that diverged?)")
+            f"Argument `{name}` must hold scores to rank (-inf, a log of 0, "
+            "is one; NaN, +inf or a row of -inf only are not). Received: "
+            f"such rows {np.flatnonzero(bad)[:10].tolist()} (a model that "
+            "diverged?)")
     return np.argmax(values, axis=-1), values.shape[1]
+
+
+def unusable_scores(rows):
+    """Rows whose argmax says nothing: NaN, +inf (an overflow), or -inf
+    everywhere (their argmax is class 0, a diverged model read as one
+    that predicts class 0)."""
+    rows = np.asarray(rows, np.float64)
+    return (np.isnan(rows).any(axis=1) | np.isposinf(rows).any(axis=1)
+            | np.isneginf(rows).all(axis=1))
 
 
 def classification_report(y_true, y_pred, num_classes: int | None = None,
@@ -116,7 +125,8 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
         ValueError: labels or predictions outside `[0, num_classes)` (named),
             not integers, of different lengths or empty, rows whose width
             is not `num_classes`, `y_true` rows that are not one-hot (soft
-            or mixed labels), NaN score rows, or `class_names`
+            or mixed labels), score rows with NaN or +inf (or -inf only),
+            or `class_names`
             not of length `num_classes`.
 
     Example:
@@ -223,7 +233,7 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
     Raises:
         ValueError: a model with a single output column (a sigmoid
             binary head: build it with `num_classes=2`), a model returning
-            NaN scores, labels outside
+            NaN or infinite scores, labels outside
             `[0, num_classes)` (named), `y` missing
             for arrays or given with a dataset, a batch that is not
             `(images, labels)`, an empty dataset, or `class_names` of the
@@ -261,13 +271,11 @@ def evaluate_classifier(model: "keras.Model", x, y=None, batch_size: int = 64,
         if class_names is None:
             class_names = model_class_names(model, scores.shape[-1])
     scores = np.asarray(scores, np.float32)  # bfloat16 outputs too
-    nan = np.isnan(scores).any(axis=1)
-    if nan.any():
-        # Their argmax is class 0: a diverged model read as one that
-        # predicts class 0.
+    bad = unusable_scores(scores)
+    if bad.any():
         raise ValueError(
-            f"Model {model.name!r} returned NaN scores for examples "
-            f"{np.flatnonzero(nan)[:10].tolist()} (did training "
+            f"Model {model.name!r} returned NaN or infinite scores for "
+            f"examples {np.flatnonzero(bad)[:10].tolist()} (did training "
             "diverge?): no metric can be computed from them.")
     return classification_report(labels, scores, num_classes=scores.shape[-1],
                                  class_names=class_names)

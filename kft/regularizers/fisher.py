@@ -133,7 +133,6 @@ def estimate_fisher(model: keras.Model, source_data, *,
                       normalize)
     batch_size = check_int("batch_size", batch_size, min_value=1)
     seed = check_seed(seed)
-    verbose = check_int("verbose", verbose, min_value=0)
     check_unique_paths(model, "estimate_fisher")
     images, labels = _arrays(model, source_data, kind, num_samples)
     weights = _compat.weight_variables(model)

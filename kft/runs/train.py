@@ -22,6 +22,7 @@ The run folder (`out`):
 
 import dataclasses
 import datetime
+import numbers
 import os
 import shutil
 import time
@@ -224,9 +225,12 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
     """
     say = _say_with(print_fn)
     try:
-        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        if not (isinstance(verbose, str) and verbose == "auto") and (
+                not isinstance(verbose, numbers.Integral)
+                or verbose not in (0, 1, 2)):
             # Keras' fit takes 5 as 2 without a word.
-            fail_argument("verbose", "0, 1 or 2", verbose)
+            fail_argument("verbose", "0, 1, 2 or 'auto' (Keras' values)",
+                          verbose)
         config = (config or TrainConfig()).replace(**settings)
         # Paths as text: the result (`to_dict`, JSON) and config.toml hold
         # strings, and a config read back must equal the run's.

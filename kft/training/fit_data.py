@@ -318,8 +318,9 @@ def _checked_class_weight(class_weight, x, y, num_classes,
                                and hasattr(x, "element_spec")):
         return class_weight
     if isinstance(class_weight, str):
+        # tf.data's -1 is infinite (-2, unknown, ends: it is read once).
         endless = (x.num_batches is None if py_dataset
-                   else int(x.cardinality()) < 0)  # infinite or unknown
+                   else int(x.cardinality()) == -1)
         if endless:
             fail_argument(
                 "class_weight", "a dict {class index: weight} for data of "

@@ -324,7 +324,8 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     """
     start, end, steps, smoothing, divergence, batch_size = _check(
         model, start, end, steps, smoothing, divergence, batch_size)
-    seed = check_seed(seed)
+    if seed is not None:  # None: a fresh order, as NumPy draws it
+        seed = check_seed(seed)
     if not model.built:
         raise ValueError(
             f"Model {model.name!r} is not built, so it has no weights yet: "

@@ -417,6 +417,9 @@ def test_recommend_strategy_sizes_and_shift():
         kft.recommend_strategy(num_images=0)
     with pytest.raises(TypeError, match=r"pass num_images=500"):
         kft.recommend_strategy(500)
+    with pytest.raises(ValueError, match=r"`data` must be training data "
+                       r"with at least one image"):
+        kft.recommend_strategy(data=(np.zeros((0, 8, 8, 3)), np.zeros(0)))
 
 
 def test_dann_checks_source_labels_and_keeps_class_names():

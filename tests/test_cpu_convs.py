@@ -247,6 +247,12 @@ def test_fast_cpu_convs_names_what_it_cannot_rebuild():
     with pytest.raises(TypeError, match=r"a functional or Sequential "
                        r"model.*Received: model='Sub'"):
         kft.fast_cpu_convs(sub)
+    # A plain graph came back, without the discriminator or DANN's step.
+    dann = kft.DomainAdaptationModel(kft.build_classifier(
+        "mobilenetv3small", 2, weights=None, input_shape=(32, 32, 3),
+        fast_cpu_convs=False))
+    with pytest.raises(TypeError, match=r"DomainAdaptationModel is not"):
+        kft.fast_cpu_convs(dann)
 
 
 def test_fast_cpu_convs_reaches_into_nested_backbone():

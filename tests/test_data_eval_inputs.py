@@ -174,6 +174,7 @@ def test_classification_report_reads_one_hot_and_score_rows():
     for value in (np.nan, np.inf):
         bad = probs.copy()
         bad[[1, 3], 1] = value
+        bad[[1, 3], 2] = value  # one +inf is a winner; two are a tie
         bad[2] = -np.inf  # -inf everywhere: nothing to rank
         with pytest.raises(ValueError, match=r"`y_pred` must hold scores "
                            r"to rank.*rows \[1, 2, 3\]"):
@@ -183,6 +184,7 @@ def test_classification_report_reads_one_hot_and_score_rows():
     import ml_dtypes
 
     logs = np.where(probs > 0.5, -np.inf, np.log(probs))
+    logs[0, 0] = np.inf  # one overflowed logit: still the winner
     assert kft.classification_report(y_true, logs).confusion_matrix.tolist(
         ) == kft.classification_report(y_true, np.argmax(
             logs, 1)).confusion_matrix.tolist()

@@ -123,6 +123,11 @@ def test_affine_transform_errors(kwargs, message):
                           ({"sigma": (0.0, 0.0)}, r"`sigma` must be")):
         with pytest.raises((TypeError, ValueError), match=match):
             image_ops.gaussian_blur(IMAGES, **kwargs)
+    import jax.numpy as jnp
+
+    np.testing.assert_array_equal(
+        image_ops.gaussian_blur(IMAGES, jnp.array([3, 3])),
+        image_ops.gaussian_blur(IMAGES, (3, 3)))
 
 
 @pytest.mark.parametrize("kernel_size", [(3, 3), (4, 5), (1, 3)])

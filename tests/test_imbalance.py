@@ -233,7 +233,7 @@ def test_kft_model_fit_checks_class_weight_for_arrays_and_iterables():
         def num_batches(self):
             return None
 
-    with pytest.raises(ValueError, match=r"no known end"):
+    with pytest.raises(ValueError, match=r"not known to end"):
         model.fit(Endless(), class_weight="balanced", steps_per_epoch=1,
                   verbose=0)
     # "balanced" counts the labels Keras trains on, not the held-out tail

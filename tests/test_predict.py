@@ -132,6 +132,8 @@ def test_bad_arguments(model, tmp_path):
     for array, match in ((np.full((16, 16, 3), 4000, np.uint16),
                           r"integer pixels in \[4000, 4000\].*16-bit"),
                          (np.ones((16, 16, 3), bool), r"dtype bool"),
+                         (np.full((16, 16, 3), "128"), r"dtype <U3"),
+                         (np.ones((16, 16, 3), complex), r"dtype complex"),
                          (np.full((16, 16, 3), np.nan), r"NaN")):
         with pytest.raises(ValueError, match=match):
             kft.predict(model, array)

@@ -166,6 +166,7 @@ def test_backups_refuse_data_whose_passes_they_cannot_continue(tmp_path):
     with pytest.raises(TypeError, match=r"`double_checkpoint` must be True "
                        r"or False. Received: double_checkpoint='no'"):
         kft.callbacks.BackupAndRestore(tmp_path, double_checkpoint="no")
+    kft.callbacks.BackupAndRestore(tmp_path, double_checkpoint=np.bool_(True))
 
 
 def test_a_run_resumed_after_its_last_checkpoint_keeps_its_best(tmp_path):

@@ -163,8 +163,12 @@ def recommend_strategy(model=None, data=None, *, num_images: int | None = None,
         # recommend_strategy(500): the count in the `model` slot.
         fail_argument("model", f"a model (for the count, pass "
                       f"num_images={model!r})", model, TypeError)
-    if num_images is None:
+    counted = num_images is None
+    if counted:
         num_images = _count(data)
+    if counted and num_images == 0:
+        fail_argument("data", "training data with at least one image",
+                      "empty arrays")
     if num_images is None:
         raise ValueError(
             "recommend_strategy needs the number of labelled training "

@@ -117,7 +117,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if not os.fspath(backup_dir):
             fail_argument("backup_dir", "a folder path, not empty",
                           backup_dir)
-        if not isinstance(double_checkpoint, bool):
+        if not isinstance(double_checkpoint, (bool, np.bool_)):
             # Keras takes any truthy value ("no" kept two checkpoints).
             fail_argument("double_checkpoint", "True or False",
                           double_checkpoint, TypeError)

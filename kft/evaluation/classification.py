@@ -87,18 +87,19 @@ def _rows_to_labels(values, name, scores):
     if bad.any():
         raise ValueError(
             f"Argument `{name}` must hold scores to rank (-inf, a log of 0, "
-            "is one; NaN, +inf or a row of -inf only are not). Received: "
+            "is one; NaN, +inf twice or -inf only in a row are not). "
+            "Received: "
             f"such rows {np.flatnonzero(bad)[:10].tolist()} (a model that "
             "diverged?)")
     return np.argmax(values, axis=-1), values.shape[1]
 
 
 def unusable_scores(rows):
-    """Rows whose argmax says nothing: NaN, +inf (an overflow), or -inf
-    everywhere (their argmax is class 0, a diverged model read as one
-    that predicts class 0)."""
+    """Rows whose argmax says nothing: NaN, +inf twice or more (a tie of
+    overflows), or -inf everywhere (their argmax is class 0, a diverged
+    model read as one that predicts class 0)."""
     rows = np.asarray(rows, np.float64)
-    return (np.isnan(rows).any(axis=1) | np.isposinf(rows).any(axis=1)
+    return (np.isnan(rows).any(axis=1) | (np.isposinf(rows).sum(axis=1) > 1)
             | np.isneginf(rows).all(axis=1))
 
 
@@ -125,7 +126,7 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
         ValueError: labels or predictions outside `[0, num_classes)` (named),
             not integers, of different lengths or empty, rows whose width
             is not `num_classes`, `y_true` rows that are not one-hot (soft
-            or mixed labels), score rows with NaN or +inf (or -inf only),
+            or mixed labels), score rows with NaN, +inf twice or -inf only,
             or `class_names`
             not of length `num_classes`.
 

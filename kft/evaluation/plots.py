@@ -70,7 +70,8 @@ def plot_confusion_matrix(report, *, normalize: bool = False,
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         fail_argument("report", "a report or a square confusion matrix",
                       f"an array of shape {matrix.shape}")
-    if not np.isfinite(matrix).all():
+    if not normalize and not np.isfinite(matrix).all():
+        # Counts are written as integers in the cells.
         fail_argument("report", "a confusion matrix of finite counts",
                       "a matrix holding NaN or infinite values")
     n = matrix.shape[0]

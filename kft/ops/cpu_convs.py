@@ -427,6 +427,14 @@ def _clone_graph(model, clone_layer):
     elif (type(model) is not type(graph)
           and _compat.functional_like_constructor(type(model))):
         new = type(model)(graph.input, graph.output, name=model.name)
+    elif type(model) is not type(graph):
+        # A plain graph would drop what the class adds (a
+        # DomainAdaptationModel's discriminator and training step).
+        fail_argument(
+            "model", "a model whose class is rebuilt from its inputs and "
+            f"outputs ({type(model).__name__} is not): apply fast_cpu_convs "
+            "to the models it is built from (a DomainAdaptationModel's "
+            "classifier) before building it", model.name, TypeError)
     else:
         new = graph
     carry_over(model, new)  # class names, pretrained flag, dtype policy

@@ -262,8 +262,10 @@ def gaussian_blur(images, kernel_size: tuple[int, int] = (3, 3),
         if isinstance(pair, (str, numbers.Number)) or not hasattr(
                 pair, "__len__") or len(pair) != 2:
             fail_argument(name, "a (width, height) pair", pair, TypeError)
-    kernel_size = tuple(check_int("kernel_size", k, min_value=1)
-                        for k in kernel_size)
+    # 0-d arrays (NumPy's or JAX's) as the ints they hold.
+    kernel_size = tuple(check_int("kernel_size", int(k) if getattr(
+        k, "ndim", None) == 0 and not isinstance(k, bool) else k,
+        min_value=1) for k in kernel_size)
     for value in sigma:
         if isinstance(value, numbers.Real):
             # A sigma of 0 divided by 0: NaN images without a word.

@@ -199,8 +199,8 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
     Args:
         config: A `TrainConfig`. Defaults to `TrainConfig()`.
         resume: Continue the run in `out`. Defaults to `False`.
-        verbose: Keras progress bars (1), one line per epoch (2) or
-            nothing (0). Defaults to `1`.
+        verbose: Keras progress bars (1, also `"auto"` and `True`), one
+            line per epoch (2) or nothing (0). Defaults to `1`.
         print_fn: Where kft's own lines go (`None`: nowhere). Defaults to
             `print`.
         command: The command line, recorded in `run.json`.
@@ -225,12 +225,14 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
     """
     say = _say_with(print_fn)
     try:
-        if not (isinstance(verbose, str) and verbose == "auto") and (
-                not isinstance(verbose, numbers.Integral)
-                or verbose not in (0, 1, 2)):
+        if isinstance(verbose, str) and verbose == "auto":
+            verbose = 1  # as Keras' fit reads it (GradualUnfreezing: ints)
+        if not isinstance(verbose, numbers.Integral) or verbose not in (
+                0, 1, 2):
             # Keras' fit takes 5 as 2 without a word.
             fail_argument("verbose", "0, 1, 2 or 'auto' (Keras' values)",
                           verbose)
+        verbose = int(verbose)
         config = (config or TrainConfig()).replace(**settings)
         # Paths as text: the result (`to_dict`, JSON) and config.toml hold
         # strings, and a config read back must equal the run's.

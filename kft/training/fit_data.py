@@ -318,13 +318,14 @@ def _checked_class_weight(class_weight, x, y, num_classes,
                                and hasattr(x, "element_spec")):
         return class_weight
     if isinstance(class_weight, str):
-        # tf.data's -1 is infinite (-2, unknown, ends: it is read once).
+        # tf.data's cardinality: -1 infinite, -2 unknown (which may be
+        # infinite too: `repeat().filter(...)`).
         endless = (x.num_batches is None if py_dataset
-                   else int(x.cardinality()) == -1)
+                   else int(x.cardinality()) < 0)
         if endless:
             fail_argument(
-                "class_weight", "a dict {class index: weight} for data of "
-                "no known end (counting its labels would never finish), "
+                "class_weight", "a dict {class index: weight} for data "
+                "not known to end (counting its labels might never finish), "
                 "e.g. kft.balanced_class_weight(labels, num_classes)",
                 class_weight)
     return resolve_class_weight(class_weight, x, num_classes)

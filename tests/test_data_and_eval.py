@@ -184,6 +184,10 @@ def test_evaluate_classifier_streams_a_labelled_dataset():
     x = rng.uniform(0, 255, (10, 16, 16, 3)).astype("float32")
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
     expected = kft.evaluate_classifier(model, x, y, batch_size=np.int64(4))
+    # A list pair, as kft.evaluate takes it (it was read as a dataset).
+    np.testing.assert_array_equal(
+        kft.evaluate_classifier(model, [x, y]).confusion_matrix,
+        expected.confusion_matrix)
     dataset = kft.data.from_arrays(x, y, batch_size=3,
                                    class_names=["a", "b", "c"], seed=1)
     report = kft.evaluate_classifier(model, dataset)

@@ -108,6 +108,8 @@ def test_device_mesh_errors(small_model):
         kft.device_mesh((1, 1), axis_names=("batch",))
     with pytest.raises(TypeError, match="shape"):
         kft.device_mesh(4)
+    with pytest.raises(ValueError, match=r"`shape` must be a non-empty"):
+        kft.device_mesh([])
     # A device count: "'int' object is not iterable"; a NumPy shape was
     # refused as not a sequence.
     with pytest.raises(TypeError, match=r"`devices` must be a list of "

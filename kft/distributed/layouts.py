@@ -72,6 +72,9 @@ def device_mesh(shape: Sequence[int],
         fail_argument("shape", "a sequence of positive integers", shape,
                       TypeError)
     shape = tuple(check_int("shape", n, min_value=1) for n in shape)
+    if not shape:  # it read as "0 distinct names" for `axis_names`
+        fail_argument("shape", "a non-empty sequence of positive integers",
+                      shape)
     axis_names = tuple(axis_names)
     if len(axis_names) != len(shape) or len(set(axis_names)) != len(shape):
         fail_argument("axis_names", f"{len(shape)} distinct names, one per "

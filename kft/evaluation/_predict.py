@@ -139,7 +139,7 @@ def split_data(x, y):
     if x is None:
         fail_argument("x", "images (with `y`), an (images, labels) pair or "
                       "a dataset of (images, labels) batches", x, TypeError)
-    if y is None and isinstance(x, tuple) and len(x) == 2 and all(
+    if y is None and isinstance(x, (tuple, list)) and len(x) == 2 and all(
             is_array(part) for part in x):
         x, y = x  # the `(x, y)` pair `kft.fine_tune` takes
     if y is None:

@@ -15,6 +15,7 @@ from kft._validation import check_seed
 from kft._validation import check_labels
 from kft._validation import check_number
 from kft._validation import fail_argument
+from kft._validation import labels_from_one_hot
 from kft.augmentation.presets import Preset
 from kft.data import _images
 from kft.data._dataset import AUGMENT_ON
@@ -69,15 +70,7 @@ def _labels_and_classes(y, n, class_names, num_classes):
             raise ValueError(
                 f"Argument `y` must be one-hot rows of width {num_classes} "
                 f"(the number of classes). Received: y.shape={y.shape}")
-        one_hot = ((y == 0) | (y == 1)).all(axis=1) & (y.sum(axis=1) == 1)
-        if not one_hot.all():
-            rows = np.flatnonzero(~one_hot)
-            raise ValueError(
-                "Argument `y` must be integer labels (n,) or (n, 1), or "
-                "one-hot rows (n, classes). Received: rows "
-                f"{rows[:10].tolist()} of y are not one-hot, e.g. "
-                f"{y[rows[0]].tolist()}")
-        return y.argmax(axis=1).astype(np.int64), width
+        return labels_from_one_hot(y, "y").astype(np.int64), width
     if y.ndim != 1 or len(y) != n or not _integral(y):
         raise ValueError(
             f"Argument `y` must be {n} integer labels, shape (n,) or (n, 1), "

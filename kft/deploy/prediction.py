@@ -210,9 +210,10 @@ def predict(model_or_path, images, *, top_k: int = 5,
             file; nothing is skipped).
         ValueError: bad arguments, a float array of another size than the
             model's input, an array that is not [0, 255] pixels (bool,
-            integers out of range, NaN or inf), an empty folder, a model with a single output
-            column (a sigmoid binary head: build it with `num_classes=2`),
-            a model that does not take 3-channel (RGB) images.
+            integers out of range, NaN or inf), an empty folder, a model
+            with a single output column (a sigmoid binary head: build it
+            with `num_classes=2`), a model that does not take 3-channel
+            (RGB) images.
         TypeError: `class_names` that are not a sequence of strings (one
             string, or numbers).
         ImportError: an `.onnx` file without onnxruntime installed (the

@@ -10,6 +10,7 @@ import sys
 
 from kft.distributed.processes import is_primary
 from kft.evaluation._format import every_class
+from kft.evaluation._history import phase_histories
 
 
 def environment() -> dict:
@@ -104,7 +105,7 @@ def write_evaluation(model, data, class_names, out, *, history=None,
         return report, files
     written = report.save_plots(
         out, data=data,
-        history=history or None)
+        history=phase_histories(history) if history else None)
     files.update({os.path.basename(p): p for p in written})
     return report, files
 

@@ -185,6 +185,12 @@ def test_bad_arguments():
         GradualUnfreezing(every=0)
     with pytest.raises(ValueError, match="milestones"):
         GradualUnfreezing(milestones=[3, 2])
+    # No milestone never unfreezes a block: the callback did nothing.
+    with pytest.raises(ValueError, match=r"at least one epoch.*"
+                       r"Received: milestones=\[\]"):
+        GradualUnfreezing(milestones=[])
+    with pytest.raises(ValueError, match="at least one epoch"):
+        GradualUnfreezing(milestones=np.array([], int))
     with pytest.raises(ValueError, match="Received: mode='up'"):
         GradualUnfreezing(every=1, mode="up")
     x, y = _data(8)

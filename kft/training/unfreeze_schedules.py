@@ -251,7 +251,8 @@ def schedule_from_arguments(every, milestones, monitor, patience, min_delta,
 
     Raises:
         ValueError: not exactly one of `every`, `milestones`, `monitor`
-            and `schedule`, or plateau arguments next to another way.
+            and `schedule`, plateau arguments next to another way, or no
+            milestone.
     """
     given = {"every": every, "milestones": milestones, "monitor": monitor,
              "schedule": schedule}
@@ -269,7 +270,11 @@ def schedule_from_arguments(every, milestones, monitor, patience, min_delta,
     if every is not None:
         return Every(check_int("every", every, min_value=1))
     if milestones is not None:
-        return Milestones(_check_milestones("milestones", milestones))
+        epochs = _check_milestones("milestones", milestones)
+        if not epochs:  # the callback would never unfreeze a block
+            fail_argument("milestones", "at least one epoch >= 1, e.g. [2, 4]",
+                          milestones)
+        return Milestones(epochs)
     if monitor is not None:
         return Plateau(monitor, patience, min_delta, mode)
     if not isinstance(schedule, UnfreezeSchedule):

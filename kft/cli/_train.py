@@ -95,7 +95,7 @@ def train_command(args, argv):
 
 
 def _train_summary(result):
-    # Counted from 0, as run.json and `RunResult` (one key, one meaning);
+    # Counted from 0, as run.json and `TrainRunResult` (one key, one meaning);
     # the text output counts from 1, as the logs print epochs.
     return {"out": result.out, "best_epoch": result.best_epoch,
             "monitor": result.config.monitor,

@@ -92,6 +92,22 @@ def test_features_over_the_memory_budget_go_to_a_memory_mapped_file(tmp_path):
     assert len(history.history["val_accuracy"]) == 2
 
 
+def test_an_interrupted_cache_removes_its_file(tmp_path):
+    # Ctrl-C (or a bad batch) after the features spilled: the file stayed
+    # in the directory for good (gigabytes in the temporary directory).
+    x, y = _data(n=24)
+
+    def batches():
+        for start in range(0, 16, 8):
+            yield x[start:start + 8], y[start:start + 8]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        kft.cache_features(_model(), batches(), memory_budget=1000,
+                           directory=str(tmp_path), verbose=0)
+    assert os.listdir(tmp_path) == []
+
+
 def test_datasets_are_cached_batch_by_batch():
     x, y = _data(n=20)
     model = _model()

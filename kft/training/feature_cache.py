@@ -211,6 +211,12 @@ class _FeatureWriter:
         weakref.finalize(features, _remove_file, self.path)
         return features
 
+    def discard(self):
+        """Closes and removes the file of a cache that was not finished."""
+        if self.file is not None:
+            self.file.close()
+            _remove_file(self.path)
+
 
 def _remove_file(path):
     try:
@@ -294,14 +300,20 @@ def cache_features(model, data, *, batch_size: int = 32,
     progress = keras.utils.Progbar(num_examples(data), unit_name="image",
                                    verbose=verbose)
     writer, labels = _FeatureWriter(memory_budget, directory), []
-    for x, y in batches(data, batch_size):
-        # Under data parallel a batch that does not split is padded.
-        out = predict_padded(features_model, x).astype(np.float32,
-                                                         copy=False)
-        if y is not None:
-            labels.append(np.asarray(y))
-        writer.add(out)
-        progress.add(len(out))
+    try:
+        for x, y in batches(data, batch_size):
+            # Under data parallel a batch that does not split is padded.
+            out = predict_padded(features_model, x).astype(np.float32,
+                                                             copy=False)
+            if y is not None:
+                labels.append(np.asarray(y))
+            writer.add(out)
+            progress.add(len(out))
+    except BaseException:
+        # Ctrl-C or bad data part way: a spilled file (gigabytes on the
+        # datasets that spill) would stay in the temporary directory.
+        writer.discard()
+        raise
     if writer.count == 0:
         raise ValueError("Argument `data` must hold at least one image; it "
                          "yielded no batches.")

@@ -364,6 +364,9 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
         (["train", "--resume"], "--resume needs --out"),
         (["train", "--resume", "--out", run, "--epochs", "3"],
          "drop --epochs"),
+        # DATA_DIR is no flag: "drop --data-dir".
+        (["train", folder, "--resume", "--out", run, "--no-plots"],
+         "drop DATA_DIR, --no-plots ("),
         (["train", folder, "--val-split", "1.5"],
          "argument --val-split: must be in [0, 1)"),
         (["train", folder, "--lr", "fast"],
@@ -824,6 +827,74 @@ def test_out_and_compare_options_are_usage_errors_before_training(
     assert cli.main(["export", run, "--format", "keras", "--out",
                      str(target), "--quiet"]) == 0
     assert target.stat().st_size > 0
+
+
+def test_unwritable_or_busy_out_folders_are_refused_before_the_work(
+        folder, run, tmp_path, capsys, monkeypatch):
+    """A folder no file can be made in (read-only: permission bits do not
+    stop root, so the probe is what is faked) failed with a bare
+    PermissionError once every compare run had trained, or the evaluation
+    and conversion had run; two runs started on one folder both found it
+    empty and wrote into each other's files."""
+    import tempfile
+
+    from kft.runs.claim import lock_folder
+    from kft.runs.claim import unlock_folder
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    mkstemp = tempfile.mkstemp
+
+    def probe(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(read_only)):
+            raise PermissionError(13, "Permission denied")
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", probe)
+    for target, what in (("kft.training.fine_tune.fine_tune", "fine_tune"),
+                         ("kft.evaluation.compare.compare_strategies",
+                          "compare_strategies"),
+                         ("kft.runs.report.write_evaluation",
+                          "the evaluation"),
+                         ("kft.deploy.exporting.export", "the export")):
+        monkeypatch.setattr(target, _refuse(what))
+    denied = f"{str(read_only)!r}: cannot write into the folder " \
+             "(Permission denied)"
+    cases = [
+        (["eval", run, folder, "--out", str(read_only)], denied),
+        (["compare", folder, *TINY, "--epochs", "2", "--seeds", "2",
+          "--strategies", "full", "--out", str(read_only)], denied),
+        (["export", run, "--out", str(read_only / "m.onnx")],
+         f"the folder of --out {denied}"),
+        (["train", folder, *FAST, "--out", str(read_only)],
+         f"Run folder {str(read_only)!r} is not writable (Permission "
+         "denied)"),
+        # A folder the run would create is not left behind.
+        (["train", folder, *FAST, "--out", str(read_only / "new")],
+         "is not writable"),
+    ]
+    for argv, message in cases:
+        code, err = _usage_error(argv, capsys)
+        assert code == 2 and message in err, (argv, err)
+    assert os.listdir(read_only) == []
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    lock = lock_folder(str(busy))  # as a run in another process holds it
+    try:
+        settings = dict(data_dir=folder, backbone="simple_cnn",
+                        weights="none", image_size=16, verbose=0,
+                        print_fn=None)
+        with pytest.raises(kft.runs.RunSetupError,
+                           match="is being written by another process"):
+            kft.train_run(out=str(busy), **settings)
+        (busy / "config.toml").write_text("")
+        with pytest.raises(kft.runs.RunSetupError,
+                           match="is being written by another process"):
+            kft.train_run(out=str(busy), resume=True, print_fn=None)
+    finally:
+        unlock_folder(lock)
+    assert os.listdir(busy) == ["config.toml"]
 
 
 def test_monitor_never_logged_is_a_usage_error_and_leaves_no_run(

@@ -50,10 +50,13 @@ def test_a_resumed_run_keeps_the_best_epoch_from_before_the_crash(tmp_path):
     whole, whole_weights, _ = _run(tmp_path / "whole")
     assert whole.best_epoch == 0
     assert min(whole.histories[1]["loss"]) > whole.best_value
+    # A folder named like a weights file: the temporary best file's name
+    # was made by replacing in the whole path, into a missing folder.
+    crashed = tmp_path / "exp.weights.h5"
     with pytest.raises(RuntimeError, match="crash"):
-        _run(tmp_path / "crashed", [_Crash(2)])
+        _run(crashed, [_Crash(2)])
     # Resumed in a fresh model: epoch 2 and 3 run here, epoch 0 ran before.
-    resumed, weights, backup = _run(tmp_path / "crashed")
+    resumed, weights, backup = _run(crashed)
     assert sorted(backup.history) == [0, 1, 2, 3]
     assert (resumed.best_epoch, resumed.best_value) == (
         whole.best_epoch, whole.best_value)

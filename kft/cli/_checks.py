@@ -72,12 +72,20 @@ def check_out_folder(path, flag="--out"):
 
 
 def make_out_folder(path, flag="--out"):
+    """Creates the folder if missing; raises `Usage` unless files can be
+    written there (found before the work, not when its results are)."""
+    from kft.runs.claim import cannot_write
+
     check_out_folder(path, flag)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise Usage(f"{flag} {path!r}: cannot create the folder "
                      f"({error.strerror or error})") from error
+    problem = cannot_write(path)
+    if problem is not None:
+        raise Usage(f"{flag} {path!r}: cannot write into the folder "
+                     f"({problem})")
 
 
 def start_library(models=False):

@@ -28,9 +28,9 @@ def train_command(args, argv):
         if extra or args.config:
             raise Usage(
                 "--resume continues the run as its config.toml says; drop "
-                + ", ".join("--" + ("no-plots" if k == "plots" else
-                                    k.replace("_", "-")) for k in extra
-                            + (["config"] if args.config else []))
+                # DATA_DIR is no flag ("--data-dir" was named).
+                + ", ".join([flag_names(f"`{k}`") for k in extra]
+                            + (["--config"] if args.config else []))
                 + " (or start a new run with another --out)")
     try:
         config = load_config(args.config) if args.config else TrainConfig()

@@ -284,7 +284,8 @@ class RunBackup(keras.callbacks.Callback):
             if is_primary():
                 os.makedirs(self.directory, exist_ok=True)
             best = primary_path(self.best_weights_path)
-            tmp = best.replace(".weights.h5", ".tmp.weights.h5")
+            # The file name only: a folder may hold ".weights.h5" too.
+            tmp = best.removesuffix(".weights.h5") + ".tmp.weights.h5"
             self.target.save_weights(tmp)
             os.replace(tmp, best)
         self._record_trainable(epoch)

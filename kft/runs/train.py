@@ -33,6 +33,11 @@ from kft.distributed.processes import barrier
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
 from kft.data._files import TEST_FOLDER
+from kft.runs.claim import WRITE_CHECK
+from kft.runs.claim import FolderInUse
+from kft.runs.claim import cannot_write
+from kft.runs.claim import lock_folder
+from kft.runs.claim import unlock_folder
 from kft.runs.config import TrainConfig
 from kft.runs.config import load_config
 from kft.runs.recipe import build_run_model
@@ -101,8 +106,9 @@ def _say_with(print_fn):
 
 
 def _prepare_out(config, resume, say):
-    """`(config, run_info, resumed, created)`: the folder made (`created`:
-    by this call), or read to resume."""
+    """`(config, run_info, resumed, created, lock)`: the folder made
+    (`created`: by this call), or read to resume, and this process's lock
+    on it (see `_claim`)."""
     out = config.out
     status_path = os.path.join(out, "run.json")
     if resume:
@@ -110,14 +116,20 @@ def _prepare_out(config, resume, say):
             raise ValueError(
                 f"Nothing to resume in {out!r}: no config.toml there. Start "
                 "the run without --resume.")
-        path = os.path.join(out, "config.toml")
-        # The run continues in `out` wherever it is now, not in the folder
-        # its config names (relative to where it started).
-        saved = load_config(path).replace(out=out)
-        info = read_json(status_path) if os.path.exists(status_path) else {}
-        if info.get("status") != "complete":
-            check_paths(saved, named_in=path)
-        return saved, info, True, False
+        lock = _claim(out, created=False)
+        try:
+            path = os.path.join(out, "config.toml")
+            # The run continues in `out` wherever it is now, not in the
+            # folder its config names (relative to where it started).
+            saved = load_config(path).replace(out=out)
+            info = read_json(status_path) if os.path.exists(
+                status_path) else {}
+            if info.get("status") != "complete":
+                check_paths(saved, named_in=path)
+        except BaseException:
+            unlock_folder(lock)
+            raise
+        return saved, info, True, False, lock
     for flag, folder in (("DATA_DIR", config.data_dir),
                          ("--val-dir", config.val_dir)):
         if folder and _inside(out, folder):
@@ -128,14 +140,10 @@ def _prepare_out(config, resume, say):
                 "would be read as a class folder; pass an --out outside "
                 "the image folders.")
     if not is_primary():  # process 0 checks and makes the folder
-        return config, {}, False, False
+        return config, {}, False, False, None
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"Run folder {out!r} is a file; pass another "
                          "--out (a folder to create, or an empty one).")
-    if os.path.exists(out) and os.listdir(out):
-        raise ValueError(
-            f"Run folder {out!r} exists and is not empty: continue it with "
-            "--resume, or pass another --out.")
     created = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
@@ -143,7 +151,36 @@ def _prepare_out(config, resume, say):
         raise ValueError(f"Run folder {out!r} cannot be created "
                          f"({error.strerror or error}); pass another "
                          "--out.") from error
-    return config, {}, False, created
+    # Checked under the lock: two runs started together both found the
+    # folder empty and wrote into each other's.
+    lock = _claim(out, created)
+    if [name for name in os.listdir(out) if not name.startswith(WRITE_CHECK)]:
+        unlock_folder(lock)
+        raise ValueError(
+            f"Run folder {out!r} exists and is not empty: continue it with "
+            "--resume, or pass another --out.")
+    return config, {}, False, created, lock
+
+
+def _claim(out, created):
+    """This process's lock on `out`, once files can be written there;
+    raises `ValueError` (removing a folder it `created`) otherwise."""
+    problem = cannot_write(out)
+    if problem is not None:
+        # Found now, not when the first file is written after loading
+        # the data and building the model.
+        if created:
+            os.rmdir(out)
+        raise ValueError(f"Run folder {out!r} is not writable ({problem}); "
+                         "pass another --out.")
+    try:
+        return lock_folder(out)
+    except FolderInUse:
+        # Not removed even if `created`: both runs may have made it.
+        raise ValueError(
+            f"Run folder {out!r} is being written by another process (a "
+            "kft run or resume started on it); wait for it to end, or pass "
+            "another --out.") from None
 
 
 def _inside(path, folder):
@@ -248,18 +285,22 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
             notice = monitor_change(given, config)
             if notice:
                 say(notice)
-        config, info, resumed, created = _prepare_out(config, resume, say)
+        config, info, resumed, created, lock = _prepare_out(config, resume,
+                                                            say)
     except ValueError as error:
         raise RunSetupError(str(error)) from error
-    if resumed and info.get("status") == "complete":
-        say(f"Run {config.out!r} is complete; nothing to resume.")
-        return _completed_result(config, info)
     try:
-        return _train(config, info, resumed, verbose, say, command)
-    except BaseException:
-        if not resumed:
-            _discard_unstarted(config.out, created)
-        raise
+        if resumed and info.get("status") == "complete":
+            say(f"Run {config.out!r} is complete; nothing to resume.")
+            return _completed_result(config, info)
+        try:
+            return _train(config, info, resumed, verbose, say, command)
+        except BaseException:
+            if not resumed:
+                _discard_unstarted(config.out, created)
+            raise
+    finally:
+        unlock_folder(lock)
 
 
 def _setup(config, info, say):

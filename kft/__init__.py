@@ -111,6 +111,7 @@ _NAMES = {
     "evaluate": "kft.evaluation",
     "report_from_predictions": "kft.evaluation",
     "StrategyComparison": "kft.evaluation",
+    "ComparisonInterrupted": "kft.evaluation",
     "compare_strategies": "kft.evaluation",
     # Imbalanced data.
     "balanced_class_weight": "kft.training.class_weights",

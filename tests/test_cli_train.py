@@ -323,6 +323,41 @@ def test_compare_two_strategies_two_seeds(folder, tmp_path, capsys,
     assert os.path.isfile(os.path.join(out, "comparison.json"))
 
 
+def test_compare_interrupted_keeps_the_finished_runs(folder, tmp_path,
+                                                     capsys, monkeypatch):
+    # Ctrl-C lost every finished run and left an empty --out folder.
+    from kft.evaluation import compare as compare_module
+
+    real, calls = compare_module._one_run, []
+
+    def stop_at(n):
+        def one_run(*args):
+            calls.append(args)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args)
+
+        return one_run
+
+    argv = ["compare", folder, *TINY, "--strategies", "feature_extraction",
+            "--seeds", "2", "--epochs", "2"]
+    out = tmp_path / "cmp"
+    monkeypatch.setattr(compare_module, "_one_run", stop_at(2))
+    assert cli.main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"interrupted after 1 of 2 runs; the finished runs are in {out}" \
+        in err, err
+    saved = kft.StrategyComparison.load(out / "comparison.json")
+    assert [(r["strategy"], r["seed"]) for r in saved.runs] == [
+        ("feature_extraction", 0)]
+    assert "Interrupted after 1 of 2 runs" in (out / "comparison.md"
+                                               ).read_text()
+    calls.clear()
+    monkeypatch.setattr(compare_module, "_one_run", stop_at(1))
+    assert cli.main([*argv, "--out", str(tmp_path / "none")]) == 1
+    assert not (tmp_path / "none").exists()
+
+
 def _usage_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)

@@ -402,6 +402,33 @@ def test_a_run_that_raises_is_recorded_and_the_others_count(data, tmp_path):
     assert loaded.failures() == result.failures()
 
 
+def test_ctrl_c_keeps_the_runs_that_finished(data, tmp_path):
+    # A Ctrl-C lost every finished run (hours of them).
+    def steady(model, train, val, seed):
+        pass
+
+    def stopped(model, train, val, seed):
+        if seed == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(kft.ComparisonInterrupted) as info:
+        kft.compare_strategies(
+            lambda: _build(), data.target_train, data.target_val,
+            data.target_test, strategies=[steady, stopped], seeds=[0, 1],
+            epochs=1, print_fn=None)
+    assert isinstance(info.value, KeyboardInterrupt)
+    partial = info.value.comparison
+    assert [(r["strategy"], r["seed"]) for r in partial.runs] == [
+        ("steady", 0), ("stopped", 0), ("steady", 1)]
+    assert partial.failures() == []
+    assert partial.settings["interrupted"] == "after 3 of 4 runs"
+    assert partial.to_markdown().endswith(
+        "Interrupted after 3 of 4 runs: the runs that finished.")
+    partial.save(tmp_path / "c.json")
+    assert kft.StrategyComparison.load(tmp_path / "c.json").runs == \
+        partial.runs
+
+
 def test_comparison_json_is_strict_and_untestable_pairs_say_so(tmp_path):
     # Two seeds, each one test image apart: p was 0 ("<0.001") and the
     # JSON held -Infinity, which strict parsers reject.

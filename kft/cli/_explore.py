@@ -132,6 +132,7 @@ def compare_command(args, argv):
                      f"({', '.join(kept)}); pass --overwrite to replace it, "
                      "or another --out")
     start_library()
+    from kft.evaluation.compare import ComparisonInterrupted
     from kft.evaluation.compare import compare_strategies
     from kft.runs.config import TrainConfig
     from kft.runs.folder import load_eval_folder
@@ -180,34 +181,49 @@ def compare_command(args, argv):
         if created and not os.listdir(config.out):
             os.rmdir(config.out)
         raise Usage(f"argument --strategies: {error}") from error
-    files = {"comparison.json": os.path.join(config.out, "comparison.json")}
+    except ComparisonInterrupted as interrupt:
+        # The finished runs are kept (Ctrl-C lost them all, and left an
+        # empty --out).
+        partial = interrupt.comparison
+        if partial.runs:
+            _write_comparison(partial, config.out, args.json)
+            print(f"kft compare: interrupted {partial.settings['interrupted']}"
+                  f"; the finished runs are in {config.out}.",
+                  file=sys.stderr)
+        elif created and not os.listdir(config.out):
+            os.rmdir(config.out)
+        raise
+    _write_comparison(result, config.out, args.json)
+    failures = result.failures()
+    if failures:
+        print(f"kft compare: {len(failures)} of {len(result.runs)} runs "
+              "raised (listed in comparison.md).", file=sys.stderr)
+    return 1 if result.best is None else 0
+
+
+def _write_comparison(result, out, as_json):
+    files = {"comparison.json": os.path.join(out, "comparison.json")}
     result.to_json(files["comparison.json"])
-    files["comparison.md"] = os.path.join(config.out, "comparison.md")
+    files["comparison.md"] = os.path.join(out, "comparison.md")
     with open(files["comparison.md"], "w") as f:
         f.write(result.to_markdown() + "\n")
     try:
         import matplotlib  # noqa: F401
 
         if result.best is not None:  # some run finished
-            files["comparison.png"] = os.path.join(config.out,
-                                                   "comparison.png")
+            files["comparison.png"] = os.path.join(out, "comparison.png")
             result.plot(path=files["comparison.png"])
     except ImportError:
         pass
-    if args.json:
+    if as_json:
         from kft.evaluation.comparison import finite_or_none
 
         print(json.dumps(finite_or_none(
-            {"out": config.out, "files": files, "table": result.table(),
+            {"out": out, "files": files, "table": result.table(),
              "failures": result.failures()}), default=str, allow_nan=False))
     else:
         print(result.to_markdown())
-        print(f"wrote: {', '.join(sorted(files))} in {config.out}")
-    failures = result.failures()
-    if failures:
-        print(f"kft compare: {len(failures)} of {len(result.runs)} runs "
-              "raised (listed in comparison.md).", file=sys.stderr)
-    return 1 if result.best is None else 0
+        print(f"wrote: {', '.join(sorted(files))} in {out}")
 
 
 def check_strategies(strategies, epochs, head_epochs):

@@ -31,4 +31,4 @@ __all__ = [
     "plots",
     "report_from_predictions",
 ]
-from kft.evaluation.compare import StrategyComparison, compare_strategies  # noqa: E402,F401
+from kft.evaluation.compare import ComparisonInterrupted, StrategyComparison, compare_strategies  # noqa: E402,F401

@@ -311,6 +311,8 @@ def compare_strategies(
     leave it out (`StrategyComparison.failures` lists it).
 
     Raises:
+        ComparisonInterrupted: Ctrl-C (a `KeyboardInterrupt`); its
+            `comparison` holds the runs that finished.
         ValueError: an unknown or malformed strategy (the accepted forms
             are listed), repeated strategy names, no seeds or a repeated
             seed, empty data, a bad budget, a `fine_tune_kwargs` key
@@ -366,28 +368,67 @@ def compare_strategies(
     _check_runs(build_model, parsed, seeds[0], (train, val, test), budget)
     say = print_fn or (lambda *args: None)
     runs, total = [], len(parsed) * len(seeds)
-    for seed in seeds:  # seed-major: an interrupted run has whole pairs
-        for strategy in parsed:
-            try:
-                run = _one_run(build_model, strategy, seed,
-                               (train, val, test), budget)
-            except Exception as error:  # noqa: BLE001 - recorded, go on
-                # A run that diverges (or a training function that
-                # raises) is a result: the other runs still count.
-                run = {"strategy": strategy[0], "seed": seed,
-                       "error": f"{type(error).__name__}: {error}"}
-                runs.append(run)
-                say(f"[{len(runs)}/{total}] {strategy[0]} seed {seed}: "
-                    f"failed: {run['error']}")
-                continue
-            runs.append(run)
-            say(f"[{len(runs)}/{total}] {run['strategy']} seed {seed}: "
-                f"{metric} {run['metrics'][metric]:.4f}, trained in "
-                f"{run['train_time']:.1f}s")
     settings = {"epochs": epochs, "head_epochs": head_epochs,
                 "time_budget": time_budget, "batch_size": batch_size,
                 "fine_tune_kwargs": {k: repr(v) for k, v in
                                      fine_tune_kwargs.items()}}
-    return StrategyComparison(
-        runs=runs, strategies=[label for label, _, _ in parsed],
-        seeds=seeds, metric=metric, settings=settings)
+
+    def comparison():
+        return StrategyComparison(
+            runs=list(runs), strategies=[label for label, _, _ in parsed],
+            seeds=seeds, metric=metric, settings=dict(settings))
+
+    try:
+        # Seed-major: an interrupted comparison has whole pairs.
+        for seed in seeds:
+            for strategy in parsed:
+                runs.append(_recorded_run(build_model, strategy, seed,
+                                          (train, val, test), budget))
+                say(_run_line(runs[-1], len(runs), total, metric))
+    except KeyboardInterrupt as interrupt:
+        # Hours of finished runs were lost with the Ctrl-C.
+        settings["interrupted"] = f"after {len(runs)} of {total} runs"
+        raise ComparisonInterrupted(comparison()) from interrupt
+    return comparison()
+
+
+class ComparisonInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `kft.compare_strategies`, with what had finished.
+
+    A `KeyboardInterrupt`, so the program stops as on any Ctrl-C; catch it
+    to keep the runs done so far.
+
+    Attributes:
+        comparison: A `kft.StrategyComparison` of the runs that finished
+            (its `settings["interrupted"]` says after how many).
+
+    Example:
+    >>> from kft.evaluation.comparison import StrategyComparison
+    >>> error = ComparisonInterrupted(StrategyComparison(
+    ...     [], ["full"], [0], "accuracy", {"interrupted": "after 0 of 1"}))
+    >>> isinstance(error, KeyboardInterrupt), error.comparison.runs
+    (True, [])
+    """
+
+    def __init__(self, comparison):
+        super().__init__(f"compare_strategies interrupted "
+                         f"{comparison.settings.get('interrupted', '')}")
+        self.comparison = comparison
+
+
+def _recorded_run(build_model, strategy, seed, data, budget):
+    try:
+        return _one_run(build_model, strategy, seed, data, budget)
+    except Exception as error:  # noqa: BLE001 - recorded, go on
+        # A run that diverges (or a training function that raises) is a
+        # result: the other runs still count.
+        return {"strategy": strategy[0], "seed": seed,
+                "error": f"{type(error).__name__}: {error}"}
+
+
+def _run_line(run, done, total, metric):
+    head = f"[{done}/{total}] {run['strategy']} seed {run['seed']}: "
+    if "error" in run:
+        return head + f"failed: {run['error']}"
+    return head + (f"{metric} {run['metrics'][metric]:.4f}, trained in "
+                   f"{run['train_time']:.1f}s")

@@ -117,7 +117,8 @@ class StrategyComparison:
         strategies: Strategy names, in the order given.
         seeds: The seeds, in run order.
         metric: The compared test metric.
-        settings: The shared budget and `fine_tune` arguments.
+        settings: The shared budget and `fine_tune` arguments; after a
+            Ctrl-C, `interrupted` says after how many runs.
 
     Example:
     >>> from kft.evaluation.comparison import StrategyComparison
@@ -274,6 +275,9 @@ class StrategyComparison:
                       "statistics):", ""]
             lines += [f"- {r['strategy']}, seed {r['seed']}: {r['error']}"
                       for r in failures]
+        if (self.settings or {}).get("interrupted"):
+            lines += ["", f"Interrupted {self.settings['interrupted']}: "
+                      "the runs that finished."]
         return "\n".join(lines)
 
     def __str__(self):

@@ -299,3 +299,33 @@ def test_flag_names_name_every_setting_by_its_train_flag():
                            "`learning_rate`, `head_learning_rate`, "
                            "`early_stopping_patience`") == (
         "--augment, --val-split, --lr, --head-lr, --early-stopping")
+
+
+def test_home_in_path_arguments_is_the_home_folder(monkeypatch):
+    # Where the shell leaves "~" (`--out=~/x`, quotes), kft made a folder
+    # named "~" or said a folder "~/photos" does not exist.
+    from kft.cli._checks import expand_home
+    from kft.cli._parser import build_parser
+
+    monkeypatch.setenv("HOME", "/home/u")
+    parser, _ = build_parser()
+    cases = [
+        (["eval", "~/run", "~/photos", "--out=~/report"],
+         {"run": "/home/u/run", "data_dir": "/home/u/photos",
+          "out": "/home/u/report"}),
+        (["predict", "~/m.onnx", "~/a.jpg", "b.jpg"],
+         {"run": "/home/u/m.onnx", "images": ["/home/u/a.jpg", "b.jpg"]}),
+        (["export", "~/run", "--out=~/m.onnx"], {"out": "/home/u/m.onnx"}),
+        (["lr-find", "~/photos", "--plot=~/lr.png", "--weights=~/w.h5"],
+         {"data_dir": "/home/u/photos", "plot": "/home/u/lr.png",
+          "weights": "/home/u/w.h5"}),
+        (["compare", "~/photos", "--test-dir=~/test", "--out=~/c"],
+         {"test_dir": "/home/u/test", "out": "/home/u/c",
+          "weights": "imagenet"}),
+        (["train", "~/photos", "--val-dir=~/val", "--config=~/c.toml"],
+         {"data_dir": "/home/u/photos", "val_dir": "/home/u/val",
+          "config": "/home/u/c.toml"}),
+    ]
+    for argv, expected in cases:
+        args = expand_home(parser.parse_args(argv))
+        assert {k: getattr(args, k) for k in expected} == expected, argv

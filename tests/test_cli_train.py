@@ -88,12 +88,26 @@ def test_train_writes_the_run_folder(run, folder):
     assert env["keras"] and env["jax"] and env["devices"]
 
 
-def test_config_file_repeats_the_run_and_flags_override(run, tmp_path):
-    out = str(tmp_path / "again")
-    code = cli.main(["train", "--config", os.path.join(run, "config.toml"),
-                     "--strategy", "feature_extraction", "--out", out,
+def test_config_file_repeats_the_run_and_flags_override(run, folder,
+                                                         tmp_path,
+                                                         monkeypatch):
+    # "~" in the file and in flags the shell leaves alone (`--out=~/x`)
+    # is the home folder: a folder named "~" was made.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    os.symlink(folder, tmp_path / "photos")
+    config = kft.runs.load_config(os.path.join(run, "config.toml"))
+    assert config.data_dir == folder
+    (tmp_path / "config.toml").write_text(
+        config.replace(data_dir="~/photos").to_toml())
+    code = cli.main(["train", "--config=~/config.toml",
+                     "--strategy", "feature_extraction", "--out=~/again",
                      "--no-plots", "--json"])
     assert code == 0
+    assert not os.path.exists("~")
+    out = str(tmp_path / "again")
+    assert kft.runs.load_config(os.path.join(out, "config.toml")
+                                ).data_dir == str(tmp_path / "photos")
     config = kft.runs.load_config(os.path.join(out, "config.toml"))
     assert config.strategy == "feature_extraction"
     assert config.backbone == "simple_cnn" and config.image_size == 16

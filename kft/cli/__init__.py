@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from kft.cli._checks import Usage
+from kft.cli._checks import expand_home
 from kft.cli._deploy import eval_command
 from kft.cli._deploy import export_command
 from kft.cli._deploy import predict_command
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     0
     """
     parser, parsers = build_parser()
-    args = parser.parse_args(argv)
+    args = expand_home(parser.parse_args(argv))
     command = args.command
     if command == "backbones":
         return backbones_command(args.pattern, args.params)

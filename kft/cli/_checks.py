@@ -54,7 +54,26 @@ def fraction(text):
     return value
 
 
+# The arguments that name files or folders. "~" in them is the home
+# folder, as a shell would read it where it does not (`--out=~/runs`, a
+# quoted path, config.toml): a folder named "~" was made instead.
+PATH_ARGUMENTS = ("data_dir", "val_dir", "test_dir", "weights", "out",
+                  "config", "run", "images", "plot")
+
+
+def expand_home(args):
+    """`args` with "~" expanded in its `PATH_ARGUMENTS`."""
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) for v in value])
+    return args
+
+
 def writable_directory(text):
+    text = os.path.expanduser(text)
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(
             f"must be an existing directory. Received: {text!r}")

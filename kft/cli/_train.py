@@ -7,6 +7,7 @@ import shlex
 import sys
 import tomllib
 
+from kft.cli._checks import PATH_ARGUMENTS
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
 from kft.cli._checks import flag_names
@@ -34,7 +35,11 @@ def train_command(args, argv):
                 + " (or start a new run with another --out)")
     try:
         config = load_config(args.config) if args.config else TrainConfig()
-        config = config.replace(**given)
+        home = {  # "~" in the file, as on the command line
+            name: os.path.expanduser(getattr(config, name))
+            for name in PATH_ARGUMENTS
+            if isinstance(getattr(config, name, None), str)}
+        config = config.replace(**{**home, **given})
         if not args.resume:
             config.check()
     except ValueError as error:

@@ -281,12 +281,34 @@ def bad_batches(info):
         {"source": x, "target": x}, y, batch_size=12, verbose=0)
     attempts["dann_evaluate"] = lambda: adapted.evaluate(
         x[:20], y[:20], batch_size=BATCH, verbose=0)
+    # Built before the distribution was set (a notebook's cells re-run):
+    # JAX's "incompatible devices" from inside the step, and the model's
+    # head left without values.
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    early = _model()
+    early.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    early_dann = kft.DomainAdaptationModel(_model(), hidden_units=(8,))
+    early_dann.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    keras.distribution.set_distribution(distribution)
+    attempts.update({
+        "early_fine_tune": lambda: kft.fine_tune(early, (x, y),
+                                                 batch_size=BATCH, verbose=0),
+        "early_fit": lambda: early.fit(x, y, batch_size=BATCH, verbose=0),
+        "early_lr_find": lambda: kft.lr_find(early, (x, y), batch_size=BATCH,
+                                             verbose=0),
+        "early_dann": lambda: early_dann.fit({"source": x, "target": x}, y,
+                                             batch_size=BATCH, verbose=0)})
     for name, attempt in attempts.items():
         try:
             attempt()
             info[f"error_{name}"] = None
         except ValueError as error:
             info[f"error_{name}"] = str(error)
+    info["early_weights_kept"] = all(
+        np.isfinite(np.asarray(v.value)).all() for v in early.weights)
 
 
 def main(devices, out):
@@ -461,6 +483,16 @@ def test_batches_that_do_not_split_raise(runs, name, numbers):
     assert message is not None
     for number in numbers:
         assert number in message
+
+
+@pytest.mark.parametrize("name", ["early_fine_tune", "early_fit",
+                                  "early_lr_find", "early_dann"])
+def test_a_model_built_before_the_distribution_is_refused(runs, name):
+    message = runs[8][1][f"error_{name}"]
+    assert message is not None and "was built on 1 device (cpu:0) but the " \
+        "current distribution spans 8 devices (cpu:0, cpu:1, cpu:2, cpu:3, " \
+        "...): build the model after kft.data_parallel" in message, message
+    assert runs[8][1]["early_weights_kept"]
 
 
 def test_device_errors():

@@ -37,6 +37,7 @@ from kft.adaptation.reversal import reversal_lambda
 from kft.distributed.data_parallel import ChecksEvalBatches
 from kft.distributed.data_parallel import check_data_batches
 from kft.distributed.data_parallel import check_fit_data
+from kft.distributed.data_parallel import check_placement
 from kft.training.fit_data import check_data_labels
 from kft.training.head import split_head
 
@@ -219,6 +220,7 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
                               "y", labels_name="y")
         # A batch that does not split over the devices failed in JAX.
         check_fit_data((x, y, *args), kwargs)
+        check_placement(self)
         validation = kwargs.get("validation_data")
         if isinstance(validation, (tuple, list)) and len(validation) == 2:
             check_data_labels(tuple(np.asarray(v) for v in validation),

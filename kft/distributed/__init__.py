@@ -11,6 +11,7 @@ from kft.distributed.collectives import collective_bytes  # noqa: F401
 from kft.distributed.collectives import train_step_hlo  # noqa: F401
 from kft.distributed.data_parallel import batch_shards  # noqa: F401
 from kft.distributed.data_parallel import check_batch_size  # noqa: F401
+from kft.distributed.data_parallel import check_placement  # noqa: F401
 from kft.distributed.layouts import device_mesh  # noqa: F401
 from kft.distributed.layouts import layout_map  # noqa: F401
 from kft.distributed.launch import ProcessFailed  # noqa: F401

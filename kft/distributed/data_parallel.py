@@ -39,9 +39,11 @@ def data_parallel(devices: int | Sequence | None = None, *,
 
     Call it before building the model: Keras places each variable when it
     is created, and a step mixing variables made before (on one device)
-    and after (on all) fails to compile. Weights and optimizer state are
-    replicated, batches split over the devices, gradients all-reduced; use
-    global batch sizes divisible by the device count. To stop, call
+    and after (on all) fails to compile (kft's `fit`, `fine_tune` and
+    `lr_find` refuse such a model first: `check_placement`). Weights and
+    optimizer state are replicated, batches split over the devices,
+    gradients all-reduced; use global batch sizes divisible by the device
+    count. To stop, call
     `keras.distribution.set_distribution(None)` (variables already made
     stay where they are).
 
@@ -186,6 +188,45 @@ def predict_padded(model, x):
         x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
     out = np.asarray(model.predict_on_batch(x))
     return out[:len(out) - pad]
+
+
+def check_placement(model) -> None:
+    """Raises when the current distribution spans other devices than the
+    model's variables: the model was built before `kft.data_parallel` (or
+    another `keras.distribution`) was set, or under another one.
+
+    Keras' train step then fails inside JAX ("incompatible devices for
+    jitted computation") and leaves variables it had taken out of the
+    model without values. No-op without a distribution.
+
+    Example:
+    >>> import kft
+    >>> model = kft.build_classifier("simple_cnn", 3, weights=None,
+    ...                              input_shape=(16, 16, 3))
+    >>> check_placement(model)  # no distribution: nothing to check
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return
+    mesh = sorted(_device_name(d)
+                  for d in distribution.device_mesh.devices.flat)
+    for variable in model.variables:
+        sharding = getattr(variable.value, "sharding", None)
+        if sharding is None:  # traced, or not a JAX array
+            continue
+        placed = sorted(_device_name(d) for d in sharding.device_set)
+        if placed != mesh:
+            raise ValueError(
+                f"Model {model.name!r} was built on {_listed(placed)} but "
+                f"the current distribution spans {_listed(mesh)}: build the "
+                "model after kft.data_parallel(...) (or "
+                "keras.distribution.set_distribution), e.g. build a new "
+                "one and `new.set_weights(model.get_weights())`.")
+
+
+def _listed(names):
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"{len(names)} device{'s' * (len(names) != 1)} ({shown})"
 
 
 def check_batch_size(batch_size: int, num_examples: int | None = None, *,

@@ -7,6 +7,7 @@ import keras
 from kft._compat import KeepsStateOnError
 from kft.distributed.data_parallel import ChecksEvalBatches
 from kft.distributed.data_parallel import check_fit_data
+from kft.distributed.data_parallel import check_placement
 from kft.models.backbones import NEEDS_KFT
 
 
@@ -62,6 +63,7 @@ class Classifier(KeepsStateOnError, ChecksEvalBatches, keras.Model):
         from kft.training.fit_data import warn_if_augmentation_unapplied
 
         check_fit_data(args, kwargs)
+        check_placement(self)
         arguments = fit_arguments(args, kwargs, self.outputs[0].shape[-1])
         warn_if_augmentation_unapplied(self, arguments.get("x"))
         return super().fit(**arguments)

@@ -15,6 +15,7 @@ from kft.models.classifier_model import Classifier
 from kft.models.batch_augment import BatchAugmentModel
 from kft.training.class_weights import resolve_class_weight
 from kft.distributed.data_parallel import check_data_batches
+from kft.distributed.data_parallel import check_placement
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
 from kft.training.fit_data import check_label_forms
@@ -296,6 +297,7 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
         fail_argument("model", "a classifier with one output (its class "
                       "scores)", f"a model with {len(model.outputs)} "
                       "outputs", TypeError)
+    check_placement(model)
     num_classes = model.outputs[0].shape[-1]
     check_data_labels(train_data, num_classes, "train_data")
     check_data_labels(val_data, num_classes, "val_data")

@@ -24,6 +24,7 @@ from kft._validation import check_number
 from kft._validation import check_seed
 from kft._validation import fail_argument
 from kft.distributed.data_parallel import check_data_batches
+from kft.distributed.data_parallel import check_placement
 from kft.training.class_weights import resolve_class_weight
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import check_data_labels
@@ -226,6 +227,7 @@ def _check(model, start, end, steps, smoothing, divergence, batch_size):
         fail_argument("end", f"greater than start={start!r}", end)
     if not isinstance(model, keras.Model):
         fail_argument("model", "a compiled keras.Model", model, TypeError)
+    check_placement(model)
     steps = check_int("steps", steps, min_value=10)
     smoothing = check_number("smoothing", smoothing, low=0.0, high=1.0,
                              high_open=True)

@@ -36,6 +36,7 @@ from kft._config import enable_compilation_cache
 from kft._config import ensure_jax_backend
 from kft._config import release_heap_after_compiles
 from kft._config import reuse_freed_memory
+from kft._config import root_logging_kept
 
 check_keras_version()
 ensure_jax_backend()
@@ -182,8 +183,9 @@ if not _run_as_command():
     # Importing every module registers kft's Keras classes, so
     # `keras.models.load_model` finds them right after `import kft`. The
     # `kft` command loads modules on first use instead (`__getattr__`).
-    for _name in (*_MODULES, *_NAMES):
-        __getattr__(_name)
+    with root_logging_kept():
+        for _name in (*_MODULES, *_NAMES):
+            __getattr__(_name)
     del _name
 
 __all__ = sorted(

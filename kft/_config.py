@@ -31,8 +31,14 @@
   memory and the ~100 MiB of eager-op programs that building a model
   compiles would otherwise stay in the process for good.
   `KFT_MALLOC_TRIM=0` turns it off.
+
+And one thing it leaves as it was (`root_logging_kept`): Python's root
+logger. grain imports orbax, whose first absl log call runs
+`logging.basicConfig()` on a root logger without handlers; a user's own
+`logging.basicConfig(level=...)` after `import kft` then did nothing.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +50,20 @@ logger = logging.getLogger("kft")
 
 # Spellings of an on/off environment variable (compared lower-case).
 _OFF, _ON = ("0", "false", "off", "no"), ("1", "true", "on", "yes")
+
+
+@contextlib.contextmanager
+def root_logging_kept():
+    """Removes the handlers the block adds to a root logger that had none
+    (absl's `logging.basicConfig()` on import: see the module docstring)."""
+    root = logging.getLogger()
+    had = list(root.handlers)
+    try:
+        yield
+    finally:
+        if not had:
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
 
 
 def _switch(name):

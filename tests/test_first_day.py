@@ -65,6 +65,17 @@ def test_jax_cache_settings_made_before_import_are_kept(tmp_path):
     assert "kft:" not in result.stderr
 
 
+def test_the_users_logging_setup_after_import_works(tmp_path):
+    # grain -> orbax -> absl ran `logging.basicConfig()` during
+    # `import kft`, so the user's own call after it did nothing.
+    code = ("import logging, kft; print(logging.getLogger().handlers); "
+            "logging.basicConfig(level=logging.INFO, format='mine %(message)s'"
+            "); logging.getLogger('app').info('hello')")
+    result = _run(code, tmp_path)
+    assert result.stdout.split() == ["[]"]
+    assert "mine hello" in result.stderr.splitlines()
+
+
 def test_keras_own_default_file_is_no_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     path = str(tmp_path / "keras.json")

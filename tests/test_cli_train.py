@@ -937,13 +937,31 @@ def test_unwritable_or_busy_out_folders_are_refused_before_the_work(
         with pytest.raises(kft.runs.RunSetupError,
                            match="is being written by another process"):
             kft.train_run(out=str(busy), **settings)
-        (busy / "config.toml").write_text("")
+        shutil.copy(os.path.join(run, "config.toml"), busy)
         with pytest.raises(kft.runs.RunSetupError,
                            match="is being written by another process"):
             kft.train_run(out=str(busy), resume=True, print_fn=None)
+        # Several processes resume one run: only process 0 locks (the
+        # others failed on its lock).
+        from kft.runs import train as train_module
+
+        monkeypatch.setattr(train_module, "is_primary", lambda: False)
+        config = kft.runs.load_config(busy / "config.toml")
+        *_, other = train_module._prepare_out(config.replace(out=str(busy)),
+                                              True, None)
+        assert other is None
     finally:
         unlock_folder(lock)
     assert os.listdir(busy) == ["config.toml"]
+    # A complete run is read, not written: resuming it where nothing can
+    # be written reports it (it was refused as not writable).
+    (read_only / "done").mkdir()
+    for name in ("config.toml", "run.json"):
+        shutil.copy(os.path.join(run, name), read_only / "done")
+    monkeypatch.setattr(tempfile, "mkstemp", probe)
+    result = kft.train_run(out=str(read_only / "done"), resume=True,
+                           print_fn=None)
+    assert result.resumed and result.best_epoch is not None
 
 
 def test_monitor_never_logged_is_a_usage_error_and_leaves_no_run(

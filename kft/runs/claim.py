@@ -25,8 +25,7 @@ def cannot_write(folder):
     read-only mount or a full quota.
     """
     try:
-        handle, path = tempfile.mkstemp(prefix=WRITE_CHECK,
-                                        dir=folder)
+        handle, path = tempfile.mkstemp(prefix=WRITE_CHECK, dir=folder)
     except OSError as error:
         return error.strerror or str(error)
     os.close(handle)

@@ -88,8 +88,9 @@ class TrainRunResult:
     class_names: list
     best_epoch: int | None
     best_value: float | None
-    metrics: dict
-    history: list
+    # Left out of the repr: 40 KB of report at 100 classes.
+    metrics: dict = dataclasses.field(repr=False)
+    history: list = dataclasses.field(repr=False)
     reasons: list
     files: dict
     resumed: bool
@@ -116,19 +117,17 @@ def _prepare_out(config, resume, say):
             raise ValueError(
                 f"Nothing to resume in {out!r}: no config.toml there. Start "
                 "the run without --resume.")
-        lock = _claim(out, created=False)
-        try:
-            path = os.path.join(out, "config.toml")
-            # The run continues in `out` wherever it is now, not in the
-            # folder its config names (relative to where it started).
-            saved = load_config(path).replace(out=out)
-            info = read_json(status_path) if os.path.exists(
-                status_path) else {}
-            if info.get("status") != "complete":
-                check_paths(saved, named_in=path)
-        except BaseException:
-            unlock_folder(lock)
-            raise
+        path = os.path.join(out, "config.toml")
+        # The run continues in `out` wherever it is now, not in the folder
+        # its config names (relative to where it started).
+        saved = load_config(path).replace(out=out)
+        info = read_json(status_path) if os.path.exists(status_path) else {}
+        if info.get("status") == "complete":
+            return saved, info, True, False, None  # read, not written
+        check_paths(saved, named_in=path)
+        # Process 0 writes the folder (several processes: one lock).
+        lock = _claim(out, created=False, resume=True) if is_primary() \
+            else None
         return saved, info, True, False, lock
     for flag, folder in (("DATA_DIR", config.data_dir),
                          ("--val-dir", config.val_dir)):
@@ -154,7 +153,8 @@ def _prepare_out(config, resume, say):
     # Checked under the lock: two runs started together both found the
     # folder empty and wrote into each other's.
     lock = _claim(out, created)
-    if [name for name in os.listdir(out) if not name.startswith(WRITE_CHECK)]:
+    if [name for name in os.listdir(out)
+            if not name.startswith(WRITE_CHECK)]:
         unlock_folder(lock)
         raise ValueError(
             f"Run folder {out!r} exists and is not empty: continue it with "
@@ -162,9 +162,11 @@ def _prepare_out(config, resume, say):
     return config, {}, False, created, lock
 
 
-def _claim(out, created):
+def _claim(out, created, resume=False):
     """This process's lock on `out`, once files can be written there;
     raises `ValueError` (removing a folder it `created`) otherwise."""
+    instead = ("make it writable to resume" if resume
+               else "pass another --out")
     problem = cannot_write(out)
     if problem is not None:
         # Found now, not when the first file is written after loading
@@ -172,15 +174,15 @@ def _claim(out, created):
         if created:
             os.rmdir(out)
         raise ValueError(f"Run folder {out!r} is not writable ({problem}); "
-                         "pass another --out.")
+                         f"{instead}.")
     try:
         return lock_folder(out)
     except FolderInUse:
         # Not removed even if `created`: both runs may have made it.
         raise ValueError(
             f"Run folder {out!r} is being written by another process (a "
-            "kft run or resume started on it); wait for it to end, or pass "
-            "another --out.") from None
+            "kft run or resume started on it); wait for it to end"
+            + ("." if resume else ", or pass another --out.")) from None
 
 
 def _inside(path, folder):

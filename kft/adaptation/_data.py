@@ -59,6 +59,14 @@ def image_array(data, name, *, allow_labels=False):
         raise ValueError(
             f"Argument `{name}` must hold at least one image. Received: an "
             f"empty array of shape {array.shape}")
+    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    if not finite.all():
+        # Their statistics were NaN: a NaN shift score, NaN BatchNorm
+        # moving averages after adapt_batchnorm, a NaN DANN loss.
+        raise ValueError(
+            f"Argument `{name}` must hold finite pixels. Images with NaN or "
+            f"inf: {int((~finite).sum())} of {len(array)} (the first: image "
+            f"{int(np.argmin(finite))}).")
     return array
 
 

@@ -79,9 +79,12 @@ class DomainShiftReport:
         width = max(len(b) for b in self.blocks)
         lines = [f"Domain shift on {self.num_images} images (mean symmetric "
                  "KL of BatchNorm statistics, per block):"]
-        top = max(self.blocks.values()) or 1.0
+        finite = [s for s in self.blocks.values() if np.isfinite(s)]
+        top = max(finite, default=0.0) or 1.0
         for block, score in self.blocks.items():
-            bar = "#" * int(round(20 * score / top))
+            # No bar for a score that is not finite (overflowing pixels).
+            bar = "#" * int(round(20 * score / top)) if np.isfinite(
+                score) else ""
             lines.append(f"  {block:<{width}}  {score:9.3f}  {bar}")
         if self.mmd is not None:
             lines.append(f"  MMD^2 (pooled features, source vs data): "

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import keras
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # `==` on arrays raised
 class ClassificationReport:
     """Metrics of a classifier on one labelled set.
 

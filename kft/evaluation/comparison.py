@@ -9,7 +9,6 @@ for new tables and charts without training again.
 import dataclasses
 import json
 import math
-import os
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from kft._plotting import new_figure
 from kft._plotting import wrap_title
 from kft._validation import check_number
 from kft._validation import fail_argument
+from kft._writing import replaced
 from kft.evaluation._format import markdown_cell
 
 _FORMAT = "kft.StrategyComparison/1"
@@ -305,14 +305,27 @@ class StrategyComparison:
         """The JSON text; also written to `path` when given."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
-            directory = os.path.dirname(os.fspath(path))
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            with open(path, "w") as f:
+            with replaced(path) as f:
                 f.write(text)
         return text
 
-    save = to_json
+    def save(self, path):
+        """Writes the JSON to `path` (its folder made if missing);
+        `StrategyComparison.load` reads it. Returns nothing: a notebook
+        cell ending in `save` echoed the whole text."""
+        self.to_json(path)
+
+    def __repr__(self):
+        # The runs' histories and reports ran to megabytes.
+        failed = len(self.failures())
+        return (f"StrategyComparison(metric={self.metric!r}, strategies="
+                f"{list(self.strategies)!r}, seeds={list(self.seeds)!r}, "
+                f"runs={len(self.runs)}"
+                + (f" ({failed} failed)" if failed else "")
+                + f", best={self.best!r})")
+
+    def _repr_markdown_(self):  # a notebook shows the table
+        return self.to_markdown()
 
     @classmethod
     def load(cls, path):

@@ -1,7 +1,6 @@
 """Diagonal Fisher information from per-example gradients (`jax.vmap`)."""
 
 import dataclasses
-import time
 from collections.abc import Mapping
 from typing import Literal
 
@@ -16,13 +15,14 @@ from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import check_seed
 from kft._validation import fail_argument
+from kft._writing import replaced
 from kft.regularizers.penalty import check_unique_paths
 
 KINDS = ("empirical", "true")
 NORMALIZATIONS = ("mean", "max")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # `==` on its arrays raised
 class FisherInformation:
     """A diagonal Fisher: variable path -> float32 array of its shape.
 
@@ -60,11 +60,19 @@ class FisherInformation:
                     "entries. Estimate them again (kft.estimate_fisher) "
                     "on a model whose loss is finite.")
 
+    def __repr__(self):
+        # Every variable's values printed: half a megabyte for ResNet50.
+        size = sum(int(np.size(v)) for v in self.values.values())
+        return (f"FisherInformation({len(self.values)} variables, {size:,} "
+                f"values, kind={self.kind!r}, num_samples="
+                f"{self.num_samples}, normalize={self.normalize!r})")
+
     def save(self, path):
-        """Writes an npz keyed by variable path; `FisherInformation.load`
-        reads it."""
+        """Writes an npz keyed by variable path (its folder made if
+        missing; a failed write leaves the previous file);
+        `FisherInformation.load` reads it."""
         meta = np.array(f"{self.kind}|{self.num_samples}|{self.normalize}")
-        with open(path, "wb") as f:
+        with replaced(path, "wb") as f:
             np.savez(f, __meta__=meta, **self.values)
         return path
 
@@ -105,7 +113,8 @@ def estimate_fisher(model: keras.Model, source_data, *,
         normalize: `None`, `"mean"` (divide by the mean entry over all
             weights) or `"max"` (by the largest). Defaults to `None`.
         seed: Seed of the sampled labels. Defaults to `0`.
-        verbose: `1` prints progress per batch. Defaults to `0`.
+        verbose: `1` shows a progress bar over the examples, `2` one line
+            when done. Defaults to `0`.
 
     Returns:
         A `kft.FisherInformation`.
@@ -143,15 +152,15 @@ def estimate_fisher(model: keras.Model, source_data, *,
     o_vals = [v.value for v in others]
     sums = [jnp.zeros(v.shape, "float32") for v in weights]
     key = jax.random.PRNGKey(seed)
-    n, start = len(images), time.perf_counter()
-    for i, begin in enumerate(range(0, n, batch_size)):
+    n = len(images)
+    # A bar, as every other `verbose=1` of kft (one line per batch ran to
+    # thousands of lines).
+    progress = keras.utils.Progbar(n, unit_name="example", verbose=verbose)
+    for begin in range(0, n, batch_size):
         x, y, mask = _padded(images, labels, begin, batch_size)
         key, sub = jax.random.split(key)
         sums = step(sums, w_vals, o_vals, x, y, mask, sub)
-        if verbose:
-            _compat.print_msg(
-                f"estimate_fisher: {min(begin + batch_size, n)}/{n} examples"
-                f", {time.perf_counter() - start:.1f} s")
+        progress.update(min(begin + batch_size, n))
     values = {v.path: np.asarray(s) / n for v, s in zip(weights, sums)}
     if normalize is not None:
         scale = (np.mean(np.concatenate([a.ravel() for a in values.values()]))

@@ -24,6 +24,7 @@ from keras import ops
 from kft import _compat
 from kft._validation import check_number
 from kft._validation import fail_argument
+from kft._writing import replaced
 
 # Attribute of the model holding the `PenaltyState` layer.
 STATE_ATTRIBUTE = "kft_penalty_state"
@@ -159,7 +160,7 @@ class Penalty:
             arrays[f"anchor:{p}"] = variable.numpy()
         for p, variable in self.bound.fisher.items():
             arrays[f"fisher:{p}"] = variable.numpy()
-        with open(path, "wb") as f:
+        with replaced(path, "wb") as f:
             np.savez(f, **arrays)
         return path
 

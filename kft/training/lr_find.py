@@ -53,7 +53,7 @@ RULES = {
 }
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # `==` on its arrays raised
 class LRFinderResult:
     """The curve of `lr_find` and its suggestions.
 
@@ -71,6 +71,9 @@ class LRFinderResult:
     raw_losses: np.ndarray
     suggestions: dict
     stop_reason: str | None = None
+
+    def __str__(self):  # the suggestions, not the arrays
+        return _summary(self)
 
     def plot(self, path=None):
         """The smoothed loss against the rate (log scale), with the

@@ -1,0 +1,36 @@
+"""Writing a result file whole: its folder made if missing, the text or
+arrays written to a temporary file beside it and moved over the target,
+so a failed write leaves the previous file as it was (an `open(path,
+"w")` emptied it first)."""
+
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def replaced(path, mode="w", **open_kwargs):
+    """Opens a temporary file that replaces `path` when the block ends
+    without an error (and is removed otherwise).
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "new", "a.txt")
+    >>> with replaced(path) as f:
+    ...     _ = f.write("done")
+    >>> open(path).read()
+    'done'
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder or ".")
+    try:
+        with os.fdopen(handle, mode, **open_kwargs) as file:
+            yield file
+        os.replace(temporary, path)
+    except BaseException:
+        os.remove(temporary)
+        raise

@@ -1,0 +1,136 @@
+"""What a notebook shows of kft's result objects, and how they are saved:
+bounded reprs, `==` that answers, files written whole."""
+
+import copy
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import kft
+from kft.adaptation.diagnostic import DomainShiftReport
+from kft.evaluation import report_from_predictions
+from kft.evaluation.comparison import StrategyComparison
+from kft.regularizers.fisher import FisherInformation
+from kft.training.lr_find import LRFinderResult
+from kft.training.lr_find import suggest
+
+
+def _report(classes=100, n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    return report_from_predictions(labels, rng.normal(size=(n, classes)),
+                                   class_names=[f"c{i}" for i in
+                                                range(classes)])
+
+
+def _comparison(report):
+    runs = [{"strategy": s, "seed": seed, "metrics": {"accuracy": a},
+             "trainable_params": 10, "train_time": 1.0,
+             "histories": [{"loss": list(np.linspace(2, 1, 30))}],
+             "report": report.to_dict()}
+            for s, seed, a in [("full", 0, 0.9), ("full", 1, 0.8),
+                               ("partial", 0, 0.7), ("partial", 1, 0.6)]]
+    return StrategyComparison(runs, ["full", "partial"], [0, 1], "accuracy")
+
+
+def test_reprs_are_bounded_and_notebooks_show_the_tables(tmp_path):
+    # A comparison of 100-class runs printed 931 KB; `save` as a cell's
+    # last line echoed the whole JSON; a 1,000-class report 132 KB.
+    report = _report()
+    comparison = _comparison(report)
+    assert repr(comparison) == (
+        "StrategyComparison(metric='accuracy', strategies=['full', "
+        "'partial'], seeds=[0, 1], runs=4, best='full')")
+    assert comparison._repr_markdown_() == comparison.to_markdown()
+    assert comparison.save(tmp_path / "c.json") is None
+    assert StrategyComparison.load(tmp_path / "c.json").runs == \
+        comparison.runs
+    assert repr(report) == (f"EvaluationReport(100 classes, 400 examples, "
+                            f"accuracy={report.accuracy:.4f}, macro_f1="
+                            f"{report.macro['f1']:.4f})")
+    assert report._repr_markdown_() == report.to_markdown()
+    fisher = FisherInformation({f"v{i}/kernel": np.ones((64, 64), "float32")
+                                for i in range(300)}, num_samples=8)
+    assert repr(fisher) == ("FisherInformation(300 variables, 1,228,800 "
+                            "values, kind='empirical', num_samples=8, "
+                            "normalize=None)")
+    result = kft.runs.TrainRunResult(
+        out="runs/x", config=kft.runs.TrainConfig(), class_names=["a", "b"],
+        best_epoch=1, best_value=0.5, metrics=report.to_dict(),
+        history=[{"loss": 1.0}] * 50, reasons=[], files={}, resumed=False,
+        train_time=1.0)
+    assert len(repr(result)) < 2000 and "metrics" not in repr(result)
+
+
+def test_equality_answers_instead_of_raising():
+    # The generated `==` compared numpy arrays: "truth value of an array
+    # is ambiguous".
+    rates = np.logspace(-5, 0, 40)
+    losses = np.concatenate([np.linspace(2, 0.5, 30), np.full(10, 9.0)])
+    found = LRFinderResult(rates, losses, losses, suggest(rates, losses, 40))
+    assert found == found and found != copy.deepcopy(found)
+    fisher = FisherInformation({"w": np.ones(3)})
+    assert fisher == fisher
+    short = kft.classification_report(np.array([0, 1]),
+                                      np.eye(2) * [[1], [1]])
+    assert short == short
+    # The summary, not the arrays.
+    assert str(found).startswith("lr_find: 40 steps.\n  valley: ")
+
+
+def test_files_are_written_whole_into_missing_folders(tmp_path,
+                                                      monkeypatch):
+    report = _report(classes=3, n=20)
+    path = tmp_path / "new" / "report.json"
+    report.to_json(path)
+    # A file named like JSON text is a path.
+    braces = tmp_path / "{run}.json"
+    report.to_json(braces)
+    monkeypatch.chdir(tmp_path)
+    assert kft.EvaluationReport.load("{run}.json").accuracy == \
+        report.accuracy
+    fisher = FisherInformation({"w": np.ones(3, "float32")})
+    target = tmp_path / "deeper" / "fisher.npz"
+    fisher.save(target)
+    before = target.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    # A failed write emptied the previous file ("wb" first).
+    monkeypatch.setattr(np, "savez", fail)
+    with pytest.raises(OSError, match="No space"):
+        FisherInformation({"w": np.zeros(3, "float32")}).save(target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["fisher.npz"]
+    json.loads(path.read_text())
+
+
+def test_domain_shift_takes_finite_images_and_prints_any_score():
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3))
+    x[3, 0, 0, 0] = np.nan
+    # NaN statistics: a NaN score (and `print` of it raised), NaN moving
+    # averages after adapt_batchnorm.
+    for call in (lambda: kft.domain_shift(model, x),
+                 lambda: kft.adapt_batchnorm(model, x)):
+        with pytest.raises(ValueError, match=r"finite pixels\. Images with "
+                           r"NaN or inf: 1 of 8 \(the first: image 3\)"):
+            call()
+    shown = str(DomainShiftReport({"stem": float("nan"), "block1": 2.0},
+                                  {}, {}, 8))
+    assert "stem" in shown and "nan" in shown and "#" * 20 in shown
+
+
+def test_estimate_fisher_shows_one_bar(capsys):
+    # verbose=1 printed a line per batch (3,750 for 60k examples).
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    x, y = np.ones((40, 4), "float32"), np.arange(40) % 3
+    kft.estimate_fisher(model, (x, y), batch_size=4, verbose=2)
+    assert capsys.readouterr().out.strip().startswith("40/40 - ")
+    kft.estimate_fisher(model, (x, y), batch_size=4, verbose=0)
+    assert capsys.readouterr().out == ""

@@ -191,6 +191,11 @@ def test_bad_arguments():
         GradualUnfreezing(milestones=[])
     with pytest.raises(ValueError, match="at least one epoch"):
         GradualUnfreezing(milestones=np.array([], int))
+    for make in (lambda: Milestones([]),
+                 lambda: Milestones.from_config({"epochs": []})):
+        with pytest.raises(ValueError, match=r"`epochs` must be at least "
+                           r"one epoch"):
+            make()
     with pytest.raises(ValueError, match="Received: mode='up'"):
         GradualUnfreezing(every=1, mode="up")
     x, y = _data(8)

@@ -357,10 +357,12 @@ def test_compare_interrupted_keeps_the_finished_runs(folder, tmp_path,
             "--seeds", "2", "--epochs", "2"]
     out = tmp_path / "cmp"
     monkeypatch.setattr(compare_module, "_one_run", stop_at(2))
-    assert cli.main([*argv, "--out", str(out)]) == 1
-    err = capsys.readouterr().err
+    assert cli.main([*argv, "--out", str(out), "--json"]) == 1
+    printed, err = capsys.readouterr()
     assert f"interrupted after 1 of 2 runs; the finished runs are in {out}" \
         in err, err
+    assert json.loads(printed.splitlines()[-1])["interrupted"] == \
+        "after 1 of 2 runs"
     saved = kft.StrategyComparison.load(out / "comparison.json")
     assert [(r["strategy"], r["seed"]) for r in saved.runs] == [
         ("feature_extraction", 0)]
@@ -370,6 +372,13 @@ def test_compare_interrupted_keeps_the_finished_runs(folder, tmp_path,
     monkeypatch.setattr(compare_module, "_one_run", stop_at(1))
     assert cli.main([*argv, "--out", str(tmp_path / "none")]) == 1
     assert not (tmp_path / "none").exists()
+    # Before the first run (the strategies' check builds a model).
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_module, "_check_runs", interrupted)
+    assert cli.main([*argv, "--out", str(tmp_path / "early")]) == 1
+    assert not (tmp_path / "early").exists()
 
 
 def _usage_error(argv, capsys):
@@ -905,7 +914,9 @@ def test_unwritable_or_busy_out_folders_are_refused_before_the_work(
                           "compare_strategies"),
                          ("kft.runs.report.write_evaluation",
                           "the evaluation"),
-                         ("kft.deploy.exporting.export", "the export")):
+                         ("kft.deploy.exporting.export", "the export"),
+                         ("kft.demo.run_demo", "the demo"),
+                         ("kft.runs.lr.find_rate", "the range test")):
         monkeypatch.setattr(target, _refuse(what))
     denied = f"{str(read_only)!r}: cannot write into the folder " \
              "(Permission denied)"
@@ -921,6 +932,11 @@ def test_unwritable_or_busy_out_folders_are_refused_before_the_work(
         # A folder the run would create is not left behind.
         (["train", folder, *FAST, "--out", str(read_only / "new")],
          "is not writable"),
+        (["demo", "--out", str(read_only)], denied),
+        (["lr-find", folder, "--plot", str(read_only / "lr.png")],
+         f"the folder of --plot {denied}"),
+        (["demo", "--workdir", str(read_only)], "argument --workdir: must "
+         "be a directory you can write to"),
     ]
     for argv, message in cases:
         code, err = _usage_error(argv, capsys)

@@ -300,7 +300,11 @@ def bad_batches(info):
         "early_lr_find": lambda: kft.lr_find(early, (x, y), batch_size=BATCH,
                                              verbose=0),
         "early_dann": lambda: early_dann.fit({"source": x, "target": x}, y,
-                                             batch_size=BATCH, verbose=0)})
+                                             batch_size=BATCH, verbose=0),
+        "early_evaluate": lambda: early.evaluate(x, y, batch_size=BATCH,
+                                                 verbose=0),
+        "early_predict": lambda: early.predict(x, batch_size=BATCH,
+                                               verbose=0)})
     for name, attempt in attempts.items():
         try:
             attempt()
@@ -309,6 +313,8 @@ def bad_batches(info):
             info[f"error_{name}"] = str(error)
     info["early_weights_kept"] = all(
         np.isfinite(np.asarray(v.value)).all() for v in early.weights)
+    # kft's own evaluation runs it (batch by batch, on its devices).
+    info["early_kft_evaluate"] = kft.evaluate(early, (x, y)).num_examples
 
 
 def main(devices, out):
@@ -486,13 +492,15 @@ def test_batches_that_do_not_split_raise(runs, name, numbers):
 
 
 @pytest.mark.parametrize("name", ["early_fine_tune", "early_fit",
-                                  "early_lr_find", "early_dann"])
+                                  "early_lr_find", "early_dann",
+                                  "early_evaluate", "early_predict"])
 def test_a_model_built_before_the_distribution_is_refused(runs, name):
     message = runs[8][1][f"error_{name}"]
     assert message is not None and "was built on 1 device (cpu:0) but the " \
         "current distribution spans 8 devices (cpu:0, cpu:1, cpu:2, cpu:3, " \
         "...): build the model after kft.data_parallel" in message, message
     assert runs[8][1]["early_weights_kept"]
+    assert runs[8][1]["early_kft_evaluate"] == 32
 
 
 def test_device_errors():

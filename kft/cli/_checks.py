@@ -73,11 +73,14 @@ def expand_home(args):
 
 
 def writable_directory(text):
+    from kft.runs.claim import cannot_write
+
     text = os.path.expanduser(text)
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(
             f"must be an existing directory. Received: {text!r}")
-    if not os.access(text, os.W_OK | os.X_OK):
+    # A file made, not permission bits: they say nothing for root.
+    if cannot_write(text) is not None:
         raise argparse.ArgumentTypeError(
             f"must be a directory you can write to. Received: {text!r}")
     return text

@@ -28,6 +28,8 @@ def lr_find_command(args, argv):
         if os.path.splitext(args.plot)[1].lower() not in supported:
             raise Usage(f"--plot must end in one of {supported}. Received: "
                         f"--plot {args.plot!r}")
+        make_out_folder(os.path.dirname(os.path.abspath(args.plot)),
+                        "the folder of --plot")
     start_library()
     from kft.runs.config import TrainConfig
     from kft.runs.lr import find_rate
@@ -132,7 +134,6 @@ def compare_command(args, argv):
                      f"({', '.join(kept)}); pass --overwrite to replace it, "
                      "or another --out")
     start_library()
-    from kft.evaluation.compare import ComparisonInterrupted
     from kft.evaluation.compare import compare_strategies
     from kft.runs.config import TrainConfig
     from kft.runs.folder import load_eval_folder
@@ -181,11 +182,11 @@ def compare_command(args, argv):
         if created and not os.listdir(config.out):
             os.rmdir(config.out)
         raise Usage(f"argument --strategies: {error}") from error
-    except ComparisonInterrupted as interrupt:
+    except KeyboardInterrupt as interrupt:
         # The finished runs are kept (Ctrl-C lost them all, and left an
-        # empty --out).
-        partial = interrupt.comparison
-        if partial.runs:
+        # empty --out); before the first run there are none.
+        partial = getattr(interrupt, "comparison", None)
+        if partial is not None and partial.runs:
             _write_comparison(partial, config.out, args.json)
             print(f"kft compare: interrupted {partial.settings['interrupted']}"
                   f"; the finished runs are in {config.out}.",
@@ -220,7 +221,9 @@ def _write_comparison(result, out, as_json):
 
         print(json.dumps(finite_or_none(
             {"out": out, "files": files, "table": result.table(),
-             "failures": result.failures()}), default=str, allow_nan=False))
+             "failures": result.failures(),
+             "interrupted": (result.settings or {}).get("interrupted")}),
+            default=str, allow_nan=False))
     else:
         print(result.to_markdown())
         print(f"wrote: {', '.join(sorted(files))} in {out}")
@@ -263,7 +266,7 @@ def demo_command(args, argv):
     except ValueError as error:
         raise Usage(f"argument --target-per-class: {error}") from error
     if args.out is not None:
-        check_out_folder(args.out)
+        make_out_folder(args.out)
     start_library()
     from kft.demo import run_demo
 

@@ -39,13 +39,13 @@ def data_parallel(devices: int | Sequence | None = None, *,
 
     Call it before building the model: Keras places each variable when it
     is created, and a step mixing variables made before (on one device)
-    and after (on all) fails to compile (kft's `fit`, `fine_tune` and
-    `lr_find` refuse such a model first: `check_placement`). Weights and
-    optimizer state are replicated, batches split over the devices,
+    and after (on all) fails to compile (kft's `fit`, `evaluate`,
+    `predict`, `fine_tune` and `lr_find` refuse such a model first:
+    `check_placement`; `kft.evaluate` and `kft.predict` run it). Weights
+    and optimizer state are replicated, batches split over the devices,
     gradients all-reduced; use global batch sizes divisible by the device
-    count. To stop, call
-    `keras.distribution.set_distribution(None)` (variables already made
-    stay where they are).
+    count. To stop, call `keras.distribution.set_distribution(None)`
+    (variables already made stay where they are).
 
     Args:
         devices: `None` (all devices of the default kind, as
@@ -309,10 +309,12 @@ class ChecksEvalBatches:
 
     def evaluate(self, *args, **kwargs):
         check_eval_data("evaluate", args, kwargs)
+        check_placement(self)
         return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
         check_eval_data("predict", args, kwargs)
+        check_placement(self)
         return super().predict(*args, **kwargs)
 
 

@@ -115,7 +115,8 @@ class Milestones(UnfreezeSchedule):
     """One more block at each listed epoch (0-based).
 
     Args:
-        epochs: Strictly increasing epochs, each at least 1.
+        epochs: Strictly increasing epochs, each at least 1; at least
+            one.
 
     Example:
     >>> [Milestones([2, 4]).stage_at(e) for e in range(6)]
@@ -124,6 +125,9 @@ class Milestones(UnfreezeSchedule):
 
     def __init__(self, epochs: Sequence[int]):
         self.epochs = _check_milestones("epochs", epochs)
+        if not self.epochs:  # it would never unfreeze a block
+            fail_argument("epochs", "at least one epoch >= 1, e.g. [2, 4]",
+                          epochs)
 
     def stage_at(self, epoch):
         return sum(m <= epoch for m in self.epochs)

@@ -90,6 +90,11 @@ def whole_data_results(model, x, y):
     _, means, variances, seen = batch_statistics(model, data, batch_size=8)
     kft.freeze(model, "feature_extraction")
     cache = kft.cache_features(model, data, verbose=0)
+    # Host augmentation: its seed states, built under the processes'
+    # distribution, are on every process's devices, and the first CPU
+    # device was process 0's (every other process failed).
+    augmented = [np.asarray(images) for images, _ in kft.data.from_arrays(
+        x[:16], y[:16], batch_size=8, augmentation="light", seed=1)]
     return {"accuracy": report.accuracy,
             "confusion": report.confusion_matrix.tolist(),
             "mistakes": [m.index for m in report.mistakes],
@@ -102,6 +107,8 @@ def whole_data_results(model, x, y):
             "predicted": [np.asarray(p.probabilities).tolist()
                           for p in predicted],
             "bn_images": int(seen),
+            "augmented": [sum(map(len, augmented)),
+                          bool(all(np.isfinite(a).all() for a in augmented))],
             "bn_sum": float(sum(m.sum() + v.sum()
                                 for m, v in zip(means, variances)))}
 

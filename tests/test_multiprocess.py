@@ -188,6 +188,9 @@ def test_whole_data_results_are_one_process_results(runs, four):
             np.testing.assert_allclose(got["predicted"], one["predicted"],
                                        rtol=1e-5, atol=1e-6)
             assert got["bn_images"] == one["bn_images"] == 43
+            # Each process augments its slice of every global batch.
+            assert one["augmented"] == [16, True]
+            assert got["augmented"] == [16 // processes, True]
             for key in ("fisher_sum", "bn_sum"):
                 assert got[key] == pytest.approx(one[key], rel=1e-5), key
 

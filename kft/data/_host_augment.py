@@ -47,7 +47,8 @@ class HostAugmenter:
 
     def __init__(self, model, seed=None):
         self.model = model
-        self.device = jax.devices("cpu")[0]
+        # This process's: `jax.devices` lists every process's devices.
+        self.device = jax.local_devices(backend="cpu")[0]
         self._lock = threading.Lock()
         self._states = {}
         self._functions = None
@@ -77,7 +78,7 @@ class HostAugmenter:
         # The seed states were created on the default device; committed to
         # the CPU device, they keep every compiled call there.
         states = jax.device_put(
-            [[v.value for v in layer.non_trainable_variables]
+            [[_local(v.value) for v in layer.non_trainable_variables]
              for layer in self.model.layers], self.device)
         # Another seed per stream (processes reading their slices of each
         # global batch must not repeat each other's draws), per `with_seed`
@@ -123,6 +124,16 @@ class HostAugmenter:
         then, how many depending on timing. With one running state those
         draws moved every later pass's."""
         return _PassStates(number)
+
+
+def _local(value):
+    """This process's copy of a seed state. Built under several processes'
+    distribution, the layers' states are replicated over every process's
+    devices, which `device_put` to one device refused ("must be a fully
+    addressable array"): each process holds the whole value."""
+    if getattr(value, "is_fully_addressable", True):
+        return value
+    return value.addressable_data(0)
 
 
 class _PassStates(dict):

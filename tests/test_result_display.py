@@ -134,3 +134,29 @@ def test_estimate_fisher_shows_one_bar(capsys):
     assert capsys.readouterr().out.strip().startswith("40/40 - ")
     kft.estimate_fisher(model, (x, y), batch_size=4, verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_verbose_2_is_one_line_when_done(capsys, tmp_path):
+    # verbose=2 drew the same bar as 1 (Keras' 2: a line at the end).
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=(16, 16, 3))
+    model.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (24, 16, 16, 3)).astype("float32")
+    y = np.arange(24) % 3
+    data = kft.data.from_arrays(x, y, batch_size=8, shuffle=False)
+    calls = {
+        "lr_find": lambda verbose: kft.lr_find(model, (x, y), batch_size=8,
+                                               steps=10, verbose=verbose),
+        "evaluate": lambda verbose: kft.evaluate(model, data,
+                                                 verbose=verbose),
+        "predict": lambda verbose: kft.predict(model, list(x[:3]),
+                                               verbose=verbose)}
+    for name, call in calls.items():
+        call(2)
+        out = capsys.readouterr().out
+        bars = [line for line in out.splitlines() if " - " in line]
+        assert len(bars) == 1 and "\r" not in out and "\b" not in out, (
+            name, out)

@@ -200,7 +200,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
         max_pixels: Larger image files raise. Defaults to Pillow's
             decompression-bomb limit.
         verbose: `1` shows a progress bar over the images (read, predicted)
-            as `kft.evaluate` does over batches. Defaults to `0`.
+            as `kft.evaluate` does over batches, `2` one line when done.
+            Defaults to `0`.
 
     Returns:
         A list of `Prediction`, one per image, in input order.
@@ -245,7 +246,7 @@ def predict(model_or_path, images, *, top_k: int = 5,
     names = class_names if class_names is not None else runner.meta.get(
         "class_names")
     results = []
-    progress = _progress(len(sources)) if verbose else None
+    progress = _progress(len(sources), verbose) if verbose else None
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
         views = [make_views(name, source, runner.size, tta, crop_fraction,
@@ -268,10 +269,11 @@ def predict(model_or_path, images, *, top_k: int = 5,
     return results
 
 
-def _progress(total):
+def _progress(total, verbose):
     import keras
 
-    return keras.utils.Progbar(total, unit_name="image").update
+    return keras.utils.Progbar(total, unit_name="image",
+                               verbose=verbose).update
 
 
 def _batches(x, batch_size):

@@ -225,8 +225,8 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             `kft.evaluation.report_from_predictions`. Defaults to `None`
             (5, or the number of classes when fewer), `15`, `10`, `16`
             and `"auto"`.
-        verbose: `1` shows a progress bar over a dataset's batches.
-            Defaults to `0`.
+        verbose: `1` shows a progress bar over a dataset's batches, `2`
+            one line when done. Defaults to `0`.
 
     Returns:
         A `kft.EvaluationReport`.
@@ -286,7 +286,7 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
                 data, _predict.output_width(model), model=model)
         dataset = _predict.ordered(data)
         labels, raw = _predict.predict_batches(
-            model, dataset, _progress(dataset) if verbose else None,
+            model, dataset, _progress(dataset, verbose) if verbose else None,
             name="data")
         if from_data:
             class_names = _predict.data_class_names(data, raw.shape[-1],
@@ -300,7 +300,7 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
         num_mistakes=num_mistakes, scores=scores, indices=indices)
 
 
-def _progress(dataset):
+def _progress(dataset, verbose):
     import keras
 
     # A kft dataset's `num_batches` leaves out files found bad while read
@@ -311,5 +311,5 @@ def _progress(dataset):
             total = len(dataset)
         except TypeError:
             total = None
-    bar = keras.utils.Progbar(total, unit_name="batch")
+    bar = keras.utils.Progbar(total, unit_name="batch", verbose=verbose)
     return bar.update

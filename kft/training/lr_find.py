@@ -301,9 +301,9 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
             it. A dataset's own sample weights (a third batch element, as
             `ImageDataset.with_class_weight` adds) are used as they are.
             Defaults to `None`.
-        verbose: Show the steps as they run (a progress bar of the rate
-            and smoothed loss), then where it stopped and the suggestions.
-            Defaults to `1`.
+        verbose: Show the steps as they run (`1`: a progress bar of the
+            rate and smoothed loss; `2`: one line when done), then where it
+            stopped and the suggestions. Defaults to `1`.
 
     Returns:
         An `LRFinderResult`.
@@ -361,8 +361,9 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
     rates, raw, smooth = [], [], []
     average, best, reason = 0.0, math.inf, None
     # Up to `steps` training steps: shown as they run.
-    bar = (keras.utils.Progbar(steps, stateful_metrics=["lr", "loss"])
-           if verbose else None)
+    # verbose=2, as Keras': one line at the end (a bar was drawn).
+    bar = (keras.utils.Progbar(steps, stateful_metrics=["lr", "loss"],
+                               verbose=verbose) if verbose else None)
     try:
         batches = _batches(data, batch_size, seed, steps)
         for k in range(steps):

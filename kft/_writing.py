@@ -8,6 +8,12 @@ import os
 import tempfile
 
 
+def _umask():
+    mask = os.umask(0)  # read by setting it: there is no getter
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def replaced(path, mode="w", **open_kwargs):
     """Opens a temporary file that replaces `path` when the block ends
@@ -28,6 +34,9 @@ def replaced(path, mode="w", **open_kwargs):
     handle, temporary = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder or ".")
     try:
+        # mkstemp's file is the owner's alone (0600); `open` would have
+        # made it 0666 less the umask, as the user's other files.
+        os.chmod(temporary, 0o666 & ~_umask())
         with os.fdopen(handle, mode, **open_kwargs) as file:
             yield file
         os.replace(temporary, path)

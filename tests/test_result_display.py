@@ -160,3 +160,18 @@ def test_verbose_2_is_one_line_when_done(capsys, tmp_path):
         bars = [line for line in out.splitlines() if " - " in line]
         assert len(bars) == 1 and "\r" not in out and "\b" not in out, (
             name, out)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    # The temporary file they are written to is the owner's alone.
+    import os
+
+    from kft._writing import replaced
+
+    path = tmp_path / "a.json"
+    with replaced(path) as f:
+        f.write("{}")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert os.listdir(tmp_path) == ["a.json"]

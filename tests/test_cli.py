@@ -329,3 +329,27 @@ def test_home_in_path_arguments_is_the_home_folder(monkeypatch):
     for argv, expected in cases:
         args = expand_home(parser.parse_args(argv))
         assert {k: getattr(args, k) for k in expected} == expected, argv
+
+
+def test_under_the_launcher_kft_train_joins_the_job(monkeypatch, capsys):
+    # Every process of `python -m kft.distributed --processes 2 kft train`
+    # ran a one-process job of its own; they fought over the run folder.
+    from kft.distributed import processes
+
+    joined = []
+    monkeypatch.setattr(processes, "launched_settings",
+                        lambda: ("localhost:1234", 2, 0))
+    monkeypatch.setattr(processes, "initialize",
+                        lambda: joined.append(True) or True)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["eval", "run", "photos"])
+    assert info.value.code == 2
+    assert ("kft eval runs in one process: start it without python -m "
+            "kft.distributed") in capsys.readouterr().err
+    assert joined == []
+    # train joins first, then reads its command line as usual.
+    with pytest.raises(SystemExit):
+        cli.main(["train", "/missing/photos"])
+    assert joined == [True]
+    assert "Data folder '/missing/photos' does not exist" in \
+        capsys.readouterr().err

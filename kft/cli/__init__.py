@@ -34,6 +34,28 @@ def _fail(parser, message):
     parser.error(message)
 
 
+def _join_launched_job(command):
+    """Under `python -m kft.distributed`, `kft train` joins the job (each
+    process trains on its slice of every global batch; process 0 writes
+    the run folder). Without it every process ran a job of its own, and
+    they fought over the run folder; the other commands run in one
+    process."""
+    from kft.distributed.processes import launched_settings
+
+    if launched_settings() is None:
+        return
+    if command != "train":
+        raise Usage(f"kft {command} runs in one process: start it without "
+                    "python -m kft.distributed (kft train joins a launched "
+                    "job)")
+    from kft.cli._checks import start_library
+
+    start_library()
+    from kft.distributed.processes import initialize
+
+    initialize()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the `kft` command on `argv` (defaults to `sys.argv[1:]`).
 
@@ -62,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda message, category, *_, **__:
         f"kft {command}: {category.__name__}: {message}\n")
     try:
+        _join_launched_job(command)
         return handler(args, argv)
     except Usage as error:
         _fail(parsers[command], str(error))

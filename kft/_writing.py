@@ -1,54 +1,50 @@
-"""Writing a result file whole: its folder made if missing, the text or
-arrays written to a temporary file beside it and moved over the target,
-so a failed write leaves the previous file as it was (an `open(path,
-"w")` emptied it first)."""
+"""Writing a result file: its folder made if missing, and its content made
+in full before the file is opened, so a failure making it (an array
+`np.savez` cannot store, a value JSON cannot hold) leaves the previous
+file as it was (opening it first emptied it).
 
-import contextlib
+The file is written in place, as `open` writes it: a symlink is followed,
+the file's mode, owner and hard links are kept, and a FIFO or
+`/dev/stdout` receives the bytes (a temporary file moved over the target
+replaced each of them).
+"""
+
+import io
 import os
-import tempfile
 
 
-def _umask():
-    # Linux shows it; setting it to read it back would change it for a
-    # moment for every thread (grain's readers make files too).
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def replaced(path, mode="w", **open_kwargs):
-    """Opens a temporary file that replaces `path` when the block ends
-    without an error (and is removed otherwise).
+def write_file(path, content):
+    """Writes `content` (`str` as UTF-8, or `bytes`) to `path`.
 
     Example:
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "new", "a.txt")
-    >>> with replaced(path) as f:
-    ...     _ = f.write("done")
+    >>> write_file(path, "done")
     >>> open(path).read()
     'done'
     """
     path = os.fspath(path)
-    folder = os.path.dirname(path)
-    if folder:
+    folder, name = os.path.split(path)
+    if folder and name:  # "out/" names a folder: open says so
         os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder or ".")
-    try:
-        # mkstemp's file is the owner's alone (0600); `open` would have
-        # made it 0666 less the umask, as the user's other files.
-        os.chmod(temporary, 0o666 & ~_umask())
-        with os.fdopen(handle, mode, **open_kwargs) as file:
-            yield file
-        os.replace(temporary, path)
-    except BaseException:
-        os.remove(temporary)
-        raise
+    if isinstance(content, str):
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(content)
+    else:
+        with open(path, "wb") as file:
+            file.write(content)
+
+
+def npz_bytes(**arrays):
+    """`np.savez` of `arrays`, as bytes (made before any file is opened).
+
+    Example:
+    >>> import numpy as np
+    >>> npz_bytes(a=np.zeros(2))[:2]
+    b'PK'
+    """
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

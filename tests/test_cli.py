@@ -337,15 +337,21 @@ def test_under_the_launcher_kft_train_joins_the_job(monkeypatch, capsys):
     from kft.distributed import processes
 
     joined = []
-    monkeypatch.setattr(processes, "launched_settings",
-                        lambda: ("localhost:1234", 2, 0))
     monkeypatch.setattr(processes, "initialize",
                         lambda: joined.append(True) or True)
+    # JAX's own variable (a cluster's, set for every program) is no
+    # launcher: the command runs as without it.
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
     with pytest.raises(SystemExit) as info:
-        cli.main(["eval", "run", "photos"])
-    assert info.value.code == 2
-    assert ("kft eval runs in one process: start it without python -m "
-            "kft.distributed") in capsys.readouterr().err
+        cli.main(["eval", "/missing/run", "photos"])
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("KFT_COORDINATOR", "localhost:1234")
+    for argv in (["eval", "run", "photos"], ["backbones", "resnet50"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+        assert (f"kft {argv[0]} runs in one process: start it without "
+                "python -m kft.distributed") in capsys.readouterr().err
     assert joined == []
     # train joins first, then reads its command line as usual.
     with pytest.raises(SystemExit):

@@ -469,9 +469,11 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
     assert sorted(os.listdir(folder)) == before
 
 
-def test_a_checkpoint_cut_short_falls_back_to_the_previous(tmp_path):
+def test_a_checkpoint_cut_short_falls_back_to_the_previous(tmp_path,
+                                                           monkeypatch):
     import h5py
 
+    from kft.distributed import processes
     from kft.runs.backup import recover_checkpoint
 
     assert recover_checkpoint(tmp_path) is None
@@ -484,6 +486,13 @@ def test_a_checkpoint_cut_short_falls_back_to_the_previous(tmp_path):
         b"\x89HDF\r\n\x1a\n" + bytes(88))
     (tmp_path / "training_metadata.json").write_text(
         '{"epoch": 3, "batch": 0}')
+    # Several processes resuming: process 0 repairs, the others leave the
+    # folder alone (all of them repairing it raced: FileNotFoundError).
+    with monkeypatch.context() as other:
+        other.setattr(processes, "process_index", lambda: 1)
+        assert recover_checkpoint(tmp_path) is None
+    assert json.loads((tmp_path / "training_metadata.json").read_text(
+    ))["epoch"] == 3
     assert "previous checkpoint" in recover_checkpoint(tmp_path)
     assert json.loads((tmp_path / "training_metadata.json").read_text(
     ))["epoch"] == 2

@@ -44,6 +44,10 @@ def test_reprs_are_bounded_and_notebooks_show_the_tables(tmp_path):
         "StrategyComparison(metric='accuracy', strategies=['full', "
         "'partial'], seeds=[0, 1], runs=4, best='full')")
     assert comparison._repr_markdown_() == comparison.to_markdown()
+    # A metric some run lacks: `best` raises, the repr must not.
+    other = StrategyComparison(comparison.runs, ["full", "partial"], [0, 1],
+                               "f1")
+    assert repr(other).endswith("seeds=[0, 1], runs=4)")
     assert comparison.save(tmp_path / "c.json") is None
     assert StrategyComparison.load(tmp_path / "c.json").runs == \
         comparison.runs
@@ -105,6 +109,7 @@ def test_files_are_written_whole_into_missing_folders(tmp_path,
         FisherInformation({"w": np.zeros(3, "float32")}).save(target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["fisher.npz"]
+    assert FisherInformation.load(target).values["w"].tolist() == [1, 1, 1]
     json.loads(path.read_text())
 
 
@@ -120,6 +125,14 @@ def test_domain_shift_takes_finite_images_and_prints_any_score():
         with pytest.raises(ValueError, match=r"finite pixels\. Images with "
                            r"NaN or inf: 1 of 8 \(the first: image 3\)"):
             call()
+    # Batches of any iterable: adapt_batchnorm wrote NaN moving averages.
+    batches = [(x[:2], None), (x[2:6], None)]
+    for call in (lambda: kft.domain_shift(model, batches),
+                 lambda: kft.adapt_batchnorm(model, batches)):
+        with pytest.raises(ValueError, match=r"NaN or inf: 1 in a batch of "
+                           r"4 \(the first: image 3\)"):
+            call()
+    assert all(np.isfinite(np.asarray(v)).all() for v in model.weights)
     shown = str(DomainShiftReport({"stem": float("nan"), "block1": 2.0},
                                   {}, {}, 8))
     assert "stem" in shown and "nan" in shown and "#" * 20 in shown
@@ -152,6 +165,10 @@ def test_verbose_2_is_one_line_when_done(capsys, tmp_path):
                                                steps=10, verbose=verbose),
         "evaluate": lambda verbose: kft.evaluate(model, data,
                                                  verbose=verbose),
+        # Of unknown length: Keras' verbose=2 bar never printed.
+        "evaluate_generator": lambda verbose: kft.evaluate(
+            model, ((x[i:i + 8], y[i:i + 8]) for i in range(0, 24, 8)),
+            verbose=verbose),
         "predict": lambda verbose: kft.predict(model, list(x[:3]),
                                                verbose=verbose)}
     for name, call in calls.items():
@@ -162,16 +179,22 @@ def test_verbose_2_is_one_line_when_done(capsys, tmp_path):
             name, out)
 
 
-def test_written_files_get_the_usual_permissions(tmp_path):
-    # The temporary file they are written to is the owner's alone.
+def test_a_saved_file_is_written_in_place(tmp_path):
+    # Written to a temporary file moved over the target, a symlink became
+    # a file, a private file's mode widened, a FIFO or /dev/stdout was
+    # replaced.
     import os
 
-    from kft._writing import replaced
-
-    path = tmp_path / "a.json"
-    with replaced(path) as f:
-        f.write("{}")
-    mask = os.umask(0o022)
-    os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
-    assert os.listdir(tmp_path) == ["a.json"]
+    report = _report(classes=3, n=20)
+    target = tmp_path / "private.json"
+    target.write_text("old")
+    target.chmod(0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    report.to_json(link)
+    assert link.is_symlink() and target.stat().st_mode & 0o777 == 0o600
+    assert kft.EvaluationReport.load(target).accuracy == report.accuracy
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "private.json"]
+    with pytest.raises(IsADirectoryError, match="'.*out/'"):
+        report.to_json(str(tmp_path / "out") + "/")
+    assert not (tmp_path / "out").exists()

@@ -59,15 +59,24 @@ def image_array(data, name, *, allow_labels=False):
         raise ValueError(
             f"Argument `{name}` must hold at least one image. Received: an "
             f"empty array of shape {array.shape}")
-    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    _check_finite(array, name)
+    return array
+
+
+def _check_finite(images, name, first=None):
+    """Raises if an image holds NaN or inf: their statistics were NaN (a
+    NaN shift score, NaN BatchNorm moving averages after
+    adapt_batchnorm, a NaN DANN loss). `first`: for a batch, the index of
+    `images[0]` among all of `name`'s."""
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
     if not finite.all():
-        # Their statistics were NaN: a NaN shift score, NaN BatchNorm
-        # moving averages after adapt_batchnorm, a NaN DANN loss.
+        bad = int((~finite).sum())
+        counted = (f"{bad} of {len(images)}" if first is None
+                   else f"{bad} in a batch of {len(images)}")
         raise ValueError(
             f"Argument `{name}` must hold finite pixels. Images with NaN or "
-            f"inf: {int((~finite).sum())} of {len(array)} (the first: image "
-            f"{int(np.argmin(finite))}).")
-    return array
+            f"inf: {counted} (the first: image "
+            f"{(first or 0) + int(np.argmin(finite))}).")
 
 
 def dataset_arrays(data):
@@ -135,6 +144,7 @@ def image_batches(data, name, batch_size, *, expected_shape=None,
             check_same_images(expected_shape, batch.shape[1:],
                               "the model's input", name)
         if len(batch):
+            _check_finite(batch, name, first=count)
             count += len(batch)
             yield batch
     if count == 0:

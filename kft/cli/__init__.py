@@ -13,6 +13,7 @@ that exists without `--overwrite`), found before any training; 1 a
 failure while working.
 """
 
+import os
 import sys
 import warnings
 
@@ -40,9 +41,11 @@ def _join_launched_job(command):
     the run folder). Without it every process ran a job of its own, and
     they fought over the run folder; the other commands run in one
     process."""
-    from kft.distributed.processes import launched_settings
+    from kft.distributed.processes import COORDINATOR_ENV
 
-    if launched_settings() is None:
+    # The launcher's own variable: JAX's JAX_COORDINATOR_ADDRESS may be a
+    # cluster's, set for every program.
+    if not os.environ.get(COORDINATOR_ENV):
         return
     if command != "train":
         raise Usage(f"kft {command} runs in one process: start it without "
@@ -71,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser, parsers = build_parser()
     args = expand_home(parser.parse_args(argv))
     command = args.command
-    if command == "backbones":
-        return backbones_command(args.pattern, args.params)
     handler = {"train": train_command, "eval": eval_command,
                "predict": predict_command, "export": export_command,
                "lr-find": lr_find_command, "compare": compare_command,
-               "demo": demo_command}[command]
+               "demo": demo_command,
+               "backbones": lambda args, argv: backbones_command(
+                   args.pattern, args.params)}[command]
     # Warnings as the command's lines: "kft train: UserWarning: ...", not
     # a file and line of kft's (or of the `kft` script) and its source.
     format_warning = warnings.formatwarning

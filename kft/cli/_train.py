@@ -92,6 +92,10 @@ def train_command(args, argv):
             print("kft train: continue the run with: kft train --resume "
                   f"--out {shlex.quote(config.out)}", file=sys.stderr)
         raise
+    from kft.distributed.processes import is_primary
+
+    if not is_primary():  # launched: process 0 wrote the run and says so
+        return 0
     if args.json:
         print(json.dumps(_train_summary(result), default=str))
     else:

@@ -285,9 +285,11 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             class_names = _predict.data_class_names(
                 data, _predict.output_width(model), model=model)
         dataset = _predict.ordered(data)
-        labels, raw = _predict.predict_batches(
-            model, dataset, _progress(dataset, verbose) if verbose else None,
-            name="data")
+        progress = _progress(dataset, verbose) if verbose else None
+        labels, raw = _predict.predict_batches(model, dataset, progress,
+                                               name="data")
+        if progress is not None:
+            progress.finish()
         if from_data:
             class_names = _predict.data_class_names(data, raw.shape[-1],
                                                     model=model)
@@ -312,4 +314,18 @@ def _progress(dataset, verbose):
         except TypeError:
             total = None
     bar = keras.utils.Progbar(total, unit_name="batch", verbose=verbose)
-    return bar.update
+
+    def update(done):
+        update.done = done
+        bar.update(done)
+
+    def finish():
+        # verbose=2 prints at the last batch it knows of: never for data
+        # of unknown length, or with fewer batches than counted (files
+        # found bad while read).
+        if update.done != total:
+            bar.target = update.done  # known now; verbose=2 needs it
+            bar.update(update.done, finalize=True)
+
+    update.done, update.finish = 0, finish
+    return update

@@ -17,7 +17,7 @@ from kft._plotting import new_figure
 from kft._plotting import wrap_title
 from kft._validation import check_number
 from kft._validation import fail_argument
-from kft._writing import replaced
+from kft._writing import write_file
 from kft.evaluation._format import markdown_cell
 
 _FORMAT = "kft.StrategyComparison/1"
@@ -305,8 +305,7 @@ class StrategyComparison:
         """The JSON text; also written to `path` when given."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
-            with replaced(path) as f:
-                f.write(text)
+            write_file(path, text)
         return text
 
     def save(self, path):
@@ -318,11 +317,14 @@ class StrategyComparison:
     def __repr__(self):
         # The runs' histories and reports ran to megabytes.
         failed = len(self.failures())
+        try:
+            best = f", best={self.best!r}"
+        except ValueError:  # a metric some run lacks: repr must not raise
+            best = ""
         return (f"StrategyComparison(metric={self.metric!r}, strategies="
                 f"{list(self.strategies)!r}, seeds={list(self.seeds)!r}, "
                 f"runs={len(self.runs)}"
-                + (f" ({failed} failed)" if failed else "")
-                + f", best={self.best!r})")
+                + (f" ({failed} failed)" if failed else "") + best + ")")
 
     def _repr_markdown_(self):  # a notebook shows the table
         return self.to_markdown()

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kft._writing import replaced
+from kft._writing import write_file
 from kft.evaluation import _format
 
 # Fields held as numpy arrays (lists in JSON).
@@ -162,8 +162,7 @@ class EvaluationReport:
         """The report as JSON text; also written to `path` when given."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            with replaced(path, encoding="utf-8") as file:
-                file.write(text)
+            write_file(path, text)
         return text
 
     @classmethod

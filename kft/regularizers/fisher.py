@@ -15,7 +15,8 @@ from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import check_seed
 from kft._validation import fail_argument
-from kft._writing import replaced
+from kft._writing import npz_bytes
+from kft._writing import write_file
 from kft.regularizers.penalty import check_unique_paths
 
 KINDS = ("empirical", "true")
@@ -69,11 +70,9 @@ class FisherInformation:
 
     def save(self, path):
         """Writes an npz keyed by variable path (its folder made if
-        missing; a failed write leaves the previous file);
-        `FisherInformation.load` reads it."""
+        missing); `FisherInformation.load` reads it."""
         meta = np.array(f"{self.kind}|{self.num_samples}|{self.normalize}")
-        with replaced(path, "wb") as f:
-            np.savez(f, __meta__=meta, **self.values)
+        write_file(path, npz_bytes(__meta__=meta, **self.values))
         return path
 
     @classmethod

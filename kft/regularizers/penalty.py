@@ -24,7 +24,8 @@ from keras import ops
 from kft import _compat
 from kft._validation import check_number
 from kft._validation import fail_argument
-from kft._writing import replaced
+from kft._writing import npz_bytes
+from kft._writing import write_file
 
 # Attribute of the model holding the `PenaltyState` layer.
 STATE_ATTRIBUTE = "kft_penalty_state"
@@ -160,8 +161,7 @@ class Penalty:
             arrays[f"anchor:{p}"] = variable.numpy()
         for p, variable in self.bound.fisher.items():
             arrays[f"fisher:{p}"] = variable.numpy()
-        with replaced(path, "wb") as f:
-            np.savez(f, **arrays)
+        write_file(path, npz_bytes(**arrays))
         return path
 
 

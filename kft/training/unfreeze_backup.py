@@ -209,7 +209,9 @@ def recover_checkpoint(directory) -> str | None:
     (`stamp_checkpoint`) is not the metadata's position. The previous
     checkpoint (`double_checkpoint=True` keeps it) replaces the pair then;
     without one the pair is removed, so the call starts again. Returns
-    what was done, or `None` when nothing was needed.
+    what was done, or `None` when nothing was needed. With several
+    processes, process 0 repairs the folder (they all read it) and the
+    others wait for it and return `None`.
 
     Example:
     >>> import os, tempfile
@@ -219,6 +221,17 @@ def recover_checkpoint(directory) -> str | None:
     >>> recover_checkpoint(folder)
     'removed a checkpoint cut short; the phase starts again'
     """
+    from kft.distributed.processes import barrier
+    from kft.distributed.processes import is_primary
+
+    # Every process repairing the shared folder raced: one found the
+    # other's `.tmp` already moved (FileNotFoundError), and the job died.
+    done = _recover(directory) if is_primary() else None
+    barrier("kft-recover-checkpoint")
+    return done
+
+
+def _recover(directory):
     paths = [os.path.join(directory, name) for name in CHECKPOINT_FILES]
     present = [os.path.exists(p) for p in paths]
     if not any(present) or (all(present) and all(map(_readable, paths))

@@ -29,26 +29,26 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
-# Test files from the longest (seconds summed in a CI run, 2026-12-05
-# 18:49 UTC) down, then the short ones (under 5 s) in collection order:
+# Test files from the longest (seconds summed, mean of two CI runs at
+# 34b89ac, 2026-12-05 21:25 UTC) down, then the short ones (under 5 s)
+# in collection order:
 # with `-n 2 --dist loadfile` each worker takes the next file when free,
 # and a long file taken last left the other worker idle at the end (with
 # the ten longest first only, 611.6 s in pytest for 1,181 s summed).
 HEAVY_FIRST = (
-    "test_cpu_convs.py", "test_multiprocess.py", "test_export.py",
-    "test_examples.py", "test_cli_train.py", "test_augmentation.py",
+    "test_cpu_convs.py", "test_cli_train.py", "test_multiprocess.py",
+    "test_examples.py", "test_export.py", "test_augmentation.py",
     "test_callbacks.py", "test_backbones.py", "test_xla_flags.py",
-    "test_mixing.py", "test_classifier.py", "test_compare.py",
-    "test_adaptation.py", "test_run_backup.py", "test_image_ops.py",
-    "test_gpu_check.py", "test_data_parallel.py", "test_conv_grads.py",
-    "test_data.py", "test_recipes.py", "test_model_parallel.py",
-    "test_unfreezing_paths.py", "test_init_draws.py",
-    "test_regularizers.py", "test_layer_norm.py", "test_optimizers.py",
-    "test_cli.py", "test_data_and_eval.py", "test_mixing_jit.py",
-    "test_feature_cache.py", "test_first_day.py", "test_freezing.py",
-    "test_training_inputs.py", "test_plots.py", "test_imbalance.py",
-    "test_model_aug_paths.py", "test_optimizers_retarget.py",
-    "test_schedules.py", "test_lr_find.py")
+    "test_compare.py", "test_mixing.py", "test_image_ops.py",
+    "test_run_backup.py", "test_classifier.py", "test_adaptation.py",
+    "test_gpu_check.py", "test_conv_grads.py", "test_data.py",
+    "test_data_parallel.py", "test_layer_norm.py", "test_init_draws.py",
+    "test_recipes.py", "test_regularizers.py", "test_model_parallel.py",
+    "test_unfreezing_paths.py", "test_optimizers.py", "test_first_day.py",
+    "test_data_and_eval.py", "test_cli.py", "test_feature_cache.py",
+    "test_plots.py", "test_training_inputs.py", "test_imbalance.py",
+    "test_mixing_jit.py", "test_freezing.py", "test_model_aug_paths.py",
+    "test_optimizers_retarget.py", "test_schedules.py", "test_lr_find.py")
 
 
 def pytest_collection_modifyitems(items):

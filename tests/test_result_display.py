@@ -149,7 +149,7 @@ def test_estimate_fisher_shows_one_bar(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_verbose_2_is_one_line_when_done(capsys, tmp_path):
+def test_verbose_2_is_one_line_when_done(capsys):
     # verbose=2 drew the same bar as 1 (Keras' 2: a line at the end).
     model = kft.build_classifier("simple_cnn", 3, weights=None,
                                  input_shape=(16, 16, 3))

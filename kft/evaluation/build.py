@@ -285,7 +285,7 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
             class_names = _predict.data_class_names(
                 data, _predict.output_width(model), model=model)
         dataset = _predict.ordered(data)
-        progress = _progress(dataset, verbose) if verbose else None
+        progress = _Progress(dataset, verbose) if verbose else None
         labels, raw = _predict.predict_batches(model, dataset, progress,
                                                name="data")
         if progress is not None:
@@ -302,30 +302,33 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
         num_mistakes=num_mistakes, scores=scores, indices=indices)
 
 
-def _progress(dataset, verbose):
-    import keras
+class _Progress:
+    """A bar over a dataset's batches: called with the batches done, then
+    `finish()`."""
 
-    # A kft dataset's `num_batches` leaves out files found bad while read
-    # (`check="header"`); its len() counts the training steps.
-    total = getattr(dataset, "num_batches", None)
-    if total is None:
-        try:
-            total = len(dataset)
-        except TypeError:
-            total = None
-    bar = keras.utils.Progbar(total, unit_name="batch", verbose=verbose)
+    def __init__(self, dataset, verbose):
+        import keras
 
-    def update(done):
-        update.done = done
-        bar.update(done)
+        # A kft dataset's `num_batches` leaves out files found bad while
+        # read (`check="header"`); its len() counts the training steps.
+        total = getattr(dataset, "num_batches", None)
+        if total is None:
+            try:
+                total = len(dataset)
+            except TypeError:
+                total = None
+        self.bar = keras.utils.Progbar(total, unit_name="batch",
+                                       verbose=verbose)
+        self.done = 0
 
-    def finish():
-        # verbose=2 prints at the last batch it knows of: never for data
-        # of unknown length, or with fewer batches than counted (files
-        # found bad while read).
-        if update.done != total:
-            bar.target = update.done  # known now; verbose=2 needs it
-            bar.update(update.done, finalize=True)
+    def __call__(self, done):
+        self.done = done
+        self.bar.update(done)
 
-    update.done, update.finish = 0, finish
-    return update
+    def finish(self):
+        # verbose=2 prints at the last batch it knows of: never for data of
+        # unknown length, or with fewer batches than counted (files found
+        # bad while read).
+        if self.done != self.bar.target:
+            self.bar.target = self.done  # known now; verbose=2 needs it
+            self.bar.update(self.done, finalize=True)

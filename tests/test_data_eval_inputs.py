@@ -346,3 +346,29 @@ def test_a_split_folder_beside_class_folders_is_not_a_class(tmp_path):
     root = _folder(tmp_path / "named", {"a": 2, "test": 2})
     assert _load(root, validation_split=None).train.class_names == [
         "a", "test"]
+
+
+def test_a_class_named_train_in_a_flat_layout_is_a_class(tmp_path):
+    """CIFAR-100 has a class "train": `bus/ car/ train/` of images was read
+    as a split layout whose train folder held no class folders."""
+    for name in ("train", "Train"):
+        root = _folder(tmp_path / name, {"bus": 2, "car": 2, name: 2})
+        splits = _load(root, validation_split=0.5)
+        assert splits.train.class_names == sorted(["bus", "car", name])
+        assert splits.train.num_examples == splits.val.num_examples == 3
+    # train/ holding class folders is still the split layout.
+    root = _folder(tmp_path / "split" / "train", {"a": 2, "b": 2})
+    _folder(tmp_path / "split" / "val", {"a": 1, "b": 1})
+    splits = _load(str(tmp_path / "split"))
+    assert splits.train.class_names == ["a", "b"]
+    assert splits.val.num_examples == 2
+
+
+def test_a_validation_split_with_nothing_to_hold_out_is_refused(tmp_path):
+    # One image per class: val came back empty and fine_tune / kft train
+    # failed after training on the head, with "no val_loss to monitor".
+    root = _folder(tmp_path / "ones", {"a": 1, "b": 1, "c": 1})
+    with pytest.raises(ValueError, match=r"`validation_split` \(0.2\) leaves "
+                       r"no val images: each of the 3 classes in '.*ones' has a "
+                       r"single readable image"):
+        _load(root, validation_split=0.2)

@@ -282,6 +282,16 @@ def from_directory(path: str | os.PathLike,
     if validation_split is not None:
         records, val_records = stratified_split(records, validation_split,
                                                 settings.seed)
+        if not val_records:
+            # Every class has one image: nothing to hold out. An empty val
+            # set would fail only after training (no val_loss to monitor).
+            raise ValueError(
+                f"`validation_split` ({validation_split}) leaves no val "
+                f"images: each of the {len(class_names)} classes in "
+                f"{shown(train_dir)!r} has a single readable image, kept "
+                "for training. Add images (at least 2 per class), or give "
+                "val images in their own folder (layout train/<class>/ + "
+                "val/<class>/).")
     if val_dir is not None or validation_split is not None:
         _warn_val_gaps(val_records, class_names, validation_split, val_dir)
     warn_skipped(skipped + val_skipped, total,

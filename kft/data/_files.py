@@ -174,6 +174,11 @@ def split_folders(path, validation_split):
     path = os.fspath(path)
     train_dir, val_dir = path, None
     train = split_folder(path, ("train",))
+    if train is not None and not any(
+            entry.is_dir() for entry in os.scandir(train)):
+        # A class named "train" (CIFAR-100 has one) beside the others: a
+        # split folder holds class folders, as val/ and test/ must.
+        train = None
     if train is None:
         # `path/<class>/` next to `path/val/<class>/`: the split folder
         # would be read as one more class holding every class's images.

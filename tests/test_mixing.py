@@ -510,6 +510,20 @@ def test_bad_batch_augment_arguments_raise():
         kft.BatchAugmentModel(inputs, outputs, batch_augment=MixUp())
 
 
+def test_clone_model_says_how_to_clone():
+    # keras.models.clone_model passes no `batch_augment`: the error blamed
+    # an argument the user never gave.
+    model = _model(MixUp(seed=0))
+    with pytest.raises(TypeError, match=r"keras.models.clone_model cannot "
+                       r"pass it.*BatchAugmentModel.from_config"):
+        keras.models.clone_model(model)
+    clone = kft.BatchAugmentModel.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    images = _data(n=2)[0]
+    np.testing.assert_array_equal(clone.predict(images, verbose=0),
+                                  model.predict(images, verbose=0))
+
+
 def test_one_hot_labels_of_the_wrong_width_raise_in_the_model():
     # The layer has no num_classes here; the model's output width decides.
     model = _compile(_model(MixUp(seed=0)))

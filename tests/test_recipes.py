@@ -275,3 +275,49 @@ def test_schedule_arguments_checked_before_training(data):
     unsized = iter([data.target_train])
     with pytest.raises(ValueError, match="number of batches is unknown"):
         kft.fine_tune(_model(), unsized, schedule="cosine", verbose=0)
+
+
+def test_callbacks_the_user_brings_see_one_run(data, tmp_path):
+    """A user's `History` made both phases' histories one growing dict,
+    and a `CSVLogger` kept phase 2's epochs only (it reopened its file)."""
+    history = keras.callbacks.History()
+    log = keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))
+    result = kft.fine_tune(_model(), data.target_train, data.target_val,
+                           strategy="partial", head_epochs=2, epochs=3,
+                           verbose=0, callbacks=[history, log])
+    assert [len(h["loss"]) for h in result.histories] == [2, 3]
+    assert result.histories[0] is not result.histories[1]
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,")
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2", "3",
+                                                          "4"]
+    assert log.append is False  # the user's setting, put back
+    # The History saw every epoch, as Keras' own fit calls would show it.
+    assert len(history.history["loss"]) == 5
+
+
+def test_checkpoints_that_would_save_the_wrong_model_are_refused(
+        data, tmp_path):
+    """In a cached phase 1 a ModelCheckpoint saved the head model alone;
+    a BackupAndRestore restored phase 2's state into phase 1 on a rerun."""
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras"))
+    with pytest.raises(ValueError, match=r"ModelCheckpoint there would "
+                       r"save the head model alone.*cache_features=False"):
+        kft.fine_tune(_model(), data.target_train, data.target_val,
+                      strategy="feature_extraction", head_epochs=1,
+                      verbose=0, callbacks=[checkpoint])
+    assert not (tmp_path / "m.keras").exists()
+    # Not cached: the checkpoint holds the classifier.
+    model = _model()
+    kft.fine_tune(model, data.target_train, data.target_val,
+                  strategy="partial", head_epochs=1, epochs=1, verbose=0,
+                  cache_features=False, callbacks=[checkpoint])
+    saved = keras.models.load_model(str(tmp_path / "m.keras"))
+    assert saved.input_shape == model.input_shape
+    for resumer in (keras.callbacks.BackupAndRestore(str(tmp_path / "b")),
+                    kft.callbacks.BackupAndRestore(str(tmp_path / "k"))):
+        with pytest.raises(ValueError, match=r"BackupAndRestore \(it "
+                           r"resumes one fit.*kft.runs.RunBackup"):
+            kft.fine_tune(_model(), data.target_train, data.target_val,
+                          head_epochs=1, epochs=1, verbose=0,
+                          callbacks=[resumer])

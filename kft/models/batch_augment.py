@@ -63,6 +63,16 @@ class BatchAugmentModel(Classifier):
                  batch_augment: keras.layers.Layer | dict | None = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
+        if batch_augment is None:
+            # What `keras.models.clone_model` passes: it builds a functional
+            # subclass from its inputs and outputs alone.
+            raise TypeError(
+                "A BatchAugmentModel needs its `batch_augment` layer (e.g. "
+                "kft.layers.MixUpOrCutMix(...)); keras.models.clone_model "
+                "cannot pass it. Clone it with clone = "
+                "kft.BatchAugmentModel.from_config(model.get_config()) "
+                "(then clone.set_weights(model.get_weights()) for the "
+                "weights).")
         if isinstance(batch_augment, dict):
             batch_augment = keras.saving.deserialize_keras_object(
                 batch_augment)

@@ -30,7 +30,10 @@ class Classifier(KeepsStateOnError, ChecksEvalBatches, keras.Model):
     `kft.evaluate` and `kft.export` use) and whether the backbone started
     from pretrained weights (`kft.freeze` warns about frozen BatchNorm
     statistics of a random initialisation). Both are in its config: a
-    model saved with `model.save` loads with them.
+    model saved with `model.save` loads with them. `keras.models.clone_model`
+    builds the clone from inputs and outputs alone, without them; clone
+    with `kft.Classifier.from_config(model.get_config())` (new weights, as
+    `clone_model`'s) to keep them.
 
     Args:
         *args: `inputs` and `outputs`, as for `keras.Model`.

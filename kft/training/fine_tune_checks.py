@@ -129,6 +129,20 @@ def check_extras(callbacks, regularizer):
             or not isinstance(callbacks, Sequence)):
         fail_argument("callbacks", "a list of Keras callbacks (or None)",
                       callbacks, TypeError)
+    from kft.distributed.backup import BackupAndRestore
+
+    # Each resumes one `fit`; fine_tune runs several (the head, then deeper
+    # blocks): restarted, phase 1 restored phase 2's checkpoint into the
+    # head and phase 2 trained again from its start, without a word.
+    resumers = [type(c).__name__ for c in callbacks or () if isinstance(
+        c, (keras.callbacks.BackupAndRestore, BackupAndRestore))]
+    if resumers:
+        fail_argument(
+            "callbacks", "callbacks without a BackupAndRestore (it resumes "
+            "one fit; fine_tune runs one per phase): for a run that "
+            "resumes after a crash, pass kft.runs.RunBackup(directory, "
+            "model) among the callbacks, or use kft train ... --resume",
+            resumers)
     if regularizer is not None:
         from kft.regularizers import Penalty
 

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from kft._compat import print_msg
+from kft._validation import fail_argument
 from kft.data import ImageDataset
 from kft.models.blocks import get_blocks, head_and_body
 from kft.optimizers import BlockwiseOptimizer
@@ -37,6 +38,7 @@ def _head_caches(phases, mode):
             plain_data(phases.train_data) and plain_data(phases.val_data)
             and can_cache_features(phases.model)[0]):
         return None
+    _check_cached_phase_callbacks(phases.extra)
     # `True` insists: `cache_features` raises if the model cannot be cached.
     kwargs = {"batch_size": phases.batch_size, "verbose": phases.verbose}
     caches = []
@@ -67,12 +69,28 @@ def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
     first = [EpochRate()]
     if own and data.shuffle:
         first.append(EpochSeededShuffle(data.shuffle_seed))
-    return fit_head(
-        phases.model, caches[0], validation_data=caches[1],
-        batch_size=data.batch_size if own else phases.batch_size,
-        shuffle=data.shuffle if own else True, epochs=epochs,
-        verbose=phases.verbose, class_weight=phases.class_weight,
-        callbacks=phases.callbacks(first)).history
+    fit_head(phases.model, caches[0], validation_data=caches[1],
+             batch_size=data.batch_size if own else phases.batch_size,
+             shuffle=data.shuffle if own else True, epochs=epochs,
+             verbose=phases.verbose, class_weight=phases.class_weight,
+             callbacks=phases.callbacks(first))
+    return phases.logs.history
+
+
+def _check_cached_phase_callbacks(callbacks):
+    """Refuses a `ModelCheckpoint` for a phase trained on cached features:
+    its `fit` is the head model's, so the checkpoint would hold the head
+    alone (features in, class scores out), not the classifier."""
+    savers = [type(c).__name__ for c in callbacks
+              if isinstance(c, keras.callbacks.ModelCheckpoint)]
+    if savers:
+        fail_argument(
+            "callbacks", "callbacks that do not save the model while phase 1 "
+            "trains the head on cached features (a ModelCheckpoint there "
+            "would save the head model alone, not the classifier); "
+            "fine_tune keeps the best epoch's weights in the model, so save "
+            "it afterwards with model.save(...), or pass "
+            "cache_features=False", savers)
 
 
 class EpochSeededShuffle(keras.callbacks.Callback):
@@ -232,6 +250,17 @@ def run_phases(phases, strategy, counts, plan, learning_rate,
                 cache_features):
     """Both phases and the best epoch's weights: `(histories, lr_find
     result or None, phase 2's rate)`."""
+    try:
+        return _run_phases(phases, strategy, counts, plan, learning_rate,
+                           head_learning_rate, weight_decay, layer_decay, bn,
+                           cache_features)
+    finally:
+        phases.close()
+
+
+def _run_phases(phases, strategy, counts, plan, learning_rate,
+                head_learning_rate, weight_decay, layer_decay, bn,
+                cache_features):
     histories = [_train_head(phases, counts["head_epochs"],
                              head_learning_rate, weight_decay, bn,
                              cache_features)]

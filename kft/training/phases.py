@@ -90,6 +90,26 @@ class EpochRate(keras.callbacks.Callback):
             logs["learning_rate"] = self.rate
 
 
+class EpochLogs(keras.callbacks.Callback):
+    """`History.history` of one `fit` call.
+
+    `fit` returns a `History` the user passed among the callbacks instead
+    of a new one, and its `history` grows over every call it sees: the
+    phases' histories would be one dict holding every phase's epochs.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+
+    def on_train_begin(self, logs=None):
+        self.history = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+
 class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
     """Keras' `EarlyStopping` that also counts a call's epochs from before
     a restart.
@@ -155,20 +175,36 @@ class Phases:
         self.extra = list(callbacks or []) + (
             [CompileNotice()] if verbose else [])
         self.verbose = verbose
+        self.logs = EpochLogs()
+        self._fits = 0
+        # A CSVLogger opens its file anew at each `fit`: appending from the
+        # second phase on keeps one log of the call (put back by `close`).
+        self._csv_append = {c: c.append for c in self.extra
+                            if isinstance(c, keras.callbacks.CSVLogger)}
+
+    def close(self):
+        """Puts back what the phases changed on the user's callbacks."""
+        for callback, append in self._csv_append.items():
+            callback.append = append
 
     def compile(self, optimizer):
         self.model.compile(optimizer=optimizer, loss=self.loss,
                            metrics=self.metrics)
 
     def callbacks(self, first=()):
-        """`first`, then keep-best, early stopping and the user's."""
+        """`first`, then keep-best, early stopping, the user's and the
+        recorder of this `fit`'s epochs (`self.logs`); for one `fit`."""
+        if self._fits:
+            for callback in self._csv_append:
+                callback.append = True
+        self._fits += 1
         # A `RunBackup` restarted mid-call holds the call's earlier epochs.
         earlier = [callback for callback in self.extra
                    if callable(getattr(callback, "call_logs", None))]
         stop = [] if self.patience is None else [
             ResumedEarlyStopping(self.keep.monitor, patience=self.patience,
                                  mode=self.keep.mode, earlier=earlier)]
-        return list(first) + [self.keep] + stop + self.extra
+        return list(first) + [self.keep] + stop + self.extra + [self.logs]
 
     def fit(self, epochs, first_epoch, first_callbacks=()):
         """`History.history` of `epochs` epochs from `first_epoch`."""
@@ -183,11 +219,11 @@ class Phases:
                 x = x.with_class_weight(self.class_weight)
             else:
                 kwargs["class_weight"] = self.class_weight
-        history = self.model.fit(
+        self.model.fit(
             x, epochs=first_epoch + epochs, initial_epoch=first_epoch,
             validation_data=self.val_data, verbose=self.verbose,
             callbacks=self.callbacks(first_callbacks), **kwargs)
-        return history.history
+        return self.logs.history
 
 
 def _earlier_best(phases):

@@ -244,6 +244,15 @@ CPU_XLA_FLAG_SETS = {
     "1": (ALGSIMP_OFF, YNN_CONV_OFF, LEGACY_EMITTERS),
     "0": (),
 }
+# The jaxlib releases whose XLA knows each flag (first, last; checked on
+# every release from 0.4.30 to 0.12.0, DEVELOPERS.md): XLA aborts the whole
+# process on a flag it does not know ("Unknown flag in XLA_FLAGS"), and
+# these come and go. A release after the last one checked gets only the
+# flags every release knows (`xla_disable_hlo_passes`).
+FLAG_RELEASES = {
+    YNN_CONV_OFF: ((0, 8, 2), (0, 12, 0)),
+    LEGACY_EMITTERS: ((0, 5, 3), (0, 11, 0)),
+}
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin",
                         "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu",
                         "jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13")
@@ -279,7 +288,11 @@ def apply_cpu_xla_flags():
     reads `XLA_FLAGS` once: import kft before using JAX), when JAX will run
     on CPU only (`JAX_PLATFORMS=cpu`, or no GPU/TPU plugin installed: GPU
     runs never change), and never over the user's own setting of the same
-    flag in `XLA_FLAGS`.
+    flag in `XLA_FLAGS`. XLA aborts the process on a flag it does not
+    know, so a flag is added only for the jaxlib releases whose XLA has it
+    (`FLAG_RELEASES`: YNNPACK's from 0.8.2, the older emitters' 0.5.3 to
+    0.11.0; a release newer than 0.12 gets neither until kft has checked
+    it); the others are left out, logged at INFO level.
 
     Returns:
         The flags added, as a tuple (empty when none were).
@@ -301,6 +314,13 @@ def apply_cpu_xla_flags():
     flags = CPU_XLA_FLAG_SETS[setting]
     if not flags or not _cpu_only() or _compat.jax_backends_initialised():
         return ()
+    release = jaxlib_release()
+    unknown = [flag for flag in flags if not _xla_knows(flag, release)]
+    if unknown:
+        logger.info("kft: XLA CPU flags %s left out: jaxlib %s does not "
+                    "know them (kft.apply_cpu_xla_flags)", " ".join(unknown),
+                    ".".join(map(str, release or ())) or "(version unknown)")
+        flags = tuple(flag for flag in flags if flag not in unknown)
     current = os.environ.get("XLA_FLAGS", "")
     added = tuple(flag for flag in flags
                   if flag.split("=")[0] not in current)
@@ -311,6 +331,32 @@ def apply_cpu_xla_flags():
 
 
 _flag_state = {"added": ()}
+
+
+def jaxlib_release():
+    """The installed jaxlib's version as a tuple of its leading numbers
+    (`(0, 10, 2)`), or `None` if not found; read without importing it."""
+    import importlib.metadata
+    import re
+
+    try:
+        version = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    numbers = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(n) for n in numbers.group().split(".")) if numbers \
+        else None
+
+
+def _xla_knows(flag, release):
+    """Whether the XLA of jaxlib `release` has `flag` (by `FLAG_RELEASES`;
+    a flag not listed there is known to every release)."""
+    if flag not in FLAG_RELEASES:
+        return True
+    if release is None:
+        return False
+    first, last = FLAG_RELEASES[flag]
+    return first <= release[:3] <= last
 
 
 def environ_without_kft_flags(environ) -> dict:

@@ -88,6 +88,37 @@ def test_no_flags_when_off_too_late_or_not_cpu(clean_env, setting):
     assert "XLA_FLAGS" not in os.environ
 
 
+@pytest.mark.parametrize("release,expected", [
+    ((0, 10, 2), DEFAULT),
+    # The older emitters' flag is gone from 0.11.1 (what Python 3.12+
+    # installs): XLA aborted the process on it at the first compile.
+    ((0, 12, 0, 1), (_backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT)),
+    ((0, 11, 0), DEFAULT),
+    ((0, 11, 1), (_backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT)),
+    # YNNPACK's flag from 0.8.2 on.
+    ((0, 8, 1), (_backend.BARRIERS_KEPT, _backend.LEGACY_EMITTERS)),
+    ((0, 8, 2), DEFAULT),
+    ((0, 4, 38), (_backend.BARRIERS_KEPT,)),
+    # A release kft has not checked, or no version found: only the flag
+    # every release knows.
+    ((0, 13, 0), (_backend.BARRIERS_KEPT,)),
+    (None, (_backend.BARRIERS_KEPT,)),
+])
+def test_only_flags_the_installed_xla_knows_are_added(clean_env, release,
+                                                      expected):
+    clean_env.delenv("KFT_XLA_CPU_FLAGS")
+    clean_env.setattr(_backend, "jaxlib_release", lambda: release)
+    assert _backend.apply_cpu_xla_flags() == expected
+    assert os.environ["XLA_FLAGS"] == " ".join(expected)
+
+
+def test_the_installed_jaxlib_release_is_read():
+    import jaxlib
+
+    assert _backend.jaxlib_release()[:3] == tuple(
+        int(n) for n in jaxlib.__version__.split(".")[:3])
+
+
 @pytest.mark.parametrize("platforms,expected", [
     ("cpu", True), ("cuda", False), ("cuda,cpu", False), ("tpu", False)])
 def test_jax_platforms_decides_cpu_only(monkeypatch, platforms, expected):

@@ -205,6 +205,32 @@ def check_class_names(class_names, num_classes=None):
     return class_names
 
 
+def unicode_form_note(names, others):
+    r"""A sentence for the names of `names` that equal one of `others` once
+    both are in the same Unicode form (an accent as its own character or
+    not: archives made on macOS name files the first way), else `""`.
+
+    Example:
+    >>> note = unicode_form_note(["cafe\u0301"], ["caf\u00e9", "tea"])
+    >>> "differ only in Unicode form ('cafe\\u0301' vs 'caf\\xe9')" in note
+    True
+    """
+    import unicodedata
+
+    def form(name):
+        return unicodedata.normalize("NFC", name)
+
+    by_form = {form(other): other for other in others}
+    pairs = [(name, by_form[form(name)]) for name in names
+             if form(name) in by_form and by_form[form(name)] != name]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{a!r} and {b!r}" for a, b in pairs)
+    codes = ", ".join(f"{ascii(a)} vs {ascii(b)}" for a, b in pairs)
+    return (f" {shown} differ only in Unicode form ({codes}), as names from "
+            "an archive made on macOS do: rename one to match.")
+
+
 def labels_from_one_hot(rows, name):
     """Integer labels from one-hot rows `(n, k)`.
 

@@ -98,6 +98,26 @@ def test_warnings_print_as_the_commands_lines():
     assert "<string>:4: UserWarning: after" in lines[1]  # put back
 
 
+@pytest.mark.parametrize("size", [10, 100_000])
+def test_a_closed_pipe_ends_the_command_quietly(size):
+    # `kft predict ... | head` ended with "kft predict: error:
+    # BrokenPipeError" (or Python's "Exception ignored" at exit).
+    program = ("import sys, kft.cli as cli\n"
+               f"cli.demo_command = lambda args, argv: print('x' * {size})"
+               " or 0\n"
+               "sys.exit(cli.main(['demo']))\n")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        result = subprocess.run([sys.executable, "-c", program],
+                                stdout=write, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert result.stderr == ""
+    assert result.returncode == 1
+
+
 def test_import_kft_still_registers_its_keras_classes(tmp_path):
     """`import kft` loads every module (only the `kft` command defers), so a
     saved kft model loads right after it."""
@@ -209,7 +229,7 @@ def test_export_refuses_a_batch_for_keras_files(run_folder, tmp_path,
 
 
 def test_eval_keeps_an_existing_report_unless_told(run_folder, tmp_path,
-                                                   capsys):
+                                                   capsys, monkeypatch):
     run, data = run_folder
     (tmp_path / "evaluation.json").write_text("{}")
     argv = ["eval", str(run), str(data), "--out", str(tmp_path),
@@ -226,7 +246,16 @@ def test_eval_keeps_an_existing_report_unless_told(run_folder, tmp_path,
     assert cli.main(argv[:-1] + ["--overwrite"]) == 0
     printed = capsys.readouterr()
     assert "batch" in printed.err and "batch" not in printed.out
-    assert "accuracy" in printed.out
+    assert "accuracy" in printed.out and "Per class:" in printed.out
+    # Of many classes, those of lowest F1 (1,000 printed 1,039 lines);
+    # the file keeps them all.
+    from kft.cli import _deploy
+
+    monkeypatch.setattr(_deploy, "CONSOLE_CLASSES", 1)
+    assert cli.main(argv[:-1] + ["--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert "The 1 classes of lowest F1:" in printed
+    assert "Per class:" in (tmp_path / "evaluation.md").read_text()
 
 
 def test_predict_loads_the_model_once(run_folder, capsys, monkeypatch):

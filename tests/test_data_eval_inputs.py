@@ -372,3 +372,26 @@ def test_a_validation_split_with_nothing_to_hold_out_is_refused(tmp_path):
                        r"no val images: each of the 3 classes in '.*ones' has a "
                        r"single readable image"):
         _load(root, validation_split=0.2)
+
+
+def test_names_that_differ_only_in_unicode_form_are_named(tmp_path):
+    """An archive made on macOS names 'café' with a combining accent: the
+    messages listed two classes that print the same."""
+    from kft.runs.folder import load_eval_folder
+
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    root = tmp_path / "data"
+    _folder(root / "train", {composed: 2, "tea": 2})
+    _folder(root / "val", {decomposed: 1, "tea": 1})
+    note = r"differ only in Unicode form \('cafe\\u0301' vs 'caf\\xe9'\)"
+    with pytest.raises(ValueError, match=note):
+        _load(str(root))
+    with pytest.raises(ValueError, match=note):
+        load_eval_folder(str(root / "val"), [composed, "tea"], 4)
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(16, 16, 3),
+                                 class_names=[composed, "tea"])
+    data = kft.data.from_arrays(np.zeros((2, 16, 16, 3)), [0, 1],
+                                class_names=[decomposed, "tea"])
+    with pytest.raises(ValueError, match=note):
+        kft.evaluate(model, data)

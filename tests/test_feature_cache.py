@@ -159,6 +159,19 @@ def test_fine_tune_says_what_its_caching_bars_count(capsys):
         said.format("val_data"))
 
 
+def test_caching_bars_know_a_kft_datasets_size_and_end_their_line(capsys):
+    # "20/Unknown ... 887us/image" ran on into the next line printed.
+    x, y = _data(n=20)
+    model = _model()
+    for data, total in ((kft.data.from_arrays(x, y, batch_size=8), "20/20"),
+                        (((a, b) for a, b in ((x[:8], y[:8]),
+                                               (x[8:], y[8:]))),
+                         "20/Unknown")):
+        kft.cache_features(model, data, verbose=1)
+        out = capsys.readouterr().out
+        assert total in out and out.endswith("\n"), repr(out)
+
+
 def test_auto_does_not_cache_augmented_datasets(monkeypatch):
     x, y = _data(n=12)
     calls = []

@@ -88,11 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         f"kft {command}: {category.__name__}: {message}\n")
     try:
         _join_launched_job(command)
-        return handler(args, argv)
+        status = handler(args, argv)
+        sys.stdout.flush()  # a closed pipe raises here, not at exit
+        return status
     except Usage as error:
         _fail(parsers[command], str(error))
     except KeyboardInterrupt:
         print(f"kft {command}: interrupted.", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`kft predict ... | head`): not a failure of
+        # the command to report. Later output (Python's flush at exit) goes
+        # nowhere, as the Python docs' recipe does it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
     except Exception as error:  # noqa: BLE001 - the command's failure
         print(f"kft {command}: error: {type(error).__name__}: {error}",

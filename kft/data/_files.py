@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 
 from kft._validation import fail_argument
+from kft._validation import unicode_form_note
 from kft._validation import user_stacklevel
 from kft.data import _images
 
@@ -225,8 +226,9 @@ def class_folders(train_dir, val_dir, minimum=2):
         if only_val:
             raise ValueError(
                 f"Class folders {only_val} are in {shown(val_dir)!r} but "
-                f"not in {root!r}; train classes: {class_names}. Add train "
-                "images for them or remove them from val."
+                f"not in {root!r}; train classes: {class_names}."
+                + (unicode_form_note(only_val, class_names)
+                   or " Add train images for them or remove them from val.")
             )
     return class_names
 

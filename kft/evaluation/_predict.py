@@ -11,6 +11,7 @@ import numpy as np
 from kft._validation import check_labels
 from kft._validation import labels_from_one_hot
 from kft._validation import fail_argument
+from kft._validation import unicode_form_note
 from kft.distributed.data_parallel import batch_shards
 from kft.distributed.data_parallel import predict_padded
 from kft.distributed.processes import every_example
@@ -126,8 +127,10 @@ def class_difference(model_names, data_names):
     extra = sorted(set(data_names) - set(model_names))
     if not missing and not extra:
         return "; the same classes in another order"
+    note = unicode_form_note(extra, missing).strip().rstrip(".")
     return ((f"; missing: {missing}" if missing else "")
-            + (f"; not in the model: {extra}" if extra else ""))
+            + (f"; not in the model: {extra}" if extra else "")
+            + (f"; {note}" if note else ""))
 
 
 def split_data(x, y):

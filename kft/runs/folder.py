@@ -6,6 +6,7 @@ import json
 import os
 import zipfile
 
+from kft._validation import unicode_form_note
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
 
@@ -145,8 +146,10 @@ def load_eval_folder(path, class_names, image_size, batch_size=32):
         if extra:
             raise ValueError(
                 f"The class folders {extra} of {path!r} are not among the "
-                f"model's classes: {list(class_names)}. Evaluate folders of "
-                "the model's classes (a subset is fine).")
+                f"model's classes: {list(class_names)}."
+                + (unicode_form_note(extra, class_names) or
+                   " Evaluate folders of the model's classes (a subset is "
+                   "fine)."))
 
     # Straight from `path` (no layout of links): messages name the user's
     # files, each checked once.

@@ -297,8 +297,10 @@ def cache_features(model, data, *, batch_size: int = 32,
     # Every process caches every example: the head then trains on the
     # same arrays everywhere, as in one process.
     data = every_example(data)
-    progress = keras.utils.Progbar(num_examples(data), unit_name="image",
-                                   verbose=verbose)
+    total = num_examples(data)
+    if total is None:
+        total = getattr(data, "num_examples", None)  # a kft dataset's
+    progress = keras.utils.Progbar(total, unit_name="image", verbose=verbose)
     writer, labels = _FeatureWriter(memory_budget, directory), []
     try:
         for x, y in batches(data, batch_size):
@@ -314,6 +316,9 @@ def cache_features(model, data, *, batch_size: int = 32,
         # datasets that spill) would stay in the temporary directory.
         writer.discard()
         raise
+    if total is None or writer.count < total:
+        # Else the next line printed runs on from the bar's.
+        progress.update(writer.count, finalize=True)
     if writer.count == 0:
         raise ValueError("Argument `data` must hold at least one image; it "
                          "yielded no batches.")

@@ -175,8 +175,11 @@ def test_sources_are_named_as_documented_and_bad_files_say_so(model,
     assert [r.source for r in listed] == ["images[0]", "images[1][0]",
                                           "images[1][1]"]
     assert '`"images[i][j]"`' in kft.Prediction.__doc__
-    assert [r.probabilities for r in listed[1:]] == [
-        r.probabilities for r in kft.predict(model, batch, top_k=1)]
+    # Batches of 3 and 2 images: XLA may sum in another order per size.
+    np.testing.assert_allclose(
+        [r.probabilities for r in listed[1:]],
+        [r.probabilities for r in kft.predict(model, batch, top_k=1)],
+        rtol=1e-6)
     # ONNX bytes (or anything else) under a .keras name.
     fake = tmp_path / "m.keras"
     fake.write_bytes(b"not a zip archive")

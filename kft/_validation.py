@@ -231,6 +231,37 @@ def unicode_form_note(names, others):
             "an archive made on macOS do: rename one to match.")
 
 
+def check_finite_images(images, name, first=None):
+    """Raises if an image of a float array holds NaN or inf: training on
+    it made the weights NaN behind a finite loss, and statistics of it
+    were NaN (a shift score, BatchNorm moving averages after
+    adapt_batchnorm, a DANN loss). `first`: for a batch, the index of
+    `images[0]` among all of `name`'s.
+
+    Example:
+    >>> import numpy as np
+    >>> check_finite_images(np.array([[0.0], [np.nan]]), "x")
+    Traceback (most recent call last):
+    ...
+    ValueError: Argument `x` must hold finite pixels. Images with NaN or inf: 1 of 2 (the first: image 1).
+    """
+    images = np.asarray(images)
+    if images.dtype.kind in "uib" or not images.size:
+        return  # integer pixels are finite
+    try:
+        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    except TypeError:  # not numbers: other checks name that
+        return
+    if not finite.all():
+        bad = int((~finite).sum())
+        counted = (f"{bad} of {len(images)}" if first is None
+                   else f"{bad} in a batch of {len(images)}")
+        raise ValueError(
+            f"Argument `{name}` must hold finite pixels. Images with NaN or "
+            f"inf: {counted} (the first: image "
+            f"{(first or 0) + int(np.argmin(finite))}).")
+
+
 def labels_from_one_hot(rows, name):
     """Integer labels from one-hot rows `(n, k)`.
 

@@ -209,16 +209,16 @@ def test_stop_on_a_nan_loss_and_an_unbuilt_model_say_so():
     # model was said to have "no trainable weights".
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(), "mse")
-    x = X.copy()
-    x[:] = np.nan
-    result = kft.lr_find(model, (x, Y), steps=10, verbose=0)
+    # NaN targets (NaN pixels are refused before any step).
+    nan = np.full(np.shape(Y), np.nan, "float32")
+    result = kft.lr_find(model, (X, nan), steps=10, verbose=0)
     assert result.stop_reason.startswith("the loss was nan at rate")
     # verbose=1 shows its steps as they run (nothing until the summary
     # after up to 100 steps), the bar's line ended also when it stops.
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         kft.lr_find(model, (X, Y), steps=10, verbose=1)
-        kft.lr_find(model, (x, Y), steps=10, verbose=1)
+        kft.lr_find(model, (X, nan), steps=10, verbose=1)
     shown = output.getvalue()
     assert shown.count("10/10") == 1 and "1/10" in shown
     assert " lr: " in shown and shown.count("\nlr_find: ") == 2

@@ -435,3 +435,33 @@ def test_fine_tune_default_loss_on_a_softmax_model_reads_probabilities():
         y, model.predict(x, verbose=0)))
     assert result.histories[1]["val_loss"][-1] == pytest.approx(want,
                                                                 rel=1e-4)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, x, y: m.fit(x, y, epochs=1, verbose=0), "`x`"),
+    (lambda m, x, y: m.fit(x[:4] * 0, y[:4], epochs=1, verbose=0,
+                           validation_data=(x, y)), r"`validation_data\[0\]`"),
+    (lambda m, x, y: kft.fine_tune(m, (x, y), head_epochs=1, epochs=0,
+                                   verbose=0), "`train_data`"),
+    (lambda m, x, y: kft.lr_find(m, (x, y), verbose=0), "`data`"),
+    (lambda m, x, y: kft.evaluate(m, (x, y)), r"`data\[0\]`"),
+    (lambda m, x, y: kft.evaluate(m, [(x[:4], y[:4]), (x[4:], y[4:])]),
+     "`data` must hold .*1 in a batch of 4"),
+])
+def test_images_with_nan_pixels_are_refused(call, message):
+    # Training on one NaN pixel made every weight NaN behind a finite
+    # loss (fit, lr_find); fine_tune blamed the learning rates and evaluate
+    # an argument named `probabilities`.
+    x, y = _data(n=8, classes=2)
+    x = x.astype("float32")
+    x[5, 1, 2, 0] = np.nan
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=SHAPE)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    before = _weights(model)
+    with pytest.raises(ValueError, match=message) as raised:
+        call(model, x, y)
+    assert "must hold finite pixels" in str(raised.value)
+    assert str(raised.value).endswith("(the first: image 5).")
+    assert _unchanged(model, before)

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from kft._validation import check_finite_images
 from kft.distributed.processes import every_example
 
 
@@ -59,24 +60,8 @@ def image_array(data, name, *, allow_labels=False):
         raise ValueError(
             f"Argument `{name}` must hold at least one image. Received: an "
             f"empty array of shape {array.shape}")
-    _check_finite(array, name)
+    check_finite_images(array, name)
     return array
-
-
-def _check_finite(images, name, first=None):
-    """Raises if an image holds NaN or inf: their statistics were NaN (a
-    NaN shift score, NaN BatchNorm moving averages after
-    adapt_batchnorm, a NaN DANN loss). `first`: for a batch, the index of
-    `images[0]` among all of `name`'s."""
-    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
-    if not finite.all():
-        bad = int((~finite).sum())
-        counted = (f"{bad} of {len(images)}" if first is None
-                   else f"{bad} in a batch of {len(images)}")
-        raise ValueError(
-            f"Argument `{name}` must hold finite pixels. Images with NaN or "
-            f"inf: {counted} (the first: image "
-            f"{(first or 0) + int(np.argmin(finite))}).")
 
 
 def dataset_arrays(data):
@@ -144,7 +129,7 @@ def image_batches(data, name, batch_size, *, expected_shape=None,
             check_same_images(expected_shape, batch.shape[1:],
                               "the model's input", name)
         if len(batch):
-            _check_finite(batch, name, first=count)
+            check_finite_images(batch, name, first=count)
             count += len(batch)
             yield batch
     if count == 0:

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from kft._validation import check_finite_images
 from kft._validation import check_labels
 from kft._validation import labels_from_one_hot
 from kft._validation import fail_argument
@@ -201,6 +202,9 @@ def predict_arrays(model, x, y, batch_size, name="x"):
         raise ValueError(
             f"Argument `{name}` must hold at least one image and one label "
             f"per image. Received: {len(x)} images and {len(y)} labels")
+    # A NaN pixel gave NaN scores, refused as "`probabilities` must be
+    # finite".
+    check_finite_images(x, "x" if name == "x" else f"{name}[0]")
     scores = predict_numpy(model, x, batch_size)
     check_width(scores.shape[-1])
     return integer_labels(y, scores.shape[-1], label_name), scores
@@ -250,6 +254,8 @@ def predict_batches(model, dataset, progress=None, name="x"):
                 f"The batches of `{name}` carry sample weights (a third "
                 "element); kft's reports count every example once and do "
                 "not weight them.", stacklevel=3)
+        if isinstance(batch[0], np.ndarray):  # not a device's arrays
+            check_finite_images(batch[0], name, first=sum(map(len, labels)))
         batch_scores = predict_padded(model, batch[0])
         check_width(batch_scores.shape[-1])
         labels.append(integer_labels(batch[1], batch_scores.shape[-1],

@@ -11,6 +11,7 @@ import weakref
 
 import numpy as np
 
+from kft._validation import check_finite_images
 from kft._validation import check_labels
 from kft._validation import fail_argument
 from kft._validation import user_stacklevel
@@ -44,7 +45,9 @@ def as_pair(data, name, need_labels=False):
                 f"Argument `{name}` must be an `(x, y)` pair or a dataset of "
                 f"(x, y) batches. Received: a {type(data).__name__} of "
                 f"length {len(data)}")
-        return np.asarray(data[0]), np.asarray(data[1])
+        x = np.asarray(data[0])
+        check_finite_images(x, name)
+        return x, np.asarray(data[1])
     if need_labels and hasattr(data, "shape") and hasattr(data, "dtype"):
         # An array: images without their labels.
         raise ValueError(
@@ -274,6 +277,12 @@ def fit_arguments(model_fit_args, fit_kwargs, num_classes):
     arguments.update(arguments.pop("kwargs", {}))
     data = arguments.get("x")
     if not isinstance(data, ImageDataset):
+        if isinstance(data, np.ndarray):
+            check_finite_images(data, "x")
+        validation = arguments.get("validation_data")
+        if isinstance(validation, (tuple, list)) and validation and (
+                isinstance(validation[0], np.ndarray)):
+            check_finite_images(validation[0], "validation_data[0]")
         if arguments.get("class_weight") is not None:
             # Keras would take any dict (negative weights, classes the
             # model lacks) and fail on "balanced" inside its adapter.

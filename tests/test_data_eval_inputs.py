@@ -356,12 +356,26 @@ def test_a_class_named_train_in_a_flat_layout_is_a_class(tmp_path):
         splits = _load(root, validation_split=0.5)
         assert splits.train.class_names == sorted(["bus", "car", name])
         assert splits.train.num_examples == splits.val.num_examples == 3
+    # ... with a hidden folder (a notebook's checkpoints) in it, and with
+    # a test/ folder beside the classes, which `kft train` leaves out.
+    os.makedirs(tmp_path / "train" / "train" / ".ipynb_checkpoints")
+    _folder(tmp_path / "train" / "test", {"bus": 1, "car": 1})
+    from kft.runs.recipe import test_beside_classes
+
+    assert test_beside_classes(str(tmp_path / "train"))
+    with pytest.raises(ValueError, match="split folder .*test"):
+        _load(str(tmp_path / "train"))
     # train/ holding class folders is still the split layout.
     root = _folder(tmp_path / "split" / "train", {"a": 2, "b": 2})
     _folder(tmp_path / "split" / "val", {"a": 1, "b": 1})
     splits = _load(str(tmp_path / "split"))
     assert splits.train.class_names == ["a", "b"]
     assert splits.val.num_examples == 2
+    # train/ and val/ of images without class folders: not two classes
+    # "train" and "val".
+    _folder(tmp_path / "flat", {"train": 2, "val": 2})
+    with pytest.raises(ValueError, match=r"No class folders in .*train'"):
+        _load(str(tmp_path / "flat"))
 
 
 def test_a_validation_split_with_nothing_to_hold_out_is_refused(tmp_path):

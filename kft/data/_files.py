@@ -163,6 +163,27 @@ def split_folder(path, names):
     return None
 
 
+def holds_folders(path):
+    """Whether `path` holds a sub-folder (hidden ones such as
+    `.ipynb_checkpoints` aside)."""
+    with os.scandir(path) as entries:
+        return any(entry.is_dir() and not entry.name.startswith(".")
+                   for entry in entries)
+
+
+def train_folder(path):
+    """The split folder `train/` of `path` (any case), or `None`.
+
+    A `train` folder of images alone, with no val folder beside it, is a
+    class (CIFAR-100 has one); a split folder holds class folders.
+    """
+    train = split_folder(path, ("train",))
+    if train is None or holds_folders(train) or split_folder(
+            path, VAL_FOLDERS) is not None:
+        return train
+    return None
+
+
 def split_folders(path, validation_split):
     """`(train folder, val folder or None)` of the layout under `path`."""
     if not isinstance(path, (str, os.PathLike)):
@@ -174,19 +195,13 @@ def split_folders(path, validation_split):
                          f"Received: path={path!r}")
     path = os.fspath(path)
     train_dir, val_dir = path, None
-    train = split_folder(path, ("train",))
-    if train is not None and not any(
-            entry.is_dir() for entry in os.scandir(train)):
-        # A class named "train" (CIFAR-100 has one) beside the others: a
-        # split folder holds class folders, as val/ and test/ must.
-        train = None
+    train = train_folder(path)
     if train is None:
         # `path/<class>/` next to `path/val/<class>/`: the split folder
         # would be read as one more class holding every class's images.
         for name in (*VAL_FOLDERS, TEST_FOLDER):
             split = split_folder(path, (name,))
-            if split is not None and any(
-                    entry.is_dir() for entry in os.scandir(split)):
+            if split is not None and holds_folders(split):
                 name = os.path.basename(split)
                 raise ValueError(
                     f"Found the split folder {shown(split)!r} (it holds "

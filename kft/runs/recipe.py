@@ -7,6 +7,7 @@ import os
 from kft._validation import fail_argument
 from kft.data._files import TEST_FOLDER
 from kft.data._files import split_folder
+from kft.data._files import train_folder
 from kft.runs.config import TrainConfig
 from kft.runs.resolve import METRICS
 
@@ -14,7 +15,7 @@ from kft.runs.resolve import METRICS
 def test_beside_classes(data_dir) -> bool:
     """Whether `data_dir` holds `<class>/` folders and a `test/` folder
     (not a class: `load_folder_data` leaves it out)."""
-    return (split_folder(data_dir, ("train",)) is None
+    return (train_folder(data_dir) is None
             and split_folder(data_dir, (TEST_FOLDER,)) is not None)
 
 

@@ -6,7 +6,9 @@ import os
 
 from kft._validation import fail_argument
 from kft.data._files import VAL_FOLDERS
+from kft.data._files import holds_folders
 from kft.data._files import split_folder
+from kft.data._files import train_folder
 from kft.runs.config import TrainConfig
 
 # What `fine_tune` compiles: with `loss`, the names an epoch logs.
@@ -16,7 +18,7 @@ METRICS = ("accuracy",)
 def _layout(data_dir):
     """Whether `data_dir` holds `train/` and a val folder (any case, as
     `kft.data.from_directory` finds them)."""
-    return (split_folder(data_dir, ("train",)) is not None
+    return (train_folder(data_dir) is not None
             and split_folder(data_dir, VAL_FOLDERS) is not None)
 
 
@@ -125,10 +127,9 @@ def _check_validation(config):
     data folder's own val folder, and a `val_split` other than the default
     beside either (which would replace it)."""
     val = split_folder(config.data_dir, VAL_FOLDERS)
-    train = split_folder(config.data_dir, ("train",))
+    train = train_folder(config.data_dir)
     # A val folder of class folders, not a class named "valid".
-    split = val is not None and (train is not None or any(
-        entry.is_dir() for entry in os.scandir(val)))
+    split = val is not None and (train is not None or holds_folders(val))
     if config.val_dir is not None and (split or train is not None):
         # With `val_dir` the data folder is read as the class folders:
         # its train/ and val/ would be classes.

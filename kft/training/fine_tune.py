@@ -185,11 +185,14 @@ def fine_tune(
         early_stopping_patience: Defaults to `None` (no early stopping).
             The schedule is laid out over all `epochs` all the same.
         batch_size: Used when `train_data` are arrays. Defaults to `32`.
-        callbacks: Extra callbacks for both phases (a `CSVLogger` writes
-            one log of both). Not a `BackupAndRestore`, which resumes one
-            `fit` (`kft.runs.RunBackup` resumes a `fine_tune` call), nor a
-            `ModelCheckpoint` when phase 1 trains on cached features (it
-            would save the head model). Defaults to `None`.
+        callbacks: Extra callbacks for both phases (each phase is a `fit`
+            call: Keras' `CSVLogger` rewrites its file at each, so it
+            keeps phase 2; the histories returned hold both). Not a
+            `BackupAndRestore`, which resumes one `fit`
+            (`kft.runs.RunBackup` resumes a `fine_tune` call). A
+            `ModelCheckpoint` would save the head model in a phase on
+            cached features: `cache_features="auto"` does not cache with
+            one, `True` refuses it. Defaults to `None`.
         cache_features: Phase 1 trains only the head, so kft can compute the
             frozen backbone's features once and train the head on them
             (`kft.cache_features`, `kft.fit_head`): `"auto"` does so for
@@ -239,7 +242,8 @@ def fine_tune(
             `ReduceLROnPlateau` or
             `LearningRateScheduler` among the callbacks with a phase 2
             schedule, a `BackupAndRestore` among them, a `ModelCheckpoint`
-            with a cached phase 1 (refused before phase 1 trains), labels
+            with `cache_features=True` (refused before phase 1 trains),
+            labels
             outside the model's classes (arrays and
             `kft.data` datasets: other datasets are not read ahead) or in
             different forms (integer, one-hot) in `train_data` and

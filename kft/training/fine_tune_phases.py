@@ -36,7 +36,8 @@ def _head_caches(phases, mode):
         return None
     if mode == "auto" and not (
             plain_data(phases.train_data) and plain_data(phases.val_data)
-            and can_cache_features(phases.model)[0]):
+            and can_cache_features(phases.model)[0]
+            and not _savers(phases.extra)):
         return None
     _check_cached_phase_callbacks(phases.extra)
     # `True` insists: `cache_features` raises if the model cannot be cached.
@@ -77,12 +78,18 @@ def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
     return phases.logs.history
 
 
+def _savers(callbacks):
+    """Names of the `ModelCheckpoint`s among `callbacks`."""
+    return [type(c).__name__ for c in callbacks
+            if isinstance(c, keras.callbacks.ModelCheckpoint)]
+
+
 def _check_cached_phase_callbacks(callbacks):
-    """Refuses a `ModelCheckpoint` for a phase trained on cached features:
-    its `fit` is the head model's, so the checkpoint would hold the head
-    alone (features in, class scores out), not the classifier."""
-    savers = [type(c).__name__ for c in callbacks
-              if isinstance(c, keras.callbacks.ModelCheckpoint)]
+    """Refuses a `ModelCheckpoint` for a phase trained on cached features
+    (`cache_features=True`; `"auto"` does not cache then): its `fit` is
+    the head model's, so the checkpoint would hold the head alone
+    (features in, class scores out), not the classifier."""
+    savers = _savers(callbacks)
     if savers:
         fail_argument(
             "callbacks", "callbacks that do not save the model while phase 1 "
@@ -90,7 +97,7 @@ def _check_cached_phase_callbacks(callbacks):
             "would save the head model alone, not the classifier); "
             "fine_tune keeps the best epoch's weights in the model, so save "
             "it afterwards with model.save(...), or pass "
-            "cache_features=False", savers)
+            "cache_features='auto' or False", savers)
 
 
 class EpochSeededShuffle(keras.callbacks.Callback):
@@ -250,17 +257,6 @@ def run_phases(phases, strategy, counts, plan, learning_rate,
                 cache_features):
     """Both phases and the best epoch's weights: `(histories, lr_find
     result or None, phase 2's rate)`."""
-    try:
-        return _run_phases(phases, strategy, counts, plan, learning_rate,
-                           head_learning_rate, weight_decay, layer_decay, bn,
-                           cache_features)
-    finally:
-        phases.close()
-
-
-def _run_phases(phases, strategy, counts, plan, learning_rate,
-                head_learning_rate, weight_decay, layer_decay, bn,
-                cache_features):
     histories = [_train_head(phases, counts["head_epochs"],
                              head_learning_rate, weight_decay, bn,
                              cache_features)]

@@ -176,16 +176,6 @@ class Phases:
             [CompileNotice()] if verbose else [])
         self.verbose = verbose
         self.logs = EpochLogs()
-        self._fits = 0
-        # A CSVLogger opens its file anew at each `fit`: appending from the
-        # second phase on keeps one log of the call (put back by `close`).
-        self._csv_append = {c: c.append for c in self.extra
-                            if isinstance(c, keras.callbacks.CSVLogger)}
-
-    def close(self):
-        """Puts back what the phases changed on the user's callbacks."""
-        for callback, append in self._csv_append.items():
-            callback.append = append
 
     def compile(self, optimizer):
         self.model.compile(optimizer=optimizer, loss=self.loss,
@@ -194,10 +184,6 @@ class Phases:
     def callbacks(self, first=()):
         """`first`, then keep-best, early stopping, the user's and the
         recorder of this `fit`'s epochs (`self.logs`); for one `fit`."""
-        if self._fits:
-            for callback in self._csv_append:
-                callback.append = True
-        self._fits += 1
         # A `RunBackup` restarted mid-call holds the call's earlier epochs.
         earlier = [callback for callback in self.extra
                    if callable(getattr(callback, "call_logs", None))]

@@ -245,10 +245,11 @@ CPU_XLA_FLAG_SETS = {
     "0": (),
 }
 # The jaxlib releases whose XLA knows each flag (first, last; checked on
-# every release from 0.4.30 to 0.12.0, DEVELOPERS.md): XLA aborts the whole
-# process on a flag it does not know ("Unknown flag in XLA_FLAGS"), and
-# these come and go. A release after the last one checked gets only the
-# flags every release knows (`xla_disable_hlo_passes`).
+# 18 releases from 0.4.30 to 0.12.0, listed in DEVELOPERS.md): XLA aborts
+# the whole process on a flag it does not know ("Unknown flag in
+# XLA_FLAGS"), and these come and go. A release after the last one
+# checked gets only the flags every release knows
+# (`xla_disable_hlo_passes`).
 FLAG_RELEASES = {
     YNN_CONV_OFF: ((0, 8, 2), (0, 12, 0)),
     LEGACY_EMITTERS: ((0, 5, 3), (0, 11, 0)),

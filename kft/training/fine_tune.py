@@ -243,8 +243,8 @@ def fine_tune(
             `LearningRateScheduler` among the callbacks with a phase 2
             schedule, a `BackupAndRestore` among them, a `ModelCheckpoint`
             with `cache_features=True` (refused before phase 1 trains),
-            labels
-            outside the model's classes (arrays and
+            NaN or infinite pixels in arrays, labels outside the model's
+            classes (arrays and
             `kft.data` datasets: other datasets are not read ahead) or in
             different forms (integer, one-hot) in `train_data` and
             `val_data`, `cache_features=True` for a dataset that augments

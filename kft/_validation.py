@@ -246,10 +246,15 @@ def check_finite_images(images, name, first=None):
     ValueError: Argument `x` must hold finite pixels. Images with NaN or inf: 1 of 2 (the first: image 1).
     """
     images = np.asarray(images)
-    if images.dtype.kind in "uib" or not images.size:
-        return  # integer pixels are finite
+    if images.dtype.kind in "uib" or not images.size or not images.ndim:
+        return  # integer pixels are finite; a scalar is named elsewhere
+    # In slices: one mask of a whole dataset is a quarter of its size.
+    step = max(1, 2**24 // max(images[0].size, 1))
     try:
-        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        finite = np.concatenate([
+            np.isfinite(images[i:i + step]).reshape(
+                len(images[i:i + step]), -1).all(axis=1)
+            for i in range(0, len(images), step)])
     except TypeError:  # not numbers: other checks name that
         return
     if not finite.all():

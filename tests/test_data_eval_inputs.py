@@ -376,6 +376,15 @@ def test_a_class_named_train_in_a_flat_layout_is_a_class(tmp_path):
     _folder(tmp_path / "flat", {"train": 2, "val": 2})
     with pytest.raises(ValueError, match=r"No class folders in .*train'"):
         _load(str(tmp_path / "flat"))
+    # Beside other classes they are classes too ...
+    root = _folder(tmp_path / "four", {"a": 2, "b": 2, "train": 2, "val": 2})
+    assert _load(root).train.class_names == ["a", "b", "train", "val"]
+    # ... and a val/ of class folders beside them is named as misplaced.
+    root = _folder(tmp_path / "cifar", {"a": 2, "b": 2, "train": 2})
+    _folder(tmp_path / "cifar" / "val", {"a": 1, "b": 1, "train": 1})
+    with pytest.raises(ValueError, match=r"split folder .*val.* beside the "
+                       r"class folders"):
+        _load(root)
 
 
 def test_a_validation_split_with_nothing_to_hold_out_is_refused(tmp_path):

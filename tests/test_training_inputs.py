@@ -437,6 +437,11 @@ def test_fine_tune_default_loss_on_a_softmax_model_reads_probabilities():
                                                                 rel=1e-4)
 
 
+def _frozen(model):
+    kft.freeze(model, "feature_extraction")
+    return model
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda m, x, y: m.fit(x, y, epochs=1, verbose=0), "`x`"),
     (lambda m, x, y: m.fit(x[:4] * 0, y[:4], epochs=1, verbose=0,
@@ -444,6 +449,8 @@ def test_fine_tune_default_loss_on_a_softmax_model_reads_probabilities():
     (lambda m, x, y: kft.fine_tune(m, (x, y), head_epochs=1, epochs=0,
                                    verbose=0), "`train_data`"),
     (lambda m, x, y: kft.lr_find(m, (x, y), verbose=0), "`data`"),
+    (lambda m, x, y: kft.cache_features(_frozen(m), (x, None), verbose=0),
+     "`data`"),
     (lambda m, x, y: kft.evaluate(m, (x, y)), r"`data\[0\]`"),
     (lambda m, x, y: kft.evaluate(m, [(x[:4], y[:4]), (x[4:], y[4:])]),
      "`data` must hold .*1 in a batch of 4"),

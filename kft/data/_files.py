@@ -174,14 +174,20 @@ def holds_folders(path):
 def train_folder(path):
     """The split folder `train/` of `path` (any case), or `None`.
 
-    A `train` folder of images alone, with no val folder beside it, is a
-    class (CIFAR-100 has one); a split folder holds class folders.
+    A split folder holds class folders. A `train` folder of images alone
+    is a class (CIFAR-100 has one) when other class folders sit beside it;
+    beside split folders only (`train/` + `val/` of images) it is the
+    split layout without its class folders, which loading then names.
     """
     train = split_folder(path, ("train",))
-    if train is None or holds_folders(train) or split_folder(
-            path, VAL_FOLDERS) is not None:
+    if train is None or holds_folders(train):
         return train
-    return None
+    splits = {"train", *VAL_FOLDERS, TEST_FOLDER}
+    with os.scandir(path) as entries:
+        classes = any(entry.is_dir() and not entry.name.startswith(".")
+                      and entry.name.lower() not in splits
+                      for entry in entries)
+    return None if classes else train
 
 
 def split_folders(path, validation_split):

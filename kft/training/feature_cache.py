@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from kft import _compat
+from kft._validation import check_finite_images
 from kft._validation import check_int
 from kft._validation import fail_argument
 from kft.distributed.data_parallel import predict_padded
@@ -292,6 +293,7 @@ def cache_features(model, data, *, batch_size: int = 32,
     if isinstance(data, (tuple, list)) and len(data) == 2 and (
             data[1] is None):
         data = (np.asarray(data[0]), None)
+        check_finite_images(data[0], "data")
     else:
         data = as_pair(data, "data")
     # Every process caches every example: the head then trains on the

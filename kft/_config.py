@@ -293,7 +293,7 @@ def apply_cpu_xla_flags():
     know, so a flag is added only for the jaxlib releases whose XLA has it
     (`FLAG_RELEASES`: YNNPACK's from 0.8.2, the older emitters' 0.5.3 to
     0.11.0; a release newer than 0.12 gets neither until kft has checked
-    it); the others are left out, logged at INFO level.
+    it); the others are left out, logged at DEBUG level.
 
     Returns:
         The flags added, as a tuple (empty when none were).
@@ -318,9 +318,9 @@ def apply_cpu_xla_flags():
     release = jaxlib_release()
     unknown = [flag for flag in flags if not _xla_knows(flag, release)]
     if unknown:
-        logger.info("kft: XLA CPU flags %s left out: jaxlib %s does not "
-                    "know them (kft.apply_cpu_xla_flags)", " ".join(unknown),
-                    ".".join(map(str, release or ())) or "(version unknown)")
+        logger.debug("kft: XLA CPU flags %s left out: jaxlib %s does not "
+                     "know them (kft.apply_cpu_xla_flags)", " ".join(unknown),
+                     ".".join(map(str, release or ())) or "(version unknown)")
         flags = tuple(flag for flag in flags if flag not in unknown)
     current = os.environ.get("XLA_FLAGS", "")
     added = tuple(flag for flag in flags

@@ -295,13 +295,17 @@ def test_checkpoints_that_would_save_the_wrong_model(data, tmp_path):
     a BackupAndRestore restored phase 2's state into phase 1 on a rerun."""
     path = tmp_path / "m.keras"
     checkpoint = keras.callbacks.ModelCheckpoint(str(path))
+    model = _model()
     with pytest.raises(ValueError, match=r"ModelCheckpoint there would "
                        r"save the head model alone.*cache_features='auto' "
                        r"or False"):
-        kft.fine_tune(_model(), data.target_train, data.target_val,
+        kft.fine_tune(model, data.target_train, data.target_val,
                       strategy="feature_extraction", head_epochs=1,
                       verbose=0, callbacks=[checkpoint], cache_features=True)
     assert not path.exists()
+    # Refused before anything changed the model (it was left frozen).
+    assert all(layer.trainable for layer in model.layers)
+    assert not model.compiled
     # "auto" trains phase 1 on the whole model then: the classifier saved.
     model = _model()
     kft.fine_tune(model, data.target_train, data.target_val,

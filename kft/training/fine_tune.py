@@ -316,7 +316,7 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
         check_label_forms(train_data, val_data)
     check_model(model, strategy, counts["n_blocks"], learning_rate,
                  counts["epochs"])
-    check_extras(callbacks, regularizer)
+    check_extras(callbacks, regularizer, cache_features)
     warn_if_augmentation_unapplied(model, train_data)
     # Under data parallel, before anything trains; a kft model's `fit`
     # reads a kft dataset whole (`ImageDataset.for_fit`).

@@ -122,8 +122,18 @@ def check_model(model, strategy, n_blocks, learning_rate, epochs):
 ONE_CYCLE_MIN_STEPS = 4
 
 
-def check_extras(callbacks, regularizer):
-    """Checks the forms of `callbacks` and `regularizer`."""
+def savers(callbacks):
+    """Names of the `ModelCheckpoint`s among `callbacks`."""
+    return [type(c).__name__ for c in callbacks or ()
+            if isinstance(c, keras.callbacks.ModelCheckpoint)]
+
+
+def check_extras(callbacks, regularizer, cache_features=False):
+    """Checks the forms of `callbacks` and `regularizer`, and refuses a
+    `ModelCheckpoint` with `cache_features=True`: phase 1's `fit` is then
+    the head model's, so the checkpoint would hold the head alone (features
+    in, class scores out), not the classifier (`"auto"` does not cache
+    with one)."""
     if callbacks is not None and (
             isinstance(callbacks, keras.callbacks.Callback)
             or not isinstance(callbacks, Sequence)):
@@ -143,6 +153,14 @@ def check_extras(callbacks, regularizer):
             "resumes after a crash, pass kft.runs.RunBackup(directory, "
             "model) among the callbacks, or use kft train ... --resume",
             resumers)
+    if cache_features is True and savers(callbacks):
+        fail_argument(
+            "callbacks", "callbacks that do not save the model while phase 1 "
+            "trains the head on cached features (a ModelCheckpoint there "
+            "would save the head model alone, not the classifier); "
+            "fine_tune keeps the best epoch's weights in the model, so save "
+            "it afterwards with model.save(...), or pass "
+            "cache_features='auto' or False", savers(callbacks))
     if regularizer is not None:
         from kft.regularizers import Penalty
 

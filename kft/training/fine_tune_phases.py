@@ -8,7 +8,6 @@ import keras
 import numpy as np
 
 from kft._compat import print_msg
-from kft._validation import fail_argument
 from kft.data import ImageDataset
 from kft.models.blocks import get_blocks, head_and_body
 from kft.optimizers import BlockwiseOptimizer
@@ -18,6 +17,7 @@ from kft.optimizers.schedules import Warmup
 from kft.training.feature_cache import cache_features
 from kft.training.feature_cache import can_cache_features
 from kft.training.feature_cache import fit_head
+from kft.training.fine_tune_checks import savers
 from kft.training.fit_data import plain_data
 from kft.training.freezing import freeze
 from kft.training.lr_find import lr_find
@@ -37,9 +37,9 @@ def _head_caches(phases, mode):
     if mode == "auto" and not (
             plain_data(phases.train_data) and plain_data(phases.val_data)
             and can_cache_features(phases.model)[0]
-            and not _savers(phases.extra)):
+            and not savers(phases.extra)):
+        # A ModelCheckpoint would save the head model (`True` refuses it).
         return None
-    _check_cached_phase_callbacks(phases.extra)
     # `True` insists: `cache_features` raises if the model cannot be cached.
     kwargs = {"batch_size": phases.batch_size, "verbose": phases.verbose}
     caches = []
@@ -76,28 +76,6 @@ def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
              verbose=phases.verbose, class_weight=phases.class_weight,
              callbacks=phases.callbacks(first))
     return phases.logs.history
-
-
-def _savers(callbacks):
-    """Names of the `ModelCheckpoint`s among `callbacks`."""
-    return [type(c).__name__ for c in callbacks
-            if isinstance(c, keras.callbacks.ModelCheckpoint)]
-
-
-def _check_cached_phase_callbacks(callbacks):
-    """Refuses a `ModelCheckpoint` for a phase trained on cached features
-    (`cache_features=True`; `"auto"` does not cache then): its `fit` is
-    the head model's, so the checkpoint would hold the head alone
-    (features in, class scores out), not the classifier."""
-    savers = _savers(callbacks)
-    if savers:
-        fail_argument(
-            "callbacks", "callbacks that do not save the model while phase 1 "
-            "trains the head on cached features (a ModelCheckpoint there "
-            "would save the head model alone, not the classifier); "
-            "fine_tune keeps the best epoch's weights in the model, so save "
-            "it afterwards with model.save(...), or pass "
-            "cache_features='auto' or False", savers)
 
 
 class EpochSeededShuffle(keras.callbacks.Callback):

@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from kft import _compat
 
@@ -316,13 +317,28 @@ def apply_cpu_xla_flags():
     if not flags or not _cpu_only() or _compat.jax_backends_initialised():
         return ()
     release = jaxlib_release()
+    shown = ".".join(map(str, release or ())) or "(version unknown)"
+    current = os.environ.get("XLA_FLAGS", "")
+    theirs = [flag for flag in FLAG_RELEASES if flag.split("=")[0] in current
+              and not _xla_knows(flag, release)]
+    if theirs:
+        # The user's own: XLA aborts the process at the first compile.
+        warnings.warn(
+            f"XLA_FLAGS holds {', '.join(f.split('=')[0] for f in theirs)}, "
+            f"which the XLA of jaxlib {shown} does not know: XLA will abort "
+            "the process at the first compile (\"Unknown flag in "
+            "XLA_FLAGS\"). Remove it from XLA_FLAGS.", UserWarning,
+            stacklevel=2)
     unknown = [flag for flag in flags if not _xla_knows(flag, release)]
     if unknown:
-        logger.debug("kft: XLA CPU flags %s left out: jaxlib %s does not "
-                     "know them (kft.apply_cpu_xla_flags)", " ".join(unknown),
-                     ".".join(map(str, release or ())) or "(version unknown)")
+        message = (f"XLA CPU flags {' '.join(unknown)} left out: jaxlib "
+                   f"{shown} does not know them (kft.apply_cpu_xla_flags)")
+        if setting == "default":
+            logger.debug("kft: %s", message)
+        else:  # asked for by name: say it is not applied
+            warnings.warn(f"KFT_XLA_CPU_FLAGS={setting}: {message}.",
+                          UserWarning, stacklevel=2)
         flags = tuple(flag for flag in flags if flag not in unknown)
-    current = os.environ.get("XLA_FLAGS", "")
     added = tuple(flag for flag in flags
                   if flag.split("=")[0] not in current)
     if added:

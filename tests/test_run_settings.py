@@ -46,6 +46,11 @@ def test_auto_keeps_what_the_user_set_and_resets_what_it_does_not_use(
                      "0.1", "--out", out]) == 0
     printed = capsys.readouterr().out
     assert "strategy auto -> feature_extraction" in printed
+    # The size rule assumes pretrained features: a random backbone is
+    # named, with what to pass instead.
+    assert ("starts from random weights (--weights none), so its frozen "
+            "blocks hold random features: pass --strategy full --bn train"
+            in printed)
     # Named as the flags (they read `lr`, the library's names).
     assert ("not used by feature_extraction: --lr 1000.0, --schedule "
             "'one_cycle', --layer-decay 0.1 (reset to the defaults)"

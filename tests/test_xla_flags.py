@@ -114,6 +114,32 @@ def test_only_flags_the_installed_xla_knows_are_added(clean_env, release,
     assert os.environ["XLA_FLAGS"] == " ".join(expected)
 
 
+def test_flags_that_cannot_apply_are_said_when_asked_for(clean_env):
+    clean_env.setattr(_backend, "jaxlib_release", lambda: (0, 12, 0, 1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default says nothing
+        clean_env.delenv("KFT_XLA_CPU_FLAGS")
+        _backend.apply_cpu_xla_flags()
+    # Asked for by name: the emitters' flag is not applied on jax 0.12.
+    clean_env.delenv("XLA_FLAGS")
+    clean_env.setenv("KFT_XLA_CPU_FLAGS", "legacy_emitters")
+    with pytest.warns(UserWarning, match=r"KFT_XLA_CPU_FLAGS=legacy_emitters"
+                      r": XLA CPU flags --xla_cpu_use_fusion_emitters=false "
+                      r"left out: jaxlib 0.12.0.1 does not know them"):
+        assert _backend.apply_cpu_xla_flags() == (
+            _backend.YNN_CONV_OFF, _backend.BARRIERS_KEPT)
+    # The user's own flag aborts the process at the first compile (kft's
+    # README printed it among kft's defaults).
+    clean_env.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+    clean_env.setenv("KFT_XLA_CPU_FLAGS", "default")
+    with pytest.warns(UserWarning, match=r"XLA_FLAGS holds "
+                      r"--xla_cpu_use_fusion_emitters, which the XLA of "
+                      r"jaxlib 0.12.0.1 does not know: XLA will abort"):
+        _backend.apply_cpu_xla_flags()
+
+
 def test_the_installed_jaxlib_release_is_read():
     import jaxlib
 

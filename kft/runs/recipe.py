@@ -170,6 +170,13 @@ def choose_strategy(config, train, say):
                 defaults, field):
             changes[field] = kwargs[field]
     reasons = list(rec.reasons)
+    if config.weights == "none" and changes["strategy"] != "full":
+        # The rule assumes pretrained features; random ones are not worth
+        # keeping frozen.
+        reasons.append(
+            "The backbone starts from random weights (--weights none), so "
+            "its frozen blocks hold random features: pass --strategy full "
+            "--bn train to train them.")
     say(f"strategy auto -> {changes['strategy']}: " + " ".join(reasons))
     config = config.replace(**changes)
     unused = _unused_settings(config)

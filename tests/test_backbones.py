@@ -120,7 +120,9 @@ def test_imagenet_weights_offline_say_what_to_pass(monkeypatch):
 
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
     with pytest.raises(ValueError, match=r"weights='imagenet' for "
-                       r"'mobilenetv3small'.*URL fetch failure.*weights=None"):
+                       r"'mobilenetv3small'.*URL fetch failure.*weights=None "
+                       r"\(random initialisation; `--weights none` of the "
+                       r"kft command\)"):
         kft.create_backbone("mobilenetv3small", weights="imagenet",
                             input_shape=(32, 32, 3))
 

@@ -214,7 +214,7 @@ def build_parser():
         help="strategy names as kft.compare_strategies takes them "
         "(partial:2, discriminative:0.7, ...)")
     compare.add_argument("--seeds", type=int_at_least(2), default=3,
-                         help="seeds per strategy (default 3)")
+                         help="seeds per strategy, at least 2 (default 3)")
     compare.add_argument("--test-dir", default=None, help="held-out folder "
                          "(default: DATA_DIR/test if present, else the "
                          "validation split)")

@@ -274,9 +274,10 @@ def create_backbone(name: str, weights: Weights = "imagenet",
         raise ValueError(
             f"weights='imagenet' for {spec.name!r}: Keras could not "
             f"download the weights ({str(error)[:200]}). Without network, "
-            "pass weights=None (random initialisation) or the path of a "
-            "weights file of this backbone (saved with "
-            "backbone.save_weights, or Keras' *_notop.h5).") from error
+            "pass weights=None (random initialisation; `--weights none` of "
+            "the kft command) or the path of a weights file of this "
+            "backbone (saved with backbone.save_weights, or Keras' "
+            "*_notop.h5).") from error
     model = as_backbone(built, spec.name)
     if local_file is not None:
         # Keras warns once per nested container it skips (8 for simple_cnn,

@@ -6,6 +6,7 @@ from typing import Literal
 
 import numpy as np
 
+from kft._progress import finish
 from kft._validation import check_choice
 from kft._validation import check_class_names
 from kft._validation import check_int
@@ -326,9 +327,4 @@ class _Progress:
         self.bar.update(done)
 
     def finish(self):
-        # verbose=2 prints at the last batch it knows of: never for data of
-        # unknown length, or with fewer batches than counted (files found
-        # bad while read).
-        if self.done != self.bar.target:
-            self.bar.target = self.done  # known now; verbose=2 needs it
-            self.bar.update(self.done, finalize=True)
+        finish(self.bar, self.done)

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from kft import _compat
+from kft._progress import finish
 from kft._validation import check_finite_images
 from kft._validation import check_int
 from kft._validation import fail_argument
@@ -318,9 +319,7 @@ def cache_features(model, data, *, batch_size: int = 32,
         # datasets that spill) would stay in the temporary directory.
         writer.discard()
         raise
-    if total is None or writer.count < total:
-        # Else the next line printed runs on from the bar's.
-        progress.update(writer.count, finalize=True)
+    finish(progress, writer.count)  # else the next line runs on from it
     if writer.count == 0:
         raise ValueError("Argument `data` must hold at least one image; it "
                          "yielded no batches.")

@@ -95,7 +95,9 @@ class EpochLogs(keras.callbacks.Callback):
 
     `fit` returns a `History` the user passed among the callbacks instead
     of a new one, and its `history` grows over every call it sees: the
-    phases' histories would be one dict holding every phase's epochs.
+    phases' histories would be one dict holding every phase's epochs. Not
+    a `History` of kft's own: Keras would take it for its own (and make
+    it `model.history`) instead of the user's.
     """
 
     def __init__(self):

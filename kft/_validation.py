@@ -78,6 +78,23 @@ def check_int(name, value, *, min_value=None, max_value=None):
     return value
 
 
+def check_verbose(value, name="verbose"):
+    """Returns Keras' `verbose` values as an `int`: `0`, `1`, `2`,
+    `"auto"` (`1`, as `fit` reads it) or a bool. Keras' `fit` takes any
+    other value without a word (`5` as `2`, `-1` or `"yes"` as a bar).
+
+    >>> check_verbose("auto"), check_verbose(False), check_verbose(2)
+    (1, 0, 2)
+    """
+    if isinstance(value, str) and value == "auto":
+        return 1
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1, 2):
+        return int(value)
+    fail_argument(name, "0, 1, 2 or 'auto' (Keras' values)", value)
+
+
 def check_number(name, value, *, low=None, high=None, low_open=False,
                  high_open=False):
     """Returns `value` as a finite `float` within the given bounds.

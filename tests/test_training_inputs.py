@@ -472,3 +472,57 @@ def test_images_with_nan_pixels_are_refused(call, message):
     assert "must hold finite pixels" in str(raised.value)
     assert str(raised.value).endswith("(the first: image 5).")
     assert _unchanged(model, before)
+
+
+def _verbose_calls():
+    """Every public call with a `verbose`, on a tiny model and data."""
+    x, y = _data(8)
+
+    def compiled():
+        model = _model()
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        return model
+
+    def frozen():
+        model = _model()
+        kft.freeze(model, "feature_extraction")
+        return model
+
+    return {
+        "fine_tune": lambda v: kft.fine_tune(
+            _model(), (x, y), strategy="feature_extraction", head_epochs=1,
+            batch_size=4, verbose=v),
+        "cache_features": lambda v: kft.cache_features(frozen(), (x, y),
+                                                       verbose=v),
+        "lr_find": lambda v: kft.lr_find(compiled(), (x, y), steps=10,
+                                         batch_size=4, verbose=v),
+        "estimate_fisher": lambda v: kft.estimate_fisher(_model(), (x, y),
+                                                         verbose=v),
+        "evaluate": lambda v: kft.evaluate(_model(), (x, y), verbose=v),
+        "predict": lambda v: kft.predict(_model(), x[:2], top_k=1,
+                                         verbose=v),
+        "GradualUnfreezing": lambda v: kft.callbacks.GradualUnfreezing(
+            every=1, verbose=v),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_verbose_calls()))
+@pytest.mark.parametrize("verbose", [5, -1, "yes", 1.0, None])
+def test_verbose_takes_keras_values_only(name, verbose):
+    # Keras' fit took 5 as 2 and "yes" or -1 as a bar, and the callback
+    # refused "auto": every call now takes what `fit` documents.
+    with pytest.raises(ValueError, match=r"`verbose` must be 0, 1, 2 or "
+                       rf"'auto' \(Keras' values\)\. Received: "
+                       rf"verbose={verbose!r}"):
+        _verbose_calls()[name](verbose)
+
+
+def test_verbose_auto_and_bools_as_fit_reads_them():
+    unfreezing = kft.callbacks.GradualUnfreezing(every=1, verbose="auto")
+    assert unfreezing.verbose == 1
+    assert kft.callbacks.GradualUnfreezing(every=1,
+                                           verbose=False).verbose == 0
+    x, y = _data(8)
+    # A bar, as `fit` shows for "auto", and none for False.
+    assert kft.evaluate(_model(), (x, y), verbose="auto").num_examples == 8
+    assert kft.evaluate(_model(), (x, y), verbose=False).num_examples == 8

@@ -14,6 +14,7 @@ import numpy as np
 from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import check_number
+from kft._validation import check_verbose
 from kft._validation import fail_argument
 from kft.data._images import DEFAULT_MAX_PIXELS
 from kft.deploy._onnx_io import ort_session
@@ -232,7 +233,7 @@ def predict(model_or_path, images, *, top_k: int = 5,
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
     top_k = check_int("top_k", top_k, min_value=1)
-    verbose = check_int("verbose", verbose, min_value=0)
+    verbose = check_verbose(verbose)
     if max_pixels is not None:
         # Checked here: inside the reader it read as a broken file.
         max_pixels = check_int("max_pixels", max_pixels, min_value=1)

@@ -11,6 +11,7 @@ from kft._validation import check_choice
 from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import check_labels
+from kft._validation import check_verbose
 from kft._validation import fail_argument
 from kft.evaluation import _predict
 from kft.evaluation import metrics
@@ -253,7 +254,7 @@ def evaluate(model, data, *, class_names: Sequence[str] | None = None,
     (np.int64(6), 'logits', 2)
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    verbose = check_int("verbose", verbose, min_value=0)
+    verbose = check_verbose(verbose)
     if data is None:  # Python's "'NoneType' object is not iterable"
         fail_argument("data", "an (images, labels) pair of arrays or a "
                       "dataset of (images, labels) batches", data, TypeError)

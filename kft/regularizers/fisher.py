@@ -14,6 +14,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import check_seed
+from kft._validation import check_verbose
 from kft._validation import fail_argument
 from kft._writing import npz_bytes
 from kft._writing import write_file
@@ -141,6 +142,7 @@ def estimate_fisher(model: keras.Model, source_data, *,
                       normalize)
     batch_size = check_int("batch_size", batch_size, min_value=1)
     seed = check_seed(seed)
+    verbose = check_verbose(verbose)
     check_unique_paths(model, "estimate_fisher")
     images, labels = _arrays(model, source_data, kind, num_samples)
     weights = _compat.weight_variables(model)

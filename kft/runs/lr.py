@@ -50,6 +50,7 @@ def find_rate(config: TrainConfig, *, phase: str = "head", steps: int = 100,
     import keras
 
     from kft._validation import check_choice
+    from kft._validation import check_verbose
     from kft.models.batch_augment import BatchAugmentModel
     from kft.runs.recipe import build_run_model
     from kft.runs.recipe import check_strategy_settings
@@ -60,6 +61,7 @@ def find_rate(config: TrainConfig, *, phase: str = "head", steps: int = 100,
     from kft.training.lr_find import lr_find
 
     check_choice("phase", phase, PHASES)
+    verbose = check_verbose(verbose)
     say = print_fn or (lambda *a, **k: None)
     # The run folder is not written: `out` only needs a value.
     config = resolve_config(config.replace(out=config.out or os.devnull))

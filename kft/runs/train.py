@@ -22,13 +22,12 @@ The run folder (`out`):
 
 import dataclasses
 import datetime
-import numbers
 import os
 import shutil
 import time
 from typing import Callable
 
-from kft._validation import fail_argument
+from kft._validation import check_verbose
 from kft.distributed.processes import barrier
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
@@ -264,14 +263,7 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
     """
     say = _say_with(print_fn)
     try:
-        if isinstance(verbose, str) and verbose == "auto":
-            verbose = 1  # as Keras' fit reads it (GradualUnfreezing: ints)
-        if not isinstance(verbose, numbers.Integral) or verbose not in (
-                0, 1, 2):
-            # Keras' fit takes 5 as 2 without a word.
-            fail_argument("verbose", "0, 1, 2 or 'auto' (Keras' values)",
-                          verbose)
-        verbose = int(verbose)
+        verbose = check_verbose(verbose)
         config = (config or TrainConfig()).replace(**settings)
         # Paths as text: the result (`to_dict`, JSON) and config.toml hold
         # strings, and a config read back must equal the run's.

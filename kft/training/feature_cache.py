@@ -19,6 +19,7 @@ from kft import _compat
 from kft._progress import finish
 from kft._validation import check_finite_images
 from kft._validation import check_int
+from kft._validation import check_verbose
 from kft._validation import fail_argument
 from kft.distributed.data_parallel import predict_padded
 from kft.distributed.data_parallel import check_batch_size
@@ -288,6 +289,7 @@ def cache_features(model, data, *, batch_size: int = 32,
         fail_argument("model", "a keras.Model", model, TypeError)
     batch_size = check_int("batch_size", batch_size, min_value=1)
     memory_budget = check_int("memory_budget", memory_budget, min_value=1)
+    verbose = check_verbose(verbose)
     features_model, reason = _split_for_caching(model)
     if reason is not None:
         raise ValueError(reason)

@@ -10,6 +10,7 @@ from typing import Literal
 import keras
 
 from kft._validation import fail_argument
+from kft._validation import check_verbose
 from kft.data._dataset import ImageDataset
 from kft.models.classifier_model import Classifier
 from kft.models.batch_augment import BatchAugmentModel
@@ -287,6 +288,7 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
              monitor, mode, early_stopping_patience, batch_size, callbacks,
              cache_features, class_weight, regularizer, verbose):
     """`fine_tune`'s checks: `(phases, counts, plan, layer_decay)`."""
+    verbose = check_verbose(verbose)
     counts, layer_decay = check_arguments(
         strategy, mode, cache_features, bn,
         {"head_epochs": (head_epochs, 1), "epochs": (epochs, 0),

@@ -22,6 +22,7 @@ from kft._plotting import new_figure
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import check_seed
+from kft._validation import check_verbose
 from kft._validation import fail_argument
 from kft.distributed.data_parallel import check_data_batches
 from kft.distributed.data_parallel import check_placement
@@ -331,6 +332,7 @@ def lr_find(model, data, *, start: float = 1e-7, end: float = 10.0,
         model, start, end, steps, smoothing, divergence, batch_size)
     if seed is not None:  # None: a fresh order, as NumPy draws it
         seed = check_seed(seed)
+    verbose = check_verbose(verbose)
     if not model.built:
         raise ValueError(
             f"Model {model.name!r} is not built, so it has no weights yet: "

@@ -10,6 +10,7 @@ import numpy as np
 from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
+from kft._validation import check_verbose
 from kft._validation import fail_argument
 from kft.models.blocks import get_blocks, head_and_body
 from kft.training import unfreeze_backup
@@ -177,9 +178,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
                               backup_dir, TypeError)
             backup_dir = os.fspath(backup_dir)
         self.backup_dir = backup_dir
-        if not isinstance(verbose, bool):
-            check_int("verbose", verbose, min_value=0)
-        self.verbose = verbose
+        self.verbose = check_verbose(verbose)
         self._stage = None
         self._params = None
         self._restored = False

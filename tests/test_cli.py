@@ -118,6 +118,23 @@ def test_a_closed_pipe_ends_the_command_quietly(size):
     assert result.returncode == 1
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_reported():
+    # Every BrokenPipeError ended the command quietly, also one from a pipe
+    # the command wrote to (a launched process, a FIFO output path).
+    program = ("import kft.cli as cli\n"
+               "def demo(args, argv):\n"
+               "    print('started')\n"
+               "    raise BrokenPipeError(32, 'Broken pipe')\n"
+               "cli.demo_command = demo\n"
+               "raise SystemExit(cli.main(['demo']))\n")
+    result = subprocess.run([sys.executable, "-c", program],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stdout == "started\n"
+    assert result.stderr == ("kft demo: error: BrokenPipeError: [Errno 32] "
+                             "Broken pipe\n")
+
+
 def test_import_kft_still_registers_its_keras_classes(tmp_path):
     """`import kft` loads every module (only the `kft` command defers), so a
     saved kft model loads right after it."""

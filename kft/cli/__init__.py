@@ -59,6 +59,25 @@ def _join_launched_job(command):
     initialize()
 
 
+def _report(command, error):
+    print(f"kft {command}: error: {type(error).__name__}: {error}",
+          file=sys.stderr)
+    return 1
+
+
+def _stdout_reader_gone():
+    """Whether stdout is a pipe whose reader has closed it (`poll` flags
+    the write end with POLLERR then)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True  # no poll (Windows) or no descriptor: as before
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the `kft` command on `argv` (defaults to `sys.argv[1:]`).
 
@@ -96,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"kft {command}: interrupted.", file=sys.stderr)
         return 1
-    except BrokenPipeError:
+    except BrokenPipeError as error:
+        if not _stdout_reader_gone():
+            # Another pipe (a launched process, a FIFO as an output path):
+            # the command's failure, reported as any other.
+            return _report(command, error)
         # The reader went away (`kft predict ... | head`): not a failure of
         # the command to report. Later output (Python's flush at exit) goes
         # nowhere, as the Python docs' recipe does it.
@@ -104,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except Exception as error:  # noqa: BLE001 - the command's failure
-        print(f"kft {command}: error: {type(error).__name__}: {error}",
-              file=sys.stderr)
-        return 1
+        return _report(command, error)
     finally:
         warnings.formatwarning = format_warning
     return 0

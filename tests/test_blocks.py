@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -184,3 +186,35 @@ def test_plain_models_keep_batchnorm_with_its_layer_and_a_named_head():
     assert model.get_layer("out").trainable and head_only == 8 * 4 + 8 + 27
     kft.freeze(model, "partial", n_blocks=1)
     assert trainable() > head_only
+
+
+@pytest.mark.parametrize("inner_name,warns", [
+    ("mobilenetv3small", True), ("MobileNetV3Small", True),
+    ("encoder", False)])
+def test_a_backbone_kft_did_not_make_is_named_in_a_warning(inner_name,
+                                                           warns):
+    # A model saved by kft before backbones were marked loads with a plain
+    # Functional backbone: one block, so "partial" trained no layer of it
+    # without a word.
+    inner = keras.Sequential([keras.Input((8, 8, 3)),
+                              keras.layers.Conv2D(4, 3, name="conv")],
+                             name=inner_name)
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inner(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head_dense")(
+        pooled))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blocks = kft.get_blocks(model)
+    assert list(blocks) == [inner_name, "head_dense"]
+    mine = [w for w in caught if issubclass(w.category, UserWarning)]
+    messages = [str(w.message) for w in mine]
+    if warns:
+        assert len(messages) == 1, messages
+        assert messages[0].startswith(
+            f"Layer {inner_name!r} is named like kft's backbone "
+            "'mobilenetv3small' but was not made by kft.create_backbone")
+        assert "kft.build_classifier('mobilenetv3small', ...)" in messages[0]
+        assert mine[0].filename == __file__
+    else:
+        assert messages == []

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -363,3 +364,77 @@ def test_fast_convs_of_nested_mixing_and_mixed_float16_models(dtype_policy,
     fast = kft.fast_cpu_convs(model)
     assert fast.dtype_policy.name == "mixed_float16"
     assert type(fast.optimizer).__name__ == "LossScaleOptimizer"
+
+
+def _weights_file(model, path, renames):
+    """`model`'s weights file with its groups renamed as an older kft
+    filed them (`renames`: `(today's path, old path)`, outer first)."""
+    import h5py
+
+    model.save_weights(path)
+    with h5py.File(path, "r+") as file:
+        for new, old in renames:
+            if old in file:  # a weightless layer's empty group
+                assert not any(isinstance(item, h5py.Dataset) for item in
+                               _items(file[old]))
+                del file[old]
+            file.move(new, old)
+    return path
+
+
+def _items(group):
+    found = []
+    group.visititems(lambda name, item: found.append(item))
+    return found
+
+
+def _datasets(path):
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as file:
+        file.visititems(lambda name, item: found.__setitem__(
+            name, np.asarray(item)) if isinstance(item, h5py.Dataset)
+            else None)
+    return found
+
+
+@pytest.mark.parametrize("attached", [False, True])
+def test_weights_files_of_older_kft_load(tmp_path, attached):
+    # Before kft.models.backbones.Backbone and kft.Classifier (2026-12-02)
+    # both were Functional models, so Keras filed their weights under
+    # "functional": Keras refused such a file for today's model.
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        model = kft.build_classifier("simple_cnn", num_classes=5,
+                                     weights=None, input_shape=(16, 16, 3))
+        return kft.augmentation.attach(model, "light") if attached else model
+
+    renames = ([("layers/classifier", "layers/functional"),
+                ("layers/functional/layers/backbone",
+                 "layers/functional/layers/functional")] if attached
+               else [("layers/backbone", "layers/functional")])
+    old = _weights_file(build(1), str(tmp_path / "old.weights.h5"), renames)
+    model = build(2)
+    x = np.random.default_rng(0).random((3, 16, 16, 3)).astype("float32")
+    before = model.predict(x, verbose=0)
+    with warnings.catch_warnings():
+        # Keras: "Affected layers will retain their freshly-initialized weights"
+        warnings.simplefilter("error", UserWarning)
+        model.load_weights(old)
+    again = _weights_file(model, str(tmp_path / "again.weights.h5"), renames)
+    expected, loaded = _datasets(old), _datasets(again)
+    assert sorted(expected) == sorted(loaded)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+    assert not np.allclose(model.predict(x, verbose=0), before)
+
+
+def test_a_weights_file_of_another_model_is_still_refused(tmp_path):
+    path = str(tmp_path / "other.weights.h5")
+    kft.build_classifier("simple_cnn", num_classes=4, weights=None,
+                         input_shape=(16, 16, 3)).save_weights(path)
+    model = kft.build_classifier("simple_cnn", num_classes=5, weights=None,
+                                 input_shape=(16, 16, 3))
+    with pytest.raises(ValueError, match="head_dense"):
+        model.load_weights(path)

@@ -6,6 +6,7 @@ with weights that follow the model's kft backbone (`head_layers`).
 """
 
 import re
+import warnings
 from collections.abc import Mapping
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ import keras
 
 from kft import _compat
 from kft._validation import fail_argument
+from kft._validation import user_stacklevel
 from kft.models.backbones import backbone_name
 from kft.models.backbones import get_backbone
 from kft.models.registry import resolve_backbone_name
@@ -98,11 +100,30 @@ def get_blocks(model: keras.Model, patterns: Patterns = None) -> dict:
             # spent on it).
             blocks[previous].append(layer)
         else:
+            _warn_if_named_like_a_backbone(layer)
             blocks[layer.name] = [layer]
             previous = layer.name
     if head:
         blocks[HEAD] = head
     return blocks
+
+
+def _warn_if_named_like_a_backbone(layer):
+    # A model saved by kft before backbones were marked (2026-12-02) loads
+    # with a plain Functional backbone: one block, and `freeze(model,
+    # "partial")` would train no layer of it.
+    name = resolve_backbone_name(layer.name)
+    if isinstance(layer, keras.Model) and name is not None:
+        warnings.warn(
+            f"Layer {layer.name!r} is named like kft's backbone {name!r} but "
+            "was not made by kft.create_backbone (a model saved by kft "
+            "before 2026-12-02, or a keras.applications model), so it is one "
+            f"block here instead of the registered blocks of {name!r}. For "
+            "those, build "
+            f"the model with kft.build_classifier({name!r}, ...) and copy "
+            "the weights over: new.set_weights(model.get_weights()), or "
+            "new.load_weights of its .weights.h5 file.",
+            stacklevel=user_stacklevel())
 
 
 def wrapped_model(model: keras.Model):

@@ -130,6 +130,37 @@ def test_fit_reads_the_same_passes_whatever_built_the_model():
         np.testing.assert_array_equal(a, b)
 
 
+def test_neighbouring_seeds_read_other_orders():
+    # Pass k was shuffled with seed + k: seed 1 read seed 0's orders one
+    # pass later, so runs compared over seeds 0, 1, 2 shared their orders.
+    x, y = np.zeros((32, 2, 2, 3), "float32"), np.arange(32)
+
+    def orders(seed, passes=3):
+        data = kft.data.from_arrays(x, y, batch_size=32, seed=seed)
+        return [next(iter(data))[1].tolist() for _ in range(passes)]
+
+    by_seed = {seed: orders(seed) for seed in range(3)}
+    seen = [tuple(order) for runs in by_seed.values() for order in runs]
+    assert len(set(seen)) == len(seen), "an order read twice"
+    assert by_seed[0] == orders(0)  # still the same for the same seed
+
+
+def test_peek_leaves_the_passes_as_they_were():
+    x = np.random.default_rng(0).uniform(0, 255, (12, 8, 8, 3)).astype(
+        "float32")
+    data = kft.data.from_arrays(x, np.arange(12) % 3, batch_size=4, seed=2,
+                                augmentation="light")
+    looked = data.peek()
+    assert data.passes_begun == 0
+    first = next(iter(data))  # pass 0: the batch peek returned
+    assert data.passes_begun == 1
+    np.testing.assert_array_equal(looked[0], first[0])
+    np.testing.assert_array_equal(looked[1], first[1])
+    after = data.peek()  # pass 1's first batch: other order and draws
+    assert not np.array_equal(after[0], first[0])
+    np.testing.assert_array_equal(after[0], next(iter(data))[0])
+
+
 def test_validation_split_is_stratified_and_disjoint(tmp_path):
     root = _tree(tmp_path, splits=("all",), per_class=10)
     train, val = kft.data.from_directory(f"{root}/all", SIZE,

@@ -29,7 +29,6 @@ from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import check_seed
 from kft._validation import fail_argument
-from kft._validation import offset_seed
 from kft._validation import user_stacklevel
 from kft.data._host_augment import HostAugmenter
 from kft.data._host_augment import has_effect
@@ -37,6 +36,7 @@ from kft.data._images import SkippedFile
 from kft.data import _sharding
 from kft.data._sampling import Resampled
 from kft.data._sampling import balanced_indices
+from kft.data._sampling import pass_seed
 
 # A `DataAdapter` given as `x` is used by `fit` as it is: Keras then knows
 # the steps per epoch, and does not warn that `shuffle=True` is ignored
@@ -229,7 +229,8 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     with `with_class_weight` (which a kft model's `fit` calls for a
     `class_weight` given; it refuses `sample_weight`).
 
-    Each pass (epoch) reshuffles with `seed + n`, `n` counting the passes
+    Each pass (epoch) reshuffles with a seed mixed from `seed` and `n`
+    (`kft.data._sampling.pass_seed`), `n` counting the passes
     read so far (a pass counts from its first batch, and the batch
     Keras reads for the shapes on a model's first `fit` or `evaluate`
     counts as none: the orders are the same on one device and under
@@ -535,7 +536,8 @@ class ImageDataset(grain.IterDataset, DataAdapter):
 
     @property
     def shuffle_seed(self) -> int:
-        """The seed of the passes' shuffles (pass k: `shuffle_seed + k`),
+        """The seed of the passes' shuffles (pass k: mixed from
+        `shuffle_seed` and k),
         balanced draws and host augmentation (`with_seed` sets it)."""
         return self._shuffle_seed
 
@@ -661,9 +663,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         """This dataset read from its first pass with `seed`.
 
         A view (no copy of the examples) whose passes are numbered from 0
-        again: pass k is shuffled (or balanced-sampled) with `seed + k`,
-        and host augmentation draws from the preset's seeds moved by
-        `seed`. The same seed gives the same batches whatever read this
+        again: pass k is shuffled (or balanced-sampled) with a seed mixed
+        from `seed` and k, and host augmentation draws from the preset's
+        seeds moved by `seed`. The same seed gives the same batches whatever read this
         dataset (or another view) before, as runs compared by seed need
         (`kft.compare_strategies` trains each run on
         `train.with_seed(seed)`).
@@ -684,6 +686,31 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         if self._augmenter is not None:
             view._augmenter = self._augmenter.fork(seed=view._shuffle_seed)
         return view
+
+    def peek(self) -> tuple:
+        """The first batch of the next pass, without beginning it.
+
+        `next(iter(dataset))` begins a pass, so the `fit` that follows
+        reads the passes after it: other orders and augmentation draws
+        than without the look (`passes_begun`). `peek` reads the batch
+        that pass will start with and leaves the count as it was.
+
+        >>> import numpy as np, kft
+        >>> ds = kft.data.from_arrays(np.zeros((6, 4, 4, 3)), range(6),
+        ...                           batch_size=3)
+        >>> images, labels = ds.peek()[:2]
+        >>> images.shape, ds.passes_begun
+        ((3, 4, 4, 3), 0)
+        >>> next(iter(ds))[1].tolist() == labels.tolist()
+        True
+        """
+        batches = self._start_pass(peek=True)
+        try:
+            return next(batches)
+        finally:
+            if hasattr(batches, "close"):  # its prefetch thread
+                batches.close()
+                _PREFETCHING.discard(batches)
 
     def _view(self, share_passes=False):
         view = copy.copy(self)
@@ -713,8 +740,8 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             dataset = grain.MapDataset.source(indices).map(
                 Resampled(dataset))
         elif self.shuffle:
-            dataset = dataset.shuffle(
-                seed=offset_seed(self._shuffle_seed, epoch))
+            dataset = dataset.shuffle(seed=pass_seed(self._shuffle_seed,
+                                                     epoch))
         index, count = self.shard
         batch_size = self.batch_size
         if count > 1:

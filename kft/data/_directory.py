@@ -257,7 +257,7 @@ def from_directory(path: str | os.PathLike,
     ...     root, 8, batch_size=2, validation_split=0.3, augmentation="none")
     >>> train.class_names, train.num_examples, val.num_examples
     (['cat', 'dog'], 4, 2)
-    >>> next(iter(train))[0].shape
+    >>> train.peek()[0].shape  # next(iter(train)) would begin a pass
     (2, 8, 8, 3)
     >>> model.fit(train, validation_data=val)  # doctest: +SKIP
     """

@@ -63,11 +63,15 @@ class RunBackup(keras.callbacks.Callback):
             Given, a resumed run reads the passes (shuffled orders,
             balanced draws, host augmentation) the uninterrupted run would
             have read after the checkpoint, so it continues the same run;
-            without it the passes start again from the first. Defaults to
-            `None`.
+            without it the passes start again from the first. Arrays
+            cannot be given: Keras shuffles them from a fresh generator, so
+            a run on arrays resumes in other orders than the uninterrupted
+            run's (`kft.data.from_arrays` makes them a dataset). Defaults
+            to `None`.
 
     Attributes:
-        history: `{epoch: logs}` of every epoch of the run so far.
+        history: `{epoch: logs}` of every epoch of the run so far (a
+            resumed `fine_tune`'s result holds the epochs it ran).
         best_epoch, best_value: The best epoch so far and its value.
 
     Example:

@@ -42,7 +42,9 @@ class FineTuneResult:
     Attributes:
         histories: `History.history` dicts of phase 1 and (unless the
             strategy is feature extraction) phase 2. Epochs are numbered
-            across both phases.
+            across both phases. A run resumed by `kft.runs.RunBackup`
+            holds the epochs this call ran (the backup's `history` holds
+            the whole run's).
         best_epoch: Epoch (0-based, across phases) whose weights the model
             holds at the end.
         best_value: The monitored value at that epoch.

@@ -89,12 +89,17 @@ class Classifier(KeepsStateOnError, ChecksEvalBatches, keras.Model):
                 load(filepath)
             except ValueError as raised:
                 error = raised
-        if error is None or not load_renamed(self, filepath, load):
-            for warning in caught:
-                warnings.warn_explicit(warning.message, warning.category,
-                                       warning.filename, warning.lineno)
-            if error is not None:
-                raise error
+        if error is not None:
+            try:
+                if load_renamed(self, filepath, load):
+                    return
+            except Exception:  # noqa: BLE001 - Keras' own error says more
+                pass
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category,
+                                   warning.filename, warning.lineno)
+        if error is not None:
+            raise error
 
     def get_config(self):
         return {NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),

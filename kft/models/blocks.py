@@ -119,10 +119,10 @@ def _warn_if_named_like_a_backbone(layer):
             "was not made by kft.create_backbone (a model saved by kft "
             "before 2026-12-02, or a keras.applications model), so it is one "
             f"block here instead of the registered blocks of {name!r}. For "
-            "those, build "
-            f"the model with kft.build_classifier({name!r}, ...) and copy "
-            "the weights over: new.set_weights(model.get_weights()), or "
-            "new.load_weights of its .weights.h5 file.",
+            f"those, build the model with kft.build_classifier({name!r}, "
+            "...) and copy the weights over: "
+            "new.set_weights(model.get_weights()), or new.load_weights of "
+            "its .weights.h5 file.",
             stacklevel=user_stacklevel())
 
 

@@ -22,14 +22,15 @@ EXPECTED_LAYERS = {
     "none": ["Identity"],
     "light": ["RandomResizedCrop", "RandomFlip"],
     "standard": ["RandomResizedCrop", "RandomFlip", "RandomRotation",
-                 "RandomBrightnessScale", "RandomContrast",
-                 "RandomSaturation", "RandomHue", "RandomGrayscale",
+                 "RandomBrightnessScale", "RandomContrastScale",
+                 "RandomSaturationScale", "RandomHue", "RandomGrayscale",
                  "GaussianBlur", "RandomErasing"],
     "strong": ["RandomResizedCrop", "RandomFlip", "RandAugment",
                "RandomErasing"],
 }
 # kft's layers with torchvision's draws, where Keras' layers differ.
-TORCH_STYLE = ("RandomResizedCrop", "RandomBrightnessScale", "GaussianBlur")
+TORCH_STYLE = ("RandomResizedCrop", "RandomBrightnessScale",
+               "RandomContrastScale", "RandomSaturationScale", "GaussianBlur")
 
 
 @pytest.mark.parametrize("preset", kft.augmentation.PRESETS)
@@ -411,15 +412,36 @@ def test_standard_preset_draws_as_the_seeds_torchvision_recipe():
 
     shift = (hsv("RandomHue")[:, 0] - hsv_in[0] + 0.5) % 1 - 0.5
     assert -0.1 <= shift.min() < -0.09 and 0.09 < shift.max() <= 0.1
-    saturation = hsv("RandomSaturation")[:, 1] / hsv_in[1]
-    assert 0.79 <= saturation.min() < 0.82 and 1.18 < saturation.max() <= 1.21
-    # Contrast by a factor in [0.8, 1.2] (Keras read a scalar 0.2 as
-    # (0, 0.2): factors in [1, 1.2], never lowered).
+    # Saturation: torchvision's blend with the grayscale image, f in
+    # [0.8, 1.2] (Keras scaled the HSV saturation and clipped it, not the
+    # pixels: (255, 40, 0) at 1.2 became (255, -3, -51)).
+    luma = np.array([0.2989, 0.587, 0.114], "float32")
+    gray = (image[:1] * luma).sum(-1, keepdims=True)
+    out = np.asarray(layers["RandomSaturationScale"](image, training=True))
+    factor = (out[:, 0, 0, 0] - gray[0, 0, 0, 0]) / (200.0 - gray[0, 0, 0, 0])
+    assert 0.8 <= factor.min() < 0.82 and 1.18 < factor.max() <= 1.2
+    np.testing.assert_allclose(
+        out, factor[:, None, None, None] * image
+        + (1 - factor[:, None, None, None]) * gray, rtol=1e-4, atol=1e-3)
+    orange = np.array([[[[255.0, 40.0, 0.0]]]], "float32").repeat(n, 0)
+    out = np.asarray(layers["RandomSaturationScale"](orange, training=True))
+    assert out.min() >= 0 and out.max() <= 255
+    gray = (orange * luma).sum(-1, keepdims=True)
+    factor = (out[:, 0, 0, 1] - gray[:, 0, 0, 0]) / (40.0 - gray[:, 0, 0, 0])
+    np.testing.assert_allclose(out, np.clip(
+        factor[:, None, None, None] * orange
+        + (1 - factor[:, None, None, None]) * gray, 0, 255), atol=1e-3)
+    # Contrast by a factor in [0.8, 1.2] about the grayscale mean (Keras
+    # blended each channel with its own mean).
     pair = np.zeros((n, 1, 2, 3), "float32")
-    pair[:, 0, 0], pair[:, 0, 1] = 100.0, 140.0
-    out = np.asarray(layers["RandomContrast"](pair, training=True))
+    pair[:, 0, 0], pair[:, 0, 1] = (100.0, 20.0, 60.0), (140.0, 30.0, 70.0)
+    out = np.asarray(layers["RandomContrastScale"](pair, training=True))
     contrast = (out[:, 0, 1, 0] - out[:, 0, 0, 0]) / 40.0
     assert 0.8 <= contrast.min() < 0.82 and 1.18 < contrast.max() <= 1.2
+    mean = (pair[:1] * luma).sum(-1).mean()
+    f = contrast[:, None, None, None]
+    np.testing.assert_allclose(out, f * pair + (1 - f) * mean, rtol=1e-4,
+                               atol=1e-3)
     bright = np.asarray(layers["RandomBrightnessScale"](
         np.full((n, 1, 1, 3), 100.0, "float32"), training=True))
     assert 80 <= bright.min() < 82 and 118 < bright.max() <= 120
@@ -485,8 +507,7 @@ def test_processes_augment_their_slices_with_draws_of_their_own():
     assert len({image.tobytes() for image in both}) == 8
 
 
-@pytest.mark.parametrize("name", ["RandomResizedCrop", "RandomBrightnessScale",
-                                  "GaussianBlur"])
+@pytest.mark.parametrize("name", TORCH_STYLE)
 def test_torch_style_layers_direct_jit_numpy_seed_and_config(name):
     # A NumPy integer seed failed in Keras' SeedGenerator; the layers are
     # called directly, on one image, and under jax.jit, and round-trip

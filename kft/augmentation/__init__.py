@@ -3,8 +3,9 @@
 - `presets`: `augmentation(preset)`, `eval_transform`, `attach`.
 - `layers`: Keras' zoom, rotation, blur and erasing layers computed with
   `kft.ops.image_ops`; equalization and RandAugment that compile fast.
-- `torch_style`: `RandomResizedCrop`, `RandomBrightnessScale` and
-  `GaussianBlur`, where torchvision's draws differ from Keras' layers.
+- `torch_style`: `RandomResizedCrop`, `RandomBrightnessScale`,
+  `RandomContrastScale`, `RandomSaturationScale` and `GaussianBlur`, where
+  torchvision's draws differ from Keras' layers.
 - `mixing`: `MixUp`, `CutMix`, `MixUpOrCutMix`, run inside the compiled
   train step (also as `kft.layers`); `_batch_mix` holds their shared
   draws and mixing.
@@ -23,7 +24,9 @@ from kft.augmentation.presets import augmentation
 from kft.augmentation.presets import eval_transform
 from kft.augmentation.torch_style import GaussianBlur
 from kft.augmentation.torch_style import RandomBrightnessScale
+from kft.augmentation.torch_style import RandomContrastScale
 from kft.augmentation.torch_style import RandomResizedCrop
+from kft.augmentation.torch_style import RandomSaturationScale
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -32,9 +35,11 @@ __all__ = [
     "PRESETS",
     "RandAugment",
     "RandomBrightnessScale",
+    "RandomContrastScale",
     "RandomErasing",
     "RandomGaussianBlur",
     "RandomResizedCrop",
+    "RandomSaturationScale",
     "RandomRotation",
     "RandomZoom",
     "attach",

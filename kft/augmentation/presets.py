@@ -23,7 +23,9 @@ from kft.augmentation.layers import RandomErasing
 from kft.augmentation.layers import RandomRotation
 from kft.augmentation.torch_style import GaussianBlur
 from kft.augmentation.torch_style import RandomBrightnessScale
+from kft.augmentation.torch_style import RandomContrastScale
 from kft.augmentation.torch_style import RandomResizedCrop
+from kft.augmentation.torch_style import RandomSaturationScale
 
 Preset = Literal["none", "light", "standard", "strong"]
 PRESETS = get_args(Preset)
@@ -60,17 +62,15 @@ def _layers(preset, seed):
             RandomRotation(15 / 360, fill_mode="constant",
                            seed=offset_seed(seed, 2)),
             # ColorJitter's four, in a fixed order (torchvision shuffles
-            # them): brightness and contrast as factors in [0.8, 1.2];
-            # Keras' saturation factor f scales by f / (1 - f), so 4/9 and
-            # 6/11 give [0.8, 1.2]; Keras' hue shift is half its factor, so
-            # 0.2 gives torchvision's +-0.1 of the colour circle.
+            # them): brightness, contrast and saturation as torchvision's
+            # factors in [0.8, 1.2]; Keras' hue shift is half its factor,
+            # so 0.2 gives torchvision's +-0.1 of the colour circle.
             RandomBrightnessScale(0.2, value_range=(0, 255),
                                   seed=offset_seed(seed, 3)),
-            # A scalar 0.2 is Keras' (0, 0.2): factors in [1, 1.2] only.
-            layers.RandomContrast((0.2, 0.2), value_range=(0, 255),
-                                  seed=offset_seed(seed, 7)),
-            layers.RandomSaturation((4 / 9, 6 / 11), value_range=(0, 255),
-                                    seed=offset_seed(seed, 8)),
+            RandomContrastScale(0.2, value_range=(0, 255),
+                                seed=offset_seed(seed, 7)),
+            RandomSaturationScale(0.2, value_range=(0, 255),
+                                  seed=offset_seed(seed, 8)),
             layers.RandomHue(0.2, value_range=(0, 255),
                              seed=offset_seed(seed, 9)),
             layers.RandomGrayscale(factor=0.1, seed=offset_seed(seed, 4)),

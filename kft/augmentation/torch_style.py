@@ -1,12 +1,16 @@
 """Augmentation layers with torchvision's semantics, where Keras' differ.
 
-The "standard" preset is the seeds' torchvision recipe; three of its
+The "standard" preset is the seeds' torchvision recipe; five of its
 transforms have no Keras layer that draws the same way:
 
 - `RandomResizedCrop`: a crop of random area, aspect ratio and position
   per image, resized back (Keras' `RandomZoom` zooms about the centre);
 - `RandomBrightnessScale`: brightness as a factor (torchvision's
   `ColorJitter(brightness=b)`), where Keras' `RandomBrightness` adds;
+- `RandomContrastScale`, `RandomSaturationScale`: blends with the
+  grayscale image's mean and with the grayscale image (`ColorJitter`'s
+  contrast and saturation), where Keras' layers blend each channel with
+  its own mean and scale the HSV saturation;
 - `GaussianBlur`: one isotropic sigma per image (Keras' layer draws one
   `(sigma_x, sigma_y)` pair per batch).
 
@@ -219,6 +223,97 @@ class RandomBrightnessScale(RandomLayer):
     def get_config(self):
         return {**super().get_config(), "factor": self.factor,
                 "value_range": self.value_range}
+
+
+# torchvision's `rgb_to_grayscale` weights (ITU-R 601-2 luma).
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def _gray(images):
+    """`(batch, height, width, 1)` luma of RGB `images`."""
+    if images.shape[-1] != 3:
+        raise ValueError(
+            "Contrast and saturation take RGB images (3 channels). "
+            f"Received: images.shape={tuple(images.shape)}")
+    weights = ops.cast(ops.array(_LUMA), images.dtype)
+    return ops.sum(images * weights, axis=-1, keepdims=True)
+
+
+class _Blend(RandomLayer):
+    """Each image blended with a gray version of itself by one factor
+    drawn in `[max(0, 1 - factor), 1 + factor]` (torchvision's
+    `ColorJitter`), clipped to `value_range`."""
+
+    def __init__(self, factor=0.2, value_range=(0, 255), seed=None,
+                 **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.factor = check_number("factor", factor, low=0.0)
+        self.value_range = _range("value_range", value_range, -math.inf)
+
+    def transform(self, images, batch):
+        scale = self.uniform(batch, max(0.0, 1.0 - self.factor),
+                             1.0 + self.factor)
+        scale = ops.cast(ops.reshape(scale, (-1, 1, 1, 1)), images.dtype)
+        gray = self.gray(images)
+        return ops.clip(scale * images + (1 - scale) * gray,
+                        *self.value_range)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor,
+                "value_range": self.value_range}
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class RandomContrastScale(_Blend):
+    """Contrast as torchvision's `ColorJitter(contrast=factor)`: each RGB
+    image blended with the mean of its grayscale version, by a factor drawn
+    per image in `[max(0, 1 - factor), 1 + factor]`, then clipped to
+    `value_range` (Keras' `RandomContrast` blends each channel with its
+    own mean).
+
+    Args:
+        factor: The factor's spread, >= 0. Defaults to `0.2`.
+        value_range: The pixels' `(min, max)`. Defaults to `(0, 255)`.
+        seed: Seed of the draws.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.augmentation.RandomContrastScale(0.2, seed=0)
+    >>> pair = np.zeros((4, 1, 2, 3), "float32"); pair[:, 0, 1] = 40.0
+    >>> out = np.asarray(layer(pair, training=True))
+    >>> spread = out[:, 0, 1, 0] - out[:, 0, 0, 0]
+    >>> bool(((spread >= 32) & (spread <= 48)).all())
+    True
+    """
+
+    def gray(self, images):
+        return ops.mean(_gray(images), axis=(1, 2, 3), keepdims=True)
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class RandomSaturationScale(_Blend):
+    """Saturation as torchvision's `ColorJitter(saturation=factor)`: each
+    RGB image blended with its grayscale version, pixel by pixel, by a
+    factor drawn per image in `[max(0, 1 - factor), 1 + factor]`, then
+    clipped to `value_range` (Keras' `RandomSaturation` scales the HSV
+    saturation and clips it, not the pixels: an oversaturated orange
+    turned red, with negative pixels).
+
+    Args:
+        factor: The factor's spread, >= 0. Defaults to `0.2`.
+        value_range: The pixels' `(min, max)`. Defaults to `(0, 255)`.
+        seed: Seed of the draws.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.augmentation.RandomSaturationScale(0.2, seed=0)
+    >>> gray = np.full((2, 3, 3, 3), 90.0, "float32")  # gray stays gray
+    >>> bool(np.allclose(layer(gray, training=True), 90.0, atol=1e-3))
+    True
+    """
+
+    def gray(self, images):
+        return _gray(images)
 
 
 @keras.saving.register_keras_serializable(package="kft")

@@ -78,6 +78,19 @@ def check_int(name, value, *, min_value=None, max_value=None):
     return value
 
 
+def plain_scalar(value):
+    """A NumPy scalar as the Python `bool`, `int` or `float` it holds;
+    other values as they are (Keras' optimizers take Python floats only, a
+    TOML file Python values).
+
+    >>> plain_scalar(np.float32(0.5)), plain_scalar(np.bool_(True))
+    (0.5, True)
+    """
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    return value
+
+
 def check_verbose(value, name="verbose"):
     """Returns Keras' `verbose` values as an `int`: `0`, `1`, `2`,
     `"auto"` (`1`, as `fit` reads it) or a bool. Keras' `fit` takes any

@@ -765,3 +765,14 @@ def test_fine_tune_checks_a_monitor_by_what_the_adaptation_model_logs():
                 monitor=monitor)
     check_fine_tune_arguments(_tiny_dann(), pairs, (xs, np.arange(8) % 2),
                               monitor="domain_loss")
+
+
+def test_build_discriminator_checks_its_seed():
+    # np.int64 failed in Keras, -1 overflowed, None failed in offset_seed.
+    for seed in (-1, None, 2.0):
+        with pytest.raises(ValueError, match=r"`seed` must be an integer"):
+            kft.adaptation.build_discriminator(8, (4,), seed=seed)
+    first = kft.adaptation.build_discriminator(8, (4,), seed=np.int64(3))
+    second = kft.adaptation.build_discriminator(8, (4,), seed=3)
+    x = np.ones((2, 8), "float32")
+    np.testing.assert_array_equal(first(x), second(x))

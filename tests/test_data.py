@@ -1242,3 +1242,13 @@ def test_from_tfds_prepares_in_process_0_while_the_others_wait(monkeypatch):
         monkeypatch.setattr(processes, "is_primary", lambda: primary)
         _arrays._prepare_once(fake, "x", None, {})
     assert calls == ["prepare", "kft-from-tfds-x", "kft-from-tfds-x"]
+
+
+def test_load_image_refuses_a_string_for_exif_transpose(tmp_path):
+    # "False" read as true.
+    path = str(tmp_path / "a.png")
+    Image.new("RGB", (4, 4)).save(path)
+    with pytest.raises(TypeError, match=r"`exif_transpose` must be"):
+        kft.data.load_image(path, 4, exif_transpose="False")
+    assert kft.data.load_image(path, 4, exif_transpose=np.bool_(False)).shape \
+        == (4, 4, 3)

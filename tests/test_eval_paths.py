@@ -158,3 +158,26 @@ def test_mistake_indices_name_paths_when_a_file_fails_while_read(tmp_path):
     assert images[mistake.index].mean() > 200  # img3, the bright one
     np.testing.assert_array_equal(
         images[last], kft.data.load_image(val.paths[last], 16, "center_crop"))
+
+
+def test_load_eval_folder_checks_class_names_as_the_others(tmp_path):
+    # A NumPy array raised "truth value ... is ambiguous", a string was one
+    # class per letter, [] said "no readable images".
+    from PIL import Image
+
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        Image.new("RGB", (8, 8), (90, 90, 90)).save(tmp_path / name / "0.png")
+    data = kft.runs.load_eval_folder(str(tmp_path), np.array(["a", "b"]), 8)
+    assert data.class_names == ("a", "b") or list(data.class_names) == [
+        "a", "b"]
+    for bad, error in (("ab", TypeError), ([0, 1], TypeError),
+                       (["a", "a"], ValueError), ([], ValueError)):
+        with pytest.raises(error, match=r"Argument `class_names` must be"):
+            kft.runs.load_eval_folder(str(tmp_path), bad, 8)
+
+
+def test_classification_report_reads_class_names_from_a_generator():
+    report = kft.evaluation.classification_report(
+        [0, 1, 1], [0, 1, 0], class_names=(name for name in ("x", "y")))
+    assert report.class_names == ("x", "y")

@@ -467,3 +467,13 @@ def test_parity_of_a_mixed_precision_model_compares_float32_with_float32(
     path = kft.export(model, str(tmp_path / "m.onnx"))
     x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3))
     assert kft.onnx_parity(model, path, x.astype("float32")).ok
+
+
+@pytest.mark.parametrize("format", ["keras", "onnx"])
+def test_export_makes_its_folder(simple, format):
+    # Keras and onnx raised FileNotFoundError (the ONNX export after its
+    # whole conversion), where kft's other writers make the folder.
+    model, folder = simple
+    path = folder / f"new_{format}" / "deeper" / f"m.{format}"
+    assert kft.export(model, path, format=format) == str(path)
+    assert kft.deploy.read_metadata(path)["class_names"] == ["a", "b", "c"]

@@ -594,3 +594,14 @@ def test_kft_layers_is_the_public_namespace_of_the_layers():
                                          r"\('caffe', 'tf', 'torch', "
                                          r"'none'\). Received: mode='bgr'"):
         kft.layers.Preprocess("bgr")
+
+
+@pytest.mark.parametrize("layer", [MixUp, CutMix, MixUpOrCutMix])
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_mixing_layers_refuse_seeds_out_of_range(layer, seed):
+    # JAX's "OverflowError: Python integer -1 out of bounds for uint32"
+    # when the layer was built.
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in "
+                       rf"\[0, 4294967295\]\. Received: seed={seed}"):
+        layer(seed=seed)
+    assert layer(seed=np.uint32(2**32 - 1)).seed == 2**32 - 1

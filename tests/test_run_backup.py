@@ -290,3 +290,18 @@ def test_a_tie_keeps_the_earlier_epoch_after_a_restart(tmp_path):
     assert resumed.best_epoch == whole.best_epoch
     for got, want in zip(weights, whole_weights):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(monitor="val_accuracy", mode="MAX"), r"`mode` must be one of"),
+    (dict(monitor="val_accuracy", mode=None), r"`mode` must be one of"),
+    (dict(monitor=None), r"`monitor` must be the name of a logged "
+                         r"quantity.*Received: monitor=None"),
+    (dict(monitor=3), r"Received: monitor=3")])
+def test_run_backup_checks_monitor_and_mode(tmp_path, kwargs, message):
+    # Any mode but "max" was read as "min": mode="MAX" on val_accuracy kept
+    # the worst epoch's weights; monitor=None failed at the first epoch end.
+    model = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                                 input_shape=(16, 16, 3))
+    with pytest.raises(ValueError, match=message):
+        RunBackup(str(tmp_path), model, print_fn=None, **kwargs)

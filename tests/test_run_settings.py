@@ -108,3 +108,21 @@ def test_the_run_folder_lists_the_images_it_skipped(folder, tmp_path):
     with open(os.path.join(out, "summary.md")) as f:
         summary = f.read()
     assert "Skipped 1 image file(s)" in summary and "broken.png" in summary
+
+
+def test_numpy_settings_are_written_as_toml_reads_them(tmp_path):
+    # config.toml got "val_split = np.float64(0.25)", which load_config
+    # refused, and np.int64 could not be written at all.
+    import kft
+
+    config = kft.runs.TrainConfig(
+        data_dir=str(tmp_path), val_split=np.float64(0.25),
+        lr=np.float32(0.5), batch_size=np.int64(4), seed=np.uint32(3),
+        plots=np.bool_(False)).check()
+    text = config.to_toml()
+    assert "np." not in text
+    again = kft.runs.TrainConfig.from_toml(text)
+    assert again == config
+    assert (again.val_split, again.lr, again.batch_size, again.seed,
+            again.plots) == (0.25, 0.5, 4, 3, False)
+    assert type(again.batch_size) is int and type(again.plots) is bool

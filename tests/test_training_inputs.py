@@ -526,3 +526,56 @@ def test_verbose_auto_and_bools_as_fit_reads_them():
     # A bar, as `fit` shows for "auto", and none for False.
     assert kft.evaluate(_model(), (x, y), verbose="auto").num_examples == 8
     assert kft.evaluate(_model(), (x, y), verbose=False).num_examples == 8
+
+
+@pytest.mark.parametrize("rates", [
+    dict(learning_rate=1, head_learning_rate=np.float32(1e-3)),
+    dict(learning_rate=np.float32(1e-3), head_learning_rate=1,
+         weight_decay=np.float32(0.01))])
+def test_fine_tune_takes_int_and_numpy_rates(rates):
+    # They passed the checks, then Keras' AdamW refused them ("should be
+    # float"), `learning_rate` only after phase 1 had trained.
+    x, y = _data(8)
+    result = kft.fine_tune(_model(), (x, y), strategy="partial",
+                           head_epochs=1, epochs=1, batch_size=4,
+                           verbose=0, cache_features=np.bool_(False),
+                           **rates)
+    assert len(result.histories) == 2
+
+
+@pytest.mark.parametrize("name", ["batch_size", "epochs", "head_epochs",
+                                  "n_blocks", "unfreeze_every"])
+def test_fine_tune_refuses_none_counts(name):
+    x, y = _data(8)
+    arguments = {"head_epochs": 1, "epochs": 1, name: None}
+    with pytest.raises(ValueError, match=rf"Argument `{name}` must be an "
+                       rf"integer >= \d\. Received: {name}=None"):
+        kft.fine_tune(_model(), (x, y), verbose=0, **arguments)
+
+
+@pytest.mark.parametrize("monitor", ["", 3])
+def test_fine_tune_refuses_a_monitor_that_is_no_name(monitor):
+    # "" meant "val_loss" without a word.
+    x, y = _data(8)
+    with pytest.raises(ValueError, match=r"`monitor` must be the name of a "
+                       rf"logged quantity.*Received: monitor={monitor!r}"):
+        kft.fine_tune(_model(), (x, y), head_epochs=1, epochs=1,
+                      verbose=0, monitor=monitor)
+
+
+def test_fit_head_checks_epochs_and_verbose():
+    # epochs=0 or -1 trained nothing without a word; verbose=5 was taken.
+    x, y = _data(8)
+    model = _model()
+    kft.freeze(model, "feature_extraction")
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    cache = kft.cache_features(model, (x, y), verbose=0)
+    for epochs in (0, -1, 2.0, None, True):
+        with pytest.raises(ValueError, match=r"`epochs` must be an integer "
+                           r">= 1"):
+            kft.fit_head(model, cache, epochs=epochs, verbose=0)
+    with pytest.raises(ValueError, match=r"`verbose` must be 0, 1, 2 or "
+                       r"'auto'"):
+        kft.fit_head(model, cache, epochs=1, verbose=5)
+    history = kft.fit_head(model, cache, epochs=2, verbose="auto")
+    assert len(history.history["loss"]) == 2

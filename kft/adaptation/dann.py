@@ -389,6 +389,7 @@ def build_discriminator(width, hidden_units=(1024, 1024), seed=0):
     (2, 1)
     """
     widths = _check_widths(hidden_units)
+    seed = check_seed(seed)
     layers = [keras.Input((width,))]
     for i, units in enumerate(widths):
         layers += [

@@ -24,6 +24,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_labels
 from kft._validation import check_number
+from kft._validation import check_seed
 
 Mode = Literal["batch", "sample"]
 
@@ -80,8 +81,8 @@ class BatchMix(keras.layers.Layer):
         if num_classes is not None:
             num_classes = check_int("num_classes", num_classes, min_value=2)
         self.num_classes = num_classes
-        # `SeedGenerator` takes a Python int only.
-        self.seed = None if seed is None else check_int("seed", seed)
+        # `SeedGenerator` takes a Python int in [0, 2**32) only.
+        self.seed = None if seed is None else check_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         # No weights to create: lets `stateless_call` run before any call.
         self.built = True

@@ -11,6 +11,7 @@ from PIL import ExifTags
 from PIL import Image
 from PIL import ImageOps
 
+from kft._validation import check_bool
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
@@ -293,6 +294,7 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int],
                                  high=1, low_open=True)
     if max_pixels is not None:
         max_pixels = check_int("max_pixels", max_pixels, min_value=1)
+    exif_transpose = check_bool("exif_transpose", exif_transpose)
     with open_image(path, max_pixels) as image:
         return resize_image(image, size, geometry, crop_fraction,
                             exif_transpose)

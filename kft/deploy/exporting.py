@@ -145,7 +145,9 @@ def export(model: keras.Model, path: str | os.PathLike,
             "by index ('0', '1', ...). Pass class_names=[...] (in class-"
             "index order) to store them in the file.", stacklevel=2)
     if format == "keras":
-        inference_model(model, output=output).save(path)
+        inference = inference_model(model, output=output)
+        _make_folder(path)
+        inference.save(path)
         add_to_keras_file(path, meta)
         return path
     meta.update(opset=opset, batch=batch)
@@ -153,8 +155,17 @@ def export(model: keras.Model, path: str | os.PathLike,
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
+    _make_folder(path)
     require("onnx").save(proto, path)
     return path
+
+
+def _make_folder(path):
+    # As kft's other writers (Keras and onnx raised FileNotFoundError, the
+    # ONNX one after the whole conversion).
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
 
 
 def _check_suffix(path, format):

@@ -142,6 +142,7 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
     """
     shapes = (f"Received: y_true of shape {np.shape(y_true)}, y_pred of "
               f"shape {np.shape(y_pred)}")
+    class_names = check_class_names(class_names)  # a generator: read once
     y_true, true_width = _rows_to_labels(y_true, "y_true", scores=False)
     y_pred, pred_width = _rows_to_labels(y_pred, "y_pred", scores=True)
     if y_true.shape != y_pred.shape or y_true.size == 0:

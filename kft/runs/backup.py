@@ -33,10 +33,13 @@ import warnings
 import keras
 
 from kft import _compat
+from kft._validation import check_choice
 from kft.distributed.backup import BackupAndRestore
 from kft.distributed.backup import check_backup_data
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
+from kft.training.monitor import MODES
+from kft.training.monitor import check_monitor
 from kft.training.monitor import improves
 from kft.training.monitor import monitor_mode
 from kft.training.state import changing_trainable
@@ -95,7 +98,9 @@ class RunBackup(keras.callbacks.Callback):
         # Its passes are numbered on from where the checkpoint was taken
         # (by each call's BackupAndRestore).
         self._data = check_backup_data(data)
-        self.monitor, self.mode = monitor, mode
+        self.monitor = check_monitor(monitor)
+        # Anything but "max" read as "min": "MAX" kept the worst epoch.
+        self.mode = check_choice("mode", mode, MODES)
         self.print_fn = print_fn
         self.phase = -1
         self.phases_finished = 0

@@ -20,6 +20,7 @@ from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import check_seed
 from kft._validation import fail_argument
+from kft._validation import plain_scalar
 
 STRATEGIES = ("feature_extraction", "partial", "gradual", "full", "auto")
 BN_POLICIES = ("frozen", "train")
@@ -109,6 +110,16 @@ class TrainConfig:
     seed: int = 0
     plots: bool = True
     out: str | None = None
+
+    def __post_init__(self):
+        # NumPy scalars (a rate from np.logspace) as Python's: config.toml
+        # got "val_split = np.float64(0.25)", which its reader refused, or
+        # could not take an np.int64 at all.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            plain = plain_scalar(value)
+            if plain is not value:
+                setattr(self, field.name, plain)
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with `changes`; an unknown name raises `ValueError`."""

@@ -6,6 +6,8 @@ import json
 import os
 import zipfile
 
+from kft._validation import check_class_names
+from kft._validation import fail_argument
 from kft._validation import unicode_form_note
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
@@ -137,6 +139,12 @@ def load_eval_folder(path, class_names, image_size, batch_size=32):
     """
     from kft.data._directory import eval_folder
 
+    # As every other function taking them (a NumPy array of names raised
+    # "truth value ... is ambiguous", a string was one class per letter).
+    class_names = check_class_names(class_names)
+    if class_names == ():
+        fail_argument("class_names", "the model's classes (a non-empty "
+                      "sequence of strings)", [])
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise ValueError(f"Data folder {path!r} does not exist.")

@@ -373,6 +373,10 @@ def fit_head(model, cache: FeatureCache, *,
     >>> len(history.history["loss"])
     2
     """
+    # Keras' fit trains nothing at epochs=0 or -1, and took verbose=5.
+    epochs = check_int("epochs", epochs, min_value=1)
+    if "verbose" in fit_kwargs:
+        fit_kwargs["verbose"] = check_verbose(fit_kwargs["verbose"])
     if not getattr(model, "compiled", False):
         raise ValueError(
             "Compile the model before `fit_head`: the head trains with the "

@@ -9,8 +9,9 @@ from typing import Literal
 
 import keras
 
-from kft._validation import fail_argument
 from kft._validation import check_verbose
+from kft._validation import fail_argument
+from kft._validation import plain_scalar
 from kft.data._dataset import ImageDataset
 from kft.models.classifier_model import Classifier
 from kft.models.batch_augment import BatchAugmentModel
@@ -22,6 +23,7 @@ from kft.training.fit_data import check_data_labels
 from kft.training.fit_data import check_label_forms
 from kft.training.fit_data import one_hot_labels
 from kft.training.fit_data import warn_if_augmentation_unapplied
+from kft.training.monitor import check_monitor
 from kft.training.fine_tune_checks import PHASE2_ARGUMENTS
 from kft.training.fine_tune_checks import check_arguments
 from kft.training.fine_tune_checks import check_extras
@@ -270,6 +272,9 @@ def fine_tune(
     >>> result.monitor, result.mode
     ('val_loss', 'min')
     """
+    learning_rate, head_learning_rate, weight_decay = map(
+        _python_rate, (learning_rate, head_learning_rate, weight_decay))
+    cache_features = plain_scalar(cache_features)
     # Every argument, checked before anything trains.
     phases, counts, plan, layer_decay = _prepare(**locals())
     with _bound(model, regularizer):
@@ -282,6 +287,16 @@ def fine_tune(
                           mode=keep.mode,
                           learning_rate=None if learning_rate == "find"
                           else learning_rate, lr_find=found)
+
+
+def _python_rate(value):
+    """A rate as the Python float Keras' optimizers take (they refused an
+    int or an np.float32 one, after phase 1 had trained); other values (a
+    schedule, "find", a bad value the checks name) as they are."""
+    value = plain_scalar(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
@@ -329,7 +344,8 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
         else train_data, counts["batch_size"], name="train_data")
     check_data_batches(val_data, counts["batch_size"], name="val_data")
     class_weight = resolve_class_weight(class_weight, train_data, num_classes)
-    monitor = monitor or ("val_loss" if val_data is not None else "loss")
+    monitor = ("val_loss" if val_data is not None else "loss") if (
+        monitor is None) else check_monitor(monitor)
     metrics = check_metrics(model, loss, metrics, monitor,
                             val_data is not None, mode)
     phases = Phases(

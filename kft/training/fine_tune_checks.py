@@ -42,9 +42,10 @@ def check_arguments(strategy, mode, cache_mode, bn, counts, rates,
             "Argument `cache_features` must be 'auto', True or False. "
             f"Received: cache_features={cache_mode!r}"
         )
+    # Only early stopping's patience may be None (no early stopping).
     counts = {name: check_int(name, value, min_value=minimum)
               for name, (value, minimum) in counts.items()
-              if value is not None}
+              if value is not None or name != "early_stopping_patience"}
     for name, value in rates.items():
         check_number(name, value, low=0.0,
                      low_open=name != "weight_decay")

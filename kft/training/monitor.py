@@ -11,6 +11,7 @@ from typing import Literal
 
 from kft import _compat
 from kft._validation import check_choice
+from kft._validation import fail_argument
 
 MODES = ("auto", "min", "max")
 
@@ -22,6 +23,19 @@ def _model_metrics(model):
         inner = getattr(metric, "metrics", None)
         found.extend(inner if isinstance(inner, list) else [metric])
     return found
+
+
+def check_monitor(monitor):
+    """Returns `monitor`, the name of a logged quantity; raises for another
+    value (`None` or a number failed later, deep in the callback).
+
+    >>> check_monitor("val_loss")
+    'val_loss'
+    """
+    if not isinstance(monitor, str) or not monitor:
+        fail_argument("monitor", "the name of a logged quantity, e.g. "
+                      "'val_loss'", monitor)
+    return monitor
 
 
 def monitor_mode(model, monitor: str,

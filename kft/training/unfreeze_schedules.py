@@ -25,6 +25,7 @@ from kft._validation import check_number
 from kft._validation import fail_argument
 from kft._validation import user_stacklevel
 from kft.training.monitor import MODES
+from kft.training.monitor import check_monitor
 from kft.training.monitor import improves
 from kft.training.monitor import logged_value
 from kft.training.monitor import monitor_mode
@@ -170,11 +171,7 @@ class Plateau(UnfreezeSchedule):
     def __init__(self, monitor: str, patience: int = 2,
                  min_delta: float = 0.0,
                  mode: Literal["auto", "min", "max"] = "auto"):
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(
-                "Argument `monitor` must be the name of a logged quantity. "
-                f"Received: monitor={monitor!r}")
-        self.monitor = monitor
+        self.monitor = check_monitor(monitor)
         self.patience = check_int("patience", patience, min_value=1)
         self.min_delta = abs(check_number("min_delta", min_delta))
         self.mode = check_choice("mode", mode, MODES)

@@ -244,3 +244,17 @@ def test_model_not_taking_rgb_is_refused_before_any_call(tmp_path):
             kft.predict(source, image)
     x = np.zeros((1, 16, 16, 1), np.float32)
     assert gray.predict(x, verbose=0).shape == (1, 3)
+
+
+@pytest.mark.parametrize("tta", [None, "flip", "multi_crop"])
+def test_unreadable_files_are_named_with_their_reason(model, tmp_path, tta):
+    # "~/x.png" said "file not found (removed after the folder was
+    # listed?)", and an image above max_pixels "corrupt image".
+    with pytest.raises(OSError, match=r"'~/kft_missing\.png': file not "
+                       r"found \(kft does not expand '~'"):
+        kft.predict(model, ["~/kft_missing.png"], tta=tta)
+    path = str(tmp_path / "big.png")
+    Image.new("RGB", (40, 40)).save(path)
+    with pytest.raises(OSError, match=r"too large: 40x40 pixels is above "
+                       r"max_pixels=100$"):
+        kft.predict(model, [path], tta=tta, max_pixels=100)

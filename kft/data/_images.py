@@ -61,11 +61,17 @@ def describe_error(error):
     """Turns an exception raised while reading an image into a reason."""
     if isinstance(error, PermissionError):
         return "unreadable: permission denied"
+    if isinstance(error, ValueError):  # `open_image`'s own reasons
+        return str(error)
     if isinstance(error, FileNotFoundError):
         path = error.filename
         if path is not None and os.path.islink(path):
             return f"broken symbolic link to {os.readlink(path)!r}"
-        return "file not found (removed after the folder was listed?)"
+        if path is not None and os.fspath(path).startswith("~"):
+            # Python's file functions take "~" as a folder's name.
+            return ("file not found (kft does not expand '~': pass "
+                    "os.path.expanduser(path))")
+        return "file not found"
     # The warning too: raised as an error under `-W error`.
     if isinstance(error, (Image.DecompressionBombError,
                           Image.DecompressionBombWarning)):

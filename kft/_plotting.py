@@ -12,6 +12,7 @@ True
 import os
 
 from kft._validation import check_int
+from kft._writing import output_path
 
 _INSTALL = 'pip install "kft[plots]"'
 
@@ -53,7 +54,7 @@ def plot_suffixes():
 def check_path(path, name="path"):
     """`path` as a string; raises unless its suffix is a format matplotlib
     writes (`plot_suffixes()`), naming the argument `name`."""
-    path = os.fspath(path)
+    path = output_path(path, name)
     supported = plot_suffixes()
     if os.path.splitext(path)[1].lower() not in supported:
         raise ValueError(

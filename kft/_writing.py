@@ -13,6 +13,24 @@ import io
 import os
 
 
+def output_path(path, name="path"):
+    """`path` as a string; raises for one that starts with "~" (or
+    "~user"): Python's file functions do not expand it, so kft made a
+    folder named "~" in the working directory and wrote there.
+
+    >>> output_path("runs/a.json")
+    'runs/a.json'
+    """
+    path = os.fspath(path)
+    if isinstance(path, str) and os.path.expanduser(path) != path:
+        raise ValueError(
+            f"Argument `{name}` must be a path without '~', which kft does "
+            "not expand (it would make a folder named '~' in the working "
+            f"directory): pass os.path.expanduser({path!r}). Received: "
+            f"{name}={path!r}")
+    return path
+
+
 def write_file(path, content):
     """Writes `content` (`str` as UTF-8, or `bytes`) to `path`.
 
@@ -23,7 +41,7 @@ def write_file(path, content):
     >>> open(path).read()
     'done'
     """
-    path = os.fspath(path)
+    path = output_path(path)
     folder, name = os.path.split(path)
     if folder and name:  # "out/" names a folder: open says so
         os.makedirs(folder, exist_ok=True)

@@ -579,3 +579,32 @@ def test_fit_head_checks_epochs_and_verbose():
         kft.fit_head(model, cache, epochs=1, verbose=5)
     history = kft.fit_head(model, cache, epochs=2, verbose="auto")
     assert len(history.history["loss"]) == 2
+
+
+def test_writers_refuse_a_path_starting_with_tilde(tmp_path, monkeypatch):
+    # Python's file functions do not expand "~": kft made a folder named
+    # "~" in the working directory and wrote the file there.
+    monkeypatch.chdir(tmp_path)
+    x, y = _data(8)
+    model = _model()
+    report = kft.evaluate(model, (x, y))
+    frozen = _model()
+    kft.freeze(frozen, "feature_extraction")
+    writers = {
+        "path": lambda: report.to_json("~/kft/report.json"),
+        "path ": lambda: kft.export(model, "~/kft/m.keras", format="keras"),
+        "directory": lambda: kft.runs.RunBackup("~/kft/run", model),
+        "backup_dir": lambda: kft.callbacks.GradualUnfreezing(
+            every=1, backup_dir="~/kft/gradual"),
+        "backup_dir ": lambda: kft.callbacks.BackupAndRestore("~/kft/b"),
+        "directory ": lambda: kft.cache_features(
+            frozen, (x, y), directory="~/kft/cache", verbose=0),
+        "out": lambda: kft.runs.TrainConfig(data_dir=str(tmp_path),
+                                            out="~/kft/run").check(),
+    }
+    for name, write in writers.items():
+        with pytest.raises(ValueError, match=rf"Argument `{name.strip()}` "
+                           r"must be a path without '~'.*os\.path\."
+                           r"expanduser"):
+            write()
+    assert not os.path.exists(tmp_path / "~")

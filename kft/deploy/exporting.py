@@ -27,6 +27,7 @@ import numpy as np
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import fail_argument
+from kft._writing import output_path
 from kft.deploy._jax2onnx_speed import faster_jax2onnx
 from kft.deploy._onnx_io import require
 from kft.deploy.inference import OUTPUTS
@@ -115,7 +116,7 @@ def export(model: keras.Model, path: str | os.PathLike,
     check_choice("format", format, FORMATS)
     if output is not None:
         check_choice("output", output, OUTPUTS)
-    path = os.fspath(path)
+    path = output_path(path)
     _check_suffix(path, format)
     if format == "onnx":
         if not (isinstance(batch, str) and batch == "dynamic"):

@@ -31,6 +31,7 @@ import numpy as np
 from kft import _compat
 from kft._validation import fail_argument
 from kft._validation import user_stacklevel
+from kft._writing import output_path
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import process_count
 from kft.distributed.processes import scratch_dir
@@ -117,6 +118,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if not os.fspath(backup_dir):
             fail_argument("backup_dir", "a folder path, not empty",
                           backup_dir)
+        output_path(backup_dir, "backup_dir")
         if not isinstance(double_checkpoint, (bool, np.bool_)):
             # Keras takes any truthy value ("no" kept two checkpoints).
             fail_argument("double_checkpoint", "True or False",

@@ -23,6 +23,7 @@ from kft import _plotting
 from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import fail_argument
+from kft._writing import output_path
 from kft.evaluation import _history
 from kft.evaluation import _predict
 from kft.evaluation.metrics import normalize_rows
@@ -411,7 +412,7 @@ def save_report_plots(report, folder, *, data=None, history=None,
     """
     plt = _plotting.pyplot()
     formats = _check_formats(formats)
-    folder = os.fspath(folder)
+    folder = output_path(folder, "folder")
     os.makedirs(folder, exist_ok=True)
     jobs = list(zip(REPORT_PLOTS, [
         lambda: plot_confusion_matrix(report),

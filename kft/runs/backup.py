@@ -34,6 +34,7 @@ import keras
 
 from kft import _compat
 from kft._validation import check_choice
+from kft._writing import output_path
 from kft.distributed.backup import BackupAndRestore
 from kft.distributed.backup import check_backup_data
 from kft.distributed.processes import is_primary
@@ -93,7 +94,7 @@ class RunBackup(keras.callbacks.Callback):
     def __init__(self, directory, model, monitor="val_loss", mode="auto",
                  print_fn=_compat.print_msg, data=None):
         super().__init__()
-        self.directory = os.fspath(directory)
+        self.directory = output_path(directory, "directory")
         self.target = model
         # Its passes are numbered on from where the checkpoint was taken
         # (by each call's BackupAndRestore).

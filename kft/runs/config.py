@@ -21,6 +21,7 @@ from kft._validation import check_number
 from kft._validation import check_seed
 from kft._validation import fail_argument
 from kft._validation import plain_scalar
+from kft._writing import output_path
 
 STRATEGIES = ("feature_extraction", "partial", "gradual", "full", "auto")
 BN_POLICIES = ("frozen", "train")
@@ -149,6 +150,8 @@ class TrainConfig:
                 fail_argument(name, "text a config file can hold (its "
                               "name has bytes that are not UTF-8: rename "
                               "it)", value)
+        if self.out is not None:
+            output_path(self.out, "out")  # kft train expands it first
         # Checked by kft.data at the run's start, as `augmentation`.
         check_choice("augment", self.augment, AUGMENTS)
         if not isinstance(self.plots, bool):

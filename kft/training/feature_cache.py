@@ -21,6 +21,7 @@ from kft._validation import check_finite_images
 from kft._validation import check_int
 from kft._validation import check_verbose
 from kft._validation import fail_argument
+from kft._writing import output_path
 from kft.distributed.data_parallel import predict_padded
 from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
@@ -290,6 +291,8 @@ def cache_features(model, data, *, batch_size: int = 32,
     batch_size = check_int("batch_size", batch_size, min_value=1)
     memory_budget = check_int("memory_budget", memory_budget, min_value=1)
     verbose = check_verbose(verbose)
+    if directory is not None:
+        directory = output_path(directory, "directory")
     features_model, reason = _split_for_caching(model)
     if reason is not None:
         raise ValueError(reason)

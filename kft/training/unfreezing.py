@@ -12,6 +12,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_verbose
 from kft._validation import fail_argument
+from kft._writing import output_path
 from kft.models.blocks import get_blocks, head_and_body
 from kft.training import unfreeze_backup
 from kft.training.freezing import BN_POLICIES
@@ -176,7 +177,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
             if not isinstance(backup_dir, (str, os.PathLike)):
                 fail_argument("backup_dir", "a directory path or `None`",
                               backup_dir, TypeError)
-            backup_dir = os.fspath(backup_dir)
+            backup_dir = output_path(backup_dir, "backup_dir")
         self.backup_dir = backup_dir
         self.verbose = check_verbose(verbose)
         self._stage = None

@@ -86,8 +86,12 @@ def plain_scalar(value):
     >>> plain_scalar(np.float32(0.5)), plain_scalar(np.bool_(True))
     (0.5, True)
     """
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return value.item()
+    if isinstance(value, np.generic):
+        # `.item()` of an np.longdouble is an np.longdouble again.
+        convert = {"b": bool, "i": int, "u": int, "f": float}.get(
+            value.dtype.kind)
+        if convert is not None:
+            return convert(value)
     return value
 
 
@@ -331,11 +335,23 @@ def check_seed(value, name="seed"):
     return check_int(name, value, min_value=0, max_value=2**32 - 1)
 
 
+def mixed_seed(seed, stream):
+    """A 32-bit seed mixed from `seed` and `stream` (NumPy's
+    `SeedSequence`): with `seed + stream`, seed `s + 1` drew what seed `s`
+    drew one stream later (a preset's next layer, a dataset's next pass),
+    so runs compared over seeds 0, 1, 2 shared their draws.
+
+    >>> mixed_seed(0, 1) != mixed_seed(1, 0)
+    True
+    """
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
 def offset_seed(seed, offset):
     """`seed + offset` wrapped into the 32-bit seeds `check_seed` takes:
-    the seeds derived from one (a preset's layers, a pass's shuffle) stay
-    valid for a seed near 2**32 - 1 (they overflowed there, at build or
-    at a later epoch). Seeds below 2**32 stay as they were.
+    the seeds derived from one (a discriminator's layers) stay valid for a
+    seed near 2**32 - 1 (they overflowed there). Seeds below 2**32 stay as
+    they were.
 
     >>> offset_seed(2**32 - 1, 2)
     1

@@ -438,3 +438,82 @@ def test_a_weights_file_of_another_model_is_still_refused(tmp_path):
                                  input_shape=(16, 16, 3))
     with pytest.raises(ValueError, match="head_dense"):
         model.load_weights(path)
+
+
+def _old_file_of(model, path):
+    """`model`'s weights file as kft wrote it before Backbone: the
+    backbone's group named `functional`."""
+    return _weights_file(model, path, [("layers/backbone",
+                                        "layers/functional")])
+
+
+@pytest.mark.parametrize("target", ["fresh", "compiled", "trained"])
+def test_an_old_file_saved_after_training_loads(tmp_path, target):
+    # Keras files the optimizer's variables too: the pairing refused the
+    # file for any model whose optimizer was not built alike.
+    x = np.random.default_rng(0).random((4, 16, 16, 3)).astype("float32")
+    y = np.arange(4) % 5
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        return kft.build_classifier("simple_cnn", num_classes=5,
+                                    weights=None, input_shape=(16, 16, 3))
+
+    source = build(1)
+    source.compile("adam", "sparse_categorical_crossentropy")
+    source.fit(x, y, epochs=1, verbose=0)
+    old = _old_file_of(source, str(tmp_path / "old.weights.h5"))
+    model = build(2)
+    if target != "fresh":
+        model.compile("adam", "sparse_categorical_crossentropy")
+    if target == "trained":
+        model.fit(x, y, epochs=1, verbose=0)
+    model.load_weights(old)
+    for mine, theirs in zip(model.weights, source.weights):
+        np.testing.assert_array_equal(mine, theirs, err_msg=mine.path)
+
+
+def test_an_old_file_under_a_new_head_with_skip_mismatch(tmp_path):
+    # skip_mismatch=True, the way to reuse a backbone under another head,
+    # left the old file's backbone unloaded (Keras warned, kft never paired).
+    keras.utils.set_random_seed(1)
+    source = kft.build_classifier("simple_cnn", num_classes=10, weights=None,
+                                  input_shape=(16, 16, 3))
+    old = _old_file_of(source, str(tmp_path / "old.weights.h5"))
+    model = kft.build_classifier("simple_cnn", num_classes=5, weights=None,
+                                 input_shape=(16, 16, 3))
+    head = [np.array(w) for w in model.get_layer("head_dense").weights]
+    with pytest.warns(UserWarning, match=r"2 weight\(s\) of .* have other "
+                      r"shapes than the model's and were skipped"):
+        model.load_weights(old, skip_mismatch=True)
+    backbone, source_backbone = (m.get_layer("simple_cnn")
+                                 for m in (model, source))
+    for mine, theirs in zip(backbone.weights, source_backbone.weights):
+        np.testing.assert_array_equal(mine, theirs, err_msg=mine.path)
+    for mine, kept in zip(model.get_layer("head_dense").weights, head):
+        np.testing.assert_array_equal(mine, kept)
+
+
+def test_an_old_file_whose_parts_no_order_tells_apart_is_refused(tmp_path):
+    # Two nested models of other classes (a Sequential adapter, a kft
+    # Backbone) that an old file named functional and functional_1: the
+    # pairing zipped them by name order and loaded them swapped.
+    def parts(plain):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3))
+        adapter = keras.Sequential([keras.Input((8, 8, 3)),
+                                    keras.layers.Conv2D(3, 1)], name="a")
+        inner = keras.Input((8, 8, 3))
+        conv = keras.layers.Conv2D(3, 1)
+        body = (keras.Model if plain else kft.models.backbones.Backbone)(
+            inner, conv(inner), name="b")
+        if plain:
+            adapter = keras.Model(adapter.inputs, adapter.outputs, name="a")
+        outputs = keras.layers.Dense(2)(keras.layers.Flatten()(
+            body(adapter(inputs))))
+        return (keras.Model if plain else kft.Classifier)(inputs, outputs)
+
+    path = str(tmp_path / "old.weights.h5")
+    parts(plain=True).save_weights(path)
+    with pytest.raises(ValueError, match="could not be loaded"):
+        parts(plain=False).load_weights(path)

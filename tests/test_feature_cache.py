@@ -292,6 +292,7 @@ def test_a_model_without_a_trainable_head_layer_is_refused():
     # preprocessing layers: they were cached, one draw frozen, and
     # fine_tune's head phase trained without augmentation).
     for name in ("RandomResizedCrop", "RandomBrightnessScale",
+                 "RandomContrastScale", "RandomSaturationScale",
                  "GaussianBlur"):
         alone = kft.augmentation.attach(
             _model(), getattr(kft.augmentation, name)(seed=0))

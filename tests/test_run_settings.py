@@ -117,7 +117,8 @@ def test_numpy_settings_are_written_as_toml_reads_them(tmp_path):
 
     config = kft.runs.TrainConfig(
         data_dir=str(tmp_path), val_split=np.float64(0.25),
-        lr=np.float32(0.5), batch_size=np.int64(4), seed=np.uint32(3),
+        lr=np.float32(0.5), head_lr=np.longdouble(0.25),
+        batch_size=np.int64(4), seed=np.uint32(3),
         plots=np.bool_(False)).check()
     text = config.to_toml()
     assert "np." not in text

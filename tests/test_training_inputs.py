@@ -1,6 +1,7 @@
 """What `fine_tune`, `lr_find`, `cache_features` and `from_arrays` accept,
 and what they reject before anything trains."""
 
+import fractions
 import gc
 import os
 
@@ -531,7 +532,9 @@ def test_verbose_auto_and_bools_as_fit_reads_them():
 @pytest.mark.parametrize("rates", [
     dict(learning_rate=1, head_learning_rate=np.float32(1e-3)),
     dict(learning_rate=np.float32(1e-3), head_learning_rate=1,
-         weight_decay=np.float32(0.01))])
+         weight_decay=np.float32(0.01)),
+    dict(learning_rate=np.longdouble(1e-3),
+         head_learning_rate=fractions.Fraction(1, 1000))])
 def test_fine_tune_takes_int_and_numpy_rates(rates):
     # They passed the checks, then Keras' AdamW refused them ("should be
     # float"), `learning_rate` only after phase 1 had trained.

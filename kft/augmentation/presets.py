@@ -3,7 +3,7 @@
 The presets use the fast rotation, erasing and RandAugment layers of
 `kft.augmentation.layers`, and the layers of
 `kft.augmentation.torch_style` where the seeds' torchvision transforms draw
-otherwise than Keras' (crop, brightness, blur).
+otherwise than Keras' (crop, brightness, contrast, saturation, blur).
 """
 
 import numbers
@@ -16,7 +16,7 @@ from kft._validation import check_choice
 from kft._validation import fail_argument
 from kft._validation import check_int
 from kft._validation import check_number
-from kft._validation import offset_seed
+from kft._validation import mixed_seed
 from kft.augmentation.layers import IMAGENET_MEAN
 from kft.augmentation.layers import RandAugment
 from kft.augmentation.layers import RandomErasing
@@ -34,7 +34,9 @@ RGB_PRESETS = ("standard", "strong")
 
 
 def _layers(preset, seed):
-    """The preset's layers; `seed + i` seeds the i-th random layer.
+    """The preset's layers; the first (the crop) is seeded `seed`, the
+    i-th random layer after it `mixed_seed(seed, i)` (with `seed + i`,
+    seed `s + 1` drew seed `s`'s next layer's draws).
 
     `"none"` is one `Identity` layer: a `Sequential` without layers cannot
     be built or called, and the preset must work wherever the others do.
@@ -47,7 +49,7 @@ def _layers(preset, seed):
     layers = keras.layers
     crop = RandomResizedCrop(scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3),
                              seed=seed)
-    flip = layers.RandomFlip("horizontal", seed=offset_seed(seed, 1))
+    flip = layers.RandomFlip("horizontal", seed=mixed_seed(seed, 1))
     if preset == "none":
         return [layers.Identity(name="identity")]
     if preset == "light":
@@ -60,34 +62,34 @@ def _layers(preset, seed):
             crop,
             flip,
             RandomRotation(15 / 360, fill_mode="constant",
-                           seed=offset_seed(seed, 2)),
+                           seed=mixed_seed(seed, 2)),
             # ColorJitter's four, in a fixed order (torchvision shuffles
             # them): brightness, contrast and saturation as torchvision's
             # factors in [0.8, 1.2]; Keras' hue shift is half its factor,
             # so 0.2 gives torchvision's +-0.1 of the colour circle.
             RandomBrightnessScale(0.2, value_range=(0, 255),
-                                  seed=offset_seed(seed, 3)),
+                                  seed=mixed_seed(seed, 3)),
             RandomContrastScale(0.2, value_range=(0, 255),
-                                seed=offset_seed(seed, 7)),
+                                seed=mixed_seed(seed, 7)),
             RandomSaturationScale(0.2, value_range=(0, 255),
-                                  seed=offset_seed(seed, 8)),
+                                  seed=mixed_seed(seed, 8)),
             layers.RandomHue(0.2, value_range=(0, 255),
-                             seed=offset_seed(seed, 9)),
-            layers.RandomGrayscale(factor=0.1, seed=offset_seed(seed, 4)),
+                             seed=mixed_seed(seed, 9)),
+            layers.RandomGrayscale(factor=0.1, seed=mixed_seed(seed, 4)),
             # Every image, one sigma each, as torchvision's.
-            GaussianBlur(3, sigma=(0.1, 2.0), seed=offset_seed(seed, 5)),
+            GaussianBlur(3, sigma=(0.1, 2.0), seed=mixed_seed(seed, 5)),
             RandomErasing(factor=(0.2, 0.2), scale=(0.02, 0.15),
                           fill_value=IMAGENET_MEAN,
-                          value_range=(0, 255), seed=offset_seed(seed, 6)),
+                          value_range=(0, 255), seed=mixed_seed(seed, 6)),
         ]
     return [
         crop,
         flip,
         RandAugment(value_range=(0, 255), num_ops=2, factor=0.5,
-                    seed=offset_seed(seed, 2)),
+                    seed=mixed_seed(seed, 2)),
         RandomErasing(factor=(0.25, 0.25), scale=(0.02, 0.33),
                       fill_value=IMAGENET_MEAN,
-                      value_range=(0, 255), seed=offset_seed(seed, 3)),
+                      value_range=(0, 255), seed=mixed_seed(seed, 3)),
     ]
 
 
@@ -115,8 +117,9 @@ def augmentation(preset: Preset = "standard", *,
             `"standard"`.
         image_size: `(height, width)` or an int: builds the model for that
             size, or `None`. Defaults to `None`.
-        seed: Seeds the random layers (`seed`, `seed + 1`, ..., modulo
-            2**32); numpy integers accepted. Defaults to `0`.
+        seed: Seeds the random layers: the first gets `seed`, the others
+            seeds mixed from `seed` and their place, so nearby seeds share
+            no draws; numpy integers accepted. Defaults to `0`.
 
     Returns:
         A `keras.Sequential` named `augment_<preset>`.

@@ -2,17 +2,18 @@
 
 import numpy as np
 
+from kft._validation import mixed_seed
+
 
 def pass_seed(seed, number):
-    """The shuffle seed of pass `number` over a dataset seeded `seed`,
-    mixed from both: with `seed + number`, seed `s + 1` read the orders of
-    seed `s` one pass later, so runs compared over seeds 0, 1, 2, ... were
-    not independent.
+    """The shuffle seed of pass `number` over a dataset seeded `seed`
+    (`kft._validation.mixed_seed`: with `seed + number`, seed `s + 1` read
+    the orders of seed `s` one pass later).
 
     >>> pass_seed(0, 1) != pass_seed(1, 0)
     True
     """
-    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+    return mixed_seed(seed, number)
 
 
 def balanced_indices(labels, num_examples, seed, epoch):

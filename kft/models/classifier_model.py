@@ -3,7 +3,6 @@ config keeps what kft reads from it (class names, backbone, whether it was
 pretrained), so `model.save` / `keras.models.load_model` keep it too."""
 
 import functools
-import warnings
 
 import keras
 
@@ -13,6 +12,7 @@ from kft.distributed.data_parallel import check_fit_data
 from kft.distributed.data_parallel import check_placement
 from kft.models.backbones import NEEDS_KFT
 from kft.models.renamed_weights import load_renamed
+from kft.models.renamed_weights import looks_renamed
 
 
 def _plain(value):
@@ -76,30 +76,14 @@ class Classifier(KeepsStateOnError, ChecksEvalBatches, keras.Model):
         return super().fit(**arguments)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
-        # A file an older kft wrote files the backbone under another class
-        # name (kft.models.renamed_weights); Keras refuses it, after
-        # warnings that layers keep their initial weights, which the
-        # renamed load makes untrue.
+        # A file of an older kft files the backbone under another class
+        # name (kft.models.renamed_weights), which Keras refuses.
         load = functools.partial(super().load_weights,
                                  skip_mismatch=skip_mismatch, **kwargs)
-        error = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                load(filepath)
-            except ValueError as raised:
-                error = raised
-        if error is not None:
-            try:
-                if load_renamed(self, filepath, load):
-                    return
-            except Exception:  # noqa: BLE001 - Keras' own error says more
-                pass
-        for warning in caught:
-            warnings.warn_explicit(warning.message, warning.category,
-                                   warning.filename, warning.lineno)
-        if error is not None:
-            raise error
+        if looks_renamed(self, filepath) and load_renamed(
+                self, filepath, load, skip_mismatch):
+            return
+        load(filepath)
 
     def get_config(self):
         return {NEEDS_KFT[0]: NEEDS_KFT[1], **super().get_config(),

@@ -3,11 +3,13 @@
 import contextlib
 import dataclasses
 import inspect
+import numbers
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Literal
 
 import keras
+import numpy as np
 
 from kft._validation import check_verbose
 from kft._validation import fail_argument
@@ -293,9 +295,9 @@ def _python_rate(value):
     """A rate as the Python float Keras' optimizers take (they refused an
     int or an np.float32 one, after phase 1 had trained); other values (a
     schedule, "find", a bad value the checks name) as they are."""
-    value = plain_scalar(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (
+            bool, np.bool_)):
+        return float(value)  # NaN and inf too: the checks name them
     return value
 
 

@@ -230,19 +230,19 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     `class_weight` given; it refuses `sample_weight`).
 
     Each pass (epoch) reshuffles with a seed mixed from `seed` and `n`
-    (`kft.data._sampling.pass_seed`), `n` counting the passes
-    read so far (a pass counts from its first batch, and the batch
-    Keras reads for the shapes on a model's first `fit` or `evaluate`
-    counts as none: the orders are the same on one device and under
-    `kft.data_parallel`, whatever ran on the model before). A process that
-    resumes a run counts from 0 again, in other orders than the
-    uninterrupted run's, unless `kft.callbacks.BackupAndRestore(...,
-    data=dataset)` continues the count. With
-    `sampling="balanced"` each pass instead draws `num_examples` examples
-    with replacement, every class present equally likely (a class, then
-    an example of it), seeded by `seed` and the epoch: rare classes are
-    seen as often as common ones, some examples of common classes not at
-    all in a pass. `class_counts` stays the stored counts.
+    (`kft.data._sampling.pass_seed`), `n` counting the passes read so far
+    (a pass counts from its first batch, and the batch Keras reads for the
+    shapes on a model's first `fit` or `evaluate` counts as none: the
+    orders are the same on one device and under `kft.data_parallel`,
+    whatever ran on the model before). A process that resumes a run counts
+    from 0 again, in other orders than the uninterrupted run's, unless
+    `kft.callbacks.BackupAndRestore(..., data=dataset)` continues the
+    count. With `sampling="balanced"` each pass instead draws
+    `num_examples` examples with replacement, every class present equally
+    likely (a class, then an example of it), seeded by `seed` and the
+    epoch: rare classes are seen as often as common ones, some examples of
+    common classes not at all in a pass. `class_counts` stays the stored
+    counts.
 
     With several JAX processes (`kft.distributed`) `batch_size` is the
     global batch and each process yields its slice of every global batch
@@ -537,8 +537,8 @@ class ImageDataset(grain.IterDataset, DataAdapter):
     @property
     def shuffle_seed(self) -> int:
         """The seed of the passes' shuffles (pass k: mixed from
-        `shuffle_seed` and k),
-        balanced draws and host augmentation (`with_seed` sets it)."""
+        `shuffle_seed` and k), balanced draws and host augmentation
+        (`with_seed` sets it)."""
         return self._shuffle_seed
 
     @property
@@ -665,8 +665,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         A view (no copy of the examples) whose passes are numbered from 0
         again: pass k is shuffled (or balanced-sampled) with a seed mixed
         from `seed` and k, and host augmentation draws from the preset's
-        seeds moved by `seed`. The same seed gives the same batches whatever read this
-        dataset (or another view) before, as runs compared by seed need
+        seeds moved by `seed`. The same seed gives the same batches
+        whatever read this dataset (or another view) before, as runs
+        compared by seed need
         (`kft.compare_strategies` trains each run on
         `train.with_seed(seed)`).
 

@@ -5,6 +5,7 @@ accuracy, weighted averages, calibration and the worst mistakes.
 """
 
 import dataclasses
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -142,7 +143,8 @@ def classification_report(y_true, y_pred, num_classes: int | None = None,
     """
     shapes = (f"Received: y_true of shape {np.shape(y_true)}, y_pred of "
               f"shape {np.shape(y_pred)}")
-    class_names = check_class_names(class_names)  # a generator: read once
+    if isinstance(class_names, Iterator):  # a generator: read once
+        class_names = tuple(class_names)
     y_true, true_width = _rows_to_labels(y_true, "y_true", scores=False)
     y_pred, pred_width = _rows_to_labels(y_pred, "y_pred", scores=True)
     if y_true.shape != y_pred.shape or y_true.size == 0:

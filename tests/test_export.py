@@ -477,3 +477,30 @@ def test_export_makes_its_folder(simple, format):
     path = folder / f"new_{format}" / "deeper" / f"m.{format}"
     assert kft.export(model, path, format=format) == str(path)
     assert kft.deploy.read_metadata(path)["class_names"] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("format", ["keras", "onnx"])
+def test_a_failed_export_keeps_the_earlier_file(simple, tmp_path,
+                                                monkeypatch, format):
+    # A write cut off (a full disk) left a truncated file in place of a
+    # good export of the same name.
+    model, _ = simple
+    path = tmp_path / f"m.{format}"
+    kft.export(model, path, format=format)
+    good = path.read_bytes()
+
+    def half_then_fail(target, *args, **kwargs):
+        with open(target, "wb") as file:
+            file.write(good[:len(good) // 2])
+        raise OSError(28, "No space left on device")
+
+    if format == "keras":
+        monkeypatch.setattr("kft.deploy.exporting.add_to_keras_file",
+                            half_then_fail)
+    else:
+        monkeypatch.setattr(onnx, "save", lambda proto, target, *a, **k:
+                            half_then_fail(target))
+    with pytest.raises(OSError, match="No space left"):
+        kft.export(model, path, format=format)
+    assert path.read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == [f"m.{format}"]

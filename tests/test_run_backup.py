@@ -305,3 +305,29 @@ def test_run_backup_checks_monitor_and_mode(tmp_path, kwargs, message):
                                  input_shape=(16, 16, 3))
     with pytest.raises(ValueError, match=message):
         RunBackup(str(tmp_path), model, print_fn=None, **kwargs)
+
+
+def test_an_error_in_a_cached_head_phase_gives_numpy_state_back():
+    # The phase reseeds NumPy per epoch for its shuffle and put the state
+    # back after the first batch or at the fit's end, neither of which
+    # comes when the fit raises: the user's state was left seeded.
+    x = np.random.default_rng(0).random((8, 16, 16, 3)).astype("float32")
+    data = kft.data.from_arrays(x, np.arange(8) % 2, batch_size=4, seed=1)
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise ValueError("stop")
+
+    def next_draw(user_seed):
+        model = kft.build_classifier("simple_cnn", num_classes=2,
+                                     weights=None, input_shape=(16, 16, 3))
+        np.random.seed(user_seed)
+        with pytest.raises(ValueError, match="stop"):
+            kft.fine_tune(model, data.with_seed(1),
+                          strategy="feature_extraction", head_epochs=2,
+                          verbose=0, callbacks=[Stop()])
+        return np.random.rand()
+
+    # Seeded by (1, 1) both times, the next draw was the same.
+    assert next_draw(123) != next_draw(456)

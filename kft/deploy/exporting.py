@@ -147,26 +147,40 @@ def export(model: keras.Model, path: str | os.PathLike,
             "index order) to store them in the file.", stacklevel=2)
     if format == "keras":
         inference = inference_model(model, output=output)
-        _make_folder(path)
-        inference.save(path)
-        add_to_keras_file(path, meta)
-        return path
-    meta.update(opset=opset, batch=batch)
-    proto = onnx_proto(model, batch=batch, opset=opset, output=output)
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    _make_folder(path)
-    require("onnx").save(proto, path)
+
+        def write(target):
+            inference.save(target)
+            add_to_keras_file(target, meta)
+    else:
+        meta.update(opset=opset, batch=batch)
+        proto = onnx_proto(model, batch=batch, opset=opset, output=output)
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+
+        def write(target):
+            require("onnx").save(proto, target)
+    _replace_with(path, write)
     return path
 
 
-def _make_folder(path):
-    # As kft's other writers (Keras and onnx raised FileNotFoundError, the
-    # ONNX one after the whole conversion).
-    folder = os.path.dirname(path)
+def _replace_with(path, write):
+    """`write(target)` into a file beside `path`, then moved over it: a
+    write cut off (a full disk, an error) left a truncated file, and had
+    already destroyed an earlier export there. The folder is made first,
+    as kft's other writers make theirs."""
+    folder, name = os.path.split(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
+    stem, suffix = os.path.splitext(name)
+    # Keras saves only to a name ending in ".keras".
+    target = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{suffix}")
+    try:
+        write(target)
+        os.replace(target, path)
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
 
 
 def _check_suffix(path, format):

@@ -230,9 +230,11 @@ def train_run(config: TrainConfig | None = None, *, resume: bool = False,
     and history, and its training data go on with the passes (shuffled
     orders, augmentation draws) the uninterrupted run would have read; a
     run that completed is reported and not retrained. A new run that
-    fails (or is interrupted) before
-    its first epoch ends removes what it wrote, so `out` takes the
-    corrected run without `resume`.
+    fails (or is interrupted) before its first epoch ends removes what it
+    wrote, so `out` takes the corrected run without `resume`. The run
+    seeds Keras, NumPy and Python with `config.seed`
+    (`keras.utils.set_random_seed`, process-wide), as `kft train --seed`
+    does.
 
     Args:
         config: A `TrainConfig`. Defaults to `TrainConfig()`.

@@ -68,13 +68,21 @@ def _train_head(phases, epochs, learning_rate, weight_decay, bn, cache_mode):
     data = phases.train_data
     own = isinstance(data, ImageDataset)
     first = [EpochRate()]
-    if own and data.shuffle:
-        first.append(EpochSeededShuffle(data.shuffle_seed))
-    fit_head(phases.model, caches[0], validation_data=caches[1],
-             batch_size=data.batch_size if own else phases.batch_size,
-             shuffle=data.shuffle if own else True, epochs=epochs,
-             verbose=phases.verbose, class_weight=phases.class_weight,
-             callbacks=phases.callbacks(first))
+    shuffle = EpochSeededShuffle(data.shuffle_seed) if (
+        own and data.shuffle) else None
+    if shuffle is not None:
+        first.append(shuffle)
+    try:
+        fit_head(phases.model, caches[0], validation_data=caches[1],
+                 batch_size=data.batch_size if own else phases.batch_size,
+                 shuffle=data.shuffle if own else True, epochs=epochs,
+                 verbose=phases.verbose, class_weight=phases.class_weight,
+                 callbacks=phases.callbacks(first))
+    finally:
+        if shuffle is not None:
+            # A fit stopped by an error calls no `on_train_end`: the
+            # user's NumPy state was left seeded by (seed, epoch).
+            shuffle.restore()
     return phases.logs.history
 
 
@@ -99,12 +107,13 @@ class EpochSeededShuffle(keras.callbacks.Callback):
             [self.seed, epoch]).generate_state(1)[0])
 
     def on_train_batch_end(self, batch, logs=None):
-        self._restore()
+        self.restore()
 
     def on_train_end(self, logs=None):
-        self._restore()
+        self.restore()
 
-    def _restore(self):
+    def restore(self):
+        """Puts NumPy's global state back, if it is still seeded."""
         if self._saved is not None:
             np.random.set_state(self._saved)
             self._saved = None

@@ -307,7 +307,8 @@ def apply_cpu_xla_flags():
     >>> kft.apply_cpu_xla_flags()  # applied on import already: nothing new
     ()
     """
-    setting = os.environ.get("KFT_XLA_CPU_FLAGS", "default").strip()
+    # Empty as unset, as kft's on/off switches read it.
+    setting = os.environ.get("KFT_XLA_CPU_FLAGS", "").strip() or "default"
     if setting not in CPU_XLA_FLAG_SETS:
         raise ValueError(
             "Environment variable KFT_XLA_CPU_FLAGS must be one of "

@@ -45,7 +45,9 @@ def test_user_flags_win(clean_env):
 
 
 def test_default_is_ynn_off_barriers_kept_and_older_emitters(clean_env):
-    for setting in (None, "default", " default "):
+    # An empty variable is unset, as kft's on/off switches read it (it
+    # failed `import kft`).
+    for setting in (None, "default", " default ", "", " "):
         clean_env.delenv("XLA_FLAGS", raising=False)
         if setting is None:
             clean_env.delenv("KFT_XLA_CPU_FLAGS")

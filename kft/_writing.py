@@ -3,14 +3,18 @@ in full before the file is opened, so a failure making it (an array
 `np.savez` cannot store, a value JSON cannot hold) leaves the previous
 file as it was (opening it first emptied it).
 
-The file is written in place, as `open` writes it: a symlink is followed,
-the file's mode, owner and hard links are kept, and a FIFO or
-`/dev/stdout` receives the bytes (a temporary file moved over the target
-replaced each of them).
+A new file, or a regular file no other name links to, is written beside
+the target and moved over it, with the target's mode: a write cut off (a
+full disk) left a truncated file that a later run took for the result. A
+symlink is followed and its target written in place, as is a file with
+other hard links, a FIFO or `/dev/stdout` (a file moved over any of them
+replaced it).
 """
 
 import io
 import os
+import shutil
+import stat
 
 
 def output_path(path, name="path"):
@@ -45,12 +49,30 @@ def write_file(path, content):
     folder, name = os.path.split(path)
     if folder and name:  # "out/" names a folder: open says so
         os.makedirs(folder, exist_ok=True)
-    if isinstance(content, str):
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(content)
-    else:
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    if not name or not _replaceable(path):
         with open(path, "wb") as file:
-            file.write(content)
+            file.write(data)
+        return
+    target = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(target, "wb") as file:
+            file.write(data)
+        if os.path.exists(path):
+            shutil.copymode(path, target)
+        os.replace(target, path)
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
+
+
+def _replaceable(path):
+    """A new file, or a regular file (not a symlink) with one name."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    return stat.S_ISREG(status.st_mode) and status.st_nlink == 1
 
 
 def npz_bytes(**arrays):

@@ -198,3 +198,38 @@ def test_a_saved_file_is_written_in_place(tmp_path):
     with pytest.raises(IsADirectoryError, match="'.*out/'"):
         report.to_json(str(tmp_path / "out") + "/")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_write_cut_off_leaves_the_earlier_file(tmp_path, monkeypatch):
+    # Written in place, a full disk left a truncated comparison.json that
+    # `kft compare` then took for a finished one.
+    import builtins
+    import os
+
+    report = _report(classes=3, n=20)
+    path = tmp_path / "report.json"
+    report.to_json(path)
+    good = path.read_bytes()
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *error):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(data[:len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: Full(
+        real_open(*a, **k)))
+    with pytest.raises(OSError, match="No space left"):
+        _report(classes=3, n=30).to_json(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["report.json"]

@@ -11,6 +11,7 @@ other hard links, a FIFO or `/dev/stdout` (a file moved over any of them
 replaced it).
 """
 
+import contextlib
 import io
 import os
 import shutil
@@ -46,18 +47,38 @@ def write_file(path, content):
     'done'
     """
     path = output_path(path)
-    folder, name = os.path.split(path)
-    if folder and name:  # "out/" names a folder: open says so
-        os.makedirs(folder, exist_ok=True)
     data = content.encode("utf-8") if isinstance(content, str) else content
+    with written_beside(path) as target, open(target, "wb") as file:
+        file.write(data)
+
+
+@contextlib.contextmanager
+def written_beside(path):
+    """Yields the file to write `path`'s new content to, its folder made:
+    a file beside `path`, moved over it (with its mode) when the block
+    ends, removed if it raises; `path` itself (written in place) for a
+    symlink, a file with other hard links, a FIFO or a device, or a path
+    ending in "/" (which `open` names as a folder).
+
+    Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "new", "a.txt")
+    >>> with written_beside(path) as target:
+    ...     _ = open(target, "w").write("done")
+    >>> open(path).read(), target != path
+    ('done', True)
+    """
+    folder, name = os.path.split(path)
+    if folder and name:
+        os.makedirs(folder, exist_ok=True)
     if not name or not _replaceable(path):
-        with open(path, "wb") as file:
-            file.write(data)
+        yield path
         return
-    target = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    stem, suffix = os.path.splitext(name)
+    # The suffix kept: Keras saves only to a name ending in ".keras".
+    target = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{suffix}")
     try:
-        with open(target, "wb") as file:
-            file.write(data)
+        yield target
         if os.path.exists(path):
             shutil.copymode(path, target)
         os.replace(target, path)

@@ -28,6 +28,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import fail_argument
 from kft._writing import output_path
+from kft._writing import written_beside
 from kft.deploy._jax2onnx_speed import faster_jax2onnx
 from kft.deploy._onnx_io import require
 from kft.deploy.inference import OUTPUTS
@@ -160,27 +161,11 @@ def export(model: keras.Model, path: str | os.PathLike,
 
         def write(target):
             require("onnx").save(proto, target)
-    _replace_with(path, write)
-    return path
-
-
-def _replace_with(path, write):
-    """`write(target)` into a file beside `path`, then moved over it: a
-    write cut off (a full disk, an error) left a truncated file, and had
-    already destroyed an earlier export there. The folder is made first,
-    as kft's other writers make theirs."""
-    folder, name = os.path.split(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    stem, suffix = os.path.splitext(name)
-    # Keras saves only to a name ending in ".keras".
-    target = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{suffix}")
-    try:
+    # As kft's result files: written in place, a write cut off (a full
+    # disk) left a truncated file over an earlier good export.
+    with written_beside(path) as target:
         write(target)
-        os.replace(target, path)
-    finally:
-        if os.path.exists(target):
-            os.remove(target)
+    return path
 
 
 def _check_suffix(path, format):

@@ -190,41 +190,6 @@ class RandomResizedCrop(RandomLayer):
                 "ratio": self.ratio}
 
 
-@keras.saving.register_keras_serializable(package="kft")
-class RandomBrightnessScale(RandomLayer):
-    """Brightness as torchvision's `ColorJitter(brightness=factor)`:
-    every pixel times one factor per image, drawn in
-    `[1 - factor, 1 + factor]`, clipped to `value_range`.
-
-    Args:
-        factor: The factor's spread, in [0, 1]. Defaults to `0.2`.
-        value_range: The pixels' `(min, max)`. Defaults to `(0, 255)`.
-        seed: Seed of the draws.
-
-    Example:
-    >>> import numpy as np, kft
-    >>> layer = kft.augmentation.RandomBrightnessScale(0.2, seed=0)
-    >>> out = np.asarray(layer(np.full((4, 2, 2, 3), 100.0), training=True))
-    >>> bool(((out >= 80) & (out <= 120)).all())
-    True
-    """
-
-    def __init__(self, factor=0.2, value_range=(0, 255), seed=None,
-                 **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        self.factor = check_number("factor", factor, low=0.0, high=1.0)
-        self.value_range = _range("value_range", value_range, -math.inf)
-
-    def transform(self, images, batch):
-        scale = self.uniform(batch, 1.0 - self.factor, 1.0 + self.factor)
-        scale = ops.cast(ops.reshape(scale, (-1, 1, 1, 1)), images.dtype)
-        return ops.clip(images * scale, *self.value_range)
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor,
-                "value_range": self.value_range}
-
-
 # torchvision's `rgb_to_grayscale` weights (ITU-R 601-2 luma).
 _LUMA = (0.2989, 0.587, 0.114)
 
@@ -242,14 +207,17 @@ def _gray(images):
 
 
 class _Blend(RandomLayer):
-    """Each image blended with a gray version of itself by one factor
-    drawn in `[max(0, 1 - factor), 1 + factor]` (torchvision's
-    `ColorJitter`), clipped to `value_range`."""
+    """Each image blended with `gray(images)` by one factor drawn in
+    `[max(0, 1 - factor), 1 + factor]` (torchvision's `ColorJitter`),
+    clipped to `value_range`; `factor` at most `max_factor`."""
+
+    max_factor = None
 
     def __init__(self, factor=0.2, value_range=(0, 255), seed=None,
                  **kwargs):
         super().__init__(seed=seed, **kwargs)
-        self.factor = check_number("factor", factor, low=0.0)
+        self.factor = check_number("factor", factor, low=0.0,
+                                   high=self.max_factor)
         self.value_range = _range("value_range", value_range, -math.inf)
 
     def transform(self, images, batch):
@@ -263,6 +231,32 @@ class _Blend(RandomLayer):
     def get_config(self):
         return {**super().get_config(), "factor": self.factor,
                 "value_range": self.value_range}
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class RandomBrightnessScale(_Blend):
+    """Brightness as torchvision's `ColorJitter(brightness=factor)`:
+    every pixel times one factor per image, drawn in
+    `[1 - factor, 1 + factor]`, clipped to `value_range` (torchvision's
+    blend with a black image).
+
+    Args:
+        factor: The factor's spread, in [0, 1]. Defaults to `0.2`.
+        value_range: The pixels' `(min, max)`. Defaults to `(0, 255)`.
+        seed: Seed of the draws.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.augmentation.RandomBrightnessScale(0.2, seed=0)
+    >>> out = np.asarray(layer(np.full((4, 2, 2, 3), 100.0), training=True))
+    >>> bool(((out >= 80) & (out <= 120)).all())
+    True
+    """
+
+    max_factor = 1.0
+
+    def gray(self, images):
+        return 0.0  # any number of channels
 
 
 @keras.saving.register_keras_serializable(package="kft")

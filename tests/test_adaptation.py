@@ -54,6 +54,19 @@ def test_gradient_reversal_identity_forward_reversed_backward():
     assert restored.initial_lambda == 0.7
 
 
+def test_gradient_reversal_passes_infinite_values_as_they_are():
+    x = jnp.asarray([1e30, -1e-30, np.inf, -np.inf, 3.0, -0.0], "float32")
+    for lambda_ in (0.0, 1.0):
+        out = np.asarray(kft.GradientReversal(lambda_)(x))
+        np.testing.assert_array_equal(out, np.asarray(x))
+        assert np.signbit(out[-1])
+    layer = kft.GradientReversal(0.5)
+    grad = jax.grad(lambda v: jnp.sum(jnp.where(
+        jnp.isinf(v), 0.0, layer(v))))(x)
+    np.testing.assert_array_equal(np.asarray(grad),
+                                  [-0.5, -0.5, 0, 0, -0.5, -0.5])
+
+
 def test_lambda_schedule_values():
     assert reversal_lambda(0.0) == 0.0
     assert reversal_lambda(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)

@@ -254,6 +254,45 @@ def test_every_preset_can_be_called_in_training_and_inference(preset):
         np.testing.assert_array_equal(trained, x)
 
 
+@pytest.mark.parametrize("preset", ["standard", "strong"])
+def test_inference_calls_draw_nothing_even_under_jit(preset):
+    # Keras' RandomHue and RandomGrayscale drew at inference: evaluation
+    # moved the next training draws, and a jitted inference call left a
+    # leaked tracer as their seed state (every later call failed).
+    import jax
+
+    x = _images()
+    seen = kft.augmentation.augmentation(preset, seed=3)
+    fresh = kft.augmentation.augmentation(preset, seed=3)
+    np.testing.assert_allclose(seen(x, training=False), x, atol=1e-4)
+    np.testing.assert_allclose(
+        jax.jit(lambda a: seen(a, training=False))(x), x, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(seen(x, training=True)),
+                                  np.asarray(fresh(x, training=True)))
+    model = kft.augmentation.attach(_plain_model(), preset)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    seeds = [np.asarray(v.value).copy() for v in model.non_trainable_variables
+             if "seed" in v.path]
+    assert seeds
+    jax.jit(lambda a: model(a, training=False))(x)
+    model.predict(x, verbose=0)
+    model.evaluate(x, np.zeros(4), verbose=0)
+    np.testing.assert_array_equal(
+        [np.asarray(v.value) for v in model.non_trainable_variables
+         if "seed" in v.path], seeds)
+    model.fit(x, np.zeros(4), epochs=1, verbose=0)  # draws as before
+
+
+def test_colour_layers_name_the_images_shape():
+    gray = np.zeros((2, 8, 8, 1), "float32")
+    for layer in (kft.augmentation.RandomContrastScale(0.2),
+                  kft.augmentation.RandomSaturationScale(0.2)):
+        with pytest.raises(ValueError, match=r"RGB images.*"
+                           r"images.shape=\(2, 8, 8, 1\)"):
+            layer(gray, training=True)
+
+
 @pytest.mark.parametrize("preset", kft.augmentation.PRESETS)
 def test_every_preset_attaches_to_a_model(preset):
     model = _plain_model()

@@ -48,8 +48,10 @@ def reverse_gradient(x, lambda_):
     """Identity forward; the gradient is multiplied by `-lambda_` backward.
 
     `stop_gradient(x) + (-lambda_) * (x - stop_gradient(x))`: the second
-    term is exactly 0 forward, so the output equals `x` bit for bit, and
-    its derivative is `-lambda_`. No gradient flows into `lambda_`.
+    term is exactly 0 forward (for finite `x`; an infinite `x` is passed
+    as it is, where `inf - inf` would give NaN), so the output equals `x`
+    bit for bit, and its derivative is `-lambda_`. No gradient flows into
+    `lambda_`.
 
     Example:
     >>> import jax, jax.numpy as jnp
@@ -60,7 +62,8 @@ def reverse_gradient(x, lambda_):
     x = ops.convert_to_tensor(x)
     lambda_ = ops.stop_gradient(ops.cast(lambda_, x.dtype))
     frozen = ops.stop_gradient(x)
-    return frozen + (-lambda_) * (x - frozen)
+    return ops.where(ops.isinf(frozen), frozen,
+                     frozen + (-lambda_) * (x - frozen))
 
 
 @keras.saving.register_keras_serializable(package="kft")

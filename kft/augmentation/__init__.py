@@ -2,7 +2,8 @@
 
 - `presets`: `augmentation(preset)`, `eval_transform`, `attach`.
 - `layers`: Keras' zoom, rotation, blur and erasing layers computed with
-  `kft.ops.image_ops`; equalization and RandAugment that compile fast.
+  `kft.ops.image_ops`; equalization and RandAugment that compile fast;
+  hue and grayscale that draw only in training.
 - `torch_style`: `RandomResizedCrop`, `RandomBrightnessScale`,
   `RandomContrastScale`, `RandomSaturationScale` and `GaussianBlur`, where
   torchvision's draws differ from Keras' layers.
@@ -16,6 +17,8 @@ from kft.augmentation.layers import Equalization
 from kft.augmentation.layers import RandAugment
 from kft.augmentation.layers import RandomErasing
 from kft.augmentation.layers import RandomGaussianBlur
+from kft.augmentation.layers import RandomGrayscale
+from kft.augmentation.layers import RandomHue
 from kft.augmentation.layers import RandomRotation
 from kft.augmentation.layers import RandomZoom
 from kft.augmentation.presets import PRESETS
@@ -38,6 +41,8 @@ __all__ = [
     "RandomContrastScale",
     "RandomErasing",
     "RandomGaussianBlur",
+    "RandomGrayscale",
+    "RandomHue",
     "RandomResizedCrop",
     "RandomSaturationScale",
     "RandomRotation",

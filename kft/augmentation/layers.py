@@ -1,5 +1,6 @@
 """Keras' zoom, rotation, blur, erasing, equalization and RandAugment
-layers, computed faster on JAX.
+layers, computed faster on JAX; its hue and grayscale layers drawing only
+in training.
 
 Subclasses that keep Keras' random draws and config and only compute the
 resampling and the blur with `kft.ops.image_ops` (5-34x faster under XLA on
@@ -162,6 +163,54 @@ class RandomErasing(_NotTracedDirectly, _compat.erasing_layer_base()):
         fill_value = ops.numpy.reshape(
             ops.convert_to_tensor(fill_value, self.compute_dtype), shape)
         return ops.numpy.clip(fill_value, *self.value_range)
+
+
+class _DrawsOnlyInTraining:
+    """No draw at inference. Keras' `RandomHue` and `RandomGrayscale` draw
+    their transform whatever `training` says (then return the images
+    unchanged): each `predict`/`evaluate` moved the next training draws,
+    and an inference call under `jax.jit` left a leaked tracer as their
+    seed state (every later call failed)."""
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        if not training:
+            return None  # their `transform_images` returns the images
+        return super().get_random_transformation(data, training, seed)
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class RandomHue(_NotTracedDirectly, _DrawsOnlyInTraining,
+                keras.layers.RandomHue):
+    """`keras.layers.RandomHue` that draws nothing with `training=False`.
+
+    Same arguments, random draws and results in training; at inference
+    the images pass unchanged without moving the seed state.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.augmentation.RandomHue(0.2, value_range=(0, 255), seed=0)
+    >>> images = np.full((2, 4, 4, 3), 100.0, "float32")
+    >>> bool((np.asarray(layer(images, training=False)) == images).all())
+    True
+    """
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class RandomGrayscale(_NotTracedDirectly, _DrawsOnlyInTraining,
+                      keras.layers.RandomGrayscale):
+    """`keras.layers.RandomGrayscale` that draws nothing with
+    `training=False`.
+
+    Same arguments, random draws and results in training; at inference
+    the images pass unchanged without moving the seed state.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.augmentation.RandomGrayscale(1.0, seed=0)
+    >>> out = np.asarray(layer(np.ones((2, 4, 4, 3)), training=True))
+    >>> out.shape
+    (2, 4, 4, 3)
+    """
 
 
 @keras.saving.register_keras_serializable(package="kft")

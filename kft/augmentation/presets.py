@@ -20,6 +20,8 @@ from kft._validation import mixed_seed
 from kft.augmentation.layers import IMAGENET_MEAN
 from kft.augmentation.layers import RandAugment
 from kft.augmentation.layers import RandomErasing
+from kft.augmentation.layers import RandomGrayscale
+from kft.augmentation.layers import RandomHue
 from kft.augmentation.layers import RandomRotation
 from kft.augmentation.torch_style import GaussianBlur
 from kft.augmentation.torch_style import RandomBrightnessScale
@@ -73,9 +75,9 @@ def _layers(preset, seed):
                                 seed=mixed_seed(seed, 7)),
             RandomSaturationScale(0.2, value_range=(0, 255),
                                   seed=mixed_seed(seed, 8)),
-            layers.RandomHue(0.2, value_range=(0, 255),
-                             seed=mixed_seed(seed, 9)),
-            layers.RandomGrayscale(factor=0.1, seed=mixed_seed(seed, 4)),
+            # Keras' hue and grayscale draw at inference too.
+            RandomHue(0.2, value_range=(0, 255), seed=mixed_seed(seed, 9)),
+            RandomGrayscale(factor=0.1, seed=mixed_seed(seed, 4)),
             # Every image, one sigma each, as torchvision's.
             GaussianBlur(3, sigma=(0.1, 2.0), seed=mixed_seed(seed, 5)),
             RandomErasing(factor=(0.2, 0.2), scale=(0.02, 0.15),

@@ -194,12 +194,16 @@ class RandomResizedCrop(RandomLayer):
 _LUMA = (0.2989, 0.587, 0.114)
 
 
-def _gray(images):
-    """`(batch, height, width, 1)` luma of RGB `images`."""
+def _check_rgb(images):
     if images.shape[-1] != 3:
         raise ValueError(
             "Contrast and saturation take RGB images (3 channels). "
             f"Received: images.shape={tuple(images.shape)}")
+
+
+def _gray(images):
+    """`(batch, height, width, 1)` luma of RGB `images`."""
+    _check_rgb(images)
     # Three multiply-adds, not a sum over the last axis: XLA's CPU code for
     # that reduction took 8x the time of the whole blend.
     red, green, blue = (images[..., i:i + 1] for i in range(3))
@@ -286,6 +290,7 @@ class RandomContrastScale(_Blend):
         # The luma of the channels' means is the mean of the luma. Rows,
         # then columns, as Keras' contrast: XLA's CPU code for one
         # reduction over both took 3x as long.
+        _check_rgb(images)  # the images' shape in the error, not the means'
         means = ops.mean(ops.mean(images, axis=1, keepdims=True), axis=2,
                          keepdims=True)
         return _gray(means)

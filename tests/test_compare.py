@@ -250,6 +250,29 @@ def test_a_built_model_is_refused_as_build_model(data):
                                data.target_test, print_fn=None)
 
 
+@pytest.mark.parametrize("own", [False, True])
+def test_build_model_returning_one_model_again_is_refused(data, own):
+    # Each run started from the weights the run before it trained, and
+    # the paired statistics compared nothing. Refused at the second build:
+    # the argument check's (named strategies) or the second run's.
+    model = _build()
+    trained = []
+
+    def train(model, train, val, seed):
+        trained.append(seed)
+
+    strategies = ([{"name": "own", "train": train}] if own
+                  else ["feature_extraction", "full"])
+    with pytest.raises(ValueError, match=r"`build_model` must return a new "
+                       r"model at every call; .* returned the model "
+                       r"'kft_simple_cnn' it returned before"):
+        kft.compare_strategies(lambda: model, data.target_train,
+                               data.target_val, data.target_test,
+                               strategies=strategies, seeds=[0, 1],
+                               epochs=2, head_epochs=1, print_fn=None)
+    assert trained == ([0] if own else [])
+
+
 def test_markdown_tables_escape_a_bar_in_names():
     names = ["dog|wolf", "cat"]
     report = kft.report_from_predictions([0, 1, 0], np.eye(2)[[0, 1, 1]],

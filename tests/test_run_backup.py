@@ -64,6 +64,40 @@ def test_a_resumed_run_keeps_the_best_epoch_from_before_the_crash(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_backup_given_to_a_second_run_refuses_it(tmp_path):
+    # Its epochs restarted at 0 over the first run's: epoch 1's number
+    # matched the kept best epoch, and the second run's (worse) weights
+    # were saved and loaded as the first run's best.
+    first, _, backup = _run(tmp_path / "run")
+    kept = backup.history[first.best_epoch]
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    x = np.zeros((4, 16, 16, 3), "float32")
+    with pytest.raises(ValueError, match=r"starts at epoch 1, but epochs "
+                       r"\[1, 2, 3, 4\] .* make a new RunBackup"):
+        kft.fine_tune(model, (x, np.arange(4) % 3), head_epochs=1, epochs=1,
+                      monitor="loss", verbose=0, callbacks=[backup])
+    assert backup.history[first.best_epoch] == kept
+
+
+def test_a_rerun_best_epoch_keeps_the_weights_of_its_value(tmp_path):
+    # Killed after the best epoch's weights and logs were written, before
+    # its checkpoint: the rerun epoch saved its own weights under the
+    # first attempt's value (arrays: other shuffles in the rerun).
+    backup = RunBackup(tmp_path, keras.Sequential([keras.Input((2,)),
+                       keras.layers.Dense(1)]), monitor="loss",
+                       print_fn=None)
+    model = backup.target
+    model.compile("sgd", "mse")
+    backup.set_model(model)
+    backup.history = {0: {"phase": 1, "loss": 1.0}}
+    backup.best_epoch, backup.best_value, backup.mode = 0, 1.0, "min"
+    backup._inner = keras.callbacks.Callback()  # the checkpoint, not tested
+    backup.on_epoch_end(0, {"loss": 2.0})
+    assert (backup.best_epoch, backup.best_value) == (0, 1.0)
+    assert not backup.load_best()  # nothing saved for the worse rerun
+
+
 def _mix_and_dropout():
     return {"dropout": 0.3,
             "batch_augment": kft.layers.MixUp(num_classes=3, seed=1)}

@@ -301,6 +301,27 @@ def test_backup_with_data_resumes_the_passes_of_the_uninterrupted_fit(
         kft.callbacks.BackupAndRestore(tmp_path / "x", data=x)
 
 
+def test_a_callback_reused_for_a_new_model_freezes_it_at_stage_0():
+    # Stage 0 of the first fit was kept: the second model (fresh, all
+    # trainable) trained whole while its history said "0 blocks, head".
+    callback = GradualUnfreezing(every=3, verbose=0)
+    counts = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            counts.append(len(self.model.trainable_weights))
+
+    for _ in range(2):
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=SHAPE)
+        model.compile(keras.optimizers.SGD(1e-3), LOSS)
+        history = model.fit(X, Y, batch_size=8, epochs=2, verbose=0,
+                            callbacks=[callback, Count()])
+        head = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+        assert history.history["trainable_params"] == [head, head]
+    assert counts == [2, 2, 2, 2]
+
+
 def test_a_plateau_callback_reused_for_a_new_fit_starts_over():
     # Kept from the first fit, its plateau unfroze a block in the second
     # one, where the loss improved every epoch (stage_epochs [2, 1]); a

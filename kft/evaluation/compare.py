@@ -12,6 +12,7 @@ import inspect
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from collections.abc import Sequence
 
@@ -32,8 +33,13 @@ from kft.training.fine_tune import fine_tune
 from kft.training.fine_tune_checks import phase2_arguments
 
 
-def _build(build_model, seed):
-    """A fresh model from `build_model()` or `build_model(seed)`."""
+class _ModelReturnedAgain(ValueError):
+    """Stops the comparison (not one run's recorded error)."""
+
+
+def _build(build_model, seed, built):
+    """A fresh model from `build_model()` or `build_model(seed)`; `built`
+    (a `WeakSet`) holds the models built so far."""
     try:
         parameters = [p for p in inspect.signature(build_model).parameters
                       .values() if p.kind in (p.POSITIONAL_ONLY,
@@ -45,6 +51,15 @@ def _build(build_model, seed):
         fail_argument("build_model", "a function returning a keras.Model",
                       f"{build_model!r} returning {type(model).__name__}",
                       TypeError)
+    if model in built:
+        # Each run would start from the weights the run before it trained.
+        raise _ModelReturnedAgain(
+            f"`build_model` must return a new model at every call; "
+            f"{build_model!r} returned the model {model.name!r} it "
+            "returned before. Build the model inside the function (e.g. "
+            "`kft.build_classifier(...)`, or `keras.models.clone_model` "
+            "plus `set_weights` of your pretrained model).")
+    built.add(model)
     return model
 
 
@@ -186,7 +201,7 @@ def _fine_tune_arguments(overrides, budget):
             "verbose": 0}
 
 
-def _check_runs(build_model, parsed, seed, data, budget):
+def _check_runs(build_model, parsed, seed, data, budget, built):
     """`fine_tune`'s own checks of every strategy's arguments (blocks the
     model has, keywords it takes, arguments the strategy reads) on one
     model, before any run trains."""
@@ -197,7 +212,7 @@ def _check_runs(build_model, parsed, seed, data, budget):
     if not specs:
         return
     train, val, _ = data
-    model = _build(build_model, seed)
+    model = _build(build_model, seed, built)
     for label, overrides in specs:
         try:
             check_fine_tune_arguments(model, train, val,
@@ -216,11 +231,11 @@ def _seeded(data, seed):
     return with_seed(seed) if callable(with_seed) else data
 
 
-def _one_run(build_model, strategy, seed, data, budget):
+def _one_run(build_model, strategy, seed, data, budget, built):
     train, val, test = data
     train, val = _seeded(train, seed), _seeded(val, seed)
     keras.utils.set_random_seed(seed)
-    model = _build(build_model, seed)
+    model = _build(build_model, seed, built)
     gc.collect()
     with _PeakMemory() as memory:
         start = time.perf_counter()
@@ -280,7 +295,9 @@ def compare_strategies(
 
     Args:
         build_model: Returns a fresh `keras.Model` holding the pretrained
-            weights: a function of no arguments, or of one (the seed).
+            weights: a function of no arguments, or of one (the seed). A
+            model it returned before is refused (each run would start
+            from the weights the last run trained).
         train: Training data in any form `kft.fine_tune` takes.
         val: Validation data (picks the best epoch), or `None`.
         test: Held-out labelled data: arrays `(x, y)` or a dataset of
@@ -365,7 +382,9 @@ def compare_strategies(
               "batch_size": check_int("batch_size", batch_size, min_value=1),
               "fine_tune_kwargs": {**fine_tune_kwargs,
                                    "batch_size": batch_size}}
-    _check_runs(build_model, parsed, seeds[0], (train, val, test), budget)
+    built = weakref.WeakSet()
+    _check_runs(build_model, parsed, seeds[0], (train, val, test), budget,
+                built)
     say = print_fn or (lambda *args: None)
     runs, total = [], len(parsed) * len(seeds)
     settings = {"epochs": epochs, "head_epochs": head_epochs,
@@ -383,7 +402,7 @@ def compare_strategies(
         for seed in seeds:
             for strategy in parsed:
                 runs.append(_recorded_run(build_model, strategy, seed,
-                                          (train, val, test), budget))
+                                          (train, val, test), budget, built))
                 say(_run_line(runs[-1], len(runs), total, metric))
     except KeyboardInterrupt as interrupt:
         # Hours of finished runs were lost with the Ctrl-C.
@@ -416,9 +435,11 @@ class ComparisonInterrupted(KeyboardInterrupt):
         self.comparison = comparison
 
 
-def _recorded_run(build_model, strategy, seed, data, budget):
+def _recorded_run(build_model, strategy, seed, data, budget, built):
     try:
-        return _one_run(build_model, strategy, seed, data, budget)
+        return _one_run(build_model, strategy, seed, data, budget, built)
+    except _ModelReturnedAgain:
+        raise
     except Exception as error:  # noqa: BLE001 - recorded, go on
         # A run that diverges (or a training function that raises) is a
         # result: the other runs still count.

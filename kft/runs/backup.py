@@ -260,6 +260,21 @@ class RunBackup(keras.callbacks.Callback):
         # call: a phase trained on cached features trains the head alone.
         count = sum(int(math.prod(v.shape))
                     for v in self.model.trainable_weights)
+        # A recipe numbers its calls' epochs on: a call starting at an
+        # epoch another call of the run already logged is another run
+        # (this callback given to a second `fine_tune`), whose epochs
+        # would replace the first run's logs and best weights.
+        taken = sorted(k + 1 for k, logs in self.history.items()
+                       if k >= epoch and logs.get("phase") != self.phase + 1)
+        if taken:
+            raise ValueError(
+                f"RunBackup: this `fit` starts at epoch {epoch + 1}, but "
+                f"epochs {taken} of the run in {self.directory!r} were "
+                "trained by an earlier call: a RunBackup records one run "
+                "(its calls numbering their epochs on, as `kft.fine_tune`'s"
+                "). To resume that run after an interrupt, make a new "
+                "RunBackup on the same directory; for a new run, one on "
+                "another directory.")
         self._say(f"phase {self.phase + 1} starts: {count:,} trainable "
                   f"parameters ({self.model.name})")
         # Logs of this call's epochs from this one on come from this
@@ -285,10 +300,12 @@ class RunBackup(keras.callbacks.Callback):
             **{k: float(v) for k, v in logs.items()
                if isinstance(v, (int, float)) or hasattr(v, "__float__")}}
         value = logs.get(self.monitor)
+        # Saved only when better: a rerun of the best epoch (its checkpoint
+        # lost in a kill) had replaced the kept weights with its own under
+        # the first attempt's value.
         if value is not None and improves(float(value), self.best_value,
                                           self.mode):
             self.best_epoch, self.best_value = epoch, float(value)
-        if value is not None and self.best_epoch == epoch:
             # Saving is a collective: every process saves, process 0 into
             # the run folder (`primary_path`).
             if is_primary():

@@ -136,7 +136,12 @@ def fine_tune(
     After both phases the model holds the weights of the best epoch by
     `monitor` (printed at the end when `verbose`); with
     `early_stopping_patience`, each phase stops after that many epochs
-    without improvement.
+    without improvement. Each phase compiles the model anew (a compile of
+    the user's is replaced; `loss` and `metrics` say what to compile
+    with), and the model is left compiled as its last phase was: a
+    `model.fit` after it continues that optimizer where its schedule
+    ended (0 after `"cosine"`, so nothing trains): compile it again to
+    train on.
 
     Args:
         model: A model from `kft.build_classifier` (or one

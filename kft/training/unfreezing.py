@@ -183,6 +183,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self._stage = None
         self._params = None
         self._restored = False
+        self._restored_for_fit = False  # the stage `set_model` restored
         self._resumed_from = None
         self._checked_resume = False
         self._records = {}
@@ -259,6 +260,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         # must be in place before BackupAndRestore loads them (`fit` calls
         # `set_model` before any callback's `on_train_begin`).
         self._stage, within = self._checkpoint_stage(epoch, batch)
+        self._restored_for_fit = True
         self._resumed_from = epoch if within else epoch - 1
         self._params = self._apply_stage(
             self._stage, self._resumed_from,
@@ -317,12 +319,18 @@ class GradualUnfreezing(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if not self._checked_resume:
             self._checked_resume = True
-            if epoch == 0 and self._stage is not None:
+            if (epoch == 0 and self._stage is not None
+                    and not self._restored_for_fit):
                 # Another `fit` from epoch 0 with this callback: a new run
                 # (a plateau of the last one unfroze blocks in this one,
-                # and its best value was compared with this run's). A fit
-                # from a later epoch (`initial_epoch`, a resume) goes on.
+                # and its best value was compared with this run's), maybe
+                # of another model or of one unfrozen since: its stage 0 is
+                # set again (the last run's was kept, the whole model
+                # trained). A fit from a later epoch (`initial_epoch`, a
+                # resume) goes on.
                 self.schedule.reset()
+                self._stage = None
+            self._restored_for_fit = False
             self._check_optimizer_restored(epoch)
         stage = self.stage_at(epoch)
         if stage != self._stage:

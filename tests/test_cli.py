@@ -245,6 +245,39 @@ def test_export_refuses_a_batch_for_keras_files(run_folder, tmp_path,
     assert not list(tmp_path.iterdir())
 
 
+def test_eval_and_predict_read_images_at_the_models_height_and_width(
+        run_folder, tmp_path, capsys):
+    # The run's size was the input's height alone: a 24x40 model was fed
+    # 24x24 images and `kft eval` crashed in Keras; a model of any size
+    # raised a bare TypeError from int(None).
+    import json
+
+    _, data = run_folder
+    wide = tmp_path / "wide.keras"
+    kft.build_classifier("simple_cnn", 2, weights=None, input_shape=(24, 40, 3),
+                         class_names=["ant", "bee"]).save(wide)
+    assert kft.runs.load_run(wide).image_size == (24, 40)
+    assert cli.main(["eval", str(wide), str(data), "--out",
+                     str(tmp_path / "report"), "--no-plots", "--quiet",
+                     "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert sum(report["support"]) == 4
+    assert cli.main(["predict", str(wide), str(data / "ant" / "0.png"),
+                     "--json"]) == 0
+    capsys.readouterr()
+    free = tmp_path / "free.keras"
+    kft.build_classifier("simple_cnn", 2, weights=None,
+                         input_shape=(None, None, 3)).save(free)
+    for argv in (["eval", str(free), str(data), "--out",
+                  str(tmp_path / "free_report")],
+                 ["predict", str(free), str(data / "ant" / "0.png")]):
+        assert _exit_code(argv) == 2
+        assert ("takes images of any height and width (input shape (None, "
+                "None, None, 3)); reading images for it needs a fixed size"
+                in capsys.readouterr().err)
+    assert not (tmp_path / "free_report").exists()
+
+
 def test_eval_keeps_an_existing_report_unless_told(run_folder, tmp_path,
                                                    capsys, monkeypatch):
     run, data = run_folder

@@ -20,14 +20,16 @@ class LoadedRun:
     Attributes:
         model: The Keras model.
         class_names: Class names in label order (`None` if unknown).
-        image_size: Input side in pixels.
+        image_size: Input side in pixels, or `(height, width)` for a
+            model whose input is not square (as `kft.data` loaders take
+            it).
         path: The run folder, or the model file.
         model_path: The `.keras` file.
     """
 
     model: object
     class_names: list | None
-    image_size: int
+    image_size: int | tuple[int, int]
     path: str
     model_path: str
 
@@ -43,7 +45,9 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     of it name the classes.
 
     Raises:
-        ValueError: `path` is neither, or the run has no model yet.
+        ValueError: `path` is neither, the run has no model yet, or the
+            model takes images of any size (no fixed height and width to
+            read images at).
 
     Example:
     >>> import os, tempfile, kft
@@ -90,8 +94,21 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
         # `kft.export` / `kft.predict` of the loaded model read them there.
         model.kft_metadata = {**own, **meta, "class_names": class_names}
     return LoadedRun(model=model, class_names=class_names,
-                     image_size=int(model.inputs[0].shape[1]), path=path,
+                     image_size=_image_size(model, model_path), path=path,
                      model_path=model_path)
+
+
+def _image_size(model, model_path):
+    """The side of a square input, else `(height, width)`: the height
+    alone read a 24x40 model's images at 24x24."""
+    shape = tuple(model.inputs[0].shape)
+    height, width = shape[1:3]
+    if height is None or width is None:
+        raise ValueError(
+            f"{model_path!r} takes images of any height and width (input "
+            f"shape {shape}); reading images for it needs a fixed size: "
+            "build the model with input_shape=(height, width, 3).")
+    return int(height) if height == width else (int(height), int(width))
 
 
 def layout_dir(train_dir, val_dir) -> str:

@@ -274,7 +274,8 @@ def test_build_model_returning_one_model_again_is_refused(data, own):
 
 
 def test_markdown_tables_escape_a_bar_in_names():
-    names = ["dog|wolf", "cat"]
+    # A lone "\r" (CommonMark: a line ending) split the row too.
+    names = ["dog|wolf\r\nhowl\rgrr", "cat"]
     report = kft.report_from_predictions([0, 1, 0], np.eye(2)[[0, 1, 1]],
                                          class_names=names, min_support=0)
     rows = [line for line in report.to_markdown().splitlines()
@@ -283,7 +284,7 @@ def test_markdown_tables_escape_a_bar_in_names():
     for row in rows:  # as many cells as its table's header
         cells = row.replace("\\|", "").count("|")
         assert cells in (6, 5), row
-    assert r"| dog\|wolf | 1.000 | 0.500 |" in report.to_markdown()
+    assert r"| dog\|wolf howl grr | 1.000 | 0.500 |" in report.to_markdown()
     runs = [{"strategy": s, "seed": i, "metrics": {"accuracy": a}}
             for s, a in (("a|b", 0.5), ("c", 0.6)) for i in range(2)]
     markdown = kft.StrategyComparison(runs, ["a|b", "c"], [0, 1],

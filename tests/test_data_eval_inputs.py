@@ -348,6 +348,44 @@ def test_a_split_folder_beside_class_folders_is_not_a_class(tmp_path):
         "a", "test"]
 
 
+def test_a_test_folder_of_images_is_a_class_of_a_run(tmp_path):
+    # `kft train` left `test/` (images, no class folders) out as held-out
+    # data: a third of the classes gone, said only on a line --quiet hid;
+    # `kft compare` failed on it ("No class folders in .../test").
+    from kft.cli._explore import compare_command
+    from kft.runs.recipe import held_out_folder
+    from kft.runs.recipe import load_folder_data
+    from kft.runs.recipe import test_beside_classes
+
+    root = _folder(tmp_path / "flat", {"dev": 2, "prod": 2, "Test": 2})
+    assert held_out_folder(root) is None and not test_beside_classes(root)
+    config = kft.runs.TrainConfig(data_dir=root, image_size=4,
+                                  val_split=None, augment="none")
+    train = load_folder_data(config)[0]
+    assert train.class_names == ["Test", "dev", "prod"]
+    # A test/ (any case) of class folders is held out, by both commands.
+    _folder(tmp_path / "split" / "TEST", {"dev": 1, "prod": 1})
+    root = _folder(tmp_path / "split", {"dev": 2, "prod": 2})
+    assert held_out_folder(root) == os.path.join(root, "TEST")
+    assert load_folder_data(config.replace(data_dir=root))[0].class_names \
+        == ["dev", "prod"]
+    seen = {}
+
+    def stop(path, *args, **kwargs):
+        seen["test"] = path
+        raise KeyboardInterrupt
+
+    import kft.runs.folder as folder
+    from unittest import mock
+
+    with mock.patch.object(folder, "load_eval_folder", stop), \
+            pytest.raises(KeyboardInterrupt):
+        compare_command(kft.cli._parser.build_parser()[0].parse_args(
+            ["compare", root, "--image-size", "4", "--out",
+             str(tmp_path / "out")]), [])
+    assert seen["test"] == os.path.join(root, "TEST")
+
+
 def test_a_class_named_train_in_a_flat_layout_is_a_class(tmp_path):
     """CIFAR-100 has a class "train": `bus/ car/ train/` of images was read
     as a split layout whose train folder held no class folders."""

@@ -278,6 +278,48 @@ def test_one_hot_dataset_must_match_the_model_width():
     check_data_labels(two, 2, "train_data")
 
 
+def test_training_refuses_data_naming_the_models_classes_otherwise():
+    # Folders cat/ Dog/ fox/ sort as ['Dog', 'cat', 'fox']: a model named
+    # ['cat', 'dog', 'fox'] trained on them without a word and predicted
+    # 'cat' for dogs; `kft.evaluate` refused the pair after training. And
+    # `model.fit` took 7 classes into 5 outputs (labels 5, 6: loss 0).
+    x = np.zeros((6, 8, 8, 3), "float32")
+    data = kft.data.from_arrays(x, np.arange(6) % 3, batch_size=3,
+                                class_names=["Dog", "cat", "fox"])
+    model = kft.build_classifier("simple_cnn", weights=None,
+                                 input_shape=(8, 8, 3),
+                                 class_names=["cat", "dog", "fox"])
+    message = (r"Argument `train_data` names its classes otherwise than the "
+               r"model: .*missing: \['dog'\]; not in the model: "
+               r"\['Dog'\]\. Model classes")
+    with pytest.raises(ValueError, match=message):
+        kft.fine_tune(model, data, verbose=0)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
+    with pytest.raises(ValueError, match=message.replace("train_data",
+                                                         "data")):
+        kft.lr_find(model, data, steps=10, verbose=0)
+    with pytest.raises(ValueError, match=r"`x` names its classes otherwise"):
+        model.fit(data, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data` names its "
+                       r"classes otherwise .*the same classes in another "
+                       r"order"):
+        model.fit(x, np.arange(6) % 3, epochs=1, verbose=0,
+                  validation_data=kft.data.from_arrays(
+                      x, np.arange(6) % 3, batch_size=3,
+                      class_names=["cat", "fox", "dog"]))
+    seven = kft.data.from_arrays(np.zeros((7, 8, 8, 3), "float32"),
+                                 np.arange(7), batch_size=7)
+    with pytest.raises(ValueError, match=r"`x` has 7 classes .* but the "
+                       r"model outputs 3"):
+        model.fit(seven, epochs=1, verbose=0)
+    # The model's first classes, in its order (a subset), and numbered
+    # classes train as before.
+    for names in (["cat", "dog"], None):
+        model.fit(kft.data.from_arrays(x[:4], np.arange(4) % 2, batch_size=2,
+                                       class_names=names), epochs=1,
+                  verbose=0)
+
+
 def test_fine_tune_refuses_what_it_would_ignore_or_crash_on_later():
     x, y = _data()
     model = _model()

@@ -116,9 +116,10 @@ def compare_command(args, argv):
     if not os.path.isdir(args.data_dir):
         raise Usage(f"DATA_DIR {args.data_dir!r} does not exist")
     test_dir = args.test_dir
-    if test_dir is None and os.path.isdir(os.path.join(args.data_dir,
-                                                       "test")):
-        test_dir = os.path.join(args.data_dir, "test")
+    if test_dir is None:
+        from kft.runs.recipe import held_out_folder
+
+        test_dir = held_out_folder(args.data_dir)
     if test_dir is not None and not os.path.isdir(test_dir):
         raise Usage(f"--test-dir {test_dir!r} does not exist")
     out = args.out or os.path.join("runs", "compare-" + os.path.basename(

@@ -7,8 +7,9 @@ from kft._validation import check_int
 
 def markdown_cell(text):
     """`text` safe inside a Markdown table cell: a `|` would start a new
-    cell and a line break end the row."""
-    return " ".join(str(text).split("\n")).replace("|", "\\|")
+    cell and a line break (`\\n`, `\\r`, any of `str.splitlines`') end
+    the row."""
+    return " ".join(str(text).splitlines()).replace("|", "\\|")
 
 
 def every_class(k, num_classes):

@@ -71,7 +71,8 @@ class Classifier(KeepsStateOnError, ChecksEvalBatches, keras.Model):
 
         check_fit_data(args, kwargs)
         check_placement(self)
-        arguments = fit_arguments(args, kwargs, self.outputs[0].shape[-1])
+        arguments = fit_arguments(args, kwargs, self.outputs[0].shape[-1],
+                                  model=self)
         warn_if_augmentation_unapplied(self, arguments.get("x"))
         return super().fit(**arguments)
 

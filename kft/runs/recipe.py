@@ -6,17 +6,27 @@ import os
 
 from kft._validation import fail_argument
 from kft.data._files import TEST_FOLDER
+from kft.data._files import holds_folders
 from kft.data._files import split_folder
 from kft.data._files import train_folder
 from kft.runs.config import TrainConfig
 from kft.runs.resolve import METRICS
 
 
+def held_out_folder(data_dir):
+    """The `test/` folder (any case) of `data_dir` when it holds class
+    folders: held-out images, not a class; else `None`. A `test/` of
+    images alone is a class (as `train/` is beside other classes): `kft
+    train` left such a class out of training."""
+    test = split_folder(data_dir, (TEST_FOLDER,))
+    return test if test is not None and holds_folders(test) else None
+
+
 def test_beside_classes(data_dir) -> bool:
-    """Whether `data_dir` holds `<class>/` folders and a `test/` folder
-    (not a class: `load_folder_data` leaves it out)."""
+    """Whether `data_dir` holds `<class>/` folders and a `test/` split
+    (`held_out_folder`; `load_folder_data` leaves it out)."""
     return (train_folder(data_dir) is None
-            and split_folder(data_dir, (TEST_FOLDER,)) is not None)
+            and held_out_folder(data_dir) is not None)
 
 
 def _classes_without_test(data_dir):

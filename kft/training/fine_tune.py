@@ -335,8 +335,8 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
                       "outputs", TypeError)
     check_placement(model)
     num_classes = model.outputs[0].shape[-1]
-    check_data_labels(train_data, num_classes, "train_data")
-    check_data_labels(val_data, num_classes, "val_data")
+    check_data_labels(train_data, num_classes, "train_data", model=model)
+    check_data_labels(val_data, num_classes, "val_data", model=model)
     if not isinstance(model, BatchAugmentModel):
         # It turns integer labels into one-hot rows itself.
         check_label_forms(train_data, val_data)

@@ -88,13 +88,16 @@ def classifier_classes(model):
     return outputs[0].shape[-1]
 
 
-def check_data_labels(data, num_classes, name, labels_name=None):
+def check_data_labels(data, num_classes, name, labels_name=None,
+                      model=None):
     """Raises unless the labels of `data` fit a model with `num_classes`.
 
     Checks the labels of an `(x, y)` pair (integer labels in range, shaped
     `(n,)` or `(n, 1)`, or one-hot rows of the model's width) and the class
     count of a `kft.data` dataset; other data is not inspected. Labels
-    out of range are named `labels_name` (default `name[1]`).
+    out of range are named `labels_name` (default `name[1]`). Given a
+    `model` that names its classes (`kft_metadata`), a dataset with class
+    names of its own must name class `i` as the model does.
 
     Example:
     >>> import numpy as np
@@ -129,6 +132,30 @@ def check_data_labels(data, num_classes, name, labels_name=None):
             f"({data.class_names}"
             + (", one-hot rows" if data.label_mode == "categorical" else "")
             + f") but the model outputs {num_classes}.")
+    if isinstance(data, ImageDataset) and model is not None:
+        _check_class_names(data, model, num_classes, name)
+
+
+def _check_class_names(data, model, num_classes, name):
+    # Label i trains the model's column i, which its class names (kept for
+    # `kft.predict`, `kft.export`) call known[i]: a dataset naming its
+    # classes otherwise trained a model that then named predictions wrong.
+    from kft.evaluation._predict import class_difference
+    from kft.evaluation._predict import model_class_names
+
+    known = model_class_names(model, num_classes)
+    names = tuple(str(n) for n in data.class_names)
+    if known is None or data.numbered_classes or names == known[:len(names)]:
+        return
+    raise ValueError(
+        f"Argument `{name}` names its classes otherwise than the model: "
+        "its label i would train the model's class i"
+        + class_difference(known, names)
+        + f". Model classes: {list(known)}. Received: {name} with "
+        f"class_names {list(names)}. Build the model with the data's "
+        "names (`class_names=train.class_names`), or load data of the "
+        "model's classes (kft.data.from_directory sorts class folders by "
+        "name).")
 
 
 def one_hot_labels(data):
@@ -248,9 +275,12 @@ def warn_if_augmentation_unapplied(model, data):
         stacklevel=user_stacklevel())
 
 
-def fit_arguments(model_fit_args, fit_kwargs, num_classes):
+def fit_arguments(model_fit_args, fit_kwargs, num_classes, model=None):
     """`model.fit`'s arguments by name, a kft dataset given as `x` made
-    what a kft model of `num_classes` classes trains on: `class_weight`
+    what a kft model of `num_classes` classes trains on: its classes and
+    a dataset given as `validation_data` checked (`check_data_labels`;
+    Keras took 7 classes into 5 outputs, labels 5 and 6 adding a loss of
+    0), `class_weight`
     (checked as `fine_tune` checks it) put into its batches (Keras
     ignores `fit`'s for a data adapter: the run was silently unweighted),
     `sample_weight` refused (same), and short passes filled
@@ -276,6 +306,9 @@ def fit_arguments(model_fit_args, fit_kwargs, num_classes):
     arguments.pop("self")
     arguments.update(arguments.pop("kwargs", {}))
     data = arguments.get("x")
+    for key in ("x", "validation_data"):
+        if isinstance(arguments.get(key), ImageDataset):
+            check_data_labels(arguments[key], num_classes, key, model=model)
     if not isinstance(data, ImageDataset):
         if isinstance(data, np.ndarray):
             check_finite_images(data, "x")

@@ -220,7 +220,7 @@ def _check_data(model, data):
                 f"per image. Received: {len(x)} images, {len(y)} labels")
     num_classes = classifier_classes(model)
     if num_classes is not None:
-        check_data_labels(data, num_classes, "data")
+        check_data_labels(data, num_classes, "data", model=model)
     return data
 
 

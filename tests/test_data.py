@@ -406,6 +406,39 @@ def test_eval_geometry_matches_keras_eval_transform(tmp_path):
     assert np.abs(ours - theirs).max() < 6
 
 
+def test_train_images_are_cropped_to_the_aspect_ratio_not_stretched(
+        tmp_path):
+    # A 16:9 photo was squashed to the square for training (a circle 0.56
+    # as wide as high) while evaluation and predict center-crop it.
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, 10:30] = (0, 0, 250)  # the centered square is blue
+    wide[:, :10] = wide[:, 30:] = (250, 0, 0)
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        _save(str(tmp_path / name / "wide.png"), wide)
+        _save(str(tmp_path / name / "square.png"),
+              np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3))
+    train = kft.data.from_directory(tmp_path, 8, batch_size=4,
+                                    augmentation="none", shuffle=False,
+                                    validation_split=None).train
+    images = {os.path.basename(path): np.asarray(image, np.uint8)
+              for path, image in zip(train.paths, np.concatenate(
+                  [b[0] for b in train]))}
+    # Red only where the bilinear filter reaches past the box's edge.
+    assert images["wide.png"][..., 0].max() < 40
+    assert images["wide.png"][:, 2:6, 0].max() == 0
+    assert kft.data.load_image(tmp_path / "a" / "wide.png", 8)[
+        ..., 0].max() > 200  # squashed
+    np.testing.assert_array_equal(
+        images["wide.png"],
+        kft.data.load_image(tmp_path / "a" / "wide.png", 8,
+                            geometry="aspect_crop"))
+    # An image of the target's ratio is resized whole, as before.
+    np.testing.assert_array_equal(
+        images["square.png"],
+        kft.data.load_image(tmp_path / "a" / "square.png", 8))
+
+
 ARG_ERRORS = [
     ({"image_size": 0}, "Argument `image_size` must be a positive int"),
     ({"on_bad_file": "ignore"}, "Argument `on_bad_file` must be one of"),

@@ -403,7 +403,8 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
             "Pass download=True to download and prepare it there, or "
             "data_dir= the folder that holds it.") from error
     loader = _TfdsLoader(source, image_key, label_key, image_size,
-                         "squash" if train else "center_crop", crop_fraction)
+                         _images.TRAIN_GEOMETRY if train else "center_crop",
+                         crop_fraction)
 
     read = []
 

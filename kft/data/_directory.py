@@ -96,7 +96,8 @@ class _Settings:
 def _make_dataset(records, skipped, class_names, settings, *, train):
     """One split's `ImageDataset`; train images are augmented, val cropped."""
     loader = FileLoader(
-        settings.image_size, "squash" if train else "center_crop",
+        settings.image_size,
+        _images.TRAIN_GEOMETRY if train else "center_crop",
         settings.crop_fraction, settings.max_pixels, settings.exif_transpose)
     layer = None
     if train:
@@ -160,9 +161,10 @@ def from_directory(path: str | os.PathLike,
     must be at least two. Hidden files and folders (names starting with
     `.`, such as macOS' `._*` AppleDouble files and `.DS_Store`) and
     `__MACOSX` folders are ignored, as are files without an image
-    extension (`Thumbs.db`). Train images are resized to `image_size` and
-    augmented; val images get the eval transform (resize, then center
-    crop of `crop_fraction`).
+    extension (`Thumbs.db`). Train images are resized to `image_size` (a
+    photo of another aspect ratio cropped to its largest centered region
+    of that ratio, not stretched) and augmented; val images get the eval
+    transform (resize, then center crop of `crop_fraction`).
 
     Bad files are handled before training starts: zero-byte, non-image,
     truncated or corrupt, unreadable, missing (a symbolic link whose

@@ -19,7 +19,10 @@ from kft._validation import check_number
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp",
                     ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                     ".pbm", ".pnm")
-Geometry = Literal["squash", "center_crop"]
+Geometry = Literal["squash", "aspect_crop", "center_crop"]
+# The train transform's geometry, before augmentation: never stretched,
+# as the eval transform (`"center_crop"`) is not.
+TRAIN_GEOMETRY = "aspect_crop"
 GEOMETRIES = get_args(Geometry)
 # Pillow refuses images above twice `Image.MAX_IMAGE_PIXELS` as
 # decompression bombs; we use the same limit unless told otherwise.
@@ -230,10 +233,14 @@ def resize_image(image, size, geometry="squash", crop_fraction=0.875,
     """Resizes a Pillow image to `size` = (height, width) as uint8 RGB.
 
     `"squash"` resizes the whole image to `size` (what Keras'
-    `image_dataset_from_directory` does; used before train-time
-    augmentation). `"center_crop"` is the eval transform: the centered
-    region of `crop_fraction` of the shorter side, resized to `size` (the
-    same geometry as `kft.augmentation.eval_transform`).
+    `image_dataset_from_directory` does), stretching a photo of another
+    aspect ratio. `"aspect_crop"` resizes the largest centered region of
+    `size`'s aspect ratio (Keras' `crop_to_aspect_ratio=True`; the whole
+    image when the ratios match): the train transform before
+    augmentation, never stretched, as the eval transform is not.
+    `"center_crop"` is the eval transform: the centered region of
+    `crop_fraction` of the shorter side, resized to `size` (the same
+    geometry as `kft.augmentation.eval_transform`).
 
     With `exif_transpose`, an EXIF orientation tag (how cameras and
     phones mark a photo taken sideways) is applied first with
@@ -249,6 +256,9 @@ def resize_image(image, size, geometry="squash", crop_fraction=0.875,
     box = None
     if geometry == "center_crop":
         box = crop_box(image.width, image.height, size, crop_fraction)
+    elif geometry == "aspect_crop" and image.width * height != (
+            image.height * width):
+        box = crop_box(image.width, image.height, size, 1.0)
     image = image.resize((width, height), Image.BILINEAR, box=box)
     return np.asarray(image, dtype=np.uint8)
 
@@ -267,8 +277,9 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int],
     Args:
         path: Image file.
         size: `(height, width)` of the result, or an int for a square.
-        geometry: `"squash"` or `"center_crop"`, see `resize_image`.
-            Defaults to `"squash"`.
+        geometry: `"squash"`, `"aspect_crop"` (the train transform's)
+            or `"center_crop"` (the eval transform's), see
+            `resize_image`. Defaults to `"squash"`.
         crop_fraction: Center-crop fraction for `"center_crop"`. Defaults
             to `0.875`.
         max_pixels: Larger images raise `ValueError`; `None` for no limit.

@@ -221,6 +221,11 @@ def test_eval_folder_reads_with_the_eval_transform(tmp_path):
     assert list(np.asarray(labels)) == [1, 1, 2, 2]  # b, then a
     with pytest.raises(ValueError, match=r"folders \['b'\] .* not among"):
         kft.runs.load_eval_folder(str(data), ["a", "c"], 8)
+    # Of many classes, the first 20 (300 made a 2,211-character line).
+    many = [f"class{i:03d}" for i in range(300)]
+    with pytest.raises(ValueError, match=r"classes: \['class000', .*"
+                       r"'class019', '... 300 in all'\]\. Evaluate"):
+        kft.runs.load_eval_folder(str(data), many, 8)
 
 
 

@@ -219,7 +219,7 @@ def _inside(fig):
 
 
 @pytest.mark.parametrize("num_classes,name_length", [(2, 40), (3, 60),
-                                                     (120, 40)])
+                                                     (120, 40), (3, 150)])
 def test_long_class_names_stay_inside_the_figure(num_classes, name_length):
     # The names had a fixed 4-inch height (F1) or a size set by the class
     # count alone (confusion matrix): long ones were cut at the edge.
@@ -233,6 +233,14 @@ def test_long_class_names_stay_inside_the_figure(num_classes, name_length):
                 plots.plot_per_class_f1(report)):
         inside, sizes = _inside(fig)
         assert inside, sizes
+        # Names are cut at 40 characters: 150 left the matrix a tenth of
+        # the figure.
+        labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        assert max(map(len, labels)) <= 40
+        if name_length > 40:
+            assert labels[0] == names[0][:39] + "\u2026"
+        width = fig.axes[0].get_position().width
+        assert width > (0.3 if num_classes < 100 else 0.15), width
 
 
 @pytest.mark.parametrize("strategies", [1, 2, 6])

@@ -103,8 +103,10 @@ def data_class_names(data, num_classes, name="data", model=None):
         raise ValueError(
             f"Argument `{name}` has {len(names)} classes but the model has "
             f"{num_classes}: its labels would not name the model's classes. "
-            f"Evaluate data of the model's classes (or a model built for "
-            f"these). Received: {name} with class_names {list(names)}")
+            f"Evaluate data of the model's classes (a folder of some of "
+            f"them: kft.runs.load_eval_folder(path, class_names, "
+            f"image_size) labels it in the model's order), or a model built "
+            f"for these. Received: {name} with class_names {list(names)}")
     known = (getattr(model, "kft_metadata", None) or {}).get("class_names")
     if known is not None and numbered:
         return tuple(str(n) for n in known)  # no names of its own

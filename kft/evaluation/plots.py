@@ -36,16 +36,28 @@ REPORT_PLOTS = ("confusion_matrix", "confusion_matrix_normalized",
                 "per_class_f1", "reliability", "worst_mistakes")
 
 
+# Longer class names are cut to this many characters on an axis: the
+# figure's room for names is capped, and a 150-character name left the
+# confusion matrix a tenth of the figure.
+_LABEL_CHARS = 40
+
+
+def _tick_label(name):
+    name = str(name)
+    return name if len(name) <= _LABEL_CHARS else (
+        name[:_LABEL_CHARS - 1] + "\u2026")
+
+
 def _longest_label(names, max_labels):
     """Characters in the longest tick label shown; a character takes
     about 0.09 inch at the default font size."""
-    return max(len(str(names[i]))
+    return max(len(_tick_label(names[i]))
                for i in _plotting.thin_ticks(len(names), max_labels))
 
 
 def _label_ticks(axis_setter, names, max_labels):
     shown = _plotting.thin_ticks(len(names), max_labels)
-    axis_setter(shown, [str(names[i]) for i in shown])
+    axis_setter(shown, [_tick_label(names[i]) for i in shown])
 
 
 def plot_confusion_matrix(report, *, normalize: bool = False,

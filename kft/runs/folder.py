@@ -169,9 +169,12 @@ def load_eval_folder(path, class_names, image_size, batch_size=32):
     def check_classes(found):  # before any file is read
         extra = sorted(set(found) - set(class_names or found))
         if extra:
+            shown = list(class_names[:20]) + (
+                [f"... {len(class_names)} in all"]
+                if len(class_names) > 20 else [])
             raise ValueError(
                 f"The class folders {extra} of {path!r} are not among the "
-                f"model's classes: {list(class_names)}."
+                f"model's classes: {shown}."
                 + (unicode_form_note(extra, class_names) or
                    " Evaluate folders of the model's classes (a subset is "
                    "fine)."))

@@ -1,5 +1,7 @@
 """kft.predict on files, folders, arrays; from a model, .keras and .onnx."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -223,6 +225,26 @@ def test_pil_image_is_turned_as_its_exif_orientation_says(model, tmp_path):
         from_pil = kft.predict(model, opened, top_k=5)[0]
     assert from_pil.probabilities == kft.predict(model, path,
                                                  top_k=5)[0].probabilities
+    # A model trained on stored pixels (`exif_transpose=False`) is fed
+    # them: predict and the eval folder turned every photo upright.
+    stored = load_image(path, 16, "center_crop", exif_transpose=False)
+    for tta in (None, "multi_crop"):
+        with Image.open(path) as opened:
+            views = make_views("image[0]", opened, (16, 16), tta, 0.875,
+                               None, exif_transpose=False)
+        np.testing.assert_array_equal(views, make_views(
+            path, path, (16, 16), tta, 0.875, None, exif_transpose=False))
+        np.testing.assert_array_equal(views[0], stored)
+    as_stored = kft.predict(model, path, top_k=5, exif_transpose=False)[0]
+    assert as_stored.probabilities == kft.predict(
+        model, stored, top_k=5)[0].probabilities
+    os.makedirs(tmp_path / "folder" / "a")
+    os.replace(path, tmp_path / "folder" / "a" / "sideways.png")
+    for flag, expected in ((True, upright), (False, stored)):
+        folder = kft.runs.load_eval_folder(tmp_path / "folder", ["a", "b"],
+                                           16, exif_transpose=flag)
+        np.testing.assert_array_equal(
+            np.asarray(next(iter(folder))[0][0], np.uint8), expected)
 
 
 def test_model_not_taking_rgb_is_refused_before_any_call(tmp_path):

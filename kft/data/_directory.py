@@ -308,7 +308,7 @@ def from_directory(path: str | os.PathLike,
 
 
 def eval_folder(path, image_size, batch_size=32, *, class_names=None,
-                check_classes=None):
+                check_classes=None, exif_transpose=True):
     """A folder of class folders read whole with the eval transform (as
     `from_directory`'s validation half), bad files skipped and named once
     by their paths in `path`; `check_classes(class names found)` runs
@@ -321,7 +321,8 @@ def eval_folder(path, image_size, batch_size=32, *, class_names=None,
         image_size=image_size, batch_size=batch_size, augmentation="none",
         augment_on="host", label_mode="int", crop_fraction=0.875,
         shuffle=False, seed=0, num_workers=2, check="full",
-        max_pixels=_images.DEFAULT_MAX_PIXELS, exif_transpose=True)
+        max_pixels=_images.DEFAULT_MAX_PIXELS,
+        exif_transpose=exif_transpose)
     found = class_folders(path, None,
                           minimum=2 if class_names is None else 1)
     if check_classes is not None:

@@ -66,12 +66,14 @@ def list_sources(images):
                     f"width, 3), or a list of these. Received: {images!r:.80}")
 
 
-def _open(path, size, max_pixels):
-    """An upright RGB PIL image of `path`, decoded as `kft.data.load_image`
-    decodes it for `size`; errors name the file."""
+def _open(path, size, max_pixels, exif_transpose=True):
+    """An RGB PIL image of `path` (upright with `exif_transpose`), decoded
+    as `kft.data.load_image` decodes it for `size`; errors name the
+    file."""
     try:
         with _images.open_image(path, max_pixels) as image:
-            orientation = _images.exif_orientation(image)
+            orientation = (_images.exif_orientation(image) if exif_transpose
+                           else 1)
             # As `resize_image` decodes: else the center view would differ
             # from the one prediction without TTA uses.
             _images.draft_for(image, size, orientation)
@@ -161,7 +163,8 @@ def _check_pixels(name, array):
     return array
 
 
-def make_views(name, source, size, tta, crop_fraction, max_pixels):
+def make_views(name, source, size, tta, crop_fraction, max_pixels,
+               exif_transpose=True):
     """float32 `(views, height, width, 3)` for one source; the first view
     is the one prediction without `tta` uses."""
     if isinstance(source, np.ndarray) and (source.ndim != 3
@@ -177,15 +180,17 @@ def make_views(name, source, size, tta, crop_fraction, max_pixels):
     elif isinstance(source, str) and tta != "multi_crop":
         try:
             views = [_images.load_image(source, size, "center_crop",
-                                        crop_fraction, max_pixels)]
+                                        crop_fraction, max_pixels,
+                                        exif_transpose)]
         except (OSError, ValueError) as error:
             raise OSError(f"Cannot read image file {source!r}: "
                           f"{_images.describe_error(error)}") from error
     else:
         if isinstance(source, str):
-            image = _open(source, size, max_pixels)
+            image = _open(source, size, max_pixels, exif_transpose)
         elif isinstance(source, Image.Image):
-            image = _images.to_rgb(_upright(source))
+            image = _images.to_rgb(_upright(source) if exif_transpose
+                                   else source)
         else:
             image = _as_pil(name, source, size)
         first = image[0] if isinstance(image, list) else image

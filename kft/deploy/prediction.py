@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from kft._validation import check_bool
 from kft._validation import check_class_names
 from kft._validation import check_int
 from kft._validation import check_number
@@ -159,6 +160,7 @@ def predict(model_or_path, images, *, top_k: int = 5,
             batch_size: int = 32, class_names=None,
             crop_fraction: float = 0.875,
             max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            exif_transpose: bool = True,
             verbose: int = 0) -> list:
     """The top-k classes of each image, with their probabilities.
 
@@ -200,6 +202,10 @@ def predict(model_or_path, images, *, top_k: int = 5,
             `0.875`.
         max_pixels: Larger image files raise. Defaults to Pillow's
             decompression-bomb limit.
+        exif_transpose: Turn files and PIL images upright as their EXIF
+            orientation says; `False` for a model trained on the stored
+            pixels (`kft.data` loaders' `exif_transpose=False`). Defaults
+            to `True`.
         verbose: `1` shows a progress bar over the images (read, predicted)
             as `kft.evaluate` does over batches, `2` one line when done.
             Defaults to `0`.
@@ -239,6 +245,7 @@ def predict(model_or_path, images, *, top_k: int = 5,
         max_pixels = check_int("max_pixels", max_pixels, min_value=1)
     crop_fraction = check_number("crop_fraction", crop_fraction, low=0,
                                  high=1, low_open=True)
+    exif_transpose = check_bool("exif_transpose", exif_transpose)
     if tta is not None and tta not in TTA_MODES:
         fail_argument("tta", f"None or one of {TTA_MODES}", tta)
     class_names = check_class_names(class_names)
@@ -251,7 +258,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
         views = [make_views(name, source, runner.size, tta, crop_fraction,
-                            max_pixels) for name, source in chunk]
+                            max_pixels, exif_transpose)
+                 for name, source in chunk]
         outputs = np.concatenate([runner(v) for v in _batches(
             np.concatenate(views), batch_size)])
         check_width(outputs.shape[-1], "model_or_path")

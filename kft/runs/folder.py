@@ -141,13 +141,16 @@ def linked_dir(links) -> str:
     return root
 
 
-def load_eval_folder(path, class_names, image_size, batch_size=32):
+def load_eval_folder(path, class_names, image_size, batch_size=32,
+                     exif_transpose=True):
     """A labelled folder (`<class>/<images>`) as a `kft.data` dataset with
     the eval transform (resize, center crop), labels in the order of
     `class_names`. Classes without a folder, or without a readable image,
     have no examples (`kft.evaluate` gives them recall 0 and says so).
     Bad files are skipped and reported once
     (`kft.data.SkippedFilesWarning`), named by their paths in `path`.
+    `exif_transpose=False` reads the stored pixels, as for a model trained
+    on data loaded so.
 
     Raises:
         ValueError: a missing folder, no class folder or no readable image,
@@ -182,4 +185,5 @@ def load_eval_folder(path, class_names, image_size, batch_size=32):
     # Straight from `path` (no layout of links): messages name the user's
     # files, each checked once.
     return eval_folder(path, image_size, batch_size,
-                       class_names=class_names, check_classes=check_classes)
+                       class_names=class_names, check_classes=check_classes,
+                       exif_transpose=exif_transpose)

@@ -464,6 +464,22 @@ def test_dann_checks_source_labels_and_keeps_class_names():
                                          r"labels outside \[0, 2\)"):
         model.fit(domain_pairs((xs, ys), xs, batch_size=4), verbose=0,
                   validation_data=(xs, ys + 2))
+    # Datasets naming the classes otherwise (fine_tune refused them).
+    swapped = kft.data.from_arrays(xs, ys, batch_size=4,
+                                   class_names=["b", "a"])
+    pairs = domain_pairs(swapped, xs, batch_size=4)
+    assert pairs.class_names == ("b", "a")
+    with pytest.raises(ValueError, match=r"`source` names its classes "
+                       r"otherwise than the model: .*another order"):
+        model.fit(pairs, verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data` names its "
+                       r"classes otherwise"):
+        model.fit(domain_pairs((xs, ys), xs, batch_size=4), verbose=0,
+                  validation_data=swapped)
+    with pytest.raises(ValueError, match=r"`validation_data` has 3 classes"):
+        model.fit(domain_pairs((xs, ys), xs, batch_size=4), verbose=0,
+                  validation_data=kft.data.from_arrays(
+                      xs, np.arange(8) % 3, batch_size=4))
     # Nothing trained on the refused data.
     for w, s in zip(model.trainable_weights, start):
         np.testing.assert_array_equal(w.numpy(), s)

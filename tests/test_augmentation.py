@@ -66,6 +66,10 @@ def test_presets_round_trip_through_json(preset):
         [type(la) for la in model.layers]
     if preset != "none":  # "none" is an Identity layer, nothing to seed
         assert model.layers[0].get_config()["seed"] == 7
+        # Every layer's seed (Keras' grayscale layer left its out).
+        x = _images()
+        np.testing.assert_array_equal(np.asarray(model(x, training=True)),
+                                      np.asarray(restored(x, training=True)))
 
 
 def test_eval_transform_round_trips_through_json():

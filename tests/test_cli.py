@@ -268,14 +268,26 @@ def test_eval_and_predict_read_images_at_the_models_height_and_width(
     free = tmp_path / "free.keras"
     kft.build_classifier("simple_cnn", 2, weights=None,
                          input_shape=(None, None, 3)).save(free)
-    for argv in (["eval", str(free), str(data), "--out",
-                  str(tmp_path / "free_report")],
-                 ["predict", str(free), str(data / "ant" / "0.png")]):
-        assert _exit_code(argv) == 2
-        assert ("takes images of any height and width (input shape (None, "
-                "None, None, 3)); reading images for it needs a fixed size"
-                in capsys.readouterr().err)
+    assert kft.runs.load_run(free).image_size is None
+    assert _exit_code(["eval", str(free), str(data), "--out",
+                       str(tmp_path / "free_report")]) == 2
+    assert ("takes no images of a fixed size (input shape (None, None, "
+            "None, 3)); reading images for it needs one"
+            in capsys.readouterr().err)
     assert not (tmp_path / "free_report").exists()
+    assert _exit_code(["predict", str(free),
+                       str(data / "ant" / "0.png")]) == 2
+    assert ("must be a model with a static input height and width"
+            in capsys.readouterr().err)
+    # A model of other inputs still exports (load_run read its "size").
+    import keras
+
+    inputs = keras.Input((6,))
+    plain = tmp_path / "plain.keras"
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(plain)
+    assert kft.runs.load_run(plain).image_size is None
+    assert cli.main(["export", str(plain), "--format", "keras", "--out",
+                     str(tmp_path / "out.keras"), "--quiet"]) == 0
 
 
 def test_eval_keeps_an_existing_report_unless_told(run_folder, tmp_path,

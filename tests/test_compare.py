@@ -257,20 +257,35 @@ def test_build_model_returning_one_model_again_is_refused(data, own):
     # the argument check's (named strategies) or the second run's.
     model = _build()
     trained = []
+    strategies = ["feature_extraction", "full"]
+    if own:
+        def train(model, train, val, seed):
+            trained.append(seed)
+            model.weights[0].assign(model.weights[0] + 1.0)
 
-    def train(model, train, val, seed):
-        trained.append(seed)
-
-    strategies = ([{"name": "own", "train": train}] if own
-                  else ["feature_extraction", "full"])
+        strategies = [{"name": "own", "train": train}]
     with pytest.raises(ValueError, match=r"`build_model` must return a new "
-                       r"model at every call; .* returned the model "
-                       r"'kft_simple_cnn' it returned before"):
+                       r"model at every call, or one reset to its first "
+                       r"weights: .* returned the model 'kft_simple_cnn' "
+                       r"again, holding other weights") as info:
         kft.compare_strategies(lambda: model, data.target_train,
                                data.target_val, data.target_test,
                                strategies=strategies, seeds=[0, 1],
                                epochs=2, head_epochs=1, print_fn=None)
+    assert type(info.value) is ValueError
     assert trained == ([0] if own else [])
+    # One model reset to its first weights before each run is fine.
+    first = model.get_weights()
+
+    def reset():
+        model.set_weights(first)
+        return model
+
+    comparison = kft.compare_strategies(
+        reset, data.target_train, data.target_val, data.target_test,
+        strategies=["feature_extraction"], seeds=[0, 1], epochs=1,
+        print_fn=None)
+    assert [run.get("error") for run in comparison.runs] == [None, None]
 
 
 def test_markdown_tables_escape_a_bar_in_names():

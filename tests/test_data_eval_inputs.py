@@ -350,21 +350,37 @@ def test_a_split_folder_beside_class_folders_is_not_a_class(tmp_path):
         "a", "test"]
 
 
-def test_a_test_folder_of_images_is_a_class_of_a_run(tmp_path):
+def test_a_test_folder_of_images_alone_is_refused_by_a_run(tmp_path):
     # `kft train` left `test/` (images, no class folders) out as held-out
-    # data: a third of the classes gone, said only on a line --quiet hid;
-    # `kft compare` failed on it ("No class folders in .../test").
+    # data: a class "test" gone, said only on a line --quiet hid; `kft
+    # compare` failed on it ("No class folders in .../test"). Unlabelled
+    # test images would train as a class if it were read as one.
     from kft.cli._explore import compare_command
     from kft.runs.recipe import held_out_folder
     from kft.runs.recipe import load_folder_data
     from kft.runs.recipe import test_beside_classes
 
     root = _folder(tmp_path / "flat", {"dev": 2, "prod": 2, "Test": 2})
-    assert held_out_folder(root) is None and not test_beside_classes(root)
     config = kft.runs.TrainConfig(data_dir=root, image_size=4,
                                   val_split=None, augment="none")
-    train = load_folder_data(config)[0]
-    assert train.class_names == ["Test", "dev", "prod"]
+    message = (r"Test' holds images but no class folders: a class named "
+               r"'Test', or unlabelled test images\? To train on it as a "
+               r"class, rename it")
+    for call in (held_out_folder, test_beside_classes,
+                 lambda root: load_folder_data(config)):
+        with pytest.raises(ValueError, match=message):
+            call(root)
+    from kft.cli._checks import Usage
+
+    with pytest.raises(Usage, match=message):
+        compare_command(kft.cli._parser.build_parser()[0].parse_args(
+            ["compare", root, "--out", str(tmp_path / "flat_out")]), [])
+    # An empty test/ is no class either: left out.
+    empty = _folder(tmp_path / "empty", {"dev": 2, "prod": 2})
+    os.makedirs(os.path.join(empty, "test", ".ipynb_checkpoints"))
+    assert held_out_folder(empty) is None and test_beside_classes(empty)
+    assert load_folder_data(config.replace(data_dir=empty))[0] \
+        .class_names == ["dev", "prod"]
     # A test/ (any case) of class folders is held out, by both commands.
     _folder(tmp_path / "split" / "TEST", {"dev": 1, "prod": 1})
     root = _folder(tmp_path / "split", {"dev": 2, "prod": 2})

@@ -322,6 +322,31 @@ def test_a_callback_reused_for_a_new_model_freezes_it_at_stage_0():
     assert counts == [2, 2, 2, 2]
 
 
+def test_a_callback_that_resumed_starts_a_new_fit_over(tmp_path):
+    # Reused after it resumed a run, it took the new fit for a resume too
+    # ("resuming at epoch 1 but the optimizer state was not restored").
+    backup = str(tmp_path / "backup")
+
+    def fit(callbacks, epochs=4):
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=SHAPE)
+        model.compile(keras.optimizers.Adam(1e-3), LOSS)
+        return model.fit(X, Y, batch_size=8, epochs=epochs, verbose=0,
+                         callbacks=callbacks).history["unfrozen_blocks"]
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit([GradualUnfreezing(every=1, backup_dir=backup, verbose=0),
+             kft.callbacks.BackupAndRestore(backup), Kill()])
+    callback = GradualUnfreezing(every=1, backup_dir=backup, verbose=0)
+    assert fit([callback, kft.callbacks.BackupAndRestore(backup)]) == [2, 3]
+    assert fit([callback], epochs=2) == [0, 1]
+
+
 def test_a_plateau_callback_reused_for_a_new_fit_starts_over():
     # Kept from the first fit, its plateau unfroze a block in the second
     # one, where the loss improved every epoch (stage_epochs [2, 1]); a

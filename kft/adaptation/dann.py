@@ -38,6 +38,7 @@ from kft.distributed.data_parallel import ChecksEvalBatches
 from kft.distributed.data_parallel import check_data_batches
 from kft.distributed.data_parallel import check_fit_data
 from kft.distributed.data_parallel import check_placement
+from kft.training.fit_data import check_class_names_fit
 from kft.training.fit_data import check_data_labels
 from kft.training.head import split_head
 
@@ -214,6 +215,9 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
             _split_batch(x, y)
         if isinstance(x, DomainPairs):
             check_data_labels((x.xs, x.ys), num_classes, "source")
+            if x.class_names is not None:
+                check_class_names_fit(x.class_names, self, num_classes,
+                                      "source")
             check_data_batches(x, None, name="domain_pairs")
         elif isinstance(x, dict) and y is not None:
             check_data_labels((x.get("source"), np.asarray(y)), num_classes,
@@ -225,6 +229,9 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
         if isinstance(validation, (tuple, list)) and len(validation) == 2:
             check_data_labels(tuple(np.asarray(v) for v in validation),
                               num_classes, "validation_data")
+        elif isinstance(validation, ImageDataset):
+            check_data_labels(validation, num_classes, "validation_data",
+                              model=self)
         callbacks = list(callbacks or [])
         if not any(isinstance(c, _ScheduleProgress) for c in callbacks):
             # Last: after a BackupAndRestore has set the epoch to resume at.
@@ -491,8 +498,11 @@ class DomainPairs(keras.utils.PyDataset):
     """Batches `({"source": xs, "target": xt}, ys)` for
     `DomainAdaptationModel.fit`; see `domain_pairs`."""
 
-    def __init__(self, source, target, batch_size, seed):
+    def __init__(self, source, target, batch_size, seed, class_names=None):
         super().__init__()
+        # The source dataset's own names (`fit` checks them against the
+        # model's), or `None`.
+        self.class_names = class_names
         self.xs, self.ys = source
         self.xt = target
         self.batch_size = batch_size
@@ -563,7 +573,8 @@ def domain_pairs(source, target, *, batch_size: int = 32,
         A `keras.utils.PyDataset` with `len()` steps per epoch.
         `DomainAdaptationModel.fit` checks its labels against the model's
         classes (integers in `[0, num_classes)` or one-hot rows of that
-        width).
+        width) and its `class_names` (a source dataset's own names, else
+        `None`) against the model's names.
 
     Raises:
         ValueError: labelled (`(x, y)`) or empty target, image shapes that
@@ -580,6 +591,11 @@ def domain_pairs(source, target, *, batch_size: int = 32,
     """
     batch_size = check_int("batch_size", batch_size, min_value=2)
     seed = check_int("seed", seed, min_value=0)
+    from kft.data import ImageDataset
+
+    class_names = (tuple(source.class_names)
+                   if isinstance(source, ImageDataset)
+                   and not source.numbered_classes else None)
     source = dataset_arrays(source) or source
     if not isinstance(source, (tuple, list)) or len(source) != 2:
         fail_argument("source", "a labelled (x, y) pair of arrays or a "
@@ -605,4 +621,4 @@ def domain_pairs(source, target, *, batch_size: int = 32,
         raise ValueError(
             f"Argument `source` has {len(xs)} images, fewer than "
             f"batch_size={batch_size}: no full batch to train on.")
-    return DomainPairs((xs, ys), xt, batch_size, seed)
+    return DomainPairs((xs, ys), xt, batch_size, seed, class_names)

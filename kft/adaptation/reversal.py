@@ -50,8 +50,8 @@ def reverse_gradient(x, lambda_):
     `stop_gradient(x) + (-lambda_) * (x - stop_gradient(x))`: the second
     term is exactly 0 forward (for finite `x`; an infinite `x` is passed
     as it is, where `inf - inf` would give NaN), so the output equals `x`
-    bit for bit, and its derivative is `-lambda_`. No gradient flows into
-    `lambda_`.
+    bit for bit, and its derivative is `-lambda_` (0 at an infinite `x`).
+    No gradient flows into `lambda_`.
 
     Example:
     >>> import jax, jax.numpy as jnp

@@ -212,6 +212,11 @@ class RandomGrayscale(_NotTracedDirectly, _DrawsOnlyInTraining,
     (2, 4, 4, 3)
     """
 
+    def get_config(self):
+        # Keras' leaves the seed out: a saved preset drew unseeded after
+        # loading.
+        return {**super().get_config(), "seed": self.seed}
+
 
 @keras.saving.register_keras_serializable(package="kft")
 class Equalization(_compat.equalization_layer_base()):

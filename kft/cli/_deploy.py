@@ -32,6 +32,7 @@ def eval_command(args, argv):
                      f"({', '.join(kept)}); pass --overwrite to replace it, "
                      "or another --out")
     start_library(models=True)
+    from kft.runs.folder import image_size_for
     from kft.runs.folder import load_eval_folder
     from kft.runs.folder import load_run
     from kft.runs.report import write_evaluation
@@ -39,7 +40,8 @@ def eval_command(args, argv):
     try:
         run = load_run(args.run)
         data = load_eval_folder(args.data_dir, run.class_names,
-                                run.image_size, batch_size=args.batch_size)
+                                image_size_for(run.model, run.model_path),
+                                batch_size=args.batch_size)
     except ValueError as error:
         raise Usage(str(error)) from error
     make_out_folder(out, flag)

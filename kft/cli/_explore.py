@@ -119,7 +119,10 @@ def compare_command(args, argv):
     if test_dir is None:
         from kft.runs.recipe import held_out_folder
 
-        test_dir = held_out_folder(args.data_dir)
+        try:
+            test_dir = held_out_folder(args.data_dir)
+        except ValueError as error:
+            raise Usage(str(error)) from error
     if test_dir is not None and not os.path.isdir(test_dir):
         raise Usage(f"--test-dir {test_dir!r} does not exist")
     out = args.out or os.path.join("runs", "compare-" + os.path.basename(

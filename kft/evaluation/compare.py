@@ -8,6 +8,7 @@ confidence intervals and paired tests (`kft.evaluation.comparison`).
 """
 
 import gc
+import hashlib
 import inspect
 import os
 import threading
@@ -37,9 +38,17 @@ class _ModelReturnedAgain(ValueError):
     """Stops the comparison (not one run's recorded error)."""
 
 
+def _weights_digest(model):
+    digest = hashlib.blake2b(digest_size=16)
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(variable.value).tobytes())
+    return digest.digest()
+
+
 def _build(build_model, seed, built):
     """A fresh model from `build_model()` or `build_model(seed)`; `built`
-    (a `WeakSet`) holds the models built so far."""
+    (a `WeakKeyDictionary`) maps each model built so far to a digest of
+    the weights it was returned with."""
     try:
         parameters = [p for p in inspect.signature(build_model).parameters
                       .values() if p.kind in (p.POSITIONAL_ONLY,
@@ -51,15 +60,18 @@ def _build(build_model, seed, built):
         fail_argument("build_model", "a function returning a keras.Model",
                       f"{build_model!r} returning {type(model).__name__}",
                       TypeError)
-    if model in built:
-        # Each run would start from the weights the run before it trained.
+    digest = _weights_digest(model)
+    if built.get(model, digest) != digest:
+        # The run would start from the weights the run before it trained.
         raise _ModelReturnedAgain(
-            f"`build_model` must return a new model at every call; "
-            f"{build_model!r} returned the model {model.name!r} it "
-            "returned before. Build the model inside the function (e.g. "
-            "`kft.build_classifier(...)`, or `keras.models.clone_model` "
-            "plus `set_weights` of your pretrained model).")
-    built.add(model)
+            f"`build_model` must return a new model at every call, or one "
+            f"reset to its first weights: {build_model!r} returned the "
+            f"model {model.name!r} again, holding other weights than when "
+            "it first returned it (those the last run trained). Build the "
+            "model inside the function (e.g. `kft.build_classifier(...)`),"
+            " or reset it before returning it (`model.set_weights("
+            "pretrained)`).")
+    built.setdefault(model, digest)
     return model
 
 
@@ -296,8 +308,9 @@ def compare_strategies(
     Args:
         build_model: Returns a fresh `keras.Model` holding the pretrained
             weights: a function of no arguments, or of one (the seed). A
-            model it returned before is refused (each run would start
-            from the weights the last run trained).
+            model it returned before must be reset to the weights it had
+            then (else that run would start from the weights the last run
+            trained: refused).
         train: Training data in any form `kft.fine_tune` takes.
         val: Validation data (picks the best epoch), or `None`.
         test: Held-out labelled data: arrays `(x, y)` or a dataset of
@@ -382,7 +395,7 @@ def compare_strategies(
               "batch_size": check_int("batch_size", batch_size, min_value=1),
               "fine_tune_kwargs": {**fine_tune_kwargs,
                                    "batch_size": batch_size}}
-    built = weakref.WeakSet()
+    built = weakref.WeakKeyDictionary()
     _check_runs(build_model, parsed, seeds[0], (train, val, test), budget,
                 built)
     say = print_fn or (lambda *args: None)
@@ -438,8 +451,8 @@ class ComparisonInterrupted(KeyboardInterrupt):
 def _recorded_run(build_model, strategy, seed, data, budget, built):
     try:
         return _one_run(build_model, strategy, seed, data, budget, built)
-    except _ModelReturnedAgain:
-        raise
+    except _ModelReturnedAgain as error:
+        raise ValueError(str(error)) from None  # not a run's error
     except Exception as error:  # noqa: BLE001 - recorded, go on
         # A run that diverges (or a training function that raises) is a
         # result: the other runs still count.

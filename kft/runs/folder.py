@@ -22,7 +22,8 @@ class LoadedRun:
         class_names: Class names in label order (`None` if unknown).
         image_size: Input side in pixels, or `(height, width)` for a
             model whose input is not square (as `kft.data` loaders take
-            it).
+            it); `None` for a model without a fixed-size image input
+            (`image_size_for` says why).
         path: The run folder, or the model file.
         model_path: The `.keras` file.
     """
@@ -45,9 +46,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     of it name the classes.
 
     Raises:
-        ValueError: `path` is neither, the run has no model yet, or the
-            model takes images of any size (no fixed height and width to
-            read images at).
+        ValueError: `path` is neither, or the run has no model yet.
 
     Example:
     >>> import os, tempfile, kft
@@ -93,22 +92,27 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     if meta or own or class_names is not None:
         # `kft.export` / `kft.predict` of the loaded model read them there.
         model.kft_metadata = {**own, **meta, "class_names": class_names}
+    image_size = None
+    try:
+        image_size = image_size_for(model, model_path)
+    except ValueError:
+        pass  # exporting it needs none; reading images for it raises
     return LoadedRun(model=model, class_names=class_names,
-                     image_size=_image_size(model, model_path), path=path,
-                     model_path=model_path)
+                     image_size=image_size, path=path, model_path=model_path)
 
 
-def _image_size(model, model_path):
-    """The side of a square input, else `(height, width)`: the height
-    alone read a 24x40 model's images at 24x24."""
+def image_size_for(model, model_path):
+    """The side of `model`'s square image input, else `(height, width)`
+    (the height alone read a 24x40 model's images at 24x24); raises
+    `ValueError` for an input of any size or not an image."""
     shape = tuple(model.inputs[0].shape)
-    height, width = shape[1:3]
-    if height is None or width is None:
+    if len(shape) != 4 or None in shape[1:3]:
         raise ValueError(
-            f"{model_path!r} takes images of any height and width (input "
-            f"shape {shape}); reading images for it needs a fixed size: "
-            "build the model with input_shape=(height, width, 3).")
-    return int(height) if height == width else (int(height), int(width))
+            f"{model_path!r} takes no images of a fixed size (input shape "
+            f"{shape}); reading images for it needs one: build the model "
+            "with input_shape=(height, width, 3).")
+    height, width = (int(v) for v in shape[1:3])
+    return height if height == width else (height, width)
 
 
 def layout_dir(train_dir, val_dir) -> str:

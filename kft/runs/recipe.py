@@ -7,6 +7,7 @@ import os
 from kft._validation import fail_argument
 from kft.data._files import TEST_FOLDER
 from kft.data._files import holds_folders
+from kft.data._files import list_images
 from kft.data._files import split_folder
 from kft.data._files import train_folder
 from kft.runs.config import TrainConfig
@@ -15,18 +16,36 @@ from kft.runs.resolve import METRICS
 
 def held_out_folder(data_dir):
     """The `test/` folder (any case) of `data_dir` when it holds class
-    folders: held-out images, not a class; else `None`. A `test/` of
-    images alone is a class (as `train/` is beside other classes): `kft
-    train` left such a class out of training."""
+    folders (held-out images), else `None`.
+
+    Raises `ValueError` for a `test/` of images without class folders: a
+    class named "test", or unlabelled test images? `kft train` took it
+    for held-out data and trained without that class (said on a line
+    `--quiet` hid); read as a class, unlabelled images would train as
+    one. The message names both readings and what to do for each.
+    """
     test = split_folder(data_dir, (TEST_FOLDER,))
-    return test if test is not None and holds_folders(test) else None
+    if test is None or holds_folders(test):
+        return test
+    if list_images(test):
+        raise ValueError(
+            f"{test!r} holds images but no class folders: a class named "
+            f"{os.path.basename(test)!r}, or unlabelled test images? To "
+            "train on it as a class, rename it (a test/ split holds "
+            "<class>/ folders); for test images, sort them into <class>/ "
+            f"folders there or move them out of {data_dir!r}.")
+    return None  # empty: neither a class nor held-out data
 
 
 def test_beside_classes(data_dir) -> bool:
-    """Whether `data_dir` holds `<class>/` folders and a `test/` split
-    (`held_out_folder`; `load_folder_data` leaves it out)."""
-    return (train_folder(data_dir) is None
-            and held_out_folder(data_dir) is not None)
+    """Whether `data_dir` holds `<class>/` folders and a `test/` folder,
+    which `load_folder_data` leaves out: held-out data, or empty (one of
+    images alone raises, see `held_out_folder`)."""
+    if train_folder(data_dir) is not None or split_folder(
+            data_dir, (TEST_FOLDER,)) is None:
+        return False
+    held_out_folder(data_dir)
+    return True
 
 
 def _classes_without_test(data_dir):

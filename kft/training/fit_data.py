@@ -132,11 +132,15 @@ def check_data_labels(data, num_classes, name, labels_name=None,
             f"({data.class_names}"
             + (", one-hot rows" if data.label_mode == "categorical" else "")
             + f") but the model outputs {num_classes}.")
-    if isinstance(data, ImageDataset) and model is not None:
-        _check_class_names(data, model, num_classes, name)
+    if (isinstance(data, ImageDataset) and model is not None
+            and not data.numbered_classes):
+        check_class_names_fit(data.class_names, model, num_classes, name)
 
 
-def _check_class_names(data, model, num_classes, name):
+def check_class_names_fit(names, model, num_classes, name):
+    """Raises unless data whose classes are `names` (label order) name
+    class `i` as `model` names its column `i` (when it names them,
+    `kft_metadata`): the first `len(names)` of the model's names."""
     # Label i trains the model's column i, which its class names (kept for
     # `kft.predict`, `kft.export`) call known[i]: a dataset naming its
     # classes otherwise trained a model that then named predictions wrong.
@@ -144,8 +148,8 @@ def _check_class_names(data, model, num_classes, name):
     from kft.evaluation._predict import model_class_names
 
     known = model_class_names(model, num_classes)
-    names = tuple(str(n) for n in data.class_names)
-    if known is None or data.numbered_classes or names == known[:len(names)]:
+    names = tuple(str(n) for n in names)
+    if known is None or names == known[:len(names)]:
         return
     raise ValueError(
         f"Argument `{name}` names its classes otherwise than the model: "

@@ -316,6 +316,11 @@ class GradualUnfreezing(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._checked_resume = False
 
+    def on_train_end(self, logs=None):
+        # A restoring fit that ran no epoch (its checkpoint after the
+        # last): the next fit from epoch 0 is a new run all the same.
+        self._restored_for_fit = False
+
     def on_epoch_begin(self, epoch, logs=None):
         if not self._checked_resume:
             self._checked_resume = True
@@ -330,6 +335,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 # resume) goes on.
                 self.schedule.reset()
                 self._stage = None
+                self._resumed_from = None  # not a resume: nothing restored
             self._restored_for_fit = False
             self._check_optimizer_restored(epoch)
         stage = self.stage_at(epoch)

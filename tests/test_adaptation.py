@@ -305,6 +305,21 @@ def test_dann_model_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_clone_model_of_a_dann_model_is_refused_with_the_recipe():
+    # It returned a plain Functional classifier without a word: the
+    # discriminator, the domain step and the class names dropped.
+    clf = kft.build_classifier("simple_cnn", 3, weights=None,
+                               input_shape=(16, 16, 3))
+    model = kft.DomainAdaptationModel(clf, hidden_units=(4,))
+    with pytest.raises(TypeError, match=r"keras.models.clone_model cannot "
+                       r"pass it\. Clone it with clone = "
+                       r"kft.DomainAdaptationModel.from_config"):
+        keras.models.clone_model(model)
+    clone = kft.DomainAdaptationModel.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    assert clone.count_params() == model.count_params()
+
+
 def test_domain_pairs_reads_image_datasets():
     x = np.arange(6 * 4 * 4 * 3, dtype="float32").reshape(6, 4, 4, 3) % 255
     y = np.array([0, 1, 0, 1, 0, 1])

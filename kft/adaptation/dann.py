@@ -131,12 +131,24 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
     `model.fit(pairs, epochs=...)` trains it (see `domain_pairs`).
     """
 
-    def __init__(self, classifier=None, *, method: str = "dann",
+    def __init__(self, classifier=None, *args, method: str = "dann",
                  weight: float = 1.0, gamma: float | None = 10.0,
                  max_lambda: float = 1.0,
                  hidden_units: int | tuple = (1024, 1024),
                  seed: int = 0, adversary: str = "confusion",
                  discriminator=None, **kwargs):
+        if args:
+            # `keras.models.clone_model` passes (inputs, outputs) to a
+            # functional-like constructor (`*args` makes this one so);
+            # otherwise it made a plain Functional classifier without a
+            # word, the discriminator and domain step dropped.
+            raise TypeError(
+                "A DomainAdaptationModel is built from its classifier "
+                "(DomainAdaptationModel(classifier, ...)); "
+                "keras.models.clone_model cannot pass it. Clone it with "
+                "clone = kft.DomainAdaptationModel.from_config("
+                "model.get_config()) (then clone.set_weights("
+                "model.get_weights()) for the weights).")
         if isinstance(classifier, dict):  # from_config
             classifier = keras.saving.deserialize_keras_object(classifier)
         if not isinstance(classifier, keras.Model) or not getattr(

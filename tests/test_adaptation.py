@@ -318,6 +318,9 @@ def test_clone_model_of_a_dann_model_is_refused_with_the_recipe():
     clone = kft.DomainAdaptationModel.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     assert clone.count_params() == model.count_params()
+    with pytest.raises(TypeError, match=r"takes one positional argument, "
+                       r"the classifier; pass the others by name"):
+        kft.DomainAdaptationModel(clf, "mmd")
 
 
 def test_domain_pairs_reads_image_datasets():

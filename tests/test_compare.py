@@ -250,42 +250,36 @@ def test_a_built_model_is_refused_as_build_model(data):
                                data.target_test, print_fn=None)
 
 
-@pytest.mark.parametrize("own", [False, True])
-def test_build_model_returning_one_model_again_is_refused(data, own):
-    # Each run started from the weights the run before it trained, and
-    # the paired statistics compared nothing. Refused at the second build:
-    # the argument check's (named strategies) or the second run's.
+@pytest.mark.parametrize("reset", [False, True])
+def test_build_model_returning_one_model_again_is_refused(data, reset):
+    # Each run started from the weights the run before it trained (reset
+    # or not: also its trainable flags and dropout's generator state),
+    # and the paired statistics compared nothing. Refused before any run
+    # trains, also for a training function's strategy.
     model = _build()
-    trained = []
-    strategies = ["feature_extraction", "full"]
-    if own:
-        def train(model, train, val, seed):
-            trained.append(seed)
-            model.weights[0].assign(model.weights[0] + 1.0)
-
-        strategies = [{"name": "own", "train": train}]
-    with pytest.raises(ValueError, match=r"`build_model` must return a new "
-                       r"model at every call, or one reset to its first "
-                       r"weights: .* returned the model 'kft_simple_cnn' "
-                       r"again, holding other weights") as info:
-        kft.compare_strategies(lambda: model, data.target_train,
-                               data.target_val, data.target_test,
-                               strategies=strategies, seeds=[0, 1],
-                               epochs=2, head_epochs=1, print_fn=None)
-    assert type(info.value) is ValueError
-    assert trained == ([0] if own else [])
-    # One model reset to its first weights before each run is fine.
     first = model.get_weights()
+    trained = []
 
-    def reset():
-        model.set_weights(first)
+    def build(seed):
+        if reset:
+            model.set_weights(first)
         return model
 
-    comparison = kft.compare_strategies(
-        reset, data.target_train, data.target_val, data.target_test,
-        strategies=["feature_extraction"], seeds=[0, 1], epochs=1,
-        print_fn=None)
-    assert [run.get("error") for run in comparison.runs] == [None, None]
+    def train(model, train, val, seed):
+        trained.append(seed)
+
+    for strategies in (["feature_extraction", "full"],
+                       [{"name": "own", "train": train}]):
+        with pytest.raises(ValueError, match=r"`build_model` must return a "
+                           r"new model at every call: .* returned the model "
+                           r"'kft_simple_cnn' again, which carries the last "
+                           r"run's trainable flags") as info:
+            kft.compare_strategies(build, data.target_train,
+                                   data.target_val, data.target_test,
+                                   strategies=strategies, seeds=[0, 1],
+                                   epochs=2, head_epochs=1, print_fn=None)
+        assert type(info.value) is ValueError
+    assert trained == []
 
 
 def test_markdown_tables_escape_a_bar_in_names():

@@ -437,6 +437,14 @@ def test_train_images_are_cropped_to_the_aspect_ratio_not_stretched(
     np.testing.assert_array_equal(
         images["square.png"],
         kft.data.load_image(tmp_path / "a" / "square.png", 8))
+    # Also a JPEG whose reduced decode rounds the ratio off (405x243 at
+    # 1/8: 51x31), where a sliver was cropped.
+    path = str(tmp_path / "ratio.jpg")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (243, 405, 3), np.uint8)).save(path)
+    np.testing.assert_array_equal(
+        kft.data.load_image(path, (24, 40), geometry="aspect_crop"),
+        kft.data.load_image(path, (24, 40)))
 
 
 ARG_ERRORS = [

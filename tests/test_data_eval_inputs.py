@@ -375,6 +375,14 @@ def test_a_test_folder_of_images_alone_is_refused_by_a_run(tmp_path):
     with pytest.raises(Usage, match=message):
         compare_command(kft.cli._parser.build_parser()[0].parse_args(
             ["compare", root, "--out", str(tmp_path / "flat_out")]), [])
+    # In a train/ layout a test/ of images is unlabelled data, no class:
+    # neither refused nor held out (kft compare scores on val/).
+    split = _folder(tmp_path / "kaggle" / "train", {"dev": 2, "prod": 2})
+    _folder(tmp_path / "kaggle" / "val", {"dev": 1, "prod": 1})
+    _folder(tmp_path / "kaggle", {"test": 2})
+    root_split = os.path.dirname(split)
+    assert held_out_folder(root_split) is None
+    assert not test_beside_classes(root_split)
     # An empty test/ is no class either: left out.
     empty = _folder(tmp_path / "empty", {"dev": 2, "prod": 2})
     os.makedirs(os.path.join(empty, "test", ".ipynb_checkpoints"))

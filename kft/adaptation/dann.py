@@ -137,6 +137,12 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
                  hidden_units: int | tuple = (1024, 1024),
                  seed: int = 0, adversary: str = "confusion",
                  discriminator=None, **kwargs):
+        if args and isinstance(classifier, keras.Model):
+            raise TypeError(
+                "DomainAdaptationModel takes one positional argument, the "
+                "classifier; pass the others by name (method=..., "
+                f"weight=...). Received: {len(args) + 1} positional "
+                "arguments")
         if args:
             # `keras.models.clone_model` passes (inputs, outputs) to a
             # functional-like constructor (`*args` makes this one so);

@@ -249,6 +249,10 @@ def resize_image(image, size, geometry="squash", crop_fraction=0.875,
     """
     height, width = size
     orientation = exif_orientation(image) if exif_transpose else 1
+    # The upright ratio before a reduced JPEG decode, whose rounding
+    # (405x243 -> 51x31) broke an exact ratio: a sliver was cropped.
+    upright = image.size[::-1] if orientation >= 5 else image.size
+    same_ratio = upright[0] * height == upright[1] * width
     draft_for(image, size, orientation)
     if orientation != 1:
         image = ImageOps.exif_transpose(image)
@@ -256,8 +260,7 @@ def resize_image(image, size, geometry="squash", crop_fraction=0.875,
     box = None
     if geometry == "center_crop":
         box = crop_box(image.width, image.height, size, crop_fraction)
-    elif geometry == "aspect_crop" and image.width * height != (
-            image.height * width):
+    elif geometry == "aspect_crop" and not same_ratio:
         box = crop_box(image.width, image.height, size, 1.0)
     image = image.resize((width, height), Image.BILINEAR, box=box)
     return np.asarray(image, dtype=np.uint8)

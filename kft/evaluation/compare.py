@@ -8,7 +8,6 @@ confidence intervals and paired tests (`kft.evaluation.comparison`).
 """
 
 import gc
-import hashlib
 import inspect
 import os
 import threading
@@ -38,17 +37,9 @@ class _ModelReturnedAgain(ValueError):
     """Stops the comparison (not one run's recorded error)."""
 
 
-def _weights_digest(model):
-    digest = hashlib.blake2b(digest_size=16)
-    for variable in model.weights:
-        digest.update(np.ascontiguousarray(variable.value).tobytes())
-    return digest.digest()
-
-
 def _build(build_model, seed, built):
     """A fresh model from `build_model()` or `build_model(seed)`; `built`
-    (a `WeakKeyDictionary`) maps each model built so far to a digest of
-    the weights it was returned with."""
+    (a `WeakSet`) holds the models built so far."""
     try:
         parameters = [p for p in inspect.signature(build_model).parameters
                       .values() if p.kind in (p.POSITIONAL_ONLY,
@@ -60,18 +51,19 @@ def _build(build_model, seed, built):
         fail_argument("build_model", "a function returning a keras.Model",
                       f"{build_model!r} returning {type(model).__name__}",
                       TypeError)
-    digest = _weights_digest(model)
-    if built.get(model, digest) != digest:
-        # The run would start from the weights the run before it trained.
+    if model in built:
+        # Its weights (unless reset), trainable flags, compile and random
+        # generators' states go from one run to the next: the run would
+        # not start where the others do, nor pair with them by seed.
         raise _ModelReturnedAgain(
-            f"`build_model` must return a new model at every call, or one "
-            f"reset to its first weights: {build_model!r} returned the "
-            f"model {model.name!r} again, holding other weights than when "
-            "it first returned it (those the last run trained). Build the "
-            "model inside the function (e.g. `kft.build_classifier(...)`),"
-            " or reset it before returning it (`model.set_weights("
-            "pretrained)`).")
-    built.setdefault(model, digest)
+            f"`build_model` must return a new model at every call: "
+            f"{build_model!r} returned the model {model.name!r} again, "
+            "which carries the last run's trainable flags and random "
+            "generators' states (and its trained weights unless reset). "
+            "Build the model inside the function (e.g. "
+            "`kft.build_classifier(...)`, or `keras.models.clone_model("
+            "pretrained)` then `.set_weights(pretrained.get_weights())`).")
+    built.add(model)
     return model
 
 
@@ -213,18 +205,21 @@ def _fine_tune_arguments(overrides, budget):
             "verbose": 0}
 
 
-def _check_runs(build_model, parsed, seed, data, budget, built):
-    """`fine_tune`'s own checks of every strategy's arguments (blocks the
-    model has, keywords it takes, arguments the strategy reads) on one
-    model, before any run trains."""
+def _check_runs(build_model, parsed, seeds, data, budget, built):
+    """Before any run trains: `build_model` returns a new model at each
+    call (two calls, of the first two seeds), and `fine_tune`'s own checks
+    of every strategy's arguments (blocks the model has, keywords it
+    takes, arguments the strategy reads) pass on one model."""
     from kft.training.fine_tune import check_fine_tune_arguments
 
+    try:
+        model = _build(build_model, seeds[0], built)
+        _build(build_model, seeds[min(1, len(seeds) - 1)], built)
+    except _ModelReturnedAgain as error:
+        raise ValueError(str(error)) from None
     specs = [(label, overrides) for label, overrides, train_fn in parsed
              if train_fn is None]
-    if not specs:
-        return
     train, val, _ = data
-    model = _build(build_model, seed, built)
     for label, overrides in specs:
         try:
             check_fine_tune_arguments(model, train, val,
@@ -308,9 +303,9 @@ def compare_strategies(
     Args:
         build_model: Returns a fresh `keras.Model` holding the pretrained
             weights: a function of no arguments, or of one (the seed). A
-            model it returned before must be reset to the weights it had
-            then (else that run would start from the weights the last run
-            trained: refused).
+            model it returned before is refused (it carries the last
+            run's trainable flags, random generators' states and trained
+            weights); checked with two calls before any run trains.
         train: Training data in any form `kft.fine_tune` takes.
         val: Validation data (picks the best epoch), or `None`.
         test: Held-out labelled data: arrays `(x, y)` or a dataset of
@@ -395,8 +390,8 @@ def compare_strategies(
               "batch_size": check_int("batch_size", batch_size, min_value=1),
               "fine_tune_kwargs": {**fine_tune_kwargs,
                                    "batch_size": batch_size}}
-    built = weakref.WeakKeyDictionary()
-    _check_runs(build_model, parsed, seeds[0], (train, val, test), budget,
+    built = weakref.WeakSet()
+    _check_runs(build_model, parsed, seeds, (train, val, test), budget,
                 built)
     say = print_fn or (lambda *args: None)
     runs, total = [], len(parsed) * len(seeds)

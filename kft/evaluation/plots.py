@@ -43,9 +43,14 @@ _LABEL_CHARS = 40
 
 
 def _tick_label(name):
+    """`name`, or its start and end around an ellipsis: names sharing a
+    long start (a taxonomy's "Animalia Chordata ... Felis catus") stay
+    apart."""
     name = str(name)
-    return name if len(name) <= _LABEL_CHARS else (
-        name[:_LABEL_CHARS - 1] + "\u2026")
+    if len(name) <= _LABEL_CHARS:
+        return name
+    end = (_LABEL_CHARS - 1) // 2
+    return name[:_LABEL_CHARS - 1 - end] + "\u2026" + name[-end:]
 
 
 def _longest_label(names, max_labels):

@@ -18,8 +18,9 @@ def held_out_folder(data_dir):
     """The `test/` folder (any case) of `data_dir` when it holds class
     folders (held-out images), else `None`.
 
-    Raises `ValueError` for a `test/` of images without class folders: a
-    class named "test", or unlabelled test images? `kft train` took it
+    Raises `ValueError` for a `test/` of images without class folders
+    beside class folders (in a `train/` layout it is unlabelled data, no
+    class: `None`): a class named "test", or unlabelled test images? `kft train` took it
     for held-out data and trained without that class (said on a line
     `--quiet` hid); read as a class, unlabelled images would train as
     one. The message names both readings and what to do for each.
@@ -27,14 +28,15 @@ def held_out_folder(data_dir):
     test = split_folder(data_dir, (TEST_FOLDER,))
     if test is None or holds_folders(test):
         return test
-    if list_images(test):
+    if train_folder(data_dir) is None and list_images(test):
+        # Beside class folders (a train/ split makes it no class).
         raise ValueError(
             f"{test!r} holds images but no class folders: a class named "
             f"{os.path.basename(test)!r}, or unlabelled test images? To "
             "train on it as a class, rename it (a test/ split holds "
             "<class>/ folders); for test images, sort them into <class>/ "
             f"folders there or move them out of {data_dir!r}.")
-    return None  # empty: neither a class nor held-out data
+    return None  # unlabelled or empty: neither a class nor held-out data
 
 
 def test_beside_classes(data_dir) -> bool:

@@ -31,6 +31,7 @@ import os
 import sys
 
 from kft._compat import check_keras_version
+from kft._compat import keep_interrupts
 from kft._config import apply_cpu_xla_flags
 from kft._config import enable_compilation_cache
 from kft._config import ensure_jax_backend
@@ -180,6 +181,7 @@ def _run_as_command():
 if not _run_as_command():
     enable_compilation_cache()
     release_heap_after_compiles()
+    keep_interrupts()
     # Importing every module registers kft's Keras classes, so
     # `keras.models.load_model` finds them right after `import kft`. The
     # `kft` command loads modules on first use instead (`__getattr__`).

@@ -849,6 +849,39 @@ def _refill(model, state):
     return complete
 
 
+def _pythonify_logs(logs):
+    """Keras' `pythonify_logs` (3.15), with `except Exception` for its
+    bare `except`: waiting on a step's result is where a Ctrl-C lands,
+    and the bare one swallowed the `KeyboardInterrupt` (training went on;
+    `kft train` never said "continue with --resume")."""
+    from keras.src import backend
+
+    result = {}
+    for key, value in sorted((logs or {}).items()):
+        if isinstance(value, dict):
+            result.update(_pythonify_logs(value))
+            continue
+        try:
+            if backend.is_tensor(value):
+                value = backend.convert_to_numpy(value)
+            value = float(value)
+        except Exception:  # noqa: BLE001 - Keras keeps such values as is
+            pass
+        result[key] = value
+    return result
+
+
+def keep_interrupts():
+    """Makes Keras' log conversion let Ctrl-C through (`_pythonify_logs`):
+    in its module, where callback lists call it, and in the JAX trainer,
+    which imported it by name."""
+    from keras.src.backend.jax import trainer
+    from keras.src.utils import python_utils
+
+    python_utils.pythonify_logs = _pythonify_logs
+    trainer.pythonify_logs = _pythonify_logs
+
+
 class KeepsStateOnError:
     """A `keras.Model` mixin: a train, test or predict step that raises
     leaves the model's weights as they were before it.

@@ -54,11 +54,25 @@ def folder(tmp_path_factory):
     return _write_folder(tmp_path_factory.mktemp("images"))
 
 
+# The files `run`'s `kft train` saved models to (names).
+RUN_SAVES = []
+
+
 @pytest.fixture(scope="module")
 def run(folder, tmp_path_factory):
+    import keras
+
     out = str(tmp_path_factory.mktemp("runs") / "partial")
-    code = cli.main(["train", folder, *TINY, "--strategy", "partial",
-                     "--epochs", "1", "--out", out, "--quiet"])
+    save = keras.Model.save
+
+    def spy(model, filepath, *args, **kwargs):
+        RUN_SAVES.append(os.path.basename(str(filepath)))
+        return save(model, filepath, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.Model, "save", spy)
+        code = cli.main(["train", folder, *TINY, "--strategy", "partial",
+                         "--epochs", "1", "--out", out, "--quiet"])
     assert code == 0
     return out
 
@@ -70,6 +84,11 @@ def test_train_writes_the_run_folder(run, folder):
             "evaluation.md", "summary.md", "learning_curves.png",
             "confusion_matrix.png"} <= names
     assert "checkpoints" not in names  # removed once complete
+    # model.keras was saved beside, then moved over: a kill or a reader
+    # during the save saw a truncated file (107 bytes, "corrupt").
+    assert len(RUN_SAVES) == 1 and RUN_SAVES[0].startswith(".model.")
+    assert RUN_SAVES[0].endswith(".tmp.keras")
+    assert not [name for name in names if name.startswith(".")]
     with open(os.path.join(run, "config.toml"), "rb") as f:
         config = tomllib.load(f)
     assert config["backbone"] == "simple_cnn"

@@ -280,3 +280,26 @@ def test_unreadable_files_are_named_with_their_reason(model, tmp_path, tta):
     with pytest.raises(OSError, match=r"too large: 40x40 pixels is above "
                        r"max_pixels=100$"):
         kft.predict(model, [path], tta=tta, max_pixels=100)
+
+
+def test_threads_predicting_with_one_model_take_turns(model):
+    # Keras' JAX predict and evaluate loops empty the model's variables
+    # while they run: 11 of 12 calls from 4 threads raised "'NoneType'
+    # object is not callable" and the model was broken for good.
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3),
+                                               np.uint8)
+    want = [p.probabilities for p in kft.predict(model, images, top_k=3)]
+    x = images.astype("float32")
+    y = np.arange(6) % 3
+    want_report = kft.evaluate(model, (x, y), verbose=0).accuracy
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: [p.probabilities for p in kft.predict(
+            model, images, top_k=3)], range(8)))
+        reports = list(pool.map(lambda _: kft.evaluate(
+            model, (x, y), verbose=0).accuracy, range(4)))
+    assert all(g == want for g in got)
+    assert reports == [want_report] * 4
+    assert [p.probabilities for p in kft.predict(model, images,
+                                                 top_k=3)] == want

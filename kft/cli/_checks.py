@@ -111,9 +111,11 @@ def make_out_folder(path, flag="--out"):
 
 
 def start_library(models=False):
+    from kft._compat import keep_interrupts
     from kft._config import enable_compilation_cache
 
     enable_compilation_cache()
+    keep_interrupts()  # Ctrl-C ends a command, as "--resume" lines say
     if models:
         # The `kft` command loads kft's modules on first use; a saved kft
         # model needs every kft Keras class registered before it loads.

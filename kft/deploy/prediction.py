@@ -180,6 +180,10 @@ def predict(model_or_path, images, *, top_k: int = 5,
     of the same size; an array used as it is is its own center view, its
     corner crops `crop_fraction` of it).
 
+    Threads may share a model: kft's calls on one model take turns (Keras'
+    `model.predict` from two threads at once empties its weights; a path
+    loads a model per call).
+
     Args:
         model_or_path: A Keras model taking RGB [0, 255] pixels (e.g. from
             `kft.build_classifier`), or a `.keras` / `.onnx` file from

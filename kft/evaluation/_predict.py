@@ -4,7 +4,10 @@ Images are never gathered: each batch is predicted and dropped, so only
 the labels and one row of scores per example are kept.
 """
 
+import contextlib
+import threading
 import warnings
+import weakref
 
 import numpy as np
 
@@ -212,6 +215,22 @@ def predict_arrays(model, x, y, batch_size, name="x"):
     return integer_labels(y, scores.shape[-1], label_name), scores
 
 
+_TURNS = weakref.WeakKeyDictionary()
+_TURNS_MADE = threading.Lock()
+
+
+@contextlib.contextmanager
+def model_turn(model):
+    """Holds `model`'s lock: kft's calls on one model take turns. Keras'
+    JAX predict and evaluate loops empty the model's variables while they
+    run (the step is given them), so two threads predicting with one
+    model broke it for good (`'NoneType' object is not callable`)."""
+    with _TURNS_MADE:
+        lock = _TURNS.setdefault(model, threading.RLock())
+    with lock:
+        yield
+
+
 def predict_numpy(model, x, batch_size):
     """`model.predict(x)` as a numpy array, in every JAX process.
 
@@ -221,10 +240,13 @@ def predict_numpy(model, x, batch_size):
     devices), so every process gets every row, as one process would (and
     no faster).
     """
-    if process_count() == 1 and batch_shards() == 1:
-        return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    return np.concatenate([predict_padded(model, x[start:start + batch_size])
-                           for start in range(0, len(x), batch_size)])
+    with model_turn(model):
+        if process_count() == 1 and batch_shards() == 1:
+            return np.asarray(model.predict(x, batch_size=batch_size,
+                                            verbose=0))
+        return np.concatenate([
+            predict_padded(model, x[start:start + batch_size])
+            for start in range(0, len(x), batch_size)])
 
 
 def predict_batches(model, dataset, progress=None, name="x"):
@@ -258,7 +280,8 @@ def predict_batches(model, dataset, progress=None, name="x"):
                 "not weight them.", stacklevel=3)
         if isinstance(batch[0], np.ndarray):  # not a device's arrays
             check_finite_images(batch[0], name, first=sum(map(len, labels)))
-        batch_scores = predict_padded(model, batch[0])
+        with model_turn(model):
+            batch_scores = predict_padded(model, batch[0])
         check_width(batch_scores.shape[-1])
         labels.append(integer_labels(batch[1], batch_scores.shape[-1],
                                      "y" if name == "x" else "labels"))

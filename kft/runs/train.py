@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 from kft._validation import check_verbose
+from kft._writing import written_beside
 from kft.distributed.processes import barrier
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
@@ -380,7 +381,10 @@ def _train(config, info, resumed, verbose, say, command):
     # The best epoch over the whole run, epochs before a resume included.
     backup.load_best(model)
     model_path = os.path.join(out, "model.keras")
-    model.save(primary_path(model_path))  # a collective: every process
+    # Beside, then moved over (a kill or a reader during the save saw a
+    # truncated model.keras); a collective: every process saves.
+    with written_beside(primary_path(model_path)) as target:
+        model.save(target)
     files["model.keras"] = model_path
     history = [dict(epoch=epoch + 1, **backup.history[epoch])
                for epoch in sorted(backup.history)]

@@ -215,7 +215,10 @@ def fine_tune(
             on batches of a `kft.data` dataset's batch size, shuffled (when
             the dataset shuffles) in an order fixed by its seed and the
             epoch, so a run resumed inside phase 1 reads the orders the
-            uninterrupted one read. Features are computed in
+            uninterrupted one read (Keras draws it from NumPy's global
+            generator, seeded for the epoch: `fine_tune` calls in parallel
+            threads of one process seed it over one another, so run them
+            in processes to repeat their orders). Features are computed in
             inference mode (a backbone's own dropout off). In a cached
             phase, callbacks see the head model. Defaults to `"auto"`.
         class_weight: `"balanced"` (`kft.balanced_class_weight` of the

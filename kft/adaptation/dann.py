@@ -131,6 +131,11 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
     `model.fit(pairs, epochs=...)` trains it (see `domain_pairs`).
     """
 
+    # Its constructor takes `*args` only to refuse Keras' rebuild from a
+    # graph (`keras.models.clone_model`), which `kft.fast_cpu_convs`
+    # reads here (a functional-like constructor) and refuses too.
+    rebuilt_from_graph = False
+
     def __init__(self, classifier=None, *args, method: str = "dann",
                  weight: float = 1.0, gamma: float | None = 10.0,
                  max_lambda: float = 1.0,

@@ -425,6 +425,7 @@ def _clone_graph(model, clone_layer):
                                 batch_augment=layer.__class__.from_config(
                                     layer.get_config()))
     elif (type(model) is not type(graph)
+          and getattr(type(model), "rebuilt_from_graph", True)
           and _compat.functional_like_constructor(type(model))):
         new = type(model)(graph.input, graph.output, name=model.name)
     elif type(model) is not type(graph):

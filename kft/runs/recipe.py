@@ -20,10 +20,11 @@ def held_out_folder(data_dir):
 
     Raises `ValueError` for a `test/` of images without class folders
     beside class folders (in a `train/` layout it is unlabelled data, no
-    class: `None`): a class named "test", or unlabelled test images? `kft train` took it
-    for held-out data and trained without that class (said on a line
-    `--quiet` hid); read as a class, unlabelled images would train as
-    one. The message names both readings and what to do for each.
+    class: `None`): a class named "test", or unlabelled test images? `kft
+    train` took it for held-out data and trained without that class (said
+    on a line `--quiet` hid); read as a class, unlabelled images would
+    train as one. The message names both readings and what to do for
+    each.
     """
     test = split_folder(data_dir, (TEST_FOLDER,))
     if test is None or holds_folders(test):

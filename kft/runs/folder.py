@@ -30,7 +30,7 @@ class LoadedRun:
 
     model: object
     class_names: list | None
-    image_size: int | tuple[int, int]
+    image_size: int | tuple[int, int] | None
     path: str
     model_path: str
 

@@ -2,6 +2,8 @@
 after a crash: the weights kept are the best of the whole run, the epochs
 before the crash included."""
 
+import json
+
 import kft
 import keras
 import numpy as np
@@ -62,6 +64,52 @@ def test_a_resumed_run_keeps_the_best_epoch_from_before_the_crash(tmp_path):
         whole.best_epoch, whole.best_value)
     for got, want in zip(weights, whole_weights):
         np.testing.assert_array_equal(got, want)
+
+
+def _recorded_classes(directory, change):
+    """Applies `change(records)` to every recorded `[path, trainable,
+    class]` list of the run's state file."""
+    path = directory / "run_state.json"
+    state = json.loads(path.read_text())
+    changed = [change(records) for epochs in state["trainable"].values()
+               for records in epochs.values()]
+    assert any(changed)
+    path.write_text(json.dumps(state))
+
+
+def test_a_run_crashed_under_a_kft_before_classifier_resumes(tmp_path):
+    # kft before `kft.Classifier` recorded the model as a plain
+    # "Functional": the resume was refused as another model.
+    whole, whole_weights, _ = _run(tmp_path / "whole")
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(crashed, [_Crash(2)])
+
+    def as_before(records):
+        # (The head phase trained a head-only model on cached features.)
+        if records[0][2] == "Classifier":
+            records[0][2] = "Functional"
+            return True
+    _recorded_classes(crashed, as_before)
+    resumed, weights, _ = _run(crashed)
+    assert resumed.best_epoch == whole.best_epoch
+    for got, want in zip(weights, whole_weights):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_resume_into_other_layers_names_the_first_difference(tmp_path):
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(crashed, [_Crash(2)])
+
+    def another_layer(records):
+        if records[0][2] == "Classifier":
+            records[3][2] = "Conv1D"
+            return True
+    _recorded_classes(crashed, another_layer)
+    with pytest.raises(RuntimeError, match=r"layers differ .*layer 3 was a "
+                       r"Conv1D \(.*\), the model's is a \w+ .*kft version"):
+        _run(crashed)
 
 
 def test_a_backup_given_to_a_second_run_refuses_it(tmp_path):

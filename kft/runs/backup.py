@@ -198,15 +198,20 @@ class RunBackup(keras.callbacks.Callback):
         layers = self._flat_layers()
         # Layer classes, not paths: a model built again in the same process
         # (a notebook resuming after an interrupt) gets other automatic
-        # names ("rescaling_1") for the same layers.
+        # names ("rescaling_1") for the same layers. The model's own class
+        # is left out: `build_classifier` returned a plain `Functional`
+        # before `kft.Classifier`, and the model's layers are what the
+        # checkpoint holds.
         classes = [type(layer).__name__ for layer in layers]
         recorded = [record[2] if len(record) > 2 else name  # older files
                     for record, name in zip(flags, classes)]
-        if len(layers) != len(flags) or classes != recorded:
+        if len(layers) != len(flags) or classes[1:] != recorded[1:]:
             raise RuntimeError(
                 f"RunBackup: the model's layers differ from those recorded "
-                f"in {self.directory!r}; resume with the same model and "
-                "settings, or delete the directory to start over.")
+                f"in {self.directory!r} ({_first_difference(flags, layers)}); "
+                "resume with the same model and settings (and the kft "
+                "version that wrote the checkpoint if it was another), or "
+                "delete the directory to start over.")
         # Depth first, containers before their layers: a container's flag
         # sets its layers', then each layer gets its own.
         with changing_trainable(self.model):
@@ -348,3 +353,16 @@ class RunBackup(keras.callbacks.Callback):
                 "ignore", message="Skipping variable loading for optimizer")
             (model or self.target).load_weights(self.best_weights_path)
         return True
+
+
+def _first_difference(records, layers):
+    """Where the recorded layers `[path, trainable, class]` and the model's
+    first differ, in words."""
+    if len(records) != len(layers):
+        return f"{len(records)} layers recorded, the model has {len(layers)}"
+    for index, (record, layer) in enumerate(zip(records, layers)):
+        if index and len(record) > 2 and record[2] != type(layer).__name__:
+            return (f"layer {index} was a {record[2]} ({record[0]}), the "
+                    f"model's is a {type(layer).__name__} ({layer.path})")
+    return "no difference"
+

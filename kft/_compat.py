@@ -16,7 +16,8 @@ optimizer's variable lists and hooks (`_variables`, `_trainable_variables`,
 `_trainable_variables_indices`, `_var_key`, `_tracker`, `_iterations`,
 `_learning_rate`, `_get_variable_index`, `_use_weight_decay`,
 `_backend_update_step`, `_apply_weight_decay`, Nadam's `_u_product`);
-layer traversal (`_flatten_layers`, `_trainable_variables`, `_layers`);
+layer traversal and flags (`_flatten_layers`, `_trainable_variables`,
+`_layers`, `_trainable`);
 metric direction (`_direction`); the compile config (`_compile_config`);
 the preprocessing layers' hooks (`_transform_images`, `_get_zoom_matrix`,
 `_get_fill_value`, their transformation keys); `keras.src` imports
@@ -92,15 +93,28 @@ def sync_fit_state_as_compiled(model):
     recorded = getattr(model, "_compiled_trainable_state", None)
     if recorded is None:
         return False
-    # Flattened order is parents first: a parent's setter resets its
-    # children, which are then set to their own values.
     current = {layer: layer.trainable for layer in model._flatten_layers()}
-    for layer, flag in recorded.items():
-        layer.trainable = flag
+    set_trainable_flags(recorded.items())
     model.jax_state_sync()
-    for layer, flag in current.items():
-        layer.trainable = flag
+    set_trainable_flags(current.items())
     return True
+
+
+def set_trainable_flags(flags):
+    """Gives each layer of `flags` (`(layer, trainable)` pairs) its own
+    flag, and its own variables theirs, without the `trainable` setter's
+    reset of its sublayers.
+
+    Setting flags in flattened order (parents first) undid them where a
+    model also tracks sub-models of layers listed before them (a
+    `kft.DomainAdaptationModel`'s features and head): their setters set
+    the frozen backbone trainable again.
+    """
+    for layer, flag in flags:
+        flag = bool(flag)
+        layer._trainable = flag
+        for variable in layer._trainable_variables:
+            variable.trainable = flag
 
 
 def reread_fit_state(model):

@@ -413,3 +413,35 @@ def test_an_error_in_a_cached_head_phase_gives_numpy_state_back():
 
     # Seeded by (1, 1) both times, the next draw was the same.
     assert next_draw(123) != next_draw(456)
+
+
+def _dam_run(directory, extra=()):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    ys = rng.integers(0, 3, 16)
+    xt = rng.uniform(0, 100, (16, 16, 16, 3)).astype("float32")
+    classifier = kft.build_classifier("simple_cnn", num_classes=3,
+                                      weights=None, input_shape=(16, 16, 3))
+    model = kft.DomainAdaptationModel(classifier, method="coral",
+                                      hidden_units=(16,))
+    data = kft.adaptation.domain_pairs((xs, ys), xt, batch_size=8, seed=1)
+    backup = RunBackup(directory, model, monitor="val_loss", print_fn=None,
+                       data=data)
+    kft.fine_tune(model, data, (xs[:8], ys[:8]), strategy="full",
+                  head_epochs=2, epochs=2, learning_rate=3e-3, verbose=0,
+                  callbacks=[backup, *extra])
+    return [np.array(v.value) for v in model.weights]
+
+
+def test_a_domain_adaptation_run_resumes_with_its_head_phase_flags(tmp_path):
+    # Its features and head sub-models share the classifier's layers and
+    # come after them in the flattened list: restoring flags in that order
+    # set the frozen backbone trainable again, and the resume was refused
+    # ("did not restore the optimizer state").
+    whole = _dam_run(tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="crash"):
+        _dam_run(tmp_path / "crashed", [_Crash(1)])
+    resumed = _dam_run(tmp_path / "crashed")
+    for got, want in zip(resumed, whole):
+        np.testing.assert_array_equal(got, want)

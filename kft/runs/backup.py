@@ -212,11 +212,9 @@ class RunBackup(keras.callbacks.Callback):
                 "resume with the same model and settings (and the kft "
                 "version that wrote the checkpoint if it was another), or "
                 "delete the directory to start over.")
-        # Depth first, containers before their layers: a container's flag
-        # sets its layers', then each layer gets its own.
         with changing_trainable(self.model):
-            for layer, record in zip(layers, flags):
-                layer.trainable = record[1]
+            _compat.set_trainable_flags(
+                (layer, record[1]) for layer, record in zip(layers, flags))
         return True
 
     # -- callback hooks -----------------------------------------------------

@@ -191,8 +191,7 @@ def _restore(model, snapshot):
     flags = snapshot["flags"]
     if any(layer.trainable != flag for layer, flag in flags.items()):
         with changing_trainable(model):
-            for layer, flag in flags.items():
-                layer.trainable = flag
+            _compat.set_trainable_flags(flags.items())
     groups = (model.variables, model.optimizer.variables,
               model.metrics_variables)
     for group, values in zip(groups, snapshot["values"]):

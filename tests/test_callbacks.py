@@ -266,6 +266,10 @@ def test_schedule_objects_bad_arguments():
         GradualUnfreezing(every=1, schedule=Every(1))
     with pytest.raises(TypeError, match="Received: schedule='every'"):
         GradualUnfreezing(schedule="every")
+    # A schedule object passed first, where `every` stands.
+    with pytest.raises(TypeError, match=r"by keyword: GradualUnfreezing\("
+                       r"schedule=Milestones\(epochs=\[2\]\)\)"):
+        GradualUnfreezing(Milestones([2]))
     with pytest.raises(ValueError, match="pass them to `Plateau`.*"
                                          "Received: patience=5"):
         GradualUnfreezing(schedule=Plateau("loss"), patience=5)

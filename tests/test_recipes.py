@@ -320,3 +320,34 @@ def test_checkpoints_that_would_save_the_wrong_model(data, tmp_path):
             kft.fine_tune(_model(), data.target_train, data.target_val,
                           head_epochs=1, epochs=1, verbose=0,
                           callbacks=[resumer])
+
+
+@pytest.mark.parametrize("strategy", ["partial", "gradual"])
+def test_a_second_unfreezer_among_the_callbacks_is_refused(data, strategy):
+    # It overrode `n_blocks` ("partial") or unfroze beside fine_tune's own
+    # ("gradual"), while the history logged the recipe's stages.
+    model = _model()
+    unfreezer = kft.callbacks.GradualUnfreezing(milestones=[1], verbose=0)
+    with pytest.raises(ValueError, match=r"without a GradualUnfreezing "
+                       r"\(fine_tune sets .*model.fit.*GradualUnfreezing"):
+        kft.fine_tune(model, data.target_train, data.target_val,
+                      strategy=strategy, head_epochs=1, epochs=2, verbose=0,
+                      callbacks=[unfreezer])
+    assert not model.compiled  # refused before anything trained
+
+
+def test_compare_strategies_refuses_a_second_unfreezer_before_training(
+        data):
+    builds = []
+
+    def build(seed):
+        builds.append(seed)
+        return _model()
+
+    with pytest.raises(ValueError, match="Strategy 'partial'.*without a "
+                       "GradualUnfreezing"):
+        kft.compare_strategies(
+            build, data.target_train, data.target_val, data.target_test,
+            strategies=["partial"], seeds=[0], epochs=2, head_epochs=1,
+            callbacks=[kft.callbacks.GradualUnfreezing(every=1)])
+    assert len(builds) == 2  # the two checking builds, no run

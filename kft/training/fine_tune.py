@@ -201,8 +201,10 @@ def fine_tune(
             call: Keras' `CSVLogger` rewrites its file at each, so it
             keeps phase 2; the histories returned hold both). Not a
             `BackupAndRestore`, which resumes one `fit`
-            (`kft.runs.RunBackup` resumes a `fine_tune` call). A
-            `ModelCheckpoint` would save the head model in a phase on
+            (`kft.runs.RunBackup` resumes a `fine_tune` call), nor a
+            `kft.callbacks.GradualUnfreezing` (the strategy sets what
+            trains; for another unfreezing schedule, call `model.fit`
+            with one). A `ModelCheckpoint` would save the head model in a phase on
             cached features: `cache_features="auto"` does not cache with
             one, `True` refuses it. Defaults to `None`.
         cache_features: Phase 1 trains only the head, so kft can compute the
@@ -256,7 +258,8 @@ def fine_tune(
             `"feature_extraction"`: see `phase2_arguments`),
             `ReduceLROnPlateau` or
             `LearningRateScheduler` among the callbacks with a phase 2
-            schedule, a `BackupAndRestore` among them, a `ModelCheckpoint`
+            schedule, a `BackupAndRestore` or `GradualUnfreezing` among
+            them, a `ModelCheckpoint`
             with `cache_features=True` (refused before phase 1 trains),
             NaN or infinite pixels in arrays, labels outside the model's
             classes (arrays and

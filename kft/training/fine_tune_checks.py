@@ -154,6 +154,20 @@ def check_extras(callbacks, regularizer, cache_features=False):
             "resumes after a crash, pass kft.runs.RunBackup(directory, "
             "model) among the callbacks, or use kft train ... --resume",
             resumers)
+    from kft.training.unfreezing import GradualUnfreezing
+
+    # Phase 2 sets its own trainable blocks (and, for "gradual", runs its
+    # own unfreezer): a second one overrode `n_blocks` or unfroze blocks
+    # beside it while the history logged the recipe's stages.
+    unfreezers = [type(c).__name__ for c in callbacks or ()
+                  if isinstance(c, GradualUnfreezing)]
+    if unfreezers:
+        fail_argument(
+            "callbacks", "callbacks without a GradualUnfreezing (fine_tune "
+            "sets what trains itself: strategy='gradual' unfreezes one "
+            "block every `unfreeze_every` epochs); for a milestone or "
+            "plateau schedule, compile the model and pass the callback to "
+            "model.fit", unfreezers)
     if cache_features is True and savers(callbacks):
         fail_argument(
             "callbacks", "callbacks that do not save the model while phase 1 "

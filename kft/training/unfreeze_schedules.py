@@ -255,6 +255,12 @@ def schedule_from_arguments(every, milestones, monitor, patience, min_delta,
             and `schedule`, plateau arguments next to another way, or no
             milestone.
     """
+    if isinstance(every, UnfreezeSchedule) and schedule is None:
+        # Passed first, where `every` stands.
+        raise TypeError(
+            f"Argument `every` must be an integer >= 1; pass the schedule "
+            f"object by keyword: GradualUnfreezing(schedule={every!r}). "
+            f"Received: every={every!r}")
     given = {"every": every, "milestones": milestones, "monitor": monitor,
              "schedule": schedule}
     if sum(value is not None for value in given.values()) != 1:

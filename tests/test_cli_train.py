@@ -667,6 +667,8 @@ def test_resume_after_sigkill_continues_the_same_run(folder, tmp_path,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "RunBackup: resumed phase 2 from its checkpoint after epoch" in (
         resumed.stdout)
+    # Its time is this attempt's (the killed one's is not known).
+    assert "s (this attempt: resumed from a checkpoint)" in resumed.stdout
     with open(os.path.join(out, "history.json")) as f:
         history = json.load(f)
     assert [row["epoch"] for row in history] == list(range(1, 14))
@@ -1220,6 +1222,13 @@ def test_a_run_resumes_and_repeats_from_another_folder(tmp_path, capsys,
     assert cli.main(["train", "--resume", "--out", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["resumed"] and printed["out"] == str(out)
+    # run.json keeps the command that started the run (the resume had
+    # replaced it) and lists the resume's.
+    with open(out / "run.json") as f:
+        info = json.load(f)
+    assert info["command"][:3] == ["kft", "train", "data"]
+    assert info["resume_commands"] == [
+        ["kft", "train", "--resume", "--out", str(out), "--json"]]
     with open(out / "history.json") as f:
         assert [row["phase"] for row in json.load(f)] == [1, 2]
     assert os.listdir(elsewhere) == []  # nothing written here

@@ -80,7 +80,8 @@ class TrainRunResult:
         reasons: Why the strategy was chosen (`"auto"`), else empty.
         files: Name -> path of every file written.
         resumed: Whether the run continued from a checkpoint.
-        train_time: Seconds spent in training (this process).
+        train_time: Seconds spent in training by this call (a resumed
+            run's earlier attempts not included).
     """
 
     out: str
@@ -352,12 +353,17 @@ def _train(config, info, resumed, verbose, say, command):
     run_info = {"status": "running", "requested": requested,
                 "reasons": reasons, "class_names": class_names,
                 "image_size": config.image_size, "backbone": config.backbone,
-                "command": command or info.get("command"),
+                # The command that started the run; a resume's own are
+                # listed after it.
+                "command": info.get("command") if resumed else command,
                 # The run folder says which files did not train (the
                 # loader's warning scrolls by).
                 "skipped_files": skipped_files(train, val),
                 "started": info.get("started")
                 or datetime.datetime.now().isoformat(timespec="seconds")}
+    if resumed:
+        run_info["resume_commands"] = [*info.get("resume_commands", []),
+                                       command]
     write_json(os.path.join(out, "run.json"), run_info)
     say(describe_recipe(config, model))
     backup = RunBackup(os.path.join(out, CHECKPOINTS), model,

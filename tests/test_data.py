@@ -1120,6 +1120,49 @@ def test_a_link_up_to_the_data_folder_is_not_walked(tmp_path):
     assert dict(train.class_counts) == {"a": 2, "b": 4, "c": 3}
 
 
+def test_a_link_back_to_the_data_folder_from_a_linked_class(tmp_path):
+    # The class folder is itself a link (photos/dog -> store/dog): a link
+    # in it back to photos/ was walked, every cat read as a dog too.
+    for name, count in (("cat", 2), ("dog", 3)):
+        _pngs(tmp_path / "store" / name, count)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    os.symlink(tmp_path / "store" / "cat", photos / "cat")
+    os.symlink(os.path.join("..", "store", "dog"), photos / "dog")
+    os.symlink(photos, tmp_path / "store" / "dog" / "loop")
+    os.symlink(photos, tmp_path / "given")
+    for root in (photos, tmp_path / "given"):
+        train, _ = kft.data.from_directory(root, 8, validation_split=None)
+        assert dict(train.class_counts) == {"cat": 2, "dog": 3}
+
+
+def test_nas_and_recycle_folders_are_not_classes_or_images(tmp_path):
+    # A Synology NAS keeps thumbnails of each photo in @eaDir/<photo>/:
+    # trained on as more images of the class, a class at the top level.
+    for name in ("cat", "dog"):
+        _pngs(tmp_path / name, 2)
+        _pngs(tmp_path / name / "@eaDir" / "0.png", 2)
+    _pngs(tmp_path / "@eaDir", 1)
+    _pngs(tmp_path / "#recycle" / "old", 2)
+    _pngs(tmp_path / "$RECYCLE.BIN", 1)
+    train, _ = kft.data.from_directory(tmp_path, 8, validation_split=None)
+    assert dict(train.class_counts) == {"cat": 2, "dog": 2}
+    from kft.deploy._views import list_sources
+
+    assert len(list_sources(str(tmp_path / "cat"))) == 2  # kft.predict
+
+
+def test_class_folders_named_in_another_encoding_are_refused(tmp_path):
+    # Latin-1 names (an old zip): the run trained, then could not write
+    # its reports, on every resume too.
+    root = os.fsencode(tmp_path)
+    for name in (b"caf\xe9", b"tea"):
+        _pngs(os.fsdecode(root + b"/" + name), 2)
+    with pytest.raises(ValueError, match=r"Class folders \[b'caf\\xe9'\] "
+                       r"in .* not UTF-8 text .*rename them"):
+        kft.data.from_directory(tmp_path, 8, validation_split=None)
+
+
 def test_split_folders_are_found_in_any_case(tmp_path):
     # Train/ + Val/ were read as two classes holding every image.
     for split, count in (("Train", 3), ("Val", 2)):

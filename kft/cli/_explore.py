@@ -210,7 +210,7 @@ def _write_comparison(result, out, as_json):
     files = {"comparison.json": os.path.join(out, "comparison.json")}
     result.to_json(files["comparison.json"])
     files["comparison.md"] = os.path.join(out, "comparison.md")
-    with open(files["comparison.md"], "w") as f:
+    with open(files["comparison.md"], "w", encoding="utf-8") as f:
         f.write(result.to_markdown() + "\n")
     try:
         import matplotlib  # noqa: F401

@@ -20,9 +20,15 @@ from kft._validation import unicode_form_note
 from kft._validation import user_stacklevel
 from kft.data import _images
 
-# Folders of operating-system metadata, never classes or images: macOS
-# zip archives add `__MACOSX/` (full of `._*` AppleDouble files).
-METADATA_FOLDERS = ("__MACOSX",)
+# Folders of operating-system metadata, never classes or images (names
+# compared in lower case): macOS zip archives add `__MACOSX/` (full of
+# `._*` AppleDouble files); a Synology NAS puts `@eaDir/` (thumbnails of
+# each photo: trained on as more images of the class, a class of its own
+# at the top) and `#recycle/` in shared folders; Windows drives and Linux
+# file systems hold a recycle bin, `System Volume Information/` and
+# `lost+found/`.
+METADATA_FOLDERS = ("__macosx", "@eadir", "#recycle", "$recycle.bin",
+                    "system volume information", "lost+found")
 # Windows' folder metadata: not hidden by name, never an image.
 SYSTEM_FILES = ("thumbs.db", "desktop.ini")
 VAL_FOLDERS = ("val", "validation", "valid")
@@ -73,7 +79,7 @@ def _hidden(name):
     """Whether a file or folder name is never an image or a class."""
     # Dot-files include macOS' `._*` AppleDouble twins of real images and
     # `.DS_Store`; Windows' `Thumbs.db` has no image extension.
-    return name.startswith(".") or name in METADATA_FOLDERS
+    return name.startswith(".") or name.lower() in METADATA_FOLDERS
 
 
 def _list_classes(folder):
@@ -84,21 +90,25 @@ def _list_classes(folder):
     )
 
 
-def list_images(folder, others=None):
+def list_images(folder, others=None, given=None):
     """Image files under `folder`, sorted; symbolic links followed once,
     hidden files and folders left out (`kft.predict` lists folders so too).
     The other files (not named as images; Windows' folder metadata
-    aside) are appended to the list `others` when one is given.
+    aside) are appended to the list `others` when one is given. `given`:
+    the path `folder` was reached by (a link), whose holders a link inside
+    must not lead back to either.
     """
     found = []
     seen = set()
     top = os.path.realpath(folder)
+    holders = _holders(folder) | (_holders(given) if given else set())
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         # A symbolic link back to a folder already walked, or up to one
         # holding `folder` (its parent: every other class's images too).
-        if real in seen or (real != top and os.path.commonpath(
-                [real, top]) == real):
+        if real in seen or (real != top and any(
+                os.path.commonpath([real, holder]) == real
+                for holder in holders)):
             dirs[:] = []
             continue
         seen.add(real)
@@ -111,6 +121,19 @@ def list_images(folder, others=None):
             elif others is not None and name.lower() not in SYSTEM_FILES:
                 others.append(os.path.join(root, name))
     return found
+
+
+def _holders(folder):
+    """The real paths of `folder` and of the folders holding it, as
+    resolved and as given: a class folder that is a link (to
+    `store/dog`) is held by the data folder the user named, which a link
+    inside it may point back to."""
+    paths = {os.path.realpath(folder)}
+    given = os.path.abspath(folder)
+    while os.path.dirname(given) != given:
+        given = os.path.dirname(given)
+        paths.add(os.path.realpath(given))
+    return paths
 
 
 def warn_unread(others):
@@ -138,7 +161,8 @@ def scan_folder(folder, class_names, others, *, check, max_pixels,
     are appended to `others`."""
     candidates = [
         (path, label) for label, name in enumerate(class_names)
-        for path in list_images(class_folder(folder, name), others)
+        for path in list_images(class_folder(folder, name), others,
+                                given=os.path.join(folder, name))
     ]
     full = check == "full"
     with concurrent.futures.ThreadPoolExecutor(max(num_workers, 1)) as pool:
@@ -233,6 +257,10 @@ def class_folders(train_dir, val_dir, minimum=2):
     two or more), and val has no others."""
     class_names = _list_classes(train_dir)
     root = shown(train_dir)
+    for folder, names in ((train_dir, class_names),
+                          (val_dir, _list_classes(val_dir) if val_dir
+                           else ())):
+        _check_text_names(folder, names)
     if not class_names:
         raise ValueError(f"No class folders in {root!r}: expected "
                          f"{root}/<class name>/<image files>.")
@@ -252,6 +280,28 @@ def class_folders(train_dir, val_dir, minimum=2):
                    or " Add train images for them or remove them from val.")
             )
     return class_names
+
+
+def _check_text_names(folder, names):
+    """Refuses class folder names that are not text: bytes of another
+    encoding (an old zip's Latin-1 "caf\xe9"), which Python keeps as lone
+    surrogates. The run trained, then its reports (UTF-8 text) could not
+    be written, on every resume too."""
+    bad = [os.fsencode(name) for name in names if not _is_text(name)]
+    if bad:
+        raise ValueError(
+            f"Class folders {bad} in {shown(folder)!r} have names that are "
+            "not UTF-8 text (bytes of another encoding, e.g. from an old "
+            "zip archive): rename them (class names are written to the "
+            "model and its reports).")
+
+
+def _is_text(name):
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def shown(folder):

@@ -412,7 +412,7 @@ def _train(config, info, resumed, verbose, say, command):
     path = os.path.join(out, "summary.md")
     files["summary.md"] = path
     if is_primary():
-        with open(path, "w") as f:
+        with open(path, "w", encoding="utf-8") as f:
             f.write(run_summary(result, env, requested,
                              run_info["skipped_files"]))
     run_info.update(

@@ -1272,6 +1272,31 @@ def test_compare_keeps_an_earlier_comparison_unless_told(
     monkeypatch.setattr("kft.evaluation.compare.compare_strategies", record)
     assert cli.main([*compare, "--out", str(out), "--overwrite"]) == 1
     assert seen == [1]
+    # Replaced, an earlier comparison's chart went only when a new one was
+    # drawn: a comparison without one (no run finished) was shown beside it.
+    (out / "comparison.png").write_text("x")
+    monkeypatch.setattr(
+        "kft.evaluation.compare.compare_strategies",
+        lambda *args, **kwargs: kft.StrategyComparison(
+            runs=[], strategies=["full"], seeds=[0], metric="accuracy"))
+    assert cli.main([*compare, "--out", str(out), "--overwrite"]) == 1
+    assert sorted(os.listdir(out)) == ["comparison.json", "comparison.md"]
+
+
+def test_eval_and_compare_refuse_an_out_inside_the_image_folder(
+        folder, run, tmp_path, capsys, monkeypatch):
+    # The report's folder was read as one more class by the next load.
+    monkeypatch.setattr("kft.evaluation.compare.compare_strategies",
+                        _refuse("compare_strategies"))
+    inner = os.path.join(folder, "report")
+    for argv in (["eval", run, folder, "--out", inner],
+                 ["compare", folder, "--out", inner, "--backbone",
+                  "simple_cnn"],
+                 ["compare", str(tmp_path), "--test-dir", folder, "--out",
+                  os.path.join(folder, "class0", "x")]):
+        code, err = _usage_error(argv, capsys)
+        assert code == 2 and "would be read as a class folder" in err, err
+        assert not os.path.exists(inner)
 
 
 def test_lr_find_next_command_repeats_what_was_measured(tmp_path, capsys,

@@ -93,6 +93,19 @@ def check_out_folder(path, flag="--out"):
                      "folder (it is created if missing)")
 
 
+def check_out_outside(path, flag, folders):
+    """Refuses an output folder inside one of the image folders
+    `folders` (`(flag, path)` pairs, `None` paths skipped): its reports
+    and plots would be read as a class by the next load of that folder."""
+    from kft.runs.claim import inside
+
+    for name, folder in folders:
+        if folder and inside(path, folder):
+            raise Usage(f"{flag} {path!r} is inside {name} {folder!r}, "
+                        "where it would be read as a class folder; pass an "
+                        "--out outside the image folders")
+
+
 def make_out_folder(path, flag="--out"):
     """Creates the folder if missing; raises `Usage` unless files can be
     written there (found before the work, not when its results are)."""

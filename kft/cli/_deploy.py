@@ -9,6 +9,7 @@ import sys
 
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
+from kft.cli._checks import check_out_outside
 from kft.cli._checks import make_out_folder
 from kft.cli._checks import start_library
 
@@ -24,6 +25,7 @@ def eval_command(args, argv):
         base, "eval-" + os.path.basename(os.path.abspath(args.data_dir)))
     flag = "--out" if args.out else "the default --out"
     check_out_folder(out, flag)
+    check_out_outside(out, flag, [("DATA_DIR", args.data_dir)])
     # A run folder holds its own validation report under the same names.
     kept = [name for name in ("evaluation.json", "evaluation.md")
             if os.path.isfile(os.path.join(out, name))]

@@ -2,12 +2,14 @@
 commands that explore before (or instead of) a training run."""
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
+from kft.cli._checks import check_out_outside
 from kft.cli._checks import flag_names
 from kft.cli._checks import make_out_folder
 from kft.cli._checks import start_library
@@ -129,6 +131,8 @@ def compare_command(args, argv):
         os.path.abspath(args.data_dir)))
     flag = "--out" if args.out else "the default --out"
     check_out_folder(out, flag)
+    check_out_outside(out, flag, [("DATA_DIR", args.data_dir),
+                                  ("--test-dir", test_dir)])
     # Before training, as `kft eval` and `kft export` keep their files.
     kept = [name for name in ("comparison.json", "comparison.md",
                               "comparison.png")
@@ -208,6 +212,10 @@ def compare_command(args, argv):
 
 def _write_comparison(result, out, as_json):
     files = {"comparison.json": os.path.join(out, "comparison.json")}
+    # An earlier comparison's chart (--overwrite) is not this one's, drawn
+    # or not (no matplotlib, no run finished).
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out, "comparison.png"))
     result.to_json(files["comparison.json"])
     files["comparison.md"] = os.path.join(out, "comparison.md")
     with open(files["comparison.md"], "w", encoding="utf-8") as f:

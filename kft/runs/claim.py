@@ -63,3 +63,13 @@ def lock_folder(folder):
 def unlock_folder(handle):
     if handle is not None:
         os.close(handle)
+
+
+def inside(path, folder):
+    """Whether `path` is `folder` or inside it (links resolved).
+
+    >>> inside("data/cat/report", "data"), inside("runs/a", "data")
+    (True, False)
+    """
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder

@@ -36,6 +36,7 @@ from kft.data._files import TEST_FOLDER
 from kft.runs.claim import WRITE_CHECK
 from kft.runs.claim import FolderInUse
 from kft.runs.claim import cannot_write
+from kft.runs.claim import inside
 from kft.runs.claim import lock_folder
 from kft.runs.claim import unlock_folder
 from kft.runs.config import TrainConfig
@@ -132,7 +133,7 @@ def _prepare_out(config, resume, say):
         return saved, info, True, False, lock
     for flag, folder in (("DATA_DIR", config.data_dir),
                          ("--val-dir", config.val_dir)):
-        if folder and _inside(out, folder):
+        if folder and inside(out, folder):
             # Its files (and the folders above them, made here) would be
             # read as a class by this run and every later one.
             raise ValueError(
@@ -184,11 +185,6 @@ def _claim(out, created, resume=False):
             f"Run folder {out!r} is being written by another process (a "
             "kft run or resume started on it); wait for it to end"
             + ("." if resume else ", or pass another --out.")) from None
-
-
-def _inside(path, folder):
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([path, folder]) == folder
 
 
 def _complete(out):

@@ -437,7 +437,7 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
           "--image-size", "8", "--out", str(tmp_path / "r2")],
          "Backbone 'resnet50' cannot take 8x8 images"),
         (["train", folder, *TINY, "--out", run],
-         "exists and is not empty: continue it with --resume"),
+         "exists and is not empty (it holds config.toml, "),
         (["train", "--resume"], "--resume needs --out"),
         (["train", "--resume", "--out", run, "--epochs", "3"],
          "drop --epochs"),
@@ -1411,3 +1411,26 @@ def test_an_interrupted_run_says_how_to_continue(folder, tmp_path, capsys,
     err = capsys.readouterr().err
     assert f"continue the run with: kft train --resume --out {out}" in err
     assert "kft train: interrupted." in err
+
+
+def test_a_run_folder_holding_only_os_files_counts_as_empty(folder,
+                                                            tmp_path):
+    # Finder's .DS_Store or Jupyter's checkpoints in a folder the user saw
+    # as empty: "not empty: --resume", then "nothing to resume".
+    from kft.runs import train as train_module
+    from kft.runs.claim import unlock_folder
+
+    out = tmp_path / "out"
+    (out / ".ipynb_checkpoints").mkdir(parents=True)
+    for name in (".DS_Store", "Thumbs.db"):
+        (out / name).write_bytes(b"x")
+    config = kft.runs.resolve_config(kft.runs.TrainConfig(
+        data_dir=folder, backbone="simple_cnn", out=str(out)))
+    *_, created, lock = train_module._prepare_out(config, False, None)
+    unlock_folder(lock)
+    assert not created
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"is not empty \(it holds "
+                       r"notes.txt\): continue it with --resume"):
+        train_module._prepare_out(config, False, None)
+

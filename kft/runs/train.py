@@ -32,8 +32,8 @@ from kft._writing import written_beside
 from kft.distributed.processes import barrier
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
+from kft.data._files import SYSTEM_FILES
 from kft.data._files import TEST_FOLDER
-from kft.runs.claim import WRITE_CHECK
 from kft.runs.claim import FolderInUse
 from kft.runs.claim import cannot_write
 from kft.runs.claim import inside
@@ -155,12 +155,18 @@ def _prepare_out(config, resume, say):
     # Checked under the lock: two runs started together both found the
     # folder empty and wrote into each other's.
     lock = _claim(out, created)
-    if [name for name in os.listdir(out)
-            if not name.startswith(WRITE_CHECK)]:
+    # Hidden entries and Windows' folder files aside: Finder's .DS_Store
+    # or Jupyter's .ipynb_checkpoints in a folder the user sees as empty
+    # sent them from "not empty: --resume" to "nothing to resume".
+    held = sorted(name for name in os.listdir(out)
+                  if not name.startswith(".")
+                  and name.lower() not in SYSTEM_FILES)
+    if held:
         unlock_folder(lock)
         raise ValueError(
-            f"Run folder {out!r} exists and is not empty: continue it with "
-            "--resume, or pass another --out.")
+            f"Run folder {out!r} exists and is not empty (it holds "
+            f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): "
+            "continue it with --resume, or pass another --out.")
     return config, {}, False, created, lock
 
 

@@ -201,9 +201,13 @@ def enable_compilation_cache(directory=None):
                 jax, "jax_compilation_cache_dir", None):
             return None
         directory = setting if setting.lower() not in _ON else ""
+        # An empty or relative XDG_CACHE_HOME is to be ignored (the XDG
+        # base directory spec): it put the cache in the working directory,
+        # an image folder when a script ran there.
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
         directory = directory or os.path.join(
-            os.environ.get("XDG_CACHE_HOME",
-                           os.path.join(os.path.expanduser("~"), ".cache")),
+            xdg if os.path.isabs(xdg)
+            else os.path.join(os.path.expanduser("~"), ".cache"),
             "kft", "jax")
     # "~/..." from a quoted or .env value, which no shell expanded; and
     # absolute, so that a later `os.chdir` does not move the cache.

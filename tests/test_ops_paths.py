@@ -113,6 +113,14 @@ def test_compilation_cache_values(monkeypatch, tmp_path):
             assert _config.enable_compilation_cache() == expected, value
             if expected is not None:
                 assert jax.config.jax_compilation_cache_dir == expected
+        # An empty or relative XDG_CACHE_HOME is ignored, as the XDG spec
+        # says (the cache went into the working directory).
+        monkeypatch.setenv("KFT_COMPILATION_CACHE", "1")
+        for xdg in ("", "rel"):
+            monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+            jax.config.update("jax_compilation_cache_dir", None)
+            assert _config.enable_compilation_cache() == str(
+                tmp_path / "home" / ".cache" / "kft" / "jax"), xdg
     finally:
         for name, value in saved.items():
             jax.config.update(name, value)

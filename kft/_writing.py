@@ -74,17 +74,37 @@ def written_beside(path):
     if not name or not _replaceable(path):
         yield path
         return
-    stem, suffix = os.path.splitext(name)
-    # The suffix kept: Keras saves only to a name ending in ".keras".
-    target = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{suffix}")
+    target = os.path.join(folder, _beside_name(folder, name))
     try:
         yield target
         if os.path.exists(path):
             shutil.copymode(path, target)
         os.replace(target, path)
+    except OSError as error:
+        # Named by the path given, not by a file the user never named.
+        if error.filename == target:
+            error.filename = path
+        raise
     finally:
         if os.path.exists(target):
             os.remove(target)
+
+
+def _beside_name(folder, name):
+    """The temporary file's name for `name`: hidden, with the process id
+    and `name`'s suffix (Keras saves only to a name ending in ".keras"),
+    its stem cut to fit the file system's longest name (a valid name of
+    up to 255 bytes failed with "File name too long")."""
+    stem, suffix = os.path.splitext(name)
+    tail = f".{os.getpid()}.tmp{suffix}"
+    try:
+        longest = os.pathconf(folder or ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    room = max(longest - len(os.fsencode("." + tail)), 1)
+    stem = os.fsencode(stem)[:room].decode("utf-8", "ignore") if len(
+        os.fsencode(stem)) > room else stem
+    return f".{stem}{tail}"
 
 
 def _replaceable(path):

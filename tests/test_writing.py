@@ -1,0 +1,30 @@
+"""Result files written beside their path and moved over it
+(`kft._writing`)."""
+
+import errno
+import os
+
+import pytest
+
+from kft._writing import write_file
+from kft._writing import written_beside
+
+
+def test_a_name_of_the_longest_length_is_written(tmp_path):
+    # The temporary name beside it was 12 bytes longer: "File name too
+    # long" for valid names of 244-255 bytes (80 CJK characters: 240).
+    for name in ("a" * 249 + ".keras", "图" * 83 + ".md"):
+        assert len(os.fsencode(name)) in (255, 252)
+        write_file(tmp_path / name, "done")
+        assert (tmp_path / name).read_text() == "done"
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["a" * 249 + ".keras", "图" * 83 + ".md"])
+
+
+def test_an_error_names_the_path_given_not_the_temporary_file(tmp_path):
+    path = str(tmp_path / "m.keras")
+    with pytest.raises(OSError, match="Read-only") as info:
+        with written_beside(path) as target:
+            raise OSError(errno.EROFS, "Read-only file system", target)
+    assert info.value.filename == path
+    assert os.listdir(tmp_path) == []

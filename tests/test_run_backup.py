@@ -3,6 +3,7 @@ after a crash: the weights kept are the best of the whole run, the epochs
 before the crash included."""
 
 import json
+import os
 
 import kft
 import keras
@@ -445,3 +446,22 @@ def test_a_domain_adaptation_run_resumes_with_its_head_phase_flags(tmp_path):
     resumed = _dam_run(tmp_path / "crashed")
     for got, want in zip(resumed, whole):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_relative_directory_stays_where_the_backup_was_made(
+        tmp_path, monkeypatch):
+    # A chdir during the run (a callback, a notebook cell) wrote phase 1
+    # into one folder and phase 2 into another: neither resumable.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+
+    class _Move(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            os.chdir(tmp_path / "b")
+
+    _, _, backup = _run("ckpt", [_Move()])
+    assert backup.directory == str(tmp_path / "a" / "ckpt")
+    assert sorted(os.listdir(tmp_path / "a" / "ckpt")) == [
+        "best.weights.h5", "phase0", "phase1", "run_state.json"]
+    assert os.listdir(tmp_path / "b") == []

@@ -94,7 +94,9 @@ class RunBackup(keras.callbacks.Callback):
     def __init__(self, directory, model, monitor="val_loss", mode="auto",
                  print_fn=_compat.print_msg, data=None):
         super().__init__()
-        self.directory = output_path(directory, "directory")
+        # Absolute: a relative one followed a later `os.chdir` (a notebook
+        # cell, a callback), splitting the run between two folders.
+        self.directory = os.path.abspath(output_path(directory, "directory"))
         self.target = model
         # Its passes are numbered on from where the checkpoint was taken
         # (by each call's BackupAndRestore).

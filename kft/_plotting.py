@@ -1,4 +1,6 @@
-"""Matplotlib for kft's plots: an optional extra, always the Agg backend.
+"""Matplotlib for kft's plots: an optional extra, on the backend
+matplotlib chose (Keras imports pyplot first: Agg on a machine without a
+display, the inline backend in a notebook).
 
 Every plotting function in kft takes `path=None` and returns the Figure:
 
@@ -18,7 +20,7 @@ _INSTALL = 'pip install "kft[plots]"'
 
 
 def pyplot():
-    """`matplotlib.pyplot` on the Agg backend (files, no window).
+    """`matplotlib.pyplot` (on Agg if nothing imported it before).
 
     Raises:
         ImportError: matplotlib is not installed; says how to install it.
@@ -39,7 +41,7 @@ def pyplot():
 
 
 def new_figure(nrows=1, ncols=1, *, figsize=None, **kwargs):
-    """`plt.subplots` on Agg; returns `(figure, axes)`."""
+    """`plt.subplots`; returns `(figure, axes)`."""
     plt = pyplot()
     return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
 
@@ -67,30 +69,55 @@ def finish(fig, path=None, *, dpi=120, close=True):
     """Lays out `fig`, saves it to `path` (format from the suffix: `.png`,
     `.svg`, `.pdf`) when given, and returns it.
 
-    On a non-interactive backend (Agg, kft's default) a saved figure is
-    closed in pyplot, and stays usable (`savefig`, `canvas.draw()`):
-    plots saved in a loop do not pile up open figures. An interactive or
-    notebook backend keeps it open, to be shown as any pyplot figure.
-    `close=False` keeps it open (a figure of the caller's own axes).
+    Closed in pyplot (and still usable: `savefig`, `canvas.draw()`) where
+    pyplot would not show it or would show it again:
+
+    - in a notebook (the inline backend), always: the Figure returned as
+      a cell's value is shown once (pyplot showed its open figures at the
+      end of the cell too: every plot twice, and every plot saved in a
+      loop);
+    - on a backend without windows (Agg, kft's default on a machine
+      without a display) once saved: plots saved in a loop do not pile up
+      open figures.
+
+    A window backend keeps it open, for `plt.show()`. `close=False` keeps
+    it open (a figure of the caller's own axes).
 
     Raises:
-        ValueError: `path` has a suffix matplotlib cannot write.
+        ValueError: `path` has a suffix matplotlib cannot write (the
+            figure is closed).
     """
-    fig.tight_layout()
-    if path is not None:
-        path = check_path(path)
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
-    if path is not None and close and not _interactive():
-        pyplot().close(fig)
-        # Closing leaves a bare canvas; an Agg one keeps the figure
-        # drawable (`canvas.get_renderer()`, `canvas.draw()`) as before.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        FigureCanvasAgg(fig)
+    try:
+        fig.tight_layout()
+        if path is not None:
+            path = check_path(path)
+            directory = os.path.dirname(path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            fig.savefig(path, dpi=dpi)
+    except BaseException:
+        if close:  # not left open, to be shown under the error
+            _close(fig)
+        raise
+    if close and (_inline() or path is not None and not _interactive()):
+        _close(fig)
     return fig
+
+
+def _close(fig):
+    pyplot().close(fig)
+    # Closing leaves a bare canvas; an Agg one keeps the figure drawable
+    # (`canvas.get_renderer()`, `canvas.draw()`, a notebook's display).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+
+
+def _inline():
+    """Whether pyplot runs in a notebook (IPython's inline backend)."""
+    import matplotlib
+
+    return "inline" in matplotlib.get_backend().lower()
 
 
 def _interactive():

@@ -293,12 +293,20 @@ def test_saved_figures_are_closed_and_stay_drawable(tmp_path, monkeypatch):
                       num_images=4).plot(tmp_path / "s.png", ax=ax)
     assert fig.number in plt.get_fignums()
     plt.close(fig)
-    # A notebook's backend shows pyplot's open figures: saved ones stay.
+    # A bad suffix: refused, and the figure drawn for it not left open.
+    with pytest.raises(ValueError, match="must end in one of"):
+        plots.plot_reliability(report, path=tmp_path / "r.txt")
+    assert plt.get_fignums() == open_before
+    # A notebook showed pyplot's open figures at the end of a cell, and
+    # the Figure returned as the cell's value: every plot twice. Closed,
+    # the value is shown once (saved in a loop: none pile up).
     monkeypatch.setattr(matplotlib, "get_backend", lambda: (
         "module://matplotlib_inline.backend_inline"))
-    shown = plots.plot_reliability(report, path=tmp_path / "r.png")
-    assert shown.number in plt.get_fignums()
-    plt.close(shown)
+    for path in (tmp_path / "r.png", None):
+        shown = plots.plot_reliability(report, path=path)
+        assert plt.get_fignums() == open_before
+        shown.canvas.print_figure(tmp_path / "shown.png")  # as displayed
+        assert _is_png(tmp_path / "shown.png")
 
 
 @pytest.mark.parametrize("max_labels", [0, -1, 2.5])

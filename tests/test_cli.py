@@ -316,7 +316,7 @@ def test_eval_keeps_an_existing_report_unless_told(run_folder, tmp_path,
     monkeypatch.setattr(_deploy, "CONSOLE_CLASSES", 1)
     assert cli.main(argv[:-1] + ["--overwrite"]) == 0
     printed = capsys.readouterr().out
-    assert "The 1 classes of lowest F1:" in printed
+    assert "The 1 classes of lowest F1 (of " in printed
     assert "Per class:" in (tmp_path / "evaluation.md").read_text()
 
 

@@ -183,6 +183,14 @@ def test_trainable_summary():
                                  input_shape=SHAPE, head="mlp")
     kft.freeze(model, "partial", n_blocks=1)
     lines = kft.trainable_summary(model, print_fn=None).splitlines()
+    # Printed, the text returned is not shown again by a notebook as the
+    # cell's value (IPython calls `_ipython_display_` instead of its repr);
+    # not printed, it is a plain string.
+    printed = []
+    shown = kft.trainable_summary(model, print_fn=printed.append)
+    assert printed == [shown] and shown.splitlines() == lines
+    assert shown._ipython_display_() is None
+    assert type(kft.trainable_summary(model, print_fn=None)) is str
     rows = {line.split()[0]: line.split() for line in lines[2:-1]}
     assert rows["stem"][3:] == ["frozen", "frozen"]
     assert rows["block3"][3:] == ["trainable", "frozen"]

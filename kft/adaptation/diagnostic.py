@@ -75,6 +75,16 @@ class DomainShiftReport:
         return {k: (dict(v) if isinstance(v, dict) else v)
                 for k, v in dataclasses.asdict(self).items()}
 
+    def __repr__(self):  # the dicts of every BatchNorm layer, in full
+        extra = "".join(
+            f", {name}={value:.4f}" for name, value in (
+                ("mmd", self.mmd), ("probe_accuracy", self.probe_accuracy))
+            if value is not None)
+        most = (f", most_shifted_block={self.most_shifted_block()!r}"
+                if self.blocks else "")
+        return (f"DomainShiftReport({len(self.blocks)} blocks, "
+                f"{self.num_images} images{most}{extra})")
+
     def __str__(self):
         width = max(len(b) for b in self.blocks)
         lines = [f"Domain shift on {self.num_images} images (mean symmetric "

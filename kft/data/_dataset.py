@@ -786,9 +786,14 @@ class ImageDataset(grain.IterDataset, DataAdapter):
         return local, _sharding.local_batch_size(self.batch_size, count)
 
     def __str__(self):
-        counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())
+        # At most 10 classes' counts: a notebook showed 1,000.
+        counts = ", ".join(f"{k}: {v}" for k, v in list(
+            self.class_counts.items())[:10]) + (
+            ", ..." if len(self.class_counts) > 10 else "")
         return (
             f"ImageDataset({self.num_examples} examples, "
             f"{len(self.class_names)} classes ({counts}), "
             f"batch_size={self.batch_size}, skipped={len(self._skipped)})"
         )
+
+    __repr__ = __str__  # a notebook shows the repr

@@ -61,7 +61,8 @@ def markdown(report, max_classes=None):
               _summary_rows(report)]
     order = _class_order(report, max_classes)
     lines += ["", ("Per class" if len(order) == report.num_classes else
-                   f"The {len(order)} classes of lowest F1") + ":", "",
+                   f"The {len(order)} classes of lowest F1 (of "
+                   f"{report.num_classes})") + ":", "",
               "| class | precision | recall | F1 | support |",
               "| --- | ---: | ---: | ---: | ---: |"]
     lines += ["| " + " | ".join(_class_row(report, i, markdown_cell)) + " |"
@@ -84,7 +85,8 @@ def text(report, max_classes=20):
     order = _class_order(report, max_classes)
     width = max(12, *(len(_class_row(report, i)[0]) for i in order))
     header = ("per class" if len(order) == report.num_classes else
-              f"the {len(order)} classes of lowest F1")
+              f"the {len(order)} classes of lowest F1 (of "
+              f"{report.num_classes})")
     lines.append(f"{header}: precision recall f1 support")
     for i in order:
         name, p, r, f, s = _class_row(report, i)

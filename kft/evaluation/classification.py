@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     import keras
 
 
+# Per-class rows `str(ClassificationReport)` shows (those of lowest F1).
+_SHOWN_CLASSES = 20
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # `==` on arrays raised
 class ClassificationReport:
     """Metrics of a classifier on one labelled set.
@@ -53,11 +57,23 @@ class ClassificationReport:
         lines = [f"accuracy {self.accuracy:.4f}  macro precision "
                  f"{self.precision:.4f}  recall {self.recall:.4f}  "
                  f"F1 {self.f1:.4f}"]
-        for name, m in self.per_class.items():
+        shown = list(self.per_class.items())
+        if len(shown) > _SHOWN_CLASSES:  # 300 classes printed 301 lines
+            shown = sorted(shown, key=lambda item: item[1]["f1"])[
+                :_SHOWN_CLASSES]
+            lines.append(f"the {_SHOWN_CLASSES} classes of lowest F1 (of "
+                         f"{len(self.per_class)}; `per_class` has all):")
+        for name, m in shown:
             lines.append(f"  {name:>12}: precision {m['precision']:.3f} "
                          f"recall {m['recall']:.3f} f1 {m['f1']:.3f} "
                          f"support {m['support']}")
         return "\n".join(lines)
+
+    def __repr__(self):  # every class and the whole matrix, in full
+        return (f"ClassificationReport({len(self.class_names)} classes, "
+                f"accuracy={self.accuracy:.4f}, precision="
+                f"{self.precision:.4f}, recall={self.recall:.4f}, "
+                f"f1={self.f1:.4f})")
 
 
 def _rows_to_labels(values, name, scores):

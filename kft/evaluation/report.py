@@ -202,4 +202,6 @@ class EvaluationReport:
                 f", macro_f1={self.macro['f1']:.4f})")
 
     def _repr_markdown_(self):  # a notebook shows the summary and table
-        return self.to_markdown()
+        # Of many classes, those of lowest F1, as `print` (300 classes: a
+        # 335-line table); `to_markdown()` has them all.
+        return self.to_markdown(max_classes=20)

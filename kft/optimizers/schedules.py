@@ -111,6 +111,9 @@ class _OneCycleShape(keras.optimizers.schedules.LearningRateSchedule):
             return _cycle(step, self._ends, self.values(),
                           self.anneal_strategy)
 
+    def __repr__(self):  # not "<... object at 0x...>" in a notebook
+        return _config_repr(self)
+
     def get_config(self):
         return {"total_steps": self.total_steps, "pct_start": self.pct_start,
                 "anneal_strategy": self.anneal_strategy,
@@ -315,9 +318,21 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
                                          "int32"))
             return ops.where(step < warm, ramp, after)
 
+    def __repr__(self):
+        return (f"Warmup({self.schedule!r}, warmup_steps="
+                f"{self.warmup_steps}, initial_value={self.initial_value})")
+
     def get_config(self):
         schedule = self.schedule
         if not isinstance(schedule, float):
             schedule = keras.optimizers.schedules.serialize(schedule)
         return {"schedule": schedule, "warmup_steps": self.warmup_steps,
                 "initial_value": self.initial_value, "name": self.name}
+
+
+def _config_repr(schedule):
+    """`Name(key=value, ...)` of `schedule`'s config, its name left out."""
+    config = {k: v for k, v in schedule.get_config().items() if k != "name"}
+    return (f"{type(schedule).__name__}("
+            + ", ".join(f"{k}={v!r}" for k, v in config.items()) + ")")
+

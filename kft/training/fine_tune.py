@@ -68,6 +68,16 @@ class FineTuneResult:
     learning_rate: float | None = None
     lr_find: object = None
 
+    def __repr__(self):  # every epoch's every value, best_epoch last
+        epochs = sum(len(next(iter(h.values()), ())) for h in self.histories)
+        best = ("" if self.best_value is None
+                else f"{self.best_value:.4g}")
+        return (f"FineTuneResult(phases={len(self.histories)}, epochs="
+                f"{epochs}, best_epoch={self.best_epoch}, {self.monitor}="
+                f"{best} ({self.mode}), learning_rate={self.learning_rate!r}"
+                + (f", lr_find={self.lr_find!r}" if self.lr_find else "")
+                + ")")
+
 
 def _default_loss(model, train_data):
     # A batch-mixing model trains on soft labels (it one-hot encodes

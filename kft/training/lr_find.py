@@ -76,6 +76,14 @@ class LRFinderResult:
     def __str__(self):  # the suggestions, not the arrays
         return _summary(self)
 
+    def __repr__(self):  # a notebook shows the repr: not the arrays
+        rates = ", ".join(f"{name}={s.learning_rate:.3g}"
+                          for name, s in self.suggestions.items())
+        stop = (f", stop_reason={self.stop_reason!r}"
+                if self.stop_reason else "")
+        return (f"LRFinderResult({len(self.learning_rates)} steps"
+                f"{', ' + rates if rates else ''}{stop})")
+
     def plot(self, path=None):
         """The smoothed loss against the rate (log scale), with the
         suggestions marked; saved to `path` when given.

@@ -44,7 +44,8 @@ def trainable_summary(model: keras.Model, patterns=None,
             `print`.
 
     Returns:
-        The table as a string.
+        The table as a string (printed, a notebook does not show it
+        again as a cell's value).
 
     Example:
     >>> import kft
@@ -113,4 +114,13 @@ def trainable_summary(model: keras.Model, patterns=None,
     text = "\n".join(lines)
     if print_fn is not None:
         print_fn(text)
+        return _Shown(text)
     return text
+
+
+class _Shown(str):
+    """A table already printed: a notebook does not show it again as the
+    cell's value (one escaped line of it, under the printed table)."""
+
+    def _ipython_display_(self):
+        pass

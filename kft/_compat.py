@@ -22,6 +22,7 @@ metric direction (`_direction`); the compile config (`_compile_config`);
 the preprocessing layers' hooks (`_transform_images`, `_get_zoom_matrix`,
 `_get_fill_value`, their transformation keys); `keras.src` imports
 (`io_utils`, the JAX random backend, `StatelessScope` detection,
+`DotNotTrackScope`,
 `DataAdapter`, the grain adapter, the base image preprocessing layer,
 the code of `Trainer._symbolic_build`);
 JAX's `xla_bridge._backends`, its compile-event names and its cache of
@@ -529,6 +530,14 @@ def _slot_lists(optimizer, own):
                          and id(v) not in excluded for v in slots):
             lists[name] = value
     return lists
+
+
+def untracked():
+    """Keras' scope without automatic variable tracking, in which
+    `LossScaleOptimizer.build` builds its inner optimizer."""
+    from keras.src.utils.tracking import DotNotTrackScope
+
+    return DotNotTrackScope()
 
 
 def rebuild_optimizer(optimizer, variables):

@@ -109,7 +109,11 @@ def retarget_optimizer(optimizer, variables):
         optimizer.retarget(variables)
         return
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        retarget_optimizer(optimizer.inner_optimizer, variables)
+        # Built as Keras builds it, without automatic tracking: tracked,
+        # the variables Adafactor and Nadam make bare were listed, and a
+        # saved optimizer had more than a fresh one (its state skipped).
+        with _compat.untracked():
+            retarget_optimizer(optimizer.inner_optimizer, variables)
         _compat.set_tracked(optimizer, variables)
         return
     _warn_shared_step_count(optimizer, variables)

@@ -590,6 +590,12 @@ def test_get_config_json_round_trip():
         GroupOptimizer({"head": keras.optimizers.Adam(1e-3)},
                        default=keras.optimizers.SGD(0.1, momentum=0.9),
                        model=model, clipnorm=2.0),
+        # Keras' own `deserialize` gave Lamb back as the string "Lamb": a
+        # saved model with a wrapper of one did not load.
+        BlockwiseOptimizer(keras.optimizers.Lamb(1e-3),
+                           layerwise_lr(model, 1e-3, 0.7), model=model),
+        GroupOptimizer({"head": keras.optimizers.Lamb(1e-3)},
+                       default=keras.optimizers.Lamb(1e-4), model=model),
     ]
     for opt in opts:
         config = json.loads(json.dumps(keras.optimizers.serialize(opt)))

@@ -12,6 +12,7 @@ from kft.models.blocks import get_blocks
 from kft.optimizers.routed import RoutedOptimizer
 from kft.optimizers.routed import check_inner
 from kft.optimizers.routed import check_rate
+from kft.optimizers.routed import deserialize_optimizer
 from kft.optimizers.routed import rate_as_passed
 
 
@@ -127,8 +128,7 @@ class BlockwiseOptimizer(RoutedOptimizer):
                  model=None, patterns=None, base_learning_rate=None,
                  exclude_bias_and_norm=False, learning_rate=None,
                  assignments=None, **kwargs):
-        if isinstance(optimizer, dict):
-            optimizer = keras.optimizers.deserialize(optimizer)
+        optimizer = deserialize_optimizer(optimizer)
         check_inner("optimizer", optimizer)
         inner_lr = _compat.raw_learning_rate(optimizer)
         schedule = keras.optimizers.schedules.LearningRateSchedule

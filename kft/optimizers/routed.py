@@ -405,8 +405,15 @@ def _closest(path, saved):
 
 
 def deserialize_optimizer(optimizer):
+    """A wrapped optimizer from its saved config (other values as they
+    are)."""
     if isinstance(optimizer, dict):
-        return keras.optimizers.deserialize(optimizer)
+        found = keras.optimizers.deserialize(optimizer)
+        if isinstance(found, str):
+            # An optimizer Keras' own list lacks (Lamb) came back as its
+            # class name: loading a wrapper of one failed.
+            found = keras.saving.deserialize_keras_object(optimizer)
+        return found
     return optimizer
 
 

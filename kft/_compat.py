@@ -15,7 +15,8 @@ Held here: the JAX trainer's running state (`_jax_state`,
 optimizer's variable lists and hooks (`_variables`, `_trainable_variables`,
 `_trainable_variables_indices`, `_var_key`, `_tracker`, `_iterations`,
 `_learning_rate`, `_get_variable_index`, `_use_weight_decay`,
-`_backend_update_step`, `_apply_weight_decay`, Nadam's `_u_product`);
+`_backend_update_step`, `_apply_weight_decay`, Nadam's `_u_product`,
+Muon's `_should_use_adamw`);
 layer traversal and flags (`_flatten_layers`, `_trainable_variables`,
 `_layers`, `_trainable`);
 metric direction (`_direction`); the compile config (`_compile_config`);
@@ -530,6 +531,16 @@ def _slot_lists(optimizer, own):
                          and id(v) not in excluded for v in slots):
             lists[name] = value
     return lists
+
+
+def weight_decay_for(optimizer, variable):
+    """The weight decay `optimizer` gives `variable`: Muon's
+    `adam_weight_decay` for the variables its Adam path trains (all but
+    2-D kernels), else `weight_decay`."""
+    if (hasattr(optimizer, "_should_use_adamw")
+            and optimizer._should_use_adamw(variable)):
+        return optimizer.adam_weight_decay
+    return optimizer.weight_decay
 
 
 def untracked():

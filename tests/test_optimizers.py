@@ -822,3 +822,26 @@ def test_a_loss_scaled_optimizer_keeps_its_state_through_a_save_after_a_change(
     for got, want in zip(loaded.optimizer.variables,
                          model.optimizer.variables):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("decays", [(0.5, 0.0), (None, 0.5), (0.2, 0.5)])
+def test_a_wrapped_muon_decays_each_variable_as_muon_does(decays):
+    # Muon decays what its Adam path trains (biases, conv kernels) by
+    # `adam_weight_decay`: the wrappers used `weight_decay` for every one.
+    weight_decay, adam_weight_decay = decays
+    zeros = [np.zeros(3, "float32"), np.zeros((3, 2), "float32")]
+    results = []
+    for wrap in (lambda o: o, BlockwiseOptimizer,
+                 lambda o: GroupOptimizer({}, default=o)):
+        variables = [keras.Variable(np.ones(3, "float32"), name="bias"),
+                     keras.Variable(np.ones((3, 2), "float32"),
+                                    name="kernel")]
+        optimizer = wrap(keras.optimizers.Muon(
+            0.1, weight_decay=weight_decay,
+            adam_weight_decay=adam_weight_decay))
+        optimizer.apply(zeros, variables)
+        results.append([v.numpy() for v in variables])
+    assert results[0][0][0] == 1 - 0.1 * (adam_weight_decay or 0)
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -329,8 +329,9 @@ class RoutedOptimizer(_compat.per_variable_optimizer_base()):
             inner = self._inners[inner_index]
             lr = ops.cast(self._group_rate(inner, learning_rate) * multiplier,
                           var.dtype)
-            if inner.weight_decay and self._decays(inner, var):
-                wd = ops.cast(inner.weight_decay, var.dtype)
+            decay = _compat.weight_decay_for(inner, var)
+            if decay and self._decays(inner, var):
+                wd = ops.cast(decay, var.dtype)
                 var.assign(var - var * wd * lr)
             with _compat.local_iterations(inner, self.iterations - starts[i]
                                           ), scheduled_momentum(

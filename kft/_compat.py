@@ -543,6 +543,13 @@ def weight_decay_for(optimizer, variable):
     return optimizer.weight_decay
 
 
+def steps_corrected(optimizer, variable):
+    """Whether `optimizer`'s update of `variable` reads its step counter:
+    Muon's does for the variables of its Adam path only."""
+    return (not hasattr(optimizer, "_should_use_adamw")
+            or optimizer._should_use_adamw(variable))
+
+
 def untracked():
     """Keras' scope without automatic variable tracking, in which
     `LossScaleOptimizer.build` builds its inner optimizer."""

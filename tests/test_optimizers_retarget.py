@@ -38,7 +38,9 @@ def _adam_factor(t, b1=0.9, b2=0.999):
     lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.0, epsilon=1e-12),
     lambda: keras.optimizers.Adamax(1e-3, epsilon=1e-12),
     lambda: keras.optimizers.Nadam(1e-3, epsilon=1e-12),
-], ids=["adam", "adamw", "adamax", "nadam"])
+    # Its Adam path (the 1-D variables here) reads the step counter too.
+    lambda: keras.optimizers.Muon(1e-3, epsilon=1e-12),
+], ids=["adam", "adamw", "adamax", "nadam", "muon"])
 def test_plain_adam_family_warns_once_with_the_true_first_update(make):
     """Variables added after 1000 steps: one warning per optimizer, whose
     factor is the measured size of their first update over the rate."""
@@ -58,7 +60,7 @@ def test_plain_adam_family_warns_once_with_the_true_first_update(make):
     opt.apply([np.ones(3, "float32"), np.array([1, -2, 3], "float32"),
                np.ones(3, "float32")], [a, b, c])
     np.testing.assert_allclose(np.abs(b.numpy()) / 1e-3, factor, rtol=5e-3)
-    if isinstance(opt, keras.optimizers.Adam):
+    if isinstance(opt, (keras.optimizers.Adam, keras.optimizers.Muon)):
         assert factor == pytest.approx(_adam_factor(1001), abs=5e-3)
         assert factor == pytest.approx(2.52, abs=5e-3)
 
@@ -74,12 +76,25 @@ def test_adam_inside_loss_scale_optimizer_warns():
     assert len(_shared_step_warnings(record)) == 1
 
 
+def test_schedule_free_adamw_warns_without_a_factor():
+    a, b = _vars("a", "b")
+    opt = _stepped(keras.optimizers.ScheduleFreeAdamW(1e-3), [a], 3)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.retarget_optimizer(opt, [a, b])
+    [warning] = _shared_step_warnings(record)
+    assert "first updates will be mis-scaled" in str(warning.message)
+
+
 @pytest.mark.parametrize("case", ["sgd", "blockwise", "step_zero",
-                                  "removed_only"])
+                                  "removed_only", "muon_kernel"])
 def test_no_shared_step_warning(case):
     a, b = _vars("a", "b")
     if case == "sgd":
         opt, old, new = keras.optimizers.SGD(0.1, momentum=0.9), [a], [a, b]
+    elif case == "muon_kernel":  # its Newton-Schulz path counts no steps
+        kernel = keras.Variable(np.zeros((3, 2), "float32"), name="k")
+        opt, old, new = keras.optimizers.Muon(1e-3), [a], [a, kernel]
     elif case == "blockwise":
         opt = BlockwiseOptimizer(keras.optimizers.Adam(1e-3), {"^a$": 1e-4})
         old, new = [a], [a, b]

@@ -100,8 +100,9 @@ def retarget_optimizer(optimizer, variables):
     kft optimizers implement `retarget(variables)` themselves; any Keras
     optimizer is rebuilt in place, its slots following their variables
     (not their paths, which two backbones in one model can share).
-    A Keras Adam, AdamW, Adamax or Nadam that has already stepped warns
-    (once) when variables are added: their bias correction reads the
+    A Keras Adam, AdamW, Adamax, Nadam, ScheduleFreeAdamW or Muon (for
+    the variables of its Adam path) that has already stepped warns (once)
+    when variables are added: their bias correction reads the
     shared step counter, so their first updates are mis-scaled (use
     `kft.BlockwiseOptimizer`, which counts steps per variable).
     """
@@ -120,13 +121,25 @@ def retarget_optimizer(optimizer, variables):
     _compat.rebuild_optimizer(optimizer, variables)
 
 
+# Optimizers whose updates read the shared step counter (bias correction):
+# a variable added late starts at the global step, not its own first.
+_STEP_CORRECTED = (keras.optimizers.Adam, keras.optimizers.Adamax,
+                   keras.optimizers.Nadam, keras.optimizers.Muon,
+                   keras.optimizers.ScheduleFreeAdamW)
+
+
 def _first_update_factor(optimizer, step):
-    """(|first update| / learning rate, formula or None) of an Adam, Adamax
-    or Nadam for a variable whose slots start at zero and whose first
+    """(|first update| / learning rate, formula or None) of an Adam, Adamax,
+    Nadam or Muon's Adam path (`(None, None)` for ScheduleFreeAdamW) for a
+    variable whose slots start at zero and whose first
     update comes at global step `step` (1-based), epsilon neglected: the
     same for any gradient, about 1 at step 1."""
-    b1, b2 = optimizer.beta_1, getattr(optimizer, "beta_2", None)
-    if isinstance(optimizer, keras.optimizers.Adam):  # AdamW included.
+    if isinstance(optimizer, keras.optimizers.Muon):  # its Adam path
+        b1, b2 = optimizer.adam_beta_1, optimizer.adam_beta_2
+    else:
+        b1, b2 = optimizer.beta_1, getattr(optimizer, "beta_2", None)
+    if isinstance(optimizer, (keras.optimizers.Adam,  # AdamW included
+                              keras.optimizers.Muon)):
         return ((1 - b1) * math.sqrt(1 - b2**step)
                 / ((1 - b1**step) * math.sqrt(1 - b2)),
                 "(1 - beta_1) * sqrt(1 - beta_2**t) / ((1 - beta_1**t) * "
@@ -141,7 +154,7 @@ def _first_update_factor(optimizer, step):
         m_hat = (u_next * (1 - b1) / (1 - product * u_next)
                  + (1 - u_t) / (1 - product))
         return m_hat * math.sqrt((1 - b2**step) / (1 - b2)), None
-    raise TypeError(f"No first-update factor for {optimizer!r}")
+    return None, None  # ScheduleFreeAdamW: depends on the gradients too
 
 
 def _warn_shared_step_count(optimizer, variables):
@@ -149,22 +162,25 @@ def _warn_shared_step_count(optimizer, variables):
     get the bias correction of the global step instead of their own."""
     if not optimizer.built or optimizer in _WARNED_SHARED_STEPS:
         return
-    if not isinstance(optimizer, (keras.optimizers.Adam,
-                                  keras.optimizers.Adamax,
-                                  keras.optimizers.Nadam)):
+    if not isinstance(optimizer, _STEP_CORRECTED):
         return
     # A plain array under gradient accumulation (the Variable's count
     # over the steps per update).
     iterations = optimizer.iterations
     iterations = int(np.asarray(getattr(iterations, "value", iterations)))
     tracked = {id(v) for v in _compat.tracked_variables(optimizer)}
-    added = [v for v in variables if id(v) not in tracked]
+    added = [v for v in variables if id(v) not in tracked
+             and _compat.steps_corrected(optimizer, v)]
     if iterations == 0 or not added:
         return
     _WARNED_SHARED_STEPS.add(optimizer)
     step = iterations + 1
     factor, formula = _first_update_factor(optimizer, step)
     formula = f" = {formula} at t={step}" if formula else ""
+    size = ("their first updates will be mis-scaled" if factor is None
+            else f"every entry of their first update will be {factor:.2f}x "
+            f"the learning rate{formula}, instead of about 1x (too "
+            f"{'large' if factor > 1 else 'small'})")
     name = type(optimizer).__name__
     # Nadam keeps shared per-step state, which BlockwiseOptimizer rejects.
     inner = "Adam" if isinstance(optimizer, keras.optimizers.Nadam) else name
@@ -172,9 +188,7 @@ def _warn_shared_step_count(optimizer, variables):
         f"{name} keeps one step counter for all its variables, so the "
         f"{len(added)} variable(s) it starts updating now (e.g. "
         f"{added[0].path!r}), after {iterations} steps, get the bias "
-        f"correction of step {step} instead of step 1: every entry of their "
-        f"first update will be {factor:.2f}x the learning rate{formula}, "
-        f"instead of about 1x (too {'large' if factor > 1 else 'small'}). "
+        f"correction of step {step} instead of step 1: {size}. "
         f"kft.BlockwiseOptimizer counts steps per variable; compile with "
         f"e.g. kft.BlockwiseOptimizer(keras.optimizers.{inner}(1e-3), "
         f"kft.layerwise_lr(model, 1e-3, 0.7), model=model).",

@@ -845,3 +845,23 @@ def test_a_wrapped_muon_decays_each_variable_as_muon_does(decays):
     for got in results[1:]:
         for a, b in zip(got, results[0]):
             np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("inner,advice", [
+    (lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam()),
+     "LossScaleOptimizer: pass the optimizer it wraps"),
+    (lambda: BlockwiseOptimizer(keras.optimizers.Adam(), {"^a$": 0.1}),
+     "BlockwiseOptimizer: kft's per-group optimizers do not nest"),
+    (lambda: keras.optimizers.MultiOptimizer(
+        keras.src.optimizers.multi_optimizer.OptimizerMap(
+            keras.optimizers.SGD(0.1), {})),
+     "MultiOptimizer: give kft.GroupOptimizer one optimizer per group")])
+def test_optimizers_that_cannot_be_wrapped_are_refused_with_advice(inner,
+                                                                   advice):
+    # "must be a Keras optimizer instance" (it was one), or a MultiOptimizer
+    # accepted and failing at its first step with an empty error.
+    for wrap in (lambda o: BlockwiseOptimizer(o, {"^a$": 0.1}),
+                 lambda o: GroupOptimizer({}, default=o)):
+        with pytest.raises(TypeError, match="must be a single Keras "
+                           f"optimizer, not a {advice}"):
+            wrap(inner())

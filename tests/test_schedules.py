@@ -238,6 +238,11 @@ def test_momentum_schedule_needs_an_optimizer_with_momentum():
                        r"or `momentum` .*; got optimizer: Adagrad\.$"):
         kft.BlockwiseOptimizer(keras.optimizers.Adagrad(0.1),
                                momentum_schedule=cycle.momentum_schedule())
+    # Muon has a `momentum`: "needs ... a `momentum`" did not say why not.
+    with pytest.raises(TypeError, match=r"cannot schedule Muon's momentum "
+                       r"\(its Adam path has `adam_beta_1`"):
+        kft.BlockwiseOptimizer(keras.optimizers.Muon(0.1),
+                               momentum_schedule=cycle.momentum_schedule())
     with pytest.raises(TypeError, match="Received: momentum_schedule=0.9"):
         kft.BlockwiseOptimizer(keras.optimizers.Adam(0.1),
                                momentum_schedule=0.9)

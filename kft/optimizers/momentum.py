@@ -49,6 +49,12 @@ def momentum_attribute(name, inner):
                 ". Create it with momentum > 0, or drop "
                 "`momentum_schedule`.")
         return "momentum"
+    if isinstance(inner, keras.optimizers.Muon):
+        raise TypeError(
+            "Argument `momentum_schedule` cannot schedule Muon's momentum "
+            "(its Adam path has `adam_beta_1`, its other path `momentum`): "
+            f"drop `momentum_schedule`, or use another optimizer; got {name}:"
+            f" {kind}.")
     raise TypeError(
         "Argument `momentum_schedule` needs optimizers with a `beta_1` or "
         "`momentum` (Adam, AdamW, Adamax, Lion, SGD, RMSprop with momentum "

@@ -467,12 +467,25 @@ def plain_patterns(patterns):
 
 
 def check_inner(name, inner):
-    if (not isinstance(inner, keras.optimizers.Optimizer)
-            or isinstance(inner, (keras.optimizers.LossScaleOptimizer,
-                                  RoutedOptimizer))):
+    if not isinstance(inner, keras.optimizers.Optimizer):
         raise TypeError(f"Argument `{name}` must be a Keras optimizer "
                         f"instance such as keras.optimizers.Adam(1e-3); "
                         f"Received: {name}={inner!r}")
+    # Each is an optimizer, but not one to wrap (the message said "must
+    # be a Keras optimizer instance").
+    why = {keras.optimizers.LossScaleOptimizer: (
+               "pass the optimizer it wraps: under the mixed_float16 "
+               "policy Keras wraps the kft optimizer itself at compile"),
+           RoutedOptimizer: "kft's per-group optimizers do not nest: give "
+                            "one the groups and rates of both",
+           keras.optimizers.MultiOptimizer: (
+               "give kft.GroupOptimizer one optimizer per group")}
+    for kind, advice in why.items():
+        if isinstance(inner, kind):
+            raise TypeError(
+                f"Argument `{name}` must be a single Keras optimizer, not a "
+                f"{type(inner).__name__}: {advice}. Received: "
+                f"{name}={inner!r}")
     if not _compat.updates_variables_independently(inner):
         raise TypeError(f"Argument `{name}` must update each variable on its "
                         f"own; {type(inner).__name__} keeps shared per-step "

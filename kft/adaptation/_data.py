@@ -13,7 +13,9 @@ def _describe(data):
 
 
 def image_array(data, name, *, allow_labels=False):
-    """`data` as a float32 `(n, h, w, c)` array, or `None` for a dataset.
+    """`data` as an `(n, h, w, c)` numpy array of its own dtype (users of
+    it cast a batch at a time: a float32 copy of a uint8 array up front
+    was 4x its memory), or `None` for a dataset.
 
     Args:
         data: An image array, or an `(x, y)` pair (allowed only with
@@ -51,7 +53,9 @@ def image_array(data, name, *, allow_labels=False):
             f"Received: {name}={data!r}")
     if not hasattr(data, "shape"):
         return None
-    array = np.asarray(data, "float32")
+    array = np.asarray(data)
+    if array.dtype.kind not in "uifb":  # not pixels: named as before
+        array = np.asarray(data, "float32")
     if array.ndim != 4:
         raise ValueError(
             f"Argument `{name}` must be images of shape (n, height, width, "
@@ -64,21 +68,34 @@ def image_array(data, name, *, allow_labels=False):
     return array
 
 
-def dataset_arrays(data):
-    """`(images, labels)` arrays of a `kft.data.ImageDataset`, read once in
-    stored order (`in_order()`: no shuffling or balanced resampling), or
-    `None` when `data` is not one."""
+def dataset_arrays(data, limit=None):
+    """`(images, labels)` arrays of a `kft.data.ImageDataset` (its first
+    `limit` examples when given), read once in stored order (`in_order()`:
+    no shuffling or balanced resampling), or `None` when `data` is not
+    one. Batches are copied into one array as they come (a list of them
+    joined at the end held the images twice)."""
     from kft.data import ImageDataset
 
     if not isinstance(data, ImageDataset):
         return None
-    xs, ys = [], []
+    total = data.num_examples if limit is None else min(
+        limit, data.num_examples)
+    images = labels = None
+    count = 0
     for batch in data.in_order():
-        xs.append(np.asarray(batch[0], "float32"))
-        ys.append(np.asarray(batch[1]))
-    if not xs:
+        if count >= total:
+            break
+        x = np.asarray(batch[0], "float32")[:total - count]
+        y = np.asarray(batch[1])[:total - count]
+        if images is None:
+            images = np.empty((total,) + x.shape[1:], "float32")
+            labels = np.empty((total,) + y.shape[1:], y.dtype)
+        images[count:count + len(x)] = x
+        labels[count:count + len(x)] = y
+        count += len(x)
+    if images is None:
         return (np.zeros((0,) + (0,) * 3, "float32"), np.zeros((0,)))
-    return np.concatenate(xs), np.concatenate(ys)
+    return images[:count], labels[:count]
 
 
 def check_same_images(shape_a, shape_b, name_a, name_b):
@@ -106,7 +123,7 @@ def image_batches(data, name, batch_size, *, expected_shape=None,
             check_same_images(expected_shape, array.shape[1:], "the model's "
                               "input", name)
         for start in range(0, len(array), batch_size):
-            yield array[start:start + batch_size]
+            yield np.asarray(array[start:start + batch_size], "float32")
         return
     count = 0
     # Every example once, as stored: the dataset's host augmentation,

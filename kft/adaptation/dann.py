@@ -561,7 +561,10 @@ class DomainPairs(keras.utils.PyDataset):
     def __getitem__(self, index):
         part = slice(index * self.batch_size, (index + 1) * self.batch_size)
         s, t = self.source_order[part], self.target_order[part]
-        return {"source": self.xs[s], "target": self.xt[t]}, self.ys[s]
+        # Cast a batch at a time: the user's arrays are kept as they are
+        # (a float32 copy of uint8 images held 4x their memory all fit).
+        return {"source": np.asarray(self.xs[s], "float32"),
+                "target": np.asarray(self.xt[t], "float32")}, self.ys[s]
 
 
 def domain_pairs(source, target, *, batch_size: int = 32,

@@ -163,8 +163,8 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
     arrays = None
     if source_data is not None:
         # Read (and checked) before the BatchNorm pass.
-        arrays = (_feature_images(source_data, "source_data"),
-                  _feature_images(data, "data"))
+        arrays = (_feature_images(source_data, "source_data", max_images),
+                  _feature_images(data, "data", max_images))
         check_same_images(arrays[0].shape[1:], arrays[1].shape[1:],
                           "source_data", "data")
         for name, images in zip(("source_data", "data"), arrays):
@@ -208,20 +208,20 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
         num_images=num_images, mmd=mmd_value, probe_accuracy=probe)
 
 
-def _feature_images(data, name):
-    """The images of arrays, a pair or a `kft.data` dataset (stored
-    order) for the feature scores."""
+def _feature_images(data, name, max_images):
+    """The first `max_images` images of arrays, a pair or a `kft.data`
+    dataset (stored order) for the feature scores."""
     images = image_array(data, name, allow_labels=True)
-    if images is None:
-        read = dataset_arrays(data)
-        if read is None:
-            raise ValueError(
-                f"Argument `{name}` must be images (an array or an (x, y) "
-                "pair) or a kft.data dataset for domain_shift's MMD and "
-                "probe scores with `source_data`. Received: a "
-                f"{type(data).__name__}")
-        images = read[0]
-    return images
+    if images is not None:
+        return images[:max_images]  # a view: nothing copied
+    read = dataset_arrays(data, limit=max_images)
+    if read is None:
+        raise ValueError(
+            f"Argument `{name}` must be images (an array or an (x, y) "
+            "pair) or a kft.data dataset for domain_shift's MMD and probe "
+            "scores with `source_data`. Received: a "
+            f"{type(data).__name__}")
+    return read[0]
 
 
 def _feature_scores(model, source, target, batch_size, max_images):

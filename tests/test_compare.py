@@ -543,3 +543,26 @@ def test_failed_runs_do_not_make_a_strategy_best_nor_skew_holm():
         holm[tuple(order)] = {r["strategy"]: r["p_holm"] for r in rows}
     assert holm[("a", "b", "c")] == holm[("a", "c", "b")]
     assert holm[("a", "b", "c")]["b"] is None
+
+
+def test_each_run_measures_its_peak_from_a_trimmed_heap(data, monkeypatch):
+    # Memory an earlier run freed stayed in the process (kft keeps it for
+    # reuse) and went uncounted when a later run reused it: a strategy's
+    # peak depended on the order of `strategies`, by up to 100x.
+    from kft.evaluation import compare
+
+    events = []
+    real_enter = compare._PeakMemory.__enter__
+
+    def enter(self):
+        events.append("measure")
+        return real_enter(self)
+
+    monkeypatch.setattr(compare._PeakMemory, "__enter__", enter)
+    monkeypatch.setattr(compare._compat, "malloc_trim_function",
+                        lambda: lambda pad: events.append("trim"))
+    kft.compare_strategies(
+        lambda seed: _build(), data.target_train, data.target_val,
+        data.target_test, strategies=[untrained], seeds=[0, 1], epochs=2,
+        head_epochs=1)
+    assert events == ["trim", "measure"] * 2

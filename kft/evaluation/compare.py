@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from kft import _compat
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
@@ -73,9 +74,9 @@ class _PeakMemory:
     A thread reads the resident set size (RSS) every `interval` seconds;
     `delta_mib` is the largest sample minus the RSS at the start. It
     counts everything the process holds: XLA's compiled code and buffers,
-    the feature cache, the data copies Keras makes. Memory freed by an
-    earlier run and reused is not counted again, and a peak shorter than
-    `interval` can be missed.
+    the feature cache, the data copies Keras makes. Each run starts after
+    `malloc_trim` has returned the memory earlier runs freed (where glibc
+    runs); a peak shorter than `interval` can be missed.
     """
 
     def __init__(self, interval=0.01):
@@ -244,6 +245,12 @@ def _one_run(build_model, strategy, seed, data, budget, built):
     keras.utils.set_random_seed(seed)
     model = _build(build_model, seed, built)
     gc.collect()
+    trim = _compat.malloc_trim_function()
+    if trim is not None:
+        # Memory an earlier run freed went uncounted when this run reused
+        # it (kft keeps freed memory for reuse): a strategy's peak then
+        # depended on the strategies run before it, by up to 100x.
+        trim(0)
     with _PeakMemory() as memory:
         start = time.perf_counter()
         histories, best_epoch, spent = _train(model, strategy, train, val,

@@ -209,6 +209,28 @@ def images():
     return x, np.array([0, 1, 2] * 4 + [2, 2])
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_evaluate_casts_other_floats_a_batch_at_a_time(model, dtype):
+    # Keras cast the whole array to float32, twice at once in predict:
+    # 1x a float64 array's memory, 4x a float16 one's (x / 255.0 is
+    # float64).
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (600, 16, 16, 3)).astype(dtype)
+    y = np.arange(600) % 3
+    want = kft.evaluate(model, (x.astype("float32"), y), batch_size=50)
+    kft.evaluate(model, (x[:100], y[:100]), batch_size=50)  # compiled
+    tracemalloc.start()
+    report = kft.evaluate(model, (x, y), batch_size=50)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < x.size * 4 / 2, peak  # half a float32 copy
+    np.testing.assert_array_equal(report.confusion_matrix,
+                                  want.confusion_matrix)
+    assert report.accuracy == want.accuracy
+
+
 def test_evaluate_arrays_and_datasets_agree(model, images):
     x, y = images
     logits = model.predict(x, batch_size=7, verbose=0)

@@ -240,12 +240,19 @@ def predict_numpy(model, x, batch_size):
     devices), so every process gets every row, as one process would (and
     no faster).
     """
+    # Floats of another width (x / 255.0 is float64) are cast a batch at
+    # a time: Keras casts the whole array, twice at once in `predict`
+    # (float16: 4x its memory).
+    cast = (isinstance(x, np.ndarray) and x.dtype.kind == "f"
+            and x.dtype != np.float32 and len(x) > 0)
     with model_turn(model):
-        if process_count() == 1 and batch_shards() == 1:
+        if process_count() == 1 and batch_shards() == 1 and not cast:
             return np.asarray(model.predict(x, batch_size=batch_size,
                                             verbose=0))
         return np.concatenate([
-            predict_padded(model, x[start:start + batch_size])
+            predict_padded(model, np.asarray(x[start:start + batch_size],
+                                             "float32") if cast
+                           else x[start:start + batch_size])
             for start in range(0, len(x), batch_size)])
 
 

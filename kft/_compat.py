@@ -162,6 +162,22 @@ def flatten_layers(layer, include_self=True, recursive=True):
                                       recursive=recursive))
 
 
+@contextlib.contextmanager
+def graph_nodes_kept(model):
+    """Drops, when the block ends, the graph nodes that models built in it
+    from `model`'s own layers added to those layers: each kept the whole
+    temporary model alive (a statistics copy per `adapt_batchnorm` call:
+    the user's model grew with every call)."""
+    counts = [(layer, len(layer._inbound_nodes), len(layer._outbound_nodes))
+              for layer in flatten_layers(model)]
+    try:
+        yield
+    finally:
+        for layer, inbound, outbound in counts:
+            del layer._inbound_nodes[inbound:]
+            del layer._outbound_nodes[outbound:]
+
+
 def call_inputs(layer):
     """The input tensors of each call of `layer` in the functional graphs
     it is part of, one list per call."""

@@ -855,3 +855,30 @@ def test_uint8_images_are_cast_a_batch_at_a_time():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < whole / 4, peak
+
+
+def test_statistics_passes_leave_nothing_on_the_users_model():
+    # The statistics copy is built from the model's own layers: its graph
+    # nodes stayed on them, and with them every copy (the model grew at
+    # each adapt_batchnorm / domain_shift call).
+    import gc
+
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3))
+
+    def nodes():
+        return [(len(layer._inbound_nodes), len(layer._outbound_nodes))
+                for layer in kft._compat.flatten_layers(model)]
+
+    before = nodes()
+    kft.adapt_batchnorm(model, x, batch_size=4)
+    kft.domain_shift(model, x)
+    gc.collect()
+    arrays = len(jax.live_arrays())
+    for _ in range(2):
+        kft.adapt_batchnorm(model, x, batch_size=4)
+        kft.domain_shift(model, x)
+    gc.collect()
+    assert nodes() == before
+    assert len(jax.live_arrays()) == arrays

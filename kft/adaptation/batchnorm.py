@@ -35,6 +35,13 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data"):
         all images: per-batch moments combined, not a moving average.
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
+    # The copy is built from the model's own layers: its nodes on them go
+    # with it when the pass is done.
+    with _compat.graph_nodes_kept(model):
+        return _batch_statistics(model, data, batch_size, name)
+
+
+def _batch_statistics(model, data, batch_size, name):
     clone, copies = _statistics_model(model)
     # The model's own layers, those of its classifier graph (not, say, a
     # domain discriminator's).

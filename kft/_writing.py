@@ -96,10 +96,12 @@ def _beside_name(folder, name):
     its stem cut to fit the file system's longest name (a valid name of
     up to 255 bytes failed with "File name too long")."""
     stem, suffix = os.path.splitext(name)
+    if len(os.fsencode(suffix)) > 16:  # not a format's: the name's end
+        stem, suffix = name, ""
     tail = f".{os.getpid()}.tmp{suffix}"
     try:
         longest = os.pathconf(folder or ".", "PC_NAME_MAX")
-    except (OSError, ValueError):
+    except (AttributeError, OSError, ValueError):  # none on Windows
         longest = 255
     room = max(longest - len(os.fsencode("." + tail)), 1)
     stem = os.fsencode(stem)[:room].decode("utf-8", "ignore") if len(

@@ -13,12 +13,19 @@ from kft._writing import written_beside
 def test_a_name_of_the_longest_length_is_written(tmp_path):
     # The temporary name beside it was 12 bytes longer: "File name too
     # long" for valid names of 244-255 bytes (80 CJK characters: 240).
-    for name in ("a" * 249 + ".keras", "图" * 83 + ".md"):
-        assert len(os.fsencode(name)) in (255, 252)
+    # A long suffix is no format's: the name is cut whole.
+    names = ["a" * 249 + ".keras", "图" * 83 + ".md", "r." + "x" * 248]
+    for name in names:
+        assert len(os.fsencode(name)) in (255, 252, 250)
         write_file(tmp_path / name, "done")
         assert (tmp_path / name).read_text() == "done"
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        ["a" * 249 + ".keras", "图" * 83 + ".md"])
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+
+
+def test_a_file_is_written_where_os_has_no_pathconf(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "pathconf")  # as on Windows
+    write_file(tmp_path / "m.md", "done")
+    assert (tmp_path / "m.md").read_text() == "done"
 
 
 def test_an_error_names_the_path_given_not_the_temporary_file(tmp_path):

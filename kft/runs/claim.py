@@ -72,4 +72,7 @@ def inside(path, folder):
     (True, False)
     """
     path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([path, folder]) == folder
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # on two Windows drives
+        return False

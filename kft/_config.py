@@ -204,7 +204,7 @@ def enable_compilation_cache(directory=None):
         # An empty or relative XDG_CACHE_HOME is to be ignored (the XDG
         # base directory spec): it put the cache in the working directory,
         # an image folder when a script ran there.
-        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        xdg = os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))
         directory = directory or os.path.join(
             xdg if os.path.isabs(xdg)
             else os.path.join(os.path.expanduser("~"), ".cache"),

@@ -47,7 +47,10 @@ def write_file(path, content):
     'done'
     """
     path = output_path(path)
-    data = content.encode("utf-8") if isinstance(content, str) else content
+    # A file name of another encoding (a skipped file listed) is written
+    # escaped: strict UTF-8 failed on it after the work was done.
+    data = (content.encode("utf-8", "backslashreplace")
+            if isinstance(content, str) else content)
     with written_beside(path) as target, open(target, "wb") as file:
         file.write(data)
 

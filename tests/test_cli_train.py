@@ -668,7 +668,7 @@ def test_resume_after_sigkill_continues_the_same_run(folder, tmp_path,
     assert "RunBackup: resumed phase 2 from its checkpoint after epoch" in (
         resumed.stdout)
     # Its time is this attempt's (the killed one's is not known).
-    assert "s (this attempt: resumed from a checkpoint)" in resumed.stdout
+    assert "s (this attempt)" in resumed.stdout
     with open(os.path.join(out, "history.json")) as f:
         history = json.load(f)
     assert [row["epoch"] for row in history] == list(range(1, 14))
@@ -1293,10 +1293,15 @@ def test_eval_and_compare_refuse_an_out_inside_the_image_folder(
                  ["compare", folder, "--out", inner, "--backbone",
                   "simple_cnn"],
                  ["compare", str(tmp_path), "--test-dir", folder, "--out",
-                  os.path.join(folder, "class0", "x")]):
+                  os.path.join(folder, "class0", "x")],
+                 # The loss plot was trained on as one more image.
+                 ["lr-find", folder, "--plot",
+                  os.path.join(folder, "class0", "lr.png")]):
         code, err = _usage_error(argv, capsys)
         assert code == 2 and "would be read as a class folder" in err, err
         assert not os.path.exists(inner)
+        assert sorted(os.listdir(os.path.join(folder, "class0"))) == [
+            f"{i}.png" for i in range(6)]
 
 
 def test_lr_find_next_command_repeats_what_was_measured(tmp_path, capsys,
@@ -1434,3 +1439,20 @@ def test_a_run_folder_holding_only_os_files_counts_as_empty(folder,
                        r"notes.txt\): continue it with --resume"):
         train_module._prepare_out(config, False, None)
 
+
+
+def test_a_skipped_file_named_in_another_encoding_is_reported(tmp_path,
+                                                               capsys):
+    # Listed in summary.md, its name failed UTF-8 after training (on
+    # every resume too), the run left "running".
+    data = _write_folder(tmp_path / "data", classes=2, per_class=4)
+    bad = os.path.join(os.fsencode(data), b"class0", b"bad\xe9.png")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    out = str(tmp_path / "run")
+    assert cli.main(["train", data, *FAST, "--epochs", "2", "--out", out,
+                     "--quiet"]) == 0
+    with open(os.path.join(out, "summary.md"), encoding="utf-8") as f:
+        assert "bad\\udce9.png" in f.read()
+    with open(os.path.join(out, "run.json")) as f:
+        assert json.load(f)["status"] == "complete"

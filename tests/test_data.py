@@ -1134,6 +1134,15 @@ def test_a_link_back_to_the_data_folder_from_a_linked_class(tmp_path):
     for root in (photos, tmp_path / "given"):
         train, _ = kft.data.from_directory(root, 8, validation_split=None)
         assert dict(train.class_counts) == {"cat": 2, "dog": 3}
+    # Beside test/, kft train reads the classes through a folder of links
+    # to them: the loop was walked again (held-out images trained as dog).
+    for name in ("cat", "dog"):
+        _pngs(photos / "test" / name, 4)
+    config = kft.runs.resolve_config(kft.runs.TrainConfig(
+        data_dir=str(photos), backbone="simple_cnn", image_size=8,
+        val_split=None))
+    train, _ = kft.runs.load_folder_data(config)
+    assert dict(train.class_counts) == {"cat": 2, "dog": 3}
 
 
 def test_nas_and_recycle_folders_are_not_classes_or_images(tmp_path):
@@ -1150,6 +1159,12 @@ def test_nas_and_recycle_folders_are_not_classes_or_images(tmp_path):
     from kft.deploy._views import list_sources
 
     assert len(list_sources(str(tmp_path / "cat"))) == 2  # kft.predict
+    # A class named "train" (CIFAR-100) whose only folder is @eaDir was
+    # taken for a split folder: "No class folders in '.../train'".
+    _pngs(tmp_path / "train", 2)
+    _pngs(tmp_path / "train" / "@eaDir" / "0.png", 1)
+    train, _ = kft.data.from_directory(tmp_path, 8, validation_split=None)
+    assert dict(train.class_counts) == {"cat": 2, "dog": 2, "train": 2}
 
 
 def test_class_folders_named_in_another_encoding_are_refused(tmp_path):

@@ -102,8 +102,8 @@ def check_out_outside(path, flag, folders):
     for name, folder in folders:
         if folder and inside(path, folder):
             raise Usage(f"{flag} {path!r} is inside {name} {folder!r}, "
-                        "where it would be read as a class folder; pass an "
-                        "--out outside the image folders")
+                        "where it would be read as a class folder; pass a "
+                        "path outside the image folders")
 
 
 def make_out_folder(path, flag="--out"):

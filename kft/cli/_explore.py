@@ -30,6 +30,10 @@ def lr_find_command(args, argv):
         if os.path.splitext(args.plot)[1].lower() not in supported:
             raise Usage(f"--plot must end in one of {supported}. Received: "
                         f"--plot {args.plot!r}")
+        # In a class folder, the plot was trained on as one more image.
+        check_out_outside(os.path.dirname(os.path.abspath(args.plot)),
+                          "the folder of --plot",
+                          [("DATA_DIR", args.data_dir)])
         make_out_folder(os.path.dirname(os.path.abspath(args.plot)),
                         "the folder of --plot")
     start_library()
@@ -218,7 +222,8 @@ def _write_comparison(result, out, as_json):
         os.remove(os.path.join(out, "comparison.png"))
     result.to_json(files["comparison.json"])
     files["comparison.md"] = os.path.join(out, "comparison.md")
-    with open(files["comparison.md"], "w", encoding="utf-8") as f:
+    with open(files["comparison.md"], "w", encoding="utf-8",
+              errors="backslashreplace") as f:
         f.write(result.to_markdown() + "\n")
     try:
         import matplotlib  # noqa: F401

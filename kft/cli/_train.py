@@ -131,8 +131,7 @@ def _train_text(result):
                      f"{m['balanced_accuracy']:.4f}, macro F1 "
                      f"{m['macro']['f1']:.4f}")
     lines.append(f"  training time {result.train_time:.1f} s"
-                 + (" (this attempt: resumed from a checkpoint)"
-                    if result.resumed else ""))
+                 + (" (this attempt)" if result.resumed else ""))
     lines.append(f"  wrote: {', '.join(sorted(result.files))}")
     # Quoted: a path with spaces must copy as one argument.
     lines.append(f"  next: kft eval {shlex.quote(result.out)} DATA_DIR")

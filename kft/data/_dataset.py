@@ -63,12 +63,19 @@ def warn_skipped(skipped, total, where):
     shown = "\n".join(f"  {s.path}: {s.reason}" for s in skipped[:10])
     more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
     warnings.warn(
-        f"Skipped {len(skipped)} of {total} image files in {where}:\n"
-        f"{shown}{more}\nThe full list is in `dataset.skipped` (and in "
-        "run.json's `skipped_files` of a `kft train` run).",
+        _text(f"Skipped {len(skipped)} of {total} image files in {where}:\n"
+              f"{shown}{more}\nThe full list is in `dataset.skipped` (and "
+              "in run.json's `skipped_files` of a `kft train` run)."),
         SkippedFilesWarning,
         stacklevel=3,
     )
+
+
+def _text(message):
+    """`message` with file names of another encoding escaped (`\\udce9`):
+    their lone surrogates failed wherever the warning was written as
+    UTF-8 (a log file, pytest-xdist's channel)."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _collate(elements):
@@ -453,8 +460,9 @@ class ImageDataset(grain.IterDataset, DataAdapter):
             self._skipped.append(SkippedFile(str(path), reason))
             self._bad_labels.append(int(label))
         warnings.warn(
-            f"Skipped {path} while reading it: {reason}. It is left out of "
-            "later passes too; the full list is in `dataset.skipped`.",
+            _text(f"Skipped {path} while reading it: {reason}. It is left "
+                  "out of later passes too; the full list is in "
+                  "`dataset.skipped`."),
             SkippedFilesWarning,
             stacklevel=2,
         )

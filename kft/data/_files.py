@@ -124,15 +124,23 @@ def list_images(folder, others=None, given=None):
 
 
 def _holders(folder):
-    """The real paths of `folder` and of the folders holding it, as
-    resolved and as given: a class folder that is a link (to
+    """The real paths of `folder` and of the folders holding it, at every
+    hop of the links that lead to it: a class folder that is a link (to
     `store/dog`) is held by the data folder the user named, which a link
-    inside it may point back to."""
-    paths = {os.path.realpath(folder)}
-    given = os.path.abspath(folder)
-    while os.path.dirname(given) != given:
-        given = os.path.dirname(given)
-        paths.add(os.path.realpath(given))
+    inside it may point back to, also when reached through the folder of
+    links `kft.runs` builds (`<class>/` beside `test/`)."""
+    paths = set()
+    path = os.path.abspath(folder)
+    for _ in range(40):  # the OS's own limit on a chain of links
+        paths.add(os.path.realpath(path))
+        parent = path
+        while os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+            paths.add(os.path.realpath(parent))
+        if not os.path.islink(path):
+            break
+        path = os.path.abspath(os.path.join(os.path.dirname(path),
+                                            os.readlink(path)))
     return paths
 
 
@@ -191,7 +199,7 @@ def holds_folders(path):
     """Whether `path` holds a sub-folder (hidden ones such as
     `.ipynb_checkpoints` aside)."""
     with os.scandir(path) as entries:
-        return any(entry.is_dir() and not entry.name.startswith(".")
+        return any(entry.is_dir() and not _hidden(entry.name)
                    for entry in entries)
 
 
@@ -208,7 +216,7 @@ def train_folder(path):
         return train
     splits = {"train", *VAL_FOLDERS, TEST_FOLDER}
     with os.scandir(path) as entries:
-        classes = any(entry.is_dir() and not entry.name.startswith(".")
+        classes = any(entry.is_dir() and not _hidden(entry.name)
                       and entry.name.lower() not in splits
                       for entry in entries)
     return None if classes else train

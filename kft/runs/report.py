@@ -67,7 +67,8 @@ def write_history(out, rows):
     files["history.csv"] = path
     if not is_primary():
         return files
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with open(path, "w", newline="", encoding="utf-8",
+              errors="backslashreplace") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
@@ -94,7 +95,7 @@ def write_evaluation(model, data, class_names, out, *, history=None,
     report.to_json(path)
     files[f"{prefix}.json"] = path
     path = os.path.join(out, f"{prefix}.md")
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(report.to_markdown())
     files[f"{prefix}.md"] = path
     if not plots:

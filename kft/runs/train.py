@@ -364,8 +364,8 @@ def _train(config, info, resumed, verbose, say, command):
                 "started": info.get("started")
                 or datetime.datetime.now().isoformat(timespec="seconds")}
     if resumed:
-        run_info["resume_commands"] = [*info.get("resume_commands", []),
-                                       command]
+        run_info["resume_commands"] = info.get("resume_commands", []) + (
+            [command] if command is not None else [])
     write_json(os.path.join(out, "run.json"), run_info)
     say(describe_recipe(config, model))
     backup = RunBackup(os.path.join(out, CHECKPOINTS), model,
@@ -414,7 +414,10 @@ def _train(config, info, resumed, verbose, say, command):
     path = os.path.join(out, "summary.md")
     files["summary.md"] = path
     if is_primary():
-        with open(path, "w", encoding="utf-8") as f:
+        # Escaped: a skipped file's name of another encoding failed here,
+        # after training, on every resume too.
+        with open(path, "w", encoding="utf-8",
+                  errors="backslashreplace") as f:
             f.write(run_summary(result, env, requested,
                              run_info["skipped_files"]))
     run_info.update(

@@ -335,4 +335,3 @@ def _config_repr(schedule):
     config = {k: v for k, v in schedule.get_config().items() if k != "name"}
     return (f"{type(schedule).__name__}("
             + ", ".join(f"{k}={v!r}" for k, v in config.items()) + ")")
-

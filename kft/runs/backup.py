@@ -365,4 +365,3 @@ def _first_difference(records, layers):
             return (f"layer {index} was a {record[2]} ({record[0]}), the "
                     f"model's is a {type(layer).__name__} ({layer.path})")
     return "no difference"
-

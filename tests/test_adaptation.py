@@ -871,14 +871,32 @@ def test_statistics_passes_leave_nothing_on_the_users_model():
         return [(len(layer._inbound_nodes), len(layer._outbound_nodes))
                 for layer in kft._compat.flatten_layers(model)]
 
+    def calls():
+        kft.adapt_batchnorm(model, x, batch_size=4)
+        kft.domain_shift(model, x)
+        kft.domain_shift(model, x, source_data=x)  # its features model
+
     before = nodes()
-    kft.adapt_batchnorm(model, x, batch_size=4)
-    kft.domain_shift(model, x)
+    calls()
     gc.collect()
     arrays = len(jax.live_arrays())
     for _ in range(2):
-        kft.adapt_batchnorm(model, x, batch_size=4)
-        kft.domain_shift(model, x)
+        calls()
     gc.collect()
     assert nodes() == before
     assert len(jax.live_arrays()) == arrays
+
+
+def test_float64_pixels_past_float32_are_refused_as_not_finite():
+    # Cast a batch at a time, 1e300 passed the check (finite as float64)
+    # and became inf in the model: NaN statistics written into it.
+    model = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (300, 16, 16, 3))
+    x[260, 0, 0, 0] = 1e300
+    for call in (lambda: kft.adapt_batchnorm(model, x),
+                 lambda: kft.domain_shift(model, x),
+                 lambda: domain_pairs((x, np.zeros(300)), x[:8])):
+        with pytest.raises(ValueError, match=r"finite pixels.*the first: "
+                           r"image 260"):
+            call()

@@ -1302,6 +1302,11 @@ def test_eval_and_compare_refuse_an_out_inside_the_image_folder(
         assert not os.path.exists(inner)
         assert sorted(os.listdir(os.path.join(folder, "class0"))) == [
             f"{i}.png" for i in range(6)]
+    # At DATA_DIR's top a plot is not read: accepted.
+    monkeypatch.setattr("kft.runs.lr.find_rate", _refuse("find_rate"))
+    assert cli.main(["lr-find", folder, "--plot",
+                     os.path.join(folder, "lr.png")]) == 1
+    assert "find_rate ran" in capsys.readouterr().err
 
 
 def test_lr_find_next_command_repeats_what_was_measured(tmp_path, capsys,

@@ -28,6 +28,15 @@ def test_classification_reports_of_many_classes_stay_short():
     printed = str(report).splitlines()  # 301 lines
     assert len(printed) == 22
     assert "the 20 classes of lowest F1 (of 300" in printed[1]
+    # Classes without examples (F1 0) go last: they crowded out the weak
+    # classes the macro F1 counts.
+    y_pred = y_true.copy()
+    y_pred[:20] = (y_pred[:20] + 1) % CLASSES  # 20 weak classes
+    weak = kft.classification_report(y_true, y_pred,
+                                     num_classes=CLASSES + 30)
+    shown = [line.split(":")[0].strip() for line in str(weak).splitlines()[2:]]
+    assert len(shown) == 20
+    assert not set(shown) & {str(c) for c in range(CLASSES, CLASSES + 30)}
     evaluation = kft.report_from_predictions(y_true, probabilities)
     # A notebook's Markdown: every class (335 lines), not print's 20.
     table = evaluation._repr_markdown_()

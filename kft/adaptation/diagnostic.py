@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from kft import _compat
 from kft._validation import check_int
 from kft.adaptation._data import check_same_images
 from kft.adaptation._data import dataset_arrays
@@ -199,8 +200,11 @@ def domain_shift(model, data, source_data=None, *, batch_size: int = 64,
     blocks = {b: float(np.mean(per_block_lists[b])) for b in order}
     mmd_value = probe = None
     if arrays is not None:
-        mmd_value, probe = _feature_scores(model, *arrays, batch_size,
-                                           max_images)
+        # Its features model is built from the model's own layers: its
+        # nodes on them go with it.
+        with _compat.graph_nodes_kept(model):
+            mmd_value, probe = _feature_scores(model, *arrays, batch_size,
+                                               max_images)
     return DomainShiftReport(
         blocks=blocks, layers=per_layer,
         block_of_layer={layer.name: block_of.get(id(layer), layer.name)

@@ -30,10 +30,12 @@ def lr_find_command(args, argv):
         if os.path.splitext(args.plot)[1].lower() not in supported:
             raise Usage(f"--plot must end in one of {supported}. Received: "
                         f"--plot {args.plot!r}")
-        # In a class folder, the plot was trained on as one more image.
-        check_out_outside(os.path.dirname(os.path.abspath(args.plot)),
-                          "the folder of --plot",
-                          [("DATA_DIR", args.data_dir)])
+        # In a class folder, the plot was trained on as one more image (at
+        # DATA_DIR's top it is not read).
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if os.path.realpath(folder) != os.path.realpath(args.data_dir):
+            check_out_outside(folder, "the folder of --plot",
+                              [("DATA_DIR", args.data_dir)])
         make_out_folder(os.path.dirname(os.path.abspath(args.plot)),
                         "the folder of --plot")
     start_library()

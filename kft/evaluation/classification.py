@@ -59,8 +59,10 @@ class ClassificationReport:
                  f"F1 {self.f1:.4f}"]
         shown = list(self.per_class.items())
         if len(shown) > _SHOWN_CLASSES:  # 300 classes printed 301 lines
-            shown = sorted(shown, key=lambda item: item[1]["f1"])[
-                :_SHOWN_CLASSES]
+            # Classes without examples last: their F1 of 0 crowded out
+            # the weak classes the macro F1 counts.
+            shown = sorted(shown, key=lambda item: (
+                item[1]["support"] == 0, item[1]["f1"]))[:_SHOWN_CLASSES]
             lines.append(f"the {_SHOWN_CLASSES} classes of lowest F1 (of "
                          f"{len(self.per_class)}; `per_class` has all):")
         for name, m in shown:

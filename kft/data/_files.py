@@ -107,8 +107,7 @@ def list_images(folder, others=None, given=None):
         # A symbolic link back to a folder already walked, or up to one
         # holding `folder` (its parent: every other class's images too).
         if real in seen or (real != top and any(
-                os.path.commonpath([real, holder]) == real
-                for holder in holders)):
+                _holds(real, holder) for holder in holders)):
             dirs[:] = []
             continue
         seen.add(real)
@@ -121,6 +120,14 @@ def list_images(folder, others=None, given=None):
             elif others is not None and name.lower() not in SYSTEM_FILES:
                 others.append(os.path.join(root, name))
     return found
+
+
+def _holds(folder, path):
+    """Whether `folder` is `path` or holds it (real paths)."""
+    try:
+        return os.path.commonpath([folder, path]) == folder
+    except ValueError:  # on two Windows drives
+        return False
 
 
 def _holders(folder):

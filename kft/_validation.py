@@ -265,12 +265,13 @@ def unicode_form_note(names, others):
             "an archive made on macOS do: rename one to match.")
 
 
-def check_finite_images(images, name, first=None):
+def check_finite_images(images, name, first=None, as_float32=False):
     """Raises if an image of a float array holds NaN or inf: training on
     it made the weights NaN behind a finite loss, and statistics of it
     were NaN (a shift score, BatchNorm moving averages after
     adapt_batchnorm, a DANN loss). `first`: for a batch, the index of
-    `images[0]` among all of `name`'s.
+    `images[0]` among all of `name`'s. `as_float32`: checked as the
+    float32 the images will be cast to (1e300 is finite in float64 only).
 
     Example:
     >>> import numpy as np
@@ -285,10 +286,12 @@ def check_finite_images(images, name, first=None):
     # In slices: one mask of a whole dataset is a quarter of its size.
     step = max(1, 2**24 // max(images[0].size, 1))
     try:
-        finite = np.concatenate([
-            np.isfinite(images[i:i + step]).reshape(
-                len(images[i:i + step]), -1).all(axis=1)
-            for i in range(0, len(images), step)])
+        with np.errstate(over="ignore"):  # the cast's inf is the finding
+            finite = np.concatenate([
+                np.isfinite(np.asarray(images[i:i + step], "float32")
+                            if as_float32 else images[i:i + step]).reshape(
+                    len(images[i:i + step]), -1).all(axis=1)
+                for i in range(0, len(images), step)])
     except TypeError:  # not numbers: other checks name that
         return
     if not finite.all():

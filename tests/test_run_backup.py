@@ -67,6 +67,13 @@ def test_a_resumed_run_keeps_the_best_epoch_from_before_the_crash(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def _crashed(directory):
+    """`directory` of a run that crashed in phase 2's epoch 2."""
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(directory, [_Crash(2)])
+    return directory
+
+
 def _recorded_classes(directory, change):
     """Applies `change(records)` to every recorded `[path, trainable,
     class]` list of the run's state file."""
@@ -82,9 +89,7 @@ def test_a_run_crashed_under_a_kft_before_classifier_resumes(tmp_path):
     # kft before `kft.Classifier` recorded the model as a plain
     # "Functional": the resume was refused as another model.
     whole, whole_weights, _ = _run(tmp_path / "whole")
-    crashed = tmp_path / "crashed"
-    with pytest.raises(RuntimeError, match="crash"):
-        _run(crashed, [_Crash(2)])
+    crashed = _crashed(tmp_path / "crashed")
 
     def as_before(records):
         # (The head phase trained a head-only model on cached features.)
@@ -99,9 +104,7 @@ def test_a_run_crashed_under_a_kft_before_classifier_resumes(tmp_path):
 
 
 def test_a_resume_into_other_layers_names_the_first_difference(tmp_path):
-    crashed = tmp_path / "crashed"
-    with pytest.raises(RuntimeError, match="crash"):
-        _run(crashed, [_Crash(2)])
+    crashed = _crashed(tmp_path / "crashed")
 
     def another_layer(records):
         if records[0][2] == "Classifier":

@@ -767,6 +767,23 @@ def test_a_model_compiled_with_unregistered_functions_keeps_them(
     assert np.isfinite(history.history["loss"][0])
 
 
+def test_the_swap_keeps_how_the_model_was_compiled():
+    # `auto_scale_loss=False` is not in Keras' compile config: the swapped
+    # model's compile wrapped the optimizer in a LossScaleOptimizer anyway.
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _every_swap()
+        model.compile(keras.optimizers.Adam(0.01), "mse",
+                      auto_scale_loss=False, steps_per_execution=3,
+                      run_eagerly=True)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    fast = fast_cpu_convs(model)
+    assert type(fast.optimizer) is keras.optimizers.Adam
+    assert fast.optimizer is not model.optimizer
+    assert fast.steps_per_execution == 3 and fast.run_eagerly
+
+
 def test_a_frozen_nested_model_stays_frozen():
     inner = _every_swap()
     inner.trainable = False

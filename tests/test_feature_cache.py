@@ -271,6 +271,40 @@ def test_fit_head_needs_a_compiled_model_and_labels():
         kft.cache_features(model, (x, y), verbose=verbose)
 
 
+def test_the_head_is_compiled_as_the_model_was():
+    # `fit_head` dropped `run_eagerly` (a user's debugging print saw
+    # tracers), `jit_compile` and `steps_per_execution`, and turned
+    # `auto_scale_loss=False` into loss scaling.
+    x, y = _data(n=8)
+    seen = []
+
+    class Flags(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append((self.model.run_eagerly, self.model.jit_compile,
+                         self.model.steps_per_execution,
+                         self.model.optimizer))
+
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _model()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(keras.optimizers.SGD(0.1),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=True, steps_per_execution=2,
+                  auto_scale_loss=False)
+    cache = kft.cache_features(model, (x, y), verbose=0)
+    kft.fit_head(model, cache, batch_size=4, verbose=0, callbacks=[Flags()])
+    assert seen == [(True, False, 2, model.optimizer)]
+    assert type(model.optimizer) is keras.optimizers.SGD
+    model.compile(keras.optimizers.SGD(0.1),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)
+    kft.fit_head(model, cache, batch_size=4, verbose=0, callbacks=[Flags()])
+    assert seen[1][:3] == (False, False, 1)
+    assert isinstance(seen[1][3], keras.optimizers.LossScaleOptimizer)
+
+
 def test_a_model_without_a_trainable_head_layer_is_refused():
     inputs = keras.Input((4,))
     outputs = keras.layers.Activation("relu", name="head_act")(

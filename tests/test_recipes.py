@@ -72,6 +72,32 @@ def test_feature_extraction_is_one_phase(data):
         "head_dense"}
 
 
+def test_phase_1_stopped_on_nan_weights_skips_phase_2(data):
+    # What `TerminateOnNaN` leaves after a diverging step, made exactly:
+    # the second epoch ends with NaN weights and a stop.
+    class Diverge(keras.callbacks.Callback):
+        fits = 0
+
+        def on_train_begin(self, logs=None):
+            Diverge.fits += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.get_layer("head_dense").kernel
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+                self.model.stop_training = True
+
+    model = _model()
+    with pytest.warns(UserWarning, match="phase 2 is skipped"):
+        result = kft.fine_tune(model, data.target_train, data.target_val,
+                               strategy="partial", head_epochs=3, epochs=2,
+                               cache_features=False, callbacks=[Diverge()],
+                               verbose=0)
+    assert Diverge.fits == 1 and len(result.histories) == 1
+    assert result.best_epoch in (0, 1)
+    assert all(np.isfinite(v.value).all() for v in model.weights)
+
+
 def test_bad_arguments(data):
     with pytest.raises(ValueError, match="strategy.*Received: strategy='all'"):
         kft.fine_tune(_model(), data.target_train, strategy="all")

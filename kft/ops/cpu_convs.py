@@ -452,11 +452,14 @@ def _compile_like(model, new):
     if not model.compiled:
         return
     arguments = dict(_compat.compile_config(model))
-    optimizer = arguments["optimizer"]
+    # The optimizer the model trains with (a `LossScaleOptimizer` wherever
+    # the user's compile scaled the loss), so nothing is wrapped anew:
+    # Keras does not record `auto_scale_loss=False`.
+    optimizer = model.optimizer
     if isinstance(optimizer, keras.optimizers.Optimizer):
-        arguments["optimizer"] = type(optimizer).from_config(
-            optimizer.get_config())
-    new.compile(**arguments)
+        optimizer = type(optimizer).from_config(optimizer.get_config())
+    new.compile(**{**arguments, "optimizer": optimizer},
+                auto_scale_loss=False)
     if new.built:  # as `compile_from_config` does
         new.optimizer.build(new.trainable_variables)
 

@@ -344,8 +344,9 @@ def fit_head(model, cache: FeatureCache, *,
     """Trains the model's head on cached features with `fit`.
 
     The head model shares the model's head layers, so the model itself
-    ends up trained. It is compiled like the model (same optimizer object,
-    loss and metrics), which must therefore be compiled. Under data
+    ends up trained. It is compiled like the model (the same optimizer
+    object, loss, metrics, `run_eagerly`, `jit_compile` and
+    `steps_per_execution`), which must therefore be compiled. Under data
     parallel (`kft.data_parallel`) the head trains sharded like the model:
     `batch_size` and the last batch must split over the devices.
 
@@ -410,10 +411,17 @@ def fit_head(model, cache: FeatureCache, *,
                          data_name="`validation_data`")
     _, head = _split(model)
     config = _compat.compile_config(model)
+    # `model.optimizer` is already a `LossScaleOptimizer` wherever the
+    # user's compile scaled the loss: not wrapped again (or newly, after
+    # `auto_scale_loss=False`, which Keras does not record).
     head.compile(optimizer=model.optimizer, loss=config.get("loss"),
                  metrics=config.get("metrics"),
                  loss_weights=config.get("loss_weights"),
-                 weighted_metrics=config.get("weighted_metrics"))
+                 weighted_metrics=config.get("weighted_metrics"),
+                 run_eagerly=config.get("run_eagerly", False),
+                 steps_per_execution=config.get("steps_per_execution", 1),
+                 jit_compile=config.get("jit_compile", "auto"),
+                 auto_scale_loss=False)
     validation = (None if validation_data is None
                   else (validation_data.features, validation_data.labels))
     return head.fit(cache.features, cache.labels, batch_size=batch_size,

@@ -147,8 +147,9 @@ def fine_tune(
     `monitor` (printed at the end when `verbose`); with
     `early_stopping_patience`, each phase stops after that many epochs
     without improvement. Each phase compiles the model anew (a compile of
-    the user's is replaced; `loss` and `metrics` say what to compile
-    with), and the model is left compiled as its last phase was: a
+    the user's is replaced, its `run_eagerly`, `jit_compile` and
+    `steps_per_execution` too: Keras' defaults; `loss` and `metrics` say
+    what to compile with), and the model is left compiled as its last phase was: a
     `model.fit` after it continues that optimizer where its schedule
     ended (0 after `"cosine"`, so nothing trains): compile it again to
     train on.

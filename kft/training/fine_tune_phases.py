@@ -3,6 +3,7 @@ where it can), then deeper blocks at a lower, scheduled rate (found by
 `lr_find` for `learning_rate="find"`)."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -239,6 +240,21 @@ def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
     return phases.fit(epochs, first_epoch, first)
 
 
+def _finite_or_warn(model):
+    """Whether every weight of `model` is finite; warns that phase 2 is
+    skipped where not (a callback such as `TerminateOnNaN` stopped phase
+    1 on NaN weights, which phase 2 could only train on as NaN)."""
+    if all(bool(keras.ops.all(keras.ops.isfinite(variable.value)))
+           for variable in model.weights):
+        return True
+    warnings.warn(
+        "fine_tune: phase 1 ended with weights that are NaN or infinite "
+        "(a callback such as TerminateOnNaN stopped it), so phase 2 is "
+        "skipped; the best epoch's weights are kept. Lower the learning "
+        "rates.", stacklevel=3)
+    return False
+
+
 def run_phases(phases, strategy, counts, plan, learning_rate,
                 head_learning_rate, weight_decay, layer_decay, bn,
                 cache_features):
@@ -248,7 +264,8 @@ def run_phases(phases, strategy, counts, plan, learning_rate,
                              head_learning_rate, weight_decay, bn,
                              cache_features)]
     found = None
-    if strategy != "feature_extraction" and counts["epochs"]:
+    if (strategy != "feature_extraction" and counts["epochs"]
+            and _finite_or_warn(phases.model)):
         if learning_rate == "find":
             learning_rate = _recall(phases.extra, _FOUND_RATE_KEY)
             if learning_rate is None:

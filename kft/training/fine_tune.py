@@ -139,9 +139,16 @@ def fine_tune(
     With `learning_rate="find"`, `kft.lr_find` runs after phase 1 on phase
     2's optimizer and first trainable set (gradual: the head and the top
     block), and phase 2 trains at its `"valley"` suggestion (fastai's
-    default); the model is restored exactly before phase 2 starts. A
+    default; cautious, it can sit well below the best rate of a short
+    run: compare it with the printed `"minimum"` / 10); the model is restored exactly before phase 2 starts. A
     `kft.runs.RunBackup` among the callbacks records that rate, so that a
     run resumed after a restart trains on at it instead of testing again.
+
+    The defaults (3 head epochs at 1e-3, then 10 at 1e-4) are the
+    reference material's rates for an ImageNet backbone; a small or weakly
+    pretrained backbone, or few steps per epoch, needs more epochs or
+    higher rates (the kept epoch's message says when the last epoch was
+    still the best).
 
     After both phases the model holds the weights of the best epoch by
     `monitor` (printed at the end when `verbose`); with

@@ -258,5 +258,8 @@ def load_best(phases):
             f"{keep.last_epoch + 1}, the best {keep.monitor}="
             f"{keep.best:.4g} ({keep.mode}imum)"
             + (f"; the {later} epoch(s) after it did not improve on it."
-               if later else "."))
+               if later else
+               "; the last epoch was the best, so training had not levelled "
+               "off: more epochs, or higher rates, may do better."
+               if keep.last_epoch else "."))
     phases.model.set_weights(keep.weights)

@@ -91,6 +91,14 @@ class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
     The step is compiled once per `fit` (and per trainable set): each
     batch must have the same size, as `domain_pairs` makes them.
 
+    No method is sure to help: an alignment can match the two domains
+    with the classes swapped (README: DANN ended below chance on one seed
+    of digits -> digits-M while its source accuracy was 0.96), and
+    without target labels no training metric shows it. Check an adapted
+    model against the classifier trained on the source alone on a few
+    labelled target images; `kft.adapt_batchnorm` (AdaBN) is the cheap
+    baseline to beat.
+
     Args:
         classifier: A `kft.build_classifier` model (a functional model
             with a kft backbone and a chain head, see

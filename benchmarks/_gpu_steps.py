@@ -35,7 +35,7 @@ NUM_CLASSES = 10
 PAUSES = "pauses"
 
 # Modules each side's process needs, with the package that brings each.
-JAX_MODULES = (("jax", "jax"), ("optax", "optax"), ("numpy", "numpy"),
+JAX_MODULES = (("jax", "jax"), ("numpy", "numpy"),
                ("namex", "namex"), ("optree", "optree"),
                ("ml_dtypes", "ml_dtypes"), ("h5py", "h5py"),
                ("rich", "rich"), ("absl", "absl-py"),

@@ -19,6 +19,37 @@ from kft._writing import output_path
 _INSTALL = 'pip install "kft[plots]"'
 
 
+def available():
+    """Whether matplotlib's pyplot imports: `False` without a word where
+    matplotlib is not installed (plots are an optional extra), `False` with
+    a warning naming the error where it is installed but fails to import
+    (one built for numpy 1 under numpy 2: plots left out for no visible
+    reason otherwise)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name == "matplotlib":
+            return False
+        return _broken(error)
+    except Exception as error:  # an ABI mismatch raises ImportError and more
+        return _broken(error)
+    try:
+        pyplot()  # on Agg unless a backend was chosen, as every plot
+    except Exception as error:
+        return _broken(error)
+    return True
+
+
+def _broken(error):
+    import warnings
+
+    warnings.warn(
+        f"Plots skipped: matplotlib is installed but failed to import "
+        f"({type(error).__name__}: {error}); reinstall or upgrade it "
+        f"({_INSTALL}).", stacklevel=3)
+    return False
+
+
 def pyplot():
     """`matplotlib.pyplot` (on Agg if nothing imported it before).
 

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from kft import data as kft_data
+from kft._plotting import available
 from kft._validation import fail_argument
 from kft._validation import check_int
 from kft.data.digits import digits
@@ -176,8 +177,8 @@ class _Output:
 
     def __init__(self, directory, plots, writes_json, say):
         self.directory, self.say = directory, say
-        self.plots = plots and _have_matplotlib()
-        if plots and not self.plots:
+        self.plots = plots and available()
+        if plots and not _have_matplotlib():  # a broken one: a warning
             say(_NO_PLOTS)
         if directory is None and (self.plots or writes_json):
             self.directory = tempfile.mkdtemp(prefix="kft_demo_output_")

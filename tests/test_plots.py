@@ -316,3 +316,51 @@ def test_max_labels_must_be_a_positive_integer(max_labels):
         with pytest.raises(ValueError, match=r"`max_labels` must be an "
                            rf"integer >= 1\. Received: max_labels={max_labels}"):
             plot(report, max_labels=max_labels)
+
+
+class _BrokenMatplotlib:
+    """A matplotlib that is installed but fails to import, as one built for
+    numpy 1 does under numpy 2."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("numpy.core.multiarray failed to import")
+        return None
+
+
+def _without_matplotlib(monkeypatch):
+    import sys
+
+    for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_a_matplotlib_that_fails_to_import_is_said_not_skipped_quietly(
+        monkeypatch, tmp_path):
+    # kft train / eval wrote no plots and said nothing (exit 0): the
+    # failed import was taken for matplotlib not being installed.
+    import sys
+    import warnings
+
+    from kft._plotting import available
+    from kft.runs.report import write_evaluation
+
+    assert available()
+    _without_matplotlib(monkeypatch)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenMatplotlib(), *sys.meta_path])
+    with pytest.warns(UserWarning, match=r"Plots skipped: matplotlib is "
+                      r"installed but failed to import \(ImportError: "
+                      r"numpy.core.multiarray failed to import\)"):
+        assert not available()
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(8, 8, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3))
+    with pytest.warns(UserWarning, match="failed to import"):
+        _, files = write_evaluation(model, (x, np.array([0, 1, 0, 1])),
+                                    ["a", "b"], str(tmp_path))
+    assert sorted(files) == ["evaluation.json", "evaluation.md"]
+    # Not installed at all: an optional extra, left out without a word.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not available()

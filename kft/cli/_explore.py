@@ -227,14 +227,11 @@ def _write_comparison(result, out, as_json):
     with open(files["comparison.md"], "w", encoding="utf-8",
               errors="backslashreplace") as f:
         f.write(result.to_markdown() + "\n")
-    try:
-        import matplotlib  # noqa: F401
+    from kft._plotting import available
 
-        if result.best is not None:  # some run finished
-            files["comparison.png"] = os.path.join(out, "comparison.png")
-            result.plot(path=files["comparison.png"])
-    except ImportError:
-        pass
+    if result.best is not None and available():  # some run finished
+        files["comparison.png"] = os.path.join(out, "comparison.png")
+        result.plot(path=files["comparison.png"])
     if as_json:
         from kft.evaluation.comparison import finite_or_none
 

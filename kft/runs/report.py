@@ -100,9 +100,9 @@ def write_evaluation(model, data, class_names, out, *, history=None,
     files[f"{prefix}.md"] = path
     if not plots:
         return report, files
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    from kft._plotting import available
+
+    if not available():
         return report, files
     written = report.save_plots(
         out, data=data,

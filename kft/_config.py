@@ -187,10 +187,14 @@ def enable_compilation_cache(directory=None):
     Returns:
         The directory used, or `None` when kft left the cache setting alone.
 
+    The cache holds compiled machine code that JAX runs: a folder other
+    users can write to (a shared `/tmp/cache`) lets them plant code.
+
     Example:
-    >>> import kft
-    >>> kft.enable_compilation_cache("/tmp/kft-jax-cache")
-    '/tmp/kft-jax-cache'
+    >>> import kft, os, tempfile
+    >>> folder = os.path.join(tempfile.mkdtemp(), "jax")  # yours alone
+    >>> kft.enable_compilation_cache(folder) == folder
+    True
     """
     import jax
 

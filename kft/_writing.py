@@ -8,7 +8,9 @@ the target and moved over it, with the target's mode: a write cut off (a
 full disk) left a truncated file that a later run took for the result. A
 symlink is followed and its target written in place, as is a file with
 other hard links, a FIFO or `/dev/stdout` (a file moved over any of them
-replaced it).
+replaced it). A symlink to nothing is refused: writing through it would
+create a file wherever it points (a folder received from elsewhere can
+hold such links).
 """
 
 import contextlib
@@ -74,10 +76,18 @@ def written_beside(path):
     folder, name = os.path.split(path)
     if folder and name:
         os.makedirs(folder, exist_ok=True)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FileExistsError(
+            f"{path!r} is a symbolic link to {os.readlink(path)!r}, which "
+            "does not exist: kft does not create a file through a link "
+            "(one in a folder from elsewhere can point anywhere); remove "
+            "the link, or write to another path")
     if not name or not _replaceable(path):
         yield path
         return
     target = os.path.join(folder, _beside_name(folder, name))
+    if os.path.lexists(target):  # a stale one of this pid, or a link
+        os.remove(target)
     try:
         yield target
         if os.path.exists(path):

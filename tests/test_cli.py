@@ -227,6 +227,36 @@ def test_export_never_writes_over_the_model_or_an_existing_file(
     assert kft.deploy.read_metadata(out)["class_names"] == ["ant", "bee"]
 
 
+def test_links_in_a_run_folder_from_elsewhere_do_not_take_the_report(
+        run_folder, tmp_path, capsys):
+    # A received run folder's links sent kft eval's report (and kft
+    # export's model) wherever they pointed, creating files there.
+    import shutil
+
+    run, data = run_folder
+    run = shutil.copytree(run, tmp_path / "run")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    default = run / f"eval-{os.path.basename(data)}"
+    os.symlink(victim, default)
+    assert _exit_code(["eval", str(run), str(data), "--no-plots"]) == 2
+    assert (f"the default --out {str(default)!r} (a link to {str(victim)!r}) "
+            "is a link; pass --out" in capsys.readouterr().err)
+    os.remove(default)
+    default.mkdir()
+    os.symlink(victim / "profile", default / "evaluation.json")
+    argv = ["eval", str(run), str(data), "--no-plots", "--quiet"]
+    assert _exit_code(argv) == 2
+    assert (f"already holds a report (evaluation.json (a link to "
+            f"{str(victim / 'profile')!r}))" in capsys.readouterr().err)
+    assert cli.main(argv + ["--overwrite"]) == 1
+    assert "which does not exist" in capsys.readouterr().err
+    os.symlink(victim / "m.keras", run / "model_inference.keras")
+    assert _exit_code(["export", str(run), "--format", "keras"]) == 2
+    assert "(a link to " in capsys.readouterr().err
+    assert os.listdir(victim) == []
+
+
 def test_export_of_a_run_model_file_names_its_classes(run_folder, tmp_path):
     run, _ = run_folder
     out = tmp_path / "m.keras"

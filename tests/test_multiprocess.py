@@ -261,12 +261,18 @@ def test_launched_scripts_start_before_kft_and_without_its_flags(
         "import os, sys\n"
         "print('IMPORTED', sorted({'kft', 'keras', 'jax'}\n"
         "                         & set(sys.modules)))\n"
-        "print('FLAGS', os.environ.get('XLA_FLAGS'))\n")
+        "print('FLAGS', os.environ.get('XLA_FLAGS'))\n"
+        "print('BIND', os.environ.get('JAX_COORDINATOR_BIND_ADDRESS'),\n"
+        "      os.environ['KFT_COORDINATOR'])\n")
     assert launcher_main(["--processes", "2", str(program)]) == 0
     out = capsys.readouterr().out
     for index in (0, 1):
         assert f"[{index}] IMPORTED []" in out, out
         assert f"[{index}] FLAGS --user_flag=2\n" in out, out
+        # The loopback coordinator's service binds loopback only (JAX's
+        # default was every interface).
+        bind, address = out.split(f"[{index}] BIND ")[1].split("\n")[0].split()
+        assert bind == address and address.startswith("127.0.0.1:"), out
     # An environment given to launch_command is taken as it is.
     buffer = io.StringIO()
     launch_command([sys.executable, str(program)], 1, out=buffer,

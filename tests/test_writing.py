@@ -35,3 +35,31 @@ def test_an_error_names_the_path_given_not_the_temporary_file(tmp_path):
             raise OSError(errno.EROFS, "Read-only file system", target)
     assert info.value.filename == path
     assert os.listdir(tmp_path) == []
+
+
+def test_links_planted_in_a_folder_from_elsewhere_write_nothing_there(
+        tmp_path):
+    # A received run folder's links redirected kft's writes: one to a
+    # file that does not exist created it wherever it pointed, and one at
+    # a temporary name (`run.json.tmp`) was written through.
+    from kft.runs.report import write_json
+
+    folder, victim = tmp_path / "run", tmp_path / "victim"
+    folder.mkdir()
+    victim.mkdir()
+    os.symlink(victim / "profile", folder / "evaluation.json")
+    with pytest.raises(FileExistsError, match=r"evaluation.json' is a "
+                       r"symbolic link to '.*profile', which does not "
+                       r"exist: kft does not create a file through a link"):
+        write_file(folder / "evaluation.json", "{}")
+    os.symlink(victim / "a", folder / "run.json.tmp")
+    os.symlink(victim / "b", folder / f".run.{os.getpid()}.tmp.json")
+    write_json(str(folder / "run.json"), {"status": "complete"})
+    assert os.listdir(victim) == []
+    assert (folder / "run.json").is_file()
+    assert not (folder / "run.json").is_symlink()
+    # A link to an existing file is still written through, as documented.
+    (victim / "kept.md").write_text("old")
+    os.symlink(victim / "kept.md", folder / "summary.md")
+    write_file(folder / "summary.md", "new")
+    assert (victim / "kept.md").read_text() == "new"

@@ -93,6 +93,16 @@ def check_out_folder(path, flag="--out"):
                      "folder (it is created if missing)")
 
 
+def linked(path, shown=None):
+    """`path` as shown (`shown`, else its repr), and where it leads if it
+    is a symbolic link: a file written there is written through it (a
+    folder from elsewhere can hold links pointing anywhere)."""
+    shown = repr(path) if shown is None else shown
+    if os.path.islink(path):
+        return f"{shown} (a link to {os.readlink(path)!r})"
+    return shown
+
+
 def check_out_outside(path, flag, folders):
     """Refuses an output folder inside one of the image folders
     `folders` (`(flag, path)` pairs, `None` paths skipped): its reports

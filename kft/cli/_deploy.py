@@ -10,6 +10,7 @@ import sys
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
 from kft.cli._checks import check_out_outside
+from kft.cli._checks import linked
 from kft.cli._checks import make_out_folder
 from kft.cli._checks import start_library
 
@@ -24,11 +25,17 @@ def eval_command(args, argv):
     out = args.out or os.path.join(
         base, "eval-" + os.path.basename(os.path.abspath(args.data_dir)))
     flag = "--out" if args.out else "the default --out"
+    if not args.out and os.path.islink(out):
+        # Inside a run folder from elsewhere: the report would go where
+        # the link leads.
+        raise Usage(f"{flag} {linked(out)} is a link; pass --out to "
+                     "write the report there, or another --out")
     check_out_folder(out, flag)
     check_out_outside(out, flag, [("DATA_DIR", args.data_dir)])
     # A run folder holds its own validation report under the same names.
-    kept = [name for name in ("evaluation.json", "evaluation.md")
-            if os.path.isfile(os.path.join(out, name))]
+    kept = [linked(os.path.join(out, name), name)
+            for name in ("evaluation.json", "evaluation.md")
+            if os.path.lexists(os.path.join(out, name))]
     if kept and not args.overwrite:
         raise Usage(f"{flag} {out!r} already holds a report "
                      f"({', '.join(kept)}); pass --overwrite to replace it, "
@@ -156,9 +163,9 @@ def export_target(args, model_path):
         raise Usage(f"--out {out!r} is the model file being exported; "
                      "pass another --out (the trained model would be "
                      "replaced by its inference graph)")
-    if os.path.exists(out) and not args.overwrite:
-        raise Usage(f"--out {out!r} already exists; pass --overwrite to "
-                     "replace it, or another --out")
+    if os.path.lexists(out) and not args.overwrite:
+        raise Usage(f"--out {linked(out)} already exists; pass --overwrite "
+                     "to replace it, or another --out")
     return out
 
 

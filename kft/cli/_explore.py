@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from kft._writing import write_file
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
 from kft.cli._checks import check_out_outside
@@ -224,9 +225,7 @@ def _write_comparison(result, out, as_json):
         os.remove(os.path.join(out, "comparison.png"))
     result.to_json(files["comparison.json"])
     files["comparison.md"] = os.path.join(out, "comparison.md")
-    with open(files["comparison.md"], "w", encoding="utf-8",
-              errors="backslashreplace") as f:
-        f.write(result.to_markdown() + "\n")
+    write_file(files["comparison.md"], result.to_markdown() + "\n")
     from kft._plotting import available
 
     if result.best is not None and available():  # some run finished

@@ -287,7 +287,9 @@ def from_tfds(name: str, split: str, image_size: int | tuple[int, int],
         image_size: `(height, width)` or an int.
         batch_size: Examples per batch. Defaults to `32`.
         data_dir: TFDS data folder, or `None` for TFDS' default. Defaults to
-            `None`.
+            `None`. Trust a prepared folder from elsewhere as you would
+            code: for a dataset TFDS has no builder for, it imports the
+            feature modules the folder's `features.json` names.
         download: Download and prepare the dataset if missing (as
             ArrayRecord files; with several processes, process 0 prepares
             it while the others wait). Defaults to `False`.

@@ -32,6 +32,7 @@ from kft import _compat
 from kft._validation import fail_argument
 from kft._validation import user_stacklevel
 from kft._writing import output_path
+from kft._writing import write_file
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import process_count
 from kft.distributed.processes import scratch_dir
@@ -200,9 +201,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         record[str(epoch)] = value
         path = os.path.join(self.backup_dir, name)
         os.makedirs(self.backup_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(path + ".tmp", path)
+        write_file(path, json.dumps(record))
 
     def _restore_seeds(self, saved):
         states = seed_states(self.model)

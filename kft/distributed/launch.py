@@ -131,7 +131,8 @@ def launch_command(command: Sequence[str], processes: int = 2, *,
                       max_value=total - processes_here)
     grace = check_number("grace", grace, low=0)
     out = sys.stdout if out is None else out
-    if coordinator is None:
+    loopback = coordinator is None
+    if loopback:
         coordinator = f"127.0.0.1:{free_port()}"
     # This process' environment without the XLA flags its import of kft
     # added: each process' own import decides (a script may set
@@ -141,6 +142,10 @@ def launch_command(command: Sequence[str], processes: int = 2, *,
     base.update({_processes.COORDINATOR_ENV: coordinator,
                  _processes.NUM_PROCESSES_ENV: str(total),
                  "PYTHONUNBUFFERED": "1"})
+    if loopback:
+        # JAX's coordination service (no authentication) binds every
+        # interface, "[::]:port", unless told: here only loopback.
+        base.setdefault("JAX_COORDINATOR_BIND_ADDRESS", coordinator)
     children, threads, lock = [], [], threading.Lock()
     # `kill` (SIGTERM) of the launcher ends its processes too (Python's
     # default would exit without the `finally`, leaving them running).

@@ -35,6 +35,7 @@ import keras
 from kft import _compat
 from kft._validation import check_choice
 from kft._writing import output_path
+from kft._writing import write_file
 from kft.distributed.backup import BackupAndRestore
 from kft.distributed.backup import check_backup_data
 from kft.distributed.processes import is_primary
@@ -154,9 +155,7 @@ class RunBackup(keras.callbacks.Callback):
                  "best_value": self.best_value, "mode": self.mode,
                  "values": self._values, "stopped": self._stopped}
         # Replaced atomically: a kill leaves the old file or the new one.
-        with open(path + ".tmp", "w") as f:
-            json.dump(state, f)
-        os.replace(path + ".tmp", path)
+        write_file(path, json.dumps(state))
 
     def record(self, key: str, value):
         """Keeps a value a recipe computed once (a JSON value) for the
@@ -318,6 +317,8 @@ class RunBackup(keras.callbacks.Callback):
             best = primary_path(self.best_weights_path)
             # The file name only: a folder may hold ".weights.h5" too.
             tmp = best.removesuffix(".weights.h5") + ".tmp.weights.h5"
+            if os.path.lexists(tmp):  # a link there would be written through
+                os.remove(tmp)
             self.target.save_weights(tmp)
             os.replace(tmp, best)
         self._record_trainable(epoch)

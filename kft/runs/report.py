@@ -3,11 +3,13 @@ history, the evaluation report and plots, `summary.md`. Only process 0
 writes (several processes: `kft.distributed`)."""
 
 import csv
+import io
 import json
 import os
 import platform
 import sys
 
+from kft._writing import write_file
 from kft.distributed.processes import is_primary
 from kft.evaluation._format import every_class
 from kft.evaluation._history import phase_histories
@@ -44,10 +46,7 @@ def environment() -> dict:
 def write_json(path, value):
     if not is_primary():  # several processes: process 0 writes
         return
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_file(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def read_json(path):
@@ -67,11 +66,11 @@ def write_history(out, rows):
     files["history.csv"] = path
     if not is_primary():
         return files
-    with open(path, "w", newline="", encoding="utf-8",
-              errors="backslashreplace") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_file(path, text.getvalue())
     files["history.csv"] = path
     return files
 
@@ -95,8 +94,7 @@ def write_evaluation(model, data, class_names, out, *, history=None,
     report.to_json(path)
     files[f"{prefix}.json"] = path
     path = os.path.join(out, f"{prefix}.md")
-    with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
-        f.write(report.to_markdown())
+    write_file(path, report.to_markdown())
     files[f"{prefix}.md"] = path
     if not plots:
         return report, files

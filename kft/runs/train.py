@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 from kft._validation import check_verbose
+from kft._writing import write_file
 from kft._writing import written_beside
 from kft.distributed.processes import barrier
 from kft.distributed.processes import is_primary
@@ -346,8 +347,7 @@ def _train(config, info, resumed, verbose, say, command):
     files = {}
     if not resumed and is_primary():
         path = os.path.join(out, "config.toml")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(config.to_toml())
+        write_file(path, config.to_toml())
         files["config.toml"] = path
         path = os.path.join(out, "environment.json")
         write_json(path, env)
@@ -381,9 +381,7 @@ def _train(config, info, resumed, verbose, say, command):
         say(f"lr find -> {tuned.learning_rate:.3g}")
         config = config.replace(lr=float(tuned.learning_rate))
         if is_primary():
-            with open(os.path.join(out, "config.toml"), "w",
-                      encoding="utf-8") as f:
-                f.write(config.to_toml())
+            write_file(os.path.join(out, "config.toml"), config.to_toml())
     train_time = time.perf_counter() - start
     barrier("kft-train-run-fitted")  # process 0's last writes are done
     # The best epoch over the whole run, epochs before a resume included.
@@ -416,10 +414,8 @@ def _train(config, info, resumed, verbose, say, command):
     if is_primary():
         # Escaped: a skipped file's name of another encoding failed here,
         # after training, on every resume too.
-        with open(path, "w", encoding="utf-8",
-                  errors="backslashreplace") as f:
-            f.write(run_summary(result, env, requested,
-                             run_info["skipped_files"]))
+        write_file(path, run_summary(result, env, requested,
+                                     run_info["skipped_files"]))
     run_info.update(
         status="complete", best_epoch=backup.best_epoch,
         best_value=backup.best_value, monitor=config.monitor,

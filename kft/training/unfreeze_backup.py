@@ -20,6 +20,8 @@ import os
 import shutil
 import warnings
 
+from kft._writing import write_file
+from kft._writing import written_beside
 from kft.distributed.processes import is_primary
 
 STATE_FILE = "gradual_unfreezing.json"
@@ -128,9 +130,7 @@ def save_record(backup_dir, records, epoch, state):
         return
     os.makedirs(backup_dir, exist_ok=True)
     path = os.path.join(backup_dir, STATE_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"records": records}, f)
-    os.replace(path + ".tmp", path)
+    write_file(path, json.dumps({"records": records}))
 
 
 # `BackupAndRestore`'s files; with `double_checkpoint` it keeps the
@@ -241,8 +241,8 @@ def _recover(directory):
     if all(os.path.exists(p) and _readable(p) for p in previous) and (
             _paired(*previous)):
         for old, path in zip(previous, paths):
-            shutil.copyfile(old, path + ".tmp")
-            os.replace(path + ".tmp", path)
+            with written_beside(path) as target:
+                shutil.copyfile(old, target)
         return "restored the previous checkpoint (the last was cut short)"
     for path in paths:
         if os.path.exists(path):

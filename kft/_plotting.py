@@ -15,6 +15,7 @@ import os
 
 from kft._validation import check_int
 from kft._writing import output_path
+from kft._writing import written_beside
 
 _INSTALL = 'pip install "kft[plots]"'
 
@@ -122,10 +123,11 @@ def finish(fig, path=None, *, dpi=120, close=True):
         fig.tight_layout()
         if path is not None:
             path = check_path(path)
-            directory = os.path.dirname(path)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            fig.savefig(path, dpi=dpi)
+            # Beside, then moved over: as every result file (a link to
+            # nothing is refused, a cut-off write leaves the old plot).
+            with written_beside(path) as target:
+                fig.savefig(target, dpi=dpi,
+                            format=os.path.splitext(path)[1][1:] or None)
     except BaseException:
         if close:  # not left open, to be shown under the error
             _close(fig)

@@ -364,3 +364,14 @@ def test_a_matplotlib_that_fails_to_import_is_said_not_skipped_quietly(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not available()
+
+
+def test_a_plot_is_not_written_through_a_link_to_nothing(tmp_path):
+    import os
+
+    os.symlink(tmp_path / "elsewhere.png", tmp_path / "cm.png")
+    with pytest.raises(FileExistsError, match="which does not exist"):
+        plots.plot_confusion_matrix(_report(3), path=tmp_path / "cm.png")
+    assert sorted(os.listdir(tmp_path)) == ["cm.png"]
+    plots.plot_confusion_matrix(_report(3), path=tmp_path / "new.png")
+    assert _is_png(tmp_path / "new.png")

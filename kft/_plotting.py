@@ -27,28 +27,16 @@ def available():
     (one built for numpy 1 under numpy 2: plots left out for no visible
     reason otherwise)."""
     try:
-        import matplotlib  # noqa: F401
-    except ModuleNotFoundError as error:
-        if error.name == "matplotlib":
-            return False
-        return _broken(error)
-    except Exception as error:  # an ABI mismatch raises ImportError and more
-        return _broken(error)
-    try:
         pyplot()  # on Agg unless a backend was chosen, as every plot
-    except Exception as error:
-        return _broken(error)
+    except ImportError as error:
+        if isinstance(error.__cause__, ModuleNotFoundError) and (
+                error.__cause__.name == "matplotlib"):
+            return False
+        import warnings
+
+        warnings.warn(f"Plots skipped: {error}.", stacklevel=2)
+        return False
     return True
-
-
-def _broken(error):
-    import warnings
-
-    warnings.warn(
-        f"Plots skipped: matplotlib is installed but failed to import "
-        f"({type(error).__name__}: {error}); reinstall or upgrade it "
-        f"({_INSTALL}).", stacklevel=3)
-    return False
 
 
 def pyplot():
@@ -59,17 +47,27 @@ def pyplot():
     """
     try:
         import matplotlib
-    except ImportError as error:
+
+        # Agg draws to files; set before pyplot is first imported, and
+        # only if nobody chose an interactive backend already.
+        if "matplotlib.pyplot" not in __import__("sys").modules:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError as error:
+        if error.name != "matplotlib":
+            raise _broken_import(error) from error
         raise ImportError(
             f"kft's plots need matplotlib, an optional extra: {_INSTALL}"
         ) from error
-    # Agg draws to files; set before pyplot is first imported, and only if
-    # nobody chose an interactive backend already.
-    if "matplotlib.pyplot" not in __import__("sys").modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    except Exception as error:  # one built for numpy 1 under numpy 2
+        raise _broken_import(error) from error
     return plt
+
+
+def _broken_import(error):
+    return ImportError(
+        f"matplotlib is installed but failed to import ({type(error).__name__}"
+        f": {error}); reinstall or upgrade it ({_INSTALL})")
 
 
 def new_figure(nrows=1, ncols=1, *, figsize=None, **kwargs):

@@ -782,6 +782,24 @@ def test_the_swap_keeps_how_the_model_was_compiled():
     assert type(fast.optimizer) is keras.optimizers.Adam
     assert fast.optimizer is not model.optimizer
     assert fast.steps_per_execution == 3 and fast.run_eagerly
+    # A user's own optimizer class, not registered with Keras, inside the
+    # LossScaleOptimizer Keras wrapped it in: its from_config failed.
+
+    class MyAdam(keras.optimizers.Adam):
+        pass
+
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _every_swap()
+        model.compile(MyAdam(0.01), "mse")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.run_eagerly = True  # after compile
+    fast = fast_cpu_convs(model)
+    assert isinstance(fast.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert type(fast.optimizer.inner_optimizer) is MyAdam
+    assert fast.optimizer.inner_optimizer is not model.optimizer.inner_optimizer
+    assert fast.run_eagerly
 
 
 def test_a_frozen_nested_model_stays_frozen():

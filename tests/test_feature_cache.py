@@ -284,25 +284,31 @@ def test_the_head_is_compiled_as_the_model_was():
                          self.model.steps_per_execution,
                          self.model.optimizer))
 
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    # Global, as users set it: the head model is built under it too.
     keras.config.set_dtype_policy("mixed_float16")
     try:
         model = _model()
+        model.compile(keras.optimizers.SGD(0.1), loss, run_eagerly=True,
+                      steps_per_execution=2, auto_scale_loss=False)
+        cache = kft.cache_features(model, (x, y), verbose=0)
+        kft.fit_head(model, cache, batch_size=4, verbose=0,
+                     callbacks=[Flags()])
+        assert seen == [(True, False, 2, model.optimizer)]
+        assert type(model.optimizer) is keras.optimizers.SGD
+        model.compile(keras.optimizers.SGD(0.1), loss, jit_compile=False)
+        kft.fit_head(model, cache, batch_size=4, verbose=0,
+                     callbacks=[Flags()])
+        assert seen[1][:3] == (False, False, 1)
+        assert isinstance(seen[1][3], keras.optimizers.LossScaleOptimizer)
+        # Set after compile, as Keras' debugging advice goes.
+        model.compile(keras.optimizers.SGD(0.1), loss)
+        model.run_eagerly = True
+        kft.fit_head(model, cache, batch_size=4, verbose=0,
+                     callbacks=[Flags()])
+        assert seen[2][:2] == (True, False)
     finally:
         keras.config.set_dtype_policy("float32")
-    model.compile(keras.optimizers.SGD(0.1),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  run_eagerly=True, steps_per_execution=2,
-                  auto_scale_loss=False)
-    cache = kft.cache_features(model, (x, y), verbose=0)
-    kft.fit_head(model, cache, batch_size=4, verbose=0, callbacks=[Flags()])
-    assert seen == [(True, False, 2, model.optimizer)]
-    assert type(model.optimizer) is keras.optimizers.SGD
-    model.compile(keras.optimizers.SGD(0.1),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=False)
-    kft.fit_head(model, cache, batch_size=4, verbose=0, callbacks=[Flags()])
-    assert seen[1][:3] == (False, False, 1)
-    assert isinstance(seen[1][3], keras.optimizers.LossScaleOptimizer)
 
 
 def test_a_model_without_a_trainable_head_layer_is_refused():

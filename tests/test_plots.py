@@ -352,6 +352,12 @@ def test_a_matplotlib_that_fails_to_import_is_said_not_skipped_quietly(
                       r"installed but failed to import \(ImportError: "
                       r"numpy.core.multiarray failed to import\)"):
         assert not available()
+    # A plot asked for (`kft lr-find --plot`) names it too.
+    from kft._plotting import pyplot
+
+    with pytest.raises(ImportError, match=r"matplotlib is installed but "
+                       r"failed to import .*kft\[plots\]"):
+        pyplot()
     model = kft.build_classifier("simple_cnn", 2, weights=None,
                                  input_shape=(8, 8, 3))
     x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3))

@@ -88,12 +88,17 @@ def test_phase_1_stopped_on_nan_weights_skips_phase_2(data):
                 self.model.stop_training = True
 
     model = _model()
-    with pytest.warns(UserWarning, match="phase 2 is skipped"):
+    with pytest.warns(UserWarning, match="phase 2 is skipped") as record:
         result = kft.fine_tune(model, data.target_train, data.target_val,
                                strategy="partial", head_epochs=3, epochs=2,
                                cache_features=False, callbacks=[Diverge()],
                                verbose=0)
+    # Named at the caller's line: shown again for the next run it skips.
+    assert [w.filename for w in record if "phase 2" in str(w.message)] == [
+        __file__]
     assert Diverge.fits == 1 and len(result.histories) == 1
+    assert result.learning_rate is None  # phase 2 did not run
+    # KeepBest saw epoch 1 before the weights went NaN: kept as they were.
     assert result.best_epoch in (0, 1)
     assert all(np.isfinite(v.value).all() for v in model.weights)
 
@@ -387,3 +392,25 @@ def test_compare_strategies_refuses_a_second_unfreezer_before_training(
             strategies=["partial"], seeds=[0], epochs=2, head_epochs=1,
             callbacks=[kft.callbacks.GradualUnfreezing(every=1)])
     assert len(builds) == 2  # the two checking builds, no run
+
+
+def test_an_epoch_with_weights_that_are_not_finite_is_never_kept():
+    # Diverged weights predict one class: its share of an imbalanced
+    # validation set can be the best accuracy, and fine_tune returned
+    # the model on inf/NaN weights.
+    from kft.training.phases import KeepBest
+
+    class Score(keras.callbacks.Callback):  # runs before KeepBest
+        def on_epoch_end(self, epoch, logs=None):
+            logs["score"] = float(epoch)  # better every epoch
+            if epoch == 2:
+                kernel = self.model.layers[-1].kernel
+                kernel.assign(np.full(kernel.shape, np.inf, "float32"))
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    keep = KeepBest("score", "max", model)
+    model.fit(np.ones((4, 2)), np.ones(4), epochs=3, verbose=0,
+              callbacks=[Score(), keep])
+    assert keep.best_epoch == 1 and keep.last_epoch == 2
+    assert all(np.isfinite(w).all() for w in keep.weights)

@@ -443,6 +443,10 @@ def _clone_graph(model, clone_layer):
     return new
 
 
+def _copy(optimizer):
+    return type(optimizer).from_config(optimizer.get_config())
+
+
 def _compile_like(model, new):
     """Compiles `new` as `model` was compiled, if it was: with the same
     loss and metric objects (a round trip through the compile config, as
@@ -456,9 +460,20 @@ def _compile_like(model, new):
     # the user's compile scaled the loss), so nothing is wrapped anew:
     # Keras does not record `auto_scale_loss=False`.
     optimizer = model.optimizer
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        optimizer = type(optimizer).from_config(optimizer.get_config())
-    new.compile(**{**arguments, "optimizer": optimizer},
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # Not its `from_config`: that looks the inner optimizer up among
+        # Keras' registered classes (a user's own subclass is not).
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            _copy(optimizer.inner_optimizer), name=optimizer.name,
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps)
+    elif isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer = _copy(optimizer)
+    # Set on the model after compile too (`model.run_eagerly = True`).
+    new.compile(**{**arguments, "optimizer": optimizer,
+                   "run_eagerly": model.run_eagerly,
+                   "jit_compile": model.jit_compile and not model.run_eagerly,
+                   "steps_per_execution": model.steps_per_execution},
                 auto_scale_loss=False)
     if new.built:  # as `compile_from_config` does
         new.optimizer.build(new.trainable_variables)

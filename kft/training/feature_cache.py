@@ -418,9 +418,11 @@ def fit_head(model, cache: FeatureCache, *,
                  metrics=config.get("metrics"),
                  loss_weights=config.get("loss_weights"),
                  weighted_metrics=config.get("weighted_metrics"),
-                 run_eagerly=config.get("run_eagerly", False),
-                 steps_per_execution=config.get("steps_per_execution", 1),
-                 jit_compile=config.get("jit_compile", "auto"),
+                 # The model's, set after compile too (`model.run_eagerly
+                 # = True`, as Keras' debugging advice goes).
+                 run_eagerly=model.run_eagerly,
+                 steps_per_execution=model.steps_per_execution,
+                 jit_compile=model.jit_compile and not model.run_eagerly,
                  auto_scale_loss=False)
     validation = (None if validation_data is None
                   else (validation_data.features, validation_data.labels))

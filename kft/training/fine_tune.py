@@ -55,7 +55,8 @@ class FineTuneResult:
         monitor: The monitored metric.
         mode: `"min"` or `"max"`: how `monitor` improves.
         learning_rate: Phase 2's learning rate as used (the `lr_find`
-            suggestion with `learning_rate="find"`).
+            suggestion with `learning_rate="find"`); `None` where phase 2
+            did not run (feature extraction, or phase 1 diverged).
         lr_find: The `LRFinderResult` with `learning_rate="find"`, else
             `None`.
     """
@@ -140,7 +141,8 @@ def fine_tune(
     2's optimizer and first trainable set (gradual: the head and the top
     block), and phase 2 trains at its `"valley"` suggestion (fastai's
     default; cautious, it can sit well below the best rate of a short
-    run: compare it with the printed `"minimum"` / 10); the model is restored exactly before phase 2 starts. A
+    run: compare it with the printed `"minimum"` suggestion, a tenth of
+    the rate at the lowest loss); the model is restored exactly before phase 2 starts. A
     `kft.runs.RunBackup` among the callbacks records that rate, so that a
     run resumed after a restart trains on at it instead of testing again.
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from kft._compat import print_msg
+from kft._validation import user_stacklevel
 from kft.data import ImageDataset
 from kft.models.blocks import get_blocks, head_and_body
 from kft.optimizers import BlockwiseOptimizer
@@ -24,6 +25,7 @@ from kft.training.freezing import freeze
 from kft.training.lr_find import lr_find
 from kft.training.phases import EpochRate
 from kft.training.phases import load_best
+from kft.training.phases import weights_finite
 from kft.training.unfreeze_schedules import Milestones
 from kft.training.unfreezing import GradualUnfreezing
 
@@ -242,16 +244,14 @@ def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
 
 def _finite_or_warn(model):
     """Whether every weight of `model` is finite; warns that phase 2 is
-    skipped where not (a callback such as `TerminateOnNaN` stopped phase
-    1 on NaN weights, which phase 2 could only train on as NaN)."""
-    if all(bool(keras.ops.all(keras.ops.isfinite(variable.value)))
-           for variable in model.weights):
+    skipped where not (it could only train on from NaN weights)."""
+    if weights_finite(model):
         return True
     warnings.warn(
         "fine_tune: phase 1 ended with weights that are NaN or infinite "
-        "(a callback such as TerminateOnNaN stopped it), so phase 2 is "
-        "skipped; the best epoch's weights are kept. Lower the learning "
-        "rates.", stacklevel=3)
+        "(it diverged; TerminateOnNaN, if given, stopped it there), so "
+        "phase 2 is skipped; the best epoch with finite weights is kept. "
+        "Lower the learning rates.", stacklevel=user_stacklevel())
     return False
 
 
@@ -264,8 +264,10 @@ def run_phases(phases, strategy, counts, plan, learning_rate,
                              head_learning_rate, weight_decay, bn,
                              cache_features)]
     found = None
-    if (strategy != "feature_extraction" and counts["epochs"]
-            and _finite_or_warn(phases.model)):
+    if (strategy == "feature_extraction" or not counts["epochs"]
+            or not _finite_or_warn(phases.model)):
+        learning_rate = None  # no phase 2
+    else:
         if learning_rate == "find":
             learning_rate = _recall(phases.extra, _FOUND_RATE_KEY)
             if learning_rate is None:

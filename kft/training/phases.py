@@ -11,8 +11,18 @@ from kft.training.monitor import logged_value
 from kft.training.monitor import monitor_mode
 
 
+def weights_finite(model):
+    """Whether every weight of `model` is finite (no NaN or infinity)."""
+    return all(bool(keras.ops.all(keras.ops.isfinite(variable.value)))
+               for variable in model.weights)
+
+
 class KeepBest(keras.callbacks.Callback):
     """Remembers the weights of the best epoch across several `fit` calls.
+
+    An epoch whose weights are not finite is never kept: diverged weights
+    predict one class, whose share of an imbalanced validation set can
+    look like the best accuracy.
 
     Args:
         monitor: The logged quantity that picks the best epoch.
@@ -50,7 +60,8 @@ class KeepBest(keras.callbacks.Callback):
             # Resolved on the first epoch, when compiled metrics exist.
             self.mode = monitor_mode(self.model, self.monitor, self.mode)
         self.last_epoch = epoch
-        if improves(value, self.best, self.mode):
+        if improves(value, self.best, self.mode) and weights_finite(
+                self.target):
             self.best, self.best_epoch = value, epoch
             # Not `get_weights()`: numpy 2 warns on Keras variables'
             # `__array__` (no `copy` argument); the values convert cleanly.
@@ -249,8 +260,9 @@ def load_best(phases):
         keep.last_epoch = max([keep.last_epoch or 0, *earlier.history])
     if keep.best_epoch is None:
         raise ValueError(
-            f"fine_tune: every epoch's {keep.monitor!r} was NaN; no weights "
-            "were kept. Lower the learning rates.")
+            f"fine_tune: no epoch ended with a {keep.monitor!r} that is not "
+            "NaN and weights that are finite; no weights were kept. Lower "
+            "the learning rates.")
     later = keep.last_epoch - keep.best_epoch
     if phases.verbose:
         _compat.print_msg(

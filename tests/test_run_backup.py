@@ -150,6 +150,26 @@ def test_a_rerun_best_epoch_keeps_the_weights_of_its_value(tmp_path):
     assert not backup.load_best()  # nothing saved for the worse rerun
 
 
+def test_an_epoch_with_weights_that_are_not_finite_is_not_saved_as_best(
+        tmp_path):
+    # kft train keeps RunBackup's best epoch: diverged weights, which
+    # predict one class, could hold the best accuracy and be the result.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    backup = RunBackup(tmp_path, model, monitor="val_accuracy",
+                       print_fn=None)
+    model.compile("sgd", "mse")
+    backup.set_model(model)
+    backup.mode = "max"
+    backup._inner = keras.callbacks.Callback()  # the checkpoint, not tested
+    backup.on_epoch_end(0, {"val_accuracy": 0.4})
+    kernel = model.layers[-1].kernel
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    backup.on_epoch_end(1, {"val_accuracy": 0.6})
+    assert (backup.best_epoch, backup.best_value) == (0, 0.4)
+    assert backup.load_best()
+    assert np.isfinite(kernel.value).all()
+
+
 def _mix_and_dropout():
     return {"dropout": 0.3,
             "batch_augment": kft.layers.MixUp(num_classes=3, seed=1)}

@@ -44,6 +44,7 @@ from kft.training.monitor import MODES
 from kft.training.monitor import check_monitor
 from kft.training.monitor import improves
 from kft.training.monitor import monitor_mode
+from kft.training.phases import weights_finite
 from kft.training.state import changing_trainable
 from kft.training.unfreeze_backup import checkpoint_epoch
 from kft.training.unfreeze_backup import recover_checkpoint
@@ -307,8 +308,10 @@ class RunBackup(keras.callbacks.Callback):
         # Saved only when better: a rerun of the best epoch (its checkpoint
         # lost in a kill) had replaced the kept weights with its own under
         # the first attempt's value.
+        # Nor with weights that are not finite (as `fine_tune`'s KeepBest).
         if value is not None and improves(float(value), self.best_value,
-                                          self.mode):
+                                          self.mode) and weights_finite(
+                                              self.target):
             self.best_epoch, self.best_value = epoch, float(value)
             # Saving is a collective: every process saves, process 0 into
             # the run folder (`primary_path`).

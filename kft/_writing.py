@@ -10,7 +10,9 @@ symlink is followed and its target written in place, as is a file with
 other hard links, a FIFO or `/dev/stdout` (a file moved over any of them
 replaced it). A symlink to nothing is refused: writing through it would
 create a file wherever it points (a folder received from elsewhere can
-hold such links).
+hold such links). Files kft owns (a run folder's) are written with
+`replace_links=True`: always beside and moved over, a link or another
+hard link at the path replaced, never written through.
 """
 
 import contextlib
@@ -38,8 +40,9 @@ def output_path(path, name="path"):
     return path
 
 
-def write_file(path, content):
-    """Writes `content` (`str` as UTF-8, or `bytes`) to `path`.
+def write_file(path, content, *, replace_links=False):
+    """Writes `content` (`str` as UTF-8, or `bytes`) to `path`
+    (`replace_links`: see `written_beside`).
 
     Example:
     >>> import os, tempfile
@@ -53,17 +56,19 @@ def write_file(path, content):
     # escaped: strict UTF-8 failed on it after the work was done.
     data = (content.encode("utf-8", "backslashreplace")
             if isinstance(content, str) else content)
-    with written_beside(path) as target, open(target, "wb") as file:
+    with written_beside(path, replace_links=replace_links) as target, open(
+            target, "wb") as file:
         file.write(data)
 
 
 @contextlib.contextmanager
-def written_beside(path):
+def written_beside(path, *, replace_links=False):
     """Yields the file to write `path`'s new content to, its folder made:
     a file beside `path`, moved over it (with its mode) when the block
     ends, removed if it raises; `path` itself (written in place) for a
     symlink, a file with other hard links, a FIFO or a device, or a path
-    ending in "/" (which `open` names as a folder).
+    ending in "/" (which `open` names as a folder). With `replace_links`
+    (a file kft owns) a symlink or hard link at `path` is replaced too.
 
     Example:
     >>> import os, tempfile
@@ -76,13 +81,14 @@ def written_beside(path):
     folder, name = os.path.split(path)
     if folder and name:
         os.makedirs(folder, exist_ok=True)
-    if os.path.islink(path) and not os.path.exists(path):
+    if (os.path.islink(path) and not os.path.exists(path)
+            and not replace_links):
         raise FileExistsError(
             f"{path!r} is a symbolic link to {os.readlink(path)!r}, which "
             "does not exist: kft does not create a file through a link "
             "(one in a folder from elsewhere can point anywhere); remove "
             "the link, or write to another path")
-    if not name or not _replaceable(path):
+    if not name or not (replace_links or _replaceable(path)):
         yield path
         return
     target = os.path.join(folder, _beside_name(folder, name))
@@ -90,7 +96,7 @@ def written_beside(path):
         os.remove(target)
     try:
         yield target
-        if os.path.exists(path):
+        if os.path.exists(path) and not os.path.islink(path):
             shutil.copymode(path, target)
         os.replace(target, path)
     except OSError as error:

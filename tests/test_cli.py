@@ -249,8 +249,16 @@ def test_links_in_a_run_folder_from_elsewhere_do_not_take_the_report(
     assert _exit_code(argv) == 2
     assert (f"already holds a report (evaluation.json (a link to "
             f"{str(victim / 'profile')!r}))" in capsys.readouterr().err)
-    assert cli.main(argv + ["--overwrite"]) == 1
-    assert "which does not exist" in capsys.readouterr().err
+    # --overwrite replaces the report's files, a link itself included,
+    # never what it points to; a plot name alone counts as a report too.
+    (victim / "picture.png").write_bytes(b"mine")
+    os.symlink(victim / "picture.png", default / "confusion_matrix.png")
+    assert _exit_code(argv) == 2
+    assert "confusion_matrix.png (a link to " in capsys.readouterr().err
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert not (default / "evaluation.json").is_symlink()
+    assert (victim / "picture.png").read_bytes() == b"mine"
+    os.remove(victim / "picture.png")
     os.symlink(victim / "m.keras", run / "model_inference.keras")
     assert _exit_code(["export", str(run), "--format", "keras"]) == 2
     assert "(a link to " in capsys.readouterr().err

@@ -256,6 +256,8 @@ def test_launched_scripts_start_before_kft_and_without_its_flags(
 
     monkeypatch.setitem(_config._flag_state, "added", ("--kft_added=1",))
     monkeypatch.setenv("XLA_FLAGS", "--user_flag=2 --kft_added=1")
+    # Inherited from a launcher that launched this one: another port.
+    monkeypatch.setenv("JAX_COORDINATOR_BIND_ADDRESS", "127.0.0.1:1")
     program = tmp_path / "probe.py"
     program.write_text(
         "import os, sys\n"

@@ -170,6 +170,18 @@ def test_an_epoch_with_weights_that_are_not_finite_is_not_saved_as_best(
     assert np.isfinite(kernel.value).all()
 
 
+def test_a_backup_folder_holding_links_is_refused(tmp_path):
+    # Keras writes its checkpoint files through links: one planted in a
+    # run folder from elsewhere created files where it pointed.
+    (tmp_path / "phase0").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere.h5",
+               tmp_path / "phase0" / "latest.weights.h5")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=r"latest.weights.h5' is a symbolic "
+                       r"link \(to '.*elsewhere.h5'\); checkpoints would"):
+        RunBackup(tmp_path, model, print_fn=None)
+
+
 def _mix_and_dropout():
     return {"dropout": 0.3,
             "batch_augment": kft.layers.MixUp(num_classes=3, seed=1)}

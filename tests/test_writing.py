@@ -58,8 +58,25 @@ def test_links_planted_in_a_folder_from_elsewhere_write_nothing_there(
     assert os.listdir(victim) == []
     assert (folder / "run.json").is_file()
     assert not (folder / "run.json").is_symlink()
-    # A link to an existing file is still written through, as documented.
+    # A link to an existing file is still written through, as documented,
+    # except for the files kft owns (a run folder's): the link is
+    # replaced, as is a hard link (a `cp -al` snapshot of the run).
     (victim / "kept.md").write_text("old")
     os.symlink(victim / "kept.md", folder / "summary.md")
     write_file(folder / "summary.md", "new")
     assert (victim / "kept.md").read_text() == "new"
+    (victim / "profile").write_text("mine")
+    os.remove(folder / "evaluation.json")
+    os.symlink(victim / "profile", folder / "history.json")
+    os.link(folder / "run.json", victim / "snapshot.json")
+    write_json(str(folder / "history.json"), [])
+    write_json(str(folder / "run.json"), {"status": "resumed"})
+    assert (victim / "profile").read_text() == "mine"
+    assert '"complete"' in (victim / "snapshot.json").read_text()
+    assert not (folder / "history.json").is_symlink()
+    assert (folder / "history.json").read_text() == "[]\n"
+    # A link to nothing, where kft owns the file: replaced, not refused.
+    os.symlink(victim / "nothing", folder / "summary2.md")
+    write_file(folder / "summary2.md", "x", replace_links=True)
+    assert sorted(os.listdir(victim)) == ["kept.md", "profile",
+                                          "snapshot.json"]

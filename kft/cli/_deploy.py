@@ -32,15 +32,19 @@ def eval_command(args, argv):
                      "write the report there, or another --out")
     check_out_folder(out, flag)
     check_out_outside(out, flag, [("DATA_DIR", args.data_dir)])
-    # A run folder holds its own validation report under the same names.
-    kept = [linked(os.path.join(out, name), name)
-            for name in ("evaluation.json", "evaluation.md")
-            if os.path.lexists(os.path.join(out, name))]
-    if kept and not args.overwrite:
-        raise Usage(f"{flag} {out!r} already holds a report "
-                     f"({', '.join(kept)}); pass --overwrite to replace it, "
-                     "or another --out")
     start_library(models=True)
+    from kft.evaluation.plots import REPORT_PLOTS
+
+    # A run folder holds its own validation report under the same names;
+    # a link among them would be written through (checked before work).
+    names = ["evaluation.json", "evaluation.md",
+             *(f"{name}.png" for name in REPORT_PLOTS)]
+    kept = [name for name in names if os.path.lexists(os.path.join(out, name))]
+    if kept and not args.overwrite:
+        raise Usage(f"{flag} {out!r} already holds a report ("
+                     + ", ".join(linked(os.path.join(out, name), name)
+                                 for name in kept)
+                     + "); pass --overwrite to replace it, or another --out")
     from kft.runs.folder import image_size_for
     from kft.runs.folder import load_eval_folder
     from kft.runs.folder import load_run
@@ -54,13 +58,10 @@ def eval_command(args, argv):
     except ValueError as error:
         raise Usage(str(error)) from error
     make_out_folder(out, flag)
-    if kept:  # --overwrite: the old report's plots go with it
-        from kft.evaluation.plots import REPORT_PLOTS
-
-        for name in REPORT_PLOTS:
-            path = os.path.join(out, f"{name}.png")
-            if os.path.isfile(path):
-                os.remove(path)
+    # --overwrite: the old report goes, its plots too (a link itself, not
+    # what it points to).
+    for name in kept:
+        os.remove(os.path.join(out, name))
     with progress_on_stderr():
         report, files = write_evaluation(
             run.model, data, run.class_names, out, top_k=args.top_k,

@@ -225,7 +225,8 @@ def _write_comparison(result, out, as_json):
         os.remove(os.path.join(out, "comparison.png"))
     result.to_json(files["comparison.json"])
     files["comparison.md"] = os.path.join(out, "comparison.md")
-    write_file(files["comparison.md"], result.to_markdown() + "\n")
+    write_file(files["comparison.md"], result.to_markdown() + "\n",
+               replace_links=True)
     from kft._plotting import available
 
     if result.best is not None and available():  # some run finished

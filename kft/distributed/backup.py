@@ -201,7 +201,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         record[str(epoch)] = value
         path = os.path.join(self.backup_dir, name)
         os.makedirs(self.backup_dir, exist_ok=True)
-        write_file(path, json.dumps(record))
+        write_file(path, json.dumps(record), replace_links=True)
 
     def _restore_seeds(self, saved):
         states = seed_states(self.model)

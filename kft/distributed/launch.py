@@ -144,8 +144,10 @@ def launch_command(command: Sequence[str], processes: int = 2, *,
                  "PYTHONUNBUFFERED": "1"})
     if loopback:
         # JAX's coordination service (no authentication) binds every
-        # interface, "[::]:port", unless told: here only loopback.
-        base.setdefault("JAX_COORDINATOR_BIND_ADDRESS", coordinator)
+        # interface, "[::]:port", unless told: here only loopback, on the
+        # port chosen (one inherited, from a launcher that launched this
+        # one, named another).
+        base["JAX_COORDINATOR_BIND_ADDRESS"] = coordinator
     children, threads, lock = [], [], threading.Lock()
     # `kill` (SIGTERM) of the launcher ends its processes too (Python's
     # default would exit without the `finally`, leaving them running).

@@ -99,6 +99,7 @@ class RunBackup(keras.callbacks.Callback):
         # Absolute: a relative one followed a later `os.chdir` (a notebook
         # cell, a callback), splitting the run between two folders.
         self.directory = os.path.abspath(output_path(directory, "directory"))
+        _refuse_links(self.directory)
         self.target = model
         # Its passes are numbered on from where the checkpoint was taken
         # (by each call's BackupAndRestore).
@@ -156,7 +157,7 @@ class RunBackup(keras.callbacks.Callback):
                  "best_value": self.best_value, "mode": self.mode,
                  "values": self._values, "stopped": self._stopped}
         # Replaced atomically: a kill leaves the old file or the new one.
-        write_file(path, json.dumps(state))
+        write_file(path, json.dumps(state), replace_links=True)
 
     def record(self, key: str, value):
         """Keeps a value a recipe computed once (a JSON value) for the
@@ -357,6 +358,20 @@ class RunBackup(keras.callbacks.Callback):
                 "ignore", message="Skipping variable loading for optimizer")
             (model or self.target).load_weights(self.best_weights_path)
         return True
+
+
+def _refuse_links(directory):
+    """Refuses symbolic links inside `directory`: Keras writes its
+    checkpoint files through them (a folder from elsewhere can hold links
+    pointing anywhere); kft's own files replace them."""
+    for folder, subfolders, files in os.walk(directory):
+        for name in subfolders + files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                raise ValueError(
+                    f"RunBackup: {path!r} is a symbolic link (to "
+                    f"{os.readlink(path)!r}); checkpoints would be written "
+                    "through it. A run folder holds no links: remove it.")
 
 
 def _first_difference(records, layers):

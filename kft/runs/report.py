@@ -46,7 +46,8 @@ def environment() -> dict:
 def write_json(path, value):
     if not is_primary():  # several processes: process 0 writes
         return
-    write_file(path, json.dumps(value, indent=2, default=str) + "\n")
+    write_file(path, json.dumps(value, indent=2, default=str) + "\n",
+               replace_links=True)
 
 
 def read_json(path):
@@ -70,7 +71,7 @@ def write_history(out, rows):
     writer = csv.DictWriter(text, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    write_file(path, text.getvalue())
+    write_file(path, text.getvalue(), replace_links=True)
     files["history.csv"] = path
     return files
 
@@ -94,7 +95,7 @@ def write_evaluation(model, data, class_names, out, *, history=None,
     report.to_json(path)
     files[f"{prefix}.json"] = path
     path = os.path.join(out, f"{prefix}.md")
-    write_file(path, report.to_markdown())
+    write_file(path, report.to_markdown(), replace_links=True)
     files[f"{prefix}.md"] = path
     if not plots:
         return report, files

@@ -347,7 +347,7 @@ def _train(config, info, resumed, verbose, say, command):
     files = {}
     if not resumed and is_primary():
         path = os.path.join(out, "config.toml")
-        write_file(path, config.to_toml())
+        write_file(path, config.to_toml(), replace_links=True)
         files["config.toml"] = path
         path = os.path.join(out, "environment.json")
         write_json(path, env)
@@ -381,7 +381,8 @@ def _train(config, info, resumed, verbose, say, command):
         say(f"lr find -> {tuned.learning_rate:.3g}")
         config = config.replace(lr=float(tuned.learning_rate))
         if is_primary():
-            write_file(os.path.join(out, "config.toml"), config.to_toml())
+            write_file(os.path.join(out, "config.toml"), config.to_toml(),
+                       replace_links=True)
     train_time = time.perf_counter() - start
     barrier("kft-train-run-fitted")  # process 0's last writes are done
     # The best epoch over the whole run, epochs before a resume included.
@@ -389,7 +390,8 @@ def _train(config, info, resumed, verbose, say, command):
     model_path = os.path.join(out, "model.keras")
     # Beside, then moved over (a kill or a reader during the save saw a
     # truncated model.keras); a collective: every process saves.
-    with written_beside(primary_path(model_path)) as target:
+    with written_beside(primary_path(model_path),
+                        replace_links=True) as target:
         model.save(target)
     files["model.keras"] = model_path
     history = [dict(epoch=epoch + 1, **backup.history[epoch])
@@ -415,7 +417,8 @@ def _train(config, info, resumed, verbose, say, command):
         # Escaped: a skipped file's name of another encoding failed here,
         # after training, on every resume too.
         write_file(path, run_summary(result, env, requested,
-                                     run_info["skipped_files"]))
+                                     run_info["skipped_files"]),
+                   replace_links=True)
     run_info.update(
         status="complete", best_epoch=backup.best_epoch,
         best_value=backup.best_value, monitor=config.monitor,

@@ -130,7 +130,7 @@ def save_record(backup_dir, records, epoch, state):
         return
     os.makedirs(backup_dir, exist_ok=True)
     path = os.path.join(backup_dir, STATE_FILE)
-    write_file(path, json.dumps({"records": records}))
+    write_file(path, json.dumps({"records": records}), replace_links=True)
 
 
 # `BackupAndRestore`'s files; with `double_checkpoint` it keeps the
@@ -241,7 +241,7 @@ def _recover(directory):
     if all(os.path.exists(p) and _readable(p) for p in previous) and (
             _paired(*previous)):
         for old, path in zip(previous, paths):
-            with written_beside(path) as target:
+            with written_beside(path, replace_links=True) as target:
                 shutil.copyfile(old, target)
         return "restored the previous checkpoint (the last was cut short)"
     for path in paths:

@@ -375,6 +375,19 @@ def ratios(rows):
     return out
 
 
+def torch_missing():
+    """Why the torch side cannot run (not installed, or a torchvision
+    built for another torch that fails to import), or `None`."""
+    if any(importlib.util.find_spec(name) is None
+           for name in ("torch", "torchvision")):
+        return "torch / torchvision are not installed"
+    try:
+        import torchvision  # noqa: F401
+    except Exception as error:
+        return f"torchvision fails to import ({type(error).__name__}: {error})"
+    return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+",
@@ -404,11 +417,10 @@ def main(argv=None):
                      f"(a few per class and split); got {args.images}")
     begin = time.perf_counter()
     sides = list(args.sides)
-    if "torch" in sides and (importlib.util.find_spec("torch") is None
-                             or importlib.util.find_spec("torchvision")
-                             is None):
-        print("torch side skipped: torch / torchvision are not installed "
-              "(pip install -e '.[bench]')", flush=True)
+    missing = torch_missing() if "torch" in sides else None
+    if missing:
+        print(f"torch side skipped: {missing} (pip install -e '.[bench]')",
+              flush=True)
         sides.remove("torch")
     print(f"{args.images} digits images requested"
           f"{' (all)' if args.images >= DIGITS_IMAGES else ''}, "

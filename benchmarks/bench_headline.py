@@ -32,6 +32,8 @@ import argparse
 import copy
 import importlib.util
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -381,10 +383,13 @@ def torch_missing():
     if any(importlib.util.find_spec(name) is None
            for name in ("torch", "torchvision")):
         return "torch / torchvision are not installed"
-    try:
-        import torchvision  # noqa: F401
-    except Exception as error:
-        return f"torchvision fails to import ({type(error).__name__}: {error})"
+    # In a fresh process: torch stays out of this one (each side runs in
+    # its own).
+    probe = subprocess.run([sys.executable, "-c", "import torchvision"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        last = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"torchvision fails to import ({last})"
     return None
 
 

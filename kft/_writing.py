@@ -128,6 +128,22 @@ def _beside_name(folder, name):
     return f".{stem}{tail}"
 
 
+def release(path):
+    """Removes `path` if it is a symbolic link or a file with other hard
+    links (the name only, not what it leads to), so that the next write
+    of a file kft owns makes one of its own.
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> os.symlink("/nowhere", os.path.join(folder, "a.png"))
+    >>> release(os.path.join(folder, "a.png")); os.listdir(folder)
+    []
+    """
+    if os.path.islink(path) or (os.path.isfile(path)
+                                and os.stat(path).st_nlink > 1):
+        os.remove(path)
+
+
 def _replaceable(path):
     """A new file, or a regular file (not a symlink) with one name."""
     try:

@@ -372,6 +372,30 @@ def test_a_matplotlib_that_fails_to_import_is_said_not_skipped_quietly(
         assert not available()
 
 
+def test_a_run_folders_report_replaces_links_among_its_files(tmp_path):
+    # kft train's evaluation.json and plots were written through links
+    # (a run folder from elsewhere, a `cp -al` snapshot of one).
+    import os
+
+    from kft.runs.report import write_evaluation
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "mine.json").write_text("mine")
+    (victim / "mine.png").write_bytes(b"mine")
+    os.symlink(victim / "mine.json", tmp_path / "evaluation.json")
+    os.link(victim / "mine.png", tmp_path / "reliability.png")
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(8, 8, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3))
+    write_evaluation(model, (x, np.array([0, 1, 0, 1])), ["a", "b"],
+                     str(tmp_path))
+    assert (victim / "mine.json").read_text() == "mine"
+    assert (victim / "mine.png").read_bytes() == b"mine"
+    assert _is_png(tmp_path / "reliability.png")
+    assert not (tmp_path / "evaluation.json").is_symlink()
+
+
 def test_a_plot_is_not_written_through_a_link_to_nothing(tmp_path):
     import os
 

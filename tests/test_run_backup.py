@@ -180,6 +180,19 @@ def test_a_backup_folder_holding_links_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"latest.weights.h5' is a symbolic "
                        r"link \(to '.*elsewhere.h5'\); checkpoints would"):
         RunBackup(tmp_path, model, print_fn=None)
+    # A hard link (a `cp -al` snapshot of the run): the file gets a copy
+    # of its own, and the snapshot stays as it was when Keras writes.
+    os.remove(tmp_path / "phase0" / "latest.weights.h5")
+    (tmp_path / "phase0" / "latest.weights.h5").write_bytes(b"weights")
+    os.link(tmp_path / "phase0" / "latest.weights.h5", tmp_path / "snap.h5")
+    # Links elsewhere in the folder are none of the backup's business.
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    os.symlink("/usr/bin/python3", tmp_path / ".venv" / "bin" / "python")
+    RunBackup(tmp_path, model, print_fn=None)
+    latest = tmp_path / "phase0" / "latest.weights.h5"
+    assert latest.read_bytes() == b"weights" and latest.stat().st_nlink == 1
+    latest.write_bytes(b"new")
+    assert (tmp_path / "snap.h5").read_bytes() == b"weights"
 
 
 def _mix_and_dropout():

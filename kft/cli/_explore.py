@@ -7,11 +7,13 @@ import json
 import os
 import sys
 
+from kft._writing import release
 from kft._writing import write_file
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
 from kft.cli._checks import check_out_outside
 from kft.cli._checks import flag_names
+from kft.cli._checks import linked
 from kft.cli._checks import make_out_folder
 from kft.cli._checks import start_library
 from kft.cli._parser import build_parser
@@ -143,11 +145,12 @@ def compare_command(args, argv):
     # Before training, as `kft eval` and `kft export` keep their files.
     kept = [name for name in ("comparison.json", "comparison.md",
                               "comparison.png")
-            if os.path.isfile(os.path.join(out, name))]
+            if os.path.lexists(os.path.join(out, name))]
     if kept and not args.overwrite:
-        raise Usage(f"{flag} {out!r} already holds a comparison "
-                     f"({', '.join(kept)}); pass --overwrite to replace it, "
-                     "or another --out")
+        raise Usage(f"{flag} {out!r} already holds a comparison ("
+                     + ", ".join(linked(os.path.join(out, name), name)
+                                 for name in kept)
+                     + "); pass --overwrite to replace it, or another --out")
     start_library()
     from kft.evaluation.compare import compare_strategies
     from kft.runs.config import TrainConfig
@@ -223,6 +226,7 @@ def _write_comparison(result, out, as_json):
     # or not (no matplotlib, no run finished).
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out, "comparison.png"))
+    release(files["comparison.json"])  # a link: replaced, not written through
     result.to_json(files["comparison.json"])
     files["comparison.md"] = os.path.join(out, "comparison.md")
     write_file(files["comparison.md"], result.to_markdown() + "\n",

@@ -28,6 +28,7 @@ on from the epochs before the restart (`call_logs`).
 import json
 import math
 import os
+import shutil
 import warnings
 
 import keras
@@ -36,6 +37,7 @@ from kft import _compat
 from kft._validation import check_choice
 from kft._writing import output_path
 from kft._writing import write_file
+from kft._writing import written_beside
 from kft.distributed.backup import BackupAndRestore
 from kft.distributed.backup import check_backup_data
 from kft.distributed.processes import is_primary
@@ -99,7 +101,7 @@ class RunBackup(keras.callbacks.Callback):
         # Absolute: a relative one followed a later `os.chdir` (a notebook
         # cell, a callback), splitting the run between two folders.
         self.directory = os.path.abspath(output_path(directory, "directory"))
-        _refuse_links(self.directory)
+        check_backup_folder(self.directory)
         self.target = model
         # Its passes are numbered on from where the checkpoint was taken
         # (by each call's BackupAndRestore).
@@ -360,18 +362,32 @@ class RunBackup(keras.callbacks.Callback):
         return True
 
 
-def _refuse_links(directory):
-    """Refuses symbolic links inside `directory`: Keras writes its
-    checkpoint files through them (a folder from elsewhere can hold links
-    pointing anywhere); kft's own files replace them."""
-    for folder, subfolders, files in os.walk(directory):
-        for name in subfolders + files:
-            path = os.path.join(folder, name)
-            if os.path.islink(path):
-                raise ValueError(
-                    f"RunBackup: {path!r} is a symbolic link (to "
-                    f"{os.readlink(path)!r}); checkpoints would be written "
-                    "through it. A run folder holds no links: remove it.")
+def check_backup_folder(directory):
+    """Refuses a symbolic link among the files a `RunBackup` in
+    `directory` and Keras' checkpoints write, and gives a file there that
+    has other hard links (a `cp -al` snapshot of the run) a copy of its
+    own: Keras writes its checkpoint files in place, through both (a
+    folder from elsewhere can hold links pointing anywhere)."""
+    paths = [os.path.join(directory, name) for name in (
+        STATE_FILE, BEST_WEIGHTS, BEST_WEIGHTS.replace(".weights.h5",
+                                                       ".tmp.weights.h5"))]
+    if os.path.isdir(directory):
+        for entry in os.listdir(directory):
+            phase = os.path.join(directory, entry)
+            if entry.startswith("phase"):
+                paths.append(phase)
+                for folder, subfolders, files in os.walk(phase):
+                    paths += [os.path.join(folder, name)
+                              for name in subfolders + files]
+    for path in paths:
+        if os.path.islink(path):
+            raise ValueError(
+                f"RunBackup: {path!r} is a symbolic link (to "
+                f"{os.readlink(path)!r}); checkpoints would be written "
+                "through it. A run folder holds no links: remove it.")
+        if os.path.isfile(path) and os.stat(path).st_nlink > 1:
+            with written_beside(path, replace_links=True) as copy:
+                shutil.copy2(path, copy)
 
 
 def _first_difference(records, layers):

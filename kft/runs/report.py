@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 
+from kft._writing import release
 from kft._writing import write_file
 from kft.distributed.processes import is_primary
 from kft.evaluation._format import every_class
@@ -91,6 +92,13 @@ def write_evaluation(model, data, class_names, out, *, history=None,
     files = {}
     if not is_primary():  # all processes evaluate, process 0 writes
         return report, files
+    # The report's files are the run folder's own: a link among them
+    # (in a folder from elsewhere) is replaced, not written through.
+    from kft.evaluation.plots import REPORT_PLOTS
+
+    for name in (f"{prefix}.json", *(f"{plot}.png" for plot in (
+            *REPORT_PLOTS, "learning_curves"))):
+        release(os.path.join(out, name))
     path = os.path.join(out, f"{prefix}.json")
     report.to_json(path)
     files[f"{prefix}.json"] = path

@@ -128,6 +128,10 @@ def _prepare_out(config, resume, say):
         if info.get("status") == "complete":
             return saved, info, True, False, None  # read, not written
         check_paths(saved, named_in=path)
+        # Before anything is loaded or written.
+        from kft.runs.backup import check_backup_folder
+
+        check_backup_folder(os.path.join(out, CHECKPOINTS))
         # Process 0 writes the folder (several processes: one lock).
         lock = _claim(out, created=False, resume=True) if is_primary() \
             else None

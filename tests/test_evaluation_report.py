@@ -148,6 +148,21 @@ def test_mistakes_notes_and_flags(report):
     assert "fewer than 4 examples" in text
 
 
+def test_class_names_reach_a_terminal_escaped():
+    # A model of someone else's named a class with terminal escape
+    # sequences: kft eval's printed table cleared the screen.
+    names = ["ok", "\x1b[2J\x1b]0;pwned\x07", "a\tb"]
+    report = report_from_predictions([0, 1, 2], np.eye(3),
+                                     class_names=names)
+    for text in (report.to_markdown(), str(report)):
+        assert "\x1b" not in text and "\x07" not in text and "\t" not in text
+        assert "\\x1b[2J\\x1b]0;pwned\\x07" in text and "a\\tb" in text
+    assert report.class_names[1] == names[1]  # kept as given
+    text = str(kft.evaluation.classification_report(
+        [0, 1, 2], [0, 1, 1], class_names=names))
+    assert "\x1b" not in text and "\\x1b[2J" in text
+
+
 def test_round_trip_markdown_and_text(report, tmp_path):
     path = tmp_path / "report.json"
     report.to_json(path)

@@ -1,5 +1,7 @@
 """`EvaluationReport` as text: `str(report)` and `report.to_markdown()`."""
 
+import unicodedata
+
 import numpy as np
 
 from kft._validation import check_int
@@ -8,8 +10,21 @@ from kft._validation import check_int
 def markdown_cell(text):
     """`text` safe inside a Markdown table cell: a `|` would start a new
     cell and a line break (`\\n`, `\\r`, any of `str.splitlines`') end
-    the row."""
-    return " ".join(str(text).splitlines()).replace("|", "\\|")
+    the row; other control characters are written escaped (a class name
+    from a model of someone else's holding terminal escape sequences
+    cleared the screen of `kft eval`).
+
+    >>> markdown_cell("a|b\\nc\\x1b[2J")
+    'a\\\\|b c\\\\x1b[2J'
+    """
+    return text_cell(text).replace("|", "\\|")
+
+
+def text_cell(text):
+    """`text` on one line, its control characters written escaped."""
+    return "".join(
+        repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char
+        for char in " ".join(str(text).splitlines()))
 
 
 def every_class(k, num_classes):
@@ -44,7 +59,7 @@ def _class_order(report, max_classes):
     return order
 
 
-def _class_row(report, i, cell=str):
+def _class_row(report, i, cell=text_cell):
     flag = " (low support)" if report.class_names[i] in \
         report.low_support else ""
     return (f"{cell(report.class_names[i])}{flag}",
@@ -76,7 +91,7 @@ def markdown(report, max_classes=None):
                   f"{names[m.predicted]} | {m.confidence:.3f} |"
                   for m in report.mistakes]
     if report.notes:
-        lines += [""] + [f"- {note}" for note in report.notes]
+        lines += [""] + [f"- {text_cell(note)}" for note in report.notes]
     return "\n".join(lines)
 
 
@@ -92,10 +107,10 @@ def text(report, max_classes=20):
         name, p, r, f, s = _class_row(report, i)
         lines.append(f"  {name:>{width}}  {p}  {r}  {f}  {s}")
     if report.mistakes:
+        names = [text_cell(name) for name in report.class_names]
         shown = ", ".join(
-            f"#{m.index} {report.class_names[m.true]}->"
-            f"{report.class_names[m.predicted]} ({m.confidence:.2f})"
-            for m in report.mistakes[:5])
+            f"#{m.index} {names[m.true]}->{names[m.predicted]} "
+            f"({m.confidence:.2f})" for m in report.mistakes[:5])
         lines.append(f"most confident mistakes: {shown}")
-    lines += [f"note: {note}" for note in report.notes]
+    lines += [f"note: {text_cell(note)}" for note in report.notes]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from kft._validation import integer_values
 from kft._validation import labels_from_one_hot
 from kft._validation import check_class_names
 from kft.evaluation import metrics
+from kft.evaluation._format import text_cell
 from kft.evaluation._predict import check_width
 from kft.evaluation._predict import data_class_names
 from kft.evaluation._predict import model_class_names
@@ -66,7 +67,8 @@ class ClassificationReport:
             lines.append(f"the {_SHOWN_CLASSES} classes of lowest F1 (of "
                          f"{len(self.per_class)}; `per_class` has all):")
         for name, m in shown:
-            lines.append(f"  {name:>12}: precision {m['precision']:.3f} "
+            lines.append(f"  {text_cell(name):>12}: precision "
+                         f"{m['precision']:.3f} "
                          f"recall {m['recall']:.3f} f1 {m['f1']:.3f} "
                          f"support {m['support']}")
         return "\n".join(lines)

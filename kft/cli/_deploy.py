@@ -33,13 +33,13 @@ def eval_command(args, argv):
     check_out_folder(out, flag)
     check_out_outside(out, flag, [("DATA_DIR", args.data_dir)])
     start_library(models=True)
-    from kft.evaluation.plots import REPORT_PLOTS
+    from kft.runs.report import report_files
 
-    # A run folder holds its own validation report under the same names;
-    # a link among them would be written through (checked before work).
-    names = ["evaluation.json", "evaluation.md",
-             *(f"{name}.png" for name in REPORT_PLOTS)]
-    kept = [name for name in names if os.path.lexists(os.path.join(out, name))]
+    # A run folder holds its own validation report under the same names
+    # (its learning curves are the run's); a link among them would be
+    # written through (checked before work).
+    kept = [name for name in report_files()
+            if os.path.lexists(os.path.join(out, name))]
     if kept and not args.overwrite:
         raise Usage(f"{flag} {out!r} already holds a report ("
                      + ", ".join(linked(os.path.join(out, name), name)

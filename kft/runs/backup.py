@@ -368,9 +368,9 @@ def check_backup_folder(directory):
     has other hard links (a `cp -al` snapshot of the run) a copy of its
     own: Keras writes its checkpoint files in place, through both (a
     folder from elsewhere can hold links pointing anywhere)."""
-    paths = [os.path.join(directory, name) for name in (
-        STATE_FILE, BEST_WEIGHTS, BEST_WEIGHTS.replace(".weights.h5",
-                                                       ".tmp.weights.h5"))]
+    # (The best weights' temporary file is removed before each save.)
+    paths = [os.path.join(directory, name)
+             for name in (STATE_FILE, BEST_WEIGHTS)]
     if os.path.isdir(directory):
         for entry in os.listdir(directory):
             phase = os.path.join(directory, entry)

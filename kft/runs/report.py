@@ -77,6 +77,20 @@ def write_history(out, rows):
     return files
 
 
+def report_files(prefix="evaluation", history=False):
+    """The names `write_evaluation` writes into its folder (with
+    `history`: the learning curves too).
+
+    >>> report_files()[:3]
+    ['evaluation.json', 'evaluation.md', 'confusion_matrix.png']
+    """
+    from kft.evaluation.plots import REPORT_PLOTS
+
+    plots = (*REPORT_PLOTS, "learning_curves") if history else REPORT_PLOTS
+    return [f"{prefix}.json", f"{prefix}.md",
+            *(f"{plot}.png" for plot in plots)]
+
+
 def write_evaluation(model, data, class_names, out, *, history=None,
                      prefix="evaluation", top_k=None, plots=True, verbose=0):
     """Evaluates `model` on `data` (`kft.evaluate`) and writes the report
@@ -94,10 +108,7 @@ def write_evaluation(model, data, class_names, out, *, history=None,
         return report, files
     # The report's files are the run folder's own: a link among them
     # (in a folder from elsewhere) is replaced, not written through.
-    from kft.evaluation.plots import REPORT_PLOTS
-
-    for name in (f"{prefix}.json", *(f"{plot}.png" for plot in (
-            *REPORT_PLOTS, "learning_curves"))):
+    for name in report_files(prefix, history=True):
         release(os.path.join(out, name))
     path = os.path.join(out, f"{prefix}.json")
     report.to_json(path)

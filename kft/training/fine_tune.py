@@ -142,9 +142,10 @@ def fine_tune(
     block), and phase 2 trains at its `"valley"` suggestion (fastai's
     default; cautious, it can sit well below the best rate of a short
     run: compare it with the printed `"minimum"` suggestion, a tenth of
-    the rate at the lowest loss); the model is restored exactly before phase 2 starts. A
-    `kft.runs.RunBackup` among the callbacks records that rate, so that a
-    run resumed after a restart trains on at it instead of testing again.
+    the rate at the lowest loss); the model is restored exactly before
+    phase 2 starts. A `kft.runs.RunBackup` among the callbacks records
+    that rate, so that a run resumed after a restart trains on at it
+    instead of testing again.
 
     The defaults (3 head epochs at 1e-3, then 10 at 1e-4) are the
     reference material's rates for an ImageNet backbone; a small or weakly
@@ -158,10 +159,10 @@ def fine_tune(
     without improvement. Each phase compiles the model anew (a compile of
     the user's is replaced, its `run_eagerly`, `jit_compile` and
     `steps_per_execution` too: Keras' defaults; `loss` and `metrics` say
-    what to compile with), and the model is left compiled as its last phase was: a
-    `model.fit` after it continues that optimizer where its schedule
-    ended (0 after `"cosine"`, so nothing trains): compile it again to
-    train on.
+    what to compile with), and the model is left compiled as its last
+    phase was: a `model.fit` after it continues that optimizer where its
+    schedule ended (0 after `"cosine"`, so nothing trains): compile it
+    again to train on.
 
     Args:
         model: A model from `kft.build_classifier` (or one

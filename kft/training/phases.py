@@ -12,9 +12,11 @@ from kft.training.monitor import monitor_mode
 
 
 def weights_finite(model):
-    """Whether every weight of `model` is finite (no NaN or infinity)."""
-    return all(bool(keras.ops.all(keras.ops.isfinite(variable.value)))
-               for variable in model.weights)
+    """Whether every weight of `model` is finite (no NaN or infinity), in
+    one transfer from the device (not one per weight)."""
+    return bool(keras.ops.all(keras.ops.stack([
+        keras.ops.all(keras.ops.isfinite(variable.value))
+        for variable in model.weights]))) if model.weights else True
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -60,12 +62,14 @@ class KeepBest(keras.callbacks.Callback):
             # Resolved on the first epoch, when compiled metrics exist.
             self.mode = monitor_mode(self.model, self.monitor, self.mode)
         self.last_epoch = epoch
-        if improves(value, self.best, self.mode) and weights_finite(
-                self.target):
-            self.best, self.best_epoch = value, epoch
-            # Not `get_weights()`: numpy 2 warns on Keras variables'
-            # `__array__` (no `copy` argument); the values convert cleanly.
-            self.weights = [np.array(v.value) for v in self.target.weights]
+        if not improves(value, self.best, self.mode):
+            return
+        # Not `get_weights()`: numpy 2 warns on Keras variables'
+        # `__array__` (no `copy` argument); the values convert cleanly.
+        weights = [np.array(v.value) for v in self.target.weights]
+        # Checked on the copy already taken: no second pass on the device.
+        if all(np.isfinite(w).all() for w in weights):
+            self.best, self.best_epoch, self.weights = value, epoch, weights
 
 
 class EpochRate(keras.callbacks.Callback):

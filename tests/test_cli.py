@@ -378,6 +378,27 @@ def test_predict_loads_the_model_once(run_folder, capsys, monkeypatch):
                for line in lines)
 
 
+def test_predict_prints_class_and_file_names_escaped(run_folder, capsys,
+                                                    monkeypatch):
+    # A model from someone else whose class names hold terminal escapes,
+    # an image file name holding a tab: one line per image, nothing the
+    # terminal would act on, the tab-separated columns intact.
+    import types
+
+    from kft.deploy import prediction
+
+    run, data = run_folder
+    monkeypatch.setattr(prediction, "predict", lambda *a, **k: [
+        types.SimpleNamespace(source="a\tb.png",
+                              labels=["\x1b[2J\x1b]0;pwned\x07", "bee"],
+                              probabilities=[0.75, 0.25], indices=[1, 0])])
+    assert cli.main(["predict", str(run), str(data / "ant")]) == 0
+    line, = capsys.readouterr().out.splitlines()
+    assert "\x1b" not in line and "\x07" not in line
+    assert line.split("\t") == ["a\\tb.png",
+                                "\\x1b[2J\\x1b]0;pwned\\x07 0.750, bee 0.250"]
+
+
 def test_predict_of_a_bad_image_file_exits_2(run_folder, tmp_path, capsys):
     run, _ = run_folder
     bad = tmp_path / "notes.jpg"

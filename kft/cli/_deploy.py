@@ -116,6 +116,7 @@ def predict_command(args, argv):
             raise Usage(f"IMAGES_OR_DIR {path!r} does not exist")
     start_library(models=True)
     from kft.deploy.prediction import predict
+    from kft.evaluation._format import text_cell
 
     try:
         # One call: the model is loaded once for all the arguments.
@@ -134,9 +135,12 @@ def predict_command(args, argv):
             for r in results]))
         return 0
     for r in results:
-        guesses = ", ".join(f"{label} {p:.3f}" for label, p in zip(
+        # A model's class names (and file names) reach the terminal with
+        # their control characters escaped: a name holding escape
+        # sequences would otherwise rewrite the screen.
+        guesses = ", ".join(f"{text_cell(label)} {p:.3f}" for label, p in zip(
             r.labels, r.probabilities))
-        print(f"{r.source}\t{guesses}")
+        print(f"{text_cell(r.source)}\t{guesses}")
     return 0
 
 

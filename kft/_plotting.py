@@ -11,11 +11,13 @@ Every plotting function in kft takes `path=None` and returns the Figure:
 True
 """
 
+import io
 import os
 
 from kft._validation import check_int
 from kft._writing import output_path
-from kft._writing import written_beside
+from kft._writing import refuse_dangling_link
+from kft._writing import write_file
 
 _INSTALL = 'pip install "kft[plots]"'
 
@@ -121,11 +123,23 @@ def finish(fig, path=None, *, dpi=120, close=True):
         fig.tight_layout()
         if path is not None:
             path = check_path(path)
-            # Beside, then moved over: as every result file (a link to
-            # nothing is refused, a cut-off write leaves the old plot).
-            with written_beside(path) as target:
-                fig.savefig(target, dpi=dpi,
-                            format=os.path.splitext(path)[1][1:] or None)
+            form = os.path.splitext(path)[1][1:].lower()
+            if form == "pgf":
+                # PGF writes its images beside the file, named after it,
+                # and refers to them by those names: saved at `path`.
+                refuse_dangling_link(path)
+                folder = os.path.dirname(path)
+                if folder:
+                    os.makedirs(folder, exist_ok=True)
+                fig.savefig(path, dpi=dpi, format=form)
+            else:
+                # Made in memory (EPS records the file's name, svgz's gzip
+                # header too: the temporary one's), then written as every
+                # result file: a link to nothing refused, beside and moved
+                # over (a cut-off write leaves the old plot).
+                content = io.BytesIO()
+                fig.savefig(content, dpi=dpi, format=form)
+                write_file(path, content.getvalue())
     except BaseException:
         if close:  # not left open, to be shown under the error
             _close(fig)

@@ -81,13 +81,8 @@ def written_beside(path, *, replace_links=False):
     folder, name = os.path.split(path)
     if folder and name:
         os.makedirs(folder, exist_ok=True)
-    if (os.path.islink(path) and not os.path.exists(path)
-            and not replace_links):
-        raise FileExistsError(
-            f"{path!r} is a symbolic link to {os.readlink(path)!r}, which "
-            "does not exist: kft does not create a file through a link "
-            "(one in a folder from elsewhere can point anywhere); remove "
-            "the link, or write to another path")
+    if not replace_links:
+        refuse_dangling_link(path)
     if not name or not (replace_links or _replaceable(path)):
         yield path
         return
@@ -107,6 +102,16 @@ def written_beside(path, *, replace_links=False):
     finally:
         if os.path.exists(target):
             os.remove(target)
+
+
+def refuse_dangling_link(path):
+    """Raises `FileExistsError` for a symlink to nothing at `path`."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FileExistsError(
+            f"{path!r} is a symbolic link to {os.readlink(path)!r}, which "
+            "does not exist: kft does not create a file through a link "
+            "(one in a folder from elsewhere can point anywhere); remove "
+            "the link, or write to another path")
 
 
 def _beside_name(folder, name):

@@ -405,3 +405,28 @@ def test_a_plot_is_not_written_through_a_link_to_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["cm.png"]
     plots.plot_confusion_matrix(_report(3), path=tmp_path / "new.png")
     assert _is_png(tmp_path / "new.png")
+
+
+def test_saved_files_do_not_record_a_temporary_name(tmp_path, monkeypatch):
+    # EPS records the file's name as its title and svgz's gzip header
+    # the name it was written to: never the temporary file's.
+    import gzip
+    import os
+
+    report = _report(3)
+    for name in ("cm.eps", "cm.ps", "cm.svgz"):
+        plots.plot_confusion_matrix(report, path=tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        assert b".tmp" not in data
+    assert b"<svg" in gzip.decompress((tmp_path / "cm.svgz").read_bytes())
+    assert sorted(os.listdir(tmp_path)) == ["cm.eps", "cm.ps", "cm.svgz"]
+    # PGF names its image files after the file and refers to them: saved
+    # at the path itself (LaTeX, which it needs, is not installed here).
+    from matplotlib.figure import Figure
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig",
+                        lambda self, target, **kw: saved.append(target))
+    plots.plot_confusion_matrix(report, path=tmp_path / "sub" / "cm.pgf")
+    assert saved == [str(tmp_path / "sub" / "cm.pgf")]
+    assert (tmp_path / "sub").is_dir()

@@ -728,3 +728,22 @@ def test_fisher_of_a_softmax_model_equals_its_logits_twin():
     for path, value in want.values.items():
         np.testing.assert_allclose(got.values[path], value, rtol=1e-4,
                                    atol=1e-9)
+
+
+@pytest.mark.parametrize("header, message", [
+    ("{not json", "header is not JSON"),
+    ("[" * 100_000 + "]" * 100_000, "header is not JSON"),
+    ('["L2SP"]', "must name a penalty among"),
+    ('{"class": "Dropout", "config": {}}', "must name a penalty among"),
+    ('{"class": "L2SP"}', "must name a penalty among"),
+    ('{"class": "L2SP", "config": {"gamma": 1}}', "settings do not fit"),
+    ('{"class": "EWC", "config": {}, "fisher": {}}', "settings do not fit"),
+])
+def test_a_penalty_file_of_another_shape_is_named(tmp_path, header, message):
+    # A file from elsewhere, or one cut or edited: a ValueError naming it,
+    # not a KeyError, TypeError or RecursionError from deep inside.
+    path = tmp_path / "p.npz"
+    np.savez(path, __config__=np.array(header))
+    with pytest.raises(ValueError, match=message) as caught:
+        kft.load_penalty(path)
+    assert str(path) in str(caught.value)

@@ -293,16 +293,40 @@ def load_penalty(path):
         if _CONFIG_KEY not in data:
             fail_argument("path", "a file written by penalty.save(path)",
                           path)
-        head = json.loads(str(data[_CONFIG_KEY]))
+        head = _saved_head(data[_CONFIG_KEY], path, classes)
         anchors = {k[len("anchor:"):]: data[k] for k in data.files
                    if k.startswith("anchor:")}
         fisher = {k[len("fisher:"):]: data[k] for k in data.files
                   if k.startswith("fisher:")}
     cls = classes[head["class"]]
-    if "fisher" in head:
-        from kft.regularizers.fisher import FisherInformation
+    try:
+        if "fisher" in head:
+            from kft.regularizers.fisher import FisherInformation
 
-        fisher = FisherInformation(fisher, **head["fisher"])
-    penalty = cls.from_saved(head["config"], fisher)
+            fisher = FisherInformation(fisher, **head["fisher"])
+        penalty = cls.from_saved(head["config"], fisher)
+    except (KeyError, TypeError) as error:  # a header of another shape
+        raise ValueError(
+            f"{path!r} is not a penalty file kft can read: its "
+            f"{head['class']} settings do not fit ({type(error).__name__}: "
+            f"{error})") from error
     penalty.saved_anchors = anchors
     return penalty
+
+
+def _saved_head(value, path, classes):
+    """The header of a penalty file, checked: a mapping naming one of
+    `classes`, with its settings."""
+    try:
+        head = json.loads(str(value))
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{path!r} is not a penalty file kft can read: its "
+                         f"header is not JSON ({error})") from error
+    if (not isinstance(head, dict) or head.get("class") not in classes
+            or not isinstance(head.get("config"), dict)
+            or not isinstance(head.get("fisher", {}), dict)):
+        raise ValueError(
+            f"{path!r} is not a penalty file kft can read: its header must "
+            f"name a penalty among {sorted(classes)} with its settings "
+            f"(penalty.save(path) writes one)")
+    return head

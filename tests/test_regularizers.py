@@ -747,3 +747,62 @@ def test_a_penalty_file_of_another_shape_is_named(tmp_path, header, message):
     with pytest.raises(ValueError, match=message) as caught:
         kft.load_penalty(path)
     assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True])
+def test_evaluation_leaves_the_penalty_out_and_keeps_own_regularizers(
+        run_eagerly):
+    # Keras adds every weight regularizer to `evaluate`'s and `fit`'s
+    # validation loss; a penalty there made val_loss jump when weights
+    # unfroze and grow as they moved, so fine_tune kept head-only epochs.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    y = np.arange(8) % 3
+    model = _plain("head")
+    own = keras.regularizers.L2(0.5)
+    conv = model.get_layer("conv").kernel
+    conv.regularizer = own
+    model.compile(keras.optimizers.SGD(0.0), _sparse_ce(),
+                  run_eagerly=run_eagerly)
+    fisher = kft.FisherInformation({v.path: np.ones(v.shape, "float32")
+                                    for v in model.trainable_weights})
+    for penalty in (kft.L2SP(alpha=5.0, beta=3.0), kft.EWC(40.0, fisher)):
+        kft.regularize(model, penalty)
+        _shift(model.trainable_weights, scale=0.3)
+        task = float(_sparse_ce()(y, model.predict(x, verbose=0)))
+        own_value = float(own(conv.value))
+        total = float(keras.ops.sum(model.losses))
+        assert total > own_value + 1.0  # the penalty is there
+        # Training counts it (SGD at rate 0 leaves the weights as they are).
+        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                            shuffle=False, validation_data=(x, y))
+        assert history.history["loss"][0] == pytest.approx(task + total,
+                                                           rel=1e-4)
+        # Evaluation does not; the weight's own regularizer stays.
+        assert history.history["val_loss"][0] == pytest.approx(
+            task + own_value, rel=1e-4)
+        assert model.evaluate(x, y, verbose=0) == pytest.approx(
+            task + own_value, rel=1e-4)
+        kft.regularize(model, None)
+        assert "test_step" not in vars(model)
+        assert float(keras.ops.sum(model.losses)) == pytest.approx(own_value)
+
+
+def test_fit_heads_validation_loss_leaves_the_penalty_out():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    y = np.arange(8) % 3
+    model = _plain("head")
+    kft.freeze(model, "feature_extraction")
+    model.compile(keras.optimizers.SGD(0.0), _sparse_ce())
+    kft.regularize(model, kft.L2SP(alpha=1.0, beta=4.0))
+    _shift(model.trainable_weights, scale=0.3)
+    cache = kft.cache_features(model, (x, y), batch_size=8, verbose=0)
+    history = kft.fit_head(model, cache, epochs=1, batch_size=8,
+                           validation_data=cache, verbose=0)
+    task = float(_sparse_ce()(y, model.predict(x, verbose=0)))
+    head_penalty = float(keras.ops.sum(model.losses))
+    assert head_penalty > 1.0  # beta on the head's weights
+    assert history.history["loss"][0] == pytest.approx(task + head_penalty,
+                                                       rel=1e-4)
+    assert history.history["val_loss"][0] == pytest.approx(task, rel=1e-4)

@@ -10,6 +10,7 @@ from kft.regularizers.penalty import Penalty
 from kft.regularizers.penalty import PenaltyState
 from kft.regularizers.penalty import VariableTerm
 from kft.regularizers.penalty import check_unique_paths
+from kft.regularizers.penalty import without_penalty_in_evaluation
 
 # Attribute of the model holding its bound penalty.
 PENALTY_ATTRIBUTE = "kft_penalty"
@@ -84,9 +85,13 @@ def regularize(model: keras.Model, penalty: Penalty | None) -> Penalty | None:
     that train at that step: a frozen weight adds nothing, a weight
     unfrozen later (`kft.changing_trainable`, `kft.GradualUnfreezing`) is
     pulled back to its theta_0, which is its value at unfreezing since it
-    did not move while frozen. It composes with any optimizer
-    (`kft.BlockwiseOptimizer`), mixed precision, `kft.BatchAugmentModel`,
-    and keeps a weight's own `kernel_regularizer`.
+    did not move while frozen. Evaluation (`evaluate`, `fit`'s
+    `val_loss`) leaves it out: `val_loss` is the task's loss (plus the
+    weights' own regularizers), comparable between epochs before and after
+    weights unfreeze, as `fine_tune`'s kept epoch and early stopping need.
+    It composes with any optimizer (`kft.BlockwiseOptimizer`), mixed
+    precision, `kft.BatchAugmentModel`, and keeps a weight's own
+    `kernel_regularizer`.
 
     Saving: `model.save` keeps the weights, not the penalty. Write the
     penalty's anchors and Fisher values with `penalty.save(path)` and
@@ -160,6 +165,7 @@ def regularize(model: keras.Model, penalty: Penalty | None) -> Penalty | None:
     except Exception:
         binding.unbind()
         raise
+    binding.cleanups.append(without_penalty_in_evaluation(model))
     penalty.bound = binding
     setattr(model, PENALTY_ATTRIBUTE, penalty)
     _refresh(model)

@@ -27,6 +27,7 @@ from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
 from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import wrapped_model
+from kft.regularizers.penalty import without_penalty_in_evaluation
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches
 from kft.training.fit_data import check_data_labels
@@ -410,6 +411,9 @@ def fit_head(model, cache: FeatureCache, *,
         check_batch_size(batch_size, len(validation_data.features),
                          data_name="`validation_data`")
     _, head = _split(model)
+    # Its weights carry the model's penalty terms (L2-SP's beta on the
+    # head): left out of its validation loss, as the model's.
+    without_penalty_in_evaluation(head)
     config = _compat.compile_config(model)
     # `model.optimizer` is already a `LossScaleOptimizer` wherever the
     # user's compile scaled the loss: not wrapped again (or newly, after

@@ -411,3 +411,30 @@ def test_a_dataset_carrying_class_weights_is_not_cached_without_them():
     assert np.abs(own - unweighted).max() > 1e-3
     with pytest.raises(ValueError, match="carries class weights"):
         kft.cache_features(_model(), dataset().with_class_weight(weights))
+
+
+def test_fit_head_takes_class_weight_as_the_models_fit_does():
+    # "balanced" failed inside Keras' head model (AttributeError), and a
+    # negative weight or a class the model lacks trained silently.
+    x, y = _data()
+    y[:18] = 0  # imbalanced: 18 of class 0
+    model = _compile(_model(head="linear", dropout=0.0))
+    cache = kft.cache_features(model, (x, y), batch_size=8, verbose=0)
+    for bad, message in (({0: -1.0}, r"class_weight\[0\]"),
+                         ({7: 2.0}, "keyed by class indices in")):
+        with pytest.raises(ValueError, match=message):
+            kft.fit_head(model, cache, epochs=1, class_weight=bad, verbose=0)
+    trained = []
+    for weights in ("balanced", kft.balanced_class_weight(y, 3)):
+        model = _compile(_model(head="linear", dropout=0.0))
+        kft.fit_head(model, cache, epochs=1, batch_size=8, shuffle=False,
+                     class_weight=weights, verbose=0)
+        trained.append(_head_weights(model))
+    for path, value in trained[0].items():
+        np.testing.assert_array_equal(value, trained[1][path])
+    # Not the unweighted run.
+    model = _compile(_model(head="linear", dropout=0.0))
+    kft.fit_head(model, cache, epochs=1, batch_size=8, shuffle=False,
+                 verbose=0)
+    assert not all(np.allclose(value, trained[0][path])
+                   for path, value in _head_weights(model).items())

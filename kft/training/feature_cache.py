@@ -28,6 +28,7 @@ from kft.distributed.processes import every_example
 from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import wrapped_model
 from kft.regularizers.penalty import without_penalty_in_evaluation
+from kft.training.fit_data import checked_class_weight
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches
 from kft.training.fit_data import check_data_labels
@@ -359,8 +360,10 @@ def fit_head(model, cache: FeatureCache, *,
         batch_size: Defaults to `32`.
         epochs: Defaults to `1`.
         **fit_kwargs: More `fit` arguments (`callbacks`, `shuffle`,
-            `verbose`, `initial_epoch`, ...). Callbacks see the head model
-            as `self.model`; its weights are the model's head weights.
+            `verbose`, `initial_epoch`, `class_weight`, ...): `class_weight`
+            is checked as `fine_tune` checks it, `"balanced"` counted from
+            the cached labels trained on. Callbacks see the head model as
+            `self.model`; its weights are the model's head weights.
 
     Returns:
         The `History` of the head model's `fit`.
@@ -404,6 +407,14 @@ def fit_head(model, cache: FeatureCache, *,
             if value is not None:
                 check_data_labels((value.features, value.labels),
                                   num_classes, name, f"{name}.labels")
+        if fit_kwargs.get("class_weight") is not None:
+            # As the model's `fit` and `fine_tune` take it ("balanced"
+            # counted from the cached labels trained on; Keras' head model
+            # took negative weights and classes it lacks, and failed on
+            # "balanced").
+            fit_kwargs["class_weight"] = checked_class_weight(
+                fit_kwargs["class_weight"], cache.features, cache.labels,
+                num_classes, fit_kwargs.get("validation_split"))
     # Under data parallel the head trains sharded like the model: every
     # batch, the last included, must split over the devices.
     check_batch_size(batch_size, len(cache.features), data_name="`cache`")

@@ -323,7 +323,7 @@ def fit_arguments(model_fit_args, fit_kwargs, num_classes, model=None):
         if arguments.get("class_weight") is not None:
             # Keras would take any dict (negative weights, classes the
             # model lacks) and fail on "balanced" inside its adapter.
-            arguments["class_weight"] = _checked_class_weight(
+            arguments["class_weight"] = checked_class_weight(
                 arguments["class_weight"], data, arguments.get("y"),
                 num_classes, arguments.get("validation_split"))
         return arguments
@@ -342,7 +342,7 @@ def fit_arguments(model_fit_args, fit_kwargs, num_classes, model=None):
     return arguments
 
 
-def _checked_class_weight(class_weight, x, y, num_classes,
+def checked_class_weight(class_weight, x, y, num_classes,
                           validation_split=None):
     """`fit`'s `class_weight` for data other than a kft dataset, checked
     as `fine_tune` checks it: `"balanced"` counted from the labels Keras

@@ -368,3 +368,29 @@ def test_a_plateau_callback_reused_for_a_new_fit_starts_over():
     model, third = fit({0: 9.0, 1: 9.0, 2: 9.0, 3: 9.0}, epochs=4,
                        initial_epoch=2)
     assert third.history["unfrozen_blocks"] == [0, 1]
+
+
+def test_backup_with_data_warns_about_epochs_inside_a_pass(tmp_path):
+    # Only whole passes are checkpointed: with epochs shorter than a pass a
+    # resumed fit read other batches than the uninterrupted one, silently.
+    x = np.zeros((16, 8, 8, 3), "float32")
+    y = np.arange(16) % 2
+    data = kft.data.from_arrays(x, y, batch_size=4, seed=3)  # 4 batches
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(8, 8, 3))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
+    for steps, warned in ((2, True), (None, False), (4, False)):
+        backup = kft.callbacks.BackupAndRestore(tmp_path / str(steps),
+                                                data=data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0,
+                      callbacks=[backup])
+        said = [w for w in caught
+                if "shorter than a pass" in str(w.message)]
+        assert bool(said) is warned, (steps, said)
+        if warned:
+            assert str(said[0].message).startswith(
+                "fit's steps_per_epoch=2 is shorter than a pass over `data` "
+                "(4 batches)")
+            assert said[0].filename == __file__  # the user's line

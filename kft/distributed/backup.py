@@ -87,7 +87,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     With `data`, the training data's pass count is checkpointed with the
     epochs, and a resumed `fit` reads the passes (shuffled orders,
     balanced draws, host augmentation) the uninterrupted run would have
-    read: it ends on the same weights. Without it a `kft.data` dataset or
+    read: it ends on the same weights (with epochs of whole passes:
+    a `steps_per_epoch` shorter than one is warned about, since a resume
+    starts a new pass). Without it a `kft.data` dataset or
     `domain_pairs` numbers its passes from 0 again in the new process, and
     the resumed epochs repeat the first epochs' orders. (`domain_pairs`
     shuffles itself: give `fit` `shuffle=False`, or Keras also shuffles
@@ -139,6 +141,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.restore_from.set_model(model)
 
     def on_train_begin(self, logs=None):
+        self._check_steps()
         self.restore_from.on_train_begin(logs)
         first = _compat.restored_initial_epoch(self.model)
         if self.data is not None and first:
@@ -162,6 +165,25 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._writer = keras.callbacks.BackupAndRestore(scratch,
                                                             **self._kwargs)
             self._writer.set_model(self.model)
+
+    def _check_steps(self):
+        """Warns where an epoch ends inside a pass over `data`: only
+        whole passes are checkpointed."""
+        steps = (self.params or {}).get("steps")
+        try:
+            length = len(self.data) if self.data is not None else None
+        except TypeError:  # no length: nothing to compare
+            length = None
+        if steps and length and steps < length:
+            warnings.warn(
+                f"fit's steps_per_epoch={steps} is shorter than a pass over "
+                f"`data` ({length} batches): epochs end inside a pass, and a "
+                "resumed fit starts a new pass where the uninterrupted run "
+                "read on in the old one, so it trains on other batches and "
+                "ends on other weights. For a resume that reads what the "
+                "uninterrupted run would have, let each epoch read whole "
+                "passes (steps_per_epoch=None).",
+                UserWarning, stacklevel=user_stacklevel())
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._writer is not None:  # see `set_backup_epoch`

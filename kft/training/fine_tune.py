@@ -225,9 +225,12 @@ def fine_tune(
             (`kft.runs.RunBackup` resumes a `fine_tune` call), nor a
             `kft.callbacks.GradualUnfreezing` (the strategy sets what
             trains; for another unfreezing schedule, call `model.fit`
-            with one). A `ModelCheckpoint` would save the head model in a phase on
-            cached features: `cache_features="auto"` does not cache with
-            one, `True` refuses it. Defaults to `None`.
+            with one). A `ModelCheckpoint` would save the head model in a
+            phase on cached features: `cache_features="auto"` does not
+            cache with one, `True` refuses it. A callback that sets
+            `model.stop_training` (Keras' `EarlyStopping`, a time budget)
+            ends the phase it runs in; phase 2 still runs. Defaults to
+            `None`.
         cache_features: Phase 1 trains only the head, so kft can compute the
             frozen backbone's features once and train the head on them
             (`kft.cache_features`, `kft.fit_head`): `"auto"` does so for

@@ -76,6 +76,15 @@ def sync_fit_state(model):
         model.jax_state_sync()
 
 
+def callback_model(callback):
+    """`callback.model` without the state sync Keras' property runs on JAX
+    at every read: a read per batch copied the whole model state (weights
+    and optimizer slots) back from the running step once per step, not
+    once per epoch (~5 ms, 10-30% of a short step). For reading what
+    needs no current weights (the train function, the name)."""
+    return callback._model
+
+
 def fit_state_pending(model):
     """Whether a running `fit` holds step state not yet written back."""
     return (getattr(model, "_jax_state", None) is not None

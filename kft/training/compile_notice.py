@@ -55,7 +55,9 @@ class CompileNotice(keras.callbacks.Callback):
         _compat.print_msg(message)
 
     def on_train_batch_begin(self, batch, logs=None):
-        function = self.model.train_function
+        # Not `self.model`, which copies the step's state back every batch.
+        model = _compat.callback_model(self)
+        function = model.train_function
         self._batch_start = time.perf_counter()
         # An epoch's last batch, if partial, compiles another program
         # under the same function: timed the first time too, its notice
@@ -75,8 +77,8 @@ class CompileNotice(keras.callbacks.Callback):
             return
         self._started, self._noticed = time.perf_counter(), False
         message = (
-            f"\nkft: compiling the train step for {self.model.name!r} "
-            f"({len(self.model.trainable_variables)} trainable variables); "
+            f"\nkft: compiling the train step for {model.name!r} "
+            f"({len(model.trainable_variables)} trainable variables); "
             + why)
         self._timer = threading.Timer(delay, self._notice, (message,))
         self._timer.daemon = True

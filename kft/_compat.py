@@ -85,6 +85,18 @@ def callback_model(callback):
     return callback._model
 
 
+def save_weights_only(model, path):
+    """`model.save_weights(path)` without the optimizer's variables, which
+    Keras writes with the weights (Adam: 3x the weights' bytes) and a file
+    of weights alone does not need (`load_weights` of it warns that the
+    optimizer was skipped)."""
+    from keras.src.saving import saving_lib
+
+    optimizer = getattr(model, "optimizer", None)
+    saving_lib.save_weights_only(
+        model, path, objects_to_skip=None if optimizer is None else [optimizer])
+
+
 def fit_state_pending(model):
     """Whether a running `fit` holds step state not yet written back."""
     return (getattr(model, "_jax_state", None) is not None

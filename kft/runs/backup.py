@@ -325,7 +325,10 @@ class RunBackup(keras.callbacks.Callback):
             tmp = best.removesuffix(".weights.h5") + ".tmp.weights.h5"
             if os.path.lexists(tmp):  # a link there would be written through
                 os.remove(tmp)
-            self.target.save_weights(tmp)
+            # The weights alone: `load_best` reads nothing else, and the
+            # optimizer's slots were 2/3 of the file (Adam), rewritten at
+            # every improving epoch.
+            _compat.save_weights_only(self.target, tmp)
             os.replace(tmp, best)
         self._record_trainable(epoch)
         if self.model.stop_training:
@@ -354,8 +357,8 @@ class RunBackup(keras.callbacks.Callback):
         if not os.path.exists(self.best_weights_path):
             return False
         with warnings.catch_warnings():
-            # The file holds the optimizer of its epoch's phase; a later
-            # phase's optimizer differs, and only the weights are wanted.
+            # The file holds no optimizer (files of older runs: that of
+            # their epoch's phase); only the weights are wanted.
             warnings.filterwarnings(
                 "ignore", message="Skipping variable loading for optimizer")
             (model or self.target).load_weights(self.best_weights_path)

@@ -59,7 +59,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
     state is written back, the optimizer keeps the slots of variables that
     stay trainable and makes fresh ones for the new block, and the train
     step is re-traced once for the stage (one compile per stage, none per
-    epoch).
+    epoch; with validation data Keras' evaluation step compiles once per
+    stage too).
 
     Each stage is printed (epoch, block, trainable parameters) and every
     epoch's logs, hence the `History`, carry `unfrozen_blocks` and

@@ -303,3 +303,28 @@ def test_threads_predicting_with_one_model_take_turns(model):
     assert reports == [want_report] * 4
     assert [p.probabilities for p in kft.predict(model, images,
                                                  top_k=3)] == want
+
+
+def test_calls_of_any_image_count_share_a_few_compiled_sizes(model,
+                                                             monkeypatch):
+    # Keras compiles a program per batch size: a service predicting 1..n
+    # images per request compiled one per new count (seconds each for a
+    # backbone). The last batch is padded to a power of two; the padding's
+    # outputs are dropped.
+    from kft.deploy import prediction
+
+    sizes = []
+    run = prediction.predict_numpy
+    monkeypatch.setattr(prediction, "predict_numpy", lambda m, x, b: (
+        sizes.append(len(x)) or run(m, x, b)))
+    x = np.random.default_rng(1).uniform(0, 255, (21, 16, 16, 3)).astype(
+        "float32")
+    probs = _softmax(model.predict(x, verbose=0))
+    for n in range(1, 22):
+        results = kft.predict(model, x[:n], top_k=5, batch_size=8)
+        assert len(results) == n
+        for r, p in zip(results, probs[:n]):
+            np.testing.assert_allclose(r.probabilities, np.sort(p)[::-1],
+                                       rtol=1e-5, atol=1e-7)
+            assert r.indices == list(np.argsort(-p, kind="stable"))
+    assert sorted(set(sizes)) == [1, 2, 4, 8]

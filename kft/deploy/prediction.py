@@ -123,9 +123,21 @@ class _KerasRunner:
         _check_rgb(model.inputs[0].shape)
 
     def __call__(self, x):
-        # Under data parallel each batch is padded to split over the
-        # devices (`predict_numpy`).
-        return predict_numpy(self.model, x, self.batch_size)
+        # Keras compiles a program per batch size: the last, partial batch
+        # is padded to a power of two (with copies of its last image, whose
+        # outputs are dropped; inference computes each image alone), so
+        # calls of any number of images share log2(batch_size) + 2
+        # programs instead of compiling one per new count (seconds each
+        # for a backbone: a service's requests vary). Under data parallel
+        # each batch is padded again to split over the devices
+        # (`predict_numpy`).
+        n = len(x)
+        last = n % self.batch_size
+        pad = min(1 << (last - 1).bit_length(), self.batch_size) - last \
+            if last else 0
+        if pad:
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+        return predict_numpy(self.model, x, self.batch_size)[:n]
 
 
 def _runner(model_or_path, batch_size):
@@ -199,7 +211,10 @@ def predict(model_or_path, images, *, top_k: int = 5,
         top_k: How many classes per image (all of them for a model with
             fewer classes). Defaults to `5`.
         tta: `None`, `"flip"` or `"multi_crop"`. Defaults to `None`.
-        batch_size: Images per model call. Defaults to `32`.
+        batch_size: Images per model call; a Keras model's last, partial
+            call is padded to a power of two, so calls of any number of
+            images compile at most log2(batch_size) + 2 programs. Defaults
+            to `32`.
         class_names: Class names in index order; defaults to the ones the
             model or file carries. Defaults to `None`.
         crop_fraction: The eval center crop, in (0, 1]. Defaults to

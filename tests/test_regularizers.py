@@ -806,3 +806,53 @@ def test_fit_heads_validation_loss_leaves_the_penalty_out():
     assert history.history["loss"][0] == pytest.approx(task + head_penalty,
                                                        rel=1e-4)
     assert history.history["val_loss"][0] == pytest.approx(task, rel=1e-4)
+
+
+def test_fine_tune_warns_when_the_kept_epoch_would_follow_the_penalty():
+    # Without val_data fine_tune keeps the epoch of lowest training loss,
+    # which holds the penalty: 0 in the head phase, then growing.
+    x, y = _batch(n=8)
+
+    def warned(**kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kft.fine_tune(_cnn(), (x, y), strategy="full", head_epochs=1,
+                          epochs=1, batch_size=8, verbose=0,
+                          regularizer=kft.L2SP(1.0), **kwargs)
+        said = [w for w in caught if "includes the L2SP penalty" in
+                str(w.message)]
+        assert all(w.filename == __file__ for w in said)
+        return bool(said)
+
+    assert warned()
+    assert not warned(val_data=(x, y))
+    assert not warned(monitor="accuracy")
+
+
+def test_models_sharing_the_penalised_weights_evaluate_without_it():
+    # The penalty sits on the weights: kft.source_classifier and a
+    # DomainAdaptationModel built on a regularised classifier evaluated
+    # with it (loss 2,321 where the task's is 15).
+    x, y = _batch(n=8)
+    base = _cnn()
+    model = kft.with_source_head(base, base.get_layer("head_dense"))
+    model.compile(keras.optimizers.SGD(0.0), _sparse_ce())
+    kft.regularize(model, kft.L2SP(alpha=1.0))
+    assert "test_step" not in vars(model)  # kft's class does it itself
+    _shift(model.trainable_weights, scale=0.3)
+    assert float(keras.ops.sum(model.losses)) > 100.0
+    for evaluated in (model, kft.source_classifier(model)):
+        if not evaluated.compiled:
+            evaluated.compile(loss=_sparse_ce())
+        task = float(_sparse_ce()(y, evaluated.predict(x, verbose=0)))
+        loss = evaluated.evaluate(x, y, verbose=0)
+        loss = loss[0] if isinstance(loss, list) else loss
+        assert loss == pytest.approx(task, rel=1e-4), evaluated.name
+    classifier = _cnn()
+    kft.regularize(classifier, kft.L2SP(alpha=1.0))
+    _shift(classifier.trainable_weights, scale=0.3)
+    adapted = kft.DomainAdaptationModel(classifier, hidden_units=(4,))
+    adapted.compile(keras.optimizers.SGD(0.0), _sparse_ce())
+    task = float(_sparse_ce()(y, classifier.predict(x, verbose=0)))
+    assert adapted.evaluate(x, y, verbose=0) == pytest.approx(task,
+                                                              rel=1e-4)

@@ -18,6 +18,7 @@ import numpy as np
 from keras import ops
 
 from kft import _compat
+from kft._evaluation_step import EvaluatesWithoutPenalty
 from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
@@ -49,7 +50,8 @@ _LOGGED_ONLY_IN_TRAINING = ("domain_loss", "domain_accuracy", "alignment",
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class DomainAdaptationModel(_compat.KeepsStateOnError, ChecksEvalBatches,
+class DomainAdaptationModel(EvaluatesWithoutPenalty,
+                            _compat.KeepsStateOnError, ChecksEvalBatches,
                             keras.Model):
     """A kft classifier trained on labelled source and unlabelled target
     batches: task loss on the source, plus a domain term on both.

@@ -7,6 +7,7 @@ import functools
 import keras
 
 from kft._compat import KeepsStateOnError
+from kft._evaluation_step import EvaluatesWithoutPenalty
 from kft.distributed.data_parallel import ChecksEvalBatches
 from kft.distributed.data_parallel import check_fit_data
 from kft.distributed.data_parallel import check_placement
@@ -25,7 +26,8 @@ def _plain(value):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class Classifier(KeepsStateOnError, ChecksEvalBatches, keras.Model):
+class Classifier(EvaluatesWithoutPenalty, KeepsStateOnError,
+                 ChecksEvalBatches, keras.Model):
     """A functional classifier that carries kft's metadata.
 
     A `keras.Model` built from inputs and outputs (`kft.Classifier`), plus two attributes

@@ -3,6 +3,7 @@
 import keras
 
 from kft import _compat
+from kft._evaluation_step import without_penalty_in_evaluation
 from kft._validation import fail_argument
 from kft.models.blocks import head_layers
 from kft.regularizers.penalty import STATE_ATTRIBUTE
@@ -10,7 +11,6 @@ from kft.regularizers.penalty import Penalty
 from kft.regularizers.penalty import PenaltyState
 from kft.regularizers.penalty import VariableTerm
 from kft.regularizers.penalty import check_unique_paths
-from kft.regularizers.penalty import without_penalty_in_evaluation
 
 # Attribute of the model holding its bound penalty.
 PENALTY_ATTRIBUTE = "kft_penalty"

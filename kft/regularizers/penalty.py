@@ -12,15 +12,13 @@ penalty covers exactly the weights that train now, and follows the
 trainable set whenever kft re-traces the step on a change.
 
 Keras adds those regularizers in its evaluation step too. The penalty is
-left out there (`without_penalty_in_evaluation`): `val_loss` is the task's
-loss, so a monitor on it compares epochs before and after weights unfreeze
+left out there (`kft._evaluation_step`): `val_loss` is the task's loss, so a monitor on it compares epochs before and after weights unfreeze
 alike (the penalty is 0 while the backbone is frozen).
 """
 
 import collections
 import json
 import re
-import threading
 import warnings
 
 import keras
@@ -28,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from kft import _compat
+from kft._evaluation_step import penalty_is_left_out
 from kft._validation import check_number
 from kft._validation import fail_argument
 from kft._writing import npz_bytes
@@ -83,49 +82,6 @@ class PenaltyState(keras.layers.Layer):
         return inputs
 
 
-# Set while a model's evaluation step runs (is traced): penalty terms
-# then add nothing.
-_EVALUATION = threading.local()
-
-
-def without_penalty_in_evaluation(model):
-    """Makes `model`'s evaluation step (`evaluate`, `fit`'s validation)
-    leave penalty terms out of the loss, which Keras would add as it adds
-    every weight regularizer; a weight's own regularizer stays. Returns a
-    function that undoes it.
-
-    The penalty trains the weights towards theta_0; it is no part of how
-    well the model does its task. Counted, it made `val_loss` jump when
-    the backbone unfroze (a frozen weight adds nothing) and grow as the
-    weights moved: `fine_tune` kept a head-only epoch, and early stopping
-    fired while the task's loss still fell.
-    """
-    step = model.test_step
-    if getattr(step, "kft_without_penalty", False):
-        return lambda: None
-
-    def test_step(*args, **kwargs):
-        # Python runs this while `jit` traces the step (or at every batch
-        # under `run_eagerly`): the flag shapes the traced loss.
-        before, _EVALUATION.on = getattr(_EVALUATION, "on", False), True
-        try:
-            return step(*args, **kwargs)
-        finally:
-            _EVALUATION.on = before
-
-    test_step.kft_without_penalty = True
-    own = vars(model).get("test_step")  # an instance's own, else None
-    model.test_step = test_step
-
-    def undo():
-        if vars(model).get("test_step") is test_step:
-            if own is None:
-                del model.test_step
-            else:
-                model.test_step = own
-    return undo
-
-
 class VariableTerm:
     """`variable.regularizer` of a penalised weight: the penalty's term for
     it, plus any regularizer the weight had before (kept, not replaced)."""
@@ -137,7 +93,7 @@ class VariableTerm:
         self.previous = previous
 
     def __call__(self, value):
-        if getattr(_EVALUATION, "on", False):  # the weight's own one only
+        if penalty_is_left_out():  # evaluating: the weight's own one only
             return (ops.zeros((), "float32") if self.previous is None else
                     ops.cast(self.previous(value), "float32"))
         # Inside the traced step, reading a variable returns its traced

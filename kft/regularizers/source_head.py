@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kft._evaluation_step import without_penalty_in_evaluation
 from kft._validation import check_int
 from kft._validation import fail_argument
 from kft.models.backbones import backbone_name
@@ -204,6 +205,9 @@ def source_classifier(model: keras.Model) -> keras.Model:
     kept = kept_source_head(model)
     source = keras.Model(model.inputs, SourceLogits(kept)(kept.output),
                          name=f"{model.name}_source")
+    # Its weights carry the fine-tuned model's penalty terms: left out of
+    # its evaluation, as the model's.
+    without_penalty_in_evaluation(source)
     # What it is for: the old task's scores after fine-tuning.
     source.compile(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from kft import _compat
+from kft._evaluation_step import without_penalty_in_evaluation
 from kft._progress import finish
 from kft._validation import check_finite_images
 from kft._validation import check_int
@@ -27,7 +28,6 @@ from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
 from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import wrapped_model
-from kft.regularizers.penalty import without_penalty_in_evaluation
 from kft.training.fit_data import checked_class_weight
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches

@@ -34,6 +34,7 @@ from kft.training.fine_tune_checks import check_model
 from kft.training.fine_tune_checks import check_phase2_arguments
 from kft.training.fine_tune_checks import check_rate_setters
 from kft.training.fine_tune_checks import check_schedule
+from kft.training.fine_tune_checks import warn_if_penalty_monitored
 from kft.training.fine_tune_phases import run_phases
 from kft.training.fine_tune_phases import steps_per_epoch
 from kft.training.phases import Phases
@@ -258,8 +259,10 @@ def fine_tune(
             before phase 1, so its anchors are the weights `fine_tune`
             starts from. It stays bound afterwards (`regularizer.save(path)`
             writes its side file), unless `fine_tune` raises: then it is
-            unbound again, so that a corrected call can bind it. Defaults
-            to `None`.
+            unbound again, so that a corrected call can bind it. The
+            training loss includes it, `val_loss` does not: without
+            `val_data`, monitor a metric (a warning says so for `"loss"`).
+            Defaults to `None`.
         verbose: Passed to `fit`; also prints which epoch was kept.
             Defaults to `1`.
 
@@ -385,6 +388,8 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
         monitor is None) else check_monitor(monitor)
     metrics = check_metrics(model, loss, metrics, monitor,
                             val_data is not None, mode)
+    warn_if_penalty_monitored(regularizer, monitor, strategy,
+                              counts["epochs"])
     phases = Phases(
         model, train_data, val_data,
         loss=loss or _default_loss(model, train_data), metrics=metrics,

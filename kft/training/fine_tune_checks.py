@@ -1,6 +1,7 @@
 """`fine_tune`'s argument checks, run before anything trains, and the
 names and choices they check against."""
 
+import warnings
 from collections.abc import Mapping
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import fail_argument
+from kft._validation import user_stacklevel
 from kft.models.blocks import get_blocks, head_and_body
 from kft.training.freezing import BN_POLICIES
 from kft.training.monitor import MODES
@@ -324,3 +326,19 @@ def check_schedule(schedule, learning_rate, warmup, steps_per_epoch,
             f"'one_cycle' needs at least {ONE_CYCLE_MIN_STEPS}; raise "
             "`epochs` or lower `batch_size`", schedule)
     return warmup
+
+
+def warn_if_penalty_monitored(regularizer, monitor, strategy, epochs):
+    """Warns where the kept epoch would be picked on the training loss,
+    which holds a forgetting penalty: 0 while the backbone is frozen (the
+    head phase), then growing as its weights move."""
+    if (regularizer is None or monitor != "loss"
+            or strategy == "feature_extraction" or not epochs):
+        return
+    warnings.warn(
+        "monitor='loss' is the training loss, which includes the "
+        f"{type(regularizer).__name__} penalty: 0 in the head phase (the "
+        "backbone is frozen), then growing as the backbone moves, so the "
+        "kept epoch leans to the head phase. Give val_data (val_loss leaves "
+        "the penalty out) or monitor a metric such as 'accuracy'.",
+        UserWarning, stacklevel=user_stacklevel())

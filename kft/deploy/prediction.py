@@ -212,9 +212,11 @@ def predict(model_or_path, images, *, top_k: int = 5,
             fewer classes). Defaults to `5`.
         tta: `None`, `"flip"` or `"multi_crop"`. Defaults to `None`.
         batch_size: Images per model call; a Keras model's last, partial
-            call is padded to a power of two, so calls of any number of
-            images compile at most log2(batch_size) + 2 programs. Defaults
-            to `32`.
+            call is padded to a power of two (copies of its last image,
+            their outputs dropped: exact for a model that computes each
+            image alone, as inference does), so calls of any number of
+            images compile at most log2(batch_size) + 2 programs, for up
+            to twice the work on that last call. Defaults to `32`.
         class_names: Class names in index order; defaults to the ones the
             model or file carries. Defaults to `None`.
         crop_fraction: The eval center crop, in (0, 1]. Defaults to

@@ -835,3 +835,34 @@ def test_64_bit_mode_computes_convolutions_as_keras_does():
         assert [convolutions(layer) for layer in layers] == [1, 1, 1]
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+def test_integer_inputs_take_keras_ops_and_the_shifted_forms_refuse_them():
+    # The shifted forms cast the kernel to the inputs' dtype: uint8 pixels
+    # straight into a grouped or 1x1 convolution truncated it (off by 891
+    # on outputs up to 890), where Keras computes in floats.
+    from kft.ops import conv_grads
+    from kft.ops import depthwise_grads
+    from kft.ops import shifted_conv
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(
+        "uint8")
+    for make in (lambda: keras.layers.Conv2D(6, 3, groups=3, padding="same"),
+                 lambda: keras.layers.Conv2D(4, 1),
+                 lambda: keras.layers.Conv2D(4, 9, padding="same")):
+        inputs = keras.Input((8, 8, 3), dtype="uint8")
+        layer = make()
+        model = keras.Model(inputs, layer(inputs))
+        for v in model.weights:
+            v.assign(np.random.default_rng(1).uniform(-1, 1, v.shape))
+        fast = fast_cpu_convs(model)
+        np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(model(x)),
+                                   rtol=1e-6, atol=1e-4)
+    kernel = np.ones((3, 3, 3, 1), "float32") / 2
+    for op in (shifted_conv.shifted_depthwise_conv,
+               depthwise_grads.depthwise_conv):
+        with pytest.raises(ValueError, match="must hold floats"):
+            op(x, kernel)
+    for op in (shifted_conv.shifted_conv, conv_grads.conv):
+        with pytest.raises(ValueError, match="must hold floats"):
+            op(x, np.ones((3, 3, 3, 4), "float32"))

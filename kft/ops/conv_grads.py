@@ -31,6 +31,7 @@ from kft.ops.shifted_conv import _flipped_patches
 from kft.ops.shifted_conv import _shifted_patches
 from kft.ops.shifted_conv import _summed_dtype
 from kft.ops.shifted_conv import _transposed_input
+from kft.ops.shifted_conv import check_float_inputs
 from kft.ops.shifted_conv import conv_settings
 from kft.ops.shifted_conv import shifted_conv
 
@@ -137,11 +138,7 @@ def conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
            [16., 16.]], dtype=float32)
     """
     inputs = jnp.asarray(inputs)
-    if not jnp.issubdtype(inputs.dtype, jnp.floating):
-        # The kernel, cast to it, would be truncated (0.5 became 0).
-        raise ValueError("Argument `inputs` must hold floats; cast integer "
-                         f"inputs first. Received: inputs of dtype "
-                         f"{inputs.dtype}")
+    check_float_inputs(inputs)
     kernel = jnp.asarray(kernel).astype(inputs.dtype)
     strides, padding, dilation_rate = conv_settings(
         inputs.shape, kernel.shape, strides, padding, dilation_rate)

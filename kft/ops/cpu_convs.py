@@ -74,17 +74,23 @@ __all__ = ["Activation", "Conv2D", "Dense", "DepthwiseConv2D",
 _last_gelu = threading.local()
 
 
-def _static_channels_last(layer, shape):
-    """Whether the shifted forms compute `layer` on inputs of `shape`.
+def _static_channels_last(layer, inputs):
+    """Whether the shifted forms compute `layer` on `inputs` (a tensor or
+    a symbolic one).
 
-    Not with JAX's 64-bit mode on: MobileNetV2's whole-model gradient
-    then came out 8e-2 off Keras' (each layer alone matched; the cause was
-    not found), so Keras' own ops run there.
+    Floats only: they cast the kernel to the inputs' dtype, which for
+    integer inputs (uint8 pixels) truncated it, where Keras' own ops
+    compute in floats. Not with JAX's 64-bit mode on: MobileNetV2's
+    whole-model gradient then came out 8e-2 off Keras' (each layer alone
+    matched; the cause was not found), so Keras' own ops run there.
     """
     import jax
 
+    shape = inputs.shape
     return (layer.data_format == "channels_last" and len(shape) == 4
-            and None not in shape[1:3] and not jax.config.jax_enable_x64)
+            and None not in shape[1:3]
+            and keras.backend.is_float_dtype(inputs.dtype)
+            and not jax.config.jax_enable_x64)
 
 
 def _kernel_covers_map(kernel_size, shape):
@@ -151,7 +157,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """
 
     def call(self, inputs):
-        if not _static_channels_last(self, inputs.shape):
+        if not _static_channels_last(self, inputs):
             return super().call(inputs)
         depthwise = (depthwise_grads.depthwise_conv
                      if _custom_gradients()
@@ -187,7 +193,7 @@ class Conv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         shape = inputs.shape
-        if not _static_channels_last(self, shape):
+        if not _static_channels_last(self, inputs):
             return super().convolution_op(inputs, kernel)
         kernel = ops.cast(kernel, inputs.dtype)
         args = (self.strides, self.padding, self.dilation_rate)
@@ -332,11 +338,11 @@ def _covers_input(layer):
     benchmarks/RESULTS.md).
     """
     try:
-        shape = layer.input.shape
+        inputs = layer.input
     except (AttributeError, ValueError):  # not called exactly once
         return False
-    return (_static_channels_last(layer, shape)
-            and _kernel_covers_map(layer.kernel_size, shape))
+    return (_static_channels_last(layer, inputs)
+            and _kernel_covers_map(layer.kernel_size, inputs.shape))
 
 
 def _reads_gelu(layer):

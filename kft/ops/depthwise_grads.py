@@ -30,6 +30,7 @@ from kft.ops.shifted_conv import _flipped_patches
 from kft.ops.shifted_conv import _same_padded
 from kft.ops.shifted_conv import _summed_dtype
 from kft.ops.shifted_conv import _transposed_input
+from kft.ops.shifted_conv import check_float_inputs
 from kft.ops.shifted_conv import conv_settings
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
@@ -232,6 +233,7 @@ def depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
            [ 9., 12.,  9.]], dtype=float32)
     """
     inputs = jnp.asarray(inputs)
+    check_float_inputs(inputs)
     kernel = jnp.asarray(kernel).astype(inputs.dtype)
     strides, padding, dilation_rate = conv_settings(
         inputs.shape, kernel.shape, strides, padding, dilation_rate)

@@ -45,6 +45,16 @@ def _pads(size, kernel, stride, rate, padding):
     return (size - span) // stride + 1, 0, 0
 
 
+def check_float_inputs(inputs):
+    """Raises unless `inputs` hold floats: the kernel is cast to their
+    dtype, and an integer one truncates it (0.5 became 0; Keras' own ops
+    compute such inputs in floats)."""
+    if not jnp.issubdtype(inputs.dtype, jnp.floating):
+        raise ValueError("Argument `inputs` must hold floats; cast integer "
+                         f"inputs first. Received: inputs of dtype "
+                         f"{inputs.dtype}")
+
+
 def conv_settings(input_shape, kernel_shape, strides, padding,
                   dilation_rate):
     """`(strides, padding, dilation_rate)` checked: strides and rates as
@@ -140,6 +150,7 @@ def shifted_depthwise_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
            [4., 6., 6., 4.]], dtype=float32)
     """
     inputs = ops.convert_to_tensor(inputs)
+    check_float_inputs(inputs)
     dtype = inputs.dtype
     inputs = ops.cast(inputs, _summed_dtype(dtype))
     kernel = ops.cast(ops.cast(kernel, dtype), inputs.dtype)
@@ -186,6 +197,7 @@ def shifted_conv(inputs, kernel, strides: tuple[int, int] = (1, 1),
            [12., 12.]], dtype=float32)
     """
     inputs = ops.convert_to_tensor(inputs)
+    check_float_inputs(inputs)
     kernel = ops.cast(kernel, inputs.dtype)
     strides, padding, dilation_rate = conv_settings(
         inputs.shape, kernel.shape, strides, padding, dilation_rate)

@@ -827,6 +827,16 @@ def test_fine_tune_warns_when_the_kept_epoch_would_follow_the_penalty():
     assert warned()
     assert not warned(val_data=(x, y))
     assert not warned(monitor="accuracy")
+    assert warned(val_data=(x, y), monitor="loss")
+    # A penalty bound before, with kft.regularize (the README's first form).
+    model = _cnn()
+    kft.regularize(model, kft.EWC(1.0, kft.FisherInformation(
+        {v.path: np.ones(v.shape, "float32")
+         for v in model.trainable_weights})))
+    with pytest.warns(UserWarning, match="includes the EWC penalty: its "
+                      "backbone part is 0 in the head phase"):
+        kft.fine_tune(model, (x, y), strategy="full", head_epochs=1,
+                      epochs=1, batch_size=8, verbose=0)
 
 
 def test_models_sharing_the_penalised_weights_evaluate_without_it():
@@ -838,10 +848,10 @@ def test_models_sharing_the_penalised_weights_evaluate_without_it():
     model = kft.with_source_head(base, base.get_layer("head_dense"))
     model.compile(keras.optimizers.SGD(0.0), _sparse_ce())
     kft.regularize(model, kft.L2SP(alpha=1.0))
-    assert "test_step" not in vars(model)  # kft's class does it itself
     _shift(model.trainable_weights, scale=0.3)
     assert float(keras.ops.sum(model.losses)) > 100.0
-    for evaluated in (model, kft.source_classifier(model)):
+    for evaluated in (model, kft.source_classifier(model),
+                      kft.deploy.inference_model(model)):
         if not evaluated.compiled:
             evaluated.compile(loss=_sparse_ce())
         task = float(_sparse_ce()(y, evaluated.predict(x, verbose=0)))
@@ -856,3 +866,23 @@ def test_models_sharing_the_penalised_weights_evaluate_without_it():
     task = float(_sparse_ce()(y, classifier.predict(x, verbose=0)))
     assert adapted.evaluate(x, y, verbose=0) == pytest.approx(task,
                                                               rel=1e-4)
+
+
+class _OwnStep(kft.Classifier):
+    """A subclass whose evaluation step does not call `super()` (Keras'
+    pattern for a custom step): it runs Keras' own."""
+
+    def test_step(self, state, data):
+        return keras.Model.test_step(self, state, data)
+
+
+def test_a_subclass_with_its_own_evaluation_step_leaves_the_penalty_out():
+    x, y = _batch(n=8)
+    base = _cnn()
+    model = _OwnStep(base.inputs, base.outputs)
+    model.compile(keras.optimizers.SGD(0.0), _sparse_ce())
+    kft.regularize(model, kft.L2SP(alpha=1.0))
+    _shift(model.trainable_weights, scale=0.3)
+    assert float(keras.ops.sum(model.losses)) > 100.0
+    task = float(_sparse_ce()(y, model.predict(x, verbose=0)))
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(task, rel=1e-4)

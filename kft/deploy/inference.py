@@ -32,6 +32,7 @@ import numpy as np
 
 from kft import _compat
 from kft._compat import base_image_preprocessing_layer
+from kft._evaluation_step import without_penalty_in_evaluation
 from kft._validation import check_choice
 from kft._validation import fail_argument
 from kft.deploy.onnx_layers import SlicedMaxPooling2D
@@ -294,4 +295,6 @@ def inference_model(model: keras.Model, *, output: Output | None = None,
         # Copies: `predict` donates variable buffers, so two variables must
         # never hold the same array.
         new.set_weights([np.array(v.value) for v in old.weights])
+    # Its shared weights may carry a forgetting penalty's terms.
+    without_penalty_in_evaluation(stock)
     return stock

@@ -260,8 +260,8 @@ def fine_tune(
             starts from. It stays bound afterwards (`regularizer.save(path)`
             writes its side file), unless `fine_tune` raises: then it is
             unbound again, so that a corrected call can bind it. The
-            training loss includes it, `val_loss` does not: without
-            `val_data`, monitor a metric (a warning says so for `"loss"`).
+            training loss includes it, `val_loss` does not: monitor
+            `"val_loss"` or a metric (a warning says so for `"loss"`).
             Defaults to `None`.
         verbose: Passed to `fit`; also prints which epoch was kept.
             Defaults to `1`.
@@ -388,7 +388,7 @@ def _prepare(model, train_data, val_data, *, strategy, n_blocks, head_epochs,
         monitor is None) else check_monitor(monitor)
     metrics = check_metrics(model, loss, metrics, monitor,
                             val_data is not None, mode)
-    warn_if_penalty_monitored(regularizer, monitor, strategy,
+    warn_if_penalty_monitored(model, regularizer, monitor, strategy,
                               counts["epochs"])
     phases = Phases(
         model, train_data, val_data,

@@ -328,17 +328,23 @@ def check_schedule(schedule, learning_rate, warmup, steps_per_epoch,
     return warmup
 
 
-def warn_if_penalty_monitored(regularizer, monitor, strategy, epochs):
-    """Warns where the kept epoch would be picked on the training loss,
-    which holds a forgetting penalty: 0 while the backbone is frozen (the
-    head phase), then growing as its weights move."""
-    if (regularizer is None or monitor != "loss"
+def warn_if_penalty_monitored(model, regularizer, monitor, strategy,
+                              epochs):
+    """Warns where the kept epoch would be picked on the training loss
+    while a forgetting penalty is bound (`regularizer`, or one bound
+    before with `kft.regularize`): the training loss holds it, and its
+    backbone part is 0 while the backbone is frozen (the head phase),
+    then grows as the backbone moves."""
+    from kft.regularizers.attach import PENALTY_ATTRIBUTE
+
+    penalty = regularizer or getattr(model, PENALTY_ATTRIBUTE, None)
+    if (penalty is None or monitor != "loss"
             or strategy == "feature_extraction" or not epochs):
         return
     warnings.warn(
         "monitor='loss' is the training loss, which includes the "
-        f"{type(regularizer).__name__} penalty: 0 in the head phase (the "
-        "backbone is frozen), then growing as the backbone moves, so the "
-        "kept epoch leans to the head phase. Give val_data (val_loss leaves "
-        "the penalty out) or monitor a metric such as 'accuracy'.",
-        UserWarning, stacklevel=user_stacklevel())
+        f"{type(penalty).__name__} penalty: its backbone part is 0 in the "
+        "head phase (the backbone is frozen) and grows as the backbone "
+        "moves, so the kept epoch leans to the head phase. Monitor "
+        "'val_loss' (with val_data; it leaves the penalty out) or a metric "
+        "such as 'accuracy'.", UserWarning, stacklevel=user_stacklevel())

@@ -87,14 +87,14 @@ def callback_model(callback):
 
 def save_weights_only(model, path):
     """`model.save_weights(path)` without the optimizer's variables, which
-    Keras writes with the weights (Adam: 3x the weights' bytes) and a file
-    of weights alone does not need (`load_weights` of it warns that the
-    optimizer was skipped)."""
+    Keras writes with the weights (with Adam the file is 3x the weights)
+    and a file of weights alone does not need (`load_weights` of it into a
+    compiled model warns that the optimizer was skipped)."""
     from keras.src.saving import saving_lib
 
     optimizer = getattr(model, "optimizer", None)
-    saving_lib.save_weights_only(
-        model, path, objects_to_skip=None if optimizer is None else [optimizer])
+    skipped = None if optimizer is None else [optimizer]
+    saving_lib.save_weights_only(model, path, objects_to_skip=skipped)
 
 
 def fit_state_pending(model):

@@ -12,8 +12,9 @@ penalty covers exactly the weights that train now, and follows the
 trainable set whenever kft re-traces the step on a change.
 
 Keras adds those regularizers in its evaluation step too. The penalty is
-left out there (`kft._evaluation_step`): `val_loss` is the task's loss, so a monitor on it compares epochs before and after weights unfreeze
-alike (the penalty is 0 while the backbone is frozen).
+left out there (`kft._evaluation_step`): `val_loss` is the task's loss,
+so a monitor on it compares epochs before and after weights unfreeze
+alike (the penalty's backbone part is 0 while the backbone is frozen).
 """
 
 import collections

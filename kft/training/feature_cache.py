@@ -28,10 +28,10 @@ from kft.distributed.data_parallel import check_batch_size
 from kft.distributed.processes import every_example
 from kft.models.batch_augment import BatchAugmentModel
 from kft.models.blocks import wrapped_model
-from kft.training.fit_data import checked_class_weight
 from kft.training.fit_data import as_pair
 from kft.training.fit_data import batches
 from kft.training.fit_data import check_data_labels
+from kft.training.fit_data import checked_class_weight
 from kft.training.fit_data import classifier_classes
 from kft.training.fit_data import is_random_image_layer
 from kft.training.fit_data import num_examples

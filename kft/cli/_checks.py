@@ -103,6 +103,20 @@ def linked(path, shown=None):
     return shown
 
 
+def kept_files(out, names, flag, what, overwrite):
+    """The files among `names` that `out` already holds (links included);
+    raises `Usage` naming them (a link with where it leads) unless
+    `overwrite`."""
+    kept = [name for name in names
+            if os.path.lexists(os.path.join(out, name))]
+    if kept and not overwrite:
+        raise Usage(f"{flag} {out!r} already holds {what} ("
+                    + ", ".join(linked(os.path.join(out, name), name)
+                                for name in kept)
+                    + "); pass --overwrite to replace it, or another --out")
+    return kept
+
+
 def check_out_outside(path, flag, folders):
     """Refuses an output folder inside one of the image folders
     `folders` (`(flag, path)` pairs, `None` paths skipped): its reports

@@ -10,6 +10,7 @@ import sys
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
 from kft.cli._checks import check_out_outside
+from kft.cli._checks import kept_files
 from kft.cli._checks import linked
 from kft.cli._checks import make_out_folder
 from kft.cli._checks import start_library
@@ -38,13 +39,7 @@ def eval_command(args, argv):
     # A run folder holds its own validation report under the same names
     # (its learning curves are the run's); a link among them would be
     # written through (checked before work).
-    kept = [name for name in report_files()
-            if os.path.lexists(os.path.join(out, name))]
-    if kept and not args.overwrite:
-        raise Usage(f"{flag} {out!r} already holds a report ("
-                     + ", ".join(linked(os.path.join(out, name), name)
-                                 for name in kept)
-                     + "); pass --overwrite to replace it, or another --out")
+    kept = kept_files(out, report_files(), flag, "a report", args.overwrite)
     from kft.runs.folder import image_size_for
     from kft.runs.folder import load_eval_folder
     from kft.runs.folder import load_run

@@ -13,7 +13,7 @@ from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
 from kft.cli._checks import check_out_outside
 from kft.cli._checks import flag_names
-from kft.cli._checks import linked
+from kft.cli._checks import kept_files
 from kft.cli._checks import make_out_folder
 from kft.cli._checks import start_library
 from kft.cli._parser import build_parser
@@ -143,14 +143,8 @@ def compare_command(args, argv):
     check_out_outside(out, flag, [("DATA_DIR", args.data_dir),
                                   ("--test-dir", test_dir)])
     # Before training, as `kft eval` and `kft export` keep their files.
-    kept = [name for name in ("comparison.json", "comparison.md",
-                              "comparison.png")
-            if os.path.lexists(os.path.join(out, name))]
-    if kept and not args.overwrite:
-        raise Usage(f"{flag} {out!r} already holds a comparison ("
-                     + ", ".join(linked(os.path.join(out, name), name)
-                                 for name in kept)
-                     + "); pass --overwrite to replace it, or another --out")
+    kept_files(out, ("comparison.json", "comparison.md", "comparison.png"),
+               flag, "a comparison", args.overwrite)
     start_library()
     from kft.evaluation.compare import compare_strategies
     from kft.runs.config import TrainConfig

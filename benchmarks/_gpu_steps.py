@@ -100,6 +100,10 @@ def timed_section(cfg):
         begin = time.time()
         try:
             waited["paused"] = signal_others(proc_dir, signal.SIGSTOP)
+            if waited["paused"]:
+                # Open until the closing line: the parent reads it to move
+                # the stopped processes' deadlines while they are stopped.
+                _log_window(proc_dir, f"{begin} -")
             yield waited
         finally:
             # All of them, not only those stopped here: one whose window
@@ -107,9 +111,15 @@ def timed_section(cfg):
             signal_others(proc_dir, signal.SIGCONT)
             if proc_dir and waited["paused"]:
                 # For the first calls that were stopped: see `_first_call`.
-                with open(os.path.join(proc_dir, PAUSES), "a") as log:
-                    log.write(f"{begin} {time.time()}\n")
+                _log_window(proc_dir, f"{begin} {time.time()}")
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _log_window(proc_dir, text):
+    """Appends "owner begin end" (end "-" while it runs) to the windows'
+    log, in one write."""
+    with open(os.path.join(proc_dir, PAUSES), "a") as log:
+        log.write(f"{os.getpgid(0)} {text}\n")
 
 
 def signal_others(proc_dir, signum):
@@ -129,19 +139,35 @@ def signal_others(proc_dir, signum):
 
 
 def continue_all(cfg):
-    """Continues every registered process unless a timed window runs (its
-    end continues them): for a process that ended inside its own window,
-    killed by its timeout, with the others stopped."""
+    """Continues every registered process once no timed window runs (its
+    end continues them; this waits for it): for a process that ended
+    inside its own window, killed by its timeout, with the others
+    stopped."""
     path = cfg.get("gpu_lock")
     if not path or not os.path.exists(path):
         return
     with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
             signal_others(cfg.get("proc_dir"), signal.SIGCONT)
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def no_window(cfg):
+    """Holds the GPU lock (when there is one) so that no timed window
+    runs: `bench_gpu.py` starts and registers a process inside it, so
+    that the newcomer's imports and compile never fall into a window and
+    every window that starts later stops it."""
+    path = cfg.get("gpu_lock")
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -186,18 +212,28 @@ def _first_call(cfg, run):
     start = time.time()  # the wall clock: the windows' log is in it too
     run()
     end = time.time()
-    return end - start - paused_seconds(cfg.get("proc_dir"), start, end)
+    return end - start - paused_seconds(cfg.get("proc_dir"), start, end,
+                                        os.getpgid(0))
 
 
-def paused_seconds(proc_dir, start, end):
+def paused_seconds(proc_dir, start, end, pid=None):
     """Seconds of [start, end] (`time.time()`) inside the timed windows
-    logged in `proc_dir`, during which this process was stopped."""
+    logged in `proc_dir` by processes other than `pid`, during which a
+    process registered before them (`pid`) was stopped; a window still
+    running counts up to `end`."""
     try:
         with open(os.path.join(proc_dir or "", PAUSES)) as log:
-            windows = [tuple(map(float, line.split())) for line in log]
+            lines = [line.split() for line in log]
     except FileNotFoundError:
         return 0.0
-    return sum(max(0.0, min(end, b) - max(start, a)) for a, b in windows)
+    windows = {}
+    for owner, begin, close in (line for line in lines if len(line) == 3):
+        if pid is None or int(owner) != pid:
+            key = (owner, begin)
+            if close != "-" or key not in windows:
+                windows[key] = end if close == "-" else float(close)
+    return sum(max(0.0, min(end, b) - max(start, float(a)))
+               for (_, a), b in windows.items())
 
 
 def run_kft(cfg):
@@ -259,10 +295,10 @@ def _kft_rows(cfg, strategy):
     state = _compat.train_state(model)
     step_data = itertools.repeat((x, y))
 
-    def direct(calls=steps // k):
+    def direct(calls=steps // k, data=lambda: step_data):
         nonlocal state
         for _ in range(calls):
-            logs, state = model.train_function(state, step_data)
+            logs, state = model.train_function(state, data())
         jax.block_until_ready(state)
         return logs["loss"]
 
@@ -270,39 +306,86 @@ def _kft_rows(cfg, strategy):
     if cfg.get("trace_steps"):
         calls = max(1, cfg["trace_steps"] // k)
         timed.update(_top_ops(cfg, lambda: direct(calls), calls * k))
-    _compat.set_train_state(model, state)
     yield _kft_row(row, f"kft K={k}", k, compile_s, timed)
+    # One step a call of the same compiled step (Keras' loop over K steps
+    # ends at the iterator's end): the single-step figure, no new trace.
+    timed = _timed(cfg, lambda: direct(steps, lambda: iter([(x, y)])),
+                   cfg["windows"], steps)
+    _compat.set_train_state(model, state)
+    yield _kft_row(row, "kft K=1", 1, compile_s, timed)
     timed = _timed(cfg, lambda: fit(steps), cfg["windows"], steps)
     yield _kft_row(row, f"kft fit K={k}", k, compile_s, timed)
 
+    # What a host input pipeline costs: `fit` on numpy batches, which Keras
+    # copies to the device one batch ahead of the step (float32, as kft's
+    # loaders yield them; the same compiled step).
+    def host_fit(variant, images, k=k):
+        host_batches = _repeated_batches(images, y_host)
+        first_s = _first_call(cfg, lambda: fit(1, host_batches))
+        timed = _timed(cfg, lambda: fit(steps, host_batches),
+                       cfg["windows"], steps)
+        return _kft_row(row, variant, k, first_s, timed)
+
+    yield host_fit("kft fit host f32", x_host)
+    if not cfg.get("extra_rows"):
+        return
+    # Each of these compiles or traces the step again (12-20 s each for
+    # EfficientNetB0's full step on the H200), hence opt-in, last.
+    yield _scan_row(cfg, model, row, x, y, steps)
     model.steps_per_execution = 1  # a new step function: traced again
     model.make_train_function(force=True)
     first_s = _first_call(cfg, lambda: fit(1))
     timed = _timed(cfg, lambda: fit(steps), cfg["windows"], steps)
     yield _kft_row(row, "kft fit K=1", 1, first_s, timed)
 
-    # What a host input pipeline costs: `fit` on numpy batches, which Keras
-    # copies to the device one batch ahead of the step. kft's loaders yield
-    # float32 pixels; uint8 would copy 4x less, but is a new input dtype:
-    # the step compiles again, so it comes last (a timeout loses only it).
-    def host_fit(variant, images):
-        host_batches = _repeated_batches(images, y_host)
-        first_s = _first_call(cfg, lambda: fit(1, host_batches))
-        timed = _timed(cfg, lambda: fit(steps, host_batches),
-                       cfg["windows"], steps)
-        return _kft_row(row, variant, 1, first_s, timed)
-
-    yield host_fit("kft fit host f32", x_host)
-
     def host():
         for _ in range(cfg["host_steps"]):
             loss = model.train_on_batch(x_host, y_host)
         return loss
 
+    first_s = _first_call(cfg, host)  # Keras' own step function: traced
     timed = _timed(cfg, host, 1, cfg["host_steps"])
-    yield _kft_row(row, "kft train_on_batch", 1, None, timed)
+    yield _kft_row(row, "kft train_on_batch", 1, first_s, timed)
+    # uint8 would copy 4x less, but is a new input dtype: a new compile.
     # random_batch's pixels are in [0, 255).
-    yield host_fit("kft fit host u8", x_host.astype("uint8"))
+    yield host_fit("kft fit host u8", x_host.astype("uint8"), 1)
+
+
+def _scan_row(cfg, model, row, x, y, steps):
+    """K steps as one compiled program (`jax.lax.scan` over the model's
+    train step): no host work at all between them. Keras'
+    `steps_per_execution` runs its K steps as a Python loop of calls of
+    the one-step program (`keras/src/backend/jax/trainer.py`), which an
+    asynchronous dispatch mostly hides on a GPU; this row shows what is
+    left to win."""
+    import jax
+
+    from kft import _compat
+
+    k = cfg["steps_per_execution"]
+
+    def k_steps(state, x, y):
+        def body(state, _):
+            logs, state = model.train_step(state, (x, y))
+            return state, logs["loss"]
+
+        state, losses = jax.lax.scan(body, state, length=k)
+        return losses[-1], state
+
+    function = jax.jit(k_steps, donate_argnums=0)
+    state = _compat.train_state(model)
+
+    def run(calls=steps // k):
+        nonlocal state
+        for _ in range(calls):
+            loss, state = function(state, x, y)
+        jax.block_until_ready(state)
+        return loss
+
+    first_s = _first_call(cfg, lambda: run(1))
+    timed = _timed(cfg, run, cfg["windows"], steps)
+    _compat.set_train_state(model, state)
+    return _kft_row(row, f"kft scan K={k}", k, first_s, timed)
 
 
 def _repeated_batches(x, y):

@@ -18,6 +18,7 @@ JAX.
 """
 
 import collections
+import contextlib
 import importlib
 import importlib.metadata
 import inspect
@@ -151,20 +152,34 @@ def _proc_value(path, key):
 
 # Fresh processes.
 
-Isolated = collections.namedtuple("Isolated", "results returncode error")
+Isolated = collections.namedtuple("Isolated", "results returncode error log",
+                                  defaults=("",))
+# Set in a child of `run_isolated`: the parent's pid, and a file each
+# result is also appended to (one JSON line) as soon as it is made.
+_PARENT = "KFT_HARNESS_PARENT"
+RESULTS_LOG = "KFT_HARNESS_RESULTS_LOG"
 
 
-def run_isolated(target, arg=None, env=None, timeout=None, on_start=None):
+def run_isolated(target, arg=None, env=None, timeout=None, on_start=None,
+                 starting=None, paused=None):
     """Calls `target` ("module:function" in this folder) in a fresh Python.
 
     The function gets `arg` (JSON round-tripped) and returns one JSON
     value, or yields several: each is sent back as soon as it is made, so
     a timeout or crash keeps what was done before it. `env` updates the
-    child's environment; a value of None removes that variable.
+    child's environment; a value of None removes that variable (with
+    `RESULTS_LOG` naming a file, the child also appends each result to it,
+    so that a kill of this process keeps them too).
     `on_start(pid)` is called once the process has started (its process
-    group has the same number).
-    Returns `Isolated(results, returncode, error)`: `returncode` is None on
-    a timeout, `error` None when the process exited with 0, else why not.
+    group has the same number), inside the context manager `starting` if
+    one is given. `paused(pid, start, now)` (`time.time()` values), if
+    given, is how many seconds the process was kept stopped since it
+    started: they do not count toward `timeout`.
+    The child is killed when this process (the thread that started it)
+    dies, on Linux: a killed benchmark leaves no process holding the GPU.
+    Returns `Isolated(results, returncode, error, log)`: `returncode` is
+    None on a timeout, `error` None when the process exited with 0, else
+    why not; `log` is the end of what the process wrote to stderr.
     """
     child_env = dict(os.environ)
     for key, value in (env or {}).items():
@@ -172,46 +187,85 @@ def run_isolated(target, arg=None, env=None, timeout=None, on_start=None):
             child_env.pop(key, None)
         else:
             child_env[key] = value
+    child_env[_PARENT] = str(os.getpid())
     command = [sys.executable, os.path.join(HERE, "_harness.py"), target,
                json.dumps(arg)]
-    # Its own process group: a timeout kills what it started too
-    # (torch.compile's compile workers), which would otherwise run on.
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=child_env,
-                            start_new_session=True)
-    if on_start is not None:
-        on_start(proc.pid)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-        returncode = proc.returncode
-        error = None if returncode == 0 else (
-            f"exit code {returncode}: " + (stderr or stdout)[-2000:])
-    except subprocess.TimeoutExpired as e:
+    with starting or contextlib.nullcontext():
+        # Its own process group: a timeout kills what it started too
+        # (torch.compile's compile workers), which would otherwise run on.
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=child_env, start_new_session=True)
+        start = time.time()
+        if on_start is not None:
+            on_start(proc.pid)
+    stderr = ""
+    while True:
+        left = None if timeout is None else timeout - (time.time() - start) \
+            + (paused(proc.pid, start, time.time()) if paused else 0.0)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            stdout, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired as again:
-            # Something outside the group holds the pipe: what was read.
-            stdout = again.stdout or e.stdout or ""
-        # `stdout` is bytes even with text=True on some Pythons.
-        if isinstance(stdout, bytes):
-            stdout = stdout.decode(errors="replace")
-        returncode, error = None, f"timed out after {timeout} s"
+            # Retried after a timeout without losing output (its docs).
+            stdout, stderr = proc.communicate(
+                timeout=None if left is None else max(left, 0.0))
+            returncode = proc.returncode
+            error = None if returncode == 0 else (
+                f"exit code {returncode}: " + (stderr or stdout)[-2000:])
+            break
+        except subprocess.TimeoutExpired as e:
+            if paused and timeout - (time.time() - start) + paused(
+                    proc.pid, start, time.time()) > 0:
+                continue  # stopped meanwhile: its deadline moved
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                stdout, stderr = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired as again:
+                # Something outside the group holds the pipe: what was read.
+                stdout = again.stdout or e.stdout or ""
+            # `stdout` is bytes even with text=True on some Pythons.
+            if isinstance(stdout, bytes):
+                stdout = stdout.decode(errors="replace")
+            returncode, error = None, f"timed out after {timeout} s"
+            break
     results = [json.loads(line[len(_RESULT):])
                for line in stdout.splitlines() if line.startswith(_RESULT)]
-    return Isolated(results, returncode, error)
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    return Isolated(results, returncode, error, (stderr or "")[-2000:])
+
+
+def _die_with_parent():
+    """Asks Linux to kill this process when the one that started it dies
+    (a child of `run_isolated` has its own session, so a kill of the
+    parent's group would not reach it); exits at once if it already has."""
+    parent = os.environ.get(_PARENT)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        os._exit(1)
 
 
 def _child(target, arg):
+    _die_with_parent()
     module, function = target.split(":")
     result = getattr(importlib.import_module(module), function)(
         json.loads(arg))
+    log = os.environ.get(RESULTS_LOG)
     for item in result if inspect.isgenerator(result) else [result]:
         if item is not None:
-            print(_RESULT + json.dumps(item), flush=True)
+            line = json.dumps(item)
+            if log:
+                with open(log, "a") as f:  # one write of one line
+                    f.write(line + "\n")
+            print(_RESULT + line, flush=True)
 
 
 # Results.

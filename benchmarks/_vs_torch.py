@@ -187,7 +187,9 @@ def torch_model(name):
         model.classifier = nn.Linear(1280, NUM_CLASSES)
         return model, model.classifier, model.features[8]
     if name == "convnext_tiny":
-        model = models.convnext_tiny(weights=None)
+        # Keras' ConvNeXtTiny (kft's) has no stochastic depth
+        # (drop_path_rate 0.0); torchvision's default 0.1 adds its draws.
+        model = models.convnext_tiny(weights=None, stochastic_depth_prob=0.0)
         model.classifier[2] = nn.Linear(768, NUM_CLASSES)
         # kft's top ConvNeXt block is the final LayerNorm ("head_norm").
         return model, model.classifier[2], model.classifier[0]

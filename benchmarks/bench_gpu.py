@@ -10,15 +10,23 @@ random weights, one synthetic batch kept on the device by both sides:
   `kft.freeze(model, strategy)`, policy "mixed_bfloat16", compiled with
   `BlockwiseOptimizer(SGD(momentum=0.9), {"head": 1e-2}, default=1e-3)`
   and `steps_per_execution=K`. Rows: `kft K=<K>` (the compiled train
-  function called directly, K steps a call, no host work between steps:
-  the floor), `kft fit K=<K>` and `kft fit K=1` (`model.fit` on a data
-  adapter that hands out the device-resident batch), `kft fit host f32`
-  and `kft fit host u8` (`fit` on numpy batches, float32 as kft's loaders
-  yield them or uint8, which Keras copies to the device one batch ahead),
-  and `kft train_on_batch` (a host numpy batch every step, the old
-  `--gpu` path of `bench_vs_torch.py`, a few steps only).
-  `--trace-steps` more steps of the floor row run under JAX's profiler:
-  its top ops (and their GPU kernels) are printed under the table.
+  function called directly on the device-resident batch, K steps a
+  call), `kft K=1` (the same function, one step a call: the single-step
+  figure), `kft fit K=<K>` (`model.fit` on a data adapter that hands out
+  the device-resident batch) and `kft fit host f32` (`fit` on numpy
+  float32 batches, as kft's loaders yield them, which Keras copies to the
+  device one batch ahead). Keras runs `steps_per_execution` steps as a
+  Python loop of calls of the one-step program (its JAX trainer's
+  `iterator_step`), each dispatched without waiting for the one before.
+  `--extra-rows` adds the rows that compile or trace the step again
+  (12-20 s each for EfficientNetB0's full step on the H200): `kft scan
+  K=<K>` (K steps as one program, `jax.lax.scan` over the train step: no
+  host work between steps at all), `kft fit K=1`, `kft train_on_batch` (a
+  host numpy batch every step, the old `--gpu` path of
+  `bench_vs_torch.py`, a few steps only) and `kft fit host u8`.
+  `--trace-steps` more steps of the `kft K=<K>` row run under JAX's
+  profiler: its top ops (and their GPU kernels) are printed under the
+  table.
 - PyTorch: the torchvision model with a Linear head, the same blocks
   frozen, BatchNorm frozen (kft's `bn="frozen"`), SGD with two parameter
   groups; channels_last model and batch, `torch.autocast(bfloat16)`,
@@ -34,26 +42,34 @@ or JAX's `peak_bytes_in_use` (which cannot be reset: the process's, that
 is the strategy's, covering all of kft's rows of it).
 
 Each backbone, side and strategy runs in a fresh process with its own
-timeout, cut
-from a time budget (`--budget`) so that a slow one cannot lose the rest:
-kft, eager PyTorch and `torch.compile` first, then max-autotune with what
-is left; a row that did not fit says "timeout" or "skipped". Up to
-`--parallel` processes run at once: their first calls (trace, compile,
-the autotuners' trial runs) overlap, and a timed window has the machine
-to itself: a file lock keeps other windows out and every other benchmark
-process is stopped while it runs (`gpu_wait_s` in the JSON is the wait
-for the lock, `paused_processes` how many were stopped). A lock alone
-was not enough on the H200: with first calls holding it shared, timed
-windows waited up to 68 s each, and eager PyTorch's launch-bound
+timeout, cut from a time budget (`--budget`) so that a slow one cannot
+lose the rest: kft, eager PyTorch and `torch.compile` first, backbone
+after backbone, then max-autotune with what is left (with 70 % of the
+budget to the first phase when max-autotune is asked for, all of it when
+not); a process with fewer seconds left than its side needs (`NEEDS`) is
+not started, and its rows say "skipped"; one cut off says "timeout". Up
+to `--parallel` processes run at once: their first calls (trace,
+compile, the autotuners' trial runs) overlap, and a timed window has the
+machine to itself: a file lock keeps other windows out and every other
+benchmark process is stopped while it runs (`gpu_wait_s` in the JSON is
+the wait for the lock, `paused_processes` how many were stopped). A
+process starts only between windows, and the seconds it is stopped do
+not count toward its timeout or its "compile s". A lock alone was not
+enough on the H200: with first calls holding it shared, timed windows
+waited up to 68 s each, and eager PyTorch's launch-bound
 feature-extraction steps were 1.28-1.50x slower with 4 processes at once
 than one at a time (the others' CPU work, not held by the lock, is the
-likely cause).
-Overlapping first calls make "compile s" (net of the time stopped) longer
-than alone and the autotuners' trials noisier; `--parallel 1` runs one
-process at a time.
-Results: `matrix.json` (rewritten after every process) and `table.md`
-under `--out-dir` (default `benchmarks/results/gpu/`). The steps
-themselves are in `_gpu_steps.py`.
+likely cause). Overlapping first calls make "compile s" longer than
+alone and the autotuners' trials noisier: a window can stop a process
+while its autotuner times a kernel, so every row keeps the end of its
+process's stderr (`log_tail`) and a row whose stderr mentions the
+autotuner is marked (`autotune_warnings`, and a note under the table);
+`--parallel 1` runs one process at a time.
+Results: `matrix.json` (rewritten after every process), `rows.jsonl`
+(every row as its process makes it, kept if this script is killed) and
+`table.md` under `--out-dir` (default `benchmarks/results/gpu/`). A
+benchmark process dies with this script. The steps themselves are in
+`_gpu_steps.py`.
 
     bash benchmarks/gpu_check.sh                      # on the GPU machine
     bash benchmarks/gpu_check.sh --dry-run --out-dir /tmp/gpu_dry  # CPU
@@ -75,6 +91,7 @@ import _harness
 BACKBONES = ("resnet50", "efficientnetb0", "convnext_tiny",
              "mobilenetv3large")
 DRY_BACKBONES = ("simple_cnn", "mobilenetv3small")
+ROWS_LOG = "rows.jsonl"
 STRATEGIES = ("feature_extraction", "partial", "full")
 TORCH_SIDES = ("torch-eager", "torch-compile", "torch-max-autotune")
 SIDES = ("kft",) + TORCH_SIDES
@@ -89,13 +106,23 @@ SIDES = ("kft",) + TORCH_SIDES
 # and a lock shared by first calls, timed windows waited for it (113 s of
 # one process's 176 s), hence first calls without it and timed windows
 # that stop the others.
+# A phase ends at its fraction of the budget only when a later phase has
+# processes: without max-autotune the first phase has all of it.
 PHASES = ((("kft", "torch-eager", "torch-compile"), 0.7),
           (("torch-max-autotune",), 1.0))
-PROMISED = {"kft": 25, "torch-eager": 15, "torch-compile": 30,
-            "torch-max-autotune": 60}
+# The fewest seconds a process of each side needs on the GPU (imports,
+# first call, timed windows; from the H200 runs: kft's first calls 5-63 s,
+# torch.compile's 21-28 s alone): a process with less time left is
+# skipped, not started to be cut off, and each later process of a phase
+# is promised this much. `--min-timeout` sets one value for every side.
+NEEDS = {"kft": 45, "torch-eager": 20, "torch-compile": 45,
+         "torch-max-autotune": 90}
+# Lines of a process's stderr that say an autotuner's timings are off
+# (e.g. a timed window stopped it while it measured): its row is marked.
+AUTOTUNE_WARNINGS = ("delay kernel timed out", "autotun")
 GPU_DEFAULTS = {"backbones": list(BACKBONES), "size": 224, "batch": 128,
                 "steps": 30, "windows": 3, "steps_per_execution": 10,
-                "host_steps": 5, "budget": 450, "min_timeout": 20,
+                "host_steps": 5, "budget": 450, "min_timeout": None,
                 "parallel": 3, "trace_steps": 10}
 DRY_DEFAULTS = {"backbones": ["simple_cnn"], "size": 32, "batch": 4,
                 "steps": 2, "windows": 1, "steps_per_execution": 2,
@@ -154,10 +181,22 @@ def check_environment(dry_run, sides, timeout=180):
 
 def schedule(backbones, sides, strategies):
     """The processes in running order, by phase: (phase end, side,
-    backbone, strategy)."""
-    return [(end, side, backbone, strategy) for phase_sides, end in PHASES
+    backbone, strategy). Within a phase, backbone after backbone (each
+    one's sides side by side, so that a cut budget loses whole backbones,
+    not whole sides); a phase ends at its fraction of the budget only
+    when a later phase has processes."""
+    phases = [(phase_sides, end) for phase_sides, end in PHASES
+              if set(phase_sides) & set(sides)]
+    return [(1.0 if i == len(phases) - 1 else end, side, backbone, strategy)
+            for i, (phase_sides, end) in enumerate(phases)
+            for backbone in backbones
             for side in phase_sides if side in sides
-            for backbone in backbones for strategy in strategies]
+            for strategy in strategies]
+
+
+def needs(args, side):
+    """The fewest seconds a process of `side` is started with."""
+    return NEEDS[side] if args.min_timeout is None else args.min_timeout
 
 
 def run_matrix(args, sides, write):
@@ -170,6 +209,11 @@ def run_matrix(args, sides, write):
     lock = threading.Lock()  # the plan, `done`, printing and `write`
     begin = time.perf_counter()
     lock_dir = tempfile.mkdtemp(prefix="kft_gpu_lock_")
+    # Every row as its process makes it: kept if this process is killed.
+    rows_log = os.path.join(args.out_dir, ROWS_LOG)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(rows_log, "w"):
+        pass
     # Several at once: a timed window takes the lock and stops the
     # processes registered in proc_dir (`_gpu_steps.timed_section`).
     shared = {"gpu_lock": None, "proc_dir": None}
@@ -186,8 +230,8 @@ def run_matrix(args, sides, write):
             end = plan[i][0]
             phase_left = begin + end * args.budget - time.perf_counter()
             # The phase's later processes share `parallel` slots.
-            promised = sum(args.min_timeout if args.dry_run else PROMISED[s]
-                           for e, s, _, _ in plan[i + 1:] if e == end)
+            promised = sum(needs(args, s) for e, s, _, _ in plan[i + 1:]
+                           if e == end)
             return i, min(args.timeout,
                           phase_left - promised / args.parallel), phase_left, \
                 promised
@@ -201,8 +245,8 @@ def run_matrix(args, sides, write):
                "steps_per_execution": args.steps_per_execution,
                "host_steps": args.host_steps, **shared,
                "trace_steps": args.trace_steps,
-               "parallel": args.parallel}
-        if timeout < args.min_timeout:
+               "extra_rows": args.extra_rows, "parallel": args.parallel}
+        if timeout < needs(args, side):
             return [_missing(cfg, strategy, "skipped",
                              f"skipped: {phase_left:.0f} s left in its phase "
                              f"of --budget, {promised:.0f} s promised to "
@@ -212,7 +256,8 @@ def run_matrix(args, sides, write):
                   f"{strategy} {side}: up to {timeout:.0f} s", flush=True)
         target = "_gpu_steps:run_kft" if side == "kft" else \
             "_gpu_steps:run_torch"
-        env = {"KFT_COMPILATION_CACHE": args.jax_cache}
+        env = {"KFT_COMPILATION_CACHE": args.jax_cache,
+               _harness.RESULTS_LOG: rows_log}
         if args.parallel > 1 and side == "kft" and not args.dry_run:
             # JAX takes 75 % of the GPU's memory at start: leave room for
             # the other processes.
@@ -225,9 +270,16 @@ def run_matrix(args, sides, write):
             if shared["proc_dir"]:
                 open(os.path.join(shared["proc_dir"], str(pid)), "w").close()
 
+        def paused(pid, start, now):  # by the others' windows
+            return _gpu_steps.paused_seconds(shared["proc_dir"], start, now,
+                                             pid)
+
         try:
-            run = _harness.run_isolated(target, cfg, timeout=timeout,
-                                        env=env, on_start=register)
+            # Started with no window running, and registered before the
+            # next one starts: every window after its start stops it.
+            run = _harness.run_isolated(
+                target, cfg, timeout=timeout, env=env, on_start=register,
+                starting=_gpu_steps.no_window(shared), paused=paused)
         finally:
             for pid in pids:
                 with contextlib.suppress(FileNotFoundError):
@@ -235,7 +287,11 @@ def run_matrix(args, sides, write):
                                            str(pid)))
             # Cut off inside its own window, it left the others stopped.
             _gpu_steps.continue_all(shared)
-        new = [{**r, "parallel": args.parallel} for r in run.results]
+        warned = [line.strip() for line in run.log.splitlines()
+                  if any(w in line.lower() for w in AUTOTUNE_WARNINGS)]
+        new = [{**r, "parallel": args.parallel, "log_tail": run.log,
+                **({"autotune_warnings": warned[-5:]} if warned else {})}
+               for r in run.results]
         if new and run.error is None:
             return new
         # kft's process yields its rows one by one: keep the ones measured.
@@ -303,8 +359,17 @@ def table(rows):
                          "-" if peak is None else f"{peak:.0f}",
                          f"{min(torch_ms) / r['ms_per_step']:.2f}x"
                          if torch_ms else "-"]
-            lines.append(f"| {backbone} | {strategy} | {r['variant']} | "
-                         + " | ".join(cells) + " |")
+            mark = " *" if r.get("autotune_warnings") else ""
+            lines.append(f"| {backbone} | {strategy} | {r['variant']}{mark} "
+                         "| " + " | ".join(cells) + " |")
+    warned = [r for r in rows if r.get("autotune_warnings")]
+    if warned:
+        lines += ["", "\\* its process's stderr mentions the autotuner "
+                  "(timings it chose may be off: rerun it alone with "
+                  "`--parallel 1`):"]
+        lines += [f"- {r['backbone']} {r['strategy']} {r['variant']}: "
+                  + "; ".join(r["autotune_warnings"])[-300:]
+                  for r in warned]
     return "\n".join(lines)
 
 
@@ -356,13 +421,20 @@ def parse_args(argv=None):
             ("budget", float, "seconds for the whole matrix (450; dry run "
                               "600)"),
             ("min-timeout", float, "a process with less time left is "
-                                   "skipped (20; dry run 5)")):
+                                   "skipped (per side: kft 45, torch-eager "
+                                   "20, torch-compile 45, max-autotune 90; "
+                                   "dry run 5)")):
         parser.add_argument("--" + name, type=kind, default=None, help=text)
     parser.add_argument(
         "--parallel", type=int, default=None,
         help="processes at once (3; dry run 2): first calls (compile, "
              "autotune) overlap, timed windows have the GPU alone; 1 runs "
              "one process at a time")
+    parser.add_argument(
+        "--extra-rows", action="store_true",
+        help="also kft's rows that compile or trace the step again: `kft "
+             "scan K` (K steps as one program), `kft fit K=1`, `kft "
+             "train_on_batch`, `kft fit host u8`")
     parser.add_argument("--timeout", type=float, default=300,
                         help="most seconds for one backbone and side")
     parser.add_argument("--jax-cache", default=None,

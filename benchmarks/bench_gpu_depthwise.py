@@ -10,7 +10,8 @@ the first run found ConvNeXt-tiny's feature extraction at 0.46x
 Depthwise convolutions are memory-bound; a shifted-slice sum (k*k
 multiply-adds over slices of the input, which XLA fuses into one loop)
 reads the input once. This times, for every distinct depthwise layer of
-the chosen backbones (shape, kernel, strides), on random bf16 data:
+the chosen backbones (shape, kernel, strides), on random bf16 data
+(standard normal, drawn on the device, the same for a layer every run):
 
 - `xla`: `keras.ops.depthwise_conv`, what Keras' `DepthwiseConv2D` runs
   (a grouped convolution, given to cuDNN on a GPU; the same XLA
@@ -27,8 +28,17 @@ median of `--windows` windows of `--calls` calls, each window ending with
 `block_until_ready`; a layer's row also gives how many layers of the
 backbone share it, and the totals weigh rows by it. The largest
 difference of each variant's output and gradients from `xla`'s, relative
-to the largest of `xla`'s, is in the JSON (`*_max_rel_diff`; bf16
-rounding: ~1e-2). Nothing here changes what kft's models run on a GPU.
+to the largest of `xla`'s, is in the JSON (`*_max_rel_diff`, computed
+on the device in float32; bf16 rounding: ~1e-2). Nothing here changes
+what kft's models run on a GPU.
+
+`depthwise.json` is rewritten (whole, through a renamed temporary file)
+after every layer, so a run cut short keeps the layers it measured;
+`table.md` is written at the end. `--budget SECONDS` starts no more
+layers once that long has passed since the start (the layer in progress
+runs to its end): each backbone left unfinished gets a row
+`{"skipped": "budget", "distinct_layers_skipped": N}` (None: not
+started) in the JSON, a line in the output and one under the table.
 
     bash benchmarks/gpu_check.sh --run bench_gpu_depthwise.py --out-dir $OUT/dw
     python benchmarks/bench_gpu_depthwise.py --dry-run --out-dir /tmp/dw  # CPU
@@ -36,6 +46,7 @@ rounding: ~1e-2). Nothing here changes what kft's models run on a GPU.
 
 import argparse
 import collections
+import math
 import os
 import statistics
 import sys
@@ -132,46 +143,101 @@ def _time(run, calls, windows):
     return first_s, statistics.median(times), times
 
 
-def measure(backbone, args, log=print):
-    """One row per distinct depthwise layer of `backbone`."""
+def _inputs(seed, x_shape, k_shape, g_shape, dtype):
+    """x, k (divided by the kernel's area) and g, standard normal, made in
+    one program on the device: one float32 draw (on CPU a third of the
+    compile time of three), cut up and rounded to `dtype` (bf16 drawn
+    directly takes 128 distinct values, none past 2.9)."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
+    shapes = (x_shape, k_shape, g_shape)
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = jax.random.normal(jax.random.key(seed), (sum(sizes),), "float32")
+    out, start = [], 0
+    for shape, size, scale in zip(shapes, sizes, (
+            1.0, 1.0 / (k_shape[0] * k_shape[1]), 1.0)):
+        out.append((flat[start:start + size].reshape(shape)
+                    * scale).astype(dtype))
+        start += size
+    return tuple(out)
+
+
+def _rel_diff(outs, references):
+    """The largest over the pairs of max |a - b| / max |b| (1 where b is
+    all 0), in float32: a 0-d array, on the device of the arrays."""
+    import jax.numpy as jnp
+
+    diffs = []
+    for a, b in zip(outs, references):
+        a, b = a.astype("float32"), b.astype("float32")
+        scale = jnp.abs(b).max()
+        diffs.append(jnp.abs(a - b).max() / jnp.where(scale > 0, scale, 1.0))
+    return jnp.stack(diffs).max()
+
+
+def _budget_spent(args, begin):
+    """Whether `--budget` seconds have passed since `begin` (a
+    `time.perf_counter()`)."""
+    return (args.budget is not None and begin is not None
+            and time.perf_counter() - begin >= args.budget)
+
+
+def measure(backbone, args, log=print, on_row=None, begin=None):
+    """One row per distinct depthwise layer of `backbone`, each passed to
+    `on_row` as soon as it is measured. With `--budget` (counted from
+    `begin`) spent, no more layers start: the last row is then one saying
+    how many were not started (`"skipped": "budget"`)."""
+    import jax
+
+    inputs = jax.jit(_inputs, static_argnums=(1, 2, 3, 4))
+    rel_diff = jax.jit(_rel_diff)
+
+    def stop(not_started):
+        elapsed = time.perf_counter() - begin
+        row = {"backbone": backbone, "skipped": "budget",
+               "budget_s": args.budget, "elapsed_s": elapsed,
+               "distinct_layers_skipped": not_started, "dtype": args.dtype}
+        log(f"   {backbone}: --budget {args.budget:g} s spent ({elapsed:.1f}"
+            f" s): " + ("not started" if not_started is None else
+                        f"{not_started} distinct layer(s) not started"),
+            flush=True)
+        if on_row is not None:
+            on_row(row)
+        return row
+
+    if _budget_spent(args, begin):
+        return [stop(None)]  # its model not even built
     rows = []
-    layers = list(depthwise_layers(backbone, args.size).items())
-    for i, (key, names) in enumerate(layers[:args.limit]):
+    layers = list(depthwise_layers(backbone, args.size).items())[:args.limit]
+    for i, (key, names) in enumerate(layers):
+        if _budget_spent(args, begin):
+            return rows + [stop(len(layers) - i)]
         (h, w), c, kernel_hw, strides, padding, multiplier, _ = key
-        rng = np.random.default_rng(i)
-        x = jnp.asarray(rng.standard_normal((args.batch, h, w, c)),
-                        args.dtype)
-        k = jnp.asarray(rng.standard_normal((*kernel_hw, c, multiplier))
-                        / np.prod(kernel_hw), args.dtype)
+        x_shape = (args.batch, h, w, c)
+        k_shape = (*kernel_hw, c, multiplier)
         functions = _functions(key)
-        reference = np.asarray(functions["xla"][0](x, k), "float32")
-        g = jnp.asarray(rng.standard_normal(reference.shape), args.dtype)
-        reference_grads = [np.asarray(a, "float32")
-                           for a in functions["xla"][1](x, k, g)]
+        g_shape = jax.eval_shape(functions["xla"][0], *(
+            jax.ShapeDtypeStruct(s, args.dtype)
+            for s in (x_shape, k_shape))).shape
+        x, k, g = inputs(i, x_shape, k_shape, g_shape, args.dtype)
+        reference = functions["xla"][0](x, k)
+        reference_grads = functions["xla"][1](x, k, g)
         row = {"backbone": backbone, "layers": names, "count": len(names),
                "input": [args.batch, h, w, c], "kernel": list(kernel_hw),
                "strides": list(strides), "padding": padding,
                "multiplier": multiplier, "dtype": args.dtype}
-        scale = float(np.abs(reference).max()) or 1.0
         for variant in args.variants:
             forward, train = functions[variant]
             if forward is not None:
-                out = np.asarray(forward(x, k), "float32")
                 row[f"{variant}_max_rel_diff"] = float(
-                    np.abs(out - reference).max() / scale)
+                    rel_diff((forward(x, k),), (reference,)))
                 first, ms, times = _time(lambda: forward(x, k), args.calls,
                                          args.windows)
                 row[f"{variant}_forward_ms"] = ms
                 row[f"{variant}_forward_first_s"] = first
                 row[f"{variant}_forward_windows_ms"] = times
-            row[f"{variant}_train_max_rel_diff"] = max(
-                float(np.abs(np.asarray(a, "float32") - b).max()
-                      / (np.abs(b).max() or 1.0))
-                for a, b in zip(train(x, k, g), reference_grads))
+            row[f"{variant}_train_max_rel_diff"] = float(
+                rel_diff(train(x, k, g), reference_grads))
             first, ms, times = _time(lambda: train(x, k, g), args.calls,
                                      args.windows)
             row[f"{variant}_train_ms"] = ms
@@ -181,6 +247,8 @@ def measure(backbone, args, log=print):
         log(f"   {backbone} {_row_label(row)}: " + ", ".join(
             f"{name} {row[name]:.3f}" for name in _ms_columns(args.variants)
             if name in row), flush=True)
+        if on_row is not None:
+            on_row(row)
         jax.clear_caches()  # the executables of earlier layers need not stay
     return rows
 
@@ -197,6 +265,10 @@ def _row_label(row):
 
 
 def table(rows, variants):
+    """The markdown table of the measured rows, then a line naming what
+    `--budget` left out, if anything."""
+    skipped = [r for r in rows if "skipped" in r]
+    rows = [r for r in rows if "skipped" not in r]
     columns = _ms_columns(variants)
     lines = ["| backbone | input (h x w x c) | kernel, stride | layers | "
              + " | ".join(c.replace("_ms", " ms").replace("_", " ")
@@ -216,6 +288,14 @@ def table(rows, variants):
                 f"{sum(r[c] * r['count'] for r in mine):.3f}"
                 if all(c in r for r in mine) else "-" for c in columns)
             + " |")
+    if skipped:
+        lines += ["", f"Not measured, --budget {skipped[0]['budget_s']:g} s "
+                      f"spent ({skipped[0]['elapsed_s']:.0f} s): " + "; ".join(
+                          f"{r['backbone']} (" + (
+                              "not started" if r["distinct_layers_skipped"]
+                              is None else f"{r['distinct_layers_skipped']}"
+                              " distinct layer(s) not started") + ")"
+                          for r in skipped) + "."]
     return "\n".join(lines)
 
 
@@ -233,6 +313,12 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first LIMIT distinct layers of each "
                              "backbone (default: all)")
+    parser.add_argument("--budget", type=float, default=None,
+                        metavar="SECONDS",
+                        help="start no more layers once SECONDS have passed "
+                             "since the start (a layer started runs to its "
+                             "end); what was not started is named in the "
+                             "output and the JSON (default: no limit)")
     for name, kind, text in (
             ("size", int, "image size (224; dry run 32)"),
             ("batch", int, "batch size (128; dry run 2)"),
@@ -250,12 +336,21 @@ def parse_args(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be 1 or more, not "
                          f"{getattr(args, name)}")
+    if args.budget is not None and not args.budget > 0:
+        parser.error(f"--budget must be more than 0, not {args.budget:g}")
     if args.dtype not in ("bfloat16", "float16", "float32"):
         parser.error(f"--dtype must be bfloat16, float16 or float32, not "
                      f"{args.dtype!r}")
     if "xla" not in args.variants:
         args.variants.insert(0, "xla")  # the reference of the differences
     return args
+
+
+def _write_rows(path, rows):
+    """`_harness.write_json` to a file beside `path`, then renamed to it: a
+    kill while writing leaves the previous file whole."""
+    _harness.write_json(path + ".tmp", rows)
+    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):
@@ -272,10 +367,13 @@ def main(argv=None):
     print(f"bench_gpu_depthwise: {jax.devices()[0].device_kind}, "
           f"{args.dtype}, batch {args.batch}, {args.size} px", flush=True)
     rows = []
+
+    def keep(row):  # the JSON after every layer: a kill keeps what was done
+        rows.append(row)
+        _write_rows(os.path.join(args.out_dir, "depthwise.json"), rows)
+
     for backbone in args.backbones:
-        rows += measure(backbone, args)
-        _harness.write_json(os.path.join(args.out_dir, "depthwise.json"),
-                            rows)
+        measure(backbone, args, on_row=keep, begin=begin)
     text = (_harness.header(begin) + "\n\n"
             + f"{jax.devices()[0].device_kind}, {args.dtype}, batch "
               f"{args.batch}, {args.size} px, ms per call (median of "

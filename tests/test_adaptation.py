@@ -635,6 +635,89 @@ def test_lambda_schedule_goes_on_from_initial_epoch():
         [reversal_lambda(k / 4) for k in range(4)]), rel=1e-5)]
 
 
+@pytest.mark.parametrize("method", ["mmd", "coral"])
+def test_alignment_term_follows_the_lambda_schedule(method):
+    # Loss = task + lambda * weight * alignment: at the first step lambda
+    # is 0, so the weight changes neither the loss nor the step; at the
+    # next one the loss grows by exactly lambda * weight * alignment (a
+    # term without lambda pulled the features at full weight from step 0).
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    xt = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+
+    def run(weight):
+        model = _tiny_dann(method=method, weight=weight, gamma=1.0)
+        model.compile(keras.optimizers.SGD(1e-3),
+                      keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+        pairs = domain_pairs((xs, np.arange(8) % 2), xt, batch_size=8)
+        return model.fit(pairs, epochs=2, verbose=0).history  # 1 step each
+
+    plain, weighted = run(0.0), run(10.0)
+    lam = reversal_lambda(0.5, gamma=1.0)
+    assert weighted["lambda"] == [0.0, pytest.approx(lam, rel=1e-5)]
+    assert weighted["loss"][0] == pytest.approx(plain["loss"][0], rel=1e-6)
+    assert weighted["alignment"][1] > 0
+    np.testing.assert_allclose(
+        weighted["loss"][1] - plain["loss"][1],
+        lam * 10.0 * weighted["alignment"][1], rtol=1e-3)
+
+
+def test_lambda_schedule_goes_on_after_a_backup_and_restore_resume(tmp_path):
+    # A run interrupted after epoch 2 of 4 and resumed by BackupAndRestore
+    # goes on at progress 2/4, as the uninterrupted run would; ignoring the
+    # restored epoch restarted the ramp at lambda 0.
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    xt = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    backup = str(tmp_path / "backup")
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    def run(*extra):
+        model = _tiny_dann()
+        model.compile(keras.optimizers.SGD(1e-3),
+                      keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+        pairs = domain_pairs((xs, np.arange(8) % 2), xt, batch_size=8)
+        return model.fit(pairs, epochs=4, verbose=0, callbacks=[
+            keras.callbacks.BackupAndRestore(backup), *extra]).history
+
+    with pytest.raises(KeyboardInterrupt):
+        run(Interrupt())
+    resumed = run()
+    # One step per epoch: the steps of epochs 3 and 4 are steps 2 and 3.
+    assert resumed["lambda"] == [pytest.approx(reversal_lambda(k / 4),
+                                               rel=1e-5) for k in (2, 3)]
+
+
+# Keras says so at the end of every pass over a generator of unknown length.
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")
+def test_lambda_is_max_lambda_on_data_of_unknown_length():
+    # A generator has no length: fit knows no total step count, and the
+    # schedule has no progress to follow; lambda is its end value (~
+    # max_lambda) throughout, not its start (0 would keep the domain term
+    # from ever reaching the features).
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    xt = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+
+    def batches():
+        for _ in range(2):
+            yield {"source": xs, "target": xt}, np.arange(8) % 2
+
+    model = _tiny_dann(max_lambda=0.7)
+    model.compile(keras.optimizers.SGD(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(batches(), epochs=1, shuffle=False,
+                        verbose=0).history
+    assert history["lambda"] == [pytest.approx(
+        reversal_lambda(1.0, max_value=0.7), rel=1e-6)]
+
+
 def test_domain_adaptation_refuses_a_mixing_classifier():
     # Its Mixup ran in its own train step, which the domain adaptation
     # step replaces: the loss was the unmixed one, without a word.

@@ -566,6 +566,51 @@ def test_plateau_on_validation_skips_epochs_without_it():
             0, {"loss": 1.0, "val_acc": 0.5}, None, limit=3)
 
 
+def test_plateau_compares_afresh_after_each_stage():
+    # The loss usually jumps right after an unfreeze. The new stage's first
+    # epoch sets the best afresh: kept from the stage before, every later
+    # epoch would count as no improvement and unfreeze a block each epoch.
+    schedule = Plateau("loss", patience=1, mode="min")
+    for epoch, loss in enumerate([1.0, 0.5, 0.6, 0.9, 0.8, 0.7, 0.6]):
+        schedule.on_epoch_end(epoch, {"loss": loss}, None, limit=5)
+    assert schedule.stage_epochs == [3]
+    assert schedule.state() == {"stage_epochs": [3], "wait": 0, "best": 0.6}
+
+
+def test_plateau_restore_without_its_record_takes_the_latest_earlier():
+    # The warning promises the plateau count "restarts from the epoch before
+    # it": the latest earlier record (epoch 2, after stage 1 began), not
+    # the oldest (epoch 0, which would lose that stage).
+    records = {"0": {"stage_epochs": [], "wait": 0, "best": 1.0},
+               "1": {"stage_epochs": [2], "wait": 1, "best": 0.4},
+               "2": {"stage_epochs": [2], "wait": 0, "best": 0.3}}
+    schedule = Plateau("loss", patience=2, mode="min")
+    with pytest.warns(UserWarning, match="no plateau record for epoch 4"):
+        schedule.restore(records, saved_epoch=3)
+    assert schedule.state() == {"stage_epochs": [2], "wait": 0, "best": 0.3}
+    assert schedule.stage_at(3) == 1
+
+
+def test_max_blocks_above_the_body_keeps_every_block_trainable():
+    # `max_blocks` has no upper bound: above the blocks below the head it
+    # caps nothing. Past the last stage every block stays trainable; an
+    # uncapped stage sliced the body from the end and re-froze blocks.
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4, name="a")(inputs)
+    h = keras.layers.Dense(4, name="b")(h)
+    outputs = keras.layers.Dense(4, name="head_out")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError())
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 4))
+    history = model.fit(x, y, epochs=5, batch_size=8, verbose=0, callbacks=[
+        GradualUnfreezing(every=1, max_blocks=10, verbose=0,
+                          patterns={"a": "^a$", "b": "^b$",
+                                    "head": "^head_"})])
+    assert history.history["unfrozen_blocks"] == [0, 1, 2, 2, 2]
+    assert history.history["trainable_params"] == [20, 40, 60, 60, 60]
+
+
 def test_compile_notice_times_a_partial_last_batch():
     # 20 examples in batches of 8: the last batch of 4 compiles a program
     # of its own under the same train function; it was never timed.

@@ -451,6 +451,46 @@ def test_flag_names_name_every_setting_by_its_train_flag():
         "--augment, --val-split, --lr, --head-lr, --early-stopping")
 
 
+def test_train_help_states_the_defaults_a_run_uses():
+    # The help text writes its defaults out; TrainConfig holds them.
+    import re
+
+    train = cli.build_parser()[1]["train"]
+    config = kft.runs.TrainConfig()
+    stated = {}
+    for action in train._actions:
+        found = re.search(r"\(default ([^;:)\s]+)|(\w+) \(default\)",
+                          action.help or "")
+        if found and action.dest != "out":
+            stated[action.dest] = found.group(1) or found.group(2)
+    assert {"val_split", "head_lr", "lr", "epochs", "head_epochs",
+            "backbone", "weights", "strategy", "monitor"} <= set(stated)
+    for name, text in stated.items():
+        default = getattr(config, name)
+        assert (float(text) == default if isinstance(default, (int, float))
+                else text == default), (name, text, default)
+
+
+def test_train_recipe_defaults_are_fine_tunes():
+    # `kft train` runs `kft.fine_tune`: the README's rates (3 head epochs
+    # at 1e-3, then 10 at 1e-4) hold for both.
+    import inspect
+
+    config = kft.runs.TrainConfig()
+    defaults = {name: p.default for name, p in inspect.signature(
+        kft.fine_tune).parameters.items()}
+    for setting, argument in (("head_lr", "head_learning_rate"),
+                              ("lr", "learning_rate"),
+                              ("head_epochs", "head_epochs"),
+                              ("epochs", "epochs"), ("n_blocks", "n_blocks"),
+                              ("schedule", "schedule"),
+                              ("weight_decay", "weight_decay"),
+                              ("layer_decay", "layer_decay"),
+                              ("unfreeze_every", "unfreeze_every"),
+                              ("bn", "bn"), ("batch_size", "batch_size")):
+        assert getattr(config, setting) == defaults[argument], setting
+
+
 def test_home_in_path_arguments_is_the_home_folder(monkeypatch):
     # Where the shell leaves "~" (`--out=~/x`, quotes), kft made a folder
     # named "~" or said a folder "~/photos" does not exist.

@@ -172,6 +172,52 @@ def test_validation_split_is_stratified_and_disjoint(tmp_path):
     assert not train_paths & val_paths and len(train_paths | val_paths) == 20
 
 
+def test_validation_split_is_seeded_rounded_and_keeps_a_train_image(
+        tmp_path):
+    # Every run of a seed builds the split again (a resumed `kft train`,
+    # `kft compare`, `kft eval` of a run): it must hold out the same
+    # images. Each class gives its rounded fraction, at least one and at
+    # most all but one: a class of one image stays in train.
+    for name, count in (("a", 8), ("b", 7), ("c", 1), ("d", 2)):
+        for i in range(count):
+            _save(f"{tmp_path}/all/{name}/{i}.png", _solid(10 * i))
+
+    def split(seed):
+        return kft.data.from_directory(f"{tmp_path}/all", SIZE,
+                                       validation_split=0.25, seed=seed,
+                                       augmentation="none")
+
+    train, val = split(0)
+    # 0.25 x 8 = 2; x 7 = 1.75 -> 2; x 1: none to spare; x 2 = 0.5 -> 1.
+    assert val.class_counts == {"a": 2, "b": 2, "c": 0, "d": 1}
+    assert train.class_counts == {"a": 6, "b": 5, "c": 1, "d": 1}
+    again_train, again_val = split(0)
+    assert again_val.paths == val.paths and again_train.paths == train.paths
+    assert {tuple(split(seed)[1].paths) for seed in (1, 2, 3)} != {
+        tuple(val.paths)}
+
+
+def test_validation_images_come_in_one_order_that_matches_their_labels(
+        tmp_path):
+    # Only train reshuffles: `model.predict(val)` must line up with
+    # `val.example_labels` on every pass (a confusion matrix of one's own).
+    for name, offset in (("a", 0), ("b", 100)):
+        for i in range(8):
+            _save(f"{tmp_path}/all/{name}/{i}.png", _solid(offset + 10 * i))
+    _, val = kft.data.from_directory(f"{tmp_path}/all", SIZE, batch_size=4,
+                                     validation_split=0.5, shuffle=True,
+                                     augmentation="none")
+    first, second = _batches(val), _batches(val)
+    for (x1, y1), (x2, y2) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    labels = np.concatenate([y for _, y in first])
+    np.testing.assert_array_equal(labels, val.example_labels)
+    # Labels follow the pixels: class b's images are the bright ones.
+    pixels = np.concatenate([x[:, 0, 0, 0] for x, _ in first])
+    assert ((pixels >= 100) == (labels == 1)).all()
+
+
 def _corrupt_png(path):
     rng = np.random.default_rng(0)
     _save(path, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))

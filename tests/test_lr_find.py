@@ -226,3 +226,28 @@ def test_stop_on_a_nan_loss_and_an_unbuilt_model_say_so():
     unbuilt.compile(keras.optimizers.SGD(), "mse")
     with pytest.raises(ValueError, match="is not built.*keras.Input"):
         kft.lr_find(unbuilt, (X, Y), steps=10, verbose=0)
+
+
+def test_ramp_starts_at_start_after_the_optimizer_has_stepped():
+    # lr_find is run after training (the head phase, then the range test):
+    # the ramp counts its steps from the optimizer's step count. Plain SGD
+    # keeps no state but that count, so the curve from the same weights
+    # must not depend on it; counted from 0, a used optimizer ran rates far
+    # above the recorded ones (and diverged at once).
+    def run(iterations):
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(), "mse")
+        model.set_weights([np.full((8, 1), 0.1, "float32"),
+                           np.zeros(1, "float32")])
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.iterations.assign(iterations)
+        result = kft.lr_find(model, (X, Y), start=1e-4, end=0.1, steps=20,
+                             batch_size=64, verbose=0)
+        assert int(model.optimizer.iterations) == iterations  # restored
+        return result
+
+    fresh, used = run(0), run(200)
+    assert fresh.stop_reason is None and used.stop_reason is None
+    assert len(used.raw_losses) == len(fresh.raw_losses) == 20
+    np.testing.assert_array_equal(used.learning_rates, fresh.learning_rates)
+    np.testing.assert_allclose(used.raw_losses, fresh.raw_losses, rtol=1e-6)

@@ -115,6 +115,23 @@ def test_tta_flip_averages_the_mirror(model):
                                rtol=1e-5)
 
 
+def test_tta_multi_crop_averages_the_center_and_the_four_corners(model):
+    # A 40x30 image for a 16x16 model, crop_fraction 0.8: 24x24 boxes,
+    # the center one at (8, 3), the corners at x 0 or 16 and y 0 or 6.
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8))
+    got = kft.predict(model, image, tta="multi_crop", crop_fraction=0.8,
+                      top_k=5)[0]
+    views = np.stack([np.asarray(image.resize((16, 16), Image.BILINEAR,
+                                              box=(x, y, x + 24, y + 24)),
+                                 np.float32)
+                      for x, y in ((8, 3), (0, 0), (16, 0), (0, 6),
+                                   (16, 6))])
+    mean = _softmax(model.predict(views, verbose=0)).mean(0)
+    np.testing.assert_allclose(got.probabilities, np.sort(mean)[::-1],
+                               rtol=1e-5)
+
+
 def test_unreadable_file_is_named(model, folder, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")

@@ -302,6 +302,35 @@ def test_data_form_helpers():
         next(fit_data.batches(augmented, 2))
 
 
+def test_phase_2_schedules_have_their_documented_shapes():
+    # `warmup`: a linear ramp from 0 over that fraction of phase 2's
+    # steps, then the cosine to 0 over the steps left; `one_cycle`:
+    # fastai's, Adam's beta_1 cycling 0.95 -> 0.85 -> 0.95.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16,) + SHAPE).astype("float32")
+    y = np.arange(16) % 2
+
+    def phase_2(**kwargs):
+        model = kft.build_classifier("simple_cnn", num_classes=2,
+                                     weights=None, input_shape=SHAPE)
+        result = kft.fine_tune(model, (x, y), (x, y), strategy="full",
+                               bn="train", head_epochs=1, epochs=4,
+                               batch_size=8, learning_rate=1e-3, verbose=0,
+                               **kwargs)
+        return model, result.histories[1]["learning_rate"]
+
+    # 2 steps an epoch, 8 in phase 2, 4 of warm-up: each epoch's first
+    # step's rate is logged (steps 0, 2, 4, 6).
+    _, rates = phase_2(warmup=0.5)
+    np.testing.assert_allclose(rates, [0.0, 5e-4, 1e-3, 5e-4], atol=1e-9)
+    model, _ = phase_2(schedule="one_cycle")
+    beta_1 = model.optimizer.momentum_schedule
+    assert beta_1 is not None
+    cycle = [float(beta_1(step)) for step in np.linspace(0, 7, 71)]
+    assert (round(cycle[0], 4), round(min(cycle), 4),
+            round(cycle[-1], 2)) == (0.95, 0.85, 0.95)
+
+
 def test_schedule_arguments_checked_before_training(data):
     for kwargs, match in (
             ({"schedule": "step"}, "Received: schedule='step'"),

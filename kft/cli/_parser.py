@@ -79,7 +79,7 @@ def _train_parser(sub):
     recipe.add_argument("--head-epochs", type=int_at_least(1), default=s,
                         help="head-only epochs first (default 3)")
     recipe.add_argument("--head-lr", type=float_at_least(0.0, above=True),
-                        default=s)
+                        default=s, help="head phase rate (default 1e-3)")
     recipe.add_argument("--lr", type=rate_or_find, default=s,
                         help="fine-tuning rate, or 'find' (default 1e-4)")
     recipe.add_argument("--schedule", default=s, choices=(

@@ -122,6 +122,25 @@ def _log_window(proc_dir, text):
         log.write(f"{os.getpgid(0)} {text}\n")
 
 
+def close_windows(proc_dir, pid):
+    """Closes, as of now, the timed windows process group `pid` left open
+    (killed inside one: its `timed_section` never ended)."""
+    path = os.path.join(proc_dir or "", PAUSES)
+    try:
+        with open(path) as log:
+            lines = [line.split() for line in log]
+    except FileNotFoundError:
+        return
+    mine = [line for line in lines if len(line) == 3 and line[0] == str(pid)]
+    closed = {begin for _, begin, end in mine if end != "-"}
+    left_open = [begin for _, begin, end in mine
+                 if end == "-" and begin not in closed]
+    if left_open:
+        with open(path, "a") as log:
+            log.write("".join(f"{pid} {begin} {time.time()}\n"
+                              for begin in left_open))
+
+
 def signal_others(proc_dir, signum):
     """Sends `signum` to the process groups registered in `proc_dir` but
     this process's own; returns how many it reached."""
@@ -319,14 +338,16 @@ def _kft_rows(cfg, strategy):
     # What a host input pipeline costs: `fit` on numpy batches, which Keras
     # copies to the device one batch ahead of the step (float32, as kft's
     # loaders yield them; the same compiled step).
-    def host_fit(variant, images, k=k):
-        host_batches = _repeated_batches(images, y_host)
+    def host_fit(dtype, k=k):
+        host_batches = _repeated_batches(x_host.astype(dtype), y_host)
         first_s = _first_call(cfg, lambda: fit(1, host_batches))
         timed = _timed(cfg, lambda: fit(steps, host_batches),
                        cfg["windows"], steps)
-        return _kft_row(row, variant, k, first_s, timed)
+        short = {"float32": "f32", "uint8": "u8"}[dtype]
+        return _kft_row(row, f"kft fit host {short} K={k}", k, first_s,
+                        timed)
 
-    yield host_fit("kft fit host f32", x_host)
+    yield host_fit("float32")
     if not cfg.get("extra_rows"):
         return
     # Each of these compiles or traces the step again (12-20 s each for
@@ -347,8 +368,9 @@ def _kft_rows(cfg, strategy):
     timed = _timed(cfg, host, 1, cfg["host_steps"])
     yield _kft_row(row, "kft train_on_batch", 1, first_s, timed)
     # uint8 would copy 4x less, but is a new input dtype: a new compile.
-    # random_batch's pixels are in [0, 255).
-    yield host_fit("kft fit host u8", x_host.astype("uint8"), 1)
+    # random_batch's pixels are in [0, 255). Both host rows at K=1 here.
+    yield host_fit("float32", 1)
+    yield host_fit("uint8", 1)
 
 
 def _scan_row(cfg, model, row, x, y, steps):

@@ -161,7 +161,7 @@ RESULTS_LOG = "KFT_HARNESS_RESULTS_LOG"
 
 
 def run_isolated(target, arg=None, env=None, timeout=None, on_start=None,
-                 starting=None, paused=None):
+                 starting=None, paused=None, deadline=None):
     """Calls `target` ("module:function" in this folder) in a fresh Python.
 
     The function gets `arg` (JSON round-tripped) and returns one JSON
@@ -174,7 +174,8 @@ def run_isolated(target, arg=None, env=None, timeout=None, on_start=None,
     group has the same number), inside the context manager `starting` if
     one is given. `paused(pid, start, now)` (`time.time()` values), if
     given, is how many seconds the process was kept stopped since it
-    started: they do not count toward `timeout`.
+    started: they do not count toward `timeout`, but the process is cut
+    off at `deadline` (a `time.time()`) whatever it was.
     The child is killed when this process (the thread that started it)
     dies, on Linux: a killed benchmark leaves no process holding the GPU.
     Returns `Isolated(results, returncode, error, log)`: `returncode` is
@@ -200,9 +201,18 @@ def run_isolated(target, arg=None, env=None, timeout=None, on_start=None,
         if on_start is not None:
             on_start(proc.pid)
     stderr = ""
+
+    def seconds_left():
+        now = time.time()
+        left = None if timeout is None else timeout - (now - start) + (
+            paused(proc.pid, start, now) if paused else 0.0)
+        if deadline is not None:
+            left = deadline - now if left is None else min(left,
+                                                           deadline - now)
+        return left
+
     while True:
-        left = None if timeout is None else timeout - (time.time() - start) \
-            + (paused(proc.pid, start, time.time()) if paused else 0.0)
+        left = seconds_left()
         try:
             # Retried after a timeout without losing output (its docs).
             stdout, stderr = proc.communicate(
@@ -212,9 +222,10 @@ def run_isolated(target, arg=None, env=None, timeout=None, on_start=None,
                 f"exit code {returncode}: " + (stderr or stdout)[-2000:])
             break
         except subprocess.TimeoutExpired as e:
-            if paused and timeout - (time.time() - start) + paused(
-                    proc.pid, start, time.time()) > 0:
+            left = seconds_left()
+            if left > 0:
                 continue  # stopped meanwhile: its deadline moved
+            at_deadline = deadline is not None and time.time() >= deadline
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -227,7 +238,12 @@ def run_isolated(target, arg=None, env=None, timeout=None, on_start=None,
             # `stdout` is bytes even with text=True on some Pythons.
             if isinstance(stdout, bytes):
                 stdout = stdout.decode(errors="replace")
-            returncode, error = None, f"timed out after {timeout} s"
+            returncode = None
+            if at_deadline:
+                error = (f"cut off at its deadline, after "
+                         f"{time.time() - start:.0f} s")
+            else:
+                error = f"timed out after {timeout} s"
             break
     results = [json.loads(line[len(_RESULT):])
                for line in stdout.splitlines() if line.startswith(_RESULT)]

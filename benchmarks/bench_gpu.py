@@ -13,7 +13,7 @@ random weights, one synthetic batch kept on the device by both sides:
   function called directly on the device-resident batch, K steps a
   call), `kft K=1` (the same function, one step a call: the single-step
   figure), `kft fit K=<K>` (`model.fit` on a data adapter that hands out
-  the device-resident batch) and `kft fit host f32` (`fit` on numpy
+  the device-resident batch) and `kft fit host f32 K=<K>` (`fit` on numpy
   float32 batches, as kft's loaders yield them, which Keras copies to the
   device one batch ahead). Keras runs `steps_per_execution` steps as a
   Python loop of calls of the one-step program (its JAX trainer's
@@ -23,7 +23,8 @@ random weights, one synthetic batch kept on the device by both sides:
   K=<K>` (K steps as one program, `jax.lax.scan` over the train step: no
   host work between steps at all), `kft fit K=1`, `kft train_on_batch` (a
   host numpy batch every step, the old `--gpu` path of
-  `bench_vs_torch.py`, a few steps only) and `kft fit host u8`.
+  `bench_vs_torch.py`, a few steps only) and `kft fit host f32 K=1` /
+  `kft fit host u8 K=1` (float32 and uint8 batches, one step a call).
   `--trace-steps` more steps of the `kft K=<K>` row run under JAX's
   profiler: its top ops (and their GPU kernels) are printed under the
   table.
@@ -46,15 +47,19 @@ timeout, cut from a time budget (`--budget`) so that a slow one cannot
 lose the rest: kft, eager PyTorch and `torch.compile` first, backbone
 after backbone, then max-autotune with what is left (with 70 % of the
 budget to the first phase when max-autotune is asked for, all of it when
-not); a process with fewer seconds left than its side needs (`NEEDS`) is
-not started, and its rows say "skipped"; one cut off says "timeout". Up
+not); a process gets at least the seconds its side needs (`NEEDS`) while
+its phase has them, whatever is promised to later ones, so a plan too
+big for the budget loses its last processes: one with fewer seconds
+left is not started, and its rows say "skipped"; one cut off says
+"timeout"; none runs past the budget's end. Up
 to `--parallel` processes run at once: their first calls (trace,
 compile, the autotuners' trial runs) overlap, and a timed window has the
 machine to itself: a file lock keeps other windows out and every other
 benchmark process is stopped while it runs (`gpu_wait_s` in the JSON is
 the wait for the lock, `paused_processes` how many were stopped). A
 process starts only between windows, and the seconds it is stopped do
-not count toward its timeout or its "compile s". A lock alone was not
+not count toward its timeout (up to the budget's end) or its "compile
+s". A lock alone was not
 enough on the H200: with first calls holding it shared, timed windows
 waited up to 68 s each, and eager PyTorch's launch-bound
 feature-extraction steps were 1.28-1.50x slower with 4 processes at once
@@ -99,7 +104,8 @@ SIDES = ("kft",) + TORCH_SIDES
 # order, `--parallel` at a time, a phase's until its fraction of `--budget`
 # has passed. One may use what is left of its phase but the seconds
 # promised to the phase's later processes (shared among the slots), so a
-# slow first backbone neither loses its rows nor takes the others' time.
+# slow first backbone neither loses its rows nor takes the others' time;
+# it gets at least what it needs while the phase has that much left.
 # On the H200 one process per backbone and side, one at a time, did not get
 # past eager PyTorch in 450 s (first calls: 5-63 s each), hence the slots,
 # the smaller processes and torch.compile in the first phase; with 4 slots
@@ -119,7 +125,7 @@ NEEDS = {"kft": 45, "torch-eager": 20, "torch-compile": 45,
          "torch-max-autotune": 90}
 # Lines of a process's stderr that say an autotuner's timings are off
 # (e.g. a timed window stopped it while it measured): its row is marked.
-AUTOTUNE_WARNINGS = ("delay kernel timed out", "autotun")
+AUTOTUNE_WARNINGS = ("delay kernel timed out", "sub-optimal accuracy")
 GPU_DEFAULTS = {"backbones": list(BACKBONES), "size": 224, "batch": 128,
                 "steps": 30, "windows": 3, "steps_per_execution": 10,
                 "host_steps": 5, "budget": 450, "min_timeout": None,
@@ -208,6 +214,8 @@ def run_matrix(args, sides, write):
     order = iter(range(len(plan)))
     lock = threading.Lock()  # the plan, `done`, printing and `write`
     begin = time.perf_counter()
+    # No process runs past the budget's end, however long it was stopped.
+    hard_end = time.time() + args.budget
     lock_dir = tempfile.mkdtemp(prefix="kft_gpu_lock_")
     # Every row as its process makes it: kept if this process is killed.
     rows_log = os.path.join(args.out_dir, ROWS_LOG)
@@ -227,16 +235,19 @@ def run_matrix(args, sides, write):
             i = next(order, None)
             if i is None:
                 return None
-            end = plan[i][0]
+            end, side = plan[i][:2]
             phase_left = begin + end * args.budget - time.perf_counter()
-            # The phase's later processes share `parallel` slots.
+            # The phase's later processes share `parallel` slots; but a
+            # process whose own need fits is never skipped for them (in a
+            # plan too big for its phase, the last ones are skipped).
             promised = sum(needs(args, s) for e, s, _, _ in plan[i + 1:]
                            if e == end)
-            return i, min(args.timeout,
-                          phase_left - promised / args.parallel), phase_left, \
-                promised
+            timeout = phase_left - promised / args.parallel
+            if phase_left >= needs(args, side):
+                timeout = max(timeout, needs(args, side))
+            return i, min(args.timeout, timeout), phase_left
 
-    def run_one(i, timeout, phase_left, promised):
+    def run_one(i, timeout, phase_left):
         _, side, backbone, strategy = plan[i]
         cfg = {"side": side, "backbone": backbone,
                "strategies": [strategy], "size": args.size,
@@ -249,8 +260,8 @@ def run_matrix(args, sides, write):
         if timeout < needs(args, side):
             return [_missing(cfg, strategy, "skipped",
                              f"skipped: {phase_left:.0f} s left in its phase "
-                             f"of --budget, {promised:.0f} s promised to "
-                             "later processes")]
+                             f"of --budget (--timeout {args.timeout:g}), a "
+                             f"{side} process needs {needs(args, side):g}")]
         with lock:
             print(f"[{time.perf_counter() - begin:5.0f} s] {backbone} "
                   f"{strategy} {side}: up to {timeout:.0f} s", flush=True)
@@ -279,9 +290,13 @@ def run_matrix(args, sides, write):
             # next one starts: every window after its start stops it.
             run = _harness.run_isolated(
                 target, cfg, timeout=timeout, env=env, on_start=register,
-                starting=_gpu_steps.no_window(shared), paused=paused)
+                starting=_gpu_steps.no_window(shared), paused=paused,
+                deadline=hard_end)
         finally:
             for pid in pids:
+                # Killed inside its own window, it left the window open:
+                # the others' deadlines would move on with it for ever.
+                _gpu_steps.close_windows(shared["proc_dir"], pid)
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(shared["proc_dir"] or "",
                                            str(pid)))
@@ -434,7 +449,7 @@ def parse_args(argv=None):
         "--extra-rows", action="store_true",
         help="also kft's rows that compile or trace the step again: `kft "
              "scan K` (K steps as one program), `kft fit K=1`, `kft "
-             "train_on_batch`, `kft fit host u8`")
+             "train_on_batch`, `kft fit host f32/u8 K=1`")
     parser.add_argument("--timeout", type=float, default=300,
                         help="most seconds for one backbone and side")
     parser.add_argument("--jax-cache", default=None,

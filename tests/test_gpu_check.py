@@ -17,9 +17,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_check.sh"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-KFT_VARIANTS = {"kft K=2", "kft K=1", "kft fit K=2", "kft fit host f32",
-                "kft scan K=2", "kft fit K=1", "kft fit host u8",
-                "kft train_on_batch"}
+KFT_VARIANTS = {"kft K=2", "kft K=1", "kft fit K=2", "kft fit host f32 K=2",
+                "kft scan K=2", "kft fit K=1", "kft train_on_batch",
+                "kft fit host f32 K=1", "kft fit host u8 K=1"}
 WHEELS = ("keras-3.15.1-py3-none-any.whl", "namex-0.1.0-py3-none-any.whl",
           "optree-0.20.0-cp312-cp312-manylinux_2_28_x86_64.whl",
           "grain-0.2.18-cp312-cp312-manylinux_2_28_x86_64.whl",
@@ -66,8 +66,9 @@ def test_dry_run_writes_the_table_and_json(dry_run):
     assert [(row["variant"], row["steps_per_execution"])
             for row in kft_rows] == [
         ("kft K=2", 2), ("kft K=1", 1), ("kft fit K=2", 2),
-        ("kft fit host f32", 2), ("kft scan K=2", 2), ("kft fit K=1", 1),
-        ("kft train_on_batch", 1), ("kft fit host u8", 1)]
+        ("kft fit host f32 K=2", 2), ("kft scan K=2", 2), ("kft fit K=1", 1),
+        ("kft train_on_batch", 1), ("kft fit host f32 K=1", 1),
+        ("kft fit host u8 K=1", 1)]
     # Every row as its process made it, also in rows.jsonl; each keeps
     # the end of its process's stderr.
     logged = [json.loads(line) for line in
@@ -188,17 +189,20 @@ def bench_gpu(monkeypatch):
     import _harness
     import bench_gpu
 
-    calls = []
+    calls, kwargs = [], []
 
     def run_isolated(target, arg=None, env=None, timeout=None,
-                     on_start=None, starting=None, paused=None):
+                     on_start=None, starting=None, paused=None,
+                     deadline=None):
         calls.append((target, arg, timeout, env))
+        kwargs.append({"starting": starting, "paused": paused,
+                       "deadline": deadline})
         return bench_gpu.FAKE(target, arg)
 
     monkeypatch.setattr(_harness, "run_isolated", run_isolated)
-    bench_gpu.calls = calls
+    bench_gpu.calls, bench_gpu.kwargs = calls, kwargs
     yield bench_gpu
-    del bench_gpu.calls
+    del bench_gpu.calls, bench_gpu.kwargs
     bench_gpu.__dict__.pop("FAKE", None)
 
 
@@ -350,6 +354,11 @@ def test_parallel_slots_overlap_processes_and_keep_plan_order(bench_gpu,
     locks = {c[1]["gpu_lock"] for c in bench_gpu.calls}
     assert len(locks) == 1 and None not in locks
     assert not os.path.exists(locks.pop())  # removed afterwards
+    # Each starts between windows, its stopped seconds off its timeout,
+    # and ends by the budget's end whatever.
+    for given in bench_gpu.kwargs:
+        assert given["starting"] is not None and callable(given["paused"])
+        assert 0 < given["deadline"] - time.time() <= args.budget
     # JAX would take 75 % of the GPU at start; three at once must fit.
     for _, cfg, _, env in bench_gpu.calls:
         assert (env.get("XLA_PYTHON_CLIENT_MEM_FRACTION") == "0.27") == (
@@ -395,6 +404,31 @@ def test_a_process_starts_only_with_the_seconds_its_side_needs(
     assert bench_gpu.needs(args, "torch-compile") == 7.0
 
 
+def test_a_plan_too_big_for_its_phase_loses_its_last_processes(
+        bench_gpu, tmp_path, monkeypatch):
+    import types
+
+    import _harness
+
+    clock = [1000.0]  # each process takes 100 s of it
+    monkeypatch.setattr(bench_gpu, "time", types.SimpleNamespace(
+        perf_counter=lambda: clock[0], time=lambda: clock[0]))
+
+    def fake(target, cfg):
+        clock[0] += 100
+        return _harness.Isolated(fake_rows(cfg, cfg["strategies"]), 0, None)
+
+    bench_gpu.FAKE = fake
+    args = bench_gpu.parse_args(["--out-dir", str(tmp_path), "--budget",
+                                 "100", "--parallel", "1", "--sides", "kft",
+                                 "--strategies", "full"])
+    rows = bench_gpu.run_matrix(args, args.sides, lambda rows: None)
+    # 4 kft processes promised 45 s each: the first still gets its 45.
+    assert [r.get("status") for r in rows] == [None] + ["skipped"] * 3
+    assert [c[2] for c in bench_gpu.calls] == [45]
+    assert "0 s left in its phase" in rows[1]["error"]
+
+
 def test_rows_whose_process_warned_about_the_autotuner_are_marked(
         bench_gpu, tmp_path):
     import _harness
@@ -420,13 +454,25 @@ def test_paused_seconds_counts_other_processes_windows(tmp_path):
     import _gpu_steps
 
     log = tmp_path / _gpu_steps.PAUSES
-    log.write_text("1 100.0 -\n2 50.0 60.0\n")  # 1's window still runs
+    log.write_text("1 100.0 -\n2 50.0 60.0\n2 70.0 -\n")  # open ones
+    with open(log, "a") as f:
+        f.write("2 70.0 80.0\n")  # 2's second window ended
     assert _gpu_steps.paused_seconds(str(tmp_path), 90, 130, 3) == 30
-    assert _gpu_steps.paused_seconds(str(tmp_path), 0, 130, 3) == 40
-    assert _gpu_steps.paused_seconds(str(tmp_path), 0, 130, 1) == 10
+    assert _gpu_steps.paused_seconds(str(tmp_path), 0, 130, 3) == 50
+    assert _gpu_steps.paused_seconds(str(tmp_path), 0, 130, 1) == 20
     with open(log, "a") as f:
         f.write("1 100.0 110.0\n")  # it ended
     assert _gpu_steps.paused_seconds(str(tmp_path), 90, 130, 3) == 10
+    # A process killed inside its window never closes it: the others'
+    # deadlines would move with it for ever. Its end closes it.
+    with open(log, "a") as f:
+        f.write("4 200.0 -\n")
+    now = time.time()
+    _gpu_steps.close_windows(str(tmp_path), 4)
+    assert _gpu_steps.paused_seconds(str(tmp_path), 150, now + 1000, 3) \
+        == pytest.approx(now - 200, abs=5)
+    _gpu_steps.close_windows(str(tmp_path), 2)  # closed ones stay
+    _gpu_steps.close_windows(str(tmp_path / "none"), 2)  # no log yet
 
 
 SLEEPER = """\
@@ -451,6 +497,13 @@ def test_seconds_stopped_do_not_count_toward_a_timeout(tmp_path,
     run = _harness.run_isolated("sleeper:run", {"s": 3}, env=env,
                                 timeout=1.5, paused=lambda *_: 8.0)
     assert run.error is None and run.results[-1] == {"slept": 3}
+    # But not past the budget's end.
+    start = time.time()
+    run = _harness.run_isolated("sleeper:run", {"s": 30}, env=env,
+                                timeout=1.5, paused=lambda *_: 60.0,
+                                deadline=start + 2.5)
+    assert run.returncode is None and time.time() - start < 15
+    assert run.error.startswith("cut off at its deadline, after ")
 
 
 def test_a_killed_benchmark_leaves_no_process_and_keeps_the_rows(

@@ -908,6 +908,44 @@ def test_exif_orientation_is_applied(tmp_path, name):
                                atol=2)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied(tmp_path, orientation):
+    # Orientations 5-8 swap width and height; each of the 8 turns or
+    # mirrors the stored pixels as an image viewer shows them.
+    stored = np.random.default_rng(orientation).integers(
+        0, 256, (12, 20, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = str(tmp_path / "photo.png")
+    Image.fromarray(stored).save(path, exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).resize(
+        (6, 10), Image.BILINEAR))
+    np.testing.assert_array_equal(kft.data.load_image(path, (10, 6)),
+                                  expected)
+
+
+def test_crop_geometries_of_a_size_that_is_not_square(tmp_path):
+    # A 40x30 image for (height 16, width 24): "center_crop" takes the
+    # centered box of the size's aspect, crop_fraction of the largest
+    # one; "aspect_crop" the largest one itself (32x21.33 here).
+    path = _save(str(tmp_path / "a.png"), np.random.default_rng(0).integers(
+        0, 256, (30, 40, 3), np.uint8))
+    image = Image.open(path)
+
+    def box(fraction):
+        scale = min(40 / 24, 30 / 16) * fraction
+        w, h = 24 * scale, 16 * scale
+        return ((40 - w) / 2, (30 - h) / 2, (40 + w) / 2, (30 + h) / 2)
+
+    for geometry, fraction in (("center_crop", 0.875), ("center_crop", 0.5),
+                               ("aspect_crop", 0.5)):
+        expected = np.asarray(image.resize(
+            (24, 16), Image.BILINEAR,
+            box=box(1.0 if geometry == "aspect_crop" else fraction)))
+        np.testing.assert_array_equal(kft.data.load_image(
+            path, (16, 24), geometry, crop_fraction=fraction), expected)
+
+
 def test_from_directory_applies_exif_orientation_unless_told_not_to(
         tmp_path):
     root = _tree(tmp_path, splits=("train",), per_class=1)
@@ -940,6 +978,16 @@ def test_from_arrays_accepts_one_hot_labels():
         kft.data.from_arrays(x[:2], np.array([[1.0, 0.0], [0.6, 0.4]]))
     with pytest.raises(ValueError, match="one-hot rows of width 2"):
         kft.data.from_arrays(x, y, class_names=["a", "b"])
+
+
+def test_from_arrays_reads_a_column_of_labels_as_integer_labels():
+    # y of shape (n, 1), as a column from a table: class indices, not a
+    # one-hot of one class.
+    x = np.zeros((5, 4, 4, 3), np.uint8)
+    y = np.array([0, 2, 2, 1, 0])
+    column = kft.data.from_arrays(x, y[:, None], batch_size=5, shuffle=False)
+    assert column.class_counts == {"0": 2, "1": 1, "2": 2}
+    np.testing.assert_array_equal(next(iter(column))[1], y)
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])

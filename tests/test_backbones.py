@@ -414,3 +414,53 @@ def test_create_backbone_pools_when_asked():
     with pytest.raises(ValueError, match="Received: pooling='flatten'"):
         kft.create_backbone("simple_cnn", weights=None,
                             input_shape=(16, 16, 3), pooling="flatten")
+
+
+def _keras_backbones():
+    from kft.models.registry import get_backbone
+
+    specs = [get_backbone(name) for name in kft.list_backbones()]
+    return [s for s in specs
+            if s.constructor.__module__.startswith("keras.src.applications")]
+
+
+def test_each_backbone_normalises_pixels_as_its_keras_module_does():
+    # A pretrained backbone given another family's normalisation (DenseNet's
+    # "torch" as "caffe") trains and predicts on the wrong inputs, silently.
+    import importlib
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3))
+    x = x.astype("float32")
+    for spec in _keras_backbones():
+        module = importlib.import_module(spec.constructor.__module__)
+        expected = np.asarray(module.preprocess_input(x.copy()))
+        got = kft.layers.preprocessing(spec.preprocess, (5, 7, 3))(x)
+        np.testing.assert_allclose(got, expected, atol=1e-5,
+                                   err_msg=spec.name)
+
+
+def test_each_backbone_default_size_is_its_keras_constructors():
+    # The size its ImageNet weights were trained at (what `kft train` and
+    # `build_classifier` use without `input_shape`). Keras' constructors
+    # name it to `obtain_input_shape`, caught here before any layer.
+    from unittest import mock
+
+    from keras.src.applications import imagenet_utils
+
+    class Named(Exception):
+        pass
+
+    def named(*args, **kwargs):
+        raise Named(kwargs["default_size"])
+
+    checked = 0
+    for spec in _keras_backbones():
+        with mock.patch.object(imagenet_utils, "obtain_input_shape", named):
+            try:
+                spec.constructor(weights=None)
+            except Named as size:
+                assert spec.default_size == size.args[0], spec.name
+                checked += 1
+            else:  # MobileNetV3 takes no default size: 224 fixed
+                assert spec.default_size == 224, spec.name
+    assert checked >= 20

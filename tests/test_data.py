@@ -980,6 +980,23 @@ def test_from_arrays_accepts_one_hot_labels():
         kft.data.from_arrays(x, y, class_names=["a", "b"])
 
 
+def test_with_seed_moves_the_host_augmentation_draws():
+    # `kft.compare_strategies` runs each seed through `with_seed`: runs of
+    # different seeds must not share their augmentation (a spread over
+    # seeds too small), while one seed repeats.
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3))
+    data = kft.data.from_arrays(x.astype("float32"), np.arange(4) % 2,
+                                batch_size=4, shuffle=False,
+                                augmentation="light")
+
+    def first(seed):
+        return np.asarray(next(iter(data.with_seed(seed)))[0])
+
+    one = first(1)
+    assert not np.allclose(one, first(2))
+    np.testing.assert_array_equal(one, first(1))
+
+
 def test_from_arrays_reads_a_column_of_labels_as_integer_labels():
     # y of shape (n, 1), as a column from a table: class indices, not a
     # one-hot of one class.

@@ -482,3 +482,21 @@ def test_names_that_differ_only_in_unicode_form_are_named(tmp_path):
                                 class_names=[decomposed, "tea"])
     with pytest.raises(ValueError, match=note):
         kft.evaluate(model, data)
+
+
+def test_evaluate_classifier_reads_a_dataset_as_stored():
+    # A training dataset (balanced sampling, host augmentation) handed to
+    # the report: it counts each stored example once, unaugmented, not the
+    # resampled, augmented stream `fit` reads.
+    x = np.random.default_rng(0).uniform(0, 255, (12, 16, 16, 3))
+    x = x.astype("float32")
+    y = np.array([0] * 10 + [1] * 2)
+    data = kft.data.from_arrays(x, y, batch_size=4, sampling="balanced",
+                                augmentation="light")
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(16, 16, 3))
+    report = kft.evaluation.evaluate_classifier(model, data)
+    assert [report.per_class[c]["support"] for c in "01"] == [10, 2]
+    predicted = np.argmax(model.predict(x, verbose=0), -1)
+    assert report.accuracy == pytest.approx(np.mean(predicted == y))
+

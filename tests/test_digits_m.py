@@ -70,3 +70,16 @@ def test_images_larger_than_a_photo_get_an_enlarged_patch():
     assert 0 <= background.min() < background.max() <= 255
     np.testing.assert_allclose(out[:, :, :8], background[:, :, :8])
     np.testing.assert_allclose(out[:, :, 8:], 255.0 - background[:, :, 8:])
+
+
+def test_photo_patches_follow_the_seed():
+    # "seed: Seed of the split and of the patches."
+    from kft.data.digits_m import blend_with_photos
+
+    digits = np.zeros((4, 8, 8, 3))
+    first, other, again = (blend_with_photos(digits, seed=seed,
+                                             photos="sklearn")
+                           for seed in (0, 1, 0))
+    assert not np.array_equal(first, other)
+    np.testing.assert_array_equal(first, again)
+

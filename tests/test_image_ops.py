@@ -278,3 +278,30 @@ def test_layers_compute_with_image_ops_on_batches(ours, theirs, kwargs,
             lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     ours(seed=0, **kwargs)(IMAGES, training=True)
     assert calls == [1]
+
+
+def test_color_factors_above_one_draw_no_negative_scale():
+    # torchvision's ColorJitter draws in [max(0, 1 - f), 1 + f]: a
+    # negative factor would invert the colours.
+    layer = kft.augmentation.RandomSaturationScale(3.0, seed=0)
+    x = np.zeros((256, 1, 1, 3), "float32")
+    x[..., 0], x[..., 1] = 200.0, 100.0
+    out = np.asarray(layer(x, training=True))[:, 0, 0]
+    # Red and green move apart from their gray by the drawn factor: red
+    # stays above green for every factor >= 0 (clipping keeps the order).
+    assert (out[:, 0] >= out[:, 1]).all() and (out[:, 0] > out[:, 1]).any()
+
+
+def test_gaussian_blur_reflects_at_the_border():
+    # torchvision pads with "reflect" (1 0 | 0 1 ...), not "symmetric":
+    # [10, 1, 0, 0, 0] with a 3-tap kernel of sigma 1 sees 1 left of 10.
+    image = np.zeros((1, 1, 5, 1), "float32")
+    image[0, 0, :2, 0] = [10.0, 1.0]
+    out = np.asarray(kft.augmentation.GaussianBlur(3, sigma=(1.0, 1.0),
+                                                   seed=0)(image,
+                                                           training=True))
+    taps = np.exp(-0.5 * np.array([-1.0, 0.0, 1.0]) ** 2)
+    taps /= taps.sum()
+    expected = taps @ np.array([1.0, 10.0, 1.0])
+    assert out[0, 0, 0, 0] == pytest.approx(expected, rel=1e-5)
+

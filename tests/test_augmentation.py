@@ -646,3 +646,43 @@ def test_nearby_seeds_share_no_layer_seed(preset):
              kft.augmentation.augmentation(preset, seed=seed).layers
              if getattr(layer, "seed", None) is not None]
     assert len(seeds) == len(set(seeds)) > 4
+
+
+def _preset_config(preset, layer_name):
+    """The config of the preset's one layer of class `layer_name`."""
+    found = [layer.get_config() for layer in
+             kft.augmentation.augmentation(preset).layers
+             if type(layer).__name__ == layer_name]
+    assert len(found) == 1, (preset, layer_name)
+    return found[0]
+
+
+# The documented preset settings: `kft.augmentation.augmentation`'s
+# docstring ("standard": "15 degree rotation ... grayscale p=0.1 ...
+# random erasing p=0.2"; "strong": "RandAugment(num_ops=2), random erasing
+# p=0.25") and README.md's augmentation paragraph ("rotation 15 degrees,
+# ... grayscale p=0.1, ... random erasing p=0.2").  Behaviour tests above
+# pass with other strengths, so the settings are pinned here.
+def test_standard_preset_rotates_at_most_15_degrees():
+    # Keras' RandomRotation factor is a fraction of a full turn.
+    low, high = _preset_config("standard", "RandomRotation")["factor"]
+    assert low * 360 == pytest.approx(-15) and high * 360 == pytest.approx(15)
+
+
+def test_standard_preset_grays_one_image_in_ten():
+    assert _preset_config("standard", "RandomGrayscale")["factor"] == \
+        pytest.approx(0.1)
+
+
+def test_strong_preset_runs_two_randaugment_operations():
+    assert _preset_config("strong", "RandAugment")["num_ops"] == 2
+
+
+def test_presets_erase_with_their_documented_probability():
+    # Keras' RandomErasing draws its probability from `factor`; the
+    # docstring also names strong's area scale 0.02-0.33.
+    strong = _preset_config("strong", "RandomErasing")
+    assert tuple(strong["factor"]) == pytest.approx((0.25, 0.25))
+    assert tuple(strong["scale"]) == pytest.approx((0.02, 0.33))
+    standard = _preset_config("standard", "RandomErasing")
+    assert tuple(standard["factor"]) == pytest.approx((0.2, 0.2))

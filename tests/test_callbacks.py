@@ -631,6 +631,32 @@ def test_compile_notice_times_a_partial_last_batch():
     assert len(started) == 2
 
 
+def test_compile_notice_is_silent_once_the_step_has_ended(monkeypatch):
+    # Its timer fires `after` seconds past a step's start unless the step
+    # ends first: a step that compiled quickly must cancel it, or the
+    # notice "compiling..." comes in the middle of training.
+    import time
+
+    from kft import _compat
+
+    printed, ended = [], []
+    monkeypatch.setattr(_compat, "print_msg", lambda message: printed.append(
+        (time.perf_counter(), message)))
+    x, y = _data(8)
+    for warm in (True, False):  # the second step loads from the cache
+        model = _model()
+        model.compile(keras.optimizers.SGD(0.01), LOSS)
+        marks = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda *_, **__: ended.append(
+                time.perf_counter()),
+            on_epoch_end=lambda *_, **__: time.sleep(1.0))
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[
+            kft.callbacks.CompileNotice(after=0.5)]
+            + ([] if warm else [marks]))
+    # A slow compile may be noticed, while it runs; nothing after it.
+    assert all(when < ended[0] for when, _ in printed), printed
+
+
 def test_compile_notice_does_not_copy_the_models_state_every_batch(
         monkeypatch):
     # Keras' `callback.model` on JAX writes the running step's state back

@@ -1211,6 +1211,14 @@ def test_a_run_resumes_and_repeats_from_another_folder(tmp_path, capsys,
     saved = kft.runs.load_config(out / "config.toml")
     assert saved.data_dir == str(start / "data") and saved.out == "runs/r"
     monkeypatch.setattr(backup_module.RunBackup, "on_epoch_end", real_end)
+    # A run started long before its resumes (the first attempt's time in
+    # seconds could equal a resume's): the resumes keep it.
+    started = "2001-02-03T04:05:06"
+    with open(out / "run.json") as f:
+        info = json.load(f)
+    assert info["started"] and "resume_commands" not in info
+    with open(out / "run.json", "w") as f:
+        json.dump({**info, "started": started}, f)
     monkeypatch.chdir(elsewhere)
     os.rename(start / "data", start / "moved")
     code, err = _usage_error(["train", "--resume", "--out", str(out)],
@@ -1219,18 +1227,41 @@ def test_a_run_resumes_and_repeats_from_another_folder(tmp_path, capsys,
         f"Data folder {str(start / 'data')!r} does not exist (named in "
         f"{str(out / 'config.toml')!r})") in err
     os.rename(start / "moved", start / "data")
+    # A first resume interrupted too (before any epoch): the next resume
+    # lists both.
+    real_begin = backup_module.RunBackup.on_train_begin
+
+    def interrupt(self, logs=None):
+        raise _Interrupted
+
+    monkeypatch.setattr(backup_module.RunBackup, "on_train_begin", interrupt)
+    assert cli.main(["train", "--resume", "--out", str(out), "--quiet"]) == 1
+    monkeypatch.setattr(backup_module.RunBackup, "on_train_begin",
+                        real_begin)
+    capsys.readouterr()
     assert cli.main(["train", "--resume", "--out", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["resumed"] and printed["out"] == str(out)
     # run.json keeps the command that started the run (the resume had
-    # replaced it) and lists the resume's.
+    # replaced it), its start time, and lists every resume's command (a
+    # second resume had dropped the first's).
     with open(out / "run.json") as f:
         info = json.load(f)
     assert info["command"][:3] == ["kft", "train", "data"]
+    assert info["started"] == started
     assert info["resume_commands"] == [
+        ["kft", "train", "--resume", "--out", str(out), "--quiet"],
         ["kft", "train", "--resume", "--out", str(out), "--json"]]
     with open(out / "history.json") as f:
-        assert [row["phase"] for row in json.load(f)] == [1, 2]
+        history = json.load(f)
+    assert [row["phase"] for row in history] == [1, 2]
+    # summary.md counts the kept epoch from 1, as history.json's `epoch`
+    # (run.json's `best_epoch` is 0-based).
+    kept = history[info["best_epoch"]]
+    assert kept["epoch"] == info["best_epoch"] + 1
+    assert kept[info["monitor"]] == pytest.approx(info["best_value"])
+    summary = (out / "summary.md").read_text()
+    assert f"Kept epoch {kept['epoch']} of 2 ({info['monitor']} = " in summary
     assert os.listdir(elsewhere) == []  # nothing written here
     assert cli.main(["train", "--config", str(out / "config.toml"),
                      "--strategy", "feature_extraction", "--epochs", "0",

@@ -566,3 +566,83 @@ def test_each_run_measures_its_peak_from_a_trimmed_heap(data, monkeypatch):
         data.target_test, strategies=[untrained], seeds=[0, 1], epochs=2,
         head_epochs=1)
     assert events == ["trim", "measure"] * 2
+
+
+def _record(strategy, seed, value=None, **extra):
+    """A hand-made run record (`error` when `value` is None)."""
+    if value is None:
+        return {"strategy": strategy, "seed": seed, "error": "E: diverged"}
+    return {"strategy": strategy, "seed": seed,
+            "metrics": {"accuracy": 0.9, **value}, **extra}
+
+
+def test_expected_calibration_error_is_lower_is_better():
+    # ECE is one of the report's metrics: the best strategy is the best
+    # calibrated one (smallest ECE), and the others are compared with it.
+    ece = "expected_calibration_error"
+    runs = [_record("a", i, {ece: e}) for i, e in enumerate([0.02, 0.03,
+                                                             0.025])]
+    runs += [_record("b", i, {ece: e}) for i, e in enumerate([0.20, 0.25,
+                                                             0.22])]
+    result = kft.StrategyComparison(runs, ["b", "a"], [0, 1, 2], ece)
+    assert result.lower_is_better and result.best == "a"
+    row = {r["strategy"]: r for r in result.table()}["b"]
+    # b minus the best, seed by seed: positive (b is worse calibrated).
+    assert row["difference"] == pytest.approx(
+        np.mean([0.20, 0.25, 0.22]) - np.mean([0.02, 0.03, 0.025]))
+    assert "**a** (best)" in result.to_markdown()
+
+
+def test_holm_p_values_keep_the_order_of_the_raw_p_values():
+    # b's raw p < c's raw p < 2 * b's: Holm multiplies b's by 2 and c's
+    # by 1, then keeps them monotone, so c's adjusted p is 2 * p_b, not its
+    # raw p_c (which would make c "significant" while b is not).
+    a = [0.914, 0.877, 0.854, 0.852]
+    b = [0.885, 0.863, 0.806, 0.797]
+    c = [0.898, 0.845, 0.827, 0.796]
+    runs = [_record(s, i, {"accuracy": v})
+            for s, values in (("a", a), ("b", b), ("c", c))
+            for i, v in enumerate(values)]
+    rows = {r["strategy"]: r for r in kft.StrategyComparison(
+        runs, ["a", "b", "c"], [0, 1, 2, 3], "accuracy").table()}
+    p_b, p_c = stats.ttest_rel(b, a).pvalue, stats.ttest_rel(c, a).pvalue
+    assert p_b < p_c < 2 * p_b  # the case the monotone step is for
+    assert rows["b"]["p"] == pytest.approx(p_b)
+    assert rows["c"]["p"] == pytest.approx(p_c)
+    assert rows["b"]["p_holm"] == pytest.approx(2 * p_b)
+    assert rows["c"]["p_holm"] == pytest.approx(max(2 * p_b, p_c))
+    assert rows["c"]["p_holm"] >= rows["b"]["p_holm"]
+    assert rows["a"]["p_holm"] is None
+
+
+def test_a_failed_run_pairs_the_others_by_seed():
+    # a failed on seed 0, b on seed 2: the only seed both finished is 1,
+    # so b's difference is 0.89 - 0.90, not b's seed-0 value against a's
+    # seed-1 value.
+    runs = [_record("a", 0), _record("a", 1, {"accuracy": 0.90}),
+            _record("a", 2, {"accuracy": 0.95}),
+            _record("b", 0, {"accuracy": 0.50}),
+            _record("b", 1, {"accuracy": 0.89}), _record("b", 2)]
+    result = kft.StrategyComparison(runs, ["a", "b"], [0, 1, 2], "accuracy")
+    assert result.best == "a"
+    row = {r["strategy"]: r for r in result.table()}["b"]
+    assert row["difference"] == pytest.approx(-0.01)
+    assert row["n"] == 2 and row["failed"] == 1
+    assert row["p"] is None  # one pair: not testable
+
+
+def test_costs_are_the_median_time_the_largest_memory_the_mean_params():
+    # `table` documents the median `train_time` (the first run pays for
+    # XLA compilation), the largest `peak_memory_mib` and the mean
+    # `trainable_params`; the numbers are chosen so that mean, median and
+    # max all differ.
+    runs = [_record("a", i, {"accuracy": v}, train_time=t,
+                    peak_memory_mib=m, trainable_params=p)
+            for i, (v, t, m, p) in enumerate([(0.9, 10.0, 100.0, 10),
+                                              (0.8, 1.0, 300.0, 10),
+                                              (0.7, 2.0, 200.0, 40)])]
+    row = kft.StrategyComparison(runs, ["a"], [0, 1, 2],
+                                 "accuracy").table()[0]
+    assert row["train_time"] == pytest.approx(2.0)
+    assert row["peak_memory_mib"] == pytest.approx(300.0)
+    assert row["trainable_params"] == pytest.approx(20.0)

@@ -475,3 +475,33 @@ def test_curves_place_validation_logged_every_kth_epoch():
         warnings.simplefilter("error")
         curves, _ = merge([{"loss": [2, 1]}, {"loss": [1], "lr": [0.1]}])
     assert np.isnan(curves["lr"][:2]).all()
+
+
+def test_reliability_bars_span_their_confidence_bins():
+    # Equal-width bins of the top probability (`EvaluationReport`): bin i
+    # holds confidences in [i/bins, (i+1)/bins], so its accuracy bar must
+    # cover exactly that range; bars half a bin to the left drew every
+    # accuracy against the wrong confidence.  Confidences 0.95 (bin 4,
+    # right) and 0.7 (bin 3, wrong), 5 bins.
+    import matplotlib.pyplot as plt
+
+    from kft.evaluation.plots import plot_reliability
+
+    report = report_from_predictions(
+        [0, 1], np.array([[0.95, 0.05], [0.7, 0.3]]), num_bins=5)
+    assert report.bin_count.tolist() == [0, 0, 0, 1, 1]
+    fig = plot_reliability(report)
+    top, bottom = fig.axes[:2]
+    spans = [(p.get_x(), p.get_x() + p.get_width(), p.get_height())
+             for p in top.patches]
+    np.testing.assert_allclose(spans, [(0.6, 0.8, 0.0), (0.8, 1.0, 1.0)],
+                               atol=1e-9)
+    # The count bars below: one per bin, on the same edges.
+    np.testing.assert_allclose(
+        [(p.get_x(), p.get_x() + p.get_width()) for p in bottom.patches],
+        [(i / 5, (i + 1) / 5) for i in range(5)], atol=1e-9)
+    # Each bin's mean confidence is drawn at its bar's centre.
+    points = [line for line in top.lines if line.get_marker() == "o"][0]
+    np.testing.assert_allclose(points.get_xdata(), [0.7, 0.9])
+    np.testing.assert_allclose(points.get_ydata(), [0.7, 0.95])
+    plt.close(fig)

@@ -438,3 +438,20 @@ def test_fit_head_takes_class_weight_as_the_models_fit_does():
                  verbose=0)
     assert not all(np.allclose(value, trained[0][path])
                    for path, value in _head_weights(model).items())
+
+
+def test_fit_head_keeps_the_models_weighted_metrics():
+    # The head model is compiled as the model was: with class weights the
+    # model's `weighted_metrics` must be logged on the cache too (they
+    # were silently dropped, so `fine_tune`'s cached head phase lacked
+    # them while the later phases had them).
+    x, y = _data(n=8)
+    model = _model(head="linear", dropout=0.0)
+    model.compile(keras.optimizers.SGD(0.1),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], weighted_metrics=["accuracy"])
+    cache = kft.cache_features(model, (x, y), batch_size=8, verbose=0)
+    history = kft.fit_head(model, cache, epochs=1, batch_size=8, verbose=0,
+                           class_weight={0: 1.0, 1: 3.0, 2: 1.0})
+    assert sorted(history.history) == ["accuracy", "loss",
+                                       "weighted_accuracy"]

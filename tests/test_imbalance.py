@@ -341,3 +341,25 @@ def test_weights_for_a_dataset_that_balances_already_are_refused():
     with pytest.raises(ValueError, match="sampling='balanced'"):
         kft.fine_tune(model, balanced, class_weight={0: 2.0}, verbose=0)
     assert resolve_class_weight(None, balanced, 2) is None
+
+
+def test_balanced_sampling_draws_every_example_of_a_large_class():
+    # Balancing chooses the class first, then any of its examples: a large
+    # class must not be cut to the first min(class size) of its examples
+    # (class balance alone would look perfect then, but 80% of class 1
+    # would never be trained on).  Pixel value = example index.
+    y = np.array([0] * 2 + [1] * 10)
+    x = np.arange(12, dtype="float32")[:, None, None, None] * np.ones(
+        (1, 2, 2, 3), "float32")
+    dataset = kft.data.from_arrays(x, y, batch_size=4, seed=0,
+                                   augmentation="none", sampling="balanced")
+    drawn = np.concatenate([
+        np.asarray(images)[:, 0, 0, 0].astype(int)
+        for _ in range(40) for images, _ in dataset])
+    counts = np.bincount(drawn, minlength=12)
+    assert len(drawn) == 480 and counts.sum() == 480
+    # ~240 draws per class; within class 1 each of the 10 examples is
+    # drawn ~24 times (binomial sd ~4.7), within class 0 each ~120.
+    assert np.all(counts[2:] >= 8), counts.tolist()
+    assert np.all(counts[2:] <= 45), counts.tolist()
+    assert np.all(abs(counts[:2] - 120) < 40), counts.tolist()

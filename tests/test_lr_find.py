@@ -251,3 +251,22 @@ def test_ramp_starts_at_start_after_the_optimizer_has_stepped():
     assert len(used.raw_losses) == len(fresh.raw_losses) == 20
     np.testing.assert_array_equal(used.learning_rates, fresh.learning_rates)
     np.testing.assert_allclose(used.raw_losses, fresh.raw_losses, rtol=1e-6)
+
+
+def test_a_run_that_stopped_early_still_gets_its_suggestions():
+    # A 100-step range test that stopped (diverged) at step 16: the
+    # window that skips the first tenth and the last SKIP_END points is
+    # too short (1 point), so the whole recorded curve is used, and
+    # `kft train --lr find` still has a rate to train at.
+    from kft.training.lr_find import suggest
+
+    rates = np.logspace(-6, -3, 16)
+    losses = np.linspace(2.0, 1.0, 16)
+    found = suggest(rates, losses, 100)
+    assert sorted(found) == ["minimum", "steep", "valley"]
+    # The lowest loss is the last point: minimum / 10.
+    assert found["minimum"].learning_rate == pytest.approx(rates[-1] / 10)
+    assert found["steep"].learning_rate in rates
+    # One decreasing stretch over the 16 points: fastai's valley index
+    # -1 + int(16 / 3) + int(16 / 6) = 6.
+    assert found["valley"].learning_rate == pytest.approx(rates[6])

@@ -430,3 +430,17 @@ def test_saved_files_do_not_record_a_temporary_name(tmp_path, monkeypatch):
     plots.plot_confusion_matrix(report, path=tmp_path / "sub" / "cm.pgf")
     assert saved == [str(tmp_path / "sub" / "cm.pgf")]
     assert (tmp_path / "sub").is_dir()
+
+
+def test_a_phase_start_is_not_drawn_as_a_stage_start_too():
+    # Phase 2 begins with one block more than the head phase had: that
+    # growth is the phase line; only the unfreezing inside phase 2 (epoch
+    # 4, counted from 0) gets a stage line.
+    from kft.evaluation._history import merge
+    from kft.evaluation._history import stage_starts
+
+    curves, phase_starts = merge([
+        {"loss": [1.0, 1.0], "unfrozen_blocks": [0, 0]},
+        {"loss": [1.0, 1.0, 1.0], "unfrozen_blocks": [1, 1, 2]}])
+    assert phase_starts == [2]
+    assert stage_starts(curves, phase_starts) == [4]

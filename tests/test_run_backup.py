@@ -171,6 +171,37 @@ def test_an_epoch_with_weights_that_are_not_finite_is_not_saved_as_best(
     assert np.isfinite(kernel.value).all()
 
 
+def test_an_accuracy_monitor_keeps_the_most_accurate_epoch(tmp_path):
+    # Every other test monitors a loss, where "min" is right anyway: a
+    # backup choosing by "min" whatever its mode kept the least accurate
+    # epoch of `kft train --monitor val_accuracy` as model.keras.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True),
+                  metrics=["accuracy"])
+    model.evaluate(np.ones((2, 2)), np.zeros(2), verbose=0)  # its metrics
+    # mode="auto", as `kft train` makes it: "max" from the metric.
+    backup = RunBackup(tmp_path, model, monitor="val_accuracy",
+                       print_fn=None)
+    backup.set_model(model)
+    backup._inner = keras.callbacks.Callback()  # the checkpoint, not tested
+    kernel = model.layers[-1].kernel
+    values = [0.5, 0.9, 0.6]
+    for epoch, value in enumerate(values):
+        kernel.assign(np.full(kernel.shape, epoch, "float32"))
+        backup.on_epoch_end(epoch, {"val_accuracy": value, "val_loss": 1.0})
+    assert backup.mode == "max"
+    best = int(np.argmax(values))
+    assert (backup.best_epoch, backup.best_value) == (best, 0.9)
+    kernel.assign(np.full(kernel.shape, -1, "float32"))
+    assert backup.load_best()
+    np.testing.assert_array_equal(kernel.value, best)
+    # What a resume (and `kft train`'s run.json) reads back.
+    again = RunBackup(tmp_path, model, monitor="val_accuracy",
+                      print_fn=None)
+    assert (again.best_epoch, again.best_value, again.mode) == (
+        best, 0.9, "max")
+
+
 def test_the_best_file_holds_the_weights_without_the_optimizer(tmp_path):
     # Keras' save_weights writes the optimizer's slots too (Adam: 2/3 of
     # the file, 180 of 277 MB for ResNet50), at every improving epoch;

@@ -312,6 +312,20 @@ def test_training_refuses_data_naming_the_models_classes_otherwise():
     with pytest.raises(ValueError, match=r"`x` has 7 classes .* but the "
                        r"model outputs 3"):
         model.fit(seven, epochs=1, verbose=0)
+    # One class more than the outputs, the closest case: label 3 trained
+    # silently on (JAX gathers a label past the last column as loss 0).
+    four = kft.data.from_arrays(np.zeros((4, 8, 8, 3), "float32"),
+                                np.arange(4), batch_size=4)
+    with pytest.raises(ValueError, match=r"`x` has 4 classes .* but the "
+                       r"model outputs 3"):
+        model.fit(four, epochs=1, verbose=0)
+    three = kft.data.from_arrays(x, np.arange(6) % 3, batch_size=3)
+    for train, val, name in ((four, None, "train_data"),
+                             (three, four, "val_data")):
+        with pytest.raises(ValueError, match=rf"`{name}` has 4 classes "
+                           r".* but the model outputs 3"):
+            kft.fine_tune(model, train, val, cache_features=False,
+                          verbose=0)
     # The model's first classes, in its order (a subset), and numbered
     # classes train as before.
     for names in (["cat", "dog"], None):

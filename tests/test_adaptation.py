@@ -107,6 +107,18 @@ def _numpy_mmd(a, b, bandwidth, kernel_num=5, kernel_mul=2.0):
             - 2 * k(a, b).mean())
 
 
+def test_mmd_with_its_default_bandwidth_ignores_the_features_scale():
+    # The default bandwidth is the mean squared pair distance: scaling the
+    # features scales it alike (features of a small scale, as a frozen
+    # backbone's pooled outputs can be, are measured as any other).
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(64, 4)), rng.normal(size=(64, 4)) + 0.5
+    unscaled = float(kft.mmd(a, b))
+    for scale in (1e-3, 0.05, 1e3):
+        assert float(kft.mmd(a * scale, b * scale)) == pytest.approx(
+            unscaled, rel=1e-3)
+
+
 def test_mmd_zero_for_one_distribution_grows_with_shift_matches_numpy():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(120, 3)), rng.normal(size=(100, 3))

@@ -338,8 +338,11 @@ def test_eval_keeps_an_existing_report_unless_told(run_folder, tmp_path,
     assert ("already holds a report (evaluation.json); pass --overwrite"
             in capsys.readouterr().err)
     assert (tmp_path / "evaluation.json").read_text() == "{}"
+    # --overwrite --no-plots: the earlier report's plots go with it.
+    (tmp_path / "confusion_matrix.png").write_bytes(b"old")
     assert cli.main(argv + ["--overwrite"]) == 0
     assert "accuracy" in (tmp_path / "evaluation.json").read_text()
+    assert not (tmp_path / "confusion_matrix.png").exists()
     assert capsys.readouterr().err == ""  # --quiet: no progress bar
     # Without --quiet a progress bar over the batches, on stderr; the
     # report on stdout.

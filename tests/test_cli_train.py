@@ -257,6 +257,11 @@ def test_predict_matches_the_library(run, folder, capsys):
     assert _top1(printed) == [(r.source, r.indices[0]) for r in library]
     assert {r["labels"][0] for r in printed} <= {"class0", "class1",
                                                  "class2"}
+    # --top-k 2: two indices per image, naming its two labels.
+    names = kft.load_run(run).class_names
+    for r in printed:
+        assert len(r["indices"]) == 2
+        assert [names[i] for i in r["indices"]] == r["labels"]
     image = os.path.join(folder, "class1", "0.png")
     assert cli.main(["predict", run, image]) == 0
     line = capsys.readouterr().out.strip()
@@ -269,7 +274,9 @@ def test_export_onnx_and_predict_from_it(run, folder, tmp_path, capsys):
     out = str(tmp_path / "model.onnx")
     assert cli.main(["export", run, "--format", "onnx", "--out", out,
                      "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["out"] == out
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["out"] == out
+    assert printed["bytes"] == os.path.getsize(out) > 0
     assert cli.main(["predict", out, folder, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert _top1(printed) == [(r.source, r.indices[0])
@@ -281,13 +288,25 @@ def test_export_onnx_and_predict_from_it(run, folder, tmp_path, capsys):
     keras_file = str(tmp_path / "inference.keras")
     assert cli.main(["export", run, "--format", "keras", "--out",
                      keras_file, "--json"]) == 0
+    # (--batch 1: a static first dimension, in the graph and the
+    # metadata.)
     again = str(tmp_path / "again.onnx")
+    capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        assert cli.main(["export", keras_file, "--out", again,
-                         "--json"]) == 0
-    assert kft.deploy.read_metadata(again)["class_names"] == [
-        "class0", "class1", "class2"]
+        assert cli.main(["export", keras_file, "--out", again, "--batch",
+                         "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bytes"] == (
+        os.path.getsize(again))
+    meta = kft.deploy.read_metadata(again)
+    assert meta["class_names"] == ["class0", "class1", "class2"]
+    assert meta["batch"] == 1
+    import onnx
+
+    graph = onnx.load(again).graph
+    initialisers = {i.name for i in graph.initializer}
+    (first,) = [i for i in graph.input if i.name not in initialisers]
+    assert first.type.tensor_type.shape.dim[0].dim_value == 1
     # A file exported with probabilities has no logits to give: said by
     # the flag (it read "Argument `output`").
     probabilities = str(tmp_path / "probabilities.keras")
@@ -301,8 +320,18 @@ def test_export_onnx_and_predict_from_it(run, folder, tmp_path, capsys):
             "probabilities") in err
 
 
-def test_lr_find_suggests_rates_and_plots(folder, tmp_path, capsys):
+def test_lr_find_suggests_rates_and_plots(folder, tmp_path, capsys,
+                                         monkeypatch):
     plot = tmp_path / "lr.png"
+    from kft.runs import lr
+
+    found, find_rate = [], lr.find_rate
+
+    def spy(*args, **kwargs):
+        found.append(find_rate(*args, **kwargs))
+        return found[-1]
+
+    monkeypatch.setattr("kft.runs.lr.find_rate", spy)
     assert cli.main(["lr-find", folder, "--backbone", "simple_cnn",
                      "--weights", "none", "--image-size", "16",
                      "--batch-size", "8", "--augment", "none", "--steps",
@@ -310,6 +339,12 @@ def test_lr_find_suggests_rates_and_plots(folder, tmp_path, capsys):
                      str(plot), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["suggestions"] and 0 < printed["steps"] <= 12
+    # The steps run and the plot written, as given.
+    (_, result), = found
+    assert printed["steps"] == len(result.learning_rates)
+    if result.stop_reason is None:
+        assert printed["steps"] == 12
+    assert printed["plot"] == str(plot)
     # "minimum" is a tenth of a rate on the ramp: it may be below --start.
     assert all(0 < rate <= 1 for rate in printed["suggestions"].values())
     assert plot.stat().st_size > 0

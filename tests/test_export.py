@@ -65,6 +65,7 @@ def test_simple_cnn_dynamic_and_static_batch(simple):
         assert {o.domain: o.version for o in proto.opset_import}[""] == opset
         meta = read_metadata(path)
         assert meta["opset"] == opset
+        assert meta["batch"] == ("dynamic" if batch == "batch" else 1)
         assert meta["class_names"] == ["a", "b", "c"]
         assert meta["backbone"] == "simple_cnn"
         assert meta["preprocessing"] == "tf"

@@ -605,3 +605,20 @@ def test_mixing_layers_refuse_seeds_out_of_range(layer, seed):
                        rf"\[0, 4294967295\]\. Received: seed={seed}"):
         layer(seed=seed)
     assert layer(seed=np.uint32(2**32 - 1)).seed == 2**32 - 1
+
+
+def test_switch_prob_is_the_share_of_cutmix_draws():
+    # timm's switch_prob: the chance of CutMix instead of Mixup. Image i
+    # holds the value i: Mixup blends it into one value, CutMix pastes a
+    # box of its partner's (two values).
+    n = 1000
+    images = np.broadcast_to(np.arange(n, dtype="float32")[:, None, None,
+                                                           None],
+                             (n, 8, 8, 3)).copy()
+    layer = MixUpOrCutMix(1.0, 1.0, switch_prob=0.2, num_classes=4,
+                          mode="sample", seed=0)
+    mixed, _ = layer((images, np.arange(n) % 4))
+    values = [len(np.unique(image)) for image in np.asarray(mixed)]
+    assert set(values) <= {1, 2}
+    assert np.mean(np.equal(values, 2)) == pytest.approx(0.2, abs=0.05)
+

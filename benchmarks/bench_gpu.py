@@ -67,8 +67,9 @@ than one at a time (the others' CPU work, not held by the lock, is the
 likely cause). Overlapping first calls make "compile s" longer than
 alone and the autotuners' trials noisier: a window can stop a process
 while its autotuner times a kernel, so every row keeps the end of its
-process's stderr (`log_tail`) and a row whose stderr mentions the
-autotuner is marked (`autotune_warnings`, and a note under the table);
+process's stderr (`log_tail`) and a row whose stderr has XLA's
+autotuner warnings ("delay kernel timed out", "sub-optimal accuracy") is
+marked (`autotune_warnings`, and a note under the table);
 `--parallel 1` runs one process at a time.
 Results: `matrix.json` (rewritten after every process), `rows.jsonl`
 (every row as its process makes it, kept if this script is killed) and

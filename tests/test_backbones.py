@@ -455,12 +455,16 @@ def test_each_backbone_default_size_is_its_keras_constructors():
 
     checked = 0
     for spec in _keras_backbones():
+        if spec.constructor.__module__.endswith("mobilenet_v3"):
+            # Takes no default size (224 fixed): building it is slow.
+            assert spec.default_size == 224, spec.name
+            continue
         with mock.patch.object(imagenet_utils, "obtain_input_shape", named):
             try:
                 spec.constructor(weights=None)
             except Named as size:
                 assert spec.default_size == size.args[0], spec.name
                 checked += 1
-            else:  # MobileNetV3 takes no default size: 224 fixed
-                assert spec.default_size == 224, spec.name
+            else:
+                raise AssertionError(f"{spec.name}: no default size named")
     assert checked >= 20

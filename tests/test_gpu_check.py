@@ -491,17 +491,17 @@ def test_seconds_stopped_do_not_count_toward_a_timeout(tmp_path,
 
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     env = {"PYTHONPATH": str(tmp_path)}
-    run = _harness.run_isolated("sleeper:run", {"s": 3}, env=env,
-                                timeout=1.5)
+    run = _harness.run_isolated("sleeper:run", {"s": 2}, env=env,
+                                timeout=1.0)
     assert run.returncode is None and len(run.results) <= 1
-    run = _harness.run_isolated("sleeper:run", {"s": 3}, env=env,
-                                timeout=1.5, paused=lambda *_: 8.0)
-    assert run.error is None and run.results[-1] == {"slept": 3}
+    run = _harness.run_isolated("sleeper:run", {"s": 2}, env=env,
+                                timeout=1.0, paused=lambda *_: 8.0)
+    assert run.error is None and run.results[-1] == {"slept": 2}
     # But not past the budget's end.
     start = time.time()
     run = _harness.run_isolated("sleeper:run", {"s": 30}, env=env,
-                                timeout=1.5, paused=lambda *_: 60.0,
-                                deadline=start + 2.5)
+                                timeout=1.0, paused=lambda *_: 60.0,
+                                deadline=start + 1.5)
     assert run.returncode is None and time.time() - start < 15
     assert run.error.startswith("cut off at its deadline, after ")
 

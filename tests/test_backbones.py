@@ -468,3 +468,24 @@ def test_each_backbone_default_size_is_its_keras_constructors():
             else:
                 raise AssertionError(f"{spec.name}: no default size named")
     assert checked >= 20
+
+
+def test_a_name_two_registered_backbones_match_is_refused_naming_both():
+    # Names match case, `_` and `-` aside only while one registered name
+    # is left: "My-Net" for "my_net" and "mynet" picked the first.
+    import dataclasses
+
+    from kft.models.registry import get_backbone
+    from kft.models.registry import unregister_backbone
+
+    spec = get_backbone("simple_cnn")
+    for name in ("my_net", "mynet"):
+        kft.register_backbone(dataclasses.replace(spec, name=name))
+    try:
+        assert get_backbone("MY_NET").name == "my_net"  # case alone: one
+        with pytest.raises(ValueError, match="Did you mean 'my_net' or "
+                           "'mynet'"):
+            get_backbone("My-Net")
+    finally:
+        for name in ("my_net", "mynet"):
+            unregister_backbone(name)

@@ -125,18 +125,11 @@ def _log_window(proc_dir, text):
 def close_windows(proc_dir, pid):
     """Closes, as of now, the timed windows process group `pid` left open
     (killed inside one: its `timed_section` never ended)."""
-    path = os.path.join(proc_dir or "", PAUSES)
-    try:
-        with open(path) as log:
-            lines = [line.split() for line in log]
-    except FileNotFoundError:
-        return
-    mine = [line for line in lines if len(line) == 3 and line[0] == str(pid)]
-    closed = {begin for _, begin, end in mine if end != "-"}
-    left_open = [begin for _, begin, end in mine
-                 if end == "-" and begin not in closed]
+    left_open = [begin for (owner, begin), end
+                 in _logged_windows(proc_dir).items()
+                 if owner == str(pid) and end is None]
     if left_open:
-        with open(path, "a") as log:
+        with open(os.path.join(proc_dir, PAUSES), "a") as log:
             log.write("".join(f"{pid} {begin} {time.time()}\n"
                               for begin in left_open))
 
@@ -235,24 +228,31 @@ def _first_call(cfg, run):
                                         os.getpgid(0))
 
 
+def _logged_windows(proc_dir):
+    """`{(owner, begin): end}` of the windows' log (strings as written;
+    end None while the window is open), or `{}` without a log."""
+    try:
+        with open(os.path.join(proc_dir or "", PAUSES)) as log:
+            lines = [line.split() for line in log]
+    except FileNotFoundError:
+        return {}
+    windows = {}
+    for owner, begin, end in (line for line in lines if len(line) == 3):
+        if end != "-" or (owner, begin) not in windows:  # closed wins
+            windows[owner, begin] = None if end == "-" else end
+    return windows
+
+
 def paused_seconds(proc_dir, start, end, pid=None):
     """Seconds of [start, end] (`time.time()`) inside the timed windows
     logged in `proc_dir` by processes other than `pid`, during which a
     process registered before them (`pid`) was stopped; a window still
     running counts up to `end`."""
-    try:
-        with open(os.path.join(proc_dir or "", PAUSES)) as log:
-            lines = [line.split() for line in log]
-    except FileNotFoundError:
-        return 0.0
-    windows = {}
-    for owner, begin, close in (line for line in lines if len(line) == 3):
-        if pid is None or int(owner) != pid:
-            key = (owner, begin)
-            if close != "-" or key not in windows:
-                windows[key] = end if close == "-" else float(close)
-    return sum(max(0.0, min(end, b) - max(start, float(a)))
-               for (_, a), b in windows.items())
+    return sum(
+        max(0.0, min(end, end if close is None else float(close))
+            - max(start, float(begin)))
+        for (owner, begin), close in _logged_windows(proc_dir).items()
+        if pid is None or owner != str(pid))
 
 
 def run_kft(cfg):

@@ -342,10 +342,13 @@ def write_json(path, record):
 
 
 def write_text(path, text):
-    """Writes `text` to `path`, making its folder; returns `path`."""
+    """Writes `text` to `path`, making its folder; returns `path`. Written
+    beside it, then renamed: a kill while writing leaves the previous
+    file whole (results rewritten as a run goes keep what was measured)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         f.write(text)
+    os.replace(path + ".tmp", path)
     return path
 
 

@@ -32,9 +32,9 @@ to the largest of `xla`'s, is in the JSON (`*_max_rel_diff`, computed
 on the device in float32; bf16 rounding: ~1e-2). Nothing here changes
 what kft's models run on a GPU.
 
-`depthwise.json` is rewritten (whole, through a renamed temporary file)
-after every layer, so a run cut short keeps the layers it measured;
-`table.md` is written at the end. `--budget SECONDS` starts no more
+`depthwise.json` is rewritten (whole: `_harness` writes a temporary
+file and renames it) after every layer, so a run cut short keeps the
+layers it measured; `table.md` is written at the end. `--budget SECONDS` starts no more
 layers once that long has passed since the start (the layer in progress
 runs to its end): each backbone left unfinished gets a row
 `{"skipped": "budget", "distinct_layers_skipped": N}` (None: not
@@ -346,13 +346,6 @@ def parse_args(argv=None):
     return args
 
 
-def _write_rows(path, rows):
-    """`_harness.write_json` to a file beside `path`, then renamed to it: a
-    kill while writing leaves the previous file whole."""
-    _harness.write_json(path + ".tmp", rows)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     begin = time.perf_counter()
@@ -370,7 +363,8 @@ def main(argv=None):
 
     def keep(row):  # the JSON after every layer: a kill keeps what was done
         rows.append(row)
-        _write_rows(os.path.join(args.out_dir, "depthwise.json"), rows)
+        _harness.write_json(os.path.join(args.out_dir, "depthwise.json"),
+                            rows)
 
     for backbone in args.backbones:
         measure(backbone, args, on_row=keep, begin=begin)

@@ -103,16 +103,22 @@ def test_stages_train_only_the_intended_weights_and_keep_slots():
                                rtol=1e-5)
 
 
-def test_identical_shapes_inside_fit():
+def _dense_blocks():
+    """Blocks a, b and head of identically shaped Dense layers, compiled,
+    with their `patterns` and a batch of 8."""
     inputs = keras.Input((4,))
     h = keras.layers.Dense(4, name="a")(inputs)
     h = keras.layers.Dense(4, name="b")(h)
     outputs = keras.layers.Dense(4, name="head_out")(h)
     model = keras.Model(inputs, outputs)
-    patterns = {"a": "^a$", "b": "^b$", "head": "^head_"}
     model.compile(keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError())
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 4))
+    return model, {"a": "^a$", "b": "^b$", "head": "^head_"}, x, y
+
+
+def test_identical_shapes_inside_fit():
+    model, patterns, x, y = _dense_blocks()
     recorder = Recorder(x, y)
     recorder.on_epoch_begin = lambda epoch, logs=None: recorder.begin.append(
         recorder._weights())
@@ -595,18 +601,10 @@ def test_max_blocks_above_the_body_keeps_every_block_trainable():
     # `max_blocks` has no upper bound: above the blocks below the head it
     # caps nothing. Past the last stage every block stays trainable; an
     # uncapped stage sliced the body from the end and re-froze blocks.
-    inputs = keras.Input((4,))
-    h = keras.layers.Dense(4, name="a")(inputs)
-    h = keras.layers.Dense(4, name="b")(h)
-    outputs = keras.layers.Dense(4, name="head_out")(h)
-    model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError())
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 4))
+    model, patterns, x, y = _dense_blocks()
     history = model.fit(x, y, epochs=5, batch_size=8, verbose=0, callbacks=[
         GradualUnfreezing(every=1, max_blocks=10, verbose=0,
-                          patterns={"a": "^a$", "b": "^b$",
-                                    "head": "^head_"})])
+                          patterns=patterns)])
     assert history.history["unfrozen_blocks"] == [0, 1, 2, 2, 2]
     assert history.history["trainable_params"] == [20, 40, 60, 60, 60]
 

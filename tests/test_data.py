@@ -491,6 +491,39 @@ def test_train_images_are_cropped_to_the_aspect_ratio_not_stretched(
     np.testing.assert_array_equal(
         kft.data.load_image(path, (24, 40), geometry="aspect_crop"),
         kft.data.load_image(path, (24, 40)))
+    # The same photo stored sideways (EXIF orientation 6): the ratio is
+    # the upright one, 405x243, not the stored 243x405.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = str(tmp_path / "sideways_ratio.jpg")
+    Image.fromarray(np.ascontiguousarray(np.rot90(
+        rng.integers(0, 256, (243, 405, 3), np.uint8)))).save(path, exif=exif)
+    np.testing.assert_array_equal(
+        kft.data.load_image(path, (24, 40), geometry="aspect_crop"),
+        kft.data.load_image(path, (24, 40)))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_reduced_jpeg_decode_keeps_the_detail_a_tall_crop_needs(
+        tmp_path, orientation):
+    # An 800x200 photo (stored sideways for orientation 6) into a tall
+    # (100, 25) box: decoded at 1/2 (400x100), the crop keeps its detail;
+    # a decode chosen for the swapped size (1/8, 100x25) was blurred.
+    rows, cols = np.mgrid[:200, :800]
+    upright = np.repeat(((rows // 8 + cols // 8) % 2 * 200 + 20).astype(
+        np.uint8)[..., None], 3, -1)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    jpeg, png = str(tmp_path / "photo.jpg"), str(tmp_path / "photo.png")
+    Image.fromarray(np.ascontiguousarray(
+        upright if orientation == 1 else np.rot90(upright))).save(
+            jpeg, exif=exif, quality=95)
+    Image.open(jpeg).save(png, exif=exif)  # its full decode, no draft
+    for geometry in ("aspect_crop", "center_crop"):
+        reduced = kft.data.load_image(jpeg, (100, 25), geometry=geometry)
+        full = kft.data.load_image(png, (100, 25), geometry=geometry)
+        # 8.6 and 4.1 here; the blurred decode gave 38 and 49.
+        assert np.abs(reduced - full.astype(float)).mean() < 20, geometry
 
 
 ARG_ERRORS = [

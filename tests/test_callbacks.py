@@ -619,9 +619,9 @@ def test_compile_notice_times_a_partial_last_batch():
     started = []
     original = notice._notice
 
-    def recording(message):
+    def recording(message, ended):
         started.append(notice._started)
-        original(message)
+        original(message, ended)
 
     notice._notice = recording
     model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[notice])
@@ -653,6 +653,28 @@ def test_compile_notice_is_silent_once_the_step_has_ended(monkeypatch):
             + ([] if warm else [marks]))
     # A slow compile may be noticed, while it runs; nothing after it.
     assert all(when < ended[0] for when, _ in printed), printed
+
+
+def test_a_compile_notice_timer_firing_as_its_step_ends_prints_nothing(
+        monkeypatch):
+    # The timer's thread can pass its own "cancelled?" check just before
+    # the step ends and print after it: "compiling..." with no "compiled
+    # in" line. Here its call comes, as late as it can, after the end.
+    from kft import _compat
+
+    printed, timers = [], []
+    monkeypatch.setattr(_compat, "print_msg", printed.append)
+    notice = kft.callbacks.CompileNotice(after=3600)
+    spy = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda *_, **__: timers.append(notice._timer))
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0,
+              callbacks=[notice, spy])
+    timer, = timers
+    timer.function(*timer.args)
+    assert printed == [] and not notice._noticed
 
 
 def test_compile_notice_does_not_copy_the_models_state_every_batch(

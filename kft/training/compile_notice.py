@@ -47,12 +47,20 @@ class CompileNotice(keras.callbacks.Callback):
         self._timer = None
         self._started = None
         self._noticed = False
+        # The timer's check that its step is running and its print are one
+        # step under this lock: a timer that fired as the step ended
+        # printed "compiling..." after it (and no "compiled in" line).
+        self._lock = threading.Lock()
+        self._ended = None
 
-    def _notice(self, message):
+    def _notice(self, message, ended):
         # The timer's thread only prints: reading the model from it, while
         # a step runs, raced Keras' state sync (donated buffers deleted).
-        self._noticed = True
-        _compat.print_msg(message)
+        with self._lock:
+            if ended.is_set():
+                return
+            self._noticed = True
+            _compat.print_msg(message)
 
     def on_train_batch_begin(self, batch, logs=None):
         # Not `self.model`, which copies the step's state back every batch.
@@ -80,7 +88,9 @@ class CompileNotice(keras.callbacks.Callback):
             f"\nkft: compiling the train step for {model.name!r} "
             f"({len(model.trainable_variables)} trainable variables); "
             + why)
-        self._timer = threading.Timer(delay, self._notice, (message,))
+        self._ended = threading.Event()
+        self._timer = threading.Timer(delay, self._notice,
+                                      (message, self._ended))
         self._timer.daemon = True
         self._timer.start()
 
@@ -91,8 +101,7 @@ class CompileNotice(keras.callbacks.Callback):
             self._step = step if self._step is None else min(self._step,
                                                              step)
             return
-        self._timer.cancel()
-        self._timer = None
+        self._stop_timer()
         if self._noticed:
             _compat.print_msg(
                 "kft: compiled in "
@@ -100,5 +109,10 @@ class CompileNotice(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            self._stop_timer()
+
+    def _stop_timer(self):
+        with self._lock:
+            self._ended.set()
+        self._timer.cancel()
+        self._timer = None

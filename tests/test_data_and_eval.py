@@ -60,6 +60,10 @@ def test_classification_report_matches_hand_computation():
     f1 = [2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2), 2 * (2 / 3) / (2 / 3 + 1), 0]
     assert r.f1 == pytest.approx(np.mean(f1))
     assert r.confusion_matrix.tolist() == [[1, 1, 0], [0, 2, 0], [2, 0, 0]]
+    # Without num_classes, a class only predicted counts too.
+    r = kft.classification_report([0, 0, 1], [0, 2, 1])
+    assert r.class_names == ("0", "1", "2")
+    assert r.confusion_matrix.tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
     with pytest.raises(ValueError, match="one length"):
         kft.classification_report([0, 1], [0])
 

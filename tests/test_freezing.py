@@ -209,6 +209,9 @@ def test_partial_defaults_to_the_top_block():
     assert kft.freeze(model, "partial") == ["block3", "head"]
     assert kft.freeze(model, "partial", n_blocks=np.int64(2)) == [
         "block2", "block3", "head"]
+    # Up to every block below the head, as the error's "from 1 to 4" says.
+    assert kft.freeze(model, "partial", n_blocks=4) == [
+        "stem", "block1", "block2", "block3", "head"]
 
 
 def _bn_warnings(record):
@@ -236,6 +239,24 @@ def test_frozen_batch_norm_of_a_random_backbone_warns_once():
         kft.fine_tune(model, _data(4), strategy="partial", head_epochs=1,
                       epochs=1, batch_size=4, verbose=0)
     assert [w.filename for w in _bn_warnings(record)] == [__file__]
+
+
+def test_a_model_of_unknown_weights_does_not_warn():
+    # A user's own model (kft cannot tell whether its weights are trained)
+    # with BatchNorm in a training block: no "built with weights=None".
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="b1_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="b1_bn")(x)
+    x = keras.layers.Conv2D(4, 3, name="b2_conv")(x)
+    x = keras.layers.BatchNormalization(name="b2_bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head_dense")(x))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert kft.freeze(model, "full", patterns={
+            "b1": "b1_", "b2": "b2_", "head": "head_"}) == ["b1", "b2",
+                                                            "head"]
+    assert not _bn_warnings(record)
 
 
 def test_pretrained_backbone_does_not_warn(tmp_path):

@@ -108,6 +108,29 @@ def test_prob_zero_is_the_identity_up_to_label_smoothing(shape, kind,
                                rtol=1e-6)
 
 
+def test_the_documented_defaults():
+    # MixUpOrCutMix's are timm's Mixup defaults (smoothing 0.1 included,
+    # a default that could drop to 0 unseen); MixUp and CutMix smooth
+    # nothing unless asked.
+    documented = {
+        MixUpOrCutMix: {"mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+                        "switch_prob": 0.5, "label_smoothing": 0.1},
+        MixUp: {"alpha": 0.2, "label_smoothing": 0.0},
+        CutMix: {"alpha": 1.0, "label_smoothing": 0.0},
+    }
+    for cls, settings_ in documented.items():
+        config = cls().get_config()
+        assert {k: config[k] for k in settings_} == settings_, cls
+        assert config["prob"] == 1.0 and config["mode"] == "batch", cls
+        unmixed = cls(prob=0.0, num_classes=3)
+        _, labels = unmixed((np.zeros((2, 4, 4, 3), "float32"),
+                             np.array([0, 2])))
+        smoothing = settings_["label_smoothing"]
+        np.testing.assert_allclose(
+            np.asarray(labels),
+            np.eye(3)[[0, 2]] * (1 - smoothing) + smoothing / 3, rtol=1e-6)
+
+
 def test_label_smoothing_then_mixing_follows_timm():
     # timm: mixup_target = lam * smooth(y) + (1 - lam) * smooth(y[partner]).
     images, labels = _constant_batch(4, 4, 4)
@@ -437,6 +460,10 @@ def test_evaluate_and_predict_never_mix_and_metrics_take_soft_labels():
     assert result["accuracy"] == pytest.approx(
         (logits.argmax(axis=1) == y).mean())
     assert again == pytest.approx(result, rel=1e-6)
+    # Integer labels as a column, the (n, 1) form `fine_tune` takes too.
+    column = model.evaluate(x, y[:, None], batch_size=8, verbose=0,
+                            return_dict=True)
+    assert column == pytest.approx(result, rel=1e-6)
 
 
 @pytest.mark.slow

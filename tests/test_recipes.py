@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -345,6 +347,41 @@ def test_schedule_arguments_checked_before_training(data):
     unsized = iter([data.target_train])
     with pytest.raises(ValueError, match="number of batches is unknown"):
         kft.fine_tune(_model(), unsized, schedule="cosine", verbose=0)
+
+
+def test_argument_checks_refuse_and_accept_at_their_boundaries():
+    # Each check applies where its reason does: a warm-up is a schedule a
+    # ReduceLROnPlateau cannot set (phase 1 trained, then phase 2 failed);
+    # feature extraction has no phase 2 to schedule or to penalise;
+    # one-cycle takes "at least 4" steps.
+    from kft.training.fine_tune import check_fine_tune_arguments
+
+    x, y = np.zeros((32,) + SHAPE, "float32"), np.arange(32) % 2
+    model = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                                 input_shape=SHAPE)
+    plateau = [keras.callbacks.ReduceLROnPlateau()]
+    with pytest.raises(ValueError, match="Argument `callbacks` must be "
+                       "callbacks that do not set the learning rate"):
+        check_fine_tune_arguments(model, (x, y), schedule="constant",
+                                  warmup=0.2, callbacks=plateau)
+    check_fine_tune_arguments(model, (x, y), schedule="constant",
+                              callbacks=plateau)
+    check_fine_tune_arguments(model, (x, y), strategy="feature_extraction",
+                              callbacks=plateau)
+    check_fine_tune_arguments(model, (x, y), schedule="one_cycle", epochs=1,
+                              batch_size=8)  # 4 steps
+    with pytest.raises(ValueError, match="phase 2 of 3 steps"):
+        check_fine_tune_arguments(model, (x[:24], y[:24]),
+                                  schedule="one_cycle", epochs=1,
+                                  batch_size=8)
+    for strategy, warned in (("feature_extraction", False),
+                             ("partial", True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_fine_tune_arguments(model, (x, y), strategy=strategy,
+                                      regularizer=kft.L2SP(alpha=0.01))
+        assert warned == any("includes the L2SP penalty" in str(w.message)
+                             for w in caught), strategy
 
 
 def test_callbacks_the_user_brings_see_one_run(data):

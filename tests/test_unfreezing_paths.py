@@ -138,6 +138,36 @@ def test_second_resume_within_an_epoch(tmp_path):
                                            verbose=0), _Start(), backup_class)
 
 
+def test_a_resume_after_epoch_ten_keeps_the_plateau_stage(tmp_path):
+    # The schedule's records beside the checkpoint keep the last two
+    # epochs; sorted as text ("10" < "8") epoch 10's record was dropped and
+    # a resume in epoch 11 lost the stage its plateau had started.
+    values = [1.0 - 0.05 * i for i in range(10)] + [0.55, 0.55]
+    backup = str(tmp_path / "backup")
+
+    def fit(last):
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=SHAPE)
+        model.compile(keras.optimizers.Adam(1e-3), LOSS)
+        callback = GradualUnfreezing(schedule=Plateau("fake_loss", 1),
+                                     backup_dir=backup)
+        history = model.fit(X, Y, epochs=12, batch_size=8, shuffle=False,
+                            verbose=0, callbacks=[
+                                _fake_loss(values), callback,
+                                kft.callbacks.BackupAndRestore(
+                                    backup, save_freq=1), last])
+        return callback, history
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_Stop(11, 0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback, history = fit(_Start())
+    assert not [w for w in caught if "plateau record" in str(w.message)]
+    assert history.history["unfrozen_blocks"] == [1]
+    assert callback.schedule.stage_epochs == [11]
+
+
 def test_argument_errors_name_the_value():
     # The schedule object itself: "'int' object is not iterable", a
     # string read as its characters, "epochs[i]" for every element.

@@ -860,6 +860,26 @@ def test_a_step_that_raises_leaves_the_weights(tmp_path):
     # A failed fit keeps the weights its first step trained.
     assert any(not np.array_equal(np.asarray(got), want)
                for got, want in zip(clf.trainable_weights, before))
+    # The bad batch in a later call: the trainer's record of the previous
+    # call's state (donated to the failing one) was written back by the
+    # next kft.freeze ("Array has been deleted"), the model lost. The
+    # weights are those of the three steps that ran.
+    def later(bad=True):
+        yield from [(xs[:8], ys[:8])] * 3
+        if bad:
+            yield xs[:8, ..., :2], ys[:8]
+
+    start = clf.get_weights()
+    clf.fit(later(bad=False), verbose=0, steps_per_epoch=3)  # steps that run
+    three_steps = clf.get_weights()
+    clf.set_weights(start)
+    with pytest.raises(ValueError, match="incompatible"):
+        clf.fit(later(), verbose=0, steps_per_epoch=4)
+    for got, want in zip(clf.get_weights(), three_steps):
+        np.testing.assert_array_equal(got, want)  # plain SGD
+    kft.freeze(clf, "full")
+    clf.fit(xs, ys, batch_size=8, verbose=0)
+    assert clf.predict(xs, verbose=0).shape == (16, 2)
 
 
 def test_a_penalty_on_the_adaptation_model_covers_its_classifier_only():

@@ -163,9 +163,12 @@ def test_plain_optimizer_with_ema_averages_added_variables_from_their_value():
     1 - momentum**steps); the kept averages stay as they were."""
     a = keras.Variable(np.full(3, 2.0, "float32"), name="a")
     b = keras.Variable(np.array([1.0, -2.0, 3.0], "float32"), name="b")
-    opt = keras.optimizers.SGD(1e-12, use_ema=True, ema_momentum=0.9)
+    opt = keras.optimizers.SGD(0.25, use_ema=True, ema_momentum=0.9)
     _stepped(opt, [a], 4)
     kept = opt._model_variables_moving_average[0].numpy().copy()
+    # `a` moved (2 -> 1, its average 1.61): a kept average restarted at
+    # its variable's value (1.0) lost the steps' average.
+    assert not np.allclose(kept, a.numpy())
     kft.retarget_optimizer(opt, [a, b])
     averages = opt._model_variables_moving_average
     np.testing.assert_array_equal(averages[0].numpy(), kept)

@@ -168,6 +168,13 @@ def test_round_trip_markdown_and_text(report, tmp_path):
     report.to_json(path)
     again = kft.EvaluationReport.load(path)
     assert again.to_dict() == report.to_dict()
+    # Counts come back as integers (as floats, equal in to_dict, a
+    # reloaded report wrote bin counts as 0.0).
+    from kft.evaluation.report import _ARRAYS
+    for name in _ARRAYS:
+        assert np.asarray(getattr(again, name)).dtype == np.asarray(
+            getattr(report, name)).dtype, name
+    assert again.bin_count.dtype.kind == "i"
     assert again.mistakes[0].predicted == 0
     assert kft.EvaluationReport.from_json(report.to_json()).class_names == (
         "a", "b", "c", "d")

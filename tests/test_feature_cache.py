@@ -349,6 +349,28 @@ def test_a_model_without_a_trainable_head_layer_is_refused():
             kft.feature_cache.can_cache_features(alone)[1] or "")
 
 
+def test_a_head_that_is_not_a_chain_is_not_cached_and_still_trains():
+    # A residual head (pooled features + Dense(pooled)): split as a chain,
+    # Add was called on one tensor and fine_tune's "auto" caching crashed
+    # instead of training the whole model.
+    inputs = keras.Input((SIZE, SIZE, 3))
+    features = keras.layers.GlobalAveragePooling2D()(kft.create_backbone(
+        "simple_cnn", weights=None, input_shape=(SIZE, SIZE, 3))(inputs))
+    residual = keras.layers.Add(name="add")(
+        [features, keras.layers.Dense(features.shape[-1],
+                                      name="head_res")(features)])
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head_fc")(
+        residual))
+    with pytest.raises(ValueError, match="chain of layers.*layer 'add' does "
+                                         "not take the output of 'head_res'"):
+        kft.feature_cache.split_head(model)
+    assert not kft.feature_cache.can_cache_features(model)[0]
+    result = kft.fine_tune(model, _data(n=8), strategy="feature_extraction",
+                           head_epochs=1, batch_size=8, monitor="loss",
+                           verbose=0)
+    assert len(result.histories[0]["loss"]) == 1
+
+
 def test_a_linear_heads_dropout_stays_on_when_training_on_the_cache():
     # The linear head's `head_dropout` lies before its first layer with
     # weights; it used to go into the features model and so be off (the

@@ -105,7 +105,17 @@ def test_traced_and_unusual_draws_take_keras_path():
         # A tensor parameter and a float16 draw.
         shifted = keras.random.normal((4,), mean=mean, seed=1)
         half = keras.random.uniform((4,), dtype="float16", seed=1)
+        # float16 normal draws too (a "float16" dtype policy): they came
+        # back float32, of other values.
+        halves = [draw((5, 7), dtype="float16", seed=3) for draw in (
+            keras.random.normal, keras.random.truncated_normal)]
     np.testing.assert_array_equal(np.asarray(traced), expected)
+    for got, draw in zip(halves, (keras.random.normal,
+                                  keras.random.truncated_normal)):
+        assert got.dtype == "float16"
+        np.testing.assert_array_equal(
+            np.asarray(got), np.asarray(draw((5, 7), dtype="float16",
+                                             seed=3)))
     np.testing.assert_array_equal(
         np.asarray(shifted), np.asarray(keras.random.normal((4,), mean=mean,
                                                             seed=1)))

@@ -92,6 +92,10 @@ def test_layout_map_from_name_matches_classifier():
     assert "head_dense/kernel" not in sorted(by_name)
     assert sorted(by_name) == sorted(by_model)
     assert all(by_name[p].axes == by_model[p].axes for p in by_model)
+    # A model axis of 3: the backbone's 64 features do not split 3 ways,
+    # so head_fc stays replicated (split, the build raised as above).
+    three = kft.layout_map("simple_cnn", _fake_mesh((1, 3)), min_size=4000)
+    assert "head_fc/kernel" not in sorted(three)  # (`in` a LayoutMap: True)
     with pytest.raises(ValueError, match="hidden_units"):
         kft.layout_map("simple_cnn", _fake_mesh(), hidden_units=0)
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import kft
+from kft._plotting import thin_ticks
 from kft.evaluation import plots
 from kft.evaluation import report_from_predictions
 
@@ -70,6 +71,10 @@ def test_per_class_f1_bars(num_classes, tmp_path):
     orange = sum(p.get_facecolor()[0] > 0.9 for p in ax.patches)
     assert orange == len(report.low_support)
     assert len(ax.get_xticklabels()) <= 25
+    # Every k-th label, k rounded up: at most 25 of any count (rounded
+    # down, 30 classes showed all 30).
+    assert max(len(thin_ticks(n)) for n in range(1, 201)) == 25
+    assert len(thin_ticks(30)) == 15
 
 
 def test_reliability_diagram(tmp_path):

@@ -3,6 +3,7 @@
 
 import errno
 import os
+import stat
 
 import pytest
 
@@ -80,3 +81,20 @@ def test_links_planted_in_a_folder_from_elsewhere_write_nothing_there(
     write_file(folder / "summary2.md", "x", replace_links=True)
     assert sorted(os.listdir(victim)) == ["kept.md", "profile",
                                           "snapshot.json"]
+
+
+def test_a_rewritten_file_keeps_its_mode_and_its_other_names(tmp_path):
+    # Written beside and moved over, a 0600 report came back 0644
+    # (readable by all); a file with another hard link is written in
+    # place, so both names see the new content and stay one file.
+    private = tmp_path / "report.json"
+    private.write_text("old")
+    os.chmod(private, 0o600)
+    write_file(private, "new")
+    assert private.read_text() == "new"
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o600
+    linked, other = tmp_path / "a.json", tmp_path / "b.json"
+    linked.write_text("old")
+    os.link(linked, other)
+    write_file(linked, "new")
+    assert other.read_text() == "new" and os.path.samefile(linked, other)

@@ -442,6 +442,14 @@ def test_recommend_strategy_sizes_and_shift():
     assert rec.strategy == "gradual" and rec.bn == "train"
     assert rec.adaptation == ("adapt_batchnorm", "dann")
     assert "block3" in str(rec)
+    # Partial (1,000-5,000 images) trains only the top block, on features
+    # that do not fit the target: deep shift turns it into gradual too
+    # (it stayed "partial", n_blocks=1). Above 5,000 full stays.
+    rec = kft.recommend_strategy(num_images=2000, shift=deep)
+    assert (rec.strategy, rec.n_blocks, rec.bn) == ("gradual", None, "train")
+    assert "partial is replaced by gradual unfreezing" in rec.reasons[2]
+    rec = kft.recommend_strategy(num_images=6000, shift=deep)
+    assert (rec.strategy, rec.layer_decay, rec.bn) == ("full", 0.7, "train")
     shallow = DomainShiftReport(blocks={"stem": 5.0, "block1": 0.001,
                                         "block2": 0.002, "block3": 0.001},
                                 layers={}, block_of_layer={}, num_images=10)
@@ -525,6 +533,43 @@ def test_domain_shift_counts_the_images_of_a_dataset():
     report = kft.domain_shift(model, data, batch_size=4)
     assert report.num_images == 12
     assert str(report).startswith("Domain shift on 12 images")
+    # Of arrays, at most `max_images` are measured (all 12 were).
+    report = kft.domain_shift(model, x, batch_size=4, max_images=8)
+    assert report.num_images == 8
+    assert str(report).startswith("Domain shift on 8 images")
+
+
+def test_symmetric_kl_of_gaussians_with_different_variances():
+    # Every domain_shift score is this mean of KL(a||b) and KL(b||a); the
+    # doctest has equal variances only. N(0, 1) against N(1, 4): KL(a||b)
+    # = (1/4 + 1/4 - 1 + ln 4) / 2, KL(b||a) = (4 + 1 - 1 - ln 4) / 2, mean
+    # 7/8 exactly (the logs cancel); dividing KL(b||a)'s d2 by var_b gave
+    # 0.6875.
+    from scipy import stats
+
+    from kft.adaptation.diagnostic import symmetric_kl
+
+    assert float(symmetric_kl(0.0, 1.0, 1.0, 4.0)) == pytest.approx(
+        0.875, rel=1e-12)
+    # Against the definition, integrated on a grid: the trapezoid rule on
+    # a smooth integrand that is < 1e-30 at the ends (> 12 standard
+    # deviations out) is exact far below rel 1e-6 (here within 5e-16; the
+    # mutant was 0.2%-20% off on these pairs).
+    grid = np.linspace(-40.0, 40.0, 400_001)
+    rng = np.random.default_rng(0)
+    means, variances = rng.uniform(-2, 2, 8), rng.uniform(0.2, 6.0, 8)
+    for (ma, mb), (va, vb) in zip(means.reshape(4, 2),
+                                  variances.reshape(4, 2)):
+        log_a = stats.norm.logpdf(grid, ma, math.sqrt(va))
+        log_b = stats.norm.logpdf(grid, mb, math.sqrt(vb))
+        kl_ab = np.trapezoid(np.exp(log_a) * (log_a - log_b), grid)
+        kl_ba = np.trapezoid(np.exp(log_b) * (log_b - log_a), grid)
+        assert float(symmetric_kl(ma, va, mb, vb)) == pytest.approx(
+            (kl_ab + kl_ba) / 2, rel=1e-6)
+    # Per channel, as domain_shift calls it.
+    np.testing.assert_allclose(
+        symmetric_kl([0.0, 0.0], [1.0, 1.0], [1.0, 2.0], [4.0, 1.0]),
+        [0.875, 2.0], rtol=1e-12)
 
 
 def test_recommend_strategy_names_only_existing_kft_symbols():

@@ -525,6 +525,30 @@ def test_group_optimizer_routes_and_survives_retarget():
     np.testing.assert_allclose(vs["late"].numpy(), [-0.05, -0.05], rtol=1e-6)
 
 
+def test_group_optimizer_reads_a_group_schedule_at_the_current_step():
+    # A group's own schedule gives step t the rate it gives a plain Keras
+    # optimizer at step t: read one step late, the steps moved 0.5, 0.25,
+    # 0.125 instead of 1, 0.5, 0.25.
+    def schedule():
+        return keras.optimizers.schedules.ExponentialDecay(1.0, 1, 0.5)
+
+    vs = _vars(a=[0.0], b=[0.0])
+    opt = GroupOptimizer({"^b$": keras.optimizers.SGD(schedule())},
+                         default=keras.optimizers.SGD(0.1))
+    plain, plain_sgd = _vars(b=[0.0])["b"], keras.optimizers.SGD(schedule())
+    deltas, plain_deltas = [], []
+    for _ in range(3):
+        before, plain_before = vs["b"].numpy().copy(), plain.numpy().copy()
+        opt.apply([np.ones(1), np.ones(1)], list(vs.values()))
+        plain_sgd.apply([np.ones(1)], [plain])
+        deltas.append(float((before - vs["b"].numpy())[0]))
+        plain_deltas.append(float((plain_before - plain.numpy())[0]))
+    np.testing.assert_allclose(deltas, [1.0, 0.5, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(deltas, plain_deltas, rtol=1e-6)
+    # The default group's float rate is untouched by the other's schedule.
+    np.testing.assert_allclose(vs["a"].numpy(), [-0.3], rtol=1e-6)
+
+
 # -- fit integration: mixed precision, callbacks ------------------------------
 
 @pytest.mark.slow

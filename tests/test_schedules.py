@@ -1,7 +1,6 @@
 """kft.OneCycle, kft.Warmup and schedules with per-block rates and EMA."""
 
 import json
-import math
 import pathlib
 
 import keras
@@ -9,7 +8,6 @@ import numpy as np
 import pytest
 
 import kft
-from kft import _compat
 from kft.optimizers.schedules import OneCycleMomentum
 
 REFERENCE = pathlib.Path(__file__).parent / "data" / "onecycle_reference.json"
@@ -207,13 +205,14 @@ def test_per_block_ratios_kept_under_fit_and_unfrozen_block_starts_at_scaled_val
             np.testing.assert_allclose(body_rate, 0.2 * rate, rtol=1e-4)
 
 
-def test_momentum_cycle_reaches_sgd_inside_the_compiled_step():
+def test_momentum_cycle_reaches_sgd_inside_the_compiled_step(tmp_path):
     cycle = kft.OneCycle(0.05, 9, pct_start=0.4)
     momentum = cycle.momentum_schedule(base_momentum=0.6, max_momentum=0.9)
+    inner = keras.optimizers.SGD(0.05, momentum=0.5)
     optimizer = kft.BlockwiseOptimizer(
-        keras.optimizers.SGD(0.05, momentum=0.5), learning_rate=cycle,
-        base_learning_rate=0.05, momentum_schedule=momentum)
-    _, kernels = _train(optimizer)
+        inner, learning_rate=cycle, base_learning_rate=0.05,
+        momentum_schedule=momentum)
+    model, kernels = _train(optimizer)
     head = [k["head"] for _, k in kernels]
     updates = np.diff(np.stack(head), axis=0)
     # Keras SGD: u_t = momentum_t * u_{t-1} - rate_t * g.
@@ -222,6 +221,40 @@ def test_momentum_cycle_reaches_sgd_inside_the_compiled_step():
                     - float(cycle(step)) * GRADIENT)
         np.testing.assert_allclose(updates[step], expected, rtol=1e-4)
     assert len({round(float(momentum(s)), 4) for s in range(9)}) > 3
+    # The scheduled value is set on the inner optimizer for the traced step
+    # only: left there after fit, the optimizer's config could not be
+    # written and model.save failed ("Cannot serialize object _Scheduled").
+    assert type(inner.momentum) is float and inner.momentum == 0.5
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, custom_objects={
+        "_mean_prediction": _mean_prediction})
+    assert loaded.optimizer.get_config()["optimizer"]["config"][
+        "momentum"] == 0.5
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.optimizers.RMSprop(0.01, momentum=0.9),
+    lambda: keras.optimizers.Adam(0.01, beta_1=0.9)],
+    ids=["rmsprop", "adam"])
+def test_constant_momentum_schedule_steps_like_the_plain_optimizer(make):
+    # A schedule that is 0.9 at every step on an optimizer built with
+    # momentum (beta_1) 0.9 changes nothing. Keras' RMSprop tests
+    # `momentum > 0` in Python; answered "no", momentum was silently off
+    # (RMSprop's head kernels 0.58 apart after these 12 steps; here 0).
+    constant = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [10 ** 6], [0.9, 0.9])
+    kernels = []
+    for optimizer in (kft.BlockwiseOptimizer(make(), base_learning_rate=0.01,
+                                             momentum_schedule=constant),
+                      make()):
+        model = _model()
+        model.compile(optimizer, _mean_prediction)
+        model.fit(X, np.zeros(len(X)), batch_size=2, epochs=3, verbose=0,
+                  shuffle=False)
+        kernels.append(np.array(model.get_layer("head").kernel.value))
+    assert kernels[1].any()  # trained: the kernels start at zero
+    np.testing.assert_allclose(kernels[0], kernels[1], rtol=1e-6, atol=1e-7)
 
 
 def test_momentum_schedule_needs_an_optimizer_with_momentum():

@@ -474,6 +474,24 @@ def test_train_help_states_the_defaults_a_run_uses():
                 else text == default), (name, text, default)
 
 
+def test_lr_find_defaults_are_a_runs():
+    # lr-find measures the run `kft train` starts: a --weight-decay
+    # default of 1e-4 measured another optimizer than the run's 1e-2.
+    import dataclasses
+
+    finder = cli.build_parser()[1]["lr-find"]
+    config = kft.runs.TrainConfig()
+    fields = {f.name for f in dataclasses.fields(config)} - {"data_dir"}
+    mirrored = {action.dest: action.default for action in finder._actions
+                if action.dest in fields}
+    assert {"weight_decay", "head_epochs", "batch_size", "augment", "seed",
+            "backbone", "weights"} <= set(mirrored)
+    # Its strategy is a set to measure, never auto (which picks by size).
+    assert mirrored.pop("strategy") == "full"
+    for name, default in mirrored.items():
+        assert default == getattr(config, name), (name, default)
+
+
 def test_train_recipe_defaults_are_fine_tunes():
     # `kft train` runs `kft.fine_tune`: the README's rates (3 head epochs
     # at 1e-3, then 10 at 1e-4) hold for both.

@@ -140,10 +140,11 @@ def test_each_strategy(strategy, folder, tmp_path, capsys, monkeypatch):
     # partial: the `run` fixture; feature_extraction: the --config test.
     from kft.training import fine_tune as module
 
-    calls = []
+    calls, models = [], []
 
     def recorded(*args, **kwargs):
         calls.append(kwargs)
+        models.append(args[0])
         return real(*args, **kwargs)
 
     real = module.fine_tune
@@ -152,7 +153,8 @@ def test_each_strategy(strategy, folder, tmp_path, capsys, monkeypatch):
     extra = {"gradual": ["--epochs", "2", "--json"],
              # One-cycle needs a few steps: 2 epochs of 2 batches.
              "full": ["--epochs", "2", "--schedule", "one_cycle", "--json"],
-             "auto": ["--epochs", "1"]}[strategy]
+             "auto": ["--epochs", "1", "--bn", "train", "--early-stopping",
+                      "2", "--label-smoothing", "0.1"]}[strategy]
     assert cli.main(["train", folder, *FAST, "--strategy", strategy,
                      "--out", out, *extra]) == 0
     printed = capsys.readouterr().out
@@ -165,6 +167,16 @@ def test_each_strategy(strategy, folder, tmp_path, capsys, monkeypatch):
                 in printed)
         assert f"Done: {out}" in printed and "best epoch" in printed
         assert calls[0]["strategy"] == "feature_extraction"
+        # What the user set stays and reaches the run: auto's "frozen"
+        # overwrote --bn train, --early-stopping was dropped, and so was
+        # --label-smoothing without --mixup / --cutmix.
+        assert calls[0]["bn"] == "train"
+        assert calls[0]["early_stopping_patience"] == 2
+        smoothed = models[0].batch_augment({
+            "images": np.zeros((3, 16, 16, 3), "float32"),
+            "labels": np.arange(3)})["labels"]
+        np.testing.assert_allclose(smoothed, np.eye(3) * 0.9 + 0.1 / 3,
+                                   rtol=1e-6)
         return
     summary = json.loads(printed.strip().splitlines()[-1])
     # From 0, as run.json (it counted from 1 under the same key).
@@ -179,6 +191,78 @@ def test_each_strategy(strategy, folder, tmp_path, capsys, monkeypatch):
         assert calls[0]["schedule"] == "one_cycle"
         assert kft.runs.load_config(os.path.join(
             out, "config.toml")).schedule == "one_cycle"
+
+
+def test_strategy_auto_keeps_the_recipe_settings_given():
+    # The recommendation fills in only what was left at its default: a
+    # given --n-blocks (partial, 2,000 images) or --layer-decay (full,
+    # 8,000) was overwritten by the recommended value.
+    from types import SimpleNamespace
+
+    from kft.runs.recipe import choose_strategy
+
+    given = {"bn": "train", "n_blocks": 2, "layer_decay": 0.9}
+    checked = set()
+    for images in (2000, 8000):
+        recommended = kft.recommend_strategy(
+            num_images=images).fine_tune_kwargs()
+        for field, value in given.items():
+            if field not in recommended:
+                continue
+            assert recommended[field] != value  # or nothing is tested
+            config, _ = choose_strategy(
+                TrainConfig(strategy="auto", **{field: value}),
+                SimpleNamespace(num_examples=images), lambda line: None)
+            assert config.strategy == recommended["strategy"]
+            assert getattr(config, field) == value, (images, field)
+            checked.add(field)
+    assert checked == set(given)
+
+
+def test_every_recipe_setting_reaches_fine_tune():
+    # `kft train` runs `kft.fine_tune(**fine_tune_kwargs(config))`: a
+    # setting left out there was ignored (--early-stopping 2 trained every
+    # epoch). fine_tune's arguments that a setting gives are found as the
+    # CLI's messages name them (`early_stopping_patience`: --early-stopping).
+    import dataclasses
+    import inspect
+
+    from kft.cli._checks import flag_names
+    from kft.runs.config import STRATEGIES
+    from kft.runs.recipe import fine_tune_kwargs
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    takes = {}
+    for argument in inspect.signature(kft.fine_tune).parameters:
+        flag = flag_names(f"`{argument}`")
+        if flag.startswith("--") and flag[2:].replace("-", "_") in fields:
+            takes[flag[2:].replace("-", "_")] = argument
+    assert takes["early_stopping"] == "early_stopping_patience"
+    # Each other than its default; a new setting fine_tune takes fails
+    # here until it has a value.
+    given = dict(n_blocks=2, head_epochs=4, epochs=7, head_lr=3e-3,
+                 lr=3e-5, schedule="one_cycle", weight_decay=0.05,
+                 layer_decay=0.8, unfreeze_every=2, bn="train",
+                 monitor="val_accuracy", early_stopping=2, batch_size=5)
+    assert set(takes) == {"strategy", *given}
+    defaults = TrainConfig()
+    assert all(value != getattr(defaults, field)
+               for field, value in given.items())
+    reached = set()
+    for strategy in STRATEGIES:
+        if strategy == "auto":  # a choice made before: no recipe of its own
+            continue
+        config = TrainConfig(strategy=strategy, **given)
+        kwargs = fine_tune_kwargs(config)
+        for field, argument in takes.items():
+            if argument not in kwargs:  # phase 2's, which it does not read
+                continue
+            expected = getattr(config, field)
+            if field == "head_epochs" and strategy == "feature_extraction":
+                expected += config.epochs  # it has the head phase alone
+            assert kwargs[argument] == expected, (strategy, field)
+            reached.add(field)
+    assert reached == set(takes)
 
 
 def test_eval_matches_the_library(run, folder, capsys):
@@ -359,9 +443,20 @@ def test_lr_find_suggests_rates_and_plots(folder, tmp_path, capsys,
 
 
 def test_lr_find_after_the_head_phase_measures_a_fresh_optimizer(
-        folder, capsys, recwarn):
+        folder, capsys, recwarn, monkeypatch):
     # The head phase's stepped AdamW was re-targeted to the strategy's
     # set, with a warning about its step counter that did not apply.
+    from kft.training import lr_find as module
+
+    measured = []
+
+    def spy(model, data, **kwargs):
+        measured.append((model, data.num_examples,
+                         [v.path for v in model.trainable_weights]))
+        return real(model, data, **kwargs)
+
+    real = module.lr_find
+    monkeypatch.setattr(module, "lr_find", spy)
     assert cli.main(["lr-find", folder, "--backbone", "simple_cnn",
                      "--weights", "none", "--image-size", "16",
                      "--batch-size", "8", "--augment", "none", "--steps",
@@ -370,6 +465,12 @@ def test_lr_find_after_the_head_phase_measures_a_fresh_optimizer(
     assert not [w for w in recwarn if "step counter" in str(w.message)]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])[
         "suggestions"]
+    # Gradual's first stage (the head and the top block), on every image:
+    # no validation split is held out of a range test.
+    (model, images, trainable), = measured
+    assert images == 18
+    kft.freeze(model, "partial", n_blocks=1)
+    assert trainable == [v.path for v in model.trainable_weights]
 
 
 def test_compare_two_strategies_two_seeds(folder, tmp_path, capsys,
@@ -453,6 +554,8 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
     config.write_text('epochs = "two"\nhead_epochs = 1\n')
     unset = tmp_path / "unset.toml"
     unset.write_text('unset = ["weights"]\n')
+    link = tmp_path / "photos"
+    os.symlink(folder, link)
     cases = [
         (["train", folder, "--config", str(unset)],
          f"Received: weights=None (set in config file {str(unset)!r})"),
@@ -506,6 +609,9 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
          "is inside DATA_DIR"),
         (["train", folder, *TINY, "--val-dir", folder, "--out",
           os.path.join(folder, "r")], "is inside DATA_DIR"),
+        # Reached through a link to the image folder.
+        (["train", folder, *TINY, "--out", str(link / "r")],
+         "is inside DATA_DIR"),
         # Checked after the whole range test, exit 1, naming `path`.
         (["lr-find", folder, *TINY, "--plot", str(tmp_path / "lr.txt")],
          "--plot must end in one of ["),
@@ -653,6 +759,20 @@ def test_path_objects_give_a_run_of_text_paths(folder, tmp_path):
                        r"0, 1, 2 or 'auto'.*Received: verbose=5"):
         kft.train_run(data_dir=folder, out=tmp_path / "run5", verbose=5)
     assert not (tmp_path / "run5").exists()
+
+
+def test_the_default_run_folder_is_numbered_past_those_that_exist(
+        tmp_path, monkeypatch):
+    # A third run without --out was given the second's folder, which
+    # exists, instead of runs/photos-simple_cnn-3.
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("photos/cat")
+    config = TrainConfig(data_dir="photos", backbone="simple_cnn",
+                         weights="none")
+    base = os.path.join("runs", "photos-simple_cnn")
+    for out in (base, base + "-2", base + "-3"):
+        assert resolve_config(config).out == out
+        os.makedirs(os.path.join(out, "checkpoints"))
 
 
 def _console_script():

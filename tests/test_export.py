@@ -438,6 +438,16 @@ def test_parity_of_a_probabilities_file(simple):
         parity = kft.onnx_parity(model, onnx_file, x)
         assert parity.ok, parity
         assert 0 < parity.max_abs_output <= 1
+    # Outputs below 1 are held to 1e-4, as `Parity.tolerance` says (it was
+    # 1e-4 times the largest probability).
+    assert parity.max_abs_output < 1 and parity.tolerance == 1e-4
+    # A model that ends in a softmax computes what this file does (as its
+    # own export would): its probabilities were put through a second
+    # softmax and the parity failed.
+    ends_in_softmax = keras.Model(
+        model.inputs, keras.layers.Softmax()(model.outputs[0]))
+    parity = kft.onnx_parity(ends_in_softmax, path, x)
+    assert parity.ok and parity.max_abs_diff < 1e-5, parity
 
 
 def test_onnx_only_arguments_refused_for_keras_files(simple, tmp_path):

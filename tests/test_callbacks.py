@@ -619,9 +619,9 @@ def test_compile_notice_times_a_partial_last_batch():
     started = []
     original = notice._notice
 
-    def recording(message, ended):
+    def recording(message, running):
         started.append(notice._started)
-        original(message, ended)
+        original(message, running)
 
     notice._notice = recording
     model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[notice])
@@ -675,6 +675,78 @@ def test_a_compile_notice_timer_firing_as_its_step_ends_prints_nothing(
     timer, = timers
     timer.function(*timer.args)
     assert printed == [] and not notice._noticed
+
+
+def test_a_notice_printing_as_its_step_ends_comes_before_compiled_in(
+        monkeypatch):
+    # The timer's check and its print are one under a lock: a slow print
+    # still running when the step ends finishes before "compiled in"
+    # (without the lock, "compiled in" came first).
+    import threading
+    import time
+
+    from kft import _compat
+
+    printed, printing, ended = [], threading.Event(), threading.Event()
+
+    def print_msg(message):
+        if threading.current_thread() is not threading.main_thread():
+            printing.set()
+            ended.wait(30)
+            time.sleep(0.2)  # a slow terminal
+        printed.append(message.strip()[:14])
+
+    def step_ends(*_, **__):  # ordered before the notice's batch end
+        printing.wait(30)
+        ended.set()
+
+    monkeypatch.setattr(_compat, "print_msg", print_msg)
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[
+        keras.callbacks.LambdaCallback(on_train_batch_end=step_ends),
+        kft.callbacks.CompileNotice(after=0.0)])
+    assert printed == ["kft: compiling", "kft: compiled "], printed
+
+
+def test_a_compile_notice_copies_pickles_and_outlives_an_interrupted_fit(
+        monkeypatch):
+    # Keras Tuner deep-copies a search's callbacks for every trial (a lock
+    # made in __init__ refused it). A fit interrupted in a timed step never
+    # calls on_train_end: the next fit stops its timer, which would print
+    # into it.
+    import copy
+    import pickle
+
+    from kft import _compat
+
+    printed = []
+    monkeypatch.setattr(_compat, "print_msg", printed.append)
+    x, y = _data(8)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    notice = kft.callbacks.CompileNotice(after=3600)
+
+    def interrupt(*_, **__):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[
+            notice, keras.callbacks.LambdaCallback(
+                on_train_batch_begin=interrupt)])
+    left, at_start = notice._timer, []
+    assert left is not None and left.is_alive()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[
+        notice, keras.callbacks.LambdaCallback(on_train_begin=lambda _: (
+            at_start.append(notice._timer)))])
+    left.join(5)
+    assert at_start == [None] and not left.is_alive()
+    fresh = kft.callbacks.CompileNotice(after=2.0)
+    for again in (copy.deepcopy(fresh), pickle.loads(pickle.dumps(fresh))):
+        assert again.after == 2.0
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[again])
+    assert printed == []
 
 
 def test_compile_notice_does_not_copy_the_models_state_every_batch(

@@ -208,7 +208,8 @@ def test_losses_are_weighted_as_training_weighs_them():
 def _bar_lines(run):
     """What `run()` printed, without colours: (all of it, the bar's last
     drawn line). A non-final Progbar update is drawn only when 0.05 s have
-    passed since the last one drawn; its first and final ones always are."""
+    passed since the last one drawn; its first and final ones always are.
+    (Lines drawn over with "\r": a POSIX system's Progbar.)"""
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         run()

@@ -511,7 +511,7 @@ class _FailsAtStart(keras.callbacks.Callback):
         raise RuntimeError("failed at start")
 
 
-def test_a_failed_fine_tune_unbinds_its_regularizer():
+def test_a_fine_tune_failing_at_its_start_unbinds_its_regularizer():
     # fine_tune binds `regularizer` for its run; a run that raised left it
     # bound, and the corrected call with the same penalty was refused
     # ("The model already has a penalty").

@@ -170,16 +170,27 @@ def test_fine_tune_checks_its_arguments_before_training():
         kft.OneCycle(1.0, recipes.ONE_CYCLE_MIN_STEPS - 1)
 
 
-def test_early_stopping_follows_the_mode_given_for_a_metric_function():
+def test_early_stopping_follows_the_mode_given_for_a_metric_function(
+        monkeypatch):
     # Keras cannot tell a metric function's direction: the early stopping
     # took mode="auto" and raised at the first epoch's end, after phase 1
     # had trained, although `mode` was given.
+    from kft.training import phases
+
+    modes = []
+
+    class Recorded(phases.ResumedEarlyStopping):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            modes.append(self.mode)
+
+    monkeypatch.setattr(phases, "ResumedEarlyStopping", Recorded)
     x, y = _data()
     result = kft.fine_tune(_model(), (x, y), (x, y), metrics=[_peak],
                            monitor="val__peak", mode="max",
                            early_stopping_patience=1, head_epochs=1,
                            epochs=2, batch_size=8, bn="train", verbose=0)
-    assert result.mode == "max"
+    assert result.mode == "max" and set(modes) == {"max"}, modes
     assert [len(h["val__peak"]) for h in result.histories] == [1, 2]
 
 

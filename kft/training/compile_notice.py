@@ -47,20 +47,23 @@ class CompileNotice(keras.callbacks.Callback):
         self._timer = None
         self._started = None
         self._noticed = False
-        # The timer's check that its step is running and its print are one
-        # step under this lock: a timer that fired as the step ended
-        # printed "compiling..." after it (and no "compiled in" line).
-        self._lock = threading.Lock()
-        self._ended = None
+        self._running = None
 
-    def _notice(self, message, ended):
+    def _notice(self, message, running):
         # The timer's thread only prints: reading the model from it, while
         # a step runs, raced Keras' state sync (donated buffers deleted).
-        with self._lock:
-            if ended.is_set():
+        with running.lock:
+            if running.ended:
                 return
             self._noticed = True
             _compat.print_msg(message)
+
+    def on_train_begin(self, logs=None):
+        # A fit interrupted inside a timed step never ran `on_train_end`:
+        # its timer would print into this fit, and its step is timed anew.
+        if self._timer is not None:
+            self._stop_timer()
+            self._function = None
 
     def on_train_batch_begin(self, batch, logs=None):
         # Not `self.model`, which copies the step's state back every batch.
@@ -83,14 +86,16 @@ class CompileNotice(keras.callbacks.Callback):
                    "per trainable set...")
         else:
             return
+        if self._timer is not None:  # a step that never ended (raised)
+            self._stop_timer()
         self._started, self._noticed = time.perf_counter(), False
         message = (
             f"\nkft: compiling the train step for {model.name!r} "
             f"({len(model.trainable_variables)} trainable variables); "
             + why)
-        self._ended = threading.Event()
+        self._running = _Running()
         self._timer = threading.Timer(delay, self._notice,
-                                      (message, self._ended))
+                                      (message, self._running))
         self._timer.daemon = True
         self._timer.start()
 
@@ -112,7 +117,18 @@ class CompileNotice(keras.callbacks.Callback):
             self._stop_timer()
 
     def _stop_timer(self):
-        with self._lock:
-            self._ended.set()
+        with self._running.lock:
+            self._running.ended = True
         self._timer.cancel()
-        self._timer = None
+        self._timer = self._running = None
+
+
+class _Running:
+    """A timed step: `ended` is set under `lock`, which the timer holds
+    from its check of `ended` to the end of its print, so "compiling..."
+    never comes after the step's end (a timer that passed its check as the
+    step ended printed it after "compiled in", or with none). Made per
+    timer, so the callback copies and pickles between fits."""
+
+    def __init__(self):
+        self.lock, self.ended = threading.Lock(), False

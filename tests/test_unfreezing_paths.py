@@ -168,6 +168,77 @@ def test_a_resume_after_epoch_ten_keeps_the_plateau_stage(tmp_path):
     assert callback.schedule.stage_epochs == [11]
 
 
+def test_plateau_counts_epochs_without_improvement_in_a_row():
+    # An improvement restarts the count (it kept counting: a stage at
+    # epoch 5 of a loss that never went 2 epochs without improving); a
+    # NaN first value is no best to compare with (every later value was
+    # "no improvement": a stage at 3 of a loss improving every epoch).
+    for values in ([1.0, 0.9, 1.0, 0.8, 0.85, 0.7],
+                   [float("nan"), 1.0, 0.9, 0.8, 0.7]):
+        schedule = Plateau("loss", patience=2, mode="min")
+        for epoch, value in enumerate(values):
+            schedule.on_epoch_end(epoch, {"loss": value}, None, limit=3)
+        assert schedule.stage_epochs == [] and schedule.best == 0.7, values
+
+
+def test_a_resume_after_the_first_epoch_keeps_the_plateau_count(tmp_path):
+    # A flat loss (learning rate 0), patience 1: stage 1 from epoch 2. Killed
+    # after epoch 0 and resumed, epoch 1 had no record to restore and the
+    # stage came an epoch late.
+    def fit(backup, extra=()):
+        keras.utils.set_random_seed(0)
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=SHAPE)
+        model.compile(keras.optimizers.SGD(0.0), LOSS)
+        return model.fit(X, Y, epochs=4, batch_size=8, shuffle=False,
+                         verbose=0, callbacks=[
+                             kft.callbacks.BackupAndRestore(backup),
+                             GradualUnfreezing(schedule=Plateau("loss", 1),
+                                               backup_dir=backup, verbose=0),
+                             *extra])
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    whole = fit(str(tmp_path / "whole")).history["unfrozen_blocks"]
+    assert whole == [0, 0, 1, 1]
+    with pytest.raises(KeyboardInterrupt):
+        fit(str(tmp_path / "cut"), [Kill()])
+    resumed = fit(str(tmp_path / "cut")).history["unfrozen_blocks"]
+    assert resumed == whole[1:]
+
+
+def test_resume_within_the_first_epoch(tmp_path):
+    # Saved after batch 0 of epoch 0 and resumed with per-block rates:
+    # epoch 0 has no earlier epoch's stage to roll back to; the run goes
+    # on from epoch 0 as the uninterrupted one would.
+    backup = str(tmp_path / "backup")
+
+    def fit(*extra):
+        keras.utils.set_random_seed(0)
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=SHAPE)
+        model.compile(kft.BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
+                                             model=model), LOSS)
+        return model.fit(X, Y, epochs=3, batch_size=4, shuffle=False,
+                         verbose=0, callbacks=[
+                             kft.callbacks.BackupAndRestore(
+                                 backup, save_freq=1),
+                             GradualUnfreezing(every=1, backup_dir=backup,
+                                               verbose=0), *extra])
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_Stop(0, 0))
+    with open(os.path.join(backup, "training_metadata.json")) as f:
+        assert json.load(f) == {"epoch": 0, "batch": 0}
+    start = _Start()
+    history = fit(start)
+    assert start.epoch == 0
+    assert history.history["unfrozen_blocks"] == [0, 1, 2]
+
+
 def test_argument_errors_name_the_value():
     # The schedule object itself: "'int' object is not iterable", a
     # string read as its characters, "epochs[i]" for every element.

@@ -570,3 +570,51 @@ def test_a_relative_directory_stays_where_the_backup_was_made(
     assert sorted(os.listdir(tmp_path / "a" / "ckpt")) == [
         "best.weights.h5", "phase0", "phase1", "run_state.json"]
     assert os.listdir(tmp_path / "b") == []
+
+
+def test_a_resume_after_the_first_epoch_restores_its_trainable_set(tmp_path):
+    # A callback unfroze the body at the end of epoch 0; killed before
+    # epoch 1 and resumed, the checkpoint's (unfrozen) set must be
+    # restored first, or its optimizer state does not load (the resume
+    # was refused: "did not restore the optimizer state").
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    y = np.arange(16) % 3
+
+    def model():
+        keras.utils.set_random_seed(0)
+        m = kft.build_classifier("simple_cnn", num_classes=3, weights=None,
+                                 input_shape=(16, 16, 3))
+        kft.freeze(m, "feature_extraction")
+        m.compile(kft.BlockwiseOptimizer(keras.optimizers.Adam(1e-3),
+                                         model=m),
+                  keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+        return m
+
+    class Unfreeze(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                with kft.changing_trainable(self.model):
+                    for layer in self.model.layers:
+                        layer.trainable = True
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    folder = str(tmp_path / "run")
+    first = model()
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8,
+                  verbose=0, callbacks=[Unfreeze(),
+                                        RunBackup(folder, first,
+                                                  print_fn=None), Kill()])
+    unfrozen = {v.path for v in first.trainable_variables}
+    again = model()
+    history = again.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8,
+                        verbose=0, callbacks=[Unfreeze(), RunBackup(
+                            folder, again, print_fn=None)])
+    assert len(history.history["loss"]) == 2
+    assert {v.path for v in again.trainable_variables} == unfrozen

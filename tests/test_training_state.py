@@ -169,3 +169,35 @@ def test_predict_after_a_swap_that_keeps_the_state_structure():
                                rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(model(x)), before, rtol=1e-6,
                                atol=1e-6)
+
+
+def test_by_hand_after_a_context_change_in_the_same_fit():
+    # Within one fit: a change with `changing_trainable`, later one by hand
+    # and `refresh_training_state`. The refresh must record the new set as
+    # the context does (the step raised "'NoneType' object is not
+    # callable").
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="d2")(
+        keras.layers.Dense(4, name="d1")(inputs)))
+    model.get_layer("d1").trainable = False
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    seen = {}
+
+    class Stages(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.count = getattr(self, "count", 0) + 1
+            if self.count == 6:
+                with kft.changing_trainable(model):
+                    model.get_layer("d1").trainable = True
+            elif self.count == 11:
+                model.get_layer("d2").trainable = False
+                kft.refresh_training_state(model)
+                seen["d2"] = np.array(model.get_layer("d2").kernel.value)
+
+    history = model.fit(x, np.ones((16, 4), "float32"), epochs=4,
+                        batch_size=4, verbose=0, callbacks=[Stages()])
+    assert len(history.history["loss"]) == 4
+    np.testing.assert_array_equal(model.get_layer("d2").kernel.value,
+                                  seen["d2"])  # frozen from then on

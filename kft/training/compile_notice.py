@@ -62,8 +62,8 @@ class CompileNotice(keras.callbacks.Callback):
         # A fit interrupted inside a timed step never ran `on_train_end`:
         # its timer would print into this fit, and its step is timed anew.
         if self._timer is not None:
-            self._stop_timer()
             self._function = None
+        self._stop_timer()
 
     def on_train_batch_begin(self, batch, logs=None):
         # Not `self.model`, which copies the step's state back every batch.
@@ -86,8 +86,6 @@ class CompileNotice(keras.callbacks.Callback):
                    "per trainable set...")
         else:
             return
-        if self._timer is not None:  # a step that never ended (raised)
-            self._stop_timer()
         self._started, self._noticed = time.perf_counter(), False
         message = (
             f"\nkft: compiling the train step for {model.name!r} "
@@ -113,10 +111,11 @@ class CompileNotice(keras.callbacks.Callback):
                 f"{time.perf_counter() - self._started:.1f} s.")
 
     def on_train_end(self, logs=None):
-        if self._timer is not None:
-            self._stop_timer()
+        self._stop_timer()
 
     def _stop_timer(self):
+        if self._timer is None:
+            return
         with self._running.lock:
             self._running.ended = True
         self._timer.cancel()

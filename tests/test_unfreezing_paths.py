@@ -210,13 +210,14 @@ def test_a_resume_after_the_first_epoch_keeps_the_plateau_count(tmp_path):
     assert resumed == whole[1:]
 
 
-def test_resume_within_the_first_epoch(tmp_path):
+def test_resume_within_the_first_epoch(tmp_path, capsys):
     # Saved after batch 0 of epoch 0 and resumed with per-block rates:
-    # epoch 0 has no earlier epoch's stage to roll back to; the run goes
+    # epoch 0 has no earlier epoch's stage to roll back to (taken as
+    # stage -1, the resume's message raised an IndexError); the run goes
     # on from epoch 0 as the uninterrupted one would.
     backup = str(tmp_path / "backup")
 
-    def fit(*extra):
+    def fit(*extra, verbose=0):
         keras.utils.set_random_seed(0)
         model = kft.build_classifier("simple_cnn", num_classes=3,
                                      weights=None, input_shape=SHAPE)
@@ -227,16 +228,19 @@ def test_resume_within_the_first_epoch(tmp_path):
                              kft.callbacks.BackupAndRestore(
                                  backup, save_freq=1),
                              GradualUnfreezing(every=1, backup_dir=backup,
-                                               verbose=0), *extra])
+                                               verbose=verbose), *extra])
 
     with pytest.raises(KeyboardInterrupt):
         fit(_Stop(0, 0))
     with open(os.path.join(backup, "training_metadata.json")) as f:
         assert json.load(f) == {"epoch": 0, "batch": 0}
     start = _Start()
-    history = fit(start)
+    capsys.readouterr()
+    history = fit(start, verbose=1)
     assert start.epoch == 0
     assert history.history["unfrozen_blocks"] == [0, 1, 2]
+    assert ("GradualUnfreezing: resumed within epoch 1 (training reruns it "
+            "from its first batch): stage 0") in capsys.readouterr().out
 
 
 def test_argument_errors_name_the_value():
@@ -446,6 +450,30 @@ def test_a_callback_that_resumed_starts_a_new_fit_over(tmp_path):
     callback = GradualUnfreezing(every=1, backup_dir=backup, verbose=0)
     assert fit([callback, kft.callbacks.BackupAndRestore(backup)]) == [2, 3]
     assert fit([callback], epochs=2) == [0, 1]
+
+
+def test_a_callback_whose_restoring_fit_ran_no_epoch_starts_over(tmp_path):
+    # A rerun of a finished run's command (its checkpoint after the last
+    # epoch kept) restores and runs no epoch: no epoch began to clear the
+    # "restored" mark, and the callback's next fit from epoch 0 was taken
+    # for that resume ("the optimizer state was not restored").
+    backup = str(tmp_path / "backup")
+
+    def fit(callbacks):
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=SHAPE)
+        model.compile(keras.optimizers.Adam(1e-3), LOSS)
+        return model.fit(X, Y, batch_size=8, epochs=2, verbose=0,
+                         callbacks=callbacks).history
+
+    def restoring():
+        return kft.callbacks.BackupAndRestore(backup, delete_checkpoint=False)
+
+    assert fit([GradualUnfreezing(every=1, backup_dir=backup, verbose=0),
+                restoring()])["unfrozen_blocks"] == [0, 1]
+    callback = GradualUnfreezing(every=1, backup_dir=backup, verbose=0)
+    assert "unfrozen_blocks" not in fit([callback, restoring()])
+    assert fit([callback])["unfrozen_blocks"] == [0, 1]
 
 
 def test_a_plateau_callback_reused_for_a_new_fit_starts_over():

@@ -26,6 +26,25 @@ class _Crash(keras.callbacks.Callback):
             raise RuntimeError("crash")
 
 
+class _KillBeforeCheckpoint(RunBackup):
+    """A RunBackup killed at the end of epoch `at`, between its state
+    file's write and its checkpoint's."""
+
+    def __init__(self, at, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        checkpoint = self._inner.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            if epoch == self.at:
+                raise KeyboardInterrupt
+            checkpoint(epoch, logs)
+        self._inner.on_epoch_end = on_epoch_end
+
+
 def _run(directory, extra=(), data_options=None, model_options=None,
          **kwargs):
     keras.utils.set_random_seed(0)
@@ -572,11 +591,16 @@ def test_a_relative_directory_stays_where_the_backup_was_made(
     assert os.listdir(tmp_path / "b") == []
 
 
-def test_a_resume_after_the_first_epoch_restores_its_trainable_set(tmp_path):
+@pytest.mark.parametrize("kill", ["before_epoch_1", "before_checkpoint_1"])
+def test_a_resume_after_the_first_epoch_restores_its_trainable_set(tmp_path,
+                                                                    kill):
     # A callback unfroze the body at the end of epoch 0; killed before
     # epoch 1 and resumed, the checkpoint's (unfrozen) set must be
     # restored first, or its optimizer state does not load (the resume
-    # was refused: "did not restore the optimizer state").
+    # was refused: "did not restore the optimizer state"). Killed at the
+    # end of epoch 1 between RunBackup's state (epoch 1 recorded) and its
+    # checkpoint (still epoch 0's), the set of epoch 0 must still be in
+    # the state: the last two epochs are kept for that.
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
     y = np.arange(16) % 3
@@ -599,18 +623,25 @@ def test_a_resume_after_the_first_epoch_restores_its_trainable_set(tmp_path):
                     for layer in self.model.layers:
                         layer.trainable = True
 
-    class Kill(keras.callbacks.Callback):
+    class KillBeforeEpoch1(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1:
                 raise KeyboardInterrupt
 
     folder = str(tmp_path / "run")
     first = model()
+    callbacks = {
+        "before_epoch_1": [Unfreeze(), RunBackup(folder, first,
+                                                 print_fn=None),
+                           KillBeforeEpoch1()],
+        "before_checkpoint_1": [Unfreeze(), _KillBeforeCheckpoint(
+            1, folder, first, print_fn=None)]}[kill]
     with pytest.raises(KeyboardInterrupt):
         first.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8,
-                  verbose=0, callbacks=[Unfreeze(),
-                                        RunBackup(folder, first,
-                                                  print_fn=None), Kill()])
+                  verbose=0, callbacks=callbacks)
+    with open(os.path.join(folder, "run_state.json")) as f:
+        assert (str(1) in json.load(f)["history"]) == (
+            kill == "before_checkpoint_1")
     unfrozen = {v.path for v in first.trainable_variables}
     again = model()
     history = again.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8,
@@ -618,3 +649,48 @@ def test_a_resume_after_the_first_epoch_restores_its_trainable_set(tmp_path):
                             folder, again, print_fn=None)])
     assert len(history.history["loss"]) == 2
     assert {v.path for v in again.trainable_variables} == unfrozen
+
+
+def test_an_early_stop_lost_in_a_kill_is_forgotten_when_its_epoch_reruns(
+        tmp_path):
+    # Early stopping ended epoch 1, and the kill came before that epoch's
+    # checkpoint: the resume reruns epoch 1 (not stopped this time) and
+    # is killed in epoch 2. The next resume, from epoch 1's checkpoint,
+    # must train on: the stop belonged to the lost attempt (had it been
+    # kept, the run "had stopped early after epoch 2").
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    y = np.arange(8) % 3
+    folder = str(tmp_path / "run")
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    class KillAt2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    def fit(before=(), after=(), kill_before_checkpoint=None):
+        keras.utils.set_random_seed(0)
+        model = kft.build_classifier("simple_cnn", num_classes=3,
+                                     weights=None, input_shape=(16, 16, 3))
+        model.compile(keras.optimizers.Adam(1e-3),
+                      keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+        run = (RunBackup(folder, model, print_fn=None)
+               if kill_before_checkpoint is None else _KillBeforeCheckpoint(
+                   kill_before_checkpoint, folder, model, print_fn=None))
+        return model.fit(x, y, validation_data=(x, y), epochs=4,
+                         batch_size=4, verbose=0,
+                         callbacks=[*before, run, *after]).history
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(before=[Stop()], kill_before_checkpoint=1)
+    with open(os.path.join(folder, "run_state.json")) as f:
+        assert json.load(f)["stopped"] == {"0": 1}
+    with pytest.raises(KeyboardInterrupt):
+        fit(after=[KillAt2()])
+    assert len(fit()["loss"]) == 2

@@ -122,6 +122,24 @@ def test_backbone_is_found_by_its_marker_not_its_name():
         as_backbone("x", "simple_cnn")
 
 
+def test_a_second_backbone_after_the_first_belongs_to_the_head():
+    # "Then the head for the layers after the backbone": a second kft
+    # backbone (a two-tower model) joins the head whole; split into its
+    # own blocks it took the first one's names ("stem", ...), and the
+    # first backbone's layers were in no block.
+    first, second = (kft.create_backbone("simple_cnn", weights=None,
+                                         input_shape=(16, 16, 3),
+                                         pooling="avg") for _ in range(2))
+    second.name = "second"
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Concatenate()([first(inputs), second(inputs)])
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(features))
+    blocks = kft.get_blocks(model)
+    assert list(blocks) == ["stem", "block1", "block2", "block3", "head"]
+    assert [l.name for l in blocks["head"]] == ["second", "head"]
+    assert blocks["stem"][0] is first.get_layer("stem_conv")
+
+
 def test_clones_sharing_a_backbones_layers_keep_its_marker():
     from kft.models.backbones import as_backbone
 

@@ -151,8 +151,11 @@ def test_each_strategy(strategy, folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(module, "fine_tune", recorded)
     out = str(tmp_path / strategy)
     extra = {"gradual": ["--epochs", "2", "--json"],
-             # One-cycle needs a few steps: 2 epochs of 2 batches.
-             "full": ["--epochs", "2", "--schedule", "one_cycle", "--json"],
+             # One-cycle needs a few steps: 2 epochs of 2 batches. MixUp
+             # and CutMix (documented flags no run had used) train too.
+             "full": ["--epochs", "2", "--schedule", "one_cycle", "--json",
+                      "--mixup", "0.4", "--cutmix", "0.5",
+                      "--label-smoothing", "0.1"],
              "auto": ["--epochs", "1", "--bn", "train", "--early-stopping",
                       "2", "--label-smoothing", "0.1"]}[strategy]
     assert cli.main(["train", folder, *FAST, "--strategy", strategy,
@@ -189,8 +192,13 @@ def test_each_strategy(strategy, folder, tmp_path, capsys, monkeypatch):
             None, 1, 2]
     else:
         assert calls[0]["schedule"] == "one_cycle"
-        assert kft.runs.load_config(os.path.join(
-            out, "config.toml")).schedule == "one_cycle"
+        config = kft.runs.load_config(os.path.join(out, "config.toml"))
+        assert config.schedule == "one_cycle"
+        assert (config.mixup, config.cutmix) == (0.4, 0.5)
+        mix = models[0].batch_augment.get_config()
+        assert (mix["mixup_alpha"], mix["cutmix_alpha"],
+                mix["label_smoothing"], mix["num_classes"]) == (
+                    0.4, 0.5, 0.1, 3)
 
 
 def test_strategy_auto_keeps_the_recipe_settings_given():
@@ -217,6 +225,36 @@ def test_strategy_auto_keeps_the_recipe_settings_given():
             assert getattr(config, field) == value, (images, field)
             checked.add(field)
     assert checked == set(given)
+
+
+def test_the_recipe_line_gives_each_blocks_rate_under_layer_decay():
+    # `kft train --layer-decay`: the recipe line printed before training
+    # lists each block's phase-2 rate (no run had printed it).
+    from kft.runs.recipe import build_run_model
+    from kft.runs.recipe import describe_recipe
+
+    config = TrainConfig(backbone="simple_cnn", weights="none",
+                         image_size=16, strategy="full", lr=0.01,
+                         layer_decay=0.5, epochs=2, head_epochs=1)
+    text = describe_recipe(config, build_run_model(config, 3))
+    assert ("then full (every block) 2 epoch(s) at 0.01 (cosine), BatchNorm "
+            "frozen; rate per block: stem 0.000625, block1 0.00125, block2 "
+            "0.0025, block3 0.005, head 0.01; blocks: ") in text
+
+
+def test_the_recipe_line_of_a_found_rate_gives_factors_of_it():
+    # The rate is found after this line is printed: the decay factors
+    # were printed as rates ("head 1", while the head trained at 0.006).
+    from kft.runs.recipe import build_run_model
+    from kft.runs.recipe import describe_recipe
+
+    config = TrainConfig(backbone="simple_cnn", weights="none",
+                         image_size=16, strategy="full", lr="find",
+                         layer_decay=0.5, epochs=2, head_epochs=1)
+    text = describe_recipe(config, build_run_model(config, 3))
+    assert ("at find (cosine), BatchNorm frozen; rate per block (x the "
+            "found rate): stem 0.0625, block1 0.125, block2 0.25, block3 "
+            "0.5, head 1; blocks: ") in text
 
 
 def test_every_recipe_setting_reaches_fine_tune():
@@ -471,6 +509,18 @@ def test_lr_find_after_the_head_phase_measures_a_fresh_optimizer(
     assert images == 18
     kft.freeze(model, "partial", n_blocks=1)
     assert trainable == [v.path for v in model.trainable_weights]
+    # --strategy partial: its --n-blocks top blocks and the head (no test
+    # had measured partial's or full's set).
+    assert cli.main(["lr-find", folder, "--backbone", "simple_cnn",
+                     "--weights", "none", "--image-size", "16",
+                     "--batch-size", "8", "--augment", "none", "--steps",
+                     "10", "--phase", "fine_tune", "--strategy", "partial",
+                     "--n-blocks", "2", "--head-epochs", "1", "--json"]) == 0
+    (model, _, trainable) = measured[1]
+    kft.freeze(model, "partial", n_blocks=2)
+    assert trainable == [v.path for v in model.trainable_weights]
+    kft.freeze(model, "partial", n_blocks=1)
+    assert trainable != [v.path for v in model.trainable_weights]
 
 
 def test_compare_two_strategies_two_seeds(folder, tmp_path, capsys,
@@ -556,7 +606,63 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
     unset.write_text('unset = ["weights"]\n')
     link = tmp_path / "photos"
     os.symlink(folder, link)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("epochs = \n")
+    nested = tmp_path / "nested.toml"
+    nested.write_text("[train]\nepochs = 2\n")
+    rate = tmp_path / "rate.toml"
+    rate.write_text('lr = "fast"\n')
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
     cases = [
+        # A config file that is missing, not TOML, or not one flat table
+        # names the file (a misread file trained on defaults before).
+        (["train", folder, "--config", str(tmp_path / "missing.toml")],
+         f"Config file {str(tmp_path / 'missing.toml')!r} does not exist."),
+        (["train", folder, "--config", str(broken)],
+         f"Config file {str(broken)!r}: Invalid value (at line 1"),
+        (["train", folder, "--config", str(nested)],
+         f"Config file {str(nested)!r}: A kft config is one flat table; "
+         "found table(s) train"),
+        # A text rate other than "find" (the flag's parser refuses it; the
+        # file's value reaches the config's own check).
+        (["train", folder, "--config", str(rate)],
+         "Argument --lr must be a positive number or \"find\". Received: "
+         f"lr='fast' (set in config file {str(rate)!r})"),
+        (["train", folder, "--backbone", "simple_cnn", "--weights",
+          str(tmp_path / "w.weights.h5")],
+         f"Weights {str(tmp_path / 'w.weights.h5')!r}: not 'imagenet', "
+         "'none' or an existing weights file."),
+        (["train", "--resume", "--out", str(empty)],
+         f"Nothing to resume in {str(empty)!r}: no config.toml there. "
+         "Start the run without --resume."),
+        (["lr-find", folder, "--start", "1", "--end", "0.1"],
+         "--end (0.1) must be above --start (1)"),
+        (["compare", str(tmp_path / "missing")],
+         f"DATA_DIR {str(tmp_path / 'missing')!r} does not exist"),
+        (["compare", folder, "--test-dir", str(tmp_path / "missing")],
+         f"--test-dir {str(tmp_path / 'missing')!r} does not exist"),
+        # No validation split, no val/ or test/: nothing to score on.
+        (["compare", folder, *TINY, "--val-split", "0", "--out",
+          str(tmp_path / "cmp")],
+         "compare needs held-out data: a validation split (--val-split > "
+         "0), val/ or test/"),
+        (["eval", str(notes), folder],
+         f"{str(notes)!r} is neither a kft run folder nor a .keras model "
+         "file."),
+        (["export", str(onnx)],
+         f"RUN_OR_MODEL {str(onnx)!r} is already an ONNX file"),
+        (["export", str(notes)],
+         f"RUN_OR_MODEL {str(notes)!r} is neither a run folder nor a "
+         ".keras / .onnx file"),
+        # A folder to write that cannot be made (a file on its path).
+        (["lr-find", folder, "--plot", str(notes / "sub" / "lr.png")],
+         f"the folder of --plot {str(notes / 'sub')!r}: cannot create the "
+         "folder (Not a directory)"),
         (["train", folder, "--config", str(unset)],
          f"Received: weights=None (set in config file {str(unset)!r})"),
         # A bad value from the config file: the message named a flag the
@@ -621,6 +727,7 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
         assert code == 2 and message in err, (argv, err)
         assert err.startswith(f"usage: kft {argv[0]}"), err
     assert not os.path.exists(tmp_path / "r2" / "config.toml")
+    assert not os.path.exists(tmp_path / "cmp") and not os.listdir(empty)
     assert sorted(os.listdir(folder)) == before
     # Started inside the image folder, the default --out lands there.
     monkeypatch.chdir(folder)
@@ -849,6 +956,13 @@ def test_installed_command_exit_status(run, folder, tmp_path, capsys,
     monkeypatch.setattr(sys, "argv", ["kft", "train", str(tmp_path / "no")])
     with pytest.raises(SystemExit) as info:
         runpy.run_module("kft", run_name="__main__", alter_sys=True)
+    assert info.value.code == 2
+    printed = capsys.readouterr()
+    assert "usage: kft train" in printed.err and not printed.out
+    assert "does not exist" in printed.err
+    # `python -m kft.cli` is the same command too.
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("kft.cli", run_name="__main__", alter_sys=True)
     assert info.value.code == 2
     printed = capsys.readouterr()
     assert "usage: kft train" in printed.err and not printed.out

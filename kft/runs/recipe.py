@@ -259,9 +259,13 @@ def describe_recipe(config, model):
         if config.layer_decay is not None:
             from kft.optimizers import layerwise_lr
 
-            base = 1.0 if config.lr == "find" else config.lr
-            rates = layerwise_lr(model, base, config.layer_decay)
-            text += "; rate per block: " + ", ".join(
+            # With `--lr find` the rate is not known yet: each block's
+            # factor of it.
+            found = config.lr == "find"
+            rates = layerwise_lr(model, 1.0 if found else config.lr,
+                                 config.layer_decay)
+            text += ("; rate per block (x the found rate): " if found
+                     else "; rate per block: ") + ", ".join(
                 f"{k} {v:.3g}" for k, v in rates.items())
     blocks = list(get_blocks(model))
     return text + f"; blocks: {' > '.join(blocks)}"

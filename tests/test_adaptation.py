@@ -144,6 +144,21 @@ def test_coral_matches_numpy():
     np.testing.assert_allclose(float(kft.coral(a, b)), expected, rtol=1e-4)
     with pytest.raises(ValueError, match="feature width"):
         kft.coral(a, b[:, :3])
+    # Feature maps (n, h, w, c) are flattened per sample, as documented;
+    # a vector or a single sample has no covariance to compare.
+    maps_a, maps_b = a.reshape(40, 2, 2, 1), b.reshape(30, 2, 1, 2)
+    np.testing.assert_allclose(float(kft.coral(maps_a, maps_b)), expected,
+                               rtol=1e-4)
+    np.testing.assert_allclose(float(kft.mmd(maps_a, maps_b)),
+                               float(kft.mmd(a, b)), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"Argument `source` must be a batch "
+                       r"of features of rank >= 2\. Received: "
+                       r"source\.shape=\(4,\)"):
+        kft.coral(a[0], b)
+    for loss in (kft.coral, kft.mmd):
+        with pytest.raises(ValueError, match=r"Argument `target` must hold "
+                           r"at least 2 samples\. Received: 1"):
+            loss(a, b[:1])
 
 
 # -- AdaBN -------------------------------------------------------------------
@@ -360,12 +375,44 @@ def test_domain_pairs_and_trainer_reject_bad_input():
         domain_pairs((x, y), np.zeros((8, 10, 10, 3)), batch_size=4)
     with pytest.raises(ValueError, match="at least one image"):
         domain_pairs((x, y), np.zeros((0, 8, 8, 3)), batch_size=4)
+    # Source data that is not a labelled pair of images, labels of another
+    # length, and fewer source images than a batch: named before training.
+    with pytest.raises(TypeError, match=r"Argument `source` must be a "
+                       r"labelled \(x, y\) pair of arrays or a kft\.data\."
+                       r"ImageDataset\. Received: "):
+        domain_pairs(x, x, batch_size=4)
+    with pytest.raises(TypeError, match=r"Argument `source` must be .* "
+                       r"Received: source='an \(x, y\) pair with x a "
+                       r"generator'"):
+        domain_pairs(((image for image in x), y), x, batch_size=4)
+    with pytest.raises(ValueError, match=r"Argument `source` has 8 images "
+                       r"but 5 labels\."):
+        domain_pairs((x, y[:5]), x, batch_size=4)
+    with pytest.raises(ValueError, match=r"Argument `source` has 8 images, "
+                       r"fewer than batch_size=16: no full batch"):
+        domain_pairs((x, y), x, batch_size=16)
     clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
                                input_shape=(8, 8, 3))
+    for classifier in (clf.get_layer("head_dense"), "simple_cnn"):
+        with pytest.raises(TypeError, match=r"Argument `classifier` must be "
+                           r"a functional Keras classifier"):
+            kft.DomainAdaptationModel(classifier)
     with pytest.raises(ValueError, match="at least one image"):
         kft.adapt_batchnorm(clf, np.zeros((0, 8, 8, 3)))
     with pytest.raises(ValueError, match="same shape"):
         kft.adapt_batchnorm(clf, np.zeros((4, 16, 16, 3)))
+    # One image where a batch goes, a batch of three parts, or None.
+    with pytest.raises(ValueError, match=r"Argument `target_data` must be "
+                       r"images of shape \(n, height, width, channels\)\. "
+                       r"Received: target_data\.shape=\(8, 8, 3\)"):
+        kft.adapt_batchnorm(clf, x[0])
+    with pytest.raises(ValueError, match=r"Argument `data` must be an image "
+                       r"array or an \(x, y\) pair\. Received: a tuple of "
+                       r"length 3"):
+        kft.domain_shift(clf, (x, y, y))
+    with pytest.raises(ValueError, match=r"Argument `data` must hold images\."
+                       r" Received: None"):
+        kft.domain_shift(clf, None)
     with pytest.raises(ValueError, match="method"):
         kft.DomainAdaptationModel(clf, method="adda")
     # A folder's path was read as a dataset of characters: "could not
@@ -401,6 +448,15 @@ def test_domain_pairs_and_trainer_reject_bad_input():
     with pytest.raises(ValueError, match=r"needs source and target images\. "
                        r"Received: a batch of 4 source and 0 target"):
         model.fit(no_target(), steps_per_epoch=1, epochs=1, verbose=0)
+
+    # Batches without labels: DANN's classification loss has none to use.
+    def no_labels():
+        while True:
+            yield ({"source": x[:4], "target": x[:4]},)
+
+    with pytest.raises(ValueError, match=r"needs source labels: batches "
+                       r"\(\{'source', 'target'\}, y_source\)"):
+        model.fit(no_labels(), steps_per_epoch=1, epochs=1, verbose=0)
 
 
 # -- diagnostic and recommendation -------------------------------------------
@@ -537,6 +593,22 @@ def test_domain_shift_counts_the_images_of_a_dataset():
     report = kft.domain_shift(model, x, batch_size=4, max_images=8)
     assert report.num_images == 8
     assert str(report).startswith("Domain shift on 8 images")
+    # recommend_strategy(model, data) measures the shift itself (documented;
+    # only a report computed beforehand was passed), counting the images of
+    # a dataset or of an array.
+    for given in (data, x):
+        rec = kft.recommend_strategy(model, given, batch_size=4)
+        assert rec.num_images == 12 and rec.shift.num_images == 12
+        measured = kft.domain_shift(model, given, batch_size=4)
+        assert rec.shift.blocks == pytest.approx(measured.blocks)
+        assert rec == kft.recommend_strategy(num_images=12,
+                                             shift=measured)
+    with pytest.raises(ValueError, match=r"Argument `data` must be target "
+                       r"images to measure the shift of `model` on"):
+        kft.recommend_strategy(model, num_images=100)
+    with pytest.raises(ValueError, match=r"Argument `num_images` must be a "
+                       r"positive integer\. Received: num_images=2\.5"):
+        kft.recommend_strategy(num_images=2.5)
 
 
 def test_symmetric_kl_of_gaussians_with_different_variances():

@@ -62,6 +62,17 @@ def test_backbones_lists_matches_and_spelt_names(capsys):
     assert capsys.readouterr().out.startswith("efficientnetb0 ")
 
 
+def test_backbones_params_counts_the_backbone_without_its_head(capsys):
+    # `kft backbones --params`: the count of the backbone at its default
+    # size, in the column between the size and the blocks.
+    assert cli.main(["backbones", "simple_cnn", "--params"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    expected = kft.models.backbones.create_backbone(
+        "simple_cnn", weights=None).count_params()
+    assert line.split()[:3] == ["simple_cnn", "32px", f"{expected:,}"]
+    assert line.endswith("stem > block1 > block2 > block3")
+
+
 def _console_script():
     path = os.path.join(os.path.dirname(sys.executable), "kft")
     if not os.path.exists(path):
@@ -178,6 +189,9 @@ def test_demo_passes_seeds_and_output_folder(tmp_path, monkeypatch):
                      "--no-plots", "--target-epochs", "4"]) == 0
     assert calls[0]["seeds"] == 3 and calls[0]["output_dir"] == str(tmp_path)
     assert calls[0]["plots"] is False and calls[0]["target_epochs"] == 4
+    # --workdir: an existing folder one can write to reaches the demo.
+    assert cli.main(["demo", "--workdir", str(tmp_path), "--no-plots"]) == 0
+    assert calls[1]["workdir"] == str(tmp_path)
 
 
 @pytest.fixture(scope="module")

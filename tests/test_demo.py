@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import kft
 import kft.demo
@@ -53,3 +54,61 @@ def test_demo_compares_transfer_with_random_weights_and_fine_tunes_them(
         "feature_extraction": ("feature_extraction", 3, 0, True),
         "partial": ("partial", 2, 1, True),
         "full": ("full", 2, 1, True)}
+
+
+def test_demo_seeds_scratch_starts_random_and_files_go_to_the_workdir(
+        tmp_path, monkeypatch):
+    # `kft demo --seeds N`: its build() gives the pretrained backbone with
+    # the digits as class names, and its scratch strategy must re-draw the
+    # weights before a full fine-tune (left pretrained, scratch compared
+    # transfer with transfer). Without matplotlib the demo says why the
+    # plots are missing; with a workdir and no output_dir, comparison.json
+    # lands in the workdir (documented default).
+    def pretrain(settings, splits, weights_file, temporary, say):
+        source = kft.build_classifier("simple_cnn", 5, weights=None,
+                                      input_shape=settings.input_shape)
+        for variable in source.get_layer("simple_cnn").weights:
+            variable.assign(np.full(variable.shape, 0.25, "float32"))
+        source.get_layer("simple_cnn").save_weights(weights_file)
+
+    asked, tuned = {}, []
+
+    def fake_compare(build, train, val, test, **kwargs):
+        asked.update(kwargs, build=build, train=train, val=val)
+        runs = [{"strategy": "full", "seed": seed,
+                 "metrics": {"accuracy": 0.5}, "trainable_params": 1,
+                 "train_time": 1.0} for seed in kwargs["seeds"]]
+        return kft.StrategyComparison(runs, ["full"], kwargs["seeds"],
+                                      "accuracy")
+
+    def spy_fine_tune(model, train, val, **kwargs):
+        backbone = model.get_layer("simple_cnn").weights
+        tuned.append((kwargs, any(np.all(v.numpy() == 0.25)
+                                  for v in backbone)))
+        return "tuned"
+
+    monkeypatch.setattr(kft.demo, "_pretrain", pretrain)
+    monkeypatch.setattr(kft.demo, "compare_strategies", fake_compare)
+    monkeypatch.setattr(kft.demo, "fine_tune", spy_fine_tune)
+    monkeypatch.setattr(kft.demo, "_have_matplotlib", lambda: False)
+    monkeypatch.setattr(kft.demo, "available", lambda: False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"output_dir.*a directory.*"
+                       r"Received: output_dir="):
+        kft.demo.run_demo(output_dir=str(tmp_path / "file"), print_fn=None)
+    printed = []
+    kft.demo.run_demo(image_size=8, target_per_class=2, target_epochs=3,
+                      seeds=2, workdir=str(tmp_path), print_fn=printed.append)
+    assert printed[0] == kft.demo._NO_PLOTS
+    assert (tmp_path / "comparison.json").exists()
+    assert not (tmp_path / "strategies.png").exists()
+    *_, scratch = asked["strategies"]
+    model = asked["build"]()
+    assert model.kft_metadata["class_names"] == ["5", "6", "7", "8", "9"]
+    assert all(np.all(v.numpy() == 0.25)
+               for v in model.get_layer("simple_cnn").weights)
+    assert scratch(model, asked["train"], asked["val"], 0) == "tuned"
+    (kwargs, pretrained), = tuned
+    assert not pretrained
+    assert (kwargs["strategy"], kwargs["head_epochs"], kwargs["epochs"]) == (
+        "full", 1, 2)

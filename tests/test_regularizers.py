@@ -919,3 +919,106 @@ def test_a_subclass_with_its_own_evaluation_step_leaves_the_penalty_out():
     assert float(keras.ops.sum(model.losses)) > 100.0
     task = float(_sparse_ce()(y, model.predict(x, verbose=0)))
     assert model.evaluate(x, y, verbose=0) == pytest.approx(task, rel=1e-4)
+
+
+# -- paths of the public API no other test takes ----------------------------
+
+
+def test_fisher_of_the_first_num_samples_and_of_a_subclassed_model():
+    # `num_samples` (documented: the first n examples) was never passed a
+    # value; a subclassed model has no `outputs`, its classes are read
+    # from its output spec (labels are checked against them).
+    model = _tiny()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3)).astype("float32")
+    y = np.array([0, 1, 1, 0, 1])
+    first = kft.estimate_fisher(model, (x, y), num_samples=3)
+    want = kft.estimate_fisher(model, (x[:3], y[:3]))
+    assert first.num_samples == 3
+    for key in want.values:
+        np.testing.assert_allclose(first.values[key], want.values[key],
+                                   rtol=1e-6)
+    with pytest.raises(ValueError, match=r"Argument `num_samples` must be "
+                       r"an integer >= 1\. Received: num_samples=0"):
+        kft.estimate_fisher(model, (x, y), num_samples=0)
+    with pytest.raises(ValueError, match=r"`source_data` must be images and "
+                       r"labels of one length\. Received: .*5 images, 4 "
+                       r"labels"):
+        kft.estimate_fisher(model, (x, y[:4]))
+    with pytest.raises(ValueError, match=r"`source_data\[1\]` must be class "
+                       r"indices \(n,\) or one-hot rows \(n, 2\)\. Received: .*"
+                       r"labels of shape \(5, 1, 1\)"):
+        kft.estimate_fisher(model, (x, y[:, None, None]))
+    images = rng.uniform(0, 1, (4, 8, 8, 3)).astype("float32")
+    labels = np.array([0, 1, 2, 1])
+    net = _Net()
+    net(images[:1])
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3, name="head")(
+        keras.layers.GlobalAveragePooling2D()(
+            keras.layers.Conv2D(4, 3, name="conv")(inputs)))
+    twin = keras.Model(inputs, outputs)
+    for name in ("conv", "head"):
+        twin.get_layer(name).set_weights(net.get_layer(name).get_weights())
+    # The subclass's paths hold its name: "__net/conv/kernel".
+    got = kft.estimate_fisher(net, (images, labels), batch_size=4).values
+    want = kft.estimate_fisher(twin, (images, labels), batch_size=4).values
+    got = {key.split("/", 1)[1]: value for key, value in got.items()}
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"labels outside \[0, 3\)"):
+        kft.estimate_fisher(net, (images, labels + 1))
+
+
+def test_regularize_and_ewc_refuse_what_they_cannot_bind():
+    # Errors a user meets: a layer or an unbuilt model where a built model
+    # goes, a penalty already bound to another model, EWC given no Fisher.
+    with pytest.raises(TypeError, match=r"Argument `model` must be a "
+                       r"keras.Model\. Received: model=<Dense"):
+        kft.regularize(keras.layers.Dense(2), kft.L2SP(0.1))
+    with pytest.raises(ValueError, match=r"Argument `model` must be a built "
+                       r"model \(call it or build it first\)"):
+        kft.regularize(_Net(), kft.L2SP(0.1))
+    penalty = kft.regularize(_tiny(), kft.L2SP(0.1))
+    with pytest.raises(ValueError, match=r"L2SP\(alpha=0\.1, beta=0\.0\) is "
+                       r"bound to a model already; create another"):
+        kft.regularize(_tiny("other"), penalty)
+    with pytest.raises(TypeError, match=r"Argument `fisher` must be a "
+                       r"kft\.FisherInformation .*Received: fisher="
+                       r"'ndarray'"):
+        kft.EWC(1.0, np.ones(3))
+
+
+def test_with_source_head_refuses_models_and_heads_that_do_not_fit():
+    # A model of the user's own (no kft backbone), a source head that is
+    # no Dense, and the head of a source classifier pooled otherwise (its
+    # width does not fit the target's features): named, before any copy.
+    with pytest.raises(ValueError, match=r"Argument `model` must be a kft "
+                       r"classifier .*Received layers: \["):
+        kft.with_source_head(_plain("head"), _cnn(4))
+    with pytest.raises(TypeError, match=r"Argument `source_head` must be a "
+                       r"Dense layer or a kft classifier whose head ends "
+                       r"with one"):
+        kft.with_source_head(_cnn(3), _plain("fc"))
+    flat = _cnn(4, pooling="flatten")
+    width = flat.get_layer("head_dense").kernel.shape[0]
+    with pytest.raises(ValueError, match=rf"The source head takes {width} "
+                       r"features but the model's pooling gives 64\."):
+        kft.with_source_head(_cnn(3), flat)
+
+
+def test_an_lwf_penalty_saves_and_loads_its_settings(tmp_path):
+    # LwF's side file was never read back: its temperature and weight
+    # must come back (not LwF's defaults), and a file that no penalty
+    # wrote is named.
+    model = kft.with_source_head(_cnn(3), _cnn(4))
+    path = kft.regularize(model, kft.LwF(3.0, 0.5)).save(tmp_path / "p.npz")
+    again = kft.load_penalty(path)
+    assert repr(again) == "LwF(temperature=3.0, weight=0.5)"
+    kft.regularize(kft.with_source_head(_cnn(3), _cnn(4)), again)
+    assert again.bound is not None
+    np.savez(tmp_path / "other.npz", weights=np.ones(2))
+    with pytest.raises(ValueError, match=r"Argument `path` must be a file "
+                       r"written by penalty\.save\(path\)"):
+        kft.load_penalty(tmp_path / "other.npz")

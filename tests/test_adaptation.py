@@ -1055,6 +1055,27 @@ def test_build_discriminator_checks_its_seed():
     second = kft.adaptation.build_discriminator(8, (4,), seed=3)
     x = np.ones((2, 8), "float32")
     np.testing.assert_array_equal(first(x), second(x))
+    # One width as an int (documented: `int | tuple`) is one hidden layer.
+    single = kft.adaptation.build_discriminator(8, 4, seed=3)
+    assert [layer.units for layer in single.layers
+            if isinstance(layer, keras.layers.Dense)] == [4, 1]
+    np.testing.assert_array_equal(single(x), first(x))
+    with pytest.raises(ValueError, match=r"hidden_units.*Received: "
+                       r"hidden_units=0"):
+        kft.adaptation.build_discriminator(8, 0)
+
+
+def test_batchnorm_functions_refuse_a_model_without_batchnorm():
+    # Nothing to adapt: said, instead of a model returned unchanged.
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(2, 3)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(
+        keras.layers.GlobalAveragePooling2D()(x)), name="plain")
+    images = np.zeros((4, 8, 8, 3), "float32")
+    with pytest.raises(ValueError, match="Model 'plain' has no "
+                       "BatchNormalization layer: there are no statistics "
+                       "to adapt or compare."):
+        kft.adaptation.adapt_batchnorm(model, images, batch_size=2)
 
 
 def test_uint8_images_are_cast_a_batch_at_a_time():

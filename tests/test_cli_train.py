@@ -586,6 +586,32 @@ def test_compare_interrupted_keeps_the_finished_runs(folder, tmp_path,
     assert not (tmp_path / "early").exists()
 
 
+def test_compare_says_how_many_runs_raised(folder, tmp_path, capsys,
+                                          monkeypatch):
+    # A run that raises is recorded and the others go on: the command
+    # says so (exit 0 while a run scored), the error is in comparison.md.
+    from kft.evaluation import compare as compare_module
+
+    real, calls = compare_module._one_run, []
+
+    def one_run(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(*args)
+
+    monkeypatch.setattr(compare_module, "_one_run", one_run)
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", folder, *TINY, "--strategies",
+                     "feature_extraction", "--seeds", "2", "--epochs", "2",
+                     "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert ("kft compare: 1 of 2 runs raised (listed in comparison.md)."
+            in err), err
+    assert "RuntimeError: out of memory" in (out / "comparison.md"
+                                             ).read_text()
+
+
 def _usage_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
@@ -1752,12 +1778,24 @@ def test_a_skipped_file_named_in_another_encoding_is_reported(tmp_path,
     # every resume too), the run left "running".
     data = _write_folder(tmp_path / "data", classes=2, per_class=4)
     bad = os.path.join(os.fsencode(data), b"class0", b"bad\xe9.png")
-    with open(bad, "wb") as f:
-        f.write(b"not an image")
+    # With 11 more, summary.md lists the first 10, run.json all.
+    junk = [os.path.join(data, "class1", f"junk{i:02d}.png")
+            for i in range(11)]
+    for path in [bad, *junk]:
+        with open(path, "wb") as f:
+            f.write(b"not an image")
     out = str(tmp_path / "run")
     assert cli.main(["train", data, *FAST, "--epochs", "2", "--out", out,
                      "--quiet"]) == 0
     with open(os.path.join(out, "summary.md"), encoding="utf-8") as f:
-        assert "bad\\udce9.png" in f.read()
+        summary = f.read()
+    assert "bad\\udce9.png" in summary
+    assert ("Skipped 12 image file(s) the loader could not use (all listed "
+            "in `run.json`, `skipped_files`)") in summary
+    assert "junk08.png`" in summary and "junk09.png" not in summary
+    assert "- ... and 2 more\n" in summary
     with open(os.path.join(out, "run.json")) as f:
-        assert json.load(f)["status"] == "complete"
+        info = json.load(f)
+    assert info["status"] == "complete"
+    assert [os.path.basename(s["path"]) for s in info["skipped_files"]][
+        1:] == [os.path.basename(p) for p in junk]

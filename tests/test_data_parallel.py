@@ -524,4 +524,15 @@ def test_device_errors():
     with pytest.raises(ValueError, match="not both"):
         kft.data_parallel(1, device_mesh=keras.distribution.DeviceMesh(
             (1,), ["batch"], devices=["cpu:0"]))
+    # A device name alone, an empty list, a mesh of another kind.
+    for devices in ("cpu:0", []):
+        with pytest.raises(ValueError, match=r"`devices` must be None, a "
+                           r"number of devices, or a non-empty list of "
+                           r"devices such as \['cpu:0', 'cpu:1'\]\. "
+                           r"Received: devices="):
+            kft.data_parallel(devices)
+    with pytest.raises(TypeError, match=r"`device_mesh` must be a "
+                       r"keras.distribution.DeviceMesh\. Received: "
+                       r"device_mesh=\(2,\)"):
+        kft.data_parallel(device_mesh=(2,))
     assert keras.distribution.distribution() is None

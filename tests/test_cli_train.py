@@ -892,6 +892,9 @@ def test_path_objects_give_a_run_of_text_paths(folder, tmp_path):
                        r"0, 1, 2 or 'auto'.*Received: verbose=5"):
         kft.train_run(data_dir=folder, out=tmp_path / "run5", verbose=5)
     assert not (tmp_path / "run5").exists()
+    with pytest.raises(kft.runs.RunSetupError, match=r"^resume needs the "
+                       r"run folder: pass out=\.$"):
+        kft.train_run(resume=True, print_fn=None)
 
 
 def test_the_default_run_folder_is_numbered_past_those_that_exist(

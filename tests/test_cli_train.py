@@ -1077,6 +1077,38 @@ def test_config_round_trips_any_text_and_checks_what_the_run_reads(
 class _Interrupted(Exception):
     pass
 
+def test_a_resume_before_the_first_checkpoint_starts_from_epoch_one(
+        folder, tmp_path, monkeypatch):
+    # Killed (SIGKILL: no clean-up of the unstarted run) before any epoch
+    # was checkpointed, during the first epoch's compile, say: the resume
+    # says it starts over, and trains the run.
+    from kft.runs import train as train_module
+    from kft.training import fine_tune as fine_tune_module
+
+    real = fine_tune_module.fine_tune
+
+    def killed(*args, **kwargs):
+        raise _Interrupted
+
+    monkeypatch.setattr(fine_tune_module, "fine_tune", killed)
+    monkeypatch.setattr(train_module, "_discard_unstarted",
+                        lambda *args: None)
+    out = str(tmp_path / "run")
+    with pytest.raises(_Interrupted):
+        kft.train_run(data_dir=folder, backbone="simple_cnn",
+                      weights="none", image_size=16, strategy="full",
+                      epochs=2, head_epochs=1, batch_size=8, plots=False,
+                      out=out, verbose=0, print_fn=None)
+    monkeypatch.setattr(fine_tune_module, "fine_tune", real)
+    said = []
+    result = kft.train_run(out=out, resume=True, verbose=0,
+                           print_fn=said.append)
+    assert ("no checkpoint yet: starting the run from its first epoch."
+            in said)
+    assert result.resumed
+    assert [row["phase"] for row in result.history] == [1, 2, 2]
+
+
 
 def test_resume_of_a_find_run_on_a_val_folder(tmp_path, monkeypatch):
     """A run on `train/` + `val/` with `lr="find"` stopped in phase 2:

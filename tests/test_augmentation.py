@@ -224,6 +224,16 @@ def test_augmentation_left_to_a_model_without_it_is_warned():
      "Argument `image_size` must be a positive integer"),
     (lambda: kft.augmentation.augmentation("light", image_size=(SIZE,)),
      "Argument `image_size` must be a positive integer"),
+    # The torch-style layers' own ranges, as a user builds them by hand.
+    (lambda: kft.augmentation.RandomResizedCrop(0.5),
+     r"Argument `scale` must be a \(min, max\) pair\. Received: scale=0\.5"),
+    (lambda: kft.augmentation.RandomResizedCrop((0.9, 0.5)),
+     r"`scale` must be a \(min, max\) pair with min <= max\. Received: "
+     r"scale=\(0\.9, 0\.5\)"),
+    (lambda: kft.augmentation.RandomResizedCrop((0.0, 0.0)),
+     r"`scale` must allow an area above 0\. Received: scale=\(0\.0, 0\.0\)"),
+    (lambda: kft.augmentation.GaussianBlur(4),
+     r"`kernel_size` must be odd\. Received: kernel_size=4"),
 ])
 def test_errors(call, message):
     with pytest.raises(ValueError, match=message):
@@ -530,6 +540,13 @@ def test_resized_crop_falls_back_to_torchvisions_centre_crop():
     square = ramp[:, :, :32]
     np.testing.assert_allclose(np.asarray(layer(square, training=True)),
                                square, atol=1e-4)
+
+
+def test_gaussian_blur_of_one_tap_leaves_images_as_they_are():
+    # kernel_size=1 (torchvision's no-op blur) has no taps to spread over.
+    images = _images(2)
+    out = kft.augmentation.GaussianBlur(1, seed=0)(images, training=True)
+    np.testing.assert_array_equal(np.asarray(out), images)
 
 
 def test_processes_augment_their_slices_with_draws_of_their_own():

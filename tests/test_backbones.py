@@ -489,3 +489,43 @@ def test_a_name_two_registered_backbones_match_is_refused_naming_both():
     finally:
         for name in ("my_net", "mynet"):
             unregister_backbone(name)
+
+
+def test_a_spec_and_its_constructor_are_checked_where_the_user_made_them():
+    from kft.models.registry import unregister_backbone
+    from kft.models.simple_cnn import BLOCKS, SimpleCNN
+
+    # A class name for the class: failed at create_backbone, unnamed.
+    with pytest.raises(TypeError, match=r"`constructor` must be a callable "
+                       r"\(a keras\.applications function or one with its "
+                       r"arguments\)\. Received: constructor='SimpleCNN'"):
+        kft.BackboneSpec("bad", "SimpleCNN", "tf", 16, BLOCKS)
+    spec = kft.BackboneSpec("tiny", SimpleCNN, "torch", 16, BLOCKS)
+    # Its documented preprocessing is the mode's, not another's.
+    pixels = np.full((1, 2, 2, 3), 255.0, "float32")
+    np.testing.assert_allclose(
+        np.asarray(spec.preprocess_input(pixels)),
+        np.asarray(kft.layers.Preprocess("torch")(pixels)))
+    assert not np.allclose(np.asarray(spec.preprocess_input(pixels)), 1.0)
+    with pytest.raises(ValueError, match=r"`input_shape` must be \(height, "
+                       r"width, 3\) for mode='torch'\. Received: "
+                       r"input_shape=None"):
+        kft.layers.preprocessing("torch", None)
+
+    # A constructor returning a model of two outputs: which one holds the
+    # features?
+    def two_outputs(include_top=False, weights=None, input_shape=None):
+        inputs = keras.Input(input_shape)
+        features = keras.layers.Conv2D(4, 3, name="s_conv")(inputs)
+        return keras.Model(inputs, [features, features], name="two")
+
+    kft.register_backbone(kft.BackboneSpec(
+        "two_net", two_outputs, "tf", 16, (("stem", "^s_"),)))
+    try:
+        with pytest.raises(ValueError, match=r"`model` must be a backbone "
+                           r"with one image input and one feature-map "
+                           r"output\. Received: model=\"'two' with 1 inputs,"
+                           r" 2 outputs\""):
+            kft.create_backbone("two_net", weights=None)
+    finally:
+        unregister_backbone("two_net")

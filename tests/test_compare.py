@@ -5,6 +5,7 @@ import json
 import math
 from unittest import mock
 
+import keras
 import numpy as np
 import pytest
 from scipy import stats
@@ -226,6 +227,18 @@ BAD_ARGUMENTS = [
      r"`strategy` must be left out.*Received: strategy='full'"),
     ({"time_budget": 0}, ValueError, r"time_budget=0"),
     ({"build_model": None}, TypeError, r"`build_model` must be a function"),
+    # A function returning something else was only found by the first run.
+    ({"build_model": lambda: None}, TypeError,
+     r"`build_model` must be a function returning a keras\.Model\. "
+     r"Received: build_model='<function .*> returning NoneType'"),
+    ({"strategies": ["full", 42]}, ValueError, r"strategies\[1\]=42"),
+    ({"strategies": ["discriminative:fast"]}, ValueError,
+     r"decay: a number in \(0, 1\].*strategies\[0\]='discriminative:fast'"),
+    ({"strategies": [{"name": "own", "train": untrained, "epochs": 2}]},
+     ValueError, r"a 'train' dict holds just 'name' and the function"),
+    # An unnamed dict is labelled by its settings: two alike collide.
+    ({"strategies": [{"strategy": "partial", "n_blocks": 2}] * 2},
+     ValueError, r"'partial,n_blocks=2' appears 2 times"),
 ]
 
 
@@ -433,6 +446,28 @@ def test_a_run_that_raises_is_recorded_and_the_others_count(data, tmp_path):
     result.save(tmp_path / "c.json")
     loaded = kft.StrategyComparison.load(tmp_path / "c.json")
     assert loaded.failures() == result.failures()
+
+
+def test_a_training_function_returning_a_history_records_its_curves(data):
+    # Documented: a function's `History` records its learning curves (only
+    # a FineTuneResult's were run); values that are not numbers are left
+    # out of the (JSON) record.
+    def fit_twice(model, train, val, seed):
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True))
+        history = model.fit(*train, epochs=2, verbose=0)
+        history.history["note"] = ["first", "second"]
+        return history
+
+    result = kft.compare_strategies(
+        lambda: _build(), data.target_train, data.target_val,
+        data.target_test, strategies=[fit_twice], seeds=[0], epochs=1,
+        print_fn=None)
+    (histories,) = [run["histories"] for run in result.runs]
+    assert len(histories) == 1 and list(histories[0]) == ["loss"]
+    assert len(histories[0]["loss"]) == 2
+    assert all(isinstance(v, float) and math.isfinite(v)
+               for v in histories[0]["loss"])
 
 
 def test_ctrl_c_keeps_the_runs_that_finished(data, tmp_path):

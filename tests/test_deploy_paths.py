@@ -366,3 +366,35 @@ def test_a_subclassed_model_is_told_to_wrap_itself():
     inputs = keras.Input((8, 8, 3))
     wrapped = keras.Model(inputs, net(inputs))
     assert len(kft.predict(wrapped, x)) == 2
+
+
+def test_export_and_read_metadata_name_what_they_cannot_take(tmp_path):
+    # A path (or anything else) where the model goes: "'str' object has
+    # no attribute 'inputs'".
+    for path, options in ((tmp_path / "m.onnx", {}),
+                          (tmp_path / "m.keras", {"format": "keras"})):
+        with pytest.raises(TypeError, match=r"^Argument `model` must be a "
+                           r"keras\.Model\. Received: model='m\.keras'$"):
+            kft.export("m.keras", path, **options)
+    with pytest.raises(ValueError, match=r"`path` must be an existing "
+                       r"\.keras or \.onnx file\. Received: path='.*"
+                       r"missing\.keras'"):
+        read_metadata(tmp_path / "missing.keras")
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=r"`path` must be a \.keras \(zip\) "
+                       r"or \.onnx file\. Received: path='.*junk\.keras'"):
+        read_metadata(junk)
+    assert not (tmp_path / "m.onnx").exists()
+    pytest.importorskip("jax2onnx")
+    # An ONNX graph is traced at one size: a model built for any size
+    # is told how to build it.
+    dynamic = kft.build_classifier("simple_cnn", 2, weights=None,
+                                   input_shape=(None, None, 3),
+                                   class_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"`model` must be a model with a "
+                       r"static input height, width and channels for ONNX "
+                       r"export \(build it with input_shape=\(height, width, "
+                       r"3\)\)\. Received: model=\(None, None, 3\)"):
+        kft.export(dynamic, tmp_path / "m.onnx")
+    assert not list(tmp_path.glob("m.*"))

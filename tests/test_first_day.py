@@ -132,3 +132,25 @@ def test_compilation_cache_respects_user_settings(jax_cache_config, tmp_path,
     assert _backend.enable_compilation_cache(tmp_path / "explicit") == str(
         tmp_path / "explicit")
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.5
+
+
+def test_another_backend_chosen_before_import_is_refused(monkeypatch):
+    # Keras reads KERAS_BACKEND once: kft cannot switch it, and says how.
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    with pytest.raises(ImportError, match=r"^kft runs on the JAX backend of "
+                       r"Keras, but KERAS_BACKEND='torch'\. Unset it or set "
+                       r"KERAS_BACKEND=jax before importing kft\.$"):
+        _backend.ensure_jax_backend()
+
+
+def test_keras_json_of_an_unwritable_home_is_read_where_keras_writes_it(
+        tmp_path, monkeypatch):
+    # Keras keeps its config in /tmp/.keras when the home folder is not
+    # writable (a container's read-only home); the backend chosen there
+    # is the one to override.
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _backend._keras_config_backend()[1] == str(
+        tmp_path / ".keras" / "keras.json")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert _backend._keras_config_backend()[1] == "/tmp/.keras/keras.json"

@@ -363,3 +363,28 @@ def test_balanced_sampling_draws_every_example_of_a_large_class():
     assert np.all(counts[2:] >= 8), counts.tolist()
     assert np.all(counts[2:] <= 45), counts.tolist()
     assert np.all(abs(counts[:2] - 120) < 40), counts.tolist()
+
+
+def test_balanced_weights_name_data_they_cannot_count():
+    x = np.zeros((10, 4, 4, 3), "float32")
+    y = np.arange(10) % 5
+    # A dataset of more classes than the model's (5 for 3): counted into
+    # a 3-entry array, its extra classes would have been dropped.
+    dataset = kft.data.from_arrays(x, y, batch_size=4, num_classes=5)
+    with pytest.raises(ValueError, match=r"`train_data` must be a dataset of "
+                       r"at most 3 classes\. Received: train_data='a dataset "
+                       r"of 5 classes'"):
+        resolve_class_weight("balanced", dataset, 3)
+    # Batches of images alone: no labels to count.
+    with pytest.raises(ValueError, match=r"`train_data` must be \(x, y\) "
+                       r"pairs or a dataset of \(x, y\) batches\. Received: "
+                       r"train_data='a batch of type ndarray'"):
+        resolve_class_weight("balanced", iter([x[:4], x[4:]]), 5)
+    # Labels of 3 dimensions were flattened into 10 labels per image.
+    with pytest.raises(ValueError, match=r"`train_data\[1\]` must be integer "
+                       r"labels.*Received: train_data\[1\] of shape "
+                       r"\(10, 1, 1\)"):
+        resolve_class_weight("balanced", (x, y.reshape(10, 1, 1)), 5)
+    with pytest.raises(ValueError, match=r"`train_data` must be data with at "
+                       r"least one label\. Received: train_data='no labels'"):
+        resolve_class_weight("balanced", (x[:0], y[:0]), 5)

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import re
+from unittest import mock
 
 import keras
 import numpy as np
@@ -144,6 +145,65 @@ def test_needs_a_compiled_model():
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="needs a compiled model"):
         kft.lr_find(model, (X, Y), verbose=0)
+
+
+def test_models_and_data_it_cannot_ramp_are_named():
+    with pytest.raises(TypeError, match=r"`model` must be a compiled "
+                       r"keras\.Model\. Received: model='model\.keras'"):
+        kft.lr_find("model.keras", (X, Y), verbose=0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    # Its skipped steps would shift the ramp; Keras wraps it in for
+    # 'mixed_float16'.
+    model.compile(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD()), "mse")
+    with pytest.raises(TypeError, match=r"does not support a "
+                       r"LossScaleOptimizer.*'mixed_bfloat16' or 'float32'"):
+        kft.lr_find(model, (X, Y), verbose=0)
+    model.compile(keras.optimizers.SGD(), "mse")
+    with pytest.raises(ValueError, match=r"`data` must yield \(images, "
+                       r"labels\) batches\. Received: a batch of type "
+                       r"ndarray"):
+        kft.lr_find(model, iter([X[:8], X[8:16]]), steps=10, verbose=0)
+    # From a callback holding the model itself (not `self.model`, which
+    # syncs): the step's state is not written back yet.
+    errors = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            try:
+                kft.lr_find(model, (X, Y), steps=10, verbose=0)
+            except RuntimeError as error:
+                errors.append(str(error))
+
+    model.fit(X[:32], Y[:32], batch_size=16, epochs=1, verbose=0,
+              callbacks=[Probe()])
+    assert errors == ["lr_find cannot run inside a running `fit`."] * 2
+
+
+def test_fine_tune_gradual_finds_the_rate_of_its_first_stage():
+    # `strategy="gradual"` starts phase 2 with the head and the top block:
+    # the range test ramps that set, not the whole network nor the head.
+    import kft.training.fine_tune_phases as phases_module
+
+    x = RNG.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    y = np.arange(16) % 2
+    model = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                                 input_shape=(16, 16, 3))
+    ramped = []
+    real = phases_module.lr_find
+
+    def spy(model, *args, **kwargs):
+        ramped.append(sorted(v.path for v in model.trainable_variables))
+        return real(model, *args, **kwargs)
+
+    with mock.patch.object(phases_module, "lr_find", spy):
+        kft.fine_tune(model, (x, y), strategy="gradual", head_epochs=1,
+                      epochs=1, batch_size=8, learning_rate="find",
+                      bn="train", verbose=0)
+    kft.freeze(model, "partial", n_blocks=1, bn="train")
+    assert ramped == [sorted(v.path for v in model.trainable_variables)]
+    kft.freeze(model, "feature_extraction", bn="train")
+    assert len(ramped[0]) > len(model.trainable_variables)
 
 
 def test_fine_tune_trains_phase_2_at_the_found_rate():

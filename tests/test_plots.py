@@ -157,6 +157,33 @@ def test_plots_name_what_they_cannot_draw():
         plots.plot_worst_mistakes(_report(3), None)
     with pytest.raises(ValueError, match=r"finite counts"):
         plots.plot_confusion_matrix(np.full((2, 2), np.nan))
+    perfect = report_from_predictions([0, 1, 2], np.eye(3) * 5)
+    with pytest.raises(ValueError, match=r"`report` must be a report with "
+                       r"at least one mistake\. Received: report='a report "
+                       r"without mistakes'"):
+        plots.plot_worst_mistakes(perfect, np.zeros((3, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r"`formats` must be a file suffix "
+                       r"or a non-empty sequence of them, each one of \[.*"
+                       r"'png'.*\]\. Received: formats=3$"):
+        plots.save_report_plots(perfect, "unused", formats=3)
+    with pytest.raises(ValueError, match=r"`history` must be a history with "
+                       r"a loss or metrics\. Received: "
+                       r"history=\['unfrozen_blocks'\]"):
+        plots.plot_learning_curves({"unfrozen_blocks": [1, 2]})
+
+
+def test_learning_curves_of_a_keras_history():
+    # What `model.fit` returns, the commonest input, was never drawn.
+    import keras
+
+    history = keras.callbacks.History()
+    history.history = {"loss": [1.0, 0.5], "val_loss": [1.2, 0.9],
+                       "accuracy": [0.4, 0.6]}
+    fig = plots.plot_learning_curves(history)
+    lines = [{line.get_label(): list(line.get_ydata()) for line in ax.lines}
+             for ax in fig.axes]
+    assert lines == [{"loss": [1.0, 0.5], "val_loss": [1.2, 0.9]},
+                     {"accuracy": [0.4, 0.6]}]
 
 
 def test_worst_mistakes_grid_and_all_plots(tmp_path):

@@ -177,6 +177,25 @@ def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match=r"no defined input yet, so its "
                        r"input size and output are unknown\. Build it"):
         kft.predict(unbuilt, np.zeros((16, 16, 3)))
+    # A model path that is not there, or neither a model nor a path.
+    missing = str(tmp_path / "missing.keras")
+    with pytest.raises(ValueError, match=r"`model_or_path` must be a Keras "
+                       r"model or an existing \.keras / \.onnx file\. "
+                       r"Received: model_or_path='.*missing\.keras'"):
+        kft.predict(missing, np.zeros((16, 16, 3)))
+    with pytest.raises(TypeError, match=r"`model_or_path` must be a "
+                       r"keras\.Model or the path of a \.keras / \.onnx "
+                       r"file\. Received: model_or_path=3"):
+        kft.predict(3, np.zeros((16, 16, 3)))
+    # Names of another count would label the wrong classes.
+    with pytest.raises(ValueError, match=r"`class_names` must be 5 names, one "
+                       r"per model output\. Received: "
+                       r"class_names=\('a', 'b', 'c'\)"):
+        kft.predict(model, np.zeros((16, 16, 3)), class_names=["a", "b", "c"])
+    # An image file that is not there, without a '~' to blame.
+    with pytest.raises(OSError, match=r"Cannot read image file '.*gone\.png'"
+                       r": file not found$"):
+        kft.predict(model, [str(tmp_path / "gone.png")])
 
 
 def test_sources_are_named_as_documented_and_bad_files_say_so(model,

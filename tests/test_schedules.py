@@ -350,3 +350,22 @@ def test_switches_refuse_strings():
         with pytest.raises(TypeError, match=f"`{name}` must be True or "
                            f"False.*Received: {name}='False'"):
             kft.BlockwiseOptimizer(inner, {"^b": 0.01}, **{name: "False"})
+
+
+def test_fine_tune_follows_a_schedule_object_from_phase_2s_first_step():
+    # A documented `schedule` value no test ran: a Keras schedule object,
+    # whose step 0 is phase 2's first step (not the head phase's 2 steps).
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    y = np.arange(16) % 2
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(16, 16, 3))
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [1, 3], [1e-3, 5e-4, 1e-4])
+    result = kft.fine_tune(model, (x, y), strategy="full", head_epochs=1,
+                           epochs=3, batch_size=8, schedule=schedule,
+                           bn="train", verbose=0)
+    # 2 steps per epoch: each epoch logs the rate of its first step.
+    np.testing.assert_allclose(result.histories[1]["learning_rate"],
+                               [float(schedule(step)) for step in (0, 2, 4)],
+                               rtol=1e-6)

@@ -163,6 +163,18 @@ def test_fine_tune_checks_its_arguments_before_training():
                                   monitor="val_F1", mode="max")
     check_fine_tune_arguments(model, (x, y), (x, y), monitor="learning_rate",
                               mode="min")
+    # A Keras metric name other than accuracy: its class (AUC) declares
+    # the direction, so mode="auto" needs no help.
+    check_fine_tune_arguments(model, (x, y), (x, y), metrics=["auc"],
+                              monitor="val_auc")
+    for metrics, message in [
+            ([3], r"`metrics` must be Keras metric names, objects or "
+             r"functions\. Received: metrics=3"),
+            ({"out": "accuracy"}, r"`metrics` must be a list of Keras "
+             r"metrics, e\.g\. \['accuracy'\]\. Received: "
+             r"metrics=\{'out': 'accuracy'\}")]:
+        with pytest.raises(TypeError, match=message):
+            check_fine_tune_arguments(model, (x, y), (x, y), metrics=metrics)
     assert _unchanged(model, before)
     # The cycle's shortest length is kft.OneCycle's own.
     kft.OneCycle(1.0, recipes.ONE_CYCLE_MIN_STEPS)

@@ -138,6 +138,9 @@ def export(model: keras.Model, path: str | os.PathLike,
                           'format="keras": a .keras file has no ONNX opset '
                           '(opset applies to format="onnx" only)', opset)
     check_built(model)
+    if format == "onnx":
+        # Before the class-name warning: about a file that is written.
+        _check_static_input(model)
     output = resolve_output(model, output)
     meta = model_metadata(model, class_names, output)
     if meta["class_names"] is None:
@@ -179,6 +182,16 @@ def _check_suffix(path, format):
                       f'format="{other}")', path)
 
 
+def _check_static_input(model):
+    """The input's `(height, width, channels)`, which must be known."""
+    shape = tuple(model.inputs[0].shape[1:])
+    if None in shape:
+        fail_argument("model", "a model with a static input height, width "
+                      "and channels for ONNX export (build it with "
+                      "input_shape=(height, width, 3))", shape)
+    return shape
+
+
 def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET, output=None):
     """The `onnx.ModelProto` of `model`'s inference graph (no metadata);
     `output` as `inference_model` takes it."""
@@ -186,11 +199,7 @@ def onnx_proto(model, *, batch="dynamic", opset=DEFAULT_OPSET, output=None):
     require("onnx")
     import jax
 
-    shape = tuple(model.inputs[0].shape[1:])
-    if None in shape:
-        fail_argument("model", "a model with a static input height, width "
-                      "and channels for ONNX export (build it with "
-                      "input_shape=(height, width, 3))", shape)
+    shape = _check_static_input(model)
     output = resolve_output(model, output)
     stock = inference_model(model, output=output, onnx_compatible=True)
     if _compute_dtypes(stock) != {"float32"}:

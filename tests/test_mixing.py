@@ -157,6 +157,37 @@ def test_one_hot_labels_match_integer_labels():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_symbolic_calls_give_the_soft_label_shapes():
+    # Called on Keras' symbolic tensors (a functional model, or Keras
+    # inferring shapes): images keep their shape and dtype, labels become
+    # (batch, classes) float32, from num_classes or a one-hot width; the
+    # labels a concrete call refuses are refused there too (a one-hot
+    # width other than num_classes gave a spec of that width).
+    images = keras.KerasTensor((4, 8, 8, 3), "float32")
+    for layer, labels, classes in (
+            (MixUp(num_classes=5), keras.KerasTensor((4,), "int32"), 5),
+            (MixUp(num_classes=5), keras.KerasTensor((4, 1), "int32"), 5),
+            (MixUp(num_classes=7), keras.KerasTensor((4, 7), "float32"), 7),
+            (MixUp(), keras.KerasTensor((4, 7), "float32"), 7)):
+        mixed, targets = layer((images, labels))
+        assert (mixed.shape, mixed.dtype) == ((4, 8, 8, 3), "float32")
+        assert (targets.shape, targets.dtype) == ((4, classes), "float32")
+    out = CutMix(num_classes=3)({"images": images,
+                                 "labels": keras.KerasTensor((4,), "int32")})
+    assert sorted(out) == ["images", "labels"]
+    assert out["labels"].shape == (4, 3)
+    for layer, labels, message in (
+            (MixUp(num_classes=5), keras.KerasTensor((3,), "int32"),
+             "The batch has 4 images but 3 labels"),
+            (MixUp(num_classes=5), keras.KerasTensor((4, 7), "float32"),
+             r"One-hot labels must have num_classes=5 columns\. Received: "
+             r"labels.shape=\(4, 7\)"),
+            (MixUp(), keras.KerasTensor((4,), "int32"),
+             "Integer class labels need `num_classes`")):
+        with pytest.raises(ValueError, match=message):
+            layer((images, labels))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_batch_mode_shares_one_lambda_and_sample_mode_does_not(mode):
     images, labels = _constant_batch(5, 4, 4)

@@ -103,31 +103,38 @@ class BatchMix(keras.layers.Layer):
             return {"images": images, "labels": targets}
         return images, targets
 
-    def _targets(self, labels):
-        """Float (batch, classes) targets, label smoothing applied."""
-        if len(labels.shape) == 1 or labels.shape[-1] == 1:
+    def _classes(self, labels_shape):
+        """The targets' class count for labels of `labels_shape`: integer
+        labels need `num_classes`, one-hot rows must match it."""
+        if len(labels_shape) == 1 or labels_shape[-1] == 1:
             if self.num_classes is None:
                 raise ValueError(
                     "Integer class labels need `num_classes`: construct the "
                     "layer with num_classes=..., or pass one-hot labels. "
-                    f"Received: labels.shape={labels.shape}, num_classes=None"
+                    f"Received: labels.shape={labels_shape}, num_classes=None"
                 )
+            return self.num_classes
+        if (self.num_classes is not None
+                and labels_shape[-1] != self.num_classes):
+            raise ValueError(
+                f"One-hot labels must have num_classes={self.num_classes} "
+                f"columns. Received: labels.shape={labels_shape}"
+            )
+        return labels_shape[-1]
+
+    def _targets(self, labels):
+        """Float (batch, classes) targets, label smoothing applied."""
+        classes = self._classes(labels.shape)
+        if len(labels.shape) == 1 or labels.shape[-1] == 1:
             # Out-of-range labels one-hot to zero rows (NaN after mixing
             # with smoothing off); values are only known outside a trace.
             if not _compat.is_traced(labels):
-                check_labels(ops.convert_to_numpy(labels), self.num_classes,
+                check_labels(ops.convert_to_numpy(labels), classes,
                              name="labels")
             labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-            labels = ops.one_hot(labels, self.num_classes, dtype="float32")
-        elif (self.num_classes is not None
-              and labels.shape[-1] != self.num_classes):
-            raise ValueError(
-                f"One-hot labels must have num_classes={self.num_classes} "
-                f"columns. Received: labels.shape={labels.shape}"
-            )
+            labels = ops.one_hot(labels, classes, dtype="float32")
         labels = ops.cast(labels, "float32")
         if self.label_smoothing:
-            classes = labels.shape[-1]
             labels = (labels * (1.0 - self.label_smoothing)
                       + self.label_smoothing / classes)
         return labels
@@ -175,9 +182,7 @@ class BatchMix(keras.layers.Layer):
     def compute_output_spec(self, data):
         images, labels, as_dict = _unpack(data)
         _check_batch(images.shape, labels.shape)
-        classes = self.num_classes
-        if len(labels.shape) > 1 and labels.shape[-1] != 1:
-            classes = labels.shape[-1]
+        classes = self._classes(labels.shape)
         images = keras.KerasTensor(images.shape, self.compute_dtype)
         targets = keras.KerasTensor((images.shape[0], classes), "float32")
         if as_dict:

@@ -304,6 +304,28 @@ def check_finite_images(images, name, first=None, as_float32=False):
             f"{(first or 0) + int(np.argmin(finite))}).")
 
 
+def real_pixels(array):
+    """`array` as numbers pixels can be: other float types (bfloat16) and
+    object arrays of real numbers become float32; `None` for what is no
+    pixels (bool masks, strings, complex or time values).
+
+    Example:
+    >>> real_pixels(np.array([1, 2.5], object)).dtype
+    dtype('float32')
+    >>> real_pixels(np.array([True])) is None
+    True
+    """
+    kind = array.dtype.kind
+    if kind == "V" or kind == "O" and all(
+            isinstance(value, numbers.Real) and not isinstance(value, bool)
+            for value in array.flat):
+        try:
+            array = array.astype(np.float32)
+        except (TypeError, ValueError):
+            return None
+    return array if array.dtype.kind in "uif" else None
+
+
 def labels_from_one_hot(rows, name):
     """Integer labels from one-hot rows `(n, k)`.
 

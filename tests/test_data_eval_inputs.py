@@ -500,3 +500,39 @@ def test_evaluate_classifier_reads_a_dataset_as_stored():
     predicted = np.argmax(model.predict(x, verbose=0), -1)
     assert report.accuracy == pytest.approx(np.mean(predicted == y))
 
+
+
+def test_from_arrays_checks_object_bool_and_text_pixels():
+    # Arrays neither integer nor float skipped every pixel check: NaN in
+    # an object array trained on NaN, a bool mask trained on 0/1 pixels,
+    # strings failed at the first batch with numpy's words.
+    x = np.full((4, 8, 8, 3), 100.0)
+    with_nan = x.astype(object)
+    with_nan[2, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        kft.data.from_arrays(with_nan, [0, 1, 0, 1])
+    for bad, dtype in ((x > 50, "bool"), (x.astype(str), "<U32")):
+        with pytest.raises(ValueError, match=r"^Argument `x` must be images "
+                           r"of integer or float pixels in \[0, 255\]\. "
+                           f"Received: x.dtype={dtype}$"):
+            kft.data.from_arrays(bad, [0, 1, 0, 1])
+    # Numbers in an object array are pixels: read as float32.
+    images, _ = next(iter(kft.data.from_arrays(
+        x.astype(object), [0, 1, 0, 1], batch_size=4, shuffle=False)))
+    np.testing.assert_array_equal(images, np.full((4, 8, 8, 3), 100.0))
+
+
+def test_evaluating_batches_without_labels_names_what_they_are():
+    # A generator of bare image batches (as predict takes) has nothing to
+    # score against: named with the batch's type, not unpacked as a pair.
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(8, 8, 3))
+    x = np.zeros((4, 8, 8, 3), "float32")
+    with pytest.raises(ValueError, match=r"`x` must yield \(images, labels\) "
+                       r"batches when `y` is left out\. Received: a batch of "
+                       r"type ndarray$"):
+        kft.evaluate_classifier(model, iter([x]))
+    with pytest.raises(ValueError, match=r"`data` must yield \(images, "
+                       r"labels\) batches\. Received: a batch of type tuple "
+                       r"and length 1$"):
+        kft.evaluate(model, iter([(x,)]))

@@ -16,6 +16,7 @@ from kft._validation import check_labels
 from kft._validation import check_number
 from kft._validation import fail_argument
 from kft._validation import labels_from_one_hot
+from kft._validation import real_pixels
 from kft.augmentation.presets import Preset
 from kft.data import _images
 from kft.data._dataset import AUGMENT_ON
@@ -88,13 +89,18 @@ def _labels_and_classes(y, n, class_names, num_classes):
 
 
 def _check_pixels(x):
-    """Refuses NaN or infinite pixels; warns when pixels are not in
-    [0, 255], the range kft's models preprocess from (images scaled to
+    """`x` as numbers (`real_pixels`); refuses what is no pixels (a bool
+    mask, strings) and NaN or infinite pixels; warns when pixels are not
+    in [0, 255], the range kft's models preprocess from (images scaled to
     [0, 1], normalised or 16-bit would train on wrong inputs without an
     error)."""
+    pixels = real_pixels(x)
+    if pixels is None:
+        raise ValueError(
+            "Argument `x` must be images of integer or float pixels in "
+            f"[0, 255]. Received: x.dtype={x.dtype}")
+    x = pixels
     integer = np.issubdtype(x.dtype, np.integer)
-    if not (integer or np.issubdtype(x.dtype, np.floating)):
-        return
     low, high = float(x.min()), float(x.max())
     if not (np.isfinite(low) and np.isfinite(high)):
         bad = ~np.isfinite(x)
@@ -104,7 +110,7 @@ def _check_pixels(x):
             f"{int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))}); "
             "images must be finite pixels in [0, 255].")
     if low >= 0 and 1 < high <= 255 or high == low == 0:
-        return
+        return x
     hint = ""
     if low >= 0 and high <= 1:
         hint = " (scaled to [0, 1]? multiply by 255)"
@@ -118,6 +124,7 @@ def _check_pixels(x):
         f"Images `x` hold pixel values in [{low:g}, {high:g}]{hint}; kft's "
         "models take pixels in [0, 255] and preprocess them as their "
         "backbone needs.", stacklevel=3)
+    return x
 
 
 def from_arrays(x, y, batch_size: int = 32, *,
@@ -199,7 +206,7 @@ def from_arrays(x, y, batch_size: int = 32, *,
         # Keras' fit over it died with a bare StopIteration.
         raise ValueError("Argument `x` must hold at least one image. "
                          f"Received: x.shape={x.shape}")
-    _check_pixels(x)
+    x = _check_pixels(x)
     seed = check_seed(seed)
     check_choice("augmentation", augmentation, augmentation_lib.PRESETS)
     if label_mode is None:

@@ -12,13 +12,13 @@ center view, and its corner crops are `crop_fraction` of it, resized to the
 model's size).
 """
 
-import numbers
 import os
 
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from kft._validation import real_pixels
 from kft.data import _images
 from kft.data._files import list_images
 
@@ -136,21 +136,11 @@ def _check_pixels(name, array):
     """`array` as pixels: refuses a bool mask, integers out of [0, 255]
     (a 16-bit image read as 8-bit pixels), NaN or inf; other float types
     (bfloat16) and numeric object arrays become float32."""
-    kind = array.dtype.kind
-    # Other float types (bfloat16, kind "V") and object arrays of numbers
-    # are pixels; bool masks, strings, complex and time values are not.
-    numbers_only = kind == "O" and all(
-        isinstance(value, numbers.Real) and not isinstance(value, bool)
-        for value in array.flat)
-    if kind == "V" or numbers_only:
-        try:
-            array = array.astype(np.float32)
-        except (TypeError, ValueError):
-            pass
-    if array.dtype.kind not in "uif":
+    pixels = real_pixels(array)
+    if pixels is None:
         raise ValueError(f"Image {name} has dtype {array.dtype}; expected "
                          "RGB pixels in [0, 255] (integers or floats).")
-    kind = array.dtype.kind
+    array, kind = pixels, pixels.dtype.kind
     if kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"Image {name} holds NaN or infinite pixels.")
     if kind in "ui" and array.size and (array.min() < 0

@@ -239,6 +239,10 @@ BAD_ARGUMENTS = [
     # An unnamed dict is labelled by its settings: two alike collide.
     ({"strategies": [{"strategy": "partial", "n_blocks": 2}] * 2},
      ValueError, r"'partial,n_blocks=2' appears 2 times"),
+    # Training and test data are required (val is not).
+    ({"train": None}, ValueError, r"`train` must be labelled data: an "
+     r"\(x, y\) pair or a dataset\. Received: train=None"),
+    ({"test": None}, ValueError, r"Received: test=None"),
 ]
 
 
@@ -246,11 +250,27 @@ def test_bad_arguments_fail_before_training(data):
     # One test for all: each case costs no training, but a test item's
     # fresh Keras session does.
     for kwargs, error, match in BAD_ARGUMENTS:
-        kwargs = {"build_model": _never, **kwargs}
+        kwargs = {"build_model": _never, "train": data.target_train,
+                  "test": data.target_test, **kwargs}
         with pytest.raises(error, match=match):
-            kft.compare_strategies(
-                train=data.target_train, val=data.target_val,
-                test=data.target_test, print_fn=None, **kwargs)
+            kft.compare_strategies(val=data.target_val, print_fn=None,
+                                   **kwargs)
+
+
+def test_without_validation_data_each_run_trains_without_it(data):
+    # val is optional: a training function is handed None, and the run
+    # is tested on the test data as any other.
+    seen = []
+
+    def record(model, train, val, seed):
+        seen.append(val)
+
+    result = kft.compare_strategies(
+        lambda seed: _build(), data.target_train, None, data.target_test,
+        strategies=[record], seeds=[0], print_fn=None)
+    assert seen == [None]
+    assert result.runs[0]["metrics"]["accuracy"] == result.report(
+        "record", 0).accuracy
 
 
 def test_a_built_model_is_refused_as_build_model(data):
@@ -681,3 +701,26 @@ def test_costs_are_the_median_time_the_largest_memory_the_mean_params():
     assert row["train_time"] == pytest.approx(2.0)
     assert row["peak_memory_mib"] == pytest.approx(300.0)
     assert row["trainable_params"] == pytest.approx(20.0)
+
+
+def test_report_of_a_seed_that_did_not_finish_names_the_seeds_that_did():
+    # Seed 0 failed and seed 5 never ran: both are refused, naming the
+    # seeds with a report (a failed run has none to give; seed 1's stands
+    # in for one, never read here).
+    runs = [_record("a", 0), _record("a", 1, {"accuracy": 0.9},
+                                     report={"accuracy": 0.9})]
+    result = kft.StrategyComparison(runs, ["a"], [0, 1], "accuracy")
+    for seed in (0, 5):
+        with pytest.raises(ValueError, match=rf"Argument `seed` must be a "
+                           rf"seed 'a' ran with, one of \[1\]\. Received: "
+                           rf"seed={seed}"):
+            result.report("a", seed)
+
+
+def test_report_of_a_run_without_a_report_lists_no_seed():
+    # A run recorded by hand without a report: its seed was listed as one
+    # to choose while refused.
+    runs = [_record("a", 0, {"accuracy": 0.9})]
+    result = kft.StrategyComparison(runs, ["a"], [0], "accuracy")
+    with pytest.raises(ValueError, match=r"one of \[\]\. Received: seed=0"):
+        result.report("a", 0)

@@ -175,12 +175,14 @@ class StrategyComparison:
         """The `kft.EvaluationReport` of one run on the test data."""
         from kft.evaluation.report import EvaluationReport
 
-        for run in self._runs_of(strategy):
-            if run["seed"] == seed and run.get("report"):
+        runs = [r for r in self._runs_of(strategy) if r.get("report")]
+        for run in runs:
+            if run["seed"] == seed:
                 return EvaluationReport.from_dict(run["report"])
+        # The seeds with a report (a run recorded without one, by hand,
+        # was listed while refused).
         fail_argument("seed", f"a seed {strategy!r} ran with, one of "
-                      f"{[r['seed'] for r in self._runs_of(strategy)]}",
-                      seed)
+                      f"{[r['seed'] for r in runs]}", seed)
 
     @property
     def best(self):

@@ -59,6 +59,12 @@ def test_pattern_errors_name_the_culprits():
                                "ghost": "^zzz"})
     with pytest.raises(TypeError, match="patterns"):
         kft.get_blocks(model, "enc")
+    # A list item that is no (name, regex) pair of strings: named whole,
+    # not unpacked into a wrong block or a bare re.error.
+    for patterns in ([("enc", "^enc_", "x")], [("enc", 3)]):
+        with pytest.raises(TypeError, match=r"\(block name, regex\) pairs "
+                           r"of strings\. Received: patterns="):
+            kft.get_blocks(model, patterns)
     # Was a bare re.error ("missing ), unterminated subpattern").
     with pytest.raises(ValueError, match=r"regex that does not compile, "
                        r"'\^\(enc' \(block 'enc'\): missing \)"):

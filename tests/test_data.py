@@ -1495,3 +1495,40 @@ def test_load_image_refuses_a_string_for_exif_transpose(tmp_path):
         kft.data.load_image(path, 4, exif_transpose="False")
     assert kft.data.load_image(path, 4, exif_transpose=np.bool_(False)).shape \
         == (4, 4, 3)
+
+
+def test_a_dataset_built_by_hand_without_labels_cannot_sample_balanced():
+    # ImageDataset is public: sampling="balanced" draws a class first, so
+    # it needs each example's label; without them it is refused up front.
+    source = kft.data.from_arrays(np.zeros((4, 8, 8, 3)), [0, 1, 0, 1],
+                                  batch_size=2)._source
+    settings = dict(class_names=["a", "b"], class_counts={"a": 2, "b": 2},
+                    batch_size=2, shuffle=False, seed=0, num_workers=0)
+    with pytest.raises(ValueError, match=r"`labels` \(each example's class\) "
+                       r"is required for sampling='balanced'"):
+        kft.data.ImageDataset(source, sampling="balanced", **settings)
+    assert kft.data.ImageDataset(source, labels=[0, 1, 0, 1],
+                                 sampling="balanced",
+                                 **settings).sampling == "balanced"
+
+
+def test_drop_remainder_drops_the_partial_global_batch_in_every_shard():
+    # 11 examples, global batches of 4: two full batches; dropping the
+    # remainder leaves out the last 3 in one process and in each of two
+    # (no partial batch of 1 + 1 that the shards would otherwise share).
+    source = kft.data.from_arrays(np.arange(11.0).reshape(11, 1, 1, 1),
+                                  np.zeros(11, int), batch_size=4,
+                                  shuffle=False)._source
+    dataset = kft.data.ImageDataset(
+        source, class_names=["a"], class_counts={"a": 11}, batch_size=4,
+        shuffle=False, seed=0, num_workers=0, drop_remainder=True)
+
+    def read(ds):
+        return [images[..., 0].ravel().tolist() for images, _ in ds]
+
+    assert read(dataset) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    for index, first in ((0, 0), (1, 2)):
+        shard = dataset.with_shard((index, 2))
+        assert len(shard) == 2 and not shard.has_partial_batch
+        assert shard.partial_batch_size is None
+        assert read(shard) == [[first, first + 1], [first + 4, first + 5]]

@@ -400,3 +400,22 @@ def test_export_and_read_metadata_name_what_they_cannot_take(tmp_path):
             warnings.simplefilter("error")
             kft.export(dynamic, tmp_path / "m.onnx")
     assert not list(tmp_path.glob("m.*"))
+
+
+def test_items_of_an_image_list_that_are_not_images_are_named(model):
+    # A list mixes paths, PIL images and arrays; an item of another type or
+    # an array that is not one RGB image is named by its index before any
+    # prediction (not a failure inside PIL or the model).
+    image = np.zeros((16, 16, 3), "float32")
+    with pytest.raises(TypeError, match=r"`images` holds an item of type "
+                       r"int at index 1; expected a path, PIL image or "
+                       r"array\."):
+        kft.predict(model, [image, 3])
+    with pytest.raises(ValueError, match=r"Image images\[1\] has shape "
+                       r"\(16, 16\); expected \(height, width, 3\) RGB"):
+        kft.predict(model, [image, image[..., 0]])
+    # A record array (two fields per pixel) is no pixels: named by dtype.
+    fields = np.zeros((16, 16, 3), dtype=[("a", "f4"), ("b", "f4")])
+    with pytest.raises(ValueError, match=r"Image images\[0\] has dtype "
+                       r"\[\('a', '<f4'\), \('b', '<f4'\)\]; expected RGB"):
+        kft.predict(model, [fields])

@@ -83,3 +83,14 @@ def test_photo_patches_follow_the_seed():
     assert not np.array_equal(first, other)
     np.testing.assert_array_equal(first, again)
 
+
+
+def test_grey_images_without_a_channel_axis_blend_as_one_channel():
+    # blend_with_photos documents (n, height, width[, 1 or 3]): images
+    # without a channel axis blend as the (n, height, width, 1) ones do.
+    digit = np.zeros((2, 8, 8), "float32")
+    digit[:, 2:6, 3] = 255.0
+    out = blend_with_photos(digit, seed=2, photos="sklearn")
+    assert out.shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(
+        out, blend_with_photos(digit[..., None], seed=2, photos="sklearn"))

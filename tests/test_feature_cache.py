@@ -485,3 +485,33 @@ def test_fit_head_keeps_the_models_weighted_metrics():
                            class_weight={0: 1.0, 1: 3.0, 2: 1.0})
     assert sorted(history.history) == ["accuracy", "loss",
                                        "weighted_accuracy"]
+
+
+def test_batches_of_a_generator_with_and_without_labels():
+    # A generator's batches are cached one by one: bare image batches give
+    # an unlabelled cache, and labels on only some batches would pair
+    # labels with the wrong images, so they are refused by count.
+    x, y = _data(n=8)
+    model = _model()
+
+    def batches(labelled):
+        yield (x[:4], y[:4]) if labelled[0] else x[:4]
+        yield (x[4:], y[4:]) if labelled[1] else x[4:]
+
+    bare = kft.cache_features(model, batches((False, False)), verbose=0)
+    assert bare.labels is None and len(bare.features) == 8
+    with pytest.raises(ValueError, match="Got 4 labels for 8 images; every "
+                                         "batch must have labels, or none"):
+        kft.cache_features(model, batches((True, False)), verbose=0)
+
+
+def test_a_head_of_a_model_with_two_outputs_is_not_cached():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    features = keras.layers.GlobalAveragePooling2D()(kft.create_backbone(
+        "simple_cnn", weights=None, input_shape=(SIZE, SIZE, 3))(inputs))
+    logits = keras.layers.Dense(3, name="head_fc")(features)
+    model = keras.Model(inputs, [logits, features])
+    with pytest.raises(ValueError, match="only a single-output head on "
+                                         "cached features"):
+        kft.feature_cache.split_head(model)
+    assert "single-output" in kft.feature_cache.can_cache_features(model)[1]

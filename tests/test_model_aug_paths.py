@@ -102,3 +102,30 @@ def test_batch_augment_fit_checks_integer_labels():
         model.fit(x, np.array([[0], [1], [2], [1]]), epochs=1, verbose=0,
                   validation_data=(x, np.array([0, 7, 1, 2])))
     assert model.optimizer.iterations.numpy() == 0  # nothing trained
+
+
+def test_batch_augment_checks_labels_of_single_batches_and_named_inputs():
+    # test_on_batch is an entry point of its own: an out-of-range label
+    # one-hot encodes to zeros there too. A batch given as {input name:
+    # images} is mixed and trained on as the images alone are.
+    def mixing_model():
+        keras.utils.set_random_seed(0)
+        model = kft.build_classifier(
+            "simple_cnn", num_classes=3, weights=None, input_shape=SHAPE,
+            batch_augment=kft.layers.MixUp(0.2, seed=0))
+        model.compile("sgd", keras.losses.CategoricalCrossentropy(
+            from_logits=True))
+        return model
+
+    x, y = _images(4), np.array([0, 1, 2, 1])
+    model = mixing_model()
+    with pytest.raises(ValueError, match=r"`y` holds labels outside \[0, 3\)"
+                                         r".*: 4"):
+        model.test_on_batch(x, np.array([0, 4, 1, 2]))
+    plain = model.train_on_batch(x, y)
+    named = mixing_model()
+    by_name = named.train_on_batch({named.inputs[0].name: x}, y)
+    assert np.isfinite(plain) and by_name == pytest.approx(plain, rel=1e-5)
+    for a, b in zip(model.trainable_weights, named.trainable_weights):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5,
+                                   atol=1e-6)

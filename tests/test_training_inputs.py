@@ -703,3 +703,18 @@ def test_writers_refuse_a_path_starting_with_tilde(tmp_path, monkeypatch):
                            r"expanduser"):
             write()
     assert not os.path.exists(tmp_path / "~")
+
+
+def test_fine_tune_whose_every_epoch_diverged_keeps_no_weights():
+    # A rate so large that the first epoch's weights overflow: no epoch is
+    # worth keeping, and the error says so (not a NaN model returned, nor
+    # a crash restoring weights that were never kept).
+    x, y = _data(n=8, classes=2)
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=SHAPE, head="linear")
+    with pytest.raises(ValueError, match="no epoch ended with a 'val_loss' "
+                       "that is not NaN and weights that are finite; no "
+                       "weights were kept. Lower the learning rates."):
+        kft.fine_tune(model, (x, y), (x, y), strategy="feature_extraction",
+                      head_epochs=1, head_learning_rate=3e38, batch_size=4,
+                      cache_features=False, verbose=0)

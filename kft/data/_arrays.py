@@ -179,7 +179,8 @@ def from_arrays(x, y, batch_size: int = 32, *,
         A `kft.data.ImageDataset`.
 
     Raises:
-        ValueError: `x` not 4-D with 1, 3 or 4 channels, `y` not integer
+        ValueError: `x` not 4-D with 1, 3 or 4 channels, not numbers (a
+            bool mask, strings) or holding NaN or inf, `y` not integer
             labels or one-hot rows of the same length, or labels outside
             `[0, num_classes)`.
 

@@ -512,6 +512,7 @@ def test_a_head_of_a_model_with_two_outputs_is_not_cached():
     logits = keras.layers.Dense(3, name="head_fc")(features)
     model = keras.Model(inputs, [logits, features])
     with pytest.raises(ValueError, match="only a single-output head on "
-                                         "cached features"):
+                                         "cached features; the model has 2 "
+                                         "outputs"):
         kft.feature_cache.split_head(model)
     assert "single-output" in kft.feature_cache.can_cache_features(model)[1]

@@ -80,7 +80,11 @@ def split_head(model):
                 f"cached features; layer {layer.name!r} does not take the "
                 f"output of {previous.name!r}."
             )
-    if chain[-1].output is not model.outputs[0] or len(model.outputs) != 1:
+    if len(model.outputs) != 1:
+        raise ValueError(
+            "kft can train only a single-output head on cached features; "
+            f"the model has {len(model.outputs)} outputs.")
+    if chain[-1].output is not model.outputs[0]:
         raise ValueError(
             "kft can train only a single-output head on cached features; "
             f"the model's output is not the output of {chain[-1].name!r}."

@@ -94,3 +94,28 @@ def test_grey_images_without_a_channel_axis_blend_as_one_channel():
     assert out.shape == (2, 8, 8, 3)
     np.testing.assert_array_equal(
         out, blend_with_photos(digit[..., None], seed=2, photos="sklearn"))
+
+
+def test_without_scikit_image_skimage_photos_say_what_to_install(
+        monkeypatch):
+    # scikit-image is an optional extra: "skimage" says how to get it (or
+    # what to use instead), "auto" blends with scikit-learn's photos alone.
+    import sys
+
+    from kft.data import digits_m
+
+    images = np.full((4, 8, 8, 3), 128.0, "float32")
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    digits_m._skimage_photos.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r'photos="skimage"\) needs '
+                           r'scikit-image: pip install scikit-image \(or use '
+                           r'photos="sklearn"\)'):
+            blend_with_photos(images, photos="skimage")
+        np.testing.assert_array_equal(
+            blend_with_photos(images, photos="auto"),
+            blend_with_photos(images, photos="sklearn"))
+    finally:
+        # The photos found without it must not stay cached for the others.
+        digits_m._skimage_photos.cache_clear()

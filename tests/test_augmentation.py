@@ -703,3 +703,18 @@ def test_presets_erase_with_their_documented_probability():
     assert tuple(strong["scale"]) == pytest.approx((0.02, 0.33))
     standard = _preset_config("standard", "RandomErasing")
     assert tuple(standard["factor"]) == pytest.approx((0.2, 0.2))
+
+
+def test_erasing_colour_is_clipped_to_the_value_range():
+    # A colour outside `value_range` (the ImageNet mean on [0, 1] images, or
+    # a typo) is clipped as Keras clips a single fill value: unclipped it
+    # wrote pixels no image holds.
+    layer = kft.augmentation.RandomErasing(
+        factor=1.0, scale=(0.2, 0.3), fill_value=(300, -5, 100),
+        value_range=(0, 255), seed=0)
+    images = np.full((2, 8, 8, 3), 50.0, "float32")
+    out = np.asarray(layer(images, training=True))
+    erased = np.any(out != images, axis=-1)
+    assert erased.any()
+    np.testing.assert_array_equal(out[erased], np.broadcast_to(
+        [255.0, 0.0, 100.0], out[erased].shape))

@@ -72,6 +72,15 @@ def test_bad_weights_argument():
         kft.create_backbone("simple_cnn", weights=3)
 
 
+def test_a_folder_given_as_weights_is_refused_as_not_a_file(tmp_path):
+    # A run folder passed where its weights file belongs: refused by what
+    # it is, before a backbone is built to fail loading it.
+    with pytest.raises(ValueError, match=r"the path of an existing weights "
+                       r"file\. Received: weights=PosixPath\("):
+        kft.create_backbone("simple_cnn", weights=tmp_path,
+                            input_shape=(16, 16, 3))
+
+
 def test_local_weights_file_round_trip(tmp_path):
     first = kft.create_backbone("simple_cnn", weights=None,
                                 input_shape=(16, 16, 3))
@@ -529,3 +538,25 @@ def test_a_spec_and_its_constructor_are_checked_where_the_user_made_them():
             kft.create_backbone("two_net", weights=None)
     finally:
         unregister_backbone("two_net")
+
+
+def test_unmarking_a_backbone_unmarks_models_built_over_its_layers():
+    # `mark(None)` unmarks; a Backbone built later over the same layers (a
+    # clone keeping them, as fast_cpu_convs makes) must not take the old
+    # name back, or kft would treat it as that registered backbone again.
+    from kft.models.backbones import Backbone
+
+    backbone = _skeleton("simple_cnn", 16)
+    backbone.mark(None)
+    assert kft.models.backbones.find_backbone(backbone) is None
+    again = Backbone(backbone.inputs, backbone.outputs)
+    assert again.kft_backbone is None
+    backbone.mark("simple_cnn")
+    assert Backbone(backbone.inputs, backbone.outputs).kft_backbone == (
+        "simple_cnn")
+    # A bare backbone is its own backbone (a feature extractor exported
+    # alone records which backbone it is).
+    assert kft.models.backbones.find_backbone(backbone) is backbone
+    from kft.deploy.metadata import model_metadata
+
+    assert model_metadata(backbone)["backbone"] == "simple_cnn"

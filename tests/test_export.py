@@ -136,6 +136,33 @@ def test_batch_augment_and_old_preprocess_layer_stripped():
                                keras.ops.softmax(logits), atol=1e-6)
 
 
+def test_stock_resizing_and_pooling_stay_and_onnx_pooling_computes_the_same():
+    # Keras' deterministic preprocessing layers (Resizing, CenterCrop) share
+    # a base class with its Random* ones: dropped with them, the exported
+    # model saw the unresized image (a pooled head runs on any size, so
+    # nothing failed). MaxPooling2D becomes the ONNX stand-in only for ONNX;
+    # a "same" pool of an even size pads one side more, as Keras does.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.RandomFlip(seed=0)(inputs)
+    x = keras.layers.Resizing(16, 16)(x)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    x = _inputs(24)[0]
+    want = model.predict(x, verbose=0)
+    stock = inference_model(model)
+    onnx_graph = inference_model(model, onnx_compatible=True)
+    kinds = [type(layer).__name__ for layer in stock.layers]
+    assert kinds[1:4] == ["Identity", "Resizing", "Conv2D"]
+    assert "MaxPooling2D" in kinds and kft_layers(stock) == []
+    assert kft_layers(onnx_graph) == [model.layers[4].name]
+    for graph in (stock, onnx_graph):
+        np.testing.assert_allclose(graph.predict(x, verbose=0), want,
+                                   rtol=1e-6, atol=1e-6)
+
+
 def test_unbuilt_model_says_how(tmp_path):
     model = keras.Sequential([keras.layers.Conv2D(2, 3),
                               keras.layers.GlobalAveragePooling2D(),

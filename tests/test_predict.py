@@ -364,3 +364,64 @@ def test_calls_of_any_image_count_share_a_few_compiled_sizes(model,
                                        rtol=1e-5, atol=1e-7)
             assert r.indices == list(np.argsort(-p, kind="stable"))
     assert sorted(set(sizes)) == [1, 2, 4, 8]
+
+
+def test_tta_averages_each_image_over_its_own_views(model):
+    # Several images share one model call, each image's views one after the
+    # other: an offset off by a view would average neighbours' views (a
+    # single image, as the tests above use, cannot show it).
+    images = np.random.default_rng(3).uniform(0, 255, (3, 16, 16, 3)).astype(
+        "float32")
+    together = kft.predict(model, images, tta="flip", top_k=5)
+    both = _softmax(model.predict(np.concatenate([images, images[:, :, ::-1]]),
+                                  verbose=0))
+    means = (both[:3] + both[3:]) / 2
+    assert len({tuple(r.probabilities) for r in together}) == 3
+    for r, mean in zip(together, means):
+        assert r.indices == list(np.argsort(-mean, kind="stable"))
+        np.testing.assert_allclose(r.probabilities, np.sort(mean)[::-1],
+                                   rtol=1e-5)
+
+
+def test_class_names_of_another_count_and_ties_in_class_order():
+    # More names than outputs were refused only as fewer were; and equal
+    # probabilities (a model that cannot tell the classes apart) list the
+    # classes in index order, the same top-k on every call.
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(4, kernel_initializer="zeros")])
+    result = kft.predict(model, np.zeros((16, 16, 3)), top_k=3)[0]
+    assert result.indices == [0, 1, 2]
+    assert result.labels == ["0", "1", "2"]
+    assert result.probabilities == [0.25] * 3
+    with pytest.raises(ValueError, match=r"`class_names` must be 4 names, one "
+                       r"per model output\. Received: class_names=\('a', 'b', "
+                       r"'c', 'd', 'e'\)"):
+        kft.predict(model, np.zeros((16, 16, 3)), class_names=list("abcde"))
+
+
+class _OwnSoftmax(keras.layers.Layer):
+    """A layer of the user's own (neither Keras' nor kft's) ending in a
+    softmax: what it computes is not known from its class."""
+
+    def call(self, x):
+        return keras.ops.softmax(x)
+
+
+def test_a_model_ending_in_a_layer_of_your_own_is_probed_for_probabilities():
+    # Its rows are probabilities: taken for logits, kft.predict applied a
+    # second softmax (flattening the model's 0.9 towards 1/num_classes).
+    from kft.deploy.inference import output_kind
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    logits = keras.layers.Dense(3)(
+        keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, _OwnSoftmax()(logits))
+    assert output_kind(model) == "probabilities"
+    x = np.random.default_rng(4).uniform(0, 255, (2, 16, 16, 3)).astype(
+        "float32")
+    want = model.predict(x, verbose=0)
+    for row, result in zip(want, kft.predict(model, x, top_k=3)):
+        np.testing.assert_allclose(result.probabilities, row[result.indices],
+                                   atol=1e-6)

@@ -338,6 +338,47 @@ def test_ema_overwrites_at_fit_end_by_default_and_needs_use_ema():
             pass
 
 
+def test_averaged_weights_in_a_callback_reads_the_running_fit():
+    # Inside `fit` the trained values live in the trainer's state, not in
+    # the variables (emptied: reading them raised): averaged_weights called
+    # in a callback must see the averages and keep the raw values of the
+    # steps taken so far, as a fit stopped at that step gives them.
+    y = np.zeros(len(X))
+    seen = {}
+
+    def compiled():
+        model = _model()
+        model.get_layer("body").trainable = True
+        model.compile(kft.BlockwiseOptimizer(
+            keras.optimizers.SGD(0.1), use_ema=True, ema_momentum=0.5,
+            ema_overwrite_at_end=False), _mean_prediction)
+        return model
+
+    def kernels(model):
+        return np.array(model.get_layer("head").kernel.value)
+
+    def look(batch, logs):
+        if batch == 2:
+            with kft.optimizers.averaged_weights(model):
+                seen["averaged"] = kernels(model)
+            seen["raw"] = kernels(model)
+
+    # The model from the closure (Keras' `Callback.model` would write the
+    # state back itself).
+    model = compiled()
+    model.fit(X, y, batch_size=2, epochs=1, shuffle=False, verbose=0,
+              callbacks=[keras.callbacks.LambdaCallback(
+                  on_train_batch_end=look)])
+    stopped = compiled()
+    stopped.fit(X[:6], y[:6], batch_size=2, epochs=1, shuffle=False,
+                verbose=0)
+    with kft.optimizers.averaged_weights(stopped):
+        averaged = kernels(stopped)
+    np.testing.assert_allclose(seen["raw"], kernels(stopped), rtol=1e-6)
+    np.testing.assert_allclose(seen["averaged"], averaged, rtol=1e-6)
+    assert not np.allclose(averaged, kernels(stopped))
+
+
 def test_switches_refuse_strings():
     # three_phase="False" gave the three-phase cycle (step 5 of 10 at
     # 0.036 instead of 0.611), exclude_bias_and_norm="False" excluded.

@@ -1022,3 +1022,20 @@ def test_an_lwf_penalty_saves_and_loads_its_settings(tmp_path):
     with pytest.raises(ValueError, match=r"Argument `path` must be a file "
                        r"written by penalty\.save\(path\)"):
         kft.load_penalty(tmp_path / "other.npz")
+
+
+def test_leaving_the_penalty_out_twice_is_undone_by_the_first_undo():
+    # A model kft already set to evaluate without the penalty (a second
+    # binding path, or a kft model class) is not wrapped again: one undo
+    # brings Keras' own step back, not a wrapper of the first wrapper.
+    from kft._evaluation_step import without_penalty_in_evaluation
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    undo = without_penalty_in_evaluation(model)
+    wrapped = model.test_step
+    undo_again = without_penalty_in_evaluation(model)
+    assert model.test_step is wrapped
+    undo_again()
+    assert model.test_step is wrapped
+    undo()
+    assert "test_step" not in vars(model)

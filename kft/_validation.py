@@ -281,8 +281,18 @@ def check_finite_images(images, name, first=None, as_float32=False):
     ValueError: Argument `x` must hold finite pixels. Images with NaN or inf: 1 of 2 (the first: image 1).
     """
     images = np.asarray(images)
-    if images.dtype.kind in "uib" or not images.size or not images.ndim:
-        return  # integer pixels are finite; a scalar is named elsewhere
+    if not images.size or not images.ndim:
+        return  # a scalar is named elsewhere
+    kind = images.dtype.kind
+    if kind not in "uifV":  # "V": other float types, such as bfloat16
+        # A bool mask trained as 0/1 pixels, an object array failed in JAX.
+        hint = (" (an object array: convert the images with "
+                "np.asarray(images, 'float32'))" if kind == "O" else "")
+        raise ValueError(
+            f"Argument `{name}` must hold integer or float pixels{hint}. "
+            f"Received: {name}.dtype={images.dtype}")
+    if kind in "ui":
+        return  # integer pixels are finite
     # In slices: one mask of a whole dataset is a quarter of its size.
     step = max(1, 2**24 // max(images[0].size, 1))
     try:

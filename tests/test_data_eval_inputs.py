@@ -520,6 +520,22 @@ def test_from_arrays_checks_object_bool_and_text_pixels():
     images, _ = next(iter(kft.data.from_arrays(
         x.astype(object), [0, 1, 0, 1], batch_size=4, shuffle=False)))
     np.testing.assert_array_equal(images, np.full((4, 8, 8, 3), 100.0))
+    # Arrays given to fine_tune or evaluate directly: a bool mask trained
+    # and was scored as 0/1 pixels, an object array failed inside JAX.
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(8, 8, 3))
+    y = np.array([0, 1, 0, 1])
+    for bad, hint in ((x > 50, ""), (x.astype(object), r" \(an object "
+                      r"array: convert the images with np\.asarray\(images, "
+                      r"'float32'\)\)")):
+        def message(name):
+            return (rf"`{name}` must hold integer or float pixels{hint}\. "
+                    rf"Received: {name}\.dtype={bad.dtype}")
+
+        with pytest.raises(ValueError, match=message("x")):
+            kft.evaluate_classifier(model, bad, y)
+        with pytest.raises(ValueError, match=message("train_data")):
+            kft.fine_tune(model, (bad, y), epochs=1, verbose=0)
 
 
 def test_evaluating_batches_without_labels_names_what_they_are():

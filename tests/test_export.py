@@ -345,6 +345,13 @@ def test_missing_class_names_warn_once_naming_the_argument(tmp_path):
     with pytest.warns(UserWarning, match=r"no class names.*class_names="):
         kft.export(model, tmp_path / "a.keras", format="keras")
     assert kft.load_run(tmp_path / "a.keras").class_names is None
+    # Of a file that was written: not before an export that fails.
+    (tmp_path / "afile").write_text("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(OSError):
+            kft.export(model, tmp_path / "afile" / "d.keras",
+                       format="keras")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         kft.export(model, tmp_path / "b.keras", format="keras",

@@ -139,16 +139,9 @@ def export(model: keras.Model, path: str | os.PathLike,
                           '(opset applies to format="onnx" only)', opset)
     check_built(model)
     if format == "onnx":
-        # Before the class-name warning: about a file that is written.
         _check_static_input(model)
     output = resolve_output(model, output)
     meta = model_metadata(model, class_names, output)
-    if meta["class_names"] is None:
-        warnings.warn(
-            f"kft.export: model {model.name!r} carries no class names, so "
-            f"predictions from {os.path.basename(path)!r} will name classes "
-            "by index ('0', '1', ...). Pass class_names=[...] (in class-"
-            "index order) to store them in the file.", stacklevel=2)
     if format == "keras":
         inference = inference_model(model, output=output)
 
@@ -168,6 +161,12 @@ def export(model: keras.Model, path: str | os.PathLike,
     # disk) left a truncated file over an earlier good export.
     with written_beside(path) as target:
         write(target)
+    if meta["class_names"] is None:  # said of a file that was written
+        warnings.warn(
+            f"kft.export: model {model.name!r} carries no class names, so "
+            f"predictions from {os.path.basename(path)!r} name classes "
+            "by index ('0', '1', ...). Pass class_names=[...] (in class-"
+            "index order) to store them in the file.", stacklevel=2)
     return path
 
 

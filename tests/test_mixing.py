@@ -168,7 +168,10 @@ def test_symbolic_calls_give_the_soft_label_shapes():
             (MixUp(num_classes=5), keras.KerasTensor((4,), "int32"), 5),
             (MixUp(num_classes=5), keras.KerasTensor((4, 1), "int32"), 5),
             (MixUp(num_classes=7), keras.KerasTensor((4, 7), "float32"), 7),
-            (MixUp(), keras.KerasTensor((4, 7), "float32"), 7)):
+            (MixUp(), keras.KerasTensor((4, 7), "float32"), 7),
+            # One-hot rows of a width not known yet: num_classes's.
+            (MixUp(num_classes=5), keras.KerasTensor((4, None), "float32"),
+             5)):
         mixed, targets = layer((images, labels))
         assert (mixed.shape, mixed.dtype) == ((4, 8, 8, 3), "float32")
         assert (targets.shape, targets.dtype) == ((4, classes), "float32")

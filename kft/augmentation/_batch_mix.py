@@ -114,13 +114,14 @@ class BatchMix(keras.layers.Layer):
                     f"Received: labels.shape={labels_shape}, num_classes=None"
                 )
             return self.num_classes
-        if (self.num_classes is not None
-                and labels_shape[-1] != self.num_classes):
+        width = labels_shape[-1]  # None in a symbolic call: not known
+        if (self.num_classes is not None and width is not None
+                and width != self.num_classes):
             raise ValueError(
                 f"One-hot labels must have num_classes={self.num_classes} "
                 f"columns. Received: labels.shape={labels_shape}"
             )
-        return labels_shape[-1]
+        return self.num_classes if width is None else width
 
     def _targets(self, labels):
         """Float (batch, classes) targets, label smoothing applied."""

@@ -712,8 +712,8 @@ def test_report_of_a_seed_that_did_not_finish_names_the_seeds_that_did():
     result = kft.StrategyComparison(runs, ["a"], [0, 1], "accuracy")
     for seed in (0, 5):
         with pytest.raises(ValueError, match=rf"Argument `seed` must be a "
-                           rf"seed 'a' ran with, one of \[1\]\. Received: "
-                           rf"seed={seed}"):
+                           rf"seed whose 'a' run finished with a report, "
+                           rf"one of \[1\]\. Received: seed={seed}"):
             result.report("a", seed)
 
 

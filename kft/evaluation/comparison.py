@@ -180,9 +180,9 @@ class StrategyComparison:
             if run["seed"] == seed:
                 return EvaluationReport.from_dict(run["report"])
         # The seeds with a report (a run recorded without one, by hand,
-        # was listed while refused).
-        fail_argument("seed", f"a seed {strategy!r} ran with, one of "
-                      f"{[r['seed'] for r in runs]}", seed)
+        # was listed while refused; a failed run has none).
+        fail_argument("seed", f"a seed whose {strategy!r} run finished with "
+                      f"a report, one of {[r['seed'] for r in runs]}", seed)
 
     @property
     def best(self):

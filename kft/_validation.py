@@ -266,10 +266,11 @@ def unicode_form_note(names, others):
 
 
 def check_finite_images(images, name, first=None, as_float32=False):
-    """Raises if an image of a float array holds NaN or inf: training on
-    it made the weights NaN behind a finite loss, and statistics of it
-    were NaN (a shift score, BatchNorm moving averages after
-    adapt_batchnorm, a DANN loss). `first`: for a batch, the index of
+    """Raises if `images` are not numbers (a bool mask, strings, objects)
+    or an image of a float array holds NaN or inf: training on NaN made
+    the weights NaN behind a finite loss, and statistics of it were NaN
+    (a shift score, BatchNorm moving averages after adapt_batchnorm, a
+    DANN loss). `first`: for a batch, the index of
     `images[0]` among all of `name`'s. `as_float32`: checked as the
     float32 the images will be cast to (1e300 is finite in float64 only).
 
@@ -315,9 +316,9 @@ def check_finite_images(images, name, first=None, as_float32=False):
 
 
 def real_pixels(array):
-    """`array` as numbers pixels can be: other float types (bfloat16) and
-    object arrays of real numbers become float32; `None` for what is no
-    pixels (bool masks, strings, complex or time values).
+    """`array` as pixel values: other float types (bfloat16) and object
+    arrays of real numbers become float32; `None` for what is not pixels
+    (bool masks, strings, complex or time values).
 
     Example:
     >>> real_pixels(np.array([1, 2.5], object)).dtype

@@ -4,6 +4,7 @@ empty val folder, float TIFFs, digits' class arguments, one-hot and
 probability labels, unrecorded metrics and report options."""
 
 import os
+import re
 import warnings
 
 import keras
@@ -511,10 +512,11 @@ def test_from_arrays_checks_object_bool_and_text_pixels():
     with_nan[2, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         kft.data.from_arrays(with_nan, [0, 1, 0, 1])
-    for bad, dtype in ((x > 50, "bool"), (x.astype(str), "<U32")):
+    for bad in (x > 50, x.astype(str)):
         with pytest.raises(ValueError, match=r"^Argument `x` must be images "
                            r"of integer or float pixels in \[0, 255\]\. "
-                           f"Received: x.dtype={dtype}$"):
+                           + re.escape(f"Received: x.dtype={bad.dtype}")
+                           + "$"):
             kft.data.from_arrays(bad, [0, 1, 0, 1])
     # Numbers in an object array are pixels: read as float32.
     images, _ = next(iter(kft.data.from_arrays(

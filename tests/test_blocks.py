@@ -123,6 +123,9 @@ def test_backbone_is_found_by_its_marker_not_its_name():
     renamed.name = "features"
     assert list(kft.get_blocks(renamed)) == ["stem", "block1", "block2",
                                              "block3"]
+    # A Backbone marked again under another spelling keeps the registered
+    # name (the spelling given is not a registry key; exports record it).
+    assert as_backbone(renamed, "Simple-CNN").kft_backbone == "simple_cnn"
     with pytest.raises(TypeError, match=r"Argument `model` must be a "
                        r"functional keras.Model\. Received: model='x'"):
         as_backbone("x", "simple_cnn")

@@ -227,34 +227,27 @@ def test_strategy_auto_keeps_the_recipe_settings_given():
     assert checked == set(given)
 
 
-def test_the_recipe_line_gives_each_blocks_rate_under_layer_decay():
+@pytest.mark.parametrize("lr, rates", [
     # `kft train --layer-decay`: the recipe line printed before training
     # lists each block's phase-2 rate (no run had printed it).
-    from kft.runs.recipe import build_run_model
-    from kft.runs.recipe import describe_recipe
-
-    config = TrainConfig(backbone="simple_cnn", weights="none",
-                         image_size=16, strategy="full", lr=0.01,
-                         layer_decay=0.5, epochs=2, head_epochs=1)
-    text = describe_recipe(config, build_run_model(config, 3))
-    assert ("then full (every block) 2 epoch(s) at 0.01 (cosine), BatchNorm "
-            "frozen; rate per block: stem 0.000625, block1 0.00125, block2 "
-            "0.0025, block3 0.005, head 0.01; blocks: ") in text
-
-
-def test_the_recipe_line_of_a_found_rate_gives_factors_of_it():
+    (0.01, "at 0.01 (cosine), BatchNorm frozen; rate per block: stem "
+           "0.000625, block1 0.00125, block2 0.0025, block3 0.005, head "
+           "0.01; blocks: "),
     # The rate is found after this line is printed: the decay factors
     # were printed as rates ("head 1", while the head trained at 0.006).
+    ("find", "at find (cosine), BatchNorm frozen; rate per block (x the "
+             "found rate): stem 0.0625, block1 0.125, block2 0.25, block3 "
+             "0.5, head 1; blocks: ")])
+def test_the_recipe_line_gives_each_blocks_rate_under_layer_decay(lr,
+                                                                   rates):
     from kft.runs.recipe import build_run_model
     from kft.runs.recipe import describe_recipe
 
     config = TrainConfig(backbone="simple_cnn", weights="none",
-                         image_size=16, strategy="full", lr="find",
+                         image_size=16, strategy="full", lr=lr,
                          layer_decay=0.5, epochs=2, head_epochs=1)
     text = describe_recipe(config, build_run_model(config, 3))
-    assert ("at find (cosine), BatchNorm frozen; rate per block (x the "
-            "found rate): stem 0.0625, block1 0.125, block2 0.25, block3 "
-            "0.5, head 1; blocks: ") in text
+    assert f"then full (every block) 2 epoch(s) {rates}" in text
 
 
 def test_every_recipe_setting_reaches_fine_tune():

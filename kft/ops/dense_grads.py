@@ -20,7 +20,14 @@ __all__ = ["dense", "kernel_grad"]
 def kernel_grad(inputs, grads):
     """`sum over rows of inputs^T @ grads`, for every leading axis of both:
     the kernel gradient of `inputs @ kernel`, as one matrix product of the
-    2-D views (no transposed copy on XLA's CPU backend)."""
+    2-D views (no transposed copy on XLA's CPU backend).
+
+    Example:
+    >>> import jax.numpy as jnp
+    >>> from kft.ops.dense_grads import kernel_grad
+    >>> kernel_grad(jnp.ones((2, 3, 3, 4)), jnp.ones((2, 3, 3, 5))).shape
+    (4, 5)
+    """
     return lax.dot_general(
         inputs.reshape(-1, inputs.shape[-1]),
         grads.reshape(-1, grads.shape[-1]), (((0,), (0,)), ((), ())),

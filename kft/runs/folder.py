@@ -160,6 +160,19 @@ def load_eval_folder(path, class_names, image_size, batch_size=32,
         ValueError: a missing folder, no class folder or no readable image,
             or class folders that are not among `class_names` (the message
             names them).
+
+    Example (a class of the model with no folder counts no examples):
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from kft.runs import load_eval_folder
+    >>> root = tempfile.mkdtemp()
+    >>> for i, name in enumerate(["cat", "cat", "dog"]):
+    ...     os.makedirs(os.path.join(root, name), exist_ok=True)
+    ...     Image.new("RGB", (10, 12)).save(os.path.join(root, name, f"{i}.png"))
+    >>> data = load_eval_folder(root, ["bird", "cat", "dog"], 8,
+    ...                         batch_size=2)
+    >>> data.class_counts
+    {'bird': 0, 'cat': 2, 'dog': 1}
     """
     from kft.data._directory import eval_folder
 

@@ -75,6 +75,22 @@ def load_folder_data(config: TrainConfig):
     transform and the class order of the train folder. `kft.data` reads a
     linked folder through its target: messages, skipped files and the
     datasets' paths name the user's files, not the links.
+
+    Example:
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from kft.runs import TrainConfig, load_folder_data
+    >>> root = tempfile.mkdtemp()
+    >>> for name, value in (("cat", 40), ("dog", 200), ("test/cat", 40)):
+    ...     os.makedirs(os.path.join(root, name))
+    ...     for i in range(3):
+    ...         Image.new("RGB", (10, 12), (value,) * 3).save(
+    ...             os.path.join(root, name, f"{i}.png"))
+    >>> config = TrainConfig(data_dir=root, image_size=8, batch_size=2,
+    ...                      val_split=0.3, augment="none")
+    >>> train, val = load_folder_data(config)
+    >>> train.class_names, train.num_examples, val.num_examples
+    (['cat', 'dog'], 4, 2)
     """
     from kft import data as kft_data
 

@@ -65,6 +65,22 @@ def refresh_training_state(model):
     Raises:
         RuntimeError: inside `fit` with step state pending and no record of
             the flags the step was compiled for.
+
+    Example (without the refresh, Keras' second `fit` fails: its
+    optimizer was built for 4 variables and now gets 2):
+    >>> import keras, numpy as np, kft
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3),
+    ...                           keras.layers.Dense(1)])
+    >>> model.compile("adam", "mse")
+    >>> x, y = np.ones((4, 2)), np.zeros((4, 1))
+    >>> _ = model.fit(x, y, verbose=0)
+    >>> first = model.layers[0]
+    >>> first.trainable = False
+    >>> kft.refresh_training_state(model)
+    >>> before = first.get_weights()[0]
+    >>> _ = model.fit(x, y, verbose=0)
+    >>> bool((first.get_weights()[0] == before).all())
+    True
     """
     if not _compat.sync_fit_state_as_compiled(model):
         raise RuntimeError(
@@ -105,6 +121,16 @@ def retarget_optimizer(optimizer, variables):
     when variables are added: their bias correction reads the
     shared step counter, so their first updates are mis-scaled (use
     `kft.BlockwiseOptimizer`, which counts steps per variable).
+
+    Example (`a`'s momentum is kept, `b` starts from none):
+    >>> import keras, numpy as np, kft
+    >>> a, b = keras.Variable(1.0), keras.Variable(2.0)
+    >>> optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    >>> optimizer.apply([np.float32(1)], [a])
+    >>> kft.retarget_optimizer(optimizer, [a, b])
+    >>> optimizer.apply([np.float32(1), np.float32(1)], [a, b])
+    >>> round(float(a), 4), round(float(b), 4)
+    (0.71, 1.9)
     """
     if hasattr(optimizer, "retarget"):
         optimizer.retarget(variables)

@@ -119,10 +119,14 @@ def test_a_closed_pipe_ends_the_command_quietly(size):
                "sys.exit(cli.main(['demo']))\n")
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the command writes
+    # Buffered, as in a user's shell: with PYTHONUNBUFFERED set (as some
+    # environments do) `print` raised at once, so the flush at exit and
+    # the quiet redirect after it went untested.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     try:
         result = subprocess.run([sys.executable, "-c", program],
                                 stdout=write, stderr=subprocess.PIPE,
-                                text=True, timeout=120)
+                                text=True, timeout=120, env=env)
     finally:
         os.close(write)
     assert result.stderr == ""
@@ -526,7 +530,7 @@ def test_train_recipe_defaults_are_fine_tunes():
         assert getattr(config, setting) == defaults[argument], setting
 
 
-def test_home_in_path_arguments_is_the_home_folder(monkeypatch):
+def test_home_in_path_arguments_is_the_home_folder(monkeypatch, capsys):
     # Where the shell leaves "~" (`--out=~/x`, quotes), kft made a folder
     # named "~" or said a folder "~/photos" does not exist.
     from kft.cli._checks import expand_home
@@ -554,6 +558,10 @@ def test_home_in_path_arguments_is_the_home_folder(monkeypatch):
     for argv, expected in cases:
         args = expand_home(parser.parse_args(argv))
         assert {k: getattr(args, k) for k in expected} == expected, argv
+    # ... and the command itself expands them before using them.
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "~/missing_run", "photos"])
+    assert "'/home/u/missing_run' does not exist" in capsys.readouterr().err
 
 
 def test_under_the_launcher_kft_train_joins_the_job(monkeypatch, capsys):

@@ -535,4 +535,35 @@ def test_device_errors():
                        r"keras.distribution.DeviceMesh\. Received: "
                        r"device_mesh=\(2,\)"):
         kft.data_parallel(device_mesh=(2,))
+    # A device named by its kind alone ("CPU") is that kind's first device.
+    dist = kft.data_parallel(["CPU"])
+    keras.distribution.set_distribution(None)
+    assert list(dist.device_mesh.devices.flat) == ["cpu:0"]
     assert keras.distribution.distribution() is None
+
+
+def test_fit_data_is_checked_as_keras_splits_it(monkeypatch):
+    # The checks only read `batch_shards()`: faked here, in this process,
+    # without devices to simulate.
+    import kft
+    from kft.distributed import data_parallel
+
+    monkeypatch.setattr(data_parallel, "batch_shards", lambda: 8)
+    check = data_parallel.check_fit_data
+    x, y = np.zeros((80, 2), "float32"), np.zeros(80, "int32")
+    # Keras trains on floor(80 * 0.81) = 64 examples and validates on 16:
+    # both split over 8 devices (65 and 15, rounded up, did not).
+    check((x, y), {"batch_size": 8, "validation_split": 0.19})
+    # Validation data with sample weights is checked as (x, y) is (JAX's
+    # IndivisibleError after the first epoch named no batch).
+    with pytest.raises(ValueError, match=r"`validation_data` \(20 examples "
+                       r"at batch_size=8\) holds 4 examples"):
+        check((x, y), {"batch_size": 8,
+                       "validation_data": (x[:20], y[:20], y[:20])})
+    # The validation arrays are read at `validation_batch_size` (12, on 6
+    # devices), not at Keras' default batch size of 32.
+    monkeypatch.setattr(data_parallel, "batch_shards", lambda: 6)
+    images = np.zeros((24, 16, 16, 3), "float32")
+    train = kft.data.from_arrays(images, y[:24], batch_size=12)
+    check((train,), {"validation_data": (x[:24], y[:24]),
+                     "validation_batch_size": 12})

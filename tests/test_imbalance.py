@@ -38,6 +38,12 @@ def test_resolve_class_weight_for_every_data_form():
     for data in ((x, LABELS), dataset, batches):
         assert resolve_class_weight("balanced", data, 4) == expected
     assert count_labels(iter(batches), 4).tolist() == [6, 3, 0, 1]
+    # A dataset of fewer classes than the model (its highest class has no
+    # example here): the missing classes count 0 and weigh 1.
+    fewer = kft.data.from_arrays(x[:4], np.array([0, 0, 1, 2]), batch_size=2)
+    assert len(fewer.class_counts) == 3
+    assert resolve_class_weight("balanced", fewer, 4) == \
+        balanced_class_weight([0, 0, 1, 2], 4)
     assert resolve_class_weight(None, None, 4) is None
     assert resolve_class_weight({np.int64(1): 2}, None, 4) == {1: 2.0}
 
@@ -47,6 +53,8 @@ def test_resolve_class_weight_for_every_data_form():
      r"class_weight='auto'"),
     ({4: 1.0}, r"class indices in \[0, 4\).*Received: class_weight=\{4: "),
     ({-1: 1.0}, r"class indices in \[0, 4\)"),
+    # A bool is an int to Python: True read as class 1.
+    ({True: 1.0}, r"class indices in \[0, 4\).*\{True: 1.0\}"),
     ({1: -0.5}, r"`class_weight\[1\]` must be a finite number >= 0.*"
      r"Received: class_weight\[1\]=-0.5"),
     ({1: float("nan")}, r"`class_weight\[1\]`"),

@@ -68,6 +68,19 @@ def test_layout_map_depthwise_channels_and_threshold():
     assert layouts["dw/kernel"].axes == (None, None, "model", None)
     assert layouts["pw/kernel"].axes == (None, None, None, "model")
     assert len(kft.layout_map(model, _fake_mesh(), min_size=145)) == 0
+    # "At least `min_size`": a kernel of exactly that size (dw: 144) splits.
+    assert list(kft.layout_map(model, _fake_mesh(), min_size=144)) == [
+        "dw/kernel"]
+    # Both the channels (8) and the multiplier (4) split: the channels do.
+    inputs = keras.Input((8, 8, 8))
+    both = keras.Model(inputs, keras.layers.DepthwiseConv2D(
+        3, depth_multiplier=4, name="dw4")(inputs))
+    assert kft.layout_map(both, _fake_mesh(), min_size=1)[
+        "dw4/kernel"].axes == (None, None, "model", None)
+    # A mesh given as a shape gets the axis named by `model_axis`.
+    tensor = kft.layout_map(model, (1, 1), model_axis="tensor", min_size=100)
+    assert tensor.device_mesh.axis_names == ["batch", "tensor"]
+    assert tensor["dw/kernel"].axes == (None, None, "tensor", None)
 
 
 def test_layout_map_from_name_matches_classifier():
@@ -141,12 +154,19 @@ def test_collective_bytes_parses_hlo():
         "%d = s32[] all-reduce(%w), to_apply=%sum",
         "%e = f32[2]{0} reduce-scatter(%v), dimensions={0}",
         "%f = f32[64]{0} add(%p, %q)",
+        # Two operations of one shape are two (not one pair), and every
+        # kind, predicates included, counts in the total.
+        "%g = s32[] all-reduce(%u), to_apply=%sum",
+        "%h = f32[2]{0} all-to-all(%t), dimensions={0}",
+        "%i = pred[3]{0} collective-permute(%s), source_target_pairs={{0,1}}",
     ])
     counts = collective_bytes(text)
-    assert counts["all-reduce"] == {"bytes": 24 + 8 + 4, "ops": 2}
+    assert counts["all-reduce"] == {"bytes": 24 + 8 + 4 + 4, "ops": 3}
     assert counts["all-gather"] == {"bytes": 32, "ops": 1}
     assert counts["reduce-scatter"] == {"bytes": 8, "ops": 1}
-    assert counts["total_bytes"] == 36 + 32 + 8
+    assert counts["all-to-all"] == {"bytes": 8, "ops": 1}
+    assert counts["collective-permute"] == {"bytes": 3, "ops": 1}
+    assert counts["total_bytes"] == 40 + 32 + 8 + 8 + 3
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +192,11 @@ def test_model_and_data_parallel_match_one_device(eight_devices):
     # absent from this linear-head model), 4 ways, over the model axis.
     assert eight_devices["model"]["split"] == 3
     assert eight_devices["model"]["parts"] == [4]
+    # `train_step_hlo` keeps the state's shardings, as `fit`'s step does:
+    # each split kernel stays split and is gathered for the forward pass
+    # (without them XLA chose replicated outputs: 1 all-gather instead of
+    # 13 here, not the program `fit` runs).
+    assert eight_devices["model"]["all_gathers"] >= 3
     assert eight_devices["data"]["split"] == 0
 
 
@@ -253,6 +278,10 @@ def _main():
             "max_weight_diff": max(
                 float(np.abs(a - b).max())
                 for a, b in zip(model.get_weights(), reference))}
+        if mode == "model":
+            with distribution.scope():
+                counts = collective_bytes(train_step_hlo(model, *batches[0]))
+            out[mode]["all_gathers"] = counts["all-gather"]["ops"]
         if mode == "data":
             data_model = model
     # What the data-parallel step all-reduces: all trainable, then partial

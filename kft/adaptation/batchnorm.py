@@ -23,10 +23,15 @@ def _model_image_shape(model):
     return shape
 
 
-def batch_statistics(model, data, *, batch_size=64, name="target_data"):
+def batch_statistics(model, data, *, batch_size=64, name="target_data",
+                     layers=None):
     """Per-channel mean and variance of every BatchNorm layer's input on
     `data`, each layer seeing inputs normalised with its upstream layers'
     batch statistics (as in training).
+
+    `layers` (BatchNorm layers of `model`) restricts the measure to them:
+    the others normalise with their moving statistics, as a frozen
+    BatchNorm layer does in training.
 
     Returns:
         `(bn_layers, means, variances, num_images)`: the layers of `model`
@@ -38,11 +43,12 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data"):
     # The copy is built from the model's own layers: its nodes on them go
     # with it when the pass is done.
     with _compat.graph_nodes_kept(model):
-        return _batch_statistics(model, data, batch_size, name)
+        return _batch_statistics(model, data, batch_size, name, layers)
 
 
-def _batch_statistics(model, data, batch_size, name):
-    clone, copies = _statistics_model(model)
+def _batch_statistics(model, data, batch_size, name, only):
+    clone, copies = _statistics_model(
+        model, None if only is None else {id(layer) for layer in only})
     # The model's own layers, those of its classifier graph (not, say, a
     # domain discriminator's).
     layers = [layer for layer in batch_norm_layers(model)
@@ -100,21 +106,23 @@ class _BatchStatistics(keras.layers.BatchNormalization):
         return super().call(inputs, training=True, mask=mask)
 
 
-def _statistics_model(model):
+def _statistics_model(model, only=None):
     """`(copy, {id(BatchNorm layer of model): its _BatchStatistics})`.
 
     The copy is `model`'s inference graph (`kft.deploy.inference_model`: a
     plain functional model without random augmentation, also for an
     `attach`ed model, a `BatchAugmentModel` or a `DomainAdaptationModel`)
-    with each BatchNormalization replaced by a `_BatchStatistics` holding
-    copies of its weights; the model itself is not touched.
+    with each BatchNormalization (each whose id is in `only`, if given)
+    replaced by a `_BatchStatistics` holding copies of its weights; the
+    model itself is not touched.
     """
     from kft.deploy.inference import inference_model
 
     copies = {}
 
     def swap(layer):
-        if not isinstance(layer, keras.layers.BatchNormalization):
+        if not isinstance(layer, keras.layers.BatchNormalization) or (
+                only is not None and id(layer) not in only):
             return layer
         new = _BatchStatistics.from_config(
             {**layer.get_config(), "momentum": 0.0, "trainable": True})
@@ -173,14 +181,24 @@ def adapt_batchnorm(model: keras.Model, target_data, *,
     >>> sorted(kft.adapt_batchnorm(model, x))
     ['block1_bn', 'block2_bn', 'block3_bn', 'stem_bn']
     """
-    layers, means, variances, _ = batch_statistics(model, target_data,
-                                                   batch_size=batch_size)
+    return [layer.name for layer in set_batch_statistics(
+        model, target_data, batch_size=batch_size)]
+
+
+def set_batch_statistics(model, data, *, batch_size=64, name="target_data",
+                         layers=None):
+    """Sets the moving statistics of `model`'s BatchNorm layers (of
+    `layers`, if given) to those `batch_statistics` measures on `data`;
+    returns the layers set. Also inside a running `fit`."""
     # Inside a running fit: write its step state back first, so the
-    # assignment is not overwritten, and make the next step read the
-    # variables again (no retrace: only values change).
+    # statistics are those of the step's weights and the assignment is
+    # not overwritten, then make the next step read the variables again
+    # (no retrace: only values change).
     _compat.sync_fit_state(model)
+    layers, means, variances, _ = batch_statistics(
+        model, data, batch_size=batch_size, name=name, layers=layers)
     for layer, mean, var in zip(layers, means, variances):
         layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
         layer.moving_variance.assign(var.astype(layer.moving_variance.dtype))
     _compat.reread_fit_state(model)
-    return [layer.name for layer in layers]
+    return layers

@@ -201,8 +201,12 @@ def fine_tune(
         layer_decay: Phase 2 rate factor per block below the head
             (`kft.layerwise_lr`), in (0, 1]. Defaults to `None` (one rate).
         unfreeze_every: Epochs per stage for `"gradual"`. Defaults to `1`.
-        bn: BatchNorm policy, `"frozen"` or `"train"`. Defaults to
-            `"frozen"`.
+        bn: BatchNorm policy, `"frozen"` or `"train"`. With `"train"`,
+            phase 2 sets the statistics of the BatchNorm layers that
+            train to those of the training images before each validation
+            while their moving averages are young
+            (`kft.callbacks.PreciseBatchNorm`; not for a one-shot iterator
+            or a `DomainAdaptationModel`). Defaults to `"frozen"`.
         loss: Defaults to categorical cross-entropy on logits (on
             probabilities for a model that ends in a softmax): sparse for
             integer labels, on one-hot rows for one-hot labels or a

@@ -4,6 +4,7 @@ where it can), then deeper blocks at a lower, scheduled rate (found by
 
 import math
 import warnings
+from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -26,6 +27,7 @@ from kft.training.lr_find import lr_find
 from kft.training.phases import EpochRate
 from kft.training.phases import load_best
 from kft.training.phases import weights_finite
+from kft.training.precise_bn import PreciseBatchNorm
 from kft.training.unfreeze_schedules import Milestones
 from kft.training.unfreezing import GradualUnfreezing
 
@@ -231,6 +233,12 @@ def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
     phases.compile(_phase2_optimizer(model, learning_rate,
                                      plan["weight_decay"],
                                      plan["layer_decay"], rate, momentum))
+    if bn == "train" and _rereadable(phases):
+        # Before keep-best and the user's savers: they keep the exact
+        # statistics of a young run.
+        first.append(PreciseBatchNorm(phases.train_data,
+                                      first_epoch=first_epoch,
+                                      batch_size=phases.batch_size))
     if strategy == "gradual":
         _, body = head_and_body(get_blocks(model))
         schedule = Milestones([first_epoch + k * unfreeze_every
@@ -240,6 +248,16 @@ def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
     else:
         _first_stage(phases, strategy, n_blocks, bn)
     return phases.fit(epochs, first_epoch, first)
+
+
+def _rereadable(phases):
+    """Whether `PreciseBatchNorm` can measure phase 2's training images: not
+    for a one-shot iterator, nor for a `DomainAdaptationModel` (its
+    BatchNorm layers train on both domains' batches)."""
+    from kft.adaptation.dann import DomainAdaptationModel
+
+    return not isinstance(phases.train_data, Iterator) and not isinstance(
+        phases.model, DomainAdaptationModel)
 
 
 def _finite_or_warn(model):

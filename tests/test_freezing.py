@@ -241,6 +241,19 @@ def test_frozen_batch_norm_of_a_random_backbone_warns_once():
     assert [w.filename for w in _bn_warnings(record)] == [__file__]
 
 
+def test_statistics_learnt_in_a_bn_train_run_are_not_called_random():
+    # A notebook's next cell after a `bn="train"` phase: freezing the
+    # statistics it learnt is a choice, not the init's mean 0, variance 1.
+    model = _model()
+    kft.freeze(model, "full", bn="train")
+    _compile(model)
+    model.fit(*_data(8), batch_size=4, epochs=1, verbose=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.freeze(model, "partial")
+    assert not _bn_warnings(record)
+
+
 def test_a_model_of_unknown_weights_does_not_warn():
     # A user's own model (kft cannot tell whether its weights are trained)
     # with BatchNorm in a training block: no "built with weights=None".

@@ -233,8 +233,11 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
     # such as EfficientNet's stochastic depth, still run in training).
     if model in _WARNED_RANDOM_BN or _pretrained(model) is not False:
         return
-    if not any(batch_norm_layers(layer) for name in names if name != head
-               for layer in blocks[name]):
+    layers = [bn_layer for name in names if name != head
+              for layer in blocks[name] for bn_layer in batch_norm_layers(layer)]
+    # Statistics a `bn="train"` run (or `kft.adapt_batchnorm`) has set
+    # are the data's, not the init's: freezing them then is a choice.
+    if not layers or not all(_initial_statistics(layer) for layer in layers):
         return
     warnings.warn(
         f"Model {model.name!r} was built with weights=None, so its "
@@ -247,6 +250,14 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
         stacklevel=user_stacklevel(),
     )
     _WARNED_RANDOM_BN.add(model)
+
+
+def _initial_statistics(layer):
+    """Whether BatchNorm `layer` still holds its initial statistics (mean
+    0, variance 1)."""
+    mean = keras.ops.convert_to_numpy(layer.moving_mean)
+    variance = keras.ops.convert_to_numpy(layer.moving_variance)
+    return not mean.any() and bool((variance == 1).all())
 
 
 def batch_norm_layers(layer: keras.layers.Layer) -> list:

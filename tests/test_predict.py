@@ -132,6 +132,26 @@ def test_tta_multi_crop_averages_the_center_and_the_four_corners(model):
                                rtol=1e-5)
 
 
+def test_files_of_a_folder_not_named_as_images_are_reported(model, tmp_path):
+    # A phone's .heic photo beside a PNG: one prediction, and a warning
+    # that names what was left out (training and `kft eval` warn so too);
+    # hidden and system files are not the user's images.
+    Image.new("RGB", (16, 16), (90, 30, 200)).save(tmp_path / "a.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "b.heic", format="JPEG")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    with pytest.warns(UserWarning) as record:
+        results = kft.predict(model, tmp_path)
+    assert [r.source for r in results] == [str(tmp_path / "a.png")]
+    [warning] = [w for w in record if "Left out" in str(w.message)]
+    message = str(warning.message)
+    assert message.startswith(
+        f"Left out 2 files of folder {str(tmp_path)!r} not named as images "
+        "(.heic: 1, .txt: 1; e.g. ")
+    assert "to predict on them." in message
+    assert warning.filename == __file__
+
+
 def test_unreadable_file_is_named(model, folder, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")

@@ -151,9 +151,9 @@ def _holders(folder):
     return paths
 
 
-def warn_unread(others):
-    """Warns of files in class folders that were not read, not being
-    named as images (no silent loss of, e.g., `.heic` photos)."""
+def warn_unread(others, where="the class folders", use="train on them"):
+    """Warns of files in `where` that were not read, not being named as
+    images (no silent loss of, e.g., `.heic` photos)."""
     if not others:
         return
     counts = collections.Counter(
@@ -162,10 +162,10 @@ def warn_unread(others):
     kinds = ", ".join(f"{kind}: {count}"
                       for kind, count in counts.most_common())
     warnings.warn(
-        f"Left out {len(others)} files of the class folders not named as "
+        f"Left out {len(others)} files of {where} not named as "
         f"images ({kinds}; e.g. {others[0]}). kft reads "
         f"{' '.join(_images.IMAGE_EXTENSIONS)} (any case): convert images "
-        "in other formats to one of them to train on them.",
+        f"in other formats to one of them to {use}.",
         UserWarning, stacklevel=user_stacklevel())
 
 

@@ -21,6 +21,7 @@ from PIL import ImageOps
 from kft._validation import real_pixels
 from kft.data import _images
 from kft.data._files import list_images
+from kft.data._files import warn_unread
 
 TTA_MODES = ("flip", "multi_crop")
 
@@ -32,10 +33,12 @@ def list_sources(images):
     if isinstance(images, (str, os.PathLike)):
         path = os.fspath(images)
         if os.path.isdir(path):
-            found = sorted(list_images(path))
+            others = []
+            found = sorted(list_images(path, others))
             if not found:
                 raise ValueError(f"Folder {path!r} holds no image files "
                                  f"({', '.join(_images.IMAGE_EXTENSIONS)}).")
+            warn_unread(others, f"folder {path!r}", "predict on them")
             return [(p, p) for p in found]
         return [(path, path)]
     if isinstance(images, Image.Image):

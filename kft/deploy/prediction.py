@@ -205,7 +205,8 @@ def predict(model_or_path, images, *, top_k: int = 5,
         images: An image file path, a folder (its image files, recursively,
             in sorted order; hidden files and folders left out and
             symbolic links followed, as `kft.data.from_directory` lists
-            them), a PIL image, an array `(height, width, 3)` or `(n,
+            them; other files are left out with a warning naming them), a
+            PIL image, an array `(height, width, 3)` or `(n,
             height, width, 3)` of pixels in [0, 255], or a list of paths
             (files or folders), PIL images and arrays.
         top_k: How many classes per image (all of them for a model with

@@ -386,9 +386,8 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
     if empty and not empty_classes:
         raise ValueError(
             f"Class folders {empty} in {shown(train_dir)!r} have no "
-            f"readable images ({len(skipped)} files skipped{unread}). Add "
-            "images or "
-            "remove the folders."
+            f"readable images ({_held(train_dir, empty, skipped, others)}). "
+            "Add images or remove the folders."
         )
     # An empty val would only fail later, at the first evaluation.
     if val_dir is not None and not val_records:
@@ -399,6 +398,22 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
             "`validation_split` to hold out train images instead)."
         )
     return (records, skipped), (val_records, val_skipped), total + val_total
+
+
+def _held(folder, names, skipped, others):
+    """What the class folders `names` of `folder` hold that was not read:
+    the counts of the message naming them (not those of every folder)."""
+    real = [os.path.realpath(class_folder(folder, name)) for name in names]
+
+    def count(paths):
+        return sum(any(_holds(r, os.path.realpath(p)) for r in real)
+                   for p in paths)
+
+    bad, unnamed = count(s.path for s in skipped), count(others)
+    if not bad and not unnamed:
+        return "no files in them"
+    return f"{bad} files skipped" + (
+        f"; {unnamed} files not named as images" if unnamed else "")
 
 
 def stratified_split(records, fraction, seed):

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from kft._validation import not_a_folder
 from kft._writing import release
 from kft._writing import write_file
 from kft.cli._checks import Usage
@@ -20,8 +21,9 @@ from kft.cli._parser import build_parser
 
 
 def lr_find_command(args, argv):
-    if not os.path.isdir(args.data_dir):
-        raise Usage(f"DATA_DIR {args.data_dir!r} does not exist")
+    if not_a_folder(args.data_dir):
+        raise Usage(f"DATA_DIR {args.data_dir!r} "
+                    f"{not_a_folder(args.data_dir)}")
     if args.end <= args.start:
         raise Usage(f"--end ({args.end:g}) must be above --start "
                      f"({args.start:g})")
@@ -124,8 +126,9 @@ def train_command_line(args, argv, rate):
 
 
 def compare_command(args, argv):
-    if not os.path.isdir(args.data_dir):
-        raise Usage(f"DATA_DIR {args.data_dir!r} does not exist")
+    if not_a_folder(args.data_dir):
+        raise Usage(f"DATA_DIR {args.data_dir!r} "
+                    f"{not_a_folder(args.data_dir)}")
     test_dir = args.test_dir
     if test_dir is None:
         from kft.runs.recipe import held_out_folder
@@ -134,8 +137,8 @@ def compare_command(args, argv):
             test_dir = held_out_folder(args.data_dir)
         except ValueError as error:
             raise Usage(str(error)) from error
-    if test_dir is not None and not os.path.isdir(test_dir):
-        raise Usage(f"--test-dir {test_dir!r} does not exist")
+    if test_dir is not None and not_a_folder(test_dir):
+        raise Usage(f"--test-dir {test_dir!r} {not_a_folder(test_dir)}")
     out = args.out or os.path.join("runs", "compare-" + os.path.basename(
         os.path.abspath(args.data_dir)))
     flag = "--out" if args.out else "the default --out"

@@ -7,6 +7,7 @@ import shlex
 import sys
 import tomllib
 
+from kft._validation import not_a_folder
 from kft.cli._checks import PATH_ARGUMENTS
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder
@@ -54,8 +55,9 @@ def train_command(args, argv):
         # check as `kft.runs.resolve_config`.)
         for folder, what in ((config.data_dir, "Data"),
                              (config.val_dir, "Val")):
-            if folder is not None and not os.path.isdir(folder):
-                raise Usage(f"{what} folder {folder!r} does not exist.")
+            if folder is not None and not_a_folder(folder):
+                raise Usage(f"{what} folder {folder!r} "
+                            f"{not_a_folder(folder)}.")
         if config.out is not None:
             check_out_folder(config.out)
     start_library()

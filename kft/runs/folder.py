@@ -8,6 +8,7 @@ import zipfile
 
 from kft._validation import check_class_names
 from kft._validation import fail_argument
+from kft._validation import not_a_folder
 from kft._validation import unicode_form_note
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
@@ -183,8 +184,8 @@ def load_eval_folder(path, class_names, image_size, batch_size=32,
         fail_argument("class_names", "the model's classes (a non-empty "
                       "sequence of strings)", [])
     path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise ValueError(f"Data folder {path!r} does not exist.")
+    if not_a_folder(path):
+        raise ValueError(f"Data folder {path!r} {not_a_folder(path)}.")
 
     def check_classes(found):  # before any file is read
         extra = sorted(set(found) - set(class_names or found))

@@ -5,6 +5,7 @@ a monitor that each epoch logs, the run folder's name."""
 import os
 
 from kft._validation import fail_argument
+from kft._validation import not_a_folder
 from kft.data._files import VAL_FOLDERS
 from kft.data._files import holds_folders
 from kft.data._files import split_folder
@@ -101,9 +102,10 @@ def check_paths(config, named_in=None):
     where = f" (named in {named_in!r})" if named_in else ""
     for name in ("data_dir", "val_dir"):
         folder = getattr(config, name)
-        if folder is not None and not os.path.isdir(folder):
+        if folder is not None and not_a_folder(folder):
             raise ValueError(f"{'Data' if name == 'data_dir' else 'Val'} "
-                             f"folder {folder!r} does not exist{where}.")
+                             f"folder {folder!r} {not_a_folder(folder)}"
+                             f"{where}.")
     if config.weights not in ("imagenet", "none") and not os.path.isfile(
             config.weights):
         raise ValueError(

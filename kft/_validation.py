@@ -8,22 +8,8 @@ returns the value normalised (a numpy integer becomes an `int`, a number a
 
 import math
 import numbers
-import os
 
 import numpy as np
-
-
-def not_a_folder(path):
-    """Why `path` is no folder, for a message ("does not exist", or "is a
-    file, not a folder": a file is not missing), or `None` for a folder.
-
-    >>> not_a_folder(__file__)
-    'is a file, not a folder'
-    """
-    if os.path.isdir(path):
-        return None
-    return ("is a file, not a folder" if os.path.exists(path)
-            else "does not exist")
 
 
 def fail_argument(name, what, value, error=ValueError):

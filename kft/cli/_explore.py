@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from kft._validation import not_a_folder
+from kft._paths import not_a_folder
 from kft._writing import release
 from kft._writing import write_file
 from kft.cli._checks import Usage

@@ -7,7 +7,7 @@ import shlex
 import sys
 import tomllib
 
-from kft._validation import not_a_folder
+from kft._paths import not_a_folder
 from kft.cli._checks import PATH_ARGUMENTS
 from kft.cli._checks import Usage
 from kft.cli._checks import check_out_folder

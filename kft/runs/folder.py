@@ -6,9 +6,9 @@ import json
 import os
 import zipfile
 
+from kft._paths import not_a_folder
 from kft._validation import check_class_names
 from kft._validation import fail_argument
-from kft._validation import not_a_folder
 from kft._validation import unicode_form_note
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws

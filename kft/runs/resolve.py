@@ -4,8 +4,8 @@ a monitor that each epoch logs, the run folder's name."""
 
 import os
 
+from kft._paths import not_a_folder
 from kft._validation import fail_argument
-from kft._validation import not_a_folder
 from kft.data._files import VAL_FOLDERS
 from kft.data._files import holds_folders
 from kft.data._files import split_folder

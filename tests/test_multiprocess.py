@@ -223,6 +223,22 @@ def test_launcher_stops_the_others_and_names_the_failure(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "[1] bye" in captured.out
     assert "process 1 exited with code 3" in captured.err
+    # One launcher per host (--process-id 1 of 2): its process is process
+    # 1 in its variables, its output's prefix and the failure named. Killed
+    # (as by the OOM killer), it still shows what it printed: the launcher
+    # unbuffers its processes' output, which a pipe would hold back
+    # (PYTHONUNBUFFERED is removed here, as this machine sets it).
+    buffer = io.StringIO()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with pytest.raises(ProcessFailed, match="process 1 was killed by "
+                       "SIGKILL"):
+        launch_command(
+            [sys.executable, "-c", "import os, signal; print('id', "
+             "os.environ['KFT_PROCESS_ID']); "
+             "os.kill(os.getpid(), signal.SIGKILL)"], 1, num_processes=2,
+            first_process_id=1, coordinator="127.0.0.1:1", env=env,
+            out=buffer)
+    assert "[1] id 1\n" in buffer.getvalue()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -369,6 +385,18 @@ def test_launched_settings_errors():
     with pytest.raises(ValueError, match="KFT_PROCESS_ID=2"):
         launched_settings({"KFT_COORDINATOR": "h:1", "KFT_NUM_PROCESSES": "2",
                            "KFT_PROCESS_ID": "2"})
+    # JAX's own variable names the coordinator when kft's is not set (as
+    # documented): without it each process of the job trained alone.
+    numbers = {"KFT_NUM_PROCESSES": "2", "KFT_PROCESS_ID": "1"}
+    assert launched_settings({"JAX_COORDINATOR_ADDRESS": "h:1",
+                              **numbers}) == ("h:1", 2, 1)
+    assert launched_settings({"JAX_COORDINATOR_ADDRESS": "h:1",
+                              "KFT_COORDINATOR": "k:2", **numbers})[0] == "k:2"
+    # An explicit data shard has the same bound: 0 <= index < count.
+    with pytest.raises(ValueError, match=r"shard\[0\]` must be an integer "
+                       r"in \[0, 1\]"):
+        kft.distributed.data_shard((2, 2))
+    assert kft.distributed.data_shard((1, 2)) == (1, 2)
 
 
 def test_last_batch_error_names_each_process_share(monkeypatch):
@@ -471,6 +499,12 @@ def test_secondary_scratch_folder_goes_when_fit_raises(tmp_path, monkeypatch):
         scratches.append(callback._writer.backup_dir)
         assert os.listdir(scratches[-1])  # the epoch's checkpoint is there
     assert not os.path.exists(scratches[0])  # removed by the next `fit`
+    # A fit that ends removes its scratch copy at once, also where Keras
+    # keeps the checkpoint (delete_checkpoint=False: process 0's is kept).
+    kept = kft.distributed.BackupAndRestore(str(tmp_path / "kept"),
+                                            delete_checkpoint=False)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[kept])
+    assert not os.path.exists(kept._writer.backup_dir)
     del callback
     import gc
 

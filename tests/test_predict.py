@@ -78,6 +78,28 @@ def test_onnx_and_keras_files_give_the_same(model, folder, tmp_path):
                                        rtol=1e-4, atol=1e-6)
 
 
+def test_onnx_file_without_kft_metadata_is_taken_as_logits(model, folder,
+                                                            tmp_path):
+    # An ONNX file from another tool says nothing of its output: predict
+    # must read it as logits (the usual head) and apply the softmax, not
+    # report raw logits as probabilities; no names, so labels are indices.
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax2onnx")
+    paths, probs = _expected(model, folder)
+    path = kft.export(model, tmp_path / "m.onnx")
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    onnx.save(proto, path)
+    assert kft.deploy.read_metadata(path) == {}
+    results = kft.predict(path, paths, top_k=5)
+    for r, p in zip(results, probs):
+        assert r.labels[0] == str(int(np.argmax(p)))
+        assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(r.probabilities, np.sort(p)[::-1],
+                                   rtol=1e-4, atol=1e-6)
+
+
 def test_onnx_file_refuses_float_arrays_of_another_size(model, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("jax2onnx")

@@ -43,6 +43,7 @@ def test_links_planted_in_a_folder_from_elsewhere_write_nothing_there(
     # A received run folder's links redirected kft's writes: one to a
     # file that does not exist created it wherever it pointed, and one at
     # a temporary name (`run.json.tmp`) was written through.
+    from kft.runs.report import write_history
     from kft.runs.report import write_json
 
     folder, victim = tmp_path / "run", tmp_path / "victim"
@@ -76,11 +77,46 @@ def test_links_planted_in_a_folder_from_elsewhere_write_nothing_there(
     assert '"complete"' in (victim / "snapshot.json").read_text()
     assert not (folder / "history.json").is_symlink()
     assert (folder / "history.json").read_text() == "[]\n"
+    # history.csv is written apart from the JSON files: replaced too.
+    os.symlink(victim / "profile", folder / "history.csv")
+    write_history(str(folder), [{"epoch": 1, "loss": 0.5}])
+    assert (victim / "profile").read_text() == "mine"
+    assert not (folder / "history.csv").is_symlink()
+    assert (folder / "history.csv").read_text().splitlines() == [
+        "epoch,loss", "1,0.5"]
     # A link to nothing, where kft owns the file: replaced, not refused.
     os.symlink(victim / "nothing", folder / "summary2.md")
     write_file(folder / "summary2.md", "x", replace_links=True)
     assert sorted(os.listdir(victim)) == ["kept.md", "profile",
                                           "snapshot.json"]
+
+
+def test_a_run_report_replaces_a_link_at_its_learning_curves(tmp_path):
+    # kft train's report (history given) draws learning_curves.png too: a
+    # link there in a run folder from elsewhere must be replaced like the
+    # report's other files, not written through to the file it names.
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    import kft
+    from kft.runs.report import write_evaluation
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "mine.png").write_bytes(b"mine")
+    os.symlink(victim / "mine.png", tmp_path / "learning_curves.png")
+    model = kft.build_classifier("simple_cnn", 2, weights=None,
+                                 input_shape=(8, 8, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3))
+    history = [{"epoch": 1, "phase": 1, "loss": 0.9, "val_loss": 1.0},
+               {"epoch": 2, "phase": 1, "loss": 0.7, "val_loss": 0.8}]
+    _, files = write_evaluation(model, (x, np.array([0, 1, 0, 1])),
+                                ["a", "b"], str(tmp_path), history=history)
+    assert "learning_curves.png" in files
+    assert (victim / "mine.png").read_bytes() == b"mine"
+    assert not (tmp_path / "learning_curves.png").is_symlink()
+    assert (tmp_path / "learning_curves.png").read_bytes()[:4] == \
+        b"\x89PNG"
 
 
 def test_a_rewritten_file_keeps_its_mode_and_its_other_names(tmp_path):

@@ -3,6 +3,7 @@ subcommand shares: the usage error (exit status 2), output folders, the
 library started on first use, and library names read as flags."""
 
 import argparse
+import math
 import os
 
 
@@ -30,11 +31,13 @@ def float_at_least(minimum, *, above=False):
             value = float(text)
         except ValueError:
             value = None
-        if value is None or value != value or value < minimum or (
+        # Finite: "inf" passed here and failed later, in the library's
+        # words (a Python argument, or "--end must be above --start").
+        if value is None or not math.isfinite(value) or value < minimum or (
                 above and value == minimum):
             raise argparse.ArgumentTypeError(
-                f"must be a number {'>' if above else '>='} {minimum}. "
-                f"Received: {text!r}")
+                f"must be a finite number {'>' if above else '>='} "
+                f"{minimum}. Received: {text!r}")
         return value
 
     return parse

@@ -252,6 +252,16 @@ def test_statistics_learnt_in_a_bn_train_run_are_not_called_random():
         warnings.simplefilter("always")
         kft.freeze(model, "partial")
     assert not _bn_warnings(record)
+    # A partial bn="train" run taught the top block only: freezing the
+    # others' init statistics still warns.
+    model = _model()
+    kft.freeze(model, "partial", bn="train")
+    _compile(model)
+    model.fit(*_data(8), batch_size=4, epochs=1, verbose=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kft.freeze(model, "full")
+    assert len(_bn_warnings(record)) == 1
 
 
 def test_a_model_of_unknown_weights_does_not_warn():

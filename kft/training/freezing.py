@@ -236,8 +236,10 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
     layers = [bn_layer for name in names if name != head
               for layer in blocks[name] for bn_layer in batch_norm_layers(layer)]
     # Statistics a `bn="train"` run (or `kft.adapt_batchnorm`) has set
-    # are the data's, not the init's: freezing them then is a choice.
-    if not layers or not all(_initial_statistics(layer) for layer in layers):
+    # are the data's, not the init's: freezing them then is a choice. One
+    # layer still at the init's is enough to warn (a partial run taught
+    # only the top block's).
+    if not any(_initial_statistics(layer) for layer in layers):
         return
     warnings.warn(
         f"Model {model.name!r} was built with weights=None, so its "

@@ -107,6 +107,21 @@ def test_epochs_are_recalibrated_while_the_averages_are_young():
     assert idle.recalibrated_epochs == []
 
 
+def test_each_unfreezing_starts_a_young_window_again():
+    # Gradual unfreezing at epochs 1 and 4, momentum 0.5 (settled after 5
+    # steps), 2 steps an epoch: young at epochs 1-2 and again at 4-5, where
+    # a block's statistics start from their init (a count from the first
+    # unfreezing left late blocks with them).
+    x, y = _data(8, 4)
+    model = _model("feature_extraction", momentum=0.5)
+    unfreeze = kft.callbacks.GradualUnfreezing(
+        schedule=kft.callbacks.Milestones([1, 4]), bn="train", verbose=0)
+    precise = kft.callbacks.PreciseBatchNorm((x, y), first_epoch=[1, 4])
+    model.fit(x, y, batch_size=4, epochs=7, verbose=0,
+              callbacks=[unfreeze, precise])
+    assert precise.recalibrated_epochs == [1, 2, 4, 5]
+
+
 def test_bad_arguments_are_named():
     x, y = _data(4, 3)
     with pytest.raises(ValueError, match="one-shot iterator.*Received: "
@@ -114,6 +129,10 @@ def test_bad_arguments_are_named():
         kft.callbacks.PreciseBatchNorm(b for b in [(x, y)])
     with pytest.raises(ValueError, match="first_epoch"):
         kft.callbacks.PreciseBatchNorm((x, y), first_epoch=-1)
+    with pytest.raises(ValueError, match="first_epoch"):
+        kft.callbacks.PreciseBatchNorm((x, y), first_epoch=[2, -1])
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        kft.callbacks.PreciseBatchNorm((x, y), first_epoch=[])
 
 
 @pytest.mark.parametrize("strategy", ["full", "gradual"])
@@ -135,6 +154,32 @@ def test_fine_tune_with_bn_train_keeps_a_model_whose_statistics_fit_it(
                if layer.trainable]
     assert trained
     _assert_statistics_of(model, train, trained)
+
+
+def test_fine_tune_gradual_recalibrates_each_block_it_unfreezes(
+        monkeypatch):
+    # Momentum 0.5 (settled after 5 steps), 2 steps an epoch, a block
+    # every 2 epochs from epoch 1: every phase-2 epoch is within 4 steps
+    # of an unfreezing (counted from phase 2's start alone: epochs 1-2).
+    from kft.training import fine_tune_phases
+
+    made = []
+
+    class Recorded(kft.callbacks.PreciseBatchNorm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(fine_tune_phases, "PreciseBatchNorm", Recorded)
+    model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                 input_shape=SHAPE)
+    for layer in batch_norm_layers(model):
+        layer.momentum = 0.5
+    kft.fine_tune(model, _data(8, 5), _data(4, 6), strategy="gradual",
+                  bn="train", head_epochs=1, epochs=6, unfreeze_every=2,
+                  batch_size=4, verbose=0)
+    [precise] = made
+    assert precise.recalibrated_epochs == [1, 2, 3, 4, 5, 6]
 
 
 def test_fine_tune_without_bn_train_leaves_the_statistics():

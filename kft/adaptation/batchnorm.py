@@ -40,60 +40,95 @@ def batch_statistics(model, data, *, batch_size=64, name="target_data",
         all images: per-batch moments combined, not a moving average.
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    # The copy is built from the model's own layers: its nodes on them go
-    # with it when the pass is done.
-    with _compat.graph_nodes_kept(model):
-        return _batch_statistics(model, data, batch_size, name, layers)
+    measure = StatisticsPass(model, layers)
+    return (measure.layers,
+            *measure(data, batch_size=batch_size, name=name))
 
 
-def _batch_statistics(model, data, batch_size, name, only):
-    clone, copies = _statistics_model(
-        model, None if only is None else {id(layer) for layer in only})
-    # The model's own layers, those of its classifier graph (not, say, a
-    # domain discriminator's).
-    layers = [layer for layer in batch_norm_layers(model)
-              if id(layer) in copies]
-    if not layers:
-        raise ValueError(
-            f"Model {model.name!r} has no BatchNormalization layer: there "
-            "are no statistics to adapt or compare.")
-    positions = []
-    for layer in (copies[id(layer)] for layer in layers):
-        positions.append((
-            _index(clone.non_trainable_variables, layer.moving_mean),
-            _index(clone.non_trainable_variables, layer.moving_variance)))
-    trainable = [v.value for v in clone.trainable_variables]
-    non_trainable = [v.value for v in clone.non_trainable_variables]
+class StatisticsPass:
+    """The statistics copy of `model` (`_statistics_model`) and its
+    compiled pass, kept for repeated measures of the same layers
+    (`kft.callbacks.PreciseBatchNorm` measures every epoch): built and
+    traced once, each call reads the model's current weights.
 
-    # The weights are arguments, not constants baked into the program:
-    # the same architecture then compiles to the same program, which the
-    # persistent compilation cache can reuse across calls.
-    @jax.jit
-    def run(trainable, non_trainable, images):
-        _, updated = clone.stateless_call(trainable, non_trainable, images,
-                                          training=False)
-        return [(updated[m], updated[v]) for m, v in positions]
+    Args:
+        model: The model.
+        layers: Its BatchNorm layers to measure; `None` for all.
+    """
 
-    def step(images):
-        return run(trainable, non_trainable, images)
+    def __init__(self, model, layers=None):
+        only = None if layers is None else {id(layer) for layer in layers}
+        # The copy is built from the model's own layers: its nodes on them
+        # go when it is built (the copy keeps its own graph), else each
+        # copy stayed alive with the model.
+        with _compat.graph_nodes_kept(model):
+            self._clone, copies = _statistics_model(model, only)
+        # The model's own layers, those of its classifier graph (not, say,
+        # a domain discriminator's).
+        self.layers = [layer for layer in batch_norm_layers(model)
+                       if id(layer) in copies]
+        if not self.layers:
+            raise ValueError(
+                f"Model {model.name!r} has no BatchNormalization layer: "
+                "there are no statistics to adapt or compare.")
+        self._copies = [copies[id(layer)] for layer in self.layers]
+        self._image_shape = _model_image_shape(model)
+        self._runs = {}
 
-    total = 0
-    sums = [0.0] * len(layers)
-    squares = [0.0] * len(layers)
-    for images in image_batches(data, name, batch_size,
-                                expected_shape=_model_image_shape(model)):
-        n = len(images)
-        for i, (mean, var) in enumerate(step(images)):
-            mean = np.asarray(mean, "float64")
-            var = np.asarray(var, "float64")
-            # E[x] and E[x^2] of the batch, weighted by its size.
-            sums[i] = sums[i] + n * mean
-            squares[i] = squares[i] + n * (var + mean * mean)
-        total += n
-    means = [s / total for s in sums]
-    variances = [np.maximum(q / total - m * m, 0.0)
-                 for q, m in zip(squares, means)]
-    return layers, means, variances, total
+    def __call__(self, data, *, batch_size=64, name="target_data"):
+        """`(means, variances, num_images)` of `data` under the model's
+        current weights, pooled exactly over all images."""
+        clone = self._clone
+        for old, new in zip(self.layers, self._copies):
+            # Their weights (not statistics) shape what layers below see.
+            for source, target in zip(old.weights, new.weights):
+                target.assign(source.value)
+        run = self._run(clone)
+        trainable = [v.value for v in clone.trainable_variables]
+        non_trainable = [v.value for v in clone.non_trainable_variables]
+        total = 0
+        sums = [0.0] * len(self.layers)
+        squares = [0.0] * len(self.layers)
+        for images in image_batches(data, name, batch_size,
+                                    expected_shape=self._image_shape):
+            n = len(images)
+            for i, (mean, var) in enumerate(run(trainable, non_trainable,
+                                                images)):
+                mean = np.asarray(mean, "float64")
+                var = np.asarray(var, "float64")
+                # E[x] and E[x^2] of the batch, weighted by its size.
+                sums[i] = sums[i] + n * mean
+                squares[i] = squares[i] + n * (var + mean * mean)
+            total += n
+        means = [s / total for s in sums]
+        variances = [np.maximum(q / total - m * m, 0.0)
+                     for q, m in zip(squares, means)]
+        return means, variances, total
+
+    def _run(self, clone):
+        # One program per trainable set of the copy's variables (shared
+        # with the model, whose set can change between calls): the values
+        # are passed in `stateless_call`'s two lists, split by that set.
+        key = tuple(v.trainable for v in clone.variables)
+        if key not in self._runs:
+            positions = [
+                (_index(clone.non_trainable_variables, layer.moving_mean),
+                 _index(clone.non_trainable_variables,
+                        layer.moving_variance))
+                for layer in self._copies]
+
+            # The weights are arguments, not constants baked into the
+            # program: the same architecture then compiles to the same
+            # program, which the persistent compilation cache can reuse
+            # across calls.
+            @jax.jit
+            def run(trainable, non_trainable, images):
+                _, updated = clone.stateless_call(
+                    trainable, non_trainable, images, training=False)
+                return [(updated[m], updated[v]) for m, v in positions]
+
+            self._runs[key] = run
+        return self._runs[key]
 
 
 class _BatchStatistics(keras.layers.BatchNormalization):
@@ -186,17 +221,20 @@ def adapt_batchnorm(model: keras.Model, target_data, *,
 
 
 def set_batch_statistics(model, data, *, batch_size=64, name="target_data",
-                         layers=None):
+                         layers=None, measure=None):
     """Sets the moving statistics of `model`'s BatchNorm layers (of
-    `layers`, if given) to those `batch_statistics` measures on `data`;
-    returns the layers set. Also inside a running `fit`."""
+    `layers`, if given) to those `batch_statistics` measures on `data`
+    (with `measure`, a `StatisticsPass` of them, if given); returns the
+    layers set. Also inside a running `fit`."""
+    batch_size = check_int("batch_size", batch_size, min_value=1)
     # Inside a running fit: write its step state back first, so the
     # statistics are those of the step's weights and the assignment is
     # not overwritten, then make the next step read the variables again
     # (no retrace: only values change).
     _compat.sync_fit_state(model)
-    layers, means, variances, _ = batch_statistics(
-        model, data, batch_size=batch_size, name=name, layers=layers)
+    measure = measure or StatisticsPass(model, layers)
+    means, variances, _ = measure(data, batch_size=batch_size, name=name)
+    layers = measure.layers
     for layer, mean, var in zip(layers, means, variances):
         layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
         layer.moving_variance.assign(var.astype(layer.moving_variance.dtype))

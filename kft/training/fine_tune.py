@@ -204,7 +204,8 @@ def fine_tune(
         bn: BatchNorm policy, `"frozen"` or `"train"`. With `"train"`,
             phase 2 sets the statistics of the BatchNorm layers that
             train to those of the training images before each validation
-            while their moving averages are young
+            while their moving averages are young (since the phase or the
+            gradual stage began)
             (`kft.callbacks.PreciseBatchNorm`; not for a one-shot iterator
             or a `DomainAdaptationModel`). Defaults to `"frozen"`.
         loss: Defaults to categorical cross-entropy on logits (on

@@ -233,20 +233,19 @@ def _train_deeper(phases, strategy, first_epoch, epochs, learning_rate,
     phases.compile(_phase2_optimizer(model, learning_rate,
                                      plan["weight_decay"],
                                      plan["layer_decay"], rate, momentum))
-    if bn == "train" and _rereadable(phases):
-        # Before keep-best and the user's savers: they keep the exact
-        # statistics of a young run.
-        first.append(PreciseBatchNorm(phases.train_data,
-                                      first_epoch=first_epoch,
-                                      batch_size=phases.batch_size))
+    starts = first_epoch
     if strategy == "gradual":
         _, body = head_and_body(get_blocks(model))
-        schedule = Milestones([first_epoch + k * unfreeze_every
-                               for k in range(len(body))])
-        first.insert(0, GradualUnfreezing(schedule=schedule, bn=bn,
+        starts = [first_epoch + k * unfreeze_every for k in range(len(body))]
+        first.insert(0, GradualUnfreezing(schedule=Milestones(starts), bn=bn,
                                           verbose=phases.verbose))
     else:
         _first_stage(phases, strategy, n_blocks, bn)
+    if bn == "train" and _rereadable(phases):
+        # Before keep-best and the user's savers: they keep the exact
+        # statistics of a young run. Young again at each unfreezing.
+        first.append(PreciseBatchNorm(phases.train_data, first_epoch=starts,
+                                      batch_size=phases.batch_size))
     return phases.fit(epochs, first_epoch, first)
 
 

@@ -2,10 +2,12 @@
 
 import math
 from collections.abc import Iterator
+from collections.abc import Sequence
 
 import keras
 
 from kft._validation import check_int
+from kft._validation import fail_argument
 from kft.training.freezing import batch_norm_layers
 
 # The share of its starting statistics a moving average may still hold
@@ -62,8 +64,11 @@ class PreciseBatchNorm(keras.callbacks.Callback):
             read again (a `kft.data` dataset is read in stored order); not
             a one-shot iterator.
         first_epoch: The epoch in which the BatchNorm layers began to
-            train (`initial_epoch` of the run's first `fit`). Defaults to
-            `0`.
+            train (`initial_epoch` of the run's first `fit`), or the
+            epochs in which more of them began (the epochs of a
+            `GradualUnfreezing` `Milestones` schedule): the count restarts
+            at the latest one reached, so a block unfrozen late is
+            recalibrated too. Defaults to `0`.
         batch_size: Batch size for arrays. Defaults to `64`.
 
     Example:
@@ -82,7 +87,8 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     [0, 1]
     """
 
-    def __init__(self, data, *, first_epoch: int = 0, batch_size: int = 64):
+    def __init__(self, data, *, first_epoch: int | Sequence[int] = 0,
+                 batch_size: int = 64):
         super().__init__()
         if isinstance(data, Iterator):
             raise ValueError(
@@ -90,10 +96,17 @@ class PreciseBatchNorm(keras.callbacks.Callback):
                 "(arrays or a dataset); a one-shot iterator is used up by "
                 f"the first pass. Received: {type(data).__name__}")
         self.data = data
-        self.first_epoch = check_int("first_epoch", first_epoch,
-                                     min_value=0)
+        starts = (list(first_epoch) if isinstance(first_epoch, Sequence)
+                  else [first_epoch])
+        if not starts:
+            fail_argument("first_epoch", "an epoch >= 0 or a non-empty "
+                          "sequence of them", first_epoch)
+        self.first_epoch = first_epoch
+        self._starts = sorted(check_int("first_epoch", epoch, min_value=0)
+                              for epoch in starts)
         self.batch_size = check_int("batch_size", batch_size, min_value=1)
         self.recalibrated_epochs = []
+        self._measure = None  # the pass of the last trainable set
         self._epoch = None
         self._batches = 0
         self._stale = False
@@ -103,7 +116,8 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self._in_fit, self._stale = True, False
 
     def on_train_end(self, logs=None):
-        self._in_fit = False
+        # The pass holds a copy of the model's BatchNorm layers.
+        self._in_fit, self._measure = False, None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch, self._batches = epoch, 0
@@ -128,13 +142,19 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         if not layers:
             return
         per_epoch = (self.params or {}).get("steps") or self._batches
-        trained = (self._epoch - self.first_epoch + 1) * per_epoch
+        start = max([e for e in self._starts if e <= self._epoch],
+                    default=self._epoch)
+        trained = (self._epoch - start + 1) * per_epoch
         if trained >= max(settling_steps(layer.momentum)
                           for layer in layers):
             return
+        from kft.adaptation.batchnorm import StatisticsPass
         from kft.adaptation.batchnorm import set_batch_statistics
 
+        # Built and compiled once per set of layers, not every epoch.
+        if self._measure is None or self._measure.layers != layers:
+            self._measure = StatisticsPass(model, layers)
         set_batch_statistics(model, self.data, batch_size=self.batch_size,
-                             name="data", layers=layers)
+                             name="data", measure=self._measure)
         self._stale = False
         self.recalibrated_epochs.append(self._epoch)

@@ -14,7 +14,6 @@ import importlib.util
 import os
 import tempfile
 import time
-import warnings
 from typing import Callable
 
 import keras
@@ -82,7 +81,10 @@ def run_demo(image_size: int = 32, target_per_class: int = 10,
     (`min(10, target_epochs - 1)` epochs; all of them for feature
     extraction), then the top block (`"partial"`) or everything
     (`"full"`). `"scratch"` is `"full"` from random weights after one head
-    epoch (a head on random features learns nothing).
+    epoch (a head on random features learns nothing), its BatchNorm
+    layers trained (`bn="train"`, as kft advises for `weights=None`; their
+    frozen init statistics normalise nothing), the others with kft's
+    default `bn="frozen"`.
 
     With `seeds`, `kft.compare_strategies` runs feature extraction,
     partial, gradual, full, discriminative (full with layer-wise rates,
@@ -277,15 +279,11 @@ def _run_seeds(settings, weights_file, temporary, say, output, count):
                                  dropout=0.2)
         for variable, value in zip(model.weights, fresh.weights):
             variable.assign(value.value)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Model .* was built "
-                                    "with weights=None", category=UserWarning)
-            return fine_tune(model, train, val, strategy="full",
-                             head_epochs=1,
-                             epochs=settings.target_epochs - 1,
-                             head_learning_rate=LEARNING_RATE,
-                             learning_rate=LEARNING_RATE,
-                             batch_size=settings.batch_size, verbose=0)
+        return fine_tune(model, train, val, strategy="full", head_epochs=1,
+                         epochs=settings.target_epochs - 1, bn="train",
+                         head_learning_rate=LEARNING_RATE,
+                         learning_rate=LEARNING_RATE,
+                         batch_size=settings.batch_size, verbose=0)
 
     seeds = list(range(settings.seed, settings.seed + count))
     say(f"Comparing {len(SEEDED_STRATEGIES) + 1} strategies over seeds "
@@ -343,23 +341,21 @@ def _transfer(settings, splits, test, strategy, head_epochs, weights_file):
         class_names=[str(c) for c in splits.target_classes],
     )
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # BatchNorm stays frozen for scratch too: a few dozen steps are too
-        # few for its moving statistics to settle, so frozen BN is the
-        # stronger baseline.
-        warnings.filterwarnings(
-            "ignore", message=r"Model .* was built with weights=None",
-            category=UserWarning)
-        # Arrays, not datasets: with a couple of batches an epoch, a
-        # pipeline's per-epoch start-up would dominate the training time.
-        recipe = "full" if strategy == "scratch" else strategy
-        result = fine_tune(
-            model, splits.target_train, splits.target_val, strategy=recipe,
-            head_epochs=head_epochs, head_learning_rate=LEARNING_RATE,
-            batch_size=settings.batch_size, verbose=0,
-            **phase2_arguments(recipe, {
-                "epochs": settings.target_epochs - head_epochs,
-                "learning_rate": LEARNING_RATE}))
+    # Arrays, not datasets: with a couple of batches an epoch, a
+    # pipeline's per-epoch start-up would dominate the training time.
+    recipe = "full" if strategy == "scratch" else strategy
+    # Random init statistics, frozen, normalise nothing: scratch trains
+    # its BatchNorm layers (with exact statistics for validation,
+    # `PreciseBatchNorm`): on this task 0.86 test accuracy against 0.68
+    # frozen, mean of 3 data seeds.
+    result = fine_tune(
+        model, splits.target_train, splits.target_val, strategy=recipe,
+        head_epochs=head_epochs, head_learning_rate=LEARNING_RATE,
+        batch_size=settings.batch_size, verbose=0,
+        bn="train" if strategy == "scratch" else "frozen",
+        **phase2_arguments(recipe, {
+            "epochs": settings.target_epochs - head_epochs,
+            "learning_rate": LEARNING_RATE}))
     train_time = time.perf_counter() - start
     report = evaluate_classifier(model, test)
     return {

@@ -250,7 +250,7 @@ def test_demo_end_to_end_through_fine_tune_and_kft_data(tmp_path,
     from_arrays = kft.data.from_arrays
 
     def spy_fine_tune(model, train, val, **kwargs):
-        strategies.append(kwargs["strategy"])
+        strategies.append((kwargs["strategy"], kwargs["bn"]))
         return kft.fine_tune(model, train, val, **kwargs)
 
     def spy_from_arrays(x, y, **kwargs):
@@ -262,7 +262,10 @@ def test_demo_end_to_end_through_fine_tune_and_kft_data(tmp_path,
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rows = run_demo(image_size=8, target_per_class=2, source_epochs=1,
                     target_epochs=2, print_fn=printed.append)
-    assert strategies == ["full", "feature_extraction", "partial", "full"]
+    # Scratch trains its BatchNorm (frozen init statistics normalise
+    # nothing); the pretrained backbones keep kft's default.
+    assert strategies == [("full", "train"), ("feature_extraction", "frozen"),
+                          ("partial", "frozen"), ("full", "frozen")]
     assert [r["strategy"] for r in rows] == ["scratch", "feature_extraction",
                                             "partial", "full"]
     splits = kft.datasets.digits(image_size=8, target_per_class=2)
@@ -273,7 +276,11 @@ def test_demo_end_to_end_through_fine_tune_and_kft_data(tmp_path,
     by = {r["strategy"]: r for r in rows}
     assert by["feature_extraction"]["trainable"] < by["partial"]["trainable"]
     assert by["partial"]["trainable"] < by["full"]["trainable"]
-    assert by["full"]["trainable"] == by["scratch"]["trainable"]
+    # ... and so its BatchNorm scales and offsets train too.
+    scales = sum(2 * layer.moving_mean.shape[0] for layer in
+                 kft.training.freezing.batch_norm_layers(kft.build_classifier(
+                     "simple_cnn", 5, weights=None, input_shape=(8, 8, 3))))
+    assert by["scratch"]["trainable"] == by["full"]["trainable"] + scales
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0
     # The temporary workdir (pretrained weights) is gone; the plots stay in

@@ -11,7 +11,8 @@ user-given function, each over 5 seeds in the same 30-epoch budget:
 - partial fine-tuning of the last 2 blocks (`"partial:2"`);
 - gradual unfreezing (one more block per epoch after the head);
 - full fine-tuning, and full with layer-wise (discriminative) rates;
-- from scratch (random weights, same budget).
+- from scratch (random weights, same budget, its BatchNorm layers
+  trained: `bn="train"`).
 
 It prints the table (mean, std, 95% t-interval, paired t-test against the
 best), then time and the train-validation accuracy gap at the kept epoch

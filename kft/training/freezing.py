@@ -234,7 +234,8 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
     if model in _WARNED_RANDOM_BN or _pretrained(model) is not False:
         return
     layers = [bn_layer for name in names if name != head
-              for layer in blocks[name] for bn_layer in batch_norm_layers(layer)]
+              for layer in blocks[name]
+              for bn_layer in batch_norm_layers(layer)]
     # Statistics a `bn="train"` run (or `kft.adapt_batchnorm`) has set
     # are the data's, not the init's: freezing them then is a choice. One
     # layer still at the init's is enough to warn (a partial run taught

@@ -43,13 +43,15 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     `weights=None` are mean 0 and variance 1. A short run that trains
     BatchNorm thus validates, keeps and saves a model whose statistics do
     not belong to its weights (validation accuracy 0.21-0.33 in an
-    18-step run from scratch, 0.67-0.71 with exact statistics). While the layers have trained fewer steps
-    than `settling_steps` of their momentum (counted from `first_epoch`),
-    this sets the moving statistics of every BatchNorm layer that trains
-    to those of `data` under the current weights (PreciseBN, Wu & Johnson
-    2021; the pass of `kft.adapt_batchnorm`: one forward pass over the
-    images in stored order, without augmentation, frozen BatchNorm layers
-    on their own statistics). Training is unchanged (it normalises with
+    18-step run from scratch, 0.67-0.71 with exact statistics). While the
+    layers have trained fewer steps than `settling_steps` of their
+    momentum (counted from `first_epoch`; at a momentum of 1, which never
+    forgets, always), this sets the moving statistics of every BatchNorm
+    layer that trains to those of `data` under the current weights
+    (PreciseBN, Wu & Johnson 2021; the pass of `kft.adapt_batchnorm`: one
+    forward pass over the images in stored order, without augmentation,
+    frozen BatchNorm layers on their own statistics; the statistics copy
+    is built and compiled once per set of layers that train). Training is unchanged (it normalises with
     batch statistics); only what inference sees is. Whether an epoch is
     recalibrated depends only on its number, so a resumed run
     recalibrates where the uninterrupted one did. `kft.fine_tune` adds it

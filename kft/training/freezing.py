@@ -258,8 +258,10 @@ def _warn_if_random_batch_norm(model, blocks, names, head):
 def _initial_statistics(layer):
     """Whether BatchNorm `layer` still holds its initial statistics (mean
     0, variance 1)."""
-    mean = keras.ops.convert_to_numpy(layer.moving_mean)
-    variance = keras.ops.convert_to_numpy(layer.moving_variance)
+    # From `.value`: converting the variable itself warns (numpy 2's
+    # `copy` keyword, which Keras' `__array__` does not take).
+    mean = np.asarray(layer.moving_mean.value)
+    variance = np.asarray(layer.moving_variance.value)
     return not mean.any() and bool((variance == 1).all())
 
 

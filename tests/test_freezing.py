@@ -242,26 +242,24 @@ def test_frozen_batch_norm_of_a_random_backbone_warns_once():
 
 
 def test_statistics_learnt_in_a_bn_train_run_are_not_called_random():
+    def warnings_freezing(trained, frozen):
+        # The BatchNorm warnings of freezing `frozen` (bn="frozen") after a
+        # bn="train" fit of `trained`.
+        model = _model()
+        kft.freeze(model, trained, bn="train")
+        _compile(model)
+        model.fit(*_data(8), batch_size=4, epochs=1, verbose=0)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            kft.freeze(model, frozen)
+        return _bn_warnings(record)
+
     # A notebook's next cell after a `bn="train"` phase: freezing the
     # statistics it learnt is a choice, not the init's mean 0, variance 1.
-    model = _model()
-    kft.freeze(model, "full", bn="train")
-    _compile(model)
-    model.fit(*_data(8), batch_size=4, epochs=1, verbose=0)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        kft.freeze(model, "partial")
-    assert not _bn_warnings(record)
+    assert not warnings_freezing("full", "partial")
     # A partial bn="train" run taught the top block only: freezing the
     # others' init statistics still warns.
-    model = _model()
-    kft.freeze(model, "partial", bn="train")
-    _compile(model)
-    model.fit(*_data(8), batch_size=4, epochs=1, verbose=0)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        kft.freeze(model, "full")
-    assert len(_bn_warnings(record)) == 1
+    assert len(warnings_freezing("partial", "full")) == 1
 
 
 def test_a_model_of_unknown_weights_does_not_warn():

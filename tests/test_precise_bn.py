@@ -20,8 +20,8 @@ def _data(n, seed):
 def _model(strategy="full", momentum=None):
     model = kft.build_classifier("simple_cnn", 3, weights=None,
                                  input_shape=SHAPE)
-    for layer in batch_norm_layers(model):
-        if momentum is not None:
+    if momentum is not None:
+        for layer in batch_norm_layers(model):
             layer.momentum = momentum
     kft.freeze(model, strategy, bn="train")
     model.compile(keras.optimizers.SGD(0.05), keras.losses.

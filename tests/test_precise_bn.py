@@ -96,7 +96,7 @@ def test_epochs_are_recalibrated_while_the_averages_are_young():
     model.fit(x, y, batch_size=4, initial_epoch=2, epochs=3, verbose=0,
               callbacks=[resumed])
     assert resumed.recalibrated_epochs == []
-    later = kft.callbacks.PreciseBatchNorm(x, first_epoch=1)
+    later = kft.callbacks.PreciseBatchNorm(x, first_epoch=np.array([1]))
     model.fit(x, y, batch_size=4, initial_epoch=1, epochs=3, verbose=0,
               callbacks=[later])
     assert later.recalibrated_epochs == [1, 2]

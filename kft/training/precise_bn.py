@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from kft._validation import check_int
 from kft._validation import fail_argument
@@ -98,7 +99,9 @@ class PreciseBatchNorm(keras.callbacks.Callback):
                 "(arrays or a dataset); a one-shot iterator is used up by "
                 f"the first pass. Received: {type(data).__name__}")
         self.data = data
-        starts = (list(first_epoch) if isinstance(first_epoch, Sequence)
+        # A NumPy array of epochs as a list of them (it is no Sequence).
+        starts = (list(first_epoch)
+                  if isinstance(first_epoch, (Sequence, np.ndarray))
                   else [first_epoch])
         if not starts:
             fail_argument("first_epoch", "an epoch >= 0 or a non-empty "

@@ -221,18 +221,17 @@ def adapt_batchnorm(model: keras.Model, target_data, *,
 
 
 def set_batch_statistics(model, data, *, batch_size=64, name="target_data",
-                         layers=None, measure=None):
-    """Sets the moving statistics of `model`'s BatchNorm layers (of
-    `layers`, if given) to those `batch_statistics` measures on `data`
-    (with `measure`, a `StatisticsPass` of them, if given); returns the
-    layers set. Also inside a running `fit`."""
+                         measure=None):
+    """Sets the moving statistics of the BatchNorm layers `measure` (a
+    `StatisticsPass` of `model`; by default one of all of them) measures
+    on `data`; returns the layers set. Also inside a running `fit`."""
     batch_size = check_int("batch_size", batch_size, min_value=1)
     # Inside a running fit: write its step state back first, so the
     # statistics are those of the step's weights and the assignment is
     # not overwritten, then make the next step read the variables again
     # (no retrace: only values change).
     _compat.sync_fit_state(model)
-    measure = measure or StatisticsPass(model, layers)
+    measure = measure or StatisticsPass(model)
     means, variances, _ = measure(data, batch_size=batch_size, name=name)
     layers = measure.layers
     for layer, mean, var in zip(layers, means, variances):

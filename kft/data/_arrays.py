@@ -99,8 +99,9 @@ def _check_pixels(x):
         raise ValueError(
             "Argument `x` must be images of integer or float pixels in "
             f"[0, 255]. Received: x.dtype={x.dtype}")
+    # An object array of Python ints arrives as float32: integers still.
+    from_objects = x.dtype.kind == "O"
     x = pixels
-    integer = np.issubdtype(x.dtype, np.integer)
     low, high = float(x.min()), float(x.max())
     if not (np.isfinite(low) and np.isfinite(high)):
         bad = ~np.isfinite(x)
@@ -111,6 +112,8 @@ def _check_pixels(x):
             "images must be finite pixels in [0, 255].")
     if low >= 0 and 1 < high <= 255 or high == low == 0:
         return x
+    integer = np.issubdtype(x.dtype, np.integer) or (
+        from_objects and bool(np.all(x == np.round(x))))
     hint = ""
     if low >= 0 and high <= 1:
         hint = " (scaled to [0, 1]? multiply by 255)"

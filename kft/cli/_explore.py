@@ -21,9 +21,9 @@ from kft.cli._parser import build_parser
 
 
 def lr_find_command(args, argv):
-    if not_a_folder(args.data_dir):
-        raise Usage(f"DATA_DIR {args.data_dir!r} "
-                    f"{not_a_folder(args.data_dir)}")
+    reason = not_a_folder(args.data_dir)
+    if reason:
+        raise Usage(f"DATA_DIR {args.data_dir!r} {reason}")
     if args.end <= args.start:
         raise Usage(f"--end ({args.end:g}) must be above --start "
                      f"({args.start:g})")
@@ -126,9 +126,9 @@ def train_command_line(args, argv, rate):
 
 
 def compare_command(args, argv):
-    if not_a_folder(args.data_dir):
-        raise Usage(f"DATA_DIR {args.data_dir!r} "
-                    f"{not_a_folder(args.data_dir)}")
+    reason = not_a_folder(args.data_dir)
+    if reason:
+        raise Usage(f"DATA_DIR {args.data_dir!r} {reason}")
     test_dir = args.test_dir
     if test_dir is None:
         from kft.runs.recipe import held_out_folder
@@ -137,8 +137,9 @@ def compare_command(args, argv):
             test_dir = held_out_folder(args.data_dir)
         except ValueError as error:
             raise Usage(str(error)) from error
-    if test_dir is not None and not_a_folder(test_dir):
-        raise Usage(f"--test-dir {test_dir!r} {not_a_folder(test_dir)}")
+    reason = test_dir is not None and not_a_folder(test_dir)
+    if reason:
+        raise Usage(f"--test-dir {test_dir!r} {reason}")
     out = args.out or os.path.join("runs", "compare-" + os.path.basename(
         os.path.abspath(args.data_dir)))
     flag = "--out" if args.out else "the default --out"

@@ -55,9 +55,9 @@ def train_command(args, argv):
         # check as `kft.runs.resolve_config`.)
         for folder, what in ((config.data_dir, "Data"),
                              (config.val_dir, "Val")):
-            if folder is not None and not_a_folder(folder):
-                raise Usage(f"{what} folder {folder!r} "
-                            f"{not_a_folder(folder)}.")
+            reason = folder is not None and not_a_folder(folder)
+            if reason:
+                raise Usage(f"{what} folder {folder!r} {reason}.")
         if config.out is not None:
             check_out_folder(config.out)
     start_library()

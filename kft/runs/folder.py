@@ -184,8 +184,9 @@ def load_eval_folder(path, class_names, image_size, batch_size=32,
         fail_argument("class_names", "the model's classes (a non-empty "
                       "sequence of strings)", [])
     path = os.fspath(path)
-    if not_a_folder(path):
-        raise ValueError(f"Data folder {path!r} {not_a_folder(path)}.")
+    reason = not_a_folder(path)
+    if reason:
+        raise ValueError(f"Data folder {path!r} {reason}.")
 
     def check_classes(found):  # before any file is read
         extra = sorted(set(found) - set(class_names or found))

@@ -102,10 +102,10 @@ def check_paths(config, named_in=None):
     where = f" (named in {named_in!r})" if named_in else ""
     for name in ("data_dir", "val_dir"):
         folder = getattr(config, name)
-        if folder is not None and not_a_folder(folder):
+        reason = folder is not None and not_a_folder(folder)
+        if reason:
             raise ValueError(f"{'Data' if name == 'data_dir' else 'Val'} "
-                             f"folder {folder!r} {not_a_folder(folder)}"
-                             f"{where}.")
+                             f"folder {folder!r} {reason}{where}.")
     if config.weights not in ("imagenet", "none") and not os.path.isfile(
             config.weights):
         raise ValueError(

@@ -95,8 +95,9 @@ def written_beside(path, *, replace_links=False):
             shutil.copymode(path, target)
         os.replace(target, path)
     except OSError as error:
-        # Named by the path given, not by a file the user never named.
-        if error.filename == target:
+        # Named by the path given, not by a file the user never named;
+        # a write cut off by a full disk names no file at all.
+        if error.filename in (target, None):
             error.filename = path
         raise
     finally:

@@ -6,10 +6,12 @@ the process boundary is the point (SIGKILL and resume, the exit status of
 the installed command).
 """
 
+import errno
 import json
 import math
 import os
 import pathlib
+import re
 import runpy
 import shutil
 import signal
@@ -771,6 +773,21 @@ def test_bad_invocations_exit_2_and_say_what_to_fix(folder, run, tmp_path,
     assert sorted(os.listdir(folder)) == before
 
 
+def test_resolve_config_names_a_file_given_as_a_folder(tmp_path):
+    # The library's own check (kft.runs.resolve_config, and a resumed
+    # run's saved config) as the CLI's: a file where a folder goes is no
+    # missing folder, and is refused before anything loads.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not images")
+    for config, name in ((TrainConfig(data_dir=str(notes)), "Data"),
+                         (TrainConfig(data_dir=str(tmp_path),
+                                      val_dir=str(notes)), "Val")):
+        with pytest.raises(ValueError, match=f"^{name} folder "
+                           f"{re.escape(repr(str(notes)))} is a file, not "
+                           "a folder.$"):
+            kft.runs.resolve_config(config)
+
+
 def test_a_checkpoint_cut_short_falls_back_to_the_previous(tmp_path,
                                                            monkeypatch):
     import h5py
@@ -1431,7 +1448,9 @@ def test_a_test_folder_beside_the_classes_is_not_a_class(tmp_path,
 
     def record(build, train, val, test, **kwargs):
         seen.update(classes=train.class_names, test=test.num_examples,
-                    strategies=kwargs["strategies"])
+                    strategies=kwargs["strategies"],
+                    # The results' folder exists before anything trains.
+                    out_made=os.path.isdir(tmp_path / "compare"))
         raise _Interrupted
 
     monkeypatch.setattr("kft.evaluation.compare.compare_strategies", record)
@@ -1441,9 +1460,9 @@ def test_a_test_folder_beside_the_classes_is_not_a_class(tmp_path,
                      "--image-size", "16", "--quiet",
                      "--out", str(tmp_path / "compare")]) == 1
     assert seen == {"classes": ["class0", "class1"], "test": 4,
-                    "strategies": ["full"]}
-    # The results' folder exists before anything trains.
-    assert os.path.isdir(tmp_path / "compare")
+                    "strategies": ["full"], "out_made": True}
+    # Made for the command, and empty when it failed: removed.
+    assert not os.path.exists(tmp_path / "compare")
     # Errors name the user's folder, not the links read in its place.
     os.makedirs(tmp_path / "data" / "class2")
     with pytest.raises(ValueError, match=f"in '{data}' have no readable"):
@@ -1774,23 +1793,32 @@ def test_val_split_beside_val_folders_and_dropout_are_usage_errors(
     assert config.val_split is None
 
 
+@pytest.mark.parametrize("stop", ["ctrl_c", "disk_full"])
 def test_an_interrupted_run_says_how_to_continue(folder, tmp_path, capsys,
-                                                 monkeypatch):
+                                                 monkeypatch, stop):
     from kft.runs import backup as backup_module
 
     real = backup_module.RunBackup.on_epoch_end
 
     def interrupt(self, epoch, logs=None):
-        real(self, epoch, logs)  # the epoch's checkpoint, then Ctrl-C
-        raise KeyboardInterrupt
+        real(self, epoch, logs)  # the epoch's checkpoint, then the stop
+        if stop == "ctrl_c":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(backup_module.RunBackup, "on_epoch_end", interrupt)
     out = tmp_path / "run"
     assert cli.main(["train", folder, *FAST, "--out", str(out),
                      "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert f"continue the run with: kft train --resume --out {out}" in err
-    assert "kft train: interrupted." in err
+    hint = f"kft train: continue the run with: kft train --resume --out {out}"
+    if stop == "ctrl_c":
+        assert hint in err and "kft train: interrupted." in err
+    else:
+        # A full disk ends a run as resumable as Ctrl-C does: the hint was
+        # printed for Ctrl-C only (after the bare OSError).
+        assert err.endswith("kft train: error: OSError: [Errno 28] No "
+                            f"space left on device\n{hint}\n"), err
 
 
 def test_a_run_folder_holding_only_os_files_counts_as_empty(folder,

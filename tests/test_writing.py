@@ -36,6 +36,11 @@ def test_an_error_names_the_path_given_not_the_temporary_file(tmp_path):
             raise OSError(errno.EROFS, "Read-only file system", target)
     assert info.value.filename == path
     assert os.listdir(tmp_path) == []
+    # A write cut off by a full disk names no file ("[Errno 28] No space
+    # left on device" said nothing of what was being written).
+    with pytest.raises(OSError, match=r"No space left on device: '.*m\.keras'"):
+        with written_beside(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_links_planted_in_a_folder_from_elsewhere_write_nothing_there(

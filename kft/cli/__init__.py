@@ -19,6 +19,7 @@ import warnings
 
 from kft.cli._checks import Usage
 from kft.cli._checks import expand_home
+from kft.cli._checks import remove_made_folders
 from kft.cli._deploy import eval_command
 from kft.cli._deploy import export_command
 from kft.cli._deploy import predict_command
@@ -62,6 +63,8 @@ def _join_launched_job(command):
 def _report(command, error):
     print(f"kft {command}: error: {type(error).__name__}: {error}",
           file=sys.stderr)
+    for note in getattr(error, "__notes__", ()):  # what to do next
+        print(f"kft {command}: {note}", file=sys.stderr)
     return 1
 
 
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = (
         lambda message, category, *_, **__:
         f"kft {command}: {category.__name__}: {message}\n")
+    status = 1
     try:
         _join_launched_job(command)
         status = handler(args, argv)
@@ -130,4 +134,4 @@ def main(argv: list[str] | None = None) -> int:
         return _report(command, error)
     finally:
         warnings.formatwarning = format_warning
-    return 0
+        remove_made_folders(failed=status != 0)

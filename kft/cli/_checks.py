@@ -133,21 +133,44 @@ def check_out_outside(path, flag, folders):
                         "path outside the image folders")
 
 
+# The folders `make_out_folder` made for the running command, deepest
+# first: `kft.cli.main` removes those still empty when the command fails
+# (an interrupted `kft lr-find --plot new/lr.png` left `new/` behind).
+_made = []
+
+
 def make_out_folder(path, flag="--out"):
     """Creates the folder if missing; raises `Usage` unless files can be
     written there (found before the work, not when its results are)."""
     from kft.runs.claim import cannot_write
 
     check_out_folder(path, flag)
+    missing, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder) and folder != os.path.dirname(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise Usage(f"{flag} {path!r}: cannot create the folder "
                      f"({error.strerror or error})") from error
+    _made.extend(missing)
     problem = cannot_write(path)
     if problem is not None:
         raise Usage(f"{flag} {path!r}: cannot write into the folder "
                      f"({problem})")
+
+
+def remove_made_folders(failed):
+    """Forgets the folders made for the command; removes those still empty
+    when it `failed` (a folder kft did not make is never removed)."""
+    while _made:
+        folder = _made.pop(0)
+        if failed:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # not empty: it holds what the command wrote
 
 
 def start_library(models=False):

@@ -89,10 +89,17 @@ def train_command(args, argv):
                                argv if argv is not None else sys.argv[1:]))
     except RunSetupError as error:
         raise Usage(flag_names(str(error))) from error
-    except KeyboardInterrupt:
-        if os.path.exists(os.path.join(config.out, CHECKPOINTS, STATE_FILE)):
-            print("kft train: continue the run with: kft train --resume "
-                  f"--out {shlex.quote(config.out)}", file=sys.stderr)
+    except (KeyboardInterrupt, Exception) as error:
+        # Epochs are checkpointed: the run continues where it stopped once
+        # the cause is dealt with (Ctrl-C, a full disk, a lost mount).
+        if os.path.exists(os.path.join(config.out, CHECKPOINTS,
+                                       STATE_FILE)):
+            hint = ("continue the run with: kft train --resume --out "
+                    f"{shlex.quote(config.out)}")
+            if isinstance(error, KeyboardInterrupt):
+                print(f"kft train: {hint}", file=sys.stderr)
+            else:
+                error.add_note(hint)
         raise
     from kft.distributed.processes import is_primary
 

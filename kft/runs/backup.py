@@ -42,6 +42,7 @@ from kft.distributed.backup import BackupAndRestore
 from kft.distributed.backup import check_backup_data
 from kft.distributed.processes import is_primary
 from kft.distributed.processes import primary_path
+from kft.runs.report import read_json
 from kft.training.monitor import MODES
 from kft.training.monitor import check_monitor
 from kft.training.monitor import improves
@@ -145,8 +146,9 @@ class RunBackup(keras.callbacks.Callback):
                  "best_value": None, "mode": None, "values": {},
                  "stopped": {}}
         if os.path.exists(path):
-            with open(path) as f:
-                state.update(json.load(f))
+            state.update(read_json(path, (
+                f"delete {self.directory!r} to train the run again from "
+                "its first epoch")))
         return state
 
     def _write_state(self):

@@ -2,7 +2,6 @@
 `.keras` file."""
 
 import dataclasses
-import json
 import os
 import zipfile
 
@@ -12,6 +11,7 @@ from kft._validation import fail_argument
 from kft._validation import unicode_form_note
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
+from kft.runs.report import read_json
 
 
 @dataclasses.dataclass
@@ -83,8 +83,9 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     class_names = None
     info_path = os.path.join(folder, "run.json")
     if os.path.isfile(info_path):
-        with open(info_path) as f:
-            class_names = json.load(f).get("class_names")
+        class_names = read_json(info_path, (
+            f"delete it, or load {model_path!r} itself (a kft classifier "
+            "carries its class names)")).get("class_names")
     meta = read_metadata(model_path)  # a `kft.export`ed file carries some
     # A `kft.Classifier` carries its own (in its saved config).
     own = dict(getattr(model, "kft_metadata", None) or {})

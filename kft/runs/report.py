@@ -51,9 +51,26 @@ def write_json(path, value):
                replace_links=True)
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+def read_json(path, remedy=None):
+    """The value of the JSON file `path`. One that is not JSON raises a
+    `ValueError` naming it and `remedy` (what to do): kft writes whole
+    files, so a cut-off one came from elsewhere (a copy or sync that
+    stopped, a hand edit), and json's own message named no file.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.json")
+    >>> _ = open(path, "w").write('{"status": "comp')
+    >>> read_json(path, "restore it")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: '...run.json' is not a whole JSON file (Unterminated string starting at: line 1 column 12 (char 11)); restore it.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as error:  # UnicodeDecodeError too
+        raise ValueError(
+            f"{path!r} is not a whole JSON file ({error})"
+            + (f"; {remedy}." if remedy else ".")) from None
 
 
 def write_history(out, rows):

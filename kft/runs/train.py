@@ -58,6 +58,8 @@ from kft.runs.report import write_json
 from kft.runs.resolve import check_paths
 from kft.runs.resolve import monitor_change
 from kft.runs.resolve import resolve_config
+from kft.runs.same_data import check_same_data
+from kft.runs.same_data import data_record
 
 CHECKPOINTS = "checkpoints"
 
@@ -117,16 +119,19 @@ def _prepare_out(config, resume, say):
     status_path = os.path.join(out, "run.json")
     if resume:
         if not os.path.exists(os.path.join(out, "config.toml")):
-            raise ValueError(
-                f"Nothing to resume in {out!r}: no config.toml there. Start "
-                "the run without --resume.")
+            raise ValueError(_nothing_to_resume(out))
         path = os.path.join(out, "config.toml")
         # The run continues in `out` wherever it is now, not in the folder
         # its config names (relative to where it started).
         saved = load_config(path).replace(out=out)
-        info = read_json(status_path) if os.path.exists(status_path) else {}
+        info = read_json(status_path, (
+            "restore it, or delete it to resume without its record of the "
+            "run (its classes, command and start)")) if os.path.exists(
+                status_path) else {}
         if info.get("status") == "complete":
             return saved, info, True, False, None  # read, not written
+        if not info:
+            _check_not_finished(out)
         check_paths(saved, named_in=path)
         # Before anything is loaded or written.
         from kft.runs.backup import check_backup_folder
@@ -173,6 +178,36 @@ def _prepare_out(config, resume, say):
             f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): "
             "continue it with --resume, or pass another --out.")
     return config, {}, False, created, lock
+
+
+def _nothing_to_resume(out):
+    held = [name for name in ("run.json", CHECKPOINTS, "model.keras")
+            if os.path.exists(os.path.join(out, name))]
+    if not held:
+        return (f"Nothing to resume in {out!r}: no config.toml there. "
+                "Start the run without --resume.")
+    # Not "start without --resume": a new run there is refused as a
+    # folder that holds a run (the user went round in circles).
+    return (f"Run folder {out!r} holds a run ({', '.join(held)}) but no "
+            "config.toml, the settings a resume reads: restore it (run.json "
+            "names the command that started the run), or start a new run "
+            "with another --out.")
+
+
+def _check_not_finished(out):
+    """Raises for a run folder whose run.json is gone but whose model.keras
+    and removed checkpoints say the run finished: resuming trained it
+    again from its first epoch and replaced the model."""
+    from kft.runs.backup import STATE_FILE
+
+    if os.path.exists(os.path.join(out, "model.keras")) and not \
+            os.path.exists(os.path.join(out, CHECKPOINTS, STATE_FILE)):
+        raise ValueError(
+            f"Run folder {out!r} holds a model.keras and no checkpoints: a "
+            "run that finished, whose run.json (which records that) is "
+            "gone. Resuming would train it again from its first epoch and "
+            "replace model.keras: restore run.json, or start a new run with "
+            "another --out.")
 
 
 def _claim(out, created, resume=False):
@@ -316,6 +351,8 @@ def _setup(config, info, say):
     keras.utils.set_random_seed(config.seed)
     try:
         train, val = load_folder_data(config)
+        if info:  # resumed: the data the run began with
+            check_same_data(info, config, train, val)
         say(f"data: {train.num_examples} training images in "
             f"{len(train.class_names)} classes"
             + (f", {val.num_examples} validation images" if val else "")
@@ -358,6 +395,7 @@ def _train(config, info, resumed, verbose, say, command):
         files["environment.json"] = path
     run_info = {"status": "running", "requested": requested,
                 "reasons": reasons, "class_names": class_names,
+                "data": data_record(config, train, val),
                 "image_size": config.image_size, "backbone": config.backbone,
                 # The command that started the run; a resume's own are
                 # listed after it.
@@ -445,10 +483,12 @@ def _completed_result(config, info):
     out = config.out
     _remove_checkpoints(out)  # what a kill at the very end left
     history_path = os.path.join(out, "history.json")
-    history = read_json(history_path) if os.path.exists(
+    # Reports of the run, not needed to report it.
+    remedy = "delete it to report the run without it"
+    history = read_json(history_path, remedy) if os.path.exists(
         history_path) else []
     metrics_path = os.path.join(out, "evaluation.json")
-    metrics = read_json(metrics_path) if os.path.exists(
+    metrics = read_json(metrics_path, remedy) if os.path.exists(
         metrics_path) else {}
     return TrainRunResult(
         out=out, config=config, class_names=info.get("class_names", []),

@@ -1,0 +1,173 @@
+"""Run folders after an interruption, then edited or read back: what
+`kft train --resume` and the loaders say about what they find there, and
+what a failed command leaves behind (found by an audit of interruptions
+and concurrency).
+"""
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+import kft
+from kft.runs import backup as backup_module
+from kft.runs.config import TrainConfig
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _write_classes(root, names, per_class=6):
+    # One colour per class, a shade per image: the classes differ.
+    for c, name in enumerate(names):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), (80 * c, 20 * i, 120)).save(
+                os.path.join(root, name, f"{i}.png"))
+    return str(root)
+
+
+TINY = dict(backbone="simple_cnn", weights="none", image_size=16,
+            batch_size=4, strategy="full", head_epochs=1, epochs=1,
+            plots=False, verbose=0, print_fn=None)
+
+
+def test_a_resume_refuses_data_whose_class_folders_changed(
+        tmp_path, monkeypatch):
+    # A user who renames or adds a class folder between Ctrl-C and
+    # `--resume` must hear it: the checkpoint's head was trained on the
+    # old label order (cat=0, dog=1).
+    data = _write_classes(tmp_path / "data", ["cat", "dog"])
+    out = str(tmp_path / "run")
+    real_begin = backup_module.RunBackup.on_train_begin
+    calls = []
+
+    def interrupted_at_phase_2(self, logs=None):
+        calls.append(1)
+        if len(calls) == 2:  # phase 1 checkpointed
+            raise _Interrupted
+        real_begin(self, logs)
+
+    monkeypatch.setattr(backup_module.RunBackup, "on_train_begin",
+                        interrupted_at_phase_2)
+    with pytest.raises(_Interrupted):
+        kft.train_run(data_dir=data, out=out, **TINY)
+    monkeypatch.setattr(backup_module.RunBackup, "on_train_begin", real_begin)
+    with open(os.path.join(out, "run.json")) as f:
+        assert json.load(f)["class_names"] == ["cat", "dog"]
+
+    # Renamed: ["dog", "tabby"] now, label 0 is "dog" (trained as "cat").
+    os.rename(os.path.join(data, "cat"), os.path.join(data, "tabby"))
+    with pytest.raises(kft.runs.RunSetupError, match=r"'cat'.*'dog'"):
+        kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    os.rename(os.path.join(data, "tabby"), os.path.join(data, "cat"))
+    # Added: a 3-class head cannot take the 2-class checkpoint (Keras'
+    # weight-shape error printed a whole kernel).
+    _write_classes(data, ["bird"], per_class=4)
+    with pytest.raises(kft.runs.RunSetupError, match="added: bird"):
+        kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    for name in os.listdir(os.path.join(data, "bird")):
+        os.remove(os.path.join(data, "bird", name))
+    os.rmdir(os.path.join(data, "bird"))
+    # An image added to a class: the validation split was drawn again.
+    extra = os.path.join(data, "dog", "extra.png")
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(extra)
+    with pytest.raises(kft.runs.RunSetupError,
+                       match=r"other images than the run started with "
+                       r"\(10 training and 2 validation images then, 11 "
+                       r"training and 2 validation images now"):
+        kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    os.remove(extra)
+    # The data as they were: the run resumes and completes.
+    result = kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    assert result.resumed and result.class_names == ["cat", "dog"]
+
+    # A finished run whose run.json is gone (it records that the run
+    # finished): a resume trained it again and replaced model.keras.
+    model_path = os.path.join(out, "model.keras")
+    before = os.stat(model_path).st_mtime_ns
+    os.remove(os.path.join(out, "run.json"))
+    with pytest.raises(kft.runs.RunSetupError,
+                       match=r"holds a model.keras and no checkpoints.*"
+                       r"restore run.json, or start a new run"):
+        kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    assert os.stat(model_path).st_mtime_ns == before
+
+
+def test_a_truncated_run_file_is_named_in_the_message(tmp_path):
+    # A disk that filled up in another program, or a hand edit, leaves a
+    # cut-off JSON file: the message must say which file to fix.
+    run = tmp_path / "run"
+    run.mkdir()
+    model = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                                 input_shape=(16, 16, 3))
+    model.save(str(run / "model.keras"))
+    (run / "run.json").write_text('{"status": "complete", "class_names": [')
+    with pytest.raises(ValueError, match="run.json"):  # kft eval / predict
+        kft.runs.load_run(str(run))
+
+    data = _write_classes(tmp_path / "data", ["cat", "dog"], per_class=2)
+    (run / "config.toml").write_text(
+        TrainConfig(data_dir=data, out=str(run)).to_toml())
+    with pytest.raises(kft.runs.RunSetupError, match="run.json"):
+        kft.train_run(out=str(run), resume=True, print_fn=None)
+
+    state = tmp_path / "checkpoints"
+    state.mkdir()
+    (state / backup_module.STATE_FILE).write_text('{"history": {"0": {')
+    with pytest.raises(ValueError, match=backup_module.STATE_FILE):
+        backup_module.RunBackup(str(state), model, print_fn=None)
+
+
+def test_a_run_folder_without_config_toml_names_a_way_out(tmp_path):
+    # config.toml deleted by hand (checkpoints/ and run.json kept): the two
+    # messages sent the user back and forth.
+    data = _write_classes(tmp_path / "data", ["cat", "dog"], per_class=2)
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "run.json").write_text('{"status": "running"}')
+    with pytest.raises(kft.runs.RunSetupError) as resumed:
+        kft.train_run(out=str(out), resume=True, print_fn=None)
+    with pytest.raises(kft.runs.RunSetupError) as started:
+        kft.train_run(data_dir=data, out=str(out), print_fn=None, **{
+            k: v for k, v in TINY.items() if k not in ("verbose",
+                                                        "print_fn")})
+    assert "--resume" in str(started.value)
+    # The resume's message must not send the user back to a new run in
+    # the same folder, which refuses it.
+    assert "without --resume" not in str(resumed.value)
+    assert "another --out" in str(resumed.value)
+
+
+@pytest.mark.parametrize("command", ["lr-find", "export"])
+def test_a_failed_command_removes_the_empty_folders_it_made(
+        tmp_path, monkeypatch, capsys, command):
+    # `--plot new/sub/lr.png` or `--out new/sub/m.keras` interrupted left
+    # the empty folders `new/sub` behind (kft train and compare removed
+    # theirs); a folder that was there stays.
+    from kft import cli
+    from kft.deploy import exporting
+    from kft.runs import lr
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lr, "find_rate", interrupted)
+    monkeypatch.setattr(exporting, "export", interrupted)
+    data = _write_classes(tmp_path / "data", ["cat", "dog"], per_class=2)
+    model = tmp_path / "m.keras"
+    kft.build_classifier("simple_cnn", 2, weights=None,
+                         input_shape=(16, 16, 3)).save(str(model))
+    (tmp_path / "kept").mkdir()
+    for parent in ("new/sub", "kept"):
+        target = tmp_path / parent / "out.png"
+        argv = (["lr-find", data, "--plot", str(target)]
+                if command == "lr-find" else
+                ["export", str(model), "--format", "keras", "--out",
+                 str(target.with_suffix(".keras"))])
+        assert cli.main(argv) == 1
+        assert "interrupted." in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["data", "kept", "m.keras"]
+    assert os.listdir(tmp_path / "kept") == []

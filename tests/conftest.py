@@ -74,6 +74,24 @@ def dtype_policy():
     keras.config.set_dtype_policy("float32")
 
 
+@pytest.fixture
+def precise_bn_made(monkeypatch):
+    """The `kft.callbacks.PreciseBatchNorm` callbacks `fine_tune` makes in
+    the test, in order (a list filled as they are made)."""
+    import kft
+    from kft.training import fine_tune_phases
+
+    made = []
+
+    class Recorded(kft.callbacks.PreciseBatchNorm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(fine_tune_phases, "PreciseBatchNorm", Recorded)
+    return made
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
     # Auto-generated layer names ("dense_3") depend on earlier models;

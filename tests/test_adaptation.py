@@ -190,6 +190,40 @@ def test_adapt_batchnorm_changes_only_bn_statistics(digits_model):
     assert all(np.allclose(before[p], after[p], atol=1e-5) for p in before)
 
 
+def test_adapt_batchnorm_in_the_middle_of_an_epoch_loses_no_step():
+    # The docs allow the pass inside a running `fit`. A callback that holds
+    # the model itself (a closure, not Keras' syncing `callback.model`)
+    # calls it between steps: the steps run since the epoch began must be
+    # written back first, else the next step re-reads the epoch's starting
+    # weights and those steps are lost (statistics do not change training:
+    # it normalises with batch statistics, so the weights match a plain run).
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 3, 16)
+
+    def run(adapt):
+        keras.utils.set_random_seed(1)
+        model = kft.build_classifier("simple_cnn", 3, weights=None,
+                                     input_shape=(16, 16, 3))
+        kft.freeze(model, "full", bn="train")
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.
+                      SparseCategoricalCrossentropy(from_logits=True))
+        calls = []
+
+        def batch_end(batch, logs):
+            if adapt and batch == 2:
+                calls.append(kft.adapt_batchnorm(model, x[:8]))
+
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[keras.callbacks.LambdaCallback(
+                      on_train_batch_end=batch_end)])
+        assert len(calls) == int(adapt)
+        return [np.asarray(v.value) for v in model.trainable_variables]
+
+    for adapted, plain in zip(run(True), run(False)):
+        np.testing.assert_allclose(adapted, plain, rtol=1e-5, atol=1e-6)
+
+
 # -- the DANN trainer ----------------------------------------------------------
 
 
@@ -1044,6 +1078,26 @@ def test_fine_tune_checks_a_monitor_by_what_the_adaptation_model_logs():
                 monitor=monitor)
     check_fine_tune_arguments(_tiny_dann(), pairs, (xs, np.arange(8) % 2),
                               monitor="domain_loss")
+
+
+def test_fine_tune_bn_train_of_an_adaptation_model_keeps_its_moving_averages(
+        precise_bn_made):
+    # Its BatchNorm layers train on both domains' batches: the exact
+    # statistics of the source images alone (PreciseBatchNorm's pass over
+    # the training data) are not theirs, so fine_tune adds no such pass.
+    made = precise_bn_made
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    xt = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32")
+    pairs = kft.adaptation.domain_pairs((xs, np.arange(8) % 2), xt,
+                                        batch_size=4)
+    keras.utils.set_random_seed(0)
+    clf = kft.build_classifier("simple_cnn", num_classes=2, weights=None,
+                               input_shape=(8, 8, 3))
+    model = kft.DomainAdaptationModel(clf, hidden_units=(8,))
+    kft.fine_tune(model, pairs, (xs, np.arange(8) % 2), strategy="full",
+                  bn="train", head_epochs=1, epochs=1, verbose=0)
+    assert made == []
 
 
 def test_build_discriminator_checks_its_seed():

@@ -312,6 +312,17 @@ def test_simple_cnn_arguments():
                        r"True\)"):
         kft.create_backbone("simple_cnn", weights=None,
                             input_shape=(16, 16, True))
+    # `pooling` as in keras.applications: "max" built average pooling
+    # without any test noticing (mutation round 10).
+    maps_model = SimpleCNN(input_shape=(16, 16, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3))
+    maps = np.asarray(maps_model(x))
+    for pooling, pool in (("avg", np.mean), ("max", np.max)):
+        pooled = SimpleCNN(input_shape=(16, 16, 3), pooling=pooling)
+        pooled.set_weights(maps_model.get_weights())
+        np.testing.assert_allclose(np.asarray(pooled(x)),
+                                   pool(maps, axis=(1, 2)), rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_a_weights_file_of_another_model_names_the_file(tmp_path):

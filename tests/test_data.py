@@ -999,6 +999,38 @@ def test_from_directory_applies_exif_orientation_unless_told_not_to(
         assert image[bright_side].mean() > 200
 
 
+def test_val_images_are_read_without_augmentation(tmp_path):
+    # The train half draws augmentation, the val half never: validation
+    # scores (and the epoch kept by them) must not change from pass to pass.
+    root = _tree(tmp_path, per_class=2)
+    _save(f"{root}/val/dark/noise.png", np.random.default_rng(0).integers(
+        0, 256, (24, 20, 3), np.uint8))
+    train, val = kft.data.from_directory(root, SIZE, batch_size=8,
+                                         augmentation="standard",
+                                         shuffle=False)
+    assert train.augments and not val.augments
+    first, second = _batches(val), _batches(val)
+    np.testing.assert_array_equal(first[0][0], second[0][0])
+    photo = val.paths.index(f"{root}/val/dark/noise.png")
+    np.testing.assert_allclose(first[0][0][photo], kft.data.load_image(
+        f"{root}/val/dark/noise.png", SIZE, "center_crop"), atol=1e-4)
+
+
+def test_load_eval_folder_reads_exif_orientation_as_told(tmp_path):
+    # Test images for a model trained on stored pixels
+    # (`from_directory(..., exif_transpose=False)`) must be read as stored
+    # too: `kft.runs.load_eval_folder` passes its flag on (center crop).
+    root = _tree(tmp_path, splits=("test",), per_class=1)
+    _sideways_photo(f"{root}/test/dark/photo.jpg")
+    for exif_transpose, bright_side in ((True, np.s_[:, :4]),
+                                        (False, np.s_[10:, :])):
+        data = kft.runs.load_eval_folder(f"{root}/test", ["bright", "dark"],
+                                         SIZE, exif_transpose=exif_transpose)
+        photo = data.paths.index(f"{root}/test/dark/photo.jpg")
+        image = np.concatenate([x for x, _ in _batches(data)])[photo]
+        assert image[bright_side].mean() > 200, exif_transpose
+
+
 # -- from_arrays: one-hot labels, RGB images, labels checked -------------
 
 
@@ -1034,6 +1066,25 @@ def test_with_seed_moves_the_host_augmentation_draws():
     one = first(1)
     assert not np.allclose(one, first(2))
     np.testing.assert_array_equal(one, first(1))
+
+
+def test_shards_and_passes_draw_apart():
+    # A process' shard (its stream) and a pass each move the seed by a step
+    # of their own: shard 1's first pass must not repeat shard 0's second
+    # (with one step for both, two processes' epochs drew the same
+    # transforms).
+    from kft.data._host_augment import HostAugmenter
+
+    augmenter = HostAugmenter(kft.augmentation.augmentation(
+        "light", image_size=(16, 16), seed=0))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3))
+
+    def draw(stream, number):
+        return augmenter(x, stream, HostAugmenter.pass_states(number))
+
+    np.testing.assert_array_equal(draw(1, 0), draw(1, 0))
+    assert np.abs(draw(1, 0) - draw(0, 1)).mean() > 1.0
+    assert np.abs(draw(0, 1) - draw(0, 0)).mean() > 1.0
 
 
 def test_from_arrays_reads_a_column_of_labels_as_integer_labels():

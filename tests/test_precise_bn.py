@@ -107,6 +107,50 @@ def test_epochs_are_recalibrated_while_the_averages_are_young():
     assert idle.recalibrated_epochs == []
 
 
+def test_the_slowest_layer_decides_when_the_averages_have_settled():
+    # One step an epoch. Momentum 0.5 settles in 5 steps, 0.6 in 6: with
+    # one layer at 0.6 epochs 0-4 (1-5 steps) are young, epoch 5 (6 steps,
+    # exactly the settling count) is not. The fastest layer's count left
+    # the slow one's young average (epoch 4) unrecalibrated.
+    x, y = _data(4, 7)
+    settling = kft.training.precise_bn.settling_steps
+    assert (settling(0.5), settling(0.6)) == (5, 6)
+    model = _model(momentum=0.5)
+    batch_norm_layers(model)[-1].momentum = 0.6
+    precise = kft.callbacks.PreciseBatchNorm((x, y))
+    model.fit(x, y, batch_size=4, epochs=7, verbose=0, callbacks=[precise])
+    assert precise.recalibrated_epochs == [0, 1, 2, 3, 4]
+    # A momentum of 1 never forgets the init's statistics: always young
+    # (documented), not a division by log(1) = 0.
+    assert settling(1.0) == np.inf
+    never = _model(momentum=1.0)
+    always = kft.callbacks.PreciseBatchNorm((x, y))
+    never.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[always])
+    assert always.recalibrated_epochs == [0, 1, 2]
+
+
+def test_steps_keras_does_not_know_are_counted_as_they_run():
+    # A generator gives `fit` no step count: the batches run are counted.
+    # 5 steps at momentum 0.5 (settled after 5): settled at the epoch's
+    # end, as the same 5 steps of arrays are; 4 steps are still young.
+    x, y = _data(20, 8)
+
+    def batches(n):
+        for i in range(n):
+            yield x[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
+
+    for steps, want in [(5, []), (4, [0])]:
+        model = _model(momentum=0.5)
+        precise = kft.callbacks.PreciseBatchNorm((x, y))
+        model.fit(batches(steps), epochs=1, shuffle=False, verbose=0,
+                  callbacks=[precise])
+        assert precise.recalibrated_epochs == want, steps
+    arrays = kft.callbacks.PreciseBatchNorm((x, y))
+    _model(momentum=0.5).fit(x, y, batch_size=4, epochs=1, verbose=0,
+                             callbacks=[arrays])
+    assert arrays.recalibrated_epochs == []
+
+
 def test_each_unfreezing_starts_a_young_window_again():
     # Gradual unfreezing at epochs 1 and 4, momentum 0.5 (settled after 5
     # steps), 2 steps an epoch: young at epochs 1-2 and again at 4-5, where
@@ -120,6 +164,28 @@ def test_each_unfreezing_starts_a_young_window_again():
     model.fit(x, y, batch_size=4, epochs=7, verbose=0,
               callbacks=[unfreeze, precise])
     assert precise.recalibrated_epochs == [1, 2, 4, 5]
+
+
+def test_one_statistics_pass_follows_flags_changed_between_its_calls():
+    # PreciseBatchNorm keeps its pass while the set of BatchNorm layers that
+    # train is unchanged; other layers' flags can change meanwhile (a layer
+    # without BatchNorm frozen, here the stem's convolution, ahead of every
+    # statistic). The pass must then split the weights by the new flags,
+    # measuring what a new pass measures.
+    from kft.adaptation.batchnorm import StatisticsPass
+
+    x, _ = _data(8, 9)
+    model = _model()
+    layers = batch_norm_layers(model)
+    measure = StatisticsPass(model, layers)
+    measure(x, batch_size=8)
+    model.get_layer("simple_cnn").get_layer("stem_conv").trainable = False
+    means, variances, n = measure(x, batch_size=8)
+    want_means, want_variances, _ = StatisticsPass(model, layers)(
+        x, batch_size=8)
+    assert n == 8
+    for got, want in zip(means + variances, want_means + want_variances):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_arguments_are_named():
@@ -157,20 +223,11 @@ def test_fine_tune_with_bn_train_keeps_a_model_whose_statistics_fit_it(
 
 
 def test_fine_tune_gradual_recalibrates_each_block_it_unfreezes(
-        monkeypatch):
+        precise_bn_made):
     # Momentum 0.5 (settled after 5 steps), 2 steps an epoch, a block
     # every 2 epochs from epoch 1: every phase-2 epoch is within 4 steps
     # of an unfreezing (counted from phase 2's start alone: epochs 1-2).
-    from kft.training import fine_tune_phases
-
-    made = []
-
-    class Recorded(kft.callbacks.PreciseBatchNorm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(fine_tune_phases, "PreciseBatchNorm", Recorded)
+    made = precise_bn_made
     model = kft.build_classifier("simple_cnn", 3, weights=None,
                                  input_shape=SHAPE)
     for layer in batch_norm_layers(model):

@@ -49,7 +49,8 @@ HEAVY_FIRST = (
     "test_data_and_eval.py", "test_cli.py", "test_feature_cache.py",
     "test_plots.py", "test_training_inputs.py", "test_imbalance.py",
     "test_mixing_jit.py", "test_freezing.py", "test_model_aug_paths.py",
-    "test_optimizers_retarget.py", "test_schedules.py", "test_lr_find.py")
+    "test_optimizers_retarget.py", "test_schedules.py", "test_lr_find.py",
+    "test_interruptions.py", "test_readme_claims.py")
 
 
 def pytest_collection_modifyitems(items):

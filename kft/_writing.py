@@ -96,8 +96,11 @@ def written_beside(path, *, replace_links=False):
         os.replace(target, path)
     except OSError as error:
         # Named by the path given, not by a file the user never named;
-        # a write cut off by a full disk names no file at all.
-        if error.filename in (target, None):
+        # a write cut off by a full disk names no file at all (one with a
+        # message only keeps it: its text is made from errno and strerror
+        # once it has a file name).
+        if error.filename == target or (error.filename is None
+                                        and error.errno is not None):
             error.filename = path
         raise
     finally:

@@ -1148,6 +1148,9 @@ def test_from_arrays_refuses_no_images_or_nan_and_warns_off_range_pixels():
     # read one by one) get the same hint, not the generic warning.
     with pytest.warns(UserWarning, match=r"\(16-bit images\? `x >> 8`"):
         kft.data.from_arrays((x * 60000).astype("uint16").astype(object), y)
+    # Not for whole-valued floats, which `x >> 8` cannot shift.
+    with pytest.warns(UserWarning, match=r"\[\d+, 5\d{4}\]; kft's"):
+        kft.data.from_arrays(np.round(x * 60000).astype(object), y)
     # Not for [0, 299] or 12-bit images: `x >> 8` made them black.
     with pytest.warns(UserWarning, match=r"\[\d+, 3\d{3}\] \(another bit "
                       r"depth\? scale them to \[0, 255\]"):

@@ -6,6 +6,7 @@ and concurrency).
 
 import json
 import os
+import shutil
 
 import pytest
 from PIL import Image
@@ -39,7 +40,11 @@ def test_a_resume_refuses_data_whose_class_folders_changed(
     # A user who renames or adds a class folder between Ctrl-C and
     # `--resume` must hear it: the checkpoint's head was trained on the
     # old label order (cat=0, dog=1).
-    data = _write_classes(tmp_path / "data", ["cat", "dog"])
+    # DATA_DIR a link (to a scratch disk, say), pointed at a copy before
+    # the resume that completes: the same data.
+    real = _write_classes(tmp_path / "real", ["cat", "dog"])
+    data = str(tmp_path / "data")
+    os.symlink(real, data)
     out = str(tmp_path / "run")
     real_begin = backup_module.RunBackup.on_train_begin
     calls = []
@@ -75,12 +80,24 @@ def test_a_resume_refuses_data_whose_class_folders_changed(
     extra = os.path.join(data, "dog", "extra.png")
     Image.new("RGB", (16, 16), (9, 9, 9)).save(extra)
     with pytest.raises(kft.runs.RunSetupError,
-                       match=r"other images than the run started with "
-                       r"\(10 training and 2 validation images then, 11 "
-                       r"training and 2 validation images now"):
+                       match=r"other image files than the run started "
+                       r"with \(10 training and 2 validation images then, "
+                       r"11 training and 2 validation images now\)"):
         kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
     os.remove(extra)
-    # The data as they were: the run resumes and completes.
+    # A file renamed: as many images, said so ("10 then, 10 now" was not).
+    first = os.path.join(data, "dog", "0.png")
+    os.rename(first, extra)
+    with pytest.raises(kft.runs.RunSetupError,
+                       match=r"\(as many, 10 training and 2 validation "
+                       r"images, but other file names\)"):
+        kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    os.rename(extra, first)
+    # The data as they were, in a copy the link now points at: the run
+    # resumes and completes.
+    shutil.copytree(real, tmp_path / "copy")
+    os.remove(data)
+    os.symlink(tmp_path / "copy", data)
     result = kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
     assert result.resumed and result.class_names == ["cat", "dog"]
 
@@ -92,6 +109,15 @@ def test_a_resume_refuses_data_whose_class_folders_changed(
     with pytest.raises(kft.runs.RunSetupError,
                        match=r"holds a model.keras and no checkpoints.*"
                        r"restore run.json, or start a new run"):
+        kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    # Cut off instead: the run finished, so "delete it to resume" would
+    # lead to the refusal above.
+    with open(os.path.join(out, "run.json"), "w") as f:
+        f.write('{"status": "comp')
+    with pytest.raises(kft.runs.RunSetupError,
+                       match=r"run.json' is not a whole JSON file .*the run "
+                       r"finished \(its model.keras is whole\): restore "
+                       r"run.json to report it, or start a new run"):
         kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
     assert os.stat(model_path).st_mtime_ns == before
 

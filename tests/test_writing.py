@@ -41,6 +41,10 @@ def test_an_error_names_the_path_given_not_the_temporary_file(tmp_path):
     with pytest.raises(OSError, match=r"No space left on device: '.*m\.keras'"):
         with written_beside(path):
             raise OSError(errno.ENOSPC, "No space left on device")
+    # One with a message only keeps it ("[Errno None] None: ...").
+    with pytest.raises(OSError, match=r"^file write failed$"):
+        with written_beside(path):
+            raise OSError("file write failed")
 
 
 def test_links_planted_in_a_folder_from_elsewhere_write_nothing_there(

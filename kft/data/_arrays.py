@@ -1,5 +1,6 @@
 """`from_arrays` and `from_tfds`: arrays and TFDS splits as `ImageDataset`s."""
 
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -100,7 +101,7 @@ def _check_pixels(x):
             "Argument `x` must be images of integer or float pixels in "
             f"[0, 255]. Received: x.dtype={x.dtype}")
     # An object array of Python ints arrives as float32: integers still.
-    from_objects = x.dtype.kind == "O"
+    objects = x if x.dtype.kind == "O" else None
     x = pixels
     low, high = float(x.min()), float(x.max())
     if not (np.isfinite(low) and np.isfinite(high)):
@@ -113,7 +114,8 @@ def _check_pixels(x):
     if low >= 0 and 1 < high <= 255 or high == low == 0:
         return x
     integer = np.issubdtype(x.dtype, np.integer) or (
-        from_objects and bool(np.all(x == np.round(x))))
+        objects is not None and all(isinstance(value, numbers.Integral)
+                                    for value in objects.flat))
     hint = ""
     if low >= 0 and high <= 1:
         hint = " (scaled to [0, 1]? multiply by 255)"

@@ -10,9 +10,11 @@ import hashlib
 import os
 
 
-def data_record(config, train, val):
+def data_record(train, val):
     """`{"train": ..., "val": ...}`: each split's image count and a hash of
-    its files' paths relative to `config.data_dir` (the folder may move).
+    its files, each named by its class and file name: not by where the
+    data lie (a folder moved, or a link pointed at a copy, is the same
+    data; `kft.data` names files through links).
 
     Example:
     >>> import os, tempfile
@@ -25,18 +27,20 @@ def data_record(config, train, val):
     ...         Image.new("RGB", (8, 8)).save(
     ...             os.path.join(root, name, f"{i}.png"))
     >>> config = TrainConfig(data_dir=root, image_size=8, val_split=0.3)
-    >>> record = data_record(config, *load_folder_data(config))
+    >>> record = data_record(*load_folder_data(config))
     >>> record["train"]["images"], record["val"]["images"]
     (4, 2)
     """
-    return {name: _split_record(config, data)
+    return {name: _split_record(data)
             for name, data in (("train", train), ("val", val))
             if data is not None}
 
 
-def _split_record(config, data):
-    paths = sorted(os.path.relpath(path, config.data_dir)
-                   for path in getattr(data, "paths", None) or ())
+def _split_record(data):
+    paths = getattr(data, "paths", None) or ()
+    labels = data.example_labels if paths else ()
+    paths = sorted(f"{data.class_names[label]}/{os.path.basename(path)}"
+                   for path, label in zip(paths, labels))
     # Names of another encoding arrive as surrogates: hashed as they are.
     digest = hashlib.sha256("\n".join(paths).encode(
         "utf-8", "surrogateescape")).hexdigest()
@@ -61,15 +65,17 @@ def check_same_data(info, config, train, val):
             "resumed run would train and label them wrongly: put the class "
             "folders back as they were, or start a new run with another "
             "--out.")
-    recorded = info.get("data")
-    if recorded and recorded != data_record(config, train, val):
+    recorded, now = info.get("data"), data_record(train, val)
+    if recorded and recorded != now:
+        then_counts, now_counts = _counts(recorded), _counts(now)
+        change = (f"{then_counts} then, {now_counts} now"
+                  if then_counts != now_counts else
+                  f"as many, {now_counts}, but other file names")
         raise ValueError(
-            "The data folders hold other images than the run started with "
-            f"({_counts(recorded)} then, "
-            f"{_counts(data_record(config, train, val))} now; or as many "
-            "other files): a resumed run reads the images it began with "
-            "(its validation split and best epoch depend on them). Put "
-            "them back as they were, or start a new run with another "
+            "The data folders hold other image files than the run started "
+            f"with ({change}): a resumed run reads the images it began "
+            "with (its validation split and best epoch depend on them). "
+            "Put them back as they were, or start a new run with another "
             "--out.")
 
 

@@ -124,14 +124,25 @@ def _prepare_out(config, resume, say):
         # The run continues in `out` wherever it is now, not in the folder
         # its config names (relative to where it started).
         saved = load_config(path).replace(out=out)
+        finished = _finished(out)
         info = read_json(status_path, (
-            "restore it, or delete it to resume without its record of the "
-            "run (its classes, command and start)")) if os.path.exists(
+            "the run finished (its model.keras is whole): restore run.json "
+            "to report it, or start a new run with another --out"
+            if finished else "restore it, or delete it to resume without "
+            "its record of the run (the classes a resume checks the data "
+            "against, its command and start)")) if os.path.exists(
                 status_path) else {}
         if info.get("status") == "complete":
             return saved, info, True, False, None  # read, not written
-        if not info:
-            _check_not_finished(out)
+        if not info and finished:
+            # Resuming trained it again from its first epoch and replaced
+            # the model.
+            raise ValueError(
+                f"Run folder {out!r} holds a model.keras and no "
+                "checkpoints: a run that finished, whose run.json (which "
+                "records that) is gone. Resuming would train it again from "
+                "its first epoch and replace model.keras: restore run.json, "
+                "or start a new run with another --out.")
         check_paths(saved, named_in=path)
         # Before anything is loaded or written.
         from kft.runs.backup import check_backup_folder
@@ -194,20 +205,14 @@ def _nothing_to_resume(out):
             "with another --out.")
 
 
-def _check_not_finished(out):
-    """Raises for a run folder whose run.json is gone but whose model.keras
-    and removed checkpoints say the run finished: resuming trained it
-    again from its first epoch and replaced the model."""
+def _finished(out):
+    """Whether the files of `out` say its run finished (run.json aside):
+    a model.keras, and the checkpoints removed (they go once the run is
+    recorded complete)."""
     from kft.runs.backup import STATE_FILE
 
-    if os.path.exists(os.path.join(out, "model.keras")) and not \
-            os.path.exists(os.path.join(out, CHECKPOINTS, STATE_FILE)):
-        raise ValueError(
-            f"Run folder {out!r} holds a model.keras and no checkpoints: a "
-            "run that finished, whose run.json (which records that) is "
-            "gone. Resuming would train it again from its first epoch and "
-            "replace model.keras: restore run.json, or start a new run with "
-            "another --out.")
+    return os.path.exists(os.path.join(out, "model.keras")) and not \
+        os.path.exists(os.path.join(out, CHECKPOINTS, STATE_FILE))
 
 
 def _claim(out, created, resume=False):
@@ -395,7 +400,7 @@ def _train(config, info, resumed, verbose, say, command):
         files["environment.json"] = path
     run_info = {"status": "running", "requested": requested,
                 "reasons": reasons, "class_names": class_names,
-                "data": data_record(config, train, val),
+                "data": data_record(train, val),
                 "image_size": config.image_size, "backbone": config.backbone,
                 # The command that started the run; a resume's own are
                 # listed after it.

@@ -42,6 +42,19 @@ def user_stacklevel():
     return level
 
 
+def listed(names, limit=20):
+    """`names` as a message shows them: their list, cut after `limit` with
+    how many more (1,000 class names made a message of 100 KB).
+
+    >>> listed(["cat", "dog"]), listed("abcde", limit=3)
+    ("['cat', 'dog']", "['a', 'b', 'c', ... and 2 more]")
+    """
+    names = list(names)
+    if len(names) <= limit:
+        return repr(names)
+    return repr(names[:limit])[:-1] + f", ... and {len(names) - limit} more]"
+
+
 def check_bool(name, value):
     """Returns `value` as a `bool`; numpy bools accepted, strings not ("False"
     would read as true).

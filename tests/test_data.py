@@ -259,6 +259,15 @@ def test_bad_files_raise_when_asked(tmp_path):
     with pytest.raises(ValueError, match=r"Found 1 bad image files(.|\n)*"
                                          r"zero\.jpg: zero-byte file"):
         kft.data.from_directory(root, SIZE, on_bad_file="raise")
+    # A folder of many: the first 50 named, the rest counted (each one a
+    # line of the message before).
+    for i in range(59):
+        open(f"{root}/train/dark/zero{i:02d}.jpg", "wb").close()
+    with pytest.raises(ValueError) as info:
+        kft.data.from_directory(root, SIZE, on_bad_file="raise")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("Found 60 bad image files")
+    assert len(lines) == 52 and lines[-1] == "  ... and 10 more"
 
 
 def test_file_failing_during_training_is_skipped_and_reported(tmp_path):

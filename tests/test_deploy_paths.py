@@ -224,7 +224,7 @@ def test_eval_folder_reads_with_the_eval_transform(tmp_path):
     # Of many classes, the first 20 (300 made a 2,211-character line).
     many = [f"class{i:03d}" for i in range(300)]
     with pytest.raises(ValueError, match=r"classes: \['class000', .*"
-                       r"'class019', '... 300 in all'\]\. Evaluate"):
+                       r"'class019', \.\.\. and 280 more\]\. Evaluate"):
         kft.runs.load_eval_folder(str(data), many, 8)
 
 

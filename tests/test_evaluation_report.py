@@ -178,6 +178,14 @@ def test_round_trip_markdown_and_text(report, tmp_path):
     assert again.mistakes[0].predicted == 0
     assert kft.EvaluationReport.from_json(report.to_json()).class_names == (
         "a", "b", "c", "d")
+    # Lines grow with the classes, not their square: a number per line
+    # made evaluation.json 6 MB and a million lines at 1,000 classes.
+    rng = np.random.default_rng(0)
+    large = kft.evaluation.report_from_predictions(
+        rng.integers(0, 300, 2000), rng.normal(size=(2000, 300)))
+    text = large.to_json()
+    assert text.count("\n") < 40 * 300
+    assert kft.EvaluationReport.from_json(text).to_dict() == large.to_dict()
     markdown = report.to_markdown()
     assert "| c (low support) | 0.000 | 0.000 | 0.000 | 3 |" in markdown
     assert "| accuracy | 0.5000 |" in markdown

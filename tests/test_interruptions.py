@@ -71,7 +71,7 @@ def test_a_resume_refuses_data_whose_class_folders_changed(
     # Added: a 3-class head cannot take the 2-class checkpoint (Keras'
     # weight-shape error printed a whole kernel).
     _write_classes(data, ["bird"], per_class=4)
-    with pytest.raises(kft.runs.RunSetupError, match="added: bird"):
+    with pytest.raises(kft.runs.RunSetupError, match=r"added: \[.bird.\]"):
         kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
     for name in os.listdir(os.path.join(data, "bird")):
         os.remove(os.path.join(data, "bird", name))
@@ -133,6 +133,12 @@ def test_a_truncated_run_file_is_named_in_the_message(tmp_path):
     (run / "run.json").write_text('{"status": "complete", "class_names": [')
     with pytest.raises(ValueError, match="run.json"):  # kft eval / predict
         kft.runs.load_run(str(run))
+    # Bytes that are not UTF-8 (another program's file copied over it):
+    # named too, not a bare codec error.
+    (run / "run.json").write_bytes(b'{"status": "compl\xe9te"}')
+    with pytest.raises(ValueError, match=r"run.json' is not a whole JSON"):
+        kft.runs.load_run(str(run))
+    (run / "run.json").write_text('{"status": "complete", "class_names": [')
 
     data = _write_classes(tmp_path / "data", ["cat", "dog"], per_class=2)
     (run / "config.toml").write_text(
@@ -165,6 +171,15 @@ def test_a_run_folder_without_config_toml_names_a_way_out(tmp_path):
     # the same folder, which refuses it.
     assert "without --resume" not in str(resumed.value)
     assert "another --out" in str(resumed.value)
+    # A finished run's folder that lost config.toml holds only model.keras
+    # (and run.json, lost too here): a new run there is refused as well.
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "model.keras").write_bytes(b"")
+    with pytest.raises(kft.runs.RunSetupError,
+                       match=r"holds a run \(model.keras\) but no "
+                       r"config.toml.*another --out"):
+        kft.train_run(out=str(finished), resume=True, print_fn=None)
 
 
 @pytest.mark.parametrize("command", ["lr-find", "export"])
@@ -197,3 +212,90 @@ def test_a_failed_command_removes_the_empty_folders_it_made(
         assert "interrupted." in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["data", "kept", "m.keras"]
     assert os.listdir(tmp_path / "kept") == []
+
+
+def test_a_class_change_of_a_large_run_is_said_in_one_line():
+    # 1,000 class names of 50 characters, listed whole twice, made the
+    # refusal 112 KB, the change itself last.
+    from types import SimpleNamespace
+
+    from kft.runs.same_data import check_same_data
+
+    then = [f"class {i:04d}" for i in range(1000)]
+    now = [name.replace("class 0007", "renamed") for name in then]
+    config = TrainConfig(data_dir="photos")
+    with pytest.raises(ValueError) as info:
+        check_same_data({"class_names": then}, config,
+                        SimpleNamespace(class_names=sorted(now)), None)
+    message = str(info.value)
+    assert len(message) < 1000, len(message)
+    assert message.index("added: ['renamed']; gone: ['class 0007']") < \
+        message.index("'class 0000', 'class 0001'")
+    assert "... and 980 more]" in message
+
+
+def _interrupted_run(data, out, monkeypatch, **settings):
+    # A run stopped at the start of phase 2 (phase 1 checkpointed).
+    real_begin = backup_module.RunBackup.on_train_begin
+    calls = []
+
+    def interrupted_at_phase_2(self, logs=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Interrupted
+        real_begin(self, logs)
+
+    monkeypatch.setattr(backup_module.RunBackup, "on_train_begin",
+                        interrupted_at_phase_2)
+    with pytest.raises(_Interrupted):
+        kft.train_run(data_dir=data, out=out, **{**TINY, **settings})
+    monkeypatch.setattr(backup_module.RunBackup, "on_train_begin", real_begin)
+
+
+def test_a_resume_without_validation_still_checks_which_class_holds_a_file(
+        tmp_path, monkeypatch):
+    # val_split=None (train on every image): the run.json record has no
+    # validation split, and the resume completes.
+    data = str(tmp_path / "data")
+    for name, prefix in (("cat", "c"), ("dog", "d")):
+        os.makedirs(os.path.join(data, name))
+        for i in range(5):
+            Image.new("RGB", (16, 16), (90 * (prefix == "d"), 30 * i, 9)).save(
+                os.path.join(data, name, f"{prefix}{i}.png"))
+    out = str(tmp_path / "run")
+    _interrupted_run(data, out, monkeypatch, val_split=None)
+    run_json = os.path.join(out, "run.json")
+    with open(run_json) as f:
+        info = json.load(f)
+    assert list(info["data"]) == ["train"]
+
+    def move(name, source, target):
+        os.rename(os.path.join(data, source, name),
+                  os.path.join(data, target, name))
+
+    # Two images relabelled (cat's c0 is a dog, dog's d0 a cat): as many
+    # images of the same names, but their labels changed under the run.
+    move("c0.png", "cat", "dog")
+    move("d0.png", "dog", "cat")
+    with pytest.raises(kft.runs.RunSetupError,
+                       match=r"as many, 10 training images, but other file"):
+        kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    move("c0.png", "dog", "cat")
+    move("d0.png", "cat", "dog")
+    # A run.json of an older kft (classes, no "data" record): a renamed
+    # class folder is still refused.
+    with open(run_json, "w") as f:
+        json.dump({k: v for k, v in info.items() if k != "data"}, f)
+    os.rename(os.path.join(data, "cat"), os.path.join(data, "tabby"))
+    with pytest.raises(kft.runs.RunSetupError, match="gone: cat"):
+        kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    os.rename(os.path.join(data, "tabby"), os.path.join(data, "cat"))
+    # run.json lost, its checkpoints kept (and a model.keras saved just
+    # before a kill, the checkpoints not yet removed): not a finished run,
+    # so the resume continues it.
+    os.remove(run_json)
+    open(os.path.join(out, "model.keras"), "w").close()
+    result = kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
+    assert result.resumed and result.class_names == ["cat", "dog"]
+    with open(run_json) as f:
+        assert json.load(f)["status"] == "complete"

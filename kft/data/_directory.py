@@ -19,6 +19,7 @@ from kft._validation import check_choice
 from kft._validation import check_int
 from kft._validation import check_number
 from kft._validation import check_seed
+from kft._validation import listed
 from kft.augmentation.presets import Preset
 from kft.data import _images
 from kft.data._dataset import AUGMENT_ON
@@ -127,13 +128,13 @@ def _warn_val_gaps(val_records, class_names, validation_split, val_dir):
         return
     if validation_split is not None:
         message = (f"validation_split={validation_split} left classes "
-                   f"{missing} without val images: each has a single image, "
+                   f"{listed(missing)} without val images: each has a single image, "
                    "kept for training, so val metrics do not cover them. Add "
                    "images to them for a val set that does.")
     else:
         message = (f"The val folder {shown(val_dir)!r} holds no readable "
                    f"image of {len(missing)} of the {len(class_names)} "
-                   f"classes ({missing[:10]}): val metrics, and an epoch "
+                   f"classes ({listed(missing, 10)}): val metrics, and an epoch "
                    "kept by them, do not cover those classes. Add images of "
                    "them to val.")
     warnings.warn(message, UserWarning, stacklevel=3)

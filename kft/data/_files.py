@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 
 from kft._validation import fail_argument
+from kft._validation import listed
 from kft._validation import unicode_form_note
 from kft._validation import user_stacklevel
 from kft.data import _images
@@ -289,8 +290,9 @@ def class_folders(train_dir, val_dir, minimum=2):
         only_val = sorted(set(_list_classes(val_dir)) - set(class_names))
         if only_val:
             raise ValueError(
-                f"Class folders {only_val} are in {shown(val_dir)!r} but "
-                f"not in {root!r}; train classes: {class_names}."
+                f"Class folders {listed(only_val)} are in "
+                f"{shown(val_dir)!r} but not in {root!r}; train classes: "
+                f"{listed(class_names)}."
                 + (unicode_form_note(only_val, class_names)
                    or " Add train images for them or remove them from val.")
             )
@@ -372,10 +374,11 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
               else "")
     all_skipped = skipped + val_skipped
     if all_skipped and on_bad_file == "raise":
-        listed = "\n".join(f"  {s.path}: {s.reason}" for s in all_skipped)
+        lines = [f"  {s.path}: {s.reason}" for s in all_skipped[:50]] + [
+            f"  ... and {len(all_skipped) - 50} more"] * (len(all_skipped) > 50)
         raise ValueError(
             f"Found {len(all_skipped)} bad image files (pass "
-            f"on_bad_file='skip' to leave them out):\n{listed}"
+            "on_bad_file='skip' to leave them out):\n" + "\n".join(lines)
         )
     counts = class_counts(records, class_names)
     empty = [name for name, count in counts.items() if count == 0]
@@ -385,7 +388,7 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
             f"class folders; {len(skipped)} files skipped{unread}).")
     if empty and not empty_classes:
         raise ValueError(
-            f"Class folders {empty} in {shown(train_dir)!r} have no "
+            f"Class folders {listed(empty)} in {shown(train_dir)!r} have no "
             f"readable images ({_held(train_dir, empty, skipped, others)}). "
             "Add images or remove the folders."
         )
@@ -393,7 +396,8 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
     if val_dir is not None and not val_records:
         raise ValueError(
             f"The val folder {shown(val_dir)!r} has no readable images "
-            f"(searched its folders {class_names}; {len(val_skipped)} files "
+            f"(searched its folders {listed(class_names)}; "
+            f"{len(val_skipped)} files "
             f"skipped{unread}). Add images to it, or remove it (and pass "
             "`validation_split` to hold out train images instead)."
         )

@@ -14,6 +14,7 @@ import numpy as np
 from kft._validation import check_finite_images
 from kft._validation import check_labels
 from kft._validation import labels_from_one_hot
+from kft._validation import listed
 from kft._validation import fail_argument
 from kft._validation import unicode_form_note
 from kft.distributed.data_parallel import batch_shards
@@ -119,8 +120,8 @@ def data_class_names(data, num_classes, name="data", model=None):
         raise ValueError(
             f"Argument `{name}` has classes that are not the model's"
             + class_difference(known, names)
-            + f". Model classes: {list(known)}. Received: {name} with "
-            f"class_names {list(names)}. Evaluate data of the model's "
+            + f". Model classes: {listed(known)}. Received: {name} with "
+            f"class_names {listed(names)}. Evaluate data of the model's "
             "classes, labelled in its order (kft.data.from_directory "
             "sorts class folders by name, as it did for training).")
     return names
@@ -134,8 +135,8 @@ def class_difference(model_names, data_names):
     if not missing and not extra:
         return "; the same classes in another order"
     note = unicode_form_note(extra, missing).strip().rstrip(".")
-    return ((f"; missing: {missing}" if missing else "")
-            + (f"; not in the model: {extra}" if extra else "")
+    return ((f"; missing: {listed(missing)}" if missing else "")
+            + (f"; not in the model: {listed(extra)}" if extra else "")
             + (f"; {note}" if note else ""))
 
 

@@ -18,6 +18,7 @@ from kft._plotting import wrap_title
 from kft._validation import check_number
 from kft._validation import fail_argument
 from kft._writing import write_file
+from kft.evaluation._format import json_text
 from kft.evaluation._format import markdown_cell
 
 _FORMAT = "kft.StrategyComparison/1"
@@ -305,7 +306,7 @@ class StrategyComparison:
 
     def to_json(self, path=None):
         """The JSON text; also written to `path` when given."""
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        text = json_text(self.to_dict(), allow_nan=False)
         if path is not None:
             write_file(path, text)
         return text

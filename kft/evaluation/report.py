@@ -160,7 +160,7 @@ class EvaluationReport:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as JSON text; also written to `path` when given."""
-        text = json.dumps(self.to_dict(), indent=1)
+        text = _format.json_text(self.to_dict())
         if path is not None:
             write_file(path, text)
         return text

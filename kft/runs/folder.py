@@ -8,6 +8,7 @@ import zipfile
 from kft._paths import not_a_folder
 from kft._validation import check_class_names
 from kft._validation import fail_argument
+from kft._validation import listed
 from kft._validation import unicode_form_note
 from kft.deploy.metadata import read_metadata
 from kft.models.init_draws import bucketed_draws
@@ -192,12 +193,9 @@ def load_eval_folder(path, class_names, image_size, batch_size=32,
     def check_classes(found):  # before any file is read
         extra = sorted(set(found) - set(class_names or found))
         if extra:
-            shown = list(class_names[:20]) + (
-                [f"... {len(class_names)} in all"]
-                if len(class_names) > 20 else [])
             raise ValueError(
-                f"The class folders {extra} of {path!r} are not among the "
-                f"model's classes: {shown}."
+                f"The class folders {listed(extra)} of {path!r} are not "
+                f"among the model's classes: {listed(class_names)}."
                 + (unicode_form_note(extra, class_names) or
                    " Evaluate folders of the model's classes (a subset is "
                    "fine)."))

@@ -9,6 +9,8 @@ split, and the best epoch was picked over two validation sets.
 import hashlib
 import os
 
+from kft._validation import listed
+
 
 def data_record(train, val):
     """`{"train": ..., "val": ...}`: each split's image count and a hash of
@@ -56,11 +58,12 @@ def check_same_data(info, config, train, val):
         added = [name for name in now if name not in then]
         gone = [name for name in then if name not in now]
         change = "; ".join(
-            [f"added: {', '.join(added)}"] * bool(added)
-            + [f"gone: {', '.join(gone)}"] * bool(gone))
+            [f"added: {listed(added)}"] * bool(added)
+            + [f"gone: {listed(gone)}"] * bool(gone))
         raise ValueError(
             f"Data folder {config.data_dir!r} holds other classes than the "
-            f"run started with: {then} then, {now} now ({change}). The "
+            f"run started with ({change}): {listed(then)} then, "
+            f"{listed(now)} now. The "
             "run's weights score its classes in the first order, so the "
             "resumed run would train and label them wrongly: put the class "
             "folders back as they were, or start a new run with another "

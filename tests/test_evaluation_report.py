@@ -105,6 +105,16 @@ def test_top_k_ties_go_to_the_lower_class_index():
                                        if "top_k" in n]
     six = np.eye(6)[[0, 1, 2, 3, 4, 5, 0]]
     assert report_from_predictions(np.arange(7) % 6, six).top_k == 5
+    # Over several blocks of rows (counted 4,096 at a time), float16
+    # logits ranked as they are.
+    rng = np.random.default_rng(1)
+    y, logits = rng.integers(0, 7, 9000), rng.normal(size=(9000, 7))
+    for scores in (logits, logits.astype("float16")):
+        report = report_from_predictions(y, scores, top_k=3)
+        ranked = scores.astype("float64") + np.arange(7) * -1e-9  # ties
+        assert report.top_k_accuracy == pytest.approx(
+            sk.top_k_accuracy_score(y, ranked, k=3, labels=range(7)))
+        assert report.accuracy == np.mean(ranked.argmax(1) == y)
 
 
 def test_expected_calibration_error_by_hand():

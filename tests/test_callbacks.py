@@ -769,3 +769,46 @@ def test_compile_notice_does_not_copy_the_models_state_every_batch(
 
     plain = syncs([])
     assert syncs([kft.callbacks.CompileNotice(after=60)]) == plain < 8
+
+
+def test_compile_notice_times_each_new_program_once():
+    # Which steps start a timer, and its delay (the timers are cancelled
+    # unseen: after=3600). A partial last batch waits `after` plus three
+    # of the steps before it; a one-batch epoch's step is the first and the
+    # last at once (timed once, not again at epoch 3); a fit stopped inside
+    # a timed step times the next fit's first step anew.
+    class Stop(Exception):
+        pass
+
+    notice = kft.callbacks.CompileNotice(after=3600)
+    delays = []
+    spy = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda *_, **__: delays.append(
+            notice._timer and notice._timer.interval))
+    x, y = _data(20)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0,
+              callbacks=[notice, spy])
+    assert delays[0] == 3600 and delays[1] is None
+    assert delays[2] > 3600 and delays[3:] == [None] * 3
+    delays.clear()
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    model.fit(x[:8], y[:8], epochs=3, batch_size=8, verbose=0,
+              callbacks=[notice, spy])
+    assert delays == [3600, None, None]
+    delays.clear()
+
+    def stop(*_, **__):
+        raise Stop
+
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    with pytest.raises(Stop):
+        model.fit(x[:8], y[:8], epochs=1, batch_size=8, verbose=0,
+                  callbacks=[notice, keras.callbacks.LambdaCallback(
+                      on_train_batch_begin=stop)])
+    model.fit(x[:8], y[:8], epochs=1, batch_size=8, verbose=0,
+              callbacks=[notice, spy])
+    assert delays == [3600]

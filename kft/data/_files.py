@@ -381,8 +381,9 @@ def scan_splits(train_dir, val_dir, class_names, *, check, max_pixels,
               else "")
     all_skipped = skipped + val_skipped
     if all_skipped and on_bad_file == "raise":
+        more = len(all_skipped) - 50
         lines = [f"  {s.path}: {s.reason}" for s in all_skipped[:50]] + [
-            f"  ... and {len(all_skipped) - 50} more"] * (len(all_skipped) > 50)
+            f"  ... and {more} more"] * (more > 0)
         raise ValueError(
             f"Found {len(all_skipped)} bad image files (pass "
             "on_bad_file='skip' to leave them out):\n" + "\n".join(lines)

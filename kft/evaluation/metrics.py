@@ -232,12 +232,12 @@ def top_k_accuracy(y_true, probabilities, k):
     k = check_int("k", k, min_value=1)
     y_true, probabilities = _labels_and_scores(y_true, probabilities)
     classes = np.arange(probabilities.shape[1])[None, :]
-    hits = 0
+    hits, block = 0, 4096
     # Rows in blocks: the comparisons make four boolean arrays of the
     # block's size (of all rows: 200 MB at 50,000 x 1,000).
-    for start in range(0, len(y_true), 4096):
-        rows = probabilities[start:start + 4096]
-        labels = y_true[start:start + 4096]
+    for start in range(0, len(y_true), block):
+        rows = probabilities[start:start + block]
+        labels = y_true[start:start + block]
         true_score = rows[np.arange(len(labels)), labels][:, None]
         # Classes ranked before the true one: higher score, or the same
         # score and a lower index.

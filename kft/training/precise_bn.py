@@ -52,8 +52,9 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     (PreciseBN, Wu & Johnson 2021; the pass of `kft.adapt_batchnorm`: one
     forward pass over the images in stored order, without augmentation,
     frozen BatchNorm layers on their own statistics; the statistics copy
-    is built and compiled once per set of layers that train). Training is unchanged (it normalises with
-    batch statistics); only what inference sees is. Whether an epoch is
+    is built and compiled once per set of layers that train). Training is
+    unchanged (it normalises with batch statistics); only what inference
+    sees is. Whether an epoch is
     recalibrated depends only on its number, so a resumed run
     recalibrates where the uninterrupted one did. `kft.fine_tune` adds it
     to phase 2 with `bn="train"`.

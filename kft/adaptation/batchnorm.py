@@ -92,8 +92,10 @@ class StatisticsPass:
         for images in image_batches(data, name, batch_size,
                                     expected_shape=self._image_shape):
             n = len(images)
-            for i, (mean, var) in enumerate(run(trainable, non_trainable,
-                                                images)):
+            # One fetch of every layer's moments per batch, not one per
+            # array (each a wait on the device).
+            moments = jax.device_get(run(trainable, non_trainable, images))
+            for i, (mean, var) in enumerate(moments):
                 mean = np.asarray(mean, "float64")
                 var = np.asarray(var, "float64")
                 # E[x] and E[x^2] of the batch, weighted by its size.

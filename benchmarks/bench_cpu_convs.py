@@ -13,7 +13,8 @@ losses of the two runs (same weights and batch, so they must agree up to
 float rounding).
 
 Part 3 (`--backbone-shapes`) times forward + both gradients of every
-distinct convolution of the four benchmark backbones (batch 16 at 64 px,
+distinct convolution (dense, depthwise, separable) of the four benchmark
+backbones, or of `--backbones` (batch 16 at 64 px,
 4 at 224 px): Keras' layer as is (XLA's gradients) vs the layer
 `fast_cpu_convs` puts in its place (kft's gradients) vs PyTorch; "swapped"
 says whether `fast_cpu_convs` replaces it.
@@ -121,7 +122,8 @@ def _conv_layers(model):
         if isinstance(layer, keras.Model):
             yield from _conv_layers(layer)
         elif type(layer) in (keras.layers.Conv2D,
-                             keras.layers.DepthwiseConv2D):
+                             keras.layers.DepthwiseConv2D,
+                             keras.layers.SeparableConv2D):
             yield layer
 
 
@@ -187,14 +189,22 @@ def _torch_ms(layer, shape, repeats):
     import keras
     import torch
 
-    groups = (shape[-1] if type(layer) is keras.layers.DepthwiseConv2D
+    separable = type(layer) is keras.layers.SeparableConv2D
+    groups = (shape[-1] if separable
+              or type(layer) is keras.layers.DepthwiseConv2D
               else layer.groups)
     (kh, kw), out = layer.kernel_size, layer.output.shape[-1]
-    conv = torch.nn.Conv2d(shape[-1], out, (kh, kw), layer.strides,
+    # A separable layer: the depthwise half, then a 1x1 convolution.
+    middle = shape[-1] * layer.depth_multiplier if separable else out
+    conv = torch.nn.Conv2d(shape[-1], middle, (kh, kw), layer.strides,
                            padding=0 if layer.padding == "valid" else
                            (kh // 2, kw // 2) if layer.strides == (1, 1)
                            else 0, dilation=layer.dilation_rate,
-                           groups=groups, bias=layer.use_bias)
+                           groups=groups, bias=layer.use_bias
+                           and not separable)
+    if separable:
+        conv = torch.nn.Sequential(conv, torch.nn.Conv2d(
+            middle, out, 1, bias=layer.use_bias))
     conv = conv.to(memory_format=torch.channels_last)
     x = torch.randn(shape[0], shape[3], shape[1], shape[2]).to(
         memory_format=torch.channels_last).requires_grad_()

@@ -49,12 +49,18 @@ def test_block_order_follows_the_network():
 
 def test_list_backbones_pattern():
     assert kft.list_backbones("resnet*") == [
-        "resnet101", "resnet101v2", "resnet152", "resnet50", "resnet50v2"]
+        "resnet101", "resnet101v2", "resnet152", "resnet152v2", "resnet50",
+        "resnet50v2"]
     assert "efficientnetb7" in kft.list_backbones("efficientnetb*")
     required = ["resnet50", "resnet101", "resnet50v2", "efficientnetv2b0",
                 "efficientnetv2s", "convnext_tiny", "convnext_small",
                 "convnext_base", "mobilenetv2", "mobilenetv3small",
-                "mobilenetv3large", "densenet121", "vgg16"]
+                "mobilenetv3large", "densenet121", "vgg16",
+                # Every keras.applications model whose layers have stable
+                # names (Inception, Xception, NASNet name some by counter).
+                "mobilenet", "resnet152v2", "densenet201", "efficientnetv2b2",
+                "efficientnetv2b3", "efficientnetv2l", "convnext_large",
+                "convnext_xlarge", "nasnetmobile", "nasnetlarge"]
     required += [f"efficientnetb{i}" for i in range(8)]
     assert set(required) <= set(kft.list_backbones())
     assert kft.list_backbones("nothing*") == []
@@ -63,6 +69,19 @@ def test_list_backbones_pattern():
 def test_unknown_backbone_lists_known_ones():
     with pytest.raises(ValueError, match="Unknown backbone: 'resnet9'.*resnet50"):
         kft.get_backbone("resnet9")
+
+
+@pytest.mark.parametrize("name", ["Xception", "inception_v3",
+                                  "InceptionResNetV2"])
+def test_counter_named_keras_models_say_why_they_are_not_registered(name):
+    with pytest.raises(ValueError, match=(
+            rf"Unknown backbone: '{name}'\. keras.applications' {name} is "
+            r"not registered: some of its layers are named by Keras' global "
+            r"counter .* Known backbones: convnext_base")):
+        kft.get_backbone(name)
+    with pytest.raises(ValueError) as caught:
+        kft.get_backbone("xceptionnet")
+    assert "global counter" not in str(caught.value)
 
 
 def test_bad_weights_argument():

@@ -11,6 +11,7 @@ from kft.ops.cpu_convs import Activation
 from kft.ops.cpu_convs import Conv2D
 from kft.ops.cpu_convs import Dense
 from kft.ops.cpu_convs import DepthwiseConv2D
+from kft.ops.cpu_convs import SeparableConv2D
 from kft.ops.cpu_convs import fast_cpu_convs
 
 CONFIGS = [
@@ -61,6 +62,62 @@ def test_depthwise_layer_matches_keras(config):
     stock = keras.layers.DepthwiseConv2D(**args,
                                          bias_initializer="random_normal")
     _assert_same_as(stock, DepthwiseConv2D, x)
+
+
+@pytest.mark.parametrize("grads", ["1", "0"])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_separable_layer_matches_keras(monkeypatch, config, grads):
+    # Both paths: kft's gradients, and autodiff of the shifted form.
+    monkeypatch.setenv("KFT_CONV_GRADS", grads)
+    kernel, strides, padding, dilation, multiplier, h, w = config
+    x = np.random.default_rng(3).normal(size=(2, h, w, 4)).astype("float32")
+    if dilation > 1 and strides != 1:
+        pytest.skip("Keras does not allow strides and dilation together")
+    stock = keras.layers.SeparableConv2D(
+        5, kernel, strides=strides, padding=padding, dilation_rate=dilation,
+        depth_multiplier=multiplier, activation="relu",
+        bias_initializer="random_normal")
+    _assert_same_as(stock, SeparableConv2D, x)
+
+
+def test_separable_layer_without_bias_in_mixed_precision(dtype_policy):
+    x = np.random.default_rng(3).normal(size=(2, 7, 7, 4)).astype("float32")
+    with dtype_policy("mixed_bfloat16"):
+        stock = keras.layers.SeparableConv2D(6, 3, padding="same",
+                                             use_bias=False)
+        expected = stock(x)
+        fast = SeparableConv2D.from_config(stock.get_config())
+        fast.build(x.shape)
+        fast.set_weights(stock.get_weights())
+        got = fast(x)
+    assert got.dtype == expected.dtype == "bfloat16"
+    np.testing.assert_allclose(np.asarray(got, "float32"),
+                               np.asarray(expected, "float32"),
+                               rtol=2e-2, atol=2e-2)
+
+
+def test_separable_layers_swap_in_save_and_swap_back_for_export(tmp_path):
+    from kft.deploy.inference import inference_model
+
+    inputs = keras.Input((9, 9, 3))
+    x = keras.layers.SeparableConv2D(4, 3, strides=2, padding="same",
+                                     name="sep")(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    fast = fast_cpu_convs(model)
+    assert type(fast.get_layer("sep")) is SeparableConv2D
+    data = np.random.default_rng(7).normal(size=(2, 9, 9, 3))
+    np.testing.assert_allclose(fast.predict(data, verbose=0),
+                               model.predict(data, verbose=0), rtol=1e-5,
+                               atol=1e-6)
+    fast.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.get_layer("sep")) is SeparableConv2D
+    stock = inference_model(loaded)
+    layer = stock.get_layer("sep")
+    assert type(layer) is keras.layers.SeparableConv2D
+    for got, want in zip(layer.get_weights(),
+                         model.get_layer("sep").get_weights()):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("filters", [4, 8])

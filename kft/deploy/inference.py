@@ -5,9 +5,9 @@ copied) in a plain functional model that needs no kft class to load,
 with kft's training-only machinery left out:
 
 - kft's CPU layers (`kft.cpu_convs.LAYER_CLASSES`: `Conv2D`,
-  `DepthwiseConv2D`, `Activation`, `Dense`, `LayerNormalization`) become
-  the Keras layers they subclass
-  (same config, same weights);
+  `DepthwiseConv2D`, `SeparableConv2D`, `Activation`, `Dense`,
+  `LayerNormalization`) become the Keras layers they subclass (same
+  config, same weights);
 - kft's `Preprocess` layer becomes `kft.layers.preprocessing` (stock
   layers, bit-for-bit the same);
 - kft's augmentation layers and Keras' `Random*` ones (identity at

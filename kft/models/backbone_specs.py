@@ -156,6 +156,31 @@ def _mobilenetv2(stages):
     return _blocks(*pairs)
 
 
+def _mobilenet(stages):
+    # MobileNet (V1): a stride-2 stem convolution, then 13 depthwise
+    # (conv_dw_i) + pointwise (conv_pw_i) pairs, grouped by resolution.
+    pairs = [("stem", r"conv1$|conv1_bn$")]
+    for k, stage in enumerate(stages, 1):
+        numbers = "|".join(str(i) for i in stage)
+        pairs.append((f"stage{k}", rf"conv_(?:dw|pw)_(?:{numbers})(?:_bn)?$"))
+    return _blocks(*pairs)
+
+
+def _nasnet(n):
+    # NASNet-A: cells named by a suffix, `_<i>` for normal cells and
+    # `_reduce_<i>` for the reductions in front of stages 2 and 3; the stem
+    # ends in two reduction cells `_stem_1`, `_stem_2`.
+    def cells(ids):
+        return r".*(?<!stem)(?<!reduce)_(?:" + "|".join(map(str, ids)) + ")$"
+
+    return _blocks(
+        ("stem", r"stem_|.*_stem_[12]$"),
+        ("stage1", cells(range(n))),
+        ("stage2", rf".*_reduce_{n}$|" + cells(range(n + 1, 2 * n + 1))),
+        ("stage3", rf".*_reduce_{2 * n}$|"
+         + cells(range(2 * n + 1, 3 * n + 1))))
+
+
 _DENSENET = _blocks(
     ("stem", r"conv1_"),
     ("dense1", r"conv2_|pool2_"),
@@ -184,14 +209,21 @@ BUILTIN_SPECS = (
     BackboneSpec("resnet152", A.ResNet152, "caffe", 224, _RESNET),
     BackboneSpec("resnet50v2", A.ResNet50V2, "tf", 224, _RESNET),
     BackboneSpec("resnet101v2", A.ResNet101V2, "tf", 224, _RESNET),
+    BackboneSpec("resnet152v2", A.ResNet152V2, "tf", 224, _RESNET),
     *_efficientnet_v1_specs(),
     BackboneSpec("efficientnetv2b0", A.EfficientNetV2B0, "none", 224,
                  _efficientnet(6)),
     BackboneSpec("efficientnetv2b1", A.EfficientNetV2B1, "none", 240,
                  _efficientnet(6)),
+    BackboneSpec("efficientnetv2b2", A.EfficientNetV2B2, "none", 260,
+                 _efficientnet(6)),
+    BackboneSpec("efficientnetv2b3", A.EfficientNetV2B3, "none", 300,
+                 _efficientnet(6)),
     BackboneSpec("efficientnetv2s", A.EfficientNetV2S, "none", 384,
                  _efficientnet(6)),
     BackboneSpec("efficientnetv2m", A.EfficientNetV2M, "none", 480,
+                 _efficientnet(7)),
+    BackboneSpec("efficientnetv2l", A.EfficientNetV2L, "none", 480,
                  _efficientnet(7)),
     BackboneSpec("convnext_tiny", A.ConvNeXtTiny, "none", 224,
                  _convnext("tiny"), norm_after_pooling=True),
@@ -199,6 +231,12 @@ BUILTIN_SPECS = (
                  _convnext("small"), norm_after_pooling=True),
     BackboneSpec("convnext_base", A.ConvNeXtBase, "none", 224,
                  _convnext("base"), norm_after_pooling=True),
+    BackboneSpec("convnext_large", A.ConvNeXtLarge, "none", 224,
+                 _convnext("large"), norm_after_pooling=True),
+    BackboneSpec("convnext_xlarge", A.ConvNeXtXLarge, "none", 224,
+                 _convnext("xlarge"), norm_after_pooling=True),
+    BackboneSpec("mobilenet", A.MobileNet, "tf", 224,
+                 _mobilenet([[1], [2, 3], [4, 5], range(6, 12), [12, 13]])),
     BackboneSpec("mobilenetv2", A.MobileNetV2, "tf", 224,
                  _mobilenetv2([[1, 2], [3, 4, 5], [6, 7, 8, 9], [10, 11, 12],
                                [13, 14, 15], [16]])),
@@ -207,8 +245,11 @@ BUILTIN_SPECS = (
     BackboneSpec("mobilenetv3large", A.MobileNetV3Large, "none", 224,
                  _mobilenetv3([[0], [1, 2], [3, 4, 5], [6, 7, 8, 9, 10, 11],
                                [12, 13, 14]])),
+    BackboneSpec("nasnetmobile", A.NASNetMobile, "tf", 224, _nasnet(4)),
+    BackboneSpec("nasnetlarge", A.NASNetLarge, "tf", 331, _nasnet(6)),
     BackboneSpec("densenet121", A.DenseNet121, "torch", 224, _DENSENET),
     BackboneSpec("densenet169", A.DenseNet169, "torch", 224, _DENSENET),
+    BackboneSpec("densenet201", A.DenseNet201, "torch", 224, _DENSENET),
     BackboneSpec("vgg16", A.VGG16, "caffe", 224, _VGG),
     BackboneSpec("vgg19", A.VGG19, "caffe", 224, _VGG),
     BackboneSpec("simple_cnn", simple_cnn.SimpleCNN, "tf", 32,

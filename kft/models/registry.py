@@ -114,6 +114,11 @@ def close_backbone_names(name: str, n: int = 3) -> list:
     return [registered for key in matches for registered in by_key[key]][:n]
 
 
+# keras.applications models left out of the registry: they leave some layers
+# to Keras' automatic names.
+_COUNTER_NAMED = ("xception", "inceptionv3", "inceptionresnetv2")
+
+
 def _one_of(names):
     quoted = [repr(n) for n in names]
     return (", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1
@@ -140,6 +145,12 @@ def get_backbone(name: str) -> BackboneSpec:
     if resolved is None:
         close = close_backbone_names(name)
         hint = f" Did you mean {_one_of(close)}?" if close else ""
+        if canonical_name(str(name)) in _COUNTER_NAMED:
+            hint = (f" keras.applications' {name} is not registered: some "
+                    "of its layers are named by Keras' global counter "
+                    "(conv2d_4, batch_normalization_4), which moves with "
+                    "every layer built before them, so no block pattern "
+                    "finds them in every process." + hint)
         raise ValueError(
             f"Unknown backbone: {name!r}.{hint} Known backbones: "
             f"{', '.join(list_backbones())}."

@@ -28,7 +28,8 @@ not two (`kft.ops.activations.gelu_dense`). And layer normalization
 (`LayerNormalization`): a hand-written gradient (`kft.ops.layer_norm`)
 keeps less for the backward pass and sums faster.
 
-This module holds the layers (`DepthwiseConv2D`, `Conv2D`) computed by
+This module holds the layers (`DepthwiseConv2D`, `SeparableConv2D`,
+`Conv2D`) computed by
 `kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a
 model: same weights, same config, same results up to float rounding (the
 sums run in another order); only the computation differs, and only where
@@ -66,7 +67,8 @@ from kft.ops.shifted_conv import shifted_conv
 from kft.ops.shifted_conv import shifted_depthwise_conv
 
 __all__ = ["Activation", "Conv2D", "Dense", "DepthwiseConv2D",
-           "LAYER_CLASSES", "LayerNormalization", "fast_cpu_convs",
+           "LAYER_CLASSES", "LayerNormalization", "SeparableConv2D",
+           "fast_cpu_convs",
            "shifted_conv", "shifted_depthwise_conv"]
 
 # The output and input of the GELU `Activation` called last (in this
@@ -164,6 +166,45 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
                      else shifted_depthwise_conv)
         outputs = depthwise(inputs, ops.cast(self.kernel, inputs.dtype),
                             self.strides, self.padding, self.dilation_rate)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package="kft")
+@_reverse_mode_only
+class SeparableConv2D(keras.layers.SeparableConv2D):
+    """`keras.layers.SeparableConv2D` with its depthwise half computed by
+    `shifted_depthwise_conv` (NASNet's layers).
+
+    Same arguments, weights and config as the Keras layer; the pointwise
+    half is a 1x1 convolution whose kernel gradient is one matrix product
+    (`kft.ops.conv_grads.conv`). Channels-first inputs or unknown spatial
+    sizes use Keras' own op.
+
+    Example:
+    >>> import numpy as np, kft
+    >>> layer = kft.cpu_convs.SeparableConv2D(6, 3, padding="same")
+    >>> layer(np.ones((1, 8, 8, 4))).shape
+    (1, 8, 8, 6)
+    """
+
+    def call(self, inputs):
+        if not _static_channels_last(self, inputs):
+            return super().call(inputs)
+        custom = _custom_gradients()
+        depthwise = (depthwise_grads.depthwise_conv if custom
+                     else shifted_depthwise_conv)
+        outputs = depthwise(inputs,
+                            ops.cast(self.depthwise_kernel, inputs.dtype),
+                            self.strides, self.padding, self.dilation_rate)
+        pointwise = ops.cast(self.pointwise_kernel, inputs.dtype)
+        if custom:
+            outputs = conv_grads.conv(outputs, pointwise, shifted=False)
+        else:
+            outputs = ops.conv(outputs, pointwise)
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:
@@ -326,7 +367,7 @@ class LayerNormalization(keras.layers.LayerNormalization):
 # Every layer class `fast_cpu_convs` swaps in; each subclasses the Keras
 # layer it stands for (`kft.deploy.inference_model` swaps them back).
 LAYER_CLASSES = (Activation, Conv2D, Dense, DepthwiseConv2D,
-                 LayerNormalization)
+                 LayerNormalization, SeparableConv2D)
 
 
 def _covers_input(layer):
@@ -371,6 +412,8 @@ def _replacement(layer):
     """
     if type(layer) is keras.layers.DepthwiseConv2D:
         return DepthwiseConv2D
+    if type(layer) is keras.layers.SeparableConv2D:
+        return SeparableConv2D
     if type(layer) is keras.layers.Activation and (
             layer.activation in (keras.activations.gelu,
                                  keras.activations.relu,
@@ -488,7 +531,8 @@ def _compile_like(model, new):
 def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
-    Every `keras.layers.DepthwiseConv2D`, every `Activation("gelu")`,
+    Every `keras.layers.DepthwiseConv2D` and `SeparableConv2D`, every
+    `Activation("gelu")`,
     `Activation("relu")` and `Activation("silu")` (`"swish"`), every
     `LayerNormalization`, and every
     channels-last `keras.layers.Conv2D` with one input channel per group,
@@ -496,8 +540,9 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     map has, and every `keras.layers.Dense` called on a GELU's output or
     on feature maps (more than two axes), also inside nested models (a
     backbone inside a classifier), is replaced by
-    `kft.cpu_convs.DepthwiseConv2D` / `Activation` / `LayerNormalization`
-    / `Conv2D` / `Dense` holding copies of the same weights; all other
+    `kft.cpu_convs.DepthwiseConv2D` / `SeparableConv2D` / `Activation` /
+    `LayerNormalization` / `Conv2D` / `Dense` holding copies of the same
+    weights; all other
     layers are shared with `model`, not copied. The results are the same
     up to float rounding (about 1e-6 relative); on CPU the
     training steps of EfficientNet, MobileNet, ConvNeXt and, at small

@@ -6,7 +6,11 @@ batch), compared with `model.predict` on random pixels and on real digits
 images (`kft.onnx_parity`: max |onnxruntime - Keras| <= 1e-4 * max(1, max
 |logits|)), and timed at batch 1 and 32 in onnxruntime (CPU provider) and
 with the Keras model's `predict_on_batch` (compiled by XLA). Writes JSON
-and a markdown table.
+and a markdown table. A model whose own logits move by more than the
+tolerance when the pixels move by 1e-6 relative (EfficientNetV2L at
+random init) gets gamma 0.1 in the last BatchNormalization of each
+residual branch first ("ok (tamed)"), and the table gives that
+self-difference.
 
     nice -n 5 python benchmarks/export_parity.py          # whole registry
     python benchmarks/export_parity.py --backbones simple_cnn --out /tmp/p.json
@@ -24,18 +28,57 @@ import numpy as np
 
 import _harness
 from kft.deploy._onnx_io import ort_session
+from kft.deploy.parity import RELATIVE as TOLERANCE
 from kft.deploy.parity import onnx_parity
+
+
+def _self_diff(model, x):
+    """How far Keras' own logits move when the pixels move by 1e-6
+    relative, over max(1, max |logits|): a model where this passes the
+    parity tolerance cannot be compared with any other runtime."""
+    a = model.predict(x, verbose=0)
+    b = model.predict(x * np.float32(1 + 1e-6), verbose=0)
+    return float(np.abs(a - b).max() / max(1.0, np.abs(a).max()))
+
+
+def _tame(model):
+    """Scales the last BatchNormalization of every residual branch (before
+    its `Add`, through dropout) to gamma 0.1, as zero-init-last-BN
+    initialisations do; returns how many. EfficientNetV2L at random init
+    is chaotic (a 1e-6 change of the input moved its logits by 813 of
+    1,470), so no two runtimes agree on it."""
+    layers = kft.models.backbones.find_backbone(model).layers
+    position = {id(layer): i for i, layer in enumerate(layers)}
+    norms = []
+    for layer in layers:
+        if not isinstance(layer, keras.layers.Add):
+            continue
+        # The branch is the input made last (layers are in graph order);
+        # the other is the shortcut, often the previous block's output.
+        ops = [tensor._keras_history.operation for tensor in layer.input]
+        op = max(ops, key=lambda op: position.get(id(op), -1))
+        while isinstance(op, keras.layers.Dropout):
+            op = op.input._keras_history.operation
+        if isinstance(op, keras.layers.BatchNormalization):
+            norms.append(op)
+    for norm in norms:
+        norm.gamma.assign(np.full(norm.gamma.shape, 0.1, "float32"))
+    return len(norms)
 
 
 def _row(name, args, digits):
     keras.utils.set_random_seed(0)
     model = kft.build_classifier(name, num_classes=10, weights=None,
                                  input_shape=(args.size, args.size, 3))
+    x_random, _ = _harness.random_batch(8, args.size, 10, rng=1)
+    self_diff, tamed = _self_diff(model, x_random), 0
+    if self_diff > TOLERANCE:
+        tamed = _tame(model)
+        self_diff = _self_diff(model, x_random)
     path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
     start = time.perf_counter()
     kft.export(model, path)
     export_s = time.perf_counter() - start
-    x_random, _ = _harness.random_batch(8, args.size, 10, rng=1)
     random_parity = onnx_parity(model, path, x_random)
     digits_parity = onnx_parity(model, path, digits)
     session = ort_session(path)
@@ -45,7 +88,8 @@ def _row(name, args, digits):
            "max_logit_random": random_parity.max_abs_output,
            "max_diff_digits": digits_parity.max_abs_diff,
            "max_logit_digits": digits_parity.max_abs_output,
-           "ok": random_parity.ok and digits_parity.ok}
+           "ok": random_parity.ok and digits_parity.ok,
+           "keras_self_diff": self_diff, "tamed_norms": tamed}
     for batch in (1, 32):
         x = np.resize(x_random, (batch, args.size, args.size, 3))
         times = _harness.time_interleaved({
@@ -57,11 +101,16 @@ def _row(name, args, digits):
     return row
 
 
+def _e(value):
+    return "-" if value is None else f"{value:.1e}"
+
+
 def _table(rows):
     lines = ["| backbone | export (s) | file (MiB) | max diff random "
-             "(max logit) | max diff digits (max logit) | parity | ORT b1 "
-             "(ms) | JAX b1 (ms) | ORT b32 (ms) | JAX b32 (ms) |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "(max logit) | max diff digits (max logit) | parity | Keras "
+             "self-diff | ORT b1 (ms) | JAX b1 (ms) | ORT b32 (ms) | JAX b32 "
+             "(ms) |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['backbone']} | failed: {r['error']} |")
@@ -70,7 +119,9 @@ def _table(rows):
             f"| {r['backbone']} | {r['export_s']:.1f} | {r['file_mib']:.1f} "
             f"| {r['max_diff_random']:.1e} ({r['max_logit_random']:.1e}) "
             f"| {r['max_diff_digits']:.1e} ({r['max_logit_digits']:.1e}) "
-            f"| {'ok' if r['ok'] else 'FAIL'} | {r['ort_ms_b1']:.2f} "
+            f"| {'ok' if r['ok'] else 'FAIL'}"
+            f"{' (tamed)' if r.get('tamed_norms') else ''} "
+            f"| {_e(r.get('keras_self_diff'))} | {r['ort_ms_b1']:.2f} "
             f"| {r['jax_ms_b1']:.2f} | {r['ort_ms_b32']:.1f} "
             f"| {r['jax_ms_b32']:.1f} |")
     return "\n".join(lines)

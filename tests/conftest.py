@@ -50,7 +50,8 @@ HEAVY_FIRST = (
     "test_plots.py", "test_training_inputs.py", "test_imbalance.py",
     "test_mixing_jit.py", "test_freezing.py", "test_model_aug_paths.py",
     "test_optimizers_retarget.py", "test_schedules.py", "test_lr_find.py",
-    "test_interruptions.py", "test_readme_claims.py")
+    "test_interruptions.py", "test_readme_claims.py",
+    "test_bench_export_parity.py")
 
 
 def pytest_collection_modifyitems(items):

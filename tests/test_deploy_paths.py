@@ -419,3 +419,37 @@ def test_items_of_an_image_list_that_are_not_images_are_named(model):
     with pytest.raises(ValueError, match=r"Image images\[0\] has dtype "
                        r"\[\('a', '<f4'\), \('b', '<f4'\)\]; expected RGB"):
         kft.predict(model, [fields])
+
+
+def test_fast_producer_lookup_answers_as_jax2onnx_does(monkeypatch):
+    # kft's linear-time stand-in for jax2onnx's producer lookup (its id set
+    # built once per node list) must return what the original returns, on
+    # every call of a real conversion (convolutions give transposes).
+    pytest.importorskip("jax2onnx")
+    from kft.deploy import _jax2onnx_speed as speed
+    from kft.deploy.exporting import onnx_proto
+
+    real, answers = speed._patches, []
+
+    def checked():
+        patches = []
+        for module, name, new in real():
+            if name == "_producer_node":
+                original = getattr(module, name)
+
+                def new(nodes, value, fast=new, original=original):
+                    got = fast(nodes, value)
+                    answers.append(got is original(nodes, value))
+                    return got
+            patches.append((module, name, new))
+        return patches
+
+    monkeypatch.setattr(speed, "_patches", checked)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Add()([x, keras.layers.Conv2D(4, 1)(inputs)])
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    assert onnx_proto(model).graph.node
+    assert len(answers) > 10 and all(answers)

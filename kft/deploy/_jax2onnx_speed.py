@@ -3,14 +3,17 @@
 Before its first conversion jax2onnx imports every plugin it ships,
 those for Flax, Equinox, dm_pix and its examples included, which takes
 tens of seconds on a small CPU; kft's graphs are plain JAX, so
-`faster_jax2onnx()` imports the `jax2onnx.plugins.jax` tree only. jax2onnx (0.17) also checks after every lowered equation that its outputs are
-connected by scanning every graph input, initializer and node, and its
-graph optimizer looks a value's producer up by scanning every node: both
-quadratic in the graph's size (EfficientNetB0 spends over a minute in
-them, the larger backbones hours). `faster_jax2onnx()` swaps them, for the
-duration of one conversion, for versions that answer from the value's own
-producer link first and fall back to the original scan otherwise, so the
-answers are the same. Unknown jax2onnx versions are left untouched.
+`faster_jax2onnx()` imports the `jax2onnx.plugins.jax` tree only.
+jax2onnx (0.17) also checks after every lowered equation that its outputs
+are connected by scanning every graph input, initializer and node, and its
+graph optimizer looks a value's producer up by building the set of every
+node's id on each call: both quadratic in the graph's size (EfficientNetB0
+spends over a minute in them, the larger backbones hours). `faster_jax2onnx()`
+swaps them, for the duration of one conversion, for versions that answer
+from the value's own producer link first (checked against the same node
+list, its id set built once per list) and fall back to the original scan
+otherwise, so the answers are the same. Unknown jax2onnx versions are left
+untouched.
 """
 
 import contextlib
@@ -36,6 +39,13 @@ def _patches():
             return True
         return connected(ctx, value)
 
+    # The ids of the last node list asked about: the original builds this
+    # set on every call, and the optimizer asks once per value of a pass
+    # (NASNet's transpose pass ran for over 15 minutes). Lists only: the
+    # optimizer passes snapshots (`list(graph)`) or lists it only appends
+    # to, so the same list of the same length holds the same nodes.
+    last = {"nodes": None, "length": -1, "ids": frozenset()}
+
     def fast_producer_node(nodes, value_or_name):
         if isinstance(value_or_name, ir.Value):
             producer = value_or_name.producer()
@@ -44,6 +54,12 @@ def _patches():
                 # Graph inputs and initializers have no producer, and
                 # value names are unique in an ONNX graph.
                 return None
+            if producer is not None and type(nodes) is list:
+                if last["nodes"] is not nodes or last["length"] != len(nodes):
+                    last.update(nodes=nodes, length=len(nodes),
+                                ids=frozenset(map(id, nodes)))
+                if id(producer) in last["ids"]:
+                    return producer  # what the original returns first
         return producer_node(nodes, value_or_name)
 
     def import_jax_plugins():

@@ -1,0 +1,48 @@
+"""benchmarks/export_parity.py: its check of an ill-conditioned model."""
+
+import os
+import sys
+import types
+
+import keras
+import numpy as np
+
+import kft
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def _script():
+    sys.path.insert(0, BENCH)
+    try:
+        import export_parity
+    finally:
+        sys.path.remove(BENCH)
+    return export_parity
+
+
+def test_taming_scales_the_last_norm_of_each_residual_branch():
+    # EfficientNet's branches end in BatchNormalization, then dropout
+    # (stochastic depth), then the Add.
+    script = _script()
+    model = kft.build_classifier("efficientnetb0", num_classes=3,
+                                 weights=None, input_shape=(32, 32, 3))
+    adds = [layer for layer in kft.models.backbones.find_backbone(
+        model).layers if isinstance(layer, keras.layers.Add)]
+    assert script._tame(model) == len(adds) == 9
+    scaled = [v.path for v in model.weights if v.path.endswith("gamma")
+              and np.allclose(np.asarray(v.value), 0.1)]
+    assert len(scaled) == 9
+    assert all("project_bn" in path for path in scaled)
+
+
+def test_a_row_reports_keras_own_sensitivity():
+    script = _script()
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3))
+    row = script._row("simple_cnn", types.SimpleNamespace(size=16, repeats=1),
+                      x.astype("float32"))
+    assert row["ok"] and row["tamed_norms"] == 0
+    assert 0 <= row["keras_self_diff"] < script.TOLERANCE
+    line = script._table([row]).splitlines()[-1]
+    assert line.startswith("| simple_cnn |") and "| ok |" in line

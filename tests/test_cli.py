@@ -47,6 +47,10 @@ def test_backbones_without_a_match_fails_with_suggestions(capsys):
     assert "no backbone matches 'nosuch*'" in err
     assert cli.main(["backbones", "resnt50"]) == 2
     assert "Did you mean: resnet50" in capsys.readouterr().err
+    assert cli.main(["backbones", "xception"]) == 2
+    assert ("keras.applications' xception is not registered: some of its "
+            "layers are named by Keras' global counter"
+            in capsys.readouterr().err)
     # Patterns match as names do: "efficientnet_b*" found nothing.
     assert cli.main(["backbones", "efficientnet_b*"]) == 0
     assert capsys.readouterr().out.startswith("efficientnetb0 ")

@@ -307,6 +307,8 @@ def backbones_command(pattern, params=False):
     if not names:
         close = _close_to_pattern(pattern)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        why = registry.not_registered_reason(pattern)
+        hint = f" {why}{hint}" if why else hint
         print(f"kft backbones: no backbone matches {pattern!r}.{hint} "
               "`kft backbones` lists them all.", file=sys.stderr)
         return 2  # bad input

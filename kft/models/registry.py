@@ -119,6 +119,22 @@ def close_backbone_names(name: str, n: int = 3) -> list:
 _COUNTER_NAMED = ("xception", "inceptionv3", "inceptionresnetv2")
 
 
+def not_registered_reason(name) -> str | None:
+    """Why a `keras.applications` model named `name` is not registered, or
+    `None` for any other name.
+
+    Example:
+    >>> not_registered_reason("Xception")[:44]
+    "keras.applications' Xception is not register"
+    """
+    if canonical_name(str(name)) not in _COUNTER_NAMED:
+        return None
+    return (f"keras.applications' {name} is not registered: some of its "
+            "layers are named by Keras' global counter (conv2d_4, "
+            "batch_normalization_4), which moves with every layer built "
+            "before them, so no block pattern finds them in every process.")
+
+
 def _one_of(names):
     quoted = [repr(n) for n in names]
     return (", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1
@@ -145,12 +161,8 @@ def get_backbone(name: str) -> BackboneSpec:
     if resolved is None:
         close = close_backbone_names(name)
         hint = f" Did you mean {_one_of(close)}?" if close else ""
-        if canonical_name(str(name)) in _COUNTER_NAMED:
-            hint = (f" keras.applications' {name} is not registered: some "
-                    "of its layers are named by Keras' global counter "
-                    "(conv2d_4, batch_normalization_4), which moves with "
-                    "every layer built before them, so no block pattern "
-                    "finds them in every process." + hint)
+        why = not_registered_reason(name)
+        hint = f" {why}{hint}" if why else hint
         raise ValueError(
             f"Unknown backbone: {name!r}.{hint} Known backbones: "
             f"{', '.join(list_backbones())}."

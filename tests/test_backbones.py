@@ -71,6 +71,22 @@ def test_unknown_backbone_lists_known_ones():
         kft.get_backbone("resnet9")
 
 
+def test_every_keras_application_is_registered_or_said_why_not():
+    # The README's claim: every keras.applications model but the three
+    # whose layers carry counter names.
+    import inspect
+
+    from kft.models.registry import not_registered_reason
+
+    registered = {kft.get_backbone(name).constructor
+                  for name in kft.list_backbones()}
+    left = sorted(name for name, f in vars(keras.applications).items()
+                  if inspect.isfunction(f) and name[0].isupper()
+                  and f not in registered)
+    assert left == ["InceptionResNetV2", "InceptionV3", "Xception"]
+    assert all(not_registered_reason(name) for name in left)
+
+
 @pytest.mark.parametrize("name", ["Xception", "inception_v3",
                                   "InceptionResNetV2"])
 def test_counter_named_keras_models_say_why_they_are_not_registered(name):

@@ -66,6 +66,11 @@ def test_list_backbones_pattern():
     assert kft.list_backbones("nothing*") == []
 
 
+def test_mobilenet_v1_by_its_other_names():
+    for name in ("mobilenetv1", "MobileNet_V1", "mobilenet-v1", "MobileNet"):
+        assert kft.get_backbone(name).name == "mobilenet"
+
+
 def test_unknown_backbone_lists_known_ones():
     with pytest.raises(ValueError, match="Unknown backbone: 'resnet9'.*resnet50"):
         kft.get_backbone("resnet9")
@@ -87,11 +92,14 @@ def test_every_keras_application_is_registered_or_said_why_not():
     assert all(not_registered_reason(name) for name in left)
 
 
-@pytest.mark.parametrize("name", ["Xception", "inception_v3",
-                                  "InceptionResNetV2"])
-def test_counter_named_keras_models_say_why_they_are_not_registered(name):
+@pytest.mark.parametrize("name, keras_name", [
+    ("Xception", "Xception"), ("inception_v3", "InceptionV3"),
+    ("inceptionresnetv2", "InceptionResNetV2")])
+def test_counter_named_keras_models_say_why_they_are_not_registered(
+        name, keras_name):
     with pytest.raises(ValueError, match=(
-            rf"Unknown backbone: '{name}'\. keras.applications' {name} is "
+            rf"Unknown backbone: '{name}'\. keras.applications' "
+            rf"{keras_name} is "
             r"not registered: some of its layers are named by Keras' global "
             r"counter .* Known backbones: convnext_base")):
         kft.get_backbone(name)

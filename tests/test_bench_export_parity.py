@@ -44,5 +44,14 @@ def test_a_row_reports_keras_own_sensitivity():
                       x.astype("float32"))
     assert row["ok"] and row["tamed_norms"] == 0
     assert 0 <= row["keras_self_diff"] < script.TOLERANCE
+    assert row["keras_self_diff_untamed"] is None
     line = script._table([row]).splitlines()[-1]
     assert line.startswith("| simple_cnn |") and "| ok |" in line
+    # A tamed row gives the self-difference before and after, and every
+    # row the difference over the largest logit (its scale when the logits
+    # are far below 1, where the tolerance's is 1).
+    tamed = dict(row, keras_self_diff=6.6e-10, keras_self_diff_untamed=0.55,
+                 tamed_norms=69, max_diff_random=1e-9, max_logit_random=2e-4,
+                 max_diff_digits=0.0, max_logit_digits=0.0)
+    line = script._table([tamed]).splitlines()[-1]
+    assert "| 5.0e-06 | ok (tamed) | 5.5e-01 -> 6.6e-10 |" in line

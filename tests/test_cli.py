@@ -48,7 +48,7 @@ def test_backbones_without_a_match_fails_with_suggestions(capsys):
     assert cli.main(["backbones", "resnt50"]) == 2
     assert "Did you mean: resnet50" in capsys.readouterr().err
     assert cli.main(["backbones", "xception"]) == 2
-    assert ("keras.applications' xception is not registered: some of its "
+    assert ("keras.applications' Xception is not registered: some of its "
             "layers are named by Keras' global counter"
             in capsys.readouterr().err)
     # Patterns match as names do: "efficientnet_b*" found nothing.

@@ -24,6 +24,8 @@ CONFIGS = [
     (3, 2, "valid", 1, 1, 9, 9),
     (3, 1, "same", 2, 1, 8, 8),
     ((3, 5), (1, 2), "same", 1, 3, 6, 9),
+    (3, 2, "same", 2, 1, 9, 9),  # strides and dilation together
+    (3, 2, "valid", 2, 2, 11, 10),
 ]
 
 
@@ -57,8 +59,6 @@ def test_depthwise_layer_matches_keras(config):
     args = dict(kernel_size=kernel, strides=strides, padding=padding,
                 dilation_rate=dilation, depth_multiplier=multiplier,
                 activation="relu")
-    if dilation > 1 and strides != 1:
-        pytest.skip("Keras does not allow strides and dilation together")
     stock = keras.layers.DepthwiseConv2D(**args,
                                          bias_initializer="random_normal")
     _assert_same_as(stock, DepthwiseConv2D, x)
@@ -71,13 +71,27 @@ def test_separable_layer_matches_keras(monkeypatch, config, grads):
     monkeypatch.setenv("KFT_CONV_GRADS", grads)
     kernel, strides, padding, dilation, multiplier, h, w = config
     x = np.random.default_rng(3).normal(size=(2, h, w, 4)).astype("float32")
-    if dilation > 1 and strides != 1:
-        pytest.skip("Keras does not allow strides and dilation together")
     stock = keras.layers.SeparableConv2D(
         5, kernel, strides=strides, padding=padding, dilation_rate=dilation,
         depth_multiplier=multiplier, activation="relu",
         bias_initializer="random_normal")
     _assert_same_as(stock, SeparableConv2D, x)
+
+
+def test_separable_layer_keeps_its_format_under_a_channels_first_default(
+        monkeypatch):
+    # A channels_last layer in a process whose keras.json says
+    # channels_first: the 1x1 half of the autodiff path read Keras' global
+    # format (NHWC maps as NCHW).
+    monkeypatch.setenv("KFT_CONV_GRADS", "0")
+    x = np.random.default_rng(3).normal(size=(2, 8, 8, 4)).astype("float32")
+    stock = keras.layers.SeparableConv2D(3, 3, padding="same",
+                                         data_format="channels_last")
+    keras.config.set_image_data_format("channels_first")
+    try:
+        _assert_same_as(stock, SeparableConv2D, x)
+    finally:
+        keras.config.set_image_data_format("channels_last")
 
 
 def test_separable_layer_without_bias_in_mixed_precision(dtype_policy):

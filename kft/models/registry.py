@@ -79,11 +79,14 @@ def resolve_backbone_name(name: str):
     """The registered name `name` refers to, or `None`.
 
     An exact name wins; otherwise the match ignores case, then `_` and `-`,
-    as long as exactly one registered name is left.
+    as long as exactly one registered name is left. `"mobilenetv1"` (timm's
+    and torchvision's name for it) is `"mobilenet"`.
 
     Example:
     >>> resolve_backbone_name("EfficientNet_B0")
     'efficientnetb0'
+    >>> resolve_backbone_name("MobileNet_V1")
+    'mobilenet'
     >>> resolve_backbone_name("vit") is None
     True
     """
@@ -95,7 +98,8 @@ def resolve_backbone_name(name: str):
         hits = [n for n in _REGISTRY if key(n) == key(name)]
         if len(hits) == 1:
             return hits[0]
-    return None
+    alias = _ALIASES.get(canonical_name(name))
+    return alias if alias in _REGISTRY else None
 
 
 def close_backbone_names(name: str, n: int = 3) -> list:
@@ -114,9 +118,12 @@ def close_backbone_names(name: str, n: int = 3) -> list:
     return [registered for key in matches for registered in by_key[key]][:n]
 
 
-# keras.applications models left out of the registry: they leave some layers
-# to Keras' automatic names.
-_COUNTER_NAMED = ("xception", "inceptionv3", "inceptionresnetv2")
+# keras.applications models left out of the registry (canonical name ->
+# Keras' name): they leave some layers to Keras' automatic names.
+_COUNTER_NAMED = {"xception": "Xception", "inceptionv3": "InceptionV3",
+                  "inceptionresnetv2": "InceptionResNetV2"}
+# Other names of registered backbones (canonical -> registered).
+_ALIASES = {"mobilenetv1": "mobilenet"}
 
 
 def not_registered_reason(name) -> str | None:
@@ -124,13 +131,14 @@ def not_registered_reason(name) -> str | None:
     `None` for any other name.
 
     Example:
-    >>> not_registered_reason("Xception")[:44]
-    "keras.applications' Xception is not register"
+    >>> not_registered_reason("inception_v3")[:47]
+    "keras.applications' InceptionV3 is not register"
     """
-    if canonical_name(str(name)) not in _COUNTER_NAMED:
+    keras_name = _COUNTER_NAMED.get(canonical_name(str(name)))
+    if keras_name is None:
         return None
-    return (f"keras.applications' {name} is not registered: some of its "
-            "layers are named by Keras' global counter (conv2d_4, "
+    return (f"keras.applications' {keras_name} is not registered: some of "
+            "its layers are named by Keras' global counter (conv2d_4, "
             "batch_normalization_4), which moves with every layer built "
             "before them, so no block pattern finds them in every process.")
 

@@ -204,7 +204,10 @@ class SeparableConv2D(keras.layers.SeparableConv2D):
         if custom:
             outputs = conv_grads.conv(outputs, pointwise, shifted=False)
         else:
-            outputs = ops.conv(outputs, pointwise)
+            # The layer's format, not Keras' global one (channels_first
+            # in keras.json would read these NHWC maps as NCHW).
+            outputs = ops.conv(outputs, pointwise,
+                               data_format="channels_last")
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:

@@ -29,17 +29,16 @@ not two (`kft.ops.activations.gelu_dense`). And layer normalization
 keeps less for the backward pass and sums faster.
 
 This module holds the layers (`DepthwiseConv2D`, `SeparableConv2D`,
-`Conv2D`) computed by
-`kft.ops.shifted_conv`, and `fast_cpu_convs`, which swaps them into a
-model: same weights, same config, same results up to float rounding (the
-sums run in another order); only the computation differs, and only where
-it helps. `shifted_depthwise_conv` and `shifted_conv` are re-exported
-here. Their gradients come from `kft.ops.depthwise_grads` and
-`kft.ops.conv_grads` (kernel gradients as blocked reductions / one GEMM,
-only input and kernel kept for the backward pass); `KFT_CONV_GRADS=0`,
-read when a layer is traced, takes autodiff of the shifted forms instead,
-for before/after measurements (`benchmarks/bench_step.py`,
-`benchmarks/RESULTS.md`).
+`Conv2D`) computed by `kft.ops.shifted_conv`, and `fast_cpu_convs`, which
+swaps them into a model: same weights, same config, same results up to
+float rounding (the sums run in another order); only the computation
+differs, and only where it helps. `shifted_depthwise_conv` and
+`shifted_conv` are re-exported here. Their gradients come from
+`kft.ops.depthwise_grads` and `kft.ops.conv_grads` (kernel gradients as
+blocked reductions / one GEMM, only input and kernel kept for the
+backward pass); `KFT_CONV_GRADS=0`, read when a layer is traced, takes
+autodiff of the shifted forms instead, for before/after measurements
+(`benchmarks/bench_step.py`, `benchmarks/RESULTS.md`).
 """
 
 import functools
@@ -535,22 +534,20 @@ def fast_cpu_convs(model: keras.Model) -> keras.Model:
     """Returns `model` with its convolutions in kft's CPU form.
 
     Every `keras.layers.DepthwiseConv2D` and `SeparableConv2D`, every
-    `Activation("gelu")`,
-    `Activation("relu")` and `Activation("silu")` (`"swish"`), every
-    `LayerNormalization`, and every
-    channels-last `keras.layers.Conv2D` with one input channel per group,
-    a 1x1 kernel, or a kernel that covers more positions than its input
-    map has, and every `keras.layers.Dense` called on a GELU's output or
-    on feature maps (more than two axes), also inside nested models (a
-    backbone inside a classifier), is replaced by
-    `kft.cpu_convs.DepthwiseConv2D` / `SeparableConv2D` / `Activation` /
-    `LayerNormalization` / `Conv2D` / `Dense` holding copies of the same
-    weights; all other
-    layers are shared with `model`, not copied. The results are the same
-    up to float rounding (about 1e-6 relative); on CPU the
-    training steps of EfficientNet, MobileNet, ConvNeXt and, at small
-    input sizes, ResNet get several times faster, ResNet's full training
-    at 224 px about 1.2x (measured in `benchmarks/RESULTS.md`).
+    `Activation("gelu")`, `Activation("relu")` and `Activation("silu")`
+    (`"swish"`), every `LayerNormalization`, every channels-last
+    `keras.layers.Conv2D` with one input channel per group, a 1x1 kernel,
+    or a kernel that covers more positions than its input map has, and
+    every `keras.layers.Dense` called on a GELU's output or on feature
+    maps (more than two axes), also inside nested models (a backbone
+    inside a classifier), is replaced by `kft.cpu_convs.DepthwiseConv2D`
+    / `SeparableConv2D` / `Activation` / `LayerNormalization` / `Conv2D` /
+    `Dense` holding copies of the same weights; all other layers are
+    shared with `model`, not copied. The results are the same up to float
+    rounding (about 1e-6 relative); on CPU the training steps of
+    EfficientNet, MobileNet, NASNet, ConvNeXt and, at small input sizes,
+    ResNet get several times faster, ResNet's full training at 224 px
+    about 1.2x (measured in `benchmarks/RESULTS.md`).
     `kft.build_classifier` does this by itself when JAX runs on CPU
     (`fast_cpu_convs="auto"`). Use the returned model, not `model`.
 

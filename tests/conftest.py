@@ -24,6 +24,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import contextlib  # noqa: E402
 import gc  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
@@ -74,6 +76,26 @@ def dtype_policy():
 
     yield use
     keras.config.set_dtype_policy("float32")
+
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Imports a script of benchmarks/ by module name:
+    `benchmark_script("export_parity")`. The scripts import their sibling
+    modules (`_harness`) by plain name, so the folder is on `sys.path`
+    while one is imported."""
+    def load(name):
+        sys.path.insert(0, BENCHMARKS)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(BENCHMARKS)
+
+    return load
 
 
 @pytest.fixture

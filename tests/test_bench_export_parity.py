@@ -1,7 +1,5 @@
 """benchmarks/export_parity.py: its check of an ill-conditioned model."""
 
-import os
-import sys
 import types
 
 import keras
@@ -9,23 +7,11 @@ import numpy as np
 
 import kft
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
-
-
-def _script():
-    sys.path.insert(0, BENCH)
-    try:
-        import export_parity
-    finally:
-        sys.path.remove(BENCH)
-    return export_parity
-
-
-def test_taming_scales_the_last_norm_of_each_residual_branch():
+def test_taming_scales_the_last_norm_of_each_residual_branch(
+        benchmark_script):
     # EfficientNet's branches end in BatchNormalization, then dropout
     # (stochastic depth), then the Add.
-    script = _script()
+    script = benchmark_script("export_parity")
     model = kft.build_classifier("efficientnetb0", num_classes=3,
                                  weights=None, input_shape=(32, 32, 3))
     adds = [layer for layer in kft.models.backbones.find_backbone(
@@ -37,8 +23,8 @@ def test_taming_scales_the_last_norm_of_each_residual_branch():
     assert all("project_bn" in path for path in scaled)
 
 
-def test_a_row_reports_keras_own_sensitivity():
-    script = _script()
+def test_a_row_reports_keras_own_sensitivity(benchmark_script):
+    script = benchmark_script("export_parity")
     x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3))
     row = script._row("simple_cnn", types.SimpleNamespace(size=16, repeats=1),
                       x.astype("float32"))

@@ -15,13 +15,8 @@ BENCH = os.path.join(ROOT, "benchmarks")
 
 
 @pytest.fixture(scope="module")
-def headline():
-    sys.path.insert(0, BENCH)
-    try:
-        import bench_headline
-    finally:
-        sys.path.remove(BENCH)
-    return bench_headline
+def headline(benchmark_script):
+    return benchmark_script("bench_headline")
 
 
 def test_split_sizes_use_every_class_and_fit_the_smallest(headline):

@@ -1,18 +1,8 @@
 """Smoke test of benchmarks/bench_python_side.py at tiny sizes."""
 
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
-
-
-def test_the_benchmark_measures_both_parts(capsys):
-    sys.path.insert(0, BENCH)
-    try:
-        import bench_python_side
-    finally:
-        sys.path.remove(BENCH)
+def test_the_benchmark_measures_both_parts(capsys, benchmark_script):
+    bench_python_side = benchmark_script("bench_python_side")
     bench_python_side.main(["--examples", "300", "--classes", "20",
                             "--images", "30"])
     out = capsys.readouterr().out

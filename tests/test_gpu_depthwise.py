@@ -6,23 +6,14 @@ gpu_check.sh)."""
 import itertools
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, BENCH)
-    try:
-        import bench_gpu_depthwise
-    finally:
-        sys.path.remove(BENCH)
-    return bench_gpu_depthwise
+def bench(benchmark_script):
+    return benchmark_script("bench_gpu_depthwise")
 
 
 @pytest.fixture(autouse=True)
